@@ -1,0 +1,147 @@
+//! The AI Horde error body and its return codes (`rc`).
+//!
+//! One table maps each code to its HTTP status, so a handler never picks a status by hand.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use utoipa::ToSchema;
+
+/// The error body of every 4xx/5xx answer: `{message, rc, errors?}`.
+///
+/// Payload validation failures carry `errors` (field → reason) and message
+/// `"Input payload validation failed"`, as Flask-RESTX does on the public horde.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rc: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub errors: Option<BTreeMap<String, String>>,
+}
+
+macro_rules! return_codes {
+    ($($name:ident => $status:expr),* $(,)?) => {
+        /// Stable error codes (`rc`) of AI Horde API v2 that this server emits, each with its
+        /// HTTP status.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum Rc { $($name),* }
+
+        impl Rc {
+            /// The code as it appears in the `rc` field.
+            pub fn as_str(self) -> &'static str {
+                match self { $(Rc::$name => stringify!($name)),* }
+            }
+            /// The HTTP status the public horde answers with for this code.
+            pub fn status(self) -> u16 {
+                match self { $(Rc::$name => $status),* }
+            }
+        }
+    };
+}
+
+return_codes! {
+    // 400
+    BadRequest => 400,
+    ValidationError => 400,
+    MissingPrompt => 400,
+    InvalidSize => 400,
+    TooManySteps => 400,
+    BadCFGDecimals => 400,
+    TooManyUpscalers => 400,
+    SourceMaskUnnecessary => 400,
+    UnsupportedSampler => 400,
+    UnsupportedModel => 400,
+    UnexpectedModelName => 400,
+    DuplicateGen => 400,
+    AbortedGen => 400,
+    NulByteInPayload => 400,
+    NoWorkerModSelected => 400,
+    PolymorphicNameConflict => 400,
+    TooManyLoras => 400,
+    TooManyTIs => 400,
+    InvalidPriorityUsername => 400,
+    RequiresTrust => 400,
+    WorkerNameAlreadyExists => 400,
+    TooLongWorkerName => 400,
+    InvalidWebhook => 400,
+    ImageValidationFailed => 400,
+    UploadAlreadyUsed => 409,
+    // 401
+    InvalidAPIKey => 401,
+    // 403
+    Forbidden => 403,
+    WrongCredentials => 403,
+    NotModerator => 403,
+    NotOwner => 403,
+    AnonForbidden => 403,
+    AnonForbiddenWorker => 403,
+    WorkerMaintenance => 403,
+    WorkerFlaggedMaintenance => 403,
+    KudosUpfront => 403,
+    TooManyWorkers => 403,
+    TestUsersDisabled => 403,
+    // 404
+    InvalidJobID => 404,
+    RequestNotFound => 404,
+    WorkerNotFound => 404,
+    UserNotFound => 404,
+    ThingNotFound => 404,
+    // 410
+    RequestExpired => 410,
+    // 413
+    PayloadTooLarge => 413,
+    // 429
+    TooManyPrompts => 429,
+    RateLimited => 429,
+    // 500
+    InternalServerError => 500,
+}
+
+impl ErrorBody {
+    pub fn new(rc: Rc, message: impl Into<String>) -> Self {
+        ErrorBody {
+            message: message.into(),
+            rc: Some(rc.as_str().to_string()),
+            errors: None,
+        }
+    }
+
+    /// The public horde's schema-validation failure: message, `errors` map, and (ours) an `rc`.
+    pub fn validation(errors: BTreeMap<String, String>) -> Self {
+        ErrorBody {
+            message: "Input payload validation failed".to_string(),
+            rc: Some(Rc::ValidationError.as_str().to_string()),
+            errors: Some(errors),
+        }
+    }
+}
+
+/// Field → reason map collected while checking the bounds of a body.
+#[derive(Debug, Default)]
+pub struct FieldErrors(pub BTreeMap<String, String>);
+
+impl FieldErrors {
+    pub fn add(&mut self, field: &str, reason: impl Into<String>) {
+        self.0.entry(field.to_string()).or_insert_with(|| reason.into());
+    }
+    /// Record `field` as out of range when `value` is outside `min..=max`.
+    pub fn range<T: PartialOrd + std::fmt::Display>(&mut self, field: &str, value: T, min: T, max: T) {
+        if value < min {
+            self.add(field, format!("{value} is less than the minimum of {min}"));
+        } else if value > max {
+            self.add(field, format!("{value} is greater than the maximum of {max}"));
+        }
+    }
+    pub fn max_len<T>(&mut self, field: &str, items: &[T], max: usize) {
+        if items.len() > max {
+            self.add(field, format!("{} items is more than the maximum of {max}", items.len()));
+        }
+    }
+    pub fn into_result(self) -> Result<(), ErrorBody> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(ErrorBody::validation(self.0))
+        }
+    }
+}

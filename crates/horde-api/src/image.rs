@@ -1,0 +1,654 @@
+//! Image generation bodies: the request (`POST /generate/async`), the worker's pop and submit,
+//! and the client's check and status answers.
+
+use crate::error::{ErrorBody, FieldErrors};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+
+fn yes() -> bool {
+    true
+}
+fn default_models() -> Vec<String> {
+    vec!["stable_diffusion".to_string()]
+}
+fn default_source_processing() -> SourceProcessing {
+    SourceProcessing::Img2img
+}
+fn default_cfg_scale() -> f64 {
+    5.0
+}
+fn default_size() -> u32 {
+    512
+}
+fn default_steps() -> u32 {
+    30
+}
+fn one() -> u32 {
+    1
+}
+fn default_lora_strength() -> f64 {
+    1.0
+}
+
+/// The samplers of the public horde, by their AI Horde names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+pub enum Sampler {
+    #[serde(rename = "k_lms")]
+    KLms,
+    #[serde(rename = "k_heun")]
+    KHeun,
+    #[serde(rename = "k_euler")]
+    KEuler,
+    #[serde(rename = "k_euler_a")]
+    KEulerA,
+    #[serde(rename = "k_dpm_2")]
+    KDpm2,
+    #[serde(rename = "k_dpm_2_a")]
+    KDpm2A,
+    #[serde(rename = "k_dpm_fast")]
+    KDpmFast,
+    #[serde(rename = "k_dpm_adaptive")]
+    KDpmAdaptive,
+    #[serde(rename = "k_dpmpp_2s_a")]
+    KDpmpp2sA,
+    #[serde(rename = "k_dpmpp_2m")]
+    KDpmpp2m,
+    #[serde(rename = "dpmsolver")]
+    Dpmsolver,
+    #[serde(rename = "k_dpmpp_sde")]
+    KDpmppSde,
+    #[serde(rename = "lcm")]
+    Lcm,
+    #[serde(rename = "DDIM")]
+    Ddim,
+}
+
+impl Sampler {
+    /// Second-order samplers evaluate the model twice per step (the public horde's "accurate steps").
+    pub fn is_second_order(self) -> bool {
+        matches!(
+            self,
+            Sampler::KHeun | Sampler::KDpm2 | Sampler::KDpm2A | Sampler::KDpmpp2sA | Sampler::KDpmppSde
+        )
+    }
+    pub fn name(self) -> String {
+        serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default()
+    }
+}
+
+/// Post-processors a request may ask for, in AI Horde names.
+pub const POST_PROCESSORS: &[&str] = &[
+    "GFPGAN",
+    "RealESRGAN_x4plus",
+    "RealESRGAN_x2plus",
+    "RealESRGAN_x4plus_anime_6B",
+    "NMKD_Siax",
+    "4x_AnimeSharp",
+    "CodeFormers",
+    "strip_background",
+    "4xNomos8kSC",
+    "4xLSDIRplus",
+    "4xNomosWebPhoto_RealPLKSR",
+    "4xNomos2_realplksr_dysample",
+    "4xNomos2_hq_dat2",
+    "2xModernSpanimationV1",
+    "GFPGANv1.3",
+    "RestoreFormer",
+];
+
+/// Post-processors that are upscalers: at most one per request.
+pub const UPSCALERS: &[&str] = &[
+    "RealESRGAN_x4plus",
+    "RealESRGAN_x2plus",
+    "RealESRGAN_x4plus_anime_6B",
+    "NMKD_Siax",
+    "4x_AnimeSharp",
+    "4xNomos8kSC",
+    "4xLSDIRplus",
+    "4xNomosWebPhoto_RealPLKSR",
+    "4xNomos2_realplksr_dysample",
+    "4xNomos2_hq_dat2",
+    "2xModernSpanimationV1",
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ControlType {
+    Canny,
+    Hed,
+    Depth,
+    Normal,
+    Openpose,
+    Seg,
+    Scribble,
+    Fakescribbles,
+    Hough,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceProcessing {
+    #[default]
+    Img2img,
+    Inpainting,
+    Outpainting,
+    Remix,
+}
+
+/// A seed as clients send it: a string (the API type) or, leniently, a number.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum SeedInput {
+    Text(String),
+    Number(u64),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Lora {
+    pub name: String,
+    #[serde(default = "default_lora_strength")]
+    pub model: f64,
+    #[serde(default = "default_lora_strength")]
+    pub clip: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inject_trigger: Option<String>,
+    #[serde(default)]
+    pub is_version: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TextualInversion {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inject_ti: Option<String>,
+    #[serde(default = "default_lora_strength")]
+    pub strength: f64,
+}
+
+/// `params` of an image request (ModelGenerationInputStable), with the public server's effective
+/// defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ImageParams {
+    #[serde(default = "default_sampler")]
+    pub sampler_name: Sampler,
+    #[serde(default = "default_cfg_scale")]
+    pub cfg_scale: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub denoising_strength: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hires_fix_denoising_strength: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<SeedInput>,
+    #[serde(default = "default_size")]
+    pub height: u32,
+    #[serde(default = "default_size")]
+    pub width: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed_variation: Option<u32>,
+    #[serde(default)]
+    pub post_processing: Vec<String>,
+    #[serde(default = "yes")]
+    pub karras: bool,
+    #[serde(default)]
+    pub tiling: bool,
+    #[serde(default)]
+    pub hires_fix: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clip_skip: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_type: Option<ControlType>,
+    #[serde(default)]
+    pub image_is_control: bool,
+    #[serde(default)]
+    pub return_control_map: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub facefixer_strength: Option<f64>,
+    #[serde(default)]
+    pub loras: Vec<Lora>,
+    #[serde(default)]
+    pub tis: Vec<TextualInversion>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub special: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps: Option<u32>,
+    #[serde(default = "one")]
+    pub n: u32,
+}
+
+fn default_sampler() -> Sampler {
+    Sampler::KEulerA
+}
+
+impl Default for ImageParams {
+    fn default() -> Self {
+        serde_json::from_value(serde_json::json!({})).expect("all fields have defaults")
+    }
+}
+
+impl ImageParams {
+    /// Steps after the server's defaults: 30, or 20 (at most 40) with a control type.
+    pub fn effective_steps(&self) -> u32 {
+        match (self.steps, self.control_type) {
+            (Some(s), Some(_)) => s.min(40),
+            (Some(s), None) => s,
+            (None, Some(_)) => 20,
+            (None, None) => default_steps(),
+        }
+    }
+
+    /// Steps as the public horde counts them for time and price: doubled for second-order
+    /// samplers, a fixed 40 for the adaptive sampler.
+    pub fn accurate_steps(&self) -> u32 {
+        let steps = self.effective_steps();
+        match self.sampler_name {
+            Sampler::KDpmAdaptive => 40,
+            s if s.is_second_order() => steps * 2,
+            _ => steps,
+        }
+    }
+
+    fn check_bounds(&self, errors: &mut FieldErrors) {
+        errors.range("params.cfg_scale", self.cfg_scale, 0.0, 100.0);
+        if (self.cfg_scale * 100.0).fract().abs() > 1e-6 {
+            errors.add("params.cfg_scale", "cfg_scale may have at most 2 decimals");
+        }
+        if let Some(d) = self.denoising_strength {
+            errors.range("params.denoising_strength", d, 0.01, 1.0);
+        }
+        if let Some(d) = self.hires_fix_denoising_strength {
+            errors.range("params.hires_fix_denoising_strength", d, 0.01, 1.0);
+        }
+        for (field, value) in [("params.height", self.height), ("params.width", self.width)] {
+            errors.range(field, value, 64, 3072);
+            if value % 64 != 0 {
+                errors.add(field, format!("{value} is not a multiple of 64"));
+            }
+        }
+        if let Some(v) = self.seed_variation {
+            errors.range("params.seed_variation", v, 1, 1000);
+        }
+        if let Some(v) = self.clip_skip {
+            errors.range("params.clip_skip", v, 1, 12);
+        }
+        if let Some(v) = self.facefixer_strength {
+            errors.range("params.facefixer_strength", v, 0.0, 1.0);
+        }
+        if let Some(s) = self.steps {
+            errors.range("params.steps", s, 1, 500);
+        }
+        errors.range("params.n", self.n, 1, 20);
+        errors.max_len("params.loras", &self.loras, 5);
+        errors.max_len("params.tis", &self.tis, 20);
+        for (i, pp) in self.post_processing.iter().enumerate() {
+            if !POST_PROCESSORS.contains(&pp.as_str()) {
+                errors.add(
+                    &format!("params.post_processing.{i}"),
+                    format!("'{pp}' is not one of {POST_PROCESSORS:?}"),
+                );
+            }
+        }
+        for lora in &self.loras {
+            errors.range("params.loras.model", lora.model, -5.0, 5.0);
+            errors.range("params.loras.clip", lora.clip, -5.0, 5.0);
+        }
+    }
+}
+
+/// The body of `POST /generate/async` (GenerationInputStable).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ImageRequest {
+    pub prompt: String,
+    #[serde(default)]
+    pub params: ImageParams,
+    #[serde(default = "yes")]
+    pub nsfw: bool,
+    #[serde(default = "yes")]
+    pub censor_nsfw: bool,
+    #[serde(default)]
+    pub trusted_workers: bool,
+    #[serde(default)]
+    pub validated_backends: bool,
+    #[serde(default = "yes")]
+    pub slow_workers: bool,
+    #[serde(default)]
+    pub extra_slow_workers: bool,
+    #[serde(default)]
+    pub workers: Vec<String>,
+    #[serde(default)]
+    pub worker_blacklist: bool,
+    #[serde(default = "default_models")]
+    pub models: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_image: Option<String>,
+    #[serde(default = "default_source_processing")]
+    pub source_processing: SourceProcessing,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_mask: Option<String>,
+    #[serde(default = "yes")]
+    pub r2: bool,
+    #[serde(default)]
+    pub shared: bool,
+    #[serde(default = "yes")]
+    pub replacement_filter: bool,
+    #[serde(default)]
+    pub dry_run: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxied_account: Option<String>,
+    #[serde(default)]
+    pub disable_batching: bool,
+    #[serde(default)]
+    pub allow_downgrade: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub style: Option<String>,
+}
+
+impl ImageRequest {
+    /// Bounds the schema of the public server enforces (400 with an `errors` map).
+    pub fn validate(&self) -> Result<(), ErrorBody> {
+        let mut errors = FieldErrors::default();
+        self.params.check_bounds(&mut errors);
+        if let Some(hook) = &self.webhook {
+            errors.range("webhook", hook.len(), 10, 1024);
+        }
+        for (i, model) in self.models.iter().enumerate() {
+            if model.is_empty() || model.len() > 255 {
+                errors.add(&format!("models.{i}"), "model names are 1..255 characters");
+            }
+        }
+        if let Some(style) = &self.style {
+            errors.range("style", style.len(), 3, 1024);
+        }
+        errors.into_result()
+    }
+
+    /// The prompt split at the negative-prompt separator `###`.
+    pub fn prompt_parts(&self) -> (&str, Option<&str>) {
+        match self.prompt.split_once("###") {
+            Some((positive, negative)) => (positive.trim_end(), Some(negative.trim_start())),
+            None => (self.prompt.as_str(), None),
+        }
+    }
+}
+
+/// A warning attached to an accepted request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RequestWarning {
+    pub code: String,
+    pub message: String,
+}
+
+/// 202 answer of `POST /generate/async` (and 200 `{kudos}` for a dry run, where `id` is absent).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AsyncResponse {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    pub kudos: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<RequestWarning>,
+}
+
+/// `GET /generate/check/{id}`: the light status.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RequestStatusCheck {
+    pub finished: u32,
+    pub processing: u32,
+    pub restarted: u32,
+    pub waiting: u32,
+    pub done: bool,
+    pub faulted: bool,
+    pub wait_time: i64,
+    pub queue_position: i64,
+    pub kudos: f64,
+    pub is_possible: bool,
+}
+
+/// One finished image in `GET /generate/status/{id}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Generation {
+    /// A download URL (r2 requests) or the base64 WebP (r2: false).
+    pub img: String,
+    /// Seeds are strings in status answers, as on the public horde.
+    pub seed: String,
+    pub worker_id: String,
+    pub worker_name: String,
+    pub model: String,
+    pub id: String,
+    pub censored: bool,
+    #[serde(default)]
+    pub gen_metadata: Vec<GenMetadata>,
+    pub state: String,
+}
+
+/// `GET /generate/status/{id}`: the light status plus the images.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RequestStatus {
+    #[serde(flatten)]
+    pub check: RequestStatusCheck,
+    pub generations: Vec<Generation>,
+    pub shared: bool,
+}
+
+fn default_max_pixels() -> u64 {
+    262_144
+}
+fn default_bridge_agent() -> String {
+    crate::DEFAULT_CLIENT_AGENT.to_string()
+}
+
+/// The body of `POST /generate/pop` (PopInputStable) with the parser defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PopRequest {
+    pub name: String,
+    #[serde(default)]
+    pub priority_usernames: Vec<String>,
+    #[serde(default = "yes")]
+    pub nsfw: bool,
+    #[serde(default)]
+    pub models: Vec<String>,
+    #[serde(default = "default_bridge_agent")]
+    pub bridge_agent: String,
+    #[serde(default = "one")]
+    pub threads: u32,
+    #[serde(default)]
+    pub require_upfront_kudos: bool,
+    #[serde(default = "one")]
+    pub amount: u32,
+    #[serde(default)]
+    pub extra_slow_worker: bool,
+    #[serde(default = "default_max_pixels")]
+    pub max_pixels: u64,
+    #[serde(default)]
+    pub blacklist: Vec<String>,
+    #[serde(default = "yes")]
+    pub allow_img2img: bool,
+    #[serde(default = "yes")]
+    pub allow_painting: bool,
+    #[serde(default = "yes")]
+    pub allow_unsafe_ipaddr: bool,
+    #[serde(default = "yes", alias = "allow_post-processing")]
+    pub allow_post_processing: bool,
+    #[serde(default)]
+    pub allow_controlnet: bool,
+    #[serde(default)]
+    pub allow_sdxl_controlnet: bool,
+    #[serde(default)]
+    pub allow_lora: bool,
+    #[serde(default)]
+    pub limit_max_steps: bool,
+}
+
+impl PopRequest {
+    pub fn validate(&self) -> Result<(), ErrorBody> {
+        let mut errors = FieldErrors::default();
+        errors.range("name", self.name.chars().count(), 1, 100);
+        errors.range("threads", self.threads, 1, 50);
+        errors.range("amount", self.amount, 1, 20);
+        errors.range("bridge_agent", self.bridge_agent.len(), 0, 1000);
+        errors.max_len("models", &self.models, 300);
+        for (i, model) in self.models.iter().enumerate() {
+            if model.len() < 3 || model.len() > 255 {
+                errors.add(&format!("models.{i}"), "model names are 3..255 characters");
+            }
+        }
+        errors.into_result()
+    }
+}
+
+/// What a worker is asked to generate: the request's parameters plus per-job fields.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct JobPayload {
+    pub prompt: String,
+    pub sampler_name: Sampler,
+    pub cfg_scale: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub denoising_strength: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hires_fix_denoising_strength: Option<f64>,
+    /// The seed as a string of digits: the public horde's pop model types it as a string and
+    /// horde-sdk refuses an integer here.
+    pub seed: String,
+    pub height: u32,
+    pub width: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed_variation: Option<u32>,
+    pub post_processing: Vec<String>,
+    pub karras: bool,
+    pub tiling: bool,
+    pub hires_fix: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clip_skip: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_type: Option<ControlType>,
+    pub image_is_control: bool,
+    pub return_control_map: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub facefixer_strength: Option<f64>,
+    pub loras: Vec<Lora>,
+    pub tis: Vec<TextualInversion>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub special: Option<Value>,
+    pub use_nsfw_censor: bool,
+    pub ddim_steps: u32,
+    /// How many images this pop asks for (the batch).
+    pub n_iter: u32,
+}
+
+/// Counts of waiting requests the worker was not given, by reason.
+pub type SkippedCounts = std::collections::BTreeMap<String, u64>;
+
+/// The answer of `POST /generate/pop` (GenerationPayloadStable). With no job, `id` is null,
+/// `ids` empty and `payload` carries the public server's idle defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PopResponse {
+    pub payload: Value,
+    pub id: Option<String>,
+    pub ids: Vec<String>,
+    pub skipped: SkippedCounts,
+    pub model: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_image: Option<String>,
+    pub source_processing: SourceProcessing,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_mask: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub r2_upload: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub r2_uploads: Vec<String>,
+    pub messages: Vec<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<u64>,
+}
+
+impl PopResponse {
+    /// The public server's answer when there is no job for the worker.
+    pub fn empty(skipped: SkippedCounts) -> Self {
+        PopResponse {
+            payload: serde_json::json!({
+                "ddim_steps": 30, "n_iter": 1, "sampler_name": "k_euler_a", "cfg_scale": 7.5,
+                "height": 512, "width": 512, "karras": true, "tiling": false, "hires_fix": false,
+                "image_is_control": false, "return_control_map": false,
+                "post_processing": [], "loras": [], "tis": [], "use_nsfw_censor": false,
+            }),
+            id: None,
+            ids: vec![],
+            skipped,
+            model: None,
+            source_image: None,
+            source_processing: SourceProcessing::Img2img,
+            source_mask: None,
+            r2_upload: None,
+            r2_uploads: vec![],
+            messages: vec![],
+            ttl: None,
+        }
+    }
+}
+
+/// The result state a worker reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SubmitState {
+    #[default]
+    Ok,
+    Censored,
+    Faulted,
+    Csam,
+}
+
+impl SubmitState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SubmitState::Ok => "ok",
+            SubmitState::Censored => "censored",
+            SubmitState::Faulted => "faulted",
+            SubmitState::Csam => "csam",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct GenMetadata {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub value: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub r#ref: Option<String>,
+}
+
+/// The body of `POST /generate/submit`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SubmitRequest {
+    pub id: String,
+    /// Base64 WebP, or the string `"R2"` when the image was PUT to the job's upload URL.
+    #[serde(default)]
+    pub generation: Option<String>,
+    #[serde(default)]
+    pub state: SubmitState,
+    #[serde(default)]
+    pub seed: Option<u64>,
+    #[serde(default)]
+    pub censored: bool,
+    #[serde(default)]
+    pub gen_metadata: Vec<GenMetadata>,
+}
+
+impl SubmitRequest {
+    pub fn validate(&self) -> Result<(), ErrorBody> {
+        let mut errors = FieldErrors::default();
+        errors.max_len("gen_metadata", &self.gen_metadata, 50);
+        errors.into_result()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SubmitResponse {
+    pub reward: f64,
+}

@@ -1,0 +1,111 @@
+//! User bodies: `GET /users/{id}`, `/find_user`, and the test-only `POST /dev/test-user`.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct UsageRecord {
+    pub megapixelsteps: f64,
+    pub tokens: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CountRecord {
+    pub image: u64,
+    pub text: u64,
+    pub interrogation: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct UserRecords {
+    pub usage: UsageRecord,
+    pub contribution: UsageRecord,
+    pub fulfillment: CountRecord,
+    pub request: CountRecord,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct UserKudosDetails {
+    pub accumulated: f64,
+    pub gifted: f64,
+    pub donated: f64,
+    pub admin: f64,
+    pub received: f64,
+    pub recurring: f64,
+    pub awarded: f64,
+    pub styled: f64,
+}
+
+/// UserDetails as the public horde answers it; roles are booleans.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct UserDetails {
+    /// The alias `name#id`.
+    pub username: String,
+    pub id: i64,
+    pub kudos: f64,
+    pub kudos_details: UserKudosDetails,
+    /// Obsolete on the public horde (always empty); kept for old clients.
+    pub usage: serde_json::Value,
+    /// Obsolete on the public horde (always empty); kept for old clients.
+    pub contributions: serde_json::Value,
+    pub records: UserRecords,
+    pub concurrency: u32,
+    pub worker_invited: u32,
+    pub moderator: bool,
+    pub trusted: bool,
+    pub flagged: bool,
+    pub pseudonymous: bool,
+    pub customizer: bool,
+    pub service: bool,
+    pub education: bool,
+    pub vpn: bool,
+    pub special: bool,
+    pub deleted: bool,
+    pub worker_count: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_ids: Option<Vec<String>>,
+    pub account_age: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_generations: Option<ActiveGenerations>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ActiveGenerations {
+    pub image: Vec<String>,
+    pub text: Vec<String>,
+    pub interrogation: Vec<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_test_kudos() -> f64 {
+    10_000.0
+}
+
+/// Body of the test-only `POST /api/v2/dev/test-user`, with the public server's defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TestUserRequest {
+    pub username: String,
+    #[serde(default)]
+    pub oauth_id: Option<String>,
+    #[serde(default = "yes")]
+    pub moderator: bool,
+    #[serde(default = "yes")]
+    pub trusted: bool,
+    #[serde(default = "default_test_kudos")]
+    pub kudos: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TestUserResponse {
+    pub api_key: String,
+    pub user_id: i64,
+    pub username: String,
+    pub alias: String,
+    pub kudos: f64,
+    pub trusted: bool,
+    pub moderator: bool,
+    /// True when the user was created by this call, false when it existed and its key was rotated.
+    pub created: bool,
+}

@@ -1,0 +1,94 @@
+//! Worker bodies: `GET /workers…` and `PUT /workers/{id}`.
+
+use crate::error::{ErrorBody, FieldErrors};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct WorkerKudosDetails {
+    pub generated: f64,
+    pub uptime: f64,
+}
+
+/// A worker's team, or the string `"None"` as the public horde answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum TeamRef {
+    Team { id: Option<String>, name: Option<String> },
+    None(String),
+}
+
+/// WorkerDetails as the public horde returns it (image worker fields included).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct WorkerDetails {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub name: String,
+    pub id: String,
+    pub online: bool,
+    pub requests_fulfilled: u64,
+    pub kudos_rewards: f64,
+    pub kudos_details: WorkerKudosDetails,
+    pub performance: String,
+    pub threads: u32,
+    pub uptime: u64,
+    pub uncompleted_jobs: u64,
+    pub maintenance_mode: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<bool>,
+    pub info: Option<String>,
+    pub nsfw: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    pub trusted: bool,
+    pub flagged: bool,
+    pub models: Vec<String>,
+    pub team: TeamRef,
+    pub bridge_agent: String,
+    pub max_pixels: u64,
+    pub megapixelsteps_generated: f64,
+    pub img2img: bool,
+    pub painting: bool,
+    #[serde(rename = "post-processing")]
+    pub post_processing: bool,
+    pub lora: bool,
+    pub controlnet: bool,
+    pub sdxl_controlnet: bool,
+}
+
+/// The body of `PUT /workers/{id}`; every field optional, at least one required.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ModifyWorker {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance_msg: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub info: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+impl ModifyWorker {
+    pub fn validate(&self) -> Result<(), ErrorBody> {
+        let mut errors = FieldErrors::default();
+        if let Some(info) = &self.info {
+            errors.range("info", info.chars().count(), 0, 1000);
+        }
+        if let Some(name) = &self.name {
+            errors.range("name", name.chars().count(), 5, 100);
+        }
+        if let Some(msg) = &self.maintenance_msg {
+            errors.range("maintenance_msg", msg.chars().count(), 0, 1000);
+        }
+        errors.into_result()
+    }
+    pub fn is_empty(&self) -> bool {
+        self == &ModifyWorker::default()
+    }
+}
+
+/// The answer of `PUT /workers/{id}`: the fields that were set.
+pub type ModifyWorkerResponse = ModifyWorker;

@@ -1,0 +1,22 @@
+//! The horde's domain, pure and synchronous.
+//!
+//! Everything that decides something lives here: how a request is normalised and priced, which
+//! waiting request a worker gets (matching and queue order), how a job's submission changes its
+//! request, how rate limits count. Time is passed in as `now` (unix seconds or milliseconds), never
+//! read from a clock, so tests drive it.
+//!
+//! Architecture invariant: horde-core knows nothing of HTTP, SQL, files or async runtimes.
+
+pub mod accounts;
+pub mod keys;
+pub mod matching;
+pub mod pricing;
+pub mod queue;
+pub mod ratelimit;
+pub mod request;
+pub mod seed;
+
+pub use accounts::{User, Worker, WorkerFlags};
+pub use matching::{SkipReason, WorkerCaps};
+pub use queue::{Assignment, PopOutcome, Queue};
+pub use request::{Job, JobState, LiveRequest, StatusCounts};

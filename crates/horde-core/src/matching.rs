@@ -1,0 +1,298 @@
+//! Which worker may take which request: the one matching implementation.
+//!
+//! `can_generate` answers for one (request, worker) pair with the public horde's skip reasons,
+//! which pop answers count in `skipped`. The queue decides the order in which pairs are tried.
+
+use crate::request::LiveRequest;
+use horde_api::image::SourceProcessing;
+use uuid::Uuid;
+
+/// What a worker declared in its pop, plus what the coordinator knows of it.
+#[derive(Debug, Clone)]
+pub struct WorkerCaps {
+    pub worker_id: Uuid,
+    pub owner_id: i64,
+    pub owner_trusted: bool,
+    pub models: Vec<String>,
+    pub max_pixels: u64,
+    pub nsfw: bool,
+    pub blacklist: Vec<String>,
+    pub allow_img2img: bool,
+    pub allow_painting: bool,
+    pub allow_post_processing: bool,
+    pub allow_lora: bool,
+    pub allow_controlnet: bool,
+    pub amount: u32,
+    pub bridge_agent: String,
+    /// Users (by id) whose requests this worker serves first; always includes the owner.
+    pub priority_user_ids: Vec<i64>,
+    pub maintenance: bool,
+}
+
+/// Why a worker was not given a request; the names are the public horde's `skipped` keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SkipReason {
+    Models,
+    MaxPixels,
+    Nsfw,
+    Untrusted,
+    WorkerId,
+    Blacklist,
+    Img2img,
+    Painting,
+    PostProcessing,
+    Lora,
+    Controlnet,
+    Maintenance,
+}
+
+impl SkipReason {
+    pub fn key(self) -> &'static str {
+        match self {
+            SkipReason::Models => "models",
+            SkipReason::MaxPixels => "max_pixels",
+            SkipReason::Nsfw => "nsfw",
+            SkipReason::Untrusted => "untrusted",
+            SkipReason::WorkerId => "worker_id",
+            SkipReason::Blacklist => "blacklist",
+            SkipReason::Img2img => "img2img",
+            SkipReason::Painting => "painting",
+            SkipReason::PostProcessing => "post-processing",
+            SkipReason::Lora => "lora",
+            SkipReason::Controlnet => "controlnet",
+            SkipReason::Maintenance => "maintenance",
+        }
+    }
+}
+
+/// The model this worker would run for this request, if any: the first model both name, or
+/// any of the worker's models when the request names none.
+pub fn chosen_model(request: &LiveRequest, worker: &WorkerCaps) -> Option<String> {
+    if request.body.models.is_empty() {
+        return worker.models.first().cloned();
+    }
+    request
+        .body
+        .models
+        .iter()
+        .find(|m| worker.models.contains(m))
+        .cloned()
+}
+
+/// Whether `worker` may take a job of `request`, or the first reason it may not.
+pub fn can_generate(request: &LiveRequest, worker: &WorkerCaps) -> Result<(), SkipReason> {
+    let body = &request.body;
+    let params = &body.params;
+    if worker.maintenance && request.user_id != worker.owner_id {
+        return Err(SkipReason::Maintenance);
+    }
+    if chosen_model(request, worker).is_none() {
+        return Err(SkipReason::Models);
+    }
+    if u64::from(params.width) * u64::from(params.height) > worker.max_pixels {
+        return Err(SkipReason::MaxPixels);
+    }
+    if body.nsfw && !worker.nsfw {
+        return Err(SkipReason::Nsfw);
+    }
+    if body.trusted_workers && !worker.owner_trusted {
+        return Err(SkipReason::Untrusted);
+    }
+    check_worker_list(request, worker)?;
+    check_blacklist(&body.prompt, &worker.blacklist)?;
+    if body.source_image.is_some() {
+        let painting = matches!(
+            body.source_processing,
+            SourceProcessing::Inpainting | SourceProcessing::Outpainting
+        );
+        if painting && !worker.allow_painting {
+            return Err(SkipReason::Painting);
+        }
+        if !painting && !worker.allow_img2img {
+            return Err(SkipReason::Img2img);
+        }
+    }
+    if !params.post_processing.is_empty() && !worker.allow_post_processing {
+        return Err(SkipReason::PostProcessing);
+    }
+    if !params.loras.is_empty() && !worker.allow_lora {
+        return Err(SkipReason::Lora);
+    }
+    if params.control_type.is_some() && !worker.allow_controlnet {
+        return Err(SkipReason::Controlnet);
+    }
+    Ok(())
+}
+
+fn check_worker_list(request: &LiveRequest, worker: &WorkerCaps) -> Result<(), SkipReason> {
+    let listed = request
+        .body
+        .workers
+        .iter()
+        .any(|w| Uuid::parse_str(w).ok() == Some(worker.worker_id));
+    if request.body.workers.is_empty() {
+        return Ok(());
+    }
+    // `workers` is an allow-list, or a block-list when `worker_blacklist` is set.
+    if listed == request.body.worker_blacklist {
+        return Err(SkipReason::WorkerId);
+    }
+    Ok(())
+}
+
+fn check_blacklist(prompt: &str, blacklist: &[String]) -> Result<(), SkipReason> {
+    if blacklist.is_empty() {
+        return Ok(());
+    }
+    let positive = prompt.split("###").next().unwrap_or_default().to_lowercase();
+    let hit = blacklist
+        .iter()
+        .map(|w| w.trim().to_lowercase())
+        .filter(|w| !w.is_empty())
+        .any(|w| positive.contains(&w));
+    if hit {
+        Err(SkipReason::Blacklist)
+    } else {
+        Ok(())
+    }
+}
+
+/// How many images of `request` to give a worker asking for `amount`: the public horde's "safe
+/// amount", limited by max_pixels and post-processing load, at least 1, at most what is waiting.
+pub fn batch_size(request: &LiveRequest, worker: &WorkerCaps) -> u32 {
+    let params = &request.body.params;
+    if request.body.disable_batching {
+        return 1;
+    }
+    let mut pp_mult = 1.0 + 0.4 * params.post_processing.len() as f64;
+    if params
+        .post_processing
+        .iter()
+        .any(|p| matches!(p.as_str(), "RealESRGAN_x4plus" | "4x_AnimeSharp" | "NMKD_Siax" | "CodeFormers"))
+    {
+        pp_mult *= 1.8;
+    }
+    let pixels = f64::from(params.width) * f64::from(params.height);
+    let safe = ((worker.max_pixels as f64 / 3.5) * f64::from(worker.amount) / (pixels * pp_mult)).round();
+    let safe = (safe as u32).clamp(1, worker.amount.max(1));
+    safe.min(request.n_remaining).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::request::tests::request_from;
+    use serde_json::json;
+
+    fn worker() -> WorkerCaps {
+        WorkerCaps {
+            worker_id: Uuid::new_v4(),
+            owner_id: 7,
+            owner_trusted: false,
+            models: vec!["stable_diffusion".into()],
+            max_pixels: 512 * 512,
+            nsfw: true,
+            blacklist: vec![],
+            allow_img2img: true,
+            allow_painting: true,
+            allow_post_processing: true,
+            allow_lora: false,
+            allow_controlnet: false,
+            amount: 1,
+            bridge_agent: "AI Horde Worker reGen:9.0.1:x".into(),
+            priority_user_ids: vec![7],
+            maintenance: false,
+        }
+    }
+
+    fn check(body: serde_json::Value, edit: impl FnOnce(&mut WorkerCaps), expected: Result<(), SkipReason>) {
+        let request = request_from(body);
+        let mut w = worker();
+        edit(&mut w);
+        assert_eq!(can_generate(&request, &w), expected);
+    }
+
+    #[test]
+    fn a_plain_request_matches_a_plain_worker() {
+        check(json!({"prompt": "cat"}), |_| {}, Ok(()));
+    }
+
+    #[test]
+    fn models_must_intersect() {
+        check(json!({"prompt": "cat", "models": ["other"]}), |_| {}, Err(SkipReason::Models));
+    }
+
+    #[test]
+    fn a_request_without_models_takes_any_worker_model() {
+        check(json!({"prompt": "cat", "models": []}), |w| w.models = vec!["x".into()], Ok(()));
+    }
+
+    #[test]
+    fn size_over_max_pixels_is_skipped() {
+        check(
+            json!({"prompt": "cat", "params": {"width": 1024, "height": 1024}}),
+            |_| {},
+            Err(SkipReason::MaxPixels),
+        );
+    }
+
+    #[test]
+    fn nsfw_requests_need_nsfw_workers() {
+        check(json!({"prompt": "cat"}), |w| w.nsfw = false, Err(SkipReason::Nsfw));
+        check(json!({"prompt": "cat", "nsfw": false}), |w| w.nsfw = false, Ok(()));
+    }
+
+    #[test]
+    fn trusted_workers_only_when_asked() {
+        check(json!({"prompt": "cat", "trusted_workers": true}), |_| {}, Err(SkipReason::Untrusted));
+        check(json!({"prompt": "cat", "trusted_workers": true}), |w| w.owner_trusted = true, Ok(()));
+    }
+
+    #[test]
+    fn blacklisted_words_in_the_positive_prompt_skip() {
+        check(json!({"prompt": "a Red car"}), |w| w.blacklist = vec!["red".into()], Err(SkipReason::Blacklist));
+        check(json!({"prompt": "a car ### red"}), |w| w.blacklist = vec!["red".into()], Ok(()));
+    }
+
+    #[test]
+    fn worker_allow_and_block_lists() {
+        let w = worker();
+        let id = w.worker_id.to_string();
+        let request = request_from(json!({"prompt": "c", "workers": [id.clone()]}));
+        assert_eq!(can_generate(&request, &w), Ok(()));
+        let request = request_from(json!({"prompt": "c", "workers": [id], "worker_blacklist": true}));
+        assert_eq!(can_generate(&request, &w), Err(SkipReason::WorkerId));
+        let request = request_from(json!({"prompt": "c", "workers": [Uuid::new_v4().to_string()]}));
+        assert_eq!(can_generate(&request, &w), Err(SkipReason::WorkerId));
+    }
+
+    #[test]
+    fn feature_flags_gate_jobs() {
+        check(json!({"prompt": "c", "params": {"loras": [{"name": "l"}]}}), |_| {}, Err(SkipReason::Lora));
+        check(
+            json!({"prompt": "c", "params": {"post_processing": ["GFPGAN"]}}),
+            |w| w.allow_post_processing = false,
+            Err(SkipReason::PostProcessing),
+        );
+        check(json!({"prompt": "c", "source_image": "x"}), |w| w.allow_img2img = false, Err(SkipReason::Img2img));
+        check(
+            json!({"prompt": "c", "source_image": "x", "source_processing": "inpainting"}),
+            |w| w.allow_painting = false,
+            Err(SkipReason::Painting),
+        );
+    }
+
+    #[test]
+    fn batches_are_bounded_by_pixels_amount_and_waiting_images() {
+        let mut w = worker();
+        w.amount = 4;
+        w.max_pixels = 4 * 1024 * 1024;
+        let request = request_from(json!({"prompt": "c", "params": {"n": 3}}));
+        assert_eq!(batch_size(&request, &w), 3);
+        let request = request_from(json!({"prompt": "c", "params": {"n": 3}, "disable_batching": true}));
+        assert_eq!(batch_size(&request, &w), 1);
+        w.max_pixels = 512 * 512;
+        let request = request_from(json!({"prompt": "c", "params": {"n": 3}}));
+        assert_eq!(batch_size(&request, &w), 1);
+    }
+}

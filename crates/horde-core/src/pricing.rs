@@ -1,0 +1,117 @@
+//! Kudos prices of image jobs.
+//!
+//! The public horde prices a job with a small neural network and falls back to a closed formula
+//! when the network is unavailable. This module implements that fallback formula (horde-api.md
+//! §5.1) plus the LoRA/TI surcharges, the requester's "burn" and the worker's bridge multiplier.
+
+use horde_api::image::{ImageParams, ImageRequest, UPSCALERS};
+
+/// The public horde's closed-form price of one image (its fallback when the network fails).
+pub fn base_job_kudos(params: &ImageParams) -> f64 {
+    let pixels = f64::from(params.width) * f64::from(params.height);
+    let steps = f64::from(params.effective_steps());
+    let smallest = 64.0_f64 * 64.0;
+    let largest = 1024.0_f64 * 1024.0;
+    let relative = ((pixels - smallest).max(0.0)).powf(1.75) / (largest - smallest).powf(1.75);
+    let mut cost = 0.1232 * steps + relative * 0.1232 * steps * 8.75;
+    for _ in &params.post_processing {
+        cost *= 1.2;
+    }
+    if params.control_type.is_some() && !params.return_control_map {
+        cost *= 3.0;
+    }
+    round2(cost)
+}
+
+/// `wp.kudos` of the public horde: the per-image basis of both charge and reward.
+pub fn job_kudos(params: &ImageParams) -> f64 {
+    let mut kudos = base_job_kudos(params) + 3.0 * params.loras.len() as f64;
+    if !params.tis.is_empty() {
+        kudos += 1.0;
+    }
+    round2(kudos)
+}
+
+/// What the requester pays for one delivered image (`burn`): source image ×1.3, upscalers ×1.05,
+/// +1 horde tax, ×1.2 when `slow_workers` is off, ×1.1 with a worker blacklist.
+pub fn requester_charge(request: &ImageRequest, job_kudos: f64) -> f64 {
+    let mut kudos = job_kudos;
+    if request.source_image.is_some() {
+        kudos *= 1.3;
+    }
+    for pp in &request.params.post_processing {
+        if UPSCALERS.contains(&pp.as_str()) {
+            kudos *= 1.05;
+        }
+    }
+    kudos += 1.0;
+    if !request.slow_workers {
+        kudos *= 1.2;
+    }
+    if request.worker_blacklist {
+        kudos *= 1.1;
+    }
+    round2(kudos)
+}
+
+/// The projected total of a request (the dry-run answer): every image's charge, plus the flat
+/// activation fee of 1.
+pub fn projected_cost(request: &ImageRequest) -> f64 {
+    let per_image = requester_charge(request, job_kudos(&request.params));
+    round2(per_image * f64::from(request.params.n) + 1.0)
+}
+
+/// Reward multiplier by bridge: the reference worker earns in full, unknown bridges 0.75.
+pub fn bridge_multiplier(bridge_agent: &str) -> f64 {
+    let name = bridge_agent.split(':').next().unwrap_or_default();
+    match name {
+        "AI Horde Worker reGen" | "horde" => 1.0,
+        "AI Horde Worker" => 0.9,
+        _ => 0.75,
+    }
+}
+
+pub fn round2(value: f64) -> f64 {
+    (value * 100.0).round() / 100.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(json: serde_json::Value) -> ImageParams {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn price_grows_with_size_and_steps() {
+        let small = base_job_kudos(&params(serde_json::json!({"steps": 30})));
+        let big = base_job_kudos(&params(serde_json::json!({"steps": 30, "width": 1024, "height": 1024})));
+        let long = base_job_kudos(&params(serde_json::json!({"steps": 60})));
+        assert!(big > small * 3.0, "{big} vs {small}");
+        assert!(long > small * 1.9);
+    }
+
+    #[test]
+    fn closed_formula_matches_a_hand_computation() {
+        // 512x512, 30 steps: r = (512²−64²)^1.75 / (1024²−64²)^1.75.
+        let r = (262_144.0f64 - 4096.0).powf(1.75) / (1_048_576.0f64 - 4096.0).powf(1.75);
+        let expected = round2(0.1232 * 30.0 + r * 0.1232 * 30.0 * 8.75);
+        assert_eq!(base_job_kudos(&params(serde_json::json!({"steps": 30}))), expected);
+    }
+
+    #[test]
+    fn loras_and_tis_add_surcharges() {
+        let plain = job_kudos(&params(serde_json::json!({})));
+        let with = job_kudos(&params(serde_json::json!({
+            "loras": [{"name": "a"}, {"name": "b"}], "tis": [{"name": "t"}]
+        })));
+        assert_eq!(round2(with - plain), 7.0);
+    }
+
+    #[test]
+    fn unknown_bridges_earn_less() {
+        assert_eq!(bridge_multiplier("AI Horde Worker reGen:9.0.1:https://x"), 1.0);
+        assert_eq!(bridge_multiplier("my-bridge:1"), 0.75);
+    }
+}

@@ -1,0 +1,394 @@
+//! The queue of live requests and the pop: which waiting request a worker gets.
+//!
+//! Waiting requests are indexed by model and by requester, each index ordered by (priority
+//! descending, acceptance order ascending), as the public horde orders its queue. A pop walks only
+//! the requests for the worker's models, first those of the users the worker prioritises, and
+//! stops at the first it may take: it never scans the whole queue.
+
+use crate::matching::{batch_size, can_generate, chosen_model, SkipReason, WorkerCaps};
+use crate::request::{Job, JobState, LiveRequest};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use uuid::Uuid;
+
+/// Order of the queue: higher priority first, then older first.
+type QueueKey = (Reverse<i64>, u64, Uuid);
+
+fn key_of(request: &LiveRequest) -> QueueKey {
+    (Reverse(request.priority), request.seq, request.id)
+}
+
+/// Requests that name no model: any worker may take them.
+const ANY_MODEL: &str = "";
+
+/// Live requests (waiting, in flight, or finished and not yet expired) and their indexes.
+#[derive(Debug, Default)]
+pub struct Queue {
+    requests: HashMap<Uuid, LiveRequest>,
+    job_owner: HashMap<Uuid, Uuid>,
+    by_model: HashMap<String, BTreeSet<QueueKey>>,
+    by_user: HashMap<i64, BTreeSet<QueueKey>>,
+    /// All waiting requests, for queue positions.
+    waiting: BTreeSet<QueueKey>,
+    next_seq: u64,
+}
+
+/// Jobs handed to a worker by one pop.
+#[derive(Debug, Clone)]
+pub struct Assignment {
+    pub request_id: Uuid,
+    pub model: String,
+    pub jobs: Vec<Job>,
+}
+
+#[derive(Debug, Clone)]
+pub enum PopOutcome {
+    Assigned(Assignment),
+    Nothing(BTreeMap<String, u64>),
+}
+
+impl Queue {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The acceptance number the next request gets.
+    pub fn next_seq(&mut self) -> u64 {
+        self.next_seq += 1;
+        self.next_seq
+    }
+
+    /// Adds (or re-adds after a restart) a live request.
+    pub fn insert(&mut self, request: LiveRequest) {
+        self.next_seq = self.next_seq.max(request.seq);
+        for job in &request.jobs {
+            self.job_owner.insert(job.id, request.id);
+        }
+        let id = request.id;
+        self.requests.insert(id, request);
+        self.reindex(id);
+    }
+
+    pub fn get(&self, id: Uuid) -> Option<&LiveRequest> {
+        self.requests.get(&id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.requests.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.requests.is_empty()
+    }
+
+    pub fn waiting_count(&self) -> usize {
+        self.waiting.len()
+    }
+
+    pub fn requests(&self) -> impl Iterator<Item = &LiveRequest> {
+        self.requests.values()
+    }
+
+    /// The request a job belongs to.
+    pub fn request_of_job(&self, job_id: Uuid) -> Option<&LiveRequest> {
+        self.job_owner.get(&job_id).and_then(|r| self.requests.get(r))
+    }
+
+    /// Changes a request through `edit` and keeps the indexes true.
+    pub fn update<T>(&mut self, id: Uuid, edit: impl FnOnce(&mut LiveRequest) -> T) -> Option<T> {
+        self.unindex(id);
+        let result = self.requests.get_mut(&id).map(edit);
+        if let Some(request) = self.requests.get(&id) {
+            for job in &request.jobs {
+                self.job_owner.insert(job.id, id);
+            }
+        }
+        self.reindex(id);
+        result
+    }
+
+    pub fn remove(&mut self, id: Uuid) -> Option<LiveRequest> {
+        self.unindex(id);
+        let request = self.requests.remove(&id)?;
+        for job in &request.jobs {
+            self.job_owner.remove(&job.id);
+        }
+        Some(request)
+    }
+
+    /// Ids of requests whose expiry has passed.
+    pub fn expired(&self, now: i64) -> Vec<Uuid> {
+        self.requests
+            .values()
+            .filter(|r| r.expiry <= now)
+            .map(|r| r.id)
+            .collect()
+    }
+
+    /// 1-based position among waiting requests, 0 when nothing of it waits.
+    pub fn position(&self, id: Uuid) -> usize {
+        match self.requests.get(&id) {
+            Some(r) if r.is_waiting() => self.waiting.range(..key_of(r)).count() + 1,
+            _ => 0,
+        }
+    }
+
+    /// Images still waiting in this user's requests (the concurrency limit counts them).
+    pub fn waiting_images_of_user(&self, user_id: i64) -> u64 {
+        self.by_user
+            .get(&user_id)
+            .map(|set| set.iter().map(|k| u64::from(self.requests[&k.2].n_remaining)).sum())
+            .unwrap_or(0)
+    }
+
+    /// Megapixelsteps waiting ahead of (and including) this request, for wait-time estimates.
+    pub fn megapixelsteps_ahead(&self, id: Uuid) -> f64 {
+        let Some(request) = self.requests.get(&id) else { return 0.0 };
+        if !request.is_waiting() {
+            return 0.0;
+        }
+        self.waiting
+            .range(..=key_of(request))
+            .map(|k| {
+                let r = &self.requests[&k.2];
+                let p = &r.body.params;
+                f64::from(p.width) * f64::from(p.height) * f64::from(p.accurate_steps()) * f64::from(r.n_remaining) / 1e6
+            })
+            .sum()
+    }
+
+    /// Picks the best request `worker` may take and hands it a batch of jobs.
+    pub fn pop(&mut self, worker: &WorkerCaps, worker_name: &str, now: i64, ttl: impl Fn(&LiveRequest) -> i64) -> PopOutcome {
+        let mut skipped: HashMap<SkipReason, u64> = HashMap::new();
+        let chosen = self
+            .find_for(worker, &mut skipped, true)
+            .or_else(|| self.find_for(worker, &mut skipped, false));
+        let Some(request_id) = chosen else {
+            return PopOutcome::Nothing(
+                skipped.into_iter().map(|(k, v)| (k.key().to_string(), v)).collect(),
+            );
+        };
+        let assignment = self
+            .update(request_id, |request| {
+                let model = chosen_model(request, worker).unwrap_or_default();
+                let deadline = now + ttl(request);
+                let batch = batch_size(request, worker);
+                let mut jobs = Vec::with_capacity(batch as usize);
+                for _ in 0..batch {
+                    let job = Job {
+                        id: Uuid::new_v4(),
+                        request_id,
+                        worker_id: worker.worker_id,
+                        worker_name: worker_name.to_string(),
+                        model: model.clone(),
+                        seed: request.next_seed(),
+                        started: now,
+                        deadline,
+                        state: JobState::Processing,
+                        censored: false,
+                        gen_metadata: vec![],
+                        reward: 0.0,
+                    };
+                    request.n_remaining -= 1;
+                    request.jobs.push(job.clone());
+                    jobs.push(job);
+                }
+                Assignment { request_id, model, jobs }
+            })
+            .expect("chosen request exists");
+        PopOutcome::Assigned(assignment)
+    }
+
+    /// Walks candidates in queue order; the first the worker may take wins.
+    fn find_for(&self, worker: &WorkerCaps, skipped: &mut HashMap<SkipReason, u64>, priority_users: bool) -> Option<Uuid> {
+        let mut seen = HashSet::new();
+        let candidates: Box<dyn Iterator<Item = &QueueKey>> = if priority_users {
+            let sets = worker.priority_user_ids.iter().filter_map(|u| self.by_user.get(u));
+            Box::new(merge(sets.collect()))
+        } else {
+            let mut sets: Vec<&BTreeSet<QueueKey>> =
+                worker.models.iter().filter_map(|m| self.by_model.get(m)).collect();
+            if let Some(any) = self.by_model.get(ANY_MODEL) {
+                sets.push(any);
+            }
+            Box::new(merge(sets))
+        };
+        for key in candidates {
+            let id = key.2;
+            if !seen.insert(id) {
+                continue;
+            }
+            let request = &self.requests[&id];
+            match can_generate(request, worker) {
+                Ok(()) => return Some(id),
+                Err(reason) if !priority_users => *skipped.entry(reason).or_default() += 1,
+                Err(_) => {}
+            }
+        }
+        None
+    }
+
+    fn unindex(&mut self, id: Uuid) {
+        let Some(request) = self.requests.get(&id) else { return };
+        let key = key_of(request);
+        self.waiting.remove(&key);
+        for model in model_keys(request) {
+            if let Some(set) = self.by_model.get_mut(model) {
+                set.remove(&key);
+                if set.is_empty() {
+                    self.by_model.remove(model);
+                }
+            }
+        }
+        if let Some(set) = self.by_user.get_mut(&request.user_id) {
+            set.remove(&key);
+            if set.is_empty() {
+                self.by_user.remove(&request.user_id);
+            }
+        }
+    }
+
+    fn reindex(&mut self, id: Uuid) {
+        let Some(request) = self.requests.get(&id) else { return };
+        if !request.is_waiting() {
+            return;
+        }
+        let key = key_of(request);
+        self.waiting.insert(key);
+        for model in model_keys(request) {
+            self.by_model.entry(model.to_string()).or_default().insert(key);
+        }
+        self.by_user.entry(request.user_id).or_default().insert(key);
+    }
+}
+
+fn model_keys(request: &LiveRequest) -> Vec<&str> {
+    if request.body.models.is_empty() {
+        vec![ANY_MODEL]
+    } else {
+        request.body.models.iter().map(String::as_str).collect()
+    }
+}
+
+/// Merges ordered sets into one ordered stream (duplicates are left to the caller).
+fn merge<'a>(sets: Vec<&'a BTreeSet<QueueKey>>) -> impl Iterator<Item = &'a QueueKey> + 'a {
+    let mut iters: Vec<_> = sets.into_iter().map(|s| s.iter().peekable()).collect();
+    std::iter::from_fn(move || {
+        let best = iters
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, it)| it.peek().map(|k| (i, *k)))
+            .min_by(|a, b| a.1.cmp(b.1))?
+            .0;
+        iters[best].next()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::request::tests::request_from;
+    use serde_json::json;
+
+    fn worker(models: &[&str]) -> WorkerCaps {
+        WorkerCaps {
+            worker_id: Uuid::new_v4(),
+            owner_id: 99,
+            owner_trusted: false,
+            models: models.iter().map(|m| m.to_string()).collect(),
+            max_pixels: 1024 * 1024,
+            nsfw: true,
+            blacklist: vec![],
+            allow_img2img: true,
+            allow_painting: true,
+            allow_post_processing: true,
+            allow_lora: false,
+            allow_controlnet: false,
+            amount: 1,
+            bridge_agent: String::new(),
+            priority_user_ids: vec![99],
+            maintenance: false,
+        }
+    }
+
+    fn add(queue: &mut Queue, body: serde_json::Value, priority: i64, user: i64) -> Uuid {
+        let mut r = request_from(body);
+        r.priority = priority;
+        r.user_id = user;
+        r.seq = queue.next_seq();
+        let id = r.id;
+        queue.insert(r);
+        id
+    }
+
+    fn popped(queue: &mut Queue, w: &WorkerCaps) -> Option<Uuid> {
+        match queue.pop(w, "w", 0, |_| 150) {
+            PopOutcome::Assigned(a) => Some(a.request_id),
+            PopOutcome::Nothing(_) => None,
+        }
+    }
+
+    #[test]
+    fn higher_priority_then_older_first() {
+        let mut q = Queue::new();
+        let low = add(&mut q, json!({"prompt": "a"}), 1, 1);
+        let high_old = add(&mut q, json!({"prompt": "b"}), 5, 2);
+        let high_new = add(&mut q, json!({"prompt": "c"}), 5, 3);
+        let w = worker(&["stable_diffusion"]);
+        assert_eq!(q.position(high_new), 2);
+        assert_eq!(popped(&mut q, &w), Some(high_old));
+        assert_eq!(popped(&mut q, &w), Some(high_new));
+        assert_eq!(popped(&mut q, &w), Some(low));
+        assert_eq!(popped(&mut q, &w), None);
+        assert_eq!(q.waiting_count(), 0);
+    }
+
+    #[test]
+    fn the_owners_requests_come_first() {
+        let mut q = Queue::new();
+        let rich = add(&mut q, json!({"prompt": "a"}), 1000, 1);
+        let own = add(&mut q, json!({"prompt": "b"}), -5, 99);
+        let w = worker(&["stable_diffusion"]);
+        assert_eq!(popped(&mut q, &w), Some(own));
+        assert_eq!(popped(&mut q, &w), Some(rich));
+    }
+
+    #[test]
+    fn only_requests_for_the_workers_models_are_considered() {
+        let mut q = Queue::new();
+        add(&mut q, json!({"prompt": "a", "models": ["other"]}), 10, 1);
+        let any = add(&mut q, json!({"prompt": "b", "models": []}), 0, 1);
+        let w = worker(&["stable_diffusion"]);
+        assert_eq!(popped(&mut q, &w), Some(any));
+        assert_eq!(popped(&mut q, &w), None);
+    }
+
+    #[test]
+    fn skipped_counts_say_why() {
+        let mut q = Queue::new();
+        add(&mut q, json!({"prompt": "a", "params": {"width": 2048, "height": 2048}}), 0, 1);
+        add(&mut q, json!({"prompt": "a", "trusted_workers": true}), 0, 1);
+        let w = worker(&["stable_diffusion"]);
+        match q.pop(&w, "w", 0, |_| 150) {
+            PopOutcome::Nothing(skipped) => {
+                assert_eq!(skipped.get("max_pixels"), Some(&1));
+                assert_eq!(skipped.get("untrusted"), Some(&1));
+            }
+            other => panic!("expected nothing, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_request_with_n_2_is_split_over_two_workers_then_leaves_the_waiting_set() {
+        let mut q = Queue::new();
+        let id = add(&mut q, json!({"prompt": "a", "params": {"n": 2}}), 0, 1);
+        let w = worker(&["stable_diffusion"]);
+        assert_eq!(popped(&mut q, &w), Some(id));
+        assert_eq!(q.position(id), 1);
+        assert_eq!(popped(&mut q, &w), Some(id));
+        assert_eq!(q.position(id), 0);
+        assert_eq!(q.get(id).unwrap().jobs.len(), 2);
+        let job = q.get(id).unwrap().jobs[0].id;
+        assert_eq!(q.request_of_job(job).unwrap().id, id);
+    }
+}

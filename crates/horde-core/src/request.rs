@@ -1,0 +1,353 @@
+//! A request's life: its jobs, their states, and the counts clients see.
+//!
+//! A `LiveRequest` is an accepted image request (the public horde's "WaitingPrompt") with the
+//! jobs handed out so far (its "ProcessingGenerations"). The methods here are the only place
+//! where a request's counters change.
+
+use horde_api::image::{GenMetadata, ImageRequest, SubmitState};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// A request is faulted once this many of its jobs faulted.
+pub const FAULTS_BEFORE_REQUEST_FAILS: u32 = 3;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    /// Handed to a worker, no result yet.
+    Processing,
+    Ok,
+    Censored,
+    Csam,
+    /// Reported faulted by the worker, or taken back.
+    Faulted,
+}
+
+impl JobState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Processing => "processing",
+            JobState::Ok => "ok",
+            JobState::Censored => "censored",
+            JobState::Csam => "csam",
+            JobState::Faulted => "faulted",
+        }
+    }
+    pub fn parse(text: &str) -> Option<JobState> {
+        Some(match text {
+            "processing" => JobState::Processing,
+            "ok" => JobState::Ok,
+            "censored" => JobState::Censored,
+            "csam" => JobState::Csam,
+            "faulted" => JobState::Faulted,
+            _ => return None,
+        })
+    }
+    pub fn is_finished(self) -> bool {
+        matches!(self, JobState::Ok | JobState::Censored | JobState::Csam)
+    }
+}
+
+/// One image handed to one worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    pub id: Uuid,
+    pub request_id: Uuid,
+    pub worker_id: Uuid,
+    pub worker_name: String,
+    pub model: String,
+    pub seed: u64,
+    /// Unix seconds when it was handed out.
+    pub started: i64,
+    /// Unix seconds after which it may be taken back.
+    pub deadline: i64,
+    pub state: JobState,
+    pub censored: bool,
+    pub gen_metadata: Vec<GenMetadata>,
+    /// Kudos the worker earned for it.
+    pub reward: f64,
+}
+
+/// An accepted request and its jobs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveRequest {
+    pub id: Uuid,
+    pub user_id: i64,
+    /// The request as accepted, with the server's defaults filled in.
+    pub body: ImageRequest,
+    /// Seed of the first image, when the requester gave one.
+    pub base_seed: Option<u64>,
+    pub created: i64,
+    /// Order of acceptance; ties in priority go to the older request.
+    pub seq: u64,
+    pub priority: i64,
+    /// Images not yet handed out.
+    pub n_remaining: u32,
+    /// Images the requester will get (lowered by a cancel to what finished).
+    pub jobs_total: u32,
+    /// Per-image kudos basis (the public horde's `wp.kudos`).
+    pub job_kudos: f64,
+    pub consumed_kudos: f64,
+    pub faulted: bool,
+    pub cancelled: bool,
+    /// Unix seconds after which the request and its images are removed.
+    pub expiry: i64,
+    pub jobs: Vec<Job>,
+}
+
+/// The counters of a check or status answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatusCounts {
+    pub finished: u32,
+    pub processing: u32,
+    pub restarted: u32,
+    pub waiting: u32,
+    pub done: bool,
+    pub faulted: bool,
+}
+
+/// Why a worker's submission was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubmitRefusal {
+    /// The job already has a result.
+    Duplicate,
+    /// The job was faulted or taken back.
+    Aborted,
+}
+
+impl LiveRequest {
+    pub fn counts(&self) -> StatusCounts {
+        let mut counts = StatusCounts {
+            finished: 0,
+            processing: 0,
+            restarted: 0,
+            waiting: 0,
+            done: false,
+            faulted: self.faulted,
+        };
+        for job in &self.jobs {
+            match job.state {
+                JobState::Processing => counts.processing += 1,
+                JobState::Faulted => counts.restarted += 1,
+                _ => counts.finished += 1,
+            }
+        }
+        let unassigned = self
+            .jobs_total
+            .saturating_sub(counts.processing + counts.finished);
+        counts.waiting = self.n_remaining.min(unassigned);
+        // The public horde's rule: done when nothing waits and (finished − processing) ≥ jobs.
+        counts.done = self.faulted
+            || (self.n_remaining == 0 && counts.finished >= self.jobs_total + counts.processing);
+        counts
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.counts().done
+    }
+
+    /// Whether the request still has images waiting for a worker.
+    pub fn is_waiting(&self) -> bool {
+        self.n_remaining > 0 && !self.faulted && !self.cancelled
+    }
+
+    pub fn job(&self, job_id: Uuid) -> Option<&Job> {
+        self.jobs.iter().find(|j| j.id == job_id)
+    }
+
+    /// The seed of the next image handed out.
+    pub fn next_seed(&self) -> u64 {
+        let index = self.jobs_total - self.n_remaining;
+        match (self.base_seed, self.body.params.seed_variation) {
+            (Some(base), Some(variation)) => crate::seed::varied_seed(base, variation, index),
+            (Some(base), None) => base,
+            (None, _) => crate::seed::random_seed(),
+        }
+    }
+
+    /// Records a worker's result for `job_id`. Returns the job as updated.
+    pub fn apply_submit(
+        &mut self,
+        job_id: Uuid,
+        state: SubmitState,
+        seed: Option<u64>,
+        gen_metadata: Vec<GenMetadata>,
+        reward: f64,
+    ) -> Result<&Job, SubmitRefusal> {
+        let index = self
+            .jobs
+            .iter()
+            .position(|j| j.id == job_id)
+            .expect("caller checked the job belongs to this request");
+        match self.jobs[index].state {
+            JobState::Processing => {}
+            JobState::Faulted => return Err(SubmitRefusal::Aborted),
+            _ => return Err(SubmitRefusal::Duplicate),
+        }
+        let censored_by_metadata = gen_metadata
+            .iter()
+            .any(|m| m.kind == "censorship" && matches!(m.value.as_str(), "nsfw" | "csam"));
+        let new_state = match state {
+            SubmitState::Ok if censored_by_metadata => JobState::Censored,
+            SubmitState::Ok => JobState::Ok,
+            SubmitState::Censored => JobState::Censored,
+            SubmitState::Csam => JobState::Csam,
+            SubmitState::Faulted => JobState::Faulted,
+        };
+        if new_state == JobState::Faulted {
+            self.fault_job(index);
+        } else {
+            let job = &mut self.jobs[index];
+            job.state = new_state;
+            job.censored = new_state != JobState::Ok;
+            job.reward = reward;
+            if let Some(seed) = seed {
+                job.seed = seed;
+            }
+            job.gen_metadata = gen_metadata;
+        }
+        Ok(&self.jobs[index])
+    }
+
+    /// Marks a job faulted and puts its image back in the queue, unless the request has now
+    /// faulted too often.
+    pub fn fault_job(&mut self, index: usize) {
+        self.jobs[index].state = JobState::Faulted;
+        let faults = self
+            .jobs
+            .iter()
+            .filter(|j| j.state == JobState::Faulted)
+            .count() as u32;
+        if faults >= FAULTS_BEFORE_REQUEST_FAILS {
+            self.faulted = true;
+            self.n_remaining = 0;
+        } else if !self.cancelled {
+            self.n_remaining += 1;
+        }
+    }
+
+    /// Cancels: nothing more is handed out; jobs in flight may still finish.
+    pub fn cancel(&mut self) {
+        let finished = self.jobs.iter().filter(|j| j.state.is_finished()).count() as u32;
+        self.cancelled = true;
+        self.n_remaining = 0;
+        self.jobs_total = finished;
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn request_from(json: serde_json::Value) -> LiveRequest {
+        let body: ImageRequest = serde_json::from_value(json).unwrap();
+        let n = body.params.n;
+        LiveRequest {
+            id: Uuid::new_v4(),
+            user_id: 1,
+            body,
+            base_seed: None,
+            created: 0,
+            seq: 0,
+            priority: 0,
+            n_remaining: n,
+            jobs_total: n,
+            job_kudos: 10.0,
+            consumed_kudos: 0.0,
+            faulted: false,
+            cancelled: false,
+            expiry: 1200,
+            jobs: vec![],
+        }
+    }
+
+    pub(crate) fn hand_out(request: &mut LiveRequest) -> Uuid {
+        let id = Uuid::new_v4();
+        request.n_remaining -= 1;
+        request.jobs.push(Job {
+            id,
+            request_id: request.id,
+            worker_id: Uuid::nil(),
+            worker_name: "w".into(),
+            model: "m".into(),
+            seed: 1,
+            started: 0,
+            deadline: 150,
+            state: JobState::Processing,
+            censored: false,
+            gen_metadata: vec![],
+            reward: 0.0,
+        });
+        id
+    }
+
+    #[test]
+    fn counts_follow_the_lifecycle() {
+        let mut r = request_from(serde_json::json!({"prompt": "p", "params": {"n": 2}}));
+        assert_eq!((r.counts().waiting, r.counts().done), (2, false));
+        let a = hand_out(&mut r);
+        let b = hand_out(&mut r);
+        let c = r.counts();
+        assert_eq!((c.waiting, c.processing, c.done), (0, 2, false));
+        r.apply_submit(a, SubmitState::Ok, Some(5), vec![], 1.0).unwrap();
+        assert_eq!(r.counts().finished, 1);
+        assert!(!r.is_done());
+        r.apply_submit(b, SubmitState::Ok, None, vec![], 1.0).unwrap();
+        assert!(r.is_done());
+        assert_eq!(r.job(a).unwrap().seed, 5);
+    }
+
+    #[test]
+    fn a_second_submit_is_a_duplicate() {
+        let mut r = request_from(serde_json::json!({"prompt": "p"}));
+        let a = hand_out(&mut r);
+        r.apply_submit(a, SubmitState::Ok, None, vec![], 1.0).unwrap();
+        let again = r.apply_submit(a, SubmitState::Ok, None, vec![], 1.0).map(|_| ());
+        assert_eq!(again, Err(SubmitRefusal::Duplicate));
+    }
+
+    #[test]
+    fn a_faulted_job_goes_back_to_the_queue_and_three_fault_the_request() {
+        let mut r = request_from(serde_json::json!({"prompt": "p"}));
+        for round in 1..=3 {
+            let a = hand_out(&mut r);
+            r.apply_submit(a, SubmitState::Faulted, None, vec![], 0.0).unwrap();
+            assert_eq!(r.counts().restarted, round);
+        }
+        assert!(r.faulted);
+        assert!(r.is_done());
+        assert_eq!(r.n_remaining, 0);
+    }
+
+    #[test]
+    fn censorship_metadata_marks_the_image_censored() {
+        let mut r = request_from(serde_json::json!({"prompt": "p"}));
+        let a = hand_out(&mut r);
+        let meta = vec![GenMetadata { kind: "censorship".into(), value: "nsfw".into(), r#ref: None }];
+        let job = r.apply_submit(a, SubmitState::Ok, None, meta, 1.0).unwrap();
+        assert_eq!(job.state, JobState::Censored);
+        assert!(job.censored);
+    }
+
+    #[test]
+    fn cancel_keeps_finished_and_in_flight_images() {
+        let mut r = request_from(serde_json::json!({"prompt": "p", "params": {"n": 3}}));
+        let a = hand_out(&mut r);
+        let b = hand_out(&mut r);
+        r.apply_submit(a, SubmitState::Ok, None, vec![], 1.0).unwrap();
+        r.cancel();
+        let c = r.counts();
+        assert_eq!((c.waiting, c.finished, c.processing, c.done), (0, 1, 1, false));
+        r.apply_submit(b, SubmitState::Ok, None, vec![], 1.0).unwrap();
+        assert!(r.is_done());
+    }
+
+    #[test]
+    fn seed_variation_steps_the_seed_per_image() {
+        let mut r = request_from(serde_json::json!({"prompt": "p", "params": {"n": 3, "seed_variation": 10}}));
+        r.base_seed = Some(100);
+        assert_eq!(r.next_seed(), 100);
+        hand_out(&mut r);
+        assert_eq!(r.next_seed(), 110);
+    }
+}

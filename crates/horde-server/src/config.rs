@@ -1,0 +1,109 @@
+//! The coordinator's settings, with defaults that work for a first run.
+//!
+//! The binary layers a TOML file, `HORDE_…` environment variables and flags onto these defaults
+//! (flags win); this crate only receives the result.
+
+use horde_store::Durability;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Directory holding the SQLite file (`horde.sqlite`) and the images.
+    pub data_dir: PathBuf,
+    /// Base URL that workers and clients use to reach this coordinator, for upload and download
+    /// links. Empty: `http://` + the address actually bound.
+    pub public_url: String,
+    pub database: DatabaseConfig,
+    pub api: ApiConfig,
+    pub requests: RequestsConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `normal` survives the process being killed; `full` also survives power loss.
+    pub durability: Durability,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Enables `POST /api/v2/dev/test-user` for callers on loopback (as the public horde's
+    /// `HORDE_TEST_APIKEYS=1`). Never enable on a public server.
+    pub test_users: bool,
+    /// Enforce the public horde's per-endpoint rate limits.
+    pub rate_limits: bool,
+    /// Largest accepted request body, in bytes (base64 images included).
+    pub max_body_bytes: usize,
+    /// Largest accepted image (a worker's upload or submit), in bytes.
+    pub max_image_bytes: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RequestsConfig {
+    /// A finished request (and its images) is kept this long, in seconds, then removed.
+    pub retention_secs: i64,
+    /// A request nobody picked up is removed this long after its creation or last pop, in
+    /// seconds, when nothing of it is in flight.
+    pub idle_expiry_secs: i64,
+    /// How often the sweeper removes expired requests, in seconds.
+    pub sweep_interval_secs: u64,
+    /// Upload URLs handed to workers stay valid this long, in seconds.
+    pub upload_url_ttl_secs: i64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:7001".parse().expect("valid address"),
+            data_dir: PathBuf::from("."),
+            public_url: String::new(),
+            database: DatabaseConfig::default(),
+            api: ApiConfig::default(),
+            requests: RequestsConfig::default(),
+        }
+    }
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig { durability: Durability::Normal }
+    }
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            test_users: false,
+            rate_limits: true,
+            max_body_bytes: 16 * 1024 * 1024,
+            max_image_bytes: 8 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for RequestsConfig {
+    fn default() -> Self {
+        RequestsConfig {
+            retention_secs: 20 * 60,
+            idle_expiry_secs: 20 * 60,
+            sweep_interval_secs: 10,
+            upload_url_ttl_secs: 30 * 60,
+        }
+    }
+}
+
+impl ServerConfig {
+    pub fn database_path(&self) -> PathBuf {
+        self.data_dir.join("horde.sqlite")
+    }
+    pub fn images_dir(&self) -> PathBuf {
+        self.data_dir.join("images")
+    }
+}

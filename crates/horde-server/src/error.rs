@@ -1,0 +1,50 @@
+//! The server's error type and its HTTP rendering as the AI Horde error body.
+//!
+//! 5xx bodies are opaque; their cause is logged, never sent.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use horde_api::{ErrorBody, Rc};
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub body: ErrorBody,
+}
+
+impl ApiError {
+    pub fn new(rc: Rc, message: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::from_u16(rc.status()).unwrap_or(StatusCode::BAD_REQUEST),
+            body: ErrorBody::new(rc, message),
+        }
+    }
+
+    /// A schema-validation failure (400 with an `errors` map).
+    pub fn validation(body: ErrorBody) -> Self {
+        ApiError { status: StatusCode::BAD_REQUEST, body }
+    }
+
+    pub fn internal(cause: impl std::fmt::Display) -> Self {
+        tracing::error!(%cause, "internal error");
+        ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            body: ErrorBody { message: "Internal Server Error".into(), rc: Some(Rc::InternalServerError.as_str().into()), errors: None },
+        }
+    }
+}
+
+impl From<horde_store::StoreError> for ApiError {
+    fn from(err: horde_store::StoreError) -> Self {
+        ApiError::internal(err)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body)).into_response()
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

@@ -1,0 +1,176 @@
+//! The coordinator: AI Horde API v2 over HTTP (axum), with the live queue in memory and every
+//! acknowledged change in the store.
+//!
+//! [`Application::build`] opens the store, reloads the live state, binds the listener and
+//! reports its port, so tests bind `127.0.0.1:0`. Handlers (`routes`) are thin; the service
+//! methods on [`state::AppState`] (`requests`, `jobs`, `workers`, `users`) orchestrate
+//! horde-core's rules and horde-store's persistence. No SQL and no HTTP type below this crate.
+
+pub mod config;
+pub mod error;
+pub mod extract;
+pub mod images;
+pub mod jobs;
+pub mod openapi;
+pub mod ratelimit;
+pub mod requests;
+pub mod routes;
+pub mod state;
+pub mod sweeper;
+pub mod users;
+pub mod workers;
+
+use crate::config::ServerConfig;
+use crate::images::ImageStore;
+use crate::state::{now, AppState, ModelPerformance, SharedState};
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, HeaderValue, Method};
+use axum::routing::{get, post, put};
+use axum::Router;
+use horde_core::keys::generate_token;
+use horde_core::Queue;
+use horde_store::Store;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use tokio::net::TcpListener;
+use tower_http::cors::{Any, CorsLayer};
+use tower_http::set_header::SetResponseHeaderLayer;
+use utoipa::OpenApi;
+use utoipa_swagger_ui::SwaggerUi;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot use data directory {path}: {source}")]
+    DataDir { path: String, source: std::io::Error },
+    #[error(transparent)]
+    Store(#[from] horde_store::StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+}
+
+/// A built coordinator, bound to its port, not yet serving.
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    state: SharedState,
+}
+
+impl Application {
+    pub async fn build(config: ServerConfig) -> Result<Application, StartError> {
+        let data_dir = |source| StartError::DataDir { path: config.data_dir.display().to_string(), source };
+        std::fs::create_dir_all(&config.data_dir).map_err(data_dir)?;
+        let images = ImageStore::open(&config.images_dir()).map_err(data_dir)?;
+        let store = Store::open(&config.database_path(), config.database.durability).await?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| StartError::Bind { addr: config.listen, source })?;
+        let local = listener.local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?;
+        let state = Arc::new(open_state(config, store, images, local).await?);
+        let router = router(state.clone());
+        Ok(Application { listener, router, state })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("bound listener has an address")
+    }
+
+    pub fn port(&self) -> u16 {
+        self.local_addr().port()
+    }
+
+    pub fn state(&self) -> SharedState {
+        self.state.clone()
+    }
+
+    /// Serves until `shutdown` completes, with the sweeper running beside.
+    pub async fn run_until(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        let sweeper = tokio::spawn(sweeper::run(self.state.clone()));
+        let service = self.router.into_make_service_with_connect_info::<SocketAddr>();
+        let result = axum::serve(self.listener, service).with_graceful_shutdown(shutdown).await;
+        sweeper.abort();
+        self.state.store.close().await;
+        result
+    }
+}
+
+async fn open_state(config: ServerConfig, store: Store, images: ImageStore, local: SocketAddr) -> Result<AppState, StartError> {
+    let key_salt = store.setting_or_init("api_key_salt", generate_token).await?;
+    let upload_secret = store.setting_or_init("upload_secret", generate_token).await?;
+    let public_url = if config.public_url.is_empty() {
+        format!("http://{local}")
+    } else {
+        config.public_url.trim_end_matches('/').to_string()
+    };
+    let host = std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "horde".into());
+    let state = AppState {
+        node_name: format!("{host}:{}:{}", local.port(), routes::status::VERSION),
+        config,
+        store,
+        queue: Mutex::new(Queue::new()),
+        workers: RwLock::new(Default::default()),
+        limiter: Mutex::new(Default::default()),
+        performance: Mutex::new(ModelPerformance::default()),
+        images,
+        key_salt,
+        upload_secret,
+        public_url,
+    };
+    state.store.ensure_anonymous(&state.anonymous_key_hash(), now()).await?;
+    let requests = state.store.load_requests().await?;
+    {
+        let mut queue = state.queue.lock().expect("queue lock");
+        for request in requests {
+            queue.insert(request);
+        }
+    }
+    state.load_workers().await?;
+    Ok(state)
+}
+
+fn router(state: SharedState) -> Router {
+    use routes::{generate, status, users, workers};
+    let api = Router::new()
+        .route("/api/v2/generate/async", post(generate::generate_async))
+        .route("/api/v2/generate/check/{id}", get(generate::check))
+        .route("/api/v2/generate/status/{id}", get(generate::status).delete(generate::cancel))
+        .route("/api/v2/generate/pop", post(generate::pop))
+        .route("/api/v2/generate/submit", post(generate::submit))
+        .route("/api/v2/uploads/{job_id}", put(generate::upload))
+        .route("/api/v2/images/{file}", get(generate::image))
+        .route("/api/v2/workers", get(workers::list))
+        .route("/api/v2/workers/{id}", get(workers::get).put(workers::modify))
+        .route("/api/v2/workers/name/{name}", get(workers::by_name))
+        .route("/api/v2/users/{id}", get(users::get))
+        .route("/api/v2/find_user", get(users::find_user))
+        .route("/api/v2/dev/test-user", post(users::test_user))
+        .route("/api/v2/status/heartbeat", get(status::heartbeat))
+        .route("/api/v2/status/models", get(status::models))
+        .route("/api/v2/status/models/{name}", get(status::model))
+        .route("/api/v2/status/performance", get(status::performance))
+        .route("/.well-known/serviceinfo", get(status::serviceinfo))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), ratelimit::rate_limit))
+        .method_not_allowed_fallback(method_not_allowed);
+    let cors = CorsLayer::new()
+        .allow_origin(Any)
+        .allow_headers(Any)
+        .allow_methods([Method::POST, Method::GET, Method::OPTIONS, Method::PUT, Method::DELETE, Method::PATCH]);
+    let node = HeaderValue::from_str(&state.node_name).unwrap_or(HeaderValue::from_static("horde"));
+    api.fallback(not_found)
+        .merge(SwaggerUi::new("/api").url("/api/swagger.json", openapi::ApiDoc::openapi()))
+        .layer(DefaultBodyLimit::max(state.config.api.max_body_bytes))
+        .layer(cors)
+        .layer(SetResponseHeaderLayer::overriding(HeaderName::from_static("horde-node"), node))
+        .with_state(state)
+}
+
+/// Unknown paths answer with the AI Horde error body, never an empty or HTML page.
+async fn not_found() -> error::ApiError {
+    error::ApiError::new(horde_api::Rc::ThingNotFound, "The requested URL was not found on this server.")
+}
+
+async fn method_not_allowed() -> error::ApiError {
+    error::ApiError {
+        status: axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        body: horde_api::ErrorBody { message: "The method is not allowed for the requested URL.".into(), rc: Some("MethodNotAllowed".into()), errors: None },
+    }
+}

@@ -1,0 +1,17 @@
+//! The OpenAPI document, generated from the wire types and the handlers' annotations.
+
+use crate::routes::{generate, status, users, workers};
+use utoipa::OpenApi;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "horde — AI Horde API v2", description = "A Rust coordinator compatible with AI Horde API v2."),
+    paths(
+        generate::generate_async, generate::check, generate::status, generate::cancel, generate::pop, generate::submit,
+        workers::list, workers::get, workers::by_name, workers::modify,
+        users::get, users::find_user, users::test_user,
+        status::heartbeat, status::models, status::model, status::performance,
+    ),
+    tags((name = "v2", description = "AI Horde API v2"), (name = "dev", description = "Test-only endpoints"))
+)]
+pub struct ApiDoc;

@@ -1,0 +1,244 @@
+//! Image requests from the client's side: accept, check, status, cancel, expire.
+
+use crate::error::{ApiError, ApiResult};
+use crate::state::{now, AppState};
+use base64::Engine;
+use horde_api::image::{AsyncResponse, Generation, ImageRequest, RequestStatus, RequestStatusCheck, RequestWarning, UPSCALERS};
+use horde_api::Rc;
+use horde_core::accounts::User;
+use horde_core::matching::can_generate;
+use horde_core::pricing;
+use horde_core::request::{JobState, LiveRequest};
+use horde_core::seed::parse_seed;
+use uuid::Uuid;
+
+/// What `POST /generate/async` answers: accepted (202) or a dry run's price (200).
+pub enum Accepted {
+    Queued(AsyncResponse),
+    DryRun(AsyncResponse),
+}
+
+/// Rules beyond the schema bounds, each with the public horde's rc.
+fn check_request_rules(body: &ImageRequest) -> ApiResult<()> {
+    body.validate().map_err(ApiError::validation)?;
+    if body.prompt_parts().0.trim().is_empty() {
+        return Err(ApiError::new(Rc::MissingPrompt, "You cannot specify an empty prompt."));
+    }
+    if body.source_mask.is_some() && body.source_image.is_none() {
+        return Err(ApiError::new(Rc::SourceMaskUnnecessary, "Cannot send a source mask without a source image."));
+    }
+    if let Some(hook) = &body.webhook {
+        if !hook.starts_with("https://") {
+            return Err(ApiError::new(Rc::InvalidWebhook, "webhook must be an https:// URL."));
+        }
+    }
+    let upscalers = body.params.post_processing.iter().filter(|p| UPSCALERS.contains(&p.as_str())).count();
+    if upscalers > 1 {
+        return Err(ApiError::new(Rc::TooManyUpscalers, "Cannot use more than one upscaler at a time."));
+    }
+    for model in &body.models {
+        if horde_api::image::POST_PROCESSORS.contains(&model.as_str()) {
+            return Err(ApiError::new(Rc::UnexpectedModelName, format!("'{model}' is a post-processor, not a model.")));
+        }
+    }
+    Ok(())
+}
+
+/// The accepted body with the server's defaults written in, so a worker sees exactly what ran.
+fn normalise(mut body: ImageRequest) -> (ImageRequest, Option<u64>) {
+    body.params.steps = Some(body.params.effective_steps());
+    let base_seed = body.params.seed.as_ref().map(|s| match s {
+        horde_api::image::SeedInput::Text(t) => parse_seed(t),
+        horde_api::image::SeedInput::Number(n) => n % (1u64 << 32),
+    });
+    body.workers.truncate(5);
+    (body, base_seed)
+}
+
+impl AppState {
+    pub async fn accept_request(&self, user: &User, body: ImageRequest) -> ApiResult<Accepted> {
+        check_request_rules(&body)?;
+        let (body, base_seed) = normalise(body);
+        if body.dry_run {
+            return Ok(Accepted::DryRun(AsyncResponse {
+                id: None,
+                kudos: pricing::projected_cost(&body),
+                message: None,
+                warnings: vec![],
+            }));
+        }
+        self.check_concurrency(user, body.params.n)?;
+        let now = now();
+        let job_kudos = pricing::job_kudos(&body.params);
+        let n = body.params.n;
+        let seq = self.queue.lock().expect("queue lock").next_seq();
+        let request = LiveRequest {
+            id: Uuid::new_v4(),
+            user_id: user.id,
+            body,
+            base_seed,
+            created: now,
+            seq,
+            priority: user.queue_priority(),
+            n_remaining: n,
+            jobs_total: n,
+            job_kudos,
+            consumed_kudos: 0.0,
+            faulted: false,
+            cancelled: false,
+            expiry: now + self.config.requests.idle_expiry_secs,
+            jobs: vec![],
+        };
+        self.store.insert_request(&request).await?;
+        let possible = self.is_possible(&request);
+        let id = request.id;
+        self.queue.lock().expect("queue lock").insert(request);
+        let mut response = AsyncResponse { id: Some(id.to_string()), kudos: job_kudos.round(), message: None, warnings: vec![] };
+        if !possible {
+            let message = "No available workers can fulfil this request. It will wait until one joins.".to_string();
+            response.warnings.push(RequestWarning { code: "NoAvailableWorker".into(), message: message.clone() });
+            response.message = Some(message);
+        }
+        Ok(Accepted::Queued(response))
+    }
+
+    /// The public horde's concurrency limit: images waiting for this user plus the new ones.
+    fn check_concurrency(&self, user: &User, n: u32) -> ApiResult<()> {
+        let queue = self.queue.lock().expect("queue lock");
+        let waiting = queue.waiting_images_of_user(user.id);
+        if waiting + u64::from(n) > u64::from(user.concurrency) {
+            return Err(ApiError::new(
+                Rc::TooManyPrompts,
+                format!("Parallel requests ({}) exceeded user limit ({}).", waiting + u64::from(n), user.concurrency),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether some online worker could take this request.
+    fn is_possible(&self, request: &LiveRequest) -> bool {
+        let now = now();
+        self.workers
+            .read()
+            .expect("registry lock")
+            .online(now)
+            .any(|w| !w.worker.paused && can_generate(request, &w.caps()).is_ok())
+    }
+
+    pub fn check_request(&self, id: &str) -> ApiResult<RequestStatusCheck> {
+        let id = parse_request_id(id)?;
+        let queue = self.queue.lock().expect("queue lock");
+        let request = queue.get(id).ok_or_else(|| not_found(id))?;
+        let position = queue.position(id);
+        let mps_ahead = queue.megapixelsteps_ahead(id);
+        let snapshot = request.clone();
+        drop(queue);
+        Ok(self.status_check(&snapshot, position, mps_ahead))
+    }
+
+    fn status_check(&self, request: &LiveRequest, position: usize, mps_ahead: f64) -> RequestStatusCheck {
+        let counts = request.counts();
+        let now = now();
+        let threads: u32 = self.workers.read().expect("registry lock").online(now).map(|w| w.worker.threads).sum();
+        let speed_mps = (self.performance.lock().expect("performance lock").all_models_average(now) / 1e6).max(1.0);
+        let wait_time = if counts.waiting == 0 { 0 } else { (mps_ahead / (speed_mps * f64::from(threads.max(1)))).ceil() as i64 };
+        RequestStatusCheck {
+            finished: counts.finished,
+            processing: counts.processing,
+            restarted: counts.restarted,
+            waiting: counts.waiting,
+            done: counts.done,
+            faulted: counts.faulted,
+            wait_time,
+            queue_position: position as i64,
+            kudos: request.consumed_kudos.round(),
+            is_possible: counts.processing > 0 || counts.done || self.is_possible(request),
+        }
+    }
+
+    pub async fn request_status(&self, id: &str) -> ApiResult<RequestStatus> {
+        let id = parse_request_id(id)?;
+        let (snapshot, position, mps_ahead) = {
+            let queue = self.queue.lock().expect("queue lock");
+            let request = queue.get(id).ok_or_else(|| not_found(id))?;
+            (request.clone(), queue.position(id), queue.megapixelsteps_ahead(id))
+        };
+        let check = self.status_check(&snapshot, position, mps_ahead);
+        let mut generations = Vec::new();
+        for job in snapshot.jobs.iter().filter(|j| j.state.is_finished()) {
+            generations.push(Generation {
+                img: self.image_reference(&snapshot, job.id).await,
+                seed: job.seed.to_string(),
+                worker_id: job.worker_id.to_string(),
+                worker_name: job.worker_name.clone(),
+                model: job.model.clone(),
+                id: job.id.to_string(),
+                censored: job.censored,
+                gen_metadata: job.gen_metadata.clone(),
+                state: job.state.as_str().to_string(),
+            });
+        }
+        Ok(RequestStatus { check, generations, shared: false })
+    }
+
+    /// A download URL for r2 requests, the base64 WebP otherwise, "N/A" if the file is gone.
+    async fn image_reference(&self, request: &LiveRequest, job_id: Uuid) -> String {
+        if request.body.r2 {
+            return format!("{}/api/v2/images/{job_id}.webp", self.public_url);
+        }
+        match self.images.read(job_id).await {
+            Some(bytes) => base64::engine::general_purpose::STANDARD.encode(bytes),
+            None => "N/A".to_string(),
+        }
+    }
+
+    /// Cancels a request: nothing more is handed out, finished images stay, jobs in flight may
+    /// still finish and are paid.
+    pub async fn cancel_request(&self, id: &str) -> ApiResult<RequestStatus> {
+        let request_id = parse_request_id(id)?;
+        let now = now();
+        let retention = self.config.requests.retention_secs;
+        let updated = self
+            .queue
+            .lock()
+            .expect("queue lock")
+            .update(request_id, |r| {
+                r.cancel();
+                if r.is_done() {
+                    r.expiry = now + retention;
+                }
+                r.clone()
+            })
+            .ok_or_else(|| not_found(request_id))?;
+        self.store.save_request_state(&updated).await?;
+        self.request_status(id).await
+    }
+
+    /// Removes requests whose time is up and nothing of which is in flight; returns how many.
+    pub async fn sweep_expired(&self, now: i64) -> ApiResult<usize> {
+        let expired: Vec<LiveRequest> = {
+            let mut queue = self.queue.lock().expect("queue lock");
+            let ids: Vec<Uuid> = queue
+                .expired(now)
+                .into_iter()
+                .filter(|id| queue.get(*id).is_some_and(|r| r.jobs.iter().all(|j| j.state != JobState::Processing)))
+                .collect();
+            ids.into_iter().filter_map(|id| queue.remove(id)).collect()
+        };
+        for request in &expired {
+            self.store.delete_request(request.id).await?;
+            for job in &request.jobs {
+                self.images.remove(job.id).await;
+            }
+        }
+        Ok(expired.len())
+    }
+}
+
+fn parse_request_id(id: &str) -> ApiResult<Uuid> {
+    Uuid::parse_str(id).map_err(|_| ApiError::new(Rc::RequestNotFound, format!("Request with ID '{id}' not found.")))
+}
+
+fn not_found(id: Uuid) -> ApiError {
+    ApiError::new(Rc::RequestNotFound, format!("Request with ID '{id}' not found."))
+}

@@ -1,0 +1,7 @@
+//! Route handlers: parse, authorise, call the state's service methods, map the answer.
+//! No SQL and no business rule lives here.
+
+pub mod generate;
+pub mod status;
+pub mod users;
+pub mod workers;

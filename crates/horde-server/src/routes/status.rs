@@ -1,0 +1,116 @@
+//! `/api/v2/status/…` and `/.well-known/serviceinfo`.
+
+use crate::state::{now, SharedState};
+use axum::extract::{Path, Query, State};
+use axum::Json;
+use horde_api::status::{ActiveModel, Heartbeat, HordePerformance};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+#[utoipa::path(get, path = "/api/v2/status/heartbeat", tag = "v2", responses((status = 200, body = Heartbeat)))]
+pub async fn heartbeat() -> Json<Heartbeat> {
+    Json(Heartbeat { message: "OK".into(), version: VERSION.into() })
+}
+
+#[derive(Deserialize)]
+pub struct ModelsQuery {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    min_count: Option<u32>,
+    max_count: Option<u32>,
+}
+
+/// Models served by online workers or wanted by waiting requests, from live data.
+#[utoipa::path(get, path = "/api/v2/status/models", tag = "v2", responses((status = 200, body = Vec<ActiveModel>)))]
+pub async fn models(State(state): State<SharedState>, Query(q): Query<ModelsQuery>) -> Json<Vec<ActiveModel>> {
+    if q.kind.as_deref().is_some_and(|k| k != "image") {
+        return Json(vec![]);
+    }
+    let list = active_models(&state)
+        .into_values()
+        .filter(|m| q.min_count.is_none_or(|min| m.count >= min) && q.max_count.is_none_or(|max| m.count <= max))
+        .collect();
+    Json(list)
+}
+
+#[utoipa::path(get, path = "/api/v2/status/models/{name}", tag = "v2", params(("name" = String, Path)), responses((status = 200, body = Vec<ActiveModel>)))]
+pub async fn model(State(state): State<SharedState>, Path(name): Path<String>) -> Json<Vec<ActiveModel>> {
+    Json(active_models(&state).remove(&name).into_iter().collect())
+}
+
+fn active_models(state: &SharedState) -> BTreeMap<String, ActiveModel> {
+    let now = now();
+    let mut models: BTreeMap<String, ActiveModel> = BTreeMap::new();
+    for w in state.workers.read().expect("registry lock").online(now).filter(|w| !w.worker.maintenance) {
+        for m in &w.worker.flags.models {
+            model_entry(&mut models, m).count += w.worker.threads;
+        }
+    }
+    for r in state.queue.lock().expect("queue lock").requests() {
+        let c = r.counts();
+        if c.waiting + c.processing == 0 {
+            continue;
+        }
+        let p = &r.body.params;
+        let things = f64::from(p.width) * f64::from(p.height) * f64::from(p.accurate_steps());
+        for m in &r.body.models {
+            let e = model_entry(&mut models, m);
+            e.queued += things * f64::from(c.waiting);
+            e.jobs += f64::from(c.waiting + c.processing);
+        }
+    }
+    let perf = state.performance.lock().expect("performance lock");
+    for m in models.values_mut() {
+        m.performance = perf.average(&m.name, now);
+        m.eta = if m.performance > 0.0 && m.count > 0 { (m.queued / (f64::from(m.count) * m.performance)) as i64 } else if m.queued > 0.0 { 10000 } else { 0 };
+    }
+    models
+}
+
+fn model_entry<'a>(models: &'a mut BTreeMap<String, ActiveModel>, name: &str) -> &'a mut ActiveModel {
+    models.entry(name.to_string()).or_insert_with(|| ActiveModel {
+        name: name.to_string(),
+        count: 0,
+        performance: 0.0,
+        queued: 0.0,
+        jobs: 0.0,
+        eta: 0,
+        kind: "image".into(),
+    })
+}
+
+#[utoipa::path(get, path = "/api/v2/status/performance", tag = "v2", responses((status = 200, body = HordePerformance)))]
+pub async fn performance(State(state): State<SharedState>) -> Json<HordePerformance> {
+    let now = now();
+    let (worker_count, thread_count) = {
+        let registry = state.workers.read().expect("registry lock");
+        registry.online(now).fold((0u64, 0u64), |(w, t), e| (w + 1, t + u64::from(e.worker.threads)))
+    };
+    let (queued_requests, queued_mps) = {
+        let queue = state.queue.lock().expect("queue lock");
+        queue.requests().fold((0u64, 0f64), |(n, mps), r| {
+            let c = r.counts();
+            let p = &r.body.params;
+            let things = f64::from(p.width) * f64::from(p.height) * f64::from(p.accurate_steps()) / 1e6;
+            (n + u64::from(c.waiting + c.processing), mps + things * f64::from(c.waiting))
+        })
+    };
+    Json(HordePerformance {
+        queued_requests,
+        worker_count,
+        thread_count,
+        queued_megapixelsteps: queued_mps,
+        ..Default::default()
+    })
+}
+
+/// Software and API description for service discovery.
+pub async fn serviceinfo(State(state): State<SharedState>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({
+        "version": "1.0",
+        "software": {"name": "horde", "version": VERSION, "repository": "", "homepage": ""},
+        "api": {"aihorde": {"name": "AI Horde API", "version": "2.5", "base_url": format!("{}/api/", state.public_url), "rel_path": "/api/v2", "documentation": format!("{}/api/", state.public_url)}},
+    }))
+}

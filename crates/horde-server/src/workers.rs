@@ -1,0 +1,362 @@
+//! Workers: registration on first pop, check-in, owner settings, and their public details.
+//!
+//! All known workers live in memory (the registry) so that a pop reads nothing from the
+//! database; a check-in is written only when something the worker declared changed or 30
+//! seconds have passed since the last write.
+
+use crate::error::{ApiError, ApiResult};
+use crate::state::{now, AppState};
+use horde_api::image::PopRequest;
+use horde_api::worker::{ModifyWorker, TeamRef, WorkerDetails, WorkerKudosDetails};
+use horde_api::Rc;
+use horde_core::accounts::{User, Worker, WorkerFlags};
+use horde_core::WorkerCaps;
+use std::collections::HashMap;
+use uuid::Uuid;
+
+/// A check-in is written at most this often unless the worker's declaration changed.
+const CHECK_IN_WRITE_INTERVAL_SECS: i64 = 30;
+
+/// Untrusted users may own at most this many workers (the public horde refuses a new one when
+/// more than 3 exist).
+const MAX_WORKERS_UNTRUSTED: usize = 4;
+const MAX_WORKERS_TRUSTED: usize = 21;
+
+#[derive(Debug, Clone)]
+pub struct WorkerEntry {
+    pub worker: Worker,
+    pub owner_trusted: bool,
+    pub owner_flagged: bool,
+    pub owner_alias: String,
+    /// When the check-in was last written to the store.
+    pub persisted_check_in: i64,
+    pub amount: u32,
+    pub priority_user_ids: Vec<i64>,
+}
+
+#[derive(Debug, Default)]
+pub struct WorkerRegistry {
+    by_id: HashMap<Uuid, WorkerEntry>,
+    by_name: HashMap<String, Uuid>,
+}
+
+impl WorkerRegistry {
+    pub fn insert(&mut self, entry: WorkerEntry) {
+        self.by_name.insert(entry.worker.name.clone(), entry.worker.id);
+        self.by_id.insert(entry.worker.id, entry);
+    }
+    pub fn get(&self, id: Uuid) -> Option<&WorkerEntry> {
+        self.by_id.get(&id)
+    }
+    pub fn get_mut(&mut self, id: Uuid) -> Option<&mut WorkerEntry> {
+        self.by_id.get_mut(&id)
+    }
+    pub fn by_name(&self, name: &str) -> Option<&WorkerEntry> {
+        self.by_name.get(name).and_then(|id| self.by_id.get(id))
+    }
+    pub fn rename(&mut self, id: Uuid, new_name: &str) {
+        if let Some(entry) = self.by_id.get_mut(&id) {
+            self.by_name.remove(&entry.worker.name);
+            entry.worker.name = new_name.to_string();
+            self.by_name.insert(new_name.to_string(), id);
+        }
+    }
+    pub fn online(&self, now: i64) -> impl Iterator<Item = &WorkerEntry> {
+        self.by_id.values().filter(move |e| e.worker.is_online(now))
+    }
+    pub fn count_of_user(&self, user_id: i64) -> usize {
+        self.by_id.values().filter(|e| e.worker.user_id == user_id).count()
+    }
+    pub fn ids_of_user(&self, user_id: i64) -> Vec<String> {
+        let mut ids: Vec<&WorkerEntry> = self.by_id.values().filter(|e| e.worker.user_id == user_id).collect();
+        ids.sort_by_key(|e| e.worker.created);
+        ids.iter().map(|e| e.worker.id.to_string()).collect()
+    }
+}
+
+impl WorkerEntry {
+    /// The matching view of this worker.
+    pub fn caps(&self) -> WorkerCaps {
+        let w = &self.worker;
+        WorkerCaps {
+            worker_id: w.id,
+            owner_id: w.user_id,
+            owner_trusted: self.owner_trusted,
+            models: w.flags.models.clone(),
+            max_pixels: w.max_pixels,
+            nsfw: w.nsfw,
+            blacklist: w.flags.blacklist.clone(),
+            allow_img2img: w.flags.allow_img2img,
+            allow_painting: w.flags.allow_painting,
+            allow_post_processing: w.flags.allow_post_processing,
+            allow_lora: w.flags.allow_lora,
+            allow_controlnet: w.flags.allow_controlnet,
+            amount: self.amount,
+            bridge_agent: w.bridge_agent.clone(),
+            priority_user_ids: self.priority_user_ids.clone(),
+            maintenance: w.maintenance,
+        }
+    }
+
+    pub fn details(&self, now: i64) -> WorkerDetails {
+        let w = &self.worker;
+        WorkerDetails {
+            kind: "image".into(),
+            name: w.name.clone(),
+            id: w.id.to_string(),
+            online: w.is_online(now),
+            requests_fulfilled: w.fulfilments,
+            kudos_rewards: w.kudos_generated + w.kudos_uptime,
+            kudos_details: WorkerKudosDetails { generated: w.kudos_generated, uptime: w.kudos_uptime },
+            performance: format!("{:.1} megapixelsteps per second", speed_mps(w)),
+            threads: w.threads,
+            uptime: w.uptime,
+            uncompleted_jobs: w.uncompleted_jobs,
+            maintenance_mode: w.maintenance,
+            paused: None,
+            info: w.info.clone(),
+            nsfw: w.nsfw,
+            owner: None,
+            trusted: self.owner_trusted,
+            flagged: self.owner_flagged,
+            models: w.flags.models.clone(),
+            team: TeamRef::None("None".into()),
+            bridge_agent: w.bridge_agent.clone(),
+            max_pixels: w.max_pixels,
+            megapixelsteps_generated: w.megapixelsteps,
+            img2img: w.flags.allow_img2img,
+            painting: w.flags.allow_painting,
+            post_processing: w.flags.allow_post_processing,
+            lora: w.flags.allow_lora,
+            controlnet: w.flags.allow_controlnet,
+            sdxl_controlnet: w.flags.allow_sdxl_controlnet,
+        }
+    }
+}
+
+/// Average megapixelsteps per second over the worker's life.
+fn speed_mps(w: &Worker) -> f64 {
+    if w.uptime == 0 {
+        0.0
+    } else {
+        w.megapixelsteps / w.uptime as f64
+    }
+}
+
+fn flags_of(pop: &PopRequest) -> WorkerFlags {
+    WorkerFlags {
+        models: pop.models.clone(),
+        blacklist: pop.blacklist.iter().take(200).map(|w| w.chars().take(15).collect()).collect(),
+        allow_img2img: pop.allow_img2img,
+        allow_painting: pop.allow_painting,
+        allow_post_processing: pop.allow_post_processing,
+        allow_lora: pop.allow_lora,
+        allow_controlnet: pop.allow_controlnet,
+        allow_sdxl_controlnet: pop.allow_sdxl_controlnet,
+        require_upfront_kudos: pop.require_upfront_kudos,
+        extra_slow_worker: pop.extra_slow_worker,
+        limit_max_steps: pop.limit_max_steps,
+    }
+}
+
+/// Reads `name#id` aliases into user ids.
+fn priority_ids(owner: i64, aliases: &[String]) -> ApiResult<Vec<i64>> {
+    let mut ids = vec![owner];
+    for alias in aliases {
+        let id = alias
+            .rsplit_once('#')
+            .and_then(|(_, id)| id.parse::<i64>().ok())
+            .ok_or_else(|| ApiError::new(Rc::InvalidPriorityUsername, format!("Priority usernames must be in the form alias#id, not '{alias}'.")))?;
+        ids.push(id);
+    }
+    Ok(ids)
+}
+
+impl AppState {
+    /// Loads every known worker into the registry (at start).
+    pub async fn load_workers(&self) -> Result<(), horde_store::StoreError> {
+        let workers = self.store.workers_seen_since(0).await?;
+        let mut owners: HashMap<i64, Option<User>> = HashMap::new();
+        for worker in workers {
+            if !owners.contains_key(&worker.user_id) {
+                owners.insert(worker.user_id, self.store.user_by_id(worker.user_id).await?);
+            }
+            let owner = owners[&worker.user_id].clone();
+            let entry = WorkerEntry {
+                owner_trusted: owner.as_ref().is_some_and(|u| u.trusted),
+                owner_flagged: owner.as_ref().is_some_and(|u| u.flagged),
+                owner_alias: owner.map(|u| u.alias()).unwrap_or_default(),
+                persisted_check_in: worker.last_check_in,
+                amount: 1,
+                priority_user_ids: vec![worker.user_id],
+                worker,
+            };
+            self.workers.write().expect("registry lock").insert(entry);
+        }
+        Ok(())
+    }
+
+    /// Finds or registers the worker named in a pop, and records its check-in.
+    pub async fn check_in(&self, user: &User, pop: &PopRequest) -> ApiResult<WorkerEntry> {
+        let now = now();
+        let priority_user_ids = priority_ids(user.id, &pop.priority_usernames)?;
+        let existing = self.workers.read().expect("registry lock").by_name(&pop.name).cloned();
+        let mut entry = match existing {
+            Some(entry) if entry.worker.user_id != user.id => {
+                return Err(ApiError::new(Rc::WrongCredentials, "Wrong credentials to submit as this worker."));
+            }
+            Some(entry) => entry,
+            None => self.register_worker(user, pop, now).await?,
+        };
+        let flags = flags_of(pop);
+        let declared_changed = entry.worker.flags != flags
+            || entry.worker.max_pixels != pop.max_pixels
+            || entry.worker.nsfw != pop.nsfw
+            || entry.worker.threads != pop.threads
+            || entry.worker.bridge_agent != pop.bridge_agent;
+        let elapsed = now - entry.worker.last_check_in;
+        if entry.worker.is_online(now) && elapsed > 0 && !entry.worker.maintenance && !entry.worker.paused {
+            entry.worker.uptime += elapsed as u64;
+        }
+        entry.worker.last_check_in = now;
+        entry.worker.flags = flags;
+        entry.worker.max_pixels = pop.max_pixels;
+        entry.worker.nsfw = pop.nsfw;
+        entry.worker.threads = pop.threads;
+        entry.worker.bridge_agent = pop.bridge_agent.clone();
+        entry.amount = pop.amount;
+        entry.priority_user_ids = priority_user_ids;
+        entry.owner_trusted = user.trusted;
+        entry.owner_flagged = user.flagged;
+        if declared_changed || now - entry.persisted_check_in >= CHECK_IN_WRITE_INTERVAL_SECS {
+            self.store.save_check_in(&entry.worker).await?;
+            entry.persisted_check_in = now;
+        }
+        self.workers.write().expect("registry lock").insert(entry.clone());
+        Ok(entry)
+    }
+
+    async fn register_worker(&self, user: &User, pop: &PopRequest, now: i64) -> ApiResult<WorkerEntry> {
+        let limit = if user.trusted { MAX_WORKERS_TRUSTED } else { MAX_WORKERS_UNTRUSTED };
+        let owned = self.workers.read().expect("registry lock").count_of_user(user.id);
+        if owned >= limit {
+            return Err(ApiError::new(Rc::TooManyWorkers, format!("You have reached the maximum of {limit} workers.")));
+        }
+        let worker = Worker {
+            id: Uuid::new_v4(),
+            user_id: user.id,
+            name: pop.name.clone(),
+            info: None,
+            created: now,
+            last_check_in: now,
+            bridge_agent: pop.bridge_agent.clone(),
+            threads: pop.threads,
+            max_pixels: pop.max_pixels,
+            nsfw: pop.nsfw,
+            flags: flags_of(pop),
+            maintenance: false,
+            maintenance_msg: None,
+            paused: false,
+            kudos_generated: 0.0,
+            kudos_uptime: 0.0,
+            fulfilments: 0,
+            megapixelsteps: 0.0,
+            uncompleted_jobs: 0,
+            uptime: 0,
+        };
+        self.store.insert_worker(&worker).await.map_err(|e| match e {
+            horde_store::StoreError::Duplicate(_) => ApiError::new(Rc::WrongCredentials, "Wrong credentials to submit as this worker."),
+            other => other.into(),
+        })?;
+        tracing::info!(worker = %worker.name, owner = user.id, "registered worker");
+        Ok(WorkerEntry {
+            owner_trusted: user.trusted,
+            owner_flagged: user.flagged,
+            owner_alias: user.alias(),
+            persisted_check_in: now,
+            amount: pop.amount,
+            priority_user_ids: vec![user.id],
+            worker,
+        })
+    }
+
+    /// Applies `PUT /workers/{id}`: owner settings, `paused` for moderators only.
+    pub async fn modify_worker(&self, user: &User, id: Uuid, change: ModifyWorker) -> ApiResult<ModifyWorker> {
+        change.validate().map_err(ApiError::validation)?;
+        if change.is_empty() {
+            return Err(ApiError::new(Rc::NoWorkerModSelected, "No worker modification selected!"));
+        }
+        let mut entry = self
+            .workers
+            .read()
+            .expect("registry lock")
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ApiError::new(Rc::WorkerNotFound, format!("Worker with ID '{id}' not found.")))?;
+        let owner = entry.worker.user_id == user.id;
+        if !owner && !user.moderator {
+            return Err(ApiError::new(Rc::NotOwner, "Only the owner of this worker or a moderator can modify it."));
+        }
+        if change.paused.is_some() && !user.moderator {
+            return Err(ApiError::new(Rc::NotModerator, "Only a moderator can pause a worker."));
+        }
+        if let Some(name) = &change.name {
+            let taken = self.workers.read().expect("registry lock").by_name(name).is_some_and(|e| e.worker.id != id);
+            if taken {
+                return Err(ApiError::new(Rc::WorkerNameAlreadyExists, format!("A worker named '{name}' already exists.")));
+            }
+            entry.worker.name = name.clone();
+        }
+        if let Some(m) = change.maintenance {
+            entry.worker.maintenance = m;
+        }
+        if let Some(msg) = &change.maintenance_msg {
+            entry.worker.maintenance_msg = Some(msg.clone());
+        }
+        if let Some(p) = change.paused {
+            entry.worker.paused = p;
+        }
+        if let Some(info) = &change.info {
+            entry.worker.info = Some(info.clone());
+        }
+        self.store.save_worker_settings(&entry.worker).await.map_err(|e| match e {
+            horde_store::StoreError::Duplicate(_) => ApiError::new(Rc::WorkerNameAlreadyExists, "A worker with this name already exists."),
+            other => other.into(),
+        })?;
+        let mut registry = self.workers.write().expect("registry lock");
+        registry.rename(id, &entry.worker.name);
+        registry.insert(entry);
+        Ok(change)
+    }
+
+    pub fn worker_details(&self, id: Uuid) -> ApiResult<WorkerDetails> {
+        self.workers
+            .read()
+            .expect("registry lock")
+            .get(id)
+            .map(|e| e.details(now()))
+            .ok_or_else(|| ApiError::new(Rc::WorkerNotFound, format!("Worker with ID '{id}' not found.")))
+    }
+
+    pub fn worker_details_by_name(&self, name: &str) -> ApiResult<WorkerDetails> {
+        self.workers
+            .read()
+            .expect("registry lock")
+            .by_name(name)
+            .map(|e| e.details(now()))
+            .ok_or_else(|| ApiError::new(Rc::WorkerNotFound, format!("Worker with name '{name}' not found.")))
+    }
+
+    /// Online workers, by name.
+    pub fn online_worker_details(&self, name: Option<&str>) -> Vec<WorkerDetails> {
+        let now = now();
+        let registry = self.workers.read().expect("registry lock");
+        let mut list: Vec<WorkerDetails> = registry
+            .online(now)
+            .filter(|e| name.is_none_or(|n| e.worker.name == n))
+            .map(|e| e.details(now))
+            .collect();
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+        list
+    }
+}

@@ -1,0 +1,225 @@
+//! Requests and their jobs. Each acknowledged change is one transaction.
+
+use crate::{parse_json, parse_uuid, to_json, Result, Store, StoreError};
+use horde_core::request::{Job, JobState, LiveRequest};
+use sqlx::sqlite::SqliteRow;
+use sqlx::{Row, Sqlite, Transaction};
+use std::collections::HashMap;
+use uuid::Uuid;
+
+/// The money and statistics that move when a job's result is accepted.
+#[derive(Debug, Clone)]
+pub struct SubmitEffects {
+    pub requester_id: i64,
+    pub requester_charge: f64,
+    pub worker_id: Uuid,
+    pub worker_owner_id: i64,
+    pub reward: f64,
+    pub megapixelsteps: f64,
+}
+
+async fn write_request_state(tx: &mut Transaction<'_, Sqlite>, r: &LiveRequest) -> Result<()> {
+    sqlx::query(
+        "UPDATE requests SET n_remaining = ?, jobs_total = ?, consumed_kudos = ?, faulted = ?, \
+         cancelled = ?, expiry = ? WHERE id = ?",
+    )
+    .bind(i64::from(r.n_remaining))
+    .bind(i64::from(r.jobs_total))
+    .bind(r.consumed_kudos)
+    .bind(r.faulted)
+    .bind(r.cancelled)
+    .bind(r.expiry)
+    .bind(r.id.to_string())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn insert_job(tx: &mut Transaction<'_, Sqlite>, job: &Job) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO jobs (id, request_id, worker_id, worker_name, model, seed, started, deadline, state) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(job.id.to_string())
+    .bind(job.request_id.to_string())
+    .bind(job.worker_id.to_string())
+    .bind(&job.worker_name)
+    .bind(&job.model)
+    .bind(job.seed as i64)
+    .bind(job.started)
+    .bind(job.deadline)
+    .bind(job.state.as_str())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn write_job_result(tx: &mut Transaction<'_, Sqlite>, job: &Job) -> Result<()> {
+    sqlx::query("UPDATE jobs SET state = ?, censored = ?, seed = ?, gen_metadata = ?, reward = ? WHERE id = ?")
+        .bind(job.state.as_str())
+        .bind(job.censored)
+        .bind(job.seed as i64)
+        .bind(to_json(&job.gen_metadata))
+        .bind(job.reward)
+        .bind(job.id.to_string())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+fn job_from_row(row: &SqliteRow) -> Result<Job> {
+    let state: String = row.try_get("state")?;
+    Ok(Job {
+        id: parse_uuid(row.try_get("id")?)?,
+        request_id: parse_uuid(row.try_get("request_id")?)?,
+        worker_id: parse_uuid(row.try_get("worker_id")?)?,
+        worker_name: row.try_get("worker_name")?,
+        model: row.try_get("model")?,
+        seed: row.try_get::<i64, _>("seed")? as u64,
+        started: row.try_get("started")?,
+        deadline: row.try_get("deadline")?,
+        state: JobState::parse(&state).ok_or_else(|| StoreError::Corrupt(format!("job state {state}")))?,
+        censored: row.try_get("censored")?,
+        gen_metadata: parse_json(row.try_get("gen_metadata")?)?,
+        reward: row.try_get("reward")?,
+    })
+}
+
+fn request_from_row(row: &SqliteRow) -> Result<LiveRequest> {
+    Ok(LiveRequest {
+        id: parse_uuid(row.try_get("id")?)?,
+        user_id: row.try_get("user_id")?,
+        body: parse_json(row.try_get("body")?)?,
+        base_seed: row.try_get::<Option<i64>, _>("base_seed")?.map(|s| s as u64),
+        created: row.try_get("created")?,
+        seq: row.try_get::<i64, _>("seq")? as u64,
+        priority: row.try_get("priority")?,
+        n_remaining: row.try_get::<i64, _>("n_remaining")? as u32,
+        jobs_total: row.try_get::<i64, _>("jobs_total")? as u32,
+        job_kudos: row.try_get("job_kudos")?,
+        consumed_kudos: row.try_get("consumed_kudos")?,
+        faulted: row.try_get("faulted")?,
+        cancelled: row.try_get("cancelled")?,
+        expiry: row.try_get("expiry")?,
+        jobs: vec![],
+    })
+}
+
+impl Store {
+    /// Stores an accepted request and counts it in the requester's usage.
+    pub async fn insert_request(&self, r: &LiveRequest) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO requests (id, user_id, body, base_seed, created, seq, priority, n_remaining, \
+             jobs_total, job_kudos, consumed_kudos, faulted, cancelled, expiry) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(r.id.to_string())
+        .bind(r.user_id)
+        .bind(to_json(&r.body))
+        .bind(r.base_seed.map(|s| s as i64))
+        .bind(r.created)
+        .bind(r.seq as i64)
+        .bind(r.priority)
+        .bind(i64::from(r.n_remaining))
+        .bind(i64::from(r.jobs_total))
+        .bind(r.job_kudos)
+        .bind(r.consumed_kudos)
+        .bind(r.faulted)
+        .bind(r.cancelled)
+        .bind(r.expiry)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE users SET usage_requests = usage_requests + 1 WHERE id = ?")
+            .bind(r.user_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Stores jobs handed out by a pop with the request's new counters.
+    pub async fn save_assignment(&self, r: &LiveRequest, jobs: &[Job]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        write_request_state(&mut tx, r).await?;
+        for job in jobs {
+            insert_job(&mut tx, job).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Stores a job's result, the request's counters, and the kudos and statistics it moves.
+    pub async fn save_submit(&self, r: &LiveRequest, job: &Job, effects: Option<&SubmitEffects>) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        write_request_state(&mut tx, r).await?;
+        write_job_result(&mut tx, job).await?;
+        if let Some(e) = effects {
+            sqlx::query("UPDATE users SET kudos = kudos - ?, usage_megapixelsteps = usage_megapixelsteps + ? WHERE id = ?")
+                .bind(e.requester_charge)
+                .bind(e.megapixelsteps)
+                .bind(e.requester_id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "UPDATE users SET kudos = kudos + ?, kudos_accumulated = kudos_accumulated + ?, \
+                 contributed_megapixelsteps = contributed_megapixelsteps + ?, fulfilments = fulfilments + 1 \
+                 WHERE id = ?",
+            )
+            .bind(e.reward)
+            .bind(e.reward)
+            .bind(e.megapixelsteps)
+            .bind(e.worker_owner_id)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "UPDATE workers SET kudos_generated = kudos_generated + ?, fulfilments = fulfilments + 1, \
+                 megapixelsteps = megapixelsteps + ? WHERE id = ?",
+            )
+            .bind(e.reward)
+            .bind(e.megapixelsteps)
+            .bind(e.worker_id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Stores a request's counters (after a cancel, for instance).
+    pub async fn save_request_state(&self, r: &LiveRequest) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        write_request_state(&mut tx, r).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Every stored request with its jobs: the live state after a restart.
+    pub async fn load_requests(&self) -> Result<Vec<LiveRequest>> {
+        let rows = sqlx::query("SELECT * FROM requests ORDER BY seq").fetch_all(&self.pool).await?;
+        let mut requests: Vec<LiveRequest> = rows.iter().map(request_from_row).collect::<Result<_>>()?;
+        let job_rows = sqlx::query("SELECT * FROM jobs ORDER BY started, rowid").fetch_all(&self.pool).await?;
+        let index: HashMap<Uuid, usize> = requests.iter().enumerate().map(|(i, r)| (r.id, i)).collect();
+        for row in &job_rows {
+            let job = job_from_row(row)?;
+            if let Some(&i) = index.get(&job.request_id) {
+                requests[i].jobs.push(job);
+            }
+        }
+        Ok(requests)
+    }
+
+    /// Removes a request and its jobs.
+    pub async fn delete_request(&self, id: Uuid) -> Result<()> {
+        sqlx::query("DELETE FROM requests WHERE id = ?")
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Active requests of a user (n still waiting or in flight), for the concurrency limit.
+    pub async fn request_count(&self) -> Result<i64> {
+        Ok(sqlx::query("SELECT COUNT(*) FROM requests").fetch_one(&self.pool).await?.try_get(0)?)
+    }
+}

@@ -1,0 +1,122 @@
+//! Workers: registered on their first pop, updated on check-in and by their owner.
+
+use crate::{parse_json, parse_uuid, to_json, Result, Store, StoreError};
+use horde_core::accounts::Worker;
+use sqlx::sqlite::SqliteRow;
+use sqlx::Row;
+
+const WORKER_COLUMNS: &str = "id, user_id, name, info, created, last_check_in, bridge_agent, threads, \
+    max_pixels, nsfw, flags, maintenance, maintenance_msg, paused, kudos_generated, kudos_uptime, \
+    fulfilments, megapixelsteps, uncompleted_jobs, uptime";
+
+fn worker_from_row(row: &SqliteRow) -> Result<Worker> {
+    Ok(Worker {
+        id: parse_uuid(row.try_get("id")?)?,
+        user_id: row.try_get("user_id")?,
+        name: row.try_get("name")?,
+        info: row.try_get("info")?,
+        created: row.try_get("created")?,
+        last_check_in: row.try_get("last_check_in")?,
+        bridge_agent: row.try_get("bridge_agent")?,
+        threads: row.try_get::<i64, _>("threads")? as u32,
+        max_pixels: row.try_get::<i64, _>("max_pixels")? as u64,
+        nsfw: row.try_get("nsfw")?,
+        flags: parse_json(row.try_get("flags")?)?,
+        maintenance: row.try_get("maintenance")?,
+        maintenance_msg: row.try_get("maintenance_msg")?,
+        paused: row.try_get("paused")?,
+        kudos_generated: row.try_get("kudos_generated")?,
+        kudos_uptime: row.try_get("kudos_uptime")?,
+        fulfilments: row.try_get::<i64, _>("fulfilments")? as u64,
+        megapixelsteps: row.try_get("megapixelsteps")?,
+        uncompleted_jobs: row.try_get::<i64, _>("uncompleted_jobs")? as u64,
+        uptime: row.try_get::<i64, _>("uptime")? as u64,
+    })
+}
+
+impl Store {
+    pub async fn insert_worker(&self, w: &Worker) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO workers (id, user_id, name, info, created, last_check_in, bridge_agent, threads, \
+             max_pixels, nsfw, flags) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(w.id.to_string())
+        .bind(w.user_id)
+        .bind(&w.name)
+        .bind(&w.info)
+        .bind(w.created)
+        .bind(w.last_check_in)
+        .bind(&w.bridge_agent)
+        .bind(i64::from(w.threads))
+        .bind(w.max_pixels as i64)
+        .bind(w.nsfw)
+        .bind(to_json(&w.flags))
+        .execute(&self.pool)
+        .await
+        .map_err(|e| StoreError::unique(e, "worker name"))?;
+        Ok(())
+    }
+
+    /// Stores what a worker declared at check-in.
+    pub async fn save_check_in(&self, w: &Worker) -> Result<()> {
+        sqlx::query(
+            "UPDATE workers SET last_check_in = ?, bridge_agent = ?, threads = ?, max_pixels = ?, nsfw = ?, \
+             flags = ?, uptime = ? WHERE id = ?",
+        )
+        .bind(w.last_check_in)
+        .bind(&w.bridge_agent)
+        .bind(i64::from(w.threads))
+        .bind(w.max_pixels as i64)
+        .bind(w.nsfw)
+        .bind(to_json(&w.flags))
+        .bind(w.uptime as i64)
+        .bind(w.id.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Stores the owner-editable fields.
+    pub async fn save_worker_settings(&self, w: &Worker) -> Result<()> {
+        sqlx::query(
+            "UPDATE workers SET name = ?, info = ?, maintenance = ?, maintenance_msg = ?, paused = ? WHERE id = ?",
+        )
+        .bind(&w.name)
+        .bind(&w.info)
+        .bind(w.maintenance)
+        .bind(&w.maintenance_msg)
+        .bind(w.paused)
+        .bind(w.id.to_string())
+        .execute(&self.pool)
+        .await
+        .map_err(|e| StoreError::unique(e, "worker name"))?;
+        Ok(())
+    }
+
+    pub async fn worker_by_id(&self, id: uuid::Uuid) -> Result<Option<Worker>> {
+        let sql = format!("SELECT {WORKER_COLUMNS} FROM workers WHERE id = ?");
+        let row = sqlx::query(&sql).bind(id.to_string()).fetch_optional(&self.pool).await?;
+        row.as_ref().map(worker_from_row).transpose()
+    }
+
+    pub async fn worker_by_name(&self, name: &str) -> Result<Option<Worker>> {
+        let sql = format!("SELECT {WORKER_COLUMNS} FROM workers WHERE name = ?");
+        let row = sqlx::query(&sql).bind(name).fetch_optional(&self.pool).await?;
+        row.as_ref().map(worker_from_row).transpose()
+    }
+
+    /// Workers that checked in at or after `since` (unix seconds).
+    pub async fn workers_seen_since(&self, since: i64) -> Result<Vec<Worker>> {
+        let sql = format!("SELECT {WORKER_COLUMNS} FROM workers WHERE last_check_in >= ? ORDER BY name");
+        let rows = sqlx::query(&sql).bind(since).fetch_all(&self.pool).await?;
+        rows.iter().map(worker_from_row).collect()
+    }
+
+    pub async fn worker_ids_of_user(&self, user_id: i64) -> Result<Vec<String>> {
+        let rows = sqlx::query("SELECT id FROM workers WHERE user_id = ? ORDER BY created")
+            .bind(user_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| Ok(r.try_get::<String, _>(0)?)).collect()
+    }
+}

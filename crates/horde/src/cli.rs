@@ -1,0 +1,121 @@
+//! The command line.
+
+use crate::settings::{self, FlagOverrides};
+use clap::{Args, Parser, Subcommand};
+use horde_server::Application;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "horde", version, about = "A crowdsourced cluster of Stable Diffusion workers, compatible with AI Horde API v2.")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the coordinator: the AI Horde API v2 server (SQLite in the data directory).
+    Serve(ServeArgs),
+    /// Manage users and their API keys.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Create or upgrade the database, then exit.
+    Migrate(CommonArgs),
+}
+
+/// Where the configuration comes from; shared by every command that opens the database.
+#[derive(Args)]
+struct CommonArgs {
+    /// TOML config file (default: ./horde.toml when it exists). Env vars HORDE_… and flags override it.
+    #[arg(long, short = 'c', env = "HORDE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Directory for the SQLite database (horde.sqlite) and images [default: .]
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Address to listen on [default: 127.0.0.1:7001]
+    #[arg(long)]
+    listen: Option<String>,
+    /// Base URL clients and workers use to reach this server (for upload/download links)
+    #[arg(long)]
+    public_url: Option<String>,
+    /// Enable POST /api/v2/dev/test-user for loopback callers (test harnesses only)
+    #[arg(long)]
+    enable_test_users: bool,
+    /// Turn off the per-endpoint rate limits (load tests only)
+    #[arg(long)]
+    no_rate_limits: bool,
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create a user and print its new API key (shown once; only its hash is stored).
+    Create {
+        /// The user's name (shown as name#id)
+        name: String,
+        /// Make the user a moderator (implies trusted)
+        #[arg(long)]
+        moderator: bool,
+        /// Make the user trusted
+        #[arg(long)]
+        trusted: bool,
+        /// Starting kudos
+        #[arg(long, default_value_t = 0.0)]
+        kudos: f64,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::User { command: UserCommand::Create { name, moderator, trusted, kudos, common } } => {
+            let config = settings::load(common.config.as_deref(), settings::flags_layer(FlagOverrides { data_dir: common.data_dir, ..Default::default() }, false, false))?;
+            let created = horde_server::users::create_user_offline(&config, &name, moderator, trusted, kudos).await?;
+            eprintln!("Created user {} (id {}). Its API key is shown only this once:", created.user.alias(), created.user.id);
+            println!("{}", created.api_key);
+            Ok(())
+        }
+        Command::Migrate(common) => {
+            let config = settings::load(common.config.as_deref(), settings::flags_layer(FlagOverrides { data_dir: common.data_dir, ..Default::default() }, false, false))?;
+            let mode = horde_server::users::migrate_offline(&config).await?;
+            println!("database {} is up to date (journal mode {mode})", config.database_path().display());
+            Ok(())
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let overrides = FlagOverrides { listen: args.listen, data_dir: args.common.data_dir, public_url: args.public_url };
+    let config = settings::load(args.common.config.as_deref(), settings::flags_layer(overrides, args.enable_test_users, args.no_rate_limits))?;
+    let database = config.database_path();
+    let app = Application::build(config).await?;
+    println!("horde coordinator listening on http://{} (database {})", app.local_addr(), database.display());
+    println!("API docs: http://{}/api/", app.local_addr());
+    app.run_until(shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = terminate => {} }
+    tracing::info!("shutting down");
+}

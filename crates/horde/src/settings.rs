@@ -1,0 +1,58 @@
+//! Layered configuration: built-in defaults, then a TOML file, then `HORDE_…` environment
+//! variables (nested keys joined by `__`, e.g. `HORDE_API__TEST_USERS=true`), then flags.
+
+use anyhow::Context;
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use horde_server::config::ServerConfig;
+use std::path::{Path, PathBuf};
+
+/// Top-level keys the environment may set; other `HORDE_…` variables are not ours.
+const ENV_KEYS: &[&str] = &["listen", "data_dir", "public_url", "database", "api", "requests"];
+
+/// The default config file, read when present and no `--config` is given.
+pub const DEFAULT_CONFIG_FILE: &str = "horde.toml";
+
+pub fn load(config_file: Option<&Path>, flags: Figment) -> anyhow::Result<ServerConfig> {
+    let mut figment = Figment::from(Serialized::defaults(ServerConfig::default()));
+    match config_file {
+        Some(path) => {
+            anyhow::ensure!(path.exists(), "config file {} does not exist", path.display());
+            figment = figment.merge(Toml::file(path));
+        }
+        None if Path::new(DEFAULT_CONFIG_FILE).exists() => figment = figment.merge(Toml::file(DEFAULT_CONFIG_FILE)),
+        None => {}
+    }
+    figment = figment.merge(
+        Env::prefixed("HORDE_")
+            .split("__")
+            .filter(|key| ENV_KEYS.iter().any(|k| key.as_str().starts_with(k))),
+    );
+    // The public horde's switch for its test-user endpoint.
+    if std::env::var("HORDE_TEST_APIKEYS").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true")) {
+        figment = figment.merge(Serialized::default("api.test_users", true));
+    }
+    figment.merge(flags).extract().context("invalid configuration")
+}
+
+/// Flags that override configuration, as a figment layer.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct FlagOverrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_url: Option<String>,
+}
+
+pub fn flags_layer(overrides: FlagOverrides, test_users: bool, no_rate_limits: bool) -> Figment {
+    let mut figment = Figment::from(Serialized::defaults(overrides));
+    if test_users {
+        figment = figment.merge(Serialized::default("api.test_users", true));
+    }
+    if no_rate_limits {
+        figment = figment.merge(Serialized::default("api.rate_limits", false));
+    }
+    figment
+}
