@@ -133,7 +133,7 @@ class Exchange:
     request_headers: dict[str, str]
     request_body: bytes | None
     status: int
-    response_headers: dict[str, str]
+    response_headers: Any  # case-insensitive, as HTTP header names are
     response_body: bytes
 
 
@@ -151,7 +151,7 @@ def _recording_send(self: requests.Session, request: requests.PreparedRequest, *
             request_headers={k: ("<redacted>" if k.lower() == "apikey" else v) for k, v in request.headers.items()},
             request_body=body,
             status=response.status_code,
-            response_headers=dict(response.headers),
+            response_headers=requests.structures.CaseInsensitiveDict(response.headers),
             response_body=response.content,
         ),
     )
