@@ -122,19 +122,33 @@ pub struct FieldErrors(pub BTreeMap<String, String>);
 
 impl FieldErrors {
     pub fn add(&mut self, field: &str, reason: impl Into<String>) {
-        self.0.entry(field.to_string()).or_insert_with(|| reason.into());
+        self.0
+            .entry(field.to_string())
+            .or_insert_with(|| reason.into());
     }
     /// Record `field` as out of range when `value` is outside `min..=max`.
-    pub fn range<T: PartialOrd + std::fmt::Display>(&mut self, field: &str, value: T, min: T, max: T) {
+    pub fn range<T: PartialOrd + std::fmt::Display>(
+        &mut self,
+        field: &str,
+        value: T,
+        min: T,
+        max: T,
+    ) {
         if value < min {
             self.add(field, format!("{value} is less than the minimum of {min}"));
         } else if value > max {
-            self.add(field, format!("{value} is greater than the maximum of {max}"));
+            self.add(
+                field,
+                format!("{value} is greater than the maximum of {max}"),
+            );
         }
     }
     pub fn max_len<T>(&mut self, field: &str, items: &[T], max: usize) {
         if items.len() > max {
-            self.add(field, format!("{} items is more than the maximum of {max}", items.len()));
+            self.add(
+                field,
+                format!("{} items is more than the maximum of {max}", items.len()),
+            );
         }
     }
     pub fn into_result(self) -> Result<(), ErrorBody> {

@@ -69,7 +69,11 @@ impl Sampler {
     pub fn is_second_order(self) -> bool {
         matches!(
             self,
-            Sampler::KHeun | Sampler::KDpm2 | Sampler::KDpm2A | Sampler::KDpmpp2sA | Sampler::KDpmppSde
+            Sampler::KHeun
+                | Sampler::KDpm2
+                | Sampler::KDpm2A
+                | Sampler::KDpmpp2sA
+                | Sampler::KDpmppSde
         )
     }
     pub fn name(self) -> String {
@@ -349,6 +353,14 @@ pub struct ImageRequest {
 }
 
 impl ImageRequest {
+    /// A request for `prompt` with every other field at the public server's default.
+    pub fn new(prompt: impl Into<String>) -> Self {
+        let mut request: ImageRequest = serde_json::from_value(serde_json::json!({"prompt": ""}))
+            .expect("all other fields have defaults");
+        request.prompt = prompt.into();
+        request
+    }
+
     /// Bounds the schema of the public server enforces (400 with an `errors` map).
     pub fn validate(&self) -> Result<(), ErrorBody> {
         let mut errors = FieldErrors::default();
@@ -486,6 +498,14 @@ pub struct PopRequest {
 }
 
 impl PopRequest {
+    /// A pop by worker `name` with every other field at the public server's default.
+    pub fn new(name: impl Into<String>) -> Self {
+        let mut pop: PopRequest = serde_json::from_value(serde_json::json!({"name": ""}))
+            .expect("all other fields have defaults");
+        pop.name = name.into();
+        pop
+    }
+
     pub fn validate(&self) -> Result<(), ErrorBody> {
         let mut errors = FieldErrors::default();
         errors.range("name", self.name.chars().count(), 1, 100);
@@ -493,6 +513,9 @@ impl PopRequest {
         errors.range("amount", self.amount, 1, 20);
         errors.range("bridge_agent", self.bridge_agent.len(), 0, 1000);
         errors.max_len("models", &self.models, 300);
+        if self.models.is_empty() {
+            errors.add("models", "a worker must serve at least one model");
+        }
         for (i, model) in self.models.iter().enumerate() {
             if model.len() < 3 || model.len() > 255 {
                 errors.add(&format!("models.{i}"), "model names are 3..255 characters");

@@ -14,7 +14,10 @@ pub struct WorkerKudosDetails {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum TeamRef {
-    Team { id: Option<String>, name: Option<String> },
+    Team {
+        id: Option<String>,
+        name: Option<String>,
+    },
     None(String),
 }
 

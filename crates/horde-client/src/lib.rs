@@ -1,1 +1,305 @@
+//! A typed async client of AI Horde API v2.
+//!
+//! One method per endpoint, taking and returning the wire types of `horde-api`, so the worker,
+//! the `horde generate` command and the integration tests speak exactly the JSON the coordinator
+//! parses. It works against our coordinator and against any AI Horde v2 server.
+//!
+//! Errors keep what the server said: a non-2xx answer with an AI Horde error body becomes
+//! [`ClientError::Api`] with its status and `rc`, so callers can branch on the `rc` as the public
+//! horde's clients do.
 
+use horde_api::image::{
+    AsyncResponse, ImageRequest, PopRequest, PopResponse, RequestStatus, RequestStatusCheck,
+    SubmitRequest, SubmitResponse,
+};
+use horde_api::status::{ActiveModel, Heartbeat, HordePerformance};
+use horde_api::user::{TestUserRequest, TestUserResponse, UserDetails};
+use horde_api::worker::{ModifyWorker, ModifyWorkerResponse, WorkerDetails};
+use horde_api::ErrorBody;
+use reqwest::{Method, RequestBuilder, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// What this client reports as its `Client-Agent` (name:version:contact, as AI Horde asks).
+pub const CLIENT_AGENT: &str = concat!("horde-client:", env!("CARGO_PKG_VERSION"), ":unknown");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server answered with an AI Horde error body.
+    #[error("{status}: {} ({})", body.message, body.rc.as_deref().unwrap_or("no rc"))]
+    Api { status: StatusCode, body: ErrorBody },
+    /// The server answered something that is not the expected JSON.
+    #[error("{status}: unexpected answer from the server: {detail}")]
+    Unexpected { status: StatusCode, detail: String },
+    /// The request never got an answer (connection refused, timeout, …).
+    #[error("HTTP error: {0}")]
+    Transport(#[from] reqwest::Error),
+}
+
+impl ClientError {
+    /// The HTTP status of the answer, when there was one.
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            ClientError::Api { status, .. } | ClientError::Unexpected { status, .. } => {
+                Some(*status)
+            }
+            ClientError::Transport(e) => e.status(),
+        }
+    }
+
+    /// The AI Horde return code (`rc`) of an error answer.
+    pub fn rc(&self) -> Option<&str> {
+        match self {
+            ClientError::Api { body, .. } => body.rc.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, ClientError>;
+
+/// A connection to one horde, acting as one API key.
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    root: String,
+    api_key: String,
+    client_agent: String,
+}
+
+impl Client {
+    /// `base_url` is the server's root (`http://127.0.0.1:7001`); a trailing `/api` or `/api/v2`
+    /// is accepted too.
+    pub fn new(base_url: &str, api_key: impl Into<String>) -> Self {
+        let http = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .timeout(std::time::Duration::from_secs(120))
+            .build()
+            .expect("a client with only timeouts set always builds");
+        Client {
+            http,
+            root: root_of(base_url),
+            api_key: api_key.into(),
+            client_agent: CLIENT_AGENT.into(),
+        }
+    }
+
+    /// The same connection pool acting as another key.
+    pub fn with_api_key(&self, api_key: impl Into<String>) -> Self {
+        Client {
+            api_key: api_key.into(),
+            ..self.clone()
+        }
+    }
+
+    /// Reports `agent` (name:version:contact) instead of this crate's own.
+    pub fn with_client_agent(mut self, agent: impl Into<String>) -> Self {
+        self.client_agent = agent.into();
+        self
+    }
+
+    /// The server root this client talks to.
+    pub fn root(&self) -> &str {
+        &self.root
+    }
+
+    pub async fn heartbeat(&self) -> Result<Heartbeat> {
+        self.call(Method::GET, "/status/heartbeat", None::<&()>)
+            .await
+    }
+
+    pub async fn generate_async(&self, request: &ImageRequest) -> Result<AsyncResponse> {
+        self.call(Method::POST, "/generate/async", Some(request))
+            .await
+    }
+
+    pub async fn check(&self, id: &str) -> Result<RequestStatusCheck> {
+        self.call(Method::GET, &format!("/generate/check/{id}"), None::<&()>)
+            .await
+    }
+
+    pub async fn status(&self, id: &str) -> Result<RequestStatus> {
+        self.call(Method::GET, &format!("/generate/status/{id}"), None::<&()>)
+            .await
+    }
+
+    /// Cancels a request; the answer carries the images finished so far.
+    pub async fn cancel(&self, id: &str) -> Result<RequestStatus> {
+        self.call(
+            Method::DELETE,
+            &format!("/generate/status/{id}"),
+            None::<&()>,
+        )
+        .await
+    }
+
+    pub async fn pop(&self, pop: &PopRequest) -> Result<PopResponse> {
+        self.call(Method::POST, "/generate/pop", Some(pop)).await
+    }
+
+    pub async fn submit(&self, submit: &SubmitRequest) -> Result<SubmitResponse> {
+        self.call(Method::POST, "/generate/submit", Some(submit))
+            .await
+    }
+
+    /// PUTs an image to an upload URL from a pop (`r2_upload`), as the reGen worker does.
+    pub async fn upload(&self, url: &str, webp: Vec<u8>) -> Result<()> {
+        let response = self
+            .http
+            .put(url)
+            .header("content-type", "image/webp")
+            .body(webp)
+            .send()
+            .await?;
+        let status = response.status();
+        let body = response.bytes().await?;
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(error_from(status, &body))
+        }
+    }
+
+    /// Downloads an image from a `status` download URL.
+    pub async fn download(&self, url: &str) -> Result<Vec<u8>> {
+        let response = self.http.get(url).send().await?;
+        let status = response.status();
+        let body = response.bytes().await?;
+        if status.is_success() {
+            Ok(body.to_vec())
+        } else {
+            Err(error_from(status, &body))
+        }
+    }
+
+    pub async fn find_user(&self) -> Result<UserDetails> {
+        self.call(Method::GET, "/find_user", None::<&()>).await
+    }
+
+    pub async fn user(&self, id: u64) -> Result<UserDetails> {
+        self.call(Method::GET, &format!("/users/{id}"), None::<&()>)
+            .await
+    }
+
+    /// Creates a user through the test-only bootstrap endpoint (enabled by the operator).
+    pub async fn create_test_user(&self, request: &TestUserRequest) -> Result<TestUserResponse> {
+        self.call(Method::POST, "/dev/test-user", Some(request))
+            .await
+    }
+
+    pub async fn workers(&self) -> Result<Vec<WorkerDetails>> {
+        self.call(Method::GET, "/workers", None::<&()>).await
+    }
+
+    pub async fn worker(&self, id: &str) -> Result<WorkerDetails> {
+        self.call(Method::GET, &format!("/workers/{id}"), None::<&()>)
+            .await
+    }
+
+    pub async fn worker_by_name(&self, name: &str) -> Result<WorkerDetails> {
+        self.call(Method::GET, &format!("/workers/name/{name}"), None::<&()>)
+            .await
+    }
+
+    pub async fn modify_worker(
+        &self,
+        id: &str,
+        change: &ModifyWorker,
+    ) -> Result<ModifyWorkerResponse> {
+        self.call(Method::PUT, &format!("/workers/{id}"), Some(change))
+            .await
+    }
+
+    pub async fn models(&self) -> Result<Vec<ActiveModel>> {
+        self.call(Method::GET, "/status/models", None::<&()>).await
+    }
+
+    pub async fn performance(&self) -> Result<HordePerformance> {
+        self.call(Method::GET, "/status/performance", None::<&()>)
+            .await
+    }
+
+    /// A request to `path` under `/api/v2` with this client's key and agent, for endpoints this
+    /// crate does not wrap yet.
+    pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.http
+            .request(method, format!("{}/api/v2{path}", self.root))
+            .header("apikey", &self.api_key)
+            .header("Client-Agent", &self.client_agent)
+    }
+
+    async fn call<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T> {
+        let mut request = self.request(method, path);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await?;
+        let status = response.status();
+        let bytes = response.bytes().await?;
+        if !status.is_success() {
+            return Err(error_from(status, &bytes));
+        }
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Unexpected {
+            status,
+            detail: format!(
+                "{e}: {}",
+                String::from_utf8_lossy(&bytes[..bytes.len().min(500)])
+            ),
+        })
+    }
+}
+
+fn root_of(base_url: &str) -> String {
+    let trimmed = base_url.trim_end_matches('/');
+    let trimmed = trimmed
+        .strip_suffix("/api/v2")
+        .or_else(|| trimmed.strip_suffix("/api"))
+        .unwrap_or(trimmed);
+    trimmed.to_string()
+}
+
+fn error_from(status: StatusCode, body: &[u8]) -> ClientError {
+    match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(body) => ClientError::Api { status, body },
+        Err(_) => ClientError::Unexpected {
+            status,
+            detail: String::from_utf8_lossy(&body[..body.len().min(500)]).into_owned(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_url_forms_share_one_root() {
+        for url in [
+            "http://h:1",
+            "http://h:1/",
+            "http://h:1/api",
+            "http://h:1/api/",
+            "http://h:1/api/v2/",
+        ] {
+            assert_eq!(root_of(url), "http://h:1", "{url}");
+        }
+    }
+
+    #[test]
+    fn error_bodies_keep_their_rc() {
+        let err = error_from(
+            StatusCode::NOT_FOUND,
+            br#"{"message":"no such request","rc":"RequestNotFound"}"#,
+        );
+        assert_eq!(err.rc(), Some("RequestNotFound"));
+        assert_eq!(err.status(), Some(StatusCode::NOT_FOUND));
+        let err = error_from(StatusCode::BAD_GATEWAY, b"<html>bad gateway</html>");
+        assert!(matches!(err, ClientError::Unexpected { .. }));
+        assert_eq!(err.rc(), None);
+    }
+}

@@ -41,7 +41,9 @@ mod tests {
         let a = generate_api_key();
         let b = generate_api_key();
         assert_eq!(a.len(), API_KEY_LEN);
-        assert!(a.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+        assert!(a
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
         assert_ne!(a, b);
     }
 
@@ -68,7 +70,9 @@ pub fn sign_upload(secret: &str, job_id: &str, expires: i64) -> String {
 /// Whether `signature` is the one [`sign_upload`] makes, compared in constant time.
 pub fn verify_upload(secret: &str, job_id: &str, expires: i64, signature: &str) -> bool {
     use hmac::{Hmac, Mac};
-    let Ok(raw) = hex::decode(signature) else { return false };
+    let Ok(raw) = hex::decode(signature) else {
+        return false;
+    };
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length works");
     mac.update(job_id.as_bytes());
     mac.update(b"|");

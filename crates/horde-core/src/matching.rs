@@ -144,7 +144,11 @@ fn check_blacklist(prompt: &str, blacklist: &[String]) -> Result<(), SkipReason>
     if blacklist.is_empty() {
         return Ok(());
     }
-    let positive = prompt.split("###").next().unwrap_or_default().to_lowercase();
+    let positive = prompt
+        .split("###")
+        .next()
+        .unwrap_or_default()
+        .to_lowercase();
     let hit = blacklist
         .iter()
         .map(|w| w.trim().to_lowercase())
@@ -165,15 +169,17 @@ pub fn batch_size(request: &LiveRequest, worker: &WorkerCaps) -> u32 {
         return 1;
     }
     let mut pp_mult = 1.0 + 0.4 * params.post_processing.len() as f64;
-    if params
-        .post_processing
-        .iter()
-        .any(|p| matches!(p.as_str(), "RealESRGAN_x4plus" | "4x_AnimeSharp" | "NMKD_Siax" | "CodeFormers"))
-    {
+    if params.post_processing.iter().any(|p| {
+        matches!(
+            p.as_str(),
+            "RealESRGAN_x4plus" | "4x_AnimeSharp" | "NMKD_Siax" | "CodeFormers"
+        )
+    }) {
         pp_mult *= 1.8;
     }
     let pixels = f64::from(params.width) * f64::from(params.height);
-    let safe = ((worker.max_pixels as f64 / 3.5) * f64::from(worker.amount) / (pixels * pp_mult)).round();
+    let safe =
+        ((worker.max_pixels as f64 / 3.5) * f64::from(worker.amount) / (pixels * pp_mult)).round();
     let safe = (safe as u32).clamp(1, worker.amount.max(1));
     safe.min(request.n_remaining).max(1)
 }
@@ -205,7 +211,11 @@ mod tests {
         }
     }
 
-    fn check(body: serde_json::Value, edit: impl FnOnce(&mut WorkerCaps), expected: Result<(), SkipReason>) {
+    fn check(
+        body: serde_json::Value,
+        edit: impl FnOnce(&mut WorkerCaps),
+        expected: Result<(), SkipReason>,
+    ) {
         let request = request_from(body);
         let mut w = worker();
         edit(&mut w);
@@ -219,12 +229,20 @@ mod tests {
 
     #[test]
     fn models_must_intersect() {
-        check(json!({"prompt": "cat", "models": ["other"]}), |_| {}, Err(SkipReason::Models));
+        check(
+            json!({"prompt": "cat", "models": ["other"]}),
+            |_| {},
+            Err(SkipReason::Models),
+        );
     }
 
     #[test]
     fn a_request_without_models_takes_any_worker_model() {
-        check(json!({"prompt": "cat", "models": []}), |w| w.models = vec!["x".into()], Ok(()));
+        check(
+            json!({"prompt": "cat", "models": []}),
+            |w| w.models = vec!["x".into()],
+            Ok(()),
+        );
     }
 
     #[test]
@@ -238,20 +256,44 @@ mod tests {
 
     #[test]
     fn nsfw_requests_need_nsfw_workers() {
-        check(json!({"prompt": "cat"}), |w| w.nsfw = false, Err(SkipReason::Nsfw));
-        check(json!({"prompt": "cat", "nsfw": false}), |w| w.nsfw = false, Ok(()));
+        check(
+            json!({"prompt": "cat"}),
+            |w| w.nsfw = false,
+            Err(SkipReason::Nsfw),
+        );
+        check(
+            json!({"prompt": "cat", "nsfw": false}),
+            |w| w.nsfw = false,
+            Ok(()),
+        );
     }
 
     #[test]
     fn trusted_workers_only_when_asked() {
-        check(json!({"prompt": "cat", "trusted_workers": true}), |_| {}, Err(SkipReason::Untrusted));
-        check(json!({"prompt": "cat", "trusted_workers": true}), |w| w.owner_trusted = true, Ok(()));
+        check(
+            json!({"prompt": "cat", "trusted_workers": true}),
+            |_| {},
+            Err(SkipReason::Untrusted),
+        );
+        check(
+            json!({"prompt": "cat", "trusted_workers": true}),
+            |w| w.owner_trusted = true,
+            Ok(()),
+        );
     }
 
     #[test]
     fn blacklisted_words_in_the_positive_prompt_skip() {
-        check(json!({"prompt": "a Red car"}), |w| w.blacklist = vec!["red".into()], Err(SkipReason::Blacklist));
-        check(json!({"prompt": "a car ### red"}), |w| w.blacklist = vec!["red".into()], Ok(()));
+        check(
+            json!({"prompt": "a Red car"}),
+            |w| w.blacklist = vec!["red".into()],
+            Err(SkipReason::Blacklist),
+        );
+        check(
+            json!({"prompt": "a car ### red"}),
+            |w| w.blacklist = vec!["red".into()],
+            Ok(()),
+        );
     }
 
     #[test]
@@ -260,7 +302,8 @@ mod tests {
         let id = w.worker_id.to_string();
         let request = request_from(json!({"prompt": "c", "workers": [id.clone()]}));
         assert_eq!(can_generate(&request, &w), Ok(()));
-        let request = request_from(json!({"prompt": "c", "workers": [id], "worker_blacklist": true}));
+        let request =
+            request_from(json!({"prompt": "c", "workers": [id], "worker_blacklist": true}));
         assert_eq!(can_generate(&request, &w), Err(SkipReason::WorkerId));
         let request = request_from(json!({"prompt": "c", "workers": [Uuid::new_v4().to_string()]}));
         assert_eq!(can_generate(&request, &w), Err(SkipReason::WorkerId));
@@ -268,13 +311,21 @@ mod tests {
 
     #[test]
     fn feature_flags_gate_jobs() {
-        check(json!({"prompt": "c", "params": {"loras": [{"name": "l"}]}}), |_| {}, Err(SkipReason::Lora));
+        check(
+            json!({"prompt": "c", "params": {"loras": [{"name": "l"}]}}),
+            |_| {},
+            Err(SkipReason::Lora),
+        );
         check(
             json!({"prompt": "c", "params": {"post_processing": ["GFPGAN"]}}),
             |w| w.allow_post_processing = false,
             Err(SkipReason::PostProcessing),
         );
-        check(json!({"prompt": "c", "source_image": "x"}), |w| w.allow_img2img = false, Err(SkipReason::Img2img));
+        check(
+            json!({"prompt": "c", "source_image": "x"}),
+            |w| w.allow_img2img = false,
+            Err(SkipReason::Img2img),
+        );
         check(
             json!({"prompt": "c", "source_image": "x", "source_processing": "inpainting"}),
             |w| w.allow_painting = false,
@@ -289,7 +340,8 @@ mod tests {
         w.max_pixels = 4 * 1024 * 1024;
         let request = request_from(json!({"prompt": "c", "params": {"n": 3}}));
         assert_eq!(batch_size(&request, &w), 3);
-        let request = request_from(json!({"prompt": "c", "params": {"n": 3}, "disable_batching": true}));
+        let request =
+            request_from(json!({"prompt": "c", "params": {"n": 3}, "disable_batching": true}));
         assert_eq!(batch_size(&request, &w), 1);
         w.max_pixels = 512 * 512;
         let request = request_from(json!({"prompt": "c", "params": {"n": 3}}));

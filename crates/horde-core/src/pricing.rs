@@ -86,7 +86,9 @@ mod tests {
     #[test]
     fn price_grows_with_size_and_steps() {
         let small = base_job_kudos(&params(serde_json::json!({"steps": 30})));
-        let big = base_job_kudos(&params(serde_json::json!({"steps": 30, "width": 1024, "height": 1024})));
+        let big = base_job_kudos(&params(
+            serde_json::json!({"steps": 30, "width": 1024, "height": 1024}),
+        ));
         let long = base_job_kudos(&params(serde_json::json!({"steps": 60})));
         assert!(big > small * 3.0, "{big} vs {small}");
         assert!(long > small * 1.9);
@@ -97,7 +99,10 @@ mod tests {
         // 512x512, 30 steps: r = (512²−64²)^1.75 / (1024²−64²)^1.75.
         let r = (262_144.0f64 - 4096.0).powf(1.75) / (1_048_576.0f64 - 4096.0).powf(1.75);
         let expected = round2(0.1232 * 30.0 + r * 0.1232 * 30.0 * 8.75);
-        assert_eq!(base_job_kudos(&params(serde_json::json!({"steps": 30}))), expected);
+        assert_eq!(
+            base_job_kudos(&params(serde_json::json!({"steps": 30}))),
+            expected
+        );
     }
 
     #[test]
@@ -111,7 +116,10 @@ mod tests {
 
     #[test]
     fn unknown_bridges_earn_less() {
-        assert_eq!(bridge_multiplier("AI Horde Worker reGen:9.0.1:https://x"), 1.0);
+        assert_eq!(
+            bridge_multiplier("AI Horde Worker reGen:9.0.1:https://x"),
+            1.0
+        );
         assert_eq!(bridge_multiplier("my-bridge:1"), 0.75);
     }
 }

@@ -91,7 +91,9 @@ impl Queue {
 
     /// The request a job belongs to.
     pub fn request_of_job(&self, job_id: Uuid) -> Option<&LiveRequest> {
-        self.job_owner.get(&job_id).and_then(|r| self.requests.get(r))
+        self.job_owner
+            .get(&job_id)
+            .and_then(|r| self.requests.get(r))
     }
 
     /// Changes a request through `edit` and keeps the indexes true.
@@ -137,13 +139,19 @@ impl Queue {
     pub fn waiting_images_of_user(&self, user_id: i64) -> u64 {
         self.by_user
             .get(&user_id)
-            .map(|set| set.iter().map(|k| u64::from(self.requests[&k.2].n_remaining)).sum())
+            .map(|set| {
+                set.iter()
+                    .map(|k| u64::from(self.requests[&k.2].n_remaining))
+                    .sum()
+            })
             .unwrap_or(0)
     }
 
     /// Megapixelsteps waiting ahead of (and including) this request, for wait-time estimates.
     pub fn megapixelsteps_ahead(&self, id: Uuid) -> f64 {
-        let Some(request) = self.requests.get(&id) else { return 0.0 };
+        let Some(request) = self.requests.get(&id) else {
+            return 0.0;
+        };
         if !request.is_waiting() {
             return 0.0;
         }
@@ -152,20 +160,33 @@ impl Queue {
             .map(|k| {
                 let r = &self.requests[&k.2];
                 let p = &r.body.params;
-                f64::from(p.width) * f64::from(p.height) * f64::from(p.accurate_steps()) * f64::from(r.n_remaining) / 1e6
+                f64::from(p.width)
+                    * f64::from(p.height)
+                    * f64::from(p.accurate_steps())
+                    * f64::from(r.n_remaining)
+                    / 1e6
             })
             .sum()
     }
 
     /// Picks the best request `worker` may take and hands it a batch of jobs.
-    pub fn pop(&mut self, worker: &WorkerCaps, worker_name: &str, now: i64, ttl: impl Fn(&LiveRequest) -> i64) -> PopOutcome {
+    pub fn pop(
+        &mut self,
+        worker: &WorkerCaps,
+        worker_name: &str,
+        now: i64,
+        ttl: impl Fn(&LiveRequest) -> i64,
+    ) -> PopOutcome {
         let mut skipped: HashMap<SkipReason, u64> = HashMap::new();
         let chosen = self
             .find_for(worker, &mut skipped, true)
             .or_else(|| self.find_for(worker, &mut skipped, false));
         let Some(request_id) = chosen else {
             return PopOutcome::Nothing(
-                skipped.into_iter().map(|(k, v)| (k.key().to_string(), v)).collect(),
+                skipped
+                    .into_iter()
+                    .map(|(k, v)| (k.key().to_string(), v))
+                    .collect(),
             );
         };
         let assignment = self
@@ -193,21 +214,36 @@ impl Queue {
                     request.jobs.push(job.clone());
                     jobs.push(job);
                 }
-                Assignment { request_id, model, jobs }
+                Assignment {
+                    request_id,
+                    model,
+                    jobs,
+                }
             })
             .expect("chosen request exists");
         PopOutcome::Assigned(assignment)
     }
 
     /// Walks candidates in queue order; the first the worker may take wins.
-    fn find_for(&self, worker: &WorkerCaps, skipped: &mut HashMap<SkipReason, u64>, priority_users: bool) -> Option<Uuid> {
+    fn find_for(
+        &self,
+        worker: &WorkerCaps,
+        skipped: &mut HashMap<SkipReason, u64>,
+        priority_users: bool,
+    ) -> Option<Uuid> {
         let mut seen = HashSet::new();
         let candidates: Box<dyn Iterator<Item = &QueueKey>> = if priority_users {
-            let sets = worker.priority_user_ids.iter().filter_map(|u| self.by_user.get(u));
+            let sets = worker
+                .priority_user_ids
+                .iter()
+                .filter_map(|u| self.by_user.get(u));
             Box::new(merge(sets.collect()))
         } else {
-            let mut sets: Vec<&BTreeSet<QueueKey>> =
-                worker.models.iter().filter_map(|m| self.by_model.get(m)).collect();
+            let mut sets: Vec<&BTreeSet<QueueKey>> = worker
+                .models
+                .iter()
+                .filter_map(|m| self.by_model.get(m))
+                .collect();
             if let Some(any) = self.by_model.get(ANY_MODEL) {
                 sets.push(any);
             }
@@ -229,7 +265,9 @@ impl Queue {
     }
 
     fn unindex(&mut self, id: Uuid) {
-        let Some(request) = self.requests.get(&id) else { return };
+        let Some(request) = self.requests.get(&id) else {
+            return;
+        };
         let key = key_of(request);
         self.waiting.remove(&key);
         for model in model_keys(request) {
@@ -249,14 +287,19 @@ impl Queue {
     }
 
     fn reindex(&mut self, id: Uuid) {
-        let Some(request) = self.requests.get(&id) else { return };
+        let Some(request) = self.requests.get(&id) else {
+            return;
+        };
         if !request.is_waiting() {
             return;
         }
         let key = key_of(request);
         self.waiting.insert(key);
         for model in model_keys(request) {
-            self.by_model.entry(model.to_string()).or_default().insert(key);
+            self.by_model
+                .entry(model.to_string())
+                .or_default()
+                .insert(key);
         }
         self.by_user.entry(request.user_id).or_default().insert(key);
     }
@@ -366,8 +409,18 @@ mod tests {
     #[test]
     fn skipped_counts_say_why() {
         let mut q = Queue::new();
-        add(&mut q, json!({"prompt": "a", "params": {"width": 2048, "height": 2048}}), 0, 1);
-        add(&mut q, json!({"prompt": "a", "trusted_workers": true}), 0, 1);
+        add(
+            &mut q,
+            json!({"prompt": "a", "params": {"width": 2048, "height": 2048}}),
+            0,
+            1,
+        );
+        add(
+            &mut q,
+            json!({"prompt": "a", "trusted_workers": true}),
+            0,
+            1,
+        );
         let w = worker(&["stable_diffusion"]);
         match q.pop(&w, "w", 0, |_| 150) {
             PopOutcome::Nothing(skipped) => {

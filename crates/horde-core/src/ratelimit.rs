@@ -14,13 +14,22 @@ pub struct Limit {
 
 impl Limit {
     pub const fn per_second(count: u32) -> Limit {
-        Limit { count, window_ms: 1000 }
+        Limit {
+            count,
+            window_ms: 1000,
+        }
     }
     pub const fn per_minute(count: u32) -> Limit {
-        Limit { count, window_ms: 60_000 }
+        Limit {
+            count,
+            window_ms: 60_000,
+        }
     }
     pub const fn per_hour(count: u32) -> Limit {
-        Limit { count, window_ms: 3_600_000 }
+        Limit {
+            count,
+            window_ms: 3_600_000,
+        }
     }
 
     /// The limit as Flask-Limiter words it in its 429 message, e.g. "2 per 1 second".
@@ -63,12 +72,20 @@ impl FixedWindows {
         self.prune(now_ms);
         let window_end = (now_ms / limit.window_ms + 1) * limit.window_ms;
         let reset_in_ms = window_end - now_ms;
-        let entry = self.counters.entry(key.to_string()).or_insert((window_end, 0));
+        let entry = self
+            .counters
+            .entry(key.to_string())
+            .or_insert((window_end, 0));
         if entry.0 != window_end {
             *entry = (window_end, 0);
         }
         if entry.1 >= limit.count {
-            return Verdict { allowed: false, limit: limit.count, remaining: 0, reset_in_ms };
+            return Verdict {
+                allowed: false,
+                limit: limit.count,
+                remaining: 0,
+                reset_in_ms,
+            };
         }
         entry.1 += 1;
         Verdict {
@@ -93,7 +110,8 @@ impl FixedWindows {
             return;
         }
         self.last_prune_ms = now_ms;
-        self.counters.retain(|_, (window_end, _)| *window_end > now_ms);
+        self.counters
+            .retain(|_, (window_end, _)| *window_end > now_ms);
     }
 }
 

@@ -289,10 +289,12 @@ pub(crate) mod tests {
         let b = hand_out(&mut r);
         let c = r.counts();
         assert_eq!((c.waiting, c.processing, c.done), (0, 2, false));
-        r.apply_submit(a, SubmitState::Ok, Some(5), vec![], 1.0).unwrap();
+        r.apply_submit(a, SubmitState::Ok, Some(5), vec![], 1.0)
+            .unwrap();
         assert_eq!(r.counts().finished, 1);
         assert!(!r.is_done());
-        r.apply_submit(b, SubmitState::Ok, None, vec![], 1.0).unwrap();
+        r.apply_submit(b, SubmitState::Ok, None, vec![], 1.0)
+            .unwrap();
         assert!(r.is_done());
         assert_eq!(r.job(a).unwrap().seed, 5);
     }
@@ -301,8 +303,11 @@ pub(crate) mod tests {
     fn a_second_submit_is_a_duplicate() {
         let mut r = request_from(serde_json::json!({"prompt": "p"}));
         let a = hand_out(&mut r);
-        r.apply_submit(a, SubmitState::Ok, None, vec![], 1.0).unwrap();
-        let again = r.apply_submit(a, SubmitState::Ok, None, vec![], 1.0).map(|_| ());
+        r.apply_submit(a, SubmitState::Ok, None, vec![], 1.0)
+            .unwrap();
+        let again = r
+            .apply_submit(a, SubmitState::Ok, None, vec![], 1.0)
+            .map(|_| ());
         assert_eq!(again, Err(SubmitRefusal::Duplicate));
     }
 
@@ -311,7 +316,8 @@ pub(crate) mod tests {
         let mut r = request_from(serde_json::json!({"prompt": "p"}));
         for round in 1..=3 {
             let a = hand_out(&mut r);
-            r.apply_submit(a, SubmitState::Faulted, None, vec![], 0.0).unwrap();
+            r.apply_submit(a, SubmitState::Faulted, None, vec![], 0.0)
+                .unwrap();
             assert_eq!(r.counts().restarted, round);
         }
         assert!(r.faulted);
@@ -323,7 +329,11 @@ pub(crate) mod tests {
     fn censorship_metadata_marks_the_image_censored() {
         let mut r = request_from(serde_json::json!({"prompt": "p"}));
         let a = hand_out(&mut r);
-        let meta = vec![GenMetadata { kind: "censorship".into(), value: "nsfw".into(), r#ref: None }];
+        let meta = vec![GenMetadata {
+            kind: "censorship".into(),
+            value: "nsfw".into(),
+            r#ref: None,
+        }];
         let job = r.apply_submit(a, SubmitState::Ok, None, meta, 1.0).unwrap();
         assert_eq!(job.state, JobState::Censored);
         assert!(job.censored);
@@ -334,17 +344,24 @@ pub(crate) mod tests {
         let mut r = request_from(serde_json::json!({"prompt": "p", "params": {"n": 3}}));
         let a = hand_out(&mut r);
         let b = hand_out(&mut r);
-        r.apply_submit(a, SubmitState::Ok, None, vec![], 1.0).unwrap();
+        r.apply_submit(a, SubmitState::Ok, None, vec![], 1.0)
+            .unwrap();
         r.cancel();
         let c = r.counts();
-        assert_eq!((c.waiting, c.finished, c.processing, c.done), (0, 1, 1, false));
-        r.apply_submit(b, SubmitState::Ok, None, vec![], 1.0).unwrap();
+        assert_eq!(
+            (c.waiting, c.finished, c.processing, c.done),
+            (0, 1, 1, false)
+        );
+        r.apply_submit(b, SubmitState::Ok, None, vec![], 1.0)
+            .unwrap();
         assert!(r.is_done());
     }
 
     #[test]
     fn seed_variation_steps_the_seed_per_image() {
-        let mut r = request_from(serde_json::json!({"prompt": "p", "params": {"n": 3, "seed_variation": 10}}));
+        let mut r = request_from(
+            serde_json::json!({"prompt": "p", "params": {"n": 3, "seed_variation": 10}}),
+        );
         r.base_seed = Some(100);
         assert_eq!(r.next_seed(), 100);
         hand_out(&mut r);

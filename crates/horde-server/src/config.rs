@@ -73,7 +73,9 @@ impl Default for ServerConfig {
 
 impl Default for DatabaseConfig {
     fn default() -> Self {
-        DatabaseConfig { durability: Durability::Normal }
+        DatabaseConfig {
+            durability: Durability::Normal,
+        }
     }
 }
 

@@ -23,14 +23,21 @@ impl ApiError {
 
     /// A schema-validation failure (400 with an `errors` map).
     pub fn validation(body: ErrorBody) -> Self {
-        ApiError { status: StatusCode::BAD_REQUEST, body }
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            body,
+        }
     }
 
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         tracing::error!(%cause, "internal error");
         ApiError {
             status: StatusCode::INTERNAL_SERVER_ERROR,
-            body: ErrorBody { message: "Internal Server Error".into(), rc: Some(Rc::InternalServerError.as_str().into()), errors: None },
+            body: ErrorBody {
+                message: "Internal Server Error".into(),
+                rc: Some(Rc::InternalServerError.as_str().into()),
+                errors: None,
+            },
         }
     }
 }

@@ -31,12 +31,19 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for HordeJson<T> {
 /// Parses a JSON body the way the public horde validates one.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if bytes.windows(6).any(|w| w.eq_ignore_ascii_case(b"\\u0000")) || bytes.contains(&0) {
-        return Err(ApiError::new(Rc::NulByteInPayload, "Payload cannot contain NUL bytes."));
+        return Err(ApiError::new(
+            Rc::NulByteInPayload,
+            "Payload cannot contain NUL bytes.",
+        ));
     }
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
         let path = err.path().to_string();
-        let field = if path == "." || path.is_empty() { "payload".to_string() } else { path };
+        let field = if path == "." || path.is_empty() {
+            "payload".to_string()
+        } else {
+            path
+        };
         let mut errors = BTreeMap::new();
         errors.insert(field, err.inner().to_string());
         ApiError::validation(ErrorBody::validation(errors))

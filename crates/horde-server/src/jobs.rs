@@ -59,7 +59,10 @@ fn payload_of(request: &LiveRequest, first: &Job, batch: u32) -> JobPayload {
 impl AppState {
     pub async fn pop(&self, user: &User, pop: PopRequest) -> ApiResult<PopResponse> {
         if user.flagged {
-            return Err(ApiError::new(Rc::WorkerFlaggedMaintenance, "Your account is flagged: your workers cannot take jobs."));
+            return Err(ApiError::new(
+                Rc::WorkerFlaggedMaintenance,
+                "Your account is flagged: your workers cannot take jobs.",
+            ));
         }
         pop.validate().map_err(ApiError::validation)?;
         let entry = self.check_in(user, &pop).await?;
@@ -67,11 +70,18 @@ impl AppState {
             return Ok(PopResponse::empty(Default::default()));
         }
         let now = now();
-        let outcome = self.queue.lock().expect("queue lock").pop(&entry.caps(), &entry.worker.name, now, job_ttl);
+        let outcome = self.queue.lock().expect("queue lock").pop(
+            &entry.caps(),
+            &entry.worker.name,
+            now,
+            job_ttl,
+        );
         match outcome {
             PopOutcome::Nothing(skipped) => {
                 if entry.worker.maintenance {
-                    let msg = entry.worker.maintenance_msg.clone().unwrap_or_else(|| "This worker has been put into maintenance mode by its owner.".into());
+                    let msg = entry.worker.maintenance_msg.clone().unwrap_or_else(|| {
+                        "This worker has been put into maintenance mode by its owner.".into()
+                    });
                     return Err(ApiError::new(Rc::WorkerMaintenance, msg));
                 }
                 Ok(PopResponse::empty(skipped))
@@ -91,11 +101,17 @@ impl AppState {
                 r.clone()
             })
             .ok_or_else(|| ApiError::internal("assigned request vanished"))?;
-        self.store.save_assignment(&request, &assignment.jobs).await?;
+        self.store
+            .save_assignment(&request, &assignment.jobs)
+            .await?;
         let first = &assignment.jobs[0];
         let ids: Vec<String> = assignment.jobs.iter().map(|j| j.id.to_string()).collect();
         let uploads: Vec<String> = if request.body.r2 {
-            assignment.jobs.iter().map(|j| self.upload_url(j.id, now)).collect()
+            assignment
+                .jobs
+                .iter()
+                .map(|j| self.upload_url(j.id, now))
+                .collect()
         } else {
             vec![]
         };
@@ -120,21 +136,37 @@ impl AppState {
     fn upload_url(&self, job_id: Uuid, now: i64) -> String {
         let expires = now + self.config.requests.upload_url_ttl_secs;
         let sig = sign_upload(&self.upload_secret, &job_id.to_string(), expires);
-        format!("{}/api/v2/uploads/{job_id}?expires={expires}&sig={sig}", self.public_url)
+        format!(
+            "{}/api/v2/uploads/{job_id}?expires={expires}&sig={sig}",
+            self.public_url
+        )
     }
 
     /// Stores an image PUT to an upload URL: signature, expiry, single use, size and format
     /// are all checked.
-    pub async fn upload(&self, job_id: &str, expires: i64, sig: &str, bytes: Vec<u8>) -> ApiResult<()> {
-        let job_id = Uuid::parse_str(job_id).map_err(|_| ApiError::new(Rc::InvalidJobID, "Unknown job."))?;
+    pub async fn upload(
+        &self,
+        job_id: &str,
+        expires: i64,
+        sig: &str,
+        bytes: Vec<u8>,
+    ) -> ApiResult<()> {
+        let job_id =
+            Uuid::parse_str(job_id).map_err(|_| ApiError::new(Rc::InvalidJobID, "Unknown job."))?;
         if !verify_upload(&self.upload_secret, &job_id.to_string(), expires, sig) {
-            return Err(ApiError::new(Rc::Forbidden, "This upload URL is not valid."));
+            return Err(ApiError::new(
+                Rc::Forbidden,
+                "This upload URL is not valid.",
+            ));
         }
         if expires < now() {
             return Err(ApiError::new(Rc::Forbidden, "This upload URL has expired."));
         }
         if bytes.len() > self.config.api.max_image_bytes {
-            return Err(ApiError::new(Rc::PayloadTooLarge, "The image is too large."));
+            return Err(ApiError::new(
+                Rc::PayloadTooLarge,
+                "The image is too large.",
+            ));
         }
         let in_flight = self
             .queue
@@ -144,16 +176,25 @@ impl AppState {
             .and_then(|r| r.job(job_id))
             .is_some_and(|j| j.state == JobState::Processing);
         if !in_flight {
-            return Err(ApiError::new(Rc::InvalidJobID, "This job is not waiting for an image."));
+            return Err(ApiError::new(
+                Rc::InvalidJobID,
+                "This job is not waiting for an image.",
+            ));
         }
         if self.images.exists(job_id) {
-            return Err(ApiError::new(Rc::UploadAlreadyUsed, "This upload URL was already used."));
+            return Err(ApiError::new(
+                Rc::UploadAlreadyUsed,
+                "This upload URL was already used.",
+            ));
         }
         let (bytes, _) = check_image(bytes).await?;
         let staged = self.images.stage(job_id, &bytes).await?;
         if self.images.exists(job_id) {
             self.images.discard(&staged).await;
-            return Err(ApiError::new(Rc::UploadAlreadyUsed, "This upload URL was already used."));
+            return Err(ApiError::new(
+                Rc::UploadAlreadyUsed,
+                "This upload URL was already used.",
+            ));
         }
         self.images.commit(&staged, job_id).await
     }
@@ -163,25 +204,56 @@ impl AppState {
         let job_id = Uuid::parse_str(&submit.id).map_err(|_| invalid_job(&submit.id))?;
         let (request, job) = self.job_for_submit(user, job_id)?;
         let faulted = submit.state == horde_api::image::SubmitState::Faulted;
-        let staged = if faulted { None } else { self.stage_result(&request, job_id, submit.generation.as_deref()).await? };
-        let worker = self.workers.read().expect("registry lock").get(job.worker_id).cloned();
-        let multiplier = worker.as_ref().map(|w| pricing::bridge_multiplier(&w.worker.bridge_agent)).unwrap_or(0.75);
-        let reward = if faulted { 0.0 } else { pricing::round2(request.job_kudos * multiplier) };
+        let staged = if faulted {
+            None
+        } else {
+            self.stage_result(&request, job_id, submit.generation.as_deref())
+                .await?
+        };
+        let worker = self
+            .workers
+            .read()
+            .expect("registry lock")
+            .get(job.worker_id)
+            .cloned();
+        let multiplier = worker
+            .as_ref()
+            .map(|w| pricing::bridge_multiplier(&w.worker.bridge_agent))
+            .unwrap_or(0.75);
+        let reward = if faulted {
+            0.0
+        } else {
+            pricing::round2(request.job_kudos * multiplier)
+        };
         let now = now();
         let retention = self.config.requests.retention_secs;
-        let applied = self.queue.lock().expect("queue lock").update(request.id, |r| {
-            let result = r.apply_submit(job_id, submit.state, submit.seed, submit.gen_metadata.clone(), reward).cloned();
-            if let Ok(job) = &result {
-                if job.state.is_finished() && !job.censored {
-                    r.consumed_kudos += pricing::requester_charge(&r.body, r.job_kudos);
+        let applied = self
+            .queue
+            .lock()
+            .expect("queue lock")
+            .update(request.id, |r| {
+                let result = r
+                    .apply_submit(
+                        job_id,
+                        submit.state,
+                        submit.seed,
+                        submit.gen_metadata.clone(),
+                        reward,
+                    )
+                    .cloned();
+                if let Ok(job) = &result {
+                    if job.state.is_finished() && !job.censored {
+                        r.consumed_kudos += pricing::requester_charge(&r.body, r.job_kudos);
+                    }
+                    if r.is_done() {
+                        r.expiry = now + retention;
+                    }
                 }
-                if r.is_done() {
-                    r.expiry = now + retention;
-                }
-            }
-            (result, r.clone())
-        });
-        let Some((result, updated)) = applied else { return Err(invalid_job(&submit.id)) };
+                (result, r.clone())
+            });
+        let Some((result, updated)) = applied else {
+            return Err(invalid_job(&submit.id));
+        };
         let job = match result {
             Ok(job) => job,
             Err(refusal) => {
@@ -194,8 +266,12 @@ impl AppState {
         if let Some(staged) = &staged {
             self.images.commit(staged, job_id).await?;
         }
-        let effects = job.state.is_finished().then(|| self.submit_effects(&updated, &job, worker.as_ref().map(|w| w.worker.user_id)));
-        self.store.save_submit(&updated, &job, effects.as_ref()).await?;
+        let effects = job.state.is_finished().then(|| {
+            self.submit_effects(&updated, &job, worker.as_ref().map(|w| w.worker.user_id))
+        });
+        self.store
+            .save_submit(&updated, &job, effects.as_ref())
+            .await?;
         if let Some(e) = &effects {
             self.record_contribution(&job, e, now);
         }
@@ -205,11 +281,24 @@ impl AppState {
     /// The request and job a submission names, checking the submitter owns the job's worker.
     fn job_for_submit(&self, user: &User, job_id: Uuid) -> ApiResult<(LiveRequest, Job)> {
         let queue = self.queue.lock().expect("queue lock");
-        let request = queue.request_of_job(job_id).ok_or_else(|| invalid_job(&job_id.to_string()))?;
-        let job = request.job(job_id).cloned().ok_or_else(|| invalid_job(&job_id.to_string()))?;
-        let owner = self.workers.read().expect("registry lock").get(job.worker_id).map(|w| w.worker.user_id);
+        let request = queue
+            .request_of_job(job_id)
+            .ok_or_else(|| invalid_job(&job_id.to_string()))?;
+        let job = request
+            .job(job_id)
+            .cloned()
+            .ok_or_else(|| invalid_job(&job_id.to_string()))?;
+        let owner = self
+            .workers
+            .read()
+            .expect("registry lock")
+            .get(job.worker_id)
+            .map(|w| w.worker.user_id);
         if owner != Some(user.id) {
-            return Err(ApiError::new(Rc::WrongCredentials, "Wrong credentials to submit as this worker."));
+            return Err(ApiError::new(
+                Rc::WrongCredentials,
+                "Wrong credentials to submit as this worker.",
+            ));
         }
         match job.state {
             JobState::Processing => Ok((request.clone(), job)),
@@ -220,7 +309,12 @@ impl AppState {
 
     /// Checks and stages the image of a submission: inline base64, or the file uploaded
     /// beforehand when `generation` is "R2".
-    async fn stage_result(&self, request: &LiveRequest, job_id: Uuid, generation: Option<&str>) -> ApiResult<Option<std::path::PathBuf>> {
+    async fn stage_result(
+        &self,
+        request: &LiveRequest,
+        job_id: Uuid,
+        generation: Option<&str>,
+    ) -> ApiResult<Option<std::path::PathBuf>> {
         let generation = generation.unwrap_or("R2");
         if generation == "R2" {
             if !request.body.r2 || !self.images.exists(job_id) {
@@ -230,20 +324,38 @@ impl AppState {
         }
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(generation.trim())
-            .map_err(|_| ApiError::new(Rc::ImageValidationFailed, "generation is neither \"R2\" nor valid base64."))?;
+            .map_err(|_| {
+                ApiError::new(
+                    Rc::ImageValidationFailed,
+                    "generation is neither \"R2\" nor valid base64.",
+                )
+            })?;
         if bytes.len() > self.config.api.max_image_bytes {
-            return Err(ApiError::new(Rc::PayloadTooLarge, "The image is too large."));
+            return Err(ApiError::new(
+                Rc::PayloadTooLarge,
+                "The image is too large.",
+            ));
         }
         let (bytes, _) = check_image(bytes).await?;
         Ok(Some(self.images.stage(job_id, &bytes).await?))
     }
 
-    fn submit_effects(&self, request: &LiveRequest, job: &Job, owner: Option<i64>) -> SubmitEffects {
+    fn submit_effects(
+        &self,
+        request: &LiveRequest,
+        job: &Job,
+        owner: Option<i64>,
+    ) -> SubmitEffects {
         let p = &request.body.params;
-        let megapixelsteps = f64::from(p.width) * f64::from(p.height) * f64::from(p.accurate_steps()) / 1e6;
+        let megapixelsteps =
+            f64::from(p.width) * f64::from(p.height) * f64::from(p.accurate_steps()) / 1e6;
         SubmitEffects {
             requester_id: request.user_id,
-            requester_charge: if job.censored { 0.0 } else { pricing::requester_charge(&request.body, request.job_kudos) },
+            requester_charge: if job.censored {
+                0.0
+            } else {
+                pricing::requester_charge(&request.body, request.job_kudos)
+            },
             worker_id: job.worker_id,
             worker_owner_id: owner.unwrap_or_default(),
             reward: job.reward,
@@ -253,8 +365,17 @@ impl AppState {
 
     fn record_contribution(&self, job: &Job, effects: &SubmitEffects, now: i64) {
         let seconds = (now - job.started).max(1) as f64;
-        self.performance.lock().expect("performance lock").record(&job.model, now, effects.megapixelsteps * 1e6 / seconds);
-        if let Some(entry) = self.workers.write().expect("registry lock").get_mut(job.worker_id) {
+        self.performance.lock().expect("performance lock").record(
+            &job.model,
+            now,
+            effects.megapixelsteps * 1e6 / seconds,
+        );
+        if let Some(entry) = self
+            .workers
+            .write()
+            .expect("registry lock")
+            .get_mut(job.worker_id)
+        {
             entry.worker.kudos_generated += effects.reward;
             entry.worker.fulfilments += 1;
             entry.worker.megapixelsteps += effects.megapixelsteps;
@@ -263,12 +384,21 @@ impl AppState {
 }
 
 fn invalid_job(id: &str) -> ApiError {
-    ApiError::new(Rc::InvalidJobID, format!("Processing Generation with ID {id} does not exist."))
+    ApiError::new(
+        Rc::InvalidJobID,
+        format!("Processing Generation with ID {id} does not exist."),
+    )
 }
 
 fn refusal_error(refusal: SubmitRefusal) -> ApiError {
     match refusal {
-        SubmitRefusal::Duplicate => ApiError::new(Rc::DuplicateGen, "Processing Generation has already been submitted."),
-        SubmitRefusal::Aborted => ApiError::new(Rc::AbortedGen, "This job was aborted or faulted and cannot be submitted."),
+        SubmitRefusal::Duplicate => ApiError::new(
+            Rc::DuplicateGen,
+            "Processing Generation has already been submitted.",
+        ),
+        SubmitRefusal::Aborted => ApiError::new(
+            Rc::AbortedGen,
+            "This job was aborted or faulted and cannot be submitted.",
+        ),
     }
 }

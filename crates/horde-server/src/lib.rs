@@ -41,11 +41,17 @@ use utoipa_swagger_ui::SwaggerUi;
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot use data directory {path}: {source}")]
-    DataDir { path: String, source: std::io::Error },
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Store(#[from] horde_store::StoreError),
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// A built coordinator, bound to its port, not yet serving.
@@ -57,21 +63,37 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: ServerConfig) -> Result<Application, StartError> {
-        let data_dir = |source| StartError::DataDir { path: config.data_dir.display().to_string(), source };
+        let data_dir = |source| StartError::DataDir {
+            path: config.data_dir.display().to_string(),
+            source,
+        };
         std::fs::create_dir_all(&config.data_dir).map_err(data_dir)?;
         let images = ImageStore::open(&config.images_dir()).map_err(data_dir)?;
         let store = Store::open(&config.database_path(), config.database.durability).await?;
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| StartError::Bind { addr: config.listen, source })?;
-        let local = listener.local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        let local = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
         let state = Arc::new(open_state(config, store, images, local).await?);
         let router = router(state.clone());
-        Ok(Application { listener, router, state })
+        Ok(Application {
+            listener,
+            router,
+            state,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("bound listener has an address")
+        self.listener
+            .local_addr()
+            .expect("bound listener has an address")
     }
 
     pub fn port(&self) -> u16 {
@@ -83,25 +105,44 @@ impl Application {
     }
 
     /// Serves until `shutdown` completes, with the sweeper running beside.
-    pub async fn run_until(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    pub async fn run_until(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
         let sweeper = tokio::spawn(sweeper::run(self.state.clone()));
-        let service = self.router.into_make_service_with_connect_info::<SocketAddr>();
-        let result = axum::serve(self.listener, service).with_graceful_shutdown(shutdown).await;
+        let service = self
+            .router
+            .into_make_service_with_connect_info::<SocketAddr>();
+        let result = axum::serve(self.listener, service)
+            .with_graceful_shutdown(shutdown)
+            .await;
         sweeper.abort();
         self.state.store.close().await;
         result
     }
 }
 
-async fn open_state(config: ServerConfig, store: Store, images: ImageStore, local: SocketAddr) -> Result<AppState, StartError> {
-    let key_salt = store.setting_or_init("api_key_salt", generate_token).await?;
-    let upload_secret = store.setting_or_init("upload_secret", generate_token).await?;
+async fn open_state(
+    config: ServerConfig,
+    store: Store,
+    images: ImageStore,
+    local: SocketAddr,
+) -> Result<AppState, StartError> {
+    let key_salt = store
+        .setting_or_init("api_key_salt", generate_token)
+        .await?;
+    let upload_secret = store
+        .setting_or_init("upload_secret", generate_token)
+        .await?;
     let public_url = if config.public_url.is_empty() {
         format!("http://{local}")
     } else {
         config.public_url.trim_end_matches('/').to_string()
     };
-    let host = std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "horde".into());
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "horde".into());
     let state = AppState {
         node_name: format!("{host}:{}:{}", local.port(), routes::status::VERSION),
         config,
@@ -115,7 +156,10 @@ async fn open_state(config: ServerConfig, store: Store, images: ImageStore, loca
         upload_secret,
         public_url,
     };
-    state.store.ensure_anonymous(&state.anonymous_key_hash(), now()).await?;
+    state
+        .store
+        .ensure_anonymous(&state.anonymous_key_hash(), now())
+        .await?;
     let requests = state.store.load_requests().await?;
     {
         let mut queue = state.queue.lock().expect("queue lock");
@@ -132,13 +176,19 @@ fn router(state: SharedState) -> Router {
     let api = Router::new()
         .route("/api/v2/generate/async", post(generate::generate_async))
         .route("/api/v2/generate/check/{id}", get(generate::check))
-        .route("/api/v2/generate/status/{id}", get(generate::status).delete(generate::cancel))
+        .route(
+            "/api/v2/generate/status/{id}",
+            get(generate::status).delete(generate::cancel),
+        )
         .route("/api/v2/generate/pop", post(generate::pop))
         .route("/api/v2/generate/submit", post(generate::submit))
         .route("/api/v2/uploads/{job_id}", put(generate::upload))
         .route("/api/v2/images/{file}", get(generate::image))
         .route("/api/v2/workers", get(workers::list))
-        .route("/api/v2/workers/{id}", get(workers::get).put(workers::modify))
+        .route(
+            "/api/v2/workers/{id}",
+            get(workers::get).put(workers::modify),
+        )
         .route("/api/v2/workers/name/{name}", get(workers::by_name))
         .route("/api/v2/users/{id}", get(users::get))
         .route("/api/v2/find_user", get(users::find_user))
@@ -148,29 +198,64 @@ fn router(state: SharedState) -> Router {
         .route("/api/v2/status/models/{name}", get(status::model))
         .route("/api/v2/status/performance", get(status::performance))
         .route("/.well-known/serviceinfo", get(status::serviceinfo))
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), ratelimit::rate_limit))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            ratelimit::rate_limit,
+        ))
         .method_not_allowed_fallback(method_not_allowed);
     let cors = CorsLayer::new()
         .allow_origin(Any)
         .allow_headers(Any)
-        .allow_methods([Method::POST, Method::GET, Method::OPTIONS, Method::PUT, Method::DELETE, Method::PATCH]);
+        .allow_methods([
+            Method::POST,
+            Method::GET,
+            Method::OPTIONS,
+            Method::PUT,
+            Method::DELETE,
+            Method::PATCH,
+        ]);
     let node = HeaderValue::from_str(&state.node_name).unwrap_or(HeaderValue::from_static("horde"));
-    api.fallback(not_found)
-        .merge(SwaggerUi::new("/api").url("/api/swagger.json", openapi::ApiDoc::openapi()))
+    api.merge(SwaggerUi::new("/api").url("/api/swagger.json", openapi::ApiDoc::openapi()))
+        .fallback(not_found)
+        .layer(axum::middleware::map_response(json_not_found))
         .layer(DefaultBodyLimit::max(state.config.api.max_body_bytes))
         .layer(cors)
-        .layer(SetResponseHeaderLayer::overriding(HeaderName::from_static("horde-node"), node))
+        .layer(SetResponseHeaderLayer::overriding(
+            HeaderName::from_static("horde-node"),
+            node,
+        ))
         .with_state(state)
 }
 
 /// Unknown paths answer with the AI Horde error body, never an empty or HTML page.
 async fn not_found() -> error::ApiError {
-    error::ApiError::new(horde_api::Rc::ThingNotFound, "The requested URL was not found on this server.")
+    error::ApiError::new(
+        horde_api::Rc::ThingNotFound,
+        "The requested URL was not found on this server.",
+    )
+}
+
+/// Swagger UI answers unknown paths under `/api/` with an empty 404; clients expect the AI Horde
+/// error body there too.
+async fn json_not_found(response: axum::response::Response) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if response.status() == axum::http::StatusCode::NOT_FOUND
+        && !response
+            .headers()
+            .contains_key(axum::http::header::CONTENT_TYPE)
+    {
+        return not_found().await.into_response();
+    }
+    response
 }
 
 async fn method_not_allowed() -> error::ApiError {
     error::ApiError {
         status: axum::http::StatusCode::METHOD_NOT_ALLOWED,
-        body: horde_api::ErrorBody { message: "The method is not allowed for the requested URL.".into(), rc: Some("MethodNotAllowed".into()), errors: None },
+        body: horde_api::ErrorBody {
+            message: "The method is not allowed for the requested URL.".into(),
+            rc: Some("MethodNotAllowed".into()),
+            errors: None,
+        },
     }
 }

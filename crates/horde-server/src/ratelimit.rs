@@ -29,26 +29,49 @@ fn limits_for(method: &Method, route: &str, anonymous: bool) -> Vec<(Limit, Key)
         ("POST", "/api/v2/generate/async") => vec![
             (Limit::per_minute(90), Key::IpAndRoute),
             (Limit::per_second(2), Key::IpAndRoute),
-            (Limit::per_second(if anonymous { 60 } else { 2 }), Key::ApiKeyAndRoute),
+            (
+                Limit::per_second(if anonymous { 60 } else { 2 }),
+                Key::ApiKeyAndRoute,
+            ),
         ],
         ("GET", "/api/v2/generate/check/{id}") => vec![(Limit::per_second(10), Key::IpAndPath)],
         (_, "/api/v2/generate/status/{id}") => vec![(Limit::per_minute(10), Key::IpAndPath)],
-        ("POST", "/api/v2/generate/pop" | "/api/v2/generate/submit") => vec![(Limit::per_second(60), Key::IpAndRoute)],
+        ("POST", "/api/v2/generate/pop" | "/api/v2/generate/submit") => {
+            vec![(Limit::per_second(60), Key::IpAndRoute)]
+        }
         ("PUT", "/api/v2/workers/{id}") => vec![(Limit::per_minute(30), Key::IpAndPath)],
         ("GET", "/api/v2/users/{id}") => vec![(Limit::per_minute(60), Key::IpAndPath)],
-        (_, route) if route.starts_with("/api/v2/") && !route.starts_with("/api/v2/uploads") && !route.starts_with("/api/v2/images") => {
+        (_, route)
+            if route.starts_with("/api/v2/")
+                && !route.starts_with("/api/v2/uploads")
+                && !route.starts_with("/api/v2/images") =>
+        {
             vec![(Limit::per_minute(90), Key::IpAndRoute)]
         }
         _ => vec![],
     }
 }
 
-pub async fn rate_limit(State(state): State<SharedState>, ConnectInfo(peer): ConnectInfo<SocketAddr>, request: Request, next: Next) -> Response {
+pub async fn rate_limit(
+    State(state): State<SharedState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+    next: Next,
+) -> Response {
     if !state.config.api.rate_limits {
         return next.run(request).await;
     }
-    let route = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_default();
-    let apikey = request.headers().get("apikey").and_then(|v| v.to_str().ok()).unwrap_or(ANONYMOUS_API_KEY).to_string();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
+    let apikey = request
+        .headers()
+        .get("apikey")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or(ANONYMOUS_API_KEY)
+        .to_string();
     let method = request.method().clone();
     let limits = limits_for(&method, &route, apikey == ANONYMOUS_API_KEY);
     let now = now_ms();
@@ -58,14 +81,23 @@ pub async fn rate_limit(State(state): State<SharedState>, ConnectInfo(peer): Con
         for (limit, key) in &limits {
             let key = match key {
                 Key::IpAndPath => format!("{}@{}@{}", peer.ip(), method, request.uri().path()),
-                Key::IpAndRoute => format!("{}@{}@{}#{}", peer.ip(), method, route, limit.window_ms),
-                Key::ApiKeyAndRoute => format!("{}@{}@{}", hash_api_key(&state.key_salt, &apikey), method, route),
+                Key::IpAndRoute => {
+                    format!("{}@{}@{}#{}", peer.ip(), method, route, limit.window_ms)
+                }
+                Key::ApiKeyAndRoute => format!(
+                    "{}@{}@{}",
+                    hash_api_key(&state.key_salt, &apikey),
+                    method,
+                    route
+                ),
             };
             let verdict = windows.hit(&key, *limit, now);
             if !verdict.allowed {
                 return too_many(*limit, verdict.reset_in_ms);
             }
-            if tightest.is_none_or(|(_, v): (Limit, horde_core::ratelimit::Verdict)| verdict.remaining < v.remaining) {
+            if tightest.is_none_or(|(_, v): (Limit, horde_core::ratelimit::Verdict)| {
+                verdict.remaining < v.remaining
+            }) {
                 tightest = Some((*limit, verdict));
             }
         }
@@ -74,8 +106,14 @@ pub async fn rate_limit(State(state): State<SharedState>, ConnectInfo(peer): Con
     if let Some((_, verdict)) = tightest {
         let headers = response.headers_mut();
         headers.insert("X-RateLimit-Limit", HeaderValue::from(verdict.limit));
-        headers.insert("X-RateLimit-Remaining", HeaderValue::from(verdict.remaining));
-        headers.insert("X-RateLimit-Reset", HeaderValue::from((now + verdict.reset_in_ms) / 1000));
+        headers.insert(
+            "X-RateLimit-Remaining",
+            HeaderValue::from(verdict.remaining),
+        );
+        headers.insert(
+            "X-RateLimit-Reset",
+            HeaderValue::from((now + verdict.reset_in_ms) / 1000),
+        );
     }
     response
 }
@@ -84,8 +122,14 @@ fn too_many(limit: Limit, reset_in_ms: u64) -> Response {
     let body = ErrorBody::new(Rc::RateLimited, limit.describe());
     let mut response = (StatusCode::TOO_MANY_REQUESTS, Json(body)).into_response();
     let retry = reset_in_ms.div_ceil(1000).max(1);
-    response.headers_mut().insert("Retry-After", HeaderValue::from(retry));
-    response.headers_mut().insert("X-RateLimit-Limit", HeaderValue::from(limit.count));
-    response.headers_mut().insert("X-RateLimit-Remaining", HeaderValue::from(0));
+    response
+        .headers_mut()
+        .insert("Retry-After", HeaderValue::from(retry));
+    response
+        .headers_mut()
+        .insert("X-RateLimit-Limit", HeaderValue::from(limit.count));
+    response
+        .headers_mut()
+        .insert("X-RateLimit-Remaining", HeaderValue::from(0));
     response
 }

@@ -3,7 +3,10 @@
 use crate::error::{ApiError, ApiResult};
 use crate::state::{now, AppState};
 use base64::Engine;
-use horde_api::image::{AsyncResponse, Generation, ImageRequest, RequestStatus, RequestStatusCheck, RequestWarning, UPSCALERS};
+use horde_api::image::{
+    AsyncResponse, Generation, ImageRequest, RequestStatus, RequestStatusCheck, RequestWarning,
+    UPSCALERS,
+};
 use horde_api::Rc;
 use horde_core::accounts::User;
 use horde_core::matching::can_generate;
@@ -22,23 +25,43 @@ pub enum Accepted {
 fn check_request_rules(body: &ImageRequest) -> ApiResult<()> {
     body.validate().map_err(ApiError::validation)?;
     if body.prompt_parts().0.trim().is_empty() {
-        return Err(ApiError::new(Rc::MissingPrompt, "You cannot specify an empty prompt."));
+        return Err(ApiError::new(
+            Rc::MissingPrompt,
+            "You cannot specify an empty prompt.",
+        ));
     }
     if body.source_mask.is_some() && body.source_image.is_none() {
-        return Err(ApiError::new(Rc::SourceMaskUnnecessary, "Cannot send a source mask without a source image."));
+        return Err(ApiError::new(
+            Rc::SourceMaskUnnecessary,
+            "Cannot send a source mask without a source image.",
+        ));
     }
     if let Some(hook) = &body.webhook {
         if !hook.starts_with("https://") {
-            return Err(ApiError::new(Rc::InvalidWebhook, "webhook must be an https:// URL."));
+            return Err(ApiError::new(
+                Rc::InvalidWebhook,
+                "webhook must be an https:// URL.",
+            ));
         }
     }
-    let upscalers = body.params.post_processing.iter().filter(|p| UPSCALERS.contains(&p.as_str())).count();
+    let upscalers = body
+        .params
+        .post_processing
+        .iter()
+        .filter(|p| UPSCALERS.contains(&p.as_str()))
+        .count();
     if upscalers > 1 {
-        return Err(ApiError::new(Rc::TooManyUpscalers, "Cannot use more than one upscaler at a time."));
+        return Err(ApiError::new(
+            Rc::TooManyUpscalers,
+            "Cannot use more than one upscaler at a time.",
+        ));
     }
     for model in &body.models {
         if horde_api::image::POST_PROCESSORS.contains(&model.as_str()) {
-            return Err(ApiError::new(Rc::UnexpectedModelName, format!("'{model}' is a post-processor, not a model.")));
+            return Err(ApiError::new(
+                Rc::UnexpectedModelName,
+                format!("'{model}' is a post-processor, not a model."),
+            ));
         }
     }
     Ok(())
@@ -93,10 +116,20 @@ impl AppState {
         let possible = self.is_possible(&request);
         let id = request.id;
         self.queue.lock().expect("queue lock").insert(request);
-        let mut response = AsyncResponse { id: Some(id.to_string()), kudos: job_kudos.round(), message: None, warnings: vec![] };
+        let mut response = AsyncResponse {
+            id: Some(id.to_string()),
+            kudos: job_kudos.round(),
+            message: None,
+            warnings: vec![],
+        };
         if !possible {
-            let message = "No available workers can fulfil this request. It will wait until one joins.".to_string();
-            response.warnings.push(RequestWarning { code: "NoAvailableWorker".into(), message: message.clone() });
+            let message =
+                "No available workers can fulfil this request. It will wait until one joins."
+                    .to_string();
+            response.warnings.push(RequestWarning {
+                code: "NoAvailableWorker".into(),
+                message: message.clone(),
+            });
             response.message = Some(message);
         }
         Ok(Accepted::Queued(response))
@@ -109,7 +142,11 @@ impl AppState {
         if waiting + u64::from(n) > u64::from(user.concurrency) {
             return Err(ApiError::new(
                 Rc::TooManyPrompts,
-                format!("Parallel requests ({}) exceeded user limit ({}).", waiting + u64::from(n), user.concurrency),
+                format!(
+                    "Parallel requests ({}) exceeded user limit ({}).",
+                    waiting + u64::from(n),
+                    user.concurrency
+                ),
             ));
         }
         Ok(())
@@ -136,12 +173,33 @@ impl AppState {
         Ok(self.status_check(&snapshot, position, mps_ahead))
     }
 
-    fn status_check(&self, request: &LiveRequest, position: usize, mps_ahead: f64) -> RequestStatusCheck {
+    fn status_check(
+        &self,
+        request: &LiveRequest,
+        position: usize,
+        mps_ahead: f64,
+    ) -> RequestStatusCheck {
         let counts = request.counts();
         let now = now();
-        let threads: u32 = self.workers.read().expect("registry lock").online(now).map(|w| w.worker.threads).sum();
-        let speed_mps = (self.performance.lock().expect("performance lock").all_models_average(now) / 1e6).max(1.0);
-        let wait_time = if counts.waiting == 0 { 0 } else { (mps_ahead / (speed_mps * f64::from(threads.max(1)))).ceil() as i64 };
+        let threads: u32 = self
+            .workers
+            .read()
+            .expect("registry lock")
+            .online(now)
+            .map(|w| w.worker.threads)
+            .sum();
+        let speed_mps = (self
+            .performance
+            .lock()
+            .expect("performance lock")
+            .all_models_average(now)
+            / 1e6)
+            .max(1.0);
+        let wait_time = if counts.waiting == 0 {
+            0
+        } else {
+            (mps_ahead / (speed_mps * f64::from(threads.max(1)))).ceil() as i64
+        };
         RequestStatusCheck {
             finished: counts.finished,
             processing: counts.processing,
@@ -161,7 +219,11 @@ impl AppState {
         let (snapshot, position, mps_ahead) = {
             let queue = self.queue.lock().expect("queue lock");
             let request = queue.get(id).ok_or_else(|| not_found(id))?;
-            (request.clone(), queue.position(id), queue.megapixelsteps_ahead(id))
+            (
+                request.clone(),
+                queue.position(id),
+                queue.megapixelsteps_ahead(id),
+            )
         };
         let check = self.status_check(&snapshot, position, mps_ahead);
         let mut generations = Vec::new();
@@ -178,7 +240,11 @@ impl AppState {
                 state: job.state.as_str().to_string(),
             });
         }
-        Ok(RequestStatus { check, generations, shared: false })
+        Ok(RequestStatus {
+            check,
+            generations,
+            shared: false,
+        })
     }
 
     /// A download URL for r2 requests, the base64 WebP otherwise, "N/A" if the file is gone.
@@ -221,7 +287,11 @@ impl AppState {
             let ids: Vec<Uuid> = queue
                 .expired(now)
                 .into_iter()
-                .filter(|id| queue.get(*id).is_some_and(|r| r.jobs.iter().all(|j| j.state != JobState::Processing)))
+                .filter(|id| {
+                    queue
+                        .get(*id)
+                        .is_some_and(|r| r.jobs.iter().all(|j| j.state != JobState::Processing))
+                })
                 .collect();
             ids.into_iter().filter_map(|id| queue.remove(id)).collect()
         };
@@ -236,9 +306,17 @@ impl AppState {
 }
 
 fn parse_request_id(id: &str) -> ApiResult<Uuid> {
-    Uuid::parse_str(id).map_err(|_| ApiError::new(Rc::RequestNotFound, format!("Request with ID '{id}' not found.")))
+    Uuid::parse_str(id).map_err(|_| {
+        ApiError::new(
+            Rc::RequestNotFound,
+            format!("Request with ID '{id}' not found."),
+        )
+    })
 }
 
 fn not_found(id: Uuid) -> ApiError {
-    ApiError::new(Rc::RequestNotFound, format!("Request with ID '{id}' not found."))
+    ApiError::new(
+        Rc::RequestNotFound,
+        format!("Request with ID '{id}' not found."),
+    )
 }

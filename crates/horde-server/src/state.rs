@@ -45,14 +45,20 @@ impl ModelPerformance {
     pub fn record(&mut self, model: &str, now: i64, pixelsteps_per_sec: f64) {
         let samples = self.samples.entry(model.to_string()).or_default();
         samples.push_back((now, pixelsteps_per_sec));
-        while samples.len() > Self::MAX_SAMPLES || samples.front().is_some_and(|s| s.0 < now - Self::WINDOW_SECS) {
+        while samples.len() > Self::MAX_SAMPLES
+            || samples
+                .front()
+                .is_some_and(|s| s.0 < now - Self::WINDOW_SECS)
+        {
             samples.pop_front();
         }
     }
 
     /// Average pixelsteps per second over the last hour, 0 without samples.
     pub fn average(&self, model: &str, now: i64) -> f64 {
-        let Some(samples) = self.samples.get(model) else { return 0.0 };
+        let Some(samples) = self.samples.get(model) else {
+            return 0.0;
+        };
         let recent: Vec<f64> = samples
             .iter()
             .filter(|s| s.0 >= now - Self::WINDOW_SECS)
@@ -68,7 +74,11 @@ impl ModelPerformance {
     /// Pixelsteps finished in the last `secs` seconds.
     pub fn all_models_average(&self, now: i64) -> f64 {
         let models: Vec<&String> = self.samples.keys().collect();
-        let speeds: Vec<f64> = models.iter().map(|m| self.average(m, now)).filter(|s| *s > 0.0).collect();
+        let speeds: Vec<f64> = models
+            .iter()
+            .map(|m| self.average(m, now))
+            .filter(|s| *s > 0.0)
+            .collect();
         if speeds.is_empty() {
             0.0
         } else {

@@ -3,7 +3,10 @@
 use crate::error::{ApiError, ApiResult};
 use crate::extract::ApiKey;
 use crate::state::{now, AppState};
-use horde_api::user::{ActiveGenerations, CountRecord, TestUserRequest, TestUserResponse, UsageRecord, UserDetails, UserKudosDetails, UserRecords};
+use horde_api::user::{
+    ActiveGenerations, CountRecord, TestUserRequest, TestUserResponse, UsageRecord, UserDetails,
+    UserKudosDetails, UserRecords,
+};
 use horde_api::{Rc, ANONYMOUS_API_KEY};
 use horde_core::accounts::User;
 use horde_core::keys::{generate_api_key, hash_api_key};
@@ -19,7 +22,10 @@ impl AppState {
     /// The user of the `apikey` header: 401 when missing or unknown.
     pub async fn authenticate(&self, key: &ApiKey) -> ApiResult<User> {
         let Some(key) = key.0.as_deref() else {
-            return Err(ApiError::new(Rc::InvalidAPIKey, "No API key provided. Use 0000000000 for anonymous access."));
+            return Err(ApiError::new(
+                Rc::InvalidAPIKey,
+                "No API key provided. Use 0000000000 for anonymous access.",
+            ));
         };
         let hash = hash_api_key(&self.key_salt, key);
         self.store
@@ -32,12 +38,22 @@ impl AppState {
     pub async fn authenticate_registered(&self, key: &ApiKey, anon_rc: Rc) -> ApiResult<User> {
         let user = self.authenticate(key).await?;
         if user.is_anonymous() {
-            return Err(ApiError::new(anon_rc, "Anonymous users cannot do this. Please register an account."));
+            return Err(ApiError::new(
+                anon_rc,
+                "Anonymous users cannot do this. Please register an account.",
+            ));
         }
         Ok(user)
     }
 
-    pub async fn create_user(&self, username: &str, moderator: bool, trusted: bool, kudos: f64, oauth_id: Option<String>) -> ApiResult<CreatedUser> {
+    pub async fn create_user(
+        &self,
+        username: &str,
+        moderator: bool,
+        trusted: bool,
+        kudos: f64,
+        oauth_id: Option<String>,
+    ) -> ApiResult<CreatedUser> {
         let api_key = generate_api_key();
         let new = NewUser {
             username: username.to_string(),
@@ -56,7 +72,10 @@ impl AppState {
     /// with that `oauth_id`.
     pub async fn test_user(&self, req: TestUserRequest) -> ApiResult<(bool, TestUserResponse)> {
         if req.username.trim().is_empty() || req.username.chars().count() > 30 {
-            return Err(ApiError::new(Rc::BadRequest, "username must be 1..30 characters."));
+            return Err(ApiError::new(
+                Rc::BadRequest,
+                "username must be 1..30 characters.",
+            ));
         }
         let existing = match &req.oauth_id {
             Some(oauth) => self.store.user_by_oauth_id(oauth).await?,
@@ -66,12 +85,32 @@ impl AppState {
             Some(user) => {
                 let api_key = generate_api_key();
                 let trusted = req.trusted || req.moderator;
-                self.store.reset_user(user.id, &hash_api_key(&self.key_salt, &api_key), req.moderator, trusted, req.kudos).await?;
-                let user = self.store.user_by_id(user.id).await?.ok_or_else(|| ApiError::internal("user vanished"))?;
+                self.store
+                    .reset_user(
+                        user.id,
+                        &hash_api_key(&self.key_salt, &api_key),
+                        req.moderator,
+                        trusted,
+                        req.kudos,
+                    )
+                    .await?;
+                let user = self
+                    .store
+                    .user_by_id(user.id)
+                    .await?
+                    .ok_or_else(|| ApiError::internal("user vanished"))?;
                 (false, user, api_key)
             }
             None => {
-                let c = self.create_user(&req.username, req.moderator, req.trusted, req.kudos, req.oauth_id.clone()).await?;
+                let c = self
+                    .create_user(
+                        &req.username,
+                        req.moderator,
+                        req.trusted,
+                        req.kudos,
+                        req.oauth_id.clone(),
+                    )
+                    .await?;
                 (true, c.user, c.api_key)
             }
         };
@@ -91,7 +130,8 @@ impl AppState {
     }
 
     pub async fn user_details_by_id(&self, id: &str) -> ApiResult<UserDetails> {
-        let not_found = || ApiError::new(Rc::UserNotFound, format!("User with ID '{id}' not found."));
+        let not_found =
+            || ApiError::new(Rc::UserNotFound, format!("User with ID '{id}' not found."));
         let id: i64 = id.parse().map_err(|_| not_found())?;
         let user = self.store.user_by_id(id).await?.ok_or_else(not_found)?;
         Ok(self.user_details(&user, false))
@@ -99,7 +139,11 @@ impl AppState {
 
     /// Details of `user`; `own` adds what only the user themself may see.
     pub fn user_details(&self, user: &User, own: bool) -> UserDetails {
-        let worker_ids = self.workers.read().expect("registry lock").ids_of_user(user.id);
+        let worker_ids = self
+            .workers
+            .read()
+            .expect("registry lock")
+            .ids_of_user(user.id);
         let active = own.then(|| {
             let queue = self.queue.lock().expect("queue lock");
             let mut image: Vec<String> = queue
@@ -108,20 +152,38 @@ impl AppState {
                 .map(|r| r.id.to_string())
                 .collect();
             image.sort();
-            ActiveGenerations { image, ..Default::default() }
+            ActiveGenerations {
+                image,
+                ..Default::default()
+            }
         });
         UserDetails {
             username: user.alias(),
             id: user.id,
             kudos: user.kudos,
-            kudos_details: UserKudosDetails { accumulated: user.kudos_accumulated, ..Default::default() },
+            kudos_details: UserKudosDetails {
+                accumulated: user.kudos_accumulated,
+                ..Default::default()
+            },
             usage: serde_json::json!({}),
             contributions: serde_json::json!({}),
             records: UserRecords {
-                usage: UsageRecord { megapixelsteps: user.usage_megapixelsteps, tokens: 0 },
-                contribution: UsageRecord { megapixelsteps: user.contributed_megapixelsteps, tokens: 0 },
-                fulfillment: CountRecord { image: user.fulfilments, ..Default::default() },
-                request: CountRecord { image: user.usage_requests, ..Default::default() },
+                usage: UsageRecord {
+                    megapixelsteps: user.usage_megapixelsteps,
+                    tokens: 0,
+                },
+                contribution: UsageRecord {
+                    megapixelsteps: user.contributed_megapixelsteps,
+                    tokens: 0,
+                },
+                fulfillment: CountRecord {
+                    image: user.fulfilments,
+                    ..Default::default()
+                },
+                request: CountRecord {
+                    image: user.usage_requests,
+                    ..Default::default()
+                },
             },
             concurrency: user.concurrency,
             worker_invited: user.worker_invited,
@@ -150,10 +212,22 @@ impl AppState {
 
 /// Creates a user directly in the database of `config`, without a running server (the
 /// `horde user create` command). The salt is the one the server uses.
-pub async fn create_user_offline(config: &crate::config::ServerConfig, username: &str, moderator: bool, trusted: bool, kudos: f64) -> Result<CreatedUser, crate::StartError> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| crate::StartError::DataDir { path: config.data_dir.display().to_string(), source })?;
-    let store = horde_store::Store::open(&config.database_path(), config.database.durability).await?;
-    let salt = store.setting_or_init("api_key_salt", horde_core::keys::generate_token).await?;
+pub async fn create_user_offline(
+    config: &crate::config::ServerConfig,
+    username: &str,
+    moderator: bool,
+    trusted: bool,
+    kudos: f64,
+) -> Result<CreatedUser, crate::StartError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| crate::StartError::DataDir {
+        path: config.data_dir.display().to_string(),
+        source,
+    })?;
+    let store =
+        horde_store::Store::open(&config.database_path(), config.database.durability).await?;
+    let salt = store
+        .setting_or_init("api_key_salt", horde_core::keys::generate_token)
+        .await?;
     let api_key = generate_api_key();
     let new = NewUser {
         username: username.to_string(),
@@ -170,9 +244,15 @@ pub async fn create_user_offline(config: &crate::config::ServerConfig, username:
 }
 
 /// Applies migrations to the database of `config` (the `horde migrate` command).
-pub async fn migrate_offline(config: &crate::config::ServerConfig) -> Result<String, crate::StartError> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| crate::StartError::DataDir { path: config.data_dir.display().to_string(), source })?;
-    let store = horde_store::Store::open(&config.database_path(), config.database.durability).await?;
+pub async fn migrate_offline(
+    config: &crate::config::ServerConfig,
+) -> Result<String, crate::StartError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| crate::StartError::DataDir {
+        path: config.data_dir.display().to_string(),
+        source,
+    })?;
+    let store =
+        horde_store::Store::open(&config.database_path(), config.database.durability).await?;
     let mode = store.journal_mode().await?;
     store.close().await;
     Ok(mode)

@@ -42,7 +42,8 @@ pub struct WorkerRegistry {
 
 impl WorkerRegistry {
     pub fn insert(&mut self, entry: WorkerEntry) {
-        self.by_name.insert(entry.worker.name.clone(), entry.worker.id);
+        self.by_name
+            .insert(entry.worker.name.clone(), entry.worker.id);
         self.by_id.insert(entry.worker.id, entry);
     }
     pub fn get(&self, id: Uuid) -> Option<&WorkerEntry> {
@@ -65,10 +66,17 @@ impl WorkerRegistry {
         self.by_id.values().filter(move |e| e.worker.is_online(now))
     }
     pub fn count_of_user(&self, user_id: i64) -> usize {
-        self.by_id.values().filter(|e| e.worker.user_id == user_id).count()
+        self.by_id
+            .values()
+            .filter(|e| e.worker.user_id == user_id)
+            .count()
     }
     pub fn ids_of_user(&self, user_id: i64) -> Vec<String> {
-        let mut ids: Vec<&WorkerEntry> = self.by_id.values().filter(|e| e.worker.user_id == user_id).collect();
+        let mut ids: Vec<&WorkerEntry> = self
+            .by_id
+            .values()
+            .filter(|e| e.worker.user_id == user_id)
+            .collect();
         ids.sort_by_key(|e| e.worker.created);
         ids.iter().map(|e| e.worker.id.to_string()).collect()
     }
@@ -107,7 +115,10 @@ impl WorkerEntry {
             online: w.is_online(now),
             requests_fulfilled: w.fulfilments,
             kudos_rewards: w.kudos_generated + w.kudos_uptime,
-            kudos_details: WorkerKudosDetails { generated: w.kudos_generated, uptime: w.kudos_uptime },
+            kudos_details: WorkerKudosDetails {
+                generated: w.kudos_generated,
+                uptime: w.kudos_uptime,
+            },
             performance: format!("{:.1} megapixelsteps per second", speed_mps(w)),
             threads: w.threads,
             uptime: w.uptime,
@@ -146,7 +157,12 @@ fn speed_mps(w: &Worker) -> f64 {
 fn flags_of(pop: &PopRequest) -> WorkerFlags {
     WorkerFlags {
         models: pop.models.clone(),
-        blacklist: pop.blacklist.iter().take(200).map(|w| w.chars().take(15).collect()).collect(),
+        blacklist: pop
+            .blacklist
+            .iter()
+            .take(200)
+            .map(|w| w.chars().take(15).collect())
+            .collect(),
         allow_img2img: pop.allow_img2img,
         allow_painting: pop.allow_painting,
         allow_post_processing: pop.allow_post_processing,
@@ -166,7 +182,12 @@ fn priority_ids(owner: i64, aliases: &[String]) -> ApiResult<Vec<i64>> {
         let id = alias
             .rsplit_once('#')
             .and_then(|(_, id)| id.parse::<i64>().ok())
-            .ok_or_else(|| ApiError::new(Rc::InvalidPriorityUsername, format!("Priority usernames must be in the form alias#id, not '{alias}'.")))?;
+            .ok_or_else(|| {
+                ApiError::new(
+                    Rc::InvalidPriorityUsername,
+                    format!("Priority usernames must be in the form alias#id, not '{alias}'."),
+                )
+            })?;
         ids.push(id);
     }
     Ok(ids)
@@ -200,10 +221,18 @@ impl AppState {
     pub async fn check_in(&self, user: &User, pop: &PopRequest) -> ApiResult<WorkerEntry> {
         let now = now();
         let priority_user_ids = priority_ids(user.id, &pop.priority_usernames)?;
-        let existing = self.workers.read().expect("registry lock").by_name(&pop.name).cloned();
+        let existing = self
+            .workers
+            .read()
+            .expect("registry lock")
+            .by_name(&pop.name)
+            .cloned();
         let mut entry = match existing {
             Some(entry) if entry.worker.user_id != user.id => {
-                return Err(ApiError::new(Rc::WrongCredentials, "Wrong credentials to submit as this worker."));
+                return Err(ApiError::new(
+                    Rc::WrongCredentials,
+                    "Wrong credentials to submit as this worker.",
+                ));
             }
             Some(entry) => entry,
             None => self.register_worker(user, pop, now).await?,
@@ -215,7 +244,11 @@ impl AppState {
             || entry.worker.threads != pop.threads
             || entry.worker.bridge_agent != pop.bridge_agent;
         let elapsed = now - entry.worker.last_check_in;
-        if entry.worker.is_online(now) && elapsed > 0 && !entry.worker.maintenance && !entry.worker.paused {
+        if entry.worker.is_online(now)
+            && elapsed > 0
+            && !entry.worker.maintenance
+            && !entry.worker.paused
+        {
             entry.worker.uptime += elapsed as u64;
         }
         entry.worker.last_check_in = now;
@@ -232,15 +265,34 @@ impl AppState {
             self.store.save_check_in(&entry.worker).await?;
             entry.persisted_check_in = now;
         }
-        self.workers.write().expect("registry lock").insert(entry.clone());
+        self.workers
+            .write()
+            .expect("registry lock")
+            .insert(entry.clone());
         Ok(entry)
     }
 
-    async fn register_worker(&self, user: &User, pop: &PopRequest, now: i64) -> ApiResult<WorkerEntry> {
-        let limit = if user.trusted { MAX_WORKERS_TRUSTED } else { MAX_WORKERS_UNTRUSTED };
-        let owned = self.workers.read().expect("registry lock").count_of_user(user.id);
+    async fn register_worker(
+        &self,
+        user: &User,
+        pop: &PopRequest,
+        now: i64,
+    ) -> ApiResult<WorkerEntry> {
+        let limit = if user.trusted {
+            MAX_WORKERS_TRUSTED
+        } else {
+            MAX_WORKERS_UNTRUSTED
+        };
+        let owned = self
+            .workers
+            .read()
+            .expect("registry lock")
+            .count_of_user(user.id);
         if owned >= limit {
-            return Err(ApiError::new(Rc::TooManyWorkers, format!("You have reached the maximum of {limit} workers.")));
+            return Err(ApiError::new(
+                Rc::TooManyWorkers,
+                format!("You have reached the maximum of {limit} workers."),
+            ));
         }
         let worker = Worker {
             id: Uuid::new_v4(),
@@ -264,10 +316,16 @@ impl AppState {
             uncompleted_jobs: 0,
             uptime: 0,
         };
-        self.store.insert_worker(&worker).await.map_err(|e| match e {
-            horde_store::StoreError::Duplicate(_) => ApiError::new(Rc::WrongCredentials, "Wrong credentials to submit as this worker."),
-            other => other.into(),
-        })?;
+        self.store
+            .insert_worker(&worker)
+            .await
+            .map_err(|e| match e {
+                horde_store::StoreError::Duplicate(_) => ApiError::new(
+                    Rc::WrongCredentials,
+                    "Wrong credentials to submit as this worker.",
+                ),
+                other => other.into(),
+            })?;
         tracing::info!(worker = %worker.name, owner = user.id, "registered worker");
         Ok(WorkerEntry {
             owner_trusted: user.trusted,
@@ -281,10 +339,18 @@ impl AppState {
     }
 
     /// Applies `PUT /workers/{id}`: owner settings, `paused` for moderators only.
-    pub async fn modify_worker(&self, user: &User, id: Uuid, change: ModifyWorker) -> ApiResult<ModifyWorker> {
+    pub async fn modify_worker(
+        &self,
+        user: &User,
+        id: Uuid,
+        change: ModifyWorker,
+    ) -> ApiResult<ModifyWorker> {
         change.validate().map_err(ApiError::validation)?;
         if change.is_empty() {
-            return Err(ApiError::new(Rc::NoWorkerModSelected, "No worker modification selected!"));
+            return Err(ApiError::new(
+                Rc::NoWorkerModSelected,
+                "No worker modification selected!",
+            ));
         }
         let mut entry = self
             .workers
@@ -292,18 +358,37 @@ impl AppState {
             .expect("registry lock")
             .get(id)
             .cloned()
-            .ok_or_else(|| ApiError::new(Rc::WorkerNotFound, format!("Worker with ID '{id}' not found.")))?;
+            .ok_or_else(|| {
+                ApiError::new(
+                    Rc::WorkerNotFound,
+                    format!("Worker with ID '{id}' not found."),
+                )
+            })?;
         let owner = entry.worker.user_id == user.id;
         if !owner && !user.moderator {
-            return Err(ApiError::new(Rc::NotOwner, "Only the owner of this worker or a moderator can modify it."));
+            return Err(ApiError::new(
+                Rc::NotOwner,
+                "Only the owner of this worker or a moderator can modify it.",
+            ));
         }
         if change.paused.is_some() && !user.moderator {
-            return Err(ApiError::new(Rc::NotModerator, "Only a moderator can pause a worker."));
+            return Err(ApiError::new(
+                Rc::NotModerator,
+                "Only a moderator can pause a worker.",
+            ));
         }
         if let Some(name) = &change.name {
-            let taken = self.workers.read().expect("registry lock").by_name(name).is_some_and(|e| e.worker.id != id);
+            let taken = self
+                .workers
+                .read()
+                .expect("registry lock")
+                .by_name(name)
+                .is_some_and(|e| e.worker.id != id);
             if taken {
-                return Err(ApiError::new(Rc::WorkerNameAlreadyExists, format!("A worker named '{name}' already exists.")));
+                return Err(ApiError::new(
+                    Rc::WorkerNameAlreadyExists,
+                    format!("A worker named '{name}' already exists."),
+                ));
             }
             entry.worker.name = name.clone();
         }
@@ -319,10 +404,16 @@ impl AppState {
         if let Some(info) = &change.info {
             entry.worker.info = Some(info.clone());
         }
-        self.store.save_worker_settings(&entry.worker).await.map_err(|e| match e {
-            horde_store::StoreError::Duplicate(_) => ApiError::new(Rc::WorkerNameAlreadyExists, "A worker with this name already exists."),
-            other => other.into(),
-        })?;
+        self.store
+            .save_worker_settings(&entry.worker)
+            .await
+            .map_err(|e| match e {
+                horde_store::StoreError::Duplicate(_) => ApiError::new(
+                    Rc::WorkerNameAlreadyExists,
+                    "A worker with this name already exists.",
+                ),
+                other => other.into(),
+            })?;
         let mut registry = self.workers.write().expect("registry lock");
         registry.rename(id, &entry.worker.name);
         registry.insert(entry);
@@ -335,7 +426,12 @@ impl AppState {
             .expect("registry lock")
             .get(id)
             .map(|e| e.details(now()))
-            .ok_or_else(|| ApiError::new(Rc::WorkerNotFound, format!("Worker with ID '{id}' not found.")))
+            .ok_or_else(|| {
+                ApiError::new(
+                    Rc::WorkerNotFound,
+                    format!("Worker with ID '{id}' not found."),
+                )
+            })
     }
 
     pub fn worker_details_by_name(&self, name: &str) -> ApiResult<WorkerDetails> {
@@ -344,7 +440,12 @@ impl AppState {
             .expect("registry lock")
             .by_name(name)
             .map(|e| e.details(now()))
-            .ok_or_else(|| ApiError::new(Rc::WorkerNotFound, format!("Worker with name '{name}' not found.")))
+            .ok_or_else(|| {
+                ApiError::new(
+                    Rc::WorkerNotFound,
+                    format!("Worker with name '{name}' not found."),
+                )
+            })
     }
 
     /// Online workers, by name.

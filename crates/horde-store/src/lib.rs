@@ -83,12 +83,18 @@ impl Store {
 
     /// The journal mode in force ("wal" after [`Store::open`]).
     pub async fn journal_mode(&self) -> Result<String> {
-        let row = sqlx::query("PRAGMA journal_mode").fetch_one(&self.pool).await?;
+        let row = sqlx::query("PRAGMA journal_mode")
+            .fetch_one(&self.pool)
+            .await?;
         Ok(row.try_get::<String, _>(0)?)
     }
 
     /// A persistent setting, created with `init` the first time it is asked for.
-    pub async fn setting_or_init(&self, key: &str, init: impl FnOnce() -> String) -> Result<String> {
+    pub async fn setting_or_init(
+        &self,
+        key: &str,
+        init: impl FnOnce() -> String,
+    ) -> Result<String> {
         if let Some(row) = sqlx::query("SELECT value FROM settings WHERE key = ?")
             .bind(key)
             .fetch_optional(&self.pool)

@@ -78,7 +78,8 @@ fn job_from_row(row: &SqliteRow) -> Result<Job> {
         seed: row.try_get::<i64, _>("seed")? as u64,
         started: row.try_get("started")?,
         deadline: row.try_get("deadline")?,
-        state: JobState::parse(&state).ok_or_else(|| StoreError::Corrupt(format!("job state {state}")))?,
+        state: JobState::parse(&state)
+            .ok_or_else(|| StoreError::Corrupt(format!("job state {state}")))?,
         censored: row.try_get("censored")?,
         gen_metadata: parse_json(row.try_get("gen_metadata")?)?,
         reward: row.try_get("reward")?,
@@ -90,7 +91,9 @@ fn request_from_row(row: &SqliteRow) -> Result<LiveRequest> {
         id: parse_uuid(row.try_get("id")?)?,
         user_id: row.try_get("user_id")?,
         body: parse_json(row.try_get("body")?)?,
-        base_seed: row.try_get::<Option<i64>, _>("base_seed")?.map(|s| s as u64),
+        base_seed: row
+            .try_get::<Option<i64>, _>("base_seed")?
+            .map(|s| s as u64),
         created: row.try_get("created")?,
         seq: row.try_get::<i64, _>("seq")? as u64,
         priority: row.try_get("priority")?,
@@ -106,7 +109,7 @@ fn request_from_row(row: &SqliteRow) -> Result<LiveRequest> {
 }
 
 impl Store {
-    /// Stores an accepted request and counts it in the requester's usage.
+    /// Stores an accepted request (its images count in the requester's usage when delivered).
     pub async fn insert_request(&self, r: &LiveRequest) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
@@ -130,10 +133,6 @@ impl Store {
         .bind(r.expiry)
         .execute(&mut *tx)
         .await?;
-        sqlx::query("UPDATE users SET usage_requests = usage_requests + 1 WHERE id = ?")
-            .bind(r.user_id)
-            .execute(&mut *tx)
-            .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -150,12 +149,17 @@ impl Store {
     }
 
     /// Stores a job's result, the request's counters, and the kudos and statistics it moves.
-    pub async fn save_submit(&self, r: &LiveRequest, job: &Job, effects: Option<&SubmitEffects>) -> Result<()> {
+    pub async fn save_submit(
+        &self,
+        r: &LiveRequest,
+        job: &Job,
+        effects: Option<&SubmitEffects>,
+    ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         write_request_state(&mut tx, r).await?;
         write_job_result(&mut tx, job).await?;
         if let Some(e) = effects {
-            sqlx::query("UPDATE users SET kudos = kudos - ?, usage_megapixelsteps = usage_megapixelsteps + ? WHERE id = ?")
+            sqlx::query("UPDATE users SET kudos = kudos - ?, usage_megapixelsteps = usage_megapixelsteps + ?, usage_requests = usage_requests + 1 WHERE id = ?")
                 .bind(e.requester_charge)
                 .bind(e.megapixelsteps)
                 .bind(e.requester_id)
@@ -196,10 +200,19 @@ impl Store {
 
     /// Every stored request with its jobs: the live state after a restart.
     pub async fn load_requests(&self) -> Result<Vec<LiveRequest>> {
-        let rows = sqlx::query("SELECT * FROM requests ORDER BY seq").fetch_all(&self.pool).await?;
-        let mut requests: Vec<LiveRequest> = rows.iter().map(request_from_row).collect::<Result<_>>()?;
-        let job_rows = sqlx::query("SELECT * FROM jobs ORDER BY started, rowid").fetch_all(&self.pool).await?;
-        let index: HashMap<Uuid, usize> = requests.iter().enumerate().map(|(i, r)| (r.id, i)).collect();
+        let rows = sqlx::query("SELECT * FROM requests ORDER BY seq")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut requests: Vec<LiveRequest> =
+            rows.iter().map(request_from_row).collect::<Result<_>>()?;
+        let job_rows = sqlx::query("SELECT * FROM jobs ORDER BY started, rowid")
+            .fetch_all(&self.pool)
+            .await?;
+        let index: HashMap<Uuid, usize> = requests
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.id, i))
+            .collect();
         for row in &job_rows {
             let job = job_from_row(row)?;
             if let Some(&i) = index.get(&job.request_id) {
@@ -220,6 +233,9 @@ impl Store {
 
     /// Active requests of a user (n still waiting or in flight), for the concurrency limit.
     pub async fn request_count(&self) -> Result<i64> {
-        Ok(sqlx::query("SELECT COUNT(*) FROM requests").fetch_one(&self.pool).await?.try_get(0)?)
+        Ok(sqlx::query("SELECT COUNT(*) FROM requests")
+            .fetch_one(&self.pool)
+            .await?
+            .try_get(0)?)
     }
 }

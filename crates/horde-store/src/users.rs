@@ -17,7 +17,8 @@ pub struct NewUser {
     pub created: i64,
 }
 
-const USER_COLUMNS: &str = "id, username, oauth_id, kudos, moderator, trusted, flagged, concurrency, \
+const USER_COLUMNS: &str =
+    "id, username, oauth_id, kudos, moderator, trusted, flagged, concurrency, \
     worker_invited, usage_megapixelsteps, usage_requests, contributed_megapixelsteps, fulfilments, \
     kudos_accumulated, created";
 
@@ -81,32 +82,50 @@ impl Store {
 
     pub async fn user_by_id(&self, id: i64) -> Result<Option<User>> {
         let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?");
-        let row = sqlx::query(&sql).bind(id).fetch_optional(&self.pool).await?;
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
         row.as_ref().map(user_from_row).transpose()
     }
 
     pub async fn user_by_key_hash(&self, hash: &str) -> Result<Option<User>> {
         let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE api_key_hash = ?");
-        let row = sqlx::query(&sql).bind(hash).fetch_optional(&self.pool).await?;
+        let row = sqlx::query(&sql)
+            .bind(hash)
+            .fetch_optional(&self.pool)
+            .await?;
         row.as_ref().map(user_from_row).transpose()
     }
 
     pub async fn user_by_oauth_id(&self, oauth_id: &str) -> Result<Option<User>> {
         let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE oauth_id = ?");
-        let row = sqlx::query(&sql).bind(oauth_id).fetch_optional(&self.pool).await?;
+        let row = sqlx::query(&sql)
+            .bind(oauth_id)
+            .fetch_optional(&self.pool)
+            .await?;
         row.as_ref().map(user_from_row).transpose()
     }
 
     /// Replaces a user's key hash and roles (the test-user endpoint's "rotate" path).
-    pub async fn reset_user(&self, id: i64, key_hash: &str, moderator: bool, trusted: bool, kudos: f64) -> Result<()> {
-        sqlx::query("UPDATE users SET api_key_hash = ?, moderator = ?, trusted = ?, kudos = ? WHERE id = ?")
-            .bind(key_hash)
-            .bind(moderator)
-            .bind(trusted)
-            .bind(kudos)
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
+    pub async fn reset_user(
+        &self,
+        id: i64,
+        key_hash: &str,
+        moderator: bool,
+        trusted: bool,
+        kudos: f64,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE users SET api_key_hash = ?, moderator = ?, trusted = ?, kudos = ? WHERE id = ?",
+        )
+        .bind(key_hash)
+        .bind(moderator)
+        .bind(trusted)
+        .bind(kudos)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 

@@ -5,7 +5,8 @@ use horde_core::accounts::Worker;
 use sqlx::sqlite::SqliteRow;
 use sqlx::Row;
 
-const WORKER_COLUMNS: &str = "id, user_id, name, info, created, last_check_in, bridge_agent, threads, \
+const WORKER_COLUMNS: &str =
+    "id, user_id, name, info, created, last_check_in, bridge_agent, threads, \
     max_pixels, nsfw, flags, maintenance, maintenance_msg, paused, kudos_generated, kudos_uptime, \
     fulfilments, megapixelsteps, uncompleted_jobs, uptime";
 
@@ -95,19 +96,26 @@ impl Store {
 
     pub async fn worker_by_id(&self, id: uuid::Uuid) -> Result<Option<Worker>> {
         let sql = format!("SELECT {WORKER_COLUMNS} FROM workers WHERE id = ?");
-        let row = sqlx::query(&sql).bind(id.to_string()).fetch_optional(&self.pool).await?;
+        let row = sqlx::query(&sql)
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
         row.as_ref().map(worker_from_row).transpose()
     }
 
     pub async fn worker_by_name(&self, name: &str) -> Result<Option<Worker>> {
         let sql = format!("SELECT {WORKER_COLUMNS} FROM workers WHERE name = ?");
-        let row = sqlx::query(&sql).bind(name).fetch_optional(&self.pool).await?;
+        let row = sqlx::query(&sql)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
         row.as_ref().map(worker_from_row).transpose()
     }
 
     /// Workers that checked in at or after `since` (unix seconds).
     pub async fn workers_seen_since(&self, since: i64) -> Result<Vec<Worker>> {
-        let sql = format!("SELECT {WORKER_COLUMNS} FROM workers WHERE last_check_in >= ? ORDER BY name");
+        let sql =
+            format!("SELECT {WORKER_COLUMNS} FROM workers WHERE last_check_in >= ? ORDER BY name");
         let rows = sqlx::query(&sql).bind(since).fetch_all(&self.pool).await?;
         rows.iter().map(worker_from_row).collect()
     }
@@ -117,6 +125,8 @@ impl Store {
             .bind(user_id)
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(|r| Ok(r.try_get::<String, _>(0)?)).collect()
+        rows.iter()
+            .map(|r| Ok(r.try_get::<String, _>(0)?))
+            .collect()
     }
 }

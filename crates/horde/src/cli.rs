@@ -6,7 +6,11 @@ use horde_server::Application;
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "horde", version, about = "A crowdsourced cluster of Stable Diffusion workers, compatible with AI Horde API v2.")]
+#[command(
+    name = "horde",
+    version,
+    about = "A crowdsourced cluster of Stable Diffusion workers, compatible with AI Horde API v2."
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -77,28 +81,77 @@ enum UserCommand {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args).await,
-        Command::User { command: UserCommand::Create { name, moderator, trusted, kudos, common } } => {
-            let config = settings::load(common.config.as_deref(), settings::flags_layer(FlagOverrides { data_dir: common.data_dir, ..Default::default() }, false, false))?;
-            let created = horde_server::users::create_user_offline(&config, &name, moderator, trusted, kudos).await?;
-            eprintln!("Created user {} (id {}). Its API key is shown only this once:", created.user.alias(), created.user.id);
+        Command::User {
+            command:
+                UserCommand::Create {
+                    name,
+                    moderator,
+                    trusted,
+                    kudos,
+                    common,
+                },
+        } => {
+            let config = settings::load(
+                common.config.as_deref(),
+                settings::flags_layer(
+                    FlagOverrides {
+                        data_dir: common.data_dir,
+                        ..Default::default()
+                    },
+                    false,
+                    false,
+                ),
+            )?;
+            let created =
+                horde_server::users::create_user_offline(&config, &name, moderator, trusted, kudos)
+                    .await?;
+            eprintln!(
+                "Created user {} (id {}). Its API key is shown only this once:",
+                created.user.alias(),
+                created.user.id
+            );
             println!("{}", created.api_key);
             Ok(())
         }
         Command::Migrate(common) => {
-            let config = settings::load(common.config.as_deref(), settings::flags_layer(FlagOverrides { data_dir: common.data_dir, ..Default::default() }, false, false))?;
+            let config = settings::load(
+                common.config.as_deref(),
+                settings::flags_layer(
+                    FlagOverrides {
+                        data_dir: common.data_dir,
+                        ..Default::default()
+                    },
+                    false,
+                    false,
+                ),
+            )?;
             let mode = horde_server::users::migrate_offline(&config).await?;
-            println!("database {} is up to date (journal mode {mode})", config.database_path().display());
+            println!(
+                "database {} is up to date (journal mode {mode})",
+                config.database_path().display()
+            );
             Ok(())
         }
     }
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let overrides = FlagOverrides { listen: args.listen, data_dir: args.common.data_dir, public_url: args.public_url };
-    let config = settings::load(args.common.config.as_deref(), settings::flags_layer(overrides, args.enable_test_users, args.no_rate_limits))?;
+    let overrides = FlagOverrides {
+        listen: args.listen,
+        data_dir: args.common.data_dir,
+        public_url: args.public_url,
+    };
+    let config = settings::load(
+        args.common.config.as_deref(),
+        settings::flags_layer(overrides, args.enable_test_users, args.no_rate_limits),
+    )?;
     let database = config.database_path();
     let app = Application::build(config).await?;
-    println!("horde coordinator listening on http://{} (database {})", app.local_addr(), database.display());
+    println!(
+        "horde coordinator listening on http://{} (database {})",
+        app.local_addr(),
+        database.display()
+    );
     println!("API docs: http://{}/api/", app.local_addr());
     app.run_until(shutdown_signal()).await?;
     Ok(())
@@ -110,7 +163,8 @@ async fn shutdown_signal() {
     };
     #[cfg(unix)]
     let terminate = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
             s.recv().await;
         }
     };

@@ -8,7 +8,14 @@ use horde_server::config::ServerConfig;
 use std::path::{Path, PathBuf};
 
 /// Top-level keys the environment may set; other `HORDE_…` variables are not ours.
-const ENV_KEYS: &[&str] = &["listen", "data_dir", "public_url", "database", "api", "requests"];
+const ENV_KEYS: &[&str] = &[
+    "listen",
+    "data_dir",
+    "public_url",
+    "database",
+    "api",
+    "requests",
+];
 
 /// The default config file, read when present and no `--config` is given.
 pub const DEFAULT_CONFIG_FILE: &str = "horde.toml";
@@ -17,22 +24,32 @@ pub fn load(config_file: Option<&Path>, flags: Figment) -> anyhow::Result<Server
     let mut figment = Figment::from(Serialized::defaults(ServerConfig::default()));
     match config_file {
         Some(path) => {
-            anyhow::ensure!(path.exists(), "config file {} does not exist", path.display());
+            anyhow::ensure!(
+                path.exists(),
+                "config file {} does not exist",
+                path.display()
+            );
             figment = figment.merge(Toml::file(path));
         }
-        None if Path::new(DEFAULT_CONFIG_FILE).exists() => figment = figment.merge(Toml::file(DEFAULT_CONFIG_FILE)),
+        None if Path::new(DEFAULT_CONFIG_FILE).exists() => {
+            figment = figment.merge(Toml::file(DEFAULT_CONFIG_FILE))
+        }
         None => {}
     }
-    figment = figment.merge(
-        Env::prefixed("HORDE_")
-            .split("__")
-            .filter(|key| ENV_KEYS.iter().any(|k| key.as_str().starts_with(k))),
-    );
+    figment = figment.merge(Env::prefixed("HORDE_").split("__").filter(|key| {
+        ENV_KEYS
+            .iter()
+            .any(|k| key.as_str().to_ascii_lowercase().starts_with(k))
+    }));
     // The public horde's switch for its test-user endpoint.
-    if std::env::var("HORDE_TEST_APIKEYS").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true")) {
+    if std::env::var("HORDE_TEST_APIKEYS").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
+    {
         figment = figment.merge(Serialized::default("api.test_users", true));
     }
-    figment.merge(flags).extract().context("invalid configuration")
+    figment
+        .merge(flags)
+        .extract()
+        .context("invalid configuration")
 }
 
 /// Flags that override configuration, as a figment layer.

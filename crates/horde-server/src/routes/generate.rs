@@ -9,7 +9,10 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use horde_api::image::{AsyncResponse, ImageRequest, PopRequest, PopResponse, RequestStatus, RequestStatusCheck, SubmitRequest, SubmitResponse};
+use horde_api::image::{
+    AsyncResponse, ImageRequest, PopRequest, PopResponse, RequestStatus, RequestStatusCheck,
+    SubmitRequest, SubmitResponse,
+};
 use horde_api::{ErrorBody, Rc};
 use serde::Deserialize;
 
@@ -19,7 +22,11 @@ use serde::Deserialize;
     request_body = ImageRequest,
     responses((status = 202, body = AsyncResponse), (status = 200, description = "dry run", body = AsyncResponse),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody)))]
-pub async fn generate_async(State(state): State<SharedState>, key: ApiKey, HordeJson(body): HordeJson<ImageRequest>) -> ApiResult<Response> {
+pub async fn generate_async(
+    State(state): State<SharedState>,
+    key: ApiKey,
+    HordeJson(body): HordeJson<ImageRequest>,
+) -> ApiResult<Response> {
     let user = state.authenticate(&key).await?;
     Ok(match state.accept_request(&user, body).await? {
         Accepted::Queued(r) => (StatusCode::ACCEPTED, Json(r)).into_response(),
@@ -30,21 +37,30 @@ pub async fn generate_async(State(state): State<SharedState>, key: ApiKey, Horde
 /// Light status of a request (no images).
 #[utoipa::path(get, path = "/api/v2/generate/check/{id}", tag = "v2",
     params(("id" = String, Path)), responses((status = 200, body = RequestStatusCheck), (status = 404, body = ErrorBody)))]
-pub async fn check(State(state): State<SharedState>, Path(id): Path<String>) -> ApiResult<Json<RequestStatusCheck>> {
+pub async fn check(
+    State(state): State<SharedState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<RequestStatusCheck>> {
     state.check_request(&id).map(Json)
 }
 
 /// Full status of a request, with its images.
 #[utoipa::path(get, path = "/api/v2/generate/status/{id}", tag = "v2",
     params(("id" = String, Path)), responses((status = 200, body = RequestStatus), (status = 404, body = ErrorBody)))]
-pub async fn status(State(state): State<SharedState>, Path(id): Path<String>) -> ApiResult<Json<RequestStatus>> {
+pub async fn status(
+    State(state): State<SharedState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<RequestStatus>> {
     state.request_status(&id).await.map(Json)
 }
 
 /// Cancel a request; finished images are kept and returned.
 #[utoipa::path(delete, path = "/api/v2/generate/status/{id}", tag = "v2",
     params(("id" = String, Path)), responses((status = 200, body = RequestStatus), (status = 404, body = ErrorBody)))]
-pub async fn cancel(State(state): State<SharedState>, Path(id): Path<String>) -> ApiResult<Json<RequestStatus>> {
+pub async fn cancel(
+    State(state): State<SharedState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<RequestStatus>> {
     state.cancel_request(&id).await.map(Json)
 }
 
@@ -52,8 +68,14 @@ pub async fn cancel(State(state): State<SharedState>, Path(id): Path<String>) ->
 #[utoipa::path(post, path = "/api/v2/generate/pop", tag = "v2",
     params(("apikey" = String, Header)), request_body = PopRequest,
     responses((status = 200, body = PopResponse), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
-pub async fn pop(State(state): State<SharedState>, key: ApiKey, HordeJson(body): HordeJson<PopRequest>) -> ApiResult<Json<PopResponse>> {
-    let user = state.authenticate_registered(&key, Rc::AnonForbiddenWorker).await?;
+pub async fn pop(
+    State(state): State<SharedState>,
+    key: ApiKey,
+    HordeJson(body): HordeJson<PopRequest>,
+) -> ApiResult<Json<PopResponse>> {
+    let user = state
+        .authenticate_registered(&key, Rc::AnonForbiddenWorker)
+        .await?;
     state.pop(&user, body).await.map(Json)
 }
 
@@ -61,8 +83,14 @@ pub async fn pop(State(state): State<SharedState>, key: ApiKey, HordeJson(body):
 #[utoipa::path(post, path = "/api/v2/generate/submit", tag = "v2",
     params(("apikey" = String, Header)), request_body = SubmitRequest,
     responses((status = 200, body = SubmitResponse), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn submit(State(state): State<SharedState>, key: ApiKey, HordeJson(body): HordeJson<SubmitRequest>) -> ApiResult<Json<SubmitResponse>> {
-    let user = state.authenticate_registered(&key, Rc::AnonForbiddenWorker).await?;
+pub async fn submit(
+    State(state): State<SharedState>,
+    key: ApiKey,
+    HordeJson(body): HordeJson<SubmitRequest>,
+) -> ApiResult<Json<SubmitResponse>> {
+    let user = state
+        .authenticate_registered(&key, Rc::AnonForbiddenWorker)
+        .await?;
     state.submit(&user, body).await.map(Json)
 }
 
@@ -73,15 +101,28 @@ pub struct UploadQuery {
 }
 
 /// The upload URL of a job (`r2_upload`): the worker PUTs the WebP here.
-pub async fn upload(State(state): State<SharedState>, Path(job_id): Path<String>, Query(q): Query<UploadQuery>, body: Bytes) -> ApiResult<StatusCode> {
-    state.upload(&job_id, q.expires, &q.sig, body.to_vec()).await?;
+pub async fn upload(
+    State(state): State<SharedState>,
+    Path(job_id): Path<String>,
+    Query(q): Query<UploadQuery>,
+    body: Bytes,
+) -> ApiResult<StatusCode> {
+    state
+        .upload(&job_id, q.expires, &q.sig, body.to_vec())
+        .await?;
     Ok(StatusCode::OK)
 }
 
 /// A finished image, by job id.
-pub async fn image(State(state): State<SharedState>, Path(file): Path<String>) -> ApiResult<Response> {
+pub async fn image(
+    State(state): State<SharedState>,
+    Path(file): Path<String>,
+) -> ApiResult<Response> {
     let not_found = || ApiError::new(Rc::ThingNotFound, "Image not found.");
-    let id = file.strip_suffix(".webp").and_then(|s| uuid::Uuid::parse_str(s).ok()).ok_or_else(not_found)?;
+    let id = file
+        .strip_suffix(".webp")
+        .and_then(|s| uuid::Uuid::parse_str(s).ok())
+        .ok_or_else(not_found)?;
     let bytes = state.images.read(id).await.ok_or_else(not_found)?;
     Ok(([(header::CONTENT_TYPE, "image/webp")], bytes).into_response())
 }

@@ -11,7 +11,10 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 #[utoipa::path(get, path = "/api/v2/status/heartbeat", tag = "v2", responses((status = 200, body = Heartbeat)))]
 pub async fn heartbeat() -> Json<Heartbeat> {
-    Json(Heartbeat { message: "OK".into(), version: VERSION.into() })
+    Json(Heartbeat {
+        message: "OK".into(),
+        version: VERSION.into(),
+    })
 }
 
 #[derive(Deserialize)]
@@ -24,26 +27,41 @@ pub struct ModelsQuery {
 
 /// Models served by online workers or wanted by waiting requests, from live data.
 #[utoipa::path(get, path = "/api/v2/status/models", tag = "v2", responses((status = 200, body = Vec<ActiveModel>)))]
-pub async fn models(State(state): State<SharedState>, Query(q): Query<ModelsQuery>) -> Json<Vec<ActiveModel>> {
+pub async fn models(
+    State(state): State<SharedState>,
+    Query(q): Query<ModelsQuery>,
+) -> Json<Vec<ActiveModel>> {
     if q.kind.as_deref().is_some_and(|k| k != "image") {
         return Json(vec![]);
     }
     let list = active_models(&state)
         .into_values()
-        .filter(|m| q.min_count.is_none_or(|min| m.count >= min) && q.max_count.is_none_or(|max| m.count <= max))
+        .filter(|m| {
+            q.min_count.is_none_or(|min| m.count >= min)
+                && q.max_count.is_none_or(|max| m.count <= max)
+        })
         .collect();
     Json(list)
 }
 
 #[utoipa::path(get, path = "/api/v2/status/models/{name}", tag = "v2", params(("name" = String, Path)), responses((status = 200, body = Vec<ActiveModel>)))]
-pub async fn model(State(state): State<SharedState>, Path(name): Path<String>) -> Json<Vec<ActiveModel>> {
+pub async fn model(
+    State(state): State<SharedState>,
+    Path(name): Path<String>,
+) -> Json<Vec<ActiveModel>> {
     Json(active_models(&state).remove(&name).into_iter().collect())
 }
 
 fn active_models(state: &SharedState) -> BTreeMap<String, ActiveModel> {
     let now = now();
     let mut models: BTreeMap<String, ActiveModel> = BTreeMap::new();
-    for w in state.workers.read().expect("registry lock").online(now).filter(|w| !w.worker.maintenance) {
+    for w in state
+        .workers
+        .read()
+        .expect("registry lock")
+        .online(now)
+        .filter(|w| !w.worker.maintenance)
+    {
         for m in &w.worker.flags.models {
             model_entry(&mut models, m).count += w.worker.threads;
         }
@@ -64,21 +82,32 @@ fn active_models(state: &SharedState) -> BTreeMap<String, ActiveModel> {
     let perf = state.performance.lock().expect("performance lock");
     for m in models.values_mut() {
         m.performance = perf.average(&m.name, now);
-        m.eta = if m.performance > 0.0 && m.count > 0 { (m.queued / (f64::from(m.count) * m.performance)) as i64 } else if m.queued > 0.0 { 10000 } else { 0 };
+        m.eta = if m.performance > 0.0 && m.count > 0 {
+            (m.queued / (f64::from(m.count) * m.performance)) as i64
+        } else if m.queued > 0.0 {
+            10000
+        } else {
+            0
+        };
     }
     models
 }
 
-fn model_entry<'a>(models: &'a mut BTreeMap<String, ActiveModel>, name: &str) -> &'a mut ActiveModel {
-    models.entry(name.to_string()).or_insert_with(|| ActiveModel {
-        name: name.to_string(),
-        count: 0,
-        performance: 0.0,
-        queued: 0.0,
-        jobs: 0.0,
-        eta: 0,
-        kind: "image".into(),
-    })
+fn model_entry<'a>(
+    models: &'a mut BTreeMap<String, ActiveModel>,
+    name: &str,
+) -> &'a mut ActiveModel {
+    models
+        .entry(name.to_string())
+        .or_insert_with(|| ActiveModel {
+            name: name.to_string(),
+            count: 0,
+            performance: 0.0,
+            queued: 0.0,
+            jobs: 0.0,
+            eta: 0,
+            kind: "image".into(),
+        })
 }
 
 #[utoipa::path(get, path = "/api/v2/status/performance", tag = "v2", responses((status = 200, body = HordePerformance)))]
@@ -86,15 +115,21 @@ pub async fn performance(State(state): State<SharedState>) -> Json<HordePerforma
     let now = now();
     let (worker_count, thread_count) = {
         let registry = state.workers.read().expect("registry lock");
-        registry.online(now).fold((0u64, 0u64), |(w, t), e| (w + 1, t + u64::from(e.worker.threads)))
+        registry.online(now).fold((0u64, 0u64), |(w, t), e| {
+            (w + 1, t + u64::from(e.worker.threads))
+        })
     };
     let (queued_requests, queued_mps) = {
         let queue = state.queue.lock().expect("queue lock");
         queue.requests().fold((0u64, 0f64), |(n, mps), r| {
             let c = r.counts();
             let p = &r.body.params;
-            let things = f64::from(p.width) * f64::from(p.height) * f64::from(p.accurate_steps()) / 1e6;
-            (n + u64::from(c.waiting + c.processing), mps + things * f64::from(c.waiting))
+            let things =
+                f64::from(p.width) * f64::from(p.height) * f64::from(p.accurate_steps()) / 1e6;
+            (
+                n + u64::from(c.waiting + c.processing),
+                mps + things * f64::from(c.waiting),
+            )
         })
     };
     Json(HordePerformance {

@@ -12,14 +12,20 @@ use std::net::SocketAddr;
 
 #[utoipa::path(get, path = "/api/v2/users/{id}", tag = "v2", params(("id" = String, Path)),
     responses((status = 200, body = UserDetails), (status = 404, body = ErrorBody)))]
-pub async fn get(State(state): State<SharedState>, Path(id): Path<String>) -> ApiResult<Json<UserDetails>> {
+pub async fn get(
+    State(state): State<SharedState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<UserDetails>> {
     state.user_details_by_id(&id).await.map(Json)
 }
 
 /// The user owning the sent API key.
 #[utoipa::path(get, path = "/api/v2/find_user", tag = "v2", params(("apikey" = String, Header)),
     responses((status = 200, body = UserDetails), (status = 401, body = ErrorBody)))]
-pub async fn find_user(State(state): State<SharedState>, key: ApiKey) -> ApiResult<Json<UserDetails>> {
+pub async fn find_user(
+    State(state): State<SharedState>,
+    key: ApiKey,
+) -> ApiResult<Json<UserDetails>> {
     let user = state.authenticate(&key).await?;
     Ok(Json(state.user_details(&user, true)))
 }
@@ -28,14 +34,28 @@ pub async fn find_user(State(state): State<SharedState>, key: ApiKey) -> ApiResu
 /// for callers on loopback.
 #[utoipa::path(post, path = "/api/v2/dev/test-user", tag = "dev", request_body = TestUserRequest,
     responses((status = 201, body = TestUserResponse), (status = 200, body = TestUserResponse), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn test_user(State(state): State<SharedState>, ConnectInfo(peer): ConnectInfo<SocketAddr>, HordeJson(body): HordeJson<TestUserRequest>) -> ApiResult<(StatusCode, Json<TestUserResponse>)> {
+pub async fn test_user(
+    State(state): State<SharedState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    HordeJson(body): HordeJson<TestUserRequest>,
+) -> ApiResult<(StatusCode, Json<TestUserResponse>)> {
     if !state.config.api.test_users {
-        return Err(ApiError::new(Rc::ThingNotFound, "Test users are disabled on this server."));
+        return Err(ApiError::new(
+            Rc::ThingNotFound,
+            "Test users are disabled on this server.",
+        ));
     }
     if !peer.ip().is_loopback() {
-        return Err(ApiError::new(Rc::TestUsersDisabled, "Test users can only be created from loopback."));
+        return Err(ApiError::new(
+            Rc::TestUsersDisabled,
+            "Test users can only be created from loopback.",
+        ));
     }
     let (created, answer) = state.test_user(body).await?;
-    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok((status, Json(answer)))
 }

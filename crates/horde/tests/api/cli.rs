@@ -1,0 +1,114 @@
+//! The command line as a new user meets it: `horde user create`, and `horde serve` configured by
+//! defaults, a TOML file, `HORDE_…` variables and flags.
+
+use crate::helpers::*;
+use horde_client::Client;
+
+#[tokio::test]
+async fn user_create_prints_a_key_that_the_server_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, stdout, stderr) = run_horde(
+        dir.path(),
+        &["user", "create", "alice", "--trusted", "--kudos", "50"],
+    );
+    assert!(ok, "{stderr}");
+    let key = stdout.trim();
+    assert_eq!(key.len(), 22, "AI Horde keys are 22 characters: {key:?}");
+    assert!(stderr.contains("alice#"), "says who was created: {stderr}");
+    let (ok, moderator_key, _) = run_horde(dir.path(), &["user", "create", "mod", "--moderator"]);
+    assert!(ok);
+
+    // No config at all: the database lands in the working directory, in WAL mode.
+    let server = ServerProcess::start(dir.path(), &["--listen", "127.0.0.1:0"], &[]);
+    assert!(dir.path().join("horde.sqlite").exists());
+    assert!(dir.path().join("horde.sqlite-wal").exists(), "WAL mode");
+    let alice = Client::new(&server.root, key).find_user().await.unwrap();
+    assert_eq!(
+        (
+            alice.username.starts_with("alice#"),
+            alice.trusted,
+            alice.moderator,
+            alice.kudos
+        ),
+        (true, true, false, 50.0)
+    );
+    let moderator = Client::new(&server.root, moderator_key.trim())
+        .find_user()
+        .await
+        .unwrap();
+    assert!(moderator.moderator);
+    let stored = std::fs::read(dir.path().join("horde.sqlite")).unwrap();
+    assert!(
+        !stored.windows(22).any(|w| w == key.as_bytes()),
+        "keys are stored only as hashes"
+    );
+}
+
+#[tokio::test]
+async fn serve_listens_where_flags_env_and_toml_say_in_that_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let free_port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (toml_port, env_port, flag_port) = (free_port(), free_port(), free_port());
+    std::fs::write(
+        dir.path().join("horde.toml"),
+        format!("listen = \"127.0.0.1:{toml_port}\"\n[api]\ntest_users = true\n"),
+    )
+    .unwrap();
+
+    let server = ServerProcess::start(dir.path(), &[], &[]);
+    assert_eq!(
+        server.root,
+        format!("http://127.0.0.1:{toml_port}"),
+        "./horde.toml is read"
+    );
+    assert!(
+        server.banner[0].contains("listening on"),
+        "prints where it listens: {:?}",
+        server.banner
+    );
+    Client::new(&server.root, "0000000000")
+        .heartbeat()
+        .await
+        .unwrap();
+    drop(server);
+
+    let env_listen = format!("127.0.0.1:{env_port}");
+    let server = ServerProcess::start(dir.path(), &[], &[("HORDE_LISTEN", &env_listen)]);
+    assert_eq!(
+        server.root,
+        format!("http://{env_listen}"),
+        "HORDE_LISTEN beats the file"
+    );
+    drop(server);
+
+    let flag_listen = format!("127.0.0.1:{flag_port}");
+    let server = ServerProcess::start(
+        dir.path(),
+        &["--listen", &flag_listen],
+        &[("HORDE_LISTEN", &env_listen)],
+    );
+    assert_eq!(
+        server.root,
+        format!("http://{flag_listen}"),
+        "--listen beats the environment"
+    );
+    drop(server);
+
+    std::fs::write(
+        dir.path().join("horde.toml"),
+        "listen = \"127.0.0.1:0\"\nno_such_setting = 1\n",
+    )
+    .unwrap();
+    let (ok, _, stderr) = run_horde(dir.path(), &["serve"]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("no_such_setting"),
+        "a misspelt setting is named: {stderr}"
+    );
+}

@@ -1,0 +1,262 @@
+//! Starting a coordinator for a test, creating users and workers, and making real images.
+
+use horde_api::image::{ImageRequest, PopRequest, PopResponse, SubmitRequest};
+use horde_api::user::TestUserRequest;
+use horde_client::Client;
+use horde_server::config::ServerConfig;
+use horde_server::state::SharedState;
+use horde_server::Application;
+use image::{ImageEncoder, RgbImage};
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+
+/// A coordinator serving on `127.0.0.1:<random port>` from a temporary data directory.
+pub struct TestApp {
+    pub root: String,
+    pub state: SharedState,
+    pub dir: TempDir,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+/// A coordinator with the test-user endpoint on and rate limits off.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// A coordinator with the test defaults, then `configure` applied.
+pub async fn spawn_app_with(configure: impl FnOnce(&mut ServerConfig)) -> TestApp {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let mut config = ServerConfig::default();
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.data_dir = dir.path().to_path_buf();
+    config.api.test_users = true;
+    config.api.rate_limits = false;
+    configure(&mut config);
+    let app = Application::build(config)
+        .await
+        .expect("coordinator starts");
+    let root = format!("http://{}", app.local_addr());
+    let state = app.state();
+    let (tx, rx) = oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until(async {
+        let _ = rx.await;
+    }));
+    TestApp {
+        root,
+        state,
+        dir,
+        shutdown: Some(tx),
+        server: Some(server),
+    }
+}
+
+impl TestApp {
+    pub fn client(&self, api_key: &str) -> Client {
+        Client::new(&self.root, api_key)
+    }
+
+    pub fn anonymous(&self) -> Client {
+        self.client(horde_api::ANONYMOUS_API_KEY)
+    }
+
+    /// A new user (not a moderator, trusted) with `kudos`, and a client acting as them.
+    pub async fn user(&self, name: &str, kudos: f64) -> (Client, i64) {
+        let request = TestUserRequest {
+            username: name.into(),
+            oauth_id: None,
+            moderator: false,
+            trusted: true,
+            kudos,
+        };
+        let created = self
+            .anonymous()
+            .create_test_user(&request)
+            .await
+            .expect("test user created");
+        assert_eq!(created.api_key.len(), 22);
+        (self.client(&created.api_key), created.user_id)
+    }
+
+    /// Stops the server and waits for it to close the database.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.expect("server task").expect("server ran");
+        }
+    }
+}
+
+/// A plain reqwest client for raw-HTTP checks the typed client would not make.
+pub fn http() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
+/// A small request: 512×512 (the default size), 10 steps, `n` images, on any model.
+pub fn small_request(prompt: &str, n: u32, r2: bool) -> ImageRequest {
+    let mut request = ImageRequest::new(prompt);
+    request.params.n = n;
+    request.params.steps = Some(10);
+    request.r2 = r2;
+    request.models = vec!["stable_diffusion".into()];
+    request
+}
+
+/// A worker's pop for one job of `stable_diffusion`.
+pub fn pop_request(worker: &str) -> PopRequest {
+    let mut pop = PopRequest::new(worker);
+    pop.models = vec!["stable_diffusion".into()];
+    pop.max_pixels = 512 * 512;
+    pop.bridge_agent =
+        "AI Horde Worker reGen:9.0.1:https://github.com/Haidra-Org/horde-worker-reGen".into();
+    pop
+}
+
+/// A submission of an inline (base64) WebP for the job of `pop`.
+pub fn submit_inline(pop: &PopResponse, webp: &[u8]) -> SubmitRequest {
+    use base64::Engine;
+    submit_with(
+        pop,
+        Some(base64::engine::general_purpose::STANDARD.encode(webp)),
+    )
+}
+
+pub fn submit_with(pop: &PopResponse, generation: Option<String>) -> SubmitRequest {
+    let seed = pop.payload["seed"].as_str().and_then(|s| s.parse().ok());
+    SubmitRequest {
+        id: pop.id.clone().expect("pop carries a job"),
+        generation,
+        state: Default::default(),
+        seed,
+        censored: false,
+        gen_metadata: vec![],
+    }
+}
+
+/// A lossless WebP: the top half `top`, the bottom half `bottom`, so a decode proves the bytes
+/// made the round trip whole and the right way up.
+pub fn webp(width: u32, height: u32, top: [u8; 3], bottom: [u8; 3]) -> Vec<u8> {
+    let image = RgbImage::from_fn(width, height, |_, y| {
+        image::Rgb(if y < height / 2 { top } else { bottom })
+    });
+    encode_webp(&image)
+}
+
+/// A lossless WebP of noise, which compresses badly: for size-limit tests.
+pub fn noisy_webp(width: u32, height: u32) -> Vec<u8> {
+    let mut state = 0x2545_f491_u32;
+    let image = RgbImage::from_fn(width, height, |_, _| {
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        let [a, b, c, _] = state.to_le_bytes();
+        image::Rgb([a, b, c])
+    });
+    encode_webp(&image)
+}
+
+fn encode_webp(image: &RgbImage) -> Vec<u8> {
+    let mut out = Vec::new();
+    image::codecs::webp::WebPEncoder::new_lossless(&mut out)
+        .write_image(
+            image.as_raw(),
+            image.width(),
+            image.height(),
+            image::ExtendedColorType::Rgb8,
+        )
+        .expect("WebP encodes");
+    out
+}
+
+/// Decodes a WebP and returns the colours at the centre of its top and bottom halves.
+pub fn halves_of(webp: &[u8]) -> ((u32, u32), [u8; 3], [u8; 3]) {
+    let image = image::load_from_memory_with_format(webp, image::ImageFormat::WebP)
+        .expect("a decodable WebP")
+        .to_rgb8();
+    let (w, h) = image.dimensions();
+    let top = image.get_pixel(w / 2, h / 4).0;
+    let bottom = image.get_pixel(w / 2, 3 * h / 4).0;
+    ((w, h), top, bottom)
+}
+
+pub fn base64_decode(text: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .expect("valid base64")
+}
+
+/// The `horde` binary running as a child process, for tests of the command line and of crashes.
+pub struct ServerProcess {
+    pub child: std::process::Child,
+    pub root: String,
+    /// Every line the server printed to stdout up to "listening".
+    pub banner: Vec<String>,
+}
+
+impl ServerProcess {
+    /// Runs `horde serve ARGS` with `envs` in `cwd` and waits for its "listening on" line.
+    pub fn start(cwd: &std::path::Path, args: &[&str], envs: &[(&str, &str)]) -> ServerProcess {
+        use std::io::BufRead;
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_horde"));
+        command
+            .arg("serve")
+            .args(args)
+            .current_dir(cwd)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit());
+        for (k, v) in envs {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().expect("horde binary starts");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let mut banner = Vec::new();
+        let root = loop {
+            let line = match lines.next() {
+                Some(Ok(line)) => line,
+                _ => panic!("horde serve exited before listening; printed {banner:?}"),
+            };
+            banner.push(line.clone());
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                break rest.split_whitespace().next().unwrap().to_string();
+            }
+        };
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        ServerProcess {
+            child,
+            root,
+            banner,
+        }
+    }
+
+    /// SIGKILL: no shutdown hook runs, nothing is flushed.
+    pub fn kill_9(mut self) {
+        self.child.kill().expect("kill -9");
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the `horde` binary to completion; returns (success, stdout, stderr).
+pub fn run_horde(cwd: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_horde"))
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("horde runs");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}

@@ -1,0 +1,12 @@
+//! Integration tests: the real coordinator on a loopback port with a temporary SQLite file,
+//! driven over HTTP through the project's typed client (`horde-client`), as users and workers
+//! would drive it. One test binary, so the crates are linked once.
+
+mod cli;
+mod durability;
+mod errors;
+mod helpers;
+mod lifecycle;
+mod sdk_compat;
+mod surface;
+mod uploads;

@@ -1,0 +1,28 @@
+//! Compatibility with a client no one here wrote: the Python `horde-sdk` from PyPI drives one
+//! image request as a client and as a worker, base64 and R2, against the real `horde` binary.
+//! `compat/horde_sdk/setup.sh` installs the pinned SDK into a venv (`.ci/run` runs it first).
+
+#[test]
+fn horde_sdk_drives_a_full_image_request() {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../compat/horde_sdk/against_server.sh");
+    let output = std::process::Command::new("bash")
+        .arg(&script)
+        .arg(env!("CARGO_BIN_EXE_horde"))
+        .output()
+        .expect("bash runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "horde-sdk round trip failed:\n{stdout}\n{stderr}"
+    );
+    assert_eq!(
+        stdout
+            .matches("PASSED: one image request round-tripped through horde-sdk")
+            .count(),
+        2,
+        "{stdout}"
+    );
+    assert!(stdout.contains("r2=False") && stdout.contains("r2=True"));
+}
