@@ -199,10 +199,14 @@ impl AppState {
         let workers = self.store.workers_seen_since(0).await?;
         let mut owners: HashMap<i64, Option<User>> = HashMap::new();
         for worker in workers {
-            if !owners.contains_key(&worker.user_id) {
-                owners.insert(worker.user_id, self.store.user_by_id(worker.user_id).await?);
-            }
-            let owner = owners[&worker.user_id].clone();
+            let owner = match owners.get(&worker.user_id) {
+                Some(known) => known.clone(),
+                None => {
+                    let loaded = self.store.user_by_id(worker.user_id).await?;
+                    owners.insert(worker.user_id, loaded.clone());
+                    loaded
+                }
+            };
             let entry = WorkerEntry {
                 owner_trusted: owner.as_ref().is_some_and(|u| u.trusted),
                 owner_flagged: owner.as_ref().is_some_and(|u| u.flagged),

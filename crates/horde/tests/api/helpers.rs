@@ -27,9 +27,11 @@ pub async fn spawn_app() -> TestApp {
 /// A coordinator with the test defaults, then `configure` applied.
 pub async fn spawn_app_with(configure: impl FnOnce(&mut ServerConfig)) -> TestApp {
     let dir = tempfile::tempdir().expect("temporary directory");
-    let mut config = ServerConfig::default();
-    config.listen = "127.0.0.1:0".parse().unwrap();
-    config.data_dir = dir.path().to_path_buf();
+    let mut config = ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.path().to_path_buf(),
+        ..Default::default()
+    };
     config.api.test_users = true;
     config.api.rate_limits = false;
     configure(&mut config);
@@ -207,6 +209,9 @@ impl ServerProcess {
             .current_dir(cwd)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit());
+        if std::env::var_os("RUST_LOG").is_none() {
+            command.env("RUST_LOG", "warn");
+        }
         for (k, v) in envs {
             command.env(k, v);
         }
