@@ -1,0 +1,137 @@
+//! Building blocks shared by the networks: normalisation, convolutions, attention.
+//!
+//! Thin wrappers over candle-nn that keep the LDM tensor names at the call site and do the
+//! reshapes the Stable Diffusion networks need.
+
+use candle_core::{DType, Module, Result, Tensor, D};
+use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, LayerNorm, Linear, VarBuilder};
+
+pub fn group_norm(channels: usize, eps: f64, vb: VarBuilder) -> Result<GroupNorm> {
+    candle_nn::group_norm(32.min(channels), channels, eps, vb)
+}
+
+pub fn layer_norm(width: usize, vb: VarBuilder) -> Result<LayerNorm> {
+    candle_nn::layer_norm(width, 1e-5, vb)
+}
+
+pub fn conv(
+    in_c: usize,
+    out_c: usize,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+    vb: VarBuilder,
+) -> Result<Conv2d> {
+    let cfg = Conv2dConfig {
+        padding,
+        stride,
+        ..Default::default()
+    };
+    candle_nn::conv2d(in_c, out_c, kernel, cfg, vb)
+}
+
+pub fn linear(in_d: usize, out_d: usize, vb: VarBuilder) -> Result<Linear> {
+    candle_nn::linear(in_d, out_d, vb)
+}
+
+pub fn linear_no_bias(in_d: usize, out_d: usize, vb: VarBuilder) -> Result<Linear> {
+    candle_nn::linear_no_bias(in_d, out_d, vb)
+}
+
+/// A 1×1 convolution used as a linear map over channels (LDM stores some linear maps that way).
+pub fn conv1x1(in_c: usize, out_c: usize, vb: VarBuilder) -> Result<Conv2d> {
+    conv(in_c, out_c, 1, 1, 0, vb)
+}
+
+pub fn silu(xs: &Tensor) -> Result<Tensor> {
+    candle_nn::ops::silu(xs)
+}
+
+/// Scaled dot-product attention over `[batch, tokens, heads·dim]` inputs, with an optional
+/// additive mask broadcastable to `[batch, heads, q_tokens, k_tokens]`.
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    mask: Option<&Tensor>,
+) -> Result<Tensor> {
+    let (batch, q_len, width) = q.dims3()?;
+    let k_len = k.dim(1)?;
+    let head_dim = width / heads;
+    let split = |t: &Tensor, len: usize| {
+        t.reshape((batch, len, heads, head_dim))?
+            .transpose(1, 2)?
+            .contiguous()
+    };
+    let (q, k, v) = (split(q, q_len)?, split(k, k_len)?, split(v, k_len)?);
+    let scale = 1.0 / (head_dim as f64).sqrt();
+    let mut scores = (q.matmul(&k.t()?)? * scale)?;
+    if let Some(mask) = mask {
+        scores = scores.broadcast_add(mask)?;
+    }
+    let weights = if scores.dtype() == DType::F32 {
+        candle_nn::ops::softmax_last_dim(&scores)?
+    } else {
+        candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(scores.dtype())?
+    };
+    weights
+        .matmul(&v)?
+        .transpose(1, 2)?
+        .reshape((batch, q_len, width))
+}
+
+/// `x · sigmoid(1.702 x)`: the activation of OpenAI's CLIP.
+pub fn quick_gelu(xs: &Tensor) -> Result<Tensor> {
+    xs * candle_nn::ops::sigmoid(&(xs * 1.702)?)?
+}
+
+/// The sinusoidal timestep embedding of LDM (`cos` half first).
+pub fn timestep_embedding(timesteps: &Tensor, dim: usize) -> Result<Tensor> {
+    let half = dim / 2;
+    let device = timesteps.device();
+    let exponent: Vec<f32> = (0..half)
+        .map(|i| (-(10000f64.ln()) * i as f64 / half as f64).exp() as f32)
+        .collect();
+    let freqs = Tensor::from_vec(exponent, (1, half), device)?;
+    let args = timesteps
+        .to_dtype(DType::F32)?
+        .unsqueeze(1)?
+        .broadcast_mul(&freqs)?;
+    Tensor::cat(&[args.cos()?, args.sin()?], D::Minus1)
+}
+
+/// Applies a module to a `[batch, channels, h, w]` map viewed as `[batch, h·w, channels]`.
+pub fn to_tokens(xs: &Tensor) -> Result<Tensor> {
+    let (b, c, h, w) = xs.dims4()?;
+    xs.permute((0, 2, 3, 1))?.reshape((b, h * w, c))
+}
+
+pub fn from_tokens(xs: &Tensor, h: usize, w: usize) -> Result<Tensor> {
+    let (b, _, c) = xs.dims3()?;
+    xs.reshape((b, h, w, c))?
+        .permute((0, 3, 1, 2))?
+        .contiguous()
+}
+
+/// A linear map stored either as a matrix or as a 1×1 convolution.
+#[derive(Debug, Clone)]
+pub enum Projection {
+    Linear(Linear),
+    Conv(Conv2d),
+}
+
+impl Projection {
+    pub fn new(in_c: usize, out_c: usize, as_linear: bool, vb: VarBuilder) -> Result<Self> {
+        Ok(if as_linear {
+            Projection::Linear(linear(in_c, out_c, vb)?)
+        } else {
+            Projection::Conv(conv1x1(in_c, out_c, vb)?)
+        })
+    }
+}
+
+/// Applies a `Module` (used for readability at call sites).
+pub fn apply<M: Module>(module: &M, xs: &Tensor) -> Result<Tensor> {
+    module.forward(xs)
+}

@@ -1,0 +1,202 @@
+//! Tiny, randomly initialised checkpoints of the real architectures, in the real single-file
+//! (LDM) key layout, for tests and first runs: `horde model tiny --arch sd15 --out FILE`.
+//!
+//! The tensors are whatever the networks of this crate ask for when they are built (a recording
+//! `VarBuilder` backend hands out seeded random values and remembers them), so the file has
+//! exactly the layout the loader reads — and that layout is the LDM one, because the networks
+//! are written with LDM names.
+
+use crate::clip::TextTransformer;
+use crate::config::*;
+use crate::unet::UNet;
+use crate::vae::Vae;
+use crate::Error;
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::{Init, VarBuilder};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+/// The architectures `horde model tiny` can write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TinyArch {
+    Sd15,
+    Sd2,
+    Sdxl,
+}
+
+impl std::str::FromStr for TinyArch {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "sd15" | "sd1" => Ok(TinyArch::Sd15),
+            "sd2" | "sd21" => Ok(TinyArch::Sd2),
+            "sdxl" => Ok(TinyArch::Sdxl),
+            other => Err(format!(
+                "unknown architecture '{other}': expected sd15, sd2 or sdxl"
+            )),
+        }
+    }
+}
+
+fn clip(layout: ClipLayout, layers: usize, projection: bool) -> ClipConfig {
+    ClipConfig {
+        layout,
+        vocab_size: 49408,
+        width: 32,
+        layers,
+        intermediate: 64,
+        max_positions: 77,
+        projection_dim: projection.then_some(32),
+    }
+}
+
+/// The scaled-down configuration of each architecture: the real structure (levels, attention
+/// placement, projections, text encoders) with few channels and layers.
+pub fn tiny_config(arch: TinyArch) -> ModelConfig {
+    let vae = VaeConfig {
+        base_channels: 32,
+        channel_mult: vec![1, 1, 1, 1],
+        num_res_blocks: 1,
+        latent_channels: 4,
+    };
+    let unet = |linear: bool, depth: Vec<usize>, mid: usize, context: usize, adm: Option<usize>| {
+        UNetConfig {
+            in_channels: 4,
+            out_channels: 4,
+            model_channels: 32,
+            channel_mult: vec![1, 2],
+            num_res_blocks: 1,
+            transformer_depth: depth,
+            mid_transformer_depth: mid,
+            context_dim: context,
+            use_linear_projection: linear,
+            adm_in_channels: adm,
+        }
+    };
+    match arch {
+        TinyArch::Sd15 => ModelConfig {
+            family: Family::Sd1,
+            prediction: Prediction::Epsilon,
+            unet: unet(false, vec![1, 1], 1, 32, None),
+            vae,
+            text_encoders: vec![clip(ClipLayout::HuggingFace, 2, false)],
+        },
+        TinyArch::Sd2 => ModelConfig {
+            family: Family::Sd2,
+            prediction: Prediction::V,
+            unet: unet(true, vec![1, 1], 1, 32, None),
+            vae,
+            text_encoders: vec![clip(ClipLayout::OpenClip, 3, true)],
+        },
+        TinyArch::Sdxl => ModelConfig {
+            family: Family::Sdxl,
+            prediction: Prediction::Epsilon,
+            // Pooled text (32) + six size values of 8 channels each.
+            unet: unet(true, vec![0, 2], 2, 64, Some(32 + 6 * 8)),
+            vae,
+            text_encoders: vec![
+                clip(ClipLayout::HuggingFace, 2, false),
+                clip(ClipLayout::OpenClip, 3, true),
+            ],
+        },
+    }
+}
+
+/// A `VarBuilder` backend that invents seeded random tensors and keeps them.
+struct Recorder {
+    seed: u64,
+    tensors: Arc<Mutex<HashMap<String, Tensor>>>,
+}
+
+impl candle_nn::var_builder::SimpleBackend for Recorder {
+    fn get(
+        &self,
+        shape: Shape,
+        name: &str,
+        init: Init,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ fnv1a(name));
+        let count = shape.elem_count();
+        let values: Vec<f32> = match init {
+            Init::Const(v) => vec![v as f32; count],
+            _ => {
+                let dims = shape.dims();
+                let fan_in: usize = dims.iter().skip(1).product::<usize>().max(1);
+                let std = if dims.len() == 1 {
+                    0.02
+                } else {
+                    1.0 / (fan_in as f64).sqrt()
+                };
+                (0..count)
+                    .map(|_| ((rng.random::<f64>() * 2.0 - 1.0) * std * 3f64.sqrt()) as f32)
+                    .collect()
+            }
+        };
+        let tensor = Tensor::from_vec(values, shape, device)?.to_dtype(dtype)?;
+        self.tensors
+            .lock()
+            .expect("recorder lock")
+            .insert(name.to_string(), tensor.clone());
+        Ok(tensor)
+    }
+
+    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
+        Err(candle_core::Error::Msg(format!(
+            "tiny checkpoint: `{name}` requested without a shape"
+        )))
+    }
+
+    fn contains_tensor(&self, _: &str) -> bool {
+        false
+    }
+}
+
+fn fnv1a(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Every tensor of a random checkpoint of `config`, by its single-file name.
+pub fn random_tensors(config: &ModelConfig, seed: u64) -> Result<HashMap<String, Tensor>, Error> {
+    let tensors = Arc::new(Mutex::new(HashMap::new()));
+    let vb = VarBuilder::from_backend(
+        Box::new(Recorder {
+            seed,
+            tensors: tensors.clone(),
+        }),
+        DType::F32,
+        Device::Cpu,
+    );
+    UNet::new(
+        &config.unet,
+        config.family,
+        vb.pp(UNET_PREFIX.trim_end_matches('.')),
+    )?;
+    Vae::new(&config.vae, vb.pp(VAE_PREFIX.trim_end_matches('.')))?;
+    let prefixes: &[&str] = match config.family {
+        Family::Sd1 => &[SD1_CLIP_PREFIX],
+        Family::Sd2 => &[SD2_CLIP_PREFIX],
+        Family::Sdxl => &[SDXL_CLIP_L_PREFIX, SDXL_CLIP_G_PREFIX],
+    };
+    for (encoder, prefix) in config.text_encoders.iter().zip(prefixes) {
+        TextTransformer::new(encoder, vb.pp(prefix.trim_end_matches('.')))?;
+    }
+    let map = std::mem::take(&mut *tensors.lock().expect("recorder lock"));
+    Ok(map)
+}
+
+/// Writes a tiny random checkpoint of `arch` to `path` as a single `.safetensors` file.
+pub fn write_tiny_checkpoint(arch: TinyArch, path: &Path, seed: u64) -> Result<usize, Error> {
+    let tensors = random_tensors(&tiny_config(arch), seed)?;
+    candle_core::safetensors::save(&tensors, path).map_err(|e| Error::Unreadable {
+        path: path.into(),
+        reason: format!("cannot write: {e}"),
+    })?;
+    Ok(tensors.len())
+}

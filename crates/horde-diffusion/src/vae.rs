@@ -1,0 +1,254 @@
+//! The autoencoder (LDM `AutoencoderKL`) with its original tensor names: the decoder turns
+//! latents into pixels; the encoder (for image-to-image) turns pixels into latents.
+
+use crate::config::VaeConfig;
+use crate::nn;
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{Conv2d, GroupNorm, VarBuilder};
+
+#[derive(Debug)]
+struct ResnetBlock {
+    norm1: GroupNorm,
+    conv1: Conv2d,
+    norm2: GroupNorm,
+    conv2: Conv2d,
+    shortcut: Option<Conv2d>,
+}
+
+impl ResnetBlock {
+    fn new(in_c: usize, out_c: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(ResnetBlock {
+            norm1: nn::group_norm(in_c, 1e-6, vb.pp("norm1"))?,
+            conv1: nn::conv(in_c, out_c, 3, 1, 1, vb.pp("conv1"))?,
+            norm2: nn::group_norm(out_c, 1e-6, vb.pp("norm2"))?,
+            conv2: nn::conv(out_c, out_c, 3, 1, 1, vb.pp("conv2"))?,
+            shortcut: if in_c != out_c {
+                Some(nn::conv1x1(in_c, out_c, vb.pp("nin_shortcut"))?)
+            } else {
+                None
+            },
+        })
+    }
+
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let h = self.conv1.forward(&nn::silu(&self.norm1.forward(xs)?)?)?;
+        let h = self.conv2.forward(&nn::silu(&self.norm2.forward(&h)?)?)?;
+        match &self.shortcut {
+            Some(s) => s.forward(xs)? + h,
+            None => xs + h,
+        }
+    }
+}
+
+/// Single-head self-attention over all pixels, with 1×1 convolutions as projections.
+#[derive(Debug)]
+struct AttnBlock {
+    norm: GroupNorm,
+    q: Conv2d,
+    k: Conv2d,
+    v: Conv2d,
+    proj_out: Conv2d,
+}
+
+impl AttnBlock {
+    fn new(c: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(AttnBlock {
+            norm: nn::group_norm(c, 1e-6, vb.pp("norm"))?,
+            q: nn::conv1x1(c, c, vb.pp("q"))?,
+            k: nn::conv1x1(c, c, vb.pp("k"))?,
+            v: nn::conv1x1(c, c, vb.pp("v"))?,
+            proj_out: nn::conv1x1(c, c, vb.pp("proj_out"))?,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let (_, _, h, w) = xs.dims4()?;
+        let normed = self.norm.forward(xs)?;
+        let tokens = |conv: &Conv2d| nn::to_tokens(&conv.forward(&normed)?);
+        let out = nn::attention(
+            &tokens(&self.q)?,
+            &tokens(&self.k)?,
+            &tokens(&self.v)?,
+            1,
+            None,
+        )?;
+        self.proj_out.forward(&nn::from_tokens(&out, h, w)?)? + xs
+    }
+}
+
+#[derive(Debug)]
+struct MidBlock {
+    block_1: ResnetBlock,
+    attn_1: AttnBlock,
+    block_2: ResnetBlock,
+}
+
+impl MidBlock {
+    fn new(c: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(MidBlock {
+            block_1: ResnetBlock::new(c, c, vb.pp("block_1"))?,
+            attn_1: AttnBlock::new(c, vb.pp("attn_1"))?,
+            block_2: ResnetBlock::new(c, c, vb.pp("block_2"))?,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        self.block_2
+            .forward(&self.attn_1.forward(&self.block_1.forward(xs)?)?)
+    }
+}
+
+#[derive(Debug)]
+struct Level {
+    blocks: Vec<ResnetBlock>,
+    resample: Option<Conv2d>,
+}
+
+#[derive(Debug)]
+pub struct Encoder {
+    conv_in: Conv2d,
+    down: Vec<Level>,
+    mid: MidBlock,
+    norm_out: GroupNorm,
+    conv_out: Conv2d,
+    quant_conv: Conv2d,
+}
+
+impl Encoder {
+    fn new(config: &VaeConfig, vb: VarBuilder, quant_vb: VarBuilder) -> Result<Self> {
+        let base = config.base_channels;
+        let conv_in = nn::conv(3, base, 3, 1, 1, vb.pp("conv_in"))?;
+        let mut ch = base;
+        let mut down = Vec::new();
+        for (i, mult) in config.channel_mult.iter().enumerate() {
+            let vb_l = vb.pp(format!("down.{i}"));
+            let mut blocks = Vec::new();
+            for j in 0..config.num_res_blocks {
+                blocks.push(ResnetBlock::new(
+                    ch,
+                    base * mult,
+                    vb_l.pp(format!("block.{j}")),
+                )?);
+                ch = base * mult;
+            }
+            let resample = if i + 1 < config.channel_mult.len() {
+                Some(nn::conv(ch, ch, 3, 2, 0, vb_l.pp("downsample.conv"))?)
+            } else {
+                None
+            };
+            down.push(Level { blocks, resample });
+        }
+        let z2 = 2 * config.latent_channels;
+        Ok(Encoder {
+            conv_in,
+            down,
+            mid: MidBlock::new(ch, vb.pp("mid"))?,
+            norm_out: nn::group_norm(ch, 1e-6, vb.pp("norm_out"))?,
+            conv_out: nn::conv(ch, z2, 3, 1, 1, vb.pp("conv_out"))?,
+            quant_conv: nn::conv1x1(z2, z2, quant_vb)?,
+        })
+    }
+
+    /// Pixels in [-1, 1] to the mean of the latent distribution (unscaled).
+    pub fn encode_mean(&self, xs: &Tensor) -> Result<Tensor> {
+        let mut h = self.conv_in.forward(xs)?;
+        for level in &self.down {
+            for block in &level.blocks {
+                h = block.forward(&h)?;
+            }
+            if let Some(conv) = &level.resample {
+                // LDM pads right and bottom only, then convolves with stride 2.
+                h = conv.forward(&h.pad_with_zeros(2, 0, 1)?.pad_with_zeros(3, 0, 1)?)?;
+            }
+        }
+        h = self.mid.forward(&h)?;
+        h = self
+            .conv_out
+            .forward(&nn::silu(&self.norm_out.forward(&h)?)?)?;
+        let moments = self.quant_conv.forward(&h)?;
+        let z = moments.dim(1)? / 2;
+        moments.narrow(1, 0, z)
+    }
+}
+
+#[derive(Debug)]
+pub struct Decoder {
+    post_quant_conv: Conv2d,
+    conv_in: Conv2d,
+    mid: MidBlock,
+    /// Levels from the deepest (run first) to level 0.
+    up: Vec<Level>,
+    norm_out: GroupNorm,
+    conv_out: Conv2d,
+}
+
+impl Decoder {
+    fn new(config: &VaeConfig, vb: VarBuilder, post_quant_vb: VarBuilder) -> Result<Self> {
+        let base = config.base_channels;
+        let z = config.latent_channels;
+        let levels = config.channel_mult.len();
+        let mut ch = base * config.channel_mult[levels - 1];
+        let conv_in = nn::conv(z, ch, 3, 1, 1, vb.pp("conv_in"))?;
+        let mid = MidBlock::new(ch, vb.pp("mid"))?;
+        let mut up = Vec::new();
+        for i in (0..levels).rev() {
+            let vb_l = vb.pp(format!("up.{i}"));
+            let out = base * config.channel_mult[i];
+            let mut blocks = Vec::new();
+            for j in 0..=config.num_res_blocks {
+                blocks.push(ResnetBlock::new(ch, out, vb_l.pp(format!("block.{j}")))?);
+                ch = out;
+            }
+            let resample = if i > 0 {
+                Some(nn::conv(ch, ch, 3, 1, 1, vb_l.pp("upsample.conv"))?)
+            } else {
+                None
+            };
+            up.push(Level { blocks, resample });
+        }
+        Ok(Decoder {
+            post_quant_conv: nn::conv1x1(z, z, post_quant_vb)?,
+            conv_in,
+            mid,
+            up,
+            norm_out: nn::group_norm(ch, 1e-6, vb.pp("norm_out"))?,
+            conv_out: nn::conv(ch, 3, 3, 1, 1, vb.pp("conv_out"))?,
+        })
+    }
+
+    /// Unscaled latents to pixels in [-1, 1] (not clamped).
+    pub fn decode(&self, latents: &Tensor) -> Result<Tensor> {
+        let mut h = self
+            .conv_in
+            .forward(&self.post_quant_conv.forward(latents)?)?;
+        h = self.mid.forward(&h)?;
+        for level in &self.up {
+            for block in &level.blocks {
+                h = block.forward(&h)?;
+            }
+            if let Some(conv) = &level.resample {
+                let (_, _, hh, ww) = h.dims4()?;
+                h = conv.forward(&h.upsample_nearest2d(hh * 2, ww * 2)?)?;
+            }
+        }
+        self.conv_out
+            .forward(&nn::silu(&self.norm_out.forward(&h)?)?)
+    }
+}
+
+/// Encoder and decoder of one checkpoint.
+#[derive(Debug)]
+pub struct Vae {
+    pub encoder: Encoder,
+    pub decoder: Decoder,
+}
+
+impl Vae {
+    /// `vb` points at the VAE root (`first_stage_model.` in a single-file checkpoint).
+    pub fn new(config: &VaeConfig, vb: VarBuilder) -> Result<Self> {
+        Ok(Vae {
+            encoder: Encoder::new(config, vb.pp("encoder"), vb.pp("quant_conv"))?,
+            decoder: Decoder::new(config, vb.pp("decoder"), vb.pp("post_quant_conv"))?,
+        })
+    }
+}

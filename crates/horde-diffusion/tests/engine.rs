@@ -1,0 +1,150 @@
+//! The engine end to end on tiny random checkpoints of the real architectures, written in the
+//! real single-file layout by `horde_diffusion::tiny`: loading, shape inference, generation,
+//! determinism, and the errors a bad checkpoint gives.
+
+use horde_diffusion::tiny::{tiny_config, write_tiny_checkpoint, TinyArch};
+use horde_diffusion::{Error, Generation, LoadOptions, Model, SamplerKind};
+use std::path::Path;
+
+fn job(sampler: SamplerKind, seeds: Vec<u64>) -> Generation {
+    Generation {
+        prompt: "a (red:1.3) lighthouse on a [small] hill".into(),
+        negative_prompt: "blurry".into(),
+        width: 64,
+        height: 48,
+        steps: 3,
+        cfg_scale: 7.0,
+        sampler,
+        karras: true,
+        clip_skip: 1,
+        seeds,
+    }
+}
+
+fn load(path: &Path) -> Model {
+    let mut stages = Vec::new();
+    let model = Model::load(path, &LoadOptions::default(), &mut |s| stages.push(s))
+        .expect("tiny checkpoint loads");
+    assert_eq!(stages.len(), 4, "every loading stage is reported");
+    model
+}
+
+#[test]
+fn every_architecture_loads_and_generates() {
+    let dir = tempfile::tempdir().unwrap();
+    for arch in [TinyArch::Sd15, TinyArch::Sd2, TinyArch::Sdxl] {
+        let path = dir.path().join(format!("{arch:?}.safetensors"));
+        write_tiny_checkpoint(arch, &path, 42).unwrap();
+        let model = load(&path);
+        assert_eq!(
+            model.config(),
+            &tiny_config(arch),
+            "{arch:?}: the shapes read back are the ones written"
+        );
+        let mut steps = Vec::new();
+        let images = model
+            .generate(
+                &job(SamplerKind::EulerAncestral, vec![1, 2]),
+                &mut |done, total| steps.push((done, total)),
+            )
+            .unwrap();
+        assert_eq!(steps, vec![(1, 3), (2, 3), (3, 3)]);
+        assert_eq!(images.len(), 2);
+        for image in &images {
+            assert_eq!(image.dimensions(), (64, 48));
+        }
+        assert_ne!(
+            images[0].as_raw(),
+            images[1].as_raw(),
+            "{arch:?}: different seeds, different images"
+        );
+    }
+}
+
+#[test]
+fn the_same_seed_gives_the_same_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sd15.safetensors");
+    write_tiny_checkpoint(TinyArch::Sd15, &path, 7).unwrap();
+    let model = load(&path);
+    for sampler in [
+        SamplerKind::Euler,
+        SamplerKind::EulerAncestral,
+        SamplerKind::Ddim,
+    ] {
+        let a = model
+            .generate(&job(sampler, vec![123]), &mut |_, _| {})
+            .unwrap();
+        let b = model
+            .generate(&job(sampler, vec![123]), &mut |_, _| {})
+            .unwrap();
+        assert_eq!(a[0].as_raw(), b[0].as_raw(), "{sampler:?} is deterministic");
+        let other = model
+            .generate(&job(sampler, vec![124]), &mut |_, _| {})
+            .unwrap();
+        assert_ne!(a[0].as_raw(), other[0].as_raw());
+    }
+    // A prompt over 77 tokens is chunked, not cut: the tail changes the image.
+    let long = "a lighthouse, ".repeat(30);
+    let mut with_tail = job(SamplerKind::Euler, vec![5]);
+    with_tail.prompt = format!("{long} purple");
+    let mut without_tail = job(SamplerKind::Euler, vec![5]);
+    without_tail.prompt = long;
+    let a = model.generate(&with_tail, &mut |_, _| {}).unwrap();
+    let b = model.generate(&without_tail, &mut |_, _| {}).unwrap();
+    assert_ne!(
+        a[0].as_raw(),
+        b[0].as_raw(),
+        "tokens past 77 condition the image"
+    );
+}
+
+fn expect_error(path: &Path) -> String {
+    let err = Model::load(path, &LoadOptions::default(), &mut |_| {}).expect_err("must not load");
+    let text = err.to_string();
+    assert!(
+        text.contains(&path.display().to_string()),
+        "the error names the file: {text}"
+    );
+    assert!(matches!(
+        err,
+        Error::Unreadable { .. } | Error::Layout { .. } | Error::Unsupported { .. }
+    ));
+    text
+}
+
+#[test]
+fn bad_checkpoints_are_named_with_what_was_expected() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = expect_error(&dir.path().join("nope.safetensors"));
+    assert!(missing.contains("no such file"), "{missing}");
+
+    let good = dir.path().join("good.safetensors");
+    write_tiny_checkpoint(TinyArch::Sd15, &good, 1).unwrap();
+    let bytes = std::fs::read(&good).unwrap();
+    let truncated = dir.path().join("truncated.safetensors");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    assert!(expect_error(&truncated).contains("truncated"));
+
+    let not_safetensors = dir.path().join("model.ckpt");
+    std::fs::write(&not_safetensors, b"PK\x03\x04 a pickle zip").unwrap();
+    expect_error(&not_safetensors);
+
+    // A safetensors file of something else entirely.
+    let other = dir.path().join("other.safetensors");
+    let mut tensors = std::collections::HashMap::new();
+    tensors.insert(
+        "encoder.layer.0.weight".to_string(),
+        candle_core::Tensor::zeros((2, 2), candle_core::DType::F32, &candle_core::Device::Cpu)
+            .unwrap(),
+    );
+    candle_core::safetensors::save(&tensors, &other).unwrap();
+    assert!(expect_error(&other).contains("model.diffusion_model"));
+
+    // The real layout with a tensor missing names that tensor.
+    let mut all = horde_diffusion::tiny::random_tensors(&tiny_config(TinyArch::Sd15), 1).unwrap();
+    all.remove("model.diffusion_model.output_blocks.2.0.skip_connection.weight");
+    let partial = dir.path().join("partial.safetensors");
+    candle_core::safetensors::save(&all, &partial).unwrap();
+    assert!(expect_error(&partial).contains("output_blocks.2.0.skip_connection.weight"));
+}

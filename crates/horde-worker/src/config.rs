@@ -1,0 +1,120 @@
+//! The worker's settings. The binary layers defaults, a TOML file, `HORDE_WORKER_…` variables
+//! and flags onto [`WorkerConfig`]; every field is explained in `worker.example.toml`.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// The horde to serve: our coordinator or the public AI Horde (`https://aihorde.net`).
+    pub url: String,
+    /// The API key of the worker's owner (kudos are earned by this user).
+    pub api_key: String,
+    /// The worker's name, unique on the horde.
+    pub name: String,
+    /// AI Horde model name → local checkpoint (a `.safetensors` file).
+    pub models: BTreeMap<String, PathBuf>,
+    /// The largest image (width × height) this worker accepts.
+    pub max_pixels: u64,
+    /// The most images of one request generated in one batch.
+    pub amount: u32,
+    /// Jobs run at the same time.
+    pub threads: u32,
+    /// Accept requests that allow NSFW content.
+    pub nsfw: bool,
+    /// Refuse prompts containing any of these words.
+    pub blacklist: Vec<String>,
+    /// Users whose requests this worker serves first.
+    pub priority_usernames: Vec<String>,
+    pub allow_img2img: bool,
+    pub allow_painting: bool,
+    pub allow_post_processing: bool,
+    pub allow_lora: bool,
+    /// Only take requests from users who can pay upfront.
+    pub require_upfront_kudos: bool,
+    /// Seconds between pops when there is no work.
+    pub poll_interval_secs: f64,
+    /// The `bridge_agent` reported to the horde. Empty: this worker's own name, or the
+    /// reGen-compatible name the public AI Horde requires for R2 uploads when `url` is it.
+    pub bridge_agent: String,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            url: "http://127.0.0.1:7001".into(),
+            api_key: String::new(),
+            name: String::new(),
+            models: BTreeMap::new(),
+            max_pixels: 512 * 512,
+            amount: 1,
+            threads: 1,
+            nsfw: true,
+            blacklist: vec![],
+            priority_usernames: vec![],
+            allow_img2img: false,
+            allow_painting: false,
+            allow_post_processing: false,
+            allow_lora: false,
+            require_upfront_kudos: false,
+            poll_interval_secs: 2.0,
+            bridge_agent: String::new(),
+        }
+    }
+}
+
+/// Our worker's own bridge name.
+pub const OWN_BRIDGE_AGENT: &str = concat!(
+    "horde-worker:",
+    env!("CARGO_PKG_VERSION"),
+    ":https://github.com/horde-rs/horde"
+);
+/// The public AI Horde grants R2 uploads and full rewards by bridge name (horde-api.md §10);
+/// this worker speaks the same protocol as reGen, so it reports a reGen version that has them.
+pub const REGEN_COMPATIBLE_AGENT: &str =
+    "AI Horde Worker reGen:9.0.1:https://github.com/Haidra-Org/horde-worker-reGen";
+
+impl WorkerConfig {
+    /// Checks what a worker cannot run without.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut missing = Vec::new();
+        if self.url.is_empty() {
+            missing.push("url");
+        }
+        if self.api_key.is_empty() {
+            missing.push("api_key");
+        }
+        if self.name.is_empty() {
+            missing.push("name");
+        }
+        if self.models.is_empty() {
+            missing.push("models (a [models] table: \"AI Horde model name\" = \"path/to/checkpoint.safetensors\")");
+        }
+        if !missing.is_empty() {
+            return Err(format!("missing settings: {}", missing.join(", ")));
+        }
+        if self.amount == 0 || self.threads == 0 {
+            return Err("amount and threads must be at least 1".into());
+        }
+        if self.max_pixels < 64 * 64 {
+            return Err(format!(
+                "max_pixels {} is below the smallest image (64×64)",
+                self.max_pixels
+            ));
+        }
+        Ok(())
+    }
+
+    /// The bridge agent to report.
+    pub fn effective_bridge_agent(&self) -> String {
+        if !self.bridge_agent.is_empty() {
+            self.bridge_agent.clone()
+        } else if self.url.contains("aihorde.net") {
+            REGEN_COMPATIBLE_AGENT.into()
+        } else {
+            OWN_BRIDGE_AGENT.into()
+        }
+    }
+}

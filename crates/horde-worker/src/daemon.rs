@@ -1,0 +1,263 @@
+//! The worker's loop: pop a job, run it on the backend, upload and submit the images; repeat.
+//!
+//! Network faults never lose work: pops are retried with backoff, and a finished image whose
+//! submit failed stays in `pending` and is resubmitted before the next pop. A job the backend
+//! cannot run is submitted as `faulted` with the reason, never dropped. When `shutdown` turns
+//! true the loop stops popping, finishes the job in hand and flushes what it owes.
+
+use crate::backend::Backend;
+use crate::config::WorkerConfig;
+use crate::job::{self, Job, Unrunnable};
+use crate::retry::{self, with_retries};
+use base64::Engine;
+use horde_api::image::{GenMetadata, PopRequest, SubmitRequest, SubmitState};
+use horde_client::{Client, ClientError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// A result the horde has not acknowledged yet.
+#[derive(Debug, Clone)]
+struct PendingSubmit {
+    submit: SubmitRequest,
+    /// Where the image must be PUT first (R2 requests), with its bytes.
+    upload: Option<(String, Vec<u8>)>,
+}
+
+/// What a run did, for the log and the tests.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct RunSummary {
+    pub jobs_done: u64,
+    pub jobs_faulted: u64,
+    pub kudos: f64,
+}
+
+pub struct Worker {
+    config: WorkerConfig,
+    client: Client,
+    backend: Arc<dyn Backend>,
+    pending: Mutex<Vec<PendingSubmit>>,
+    summary: Mutex<RunSummary>,
+}
+
+const SUBMIT_ATTEMPTS: u32 = 5;
+const BACKOFF_CAP: Duration = Duration::from_secs(30);
+
+impl Worker {
+    pub fn new(config: WorkerConfig, backend: Arc<dyn Backend>) -> Arc<Self> {
+        let client = Client::new(&config.url, config.api_key.clone())
+            .with_client_agent(config.effective_bridge_agent());
+        Arc::new(Worker {
+            config,
+            client,
+            backend,
+            pending: Mutex::new(Vec::new()),
+            summary: Mutex::new(RunSummary::default()),
+        })
+    }
+
+    /// The pop body advertising this worker's capabilities.
+    pub fn pop_request(&self) -> PopRequest {
+        let c = &self.config;
+        let mut pop = PopRequest::new(&c.name);
+        pop.models = self.backend.models();
+        pop.max_pixels = c.max_pixels;
+        pop.amount = c.amount;
+        pop.threads = c.threads;
+        pop.nsfw = c.nsfw;
+        pop.blacklist = c.blacklist.clone();
+        pop.priority_usernames = c.priority_usernames.clone();
+        pop.require_upfront_kudos = c.require_upfront_kudos;
+        // The engine has no image-to-image, inpainting, post-processing or LoRA yet: advertising
+        // them would only fault the jobs.
+        pop.allow_img2img = false;
+        pop.allow_painting = false;
+        pop.allow_post_processing = false;
+        pop.allow_lora = false;
+        pop.bridge_agent = c.effective_bridge_agent();
+        pop
+    }
+
+    /// Serves until `shutdown` becomes true; runs `threads` job loops side by side.
+    pub async fn run(self: &Arc<Self>, shutdown: watch::Receiver<bool>) -> RunSummary {
+        let loops: Vec<_> = (0..self.config.threads.max(1))
+            .map(|_| {
+                let worker = self.clone();
+                let shutdown = shutdown.clone();
+                tokio::spawn(async move { worker.job_loop(shutdown).await })
+            })
+            .collect();
+        for handle in loops {
+            if let Err(e) = handle.await {
+                tracing::error!(error = %e, "a job loop panicked");
+            }
+        }
+        self.flush_pending().await;
+        let summary = self.summary.lock().expect("summary lock").clone();
+        tracing::info!(
+            jobs = summary.jobs_done,
+            faulted = summary.jobs_faulted,
+            kudos = summary.kudos,
+            "worker stopped"
+        );
+        summary
+    }
+
+    async fn job_loop(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut failures = 0u32;
+        while !*shutdown.borrow() {
+            self.flush_pending().await;
+            let idle = match self.client.pop(&self.pop_request()).await {
+                Ok(pop) => {
+                    failures = 0;
+                    match job::from_pop(&pop) {
+                        Some(Ok(job)) => {
+                            self.run_job(job).await;
+                            None
+                        }
+                        Some(Err((ids, reason))) => {
+                            self.fault(&ids, &reason).await;
+                            None
+                        }
+                        None => Some(Duration::from_secs_f64(
+                            self.config.poll_interval_secs.max(0.05),
+                        )),
+                    }
+                }
+                Err(error) => {
+                    let delay = if retry::is_transient(&error) {
+                        retry::backoff(failures, BACKOFF_CAP)
+                    } else {
+                        BACKOFF_CAP
+                    };
+                    tracing::warn!(%error, retry_in = ?delay, "pop failed");
+                    failures += 1;
+                    Some(delay)
+                }
+            };
+            if let Some(delay) = idle {
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.changed() => {}
+                }
+            }
+        }
+    }
+
+    async fn run_job(&self, job: Job) {
+        let started = Instant::now();
+        let backend = self.backend.clone();
+        let running = job.clone();
+        let id = job.ids[0].clone();
+        let outcome = tokio::task::spawn_blocking(move || {
+            backend.run(
+                &running,
+                &mut |done, total| tracing::debug!(job = %running.ids[0], done, total, "step"),
+            )
+        })
+        .await
+        .unwrap_or_else(|e| Err(Unrunnable(format!("the engine crashed: {e}"))));
+        let g = &job.generation;
+        match outcome {
+            Ok(images) => {
+                tracing::info!(
+                    job = %id, model = %job.model, size = %format!("{}x{}", g.width, g.height), steps = g.steps, n = images.len(),
+                    seconds = format!("{:.1}", started.elapsed().as_secs_f64()), "job done"
+                );
+                for (i, (job_id, webp)) in job.ids.iter().zip(images).enumerate() {
+                    let upload = job.uploads.get(i).map(|url| (url.clone(), webp.clone()));
+                    let generation = if upload.is_some() {
+                        "R2".to_string()
+                    } else {
+                        base64::engine::general_purpose::STANDARD.encode(&webp)
+                    };
+                    let submit = SubmitRequest {
+                        id: job_id.clone(),
+                        generation: Some(generation),
+                        state: SubmitState::Ok,
+                        seed: g.seeds.get(i).copied(),
+                        censored: false,
+                        gen_metadata: job.notes.clone(),
+                    };
+                    self.pending
+                        .lock()
+                        .expect("pending lock")
+                        .push(PendingSubmit { submit, upload });
+                }
+                self.summary.lock().expect("summary lock").jobs_done += 1;
+            }
+            Err(reason) => self.fault(&job.ids, &reason).await,
+        }
+        self.flush_pending().await;
+    }
+
+    /// Reports jobs that cannot run as faulted, with the reason.
+    async fn fault(&self, ids: &[String], reason: &Unrunnable) {
+        tracing::warn!(job = %ids[0], %reason, "job faulted");
+        for id in ids {
+            let submit = SubmitRequest {
+                id: id.clone(),
+                generation: None,
+                state: SubmitState::Faulted,
+                seed: None,
+                censored: false,
+                gen_metadata: vec![GenMetadata {
+                    kind: "information".into(),
+                    value: "see_ref".into(),
+                    r#ref: Some(reason.0.clone()),
+                }],
+            };
+            self.pending
+                .lock()
+                .expect("pending lock")
+                .push(PendingSubmit {
+                    submit,
+                    upload: None,
+                });
+        }
+        self.summary.lock().expect("summary lock").jobs_faulted += 1;
+    }
+
+    /// Tries to deliver every pending result once (each with a few quick retries); what still
+    /// fails for a transient reason stays pending.
+    async fn flush_pending(&self) {
+        let batch = std::mem::take(&mut *self.pending.lock().expect("pending lock"));
+        for pending in batch {
+            match self.deliver(&pending).await {
+                Ok(reward) => self.summary.lock().expect("summary lock").kudos += reward,
+                Err(error) if retry::is_transient(&error) => {
+                    tracing::warn!(job = %pending.submit.id, %error, "submit failed; will retry");
+                    self.pending.lock().expect("pending lock").push(pending);
+                }
+                Err(error) => {
+                    tracing::warn!(job = %pending.submit.id, %error, "the horde refused this result; dropping it")
+                }
+            }
+        }
+    }
+
+    async fn deliver(&self, pending: &PendingSubmit) -> Result<f64, ClientError> {
+        if let Some((url, bytes)) = &pending.upload {
+            let result = with_retries(SUBMIT_ATTEMPTS, BACKOFF_CAP, || {
+                self.client.upload(url, bytes.clone())
+            })
+            .await;
+            // An upload URL is single-use: "already used" means an earlier attempt got through.
+            if let Err(e) = result {
+                if e.rc() != Some("UploadAlreadyUsed") {
+                    return Err(e);
+                }
+            }
+        }
+        with_retries(SUBMIT_ATTEMPTS, BACKOFF_CAP, || {
+            self.client.submit(&pending.submit)
+        })
+        .await
+        .map(|r| r.reward)
+    }
+
+    /// Results not yet acknowledged by the horde.
+    pub fn pending_count(&self) -> usize {
+        self.pending.lock().expect("pending lock").len()
+    }
+}

@@ -1,0 +1,190 @@
+//! What a popped job asks for, in the engine's terms, and what the worker tells the horde about
+//! the parts it could not honour.
+
+use horde_api::image::{GenMetadata, PopResponse};
+use horde_core::seed::parse_seed;
+use horde_diffusion::{Generation, SamplerKind};
+
+/// One popped job (one or more images of one request).
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// Job ids, one per image, in batch order.
+    pub ids: Vec<String>,
+    pub model: String,
+    pub generation: Generation,
+    /// Where to PUT each image (R2 requests), in batch order.
+    pub uploads: Vec<String>,
+    /// Notes for the requester (substituted sampler, ignored options).
+    pub notes: Vec<GenMetadata>,
+}
+
+/// Why a job cannot run at all; it is submitted as faulted with this reason.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct Unrunnable(pub String);
+
+const SEED_FOLD: u64 = 1 << 32;
+
+/// Reads a pop answer; `None` when it carries no job.
+pub fn from_pop(pop: &PopResponse) -> Option<Result<Job, (Vec<String>, Unrunnable)>> {
+    let first = pop.id.clone()?;
+    let ids = if pop.ids.is_empty() {
+        vec![first]
+    } else {
+        pop.ids.clone()
+    };
+    Some(translate(pop, &ids).map_err(|e| (ids.clone(), e)))
+}
+
+fn translate(pop: &PopResponse, ids: &[String]) -> Result<Job, Unrunnable> {
+    let p = &pop.payload;
+    let text = |key: &str| p.get(key).and_then(|v| v.as_str()).map(str::to_string);
+    let number = |key: &str| p.get(key).and_then(|v| v.as_f64());
+    let flag = |key: &str| p.get(key).and_then(|v| v.as_bool()).unwrap_or(false);
+    let model = pop
+        .model
+        .clone()
+        .ok_or_else(|| Unrunnable("the job names no model".into()))?;
+    if pop.source_image.is_some() {
+        return Err(Unrunnable(
+            "image-to-image is not supported by this worker".into(),
+        ));
+    }
+    for (key, what) in [
+        ("post_processing", "post-processing"),
+        ("loras", "LoRAs"),
+        ("tis", "textual inversions"),
+    ] {
+        if p.get(key)
+            .and_then(|v| v.as_array())
+            .is_some_and(|a| !a.is_empty())
+        {
+            return Err(Unrunnable(format!(
+                "{what} are not supported by this worker"
+            )));
+        }
+    }
+    let prompt = text("prompt").unwrap_or_default();
+    let (positive, negative) = match prompt.split_once("###") {
+        Some((pos, neg)) => (pos.trim().to_string(), neg.trim().to_string()),
+        None => (prompt.trim().to_string(), String::new()),
+    };
+    let mut notes = Vec::new();
+    let sampler_name = text("sampler_name").unwrap_or_else(|| "k_euler_a".into());
+    let sampler = SamplerKind::from_horde_name(&sampler_name).unwrap_or_else(|| {
+        let substitute = if sampler_name.contains("_a") || sampler_name.contains("sde") {
+            SamplerKind::EulerAncestral
+        } else {
+            SamplerKind::Euler
+        };
+        notes.push(information(format!(
+            "sampler {sampler_name} is not available on this worker; ran {substitute:?}"
+        )));
+        substitute
+    });
+    for option in ["tiling", "hires_fix"] {
+        if flag(option) {
+            notes.push(information(format!(
+                "{option} is not supported by this worker and was ignored"
+            )));
+        }
+    }
+    let first_seed = text("seed")
+        .map(|s| parse_seed(&s))
+        .or_else(|| p.get("seed").and_then(|v| v.as_u64()))
+        .unwrap_or(0);
+    let n = ids.len() as u64;
+    let generation = Generation {
+        prompt: positive,
+        negative_prompt: negative,
+        width: number("width").unwrap_or(512.0) as usize,
+        height: number("height").unwrap_or(512.0) as usize,
+        steps: number("ddim_steps").unwrap_or(30.0).max(1.0) as usize,
+        cfg_scale: number("cfg_scale").unwrap_or(7.5),
+        sampler,
+        karras: flag("karras"),
+        clip_skip: number("clip_skip").unwrap_or(1.0).max(1.0) as usize,
+        seeds: (0..n).map(|i| (first_seed + i) % SEED_FOLD).collect(),
+    };
+    let uploads = if pop.r2_uploads.is_empty() {
+        pop.r2_upload.iter().cloned().collect()
+    } else {
+        pop.r2_uploads.clone()
+    };
+    Ok(Job {
+        ids: ids.to_vec(),
+        model,
+        generation,
+        uploads,
+        notes,
+    })
+}
+
+fn information(text: String) -> GenMetadata {
+    GenMetadata {
+        kind: "information".into(),
+        value: "see_ref".into(),
+        r#ref: Some(text),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pop(payload: serde_json::Value, ids: &[&str]) -> PopResponse {
+        let mut pop = PopResponse::empty(Default::default());
+        pop.payload = payload;
+        pop.id = ids.first().map(|s| s.to_string());
+        pop.ids = ids.iter().map(|s| s.to_string()).collect();
+        pop.model = Some("tiny".into());
+        pop
+    }
+
+    #[test]
+    fn a_batch_gets_consecutive_seeds_and_the_negative_prompt() {
+        let p = pop(
+            json!({"prompt": "cat ### dog", "seed": "4294967295", "width": 64, "height": 128, "ddim_steps": 4, "sampler_name": "DDIM", "cfg_scale": 5.0, "karras": true}),
+            &["a", "b"],
+        );
+        let job = from_pop(&p).unwrap().unwrap();
+        assert_eq!(job.generation.seeds, vec![4294967295, 0]);
+        assert_eq!(
+            (
+                job.generation.prompt.as_str(),
+                job.generation.negative_prompt.as_str()
+            ),
+            ("cat", "dog")
+        );
+        assert_eq!(
+            (
+                job.generation.width,
+                job.generation.height,
+                job.generation.steps
+            ),
+            (64, 128, 4)
+        );
+        assert_eq!(job.generation.sampler, SamplerKind::Ddim);
+        assert!(job.notes.is_empty());
+    }
+
+    #[test]
+    fn unsupported_options_fault_or_are_noted() {
+        let faulty = pop(
+            json!({"prompt": "x", "seed": "1", "post_processing": ["GFPGAN"]}),
+            &["a"],
+        );
+        let (ids, reason) = from_pop(&faulty).unwrap().unwrap_err();
+        assert_eq!(ids, vec!["a".to_string()]);
+        assert!(reason.0.contains("post-processing"));
+        let noted = pop(
+            json!({"prompt": "x", "seed": "1", "sampler_name": "k_dpmpp_2m", "tiling": true}),
+            &["a"],
+        );
+        let job = from_pop(&noted).unwrap().unwrap();
+        assert_eq!(job.generation.sampler, SamplerKind::Euler);
+        assert_eq!(job.notes.len(), 2);
+        assert!(from_pop(&PopResponse::empty(Default::default())).is_none());
+    }
+}

@@ -1,0 +1,14 @@
+//! The worker daemon a GPU owner runs (`horde worker`): it advertises its models and limits,
+//! pops jobs from a horde (ours or the public AI Horde, through `horde-client`), runs them on a
+//! [`backend::Backend`] — the built-in candle engine of `horde-diffusion` — and submits the
+//! images, surviving network faults ([`daemon`]).
+
+pub mod backend;
+pub mod config;
+pub mod daemon;
+pub mod job;
+pub mod retry;
+
+pub use backend::{Backend, DiffusionBackend};
+pub use config::WorkerConfig;
+pub use daemon::{RunSummary, Worker};
