@@ -27,6 +27,32 @@ enum Command {
     },
     /// Create or upgrade the database, then exit.
     Migrate(CommonArgs),
+    /// Run a worker: serve local Stable Diffusion checkpoints to a horde.
+    Worker(crate::worker_cmd::WorkerArgs),
+    /// Request images from a horde and save them.
+    Generate(crate::generate_cmd::GenerateArgs),
+    /// Model files.
+    Model {
+        #[command(subcommand)]
+        command: ModelCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelCommand {
+    /// Write a tiny, randomly initialised checkpoint of a real architecture, in the single-file
+    /// (LDM) layout, for tests and first runs. Its images are noise.
+    Tiny {
+        /// sd15, sd2 or sdxl
+        #[arg(long)]
+        arch: String,
+        /// Output .safetensors file
+        #[arg(long)]
+        out: PathBuf,
+        /// Seed of the random weights
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
 }
 
 /// Where the configuration comes from; shared by every command that opens the database.
@@ -113,6 +139,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", created.api_key);
             Ok(())
         }
+        Command::Worker(args) => crate::worker_cmd::run(args).await,
+        Command::Generate(args) => crate::generate_cmd::run(args).await,
+        Command::Model {
+            command: ModelCommand::Tiny { arch, out, seed },
+        } => crate::worker_cmd::write_tiny(&arch, &out, seed),
         Command::Migrate(common) => {
             let config = settings::load(
                 common.config.as_deref(),

@@ -2,7 +2,9 @@
 //! crates; nothing else happens here.
 
 mod cli;
+mod generate_cmd;
 mod settings;
+mod worker_cmd;
 
 use clap::Parser;
 

@@ -10,3 +10,4 @@ mod lifecycle;
 mod sdk_compat;
 mod surface;
 mod uploads;
+mod worker;

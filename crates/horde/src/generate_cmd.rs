@@ -1,0 +1,169 @@
+//! `horde generate`: submits an image request, shows its queue position, ETA and progress,
+//! saves the images and prints where. Ctrl-C cancels the request and keeps what finished.
+
+use anyhow::Context;
+use base64::Engine;
+use clap::Args;
+use horde_api::image::{ImageRequest, RequestStatus, Sampler, SeedInput};
+use horde_client::Client;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    /// The prompt; text after " ### " is the negative prompt
+    prompt: String,
+    /// Number of images
+    #[arg(short, long, default_value_t = 1)]
+    n: u32,
+    /// A model the request accepts (repeatable) [default: any]
+    #[arg(long = "model")]
+    models: Vec<String>,
+    #[arg(long, default_value_t = 512)]
+    width: u32,
+    #[arg(long, default_value_t = 512)]
+    height: u32,
+    #[arg(long, default_value_t = 30)]
+    steps: u32,
+    /// AI Horde sampler name (k_euler, k_euler_a, DDIM, …)
+    #[arg(long, default_value = "k_euler_a")]
+    sampler: String,
+    #[arg(long, default_value_t = 7.0)]
+    cfg_scale: f64,
+    /// Seed (any text; digits are a number)
+    #[arg(long)]
+    seed: Option<String>,
+    /// Directory for the images
+    #[arg(long, default_value = ".")]
+    out: PathBuf,
+    /// The horde to use
+    #[arg(long, env = "HORDE_URL", default_value = "http://127.0.0.1:7001")]
+    url: String,
+    /// Your API key [default: anonymous]
+    #[arg(long, env = "HORDE_API_KEY", default_value = horde_api::ANONYMOUS_API_KEY, hide_default_value = true)]
+    api_key: String,
+    /// Give up (and cancel) after this many seconds
+    #[arg(long, default_value_t = 1200)]
+    timeout: u64,
+}
+
+pub async fn run(args: GenerateArgs) -> anyhow::Result<()> {
+    let request = build_request(&args)?;
+    let client = Client::new(&args.url, args.api_key.clone());
+    let accepted = client
+        .generate_async(&request)
+        .await
+        .context("the horde refused the request")?;
+    let id = accepted
+        .id
+        .context("the horde accepted the request without an id")?;
+    for warning in &accepted.warnings {
+        eprintln!("warning ({}): {}", warning.code, warning.message);
+    }
+    eprintln!("request {id} queued ({} kudos)", accepted.kudos);
+    let status = tokio::select! {
+        status = wait_for(&client, &id, args.n, Duration::from_secs(args.timeout)) => status?,
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("cancelling…");
+            client.cancel(&id).await?
+        }
+    };
+    let saved = save_images(&client, &status, &args.out, &id).await?;
+    for path in &saved {
+        println!("{}", path.display());
+    }
+    if saved.len() < args.n as usize {
+        anyhow::bail!("{} of {} images arrived", saved.len(), args.n);
+    }
+    Ok(())
+}
+
+fn build_request(args: &GenerateArgs) -> anyhow::Result<ImageRequest> {
+    let mut request = ImageRequest::new(&args.prompt);
+    let p = &mut request.params;
+    p.n = args.n;
+    p.width = args.width;
+    p.height = args.height;
+    p.steps = Some(args.steps);
+    p.cfg_scale = args.cfg_scale;
+    p.sampler_name =
+        serde_json::from_value::<Sampler>(serde_json::Value::String(args.sampler.clone()))
+            .map_err(|_| anyhow::anyhow!("unknown sampler '{}'", args.sampler))?;
+    p.seed = args.seed.clone().map(SeedInput::Text);
+    if !args.models.is_empty() {
+        request.models = args.models.clone();
+    }
+    request.r2 = false;
+    request
+        .validate()
+        .map_err(|e| anyhow::anyhow!("{}: {:?}", e.message, e.errors.unwrap_or_default()))?;
+    Ok(request)
+}
+
+/// Polls `check` with a progress bar until done, then fetches the images.
+async fn wait_for(
+    client: &Client,
+    id: &str,
+    n: u32,
+    timeout: Duration,
+) -> anyhow::Result<RequestStatus> {
+    let bar = indicatif::ProgressBar::new(u64::from(n));
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {pos}/{len} images {msg} [{elapsed}]")
+            .expect("valid template"),
+    );
+    let started = Instant::now();
+    loop {
+        let check = client.check(id).await?;
+        bar.set_position(u64::from(check.finished));
+        bar.set_message(if check.waiting > 0 {
+            format!(
+                "queue position {}, about {} s",
+                check.queue_position, check.wait_time
+            )
+        } else {
+            format!("{} in progress", check.processing)
+        });
+        if check.done || check.faulted {
+            bar.finish_and_clear();
+            return Ok(client.status(id).await?);
+        }
+        if !check.is_possible {
+            bar.set_message("no worker can serve this request at the moment".to_string());
+        }
+        if started.elapsed() > timeout {
+            bar.finish_and_clear();
+            eprintln!("timed out; cancelling");
+            return Ok(client.cancel(id).await?);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn save_images(
+    client: &Client,
+    status: &RequestStatus,
+    out: &Path,
+    id: &str,
+) -> anyhow::Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let mut saved = Vec::new();
+    for (i, generation) in status.generations.iter().enumerate() {
+        if generation.state != "ok" {
+            eprintln!("image {i} {}: {}", generation.id, generation.state);
+            continue;
+        }
+        let bytes =
+            if generation.img.starts_with("http://") || generation.img.starts_with("https://") {
+                client.download(&generation.img).await?
+            } else {
+                base64::engine::general_purpose::STANDARD
+                    .decode(&generation.img)
+                    .context("the image is not valid base64")?
+            };
+        let path = out.join(format!("{id}-{i}.webp"));
+        std::fs::write(&path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
+        saved.push(path);
+    }
+    Ok(saved)
+}

@@ -1,0 +1,210 @@
+//! `horde worker`: settings from defaults, a TOML file, `HORDE_WORKER_…` variables and flags;
+//! loads the checkpoints with a progress bar, then serves until Ctrl-C.
+
+use anyhow::Context;
+use clap::Args;
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use horde_diffusion::LoadStage;
+use horde_worker::{DiffusionBackend, Worker, WorkerConfig};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Keys of `WorkerConfig` that `HORDE_WORKER_…` variables may set.
+const ENV_KEYS: &[&str] = &[
+    "url",
+    "api_key",
+    "name",
+    "models",
+    "max_pixels",
+    "amount",
+    "threads",
+    "nsfw",
+    "blacklist",
+    "priority_usernames",
+    "allow_img2img",
+    "allow_painting",
+    "allow_post_processing",
+    "allow_lora",
+    "require_upfront_kudos",
+    "poll_interval_secs",
+    "bridge_agent",
+];
+
+#[derive(Args, Debug, Default, serde::Serialize)]
+pub struct WorkerArgs {
+    /// TOML config file (see worker.example.toml). Every setting can also be given as an env var
+    /// HORDE_WORKER_<SETTING> (models: HORDE_WORKER_MODELS__<NAME>=PATH) or as the flag below.
+    #[arg(long, short = 'c', env = "HORDE_WORKER_CONFIG")]
+    #[serde(skip)]
+    config: Option<PathBuf>,
+    /// The horde to serve [default: http://127.0.0.1:7001]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    url: Option<String>,
+    /// API key of the worker's owner
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    api_key: Option<String>,
+    /// Worker name, unique on the horde
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    /// A model to serve, as "AI Horde model name=checkpoint.safetensors" (repeatable)
+    #[arg(long = "model", value_name = "NAME=PATH")]
+    #[serde(skip)]
+    models: Vec<String>,
+    /// Largest image (width × height) accepted [default: 262144]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_pixels: Option<u64>,
+    /// Most images of one request generated in one batch [default: 1]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    amount: Option<u32>,
+    /// Jobs run at the same time [default: 1]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    threads: Option<u32>,
+    /// Accept requests that allow NSFW content [default: true]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nsfw: Option<bool>,
+    /// Refuse prompts with these words (comma-separated)
+    #[arg(long, value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    blacklist: Option<Vec<String>>,
+    /// Serve these users first (comma-separated)
+    #[arg(long, value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    priority_usernames: Option<Vec<String>>,
+    /// Accept image-to-image (not supported by the built-in engine yet)
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    allow_img2img: Option<bool>,
+    /// Accept inpainting (not supported by the built-in engine yet)
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    allow_painting: Option<bool>,
+    /// Accept post-processing (not supported by the built-in engine yet)
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    allow_post_processing: Option<bool>,
+    /// Accept LoRAs (not supported by the built-in engine yet)
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    allow_lora: Option<bool>,
+    /// Only serve users who can pay upfront
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    require_upfront_kudos: Option<bool>,
+    /// Seconds between pops when idle [default: 2]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    poll_interval_secs: Option<f64>,
+    /// bridge_agent reported to the horde [default: ours, or reGen-compatible for aihorde.net]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bridge_agent: Option<String>,
+}
+
+/// Layers the worker's settings.
+pub fn load_config(args: &WorkerArgs) -> anyhow::Result<WorkerConfig> {
+    let mut figment = Figment::from(Serialized::defaults(WorkerConfig::default()));
+    if let Some(path) = &args.config {
+        anyhow::ensure!(
+            path.exists(),
+            "config file {} does not exist",
+            path.display()
+        );
+        figment = figment.merge(Toml::file(path));
+    }
+    figment = figment.merge(Env::prefixed("HORDE_WORKER_").split("__").filter(|key| {
+        ENV_KEYS
+            .iter()
+            .any(|k| key.as_str().to_ascii_lowercase().starts_with(k))
+    }));
+    figment = figment.merge(Serialized::defaults(args));
+    let mut models = BTreeMap::new();
+    for entry in &args.models {
+        let (name, path) = entry
+            .split_once('=')
+            .with_context(|| format!("--model {entry}: expected NAME=PATH"))?;
+        models.insert(name.trim().to_string(), PathBuf::from(path.trim()));
+    }
+    if !models.is_empty() {
+        figment = figment.merge(Serialized::default("models", models));
+    }
+    let config: WorkerConfig = figment.extract().context("invalid worker configuration")?;
+    config.validate().map_err(anyhow::Error::msg)?;
+    Ok(config)
+}
+
+pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
+    let config = load_config(&args)?;
+    let backend = load_models(&config.models)?;
+    let worker = Worker::new(config.clone(), Arc::new(backend));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        eprintln!("Stopping: finishing the job in hand (Ctrl-C again to abort).");
+        let _ = stop.send(true);
+        let _ = tokio::signal::ctrl_c().await;
+        eprintln!("Aborted.");
+        std::process::exit(130);
+    });
+    println!(
+        "worker {} serving {} on {}",
+        config.name,
+        worker.pop_request().models.join(", "),
+        config.url
+    );
+    let summary = worker.run(stopped).await;
+    println!(
+        "stopped after {} jobs ({} faulted), {:.2} kudos earned",
+        summary.jobs_done, summary.jobs_faulted, summary.kudos
+    );
+    Ok(())
+}
+
+/// Loads every model with a progress bar; a model that fails is reported and skipped.
+fn load_models(models: &BTreeMap<String, PathBuf>) -> anyhow::Result<DiffusionBackend> {
+    let bar = indicatif::ProgressBar::new((models.len() * 4) as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}")
+            .expect("valid template"),
+    );
+    let (backend, failures) = DiffusionBackend::load(models, |name, stage| {
+        let what = match stage {
+            LoadStage::Index => "reading the checkpoint",
+            LoadStage::TextEncoders => "text encoders",
+            LoadStage::UNet => "UNet",
+            LoadStage::Vae => "VAE",
+        };
+        bar.set_message(format!("{name}: {what}"));
+        bar.inc(1);
+    });
+    bar.finish_and_clear();
+    for failure in &failures {
+        eprintln!("model {} not served: {}", failure.model, failure.error);
+    }
+    anyhow::ensure!(
+        !horde_worker::Backend::models(&backend).is_empty(),
+        "no model could be loaded"
+    );
+    Ok(backend)
+}
+
+/// `horde model tiny`: writes a tiny random checkpoint of a real architecture.
+pub fn write_tiny(arch: &str, out: &Path, seed: u64) -> anyhow::Result<()> {
+    let arch: horde_diffusion::tiny::TinyArch = arch.parse().map_err(anyhow::Error::msg)?;
+    let count = horde_diffusion::tiny::write_tiny_checkpoint(arch, out, seed)?;
+    let size = std::fs::metadata(out).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "wrote {} ({count} tensors, {:.1} MB, random weights of the {arch:?} architecture)",
+        out.display(),
+        size as f64 / 1e6
+    );
+    Ok(())
+}

@@ -1,0 +1,288 @@
+//! The real worker, on a tiny checkpoint of the real SD 1.5 architecture, serving the real
+//! coordinator; and `horde generate` and `horde model tiny` as a user runs them.
+
+use crate::helpers::*;
+use horde_api::user::TestUserRequest;
+use horde_worker::{Backend, DiffusionBackend, Worker, WorkerConfig};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+fn tiny_checkpoint(dir: &Path) -> PathBuf {
+    let path = dir.join("tiny-sd15.safetensors");
+    horde_diffusion::tiny::write_tiny_checkpoint(horde_diffusion::tiny::TinyArch::Sd15, &path, 3)
+        .unwrap();
+    path
+}
+
+async fn owner_key(app: &TestApp) -> String {
+    let request = TestUserRequest {
+        username: "gpu-owner".into(),
+        oauth_id: None,
+        moderator: false,
+        trusted: true,
+        kudos: 0.0,
+    };
+    app.anonymous()
+        .create_test_user(&request)
+        .await
+        .unwrap()
+        .api_key
+}
+
+fn worker_config(url: &str, api_key: String, checkpoint: &Path) -> WorkerConfig {
+    WorkerConfig {
+        url: url.into(),
+        api_key,
+        name: "tiny-worker".into(),
+        models: BTreeMap::from([("tiny-sd15".to_string(), checkpoint.to_path_buf())]),
+        max_pixels: 128 * 128,
+        amount: 2,
+        poll_interval_secs: 0.1,
+        ..Default::default()
+    }
+}
+
+/// Starts a worker; returns the stop switch and its task.
+fn start_worker(
+    config: WorkerConfig,
+) -> (
+    watch::Sender<bool>,
+    tokio::task::JoinHandle<horde_worker::RunSummary>,
+) {
+    let (backend, failures) = DiffusionBackend::load(&config.models, |_, _| {});
+    assert!(failures.is_empty(), "{failures:?}");
+    let worker = Worker::new(config, Arc::new(backend));
+    let (stop, stopped) = watch::channel(false);
+    let task = tokio::spawn(async move { worker.run(stopped).await });
+    (stop, task)
+}
+
+async fn wait_done(client: &horde_client::Client, id: &str) -> horde_api::image::RequestStatus {
+    for _ in 0..600 {
+        if client.check(id).await.unwrap().done {
+            return client.status(id).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("request {id} did not finish within a minute");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_serves_n_images_of_the_requested_size() {
+    let app = spawn_app().await;
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = tiny_checkpoint(dir.path());
+    let (requester, _) = app.user("requester", 100.0).await;
+    let (stop, task) = start_worker(worker_config(&app.root, owner_key(&app).await, &checkpoint));
+
+    let mut inline = small_request("a lighthouse ### fog", 2, false);
+    inline.models = vec!["tiny-sd15".into()];
+    inline.params.width = 64;
+    inline.params.height = 128;
+    inline.params.steps = Some(3);
+    inline.params.sampler_name = serde_json::from_str("\"k_euler\"").unwrap();
+    let inline_id = requester.generate_async(&inline).await.unwrap().id.unwrap();
+    let mut r2 = inline.clone();
+    r2.r2 = true;
+    r2.params.n = 1;
+    let r2_id = requester.generate_async(&r2).await.unwrap().id.unwrap();
+
+    let status = wait_done(&requester, &inline_id).await;
+    assert_eq!(status.generations.len(), 2);
+    let mut seeds = Vec::new();
+    for generation in &status.generations {
+        let ((w, h), _, _) = halves_of(&base64_decode(&generation.img));
+        assert_eq!((w, h), (64, 128), "the requested size");
+        assert_eq!(generation.worker_name, "tiny-worker");
+        assert_eq!(generation.model, "tiny-sd15");
+        seeds.push(generation.seed.clone());
+    }
+    assert_ne!(seeds[0], seeds[1], "each image has its own seed");
+    let r2_status = wait_done(&requester, &r2_id).await;
+    let ((w, h), _, _) = halves_of(
+        &requester
+            .download(&r2_status.generations[0].img)
+            .await
+            .unwrap(),
+    );
+    assert_eq!((w, h), (64, 128));
+
+    let worker = requester.worker_by_name("tiny-worker").await.unwrap();
+    assert_eq!(
+        worker.models,
+        vec!["tiny-sd15".to_string()],
+        "advertises the models it loaded"
+    );
+    assert_eq!(worker.max_pixels, 128 * 128);
+    stop.send(true).unwrap();
+    let summary = task.await.unwrap();
+    assert!(summary.jobs_done >= 2 && summary.kudos > 0.0, "{summary:?}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_waits_out_a_coordinator_that_is_not_there_yet() {
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = tiny_checkpoint(dir.path());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    // The coordinator needs the owner's key first: create it in a database the coordinator will
+    // open later, so the worker can start polling before the coordinator exists.
+    let data = tempfile::tempdir().unwrap();
+    let (ok, key, err) = run_horde(
+        data.path(),
+        &[
+            "user",
+            "create",
+            "gpu-owner",
+            "--data-dir",
+            data.path().to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{err}");
+    let (stop, task) = start_worker(worker_config(&url, key.trim().to_string(), &checkpoint));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let data_dir = data.path().to_path_buf();
+    let app = spawn_app_with(move |c| {
+        c.listen = format!("127.0.0.1:{port}").parse().unwrap();
+        c.data_dir = data_dir;
+    })
+    .await;
+    let (requester, _) = app.user("requester", 100.0).await;
+    let mut request = small_request("late start", 1, false);
+    request.models = vec!["tiny-sd15".into()];
+    request.params.width = 64;
+    request.params.height = 64;
+    request.params.steps = Some(2);
+    let id = requester
+        .generate_async(&request)
+        .await
+        .unwrap()
+        .id
+        .unwrap();
+    let status = wait_done(&requester, &id).await;
+    assert_eq!(
+        status.generations.len(),
+        1,
+        "the worker retried its pops until the coordinator came up"
+    );
+    stop.send(true).unwrap();
+    task.await.unwrap();
+    app.stop().await;
+}
+
+#[test]
+fn a_bad_checkpoint_is_reported_and_the_other_models_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = tiny_checkpoint(dir.path());
+    let truncated = dir.path().join("truncated.safetensors");
+    std::fs::write(&truncated, &std::fs::read(&good).unwrap()[..1000]).unwrap();
+    let models = BTreeMap::from([
+        ("good".to_string(), good),
+        ("truncated".to_string(), truncated.clone()),
+        (
+            "missing".to_string(),
+            dir.path().join("missing.safetensors"),
+        ),
+    ]);
+    let (backend, failures) = DiffusionBackend::load(&models, |_, _| {});
+    assert_eq!(backend.models(), vec!["good".to_string()]);
+    assert_eq!(failures.len(), 2);
+    let truncated_failure = failures.iter().find(|f| f.model == "truncated").unwrap();
+    assert!(truncated_failure
+        .error
+        .to_string()
+        .contains(&truncated.display().to_string()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn horde_generate_saves_the_images_a_worker_made() {
+    let app = spawn_app().await;
+    let dir = tempfile::tempdir().unwrap();
+    // `horde model tiny` writes the checkpoint, as a new user would.
+    let checkpoint = dir.path().join("tiny.safetensors");
+    let (ok, stdout, stderr) = run_horde(
+        dir.path(),
+        &[
+            "model",
+            "tiny",
+            "--arch",
+            "sd15",
+            "--out",
+            checkpoint.to_str().unwrap(),
+        ],
+    );
+    assert!(ok && stdout.contains("wrote"), "{stdout}{stderr}");
+    let (stop, task) = start_worker(worker_config(&app.root, owner_key(&app).await, &checkpoint));
+    let (_, user_id) = app.user("cli-user", 100.0).await;
+    let request = TestUserRequest {
+        username: "cli-user".into(),
+        oauth_id: Some(format!("test-{user_id}")),
+        moderator: false,
+        trusted: true,
+        kudos: 100.0,
+    };
+    let key = app
+        .anonymous()
+        .create_test_user(&request)
+        .await
+        .unwrap()
+        .api_key;
+
+    let out = dir.path().join("images");
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_horde"))
+        .args([
+            "generate",
+            "a tiny test ### noise",
+            "-n",
+            "2",
+            "--model",
+            "tiny-sd15",
+            "--width",
+            "64",
+            "--height",
+            "64",
+            "--steps",
+            "2",
+        ])
+        .args([
+            "--sampler",
+            "k_euler_a",
+            "--out",
+            out.to_str().unwrap(),
+            "--url",
+            &app.root,
+            "--api-key",
+            &key,
+        ])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let paths: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        paths.len(),
+        2,
+        "prints where each image was saved: {stdout}"
+    );
+    for path in paths {
+        let ((w, h), _, _) = halves_of(&std::fs::read(path).unwrap());
+        assert_eq!((w, h), (64, 64));
+    }
+    stop.send(true).unwrap();
+    task.await.unwrap();
+    app.stop().await;
+}
