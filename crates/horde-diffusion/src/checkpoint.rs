@@ -124,6 +124,11 @@ impl TensorIndex {
         self.tensors.is_empty()
     }
 
+    /// The LDM names of all tensors.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.tensors.keys().map(String::as_str)
+    }
+
     pub fn contains(&self, name: &str) -> bool {
         self.tensors.contains_key(name)
     }
@@ -201,7 +206,11 @@ impl candle_nn::var_builder::SimpleBackend for TensorIndex {
         dtype: DType,
         device: &Device,
     ) -> candle_core::Result<Tensor> {
-        let tensor = self.load(name, device)?;
+        let mut tensor = self.load(name, device)?;
+        // Diffusers stores some 1×1 convolutions of the LDM layout as linear weights.
+        if tensor.shape() != &shape && same_but_trailing_ones(tensor.dims(), shape.dims()) {
+            tensor = tensor.reshape(shape.dims())?;
+        }
         if tensor.shape() != &shape {
             return Err(candle_core::Error::Msg(format!(
                 "{}: tensor `{name}` has shape {:?}, the model expects {:?}",
@@ -225,6 +234,16 @@ impl candle_nn::var_builder::SimpleBackend for TensorIndex {
     fn contains_tensor(&self, name: &str) -> bool {
         self.contains(name)
     }
+}
+
+fn same_but_trailing_ones(a: &[usize], b: &[usize]) -> bool {
+    let trim = |d: &[usize]| {
+        d.iter()
+            .rposition(|&x| x != 1)
+            .map(|i| d[..=i].to_vec())
+            .unwrap_or_default()
+    };
+    trim(a) == trim(b)
 }
 
 /// Tensors by name, for writing a checkpoint.

@@ -139,6 +139,41 @@ pub const SDXL_CLIP_L_PREFIX: &str = "conditioner.embedders.0.transformer.";
 pub const SDXL_CLIP_G_PREFIX: &str = "conditioner.embedders.1.model.";
 
 impl ModelConfig {
+    /// The real Stable Diffusion 1.5 (as its single-file checkpoint reads).
+    pub fn sd15() -> ModelConfig {
+        ModelConfig {
+            family: Family::Sd1,
+            prediction: Prediction::Epsilon,
+            unet: UNetConfig {
+                in_channels: 4,
+                out_channels: 4,
+                model_channels: 320,
+                channel_mult: vec![1, 2, 4, 4],
+                num_res_blocks: 2,
+                transformer_depth: vec![1, 1, 1, 0],
+                mid_transformer_depth: 1,
+                context_dim: 768,
+                use_linear_projection: false,
+                adm_in_channels: None,
+            },
+            vae: VaeConfig {
+                base_channels: 128,
+                channel_mult: vec![1, 2, 4, 4],
+                num_res_blocks: 2,
+                latent_channels: 4,
+            },
+            text_encoders: vec![ClipConfig {
+                layout: ClipLayout::HuggingFace,
+                vocab_size: 49408,
+                width: 768,
+                layers: 12,
+                intermediate: 3072,
+                max_positions: 77,
+                projection_dim: None,
+            }],
+        }
+    }
+
     /// Reads the family and every shape off a checkpoint's tensor index.
     pub fn infer(
         index: &TensorIndex,
