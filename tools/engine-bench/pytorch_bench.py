@@ -93,6 +93,7 @@ def time_calls(fn, repeats):
     t0 = time.perf_counter()
     out = fn()  # warm-up
     warm = time.perf_counter() - t0
+    log(f"  warm-up: {warm:.3f} s")
     times = []
     for i in range(repeats):
         t0 = time.perf_counter()

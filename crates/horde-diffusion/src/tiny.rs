@@ -162,6 +162,16 @@ fn fnv1a(text: &str) -> u64 {
     })
 }
 
+/// A `VarBuilder` that hands out seeded random weights of whatever shape is asked (for
+/// benchmarks of the real architectures, whose weights cannot be downloaded here).
+pub fn random_var_builder(seed: u64) -> VarBuilder<'static> {
+    let recorder = Recorder {
+        seed,
+        tensors: Arc::new(Mutex::new(HashMap::new())),
+    };
+    VarBuilder::from_backend(Box::new(recorder), DType::F32, Device::Cpu)
+}
+
 /// Every tensor of a random checkpoint of `config`, by its single-file name.
 pub fn random_tensors(config: &ModelConfig, seed: u64) -> Result<HashMap<String, Tensor>, Error> {
     let tensors = Arc::new(Mutex::new(HashMap::new()));

@@ -265,3 +265,38 @@ pub fn run_horde(cwd: &std::path::Path, args: &[&str]) -> (bool, String, String)
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
 }
+
+/// A TCP forwarder in front of a server, which the test can cut off: the network fault a worker
+/// must survive (connections are refused while it is down). Not a stand-in for any of our
+/// components — it only carries their bytes.
+pub struct FlakyLink {
+    pub url: String,
+    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl FlakyLink {
+    pub async fn start(target: std::net::SocketAddr) -> FlakyLink {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = down.clone();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if flag.load(std::sync::atomic::Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        FlakyLink { url, down }
+    }
+
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, std::sync::atomic::Ordering::SeqCst);
+    }
+}

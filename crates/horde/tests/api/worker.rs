@@ -286,3 +286,53 @@ async fn horde_generate_saves_the_images_a_worker_made() {
     task.await.unwrap();
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_that_could_not_be_submitted_is_kept_and_resubmitted() {
+    let app = spawn_app().await;
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = tiny_checkpoint(dir.path());
+    let (requester, _) = app.user("requester", 100.0).await;
+    let link = FlakyLink::start(app.root.trim_start_matches("http://").parse().unwrap()).await;
+    let mut config = worker_config(&link.url, owner_key(&app).await, &checkpoint);
+    config.amount = 1;
+    let (stop, task) = start_worker(config);
+
+    let mut request = small_request("outage", 1, false);
+    request.models = vec!["tiny-sd15".into()];
+    request.params.width = 64;
+    request.params.height = 64;
+    // Long enough that the link can be cut while the image is being made.
+    request.params.steps = Some(150);
+    let id = requester
+        .generate_async(&request)
+        .await
+        .unwrap()
+        .id
+        .unwrap();
+    for _ in 0..300 {
+        if requester.check(&id).await.unwrap().processing == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    link.set_down(true);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let during = requester.check(&id).await.unwrap();
+    assert!(
+        !during.done && during.processing == 1,
+        "nothing could be submitted while the link was down: {during:?}"
+    );
+    link.set_down(false);
+    let status = wait_done(&requester, &id).await;
+    assert_eq!(
+        status.generations.len(),
+        1,
+        "the kept image was resubmitted"
+    );
+    stop.send(true).unwrap();
+    let summary = task.await.unwrap();
+    assert_eq!(summary.jobs_done, 1);
+    assert!(summary.kudos > 0.0, "{summary:?}");
+    app.stop().await;
+}
