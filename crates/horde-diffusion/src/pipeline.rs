@@ -149,7 +149,11 @@ impl Model {
         on_step: &mut dyn FnMut(usize, usize),
     ) -> Result<Vec<RgbImage>, Error> {
         let scale = self.config.vae.downscale();
-        if job.width % scale != 0 || job.height % scale != 0 || job.width == 0 || job.height == 0 {
+        if !job.width.is_multiple_of(scale)
+            || !job.height.is_multiple_of(scale)
+            || job.width == 0
+            || job.height == 0
+        {
             return Err(Error::InvalidRequest(format!(
                 "{}×{} is not a multiple of {scale}",
                 job.width, job.height

@@ -303,7 +303,7 @@ mod tests {
         for steps in [10, 40, 160] {
             let mut denoise = |x: &Tensor, sigma: f64| -> Result<Tensor> {
                 let k = s * s / (s * s + sigma * sigma);
-                (x.affine(k, mu * (1.0 - k)))
+                x.affine(k, mu * (1.0 - k))
             };
             let sigmas = karras_sigmas(steps, 0.002, sigma_max, 7.0);
             let x = Tensor::new(&[x0 * sigma_max], &Device::Cpu).unwrap();

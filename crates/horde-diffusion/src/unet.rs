@@ -209,6 +209,31 @@ impl Block {
     }
 }
 
+/// A residual block into `out_c` channels, then the level's transformer if it has one (the
+/// first layers of every input and output block).
+fn res_and_attention(
+    in_c: usize,
+    out_c: usize,
+    level: usize,
+    config: &UNetConfig,
+    family: Family,
+    vb: VarBuilder,
+) -> Result<Vec<Layer>> {
+    let emb_dim = config.model_channels * 4;
+    let mut layers = vec![Layer::Res(ResBlock::new(in_c, out_c, emb_dim, vb.pp("0"))?)];
+    let depth = config.transformer_depth[level];
+    if depth > 0 {
+        layers.push(Layer::Attention(SpatialTransformer::new(
+            out_c,
+            depth,
+            config,
+            family,
+            vb.pp("1"),
+        )?));
+    }
+    Ok(layers)
+}
+
 /// Conditioning beyond the text sequence.
 pub struct Conditioning<'a> {
     /// `[batch, tokens, context_dim]` text embeddings.
@@ -259,22 +284,8 @@ impl UNet {
         for (level, mult) in config.channel_mult.iter().enumerate() {
             for _ in 0..config.num_res_blocks {
                 let vb_b = vb_in.pp(input_blocks.len());
-                let mut layers = vec![Layer::Res(ResBlock::new(
-                    ch,
-                    mult * mc,
-                    emb_dim,
-                    vb_b.pp("0"),
-                )?)];
+                let layers = res_and_attention(ch, mult * mc, level, config, family, vb_b)?;
                 ch = mult * mc;
-                if config.transformer_depth[level] > 0 {
-                    layers.push(Layer::Attention(SpatialTransformer::new(
-                        ch,
-                        config.transformer_depth[level],
-                        config,
-                        family,
-                        vb_b.pp("1"),
-                    )?));
-                }
                 input_blocks.push(Block(layers));
                 skip_channels.push(ch);
             }
@@ -311,22 +322,9 @@ impl UNet {
                 let skip = skip_channels
                     .pop()
                     .expect("one skip connection per input block");
-                let mut layers = vec![Layer::Res(ResBlock::new(
-                    ch + skip,
-                    mult * mc,
-                    emb_dim,
-                    vb_b.pp("0"),
-                )?)];
+                let mut layers =
+                    res_and_attention(ch + skip, mult * mc, level, config, family, vb_b.clone())?;
                 ch = mult * mc;
-                if config.transformer_depth[level] > 0 {
-                    layers.push(Layer::Attention(SpatialTransformer::new(
-                        ch,
-                        config.transformer_depth[level],
-                        config,
-                        family,
-                        vb_b.pp("1"),
-                    )?));
-                }
                 if level > 0 && i == config.num_res_blocks {
                     let index = layers.len();
                     layers.push(Layer::Upsample(nn::conv(

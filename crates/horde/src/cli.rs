@@ -66,6 +66,20 @@ struct CommonArgs {
     data_dir: Option<PathBuf>,
 }
 
+impl CommonArgs {
+    /// The configuration for a command that only opens the database.
+    fn load(self) -> anyhow::Result<horde_server::config::ServerConfig> {
+        let overrides = FlagOverrides {
+            data_dir: self.data_dir,
+            ..Default::default()
+        };
+        settings::load(
+            self.config.as_deref(),
+            settings::flags_layer(overrides, false, false),
+        )
+    }
+}
+
 #[derive(Args)]
 struct ServeArgs {
     #[command(flatten)]
@@ -117,17 +131,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     common,
                 },
         } => {
-            let config = settings::load(
-                common.config.as_deref(),
-                settings::flags_layer(
-                    FlagOverrides {
-                        data_dir: common.data_dir,
-                        ..Default::default()
-                    },
-                    false,
-                    false,
-                ),
-            )?;
+            let config = common.load()?;
             let created =
                 horde_server::users::create_user_offline(&config, &name, moderator, trusted, kudos)
                     .await?;
@@ -145,17 +149,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             command: ModelCommand::Tiny { arch, out, seed },
         } => crate::worker_cmd::write_tiny(&arch, &out, seed),
         Command::Migrate(common) => {
-            let config = settings::load(
-                common.config.as_deref(),
-                settings::flags_layer(
-                    FlagOverrides {
-                        data_dir: common.data_dir,
-                        ..Default::default()
-                    },
-                    false,
-                    false,
-                ),
-            )?;
+            let config = common.load()?;
             let mode = horde_server::users::migrate_offline(&config).await?;
             println!(
                 "database {} is up to date (journal mode {mode})",
