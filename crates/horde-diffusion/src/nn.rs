@@ -4,7 +4,8 @@
 //! reshapes the Stable Diffusion networks need.
 
 use candle_core::{DType, Module, Result, Tensor, D};
-use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, LayerNorm, Linear, VarBuilder};
+use candle_nn::{Conv2dConfig, GroupNorm, LayerNorm, Linear, VarBuilder};
+use std::cell::Cell;
 
 pub fn group_norm(channels: usize, eps: f64, vb: VarBuilder) -> Result<GroupNorm> {
     candle_nn::group_norm(32.min(channels), channels, eps, vb)
@@ -27,7 +28,60 @@ pub fn conv(
         stride,
         ..Default::default()
     };
-    candle_nn::conv2d(in_c, out_c, kernel, cfg, vb)
+    let normal = candle_nn::conv2d(in_c, out_c, kernel, cfg, vb)?;
+    // The same weights without padding, for seamless (circular) padding when tiling.
+    let unpadded = (padding > 0).then(|| {
+        let cfg = Conv2dConfig { padding: 0, ..cfg };
+        candle_nn::Conv2d::new(normal.weight().clone(), normal.bias().cloned(), cfg)
+    });
+    Ok(Conv2d {
+        normal,
+        unpadded,
+        padding,
+    })
+}
+
+thread_local! {
+    static TILING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` with every padded convolution on this thread padding circularly, so the output
+/// tiles seamlessly (the `tiling` option; A1111 sets `padding_mode="circular"` the same way).
+pub fn with_tiling<T>(tiling: bool, f: impl FnOnce() -> T) -> T {
+    let before = TILING.with(|t| t.replace(tiling));
+    let out = f();
+    TILING.with(|t| t.set(before));
+    out
+}
+
+/// A 2-D convolution that pads with zeros, or circularly inside [`with_tiling`].
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    normal: candle_nn::Conv2d,
+    unpadded: Option<candle_nn::Conv2d>,
+    padding: usize,
+}
+
+impl Module for Conv2d {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        match &self.unpadded {
+            Some(unpadded) if TILING.with(Cell::get) => {
+                unpadded.forward(&circular_pad(xs, self.padding)?)
+            }
+            _ => self.normal.forward(xs),
+        }
+    }
+}
+
+/// Pads the last two dimensions by wrapping around.
+pub fn circular_pad(xs: &Tensor, p: usize) -> Result<Tensor> {
+    let mut xs = xs.clone();
+    for dim in [2, 3] {
+        let n = xs.dim(dim)?;
+        let (head, tail) = (xs.narrow(dim, 0, p)?, xs.narrow(dim, n - p, p)?);
+        xs = Tensor::cat(&[&tail, &xs, &head], dim)?;
+    }
+    Ok(xs)
 }
 
 pub fn linear(in_d: usize, out_d: usize, vb: VarBuilder) -> Result<Linear> {

@@ -54,6 +54,8 @@ pub struct Generation {
     pub sampler: SamplerKind,
     pub karras: bool,
     pub clip_skip: usize,
+    /// Seamless tiling: every convolution pads circularly, so the image repeats without seams.
+    pub tiling: bool,
     /// One seed per image.
     pub seeds: Vec<u64>,
 }
@@ -164,8 +166,10 @@ impl Model {
                 "a generation needs at least one seed and one step".into(),
             ));
         }
-        let latents = self.sample(job, on_step)?;
-        self.decode(&latents)
+        crate::nn::with_tiling(job.tiling, || {
+            let latents = self.sample(job, on_step)?;
+            self.decode(&latents)
+        })
     }
 
     fn sample(

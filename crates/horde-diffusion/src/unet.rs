@@ -3,9 +3,10 @@
 //! SDXL (whose extra `label_emb` input carries the pooled text and size conditioning).
 
 use crate::config::{Family, UNetConfig};
+use crate::nn::Conv2d;
 use crate::nn::{self, Projection};
 use candle_core::{Module, Result, Tensor, D};
-use candle_nn::{Conv2d, GroupNorm, LayerNorm, Linear, VarBuilder};
+use candle_nn::{GroupNorm, LayerNorm, Linear, VarBuilder};
 
 /// `ResBlock`: two 3×3 convolutions with the timestep embedding added between them.
 #[derive(Debug)]

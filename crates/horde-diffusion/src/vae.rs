@@ -3,8 +3,9 @@
 
 use crate::config::VaeConfig;
 use crate::nn;
+use crate::nn::Conv2d;
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Conv2d, GroupNorm, VarBuilder};
+use candle_nn::{GroupNorm, VarBuilder};
 
 #[derive(Debug)]
 struct ResnetBlock {

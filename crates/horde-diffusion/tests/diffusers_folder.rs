@@ -109,6 +109,7 @@ fn a_diffusers_folder_loads_with_single_file_names() {
         sampler: SamplerKind::Euler,
         karras: false,
         clip_skip: 1,
+        tiling: false,
         seeds: vec![1],
     };
     assert_eq!(

@@ -17,6 +17,7 @@ fn job(sampler: SamplerKind, seeds: Vec<u64>) -> Generation {
         sampler,
         karras: true,
         clip_skip: 1,
+        tiling: false,
         seeds,
     }
 }
@@ -147,4 +148,58 @@ fn bad_checkpoints_are_named_with_what_was_expected() {
     let partial = dir.path().join("partial.safetensors");
     candle_core::safetensors::save(&all, &partial).unwrap();
     assert!(expect_error(&partial).contains("output_blocks.2.0.skip_connection.weight"));
+}
+
+/// Columns of pixels as f32 triples.
+fn column(image: &image::RgbImage, x: u32) -> Vec<f32> {
+    (0..image.height())
+        .flat_map(|y| image.get_pixel(x, y).0)
+        .map(f32::from)
+        .collect()
+}
+
+fn mean_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).sum::<f32>() / a.len() as f32
+}
+
+#[test]
+fn tiling_makes_the_image_wrap_around() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sd15.safetensors");
+    write_tiny_checkpoint(TinyArch::Sd15, &path, 11).unwrap();
+    let model = load(&path);
+    let mut tiled = job(SamplerKind::Euler, vec![9]);
+    tiled.tiling = true;
+    let plain = model
+        .generate(&job(SamplerKind::Euler, vec![9]), &mut |_, _| {})
+        .unwrap()
+        .remove(0);
+    let tiled = model.generate(&tiled, &mut |_, _| {}).unwrap().remove(0);
+    assert_ne!(plain.as_raw(), tiled.as_raw(), "tiling changes the image");
+    // With circular padding every layer sees the left edge next to the right one: the seam
+    // between the last and first columns is no rougher than neighbouring columns inside.
+    let w = tiled.width();
+    let seam = mean_abs_diff(&column(&tiled, w - 1), &column(&tiled, 0));
+    let inside: f32 = (1..w)
+        .map(|x| mean_abs_diff(&column(&tiled, x - 1), &column(&tiled, x)))
+        .sum::<f32>()
+        / (w - 1) as f32;
+    let plain_seam = mean_abs_diff(&column(&plain, w - 1), &column(&plain, 0));
+    assert!(seam < 1.2 * inside, "seam {seam} vs inside {inside}");
+    assert!(
+        plain_seam > 1.2 * seam,
+        "without tiling the edges do not meet: {plain_seam} vs {seam}"
+    );
+    // The padding itself wraps around.
+    let t = candle_core::Tensor::arange(0f32, 9.0, &candle_core::Device::Cpu)
+        .unwrap()
+        .reshape((1, 1, 3, 3))
+        .unwrap();
+    let padded = horde_diffusion::nn::circular_pad(&t, 1)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    assert_eq!(&padded[..5], &[8.0, 6.0, 7.0, 8.0, 6.0]);
 }

@@ -82,12 +82,10 @@ fn translate(pop: &PopResponse, ids: &[String]) -> Result<Job, Unrunnable> {
         )));
         substitute
     });
-    for option in ["tiling", "hires_fix"] {
-        if flag(option) {
-            notes.push(information(format!(
-                "{option} is not supported by this worker and was ignored"
-            )));
-        }
+    if flag("hires_fix") {
+        notes.push(information(
+            "hires_fix is not supported by this worker and was ignored".into(),
+        ));
     }
     let first_seed = text("seed")
         .map(|s| parse_seed(&s))
@@ -104,6 +102,7 @@ fn translate(pop: &PopResponse, ids: &[String]) -> Result<Job, Unrunnable> {
         sampler,
         karras: flag("karras"),
         clip_skip: number("clip_skip").unwrap_or(1.0).max(1.0) as usize,
+        tiling: flag("tiling"),
         seeds: (0..n).map(|i| (first_seed + i) % SEED_FOLD).collect(),
     };
     let uploads = if pop.r2_uploads.is_empty() {
@@ -179,11 +178,12 @@ mod tests {
         assert_eq!(ids, vec!["a".to_string()]);
         assert!(reason.0.contains("post-processing"));
         let noted = pop(
-            json!({"prompt": "x", "seed": "1", "sampler_name": "k_dpmpp_2m", "tiling": true}),
+            json!({"prompt": "x", "seed": "1", "sampler_name": "k_dpmpp_2m", "hires_fix": true, "tiling": true}),
             &["a"],
         );
         let job = from_pop(&noted).unwrap().unwrap();
         assert_eq!(job.generation.sampler, SamplerKind::Euler);
+        assert!(job.generation.tiling);
         assert_eq!(job.notes.len(), 2);
         assert!(from_pop(&PopResponse::empty(Default::default())).is_none());
     }
