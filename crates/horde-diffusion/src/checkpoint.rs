@@ -13,12 +13,24 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// Where one LDM-named tensor is stored: which mapped file, under which name.
+/// Where one LDM-named tensor is stored: which mapped file, under which name. A tensor made of
+/// several stored ones (diffusers' separate q, k, v for OpenCLIP's fused `in_proj`) lists them
+/// all, to be concatenated along the first dimension; `transpose` swaps a stored matrix.
 #[derive(Debug, Clone)]
 struct Location {
-    file: usize,
-    stored_name: String,
+    parts: Vec<(usize, String)>,
+    transpose: bool,
     shape: Vec<usize>,
+}
+
+impl Location {
+    fn stored(file: usize, name: String, shape: Vec<usize>) -> Self {
+        Location {
+            parts: vec![(file, name)],
+            transpose: false,
+            shape,
+        }
+    }
 }
 
 /// The tensors of a checkpoint by their LDM names, with their shapes, before any is read.
@@ -27,6 +39,7 @@ pub struct TensorIndex {
     path: PathBuf,
     files: Arc<Vec<(PathBuf, MmapedSafetensors)>>,
     tensors: BTreeMap<String, Location>,
+    text_layers_removed: usize,
 }
 
 impl std::fmt::Debug for TensorIndex {
@@ -68,11 +81,7 @@ impl TensorIndex {
             .map(|(name, view)| {
                 (
                     name.clone(),
-                    Location {
-                        file: 0,
-                        stored_name: name,
-                        shape: view.shape().to_vec(),
-                    },
+                    Location::stored(0, name, view.shape().to_vec()),
                 )
             })
             .collect();
@@ -80,6 +89,7 @@ impl TensorIndex {
             path: path.into(),
             files: Arc::new(vec![(path.into(), mapped)]),
             tensors,
+            text_layers_removed: 0,
         })
     }
 
@@ -96,11 +106,7 @@ impl TensorIndex {
                 for ldm in rename(file, &name).unwrap_or_default() {
                     tensors.insert(
                         ldm,
-                        Location {
-                            file,
-                            stored_name: name.clone(),
-                            shape: view.shape().to_vec(),
-                        },
+                        Location::stored(file, name.clone(), view.shape().to_vec()),
                     );
                 }
             }
@@ -109,7 +115,17 @@ impl TensorIndex {
             path: path.into(),
             files: Arc::new(files),
             tensors,
+            text_layers_removed: 0,
         }
+    }
+
+    /// Final OpenCLIP text-encoder layers the file lacks (see `ClipConfig::layers_removed`).
+    pub fn text_layers_removed(&self) -> usize {
+        self.text_layers_removed
+    }
+
+    pub(crate) fn set_text_layers_removed(&mut self, removed: usize) {
+        self.text_layers_removed = removed;
     }
 
     pub fn path(&self) -> &Path {
@@ -186,14 +202,59 @@ impl TensorIndex {
         let location = self.tensors.get(name).ok_or_else(|| {
             candle_core::Error::Msg(format!("{}: missing tensor `{name}`", self.path.display()))
         })?;
-        let (file_path, mapped) = &self.files[location.file];
-        mapped.load(&location.stored_name, device).map_err(|e| {
-            candle_core::Error::Msg(format!(
-                "{}: cannot read `{}`: {e}",
-                file_path.display(),
-                location.stored_name
-            ))
-        })
+        let parts = location
+            .parts
+            .iter()
+            .map(|(file, stored)| {
+                let (file_path, mapped) = &self.files[*file];
+                mapped.load(stored, device).map_err(|e| {
+                    candle_core::Error::Msg(format!(
+                        "{}: cannot read `{stored}`: {e}",
+                        file_path.display()
+                    ))
+                })
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let tensor = if parts.len() == 1 {
+            parts.into_iter().next().expect("one part")
+        } else {
+            Tensor::cat(&parts, 0)?
+        };
+        if location.transpose {
+            tensor.t()?.contiguous()
+        } else {
+            Ok(tensor)
+        }
+    }
+
+    /// Replaces the tensors `parts` by one named `name`, their concatenation along dimension 0.
+    pub(crate) fn fuse(&mut self, name: &str, parts: &[String]) -> bool {
+        let found: Option<Vec<Location>> =
+            parts.iter().map(|p| self.tensors.get(p).cloned()).collect();
+        let Some(found) = found else { return false };
+        let mut shape = found[0].shape.clone();
+        shape[0] = found.iter().map(|l| l.shape[0]).sum();
+        for part in parts {
+            self.tensors.remove(part);
+        }
+        let stored = found.into_iter().flat_map(|l| l.parts).collect();
+        self.tensors.insert(
+            name.into(),
+            Location {
+                parts: stored,
+                transpose: false,
+                shape,
+            },
+        );
+        true
+    }
+
+    /// Reads the matrix `name` transposed (Hugging Face `Linear` weights as OpenCLIP matrices).
+    pub(crate) fn transpose(&mut self, name: &str) {
+        if let Some(location) = self.tensors.get_mut(name) {
+            location.transpose = !location.transpose;
+            location.shape.reverse();
+        }
     }
 }
 

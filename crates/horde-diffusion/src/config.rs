@@ -111,6 +111,10 @@ pub struct ClipConfig {
     pub max_positions: usize,
     /// The projection of the pooled output (OpenCLIP `text_projection`), when present.
     pub projection_dim: Option<usize>,
+    /// Final layers missing from the file: diffusers' SD 2.x text encoder drops the last of
+    /// OpenCLIP's, since SD 2.x conditions on the penultimate layer anyway.
+    #[serde(default)]
+    pub layers_removed: usize,
 }
 
 impl ClipConfig {
@@ -170,6 +174,7 @@ impl ModelConfig {
                 intermediate: 3072,
                 max_positions: 77,
                 projection_dim: None,
+                layers_removed: 0,
             }],
         }
     }
@@ -347,5 +352,10 @@ fn infer_clip(index: &TensorIndex, prefix: &str, layout: ClipLayout) -> Result<C
         intermediate: index.shape(&fc1)?[0],
         max_positions: index.shape(&position)?[0],
         projection_dim,
+        layers_removed: if layout == ClipLayout::OpenClip {
+            index.text_layers_removed()
+        } else {
+            0
+        },
     })
 }

@@ -1,13 +1,15 @@
-//! Diffusers folders (`model_index.json`, `unet/`, `vae/`, `text_encoder/`): their tensors are
-//! renamed to the single-file (LDM) layout, the inverse of diffusers' `convert_from_ckpt`, so one
-//! set of networks serves both formats. Everything is inferred from the tensor names; the JSON
-//! configs are not needed.
-//!
-//! SD 2.x and SDXL folders store their OpenCLIP encoders in Hugging Face form (fused attention
-//! split, last layer removed); those are refused with a clear error for now.
+//! Diffusers folders (`model_index.json`, `unet/`, `vae/`, `text_encoder/`, and for SDXL
+//! `text_encoder_2/`): their tensors are renamed to the single-file (LDM) layout, the inverse of
+//! diffusers' `convert_from_ckpt`, so one set of networks serves both formats. Structure is
+//! inferred from the tensor names; of the JSON configs only the text encoder's activation is
+//! read, to tell SD 2.x's OpenCLIP encoder (stored in Hugging Face form: q, k, v apart, last
+//! layer removed) from SD 1.x's CLIP.
 
 use crate::checkpoint::{map_file, TensorIndex};
-use crate::config::{SD1_CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX};
+use crate::config::{
+    SD1_CLIP_PREFIX, SD2_CLIP_PREFIX, SDXL_CLIP_G_PREFIX, SDXL_CLIP_L_PREFIX, UNET_PREFIX,
+    VAE_PREFIX,
+};
 use crate::Error;
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -15,6 +17,7 @@ use std::path::Path;
 const UNET: usize = 0;
 const VAE: usize = 1;
 const TEXT: usize = 2;
+const TEXT_2: usize = 3;
 
 /// Opens a diffusers folder as an LDM-named tensor index.
 pub fn open_folder(path: &Path) -> Result<TensorIndex, Error> {
@@ -24,19 +27,17 @@ pub fn open_folder(path: &Path) -> Result<TensorIndex, Error> {
             reason: "a folder but not a diffusers model (no model_index.json); expected a .safetensors file or a diffusers folder".into(),
         });
     }
-    if path.join("text_encoder_2").exists() {
-        return Err(Error::Unsupported {
-            path: path.into(),
-            reason: "SDXL diffusers folders are not supported yet; use the single-file checkpoint"
-                .into(),
-        });
-    }
-    let mut files = Vec::new();
-    for (part, name) in [
+    let sdxl = path.join("text_encoder_2").exists();
+    let mut parts = vec![
         ("unet", "diffusion_pytorch_model.safetensors"),
         ("vae", "diffusion_pytorch_model.safetensors"),
         ("text_encoder", "model.safetensors"),
-    ] {
+    ];
+    if sdxl {
+        parts.push(("text_encoder_2", "model.safetensors"));
+    }
+    let mut files = Vec::new();
+    for (part, name) in parts {
         let file = path.join(part).join(name);
         if !file.exists() {
             return Err(Error::Layout {
@@ -46,39 +47,107 @@ pub fn open_folder(path: &Path) -> Result<TensorIndex, Error> {
         }
         files.push((file.clone(), map_file(&file)?));
     }
-    let text_names: BTreeSet<String> = files[TEXT]
-        .1
-        .tensors()
-        .into_iter()
-        .map(|(n, _)| n)
-        .collect();
-    if text_names.iter().any(|n| n.contains("text_projection"))
-        || hidden_act_is_gelu(&path.join("text_encoder/config.json"))
-    {
-        return Err(Error::Unsupported {
-            path: path.into(),
-            reason:
-                "SD 2.x diffusers folders are not supported yet; use the single-file checkpoint"
-                    .into(),
-        });
-    }
-    let unet_names: BTreeSet<String> = files[UNET]
-        .1
-        .tensors()
-        .into_iter()
-        .map(|(n, _)| n)
-        .collect();
-    let vae_names: BTreeSet<String> = files[VAE].1.tensors().into_iter().map(|(n, _)| n).collect();
-    let unet = UNetRenamer::new(&unet_names);
-    let vae_levels = count(&vae_names, "encoder.down_blocks.");
-    Ok(TensorIndex::open_renamed(path, files, |file, name| {
+    let names = |i: usize| -> BTreeSet<String> {
+        files[i].1.tensors().into_iter().map(|(n, _)| n).collect()
+    };
+    let open_clip_text = !sdxl && hidden_act_is_gelu(&path.join("text_encoder/config.json"));
+    let unet = UNetRenamer::new(&names(UNET));
+    let vae_levels = count(&names(VAE), "encoder.down_blocks.");
+    let text_prefix = match (sdxl, open_clip_text) {
+        (true, _) => SDXL_CLIP_L_PREFIX,
+        (false, true) => SD2_CLIP_PREFIX,
+        (false, false) => SD1_CLIP_PREFIX,
+    };
+    let mut index = TensorIndex::open_renamed(path, files, |file, name| {
+        let text_name = with_text_model_prefix(name);
+        let name = if file >= TEXT {
+            text_name.as_str()
+        } else {
+            name
+        };
         let renamed = match file {
             UNET => unet.rename(name).map(|n| format!("{UNET_PREFIX}{n}")),
             VAE => rename_vae(name, vae_levels).map(|n| format!("{VAE_PREFIX}{n}")),
-            _ => Some(format!("{SD1_CLIP_PREFIX}{name}")),
+            TEXT if open_clip_text => open_clip_name(name).map(|n| format!("{text_prefix}{n}")),
+            TEXT => Some(format!("{text_prefix}{name}")),
+            TEXT_2 => open_clip_name(name).map(|n| format!("{SDXL_CLIP_G_PREFIX}{n}")),
+            _ => None,
         };
         renamed.map(|n| vec![n])
-    }))
+    });
+    if open_clip_text {
+        fuse_attention(&mut index, SD2_CLIP_PREFIX);
+        index.set_text_layers_removed(1);
+    }
+    if sdxl {
+        fuse_attention(&mut index, SDXL_CLIP_G_PREFIX);
+        index.transpose(&format!("{SDXL_CLIP_G_PREFIX}text_projection"));
+    }
+    Ok(index)
+}
+
+/// `CLIPTextModel` names as transformers 4 saved them (`text_model.…`); transformers 5 saves
+/// the plain text model's without that prefix.
+fn with_text_model_prefix(name: &str) -> String {
+    if name.starts_with("text_model.") || name.starts_with("text_projection") {
+        name.to_string()
+    } else {
+        format!("text_model.{name}")
+    }
+}
+
+/// Hugging Face CLIP names to OpenCLIP's (q, k and v still apart, as `attn.q_part` etc.).
+fn open_clip_name(name: &str) -> Option<String> {
+    let simple = [
+        (
+            "text_model.embeddings.token_embedding.weight",
+            "token_embedding.weight",
+        ),
+        (
+            "text_model.embeddings.position_embedding.weight",
+            "positional_embedding",
+        ),
+        ("text_model.final_layer_norm.", "ln_final."),
+        ("text_projection.weight", "text_projection"),
+    ];
+    for (from, to) in simple {
+        if let Some(tail) = name.strip_prefix(from) {
+            return Some(format!("{to}{tail}"));
+        }
+    }
+    let (layer, rest) = index_after(name, "text_model.encoder.layers.")?;
+    let map = [
+        ("layer_norm1.", "ln_1."),
+        ("layer_norm2.", "ln_2."),
+        ("self_attn.out_proj.", "attn.out_proj."),
+        ("self_attn.q_proj.", "attn.q_part."),
+        ("self_attn.k_proj.", "attn.k_part."),
+        ("self_attn.v_proj.", "attn.v_part."),
+        ("mlp.fc1.", "mlp.c_fc."),
+        ("mlp.fc2.", "mlp.c_proj."),
+    ];
+    map.iter().find_map(|(from, to)| {
+        rest.strip_prefix(from)
+            .map(|tail| format!("transformer.resblocks.{layer}.{to}{tail}"))
+    })
+}
+
+/// Joins each layer's q, k and v into OpenCLIP's fused `in_proj_weight` and `in_proj_bias`.
+fn fuse_attention(index: &mut TensorIndex, prefix: &str) {
+    for layer in 0.. {
+        let base = format!("{prefix}transformer.resblocks.{layer}.attn.");
+        let mut any = false;
+        for kind in ["weight", "bias"] {
+            let parts: Vec<String> = ["q", "k", "v"]
+                .iter()
+                .map(|p| format!("{base}{p}_part.{kind}"))
+                .collect();
+            any |= index.fuse(&format!("{base}in_proj_{kind}"), &parts);
+        }
+        if !any {
+            break;
+        }
+    }
 }
 
 fn hidden_act_is_gelu(config: &Path) -> bool {

@@ -130,7 +130,8 @@ impl TextConditioner {
                 let (ids, weights) = tokens.chunk(i, pad);
                 let ids = Tensor::from_vec(ids, (1, CHUNK + 2), device)?;
                 let layers = encoder.layer_count();
-                let run = layers.saturating_sub(choice.skip).max(1);
+                let skip = choice.skip.saturating_sub(encoder.config().layers_removed);
+                let run = layers.saturating_sub(skip).max(1);
                 let needs_pooled = i == 0
                     && self.family == Family::Sdxl
                     && encoder.config().projection_dim.is_some();

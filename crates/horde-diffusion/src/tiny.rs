@@ -50,6 +50,7 @@ fn clip(layout: ClipLayout, layers: usize, projection: bool) -> ClipConfig {
         intermediate: 64,
         max_positions: 77,
         projection_dim: projection.then_some(32),
+        layers_removed: 0,
     }
 }
 

@@ -1,20 +1,26 @@
-//! Diffusers folders: the tensor names real diffusers (0.42.1) gives a tiny SD 1.x UNet and VAE
-//! (`tests/fixtures/diffusers_tiny_sd15_names.json`, written by `tools/diffusers-names/dump.py`)
-//! are renamed to exactly the single-file names the networks read.
+//! Diffusers folders: the tensor names real diffusers 0.42.1 and transformers 5.24 give tiny
+//! SD 1.x, SD 2.x and SDXL pipelines (`tests/fixtures/diffusers_tiny_*_names.json`, written by
+//! `tools/diffusers-names/dump.py`) are renamed to exactly the single-file names the networks
+//! read, and the folder generates.
 
-use candle_core::{DType, Device, Tensor};
-use horde_diffusion::config::SD1_CLIP_PREFIX;
+use candle_core::{Device, Tensor};
+use horde_diffusion::config::SD2_CLIP_PREFIX;
 use horde_diffusion::tiny::{random_tensors, tiny_config, TinyArch};
 use horde_diffusion::{Generation, LoadOptions, Model, SamplerKind};
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
-fn write_part(
-    dir: &Path,
-    part: &str,
-    file: &str,
-    shapes: &serde_json::Map<String, serde_json::Value>,
-) {
+fn fixture(arch: TinyArch) -> serde_json::Value {
+    let text = match arch {
+        TinyArch::Sd15 => include_str!("fixtures/diffusers_tiny_sd15_names.json"),
+        TinyArch::Sd2 => include_str!("fixtures/diffusers_tiny_sd2_names.json"),
+        TinyArch::Sdxl => include_str!("fixtures/diffusers_tiny_sdxl_names.json"),
+    };
+    serde_json::from_str(text).unwrap()
+}
+
+/// Writes one part with deterministic values of the fixture's names and shapes.
+fn write_part(dir: &Path, part: &str, shapes: &serde_json::Map<String, serde_json::Value>) {
     let tensors: HashMap<String, Tensor> = shapes
         .iter()
         .map(|(name, shape)| {
@@ -34,43 +40,31 @@ fn write_part(
             )
         })
         .collect();
+    let file = if part.starts_with("text_encoder") {
+        "model.safetensors"
+    } else {
+        "diffusion_pytorch_model.safetensors"
+    };
     std::fs::create_dir_all(dir.join(part)).unwrap();
     candle_core::safetensors::save(&tensors, dir.join(part).join(file)).unwrap();
 }
 
-#[test]
-fn a_diffusers_folder_loads_with_single_file_names() {
-    let fixture: serde_json::Value =
-        serde_json::from_str(include_str!("fixtures/diffusers_tiny_sd15_names.json")).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let folder = dir.path().join("tiny-diffusers");
-    write_part(
-        &folder,
-        "unet",
-        "diffusion_pytorch_model.safetensors",
-        fixture["unet"].as_object().unwrap(),
-    );
-    write_part(
-        &folder,
-        "vae",
-        "diffusion_pytorch_model.safetensors",
-        fixture["vae"].as_object().unwrap(),
-    );
-    // The text encoder of a diffusers SD 1.x folder is a Hugging Face CLIPTextModel: the same
-    // names as the single-file one without its prefix.
-    let ldm = random_tensors(&tiny_config(TinyArch::Sd15), 1).unwrap();
-    let text: HashMap<String, Tensor> = ldm
-        .iter()
-        .filter_map(|(k, v)| {
-            k.strip_prefix(SD1_CLIP_PREFIX)
-                .map(|k| (k.to_string(), v.clone()))
-        })
-        .collect();
-    std::fs::create_dir_all(folder.join("text_encoder")).unwrap();
-    candle_core::safetensors::save(&text, folder.join("text_encoder/model.safetensors")).unwrap();
+fn write_folder(arch: TinyArch, dir: &Path) -> std::path::PathBuf {
+    let folder = dir.join(format!("{arch:?}"));
+    let names = fixture(arch);
+    for (part, shapes) in names.as_object().unwrap() {
+        if let Some(shapes) = shapes.as_object() {
+            write_part(&folder, part, shapes);
+        }
+    }
+    let act = if arch == TinyArch::Sd2 {
+        "gelu"
+    } else {
+        "quick_gelu"
+    };
     std::fs::write(
         folder.join("text_encoder/config.json"),
-        r#"{"hidden_act": "quick_gelu"}"#,
+        format!(r#"{{"hidden_act": "{act}"}}"#),
     )
     .unwrap();
     std::fs::write(
@@ -78,44 +72,54 @@ fn a_diffusers_folder_loads_with_single_file_names() {
         r#"{"_class_name": "StableDiffusionPipeline"}"#,
     )
     .unwrap();
+    folder
+}
 
-    let index = horde_diffusion::checkpoint::open(&folder).unwrap();
-    let renamed: BTreeSet<&str> = index.names().collect();
-    let expected: BTreeSet<&str> = ldm.keys().map(String::as_str).collect();
-    let missing: Vec<_> = expected.difference(&renamed).collect();
-    let extra: Vec<_> = renamed.difference(&expected).collect();
-    assert!(
-        missing.is_empty() && extra.is_empty(),
-        "missing {missing:?}\nunexpected {extra:?}"
-    );
+#[test]
+fn diffusers_folders_of_every_family_load_with_single_file_names() {
+    let dir = tempfile::tempdir().unwrap();
+    for arch in [TinyArch::Sd15, TinyArch::Sd2, TinyArch::Sdxl] {
+        let folder = write_folder(arch, dir.path());
+        let index = horde_diffusion::checkpoint::open(&folder).unwrap();
+        let renamed: BTreeSet<String> = index.names().map(String::from).collect();
+        let mut config = tiny_config(arch);
+        let mut expected: BTreeSet<String> =
+            random_tensors(&config, 1).unwrap().into_keys().collect();
+        if arch == TinyArch::Sd2 {
+            // Diffusers' SD 2.x encoder lacks OpenCLIP's last layer and the unused projection.
+            let last = format!("{SD2_CLIP_PREFIX}transformer.resblocks.2.");
+            expected.retain(|n| !n.starts_with(&last) && !n.ends_with("text_projection"));
+            let text = &mut config.text_encoders[0];
+            (text.layers, text.layers_removed, text.projection_dim) = (2, 1, None);
+        }
+        let missing: Vec<_> = expected.difference(&renamed).collect();
+        let extra: Vec<_> = renamed.difference(&expected).collect();
+        assert!(
+            missing.is_empty() && extra.is_empty(),
+            "{arch:?}: missing {missing:?}\nunexpected {extra:?}"
+        );
 
-    let model = Model::load(
-        &folder,
-        &LoadOptions {
-            dtype: DType::F32,
-            ..Default::default()
-        },
-        &mut |_| {},
-    )
-    .unwrap();
-    assert_eq!(model.config(), &tiny_config(TinyArch::Sd15));
-    let job = Generation {
-        prompt: "a cat".into(),
-        negative_prompt: String::new(),
-        width: 64,
-        height: 64,
-        steps: 2,
-        cfg_scale: 5.0,
-        sampler: SamplerKind::Euler,
-        karras: false,
-        clip_skip: 1,
-        tiling: false,
-        seeds: vec![1],
-    };
-    assert_eq!(
-        model.generate(&job, &mut |_, _| {}).unwrap()[0].dimensions(),
-        (64, 64)
-    );
+        let model = Model::load(&folder, &LoadOptions::default(), &mut |_| {}).unwrap();
+        assert_eq!(model.config(), &config, "{arch:?}");
+        let job = Generation {
+            prompt: "a cat".into(),
+            negative_prompt: String::new(),
+            width: 64,
+            height: 64,
+            steps: 2,
+            cfg_scale: 5.0,
+            sampler: SamplerKind::Euler,
+            karras: false,
+            clip_skip: 1,
+            tiling: false,
+            seeds: vec![1],
+        };
+        assert_eq!(
+            model.generate(&job, &mut |_, _| {}).unwrap()[0].dimensions(),
+            (64, 64),
+            "{arch:?}"
+        );
+    }
 }
 
 #[test]
