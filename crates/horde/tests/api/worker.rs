@@ -336,3 +336,49 @@ async fn a_result_that_could_not_be_submitted_is_kept_and_resubmitted() {
     assert!(summary.kudos > 0.0, "{summary:?}");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_stops_popping_and_finishes_the_job_in_hand() {
+    let app = spawn_app().await;
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = tiny_checkpoint(dir.path());
+    let (requester, _) = app.user("requester", 100.0).await;
+    let key = owner_key(&app).await;
+    let model = format!("tiny-sd15={}", checkpoint.display());
+    let worker = tokio::process::Command::new(env!("CARGO_BIN_EXE_horde"))
+        .args(["worker", "--url", &app.root, "--api-key", &key, "--name", "cli-worker", "--model", &model])
+        .args(["--max-pixels", "16384", "--poll-interval-secs", "0.1"])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    let mut request = small_request("slow enough to interrupt", 1, false);
+    request.models = vec!["tiny-sd15".into()];
+    request.params.width = 64;
+    request.params.height = 64;
+    request.params.steps = Some(150);
+    let id = requester.generate_async(&request).await.unwrap().id.unwrap();
+    let mut popped = false;
+    for _ in 0..600 {
+        if requester.check(&id).await.unwrap().processing == 1 {
+            popped = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(popped, "the worker took the job");
+    let pid = worker.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    // A request queued after Ctrl-C is not taken.
+    let later = requester.generate_async(&request).await.unwrap().id.unwrap();
+
+    let output = tokio::time::timeout(Duration::from_secs(60), worker.wait_with_output()).await.expect("the worker exits").unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(stdout.contains("stopped after 1 jobs"), "{stdout}");
+    assert!(requester.check(&id).await.unwrap().done, "the job in hand was finished and submitted");
+    let waiting = requester.check(&later).await.unwrap();
+    assert_eq!((waiting.waiting, waiting.processing), (1, 0), "nothing new was popped after Ctrl-C");
+    app.stop().await;
+}
