@@ -346,7 +346,17 @@ async fn ctrl_c_stops_popping_and_finishes_the_job_in_hand() {
     let key = owner_key(&app).await;
     let model = format!("tiny-sd15={}", checkpoint.display());
     let worker = tokio::process::Command::new(env!("CARGO_BIN_EXE_horde"))
-        .args(["worker", "--url", &app.root, "--api-key", &key, "--name", "cli-worker", "--model", &model])
+        .args([
+            "worker",
+            "--url",
+            &app.root,
+            "--api-key",
+            &key,
+            "--name",
+            "cli-worker",
+            "--model",
+            &model,
+        ])
         .args(["--max-pixels", "16384", "--poll-interval-secs", "0.1"])
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::piped())
@@ -358,7 +368,12 @@ async fn ctrl_c_stops_popping_and_finishes_the_job_in_hand() {
     request.params.width = 64;
     request.params.height = 64;
     request.params.steps = Some(150);
-    let id = requester.generate_async(&request).await.unwrap().id.unwrap();
+    let id = requester
+        .generate_async(&request)
+        .await
+        .unwrap()
+        .id
+        .unwrap();
     let mut popped = false;
     for _ in 0..600 {
         if requester.check(&id).await.unwrap().processing == 1 {
@@ -369,16 +384,35 @@ async fn ctrl_c_stops_popping_and_finishes_the_job_in_hand() {
     }
     assert!(popped, "the worker took the job");
     let pid = worker.id().unwrap().to_string();
-    assert!(std::process::Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    assert!(std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
     // A request queued after Ctrl-C is not taken.
-    let later = requester.generate_async(&request).await.unwrap().id.unwrap();
+    let later = requester
+        .generate_async(&request)
+        .await
+        .unwrap()
+        .id
+        .unwrap();
 
-    let output = tokio::time::timeout(Duration::from_secs(60), worker.wait_with_output()).await.expect("the worker exits").unwrap();
+    let output = tokio::time::timeout(Duration::from_secs(60), worker.wait_with_output())
+        .await
+        .expect("the worker exits")
+        .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}");
     assert!(stdout.contains("stopped after 1 jobs"), "{stdout}");
-    assert!(requester.check(&id).await.unwrap().done, "the job in hand was finished and submitted");
+    assert!(
+        requester.check(&id).await.unwrap().done,
+        "the job in hand was finished and submitted"
+    );
     let waiting = requester.check(&later).await.unwrap();
-    assert_eq!((waiting.waiting, waiting.processing), (1, 0), "nothing new was popped after Ctrl-C");
+    assert_eq!(
+        (waiting.waiting, waiting.processing),
+        (1, 0),
+        "nothing new was popped after Ctrl-C"
+    );
     app.stop().await;
 }
