@@ -4,8 +4,8 @@
 //!   [`config`] reads the model's family and shapes off its tensors.
 //! * [`unet`], [`vae`] and [`clip`] are the three networks, written with the LDM tensor names.
 //! * [`text`] and [`prompt`] turn a prompt (A1111 attention syntax, any length) into conditioning.
-//! * [`sampling`] has the noise schedules and samplers, as plain functions of a denoiser and a
-//!   seeded noise source; [`pipeline`] ties everything into one `generate` call.
+//! * [`sampling`] has the noise schedules and the seeded noise, [`samplers`] every AI Horde
+//!   sampler as a plain function of a denoiser; [`pipeline`] ties everything into one `generate` call.
 //! * [`tiny`] writes tiny random checkpoints of the real architectures for tests.
 
 pub mod checkpoint;
@@ -15,6 +15,7 @@ pub mod diffusers;
 pub mod nn;
 pub mod pipeline;
 pub mod prompt;
+pub mod samplers;
 pub mod sampling;
 pub mod text;
 pub mod tiny;
@@ -23,7 +24,7 @@ pub mod vae;
 
 pub use config::{Family, ModelConfig, Prediction};
 pub use pipeline::{Generation, LoadOptions, LoadStage, Model};
-pub use sampling::SamplerKind;
+pub use samplers::SamplerKind;
 
 use std::path::PathBuf;
 

@@ -5,7 +5,8 @@ use crate::checkpoint::{self, TensorIndex};
 use crate::clip::TextTransformer;
 use crate::config::*;
 use crate::nn::timestep_embedding;
-use crate::sampling::{self, DiscreteSchedule, Noise, SamplerKind, SeededNoise};
+use crate::samplers::{self, SamplerKind};
+use crate::sampling::{DiscreteSchedule, Noise, SeededNoise};
 use crate::text::{TextConditioner, WeightedTokens};
 use crate::unet::{Conditioning, UNet};
 use crate::vae::Vae;
@@ -204,11 +205,7 @@ impl Model {
             job.width / scale,
         ];
         let mut noise = SeededNoise::new(&job.seeds);
-        let sigmas = match (job.sampler, job.karras) {
-            (SamplerKind::Ddim, _) => self.schedule.ddim_sigmas(job.steps),
-            (_, true) => self.schedule.karras_sigmas(job.steps),
-            (_, false) => self.schedule.sigmas(job.steps),
-        };
+        let sigmas = self.schedule.sigmas_for(job.sampler, job.steps, job.karras);
         let x = (noise
             .sample(&latent_shape, &self.device)?
             .to_dtype(self.dtype)?
@@ -216,18 +213,20 @@ impl Model {
         let mut denoise = |x: &Tensor, sigma: f64| {
             self.denoise(x, sigma, &context, vector.as_ref(), job.cfg_scale)
         };
-        let x = match job.sampler {
-            SamplerKind::Euler | SamplerKind::Ddim => {
-                sampling::euler(&mut denoise, x, &sigmas, on_step)?
-            }
-            SamplerKind::EulerAncestral => sampling::euler_ancestral(
-                &mut denoise,
-                x,
-                &sigmas,
-                &mut noise as &mut dyn Noise,
-                on_step,
-            )?,
-        };
+        let mut callback = |done: usize, total: usize, _: &Tensor| on_step(done, total);
+        let mut x = samplers::run(
+            job.sampler,
+            &mut denoise,
+            x,
+            &sigmas,
+            &mut noise as &mut dyn Noise,
+            &mut callback,
+        )?;
+        if job.sampler == SamplerKind::Ddim {
+            // DDIM ends at the smallest training σ and returns diffusers' scaled sample there.
+            let last = sigmas[sigmas.len() - 1];
+            x = (x / (1.0 + last * last).sqrt())?;
+        }
         Ok(x)
     }
 

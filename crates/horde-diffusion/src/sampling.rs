@@ -91,6 +91,45 @@ impl DiscreteSchedule {
         out
     }
 
+    /// The schedule each sampler runs on: DDIM, LCM and `dpmsolver` have diffusers' own
+    /// timesteps; the k-diffusion samplers the model's (or, with `karras`, Karras') sigmas.
+    pub fn sigmas_for(
+        &self,
+        kind: crate::samplers::SamplerKind,
+        steps: usize,
+        karras: bool,
+    ) -> Vec<f64> {
+        use crate::samplers::SamplerKind;
+        match (kind, karras) {
+            (SamplerKind::Ddim, _) => self.ddim_sigmas(steps),
+            (SamplerKind::Lcm, _) => self.lcm_sigmas(steps),
+            (SamplerKind::DpmSolver, false) => self.dpmsolver_sigmas(steps),
+            (_, true) => self.karras_sigmas(steps),
+            (_, false) => self.sigmas(steps),
+        }
+    }
+
+    /// diffusers' LCM timesteps (50 original steps, evenly skipped) as sigmas, then 0.
+    pub fn lcm_sigmas(&self, n: usize) -> Vec<f64> {
+        let origin: Vec<usize> = (1..=50).map(|i| i * 20 - 1).rev().collect();
+        let mut out: Vec<f64> = (0..n.clamp(1, 50))
+            .map(|i| self.sigmas[origin[i * 50 / n.clamp(1, 50)]])
+            .collect();
+        out.push(0.0);
+        out
+    }
+
+    /// diffusers' DPMSolverMultistep timesteps ("linspace", rounded) as sigmas, then 0.
+    pub fn dpmsolver_sigmas(&self, n: usize) -> Vec<f64> {
+        let top = (self.sigmas.len() - 1) as f64;
+        let mut out: Vec<f64> = (0..n)
+            .map(|i| round_half_even(top * (n - i) as f64 / n as f64) as usize)
+            .map(|t| self.sigmas[t])
+            .collect();
+        out.push(0.0);
+        out
+    }
+
     /// The Karras et al. (2022) schedule between this model's extreme sigmas, then 0.
     pub fn karras_sigmas(&self, n: usize) -> Vec<f64> {
         karras_sigmas(n, self.sigma_min(), self.sigma_max(), 7.0)
@@ -106,6 +145,16 @@ impl DiscreteSchedule {
             .collect();
         out.push(self.sigma_min());
         out
+    }
+}
+
+/// numpy's `round`: halves go to the even neighbour.
+fn round_half_even(x: f64) -> f64 {
+    let r = x.round();
+    if (x - x.trunc()).abs() == 0.5 && r % 2.0 != 0.0 {
+        r - x.signum()
+    } else {
+        r
     }
 }
 
@@ -173,55 +222,6 @@ impl Noise for SeededNoise {
     }
 }
 
-/// A denoiser: `(x, σ) → x̂₀`.
-pub type Denoiser<'a> = dyn FnMut(&Tensor, f64) -> Result<Tensor> + 'a;
-
-/// Called after each step with (step index, total steps).
-pub type StepCallback<'a> = dyn FnMut(usize, usize) + 'a;
-
-/// The samplers of this engine, by what they compute.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SamplerKind {
-    Euler,
-    EulerAncestral,
-    Ddim,
-}
-
-impl SamplerKind {
-    /// The sampler of an AI Horde sampler name, if this engine has it.
-    pub fn from_horde_name(name: &str) -> Option<Self> {
-        match name {
-            "k_euler" => Some(SamplerKind::Euler),
-            "k_euler_a" => Some(SamplerKind::EulerAncestral),
-            "DDIM" => Some(SamplerKind::Ddim),
-            _ => None,
-        }
-    }
-}
-
-fn derivative(x: &Tensor, denoised: &Tensor, sigma: f64) -> Result<Tensor> {
-    (x - denoised)? / sigma
-}
-
-/// Euler's method on the probability-flow ODE (k-diffusion `sample_euler`). Deterministic DDIM is
-/// the same update on DDIM's sigmas.
-pub fn euler(
-    denoise: &mut Denoiser,
-    x: Tensor,
-    sigmas: &[f64],
-    callback: &mut StepCallback,
-) -> Result<Tensor> {
-    let mut x = x;
-    let steps = sigmas.len().saturating_sub(1);
-    for i in 0..steps {
-        let denoised = denoise(&x, sigmas[i])?;
-        let d = derivative(&x, &denoised, sigmas[i])?;
-        x = (x + (d * (sigmas[i + 1] - sigmas[i]))?)?;
-        callback(i + 1, steps);
-    }
-    Ok(x)
-}
-
 /// σ_down and σ_up of an ancestral step with η = 1.
 pub fn ancestral_step(sigma_from: f64, sigma_to: f64) -> (f64, f64) {
     if sigma_to == 0.0 {
@@ -232,29 +232,6 @@ pub fn ancestral_step(sigma_from: f64, sigma_to: f64) -> (f64, f64) {
         .min(sigma_to);
     let down = (sigma_to.powi(2) - up.powi(2)).sqrt();
     (down, up)
-}
-
-/// Ancestral Euler (k-diffusion `sample_euler_ancestral`, η = 1, s_noise = 1).
-pub fn euler_ancestral(
-    denoise: &mut Denoiser,
-    x: Tensor,
-    sigmas: &[f64],
-    noise: &mut dyn Noise,
-    callback: &mut StepCallback,
-) -> Result<Tensor> {
-    let mut x = x;
-    let steps = sigmas.len().saturating_sub(1);
-    for i in 0..steps {
-        let denoised = denoise(&x, sigmas[i])?;
-        let (down, up) = ancestral_step(sigmas[i], sigmas[i + 1]);
-        let d = derivative(&x, &denoised, sigmas[i])?;
-        x = (x + (d * (down - sigmas[i]))?)?;
-        if sigmas[i + 1] > 0.0 {
-            x = (&x + (noise.like(&x)? * up)?)?;
-        }
-        callback(i + 1, steps);
-    }
-    Ok(x)
 }
 
 #[cfg(test)]
@@ -307,7 +284,7 @@ mod tests {
             };
             let sigmas = karras_sigmas(steps, 0.002, sigma_max, 7.0);
             let x = Tensor::new(&[x0 * sigma_max], &Device::Cpu).unwrap();
-            let out = euler(&mut denoise, x, &sigmas, &mut |_, _| {})
+            let out = crate::samplers::euler(&mut denoise, x, &sigmas, &mut |_, _, _| {})
                 .unwrap()
                 .to_vec1::<f64>()
                 .unwrap()[0];

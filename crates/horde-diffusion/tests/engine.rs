@@ -203,3 +203,34 @@ fn tiling_makes_the_image_wrap_around() {
         .unwrap();
     assert_eq!(&padded[..5], &[8.0, 6.0, 7.0, 8.0, 6.0]);
 }
+
+#[test]
+fn every_sampler_runs_for_epsilon_and_v_prediction_with_both_schedules() {
+    let dir = tempfile::tempdir().unwrap();
+    for arch in [TinyArch::Sd15, TinyArch::Sd2] {
+        let path = dir.path().join(format!("{arch:?}.safetensors"));
+        write_tiny_checkpoint(arch, &path, 5).unwrap();
+        let model = load(&path);
+        for kind in SamplerKind::ALL {
+            for karras in [false, true] {
+                let mut request = job(kind, vec![3]);
+                request.karras = karras;
+                let mut steps = 0;
+                let images = model.generate(&request, &mut |_, _| steps += 1).unwrap();
+                assert_eq!(
+                    images[0].dimensions(),
+                    (64, 48),
+                    "{arch:?} {kind:?} karras {karras}"
+                );
+                assert!(steps > 0, "{kind:?} reports progress");
+                assert!(
+                    images[0]
+                        .as_raw()
+                        .iter()
+                        .any(|&v| v != images[0].as_raw()[0]),
+                    "{arch:?} {kind:?}: not a flat image"
+                );
+            }
+        }
+    }
+}

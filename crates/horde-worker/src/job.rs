@@ -178,7 +178,7 @@ mod tests {
         assert_eq!(ids, vec!["a".to_string()]);
         assert!(reason.0.contains("post-processing"));
         let noted = pop(
-            json!({"prompt": "x", "seed": "1", "sampler_name": "k_dpmpp_2m", "hires_fix": true, "tiling": true}),
+            json!({"prompt": "x", "seed": "1", "sampler_name": "k_brand_new", "hires_fix": true, "tiling": true}),
             &["a"],
         );
         let job = from_pop(&noted).unwrap().unwrap();
