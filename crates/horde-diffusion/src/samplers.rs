@@ -567,7 +567,7 @@ pub fn dpm_fast(
     let ts: Vec<f64> = (0..=m)
         .map(|i| t_start + (t_end - t_start) * i as f64 / m as f64)
         .collect();
-    let orders: Vec<usize> = if nfe % 3 == 0 {
+    let orders: Vec<usize> = if nfe.is_multiple_of(3) {
         std::iter::repeat_n(3, m.saturating_sub(2))
             .chain([2, 1])
             .collect()
