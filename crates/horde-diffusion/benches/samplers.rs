@@ -26,17 +26,35 @@ fn best_of<T>(mut run: impl FnMut() -> T) -> f64 {
 fn main() {
     let device = Device::Cpu;
     let config = tiny_config(TinyArch::Sd15);
-    let unet = UNet::new(&config.unet, config.family, random_var_builder(0).pp(UNET_PREFIX.trim_end_matches('.'))).unwrap();
+    let unet = UNet::new(
+        &config.unet,
+        config.family,
+        random_var_builder(0).pp(UNET_PREFIX.trim_end_matches('.')),
+    )
+    .unwrap();
     // 512×512 with classifier-free guidance: a batch of 2 latents of 64×64.
-    let latents = SeededNoise::new(&[1, 2]).sample(&[4, 64, 64], &device).unwrap();
-    let context = SeededNoise::new(&[3, 4]).sample(&[77, config.unet.context_dim], &device).unwrap();
+    let latents = SeededNoise::new(&[1, 2])
+        .sample(&[4, 64, 64], &device)
+        .unwrap();
+    let context = SeededNoise::new(&[3, 4])
+        .sample(&[77, config.unet.context_dim], &device)
+        .unwrap();
     let t = Tensor::new(&[500f32, 500.0], &device).unwrap();
-    let cond = Conditioning { context: &context, vector: None };
+    let cond = Conditioning {
+        context: &context,
+        vector: None,
+    };
     let unet_step = best_of(|| unet.forward(&latents, &t, &cond).unwrap());
 
     let schedule = DiscreteSchedule::default();
-    let x = SeededNoise::new(&[9]).sample(&[4, 64, 64], &device).unwrap();
-    println!("tiny SD 1.5 UNet step (512×512, CFG batch 2): {:.2} ms, {} threads\n", unet_step * 1e3, candle_core::utils::get_num_threads());
+    let x = SeededNoise::new(&[9])
+        .sample(&[4, 64, 64], &device)
+        .unwrap();
+    println!(
+        "tiny SD 1.5 UNet step (512×512, CFG batch 2): {:.2} ms, {} threads\n",
+        unet_step * 1e3,
+        candle_core::utils::get_num_threads()
+    );
     println!("| sampler | model calls | overhead per step (ms) | ÷ tiny UNet step |");
     println!("|---|---:|---:|---:|");
     for kind in SamplerKind::ALL {
@@ -50,9 +68,22 @@ fn main() {
                 Ok(x.clone())
             };
             let mut noise = SeededNoise::new(&[1]);
-            samplers::run(kind, &mut denoise, (&x * sigmas[0]).unwrap(), &sigmas, &mut noise, &mut |_, _, _| {}).unwrap()
+            samplers::run(
+                kind,
+                &mut denoise,
+                (&x * sigmas[0]).unwrap(),
+                &sigmas,
+                &mut noise,
+                &mut |_, _, _| {},
+            )
+            .unwrap()
         });
         let per_step = elapsed / STEPS as f64;
-        println!("| {} | {calls} | {:.3} | {:.1e} |", kind.horde_name(), per_step * 1e3, per_step / unet_step);
+        println!(
+            "| {} | {calls} | {:.3} | {:.1e} |",
+            kind.horde_name(),
+            per_step * 1e3,
+            per_step / unet_step
+        );
     }
 }

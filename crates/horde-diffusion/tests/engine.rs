@@ -234,3 +234,27 @@ fn every_sampler_runs_for_epsilon_and_v_prediction_with_both_schedules() {
         }
     }
 }
+
+#[test]
+fn zero_steps_or_no_seed_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sd15.safetensors");
+    write_tiny_checkpoint(TinyArch::Sd15, &path, 2).unwrap();
+    let model = load(&path);
+    let mut zero = job(SamplerKind::Euler, vec![1]);
+    zero.steps = 0;
+    assert!(matches!(
+        model.generate(&zero, &mut |_, _| {}),
+        Err(Error::InvalidRequest(_))
+    ));
+    assert!(matches!(
+        model.generate(&job(SamplerKind::Euler, vec![]), &mut |_, _| {}),
+        Err(Error::InvalidRequest(_))
+    ));
+    let mut odd = job(SamplerKind::Euler, vec![1]);
+    odd.width = 60;
+    assert!(matches!(
+        model.generate(&odd, &mut |_, _| {}),
+        Err(Error::InvalidRequest(_))
+    ));
+}

@@ -377,3 +377,84 @@ fn every_horde_name_is_a_sampler() {
     }
     assert_eq!(SamplerKind::from_horde_name("k_nonsense"), None);
 }
+
+#[test]
+fn f32_runs_stay_within_a_thousandth_of_the_reference() {
+    let schedule = DiscreteSchedule::default();
+    for kind in SamplerKind::ALL {
+        let name = kind.horde_name().to_lowercase();
+        let f = fixture(if name == "k_dpm_fast" || name == "k_dpm_adaptive" {
+            "k_euler"
+        } else {
+            &name
+        });
+        let (sigmas, x_start, reference) = match kind {
+            SamplerKind::DpmFast | SamplerKind::DpmAdaptive => continue,
+            SamplerKind::Ddim | SamplerKind::Lcm | SamplerKind::DpmSolver => {
+                let run = &f["schedules"]["default"];
+                let sigmas = schedule.sigmas_for(kind, 10, false);
+                (
+                    sigmas.clone(),
+                    unscale(&floats(&run["sample_start"]), sigmas[0]),
+                    floats(&run["final"]),
+                )
+            }
+            _ => {
+                let run = &f["schedules"]["karras"];
+                (
+                    floats(&run["sigmas"]),
+                    floats(&run["x_start"]),
+                    floats(&run["final"]),
+                )
+            }
+        };
+        let x = Tensor::from_vec(x_start, (1, 4, 2, 2), &Device::Cpu)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap();
+        let mu = latent(&f["denoiser"]["mu"]).to_dtype(DType::F32).unwrap();
+        let s = f["denoiser"]["s"].as_f64().unwrap();
+        let mut denoise = |x: &Tensor, sigma: f64| {
+            let k = s * s / (s * s + sigma * sigma);
+            (x - &mu)? * k + &mu
+        };
+        let mut noise = noise_of(&f);
+        let mut f32_noise = F32Noise(&mut noise);
+        let mut out = samplers::run(
+            kind,
+            &mut denoise,
+            x,
+            &sigmas,
+            &mut f32_noise,
+            &mut |_, _, _| {},
+        )
+        .unwrap();
+        if kind == SamplerKind::Ddim {
+            let last = sigmas[sigmas.len() - 1];
+            out = (out / (1.0 + last * last).sqrt()).unwrap();
+        }
+        let out = out
+            .to_dtype(DType::F64)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap();
+        let scale = reference.iter().map(|v| v.abs()).fold(0.0, f64::max);
+        let error = out
+            .iter()
+            .zip(&reference)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max)
+            / scale;
+        assert!(error < 1e-3, "{name} in f32: relative error {error}");
+    }
+}
+
+struct F32Noise<'a>(&'a mut FixedNoise);
+
+impl Noise for F32Noise<'_> {
+    fn like(&mut self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.0.like(x)?.to_dtype(DType::F32)
+    }
+}
