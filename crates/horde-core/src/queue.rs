@@ -30,6 +30,8 @@ pub struct Queue {
     by_user: HashMap<i64, BTreeSet<QueueKey>>,
     /// All waiting requests, for queue positions.
     waiting: BTreeSet<QueueKey>,
+    /// Jobs in flight by deadline, so late ones are found without a scan.
+    deadlines: BTreeSet<(i64, Uuid)>,
     next_seq: u64,
 }
 
@@ -118,6 +120,27 @@ impl Queue {
         Some(request)
     }
 
+    /// Takes back every job in flight whose deadline is before `now`: each image goes back to
+    /// the queue, ahead of newer work (its request keeps its place), unless its request has now
+    /// been restarted `max_faults` times. Returns (request, job) of each job taken back.
+    pub fn take_back_late_jobs(&mut self, now: i64, max_faults: u32) -> Vec<(Uuid, Uuid)> {
+        let late: Vec<(i64, Uuid)> = self
+            .deadlines
+            .range(..(now, Uuid::nil()))
+            .copied()
+            .collect();
+        let mut taken = Vec::new();
+        for (_, job_id) in late {
+            let Some(&request_id) = self.job_owner.get(&job_id) else {
+                continue;
+            };
+            if self.update(request_id, |r| r.time_out_job(job_id, max_faults)) == Some(true) {
+                taken.push((request_id, job_id));
+            }
+        }
+        taken
+    }
+
     /// Ids of requests whose expiry has passed.
     pub fn expired(&self, now: i64) -> Vec<Uuid> {
         self.requests
@@ -175,7 +198,7 @@ impl Queue {
         worker: &WorkerCaps,
         worker_name: &str,
         now: i64,
-        ttl: impl Fn(&LiveRequest) -> i64,
+        ttl: impl Fn(&LiveRequest, u32) -> i64,
     ) -> PopOutcome {
         let mut skipped: HashMap<SkipReason, u64> = HashMap::new();
         let chosen = self
@@ -192,8 +215,8 @@ impl Queue {
         let assignment = self
             .update(request_id, |request| {
                 let model = chosen_model(request, worker).unwrap_or_default();
-                let deadline = now + ttl(request);
                 let batch = batch_size(request, worker);
+                let deadline = now + ttl(request, batch);
                 let mut jobs = Vec::with_capacity(batch as usize);
                 for _ in 0..batch {
                     let job = Job {
@@ -268,6 +291,13 @@ impl Queue {
         let Some(request) = self.requests.get(&id) else {
             return;
         };
+        for job in request
+            .jobs
+            .iter()
+            .filter(|j| j.state == JobState::Processing)
+        {
+            self.deadlines.remove(&(job.deadline, job.id));
+        }
         let key = key_of(request);
         self.waiting.remove(&key);
         for model in model_keys(request) {
@@ -290,6 +320,13 @@ impl Queue {
         let Some(request) = self.requests.get(&id) else {
             return;
         };
+        for job in request
+            .jobs
+            .iter()
+            .filter(|j| j.state == JobState::Processing)
+        {
+            self.deadlines.insert((job.deadline, job.id));
+        }
         if !request.is_waiting() {
             return;
         }
@@ -365,7 +402,7 @@ mod tests {
     }
 
     fn popped(queue: &mut Queue, w: &WorkerCaps) -> Option<Uuid> {
-        match queue.pop(w, "w", 0, |_| 150) {
+        match queue.pop(w, "w", 0, |_, _| 150) {
             PopOutcome::Assigned(a) => Some(a.request_id),
             PopOutcome::Nothing(_) => None,
         }
@@ -384,6 +421,46 @@ mod tests {
         assert_eq!(popped(&mut q, &w), Some(low));
         assert_eq!(popped(&mut q, &w), None);
         assert_eq!(q.waiting_count(), 0);
+    }
+
+    #[test]
+    fn late_jobs_go_back_ahead_of_newer_work_until_the_restart_limit() {
+        let mut q = Queue::new();
+        let old = add(&mut q, json!({"prompt": "a"}), 0, 1);
+        let w = worker(&["stable_diffusion"]);
+        assert_eq!(popped(&mut q, &w), Some(old));
+        let newer = add(&mut q, json!({"prompt": "b"}), 0, 2);
+        assert!(
+            q.take_back_late_jobs(150, 2).is_empty(),
+            "not before the deadline"
+        );
+        let taken = q.take_back_late_jobs(151, 2);
+        assert_eq!(taken.len(), 1);
+        assert_eq!(taken[0].0, old);
+        let counts = q.get(old).unwrap().counts();
+        assert_eq!(
+            (counts.restarted, counts.waiting, counts.processing),
+            (1, 1, 0)
+        );
+        match q.pop(&w, "w", 200, |_, _| 150) {
+            PopOutcome::Assigned(a) => assert_eq!(
+                a.request_id, old,
+                "the restarted image goes before newer work"
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            q.take_back_late_jobs(300, 2).is_empty(),
+            "the new job has its own deadline"
+        );
+        assert_eq!(q.take_back_late_jobs(1000, 2).len(), 1);
+        let request = q.get(old).unwrap();
+        assert!(
+            request.faulted && request.counts().done,
+            "two restarts fault the request"
+        );
+        assert_eq!(popped(&mut q, &w), Some(newer));
+        assert_eq!(popped(&mut q, &w), None);
     }
 
     #[test]
@@ -422,7 +499,7 @@ mod tests {
             1,
         );
         let w = worker(&["stable_diffusion"]);
-        match q.pop(&w, "w", 0, |_| 150) {
+        match q.pop(&w, "w", 0, |_, _| 150) {
             PopOutcome::Nothing(skipped) => {
                 assert_eq!(skipped.get("max_pixels"), Some(&1));
                 assert_eq!(skipped.get("untrusted"), Some(&1));

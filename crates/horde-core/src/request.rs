@@ -8,7 +8,8 @@ use horde_api::image::{GenMetadata, ImageRequest, SubmitState};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-/// A request is faulted once this many of its jobs faulted.
+/// A request is faulted once this many of its jobs faulted or were taken back (the public
+/// horde's rule; `[jobs] max_restarts` in the coordinator's config).
 pub const FAULTS_BEFORE_REQUEST_FAILS: u32 = 3;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -173,6 +174,7 @@ impl LiveRequest {
         seed: Option<u64>,
         gen_metadata: Vec<GenMetadata>,
         reward: f64,
+        max_faults: u32,
     ) -> Result<&Job, SubmitRefusal> {
         let index = self
             .jobs
@@ -195,7 +197,7 @@ impl LiveRequest {
             SubmitState::Faulted => JobState::Faulted,
         };
         if new_state == JobState::Faulted {
-            self.fault_job(index);
+            self.fault_job(index, max_faults);
         } else {
             let job = &mut self.jobs[index];
             job.state = new_state;
@@ -211,18 +213,35 @@ impl LiveRequest {
 
     /// Marks a job faulted and puts its image back in the queue, unless the request has now
     /// faulted too often.
-    pub fn fault_job(&mut self, index: usize) {
+    pub fn fault_job(&mut self, index: usize, max_faults: u32) {
         self.jobs[index].state = JobState::Faulted;
         let faults = self
             .jobs
             .iter()
             .filter(|j| j.state == JobState::Faulted)
             .count() as u32;
-        if faults >= FAULTS_BEFORE_REQUEST_FAILS {
+        if faults >= max_faults.max(1) {
             self.faulted = true;
             self.n_remaining = 0;
         } else if !self.cancelled {
             self.n_remaining += 1;
+        }
+    }
+
+    /// Takes back a job whose deadline passed: its image goes back to the queue (the request
+    /// keeps its place, ahead of newer work) unless the request has been restarted too often.
+    /// Returns whether the job was still in flight.
+    pub fn time_out_job(&mut self, job_id: Uuid, max_faults: u32) -> bool {
+        match self
+            .jobs
+            .iter()
+            .position(|j| j.id == job_id && j.state == JobState::Processing)
+        {
+            Some(index) => {
+                self.fault_job(index, max_faults);
+                true
+            }
+            None => false,
         }
     }
 
@@ -289,12 +308,26 @@ pub(crate) mod tests {
         let b = hand_out(&mut r);
         let c = r.counts();
         assert_eq!((c.waiting, c.processing, c.done), (0, 2, false));
-        r.apply_submit(a, SubmitState::Ok, Some(5), vec![], 1.0)
-            .unwrap();
+        r.apply_submit(
+            a,
+            SubmitState::Ok,
+            Some(5),
+            vec![],
+            1.0,
+            FAULTS_BEFORE_REQUEST_FAILS,
+        )
+        .unwrap();
         assert_eq!(r.counts().finished, 1);
         assert!(!r.is_done());
-        r.apply_submit(b, SubmitState::Ok, None, vec![], 1.0)
-            .unwrap();
+        r.apply_submit(
+            b,
+            SubmitState::Ok,
+            None,
+            vec![],
+            1.0,
+            FAULTS_BEFORE_REQUEST_FAILS,
+        )
+        .unwrap();
         assert!(r.is_done());
         assert_eq!(r.job(a).unwrap().seed, 5);
     }
@@ -303,10 +336,24 @@ pub(crate) mod tests {
     fn a_second_submit_is_a_duplicate() {
         let mut r = request_from(serde_json::json!({"prompt": "p"}));
         let a = hand_out(&mut r);
-        r.apply_submit(a, SubmitState::Ok, None, vec![], 1.0)
-            .unwrap();
+        r.apply_submit(
+            a,
+            SubmitState::Ok,
+            None,
+            vec![],
+            1.0,
+            FAULTS_BEFORE_REQUEST_FAILS,
+        )
+        .unwrap();
         let again = r
-            .apply_submit(a, SubmitState::Ok, None, vec![], 1.0)
+            .apply_submit(
+                a,
+                SubmitState::Ok,
+                None,
+                vec![],
+                1.0,
+                FAULTS_BEFORE_REQUEST_FAILS,
+            )
             .map(|_| ());
         assert_eq!(again, Err(SubmitRefusal::Duplicate));
     }
@@ -316,8 +363,15 @@ pub(crate) mod tests {
         let mut r = request_from(serde_json::json!({"prompt": "p"}));
         for round in 1..=3 {
             let a = hand_out(&mut r);
-            r.apply_submit(a, SubmitState::Faulted, None, vec![], 0.0)
-                .unwrap();
+            r.apply_submit(
+                a,
+                SubmitState::Faulted,
+                None,
+                vec![],
+                0.0,
+                FAULTS_BEFORE_REQUEST_FAILS,
+            )
+            .unwrap();
             assert_eq!(r.counts().restarted, round);
         }
         assert!(r.faulted);
@@ -334,7 +388,16 @@ pub(crate) mod tests {
             value: "nsfw".into(),
             r#ref: None,
         }];
-        let job = r.apply_submit(a, SubmitState::Ok, None, meta, 1.0).unwrap();
+        let job = r
+            .apply_submit(
+                a,
+                SubmitState::Ok,
+                None,
+                meta,
+                1.0,
+                FAULTS_BEFORE_REQUEST_FAILS,
+            )
+            .unwrap();
         assert_eq!(job.state, JobState::Censored);
         assert!(job.censored);
     }
@@ -344,16 +407,30 @@ pub(crate) mod tests {
         let mut r = request_from(serde_json::json!({"prompt": "p", "params": {"n": 3}}));
         let a = hand_out(&mut r);
         let b = hand_out(&mut r);
-        r.apply_submit(a, SubmitState::Ok, None, vec![], 1.0)
-            .unwrap();
+        r.apply_submit(
+            a,
+            SubmitState::Ok,
+            None,
+            vec![],
+            1.0,
+            FAULTS_BEFORE_REQUEST_FAILS,
+        )
+        .unwrap();
         r.cancel();
         let c = r.counts();
         assert_eq!(
             (c.waiting, c.finished, c.processing, c.done),
             (0, 1, 1, false)
         );
-        r.apply_submit(b, SubmitState::Ok, None, vec![], 1.0)
-            .unwrap();
+        r.apply_submit(
+            b,
+            SubmitState::Ok,
+            None,
+            vec![],
+            1.0,
+            FAULTS_BEFORE_REQUEST_FAILS,
+        )
+        .unwrap();
         assert!(r.is_done());
     }
 

@@ -21,6 +21,28 @@ pub struct ServerConfig {
     pub database: DatabaseConfig,
     pub api: ApiConfig,
     pub requests: RequestsConfig,
+    pub jobs: JobsConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JobsConfig {
+    /// The shortest time a worker gets for a job, in seconds.
+    pub deadline_floor_secs: i64,
+    /// The longest time a worker gets for a job, in seconds.
+    pub deadline_ceiling_secs: i64,
+    /// A request whose jobs were taken back or faulted this many times is faulted.
+    pub max_restarts: u32,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        JobsConfig {
+            deadline_floor_secs: 150,
+            deadline_ceiling_secs: 3600,
+            max_restarts: 3,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -67,6 +89,7 @@ impl Default for ServerConfig {
             database: DatabaseConfig::default(),
             api: ApiConfig::default(),
             requests: RequestsConfig::default(),
+            jobs: JobsConfig::default(),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Jobs from the worker's side: pop, upload, submit.
 
+use crate::config::JobsConfig;
 use crate::error::{ApiError, ApiResult};
 use crate::images::check_image;
 use crate::state::{now, AppState};
@@ -13,16 +14,35 @@ use horde_core::{pricing, Assignment, PopOutcome};
 use horde_store::SubmitEffects;
 use uuid::Uuid;
 
-/// The public horde's time limit for one image job: 30 s plus 2 s per step at 512², at least
-/// 150 s, doubled for control jobs.
-pub fn job_ttl(request: &LiveRequest) -> i64 {
+/// Assumed speed of a worker that has not finished a job yet, in megapixelsteps per second
+/// (a slow CPU worker; a fast GPU does 1 or more).
+pub const UNMEASURED_SPEED_MPS: f64 = 0.05;
+
+/// Seconds a worker gets for a batch: three times what its measured speed needs for the
+/// batch's megapixelsteps (more for post-processing and control), plus 30 s of slack, kept
+/// between the configured floor and ceiling.
+pub fn job_deadline_secs(
+    request: &LiveRequest,
+    batch: u32,
+    speed_mps: Option<f64>,
+    config: &JobsConfig,
+) -> i64 {
     let p = &request.body.params;
-    let scale = f64::from(p.width) * f64::from(p.height) / (512.0 * 512.0);
-    let mut ttl = 30.0 + f64::from(p.accurate_steps()) * 2.0 * scale;
+    let mut megapixelsteps =
+        f64::from(p.width) * f64::from(p.height) * f64::from(p.accurate_steps()) * f64::from(batch)
+            / 1e6;
+    megapixelsteps *= 1.0 + 0.4 * p.post_processing.len() as f64;
     if p.control_type.is_some() {
-        ttl *= 2.0;
+        megapixelsteps *= 2.0;
     }
-    (ttl as i64).max(150)
+    let speed = speed_mps
+        .filter(|s| *s > 0.0)
+        .unwrap_or(UNMEASURED_SPEED_MPS);
+    let secs = 30.0 + 3.0 * megapixelsteps / speed;
+    (secs as i64).clamp(
+        config.deadline_floor_secs,
+        config.deadline_ceiling_secs.max(config.deadline_floor_secs),
+    )
 }
 
 fn payload_of(request: &LiveRequest, first: &Job, batch: u32) -> JobPayload {
@@ -74,7 +94,7 @@ impl AppState {
             &entry.caps(),
             &entry.worker.name,
             now,
-            job_ttl,
+            |request, batch| job_deadline_secs(request, batch, entry.speed_mps, &self.config.jobs),
         );
         match outcome {
             PopOutcome::Nothing(skipped) => {
@@ -239,6 +259,7 @@ impl AppState {
                         submit.seed,
                         submit.gen_metadata.clone(),
                         reward,
+                        self.config.jobs.max_restarts,
                     )
                     .cloned();
                 if let Ok(job) = &result {
@@ -376,10 +397,44 @@ impl AppState {
             .expect("registry lock")
             .get_mut(job.worker_id)
         {
+            let sample = effects.megapixelsteps / seconds;
+            entry.speed_mps = Some(entry.speed_mps.map_or(sample, |s| 0.7 * s + 0.3 * sample));
             entry.worker.kudos_generated += effects.reward;
             entry.worker.fulfilments += 1;
             entry.worker.megapixelsteps += effects.megapixelsteps;
         }
+    }
+}
+
+impl AppState {
+    /// Takes back jobs whose deadline passed (the sweeper calls this): their images go back to
+    /// the queue, the change is stored, and the late workers are counted.
+    pub async fn take_back_late_jobs(&self, now: i64) -> ApiResult<usize> {
+        let taken: Vec<(LiveRequest, Job)> = {
+            let mut queue = self.queue.lock().expect("queue lock");
+            queue
+                .take_back_late_jobs(now, self.config.jobs.max_restarts)
+                .into_iter()
+                .filter_map(|(request_id, job_id)| {
+                    let request = queue.get(request_id)?.clone();
+                    let job = request.job(job_id)?.clone();
+                    Some((request, job))
+                })
+                .collect()
+        };
+        for (request, job) in &taken {
+            tracing::warn!(job = %job.id, worker = %job.worker_name, request = %request.id, "job deadline passed; taken back");
+            self.store.save_submit(request, job, None).await?;
+            if let Some(entry) = self
+                .workers
+                .write()
+                .expect("registry lock")
+                .get_mut(job.worker_id)
+            {
+                entry.worker.uncompleted_jobs += 1;
+            }
+        }
+        Ok(taken.len())
     }
 }
 
@@ -400,5 +455,56 @@ fn refusal_error(refusal: SubmitRefusal) -> ApiError {
             Rc::AbortedGen,
             "This job was aborted or faulted and cannot be submitted.",
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(width: u32, steps: u32) -> LiveRequest {
+        let body: horde_api::image::ImageRequest =
+            serde_json::from_value(serde_json::json!({"prompt": "p", "params": {"width": width, "height": width, "steps": steps}})).unwrap();
+        LiveRequest {
+            id: Uuid::new_v4(),
+            user_id: 1,
+            body,
+            base_seed: None,
+            created: 0,
+            seq: 1,
+            priority: 0,
+            n_remaining: 1,
+            jobs_total: 1,
+            job_kudos: 1.0,
+            consumed_kudos: 0.0,
+            faulted: false,
+            cancelled: false,
+            expiry: 100,
+            jobs: vec![],
+        }
+    }
+
+    #[test]
+    fn deadlines_grow_with_size_and_shrink_with_speed_within_bounds() {
+        let config = JobsConfig {
+            deadline_floor_secs: 60,
+            deadline_ceiling_secs: 3600,
+            max_restarts: 3,
+        };
+        let small = job_deadline_secs(&request(512, 30), 1, Some(0.1), &config);
+        let big = job_deadline_secs(&request(1024, 30), 1, Some(0.1), &config);
+        let batch = job_deadline_secs(&request(512, 30), 4, Some(0.1), &config);
+        let fast = job_deadline_secs(&request(512, 30), 1, Some(10.0), &config);
+        assert!(big > small && batch > small, "{small} {big} {batch}");
+        assert_eq!(fast, 60, "a fast worker gets the floor");
+        assert_eq!(
+            job_deadline_secs(&request(3072, 500), 20, Some(0.01), &config),
+            3600,
+            "and a huge job the ceiling"
+        );
+        assert!(
+            job_deadline_secs(&request(512, 30), 1, None, &config) > small,
+            "unmeasured workers are assumed slow"
+        );
     }
 }

@@ -25,6 +25,8 @@ const MAX_WORKERS_TRUSTED: usize = 21;
 #[derive(Debug, Clone)]
 pub struct WorkerEntry {
     pub worker: Worker,
+    /// Measured speed in megapixelsteps per second (moving average), once it has finished jobs.
+    pub speed_mps: Option<f64>,
     pub owner_trusted: bool,
     pub owner_flagged: bool,
     pub owner_alias: String,
@@ -208,6 +210,7 @@ impl AppState {
                 }
             };
             let entry = WorkerEntry {
+                speed_mps: None,
                 owner_trusted: owner.as_ref().is_some_and(|u| u.trusted),
                 owner_flagged: owner.as_ref().is_some_and(|u| u.flagged),
                 owner_alias: owner.map(|u| u.alias()).unwrap_or_default(),
@@ -332,6 +335,7 @@ impl AppState {
             })?;
         tracing::info!(worker = %worker.name, owner = user.id, "registered worker");
         Ok(WorkerEntry {
+            speed_mps: None,
             owner_trusted: user.trusted,
             owner_flagged: user.flagged,
             owner_alias: user.alias(),

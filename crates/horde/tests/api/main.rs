@@ -3,6 +3,7 @@
 //! would drive it. One test binary, so the crates are linked once.
 
 mod cli;
+mod deadlines;
 mod durability;
 mod errors;
 mod helpers;
