@@ -2,6 +2,7 @@
 //! driven over HTTP through the project's typed client (`horde-client`), as users and workers
 //! would drive it. One test binary, so the crates are linked once.
 
+mod chaos;
 mod cli;
 mod deadlines;
 mod durability;

@@ -1,0 +1,258 @@
+//! Chaos: a real coordinator, 20 simulated workers over the real HTTP API — some die holding a
+//! job, some stall past their deadline, some report faults — and 500 requests of 1 to 4 images,
+//! some cancelled midway. Every request ends done, no image is delivered twice, nothing of a
+//! cancelled request is handed out after its cancel, and the kudos add up.
+
+use crate::helpers::*;
+use horde_api::image::{SubmitRequest, SubmitState};
+use horde_client::Client;
+use rand::{Rng, SeedableRng};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const WORKERS: usize = 20;
+const REQUESTS: usize = 500;
+const CANCELLED: usize = 20;
+
+#[derive(Default)]
+struct Record {
+    /// Job ids the coordinator accepted a result for, with the reward it paid.
+    delivered: HashMap<String, f64>,
+    /// (prompt, when its pop was sent) of every job handed out.
+    handed_out: Vec<(String, Instant)>,
+    double_deliveries: Vec<String>,
+}
+
+enum Behaviour {
+    Deliver,
+    Fault,
+    Stall,
+    Die,
+}
+
+async fn simulated_worker(
+    client: Client,
+    name: String,
+    seed: u64,
+    dies_after: Option<usize>,
+    record: Arc<Mutex<Record>>,
+    stop: Arc<AtomicBool>,
+    image: Arc<String>,
+) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut pop = pop_request(&name);
+    pop.amount = 2;
+    pop.max_pixels = 1024 * 1024;
+    let mut jobs_seen = 0;
+    while !stop.load(Ordering::SeqCst) {
+        // A job is handed out no earlier than its pop was sent.
+        let asked = Instant::now();
+        let Ok(answer) = client.pop(&pop).await else {
+            continue;
+        };
+        let Some(_) = &answer.id else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        let prompt = answer.payload["prompt"].as_str().unwrap().to_string();
+        record.lock().unwrap().handed_out.push((prompt, asked));
+        jobs_seen += 1;
+        let behaviour = match (dies_after, rng.random_range(0..100)) {
+            (Some(limit), _) if jobs_seen >= limit => Behaviour::Die,
+            (_, 0..5) => Behaviour::Fault,
+            (_, 5..10) => Behaviour::Stall,
+            _ => Behaviour::Deliver,
+        };
+        if matches!(behaviour, Behaviour::Die) {
+            return; // vanishes holding its jobs
+        }
+        if matches!(behaviour, Behaviour::Stall) {
+            tokio::time::sleep(Duration::from_millis(4500)).await;
+        }
+        for id in &answer.ids {
+            let submit = SubmitRequest {
+                id: id.clone(),
+                generation: (!matches!(behaviour, Behaviour::Fault))
+                    .then(|| image.as_str().to_string()),
+                state: if matches!(behaviour, Behaviour::Fault) {
+                    SubmitState::Faulted
+                } else {
+                    SubmitState::Ok
+                },
+                seed: None,
+                censored: false,
+                gen_metadata: vec![],
+            };
+            match client.submit(&submit).await {
+                Ok(reward) if !matches!(behaviour, Behaviour::Fault) => {
+                    let mut record = record.lock().unwrap();
+                    if record.delivered.insert(id.clone(), reward.reward).is_some() {
+                        record.double_deliveries.push(id.clone());
+                    }
+                }
+                Ok(_) => {}
+                // A job past its deadline (a stalled worker's, or any on a loaded machine) was
+                // taken back: AbortedGen, and no pay. Nothing else may be refused.
+                Err(e) => assert_eq!(e.rc(), Some("AbortedGen"), "{name}: unexpected refusal {e}"),
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_finishes_despite_dying_stalling_and_faulting_workers() {
+    let app = spawn_app_with(|c| {
+        c.jobs.deadline_floor_secs = 3;
+        c.jobs.deadline_ceiling_secs = 3;
+        c.jobs.max_restarts = 12;
+        c.requests.sweep_interval_secs = 1;
+        c.requests.idle_expiry_secs = 3600;
+        c.requests.retention_secs = 3600;
+    })
+    .await;
+    let mut requesters = Vec::new();
+    for i in 0..25 {
+        requesters.push(app.user(&format!("requester-{i}"), 10_000.0).await.0);
+    }
+    let image = Arc::new({
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(webp(64, 64, [10, 20, 30], [40, 50, 60]))
+    });
+    let record = Arc::new(Mutex::new(Record::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut owners = Vec::new();
+    let mut workers = Vec::new();
+    for w in 0..WORKERS {
+        let (owner, _) = app.user(&format!("owner-{w}"), 0.0).await;
+        owners.push(owner.clone());
+        let dies_after = (w < 3).then_some(15 + w * 5);
+        workers.push(tokio::spawn(simulated_worker(
+            owner,
+            format!("chaos-worker-{w}"),
+            w as u64,
+            dies_after,
+            record.clone(),
+            stop.clone(),
+            image.clone(),
+        )));
+    }
+
+    // Requests go in as fast as each user's concurrency limit allows (429 TooManyPrompts
+    // means: try again shortly, as clients do); some are cancelled while workers are at them.
+    let mut ids: Vec<(usize, String, Client)> = Vec::new();
+    let mut cancelled_at: HashMap<String, Instant> = HashMap::new();
+    for i in 0..REQUESTS {
+        let mut request = small_request(&format!("request {i}"), 1 + (i % 4) as u32, false);
+        request.params.steps = Some(4);
+        let client = requesters[i % requesters.len()].clone();
+        let id = loop {
+            match client.generate_async(&request).await {
+                Ok(accepted) => break accepted.id.unwrap(),
+                Err(e) if e.rc() == Some("TooManyPrompts") => {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                Err(e) => panic!("request {i}: {e}"),
+            }
+        };
+        ids.push((i, id, client));
+        if i % (REQUESTS / CANCELLED) == 3 {
+            let (j, victim, owner) = &ids[i - 2];
+            owner.cancel(victim).await.unwrap();
+            cancelled_at.insert(format!("request {j}"), Instant::now());
+        }
+    }
+
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let mut pending: Vec<_> = ids.clone();
+    while !pending.is_empty() && Instant::now() < deadline {
+        let mut still = Vec::new();
+        for entry in pending {
+            if !entry.2.check(&entry.1).await.unwrap().done {
+                still.push(entry);
+            }
+        }
+        pending = still;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    assert!(
+        pending.is_empty(),
+        "{} requests never finished",
+        pending.len()
+    );
+
+    let record = std::mem::take(&mut *record.lock().unwrap());
+    assert!(
+        record.double_deliveries.is_empty(),
+        "delivered twice: {:?}",
+        record.double_deliveries
+    );
+    for (prompt, at) in &record.handed_out {
+        if let Some(cancelled) = cancelled_at.get(prompt) {
+            assert!(at < cancelled, "{prompt} was handed out after its cancel");
+        }
+    }
+    let mut images_seen = HashSet::new();
+    for (i, id, client) in &ids {
+        let status = client.status(id).await.unwrap();
+        let cancelled = cancelled_at.contains_key(&format!("request {i}"));
+        assert!(
+            !status.check.faulted,
+            "request {i} faulted though workers remained"
+        );
+        if !cancelled {
+            assert_eq!(
+                status.generations.len(),
+                1 + i % 4,
+                "request {i} got all its images"
+            );
+        }
+        for generation in &status.generations {
+            assert!(
+                images_seen.insert(generation.id.clone()),
+                "image {} returned twice",
+                generation.id
+            );
+            assert!(
+                record.delivered.contains_key(&generation.id),
+                "image {} was never accepted from a worker",
+                generation.id
+            );
+        }
+    }
+
+    // Kudos: owners hold exactly the rewards they were paid; requesters paid exactly what the
+    // coordinator charged their requests.
+    let paid: f64 = record.delivered.values().sum();
+    let mut earned = 0.0;
+    for owner in &owners {
+        earned += owner.find_user().await.unwrap().kudos;
+    }
+    assert!(
+        (paid - earned).abs() < 1e-6,
+        "rewards paid {paid} vs owners' kudos {earned}"
+    );
+    let charged: f64 = app
+        .state
+        .queue
+        .lock()
+        .unwrap()
+        .requests()
+        .map(|r| r.consumed_kudos)
+        .sum();
+    let mut spent = 0.0;
+    for requester in &requesters {
+        spent += 10_000.0 - requester.find_user().await.unwrap().kudos;
+    }
+    assert!(
+        (charged - spent).abs() < 1e-6,
+        "charged {charged} vs requesters' spending {spent}"
+    );
+    assert!(charged > 0.0 && paid > 0.0);
+    app.stop().await;
+}
