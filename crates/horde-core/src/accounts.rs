@@ -9,7 +9,7 @@ pub const ANONYMOUS_USER_ID: i64 = 0;
 /// Queue priority of anonymous requests: below every registered user's.
 pub const ANONYMOUS_PRIORITY: i64 = -1_000_000_000;
 
-/// A worker counts as online while it has checked in within this many seconds.
+/// The public horde's online window: a worker is online while it popped in the last 5 minutes.
 pub const ONLINE_WINDOW_SECS: i64 = 300;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -91,7 +91,8 @@ pub struct Worker {
 }
 
 impl Worker {
-    pub fn is_online(&self, now: i64) -> bool {
-        now - self.last_check_in <= ONLINE_WINDOW_SECS
+    /// Online while it has checked in within `window` seconds.
+    pub fn is_online(&self, now: i64, window: i64) -> bool {
+        now - self.last_check_in <= window
     }
 }

@@ -22,6 +22,20 @@ pub struct ServerConfig {
     pub api: ApiConfig,
     pub requests: RequestsConfig,
     pub jobs: JobsConfig,
+    pub workers: WorkersConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkersConfig {
+    /// A worker is online while it has checked in (popped) within this many seconds.
+    pub online_window_secs: i64,
+}
+
+impl Default for WorkersConfig {
+    fn default() -> Self {
+        WorkersConfig { online_window_secs: horde_core::accounts::ONLINE_WINDOW_SECS }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -90,6 +104,7 @@ impl Default for ServerConfig {
             api: ApiConfig::default(),
             requests: RequestsConfig::default(),
             jobs: JobsConfig::default(),
+            workers: WorkersConfig::default(),
         }
     }
 }

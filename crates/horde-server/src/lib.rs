@@ -143,12 +143,13 @@ async fn open_state(
         .ok()
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "horde".into());
+    let online_window_secs = config.workers.online_window_secs;
     let state = AppState {
         node_name: format!("{host}:{}:{}", local.port(), routes::status::VERSION),
         config,
         store,
         queue: Mutex::new(Queue::new()),
-        workers: RwLock::new(Default::default()),
+        workers: RwLock::new(workers::WorkerRegistry::new(online_window_secs)),
         limiter: Mutex::new(Default::default()),
         performance: Mutex::new(ModelPerformance::default()),
         images,

@@ -36,13 +36,19 @@ pub struct WorkerEntry {
     pub priority_user_ids: Vec<i64>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct WorkerRegistry {
     by_id: HashMap<Uuid, WorkerEntry>,
     by_name: HashMap<String, Uuid>,
+    /// A worker is online while it has checked in within this many seconds.
+    pub online_window_secs: i64,
 }
 
 impl WorkerRegistry {
+    pub fn new(online_window_secs: i64) -> Self {
+        WorkerRegistry { by_id: HashMap::new(), by_name: HashMap::new(), online_window_secs }
+    }
+
     pub fn insert(&mut self, entry: WorkerEntry) {
         self.by_name
             .insert(entry.worker.name.clone(), entry.worker.id);
@@ -65,7 +71,8 @@ impl WorkerRegistry {
         }
     }
     pub fn online(&self, now: i64) -> impl Iterator<Item = &WorkerEntry> {
-        self.by_id.values().filter(move |e| e.worker.is_online(now))
+        let window = self.online_window_secs;
+        self.by_id.values().filter(move |e| e.worker.is_online(now, window))
     }
     pub fn count_of_user(&self, user_id: i64) -> usize {
         self.by_id
@@ -108,13 +115,13 @@ impl WorkerEntry {
         }
     }
 
-    pub fn details(&self, now: i64) -> WorkerDetails {
+    pub fn details(&self, now: i64, online_window_secs: i64) -> WorkerDetails {
         let w = &self.worker;
         WorkerDetails {
             kind: "image".into(),
             name: w.name.clone(),
             id: w.id.to_string(),
-            online: w.is_online(now),
+            online: w.is_online(now, online_window_secs),
             requests_fulfilled: w.fulfilments,
             kudos_rewards: w.kudos_generated + w.kudos_uptime,
             kudos_details: WorkerKudosDetails {
@@ -251,7 +258,7 @@ impl AppState {
             || entry.worker.threads != pop.threads
             || entry.worker.bridge_agent != pop.bridge_agent;
         let elapsed = now - entry.worker.last_check_in;
-        if entry.worker.is_online(now)
+        if entry.worker.is_online(now, self.config.workers.online_window_secs)
             && elapsed > 0
             && !entry.worker.maintenance
             && !entry.worker.paused
@@ -433,7 +440,7 @@ impl AppState {
             .read()
             .expect("registry lock")
             .get(id)
-            .map(|e| e.details(now()))
+            .map(|e| e.details(now(), self.config.workers.online_window_secs))
             .ok_or_else(|| {
                 ApiError::new(
                     Rc::WorkerNotFound,
@@ -447,7 +454,7 @@ impl AppState {
             .read()
             .expect("registry lock")
             .by_name(name)
-            .map(|e| e.details(now()))
+            .map(|e| e.details(now(), self.config.workers.online_window_secs))
             .ok_or_else(|| {
                 ApiError::new(
                     Rc::WorkerNotFound,
@@ -463,7 +470,7 @@ impl AppState {
         let mut list: Vec<WorkerDetails> = registry
             .online(now)
             .filter(|e| name.is_none_or(|n| e.worker.name == n))
-            .map(|e| e.details(now))
+            .map(|e| e.details(now, self.config.workers.online_window_secs))
             .collect();
         list.sort_by(|a, b| a.name.cmp(&b.name));
         list
