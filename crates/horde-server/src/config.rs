@@ -34,7 +34,9 @@ pub struct WorkersConfig {
 
 impl Default for WorkersConfig {
     fn default() -> Self {
-        WorkersConfig { online_window_secs: horde_core::accounts::ONLINE_WINDOW_SECS }
+        WorkersConfig {
+            online_window_secs: horde_core::accounts::ONLINE_WINDOW_SECS,
+        }
     }
 }
 

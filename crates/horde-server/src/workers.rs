@@ -46,7 +46,11 @@ pub struct WorkerRegistry {
 
 impl WorkerRegistry {
     pub fn new(online_window_secs: i64) -> Self {
-        WorkerRegistry { by_id: HashMap::new(), by_name: HashMap::new(), online_window_secs }
+        WorkerRegistry {
+            by_id: HashMap::new(),
+            by_name: HashMap::new(),
+            online_window_secs,
+        }
     }
 
     pub fn insert(&mut self, entry: WorkerEntry) {
@@ -72,7 +76,9 @@ impl WorkerRegistry {
     }
     pub fn online(&self, now: i64) -> impl Iterator<Item = &WorkerEntry> {
         let window = self.online_window_secs;
-        self.by_id.values().filter(move |e| e.worker.is_online(now, window))
+        self.by_id
+            .values()
+            .filter(move |e| e.worker.is_online(now, window))
     }
     pub fn count_of_user(&self, user_id: i64) -> usize {
         self.by_id
@@ -258,7 +264,9 @@ impl AppState {
             || entry.worker.threads != pop.threads
             || entry.worker.bridge_agent != pop.bridge_agent;
         let elapsed = now - entry.worker.last_check_in;
-        if entry.worker.is_online(now, self.config.workers.online_window_secs)
+        if entry
+            .worker
+            .is_online(now, self.config.workers.online_window_secs)
             && elapsed > 0
             && !entry.worker.maintenance
             && !entry.worker.paused

@@ -134,10 +134,19 @@ async fn a_worker_is_online_only_while_it_polls_within_the_window() {
     let (owner, _) = app.user("owner", 0.0).await;
     owner.pop(&pop_request("blinky")).await.unwrap();
     let listed = owner.workers().await.unwrap();
-    assert!(listed.iter().any(|w| w.name == "blinky" && w.online), "online right after a pop");
+    assert!(
+        listed.iter().any(|w| w.name == "blinky" && w.online),
+        "online right after a pop"
+    );
     tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
-    assert!(!owner.worker_by_name("blinky").await.unwrap().online, "offline once it stops polling");
+    assert!(
+        !owner.worker_by_name("blinky").await.unwrap().online,
+        "offline once it stops polling"
+    );
     owner.pop(&pop_request("blinky")).await.unwrap();
-    assert!(owner.worker_by_name("blinky").await.unwrap().online, "back online with its next pop");
+    assert!(
+        owner.worker_by_name("blinky").await.unwrap().online,
+        "back online with its next pop"
+    );
     app.stop().await;
 }

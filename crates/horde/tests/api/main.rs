@@ -4,6 +4,7 @@
 
 mod chaos;
 mod cli;
+mod crash;
 mod deadlines;
 mod durability;
 mod errors;
