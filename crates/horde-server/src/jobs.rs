@@ -90,6 +90,7 @@ impl AppState {
             return Ok(PopResponse::empty(Default::default()));
         }
         let now = now();
+        let _ordered = self.write_order.lock().await;
         let outcome = self.queue.lock().expect("queue lock").pop(
             &entry.caps(),
             &entry.worker.name,
@@ -222,6 +223,7 @@ impl AppState {
     pub async fn submit(&self, user: &User, submit: SubmitRequest) -> ApiResult<SubmitResponse> {
         submit.validate().map_err(ApiError::validation)?;
         let job_id = Uuid::parse_str(&submit.id).map_err(|_| invalid_job(&submit.id))?;
+        let _ordered = self.write_order.lock().await;
         let (request, job) = self.job_for_submit(user, job_id)?;
         let faulted = submit.state == horde_api::image::SubmitState::Faulted;
         let staged = if faulted {
@@ -410,6 +412,7 @@ impl AppState {
     /// Takes back jobs whose deadline passed (the sweeper calls this): their images go back to
     /// the queue, the change is stored, and the late workers are counted.
     pub async fn take_back_late_jobs(&self, now: i64) -> ApiResult<usize> {
+        let _ordered = self.write_order.lock().await;
         let taken: Vec<(LiveRequest, Job)> = {
             let mut queue = self.queue.lock().expect("queue lock");
             queue

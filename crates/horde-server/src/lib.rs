@@ -149,6 +149,7 @@ async fn open_state(
         config,
         store,
         queue: Mutex::new(Queue::new()),
+        write_order: tokio::sync::Mutex::new(()),
         workers: RwLock::new(workers::WorkerRegistry::new(online_window_secs)),
         limiter: Mutex::new(Default::default()),
         performance: Mutex::new(ModelPerformance::default()),

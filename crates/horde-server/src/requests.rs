@@ -264,6 +264,7 @@ impl AppState {
         let request_id = parse_request_id(id)?;
         let now = now();
         let retention = self.config.requests.retention_secs;
+        let ordered = self.write_order.lock().await;
         let updated = self
             .queue
             .lock()
@@ -277,11 +278,13 @@ impl AppState {
             })
             .ok_or_else(|| not_found(request_id))?;
         self.store.save_request_state(&updated).await?;
+        drop(ordered);
         self.request_status(id).await
     }
 
     /// Removes requests whose time is up and nothing of which is in flight; returns how many.
     pub async fn sweep_expired(&self, now: i64) -> ApiResult<usize> {
+        let _ordered = self.write_order.lock().await;
         let expired: Vec<LiveRequest> = {
             let mut queue = self.queue.lock().expect("queue lock");
             let ids: Vec<Uuid> = queue

@@ -18,6 +18,11 @@ pub struct AppState {
     pub config: ServerConfig,
     pub store: Store,
     pub queue: Mutex<Queue>,
+    /// Held from a change to a live request in memory until that change is committed, so
+    /// commits happen in the order of the changes: a request's row is always written from a
+    /// snapshot no newer than what is already durable (else a crash could keep a counter
+    /// whose job row was never written).
+    pub write_order: tokio::sync::Mutex<()>,
     pub workers: RwLock<WorkerRegistry>,
     pub limiter: Mutex<FixedWindows>,
     pub performance: Mutex<ModelPerformance>,

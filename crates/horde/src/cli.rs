@@ -198,3 +198,16 @@ async fn shutdown_signal() {
     tokio::select! { _ = ctrl_c => {}, _ = terminate => {} }
     tracing::info!("shutting down");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// URL-safe keys can start with '-'; they must not be taken for a flag.
+    #[test]
+    fn api_keys_starting_with_a_dash_are_values() {
+        let key = "-Abcdefghijklmnopqrstu";
+        assert!(Cli::try_parse_from(["horde", "generate", "a cat", "--api-key", key]).is_ok());
+        assert!(Cli::try_parse_from(["horde", "worker", "--api-key", key, "--name", "w"]).is_ok());
+    }
+}

@@ -40,7 +40,7 @@ pub struct GenerateArgs {
     #[arg(long, env = "HORDE_URL", default_value = "http://127.0.0.1:7001")]
     url: String,
     /// Your API key [default: anonymous]
-    #[arg(long, env = "HORDE_API_KEY", default_value = horde_api::ANONYMOUS_API_KEY, hide_default_value = true)]
+    #[arg(long, env = "HORDE_API_KEY", allow_hyphen_values = true, default_value = horde_api::ANONYMOUS_API_KEY, hide_default_value = true)]
     api_key: String,
     /// Give up (and cancel) after this many seconds
     #[arg(long, default_value_t = 1200)]

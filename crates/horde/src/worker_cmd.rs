@@ -43,8 +43,8 @@ pub struct WorkerArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     url: Option<String>,
-    /// API key of the worker's owner
-    #[arg(long)]
+    /// API key of the worker's owner (keys may start with '-')
+    #[arg(long, allow_hyphen_values = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     api_key: Option<String>,
     /// Worker name, unique on the horde
