@@ -163,6 +163,15 @@ fn sigma_range(sigmas: &[f64]) -> (f64, f64) {
     (min, sigmas[0])
 }
 
+/// The ancestral samplers' fresh noise, σ_up of it, unless the step ends at σ = 0.
+fn renoise(x: Tensor, noise: &mut dyn Noise, up: f64, next: f64) -> Result<Tensor> {
+    if next > 0.0 {
+        &x + (noise.like(&x)? * up)?
+    } else {
+        Ok(x)
+    }
+}
+
 /// Euler's method (`sample_euler`). Deterministic DDIM is the same update on DDIM's sigmas.
 pub fn euler(
     denoise: &mut Denoiser,
@@ -196,9 +205,7 @@ pub fn euler_ancestral(
         let denoised = denoise(&x, sigmas[i])?;
         let (down, up) = ancestral_step(sigmas[i], sigmas[i + 1]);
         x = step(&x, &derivative(&x, &denoised, sigmas[i])?, down - sigmas[i])?;
-        if sigmas[i + 1] > 0.0 {
-            x = (&x + (noise.like(&x)? * up)?)?;
-        }
+        x = renoise(x, noise, up, sigmas[i + 1])?;
         callback(i + 1, n, &x);
     }
     Ok(x)
@@ -281,9 +288,7 @@ pub fn dpm_2_ancestral(
         } else {
             dpm_2_step(denoise, &x, &d, sigma, down)?
         };
-        if sigmas[i + 1] > 0.0 {
-            x = (&x + (noise.like(&x)? * up)?)?;
-        }
+        x = renoise(x, noise, up, sigmas[i + 1])?;
         callback(i + 1, n, &x);
     }
     Ok(x)
@@ -363,9 +368,7 @@ pub fn dpmpp_2s_ancestral(
             let denoised2 = denoise(&x2, sigma_of(s))?;
             ((&x * (sigma_of(t_next) / sigma_of(t)))? - (denoised2 * (-h).exp_m1())?)?
         };
-        if sigmas[i + 1] > 0.0 {
-            x = (&x + (noise.like(&x)? * up)?)?;
-        }
+        x = renoise(x, noise, up, sigmas[i + 1])?;
         callback(i + 1, n, &x);
     }
     Ok(x)
