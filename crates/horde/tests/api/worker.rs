@@ -60,6 +60,16 @@ fn start_worker(
     (stop, task)
 }
 
+/// One 64×64 image on the tiny model, in `steps` steps.
+fn tiny_request(prompt: &str, steps: u32) -> horde_api::image::ImageRequest {
+    let mut request = small_request(prompt, 1, false);
+    request.models = vec!["tiny-sd15".into()];
+    request.params.width = 64;
+    request.params.height = 64;
+    request.params.steps = Some(steps);
+    request
+}
+
 async fn wait_done(client: &horde_client::Client, id: &str) -> horde_api::image::RequestStatus {
     for _ in 0..600 {
         if client.check(id).await.unwrap().done {
@@ -157,11 +167,7 @@ async fn the_worker_waits_out_a_coordinator_that_is_not_there_yet() {
     })
     .await;
     let (requester, _) = app.user("requester", 100.0).await;
-    let mut request = small_request("late start", 1, false);
-    request.models = vec!["tiny-sd15".into()];
-    request.params.width = 64;
-    request.params.height = 64;
-    request.params.steps = Some(2);
+    let request = tiny_request("late start", 2);
     let id = requester
         .generate_async(&request)
         .await
@@ -298,12 +304,8 @@ async fn a_result_that_could_not_be_submitted_is_kept_and_resubmitted() {
     config.amount = 1;
     let (stop, task) = start_worker(config);
 
-    let mut request = small_request("outage", 1, false);
-    request.models = vec!["tiny-sd15".into()];
-    request.params.width = 64;
-    request.params.height = 64;
     // Long enough that the link can be cut while the image is being made.
-    request.params.steps = Some(150);
+    let request = tiny_request("outage", 150);
     let id = requester
         .generate_async(&request)
         .await
@@ -363,11 +365,7 @@ async fn ctrl_c_stops_popping_and_finishes_the_job_in_hand() {
         .spawn()
         .unwrap();
 
-    let mut request = small_request("slow enough to interrupt", 1, false);
-    request.models = vec!["tiny-sd15".into()];
-    request.params.width = 64;
-    request.params.height = 64;
-    request.params.steps = Some(150);
+    let request = tiny_request("slow enough to interrupt", 150);
     let id = requester
         .generate_async(&request)
         .await
