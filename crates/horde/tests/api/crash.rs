@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 #[derive(Default)]
 struct Seen {
     handed_out: Vec<String>,
-    accepted_results: Vec<String>,
+    /// Jobs whose result the coordinator acknowledged, with their request's prompt.
+    accepted_results: Vec<(String, String)>,
 }
 
 async fn retrying<T, F, Fut>(mut call: F) -> Result<T, horde_client::ClientError>
@@ -52,6 +53,10 @@ async fn worker(
             tokio::time::sleep(Duration::from_millis(30)).await;
             continue;
         }
+        let prompt = answer.payload["prompt"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         seen.lock()
             .unwrap()
             .handed_out
@@ -68,7 +73,11 @@ async fn worker(
             // Across a crash the job may have been taken back (AbortedGen), or an attempt whose
             // answer the crash swallowed got through (DuplicateGen); nothing else is refused.
             match retrying(|| client.submit(&submit)).await {
-                Ok(_) => seen.lock().unwrap().accepted_results.push(id.clone()),
+                Ok(_) => seen
+                    .lock()
+                    .unwrap()
+                    .accepted_results
+                    .push((id.clone(), prompt.clone())),
                 Err(e) => assert!(
                     matches!(e.rc(), Some("AbortedGen" | "DuplicateGen")),
                     "{name}: {e}"
@@ -140,12 +149,15 @@ async fn kill_9_under_load_loses_nothing_acknowledged() {
         tokio::spawn(async move {
             let mut acknowledged = HashMap::new();
             for i in 0..120u32 {
-                let mut request = small_request(&format!("crash {i}"), 1 + i % 3, false);
-                request.params.steps = Some(4);
-                loop {
+                // Each attempt has its own prompt: an attempt whose answer a crash swallowed may
+                // still exist, and its images must not be mistaken for the acknowledged one's.
+                for attempt in 0.. {
+                    let prompt = format!("crash {i} attempt {attempt}");
+                    let mut request = small_request(&prompt, 1 + i % 3, false);
+                    request.params.steps = Some(4);
                     match requester.generate_async(&request).await {
                         Ok(accepted) => {
-                            acknowledged.insert(accepted.id.unwrap(), 1 + i % 3);
+                            acknowledged.insert(accepted.id.unwrap(), (1 + i % 3, prompt));
                             break;
                         }
                         Err(e)
@@ -169,7 +181,7 @@ async fn kill_9_under_load_loses_nothing_acknowledged() {
     let acknowledged = submitter.await.unwrap();
 
     let deadline = Instant::now() + Duration::from_secs(120);
-    for (id, n) in &acknowledged {
+    for (id, (n, _)) in &acknowledged {
         loop {
             let status = retrying(|| requester.status(id))
                 .await
@@ -208,11 +220,18 @@ async fn kill_9_under_load_loses_nothing_acknowledged() {
             delivered.insert(generation.id);
         }
     }
-    for job in &seen.accepted_results {
-        assert!(
-            delivered.contains(job),
-            "the acknowledged result of job {job} was lost"
-        );
+    let acknowledged_prompts: HashSet<&String> = acknowledged.values().map(|(_, p)| p).collect();
+    let mut checked = 0;
+    for (job, prompt) in &seen.accepted_results {
+        // Results for attempts the client never heard back about cannot be looked up by id.
+        if acknowledged_prompts.contains(prompt) {
+            assert!(
+                delivered.contains(job),
+                "the acknowledged result of job {job} was lost"
+            );
+            checked += 1;
+        }
     }
+    assert!(checked > 100, "only {checked} results checked");
     drop(server);
 }
