@@ -104,6 +104,17 @@ pub const POST_PROCESSORS: &[&str] = &[
     "RestoreFormer",
 ];
 
+/// How much an upscaling post-processor enlarges an image (`None` for the others).
+pub fn upscale_factor(post_processor: &str) -> Option<u32> {
+    UPSCALERS.contains(&post_processor).then(|| {
+        if post_processor.contains("x2") || post_processor.starts_with("2x") {
+            2
+        } else {
+            4
+        }
+    })
+}
+
 /// Post-processors that are upscalers: at most one per request.
 pub const UPSCALERS: &[&str] = &[
     "RealESRGAN_x4plus",
@@ -253,6 +264,16 @@ impl ImageParams {
             s if s.is_second_order() => steps * 2,
             _ => steps,
         }
+    }
+
+    /// The sizes a finished image may have: the requested size, or that size times the factor
+    /// of the request's upscaler.
+    pub fn output_sizes(&self) -> Vec<(u32, u32)> {
+        let mut sizes = vec![(self.width, self.height)];
+        if let Some(factor) = self.post_processing.iter().find_map(|p| upscale_factor(p)) {
+            sizes.push((self.width * factor, self.height * factor));
+        }
+        sizes
     }
 
     fn check_bounds(&self, errors: &mut FieldErrors) {
@@ -674,4 +695,22 @@ impl SubmitRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct SubmitResponse {
     pub reward: f64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upscalers_allow_an_enlarged_image_and_other_post_processors_do_not() {
+        assert_eq!(upscale_factor("RealESRGAN_x2plus"), Some(2));
+        assert_eq!(upscale_factor("2xModernSpanimationV1"), Some(2));
+        assert_eq!(upscale_factor("4x_AnimeSharp"), Some(4));
+        assert_eq!(upscale_factor("GFPGAN"), None);
+        let params: ImageParams = serde_json::from_value(serde_json::json!({
+            "width": 512, "height": 768, "post_processing": ["GFPGAN", "RealESRGAN_x4plus"]
+        }))
+        .unwrap();
+        assert_eq!(params.output_sizes(), vec![(512, 768), (2048, 3072)]);
+    }
 }

@@ -57,6 +57,39 @@ pub struct WorkerDetails {
     pub lora: bool,
     pub controlnet: bool,
     pub sdxl_controlnet: bool,
+    /// This coordinator's reputation ledger of the worker (not in the public horde).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reputation: Option<WorkerReputation>,
+}
+
+/// What a worker has done and how far it is trusted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct WorkerReputation {
+    pub jobs_completed: u64,
+    pub jobs_faulted: u64,
+    /// Jobs taken back because their deadline passed.
+    pub jobs_timed_out: u64,
+    /// Jobs in flight when their requester cancelled (they judge nothing).
+    pub jobs_cancelled: u64,
+    /// Average megapixelsteps per second over the completed jobs, pop to submit.
+    pub speed_mps: f64,
+    /// Seconds online.
+    pub uptime: u64,
+    /// Smoothed share of judged jobs completed, 0 to 1; routing prefers higher.
+    pub reliability: f64,
+    pub suspicion: u32,
+    /// The latest suspicion events, oldest first.
+    pub suspicions: Vec<SuspicionEntry>,
+    /// Suspicion reached the threshold: no jobs until a moderator clears it.
+    pub suspended: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SuspicionEntry {
+    /// unreasonably_fast, wrong_image_size, undecodable_image or repeated_faults.
+    pub reason: String,
+    /// Unix seconds.
+    pub at: i64,
 }
 
 /// The body of `PUT /workers/{id}`; every field optional, at least one required.
@@ -72,6 +105,10 @@ pub struct ModifyWorker {
     pub info: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Moderators only: clears the worker's suspicion so that it gets jobs again (not in the
+    /// public horde, which resets suspicion per user).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reset_suspicion: Option<bool>,
 }
 
 impl ModifyWorker {

@@ -1,5 +1,6 @@
 //! Users and workers as the horde knows them.
 
+use crate::reputation::Reputation;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -84,10 +85,9 @@ pub struct Worker {
     pub paused: bool,
     pub kudos_generated: f64,
     pub kudos_uptime: f64,
-    pub fulfilments: u64,
-    pub megapixelsteps: f64,
-    pub uncompleted_jobs: u64,
     pub uptime: u64,
+    /// Jobs completed, faulted, timed out and cancelled, speed and suspicion.
+    pub reputation: Reputation,
 }
 
 impl Worker {

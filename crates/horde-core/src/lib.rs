@@ -13,10 +13,14 @@ pub mod matching;
 pub mod pricing;
 pub mod queue;
 pub mod ratelimit;
+pub mod reputation;
 pub mod request;
+pub mod routing;
 pub mod seed;
 
 pub use accounts::{User, Worker, WorkerFlags};
 pub use matching::{SkipReason, WorkerCaps};
 pub use queue::{Assignment, PopOutcome, Queue};
+pub use reputation::{Reputation, ReputationRules, SuspicionReason};
 pub use request::{Job, JobState, LiveRequest, StatusCounts};
+pub use routing::Standby;

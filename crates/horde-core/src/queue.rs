@@ -7,6 +7,7 @@
 
 use crate::matching::{batch_size, can_generate, chosen_model, SkipReason, WorkerCaps};
 use crate::request::{Job, JobState, LiveRequest};
+use crate::routing::Standby;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use uuid::Uuid;
@@ -192,18 +193,21 @@ impl Queue {
             .sum()
     }
 
-    /// Picks the best request `worker` may take and hands it a batch of jobs.
+    /// Picks the best request `worker` may take and hands it a batch of jobs. Requests of the
+    /// users the worker prioritises come first; among the rest, those that more reliable
+    /// waiting workers in `standby` could take are left to them.
     pub fn pop(
         &mut self,
         worker: &WorkerCaps,
         worker_name: &str,
         now: i64,
         ttl: impl Fn(&LiveRequest, u32) -> i64,
+        standby: &mut Standby,
     ) -> PopOutcome {
         let mut skipped: HashMap<SkipReason, u64> = HashMap::new();
         let chosen = self
-            .find_for(worker, &mut skipped, true)
-            .or_else(|| self.find_for(worker, &mut skipped, false));
+            .find_for(worker, &mut skipped, None)
+            .or_else(|| self.find_for(worker, &mut skipped, Some(standby)));
         let Some(request_id) = chosen else {
             return PopOutcome::Nothing(
                 skipped
@@ -247,13 +251,15 @@ impl Queue {
         PopOutcome::Assigned(assignment)
     }
 
-    /// Walks candidates in queue order; the first the worker may take wins.
+    /// Walks candidates in queue order; the first the worker may take wins. Without a
+    /// `standby`, only the requests of the worker's priority users are walked.
     fn find_for(
         &self,
         worker: &WorkerCaps,
         skipped: &mut HashMap<SkipReason, u64>,
-        priority_users: bool,
+        mut standby: Option<&mut Standby>,
     ) -> Option<Uuid> {
+        let priority_users = standby.is_none();
         let mut seen = HashSet::new();
         let candidates: Box<dyn Iterator<Item = &QueueKey>> = if priority_users {
             let sets = worker
@@ -279,7 +285,14 @@ impl Queue {
             }
             let request = &self.requests[&id];
             match can_generate(request, worker) {
-                Ok(()) => return Some(id),
+                Ok(()) => {
+                    let left_for_better = standby
+                        .as_deref_mut()
+                        .is_some_and(|s| s.leaves_for_better(request));
+                    if !left_for_better {
+                        return Some(id);
+                    }
+                }
                 Err(reason) if !priority_users => *skipped.entry(reason).or_default() += 1,
                 Err(_) => {}
             }
@@ -365,12 +378,12 @@ fn merge<'a>(sets: Vec<&'a BTreeSet<QueueKey>>) -> impl Iterator<Item = &'a Queu
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::request::tests::request_from;
     use serde_json::json;
 
-    fn worker(models: &[&str]) -> WorkerCaps {
+    pub(crate) fn worker(models: &[&str]) -> WorkerCaps {
         WorkerCaps {
             worker_id: Uuid::new_v4(),
             owner_id: 99,
@@ -391,7 +404,12 @@ mod tests {
         }
     }
 
-    fn add(queue: &mut Queue, body: serde_json::Value, priority: i64, user: i64) -> Uuid {
+    pub(crate) fn add(
+        queue: &mut Queue,
+        body: serde_json::Value,
+        priority: i64,
+        user: i64,
+    ) -> Uuid {
         let mut r = request_from(body);
         r.priority = priority;
         r.user_id = user;
@@ -402,7 +420,7 @@ mod tests {
     }
 
     fn popped(queue: &mut Queue, w: &WorkerCaps) -> Option<Uuid> {
-        match queue.pop(w, "w", 0, |_, _| 150) {
+        match queue.pop(w, "w", 0, |_, _| 150, &mut Standby::none()) {
             PopOutcome::Assigned(a) => Some(a.request_id),
             PopOutcome::Nothing(_) => None,
         }
@@ -442,7 +460,7 @@ mod tests {
             (counts.restarted, counts.waiting, counts.processing),
             (1, 1, 0)
         );
-        match q.pop(&w, "w", 200, |_, _| 150) {
+        match q.pop(&w, "w", 200, |_, _| 150, &mut Standby::none()) {
             PopOutcome::Assigned(a) => assert_eq!(
                 a.request_id, old,
                 "the restarted image goes before newer work"
@@ -499,7 +517,7 @@ mod tests {
             1,
         );
         let w = worker(&["stable_diffusion"]);
-        match q.pop(&w, "w", 0, |_, _| 150) {
+        match q.pop(&w, "w", 0, |_, _| 150, &mut Standby::none()) {
             PopOutcome::Nothing(skipped) => {
                 assert_eq!(skipped.get("max_pixels"), Some(&1));
                 assert_eq!(skipped.get("untrusted"), Some(&1));

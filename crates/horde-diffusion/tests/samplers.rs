@@ -10,10 +10,10 @@ use serde_json::Value;
 const TOLERANCE: f64 = 1e-9;
 
 fn fixture(name: &str) -> Value {
-    let path = format!(
-        "{}/tests/fixtures/samplers/{name}.json",
-        env!("CARGO_MANIFEST_DIR")
-    );
+    // The directory cargo names when it runs the test, not the one it was built in: a target
+    // directory shared by clones at other paths keeps binaries built elsewhere.
+    let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or(env!("CARGO_MANIFEST_DIR").into());
+    let path = format!("{dir}/tests/fixtures/samplers/{name}.json");
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 

@@ -30,12 +30,36 @@ pub struct ServerConfig {
 pub struct WorkersConfig {
     /// A worker is online while it has checked in (popped) within this many seconds.
     pub online_window_secs: i64,
+    /// A worker with this much suspicion gets no jobs until a moderator clears it (0: never).
+    pub suspicion_threshold: u32,
+    /// A job finished faster than this many megapixelsteps per second raises suspicion.
+    pub max_plausible_mps: f64,
+    /// This many faulted or timed-out jobs in a row raise suspicion (0: never).
+    pub fault_streak_limit: u32,
+    /// How long, in seconds, a new request may be kept for a more reliable worker that is
+    /// waiting for work, instead of going to a less reliable one that asked first (0: off).
+    pub reliability_hold_secs: i64,
 }
 
 impl Default for WorkersConfig {
     fn default() -> Self {
+        let rules = horde_core::ReputationRules::default();
         WorkersConfig {
             online_window_secs: horde_core::accounts::ONLINE_WINDOW_SECS,
+            suspicion_threshold: rules.suspicion_threshold,
+            max_plausible_mps: rules.max_plausible_mps,
+            fault_streak_limit: rules.fault_streak_limit,
+            reliability_hold_secs: 5,
+        }
+    }
+}
+
+impl WorkersConfig {
+    pub fn reputation_rules(&self) -> horde_core::ReputationRules {
+        horde_core::ReputationRules {
+            max_plausible_mps: self.max_plausible_mps,
+            fault_streak_limit: self.fault_streak_limit,
+            suspicion_threshold: self.suspicion_threshold,
         }
     }
 }

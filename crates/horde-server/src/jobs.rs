@@ -10,7 +10,7 @@ use horde_api::Rc;
 use horde_core::accounts::User;
 use horde_core::keys::{sign_upload, verify_upload};
 use horde_core::request::{Job, JobState, LiveRequest, SubmitRefusal};
-use horde_core::{pricing, Assignment, PopOutcome};
+use horde_core::{pricing, Assignment, PopOutcome, Standby, SuspicionReason};
 use horde_store::SubmitEffects;
 use uuid::Uuid;
 
@@ -89,14 +89,39 @@ impl AppState {
         if entry.worker.paused {
             return Ok(PopResponse::empty(Default::default()));
         }
+        let reputation = &entry.worker.reputation;
+        if reputation.is_suspended(&self.config.workers.reputation_rules()) {
+            return Err(ApiError::new(
+                Rc::WorkerFlaggedMaintenance,
+                format!(
+                    "This worker is suspended: its suspicion is {} (threshold {}). See \
+                     /api/v2/workers/{} for the reasons; a moderator must clear it.",
+                    reputation.suspicion, self.config.workers.suspicion_threshold, entry.worker.id
+                ),
+            ));
+        }
         let now = now();
         let _ordered = self.write_order.lock().await;
+        let mut standby = self.standby_for(&entry, now);
+        let speed = reputation.recent_speed_mps;
         let outcome = self.queue.lock().expect("queue lock").pop(
             &entry.caps(),
             &entry.worker.name,
             now,
-            |request, batch| job_deadline_secs(request, batch, entry.speed_mps, &self.config.jobs),
+            |request, batch| job_deadline_secs(request, batch, speed, &self.config.jobs),
+            &mut standby,
         );
+        if let Some(live) = self
+            .workers
+            .write()
+            .expect("registry lock")
+            .get_mut(entry.worker.id)
+        {
+            live.waiting_since = match &outcome {
+                PopOutcome::Nothing(_) => live.waiting_since.or(Some(now)),
+                PopOutcome::Assigned(_) => None,
+            };
+        }
         match outcome {
             PopOutcome::Nothing(skipped) => {
                 if entry.worker.maintenance {
@@ -109,6 +134,21 @@ impl AppState {
             }
             PopOutcome::Assigned(assignment) => self.hand_out(assignment, now).await,
         }
+    }
+
+    /// The more reliable workers waiting for work while `entry` pops (none when nothing waits
+    /// in the queue, or routing by reliability is off).
+    fn standby_for(&self, entry: &crate::workers::WorkerEntry, now: i64) -> Standby {
+        let hold = self.config.workers.reliability_hold_secs;
+        if hold <= 0 || self.queue.lock().expect("queue lock").waiting_count() == 0 {
+            return Standby::none();
+        }
+        let better = self
+            .workers
+            .read()
+            .expect("registry lock")
+            .standing_by_better_than(entry, now, hold, &self.config.workers.reputation_rules());
+        Standby::new(better, now, hold)
     }
 
     async fn hand_out(&self, assignment: Assignment, now: i64) -> ApiResult<PopResponse> {
@@ -194,21 +234,30 @@ impl AppState {
             .lock()
             .expect("queue lock")
             .request_of_job(job_id)
-            .and_then(|r| r.job(job_id))
-            .is_some_and(|j| j.state == JobState::Processing);
-        if !in_flight {
+            .and_then(|r| {
+                let job = r.job(job_id)?;
+                (job.state == JobState::Processing).then(|| (r.clone(), job.worker_id))
+            });
+        let Some((request, worker_id)) = in_flight else {
             return Err(ApiError::new(
                 Rc::InvalidJobID,
                 "This job is not waiting for an image.",
             ));
-        }
+        };
         if self.images.exists(job_id) {
             return Err(ApiError::new(
                 Rc::UploadAlreadyUsed,
                 "This upload URL was already used.",
             ));
         }
-        let (bytes, _) = check_image(bytes).await?;
+        let bytes = match checked_result(&request, bytes).await {
+            Ok(bytes) => bytes,
+            Err((error, reason)) => {
+                let _ordered = self.write_order.lock().await;
+                self.record_suspicion(worker_id, reason, now()).await?;
+                return Err(error);
+            }
+        };
         let staged = self.images.stage(job_id, &bytes).await?;
         if self.images.exists(job_id) {
             self.images.discard(&staged).await;
@@ -229,8 +278,17 @@ impl AppState {
         let staged = if faulted {
             None
         } else {
-            self.stage_result(&request, job_id, submit.generation.as_deref())
-                .await?
+            match self
+                .stage_result(&request, job_id, submit.generation.as_deref())
+                .await
+            {
+                Ok(staged) => staged,
+                Err(StageError::Refused(error)) => return Err(error),
+                Err(StageError::Suspicious(error, reason)) => {
+                    self.record_suspicion(job.worker_id, reason, now()).await?;
+                    return Err(error);
+                }
+            }
         };
         let worker = self
             .workers
@@ -292,11 +350,21 @@ impl AppState {
         let effects = job.state.is_finished().then(|| {
             self.submit_effects(&updated, &job, worker.as_ref().map(|w| w.worker.user_id))
         });
+        let reputation = self.record_result(&job, effects.as_ref(), now);
         self.store
-            .save_submit(&updated, &job, effects.as_ref())
+            .save_submit(
+                &updated,
+                &job,
+                effects.as_ref(),
+                reputation.as_ref().map(|r| (job.worker_id, r)),
+            )
             .await?;
         if let Some(e) = &effects {
-            self.record_contribution(&job, e, now);
+            self.performance.lock().expect("performance lock").record(
+                &job.model,
+                now,
+                e.megapixelsteps * 1e6 / (now - job.started).max(1) as f64,
+            );
         }
         Ok(SubmitResponse { reward: job.reward })
     }
@@ -337,30 +405,57 @@ impl AppState {
         request: &LiveRequest,
         job_id: Uuid,
         generation: Option<&str>,
-    ) -> ApiResult<Option<std::path::PathBuf>> {
+    ) -> Result<Option<std::path::PathBuf>, StageError> {
         let generation = generation.unwrap_or("R2");
         if generation == "R2" {
             if !request.body.r2 || !self.images.exists(job_id) {
-                return Err(ApiError::new(Rc::ImageValidationFailed, "No image was uploaded for this job: PUT it to the r2_upload URL first, or send it as base64."));
+                return Err(StageError::Refused(ApiError::new(Rc::ImageValidationFailed, "No image was uploaded for this job: PUT it to the r2_upload URL first, or send it as base64.")));
             }
             return Ok(None);
         }
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(generation.trim())
             .map_err(|_| {
-                ApiError::new(
-                    Rc::ImageValidationFailed,
-                    "generation is neither \"R2\" nor valid base64.",
+                StageError::Suspicious(
+                    ApiError::new(
+                        Rc::ImageValidationFailed,
+                        "generation is neither \"R2\" nor valid base64.",
+                    ),
+                    SuspicionReason::UndecodableImage,
                 )
             })?;
         if bytes.len() > self.config.api.max_image_bytes {
-            return Err(ApiError::new(
+            return Err(StageError::Refused(ApiError::new(
                 Rc::PayloadTooLarge,
                 "The image is too large.",
-            ));
+            )));
         }
-        let (bytes, _) = check_image(bytes).await?;
-        Ok(Some(self.images.stage(job_id, &bytes).await?))
+        let bytes = checked_result(request, bytes)
+            .await
+            .map_err(|(error, reason)| StageError::Suspicious(error, reason))?;
+        let staged = self.images.stage(job_id, &bytes).await;
+        staged.map(Some).map_err(StageError::Refused)
+    }
+
+    /// Adds one suspicion to a worker and stores its reputation. The caller holds the write
+    /// order.
+    async fn record_suspicion(
+        &self,
+        worker_id: Uuid,
+        reason: SuspicionReason,
+        now: i64,
+    ) -> ApiResult<()> {
+        let reputation = {
+            let mut registry = self.workers.write().expect("registry lock");
+            let Some(entry) = registry.get_mut(worker_id) else {
+                return Ok(());
+            };
+            entry.worker.reputation.suspect(reason, now);
+            tracing::warn!(worker = %entry.worker.name, ?reason, suspicion = entry.worker.reputation.suspicion, "worker suspected");
+            entry.worker.reputation.clone()
+        };
+        self.store.save_reputation(worker_id, &reputation).await?;
+        Ok(())
     }
 
     fn submit_effects(
@@ -386,26 +481,65 @@ impl AppState {
         }
     }
 
-    fn record_contribution(&self, job: &Job, effects: &SubmitEffects, now: i64) {
-        let seconds = (now - job.started).max(1) as f64;
-        self.performance.lock().expect("performance lock").record(
-            &job.model,
-            now,
-            effects.megapixelsteps * 1e6 / seconds,
-        );
-        if let Some(entry) = self
-            .workers
-            .write()
-            .expect("registry lock")
-            .get_mut(job.worker_id)
-        {
-            let sample = effects.megapixelsteps / seconds;
-            entry.speed_mps = Some(entry.speed_mps.map_or(sample, |s| 0.7 * s + 0.3 * sample));
-            entry.worker.kudos_generated += effects.reward;
-            entry.worker.fulfilments += 1;
-            entry.worker.megapixelsteps += effects.megapixelsteps;
+    /// Enters a submitted job in its worker's reputation (and its reward in the worker's
+    /// earnings); returns the reputation to store, or `None` for an unknown worker.
+    fn record_result(
+        &self,
+        job: &Job,
+        effects: Option<&SubmitEffects>,
+        now: i64,
+    ) -> Option<horde_core::Reputation> {
+        let rules = self.config.workers.reputation_rules();
+        let mut registry = self.workers.write().expect("registry lock");
+        let entry = registry.get_mut(job.worker_id)?;
+        let reputation = &mut entry.worker.reputation;
+        let raised = match effects {
+            Some(e) => {
+                entry.worker.kudos_generated += e.reward;
+                let secs = (now - job.started) as f64;
+                reputation.record_completed(e.megapixelsteps, secs, now, &rules)
+            }
+            None if job.state == JobState::Faulted => reputation.record_faulted(now, &rules),
+            None => None,
+        };
+        if let Some(reason) = raised {
+            tracing::warn!(worker = %entry.worker.name, ?reason, suspicion = reputation.suspicion, "worker suspected");
         }
+        Some(reputation.clone())
     }
+}
+
+/// Why a submitted image was not staged.
+enum StageError {
+    /// Refused without judging the worker (nothing uploaded yet, too large, disk trouble).
+    Refused(ApiError),
+    /// Refused, and the worker is suspected for it (garbage or the wrong size).
+    Suspicious(ApiError, SuspicionReason),
+}
+
+/// Decodes a finished image and checks its size against what the request asked for.
+async fn checked_result(
+    request: &LiveRequest,
+    bytes: Vec<u8>,
+) -> Result<Vec<u8>, (ApiError, SuspicionReason)> {
+    let (bytes, size) = check_image(bytes)
+        .await
+        .map_err(|e| (e, SuspicionReason::UndecodableImage))?;
+    let allowed = request.body.params.output_sizes();
+    if !allowed.contains(&(size.width, size.height)) {
+        let (width, height) = allowed[0];
+        return Err((
+            ApiError::new(
+                Rc::ImageValidationFailed,
+                format!(
+                    "The image is {}x{} but the job asked for {width}x{height}.",
+                    size.width, size.height
+                ),
+            ),
+            SuspicionReason::WrongImageSize,
+        ));
+    }
+    Ok(bytes)
 }
 
 impl AppState {
@@ -425,17 +559,20 @@ impl AppState {
                 })
                 .collect()
         };
+        let rules = self.config.workers.reputation_rules();
         for (request, job) in &taken {
             tracing::warn!(job = %job.id, worker = %job.worker_name, request = %request.id, "job deadline passed; taken back");
-            self.store.save_submit(request, job, None).await?;
-            if let Some(entry) = self
+            let reputation = self
                 .workers
                 .write()
                 .expect("registry lock")
                 .get_mut(job.worker_id)
-            {
-                entry.worker.uncompleted_jobs += 1;
-            }
+                .map(|entry| {
+                    entry.worker.reputation.record_timed_out(now, &rules);
+                    entry.worker.reputation.clone()
+                });
+            let worker = reputation.as_ref().map(|r| (job.worker_id, r));
+            self.store.save_submit(request, job, None, worker).await?;
         }
         Ok(taken.len())
     }

@@ -13,6 +13,7 @@ use horde_core::matching::can_generate;
 use horde_core::pricing;
 use horde_core::request::{JobState, LiveRequest};
 use horde_core::seed::parse_seed;
+use horde_core::Reputation;
 use uuid::Uuid;
 
 /// What `POST /generate/async` answers: accepted (202) or a dry run's price (200).
@@ -265,21 +266,48 @@ impl AppState {
         let now = now();
         let retention = self.config.requests.retention_secs;
         let ordered = self.write_order.lock().await;
-        let updated = self
+        let (updated, was_cancelled) = self
             .queue
             .lock()
             .expect("queue lock")
             .update(request_id, |r| {
+                let was_cancelled = r.cancelled;
                 r.cancel();
                 if r.is_done() {
                     r.expiry = now + retention;
                 }
-                r.clone()
+                (r.clone(), was_cancelled)
             })
             .ok_or_else(|| not_found(request_id))?;
-        self.store.save_request_state(&updated).await?;
+        let interrupted = if was_cancelled {
+            vec![]
+        } else {
+            self.count_cancelled_jobs(&updated)
+        };
+        self.store
+            .save_request_state(&updated, &interrupted)
+            .await?;
         drop(ordered);
         self.request_status(id).await
+    }
+
+    /// Enters the jobs of `request` still in flight as cancelled in their workers' reputations;
+    /// returns the reputations to store.
+    fn count_cancelled_jobs(&self, request: &LiveRequest) -> Vec<(Uuid, Reputation)> {
+        let mut registry = self.workers.write().expect("registry lock");
+        let mut changed: Vec<(Uuid, Reputation)> = vec![];
+        for job in request
+            .jobs
+            .iter()
+            .filter(|j| j.state == JobState::Processing)
+        {
+            if let Some(entry) = registry.get_mut(job.worker_id) {
+                entry.worker.reputation.record_cancelled();
+                changed.retain(|(id, _)| *id != job.worker_id);
+                changed.push((job.worker_id, entry.worker.reputation.clone()));
+            }
+        }
+        changed
     }
 
     /// Removes requests whose time is up and nothing of which is in flight; returns how many.

@@ -2,20 +2,27 @@
 //!
 //! All known workers live in memory (the registry) so that a pop reads nothing from the
 //! database; a check-in is written only when something the worker declared changed or 30
-//! seconds have passed since the last write.
+//! seconds have passed since the last write. Each path changes only its own fields of a live
+//! entry (check-in the declaration, submit and the sweeper the reputation, the owner the
+//! settings), so concurrent pops, submits and edits never undo one another.
 
 use crate::error::{ApiError, ApiResult};
 use crate::state::{now, AppState};
 use horde_api::image::PopRequest;
-use horde_api::worker::{ModifyWorker, TeamRef, WorkerDetails, WorkerKudosDetails};
+use horde_api::worker::{
+    ModifyWorker, SuspicionEntry, TeamRef, WorkerDetails, WorkerKudosDetails, WorkerReputation,
+};
 use horde_api::Rc;
 use horde_core::accounts::{User, Worker, WorkerFlags};
-use horde_core::WorkerCaps;
+use horde_core::{Reputation, ReputationRules, WorkerCaps};
 use std::collections::HashMap;
 use uuid::Uuid;
 
 /// A check-in is written at most this often unless the worker's declaration changed.
 const CHECK_IN_WRITE_INTERVAL_SECS: i64 = 30;
+
+/// At most this many more reliable waiting workers are considered at a pop.
+const MAX_STANDBY: usize = 16;
 
 /// Untrusted users may own at most this many workers (the public horde refuses a new one when
 /// more than 3 exist).
@@ -25,8 +32,6 @@ const MAX_WORKERS_TRUSTED: usize = 21;
 #[derive(Debug, Clone)]
 pub struct WorkerEntry {
     pub worker: Worker,
-    /// Measured speed in megapixelsteps per second (moving average), once it has finished jobs.
-    pub speed_mps: Option<f64>,
     pub owner_trusted: bool,
     pub owner_flagged: bool,
     pub owner_alias: String,
@@ -34,6 +39,9 @@ pub struct WorkerEntry {
     pub persisted_check_in: i64,
     pub amount: u32,
     pub priority_user_ids: Vec<i64>,
+    /// When the worker's latest pop found nothing (cleared when it gets a job): it is standing
+    /// by for work.
+    pub waiting_since: Option<i64>,
 }
 
 #[derive(Debug)]
@@ -80,6 +88,36 @@ impl WorkerRegistry {
             .values()
             .filter(move |e| e.worker.is_online(now, window))
     }
+    /// The workers more reliable than `me` (by a clear margin) that could take a job right
+    /// now: they popped and found nothing within the last `hold_secs`, and nothing stops them
+    /// from getting jobs. Most reliable first.
+    pub fn standing_by_better_than(
+        &self,
+        me: &WorkerEntry,
+        now: i64,
+        hold_secs: i64,
+        rules: &ReputationRules,
+    ) -> Vec<WorkerCaps> {
+        /// Reliabilities closer than this are treated as equal.
+        const MARGIN: f64 = 0.05;
+        let mine = me.worker.reputation.reliability();
+        let mut better: Vec<(f64, &WorkerEntry)> = self
+            .by_id
+            .values()
+            .filter(|e| e.worker.id != me.worker.id)
+            .filter(|e| e.waiting_since.is_some() && now - e.worker.last_check_in < hold_secs)
+            .filter(|e| e.gets_jobs(rules) && !e.owner_flagged)
+            .map(|e| (e.worker.reputation.reliability(), e))
+            .filter(|(reliability, _)| *reliability >= mine + MARGIN)
+            .collect();
+        better.sort_by(|a, b| b.0.total_cmp(&a.0));
+        better
+            .into_iter()
+            .take(MAX_STANDBY)
+            .map(|(_, e)| e.caps())
+            .collect()
+    }
+
     pub fn count_of_user(&self, user_id: i64) -> usize {
         self.by_id
             .values()
@@ -98,6 +136,29 @@ impl WorkerRegistry {
 }
 
 impl WorkerEntry {
+    /// Whether this worker may be handed jobs: not paused, in maintenance or suspended.
+    pub fn gets_jobs(&self, rules: &ReputationRules) -> bool {
+        let w = &self.worker;
+        !w.paused && !w.maintenance && !w.reputation.is_suspended(rules)
+    }
+
+    /// Takes what a check-in declared from `checked_in`, leaving the rest of this entry alone.
+    fn apply_check_in(&mut self, checked_in: &WorkerEntry) {
+        let (w, c) = (&mut self.worker, &checked_in.worker);
+        w.last_check_in = c.last_check_in;
+        w.uptime = c.uptime;
+        w.flags = c.flags.clone();
+        w.max_pixels = c.max_pixels;
+        w.nsfw = c.nsfw;
+        w.threads = c.threads;
+        w.bridge_agent = c.bridge_agent.clone();
+        self.amount = checked_in.amount;
+        self.priority_user_ids = checked_in.priority_user_ids.clone();
+        self.owner_trusted = checked_in.owner_trusted;
+        self.owner_flagged = checked_in.owner_flagged;
+        self.persisted_check_in = checked_in.persisted_check_in;
+    }
+
     /// The matching view of this worker.
     pub fn caps(&self) -> WorkerCaps {
         let w = &self.worker;
@@ -121,23 +182,29 @@ impl WorkerEntry {
         }
     }
 
-    pub fn details(&self, now: i64, online_window_secs: i64) -> WorkerDetails {
+    pub fn details(
+        &self,
+        now: i64,
+        online_window_secs: i64,
+        rules: &ReputationRules,
+    ) -> WorkerDetails {
         let w = &self.worker;
+        let r = &w.reputation;
         WorkerDetails {
             kind: "image".into(),
             name: w.name.clone(),
             id: w.id.to_string(),
             online: w.is_online(now, online_window_secs),
-            requests_fulfilled: w.fulfilments,
+            requests_fulfilled: r.completed,
             kudos_rewards: w.kudos_generated + w.kudos_uptime,
             kudos_details: WorkerKudosDetails {
                 generated: w.kudos_generated,
                 uptime: w.kudos_uptime,
             },
-            performance: format!("{:.1} megapixelsteps per second", speed_mps(w)),
+            performance: format!("{:.1} megapixelsteps per second", r.average_speed_mps()),
             threads: w.threads,
             uptime: w.uptime,
-            uncompleted_jobs: w.uncompleted_jobs,
+            uncompleted_jobs: r.timed_out,
             maintenance_mode: w.maintenance,
             paused: None,
             info: w.info.clone(),
@@ -149,23 +216,40 @@ impl WorkerEntry {
             team: TeamRef::None("None".into()),
             bridge_agent: w.bridge_agent.clone(),
             max_pixels: w.max_pixels,
-            megapixelsteps_generated: w.megapixelsteps,
+            megapixelsteps_generated: r.megapixelsteps,
             img2img: w.flags.allow_img2img,
             painting: w.flags.allow_painting,
             post_processing: w.flags.allow_post_processing,
             lora: w.flags.allow_lora,
             controlnet: w.flags.allow_controlnet,
             sdxl_controlnet: w.flags.allow_sdxl_controlnet,
+            reputation: Some(reputation_details(r, w.uptime, rules)),
         }
     }
 }
 
-/// Average megapixelsteps per second over the worker's life.
-fn speed_mps(w: &Worker) -> f64 {
-    if w.uptime == 0 {
-        0.0
-    } else {
-        w.megapixelsteps / w.uptime as f64
+fn reputation_details(r: &Reputation, uptime: u64, rules: &ReputationRules) -> WorkerReputation {
+    WorkerReputation {
+        jobs_completed: r.completed,
+        jobs_faulted: r.faulted,
+        jobs_timed_out: r.timed_out,
+        jobs_cancelled: r.cancelled,
+        speed_mps: r.average_speed_mps(),
+        uptime,
+        reliability: r.reliability(),
+        suspicion: r.suspicion,
+        suspicions: r
+            .suspicions
+            .iter()
+            .map(|s| SuspicionEntry {
+                reason: serde_json::to_value(s.reason)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default(),
+                at: s.at,
+            })
+            .collect(),
+        suspended: r.is_suspended(rules),
     }
 }
 
@@ -223,13 +307,13 @@ impl AppState {
                 }
             };
             let entry = WorkerEntry {
-                speed_mps: None,
                 owner_trusted: owner.as_ref().is_some_and(|u| u.trusted),
                 owner_flagged: owner.as_ref().is_some_and(|u| u.flagged),
                 owner_alias: owner.map(|u| u.alias()).unwrap_or_default(),
                 persisted_check_in: worker.last_check_in,
                 amount: 1,
                 priority_user_ids: vec![worker.user_id],
+                waiting_since: None,
                 worker,
             };
             self.workers.write().expect("registry lock").insert(entry);
@@ -287,11 +371,17 @@ impl AppState {
             self.store.save_check_in(&entry.worker).await?;
             entry.persisted_check_in = now;
         }
-        self.workers
-            .write()
-            .expect("registry lock")
-            .insert(entry.clone());
-        Ok(entry)
+        let mut registry = self.workers.write().expect("registry lock");
+        match registry.get_mut(entry.worker.id) {
+            Some(live) => {
+                live.apply_check_in(&entry);
+                Ok(live.clone())
+            }
+            None => {
+                registry.insert(entry.clone());
+                Ok(entry)
+            }
+        }
     }
 
     async fn register_worker(
@@ -333,10 +423,8 @@ impl AppState {
             paused: false,
             kudos_generated: 0.0,
             kudos_uptime: 0.0,
-            fulfilments: 0,
-            megapixelsteps: 0.0,
-            uncompleted_jobs: 0,
             uptime: 0,
+            reputation: Reputation::default(),
         };
         self.store
             .insert_worker(&worker)
@@ -350,18 +438,19 @@ impl AppState {
             })?;
         tracing::info!(worker = %worker.name, owner = user.id, "registered worker");
         Ok(WorkerEntry {
-            speed_mps: None,
             owner_trusted: user.trusted,
             owner_flagged: user.flagged,
             owner_alias: user.alias(),
             persisted_check_in: now,
             amount: pop.amount,
             priority_user_ids: vec![user.id],
+            waiting_since: None,
             worker,
         })
     }
 
-    /// Applies `PUT /workers/{id}`: owner settings, `paused` for moderators only.
+    /// Applies `PUT /workers/{id}`: owner settings; `paused` and `reset_suspicion` for
+    /// moderators only.
     pub async fn modify_worker(
         &self,
         user: &User,
@@ -375,19 +464,9 @@ impl AppState {
                 "No worker modification selected!",
             ));
         }
-        let mut entry = self
-            .workers
-            .read()
-            .expect("registry lock")
-            .get(id)
-            .cloned()
-            .ok_or_else(|| {
-                ApiError::new(
-                    Rc::WorkerNotFound,
-                    format!("Worker with ID '{id}' not found."),
-                )
-            })?;
-        let owner = entry.worker.user_id == user.id;
+        let _ordered = self.write_order.lock().await;
+        let mut edited = self.worker_entry(id)?;
+        let owner = edited.worker.user_id == user.id;
         if !owner && !user.moderator {
             return Err(ApiError::new(
                 Rc::NotOwner,
@@ -398,6 +477,12 @@ impl AppState {
             return Err(ApiError::new(
                 Rc::NotModerator,
                 "Only a moderator can pause a worker.",
+            ));
+        }
+        if change.reset_suspicion.is_some() && !user.moderator {
+            return Err(ApiError::new(
+                Rc::NotModerator,
+                "Only a moderator can clear a worker's suspicion.",
             ));
         }
         if let Some(name) = &change.name {
@@ -413,22 +498,28 @@ impl AppState {
                     format!("A worker named '{name}' already exists."),
                 ));
             }
-            entry.worker.name = name.clone();
+            edited.worker.name = name.clone();
         }
+        let w = &mut edited.worker;
         if let Some(m) = change.maintenance {
-            entry.worker.maintenance = m;
+            w.maintenance = m;
         }
         if let Some(msg) = &change.maintenance_msg {
-            entry.worker.maintenance_msg = Some(msg.clone());
+            w.maintenance_msg = Some(msg.clone());
         }
         if let Some(p) = change.paused {
-            entry.worker.paused = p;
+            w.paused = p;
         }
         if let Some(info) = &change.info {
-            entry.worker.info = Some(info.clone());
+            w.info = Some(info.clone());
+        }
+        let clear_suspicion = change.reset_suspicion == Some(true);
+        if clear_suspicion {
+            w.reputation.clear_suspicion();
+            tracing::info!(worker = %w.name, moderator = user.id, "suspicion cleared");
         }
         self.store
-            .save_worker_settings(&entry.worker)
+            .save_worker_settings(&edited.worker)
             .await
             .map_err(|e| match e {
                 horde_store::StoreError::Duplicate(_) => ApiError::new(
@@ -437,10 +528,39 @@ impl AppState {
                 ),
                 other => other.into(),
             })?;
+        if clear_suspicion {
+            self.store
+                .save_reputation(id, &edited.worker.reputation)
+                .await?;
+        }
         let mut registry = self.workers.write().expect("registry lock");
-        registry.rename(id, &entry.worker.name);
-        registry.insert(entry);
+        registry.rename(id, &edited.worker.name);
+        if let Some(live) = registry.get_mut(id) {
+            let (live, w) = (&mut live.worker, &edited.worker);
+            live.info = w.info.clone();
+            live.maintenance = w.maintenance;
+            live.maintenance_msg = w.maintenance_msg.clone();
+            live.paused = w.paused;
+            if clear_suspicion {
+                live.reputation.clear_suspicion();
+            }
+        }
         Ok(change)
+    }
+
+    /// A copy of the worker's live entry, or the AI Horde 404.
+    pub fn worker_entry(&self, id: Uuid) -> ApiResult<WorkerEntry> {
+        self.workers
+            .read()
+            .expect("registry lock")
+            .get(id)
+            .cloned()
+            .ok_or_else(|| {
+                ApiError::new(
+                    Rc::WorkerNotFound,
+                    format!("Worker with ID '{id}' not found."),
+                )
+            })
     }
 
     pub fn worker_details(&self, id: Uuid) -> ApiResult<WorkerDetails> {
@@ -448,7 +568,13 @@ impl AppState {
             .read()
             .expect("registry lock")
             .get(id)
-            .map(|e| e.details(now(), self.config.workers.online_window_secs))
+            .map(|e| {
+                e.details(
+                    now(),
+                    self.config.workers.online_window_secs,
+                    &self.config.workers.reputation_rules(),
+                )
+            })
             .ok_or_else(|| {
                 ApiError::new(
                     Rc::WorkerNotFound,
@@ -462,7 +588,13 @@ impl AppState {
             .read()
             .expect("registry lock")
             .by_name(name)
-            .map(|e| e.details(now(), self.config.workers.online_window_secs))
+            .map(|e| {
+                e.details(
+                    now(),
+                    self.config.workers.online_window_secs,
+                    &self.config.workers.reputation_rules(),
+                )
+            })
             .ok_or_else(|| {
                 ApiError::new(
                     Rc::WorkerNotFound,
@@ -478,7 +610,13 @@ impl AppState {
         let mut list: Vec<WorkerDetails> = registry
             .online(now)
             .filter(|e| name.is_none_or(|n| e.worker.name == n))
-            .map(|e| e.details(now, self.config.workers.online_window_secs))
+            .map(|e| {
+                e.details(
+                    now,
+                    self.config.workers.online_window_secs,
+                    &self.config.workers.reputation_rules(),
+                )
+            })
             .collect();
         list.sort_by(|a, b| a.name.cmp(&b.name));
         list

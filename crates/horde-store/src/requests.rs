@@ -1,7 +1,9 @@
 //! Requests and their jobs. Each acknowledged change is one transaction.
 
+use crate::workers::write_reputation;
 use crate::{parse_json, parse_uuid, to_json, Result, Store, StoreError};
 use horde_core::request::{Job, JobState, LiveRequest};
+use horde_core::Reputation;
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, Sqlite, Transaction};
 use std::collections::HashMap;
@@ -148,16 +150,21 @@ impl Store {
         Ok(())
     }
 
-    /// Stores a job's result, the request's counters, and the kudos and statistics it moves.
+    /// Stores a job's result, the request's counters, the kudos and statistics it moves, and
+    /// the reputation of the job's worker as it now stands.
     pub async fn save_submit(
         &self,
         r: &LiveRequest,
         job: &Job,
         effects: Option<&SubmitEffects>,
+        worker: Option<(Uuid, &Reputation)>,
     ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         write_request_state(&mut tx, r).await?;
         write_job_result(&mut tx, job).await?;
+        if let Some((worker_id, reputation)) = worker {
+            write_reputation(&mut *tx, worker_id, reputation).await?;
+        }
         if let Some(e) = effects {
             sqlx::query("UPDATE users SET kudos = kudos - ?, usage_megapixelsteps = usage_megapixelsteps + ?, usage_requests = usage_requests + 1 WHERE id = ?")
                 .bind(e.requester_charge)
@@ -176,24 +183,28 @@ impl Store {
             .bind(e.worker_owner_id)
             .execute(&mut *tx)
             .await?;
-            sqlx::query(
-                "UPDATE workers SET kudos_generated = kudos_generated + ?, fulfilments = fulfilments + 1, \
-                 megapixelsteps = megapixelsteps + ? WHERE id = ?",
-            )
-            .bind(e.reward)
-            .bind(e.megapixelsteps)
-            .bind(e.worker_id.to_string())
-            .execute(&mut *tx)
-            .await?;
+            sqlx::query("UPDATE workers SET kudos_generated = kudos_generated + ? WHERE id = ?")
+                .bind(e.reward)
+                .bind(e.worker_id.to_string())
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         Ok(())
     }
 
-    /// Stores a request's counters (after a cancel, for instance).
-    pub async fn save_request_state(&self, r: &LiveRequest) -> Result<()> {
+    /// Stores a request's counters (after a cancel, for instance) and the reputations it
+    /// changed.
+    pub async fn save_request_state(
+        &self,
+        r: &LiveRequest,
+        workers: &[(Uuid, Reputation)],
+    ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         write_request_state(&mut tx, r).await?;
+        for (worker_id, reputation) in workers {
+            write_reputation(&mut *tx, *worker_id, reputation).await?;
+        }
         tx.commit().await?;
         Ok(())
     }

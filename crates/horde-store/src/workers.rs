@@ -2,13 +2,16 @@
 
 use crate::{parse_json, parse_uuid, to_json, Result, Store, StoreError};
 use horde_core::accounts::Worker;
+use horde_core::Reputation;
 use sqlx::sqlite::SqliteRow;
 use sqlx::Row;
+use uuid::Uuid;
 
 const WORKER_COLUMNS: &str =
     "id, user_id, name, info, created, last_check_in, bridge_agent, threads, \
     max_pixels, nsfw, flags, maintenance, maintenance_msg, paused, kudos_generated, kudos_uptime, \
-    fulfilments, megapixelsteps, uncompleted_jobs, uptime";
+    fulfilments, megapixelsteps, uncompleted_jobs, uptime, jobs_faulted, jobs_cancelled, busy_secs, \
+    recent_speed_mps, fault_streak, suspicion, suspicions";
 
 fn worker_from_row(row: &SqliteRow) -> Result<Worker> {
     Ok(Worker {
@@ -28,11 +31,55 @@ fn worker_from_row(row: &SqliteRow) -> Result<Worker> {
         paused: row.try_get("paused")?,
         kudos_generated: row.try_get("kudos_generated")?,
         kudos_uptime: row.try_get("kudos_uptime")?,
-        fulfilments: row.try_get::<i64, _>("fulfilments")? as u64,
-        megapixelsteps: row.try_get("megapixelsteps")?,
-        uncompleted_jobs: row.try_get::<i64, _>("uncompleted_jobs")? as u64,
         uptime: row.try_get::<i64, _>("uptime")? as u64,
+        reputation: reputation_from_row(row)?,
     })
+}
+
+fn reputation_from_row(row: &SqliteRow) -> Result<Reputation> {
+    Ok(Reputation {
+        completed: row.try_get::<i64, _>("fulfilments")? as u64,
+        faulted: row.try_get::<i64, _>("jobs_faulted")? as u64,
+        timed_out: row.try_get::<i64, _>("uncompleted_jobs")? as u64,
+        cancelled: row.try_get::<i64, _>("jobs_cancelled")? as u64,
+        megapixelsteps: row.try_get("megapixelsteps")?,
+        busy_secs: row.try_get("busy_secs")?,
+        recent_speed_mps: row.try_get("recent_speed_mps")?,
+        fault_streak: row.try_get::<i64, _>("fault_streak")? as u32,
+        suspicion: row.try_get::<i64, _>("suspicion")? as u32,
+        suspicions: parse_json(row.try_get("suspicions")?)?,
+    })
+}
+
+/// Writes a worker's whole reputation (the caller holds the coordinator's write order, so the
+/// newest state is written last).
+pub(crate) async fn write_reputation<'e, E>(
+    executor: E,
+    worker_id: Uuid,
+    r: &Reputation,
+) -> Result<()>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
+{
+    sqlx::query(
+        "UPDATE workers SET fulfilments = ?, jobs_faulted = ?, uncompleted_jobs = ?, jobs_cancelled = ?, \
+         megapixelsteps = ?, busy_secs = ?, recent_speed_mps = ?, fault_streak = ?, suspicion = ?, \
+         suspicions = ? WHERE id = ?",
+    )
+    .bind(r.completed as i64)
+    .bind(r.faulted as i64)
+    .bind(r.timed_out as i64)
+    .bind(r.cancelled as i64)
+    .bind(r.megapixelsteps)
+    .bind(r.busy_secs)
+    .bind(r.recent_speed_mps)
+    .bind(i64::from(r.fault_streak))
+    .bind(i64::from(r.suspicion))
+    .bind(to_json(&r.suspicions))
+    .bind(worker_id.to_string())
+    .execute(executor)
+    .await?;
+    Ok(())
 }
 
 impl Store {
@@ -92,6 +139,11 @@ impl Store {
         .await
         .map_err(|e| StoreError::unique(e, "worker name"))?;
         Ok(())
+    }
+
+    /// Stores a worker's reputation on its own (a moderator's clearance, a refused image).
+    pub async fn save_reputation(&self, worker_id: Uuid, r: &Reputation) -> Result<()> {
+        write_reputation(&self.pool, worker_id, r).await
     }
 
     pub async fn worker_by_id(&self, id: uuid::Uuid) -> Result<Option<Worker>> {

@@ -146,6 +146,7 @@ async fn every_request_finishes_despite_dying_stalling_and_faulting_workers() {
     for i in 0..REQUESTS {
         let mut request = small_request(&format!("request {i}"), 1 + (i % 4) as u32, false);
         request.params.steps = Some(4);
+        (request.params.width, request.params.height) = (64, 64); // the images sent
         let client = requesters[i % requesters.len()].clone();
         let id = loop {
             match client.generate_async(&request).await {

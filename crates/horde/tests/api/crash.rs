@@ -155,6 +155,7 @@ async fn kill_9_under_load_loses_nothing_acknowledged() {
                     let prompt = format!("crash {i} attempt {attempt}");
                     let mut request = small_request(&prompt, 1 + i % 3, false);
                     request.params.steps = Some(4);
+                    (request.params.width, request.params.height) = (64, 64); // the images sent
                     match requester.generate_async(&request).await {
                         Ok(accepted) => {
                             acknowledged.insert(accepted.id.unwrap(), (1 + i % 3, prompt));

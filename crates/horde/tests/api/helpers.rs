@@ -15,6 +15,7 @@ pub struct TestApp {
     pub root: String,
     pub state: SharedState,
     pub dir: TempDir,
+    config: ServerConfig,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
@@ -35,7 +36,12 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut ServerConfig)) -> TestAp
     config.api.test_users = true;
     config.api.rate_limits = false;
     configure(&mut config);
-    let app = Application::build(config)
+    start(config, dir).await
+}
+
+/// Serves `config` from `dir` (which holds the database and images).
+async fn start(config: ServerConfig, dir: TempDir) -> TestApp {
+    let app = Application::build(config.clone())
         .await
         .expect("coordinator starts");
     let root = format!("http://{}", app.local_addr());
@@ -48,6 +54,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut ServerConfig)) -> TestAp
         root,
         state,
         dir,
+        config,
         shutdown: Some(tx),
         server: Some(server),
     }
@@ -82,6 +89,22 @@ impl TestApp {
 
     /// Stops the server and waits for it to close the database.
     pub async fn stop(mut self) {
+        self.shut_down().await;
+    }
+
+    /// Stops the server cleanly and starts a new one on the same database and images (on
+    /// another port).
+    pub async fn restart(mut self) -> TestApp {
+        self.shut_down().await;
+        let config = self.config.clone();
+        let dir = std::mem::replace(
+            &mut self.dir,
+            tempfile::tempdir().expect("temporary directory"),
+        );
+        start(config, dir).await
+    }
+
+    async fn shut_down(&mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }

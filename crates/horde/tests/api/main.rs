@@ -10,6 +10,7 @@ mod durability;
 mod errors;
 mod helpers;
 mod lifecycle;
+mod reputation;
 mod sdk_compat;
 mod surface;
 mod uploads;

@@ -4,8 +4,10 @@
 
 #[test]
 fn horde_sdk_drives_a_full_image_request() {
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../compat/horde_sdk/against_server.sh");
+    // Where cargo runs the test from (a shared target directory may hold a binary built in a
+    // clone at another path).
+    let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or(env!("CARGO_MANIFEST_DIR").into());
+    let script = std::path::Path::new(&dir).join("../../compat/horde_sdk/against_server.sh");
     let output = std::process::Command::new("bash")
         .arg(&script)
         .arg(env!("CARGO_BIN_EXE_horde"))
