@@ -66,6 +66,16 @@ return_codes! {
     InvalidWebhook => 400,
     ImageValidationFailed => 400,
     UploadAlreadyUsed => 409,
+    InvalidTargetUsername => 400,
+    KudosTransferToAnon => 400,
+    KudosTransferToSelf => 400,
+    KudosTransferFromAnon => 400,
+    TooFastKudosTransfers => 400,
+    SourceAccountFlagged => 400,
+    TargetAccountFlagged => 400,
+    NegativeKudosTransfer => 400,
+    InvalidKudosTransferAmount => 400,
+    KudosTransferNotEnough => 400,
     // 401
     InvalidAPIKey => 401,
     // 403

@@ -109,3 +109,21 @@ pub struct TestUserResponse {
     /// True when the user was created by this call, false when it existed and its key was rotated.
     pub created: bool,
 }
+
+fn default_transfer_amount() -> f64 {
+    100.0
+}
+
+/// The body of `POST /kudos/transfer`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct KudosTransferRequest {
+    /// The receiver as `alias#id`.
+    pub username: String,
+    #[serde(default = "default_transfer_amount")]
+    pub amount: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct KudosTransferred {
+    pub transferred: f64,
+}

@@ -13,7 +13,9 @@ use horde_api::image::{
     SubmitRequest, SubmitResponse,
 };
 use horde_api::status::{ActiveModel, Heartbeat, HordePerformance};
-use horde_api::user::{TestUserRequest, TestUserResponse, UserDetails};
+use horde_api::user::{
+    KudosTransferRequest, KudosTransferred, TestUserRequest, TestUserResponse, UserDetails,
+};
 use horde_api::worker::{ModifyWorker, ModifyWorkerResponse, WorkerDetails};
 use horde_api::ErrorBody;
 use reqwest::{Method, RequestBuilder, StatusCode};
@@ -178,6 +180,16 @@ impl Client {
 
     pub async fn user(&self, id: u64) -> Result<UserDetails> {
         self.call(Method::GET, &format!("/users/{id}"), None::<&()>)
+            .await
+    }
+
+    /// Sends `amount` kudos to the user `alias#id`.
+    pub async fn transfer_kudos(&self, username: &str, amount: f64) -> Result<KudosTransferred> {
+        let body = KudosTransferRequest {
+            username: username.to_string(),
+            amount,
+        };
+        self.call(Method::POST, "/kudos/transfer", Some(&body))
             .await
     }
 

@@ -41,6 +41,23 @@ impl User {
     pub fn alias(&self) -> String {
         format!("{}#{}", self.username, self.id)
     }
+    /// The balance below which this user's kudos are not spendable on transfers (the public
+    /// horde's `get_min_kudos`): anonymous −50, accounts without OAuth 14, others 25.
+    pub fn min_kudos(&self) -> f64 {
+        if self.is_anonymous() {
+            -50.0
+        } else if self.pseudonymous {
+            14.0
+        } else {
+            25.0
+        }
+    }
+
+    /// Kudos this user may transfer.
+    pub fn transferable_kudos(&self) -> f64 {
+        (self.kudos - self.min_kudos()).max(0.0)
+    }
+
     /// Queue priority of this user's new requests: their kudos, anonymous last.
     pub fn queue_priority(&self) -> i64 {
         if self.is_anonymous() {

@@ -9,6 +9,7 @@
 
 pub mod accounts;
 pub mod keys;
+pub mod kudos_model;
 pub mod matching;
 pub mod pricing;
 pub mod queue;

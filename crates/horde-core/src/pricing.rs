@@ -1,13 +1,23 @@
 //! Kudos prices of image jobs.
 //!
-//! The public horde prices a job with a small neural network and falls back to a closed formula
-//! when the network is unavailable. This module implements that fallback formula (horde-api.md
-//! §5.1) plus the LoRA/TI surcharges, the requester's "burn" and the worker's bridge multiplier.
+//! As on the public horde, an image's price comes from its kudos model (`kudos_model`, the same
+//! weights), or from the closed formula when the model cannot encode the job (horde-api.md
+//! §5.1); then come the LoRA/TI surcharges, the requester's "burn" and the worker's bridge
+//! multiplier.
 
+use crate::kudos_model::KudosModel;
 use horde_api::image::{ImageParams, ImageRequest, UPSCALERS};
 
+/// The price of one image before surcharges: the kudos model's, or the closed formula's for a
+/// job the model cannot encode.
+pub fn base_job_kudos(request: &ImageRequest) -> f64 {
+    KudosModel::embedded()
+        .base_kudos(request)
+        .unwrap_or_else(|| formula_job_kudos(&request.params))
+}
+
 /// The public horde's closed-form price of one image (its fallback when the network fails).
-pub fn base_job_kudos(params: &ImageParams) -> f64 {
+pub fn formula_job_kudos(params: &ImageParams) -> f64 {
     let pixels = f64::from(params.width) * f64::from(params.height);
     let steps = f64::from(params.effective_steps());
     let smallest = 64.0_f64 * 64.0;
@@ -24,8 +34,9 @@ pub fn base_job_kudos(params: &ImageParams) -> f64 {
 }
 
 /// `wp.kudos` of the public horde: the per-image basis of both charge and reward.
-pub fn job_kudos(params: &ImageParams) -> f64 {
-    let mut kudos = base_job_kudos(params) + 3.0 * params.loras.len() as f64;
+pub fn job_kudos(request: &ImageRequest) -> f64 {
+    let params = &request.params;
+    let mut kudos = base_job_kudos(request) + 3.0 * params.loras.len() as f64;
     if !params.tis.is_empty() {
         kudos += 1.0;
     }
@@ -57,7 +68,7 @@ pub fn requester_charge(request: &ImageRequest, job_kudos: f64) -> f64 {
 /// The projected total of a request (the dry-run answer): every image's charge, plus the flat
 /// activation fee of 1.
 pub fn projected_cost(request: &ImageRequest) -> f64 {
-    let per_image = requester_charge(request, job_kudos(&request.params));
+    let per_image = requester_charge(request, job_kudos(request));
     round2(per_image * f64::from(request.params.n) + 1.0)
 }
 
@@ -79,19 +90,33 @@ pub fn round2(value: f64) -> f64 {
 mod tests {
     use super::*;
 
-    fn params(json: serde_json::Value) -> ImageParams {
-        serde_json::from_value(json).unwrap()
+    fn request(json: serde_json::Value) -> ImageRequest {
+        serde_json::from_value(serde_json::json!({"prompt": "p", "params": json})).unwrap()
     }
 
     #[test]
     fn price_grows_with_size_and_steps() {
-        let small = base_job_kudos(&params(serde_json::json!({"steps": 30})));
-        let big = base_job_kudos(&params(
+        let small = base_job_kudos(&request(serde_json::json!({"steps": 30})));
+        let big = base_job_kudos(&request(
             serde_json::json!({"steps": 30, "width": 1024, "height": 1024}),
         ));
-        let long = base_job_kudos(&params(serde_json::json!({"steps": 60})));
-        assert!(big > small * 3.0, "{big} vs {small}");
-        assert!(long > small * 1.9);
+        let long = base_job_kudos(&request(serde_json::json!({"steps": 60})));
+        assert!(big > small * 2.5, "{big} vs {small}");
+        assert!(long > small * 1.3, "{long} vs {small}");
+    }
+
+    #[test]
+    fn the_kudos_model_prices_what_it_can_encode_and_the_formula_the_rest() {
+        // 512×512, 30 steps of the default sampler (k_euler_a, karras, cfg 5): the sample table.
+        assert_eq!(
+            base_job_kudos(&request(serde_json::json!({"steps": 30}))),
+            7.61
+        );
+        let unknown_upscaler = serde_json::json!({"steps": 30, "post_processing": ["4xNomos8kSC"]});
+        assert_eq!(
+            base_job_kudos(&request(unknown_upscaler.clone())),
+            formula_job_kudos(&request(unknown_upscaler).params)
+        );
     }
 
     #[test]
@@ -99,16 +124,14 @@ mod tests {
         // 512x512, 30 steps: r = (512²−64²)^1.75 / (1024²−64²)^1.75.
         let r = (262_144.0f64 - 4096.0).powf(1.75) / (1_048_576.0f64 - 4096.0).powf(1.75);
         let expected = round2(0.1232 * 30.0 + r * 0.1232 * 30.0 * 8.75);
-        assert_eq!(
-            base_job_kudos(&params(serde_json::json!({"steps": 30}))),
-            expected
-        );
+        let params = request(serde_json::json!({"steps": 30})).params;
+        assert_eq!(formula_job_kudos(&params), expected);
     }
 
     #[test]
     fn loras_and_tis_add_surcharges() {
-        let plain = job_kudos(&params(serde_json::json!({})));
-        let with = job_kudos(&params(serde_json::json!({
+        let plain = job_kudos(&request(serde_json::json!({})));
+        let with = job_kudos(&request(serde_json::json!({
             "loras": [{"name": "a"}, {"name": "b"}], "tis": [{"name": "t"}]
         })));
         assert_eq!(round2(with - plain), 7.0);

@@ -15,8 +15,16 @@ use uuid::Uuid;
 /// Order of the queue: higher priority first, then older first.
 type QueueKey = (Reverse<i64>, u64, Uuid);
 
+/// Waiting requests gain this much priority per second (the public horde adds 50 every 10 s),
+/// so that old requests overtake richer newcomers. Since every waiting request gains the same,
+/// the order is that of `priority − rate × acceptance time`, a key that never changes.
+pub const PRIORITY_AGING_PER_SEC: i64 = 5;
+
 fn key_of(request: &LiveRequest) -> QueueKey {
-    (Reverse(request.priority), request.seq, request.id)
+    let aged = request
+        .priority
+        .saturating_sub(PRIORITY_AGING_PER_SEC.saturating_mul(request.created));
+    (Reverse(aged), request.seq, request.id)
 }
 
 /// Requests that name no model: any worker may take them.
@@ -424,6 +432,26 @@ pub(crate) mod tests {
             PopOutcome::Assigned(a) => Some(a.request_id),
             PopOutcome::Nothing(_) => None,
         }
+    }
+
+    #[test]
+    fn waiting_requests_gain_priority_until_old_ones_overtake_richer_newcomers() {
+        let mut queue = Queue::new();
+        let body = json!({"prompt": "p", "models": ["m"]});
+        let mut add_at = |priority: i64, created: i64| {
+            let mut r = request_from(body.clone());
+            (r.priority, r.created, r.seq) = (priority, created, queue.next_seq());
+            let id = r.id;
+            queue.insert(r);
+            id
+        };
+        let old_poor = add_at(100, 0);
+        let newer_rich = add_at(200, 30); // 100 more kudos, but 30 s later: 150 points of aging
+        let recent_rich = add_at(300, 10); // 200 more kudos, 10 s later: 50 points of aging
+        let w = worker(&["m"]);
+        assert_eq!(popped(&mut queue, &w), Some(recent_rich));
+        assert_eq!(popped(&mut queue, &w), Some(old_poor));
+        assert_eq!(popped(&mut queue, &w), Some(newer_rich));
     }
 
     #[test]

@@ -478,6 +478,7 @@ impl AppState {
             worker_owner_id: owner.unwrap_or_default(),
             reward: job.reward,
             megapixelsteps,
+            at: now(),
         }
     }
 

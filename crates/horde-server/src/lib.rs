@@ -194,6 +194,7 @@ fn router(state: SharedState) -> Router {
         .route("/api/v2/workers/name/{name}", get(workers::by_name))
         .route("/api/v2/users/{id}", get(users::get))
         .route("/api/v2/find_user", get(users::find_user))
+        .route("/api/v2/kudos/transfer", post(users::transfer))
         .route("/api/v2/dev/test-user", post(users::test_user))
         .route("/api/v2/status/heartbeat", get(status::heartbeat))
         .route("/api/v2/status/models", get(status::models))

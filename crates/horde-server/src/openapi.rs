@@ -9,7 +9,7 @@ use utoipa::OpenApi;
     paths(
         generate::generate_async, generate::check, generate::status, generate::cancel, generate::pop, generate::submit,
         workers::list, workers::get, workers::by_name, workers::modify,
-        users::get, users::find_user, users::test_user,
+        users::get, users::find_user, users::test_user, users::transfer,
         status::heartbeat, status::models, status::model, status::performance,
     ),
     tags((name = "v2", description = "AI Horde API v2"), (name = "dev", description = "Test-only endpoints"))

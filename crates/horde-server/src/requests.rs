@@ -93,7 +93,7 @@ impl AppState {
         }
         self.check_concurrency(user, body.params.n)?;
         let now = now();
-        let job_kudos = pricing::job_kudos(&body.params);
+        let job_kudos = pricing::job_kudos(&body);
         let n = body.params.n;
         let seq = self.queue.lock().expect("queue lock").next_seq();
         let request = LiveRequest {

@@ -4,8 +4,8 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::ApiKey;
 use crate::state::{now, AppState};
 use horde_api::user::{
-    ActiveGenerations, CountRecord, TestUserRequest, TestUserResponse, UsageRecord, UserDetails,
-    UserKudosDetails, UserRecords,
+    ActiveGenerations, CountRecord, KudosTransferRequest, KudosTransferred, TestUserRequest,
+    TestUserResponse, UsageRecord, UserDetails, UserKudosDetails, UserRecords,
 };
 use horde_api::{Rc, ANONYMOUS_API_KEY};
 use horde_core::accounts::User;
@@ -92,6 +92,7 @@ impl AppState {
                         req.moderator,
                         trusted,
                         req.kudos,
+                        now(),
                     )
                     .await?;
                 let user = self
@@ -256,4 +257,117 @@ pub async fn migrate_offline(
     let mode = store.journal_mode().await?;
     store.close().await;
     Ok(mode)
+}
+
+/// The minimum time, in seconds, before kudos may flow back the way they came (the public
+/// horde's guard against ping-pong transfers).
+const REVERSE_TRANSFER_SECS: i64 = 60;
+
+impl AppState {
+    /// `POST /kudos/transfer`: moves kudos from `sender` to the user named `alias#id`, with the
+    /// public horde's rules and return codes, as one ledger entry.
+    pub async fn transfer_kudos(
+        &self,
+        sender: &User,
+        request: &KudosTransferRequest,
+    ) -> ApiResult<KudosTransferred> {
+        let invalid_target = || {
+            ApiError::new(
+                Rc::InvalidTargetUsername,
+                format!("Invalid target username '{}'.", request.username),
+            )
+        };
+        let target_id = request
+            .username
+            .rsplit_once('#')
+            .and_then(|(_, id)| id.parse::<i64>().ok())
+            .ok_or_else(invalid_target)?;
+        let _ordered = self.write_order.lock().await;
+        let receiver = self
+            .store
+            .user_by_id(target_id)
+            .await?
+            .ok_or_else(invalid_target)?;
+        let sender = self
+            .store
+            .user_by_id(sender.id)
+            .await?
+            .ok_or_else(|| ApiError::internal("sender vanished"))?;
+        check_transfer(&sender, &receiver, request.amount)?;
+        if let Some(at) = self.store.last_transfer(receiver.id, sender.id).await? {
+            if now() - at < REVERSE_TRANSFER_SECS {
+                return Err(ApiError::new(
+                    Rc::TooFastKudosTransfers,
+                    "This user transferred kudos to you within the last minute; wait before sending some back.",
+                ));
+            }
+        }
+        self.store
+            .transfer_kudos(sender.id, receiver.id, request.amount, now())
+            .await?;
+        tracing::info!(
+            from = sender.id,
+            to = receiver.id,
+            amount = request.amount,
+            "kudos transferred"
+        );
+        Ok(KudosTransferred {
+            transferred: request.amount,
+        })
+    }
+}
+
+/// The public horde's transfer rules that need no history.
+fn check_transfer(sender: &User, receiver: &User, amount: f64) -> ApiResult<()> {
+    let refuse = |rc: Rc, message: &str| Err(ApiError::new(rc, message.to_string()));
+    if sender.is_anonymous() {
+        return refuse(
+            Rc::KudosTransferFromAnon,
+            "The anonymous user cannot transfer kudos.",
+        );
+    }
+    if receiver.is_anonymous() {
+        return refuse(
+            Rc::KudosTransferToAnon,
+            "Kudos cannot be sent to the anonymous user.",
+        );
+    }
+    if receiver.id == sender.id {
+        return refuse(
+            Rc::KudosTransferToSelf,
+            "You cannot send kudos to yourself.",
+        );
+    }
+    if sender.flagged {
+        return refuse(
+            Rc::SourceAccountFlagged,
+            "Your account is flagged and cannot send kudos.",
+        );
+    }
+    if receiver.flagged {
+        return refuse(
+            Rc::TargetAccountFlagged,
+            "The target account is flagged and cannot receive kudos.",
+        );
+    }
+    if amount < 0.0 {
+        return refuse(Rc::NegativeKudosTransfer, "Nice try...");
+    }
+    if amount == 0.0 || !amount.is_finite() {
+        return refuse(
+            Rc::InvalidKudosTransferAmount,
+            "The amount of kudos to transfer must be positive.",
+        );
+    }
+    if amount > sender.transferable_kudos() {
+        return Err(ApiError::new(
+            Rc::KudosTransferNotEnough,
+            format!(
+                "Not enough kudos: you can transfer at most {:.2} (your balance above {}).",
+                sender.transferable_kudos(),
+                sender.min_kudos()
+            ),
+        ));
+    }
+    Ok(())
 }

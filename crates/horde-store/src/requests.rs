@@ -1,5 +1,6 @@
 //! Requests and their jobs. Each acknowledged change is one transaction.
 
+use crate::ledger::{self, Kind, Posting, HORDE_ACCOUNT};
 use crate::workers::write_reputation;
 use crate::{parse_json, parse_uuid, to_json, Result, Store, StoreError};
 use horde_core::request::{Job, JobState, LiveRequest};
@@ -18,6 +19,41 @@ pub struct SubmitEffects {
     pub worker_owner_id: i64,
     pub reward: f64,
     pub megapixelsteps: f64,
+    /// Unix seconds.
+    pub at: i64,
+}
+
+impl SubmitEffects {
+    /// The ledger rows of one delivered image: the requester spends the charge, the worker's
+    /// owner earns the reward, the horde keeps the difference.
+    pub fn postings(&self, request_id: Uuid, job_id: Uuid) -> Vec<Posting> {
+        let with = |account, amount, kind, counterparty| Posting {
+            counterparty: Some(counterparty),
+            request_id: Some(request_id),
+            job_id: Some(job_id),
+            ..Posting::new(account, amount, kind)
+        };
+        vec![
+            with(
+                self.requester_id,
+                -self.requester_charge,
+                Kind::Spend,
+                self.worker_owner_id,
+            ),
+            with(
+                self.worker_owner_id,
+                self.reward,
+                Kind::Earn,
+                self.requester_id,
+            ),
+            with(
+                HORDE_ACCOUNT,
+                self.requester_charge - self.reward,
+                Kind::Burn,
+                self.requester_id,
+            ),
+        ]
+    }
 }
 
 async fn write_request_state(tx: &mut Transaction<'_, Sqlite>, r: &LiveRequest) -> Result<()> {
@@ -166,18 +202,16 @@ impl Store {
             write_reputation(&mut *tx, worker_id, reputation).await?;
         }
         if let Some(e) = effects {
-            sqlx::query("UPDATE users SET kudos = kudos - ?, usage_megapixelsteps = usage_megapixelsteps + ?, usage_requests = usage_requests + 1 WHERE id = ?")
-                .bind(e.requester_charge)
+            sqlx::query("UPDATE users SET usage_megapixelsteps = usage_megapixelsteps + ?, usage_requests = usage_requests + 1 WHERE id = ?")
                 .bind(e.megapixelsteps)
                 .bind(e.requester_id)
                 .execute(&mut *tx)
                 .await?;
             sqlx::query(
-                "UPDATE users SET kudos = kudos + ?, kudos_accumulated = kudos_accumulated + ?, \
+                "UPDATE users SET kudos_accumulated = kudos_accumulated + ?, \
                  contributed_megapixelsteps = contributed_megapixelsteps + ?, fulfilments = fulfilments + 1 \
                  WHERE id = ?",
             )
-            .bind(e.reward)
             .bind(e.reward)
             .bind(e.megapixelsteps)
             .bind(e.worker_owner_id)
@@ -188,6 +222,7 @@ impl Store {
                 .bind(e.worker_id.to_string())
                 .execute(&mut *tx)
                 .await?;
+            ledger::post(&mut tx, e.at, &e.postings(r.id, job.id)).await?;
         }
         tx.commit().await?;
         Ok(())

@@ -1,5 +1,6 @@
 //! Users and their keys (stored only as hashes).
 
+use crate::ledger::{self, Kind, Posting, HORDE_ACCOUNT};
 use crate::{Result, Store, StoreError};
 use horde_core::accounts::{User, ANONYMOUS_USER_ID};
 use sqlx::sqlite::SqliteRow;
@@ -59,22 +60,25 @@ impl Store {
         Ok(())
     }
 
+    /// Creates a user; their starting kudos are a grant from the horde in the ledger.
     pub async fn create_user(&self, new: &NewUser) -> Result<User> {
+        let mut tx = self.pool.begin().await?;
         let id: i64 = sqlx::query(
             "INSERT INTO users (username, oauth_id, api_key_hash, moderator, trusted, kudos, created) \
-             VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+             VALUES (?, ?, ?, ?, ?, 0, ?) RETURNING id",
         )
         .bind(&new.username)
         .bind(&new.oauth_id)
         .bind(&new.api_key_hash)
         .bind(new.moderator)
         .bind(new.trusted)
-        .bind(new.kudos)
         .bind(new.created)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await
         .map_err(|e| StoreError::unique(e, "oauth id"))?
         .try_get(0)?;
+        ledger::post(&mut tx, new.created, &grant(id, new.kudos)).await?;
+        tx.commit().await?;
         self.user_by_id(id)
             .await?
             .ok_or_else(|| StoreError::Corrupt("user vanished after insert".into()))
@@ -107,7 +111,8 @@ impl Store {
         row.as_ref().map(user_from_row).transpose()
     }
 
-    /// Replaces a user's key hash and roles (the test-user endpoint's "rotate" path).
+    /// Replaces a user's key hash and roles and sets their balance (the test-user endpoint's
+    /// "rotate" path); the change of balance is a grant in the ledger.
     pub async fn reset_user(
         &self,
         id: i64,
@@ -115,17 +120,23 @@ impl Store {
         moderator: bool,
         trusted: bool,
         kudos: f64,
+        now: i64,
     ) -> Result<()> {
-        sqlx::query(
-            "UPDATE users SET api_key_hash = ?, moderator = ?, trusted = ?, kudos = ? WHERE id = ?",
-        )
-        .bind(key_hash)
-        .bind(moderator)
-        .bind(trusted)
-        .bind(kudos)
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
+        let mut tx = self.pool.begin().await?;
+        let old: f64 = sqlx::query("SELECT kudos FROM users WHERE id = ?")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get(0)?;
+        sqlx::query("UPDATE users SET api_key_hash = ?, moderator = ?, trusted = ? WHERE id = ?")
+            .bind(key_hash)
+            .bind(moderator)
+            .bind(trusted)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        ledger::post(&mut tx, now, &grant(id, kudos - old)).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -135,4 +146,18 @@ impl Store {
             .await?
             .try_get(0)?)
     }
+}
+
+/// A grant of `amount` from the horde to `user_id` (negative to take kudos away).
+fn grant(user_id: i64, amount: f64) -> [Posting; 2] {
+    [
+        Posting {
+            counterparty: Some(HORDE_ACCOUNT),
+            ..Posting::new(user_id, amount, Kind::Grant)
+        },
+        Posting {
+            counterparty: Some(user_id),
+            ..Posting::new(HORDE_ACCOUNT, -amount, Kind::Grant)
+        },
+    ]
 }

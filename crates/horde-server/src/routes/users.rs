@@ -6,7 +6,9 @@ use crate::state::SharedState;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use horde_api::user::{TestUserRequest, TestUserResponse, UserDetails};
+use horde_api::user::{
+    KudosTransferRequest, KudosTransferred, TestUserRequest, TestUserResponse, UserDetails,
+};
 use horde_api::{ErrorBody, Rc};
 use std::net::SocketAddr;
 
@@ -58,4 +60,17 @@ pub async fn test_user(
         StatusCode::OK
     };
     Ok((status, Json(answer)))
+}
+
+/// Send kudos to another user (`alias#id`).
+#[utoipa::path(post, path = "/api/v2/kudos/transfer", tag = "v2", params(("apikey" = String, Header)),
+    request_body = KudosTransferRequest,
+    responses((status = 200, body = KudosTransferred), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+pub async fn transfer(
+    State(state): State<SharedState>,
+    key: ApiKey,
+    HordeJson(body): HordeJson<KudosTransferRequest>,
+) -> ApiResult<Json<KudosTransferred>> {
+    let sender = state.authenticate(&key).await?;
+    state.transfer_kudos(&sender, &body).await.map(Json)
 }

@@ -255,5 +255,35 @@ async fn every_request_finishes_despite_dying_stalling_and_faulting_workers() {
         "charged {charged} vs requesters' spending {spent}"
     );
     assert!(charged > 0.0 && paid > 0.0);
+
+    // The ledger: every balance is the sum of its rows, and what requesters paid is what
+    // workers earned plus what the horde kept plus what was refunded.
+    let store = &app.state.store;
+    assert_eq!(store.ledger_discrepancies().await.unwrap(), vec![]);
+    let totals = store.ledger_totals().await.unwrap();
+    let total = |kind: &str| {
+        totals
+            .iter()
+            .find(|(k, _)| k == kind)
+            .map_or(0.0, |(_, v)| *v)
+    };
+    let (spent_in_ledger, earned, burned, refunded) = (
+        -total("spend"),
+        total("earn"),
+        total("burn"),
+        total("refund"),
+    );
+    assert!(
+        (spent_in_ledger - charged).abs() < 1e-6,
+        "{spent_in_ledger} vs {charged}"
+    );
+    assert!(
+        (earned - paid).abs() < 1e-6,
+        "ledger earnings {earned} vs rewards paid {paid}"
+    );
+    assert!(
+        (spent_in_ledger - (earned + burned + refunded)).abs() < 1e-6,
+        "paid {spent_in_ledger} = earned {earned} + burned {burned} + refunded {refunded}"
+    );
     app.stop().await;
 }

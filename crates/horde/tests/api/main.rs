@@ -7,6 +7,7 @@ mod cli;
 mod crash;
 mod deadlines;
 mod durability;
+mod economy;
 mod errors;
 mod helpers;
 mod lifecycle;

@@ -1,0 +1,172 @@
+//! The kudos ledger: every movement of kudos is an append-only row, written in the same
+//! transaction as the balance it changes, so that balances can always be checked against it.
+//!
+//! Movements are double-entry: each group of postings sums to zero. The horde itself is the
+//! account [`HORDE_ACCOUNT`]; it grants starting kudos and receives the burn (the part of a
+//! requester's charge that is not paid to the worker).
+
+use crate::{Result, Store};
+use sqlx::Row;
+use uuid::Uuid;
+
+/// The horde's own account in the ledger (no user has this id).
+pub const HORDE_ACCOUNT: i64 = -1;
+
+/// What a posting is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Starting kudos of a new account, or a change an operator made to a balance.
+    Grant,
+    /// A requester paying for a delivered image.
+    Spend,
+    /// A worker's owner paid for a delivered image.
+    Earn,
+    /// What the horde keeps of a charge (negative when it pays a reward nobody was charged
+    /// for, such as a censored image).
+    Burn,
+    /// Kudos given back to a requester.
+    Refund,
+    /// A user-to-user transfer (`POST /kudos/transfer`).
+    Transfer,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Grant => "grant",
+            Kind::Spend => "spend",
+            Kind::Earn => "earn",
+            Kind::Burn => "burn",
+            Kind::Refund => "refund",
+            Kind::Transfer => "transfer",
+        }
+    }
+}
+
+/// One row to append.
+#[derive(Debug, Clone)]
+pub struct Posting {
+    pub account: i64,
+    pub amount: f64,
+    pub kind: Kind,
+    pub counterparty: Option<i64>,
+    pub request_id: Option<Uuid>,
+    pub job_id: Option<Uuid>,
+}
+
+impl Posting {
+    pub fn new(account: i64, amount: f64, kind: Kind) -> Posting {
+        Posting {
+            account,
+            amount,
+            kind,
+            counterparty: None,
+            request_id: None,
+            job_id: None,
+        }
+    }
+}
+
+/// A user whose balance is not the sum of their ledger rows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Discrepancy {
+    pub user_id: i64,
+    pub balance: f64,
+    pub ledger: f64,
+}
+
+/// Appends postings and applies them to the balances of the users they name (the horde
+/// account has no balance row).
+pub(crate) async fn post(
+    executor: &mut sqlx::SqliteConnection,
+    at: i64,
+    postings: &[Posting],
+) -> Result<()> {
+    for p in postings.iter().filter(|p| p.amount != 0.0) {
+        sqlx::query(
+            "INSERT INTO kudos_ledger (at, account, amount, kind, counterparty, request_id, job_id) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(at)
+        .bind(p.account)
+        .bind(p.amount)
+        .bind(p.kind.as_str())
+        .bind(p.counterparty)
+        .bind(p.request_id.map(|id| id.to_string()))
+        .bind(p.job_id.map(|id| id.to_string()))
+        .execute(&mut *executor)
+        .await?;
+        if p.account != HORDE_ACCOUNT {
+            sqlx::query("UPDATE users SET kudos = kudos + ? WHERE id = ?")
+                .bind(p.amount)
+                .bind(p.account)
+                .execute(&mut *executor)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Users whose balance differs from the sum of their ledger rows by more than rounding.
+    pub async fn ledger_discrepancies(&self) -> Result<Vec<Discrepancy>> {
+        let rows = sqlx::query(
+            "SELECT u.id, CAST(u.kudos AS REAL), CAST(COALESCE(SUM(l.amount), 0) AS REAL) FROM users u \
+             LEFT JOIN kudos_ledger l ON l.account = u.id GROUP BY u.id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut off = Vec::new();
+        for row in rows {
+            let d = Discrepancy {
+                user_id: row.try_get(0)?,
+                balance: row.try_get(1)?,
+                ledger: row.try_get(2)?,
+            };
+            if (d.balance - d.ledger).abs() > 1e-6 {
+                off.push(d);
+            }
+        }
+        Ok(off)
+    }
+
+    /// The sum of all postings of each kind (all accounts), e.g. `("spend", -120.5)`.
+    pub async fn ledger_totals(&self) -> Result<Vec<(String, f64)>> {
+        let rows =
+            sqlx::query("SELECT kind, SUM(amount) FROM kudos_ledger GROUP BY kind ORDER BY kind")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
+    }
+
+    /// When `from` last transferred kudos to `to`, if ever (unix seconds).
+    pub async fn last_transfer(&self, from: i64, to: i64) -> Result<Option<i64>> {
+        Ok(sqlx::query(
+            "SELECT MAX(at) FROM kudos_ledger WHERE account = ? AND counterparty = ? \
+             AND kind = 'transfer' AND amount < 0",
+        )
+        .bind(from)
+        .bind(to)
+        .fetch_one(&self.pool)
+        .await?
+        .try_get(0)?)
+    }
+
+    /// Moves `amount` from one user to another, in one transaction.
+    pub async fn transfer_kudos(&self, from: i64, to: i64, amount: f64, at: i64) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let out = Posting {
+            counterparty: Some(to),
+            ..Posting::new(from, -amount, Kind::Transfer)
+        };
+        let into = Posting {
+            counterparty: Some(from),
+            ..Posting::new(to, amount, Kind::Transfer)
+        };
+        post(&mut tx, at, &[out, into]).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
