@@ -67,6 +67,9 @@ pub struct UserDetails {
     pub account_age: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active_generations: Option<ActiveGenerations>,
+    /// Kudos held in escrow (half the earnings of untrusted worker owners); shown to the user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evaluating_kudos: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]

@@ -30,6 +30,8 @@ pub struct User {
     pub contributed_megapixelsteps: f64,
     pub fulfilments: u64,
     pub kudos_accumulated: f64,
+    /// Kudos held in escrow: half of what an untrusted owner's workers earn.
+    pub evaluating_kudos: f64,
     pub created: i64,
 }
 
@@ -44,13 +46,7 @@ impl User {
     /// The balance below which this user's kudos are not spendable on transfers (the public
     /// horde's `get_min_kudos`): anonymous −50, accounts without OAuth 14, others 25.
     pub fn min_kudos(&self) -> f64 {
-        if self.is_anonymous() {
-            -50.0
-        } else if self.pseudonymous {
-            14.0
-        } else {
-            25.0
-        }
+        kudos_floor(self.id, self.pseudonymous)
     }
 
     /// Kudos this user may transfer.
@@ -66,6 +62,38 @@ impl User {
             self.kudos.floor() as i64
         }
     }
+}
+
+/// The balance floor of a user (the public horde's `get_min_kudos`): anonymous −50, accounts
+/// without OAuth 14, others 25.
+pub fn kudos_floor(user_id: i64, pseudonymous: bool) -> f64 {
+    if user_id == ANONYMOUS_USER_ID {
+        -50.0
+    } else if pseudonymous {
+        14.0
+    } else {
+        25.0
+    }
+}
+
+/// How much of a `charge` is forgiven so that it does not take `balance` below `floor` (or
+/// below where the balance already was, if that is lower): the public horde never blocks a
+/// generation for lack of kudos, it writes the debit off.
+pub fn forgiven_debit(balance: f64, charge: f64, floor: f64) -> f64 {
+    let lowest = balance.min(floor);
+    (lowest - (balance - charge)).clamp(0.0, charge.max(0.0))
+}
+
+/// Seconds of uptime paid for by one uptime reward.
+pub const UPTIME_REWARD_INTERVAL_SECS: u64 = 600;
+
+/// Kudos of one uptime reward for an image worker: 50, 2 per model served, 30 more with LoRAs.
+pub fn uptime_reward(flags: &WorkerFlags) -> f64 {
+    let mut kudos = 50.0 + 2.0 * flags.models.len() as f64;
+    if flags.allow_lora {
+        kudos += 30.0;
+    }
+    kudos
 }
 
 /// What a worker said it can do, as stored.
@@ -103,6 +131,8 @@ pub struct Worker {
     pub kudos_generated: f64,
     pub kudos_uptime: f64,
     pub uptime: u64,
+    /// Seconds of uptime already paid for with uptime kudos.
+    pub uptime_rewarded: u64,
     /// Jobs completed, faulted, timed out and cancelled, speed and suspicion.
     pub reputation: Reputation,
 }
@@ -111,5 +141,34 @@ impl Worker {
     /// Online while it has checked in within `window` seconds.
     pub fn is_online(&self, now: i64, window: i64) -> bool {
         now - self.last_check_in <= window
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debits_below_the_floor_are_forgiven_but_never_more_than_the_charge() {
+        assert_eq!(forgiven_debit(100.0, 10.0, 25.0), 0.0);
+        assert_eq!(forgiven_debit(30.0, 10.0, 25.0), 5.0, "stops at the floor");
+        assert_eq!(
+            forgiven_debit(0.0, 10.0, 25.0),
+            10.0,
+            "already below: nothing is taken"
+        );
+        assert_eq!(forgiven_debit(-60.0, 5.0, -50.0), 5.0);
+        assert_eq!(forgiven_debit(-40.0, 5.0, -50.0), 0.0);
+    }
+
+    #[test]
+    fn uptime_rewards_grow_with_models_and_loras() {
+        let mut flags = WorkerFlags {
+            models: vec!["a".into(), "b".into()],
+            ..Default::default()
+        };
+        assert_eq!(uptime_reward(&flags), 54.0);
+        flags.allow_lora = true;
+        assert_eq!(uptime_reward(&flags), 84.0);
     }
 }

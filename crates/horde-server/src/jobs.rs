@@ -347,9 +347,10 @@ impl AppState {
         if let Some(staged) = &staged {
             self.images.commit(staged, job_id).await?;
         }
-        let effects = job.state.is_finished().then(|| {
-            self.submit_effects(&updated, &job, worker.as_ref().map(|w| w.worker.user_id))
-        });
+        let effects = job
+            .state
+            .is_finished()
+            .then(|| self.submit_effects(&updated, &job, worker.as_ref()));
         let reputation = self.record_result(&job, effects.as_ref(), now);
         self.store
             .save_submit(
@@ -462,7 +463,7 @@ impl AppState {
         &self,
         request: &LiveRequest,
         job: &Job,
-        owner: Option<i64>,
+        worker: Option<&crate::workers::WorkerEntry>,
     ) -> SubmitEffects {
         let p = &request.body.params;
         let megapixelsteps =
@@ -475,7 +476,8 @@ impl AppState {
                 pricing::requester_charge(&request.body, request.job_kudos)
             },
             worker_id: job.worker_id,
-            worker_owner_id: owner.unwrap_or_default(),
+            worker_owner_id: worker.map(|w| w.worker.user_id).unwrap_or_default(),
+            worker_owner_trusted: worker.is_some_and(|w| w.owner_trusted),
             reward: job.reward,
             megapixelsteps,
             at: now(),

@@ -202,6 +202,7 @@ impl AppState {
             worker_ids: Some(worker_ids),
             account_age: (now() - user.created).max(0) as u64,
             active_generations: active,
+            evaluating_kudos: own.then_some(user.evaluating_kudos),
         }
     }
 

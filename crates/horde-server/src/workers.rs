@@ -13,7 +13,7 @@ use horde_api::worker::{
     ModifyWorker, SuspicionEntry, TeamRef, WorkerDetails, WorkerKudosDetails, WorkerReputation,
 };
 use horde_api::Rc;
-use horde_core::accounts::{User, Worker, WorkerFlags};
+use horde_core::accounts::{uptime_reward, User, Worker, WorkerFlags, UPTIME_REWARD_INTERVAL_SECS};
 use horde_core::{Reputation, ReputationRules, WorkerCaps};
 use std::collections::HashMap;
 use uuid::Uuid;
@@ -371,6 +371,7 @@ impl AppState {
             self.store.save_check_in(&entry.worker).await?;
             entry.persisted_check_in = now;
         }
+        self.pay_uptime(&mut entry, now).await?;
         let mut registry = self.workers.write().expect("registry lock");
         match registry.get_mut(entry.worker.id) {
             Some(live) => {
@@ -382,6 +383,37 @@ impl AppState {
                 Ok(entry)
             }
         }
+    }
+
+    /// Pays the owner for each full 10 minutes of uptime not yet paid for (the public horde's
+    /// uptime reward; in escrow for untrusted owners).
+    async fn pay_uptime(&self, entry: &mut WorkerEntry, now: i64) -> ApiResult<()> {
+        let w = &entry.worker;
+        let unpaid = w.uptime.saturating_sub(w.uptime_rewarded);
+        let intervals = unpaid / UPTIME_REWARD_INTERVAL_SECS;
+        if intervals == 0 {
+            return Ok(());
+        }
+        let kudos = uptime_reward(&w.flags) * intervals as f64;
+        let rewarded_until = w.uptime_rewarded + intervals * UPTIME_REWARD_INTERVAL_SECS;
+        self.store
+            .reward_uptime(
+                w.id,
+                w.user_id,
+                kudos,
+                !entry.owner_trusted,
+                rewarded_until,
+                now,
+            )
+            .await?;
+        entry.worker.kudos_uptime += kudos;
+        entry.worker.uptime_rewarded = rewarded_until;
+        let id = entry.worker.id;
+        if let Some(live) = self.workers.write().expect("registry lock").get_mut(id) {
+            live.worker.kudos_uptime = entry.worker.kudos_uptime;
+            live.worker.uptime_rewarded = rewarded_until;
+        }
+        Ok(())
     }
 
     async fn register_worker(
@@ -424,6 +456,7 @@ impl AppState {
             kudos_generated: 0.0,
             kudos_uptime: 0.0,
             uptime: 0,
+            uptime_rewarded: 0,
             reputation: Reputation::default(),
         };
         self.store

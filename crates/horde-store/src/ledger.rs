@@ -28,6 +28,12 @@ pub enum Kind {
     Refund,
     /// A user-to-user transfer (`POST /kudos/transfer`).
     Transfer,
+    /// A debit below the balance floor, written off by the horde.
+    Floor,
+    /// A worker's owner paid for its time online.
+    Uptime,
+    /// Kudos leaving escrow for the balance (the owner became trusted).
+    Release,
 }
 
 impl Kind {
@@ -39,6 +45,9 @@ impl Kind {
             Kind::Burn => "burn",
             Kind::Refund => "refund",
             Kind::Transfer => "transfer",
+            Kind::Floor => "floor",
+            Kind::Uptime => "uptime",
+            Kind::Release => "release",
         }
     }
 }
@@ -52,6 +61,8 @@ pub struct Posting {
     pub counterparty: Option<i64>,
     pub request_id: Option<Uuid>,
     pub job_id: Option<Uuid>,
+    /// Held in the account's escrow (`evaluating_kudos`), not its balance.
+    pub escrow: bool,
 }
 
 impl Posting {
@@ -63,6 +74,15 @@ impl Posting {
             counterparty: None,
             request_id: None,
             job_id: None,
+            escrow: false,
+        }
+    }
+
+    /// This posting, held in escrow instead of the balance.
+    pub fn in_escrow(self) -> Posting {
+        Posting {
+            escrow: true,
+            ..self
         }
     }
 }
@@ -73,6 +93,8 @@ pub struct Discrepancy {
     pub user_id: i64,
     pub balance: f64,
     pub ledger: f64,
+    pub escrow: f64,
+    pub escrow_ledger: f64,
 }
 
 /// Appends postings and applies them to the balances of the users they name (the horde
@@ -84,8 +106,8 @@ pub(crate) async fn post(
 ) -> Result<()> {
     for p in postings.iter().filter(|p| p.amount != 0.0) {
         sqlx::query(
-            "INSERT INTO kudos_ledger (at, account, amount, kind, counterparty, request_id, job_id) \
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO kudos_ledger (at, account, amount, kind, counterparty, request_id, job_id, \
+             escrow) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(at)
         .bind(p.account)
@@ -94,10 +116,16 @@ pub(crate) async fn post(
         .bind(p.counterparty)
         .bind(p.request_id.map(|id| id.to_string()))
         .bind(p.job_id.map(|id| id.to_string()))
+        .bind(p.escrow)
         .execute(&mut *executor)
         .await?;
         if p.account != HORDE_ACCOUNT {
-            sqlx::query("UPDATE users SET kudos = kudos + ? WHERE id = ?")
+            let sql = if p.escrow {
+                "UPDATE users SET evaluating_kudos = evaluating_kudos + ? WHERE id = ?"
+            } else {
+                "UPDATE users SET kudos = kudos + ? WHERE id = ?"
+            };
+            sqlx::query(sql)
                 .bind(p.amount)
                 .bind(p.account)
                 .execute(&mut *executor)
@@ -111,8 +139,11 @@ impl Store {
     /// Users whose balance differs from the sum of their ledger rows by more than rounding.
     pub async fn ledger_discrepancies(&self) -> Result<Vec<Discrepancy>> {
         let rows = sqlx::query(
-            "SELECT u.id, CAST(u.kudos AS REAL), CAST(COALESCE(SUM(l.amount), 0) AS REAL) FROM users u \
-             LEFT JOIN kudos_ledger l ON l.account = u.id GROUP BY u.id",
+            "SELECT u.id, CAST(u.kudos AS REAL), \
+             CAST(COALESCE(SUM(CASE WHEN l.escrow = 0 THEN l.amount END), 0) AS REAL), \
+             CAST(u.evaluating_kudos AS REAL), \
+             CAST(COALESCE(SUM(CASE WHEN l.escrow = 1 THEN l.amount END), 0) AS REAL) \
+             FROM users u LEFT JOIN kudos_ledger l ON l.account = u.id GROUP BY u.id",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -122,8 +153,10 @@ impl Store {
                 user_id: row.try_get(0)?,
                 balance: row.try_get(1)?,
                 ledger: row.try_get(2)?,
+                escrow: row.try_get(3)?,
+                escrow_ledger: row.try_get(4)?,
             };
-            if (d.balance - d.ledger).abs() > 1e-6 {
+            if (d.balance - d.ledger).abs() > 1e-6 || (d.escrow - d.escrow_ledger).abs() > 1e-6 {
                 off.push(d);
             }
         }
@@ -152,6 +185,44 @@ impl Store {
         .fetch_one(&self.pool)
         .await?
         .try_get(0)?)
+    }
+
+    /// Pays a worker's owner for `secs` more of uptime (in escrow for untrusted owners) and
+    /// records it on the worker.
+    pub async fn reward_uptime(
+        &self,
+        worker_id: Uuid,
+        owner_id: i64,
+        kudos: f64,
+        escrow: bool,
+        rewarded_until: u64,
+        at: i64,
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE workers SET kudos_uptime = kudos_uptime + ?, uptime_rewarded = ? WHERE id = ?",
+        )
+        .bind(kudos)
+        .bind(rewarded_until as i64)
+        .bind(worker_id.to_string())
+        .execute(&mut *tx)
+        .await?;
+        let to_owner = Posting {
+            counterparty: Some(HORDE_ACCOUNT),
+            ..Posting::new(owner_id, kudos, Kind::Uptime)
+        };
+        let to_owner = if escrow {
+            to_owner.in_escrow()
+        } else {
+            to_owner
+        };
+        let from_horde = Posting {
+            counterparty: Some(owner_id),
+            ..Posting::new(HORDE_ACCOUNT, -kudos, Kind::Uptime)
+        };
+        post(&mut tx, at, &[to_owner, from_horde]).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Moves `amount` from one user to another, in one transaction.

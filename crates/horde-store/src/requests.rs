@@ -3,6 +3,8 @@
 use crate::ledger::{self, Kind, Posting, HORDE_ACCOUNT};
 use crate::workers::write_reputation;
 use crate::{parse_json, parse_uuid, to_json, Result, Store, StoreError};
+use horde_core::accounts::{forgiven_debit, kudos_floor};
+use horde_core::pricing::round2;
 use horde_core::request::{Job, JobState, LiveRequest};
 use horde_core::Reputation;
 use sqlx::sqlite::SqliteRow;
@@ -17,6 +19,8 @@ pub struct SubmitEffects {
     pub requester_charge: f64,
     pub worker_id: Uuid,
     pub worker_owner_id: i64,
+    /// Untrusted owners get half of each reward in escrow.
+    pub worker_owner_trusted: bool,
     pub reward: f64,
     pub megapixelsteps: f64,
     /// Unix seconds.
@@ -33,26 +37,27 @@ impl SubmitEffects {
             job_id: Some(job_id),
             ..Posting::new(account, amount, kind)
         };
-        vec![
-            with(
-                self.requester_id,
-                -self.requester_charge,
-                Kind::Spend,
-                self.worker_owner_id,
-            ),
-            with(
-                self.worker_owner_id,
-                self.reward,
-                Kind::Earn,
-                self.requester_id,
-            ),
-            with(
-                HORDE_ACCOUNT,
-                self.requester_charge - self.reward,
-                Kind::Burn,
-                self.requester_id,
-            ),
-        ]
+        let earned = |amount| with(self.worker_owner_id, amount, Kind::Earn, self.requester_id);
+        let mut postings = vec![with(
+            self.requester_id,
+            -self.requester_charge,
+            Kind::Spend,
+            self.worker_owner_id,
+        )];
+        if self.worker_owner_trusted {
+            postings.push(earned(self.reward));
+        } else {
+            let held = round2(self.reward / 2.0);
+            postings.push(earned(self.reward - held));
+            postings.push(earned(held).in_escrow());
+        }
+        postings.push(with(
+            HORDE_ACCOUNT,
+            self.requester_charge - self.reward,
+            Kind::Burn,
+            self.requester_id,
+        ));
+        postings
     }
 }
 
@@ -222,7 +227,26 @@ impl Store {
                 .bind(e.worker_id.to_string())
                 .execute(&mut *tx)
                 .await?;
+            let (balance, floor) = balance_and_floor(&mut tx, e.requester_id).await?;
             ledger::post(&mut tx, e.at, &e.postings(r.id, job.id)).await?;
+            let forgiven = forgiven_debit(balance, e.requester_charge, floor);
+            if forgiven > 0.0 {
+                let write_off = [
+                    Posting {
+                        counterparty: Some(HORDE_ACCOUNT),
+                        request_id: Some(r.id),
+                        job_id: Some(job.id),
+                        ..Posting::new(e.requester_id, forgiven, Kind::Floor)
+                    },
+                    Posting {
+                        counterparty: Some(e.requester_id),
+                        request_id: Some(r.id),
+                        job_id: Some(job.id),
+                        ..Posting::new(HORDE_ACCOUNT, -forgiven, Kind::Floor)
+                    },
+                ];
+                ledger::post(&mut tx, e.at, &write_off).await?;
+            }
         }
         tx.commit().await?;
         Ok(())
@@ -284,4 +308,15 @@ impl Store {
             .await?
             .try_get(0)?)
     }
+}
+
+/// A user's balance and balance floor, read inside a transaction.
+async fn balance_and_floor(tx: &mut Transaction<'_, Sqlite>, user_id: i64) -> Result<(f64, f64)> {
+    let row = sqlx::query("SELECT CAST(kudos AS REAL), oauth_id FROM users WHERE id = ?")
+        .bind(user_id)
+        .fetch_one(&mut **tx)
+        .await?;
+    let oauth: String = row.try_get(1)?;
+    let floor = kudos_floor(user_id, crate::users::is_pseudonymous(&oauth));
+    Ok((row.try_get(0)?, floor))
 }

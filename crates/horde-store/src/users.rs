@@ -21,7 +21,12 @@ pub struct NewUser {
 const USER_COLUMNS: &str =
     "id, username, oauth_id, kudos, moderator, trusted, flagged, concurrency, \
     worker_invited, usage_megapixelsteps, usage_requests, contributed_megapixelsteps, fulfilments, \
-    kudos_accumulated, created";
+    kudos_accumulated, evaluating_kudos, created";
+
+/// Accounts made without an OAuth identity get a `pseudo_…` id.
+pub(crate) fn is_pseudonymous(oauth_id: &str) -> bool {
+    oauth_id.starts_with("pseudo_")
+}
 
 fn user_from_row(row: &SqliteRow) -> Result<User> {
     let oauth: String = row.try_get("oauth_id")?;
@@ -32,7 +37,7 @@ fn user_from_row(row: &SqliteRow) -> Result<User> {
         moderator: row.try_get("moderator")?,
         trusted: row.try_get("trusted")?,
         flagged: row.try_get("flagged")?,
-        pseudonymous: oauth.starts_with("pseudo_"),
+        pseudonymous: is_pseudonymous(&oauth),
         concurrency: row.try_get::<i64, _>("concurrency")? as u32,
         worker_invited: row.try_get::<i64, _>("worker_invited")? as u32,
         usage_megapixelsteps: row.try_get("usage_megapixelsteps")?,
@@ -40,6 +45,7 @@ fn user_from_row(row: &SqliteRow) -> Result<User> {
         contributed_megapixelsteps: row.try_get("contributed_megapixelsteps")?,
         fulfilments: row.try_get::<i64, _>("fulfilments")? as u64,
         kudos_accumulated: row.try_get("kudos_accumulated")?,
+        evaluating_kudos: row.try_get("evaluating_kudos")?,
         created: row.try_get("created")?,
     })
 }

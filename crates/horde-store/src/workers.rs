@@ -11,7 +11,7 @@ const WORKER_COLUMNS: &str =
     "id, user_id, name, info, created, last_check_in, bridge_agent, threads, \
     max_pixels, nsfw, flags, maintenance, maintenance_msg, paused, kudos_generated, kudos_uptime, \
     fulfilments, megapixelsteps, uncompleted_jobs, uptime, jobs_faulted, jobs_cancelled, busy_secs, \
-    recent_speed_mps, fault_streak, suspicion, suspicions";
+    recent_speed_mps, fault_streak, suspicion, suspicions, uptime_rewarded";
 
 fn worker_from_row(row: &SqliteRow) -> Result<Worker> {
     Ok(Worker {
@@ -32,6 +32,7 @@ fn worker_from_row(row: &SqliteRow) -> Result<Worker> {
         kudos_generated: row.try_get("kudos_generated")?,
         kudos_uptime: row.try_get("kudos_uptime")?,
         uptime: row.try_get::<i64, _>("uptime")? as u64,
+        uptime_rewarded: row.try_get::<i64, _>("uptime_rewarded")? as u64,
         reputation: reputation_from_row(row)?,
     })
 }

@@ -107,3 +107,74 @@ async fn transfers_follow_the_public_rules_and_every_balance_matches_the_ledger(
         "grants come from the horde account"
     );
 }
+
+#[tokio::test]
+async fn escrow_uptime_rewards_and_the_balance_floor_follow_the_public_horde() {
+    let app = spawn_app().await;
+    // Accounts made without OAuth have a floor of 14 kudos.
+    let (requester, _) = app.user("nearly broke", 20.0).await;
+    let untrusted = app
+        .anonymous()
+        .create_test_user(&horde_api::user::TestUserRequest {
+            username: "new volunteer".into(),
+            oauth_id: None,
+            moderator: false,
+            trusted: false,
+            kudos: 0.0,
+        })
+        .await
+        .unwrap();
+    let owner = app.client(&untrusted.api_key);
+
+    requester
+        .generate_async(&small_request("two images", 2, false))
+        .await
+        .unwrap();
+    let mut rewards = 0.0;
+    for colour in [[1; 3], [2; 3]] {
+        let job = owner.pop(&pop_request("escrowed worker")).await.unwrap();
+        let paid = owner
+            .submit(&submit_inline(&job, &webp(512, 512, colour, colour)))
+            .await
+            .unwrap();
+        rewards += paid.reward;
+    }
+    // Each image costs 4.26 + 1: the first takes 20 to 14.74, the second would take it to
+    // 9.48, below the floor, so 4.52 of it is written off.
+    assert_eq!(requester.find_user().await.unwrap().kudos, 14.0);
+    let me = owner.find_user().await.unwrap();
+    assert!(
+        (me.kudos - rewards / 2.0).abs() < 0.011,
+        "half now: {} of {rewards}",
+        me.kudos
+    );
+    assert!(
+        (me.kudos + me.evaluating_kudos.unwrap() - rewards).abs() < 1e-9,
+        "the other half in escrow: {me:?}"
+    );
+
+    // Twenty minutes online pays two uptime rewards of 50 + 2 × (one model), into escrow.
+    let worker_id = {
+        let mut registry = app.state.workers.write().unwrap();
+        let id = registry.by_name("escrowed worker").unwrap().worker.id;
+        registry.get_mut(id).unwrap().worker.uptime = 1250;
+        id
+    };
+    owner.pop(&pop_request("escrowed worker")).await.unwrap();
+    let after = owner.find_user().await.unwrap();
+    assert_eq!(
+        after.kudos, me.kudos,
+        "uptime kudos of untrusted owners are held"
+    );
+    assert!((after.evaluating_kudos.unwrap() - me.evaluating_kudos.unwrap() - 104.0).abs() < 1e-9);
+    let worker = app
+        .anonymous()
+        .worker(&worker_id.to_string())
+        .await
+        .unwrap();
+    assert_eq!(worker.kudos_details.uptime, 104.0);
+    assert_eq!(
+        app.state.store.ledger_discrepancies().await.unwrap(),
+        vec![]
+    );
+}
