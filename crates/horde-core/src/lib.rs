@@ -18,6 +18,7 @@ pub mod reputation;
 pub mod request;
 pub mod routing;
 pub mod seed;
+pub mod upfront;
 
 pub use accounts::{User, Worker, WorkerFlags};
 pub use matching::{SkipReason, WorkerCaps};

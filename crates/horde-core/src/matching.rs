@@ -27,6 +27,8 @@ pub struct WorkerCaps {
     /// Users (by id) whose requests this worker serves first; always includes the owner.
     pub priority_user_ids: Vec<i64>,
     pub maintenance: bool,
+    /// Takes only requests whose requester could pay upfront (or that it prioritises).
+    pub require_upfront_kudos: bool,
 }
 
 /// Why a worker was not given a request; the names are the public horde's `skipped` keys.
@@ -44,6 +46,7 @@ pub enum SkipReason {
     Lora,
     Controlnet,
     Maintenance,
+    Kudos,
 }
 
 impl SkipReason {
@@ -61,6 +64,7 @@ impl SkipReason {
             SkipReason::Lora => "lora",
             SkipReason::Controlnet => "controlnet",
             SkipReason::Maintenance => "maintenance",
+            SkipReason::Kudos => "kudos",
         }
     }
 }
@@ -85,6 +89,12 @@ pub fn can_generate(request: &LiveRequest, worker: &WorkerCaps) -> Result<(), Sk
     let params = &body.params;
     if worker.maintenance && request.user_id != worker.owner_id {
         return Err(SkipReason::Maintenance);
+    }
+    if worker.require_upfront_kudos
+        && !request.can_pay_upfront
+        && !worker.priority_user_ids.contains(&request.user_id)
+    {
+        return Err(SkipReason::Kudos);
     }
     if chosen_model(request, worker).is_none() {
         return Err(SkipReason::Models);
@@ -208,6 +218,7 @@ mod tests {
             bridge_agent: "AI Horde Worker reGen:9.0.1:x".into(),
             priority_user_ids: vec![7],
             maintenance: false,
+            require_upfront_kudos: false,
         }
     }
 
@@ -307,6 +318,21 @@ mod tests {
         assert_eq!(can_generate(&request, &w), Err(SkipReason::WorkerId));
         let request = request_from(json!({"prompt": "c", "workers": [Uuid::new_v4().to_string()]}));
         assert_eq!(can_generate(&request, &w), Err(SkipReason::WorkerId));
+    }
+
+    #[test]
+    fn upfront_workers_take_only_requesters_who_could_pay_or_whom_they_prioritise() {
+        let mut request = request_from(json!({"prompt": "c"}));
+        request.can_pay_upfront = false;
+        let mut w = worker();
+        assert_eq!(can_generate(&request, &w), Ok(()), "others take anything");
+        w.require_upfront_kudos = true;
+        assert_eq!(can_generate(&request, &w), Err(SkipReason::Kudos));
+        w.priority_user_ids.push(request.user_id);
+        assert_eq!(can_generate(&request, &w), Ok(()));
+        w.priority_user_ids.pop();
+        request.can_pay_upfront = true;
+        assert_eq!(can_generate(&request, &w), Ok(()));
     }
 
     #[test]

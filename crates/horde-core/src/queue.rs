@@ -409,6 +409,7 @@ pub(crate) mod tests {
             bridge_agent: String::new(),
             priority_user_ids: vec![99],
             maintenance: false,
+            require_upfront_kudos: false,
         }
     }
 

@@ -91,6 +91,10 @@ pub struct LiveRequest {
     pub consumed_kudos: f64,
     pub faulted: bool,
     pub cancelled: bool,
+    /// The requester could pay for the images upfront when the request was accepted (trusted,
+    /// or a balance above the floor worth an image): workers that `require_upfront_kudos` take
+    /// only such requests.
+    pub can_pay_upfront: bool,
     /// Unix seconds after which the request and its images are removed.
     pub expiry: i64,
     pub jobs: Vec<Job>,
@@ -275,6 +279,7 @@ pub(crate) mod tests {
             consumed_kudos: 0.0,
             faulted: false,
             cancelled: false,
+            can_pay_upfront: true,
             expiry: 1200,
             jobs: vec![],
         }

@@ -622,6 +622,7 @@ mod tests {
             consumed_kudos: 0.0,
             faulted: false,
             cancelled: false,
+            can_pay_upfront: true,
             expiry: 100,
             jobs: vec![],
         }

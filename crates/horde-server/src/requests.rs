@@ -13,6 +13,7 @@ use horde_core::matching::can_generate;
 use horde_core::pricing;
 use horde_core::request::{JobState, LiveRequest};
 use horde_core::seed::parse_seed;
+use horde_core::upfront;
 use horde_core::Reputation;
 use uuid::Uuid;
 
@@ -82,7 +83,8 @@ fn normalise(mut body: ImageRequest) -> (ImageRequest, Option<u64>) {
 impl AppState {
     pub async fn accept_request(&self, user: &User, body: ImageRequest) -> ApiResult<Accepted> {
         check_request_rules(&body)?;
-        let (body, base_seed) = normalise(body);
+        let (mut body, base_seed) = normalise(body);
+        let downgraded = self.check_upfront(user, &mut body)?;
         if body.dry_run {
             return Ok(Accepted::DryRun(AsyncResponse {
                 id: None,
@@ -110,6 +112,7 @@ impl AppState {
             consumed_kudos: 0.0,
             faulted: false,
             cancelled: false,
+            can_pay_upfront: user.trusted || user.kudos - user.min_kudos() >= job_kudos,
             expiry: now + self.config.requests.idle_expiry_secs,
             jobs: vec![],
         };
@@ -121,7 +124,7 @@ impl AppState {
             id: Some(id.to_string()),
             kudos: job_kudos.round(),
             message: None,
-            warnings: vec![],
+            warnings: downgraded.into_iter().collect(),
         };
         if !possible {
             let message =
@@ -134,6 +137,85 @@ impl AppState {
             response.message = Some(message);
         }
         Ok(Accepted::Queued(response))
+    }
+
+    /// The public horde's upfront rule: a request that needs the kudos in hand is queued only
+    /// when the user has them beyond their floor and their other unfinished requests; otherwise
+    /// it is downgraded if it allows that (the warning says how), or refused.
+    fn check_upfront(
+        &self,
+        user: &User,
+        body: &mut ImageRequest,
+    ) -> ApiResult<Option<RequestWarning>> {
+        let capacity = self.capacity();
+        let Some(reason) = upfront::upfront_reason(body, &capacity) else {
+            return Ok(None);
+        };
+        let available = user.kudos - user.min_kudos() - self.queued_debits(user.id);
+        let cost = pricing::projected_cost(body);
+        if cost <= available {
+            return Ok(None);
+        }
+        if body.allow_downgrade {
+            let (width, height, steps) = (body.params.width, body.params.height, body.params.steps);
+            upfront::downgrade(body, &capacity);
+            let still = upfront::upfront_reason(body, &capacity);
+            if still.is_none() || pricing::projected_cost(body) <= available {
+                let p = &body.params;
+                return Ok(Some(RequestWarning {
+                    code: "Downgraded".into(),
+                    message: format!(
+                        "Downgraded from {width}x{height}, {} steps to {}x{}, {} steps: {reason}, which needs {cost:.2} kudos upfront and you have {:.2} available.",
+                        steps.unwrap_or_default(),
+                        p.width,
+                        p.height,
+                        p.effective_steps(),
+                        available.max(0.0)
+                    ),
+                }));
+            }
+        }
+        Err(ApiError::new(
+            Rc::KudosUpfront,
+            format!(
+                "This request needs its {cost:.2} kudos upfront because {reason}; you have {:.2} available. Lower it, or set allow_downgrade.",
+                available.max(0.0)
+            ),
+        ))
+    }
+
+    /// Online workers' threads and the waiting requests, for the upfront rules.
+    fn capacity(&self) -> upfront::Capacity {
+        let now = now();
+        let active_image_threads = self
+            .workers
+            .read()
+            .expect("registry lock")
+            .online(now)
+            .filter(|w| !w.worker.paused)
+            .map(|w| u64::from(w.worker.threads.max(1)))
+            .sum();
+        upfront::Capacity {
+            active_image_threads,
+            queued_requests: self.queue.lock().expect("queue lock").waiting_count(),
+        }
+    }
+
+    /// What the user's unfinished requests will still charge.
+    fn queued_debits(&self, user_id: i64) -> f64 {
+        let queue = self.queue.lock().expect("queue lock");
+        queue
+            .requests()
+            .filter(|r| r.user_id == user_id && !r.is_done())
+            .map(|r| {
+                let undelivered = r.n_remaining
+                    + r.jobs
+                        .iter()
+                        .filter(|j| j.state == JobState::Processing)
+                        .count() as u32;
+                f64::from(undelivered) * pricing::requester_charge(&r.body, r.job_kudos)
+            })
+            .sum()
     }
 
     /// The public horde's concurrency limit: images waiting for this user plus the new ones.

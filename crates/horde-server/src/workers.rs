@@ -179,6 +179,7 @@ impl WorkerEntry {
             bridge_agent: w.bridge_agent.clone(),
             priority_user_ids: self.priority_user_ids.clone(),
             maintenance: w.maintenance,
+            require_upfront_kudos: w.flags.require_upfront_kudos,
         }
     }
 

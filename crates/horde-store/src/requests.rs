@@ -147,6 +147,7 @@ fn request_from_row(row: &SqliteRow) -> Result<LiveRequest> {
         faulted: row.try_get("faulted")?,
         cancelled: row.try_get("cancelled")?,
         expiry: row.try_get("expiry")?,
+        can_pay_upfront: row.try_get("can_pay_upfront")?,
         jobs: vec![],
     })
 }
@@ -157,8 +158,8 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO requests (id, user_id, body, base_seed, created, seq, priority, n_remaining, \
-             jobs_total, job_kudos, consumed_kudos, faulted, cancelled, expiry) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             jobs_total, job_kudos, consumed_kudos, faulted, cancelled, expiry, can_pay_upfront) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(r.id.to_string())
         .bind(r.user_id)
@@ -174,6 +175,7 @@ impl Store {
         .bind(r.faulted)
         .bind(r.cancelled)
         .bind(r.expiry)
+        .bind(r.can_pay_upfront)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;

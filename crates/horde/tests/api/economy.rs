@@ -113,18 +113,7 @@ async fn escrow_uptime_rewards_and_the_balance_floor_follow_the_public_horde() {
     let app = spawn_app().await;
     // Accounts made without OAuth have a floor of 14 kudos.
     let (requester, _) = app.user("nearly broke", 20.0).await;
-    let untrusted = app
-        .anonymous()
-        .create_test_user(&horde_api::user::TestUserRequest {
-            username: "new volunteer".into(),
-            oauth_id: None,
-            moderator: false,
-            trusted: false,
-            kudos: 0.0,
-        })
-        .await
-        .unwrap();
-    let owner = app.client(&untrusted.api_key);
+    let (owner, _) = app.untrusted_user("new volunteer", 0.0).await;
 
     requester
         .generate_async(&small_request("two images", 2, false))
@@ -176,5 +165,67 @@ async fn escrow_uptime_rewards_and_the_balance_floor_follow_the_public_horde() {
     assert_eq!(
         app.state.store.ledger_discrepancies().await.unwrap(),
         vec![]
+    );
+}
+
+#[tokio::test]
+async fn large_requests_need_upfront_kudos_or_a_downgrade() {
+    let app = spawn_app().await;
+    let (poor, _) = app.user("poor", 0.0).await;
+    let mut big = small_request("a huge mural", 1, false);
+    (big.params.width, big.params.height, big.params.steps) = (1536, 1536, Some(50));
+
+    let refused = poor.generate_async(&big).await.unwrap_err();
+    assert_eq!(refused.rc(), Some("KudosUpfront"));
+    assert_eq!(refused.status().map(|s| s.as_u16()), Some(403));
+    assert!(refused.to_string().contains("allow_downgrade"), "{refused}");
+    assert_eq!(app.state.queue.lock().unwrap().len(), 0, "nothing queued");
+
+    big.allow_downgrade = true;
+    let accepted = poor.generate_async(&big).await.unwrap();
+    let warning = &accepted.warnings[0];
+    assert_eq!(warning.code, "Downgraded");
+    let queued = app
+        .state
+        .queue
+        .lock()
+        .unwrap()
+        .get(accepted.id.as_deref().unwrap().parse().unwrap())
+        .unwrap()
+        .body
+        .params
+        .clone();
+    assert!(queued.width <= 1024 && queued.height <= 1024 && queued.width % 64 == 0);
+    assert_eq!(queued.steps, Some(30), "{}", warning.message);
+
+    let (rich, _) = app.user("rich", 10_000.0).await;
+    big.allow_downgrade = false;
+    rich.generate_async(&big)
+        .await
+        .expect("whoever can pay upfront is served as asked");
+}
+
+#[tokio::test]
+async fn workers_that_require_upfront_kudos_skip_requesters_who_could_not_pay() {
+    let app = spawn_app().await;
+    let (poor, _) = app.untrusted_user("poor", 0.0).await;
+    let (owner, _) = app.user("owner", 0.0).await;
+    poor.generate_async(&small_request("cheap", 1, false))
+        .await
+        .unwrap();
+    let mut pop = pop_request("picky worker");
+    pop.require_upfront_kudos = true;
+    let skipped = owner.pop(&pop).await.unwrap();
+    assert!(skipped.id.is_none());
+    assert_eq!(
+        skipped.skipped.get("kudos"),
+        Some(&1),
+        "{:?}",
+        skipped.skipped
+    );
+    let any = owner.pop(&pop_request("easy worker")).await.unwrap();
+    assert!(
+        any.id.is_some(),
+        "a worker without the requirement takes it"
     );
 }

@@ -71,11 +71,20 @@ impl TestApp {
 
     /// A new user (not a moderator, trusted) with `kudos`, and a client acting as them.
     pub async fn user(&self, name: &str, kudos: f64) -> (Client, i64) {
+        self.user_with(name, kudos, true).await
+    }
+
+    /// A new user who is not trusted (so not exempt from escrow or upfront rules).
+    pub async fn untrusted_user(&self, name: &str, kudos: f64) -> (Client, i64) {
+        self.user_with(name, kudos, false).await
+    }
+
+    async fn user_with(&self, name: &str, kudos: f64, trusted: bool) -> (Client, i64) {
         let request = TestUserRequest {
             username: name.into(),
             oauth_id: None,
             moderator: false,
-            trusted: true,
+            trusted,
             kudos,
         };
         let created = self
