@@ -34,7 +34,7 @@ pub struct WorkersConfig {
     pub suspicion_threshold: u32,
     /// A job finished faster than this many megapixelsteps per second raises suspicion.
     pub max_plausible_mps: f64,
-    /// This many faulted or timed-out jobs in a row raise suspicion (0: never).
+    /// This many jobs reported faulted in a row raise suspicion (0: never).
     pub fault_streak_limit: u32,
     /// How long, in seconds, a new request may be kept for a more reliable worker that is
     /// waiting for work, instead of going to a less reliable one that asked first (0: off).

@@ -562,7 +562,6 @@ impl AppState {
                 })
                 .collect()
         };
-        let rules = self.config.workers.reputation_rules();
         for (request, job) in &taken {
             tracing::warn!(job = %job.id, worker = %job.worker_name, request = %request.id, "job deadline passed; taken back");
             let reputation = self
@@ -571,7 +570,7 @@ impl AppState {
                 .expect("registry lock")
                 .get_mut(job.worker_id)
                 .map(|entry| {
-                    entry.worker.reputation.record_timed_out(now, &rules);
+                    entry.worker.reputation.record_timed_out();
                     entry.worker.reputation.clone()
                 });
             let worker = reputation.as_ref().map(|r| (job.worker_id, r));

@@ -117,6 +117,9 @@ impl Application {
             .with_graceful_shutdown(shutdown)
             .await;
         sweeper.abort();
+        if let Err(e) = self.state.flush_check_ins().await {
+            tracing::warn!(error = %e, "could not store the latest check-ins at shutdown");
+        }
         self.state.store.close().await;
         result
     }

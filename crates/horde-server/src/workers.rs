@@ -322,6 +322,24 @@ impl AppState {
         Ok(())
     }
 
+    /// Stores the check-ins not yet written (they are written at most every 30 s), so that a
+    /// clean shutdown keeps every worker's uptime and last check-in.
+    pub async fn flush_check_ins(&self) -> Result<(), horde_store::StoreError> {
+        let unwritten: Vec<Worker> = self
+            .workers
+            .read()
+            .expect("registry lock")
+            .by_id
+            .values()
+            .filter(|e| e.worker.last_check_in > e.persisted_check_in)
+            .map(|e| e.worker.clone())
+            .collect();
+        for worker in &unwritten {
+            self.store.save_check_in(worker).await?;
+        }
+        Ok(())
+    }
+
     /// Finds or registers the worker named in a pop, and records its check-in.
     pub async fn check_in(&self, user: &User, pop: &PopRequest) -> ApiResult<WorkerEntry> {
         let now = now();
