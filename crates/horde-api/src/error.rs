@@ -76,18 +76,26 @@ return_codes! {
     NegativeKudosTransfer => 400,
     InvalidKudosTransferAmount => 400,
     KudosTransferNotEnough => 400,
+    EducationCannotSendKudos => 400,
+    NoUserModSelected => 400,
+    NoSharedKeyModSelected => 400,
     // 401
     InvalidAPIKey => 401,
     // 403
     Forbidden => 403,
     WrongCredentials => 403,
     NotModerator => 403,
+    NotAdmin => 403,
     NotOwner => 403,
     AnonForbidden => 403,
     AnonForbiddenWorker => 403,
     WorkerMaintenance => 403,
     WorkerFlaggedMaintenance => 403,
     KudosUpfront => 403,
+    SharedKeyEmpty => 403,
+    SharedKeyExpired => 403,
+    SharedKeyInsufficientKudos => 403,
+    TooManySharedKeys => 403,
     TooManyWorkers => 403,
     TestUsersDisabled => 403,
     // 404
@@ -96,6 +104,7 @@ return_codes! {
     WorkerNotFound => 404,
     UserNotFound => 404,
     ThingNotFound => 404,
+    SharedKeyInvalid => 404,
     // 410
     RequestExpired => 410,
     // 413
@@ -103,6 +112,7 @@ return_codes! {
     // 429
     TooManyPrompts => 429,
     RateLimited => 429,
+    DailyQuotaExceeded => 429,
     // 500
     InternalServerError => 500,
 }

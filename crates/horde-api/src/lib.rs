@@ -11,6 +11,7 @@
 
 pub mod error;
 pub mod image;
+pub mod shared_key;
 pub mod status;
 pub mod user;
 pub mod worker;

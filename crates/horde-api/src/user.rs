@@ -130,3 +130,70 @@ pub struct KudosTransferRequest {
 pub struct KudosTransferred {
     pub transferred: f64,
 }
+
+/// The body of `PUT /users/{id}`: every field optional, at least one required. `kudos` and
+/// `moderator` need an administrator; roles and limits a moderator; `username` and
+/// `public_workers` the user themself or a moderator.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ModifyUser {
+    /// Kudos to add (negative to remove); administrators only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kudos: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moderator: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_invited: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trusted: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flagged: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customizer: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vpn: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub education: Option<bool>,
+    /// Clears the suspicion of all the user's workers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reset_suspicion: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_workers: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+}
+
+impl ModifyUser {
+    pub fn validate(&self) -> Result<(), crate::ErrorBody> {
+        let mut errors = crate::error::FieldErrors::default();
+        if let Some(c) = self.concurrency {
+            errors.range("concurrency", c, 0, 500);
+        }
+        if let Some(name) = &self.username {
+            errors.range("username", name.chars().count(), 3, 30);
+        }
+        errors.into_result()
+    }
+    pub fn is_empty(&self) -> bool {
+        self == &ModifyUser::default()
+    }
+}
+
+/// The answer of `PUT /users/{id}`: the fields that were set, and the new balance after a
+/// change of kudos.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ModifyUserResponse {
+    #[serde(flatten)]
+    pub changed: ModifyUser,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_kudos: Option<f64>,
+}
+
+/// A new API key, shown once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct NewApiKey {
+    pub api_key: String,
+}

@@ -12,9 +12,11 @@ use horde_api::image::{
     AsyncResponse, ImageRequest, PopRequest, PopResponse, RequestStatus, RequestStatusCheck,
     SubmitRequest, SubmitResponse,
 };
+use horde_api::shared_key::{SharedKeyDetails, SharedKeyInput, SharedKeyPatch};
 use horde_api::status::{ActiveModel, Heartbeat, HordePerformance};
 use horde_api::user::{
-    KudosTransferRequest, KudosTransferred, TestUserRequest, TestUserResponse, UserDetails,
+    KudosTransferRequest, KudosTransferred, ModifyUser, ModifyUserResponse, NewApiKey,
+    TestUserRequest, TestUserResponse, UserDetails,
 };
 use horde_api::worker::{ModifyWorker, ModifyWorkerResponse, WorkerDetails};
 use horde_api::ErrorBody;
@@ -219,6 +221,41 @@ impl Client {
         change: &ModifyWorker,
     ) -> Result<ModifyWorkerResponse> {
         self.call(Method::PUT, &format!("/workers/{id}"), Some(change))
+            .await
+    }
+
+    /// `PUT /users/{id}`.
+    pub async fn modify_user(&self, id: i64, change: &ModifyUser) -> Result<ModifyUserResponse> {
+        self.call(Method::PUT, &format!("/users/{id}"), Some(change))
+            .await
+    }
+
+    /// A new API key for the caller (user `id`); the client's own key stops working.
+    pub async fn reset_api_key(&self, id: i64) -> Result<NewApiKey> {
+        self.call(Method::POST, &format!("/users/{id}/reset_key"), None::<&()>)
+            .await
+    }
+
+    pub async fn create_shared_key(&self, input: &SharedKeyInput) -> Result<SharedKeyDetails> {
+        self.call(Method::PUT, "/sharedkeys", Some(input)).await
+    }
+
+    pub async fn shared_key(&self, id: &str) -> Result<SharedKeyDetails> {
+        self.call(Method::GET, &format!("/sharedkeys/{id}"), None::<&()>)
+            .await
+    }
+
+    pub async fn modify_shared_key(
+        &self,
+        id: &str,
+        patch: &SharedKeyPatch,
+    ) -> Result<SharedKeyDetails> {
+        self.call(Method::PATCH, &format!("/sharedkeys/{id}"), Some(patch))
+            .await
+    }
+
+    pub async fn delete_shared_key(&self, id: &str) -> Result<serde_json::Value> {
+        self.call(Method::DELETE, &format!("/sharedkeys/{id}"), None::<&()>)
             .await
     }
 

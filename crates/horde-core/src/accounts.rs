@@ -21,6 +21,16 @@ pub struct User {
     pub moderator: bool,
     pub trusted: bool,
     pub flagged: bool,
+    /// May serve models outside the model reference.
+    pub customizer: bool,
+    /// Workers allowed from VPN addresses.
+    pub vpn: bool,
+    /// A service account (may proxy other users).
+    pub service: bool,
+    /// An education account: more concurrency, cannot send kudos.
+    pub education: bool,
+    /// The user's workers are listed on their public profile.
+    pub public_workers: bool,
     /// True for accounts made without an OAuth identity (all accounts made by `horde user`).
     pub pseudonymous: bool,
     pub concurrency: u32,

@@ -13,11 +13,13 @@ pub mod kudos_model;
 pub mod matching;
 pub mod pricing;
 pub mod queue;
+pub mod quota;
 pub mod ratelimit;
 pub mod reputation;
 pub mod request;
 pub mod routing;
 pub mod seed;
+pub mod shared_key;
 pub mod upfront;
 
 pub use accounts::{User, Worker, WorkerFlags};

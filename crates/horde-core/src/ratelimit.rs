@@ -44,6 +44,54 @@ impl Limit {
     }
 }
 
+impl std::str::FromStr for Limit {
+    type Err = String;
+
+    /// Reads `"90/minute"`, `"2/second"`, `"90/hour"` (or Flask-Limiter's `"90 per 1 minute"`).
+    fn from_str(text: &str) -> Result<Limit, String> {
+        let normal = text.replace(" per 1 ", "/").replace(" per ", "/");
+        let (count, unit) = normal
+            .split_once('/')
+            .ok_or_else(|| format!("'{text}' is not a limit like \"90/minute\""))?;
+        let count: u32 = count
+            .trim()
+            .parse()
+            .map_err(|_| format!("'{text}': the count is not a whole number"))?;
+        match unit.trim().trim_end_matches('s') {
+            "second" => Ok(Limit::per_second(count)),
+            "minute" => Ok(Limit::per_minute(count)),
+            "hour" => Ok(Limit::per_hour(count)),
+            "day" => Ok(Limit {
+                count,
+                window_ms: 86_400_000,
+            }),
+            other => Err(format!(
+                "'{text}': unknown unit '{other}' (second, minute, hour, day)"
+            )),
+        }
+    }
+}
+
+impl serde::Serialize for Limit {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let unit = match self.window_ms {
+            1000 => "second".to_string(),
+            60_000 => "minute".to_string(),
+            3_600_000 => "hour".to_string(),
+            86_400_000 => "day".to_string(),
+            ms => format!("{} seconds", ms / 1000),
+        };
+        s.serialize_str(&format!("{}/{unit}", self.count))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Limit {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Limit, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// The answer of a check: allowed (with what is left), or refused until the window ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Verdict {
@@ -140,6 +188,24 @@ mod tests {
         assert!(windows.hit("a", limit, 0).allowed);
         assert!(windows.hit("b", limit, 0).allowed);
         assert!(!windows.hit("a", limit, 1).allowed);
+    }
+
+    #[test]
+    fn limits_read_and_write_as_operators_write_them() {
+        assert_eq!("90/minute".parse::<Limit>(), Ok(Limit::per_minute(90)));
+        assert_eq!("2 per 1 second".parse::<Limit>(), Ok(Limit::per_second(2)));
+        assert_eq!("90/hours".parse::<Limit>(), Ok(Limit::per_hour(90)));
+        assert!("lots/minute".parse::<Limit>().is_err());
+        assert!("5/fortnight"
+            .parse::<Limit>()
+            .unwrap_err()
+            .contains("fortnight"));
+        let json = serde_json::to_string(&Limit::per_minute(30)).unwrap();
+        assert_eq!(json, "\"30/minute\"");
+        assert_eq!(
+            serde_json::from_str::<Limit>(&json).unwrap(),
+            Limit::per_minute(30)
+        );
     }
 
     #[test]

@@ -95,6 +95,8 @@ pub struct LiveRequest {
     /// or a balance above the floor worth an image): workers that `require_upfront_kudos` take
     /// only such requests.
     pub can_pay_upfront: bool,
+    /// The shared key (its hash) the request was made with, if any.
+    pub shared_key: Option<String>,
     /// Unix seconds after which the request and its images are removed.
     pub expiry: i64,
     pub jobs: Vec<Job>,
@@ -149,6 +151,16 @@ impl LiveRequest {
 
     pub fn is_done(&self) -> bool {
         self.counts().done
+    }
+
+    /// Megapixelsteps of all the images asked for (what daily quotas count).
+    pub fn megapixelsteps_requested(&self) -> f64 {
+        let p = &self.body.params;
+        f64::from(p.width)
+            * f64::from(p.height)
+            * f64::from(p.accurate_steps())
+            * f64::from(self.jobs_total)
+            / 1e6
     }
 
     /// Whether the request still has images waiting for a worker.
@@ -280,6 +292,7 @@ pub(crate) mod tests {
             faulted: false,
             cancelled: false,
             can_pay_upfront: true,
+            shared_key: None,
             expiry: 1200,
             jobs: vec![],
         }

@@ -3,6 +3,7 @@
 //! The binary layers a TOML file, `HORDE_…` environment variables and flags onto these defaults
 //! (flags win); this crate only receives the result.
 
+use horde_core::ratelimit::Limit;
 use horde_store::Durability;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -23,6 +24,57 @@ pub struct ServerConfig {
     pub requests: RequestsConfig,
     pub jobs: JobsConfig,
     pub workers: WorkersConfig,
+    /// Per-endpoint rate limits (when `api.rate_limits` is on).
+    pub limits: LimitsConfig,
+    /// Daily quotas per tier of user (0: unlimited).
+    pub quotas: horde_core::quota::Quotas,
+}
+
+/// The public horde's per-endpoint rate limits (horde-api.md §2), each written like
+/// `"90/minute"`; "per IP" counts by the caller's address and the endpoint, "per key" by API key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// `POST /generate/async`, per IP.
+    pub generate_per_ip: Vec<Limit>,
+    /// `POST /generate/async`, per registered user's key.
+    pub generate_per_key: Limit,
+    /// `POST /generate/async`, for the shared anonymous key.
+    pub generate_per_anonymous_key: Limit,
+    /// `GET /generate/check/{id}`, per IP and request.
+    pub check_per_ip: Limit,
+    /// `GET|DELETE /generate/status/{id}`, per IP and request.
+    pub status_per_ip: Limit,
+    /// `POST /generate/pop` and `/generate/submit`, per IP.
+    pub jobs_per_ip: Limit,
+    /// `POST /kudos/transfer`, per key.
+    pub transfer_per_key: Vec<Limit>,
+    /// `PUT /sharedkeys`, per IP.
+    pub shared_keys_per_ip: Limit,
+    /// `/users/{id}`, per IP and user.
+    pub users_per_ip: Limit,
+    /// `PUT /workers/{id}`, per IP and worker.
+    pub workers_per_ip: Limit,
+    /// Every other endpoint under `/api/v2/`, per IP.
+    pub default_per_ip: Limit,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            generate_per_ip: vec![Limit::per_minute(90), Limit::per_second(2)],
+            generate_per_key: Limit::per_second(2),
+            generate_per_anonymous_key: Limit::per_second(60),
+            check_per_ip: Limit::per_second(10),
+            status_per_ip: Limit::per_minute(10),
+            jobs_per_ip: Limit::per_second(60),
+            transfer_per_key: vec![Limit::per_second(1), Limit::per_hour(90)],
+            shared_keys_per_ip: Limit::per_minute(5),
+            users_per_ip: Limit::per_minute(60),
+            workers_per_ip: Limit::per_minute(30),
+            default_per_ip: Limit::per_minute(90),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -104,6 +156,9 @@ pub struct ApiConfig {
     pub max_body_bytes: usize,
     /// Largest accepted image (a worker's upload or submit), in bytes.
     pub max_image_bytes: usize,
+    /// Ids of the users who administer this horde: they may change balances and appoint
+    /// moderators (`PUT /users/{id}`).
+    pub admins: Vec<i64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -131,6 +186,8 @@ impl Default for ServerConfig {
             requests: RequestsConfig::default(),
             jobs: JobsConfig::default(),
             workers: WorkersConfig::default(),
+            limits: LimitsConfig::default(),
+            quotas: Default::default(),
         }
     }
 }
@@ -150,6 +207,7 @@ impl Default for ApiConfig {
             rate_limits: true,
             max_body_bytes: 16 * 1024 * 1024,
             max_image_bytes: 8 * 1024 * 1024,
+            admins: vec![],
         }
     }
 }

@@ -11,6 +11,8 @@ use horde_api::{ErrorBody, Rc};
 pub struct ApiError {
     pub status: StatusCode,
     pub body: ErrorBody,
+    /// Seconds after which trying again may succeed (sent as `Retry-After`).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -18,6 +20,15 @@ impl ApiError {
         ApiError {
             status: StatusCode::from_u16(rc.status()).unwrap_or(StatusCode::BAD_REQUEST),
             body: ErrorBody::new(rc, message),
+            retry_after: None,
+        }
+    }
+
+    /// This error, telling the client when to try again.
+    pub fn retry_after(self, secs: u64) -> Self {
+        ApiError {
+            retry_after: Some(secs),
+            ..self
         }
     }
 
@@ -26,6 +37,7 @@ impl ApiError {
         ApiError {
             status: StatusCode::BAD_REQUEST,
             body,
+            retry_after: None,
         }
     }
 
@@ -38,6 +50,7 @@ impl ApiError {
                 rc: Some(Rc::InternalServerError.as_str().into()),
                 errors: None,
             },
+            retry_after: None,
         }
     }
 }
@@ -50,7 +63,13 @@ impl From<horde_store::StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(self.body)).into_response()
+        let mut response = (self.status, Json(self.body)).into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        response
     }
 }
 

@@ -481,6 +481,7 @@ impl AppState {
             reward: job.reward,
             megapixelsteps,
             at: now(),
+            shared_key: request.shared_key.clone(),
         }
     }
 
@@ -622,6 +623,7 @@ mod tests {
             faulted: false,
             cancelled: false,
             can_pay_upfront: true,
+            shared_key: None,
             expiry: 100,
             jobs: vec![],
         }

@@ -15,6 +15,7 @@ pub mod openapi;
 pub mod ratelimit;
 pub mod requests;
 pub mod routes;
+pub mod shared_keys;
 pub mod state;
 pub mod sweeper;
 pub mod users;
@@ -195,9 +196,17 @@ fn router(state: SharedState) -> Router {
             get(workers::get).put(workers::modify),
         )
         .route("/api/v2/workers/name/{name}", get(workers::by_name))
-        .route("/api/v2/users/{id}", get(users::get))
+        .route("/api/v2/users/{id}", get(users::get).put(users::modify))
+        .route("/api/v2/users/{id}/reset_key", post(users::reset_key))
         .route("/api/v2/find_user", get(users::find_user))
         .route("/api/v2/kudos/transfer", post(users::transfer))
+        .route("/api/v2/sharedkeys", put(routes::shared_keys::create))
+        .route(
+            "/api/v2/sharedkeys/{id}",
+            get(routes::shared_keys::get)
+                .patch(routes::shared_keys::modify)
+                .delete(routes::shared_keys::delete),
+        )
         .route("/api/v2/dev/test-user", post(users::test_user))
         .route("/api/v2/status/heartbeat", get(status::heartbeat))
         .route("/api/v2/status/models", get(status::models))
@@ -263,5 +272,6 @@ async fn method_not_allowed() -> error::ApiError {
             rc: Some("MethodNotAllowed".into()),
             errors: None,
         },
+        retry_after: None,
     }
 }

@@ -1,6 +1,6 @@
 //! The OpenAPI document, generated from the wire types and the handlers' annotations.
 
-use crate::routes::{generate, status, users, workers};
+use crate::routes::{generate, shared_keys, status, users, workers};
 use utoipa::OpenApi;
 
 #[derive(OpenApi)]
@@ -9,7 +9,8 @@ use utoipa::OpenApi;
     paths(
         generate::generate_async, generate::check, generate::status, generate::cancel, generate::pop, generate::submit,
         workers::list, workers::get, workers::by_name, workers::modify,
-        users::get, users::find_user, users::test_user, users::transfer,
+        users::get, users::find_user, users::test_user, users::transfer, users::modify, users::reset_key,
+        shared_keys::create, shared_keys::get, shared_keys::modify, shared_keys::delete,
         status::heartbeat, status::models, status::model, status::performance,
     ),
     tags((name = "v2", description = "AI Horde API v2"), (name = "dev", description = "Test-only endpoints"))

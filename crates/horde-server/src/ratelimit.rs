@@ -1,6 +1,7 @@
 //! The rate-limit layer: the public horde's per-endpoint limits, with its 429 answer and the
 //! `X-RateLimit-*` headers.
 
+use crate::config::LimitsConfig;
 use crate::state::{now_ms, SharedState};
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode};
@@ -22,31 +23,47 @@ enum Key {
     ApiKeyAndRoute,
 }
 
-/// The limits of one endpoint, as on the public horde (horde-api.md §2).
-fn limits_for(method: &Method, route: &str, anonymous: bool) -> Vec<(Limit, Key)> {
+/// The limits of one endpoint (the public horde's by default, horde-api.md §2).
+fn limits_for(
+    config: &LimitsConfig,
+    method: &Method,
+    route: &str,
+    anonymous: bool,
+) -> Vec<(Limit, Key)> {
+    let per_ip = |limit: Limit| vec![(limit, Key::IpAndRoute)];
     match (method.as_str(), route) {
         (_, "/api/v2/status/heartbeat") => vec![],
-        ("POST", "/api/v2/generate/async") => vec![
-            (Limit::per_minute(90), Key::IpAndRoute),
-            (Limit::per_second(2), Key::IpAndRoute),
-            (
-                Limit::per_second(if anonymous { 60 } else { 2 }),
-                Key::ApiKeyAndRoute,
-            ),
-        ],
-        ("GET", "/api/v2/generate/check/{id}") => vec![(Limit::per_second(10), Key::IpAndPath)],
-        (_, "/api/v2/generate/status/{id}") => vec![(Limit::per_minute(10), Key::IpAndPath)],
-        ("POST", "/api/v2/generate/pop" | "/api/v2/generate/submit") => {
-            vec![(Limit::per_second(60), Key::IpAndRoute)]
+        ("POST", "/api/v2/generate/async") => {
+            let mut limits: Vec<(Limit, Key)> = config
+                .generate_per_ip
+                .iter()
+                .map(|l| (*l, Key::IpAndRoute))
+                .collect();
+            let per_key = if anonymous {
+                config.generate_per_anonymous_key
+            } else {
+                config.generate_per_key
+            };
+            limits.push((per_key, Key::ApiKeyAndRoute));
+            limits
         }
-        ("PUT", "/api/v2/workers/{id}") => vec![(Limit::per_minute(30), Key::IpAndPath)],
-        ("GET", "/api/v2/users/{id}") => vec![(Limit::per_minute(60), Key::IpAndPath)],
+        ("GET", "/api/v2/generate/check/{id}") => vec![(config.check_per_ip, Key::IpAndPath)],
+        (_, "/api/v2/generate/status/{id}") => vec![(config.status_per_ip, Key::IpAndPath)],
+        ("POST", "/api/v2/generate/pop" | "/api/v2/generate/submit") => per_ip(config.jobs_per_ip),
+        ("POST", "/api/v2/kudos/transfer") => config
+            .transfer_per_key
+            .iter()
+            .map(|l| (*l, Key::ApiKeyAndRoute))
+            .collect(),
+        ("PUT", "/api/v2/sharedkeys") => vec![(config.shared_keys_per_ip, Key::IpAndPath)],
+        ("PUT", "/api/v2/workers/{id}") => vec![(config.workers_per_ip, Key::IpAndPath)],
+        (_, "/api/v2/users/{id}") => vec![(config.users_per_ip, Key::IpAndPath)],
         (_, route)
             if route.starts_with("/api/v2/")
                 && !route.starts_with("/api/v2/uploads")
                 && !route.starts_with("/api/v2/images") =>
         {
-            vec![(Limit::per_minute(90), Key::IpAndRoute)]
+            per_ip(config.default_per_ip)
         }
         _ => vec![],
     }
@@ -73,7 +90,12 @@ pub async fn rate_limit(
         .unwrap_or(ANONYMOUS_API_KEY)
         .to_string();
     let method = request.method().clone();
-    let limits = limits_for(&method, &route, apikey == ANONYMOUS_API_KEY);
+    let limits = limits_for(
+        &state.config.limits,
+        &method,
+        &route,
+        apikey == ANONYMOUS_API_KEY,
+    );
     let now = now_ms();
     let mut tightest = None;
     {
@@ -85,10 +107,11 @@ pub async fn rate_limit(
                     format!("{}@{}@{}#{}", peer.ip(), method, route, limit.window_ms)
                 }
                 Key::ApiKeyAndRoute => format!(
-                    "{}@{}@{}",
+                    "{}@{}@{}#{}",
                     hash_api_key(&state.key_salt, &apikey),
                     method,
-                    route
+                    route,
+                    limit.window_ms
                 ),
             };
             let verdict = windows.hit(&key, *limit, now);

@@ -1,6 +1,7 @@
 //! Image requests from the client's side: accept, check, status, cancel, expire.
 
 use crate::error::{ApiError, ApiResult};
+use crate::shared_keys::check_shared_key_use;
 use crate::state::{now, AppState};
 use base64::Engine;
 use horde_api::image::{
@@ -11,8 +12,10 @@ use horde_api::Rc;
 use horde_core::accounts::User;
 use horde_core::matching::can_generate;
 use horde_core::pricing;
+use horde_core::quota::{self, Quota};
 use horde_core::request::{JobState, LiveRequest};
 use horde_core::seed::parse_seed;
+use horde_core::shared_key::SharedKey;
 use horde_core::upfront;
 use horde_core::Reputation;
 use uuid::Uuid;
@@ -81,10 +84,19 @@ fn normalise(mut body: ImageRequest) -> (ImageRequest, Option<u64>) {
 }
 
 impl AppState {
-    pub async fn accept_request(&self, user: &User, body: ImageRequest) -> ApiResult<Accepted> {
+    /// Accepts an image request from `user`, made with `shared_key` if it was one.
+    pub async fn accept_request(
+        &self,
+        user: &User,
+        shared_key: Option<&SharedKey>,
+        body: ImageRequest,
+    ) -> ApiResult<Accepted> {
         check_request_rules(&body)?;
         let (mut body, base_seed) = normalise(body);
         let downgraded = self.check_upfront(user, &mut body)?;
+        if let Some(key) = shared_key {
+            check_shared_key_use(key, &body, pricing::projected_cost(&body), now())?;
+        }
         if body.dry_run {
             return Ok(Accepted::DryRun(AsyncResponse {
                 id: None,
@@ -95,6 +107,7 @@ impl AppState {
         }
         self.check_concurrency(user, body.params.n)?;
         let now = now();
+        self.check_quota(user, &body, now).await?;
         let job_kudos = pricing::job_kudos(&body);
         let n = body.params.n;
         let seq = self.queue.lock().expect("queue lock").next_seq();
@@ -113,6 +126,7 @@ impl AppState {
             faulted: false,
             cancelled: false,
             can_pay_upfront: user.trusted || user.kudos - user.min_kudos() >= job_kudos,
+            shared_key: shared_key.map(|k| k.id_hash.clone()),
             expiry: now + self.config.requests.idle_expiry_secs,
             jobs: vec![],
         };
@@ -216,6 +230,35 @@ impl AppState {
                 f64::from(undelivered) * pricing::requester_charge(&r.body, r.job_kudos)
             })
             .sum()
+    }
+
+    /// The operator's daily quota of the user's tier (images and megapixelsteps requested per
+    /// UTC day), answered with 429 and `Retry-After` until the next day.
+    async fn check_quota(&self, user: &User, body: &ImageRequest, now: i64) -> ApiResult<()> {
+        let quota = self.config.quotas.for_user(user);
+        if quota == Quota::default() {
+            return Ok(());
+        }
+        let used = self.store.quota_usage(user.id, quota::day_of(now)).await?;
+        let p = &body.params;
+        let images = u64::from(p.n);
+        let megapixelsteps = f64::from(p.width)
+            * f64::from(p.height)
+            * f64::from(p.accurate_steps())
+            * images as f64
+            / 1e6;
+        if quota.allows(&used, images, megapixelsteps) {
+            return Ok(());
+        }
+        let wait = quota::secs_to_next_day(now);
+        Err(ApiError::new(
+            Rc::DailyQuotaExceeded,
+            format!(
+                "Daily quota reached: {} images and {:.1} megapixelsteps requested today of {} and {:.1} allowed (0: no limit). It renews in {wait} s (00:00 UTC).",
+                used.images, used.megapixelsteps, quota.images_per_day, quota.megapixelsteps_per_day
+            ),
+        )
+        .retry_after(wait as u64))
     }
 
     /// The public horde's concurrency limit: images waiting for this user plus the new ones.

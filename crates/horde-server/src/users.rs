@@ -4,8 +4,9 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::ApiKey;
 use crate::state::{now, AppState};
 use horde_api::user::{
-    ActiveGenerations, CountRecord, KudosTransferRequest, KudosTransferred, TestUserRequest,
-    TestUserResponse, UsageRecord, UserDetails, UserKudosDetails, UserRecords,
+    ActiveGenerations, CountRecord, KudosTransferRequest, KudosTransferred, ModifyUser,
+    ModifyUserResponse, NewApiKey, TestUserRequest, TestUserResponse, UsageRecord, UserDetails,
+    UserKudosDetails, UserRecords,
 };
 use horde_api::{Rc, ANONYMOUS_API_KEY};
 use horde_core::accounts::User;
@@ -192,10 +193,10 @@ impl AppState {
             trusted: user.trusted,
             flagged: user.flagged,
             pseudonymous: user.pseudonymous,
-            customizer: false,
-            service: false,
-            education: false,
-            vpn: false,
+            customizer: user.customizer,
+            service: user.service,
+            education: user.education,
+            vpn: user.vpn,
             special: false,
             deleted: false,
             worker_count: worker_ids.len() as u32,
@@ -372,3 +373,166 @@ fn check_transfer(sender: &User, receiver: &User, amount: f64) -> ApiResult<()> 
     }
     Ok(())
 }
+
+impl AppState {
+    /// `PUT /users/{id}`: administrators change balances and moderators; moderators roles and
+    /// limits; a user their own name and profile.
+    pub async fn modify_user(
+        &self,
+        caller: &User,
+        id: &str,
+        change: ModifyUser,
+    ) -> ApiResult<ModifyUserResponse> {
+        change.validate().map_err(ApiError::validation)?;
+        if change.is_empty() {
+            return Err(ApiError::new(
+                Rc::NoUserModSelected,
+                "No user modification selected!",
+            ));
+        }
+        let not_found =
+            || ApiError::new(Rc::UserNotFound, format!("User with ID '{id}' not found."));
+        let id: i64 = id.parse().map_err(|_| not_found())?;
+        let mut user = self.store.user_by_id(id).await?.ok_or_else(not_found)?;
+        self.check_user_change_rights(caller, &user, &change)?;
+        let became_trusted = change.trusted == Some(true) && !user.trusted;
+        apply_user_change(&mut user, &change);
+        self.store.save_user_settings(&user).await?;
+        let now = now();
+        if let Some(amount) = change.kudos {
+            self.store.award_kudos(user.id, amount, now).await?;
+        }
+        if became_trusted {
+            self.store.release_escrow(user.id, now).await?;
+        }
+        if change.reset_suspicion == Some(true) {
+            self.clear_suspicion_of_user_workers(user.id).await?;
+        }
+        tracing::info!(user = user.id, by = caller.id, ?change, "user modified");
+        let new_kudos = match change.kudos {
+            Some(_) => self.store.user_by_id(user.id).await?.map(|u| u.kudos),
+            None => None,
+        };
+        Ok(ModifyUserResponse {
+            changed: change,
+            new_kudos,
+        })
+    }
+
+    fn is_admin(&self, user: &User) -> bool {
+        !user.is_anonymous() && self.config.api.admins.contains(&user.id)
+    }
+
+    /// Who may change what (horde-api.md §7).
+    fn check_user_change_rights(
+        &self,
+        caller: &User,
+        target: &User,
+        change: &ModifyUser,
+    ) -> ApiResult<()> {
+        let admin = self.is_admin(caller);
+        let moderator = caller.moderator || admin;
+        if (change.kudos.is_some() || change.moderator.is_some()) && !admin {
+            return Err(ApiError::new(
+                Rc::NotAdmin,
+                "Only an administrator can change kudos or moderators.",
+            ));
+        }
+        let moderator_fields = change.concurrency.is_some()
+            || change.worker_invited.is_some()
+            || change.trusted.is_some()
+            || change.flagged.is_some()
+            || change.customizer.is_some()
+            || change.vpn.is_some()
+            || change.service.is_some()
+            || change.education.is_some()
+            || change.reset_suspicion.is_some();
+        if moderator_fields && !moderator {
+            return Err(ApiError::new(
+                Rc::NotModerator,
+                "Only a moderator can change roles and limits.",
+            ));
+        }
+        let own_fields = change.username.is_some() || change.public_workers.is_some();
+        if own_fields && caller.id != target.id && !moderator {
+            return Err(ApiError::new(
+                Rc::NotModerator,
+                "Only the user themself or a moderator can change this.",
+            ));
+        }
+        Ok(())
+    }
+
+    async fn clear_suspicion_of_user_workers(&self, user_id: i64) -> ApiResult<()> {
+        let _ordered = self.write_order.lock().await;
+        let cleared: Vec<(uuid::Uuid, horde_core::Reputation)> = {
+            let mut registry = self.workers.write().expect("registry lock");
+            let ids: Vec<uuid::Uuid> = registry
+                .ids_of_user(user_id)
+                .iter()
+                .filter_map(|id| id.parse().ok())
+                .collect();
+            ids.into_iter()
+                .filter_map(|id| {
+                    let entry = registry.get_mut(id)?;
+                    entry.worker.reputation.clear_suspicion();
+                    Some((id, entry.worker.reputation.clone()))
+                })
+                .collect()
+        };
+        for (id, reputation) in &cleared {
+            self.store.save_reputation(*id, reputation).await?;
+        }
+        Ok(())
+    }
+
+    /// A new API key for `caller` (only for themself); the old key stops working at once.
+    pub async fn reset_api_key(&self, caller: &User, id: &str) -> ApiResult<NewApiKey> {
+        if id.parse::<i64>().ok() != Some(caller.id) {
+            return Err(ApiError::new(
+                Rc::NotOwner,
+                "Only the user themself can reset their API key.",
+            ));
+        }
+        let api_key = generate_api_key();
+        self.store
+            .replace_key_hash(caller.id, &hash_api_key(&self.key_salt, &api_key))
+            .await?;
+        tracing::info!(user = caller.id, "API key reset");
+        Ok(NewApiKey { api_key })
+    }
+}
+
+fn apply_user_change(user: &mut User, change: &ModifyUser) {
+    let set = |field: &mut bool, value: Option<bool>| {
+        if let Some(v) = value {
+            *field = v;
+        }
+    };
+    set(&mut user.moderator, change.moderator);
+    set(&mut user.trusted, change.trusted);
+    set(&mut user.flagged, change.flagged);
+    set(&mut user.customizer, change.customizer);
+    set(&mut user.vpn, change.vpn);
+    set(&mut user.service, change.service);
+    set(&mut user.education, change.education);
+    set(&mut user.public_workers, change.public_workers);
+    if user.moderator {
+        user.trusted = true;
+    }
+    if change.education == Some(true) {
+        user.concurrency = user.concurrency.max(EDUCATION_CONCURRENCY);
+    }
+    if let Some(c) = change.concurrency {
+        user.concurrency = c;
+    }
+    if let Some(w) = change.worker_invited {
+        user.worker_invited = w;
+    }
+    if let Some(name) = &change.username {
+        user.username = name.clone();
+    }
+}
+
+/// Concurrency of education accounts (the public horde raises it to 200).
+const EDUCATION_CONCURRENCY: u32 = 200;

@@ -9,6 +9,7 @@
 
 pub mod ledger;
 mod requests;
+mod shared_keys;
 mod users;
 mod workers;
 

@@ -5,6 +5,7 @@ use crate::workers::write_reputation;
 use crate::{parse_json, parse_uuid, to_json, Result, Store, StoreError};
 use horde_core::accounts::{forgiven_debit, kudos_floor};
 use horde_core::pricing::round2;
+use horde_core::quota::{day_of, Usage};
 use horde_core::request::{Job, JobState, LiveRequest};
 use horde_core::Reputation;
 use sqlx::sqlite::SqliteRow;
@@ -25,6 +26,8 @@ pub struct SubmitEffects {
     pub megapixelsteps: f64,
     /// Unix seconds.
     pub at: i64,
+    /// The shared key (hash) the request was made with, whose budget the charge also uses.
+    pub shared_key: Option<String>,
 }
 
 impl SubmitEffects {
@@ -148,6 +151,7 @@ fn request_from_row(row: &SqliteRow) -> Result<LiveRequest> {
         cancelled: row.try_get("cancelled")?,
         expiry: row.try_get("expiry")?,
         can_pay_upfront: row.try_get("can_pay_upfront")?,
+        shared_key: row.try_get("shared_key")?,
         jobs: vec![],
     })
 }
@@ -158,8 +162,8 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO requests (id, user_id, body, base_seed, created, seq, priority, n_remaining, \
-             jobs_total, job_kudos, consumed_kudos, faulted, cancelled, expiry, can_pay_upfront) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             jobs_total, job_kudos, consumed_kudos, faulted, cancelled, expiry, can_pay_upfront, \
+             shared_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(r.id.to_string())
         .bind(r.user_id)
@@ -176,6 +180,18 @@ impl Store {
         .bind(r.cancelled)
         .bind(r.expiry)
         .bind(r.can_pay_upfront)
+        .bind(&r.shared_key)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO quota_usage (user_id, day, images, megapixelsteps) VALUES (?, ?, ?, ?) \
+             ON CONFLICT(user_id, day) DO UPDATE SET images = images + excluded.images, \
+             megapixelsteps = megapixelsteps + excluded.megapixelsteps",
+        )
+        .bind(r.user_id)
+        .bind(day_of(r.created))
+        .bind(i64::from(r.jobs_total))
+        .bind(r.megapixelsteps_requested())
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -229,6 +245,9 @@ impl Store {
                 .bind(e.worker_id.to_string())
                 .execute(&mut *tx)
                 .await?;
+            if let Some(key) = &e.shared_key {
+                crate::shared_keys::charge_shared_key(&mut tx, key, e.requester_charge).await?;
+            }
             let (balance, floor) = balance_and_floor(&mut tx, e.requester_id).await?;
             ledger::post(&mut tx, e.at, &e.postings(r.id, job.id)).await?;
             let forgiven = forgiven_debit(balance, e.requester_charge, floor);
@@ -252,6 +271,24 @@ impl Store {
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// What `user_id` requested on UTC day `day`.
+    pub async fn quota_usage(&self, user_id: i64, day: i64) -> Result<Usage> {
+        let row = sqlx::query(
+            "SELECT images, CAST(megapixelsteps AS REAL) FROM quota_usage WHERE user_id = ? AND day = ?",
+        )
+        .bind(user_id)
+        .bind(day)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match row {
+            Some(row) => Usage {
+                images: row.try_get::<i64, _>(0)? as u64,
+                megapixelsteps: row.try_get(1)?,
+            },
+            None => Usage::default(),
+        })
     }
 
     /// Stores a request's counters (after a cancel, for instance) and the reputations it

@@ -19,7 +19,8 @@ pub struct NewUser {
 }
 
 const USER_COLUMNS: &str =
-    "id, username, oauth_id, kudos, moderator, trusted, flagged, concurrency, \
+    "id, username, oauth_id, kudos, moderator, trusted, flagged, customizer, vpn, service, \
+    education, public_workers, concurrency, \
     worker_invited, usage_megapixelsteps, usage_requests, contributed_megapixelsteps, fulfilments, \
     kudos_accumulated, evaluating_kudos, created";
 
@@ -37,6 +38,11 @@ fn user_from_row(row: &SqliteRow) -> Result<User> {
         moderator: row.try_get("moderator")?,
         trusted: row.try_get("trusted")?,
         flagged: row.try_get("flagged")?,
+        customizer: row.try_get("customizer")?,
+        vpn: row.try_get("vpn")?,
+        service: row.try_get("service")?,
+        education: row.try_get("education")?,
+        public_workers: row.try_get("public_workers")?,
         pseudonymous: is_pseudonymous(&oauth),
         concurrency: row.try_get::<i64, _>("concurrency")? as u32,
         worker_invited: row.try_get::<i64, _>("worker_invited")? as u32,
@@ -143,6 +149,66 @@ impl Store {
             .await?;
         ledger::post(&mut tx, now, &grant(id, kudos - old)).await?;
         tx.commit().await?;
+        Ok(())
+    }
+
+    /// Stores what `PUT /users/{id}` may change: name, roles, limits (not the balance).
+    pub async fn save_user_settings(&self, u: &User) -> Result<()> {
+        sqlx::query(
+            "UPDATE users SET username = ?, moderator = ?, trusted = ?, flagged = ?, customizer = ?, \
+             vpn = ?, service = ?, education = ?, public_workers = ?, concurrency = ?, \
+             worker_invited = ? WHERE id = ?",
+        )
+        .bind(&u.username)
+        .bind(u.moderator)
+        .bind(u.trusted)
+        .bind(u.flagged)
+        .bind(u.customizer)
+        .bind(u.vpn)
+        .bind(u.service)
+        .bind(u.education)
+        .bind(u.public_workers)
+        .bind(i64::from(u.concurrency))
+        .bind(i64::from(u.worker_invited))
+        .bind(u.id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// An administrator's change of a balance: a grant from (or back to) the horde.
+    pub async fn award_kudos(&self, user_id: i64, amount: f64, at: i64) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        ledger::post(&mut tx, at, &grant(user_id, amount)).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Moves everything a user holds in escrow into their balance (they became trusted).
+    pub async fn release_escrow(&self, user_id: i64, at: i64) -> Result<f64> {
+        let mut tx = self.pool.begin().await?;
+        let held: f64 =
+            sqlx::query("SELECT CAST(evaluating_kudos AS REAL) FROM users WHERE id = ?")
+                .bind(user_id)
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get(0)?;
+        if held != 0.0 {
+            let out_of_escrow = Posting::new(user_id, -held, Kind::Release).in_escrow();
+            let into_balance = Posting::new(user_id, held, Kind::Release);
+            ledger::post(&mut tx, at, &[out_of_escrow, into_balance]).await?;
+        }
+        tx.commit().await?;
+        Ok(held)
+    }
+
+    /// Replaces a user's API key (the old one stops working at once).
+    pub async fn replace_key_hash(&self, user_id: i64, key_hash: &str) -> Result<()> {
+        sqlx::query("UPDATE users SET api_key_hash = ? WHERE id = ?")
+            .bind(key_hash)
+            .bind(user_id)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 

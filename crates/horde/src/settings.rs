@@ -15,6 +15,10 @@ const ENV_KEYS: &[&str] = &[
     "database",
     "api",
     "requests",
+    "jobs",
+    "workers",
+    "limits",
+    "quotas",
 ];
 
 /// The default config file, read when present and no `--config` is given.
@@ -72,4 +76,40 @@ pub fn flags_layer(overrides: FlagOverrides, test_users: bool, no_rate_limits: b
         figment = figment.merge(Serialized::default("api.rate_limits", false));
     }
     figment
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_config_parses_and_states_the_defaults() {
+        let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../horde.example.toml");
+        let config: ServerConfig = Figment::from(Serialized::defaults(ServerConfig::default()))
+            .merge(Toml::file(example))
+            .extract()
+            .expect("horde.example.toml is valid");
+        let as_json = |c: &ServerConfig| serde_json::to_value(c).unwrap();
+        assert_eq!(as_json(&config), as_json(&ServerConfig::default()));
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail decides the closure's error type
+    fn every_section_can_be_set_from_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("HORDE_JOBS__DEADLINE_FLOOR_SECS", "7");
+            jail.set_env("HORDE_WORKERS__SUSPICION_THRESHOLD", "9");
+            jail.set_env("HORDE_QUOTAS__ANONYMOUS__IMAGES_PER_DAY", "11");
+            jail.set_env("HORDE_LIMITS__CHECK_PER_IP", "3/second");
+            let config = load(None, Figment::new()).map_err(|e| e.to_string())?;
+            assert_eq!(config.jobs.deadline_floor_secs, 7);
+            assert_eq!(config.workers.suspicion_threshold, 9);
+            assert_eq!(config.quotas.anonymous.images_per_day, 11);
+            assert_eq!(
+                config.limits.check_per_ip,
+                horde_core::ratelimit::Limit::per_second(3)
+            );
+            Ok(())
+        });
+    }
 }

@@ -27,11 +27,16 @@ pub async fn generate_async(
     key: ApiKey,
     HordeJson(body): HordeJson<ImageRequest>,
 ) -> ApiResult<Response> {
-    let user = state.authenticate(&key).await?;
-    Ok(match state.accept_request(&user, body).await? {
-        Accepted::Queued(r) => (StatusCode::ACCEPTED, Json(r)).into_response(),
-        Accepted::DryRun(r) => (StatusCode::OK, Json(r)).into_response(),
-    })
+    let (user, shared_key) = state.authenticate_requester(&key).await?;
+    Ok(
+        match state
+            .accept_request(&user, shared_key.as_ref(), body)
+            .await?
+        {
+            Accepted::Queued(r) => (StatusCode::ACCEPTED, Json(r)).into_response(),
+            Accepted::DryRun(r) => (StatusCode::OK, Json(r)).into_response(),
+        },
+    )
 }
 
 /// Light status of a request (no images).

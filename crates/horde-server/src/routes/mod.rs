@@ -2,6 +2,7 @@
 //! No SQL and no business rule lives here.
 
 pub mod generate;
+pub mod shared_keys;
 pub mod status;
 pub mod users;
 pub mod workers;

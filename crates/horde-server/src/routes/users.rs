@@ -7,7 +7,8 @@ use axum::extract::{ConnectInfo, Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use horde_api::user::{
-    KudosTransferRequest, KudosTransferred, TestUserRequest, TestUserResponse, UserDetails,
+    KudosTransferRequest, KudosTransferred, ModifyUser, ModifyUserResponse, NewApiKey,
+    TestUserRequest, TestUserResponse, UserDetails,
 };
 use horde_api::{ErrorBody, Rc};
 use std::net::SocketAddr;
@@ -73,4 +74,36 @@ pub async fn transfer(
 ) -> ApiResult<Json<KudosTransferred>> {
     let sender = state.authenticate(&key).await?;
     state.transfer_kudos(&sender, &body).await.map(Json)
+}
+
+/// Change a user: balances and moderators (administrators), roles and limits (moderators),
+/// name and profile (the user themself).
+#[utoipa::path(put, path = "/api/v2/users/{id}", tag = "v2", params(("id" = String, Path), ("apikey" = String, Header)),
+    request_body = ModifyUser,
+    responses((status = 200, body = ModifyUserResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn modify(
+    State(state): State<SharedState>,
+    key: ApiKey,
+    Path(id): Path<String>,
+    HordeJson(body): HordeJson<ModifyUser>,
+) -> ApiResult<Json<ModifyUserResponse>> {
+    let caller = state
+        .authenticate_registered(&key, Rc::AnonForbidden)
+        .await?;
+    state.modify_user(&caller, &id, body).await.map(Json)
+}
+
+/// Replace your API key: the new one is shown once, the old one stops working (not in the
+/// public horde, where keys are reset by logging in again).
+#[utoipa::path(post, path = "/api/v2/users/{id}/reset_key", tag = "v2", params(("id" = String, Path), ("apikey" = String, Header)),
+    responses((status = 200, body = NewApiKey), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn reset_key(
+    State(state): State<SharedState>,
+    key: ApiKey,
+    Path(id): Path<String>,
+) -> ApiResult<Json<NewApiKey>> {
+    let caller = state
+        .authenticate_registered(&key, Rc::AnonForbidden)
+        .await?;
+    state.reset_api_key(&caller, &id).await.map(Json)
 }

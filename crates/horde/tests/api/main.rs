@@ -2,6 +2,8 @@
 //! driven over HTTP through the project's typed client (`horde-client`), as users and workers
 //! would drive it. One test binary, so the crates are linked once.
 
+mod accounts;
+mod authz;
 mod chaos;
 mod cli;
 mod crash;
@@ -11,6 +13,7 @@ mod economy;
 mod errors;
 mod helpers;
 mod lifecycle;
+mod limits;
 mod reputation;
 mod sdk_compat;
 mod surface;
