@@ -65,11 +65,15 @@ pub fn requester_charge(request: &ImageRequest, job_kudos: f64) -> f64 {
     round2(kudos)
 }
 
-/// The projected total of a request (the dry-run answer): every image's charge, plus the flat
-/// activation fee of 1.
+/// The flat fee a requester pays when a request is accepted (the public horde's 1, plus 5 per
+/// extra source image and 2 for a foreign style, neither of which this server takes yet).
+pub const ACTIVATION_FEE: f64 = 1.0;
+
+/// The projected total of a request (the dry-run answer): every image's charge, plus the
+/// activation fee.
 pub fn projected_cost(request: &ImageRequest) -> f64 {
     let per_image = requester_charge(request, job_kudos(request));
-    round2(per_image * f64::from(request.params.n) + 1.0)
+    round2(per_image * f64::from(request.params.n) + ACTIVATION_FEE)
 }
 
 /// Reward multiplier by bridge: the reference worker earns in full, unknown bridges 0.75.

@@ -261,6 +261,17 @@ impl LiveRequest {
         }
     }
 
+    /// Returns the activation `fee` of a request that faulted without delivering anything (the
+    /// requester paid only the fee, and got nothing for it); the amount refunded, once.
+    pub fn refund_if_faulted_unserved(&mut self, fee: f64) -> f64 {
+        if self.faulted && fee > 0.0 && (self.consumed_kudos - fee).abs() < 1e-9 {
+            self.consumed_kudos = 0.0;
+            fee
+        } else {
+            0.0
+        }
+    }
+
     /// Cancels: nothing more is handed out; jobs in flight may still finish.
     pub fn cancel(&mut self) {
         let finished = self.jobs.iter().filter(|j| j.state.is_finished()).count() as u32;
@@ -418,6 +429,23 @@ pub(crate) mod tests {
             .unwrap();
         assert_eq!(job.state, JobState::Censored);
         assert!(job.censored);
+    }
+
+    #[test]
+    fn the_fee_of_a_request_that_faulted_unserved_is_refunded_once() {
+        let mut r = request_from(serde_json::json!({"prompt": "p"}));
+        r.consumed_kudos = 1.0;
+        assert_eq!(r.refund_if_faulted_unserved(1.0), 0.0, "not faulted");
+        r.faulted = true;
+        assert_eq!(r.refund_if_faulted_unserved(1.0), 1.0);
+        assert_eq!(r.refund_if_faulted_unserved(1.0), 0.0, "only once");
+        let mut served = request_from(serde_json::json!({"prompt": "p"}));
+        (served.consumed_kudos, served.faulted) = (6.5, true);
+        assert_eq!(
+            served.refund_if_faulted_unserved(1.0),
+            0.0,
+            "an image was delivered"
+        );
     }
 
     #[test]

@@ -322,17 +322,19 @@ impl AppState {
                         self.config.jobs.max_restarts,
                     )
                     .cloned();
+                let mut refund = 0.0;
                 if let Ok(job) = &result {
                     if job.state.is_finished() && !job.censored {
                         r.consumed_kudos += pricing::requester_charge(&r.body, r.job_kudos);
                     }
+                    refund = r.refund_if_faulted_unserved(pricing::ACTIVATION_FEE);
                     if r.is_done() {
                         r.expiry = now + retention;
                     }
                 }
-                (result, r.clone())
+                (result, r.clone(), refund)
             });
-        let Some((result, updated)) = applied else {
+        let Some((result, updated, refund)) = applied else {
             return Err(invalid_job(&submit.id));
         };
         let job = match result {
@@ -358,6 +360,7 @@ impl AppState {
                 &job,
                 effects.as_ref(),
                 reputation.as_ref().map(|r| (job.worker_id, r)),
+                refund,
             )
             .await?;
         if let Some(e) = &effects {
@@ -551,19 +554,22 @@ impl AppState {
     /// the queue, the change is stored, and the late workers are counted.
     pub async fn take_back_late_jobs(&self, now: i64) -> ApiResult<usize> {
         let _ordered = self.write_order.lock().await;
-        let taken: Vec<(LiveRequest, Job)> = {
+        let taken: Vec<(LiveRequest, Job, f64)> = {
             let mut queue = self.queue.lock().expect("queue lock");
             queue
                 .take_back_late_jobs(now, self.config.jobs.max_restarts)
                 .into_iter()
                 .filter_map(|(request_id, job_id)| {
+                    let refund = queue.update(request_id, |r| {
+                        r.refund_if_faulted_unserved(pricing::ACTIVATION_FEE)
+                    })?;
                     let request = queue.get(request_id)?.clone();
                     let job = request.job(job_id)?.clone();
-                    Some((request, job))
+                    Some((request, job, refund))
                 })
                 .collect()
         };
-        for (request, job) in &taken {
+        for (request, job, refund) in &taken {
             tracing::warn!(job = %job.id, worker = %job.worker_name, request = %request.id, "job deadline passed; taken back");
             let reputation = self
                 .workers
@@ -575,7 +581,9 @@ impl AppState {
                     entry.worker.reputation.clone()
                 });
             let worker = reputation.as_ref().map(|r| (job.worker_id, r));
-            self.store.save_submit(request, job, None, worker).await?;
+            self.store
+                .save_submit(request, job, None, worker, *refund)
+                .await?;
         }
         Ok(taken.len())
     }

@@ -122,7 +122,7 @@ impl AppState {
             n_remaining: n,
             jobs_total: n,
             job_kudos,
-            consumed_kudos: 0.0,
+            consumed_kudos: pricing::ACTIVATION_FEE,
             faulted: false,
             cancelled: false,
             can_pay_upfront: user.trusted || user.kudos - user.min_kudos() >= job_kudos,

@@ -87,6 +87,23 @@ impl Posting {
     }
 }
 
+/// Sums of the ledger by kind: (users' accounts, the horde's account).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LedgerTotals {
+    pub by_kind: std::collections::BTreeMap<String, (f64, f64)>,
+}
+
+impl LedgerTotals {
+    /// The sum of `kind` on users' accounts.
+    pub fn users(&self, kind: Kind) -> f64 {
+        self.by_kind.get(kind.as_str()).map_or(0.0, |t| t.0)
+    }
+    /// The sum of `kind` on the horde's account.
+    pub fn horde(&self, kind: Kind) -> f64 {
+        self.by_kind.get(kind.as_str()).map_or(0.0, |t| t.1)
+    }
+}
+
 /// A user whose balance is not the sum of their ledger rows.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Discrepancy {
@@ -163,15 +180,23 @@ impl Store {
         Ok(off)
     }
 
-    /// The sum of all postings of each kind (all accounts), e.g. `("spend", -120.5)`.
-    pub async fn ledger_totals(&self) -> Result<Vec<(String, f64)>> {
-        let rows =
-            sqlx::query("SELECT kind, SUM(amount) FROM kudos_ledger GROUP BY kind ORDER BY kind")
-                .fetch_all(&self.pool)
-                .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-            .collect()
+    /// The sums of the postings of each kind, on users' accounts and on the horde's.
+    pub async fn ledger_totals(&self) -> Result<LedgerTotals> {
+        let rows = sqlx::query(
+            "SELECT kind, \
+             CAST(COALESCE(SUM(CASE WHEN account <> ? THEN amount END), 0) AS REAL), \
+             CAST(COALESCE(SUM(CASE WHEN account = ? THEN amount END), 0) AS REAL) \
+             FROM kudos_ledger GROUP BY kind ORDER BY kind",
+        )
+        .bind(HORDE_ACCOUNT)
+        .bind(HORDE_ACCOUNT)
+        .fetch_all(&self.pool)
+        .await?;
+        let by_kind = rows
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, (r.try_get(1)?, r.try_get(2)?))))
+            .collect::<Result<_>>()?;
+        Ok(LedgerTotals { by_kind })
     }
 
     /// When `from` last transferred kudos to `to`, if ever (unix seconds).

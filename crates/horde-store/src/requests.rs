@@ -157,7 +157,8 @@ fn request_from_row(row: &SqliteRow) -> Result<LiveRequest> {
 }
 
 impl Store {
-    /// Stores an accepted request (its images count in the requester's usage when delivered).
+    /// Stores an accepted request (its images count in the requester's usage when delivered),
+    /// its day's quota usage, and its activation fee (`consumed_kudos` at acceptance).
     pub async fn insert_request(&self, r: &LiveRequest) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
@@ -194,6 +195,25 @@ impl Store {
         .bind(r.megapixelsteps_requested())
         .execute(&mut *tx)
         .await?;
+        if r.consumed_kudos > 0.0 {
+            // The activation fee, paid to the horde when the request is accepted.
+            let (balance, floor) = balance_and_floor(&mut tx, r.user_id).await?;
+            let with = |account, amount, kind, counterparty| Posting {
+                counterparty: Some(counterparty),
+                request_id: Some(r.id),
+                ..Posting::new(account, amount, kind)
+            };
+            let fee = [
+                with(r.user_id, -r.consumed_kudos, Kind::Spend, HORDE_ACCOUNT),
+                with(HORDE_ACCOUNT, r.consumed_kudos, Kind::Burn, r.user_id),
+            ];
+            ledger::post(&mut tx, r.created, &fee).await?;
+            if let Some(key) = &r.shared_key {
+                crate::shared_keys::charge_shared_key(&mut tx, key, r.consumed_kudos).await?;
+            }
+            let forgiven = forgiven_debit(balance, r.consumed_kudos, floor);
+            write_off(&mut tx, r.user_id, forgiven, r.id, None, r.created).await?;
+        }
         tx.commit().await?;
         Ok(())
     }
@@ -217,12 +237,25 @@ impl Store {
         job: &Job,
         effects: Option<&SubmitEffects>,
         worker: Option<(Uuid, &Reputation)>,
+        refund: f64,
     ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         write_request_state(&mut tx, r).await?;
         write_job_result(&mut tx, job).await?;
         if let Some((worker_id, reputation)) = worker {
             write_reputation(&mut *tx, worker_id, reputation).await?;
+        }
+        if refund > 0.0 {
+            let with = |account, amount, counterparty| Posting {
+                counterparty: Some(counterparty),
+                request_id: Some(r.id),
+                ..Posting::new(account, amount, Kind::Refund)
+            };
+            let postings = [
+                with(r.user_id, refund, HORDE_ACCOUNT),
+                with(HORDE_ACCOUNT, -refund, r.user_id),
+            ];
+            ledger::post(&mut tx, r.created, &postings).await?;
         }
         if let Some(e) = effects {
             sqlx::query("UPDATE users SET usage_megapixelsteps = usage_megapixelsteps + ?, usage_requests = usage_requests + 1 WHERE id = ?")
@@ -251,23 +284,7 @@ impl Store {
             let (balance, floor) = balance_and_floor(&mut tx, e.requester_id).await?;
             ledger::post(&mut tx, e.at, &e.postings(r.id, job.id)).await?;
             let forgiven = forgiven_debit(balance, e.requester_charge, floor);
-            if forgiven > 0.0 {
-                let write_off = [
-                    Posting {
-                        counterparty: Some(HORDE_ACCOUNT),
-                        request_id: Some(r.id),
-                        job_id: Some(job.id),
-                        ..Posting::new(e.requester_id, forgiven, Kind::Floor)
-                    },
-                    Posting {
-                        counterparty: Some(e.requester_id),
-                        request_id: Some(r.id),
-                        job_id: Some(job.id),
-                        ..Posting::new(HORDE_ACCOUNT, -forgiven, Kind::Floor)
-                    },
-                ];
-                ledger::post(&mut tx, e.at, &write_off).await?;
-            }
+            write_off(&mut tx, e.requester_id, forgiven, r.id, Some(job.id), e.at).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -358,4 +375,29 @@ async fn balance_and_floor(tx: &mut Transaction<'_, Sqlite>, user_id: i64) -> Re
     let oauth: String = row.try_get(1)?;
     let floor = kudos_floor(user_id, crate::users::is_pseudonymous(&oauth));
     Ok((row.try_get(0)?, floor))
+}
+
+/// Writes off `forgiven` kudos of a debit that went below the requester's floor.
+async fn write_off(
+    tx: &mut Transaction<'_, Sqlite>,
+    user_id: i64,
+    forgiven: f64,
+    request_id: Uuid,
+    job_id: Option<Uuid>,
+    at: i64,
+) -> Result<()> {
+    if forgiven <= 0.0 {
+        return Ok(());
+    }
+    let with = |account, amount, counterparty| Posting {
+        counterparty: Some(counterparty),
+        request_id: Some(request_id),
+        job_id,
+        ..Posting::new(account, amount, Kind::Floor)
+    };
+    let postings = [
+        with(user_id, forgiven, HORDE_ACCOUNT),
+        with(HORDE_ACCOUNT, -forgiven, user_id),
+    ];
+    ledger::post(tx, at, &postings).await
 }

@@ -123,7 +123,14 @@ async fn a_request_restarted_too_often_faults_and_costs_nothing() {
     assert_eq!(
         requester.find_user().await.unwrap().kudos,
         100.0,
-        "nothing delivered, nothing charged"
+        "nothing delivered, nothing charged: the activation fee came back"
+    );
+    let totals = app.state.store.ledger_totals().await.unwrap();
+    let refund = totals.users(horde_store::ledger::Kind::Refund);
+    assert_eq!(refund, 1.0, "the activation fee came back: {totals:?}");
+    assert_eq!(
+        app.state.store.ledger_discrepancies().await.unwrap(),
+        vec![]
     );
     app.stop().await;
 }

@@ -3,13 +3,7 @@
 
 use crate::helpers::*;
 use horde_api::image::ImageRequest;
-
-fn ledger_total(totals: &[(String, f64)], kind: &str) -> f64 {
-    totals
-        .iter()
-        .find(|(k, _)| k == kind)
-        .map_or(0.0, |(_, v)| *v)
-}
+use horde_store::ledger::Kind;
 
 #[tokio::test]
 async fn a_dry_run_prices_with_the_public_horde_kudos_model() {
@@ -97,15 +91,16 @@ async fn transfers_follow_the_public_rules_and_every_balance_matches_the_ledger(
     );
     let totals = app.state.store.ledger_totals().await.unwrap();
     assert_eq!(
-        ledger_total(&totals, "transfer"),
+        totals.users(Kind::Transfer),
         0.0,
         "transfers only move kudos"
     );
     assert_eq!(
-        ledger_total(&totals, "grant"),
-        0.0,
-        "grants come from the horde account"
+        totals.users(Kind::Grant),
+        110.0,
+        "the starting kudos of alice and bob"
     );
+    assert_eq!(totals.horde(Kind::Grant), -110.0, "granted by the horde");
 }
 
 #[tokio::test]
