@@ -114,9 +114,13 @@ async fn every_request_finishes_despite_dying_stalling_and_faulting_workers() {
     })
     .await;
     let mut requesters = Vec::new();
+    let mut requester_ids = Vec::new();
     for i in 0..25 {
-        requesters.push(app.user(&format!("requester-{i}"), 10_000.0).await.0);
+        let (client, id) = app.user(&format!("requester-{i}"), 10_000.0).await;
+        requesters.push(client);
+        requester_ids.push(id);
     }
+    let mut transfers = 0;
     let image = Arc::new({
         use base64::Engine;
         base64::engine::general_purpose::STANDARD.encode(webp(64, 64, [10, 20, 30], [40, 50, 60]))
@@ -159,6 +163,20 @@ async fn every_request_finishes_despite_dying_stalling_and_faulting_workers() {
             }
         };
         ids.push((i, id, client));
+        // Kudos also change hands among requesters while their requests run (a mixed ledger);
+        // a quick transfer back is refused by the public rule, which is fine here.
+        if i % 10 == 5 {
+            let (from, to) = (i % requesters.len(), (i * 7 + 1) % requesters.len());
+            if from != to {
+                match requesters[from]
+                    .transfer_kudos(&format!("requester-{to}#{}", requester_ids[to]), 3.0)
+                    .await
+                {
+                    Ok(_) => transfers += 1,
+                    Err(e) => assert_eq!(e.rc(), Some("TooFastKudosTransfers"), "{e}"),
+                }
+            }
+        }
         if i % (REQUESTS / CANCELLED) == 3 {
             let (j, victim, owner) = &ids[i - 2];
             owner.cancel(victim).await.unwrap();
@@ -262,6 +280,12 @@ async fn every_request_finishes_despite_dying_stalling_and_faulting_workers() {
     let store = &app.state.store;
     assert_eq!(store.ledger_discrepancies().await.unwrap(), vec![]);
     let totals = store.ledger_totals().await.unwrap();
+    assert!(transfers > 10, "{transfers} transfers made");
+    assert_eq!(
+        totals.users(Kind::Transfer),
+        0.0,
+        "transfers only move kudos"
+    );
     let paid_by_requesters = -totals.users(Kind::Spend);
     let earned = totals.users(Kind::Earn);
     let refunded = totals.users(Kind::Refund);
