@@ -15,6 +15,7 @@ pub mod pricing;
 pub mod queue;
 pub mod quota;
 pub mod ratelimit;
+pub mod registry;
 pub mod reputation;
 pub mod request;
 pub mod routing;

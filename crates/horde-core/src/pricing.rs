@@ -69,10 +69,10 @@ pub fn requester_charge(request: &ImageRequest, job_kudos: f64) -> f64 {
 /// extra source image and 2 for a foreign style, neither of which this server takes yet).
 pub const ACTIVATION_FEE: f64 = 1.0;
 
-/// The projected total of a request (the dry-run answer): every image's charge, plus the
-/// activation fee.
-pub fn projected_cost(request: &ImageRequest) -> f64 {
-    let per_image = requester_charge(request, job_kudos(request));
+/// The projected total of a request (the dry-run answer): every image's charge at the
+/// `family` multiplier of its model's baseline, plus the activation fee.
+pub fn projected_cost(request: &ImageRequest, family: f64) -> f64 {
+    let per_image = requester_charge(request, job_kudos(request) * family);
     round2(per_image * f64::from(request.params.n) + ACTIVATION_FEE)
 }
 

@@ -28,6 +28,34 @@ pub struct ServerConfig {
     pub limits: LimitsConfig,
     /// Daily quotas per tier of user (0: unlimited).
     pub quotas: horde_core::quota::Quotas,
+    pub models: ModelsConfig,
+}
+
+/// Where the image model reference comes from, and what to do with models outside it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelsConfig {
+    /// The image model reference (`stable_diffusion.json` format): "builtin", a file path, or
+    /// an http(s) URL.
+    pub reference: String,
+    /// The baseline catalog (`baselines.json` format): "builtin", a file path, or a URL.
+    pub baselines: String,
+    /// Reload both this often, in seconds, without a restart (0: only at start). A reload that
+    /// fails keeps the models already loaded.
+    pub reload_interval_secs: u64,
+    /// Accept requests for, and workers serving, models the reference does not list.
+    pub allow_custom: bool,
+}
+
+impl Default for ModelsConfig {
+    fn default() -> Self {
+        ModelsConfig {
+            reference: "builtin".into(),
+            baselines: "builtin".into(),
+            reload_interval_secs: 300,
+            allow_custom: false,
+        }
+    }
 }
 
 /// The public horde's per-endpoint rate limits (horde-api.md §2), each written like
@@ -188,6 +216,7 @@ impl Default for ServerConfig {
             workers: WorkersConfig::default(),
             limits: LimitsConfig::default(),
             quotas: Default::default(),
+            models: ModelsConfig::default(),
         }
     }
 }

@@ -85,6 +85,27 @@ impl AppState {
             ));
         }
         pop.validate().map_err(ApiError::validation)?;
+        let (servable, ignored) = self.servable_models(user, &pop.models);
+        if servable.is_empty() {
+            return Err(ApiError::new(
+                Rc::UnsupportedModel,
+                format!(
+                    "This horde cannot accept workers serving only unrecognised models ({}); serve models of its reference, or ask for the customizer role.",
+                    ignored.join(", ")
+                ),
+            ));
+        }
+        let pop = PopRequest {
+            models: servable,
+            ..pop
+        };
+        let notice = ignored_models_notice(&ignored);
+        let mut answer = self.pop_checked_in(user, pop).await?;
+        answer.messages.extend(notice);
+        Ok(answer)
+    }
+
+    async fn pop_checked_in(&self, user: &User, pop: PopRequest) -> ApiResult<PopResponse> {
         let entry = self.check_in(user, &pop).await?;
         if entry.worker.paused {
             return Ok(PopResponse::empty(Default::default()));
@@ -303,7 +324,7 @@ impl AppState {
         let reward = if faulted {
             0.0
         } else {
-            pricing::round2(request.job_kudos * multiplier)
+            pricing::round2(self.gen_kudos(&request, &job.model) * multiplier)
         };
         let now = now();
         let retention = self.config.requests.retention_secs;
@@ -325,7 +346,8 @@ impl AppState {
                 let mut refund = 0.0;
                 if let Ok(job) = &result {
                     if job.state.is_finished() && !job.censored {
-                        r.consumed_kudos += pricing::requester_charge(&r.body, r.job_kudos);
+                        let gen_kudos = self.gen_kudos(r, &job.model);
+                        r.consumed_kudos += pricing::requester_charge(&r.body, gen_kudos);
                     }
                     refund = r.refund_if_faulted_unserved(pricing::ACTIVATION_FEE);
                     if r.is_done() {
@@ -476,7 +498,7 @@ impl AppState {
             requester_charge: if job.censored {
                 0.0
             } else {
-                pricing::requester_charge(&request.body, request.job_kudos)
+                pricing::requester_charge(&request.body, self.gen_kudos(request, &job.model))
             },
             worker_id: job.worker_id,
             worker_owner_id: worker.map(|w| w.worker.user_id).unwrap_or_default(),
@@ -587,6 +609,21 @@ impl AppState {
         }
         Ok(taken.len())
     }
+}
+
+/// The pop answer's message to a worker that offered models this horde does not serve.
+fn ignored_models_notice(ignored: &[String]) -> Option<serde_json::Value> {
+    (!ignored.is_empty()).then(|| {
+        serde_json::json!({
+            "id": Uuid::new_v4().to_string(),
+            "message": format!(
+                "These models are not in this horde's model reference and were ignored: {}.",
+                ignored.join(", ")
+            ),
+            "origin": "horde",
+            "expiry": serde_json::Value::Null,
+        })
+    })
 }
 
 fn invalid_job(id: &str) -> ApiError {

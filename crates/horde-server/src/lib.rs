@@ -11,6 +11,7 @@ pub mod error;
 pub mod extract;
 pub mod images;
 pub mod jobs;
+pub mod models;
 pub mod openapi;
 pub mod ratelimit;
 pub mod requests;
@@ -48,6 +49,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Store(#[from] horde_store::StoreError),
+    #[error("cannot load the model reference: {0}")]
+    Models(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -111,6 +114,7 @@ impl Application {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let sweeper = tokio::spawn(sweeper::run(self.state.clone()));
+        let reloads = tokio::spawn(models::run_reloads(self.state.clone()));
         let service = self
             .router
             .into_make_service_with_connect_info::<SocketAddr>();
@@ -118,6 +122,7 @@ impl Application {
             .with_graceful_shutdown(shutdown)
             .await;
         sweeper.abort();
+        reloads.abort();
         if let Err(e) = self.state.flush_check_ins().await {
             tracing::warn!(error = %e, "could not store the latest check-ins at shutdown");
         }
@@ -138,6 +143,9 @@ async fn open_state(
     let upload_secret = store
         .setting_or_init("upload_secret", generate_token)
         .await?;
+    let registry = models::load_registry(&config.models)
+        .await
+        .map_err(StartError::Models)?;
     let public_url = if config.public_url.is_empty() {
         format!("http://{local}")
     } else {
@@ -155,6 +163,7 @@ async fn open_state(
         queue: Mutex::new(Queue::new()),
         write_order: tokio::sync::Mutex::new(()),
         workers: RwLock::new(workers::WorkerRegistry::new(online_window_secs)),
+        models: RwLock::new(std::sync::Arc::new(registry)),
         limiter: Mutex::new(Default::default()),
         performance: Mutex::new(ModelPerformance::default()),
         images,

@@ -92,15 +92,21 @@ impl AppState {
         body: ImageRequest,
     ) -> ApiResult<Accepted> {
         check_request_rules(&body)?;
+        self.check_request_models(&body)?;
         let (mut body, base_seed) = normalise(body);
         let downgraded = self.check_upfront(user, &mut body)?;
         if let Some(key) = shared_key {
-            check_shared_key_use(key, &body, pricing::projected_cost(&body), now())?;
+            check_shared_key_use(
+                key,
+                &body,
+                pricing::projected_cost(&body, self.projected_family(&body)),
+                now(),
+            )?;
         }
         if body.dry_run {
             return Ok(Accepted::DryRun(AsyncResponse {
                 id: None,
-                kudos: pricing::projected_cost(&body),
+                kudos: pricing::projected_cost(&body, self.projected_family(&body)),
                 message: None,
                 warnings: vec![],
             }));
@@ -166,7 +172,7 @@ impl AppState {
             return Ok(None);
         };
         let available = user.kudos - user.min_kudos() - self.queued_debits(user.id);
-        let cost = pricing::projected_cost(body);
+        let cost = pricing::projected_cost(body, self.projected_family(body));
         if cost <= available {
             return Ok(None);
         }
@@ -174,7 +180,9 @@ impl AppState {
             let (width, height, steps) = (body.params.width, body.params.height, body.params.steps);
             upfront::downgrade(body, &capacity);
             let still = upfront::upfront_reason(body, &capacity);
-            if still.is_none() || pricing::projected_cost(body) <= available {
+            if still.is_none()
+                || pricing::projected_cost(body, self.projected_family(body)) <= available
+            {
                 let p = &body.params;
                 return Ok(Some(RequestWarning {
                     code: "Downgraded".into(),

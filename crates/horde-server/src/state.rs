@@ -24,6 +24,8 @@ pub struct AppState {
     /// whose job row was never written).
     pub write_order: tokio::sync::Mutex<()>,
     pub workers: RwLock<WorkerRegistry>,
+    /// The image model reference, replaced whole on reload.
+    pub models: RwLock<std::sync::Arc<horde_core::registry::ModelRegistry>>,
     pub limiter: Mutex<FixedWindows>,
     pub performance: Mutex<ModelPerformance>,
     pub images: ImageStore,

@@ -19,6 +19,7 @@ const ENV_KEYS: &[&str] = &[
     "workers",
     "limits",
     "quotas",
+    "models",
 ];
 
 /// The default config file, read when present and no `--config` is given.

@@ -318,9 +318,20 @@ impl FlakyLink {
                     drop(inbound);
                     continue;
                 }
+                let cut = flag.clone();
                 tokio::spawn(async move {
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    // A link that goes down cuts the connections already open (kept alive by
+                    // the client's pool) as well as refusing new ones.
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = async {
+                            while !cut.load(std::sync::atomic::Ordering::SeqCst) {
+                                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                            }
+                        } => {}
                     }
                 });
             }

@@ -14,6 +14,7 @@ mod errors;
 mod helpers;
 mod lifecycle;
 mod limits;
+mod models;
 mod reputation;
 mod sdk_compat;
 mod surface;

@@ -10,6 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
+/// The AI Horde name the tiny checkpoint is served under: it has SD 1.5's architecture, and
+/// the coordinator accepts only models of its reference.
+const MODEL: &str = "stable_diffusion";
+
 fn tiny_checkpoint(dir: &Path) -> PathBuf {
     let path = dir.join("tiny-sd15.safetensors");
     horde_diffusion::tiny::write_tiny_checkpoint(horde_diffusion::tiny::TinyArch::Sd15, &path, 3)
@@ -37,7 +41,7 @@ fn worker_config(url: &str, api_key: String, checkpoint: &Path) -> WorkerConfig 
         url: url.into(),
         api_key,
         name: "tiny-worker".into(),
-        models: BTreeMap::from([("tiny-sd15".to_string(), checkpoint.to_path_buf())]),
+        models: BTreeMap::from([(MODEL.to_string(), checkpoint.to_path_buf())]),
         max_pixels: 128 * 128,
         amount: 2,
         poll_interval_secs: 0.1,
@@ -63,7 +67,7 @@ fn start_worker(
 /// One 64×64 image on the tiny model, in `steps` steps.
 fn tiny_request(prompt: &str, steps: u32) -> horde_api::image::ImageRequest {
     let mut request = small_request(prompt, 1, false);
-    request.models = vec!["tiny-sd15".into()];
+    request.models = vec![MODEL.into()];
     request.params.width = 64;
     request.params.height = 64;
     request.params.steps = Some(steps);
@@ -89,7 +93,7 @@ async fn the_worker_serves_n_images_of_the_requested_size() {
     let (stop, task) = start_worker(worker_config(&app.root, owner_key(&app).await, &checkpoint));
 
     let mut inline = small_request("a lighthouse ### fog", 2, false);
-    inline.models = vec!["tiny-sd15".into()];
+    inline.models = vec![MODEL.into()];
     inline.params.width = 64;
     inline.params.height = 128;
     inline.params.steps = Some(3);
@@ -107,7 +111,7 @@ async fn the_worker_serves_n_images_of_the_requested_size() {
         let ((w, h), _, _) = halves_of(&base64_decode(&generation.img));
         assert_eq!((w, h), (64, 128), "the requested size");
         assert_eq!(generation.worker_name, "tiny-worker");
-        assert_eq!(generation.model, "tiny-sd15");
+        assert_eq!(generation.model, MODEL);
         seeds.push(generation.seed.clone());
     }
     assert_ne!(seeds[0], seeds[1], "each image has its own seed");
@@ -123,7 +127,7 @@ async fn the_worker_serves_n_images_of_the_requested_size() {
     let worker = requester.worker_by_name("tiny-worker").await.unwrap();
     assert_eq!(
         worker.models,
-        vec!["tiny-sd15".to_string()],
+        vec![MODEL.to_string()],
         "advertises the models it loaded"
     );
     assert_eq!(worker.max_pixels, 128 * 128);
@@ -251,7 +255,7 @@ async fn horde_generate_saves_the_images_a_worker_made() {
             "-n",
             "2",
             "--model",
-            "tiny-sd15",
+            MODEL,
             "--width",
             "64",
             "--height",
@@ -346,7 +350,7 @@ async fn ctrl_c_stops_popping_and_finishes_the_job_in_hand() {
     let checkpoint = tiny_checkpoint(dir.path());
     let (requester, _) = app.user("requester", 100.0).await;
     let key = owner_key(&app).await;
-    let model = format!("tiny-sd15={}", checkpoint.display());
+    let model = format!("{MODEL}={}", checkpoint.display());
     let worker = tokio::process::Command::new(env!("CARGO_BIN_EXE_horde"))
         .args([
             "worker",
