@@ -149,16 +149,34 @@ impl ModelRegistry {
     /// The family multiplier of a job's kudos when it runs `model` (1 for unknown models and
     /// baselines): SDXL 2, Stable Cascade 4 (7 with hires fix), Flux 8, Qwen 12, ...
     pub fn kudos_multiplier(&self, model: &str, hires_fix: bool) -> f64 {
-        let Some(baseline) = self
-            .get(model)
-            .and_then(|m| self.baselines.get(&m.baseline))
-        else {
+        let Some(baseline) = self.baselines.get(&self.baseline_of(model)) else {
             return 1.0;
         };
         match (hires_fix, baseline.kudos_hires) {
             (true, Some(hires)) => hires,
             _ => baseline.kudos,
         }
+    }
+
+    /// The baseline of `model`: the reference's, or for a custom model the family its name
+    /// carries as the public horde reads it (`[SDXL]`, `[Flux]`, `[Qwen]`, `[ZImage]`/`[ZModel]`),
+    /// else Stable Diffusion 1.
+    pub fn baseline_of(&self, model: &str) -> String {
+        if let Some(info) = self.get(model) {
+            return info.baseline.clone();
+        }
+        let tagged = [
+            ("[SDXL]", "stable_diffusion_xl"),
+            ("[Flux]", "flux_1"),
+            ("[Qwen]", "qwen_image"),
+            ("[ZModel]", "z_image_turbo"),
+            ("[ZImage]", "z_image_turbo"),
+        ];
+        tagged
+            .iter()
+            .find(|(tag, _)| model.contains(tag))
+            .map_or("stable_diffusion_1", |(_, baseline)| baseline)
+            .to_string()
     }
 
     /// Whether `substitute` may run a job asked for `model`: a different known model of the same
@@ -208,6 +226,8 @@ mod tests {
         assert_eq!(r.kudos_multiplier(&sdxl.name, false), 2.0);
         assert_eq!(r.kudos_multiplier("stable_diffusion", false), 1.0);
         assert_eq!(r.kudos_multiplier("no such model", false), 1.0);
+        assert_eq!(r.kudos_multiplier("My Finetune [SDXL]", false), 2.0);
+        assert_eq!(r.kudos_multiplier("My Finetune [Flux]", false), 8.0);
         let cascade = r
             .models
             .values()
