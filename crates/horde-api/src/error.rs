@@ -79,6 +79,9 @@ return_codes! {
     EducationCannotSendKudos => 400,
     NoUserModSelected => 400,
     NoSharedKeyModSelected => 400,
+    NoFilterModSelected => 400,
+    CorruptPrompt => 400,
+    InvalidPromptSize => 400,
     // 401
     InvalidAPIKey => 401,
     // 403

@@ -10,6 +10,7 @@
 //! coordinator, the client crate and the worker, so both ends of the wire agree by construction.
 
 pub mod error;
+pub mod filter;
 pub mod image;
 pub mod shared_key;
 pub mod status;

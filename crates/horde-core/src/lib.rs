@@ -12,6 +12,7 @@ pub mod keys;
 pub mod kudos_model;
 pub mod matching;
 pub mod pricing;
+pub mod prompt_filter;
 pub mod queue;
 pub mod quota;
 pub mod ratelimit;

@@ -201,6 +201,9 @@ pub struct RequestsConfig {
     pub sweep_interval_secs: u64,
     /// Upload URLs handed to workers stay valid this long, in seconds.
     pub upload_url_ttl_secs: i64,
+    /// The longest prompt (positive and negative together) accepted, in characters; longer ones
+    /// are 400 `InvalidPromptSize`.
+    pub max_prompt_chars: usize,
 }
 
 impl Default for ServerConfig {
@@ -248,6 +251,7 @@ impl Default for RequestsConfig {
             idle_expiry_secs: 20 * 60,
             sweep_interval_secs: 10,
             upload_url_ttl_secs: 30 * 60,
+            max_prompt_chars: 32_000,
         }
     }
 }

@@ -50,6 +50,24 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     })
 }
 
+/// A query string parsed into `T`; a malformed one answers 400 `ValidationError` naming it.
+pub struct HordeQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for HordeQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| HordeQuery(q.0))
+            .map_err(|rejection| {
+                let mut errors = BTreeMap::new();
+                errors.insert("query".to_string(), rejection.body_text());
+                ApiError::validation(ErrorBody::validation(errors))
+            })
+    }
+}
+
 /// The `apikey` header, if present.
 pub struct ApiKey(pub Option<String>);
 

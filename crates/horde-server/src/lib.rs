@@ -9,6 +9,7 @@
 pub mod config;
 pub mod error;
 pub mod extract;
+pub mod filters;
 pub mod images;
 pub mod jobs;
 pub mod models;
@@ -164,6 +165,7 @@ async fn open_state(
         write_order: tokio::sync::Mutex::new(()),
         workers: RwLock::new(workers::WorkerRegistry::new(online_window_secs)),
         models: RwLock::new(std::sync::Arc::new(registry)),
+        filters: RwLock::new(Default::default()),
         limiter: Mutex::new(Default::default()),
         performance: Mutex::new(ModelPerformance::default()),
         images,
@@ -183,6 +185,9 @@ async fn open_state(
         }
     }
     state.load_workers().await?;
+    let filters = state.store.prompt_filters().await?;
+    *state.filters.write().expect("filters lock") =
+        std::sync::Arc::new(horde_core::prompt_filter::FilterSet::new(&filters));
     Ok(state)
 }
 
@@ -215,6 +220,19 @@ fn router(state: SharedState) -> Router {
             get(routes::shared_keys::get)
                 .patch(routes::shared_keys::modify)
                 .delete(routes::shared_keys::delete),
+        )
+        .route(
+            "/api/v2/filters",
+            get(routes::filters::list)
+                .put(routes::filters::add)
+                .post(routes::filters::check),
+        )
+        .route("/api/v2/filters/regex", get(routes::filters::regex))
+        .route(
+            "/api/v2/filters/{id}",
+            get(routes::filters::get)
+                .patch(routes::filters::modify)
+                .delete(routes::filters::delete),
         )
         .route("/api/v2/dev/test-user", post(users::test_user))
         .route("/api/v2/status/heartbeat", get(status::heartbeat))

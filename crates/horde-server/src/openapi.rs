@@ -1,6 +1,6 @@
 //! The OpenAPI document, generated from the wire types and the handlers' annotations.
 
-use crate::routes::{generate, shared_keys, status, users, workers};
+use crate::routes::{filters, generate, shared_keys, status, users, workers};
 use utoipa::OpenApi;
 
 #[derive(OpenApi)]
@@ -11,6 +11,7 @@ use utoipa::OpenApi;
         workers::list, workers::get, workers::by_name, workers::modify,
         users::get, users::find_user, users::test_user, users::transfer, users::modify, users::reset_key,
         shared_keys::create, shared_keys::get, shared_keys::modify, shared_keys::delete,
+        filters::list, filters::add, filters::check, filters::regex, filters::get, filters::modify, filters::delete,
         status::heartbeat, status::models, status::model, status::performance,
     ),
     tags((name = "v2", description = "AI Horde API v2"), (name = "dev", description = "Test-only endpoints"))

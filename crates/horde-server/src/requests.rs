@@ -92,8 +92,10 @@ impl AppState {
         body: ImageRequest,
     ) -> ApiResult<Accepted> {
         check_request_rules(&body)?;
+        self.check_prompt_size(&body)?;
         self.check_request_models(&body)?;
         let (mut body, base_seed) = normalise(body);
+        let rewritten = self.screen_prompt(user, &mut body)?;
         let downgraded = self.check_upfront(user, &mut body)?;
         if let Some(key) = shared_key {
             check_shared_key_use(
@@ -146,6 +148,12 @@ impl AppState {
             message: None,
             warnings: downgraded.into_iter().collect(),
         };
+        if rewritten {
+            response.warnings.push(RequestWarning {
+                code: "PromptRewritten".into(),
+                message: "The prompt matched this horde's prompt filters and was rewritten before it was queued.".into(),
+            });
+        }
         if !possible {
             let message =
                 "No available workers can fulfil this request. It will wait until one joins."
@@ -157,6 +165,18 @@ impl AppState {
             response.message = Some(message);
         }
         Ok(Accepted::Queued(response))
+    }
+
+    fn check_prompt_size(&self, body: &ImageRequest) -> ApiResult<()> {
+        let max = self.config.requests.max_prompt_chars;
+        let chars = body.prompt.chars().count();
+        if chars > max {
+            return Err(ApiError::new(
+                Rc::InvalidPromptSize,
+                format!("The prompt is {chars} characters long; this horde accepts at most {max}."),
+            ));
+        }
+        Ok(())
     }
 
     /// The public horde's upfront rule: a request that needs the kudos in hand is queued only

@@ -26,6 +26,8 @@ pub struct AppState {
     pub workers: RwLock<WorkerRegistry>,
     /// The image model reference, replaced whole on reload.
     pub models: RwLock<std::sync::Arc<horde_core::registry::ModelRegistry>>,
+    /// The moderators' prompt filters, compiled; replaced whole on every change.
+    pub filters: RwLock<std::sync::Arc<horde_core::prompt_filter::FilterSet>>,
     pub limiter: Mutex<FixedWindows>,
     pub performance: Mutex<ModelPerformance>,
     pub images: ImageStore,

@@ -8,6 +8,7 @@
 //! process being killed; `synchronous = FULL` (config) also survives power loss, at a cost.
 
 pub mod ledger;
+mod prompt_filters;
 mod requests;
 mod shared_keys;
 mod users;

@@ -1,6 +1,7 @@
 //! Route handlers: parse, authorise, call the state's service methods, map the answer.
 //! No SQL and no business rule lives here.
 
+pub mod filters;
 pub mod generate;
 pub mod shared_keys;
 pub mod status;

@@ -72,6 +72,18 @@ async fn every_endpoint_answers_each_kind_of_caller_as_it_should() {
         .unwrap()
         .id;
 
+    let filter: Value = http()
+        .put(format!("{}/api/v2/filters", app.root))
+        .header("apikey", &keys[3])
+        .json(&json!({"regex": "\\bforbidden\\b", "filter_type": 20}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let filter = filter["id"].as_str().expect("a filter id").to_string();
+
     let everyone = [200; 5];
     let only_owner = [403, 403, 403, 403, 200];
     let owner_and_moderator = [403, 403, 403, 200, 200];
@@ -200,6 +212,38 @@ async fn every_endpoint_answers_each_kind_of_caller_as_it_should() {
             format!("/api/v2/sharedkeys/{shared}"),
             None,
             only_owner,
+        ),
+        row("GET", "/api/v2/filters".into(), None, only_moderator),
+        row(
+            "PUT",
+            "/api/v2/filters".into(),
+            Some(json!({"regex": "x", "filter_type": 11})),
+            only_moderator,
+        ),
+        row(
+            "POST",
+            "/api/v2/filters".into(),
+            Some(json!({"prompt": "a forbidden lighthouse"})),
+            only_moderator,
+        ),
+        row("GET", "/api/v2/filters/regex".into(), None, only_moderator),
+        row(
+            "GET",
+            format!("/api/v2/filters/{filter}"),
+            None,
+            only_moderator,
+        ),
+        row(
+            "PATCH",
+            format!("/api/v2/filters/{filter}"),
+            Some(json!({"description": "matrix"})),
+            only_moderator,
+        ),
+        row(
+            "DELETE",
+            format!("/api/v2/filters/{filter}"),
+            None,
+            only_moderator,
         ),
         row(
             "PUT",

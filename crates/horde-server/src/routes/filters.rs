@@ -1,0 +1,91 @@
+//! `/api/v2/filters…`: moderators manage the regex prompt filters and check prompts with them.
+
+use crate::error::ApiResult;
+use crate::extract::{ApiKey, HordeJson, HordeQuery};
+use crate::state::SharedState;
+use axum::extract::{Path, State};
+use axum::Json;
+use horde_api::filter::{
+    FilterDetails, FilterPatch, FilterPromptSuspicion, FilterQuery, FilterRegex, NewFilter,
+    PromptCheck,
+};
+use horde_api::ErrorBody;
+
+/// The stored filters, optionally of one type or with a description containing some text.
+#[utoipa::path(get, path = "/api/v2/filters", tag = "v2", params(FilterQuery, ("apikey" = String, Header)),
+    responses((status = 200, body = Vec<FilterDetails>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn list(
+    State(state): State<SharedState>,
+    key: ApiKey,
+    HordeQuery(query): HordeQuery<FilterQuery>,
+) -> ApiResult<Json<Vec<FilterDetails>>> {
+    state.list_filters(&key, &query).await.map(Json)
+}
+
+/// Add a filter.
+#[utoipa::path(put, path = "/api/v2/filters", tag = "v2", params(("apikey" = String, Header)),
+    request_body = NewFilter,
+    responses((status = 200, body = FilterDetails), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn add(
+    State(state): State<SharedState>,
+    key: ApiKey,
+    HordeJson(body): HordeJson<NewFilter>,
+) -> ApiResult<Json<FilterDetails>> {
+    state.add_filter(&key, body).await.map(Json)
+}
+
+/// How suspicious a prompt is (2 would be blocked), and what matched.
+#[utoipa::path(post, path = "/api/v2/filters", tag = "v2", params(("apikey" = String, Header)),
+    request_body = PromptCheck,
+    responses((status = 200, body = FilterPromptSuspicion), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn check(
+    State(state): State<SharedState>,
+    key: ApiKey,
+    HordeJson(body): HordeJson<PromptCheck>,
+) -> ApiResult<Json<FilterPromptSuspicion>> {
+    state.check_prompt(&key, body).await.map(Json)
+}
+
+/// Each screening type's combined regex.
+#[utoipa::path(get, path = "/api/v2/filters/regex", tag = "v2", params(FilterQuery, ("apikey" = String, Header)),
+    responses((status = 200, body = Vec<FilterRegex>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn regex(
+    State(state): State<SharedState>,
+    key: ApiKey,
+    HordeQuery(query): HordeQuery<FilterQuery>,
+) -> ApiResult<Json<Vec<FilterRegex>>> {
+    state.filter_regexes(&key, &query).await.map(Json)
+}
+
+#[utoipa::path(get, path = "/api/v2/filters/{id}", tag = "v2", params(("id" = String, Path), ("apikey" = String, Header)),
+    responses((status = 200, body = FilterDetails), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn get(
+    State(state): State<SharedState>,
+    key: ApiKey,
+    Path(id): Path<String>,
+) -> ApiResult<Json<FilterDetails>> {
+    state.get_filter(&key, &id).await.map(Json)
+}
+
+#[utoipa::path(patch, path = "/api/v2/filters/{id}", tag = "v2", params(("id" = String, Path), ("apikey" = String, Header)),
+    request_body = FilterPatch,
+    responses((status = 200, body = FilterDetails), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn modify(
+    State(state): State<SharedState>,
+    key: ApiKey,
+    Path(id): Path<String>,
+    HordeJson(body): HordeJson<FilterPatch>,
+) -> ApiResult<Json<FilterDetails>> {
+    state.modify_filter(&key, &id, body).await.map(Json)
+}
+
+#[utoipa::path(delete, path = "/api/v2/filters/{id}", tag = "v2", params(("id" = String, Path), ("apikey" = String, Header)),
+    responses((status = 200, description = "{\"message\": \"OK\"}"), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn delete(
+    State(state): State<SharedState>,
+    key: ApiKey,
+    Path(id): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    state.delete_filter(&key, &id).await?;
+    Ok(Json(serde_json::json!({"message": "OK"})))
+}
