@@ -367,6 +367,11 @@ pub struct ImageRequest {
     pub disable_batching: bool,
     #[serde(default)]
     pub allow_downgrade: bool,
+    /// Beyond the public horde: when no online worker serves any of `models`, a worker serving
+    /// another model of the same baseline (and inpainting flag) may run it; `check` and the
+    /// 202 answer warn which, and each generation names the model that ran.
+    #[serde(default)]
+    pub allow_model_fallback: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -441,6 +446,10 @@ pub struct RequestStatusCheck {
     pub queue_position: i64,
     pub kudos: f64,
     pub is_possible: bool,
+    /// Beyond the public horde: what the client should know, e.g. that another model of the
+    /// same baseline ran or will run (`ModelFallback`). Absent when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<RequestWarning>,
 }
 
 /// One finished image in `GET /generate/status/{id}`.

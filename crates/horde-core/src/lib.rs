@@ -8,6 +8,7 @@
 //! Architecture invariant: horde-core knows nothing of HTTP, SQL, files or async runtimes.
 
 pub mod accounts;
+pub mod bridge;
 pub mod keys;
 pub mod kudos_model;
 pub mod matching;

@@ -3,9 +3,18 @@
 //! `can_generate` answers for one (request, worker) pair with the public horde's skip reasons,
 //! which pop answers count in `skipped`. The queue decides the order in which pairs are tried.
 
+use crate::bridge::BridgeCapabilities;
 use crate::request::LiveRequest;
 use horde_api::image::SourceProcessing;
+use std::collections::HashMap;
 use uuid::Uuid;
+
+/// Requests that ask for fast workers only (`slow_workers: false`) skip workers slower than
+/// this, in megapixelsteps per second (the public horde's 500 000 pixelsteps/s).
+pub const SLOW_WORKER_MPS: f64 = 0.5;
+/// The step limit of a `limit_max_steps` worker when the model reference gives none: the mean
+/// of the default 20 and 40.
+pub const DEFAULT_STEP_LIMIT: u32 = 30;
 
 /// What a worker declared in its pop, plus what the coordinator knows of it.
 #[derive(Debug, Clone)]
@@ -29,6 +38,16 @@ pub struct WorkerCaps {
     pub maintenance: bool,
     /// Takes only requests whose requester could pay upfront (or that it prioritises).
     pub require_upfront_kudos: bool,
+    /// Measured speed, megapixelsteps per second; `None` before its first finished job.
+    pub speed_mps: Option<f64>,
+    /// Declared extra slow: takes only requests that accept extra slow workers.
+    pub extra_slow: bool,
+    /// With `limit_max_steps`, the most steps it takes per model it serves (the mean of the
+    /// model's min and max steps in the reference); `None` without the flag.
+    pub step_limits: Option<HashMap<String, u32>>,
+    /// Models this worker may run in place of others, for requests that allow model fallback:
+    /// (a requested model nobody online serves, this worker's model of the same baseline).
+    pub fallback: Vec<(String, String)>,
 }
 
 /// Why a worker was not given a request; the names are the public horde's `skipped` keys.
@@ -47,6 +66,9 @@ pub enum SkipReason {
     Controlnet,
     Maintenance,
     Kudos,
+    Performance,
+    StepCount,
+    BridgeVersion,
 }
 
 impl SkipReason {
@@ -65,22 +87,38 @@ impl SkipReason {
             SkipReason::Controlnet => "controlnet",
             SkipReason::Maintenance => "maintenance",
             SkipReason::Kudos => "kudos",
+            SkipReason::Performance => "performance",
+            SkipReason::StepCount => "step_count",
+            SkipReason::BridgeVersion => "bridge_version",
         }
     }
 }
 
 /// The model this worker would run for this request, if any: the first model both name, or
-/// any of the worker's models when the request names none.
+/// any of the worker's models when the request names none, or else (when the request allows
+/// model fallback) the worker's stand-in for a requested model nobody online serves.
 pub fn chosen_model(request: &LiveRequest, worker: &WorkerCaps) -> Option<String> {
     if request.body.models.is_empty() {
         return worker.models.first().cloned();
     }
-    request
-        .body
-        .models
+    let models = &request.body.models;
+    models
         .iter()
         .find(|m| worker.models.contains(m))
         .cloned()
+        .or_else(|| fallback_model(request, worker))
+}
+
+/// The worker's stand-in for one of the request's models, when the request allows fallback.
+pub fn fallback_model(request: &LiveRequest, worker: &WorkerCaps) -> Option<String> {
+    if !request.body.allow_model_fallback {
+        return None;
+    }
+    worker
+        .fallback
+        .iter()
+        .find(|(wanted, _)| request.body.models.contains(wanted))
+        .map(|(_, substitute)| substitute.clone())
 }
 
 /// Whether `worker` may take a job of `request`, or the first reason it may not.
@@ -96,9 +134,9 @@ pub fn can_generate(request: &LiveRequest, worker: &WorkerCaps) -> Result<(), Sk
     {
         return Err(SkipReason::Kudos);
     }
-    if chosen_model(request, worker).is_none() {
+    let Some(model) = chosen_model(request, worker) else {
         return Err(SkipReason::Models);
-    }
+    };
     if u64::from(params.width) * u64::from(params.height) > worker.max_pixels {
         return Err(SkipReason::MaxPixels);
     }
@@ -107,6 +145,13 @@ pub fn can_generate(request: &LiveRequest, worker: &WorkerCaps) -> Result<(), Sk
     }
     if body.trusted_workers && !worker.owner_trusted {
         return Err(SkipReason::Untrusted);
+    }
+    check_speed(request, worker)?;
+    if let Some(limits) = &worker.step_limits {
+        let limit = limits.get(&model).copied().unwrap_or(DEFAULT_STEP_LIMIT);
+        if params.effective_steps() > limit {
+            return Err(SkipReason::StepCount);
+        }
     }
     check_worker_list(request, worker)?;
     check_blacklist(&body.prompt, &worker.blacklist)?;
@@ -130,6 +175,42 @@ pub fn can_generate(request: &LiveRequest, worker: &WorkerCaps) -> Result<(), Sk
     }
     if params.control_type.is_some() && !worker.allow_controlnet {
         return Err(SkipReason::Controlnet);
+    }
+    check_bridge(request, &BridgeCapabilities::of(&worker.bridge_agent))
+}
+
+/// Fast-only requests skip slow workers; extra slow workers take only requests that accept
+/// them.
+fn check_speed(request: &LiveRequest, worker: &WorkerCaps) -> Result<(), SkipReason> {
+    let slow = worker.speed_mps.is_some_and(|s| s < SLOW_WORKER_MPS);
+    if (!request.body.slow_workers && (slow || worker.extra_slow))
+        || (worker.extra_slow && !request.body.extra_slow_workers)
+    {
+        return Err(SkipReason::Performance);
+    }
+    Ok(())
+}
+
+/// Whether the worker's software can run what the request needs.
+fn check_bridge(request: &LiveRequest, can: &BridgeCapabilities) -> Result<(), SkipReason> {
+    let body = &request.body;
+    let p = &body.params;
+    let painting = matches!(
+        body.source_processing,
+        SourceProcessing::Inpainting | SourceProcessing::Outpainting
+    );
+    let needs = [
+        body.source_image.is_some() && !painting && !can.img2img,
+        body.source_image.is_some() && painting && !can.painting,
+        !p.post_processing.is_empty() && !can.post_processing,
+        p.tiling && !can.tiling,
+        p.hires_fix && !can.hires_fix,
+        p.control_type.is_some() && !can.controlnet,
+        p.clip_skip.is_some_and(|c| c > 1) && !can.clip_skip,
+        !p.loras.is_empty() && !can.lora,
+    ];
+    if needs.into_iter().any(|missing| missing) {
+        return Err(SkipReason::BridgeVersion);
     }
     Ok(())
 }
@@ -219,6 +300,10 @@ mod tests {
             priority_user_ids: vec![7],
             maintenance: false,
             require_upfront_kudos: false,
+            speed_mps: None,
+            extra_slow: false,
+            step_limits: None,
+            fallback: vec![],
         }
     }
 
@@ -356,6 +441,90 @@ mod tests {
             json!({"prompt": "c", "source_image": "x", "source_processing": "inpainting"}),
             |w| w.allow_painting = false,
             Err(SkipReason::Painting),
+        );
+    }
+
+    #[test]
+    fn fast_only_requests_skip_measured_slow_and_extra_slow_workers() {
+        let fast_only = json!({"prompt": "c", "slow_workers": false});
+        check(fast_only.clone(), |_| {}, Ok(()));
+        check(
+            fast_only.clone(),
+            |w| w.speed_mps = Some(0.4),
+            Err(SkipReason::Performance),
+        );
+        check(fast_only, |w| w.speed_mps = Some(0.6), Ok(()));
+        check(json!({"prompt": "c"}), |w| w.speed_mps = Some(0.1), Ok(()));
+        check(
+            json!({"prompt": "c"}),
+            |w| w.extra_slow = true,
+            Err(SkipReason::Performance),
+        );
+        check(
+            json!({"prompt": "c", "extra_slow_workers": true}),
+            |w| w.extra_slow = true,
+            Ok(()),
+        );
+    }
+
+    #[test]
+    fn step_limits_apply_to_the_model_that_would_run() {
+        let limits = |w: &mut WorkerCaps| {
+            w.step_limits = Some([("stable_diffusion".to_string(), 25)].into());
+        };
+        check(
+            json!({"prompt": "c", "params": {"steps": 25}}),
+            limits,
+            Ok(()),
+        );
+        check(
+            json!({"prompt": "c", "params": {"steps": 26}}),
+            limits,
+            Err(SkipReason::StepCount),
+        );
+    }
+
+    #[test]
+    fn bridges_without_a_capability_are_skipped_as_bridge_version() {
+        let unknown = |w: &mut WorkerCaps| w.bridge_agent = "mine:1:x".into();
+        check(json!({"prompt": "c"}), unknown, Ok(()));
+        for params in [
+            json!({"tiling": true}),
+            json!({"hires_fix": true}),
+            json!({"clip_skip": 2}),
+        ] {
+            check(
+                json!({"prompt": "c", "params": params}),
+                unknown,
+                Err(SkipReason::BridgeVersion),
+            );
+        }
+        check(
+            json!({"prompt": "c", "params": {"loras": [{"name": "l"}]}}),
+            |w| {
+                w.allow_lora = true;
+                w.bridge_agent = "AI Horde Worker reGen:1.0:x".into();
+            },
+            Err(SkipReason::BridgeVersion),
+        );
+    }
+
+    #[test]
+    fn fallback_needs_the_flag_and_a_stand_in_for_a_requested_model() {
+        let stand_in = |w: &mut WorkerCaps| {
+            w.fallback = vec![("Anything Diffusion".into(), "stable_diffusion".into())];
+        };
+        let asked = json!({"prompt": "c", "models": ["Anything Diffusion"]});
+        check(asked.clone(), stand_in, Err(SkipReason::Models));
+        let mut flexible = asked;
+        flexible["allow_model_fallback"] = json!(true);
+        check(flexible.clone(), stand_in, Ok(()));
+        let request = request_from(flexible);
+        let mut w = worker();
+        stand_in(&mut w);
+        assert_eq!(
+            chosen_model(&request, &w).as_deref(),
+            Some("stable_diffusion")
         );
     }
 

@@ -80,7 +80,7 @@ pub fn projected_cost(request: &ImageRequest, family: f64) -> f64 {
 pub fn bridge_multiplier(bridge_agent: &str) -> f64 {
     let name = bridge_agent.split(':').next().unwrap_or_default();
     match name {
-        "AI Horde Worker reGen" | "horde" => 1.0,
+        "AI Horde Worker reGen" | "horde-worker" => 1.0,
         "AI Horde Worker" => 0.9,
         _ => 0.75,
     }
@@ -146,6 +146,11 @@ mod tests {
         assert_eq!(
             bridge_multiplier("AI Horde Worker reGen:9.0.1:https://x"),
             1.0
+        );
+        assert_eq!(
+            bridge_multiplier("horde-worker:0.1.0:https://x"),
+            1.0,
+            "this project's worker is an official bridge"
         );
         assert_eq!(bridge_multiplier("my-bridge:1"), 0.75);
     }

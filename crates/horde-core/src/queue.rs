@@ -276,9 +276,11 @@ impl Queue {
                 .filter_map(|u| self.by_user.get(u));
             Box::new(merge(sets.collect()))
         } else {
+            let stood_in_for = worker.fallback.iter().map(|(wanted, _)| wanted);
             let mut sets: Vec<&BTreeSet<QueueKey>> = worker
                 .models
                 .iter()
+                .chain(stood_in_for)
                 .filter_map(|m| self.by_model.get(m))
                 .collect();
             if let Some(any) = self.by_model.get(ANY_MODEL) {
@@ -406,10 +408,14 @@ pub(crate) mod tests {
             allow_lora: false,
             allow_controlnet: false,
             amount: 1,
-            bridge_agent: String::new(),
+            bridge_agent: "AI Horde Worker reGen:9.0.1:x".into(),
             priority_user_ids: vec![99],
             maintenance: false,
             require_upfront_kudos: false,
+            speed_mps: None,
+            extra_slow: false,
+            step_limits: None,
+            fallback: vec![],
         }
     }
 

@@ -25,6 +25,9 @@ pub struct ModelInfo {
     pub nsfw: bool,
     /// `ckpt`, `diffusers`, `controlnet`, ...
     pub kind: String,
+    /// The reference's recommended step range (`requirements`), when it gives one.
+    pub min_steps: Option<u32>,
+    pub max_steps: Option<u32>,
 }
 
 /// A baseline's kudos policy.
@@ -52,6 +55,14 @@ struct RawModel {
     nsfw: bool,
     #[serde(rename = "type", default)]
     kind: Option<String>,
+    #[serde(default)]
+    requirements: Option<RawRequirements>,
+}
+
+#[derive(Deserialize)]
+struct RawRequirements {
+    min_steps: Option<u32>,
+    max_steps: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -114,6 +125,8 @@ impl ModelRegistry {
                     inpainting: raw.inpainting,
                     nsfw: raw.nsfw,
                     kind: raw.kind.unwrap_or_else(|| "ckpt".into()),
+                    min_steps: raw.requirements.as_ref().and_then(|r| r.min_steps),
+                    max_steps: raw.requirements.as_ref().and_then(|r| r.max_steps),
                 };
                 (name, info)
             })
@@ -177,6 +190,37 @@ impl ModelRegistry {
             .find(|(tag, _)| model.contains(tag))
             .map_or("stable_diffusion_1", |(_, baseline)| baseline)
             .to_string()
+    }
+
+    /// The most steps a `limit_max_steps` worker takes on `model`: the mean of the model's
+    /// min and max steps (20 and 40 when the reference gives none), as the public horde.
+    pub fn step_limit(&self, model: &str) -> u32 {
+        let info = self.get(model);
+        let min = info.and_then(|m| m.min_steps).unwrap_or(20);
+        let max = info.and_then(|m| m.max_steps).unwrap_or(40);
+        (min + max) / 2
+    }
+
+    /// What a worker serving `offered` may stand in for: each known model nobody in `served`
+    /// offers, paired with the first of `offered` that can substitute it.
+    pub fn fallbacks(
+        &self,
+        offered: &[String],
+        served: &std::collections::HashSet<String>,
+    ) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = self
+            .models
+            .keys()
+            .filter(|wanted| !served.contains(*wanted))
+            .filter_map(|wanted| {
+                offered
+                    .iter()
+                    .find(|mine| self.can_substitute(wanted, mine))
+                    .map(|mine| (wanted.clone(), mine.clone()))
+            })
+            .collect();
+        out.sort();
+        out
     }
 
     /// Whether `substitute` may run a job asked for `model`: a different known model of the same
@@ -255,6 +299,29 @@ mod tests {
         assert!(!r.can_substitute(&plain.name, &inpainting.name));
         assert!(!r.can_substitute(&plain.name, &plain.name));
         assert!(!r.can_substitute(&plain.name, "unknown"));
+    }
+
+    #[test]
+    fn step_limits_and_fallbacks_follow_the_reference() {
+        let r = ModelRegistry::builtin();
+        assert_eq!(r.step_limit("stable_diffusion"), 30);
+        assert_eq!(r.step_limit("DreamShaper XL"), 4, "min 3, max 6");
+        assert_eq!(r.step_limit("unknown"), 30);
+        let offered = vec!["stable_diffusion".to_string()];
+        let served: std::collections::HashSet<String> =
+            ["stable_diffusion".to_string(), "Deliberate".to_string()].into();
+        let fallbacks = r.fallbacks(&offered, &served);
+        assert!(fallbacks.contains(&("Anything Diffusion".into(), "stable_diffusion".into())));
+        assert!(
+            fallbacks.iter().all(|(wanted, _)| wanted != "Deliberate"),
+            "a model someone serves is not stood in for"
+        );
+        assert!(fallbacks
+            .iter()
+            .all(
+                |(wanted, _)| r.get(wanted).unwrap().baseline == "stable_diffusion_1"
+                    && !r.get(wanted).unwrap().inpainting
+            ));
     }
 
     #[test]

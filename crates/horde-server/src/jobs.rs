@@ -125,8 +125,9 @@ impl AppState {
         let _ordered = self.write_order.lock().await;
         let mut standby = self.standby_for(&entry, now);
         let speed = reputation.recent_speed_mps;
+        let caps = self.matching_view().caps(&entry);
         let outcome = self.queue.lock().expect("queue lock").pop(
-            &entry.caps(),
+            &caps,
             &entry.worker.name,
             now,
             |request, batch| job_deadline_secs(request, batch, speed, &self.config.jobs),

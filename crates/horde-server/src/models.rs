@@ -6,10 +6,13 @@
 use crate::config::ModelsConfig;
 use crate::error::{ApiError, ApiResult};
 use crate::state::{AppState, SharedState};
+use crate::workers::WorkerEntry;
 use horde_api::image::ImageRequest;
 use horde_api::Rc;
 use horde_core::accounts::User;
 use horde_core::registry::{ModelRegistry, BUILTIN_BASELINES, BUILTIN_MODELS};
+use horde_core::WorkerCaps;
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,7 +51,54 @@ pub async fn run_reloads(state: SharedState) {
     }
 }
 
+/// What matching needs to know beyond one worker: the registry, and which models online
+/// workers serve (a model nobody serves may be stood in for, when a request allows it).
+pub struct MatchingView {
+    registry: Arc<ModelRegistry>,
+    served: HashSet<String>,
+}
+
+impl MatchingView {
+    /// The matching view of `entry`: its own capabilities, its step limits per model when it
+    /// limits steps, and the models it may stand in for.
+    pub fn caps(&self, entry: &WorkerEntry) -> WorkerCaps {
+        let mut caps = entry.caps();
+        if entry.worker.flags.limit_max_steps {
+            caps.step_limits = Some(
+                caps.models
+                    .iter()
+                    .map(|m| (m.clone(), self.registry.step_limit(m)))
+                    .collect(),
+            );
+        }
+        caps.fallback = self.registry.fallbacks(&caps.models, &self.served);
+        caps
+    }
+
+    /// Whether some online worker serves `model`.
+    pub fn is_served(&self, model: &str) -> bool {
+        self.served.contains(model)
+    }
+}
+
 impl AppState {
+    /// The registry and the models online workers serve, now.
+    pub fn matching_view(&self) -> MatchingView {
+        let now = crate::state::now();
+        let served = self
+            .workers
+            .read()
+            .expect("registry lock")
+            .online(now)
+            .filter(|w| !w.worker.paused)
+            .flat_map(|w| w.worker.flags.models.iter().cloned())
+            .collect();
+        MatchingView {
+            registry: self.registry(),
+            served,
+        }
+    }
+
     /// The registry as now loaded.
     pub fn registry(&self) -> Arc<ModelRegistry> {
         self.models.read().expect("models lock").clone()

@@ -10,7 +10,7 @@ use horde_api::image::{
 };
 use horde_api::Rc;
 use horde_core::accounts::User;
-use horde_core::matching::can_generate;
+use horde_core::matching::{can_generate, fallback_model};
 use horde_core::pricing;
 use horde_core::quota::{self, Quota};
 use horde_core::request::{JobState, LiveRequest};
@@ -18,6 +18,7 @@ use horde_core::seed::parse_seed;
 use horde_core::shared_key::SharedKey;
 use horde_core::upfront;
 use horde_core::Reputation;
+use std::collections::BTreeSet;
 use uuid::Uuid;
 
 /// What `POST /generate/async` answers: accepted (202) or a dry run's price (200).
@@ -148,6 +149,9 @@ impl AppState {
             message: None,
             warnings: downgraded.into_iter().collect(),
         };
+        if let Some(warning) = self.queue_snapshot_fallback_notice(id) {
+            response.warnings.push(warning);
+        }
         if rewritten {
             response.warnings.push(RequestWarning {
                 code: "PromptRewritten".into(),
@@ -165,6 +169,11 @@ impl AppState {
             response.message = Some(message);
         }
         Ok(Accepted::Queued(response))
+    }
+
+    fn queue_snapshot_fallback_notice(&self, id: Uuid) -> Option<RequestWarning> {
+        let snapshot = self.queue.lock().expect("queue lock").get(id).cloned()?;
+        self.fallback_notice(&snapshot)
     }
 
     fn check_prompt_size(&self, body: &ImageRequest) -> ApiResult<()> {
@@ -309,11 +318,12 @@ impl AppState {
     /// Whether some online worker could take this request.
     fn is_possible(&self, request: &LiveRequest) -> bool {
         let now = now();
+        let view = self.matching_view();
         self.workers
             .read()
             .expect("registry lock")
             .online(now)
-            .any(|w| !w.worker.paused && can_generate(request, &w.caps()).is_ok())
+            .any(|w| !w.worker.paused && can_generate(request, &view.caps(w)).is_ok())
     }
 
     pub fn check_request(&self, id: &str) -> ApiResult<RequestStatusCheck> {
@@ -365,7 +375,69 @@ impl AppState {
             queue_position: position as i64,
             kudos: request.consumed_kudos.round(),
             is_possible: counts.processing > 0 || counts.done || self.is_possible(request),
+            warnings: self.fallback_warnings(request),
         }
+    }
+
+    /// `ModelFallback` warnings: the models that ran in place of the requested ones, and while
+    /// images wait, the stand-ins online workers would use.
+    fn fallback_warnings(&self, request: &LiveRequest) -> Vec<RequestWarning> {
+        if !request.body.allow_model_fallback {
+            return vec![];
+        }
+        let asked = request.body.models.join(", ");
+        let ran: BTreeSet<&str> = request
+            .jobs
+            .iter()
+            .filter(|j| !request.body.models.contains(&j.model))
+            .map(|j| j.model.as_str())
+            .collect();
+        let mut warnings: Vec<RequestWarning> = ran
+            .into_iter()
+            .map(|model| RequestWarning {
+                code: "ModelFallback".into(),
+                message: format!(
+                    "Generated with {model} in place of {asked}: no online worker served them."
+                ),
+            })
+            .collect();
+        if request.n_remaining > 0 {
+            warnings.extend(self.fallback_notice(request));
+        }
+        warnings
+    }
+
+    /// The `ModelFallback` warning for a request none of whose models an online worker
+    /// serves, naming the stand-ins online workers would use; `None` if there are none.
+    fn fallback_notice(&self, request: &LiveRequest) -> Option<RequestWarning> {
+        if !request.body.allow_model_fallback {
+            return None;
+        }
+        let view = self.matching_view();
+        if request.body.models.iter().any(|m| view.is_served(m)) {
+            return None;
+        }
+        let stand_ins: BTreeSet<String> = self
+            .workers
+            .read()
+            .expect("registry lock")
+            .online(now())
+            .filter(|w| !w.worker.paused)
+            .map(|w| view.caps(w))
+            .filter(|caps| can_generate(request, caps).is_ok())
+            .filter_map(|caps| fallback_model(request, &caps))
+            .collect();
+        if stand_ins.is_empty() {
+            return None;
+        }
+        Some(RequestWarning {
+            code: "ModelFallback".into(),
+            message: format!(
+                "No online worker serves {}; the images may be made with {} (same baseline), as this request allows model fallback.",
+                request.body.models.join(", "),
+                stand_ins.into_iter().collect::<Vec<_>>().join(", ")
+            ),
+        })
     }
 
     pub async fn request_status(&self, id: &str) -> ApiResult<RequestStatus> {

@@ -180,6 +180,10 @@ impl WorkerEntry {
             priority_user_ids: self.priority_user_ids.clone(),
             maintenance: w.maintenance,
             require_upfront_kudos: w.flags.require_upfront_kudos,
+            speed_mps: (w.reputation.busy_secs > 0.0).then(|| w.reputation.average_speed_mps()),
+            extra_slow: w.flags.extra_slow_worker,
+            step_limits: None,
+            fallback: vec![],
         }
     }
 

@@ -15,6 +15,7 @@ mod filters;
 mod helpers;
 mod lifecycle;
 mod limits;
+mod matching;
 mod models;
 mod reputation;
 mod sdk_compat;
