@@ -38,3 +38,38 @@ pub struct HordePerformance {
     pub queued_tokens: f64,
     pub past_minute_tokens: f64,
 }
+
+/// Images and pixelsteps finished in one period (`SinglePeriodImgStat`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SinglePeriodImgStat {
+    pub images: u64,
+    /// Pixelsteps (width × height × steps) of those images.
+    pub ps: u64,
+}
+
+/// `GET /stats/img/totals` (`StatsImgTotals`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct StatsImgTotals {
+    pub minute: SinglePeriodImgStat,
+    pub hour: SinglePeriodImgStat,
+    pub day: SinglePeriodImgStat,
+    pub month: SinglePeriodImgStat,
+    pub total: SinglePeriodImgStat,
+}
+
+/// `GET /stats/img/models` (`ImgModelStats`): images finished per model.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ImgModelStats {
+    pub day: std::collections::BTreeMap<String, u64>,
+    pub month: std::collections::BTreeMap<String, u64>,
+    pub total: std::collections::BTreeMap<String, u64>,
+}
+
+/// Which models a listing covers: those of the model reference, the others, or all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelState {
+    Known,
+    Custom,
+    All,
+}

@@ -239,6 +239,8 @@ fn router(state: SharedState) -> Router {
         .route("/api/v2/status/models", get(status::models))
         .route("/api/v2/status/models/{name}", get(status::model))
         .route("/api/v2/status/performance", get(status::performance))
+        .route("/api/v2/stats/img/totals", get(status::image_totals))
+        .route("/api/v2/stats/img/models", get(status::image_models))
         .route("/.well-known/serviceinfo", get(status::serviceinfo))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),

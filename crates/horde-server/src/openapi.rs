@@ -12,7 +12,7 @@ use utoipa::OpenApi;
         users::get, users::find_user, users::test_user, users::transfer, users::modify, users::reset_key,
         shared_keys::create, shared_keys::get, shared_keys::modify, shared_keys::delete,
         filters::list, filters::add, filters::check, filters::regex, filters::get, filters::modify, filters::delete,
-        status::heartbeat, status::models, status::model, status::performance,
+        status::heartbeat, status::models, status::model, status::performance, status::image_totals, status::image_models,
     ),
     tags((name = "v2", description = "AI Horde API v2"), (name = "dev", description = "Test-only endpoints"))
 )]

@@ -11,6 +11,7 @@ pub mod ledger;
 mod prompt_filters;
 mod requests;
 mod shared_keys;
+pub mod stats;
 mod users;
 mod workers;
 

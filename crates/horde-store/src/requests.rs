@@ -281,6 +281,7 @@ impl Store {
             if let Some(key) = &e.shared_key {
                 crate::shared_keys::charge_shared_key(&mut tx, key, e.requester_charge).await?;
             }
+            crate::stats::record_image(&mut tx, e.at, &job.model, e.megapixelsteps * 1e6).await?;
             let (balance, floor) = balance_and_floor(&mut tx, e.requester_id).await?;
             ledger::post(&mut tx, e.at, &e.postings(r.id, job.id)).await?;
             let forgiven = forgiven_debit(balance, e.requester_charge, floor);

@@ -1,9 +1,14 @@
-//! `/api/v2/status/…` and `/.well-known/serviceinfo`.
+//! `/api/v2/status/…`, `/api/v2/stats/img/…` and `/.well-known/serviceinfo`.
 
+use crate::error::ApiResult;
+use crate::extract::HordeQuery;
 use crate::state::{now, SharedState};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::Json;
-use horde_api::status::{ActiveModel, Heartbeat, HordePerformance};
+use horde_api::status::{
+    ActiveModel, Heartbeat, HordePerformance, ImgModelStats, ModelState, SinglePeriodImgStat,
+    StatsImgTotals,
+};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
@@ -23,13 +28,29 @@ pub struct ModelsQuery {
     kind: Option<String>,
     min_count: Option<u32>,
     max_count: Option<u32>,
+    model_state: Option<ModelState>,
+}
+
+/// The query of `/stats/img/models`.
+#[derive(Deserialize)]
+pub struct StatsModelsQuery {
+    model_state: Option<ModelState>,
+}
+
+/// Whether `model` belongs in a listing of `state`.
+fn in_state(state: &SharedState, model: &str, wanted: ModelState) -> bool {
+    match wanted {
+        ModelState::All => true,
+        ModelState::Known => state.registry().is_known(model),
+        ModelState::Custom => !state.registry().is_known(model),
+    }
 }
 
 /// Models served by online workers or wanted by waiting requests, from live data.
 #[utoipa::path(get, path = "/api/v2/status/models", tag = "v2", responses((status = 200, body = Vec<ActiveModel>)))]
 pub async fn models(
     State(state): State<SharedState>,
-    Query(q): Query<ModelsQuery>,
+    HordeQuery(q): HordeQuery<ModelsQuery>,
 ) -> Json<Vec<ActiveModel>> {
     if q.kind.as_deref().is_some_and(|k| k != "image") {
         return Json(vec![]);
@@ -39,6 +60,7 @@ pub async fn models(
         .filter(|m| {
             q.min_count.is_none_or(|min| m.count >= min)
                 && q.max_count.is_none_or(|max| m.count <= max)
+                && in_state(&state, &m.name, q.model_state.unwrap_or(ModelState::All))
         })
         .collect();
     Json(list)
@@ -148,4 +170,51 @@ pub async fn serviceinfo(State(state): State<SharedState>) -> Json<serde_json::V
         "software": {"name": "horde", "version": VERSION, "repository": "", "homepage": ""},
         "api": {"aihorde": {"name": "AI Horde API", "version": "2.5", "base_url": format!("{}/api/", state.public_url), "rel_path": "/api/v2", "documentation": format!("{}/api/", state.public_url)}},
     }))
+}
+
+/// Images and pixelsteps finished in the last minute, hour, day, month and in total.
+#[utoipa::path(get, path = "/api/v2/stats/img/totals", tag = "v2", responses((status = 200, body = StatsImgTotals)))]
+pub async fn image_totals(State(state): State<SharedState>) -> ApiResult<Json<StatsImgTotals>> {
+    let totals = state.store.image_totals(now()).await?;
+    let period = |name: &str| {
+        let t = totals
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, t)| *t)
+            .unwrap_or_default();
+        SinglePeriodImgStat {
+            images: t.images,
+            ps: t.pixelsteps.round() as u64,
+        }
+    };
+    Ok(Json(StatsImgTotals {
+        minute: period("minute"),
+        hour: period("hour"),
+        day: period("day"),
+        month: period("month"),
+        total: period("total"),
+    }))
+}
+
+/// Images finished per model in the last day, month and in total (`model_state`: known by
+/// default, custom or all).
+#[utoipa::path(get, path = "/api/v2/stats/img/models", tag = "v2", params(("model_state" = Option<String>, Query)), responses((status = 200, body = ImgModelStats)))]
+pub async fn image_models(
+    State(state): State<SharedState>,
+    HordeQuery(q): HordeQuery<StatsModelsQuery>,
+) -> ApiResult<Json<ImgModelStats>> {
+    let wanted = q.model_state.unwrap_or(ModelState::Known);
+    let mut stats = ImgModelStats::default();
+    for (period, counts) in state.store.image_counts_by_model(now()).await? {
+        let counts = counts
+            .into_iter()
+            .filter(|(model, _)| in_state(&state, model, wanted))
+            .collect();
+        match period {
+            "day" => stats.day = counts,
+            "month" => stats.month = counts,
+            _ => stats.total = counts,
+        }
+    }
+    Ok(Json(stats))
 }

@@ -163,3 +163,115 @@ async fn the_reference_reloads_from_a_file_while_the_coordinator_runs() {
         .expect("the last good reference is kept");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn model_status_and_image_stats_come_from_live_and_finished_work() {
+    let app = spawn_app().await;
+    let (requester, _) = app.user("requester", 1000.0).await;
+    let (owner, _) = app.user("owner", 0.0).await;
+    let mut pop = pop_request("two-model worker");
+    pop.models = vec!["stable_diffusion".into(), SDXL.into()];
+    pop.max_pixels = 1024 * 1024;
+    pop.threads = 2;
+    owner.pop(&pop).await.unwrap();
+
+    let id = requester
+        .generate_async(&small_request("three lighthouses", 3, false))
+        .await
+        .unwrap()
+        .id
+        .unwrap();
+    let get = |path: String| {
+        let url = format!("{}{path}", app.root);
+        async move {
+            let answer = http().get(url).send().await.unwrap();
+            let status = answer.status().as_u16();
+            (status, answer.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    let (_, models) = get("/api/v2/status/models".into()).await;
+    let sd = models
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "stable_diffusion")
+        .expect("listed")
+        .clone();
+    assert_eq!(sd["count"], 2, "threads of the online workers serving it");
+    assert_eq!(sd["jobs"], 3.0);
+    assert_eq!(
+        sd["queued"],
+        3.0 * 512.0 * 512.0 * 10.0,
+        "pixelsteps waiting"
+    );
+    assert_eq!(sd["type"], "image");
+    assert_eq!(sd["eta"], 10000, "no measured performance yet");
+    let (_, one) = get("/api/v2/status/models/SDXL%201.0".into()).await;
+    assert_eq!(one[0]["count"], 2);
+    assert_eq!(one[0]["jobs"], 0.0);
+    let (_, custom) = get("/api/v2/status/models?model_state=custom".into()).await;
+    assert_eq!(custom, serde_json::json!([]));
+    let (status, _) = get("/api/v2/status/models?model_state=bogus".into()).await;
+    assert_eq!(status, 400);
+
+    // Finish one SD 1.5 image (slowly enough to be a plausible speed) and one SDXL image.
+    let job = owner.pop(&pop).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    owner
+        .submit(&submit_inline(
+            &job,
+            &webp(512, 512, [9, 9, 9], [200, 9, 9]),
+        ))
+        .await
+        .unwrap();
+    let mut xl = small_request("one XL lighthouse", 1, false);
+    xl.models = vec![SDXL.into()];
+    xl.params.width = 1024;
+    xl.params.height = 1024;
+    requester.generate_async(&xl).await.unwrap();
+    let mut xl_pop = pop.clone();
+    xl_pop.models = vec![SDXL.into()];
+    let job = owner.pop(&xl_pop).await.unwrap();
+    assert_eq!(job.model.as_deref(), Some(SDXL));
+    owner
+        .submit(&submit_inline(
+            &job,
+            &webp(1024, 1024, [9, 9, 9], [200, 9, 9]),
+        ))
+        .await
+        .unwrap();
+
+    let (_, models) = get("/api/v2/status/models/stable_diffusion".into()).await;
+    assert!(models[0]["performance"].as_f64().unwrap() > 0.0, "{models}");
+    assert_eq!(models[0]["jobs"], 2.0, "one image of three delivered");
+    assert_eq!(requester.check(&id).await.unwrap().finished, 1);
+
+    let expected_ps = 512 * 512 * 10 + 1024 * 1024 * 10;
+    let app = app.restart().await;
+    let get = |path: &str| {
+        let url = format!("{}{path}", app.root);
+        async move {
+            http()
+                .get(url)
+                .send()
+                .await
+                .unwrap()
+                .json::<serde_json::Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let totals = get("/api/v2/stats/img/totals").await;
+    for period in ["minute", "hour", "day", "month", "total"] {
+        assert_eq!(totals[period]["images"], 2, "{period}: {totals}");
+        assert_eq!(totals[period]["ps"], expected_ps, "{period}: {totals}");
+    }
+    let by_model = get("/api/v2/stats/img/models").await;
+    let expected = serde_json::json!({"stable_diffusion": 1, SDXL: 1});
+    for period in ["day", "month", "total"] {
+        assert_eq!(by_model[period], expected, "{period}: {by_model}");
+    }
+    let custom = get("/api/v2/stats/img/models?model_state=custom").await;
+    assert_eq!(custom["total"], serde_json::json!({}));
+    app.stop().await;
+}

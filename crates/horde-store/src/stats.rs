@@ -1,0 +1,89 @@
+//! Finished work by model and period (`/stats/img/totals`, `/stats/img/models`): one row per
+//! delivered image, written in the transaction that records the image.
+
+use crate::{Result, Store};
+use sqlx::Row;
+use std::collections::BTreeMap;
+
+/// The periods the public horde reports, as (name, seconds back from now); `None`: all time.
+pub const PERIODS: [(&str, Option<i64>); 5] = [
+    ("minute", Some(60)),
+    ("hour", Some(3600)),
+    ("day", Some(86_400)),
+    ("month", Some(30 * 86_400)),
+    ("total", None),
+];
+
+/// Images and pixelsteps in one period.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Totals {
+    pub images: u64,
+    pub pixelsteps: f64,
+}
+
+pub(crate) async fn record_image(
+    conn: &mut sqlx::SqliteConnection,
+    at: i64,
+    model: &str,
+    pixelsteps: f64,
+) -> Result<()> {
+    sqlx::query("INSERT INTO image_stats (finished_at, model, pixelsteps) VALUES (?, ?, ?)")
+        .bind(at)
+        .bind(model)
+        .bind(pixelsteps)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+fn since(now: i64, back: Option<i64>) -> i64 {
+    back.map_or(i64::MIN, |secs| now - secs)
+}
+
+impl Store {
+    /// Images and pixelsteps finished in each of [`PERIODS`] before `now`.
+    pub async fn image_totals(&self, now: i64) -> Result<Vec<(&'static str, Totals)>> {
+        let mut out = Vec::with_capacity(PERIODS.len());
+        for (name, back) in PERIODS {
+            let row = sqlx::query(
+                "SELECT COUNT(*), CAST(COALESCE(SUM(pixelsteps), 0) AS REAL) FROM image_stats \
+                 WHERE finished_at > ?",
+            )
+            .bind(since(now, back))
+            .fetch_one(&self.pool)
+            .await?;
+            let images: i64 = row.try_get(0)?;
+            out.push((
+                name,
+                Totals {
+                    images: images as u64,
+                    pixelsteps: row.try_get(1)?,
+                },
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Images finished per model in the last day, month and in total.
+    pub async fn image_counts_by_model(
+        &self,
+        now: i64,
+    ) -> Result<Vec<(&'static str, BTreeMap<String, u64>)>> {
+        let mut out = vec![];
+        for (name, back) in PERIODS.into_iter().skip(2) {
+            let rows = sqlx::query(
+                "SELECT model, COUNT(*) FROM image_stats WHERE finished_at > ? GROUP BY model",
+            )
+            .bind(since(now, back))
+            .fetch_all(&self.pool)
+            .await?;
+            let mut counts = BTreeMap::new();
+            for row in rows {
+                let count: i64 = row.try_get(1)?;
+                counts.insert(row.try_get::<String, _>(0)?, count as u64);
+            }
+            out.push((name, counts));
+        }
+        Ok(out)
+    }
+}
