@@ -9,6 +9,7 @@
 
 pub mod accounts;
 pub mod bridge;
+pub mod eta;
 pub mod keys;
 pub mod kudos_model;
 pub mod matching;

@@ -179,6 +179,28 @@ impl Queue {
             .unwrap_or(0)
     }
 
+    /// Every job in flight, with its request.
+    pub fn in_flight(&self) -> impl Iterator<Item = (&Job, &LiveRequest)> {
+        self.deadlines.iter().filter_map(|(_, job_id)| {
+            let request = self.requests.get(self.job_owner.get(job_id)?)?;
+            let job = request.jobs.iter().find(|j| j.id == *job_id)?;
+            Some((job, request))
+        })
+    }
+
+    /// The waiting requests ahead of (and including) request `id`, in queue order, at most
+    /// `limit` of them.
+    pub fn waiting_up_to(&self, id: Uuid, limit: usize) -> Vec<&LiveRequest> {
+        let Some(request) = self.requests.get(&id).filter(|r| r.is_waiting()) else {
+            return vec![];
+        };
+        self.waiting
+            .range(..=key_of(request))
+            .take(limit)
+            .map(|k| &self.requests[&k.2])
+            .collect()
+    }
+
     /// Megapixelsteps waiting ahead of (and including) this request, for wait-time estimates.
     pub fn megapixelsteps_ahead(&self, id: Uuid) -> f64 {
         let Some(request) = self.requests.get(&id) else {

@@ -187,6 +187,7 @@ impl AppState {
         self.store
             .save_assignment(&request, &assignment.jobs)
             .await?;
+        self.note_handed_out(&assignment.jobs);
         let first = &assignment.jobs[0];
         let ids: Vec<String> = assignment.jobs.iter().map(|j| j.id.to_string()).collect();
         let uploads: Vec<String> = if request.body.r2 {
@@ -376,7 +377,8 @@ impl AppState {
             .state
             .is_finished()
             .then(|| self.submit_effects(&updated, &job, worker.as_ref()));
-        let reputation = self.record_result(&job, effects.as_ref(), now);
+        let job_secs = self.job_secs(&job, now);
+        let reputation = self.record_result(&job, job_secs, effects.as_ref(), now);
         self.store
             .save_submit(
                 &updated,
@@ -390,10 +392,36 @@ impl AppState {
             self.performance.lock().expect("performance lock").record(
                 &job.model,
                 now,
-                e.megapixelsteps * 1e6 / (now - job.started).max(1) as f64,
+                e.megapixelsteps * 1e6 / job_secs.max(1.0),
             );
         }
         Ok(SubmitResponse { reward: job.reward })
+    }
+
+    /// Remembers when `jobs` were handed out, to the millisecond.
+    fn note_handed_out(&self, jobs: &[Job]) {
+        /// Entries of jobs never submitted (timed out, lost) are dropped after this long.
+        const FORGET_AFTER_MS: u64 = 24 * 3600 * 1000;
+        let now = crate::state::now_ms();
+        let mut map = self.handed_out_ms.lock().expect("clock lock");
+        if map.len() > 100_000 {
+            map.retain(|_, at| now.saturating_sub(*at) < FORGET_AFTER_MS);
+        }
+        map.extend(jobs.iter().map(|j| (j.id, now)));
+    }
+
+    /// How long `job` took, in seconds: from the millisecond it was handed out, or from its
+    /// stored start (whole seconds) after a restart.
+    fn job_secs(&self, job: &Job, now: i64) -> f64 {
+        let handed_out = self
+            .handed_out_ms
+            .lock()
+            .expect("clock lock")
+            .remove(&job.id);
+        match handed_out {
+            Some(at) => crate::state::now_ms().saturating_sub(at) as f64 / 1000.0,
+            None => (now - job.started) as f64,
+        }
     }
 
     /// The request and job a submission names, checking the submitter owns the job's worker.
@@ -516,6 +544,7 @@ impl AppState {
     fn record_result(
         &self,
         job: &Job,
+        job_secs: f64,
         effects: Option<&SubmitEffects>,
         now: i64,
     ) -> Option<horde_core::Reputation> {
@@ -526,8 +555,7 @@ impl AppState {
         let raised = match effects {
             Some(e) => {
                 entry.worker.kudos_generated += e.reward;
-                let secs = (now - job.started) as f64;
-                reputation.record_completed(e.megapixelsteps, secs, now, &rules)
+                reputation.record_completed(e.megapixelsteps, job_secs, now, &rules)
             }
             None if job.state == JobState::Faulted => reputation.record_faulted(now, &rules),
             None => None,

@@ -167,6 +167,7 @@ async fn open_state(
         models: RwLock::new(std::sync::Arc::new(registry)),
         filters: RwLock::new(Default::default()),
         limiter: Mutex::new(Default::default()),
+        handed_out_ms: Mutex::new(Default::default()),
         performance: Mutex::new(ModelPerformance::default()),
         images,
         key_salt,

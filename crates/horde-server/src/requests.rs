@@ -10,6 +10,7 @@ use horde_api::image::{
 };
 use horde_api::Rc;
 use horde_core::accounts::User;
+use horde_core::eta::{self, WorkerThroughput};
 use horde_core::matching::{can_generate, fallback_model};
 use horde_core::pricing;
 use horde_core::quota::{self, Quota};
@@ -328,41 +329,85 @@ impl AppState {
 
     pub fn check_request(&self, id: &str) -> ApiResult<RequestStatusCheck> {
         let id = parse_request_id(id)?;
+        let (snapshot, position, wait) = self.queue_standing(id)?;
+        Ok(self.status_check(&snapshot, position, wait))
+    }
+
+    /// A copy of the request, its place among the waiting ones, and the estimated seconds
+    /// until its last image is done (`None` when no online worker can serve it).
+    fn queue_standing(&self, id: Uuid) -> ApiResult<(LiveRequest, usize, Option<f64>)> {
+        /// Requests ahead looked at for the estimate; beyond that the wait is long anyway.
+        const MAX_AHEAD: usize = 1000;
+        let mut workers = self.worker_throughputs();
         let queue = self.queue.lock().expect("queue lock");
         let request = queue.get(id).ok_or_else(|| not_found(id))?;
+        self.add_in_flight_work(&queue, &mut workers);
         let position = queue.position(id);
-        let mps_ahead = queue.megapixelsteps_ahead(id);
-        let snapshot = request.clone();
-        drop(queue);
-        Ok(self.status_check(&snapshot, position, mps_ahead))
+        let wait = eta::estimate_wait_secs(&queue.waiting_up_to(id, MAX_AHEAD), &workers);
+        Ok((request.clone(), position, wait))
+    }
+
+    /// What is left of the jobs each worker holds: a job's megapixelsteps less what the
+    /// worker's speed has done of it since it was handed out.
+    fn add_in_flight_work(&self, queue: &horde_core::Queue, workers: &mut [WorkerThroughput]) {
+        let now_ms = crate::state::now_ms();
+        let handed_out = self.handed_out_ms.lock().expect("clock lock");
+        for (job, request) in queue.in_flight() {
+            let Some(w) = workers
+                .iter_mut()
+                .find(|w| w.caps.worker_id == job.worker_id)
+            else {
+                continue;
+            };
+            let started_ms = handed_out
+                .get(&job.id)
+                .copied()
+                .unwrap_or(job.started.max(0) as u64 * 1000);
+            let elapsed = now_ms.saturating_sub(started_ms) as f64 / 1000.0;
+            let left = eta::image_megapixelsteps(request) - w.mps * elapsed;
+            w.in_flight_mps += left.max(0.0);
+        }
+    }
+
+    /// Every online, unpaused worker with its measured throughput (recent speed × threads; the
+    /// horde's average speed, else 1 megapixelstep/s, before its first job).
+    fn worker_throughputs(&self) -> Vec<WorkerThroughput> {
+        let now = now();
+        let view = self.matching_view();
+        let average = self
+            .performance
+            .lock()
+            .expect("performance lock")
+            .all_models_average(now)
+            / 1e6;
+        let unmeasured = if average > 0.0 { average } else { 1.0 };
+        self.workers
+            .read()
+            .expect("registry lock")
+            .online(now)
+            .filter(|w| !w.worker.paused)
+            .map(|w| {
+                let speed = w.worker.reputation.recent_speed_mps.unwrap_or(unmeasured);
+                WorkerThroughput {
+                    caps: view.caps(w),
+                    mps: speed * f64::from(w.worker.threads.max(1)),
+                    in_flight_mps: 0.0,
+                }
+            })
+            .collect()
     }
 
     fn status_check(
         &self,
         request: &LiveRequest,
         position: usize,
-        mps_ahead: f64,
+        wait_secs: Option<f64>,
     ) -> RequestStatusCheck {
         let counts = request.counts();
-        let now = now();
-        let threads: u32 = self
-            .workers
-            .read()
-            .expect("registry lock")
-            .online(now)
-            .map(|w| w.worker.threads)
-            .sum();
-        let speed_mps = (self
-            .performance
-            .lock()
-            .expect("performance lock")
-            .all_models_average(now)
-            / 1e6)
-            .max(1.0);
         let wait_time = if counts.waiting == 0 {
             0
         } else {
-            (mps_ahead / (speed_mps * f64::from(threads.max(1)))).ceil() as i64
+            wait_secs.map_or(0, |secs| secs.ceil() as i64)
         };
         RequestStatusCheck {
             finished: counts.finished,
@@ -442,16 +487,8 @@ impl AppState {
 
     pub async fn request_status(&self, id: &str) -> ApiResult<RequestStatus> {
         let id = parse_request_id(id)?;
-        let (snapshot, position, mps_ahead) = {
-            let queue = self.queue.lock().expect("queue lock");
-            let request = queue.get(id).ok_or_else(|| not_found(id))?;
-            (
-                request.clone(),
-                queue.position(id),
-                queue.megapixelsteps_ahead(id),
-            )
-        };
-        let check = self.status_check(&snapshot, position, mps_ahead);
+        let (snapshot, position, wait) = self.queue_standing(id)?;
+        let check = self.status_check(&snapshot, position, wait);
         let mut generations = Vec::new();
         for job in snapshot.jobs.iter().filter(|j| j.state.is_finished()) {
             generations.push(Generation {

@@ -29,6 +29,10 @@ pub struct AppState {
     /// The moderators' prompt filters, compiled; replaced whole on every change.
     pub filters: RwLock<std::sync::Arc<horde_core::prompt_filter::FilterSet>>,
     pub limiter: Mutex<FixedWindows>,
+    /// When each job in flight was handed out, in unix milliseconds: speeds measured from it are
+    /// precise for jobs of a few seconds (the stored `started` has whole seconds). Not
+    /// persisted; after a restart the stored seconds are used.
+    pub handed_out_ms: Mutex<HashMap<uuid::Uuid, u64>>,
     pub performance: Mutex<ModelPerformance>,
     pub images: ImageStore,
     /// Salt of API-key hashes (persisted in the database).

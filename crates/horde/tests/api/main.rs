@@ -11,6 +11,7 @@ mod deadlines;
 mod durability;
 mod economy;
 mod errors;
+mod eta;
 mod filters;
 mod helpers;
 mod lifecycle;
