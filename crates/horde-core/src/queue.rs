@@ -201,28 +201,6 @@ impl Queue {
             .collect()
     }
 
-    /// Megapixelsteps waiting ahead of (and including) this request, for wait-time estimates.
-    pub fn megapixelsteps_ahead(&self, id: Uuid) -> f64 {
-        let Some(request) = self.requests.get(&id) else {
-            return 0.0;
-        };
-        if !request.is_waiting() {
-            return 0.0;
-        }
-        self.waiting
-            .range(..=key_of(request))
-            .map(|k| {
-                let r = &self.requests[&k.2];
-                let p = &r.body.params;
-                f64::from(p.width)
-                    * f64::from(p.height)
-                    * f64::from(p.accurate_steps())
-                    * f64::from(r.n_remaining)
-                    / 1e6
-            })
-            .sum()
-    }
-
     /// Picks the best request `worker` may take and hands it a batch of jobs. Requests of the
     /// users the worker prioritises come first; among the rest, those that more reliable
     /// waiting workers in `standby` could take are left to them.
