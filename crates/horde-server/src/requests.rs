@@ -94,6 +94,12 @@ impl AppState {
         body: ImageRequest,
     ) -> ApiResult<Accepted> {
         check_request_rules(&body)?;
+        if body.disable_batching && body.params.n > 1 && !user.trusted {
+            return Err(ApiError::new(
+                Rc::RequiresTrust,
+                "Only trusted users may disable batching for more than one image.",
+            ));
+        }
         self.check_prompt_size(&body)?;
         self.check_request_models(&body)?;
         let (mut body, base_seed) = normalise(body);

@@ -27,7 +27,10 @@ struct PendingSubmit {
 /// What a run did, for the log and the tests.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct RunSummary {
+    /// Jobs run by the engine: one per pop, however many images it batched.
     pub jobs_done: u64,
+    /// Images those jobs made.
+    pub images_done: u64,
     pub jobs_faulted: u64,
     pub kudos: f64,
 }
@@ -96,6 +99,7 @@ impl Worker {
         let summary = self.summary.lock().expect("summary lock").clone();
         tracing::info!(
             jobs = summary.jobs_done,
+            images = summary.images_done,
             faulted = summary.jobs_faulted,
             kudos = summary.kudos,
             "worker stopped"
@@ -184,7 +188,9 @@ impl Worker {
                         .expect("pending lock")
                         .push(PendingSubmit { submit, upload });
                 }
-                self.summary.lock().expect("summary lock").jobs_done += 1;
+                let mut summary = self.summary.lock().expect("summary lock");
+                summary.jobs_done += 1;
+                summary.images_done += job.ids.len() as u64;
             }
             Err(reason) => self.fault(&job.ids, &reason).await,
         }

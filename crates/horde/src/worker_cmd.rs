@@ -162,8 +162,8 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     );
     let summary = worker.run(stopped).await;
     println!(
-        "stopped after {} jobs ({} faulted), {:.2} kudos earned",
-        summary.jobs_done, summary.jobs_faulted, summary.kudos
+        "stopped after {} jobs ({} images, {} faulted), {:.2} kudos earned",
+        summary.jobs_done, summary.images_done, summary.jobs_faulted, summary.kudos
     );
     Ok(())
 }

@@ -161,6 +161,33 @@ async fn a_worker_with_amount_2_takes_both_images_as_a_batch() {
 }
 
 #[tokio::test]
+async fn disable_batching_hands_out_one_image_a_pop_and_is_for_trusted_users() {
+    let app = spawn_app().await;
+    let (requester, _) = app.user("requester", 100.0).await;
+    let (untrusted, _) = app.untrusted_user("untrusted", 100.0).await;
+    let (owner, _) = app.user("owner", 0.0).await;
+    let mut request = small_request("one at a time", 2, false);
+    request.disable_batching = true;
+    let error = untrusted
+        .generate_async(&request)
+        .await
+        .expect_err("refused");
+    assert_eq!(error.rc(), Some("RequiresTrust"), "{error}");
+    assert_eq!(error.status().map(|s| s.as_u16()), Some(400));
+
+    requester.generate_async(&request).await.unwrap();
+    let mut pop = pop_request("batcher");
+    pop.amount = 2;
+    pop.max_pixels = 1024 * 1024;
+    for _ in 0..2 {
+        let popped = owner.pop(&pop).await.unwrap();
+        assert_eq!(popped.ids.len(), 1, "one image a pop");
+        assert_eq!(popped.payload["n_iter"], 1);
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn cancel_returns_the_finished_images_and_stops_handing_out_jobs() {
     let app = spawn_app().await;
     let (requester, _) = app.user("requester", 100.0).await;

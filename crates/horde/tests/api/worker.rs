@@ -298,6 +298,55 @@ async fn horde_generate_saves_the_images_a_worker_made() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_one_request_is_made_in_one_engine_pass_and_each_image_is_paid() {
+    let app = spawn_app().await;
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = tiny_checkpoint(dir.path());
+    let (requester, _) = app.user("requester", 100.0).await;
+    let mut batched = tiny_request("three lighthouses", 4);
+    batched.params.n = 3;
+    let batched_id = requester
+        .generate_async(&batched)
+        .await
+        .unwrap()
+        .id
+        .unwrap();
+    let mut config = worker_config(&app.root, owner_key(&app).await, &checkpoint);
+    config.amount = 3;
+    config.max_pixels = 256 * 256;
+    let (stop, task) = start_worker(config);
+
+    let status = wait_done(&requester, &batched_id).await;
+    let seeds: std::collections::BTreeSet<&str> =
+        status.generations.iter().map(|g| g.seed.as_str()).collect();
+    assert_eq!(seeds.len(), 3, "three images, each with its own seed");
+    stop.send(true).unwrap();
+    let summary = task.await.unwrap();
+    assert_eq!(
+        (summary.jobs_done, summary.images_done),
+        (1, 3),
+        "one pop, one engine pass: {summary:?}"
+    );
+
+    // Each image of the batch earns what it would alone.
+    let single = app.state.gen_kudos(
+        &app.state
+            .queue
+            .lock()
+            .unwrap()
+            .get(batched_id.parse().unwrap())
+            .unwrap()
+            .clone(),
+        MODEL,
+    );
+    assert!(
+        (summary.kudos - 3.0 * single).abs() < 0.02,
+        "{summary:?}, {single} each"
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_result_that_could_not_be_submitted_is_kept_and_resubmitted() {
     let app = spawn_app().await;
     let dir = tempfile::tempdir().unwrap();
