@@ -42,6 +42,12 @@ fn cases() -> Vec<Case> {
             skipped: "nsfw",
         },
         Case {
+            name: "SFW with censor (any worker, told to censor)",
+            request: json!({"nsfw": false, "censor_nsfw": true, "models": ["Deliberate"]}),
+            lacking: |_| {},
+            skipped: "models",
+        },
+        Case {
             name: "extra slow worker",
             request: json!({}),
             lacking: |p| p.extra_slow_worker = true,
