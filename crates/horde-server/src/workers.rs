@@ -445,11 +445,13 @@ impl AppState {
         pop: &PopRequest,
         now: i64,
     ) -> ApiResult<WorkerEntry> {
+        // A moderator may invite an owner to run more workers than their tier allows.
         let limit = if user.trusted {
             MAX_WORKERS_TRUSTED
         } else {
             MAX_WORKERS_UNTRUSTED
-        };
+        }
+        .max(user.worker_invited as usize);
         let owned = self
             .workers
             .read()

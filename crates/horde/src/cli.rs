@@ -31,6 +31,10 @@ enum Command {
     Worker(crate::worker_cmd::WorkerArgs),
     /// Request images from a horde and save them.
     Generate(crate::generate_cmd::GenerateArgs),
+    /// Load-test a coordinator over HTTP: throughput and p50/p99/p999 latency per endpoint,
+    /// the coordinator's memory, and issue 8's ratios. Launches a fresh `horde serve` for each
+    /// scenario unless --url is given.
+    Bench(BenchArgs),
     /// Model files.
     Model {
         #[command(subcommand)]
@@ -98,6 +102,22 @@ struct ServeArgs {
     no_rate_limits: bool,
 }
 
+#[derive(Args)]
+struct BenchArgs {
+    /// Scenarios to run (default: all): heartbeat, pop-empty, async, pop-queued, pop-workers, mixed
+    scenarios: Vec<String>,
+    /// Drive the coordinator at this URL instead of launching one per scenario (it must run with
+    /// --enable-test-users and --no-rate-limits; no memory figures)
+    #[arg(long)]
+    url: Option<String>,
+    /// A run of seconds with small sizes (CI), instead of issue 8's sizes
+    #[arg(long)]
+    smoke: bool,
+    /// Seconds each measured phase lasts [default: 5, 0.5 with --smoke]
+    #[arg(long)]
+    secs: Option<f64>,
+}
+
 #[derive(Subcommand)]
 enum UserCommand {
     /// Create a user and print its new API key (shown once; only its hash is stored).
@@ -145,6 +165,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Worker(args) => crate::worker_cmd::run(args).await,
         Command::Generate(args) => crate::generate_cmd::run(args).await,
+        Command::Bench(args) => bench(args).await,
         Command::Model {
             command: ModelCommand::Tiny { arch, out, seed },
         } => crate::worker_cmd::write_tiny(&arch, &out, seed),
@@ -179,6 +200,24 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     );
     println!("API docs: http://{}/api/", app.local_addr());
     app.run_until(shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    let mut sizes = if args.smoke {
+        horde_bench::Sizes::smoke()
+    } else {
+        horde_bench::Sizes::full()
+    };
+    if let Some(secs) = args.secs {
+        sizes.secs = secs;
+    }
+    let target = match args.url {
+        Some(url) => horde_bench::Target::Url(url),
+        None => horde_bench::Target::Launch(std::env::current_exe()?),
+    };
+    let outcomes = horde_bench::run(&target, &sizes, &args.scenarios).await?;
+    horde_bench::print_ratios(&horde_bench::ratios(&outcomes, &sizes));
     Ok(())
 }
 

@@ -1,0 +1,329 @@
+//! `horde bench`: drives a coordinator over real HTTP on loopback and measures it.
+//!
+//! Each scenario gets a fresh coordinator (a `horde serve` child on its own data directory, so
+//! its RSS can be read and no scenario inherits another's queue), populates it through the API
+//! (a moderator, requesters, a worker owner), loads it with closed-loop tasks for a bounded time,
+//! and reports per-endpoint throughput and p50/p99/p999 latency. The ratios of issue 8 are
+//! computed from scenarios run side by side in one invocation.
+//!
+//! The load generator shares the machine with the coordinator (2 cores here), so absolute
+//! figures are lower than a separate load machine would show; the ratios compare like with like.
+
+pub mod api;
+pub mod coordinator;
+pub mod scenarios;
+pub mod stats;
+
+use api::{Api, Bodies};
+use coordinator::Coordinator;
+use scenarios::{Mix, Outcome};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How big a run is.
+#[derive(Debug, Clone)]
+pub struct Sizes {
+    /// Seconds each measured phase lasts.
+    pub secs: f64,
+    /// Queue sizes compared for pop latency (small, large).
+    pub queued: (usize, usize),
+    /// Registered worker counts compared for pop throughput (few, many).
+    pub workers: (usize, usize),
+    /// Connections of the throughput scenarios.
+    pub connections: usize,
+    /// Connections of the submitters' collapse check.
+    pub many_connections: usize,
+}
+
+impl Sizes {
+    /// The sizes issue 8 asks for.
+    pub fn full() -> Sizes {
+        Sizes {
+            secs: 5.0,
+            queued: (1_000, 100_000),
+            workers: (100, 10_000),
+            connections: 50,
+            many_connections: 500,
+        }
+    }
+
+    /// Seconds, not minutes: for CI, so the harness cannot rot.
+    pub fn smoke() -> Sizes {
+        Sizes {
+            secs: 0.5,
+            queued: (50, 500),
+            workers: (10, 100),
+            connections: 8,
+            many_connections: 32,
+        }
+    }
+
+    fn duration(&self) -> Duration {
+        Duration::from_secs_f64(self.secs)
+    }
+}
+
+/// Where the coordinator comes from.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// Launch `horde serve` from this binary, fresh for each scenario.
+    Launch(PathBuf),
+    /// Use the coordinator at this URL for every scenario (no RSS; state accumulates).
+    Url(String),
+}
+
+/// Every scenario name, in the order `all` runs them.
+pub const SCENARIOS: [&str; 6] = [
+    "heartbeat",
+    "pop-empty",
+    "async",
+    "pop-queued",
+    "pop-workers",
+    "mixed",
+];
+
+/// Runs the named scenarios (all when empty), printing each as it finishes.
+pub async fn run(target: &Target, sizes: &Sizes, names: &[String]) -> anyhow::Result<Vec<Outcome>> {
+    let bodies = Arc::new(Bodies::new()?);
+    let wanted = |name: &str| names.is_empty() || names.iter().any(|n| n == name || n == "all");
+    let mut outcomes = vec![];
+    for name in SCENARIOS.into_iter().filter(|n| wanted(n)) {
+        for outcome in run_one(target, sizes, name, &bodies).await? {
+            print_outcome(&outcome);
+            outcomes.push(outcome);
+        }
+    }
+    Ok(outcomes)
+}
+
+async fn fresh(target: &Target) -> anyhow::Result<Coordinator> {
+    match target {
+        Target::Launch(binary) => Coordinator::launch(binary).await,
+        Target::Url(url) => Ok(Coordinator::at(url)),
+    }
+}
+
+async fn run_one(
+    target: &Target,
+    sizes: &Sizes,
+    name: &str,
+    bodies: &Arc<Bodies>,
+) -> anyhow::Result<Vec<Outcome>> {
+    let d = sizes.duration();
+    let c = sizes.connections;
+    let outcome = |name: String, endpoints, rss_mb| Outcome {
+        name,
+        endpoints,
+        rss_mb,
+    };
+    Ok(match name {
+        "heartbeat" => {
+            let co = fresh(target).await?;
+            let api = Api::new(&co.url);
+            vec![outcome(
+                format!("heartbeat c={c}"),
+                scenarios::heartbeat(&api, c, d).await,
+                co.rss_mb(),
+            )]
+        }
+        "pop-empty" => {
+            let co = fresh(target).await?;
+            let api = Api::new(&co.url);
+            let people = api.populate(1, c as u32).await?;
+            scenarios::register_workers(&api, &people.owner, c).await?;
+            let pops = scenarios::pop_loop(&api, &people.owner, c, c, d, usize::MAX).await;
+            vec![outcome(format!("pop-empty c={c}"), pops, co.rss_mb())]
+        }
+        "async" => {
+            let mut out = vec![];
+            for connections in [10, c, sizes.many_connections] {
+                let co = fresh(target).await?;
+                let api = Api::new(&co.url);
+                let people = api.populate(requesters_for(50_000), 1).await?;
+                let figures =
+                    scenarios::submit_requests(&api, &people, bodies, connections, d).await;
+                out.push(outcome(
+                    format!("async c={connections}"),
+                    figures,
+                    co.rss_mb(),
+                ));
+            }
+            out
+        }
+        "pop-queued" => {
+            let mut out = vec![];
+            for queued in [sizes.queued.0, sizes.queued.1] {
+                let co = fresh(target).await?;
+                let api = Api::new(&co.url);
+                let people = api.populate(requesters_for(queued), c as u32).await?;
+                scenarios::register_workers(&api, &people.owner, c).await?;
+                scenarios::fill_queue(&api, &people, bodies, queued, 64).await?;
+                let rss = co.rss_mb();
+                // At most half the queue is taken, so it stays at least half full.
+                let pops = scenarios::pop_loop(&api, &people.owner, c, c, d, queued / 2).await;
+                out.push(outcome(format!("pop-queued q={queued}"), pops, rss));
+            }
+            out
+        }
+        "pop-workers" => {
+            let mut out = vec![];
+            for workers in [sizes.workers.0, sizes.workers.1] {
+                let co = fresh(target).await?;
+                let api = Api::new(&co.url);
+                let people = api.populate(1, workers as u32).await?;
+                scenarios::register_workers(&api, &people.owner, workers).await?;
+                let pops =
+                    scenarios::pop_loop(&api, &people.owner, workers, c, d, usize::MAX).await;
+                out.push(outcome(
+                    format!("pop-workers w={workers}"),
+                    pops,
+                    co.rss_mb(),
+                ));
+            }
+            out
+        }
+        "mixed" => {
+            let co = fresh(target).await?;
+            let api = Api::new(&co.url);
+            let mix = Mix {
+                workers: c,
+                clients: c,
+                work: Duration::from_millis(200),
+                idle: Duration::from_millis(500),
+                poll: Duration::from_millis(250),
+            };
+            let people = api
+                .populate(requesters_for(c * 500), mix.workers as u32)
+                .await?;
+            let figures = scenarios::mixed(&api, &people, bodies, &mix, d).await;
+            vec![outcome(
+                format!("mixed w={} c={}", mix.workers, mix.clients),
+                figures,
+                co.rss_mb(),
+            )]
+        }
+        other => anyhow::bail!(
+            "no scenario named {other}; they are: {}",
+            SCENARIOS.join(", ")
+        ),
+    })
+}
+
+/// Requesters needed to hold `waiting` images at 500 each.
+fn requesters_for(waiting: usize) -> usize {
+    waiting.div_ceil(500).max(1)
+}
+
+fn print_outcome(o: &Outcome) {
+    let rss = o
+        .rss_mb
+        .map_or(String::new(), |r| format!(", coordinator RSS {r:.0} MB"));
+    println!("\n{}{rss}", o.name);
+    println!(
+        "  {:<10} {:>9} {:>7} {:>10} {:>9} {:>9} {:>9}",
+        "endpoint", "ok", "errors", "req/s", "p50 ms", "p99 ms", "p999 ms"
+    );
+    for e in &o.endpoints {
+        println!(
+            "  {:<10} {:>9} {:>7} {:>10.0} {:>9.2} {:>9.2} {:>9.2}",
+            e.endpoint, e.ok, e.errors, e.per_sec, e.p50_ms, e.p99_ms, e.p999_ms
+        );
+    }
+}
+
+/// One of issue 8's ratios: its value and its target.
+#[derive(Debug, Clone)]
+pub struct Ratio {
+    pub what: &'static str,
+    pub value: f64,
+    pub target: &'static str,
+    pub met: bool,
+}
+
+/// The ratios that the outcomes allow.
+pub fn ratios(outcomes: &[Outcome], sizes: &Sizes) -> Vec<Ratio> {
+    let find = |name: String, endpoint: &str| {
+        outcomes
+            .iter()
+            .find(|o| o.name == name)
+            .and_then(|o| o.endpoint(endpoint))
+            .cloned()
+    };
+    let c = sizes.connections;
+    let mut out = vec![];
+    let mut push = |what, value: Option<f64>, target, met: fn(f64) -> bool| {
+        if let Some(value) = value.filter(|v| v.is_finite()) {
+            out.push(Ratio {
+                what,
+                value,
+                target,
+                met: met(value),
+            });
+        }
+    };
+    let (small, large) = sizes.queued;
+    let p99 = |q| find(format!("pop-queued q={q}"), "pop").map(|e| e.p99_ms);
+    push(
+        "pop p99, large queue ÷ small queue",
+        p99(large).zip(p99(small)).map(|(a, b)| a / b),
+        "≤ 1.5",
+        |v| v <= 1.5,
+    );
+    let (few, many) = sizes.workers;
+    let rate = |w| find(format!("pop-workers w={w}"), "pop").map(|e| e.per_sec);
+    push(
+        "pop req/s, many workers ÷ few",
+        rate(many).zip(rate(few)).map(|(a, b)| a / b),
+        "≥ 0.8",
+        |v| v >= 0.8,
+    );
+    let floor = find(format!("heartbeat c={c}"), "heartbeat").map(|e| e.per_sec);
+    let empty = find(format!("pop-empty c={c}"), "pop").map(|e| e.per_sec);
+    push(
+        "pop req/s (empty queue) ÷ heartbeat req/s",
+        empty.zip(floor).map(|(a, b)| a / b),
+        "≥ 0.5",
+        |v| v >= 0.5,
+    );
+    let submits = find(format!("async c={c}"), "async").map(|e| e.per_sec);
+    push(
+        "async req/s ÷ heartbeat req/s",
+        submits.zip(floor).map(|(a, b)| a / b),
+        "≥ 0.25",
+        |v| v >= 0.25,
+    );
+    let rss = outcomes
+        .iter()
+        .find(|o| o.name == format!("pop-queued q={large}"))
+        .and_then(|o| o.rss_mb);
+    push(
+        "coordinator RSS (MB) with the large queue",
+        rss,
+        "≤ 300",
+        |v| v <= 300.0,
+    );
+    let at = |k: usize| find(format!("async c={k}"), "async").map(|e| e.per_sec);
+    let best = [at(10), at(c), at(sizes.many_connections)]
+        .into_iter()
+        .flatten()
+        .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
+    push(
+        "async req/s at many connections ÷ best",
+        at(sizes.many_connections).zip(best).map(|(a, b)| a / b),
+        "≥ 0.9",
+        |v| v >= 0.9,
+    );
+    out
+}
+
+pub fn print_ratios(ratios: &[Ratio]) {
+    println!("\nratios");
+    for r in ratios {
+        let verdict = if r.met { "met" } else { "MISSED" };
+        println!(
+            "  {:<45} {:>8.3}  target {:<7} {verdict}",
+            r.what, r.value, r.target
+        );
+    }
+}
