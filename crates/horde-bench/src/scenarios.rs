@@ -48,7 +48,8 @@ pub async fn heartbeat(api: &Api, connections: usize, duration: Duration) -> Vec
         async move {
             let mut rec = Recorder::default();
             while Instant::now() < deadline {
-                api.timed(&mut rec, "heartbeat", api.heartbeat(), 200).await;
+                api.timed_status(&mut rec, "heartbeat", api.heartbeat(), 200)
+                    .await;
             }
             rec
         }
@@ -73,7 +74,7 @@ pub async fn submit_requests(
             let mut n = task;
             while Instant::now() < deadline {
                 let key = &keys[n % keys.len()];
-                api.timed(&mut rec, "async", api.generate(key, &bodies), 202)
+                api.timed_status(&mut rec, "async", api.generate(key, &bodies), 202)
                     .await;
                 n += connections;
             }
@@ -162,16 +163,22 @@ pub async fn pop_loop(
 ) -> Vec<EndpointSummary> {
     let owner = Arc::new(owner.to_string());
     let popped = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let bodies: Arc<Vec<bytes::Bytes>> = Arc::new(
+        (0..workers)
+            .map(|n| crate::api::pop_body(&worker_name(n)))
+            .collect(),
+    );
     run_tasks(connections, duration, |task, deadline| {
-        let (api, owner, popped) = (api.clone(), owner.clone(), popped.clone());
+        let (api, owner, popped, bodies) =
+            (api.clone(), owner.clone(), popped.clone(), bodies.clone());
         async move {
             let mut rec = Recorder::default();
             let mut n = task;
             while Instant::now() < deadline
                 && popped.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < max_pops
             {
-                let pop = api.pop(&owner, &worker_name(n % workers));
-                api.timed(&mut rec, "pop", pop, 200).await;
+                let pop = api.pop_with(&owner, bodies[n % workers].clone());
+                api.timed_status(&mut rec, "pop", pop, 200).await;
                 n += connections;
             }
             rec

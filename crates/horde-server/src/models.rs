@@ -12,8 +12,9 @@ use horde_api::Rc;
 use horde_core::accounts::User;
 use horde_core::registry::{ModelRegistry, BUILTIN_BASELINES, BUILTIN_MODELS};
 use horde_core::WorkerCaps;
-use std::collections::HashSet;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// The registry `config` names.
@@ -56,6 +57,8 @@ pub async fn run_reloads(state: SharedState) {
 pub struct MatchingView {
     registry: Arc<ModelRegistry>,
     served: HashSet<String>,
+    /// Stand-ins by the model list a worker offers (workers often offer the same list).
+    fallbacks: Mutex<HashMap<Vec<String>, Vec<(String, String)>>>,
 }
 
 impl MatchingView {
@@ -71,7 +74,13 @@ impl MatchingView {
                     .collect(),
             );
         }
-        caps.fallback = self.registry.fallbacks(&caps.models, &self.served);
+        caps.fallback = self
+            .fallbacks
+            .lock()
+            .expect("fallbacks lock")
+            .entry(caps.models.clone())
+            .or_insert_with(|| self.registry.fallbacks(&caps.models, &self.served))
+            .clone();
         caps
     }
 
@@ -82,9 +91,18 @@ impl MatchingView {
 }
 
 impl AppState {
-    /// The registry and the models online workers serve, now.
-    pub fn matching_view(&self) -> MatchingView {
+    /// The registry and the models online workers serve. Rebuilt when a worker joins, changes
+    /// what it serves or is paused, and at least every second (workers go offline by time);
+    /// otherwise shared, since every pop and check needs it.
+    pub fn matching_view(&self) -> Arc<MatchingView> {
         let now = crate::state::now();
+        let generation = self.workers_generation.load(Ordering::SeqCst);
+        let mut cache = self.matching_cache.lock().expect("matching cache");
+        if let Some((at, seen, view)) = cache.as_ref() {
+            if *at == now && *seen == generation {
+                return view.clone();
+            }
+        }
         let served = self
             .workers
             .read()
@@ -93,10 +111,18 @@ impl AppState {
             .filter(|w| !w.worker.paused)
             .flat_map(|w| w.worker.flags.models.iter().cloned())
             .collect();
-        MatchingView {
+        let view = Arc::new(MatchingView {
             registry: self.registry(),
             served,
-        }
+            fallbacks: Mutex::default(),
+        });
+        *cache = Some((now, generation, view.clone()));
+        view
+    }
+
+    /// Marks the set of workers or what they serve as changed.
+    pub fn workers_changed(&self) {
+        self.workers_generation.fetch_add(1, Ordering::SeqCst);
     }
 
     /// The registry as now loaded.

@@ -29,6 +29,14 @@ pub struct AppState {
     /// The moderators' prompt filters, compiled; replaced whole on every change.
     pub filters: RwLock<std::sync::Arc<horde_core::prompt_filter::FilterSet>>,
     pub limiter: Mutex<FixedWindows>,
+    /// Bumped when a worker joins, changes what it serves, or is paused or resumed.
+    pub workers_generation: std::sync::atomic::AtomicU64,
+    /// The last matching view: (unix second, workers generation, view).
+    pub matching_cache: Mutex<Option<(i64, u64, Arc<crate::models::MatchingView>)>>,
+    /// Worker owners by API-key hash, as read at most `OWNER_CACHE_SECS` ago: pops come every
+    /// second or two from every worker, and their owners' roles rarely change. Cleared whenever
+    /// a user's roles or key change through the API.
+    pub owner_cache: Mutex<HashMap<String, (horde_core::User, i64)>>,
     /// When each job in flight was handed out, in unix milliseconds: speeds measured from it are
     /// precise for jobs of a few seconds (the stored `started` has whole seconds). Not
     /// persisted; after a restart the stored seconds are used.

@@ -35,6 +35,42 @@ impl AppState {
             .ok_or_else(|| ApiError::new(Rc::InvalidAPIKey, "No user matching sent API Key. Have you remembered to register at https://aihorde.net/register ?"))
     }
 
+    /// The owner of the key a worker pops with. Like [`AppState::authenticate_registered`],
+    /// but served from a cache of at most `OWNER_CACHE_SECS` (kudos in it may be stale; pops do
+    /// not use them), since every worker pops every second or two.
+    pub async fn authenticate_worker_owner(&self, key: &ApiKey) -> ApiResult<User> {
+        /// How long an owner read from the database is reused.
+        const OWNER_CACHE_SECS: i64 = 10;
+        /// Entries kept at most; the cache starts over beyond.
+        const MAX_ENTRIES: usize = 100_000;
+        let Some(raw) = key.0.as_deref() else {
+            return self
+                .authenticate_registered(key, Rc::AnonForbiddenWorker)
+                .await;
+        };
+        let hash = hash_api_key(&self.key_salt, raw);
+        let now = now();
+        if let Some((user, at)) = self.owner_cache.lock().expect("owner cache").get(&hash) {
+            if now - at < OWNER_CACHE_SECS {
+                return Ok(user.clone());
+            }
+        }
+        let user = self
+            .authenticate_registered(key, Rc::AnonForbiddenWorker)
+            .await?;
+        let mut cache = self.owner_cache.lock().expect("owner cache");
+        if cache.len() >= MAX_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(hash, (user.clone(), now));
+        Ok(user)
+    }
+
+    /// Drops every cached worker owner (after a change of roles or keys).
+    pub fn forget_cached_owners(&self) {
+        self.owner_cache.lock().expect("owner cache").clear();
+    }
+
     /// Like [`AppState::authenticate`], refusing the anonymous key with `anon_rc`.
     pub async fn authenticate_registered(&self, key: &ApiKey, anon_rc: Rc) -> ApiResult<User> {
         let user = self.authenticate(key).await?;
@@ -116,6 +152,7 @@ impl AppState {
                 (true, c.user, c.api_key)
             }
         };
+        self.forget_cached_owners();
         Ok((
             created,
             TestUserResponse {
@@ -398,6 +435,8 @@ impl AppState {
         let became_trusted = change.trusted == Some(true) && !user.trusted;
         apply_user_change(&mut user, &change);
         self.store.save_user_settings(&user).await?;
+        // Roles may have changed: worker owners are read again on their next pop.
+        self.forget_cached_owners();
         let now = now();
         if let Some(amount) = change.kudos {
             self.store.award_kudos(user.id, amount, now).await?;
@@ -498,6 +537,7 @@ impl AppState {
         self.store
             .replace_key_hash(caller.id, &hash_api_key(&self.key_salt, &api_key))
             .await?;
+        self.forget_cached_owners();
         tracing::info!(user = caller.id, "API key reset");
         Ok(NewApiKey { api_key })
     }

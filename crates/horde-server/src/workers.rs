@@ -354,6 +354,10 @@ impl AppState {
             .expect("registry lock")
             .by_name(&pop.name)
             .cloned();
+        let joined = existing.as_ref().is_none_or(|e| {
+            !e.worker
+                .is_online(now, self.config.workers.online_window_secs)
+        });
         let mut entry = match existing {
             Some(entry) if entry.worker.user_id != user.id => {
                 return Err(ApiError::new(
@@ -395,17 +399,23 @@ impl AppState {
             entry.persisted_check_in = now;
         }
         self.pay_uptime(&mut entry, now).await?;
-        let mut registry = self.workers.write().expect("registry lock");
-        match registry.get_mut(entry.worker.id) {
-            Some(live) => {
-                live.apply_check_in(&entry);
-                Ok(live.clone())
+        let checked_in = {
+            let mut registry = self.workers.write().expect("registry lock");
+            match registry.get_mut(entry.worker.id) {
+                Some(live) => {
+                    live.apply_check_in(&entry);
+                    live.clone()
+                }
+                None => {
+                    registry.insert(entry.clone());
+                    entry
+                }
             }
-            None => {
-                registry.insert(entry.clone());
-                Ok(entry)
-            }
+        };
+        if joined || declared_changed {
+            self.workers_changed();
         }
+        Ok(checked_in)
     }
 
     /// Pays the owner for each full 10 minutes of uptime not yet paid for (the public horde's
@@ -603,6 +613,8 @@ impl AppState {
                 live.reputation.clear_suspicion();
             }
         }
+        drop(registry);
+        self.workers_changed();
         Ok(change)
     }
 

@@ -223,7 +223,7 @@ impl Store {
         rewarded_until: u64,
         at: i64,
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         sqlx::query(
             "UPDATE workers SET kudos_uptime = kudos_uptime + ?, uptime_rewarded = ? WHERE id = ?",
         )
@@ -252,7 +252,7 @@ impl Store {
 
     /// Moves `amount` from one user to another, in one transaction.
     pub async fn transfer_kudos(&self, from: i64, to: i64, amount: f64, at: i64) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let out = Posting {
             counterparty: Some(to),
             ..Posting::new(from, -amount, Kind::Transfer)

@@ -60,9 +60,15 @@ pub enum Durability {
 }
 
 /// The database handle; cheap to clone.
+///
+/// Writes go through one connection (`writer`): SQLite admits one writer at a time, and writers
+/// queued in the pool wait their turn without the busy-retry sleeps (1, 2, 5, 10 ... ms) that
+/// several writing connections cost each other. Reads use `pool`, which WAL lets run beside
+/// the writer.
 #[derive(Clone)]
 pub struct Store {
     pool: SqlitePool,
+    writer: SqlitePool,
 }
 
 impl Store {
@@ -77,12 +83,16 @@ impl Store {
             })
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await?;
+        sqlx::migrate!("./migrations").run(&writer).await?;
         let pool = SqlitePoolOptions::new()
-            .max_connections(8)
+            .max_connections(4)
             .connect_with(options)
             .await?;
-        sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Store { pool })
+        Ok(Store { pool, writer })
     }
 
     /// The journal mode in force ("wal" after [`Store::open`]).
@@ -110,7 +120,7 @@ impl Store {
         sqlx::query("INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT(key) DO NOTHING")
             .bind(key)
             .bind(&value)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         let row = sqlx::query("SELECT value FROM settings WHERE key = ?")
             .bind(key)
@@ -121,6 +131,7 @@ impl Store {
 
     pub async fn close(&self) {
         self.pool.close().await;
+        self.writer.close().await;
     }
 }
 

@@ -39,7 +39,7 @@ impl Store {
         .bind(&f.description)
         .bind(&f.replacement)
         .bind(f.user_id)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -48,7 +48,7 @@ impl Store {
     pub async fn delete_prompt_filter(&self, id: &str) -> Result<bool> {
         let done = sqlx::query("DELETE FROM prompt_filters WHERE id = ?")
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(done.rows_affected() > 0)
     }

@@ -160,7 +160,7 @@ impl Store {
     /// Stores an accepted request (its images count in the requester's usage when delivered),
     /// its day's quota usage, and its activation fee (`consumed_kudos` at acceptance).
     pub async fn insert_request(&self, r: &LiveRequest) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         sqlx::query(
             "INSERT INTO requests (id, user_id, body, base_seed, created, seq, priority, n_remaining, \
              jobs_total, job_kudos, consumed_kudos, faulted, cancelled, expiry, can_pay_upfront, \
@@ -220,7 +220,7 @@ impl Store {
 
     /// Stores jobs handed out by a pop with the request's new counters.
     pub async fn save_assignment(&self, r: &LiveRequest, jobs: &[Job]) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         write_request_state(&mut tx, r).await?;
         for job in jobs {
             insert_job(&mut tx, job).await?;
@@ -239,7 +239,7 @@ impl Store {
         worker: Option<(Uuid, &Reputation)>,
         refund: f64,
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         write_request_state(&mut tx, r).await?;
         write_job_result(&mut tx, job).await?;
         if let Some((worker_id, reputation)) = worker {
@@ -316,7 +316,7 @@ impl Store {
         r: &LiveRequest,
         workers: &[(Uuid, Reputation)],
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         write_request_state(&mut tx, r).await?;
         for (worker_id, reputation) in workers {
             write_reputation(&mut *tx, *worker_id, reputation).await?;
@@ -353,7 +353,7 @@ impl Store {
     pub async fn delete_request(&self, id: Uuid) -> Result<()> {
         sqlx::query("DELETE FROM requests WHERE id = ?")
             .bind(id.to_string())
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }

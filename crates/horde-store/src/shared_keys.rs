@@ -37,7 +37,7 @@ impl Store {
         .bind(k.max_image_steps)
         .bind(k.max_text_tokens)
         .bind(k.created)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -55,7 +55,7 @@ impl Store {
         .bind(k.max_image_steps)
         .bind(k.max_text_tokens)
         .bind(&k.id_hash)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -81,7 +81,7 @@ impl Store {
     pub async fn delete_shared_key(&self, id_hash: &str) -> Result<()> {
         sqlx::query("DELETE FROM shared_keys WHERE id_hash = ?")
             .bind(id_hash)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }

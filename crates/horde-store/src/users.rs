@@ -67,14 +67,14 @@ impl Store {
         .bind(ANONYMOUS_USER_ID)
         .bind(key_hash)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
 
     /// Creates a user; their starting kudos are a grant from the horde in the ledger.
     pub async fn create_user(&self, new: &NewUser) -> Result<User> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let id: i64 = sqlx::query(
             "INSERT INTO users (username, oauth_id, api_key_hash, moderator, trusted, kudos, created) \
              VALUES (?, ?, ?, ?, ?, 0, ?) RETURNING id",
@@ -134,7 +134,7 @@ impl Store {
         kudos: f64,
         now: i64,
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let old: f64 = sqlx::query("SELECT kudos FROM users WHERE id = ?")
             .bind(id)
             .fetch_one(&mut *tx)
@@ -171,14 +171,14 @@ impl Store {
         .bind(i64::from(u.concurrency))
         .bind(i64::from(u.worker_invited))
         .bind(u.id)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
 
     /// An administrator's change of a balance: a grant from (or back to) the horde.
     pub async fn award_kudos(&self, user_id: i64, amount: f64, at: i64) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         ledger::post(&mut tx, at, &grant(user_id, amount)).await?;
         tx.commit().await?;
         Ok(())
@@ -186,7 +186,7 @@ impl Store {
 
     /// Moves everything a user holds in escrow into their balance (they became trusted).
     pub async fn release_escrow(&self, user_id: i64, at: i64) -> Result<f64> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let held: f64 =
             sqlx::query("SELECT CAST(evaluating_kudos AS REAL) FROM users WHERE id = ?")
                 .bind(user_id)
@@ -207,7 +207,7 @@ impl Store {
         sqlx::query("UPDATE users SET api_key_hash = ? WHERE id = ?")
             .bind(key_hash)
             .bind(user_id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }

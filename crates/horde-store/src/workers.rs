@@ -100,7 +100,7 @@ impl Store {
         .bind(w.max_pixels as i64)
         .bind(w.nsfw)
         .bind(to_json(&w.flags))
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(|e| StoreError::unique(e, "worker name"))?;
         Ok(())
@@ -120,7 +120,7 @@ impl Store {
         .bind(to_json(&w.flags))
         .bind(w.uptime as i64)
         .bind(w.id.to_string())
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -136,7 +136,7 @@ impl Store {
         .bind(&w.maintenance_msg)
         .bind(w.paused)
         .bind(w.id.to_string())
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(|e| StoreError::unique(e, "worker name"))?;
         Ok(())
@@ -144,7 +144,7 @@ impl Store {
 
     /// Stores a worker's reputation on its own (a moderator's clearance, a refused image).
     pub async fn save_reputation(&self, worker_id: Uuid, r: &Reputation) -> Result<()> {
-        write_reputation(&self.pool, worker_id, r).await
+        write_reputation(&self.writer, worker_id, r).await
     }
 
     pub async fn worker_by_id(&self, id: uuid::Uuid) -> Result<Option<Worker>> {

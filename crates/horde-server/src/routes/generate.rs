@@ -78,9 +78,7 @@ pub async fn pop(
     key: ApiKey,
     HordeJson(body): HordeJson<PopRequest>,
 ) -> ApiResult<Json<PopResponse>> {
-    let user = state
-        .authenticate_registered(&key, Rc::AnonForbiddenWorker)
-        .await?;
+    let user = state.authenticate_worker_owner(&key).await?;
     state.pop(&user, body).await.map(Json)
 }
 
