@@ -10,6 +10,7 @@ pub mod config;
 pub mod error;
 pub mod extract;
 pub mod filters;
+pub mod group_commit;
 pub mod images;
 pub mod jobs;
 pub mod models;
@@ -157,6 +158,7 @@ async fn open_state(
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "horde".into());
     let online_window_secs = config.workers.online_window_secs;
+    let request_writer = group_commit::RequestWriter::start(store.clone());
     let state = AppState {
         node_name: format!("{host}:{}:{}", local.port(), routes::status::VERSION),
         config,
@@ -167,6 +169,7 @@ async fn open_state(
         models: RwLock::new(std::sync::Arc::new(registry)),
         filters: RwLock::new(Default::default()),
         limiter: Mutex::new(Default::default()),
+        request_writer,
         workers_generation: Default::default(),
         matching_cache: Mutex::new(None),
         owner_cache: Mutex::new(Default::default()),

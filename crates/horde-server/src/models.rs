@@ -52,13 +52,16 @@ pub async fn run_reloads(state: SharedState) {
     }
 }
 
+/// (a requested model nobody online serves, the worker's model that may run it) pairs.
+type StandIns = Vec<(String, String)>;
+
 /// What matching needs to know beyond one worker: the registry, and which models online
 /// workers serve (a model nobody serves may be stood in for, when a request allows it).
 pub struct MatchingView {
     registry: Arc<ModelRegistry>,
     served: HashSet<String>,
     /// Stand-ins by the model list a worker offers (workers often offer the same list).
-    fallbacks: Mutex<HashMap<Vec<String>, Vec<(String, String)>>>,
+    fallbacks: Mutex<HashMap<Vec<String>, StandIns>>,
 }
 
 impl MatchingView {

@@ -146,7 +146,7 @@ impl AppState {
             expiry: now + self.config.requests.idle_expiry_secs,
             jobs: vec![],
         };
-        self.store.insert_request(&request).await?;
+        self.request_writer.store(request.clone()).await?;
         let possible = self.is_possible(&request);
         let id = request.id;
         self.queue.lock().expect("queue lock").insert(request);

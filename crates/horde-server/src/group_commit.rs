@@ -1,0 +1,67 @@
+//! Group commit of accepted requests: every accepted request must be in the database before its
+//! 202, and committing each alone costs one SQLite commit (and a round of thread hand-offs) per
+//! request. Requests accepted at the same moment are instead queued to one writer task, which
+//! stores all that are waiting in one transaction and then answers each.
+
+use crate::error::{ApiError, ApiResult};
+use horde_core::LiveRequest;
+use horde_store::Store;
+use tokio::sync::{mpsc, oneshot};
+
+/// The most requests one transaction stores.
+const MAX_BATCH: usize = 512;
+
+struct Pending {
+    request: LiveRequest,
+    stored: oneshot::Sender<Result<(), String>>,
+}
+
+/// The handle through which accepted requests are stored.
+pub struct RequestWriter {
+    sender: mpsc::Sender<Pending>,
+}
+
+impl RequestWriter {
+    /// Starts the writer task on the current runtime.
+    pub fn start(store: Store) -> RequestWriter {
+        let (sender, receiver) = mpsc::channel(4 * MAX_BATCH);
+        tokio::spawn(write_batches(store, receiver));
+        RequestWriter { sender }
+    }
+
+    /// Stores `request`; returns once it is committed.
+    pub async fn store(&self, request: LiveRequest) -> ApiResult<()> {
+        let (stored, done) = oneshot::channel();
+        self.sender
+            .send(Pending { request, stored })
+            .await
+            .map_err(|_| ApiError::internal("the request writer has stopped"))?;
+        done.await
+            .map_err(|_| ApiError::internal("the request writer has stopped"))?
+            .map_err(|e| ApiError::internal(format!("storing the request failed: {e}")))
+    }
+}
+
+async fn write_batches(store: Store, mut receiver: mpsc::Receiver<Pending>) {
+    while let Some(first) = receiver.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match receiver.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let (requests, answers): (Vec<LiveRequest>, Vec<_>) =
+            batch.into_iter().map(|p| (p.request, p.stored)).unzip();
+        let result = store
+            .insert_requests(&requests)
+            .await
+            .map_err(|e| e.to_string());
+        if let Err(error) = &result {
+            tracing::error!(%error, requests = requests.len(), "storing accepted requests failed");
+        }
+        for answer in answers {
+            let _ = answer.send(result.clone());
+        }
+    }
+}
