@@ -4,6 +4,7 @@
 
 mod accounts;
 mod authz;
+mod bench;
 mod chaos;
 mod cli;
 mod crash;
