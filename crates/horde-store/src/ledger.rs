@@ -152,6 +152,62 @@ pub(crate) async fn post(
     Ok(())
 }
 
+/// Like [`post`] for many postings (each with its own time) in a few statements: one multi-row
+/// insert of the rows, and one update of each changed balance column.
+pub(crate) async fn post_many(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    postings: &[(i64, Posting)],
+) -> Result<()> {
+    /// Rows per statement: 8 bound values each, under SQLite's 32 766.
+    const ROWS: usize = 500;
+    let rows: Vec<&(i64, Posting)> = postings.iter().filter(|(_, p)| p.amount != 0.0).collect();
+    for chunk in rows.chunks(ROWS) {
+        let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "INSERT INTO kudos_ledger (at, account, amount, kind, counterparty, request_id, job_id, escrow) ",
+        );
+        insert.push_values(chunk, |mut row, (at, p)| {
+            row.push_bind(*at)
+                .push_bind(p.account)
+                .push_bind(p.amount)
+                .push_bind(p.kind.as_str())
+                .push_bind(p.counterparty)
+                .push_bind(p.request_id.map(|id| id.to_string()))
+                .push_bind(p.job_id.map(|id| id.to_string()))
+                .push_bind(p.escrow);
+        });
+        insert.build().execute(&mut **tx).await?;
+    }
+    for (escrow, column) in [(false, "kudos"), (true, "evaluating_kudos")] {
+        let mut changes: std::collections::BTreeMap<i64, f64> = Default::default();
+        for (_, p) in &rows {
+            if p.account != HORDE_ACCOUNT && p.escrow == escrow {
+                *changes.entry(p.account).or_default() += p.amount;
+            }
+        }
+        let changes: Vec<(i64, f64)> = changes.into_iter().collect();
+        for chunk in changes.chunks(ROWS) {
+            let mut update = sqlx::QueryBuilder::<sqlx::Sqlite>::new(format!(
+                "UPDATE users SET {column} = {column} + CASE id"
+            ));
+            for (id, amount) in chunk {
+                update
+                    .push(" WHEN ")
+                    .push_bind(*id)
+                    .push(" THEN ")
+                    .push_bind(*amount);
+            }
+            update.push(" END WHERE id IN (");
+            let mut ids = update.separated(", ");
+            for (id, _) in chunk {
+                ids.push_bind(*id);
+            }
+            update.push(")");
+            update.build().execute(&mut **tx).await?;
+        }
+    }
+    Ok(())
+}
+
 impl Store {
     /// Users whose balance differs from the sum of their ledger rows by more than rounding.
     pub async fn ledger_discrepancies(&self) -> Result<Vec<Discrepancy>> {

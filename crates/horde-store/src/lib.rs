@@ -7,6 +7,7 @@
 //! SQLite runs in WAL mode with `synchronous = NORMAL`: a committed transaction survives the
 //! process being killed; `synchronous = FULL` (config) also survives power loss, at a cost.
 
+mod accepted;
 pub mod ledger;
 mod prompt_filters;
 mod requests;

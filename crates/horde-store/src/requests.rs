@@ -5,7 +5,7 @@ use crate::workers::write_reputation;
 use crate::{parse_json, parse_uuid, to_json, Result, Store, StoreError};
 use horde_core::accounts::{forgiven_debit, kudos_floor};
 use horde_core::pricing::round2;
-use horde_core::quota::{day_of, Usage};
+use horde_core::quota::Usage;
 use horde_core::request::{Job, JobState, LiveRequest};
 use horde_core::Reputation;
 use sqlx::sqlite::SqliteRow;
@@ -167,9 +167,7 @@ impl Store {
     /// requests accepted at the same moment).
     pub async fn insert_requests(&self, requests: &[LiveRequest]) -> Result<()> {
         let mut tx = self.writer.begin().await?;
-        for r in requests {
-            insert_request_in(&mut tx, r).await?;
-        }
+        crate::accepted::insert_accepted(&mut tx, requests).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -357,66 +355,4 @@ async fn write_off(
         with(HORDE_ACCOUNT, -forgiven, user_id),
     ];
     ledger::post(tx, at, &postings).await
-}
-
-/// The rows of one newly accepted request: the request, the day's quota usage, and the
-/// activation fee in the ledger.
-async fn insert_request_in(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-    r: &LiveRequest,
-) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO requests (id, user_id, body, base_seed, created, seq, priority, n_remaining, \
-             jobs_total, job_kudos, consumed_kudos, faulted, cancelled, expiry, can_pay_upfront, \
-             shared_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(r.id.to_string())
-    .bind(r.user_id)
-    .bind(to_json(&r.body))
-    .bind(r.base_seed.map(|s| s as i64))
-    .bind(r.created)
-    .bind(r.seq as i64)
-    .bind(r.priority)
-    .bind(i64::from(r.n_remaining))
-    .bind(i64::from(r.jobs_total))
-    .bind(r.job_kudos)
-    .bind(r.consumed_kudos)
-    .bind(r.faulted)
-    .bind(r.cancelled)
-    .bind(r.expiry)
-    .bind(r.can_pay_upfront)
-    .bind(&r.shared_key)
-    .execute(&mut **tx)
-    .await?;
-    sqlx::query(
-        "INSERT INTO quota_usage (user_id, day, images, megapixelsteps) VALUES (?, ?, ?, ?) \
-             ON CONFLICT(user_id, day) DO UPDATE SET images = images + excluded.images, \
-             megapixelsteps = megapixelsteps + excluded.megapixelsteps",
-    )
-    .bind(r.user_id)
-    .bind(day_of(r.created))
-    .bind(i64::from(r.jobs_total))
-    .bind(r.megapixelsteps_requested())
-    .execute(&mut **tx)
-    .await?;
-    if r.consumed_kudos > 0.0 {
-        // The activation fee, paid to the horde when the request is accepted.
-        let (balance, floor) = balance_and_floor(tx, r.user_id).await?;
-        let with = |account, amount, kind, counterparty| Posting {
-            counterparty: Some(counterparty),
-            request_id: Some(r.id),
-            ..Posting::new(account, amount, kind)
-        };
-        let fee = [
-            with(r.user_id, -r.consumed_kudos, Kind::Spend, HORDE_ACCOUNT),
-            with(HORDE_ACCOUNT, r.consumed_kudos, Kind::Burn, r.user_id),
-        ];
-        ledger::post(tx, r.created, &fee).await?;
-        if let Some(key) = &r.shared_key {
-            crate::shared_keys::charge_shared_key(tx, key, r.consumed_kudos).await?;
-        }
-        let forgiven = forgiven_debit(balance, r.consumed_kudos, floor);
-        write_off(tx, r.user_id, forgiven, r.id, None, r.created).await?;
-    }
-    Ok(())
 }
