@@ -37,6 +37,9 @@ pub struct Queue {
     job_owner: HashMap<Uuid, Uuid>,
     by_model: HashMap<String, BTreeSet<QueueKey>>,
     by_user: HashMap<i64, BTreeSet<QueueKey>>,
+    /// Images still waiting per user (the sum of `n_remaining` over `by_user`), kept so the
+    /// concurrency check is O(1).
+    waiting_images: HashMap<i64, u64>,
     /// All waiting requests, for queue positions.
     waiting: BTreeSet<QueueKey>,
     /// Jobs in flight by deadline, so late ones are found without a scan.
@@ -169,14 +172,7 @@ impl Queue {
 
     /// Images still waiting in this user's requests (the concurrency limit counts them).
     pub fn waiting_images_of_user(&self, user_id: i64) -> u64 {
-        self.by_user
-            .get(&user_id)
-            .map(|set| {
-                set.iter()
-                    .map(|k| u64::from(self.requests[&k.2].n_remaining))
-                    .sum()
-            })
-            .unwrap_or(0)
+        self.waiting_images.get(&user_id).copied().unwrap_or(0)
     }
 
     /// Every job in flight, with its request.
@@ -332,7 +328,13 @@ impl Queue {
             }
         }
         if let Some(set) = self.by_user.get_mut(&request.user_id) {
-            set.remove(&key);
+            if set.remove(&key) {
+                let images = self.waiting_images.entry(request.user_id).or_default();
+                *images -= u64::from(request.n_remaining);
+                if *images == 0 {
+                    self.waiting_images.remove(&request.user_id);
+                }
+            }
             if set.is_empty() {
                 self.by_user.remove(&request.user_id);
             }
@@ -361,7 +363,10 @@ impl Queue {
                 .or_default()
                 .insert(key);
         }
-        self.by_user.entry(request.user_id).or_default().insert(key);
+        if self.by_user.entry(request.user_id).or_default().insert(key) {
+            *self.waiting_images.entry(request.user_id).or_default() +=
+                u64::from(request.n_remaining);
+        }
     }
 }
 
@@ -432,6 +437,41 @@ pub(crate) mod tests {
         let id = r.id;
         queue.insert(r);
         id
+    }
+
+    #[test]
+    fn waiting_images_per_user_follow_every_change() {
+        let brute = |q: &Queue, user: i64| -> u64 {
+            q.requests()
+                .filter(|r| r.user_id == user && r.is_waiting())
+                .map(|r| u64::from(r.n_remaining))
+                .sum()
+        };
+        let mut q = Queue::new();
+        let a = add(&mut q, json!({"prompt": "a", "params": {"n": 2}}), 0, 5);
+        add(&mut q, json!({"prompt": "b", "params": {"n": 3}}), 0, 5);
+        add(&mut q, json!({"prompt": "c", "params": {"n": 4}}), 0, 6);
+        assert_eq!(q.waiting_images_of_user(5), 5);
+        let w = worker(&["stable_diffusion"]);
+        popped(&mut q, &w);
+        popped(&mut q, &w);
+        popped(&mut q, &w);
+        for user in [5, 6, 7] {
+            assert_eq!(
+                q.waiting_images_of_user(user),
+                brute(&q, user),
+                "user {user}"
+            );
+        }
+        q.update(a, |r| r.cancelled = true);
+        q.remove(a);
+        for user in [5, 6] {
+            assert_eq!(
+                q.waiting_images_of_user(user),
+                brute(&q, user),
+                "user {user}"
+            );
+        }
     }
 
     fn popped(queue: &mut Queue, w: &WorkerCaps) -> Option<Uuid> {

@@ -172,7 +172,7 @@ async fn open_state(
         request_writer,
         workers_generation: Default::default(),
         matching_cache: Mutex::new(None),
-        owner_cache: Mutex::new(Default::default()),
+        user_cache: Mutex::new(Default::default()),
         handed_out_ms: Mutex::new(Default::default()),
         performance: Mutex::new(ModelPerformance::default()),
         images,

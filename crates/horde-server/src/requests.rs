@@ -104,6 +104,19 @@ impl AppState {
         self.check_request_models(&body)?;
         let (mut body, base_seed) = normalise(body);
         let rewritten = self.screen_prompt(user, &mut body)?;
+        // The user may come from the cache of the last second; decisions on kudos in hand use
+        // the balance as stored now.
+        let fresh;
+        let user = if upfront::upfront_reason(&body, &self.capacity()).is_some() {
+            fresh = self
+                .store
+                .user_by_id(user.id)
+                .await?
+                .unwrap_or_else(|| user.clone());
+            &fresh
+        } else {
+            user
+        };
         let downgraded = self.check_upfront(user, &mut body)?;
         if let Some(key) = shared_key {
             check_shared_key_use(

@@ -35,10 +35,10 @@ pub struct AppState {
     pub workers_generation: std::sync::atomic::AtomicU64,
     /// The last matching view: (unix second, workers generation, view).
     pub matching_cache: Mutex<Option<(i64, u64, Arc<crate::models::MatchingView>)>>,
-    /// Worker owners by API-key hash, as read at most `OWNER_CACHE_SECS` ago: pops come every
-    /// second or two from every worker, and their owners' roles rarely change. Cleared whenever
-    /// a user's roles or key change through the API.
-    pub owner_cache: Mutex<HashMap<String, (horde_core::User, i64)>>,
+    /// Users by API-key hash, with when they were read (unix ms): every worker pops every
+    /// second or two and clients submit often, while roles rarely change. Cleared whenever a
+    /// user's roles, key or kudos change through the API.
+    pub user_cache: Mutex<HashMap<String, (horde_core::User, u64)>>,
     /// When each job in flight was handed out, in unix milliseconds: speeds measured from it are
     /// precise for jobs of a few seconds (the stored `started` has whole seconds). Not
     /// persisted; after a restart the stored seconds are used.

@@ -35,30 +35,38 @@ impl AppState {
             .ok_or_else(|| ApiError::new(Rc::InvalidAPIKey, "No user matching sent API Key. Have you remembered to register at https://aihorde.net/register ?"))
     }
 
-    /// The owner of the key a worker pops with. Like [`AppState::authenticate_registered`],
-    /// but served from a cache of at most `OWNER_CACHE_SECS` (kudos in it may be stale; pops do
-    /// not use them), since every worker pops every second or two.
+    /// The owner of the key a worker pops with: [`AppState::authenticate_registered`] through
+    /// the user cache, read at most 10 s ago (pops use roles, not kudos, and every worker pops
+    /// every second or two).
     pub async fn authenticate_worker_owner(&self, key: &ApiKey) -> ApiResult<User> {
-        /// How long an owner read from the database is reused.
-        const OWNER_CACHE_SECS: i64 = 10;
+        let user = self.cached_user(key, 10_000).await?;
+        if user.is_anonymous() {
+            return Err(ApiError::new(
+                Rc::AnonForbiddenWorker,
+                "Anonymous users cannot do this. Please register an account.",
+            ));
+        }
+        Ok(user)
+    }
+
+    /// [`AppState::authenticate`] through the user cache: the user as read at most
+    /// `max_age_ms` ago. Roles and keys changed through the API clear the cache at once; kudos
+    /// in it may be that old (callers that decide on kudos read them afresh).
+    pub async fn cached_user(&self, key: &ApiKey, max_age_ms: u64) -> ApiResult<User> {
         /// Entries kept at most; the cache starts over beyond.
         const MAX_ENTRIES: usize = 100_000;
         let Some(raw) = key.0.as_deref() else {
-            return self
-                .authenticate_registered(key, Rc::AnonForbiddenWorker)
-                .await;
+            return self.authenticate(key).await;
         };
         let hash = hash_api_key(&self.key_salt, raw);
-        let now = now();
-        if let Some((user, at)) = self.owner_cache.lock().expect("owner cache").get(&hash) {
-            if now - at < OWNER_CACHE_SECS {
+        let now = crate::state::now_ms();
+        if let Some((user, at)) = self.user_cache.lock().expect("user cache").get(&hash) {
+            if now.saturating_sub(*at) < max_age_ms {
                 return Ok(user.clone());
             }
         }
-        let user = self
-            .authenticate_registered(key, Rc::AnonForbiddenWorker)
-            .await?;
-        let mut cache = self.owner_cache.lock().expect("owner cache");
+        let user = self.authenticate(key).await?;
+        let mut cache = self.user_cache.lock().expect("user cache");
         if cache.len() >= MAX_ENTRIES {
             cache.clear();
         }
@@ -66,9 +74,9 @@ impl AppState {
         Ok(user)
     }
 
-    /// Drops every cached worker owner (after a change of roles or keys).
-    pub fn forget_cached_owners(&self) {
-        self.owner_cache.lock().expect("owner cache").clear();
+    /// Drops every cached user (after a change of roles, keys or kudos by hand).
+    pub fn forget_cached_users(&self) {
+        self.user_cache.lock().expect("user cache").clear();
     }
 
     /// Like [`AppState::authenticate`], refusing the anonymous key with `anon_rc`.
@@ -152,7 +160,7 @@ impl AppState {
                 (true, c.user, c.api_key)
             }
         };
-        self.forget_cached_owners();
+        self.forget_cached_users();
         Ok((
             created,
             TestUserResponse {
@@ -350,6 +358,7 @@ impl AppState {
             amount = request.amount,
             "kudos transferred"
         );
+        self.forget_cached_users();
         Ok(KudosTransferred {
             transferred: request.amount,
         })
@@ -436,7 +445,7 @@ impl AppState {
         apply_user_change(&mut user, &change);
         self.store.save_user_settings(&user).await?;
         // Roles may have changed: worker owners are read again on their next pop.
-        self.forget_cached_owners();
+        self.forget_cached_users();
         let now = now();
         if let Some(amount) = change.kudos {
             self.store.award_kudos(user.id, amount, now).await?;
@@ -537,7 +546,7 @@ impl AppState {
         self.store
             .replace_key_hash(caller.id, &hash_api_key(&self.key_salt, &api_key))
             .await?;
-        self.forget_cached_owners();
+        self.forget_cached_users();
         tracing::info!(user = caller.id, "API key reset");
         Ok(NewApiKey { api_key })
     }
