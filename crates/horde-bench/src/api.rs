@@ -143,11 +143,15 @@ impl Api {
     }
 
     pub fn generate(&self, key: &str, body: &Bodies) -> reqwest::RequestBuilder {
+        self.generate_body(key, body.request.clone())
+    }
+
+    pub fn generate_body(&self, key: &str, body: bytes::Bytes) -> reqwest::RequestBuilder {
         self.http
             .post(self.path("generate/async"))
             .header("apikey", key)
             .header("content-type", "application/json")
-            .body(body.request.clone())
+            .body(body)
     }
 
     pub fn check(&self, id: &str) -> reqwest::RequestBuilder {
@@ -198,9 +202,15 @@ pub fn pop_body(worker: &str) -> bytes::Bytes {
     bytes::Bytes::from(serde_json::to_vec(&body).expect("JSON"))
 }
 
-/// Bodies built once: the request every client sends, and the image every worker submits.
+/// Images per request of the queues that pops are measured against: a request stays queued
+/// until its last image is handed out, so the queue's length holds while pops are measured.
+pub const QUEUED_N: usize = 10;
+
+/// Bodies built once: the request every client sends (one image), the request that fills
+/// measured queues (`QUEUED_N` images), and the image every worker submits.
 pub struct Bodies {
     pub request: bytes::Bytes,
+    pub queued_request: bytes::Bytes,
     pub image_base64: String,
 }
 
@@ -217,8 +227,11 @@ impl Bodies {
         });
         let webp = horde_worker::backend::encode_webp(&pixels)
             .map_err(|e| anyhow::anyhow!("encoding the bench image: {e}"))?;
+        let mut queued = request.clone();
+        queued["params"]["n"] = json!(QUEUED_N);
         Ok(Bodies {
             request: bytes::Bytes::from(serde_json::to_vec(&request)?),
+            queued_request: bytes::Bytes::from(serde_json::to_vec(&queued)?),
             image_base64: base64::engine::general_purpose::STANDARD.encode(webp),
         })
     }

@@ -140,7 +140,10 @@ async fn run_one(
             for connections in [10, c, sizes.many_connections] {
                 let co = fresh(target).await?;
                 let api = Api::new(&co.url);
-                let people = api.populate(requesters_for(50_000), 1).await?;
+                // Enough requesters (500 waiting images each) that none reaches its limit at
+                // up to 40 000 accepted requests a second.
+                let waiting = (40_000.0 * sizes.secs) as usize;
+                let people = api.populate(requesters_for(waiting), 1).await?;
                 let figures =
                     scenarios::submit_requests(&api, &people, bodies, connections, d).await;
                 out.push(outcome(
@@ -156,12 +159,13 @@ async fn run_one(
             for queued in [sizes.queued.0, sizes.queued.1] {
                 let co = fresh(target).await?;
                 let api = Api::new(&co.url);
-                let people = api.populate(requesters_for(queued), c as u32).await?;
+                let images = queued * api::QUEUED_N;
+                let people = api.populate(requesters_for(images), c as u32).await?;
                 scenarios::register_workers(&api, &people.owner, c).await?;
                 scenarios::fill_queue(&api, &people, bodies, queued, 64).await?;
                 let rss = co.rss_mb();
-                // At most half the queue is taken, so it stays at least half full.
-                let pops = scenarios::pop_loop(&api, &people.owner, c, c, d, queued / 2).await;
+                // At most half the images are taken, so every request stays queued.
+                let pops = scenarios::pop_loop(&api, &people.owner, c, c, d, images / 2).await;
                 out.push(outcome(format!("pop-queued q={queued}"), pops, rss));
             }
             out

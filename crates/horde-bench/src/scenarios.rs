@@ -84,7 +84,7 @@ pub async fn submit_requests(
     .await
 }
 
-/// Queues `count` requests as fast as `connections` clients can.
+/// Queues `count` requests of `QUEUED_N` images as fast as `connections` clients can.
 pub async fn fill_queue(
     api: &Api,
     people: &Population,
@@ -105,11 +105,8 @@ pub async fn fill_queue(
                     return Ok(());
                 }
                 let key = &keys[n % keys.len()];
-                if api
-                    .timed(&mut rec, "async", api.generate(key, &bodies), 202)
-                    .await
-                    .is_none()
-                {
+                let request = api.generate_body(key, bodies.queued_request.clone());
+                if api.timed(&mut rec, "async", request, 202).await.is_none() {
                     anyhow::bail!("a request was refused while filling the queue");
                 }
             }
