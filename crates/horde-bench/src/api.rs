@@ -21,6 +21,8 @@ pub struct Api {
 pub struct Population {
     pub requesters: Vec<String>,
     pub owner: String,
+    /// What this population's names end with.
+    pub run: String,
 }
 
 impl Api {
@@ -71,15 +73,22 @@ impl Api {
 
     /// Creates the moderator, `requesters` requesters (concurrency 500 each) and the owner.
     pub async fn populate(&self, requesters: usize, workers: u32) -> anyhow::Result<Population> {
-        let (moderator, _) = self.test_user("bench-moderator", true).await?;
-        let (owner, owner_id) = self.test_user("bench-owner", false).await?;
+        // Names unique to this population, so several can share one coordinator (--url).
+        static POPULATIONS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let run = format!(
+            "{}-{}",
+            std::process::id() % 10_000,
+            POPULATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let (moderator, _) = self.test_user(&format!("mod-{run}"), true).await?;
+        let (owner, owner_id) = self.test_user(&format!("owner-{run}"), false).await?;
         self.modify_user(&moderator, owner_id, json!({"worker_invited": workers}))
             .await?;
         let mut tasks = tokio::task::JoinSet::new();
         for i in 0..requesters {
-            let (api, moderator) = (self.clone(), moderator.clone());
+            let (api, moderator, run) = (self.clone(), moderator.clone(), run.clone());
             tasks.spawn(async move {
-                let (key, id) = api.test_user(&format!("bench-user-{i}"), false).await?;
+                let (key, id) = api.test_user(&format!("u{i}-{run}"), false).await?;
                 api.modify_user(&moderator, id, json!({"concurrency": 500}))
                     .await?;
                 anyhow::Ok(key)
@@ -92,6 +101,7 @@ impl Api {
         Ok(Population {
             requesters: keys,
             owner,
+            run,
         })
     }
 

@@ -131,8 +131,8 @@ async fn run_one(
             let co = fresh(target).await?;
             let api = Api::new(&co.url);
             let people = api.populate(1, c as u32).await?;
-            scenarios::register_workers(&api, &people.owner, c).await?;
-            let pops = scenarios::pop_loop(&api, &people.owner, c, c, d, usize::MAX).await;
+            scenarios::register_workers(&api, &people, c).await?;
+            let pops = scenarios::pop_loop(&api, &people, c, c, d, usize::MAX).await;
             vec![outcome(format!("pop-empty c={c}"), pops, co.rss_mb())]
         }
         "async" => {
@@ -161,11 +161,11 @@ async fn run_one(
                 let api = Api::new(&co.url);
                 let images = queued * api::QUEUED_N;
                 let people = api.populate(requesters_for(images), c as u32).await?;
-                scenarios::register_workers(&api, &people.owner, c).await?;
+                scenarios::register_workers(&api, &people, c).await?;
                 scenarios::fill_queue(&api, &people, bodies, queued, 64).await?;
                 let rss = co.rss_mb();
                 // At most half the images are taken, so every request stays queued.
-                let pops = scenarios::pop_loop(&api, &people.owner, c, c, d, images / 2).await;
+                let pops = scenarios::pop_loop(&api, &people, c, c, d, images / 2).await;
                 out.push(outcome(format!("pop-queued q={queued}"), pops, rss));
             }
             out
@@ -176,9 +176,8 @@ async fn run_one(
                 let co = fresh(target).await?;
                 let api = Api::new(&co.url);
                 let people = api.populate(1, workers as u32).await?;
-                scenarios::register_workers(&api, &people.owner, workers).await?;
-                let pops =
-                    scenarios::pop_loop(&api, &people.owner, workers, c, d, usize::MAX).await;
+                scenarios::register_workers(&api, &people, workers).await?;
+                let pops = scenarios::pop_loop(&api, &people, workers, c, d, usize::MAX).await;
                 out.push(outcome(
                     format!("pop-workers w={workers}"),
                     pops,

@@ -118,12 +118,18 @@ pub async fn fill_queue(
     Ok(())
 }
 
-/// Registers `count` workers (their first pop) under the owner.
-pub async fn register_workers(api: &Api, owner: &str, count: usize) -> anyhow::Result<()> {
+/// Registers `count` workers (their first pop) under the population's owner.
+pub async fn register_workers(api: &Api, people: &Population, count: usize) -> anyhow::Result<()> {
+    let (owner, run) = (people.owner.as_str(), people.run.as_str());
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..count.clamp(1, 32) {
-        let (api, owner, next) = (api.clone(), owner.to_string(), next.clone());
+        let (api, owner, run, next) = (
+            api.clone(),
+            owner.to_string(),
+            run.to_string(),
+            next.clone(),
+        );
         tasks.spawn(async move {
             let mut rec = Recorder::default();
             loop {
@@ -131,9 +137,9 @@ pub async fn register_workers(api: &Api, owner: &str, count: usize) -> anyhow::R
                 if n >= count {
                     return Ok(());
                 }
-                let pop = api.pop(&owner, &worker_name(n));
+                let pop = api.pop(&owner, &worker_name(&run, n));
                 if api.timed(&mut rec, "pop", pop, 200).await.is_none() {
-                    anyhow::bail!("worker {} could not register", worker_name(n));
+                    anyhow::bail!("worker {} could not register", worker_name(&run, n));
                 }
             }
         });
@@ -144,25 +150,25 @@ pub async fn register_workers(api: &Api, owner: &str, count: usize) -> anyhow::R
     Ok(())
 }
 
-pub fn worker_name(n: usize) -> String {
-    format!("bench-worker-{n}")
+pub fn worker_name(run: &str, n: usize) -> String {
+    format!("w{n}-{run}")
 }
 
 /// `connections` tasks popping (and not submitting) as the registered `workers`, in turn; stops
 /// after `duration` or `max_pops` pops.
 pub async fn pop_loop(
     api: &Api,
-    owner: &str,
+    people: &Population,
     workers: usize,
     connections: usize,
     duration: Duration,
     max_pops: usize,
 ) -> Vec<EndpointSummary> {
-    let owner = Arc::new(owner.to_string());
+    let owner = Arc::new(people.owner.clone());
     let popped = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let bodies: Arc<Vec<bytes::Bytes>> = Arc::new(
         (0..workers)
-            .map(|n| crate::api::pop_body(&worker_name(n)))
+            .map(|n| crate::api::pop_body(&worker_name(&people.run, n)))
             .collect(),
     );
     run_tasks(connections, duration, |task, deadline| {
@@ -204,14 +210,21 @@ pub async fn mixed(
 ) -> Vec<EndpointSummary> {
     let keys = Arc::new(people.requesters.clone());
     let owner = Arc::new(people.owner.clone());
+    let run = Arc::new(people.run.clone());
     let (workers, work, idle, poll) = (mix.workers, mix.work, mix.idle, mix.poll);
     run_tasks(mix.workers + mix.clients, duration, |task, deadline| {
-        let (api, keys, owner, bodies) = (api.clone(), keys.clone(), owner.clone(), bodies.clone());
+        let (api, keys, owner, bodies, run) = (
+            api.clone(),
+            keys.clone(),
+            owner.clone(),
+            bodies.clone(),
+            run.clone(),
+        );
         async move {
             let mut rec = Recorder::default();
             if task < workers {
                 while Instant::now() < deadline {
-                    let pop = api.pop(&owner, &worker_name(task));
+                    let pop = api.pop(&owner, &worker_name(&run, task));
                     let job = api.timed(&mut rec, "pop", pop, 200).await;
                     match job.filter(|j| j["id"].is_string()) {
                         Some(job) => {
