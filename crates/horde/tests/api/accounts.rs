@@ -3,22 +3,12 @@
 
 use crate::helpers::*;
 use horde_api::shared_key::{SharedKeyInput, SharedKeyPatch};
-use horde_api::user::{ModifyUser, TestUserRequest};
+use horde_api::user::ModifyUser;
 use horde_client::Client;
 
 async fn moderator(app: &TestApp) -> (Client, i64) {
-    let created = app
-        .anonymous()
-        .create_test_user(&TestUserRequest {
-            username: "moderator".into(),
-            oauth_id: None,
-            moderator: true,
-            trusted: true,
-            kudos: 0.0,
-        })
-        .await
-        .unwrap();
-    (app.client(&created.api_key), created.user_id)
+    let (key, id) = app.moderator().await;
+    (app.client(&key), id)
 }
 
 fn rc_of<T: std::fmt::Debug>(answer: Result<T, horde_client::ClientError>) -> String {

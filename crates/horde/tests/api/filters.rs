@@ -22,20 +22,6 @@ async fn call(
     (status, answer.json().await.unwrap_or(Value::Null))
 }
 
-async fn moderator_key(app: &TestApp) -> String {
-    app.anonymous()
-        .create_test_user(&horde_api::user::TestUserRequest {
-            username: "moderator".into(),
-            oauth_id: None,
-            moderator: true,
-            trusted: true,
-            kudos: 0.0,
-        })
-        .await
-        .unwrap()
-        .api_key
-}
-
 /// A type-10 filter (rewritten to "person") and a type-20 one: a prompt matching both is
 /// blocked.
 async fn add_filters(app: &TestApp, key: &str) -> (String, String) {
@@ -63,7 +49,7 @@ async fn add_filters(app: &TestApp, key: &str) -> (String, String) {
 #[tokio::test]
 async fn moderators_manage_filters_and_check_prompts_with_them() {
     let app = spawn_app().await;
-    let key = moderator_key(&app).await;
+    let key = app.moderator().await.0;
     let (kid, explicit) = add_filters(&app, &key).await;
 
     let (status, check) = call(
@@ -187,7 +173,7 @@ async fn moderators_manage_filters_and_check_prompts_with_them() {
 #[tokio::test]
 async fn blocked_prompts_are_rewritten_or_refused_before_they_are_queued() {
     let app = spawn_app().await;
-    let key = moderator_key(&app).await;
+    let key = app.moderator().await.0;
     add_filters(&app, &key).await;
     let (user, _) = app.user("requester", 100.0).await;
 

@@ -74,6 +74,20 @@ impl TestApp {
         self.user_with(name, kudos, true).await
     }
 
+    /// The API key and id of a new moderator named `moderator`.
+    pub async fn moderator(&self) -> (String, i64) {
+        let request = TestUserRequest {
+            username: "moderator".into(),
+            oauth_id: None,
+            moderator: true,
+            trusted: true,
+            kudos: 0.0,
+        };
+        let created = self.anonymous().create_test_user(&request).await;
+        let created = created.expect("moderator created");
+        (created.api_key, created.user_id)
+    }
+
     /// A new user who is not trusted (so not exempt from escrow or upfront rules).
     pub async fn untrusted_user(&self, name: &str, kudos: f64) -> (Client, i64) {
         self.user_with(name, kudos, false).await

@@ -182,6 +182,23 @@ async fn each_capability_is_matched_and_a_skip_says_why() {
     }
 }
 
+/// The `lacking` worker (owner, name) pops and is skipped once for `reason`; the `able` one
+/// pops and gets the job.
+async fn skipped_then_served(
+    lacking: (&horde_client::Client, &str),
+    able: (&horde_client::Client, &str),
+    reason: &str,
+) {
+    let refused = lacking.0.pop(&pop_request(lacking.1)).await.unwrap();
+    assert_eq!(
+        (refused.id, refused.skipped.get(reason)),
+        (None, Some(&1)),
+        "{reason}"
+    );
+    let served = able.0.pop(&pop_request(able.1)).await.unwrap();
+    assert!(served.id.is_some(), "{reason}: the able worker gets it");
+}
+
 #[tokio::test]
 async fn trust_worker_lists_priority_users_and_upfront_kudos_are_matched() {
     let app = spawn_app().await;
@@ -193,54 +210,20 @@ async fn trust_worker_lists_priority_users_and_upfront_kudos_are_matched() {
     let mut request = small_request("for trusted workers", 1, false);
     request.trusted_workers = true;
     requester.generate_async(&request).await.unwrap();
-    let refused = untrusted_owner
-        .pop(&pop_request("untrusted"))
-        .await
-        .unwrap();
-    assert_eq!(
-        (refused.id, refused.skipped.get("untrusted")),
-        (None, Some(&1))
-    );
-    assert!(trusted_owner
-        .pop(&pop_request("trusted"))
-        .await
-        .unwrap()
-        .id
-        .is_some());
+    let untrusted = (&untrusted_owner, "untrusted");
+    let trusted = (&trusted_owner, "trusted");
+    skipped_then_served(untrusted, trusted, "untrusted").await;
 
     // workers: an allow-list, or a block-list with worker_blacklist.
     let trusted_id = trusted_owner.worker_by_name("trusted").await.unwrap().id;
     let mut listed = small_request("for one worker", 1, false);
     listed.workers = vec![trusted_id.clone()];
     requester.generate_async(&listed).await.unwrap();
-    let refused = untrusted_owner
-        .pop(&pop_request("untrusted"))
-        .await
-        .unwrap();
-    assert_eq!(
-        (refused.id, refused.skipped.get("worker_id")),
-        (None, Some(&1))
-    );
-    assert!(trusted_owner
-        .pop(&pop_request("trusted"))
-        .await
-        .unwrap()
-        .id
-        .is_some());
+    skipped_then_served(untrusted, trusted, "worker_id").await;
     listed.worker_blacklist = true;
     listed.prompt = "not for that worker".into();
     requester.generate_async(&listed).await.unwrap();
-    let refused = trusted_owner.pop(&pop_request("trusted")).await.unwrap();
-    assert_eq!(
-        (refused.id, refused.skipped.get("worker_id")),
-        (None, Some(&1))
-    );
-    assert!(untrusted_owner
-        .pop(&pop_request("untrusted"))
-        .await
-        .unwrap()
-        .id
-        .is_some());
+    skipped_then_served(trusted, untrusted, "worker_id").await;
 
     // priority_usernames: the worker serves the users it names before older requests.
     let (favourite, favourite_id) = app.user("favourite", 1000.0).await;
