@@ -228,7 +228,13 @@ impl Queue {
                 let mut jobs = Vec::with_capacity(batch as usize);
                 for _ in 0..batch {
                     let job = Job {
-                        id: Uuid::new_v4(),
+                        // Time-ordered (UUIDv7 from `now`): job rows are appended to the
+                        // id index, not spread over it.
+                        id: Uuid::new_v7(uuid::Timestamp::from_unix(
+                            uuid::NoContext,
+                            now.max(0) as u64,
+                            0,
+                        )),
                         request_id,
                         worker_id: worker.worker_id,
                         worker_name: worker_name.to_string(),

@@ -13,7 +13,8 @@ const MAX_BATCH: usize = 512;
 
 struct Pending {
     request: LiveRequest,
-    stored: oneshot::Sender<Result<(), String>>,
+    /// The request back once committed (it is not copied for the writer), or why not.
+    stored: oneshot::Sender<Result<LiveRequest, String>>,
 }
 
 /// The handle through which accepted requests are stored.
@@ -29,8 +30,8 @@ impl RequestWriter {
         RequestWriter { sender }
     }
 
-    /// Stores `request`; returns once it is committed.
-    pub async fn store(&self, request: LiveRequest) -> ApiResult<()> {
+    /// Stores `request`; returns it once it is committed.
+    pub async fn store(&self, request: LiveRequest) -> ApiResult<LiveRequest> {
         let (stored, done) = oneshot::channel();
         self.sender
             .send(Pending { request, stored })
@@ -60,8 +61,8 @@ async fn write_batches(store: Store, mut receiver: mpsc::Receiver<Pending>) {
         if let Err(error) = &result {
             tracing::error!(%error, requests = requests.len(), "storing accepted requests failed");
         }
-        for answer in answers {
-            let _ = answer.send(result.clone());
+        for (request, answer) in requests.into_iter().zip(answers) {
+            let _ = answer.send(result.clone().map(|()| request));
         }
     }
 }
