@@ -41,7 +41,7 @@ fn horde_bench_smoke_runs_every_scenario_without_errors() {
     let ratios = stdout.split("ratios").nth(1).expect("a ratios section");
     assert_eq!(
         ratios.lines().filter(|l| l.contains("target")).count(),
-        6,
+        7,
         "{stdout}"
     );
 }
