@@ -32,8 +32,8 @@ enum Command {
     /// Request images from a horde and save them.
     Generate(crate::generate_cmd::GenerateArgs),
     /// Load-test a coordinator over HTTP: throughput and p50/p99/p999 latency per endpoint,
-    /// the coordinator's memory, and issue 8's ratios. Launches a fresh `horde serve` for each
-    /// scenario unless --url is given.
+    /// the coordinator's memory, and the ratios BENCHMARKS.md records. Launches a fresh
+    /// `horde serve` for each scenario unless --url is given.
     Bench(BenchArgs),
     /// Model files.
     Model {
@@ -110,7 +110,8 @@ struct BenchArgs {
     /// --enable-test-users and --no-rate-limits; no memory figures)
     #[arg(long)]
     url: Option<String>,
-    /// A run of seconds with small sizes (CI), instead of issue 8's sizes
+    /// A run of seconds with small sizes (CI), instead of the full sizes (100 000 queued
+    /// requests, 10 000 workers, 5-second phases)
     #[arg(long)]
     smoke: bool,
     /// Seconds each measured phase lasts [default: 5, 0.5 with --smoke]
