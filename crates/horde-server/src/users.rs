@@ -181,7 +181,17 @@ impl AppState {
             || ApiError::new(Rc::UserNotFound, format!("User with ID '{id}' not found."));
         let id: i64 = id.parse().map_err(|_| not_found())?;
         let user = self.store.user_by_id(id).await?.ok_or_else(not_found)?;
-        Ok(self.user_details(&user, false))
+        self.user_details_with_flows(&user, false).await
+    }
+
+    /// [`AppState::user_details`] with the kudos details summed from the user's ledger.
+    pub async fn user_details_with_flows(&self, user: &User, own: bool) -> ApiResult<UserDetails> {
+        let flows = self.store.kudos_flows(user.id).await?;
+        let mut details = self.user_details(user, own);
+        let k = &mut details.kudos_details;
+        (k.gifted, k.received, k.admin, k.awarded) =
+            (flows.gifted, flows.received, flows.admin, flows.awarded);
+        Ok(details)
     }
 
     /// Details of `user`; `own` adds what only the user themself may see.

@@ -208,7 +208,41 @@ pub(crate) async fn post_many(
     Ok(())
 }
 
+/// Where a user's kudos came from and went, summed from their ledger rows.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct KudosFlows {
+    /// Kudos sent to other users.
+    pub gifted: f64,
+    /// Kudos received from other users.
+    pub received: f64,
+    /// Starting kudos and changes operators made.
+    pub admin: f64,
+    /// Uptime rewards (paid out or in escrow).
+    pub awarded: f64,
+}
+
 impl Store {
+    /// The transfers, grants and awards in `user_id`'s ledger.
+    pub async fn kudos_flows(&self, user_id: i64) -> Result<KudosFlows> {
+        let rows = sqlx::query(
+            "SELECT kind, CAST(COALESCE(SUM(CASE WHEN amount > 0 THEN amount END), 0) AS REAL),              CAST(COALESCE(SUM(CASE WHEN amount < 0 THEN -amount END), 0) AS REAL)              FROM kudos_ledger WHERE account = ? AND kind IN ('transfer', 'grant', 'uptime')              GROUP BY kind",
+        )
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut flows = KudosFlows::default();
+        for row in rows {
+            let kind: String = row.try_get(0)?;
+            let (inflow, outflow): (f64, f64) = (row.try_get(1)?, row.try_get(2)?);
+            match kind.as_str() {
+                "transfer" => (flows.received, flows.gifted) = (inflow, outflow),
+                "grant" => flows.admin = inflow - outflow,
+                _ => flows.awarded = inflow - outflow,
+            }
+        }
+        Ok(flows)
+    }
+
     /// Users whose balance differs from the sum of their ledger rows by more than rounding.
     pub async fn ledger_discrepancies(&self) -> Result<Vec<Discrepancy>> {
         let rows = sqlx::query(

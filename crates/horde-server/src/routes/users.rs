@@ -30,7 +30,7 @@ pub async fn find_user(
     key: ApiKey,
 ) -> ApiResult<Json<UserDetails>> {
     let user = state.authenticate(&key).await?;
-    Ok(Json(state.user_details(&user, true)))
+    state.user_details_with_flows(&user, true).await.map(Json)
 }
 
 /// Test-only: create a user (or rotate its key) and return the key. Enabled by config, and only

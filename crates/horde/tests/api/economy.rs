@@ -35,8 +35,19 @@ async fn transfers_follow_the_public_rules_and_every_balance_matches_the_ledger(
 
     let sent = alice.transfer_kudos(&bob_alias, 50.0).await.unwrap();
     assert_eq!(sent.transferred, 50.0);
-    assert_eq!(alice.find_user().await.unwrap().kudos, 50.0);
-    assert_eq!(bob.find_user().await.unwrap().kudos, 60.0);
+    let (alice_now, bob_now) = (
+        alice.find_user().await.unwrap(),
+        bob.find_user().await.unwrap(),
+    );
+    assert_eq!(alice_now.kudos, 50.0);
+    assert_eq!(bob_now.kudos, 60.0);
+    // kudos_details come from the ledger: starting kudos are the operator's, transfers are
+    // gifted and received.
+    let (a, b) = (&alice_now.kudos_details, &bob_now.kudos_details);
+    assert_eq!((a.admin, a.gifted, a.received), (100.0, 50.0, 0.0));
+    assert_eq!((b.admin, b.gifted, b.received), (10.0, 0.0, 50.0));
+    let public = app.anonymous().user(bob_id as u64).await.unwrap();
+    assert_eq!(public.kudos_details.received, 50.0);
 
     let refused = [
         (
