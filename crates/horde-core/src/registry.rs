@@ -171,6 +171,14 @@ impl ModelRegistry {
         }
     }
 
+    /// The multiplier used to project what a request costs: its first model's (any of them
+    /// may run it), as on the public horde; 1 for a request naming no model.
+    pub fn request_multiplier(&self, request: &horde_api::image::ImageRequest) -> f64 {
+        request.models.first().map_or(1.0, |model| {
+            self.kudos_multiplier(model, request.params.hires_fix)
+        })
+    }
+
     /// The baseline of `model`: the reference's, or for a custom model the family its name
     /// carries as the public horde reads it (`[SDXL]`, `[Flux]`, `[Qwen]`, `[ZImage]`/`[ZModel]`),
     /// else Stable Diffusion 1.

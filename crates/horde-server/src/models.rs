@@ -193,9 +193,6 @@ impl AppState {
     /// The baseline multiplier used to project a request's cost: its first model's, as on the
     /// public horde.
     pub fn projected_family(&self, body: &ImageRequest) -> f64 {
-        body.models.first().map_or(1.0, |model| {
-            self.registry()
-                .kudos_multiplier(model, body.params.hires_fix)
-        })
+        self.registry().request_multiplier(body)
     }
 }

@@ -270,6 +270,7 @@ impl AppState {
 
     /// What the user's unfinished requests will still charge.
     fn queued_debits(&self, user_id: i64) -> f64 {
+        let registry = self.registry();
         let queue = self.queue.lock().expect("queue lock");
         queue
             .requests()
@@ -280,7 +281,8 @@ impl AppState {
                         .iter()
                         .filter(|j| j.state == JobState::Processing)
                         .count() as u32;
-                f64::from(undelivered) * pricing::requester_charge(&r.body, r.job_kudos)
+                let per_image = r.job_kudos * registry.request_multiplier(&r.body);
+                f64::from(undelivered) * pricing::requester_charge(&r.body, per_image)
             })
             .sum()
     }

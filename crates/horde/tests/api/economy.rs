@@ -235,3 +235,39 @@ async fn workers_that_require_upfront_kudos_skip_requesters_who_could_not_pay() 
         "a worker without the requirement takes it"
     );
 }
+
+#[tokio::test]
+async fn queued_sdxl_images_count_at_their_price_against_upfront_kudos() {
+    let app = spawn_app().await;
+    let (pricer, _) = app.user("pricer", 10_000.0).await;
+    let price = |mut request: ImageRequest| {
+        request.dry_run = true;
+        let pricer = pricer.clone();
+        async move { pricer.generate_async(&request).await.unwrap().kudos }
+    };
+    let mut queued_xl = small_request("four XL images", 4, false);
+    queued_xl.models = vec!["SDXL 1.0".into()];
+    let mut queued_sd = queued_xl.clone();
+    queued_sd.models = vec!["stable_diffusion".into()];
+    let mut big = small_request("sixty steps", 1, false);
+    big.params.steps = Some(60);
+    // A dry run's price is what the images will be charged plus the activation fee of 1.
+    let debits_xl = price(queued_xl.clone()).await - 1.0;
+    let debits_sd = price(queued_sd.clone()).await - 1.0;
+    let big_cost = price(big.clone()).await;
+    assert!(debits_xl > debits_sd + 2.0, "{debits_xl} vs {debits_sd}");
+
+    // Enough for the big request beside four queued SD 1.5 images, not beside four SDXL ones:
+    // the floor (14 without OAuth), the queued request's activation fee, its images, the big
+    // request, and half the difference.
+    let kudos = 14.0 + 1.0 + debits_sd + big_cost + (debits_xl - debits_sd) / 2.0;
+    for (name, queued, accepted) in [("sd", queued_sd, true), ("xl", queued_xl, false)] {
+        let (user, _) = app.user(name, kudos).await;
+        user.generate_async(&queued).await.unwrap();
+        let answer = user.generate_async(&big).await;
+        match accepted {
+            true => assert!(answer.is_ok(), "{name}: {answer:?}"),
+            false => assert_eq!(answer.unwrap_err().rc(), Some("KudosUpfront"), "{name}"),
+        }
+    }
+}
