@@ -103,6 +103,16 @@ impl AppState {
         self.check_prompt_size(&body)?;
         self.check_request_models(&body)?;
         let (mut body, base_seed) = normalise(body);
+        if user.education {
+            // As the public horde: education accounts get safe images from trusted workers,
+            // never shared.
+            (
+                body.nsfw,
+                body.censor_nsfw,
+                body.trusted_workers,
+                body.shared,
+            ) = (false, true, true, false);
+        }
         let rewritten = self.screen_prompt(user, &mut body)?;
         // The user may come from the cache of the last second; decisions on kudos in hand use
         // the balance as stored now.

@@ -105,6 +105,28 @@ async fn roles_limits_and_balances_change_only_for_those_allowed() {
     let me = volunteer.find_user().await.unwrap();
     assert!(me.education && me.customizer && me.flagged);
     assert_eq!(me.concurrency, 200, "education accounts get 200");
+    let mut risky = small_request("a classroom poster", 1, false);
+    (risky.nsfw, risky.censor_nsfw, risky.shared) = (true, false, true);
+    let id = volunteer.generate_async(&risky).await.unwrap().id.unwrap();
+    let queued = app
+        .state
+        .queue
+        .lock()
+        .unwrap()
+        .get(id.parse().unwrap())
+        .unwrap()
+        .body
+        .clone();
+    assert_eq!(
+        (
+            queued.nsfw,
+            queued.censor_nsfw,
+            queued.trusted_workers,
+            queued.shared
+        ),
+        (false, true, true, false),
+        "education requests are safe, from trusted workers, never shared"
+    );
     assert_eq!(
         rc_of(volunteer.pop(&pop_request("volunteer's worker")).await),
         "WorkerFlaggedMaintenance",
