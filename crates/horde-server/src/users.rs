@@ -189,8 +189,13 @@ impl AppState {
         let flows = self.store.kudos_flows(user.id).await?;
         let mut details = self.user_details(user, own);
         let k = &mut details.kudos_details;
-        (k.gifted, k.received, k.admin, k.awarded) =
-            (flows.gifted, flows.received, flows.admin, flows.awarded);
+        (k.gifted, k.donated, k.received, k.admin, k.awarded) = (
+            flows.gifted,
+            flows.donated,
+            flows.received,
+            flows.admin,
+            flows.awarded,
+        );
         Ok(details)
     }
 

@@ -213,6 +213,8 @@ pub(crate) async fn post_many(
 pub struct KudosFlows {
     /// Kudos sent to other users.
     pub gifted: f64,
+    /// Kudos sent to education accounts.
+    pub donated: f64,
     /// Kudos received from other users.
     pub received: f64,
     /// Starting kudos and changes operators made.
@@ -224,8 +226,16 @@ pub struct KudosFlows {
 impl Store {
     /// The transfers, grants and awards in `user_id`'s ledger.
     pub async fn kudos_flows(&self, user_id: i64) -> Result<KudosFlows> {
+        // Kudos sent to an education account count as donated, as on the public horde.
         let rows = sqlx::query(
-            "SELECT kind, CAST(COALESCE(SUM(CASE WHEN amount > 0 THEN amount END), 0) AS REAL),              CAST(COALESCE(SUM(CASE WHEN amount < 0 THEN -amount END), 0) AS REAL)              FROM kudos_ledger WHERE account = ? AND kind IN ('transfer', 'grant', 'uptime')              GROUP BY kind",
+            "SELECT l.kind, \
+             CAST(COALESCE(SUM(CASE WHEN l.amount > 0 THEN l.amount END), 0) AS REAL), \
+             CAST(COALESCE(SUM(CASE WHEN l.amount < 0 AND COALESCE(u.education, 0) = 0 \
+                 THEN -l.amount END), 0) AS REAL), \
+             CAST(COALESCE(SUM(CASE WHEN l.amount < 0 AND u.education = 1 \
+                 THEN -l.amount END), 0) AS REAL) \
+             FROM kudos_ledger l LEFT JOIN users u ON u.id = l.counterparty \
+             WHERE l.account = ? AND l.kind IN ('transfer', 'grant', 'uptime') GROUP BY l.kind",
         )
         .bind(user_id)
         .fetch_all(&self.pool)
@@ -233,11 +243,14 @@ impl Store {
         let mut flows = KudosFlows::default();
         for row in rows {
             let kind: String = row.try_get(0)?;
-            let (inflow, outflow): (f64, f64) = (row.try_get(1)?, row.try_get(2)?);
+            let (inflow, outflow, to_education): (f64, f64, f64) =
+                (row.try_get(1)?, row.try_get(2)?, row.try_get(3)?);
             match kind.as_str() {
-                "transfer" => (flows.received, flows.gifted) = (inflow, outflow),
-                "grant" => flows.admin = inflow - outflow,
-                _ => flows.awarded = inflow - outflow,
+                "transfer" => {
+                    (flows.received, flows.gifted, flows.donated) = (inflow, outflow, to_education)
+                }
+                "grant" => flows.admin = inflow - outflow - to_education,
+                _ => flows.awarded = inflow - outflow - to_education,
             }
         }
         Ok(flows)

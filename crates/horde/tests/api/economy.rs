@@ -271,3 +271,22 @@ async fn queued_sdxl_images_count_at_their_price_against_upfront_kudos() {
         }
     }
 }
+
+#[tokio::test]
+async fn kudos_sent_to_an_education_account_count_as_donated() {
+    let app = spawn_app().await;
+    let moderator = app.client(&app.moderator().await.0);
+    let (giver, _) = app.user("giver", 100.0).await;
+    let (_, school_id) = app.user("school", 0.0).await;
+    let education = horde_api::user::ModifyUser {
+        education: Some(true),
+        ..Default::default()
+    };
+    moderator.modify_user(school_id, &education).await.unwrap();
+    giver
+        .transfer_kudos(&format!("school#{school_id}"), 20.0)
+        .await
+        .unwrap();
+    let details = giver.find_user().await.unwrap().kudos_details;
+    assert_eq!((details.gifted, details.donated), (0.0, 20.0));
+}
