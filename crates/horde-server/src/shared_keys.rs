@@ -4,7 +4,7 @@
 use crate::error::{ApiError, ApiResult};
 use crate::extract::ApiKey;
 use crate::state::{now, AppState};
-use horde_api::image::ImageRequest;
+use horde_api::image::{ImageRequest, RequestWarning};
 use horde_api::shared_key::{SharedKeyDetails, SharedKeyInput, SharedKeyPatch};
 use horde_api::Rc;
 use horde_core::accounts::User;
@@ -113,6 +113,28 @@ impl AppState {
                 Ok((owner, Some(shared)))
             }
         }
+    }
+
+    /// A request on a shared key with no kudos left that allows a downgrade is made as the
+    /// anonymous user instead (lowest priority), as on the public horde; the warning says so.
+    pub async fn downgrade_empty_shared_key(
+        &self,
+        user: User,
+        shared_key: Option<SharedKey>,
+        body: &ImageRequest,
+    ) -> ApiResult<(User, Option<SharedKey>, Option<RequestWarning>)> {
+        let empty = shared_key.as_ref().is_some_and(|k| k.kudos == 0.0);
+        if !(empty && body.allow_downgrade) {
+            return Ok((user, shared_key, None));
+        }
+        let anonymous = self
+            .authenticate(&ApiKey(Some(horde_api::ANONYMOUS_API_KEY.into())))
+            .await?;
+        let warning = RequestWarning {
+            code: "SharedKeyEmpty".into(),
+            message: "This shared key has no kudos left; the request was made anonymously, at the lowest priority, as it allows a downgrade.".into(),
+        };
+        Ok((anonymous, None, Some(warning)))
     }
 
     async fn find_shared_key(&self, token: &str) -> ApiResult<SharedKey> {

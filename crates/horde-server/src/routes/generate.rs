@@ -28,13 +28,22 @@ pub async fn generate_async(
     HordeJson(body): HordeJson<ImageRequest>,
 ) -> ApiResult<Response> {
     let (user, shared_key) = state.authenticate_requester(&key).await?;
+    let (user, shared_key, downgraded) = state
+        .downgrade_empty_shared_key(user, shared_key, &body)
+        .await?;
     Ok(
         match state
             .accept_request(&user, shared_key.as_ref(), body)
             .await?
         {
-            Accepted::Queued(r) => (StatusCode::ACCEPTED, Json(r)).into_response(),
-            Accepted::DryRun(r) => (StatusCode::OK, Json(r)).into_response(),
+            Accepted::Queued(mut r) => {
+                r.warnings.extend(downgraded);
+                (StatusCode::ACCEPTED, Json(r)).into_response()
+            }
+            Accepted::DryRun(mut r) => {
+                r.warnings.extend(downgraded);
+                (StatusCode::OK, Json(r)).into_response()
+            }
         },
     )
 }

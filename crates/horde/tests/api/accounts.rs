@@ -261,3 +261,42 @@ async fn shared_keys_lend_an_account_within_their_limits() {
         "a shared key only generates"
     );
 }
+
+#[tokio::test]
+async fn an_empty_shared_key_downgrades_to_anonymous_when_the_request_allows_it() {
+    let app = spawn_app().await;
+    let (owner, _) = app.user("lender", 100.0).await;
+    let created = owner
+        .create_shared_key(&SharedKeyInput {
+            kudos: 0,
+            expiry: -1,
+            name: None,
+            max_image_pixels: -1,
+            max_image_steps: -1,
+            max_text_tokens: -1,
+        })
+        .await
+        .unwrap();
+    let borrower = app.client(&created.id);
+    let mut request = small_request("on an empty key", 1, false);
+    assert_eq!(
+        rc_of(borrower.generate_async(&request).await),
+        "SharedKeyEmpty"
+    );
+    request.allow_downgrade = true;
+    let accepted = borrower.generate_async(&request).await.unwrap();
+    assert!(
+        accepted.warnings.iter().any(|w| w.code == "SharedKeyEmpty"),
+        "{:?}",
+        accepted.warnings
+    );
+    let id = accepted.id.unwrap().parse().unwrap();
+    let queued = app.state.queue.lock().unwrap().get(id).unwrap().clone();
+    assert_eq!(queued.user_id, 0, "made as the anonymous user");
+    assert_eq!(queued.shared_key, None);
+    assert_eq!(
+        owner.find_user().await.unwrap().kudos,
+        100.0,
+        "the key's owner pays nothing"
+    );
+}
