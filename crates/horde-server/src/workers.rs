@@ -258,6 +258,31 @@ fn reputation_details(r: &Reputation, uptime: u64, rules: &ReputationRules) -> W
     }
 }
 
+/// A worker as its first pop declares it, owned by `user_id`.
+fn new_worker(user_id: i64, pop: &PopRequest, now: i64) -> Worker {
+    Worker {
+        id: Uuid::new_v4(),
+        user_id,
+        name: pop.name.clone(),
+        info: None,
+        created: now,
+        last_check_in: now,
+        bridge_agent: pop.bridge_agent.clone(),
+        threads: pop.threads,
+        max_pixels: pop.max_pixels,
+        nsfw: pop.nsfw,
+        flags: flags_of(pop),
+        maintenance: false,
+        maintenance_msg: None,
+        paused: false,
+        kudos_generated: 0.0,
+        kudos_uptime: 0.0,
+        uptime: 0,
+        uptime_rewarded: 0,
+        reputation: Reputation::default(),
+    }
+}
+
 /// Whether `pop` declares what `worker` declared at its last check-in.
 fn declares_the_same(worker: &Worker, pop: &PopRequest) -> bool {
     let f = &worker.flags;
@@ -537,27 +562,7 @@ impl AppState {
                 format!("You have reached the maximum of {limit} workers."),
             ));
         }
-        let worker = Worker {
-            id: Uuid::new_v4(),
-            user_id: user.id,
-            name: pop.name.clone(),
-            info: None,
-            created: now,
-            last_check_in: now,
-            bridge_agent: pop.bridge_agent.clone(),
-            threads: pop.threads,
-            max_pixels: pop.max_pixels,
-            nsfw: pop.nsfw,
-            flags: flags_of(pop),
-            maintenance: false,
-            maintenance_msg: None,
-            paused: false,
-            kudos_generated: 0.0,
-            kudos_uptime: 0.0,
-            uptime: 0,
-            uptime_rewarded: 0,
-            reputation: Reputation::default(),
-        };
+        let worker = new_worker(user.id, pop, now);
         self.store
             .insert_worker(&worker)
             .await
@@ -761,30 +766,6 @@ impl AppState {
 mod tests {
     use super::*;
 
-    fn worker_of(pop: &PopRequest) -> Worker {
-        Worker {
-            id: Uuid::new_v4(),
-            user_id: 1,
-            name: pop.name.clone(),
-            info: None,
-            created: 0,
-            last_check_in: 0,
-            bridge_agent: pop.bridge_agent.clone(),
-            threads: pop.threads,
-            max_pixels: pop.max_pixels,
-            nsfw: pop.nsfw,
-            flags: flags_of(pop),
-            maintenance: false,
-            maintenance_msg: None,
-            paused: false,
-            kudos_generated: 0.0,
-            kudos_uptime: 0.0,
-            uptime: 0,
-            uptime_rewarded: 0,
-            reputation: Reputation::default(),
-        }
-    }
-
     /// The in-memory check-in skips a worker only when the full path would store the same
     /// declaration: both read a pop the same way (blacklist cut to 200 words of 15 characters).
     #[test]
@@ -794,7 +775,7 @@ mod tests {
         pop.blacklist = (0..250)
             .map(|i| format!("a-very-long-blacklisted-word-{i}"))
             .collect();
-        let worker = worker_of(&pop);
+        let worker = new_worker(1, &pop, 0);
         assert!(declares_the_same(&worker, &pop));
         let changes: [fn(&mut PopRequest); 6] = [
             |p| p.models.push("SDXL 1.0".into()),
