@@ -18,15 +18,9 @@ pub struct WorkerThroughput {
     pub in_flight_mps: f64,
 }
 
-/// The megapixelsteps of one image of `request`.
-pub fn image_megapixelsteps(request: &LiveRequest) -> f64 {
-    let p = &request.body.params;
-    f64::from(p.width) * f64::from(p.height) * f64::from(p.accurate_steps()) / 1e6
-}
-
 /// The megapixelsteps of the images `request` still has to hand out.
 pub fn waiting_megapixelsteps(request: &LiveRequest) -> f64 {
-    image_megapixelsteps(request) * f64::from(request.n_remaining)
+    request.body.params.megapixelsteps_per_image() * f64::from(request.n_remaining)
 }
 
 /// Seconds until the last image of `ahead.last()` is finished, or `None` when no worker can

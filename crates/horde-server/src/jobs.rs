@@ -519,9 +519,7 @@ impl AppState {
         job: &Job,
         worker: Option<&crate::workers::WorkerEntry>,
     ) -> SubmitEffects {
-        let p = &request.body.params;
-        let megapixelsteps =
-            f64::from(p.width) * f64::from(p.height) * f64::from(p.accurate_steps()) / 1e6;
+        let megapixelsteps = request.body.params.megapixelsteps_per_image();
         SubmitEffects {
             requester_id: request.user_id,
             requester_charge: if job.censored {

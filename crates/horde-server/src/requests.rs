@@ -114,20 +114,7 @@ impl AppState {
             ) = (false, true, true, false);
         }
         let rewritten = self.screen_prompt(user, &mut body)?;
-        // The user may come from the cache of the last second; decisions on kudos in hand use
-        // the balance as stored now.
-        let fresh;
-        let user = if upfront::upfront_reason(&body, &self.capacity()).is_some() {
-            fresh = self
-                .store
-                .user_by_id(user.id)
-                .await?
-                .unwrap_or_else(|| user.clone());
-            &fresh
-        } else {
-            user
-        };
-        let downgraded = self.check_upfront(user, &mut body)?;
+        let downgraded = self.check_upfront(user, &mut body).await?;
         if let Some(key) = shared_key {
             check_shared_key_use(
                 key,
@@ -217,7 +204,7 @@ impl AppState {
     /// The public horde's upfront rule: a request that needs the kudos in hand is queued only
     /// when the user has them beyond their floor and their other unfinished requests; otherwise
     /// it is downgraded if it allows that (the warning says how), or refused.
-    fn check_upfront(
+    async fn check_upfront(
         &self,
         user: &User,
         body: &mut ImageRequest,
@@ -226,6 +213,12 @@ impl AppState {
         let Some(reason) = upfront::upfront_reason(body, &capacity) else {
             return Ok(None);
         };
+        // `user` may come from the cache of the last second: kudos in hand are read as stored.
+        let user = &self
+            .store
+            .user_by_id(user.id)
+            .await?
+            .unwrap_or_else(|| user.clone());
         let available = user.kudos - user.min_kudos() - self.queued_debits(user.id);
         let cost = pricing::projected_cost(body, self.projected_family(body));
         if cost <= available {
@@ -391,7 +384,7 @@ impl AppState {
                 .copied()
                 .unwrap_or(job.started.max(0) as u64 * 1000);
             let elapsed = now_ms.saturating_sub(started_ms) as f64 / 1000.0;
-            let left = eta::image_megapixelsteps(request) - w.mps * elapsed;
+            let left = request.body.params.megapixelsteps_per_image() - w.mps * elapsed;
             w.in_flight_mps += left.max(0.0);
         }
     }

@@ -13,6 +13,17 @@ use horde_core::accounts::User;
 use horde_core::keys::{generate_api_key, hash_api_key};
 use horde_store::NewUser;
 
+/// `user`, unless it is the anonymous user: then `anon_rc`.
+fn registered(user: User, anon_rc: Rc) -> ApiResult<User> {
+    if user.is_anonymous() {
+        return Err(ApiError::new(
+            anon_rc,
+            "Anonymous users cannot do this. Please register an account.",
+        ));
+    }
+    Ok(user)
+}
+
 /// A new account and its key, which is shown once and never stored.
 pub struct CreatedUser {
     pub user: User,
@@ -39,14 +50,10 @@ impl AppState {
     /// the user cache, read at most 10 s ago (pops use roles, not kudos, and every worker pops
     /// every second or two).
     pub async fn authenticate_worker_owner(&self, key: &ApiKey) -> ApiResult<User> {
-        let user = self.cached_user(key, 10_000).await?;
-        if user.is_anonymous() {
-            return Err(ApiError::new(
-                Rc::AnonForbiddenWorker,
-                "Anonymous users cannot do this. Please register an account.",
-            ));
-        }
-        Ok(user)
+        registered(
+            self.cached_user(key, 10_000).await?,
+            Rc::AnonForbiddenWorker,
+        )
     }
 
     /// [`AppState::authenticate`] through the user cache: the user as read at most
@@ -81,14 +88,7 @@ impl AppState {
 
     /// Like [`AppState::authenticate`], refusing the anonymous key with `anon_rc`.
     pub async fn authenticate_registered(&self, key: &ApiKey, anon_rc: Rc) -> ApiResult<User> {
-        let user = self.authenticate(key).await?;
-        if user.is_anonymous() {
-            return Err(ApiError::new(
-                anon_rc,
-                "Anonymous users cannot do this. Please register an account.",
-            ));
-        }
-        Ok(user)
+        registered(self.authenticate(key).await?, anon_rc)
     }
 
     pub async fn create_user(

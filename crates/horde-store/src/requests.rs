@@ -159,10 +159,6 @@ fn request_from_row(row: &SqliteRow) -> Result<LiveRequest> {
 impl Store {
     /// Stores an accepted request (its images count in the requester's usage when delivered),
     /// its day's quota usage, and its activation fee (`consumed_kudos` at acceptance).
-    pub async fn insert_request(&self, r: &LiveRequest) -> Result<()> {
-        self.insert_requests(std::slice::from_ref(r)).await
-    }
-
     /// Stores newly accepted requests in one transaction (group commit: one commit for many
     /// requests accepted at the same moment).
     pub async fn insert_requests(&self, requests: &[LiveRequest]) -> Result<()> {

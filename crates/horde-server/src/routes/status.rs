@@ -145,9 +145,7 @@ pub async fn performance(State(state): State<SharedState>) -> Json<HordePerforma
         let queue = state.queue.lock().expect("queue lock");
         queue.requests().fold((0u64, 0f64), |(n, mps), r| {
             let c = r.counts();
-            let p = &r.body.params;
-            let things =
-                f64::from(p.width) * f64::from(p.height) * f64::from(p.accurate_steps()) / 1e6;
+            let things = r.body.params.megapixelsteps_per_image();
             (
                 n + u64::from(c.waiting + c.processing),
                 mps + things * f64::from(c.waiting),
