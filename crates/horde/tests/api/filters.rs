@@ -238,5 +238,10 @@ async fn over_long_prompts_are_refused() {
         .expect_err("over the limit");
     assert_eq!(error.status().map(|s| s.as_u16()), Some(400), "{error}");
     assert_eq!(error.rc(), Some("InvalidPromptSize"), "{error}");
+    assert_eq!(
+        app.state.queue.lock().unwrap().len(),
+        1,
+        "only the request at the limit is queued"
+    );
     app.stop().await;
 }
