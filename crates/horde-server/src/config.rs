@@ -168,7 +168,12 @@ impl Default for JobsConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DatabaseConfig {
-    /// `normal` survives the process being killed; `full` also survives power loss.
+    /// Empty: the embedded SQLite file `horde.sqlite` in `data_dir` (one coordinator process).
+    /// A `postgres://user:password@host:port/database` URL: a PostgreSQL server, which several
+    /// coordinator processes may share.
+    pub url: String,
+    /// SQLite only: `normal` survives the process being killed; `full` also survives power
+    /// loss. (PostgreSQL's durability is the server's own `synchronous_commit`.)
     pub durability: Durability,
 }
 
@@ -227,6 +232,7 @@ impl Default for ServerConfig {
 impl Default for DatabaseConfig {
     fn default() -> Self {
         DatabaseConfig {
+            url: String::new(),
             durability: Durability::Normal,
         }
     }
@@ -257,8 +263,13 @@ impl Default for RequestsConfig {
 }
 
 impl ServerConfig {
-    pub fn database_path(&self) -> PathBuf {
-        self.data_dir.join("horde.sqlite")
+    /// The database: `database.url` when set, else `horde.sqlite` in `data_dir`.
+    pub fn database_location(&self) -> horde_store::Location {
+        if self.database.url.is_empty() {
+            horde_store::Location::SqliteFile(self.data_dir.join("horde.sqlite"))
+        } else {
+            horde_store::Location::parse(&self.database.url)
+        }
     }
     pub fn images_dir(&self) -> PathBuf {
         self.data_dir.join("images")

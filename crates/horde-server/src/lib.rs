@@ -75,7 +75,7 @@ impl Application {
         };
         std::fs::create_dir_all(&config.data_dir).map_err(data_dir)?;
         let images = ImageStore::open(&config.images_dir()).map_err(data_dir)?;
-        let store = Store::open(&config.database_path(), config.database.durability).await?;
+        let store = Store::open(&config.database_location(), config.database.durability).await?;
         let listener =
             TcpListener::bind(config.listen)
                 .await

@@ -287,7 +287,7 @@ pub async fn create_user_offline(
         source,
     })?;
     let store =
-        horde_store::Store::open(&config.database_path(), config.database.durability).await?;
+        horde_store::Store::open(&config.database_location(), config.database.durability).await?;
     let salt = store
         .setting_or_init("api_key_salt", horde_core::keys::generate_token)
         .await?;
@@ -315,7 +315,7 @@ pub async fn migrate_offline(
         source,
     })?;
     let store =
-        horde_store::Store::open(&config.database_path(), config.database.durability).await?;
+        horde_store::Store::open(&config.database_location(), config.database.durability).await?;
     let mode = store.journal_mode().await?;
     store.close().await;
     Ok(mode)

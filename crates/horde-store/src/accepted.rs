@@ -8,18 +8,19 @@
 //! acceptance order, exactly as one transaction per request would.
 
 use crate::ledger::{Kind, Posting, HORDE_ACCOUNT};
+use crate::{flag, placeholders, value_rows};
 use crate::{to_json, Result};
 use horde_core::accounts::{forgiven_debit, kudos_floor};
 use horde_core::quota::day_of;
 use horde_core::request::LiveRequest;
-use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
+use sqlx::{Any, Row, Transaction};
 use std::collections::{BTreeMap, HashMap};
 
-/// Rows per multi-row statement (SQLite allows 32 766 bound values).
+/// Rows per multi-row statement (SQLite allows 32 766 bound values, PostgreSQL 65 535).
 const ROWS_PER_STATEMENT: usize = 500;
 
 pub(crate) async fn insert_accepted(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut Transaction<'_, Any>,
     requests: &[LiveRequest],
 ) -> Result<()> {
     for chunk in requests.chunks(ROWS_PER_STATEMENT) {
@@ -29,36 +30,39 @@ pub(crate) async fn insert_accepted(
     charge_activation_fees(tx, requests).await
 }
 
-async fn insert_request_rows(tx: &mut Transaction<'_, Sqlite>, rows: &[LiveRequest]) -> Result<()> {
-    let mut insert = QueryBuilder::<Sqlite>::new(
+async fn insert_request_rows(tx: &mut Transaction<'_, Any>, rows: &[LiveRequest]) -> Result<()> {
+    let sql = format!(
         "INSERT INTO requests (id, user_id, body, base_seed, created, seq, priority, n_remaining, \
          jobs_total, job_kudos, consumed_kudos, faulted, cancelled, expiry, can_pay_upfront, \
-         shared_key) ",
+         shared_key) VALUES {}",
+        value_rows(rows.len(), 16)
     );
-    insert.push_values(rows, |mut row, r| {
-        row.push_bind(r.id.to_string())
-            .push_bind(r.user_id)
-            .push_bind(to_json(&r.body))
-            .push_bind(r.base_seed.map(|s| s as i64))
-            .push_bind(r.created)
-            .push_bind(r.seq as i64)
-            .push_bind(r.priority)
-            .push_bind(i64::from(r.n_remaining))
-            .push_bind(i64::from(r.jobs_total))
-            .push_bind(r.job_kudos)
-            .push_bind(r.consumed_kudos)
-            .push_bind(r.faulted)
-            .push_bind(r.cancelled)
-            .push_bind(r.expiry)
-            .push_bind(r.can_pay_upfront)
-            .push_bind(r.shared_key.clone());
-    });
-    insert.build().execute(&mut **tx).await?;
+    let mut insert = sqlx::query(&sql);
+    for r in rows {
+        insert = insert
+            .bind(r.id.to_string())
+            .bind(r.user_id)
+            .bind(to_json(&r.body))
+            .bind(r.base_seed.map(|s| s as i64))
+            .bind(r.created)
+            .bind(r.seq as i64)
+            .bind(r.priority)
+            .bind(i64::from(r.n_remaining))
+            .bind(i64::from(r.jobs_total))
+            .bind(r.job_kudos)
+            .bind(r.consumed_kudos)
+            .bind(flag(r.faulted))
+            .bind(flag(r.cancelled))
+            .bind(r.expiry)
+            .bind(flag(r.can_pay_upfront))
+            .bind(r.shared_key.clone());
+    }
+    insert.execute(&mut **tx).await?;
     Ok(())
 }
 
 /// Adds the images and megapixelsteps requested to each requester's usage of the day.
-async fn add_quota_usage(tx: &mut Transaction<'_, Sqlite>, requests: &[LiveRequest]) -> Result<()> {
+async fn add_quota_usage(tx: &mut Transaction<'_, Any>, requests: &[LiveRequest]) -> Result<()> {
     let mut usage: BTreeMap<(i64, i64), (i64, f64)> = BTreeMap::new();
     for r in requests {
         let entry = usage.entry((r.user_id, day_of(r.created))).or_default();
@@ -67,20 +71,17 @@ async fn add_quota_usage(tx: &mut Transaction<'_, Sqlite>, requests: &[LiveReque
     }
     let rows: Vec<_> = usage.into_iter().collect();
     for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-        let mut upsert = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO quota_usage (user_id, day, images, megapixelsteps) ",
+        let sql = format!(
+            "INSERT INTO quota_usage (user_id, day, images, megapixelsteps) VALUES {} \
+             ON CONFLICT(user_id, day) DO UPDATE SET images = quota_usage.images + excluded.images, \
+             megapixelsteps = quota_usage.megapixelsteps + excluded.megapixelsteps",
+            value_rows(chunk.len(), 4)
         );
-        upsert.push_values(chunk, |mut row, ((user, day), (images, mps))| {
-            row.push_bind(*user)
-                .push_bind(*day)
-                .push_bind(*images)
-                .push_bind(*mps);
-        });
-        upsert.push(
-            " ON CONFLICT(user_id, day) DO UPDATE SET images = images + excluded.images, \
-             megapixelsteps = megapixelsteps + excluded.megapixelsteps",
-        );
-        upsert.build().execute(&mut **tx).await?;
+        let mut upsert = sqlx::query(&sql);
+        for ((user, day), (images, mps)) in chunk {
+            upsert = upsert.bind(*user).bind(*day).bind(*images).bind(*mps);
+        }
+        upsert.execute(&mut **tx).await?;
     }
     Ok(())
 }
@@ -88,7 +89,7 @@ async fn add_quota_usage(tx: &mut Transaction<'_, Sqlite>, requests: &[LiveReque
 /// The activation fee of each request: spent by the requester, burnt by the horde, written off
 /// where it would take the requester below their floor; shared keys' budgets charged.
 async fn charge_activation_fees(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut Transaction<'_, Any>,
     requests: &[LiveRequest],
 ) -> Result<()> {
     let paying: Vec<&LiveRequest> = requests.iter().filter(|r| r.consumed_kudos > 0.0).collect();
@@ -128,7 +129,7 @@ async fn charge_activation_fees(
 
 /// Each payer's balance and balance floor, read in one statement.
 async fn balances_and_floors(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut Transaction<'_, Any>,
     paying: &[&LiveRequest],
 ) -> Result<HashMap<i64, (f64, f64)>> {
     let mut ids: Vec<i64> = paying.iter().map(|r| r.user_id).collect();
@@ -136,15 +137,15 @@ async fn balances_and_floors(
     ids.dedup();
     let mut out = HashMap::with_capacity(ids.len());
     for chunk in ids.chunks(ROWS_PER_STATEMENT) {
-        let mut select = QueryBuilder::<Sqlite>::new(
-            "SELECT id, CAST(kudos AS REAL), oauth_id FROM users WHERE id IN (",
+        let sql = format!(
+            "SELECT id, CAST(kudos AS DOUBLE PRECISION), oauth_id FROM users WHERE id IN ({})",
+            placeholders(1, chunk.len())
         );
-        let mut list = select.separated(", ");
+        let mut select = sqlx::query(&sql);
         for id in chunk {
-            list.push_bind(*id);
+            select = select.bind(*id);
         }
-        select.push(")");
-        for row in select.build().fetch_all(&mut **tx).await? {
+        for row in select.fetch_all(&mut **tx).await? {
             let id: i64 = row.try_get(0)?;
             let oauth: String = row.try_get(2)?;
             let floor = kudos_floor(id, crate::users::is_pseudonymous(&oauth));

@@ -5,7 +5,7 @@
 //! account [`HORDE_ACCOUNT`]; it grants starting kudos and receives the burn (the part of a
 //! requester's charge that is not paid to the worker).
 
-use crate::{Result, Store};
+use crate::{flag, value_rows, Result, Store};
 use sqlx::Row;
 use uuid::Uuid;
 
@@ -117,14 +117,14 @@ pub struct Discrepancy {
 /// Appends postings and applies them to the balances of the users they name (the horde
 /// account has no balance row).
 pub(crate) async fn post(
-    executor: &mut sqlx::SqliteConnection,
+    executor: &mut sqlx::AnyConnection,
     at: i64,
     postings: &[Posting],
 ) -> Result<()> {
     for p in postings.iter().filter(|p| p.amount != 0.0) {
         sqlx::query(
             "INSERT INTO kudos_ledger (at, account, amount, kind, counterparty, request_id, job_id, \
-             escrow) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+             escrow) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(at)
         .bind(p.account)
@@ -133,14 +133,14 @@ pub(crate) async fn post(
         .bind(p.counterparty)
         .bind(p.request_id.map(|id| id.to_string()))
         .bind(p.job_id.map(|id| id.to_string()))
-        .bind(p.escrow)
+        .bind(flag(p.escrow))
         .execute(&mut *executor)
         .await?;
         if p.account != HORDE_ACCOUNT {
             let sql = if p.escrow {
-                "UPDATE users SET evaluating_kudos = evaluating_kudos + ? WHERE id = ?"
+                "UPDATE users SET evaluating_kudos = evaluating_kudos + $1 WHERE id = $2"
             } else {
-                "UPDATE users SET kudos = kudos + ? WHERE id = ?"
+                "UPDATE users SET kudos = kudos + $1 WHERE id = $2"
             };
             sqlx::query(sql)
                 .bind(p.amount)
@@ -155,27 +155,31 @@ pub(crate) async fn post(
 /// Like [`post`] for many postings (each with its own time) in a few statements: one multi-row
 /// insert of the rows, and one update of each changed balance column.
 pub(crate) async fn post_many(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     postings: &[(i64, Posting)],
 ) -> Result<()> {
     /// Rows per statement: 8 bound values each, under SQLite's 32 766.
     const ROWS: usize = 500;
     let rows: Vec<&(i64, Posting)> = postings.iter().filter(|(_, p)| p.amount != 0.0).collect();
     for chunk in rows.chunks(ROWS) {
-        let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-            "INSERT INTO kudos_ledger (at, account, amount, kind, counterparty, request_id, job_id, escrow) ",
+        let sql = format!(
+            "INSERT INTO kudos_ledger (at, account, amount, kind, counterparty, request_id, job_id, \
+             escrow) VALUES {}",
+            value_rows(chunk.len(), 8)
         );
-        insert.push_values(chunk, |mut row, (at, p)| {
-            row.push_bind(*at)
-                .push_bind(p.account)
-                .push_bind(p.amount)
-                .push_bind(p.kind.as_str())
-                .push_bind(p.counterparty)
-                .push_bind(p.request_id.map(|id| id.to_string()))
-                .push_bind(p.job_id.map(|id| id.to_string()))
-                .push_bind(p.escrow);
-        });
-        insert.build().execute(&mut **tx).await?;
+        let mut insert = sqlx::query(&sql);
+        for (at, p) in chunk {
+            insert = insert
+                .bind(*at)
+                .bind(p.account)
+                .bind(p.amount)
+                .bind(p.kind.as_str())
+                .bind(p.counterparty)
+                .bind(p.request_id.map(|id| id.to_string()))
+                .bind(p.job_id.map(|id| id.to_string()))
+                .bind(flag(p.escrow));
+        }
+        insert.execute(&mut **tx).await?;
     }
     for (escrow, column) in [(false, "kudos"), (true, "evaluating_kudos")] {
         let mut changes: std::collections::BTreeMap<i64, f64> = Default::default();
@@ -186,23 +190,22 @@ pub(crate) async fn post_many(
         }
         let changes: Vec<(i64, f64)> = changes.into_iter().collect();
         for chunk in changes.chunks(ROWS) {
-            let mut update = sqlx::QueryBuilder::<sqlx::Sqlite>::new(format!(
-                "UPDATE users SET {column} = {column} + CASE id"
-            ));
+            // CASE id WHEN $1 THEN $2 ... END WHERE id IN ($1, $3, ...)
+            let cases: String = (0..chunk.len())
+                .map(|i| format!(" WHEN ${} THEN ${}", 2 * i + 1, 2 * i + 2))
+                .collect();
+            let ids = (0..chunk.len())
+                .map(|i| format!("${}", 2 * i + 1))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "UPDATE users SET {column} = {column} + CASE id{cases} END WHERE id IN ({ids})"
+            );
+            let mut update = sqlx::query(&sql);
             for (id, amount) in chunk {
-                update
-                    .push(" WHEN ")
-                    .push_bind(*id)
-                    .push(" THEN ")
-                    .push_bind(*amount);
+                update = update.bind(*id).bind(*amount);
             }
-            update.push(" END WHERE id IN (");
-            let mut ids = update.separated(", ");
-            for (id, _) in chunk {
-                ids.push_bind(*id);
-            }
-            update.push(")");
-            update.build().execute(&mut **tx).await?;
+            update.execute(&mut **tx).await?;
         }
     }
     Ok(())
@@ -229,13 +232,13 @@ impl Store {
         // Kudos sent to an education account count as donated, as on the public horde.
         let rows = sqlx::query(
             "SELECT l.kind, \
-             CAST(COALESCE(SUM(CASE WHEN l.amount > 0 THEN l.amount END), 0) AS REAL), \
+             CAST(COALESCE(SUM(CASE WHEN l.amount > 0 THEN l.amount END), 0) AS DOUBLE PRECISION), \
              CAST(COALESCE(SUM(CASE WHEN l.amount < 0 AND COALESCE(u.education, 0) = 0 \
-                 THEN -l.amount END), 0) AS REAL), \
+                 THEN -l.amount END), 0) AS DOUBLE PRECISION), \
              CAST(COALESCE(SUM(CASE WHEN l.amount < 0 AND u.education = 1 \
-                 THEN -l.amount END), 0) AS REAL) \
+                 THEN -l.amount END), 0) AS DOUBLE PRECISION) \
              FROM kudos_ledger l LEFT JOIN users u ON u.id = l.counterparty \
-             WHERE l.account = ? AND l.kind IN ('transfer', 'grant', 'uptime') GROUP BY l.kind",
+             WHERE l.account = $1 AND l.kind IN ('transfer', 'grant', 'uptime') GROUP BY l.kind",
         )
         .bind(user_id)
         .fetch_all(&self.pool)
@@ -259,10 +262,10 @@ impl Store {
     /// Users whose balance differs from the sum of their ledger rows by more than rounding.
     pub async fn ledger_discrepancies(&self) -> Result<Vec<Discrepancy>> {
         let rows = sqlx::query(
-            "SELECT u.id, CAST(u.kudos AS REAL), \
-             CAST(COALESCE(SUM(CASE WHEN l.escrow = 0 THEN l.amount END), 0) AS REAL), \
-             CAST(u.evaluating_kudos AS REAL), \
-             CAST(COALESCE(SUM(CASE WHEN l.escrow = 1 THEN l.amount END), 0) AS REAL) \
+            "SELECT u.id, CAST(u.kudos AS DOUBLE PRECISION), \
+             CAST(COALESCE(SUM(CASE WHEN l.escrow = 0 THEN l.amount END), 0) AS DOUBLE PRECISION), \
+             CAST(u.evaluating_kudos AS DOUBLE PRECISION), \
+             CAST(COALESCE(SUM(CASE WHEN l.escrow = 1 THEN l.amount END), 0) AS DOUBLE PRECISION) \
              FROM users u LEFT JOIN kudos_ledger l ON l.account = u.id GROUP BY u.id",
         )
         .fetch_all(&self.pool)
@@ -287,8 +290,8 @@ impl Store {
     pub async fn ledger_totals(&self) -> Result<LedgerTotals> {
         let rows = sqlx::query(
             "SELECT kind, \
-             CAST(COALESCE(SUM(CASE WHEN account <> ? THEN amount END), 0) AS REAL), \
-             CAST(COALESCE(SUM(CASE WHEN account = ? THEN amount END), 0) AS REAL) \
+             CAST(COALESCE(SUM(CASE WHEN account <> $1 THEN amount END), 0) AS DOUBLE PRECISION), \
+             CAST(COALESCE(SUM(CASE WHEN account = $2 THEN amount END), 0) AS DOUBLE PRECISION) \
              FROM kudos_ledger GROUP BY kind ORDER BY kind",
         )
         .bind(HORDE_ACCOUNT)
@@ -305,7 +308,7 @@ impl Store {
     /// When `from` last transferred kudos to `to`, if ever (unix seconds).
     pub async fn last_transfer(&self, from: i64, to: i64) -> Result<Option<i64>> {
         Ok(sqlx::query(
-            "SELECT MAX(at) FROM kudos_ledger WHERE account = ? AND counterparty = ? \
+            "SELECT MAX(at) FROM kudos_ledger WHERE account = $1 AND counterparty = $2 \
              AND kind = 'transfer' AND amount < 0",
         )
         .bind(from)
@@ -328,7 +331,7 @@ impl Store {
     ) -> Result<()> {
         let mut tx = self.writer.begin().await?;
         sqlx::query(
-            "UPDATE workers SET kudos_uptime = kudos_uptime + ?, uptime_rewarded = ? WHERE id = ?",
+            "UPDATE workers SET kudos_uptime = kudos_uptime + $1, uptime_rewarded = $2 WHERE id = $3",
         )
         .bind(kudos)
         .bind(rewarded_until as i64)

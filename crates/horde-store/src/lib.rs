@@ -16,10 +16,10 @@ pub mod stats;
 mod users;
 mod workers;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Executor, Row};
 use std::path::Path;
-use std::str::FromStr;
+use std::sync::Once;
 use std::time::Duration;
 
 pub use requests::SubmitEffects;
@@ -60,44 +60,143 @@ pub enum Durability {
     Full,
 }
 
-/// The database handle; cheap to clone.
-///
-/// Writes go through one connection (`writer`): SQLite admits one writer at a time, and writers
-/// queued in the pool wait their turn without the busy-retry sleeps (1, 2, 5, 10 ... ms) that
-/// several writing connections cost each other. Reads use `pool`, which WAL lets run beside
-/// the writer.
-#[derive(Clone)]
-pub struct Store {
-    pool: SqlitePool,
-    writer: SqlitePool,
+/// Which database engine a [`Store`] runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// An embedded SQLite file: one coordinator process.
+    Sqlite,
+    /// A PostgreSQL server: one or several coordinator processes.
+    Postgres,
 }
 
-impl Store {
-    /// Opens (creating if missing) the database file and applies migrations.
-    pub async fn open(path: &Path, durability: Durability) -> Result<Store> {
-        let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(match durability {
-                Durability::Normal => SqliteSynchronous::Normal,
-                Durability::Full => SqliteSynchronous::Full,
-            })
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(options.clone())
-            .await?;
-        sqlx::migrate!("./migrations").run(&writer).await?;
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
-            .await?;
-        Ok(Store { pool, writer })
+/// Where the database is: a SQLite file, or a PostgreSQL server's URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    SqliteFile(std::path::PathBuf),
+    Postgres(String),
+}
+
+impl Location {
+    /// A `postgres://` or `postgresql://` URL is PostgreSQL; anything else is a SQLite file
+    /// path (a `sqlite://` prefix is allowed).
+    pub fn parse(text: &str) -> Location {
+        if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+            Location::Postgres(text.to_string())
+        } else {
+            let path = text.strip_prefix("sqlite://").unwrap_or(text);
+            Location::SqliteFile(path.into())
+        }
     }
 
-    /// The journal mode in force ("wal" after [`Store::open`]).
+    /// The location with any password replaced, for logs and messages.
+    pub fn redacted(&self) -> String {
+        match self {
+            Location::SqliteFile(path) => path.display().to_string(),
+            Location::Postgres(url) => redact_password(url),
+        }
+    }
+}
+
+fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    match rest.split_once('@') {
+        Some((credentials, host)) => match credentials.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
+/// The database handle; cheap to clone.
+///
+/// Every query is written once, for sqlx's `Any` driver, in the SQL that SQLite and PostgreSQL
+/// share (`$N` placeholders, BIGINT flags, `DOUBLE PRECISION` casts); the schemas are twins
+/// (`migrations/sqlite`, `migrations/postgres`).
+///
+/// On SQLite, writes go through one connection (`writer`): SQLite admits one writer at a
+/// time, and writers queued in the pool wait their turn without the busy-retry sleeps (1, 2,
+/// 5, 10 ... ms) that several writing connections cost each other. Reads use `pool`, which WAL
+/// lets run beside the writer. On PostgreSQL both are the same pool, which arbitrates.
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    writer: AnyPool,
+    backend: Backend,
+}
+
+/// Connections to a PostgreSQL server per coordinator process.
+const POSTGRES_CONNECTIONS: u32 = 16;
+
+impl Store {
+    /// Opens (creating a SQLite file if missing) the database and applies migrations.
+    pub async fn open(location: &Location, durability: Durability) -> Result<Store> {
+        static DRIVERS: Once = Once::new();
+        DRIVERS.call_once(sqlx::any::install_default_drivers);
+        match location {
+            Location::SqliteFile(path) => Store::open_sqlite(path, durability).await,
+            Location::Postgres(url) => Store::open_postgres(url).await,
+        }
+    }
+
+    async fn open_sqlite(path: &Path, durability: Durability) -> Result<Store> {
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        let synchronous = match durability {
+            Durability::Normal => "NORMAL",
+            Durability::Full => "FULL",
+        };
+        let pragmas = format!(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous}; \
+             PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;"
+        );
+        let options = |connections| {
+            let pragmas = pragmas.clone();
+            AnyPoolOptions::new()
+                .max_connections(connections)
+                .after_connect(move |conn, _| {
+                    let pragmas = pragmas.clone();
+                    Box::pin(async move {
+                        conn.execute(pragmas.as_str()).await?;
+                        Ok(())
+                    })
+                })
+        };
+        let writer = options(1).connect(&url).await?;
+        sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
+        let pool = options(4).connect(&url).await?;
+        Ok(Store {
+            pool,
+            writer,
+            backend: Backend::Sqlite,
+        })
+    }
+
+    async fn open_postgres(url: &str) -> Result<Store> {
+        let pool = AnyPoolOptions::new()
+            .max_connections(POSTGRES_CONNECTIONS)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect(url)
+            .await?;
+        sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        Ok(Store {
+            writer: pool.clone(),
+            pool,
+            backend: Backend::Postgres,
+        })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The journal mode in force ("wal" after [`Store::open`]); PostgreSQL has its own
+    /// write-ahead log and answers "wal" too.
     pub async fn journal_mode(&self) -> Result<String> {
+        if self.backend == Backend::Postgres {
+            return Ok("wal".into());
+        }
         let row = sqlx::query("PRAGMA journal_mode")
             .fetch_one(&self.pool)
             .await?;
@@ -110,7 +209,7 @@ impl Store {
         key: &str,
         init: impl FnOnce() -> String,
     ) -> Result<String> {
-        if let Some(row) = sqlx::query("SELECT value FROM settings WHERE key = ?")
+        if let Some(row) = sqlx::query("SELECT value FROM settings WHERE key = $1")
             .bind(key)
             .fetch_optional(&self.pool)
             .await?
@@ -118,12 +217,14 @@ impl Store {
             return Ok(row.try_get("value")?);
         }
         let value = init();
-        sqlx::query("INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT(key) DO NOTHING")
-            .bind(key)
-            .bind(&value)
-            .execute(&self.writer)
-            .await?;
-        let row = sqlx::query("SELECT value FROM settings WHERE key = ?")
+        sqlx::query(
+            "INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT(key) DO NOTHING",
+        )
+        .bind(key)
+        .bind(&value)
+        .execute(&self.writer)
+        .await?;
+        let row = sqlx::query("SELECT value FROM settings WHERE key = $1")
             .bind(key)
             .fetch_one(&self.pool)
             .await?;
@@ -134,6 +235,63 @@ impl Store {
         self.pool.close().await;
         self.writer.close().await;
     }
+}
+
+/// A 0/1 flag column (both schemas store flags as integers).
+fn get_flag(row: &AnyRow, column: &str) -> Result<bool> {
+    Ok(row.try_get::<i64, _>(column)? != 0)
+}
+
+/// A flag as bound to a 0/1 column.
+fn flag(value: bool) -> i64 {
+    i64::from(value)
+}
+
+/// A nullable `DOUBLE PRECISION` value, bound so that PostgreSQL receives a NULL of the right
+/// type: sqlx 0.8's `Any` driver sends `Option::<f64>::None` as a NULL `real` (float4), which
+/// PostgreSQL refuses for a float8 parameter ("incorrect binary data format"), and the
+/// `Option::<f32>::None` as a NULL float8.
+struct NullableF64(Option<f64>);
+
+impl sqlx::Type<sqlx::Any> for NullableF64 {
+    fn type_info() -> sqlx::any::AnyTypeInfo {
+        <f64 as sqlx::Type<sqlx::Any>>::type_info()
+    }
+}
+
+impl<'q> sqlx::Encode<'q, sqlx::Any> for NullableF64 {
+    fn encode_by_ref(
+        &self,
+        buf: &mut <sqlx::Any as sqlx::Database>::ArgumentBuffer<'q>,
+    ) -> std::result::Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+        match self.0 {
+            Some(value) => <f64 as sqlx::Encode<sqlx::Any>>::encode_by_ref(&value, buf),
+            None => <Option<f32> as sqlx::Encode<sqlx::Any>>::encode_by_ref(&None, buf),
+        }
+    }
+}
+
+/// `($1, $2), ($3, $4)`: the placeholders of a multi-row `VALUES` list of `rows` rows of
+/// `columns` values.
+fn value_rows(rows: usize, columns: usize) -> String {
+    let mut out = String::with_capacity(rows * columns * 5);
+    for row in 0..rows {
+        if row > 0 {
+            out.push_str(", ");
+        }
+        out.push('(');
+        out.push_str(&placeholders(row * columns + 1, columns));
+        out.push(')');
+    }
+    out
+}
+
+/// `$first, $first+1, ...`: `count` placeholders.
+fn placeholders(first: usize, count: usize) -> String {
+    (first..first + count)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn parse_uuid(text: &str) -> Result<uuid::Uuid> {

@@ -2,10 +2,10 @@
 
 use crate::{Result, Store};
 use horde_core::prompt_filter::PromptFilter;
-use sqlx::sqlite::SqliteRow;
+use sqlx::any::AnyRow;
 use sqlx::Row;
 
-fn filter_from_row(row: &SqliteRow) -> Result<PromptFilter> {
+fn filter_from_row(row: &AnyRow) -> Result<PromptFilter> {
     Ok(PromptFilter {
         id: row.try_get("id")?,
         regex: row.try_get("regex")?,
@@ -29,7 +29,7 @@ impl Store {
     pub async fn save_prompt_filter(&self, f: &PromptFilter) -> Result<()> {
         sqlx::query(
             "INSERT INTO prompt_filters (id, regex, filter_type, description, replacement, user_id) \
-             VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET regex = excluded.regex, \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT(id) DO UPDATE SET regex = excluded.regex, \
              filter_type = excluded.filter_type, description = excluded.description, \
              replacement = excluded.replacement, user_id = excluded.user_id",
         )
@@ -46,7 +46,7 @@ impl Store {
 
     /// Deletes a filter; returns whether it existed.
     pub async fn delete_prompt_filter(&self, id: &str) -> Result<bool> {
-        let done = sqlx::query("DELETE FROM prompt_filters WHERE id = ?")
+        let done = sqlx::query("DELETE FROM prompt_filters WHERE id = $1")
             .bind(id)
             .execute(&self.writer)
             .await?;

@@ -2,14 +2,14 @@
 
 use crate::ledger::{self, Kind, Posting, HORDE_ACCOUNT};
 use crate::workers::write_reputation;
-use crate::{parse_json, parse_uuid, to_json, Result, Store, StoreError};
+use crate::{flag, get_flag, parse_json, parse_uuid, to_json, Result, Store, StoreError};
 use horde_core::accounts::{forgiven_debit, kudos_floor};
 use horde_core::pricing::round2;
 use horde_core::quota::Usage;
 use horde_core::request::{Job, JobState, LiveRequest};
 use horde_core::Reputation;
-use sqlx::sqlite::SqliteRow;
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::any::AnyRow;
+use sqlx::{Any, Row, Transaction};
 use std::collections::HashMap;
 use uuid::Uuid;
 
@@ -64,16 +64,16 @@ impl SubmitEffects {
     }
 }
 
-async fn write_request_state(tx: &mut Transaction<'_, Sqlite>, r: &LiveRequest) -> Result<()> {
+async fn write_request_state(tx: &mut Transaction<'_, Any>, r: &LiveRequest) -> Result<()> {
     sqlx::query(
-        "UPDATE requests SET n_remaining = ?, jobs_total = ?, consumed_kudos = ?, faulted = ?, \
-         cancelled = ?, expiry = ? WHERE id = ?",
+        "UPDATE requests SET n_remaining = $1, jobs_total = $2, consumed_kudos = $3, faulted = $4, \
+         cancelled = $5, expiry = $6 WHERE id = $7",
     )
     .bind(i64::from(r.n_remaining))
     .bind(i64::from(r.jobs_total))
     .bind(r.consumed_kudos)
-    .bind(r.faulted)
-    .bind(r.cancelled)
+    .bind(flag(r.faulted))
+    .bind(flag(r.cancelled))
     .bind(r.expiry)
     .bind(r.id.to_string())
     .execute(&mut **tx)
@@ -81,10 +81,10 @@ async fn write_request_state(tx: &mut Transaction<'_, Sqlite>, r: &LiveRequest) 
     Ok(())
 }
 
-async fn insert_job(tx: &mut Transaction<'_, Sqlite>, job: &Job) -> Result<()> {
+async fn insert_job(tx: &mut Transaction<'_, Any>, job: &Job) -> Result<()> {
     sqlx::query(
         "INSERT INTO jobs (id, request_id, worker_id, worker_name, model, seed, started, deadline, state) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
     .bind(job.id.to_string())
     .bind(job.request_id.to_string())
@@ -100,10 +100,10 @@ async fn insert_job(tx: &mut Transaction<'_, Sqlite>, job: &Job) -> Result<()> {
     Ok(())
 }
 
-async fn write_job_result(tx: &mut Transaction<'_, Sqlite>, job: &Job) -> Result<()> {
-    sqlx::query("UPDATE jobs SET state = ?, censored = ?, seed = ?, gen_metadata = ?, reward = ? WHERE id = ?")
+async fn write_job_result(tx: &mut Transaction<'_, Any>, job: &Job) -> Result<()> {
+    sqlx::query("UPDATE jobs SET state = $1, censored = $2, seed = $3, gen_metadata = $4, reward = $5 WHERE id = $6")
         .bind(job.state.as_str())
-        .bind(job.censored)
+        .bind(flag(job.censored))
         .bind(job.seed as i64)
         .bind(to_json(&job.gen_metadata))
         .bind(job.reward)
@@ -113,7 +113,7 @@ async fn write_job_result(tx: &mut Transaction<'_, Sqlite>, job: &Job) -> Result
     Ok(())
 }
 
-fn job_from_row(row: &SqliteRow) -> Result<Job> {
+fn job_from_row(row: &AnyRow) -> Result<Job> {
     let state: String = row.try_get("state")?;
     Ok(Job {
         id: parse_uuid(row.try_get("id")?)?,
@@ -126,13 +126,13 @@ fn job_from_row(row: &SqliteRow) -> Result<Job> {
         deadline: row.try_get("deadline")?,
         state: JobState::parse(&state)
             .ok_or_else(|| StoreError::Corrupt(format!("job state {state}")))?,
-        censored: row.try_get("censored")?,
+        censored: get_flag(row, "censored")?,
         gen_metadata: parse_json(row.try_get("gen_metadata")?)?,
         reward: row.try_get("reward")?,
     })
 }
 
-fn request_from_row(row: &SqliteRow) -> Result<LiveRequest> {
+fn request_from_row(row: &AnyRow) -> Result<LiveRequest> {
     Ok(LiveRequest {
         id: parse_uuid(row.try_get("id")?)?,
         user_id: row.try_get("user_id")?,
@@ -147,10 +147,10 @@ fn request_from_row(row: &SqliteRow) -> Result<LiveRequest> {
         jobs_total: row.try_get::<i64, _>("jobs_total")? as u32,
         job_kudos: row.try_get("job_kudos")?,
         consumed_kudos: row.try_get("consumed_kudos")?,
-        faulted: row.try_get("faulted")?,
-        cancelled: row.try_get("cancelled")?,
+        faulted: get_flag(row, "faulted")?,
+        cancelled: get_flag(row, "cancelled")?,
         expiry: row.try_get("expiry")?,
-        can_pay_upfront: row.try_get("can_pay_upfront")?,
+        can_pay_upfront: get_flag(row, "can_pay_upfront")?,
         shared_key: row.try_get("shared_key")?,
         jobs: vec![],
     })
@@ -208,22 +208,22 @@ impl Store {
             ledger::post(&mut tx, r.created, &postings).await?;
         }
         if let Some(e) = effects {
-            sqlx::query("UPDATE users SET usage_megapixelsteps = usage_megapixelsteps + ?, usage_requests = usage_requests + 1 WHERE id = ?")
+            sqlx::query("UPDATE users SET usage_megapixelsteps = usage_megapixelsteps + $1, usage_requests = usage_requests + 1 WHERE id = $2")
                 .bind(e.megapixelsteps)
                 .bind(e.requester_id)
                 .execute(&mut *tx)
                 .await?;
             sqlx::query(
-                "UPDATE users SET kudos_accumulated = kudos_accumulated + ?, \
-                 contributed_megapixelsteps = contributed_megapixelsteps + ?, fulfilments = fulfilments + 1 \
-                 WHERE id = ?",
+                "UPDATE users SET kudos_accumulated = kudos_accumulated + $1, \
+                 contributed_megapixelsteps = contributed_megapixelsteps + $2, fulfilments = fulfilments + 1 \
+                 WHERE id = $3",
             )
             .bind(e.reward)
             .bind(e.megapixelsteps)
             .bind(e.worker_owner_id)
             .execute(&mut *tx)
             .await?;
-            sqlx::query("UPDATE workers SET kudos_generated = kudos_generated + ? WHERE id = ?")
+            sqlx::query("UPDATE workers SET kudos_generated = kudos_generated + $1 WHERE id = $2")
                 .bind(e.reward)
                 .bind(e.worker_id.to_string())
                 .execute(&mut *tx)
@@ -244,7 +244,7 @@ impl Store {
     /// What `user_id` requested on UTC day `day`.
     pub async fn quota_usage(&self, user_id: i64, day: i64) -> Result<Usage> {
         let row = sqlx::query(
-            "SELECT images, CAST(megapixelsteps AS REAL) FROM quota_usage WHERE user_id = ? AND day = ?",
+            "SELECT images, CAST(megapixelsteps AS DOUBLE PRECISION) FROM quota_usage WHERE user_id = $1 AND day = $2",
         )
         .bind(user_id)
         .bind(day)
@@ -301,7 +301,7 @@ impl Store {
 
     /// Removes a request and its jobs.
     pub async fn delete_request(&self, id: Uuid) -> Result<()> {
-        sqlx::query("DELETE FROM requests WHERE id = ?")
+        sqlx::query("DELETE FROM requests WHERE id = $1")
             .bind(id.to_string())
             .execute(&self.writer)
             .await?;
@@ -318,11 +318,12 @@ impl Store {
 }
 
 /// A user's balance and balance floor, read inside a transaction.
-async fn balance_and_floor(tx: &mut Transaction<'_, Sqlite>, user_id: i64) -> Result<(f64, f64)> {
-    let row = sqlx::query("SELECT CAST(kudos AS REAL), oauth_id FROM users WHERE id = ?")
-        .bind(user_id)
-        .fetch_one(&mut **tx)
-        .await?;
+async fn balance_and_floor(tx: &mut Transaction<'_, Any>, user_id: i64) -> Result<(f64, f64)> {
+    let row =
+        sqlx::query("SELECT CAST(kudos AS DOUBLE PRECISION), oauth_id FROM users WHERE id = $1")
+            .bind(user_id)
+            .fetch_one(&mut **tx)
+            .await?;
     let oauth: String = row.try_get(1)?;
     let floor = kudos_floor(user_id, crate::users::is_pseudonymous(&oauth));
     Ok((row.try_get(0)?, floor))
@@ -330,7 +331,7 @@ async fn balance_and_floor(tx: &mut Transaction<'_, Sqlite>, user_id: i64) -> Re
 
 /// Writes off `forgiven` kudos of a debit that went below the requester's floor.
 async fn write_off(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut Transaction<'_, Any>,
     user_id: i64,
     forgiven: f64,
     request_id: Uuid,

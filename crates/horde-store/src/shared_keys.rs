@@ -2,10 +2,10 @@
 
 use crate::{Result, Store};
 use horde_core::shared_key::SharedKey;
-use sqlx::sqlite::SqliteRow;
+use sqlx::any::AnyRow;
 use sqlx::Row;
 
-fn shared_key_from_row(row: &SqliteRow) -> Result<SharedKey> {
+fn shared_key_from_row(row: &AnyRow) -> Result<SharedKey> {
     Ok(SharedKey {
         id_hash: row.try_get("id_hash")?,
         owner_id: row.try_get("user_id")?,
@@ -25,7 +25,7 @@ impl Store {
         sqlx::query(
             "INSERT INTO shared_keys (id_hash, user_id, name, kudos, expiry, utilized, \
              max_image_pixels, max_image_steps, max_text_tokens, created) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(&k.id_hash)
         .bind(k.owner_id)
@@ -45,8 +45,8 @@ impl Store {
     /// Stores the owner-editable fields of a key.
     pub async fn save_shared_key(&self, k: &SharedKey) -> Result<()> {
         sqlx::query(
-            "UPDATE shared_keys SET name = ?, kudos = ?, expiry = ?, max_image_pixels = ?, \
-             max_image_steps = ?, max_text_tokens = ? WHERE id_hash = ?",
+            "UPDATE shared_keys SET name = $1, kudos = $2, expiry = $3, max_image_pixels = $4, \
+             max_image_steps = $5, max_text_tokens = $6 WHERE id_hash = $7",
         )
         .bind(&k.name)
         .bind(k.kudos)
@@ -61,7 +61,7 @@ impl Store {
     }
 
     pub async fn shared_key(&self, id_hash: &str) -> Result<Option<SharedKey>> {
-        let row = sqlx::query("SELECT * FROM shared_keys WHERE id_hash = ?")
+        let row = sqlx::query("SELECT * FROM shared_keys WHERE id_hash = $1")
             .bind(id_hash)
             .fetch_optional(&self.pool)
             .await?;
@@ -70,7 +70,7 @@ impl Store {
 
     pub async fn shared_key_count(&self, user_id: i64) -> Result<i64> {
         Ok(
-            sqlx::query("SELECT COUNT(*) FROM shared_keys WHERE user_id = ?")
+            sqlx::query("SELECT COUNT(*) FROM shared_keys WHERE user_id = $1")
                 .bind(user_id)
                 .fetch_one(&self.pool)
                 .await?
@@ -79,7 +79,7 @@ impl Store {
     }
 
     pub async fn delete_shared_key(&self, id_hash: &str) -> Result<()> {
-        sqlx::query("DELETE FROM shared_keys WHERE id_hash = ?")
+        sqlx::query("DELETE FROM shared_keys WHERE id_hash = $1")
             .bind(id_hash)
             .execute(&self.writer)
             .await?;
@@ -90,13 +90,13 @@ impl Store {
 /// Takes a charge from a key's budget (unless unlimited; never below zero) and counts it as
 /// used, inside the transaction that moves the kudos.
 pub(crate) async fn charge_shared_key(
-    conn: &mut sqlx::SqliteConnection,
+    conn: &mut sqlx::AnyConnection,
     id_hash: &str,
     charge: f64,
 ) -> Result<()> {
     sqlx::query(
-        "UPDATE shared_keys SET kudos = CASE WHEN kudos < 0 THEN kudos ELSE MAX(0, kudos - ?) END, \
-         utilized = utilized + ? WHERE id_hash = ?",
+        "UPDATE shared_keys SET kudos = CASE WHEN kudos < 0 THEN kudos WHEN kudos < $1 THEN 0 ELSE kudos - $1 END, \
+         utilized = utilized + $2 WHERE id_hash = $3",
     )
     .bind(charge)
     .bind(charge)

@@ -22,12 +22,12 @@ pub struct Totals {
 }
 
 pub(crate) async fn record_image(
-    conn: &mut sqlx::SqliteConnection,
+    conn: &mut sqlx::AnyConnection,
     at: i64,
     model: &str,
     pixelsteps: f64,
 ) -> Result<()> {
-    sqlx::query("INSERT INTO image_stats (finished_at, model, pixelsteps) VALUES (?, ?, ?)")
+    sqlx::query("INSERT INTO image_stats (finished_at, model, pixelsteps) VALUES ($1, $2, $3)")
         .bind(at)
         .bind(model)
         .bind(pixelsteps)
@@ -46,8 +46,8 @@ impl Store {
         let mut out = Vec::with_capacity(PERIODS.len());
         for (name, back) in PERIODS {
             let row = sqlx::query(
-                "SELECT COUNT(*), CAST(COALESCE(SUM(pixelsteps), 0) AS REAL) FROM image_stats \
-                 WHERE finished_at > ?",
+                "SELECT COUNT(*), CAST(COALESCE(SUM(pixelsteps), 0) AS DOUBLE PRECISION) FROM image_stats \
+                 WHERE finished_at > $1",
             )
             .bind(since(now, back))
             .fetch_one(&self.pool)
@@ -72,7 +72,7 @@ impl Store {
         let mut out = vec![];
         for (name, back) in PERIODS.into_iter().skip(2) {
             let rows = sqlx::query(
-                "SELECT model, COUNT(*) FROM image_stats WHERE finished_at > ? GROUP BY model",
+                "SELECT model, COUNT(*) FROM image_stats WHERE finished_at > $1 GROUP BY model",
             )
             .bind(since(now, back))
             .fetch_all(&self.pool)

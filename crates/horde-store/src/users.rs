@@ -1,9 +1,9 @@
 //! Users and their keys (stored only as hashes).
 
 use crate::ledger::{self, Kind, Posting, HORDE_ACCOUNT};
-use crate::{Result, Store, StoreError};
+use crate::{flag, get_flag, Result, Store, StoreError};
 use horde_core::accounts::{User, ANONYMOUS_USER_ID};
-use sqlx::sqlite::SqliteRow;
+use sqlx::any::AnyRow;
 use sqlx::Row;
 
 /// A user about to be created.
@@ -29,20 +29,20 @@ pub(crate) fn is_pseudonymous(oauth_id: &str) -> bool {
     oauth_id.starts_with("pseudo_")
 }
 
-fn user_from_row(row: &SqliteRow) -> Result<User> {
+fn user_from_row(row: &AnyRow) -> Result<User> {
     let oauth: String = row.try_get("oauth_id")?;
     Ok(User {
         id: row.try_get("id")?,
         username: row.try_get("username")?,
         kudos: row.try_get("kudos")?,
-        moderator: row.try_get("moderator")?,
-        trusted: row.try_get("trusted")?,
-        flagged: row.try_get("flagged")?,
-        customizer: row.try_get("customizer")?,
-        vpn: row.try_get("vpn")?,
-        service: row.try_get("service")?,
-        education: row.try_get("education")?,
-        public_workers: row.try_get("public_workers")?,
+        moderator: get_flag(row, "moderator")?,
+        trusted: get_flag(row, "trusted")?,
+        flagged: get_flag(row, "flagged")?,
+        customizer: get_flag(row, "customizer")?,
+        vpn: get_flag(row, "vpn")?,
+        service: get_flag(row, "service")?,
+        education: get_flag(row, "education")?,
+        public_workers: get_flag(row, "public_workers")?,
         pseudonymous: is_pseudonymous(&oauth),
         concurrency: row.try_get::<i64, _>("concurrency")? as u32,
         worker_invited: row.try_get::<i64, _>("worker_invited")? as u32,
@@ -61,7 +61,7 @@ impl Store {
     pub async fn ensure_anonymous(&self, key_hash: &str, now: i64) -> Result<()> {
         sqlx::query(
             "INSERT INTO users (id, username, oauth_id, api_key_hash, kudos, concurrency, created) \
-             VALUES (?, 'Anonymous', 'anon', ?, 0, 500, ?) \
+             VALUES ($1, 'Anonymous', 'anon', $2, 0, 500, $3) \
              ON CONFLICT(id) DO UPDATE SET api_key_hash = excluded.api_key_hash",
         )
         .bind(ANONYMOUS_USER_ID)
@@ -77,13 +77,13 @@ impl Store {
         let mut tx = self.writer.begin().await?;
         let id: i64 = sqlx::query(
             "INSERT INTO users (username, oauth_id, api_key_hash, moderator, trusted, kudos, created) \
-             VALUES (?, ?, ?, ?, ?, 0, ?) RETURNING id",
+             VALUES ($1, $2, $3, $4, $5, 0, $6) RETURNING id",
         )
         .bind(&new.username)
         .bind(&new.oauth_id)
         .bind(&new.api_key_hash)
-        .bind(new.moderator)
-        .bind(new.trusted)
+        .bind(flag(new.moderator))
+        .bind(flag(new.trusted))
         .bind(new.created)
         .fetch_one(&mut *tx)
         .await
@@ -97,7 +97,7 @@ impl Store {
     }
 
     pub async fn user_by_id(&self, id: i64) -> Result<Option<User>> {
-        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?");
+        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1");
         let row = sqlx::query(&sql)
             .bind(id)
             .fetch_optional(&self.pool)
@@ -106,7 +106,7 @@ impl Store {
     }
 
     pub async fn user_by_key_hash(&self, hash: &str) -> Result<Option<User>> {
-        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE api_key_hash = ?");
+        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE api_key_hash = $1");
         let row = sqlx::query(&sql)
             .bind(hash)
             .fetch_optional(&self.pool)
@@ -115,7 +115,7 @@ impl Store {
     }
 
     pub async fn user_by_oauth_id(&self, oauth_id: &str) -> Result<Option<User>> {
-        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE oauth_id = ?");
+        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE oauth_id = $1");
         let row = sqlx::query(&sql)
             .bind(oauth_id)
             .fetch_optional(&self.pool)
@@ -135,18 +135,20 @@ impl Store {
         now: i64,
     ) -> Result<()> {
         let mut tx = self.writer.begin().await?;
-        let old: f64 = sqlx::query("SELECT kudos FROM users WHERE id = ?")
+        let old: f64 = sqlx::query("SELECT kudos FROM users WHERE id = $1")
             .bind(id)
             .fetch_one(&mut *tx)
             .await?
             .try_get(0)?;
-        sqlx::query("UPDATE users SET api_key_hash = ?, moderator = ?, trusted = ? WHERE id = ?")
-            .bind(key_hash)
-            .bind(moderator)
-            .bind(trusted)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE users SET api_key_hash = $1, moderator = $2, trusted = $3 WHERE id = $4",
+        )
+        .bind(key_hash)
+        .bind(flag(moderator))
+        .bind(flag(trusted))
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
         ledger::post(&mut tx, now, &grant(id, kudos - old)).await?;
         tx.commit().await?;
         Ok(())
@@ -155,19 +157,19 @@ impl Store {
     /// Stores what `PUT /users/{id}` may change: name, roles, limits (not the balance).
     pub async fn save_user_settings(&self, u: &User) -> Result<()> {
         sqlx::query(
-            "UPDATE users SET username = ?, moderator = ?, trusted = ?, flagged = ?, customizer = ?, \
-             vpn = ?, service = ?, education = ?, public_workers = ?, concurrency = ?, \
-             worker_invited = ? WHERE id = ?",
+            "UPDATE users SET username = $1, moderator = $2, trusted = $3, flagged = $4, customizer = $5, \
+             vpn = $6, service = $7, education = $8, public_workers = $9, concurrency = $10, \
+             worker_invited = $11 WHERE id = $12",
         )
         .bind(&u.username)
-        .bind(u.moderator)
-        .bind(u.trusted)
-        .bind(u.flagged)
-        .bind(u.customizer)
-        .bind(u.vpn)
-        .bind(u.service)
-        .bind(u.education)
-        .bind(u.public_workers)
+        .bind(flag(u.moderator))
+        .bind(flag(u.trusted))
+        .bind(flag(u.flagged))
+        .bind(flag(u.customizer))
+        .bind(flag(u.vpn))
+        .bind(flag(u.service))
+        .bind(flag(u.education))
+        .bind(flag(u.public_workers))
         .bind(i64::from(u.concurrency))
         .bind(i64::from(u.worker_invited))
         .bind(u.id)
@@ -187,12 +189,13 @@ impl Store {
     /// Moves everything a user holds in escrow into their balance (they became trusted).
     pub async fn release_escrow(&self, user_id: i64, at: i64) -> Result<f64> {
         let mut tx = self.writer.begin().await?;
-        let held: f64 =
-            sqlx::query("SELECT CAST(evaluating_kudos AS REAL) FROM users WHERE id = ?")
-                .bind(user_id)
-                .fetch_one(&mut *tx)
-                .await?
-                .try_get(0)?;
+        let held: f64 = sqlx::query(
+            "SELECT CAST(evaluating_kudos AS DOUBLE PRECISION) FROM users WHERE id = $1",
+        )
+        .bind(user_id)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get(0)?;
         if held != 0.0 {
             let out_of_escrow = Posting::new(user_id, -held, Kind::Release).in_escrow();
             let into_balance = Posting::new(user_id, held, Kind::Release);
@@ -204,7 +207,7 @@ impl Store {
 
     /// Replaces a user's API key (the old one stops working at once).
     pub async fn replace_key_hash(&self, user_id: i64, key_hash: &str) -> Result<()> {
-        sqlx::query("UPDATE users SET api_key_hash = ? WHERE id = ?")
+        sqlx::query("UPDATE users SET api_key_hash = $1 WHERE id = $2")
             .bind(key_hash)
             .bind(user_id)
             .execute(&self.writer)

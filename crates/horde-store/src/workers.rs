@@ -1,9 +1,9 @@
 //! Workers: registered on their first pop, updated on check-in and by their owner.
 
-use crate::{parse_json, parse_uuid, to_json, Result, Store, StoreError};
+use crate::{flag, get_flag, parse_json, parse_uuid, to_json, Result, Store, StoreError};
 use horde_core::accounts::Worker;
 use horde_core::Reputation;
-use sqlx::sqlite::SqliteRow;
+use sqlx::any::AnyRow;
 use sqlx::Row;
 use uuid::Uuid;
 
@@ -13,7 +13,7 @@ const WORKER_COLUMNS: &str =
     fulfilments, megapixelsteps, uncompleted_jobs, uptime, jobs_faulted, jobs_cancelled, busy_secs, \
     recent_speed_mps, fault_streak, suspicion, suspicions, uptime_rewarded";
 
-fn worker_from_row(row: &SqliteRow) -> Result<Worker> {
+fn worker_from_row(row: &AnyRow) -> Result<Worker> {
     Ok(Worker {
         id: parse_uuid(row.try_get("id")?)?,
         user_id: row.try_get("user_id")?,
@@ -24,11 +24,11 @@ fn worker_from_row(row: &SqliteRow) -> Result<Worker> {
         bridge_agent: row.try_get("bridge_agent")?,
         threads: row.try_get::<i64, _>("threads")? as u32,
         max_pixels: row.try_get::<i64, _>("max_pixels")? as u64,
-        nsfw: row.try_get("nsfw")?,
+        nsfw: get_flag(row, "nsfw")?,
         flags: parse_json(row.try_get("flags")?)?,
-        maintenance: row.try_get("maintenance")?,
+        maintenance: get_flag(row, "maintenance")?,
         maintenance_msg: row.try_get("maintenance_msg")?,
-        paused: row.try_get("paused")?,
+        paused: get_flag(row, "paused")?,
         kudos_generated: row.try_get("kudos_generated")?,
         kudos_uptime: row.try_get("kudos_uptime")?,
         uptime: row.try_get::<i64, _>("uptime")? as u64,
@@ -37,7 +37,7 @@ fn worker_from_row(row: &SqliteRow) -> Result<Worker> {
     })
 }
 
-fn reputation_from_row(row: &SqliteRow) -> Result<Reputation> {
+fn reputation_from_row(row: &AnyRow) -> Result<Reputation> {
     Ok(Reputation {
         completed: row.try_get::<i64, _>("fulfilments")? as u64,
         faulted: row.try_get::<i64, _>("jobs_faulted")? as u64,
@@ -60,12 +60,12 @@ pub(crate) async fn write_reputation<'e, E>(
     r: &Reputation,
 ) -> Result<()>
 where
-    E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
     sqlx::query(
-        "UPDATE workers SET fulfilments = ?, jobs_faulted = ?, uncompleted_jobs = ?, jobs_cancelled = ?, \
-         megapixelsteps = ?, busy_secs = ?, recent_speed_mps = ?, fault_streak = ?, suspicion = ?, \
-         suspicions = ? WHERE id = ?",
+        "UPDATE workers SET fulfilments = $1, jobs_faulted = $2, uncompleted_jobs = $3, jobs_cancelled = $4, \
+         megapixelsteps = $5, busy_secs = $6, recent_speed_mps = $7, fault_streak = $8, suspicion = $9, \
+         suspicions = $10 WHERE id = $11",
     )
     .bind(r.completed as i64)
     .bind(r.faulted as i64)
@@ -73,7 +73,7 @@ where
     .bind(r.cancelled as i64)
     .bind(r.megapixelsteps)
     .bind(r.busy_secs)
-    .bind(r.recent_speed_mps)
+    .bind(crate::NullableF64(r.recent_speed_mps))
     .bind(i64::from(r.fault_streak))
     .bind(i64::from(r.suspicion))
     .bind(to_json(&r.suspicions))
@@ -87,7 +87,7 @@ impl Store {
     pub async fn insert_worker(&self, w: &Worker) -> Result<()> {
         sqlx::query(
             "INSERT INTO workers (id, user_id, name, info, created, last_check_in, bridge_agent, threads, \
-             max_pixels, nsfw, flags) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             max_pixels, nsfw, flags) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .bind(w.id.to_string())
         .bind(w.user_id)
@@ -98,7 +98,7 @@ impl Store {
         .bind(&w.bridge_agent)
         .bind(i64::from(w.threads))
         .bind(w.max_pixels as i64)
-        .bind(w.nsfw)
+        .bind(flag(w.nsfw))
         .bind(to_json(&w.flags))
         .execute(&self.writer)
         .await
@@ -109,14 +109,14 @@ impl Store {
     /// Stores what a worker declared at check-in.
     pub async fn save_check_in(&self, w: &Worker) -> Result<()> {
         sqlx::query(
-            "UPDATE workers SET last_check_in = ?, bridge_agent = ?, threads = ?, max_pixels = ?, nsfw = ?, \
-             flags = ?, uptime = ? WHERE id = ?",
+            "UPDATE workers SET last_check_in = $1, bridge_agent = $2, threads = $3, max_pixels = $4, nsfw = $5, \
+             flags = $6, uptime = $7 WHERE id = $8",
         )
         .bind(w.last_check_in)
         .bind(&w.bridge_agent)
         .bind(i64::from(w.threads))
         .bind(w.max_pixels as i64)
-        .bind(w.nsfw)
+        .bind(flag(w.nsfw))
         .bind(to_json(&w.flags))
         .bind(w.uptime as i64)
         .bind(w.id.to_string())
@@ -128,13 +128,13 @@ impl Store {
     /// Stores the owner-editable fields.
     pub async fn save_worker_settings(&self, w: &Worker) -> Result<()> {
         sqlx::query(
-            "UPDATE workers SET name = ?, info = ?, maintenance = ?, maintenance_msg = ?, paused = ? WHERE id = ?",
+            "UPDATE workers SET name = $1, info = $2, maintenance = $3, maintenance_msg = $4, paused = $5 WHERE id = $6",
         )
         .bind(&w.name)
         .bind(&w.info)
-        .bind(w.maintenance)
+        .bind(flag(w.maintenance))
         .bind(&w.maintenance_msg)
-        .bind(w.paused)
+        .bind(flag(w.paused))
         .bind(w.id.to_string())
         .execute(&self.writer)
         .await
@@ -148,7 +148,7 @@ impl Store {
     }
 
     pub async fn worker_by_id(&self, id: uuid::Uuid) -> Result<Option<Worker>> {
-        let sql = format!("SELECT {WORKER_COLUMNS} FROM workers WHERE id = ?");
+        let sql = format!("SELECT {WORKER_COLUMNS} FROM workers WHERE id = $1");
         let row = sqlx::query(&sql)
             .bind(id.to_string())
             .fetch_optional(&self.pool)
@@ -157,7 +157,7 @@ impl Store {
     }
 
     pub async fn worker_by_name(&self, name: &str) -> Result<Option<Worker>> {
-        let sql = format!("SELECT {WORKER_COLUMNS} FROM workers WHERE name = ?");
+        let sql = format!("SELECT {WORKER_COLUMNS} FROM workers WHERE name = $1");
         let row = sqlx::query(&sql)
             .bind(name)
             .fetch_optional(&self.pool)
@@ -168,13 +168,13 @@ impl Store {
     /// Workers that checked in at or after `since` (unix seconds).
     pub async fn workers_seen_since(&self, since: i64) -> Result<Vec<Worker>> {
         let sql =
-            format!("SELECT {WORKER_COLUMNS} FROM workers WHERE last_check_in >= ? ORDER BY name");
+            format!("SELECT {WORKER_COLUMNS} FROM workers WHERE last_check_in >= $1 ORDER BY name");
         let rows = sqlx::query(&sql).bind(since).fetch_all(&self.pool).await?;
         rows.iter().map(worker_from_row).collect()
     }
 
     pub async fn worker_ids_of_user(&self, user_id: i64) -> Result<Vec<String>> {
-        let rows = sqlx::query("SELECT id FROM workers WHERE user_id = ? ORDER BY created")
+        let rows = sqlx::query("SELECT id FROM workers WHERE user_id = $1 ORDER BY created")
             .bind(user_id)
             .fetch_all(&self.pool)
             .await?;

@@ -68,15 +68,30 @@ struct CommonArgs {
     /// Directory for the SQLite database (horde.sqlite) and images [default: .]
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// The database: a postgres://user:password@host/db URL (several coordinators may share
+    /// one), or a SQLite file path [default: horde.sqlite in the data directory; config
+    /// database.url, env HORDE_DATABASE__URL]
+    #[arg(long, value_name = "URL")]
+    database: Option<String>,
+}
+
+impl CommonArgs {
+    fn overrides(&self) -> FlagOverrides {
+        FlagOverrides {
+            data_dir: self.data_dir.clone(),
+            database: self
+                .database
+                .clone()
+                .map(|url| settings::DatabaseFlag { url }),
+            ..Default::default()
+        }
+    }
 }
 
 impl CommonArgs {
     /// The configuration for a command that only opens the database.
     fn load(self) -> anyhow::Result<horde_server::config::ServerConfig> {
-        let overrides = FlagOverrides {
-            data_dir: self.data_dir,
-            ..Default::default()
-        };
+        let overrides = self.overrides();
         settings::load(
             self.config.as_deref(),
             settings::flags_layer(overrides, false, false),
@@ -175,7 +190,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let mode = horde_server::users::migrate_offline(&config).await?;
             println!(
                 "database {} is up to date (journal mode {mode})",
-                config.database_path().display()
+                config.database_location().redacted()
             );
             Ok(())
         }
@@ -185,19 +200,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let overrides = FlagOverrides {
         listen: args.listen,
-        data_dir: args.common.data_dir,
         public_url: args.public_url,
+        ..args.common.overrides()
     };
     let config = settings::load(
         args.common.config.as_deref(),
         settings::flags_layer(overrides, args.enable_test_users, args.no_rate_limits),
     )?;
-    let database = config.database_path();
+    let database = config.database_location().redacted();
     let app = Application::build(config).await?;
     println!(
         "horde coordinator listening on http://{} (database {})",
         app.local_addr(),
-        database.display()
+        database
     );
     println!("API docs: http://{}/api/", app.local_addr());
     app.run_until(shutdown_signal()).await?;

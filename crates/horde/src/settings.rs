@@ -66,6 +66,14 @@ pub struct FlagOverrides {
     pub data_dir: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub public_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database: Option<DatabaseFlag>,
+}
+
+/// `--database URL`, as the layer `database.url`.
+#[derive(Debug, serde::Serialize)]
+pub struct DatabaseFlag {
+    pub url: String,
 }
 
 pub fn flags_layer(overrides: FlagOverrides, test_users: bool, no_rate_limits: bool) -> Figment {

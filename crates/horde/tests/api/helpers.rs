@@ -36,6 +36,9 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut ServerConfig)) -> TestAp
     config.api.test_users = true;
     config.api.rate_limits = false;
     configure(&mut config);
+    if let Some(url) = crate::backend::database_for(&config.data_dir) {
+        config.database.url = url;
+    }
     start(config, dir).await
 }
 
@@ -258,6 +261,9 @@ impl ServerProcess {
         if std::env::var_os("RUST_LOG").is_none() {
             command.env("RUST_LOG", "warn");
         }
+        if let Some(url) = crate::backend::database_for(cwd) {
+            command.env("HORDE_DATABASE__URL", url);
+        }
         for (k, v) in envs {
             command.env(k, v);
         }
@@ -300,7 +306,11 @@ impl Drop for ServerProcess {
 
 /// Runs the `horde` binary to completion; returns (success, stdout, stderr).
 pub fn run_horde(cwd: &std::path::Path, args: &[&str]) -> (bool, String, String) {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_horde"))
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_horde"));
+    if let Some(url) = crate::backend::database_for(cwd) {
+        command.env("HORDE_DATABASE__URL", url);
+    }
+    let output = command
         .args(args)
         .current_dir(cwd)
         .output()

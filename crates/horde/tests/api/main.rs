@@ -1,9 +1,11 @@
-//! Integration tests: the real coordinator on a loopback port with a temporary SQLite file,
+//! Integration tests: the real coordinator on a loopback port with a temporary SQLite file (or
+//! a new PostgreSQL database when `HORDE_TEST_POSTGRES_URL` is set: `backend`),
 //! driven over HTTP through the project's typed client (`horde-client`), as users and workers
 //! would drive it. One test binary, so the crates are linked once.
 
 mod accounts;
 mod authz;
+mod backend;
 mod bench;
 mod chaos;
 mod cli;
