@@ -123,6 +123,13 @@ impl Queue {
         result
     }
 
+    /// Puts `request` in place of the copy with its id (the stored one, after another
+    /// coordinator changed it), or adds it.
+    pub fn replace(&mut self, request: LiveRequest) {
+        self.remove(request.id);
+        self.insert(request);
+    }
+
     pub fn remove(&mut self, id: Uuid) -> Option<LiveRequest> {
         self.unindex(id);
         let request = self.requests.remove(&id)?;

@@ -102,6 +102,29 @@ pub struct Verdict {
     pub reset_in_ms: u64,
 }
 
+/// Where the window of `limit` that holds `now_ms` starts (windows are aligned on multiples of
+/// their length, so every coordinator counting the same key agrees on them).
+pub fn window_start(limit: Limit, now_ms: u64) -> u64 {
+    now_ms / limit.window_ms * limit.window_ms
+}
+
+/// The verdict on a hit that made `hits` in its window (counted elsewhere: in a database
+/// shared by several coordinators). Hits past the limit are refused.
+pub fn verdict_after(limit: Limit, hits: u64, now_ms: u64) -> Verdict {
+    let reset_in_ms = window_start(limit, now_ms) + limit.window_ms - now_ms;
+    let allowed = hits <= u64::from(limit.count);
+    Verdict {
+        allowed,
+        limit: limit.count,
+        remaining: if allowed {
+            limit.count - hits as u32
+        } else {
+            0
+        },
+        reset_in_ms,
+    }
+}
+
 /// Counters of fixed windows, by key.
 #[derive(Debug, Default)]
 pub struct FixedWindows {
@@ -118,7 +141,7 @@ impl FixedWindows {
     /// Counts one hit on `key` and says whether it is within `limit`.
     pub fn hit(&mut self, key: &str, limit: Limit, now_ms: u64) -> Verdict {
         self.prune(now_ms);
-        let window_end = (now_ms / limit.window_ms + 1) * limit.window_ms;
+        let window_end = window_start(limit, now_ms) + limit.window_ms;
         let reset_in_ms = window_end - now_ms;
         let entry = self
             .counters
@@ -166,6 +189,23 @@ impl FixedWindows {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counting_elsewhere_gives_the_same_verdicts_as_counting_here() {
+        let limit: Limit = "3/second".parse().unwrap();
+        let mut windows = FixedWindows::new();
+        for (hits, now) in [(1, 1_000), (2, 1_200), (3, 1_999), (4, 1_999)] {
+            assert_eq!(
+                windows.hit("k", limit, now),
+                verdict_after(limit, hits, now)
+            );
+        }
+        assert_eq!(window_start(limit, 1_999), 1_000);
+        assert_eq!(
+            windows.hit("k", limit, 2_000),
+            verdict_after(limit, 1, 2_000)
+        );
+    }
 
     #[test]
     fn allows_up_to_the_limit_within_a_window_then_resets() {

@@ -99,6 +99,11 @@ pub struct LiveRequest {
     pub shared_key: Option<String>,
     /// Unix seconds after which the request and its images are removed.
     pub expiry: i64,
+    /// How many times its stored row was changed. Each change bumps it in memory first, and
+    /// the store writes the change only over the version before: a coordinator acting on an
+    /// out-of-date copy (another one sharing the database changed the row) fails its write
+    /// instead of overwriting the other's change.
+    pub version: u64,
     pub jobs: Vec<Job>,
 }
 
@@ -305,6 +310,7 @@ pub(crate) mod tests {
             can_pay_upfront: true,
             shared_key: None,
             expiry: 1200,
+            version: 0,
             jobs: vec![],
         }
     }

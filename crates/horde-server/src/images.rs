@@ -1,16 +1,21 @@
-//! Generated images: WebP files under the data directory, one per job.
+//! Generated images: WebP files under the data directory, one per job, or rows of the
+//! database when coordinators share PostgreSQL (a worker may upload to one coordinator and the
+//! client download from another).
 //!
-//! An image is checked (it must decode) before it is stored, and stored under a temporary name
-//! first so that a refused submission never replaces an accepted image.
+//! An image is checked (it must decode) before it is stored, and staged under a temporary
+//! name first (always a local file: staging and committing happen in one request) so that a
+//! refused submission never replaces an accepted image.
 
 use crate::error::ApiError;
 use horde_api::Rc;
 use std::path::{Path, PathBuf};
 use uuid::Uuid;
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ImageStore {
     dir: PathBuf,
+    /// Where committed images go when coordinators share a database; `None`: files in `dir`.
+    database: Option<horde_store::Store>,
 }
 
 /// Width and height of a decoded image.
@@ -21,19 +26,27 @@ pub struct ImageSize {
 }
 
 impl ImageStore {
-    pub fn open(dir: &Path) -> std::io::Result<ImageStore> {
+    /// Images as files in `dir` (staging always happens there), committed into `database`
+    /// when it is given.
+    pub fn open(dir: &Path, database: Option<horde_store::Store>) -> std::io::Result<ImageStore> {
         std::fs::create_dir_all(dir)?;
         Ok(ImageStore {
             dir: dir.to_path_buf(),
+            database,
         })
     }
 
-    pub fn path(&self, job_id: Uuid) -> PathBuf {
+    fn path(&self, job_id: Uuid) -> PathBuf {
         self.dir.join(format!("{job_id}.webp"))
     }
 
-    pub fn exists(&self, job_id: Uuid) -> bool {
-        self.path(job_id).exists()
+    pub async fn exists(&self, job_id: Uuid) -> Result<bool, ApiError> {
+        match &self.database {
+            Some(store) => Ok(store.has_image(job_id).await?),
+            None => Ok(tokio::fs::try_exists(self.path(job_id))
+                .await
+                .unwrap_or(false)),
+        }
     }
 
     /// Writes `bytes` under a temporary name; [`ImageStore::commit`] moves it into place.
@@ -46,9 +59,17 @@ impl ImageStore {
     }
 
     pub async fn commit(&self, staged: &Path, job_id: Uuid) -> Result<(), ApiError> {
-        tokio::fs::rename(staged, self.path(job_id))
-            .await
-            .map_err(ApiError::internal)
+        match &self.database {
+            Some(store) => {
+                let bytes = tokio::fs::read(staged).await.map_err(ApiError::internal)?;
+                store.put_image(job_id, &bytes, crate::state::now()).await?;
+                self.discard(staged).await;
+                Ok(())
+            }
+            None => tokio::fs::rename(staged, self.path(job_id))
+                .await
+                .map_err(ApiError::internal),
+        }
     }
 
     pub async fn discard(&self, staged: &Path) {
@@ -56,11 +77,23 @@ impl ImageStore {
     }
 
     pub async fn read(&self, job_id: Uuid) -> Option<Vec<u8>> {
-        tokio::fs::read(self.path(job_id)).await.ok()
+        match &self.database {
+            Some(store) => store.image(job_id).await.ok().flatten(),
+            None => tokio::fs::read(self.path(job_id)).await.ok(),
+        }
     }
 
     pub async fn remove(&self, job_id: Uuid) {
-        let _ = tokio::fs::remove_file(self.path(job_id)).await;
+        match &self.database {
+            Some(store) => {
+                if let Err(error) = store.delete_image(job_id).await {
+                    tracing::warn!(%error, job = %job_id, "could not remove an image");
+                }
+            }
+            None => {
+                let _ = tokio::fs::remove_file(self.path(job_id)).await;
+            }
+        }
     }
 }
 

@@ -10,8 +10,12 @@ use horde_api::Rc;
 use horde_core::accounts::User;
 use horde_core::keys::{sign_upload, verify_upload};
 use horde_core::request::{Job, JobState, LiveRequest, SubmitRefusal};
-use horde_core::{pricing, Assignment, PopOutcome, Standby, SuspicionReason};
-use horde_store::SubmitEffects;
+use horde_core::{pricing, Assignment, PopOutcome, Reputation, Standby, SuspicionReason};
+use horde_store::{StoreError, SubmitEffects};
+use std::collections::BTreeMap;
+
+/// Pops tried again after another coordinator took the chosen request first.
+const MAX_CLAIM_ATTEMPTS: usize = 3;
 use uuid::Uuid;
 
 /// Assumed speed of a worker that has not finished a job yet, in megapixelsteps per second
@@ -123,9 +127,35 @@ impl AppState {
         }
         let now = now();
         let _ordered = self.write_order.lock().await;
-        let mut standby = self.standby_for(&entry, now);
-        let speed = reputation.recent_speed_mps;
-        let caps = self.matching_view().caps(&entry);
+        // Another coordinator sharing the database may have taken the request first: its
+        // stored copy is reloaded and the pop tried again.
+        for _ in 0..MAX_CLAIM_ATTEMPTS {
+            let outcome = self.pop_from_queue(&entry, now);
+            match outcome {
+                PopOutcome::Nothing(skipped) => {
+                    if entry.worker.maintenance {
+                        let msg = entry.worker.maintenance_msg.clone().unwrap_or_else(|| {
+                            "This worker has been put into maintenance mode by its owner.".into()
+                        });
+                        return Err(ApiError::new(Rc::WorkerMaintenance, msg));
+                    }
+                    return Ok(PopResponse::empty(skipped));
+                }
+                PopOutcome::Assigned(assignment) => {
+                    if let Some(answer) = self.hand_out(assignment, now).await? {
+                        return Ok(answer);
+                    }
+                }
+            }
+        }
+        Ok(PopResponse::empty(Default::default()))
+    }
+
+    /// The queue's pick for the worker of `entry`, noted in its standby state.
+    fn pop_from_queue(&self, entry: &crate::workers::WorkerEntry, now: i64) -> PopOutcome {
+        let mut standby = self.standby_for(entry, now);
+        let speed = entry.worker.reputation.recent_speed_mps;
+        let caps = self.matching_view().caps(entry);
         let outcome = self.queue.lock().expect("queue lock").pop(
             &caps,
             &entry.worker.name,
@@ -144,18 +174,7 @@ impl AppState {
                 PopOutcome::Assigned(_) => None,
             };
         }
-        match outcome {
-            PopOutcome::Nothing(skipped) => {
-                if entry.worker.maintenance {
-                    let msg = entry.worker.maintenance_msg.clone().unwrap_or_else(|| {
-                        "This worker has been put into maintenance mode by its owner.".into()
-                    });
-                    return Err(ApiError::new(Rc::WorkerMaintenance, msg));
-                }
-                Ok(PopResponse::empty(skipped))
-            }
-            PopOutcome::Assigned(assignment) => self.hand_out(assignment, now).await,
-        }
+        outcome
     }
 
     /// The more reliable workers waiting for work while `entry` pops (none when nothing waits
@@ -173,7 +192,9 @@ impl AppState {
         Standby::new(better, now, hold)
     }
 
-    async fn hand_out(&self, assignment: Assignment, now: i64) -> ApiResult<PopResponse> {
+    /// Stores the assignment and answers it; `None` when another coordinator changed the
+    /// request first (the local copy is then reloaded, and the pop should be tried again).
+    async fn hand_out(&self, assignment: Assignment, now: i64) -> ApiResult<Option<PopResponse>> {
         let idle_expiry = self.config.requests.idle_expiry_secs;
         let request = self
             .queue
@@ -181,12 +202,17 @@ impl AppState {
             .expect("queue lock")
             .update(assignment.request_id, |r| {
                 r.expiry = r.expiry.max(now + idle_expiry);
+                r.version += 1;
                 r.clone()
             })
             .ok_or_else(|| ApiError::internal("assigned request vanished"))?;
-        self.store
-            .save_assignment(&request, &assignment.jobs)
-            .await?;
+        match self.store.save_assignment(&request, &assignment.jobs).await {
+            Err(StoreError::Conflict(id)) => {
+                self.resync_request_ordered(id).await?;
+                return Ok(None);
+            }
+            other => other?,
+        }
         self.note_handed_out(&assignment.jobs);
         let first = &assignment.jobs[0];
         let ids: Vec<String> = assignment.jobs.iter().map(|j| j.id.to_string()).collect();
@@ -200,7 +226,7 @@ impl AppState {
             vec![]
         };
         let payload = payload_of(&request, first, assignment.jobs.len() as u32);
-        Ok(PopResponse {
+        Ok(Some(PopResponse {
             payload: serde_json::to_value(payload).map_err(ApiError::internal)?,
             id: Some(first.id.to_string()),
             ids,
@@ -213,7 +239,7 @@ impl AppState {
             r2_uploads: uploads,
             messages: vec![],
             ttl: Some((first.deadline - now).max(0) as u64),
-        })
+        }))
     }
 
     /// A signed, expiring URL where the worker PUTs the image of `job_id`.
@@ -267,7 +293,7 @@ impl AppState {
                 "This job is not waiting for an image.",
             ));
         };
-        if self.images.exists(job_id) {
+        if self.images.exists(job_id).await? {
             return Err(ApiError::new(
                 Rc::UploadAlreadyUsed,
                 "This upload URL was already used.",
@@ -282,7 +308,7 @@ impl AppState {
             }
         };
         let staged = self.images.stage(job_id, &bytes).await?;
-        if self.images.exists(job_id) {
+        if self.images.exists(job_id).await? {
             self.images.discard(&staged).await;
             return Err(ApiError::new(
                 Rc::UploadAlreadyUsed,
@@ -296,6 +322,7 @@ impl AppState {
         submit.validate().map_err(ApiError::validation)?;
         let job_id = Uuid::parse_str(&submit.id).map_err(|_| invalid_job(&submit.id))?;
         let _ordered = self.write_order.lock().await;
+        self.load_request_of_job_ordered(job_id).await?;
         let (request, job) = self.job_for_submit(user, job_id)?;
         let faulted = submit.state == horde_api::image::SubmitState::Faulted;
         let staged = if faulted {
@@ -313,6 +340,47 @@ impl AppState {
                 }
             }
         };
+        // Another coordinator sharing the database may change the request meanwhile (another
+        // of its jobs handed out or finished): the stored copy is reloaded and the result
+        // applied to it.
+        for _ in 0..MAX_CLAIM_ATTEMPTS {
+            let (request, job) = match self.job_for_submit(user, job_id) {
+                Ok(found) => found,
+                Err(error) => {
+                    if let Some(staged) = &staged {
+                        self.images.discard(staged).await;
+                    }
+                    return Err(error);
+                }
+            };
+            match self
+                .apply_submit(&submit, &request, &job, staged.as_deref())
+                .await
+            {
+                Err(SubmitError::Conflict(id)) => {
+                    self.reload_reputation(job.worker_id).await?;
+                    self.resync_request_ordered(id).await?;
+                }
+                Err(SubmitError::Api(error)) => return Err(error),
+                Ok(answer) => return Ok(answer),
+            }
+        }
+        Err(ApiError::new(
+            Rc::InternalServerError,
+            "The request changed too often while this result was stored; submit it again.",
+        ))
+    }
+
+    /// Applies a checked submission to the request and stores it with its effects (kudos,
+    /// statistics, reputation).
+    async fn apply_submit(
+        &self,
+        submit: &SubmitRequest,
+        request: &LiveRequest,
+        job: &Job,
+        staged: Option<&std::path::Path>,
+    ) -> Result<SubmitResponse, SubmitError> {
+        let job_id = job.id;
         let worker = self
             .workers
             .read()
@@ -323,10 +391,10 @@ impl AppState {
             .as_ref()
             .map(|w| pricing::bridge_multiplier(&w.worker.bridge_agent))
             .unwrap_or(0.75);
-        let reward = if faulted {
+        let reward = if submit.state == horde_api::image::SubmitState::Faulted {
             0.0
         } else {
-            pricing::round2(self.gen_kudos(&request, &job.model) * multiplier)
+            pricing::round2(self.gen_kudos(request, &job.model) * multiplier)
         };
         let now = now();
         let retention = self.config.requests.retention_secs;
@@ -355,22 +423,23 @@ impl AppState {
                     if r.is_done() {
                         r.expiry = now + retention;
                     }
+                    r.version += 1;
                 }
                 (result, r.clone(), refund)
             });
         let Some((result, updated, refund)) = applied else {
-            return Err(invalid_job(&submit.id));
+            return Err(invalid_job(&submit.id).into());
         };
         let job = match result {
             Ok(job) => job,
             Err(refusal) => {
-                if let Some(staged) = &staged {
+                if let Some(staged) = staged {
                     self.images.discard(staged).await;
                 }
-                return Err(refusal_error(refusal));
+                return Err(refusal_error(refusal).into());
             }
         };
-        if let Some(staged) = &staged {
+        if let Some(staged) = staged {
             self.images.commit(staged, job_id).await?;
         }
         let effects = job
@@ -379,7 +448,8 @@ impl AppState {
             .then(|| self.submit_effects(&updated, &job, worker.as_ref()));
         let job_secs = self.job_secs(&job, now);
         let reputation = self.record_result(&job, job_secs, effects.as_ref(), now);
-        self.store
+        match self
+            .store
             .save_submit(
                 &updated,
                 &job,
@@ -387,7 +457,11 @@ impl AppState {
                 reputation.as_ref().map(|r| (job.worker_id, r)),
                 refund,
             )
-            .await?;
+            .await
+        {
+            Err(StoreError::Conflict(id)) => return Err(SubmitError::Conflict(id)),
+            other => other.map_err(ApiError::from)?,
+        }
         if let Some(e) = &effects {
             self.performance.lock().expect("performance lock").record(
                 &job.model,
@@ -463,7 +537,13 @@ impl AppState {
     ) -> Result<Option<std::path::PathBuf>, StageError> {
         let generation = generation.unwrap_or("R2");
         if generation == "R2" {
-            if !request.body.r2 || !self.images.exists(job_id) {
+            if !request.body.r2
+                || !self
+                    .images
+                    .exists(job_id)
+                    .await
+                    .map_err(StageError::Refused)?
+            {
                 return Err(StageError::Refused(ApiError::new(Rc::ImageValidationFailed, "No image was uploaded for this job: PUT it to the r2_upload URL first, or send it as base64.")));
             }
             return Ok(None);
@@ -603,38 +683,81 @@ impl AppState {
     /// the queue, the change is stored, and the late workers are counted.
     pub async fn take_back_late_jobs(&self, now: i64) -> ApiResult<usize> {
         let _ordered = self.write_order.lock().await;
-        let taken: Vec<(LiveRequest, Job, f64)> = {
+        // Each request with late jobs, as it stands after all of them were taken back.
+        let taken: Vec<(LiveRequest, Vec<Job>, f64)> = {
             let mut queue = self.queue.lock().expect("queue lock");
-            queue
-                .take_back_late_jobs(now, self.config.jobs.max_restarts)
-                .into_iter()
-                .filter_map(|(request_id, job_id)| {
-                    let refund = queue.update(request_id, |r| {
-                        r.refund_if_faulted_unserved(pricing::ACTIVATION_FEE)
+            let mut late: BTreeMap<Uuid, Vec<Uuid>> = BTreeMap::new();
+            for (request_id, job_id) in
+                queue.take_back_late_jobs(now, self.config.jobs.max_restarts)
+            {
+                late.entry(request_id).or_default().push(job_id);
+            }
+            late.into_iter()
+                .filter_map(|(request_id, job_ids)| {
+                    let (request, refund) = queue.update(request_id, |r| {
+                        r.version += 1;
+                        let refund = r.refund_if_faulted_unserved(pricing::ACTIVATION_FEE);
+                        (r.clone(), refund)
                     })?;
-                    let request = queue.get(request_id)?.clone();
-                    let job = request.job(job_id)?.clone();
-                    Some((request, job, refund))
+                    let jobs = job_ids
+                        .iter()
+                        .filter_map(|id| request.job(*id).cloned())
+                        .collect();
+                    Some((request, jobs, refund))
                 })
                 .collect()
         };
-        for (request, job, refund) in &taken {
-            tracing::warn!(job = %job.id, worker = %job.worker_name, request = %request.id, "job deadline passed; taken back");
-            let reputation = self
-                .workers
-                .write()
-                .expect("registry lock")
-                .get_mut(job.worker_id)
-                .map(|entry| {
-                    entry.worker.reputation.record_timed_out();
-                    entry.worker.reputation.clone()
-                });
-            let worker = reputation.as_ref().map(|r| (job.worker_id, r));
-            self.store
-                .save_submit(request, job, None, worker, *refund)
-                .await?;
+        let mut count = 0;
+        for (request, jobs, refund) in &taken {
+            let mut reputations: Vec<(Uuid, Reputation)> = vec![];
+            for job in jobs {
+                tracing::warn!(job = %job.id, worker = %job.worker_name, request = %request.id, "job deadline passed; taken back");
+                let reputation = self
+                    .workers
+                    .write()
+                    .expect("registry lock")
+                    .get_mut(job.worker_id)
+                    .map(|entry| {
+                        entry.worker.reputation.record_timed_out();
+                        entry.worker.reputation.clone()
+                    });
+                if let Some(reputation) = reputation {
+                    reputations.retain(|(id, _)| *id != job.worker_id);
+                    reputations.push((job.worker_id, reputation));
+                }
+            }
+            match self
+                .store
+                .save_taken_back(request, jobs, &reputations, *refund)
+                .await
+            {
+                // Another coordinator changed it first; its stored copy decides next time.
+                Err(StoreError::Conflict(id)) => {
+                    for (worker_id, _) in &reputations {
+                        self.reload_reputation(*worker_id).await?;
+                    }
+                    self.resync_request_ordered(id).await?;
+                }
+                other => {
+                    other?;
+                    count += jobs.len();
+                }
+            }
         }
-        Ok(taken.len())
+        Ok(count)
+    }
+}
+
+/// Why a submission was not stored.
+enum SubmitError {
+    /// Another coordinator changed the request first: reload it and apply the result again.
+    Conflict(Uuid),
+    Api(ApiError),
+}
+
+impl From<ApiError> for SubmitError {
+    fn from(error: ApiError) -> Self {
+        SubmitError::Api(error)
     }
 }
 
@@ -697,6 +820,7 @@ mod tests {
             can_pay_upfront: true,
             shared_key: None,
             expiry: 100,
+            version: 0,
             jobs: vec![],
         }
     }

@@ -6,6 +6,7 @@
 //! methods on [`state::AppState`] (`requests`, `jobs`, `workers`, `users`) orchestrate
 //! horde-core's rules and horde-store's persistence. No SQL and no HTTP type below this crate.
 
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod extract;
@@ -74,8 +75,10 @@ impl Application {
             source,
         };
         std::fs::create_dir_all(&config.data_dir).map_err(data_dir)?;
-        let images = ImageStore::open(&config.images_dir()).map_err(data_dir)?;
         let store = Store::open(&config.database_location(), config.database.durability).await?;
+        let shared_images =
+            (store.backend() == horde_store::Backend::Postgres).then(|| store.clone());
+        let images = ImageStore::open(&config.images_dir(), shared_images).map_err(data_dir)?;
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -117,6 +120,9 @@ impl Application {
     ) -> std::io::Result<()> {
         let sweeper = tokio::spawn(sweeper::run(self.state.clone()));
         let reloads = tokio::spawn(models::run_reloads(self.state.clone()));
+        let announcements = self.state.is_clustered().then(|| {
+            cluster::spawn_listener(self.state.clone(), self.state.config.database.url.clone())
+        });
         let service = self
             .router
             .into_make_service_with_connect_info::<SocketAddr>();
@@ -125,6 +131,9 @@ impl Application {
             .await;
         sweeper.abort();
         reloads.abort();
+        if let Some(listener) = announcements {
+            listener.abort();
+        }
         if let Err(e) = self.state.flush_check_ins().await {
             tracing::warn!(error = %e, "could not store the latest check-ins at shutdown");
         }

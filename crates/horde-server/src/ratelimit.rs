@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use horde_api::{ErrorBody, Rc, ANONYMOUS_API_KEY};
 use horde_core::keys::hash_api_key;
-use horde_core::ratelimit::Limit;
+use horde_core::ratelimit::{verdict_after, window_start, Limit, Verdict};
 use std::net::SocketAddr;
 
 /// What a limit counts by.
@@ -97,10 +97,9 @@ pub async fn rate_limit(
         apikey == ANONYMOUS_API_KEY,
     );
     let now = now_ms();
-    let mut tightest = None;
-    {
-        let mut windows = state.limiter.lock().expect("limiter lock");
-        for (limit, key) in &limits {
+    let keyed: Vec<(Limit, String)> = limits
+        .iter()
+        .map(|(limit, key)| {
             let key = match key {
                 Key::IpAndPath => format!("{}@{}@{}", peer.ip(), method, request.uri().path()),
                 Key::IpAndRoute => {
@@ -114,15 +113,20 @@ pub async fn rate_limit(
                     limit.window_ms
                 ),
             };
-            let verdict = windows.hit(&key, *limit, now);
-            if !verdict.allowed {
-                return too_many(*limit, verdict.reset_in_ms);
-            }
-            if tightest.is_none_or(|(_, v): (Limit, horde_core::ratelimit::Verdict)| {
-                verdict.remaining < v.remaining
-            }) {
-                tightest = Some((*limit, verdict));
-            }
+            (*limit, key)
+        })
+        .collect();
+    let verdicts = match count_hits(&state, &keyed, now).await {
+        Ok(verdicts) => verdicts,
+        Err(error) => return error.into_response(),
+    };
+    let mut tightest: Option<(Limit, Verdict)> = None;
+    for (limit, verdict) in verdicts {
+        if !verdict.allowed {
+            return too_many(limit, verdict.reset_in_ms);
+        }
+        if tightest.is_none_or(|(_, v)| verdict.remaining < v.remaining) {
+            tightest = Some((limit, verdict));
         }
     }
     let mut response = next.run(request).await;
@@ -139,6 +143,38 @@ pub async fn rate_limit(
         );
     }
     response
+}
+
+/// Counts one hit on each key, in this process (one coordinator) or in the shared database
+/// (several coordinators on PostgreSQL, so a limit holds across them). Stops at the first
+/// refusal, as the hits after it would not be made.
+async fn count_hits(
+    state: &SharedState,
+    keyed: &[(Limit, String)],
+    now: u64,
+) -> Result<Vec<(Limit, Verdict)>, crate::error::ApiError> {
+    let mut verdicts = Vec::with_capacity(keyed.len());
+    if state.is_clustered() {
+        for (limit, key) in keyed {
+            let start = window_start(*limit, now);
+            let hits = state.store.hit_rate_window(key, start).await?;
+            let verdict = verdict_after(*limit, hits, now);
+            verdicts.push((*limit, verdict));
+            if !verdict.allowed {
+                break;
+            }
+        }
+    } else {
+        let mut windows = state.limiter.lock().expect("limiter lock");
+        for (limit, key) in keyed {
+            let verdict = windows.hit(key, *limit, now);
+            verdicts.push((*limit, verdict));
+            if !verdict.allowed {
+                break;
+            }
+        }
+    }
+    Ok(verdicts)
 }
 
 fn too_many(limit: Limit, reset_in_ms: u64) -> Response {

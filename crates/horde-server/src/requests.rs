@@ -156,6 +156,7 @@ impl AppState {
             can_pay_upfront: user.trusted || user.kudos - user.min_kudos() >= job_kudos,
             shared_key: shared_key.map(|k| k.id_hash.clone()),
             expiry: now + self.config.requests.idle_expiry_secs,
+            version: 0,
             jobs: vec![],
         };
         let request = self.request_writer.store(request).await?;
@@ -347,8 +348,9 @@ impl AppState {
             .any(|w| !w.worker.paused && can_generate(request, &view.caps(w)).is_ok())
     }
 
-    pub fn check_request(&self, id: &str) -> ApiResult<RequestStatusCheck> {
+    pub async fn check_request(&self, id: &str) -> ApiResult<RequestStatusCheck> {
         let id = parse_request_id(id)?;
+        self.load_request(id).await?;
         let (snapshot, position, wait) = self.queue_standing(id)?;
         Ok(self.status_check(&snapshot, position, wait))
     }
@@ -507,6 +509,7 @@ impl AppState {
 
     pub async fn request_status(&self, id: &str) -> ApiResult<RequestStatus> {
         let id = parse_request_id(id)?;
+        self.load_request(id).await?;
         let (snapshot, position, wait) = self.queue_standing(id)?;
         let check = self.status_check(&snapshot, position, wait);
         let mut generations = Vec::new();
@@ -548,27 +551,38 @@ impl AppState {
         let now = now();
         let retention = self.config.requests.retention_secs;
         let ordered = self.write_order.lock().await;
-        let (updated, was_cancelled) = self
-            .queue
-            .lock()
-            .expect("queue lock")
-            .update(request_id, |r| {
-                let was_cancelled = r.cancelled;
-                r.cancel();
-                if r.is_done() {
-                    r.expiry = now + retention;
+        self.load_request_ordered(request_id).await?;
+        for _ in 0..3 {
+            let (updated, was_cancelled) = self
+                .queue
+                .lock()
+                .expect("queue lock")
+                .update(request_id, |r| {
+                    let was_cancelled = r.cancelled;
+                    r.cancel();
+                    if r.is_done() {
+                        r.expiry = now + retention;
+                    }
+                    r.version += 1;
+                    (r.clone(), was_cancelled)
+                })
+                .ok_or_else(|| not_found(request_id))?;
+            let interrupted = if was_cancelled {
+                vec![]
+            } else {
+                self.count_cancelled_jobs(&updated)
+            };
+            match self.store.save_request_state(&updated, &interrupted).await {
+                // Another coordinator changed the request first: cancel its stored copy.
+                Err(horde_store::StoreError::Conflict(id)) => {
+                    self.resync_request_ordered(id).await?
                 }
-                (r.clone(), was_cancelled)
-            })
-            .ok_or_else(|| not_found(request_id))?;
-        let interrupted = if was_cancelled {
-            vec![]
-        } else {
-            self.count_cancelled_jobs(&updated)
-        };
-        self.store
-            .save_request_state(&updated, &interrupted)
-            .await?;
+                other => {
+                    other?;
+                    break;
+                }
+            }
+        }
         drop(ordered);
         self.request_status(id).await
     }

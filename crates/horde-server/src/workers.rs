@@ -361,19 +361,59 @@ impl AppState {
                     loaded
                 }
             };
-            let entry = WorkerEntry {
-                owner_trusted: owner.as_ref().is_some_and(|u| u.trusted),
-                owner_flagged: owner.as_ref().is_some_and(|u| u.flagged),
-                owner_alias: owner.map(|u| u.alias()).unwrap_or_default(),
-                persisted_check_in: worker.last_check_in,
-                amount: 1,
-                priority_user_ids: vec![worker.user_id],
-                waiting_since: None,
-                worker,
-            };
+            let entry = stored_entry(worker, owner);
             self.workers.write().expect("registry lock").insert(entry);
         }
         Ok(())
+    }
+
+    /// Adds worker `id` to the registry from the database when it is not there (it registered
+    /// on another coordinator sharing the database).
+    pub(crate) async fn load_worker(&self, id: Uuid) -> Result<(), horde_store::StoreError> {
+        if self
+            .workers
+            .read()
+            .expect("registry lock")
+            .get(id)
+            .is_some()
+        {
+            return Ok(());
+        }
+        if let Some(worker) = self.store.worker_by_id(id).await? {
+            self.add_stored_worker(worker).await?;
+        }
+        Ok(())
+    }
+
+    /// The registry's entry of the worker named `name`, loaded from the database when it
+    /// registered on another coordinator sharing it.
+    async fn stored_worker_named(
+        &self,
+        name: &str,
+    ) -> Result<Option<WorkerEntry>, horde_store::StoreError> {
+        if !self.is_clustered() {
+            return Ok(None);
+        }
+        match self.store.worker_by_name(name).await? {
+            Some(worker) => Ok(Some(self.add_stored_worker(worker).await?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn add_stored_worker(
+        &self,
+        worker: Worker,
+    ) -> Result<WorkerEntry, horde_store::StoreError> {
+        let owner = self.store.user_by_id(worker.user_id).await?;
+        let entry = stored_entry(worker, owner);
+        let mut registry = self.workers.write().expect("registry lock");
+        if let Some(known) = registry.get(entry.worker.id) {
+            return Ok(known.clone());
+        }
+        registry.insert(entry.clone());
+        drop(registry);
+        self.workers_changed();
+        Ok(entry)
     }
 
     /// Stores the check-ins not yet written (they are written at most every 30 s), so that a
@@ -411,6 +451,10 @@ impl AppState {
             !e.worker
                 .is_online(now, self.config.workers.online_window_secs)
         });
+        let existing = match existing {
+            Some(entry) => Some(entry),
+            None => self.stored_worker_named(&pop.name).await?,
+        };
         let mut entry = match existing {
             Some(entry) if entry.worker.user_id != user.id => {
                 return Err(ApiError::new(
@@ -518,16 +562,24 @@ impl AppState {
         }
         let kudos = uptime_reward(&w.flags) * intervals as f64;
         let rewarded_until = w.uptime_rewarded + intervals * UPTIME_REWARD_INTERVAL_SECS;
-        self.store
-            .reward_uptime(
-                w.id,
-                w.user_id,
-                kudos,
-                !entry.owner_trusted,
-                rewarded_until,
-                now,
-            )
-            .await?;
+        let reward = horde_store::ledger::UptimeReward {
+            worker_id: w.id,
+            owner_id: w.user_id,
+            kudos,
+            escrow: !entry.owner_trusted,
+            from: w.uptime_rewarded,
+            until: rewarded_until,
+            at: now,
+        };
+        if !self.store.reward_uptime(&reward).await? {
+            // Another coordinator paid for it: take its figures.
+            if let Some(stored) = self.store.worker_by_id(w.id).await? {
+                entry.worker.kudos_uptime = stored.kudos_uptime;
+                entry.worker.uptime_rewarded =
+                    stored.uptime_rewarded.max(entry.worker.uptime_rewarded);
+            }
+            return Ok(());
+        }
         entry.worker.kudos_uptime += kudos;
         entry.worker.uptime_rewarded = rewarded_until;
         let id = entry.worker.id;
@@ -796,5 +848,19 @@ mod tests {
             declares_the_same(&worker, &longer),
             "words past the 200th are not kept"
         );
+    }
+}
+
+/// The registry entry of a stored worker, before its next check-in.
+fn stored_entry(worker: Worker, owner: Option<User>) -> WorkerEntry {
+    WorkerEntry {
+        owner_trusted: owner.as_ref().is_some_and(|u| u.trusted),
+        owner_flagged: owner.as_ref().is_some_and(|u| u.flagged),
+        owner_alias: owner.map(|u| u.alias()).unwrap_or_default(),
+        persisted_check_in: worker.last_check_in,
+        amount: 1,
+        priority_user_ids: vec![worker.user_id],
+        waiting_since: None,
+        worker,
     }
 }

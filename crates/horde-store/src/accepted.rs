@@ -27,15 +27,18 @@ pub(crate) async fn insert_accepted(
         insert_request_rows(tx, chunk).await?;
     }
     add_quota_usage(tx, requests).await?;
-    charge_activation_fees(tx, requests).await
+    charge_activation_fees(tx, requests).await?;
+    let inserted: Vec<(uuid::Uuid, i64)> =
+        requests.iter().map(|r| (r.id, r.version as i64)).collect();
+    crate::notify::requests_changed(tx, &inserted).await
 }
 
 async fn insert_request_rows(tx: &mut Transaction<'_, Any>, rows: &[LiveRequest]) -> Result<()> {
     let sql = format!(
         "INSERT INTO requests (id, user_id, body, base_seed, created, seq, priority, n_remaining, \
          jobs_total, job_kudos, consumed_kudos, faulted, cancelled, expiry, can_pay_upfront, \
-         shared_key) VALUES {}",
-        value_rows(rows.len(), 16)
+         shared_key, version) VALUES {}",
+        value_rows(rows.len(), 17)
     );
     let mut insert = sqlx::query(&sql);
     for r in rows {
@@ -55,7 +58,8 @@ async fn insert_request_rows(tx: &mut Transaction<'_, Any>, rows: &[LiveRequest]
             .bind(flag(r.cancelled))
             .bind(r.expiry)
             .bind(flag(r.can_pay_upfront))
-            .bind(r.shared_key.clone());
+            .bind(r.shared_key.clone())
+            .bind(r.version as i64);
     }
     insert.execute(&mut **tx).await?;
     Ok(())

@@ -87,6 +87,20 @@ impl Posting {
     }
 }
 
+/// An uptime payment: see [`Store::reward_uptime`].
+#[derive(Debug, Clone, Copy)]
+pub struct UptimeReward {
+    pub worker_id: Uuid,
+    pub owner_id: i64,
+    pub kudos: f64,
+    pub escrow: bool,
+    /// Uptime (seconds) paid for before this payment.
+    pub from: u64,
+    /// Uptime paid for after it.
+    pub until: u64,
+    pub at: i64,
+}
+
 /// Sums of the ledger by kind: (users' accounts, the horde's account).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct LedgerTotals {
@@ -318,26 +332,34 @@ impl Store {
         .try_get(0)?)
     }
 
-    /// Pays a worker's owner for `secs` more of uptime (in escrow for untrusted owners) and
-    /// records it on the worker.
-    pub async fn reward_uptime(
-        &self,
-        worker_id: Uuid,
-        owner_id: i64,
-        kudos: f64,
-        escrow: bool,
-        rewarded_until: u64,
-        at: i64,
-    ) -> Result<()> {
+    /// Pays a worker's owner for its uptime from `reward.from` to `reward.until` (in escrow
+    /// for untrusted owners) and records it on the worker, unless that uptime was paid
+    /// already (by another coordinator sharing the database): then nothing moves and the
+    /// answer is `false`.
+    pub async fn reward_uptime(&self, reward: &UptimeReward) -> Result<bool> {
+        let UptimeReward {
+            worker_id,
+            owner_id,
+            kudos,
+            escrow,
+            from,
+            until,
+            at,
+        } = *reward;
         let mut tx = self.writer.begin().await?;
-        sqlx::query(
-            "UPDATE workers SET kudos_uptime = kudos_uptime + $1, uptime_rewarded = $2 WHERE id = $3",
+        let paid = sqlx::query(
+            "UPDATE workers SET kudos_uptime = kudos_uptime + $1, uptime_rewarded = $2 \
+             WHERE id = $3 AND uptime_rewarded = $4",
         )
         .bind(kudos)
-        .bind(rewarded_until as i64)
+        .bind(until as i64)
         .bind(worker_id.to_string())
+        .bind(from as i64)
         .execute(&mut *tx)
         .await?;
+        if paid.rows_affected() == 0 {
+            return Ok(false);
+        }
         let to_owner = Posting {
             counterparty: Some(HORDE_ACCOUNT),
             ..Posting::new(owner_id, kudos, Kind::Uptime)
@@ -353,7 +375,7 @@ impl Store {
         };
         post(&mut tx, at, &[to_owner, from_horde]).await?;
         tx.commit().await?;
-        Ok(())
+        Ok(true)
     }
 
     /// Moves `amount` from one user to another, in one transaction.

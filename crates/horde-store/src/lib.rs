@@ -8,8 +8,12 @@
 //! process being killed; `synchronous = FULL` (config) also survives power loss, at a cost.
 
 mod accepted;
+mod images;
+mod lease;
 pub mod ledger;
+pub mod notify;
 mod prompt_filters;
+mod rate_windows;
 mod requests;
 mod shared_keys;
 pub mod stats;
@@ -22,6 +26,7 @@ use std::path::Path;
 use std::sync::Once;
 use std::time::Duration;
 
+pub use lease::Lease;
 pub use requests::SubmitEffects;
 pub use users::NewUser;
 
@@ -35,6 +40,9 @@ pub enum StoreError {
     Corrupt(String),
     #[error("a row with this {0} already exists")]
     Duplicate(&'static str),
+    /// Another coordinator changed request {0} since this one read it: reload it and retry.
+    #[error("request {0} was changed by another coordinator")]
+    Conflict(uuid::Uuid),
 }
 
 impl StoreError {

@@ -64,10 +64,13 @@ impl SubmitEffects {
     }
 }
 
+/// Writes a request's counters, if its row is still at the version before `r.version`
+/// (callers bump `version` with each change); else another coordinator changed the row first
+/// and the write is refused with [`StoreError::Conflict`].
 async fn write_request_state(tx: &mut Transaction<'_, Any>, r: &LiveRequest) -> Result<()> {
-    sqlx::query(
+    let written = sqlx::query(
         "UPDATE requests SET n_remaining = $1, jobs_total = $2, consumed_kudos = $3, faulted = $4, \
-         cancelled = $5, expiry = $6 WHERE id = $7",
+         cancelled = $5, expiry = $6, version = $7 WHERE id = $8 AND version = $9",
     )
     .bind(i64::from(r.n_remaining))
     .bind(i64::from(r.jobs_total))
@@ -75,10 +78,15 @@ async fn write_request_state(tx: &mut Transaction<'_, Any>, r: &LiveRequest) -> 
     .bind(flag(r.faulted))
     .bind(flag(r.cancelled))
     .bind(r.expiry)
+    .bind(r.version as i64)
     .bind(r.id.to_string())
+    .bind(r.version as i64 - 1)
     .execute(&mut **tx)
     .await?;
-    Ok(())
+    if written.rows_affected() == 0 {
+        return Err(StoreError::Conflict(r.id));
+    }
+    crate::notify::request_changed(tx, r.id, r.version as i64).await
 }
 
 async fn insert_job(tx: &mut Transaction<'_, Any>, job: &Job) -> Result<()> {
@@ -152,6 +160,7 @@ fn request_from_row(row: &AnyRow) -> Result<LiveRequest> {
         expiry: row.try_get("expiry")?,
         can_pay_upfront: get_flag(row, "can_pay_upfront")?,
         shared_key: row.try_get("shared_key")?,
+        version: row.try_get::<i64, _>("version")? as u64,
         jobs: vec![],
     })
 }
@@ -195,18 +204,7 @@ impl Store {
         if let Some((worker_id, reputation)) = worker {
             write_reputation(&mut *tx, worker_id, reputation).await?;
         }
-        if refund > 0.0 {
-            let with = |account, amount, counterparty| Posting {
-                counterparty: Some(counterparty),
-                request_id: Some(r.id),
-                ..Posting::new(account, amount, Kind::Refund)
-            };
-            let postings = [
-                with(r.user_id, refund, HORDE_ACCOUNT),
-                with(HORDE_ACCOUNT, -refund, r.user_id),
-            ];
-            ledger::post(&mut tx, r.created, &postings).await?;
-        }
+        refund_fee(&mut tx, r, refund).await?;
         if let Some(e) = effects {
             sqlx::query("UPDATE users SET usage_megapixelsteps = usage_megapixelsteps + $1, usage_requests = usage_requests + 1 WHERE id = $2")
                 .bind(e.megapixelsteps)
@@ -239,6 +237,73 @@ impl Store {
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Stores jobs taken back from late workers (their images back in the queue, or the request
+    /// faulted), the request's counters, the workers' reputations and any refund.
+    pub async fn save_taken_back(
+        &self,
+        r: &LiveRequest,
+        jobs: &[Job],
+        workers: &[(Uuid, Reputation)],
+        refund: f64,
+    ) -> Result<()> {
+        let mut tx = self.writer.begin().await?;
+        write_request_state(&mut tx, r).await?;
+        for job in jobs {
+            write_job_result(&mut tx, job).await?;
+        }
+        for (worker_id, reputation) in workers {
+            write_reputation(&mut *tx, *worker_id, reputation).await?;
+        }
+        refund_fee(&mut tx, r, refund).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// One stored request with its jobs, as [`Store::load_requests`] loads them (`None` once
+    /// it is deleted): what another coordinator changed.
+    pub async fn load_request(&self, id: Uuid) -> Result<Option<LiveRequest>> {
+        Ok(self.load_requests_by_id(&[id]).await?.pop())
+    }
+
+    /// Stored requests among `ids`, with their jobs (deleted ones are missing).
+    pub async fn load_requests_by_id(&self, ids: &[Uuid]) -> Result<Vec<LiveRequest>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(500) {
+            let ids: Vec<String> = chunk.iter().map(Uuid::to_string).collect();
+            let list = crate::placeholders(1, ids.len());
+            let sql = format!("SELECT * FROM requests WHERE id IN ({list})");
+            let mut query = sqlx::query(&sql);
+            for id in &ids {
+                query = query.bind(id);
+            }
+            let mut requests: Vec<LiveRequest> = query
+                .fetch_all(&self.pool)
+                .await?
+                .iter()
+                .map(request_from_row)
+                .collect::<Result<_>>()?;
+            let sql =
+                format!("SELECT * FROM jobs WHERE request_id IN ({list}) ORDER BY started, rowid");
+            let mut query = sqlx::query(&sql);
+            for id in &ids {
+                query = query.bind(id);
+            }
+            let jobs = query.fetch_all(&self.pool).await?;
+            attach_jobs(&mut requests, &jobs)?;
+            out.extend(requests);
+        }
+        Ok(out)
+    }
+
+    /// The request a job belongs to, if the job is stored.
+    pub async fn request_id_of_job(&self, job_id: Uuid) -> Result<Option<Uuid>> {
+        let row = sqlx::query("SELECT request_id FROM jobs WHERE id = $1")
+            .bind(job_id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| parse_uuid(row.try_get(0)?)).transpose()
     }
 
     /// What `user_id` requested on UTC day `day`.
@@ -285,26 +350,19 @@ impl Store {
         let job_rows = sqlx::query("SELECT * FROM jobs ORDER BY started, rowid")
             .fetch_all(&self.pool)
             .await?;
-        let index: HashMap<Uuid, usize> = requests
-            .iter()
-            .enumerate()
-            .map(|(i, r)| (r.id, i))
-            .collect();
-        for row in &job_rows {
-            let job = job_from_row(row)?;
-            if let Some(&i) = index.get(&job.request_id) {
-                requests[i].jobs.push(job);
-            }
-        }
+        attach_jobs(&mut requests, &job_rows)?;
         Ok(requests)
     }
 
     /// Removes a request and its jobs.
     pub async fn delete_request(&self, id: Uuid) -> Result<()> {
+        let mut tx = self.writer.begin().await?;
         sqlx::query("DELETE FROM requests WHERE id = $1")
             .bind(id.to_string())
-            .execute(&self.writer)
+            .execute(&mut *tx)
             .await?;
+        crate::notify::request_changed(&mut tx, id, crate::notify::REMOVED).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -315,6 +373,39 @@ impl Store {
             .await?
             .try_get(0)?)
     }
+}
+
+/// Puts each job row under its request (rows of other requests are ignored).
+fn attach_jobs(requests: &mut [LiveRequest], job_rows: &[AnyRow]) -> Result<()> {
+    let index: HashMap<Uuid, usize> = requests
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.id, i))
+        .collect();
+    for row in job_rows {
+        let job = job_from_row(row)?;
+        if let Some(&i) = index.get(&job.request_id) {
+            requests[i].jobs.push(job);
+        }
+    }
+    Ok(())
+}
+
+/// Gives a faulted request's activation fee back (`refund` 0: nothing).
+async fn refund_fee(tx: &mut Transaction<'_, Any>, r: &LiveRequest, refund: f64) -> Result<()> {
+    if refund <= 0.0 {
+        return Ok(());
+    }
+    let with = |account, amount, counterparty| Posting {
+        counterparty: Some(counterparty),
+        request_id: Some(r.id),
+        ..Posting::new(account, amount, Kind::Refund)
+    };
+    let postings = [
+        with(r.user_id, refund, HORDE_ACCOUNT),
+        with(HORDE_ACCOUNT, -refund, r.user_id),
+    ];
+    ledger::post(tx, r.created, &postings).await
 }
 
 /// A user's balance and balance floor, read inside a transaction.

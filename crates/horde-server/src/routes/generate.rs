@@ -55,7 +55,7 @@ pub async fn check(
     State(state): State<SharedState>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<RequestStatusCheck>> {
-    state.check_request(&id).map(Json)
+    state.check_request(&id).await.map(Json)
 }
 
 /// Full status of a request, with its images.

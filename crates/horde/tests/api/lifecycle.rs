@@ -255,14 +255,17 @@ async fn finished_requests_expire_with_their_images() {
         .submit(&submit_inline(&popped, &webp(512, 512, RED, RED)))
         .await
         .unwrap();
-    let image_file = app
-        .dir
-        .path()
-        .join("images")
-        .join(format!("{}.webp", popped.id.clone().unwrap()));
-    assert!(
+    // A file under the data directory on SQLite; a row of the database on PostgreSQL.
+    let job: uuid::Uuid = popped.id.clone().unwrap().parse().unwrap();
+    let image_file = app.dir.path().join("images").join(format!("{job}.webp"));
+    assert_eq!(
         image_file.exists(),
-        "the coordinator stores the image under its data directory"
+        crate::backend::postgres_server().is_none(),
+        "the coordinator stores the image under its data directory (SQLite)"
+    );
+    assert!(
+        app.state.images.exists(job).await.unwrap(),
+        "the image is stored"
     );
 
     let now = horde_server::state::now();
@@ -283,6 +286,7 @@ async fn finished_requests_expire_with_their_images() {
     assert_eq!(gone.status().map(|s| s.as_u16()), Some(404));
     assert_eq!(gone.rc(), Some("RequestNotFound"));
     assert!(!image_file.exists(), "its image is removed with it");
+    assert!(!app.state.images.exists(job).await.unwrap());
     assert!(
         requester.check(&waiting).await.is_ok(),
         "the waiting request stays (idle expiry is from its last pop)"

@@ -1,0 +1,202 @@
+//! Several coordinators sharing one PostgreSQL database.
+//!
+//! PostgreSQL holds the state and arbitrates; each coordinator keeps its own in-memory copy of
+//! the live requests (the `Queue`) for fast pops and checks, and keeps it fresh this way:
+//!
+//! * every change to a request's row is conditional on the row's `version` (the store refuses
+//!   a write over a version it did not expect), so a coordinator acting on an out-of-date copy
+//!   never overwrites another's change: it reloads the stored copy and tries again (a pop picks
+//!   again; a result is applied again);
+//! * every change is announced with `NOTIFY` in its own transaction (`horde_store::notify`);
+//!   [`spawn_listener`] reloads the requests whose announced version is newer than the local
+//!   copy, a batch at a time, so a request accepted on one coordinator can be popped on all
+//!   of them a few milliseconds later;
+//! * a request, job or worker asked for by id and missing locally is looked up in the
+//!   database (a client may check a request here before the notification arrived);
+//! * background duties (deadlines, expiry) run on one coordinator at a time: the sweeper's
+//!   leader holds a PostgreSQL advisory lock on a connection of its own (`Leadership`), which
+//!   PostgreSQL releases when that process dies.
+//!
+//! On SQLite there is one process: nothing here runs, and every lookup stays in memory.
+
+use crate::error::ApiResult;
+use crate::state::{AppState, SharedState};
+use horde_store::notify::{Listener, REMOVED};
+use horde_store::Backend;
+use std::collections::BTreeMap;
+use std::time::Duration;
+use uuid::Uuid;
+
+impl AppState {
+    /// Whether other coordinators may share this one's database.
+    pub fn is_clustered(&self) -> bool {
+        self.store.backend() == Backend::Postgres
+    }
+
+    /// Makes sure request `id`, if stored, is in the local queue (another coordinator may
+    /// have accepted it moments ago).
+    pub async fn load_request(&self, id: Uuid) -> ApiResult<()> {
+        if !self.is_clustered() || self.queue.lock().expect("queue lock").get(id).is_some() {
+            return Ok(());
+        }
+        let _ordered = self.write_order.lock().await;
+        self.load_request_ordered(id).await
+    }
+
+    /// [`AppState::load_request`], for a caller holding `write_order`.
+    pub(crate) async fn load_request_ordered(&self, id: Uuid) -> ApiResult<()> {
+        if !self.is_clustered() || self.queue.lock().expect("queue lock").get(id).is_some() {
+            return Ok(());
+        }
+        self.resync_request_ordered(id).await
+    }
+
+    /// Makes sure the request of job `job_id` is in the local queue, as of its stored state
+    /// when the local copy does not know the job yet. The caller holds `write_order`.
+    pub(crate) async fn load_request_of_job_ordered(&self, job_id: Uuid) -> ApiResult<()> {
+        if !self.is_clustered() {
+            return Ok(());
+        }
+        let known = self
+            .queue
+            .lock()
+            .expect("queue lock")
+            .request_of_job(job_id)
+            .is_some();
+        if known {
+            return Ok(());
+        }
+        match self.store.request_id_of_job(job_id).await? {
+            Some(request_id) => self.resync_request_ordered(request_id).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Replaces the local copy of request `id` by the stored one (or drops it when it is no
+    /// longer stored). The caller holds `write_order`.
+    pub(crate) async fn resync_request_ordered(&self, id: Uuid) -> ApiResult<()> {
+        let stored = self.store.load_request(id).await?;
+        if let Some(request) = &stored {
+            self.load_workers_of(request).await?;
+        }
+        let mut queue = self.queue.lock().expect("queue lock");
+        match stored {
+            Some(request) => queue.replace(request),
+            None => {
+                queue.remove(id);
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies announced changes: reloads the requests whose announced version is newer than
+    /// the local copy, and drops the removed ones.
+    async fn apply_announcements(&self, changes: BTreeMap<Uuid, i64>) -> ApiResult<()> {
+        let _ordered = self.write_order.lock().await;
+        let (stale, removed): (Vec<Uuid>, Vec<Uuid>) = {
+            let queue = self.queue.lock().expect("queue lock");
+            let mut stale = vec![];
+            let mut removed = vec![];
+            for (id, version) in changes {
+                let local = queue.get(id).map(|r| r.version as i64);
+                match (version, local) {
+                    (REMOVED, Some(_)) => removed.push(id),
+                    (REMOVED, None) => {}
+                    (v, Some(local)) if v <= local => {}
+                    _ => stale.push(id),
+                }
+            }
+            (stale, removed)
+        };
+        let loaded = self.store.load_requests_by_id(&stale).await?;
+        for request in &loaded {
+            self.load_workers_of(request).await?;
+        }
+        let mut queue = self.queue.lock().expect("queue lock");
+        for id in removed {
+            queue.remove(id);
+        }
+        for request in loaded {
+            queue.replace(request);
+        }
+        Ok(())
+    }
+
+    /// Puts a worker's stored reputation back in the registry, after a change counted in
+    /// memory was not stored (another coordinator changed the job's request first).
+    pub(crate) async fn reload_reputation(&self, worker_id: Uuid) -> ApiResult<()> {
+        if let Some(stored) = self.store.worker_by_id(worker_id).await? {
+            if let Some(entry) = self
+                .workers
+                .write()
+                .expect("registry lock")
+                .get_mut(worker_id)
+            {
+                entry.worker.reputation = stored.reputation;
+            }
+        }
+        Ok(())
+    }
+
+    /// Loads into the registry the workers holding jobs of `request` that registered on
+    /// another coordinator.
+    async fn load_workers_of(&self, request: &horde_core::request::LiveRequest) -> ApiResult<()> {
+        for job in &request.jobs {
+            self.load_worker(job.worker_id).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Listens for the other coordinators' announcements and applies them, a batch at a time.
+/// Reconnects after a lost connection, then reloads every live request (announcements sent
+/// meanwhile are lost).
+pub fn spawn_listener(state: SharedState, url: String) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            if let Err(error) = listen(&state, &url).await {
+                tracing::warn!(%error, "lost the cluster's announcements; reconnecting");
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    })
+}
+
+async fn listen(state: &SharedState, url: &str) -> Result<(), horde_store::StoreError> {
+    let mut listener = Listener::connect(url).await?;
+    // Whatever changed before the listener was up.
+    if let Err(error) = state.resync_all().await {
+        tracing::warn!(error = ?error.body, "could not reload the live requests");
+    }
+    loop {
+        let changes = listener.next_batch().await?;
+        if let Err(error) = state.apply_announcements(changes).await {
+            tracing::warn!(error = ?error.body, "could not apply the cluster's changes");
+        }
+    }
+}
+
+impl AppState {
+    /// Reloads every stored live request in place of the local copies.
+    async fn resync_all(&self) -> ApiResult<()> {
+        let _ordered = self.write_order.lock().await;
+        let stored = self.store.load_requests().await?;
+        for request in &stored {
+            self.load_workers_of(request).await?;
+        }
+        let mut queue = self.queue.lock().expect("queue lock");
+        let kept: std::collections::HashSet<Uuid> = stored.iter().map(|r| r.id).collect();
+        let gone: Vec<Uuid> = queue
+            .requests()
+            .map(|r| r.id)
+            .filter(|id| !kept.contains(id))
+            .collect();
+        for id in gone {
+            queue.remove(id);
+        }
+        for request in stored {
+            queue.replace(request);
+        }
+        Ok(())
+    }
+}
