@@ -96,6 +96,15 @@ impl Client {
         }
     }
 
+    /// The same key and connection pool, talking to another server (another coordinator of the
+    /// same horde, for instance).
+    pub fn with_base_url(&self, base_url: &str) -> Self {
+        Client {
+            root: root_of(base_url),
+            ..self.clone()
+        }
+    }
+
     /// Reports `agent` (name:version:contact) instead of this crate's own.
     pub fn with_client_agent(mut self, agent: impl Into<String>) -> Self {
         self.client_agent = agent.into();

@@ -58,12 +58,15 @@ impl ImageStore {
         Ok(staged)
     }
 
+    /// Puts a staged image in place as the image of `job_id` (a file is moved; with a database
+    /// its bytes are stored and the staged file is left for [`ImageStore::discard`]).
     pub async fn commit(&self, staged: &Path, job_id: Uuid) -> Result<(), ApiError> {
         match &self.database {
             Some(store) => {
+                // The staged file stays until the caller discards it: a submission applied
+                // again after another coordinator's change commits it again.
                 let bytes = tokio::fs::read(staged).await.map_err(ApiError::internal)?;
                 store.put_image(job_id, &bytes, crate::state::now()).await?;
-                self.discard(staged).await;
                 Ok(())
             }
             None => tokio::fs::rename(staged, self.path(job_id))

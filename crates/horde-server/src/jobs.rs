@@ -14,8 +14,9 @@ use horde_core::{pricing, Assignment, PopOutcome, Reputation, Standby, Suspicion
 use horde_store::{StoreError, SubmitEffects};
 use std::collections::BTreeMap;
 
-/// Pops tried again after another coordinator took the chosen request first.
-const MAX_CLAIM_ATTEMPTS: usize = 3;
+/// Attempts at storing a pop or a result when other coordinators keep changing the request
+/// first (each attempt starts from the stored copy, so one of the contenders always wins).
+const MAX_CLAIM_ATTEMPTS: usize = 8;
 use uuid::Uuid;
 
 /// Assumed speed of a worker that has not finished a job yet, in megapixelsteps per second
@@ -315,7 +316,9 @@ impl AppState {
                 "This upload URL was already used.",
             ));
         }
-        self.images.commit(&staged, job_id).await
+        let committed = self.images.commit(&staged, job_id).await;
+        self.images.discard(&staged).await;
+        committed
     }
 
     pub async fn submit(&self, user: &User, submit: SubmitRequest) -> ApiResult<SubmitResponse> {
@@ -343,14 +346,16 @@ impl AppState {
         // Another coordinator sharing the database may change the request meanwhile (another
         // of its jobs handed out or finished): the stored copy is reloaded and the result
         // applied to it.
+        let mut outcome = Err(ApiError::new(
+            Rc::InternalServerError,
+            "The request changed too often while this result was stored; submit it again.",
+        ));
         for _ in 0..MAX_CLAIM_ATTEMPTS {
             let (request, job) = match self.job_for_submit(user, job_id) {
                 Ok(found) => found,
                 Err(error) => {
-                    if let Some(staged) = &staged {
-                        self.images.discard(staged).await;
-                    }
-                    return Err(error);
+                    outcome = Err(error);
+                    break;
                 }
             };
             match self
@@ -361,14 +366,21 @@ impl AppState {
                     self.reload_reputation(job.worker_id).await?;
                     self.resync_request_ordered(id).await?;
                 }
-                Err(SubmitError::Api(error)) => return Err(error),
-                Ok(answer) => return Ok(answer),
+                Err(SubmitError::Api(error)) => {
+                    outcome = Err(error);
+                    break;
+                }
+                Ok(answer) => {
+                    outcome = Ok(answer);
+                    break;
+                }
             }
         }
-        Err(ApiError::new(
-            Rc::InternalServerError,
-            "The request changed too often while this result was stored; submit it again.",
-        ))
+        // Whatever is still staged was refused (a committed image is no longer there).
+        if let Some(staged) = &staged {
+            self.images.discard(staged).await;
+        }
+        outcome
     }
 
     /// Applies a checked submission to the request and stores it with its effects (kudos,
@@ -430,15 +442,7 @@ impl AppState {
         let Some((result, updated, refund)) = applied else {
             return Err(invalid_job(&submit.id).into());
         };
-        let job = match result {
-            Ok(job) => job,
-            Err(refusal) => {
-                if let Some(staged) = staged {
-                    self.images.discard(staged).await;
-                }
-                return Err(refusal_error(refusal).into());
-            }
-        };
+        let job = result.map_err(refusal_error)?;
         if let Some(staged) = staged {
             self.images.commit(staged, job_id).await?;
         }

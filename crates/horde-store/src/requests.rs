@@ -366,6 +366,16 @@ impl Store {
         Ok(())
     }
 
+    /// Kudos charged to all stored requests (activation fees and delivered images).
+    pub async fn charged_kudos(&self) -> Result<f64> {
+        Ok(sqlx::query(
+            "SELECT CAST(COALESCE(SUM(consumed_kudos), 0) AS DOUBLE PRECISION) FROM requests",
+        )
+        .fetch_one(&self.pool)
+        .await?
+        .try_get(0)?)
+    }
+
     /// Active requests of a user (n still waiting or in flight), for the concurrency limit.
     pub async fn request_count(&self) -> Result<i64> {
         Ok(sqlx::query("SELECT COUNT(*) FROM requests")

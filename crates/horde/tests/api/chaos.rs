@@ -2,6 +2,9 @@
 //! job, some stall past their deadline, some report faults — and 500 requests of 1 to 4 images,
 //! some cancelled midway. Every request ends done, no image is delivered twice, nothing of a
 //! cancelled request is handed out after its cancel, and the kudos add up.
+//!
+//! The same with two and three coordinators sharing one PostgreSQL database: every call of
+//! every worker and client goes to a coordinator picked at random, as behind a load balancer.
 
 use crate::helpers::*;
 use horde_api::image::{SubmitRequest, SubmitState};
@@ -33,8 +36,22 @@ enum Behaviour {
     Die,
 }
 
+/// The same user's client on each coordinator; each call goes to one picked at random.
+#[derive(Clone)]
+struct Spread(Vec<Client>);
+
+impl Spread {
+    fn on(apps: &[TestApp], client: &Client) -> Spread {
+        Spread(apps.iter().map(|app| client.with_base_url(&app.root)).collect())
+    }
+
+    fn any(&self) -> &Client {
+        &self.0[rand::rng().random_range(0..self.0.len())]
+    }
+}
+
 async fn simulated_worker(
-    client: Client,
+    client: Spread,
     name: String,
     seed: u64,
     dies_after: Option<usize>,
@@ -50,7 +67,7 @@ async fn simulated_worker(
     while !stop.load(Ordering::SeqCst) {
         // A job is handed out no earlier than its pop was sent.
         let asked = Instant::now();
-        let Ok(answer) = client.pop(&pop).await else {
+        let Ok(answer) = client.any().pop(&pop).await else {
             continue;
         };
         let Some(_) = &answer.id else {
@@ -86,7 +103,7 @@ async fn simulated_worker(
                 censored: false,
                 gen_metadata: vec![],
             };
-            match client.submit(&submit).await {
+            match client.any().submit(&submit).await {
                 Ok(reward) if !matches!(behaviour, Behaviour::Fault) => {
                     let mut record = record.lock().unwrap();
                     if record.delivered.insert(id.clone(), reward.reward).is_some() {
@@ -102,22 +119,50 @@ async fn simulated_worker(
     }
 }
 
+/// Short deadlines and sweeps; nothing expires during the test.
+fn chaos_settings(c: &mut horde_server::config::ServerConfig) {
+    c.jobs.deadline_floor_secs = 3;
+    c.jobs.deadline_ceiling_secs = 3;
+    c.jobs.max_restarts = 12;
+    c.requests.sweep_interval_secs = 1;
+    c.requests.idle_expiry_secs = 3600;
+    c.requests.retention_secs = 3600;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_request_finishes_despite_dying_stalling_and_faulting_workers() {
-    let app = spawn_app_with(|c| {
-        c.jobs.deadline_floor_secs = 3;
-        c.jobs.deadline_ceiling_secs = 3;
-        c.jobs.max_restarts = 12;
-        c.requests.sweep_interval_secs = 1;
-        c.requests.idle_expiry_secs = 3600;
-        c.requests.retention_secs = 3600;
-    })
-    .await;
+    let app = spawn_app_with(chaos_settings).await;
+    run_chaos(std::slice::from_ref(&app)).await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL: .ci/run runs it with HORDE_TEST_POSTGRES_URL"]
+async fn two_coordinators_on_one_postgresql_survive_the_chaos() {
+    let apps = spawn_cluster(2, chaos_settings).await;
+    run_chaos(&apps).await;
+    for app in apps {
+        app.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL: .ci/run runs it with HORDE_TEST_POSTGRES_URL"]
+async fn three_coordinators_on_one_postgresql_survive_the_chaos() {
+    let apps = spawn_cluster(3, chaos_settings).await;
+    run_chaos(&apps).await;
+    for app in apps {
+        app.stop().await;
+    }
+}
+
+async fn run_chaos(apps: &[TestApp]) {
+    let app = &apps[0];
     let mut requesters = Vec::new();
     let mut requester_ids = Vec::new();
     for i in 0..25 {
         let (client, id) = app.user(&format!("requester-{i}"), 10_000.0).await;
-        requesters.push(client);
+        requesters.push(Spread::on(apps, &client));
         requester_ids.push(id);
     }
     let mut transfers = 0;
@@ -132,6 +177,7 @@ async fn every_request_finishes_despite_dying_stalling_and_faulting_workers() {
     for w in 0..WORKERS {
         let (owner, _) = app.user(&format!("owner-{w}"), 0.0).await;
         owners.push(owner.clone());
+        let owner = Spread::on(apps, &owner);
         let dies_after = (w < 3).then_some(15 + w * 5);
         workers.push(tokio::spawn(simulated_worker(
             owner,
@@ -146,7 +192,7 @@ async fn every_request_finishes_despite_dying_stalling_and_faulting_workers() {
 
     // Requests go in as fast as each user's concurrency limit allows (429 TooManyPrompts
     // means: try again shortly, as clients do); some are cancelled while workers are at them.
-    let mut ids: Vec<(usize, String, Client)> = Vec::new();
+    let mut ids: Vec<(usize, String, Spread)> = Vec::new();
     let mut cancelled_at: HashMap<String, Instant> = HashMap::new();
     for i in 0..REQUESTS {
         let mut request = small_request(&format!("request {i}"), 1 + (i % 4) as u32, false);
@@ -154,7 +200,7 @@ async fn every_request_finishes_despite_dying_stalling_and_faulting_workers() {
         (request.params.width, request.params.height) = (64, 64); // the images sent
         let client = requesters[i % requesters.len()].clone();
         let id = loop {
-            match client.generate_async(&request).await {
+            match client.any().generate_async(&request).await {
                 Ok(accepted) => break accepted.id.unwrap(),
                 Err(e) if e.rc() == Some("TooManyPrompts") => {
                     tokio::time::sleep(Duration::from_millis(50)).await
@@ -169,6 +215,7 @@ async fn every_request_finishes_despite_dying_stalling_and_faulting_workers() {
             let (from, to) = (i % requesters.len(), (i * 7 + 1) % requesters.len());
             if from != to {
                 match requesters[from]
+                    .any()
                     .transfer_kudos(&format!("requester-{to}#{}", requester_ids[to]), 3.0)
                     .await
                 {
@@ -179,7 +226,7 @@ async fn every_request_finishes_despite_dying_stalling_and_faulting_workers() {
         }
         if i % (REQUESTS / CANCELLED) == 3 {
             let (j, victim, owner) = &ids[i - 2];
-            owner.cancel(victim).await.unwrap();
+            owner.any().cancel(victim).await.unwrap();
             cancelled_at.insert(format!("request {j}"), Instant::now());
         }
     }
@@ -189,7 +236,7 @@ async fn every_request_finishes_despite_dying_stalling_and_faulting_workers() {
     while !pending.is_empty() && Instant::now() < deadline {
         let mut still = Vec::new();
         for entry in pending {
-            if !entry.2.check(&entry.1).await.unwrap().done {
+            if !entry.2.any().check(&entry.1).await.unwrap().done {
                 still.push(entry);
             }
         }
@@ -219,7 +266,7 @@ async fn every_request_finishes_despite_dying_stalling_and_faulting_workers() {
     }
     let mut images_seen = HashSet::new();
     for (i, id, client) in &ids {
-        let status = client.status(id).await.unwrap();
+        let status = client.any().status(id).await.unwrap();
         let cancelled = cancelled_at.contains_key(&format!("request {i}"));
         assert!(
             !status.check.faulted,
@@ -257,17 +304,10 @@ async fn every_request_finishes_despite_dying_stalling_and_faulting_workers() {
         (paid - earned).abs() < 1e-6,
         "rewards paid {paid} vs owners' kudos {earned}"
     );
-    let charged: f64 = app
-        .state
-        .queue
-        .lock()
-        .unwrap()
-        .requests()
-        .map(|r| r.consumed_kudos)
-        .sum();
+    let charged: f64 = app.state.store.charged_kudos().await.unwrap();
     let mut spent = 0.0;
     for requester in &requesters {
-        spent += 10_000.0 - requester.find_user().await.unwrap().kudos;
+        spent += 10_000.0 - requester.any().find_user().await.unwrap().kudos;
     }
     assert!(
         (charged - spent).abs() < 1e-6,
@@ -302,5 +342,4 @@ async fn every_request_finishes_despite_dying_stalling_and_faulting_workers() {
         (paid_by_requesters - (earned + refunded + kept_by_horde)).abs() < 1e-6,
         "paid {paid_by_requesters} = earned {earned} + refunded {refunded} + kept {kept_by_horde}"
     );
-    app.stop().await;
 }

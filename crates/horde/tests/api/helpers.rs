@@ -42,8 +42,42 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut ServerConfig)) -> TestAp
     start(config, dir).await
 }
 
+/// `n` coordinators sharing one new PostgreSQL database (each with its own data directory),
+/// with the test defaults, then `configure` applied. Needs `HORDE_TEST_POSTGRES_URL`.
+pub async fn spawn_cluster(n: usize, configure: impl Fn(&mut ServerConfig)) -> Vec<TestApp> {
+    let first = tempfile::tempdir().expect("temporary directory");
+    let url = crate::backend::database_for(first.path())
+        .expect("several coordinators share a PostgreSQL database: set HORDE_TEST_POSTGRES_URL");
+    let mut apps = Vec::with_capacity(n);
+    let mut dirs = vec![first];
+    dirs.extend((1..n).map(|_| tempfile::tempdir().expect("temporary directory")));
+    for dir in dirs {
+        let mut config = ServerConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir: dir.path().to_path_buf(),
+            ..Default::default()
+        };
+        config.api.test_users = true;
+        config.api.rate_limits = false;
+        configure(&mut config);
+        config.database.url = url.clone();
+        apps.push(start(config, dir).await);
+    }
+    apps
+}
+
 /// Serves `config` from `dir` (which holds the database and images).
 async fn start(config: ServerConfig, dir: TempDir) -> TestApp {
+    // RUST_LOG=… shows the coordinators' logs (with --nocapture).
+    static LOGS: std::sync::Once = std::sync::Once::new();
+    LOGS.call_once(|| {
+        if std::env::var_os("RUST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+                .with_test_writer()
+                .try_init();
+        }
+    });
     let app = Application::build(config.clone())
         .await
         .expect("coordinator starts");
