@@ -9,6 +9,7 @@ mod backend;
 mod bench;
 mod chaos;
 mod cli;
+mod cluster;
 mod crash;
 mod deadlines;
 mod durability;
