@@ -13,7 +13,9 @@ pub const IMAGE_SIDE: u32 = 64;
 #[derive(Clone)]
 pub struct Api {
     pub http: reqwest::Client,
-    pub url: String,
+    /// The coordinators; each call goes to the next one.
+    urls: std::sync::Arc<Vec<String>>,
+    next: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Who takes part: a moderator, requesters allowed 500 waiting images each, and one owner
@@ -26,19 +28,23 @@ pub struct Population {
 }
 
 impl Api {
-    pub fn new(url: &str) -> Api {
+    /// Calls go to `urls` in turn.
+    pub fn new(urls: &[String]) -> Api {
+        assert!(!urls.is_empty(), "a coordinator to drive");
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(1024)
             .build()
             .expect("an HTTP client");
         Api {
             http,
-            url: url.to_string(),
+            urls: std::sync::Arc::new(urls.to_vec()),
+            next: Default::default(),
         }
     }
 
     fn path(&self, path: &str) -> String {
-        format!("{}/api/v2/{path}", self.url)
+        let turn = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("{}/api/v2/{path}", self.urls[turn % self.urls.len()])
     }
 
     async fn test_user(&self, name: &str, moderator: bool) -> anyhow::Result<(String, i64)> {

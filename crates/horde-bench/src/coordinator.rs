@@ -1,6 +1,6 @@
-//! The coordinator under test: a `horde serve` child process on a fresh data directory (so the
-//! harness knows its pid for RSS, and each scenario starts from an empty database), or one
-//! already running at a URL.
+//! The coordinators under test: `horde serve` child processes on fresh data directories (so the
+//! harness knows their pids for RSS, and each scenario starts from an empty database) — one on
+//! SQLite, or several sharing a new PostgreSQL database — or one already running at a URL.
 
 use anyhow::{bail, Context};
 use std::path::{Path, PathBuf};
@@ -16,18 +16,18 @@ pub struct Coordinator {
 impl Coordinator {
     /// Starts `horde serve` from `binary` on a free loopback port and a new data directory,
     /// with test users on (the harness makes its users) and rate limits off (it is the load).
-    pub async fn launch(binary: &Path) -> anyhow::Result<Coordinator> {
+    pub async fn launch(binary: &Path, database: Option<&str>) -> anyhow::Result<Coordinator> {
         let data = tempfile::tempdir().context("a temporary data directory")?;
         let port = free_port()?;
         let log = std::fs::File::create(data.path().join("coordinator.log"))?;
-        let child = Command::new(binary)
+        let mut command = Command::new(binary);
+        command.arg("serve");
+        if let Some(url) = database {
+            command.arg("--database").arg(url);
+        }
+        let child = command
             .current_dir(data.path())
-            .args([
-                "serve",
-                "--enable-test-users",
-                "--no-rate-limits",
-                "--listen",
-            ])
+            .args(["--enable-test-users", "--no-rate-limits", "--listen"])
             .arg(format!("127.0.0.1:{port}"))
             .arg("--data-dir")
             .arg(data.path())
@@ -88,6 +88,23 @@ impl Coordinator {
     /// The data directory of a launched coordinator.
     pub fn data_dir(&self) -> Option<PathBuf> {
         self._data.as_ref().map(|d| d.path().to_path_buf())
+    }
+}
+
+/// The coordinators one scenario drives: calls are spread over them in turn, as a load
+/// balancer would.
+pub struct Deployment {
+    pub members: Vec<Coordinator>,
+}
+
+impl Deployment {
+    pub fn urls(&self) -> Vec<String> {
+        self.members.iter().map(|c| c.url.clone()).collect()
+    }
+
+    /// The resident memory of all the coordinators together, in MB.
+    pub fn rss_mb(&self) -> Option<f64> {
+        self.members.iter().map(Coordinator::rss_mb).sum()
     }
 }
 

@@ -15,7 +15,7 @@ pub mod scenarios;
 pub mod stats;
 
 use api::{Api, Bodies};
-use coordinator::Coordinator;
+use coordinator::{Coordinator, Deployment};
 use scenarios::{Mix, Outcome};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -64,13 +64,18 @@ impl Sizes {
     }
 }
 
-/// Where the coordinator comes from.
+/// Where the coordinators come from.
 #[derive(Debug, Clone)]
 pub enum Target {
-    /// Launch `horde serve` from this binary, fresh for each scenario.
-    Launch(PathBuf),
-    /// Use the coordinator at this URL for every scenario (no RSS; state accumulates).
-    Url(String),
+    /// Launch `horde serve` from `binary`, fresh for each scenario: one on SQLite, or
+    /// `coordinators` processes sharing a new database on the PostgreSQL server `postgres`.
+    Launch {
+        binary: PathBuf,
+        postgres: Option<String>,
+        coordinators: usize,
+    },
+    /// Use the coordinators at these URLs for every scenario (no RSS; state accumulates).
+    Urls(Vec<String>),
 }
 
 /// Every scenario name, in the order `all` runs them.
@@ -97,11 +102,29 @@ pub async fn run(target: &Target, sizes: &Sizes, names: &[String]) -> anyhow::Re
     Ok(outcomes)
 }
 
-async fn fresh(target: &Target) -> anyhow::Result<Coordinator> {
-    match target {
-        Target::Launch(binary) => Coordinator::launch(binary).await,
-        Target::Url(url) => Ok(Coordinator::at(url)),
-    }
+async fn fresh(target: &Target) -> anyhow::Result<Deployment> {
+    let members = match target {
+        Target::Launch {
+            binary,
+            postgres: None,
+            ..
+        } => vec![Coordinator::launch(binary, None).await?],
+        Target::Launch {
+            binary,
+            postgres: Some(server),
+            coordinators,
+        } => {
+            let name = format!("horde_bench_{}", uuid::Uuid::new_v4().simple());
+            let url = horde_store::admin::create_postgres_database(server, &name).await?;
+            let mut members = vec![];
+            for _ in 0..(*coordinators).max(1) {
+                members.push(Coordinator::launch(binary, Some(&url)).await?);
+            }
+            members
+        }
+        Target::Urls(urls) => urls.iter().map(|url| Coordinator::at(url)).collect(),
+    };
+    Ok(Deployment { members })
 }
 
 async fn run_one(
@@ -122,7 +145,7 @@ async fn run_one(
             let mut out = vec![];
             for connections in [c, sizes.many_connections] {
                 let co = fresh(target).await?;
-                let api = Api::new(&co.url);
+                let api = Api::new(&co.urls());
                 let figures = scenarios::heartbeat(&api, connections, d).await;
                 out.push(outcome(
                     format!("heartbeat c={connections}"),
@@ -134,7 +157,7 @@ async fn run_one(
         }
         "pop-empty" => {
             let co = fresh(target).await?;
-            let api = Api::new(&co.url);
+            let api = Api::new(&co.urls());
             let people = api.populate(1, c as u32).await?;
             scenarios::register_workers(&api, &people, c).await?;
             let pops = scenarios::pop_loop(&api, &people, c, c, d, usize::MAX).await;
@@ -144,7 +167,7 @@ async fn run_one(
             let mut out = vec![];
             for connections in [10, c, sizes.many_connections] {
                 let co = fresh(target).await?;
-                let api = Api::new(&co.url);
+                let api = Api::new(&co.urls());
                 // Enough requesters (500 waiting images each) that none reaches its limit at
                 // up to 40 000 accepted requests a second.
                 let waiting = (40_000.0 * sizes.secs) as usize;
@@ -163,7 +186,7 @@ async fn run_one(
             let mut out = vec![];
             for queued in [sizes.queued.0, sizes.queued.1] {
                 let co = fresh(target).await?;
-                let api = Api::new(&co.url);
+                let api = Api::new(&co.urls());
                 let images = queued * api::QUEUED_N;
                 let people = api.populate(requesters_for(images), c as u32).await?;
                 scenarios::register_workers(&api, &people, c).await?;
@@ -179,7 +202,7 @@ async fn run_one(
             let mut out = vec![];
             for workers in [sizes.workers.0, sizes.workers.1] {
                 let co = fresh(target).await?;
-                let api = Api::new(&co.url);
+                let api = Api::new(&co.urls());
                 let people = api.populate(1, workers as u32).await?;
                 scenarios::register_workers(&api, &people, workers).await?;
                 let pops = scenarios::pop_loop(&api, &people, workers, c, d, usize::MAX).await;
@@ -193,7 +216,7 @@ async fn run_one(
         }
         "mixed" => {
             let co = fresh(target).await?;
-            let api = Api::new(&co.url);
+            let api = Api::new(&co.urls());
             let mix = Mix {
                 workers: c,
                 clients: c,

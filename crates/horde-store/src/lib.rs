@@ -8,6 +8,7 @@
 //! process being killed; `synchronous = FULL` (config) also survives power loss, at a cost.
 
 mod accepted;
+pub mod admin;
 mod images;
 mod lease;
 pub mod ledger;

@@ -122,9 +122,18 @@ struct BenchArgs {
     /// Scenarios to run (default: all): heartbeat, pop-empty, async, pop-queued, pop-workers, mixed
     scenarios: Vec<String>,
     /// Drive the coordinator at this URL instead of launching one per scenario (it must run with
-    /// --enable-test-users and --no-rate-limits; no memory figures)
+    /// --enable-test-users and --no-rate-limits; no memory figures). Repeat it for several
+    /// coordinators of one horde: calls go to each in turn
     #[arg(long)]
-    url: Option<String>,
+    url: Vec<String>,
+    /// Launch the coordinators on this PostgreSQL server (a URL any database of it; each
+    /// scenario gets a new database there) instead of SQLite
+    #[arg(long, value_name = "URL")]
+    postgres: Option<String>,
+    /// How many coordinator processes to launch on the PostgreSQL database (calls go to each
+    /// in turn, as behind a load balancer)
+    #[arg(long, default_value_t = 1, requires = "postgres")]
+    coordinators: usize,
     /// A run of seconds with small sizes (CI), instead of the full sizes (100 000 queued
     /// requests, 10 000 workers, 5-second phases)
     #[arg(long)]
@@ -228,9 +237,14 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     if let Some(secs) = args.secs {
         sizes.secs = secs;
     }
-    let target = match args.url {
-        Some(url) => horde_bench::Target::Url(url),
-        None => horde_bench::Target::Launch(std::env::current_exe()?),
+    let target = if args.url.is_empty() {
+        horde_bench::Target::Launch {
+            binary: std::env::current_exe()?,
+            postgres: args.postgres,
+            coordinators: args.coordinators,
+        }
+    } else {
+        horde_bench::Target::Urls(args.url)
     };
     let outcomes = horde_bench::run(&target, &sizes, &args.scenarios).await?;
     horde_bench::print_ratios(&horde_bench::ratios(&outcomes, &sizes));

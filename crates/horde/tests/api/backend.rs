@@ -6,7 +6,7 @@
 //! subprocess, gets the same database: `HORDE_DATABASE__URL` is set for subprocesses, and
 //! `database.url` in process.
 
-use sqlx::{Connection, Executor, Row};
+use sqlx::{Connection, Row};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -29,40 +29,19 @@ pub fn database_for(dir: &Path) -> Option<String> {
         return Some(url.clone());
     }
     let name = format!("horde_test_{}", uuid::Uuid::new_v4().simple());
-    let url = with_database(&server, &name);
     // A thread of its own: callers may be inside a runtime, and may not be async.
-    let create = format!("CREATE DATABASE {name}");
-    std::thread::spawn(move || {
+    let url = std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
-        runtime.block_on(async {
-            sqlx::any::install_default_drivers();
-            let mut conn = sqlx::AnyConnection::connect(&server)
-                .await
-                .expect("the test PostgreSQL server answers");
-            conn.execute(create.as_str())
-                .await
-                .expect("database created");
-        })
+        runtime.block_on(horde_store::admin::create_postgres_database(&server, &name))
     })
     .join()
-    .unwrap();
+    .unwrap()
+    .expect("a database created on the test PostgreSQL server");
     databases.insert(dir.to_path_buf(), url.clone());
     Some(url)
-}
-
-/// `server` with its database name replaced by `name`.
-fn with_database(server: &str, name: &str) -> String {
-    let (base, query) = server.split_once('?').unwrap_or((server, ""));
-    let (prefix, _) = base.rsplit_once('/').expect("a URL with a path");
-    let query = if query.is_empty() {
-        String::new()
-    } else {
-        format!("?{query}")
-    };
-    format!("{prefix}/{name}{query}")
 }
 
 /// Everything the database of `dir` holds, as bytes to search: the SQLite file and its WAL, or

@@ -1,11 +1,30 @@
 //! The load harness cannot rot: `horde bench --smoke` runs every scenario for half a second
-//! against coordinators it launches, and every call it made must have been answered as
-//! expected. (Its figures are for BENCHMARKS.md, never asserted: these machines are noisy.)
+//! against coordinators it launches (on SQLite; and two sharing PostgreSQL), and every call it
+//! made must have been answered as expected. (Its figures are for BENCHMARKS.md, never
+//! asserted: these machines are noisy.)
 
 #[test]
 fn horde_bench_smoke_runs_every_scenario_without_errors() {
+    check_smoke_run(&["bench", "--smoke"]);
+}
+
+#[test]
+#[ignore = "needs PostgreSQL: .ci/run runs it with HORDE_TEST_POSTGRES_URL"]
+fn horde_bench_smoke_runs_against_two_coordinators_on_postgresql() {
+    let server = crate::backend::postgres_server().expect("needs HORDE_TEST_POSTGRES_URL");
+    check_smoke_run(&[
+        "bench",
+        "--smoke",
+        "--postgres",
+        &server,
+        "--coordinators",
+        "2",
+    ]);
+}
+
+fn check_smoke_run(args: &[&str]) {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_horde"))
-        .args(["bench", "--smoke"])
+        .args(args)
         .output()
         .expect("horde bench runs");
     let stdout = String::from_utf8_lossy(&output.stdout);

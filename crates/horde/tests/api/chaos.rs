@@ -42,7 +42,11 @@ struct Spread(Vec<Client>);
 
 impl Spread {
     fn on(apps: &[TestApp], client: &Client) -> Spread {
-        Spread(apps.iter().map(|app| client.with_base_url(&app.root)).collect())
+        Spread(
+            apps.iter()
+                .map(|app| client.with_base_url(&app.root))
+                .collect(),
+        )
     }
 
     fn any(&self) -> &Client {

@@ -70,10 +70,7 @@ async fn a_request_accepted_on_one_coordinator_reaches_the_others_without_a_poll
     assert!(done_on_a.is_some(), "the first coordinator saw the result");
     let status = requester.status(&id).await.unwrap();
     assert_eq!(status.generations.len(), 1);
-    assert_eq!(
-        halves_of(&base64_decode(&status.generations[0].img)).1,
-        RED
-    );
+    assert_eq!(halves_of(&base64_decode(&status.generations[0].img)).1, RED);
     for app in apps {
         app.stop().await;
     }
@@ -119,7 +116,9 @@ async fn a_worker_uploads_to_one_coordinator_and_the_client_downloads_from_anoth
     }
     // No image file on either coordinator's disk: they are in the database.
     for app in &apps {
-        let files = std::fs::read_dir(app.dir.path().join("images")).unwrap().count();
+        let files = std::fs::read_dir(app.dir.path().join("images"))
+            .unwrap()
+            .count();
         assert_eq!(files, 0, "{}", app.root);
     }
     for app in apps {
@@ -167,10 +166,7 @@ async fn rate_limits_and_concurrency_caps_hold_across_coordinators() {
     let limited = serde_json::json!({"concurrency": 3});
     let set = apps[0]
         .client(&moderator)
-        .request(
-            reqwest::Method::PUT,
-            &format!("/users/{}", created.user_id),
-        )
+        .request(reqwest::Method::PUT, &format!("/users/{}", created.user_id))
         .json(&limited)
         .send()
         .await
@@ -206,10 +202,15 @@ async fn rate_limits_and_concurrency_caps_hold_across_coordinators() {
 async fn the_sweeper_runs_on_one_coordinator_and_moves_when_it_is_killed() {
     // Two `horde serve` processes on one database; deadlines of 2 s, sweeps every second.
     let first_dir = tempfile::tempdir().unwrap();
-    let url = crate::backend::database_for(first_dir.path())
-        .expect("needs HORDE_TEST_POSTGRES_URL");
+    let url =
+        crate::backend::database_for(first_dir.path()).expect("needs HORDE_TEST_POSTGRES_URL");
     let second_dir = tempfile::tempdir().unwrap();
-    let args = ["--listen", "127.0.0.1:0", "--enable-test-users", "--no-rate-limits"];
+    let args = [
+        "--listen",
+        "127.0.0.1:0",
+        "--enable-test-users",
+        "--no-rate-limits",
+    ];
     let env = [
         ("HORDE_DATABASE__URL", url.as_str()),
         ("HORDE_JOBS__DEADLINE_FLOOR_SECS", "2"),
@@ -255,7 +256,10 @@ async fn the_sweeper_runs_on_one_coordinator_and_moves_when_it_is_killed() {
     assert!(first.id.is_some());
     let started = Instant::now();
     while restarted().await < 1 {
-        assert!(started.elapsed() < Duration::from_secs(15), "never taken back");
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "never taken back"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
