@@ -7,9 +7,10 @@
 #   .ci/postgres.sh stop
 #
 # fsync is off: the tests need a real server, not durable storage, and this halves their time.
+# HORDE_TEST_POSTGRES_DURABLE=1 keeps PostgreSQL's durable defaults (for benchmarks).
 set -euo pipefail
 port="${HORDE_TEST_POSTGRES_PORT:-54329}"
-data="${TMPDIR:-/tmp}/horde-ci-postgres"
+data="${TMPDIR:-/tmp}/horde-ci-postgres-$port"
 
 bin_dir() {
     ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1
@@ -33,10 +34,11 @@ start)
     mkdir -p "$data"
     [ "$(id -u)" = 0 ] && chown postgres: "$data"
     as_postgres "$bin/initdb" -D "$data" -U horde -A trust --no-sync >/dev/null
-    as_postgres "$bin/pg_ctl" -D "$data" -l "$data/server.log" -w \
-        -o "-p $port -k $data -c listen_addresses=127.0.0.1 -c fsync=off \
-            -c synchronous_commit=off -c full_page_writes=off -c max_connections=400" \
-        start >&2
+    settings="-p $port -k $data -c listen_addresses=127.0.0.1 -c max_connections=400"
+    if [ "${HORDE_TEST_POSTGRES_DURABLE:-0}" != 1 ]; then
+        settings="$settings -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+    fi
+    as_postgres "$bin/pg_ctl" -D "$data" -l "$data/server.log" -w -o "$settings" start >&2
     echo "postgres://horde@127.0.0.1:$port/postgres"
     ;;
 stop)

@@ -8,7 +8,7 @@
 //! acceptance order, exactly as one transaction per request would.
 
 use crate::ledger::{Kind, Posting, HORDE_ACCOUNT};
-use crate::{flag, placeholders, value_rows};
+use crate::{flag, Placeholders};
 use crate::{to_json, Result};
 use horde_core::accounts::{forgiven_debit, kudos_floor};
 use horde_core::quota::day_of;
@@ -38,7 +38,7 @@ async fn insert_request_rows(tx: &mut Transaction<'_, Any>, rows: &[LiveRequest]
         "INSERT INTO requests (id, user_id, body, base_seed, created, seq, priority, n_remaining, \
          jobs_total, job_kudos, consumed_kudos, faulted, cancelled, expiry, can_pay_upfront, \
          shared_key, version) VALUES {}",
-        value_rows(rows.len(), 17)
+        Placeholders::of(tx).rows(rows.len(), 17)
     );
     let mut insert = sqlx::query(&sql);
     for r in rows {
@@ -79,7 +79,7 @@ async fn add_quota_usage(tx: &mut Transaction<'_, Any>, requests: &[LiveRequest]
             "INSERT INTO quota_usage (user_id, day, images, megapixelsteps) VALUES {} \
              ON CONFLICT(user_id, day) DO UPDATE SET images = quota_usage.images + excluded.images, \
              megapixelsteps = quota_usage.megapixelsteps + excluded.megapixelsteps",
-            value_rows(chunk.len(), 4)
+            Placeholders::of(tx).rows(chunk.len(), 4)
         );
         let mut upsert = sqlx::query(&sql);
         for ((user, day), (images, mps)) in chunk {
@@ -143,7 +143,7 @@ async fn balances_and_floors(
     for chunk in ids.chunks(ROWS_PER_STATEMENT) {
         let sql = format!(
             "SELECT id, CAST(kudos AS DOUBLE PRECISION), oauth_id FROM users WHERE id IN ({})",
-            placeholders(1, chunk.len())
+            Placeholders::of(tx).list(chunk.len())
         );
         let mut select = sqlx::query(&sql);
         for id in chunk {

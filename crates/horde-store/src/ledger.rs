@@ -5,7 +5,7 @@
 //! account [`HORDE_ACCOUNT`]; it grants starting kudos and receives the burn (the part of a
 //! requester's charge that is not paid to the worker).
 
-use crate::{flag, value_rows, Result, Store};
+use crate::{flag, Placeholders, Result, Store};
 use sqlx::Row;
 use uuid::Uuid;
 
@@ -179,7 +179,7 @@ pub(crate) async fn post_many(
         let sql = format!(
             "INSERT INTO kudos_ledger (at, account, amount, kind, counterparty, request_id, job_id, \
              escrow) VALUES {}",
-            value_rows(chunk.len(), 8)
+            Placeholders::of(tx).rows(chunk.len(), 8)
         );
         let mut insert = sqlx::query(&sql);
         for (at, p) in chunk {
@@ -204,20 +204,22 @@ pub(crate) async fn post_many(
         }
         let changes: Vec<(i64, f64)> = changes.into_iter().collect();
         for chunk in changes.chunks(ROWS) {
-            // CASE id WHEN $1 THEN $2 ... END WHERE id IN ($1, $3, ...)
-            let cases: String = (0..chunk.len())
-                .map(|i| format!(" WHEN ${} THEN ${}", 2 * i + 1, 2 * i + 2))
+            // CASE id WHEN a THEN b ... END WHERE id IN (a, c, ...)
+            let mut marks = Placeholders::of(tx);
+            let cases: String = chunk
+                .iter()
+                .map(|_| format!(" WHEN {} THEN {}", marks.next(), marks.next()))
                 .collect();
-            let ids = (0..chunk.len())
-                .map(|i| format!("${}", 2 * i + 1))
-                .collect::<Vec<_>>()
-                .join(", ");
+            let ids = marks.list(chunk.len());
             let sql = format!(
                 "UPDATE users SET {column} = {column} + CASE id{cases} END WHERE id IN ({ids})"
             );
             let mut update = sqlx::query(&sql);
             for (id, amount) in chunk {
                 update = update.bind(*id).bind(*amount);
+            }
+            for (id, _) in chunk {
+                update = update.bind(*id);
             }
             update.execute(&mut **tx).await?;
         }

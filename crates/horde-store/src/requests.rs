@@ -272,7 +272,7 @@ impl Store {
         let mut out = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(500) {
             let ids: Vec<String> = chunk.iter().map(Uuid::to_string).collect();
-            let list = crate::placeholders(1, ids.len());
+            let list = crate::Placeholders::new(self.backend).list(ids.len());
             let sql = format!("SELECT * FROM requests WHERE id IN ({list})");
             let mut query = sqlx::query(&sql);
             for id in &ids {
