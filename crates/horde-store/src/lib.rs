@@ -334,7 +334,10 @@ impl Placeholders {
 
     /// `a, b, c`: `count` placeholders.
     fn list(&mut self, count: usize) -> String {
-        (0..count).map(|_| self.next()).collect::<Vec<_>>().join(", ")
+        (0..count)
+            .map(|_| self.next())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// `(a, b), (c, d)`: a `VALUES` list of `rows` rows of `columns` values.
