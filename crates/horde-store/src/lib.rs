@@ -1,4 +1,5 @@
-//! Persistence: users, workers, requests and jobs in an embedded SQLite database.
+//! Persistence: users, workers, requests and jobs, in an embedded SQLite database (one
+//! coordinator) or PostgreSQL (several coordinators sharing it).
 //!
 //! The coordinator keeps live requests in memory for matching (horde-core's `Queue`); this crate
 //! makes every accepted change durable before it is acknowledged, and loads the live state back
@@ -6,6 +7,9 @@
 //!
 //! SQLite runs in WAL mode with `synchronous = NORMAL`: a committed transaction survives the
 //! process being killed; `synchronous = FULL` (config) also survives power loss, at a cost.
+//! PostgreSQL's durability is the server's. Each request row carries a version, and every
+//! write of it is conditional on the version the writer read, so coordinators sharing
+//! PostgreSQL never overwrite each other's changes (`StoreError::Conflict`).
 
 mod accepted;
 pub mod admin;
