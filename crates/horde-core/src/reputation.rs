@@ -83,6 +83,9 @@ pub struct Reputation {
     pub suspicion: u32,
     /// The latest suspicion events, newest last.
     pub suspicions: Vec<Suspicion>,
+    /// The stored version this copy was read at or last written as: a write is made only over
+    /// that version, so coordinators sharing a database never overwrite each other's counts.
+    pub version: u64,
 }
 
 impl Reputation {

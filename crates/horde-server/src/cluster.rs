@@ -19,13 +19,19 @@
 //!
 //! On SQLite there is one process: nothing here runs, and every lookup stays in memory.
 
-use crate::error::ApiResult;
+use crate::error::{ApiError, ApiResult};
 use crate::state::{AppState, SharedState};
+use horde_api::Rc;
+use horde_core::Reputation;
 use horde_store::notify::{Listener, REMOVED};
 use horde_store::Backend;
+use horde_store::StoreError;
 use std::collections::BTreeMap;
 use std::time::Duration;
 use uuid::Uuid;
+
+/// Attempts at storing a reputation that other coordinators keep changing first.
+const MAX_ATTEMPTS: usize = 8;
 
 impl AppState {
     /// Whether other coordinators may share this one's database.
@@ -136,6 +142,53 @@ impl AppState {
             }
         }
         Ok(())
+    }
+
+    /// Applies `change` to worker `id`'s reputation and stores it; when another coordinator
+    /// wrote it first, reloads the stored one and applies the change to that. The caller
+    /// holds `write_order`. Returns the stored reputation (`None`: no such worker here).
+    pub(crate) async fn change_reputation_ordered(
+        &self,
+        id: Uuid,
+        change: impl Fn(&mut Reputation),
+    ) -> ApiResult<Option<Reputation>> {
+        for _ in 0..MAX_ATTEMPTS {
+            let snapshot = {
+                let mut registry = self.workers.write().expect("registry lock");
+                let Some(entry) = registry.get_mut(id) else {
+                    return Ok(None);
+                };
+                change(&mut entry.worker.reputation);
+                entry.worker.reputation.clone()
+            };
+            match self.store.save_reputation(id, &snapshot).await {
+                Ok(()) => {
+                    self.note_reputations_stored([(id, &snapshot)]);
+                    return Ok(Some(snapshot));
+                }
+                Err(StoreError::WorkerConflict(_)) => self.reload_reputation(id).await?,
+                Err(other) => return Err(other.into()),
+            }
+        }
+        Err(ApiError::new(
+            Rc::InternalServerError,
+            "The worker changed too often while this was stored; try again.",
+        ))
+    }
+
+    /// Records in the registry that these reputations were stored (each as the version after
+    /// the one it was read at).
+    pub(crate) fn note_reputations_stored<'a>(
+        &self,
+        written: impl IntoIterator<Item = (Uuid, &'a Reputation)>,
+    ) {
+        let mut registry = self.workers.write().expect("registry lock");
+        for (id, reputation) in written {
+            if let Some(entry) = registry.get_mut(id) {
+                let stored = reputation.version + 1;
+                entry.worker.reputation.version = entry.worker.reputation.version.max(stored);
+            }
+        }
     }
 
     /// Loads into the registry the workers holding jobs of `request` that registered on

@@ -463,8 +463,13 @@ impl AppState {
             )
             .await
         {
-            Err(StoreError::Conflict(id)) => return Err(SubmitError::Conflict(id)),
+            Err(StoreError::Conflict(_) | StoreError::WorkerConflict(_)) => {
+                return Err(SubmitError::Conflict(updated.id))
+            }
             other => other.map_err(ApiError::from)?,
+        }
+        if let Some(reputation) = &reputation {
+            self.note_reputations_stored([(job.worker_id, reputation)]);
         }
         if let Some(e) = &effects {
             self.performance.lock().expect("performance lock").record(
@@ -584,16 +589,12 @@ impl AppState {
         reason: SuspicionReason,
         now: i64,
     ) -> ApiResult<()> {
-        let reputation = {
-            let mut registry = self.workers.write().expect("registry lock");
-            let Some(entry) = registry.get_mut(worker_id) else {
-                return Ok(());
-            };
-            entry.worker.reputation.suspect(reason, now);
-            tracing::warn!(worker = %entry.worker.name, ?reason, suspicion = entry.worker.reputation.suspicion, "worker suspected");
-            entry.worker.reputation.clone()
-        };
-        self.store.save_reputation(worker_id, &reputation).await?;
+        let stored = self
+            .change_reputation_ordered(worker_id, |r| r.suspect(reason, now))
+            .await?;
+        if let Some(reputation) = stored {
+            tracing::warn!(worker = %worker_id, ?reason, suspicion = reputation.suspicion, "worker suspected");
+        }
         Ok(())
     }
 
@@ -736,14 +737,15 @@ impl AppState {
                 .await
             {
                 // Another coordinator changed it first; its stored copy decides next time.
-                Err(StoreError::Conflict(id)) => {
+                Err(StoreError::Conflict(_) | StoreError::WorkerConflict(_)) => {
                     for (worker_id, _) in &reputations {
                         self.reload_reputation(*worker_id).await?;
                     }
-                    self.resync_request_ordered(id).await?;
+                    self.resync_request_ordered(request.id).await?;
                 }
                 other => {
                     other?;
+                    self.note_reputations_stored(reputations.iter().map(|(id, r)| (*id, r)));
                     count += jobs.len();
                 }
             }

@@ -573,12 +573,20 @@ impl AppState {
                 self.count_cancelled_jobs(&updated)
             };
             match self.store.save_request_state(&updated, &interrupted).await {
-                // Another coordinator changed the request first: cancel its stored copy.
-                Err(horde_store::StoreError::Conflict(id)) => {
-                    self.resync_request_ordered(id).await?
+                // Another coordinator changed the request (or a worker's reputation) first:
+                // cancel the stored copy.
+                Err(
+                    horde_store::StoreError::Conflict(_)
+                    | horde_store::StoreError::WorkerConflict(_),
+                ) => {
+                    for (worker_id, _) in &interrupted {
+                        self.reload_reputation(*worker_id).await?;
+                    }
+                    self.resync_request_ordered(request_id).await?
                 }
                 other => {
                     other?;
+                    self.note_reputations_stored(interrupted.iter().map(|(id, r)| (*id, r)));
                     break;
                 }
             }

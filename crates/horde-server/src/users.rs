@@ -528,23 +528,17 @@ impl AppState {
 
     async fn clear_suspicion_of_user_workers(&self, user_id: i64) -> ApiResult<()> {
         let _ordered = self.write_order.lock().await;
-        let cleared: Vec<(uuid::Uuid, horde_core::Reputation)> = {
-            let mut registry = self.workers.write().expect("registry lock");
-            let ids: Vec<uuid::Uuid> = registry
-                .ids_of_user(user_id)
-                .iter()
-                .filter_map(|id| id.parse().ok())
-                .collect();
-            ids.into_iter()
-                .filter_map(|id| {
-                    let entry = registry.get_mut(id)?;
-                    entry.worker.reputation.clear_suspicion();
-                    Some((id, entry.worker.reputation.clone()))
-                })
-                .collect()
-        };
-        for (id, reputation) in &cleared {
-            self.store.save_reputation(*id, reputation).await?;
+        let ids: Vec<uuid::Uuid> = self
+            .workers
+            .read()
+            .expect("registry lock")
+            .ids_of_user(user_id)
+            .iter()
+            .filter_map(|id| id.parse().ok())
+            .collect();
+        for id in ids {
+            self.change_reputation_ordered(id, |r| r.clear_suspicion())
+                .await?;
         }
         Ok(())
     }

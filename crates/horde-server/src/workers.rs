@@ -703,10 +703,6 @@ impl AppState {
             w.info = Some(info.clone());
         }
         let clear_suspicion = change.reset_suspicion == Some(true);
-        if clear_suspicion {
-            w.reputation.clear_suspicion();
-            tracing::info!(worker = %w.name, moderator = user.id, "suspicion cleared");
-        }
         self.store
             .save_worker_settings(&edited.worker)
             .await
@@ -718,9 +714,9 @@ impl AppState {
                 other => other.into(),
             })?;
         if clear_suspicion {
-            self.store
-                .save_reputation(id, &edited.worker.reputation)
+            self.change_reputation_ordered(id, |r| r.clear_suspicion())
                 .await?;
+            tracing::info!(worker = %edited.worker.name, moderator = user.id, "suspicion cleared");
         }
         let mut registry = self.workers.write().expect("registry lock");
         registry.rename(id, &edited.worker.name);
@@ -730,9 +726,6 @@ impl AppState {
             live.maintenance = w.maintenance;
             live.maintenance_msg = w.maintenance_msg.clone();
             live.paused = w.paused;
-            if clear_suspicion {
-                live.reputation.clear_suspicion();
-            }
         }
         drop(registry);
         self.workers_changed();

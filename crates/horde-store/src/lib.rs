@@ -48,6 +48,9 @@ pub enum StoreError {
     /// Another coordinator changed request {0} since this one read it: reload it and retry.
     #[error("request {0} was changed by another coordinator")]
     Conflict(uuid::Uuid),
+    /// Another coordinator wrote worker {0}'s reputation since this one read it.
+    #[error("the reputation of worker {0} was changed by another coordinator")]
+    WorkerConflict(uuid::Uuid),
 }
 
 impl StoreError {

@@ -11,7 +11,7 @@ const WORKER_COLUMNS: &str =
     "id, user_id, name, info, created, last_check_in, bridge_agent, threads, \
     max_pixels, nsfw, flags, maintenance, maintenance_msg, paused, kudos_generated, kudos_uptime, \
     fulfilments, megapixelsteps, uncompleted_jobs, uptime, jobs_faulted, jobs_cancelled, busy_secs, \
-    recent_speed_mps, fault_streak, suspicion, suspicions, uptime_rewarded";
+    recent_speed_mps, fault_streak, suspicion, suspicions, uptime_rewarded, reputation_version";
 
 fn worker_from_row(row: &AnyRow) -> Result<Worker> {
     Ok(Worker {
@@ -49,11 +49,13 @@ fn reputation_from_row(row: &AnyRow) -> Result<Reputation> {
         fault_streak: row.try_get::<i64, _>("fault_streak")? as u32,
         suspicion: row.try_get::<i64, _>("suspicion")? as u32,
         suspicions: parse_json(row.try_get("suspicions")?)?,
+        version: row.try_get::<i64, _>("reputation_version")? as u64,
     })
 }
 
-/// Writes a worker's whole reputation (the caller holds the coordinator's write order, so the
-/// newest state is written last).
+/// Writes a worker's whole reputation as version `r.version + 1`, if the stored one is still at
+/// `r.version` (else another coordinator wrote it first: [`StoreError::WorkerConflict`]). The
+/// caller holds the coordinator's write order, so the newest state is written last.
 pub(crate) async fn write_reputation<'e, E>(
     executor: E,
     worker_id: Uuid,
@@ -62,10 +64,10 @@ pub(crate) async fn write_reputation<'e, E>(
 where
     E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
-    sqlx::query(
+    let written = sqlx::query(
         "UPDATE workers SET fulfilments = $1, jobs_faulted = $2, uncompleted_jobs = $3, jobs_cancelled = $4, \
          megapixelsteps = $5, busy_secs = $6, recent_speed_mps = $7, fault_streak = $8, suspicion = $9, \
-         suspicions = $10 WHERE id = $11",
+         suspicions = $10, reputation_version = $11 WHERE id = $12 AND reputation_version = $13",
     )
     .bind(r.completed as i64)
     .bind(r.faulted as i64)
@@ -77,9 +79,14 @@ where
     .bind(i64::from(r.fault_streak))
     .bind(i64::from(r.suspicion))
     .bind(to_json(&r.suspicions))
+    .bind(r.version as i64 + 1)
     .bind(worker_id.to_string())
+    .bind(r.version as i64)
     .execute(executor)
     .await?;
+    if written.rows_affected() == 0 {
+        return Err(StoreError::WorkerConflict(worker_id));
+    }
     Ok(())
 }
 

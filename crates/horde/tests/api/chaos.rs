@@ -24,6 +24,8 @@ const CANCELLED: usize = 20;
 struct Record {
     /// Job ids the coordinator accepted a result for, with the reward it paid.
     delivered: HashMap<String, f64>,
+    /// Results accepted from each worker.
+    completed_by: HashMap<String, u64>,
     /// (prompt, when its pop was sent) of every job handed out.
     handed_out: Vec<(String, Instant)>,
     double_deliveries: Vec<String>,
@@ -113,6 +115,7 @@ async fn simulated_worker(
                     if record.delivered.insert(id.clone(), reward.reward).is_some() {
                         record.double_deliveries.push(id.clone());
                     }
+                    *record.completed_by.entry(name.clone()).or_default() += 1;
                 }
                 Ok(_) => {}
                 // A job past its deadline (a stalled worker's, or any on a loaded machine) was
@@ -296,6 +299,14 @@ async fn run_chaos(apps: &[TestApp]) {
             );
         }
     }
+
+    // Reputations: each worker's stored count of completed jobs is what it delivered, however
+    // many coordinators counted them.
+    for (name, delivered) in &record.completed_by {
+        let stored = app.state.store.worker_by_name(name).await.unwrap().unwrap();
+        assert_eq!(stored.reputation.completed, *delivered, "{name}");
+    }
+    assert_eq!(record.completed_by.len(), WORKERS, "every worker delivered");
 
     // Kudos: owners hold exactly the rewards they were paid; requesters paid exactly what the
     // coordinator charged their requests.
