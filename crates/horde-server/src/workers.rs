@@ -807,6 +807,20 @@ impl AppState {
     }
 }
 
+/// The registry entry of a stored worker, before its next check-in.
+fn stored_entry(worker: Worker, owner: Option<User>) -> WorkerEntry {
+    WorkerEntry {
+        owner_trusted: owner.as_ref().is_some_and(|u| u.trusted),
+        owner_flagged: owner.as_ref().is_some_and(|u| u.flagged),
+        owner_alias: owner.map(|u| u.alias()).unwrap_or_default(),
+        persisted_check_in: worker.last_check_in,
+        amount: 1,
+        priority_user_ids: vec![worker.user_id],
+        waiting_since: None,
+        worker,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -841,19 +855,5 @@ mod tests {
             declares_the_same(&worker, &longer),
             "words past the 200th are not kept"
         );
-    }
-}
-
-/// The registry entry of a stored worker, before its next check-in.
-fn stored_entry(worker: Worker, owner: Option<User>) -> WorkerEntry {
-    WorkerEntry {
-        owner_trusted: owner.as_ref().is_some_and(|u| u.trusted),
-        owner_flagged: owner.as_ref().is_some_and(|u| u.flagged),
-        owner_alias: owner.map(|u| u.alias()).unwrap_or_default(),
-        persisted_check_in: worker.last_check_in,
-        amount: 1,
-        priority_user_ids: vec![worker.user_id],
-        waiting_since: None,
-        worker,
     }
 }

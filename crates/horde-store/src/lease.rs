@@ -10,7 +10,7 @@ use crate::{Backend, Result, Store};
 use sqlx::{Acquire, AnyConnection, Connection, Row};
 
 /// The advisory-lock key of the sweeper ("horde" in ASCII).
-const SWEEPER_LOCK: i64 = 0x686f_7264_65;
+const SWEEPER_LOCK: i64 = 0x0068_6f72_6465;
 
 /// Held leadership: a connection holding the lock (none on SQLite).
 pub struct Lease {

@@ -258,20 +258,6 @@ fn get_flag(row: &AnyRow, column: &str) -> Result<bool> {
     Ok(row.try_get::<i64, _>(column)? != 0)
 }
 
-#[cfg(test)]
-mod placeholder_tests {
-    use super::*;
-
-    #[test]
-    fn sqlite_gets_anonymous_placeholders_and_postgresql_numbered_ones() {
-        let mut sqlite = Placeholders::new(Backend::Sqlite);
-        assert_eq!(sqlite.rows(2, 2), "(?, ?), (?, ?)");
-        let mut postgres = Placeholders::new(Backend::Postgres);
-        assert_eq!(postgres.rows(2, 2), "($1, $2), ($3, $4)");
-        assert_eq!(postgres.list(2), "$5, $6");
-    }
-}
-
 /// A flag as bound to a 0/1 column.
 fn flag(value: bool) -> i64 {
     i64::from(value)
@@ -331,28 +317,49 @@ impl Placeholders {
 
     /// The next placeholder.
     fn next(&mut self) -> String {
+        let mut out = String::new();
+        self.push_next(&mut out);
+        out
+    }
+
+    fn push_next(&mut self, out: &mut String) {
         self.written += 1;
         if self.numbered {
-            format!("${}", self.written)
+            out.push('$');
+            out.push_str(&self.written.to_string());
         } else {
-            "?".to_string()
+            out.push('?');
         }
     }
 
     /// `a, b, c`: `count` placeholders.
     fn list(&mut self, count: usize) -> String {
-        (0..count)
-            .map(|_| self.next())
-            .collect::<Vec<_>>()
-            .join(", ")
+        let mut out = String::with_capacity(count * 4);
+        self.push_list(&mut out, count);
+        out
+    }
+
+    fn push_list(&mut self, out: &mut String, count: usize) {
+        for i in 0..count {
+            if i > 0 {
+                out.push_str(", ");
+            }
+            self.push_next(out);
+        }
     }
 
     /// `(a, b), (c, d)`: a `VALUES` list of `rows` rows of `columns` values.
     fn rows(&mut self, rows: usize, columns: usize) -> String {
-        (0..rows)
-            .map(|_| format!("({})", self.list(columns)))
-            .collect::<Vec<_>>()
-            .join(", ")
+        let mut out = String::with_capacity(rows * (columns * 4 + 4));
+        for row in 0..rows {
+            if row > 0 {
+                out.push_str(", ");
+            }
+            out.push('(');
+            self.push_list(&mut out, columns);
+            out.push(')');
+        }
+        out
     }
 }
 
@@ -366,4 +373,18 @@ fn parse_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T> {
 
 fn to_json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).expect("domain types serialise")
+}
+
+#[cfg(test)]
+mod placeholder_tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_gets_anonymous_placeholders_and_postgresql_numbered_ones() {
+        let mut sqlite = Placeholders::new(Backend::Sqlite);
+        assert_eq!(sqlite.rows(2, 2), "(?, ?), (?, ?)");
+        let mut postgres = Placeholders::new(Backend::Postgres);
+        assert_eq!(postgres.rows(2, 2), "($1, $2), ($3, $4)");
+        assert_eq!(postgres.list(2), "$5, $6");
+    }
 }
