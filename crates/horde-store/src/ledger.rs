@@ -131,45 +131,19 @@ pub struct Discrepancy {
 /// Appends postings and applies them to the balances of the users they name (the horde
 /// account has no balance row).
 pub(crate) async fn post(
-    executor: &mut sqlx::AnyConnection,
+    conn: &mut sqlx::AnyConnection,
     at: i64,
     postings: &[Posting],
 ) -> Result<()> {
-    for p in postings.iter().filter(|p| p.amount != 0.0) {
-        sqlx::query(
-            "INSERT INTO kudos_ledger (at, account, amount, kind, counterparty, request_id, job_id, \
-             escrow) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(at)
-        .bind(p.account)
-        .bind(p.amount)
-        .bind(p.kind.as_str())
-        .bind(p.counterparty)
-        .bind(p.request_id.map(|id| id.to_string()))
-        .bind(p.job_id.map(|id| id.to_string()))
-        .bind(flag(p.escrow))
-        .execute(&mut *executor)
-        .await?;
-        if p.account != HORDE_ACCOUNT {
-            let sql = if p.escrow {
-                "UPDATE users SET evaluating_kudos = evaluating_kudos + $1 WHERE id = $2"
-            } else {
-                "UPDATE users SET kudos = kudos + $1 WHERE id = $2"
-            };
-            sqlx::query(sql)
-                .bind(p.amount)
-                .bind(p.account)
-                .execute(&mut *executor)
-                .await?;
-        }
-    }
-    Ok(())
+    let timed: Vec<(i64, Posting)> = postings.iter().map(|p| (at, p.clone())).collect();
+    post_many(conn, &timed).await
 }
 
-/// Like [`post`] for many postings (each with its own time) in a few statements: one multi-row
-/// insert of the rows, and one update of each changed balance column.
+/// Appends postings, each with its own time, and applies them to the balances of the users
+/// they name, in a few statements: one multi-row insert of the rows, and one update of each
+/// changed balance column.
 pub(crate) async fn post_many(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    conn: &mut sqlx::AnyConnection,
     postings: &[(i64, Posting)],
 ) -> Result<()> {
     /// Rows per statement: 8 bound values each, under SQLite's 32 766.
@@ -179,7 +153,7 @@ pub(crate) async fn post_many(
         let sql = format!(
             "INSERT INTO kudos_ledger (at, account, amount, kind, counterparty, request_id, job_id, \
              escrow) VALUES {}",
-            Placeholders::of(tx).rows(chunk.len(), 8)
+            Placeholders::of(conn).rows(chunk.len(), 8)
         );
         let mut insert = sqlx::query(&sql);
         for (at, p) in chunk {
@@ -193,7 +167,7 @@ pub(crate) async fn post_many(
                 .bind(p.job_id.map(|id| id.to_string()))
                 .bind(flag(p.escrow));
         }
-        insert.execute(&mut **tx).await?;
+        insert.execute(&mut *conn).await?;
     }
     for (escrow, column) in [(false, "kudos"), (true, "evaluating_kudos")] {
         let mut changes: std::collections::BTreeMap<i64, f64> = Default::default();
@@ -205,7 +179,7 @@ pub(crate) async fn post_many(
         let changes: Vec<(i64, f64)> = changes.into_iter().collect();
         for chunk in changes.chunks(ROWS) {
             // CASE id WHEN a THEN b ... END WHERE id IN (a, c, ...)
-            let mut marks = Placeholders::of(tx);
+            let mut marks = Placeholders::of(conn);
             let cases: String = chunk
                 .iter()
                 .map(|_| format!(" WHEN {} THEN {}", marks.next(), marks.next()))
@@ -221,7 +195,7 @@ pub(crate) async fn post_many(
             for (id, _) in chunk {
                 update = update.bind(*id);
             }
-            update.execute(&mut **tx).await?;
+            update.execute(&mut *conn).await?;
         }
     }
     Ok(())

@@ -28,18 +28,25 @@ pub async fn spawn_app() -> TestApp {
 /// A coordinator with the test defaults, then `configure` applied.
 pub async fn spawn_app_with(configure: impl FnOnce(&mut ServerConfig)) -> TestApp {
     let dir = tempfile::tempdir().expect("temporary directory");
-    let mut config = ServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: dir.path().to_path_buf(),
-        ..Default::default()
-    };
-    config.api.test_users = true;
-    config.api.rate_limits = false;
+    let mut config = test_config(dir.path());
     configure(&mut config);
     if let Some(url) = crate::backend::database_for(&config.data_dir) {
         config.database.url = url;
     }
     start(config, dir).await
+}
+
+/// The test defaults: a random loopback port, `dir` as the data directory, the test-user
+/// endpoint on and rate limits off.
+fn test_config(dir: &std::path::Path) -> ServerConfig {
+    let mut config = ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.to_path_buf(),
+        ..Default::default()
+    };
+    config.api.test_users = true;
+    config.api.rate_limits = false;
+    config
 }
 
 /// `n` coordinators sharing one new PostgreSQL database (each with its own data directory),
@@ -52,13 +59,7 @@ pub async fn spawn_cluster(n: usize, configure: impl Fn(&mut ServerConfig)) -> V
     let mut dirs = vec![first];
     dirs.extend((1..n).map(|_| tempfile::tempdir().expect("temporary directory")));
     for dir in dirs {
-        let mut config = ServerConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            data_dir: dir.path().to_path_buf(),
-            ..Default::default()
-        };
-        config.api.test_users = true;
-        config.api.rate_limits = false;
+        let mut config = test_config(dir.path());
         configure(&mut config);
         config.database.url = url.clone();
         apps.push(start(config, dir).await);
