@@ -3,13 +3,14 @@
 # missing), a new data directory under $TMPDIR, listening on 127.0.0.1 only, trust
 # authentication for the `horde` role. Prints the server's URL on stdout; `stop` stops it.
 #
-#   url=$(.ci/postgres.sh start)     # postgres://horde@127.0.0.1:54329/postgres
+#   url=$(.ci/postgres.sh start)     # postgres://horde@127.0.0.1:15432/postgres
 #   .ci/postgres.sh stop
 #
 # fsync is off: the tests need a real server, not durable storage, and this halves their time.
 # HORDE_TEST_POSTGRES_DURABLE=1 keeps PostgreSQL's durable defaults (for benchmarks).
 set -euo pipefail
-port="${HORDE_TEST_POSTGRES_PORT:-54329}"
+# Below the ephemeral range (32768-60999), so no client socket of a busy machine holds it.
+port="${HORDE_TEST_POSTGRES_PORT:-15432}"
 data="${TMPDIR:-/tmp}/horde-ci-postgres-$port"
 
 bin_dir() {

@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 cargo build --release -p horde
 bin="${CARGO_TARGET_DIR:-target}/release/horde"
-export HORDE_TEST_POSTGRES_PORT=54330
+export HORDE_TEST_POSTGRES_PORT=15433
 url=$(HORDE_TEST_POSTGRES_DURABLE=1 .ci/postgres.sh start)
 trap '.ci/postgres.sh stop' EXIT
 echo "== SQLite, one coordinator"

@@ -26,7 +26,7 @@ mod users;
 mod workers;
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{AnyPool, Executor, Row};
+use sqlx::{AnyPool, Connection, Executor, Row};
 use std::path::Path;
 use std::sync::Once;
 use std::time::Duration;
@@ -190,6 +190,9 @@ impl Store {
     }
 
     async fn open_postgres(url: &str) -> Result<Store> {
+        // One connection first: the pool retries a refused connection until its acquire
+        // timeout and then reports only that it timed out, not why.
+        sqlx::AnyConnection::connect(url).await?.close().await?;
         let pool = AnyPoolOptions::new()
             .max_connections(POSTGRES_CONNECTIONS)
             .acquire_timeout(Duration::from_secs(30))

@@ -1,6 +1,7 @@
 //! Compatibility with a client no one here wrote: the Python `horde-sdk` from PyPI drives one
 //! image request as a client and as a worker, base64 and R2, against the real `horde` binary.
 //! `compat/horde_sdk/setup.sh` installs the pinned SDK into a venv (`.ci/run` runs it first).
+//! On PostgreSQL when the suite runs there.
 
 #[test]
 fn horde_sdk_drives_a_full_image_request() {
@@ -8,7 +9,14 @@ fn horde_sdk_drives_a_full_image_request() {
     // clone at another path).
     let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or(env!("CARGO_MANIFEST_DIR").into());
     let script = std::path::Path::new(&dir).join("../../compat/horde_sdk/against_server.sh");
-    let output = std::process::Command::new("bash")
+    // On PostgreSQL (HORDE_TEST_POSTGRES_URL) the script's coordinator gets a database of its
+    // own there; it reads HORDE_DATABASE__URL as an operator's would.
+    let database_key = tempfile::tempdir().unwrap();
+    let mut command = std::process::Command::new("bash");
+    if let Some(url) = crate::backend::database_for(database_key.path()) {
+        command.env("HORDE_DATABASE__URL", url);
+    }
+    let output = command
         .arg(&script)
         .arg(env!("CARGO_BIN_EXE_horde"))
         .output()
