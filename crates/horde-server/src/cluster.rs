@@ -230,25 +230,34 @@ async fn listen(state: &SharedState, url: &str) -> Result<(), horde_store::Store
 }
 
 impl AppState {
-    /// Reloads every stored live request in place of the local copies.
+    /// Reloads every stored live request in place of the local copies. A local request that
+    /// is no longer stored is dropped only if it was here before the reload began: requests
+    /// accepted meanwhile (the group commit does not wait for `write_order`) stay.
     async fn resync_all(&self) -> ApiResult<()> {
         let _ordered = self.write_order.lock().await;
+        let before: std::collections::HashSet<Uuid> = self
+            .queue
+            .lock()
+            .expect("queue lock")
+            .requests()
+            .map(|r| r.id)
+            .collect();
         let stored = self.store.load_requests().await?;
         for request in &stored {
             self.load_workers_of(request).await?;
         }
-        let mut queue = self.queue.lock().expect("queue lock");
         let kept: std::collections::HashSet<Uuid> = stored.iter().map(|r| r.id).collect();
-        let gone: Vec<Uuid> = queue
-            .requests()
-            .map(|r| r.id)
-            .filter(|id| !kept.contains(id))
-            .collect();
-        for id in gone {
-            queue.remove(id);
+        let mut queue = self.queue.lock().expect("queue lock");
+        for id in before.difference(&kept) {
+            queue.remove(*id);
         }
         for request in stored {
-            queue.replace(request);
+            let newer_here = queue
+                .get(request.id)
+                .is_some_and(|r| r.version > request.version);
+            if !newer_here {
+                queue.replace(request);
+            }
         }
         Ok(())
     }
