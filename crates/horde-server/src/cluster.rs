@@ -13,6 +13,10 @@
 //!   of them a few milliseconds later;
 //! * a request, job or worker asked for by id and missing locally is looked up in the
 //!   database (a client may check a request here before the notification arrived);
+//! * the workers that checked in elsewhere are brought in every few seconds
+//!   ([`spawn_worker_refresh`]): their check-ins, settings (paused, maintenance, name) and
+//!   reputations, so every coordinator lists the same online workers, counts them for
+//!   `is_possible` and wait estimates, and stops handing jobs to a worker paused elsewhere;
 //! * background duties (deadlines, expiry) run on one coordinator at a time: the sweeper's
 //!   leader holds a PostgreSQL advisory lock on a connection of its own (`Leadership`), which
 //!   PostgreSQL releases when that process dies.
@@ -226,6 +230,76 @@ async fn listen(state: &SharedState, url: &str) -> Result<(), horde_store::Store
         if let Err(error) = state.apply_announcements(changes).await {
             tracing::warn!(error = ?error.body, "could not apply the cluster's changes");
         }
+    }
+}
+
+/// How often the workers seen by other coordinators are brought in.
+const WORKER_REFRESH: Duration = Duration::from_secs(5);
+
+/// Brings in, every few seconds, what other coordinators stored about the online workers.
+pub fn spawn_worker_refresh(state: SharedState) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(WORKER_REFRESH).await;
+            if let Err(error) = state.refresh_workers().await {
+                tracing::warn!(error = ?error.body, "could not bring in the other coordinators' workers");
+            }
+        }
+    })
+}
+
+impl AppState {
+    /// Adds the online workers this coordinator does not know, and takes the newer check-ins,
+    /// settings and reputations of those it knows from the database.
+    pub async fn refresh_workers(&self) -> ApiResult<()> {
+        let since = crate::state::now() - self.config.workers.online_window_secs;
+        let stored = self.store.workers_seen_since(since).await?;
+        let mut unknown = vec![];
+        {
+            let mut registry = self.workers.write().expect("registry lock");
+            for worker in stored {
+                if registry.get(worker.id).is_none() {
+                    unknown.push(worker);
+                    continue;
+                }
+                if registry
+                    .get(worker.id)
+                    .is_some_and(|e| e.worker.name != worker.name)
+                {
+                    registry.rename(worker.id, &worker.name);
+                }
+                let entry = registry.get_mut(worker.id).expect("present");
+                take_stored(entry, worker);
+            }
+        }
+        for worker in unknown {
+            self.add_stored_worker(worker).await?;
+        }
+        self.workers_changed();
+        Ok(())
+    }
+}
+
+/// Takes into a registry entry what another coordinator stored since: a later check-in, the
+/// owner's settings, a newer reputation.
+fn take_stored(entry: &mut crate::workers::WorkerEntry, stored: horde_core::Worker) {
+    let w = &mut entry.worker;
+    if stored.last_check_in > w.last_check_in {
+        w.last_check_in = stored.last_check_in;
+        w.flags = stored.flags;
+        w.max_pixels = stored.max_pixels;
+        w.nsfw = stored.nsfw;
+        w.threads = stored.threads;
+        w.bridge_agent = stored.bridge_agent;
+        entry.persisted_check_in = entry.persisted_check_in.max(stored.last_check_in);
+    }
+    w.uptime = w.uptime.max(stored.uptime);
+    w.info = stored.info;
+    w.maintenance = stored.maintenance;
+    w.maintenance_msg = stored.maintenance_msg;
+    w.paused = stored.paused;
+    if stored.reputation.version > w.reputation.version {
+        w.reputation = stored.reputation;
     }
 }
 

@@ -120,9 +120,15 @@ impl Application {
     ) -> std::io::Result<()> {
         let sweeper = tokio::spawn(sweeper::run(self.state.clone()));
         let reloads = tokio::spawn(models::run_reloads(self.state.clone()));
-        let announcements = self.state.is_clustered().then(|| {
-            cluster::spawn_listener(self.state.clone(), self.state.config.database.url.clone())
-        });
+        let cluster_tasks = if self.state.is_clustered() {
+            let url = self.state.config.database.url.clone();
+            vec![
+                cluster::spawn_listener(self.state.clone(), url),
+                cluster::spawn_worker_refresh(self.state.clone()),
+            ]
+        } else {
+            vec![]
+        };
         let service = self
             .router
             .into_make_service_with_connect_info::<SocketAddr>();
@@ -131,8 +137,8 @@ impl Application {
             .await;
         sweeper.abort();
         reloads.abort();
-        if let Some(listener) = announcements {
-            listener.abort();
+        for task in cluster_tasks {
+            task.abort();
         }
         if let Err(e) = self.state.flush_check_ins().await {
             tracing::warn!(error = %e, "could not store the latest check-ins at shutdown");

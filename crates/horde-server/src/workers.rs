@@ -400,7 +400,7 @@ impl AppState {
         }
     }
 
-    async fn add_stored_worker(
+    pub(crate) async fn add_stored_worker(
         &self,
         worker: Worker,
     ) -> Result<WorkerEntry, horde_store::StoreError> {

@@ -285,3 +285,79 @@ async fn the_sweeper_runs_on_one_coordinator_and_moves_when_it_is_killed() {
     assert!(requester.check(&id).await.unwrap().done);
     drop(other);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL: .ci/run runs it with HORDE_TEST_POSTGRES_URL"]
+async fn a_worker_seen_by_one_coordinator_is_known_to_the_others() {
+    let apps = spawn_cluster(2, |_| {}).await;
+    let (requester, _) = apps[0].user("requester", 100.0).await;
+    let (owner, _) = apps[0].user("owner", 0.0).await;
+    let (moderator, _) = apps[0].moderator().await;
+    let owner_on_b = owner.with_base_url(&apps[1].root);
+    // The worker only ever pops on the second coordinator.
+    assert!(owner_on_b
+        .pop(&pop_request("far away"))
+        .await
+        .unwrap()
+        .id
+        .is_none());
+    let started = Instant::now();
+    let listed = loop {
+        let workers = requester.workers().await.unwrap();
+        if let Some(w) = workers.into_iter().find(|w| w.name == "far away") {
+            break w;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "never listed on the first"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    println!(
+        "listed on the other coordinator after {:?}",
+        started.elapsed()
+    );
+    // A request on the first coordinator is possible: a worker that serves it is online.
+    let id = requester
+        .generate_async(&small_request("for the far worker", 1, false))
+        .await
+        .unwrap()
+        .id
+        .unwrap();
+    assert!(requester.check(&id).await.unwrap().is_possible);
+
+    // Paused through the first coordinator: the second stops handing it jobs.
+    let paused = apps[0]
+        .client(&moderator)
+        .request(reqwest::Method::PUT, &format!("/workers/{}", listed.id))
+        .json(&serde_json::json!({"paused": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        paused.status().as_u16(),
+        200,
+        "{}",
+        paused.text().await.unwrap()
+    );
+    let worker_id: uuid::Uuid = listed.id.parse().unwrap();
+    let paused_on_b = wait_for(|| {
+        apps[1]
+            .state
+            .workers
+            .read()
+            .unwrap()
+            .get(worker_id)
+            .is_some_and(|e| e.worker.paused)
+    })
+    .await;
+    assert!(
+        paused_on_b.is_some(),
+        "the pause reached the second coordinator"
+    );
+    let pop = owner_on_b.pop(&pop_request("far away")).await.unwrap();
+    assert!(pop.id.is_none(), "a paused worker gets no job");
+    for app in apps {
+        app.stop().await;
+    }
+}
