@@ -13,8 +13,8 @@
 //!   of them a few milliseconds later;
 //! * a request, job or worker asked for by id and missing locally is looked up in the
 //!   database (a client may check a request here before the notification arrived);
-//! * the workers that checked in elsewhere are brought in every few seconds
-//!   ([`spawn_worker_refresh`]): their check-ins, settings (paused, maintenance, name) and
+//! * the workers that checked in elsewhere, and the prompt filters, are brought in every few
+//!   seconds ([`spawn_refresh`]): their check-ins, settings (paused, maintenance, name) and
 //!   reputations, so every coordinator lists the same online workers, counts them for
 //!   `is_possible` and wait estimates, and stops handing jobs to a worker paused elsewhere;
 //! * background duties (deadlines, expiry) run on one coordinator at a time: the sweeper's
@@ -233,16 +233,20 @@ async fn listen(state: &SharedState, url: &str) -> Result<(), horde_store::Store
     }
 }
 
-/// How often the workers seen by other coordinators are brought in.
-const WORKER_REFRESH: Duration = Duration::from_secs(5);
+/// How often what other coordinators stored about workers and filters is brought in.
+const REFRESH: Duration = Duration::from_secs(5);
 
-/// Brings in, every few seconds, what other coordinators stored about the online workers.
-pub fn spawn_worker_refresh(state: SharedState) -> tokio::task::JoinHandle<()> {
+/// Brings in, every few seconds, what other coordinators stored about the online workers, and
+/// the moderators' prompt filters (a handful of regexes, compiled again).
+pub fn spawn_refresh(state: SharedState) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
-            tokio::time::sleep(WORKER_REFRESH).await;
+            tokio::time::sleep(REFRESH).await;
             if let Err(error) = state.refresh_workers().await {
                 tracing::warn!(error = ?error.body, "could not bring in the other coordinators' workers");
+            }
+            if let Err(error) = state.reload_filters().await {
+                tracing::warn!(error = ?error.body, "could not reload the prompt filters");
             }
         }
     })

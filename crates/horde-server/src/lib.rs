@@ -124,7 +124,7 @@ impl Application {
             let url = self.state.config.database.url.clone();
             vec![
                 cluster::spawn_listener(self.state.clone(), url),
-                cluster::spawn_worker_refresh(self.state.clone()),
+                cluster::spawn_refresh(self.state.clone()),
             ]
         } else {
             vec![]

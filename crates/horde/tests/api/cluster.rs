@@ -216,6 +216,8 @@ async fn the_sweeper_runs_on_one_coordinator_and_moves_when_it_is_killed() {
         ("HORDE_JOBS__DEADLINE_FLOOR_SECS", "2"),
         ("HORDE_JOBS__DEADLINE_CEILING_SECS", "2"),
         ("HORDE_REQUESTS__SWEEP_INTERVAL_SECS", "1"),
+        // The take-backs are the point: no warning for each in the test output.
+        ("RUST_LOG", "error"),
     ];
     let leader = ServerProcess::start(first_dir.path(), &args, &env);
     // The first process takes the lease at its first sweep.
@@ -357,6 +359,57 @@ async fn a_worker_seen_by_one_coordinator_is_known_to_the_others() {
     );
     let pop = owner_on_b.pop(&pop_request("far away")).await.unwrap();
     assert!(pop.id.is_none(), "a paused worker gets no job");
+    for app in apps {
+        app.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL: .ci/run runs it with HORDE_TEST_POSTGRES_URL"]
+async fn a_prompt_filter_added_on_one_coordinator_screens_on_the_others() {
+    let apps = spawn_cluster(2, |_| {}).await;
+    let (moderator, _) = apps[0].moderator().await;
+    let call = |app: &TestApp, method: reqwest::Method, body: serde_json::Value| {
+        apps[0]
+            .client(&moderator)
+            .with_base_url(&app.root)
+            .request(method, "/filters")
+            .json(&body)
+            .send()
+    };
+    let prompt = serde_json::json!({"prompt": "a zorblax in the rain", "filter_type": 20});
+    let before: serde_json::Value = call(&apps[1], reqwest::Method::POST, prompt.clone())
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(before["suspicion"], 0, "{before}");
+    let added = call(
+        &apps[0],
+        reqwest::Method::PUT,
+        serde_json::json!({"regex": "zorblax", "filter_type": 20, "description": "made up"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(added.status().as_u16(), 200);
+    let started = Instant::now();
+    loop {
+        let check: serde_json::Value = call(&apps[1], reqwest::Method::POST, prompt.clone())
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if check["suspicion"] == 1 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "never screened: {check}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     for app in apps {
         app.stop().await;
     }
