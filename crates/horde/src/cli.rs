@@ -18,14 +18,15 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the coordinator: the AI Horde API v2 server (SQLite in the data directory).
+    /// Run the coordinator: the AI Horde API v2 server (SQLite in the data directory, or
+    /// PostgreSQL shared with other coordinators: --database postgres://…).
     Serve(ServeArgs),
     /// Manage users and their API keys.
     User {
         #[command(subcommand)]
         command: UserCommand,
     },
-    /// Create or upgrade the database, then exit.
+    /// Create or upgrade the database (SQLite, or PostgreSQL with --database), then exit.
     Migrate(CommonArgs),
     /// Run a worker: serve local Stable Diffusion checkpoints to a horde.
     Worker(crate::worker_cmd::WorkerArgs),
