@@ -8,6 +8,7 @@
 
 pub mod cluster;
 pub mod config;
+pub mod dashboard;
 pub mod error;
 pub mod extract;
 pub mod filters;
@@ -216,6 +217,7 @@ async fn open_state(
 fn router(state: SharedState) -> Router {
     use routes::{generate, status, users, workers};
     let api = Router::new()
+        .route("/", get(dashboard::page))
         .route("/api/v2/generate/async", post(generate::generate_async))
         .route("/api/v2/generate/check/{id}", get(generate::check))
         .route(

@@ -74,7 +74,7 @@ pub async fn model(
     Json(active_models(&state).remove(&name).into_iter().collect())
 }
 
-fn active_models(state: &SharedState) -> BTreeMap<String, ActiveModel> {
+pub(crate) fn active_models(state: &SharedState) -> BTreeMap<String, ActiveModel> {
     let now = now();
     let mut models: BTreeMap<String, ActiveModel> = BTreeMap::new();
     for w in state

@@ -11,6 +11,7 @@ mod chaos;
 mod cli;
 mod cluster;
 mod crash;
+mod dashboard;
 mod deadlines;
 mod durability;
 mod economy;
