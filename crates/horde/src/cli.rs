@@ -225,6 +225,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         database
     );
     println!("API docs: http://{}/api/", app.local_addr());
+    println!("Dashboard: http://{}/", app.local_addr());
     app.run_until(shutdown_signal()).await?;
     Ok(())
 }
