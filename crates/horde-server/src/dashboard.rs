@@ -1,9 +1,11 @@
 //! The dashboard at `/`: the horde at a glance, rendered on the server.
 //!
-//! The page is plain HTML with a small inline stylesheet: it needs no script and no asset from
-//! anywhere, so it works offline, without JavaScript and with a keyboard alone. The workers
-//! table sorts and filters through links and a GET form (`?sort=speed&q=name`). Every text
-//! that comes from users or workers is escaped.
+//! The page is plain HTML with a small inline stylesheet and no asset from anywhere, so it
+//! works offline, without JavaScript and with a keyboard alone. The workers table sorts and
+//! filters through links and a GET form (`?sort=speed&q=name`). Every text that comes from
+//! users or workers is escaped. A few lines of inline script only make the overview live: they
+//! follow `/dashboard/events` (server-sent events, every 2 s), which the browser reconnects to
+//! by itself after the coordinator restarts.
 
 use crate::routes::status::active_models;
 use crate::state::{now, SharedState};
@@ -33,28 +35,77 @@ const SORTS: [(&str, &str); 7] = [
     ("max_pixels", "Max pixels"),
 ];
 
-pub async fn page(State(state): State<SharedState>, Query(view): Query<WorkersView>) -> Response {
+/// The overview's figures, on the page and in each live event.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Overview {
+    pub workers_online: usize,
+    pub queued_requests: usize,
+    pub queued_megapixelsteps: f64,
+    pub images_last_hour: u64,
+}
+
+async fn overview_now(state: &SharedState, models: &Models, workers_online: usize) -> Overview {
     let totals = state.store.image_totals(now()).await.unwrap_or_default();
-    let finished_last_hour = totals
-        .iter()
-        .find(|(period, _)| *period == "hour")
-        .map_or(0, |(_, t)| t.images);
+    Overview {
+        workers_online,
+        queued_requests: state.queue.lock().expect("queue lock").waiting_count(),
+        queued_megapixelsteps: models.values().map(|m| m.queued).sum::<f64>() / 1e6,
+        images_last_hour: totals
+            .iter()
+            .find(|(period, _)| *period == "hour")
+            .map_or(0, |(_, t)| t.images),
+    }
+}
+
+type Models = std::collections::BTreeMap<String, horde_api::status::ActiveModel>;
+
+/// How often the live overview is sent.
+const LIVE_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// `GET /dashboard/events`: the overview now, then every 2 s, as server-sent events named
+/// `overview` (JSON data), until the coordinator shuts down.
+pub async fn events(
+    State(state): State<SharedState>,
+) -> axum::response::sse::Sse<
+    impl futures_util::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
+> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let stream = futures_util::stream::unfold((state, true), |(state, first)| async move {
+        if !first {
+            tokio::time::sleep(LIVE_EVERY).await;
+        }
+        // Ends at shutdown (the browser reconnects to the next coordinator by itself).
+        if state
+            .shutting_down
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return None;
+        }
+        let models = active_models(&state);
+        let online = state.online_worker_details(None).len();
+        let overview = overview_now(&state, &models, online).await;
+        let event = Event::default()
+            .event("overview")
+            .retry(LIVE_EVERY)
+            .json_data(&overview)
+            .unwrap_or_else(|_| Event::default().comment("unencodable"));
+        Some((Ok(event), (state, false)))
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+pub async fn page(State(state): State<SharedState>, Query(view): Query<WorkersView>) -> Response {
     let mut workers = state.online_worker_details(None);
     let models = active_models(&state);
-    let waiting = state.queue.lock().expect("queue lock").waiting_count();
+    let figures = overview_now(&state, &models, workers.len()).await;
     let mut html = String::with_capacity(16 * 1024);
     html.push_str(HEAD);
-    overview(
-        &mut html,
-        workers.len(),
-        waiting,
-        &models,
-        finished_last_hour,
-    );
+    overview(&mut html, &figures);
     models_table(&mut html, &models);
     leaderboard(&mut html, &workers);
     filter_and_sort(&mut workers, &view);
     workers_table(&mut html, &workers, &view);
+    html.push_str(LIVE_SCRIPT);
     html.push_str("</main></body></html>\n");
     (
         [
@@ -85,14 +136,29 @@ a{color:#0b57d0}a:focus,input:focus,button:focus{outline:3px solid #f4b400}
 <h1>horde</h1>
 "#;
 
-fn overview(
-    html: &mut String,
-    workers_online: usize,
-    waiting: usize,
-    models: &std::collections::BTreeMap<String, horde_api::status::ActiveModel>,
-    finished_last_hour: u64,
-) {
-    let megapixelsteps: f64 = models.values().map(|m| m.queued).sum::<f64>() / 1e6;
+/// Makes the overview live; the page is whole without it.
+const LIVE_SCRIPT: &str = r#"<script>
+(function () {
+  if (!window.EventSource) return;
+  var set = function (id, text) { var e = document.getElementById(id); if (e) e.textContent = text; };
+  new EventSource("/dashboard/events").addEventListener("overview", function (m) {
+    var d = JSON.parse(m.data);
+    set("workers-online", d.workers_online);
+    set("queued-requests", d.queued_requests);
+    set("queued-mps", d.queued_megapixelsteps.toFixed(1));
+    set("images-hour", d.images_last_hour);
+  });
+})();
+</script>
+"#;
+
+fn overview(html: &mut String, figures: &Overview) {
+    let Overview {
+        workers_online,
+        queued_requests: waiting,
+        queued_megapixelsteps: megapixelsteps,
+        images_last_hour: finished_last_hour,
+    } = figures;
     let _ = writeln!(
         html,
         "<section aria-label=\"overview\"><ul class=\"cards\">\
@@ -104,10 +170,7 @@ fn overview(
     );
 }
 
-fn models_table(
-    html: &mut String,
-    models: &std::collections::BTreeMap<String, horde_api::status::ActiveModel>,
-) {
+fn models_table(html: &mut String, models: &Models) {
     html.push_str(
         "<h2>Models</h2><table><thead><tr><th scope=\"col\">Model</th>\
          <th scope=\"col\" class=\"n\">Worker threads</th><th scope=\"col\" class=\"n\">Jobs</th>\

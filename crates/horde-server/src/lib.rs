@@ -133,6 +133,13 @@ impl Application {
         let service = self
             .router
             .into_make_service_with_connect_info::<SocketAddr>();
+        let state = self.state.clone();
+        let shutdown = async move {
+            shutdown.await;
+            state
+                .shutting_down
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        };
         let result = axum::serve(self.listener, service)
             .with_graceful_shutdown(shutdown)
             .await;
@@ -195,6 +202,7 @@ async fn open_state(
         key_salt,
         upload_secret,
         public_url,
+        shutting_down: Default::default(),
     };
     state
         .store
@@ -218,6 +226,7 @@ fn router(state: SharedState) -> Router {
     use routes::{generate, status, users, workers};
     let api = Router::new()
         .route("/", get(dashboard::page))
+        .route("/dashboard/events", get(dashboard::events))
         .route("/api/v2/generate/async", post(generate::generate_async))
         .route("/api/v2/generate/check/{id}", get(generate::check))
         .route(

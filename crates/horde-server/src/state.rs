@@ -53,6 +53,9 @@ pub struct AppState {
     pub public_url: String,
     /// Value of the `Horde-Node` header.
     pub node_name: String,
+    /// Set when the coordinator starts shutting down: endless answers (the dashboard's live
+    /// events) end, so the graceful shutdown does not wait for them forever.
+    pub shutting_down: std::sync::atomic::AtomicBool,
 }
 
 /// Recent speeds (pixelsteps per second) of finished jobs, by model.

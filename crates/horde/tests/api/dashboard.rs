@@ -41,7 +41,17 @@ async fn the_dashboard_shows_the_horde_without_scripts_and_escapes_what_workers_
     assert!(html.contains("id=\"queued-requests\">1<"), "{html}");
     assert!(html.contains("&lt;b&gt;sneaky&lt;/b&gt; &amp; &quot;co&quot;"));
     assert!(!html.contains("<b>sneaky"), "a worker's name became markup");
-    assert!(!html.contains("<script"), "the page needs no script");
+    // The tables are in the HTML itself; the one script only makes the overview live.
+    assert_eq!(html.matches("<script").count(), 1);
+    let script = html
+        .split("<script>")
+        .nth(1)
+        .unwrap()
+        .split("</script>")
+        .next()
+        .unwrap();
+    assert!(script.contains("EventSource(\"/dashboard/events\")"));
+    assert!(script.len() < 1024, "{} bytes of script", script.len());
     assert!(html.len() < 200 * 1024, "{} bytes", html.len());
     // Every sort is a link a keyboard can follow; the filter is a GET form.
     for sort in [
@@ -77,5 +87,65 @@ async fn the_dashboard_shows_the_horde_without_scripts_and_escapes_what_workers_
         by_name.rfind("&lt;b&gt;sneaky").unwrap(),
     );
     assert!(sneaky_at < plain, "'<' sorts before 'p'");
+    app.stop().await;
+}
+
+/// Reads server-sent events from `response` until `done` accepts one `overview` figure set.
+async fn overview_until(
+    response: &mut reqwest::Response,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let mut buffer = String::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no such event: {buffer}"
+        );
+        let chunk = tokio::time::timeout(std::time::Duration::from_secs(5), response.chunk())
+            .await
+            .expect("an event within 5 s")
+            .unwrap()
+            .expect("the stream stays open");
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buffer.find("\n\n") {
+            let event: String = buffer.drain(..end + 2).collect();
+            if !event.contains("event: overview") {
+                continue;
+            }
+            let data = event
+                .lines()
+                .find_map(|l| l.strip_prefix("data: "))
+                .unwrap();
+            let figures: serde_json::Value = serde_json::from_str(data).unwrap();
+            if done(&figures) {
+                return figures;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_overview_is_live_through_server_sent_events() {
+    let app = spawn_app().await;
+    let (owner, _) = app.user("owner", 0.0).await;
+    let mut events = http()
+        .get(format!("{}/dashboard/events", app.root))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(events.status().as_u16(), 200);
+    let kind = events.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(kind.starts_with("text/event-stream"), "{kind}");
+    let first = overview_until(&mut events, |_| true).await;
+    assert_eq!(first["workers_online"], 0, "{first}");
+    assert_eq!(first["queued_requests"], 0, "{first}");
+    // A worker comes online: a later event says so, without reloading anything.
+    owner.pop(&pop_request("live worker")).await.unwrap();
+    let later = overview_until(&mut events, |f| f["workers_online"] == 1).await;
+    assert_eq!(later["images_last_hour"], 0, "{later}");
     app.stop().await;
 }
