@@ -117,6 +117,47 @@ pub async fn page(State(state): State<SharedState>, Query(view): Query<WorkersVi
         .into_response()
 }
 
+/// `GET /models/{name}`: one model: its figures and the online workers serving it.
+pub async fn model_page(
+    State(state): State<SharedState>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Response {
+    let models = active_models(&state);
+    let mut workers = state.online_worker_details(None);
+    workers.retain(|w| w.models.contains(&name));
+    let mut html = String::with_capacity(8 * 1024);
+    html.push_str(&HEAD.replace("<h1>horde</h1>", &format!("<h1>{}</h1>", escape(&name))));
+    html.push_str("<p><a href=\"/\">Back to the horde</a></p>\n");
+    match models.get(&name) {
+        Some(m) => {
+            let _ = writeln!(
+                html,
+                "<ul class=\"cards\"><li><b>{}</b>worker threads</li><li><b>{}</b>jobs waiting or running</li>\
+                 <li><b>{:.1}</b>megapixelsteps queued</li><li><b>{}</b>seconds to clear (ETA)</li>\
+                 <li><b>{:.0}</b>pixelsteps per second lately</li></ul>",
+                m.count,
+                m.jobs,
+                m.queued / 1e6,
+                m.eta,
+                m.performance
+            );
+        }
+        None => {
+            html.push_str("<p>No online worker serves this model and nothing waits for it.</p>\n")
+        }
+    }
+    workers_table(&mut html, &workers, &WorkersView::default());
+    html.push_str("</main></body></html>\n");
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        html,
+    )
+        .into_response()
+}
+
 const HEAD: &str = r#"<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -183,7 +224,8 @@ fn models_table(html: &mut String, models: &Models) {
     for m in models.values() {
         let _ = writeln!(
             html,
-            "<tr><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{:.1}</td><td class=\"n\">{}</td></tr>",
+            "<tr><td><a href=\"/models/{}\">{}</a></td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{:.1}</td><td class=\"n\">{}</td></tr>",
+            escape(&url_encode(&m.name)),
             escape(&m.name),
             m.count,
             m.jobs,

@@ -227,6 +227,7 @@ fn router(state: SharedState) -> Router {
     let api = Router::new()
         .route("/", get(dashboard::page))
         .route("/dashboard/events", get(dashboard::events))
+        .route("/models/{name}", get(dashboard::model_page))
         .route("/api/v2/generate/async", post(generate::generate_async))
         .route("/api/v2/generate/check/{id}", get(generate::check))
         .route(

@@ -87,6 +87,17 @@ async fn the_dashboard_shows_the_horde_without_scripts_and_escapes_what_workers_
         by_name.rfind("&lt;b&gt;sneaky").unwrap(),
     );
     assert!(sneaky_at < plain, "'<' sorts before 'p'");
+
+    // The model page, linked from the models table: its figures and its workers.
+    let html = page(&app, "").await;
+    assert!(html.contains("<a href=\"/models/stable_diffusion\">stable_diffusion</a>"));
+    let model = page(&app, "models/stable_diffusion").await;
+    assert!(model.contains("<h1>stable_diffusion</h1>"), "{model}");
+    assert!(model.contains("plain worker") && model.contains("&lt;b&gt;sneaky"));
+    assert!(model.contains(">1</b>jobs waiting or running"), "{model}");
+    let unknown = page(&app, "models/%3Cnothing%3E").await;
+    assert!(unknown.contains("<h1>&lt;nothing&gt;</h1>"), "{unknown}");
+    assert!(unknown.contains("No online worker serves this model"));
     app.stop().await;
 }
 
