@@ -34,8 +34,18 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 use uuid::Uuid;
 
-/// Attempts at storing a reputation that other coordinators keep changing first.
-const MAX_ATTEMPTS: usize = 8;
+/// Attempts at storing a change (a pop, a result, a cancel, a reputation) when other
+/// coordinators keep changing the same row first: each attempt starts from the stored copy, so
+/// one of the contenders always wins.
+pub(crate) const MAX_WRITE_ATTEMPTS: usize = 8;
+
+/// The answer when every attempt lost to another coordinator.
+pub(crate) fn changed_too_often(what: &str) -> ApiError {
+    ApiError::new(
+        Rc::InternalServerError,
+        format!("The {what} changed too often while this change was stored; try again."),
+    )
+}
 
 impl AppState {
     /// Whether other coordinators may share this one's database.
@@ -156,7 +166,7 @@ impl AppState {
         id: Uuid,
         change: impl Fn(&mut Reputation),
     ) -> ApiResult<Option<Reputation>> {
-        for _ in 0..MAX_ATTEMPTS {
+        for _ in 0..MAX_WRITE_ATTEMPTS {
             let snapshot = {
                 let mut registry = self.workers.write().expect("registry lock");
                 let Some(entry) = registry.get_mut(id) else {
@@ -174,10 +184,7 @@ impl AppState {
                 Err(other) => return Err(other.into()),
             }
         }
-        Err(ApiError::new(
-            Rc::InternalServerError,
-            "The worker changed too often while this was stored; try again.",
-        ))
+        Err(changed_too_often("worker"))
     }
 
     /// Records in the registry that these reputations were stored (each as the version after

@@ -1,5 +1,6 @@
 //! Jobs from the worker's side: pop, upload, submit.
 
+use crate::cluster::{changed_too_often, MAX_WRITE_ATTEMPTS};
 use crate::config::JobsConfig;
 use crate::error::{ApiError, ApiResult};
 use crate::images::check_image;
@@ -14,9 +15,6 @@ use horde_core::{pricing, Assignment, PopOutcome, Reputation, Standby, Suspicion
 use horde_store::{StoreError, SubmitEffects};
 use std::collections::BTreeMap;
 
-/// Attempts at storing a pop or a result when other coordinators keep changing the request
-/// first (each attempt starts from the stored copy, so one of the contenders always wins).
-const MAX_CLAIM_ATTEMPTS: usize = 8;
 use uuid::Uuid;
 
 /// Assumed speed of a worker that has not finished a job yet, in megapixelsteps per second
@@ -130,7 +128,7 @@ impl AppState {
         let _ordered = self.write_order.lock().await;
         // Another coordinator sharing the database may have taken the request first: its
         // stored copy is reloaded and the pop tried again.
-        for _ in 0..MAX_CLAIM_ATTEMPTS {
+        for _ in 0..MAX_WRITE_ATTEMPTS {
             let outcome = self.pop_from_queue(&entry, now);
             match outcome {
                 PopOutcome::Nothing(skipped) => {
@@ -346,11 +344,8 @@ impl AppState {
         // Another coordinator sharing the database may change the request meanwhile (another
         // of its jobs handed out or finished): the stored copy is reloaded and the result
         // applied to it.
-        let mut outcome = Err(ApiError::new(
-            Rc::InternalServerError,
-            "The request changed too often while this result was stored; submit it again.",
-        ));
-        for _ in 0..MAX_CLAIM_ATTEMPTS {
+        let mut outcome = Err(changed_too_often("request"));
+        for _ in 0..MAX_WRITE_ATTEMPTS {
             let (request, job) = match self.job_for_submit(user, job_id) {
                 Ok(found) => found,
                 Err(error) => {

@@ -552,7 +552,8 @@ impl AppState {
         let retention = self.config.requests.retention_secs;
         let ordered = self.write_order.lock().await;
         self.load_request_ordered(request_id).await?;
-        for _ in 0..3 {
+        let mut stored = false;
+        for _ in 0..crate::cluster::MAX_WRITE_ATTEMPTS {
             let (updated, was_cancelled) = self
                 .queue
                 .lock()
@@ -587,9 +588,13 @@ impl AppState {
                 other => {
                     other?;
                     self.note_reputations_stored(interrupted.iter().map(|(id, r)| (*id, r)));
+                    stored = true;
                     break;
                 }
             }
+        }
+        if !stored {
+            return Err(crate::cluster::changed_too_often("request"));
         }
         drop(ordered);
         self.request_status(id).await
