@@ -26,6 +26,7 @@
 use crate::error::{ApiError, ApiResult};
 use crate::state::{AppState, SharedState};
 use horde_api::Rc;
+use horde_core::request::LiveRequest;
 use horde_core::Reputation;
 use horde_store::notify::{Listener, REMOVED};
 use horde_store::Backend;
@@ -95,16 +96,30 @@ impl AppState {
     /// Replaces the local copy of request `id` by the stored one (or drops it when it is no
     /// longer stored). The caller holds `write_order`.
     pub(crate) async fn resync_request_ordered(&self, id: Uuid) -> ApiResult<()> {
-        let stored = self.store.load_request(id).await?;
-        if let Some(request) = &stored {
+        match self.store.load_request(id).await? {
+            Some(request) => self.install(vec![request], []).await,
+            None => self.install(vec![], [id]).await,
+        }
+    }
+
+    /// Puts stored requests in place of the local copies and drops `removed`, after loading the
+    /// workers holding their jobs. The caller holds `write_order`, so no local change is
+    /// waiting to be stored: the stored copy is the truth (after a failed write the local copy
+    /// even holds a change that was never stored).
+    async fn install(
+        &self,
+        stored: Vec<LiveRequest>,
+        removed: impl IntoIterator<Item = Uuid>,
+    ) -> ApiResult<()> {
+        for request in &stored {
             self.load_workers_of(request).await?;
         }
         let mut queue = self.queue.lock().expect("queue lock");
-        match stored {
-            Some(request) => queue.replace(request),
-            None => {
-                queue.remove(id);
-            }
+        for id in removed {
+            queue.remove(id);
+        }
+        for request in stored {
+            queue.replace(request);
         }
         Ok(())
     }
@@ -129,17 +144,7 @@ impl AppState {
             (stale, removed)
         };
         let loaded = self.store.load_requests_by_id(&stale).await?;
-        for request in &loaded {
-            self.load_workers_of(request).await?;
-        }
-        let mut queue = self.queue.lock().expect("queue lock");
-        for id in removed {
-            queue.remove(id);
-        }
-        for request in loaded {
-            queue.replace(request);
-        }
-        Ok(())
+        self.install(loaded, removed).await
     }
 
     /// Puts a worker's stored reputation back in the registry, after a change counted in
@@ -204,7 +209,7 @@ impl AppState {
 
     /// Loads into the registry the workers holding jobs of `request` that registered on
     /// another coordinator.
-    async fn load_workers_of(&self, request: &horde_core::request::LiveRequest) -> ApiResult<()> {
+    async fn load_workers_of(&self, request: &LiveRequest) -> ApiResult<()> {
         for job in &request.jobs {
             self.load_worker(job.worker_id).await?;
         }
@@ -328,22 +333,8 @@ impl AppState {
             .map(|r| r.id)
             .collect();
         let stored = self.store.load_requests().await?;
-        for request in &stored {
-            self.load_workers_of(request).await?;
-        }
         let kept: std::collections::HashSet<Uuid> = stored.iter().map(|r| r.id).collect();
-        let mut queue = self.queue.lock().expect("queue lock");
-        for id in before.difference(&kept) {
-            queue.remove(*id);
-        }
-        for request in stored {
-            let newer_here = queue
-                .get(request.id)
-                .is_some_and(|r| r.version > request.version);
-            if !newer_here {
-                queue.replace(request);
-            }
-        }
-        Ok(())
+        let gone: Vec<Uuid> = before.difference(&kept).copied().collect();
+        self.install(stored, gone).await
     }
 }
