@@ -82,7 +82,12 @@ pub async fn events(
             return None;
         }
         let models = active_models(&state);
-        let online = state.online_worker_details(None).len();
+        let online = state
+            .workers
+            .read()
+            .expect("registry lock")
+            .online(now())
+            .count();
         let overview = overview_now(&state, &models, online).await;
         let event = Event::default()
             .event("overview")
@@ -99,7 +104,7 @@ pub async fn page(State(state): State<SharedState>, Query(view): Query<WorkersVi
     let models = active_models(&state);
     let figures = overview_now(&state, &models, workers.len()).await;
     let mut html = String::with_capacity(16 * 1024);
-    html.push_str(HEAD);
+    start_page(&mut html, "horde");
     overview(&mut html, &figures);
     models_table(&mut html, &models);
     leaderboard(&mut html, &workers);
@@ -107,14 +112,7 @@ pub async fn page(State(state): State<SharedState>, Query(view): Query<WorkersVi
     workers_table(&mut html, &workers, &view);
     html.push_str(LIVE_SCRIPT);
     html.push_str("</main></body></html>\n");
-    (
-        [
-            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-            (header::CACHE_CONTROL, "no-store"),
-        ],
-        html,
-    )
-        .into_response()
+    html_response(html)
 }
 
 /// `GET /models/{name}`: one model: its figures and the online workers serving it.
@@ -126,7 +124,7 @@ pub async fn model_page(
     let mut workers = state.online_worker_details(None);
     workers.retain(|w| w.models.contains(&name));
     let mut html = String::with_capacity(8 * 1024);
-    html.push_str(&HEAD.replace("<h1>horde</h1>", &format!("<h1>{}</h1>", escape(&name))));
+    start_page(&mut html, &name);
     html.push_str("<p><a href=\"/\">Back to the horde</a></p>\n");
     match models.get(&name) {
         Some(m) => {
@@ -148,6 +146,11 @@ pub async fn model_page(
     }
     workers_table(&mut html, &workers, &WorkersView::default());
     html.push_str("</main></body></html>\n");
+    html_response(html)
+}
+
+/// A finished page, never cached (its figures change by the second).
+fn html_response(html: String) -> Response {
     (
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
@@ -156,6 +159,12 @@ pub async fn model_page(
         html,
     )
         .into_response()
+}
+
+/// The document's head and stylesheet, and the page's heading (escaped).
+fn start_page(html: &mut String, heading: &str) {
+    html.push_str(HEAD);
+    let _ = writeln!(html, "<h1>{}</h1>", escape(heading));
 }
 
 const HEAD: &str = r#"<!doctype html>
@@ -174,7 +183,6 @@ th,td{border-bottom:1px solid #e3e3e3;padding:.3rem .5rem;text-align:left}
 td.n,th.n{text-align:right}
 a{color:#0b57d0}a:focus,input:focus,button:focus{outline:3px solid #f4b400}
 </style></head><body><main>
-<h1>horde</h1>
 "#;
 
 /// Makes the overview live; the page is whole without it.
