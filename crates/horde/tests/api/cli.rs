@@ -118,3 +118,29 @@ async fn serve_listens_where_flags_env_and_toml_say_in_that_order() {
         "a misspelt setting is named: {stderr}"
     );
 }
+
+#[tokio::test]
+async fn an_unreachable_database_is_a_clear_error_that_keeps_the_password() {
+    let dir = tempfile::tempdir().unwrap();
+    // Port 1 on loopback: nothing listens there, so the connection is refused at once.
+    let url = "postgres://horde:hunter2@127.0.0.1:1/horde";
+    for args in [
+        vec!["migrate", "--database", url],
+        vec!["serve", "--listen", "127.0.0.1:0", "--database", url],
+    ] {
+        let (ok, stdout, stderr) = run_horde(dir.path(), &args);
+        assert!(!ok, "{args:?} succeeded: {stdout}");
+        assert!(
+            stderr.contains("Connection refused") || stderr.contains("connection refused"),
+            "{args:?} does not say why: {stderr}"
+        );
+        assert!(
+            !stderr.contains("hunter2") && !stdout.contains("hunter2"),
+            "{stderr}"
+        );
+    }
+    assert!(
+        !dir.path().join("horde.sqlite").exists(),
+        "no SQLite file was made instead"
+    );
+}
