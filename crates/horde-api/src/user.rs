@@ -197,3 +197,25 @@ pub struct ModifyUserResponse {
 pub struct NewApiKey {
     pub api_key: String,
 }
+
+/// One row of a user's kudos ledger (`GET /users/{id}/ledger`; not in the public horde, whose
+/// balances have no ledger).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct LedgerEntry {
+    /// Increasing with time: ask for older rows with `?before=` the last id seen.
+    pub id: i64,
+    /// Unix seconds.
+    pub at: i64,
+    /// Kudos in (positive) or out (negative).
+    pub amount: f64,
+    /// `grant`, `spend`, `earn`, `refund`, `transfer`, `floor`, `uptime` or `release`.
+    pub kind: String,
+    /// The other user of a transfer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counterparty: Option<i64>,
+    /// The request paid for or refunded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// Held in escrow (`evaluating_kudos`) until the owner is trusted, not in the balance.
+    pub escrow: bool,
+}

@@ -15,7 +15,7 @@ use horde_api::image::{
 use horde_api::shared_key::{SharedKeyDetails, SharedKeyInput, SharedKeyPatch};
 use horde_api::status::{ActiveModel, Heartbeat, HordePerformance};
 use horde_api::user::{
-    KudosTransferRequest, KudosTransferred, ModifyUser, ModifyUserResponse, NewApiKey,
+    KudosTransferRequest, KudosTransferred, LedgerEntry, ModifyUser, ModifyUserResponse, NewApiKey,
     TestUserRequest, TestUserResponse, UserDetails,
 };
 use horde_api::worker::{ModifyWorker, ModifyWorkerResponse, WorkerDetails};
@@ -192,6 +192,21 @@ impl Client {
     pub async fn user(&self, id: u64) -> Result<UserDetails> {
         self.call(Method::GET, &format!("/users/{id}"), None::<&()>)
             .await
+    }
+
+    /// The newest `limit` rows (50 when `None`) of user `id`'s kudos ledger below the row
+    /// `before`, newest first: for the user themself and moderators.
+    pub async fn ledger(
+        &self,
+        id: i64,
+        before: Option<i64>,
+        limit: Option<u32>,
+    ) -> Result<Vec<LedgerEntry>> {
+        let mut path = format!("/users/{id}/ledger?limit={}", limit.unwrap_or(50));
+        if let Some(before) = before {
+            path.push_str(&format!("&before={before}"));
+        }
+        self.call(Method::GET, &path, None::<&()>).await
     }
 
     /// Sends `amount` kudos to the user `alias#id`.

@@ -9,7 +9,7 @@ use utoipa::OpenApi;
     paths(
         generate::generate_async, generate::check, generate::status, generate::cancel, generate::pop, generate::submit,
         workers::list, workers::get, workers::by_name, workers::modify,
-        users::get, users::find_user, users::test_user, users::transfer, users::modify, users::reset_key,
+        users::get, users::find_user, users::test_user, users::transfer, users::modify, users::reset_key, users::ledger,
         shared_keys::create, shared_keys::get, shared_keys::modify, shared_keys::delete,
         filters::list, filters::add, filters::check, filters::regex, filters::get, filters::modify, filters::delete,
         status::heartbeat, status::models, status::model, status::performance, status::image_totals, status::image_models,

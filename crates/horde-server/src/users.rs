@@ -459,8 +459,13 @@ impl AppState {
         let became_trusted = change.trusted == Some(true) && !user.trusted;
         apply_user_change(&mut user, &change);
         self.store.save_user_settings(&user).await?;
-        // Roles may have changed: worker owners are read again on their next pop.
+        // Roles may have changed: worker owners are read again on their next pop, and their
+        // workers' details show the new roles now.
         self.forget_cached_users();
+        self.workers
+            .write()
+            .expect("registry lock")
+            .note_owner_roles(&user);
         let now = now();
         if let Some(amount) = change.kudos {
             self.store.award_kudos(user.id, amount, now).await?;
@@ -544,6 +549,27 @@ impl AppState {
     }
 
     /// A new API key for `caller` (only for themself); the old key stops working at once.
+    /// `GET /users/{id}/ledger`: the user themself or a moderator.
+    pub async fn ledger_of(
+        &self,
+        caller: &User,
+        id: &str,
+        before: Option<i64>,
+        limit: u32,
+    ) -> ApiResult<Vec<horde_api::user::LedgerEntry>> {
+        let not_found =
+            || ApiError::new(Rc::UserNotFound, format!("User with ID '{id}' not found."));
+        let id: i64 = id.parse().map_err(|_| not_found())?;
+        if id != caller.id && !caller.moderator {
+            return Err(ApiError::new(
+                Rc::NotOwner,
+                "Only the user themself or a moderator can read a kudos ledger.",
+            ));
+        }
+        self.store.user_by_id(id).await?.ok_or_else(not_found)?;
+        Ok(self.store.ledger_entries(id, before, limit).await?)
+    }
+
     pub async fn reset_api_key(&self, caller: &User, id: &str) -> ApiResult<NewApiKey> {
         if id.parse::<i64>().ok() != Some(caller.id) {
             return Err(ApiError::new(

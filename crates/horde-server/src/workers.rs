@@ -7,6 +7,7 @@
 //! settings), so concurrent pops, submits and edits never undo one another.
 
 use crate::error::{ApiError, ApiResult};
+use crate::extract::ApiKey;
 use crate::state::{now, AppState};
 use horde_api::image::PopRequest;
 use horde_api::worker::{
@@ -124,6 +125,17 @@ impl WorkerRegistry {
             .filter(|e| e.worker.user_id == user_id)
             .count()
     }
+    /// Shows `owner`'s roles on their workers at once (they are read again at each check-in
+    /// too, but a flagged owner's workers may never check in again).
+    pub fn note_owner_roles(&mut self, owner: &User) {
+        for entry in self.by_id.values_mut() {
+            if entry.worker.user_id == owner.id {
+                entry.owner_trusted = owner.trusted;
+                entry.owner_flagged = owner.flagged;
+            }
+        }
+    }
+
     pub fn ids_of_user(&self, user_id: i64) -> Vec<String> {
         let mut ids: Vec<&WorkerEntry> = self
             .by_id
@@ -747,64 +759,77 @@ impl AppState {
             })
     }
 
-    pub fn worker_details(&self, id: Uuid) -> ApiResult<WorkerDetails> {
-        self.workers
-            .read()
-            .expect("registry lock")
-            .get(id)
-            .map(|e| {
-                e.details(
-                    now(),
-                    self.config.workers.online_window_secs,
-                    &self.config.workers.reputation_rules(),
-                )
-            })
-            .ok_or_else(|| {
-                ApiError::new(
-                    Rc::WorkerNotFound,
-                    format!("Worker with ID '{id}' not found."),
-                )
-            })
+    pub fn worker_details(&self, id: Uuid, viewer: Viewer) -> ApiResult<WorkerDetails> {
+        let registry = self.workers.read().expect("registry lock");
+        let entry = registry.get(id).ok_or_else(|| {
+            ApiError::new(
+                Rc::WorkerNotFound,
+                format!("Worker with ID '{id}' not found."),
+            )
+        })?;
+        Ok(self.details_for(entry, now(), viewer))
     }
 
-    pub fn worker_details_by_name(&self, name: &str) -> ApiResult<WorkerDetails> {
-        self.workers
-            .read()
-            .expect("registry lock")
-            .by_name(name)
-            .map(|e| {
-                e.details(
-                    now(),
-                    self.config.workers.online_window_secs,
-                    &self.config.workers.reputation_rules(),
-                )
-            })
-            .ok_or_else(|| {
-                ApiError::new(
-                    Rc::WorkerNotFound,
-                    format!("Worker with name '{name}' not found."),
-                )
-            })
+    pub fn worker_details_by_name(&self, name: &str, viewer: Viewer) -> ApiResult<WorkerDetails> {
+        let registry = self.workers.read().expect("registry lock");
+        let entry = registry.by_name(name).ok_or_else(|| {
+            ApiError::new(
+                Rc::WorkerNotFound,
+                format!("Worker with name '{name}' not found."),
+            )
+        })?;
+        Ok(self.details_for(entry, now(), viewer))
     }
 
     /// Online workers, by name.
-    pub fn online_worker_details(&self, name: Option<&str>) -> Vec<WorkerDetails> {
+    pub fn online_worker_details(&self, name: Option<&str>, viewer: Viewer) -> Vec<WorkerDetails> {
         let now = now();
         let registry = self.workers.read().expect("registry lock");
         let mut list: Vec<WorkerDetails> = registry
             .online(now)
             .filter(|e| name.is_none_or(|n| e.worker.name == n))
-            .map(|e| {
-                e.details(
-                    now,
-                    self.config.workers.online_window_secs,
-                    &self.config.workers.reputation_rules(),
-                )
-            })
+            .map(|e| self.details_for(e, now, viewer))
             .collect();
         list.sort_by(|a, b| a.name.cmp(&b.name));
         list
     }
+
+    /// A worker's details as `viewer` may see them: its owner's alias for the owner and
+    /// moderators, whether it is paused for moderators only (as on the public horde, so that
+    /// a paused bad actor does not notice).
+    fn details_for(&self, entry: &WorkerEntry, now: i64, viewer: Viewer) -> WorkerDetails {
+        let mut details = entry.details(
+            now,
+            self.config.workers.online_window_secs,
+            &self.config.workers.reputation_rules(),
+        );
+        if viewer.moderator || viewer.user_id == Some(entry.worker.user_id) {
+            details.owner = Some(entry.owner_alias.clone());
+        }
+        if viewer.moderator {
+            details.paused = Some(entry.worker.paused);
+        }
+        details
+    }
+
+    /// Who is looking at workers: the user of the `apikey` header, if it names one (an
+    /// unknown or missing key sees what everybody sees).
+    pub async fn worker_viewer(&self, key: &ApiKey) -> Viewer {
+        match self.cached_user(key, 10_000).await {
+            Ok(user) if !user.is_anonymous() => Viewer {
+                user_id: Some(user.id),
+                moderator: user.moderator,
+            },
+            _ => Viewer::default(),
+        }
+    }
+}
+
+/// Who reads worker details: see [`AppState::worker_viewer`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Viewer {
+    pub user_id: Option<i64>,
+    pub moderator: bool,
 }
 
 /// The registry entry of a stored worker, before its next check-in.

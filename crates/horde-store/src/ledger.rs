@@ -6,6 +6,7 @@
 //! requester's charge that is not paid to the worker).
 
 use crate::{flag, Placeholders, Result, Store};
+use horde_api::user::LedgerEntry;
 use sqlx::Row;
 use uuid::Uuid;
 
@@ -247,6 +248,37 @@ impl Store {
             }
         }
         Ok(flows)
+    }
+
+    /// The newest `limit` rows of `account`'s ledger with an id below `before`, newest first.
+    pub async fn ledger_entries(
+        &self,
+        account: i64,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<LedgerEntry>> {
+        let rows = sqlx::query(
+            "SELECT id, at, CAST(amount AS DOUBLE PRECISION), kind, counterparty, request_id, escrow \
+             FROM kudos_ledger WHERE account = $1 AND id < $2 ORDER BY id DESC LIMIT $3",
+        )
+        .bind(account)
+        .bind(before.unwrap_or(i64::MAX))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(LedgerEntry {
+                    id: row.try_get(0)?,
+                    at: row.try_get(1)?,
+                    amount: row.try_get(2)?,
+                    kind: row.try_get(3)?,
+                    counterparty: row.try_get(4)?,
+                    request_id: row.try_get(5)?,
+                    escrow: row.try_get::<i64, _>(6)? != 0,
+                })
+            })
+            .collect()
     }
 
     /// Users whose balance differs from the sum of their ledger rows by more than rounding.

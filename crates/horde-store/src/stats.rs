@@ -87,3 +87,33 @@ impl Store {
         Ok(out)
     }
 }
+
+impl Store {
+    /// Images and pixelsteps finished in each of the `minutes` minutes before `now`, oldest
+    /// first (the dashboard's throughput chart). The last minute ends at `now`.
+    pub async fn images_per_minute(&self, now: i64, minutes: usize) -> Result<Vec<Totals>> {
+        let start = now - 60 * minutes as i64;
+        let rows = sqlx::query(
+            "SELECT (finished_at - $1 - 1) / 60, COUNT(*), \
+             CAST(COALESCE(SUM(pixelsteps), 0) AS DOUBLE PRECISION) FROM image_stats \
+             WHERE finished_at > $2 AND finished_at <= $3 GROUP BY 1",
+        )
+        .bind(start)
+        .bind(start)
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut series = vec![Totals::default(); minutes];
+        for row in rows {
+            let minute: i64 = row.try_get(0)?;
+            let images: i64 = row.try_get(1)?;
+            if let Some(slot) = usize::try_from(minute).ok().and_then(|m| series.get_mut(m)) {
+                *slot = Totals {
+                    images: images as u64,
+                    pixelsteps: row.try_get(2)?,
+                };
+            }
+        }
+        Ok(series)
+    }
+}

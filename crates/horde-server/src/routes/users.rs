@@ -3,11 +3,11 @@
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiKey, HordeJson};
 use crate::state::SharedState;
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use horde_api::user::{
-    KudosTransferRequest, KudosTransferred, ModifyUser, ModifyUserResponse, NewApiKey,
+    KudosTransferRequest, KudosTransferred, LedgerEntry, ModifyUser, ModifyUserResponse, NewApiKey,
     TestUserRequest, TestUserResponse, UserDetails,
 };
 use horde_api::{ErrorBody, Rc};
@@ -106,4 +106,33 @@ pub async fn reset_key(
         .authenticate_registered(&key, Rc::AnonForbidden)
         .await?;
     state.reset_api_key(&caller, &id).await.map(Json)
+}
+
+#[derive(serde::Deserialize)]
+pub struct LedgerQuery {
+    /// Only rows with a smaller id (the next page back).
+    before: Option<i64>,
+    /// How many rows (1 to 500; 50 when absent).
+    limit: Option<u32>,
+}
+
+/// The newest rows of a user's kudos ledger, newest first: for the user themself and
+/// moderators (not in the public horde).
+#[utoipa::path(get, path = "/api/v2/users/{id}/ledger", tag = "v2",
+    params(("id" = String, Path), ("apikey" = String, Header), ("before" = Option<i64>, Query), ("limit" = Option<u32>, Query)),
+    responses((status = 200, body = Vec<LedgerEntry>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn ledger(
+    State(state): State<SharedState>,
+    key: ApiKey,
+    Path(id): Path<String>,
+    Query(page): Query<LedgerQuery>,
+) -> ApiResult<Json<Vec<LedgerEntry>>> {
+    let caller = state
+        .authenticate_registered(&key, Rc::AnonForbidden)
+        .await?;
+    let limit = page.limit.unwrap_or(50).clamp(1, 500);
+    state
+        .ledger_of(&caller, &id, page.before, limit)
+        .await
+        .map(Json)
 }

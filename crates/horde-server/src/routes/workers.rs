@@ -16,16 +16,20 @@ pub struct WorkersQuery {
     name: Option<String>,
 }
 
-/// Online workers.
-#[utoipa::path(get, path = "/api/v2/workers", tag = "v2", responses((status = 200, body = Vec<WorkerDetails>)))]
+/// Online workers. With the `apikey` of a moderator, every worker's `owner` and `paused`; of
+/// an owner, the `owner` of their own.
+#[utoipa::path(get, path = "/api/v2/workers", tag = "v2", params(("apikey" = Option<String>, Header)),
+    responses((status = 200, body = Vec<WorkerDetails>)))]
 pub async fn list(
     State(state): State<SharedState>,
+    key: ApiKey,
     Query(q): Query<WorkersQuery>,
 ) -> Json<Vec<WorkerDetails>> {
     if q.kind.as_deref().is_some_and(|k| k != "image") {
         return Json(vec![]);
     }
-    Json(state.online_worker_details(q.name.as_deref()))
+    let viewer = state.worker_viewer(&key).await;
+    Json(state.online_worker_details(q.name.as_deref(), viewer))
 }
 
 fn parse_worker_id(id: &str) -> ApiResult<uuid::Uuid> {
@@ -37,22 +41,28 @@ fn parse_worker_id(id: &str) -> ApiResult<uuid::Uuid> {
     })
 }
 
-#[utoipa::path(get, path = "/api/v2/workers/{id}", tag = "v2", params(("id" = String, Path)),
+/// One worker; the `apikey` of its owner or a moderator shows more, as for the list.
+#[utoipa::path(get, path = "/api/v2/workers/{id}", tag = "v2", params(("id" = String, Path), ("apikey" = Option<String>, Header)),
     responses((status = 200, body = WorkerDetails), (status = 404, body = ErrorBody)))]
 pub async fn get(
     State(state): State<SharedState>,
+    key: ApiKey,
     Path(id): Path<String>,
 ) -> ApiResult<Json<WorkerDetails>> {
-    state.worker_details(parse_worker_id(&id)?).map(Json)
+    let id = parse_worker_id(&id)?;
+    let viewer = state.worker_viewer(&key).await;
+    state.worker_details(id, viewer).map(Json)
 }
 
-#[utoipa::path(get, path = "/api/v2/workers/name/{name}", tag = "v2", params(("name" = String, Path)),
+#[utoipa::path(get, path = "/api/v2/workers/name/{name}", tag = "v2", params(("name" = String, Path), ("apikey" = Option<String>, Header)),
     responses((status = 200, body = WorkerDetails), (status = 404, body = ErrorBody)))]
 pub async fn by_name(
     State(state): State<SharedState>,
+    key: ApiKey,
     Path(name): Path<String>,
 ) -> ApiResult<Json<WorkerDetails>> {
-    state.worker_details_by_name(&name).map(Json)
+    let viewer = state.worker_viewer(&key).await;
+    state.worker_details_by_name(&name, viewer).map(Json)
 }
 
 /// Change a worker's settings (owner; `paused` needs a moderator).

@@ -115,6 +115,12 @@ async fn every_endpoint_answers_each_kind_of_caller_as_it_should() {
         row("GET", "/api/v2/workers".into(), None, everyone),
         row(
             "GET",
+            format!("/api/v2/users/{owner_id}/ledger"),
+            None,
+            owner_and_moderator,
+        ),
+        row(
+            "GET",
             format!("/api/v2/workers/{worker_id}"),
             None,
             everyone,
@@ -288,4 +294,88 @@ async fn every_endpoint_answers_each_kind_of_caller_as_it_should() {
         }
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// A worker's owner alias is shown to its owner and moderators; whether it is paused only to
+/// moderators (as on the public horde); everyone else sees neither.
+#[tokio::test]
+async fn owners_and_moderators_see_more_of_a_worker_than_others() {
+    let app = spawn_app().await;
+    let (owner, owner_id) = app.user("owner", 0.0).await;
+    let (other, _) = app.user("other", 0.0).await;
+    let (moderator_key, _) = app.moderator().await;
+    let moderator = app.client(&moderator_key);
+    owner.pop(&pop_request("seen worker")).await.unwrap();
+    let id = owner.worker_by_name("seen worker").await.unwrap().id;
+    let alias = format!("owner#{owner_id}");
+    for (who, client, owner_shown, paused_shown) in [
+        ("anonymous", app.anonymous(), None, None),
+        ("another user", other, None, None),
+        ("the owner", owner, Some(alias.clone()), None),
+        (
+            "a moderator",
+            moderator.clone(),
+            Some(alias.clone()),
+            Some(false),
+        ),
+    ] {
+        let one = client.worker(&id).await.unwrap();
+        let by_name = client.worker_by_name("seen worker").await.unwrap();
+        assert_eq!(
+            (&one.owner, one.paused),
+            (&owner_shown, paused_shown),
+            "{who}"
+        );
+        assert_eq!(
+            (&by_name.owner, by_name.paused),
+            (&owner_shown, paused_shown),
+            "{who}"
+        );
+        let listed = client.workers().await.unwrap();
+        assert_eq!(
+            (&listed[0].owner, listed[0].paused),
+            (&owner_shown, paused_shown),
+            "{who}"
+        );
+    }
+}
+
+/// `GET /users/{id}/ledger`: the account's kudos movements, newest first, paged with `before`.
+#[tokio::test]
+async fn a_ledger_lists_the_movements_of_kudos_newest_first() {
+    let app = spawn_app().await;
+    let (requester, requester_id) = app.user("requester", 100.0).await;
+    let (owner, owner_id) = app.user("owner", 0.0).await;
+    requester
+        .generate_async(&small_request("ledgered", 1, false))
+        .await
+        .unwrap();
+    let job = owner.pop(&pop_request("ledger worker")).await.unwrap();
+    owner
+        .submit(&submit_inline(&job, &webp(512, 512, [9; 3], [200; 3])))
+        .await
+        .unwrap();
+    let rows = requester.ledger(requester_id, None, None).await.unwrap();
+    // The starting grant first; then the image's price: what the worker earns and the part
+    // the horde keeps, both spent on this request.
+    let (grant, spends) = rows.split_last().unwrap();
+    assert_eq!((grant.kind.as_str(), grant.amount), ("grant", 100.0));
+    assert_eq!(spends.len(), 2, "{rows:?}");
+    assert!(spends
+        .iter()
+        .all(|r| r.kind == "spend" && r.amount < 0.0 && r.request_id.is_some()));
+    assert!(rows.windows(2).all(|w| w[0].id > w[1].id), "newest first");
+    let balance = requester.find_user().await.unwrap().kudos;
+    let sum: f64 = rows.iter().map(|r| r.amount).sum();
+    assert!((sum - balance).abs() < 1e-6, "{sum} against {balance}");
+    let older = requester
+        .ledger(requester_id, Some(rows[0].id), Some(1))
+        .await
+        .unwrap();
+    assert_eq!(older, rows[1..2]);
+    let earned = owner.ledger(owner_id, None, None).await.unwrap();
+    assert!(
+        earned.iter().any(|r| r.kind == "earn" && r.amount > 0.0),
+        "{earned:?}"
+    );
 }

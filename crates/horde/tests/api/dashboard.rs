@@ -15,6 +15,11 @@ async fn page(app: &TestApp, query: &str) -> String {
         .unwrap()
         .to_string();
     assert!(kind.starts_with("text/html"), "{kind}");
+    // Only our own script may run, and it may talk only to this coordinator.
+    let policy = answer.headers()["content-security-policy"]
+        .to_str()
+        .unwrap();
+    assert!(policy.contains("script-src 'self'") && policy.contains("connect-src 'self'"));
     answer.text().await.unwrap()
 }
 
@@ -41,18 +46,27 @@ async fn the_dashboard_shows_the_horde_without_scripts_and_escapes_what_workers_
     assert!(html.contains("id=\"queued-requests\">1<"), "{html}");
     assert!(html.contains("&lt;b&gt;sneaky&lt;/b&gt; &amp; &quot;co&quot;"));
     assert!(!html.contains("<b>sneaky"), "a worker's name became markup");
-    // The tables are in the HTML itself; the one script only makes the overview live.
+    // The tables are in the HTML itself; the one script, our own, only adds to them.
     assert_eq!(html.matches("<script").count(), 1);
-    let script = html
-        .split("<script>")
-        .nth(1)
-        .unwrap()
-        .split("</script>")
-        .next()
+    assert!(html.contains("<script src=\"/dashboard/app.js\" defer></script>"));
+    assert!(html.contains("<noscript>"));
+    let script = http()
+        .get(format!("{}/dashboard/app.js", app.root))
+        .send()
+        .await
         .unwrap();
-    assert!(script.contains("EventSource(\"/dashboard/events\")"));
-    assert!(script.len() < 1024, "{} bytes of script", script.len());
-    assert!(html.len() < 200 * 1024, "{} bytes", html.len());
+    assert!(script.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/javascript"));
+    let script = script.text().await.unwrap();
+    assert!(script.contains("new EventSource(\"/dashboard/events\")"));
+    assert!(
+        html.len() + script.len() < 200 * 1024,
+        "{} + {} bytes",
+        html.len(),
+        script.len()
+    );
     // Every sort is a link a keyboard can follow; the filter is a GET form.
     for sort in [
         "name",
@@ -95,6 +109,18 @@ async fn the_dashboard_shows_the_horde_without_scripts_and_escapes_what_workers_
     assert!(model.contains("<h1>stable_diffusion</h1>"), "{model}");
     assert!(model.contains("plain worker") && model.contains("&lt;b&gt;sneaky"));
     assert!(model.contains(">1</b>jobs waiting or running"), "{model}");
+    // The tables alone, as the script fetches them when they changed.
+    let fragment = http()
+        .get(format!("{}/dashboard/tables?sort=name", app.root))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(fragment.starts_with("<h2>Models</h2>"), "{fragment}");
+    assert!(!fragment.contains("<html"));
+    assert!(html.contains(&fragment), "the page holds the same tables");
     let unknown = page(&app, "models/%3Cnothing%3E").await;
     assert!(unknown.contains("<h1>&lt;nothing&gt;</h1>"), "{unknown}");
     assert!(unknown.contains("No online worker serves this model"));
@@ -158,5 +184,36 @@ async fn the_overview_is_live_through_server_sent_events() {
     owner.pop(&pop_request("live worker")).await.unwrap();
     let later = overview_until(&mut events, |f| f["workers_online"] == 1).await;
     assert_eq!(later["images_last_hour"], 0, "{later}");
+    assert_ne!(later["digest"], first["digest"], "the tables changed");
+    let minutes = later["images_per_minute"].as_array().unwrap();
+    assert_eq!(minutes.len(), 60);
+    assert!(minutes.iter().all(|m| m == 0));
+
+    // An image is delivered: the last minute of the throughput chart counts it.
+    let (requester, _) = app.user("requester", 100.0).await;
+    requester
+        .generate_async(&small_request("counted", 1, false))
+        .await
+        .unwrap();
+    let job = owner.pop(&pop_request("live worker")).await.unwrap();
+    owner
+        .submit(&submit_inline(&job, &webp(512, 512, [9; 3], [200; 3])))
+        .await
+        .unwrap();
+    let after = overview_until(&mut events, |f| f["images_last_hour"] == 1).await;
+    let minutes = after["images_per_minute"].as_array().unwrap();
+    assert_eq!(minutes[59], 1, "{after}");
+    assert_eq!(minutes.iter().filter(|m| **m == 0).count(), 59);
+    let chart = http()
+        .get(format!("{}/dashboard/throughput.svg", app.root))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(chart.headers()["content-type"], "image/svg+xml");
+    let chart = chart.text().await.unwrap();
+    assert!(chart.contains("data-images=\"1\""), "{chart}");
+    assert!(chart.contains("1 min ago: 1 images"), "{chart}");
+    let html = page(&app, "").await;
+    assert!(html.contains("<svg") && html.contains("data-images=\"1\""));
     app.stop().await;
 }

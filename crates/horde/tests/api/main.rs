@@ -7,6 +7,7 @@ mod accounts;
 mod authz;
 mod backend;
 mod bench;
+mod browser;
 mod chaos;
 mod cli;
 mod cluster;

@@ -12,9 +12,9 @@ use tokio::sync::watch;
 
 /// The AI Horde name the tiny checkpoint is served under: it has SD 1.5's architecture, and
 /// the coordinator accepts only models of its reference.
-const MODEL: &str = "stable_diffusion";
+pub(crate) const MODEL: &str = "stable_diffusion";
 
-fn tiny_checkpoint(dir: &Path) -> PathBuf {
+pub(crate) fn tiny_checkpoint(dir: &Path) -> PathBuf {
     let path = dir.join("tiny-sd15.safetensors");
     horde_diffusion::tiny::write_tiny_checkpoint(horde_diffusion::tiny::TinyArch::Sd15, &path, 3)
         .unwrap();
@@ -36,7 +36,7 @@ async fn owner_key(app: &TestApp) -> String {
         .api_key
 }
 
-fn worker_config(url: &str, api_key: String, checkpoint: &Path) -> WorkerConfig {
+pub(crate) fn worker_config(url: &str, api_key: String, checkpoint: &Path) -> WorkerConfig {
     WorkerConfig {
         url: url.into(),
         api_key,
@@ -50,7 +50,7 @@ fn worker_config(url: &str, api_key: String, checkpoint: &Path) -> WorkerConfig 
 }
 
 /// Starts a worker; returns the stop switch and its task.
-fn start_worker(
+pub(crate) fn start_worker(
     config: WorkerConfig,
 ) -> (
     watch::Sender<bool>,

@@ -1,18 +1,27 @@
 //! The dashboard at `/`: the horde at a glance, rendered on the server.
 //!
-//! The page is plain HTML with a small inline stylesheet and no asset from anywhere, so it
-//! works offline, without JavaScript and with a keyboard alone. The workers table sorts and
+//! The page is plain HTML with an inline stylesheet and one small script of our own
+//! (`app.js`, served from here): no asset from anywhere else, so it works offline. Everything
+//! read-only (overview, throughput chart, models, leaderboard, workers) is in the HTML itself,
+//! so it works without JavaScript and with a keyboard alone; the workers table sorts and
 //! filters through links and a GET form (`?sort=speed&q=name`). Every text that comes from
-//! users or workers is escaped. A few lines of inline script only make the overview live: they
-//! follow `/dashboard/events` (server-sent events, every 2 s), which the browser reconnects to
-//! by itself after the coordinator restarts.
+//! users or workers is escaped, and a Content-Security-Policy allows only our own script.
+//!
+//! The script makes the page live (`live`: server-sent events, tables fetched again from
+//! `/dashboard/tables` when they changed) and adds the views that need an API key: the key is
+//! kept in the browser's local storage and sent only to this coordinator's API, as `apikey`.
+
+mod live;
+
+pub use live::{events, throughput_svg};
 
 use crate::routes::status::active_models;
-use crate::state::{now, SharedState};
+use crate::state::SharedState;
 use axum::extract::{Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use horde_api::worker::WorkerDetails;
+use live::Overview;
 use std::fmt::Write;
 
 /// How the workers table is ordered and filtered.
@@ -35,84 +44,59 @@ const SORTS: [(&str, &str); 7] = [
     ("max_pixels", "Max pixels"),
 ];
 
-/// The overview's figures, on the page and in each live event.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Overview {
-    pub workers_online: usize,
-    pub queued_requests: usize,
-    pub queued_megapixelsteps: f64,
-    pub images_last_hour: u64,
-}
-
-async fn overview_now(state: &SharedState, models: &Models, workers_online: usize) -> Overview {
-    let totals = state.store.image_totals(now()).await.unwrap_or_default();
-    Overview {
-        workers_online,
-        queued_requests: state.queue.lock().expect("queue lock").waiting_count(),
-        queued_megapixelsteps: models.values().map(|m| m.queued).sum::<f64>() / 1e6,
-        images_last_hour: totals
-            .iter()
-            .find(|(period, _)| *period == "hour")
-            .map_or(0, |(_, t)| t.images),
-    }
-}
-
 type Models = std::collections::BTreeMap<String, horde_api::status::ActiveModel>;
 
-/// How often the live overview is sent.
-const LIVE_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// `GET /dashboard/events`: the overview now, then every 2 s, as server-sent events named
-/// `overview` (JSON data), until the coordinator shuts down.
-pub async fn events(
-    State(state): State<SharedState>,
-) -> axum::response::sse::Sse<
-    impl futures_util::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
-> {
-    use axum::response::sse::{Event, KeepAlive, Sse};
-    let stream = futures_util::stream::unfold((state, true), |(state, first)| async move {
-        if !first {
-            tokio::time::sleep(LIVE_EVERY).await;
-        }
-        // Ends at shutdown (the browser reconnects to the next coordinator by itself).
-        if state
-            .shutting_down
-            .load(std::sync::atomic::Ordering::SeqCst)
-        {
-            return None;
-        }
-        let models = active_models(&state);
-        let online = state
-            .workers
-            .read()
-            .expect("registry lock")
-            .online(now())
-            .count();
-        let overview = overview_now(&state, &models, online).await;
-        let event = Event::default()
-            .event("overview")
-            .retry(LIVE_EVERY)
-            .json_data(&overview)
-            .unwrap_or_else(|_| Event::default().comment("unencodable"));
-        Some((Ok(event), (state, false)))
-    });
-    Sse::new(stream).keep_alive(KeepAlive::default())
-}
-
+/// `GET /`: the whole dashboard.
 pub async fn page(State(state): State<SharedState>, Query(view): Query<WorkersView>) -> Response {
-    let mut workers = state.online_worker_details(None);
-    let models = active_models(&state);
-    let figures = overview_now(&state, &models, workers.len()).await;
-    let mut html = String::with_capacity(16 * 1024);
+    let (figures, minutes) = live::overview_now(&state).await;
+    let mut html = String::with_capacity(32 * 1024);
     start_page(&mut html, "horde");
     overview(&mut html, &figures);
-    models_table(&mut html, &models);
-    leaderboard(&mut html, &workers);
-    filter_and_sort(&mut workers, &view);
-    workers_table(&mut html, &workers, &view);
-    html.push_str(LIVE_SCRIPT);
-    html.push_str("</main></body></html>\n");
+    html.push_str("<h2>Throughput over the last hour</h2>\n<div id=\"chart\">");
+    live::throughput_chart(&mut html, &minutes);
+    html.push_str("</div>\n");
+    html.push_str(ACCOUNT);
+    // The script fetches the tables again when an event's digest differs from this one.
+    let _ = writeln!(
+        html,
+        "<div id=\"tables\" data-digest=\"{}\">",
+        escape(&figures.digest)
+    );
+    tables(&mut html, &state, &view);
+    html.push_str("</div>\n</main></body></html>\n");
     html_response(html)
+}
+
+/// `GET /dashboard/tables`: the models, leaderboard and workers tables alone, as on `/` with
+/// the same query (the script swaps them in when they changed).
+pub async fn tables_fragment(
+    State(state): State<SharedState>,
+    Query(view): Query<WorkersView>,
+) -> Response {
+    let mut html = String::with_capacity(16 * 1024);
+    tables(&mut html, &state, &view);
+    html_response(html)
+}
+
+/// `GET /dashboard/app.js`: the page's one script.
+pub async fn script() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        include_str!("app.js"),
+    )
+        .into_response()
+}
+
+fn tables(html: &mut String, state: &SharedState, view: &WorkersView) {
+    let models = active_models(state);
+    let mut workers = state.online_worker_details(None, Default::default());
+    models_table(html, &models);
+    leaderboard(html, &workers);
+    filter_and_sort(&mut workers, view);
+    workers_table(html, &workers, view);
 }
 
 /// `GET /models/{name}`: one model: its figures and the online workers serving it.
@@ -121,7 +105,7 @@ pub async fn model_page(
     axum::extract::Path(name): axum::extract::Path<String>,
 ) -> Response {
     let models = active_models(&state);
-    let mut workers = state.online_worker_details(None);
+    let mut workers = state.online_worker_details(None, Default::default());
     workers.retain(|w| w.models.contains(&name));
     let mut html = String::with_capacity(8 * 1024);
     start_page(&mut html, &name);
@@ -149,12 +133,19 @@ pub async fn model_page(
     html_response(html)
 }
 
+/// Only our own script runs, and it talks only to this coordinator: text that slipped past
+/// the escaping could not run, nor send an API key elsewhere.
+const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
+     connect-src 'self'; img-src 'self' data:; style-src 'unsafe-inline'; form-action 'self'; \
+     base-uri 'none'; frame-ancestors 'none'";
+
 /// A finished page, never cached (its figures change by the second).
 fn html_response(html: String) -> Response {
     (
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
             (header::CACHE_CONTROL, "no-store"),
+            (header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY),
         ],
         html,
     )
@@ -171,6 +162,7 @@ const HEAD: &str = r#"<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>horde dashboard</title>
+<link rel="icon" href="data:,">
 <style>
 body{font:15px/1.4 system-ui,sans-serif;margin:0;color:#1b1b1b;background:#f7f7f5}
 main{max-width:72rem;margin:0 auto;padding:1rem}
@@ -181,24 +173,61 @@ h1{font-size:1.4rem}h2{font-size:1.1rem;margin-top:2rem}
 table{border-collapse:collapse;width:100%;background:#fff}
 th,td{border-bottom:1px solid #e3e3e3;padding:.3rem .5rem;text-align:left}
 td.n,th.n{text-align:right}
-a{color:#0b57d0}a:focus,input:focus,button:focus{outline:3px solid #f4b400}
-</style></head><body><main>
+a{color:#0b57d0}a:focus,input:focus,button:focus,select:focus,textarea:focus{outline:3px solid #f4b400}
+form.grid{display:grid;grid-template-columns:max-content 1fr;gap:.4rem .75rem;max-width:40rem}
+textarea{width:100%;min-height:3rem}#throughput{display:block;max-width:48rem;border:1px solid #ddd}
+#generated img{max-width:256px;margin:.25rem;border:1px solid #ddd;image-rendering:pixelated}
+.error{color:#a50e0e}[hidden]{display:none!important}
+</style>
+<script src="/dashboard/app.js" defer></script>
+</head><body><main>
 "#;
 
-/// Makes the overview live; the page is whole without it.
-const LIVE_SCRIPT: &str = r#"<script>
-(function () {
-  if (!window.EventSource) return;
-  var set = function (id, text) { var e = document.getElementById(id); if (e) e.textContent = text; };
-  new EventSource("/dashboard/events").addEventListener("overview", function (m) {
-    var d = JSON.parse(m.data);
-    set("workers-online", d.workers_online);
-    set("queued-requests", d.queued_requests);
-    set("queued-mps", d.queued_megapixelsteps.toFixed(1));
-    set("images-hour", d.images_last_hour);
-  });
-})();
-</script>
+/// The views behind an API key; the script fills them in (they need the key, which only the
+/// browser holds).
+const ACCOUNT: &str = r#"<section id="account" aria-labelledby="account-heading">
+<h2 id="account-heading">Your account</h2>
+<noscript><p>Your account, your workers and the generate form need JavaScript; everything
+else on this page works without it.</p></noscript>
+<form id="key-form" hidden><label for="apikey">API key</label>
+<input id="apikey" name="apikey" type="password" autocomplete="off" size="24">
+<button type="submit">Show my account</button>
+<button type="button" id="forget-key" hidden>Forget the key</button>
+<p>The key stays in this browser (its local storage) and is sent only to this coordinator.</p>
+</form>
+<p id="account-error" class="error" role="alert"></p>
+<div id="account-view" hidden>
+<ul class="cards"><li><b id="my-name"></b>user</li><li><b id="my-kudos"></b>kudos</li>
+<li><b id="my-images"></b>images requested</li><li><b id="my-mps"></b>megapixelsteps used</li>
+<li><b id="my-made"></b>images made by your workers</li></ul>
+<h3>Your workers</h3>
+<table id="my-workers"><thead><tr><th scope="col">Worker</th><th scope="col">Online</th>
+<th scope="col" class="n">Jobs done</th><th scope="col" class="n">Kudos</th>
+<th scope="col">Maintenance</th><th scope="col" class="mod-only" hidden>Paused</th></tr></thead>
+<tbody></tbody></table>
+<h3>Generate</h3>
+<form id="generate-form" class="grid">
+<label for="gen-prompt">Prompt</label><textarea id="gen-prompt" name="prompt" required></textarea>
+<label for="gen-model">Model</label><select id="gen-model" name="model"><option value="">Any model</option></select>
+<label for="gen-width">Width</label><input id="gen-width" name="width" type="number" min="64" max="3072" step="64" value="512">
+<label for="gen-height">Height</label><input id="gen-height" name="height" type="number" min="64" max="3072" step="64" value="512">
+<label for="gen-steps">Steps</label><input id="gen-steps" name="steps" type="number" min="1" max="500" value="25">
+<label for="gen-n">Images</label><input id="gen-n" name="n" type="number" min="1" max="20" value="1">
+<span></span><button type="submit">Generate</button>
+</form>
+<p id="generate-status" role="status" aria-live="polite"></p>
+<div id="generated"></div>
+<h3>Kudos ledger</h3>
+<table id="my-ledger"><thead><tr><th scope="col">When</th><th scope="col">What</th>
+<th scope="col" class="n">Kudos</th><th scope="col">Request</th></tr></thead><tbody></tbody></table>
+<section id="moderation" hidden aria-labelledby="moderation-heading">
+<h3 id="moderation-heading">Suspicious workers (moderators)</h3>
+<table id="suspicious"><thead><tr><th scope="col">Worker</th><th scope="col">Owner</th>
+<th scope="col" class="n">Suspicion</th><th scope="col">Why</th><th scope="col">Actions</th></tr></thead>
+<tbody></tbody></table>
+</section>
+</div>
+</section>
 "#;
 
 fn overview(html: &mut String, figures: &Overview) {
@@ -207,6 +236,7 @@ fn overview(html: &mut String, figures: &Overview) {
         queued_requests: waiting,
         queued_megapixelsteps: megapixelsteps,
         images_last_hour: finished_last_hour,
+        ..
     } = figures;
     let _ = writeln!(
         html,

@@ -1,0 +1,254 @@
+// The dashboard's one script. The page is whole without it; this adds:
+//  * live figures: server-sent events from /dashboard/events; the tables are fetched again,
+//    already rendered, from /dashboard/tables when the event's digest says they changed;
+//  * the views behind an API key (kudos, usage, ledger, own workers, the generate form, and
+//    for moderators the suspicious workers). The key is kept in localStorage and sent only to
+//    this coordinator, as the `apikey` header. Text from the API goes in with textContent.
+"use strict";
+(function () {
+  var $ = function (id) { return document.getElementById(id); };
+  var KEY_ITEM = "horde-api-key";
+  if (!$("tables")) return; // a model's page: nothing live there
+
+  // ---- live figures -------------------------------------------------------------------------
+  // The page was rendered with these; the tables and chart are fetched again once they change.
+  var lastDigest = $("tables").getAttribute("data-digest");
+  var lastChartMinute = Math.floor(Date.now() / 60000);
+  function onOverview(message) {
+    var d = JSON.parse(message.data);
+    $("workers-online").textContent = d.workers_online;
+    $("queued-requests").textContent = d.queued_requests;
+    $("queued-mps").textContent = d.queued_megapixelsteps.toFixed(1);
+    $("images-hour").textContent = d.images_last_hour;
+    var minute = Math.floor(Date.now() / 60000);
+    if (d.digest !== lastDigest || minute !== lastChartMinute) {
+      refreshChart();
+      lastChartMinute = minute;
+    }
+    if (d.digest !== lastDigest && refreshTables()) lastDigest = d.digest;
+  }
+  function refreshChart() {
+    fetch("/dashboard/throughput.svg").then(function (r) { return r.text(); }).then(function (svg) {
+      $("chart").innerHTML = svg; // rendered and escaped by the coordinator
+    }).catch(function () {});
+  }
+  // Not while the keyboard is in the tables (a swap would lose the focus): retried next event.
+  function refreshTables() {
+    var tables = $("tables");
+    if (tables.contains(document.activeElement)) return false;
+    fetch("/dashboard/tables" + location.search).then(function (r) { return r.text(); })
+      .then(function (html) { tables.innerHTML = html; }).catch(function () {});
+    return true;
+  }
+  if (window.EventSource) {
+    new EventSource("/dashboard/events").addEventListener("overview", onOverview);
+  }
+
+  // ---- the API, with the key ----------------------------------------------------------------
+  function api(method, path, body) {
+    var headers = { "apikey": localStorage.getItem(KEY_ITEM) || "" };
+    if (body !== undefined) headers["Content-Type"] = "application/json";
+    return fetch("/api/v2" + path, {
+      method: method, headers: headers, body: body === undefined ? undefined : JSON.stringify(body)
+    }).then(function (r) {
+      return r.json().catch(function () { return {}; }).then(function (json) {
+        if (!r.ok) throw new Error(json.message || (r.status + " " + r.statusText));
+        return json;
+      });
+    });
+  }
+  function cell(row, text, numeric) {
+    var td = row.insertCell();
+    td.textContent = text;
+    if (numeric) td.className = "n";
+    return td;
+  }
+  function checkbox(td, label, checked, onChange) {
+    var box = document.createElement("input");
+    box.type = "checkbox";
+    box.checked = checked;
+    box.setAttribute("aria-label", label);
+    box.addEventListener("change", function () { onChange(box.checked, box); });
+    td.appendChild(box);
+  }
+  function button(td, label, onClick) {
+    var b = document.createElement("button");
+    b.type = "button";
+    b.textContent = label;
+    b.addEventListener("click", function () { onClick(b); });
+    td.appendChild(b);
+  }
+  function showError(error) { $("account-error").textContent = error.message || String(error); }
+
+  // ---- account ------------------------------------------------------------------------------
+  var me = null;
+  function loadAccount() {
+    $("account-error").textContent = "";
+    return api("GET", "/find_user").then(function (user) {
+      me = user;
+      $("my-name").textContent = user.username;
+      $("my-kudos").textContent = Math.round(user.kudos);
+      $("my-images").textContent = user.records.request.image;
+      $("my-mps").textContent = user.records.usage.megapixelsteps.toFixed(1);
+      $("my-made").textContent = user.records.fulfillment.image;
+      $("account-view").hidden = false;
+      $("forget-key").hidden = false;
+      document.querySelectorAll(".mod-only").forEach(function (e) { e.hidden = !user.moderator; });
+      loadWorkers(user);
+      loadLedger(user);
+      loadModels();
+      $("moderation").hidden = !user.moderator;
+      if (user.moderator) loadSuspicious();
+    }).catch(function (e) { $("account-view").hidden = true; showError(e); });
+  }
+  function loadWorkers(user) {
+    var body = $("my-workers").tBodies[0];
+    var ids = user.worker_ids || [];
+    Promise.all(ids.map(function (id) {
+      return api("GET", "/workers/" + id).catch(function () { return null; });
+    })).then(function (workers) {
+      body.textContent = "";
+      workers.filter(Boolean).forEach(function (w) {
+        var row = body.insertRow();
+        cell(row, w.name);
+        cell(row, w.online ? "online" : "offline");
+        cell(row, w.requests_fulfilled, true);
+        cell(row, Math.round(w.kudos_rewards), true);
+        checkbox(row.insertCell(), "Maintenance of " + w.name, w.maintenance_mode, function (on, box) {
+          modifyWorker(w.id, { maintenance: on }, box);
+        });
+        if (user.moderator) {
+          checkbox(row.insertCell(), "Pause " + w.name, !!w.paused, function (on, box) {
+            modifyWorker(w.id, { paused: on }, box);
+          });
+        }
+      });
+      if (!body.rows.length) cell(body.insertRow(), "You have no worker yet.").colSpan = 6;
+    });
+  }
+  function modifyWorker(id, change, box) {
+    api("PUT", "/workers/" + id, change).catch(function (e) {
+      if (box) box.checked = !box.checked;
+      showError(e);
+    });
+  }
+  function loadLedger(user) {
+    api("GET", "/users/" + user.id + "/ledger?limit=50").then(function (rows) {
+      var body = $("my-ledger").tBodies[0];
+      body.textContent = "";
+      rows.forEach(function (r) {
+        var row = body.insertRow();
+        cell(row, new Date(r.at * 1000).toLocaleString());
+        cell(row, r.kind + (r.escrow ? " (escrow)" : ""));
+        cell(row, r.amount.toFixed(2), true);
+        cell(row, r.request_id || "");
+      });
+      if (!rows.length) cell(body.insertRow(), "No kudos moved yet.").colSpan = 4;
+    }).catch(showError);
+  }
+  function loadSuspicious() {
+    api("GET", "/workers").then(function (workers) {
+      var body = $("suspicious").tBodies[0];
+      body.textContent = "";
+      workers.filter(function (w) { return w.reputation && w.reputation.suspicion > 0; })
+        .forEach(function (w) {
+          var row = body.insertRow();
+          cell(row, w.name + (w.paused ? " (paused)" : ""));
+          cell(row, w.owner || "");
+          cell(row, w.reputation.suspicion, true);
+          cell(row, w.reputation.suspicions.map(function (s) { return s.reason; }).join(", "));
+          var actions = row.insertCell();
+          button(actions, "Clear suspicion", function () {
+            api("PUT", "/workers/" + w.id, { reset_suspicion: true }).then(loadSuspicious, showError);
+          });
+          button(actions, w.paused ? "Resume" : "Pause", function () {
+            api("PUT", "/workers/" + w.id, { paused: !w.paused }).then(loadSuspicious, showError);
+          });
+          var ownerId = (w.owner || "").split("#").pop();
+          if (ownerId) {
+            button(actions, "Flag owner", function (b) {
+              api("PUT", "/users/" + ownerId, { flagged: true }).then(function () {
+                b.textContent = "Owner flagged";
+                b.disabled = true;
+              }, showError);
+            });
+          }
+        });
+      if (!body.rows.length) cell(body.insertRow(), "No online worker is suspicious.").colSpan = 5;
+    }).catch(showError);
+  }
+  function loadModels() {
+    api("GET", "/status/models?type=image").then(function (models) {
+      var select = $("gen-model");
+      var chosen = select.value;
+      while (select.options.length > 1) select.remove(1);
+      models.forEach(function (m) { select.add(new Option(m.name + " (" + m.count + ")", m.name)); });
+      select.value = chosen;
+    }).catch(function () {});
+  }
+
+  // ---- generate -----------------------------------------------------------------------------
+  function generate(event) {
+    event.preventDefault();
+    var form = event.target;
+    var number = function (name) { return parseInt(form.elements[name].value, 10); };
+    var request = {
+      prompt: form.elements.prompt.value,
+      params: { width: number("width"), height: number("height"), steps: number("steps"), n: number("n") },
+      r2: true
+    };
+    if (form.elements.model.value) request.models = [form.elements.model.value];
+    var status = $("generate-status");
+    status.className = "";
+    status.textContent = "Sending…";
+    api("POST", "/generate/async", request).then(function (accepted) {
+      follow(accepted.id, 0);
+    }).catch(function (e) { status.className = "error"; status.textContent = e.message; });
+  }
+  // Checks every second; fetches the images whenever more are finished, so they show as they
+  // arrive.
+  function follow(id, shown) {
+    var status = $("generate-status");
+    api("GET", "/generate/check/" + id).then(function (c) {
+      status.textContent = c.done ? "Done: " + c.finished + " image(s)." :
+        c.finished + " finished, " + c.processing + " being made, " + c.waiting +
+        " waiting (queue position " + c.queue_position + ", about " + c.wait_time + " s).";
+      var next = c.finished > shown ? showImages(id, shown) : Promise.resolve(shown);
+      return next.then(function (count) {
+        if (c.faulted) { status.className = "error"; status.textContent = "The request faulted."; }
+        else if (!c.done || count < c.finished) setTimeout(function () { follow(id, count); }, 1000);
+        if (c.done) loadAccount();
+      });
+    }).catch(function (e) { status.className = "error"; status.textContent = e.message; });
+  }
+  function showImages(id, shown) {
+    return api("GET", "/generate/status/" + id).then(function (s) {
+      s.generations.slice(shown).forEach(function (g) {
+        var img = document.createElement("img");
+        img.src = g.img.indexOf("/") >= 0 ? g.img : "data:image/webp;base64," + g.img;
+        img.alt = "Image from " + g.worker_name + " (" + g.model + "), seed " + g.seed;
+        $("generated").appendChild(img);
+      });
+      return Math.max(shown, s.generations.length);
+    });
+  }
+
+  // ---- wiring -------------------------------------------------------------------------------
+  document.addEventListener("DOMContentLoaded", function () {
+    $("key-form").hidden = false;
+    $("key-form").addEventListener("submit", function (event) {
+      event.preventDefault();
+      localStorage.setItem(KEY_ITEM, $("apikey").value.trim());
+      $("apikey").value = "";
+      loadAccount();
+    });
+    $("forget-key").addEventListener("click", function () {
+      localStorage.removeItem(KEY_ITEM);
+      me = null;
+      $("account-view").hidden = true;
+      $("forget-key").hidden = true;
+    });
+    $("generate-form").addEventListener("submit", generate);
+    if (localStorage.getItem(KEY_ITEM)) loadAccount();
+  });
+})();

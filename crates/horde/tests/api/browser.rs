@@ -1,0 +1,143 @@
+//! The dashboard in a real browser: Debian's chromium, driven by playwright-core
+//! (`tests/browser/dashboard.mjs`), against the real coordinator and the real worker on a tiny
+//! checkpoint. The script checks what a person would see (the worker appearing live, a
+//! generation from the form showing its image, the counters moving, the moderator's actions,
+//! keyboard use, the tables without JavaScript, a first load under 200 KB); this side checks
+//! that what the page did reached the coordinator, and that the screenshots are real images.
+//!
+//! It needs chromium and `npm ci` in `tests/browser`, which `.ci/run` installs
+//! (`.ci/browser.sh`); it is ignored in the plain `cargo test` pass and runs in the
+//! `--include-ignored` pass.
+
+use crate::helpers::*;
+use crate::worker::{start_worker, tiny_checkpoint, worker_config};
+use horde_api::user::TestUserRequest;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+/// The worker that a moderator finds suspicious on the page.
+const SHADY: &str = "shady-worker";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Debian's chromium and playwright-core: .ci/run installs both (.ci/browser.sh)"]
+async fn the_dashboard_works_in_a_real_browser() {
+    let app = spawn_app().await;
+    let dir = tempfile::tempdir().unwrap();
+    let moderator = app
+        .anonymous()
+        .create_test_user(&TestUserRequest {
+            username: "dash-moderator".into(),
+            oauth_id: None,
+            moderator: true,
+            trusted: true,
+            kudos: 100.0,
+        })
+        .await
+        .unwrap();
+    make_a_shady_worker(&app).await;
+
+    let screenshots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-screenshots");
+    let _ = std::fs::remove_dir_all(&screenshots);
+    std::fs::create_dir_all(&screenshots).unwrap();
+    let browser_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    assert!(
+        browser_dir.join("node_modules/playwright-core").is_dir(),
+        "playwright-core is not installed: run .ci/browser.sh (or .ci/run)"
+    );
+    let mut script = tokio::process::Command::new("node")
+        .arg("dashboard.mjs")
+        .current_dir(&browser_dir)
+        .env("HORDE_URL", &app.root)
+        .env("HORDE_API_KEY", &moderator.api_key)
+        .env("HORDE_SHADY_WORKER", SHADY)
+        .env("SCREENSHOTS", &screenshots)
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node runs");
+
+    // The worker starts once the page is open, so that the page sees it arrive.
+    let mut lines = BufReader::new(script.stdout.take().unwrap()).lines();
+    let mut worker = None;
+    let mut printed = vec![];
+    let read = async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            println!("browser: {line}");
+            if line == "page-ready" {
+                let checkpoint = tiny_checkpoint(dir.path());
+                worker = Some(start_worker(worker_config(
+                    &app.root,
+                    moderator.api_key.clone(),
+                    &checkpoint,
+                )));
+            }
+            printed.push(line);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(240), read)
+        .await
+        .expect("the browser checks finish within 4 minutes");
+    let status = script.wait().await.unwrap();
+    assert!(status.success(), "the browser checks failed: {printed:?}");
+    assert!(printed.iter().any(|l| l == "browser checks passed"));
+
+    // What the page did reached the coordinator.
+    let owner = app.client(&moderator.api_key);
+    let me = owner.find_user().await.unwrap();
+    assert_eq!(me.records.request.image, 1, "the form's request was made");
+    assert!(me.kudos < 100.0, "and paid for: {}", me.kudos);
+    let tiny = owner.worker_by_name("tiny-worker").await.unwrap();
+    assert!(
+        !tiny.maintenance_mode,
+        "maintenance toggled on and off again"
+    );
+    assert_eq!(tiny.requests_fulfilled, 1);
+    let shady = owner.worker_by_name(SHADY).await.unwrap();
+    assert_eq!(
+        shady.reputation.unwrap().suspicion,
+        0,
+        "cleared by the page"
+    );
+    assert!(shady.flagged, "its owner was flagged from the page");
+
+    for name in [
+        "1-worker-online.png",
+        "2-generated.png",
+        "3-moderation.png",
+        "4-without-javascript.png",
+    ] {
+        let shot = image::open(screenshots.join(name)).expect("a screenshot decodes");
+        assert!(
+            shot.width() >= 800 && shot.height() >= 300,
+            "{name} is too small"
+        );
+    }
+    println!("screenshots: {}", screenshots.display());
+    let (stop, task) = worker.expect("the worker was started");
+    stop.send(true).unwrap();
+    task.await.unwrap();
+}
+
+/// A worker whose image had the wrong size: one suspicion, still online.
+async fn make_a_shady_worker(app: &TestApp) {
+    let (requester, _) = app.user("dash-requester", 100.0).await;
+    let (shady_owner, _) = app.user("shady-owner", 0.0).await;
+    let id = requester
+        .generate_async(&small_request("for the shady worker", 1, false))
+        .await
+        .unwrap()
+        .id
+        .unwrap();
+    let job = shady_owner.pop(&pop_request(SHADY)).await.unwrap();
+    assert!(job.id.is_some(), "{job:?}");
+    let refused = shady_owner
+        .submit(&submit_inline(&job, &webp(256, 256, [1; 3], [1; 3])))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.rc(), Some("ImageValidationFailed"));
+    requester.cancel(&id).await.unwrap();
+    let details = requester.worker_by_name(SHADY).await.unwrap();
+    assert_eq!(details.reputation.unwrap().suspicion, 1);
+}
