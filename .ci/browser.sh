@@ -10,4 +10,4 @@ command -v chromium >/dev/null || { echo "chromium is missing: apt-get install c
 command -v npm >/dev/null || { echo "npm is missing: apt-get install nodejs npm" >&2; exit 1; }
 PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --prefix crates/horde/tests/browser \
     --no-audit --no-fund --loglevel=error >&2
-echo "$(chromium --version | head -n 1), playwright-core $(node -p 'require("./crates/horde/tests/browser/node_modules/playwright-core/package.json").version')"
+echo "$(chromium --version 2>/dev/null | head -n 1), playwright-core $(node -p 'require("./crates/horde/tests/browser/node_modules/playwright-core/package.json").version')"

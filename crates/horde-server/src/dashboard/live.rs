@@ -78,10 +78,8 @@ pub async fn overview_now(state: &SharedState) -> (Overview, Vec<Totals>) {
 /// `GET /dashboard/events`: the overview now, then every 2 s, as server-sent events named
 /// `overview` (JSON data), until the coordinator shuts down. `retry: 2000` makes the browser
 /// reconnect by itself, to this coordinator after a restart or to another behind the same
-/// address.
-pub async fn events(
-    State(state): State<SharedState>,
-) -> Sse<impl futures_util::Stream<Item = Result<Event, std::convert::Infallible>>> {
+/// address. `X-Accel-Buffering: no` asks a proxy in front (nginx) not to hold the events back.
+pub async fn events(State(state): State<SharedState>) -> impl IntoResponse {
     let stream = futures_util::stream::unfold((state, true), |(state, first)| async move {
         if !first {
             tokio::time::sleep(LIVE_EVERY).await;
@@ -95,9 +93,12 @@ pub async fn events(
             .retry(LIVE_EVERY)
             .json_data(&overview)
             .unwrap_or_else(|_| Event::default().comment("unencodable"));
-        Some((Ok(event), (state, false)))
+        Some((Ok::<_, std::convert::Infallible>(event), (state, false)))
     });
-    Sse::new(stream).keep_alive(KeepAlive::default())
+    (
+        [("x-accel-buffering", "no")],
+        Sse::new(stream).keep_alive(KeepAlive::default()),
+    )
 }
 
 /// `GET /dashboard/throughput.svg`: the chart alone, for the script to reload.

@@ -177,6 +177,7 @@ async fn the_overview_is_live_through_server_sent_events() {
         .unwrap()
         .to_string();
     assert!(kind.starts_with("text/event-stream"), "{kind}");
+    assert_eq!(events.headers()["x-accel-buffering"], "no");
     let first = overview_until(&mut events, |_| true).await;
     assert_eq!(first["workers_online"], 0, "{first}");
     assert_eq!(first["queued_requests"], 0, "{first}");
