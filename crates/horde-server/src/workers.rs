@@ -89,6 +89,12 @@ impl WorkerRegistry {
             .values()
             .filter(move |e| e.worker.is_online(now, window))
     }
+    /// The workers that checked in at or after `since` (online or not).
+    pub fn seen_since(&self, since: i64) -> impl Iterator<Item = &WorkerEntry> {
+        self.by_id
+            .values()
+            .filter(move |e| e.worker.last_check_in >= since)
+    }
     /// The workers more reliable than `me` (by a clear margin) that could take a job right
     /// now: they popped and found nothing within the last `hold_secs`, and nothing stops them
     /// from getting jobs. Most reliable first.
@@ -792,6 +798,20 @@ impl AppState {
             .collect();
         list.sort_by(|a, b| a.name.cmp(&b.name));
         list
+    }
+
+    /// The public details of the workers seen in the last `secs` seconds, with when each last
+    /// checked in (the dashboard's workers table).
+    pub fn recent_worker_details(&self, secs: i64) -> Vec<(WorkerDetails, i64)> {
+        let now = now();
+        let registry = self.workers.read().expect("registry lock");
+        registry
+            .seen_since(now - secs)
+            .map(|e| {
+                let details = self.details_for(e, now, Viewer::default());
+                (details, e.worker.last_check_in)
+            })
+            .collect()
     }
 
     /// A worker's details as `viewer` may see them: its owner's alias for the owner and

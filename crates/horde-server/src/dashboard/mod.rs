@@ -27,15 +27,17 @@ use std::fmt::Write;
 /// How the workers table is ordered and filtered.
 #[derive(Debug, Default, serde::Deserialize)]
 pub struct WorkersView {
-    /// `name` (default), `speed`, `jobs`, `kudos`, `uptime`, `reliability` or `max_pixels`.
+    /// `name` (default), `online` (online first, then the most recently seen), `speed`,
+    /// `jobs`, `kudos`, `uptime`, `reliability` or `max_pixels`.
     pub sort: Option<String>,
     /// Only workers whose name or a model contains this (case-insensitive).
     pub q: Option<String>,
 }
 
 /// Columns the workers table can be sorted by (descending, except the name).
-const SORTS: [(&str, &str); 7] = [
+const SORTS: [(&str, &str); 8] = [
     ("name", "Name"),
+    ("online", "Online"),
     ("speed", "Speed"),
     ("jobs", "Jobs done"),
     ("reliability", "Reliability"),
@@ -90,9 +92,15 @@ pub async fn script() -> Response {
         .into_response()
 }
 
+/// The workers table lists the workers seen this long ago or later, online or not.
+const WORKERS_SEEN_WITHIN_SECS: i64 = 86_400;
+
+/// A worker on the dashboard: its public details, and when it last checked in.
+type Seen = (WorkerDetails, i64);
+
 fn tables(html: &mut String, state: &SharedState, view: &WorkersView) {
     let models = active_models(state);
-    let mut workers = state.online_worker_details(None, Default::default());
+    let mut workers = state.recent_worker_details(WORKERS_SEEN_WITHIN_SECS);
     models_table(html, &models);
     leaderboard(html, &workers);
     filter_and_sort(&mut workers, view);
@@ -105,8 +113,8 @@ pub async fn model_page(
     axum::extract::Path(name): axum::extract::Path<String>,
 ) -> Response {
     let models = active_models(&state);
-    let mut workers = state.online_worker_details(None, Default::default());
-    workers.retain(|w| w.models.contains(&name));
+    let mut workers = state.recent_worker_details(WORKERS_SEEN_WITHIN_SECS);
+    workers.retain(|(w, _)| w.online && w.models.contains(&name));
     let mut html = String::with_capacity(8 * 1024);
     start_page(&mut html, &name);
     html.push_str("<p><a href=\"/\">Back to the horde</a></p>\n");
@@ -274,10 +282,10 @@ fn models_table(html: &mut String, models: &Models) {
     html.push_str("</tbody></table>\n");
 }
 
-fn leaderboard(html: &mut String, workers: &[WorkerDetails]) {
-    let mut top: Vec<&WorkerDetails> = workers.iter().collect();
+fn leaderboard(html: &mut String, workers: &[Seen]) {
+    let mut top: Vec<&WorkerDetails> = workers.iter().map(|(w, _)| w).collect();
     top.sort_by(|a, b| b.kudos_rewards.total_cmp(&a.kudos_rewards));
-    html.push_str("<h2>Leaderboard: kudos earned by workers online</h2><ol>\n");
+    html.push_str("<h2>Leaderboard: kudos earned by the workers of the last day</h2><ol>\n");
     for w in top.iter().take(10) {
         let _ = writeln!(
             html,
@@ -288,41 +296,44 @@ fn leaderboard(html: &mut String, workers: &[WorkerDetails]) {
         );
     }
     if top.is_empty() {
-        html.push_str("<li>No worker is online.</li>\n");
+        html.push_str("<li>No worker was seen in the last day.</li>\n");
     }
     html.push_str("</ol>\n");
 }
 
-fn filter_and_sort(workers: &mut Vec<WorkerDetails>, view: &WorkersView) {
+fn filter_and_sort(workers: &mut Vec<Seen>, view: &WorkersView) {
     if let Some(q) = view
         .q
         .as_deref()
         .map(str::to_lowercase)
         .filter(|q| !q.is_empty())
     {
-        workers.retain(|w| {
+        workers.retain(|(w, _)| {
             w.name.to_lowercase().contains(&q)
                 || w.models.iter().any(|m| m.to_lowercase().contains(&q))
         });
     }
     let speed = |w: &WorkerDetails| w.reputation.as_ref().map_or(0.0, |r| r.speed_mps);
     let reliability = |w: &WorkerDetails| w.reputation.as_ref().map_or(0.0, |r| r.reliability);
+    let descending =
+        |key: fn(&WorkerDetails) -> f64| move |a: &Seen, b: &Seen| key(&b.0).total_cmp(&key(&a.0));
     match view.sort.as_deref().unwrap_or("name") {
-        "speed" => workers.sort_by(|a, b| speed(b).total_cmp(&speed(a))),
-        "jobs" => workers.sort_by_key(|w| std::cmp::Reverse(w.requests_fulfilled)),
-        "reliability" => workers.sort_by(|a, b| reliability(b).total_cmp(&reliability(a))),
-        "uptime" => workers.sort_by_key(|w| std::cmp::Reverse(w.uptime)),
-        "kudos" => workers.sort_by(|a, b| b.kudos_rewards.total_cmp(&a.kudos_rewards)),
-        "max_pixels" => workers.sort_by_key(|w| std::cmp::Reverse(w.max_pixels)),
-        _ => workers.sort_by(|a, b| a.name.cmp(&b.name)),
+        "online" => workers.sort_by_key(|(w, seen)| (std::cmp::Reverse(w.online), -seen)),
+        "speed" => workers.sort_by(descending(speed)),
+        "jobs" => workers.sort_by_key(|(w, _)| std::cmp::Reverse(w.requests_fulfilled)),
+        "reliability" => workers.sort_by(descending(reliability)),
+        "uptime" => workers.sort_by_key(|(w, _)| std::cmp::Reverse(w.uptime)),
+        "kudos" => workers.sort_by(descending(|w| w.kudos_rewards)),
+        "max_pixels" => workers.sort_by_key(|(w, _)| std::cmp::Reverse(w.max_pixels)),
+        _ => workers.sort_by(|a, b| a.0.name.cmp(&b.0.name)),
     }
 }
 
-fn workers_table(html: &mut String, workers: &[WorkerDetails], view: &WorkersView) {
+fn workers_table(html: &mut String, workers: &[Seen], view: &WorkersView) {
     let q = view.q.as_deref().unwrap_or("");
     let _ = write!(
         html,
-        "<h2 id=\"workers\">Workers online</h2>\
+        "<h2 id=\"workers\">Workers of the last day</h2>\
          <form method=\"get\" action=\"/#workers\"><label for=\"q\">Filter by name or model</label> \
          <input id=\"q\" name=\"q\" value=\"{}\"> <button type=\"submit\">Filter</button></form>\n\
          <table><thead><tr>",
@@ -340,28 +351,29 @@ fn workers_table(html: &mut String, workers: &[WorkerDetails], view: &WorkersVie
     );
     if workers.is_empty() {
         let why = if q.is_empty() {
-            "No worker is online."
+            "No worker was seen in the last day."
         } else {
-            "No online worker matches."
+            "No worker matches."
         };
-        let _ = writeln!(html, "<tr><td colspan=\"9\">{why}</td></tr>");
+        let _ = writeln!(html, "<tr><td colspan=\"10\">{why}</td></tr>");
     }
-    for w in workers {
+    let now = crate::state::now();
+    for (w, seen) in workers {
         let (speed, reliability, suspicion) = w
             .reputation
             .as_ref()
             .map_or((0.0, 0.0, 0), |r| (r.speed_mps, r.reliability, r.suspicion));
+        let status = match (w.online, w.maintenance_mode) {
+            (true, false) => "online".to_string(),
+            (true, true) => "in maintenance".to_string(),
+            (false, _) => format!("seen {} ago", duration((now - seen).max(0) as u64)),
+        };
         let _ = writeln!(
             html,
-            "<tr><td>{}{}</td><td class=\"n\">{speed:.2} MPS</td><td class=\"n\">{}</td>\
+            "<tr><td>{}</td><td>{status}</td><td class=\"n\">{speed:.2} MPS</td><td class=\"n\">{}</td>\
              <td class=\"n\">{:.0} %</td><td class=\"n\">{}</td><td class=\"n\">{:.0}</td>\
              <td class=\"n\">{}</td><td>{}</td><td class=\"n\">{suspicion}</td></tr>",
             escape(&w.name),
-            if w.paused == Some(true) || w.maintenance_mode {
-                " (paused)"
-            } else {
-                ""
-            },
             w.requests_fulfilled,
             reliability * 100.0,
             duration(w.uptime),

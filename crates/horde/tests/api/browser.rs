@@ -2,7 +2,8 @@
 //! (`tests/browser/dashboard.mjs`), against the real coordinator and the real worker on a tiny
 //! checkpoint. The script checks what a person would see (the worker appearing live, a
 //! generation from the form showing its image, the counters moving, the moderator's actions,
-//! keyboard use, the tables without JavaScript, a first load under 200 KB); this side checks
+//! the live figures coming back after a coordinator restart, keyboard use, the tables without
+//! JavaScript, a first load under 200 KB); this side checks
 //! that what the page did reached the coordinator, and that the screenshots are real images.
 //!
 //! It needs chromium and `npm ci` in `tests/browser`, which `.ci/run` installs
@@ -36,7 +37,7 @@ async fn the_dashboard_works_in_a_real_browser() {
         })
         .await
         .unwrap();
-    make_a_shady_worker(&app).await;
+    let requester = make_a_shady_worker(&app).await;
 
     let screenshots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-screenshots");
     let _ = std::fs::remove_dir_all(&screenshots);
@@ -58,20 +59,31 @@ async fn the_dashboard_works_in_a_real_browser() {
         .spawn()
         .expect("node runs");
 
-    // The worker starts once the page is open, so that the page sees it arrive.
+    // The worker starts once the page is open, so that the page sees it arrive; the
+    // coordinator restarts when the page asks, and a request then waits that no worker can
+    // take (512×512 is beyond the tiny worker, the shady one's owner is flagged by then).
     let mut lines = BufReader::new(script.stdout.take().unwrap()).lines();
     let mut worker = None;
     let mut printed = vec![];
+    let mut app = Some(app);
     let read = async {
         while let Some(line) = lines.next_line().await.unwrap() {
             println!("browser: {line}");
+            let running = app.as_ref().unwrap();
             if line == "page-ready" {
                 let checkpoint = tiny_checkpoint(dir.path());
                 worker = Some(start_worker(worker_config(
-                    &app.root,
+                    &running.root,
                     moderator.api_key.clone(),
                     &checkpoint,
                 )));
+            } else if line == "restart-please" {
+                let restarted = app.take().unwrap().restart_in_place().await;
+                requester
+                    .generate_async(&small_request("waits after the restart", 1, false))
+                    .await
+                    .unwrap();
+                app = Some(restarted);
             }
             printed.push(line);
         }
@@ -79,6 +91,7 @@ async fn the_dashboard_works_in_a_real_browser() {
     tokio::time::timeout(Duration::from_secs(240), read)
         .await
         .expect("the browser checks finish within 4 minutes");
+    let app = app.unwrap();
     let status = script.wait().await.unwrap();
     assert!(status.success(), "the browser checks failed: {printed:?}");
     assert!(printed.iter().any(|l| l == "browser checks passed"));
@@ -106,7 +119,8 @@ async fn the_dashboard_works_in_a_real_browser() {
         "1-worker-online.png",
         "2-generated.png",
         "3-moderation.png",
-        "4-without-javascript.png",
+        "4-after-restart.png",
+        "5-without-javascript.png",
     ] {
         let shot = image::open(screenshots.join(name)).expect("a screenshot decodes");
         assert!(
@@ -120,8 +134,9 @@ async fn the_dashboard_works_in_a_real_browser() {
     task.await.unwrap();
 }
 
-/// A worker whose image had the wrong size: one suspicion, still online.
-async fn make_a_shady_worker(app: &TestApp) {
+/// A worker whose image had the wrong size: one suspicion, still online. Returns the client
+/// of the requester it failed.
+async fn make_a_shady_worker(app: &TestApp) -> horde_client::Client {
     let (requester, _) = app.user("dash-requester", 100.0).await;
     let (shady_owner, _) = app.user("shady-owner", 0.0).await;
     let id = requester
@@ -140,4 +155,5 @@ async fn make_a_shady_worker(app: &TestApp) {
     requester.cancel(&id).await.unwrap();
     let details = requester.worker_by_name(SHADY).await.unwrap();
     assert_eq!(details.reputation.unwrap().suspicion, 1);
+    requester
 }

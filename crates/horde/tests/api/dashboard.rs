@@ -30,7 +30,7 @@ async fn the_dashboard_shows_the_horde_without_scripts_and_escapes_what_workers_
     let (owner, _) = app.user("owner", 0.0).await;
     let empty = page(&app, "").await;
     assert!(empty.contains("id=\"workers-online\">0<"), "{empty}");
-    assert!(empty.contains("No worker is online."));
+    assert!(empty.contains("No worker was seen in the last day."));
 
     let sneaky = "<b>sneaky</b> & \"co\"";
     for name in [sneaky, "plain worker"] {
@@ -70,6 +70,7 @@ async fn the_dashboard_shows_the_horde_without_scripts_and_escapes_what_workers_
     // Every sort is a link a keyboard can follow; the filter is a GET form.
     for sort in [
         "name",
+        "online",
         "speed",
         "jobs",
         "reliability",
@@ -94,7 +95,7 @@ async fn the_dashboard_shows_the_horde_without_scripts_and_escapes_what_workers_
         "the form keeps the filter"
     );
     let none = page(&app, "?q=nobody").await;
-    assert!(none.contains("No online worker matches."));
+    assert!(none.contains("No worker matches."));
     let by_name = table(&page(&app, "?sort=name").await);
     let (plain, sneaky_at) = (
         by_name.find("plain worker").unwrap(),
@@ -216,5 +217,35 @@ async fn the_overview_is_live_through_server_sent_events() {
     assert!(chart.contains("1 min ago: 1 images"), "{chart}");
     let html = page(&app, "").await;
     assert!(html.contains("<svg") && html.contains("data-images=\"1\""));
+    app.stop().await;
+}
+
+/// A worker that stopped checking in stays in the table for a day, marked with when it was
+/// last seen; the counters count it out at once.
+#[tokio::test]
+async fn a_worker_gone_offline_is_listed_with_when_it_was_last_seen() {
+    let app = spawn_app_with(|c| c.workers.online_window_secs = 1).await;
+    let (owner, _) = app.user("owner", 0.0).await;
+    owner.pop(&pop_request("gone worker")).await.unwrap();
+    owner.pop(&pop_request("here worker")).await.unwrap();
+    let html = page(&app, "").await;
+    assert!(
+        html.contains("<td>gone worker</td><td>online</td>"),
+        "{html}"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    owner.pop(&pop_request("here worker")).await.unwrap();
+    let html = page(&app, "?sort=online").await;
+    assert!(html.contains("id=\"workers-online\">1<"), "{html}");
+    assert!(
+        html.contains("<td>gone worker</td><td>seen 2 s ago</td>")
+            || html.contains("<td>gone worker</td><td>seen 3 s ago</td>"),
+        "{html}"
+    );
+    let table = html.split("id=\"workers\"").nth(1).unwrap();
+    assert!(
+        table.find("here worker").unwrap() < table.find("gone worker").unwrap(),
+        "online first"
+    );
     app.stop().await;
 }

@@ -165,6 +165,19 @@ impl TestApp {
         start(config, dir).await
     }
 
+    /// Stops the server cleanly and starts a new one on the same database, images and port, as
+    /// an operator restarting it: clients find it again at the same address.
+    pub async fn restart_in_place(mut self) -> TestApp {
+        self.shut_down().await;
+        let mut config = self.config.clone();
+        config.listen = self.root.trim_start_matches("http://").parse().unwrap();
+        let dir = std::mem::replace(
+            &mut self.dir,
+            tempfile::tempdir().expect("temporary directory"),
+        );
+        start(config, dir).await
+    }
+
     async fn shut_down(&mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());

@@ -1,6 +1,8 @@
 // Drives the dashboard in a real browser (Debian's chromium, through playwright-core), as a
-// person would. Run by crates/horde/tests/api/browser.rs, which starts the coordinator and,
-// when this prints "page-ready", the real worker on a tiny checkpoint.
+// person would. Run by crates/horde/tests/api/browser.rs, which starts the coordinator; when
+// this prints "page-ready" it starts the real worker on a tiny checkpoint, and when this
+// prints "restart-please" it restarts the coordinator on the same port and queues a request
+// no worker can take.
 //
 // Environment: HORDE_URL (the coordinator), HORDE_API_KEY (a moderator who owns the worker and
 // has kudos), HORDE_SHADY_WORKER (the name of an online worker with suspicion), SCREENSHOTS (a
@@ -123,6 +125,13 @@ async function withScript(browser) {
   await page.locator("#suspicious td", { hasText: "No online worker is suspicious." }).waitFor();
   await expectWorker(page, shady, (w) => w.reputation.suspicion === 0);
 
+  step("the page reconnects after a coordinator restart");
+  assert.equal(await page.textContent("#queued-requests"), "0");
+  console.log("restart-please"); // the coordinator restarts, then a request waits in it
+  await page.waitForFunction(() => document.getElementById("queued-requests").textContent === "1",
+    null, { timeout: 60_000 });
+  await shot(page, "4-after-restart.png");
+
   step("a model's page, from the models table");
   await page.locator("#tables").getByRole("link", { name: "stable_diffusion" }).click();
   await page.waitForURL(/\/models\/stable_diffusion$/);
@@ -149,7 +158,7 @@ async function withoutScript(browser) {
   await page.waitForURL(/sort=jobs/);
   assert.match(await page.locator("#workers ~ table tbody tr").first().textContent(), /tiny-worker/);
   assert.ok(await page.locator("noscript").count() > 0);
-  await shot(page, "4-without-javascript.png");
+  await shot(page, "5-without-javascript.png");
   await context.close();
 }
 
