@@ -387,7 +387,11 @@ mod tests {
             for width in (64..=1024).step_by(64) {
                 for steps in [10, 30, 50] {
                     let f = features(&sample(width, 512, steps)).unwrap();
-                    assert_eq!(model.predict_secs(&f), model.compute_secs(&f), "round {round}");
+                    assert_eq!(
+                        model.predict_secs(&f),
+                        model.compute_secs(&f),
+                        "round {round}"
+                    );
                 }
             }
         }

@@ -7,11 +7,14 @@
 //! * [`sampling`] has the noise schedules and the seeded noise, [`samplers`] every AI Horde
 //!   sampler as a plain function of a denoiser; [`pipeline`] ties everything into one `generate` call.
 //! * [`tiny`] writes tiny random checkpoints of the real architectures for tests.
+//! * [`kernels`] has our own CPU kernels where candle's are slow (fused attention); on other
+//!   devices and dtypes the networks use candle's ops.
 
 pub mod checkpoint;
 pub mod clip;
 pub mod config;
 pub mod diffusers;
+pub mod kernels;
 pub mod nn;
 pub mod pipeline;
 pub mod prompt;

@@ -66,10 +66,28 @@ impl Module for Conv2d {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         match &self.unpadded {
             Some(unpadded) if TILING.with(Cell::get) => {
-                unpadded.forward(&circular_pad(xs, self.padding)?)
+                convolve(unpadded, &circular_pad(xs, self.padding)?)
             }
-            _ => self.normal.forward(xs),
+            _ => convolve(&self.normal, xs),
         }
+    }
+}
+
+/// `conv.forward(xs)`: through our kernel (`kernels::conv`) for stride-1 convolutions in f32
+/// on the CPU, through candle's otherwise.
+fn convolve(conv: &candle_nn::Conv2d, xs: &Tensor) -> Result<Tensor> {
+    let cfg = conv.config();
+    let ours = xs.device().is_cpu()
+        && xs.dtype() == DType::F32
+        && conv.weight().dtype() == DType::F32
+        && (cfg.stride, cfg.dilation, cfg.groups) == (1, 1, 1);
+    if !ours {
+        return conv.forward(xs);
+    }
+    let out = crate::kernels::conv::conv2d_stride1(xs, conv.weight(), cfg.padding)?;
+    match conv.bias() {
+        Some(bias) => out.broadcast_add(&bias.reshape((1, bias.dims1()?, 1, 1))?),
+        None => Ok(out),
     }
 }
 
@@ -102,7 +120,8 @@ pub fn silu(xs: &Tensor) -> Result<Tensor> {
 }
 
 /// Scaled dot-product attention over `[batch, tokens, heads·dim]` inputs, with an optional
-/// additive mask broadcastable to `[batch, heads, q_tokens, k_tokens]`.
+/// additive mask broadcastable to `[batch, heads, q_tokens, k_tokens]`. Without a mask, in f32
+/// on the CPU, it runs the fused kernel (`kernels::attention`); otherwise candle's ops.
 pub fn attention(
     q: &Tensor,
     k: &Tensor,
@@ -110,6 +129,10 @@ pub fn attention(
     heads: usize,
     mask: Option<&Tensor>,
 ) -> Result<Tensor> {
+    let all_f32 = [q, k, v].iter().all(|t| t.dtype() == DType::F32);
+    if mask.is_none() && q.device().is_cpu() && all_f32 {
+        return crate::kernels::attention::fused_attention(q, k, v, heads);
+    }
     let (batch, q_len, width) = q.dims3()?;
     let k_len = k.dim(1)?;
     let head_dim = width / heads;

@@ -1,0 +1,305 @@
+//! Fused scaled dot-product attention on the CPU.
+//!
+//! candle computes attention as separate ops: the heads split out and made contiguous, the
+//! scores `q·kᵀ` for every query at once (`[batch, heads, q, k]`: at 512×512 that is
+//! 2 × 8 × 4096 × 4096 floats, 1 GiB), a scaled copy of them, a softmax into a third buffer,
+//! then `·v`. Every one of those buffers is fresh memory the kernel must zero page by page.
+//!
+//! Here one task takes a block of [`QUERY_BLOCK`] query rows of one batch item and, head by
+//! head, computes that block's scores into a small scratch buffer reused by the thread, takes
+//! the softmax in place and multiplies by `v` straight into the output rows. Heads are read in
+//! place from the `[batch, tokens, heads·dim]` inputs through strides, so nothing is split,
+//! transposed or copied; tasks write disjoint output rows and run in parallel on rayon.
+
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+use std::cell::RefCell;
+
+/// Query rows per task: scores of 64 × 4 096 keys are 1 MiB, in cache, and a gemm of 64 rows
+/// keeps the microkernel busy.
+const QUERY_BLOCK: usize = 64;
+
+/// `softmax(q·kᵀ / √d)·v` per head over `[batch, tokens, heads·dim]` tensors, f32, on the CPU.
+pub fn fused_attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Tensor> {
+    let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+    q.apply_op3_no_bwd(&k, &v, &FusedAttention { heads })
+}
+
+struct FusedAttention {
+    heads: usize,
+}
+
+/// One input's values from its layout (contiguous, as [`fused_attention`] makes them).
+fn values<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
+    let all = storage.as_slice::<f32>()?;
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&all[start..end]),
+        None => candle_core::bail!("fused attention needs contiguous inputs"),
+    }
+}
+
+impl CustomOp3 for FusedAttention {
+    fn name(&self) -> &'static str {
+        "fused-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        qs: &CpuStorage,
+        ql: &Layout,
+        ks: &CpuStorage,
+        kl: &Layout,
+        vs: &CpuStorage,
+        vl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (batch, q_len, width) = ql.shape().dims3()?;
+        let (k_batch, k_len, k_width) = kl.shape().dims3()?;
+        if kl.shape() != vl.shape() || k_batch != batch || k_width != width {
+            candle_core::bail!(
+                "fused attention: q {:?}, k {:?} and v {:?} do not match",
+                ql.shape(),
+                kl.shape(),
+                vl.shape()
+            );
+        }
+        if width % self.heads != 0 {
+            candle_core::bail!("fused attention: {width} channels in {} heads", self.heads);
+        }
+        let shape = Shapes {
+            q_len,
+            k_len,
+            width,
+            heads: self.heads,
+        };
+        let (q, k, v) = (values(qs, ql)?, values(ks, kl)?, values(vs, vl)?);
+        let mut out = vec![0f32; batch * q_len * width];
+        if q_len > 0 && width > 0 {
+            out.par_chunks_mut(q_len * width)
+                .enumerate()
+                .for_each(|(b, out_b)| {
+                    let q_b = &q[b * q_len * width..(b + 1) * q_len * width];
+                    let k_b = &k[b * k_len * width..(b + 1) * k_len * width];
+                    let v_b = &v[b * k_len * width..(b + 1) * k_len * width];
+                    out_b
+                        .par_chunks_mut(QUERY_BLOCK * width)
+                        .enumerate()
+                        .for_each(|(block, out_rows)| {
+                            let q_rows = &q_b[block * QUERY_BLOCK * width..];
+                            attend_block(&shape, q_rows, k_b, v_b, out_rows);
+                        });
+                });
+        }
+        Ok((CpuStorage::F32(out), ql.shape().clone()))
+    }
+}
+
+/// The sizes every block shares.
+struct Shapes {
+    q_len: usize,
+    k_len: usize,
+    width: usize,
+    heads: usize,
+}
+
+thread_local! {
+    /// Each thread's scores for one block and head, reused from block to block.
+    static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Attention of the query rows at the start of `q_rows` (as many as `out_rows` holds) over all
+/// of `k` and `v` (one batch item), head by head, into `out_rows`. The gemm crate takes raw
+/// pointers and strides (so heads are read in place), hence the unsafe blocks.
+#[allow(unsafe_code)]
+fn attend_block(s: &Shapes, q_rows: &[f32], k: &[f32], v: &[f32], out_rows: &mut [f32]) {
+    let rows = out_rows.len() / s.width;
+    let dim = s.width / s.heads;
+    let scale = 1.0 / (dim as f32).sqrt();
+    SCORES.with(|scores| {
+        let mut scores = scores.borrow_mut();
+        scores.resize(rows * s.k_len, 0.0);
+        for h in 0..s.heads {
+            let offset = h * dim;
+            // scores = scale · q_h · k_hᵀ   (rows × k_len)
+            // SAFETY: every pointer and stride below stays inside its slice: q rows
+            // `0..rows` and k, v rows `0..k_len` of width `width`, columns
+            // `offset..offset + dim`; the scores are `rows × k_len`.
+            unsafe {
+                gemm::gemm(
+                    rows,
+                    s.k_len,
+                    dim,
+                    scores.as_mut_ptr(),
+                    1,
+                    s.k_len as isize,
+                    false,
+                    q_rows.as_ptr().add(offset),
+                    1,
+                    s.width as isize,
+                    k.as_ptr().add(offset),
+                    s.width as isize,
+                    1,
+                    0.0,
+                    scale,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+            for row in scores.chunks_exact_mut(s.k_len) {
+                softmax_in_place(row);
+            }
+            // out_h = scores · v_h   (rows × dim), into the head's columns of the output rows.
+            // SAFETY: as above; the output rows are `rows × width`.
+            unsafe {
+                gemm::gemm(
+                    rows,
+                    dim,
+                    s.k_len,
+                    out_rows.as_mut_ptr().add(offset),
+                    1,
+                    s.width as isize,
+                    false,
+                    scores.as_ptr(),
+                    1,
+                    s.k_len as isize,
+                    v.as_ptr().add(offset),
+                    1,
+                    s.width as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+        }
+    });
+    debug_assert!(s.q_len >= rows);
+}
+
+/// `row ← exp(row − max) / Σ exp(row − max)`.
+fn softmax_in_place(row: &mut [f32]) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for x in row.iter_mut() {
+        *x = (*x - max).exp();
+        sum += *x;
+    }
+    let inverse = 1.0 / sum;
+    for x in row.iter_mut() {
+        *x *= inverse;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+
+    /// candle's own ops, as `nn::attention` computes without the fused kernel.
+    fn reference(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Tensor {
+        let (batch, q_len, width) = q.dims3().unwrap();
+        let k_len = k.dim(1).unwrap();
+        let dim = width / heads;
+        let split = |t: &Tensor, len: usize| {
+            t.reshape((batch, len, heads, dim))
+                .unwrap()
+                .transpose(1, 2)
+                .unwrap()
+                .contiguous()
+                .unwrap()
+        };
+        let (q, k, v) = (split(q, q_len), split(k, k_len), split(v, k_len));
+        let scores = (q.matmul(&k.t().unwrap()).unwrap() * (1.0 / (dim as f64).sqrt())).unwrap();
+        let weights = candle_nn::ops::softmax_last_dim(&scores).unwrap();
+        weights
+            .matmul(&v)
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .reshape((batch, q_len, width))
+            .unwrap()
+    }
+
+    fn random(shape: (usize, usize, usize), seed: u64) -> Tensor {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let n = shape.0 * shape.1 * shape.2;
+        let values: Vec<f32> = (0..n).map(|_| rng.random_range(-2.0..2.0)).collect();
+        Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn fused_attention_equals_candles_ops_on_many_shapes() {
+        // (batch, query tokens, key tokens, heads, dim): blocks that divide the queries and
+        // blocks that do not, self- and cross-attention, SD 1.5's and SDXL's head sizes.
+        let shapes = [
+            (1, 1, 1, 1, 1),
+            (1, 5, 3, 1, 4),
+            (2, 64, 64, 2, 8),
+            (2, 65, 77, 8, 5),
+            (1, 130, 130, 4, 40),
+            (2, 200, 77, 8, 40),
+            (1, 256, 256, 2, 64),
+            (3, 63, 17, 3, 7),
+        ];
+        for (i, &(batch, q_len, k_len, heads, dim)) in shapes.iter().enumerate() {
+            let width = heads * dim;
+            let seed = i as u64 * 3;
+            let q = random((batch, q_len, width), seed);
+            let k = random((batch, k_len, width), seed + 1);
+            let v = random((batch, k_len, width), seed + 2);
+            let fused = fused_attention(&q, &k, &v, heads).unwrap();
+            let expected = reference(&q, &k, &v, heads);
+            assert_eq!(fused.dims(), expected.dims());
+            let worst = (fused - &expected)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(worst < 1e-5, "shape {:?}: off by {worst}", shapes[i]);
+        }
+    }
+
+    #[test]
+    fn strided_inputs_are_read_as_their_values() {
+        // A transposed view (not contiguous) gives the same answer as its contiguous copy.
+        let q = random((2, 8, 12), 7).transpose(1, 2).unwrap(); // [2, 12, 8]
+        let k = random((2, 10, 8), 8);
+        let v = random((2, 10, 8), 9);
+        let fused = fused_attention(&q, &k, &v, 2).unwrap();
+        let expected = reference(&q.contiguous().unwrap(), &k, &v, 2);
+        let worst = (fused - expected)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(worst < 1e-5, "off by {worst}");
+    }
+
+    #[test]
+    fn mismatched_inputs_are_refused() {
+        let q = random((1, 4, 8), 1);
+        let k = random((1, 4, 6), 2);
+        assert!(fused_attention(&q, &k, &k, 2).is_err());
+        let k = random((1, 4, 8), 3);
+        assert!(
+            fused_attention(&q, &k, &k, 3).is_err(),
+            "8 channels in 3 heads"
+        );
+        let half = q.to_dtype(DType::F16).unwrap();
+        assert!(fused_attention(&half, &k, &k, 2).is_err(), "f32 only");
+    }
+}
