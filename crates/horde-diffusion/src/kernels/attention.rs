@@ -268,7 +268,10 @@ pub fn fast_exp(x: f32) -> f32 {
             + r * (0.5
                 + r * (0.166_666_67
                     + r * (0.041_666_41 + r * (0.008_333_452 + r * 0.001_393_986_6)))));
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // 2ⁿ without a float-to-integer cast (Rust's saturating `as` does not vectorise): adding
+    // 1.5·2²³ leaves the integer n + 127 in the low mantissa bits, which the shift moves into
+    // the exponent field.
+    let scale = f32::from_bits(((n + 127.0) + ROUND).to_bits() << 23);
     p * scale
 }
 
