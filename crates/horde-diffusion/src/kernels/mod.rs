@@ -6,3 +6,4 @@
 
 pub mod attention;
 pub mod conv;
+pub mod winograd;
