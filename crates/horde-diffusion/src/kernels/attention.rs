@@ -11,6 +11,7 @@
 //! place from the `[batch, tokens, heads·dim]` inputs through strides, so nothing is split,
 //! transposed or copied; tasks write disjoint output rows and run in parallel on rayon.
 
+use super::contiguous_f32;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -27,15 +28,6 @@ pub fn fused_attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Resu
 
 struct FusedAttention {
     heads: usize,
-}
-
-/// One input's values from its layout (contiguous, as [`fused_attention`] makes them).
-fn values<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
-    let all = storage.as_slice::<f32>()?;
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&all[start..end]),
-        None => candle_core::bail!("fused attention needs contiguous inputs"),
-    }
 }
 
 impl CustomOp3 for FusedAttention {
@@ -71,7 +63,12 @@ impl CustomOp3 for FusedAttention {
             width,
             heads: self.heads,
         };
-        let (q, k, v) = (values(qs, ql)?, values(ks, kl)?, values(vs, vl)?);
+        let op = self.name();
+        let (q, k, v) = (
+            contiguous_f32(qs, ql, op)?,
+            contiguous_f32(ks, kl, op)?,
+            contiguous_f32(vs, vl, op)?,
+        );
         let mut out = vec![0f32; batch * q_len * width];
         if q_len > 0 && width > 0 {
             out.par_chunks_mut(q_len * width)
@@ -277,8 +274,9 @@ pub fn fast_exp(x: f32) -> f32 {
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_support::max_difference;
     use super::*;
-    use candle_core::{DType, Device};
+    use candle_core::DType;
 
     /// candle's own ops, as `nn::attention` computes without the fused kernel.
     fn reference(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Tensor {
@@ -306,11 +304,7 @@ mod tests {
     }
 
     fn random(shape: (usize, usize, usize), seed: u64) -> Tensor {
-        use rand::{Rng, SeedableRng};
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        let n = shape.0 * shape.1 * shape.2;
-        let values: Vec<f32> = (0..n).map(|_| rng.random_range(-2.0..2.0)).collect();
-        Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
+        super::super::test_support::random(&[shape.0, shape.1, shape.2], seed, 2.0)
     }
 
     #[test]
@@ -336,16 +330,7 @@ mod tests {
             let fused = fused_attention(&q, &k, &v, heads).unwrap();
             let expected = reference(&q, &k, &v, heads);
             assert_eq!(fused.dims(), expected.dims());
-            let worst = (fused - &expected)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let worst = max_difference(&fused, &expected);
             assert!(worst < 1e-5, "shape {:?}: off by {worst}", shapes[i]);
         }
     }
@@ -358,16 +343,7 @@ mod tests {
         let v = random((2, 10, 8), 9);
         let fused = fused_attention(&q, &k, &v, 2).unwrap();
         let expected = reference(&q.contiguous().unwrap(), &k, &v, 2);
-        let worst = (fused - expected)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let worst = max_difference(&fused, &expected);
         assert!(worst < 1e-5, "off by {worst}");
     }
 

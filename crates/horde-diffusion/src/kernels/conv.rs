@@ -14,6 +14,7 @@
 //! accumulates its taps in a scratch buffer the thread reuses, then lands in the output; bands
 //! run in parallel on rayon.
 
+use super::contiguous_f32;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -57,14 +58,6 @@ impl Geometry {
     }
 }
 
-fn values<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
-    let all = storage.as_slice::<f32>()?;
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&all[start..end]),
-        None => candle_core::bail!("conv2d_stride1 needs contiguous inputs"),
-    }
-}
-
 impl CustomOp2 for Conv2dStride1 {
     fn name(&self) -> &'static str {
         "conv2d-stride1"
@@ -97,7 +90,10 @@ impl CustomOp2 for Conv2dStride1 {
             out_h: h + 2 * p - k_h + 1,
             out_w: w + 2 * p - k_w + 1,
         };
-        let (x, weight) = (values(xs, xl)?, values(ws, wl)?);
+        let (x, weight) = (
+            contiguous_f32(xs, xl, self.name())?,
+            contiguous_f32(ws, wl, self.name())?,
+        );
         let padded = pad(x, batch, c_in, h, w, p, &g);
         let out_image = c_out * g.out_h * g.out_w;
         let mut out = vec![0f32; batch * out_image];
@@ -224,28 +220,12 @@ fn convolve_band(
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_support::max_difference;
     use super::*;
-    use candle_core::{DType, Device};
+    use candle_core::DType;
 
     fn random(shape: &[usize], seed: u64) -> Tensor {
-        use rand::{Rng, SeedableRng};
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        let n: usize = shape.iter().product();
-        let values: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
-        Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
-    }
-
-    fn worst_difference(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
+        super::super::test_support::random(shape, seed, 1.0)
     }
 
     #[test]
@@ -271,7 +251,7 @@ mod tests {
             let ours = conv2d_stride1(&x, &weight, p).unwrap();
             let candle = x.conv2d(&weight, p, 1, 1, 1).unwrap();
             assert_eq!(ours.dims(), candle.dims(), "case {:?}", cases[i]);
-            let worst = worst_difference(&ours, &candle);
+            let worst = max_difference(&ours, &candle);
             assert!(worst < 1e-4, "case {:?}: off by {worst}", cases[i]);
         }
     }
@@ -282,7 +262,7 @@ mod tests {
         let weight = random(&[3, 4, 3, 3], 2);
         let ours = conv2d_stride1(&x, &weight, 1).unwrap();
         let candle = x.contiguous().unwrap().conv2d(&weight, 1, 1, 1, 1).unwrap();
-        assert!(worst_difference(&ours, &candle) < 1e-4);
+        assert!(max_difference(&ours, &candle) < 1e-4);
     }
 
     #[test]

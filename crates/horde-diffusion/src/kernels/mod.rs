@@ -7,3 +7,46 @@
 pub mod attention;
 pub mod conv;
 pub mod winograd;
+
+use candle_core::{CpuStorage, Layout, Result};
+
+/// The f32 values of a custom op's input, which the op's wrapper made contiguous.
+fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
+    let all = storage.as_slice::<f32>()?;
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&all[start..end]),
+        None => candle_core::bail!("{op} needs contiguous inputs"),
+    }
+}
+
+/// What the kernels' tests share: seeded random tensors and how far two tensors differ.
+#[cfg(test)]
+mod test_support {
+    use candle_core::{Device, Tensor};
+
+    /// Uniform values in `[-scale, scale)` from a seeded ChaCha stream.
+    pub fn random(shape: &[usize], seed: u64, scale: f32) -> Tensor {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let n: usize = shape.iter().product();
+        let values: Vec<f32> = (0..n).map(|_| rng.random_range(-scale..scale)).collect();
+        Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
+    }
+
+    /// The largest absolute value of `t`.
+    pub fn max_abs(t: &Tensor) -> f32 {
+        t.abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    /// The largest absolute difference between `a` and `b`.
+    pub fn max_difference(a: &Tensor, b: &Tensor) -> f32 {
+        max_abs(&(a - b).unwrap())
+    }
+}

@@ -13,6 +13,7 @@
 //! band the input transform runs in parallel over input channels, the 16 products use every
 //! thread, and the output transform runs in parallel over output channels.
 
+use super::contiguous_f32;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -28,14 +29,6 @@ pub fn conv2d_3x3(x: &Tensor, weight: &Tensor, padding: usize) -> Result<Tensor>
 
 struct Winograd {
     padding: usize,
-}
-
-fn values<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
-    let all = storage.as_slice::<f32>()?;
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&all[start..end]),
-        None => candle_core::bail!("winograd conv2d needs contiguous inputs"),
-    }
 }
 
 /// The sizes of one convolution.
@@ -86,7 +79,10 @@ impl CustomOp2 for Winograd {
             tiles_h: out_h.div_ceil(2),
             tiles_w: out_w.div_ceil(2),
         };
-        let (x, weight) = (values(xs, xl)?, values(ws, wl)?);
+        let (x, weight) = (
+            contiguous_f32(xs, xl, self.name())?,
+            contiguous_f32(ws, wl, self.name())?,
+        );
         let u = transform_filters(weight, c_out, c_in);
         let out_image = c_out * out_h * out_w;
         let mut out = vec![0f32; batch * out_image];
@@ -302,30 +298,17 @@ fn transform_outputs(
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_support::{max_abs, max_difference};
     use super::*;
-    use candle_core::{DType, Device};
+    use candle_core::DType;
 
     fn random(shape: &[usize], seed: u64) -> Tensor {
-        use rand::{Rng, SeedableRng};
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        let n: usize = shape.iter().product();
-        let values: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
-        Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
+        super::super::test_support::random(shape, seed, 1.0)
     }
 
     /// The largest difference, relative to the largest output.
     fn relative_difference(ours: &Tensor, reference: &Tensor) -> f32 {
-        let max = |t: &Tensor| {
-            t.abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        };
-        max(&(ours - reference).unwrap()) / max(reference).max(1e-6)
+        max_difference(ours, reference) / max_abs(reference).max(1e-6)
     }
 
     #[test]
