@@ -5,6 +5,8 @@
 //!
 //! `cargo bench -p horde-diffusion --bench engine -- --part unet|vae [--repeats N]`; run each
 //! part in its own process so that peak RSS is the part's own (`tools/engine-bench/run.sh`).
+//! `--part conv` times each 3×3 convolution of the networks through candle, our direct kernel
+//! and Winograd.
 
 use candle_core::{Device, Tensor};
 use horde_diffusion::config::{ModelConfig, UNET_PREFIX, VAE_PREFIX};
@@ -45,8 +47,53 @@ fn time(repeats: usize, mut run: impl FnMut() -> Tensor) -> (f64, f64) {
     (times[0], times[times.len() / 2])
 }
 
+/// `--part conv`: each 3×3 convolution shape of the SD 1.5 UNet (batch 2, 512²) and VAE
+/// decoder (512²) through candle's conv2d, our direct kernel and Winograd, minimum of 3
+/// runs each, in milliseconds: where `nn`'s Winograd threshold comes from.
+fn compare_convolutions() {
+    use horde_diffusion::kernels::{conv::conv2d_stride1, winograd::conv2d_3x3};
+    let shapes = [
+        ("unet 64x64", 2, 320, 320, 64),
+        ("unet 32x32", 2, 640, 640, 32),
+        ("unet 16x16", 2, 1280, 1280, 16),
+        ("vae 64x64", 1, 512, 512, 64),
+        ("vae 128x128", 1, 512, 512, 128),
+        ("vae 256x256", 1, 256, 256, 256),
+        ("vae 512x512", 1, 128, 128, 512),
+    ];
+    println!("shape                 candle ms   direct ms   winograd ms");
+    for (name, batch, c_in, c_out, size) in shapes {
+        // One noise stream per leading item: `batch` images, `c_out` filters.
+        let noise = |items: usize, per_item: &[usize]| {
+            let seeds: Vec<u64> = (0..items as u64).collect();
+            SeededNoise::new(&seeds)
+                .sample(per_item, &Device::Cpu)
+                .unwrap()
+        };
+        let x = noise(batch, &[c_in, size, size]);
+        let w = (noise(c_out, &[c_in, 3, 3]) * 0.05).unwrap();
+        let ms = |run: &dyn Fn() -> Tensor| {
+            run();
+            (0..3)
+                .map(|_| {
+                    let started = Instant::now();
+                    std::hint::black_box(run());
+                    started.elapsed().as_secs_f64() * 1e3
+                })
+                .fold(f64::INFINITY, f64::min)
+        };
+        let candle = ms(&|| x.conv2d(&w, 1, 1, 1, 1).unwrap());
+        let direct = ms(&|| conv2d_stride1(&x, &w, 1).unwrap());
+        let winograd = ms(&|| conv2d_3x3(&x, &w, 1).unwrap());
+        println!("{name:<20} {candle:>10.1} {direct:>11.1} {winograd:>13.1}");
+    }
+}
+
 fn main() {
     let part = arg("--part").unwrap_or_else(|| "unet".into());
+    if part == "conv" {
+        return compare_convolutions();
+    }
     let repeats: usize = arg("--repeats").and_then(|r| r.parse().ok()).unwrap_or(3);
     let threads = candle_core::utils::get_num_threads();
     let config = ModelConfig::sd15();

@@ -77,7 +77,7 @@ impl Module for Conv2d {
 /// transform, `c_out × c_in × 16` values per call) cost more than they save on few tiles. At
 /// 64×64 with 320 channels (the UNet's top level at 512²) both ways took the same time; the
 /// VAE decoder's large images gain (14.6 → 13.3 s per 512² decode).
-const WINOGRAD_MIN_PIXELS: usize = 64 * 64;
+const WINOGRAD_MIN_PIXELS: usize = 32 * 32;
 
 /// `conv.forward(xs)`: through our kernels for stride-1 convolutions in f32 on the CPU
 /// (`kernels::winograd` for 3×3 on images of [`WINOGRAD_MIN_PIXELS`] or more,

@@ -18,7 +18,7 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// Tiles per band (a band is whole rows of tiles of one image).
-const BAND_TILES: usize = 1024;
+const BAND_TILES: usize = 4096;
 
 /// `conv2d(x, weight)` for a 3×3 `weight` with stride 1, dilation 1, one group and `padding`
 /// zeros on each side, f32 on the CPU: `x` `[batch, c_in, h, w]`, `weight` `[c_out, c_in, 3, 3]`.
@@ -112,21 +112,34 @@ impl CustomOp2 for Winograd {
 struct Buffers {
     /// `[c_in, 16, tiles]`
     v: Vec<f32>,
-    /// `[c_out, 16, tiles]`
+    /// `[16, c_out, tiles]`
     m: Vec<f32>,
 }
 
 /// One image with `padding` zeros on the top and left and enough on the bottom and right for
-/// whole tiles: `[c_in, grid_h, grid_w]`, so tiles are read without bounds checks.
+/// whole tiles: `[c_in, grid_h, grid_w]`, so tiles are read without bounds checks. Each row is
+/// stored deinterleaved, its even columns then its odd ones (`tiles_w + 1` of each): the four
+/// columns of tile `t` are then `even[t], odd[t], even[t + 1], odd[t + 1]`, so consecutive
+/// tiles read consecutive values and the transforms run in vector code.
 fn pad(g: &Geometry, image: &[f32]) -> Vec<f32> {
     let (grid_h, grid_w) = g.grid();
+    let half = grid_w / 2;
     let mut padded = vec![0f32; g.c_in * grid_h * grid_w];
     padded
         .par_chunks_mut(grid_h * grid_w)
         .zip(image.par_chunks(g.h * g.w))
         .for_each(|(grid, plane)| {
             for (y, row) in plane.chunks_exact(g.w).enumerate() {
-                grid[(y + g.padding) * grid_w + g.padding..][..g.w].copy_from_slice(row);
+                let (even, odd) = grid[(y + g.padding) * grid_w..][..grid_w].split_at_mut(half);
+                for (x, value) in row.iter().enumerate() {
+                    let column = x + g.padding;
+                    let half_row = if column % 2 == 0 {
+                        &mut *even
+                    } else {
+                        &mut *odd
+                    };
+                    half_row[column / 2] = *value;
+                }
             }
         });
     padded
@@ -184,44 +197,52 @@ fn convolve_band(
     v.par_chunks_mut(16 * tiles)
         .zip(image.par_chunks(grid_h * grid_w))
         .for_each(|(v_c, grid)| transform_inputs(g, grid, rows.clone(), v_c, tiles));
-    // M_ξ = U_ξ · V_ξ, into M: [c_out, 16, tiles]
-    let m = &mut buffers.m[..g.c_out * 16 * tiles];
-    for xi in 0..16 {
-        // SAFETY: U_ξ reads `c_out × c_in` values at `xi + 16·(o·c_in + i)` of `u`
-        // (`c_out·c_in·16` long); V_ξ reads `c_in × tiles` at `xi·tiles + i·16·tiles + t` of
-        // `v`; M_ξ writes `c_out × tiles` at the same places in `m`. All inside.
-        unsafe {
-            gemm::gemm(
-                g.c_out,
-                tiles,
-                g.c_in,
-                m.as_mut_ptr().add(xi * tiles),
-                1,
-                (16 * tiles) as isize,
-                false,
-                u.as_ptr().add(xi),
-                16,
-                (g.c_in * 16) as isize,
-                v.as_ptr().add(xi * tiles),
-                1,
-                (16 * tiles) as isize,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::Rayon(0),
-            );
-        }
-    }
+    // M_ξ = U_ξ · V_ξ, into M: [16, c_out, tiles], the 16 products in parallel.
+    let m = &mut buffers.m[..16 * g.c_out * tiles];
+    m.par_chunks_mut(g.c_out * tiles)
+        .enumerate()
+        .for_each(|(xi, m_xi)| {
+            // SAFETY: U_ξ reads `c_out × c_in` values at `xi + 16·(o·c_in + i)` of `u`
+            // (`c_out·c_in·16` long); V_ξ reads `c_in × tiles` at `xi·tiles + i·16·tiles + t`
+            // of `v` (`c_in·16·tiles` long); M_ξ is `c_out × tiles`.
+            unsafe {
+                gemm::gemm(
+                    g.c_out,
+                    tiles,
+                    g.c_in,
+                    m_xi.as_mut_ptr(),
+                    1,
+                    tiles as isize,
+                    false,
+                    u.as_ptr().add(xi),
+                    16,
+                    (g.c_in * 16) as isize,
+                    v.as_ptr().add(xi * tiles),
+                    1,
+                    (16 * tiles) as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+        });
     let plane = g.out_h * g.out_w;
+    let m = &*m;
     out.par_chunks_mut(plane)
-        .zip(m.par_chunks(16 * tiles))
-        .for_each(|(out_c, m_c)| transform_outputs(g, m_c, rows.clone(), out_c, tiles));
+        .enumerate()
+        .for_each(|(c, out_c)| transform_outputs(g, m, c, rows.clone(), out_c, tiles));
 }
 
+/// Tiles transformed together: the transforms are element-wise over them, in vector code.
+const CHUNK: usize = 16;
+
+type Lanes = [f32; CHUNK];
+
 /// `V = Bᵀ d B` for each 4×4 input tile of one channel's padded grid in tile rows `rows`,
-/// into `v[ξ·tiles + t]`.
+/// into `v[ξ·tiles + t]`, [`CHUNK`] tiles at a time.
 fn transform_inputs(
     g: &Geometry,
     grid: &[f32],
@@ -230,66 +251,91 @@ fn transform_inputs(
     tiles: usize,
 ) {
     let (_, grid_w) = g.grid();
+    let half = grid_w / 2;
     for (r, ty) in rows.enumerate() {
-        let band = &grid[2 * ty * grid_w..(2 * ty + 4) * grid_w];
-        let (r0, rest) = band.split_at(grid_w);
-        let (r1, rest) = rest.split_at(grid_w);
-        let (r2, r3) = rest.split_at(grid_w);
-        for tx in 0..g.tiles_w {
-            let x = 2 * tx;
-            // t = Bᵀ d, column by column of the tile
-            let mut t = [0f32; 16];
-            for col in 0..4 {
-                let (d0, d1, d2, d3) = (r0[x + col], r1[x + col], r2[x + col], r3[x + col]);
-                t[col] = d0 - d2;
-                t[4 + col] = d1 + d2;
-                t[8 + col] = d2 - d1;
-                t[12 + col] = d1 - d3;
+        let row = |i: usize| grid[(2 * ty + i) * grid_w..][..grid_w].split_at(half);
+        let lines = [row(0), row(1), row(2), row(3)];
+        for first in (0..g.tiles_w).step_by(CHUNK) {
+            let n = CHUNK.min(g.tiles_w - first);
+            // d[row][col]: column `col` of the chunk's tiles, in row `row`.
+            let mut d = [[[0f32; CHUNK]; 4]; 4];
+            for (d_row, (even, odd)) in d.iter_mut().zip(&lines) {
+                d_row[0][..n].copy_from_slice(&even[first..first + n]);
+                d_row[1][..n].copy_from_slice(&odd[first..first + n]);
+                d_row[2][..n].copy_from_slice(&even[first + 1..first + 1 + n]);
+                d_row[3][..n].copy_from_slice(&odd[first + 1..first + 1 + n]);
             }
-            // V = t B
-            let tile = r * g.tiles_w + tx;
-            for row in 0..4 {
-                let (t0, t1, t2, t3) = (t[row * 4], t[row * 4 + 1], t[row * 4 + 2], t[row * 4 + 3]);
-                v[(row * 4) * tiles + tile] = t0 - t2;
-                v[(row * 4 + 1) * tiles + tile] = t1 + t2;
-                v[(row * 4 + 2) * tiles + tile] = t2 - t1;
-                v[(row * 4 + 3) * tiles + tile] = t1 - t3;
+            // t = Bᵀ d (over rows), then V = t B (over columns).
+            let t = [
+                lanes(|c, i| d[0][c][i] - d[2][c][i]),
+                lanes(|c, i| d[1][c][i] + d[2][c][i]),
+                lanes(|c, i| d[2][c][i] - d[1][c][i]),
+                lanes(|c, i| d[1][c][i] - d[3][c][i]),
+            ];
+            let at = r * g.tiles_w + first;
+            for (k, t_k) in t.iter().enumerate() {
+                let columns: [Lanes; 4] = [
+                    std::array::from_fn(|i| t_k[0][i] - t_k[2][i]),
+                    std::array::from_fn(|i| t_k[1][i] + t_k[2][i]),
+                    std::array::from_fn(|i| t_k[2][i] - t_k[1][i]),
+                    std::array::from_fn(|i| t_k[1][i] - t_k[3][i]),
+                ];
+                for (j, column) in columns.iter().enumerate() {
+                    v[(k * 4 + j) * tiles + at..][..n].copy_from_slice(&column[..n]);
+                }
             }
         }
     }
 }
 
-/// `Y = Aᵀ M A` for each tile of one output channel in tile rows `rows`, into that channel's
-/// output plane (the last row or column of a tile is dropped where the output is odd).
+/// Four columns of lanes, each lane `f(column, lane)`.
+#[inline(always)]
+fn lanes(f: impl Fn(usize, usize) -> f32) -> [Lanes; 4] {
+    std::array::from_fn(|c| std::array::from_fn(|i| f(c, i)))
+}
+
+/// `Y = Aᵀ M A` for each tile of output channel `c` in tile rows `rows`, into that channel's
+/// output plane (the last row or column of a tile is dropped where the output is odd),
+/// [`CHUNK`] tiles at a time. `m` is `[16, c_out, tiles]`.
 fn transform_outputs(
     g: &Geometry,
     m: &[f32],
+    c: usize,
     rows: std::ops::Range<usize>,
     out: &mut [f32],
     tiles: usize,
 ) {
     for (r, ty) in rows.enumerate() {
-        for tx in 0..g.tiles_w {
-            let tile = r * g.tiles_w + tx;
-            let e = |xi: usize| m[xi * tiles + tile];
-            // t = Aᵀ M  (2 × 4)
-            let mut t = [0f32; 8];
-            for col in 0..4 {
-                let (m0, m1, m2, m3) = (e(col), e(4 + col), e(8 + col), e(12 + col));
-                t[col] = m0 + m1 + m2;
-                t[4 + col] = m1 - m2 - m3;
+        for first in (0..g.tiles_w).step_by(CHUNK) {
+            let n = CHUNK.min(g.tiles_w - first);
+            let at = r * g.tiles_w + first;
+            let mut e = [[0f32; CHUNK]; 16];
+            for (xi, e_xi) in e.iter_mut().enumerate() {
+                e_xi[..n].copy_from_slice(&m[(xi * g.c_out + c) * tiles + at..][..n]);
             }
-            // Y = t A  (2 × 2)
-            for row in 0..2 {
-                let (t0, t1, t2, t3) = (t[row * 4], t[row * 4 + 1], t[row * 4 + 2], t[row * 4 + 3]);
-                let y = 2 * ty + row;
+            // t = Aᵀ M (over rows), then Y = t A (over columns).
+            let t: [[Lanes; 4]; 2] = [
+                std::array::from_fn(|c| {
+                    std::array::from_fn(|i| e[c][i] + e[4 + c][i] + e[8 + c][i])
+                }),
+                std::array::from_fn(|c| {
+                    std::array::from_fn(|i| e[4 + c][i] - e[8 + c][i] - e[12 + c][i])
+                }),
+            ];
+            for (dy, t_row) in t.iter().enumerate() {
+                let y = 2 * ty + dy;
                 if y >= g.out_h {
                     continue;
                 }
-                let x = 2 * tx;
-                out[y * g.out_w + x] = t0 + t1 + t2;
-                if x + 1 < g.out_w {
-                    out[y * g.out_w + x + 1] = t1 - t2 - t3;
+                let left: Lanes = std::array::from_fn(|i| t_row[0][i] + t_row[1][i] + t_row[2][i]);
+                let right: Lanes = std::array::from_fn(|i| t_row[1][i] - t_row[2][i] - t_row[3][i]);
+                let line = &mut out[y * g.out_w..(y + 1) * g.out_w];
+                for i in 0..n {
+                    let x = 2 * (first + i);
+                    line[x] = left[i];
+                    if x + 1 < g.out_w {
+                        line[x + 1] = right[i];
+                    }
                 }
             }
         }
