@@ -6,8 +6,9 @@
 
 use crate::config::{ClipConfig, ClipLayout};
 use crate::nn;
+use crate::nn::Linear;
 use candle_core::{DType, Device, IndexOp, Module, Result, Tensor, D};
-use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
+use candle_nn::{Embedding, LayerNorm, VarBuilder};
 
 #[derive(Debug)]
 struct EncoderLayer {

@@ -4,7 +4,7 @@
 //! reshapes the Stable Diffusion networks need.
 
 use candle_core::{DType, Module, Result, Tensor, D};
-use candle_nn::{Conv2dConfig, GroupNorm, LayerNorm, Linear, VarBuilder};
+use candle_nn::{Conv2dConfig, GroupNorm, LayerNorm, VarBuilder};
 use std::cell::Cell;
 
 pub fn group_norm(channels: usize, eps: f64, vb: VarBuilder) -> Result<GroupNorm> {
@@ -115,12 +115,63 @@ pub fn circular_pad(xs: &Tensor, p: usize) -> Result<Tensor> {
     Ok(xs)
 }
 
+/// Loaded through candle-nn's constructors, so the tiny random checkpoints get the same
+/// initialisation hints as before.
 pub fn linear(in_d: usize, out_d: usize, vb: VarBuilder) -> Result<Linear> {
-    candle_nn::linear(in_d, out_d, vb)
+    Ok(Linear::from(candle_nn::linear(in_d, out_d, vb)?))
 }
 
 pub fn linear_no_bias(in_d: usize, out_d: usize, vb: VarBuilder) -> Result<Linear> {
-    candle_nn::linear_no_bias(in_d, out_d, vb)
+    Ok(Linear::from(candle_nn::linear_no_bias(in_d, out_d, vb)?))
+}
+
+/// `x · Wᵀ + b` over the last dimension, all leading dimensions multiplied as one matrix.
+/// candle's `Linear` broadcasts the weight over the batch and runs a batched product instead:
+/// 84 ms against 60 ms for `[2, 4096, 320] · [320, 2560]` on 2 cores.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl From<candle_nn::Linear> for Linear {
+    fn from(linear: candle_nn::Linear) -> Linear {
+        Linear::new(linear.weight().clone(), linear.bias().cloned())
+    }
+}
+
+impl Linear {
+    /// `weight` `[out, in]`, `bias` `[out]`.
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Linear {
+        Linear { weight, bias }
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let mut dims = xs.dims().to_vec();
+        let Some(in_d) = dims.pop() else {
+            candle_core::bail!("a linear layer needs at least one dimension");
+        };
+        let rows: usize = dims.iter().product();
+        let ys = xs.reshape((rows, in_d))?.matmul(&self.weight.t()?)?;
+        let ys = match &self.bias {
+            Some(bias) => ys.broadcast_add(bias)?,
+            None => ys,
+        };
+        dims.push(self.weight.dim(0)?);
+        ys.reshape(dims)
+    }
+}
+
+/// GEGLU: `a · gelu(b)` for `[a, b]` the halves of the last dimension; our kernel in f32 on
+/// the CPU (`kernels::geglu`), candle's ops elsewhere.
+pub fn geglu(xs: &Tensor) -> Result<Tensor> {
+    if xs.device().is_cpu() && xs.dtype() == DType::F32 {
+        return crate::kernels::geglu::geglu(xs);
+    }
+    let halves = xs.chunk(2, D::Minus1)?;
+    &halves[0] * halves[1].gelu_erf()?
 }
 
 /// A 1×1 convolution used as a linear map over channels (LDM stores some linear maps that way).

@@ -4,9 +4,10 @@
 
 use crate::config::{Family, UNetConfig};
 use crate::nn::Conv2d;
+use crate::nn::Linear;
 use crate::nn::{self, Projection};
-use candle_core::{Module, Result, Tensor, D};
-use candle_nn::{GroupNorm, LayerNorm, Linear, VarBuilder};
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{GroupNorm, LayerNorm, VarBuilder};
 
 /// `ResBlock`: two 3×3 convolutions with the timestep embedding added between them.
 #[derive(Debug)]
@@ -112,9 +113,7 @@ impl TransformerBlock {
         let xs = (self.attn1.forward(&normed, &normed)? + xs)?;
         let xs = (self.attn2.forward(&self.norm2.forward(&xs)?, context)? + &xs)?;
         let projected = self.ff_in.forward(&self.norm3.forward(&xs)?)?;
-        let halves = projected.chunk(2, D::Minus1)?;
-        let gated = (&halves[0] * halves[1].gelu_erf()?)?;
-        self.ff_out.forward(&gated)? + xs
+        self.ff_out.forward(&nn::geglu(&projected)?)? + xs
     }
 }
 

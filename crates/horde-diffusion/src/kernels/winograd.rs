@@ -133,7 +133,7 @@ fn pad(g: &Geometry, image: &[f32]) -> Vec<f32> {
                 let (even, odd) = grid[(y + g.padding) * grid_w..][..grid_w].split_at_mut(half);
                 for (x, value) in row.iter().enumerate() {
                     let column = x + g.padding;
-                    let half_row = if column % 2 == 0 {
+                    let half_row = if column.is_multiple_of(2) {
                         &mut *even
                     } else {
                         &mut *odd
