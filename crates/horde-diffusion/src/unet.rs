@@ -4,10 +4,11 @@
 
 use crate::config::{Family, UNetConfig};
 use crate::nn::Conv2d;
+use crate::nn::GroupNorm;
 use crate::nn::Linear;
 use crate::nn::{self, Projection};
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{GroupNorm, LayerNorm, VarBuilder};
+use candle_nn::{LayerNorm, VarBuilder};
 
 /// `ResBlock`: two 3×3 convolutions with the timestep embedding added between them.
 #[derive(Debug)]
@@ -37,14 +38,14 @@ impl ResBlock {
     }
 
     fn forward(&self, xs: &Tensor, emb: &Tensor) -> Result<Tensor> {
-        let h = self.conv1.forward(&nn::silu(&self.norm1.forward(xs)?)?)?;
+        let h = self.conv1.forward(&self.norm1.forward_silu(xs)?)?;
         let e = self
             .emb
             .forward(&nn::silu(emb)?)?
             .unsqueeze(2)?
             .unsqueeze(3)?;
         let h = h.broadcast_add(&e)?;
-        let h = self.conv2.forward(&nn::silu(&self.norm2.forward(&h)?)?)?;
+        let h = self.conv2.forward(&self.norm2.forward_silu(&h)?)?;
         match &self.skip {
             Some(skip) => skip.forward(xs)? + h,
             None => xs + h,
@@ -372,7 +373,6 @@ impl UNet {
             let skip = skips.pop().expect("one skip per output block");
             h = block.forward(&Tensor::cat(&[&h, &skip], 1)?, &emb, cond.context)?;
         }
-        self.out_conv
-            .forward(&nn::silu(&self.out_norm.forward(&h)?)?)
+        self.out_conv.forward(&self.out_norm.forward_silu(&h)?)
     }
 }

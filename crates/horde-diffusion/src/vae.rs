@@ -4,8 +4,9 @@
 use crate::config::VaeConfig;
 use crate::nn;
 use crate::nn::Conv2d;
+use crate::nn::GroupNorm;
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{GroupNorm, VarBuilder};
+use candle_nn::VarBuilder;
 
 #[derive(Debug)]
 struct ResnetBlock {
@@ -32,8 +33,8 @@ impl ResnetBlock {
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let h = self.conv1.forward(&nn::silu(&self.norm1.forward(xs)?)?)?;
-        let h = self.conv2.forward(&nn::silu(&self.norm2.forward(&h)?)?)?;
+        let h = self.conv1.forward(&self.norm1.forward_silu(xs)?)?;
+        let h = self.conv2.forward(&self.norm2.forward_silu(&h)?)?;
         match &self.shortcut {
             Some(s) => s.forward(xs)? + h,
             None => xs + h,
@@ -163,9 +164,7 @@ impl Encoder {
             }
         }
         h = self.mid.forward(&h)?;
-        h = self
-            .conv_out
-            .forward(&nn::silu(&self.norm_out.forward(&h)?)?)?;
+        h = self.conv_out.forward(&self.norm_out.forward_silu(&h)?)?;
         let moments = self.quant_conv.forward(&h)?;
         let z = moments.dim(1)? / 2;
         moments.narrow(1, 0, z)
@@ -232,8 +231,7 @@ impl Decoder {
                 h = conv.forward(&h.upsample_nearest2d(hh * 2, ww * 2)?)?;
             }
         }
-        self.conv_out
-            .forward(&nn::silu(&self.norm_out.forward(&h)?)?)
+        self.conv_out.forward(&self.norm_out.forward_silu(&h)?)
     }
 }
 
