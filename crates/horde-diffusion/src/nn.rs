@@ -7,6 +7,18 @@ use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{Conv2dConfig, LayerNorm, VarBuilder};
 use std::cell::Cell;
 
+/// Whether our CPU kernels take `t`: on the CPU, in f32, or in f16/bf16, which they compute in
+/// f32 (candle's CPU ops have no half-precision convolution, and widening once per op costs
+/// less than candle's own ops would; the weights stay in the checkpoint's dtype).
+fn for_our_kernels(t: &Tensor) -> bool {
+    t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::F16 | DType::BF16)
+}
+
+/// `t` in f32 (a cheap clone when it already is).
+fn f32(t: &Tensor) -> Result<Tensor> {
+    t.to_dtype(DType::F32)
+}
+
 /// With candle-nn's initialisation hints (ones and zeros) for the tiny random checkpoints.
 pub fn group_norm(channels: usize, eps: f64, vb: VarBuilder) -> Result<GroupNorm> {
     let groups = 32.min(channels);
@@ -22,8 +34,8 @@ pub fn group_norm(channels: usize, eps: f64, vb: VarBuilder) -> Result<GroupNorm
     })
 }
 
-/// Group normalisation (32 groups, or one per channel below 32 channels); our kernel in f32
-/// on the CPU (`kernels::group_norm`), candle's elsewhere.
+/// Group normalisation (32 groups, or one per channel below 32 channels); our kernel on the
+/// CPU, in f32 (`kernels::group_norm`), candle's elsewhere.
 #[derive(Debug, Clone)]
 pub struct GroupNorm {
     weight: Tensor,
@@ -34,15 +46,17 @@ pub struct GroupNorm {
 }
 
 impl GroupNorm {
-    fn ours(&self, xs: &Tensor) -> bool {
-        xs.device().is_cpu() && xs.dtype() == DType::F32 && self.weight.dtype() == DType::F32
+    /// Our kernel, in f32, the result in `xs`'s dtype.
+    fn ours(&self, xs: &Tensor, silu: bool) -> Result<Tensor> {
+        let (w, b) = (f32(&self.weight)?, f32(&self.bias)?);
+        crate::kernels::group_norm::group_norm(&f32(xs)?, &w, &b, self.groups, self.eps, silu)?
+            .to_dtype(xs.dtype())
     }
 
     /// `silu(norm(xs))`, in one pass on the CPU (the networks' residual blocks).
     pub fn forward_silu(&self, xs: &Tensor) -> Result<Tensor> {
-        if self.ours(xs) {
-            let (w, b) = (&self.weight, &self.bias);
-            return crate::kernels::group_norm::group_norm(xs, w, b, self.groups, self.eps, true);
+        if for_our_kernels(xs) {
+            return self.ours(xs, true);
         }
         silu(&self.reference.forward(xs)?)
     }
@@ -50,9 +64,8 @@ impl GroupNorm {
 
 impl Module for GroupNorm {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        if self.ours(xs) {
-            let (w, b) = (&self.weight, &self.bias);
-            return crate::kernels::group_norm::group_norm(xs, w, b, self.groups, self.eps, false);
+        if for_our_kernels(xs) {
+            return self.ours(xs, false);
         }
         self.reference.forward(xs)
     }
@@ -126,29 +139,30 @@ impl Module for Conv2d {
 /// VAE decoder's large images gain (14.6 → 13.3 s per 512² decode).
 const WINOGRAD_MIN_PIXELS: usize = 32 * 32;
 
-/// `conv.forward(xs)`: through our kernels for stride-1 convolutions in f32 on the CPU
+/// `conv.forward(xs)`: on the CPU in f32 (strided ones through candle's conv2d), through our
+/// kernels for stride-1 convolutions
 /// (`kernels::winograd` for 3×3 on images of [`WINOGRAD_MIN_PIXELS`] or more,
 /// `kernels::conv` for the rest), through candle's otherwise.
 fn convolve(conv: &candle_nn::Conv2d, xs: &Tensor) -> Result<Tensor> {
-    let cfg = conv.config();
-    let ours = xs.device().is_cpu()
-        && xs.dtype() == DType::F32
-        && conv.weight().dtype() == DType::F32
-        && (cfg.stride, cfg.dilation, cfg.groups) == (1, 1, 1);
-    if !ours {
+    if !for_our_kernels(xs) {
         return conv.forward(xs);
     }
+    let cfg = conv.config();
     let (_, _, h, w) = xs.dims4()?;
     let (_, _, k_h, k_w) = conv.weight().dims4()?;
-    let out = if (k_h, k_w) == (3, 3) && h * w >= WINOGRAD_MIN_PIXELS {
-        crate::kernels::winograd::conv2d_3x3(xs, conv.weight(), cfg.padding)?
+    let (x, weight) = (f32(xs)?, f32(conv.weight())?);
+    let out = if (cfg.stride, cfg.dilation, cfg.groups) != (1, 1, 1) {
+        x.conv2d(&weight, cfg.padding, cfg.stride, cfg.dilation, cfg.groups)?
+    } else if (k_h, k_w) == (3, 3) && h * w >= WINOGRAD_MIN_PIXELS {
+        crate::kernels::winograd::conv2d_3x3(&x, &weight, cfg.padding)?
     } else {
-        crate::kernels::conv::conv2d_stride1(xs, conv.weight(), cfg.padding)?
+        crate::kernels::conv::conv2d_stride1(&x, &weight, cfg.padding)?
     };
-    match conv.bias() {
-        Some(bias) => out.broadcast_add(&bias.reshape((1, bias.dims1()?, 1, 1))?),
-        None => Ok(out),
-    }
+    let out = match conv.bias() {
+        Some(bias) => out.broadcast_add(&f32(bias)?.reshape((1, bias.dims1()?, 1, 1))?)?,
+        None => out,
+    };
+    out.to_dtype(xs.dtype())
 }
 
 /// Pads the last two dimensions by wrapping around.
@@ -211,11 +225,11 @@ impl Module for Linear {
     }
 }
 
-/// GEGLU: `a · gelu(b)` for `[a, b]` the halves of the last dimension; our kernel in f32 on
-/// the CPU (`kernels::geglu`), candle's ops elsewhere.
+/// GEGLU: `a · gelu(b)` for `[a, b]` the halves of the last dimension; our kernel on the CPU,
+/// in f32 (`kernels::geglu`), candle's ops elsewhere.
 pub fn geglu(xs: &Tensor) -> Result<Tensor> {
-    if xs.device().is_cpu() && xs.dtype() == DType::F32 {
-        return crate::kernels::geglu::geglu(xs);
+    if for_our_kernels(xs) {
+        return crate::kernels::geglu::geglu(&f32(xs)?)?.to_dtype(xs.dtype());
     }
     let halves = xs.chunk(2, D::Minus1)?;
     &halves[0] * halves[1].gelu_erf()?
@@ -231,8 +245,8 @@ pub fn silu(xs: &Tensor) -> Result<Tensor> {
 }
 
 /// Scaled dot-product attention over `[batch, tokens, heads·dim]` inputs, with an optional
-/// additive mask broadcastable to `[batch, heads, q_tokens, k_tokens]`. Without a mask, in f32
-/// on the CPU, it runs the fused kernel (`kernels::attention`); otherwise candle's ops.
+/// additive mask broadcastable to `[batch, heads, q_tokens, k_tokens]`. Without a mask, on the
+/// CPU, it runs the fused kernel in f32 (`kernels::attention`); otherwise candle's ops.
 pub fn attention(
     q: &Tensor,
     k: &Tensor,
@@ -240,9 +254,9 @@ pub fn attention(
     heads: usize,
     mask: Option<&Tensor>,
 ) -> Result<Tensor> {
-    let all_f32 = [q, k, v].iter().all(|t| t.dtype() == DType::F32);
-    if mask.is_none() && q.device().is_cpu() && all_f32 {
-        return crate::kernels::attention::fused_attention(q, k, v, heads);
+    if mask.is_none() && [q, k, v].iter().all(|t| for_our_kernels(t)) {
+        let out = crate::kernels::attention::fused_attention(&f32(q)?, &f32(k)?, &f32(v)?, heads)?;
+        return out.to_dtype(q.dtype());
     }
     let (batch, q_len, width) = q.dims3()?;
     let k_len = k.dim(1)?;
