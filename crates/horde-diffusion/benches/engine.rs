@@ -3,7 +3,8 @@
 //! architecture, f32, CPU. Prints one JSON line per part, in the format of
 //! `tools/engine-bench/pytorch_bench.py`, for `tools/engine-bench/compare.py`.
 //!
-//! `cargo bench -p horde-diffusion --bench engine -- --part unet|vae [--repeats N]`; run each
+//! `cargo bench -p horde-diffusion --bench engine -- --part unet|vae [--repeats N]
+//! [--dtype f32|f16|bf16]`; run each
 //! part in its own process so that peak RSS is the part's own (`tools/engine-bench/run.sh`).
 //! `--part conv` times each 3×3 convolution of the networks through candle, our direct kernel
 //! and Winograd.
@@ -97,7 +98,14 @@ fn main() {
     let repeats: usize = arg("--repeats").and_then(|r| r.parse().ok()).unwrap_or(3);
     let threads = candle_core::utils::get_num_threads();
     let config = ModelConfig::sd15();
-    let vb = random_var_builder(0);
+    // `--dtype f32|f16|bf16`: the weights' and activations' dtype (our kernels compute in f32).
+    let (dtype_name, dtype) = match arg("--dtype").as_deref().unwrap_or("f32") {
+        "f32" => ("f32", candle_core::DType::F32),
+        "f16" => ("f16", candle_core::DType::F16),
+        "bf16" => ("bf16", candle_core::DType::BF16),
+        other => panic!("unknown dtype {other}: expected f32, f16 or bf16"),
+    };
+    let vb = random_var_builder(0).set_dtype(dtype);
     let device = Device::Cpu;
     let (name, (min, median)) = match part.as_str() {
         "unet" => {
@@ -109,11 +117,15 @@ fn main() {
             .expect("UNet builds");
             let latents = SeededNoise::new(&[1, 2])
                 .sample(&[4, 64, 64], &device)
+                .and_then(|t| t.to_dtype(dtype))
                 .unwrap();
             let context = SeededNoise::new(&[3, 4])
                 .sample(&[77, 768], &device)
+                .and_then(|t| t.to_dtype(dtype))
                 .unwrap();
-            let timesteps = Tensor::new(&[500f32, 500.0], &device).unwrap();
+            let timesteps = Tensor::new(&[500f32, 500.0], &device)
+                .and_then(|t| t.to_dtype(dtype))
+                .unwrap();
             let cond = Conditioning {
                 context: &context,
                 vector: None,
@@ -130,6 +142,7 @@ fn main() {
                 Vae::new(&config.vae, vb.pp(VAE_PREFIX.trim_end_matches('.'))).expect("VAE builds");
             let latents = SeededNoise::new(&[5])
                 .sample(&[4, 64, 64], &device)
+                .and_then(|t| t.to_dtype(dtype))
                 .unwrap();
             (
                 "vae_decode_512",
@@ -139,7 +152,7 @@ fn main() {
         other => panic!("unknown part {other}: expected unet or vae"),
     };
     println!(
-        "{{\"impl\": \"candle\", \"part\": \"{name}\", \"threads\": {threads}, \"min_s\": {min:.3}, \"median_s\": {median:.3}, \"peak_rss_mb\": {:.0}, \"candle\": \"0.11.1\", \"dtype\": \"f32\"}}",
+        "{{\"impl\": \"candle\", \"part\": \"{name}\", \"threads\": {threads}, \"min_s\": {min:.3}, \"median_s\": {median:.3}, \"peak_rss_mb\": {:.0}, \"candle\": \"0.11.1\", \"dtype\": \"{dtype_name}\"}}",
         peak_rss_mb()
     );
 }
