@@ -13,6 +13,16 @@ use horde_core::accounts::User;
 use horde_core::keys::{generate_api_key, hash_api_key};
 use horde_store::NewUser;
 
+/// 404 `UserNotFound` for a user id as the caller wrote it.
+fn user_not_found(id: &str) -> ApiError {
+    ApiError::new(Rc::UserNotFound, format!("User with ID '{id}' not found."))
+}
+
+/// A user id from a path, or 404 `UserNotFound` when it is not a number.
+fn parse_user_id(id: &str) -> ApiResult<i64> {
+    id.parse().map_err(|_| user_not_found(id))
+}
+
 /// `user`, unless it is the anonymous user: then `anon_rc`.
 fn registered(user: User, anon_rc: Rc) -> ApiResult<User> {
     if user.is_anonymous() {
@@ -177,9 +187,8 @@ impl AppState {
     }
 
     pub async fn user_details_by_id(&self, id: &str) -> ApiResult<UserDetails> {
-        let not_found =
-            || ApiError::new(Rc::UserNotFound, format!("User with ID '{id}' not found."));
-        let id: i64 = id.parse().map_err(|_| not_found())?;
+        let not_found = || user_not_found(id);
+        let id = parse_user_id(id)?;
         let user = self.store.user_by_id(id).await?.ok_or_else(not_found)?;
         self.user_details_with_flows(&user, false).await
     }
@@ -451,9 +460,8 @@ impl AppState {
                 "No user modification selected!",
             ));
         }
-        let not_found =
-            || ApiError::new(Rc::UserNotFound, format!("User with ID '{id}' not found."));
-        let id: i64 = id.parse().map_err(|_| not_found())?;
+        let not_found = || user_not_found(id);
+        let id = parse_user_id(id)?;
         let mut user = self.store.user_by_id(id).await?.ok_or_else(not_found)?;
         self.check_user_change_rights(caller, &user, &change)?;
         let became_trusted = change.trusted == Some(true) && !user.trusted;
@@ -548,7 +556,6 @@ impl AppState {
         Ok(())
     }
 
-    /// A new API key for `caller` (only for themself); the old key stops working at once.
     /// `GET /users/{id}/ledger`: the user themself or a moderator.
     pub async fn ledger_of(
         &self,
@@ -557,9 +564,8 @@ impl AppState {
         before: Option<i64>,
         limit: u32,
     ) -> ApiResult<Vec<horde_api::user::LedgerEntry>> {
-        let not_found =
-            || ApiError::new(Rc::UserNotFound, format!("User with ID '{id}' not found."));
-        let id: i64 = id.parse().map_err(|_| not_found())?;
+        let not_found = || user_not_found(id);
+        let id = parse_user_id(id)?;
         if id != caller.id && !caller.moderator {
             return Err(ApiError::new(
                 Rc::NotOwner,
@@ -570,6 +576,7 @@ impl AppState {
         Ok(self.store.ledger_entries(id, before, limit).await?)
     }
 
+    /// A new API key for `caller` (only for themself); the old key stops working at once.
     pub async fn reset_api_key(&self, caller: &User, id: &str) -> ApiResult<NewApiKey> {
         if id.parse::<i64>().ok() != Some(caller.id) {
             return Err(ApiError::new(
