@@ -178,38 +178,11 @@ fn attend_block(s: &Shapes, q_rows: &[f32], k: &[f32], v: &[f32], out_rows: &mut
     debug_assert!(s.q_len >= rows);
 }
 
-/// `row ← exp(row − max) / Σ exp(row − max)`, with the widest vector instructions this CPU
-/// has: at 512×512 the softmax sees a billion scores per UNet step, and libm's scalar `expf`
-/// alone was 7 % of the step.
-#[allow(unsafe_code)]
-pub fn softmax_in_place(row: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F, checked just above.
-            return unsafe { softmax_avx512(row) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU has AVX2 and FMA, checked just above.
-            return unsafe { softmax_avx2(row) };
-        }
-    }
-    softmax_lanes(row)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-#[allow(unsafe_code)]
-unsafe fn softmax_avx512(row: &mut [f32]) {
-    softmax_lanes(row)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(unsafe_code)]
-unsafe fn softmax_avx2(row: &mut [f32]) {
-    softmax_lanes(row)
+with_widest_vectors! {
+    /// `row ← exp(row − max) / Σ exp(row − max)`, with the widest vector instructions this
+    /// CPU has: at 512×512 the softmax sees a billion scores per UNet step, and libm's scalar
+    /// `expf` alone was 7 % of the step.
+    pub fn softmax_in_place(row: &mut [f32]) => softmax_lanes
 }
 
 /// Lanes the loops below are written in, so the compiler turns each into vector code.

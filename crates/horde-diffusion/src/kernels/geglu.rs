@@ -45,35 +45,8 @@ impl CustomOp1 for Geglu {
     }
 }
 
-#[allow(unsafe_code)]
-fn gate_row(row: &[f32], out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F, checked just above.
-            return unsafe { gate_row_avx512(row, out) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU has AVX2 and FMA, checked just above.
-            return unsafe { gate_row_avx2(row, out) };
-        }
-    }
-    gate_row_lanes(row, out)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-#[allow(unsafe_code)]
-unsafe fn gate_row_avx512(row: &[f32], out: &mut [f32]) {
-    gate_row_lanes(row, out)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(unsafe_code)]
-unsafe fn gate_row_avx2(row: &[f32], out: &mut [f32]) {
-    gate_row_lanes(row, out)
+with_widest_vectors! {
+    fn gate_row(row: &[f32], out: &mut [f32]) => gate_row_lanes
 }
 
 #[inline(always)]

@@ -124,36 +124,9 @@ fn mean_and_variance(x: &[f32]) -> (f32, f32) {
     (mean as f32, variance as f32)
 }
 
-/// `out = x · scale + shift`, then SiLU when `silu`.
-#[allow(unsafe_code)]
-fn apply(x: &[f32], out: &mut [f32], scale: f32, shift: f32, silu: bool) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F, checked just above.
-            return unsafe { apply_avx512(x, out, scale, shift, silu) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU has AVX2 and FMA, checked just above.
-            return unsafe { apply_avx2(x, out, scale, shift, silu) };
-        }
-    }
-    apply_lanes(x, out, scale, shift, silu)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-#[allow(unsafe_code)]
-unsafe fn apply_avx512(x: &[f32], out: &mut [f32], scale: f32, shift: f32, silu: bool) {
-    apply_lanes(x, out, scale, shift, silu)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(unsafe_code)]
-unsafe fn apply_avx2(x: &[f32], out: &mut [f32], scale: f32, shift: f32, silu: bool) {
-    apply_lanes(x, out, scale, shift, silu)
+with_widest_vectors! {
+    /// `out = x · scale + shift`, then SiLU when `silu`.
+    fn apply(x: &[f32], out: &mut [f32], scale: f32, shift: f32, silu: bool) => apply_lanes
 }
 
 #[inline(always)]

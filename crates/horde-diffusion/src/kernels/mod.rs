@@ -4,6 +4,41 @@
 //! build keeps working unchanged. Each kernel is tested against candle's ops on random inputs
 //! of many shapes.
 
+/// Defines `fn $name(args)` that runs the `#[inline(always)]` function `$portable(args)`
+/// compiled for AVX-512F, or for AVX2 with FMA, when the CPU has them (checked at run time),
+/// and as plain code otherwise: the element-wise loops of the kernels are written so the
+/// compiler turns them into vector code of whatever width it is allowed.
+macro_rules! with_widest_vectors {
+    ($(#[$doc:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),*) => $portable:ident) => {
+        $(#[$doc])*
+        #[allow(unsafe_code)]
+        $vis fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                unsafe fn avx512($($arg: $ty),*) {
+                    $portable($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2($($arg: $ty),*) {
+                    $portable($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU has AVX-512F, checked just above.
+                    return unsafe { avx512($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: the CPU has AVX2 and FMA, checked just above.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            $portable($($arg),*)
+        }
+    };
+}
+
 pub mod attention;
 pub mod conv;
 pub mod geglu;
