@@ -34,6 +34,16 @@ pub struct Overview {
     pub digest: String,
 }
 
+/// Images and pixelsteps finished in each of the last [`CHART_MINUTES`] minutes (zeros when
+/// the database cannot say: the dashboard shows the rest).
+async fn last_hour(state: &SharedState) -> Vec<Totals> {
+    state
+        .store
+        .images_per_minute(now(), CHART_MINUTES)
+        .await
+        .unwrap_or_else(|_| vec![Totals::default(); CHART_MINUTES])
+}
+
 /// The figures now, and the throughput of the last hour behind them.
 pub async fn overview_now(state: &SharedState) -> (Overview, Vec<Totals>) {
     let models = active_models(state);
@@ -50,11 +60,7 @@ pub async fn overview_now(state: &SharedState) -> (Overview, Vec<Totals>) {
                 )
             })
     };
-    let minutes = state
-        .store
-        .images_per_minute(now(), CHART_MINUTES)
-        .await
-        .unwrap_or_else(|_| vec![Totals::default(); CHART_MINUTES]);
+    let minutes = last_hour(state).await;
     let queued_requests = state.queue.lock().expect("queue lock").waiting_count();
     let queued_megapixelsteps = models.values().map(|m| m.queued).sum::<f64>() / 1e6;
     let images_per_minute: Vec<u64> = minutes.iter().map(|t| t.images).collect();
@@ -103,11 +109,7 @@ pub async fn events(State(state): State<SharedState>) -> impl IntoResponse {
 
 /// `GET /dashboard/throughput.svg`: the chart alone, for the script to reload.
 pub async fn throughput_svg(State(state): State<SharedState>) -> Response {
-    let minutes = state
-        .store
-        .images_per_minute(now(), CHART_MINUTES)
-        .await
-        .unwrap_or_else(|_| vec![Totals::default(); CHART_MINUTES]);
+    let minutes = last_hour(&state).await;
     let mut svg = String::new();
     throughput_chart(&mut svg, &minutes);
     (
