@@ -379,3 +379,41 @@ async fn a_ledger_lists_the_movements_of_kudos_newest_first() {
         "{earned:?}"
     );
 }
+
+/// What a ledger request can get wrong: another user's ledger, an unknown user, an id that is
+/// not a number; and the page size is held to 1..=500.
+#[tokio::test]
+async fn a_ledger_refuses_clearly_and_bounds_its_page() {
+    let app = spawn_app().await;
+    let (user, user_id) = app.user("user", 100.0).await;
+    let (other, _) = app.user("other", 100.0).await;
+    let (moderator_key, _) = app.moderator().await;
+    let moderator = app.client(&moderator_key);
+
+    let refused = other.ledger(user_id, None, None).await.unwrap_err();
+    assert_eq!(refused.status().map(|s| s.as_u16()), Some(403));
+    assert_eq!(refused.rc(), Some("NotOwner"));
+    let unknown = moderator.ledger(987_654, None, None).await.unwrap_err();
+    assert_eq!(unknown.status().map(|s| s.as_u16()), Some(404));
+    assert_eq!(unknown.rc(), Some("UserNotFound"));
+    let answer = http()
+        .get(format!("{}/api/v2/users/abc/ledger", app.root))
+        .header("apikey", &moderator_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status().as_u16(), 404);
+    let body: serde_json::Value = answer.json().await.unwrap();
+    assert_eq!(body["rc"], "UserNotFound");
+    assert!(
+        body["message"].as_str().unwrap().contains("'abc'"),
+        "{body}"
+    );
+
+    // The moderator sees the user's ledger; limit 0 still gives one row.
+    assert_eq!(
+        moderator.ledger(user_id, None, None).await.unwrap().len(),
+        1
+    );
+    assert_eq!(user.ledger(user_id, None, Some(0)).await.unwrap().len(), 1);
+}
