@@ -70,10 +70,36 @@ VAE_CONFIG = dict(
     sample_size=512,
 )
 
+# The real stabilityai/stable-diffusion-xl-base-1.0 unet/config.json (the keys that
+# differ from diffusers' defaults). Its VAE has the SD 1.5 VAE's architecture.
+SDXL_UNET_CONFIG = dict(
+    sample_size=128,
+    in_channels=4,
+    out_channels=4,
+    flip_sin_to_cos=True,
+    freq_shift=0,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    block_out_channels=(320, 640, 1280),
+    layers_per_block=2,
+    act_fn="silu",
+    norm_num_groups=32,
+    norm_eps=1e-5,
+    cross_attention_dim=2048,
+    attention_head_dim=(5, 10, 20),
+    use_linear_projection=True,
+    transformer_layers_per_block=(1, 2, 10),
+    addition_embed_type="text_time",
+    addition_time_embed_dim=256,
+    projection_class_embeddings_input_dim=2816,
+)
+
 PART_NAMES = {
     "unet": "unet_step_cfg_512",
     "unet_bf16": "unet_step_cfg_512",
     "vae": "vae_decode_512",
+    "sdxl_unet": "sdxl_unet_step_cfg_1024",
+    "sdxl_vae": "sdxl_vae_decode_1024",
 }
 
 
@@ -112,9 +138,12 @@ def run_part(part, threads, repeats):
     torch.manual_seed(0)
     dtype = torch.bfloat16 if part == "unet_bf16" else torch.float32
 
+    sdxl = part.startswith("sdxl_")
+    is_unet = part.startswith("unet") or part == "sdxl_unet"
+    latent = 128 if sdxl else 64
     t0 = time.perf_counter()
-    if part.startswith("unet"):
-        model = UNet2DConditionModel(**UNET_CONFIG)
+    if is_unet:
+        model = UNet2DConditionModel(**(SDXL_UNET_CONFIG if sdxl else UNET_CONFIG))
     else:
         model = AutoencoderKL(**VAE_CONFIG)
     if dtype != torch.float32:
@@ -128,15 +157,22 @@ def run_part(part, threads, repeats):
 
     g = torch.Generator().manual_seed(1)
     with torch.inference_mode():
-        if part.startswith("unet"):
-            x = torch.randn(2, 4, 64, 64, generator=g).to(dtype)
+        if is_unet:
+            x = torch.randn(2, 4, latent, latent, generator=g).to(dtype)
             t = torch.tensor([500, 500], dtype=torch.long)
-            ctx = torch.randn(2, 77, 768, generator=g).to(dtype)
+            ctx = torch.randn(2, 77, 2048 if sdxl else 768, generator=g).to(dtype)
+            added = None
+            if sdxl:
+                added = {
+                    "text_embeds": torch.randn(2, 1280, generator=g).to(dtype),
+                    "time_ids": torch.tensor([[1024.0, 1024, 0, 0, 1024, 1024]] * 2).to(dtype),
+                }
 
             def fn():
-                return model(x, t, encoder_hidden_states=ctx, return_dict=False)[0]
+                return model(x, t, encoder_hidden_states=ctx,
+                             added_cond_kwargs=added, return_dict=False)[0]
         else:
-            z = torch.randn(1, 4, 64, 64, generator=g).to(dtype)
+            z = torch.randn(1, 4, latent, latent, generator=g).to(dtype)
 
             def fn():
                 return model.decode(z, return_dict=False)[0]
@@ -179,6 +215,8 @@ def main():
                     help="timed calls after 1 warm-up (default 3)")
     ap.add_argument("--only", choices=["unet", "vae"],
                     help="run only this part")
+    ap.add_argument("--sdxl", action="store_true",
+                    help="SDXL at 1024x1024 instead of SD 1.5 at 512x512")
     ap.add_argument("--bf16", action="store_true",
                     help="also time the UNet in bfloat16 (separate line)")
     ap.add_argument("--part", choices=sorted(PART_NAMES),
@@ -192,12 +230,13 @@ def main():
         return
 
     parts = []
+    prefix = "sdxl_" if args.sdxl else ""
     if args.only in (None, "unet"):
-        parts.append("unet")
-        if args.bf16:
+        parts.append(prefix + "unet")
+        if args.bf16 and not args.sdxl:
             parts.append("unet_bf16")
     if args.only in (None, "vae"):
-        parts.append("vae")
+        parts.append(prefix + "vae")
 
     env = dict(os.environ)
     # Keep the intra-op pools of OpenMP/MKL consistent with --threads.

@@ -1,10 +1,10 @@
 //! The engine beside PyTorch: one SD 1.5 UNet step at 512×512 with classifier-free guidance
-//! (batch 2) and one VAE decode (64×64 latent → 512×512), random weights of the real
-//! architecture, f32, CPU. Prints one JSON line per part, in the format of
+//! (batch 2) and one VAE decode (64×64 latent → 512×512), or the same for SDXL at 1024×1024
+//! (`--model sdxl`), random weights of the real architecture, f32, CPU. Prints one JSON line per part, in the format of
 //! `tools/engine-bench/pytorch_bench.py`, for `tools/engine-bench/compare.py`.
 //!
 //! `cargo bench -p horde-diffusion --bench engine -- --part unet|vae [--repeats N]
-//! [--dtype f32|f16|bf16]`; run each
+//! [--model sd15|sdxl] [--dtype f32|f16|bf16] [--decode whole|bands] [--purge]`; run each
 //! part in its own process so that peak RSS is the part's own (`tools/engine-bench/run.sh`).
 //! `--part conv` times each 3×3 convolution of the networks through candle, our direct kernel
 //! and Winograd.
@@ -16,6 +16,18 @@ use horde_diffusion::tiny::random_var_builder;
 use horde_diffusion::unet::{Conditioning, UNet};
 use horde_diffusion::vae::Vae;
 use std::time::Instant;
+
+/// The allocator of the `horde` binary, whose worker runs the engine.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// As the worker does (`keep_freed_memory` in `crates/horde/src/main.rs`): freed memory is
+/// kept for reuse (mimalloc's `purge_delay`, option 15, set to -1), unless `--purge` is given.
+#[allow(unsafe_code)]
+fn keep_freed_memory() {
+    // SAFETY: setting an option is allowed at any time; the value is a plain integer.
+    unsafe { libmimalloc_sys::mi_option_set(15, -1) }
+}
 
 fn arg(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
@@ -84,8 +96,8 @@ fn compare_convolutions() {
                 .fold(f64::INFINITY, f64::min)
         };
         let candle = ms(&|| x.conv2d(&w, 1, 1, 1, 1).unwrap());
-        let direct = ms(&|| conv2d_stride1(&x, &w, 1).unwrap());
-        let winograd = ms(&|| conv2d_3x3(&x, &w, 1).unwrap());
+        let direct = ms(&|| conv2d_stride1(&x, &w, None, 1).unwrap());
+        let winograd = ms(&|| conv2d_3x3(&x, &w, None, 1).unwrap());
         println!("{name:<20} {candle:>10.1} {direct:>11.1} {winograd:>13.1}");
     }
 }
@@ -95,9 +107,18 @@ fn main() {
     if part == "conv" {
         return compare_convolutions();
     }
+    if !std::env::args().any(|a| a == "--purge") {
+        keep_freed_memory();
+    }
     let repeats: usize = arg("--repeats").and_then(|r| r.parse().ok()).unwrap_or(3);
     let threads = candle_core::utils::get_num_threads();
-    let config = ModelConfig::sd15();
+    // `--model sd15|sdxl`: SD 1.5 at 512² (the default) or SDXL at 1024².
+    let (config, model, size) = match arg("--model").as_deref().unwrap_or("sd15") {
+        "sd15" => (ModelConfig::sd15(), "", 512),
+        "sdxl" => (ModelConfig::sdxl(), "sdxl_", 1024),
+        other => panic!("unknown model {other}: expected sd15 or sdxl"),
+    };
+    let latent = size / 8;
     // `--dtype f32|f16|bf16`: the weights' and activations' dtype (our kernels compute in f32).
     let (dtype_name, dtype) = match arg("--dtype").as_deref().unwrap_or("f32") {
         "f32" => ("f32", candle_core::DType::F32),
@@ -107,6 +128,12 @@ fn main() {
     };
     let vb = random_var_builder(0).set_dtype(dtype);
     let device = Device::Cpu;
+    let noise = |seeds: &[u64], shape: &[usize]| {
+        SeededNoise::new(seeds)
+            .sample(shape, &device)
+            .and_then(|t| t.to_dtype(dtype))
+            .unwrap()
+    };
     let (name, (min, median)) = match part.as_str() {
         "unet" => {
             let unet = UNet::new(
@@ -115,23 +142,21 @@ fn main() {
                 vb.pp(UNET_PREFIX.trim_end_matches('.')),
             )
             .expect("UNet builds");
-            let latents = SeededNoise::new(&[1, 2])
-                .sample(&[4, 64, 64], &device)
-                .and_then(|t| t.to_dtype(dtype))
-                .unwrap();
-            let context = SeededNoise::new(&[3, 4])
-                .sample(&[77, 768], &device)
-                .and_then(|t| t.to_dtype(dtype))
-                .unwrap();
+            let latents = noise(&[1, 2], &[4, latent, latent]);
+            let context = noise(&[3, 4], &[77, config.context_dim()]);
+            let vector = config
+                .unet
+                .adm_in_channels
+                .map(|adm| noise(&[5, 6], &[adm]));
             let timesteps = Tensor::new(&[500f32, 500.0], &device)
                 .and_then(|t| t.to_dtype(dtype))
                 .unwrap();
             let cond = Conditioning {
                 context: &context,
-                vector: None,
+                vector: vector.as_ref(),
             };
             (
-                "unet_step_cfg_512",
+                format!("{model}unet_step_cfg_{size}"),
                 time(repeats, || {
                     unet.forward(&latents, &timesteps, &cond).unwrap()
                 }),
@@ -140,13 +165,23 @@ fn main() {
         "vae" => {
             let vae =
                 Vae::new(&config.vae, vb.pp(VAE_PREFIX.trim_end_matches('.'))).expect("VAE builds");
-            let latents = SeededNoise::new(&[5])
-                .sample(&[4, 64, 64], &device)
-                .and_then(|t| t.to_dtype(dtype))
-                .unwrap();
+            let latents = noise(&[5], &[4, latent, latent]);
+            // `--decode whole|bands`: force one way; by default `decode` picks by size.
+            let decode = arg("--decode").unwrap_or_else(|| "auto".into());
+            let suffix = match decode.as_str() {
+                "auto" => String::new(),
+                forced => format!("_{forced}"),
+            };
             (
-                "vae_decode_512",
-                time(repeats, || vae.decoder.decode(&latents).unwrap()),
+                format!("{model}vae_decode_{size}{suffix}"),
+                time(repeats, || match decode.as_str() {
+                    "whole" => vae.decoder.decode_whole(&latents).unwrap(),
+                    "bands" => vae
+                        .decoder
+                        .decode_in_bands(&latents, horde_diffusion::vae::BAND_PIXELS)
+                        .unwrap(),
+                    _ => vae.decoder.decode(&latents).unwrap(),
+                }),
             )
         }
         other => panic!("unknown part {other}: expected unet or vae"),

@@ -179,6 +179,40 @@ impl ModelConfig {
         }
     }
 
+    /// The real SDXL 1.0 base (as its single-file checkpoint reads): the engine bench builds
+    /// it with random weights.
+    pub fn sdxl() -> ModelConfig {
+        let sd15 = ModelConfig::sd15();
+        ModelConfig {
+            family: Family::Sdxl,
+            prediction: Prediction::Epsilon,
+            unet: UNetConfig {
+                channel_mult: vec![1, 2, 4],
+                transformer_depth: vec![0, 2, 10],
+                mid_transformer_depth: 10,
+                context_dim: 2048,
+                use_linear_projection: true,
+                // Pooled OpenCLIP-bigG text (1280) and six size values of 256 channels each.
+                adm_in_channels: Some(1280 + 6 * 256),
+                ..sd15.unet
+            },
+            vae: sd15.vae,
+            text_encoders: vec![
+                sd15.text_encoders[0].clone(),
+                ClipConfig {
+                    layout: ClipLayout::OpenClip,
+                    vocab_size: 49408,
+                    width: 1280,
+                    layers: 32,
+                    intermediate: 5120,
+                    max_positions: 77,
+                    projection_dim: Some(1280),
+                    layers_removed: 0,
+                },
+            ],
+        }
+    }
+
     /// Reads the family and every shape off a checkpoint's tensor index.
     pub fn infer(
         index: &TensorIndex,

@@ -42,6 +42,9 @@ pub enum Error {
     /// A model of an architecture this engine does not run.
     #[error("{}: unsupported architecture: {reason}", path.display())]
     Unsupported { path: PathBuf, reason: String },
+    /// A device or dtype that is unknown, or that this build cannot use.
+    #[error("{0}")]
+    Device(String),
     /// A generation the model cannot do (size, steps, …).
     #[error("cannot generate: {0}")]
     InvalidRequest(String),

@@ -7,6 +7,10 @@ use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{Conv2dConfig, LayerNorm, VarBuilder};
 use std::cell::Cell;
 
+use crate::kernels::group_norm::group_statistics;
+pub use crate::kernels::group_norm::GroupStatistics;
+use crate::kernels::winograd::Padding;
+
 /// Whether our CPU kernels take `t`: on the CPU, in f32, or in f16/bf16, which they compute in
 /// f32 (candle's CPU ops have no half-precision convolution, and widening once per op costs
 /// less than candle's own ops would; the weights stay in the checkpoint's dtype).
@@ -59,6 +63,82 @@ impl GroupNorm {
             return self.ours(xs, true);
         }
         silu(&self.reference.forward(xs)?)
+    }
+
+    /// The mean and variance of each (image, group) of `xs`, as `forward` measures them.
+    pub fn statistics(&self, xs: &Tensor) -> Result<GroupStatistics> {
+        if for_our_kernels(xs) {
+            return group_statistics(&f32(xs)?, self.groups, self.eps);
+        }
+        self.statistics_by_candle_ops(xs)
+    }
+
+    /// [`GroupNorm::statistics`] with candle's ops, on any device.
+    fn statistics_by_candle_ops(&self, xs: &Tensor) -> Result<GroupStatistics> {
+        let (batch, channels) = (xs.dim(0)?, xs.dim(1)?);
+        let grouped = f32(xs)?.reshape((batch, self.groups, ()))?;
+        let mean = grouped.mean_keepdim(2)?;
+        let variance = grouped.broadcast_sub(&mean)?.sqr()?.mean(2)?;
+        debug_assert!(channels.is_multiple_of(self.groups));
+        Ok(GroupStatistics {
+            groups: self.groups,
+            eps: self.eps as f32,
+            mean: mean.flatten_all()?.to_vec1()?,
+            variance: variance.flatten_all()?.to_vec1()?,
+        })
+    }
+
+    /// `norm(xs)` (then SiLU when `silu`) with given statistics: `xs` is a band of rows of the
+    /// map they were measured on (`vae::banded`).
+    pub fn forward_with(
+        &self,
+        xs: &Tensor,
+        statistics: &GroupStatistics,
+        silu_after: bool,
+    ) -> Result<Tensor> {
+        if for_our_kernels(xs) {
+            let (w, b) = (f32(&self.weight)?, f32(&self.bias)?);
+            return crate::kernels::group_norm::group_norm_with(
+                &f32(xs)?,
+                &w,
+                &b,
+                statistics,
+                silu_after,
+            )?
+            .to_dtype(xs.dtype());
+        }
+        self.forward_with_candle_ops(xs, statistics, silu_after)
+    }
+
+    /// [`GroupNorm::forward_with`] with candle's ops, on any device: one scale and shift per
+    /// (image, channel).
+    fn forward_with_candle_ops(
+        &self,
+        xs: &Tensor,
+        statistics: &GroupStatistics,
+        silu_after: bool,
+    ) -> Result<Tensor> {
+        let (batch, channels) = (xs.dim(0)?, xs.dim(1)?);
+        let (weight, bias) = (
+            f32(&self.weight)?.to_vec1::<f32>()?,
+            f32(&self.bias)?.to_vec1::<f32>()?,
+        );
+        let per_group = channels / self.groups;
+        let (mut scale, mut shift) = (Vec::new(), Vec::new());
+        for image in 0..batch {
+            for c in 0..channels {
+                let g = image * self.groups + c / per_group;
+                let s = weight[c] / (statistics.variance[g] + statistics.eps).sqrt();
+                scale.push(s);
+                shift.push(bias[c] - statistics.mean[g] * s);
+            }
+        }
+        let per_channel = |v: Vec<f32>| Tensor::from_vec(v, (batch, channels, 1, 1), xs.device());
+        let ys = f32(xs)?
+            .broadcast_mul(&per_channel(scale)?)?
+            .broadcast_add(&per_channel(shift)?)?;
+        let ys = if silu_after { silu(&ys)? } else { ys };
+        ys.to_dtype(xs.dtype())
     }
 }
 
@@ -151,18 +231,65 @@ fn convolve(conv: &candle_nn::Conv2d, xs: &Tensor) -> Result<Tensor> {
     let (_, _, h, w) = xs.dims4()?;
     let (_, _, k_h, k_w) = conv.weight().dims4()?;
     let (x, weight) = (f32(xs)?, f32(conv.weight())?);
+    let bias = conv.bias().map(f32).transpose()?;
     let out = if (cfg.stride, cfg.dilation, cfg.groups) != (1, 1, 1) {
-        x.conv2d(&weight, cfg.padding, cfg.stride, cfg.dilation, cfg.groups)?
+        let out = x.conv2d(&weight, cfg.padding, cfg.stride, cfg.dilation, cfg.groups)?;
+        match bias {
+            Some(bias) => out.broadcast_add(&bias.reshape((1, (), 1, 1))?)?,
+            None => out,
+        }
     } else if (k_h, k_w) == (3, 3) && h * w >= WINOGRAD_MIN_PIXELS {
-        crate::kernels::winograd::conv2d_3x3(&x, &weight, cfg.padding)?
+        crate::kernels::winograd::conv2d_3x3(&x, &weight, bias.as_ref(), cfg.padding)?
     } else {
-        crate::kernels::conv::conv2d_stride1(&x, &weight, cfg.padding)?
-    };
-    let out = match conv.bias() {
-        Some(bias) => out.broadcast_add(&f32(bias)?.reshape((1, bias.dims1()?, 1, 1))?)?,
-        None => out,
+        crate::kernels::conv::conv2d_stride1(&x, &weight, bias.as_ref(), cfg.padding)?
     };
     out.to_dtype(xs.dtype())
+}
+
+impl Conv2d {
+    /// The convolution of a band of rows of a larger map: `rows` holds the band and the rows
+    /// around it that the kernel reaches; zeros are added on the sides, and above or below only
+    /// where the band touches the map's edge (`top`, `bottom`). Zero padding only.
+    pub fn forward_band(&self, rows: &Tensor, top: bool, bottom: bool) -> Result<Tensor> {
+        let Some(unpadded) = &self.unpadded else {
+            return self.forward(rows);
+        };
+        let p = self.padding;
+        let padding = Padding {
+            top: if top { p } else { 0 },
+            bottom: if bottom { p } else { 0 },
+            sides: p,
+        };
+        let cfg = unpadded.config();
+        let (_, _, h, w) = rows.dims4()?;
+        let (_, _, k_h, k_w) = unpadded.weight().dims4()?;
+        let out = if for_our_kernels(rows)
+            && (cfg.stride, cfg.dilation, cfg.groups) == (1, 1, 1)
+            && (k_h, k_w) == (3, 3)
+            && h * w >= WINOGRAD_MIN_PIXELS
+        {
+            let weight = f32(unpadded.weight())?;
+            let bias = unpadded.bias().map(f32).transpose()?;
+            crate::kernels::winograd::conv2d_3x3_padded(
+                &f32(rows)?,
+                &weight,
+                bias.as_ref(),
+                padding,
+            )?
+            .to_dtype(rows.dtype())?
+        } else {
+            let padded = rows
+                .pad_with_zeros(2, padding.top, padding.bottom)?
+                .pad_with_zeros(3, p, p)?;
+            convolve(unpadded, &padded)?
+        };
+        Ok(out)
+    }
+}
+
+/// Whether [`with_tiling`] is on for this thread.
+pub fn tiling() -> bool {
+    TILING.with(Cell::get)
 }
 
 /// Pads the last two dimensions by wrapping around.
@@ -336,4 +463,58 @@ impl Projection {
 /// Applies a `Module` (used for readability at call sites).
 pub fn apply<M: Module>(module: &M, xs: &Tensor) -> Result<Tensor> {
     module.forward(xs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// The band-wise group norm of other devices (candle's ops) agrees with our kernel's, here
+    /// on the CPU where both run.
+    #[test]
+    fn group_norm_with_given_statistics_agrees_across_implementations() {
+        let vb = crate::tiny::random_var_builder(3);
+        let norm = group_norm(64, 1e-6, vb.pp("norm")).unwrap();
+        let xs = (Tensor::randn(0f32, 2.0, (2, 64, 6, 5), &Device::Cpu).unwrap() + 0.7).unwrap();
+        let ours = norm.statistics(&xs).unwrap();
+        let theirs = norm.statistics_by_candle_ops(&xs).unwrap();
+        for (a, b) in ours.mean.iter().zip(&theirs.mean) {
+            assert!((a - b).abs() < 1e-5, "mean {a} against {b}");
+        }
+        for (a, b) in ours.variance.iter().zip(&theirs.variance) {
+            assert!(
+                (a - b).abs() < 1e-4 * b.abs().max(1.0),
+                "variance {a} against {b}"
+            );
+        }
+        let band = xs.narrow(2, 2, 3).unwrap();
+        for silu_after in [false, true] {
+            let a = norm.forward_with(&band, &ours, silu_after).unwrap();
+            let b = norm
+                .forward_with_candle_ops(&band, &ours, silu_after)
+                .unwrap();
+            let off = (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap();
+            assert!(off.to_scalar::<f32>().unwrap() < 1e-5);
+        }
+        // On the whole map it is the plain group norm.
+        let whole = norm.forward_with_candle_ops(&xs, &ours, true).unwrap();
+        let plain = norm.forward_silu(&xs).unwrap();
+        let off = (whole - plain)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap();
+        assert!(off.to_scalar::<f32>().unwrap() < 1e-5);
+    }
 }

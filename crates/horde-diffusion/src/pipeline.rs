@@ -34,6 +34,53 @@ impl Default for LoadOptions {
     }
 }
 
+impl LoadOptions {
+    /// The options for a device named `cpu`, `cuda` or `cuda:N` and a dtype named `f32`,
+    /// `f16` or `bf16`. A CUDA device needs a build with the `cuda` feature (README.md).
+    pub fn named(device: &str, dtype: &str) -> Result<LoadOptions, Error> {
+        Ok(LoadOptions {
+            device: device_named(device)?,
+            dtype: dtype_named(dtype)?,
+            prediction: None,
+        })
+    }
+}
+
+/// `cpu`, `cuda` (the first GPU) or `cuda:N`.
+pub fn device_named(name: &str) -> Result<Device, Error> {
+    let ordinal = match name.trim() {
+        "cpu" => return Ok(Device::Cpu),
+        "cuda" => 0,
+        other => other
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse::<usize>().ok())
+            .ok_or_else(|| {
+                Error::Device(format!(
+                    "unknown device {other:?}: expected cpu, cuda or cuda:N"
+                ))
+            })?,
+    };
+    if !candle_core::utils::cuda_is_available() {
+        return Err(Error::Device(format!(
+            "device {name:?}: this build has no CUDA support; build with \
+             `cargo build --release --features cuda` (README.md, \"A GPU worker\")"
+        )));
+    }
+    Ok(Device::new_cuda(ordinal)?)
+}
+
+/// `f32`, `f16` or `bf16`: the dtype weights are held in (our CPU kernels compute in f32).
+pub fn dtype_named(name: &str) -> Result<DType, Error> {
+    match name.trim() {
+        "f32" => Ok(DType::F32),
+        "f16" => Ok(DType::F16),
+        "bf16" => Ok(DType::BF16),
+        other => Err(Error::Device(format!(
+            "unknown dtype {other:?}: expected f32, f16 or bf16"
+        ))),
+    }
+}
+
 /// Loading stages, for progress reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LoadStage {

@@ -24,13 +24,21 @@ const BAND_POSITIONS: usize = 2048;
 
 /// `conv2d(x, weight)` with stride 1, dilation 1, one group and `padding` zeros on each
 /// side, f32 on the CPU: `x` `[batch, c_in, h, w]`, `weight` `[c_out, c_in, k_h, k_w]`.
-pub fn conv2d_stride1(x: &Tensor, weight: &Tensor, padding: usize) -> Result<Tensor> {
+pub fn conv2d_stride1(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    padding: usize,
+) -> Result<Tensor> {
     let (x, weight) = (x.contiguous()?, weight.contiguous()?);
-    x.apply_op2_no_bwd(&weight, &Conv2dStride1 { padding })
+    let bias = bias.map(|b| b.to_vec1::<f32>()).transpose()?;
+    x.apply_op2_no_bwd(&weight, &Conv2dStride1 { padding, bias })
 }
 
 struct Conv2dStride1 {
     padding: usize,
+    /// `[c_out]`, added as the outputs are written.
+    bias: Option<Vec<f32>>,
 }
 
 /// The sizes of one convolution.
@@ -73,7 +81,8 @@ impl CustomOp2 for Conv2dStride1 {
         let (batch, c_in, h, w) = xl.shape().dims4()?;
         let (c_out, w_c_in, k_h, k_w) = wl.shape().dims4()?;
         let p = self.padding;
-        if w_c_in != c_in || k_h > h + 2 * p || k_w > w + 2 * p {
+        let bias_fits = self.bias.as_ref().is_none_or(|b| b.len() == c_out);
+        if w_c_in != c_in || k_h > h + 2 * p || k_w > w + 2 * p || !bias_fits {
             candle_core::bail!(
                 "conv2d_stride1: input {:?}, weight {:?}, padding {p} do not fit",
                 xl.shape(),
@@ -104,7 +113,8 @@ impl CustomOp2 for Conv2dStride1 {
             let (b, band) = (task / bands, task % bands);
             let rows = band * rows_per_band..((band + 1) * rows_per_band).min(g.out_h);
             let image = &padded[b * g.padded_image()..(b + 1) * g.padded_image()];
-            convolve_band(&g, image, weight, rows, target, b * out_image);
+            let bias = self.bias.as_deref();
+            convolve_band(&g, image, weight, bias, rows, target, b * out_image);
         });
         let shape = Shape::from((batch, c_out, g.out_h, g.out_w));
         Ok((CpuStorage::F32(out), shape))
@@ -152,12 +162,14 @@ thread_local! {
 }
 
 /// Output rows `rows` of one image: the taps' gemms summed on the band's grid positions, then
-/// the valid columns copied to the output (which starts at `out_offset` in `out`).
+/// the valid columns plus the bias written to the output (which starts at `out_offset` in
+/// `out`).
 #[allow(unsafe_code)]
 fn convolve_band(
     g: &Geometry,
     image: &[f32],
     weight: &[f32],
+    bias: Option<&[f32]>,
     rows: std::ops::Range<usize>,
     out: OutPtr,
     out_offset: usize,
@@ -205,13 +217,15 @@ fn convolve_band(
             }
         }
         for (c, sums) in band.chunks_exact(positions).enumerate() {
+            let bias_c = bias.map_or(0.0, |b| b[c]);
             for (i, row) in sums.chunks_exact(g.grid_w).enumerate() {
                 let y = rows.start + i;
                 let at = out_offset + (c * g.out_h + y) * g.out_w;
                 // SAFETY: row `y` of channel `c` of this image belongs to this band alone, and
                 // `at + out_w` is within the output of `batch × c_out × out_h × out_w`.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(row.as_ptr(), out.0.add(at), g.out_w);
+                let line = unsafe { std::slice::from_raw_parts_mut(out.0.add(at), g.out_w) };
+                for (o, sum) in line.iter_mut().zip(row) {
+                    *o = sum + bias_c;
                 }
             }
         }
@@ -248,11 +262,20 @@ mod tests {
         for (i, &(batch, c_in, c_out, h, w, k, p)) in cases.iter().enumerate() {
             let x = random(&[batch, c_in, h, w], i as u64);
             let weight = random(&[c_out, c_in, k, k], 100 + i as u64);
-            let ours = conv2d_stride1(&x, &weight, p).unwrap();
+            let ours = conv2d_stride1(&x, &weight, None, p).unwrap();
             let candle = x.conv2d(&weight, p, 1, 1, 1).unwrap();
             assert_eq!(ours.dims(), candle.dims(), "case {:?}", cases[i]);
             let worst = max_difference(&ours, &candle);
             assert!(worst < 1e-4, "case {:?}: off by {worst}", cases[i]);
+            let bias = random(&[c_out], 50 + i as u64);
+            let with_bias = conv2d_stride1(&x, &weight, Some(&bias), p).unwrap();
+            let candle = candle.broadcast_add(&bias.reshape((1, c_out, 1, 1)).unwrap());
+            let worst = max_difference(&with_bias, &candle.unwrap());
+            assert!(
+                worst < 1e-4,
+                "case {:?} with a bias: off by {worst}",
+                cases[i]
+            );
         }
     }
 
@@ -260,7 +283,7 @@ mod tests {
     fn a_strided_view_is_read_as_its_values() {
         let x = random(&[1, 4, 9, 6], 1).transpose(2, 3).unwrap(); // [1, 4, 6, 9]
         let weight = random(&[3, 4, 3, 3], 2);
-        let ours = conv2d_stride1(&x, &weight, 1).unwrap();
+        let ours = conv2d_stride1(&x, &weight, None, 1).unwrap();
         let candle = x.contiguous().unwrap().conv2d(&weight, 1, 1, 1, 1).unwrap();
         assert!(max_difference(&ours, &candle) < 1e-4);
     }
@@ -269,15 +292,20 @@ mod tests {
     fn shapes_that_do_not_fit_are_refused() {
         let x = random(&[1, 4, 5, 5], 1);
         assert!(
-            conv2d_stride1(&x, &random(&[2, 3, 3, 3], 2), 1).is_err(),
+            conv2d_stride1(&x, &random(&[2, 3, 3, 3], 2), None, 1).is_err(),
             "c_in"
         );
         assert!(
-            conv2d_stride1(&x, &random(&[2, 4, 7, 7], 3), 0).is_err(),
+            conv2d_stride1(&x, &random(&[2, 4, 7, 7], 3), None, 0).is_err(),
             "kernel"
+        );
+        let bias = random(&[3], 5);
+        assert!(
+            conv2d_stride1(&x, &random(&[2, 4, 3, 3], 4), Some(&bias), 1).is_err(),
+            "3 biases for 2 filters"
         );
         let half = x.to_dtype(DType::F16).unwrap();
         let weight = random(&[2, 4, 3, 3], 4).to_dtype(DType::F16).unwrap();
-        assert!(conv2d_stride1(&half, &weight, 1).is_err(), "f32 only");
+        assert!(conv2d_stride1(&half, &weight, None, 1).is_err(), "f32 only");
     }
 }

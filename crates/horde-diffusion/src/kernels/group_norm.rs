@@ -28,8 +28,69 @@ pub fn group_norm(
         groups,
         eps: eps as f32,
         silu,
+        statistics: None,
     };
     x.contiguous()?.apply_op1_no_bwd(&op)
+}
+
+/// [`group_norm`] with each group's mean and variance given instead of measured on `x`: `x` is
+/// a band of rows of a larger map, normalised as part of the whole (`vae::banded`). `x` may be
+/// a view of rows narrowed out of the map: it is read in place.
+pub fn group_norm_with(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    statistics: &GroupStatistics,
+    silu: bool,
+) -> Result<Tensor> {
+    let op = GroupNorm {
+        weight: weight.to_vec1::<f32>()?,
+        bias: bias.to_vec1::<f32>()?,
+        groups: statistics.groups,
+        eps: statistics.eps,
+        silu,
+        statistics: Some(statistics.clone()),
+    };
+    match plane_starts(x.layout(), op.name()) {
+        Ok(_) => x.apply_op1_no_bwd(&op),
+        Err(_) => x.contiguous()?.apply_op1_no_bwd(&op),
+    }
+}
+
+/// The mean and variance of each (image, group) of a map, as [`group_norm`] measures them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupStatistics {
+    pub groups: usize,
+    pub eps: f32,
+    /// `[batch · groups]` each.
+    pub mean: Vec<f32>,
+    pub variance: Vec<f32>,
+}
+
+/// Measures `x` `[batch, channels, …]` (f32, CPU) in `groups` groups.
+pub fn group_statistics(x: &Tensor, groups: usize, eps: f64) -> Result<GroupStatistics> {
+    let dims = x.dims();
+    if dims.len() < 2 || groups == 0 || !dims[1].is_multiple_of(groups) {
+        candle_core::bail!("group statistics: {dims:?} in {groups} groups");
+    }
+    let x = x.contiguous()?;
+    let group_len = x.elem_count() / (dims[0] * groups);
+    let (storage, layout) = x.storage_and_layout();
+    let candle_core::Storage::Cpu(storage) = &*storage else {
+        candle_core::bail!("group statistics run on the CPU");
+    };
+    let values = contiguous_f32(storage, layout, "group statistics")?;
+    let (mean, variance) = if group_len == 0 {
+        (vec![0.0; dims[0] * groups], vec![0.0; dims[0] * groups])
+    } else {
+        values.par_chunks(group_len).map(mean_and_variance).unzip()
+    };
+    Ok(GroupStatistics {
+        groups,
+        eps: eps as f32,
+        mean,
+        variance,
+    })
 }
 
 struct GroupNorm {
@@ -38,6 +99,8 @@ struct GroupNorm {
     groups: usize,
     eps: f32,
     silu: bool,
+    /// Given statistics, or `None` to measure them on the input.
+    statistics: Option<GroupStatistics>,
 }
 
 impl CustomOp1 for GroupNorm {
@@ -46,12 +109,11 @@ impl CustomOp1 for GroupNorm {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(storage, layout, self.name())?;
         let dims = layout.shape().dims();
         if dims.len() < 2 {
             candle_core::bail!("group norm needs [batch, channels, …], not {dims:?}");
         }
-        let channels = dims[1];
+        let (batch, channels) = (dims[0], dims[1]);
         if self.groups == 0
             || !channels.is_multiple_of(self.groups)
             || self.weight.len() != channels
@@ -66,35 +128,65 @@ impl CustomOp1 for GroupNorm {
         }
         let spatial: usize = dims[2..].iter().product();
         let per_group = channels / self.groups;
-        let group_len = per_group * spatial;
-        let mut out = vec![0f32; x.len()];
-        if group_len > 0 {
-            out.par_chunks_mut(group_len)
-                .zip(x.par_chunks(group_len))
+        let (mean, variance) = match &self.statistics {
+            Some(given) if given.mean.len() != batch * self.groups => {
+                candle_core::bail!(
+                    "group norm: statistics of {} groups for {dims:?}",
+                    given.mean.len()
+                );
+            }
+            Some(given) => (given.mean.clone(), given.variance.clone()),
+            None => {
+                let x = contiguous_f32(storage, layout, self.name())?;
+                match per_group * spatial {
+                    0 => (
+                        vec![0.0; batch * self.groups],
+                        vec![1.0; batch * self.groups],
+                    ),
+                    group_len => x.par_chunks(group_len).map(mean_and_variance).unzip(),
+                }
+            }
+        };
+        // Each (image, channel) plane is read where it lies: a band of rows of a larger map
+        // (a narrowed view) is normalised without a copy.
+        let starts = plane_starts(layout, self.name())?;
+        let all = storage.as_slice::<f32>()?;
+        let mut out = vec![0f32; batch * channels * spatial];
+        if spatial > 0 {
+            out.par_chunks_mut(spatial)
+                .zip(starts.par_iter())
                 .enumerate()
-                .for_each(|(task, (out_g, x_g))| {
-                    let first_channel = (task % self.groups) * per_group;
-                    self.normalise_group(x_g, out_g, first_channel, spatial);
+                .for_each(|(plane, (out_c, &start))| {
+                    let c = plane % channels;
+                    let group = (plane / channels) * self.groups + c / per_group;
+                    let inverse_std = 1.0 / (variance[group] + self.eps).sqrt();
+                    let scale = inverse_std * self.weight[c];
+                    let shift = self.bias[c] - mean[group] * scale;
+                    apply(&all[start..][..spatial], out_c, scale, shift, self.silu);
                 });
         }
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 }
 
-impl GroupNorm {
-    fn normalise_group(&self, x: &[f32], out: &mut [f32], first_channel: usize, spatial: usize) {
-        let (mean, variance) = mean_and_variance(x);
-        let inverse_std = 1.0 / (variance + self.eps).sqrt();
-        for (c, (x_c, out_c)) in x
-            .chunks_exact(spatial)
-            .zip(out.chunks_exact_mut(spatial))
-            .enumerate()
-        {
-            let scale = inverse_std * self.weight[first_channel + c];
-            let shift = self.bias[first_channel + c] - mean * scale;
-            apply(x_c, out_c, scale, shift, self.silu);
+/// Where each (image, channel) plane of `layout` starts in its storage, for layouts whose
+/// dimensions past the channels are contiguous (any contiguous tensor, or rows narrowed out
+/// of one).
+fn plane_starts(layout: &Layout, op: &str) -> Result<Vec<usize>> {
+    let (dims, strides) = (layout.shape().dims(), layout.stride());
+    let mut expected = 1;
+    for k in (2..dims.len()).rev() {
+        if dims[k] > 1 && strides[k] != expected {
+            candle_core::bail!(
+                "{op}: the planes of {dims:?} (strides {strides:?}) are not contiguous"
+            );
         }
+        expected *= dims[k];
     }
+    let offset = layout.start_offset();
+    Ok((0..dims[0] * dims[1])
+        .map(|plane| offset + (plane / dims[1]) * strides[0] + (plane % dims[1]) * strides[1])
+        .collect())
 }
 
 /// The mean and (biased) variance of `x`, accumulated in f64 across 16 f32 lanes per chunk.
@@ -192,6 +284,35 @@ mod tests {
             let off = max_difference(&with_silu, &reference);
             assert!(off < 2e-5, "case {i} with SiLU: off by {off}");
         }
+    }
+
+    #[test]
+    fn bands_normalised_with_the_whole_maps_statistics_equal_the_whole() {
+        let x = (random(&[2, 64, 12, 9], 7, 2.0) + 0.5).unwrap();
+        let (weight, bias) = (random(&[64], 8, 1.0), random(&[64], 9, 1.0));
+        let whole = group_norm(&x, &weight, &bias, 32, 1e-6, true).unwrap();
+        let statistics = group_statistics(&x, 32, 1e-6).unwrap();
+        let bands: Vec<Tensor> = [(0, 5), (5, 1), (6, 6)]
+            .iter()
+            .map(|&(start, rows)| {
+                let band = x.narrow(2, start, rows).unwrap();
+                group_norm_with(&band, &weight, &bias, &statistics, true).unwrap()
+            })
+            .collect();
+        let joined = Tensor::cat(&bands, 2).unwrap();
+        assert_eq!(max_difference(&joined, &whole), 0.0);
+        // A band's own statistics differ from the whole map's: this is what the test checks.
+        let alone = group_norm(&x.narrow(2, 0, 5).unwrap(), &weight, &bias, 32, 1e-6, true);
+        assert!(max_difference(&alone.unwrap(), &whole.narrow(2, 0, 5).unwrap()) > 1e-3);
+        // A view whose planes are not contiguous is copied first, with the same result.
+        let transposed = x.transpose(2, 3).unwrap();
+        let normed = group_norm_with(&transposed, &weight, &bias, &statistics, true).unwrap();
+        assert_eq!(
+            max_difference(&normed, &whole.transpose(2, 3).unwrap()),
+            0.0
+        );
+        let other_batch = group_statistics(&x.narrow(0, 0, 1).unwrap(), 32, 1e-6).unwrap();
+        assert!(group_norm_with(&x, &weight, &bias, &other_batch, false).is_err());
     }
 
     #[test]

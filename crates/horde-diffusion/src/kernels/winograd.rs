@@ -17,18 +17,78 @@ use super::contiguous_f32;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-/// Tiles per band (a band is whole rows of tiles of one image).
-const BAND_TILES: usize = 4096;
+/// Values in each of a band's buffers (its transformed inputs and its products): a band is as
+/// many whole rows of tiles of one image as fit, so the buffers stay 32 MiB at most whatever
+/// the image's size.
+const BAND_VALUES: usize = 8 << 20;
 
-/// `conv2d(x, weight)` for a 3×3 `weight` with stride 1, dilation 1, one group and `padding`
-/// zeros on each side, f32 on the CPU: `x` `[batch, c_in, h, w]`, `weight` `[c_out, c_in, 3, 3]`.
-pub fn conv2d_3x3(x: &Tensor, weight: &Tensor, padding: usize) -> Result<Tensor> {
+/// `conv2d(x, weight) + bias` for a 3×3 `weight` with stride 1, dilation 1, one group and
+/// `padding` zeros on each side, f32 on the CPU: `x` `[batch, c_in, h, w]`, `weight`
+/// `[c_out, c_in, 3, 3]`, `bias` `[c_out]` (added as the outputs are written, not in a pass of
+/// its own).
+pub fn conv2d_3x3(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    padding: usize,
+) -> Result<Tensor> {
+    conv2d_3x3_padded(x, weight, bias, Padding::uniform(padding))
+}
+
+/// [`conv2d_3x3`] with its own padding above and below: a band of rows of a larger image pads
+/// only at the image's edges, and reads its neighbours' rows instead (`vae::banded`).
+pub fn conv2d_3x3_padded(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    padding: Padding,
+) -> Result<Tensor> {
+    convolve(x, weight, bias, padding, BAND_VALUES)
+}
+
+fn convolve(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    padding: Padding,
+    band_values: usize,
+) -> Result<Tensor> {
     let (x, weight) = (x.contiguous()?, weight.contiguous()?);
-    x.apply_op2_no_bwd(&weight, &Winograd { padding })
+    let bias = bias.map(|b| b.to_vec1::<f32>()).transpose()?;
+    x.apply_op2_no_bwd(
+        &weight,
+        &Winograd {
+            padding,
+            bias,
+            band_values,
+        },
+    )
+}
+
+/// Zeros added around the input of a convolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Padding {
+    pub top: usize,
+    pub bottom: usize,
+    /// On the left and on the right.
+    pub sides: usize,
+}
+
+impl Padding {
+    pub fn uniform(p: usize) -> Padding {
+        Padding {
+            top: p,
+            bottom: p,
+            sides: p,
+        }
+    }
 }
 
 struct Winograd {
-    padding: usize,
+    padding: Padding,
+    bias: Option<Vec<f32>>,
+    /// [`BAND_VALUES`], smaller in the tests.
+    band_values: usize,
 }
 
 /// The sizes of one convolution.
@@ -38,7 +98,9 @@ struct Geometry {
     c_out: usize,
     h: usize,
     w: usize,
-    padding: usize,
+    /// Zero rows above the image and zero columns left of it.
+    top: usize,
+    left: usize,
     out_h: usize,
     out_w: usize,
     tiles_h: usize,
@@ -60,20 +122,23 @@ impl CustomOp2 for Winograd {
         let (batch, c_in, h, w) = xl.shape().dims4()?;
         let (c_out, w_c_in, k_h, k_w) = wl.shape().dims4()?;
         let p = self.padding;
-        if w_c_in != c_in || (k_h, k_w) != (3, 3) || h + 2 * p < 3 || w + 2 * p < 3 {
+        let (padded_h, padded_w) = (h + p.top + p.bottom, w + 2 * p.sides);
+        let bias_fits = self.bias.as_ref().is_none_or(|b| b.len() == c_out);
+        if w_c_in != c_in || (k_h, k_w) != (3, 3) || padded_h < 3 || padded_w < 3 || !bias_fits {
             candle_core::bail!(
-                "winograd conv2d: input {:?}, weight {:?}, padding {p} do not fit",
+                "winograd conv2d: input {:?}, weight {:?}, padding {p:?} do not fit",
                 xl.shape(),
                 wl.shape()
             );
         }
-        let (out_h, out_w) = (h + 2 * p - 2, w + 2 * p - 2);
+        let (out_h, out_w) = (padded_h - 2, padded_w - 2);
         let g = Geometry {
             c_in,
             c_out,
             h,
             w,
-            padding: p,
+            top: p.top,
+            left: p.sides,
             out_h,
             out_w,
             tiles_h: out_h.div_ceil(2),
@@ -86,18 +151,21 @@ impl CustomOp2 for Winograd {
         let u = transform_filters(weight, c_out, c_in);
         let out_image = c_out * out_h * out_w;
         let mut out = vec![0f32; batch * out_image];
-        let rows_per_band = (BAND_TILES / g.tiles_w).max(1);
-        let band_tiles = rows_per_band.min(g.tiles_h) * g.tiles_w;
+        let rows_per_band =
+            (self.band_values / (16 * c_in.max(c_out) * g.tiles_w)).clamp(1, g.tiles_h);
+        let band_tiles = rows_per_band * g.tiles_w;
         let mut buffers = Buffers {
+            grid: vec![0f32; c_in * g.band_grid(rows_per_band).0 * g.band_grid(rows_per_band).1],
             v: vec![0f32; c_in * 16 * band_tiles],
             m: vec![0f32; c_out * 16 * band_tiles],
         };
         for (b, out_b) in out.chunks_mut(out_image).enumerate() {
-            let image = pad(&g, &x[b * c_in * h * w..(b + 1) * c_in * h * w]);
+            let image = &x[b * c_in * h * w..(b + 1) * c_in * h * w];
             let mut first = 0;
             while first < g.tiles_h {
                 let rows = first..(first + rows_per_band).min(g.tiles_h);
-                convolve_band(&g, &image, &u, rows.clone(), out_b, &mut buffers);
+                let bias = self.bias.as_deref();
+                convolve_band(&g, image, &u, bias, rows.clone(), out_b, &mut buffers);
                 first = rows.end;
             }
         }
@@ -108,31 +176,41 @@ impl CustomOp2 for Winograd {
     }
 }
 
-/// The transformed tiles of one band, allocated once per convolution.
+/// One band's padded input and transformed tiles, allocated once per convolution.
 struct Buffers {
+    /// `[c_in, grid rows, grid columns]`: see [`pad_band`].
+    grid: Vec<f32>,
     /// `[c_in, 16, tiles]`
     v: Vec<f32>,
     /// `[16, c_out, tiles]`
     m: Vec<f32>,
 }
 
-/// One image with `padding` zeros on the top and left and enough on the bottom and right for
-/// whole tiles: `[c_in, grid_h, grid_w]`, so tiles are read without bounds checks. Each row is
-/// stored deinterleaved, its even columns then its odd ones (`tiles_w + 1` of each): the four
-/// columns of tile `t` are then `even[t], odd[t], even[t + 1], odd[t + 1]`, so consecutive
-/// tiles read consecutive values and the transforms run in vector code.
-fn pad(g: &Geometry, image: &[f32]) -> Vec<f32> {
-    let (grid_h, grid_w) = g.grid();
+/// The rows of the padded image that tile rows `rows` read, into `grid` (`[c_in, 2·rows + 2,
+/// grid_w]`): the padding's zeros above and left of the image and enough below and right of it
+/// for whole tiles, so tiles are read without bounds checks. Each row is stored deinterleaved,
+/// its even columns then its odd ones (`tiles_w + 1` of each): the four columns of tile `t`
+/// are then `even[t], odd[t], even[t + 1], odd[t + 1]`, so consecutive tiles read consecutive
+/// values and the transforms run in vector code.
+fn pad_band(g: &Geometry, image: &[f32], rows: std::ops::Range<usize>, grid: &mut [f32]) {
+    let (grid_h, grid_w) = g.band_grid(rows.len());
     let half = grid_w / 2;
-    let mut padded = vec![0f32; g.c_in * grid_h * grid_w];
-    padded
+    grid[..g.c_in * grid_h * grid_w]
         .par_chunks_mut(grid_h * grid_w)
         .zip(image.par_chunks(g.h * g.w))
         .for_each(|(grid, plane)| {
-            for (y, row) in plane.chunks_exact(g.w).enumerate() {
-                let (even, odd) = grid[(y + g.padding) * grid_w..][..grid_w].split_at_mut(half);
+            for (i, line) in grid.chunks_exact_mut(grid_w).enumerate() {
+                line.fill(0.0);
+                // Row `i` of the band's grid is row `2·first + i` of the whole padded image.
+                let Some(y) = (2 * rows.start + i).checked_sub(g.top) else {
+                    continue;
+                };
+                let Some(row) = plane.chunks_exact(g.w).nth(y) else {
+                    continue;
+                };
+                let (even, odd) = line.split_at_mut(half);
                 for (x, value) in row.iter().enumerate() {
-                    let column = x + g.padding;
+                    let column = x + g.left;
                     let half_row = if column.is_multiple_of(2) {
                         &mut *even
                     } else {
@@ -142,23 +220,27 @@ fn pad(g: &Geometry, image: &[f32]) -> Vec<f32> {
                 }
             }
         });
-    padded
 }
 
 impl Geometry {
-    /// The padded grid the tiles are read from: 2 more rows and columns than the tiles cover.
-    fn grid(&self) -> (usize, usize) {
-        (2 * self.tiles_h + 2, 2 * self.tiles_w + 2)
+    /// The padded grid that `tile_rows` rows of tiles read: 2 more rows and columns than the
+    /// tiles cover.
+    fn band_grid(&self, tile_rows: usize) -> (usize, usize) {
+        (2 * tile_rows + 2, 2 * self.tiles_w + 2)
     }
 }
 
-/// `U = G g Gᵀ` for every filter, as `[c_out, c_in, 16]`.
+/// `U = G g Gᵀ` for every filter, as `[c_in, 16, c_out]`: each `U_ξ` is then a column-major
+/// matrix whose columns (one per input channel) are contiguous, which the matrix product
+/// packs at memory speed; laid out `[c_out, c_in, 16]`, each of the 16 products gathered it
+/// with a stride of 16 values, a cache line per value.
 fn transform_filters(weight: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
-    let mut u = vec![0f32; c_out * c_in * 16];
-    u.par_chunks_mut(c_in * 16)
-        .zip(weight.par_chunks(c_in * 9))
-        .for_each(|(u_o, w_o)| {
-            for (u_f, g) in u_o.chunks_exact_mut(16).zip(w_o.chunks_exact(9)) {
+    let mut u = vec![0f32; c_in * 16 * c_out];
+    u.par_chunks_mut(16 * c_out)
+        .enumerate()
+        .for_each(|(i, u_i)| {
+            for o in 0..c_out {
+                let g = &weight[(o * c_in + i) * 9..][..9];
                 // t = G g  (4 × 3)
                 let mut t = [0f32; 12];
                 for col in 0..3 {
@@ -168,13 +250,13 @@ fn transform_filters(weight: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
                     t[6 + col] = 0.5 * (g0 - g1 + g2);
                     t[9 + col] = g2;
                 }
-                // U = t Gᵀ  (4 × 4)
+                // U = t Gᵀ  (4 × 4), component ξ = 4·row + column into row ξ of `u_i`.
                 for row in 0..4 {
                     let (t0, t1, t2) = (t[row * 3], t[row * 3 + 1], t[row * 3 + 2]);
-                    u_f[row * 4] = t0;
-                    u_f[row * 4 + 1] = 0.5 * (t0 + t1 + t2);
-                    u_f[row * 4 + 2] = 0.5 * (t0 - t1 + t2);
-                    u_f[row * 4 + 3] = t2;
+                    let values = [t0, 0.5 * (t0 + t1 + t2), 0.5 * (t0 - t1 + t2), t2];
+                    for (column, value) in values.into_iter().enumerate() {
+                        u_i[(row * 4 + column) * c_out + o] = value;
+                    }
                 }
             }
         });
@@ -187,23 +269,25 @@ fn convolve_band(
     g: &Geometry,
     image: &[f32],
     u: &[f32],
+    bias: Option<&[f32]>,
     rows: std::ops::Range<usize>,
     out: &mut [f32],
     buffers: &mut Buffers,
 ) {
     let tiles = rows.len() * g.tiles_w;
-    let (grid_h, grid_w) = g.grid();
+    pad_band(g, image, rows.clone(), &mut buffers.grid);
+    let (grid_h, grid_w) = g.band_grid(rows.len());
     let v = &mut buffers.v[..g.c_in * 16 * tiles];
     v.par_chunks_mut(16 * tiles)
-        .zip(image.par_chunks(grid_h * grid_w))
-        .for_each(|(v_c, grid)| transform_inputs(g, grid, rows.clone(), v_c, tiles));
+        .zip(buffers.grid.par_chunks(grid_h * grid_w))
+        .for_each(|(v_c, grid)| transform_inputs(g, grid, rows.len(), v_c, tiles));
     // M_ξ = U_ξ · V_ξ, into M: [16, c_out, tiles], the 16 products in parallel.
     let m = &mut buffers.m[..16 * g.c_out * tiles];
     m.par_chunks_mut(g.c_out * tiles)
         .enumerate()
         .for_each(|(xi, m_xi)| {
-            // SAFETY: U_ξ reads `c_out × c_in` values at `xi + 16·(o·c_in + i)` of `u`
-            // (`c_out·c_in·16` long); V_ξ reads `c_in × tiles` at `xi·tiles + i·16·tiles + t`
+            // SAFETY: U_ξ reads `c_out × c_in` values at `(i·16 + xi)·c_out + o` of `u`
+            // (`c_in·16·c_out` long); V_ξ reads `c_in × tiles` at `xi·tiles + i·16·tiles + t`
             // of `v` (`c_in·16·tiles` long); M_ξ is `c_out × tiles`.
             unsafe {
                 gemm::gemm(
@@ -214,9 +298,9 @@ fn convolve_band(
                     1,
                     tiles as isize,
                     false,
-                    u.as_ptr().add(xi),
-                    16,
-                    (g.c_in * 16) as isize,
+                    u.as_ptr().add(xi * g.c_out),
+                    (16 * g.c_out) as isize,
+                    1,
                     v.as_ptr().add(xi * tiles),
                     1,
                     (16 * tiles) as isize,
@@ -233,7 +317,10 @@ fn convolve_band(
     let m = &*m;
     out.par_chunks_mut(plane)
         .enumerate()
-        .for_each(|(c, out_c)| transform_outputs(g, m, c, rows.clone(), out_c, tiles));
+        .for_each(|(c, out_c)| {
+            let bias_c = bias.map_or(0.0, |b| b[c]);
+            transform_outputs(g, m, c, bias_c, rows.clone(), out_c, tiles)
+        });
 }
 
 /// Tiles transformed together: the transforms are element-wise over them, in vector code.
@@ -241,19 +328,13 @@ const CHUNK: usize = 16;
 
 type Lanes = [f32; CHUNK];
 
-/// `V = Bᵀ d B` for each 4×4 input tile of one channel's padded grid in tile rows `rows`,
-/// into `v[ξ·tiles + t]`, [`CHUNK`] tiles at a time.
-fn transform_inputs(
-    g: &Geometry,
-    grid: &[f32],
-    rows: std::ops::Range<usize>,
-    v: &mut [f32],
-    tiles: usize,
-) {
-    let (_, grid_w) = g.grid();
+/// `V = Bᵀ d B` for each 4×4 input tile of one channel's padded band grid (`tile_rows` rows of
+/// tiles), into `v[ξ·tiles + t]`, [`CHUNK`] tiles at a time.
+fn transform_inputs(g: &Geometry, grid: &[f32], tile_rows: usize, v: &mut [f32], tiles: usize) {
+    let (_, grid_w) = g.band_grid(tile_rows);
     let half = grid_w / 2;
-    for (r, ty) in rows.enumerate() {
-        let row = |i: usize| grid[(2 * ty + i) * grid_w..][..grid_w].split_at(half);
+    for r in 0..tile_rows {
+        let row = |i: usize| grid[(2 * r + i) * grid_w..][..grid_w].split_at(half);
         let lines = [row(0), row(1), row(2), row(3)];
         for first in (0..g.tiles_w).step_by(CHUNK) {
             let n = CHUNK.min(g.tiles_w - first);
@@ -294,13 +375,14 @@ fn lanes(f: impl Fn(usize, usize) -> f32) -> [Lanes; 4] {
     std::array::from_fn(|c| std::array::from_fn(|i| f(c, i)))
 }
 
-/// `Y = Aᵀ M A` for each tile of output channel `c` in tile rows `rows`, into that channel's
+/// `Y = Aᵀ M A + bias_c` for each tile of output channel `c` in tile rows `rows`, into that channel's
 /// output plane (the last row or column of a tile is dropped where the output is odd),
 /// [`CHUNK`] tiles at a time. `m` is `[16, c_out, tiles]`.
 fn transform_outputs(
     g: &Geometry,
     m: &[f32],
     c: usize,
+    bias_c: f32,
     rows: std::ops::Range<usize>,
     out: &mut [f32],
     tiles: usize,
@@ -327,8 +409,10 @@ fn transform_outputs(
                 if y >= g.out_h {
                     continue;
                 }
-                let left: Lanes = std::array::from_fn(|i| t_row[0][i] + t_row[1][i] + t_row[2][i]);
-                let right: Lanes = std::array::from_fn(|i| t_row[1][i] - t_row[2][i] - t_row[3][i]);
+                let left: Lanes =
+                    std::array::from_fn(|i| t_row[0][i] + t_row[1][i] + t_row[2][i] + bias_c);
+                let right: Lanes =
+                    std::array::from_fn(|i| t_row[1][i] - t_row[2][i] - t_row[3][i] + bias_c);
                 let line = &mut out[y * g.out_w..(y + 1) * g.out_w];
                 for i in 0..n {
                     let x = 2 * (first + i);
@@ -377,15 +461,50 @@ mod tests {
         for (i, &(batch, c_in, c_out, h, w, p)) in cases.iter().enumerate() {
             let x = random(&[batch, c_in, h, w], i as u64);
             let weight = random(&[c_out, c_in, 3, 3], 100 + i as u64);
-            let ours = conv2d_3x3(&x, &weight, p).unwrap();
-            let candle = x.conv2d(&weight, p, 1, 1, 1).unwrap();
-            assert_eq!(ours.dims(), candle.dims(), "case {:?}", cases[i]);
-            let off = relative_difference(&ours, &candle);
-            assert!(
-                off < 1e-5,
-                "case {:?}: off by {off} of the largest output",
-                cases[i]
-            );
+            let bias = random(&[c_out], 50 + i as u64);
+            let candle = x
+                .conv2d(&weight, p, 1, 1, 1)
+                .and_then(|y| y.broadcast_add(&bias.reshape((1, c_out, 1, 1))?))
+                .unwrap();
+            // Whole images in one band, and bands of one row of tiles and of three.
+            let one_row = 16 * c_in.max(c_out) * (w + 2 * p).div_ceil(2);
+            for band_values in [BAND_VALUES, one_row, 3 * one_row + 1] {
+                let padding = Padding::uniform(p);
+                let ours = convolve(&x, &weight, Some(&bias), padding, band_values).unwrap();
+                assert_eq!(ours.dims(), candle.dims(), "case {:?}", cases[i]);
+                let off = relative_difference(&ours, &candle);
+                assert!(
+                    off < 1e-5,
+                    "case {:?} in bands of {band_values} values: off by {off} of the largest output",
+                    cases[i]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn uneven_padding_equals_padding_by_hand() {
+        // (h, top, bottom): a band at the top of an image, in its middle, at its bottom.
+        for (i, &(h, top, bottom)) in [(7, 1, 0), (6, 0, 0), (9, 0, 1), (2, 0, 1)]
+            .iter()
+            .enumerate()
+        {
+            let x = random(&[1, 5, h, 11], 200 + i as u64);
+            let weight = random(&[4, 5, 3, 3], 300 + i as u64);
+            let padding = Padding {
+                top,
+                bottom,
+                sides: 1,
+            };
+            let ours = conv2d_3x3_padded(&x, &weight, None, padding).unwrap();
+            let by_hand = x
+                .pad_with_zeros(2, top, bottom)
+                .and_then(|t| t.pad_with_zeros(3, 1, 1))
+                .and_then(|t| t.conv2d(&weight, 0, 1, 1, 1))
+                .unwrap();
+            assert_eq!(ours.dims(), by_hand.dims(), "case {i}");
+            let off = relative_difference(&ours, &by_hand);
+            assert!(off < 1e-5, "case {i}: off by {off}");
         }
     }
 
@@ -393,15 +512,21 @@ mod tests {
     fn shapes_that_do_not_fit_are_refused() {
         let x = random(&[1, 4, 5, 5], 1);
         assert!(
-            conv2d_3x3(&x, &random(&[2, 3, 3, 3], 2), 1).is_err(),
+            conv2d_3x3(&x, &random(&[2, 3, 3, 3], 2), None, 1).is_err(),
             "c_in"
         );
         assert!(
-            conv2d_3x3(&x, &random(&[2, 4, 5, 5], 3), 1).is_err(),
+            conv2d_3x3(&x, &random(&[2, 4, 5, 5], 3), None, 1).is_err(),
             "not 3×3"
+        );
+        let weight = random(&[2, 4, 3, 3], 4);
+        let bias = random(&[3], 5);
+        assert!(
+            conv2d_3x3(&x, &weight, Some(&bias), 1).is_err(),
+            "3 biases for 2 filters"
         );
         let half = x.to_dtype(DType::F16).unwrap();
         let weight = random(&[2, 4, 3, 3], 4).to_dtype(DType::F16).unwrap();
-        assert!(conv2d_3x3(&half, &weight, 1).is_err(), "f32 only");
+        assert!(conv2d_3x3(&half, &weight, None, 1).is_err(), "f32 only");
     }
 }

@@ -1,5 +1,10 @@
 //! The autoencoder (LDM `AutoencoderKL`) with its original tensor names: the decoder turns
-//! latents into pixels; the encoder (for image-to-image) turns pixels into latents.
+//! latents into pixels; the encoder (for image-to-image) turns pixels into latents. Large
+//! images decode in bands of rows (`banded`), to the same result with less memory.
+
+mod banded;
+
+pub use banded::BAND_PIXELS;
 
 use crate::config::VaeConfig;
 use crate::nn;
@@ -171,6 +176,12 @@ impl Encoder {
     }
 }
 
+/// Output pixels per image from which [`Decoder::decode`] works in bands: twice 512×512
+/// (768×768 and 512×1024 are in bands). At 512×512 the whole decode takes 7.2 s at 1 535 MB and
+/// the banded one 8.3 s at 1 257 MB here (BENCHMARKS.md); the saving grows with the image, the
+/// cost (a band's copies and zeroing) does not.
+pub const BANDED_MIN_PIXELS: usize = 2 * 512 * 512;
+
 #[derive(Debug)]
 pub struct Decoder {
     post_quant_conv: Conv2d,
@@ -216,8 +227,20 @@ impl Decoder {
         })
     }
 
-    /// Unscaled latents to pixels in [-1, 1] (not clamped).
+    /// Unscaled latents to pixels in [-1, 1] (not clamped): images of [`BANDED_MIN_PIXELS`]
+    /// or more in bands (`Decoder::decode_in_bands`), smaller ones whole.
     pub fn decode(&self, latents: &Tensor) -> Result<Tensor> {
+        let (_, _, h, w) = latents.dims4()?;
+        let scale = 1 << (self.up.len() - 1);
+        if h * w * scale * scale >= BANDED_MIN_PIXELS && !nn::tiling() {
+            self.decode_in_bands(latents, BAND_PIXELS)
+        } else {
+            self.decode_whole(latents)
+        }
+    }
+
+    /// [`Decoder::decode`] of the whole batch at once, each map whole.
+    pub fn decode_whole(&self, latents: &Tensor) -> Result<Tensor> {
         let mut h = self
             .conv_in
             .forward(&self.post_quant_conv.forward(latents)?)?;
