@@ -34,17 +34,17 @@ pub struct LoadFailure {
 }
 
 impl DiffusionBackend {
-    /// Loads every checkpoint; one that fails is reported and left out, the others are served.
+    /// Loads every checkpoint with `options` (device and dtype); one that fails is reported and
+    /// left out, the others are served.
     pub fn load(
         checkpoints: &BTreeMap<String, PathBuf>,
+        options: &LoadOptions,
         mut progress: impl FnMut(&str, LoadStage),
     ) -> (Self, Vec<LoadFailure>) {
         let mut models = BTreeMap::new();
         let mut failures = Vec::new();
         for (name, path) in checkpoints {
-            match Model::load(path, &LoadOptions::default(), &mut |stage| {
-                progress(name, stage)
-            }) {
+            match Model::load(path, options, &mut |stage| progress(name, stage)) {
                 Ok(model) => {
                     models.insert(name.clone(), Arc::new(model));
                 }

@@ -39,6 +39,10 @@ pub struct WorkerConfig {
     /// The `bridge_agent` reported to the horde. Empty: this worker's own name, or the
     /// reGen-compatible name the public AI Horde requires for R2 uploads when `url` is it.
     pub bridge_agent: String,
+    /// Where the engine runs: `cpu`, `cuda` or `cuda:N` (a build with the `cuda` feature).
+    pub device: String,
+    /// The dtype the weights are held in: `f32`, `f16` or `bf16`.
+    pub dtype: String,
 }
 
 impl Default for WorkerConfig {
@@ -61,6 +65,8 @@ impl Default for WorkerConfig {
             require_upfront_kudos: false,
             poll_interval_secs: 2.0,
             bridge_agent: String::new(),
+            device: "cpu".into(),
+            dtype: "f32".into(),
         }
     }
 }
@@ -98,6 +104,7 @@ impl WorkerConfig {
         if self.amount == 0 || self.threads == 0 {
             return Err("amount and threads must be at least 1".into());
         }
+        horde_diffusion::pipeline::dtype_named(&self.dtype).map_err(|e| e.to_string())?;
         if self.max_pixels < 64 * 64 {
             return Err(format!(
                 "max_pixels {} is below the smallest image (64×64)",

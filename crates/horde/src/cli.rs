@@ -189,7 +189,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", created.api_key);
             Ok(())
         }
-        Command::Worker(args) => crate::worker_cmd::run(args).await,
+        Command::Worker(args) => {
+            crate::keep_freed_memory();
+            crate::worker_cmd::run(args).await
+        }
         Command::Generate(args) => crate::generate_cmd::run(args).await,
         Command::Bench(args) => bench(args).await,
         Command::Model {

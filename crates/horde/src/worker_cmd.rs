@@ -30,6 +30,8 @@ const ENV_KEYS: &[&str] = &[
     "require_upfront_kudos",
     "poll_interval_secs",
     "bridge_agent",
+    "device",
+    "dtype",
 ];
 
 #[derive(Args, Debug, Default, serde::Serialize)]
@@ -107,6 +109,16 @@ pub struct WorkerArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     bridge_agent: Option<String>,
+    /// Where the engine runs: cpu, cuda or cuda:N (CUDA needs a build with --features cuda)
+    /// [default: cpu]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    device: Option<String>,
+    /// The dtype weights are held in: f32, f16 or bf16 (f16 halves a GPU's memory; on the CPU
+    /// bf16 halves the memory at twice the time) [default: f32]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dtype: Option<String>,
 }
 
 /// Layers the worker's settings.
@@ -143,7 +155,8 @@ pub fn load_config(args: &WorkerArgs) -> anyhow::Result<WorkerConfig> {
 
 pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     let config = load_config(&args)?;
-    let backend = load_models(&config.models)?;
+    let options = horde_diffusion::LoadOptions::named(&config.device, &config.dtype)?;
+    let backend = load_models(&config.models, &options)?;
     let worker = Worker::new(config.clone(), Arc::new(backend));
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -169,13 +182,16 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
 }
 
 /// Loads every model with a progress bar; a model that fails is reported and skipped.
-fn load_models(models: &BTreeMap<String, PathBuf>) -> anyhow::Result<DiffusionBackend> {
+fn load_models(
+    models: &BTreeMap<String, PathBuf>,
+    options: &horde_diffusion::LoadOptions,
+) -> anyhow::Result<DiffusionBackend> {
     let bar = indicatif::ProgressBar::new((models.len() * 4) as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}")
             .expect("valid template"),
     );
-    let (backend, failures) = DiffusionBackend::load(models, |name, stage| {
+    let (backend, failures) = DiffusionBackend::load(models, options, |name, stage| {
         let what = match stage {
             LoadStage::Index => "reading the checkpoint",
             LoadStage::TextEncoders => "text encoders",

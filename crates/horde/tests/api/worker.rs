@@ -56,7 +56,8 @@ pub(crate) fn start_worker(
     watch::Sender<bool>,
     tokio::task::JoinHandle<horde_worker::RunSummary>,
 ) {
-    let (backend, failures) = DiffusionBackend::load(&config.models, |_, _| {});
+    let options = horde_diffusion::LoadOptions::named(&config.device, &config.dtype).unwrap();
+    let (backend, failures) = DiffusionBackend::load(&config.models, &options, |_, _| {});
     assert!(failures.is_empty(), "{failures:?}");
     let worker = Worker::new(config, Arc::new(backend));
     let (stop, stopped) = watch::channel(false);
@@ -203,7 +204,7 @@ fn a_bad_checkpoint_is_reported_and_the_other_models_are_served() {
             dir.path().join("missing.safetensors"),
         ),
     ]);
-    let (backend, failures) = DiffusionBackend::load(&models, |_, _| {});
+    let (backend, failures) = DiffusionBackend::load(&models, &Default::default(), |_, _| {});
     assert_eq!(backend.models(), vec!["good".to_string()]);
     assert_eq!(failures.len(), 2);
     let truncated_failure = failures.iter().find(|f| f.model == "truncated").unwrap();
@@ -211,6 +212,75 @@ fn a_bad_checkpoint_is_reported_and_the_other_models_are_served() {
         .error
         .to_string()
         .contains(&truncated.display().to_string()));
+}
+
+/// `dtype = "bf16"`: the weights are held in half precision (our CPU kernels compute in f32)
+/// and the worker still serves images of the requested size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_with_weights_in_bf16_serves_images() {
+    let app = spawn_app().await;
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = tiny_checkpoint(dir.path());
+    let (requester, _) = app.user("requester", 100.0).await;
+    let config = WorkerConfig {
+        dtype: "bf16".into(),
+        ..worker_config(&app.root, owner_key(&app).await, &checkpoint)
+    };
+    let (stop, task) = start_worker(config);
+    let id = requester
+        .generate_async(&tiny_request("a lighthouse in bf16", 2))
+        .await
+        .unwrap()
+        .id
+        .unwrap();
+    let status = wait_done(&requester, &id).await;
+    assert_eq!(status.generations.len(), 1);
+    let ((w, h), _, _) = halves_of(&base64_decode(&status.generations[0].img));
+    assert_eq!((w, h), (64, 64));
+    stop.send(true).unwrap();
+    assert_eq!(task.await.unwrap().jobs_faulted, 0);
+    app.stop().await;
+}
+
+/// A device or dtype the build cannot use stops the worker at start, saying why (and, for CUDA
+/// on a build without it, how to build one).
+#[test]
+fn a_device_this_build_lacks_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = tiny_checkpoint(dir.path());
+    let model = format!("{MODEL}={}", checkpoint.display());
+    let args = |extra: &[&'static str]| {
+        let mut args = vec![
+            "worker",
+            "--api-key",
+            "0000000000",
+            "--name",
+            "w",
+            "--model",
+            &model,
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
+        args.extend(extra.iter().map(|a| a.to_string()));
+        args
+    };
+    let run = |extra: &[&'static str]| {
+        let args = args(extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_horde(dir.path(), &args)
+    };
+    let (ok, _, stderr) = run(&["--dtype", "f8"]);
+    assert!(!ok && stderr.contains("unknown dtype \"f8\""), "{stderr}");
+    let (ok, _, stderr) = run(&["--device", "tpu"]);
+    assert!(
+        !ok && stderr.contains("expected cpu, cuda or cuda:N"),
+        "{stderr}"
+    );
+    if !cfg!(feature = "cuda") {
+        let (ok, _, stderr) = run(&["--device", "cuda"]);
+        assert!(!ok && stderr.contains("--features cuda"), "{stderr}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
