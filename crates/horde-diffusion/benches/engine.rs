@@ -102,10 +102,46 @@ fn compare_convolutions() {
     }
 }
 
+/// `--part attention`: the fused attention kernel on the SD 1.5 UNet's attention shapes at
+/// 512² (batch 2, 8 heads), minimum of 3 runs each, in milliseconds, with the FLOP rate of
+/// its two products.
+fn time_attention() {
+    use horde_diffusion::kernels::attention::fused_attention;
+    let shapes = [
+        ("self 4096 x 320", 4096, 4096, 320),
+        ("cross 4096 x 77", 4096, 77, 320),
+        ("self 1024 x 640", 1024, 1024, 640),
+        ("self 256 x 1280", 256, 256, 1280),
+    ];
+    println!("shape                    ms   GFLOP/s");
+    for (name, q_len, k_len, width) in shapes {
+        let noise = |len: usize, seed: u64| {
+            SeededNoise::new(&[seed, seed + 1])
+                .sample(&[len, width], &Device::Cpu)
+                .unwrap()
+        };
+        let (q, k, v) = (noise(q_len, 1), noise(k_len, 3), noise(k_len, 5));
+        let run = || fused_attention(&q, &k, &v, 8).unwrap();
+        run();
+        let ms = (0..3)
+            .map(|_| {
+                let started = Instant::now();
+                std::hint::black_box(run());
+                started.elapsed().as_secs_f64() * 1e3
+            })
+            .fold(f64::INFINITY, f64::min);
+        let flops = 2.0 * 2.0 * 2.0 * (q_len * k_len * width) as f64;
+        println!("{name:<20} {ms:>8.1} {:>9.0}", flops / ms / 1e6);
+    }
+}
+
 fn main() {
     let part = arg("--part").unwrap_or_else(|| "unet".into());
     if part == "conv" {
         return compare_convolutions();
+    }
+    if part == "attention" {
+        return time_attention();
     }
     if !std::env::args().any(|a| a == "--purge") {
         keep_freed_memory();

@@ -101,8 +101,9 @@ struct Shapes {
 }
 
 thread_local! {
-    /// Each thread's scores for one block and head, reused from block to block.
-    static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// Each thread's scores for one block and head, and its rows' inverse sums, reused from
+    /// block to block.
+    static SCORES: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
 /// Attention of the query rows at the start of `q_rows` (as many as `out_rows` holds) over all
@@ -113,9 +114,10 @@ fn attend_block(s: &Shapes, q_rows: &[f32], k: &[f32], v: &[f32], out_rows: &mut
     let rows = out_rows.len() / s.width;
     let dim = s.width / s.heads;
     let scale = 1.0 / (dim as f32).sqrt();
-    SCORES.with(|scores| {
-        let mut scores = scores.borrow_mut();
+    SCORES.with(|scratch| {
+        let (scores, inverses) = &mut *scratch.borrow_mut();
         scores.resize(rows * s.k_len, 0.0);
+        inverses.resize(rows, 0.0);
         for h in 0..s.heads {
             let offset = h * dim;
             // scores = scale · q_h · k_hᵀ   (rows × k_len)
@@ -145,8 +147,10 @@ fn attend_block(s: &Shapes, q_rows: &[f32], k: &[f32], v: &[f32], out_rows: &mut
                     gemm::Parallelism::None,
                 );
             }
-            for row in scores.chunks_exact_mut(s.k_len) {
-                softmax_in_place(row);
+            // The softmax without its division: the rows' outputs are divided instead, `dim`
+            // values a row rather than `k_len`.
+            for (row, inverse) in scores.chunks_exact_mut(s.k_len).zip(inverses.iter_mut()) {
+                *inverse = 1.0 / exponentiate_in_place(row);
             }
             // out_h = scores · v_h   (rows × dim), into the head's columns of the output rows.
             // SAFETY: as above; the output rows are `rows × width`.
@@ -173,6 +177,11 @@ fn attend_block(s: &Shapes, q_rows: &[f32], k: &[f32], v: &[f32], out_rows: &mut
                     gemm::Parallelism::None,
                 );
             }
+            for (out_row, inverse) in out_rows.chunks_exact_mut(s.width).zip(inverses.iter()) {
+                for o in &mut out_row[offset..offset + dim] {
+                    *o *= inverse;
+                }
+            }
         }
     });
     debug_assert!(s.q_len >= rows);
@@ -191,6 +200,20 @@ const LANES: usize = 16;
 /// The softmax in branch-free loops over [`LANES`] independent lanes.
 #[inline(always)]
 fn softmax_lanes(row: &mut [f32]) {
+    let inverse = 1.0 / exponentiate_lanes(row);
+    for x in row.iter_mut() {
+        *x *= inverse;
+    }
+}
+
+with_widest_vectors! {
+    /// `row ← exp(row − max)`, returning the sum: the softmax without its division.
+    fn exponentiate_in_place(row: &mut [f32]) -> f32 => exponentiate_lanes
+}
+
+/// `row ← exp(row − max)` in branch-free loops over [`LANES`] lanes; returns the sum.
+#[inline(always)]
+fn exponentiate_lanes(row: &mut [f32]) -> f32 {
     let mut maxima = [f32::NEG_INFINITY; LANES];
     let mut chunks = row.chunks_exact(LANES);
     for chunk in &mut chunks {
@@ -216,10 +239,7 @@ fn softmax_lanes(row: &mut [f32]) {
         *x = fast_exp(*x - max);
         sum += *x;
     }
-    let inverse = 1.0 / sum;
-    for x in row.iter_mut() {
-        *x *= inverse;
-    }
+    sum
 }
 
 /// `eˣ` for `x ≤ 0` in f32, relative error under 3·2⁻²³ (3 ulp): `x = n·ln 2 + r` with `|r| ≤ ln 2 / 2`, a degree-6

@@ -104,6 +104,7 @@ impl CustomOp2 for Conv2dStride1 {
             contiguous_f32(ws, wl, self.name())?,
         );
         let padded = pad(x, batch, c_in, h, w, p, &g);
+        let weight = &taps_first(weight, &g);
         let out_image = c_out * g.out_h * g.out_w;
         let mut out = vec![0f32; batch * out_image];
         let rows_per_band = (BAND_POSITIONS / g.grid_w).max(1);
@@ -119,6 +120,35 @@ impl CustomOp2 for Conv2dStride1 {
         let shape = Shape::from((batch, c_out, g.out_h, g.out_w));
         Ok((CpuStorage::F32(out), shape))
     }
+}
+
+/// The weight as `[taps, c_out, c_in]`: each tap's matrix contiguous. In the checkpoint's
+/// `[c_out, c_in, k_h, k_w]` a tap's matrix is strided by the 9 taps, and every band's product
+/// gathered it a value per 36 bytes: at 16×16 with 1 280 channels that was half the time.
+fn taps_first(weight: &[f32], g: &Geometry) -> Vec<f32> {
+    let taps = g.k_h * g.k_w;
+    if taps == 1 {
+        return weight.to_vec();
+    }
+    let mut out = vec![0f32; weight.len()];
+    let target = OutPtr(out.as_mut_ptr());
+    weight
+        .par_chunks(g.c_in * taps)
+        .enumerate()
+        .for_each(|(o, filter)| {
+            for (i, taps_of_i) in filter.chunks_exact(taps).enumerate() {
+                for (tap, value) in taps_of_i.iter().enumerate() {
+                    let at = (tap * g.c_out + o) * g.c_in + i;
+                    // SAFETY: `at` is inside `taps·c_out·c_in`, and only filter `o`'s task
+                    // writes row `o` of each tap.
+                    #[allow(unsafe_code)]
+                    unsafe {
+                        *target.get().add(at) = *value;
+                    }
+                }
+            }
+        });
+    out
 }
 
 /// The input with `p` zeros around each plane, images one after the other.
@@ -150,7 +180,16 @@ fn pad(
 /// The output buffer, written by bands that never overlap.
 #[derive(Clone, Copy)]
 struct OutPtr(*mut f32);
-// SAFETY: each band writes only its own output rows (see `convolve_band`).
+
+impl OutPtr {
+    /// The pointer (a method, so closures capture the whole `Send` wrapper).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+// SAFETY: each band writes only its own output rows (see `convolve_band`), and each filter's
+// task only its own rows of the reordered weight (`taps_first`).
 #[allow(unsafe_code)]
 unsafe impl Send for OutPtr {}
 #[allow(unsafe_code)]
@@ -176,7 +215,6 @@ fn convolve_band(
 ) {
     let start = rows.start * g.grid_w;
     let positions = rows.len() * g.grid_w;
-    let taps = g.k_h * g.k_w;
     BAND.with(|band| {
         let mut band = band.borrow_mut();
         band.resize(g.c_out * positions, 0.0);
@@ -187,8 +225,8 @@ fn convolve_band(
                 debug_assert!((g.c_in - 1) * g.plane() + shift + positions <= image.len());
                 // band (c_out × positions) += weight[:, :, ky, kx] (c_out × c_in)
                 //                              · image[:, shift..shift + positions] (c_in × positions)
-                // SAFETY: the weight tap reads rows `0..c_out` (stride c_in·taps) and columns
-                // `0..c_in` (stride taps) from offset `tap < taps`; the image reads planes
+                // SAFETY: the weight tap reads rows `0..c_out` (stride c_in) and columns
+                // `0..c_in` (stride 1) from offset `tap·c_out·c_in`; the image reads planes
                 // `0..c_in` at `shift..shift + positions`, inside the padded image (asserted
                 // above); the band holds `c_out × positions`.
                 unsafe {
@@ -200,9 +238,9 @@ fn convolve_band(
                         1,
                         positions as isize,
                         tap > 0,
-                        weight.as_ptr().add(tap),
-                        taps as isize,
-                        (g.c_in * taps) as isize,
+                        weight.as_ptr().add(tap * g.c_out * g.c_in),
+                        1,
+                        g.c_in as isize,
                         image.as_ptr().add(shift),
                         1,
                         g.plane() as isize,
