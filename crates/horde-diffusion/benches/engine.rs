@@ -135,8 +135,96 @@ fn time_attention() {
     }
 }
 
+/// `--part linear`: the SD 1.5 UNet's largest linear layers at 512² (batch 2) through
+/// `nn::Linear`, with the weight as stored (`[out, in]`, read transposed) and pre-transposed
+/// (`[in, out]`), minimum of 3 runs each, in milliseconds and GFLOP/s.
+fn time_linear() {
+    let shapes = [
+        ("ff in 8192x320->2560", 8192, 320, 2560),
+        ("ff out 8192x1280->320", 8192, 1280, 320),
+        ("attn 8192x320->320", 8192, 320, 320),
+        ("ff in 2048x640->5120", 2048, 640, 5120),
+        ("ff in 512x1280->10240", 512, 1280, 10240),
+    ];
+    println!("shape                      as stored ms   GFLOP/s   transposed ms   GFLOP/s");
+    for (name, rows, d_in, d_out) in shapes {
+        let noise = |shape: &[usize], seed: u64| {
+            SeededNoise::new(&[seed]).sample(shape, &Device::Cpu).unwrap()
+        };
+        let x = noise(&[rows, d_in], 1).squeeze(0).unwrap();
+        let w = noise(&[d_out, d_in], 2).squeeze(0).unwrap();
+        let w_t = w.t().unwrap().contiguous().unwrap();
+        let ms = |run: &dyn Fn() -> Tensor| {
+            run();
+            (0..3)
+                .map(|_| {
+                    let started = Instant::now();
+                    std::hint::black_box(run());
+                    started.elapsed().as_secs_f64() * 1e3
+                })
+                .fold(f64::INFINITY, f64::min)
+        };
+        let stored = ms(&|| x.matmul(&w.t().unwrap()).unwrap());
+        let transposed = ms(&|| x.matmul(&w_t).unwrap());
+        let gflop = 2.0 * (rows * d_in * d_out) as f64 / 1e6;
+        println!(
+            "{name:<26} {stored:>12.1} {:>9.0} {transposed:>15.1} {:>9.0}",
+            gflop / stored,
+            gflop / transposed
+        );
+    }
+}
+
+/// `--part ops`: the UNet's element-wise and normalisation ops at 512² (batch 2), minimum of 3
+/// runs each, in milliseconds (PyTorch's, measured beside them, are in BENCHMARKS.md).
+fn time_ops() {
+    use candle_core::Module;
+    use horde_diffusion::nn;
+    let noise = |shape: &[usize], seed: u64| {
+        SeededNoise::new(&[seed, seed + 1])
+            .sample(shape, &Device::Cpu)
+            .unwrap()
+    };
+    let ms = |run: &dyn Fn() -> Tensor| {
+        run();
+        (0..3)
+            .map(|_| {
+                let started = Instant::now();
+                std::hint::black_box(run());
+                started.elapsed().as_secs_f64() * 1e3
+            })
+            .fold(f64::INFINITY, f64::min)
+    };
+    let vb = random_var_builder(0);
+    let map = noise(&[320, 64, 64], 1);
+    let other = noise(&[320, 64, 64], 3);
+    let tokens = noise(&[4096, 320], 5);
+    let wide = noise(&[4096, 2560], 7);
+    let deep = noise(&[1280, 16, 16], 9);
+    let norm = nn::group_norm(320, 1e-5, vb.pp("gn")).unwrap();
+    let layer_norm = nn::layer_norm(320, vb.pp("ln")).unwrap();
+    let rows: [(&str, Box<dyn Fn() -> Tensor>); 7] = [
+        ("group norm + SiLU [2,320,64,64]", Box::new(|| norm.forward_silu(&map).unwrap())),
+        ("layer norm [2,4096,320]", Box::new(|| layer_norm.forward(&tokens).unwrap())),
+        ("GEGLU [2,4096,2560]", Box::new(|| nn::geglu(&wide).unwrap())),
+        ("add [2,320,64,64]", Box::new(|| (&map + &other).unwrap())),
+        ("to tokens [2,320,64,64]", Box::new(|| nn::to_tokens(&map).unwrap().contiguous().unwrap())),
+        ("upsample [2,1280,16,16] 2x", Box::new(|| deep.upsample_nearest2d(32, 32).unwrap())),
+        ("cat [2,320,64,64] x2", Box::new(|| Tensor::cat(&[&map, &other], 1).unwrap())),
+    ];
+    for (name, run) in rows {
+        println!("{name:<34} {:>8.2} ms", ms(&*run));
+    }
+}
+
 fn main() {
     let part = arg("--part").unwrap_or_else(|| "unet".into());
+    if part == "ops" {
+        return time_ops();
+    }
+    if part == "linear" {
+        return time_linear();
+    }
     if part == "conv" {
         return compare_convolutions();
     }
