@@ -149,7 +149,9 @@ fn time_linear() {
     println!("shape                      as stored ms   GFLOP/s   transposed ms   GFLOP/s");
     for (name, rows, d_in, d_out) in shapes {
         let noise = |shape: &[usize], seed: u64| {
-            SeededNoise::new(&[seed]).sample(shape, &Device::Cpu).unwrap()
+            SeededNoise::new(&[seed])
+                .sample(shape, &Device::Cpu)
+                .unwrap()
         };
         let x = noise(&[rows, d_in], 1).squeeze(0).unwrap();
         let w = noise(&[d_out, d_in], 2).squeeze(0).unwrap();
@@ -204,13 +206,31 @@ fn time_ops() {
     let norm = nn::group_norm(320, 1e-5, vb.pp("gn")).unwrap();
     let layer_norm = nn::layer_norm(320, vb.pp("ln")).unwrap();
     let rows: [(&str, Box<dyn Fn() -> Tensor>); 7] = [
-        ("group norm + SiLU [2,320,64,64]", Box::new(|| norm.forward_silu(&map).unwrap())),
-        ("layer norm [2,4096,320]", Box::new(|| layer_norm.forward(&tokens).unwrap())),
-        ("GEGLU [2,4096,2560]", Box::new(|| nn::geglu(&wide).unwrap())),
+        (
+            "group norm + SiLU [2,320,64,64]",
+            Box::new(|| norm.forward_silu(&map).unwrap()),
+        ),
+        (
+            "layer norm [2,4096,320]",
+            Box::new(|| layer_norm.forward(&tokens).unwrap()),
+        ),
+        (
+            "GEGLU [2,4096,2560]",
+            Box::new(|| nn::geglu(&wide).unwrap()),
+        ),
         ("add [2,320,64,64]", Box::new(|| (&map + &other).unwrap())),
-        ("to tokens [2,320,64,64]", Box::new(|| nn::to_tokens(&map).unwrap().contiguous().unwrap())),
-        ("upsample [2,1280,16,16] 2x", Box::new(|| deep.upsample_nearest2d(32, 32).unwrap())),
-        ("cat [2,320,64,64] x2", Box::new(|| Tensor::cat(&[&map, &other], 1).unwrap())),
+        (
+            "to tokens [2,320,64,64]",
+            Box::new(|| nn::to_tokens(&map).unwrap().contiguous().unwrap()),
+        ),
+        (
+            "upsample [2,1280,16,16] 2x",
+            Box::new(|| deep.upsample_nearest2d(32, 32).unwrap()),
+        ),
+        (
+            "cat [2,320,64,64] x2",
+            Box::new(|| Tensor::cat(&[&map, &other], 1).unwrap()),
+        ),
     ];
     for (name, run) in rows {
         println!("{name:<34} {:>8.2} ms", ms(&*run));

@@ -430,14 +430,22 @@ pub fn timestep_embedding(timesteps: &Tensor, dim: usize) -> Result<Tensor> {
     Tensor::cat(&[args.cos()?, args.sin()?], D::Minus1)
 }
 
-/// Applies a module to a `[batch, channels, h, w]` map viewed as `[batch, h·w, channels]`.
+/// A `[batch, channels, h, w]` map as `[batch, h·w, channels]` tokens (our tiled transpose on
+/// the CPU in f32, `kernels::transpose`; candle's permuted copy elsewhere).
 pub fn to_tokens(xs: &Tensor) -> Result<Tensor> {
     let (b, c, h, w) = xs.dims4()?;
+    if xs.device().is_cpu() && xs.dtype() == DType::F32 {
+        return crate::kernels::transpose::swap_last_two(&xs.reshape((b, c, h * w))?);
+    }
     xs.permute((0, 2, 3, 1))?.reshape((b, h * w, c))
 }
 
+/// `[batch, h·w, channels]` tokens back as a `[batch, channels, h, w]` map.
 pub fn from_tokens(xs: &Tensor, h: usize, w: usize) -> Result<Tensor> {
     let (b, _, c) = xs.dims3()?;
+    if xs.device().is_cpu() && xs.dtype() == DType::F32 {
+        return crate::kernels::transpose::swap_last_two(xs)?.reshape((b, c, h, w));
+    }
     xs.reshape((b, h, w, c))?
         .permute((0, 3, 1, 2))?
         .contiguous()

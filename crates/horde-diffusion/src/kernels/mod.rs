@@ -43,6 +43,7 @@ pub mod attention;
 pub mod conv;
 pub mod geglu;
 pub mod group_norm;
+pub mod transpose;
 pub mod winograd;
 
 use candle_core::{CpuStorage, Layout, Result};

@@ -16,6 +16,7 @@
 use super::contiguous_f32;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+use std::cell::RefCell;
 
 /// Values in each of a band's buffers (its transformed inputs and its products): a band is as
 /// many whole rows of tiles of one image as fit, so the buffers stay 32 MiB at most whatever
@@ -154,21 +155,23 @@ impl CustomOp2 for Winograd {
         let rows_per_band =
             (self.band_values / (16 * c_in.max(c_out) * g.tiles_w)).clamp(1, g.tiles_h);
         let band_tiles = rows_per_band * g.tiles_w;
-        let mut buffers = Buffers {
-            grid: vec![0f32; c_in * g.band_grid(rows_per_band).0 * g.band_grid(rows_per_band).1],
-            v: vec![0f32; c_in * 16 * band_tiles],
-            m: vec![0f32; c_out * 16 * band_tiles],
-        };
-        for (b, out_b) in out.chunks_mut(out_image).enumerate() {
-            let image = &x[b * c_in * h * w..(b + 1) * c_in * h * w];
-            let mut first = 0;
-            while first < g.tiles_h {
-                let rows = first..(first + rows_per_band).min(g.tiles_h);
-                let bias = self.bias.as_deref();
-                convolve_band(&g, image, &u, bias, rows.clone(), out_b, &mut buffers);
-                first = rows.end;
+        let (grid_h, grid_w) = g.band_grid(rows_per_band);
+        BUFFERS.with(|buffers| {
+            let buffers = &mut *buffers.borrow_mut();
+            buffers.grid.resize(c_in * grid_h * grid_w, 0.0);
+            buffers.v.resize(c_in * 16 * band_tiles, 0.0);
+            buffers.m.resize(c_out * 16 * band_tiles, 0.0);
+            for (b, out_b) in out.chunks_mut(out_image).enumerate() {
+                let image = &x[b * c_in * h * w..(b + 1) * c_in * h * w];
+                let mut first = 0;
+                while first < g.tiles_h {
+                    let rows = first..(first + rows_per_band).min(g.tiles_h);
+                    let bias = self.bias.as_deref();
+                    convolve_band(&g, image, &u, bias, rows.clone(), out_b, buffers);
+                    first = rows.end;
+                }
             }
-        }
+        });
         Ok((
             CpuStorage::F32(out),
             Shape::from((batch, c_out, out_h, out_w)),
@@ -176,7 +179,15 @@ impl CustomOp2 for Winograd {
     }
 }
 
-/// One band's padded input and transformed tiles, allocated once per convolution.
+thread_local! {
+    /// The calling thread's band buffers, kept from convolution to convolution: each band
+    /// writes every value it reads back (the grid's padding included), so they need no
+    /// clearing, and zeroing fresh ones was a pass over up to 96 MiB per convolution.
+    static BUFFERS: RefCell<Buffers> = RefCell::new(Buffers::default());
+}
+
+/// One band's padded input and transformed tiles.
+#[derive(Default)]
 struct Buffers {
     /// `[c_in, grid rows, grid columns]`: see [`pad_band`].
     grid: Vec<f32>,

@@ -1,0 +1,101 @@
+//! Swapping the last two dimensions of a map, in cache-sized tiles, on the CPU in f32.
+//!
+//! The UNet's transformers read its `[batch, channels, h·w]` maps as `[batch, h·w, channels]`
+//! tokens and back, twice per transformer. candle's copy of the permuted view walks the
+//! output element by element through the view's strides: 8.9 ms for `[2, 320, 64·64]`,
+//! against about 1 ms for the same bytes moved in 32×32 tiles here.
+
+use super::contiguous_f32;
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+/// Rows and columns of one tile: 4 KiB read and written, within L1.
+const TILE: usize = 32;
+
+/// `x` `[batch, m, n]` as `[batch, n, m]`, contiguous.
+pub fn swap_last_two(x: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op1_no_bwd(&SwapLastTwo)
+}
+
+struct SwapLastTwo;
+
+impl CustomOp1 for SwapLastTwo {
+    fn name(&self) -> &'static str {
+        "swap-last-two"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (batch, m, n) = layout.shape().dims3()?;
+        let x = contiguous_f32(storage, layout, self.name())?;
+        let mut out = vec![0f32; x.len()];
+        if m > 0 && n > 0 {
+            // One task per band of TILE output rows (input columns) of one batch item.
+            out.par_chunks_mut(n * m)
+                .zip(x.par_chunks(m * n))
+                .for_each(|(out_b, x_b)| {
+                    out_b
+                        .par_chunks_mut(TILE * m)
+                        .enumerate()
+                        .for_each(|(band, out_rows)| transpose_band(x_b, n, band * TILE, out_rows));
+                });
+        }
+        Ok((CpuStorage::F32(out), Shape::from((batch, n, m))))
+    }
+}
+
+/// Output rows `first_column..` (as many as `out_rows` holds, `m` values each) of the
+/// transpose of `x` (`m` rows of `n`), a tile of [`TILE`] input rows at a time.
+fn transpose_band(x: &[f32], n: usize, first_column: usize, out_rows: &mut [f32]) {
+    let m = x.len() / n;
+    let columns = out_rows.len() / m;
+    for first_row in (0..m).step_by(TILE) {
+        let rows = TILE.min(m - first_row);
+        for c in 0..columns {
+            let out_row = &mut out_rows[c * m + first_row..][..rows];
+            for (r, o) in out_row.iter_mut().enumerate() {
+                *o = x[(first_row + r) * n + first_column + c];
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::{max_difference, random};
+    use super::*;
+
+    #[test]
+    fn equals_candles_transpose_on_many_shapes() {
+        // Whole tiles, partial tiles on either side, one row, one column, several items.
+        for (i, &(batch, m, n)) in [
+            (1, 32, 32),
+            (2, 320, 4096),
+            (1, 33, 65),
+            (3, 1, 40),
+            (2, 40, 1),
+            (1, 7, 5),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let x = random(&[batch, m, n], i as u64, 1.0);
+            let ours = swap_last_two(&x).unwrap();
+            let candle = x.transpose(1, 2).unwrap().contiguous().unwrap();
+            assert_eq!(ours.dims(), candle.dims());
+            assert_eq!(
+                max_difference(&ours, &candle),
+                0.0,
+                "shape {:?}",
+                (batch, m, n)
+            );
+        }
+    }
+
+    #[test]
+    fn a_strided_view_is_read_as_its_values() {
+        let x = random(&[2, 6, 9], 7, 1.0).transpose(1, 2).unwrap(); // [2, 9, 6]
+        let ours = swap_last_two(&x).unwrap();
+        let candle = x.transpose(1, 2).unwrap().contiguous().unwrap();
+        assert_eq!(max_difference(&ours, &candle), 0.0);
+    }
+}
