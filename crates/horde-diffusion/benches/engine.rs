@@ -205,7 +205,8 @@ fn time_ops() {
     let deep = noise(&[1280, 16, 16], 9);
     let norm = nn::group_norm(320, 1e-5, vb.pp("gn")).unwrap();
     let layer_norm = nn::layer_norm(320, vb.pp("ln")).unwrap();
-    let rows: [(&str, Box<dyn Fn() -> Tensor>); 7] = [
+    type Op<'a> = Box<dyn Fn() -> Tensor + 'a>;
+    let rows: [(&str, Op); 7] = [
         (
             "group norm + SiLU [2,320,64,64]",
             Box::new(|| norm.forward_silu(&map).unwrap()),
