@@ -205,8 +205,41 @@ fn time_ops() {
     let deep = noise(&[1280, 16, 16], 9);
     let norm = nn::group_norm(320, 1e-5, vb.pp("gn")).unwrap();
     let layer_norm = nn::layer_norm(320, vb.pp("ln")).unwrap();
+    // Two seeds per `noise`: 2 × 160 filters, and 2 × 1 280 rows of weights and biases.
+    let down_w = (noise(&[160, 320, 3, 3], 11) * 0.05).unwrap();
+    let down_w = down_w.reshape((320, 320, 3, 3)).unwrap();
+    let deep_w = (noise(&[640, 1280, 3, 3], 17) * 0.02).unwrap();
+    let deep_w = deep_w.reshape((1280, 1280, 3, 3)).unwrap();
+    let linear = nn::Linear::new(
+        noise(&[1280, 320], 13).reshape((2560, 320)).unwrap(),
+        Some(noise(&[1280], 15).flatten_all().unwrap()),
+    );
     type Op<'a> = Box<dyn Fn() -> Tensor + 'a>;
-    let rows: [(&str, Op); 7] = [
+    let rows: [(&str, Op); 12] = [
+        (
+            "stride-2 conv [2,320,64,64], candle",
+            Box::new(|| map.conv2d(&down_w, 1, 2, 1, 1).unwrap()),
+        ),
+        (
+            "stride-2 conv [2,320,64,64], ours",
+            Box::new(|| {
+                horde_diffusion::kernels::conv::conv2d_stride2(&map, &down_w, None, 1).unwrap()
+            }),
+        ),
+        (
+            "stride-2 conv [2,1280,16,16], candle",
+            Box::new(|| deep.conv2d(&deep_w, 1, 2, 1, 1).unwrap()),
+        ),
+        (
+            "stride-2 conv [2,1280,16,16], ours",
+            Box::new(|| {
+                horde_diffusion::kernels::conv::conv2d_stride2(&deep, &deep_w, None, 1).unwrap()
+            }),
+        ),
+        (
+            "linear + bias [2,4096,320]->2560",
+            Box::new(|| linear.forward(&tokens).unwrap()),
+        ),
         (
             "group norm + SiLU [2,320,64,64]",
             Box::new(|| norm.forward_silu(&map).unwrap()),
