@@ -69,6 +69,7 @@ fn compare_convolutions() {
         ("unet 64x64", 2, 320, 320, 64),
         ("unet 32x32", 2, 640, 640, 32),
         ("unet 16x16", 2, 1280, 1280, 16),
+        ("unet 8x8", 2, 1280, 1280, 8),
         ("vae 64x64", 1, 512, 512, 64),
         ("vae 128x128", 1, 512, 512, 128),
         ("vae 256x256", 1, 256, 256, 256),
@@ -215,7 +216,7 @@ fn time_ops() {
         Some(noise(&[1280], 15).flatten_all().unwrap()),
     );
     type Op<'a> = Box<dyn Fn() -> Tensor + 'a>;
-    let rows: [(&str, Op); 12] = [
+    let rows: [(&str, Op); 14] = [
         (
             "stride-2 conv [2,320,64,64], candle",
             Box::new(|| map.conv2d(&down_w, 1, 2, 1, 1).unwrap()),
@@ -224,6 +225,27 @@ fn time_ops() {
             "stride-2 conv [2,320,64,64], ours",
             Box::new(|| {
                 horde_diffusion::kernels::conv::conv2d_stride2(&map, &down_w, None, 1).unwrap()
+            }),
+        ),
+        (
+            "1x1 conv [2,320,64,64], banded",
+            Box::new(|| {
+                let w = down_w.narrow(2, 1, 1).unwrap().narrow(3, 1, 1).unwrap();
+                horde_diffusion::kernels::conv::conv2d_stride1(
+                    &map,
+                    &w.contiguous().unwrap(),
+                    None,
+                    0,
+                )
+                .unwrap()
+            }),
+        ),
+        (
+            "1x1 conv [2,320,64,64], one product",
+            Box::new(|| {
+                let w = down_w.narrow(2, 1, 1).unwrap().narrow(3, 1, 1).unwrap();
+                horde_diffusion::kernels::conv::conv2d_1x1(&map, &w.contiguous().unwrap(), None)
+                    .unwrap()
             }),
         ),
         (

@@ -244,6 +244,8 @@ fn convolve(conv: &candle_nn::Conv2d, xs: &Tensor) -> Result<Tensor> {
             Some(bias) => out.broadcast_add(&bias.reshape((1, (), 1, 1))?)?,
             None => out,
         }
+    } else if (k_h, k_w, cfg.padding) == (1, 1, 0) {
+        crate::kernels::conv::conv2d_1x1(&x, &weight, bias.as_ref())?
     } else if (k_h, k_w) == (3, 3) && h * w >= WINOGRAD_MIN_PIXELS {
         crate::kernels::winograd::conv2d_3x3(&x, &weight, bias.as_ref(), cfg.padding)?
     } else {

@@ -121,6 +121,30 @@ impl candle_core::CustomOp1 for Phases {
     }
 }
 
+/// `conv2d(x, weight) + bias` for a 1×1 `weight` without padding, f32 on the CPU: one
+/// `[c_out, c_in] · [c_in, h·w]` product per image on every thread (the banded path packs the
+/// weights again for every band of 2 048 positions: 11.1 against 7.6 ms for 320 channels at
+/// 64×64, batch 2, in a UNet step).
+pub fn conv2d_1x1(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let (batch, c_in, h, w) = x.dims4()?;
+    let (c_out, w_c_in, k_h, k_w) = weight.dims4()?;
+    if (w_c_in, k_h, k_w) != (c_in, 1, 1) {
+        candle_core::bail!(
+            "conv2d_1x1: input {:?} and weight {:?} do not fit",
+            x.dims(),
+            weight.dims()
+        );
+    }
+    let x = x.reshape((batch, c_in, h * w))?;
+    let weight = weight.reshape((c_out, c_in))?;
+    let out = weight.broadcast_left(batch)?.matmul(&x)?;
+    let out = match bias {
+        Some(bias) => out.broadcast_add(&bias.reshape((1, c_out, 1))?)?,
+        None => out,
+    };
+    out.reshape((batch, c_out, h, w))
+}
+
 /// `conv2d(x, weight)` with stride 1, dilation 1, one group and `padding` zeros on each
 /// side, f32 on the CPU: `x` `[batch, c_in, h, w]`, `weight` `[c_out, c_in, k_h, k_w]`.
 pub fn conv2d_stride1(
@@ -414,6 +438,32 @@ mod tests {
                 cases[i]
             );
         }
+    }
+
+    #[test]
+    fn one_by_one_equals_candles_conv2d() {
+        for (i, &(batch, c_in, c_out, h, w)) in
+            [(1, 1, 1, 1, 1), (2, 8, 5, 7, 9), (3, 16, 32, 4, 4)]
+                .iter()
+                .enumerate()
+        {
+            let x = random(&[batch, c_in, h, w], 70 + i as u64);
+            let weight = random(&[c_out, c_in, 1, 1], 80 + i as u64);
+            let bias = random(&[c_out], 90 + i as u64);
+            let ours = conv2d_1x1(&x, &weight, Some(&bias)).unwrap();
+            let candle = x
+                .conv2d(&weight, 0, 1, 1, 1)
+                .and_then(|y| y.broadcast_add(&bias.reshape((1, c_out, 1, 1))?))
+                .unwrap();
+            assert_eq!(ours.dims(), candle.dims());
+            let worst = max_difference(&ours, &candle);
+            assert!(worst < 1e-5, "case {i}: off by {worst}");
+        }
+        let x = random(&[1, 4, 2, 2], 1);
+        assert!(
+            conv2d_1x1(&x, &random(&[2, 4, 3, 3], 2), None).is_err(),
+            "not 1×1"
+        );
     }
 
     #[test]
