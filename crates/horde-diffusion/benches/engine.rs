@@ -60,6 +60,18 @@ fn time(repeats: usize, mut run: impl FnMut() -> Tensor) -> (f64, f64) {
     (times[0], times[times.len() / 2])
 }
 
+/// The fastest of 3 calls of `run` after one untimed call, in milliseconds.
+fn best_of_3_ms(run: &dyn Fn() -> Tensor) -> f64 {
+    run();
+    (0..3)
+        .map(|_| {
+            let started = Instant::now();
+            std::hint::black_box(run());
+            started.elapsed().as_secs_f64() * 1e3
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
 /// `--part conv`: each 3×3 convolution shape of the SD 1.5 UNet (batch 2, 512²) and VAE
 /// decoder (512²) through candle's conv2d, our direct kernel and Winograd, minimum of 3
 /// runs each, in milliseconds: where `nn`'s Winograd threshold comes from.
@@ -86,19 +98,9 @@ fn compare_convolutions() {
         };
         let x = noise(batch, &[c_in, size, size]);
         let w = (noise(c_out, &[c_in, 3, 3]) * 0.05).unwrap();
-        let ms = |run: &dyn Fn() -> Tensor| {
-            run();
-            (0..3)
-                .map(|_| {
-                    let started = Instant::now();
-                    std::hint::black_box(run());
-                    started.elapsed().as_secs_f64() * 1e3
-                })
-                .fold(f64::INFINITY, f64::min)
-        };
-        let candle = ms(&|| x.conv2d(&w, 1, 1, 1, 1).unwrap());
-        let direct = ms(&|| conv2d_stride1(&x, &w, None, 1).unwrap());
-        let winograd = ms(&|| conv2d_3x3(&x, &w, None, 1).unwrap());
+        let candle = best_of_3_ms(&|| x.conv2d(&w, 1, 1, 1, 1).unwrap());
+        let direct = best_of_3_ms(&|| conv2d_stride1(&x, &w, None, 1).unwrap());
+        let winograd = best_of_3_ms(&|| conv2d_3x3(&x, &w, None, 1).unwrap());
         println!("{name:<20} {candle:>10.1} {direct:>11.1} {winograd:>13.1}");
     }
 }
@@ -122,22 +124,14 @@ fn time_attention() {
                 .unwrap()
         };
         let (q, k, v) = (noise(q_len, 1), noise(k_len, 3), noise(k_len, 5));
-        let run = || fused_attention(&q, &k, &v, 8).unwrap();
-        run();
-        let ms = (0..3)
-            .map(|_| {
-                let started = Instant::now();
-                std::hint::black_box(run());
-                started.elapsed().as_secs_f64() * 1e3
-            })
-            .fold(f64::INFINITY, f64::min);
+        let ms = best_of_3_ms(&|| fused_attention(&q, &k, &v, 8).unwrap());
         let flops = 2.0 * 2.0 * 2.0 * (q_len * k_len * width) as f64;
         println!("{name:<20} {ms:>8.1} {:>9.0}", flops / ms / 1e6);
     }
 }
 
-/// `--part linear`: the SD 1.5 UNet's largest linear layers at 512² (batch 2) through
-/// `nn::Linear`, with the weight as stored (`[out, in]`, read transposed) and pre-transposed
+/// `--part linear`: the SD 1.5 UNet's largest linear layers at 512² (batch 2) as candle's
+/// matrix product (which `nn::Linear` runs), with the weight as stored (`[out, in]`, read transposed) and pre-transposed
 /// (`[in, out]`), minimum of 3 runs each, in milliseconds and GFLOP/s.
 fn time_linear() {
     let shapes = [
@@ -157,18 +151,8 @@ fn time_linear() {
         let x = noise(&[rows, d_in], 1).squeeze(0).unwrap();
         let w = noise(&[d_out, d_in], 2).squeeze(0).unwrap();
         let w_t = w.t().unwrap().contiguous().unwrap();
-        let ms = |run: &dyn Fn() -> Tensor| {
-            run();
-            (0..3)
-                .map(|_| {
-                    let started = Instant::now();
-                    std::hint::black_box(run());
-                    started.elapsed().as_secs_f64() * 1e3
-                })
-                .fold(f64::INFINITY, f64::min)
-        };
-        let stored = ms(&|| x.matmul(&w.t().unwrap()).unwrap());
-        let transposed = ms(&|| x.matmul(&w_t).unwrap());
+        let stored = best_of_3_ms(&|| x.matmul(&w.t().unwrap()).unwrap());
+        let transposed = best_of_3_ms(&|| x.matmul(&w_t).unwrap());
         let gflop = 2.0 * (rows * d_in * d_out) as f64 / 1e6;
         println!(
             "{name:<26} {stored:>12.1} {:>9.0} {transposed:>15.1} {:>9.0}",
@@ -188,16 +172,6 @@ fn time_ops() {
             .sample(shape, &Device::Cpu)
             .unwrap()
     };
-    let ms = |run: &dyn Fn() -> Tensor| {
-        run();
-        (0..3)
-            .map(|_| {
-                let started = Instant::now();
-                std::hint::black_box(run());
-                started.elapsed().as_secs_f64() * 1e3
-            })
-            .fold(f64::INFINITY, f64::min)
-    };
     let vb = random_var_builder(0);
     let map = noise(&[320, 64, 64], 1);
     let other = noise(&[320, 64, 64], 3);
@@ -215,6 +189,9 @@ fn time_ops() {
         noise(&[1280, 320], 13).reshape((2560, 320)).unwrap(),
         Some(noise(&[1280], 15).flatten_all().unwrap()),
     );
+    let one_by_one = down_w.narrow(2, 1, 1).unwrap().narrow(3, 1, 1).unwrap();
+    let one_by_one = one_by_one.contiguous().unwrap();
+    use horde_diffusion::kernels::conv;
     type Op<'a> = Box<dyn Fn() -> Tensor + 'a>;
     let rows: [(&str, Op); 14] = [
         (
@@ -223,30 +200,15 @@ fn time_ops() {
         ),
         (
             "stride-2 conv [2,320,64,64], ours",
-            Box::new(|| {
-                horde_diffusion::kernels::conv::conv2d_stride2(&map, &down_w, None, 1).unwrap()
-            }),
+            Box::new(|| conv::conv2d_stride2(&map, &down_w, None, 1).unwrap()),
         ),
         (
             "1x1 conv [2,320,64,64], banded",
-            Box::new(|| {
-                let w = down_w.narrow(2, 1, 1).unwrap().narrow(3, 1, 1).unwrap();
-                horde_diffusion::kernels::conv::conv2d_stride1(
-                    &map,
-                    &w.contiguous().unwrap(),
-                    None,
-                    0,
-                )
-                .unwrap()
-            }),
+            Box::new(|| conv::conv2d_stride1(&map, &one_by_one, None, 0).unwrap()),
         ),
         (
             "1x1 conv [2,320,64,64], one product",
-            Box::new(|| {
-                let w = down_w.narrow(2, 1, 1).unwrap().narrow(3, 1, 1).unwrap();
-                horde_diffusion::kernels::conv::conv2d_1x1(&map, &w.contiguous().unwrap(), None)
-                    .unwrap()
-            }),
+            Box::new(|| conv::conv2d_1x1(&map, &one_by_one, None).unwrap()),
         ),
         (
             "stride-2 conv [2,1280,16,16], candle",
@@ -254,9 +216,7 @@ fn time_ops() {
         ),
         (
             "stride-2 conv [2,1280,16,16], ours",
-            Box::new(|| {
-                horde_diffusion::kernels::conv::conv2d_stride2(&deep, &deep_w, None, 1).unwrap()
-            }),
+            Box::new(|| conv::conv2d_stride2(&deep, &deep_w, None, 1).unwrap()),
         ),
         (
             "linear + bias [2,4096,320]->2560",
@@ -289,7 +249,7 @@ fn time_ops() {
         ),
     ];
     for (name, run) in rows {
-        println!("{name:<34} {:>8.2} ms", ms(&*run));
+        println!("{name:<34} {:>8.2} ms", best_of_3_ms(&*run));
     }
 }
 

@@ -403,6 +403,20 @@ mod tests {
         super::super::test_support::random(shape, seed, 1.0)
     }
 
+    /// candle's convolution, then the bias added per output channel.
+    fn candle_with_bias(
+        x: &Tensor,
+        weight: &Tensor,
+        bias: &Tensor,
+        p: usize,
+        stride: usize,
+    ) -> Tensor {
+        let c_out = bias.dims1().unwrap();
+        x.conv2d(weight, p, stride, 1, 1)
+            .and_then(|y| y.broadcast_add(&bias.reshape((1, c_out, 1, 1))?))
+            .unwrap()
+    }
+
     #[test]
     fn equals_candles_conv2d_on_many_shapes() {
         // (batch, c_in, c_out, h, w, kernel, padding): the 3×3 "same" convolutions of the
@@ -430,8 +444,7 @@ mod tests {
             assert!(worst < 1e-4, "case {:?}: off by {worst}", cases[i]);
             let bias = random(&[c_out], 50 + i as u64);
             let with_bias = conv2d_stride1(&x, &weight, Some(&bias), p).unwrap();
-            let candle = candle.broadcast_add(&bias.reshape((1, c_out, 1, 1)).unwrap());
-            let worst = max_difference(&with_bias, &candle.unwrap());
+            let worst = max_difference(&with_bias, &candle_with_bias(&x, &weight, &bias, p, 1));
             assert!(
                 worst < 1e-4,
                 "case {:?} with a bias: off by {worst}",
@@ -451,10 +464,7 @@ mod tests {
             let weight = random(&[c_out, c_in, 1, 1], 80 + i as u64);
             let bias = random(&[c_out], 90 + i as u64);
             let ours = conv2d_1x1(&x, &weight, Some(&bias)).unwrap();
-            let candle = x
-                .conv2d(&weight, 0, 1, 1, 1)
-                .and_then(|y| y.broadcast_add(&bias.reshape((1, c_out, 1, 1))?))
-                .unwrap();
+            let candle = candle_with_bias(&x, &weight, &bias, 0, 1);
             assert_eq!(ours.dims(), candle.dims());
             let worst = max_difference(&ours, &candle);
             assert!(worst < 1e-5, "case {i}: off by {worst}");
@@ -484,10 +494,7 @@ mod tests {
             let weight = random(&[c_out, c_in, k, k], 50 + i as u64);
             let bias = random(&[c_out], 60 + i as u64);
             let ours = conv2d_stride2(&x, &weight, Some(&bias), p).unwrap();
-            let candle = x
-                .conv2d(&weight, p, 2, 1, 1)
-                .and_then(|y| y.broadcast_add(&bias.reshape((1, c_out, 1, 1))?))
-                .unwrap();
+            let candle = candle_with_bias(&x, &weight, &bias, p, 2);
             assert_eq!(ours.dims(), candle.dims(), "case {:?}", cases[i]);
             let worst = max_difference(&ours, &candle);
             assert!(worst < 1e-4, "case {:?}: off by {worst}", cases[i]);

@@ -59,7 +59,7 @@ fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Res
 
 /// What the kernels' tests share: seeded random tensors and how far two tensors differ.
 #[cfg(test)]
-mod test_support {
+pub(crate) mod test_support {
     use candle_core::{Device, Tensor};
 
     /// Uniform values in `[-scale, scale)` from a seeded ChaCha stream.

@@ -157,6 +157,7 @@ impl Decoder {
 mod tests {
     use super::*;
     use crate::config::VaeConfig;
+    use crate::kernels::test_support::{max_abs, max_difference};
     use crate::sampling::SeededNoise;
     use crate::tiny::random_var_builder;
     use crate::vae::Vae;
@@ -164,14 +165,7 @@ mod tests {
 
     /// The largest difference, relative to the largest value of `whole`.
     fn relative_difference(banded: &Tensor, whole: &Tensor) -> f32 {
-        let max = |t: &Tensor| {
-            t.abs()
-                .and_then(|t| t.flatten_all())
-                .and_then(|t| t.max(0))
-                .and_then(|t| t.to_scalar::<f32>())
-                .unwrap()
-        };
-        max(&(banded - whole).unwrap()) / max(whole)
+        max_difference(banded, whole) / max_abs(whole)
     }
 
     /// A small decoder with the real structure, including channel changes (shortcut
