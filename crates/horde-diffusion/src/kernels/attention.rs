@@ -187,27 +187,14 @@ fn attend_block(s: &Shapes, q_rows: &[f32], k: &[f32], v: &[f32], out_rows: &mut
     debug_assert!(s.q_len >= rows);
 }
 
-with_widest_vectors! {
-    /// `row ← exp(row − max) / Σ exp(row − max)`, with the widest vector instructions this
-    /// CPU has: at 512×512 the softmax sees a billion scores per UNet step, and libm's scalar
-    /// `expf` alone was 7 % of the step.
-    pub fn softmax_in_place(row: &mut [f32]) => softmax_lanes
-}
-
 /// Lanes the loops below are written in, so the compiler turns each into vector code.
 const LANES: usize = 16;
 
-/// The softmax in branch-free loops over [`LANES`] independent lanes.
-#[inline(always)]
-fn softmax_lanes(row: &mut [f32]) {
-    let inverse = 1.0 / exponentiate_lanes(row);
-    for x in row.iter_mut() {
-        *x *= inverse;
-    }
-}
-
 with_widest_vectors! {
-    /// `row ← exp(row − max)`, returning the sum: the softmax without its division.
+    /// `row ← exp(row − max)`, returning the sum: the softmax without its division (the
+    /// caller divides the outputs instead), with the widest vector instructions this CPU has:
+    /// at 512×512 the softmax sees a billion scores per UNet step, and libm's scalar `expf`
+    /// alone was 7 % of the step.
     fn exponentiate_in_place(row: &mut [f32]) -> f32 => exponentiate_lanes
 }
 
@@ -358,13 +345,18 @@ mod tests {
 
     #[test]
     fn the_vector_softmax_equals_candles_softmax() {
+        // The exponentials divided by the sum they return: the softmax the kernel applies.
+        let softmax = |row: &mut Vec<f32>, exponentiate: fn(&mut [f32]) -> f32| {
+            let inverse = 1.0 / exponentiate(row);
+            row.iter_mut().for_each(|x| *x *= inverse);
+        };
         for (len, seed) in [(1, 1), (15, 2), (16, 3), (77, 4), (4096, 5), (4099, 6)] {
             let row = random((1, 1, len), seed);
             let row = (row * 20.0).unwrap(); // wide spreads: many scores far below the max
             let mut ours = row.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            softmax_in_place(&mut ours);
+            softmax(&mut ours, exponentiate_in_place);
             let mut portable = row.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            softmax_lanes(&mut portable);
+            softmax(&mut portable, exponentiate_lanes);
             let expected = candle_nn::ops::softmax_last_dim(&row)
                 .unwrap()
                 .flatten_all()
