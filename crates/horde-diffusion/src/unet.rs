@@ -74,12 +74,13 @@ impl CrossAttention {
         })
     }
 
-    fn forward(&self, xs: &Tensor, context: &Tensor) -> Result<Tensor> {
+    /// The attention of `xs` over `context`, plus `residual`.
+    fn forward_plus(&self, xs: &Tensor, context: &Tensor, residual: &Tensor) -> Result<Tensor> {
         let q = self.to_q.forward(xs)?;
         let k = self.to_k.forward(context)?;
         let v = self.to_v.forward(context)?;
         self.to_out
-            .forward(&nn::attention(&q, &k, &v, self.heads, None)?)
+            .forward_plus(&nn::attention(&q, &k, &v, self.heads, None)?, residual)
     }
 }
 
@@ -111,10 +112,12 @@ impl TransformerBlock {
 
     fn forward(&self, xs: &Tensor, context: &Tensor) -> Result<Tensor> {
         let normed = self.norm1.forward(xs)?;
-        let xs = (self.attn1.forward(&normed, &normed)? + xs)?;
-        let xs = (self.attn2.forward(&self.norm2.forward(&xs)?, context)? + &xs)?;
-        let projected = self.ff_in.forward(&self.norm3.forward(&xs)?)?;
-        self.ff_out.forward(&nn::geglu(&projected)?)? + xs
+        let xs = self.attn1.forward_plus(&normed, &normed, xs)?;
+        let xs = self
+            .attn2
+            .forward_plus(&self.norm2.forward(&xs)?, context, &xs)?;
+        let gated = self.ff_in.forward_geglu(&self.norm3.forward(&xs)?)?;
+        self.ff_out.forward_plus(&gated, &xs)
     }
 }
 

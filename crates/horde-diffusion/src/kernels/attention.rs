@@ -11,7 +11,7 @@
 //! place from the `[batch, tokens, heads·dim]` inputs through strides, so nothing is split,
 //! transposed or copied; tasks write disjoint output rows and run in parallel on rayon.
 
-use super::contiguous_f32;
+use super::{contiguous_f32, unfilled};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -71,7 +71,8 @@ impl CustomOp3 for FusedAttention {
             contiguous_f32(ks, kl, op)?,
             contiguous_f32(vs, vl, op)?,
         );
-        let mut out = vec![0f32; batch * q_len * width];
+        // Written whole: each head's second product overwrites its columns of every row.
+        let mut out = unfilled(batch * q_len * width);
         if q_len > 0 && width > 0 {
             out.par_chunks_mut(q_len * width)
                 .enumerate()

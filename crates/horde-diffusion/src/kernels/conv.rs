@@ -17,7 +17,7 @@
 //! A stride-2 convolution (the UNet's downsamplers) runs here too, as a stride-1 one over the
 //! input's four phases (`conv2d_stride2`); candle's im2col took 49 ms for `[2, 320, 64, 64]`.
 
-use super::contiguous_f32;
+use super::{contiguous_f32, unfilled};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -229,7 +229,8 @@ impl CustomOp2 for Conv2dStride1 {
         let padded = pad(x, batch, c_in, h, w, p, &g);
         let weight = &taps_first(weight, &g);
         let out_image = c_out * g.out_h * g.out_w;
-        let mut out = vec![0f32; batch * out_image];
+        // Written whole: the bands cover every output row, each row in full.
+        let mut out = unfilled(batch * out_image);
         let rows_per_band = (BAND_POSITIONS / g.grid_w).max(1);
         let bands = g.out_h.div_ceil(rows_per_band);
         let target = OutPtr(out.as_mut_ptr());
@@ -253,7 +254,8 @@ fn taps_first(weight: &[f32], g: &Geometry) -> Vec<f32> {
     if taps == 1 {
         return weight.to_vec();
     }
-    let mut out = vec![0f32; weight.len()];
+    // Written whole: a permutation of the weight.
+    let mut out = unfilled(weight.len());
     let target = OutPtr(out.as_mut_ptr());
     weight
         .par_chunks(g.c_in * taps)

@@ -7,16 +7,22 @@
 //! rows, with an `erf` written to vectorise ([`erf`]).
 
 use super::attention::fast_exp;
-use super::contiguous_f32;
+use super::{contiguous_f32, unfilled};
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-/// `a · gelu(b)` for `[a, b]` the halves of `x`'s last dimension (which must be even).
-pub fn geglu(x: &Tensor) -> Result<Tensor> {
-    x.contiguous()?.apply_op1_no_bwd(&Geglu)
+/// `a · gelu(b)` for `[a, b]` the halves of `x + bias` along the last dimension (which must be
+/// even): the bias of the linear layer before, added here rather than in a pass of its own.
+pub fn geglu(x: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let bias = bias
+        .map(|b| b.flatten_all()?.to_vec1::<f32>())
+        .transpose()?;
+    x.contiguous()?.apply_op1_no_bwd(&Geglu { bias })
 }
 
-struct Geglu;
+struct Geglu {
+    bias: Option<Vec<f32>>,
+}
 
 impl CustomOp1 for Geglu {
     fn name(&self) -> &'static str {
@@ -33,11 +39,23 @@ impl CustomOp1 for Geglu {
             candle_core::bail!("geglu: the last dimension ({width}) is odd");
         }
         let half = width / 2;
-        let mut out = vec![0f32; x.len() / 2];
+        let zeros;
+        let bias = match &self.bias {
+            Some(bias) if bias.len() != width => {
+                candle_core::bail!("geglu: a bias of {} for width {width}", bias.len())
+            }
+            Some(bias) => bias,
+            None => {
+                zeros = vec![0f32; width];
+                &zeros
+            }
+        };
+        // Written whole: a value per pair of inputs.
+        let mut out = unfilled(x.len() / 2);
         if half > 0 {
             out.par_chunks_mut(half)
                 .zip(x.par_chunks(width))
-                .for_each(|(out_row, row)| gate_row(row, out_row));
+                .for_each(|(out_row, row)| gate_row(row, bias, out_row));
         }
         let mut out_dims = dims.to_vec();
         *out_dims.last_mut().expect("checked above") = half;
@@ -46,14 +64,15 @@ impl CustomOp1 for Geglu {
 }
 
 with_widest_vectors! {
-    fn gate_row(row: &[f32], out: &mut [f32]) => gate_row_lanes
+    fn gate_row(row: &[f32], bias: &[f32], out: &mut [f32]) => gate_row_lanes
 }
 
 #[inline(always)]
-fn gate_row_lanes(row: &[f32], out: &mut [f32]) {
+fn gate_row_lanes(row: &[f32], bias: &[f32], out: &mut [f32]) {
     let (a, b) = row.split_at(out.len());
-    for ((o, a), b) in out.iter_mut().zip(a).zip(b) {
-        *o = a * gelu(*b);
+    let (bias_a, bias_b) = bias.split_at(out.len());
+    for ((((o, a), b), bias_a), bias_b) in out.iter_mut().zip(a).zip(b).zip(bias_a).zip(bias_b) {
+        *o = (a + bias_a) * gelu(b + bias_b);
     }
 }
 
@@ -125,17 +144,31 @@ mod tests {
             (vec![2, 33, 2560], 4),
         ] {
             let x = (random(&shape, seed, 1.0) * 4.0).unwrap();
-            let ours = geglu(&x).unwrap();
-            let halves = x.chunk(2, candle_core::D::Minus1).unwrap();
-            let candle = (&halves[0] * halves[1].gelu_erf().unwrap()).unwrap();
-            assert_eq!(ours.dims(), candle.dims());
-            let worst = max_difference(&ours, &candle);
-            assert!(worst < 2e-6, "shape {shape:?}: off by {worst}");
+            let width = *shape.last().unwrap();
+            let bias = random(&[width], seed + 100, 1.0);
+            for bias in [None, Some(&bias)] {
+                let ours = geglu(&x, bias).unwrap();
+                let biased = match bias {
+                    Some(b) => x.broadcast_add(b).unwrap(),
+                    None => x.clone(),
+                };
+                let halves = biased.chunk(2, candle_core::D::Minus1).unwrap();
+                let candle = (&halves[0] * halves[1].gelu_erf().unwrap()).unwrap();
+                assert_eq!(ours.dims(), candle.dims());
+                let worst = max_difference(&ours, &candle);
+                assert!(
+                    worst < 4e-6,
+                    "shape {shape:?}, bias {}: off by {worst}",
+                    bias.is_some()
+                );
+            }
         }
     }
 
     #[test]
-    fn an_odd_last_dimension_is_refused() {
-        assert!(geglu(&random(&[2, 5], 1, 1.0)).is_err());
+    fn an_odd_last_dimension_or_a_wrong_bias_is_refused() {
+        assert!(geglu(&random(&[2, 5], 1, 1.0), None).is_err());
+        let bias = random(&[4], 2, 1.0);
+        assert!(geglu(&random(&[2, 6], 1, 1.0), Some(&bias)).is_err());
     }
 }

@@ -8,7 +8,7 @@
 //! applies SiLU into the output.
 
 use super::attention::fast_exp;
-use super::contiguous_f32;
+use super::{contiguous_f32, unfilled};
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -151,7 +151,8 @@ impl CustomOp1 for GroupNorm {
         // (a narrowed view) is normalised without a copy.
         let starts = plane_starts(layout, self.name())?;
         let all = storage.as_slice::<f32>()?;
-        let mut out = vec![0f32; batch * channels * spatial];
+        // Written whole: every plane is normalised into its own chunk.
+        let mut out = unfilled(batch * channels * spatial);
         if spatial > 0 {
             out.par_chunks_mut(spatial)
                 .zip(starts.par_iter())

@@ -5,7 +5,7 @@
 //! output element by element through the view's strides: 8.9 ms for `[2, 320, 64·64]`,
 //! against about 1 ms for the same bytes moved in 32×32 tiles here.
 
-use super::contiguous_f32;
+use super::{contiguous_f32, unfilled};
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -27,7 +27,8 @@ impl CustomOp1 for SwapLastTwo {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let (batch, m, n) = layout.shape().dims3()?;
         let x = contiguous_f32(storage, layout, self.name())?;
-        let mut out = vec![0f32; x.len()];
+        // Written whole: a permutation of the input.
+        let mut out = unfilled(x.len());
         if m > 0 && n > 0 {
             // One task per band of TILE output rows (input columns) of one batch item.
             out.par_chunks_mut(n * m)

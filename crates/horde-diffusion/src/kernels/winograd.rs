@@ -13,7 +13,7 @@
 //! band the input transform runs in parallel over input channels, the 16 products use every
 //! thread, and the output transform runs in parallel over output channels.
 
-use super::contiguous_f32;
+use super::{contiguous_f32, unfilled};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -151,7 +151,8 @@ impl CustomOp2 for Winograd {
         );
         let u = transform_filters(weight, c_out, c_in);
         let out_image = c_out * out_h * out_w;
-        let mut out = vec![0f32; batch * out_image];
+        // Written whole: the bands of tile rows cover every output row, each row in full.
+        let mut out = unfilled(batch * out_image);
         let rows_per_band =
             (self.band_values / (16 * c_in.max(c_out) * g.tiles_w)).clamp(1, g.tiles_h);
         let band_tiles = rows_per_band * g.tiles_w;
@@ -246,7 +247,8 @@ impl Geometry {
 /// packs at memory speed; laid out `[c_out, c_in, 16]`, each of the 16 products gathered it
 /// with a stride of 16 values, a cache line per value.
 fn transform_filters(weight: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
-    let mut u = vec![0f32; c_in * 16 * c_out];
+    // Written whole: 16 components of every (input, output) pair.
+    let mut u = unfilled(c_in * 16 * c_out);
     u.par_chunks_mut(16 * c_out)
         .enumerate()
         .for_each(|(i, u_i)| {

@@ -1,0 +1,236 @@
+//! Linear layers on the CPU in f32: `x·Wᵀ + b + residual` as one matrix product.
+//!
+//! candle runs a linear layer as a product into a fresh buffer, then a broadcast add of the
+//! bias into a second one, and the transformer adds the residual into a third: two more passes
+//! over an output that at 512² is `[8192, 320]` per projection. Here the output starts as the
+//! residual plus the bias (one pass, written where the product then reads it), and the product
+//! accumulates into it. Without a residual or bias the product writes the output straight away.
+
+use super::{contiguous_f32, unfilled};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+/// `x · weightᵀ (+ bias) (+ residual)` for `x` `[rows, in]`, `weight` `[out, in]` (as
+/// checkpoints store it), `bias` `[out]` and `residual` `[rows, out]`, all f32 on the CPU.
+pub fn linear(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    residual: Option<&Tensor>,
+) -> Result<Tensor> {
+    let op = Linear {
+        bias: bias
+            .map(|b| b.flatten_all()?.to_vec1::<f32>())
+            .transpose()?,
+    };
+    let (x, weight) = (x.contiguous()?, weight.contiguous()?);
+    match residual {
+        Some(residual) => x.apply_op3_no_bwd(&weight, &residual.contiguous()?, &op),
+        None => x.apply_op2_no_bwd(&weight, &op),
+    }
+}
+
+struct Linear {
+    bias: Option<Vec<f32>>,
+}
+
+impl Linear {
+    /// The product, with the output started as `residual` (when given) plus the bias.
+    fn compute(
+        &self,
+        (xs, xl): (&CpuStorage, &Layout),
+        (ws, wl): (&CpuStorage, &Layout),
+        residual: Option<(&CpuStorage, &Layout)>,
+    ) -> Result<(CpuStorage, Shape)> {
+        let op = "linear";
+        let (rows, d_in) = xl.shape().dims2()?;
+        let (d_out, w_in) = wl.shape().dims2()?;
+        if w_in != d_in {
+            candle_core::bail!("linear: input {:?}, weight {:?}", xl.shape(), wl.shape());
+        }
+        if self.bias.as_ref().is_some_and(|b| b.len() != d_out) {
+            candle_core::bail!("linear: a bias of the wrong length for {d_out} outputs");
+        }
+        let (x, w) = (contiguous_f32(xs, xl, op)?, contiguous_f32(ws, wl, op)?);
+        let residual = match residual {
+            Some((_, rl)) if rl.shape().dims() != [rows, d_out] => {
+                candle_core::bail!("linear: residual {:?} for [{rows}, {d_out}]", rl.shape())
+            }
+            Some((rs, rl)) => Some(contiguous_f32(rs, rl, op)?),
+            None => None,
+        };
+        // Written whole: by the starting pass below when there is one, else by the product.
+        let mut out = unfilled(rows * d_out);
+        let started = self.start(&mut out, residual, d_out);
+        if rows > 0 && d_out > 0 {
+            product(&mut out, x, w, (rows, d_in, d_out), started);
+        }
+        Ok((CpuStorage::F32(out), Shape::from((rows, d_out))))
+    }
+
+    /// Writes `residual + bias` (or either) into `out`; false when there is neither.
+    fn start(&self, out: &mut [f32], residual: Option<&[f32]>, d_out: usize) -> bool {
+        if d_out == 0 {
+            return false;
+        }
+        let bias = self.bias.as_deref();
+        match (residual, bias) {
+            (None, None) => return false,
+            (Some(residual), None) => out
+                .par_chunks_mut(d_out)
+                .zip(residual.par_chunks(d_out))
+                .for_each(|(o, r)| o.copy_from_slice(r)),
+            (None, Some(bias)) => out
+                .par_chunks_mut(d_out)
+                .for_each(|o| o.copy_from_slice(bias)),
+            (Some(residual), Some(bias)) => out
+                .par_chunks_mut(d_out)
+                .zip(residual.par_chunks(d_out))
+                .for_each(|(o, r)| {
+                    for ((o, r), b) in o.iter_mut().zip(r).zip(bias) {
+                        *o = r + b;
+                    }
+                }),
+        }
+        true
+    }
+}
+
+/// `out (+)= x · wᵀ` on all cores, adding to `out` when `accumulate`.
+#[allow(unsafe_code)]
+fn product(
+    out: &mut [f32],
+    x: &[f32],
+    w: &[f32],
+    (rows, d_in, d_out): (usize, usize, usize),
+    accumulate: bool,
+) {
+    debug_assert!(out.len() == rows * d_out && x.len() == rows * d_in && w.len() == d_out * d_in);
+    // SAFETY: out is `rows × d_out` row-major; x is `rows × d_in` row-major; wᵀ is read from
+    // the `d_out × d_in` row-major weight (element (k, n) at `n·d_in + k`): every index stays
+    // inside its slice, whose lengths are asserted above.
+    unsafe {
+        gemm::gemm(
+            rows,
+            d_out,
+            d_in,
+            out.as_mut_ptr(),
+            1,
+            d_out as isize,
+            accumulate,
+            x.as_ptr(),
+            1,
+            d_in as isize,
+            w.as_ptr(),
+            d_in as isize,
+            1,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(rayon::current_num_threads()),
+        );
+    }
+}
+
+impl CustomOp2 for Linear {
+    fn name(&self) -> &'static str {
+        "linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.compute((xs, xl), (ws, wl), None)
+    }
+}
+
+impl CustomOp3 for Linear {
+    fn name(&self) -> &'static str {
+        "linear-plus-residual"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        rs: &CpuStorage,
+        rl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.compute((xs, xl), (ws, wl), Some((rs, rl)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::{max_difference, random};
+    use super::*;
+
+    /// candle's product, bias and sum, as `nn::Linear` computes off the CPU.
+    fn reference(x: &Tensor, w: &Tensor, b: Option<&Tensor>, r: Option<&Tensor>) -> Tensor {
+        let mut y = x.matmul(&w.t().unwrap()).unwrap();
+        if let Some(b) = b {
+            y = y.broadcast_add(b).unwrap();
+        }
+        if let Some(r) = r {
+            y = (y + r).unwrap();
+        }
+        y
+    }
+
+    #[test]
+    fn linear_equals_candles_ops_with_and_without_bias_and_residual() {
+        // (rows, in, out): single rows and columns, sizes off the vector width, SD's sizes.
+        let shapes = [
+            (1, 1, 1),
+            (3, 5, 7),
+            (17, 33, 65),
+            (64, 320, 320),
+            (100, 640, 96),
+        ];
+        for (seed, (rows, d_in, d_out)) in shapes.into_iter().enumerate() {
+            let seed = 10 * seed as u64;
+            let x = random(&[rows, d_in], seed, 1.0);
+            let w = random(&[d_out, d_in], seed + 1, 0.5);
+            let b = random(&[d_out], seed + 2, 1.0);
+            let r = random(&[rows, d_out], seed + 3, 1.0);
+            for (bias, residual) in [
+                (None, None),
+                (Some(&b), None),
+                (None, Some(&r)),
+                (Some(&b), Some(&r)),
+            ] {
+                let ours = linear(&x, &w, bias, residual).unwrap();
+                let theirs = reference(&x, &w, bias, residual);
+                assert_eq!(ours.dims(), theirs.dims());
+                let scale = 1.0 + (d_in as f32).sqrt();
+                let difference = max_difference(&ours, &theirs);
+                assert!(
+                    difference <= 1e-5 * scale,
+                    "{rows}×{d_in}→{d_out}, bias {}, residual {}: off by {difference}",
+                    bias.is_some(),
+                    residual.is_some()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn mismatched_shapes_are_refused() {
+        let x = random(&[4, 8], 1, 1.0);
+        let w = random(&[6, 7], 2, 1.0);
+        assert!(linear(&x, &w, None, None).is_err());
+        let w = random(&[6, 8], 2, 1.0);
+        let short_bias = random(&[5], 3, 1.0);
+        assert!(linear(&x, &w, Some(&short_bias), None).is_err());
+        let wrong_residual = random(&[4, 5], 4, 1.0);
+        assert!(linear(&x, &w, None, Some(&wrong_residual)).is_err());
+    }
+}
