@@ -19,9 +19,14 @@ fn for_our_kernels(t: &Tensor) -> bool {
     t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::F16 | DType::BF16)
 }
 
-/// `t` in f32 (a cheap clone when it already is).
+/// `t` in f32 (a cheap clone when it already is; `kernels::convert` for bf16 on the CPU).
 fn f32(t: &Tensor) -> Result<Tensor> {
-    t.to_dtype(DType::F32)
+    crate::kernels::convert::widen(t)
+}
+
+/// `t` (f32, a kernel's result) back in `dtype`, the dtype of the kernel's input.
+fn back_to(t: &Tensor, dtype: DType) -> Result<Tensor> {
+    crate::kernels::convert::narrow(t, dtype)
 }
 
 /// With candle-nn's initialisation hints (ones and zeros) for the tiny random checkpoints.
@@ -54,8 +59,9 @@ impl GroupNorm {
     /// Our kernel, in f32, the result in `xs`'s dtype.
     fn ours(&self, xs: &Tensor, silu: bool) -> Result<Tensor> {
         let (w, b) = (f32(&self.weight)?, f32(&self.bias)?);
-        crate::kernels::group_norm::group_norm(&f32(xs)?, &w, &b, self.groups, self.eps, silu)?
-            .to_dtype(xs.dtype())
+        let ys =
+            crate::kernels::group_norm::group_norm(&f32(xs)?, &w, &b, self.groups, self.eps, silu)?;
+        back_to(&ys, xs.dtype())
     }
 
     /// `silu(norm(xs))`, in one pass on the CPU (the networks' residual blocks).
@@ -99,14 +105,14 @@ impl GroupNorm {
     ) -> Result<Tensor> {
         if for_our_kernels(xs) {
             let (w, b) = (f32(&self.weight)?, f32(&self.bias)?);
-            return crate::kernels::group_norm::group_norm_with(
+            let ys = crate::kernels::group_norm::group_norm_with(
                 &f32(xs)?,
                 &w,
                 &b,
                 statistics,
                 silu_after,
-            )?
-            .to_dtype(xs.dtype());
+            )?;
+            return back_to(&ys, xs.dtype());
         }
         self.forward_with_candle_ops(xs, statistics, silu_after)
     }
@@ -252,7 +258,7 @@ fn convolve(conv: &candle_nn::Conv2d, xs: &Tensor) -> Result<Tensor> {
     } else {
         crate::kernels::conv::conv2d_stride1(&x, &weight, bias.as_ref(), cfg.padding)?
     };
-    out.to_dtype(xs.dtype())
+    back_to(&out, xs.dtype())
 }
 
 impl Conv2d {
@@ -279,13 +285,13 @@ impl Conv2d {
         {
             let weight = f32(unpadded.weight())?;
             let bias = unpadded.bias().map(f32).transpose()?;
-            crate::kernels::winograd::conv2d_3x3_padded(
+            let out = crate::kernels::winograd::conv2d_3x3_padded(
                 &f32(rows)?,
                 &weight,
                 bias.as_ref(),
                 padding,
-            )?
-            .to_dtype(rows.dtype())?
+            )?;
+            back_to(&out, rows.dtype())?
         } else {
             let padded = rows
                 .pad_with_zeros(2, padding.top, padding.bottom)?
@@ -345,36 +351,47 @@ impl Linear {
         Linear { weight, bias }
     }
 
-    /// `self.forward(xs) + residual`: on the CPU in f32 one product that starts from the
+    /// `self.forward(xs) + residual`: on the CPU one product, in f32, that starts from the
     /// residual plus the bias (`kernels::linear`), instead of two more passes over the output.
     pub fn forward_plus(&self, xs: &Tensor, residual: &Tensor) -> Result<Tensor> {
-        if self.for_our_kernel(xs) && residual.dtype() == DType::F32 {
-            return self.over_rows(xs, |matrix, out_d| {
-                let residual = residual.reshape((matrix.dim(0)?, out_d))?;
-                fused_linear(matrix, &self.weight, self.bias.as_ref(), Some(&residual))
-            });
+        if self.for_our_kernel(xs) && for_our_kernels(residual) {
+            let ys = self.over_rows(xs, |matrix, out_d| {
+                let residual = f32(&residual.reshape((matrix.dim(0)?, out_d))?)?;
+                let (weight, bias) = self.weights_in_f32()?;
+                fused_linear(&f32(matrix)?, &weight, bias.as_ref(), Some(&residual))
+            })?;
+            return back_to(&ys, xs.dtype());
         }
         self.forward(xs)? + residual
     }
 
-    /// `geglu(self.forward(xs))`, with the bias added inside the GEGLU on the CPU in f32 (one
-    /// pass fewer over the feed-forward's widest activations).
+    /// `geglu(self.forward(xs))`, with the bias added inside the GEGLU on the CPU (one pass
+    /// fewer over the feed-forward's widest activations).
     pub fn forward_geglu(&self, xs: &Tensor) -> Result<Tensor> {
         if self.for_our_kernel(xs) {
+            let (weight, bias) = self.weights_in_f32()?;
             let product = self.over_rows(xs, |matrix, _| {
-                fused_linear(matrix, &self.weight, None, None)
+                fused_linear(&f32(matrix)?, &weight, None, None)
             })?;
-            return crate::kernels::geglu::geglu(&product, self.bias.as_ref());
+            let gated = crate::kernels::geglu::geglu(&product, bias.as_ref())?;
+            return back_to(&gated, xs.dtype());
         }
         geglu(&self.forward(xs)?)
     }
 
-    /// Whether `kernels::linear` takes `xs` through this layer: on the CPU, all in f32.
+    /// Whether `kernels::linear` takes `xs` through this layer: on the CPU, in f32 or bf16
+    /// (widened to f32 for the product, as candle's own CPU product does).
     fn for_our_kernel(&self, xs: &Tensor) -> bool {
-        let all_f32 = xs.dtype() == DType::F32
-            && self.weight.dtype() == DType::F32
-            && self.bias.as_ref().is_none_or(|b| b.dtype() == DType::F32);
-        xs.device().is_cpu() && all_f32
+        let ours = |t: &Tensor| matches!(t.dtype(), DType::F32 | DType::BF16);
+        xs.device().is_cpu()
+            && ours(xs)
+            && ours(&self.weight)
+            && self.bias.as_ref().is_none_or(ours)
+    }
+
+    /// The weight and bias in f32 (cheap clones when they already are).
+    fn weights_in_f32(&self) -> Result<(Tensor, Option<Tensor>)> {
+        Ok((f32(&self.weight)?, self.bias.as_ref().map(f32).transpose()?))
     }
 
     /// `product(matrix, out)` for `matrix` `xs` as a `[rows, in]` matrix and `out` this layer's
@@ -399,9 +416,11 @@ impl Linear {
 impl Module for Linear {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         if self.for_our_kernel(xs) {
-            return self.over_rows(xs, |matrix, _| {
-                fused_linear(matrix, &self.weight, self.bias.as_ref(), None)
-            });
+            let (weight, bias) = self.weights_in_f32()?;
+            let ys = self.over_rows(xs, |matrix, _| {
+                fused_linear(&f32(matrix)?, &weight, bias.as_ref(), None)
+            })?;
+            return back_to(&ys, xs.dtype());
         }
         self.over_rows(xs, |matrix, _| {
             let ys = matrix.matmul(&self.weight.t()?)?;
@@ -417,7 +436,7 @@ impl Module for Linear {
 /// in f32 (`kernels::geglu`), candle's ops elsewhere.
 pub fn geglu(xs: &Tensor) -> Result<Tensor> {
     if for_our_kernels(xs) {
-        return crate::kernels::geglu::geglu(&f32(xs)?, None)?.to_dtype(xs.dtype());
+        return back_to(&crate::kernels::geglu::geglu(&f32(xs)?, None)?, xs.dtype());
     }
     let halves = xs.chunk(2, D::Minus1)?;
     &halves[0] * halves[1].gelu_erf()?
@@ -444,7 +463,7 @@ pub fn attention(
 ) -> Result<Tensor> {
     if mask.is_none() && [q, k, v].iter().all(|t| for_our_kernels(t)) {
         let out = crate::kernels::attention::fused_attention(&f32(q)?, &f32(k)?, &f32(v)?, heads)?;
-        return out.to_dtype(q.dtype());
+        return back_to(&out, q.dtype());
     }
     let (batch, q_len, width) = q.dims3()?;
     let k_len = k.dim(1)?;
@@ -568,5 +587,48 @@ mod tests {
         let whole = norm.forward_with_candle_ops(&xs, &ours, true).unwrap();
         let plain = norm.forward_silu(&xs).unwrap();
         assert!(max_difference(&whole, &plain) < 1e-5);
+    }
+
+    /// In bf16 a linear layer widens to f32 for the product and narrows the result: the f32
+    /// layer's values on the same (bf16) numbers, rounded once to bf16, in all three forms.
+    #[test]
+    fn a_bf16_linear_layer_is_the_f32_one_rounded_to_bf16() {
+        let random = |shape: &[usize], seed: u64| {
+            crate::kernels::test_support::random(shape, seed, 1.0)
+                .to_dtype(DType::BF16)
+                .unwrap()
+        };
+        let (weight, bias) = (random(&[24, 16], 1), random(&[24], 2));
+        let (xs, residual) = (random(&[2, 5, 16], 3), random(&[2, 5, 24], 4));
+        let half = Linear::new(weight.clone(), Some(bias.clone()));
+        let wide = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+        let full = Linear::new(wide(&weight), Some(wide(&bias)));
+        let pairs = [
+            (half.forward(&xs), full.forward(&wide(&xs))),
+            (
+                half.forward_plus(&xs, &residual),
+                full.forward_plus(&wide(&xs), &wide(&residual)),
+            ),
+            (half.forward_geglu(&xs), full.forward_geglu(&wide(&xs))),
+        ];
+        for (form, (ours, f32_values)) in ["forward", "plus", "geglu"].iter().zip(pairs) {
+            let (ours, f32_values) = (ours.unwrap(), f32_values.unwrap());
+            assert_eq!(ours.dtype(), DType::BF16, "{form}");
+            assert_eq!(ours.dims(), f32_values.dims(), "{form}");
+            let bound = f32_values.abs().unwrap().affine(1.0 / 256.0, 1e-6).unwrap();
+            let excess = (wide(&ours) - &f32_values)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .gt(&bound)
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert_eq!(excess, 0.0, "{form}: values off by more than bf16 rounding");
+        }
     }
 }

@@ -1,6 +1,6 @@
 //! Our own CPU kernels, where candle's CPU ops are slow or hungry for what Stable Diffusion
 //! does (attention, convolutions, linear layers with their bias and residual, the feed-forward's
-//! GEGLU, group norm with SiLU, the map-to-tokens transpose). Each is a candle custom op with a CPU implementation only; the networks call it on
+//! GEGLU, group norm with SiLU, the map-to-tokens transpose, bf16 ↔ f32). Each is a candle custom op with a CPU implementation only; the networks call it on
 //! the CPU in f32 and candle's own ops everywhere else (CUDA, Metal, half precision), so a GPU
 //! build keeps working unchanged. Each kernel is tested against candle's ops on random inputs
 //! of many shapes.
@@ -42,6 +42,7 @@ macro_rules! with_widest_vectors {
 
 pub mod attention;
 pub mod conv;
+pub mod convert;
 pub mod geglu;
 pub mod group_norm;
 pub mod linear;
