@@ -6,7 +6,7 @@
 //! the top half of an f32, so widening is a shift and narrowing a rounding add and a shift,
 //! loops the compiler turns into vector code of whatever width the CPU has.
 
-use super::{contiguous_f32, unfilled};
+use super::{contiguous_f32, contiguous_values, unfilled};
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use half::bf16;
 use rayon::prelude::*;
@@ -41,13 +41,10 @@ impl CustomOp1 for Convert {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let converted = match storage {
-            CpuStorage::BF16(all) => {
-                let Some((start, end)) = layout.contiguous_offsets() else {
-                    candle_core::bail!("{} needs a contiguous input", self.name());
-                };
-                let values = &all[start..end];
+            CpuStorage::BF16(_) => {
+                let values = contiguous_values::<bf16>(storage, layout, self.name())?;
                 // Written whole: a value per input.
-                let mut out = unfilled(values.len());
+                let mut out = unfilled::<f32>(values.len());
                 out.par_chunks_mut(CHUNK)
                     .zip(values.par_chunks(CHUNK))
                     .for_each(|(out, values)| widen_slice(values, out));
@@ -55,7 +52,8 @@ impl CustomOp1 for Convert {
             }
             CpuStorage::F32(_) => {
                 let values = contiguous_f32(storage, layout, self.name())?;
-                let mut out = vec![bf16::ZERO; values.len()];
+                // Written whole: a value per input.
+                let mut out = unfilled::<bf16>(values.len());
                 out.par_chunks_mut(CHUNK)
                     .zip(values.par_chunks(CHUNK))
                     .for_each(|(out, values)| narrow_slice(values, out));

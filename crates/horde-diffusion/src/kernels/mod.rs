@@ -49,26 +49,37 @@ pub mod linear;
 pub mod transpose;
 pub mod winograd;
 
-use candle_core::{CpuStorage, Layout, Result};
+use candle_core::{CpuStorage, Layout, Result, WithDType};
 
 /// The f32 values of a custom op's input, which the op's wrapper made contiguous.
 fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
-    let all = storage.as_slice::<f32>()?;
+    contiguous_values(storage, layout, op)
+}
+
+/// The values of a custom op's input of element type `T`, which the op's wrapper made
+/// contiguous.
+fn contiguous_values<'a, T: WithDType>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+    op: &str,
+) -> Result<&'a [T]> {
+    let all = storage.as_slice::<T>()?;
     match layout.contiguous_offsets() {
         Some((start, end)) => Ok(&all[start..end]),
         None => candle_core::bail!("{op} needs contiguous inputs"),
     }
 }
 
-/// A buffer of `len` floats for an output that the op writes whole before anything reads it,
+/// A buffer of `len` numbers for an output that the op writes whole before anything reads it,
 /// left unzeroed: zeroing is one more pass over every output, and with the worker's allocator
 /// keeping freed memory (so fresh pages are rare) `memset` was 5 % of a UNet step. candle's
 /// own CPU ops allocate their outputs the same way.
 #[allow(unsafe_code, clippy::uninit_vec)]
-fn unfilled(len: usize) -> Vec<f32> {
+fn unfilled<T: WithDType>(len: usize) -> Vec<T> {
     let mut buffer = Vec::with_capacity(len);
-    // SAFETY: the capacity is `len`, f32 has no invalid bit patterns, and every caller writes
-    // each value before the buffer is read (each call site says how).
+    // SAFETY: the capacity is `len`, candle's element types (floats and integers) have no
+    // invalid bit patterns, and every caller writes each value before the buffer is read (each
+    // call site says how).
     unsafe { buffer.set_len(len) };
     buffer
 }
