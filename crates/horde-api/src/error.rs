@@ -81,6 +81,12 @@ return_codes! {
     NoSharedKeyModSelected => 400,
     NoFilterModSelected => 400,
     CorruptPrompt => 400,
+    TooManyExtraSourceImages => 400,
+    MoreThanMinExtraSourceImage => 400,
+    InvalidExtraSourceImages => 400,
+    ProfaneWorkerName => 400,
+    ProfaneWorkerInfo => 400,
+    ProfaneBridgeAgent => 400,
     InvalidPromptSize => 400,
     // 401
     InvalidAPIKey => 401,
@@ -108,6 +114,8 @@ return_codes! {
     UserNotFound => 404,
     ThingNotFound => 404,
     SharedKeyInvalid => 404,
+    // 405
+    MethodNotAllowed => 405,
     // 410
     RequestExpired => 410,
     // 413

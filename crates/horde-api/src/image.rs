@@ -184,6 +184,18 @@ pub struct TextualInversion {
     pub strength: f64,
 }
 
+/// One of the extra images of a `remix` request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ExtraSourceImage {
+    /// Base64 WebP or an http(s) URL, as `source_image`.
+    pub image: String,
+    #[serde(default = "default_lora_strength")]
+    pub strength: f64,
+}
+
+/// The most extra source images a request may carry (the public horde's limit).
+pub const MAX_EXTRA_SOURCE_IMAGES: usize = 5;
+
 /// `params` of an image request (ModelGenerationInputStable), with the public server's effective
 /// defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -271,6 +283,13 @@ impl ImageParams {
         }
     }
 
+    /// Whether `cfg_scale` has at most two decimals, as the public horde decides it: the value
+    /// rounded to two decimals (exactly, half to even, as Python's `round(x, 2)`) is the same
+    /// number. `4.1` passes although `4.1 × 100` is `409.99999999999994` in binary.
+    pub fn cfg_scale_has_two_decimals_at_most(&self) -> bool {
+        format!("{:.2}", self.cfg_scale).parse::<f64>() == Ok(self.cfg_scale)
+    }
+
     /// The sizes a finished image may have: the requested size, or that size times the factor
     /// of the request's upscaler.
     pub fn output_sizes(&self) -> Vec<(u32, u32)> {
@@ -283,9 +302,6 @@ impl ImageParams {
 
     fn check_bounds(&self, errors: &mut FieldErrors) {
         errors.range("params.cfg_scale", self.cfg_scale, 0.0, 100.0);
-        if (self.cfg_scale * 100.0).fract().abs() > 1e-6 {
-            errors.add("params.cfg_scale", "cfg_scale may have at most 2 decimals");
-        }
         if let Some(d) = self.denoising_strength {
             errors.range("params.denoising_strength", d, 0.01, 1.0);
         }
@@ -358,6 +374,9 @@ pub struct ImageRequest {
     pub source_processing: SourceProcessing,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_mask: Option<String>,
+    /// Further images for `remix` (at most [`MAX_EXTRA_SOURCE_IMAGES`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_source_images: Vec<ExtraSourceImage>,
     #[serde(default = "yes")]
     pub r2: bool,
     #[serde(default)]
@@ -602,6 +621,23 @@ pub struct JobPayload {
 /// Counts of waiting requests the worker was not given, by reason.
 pub type SkippedCounts = std::collections::BTreeMap<String, u64>;
 
+/// The skip reasons the public horde counts in every empty pop, at 0 when none was skipped
+/// for them (others appear only with a count).
+pub const ALWAYS_COUNTED_SKIP_REASONS: &[&str] = &[
+    "bridge_version",
+    "untrusted",
+    "performance",
+    "controlnet",
+    "post-processing",
+    "lora",
+    "nsfw",
+    "unsafe_ip",
+    "painting",
+    "img2img",
+    "worker_id",
+    "models",
+];
+
 /// The answer of `POST /generate/pop` (GenerationPayloadStable). With no job, `id` is null,
 /// `ids` empty and `payload` carries the public server's idle defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -616,6 +652,8 @@ pub struct PopResponse {
     pub source_processing: SourceProcessing,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_mask: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_source_images: Vec<ExtraSourceImage>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub r2_upload: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -626,8 +664,12 @@ pub struct PopResponse {
 }
 
 impl PopResponse {
-    /// The public server's answer when there is no job for the worker.
-    pub fn empty(skipped: SkippedCounts) -> Self {
+    /// The public server's answer when there is no job for the worker: `skipped` with every
+    /// [`ALWAYS_COUNTED_SKIP_REASONS`] key, 0 where nothing was skipped for it.
+    pub fn empty(mut skipped: SkippedCounts) -> Self {
+        for reason in ALWAYS_COUNTED_SKIP_REASONS {
+            skipped.entry(reason.to_string()).or_insert(0);
+        }
         PopResponse {
             payload: serde_json::json!({
                 "ddim_steps": 30, "n_iter": 1, "sampler_name": "k_euler_a", "cfg_scale": 7.5,
@@ -642,6 +684,7 @@ impl PopResponse {
             source_image: None,
             source_processing: SourceProcessing::Img2img,
             source_mask: None,
+            extra_source_images: vec![],
             r2_upload: None,
             r2_uploads: vec![],
             messages: vec![],
@@ -714,6 +757,41 @@ pub struct SubmitResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn with_cfg(cfg_scale: f64) -> ImageParams {
+        ImageParams {
+            cfg_scale,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn every_cfg_scale_of_two_decimals_from_0_to_100_is_accepted() {
+        // What a client sends as `"cfg_scale": 4.1` parses to the double nearest 4.1, which is
+        // what `k / 100` gives (a correctly rounded division).
+        for k in 0..=10_000u32 {
+            let from_json: f64 = format!("{}.{:02}", k / 100, k % 100).parse().unwrap();
+            assert_eq!(from_json, f64::from(k) / 100.0);
+            assert!(
+                with_cfg(from_json).cfg_scale_has_two_decimals_at_most(),
+                "{from_json} refused"
+            );
+        }
+    }
+
+    #[test]
+    fn a_cfg_scale_with_a_third_decimal_is_refused_as_python_round_refuses_it() {
+        // Python: round(x, 2) != x for every x with a non-zero third decimal.
+        for k in (0..=100_000u32).filter(|k| k % 10 != 0) {
+            let value: f64 = format!("{}.{:03}", k / 1000, k % 1000).parse().unwrap();
+            assert!(
+                !with_cfg(value).cfg_scale_has_two_decimals_at_most(),
+                "{value} accepted"
+            );
+        }
+        assert!(!with_cfg(7.0001).cfg_scale_has_two_decimals_at_most());
+        assert!(with_cfg(7.5000).cfg_scale_has_two_decimals_at_most());
+    }
 
     #[test]
     fn upscalers_allow_an_enlarged_image_and_other_post_processors_do_not() {

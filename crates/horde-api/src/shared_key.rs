@@ -119,11 +119,14 @@ pub struct SharedKeyDetails {
     pub id: String,
     /// The owner's alias `name#id`.
     pub username: String,
-    pub name: Option<String>,
-    pub kudos: f64,
+    /// Empty when the key was made without one.
+    pub name: String,
+    /// Kudos still spendable, in whole kudos as the public horde shows them; −1 is unlimited.
+    pub kudos: i64,
     /// When the key expires (RFC 3339), or null for never.
     pub expiry: Option<String>,
-    pub utilized: f64,
+    /// Kudos spent through the key, in whole kudos.
+    pub utilized: i64,
     pub max_image_pixels: i64,
     pub max_image_steps: i64,
     pub max_text_tokens: i64,

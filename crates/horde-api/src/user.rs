@@ -65,18 +65,49 @@ pub struct UserDetails {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker_ids: Option<Vec<String>>,
     pub account_age: u64,
+    /// The user's unfinished requests (the user themself and moderators).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active_generations: Option<ActiveGenerations>,
-    /// Kudos held in escrow (half the earnings of untrusted worker owners); shown to the user.
+    /// The user's shared keys (the user themself and moderators). Always empty here: shared
+    /// keys are stored only as salted hashes, so a key is shown once, when it is made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sharedkey_ids: Option<Vec<String>>,
+    /// How to reach the user (the user themself and moderators); none is kept here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contact: Option<Option<String>>,
+    /// Kudos held in escrow (half the earnings of untrusted worker owners): the user themself
+    /// and moderators.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evaluating_kudos: Option<f64>,
+    /// Moderators only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monthly_kudos: Option<MonthlyKudos>,
+    /// Suspicion counted against the user's workers; moderators only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspicious: Option<u32>,
+    /// Moderators only; none is kept here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_comment: Option<Option<String>>,
 }
 
+/// Kudos granted every month; this horde grants none, so the amount is 0.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct MonthlyKudos {
+    pub amount: i64,
+    /// ISO 8601 (horde-sdk cannot parse the public horde's RFC 822 dates); null if never.
+    pub last_received: Option<String>,
+}
+
+/// The ids of a user's unfinished requests by kind, under the public horde's names; a kind
+/// without any is left out.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ActiveGenerations {
-    pub image: Vec<String>,
-    pub text: Vec<String>,
-    pub interrogation: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alchemy: Option<Vec<String>>,
 }
 
 fn yes() -> bool {

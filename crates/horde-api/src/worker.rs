@@ -10,15 +10,12 @@ pub struct WorkerKudosDetails {
     pub uptime: f64,
 }
 
-/// A worker's team, or the string `"None"` as the public horde answers.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(untagged)]
-pub enum TeamRef {
-    Team {
-        id: Option<String>,
-        name: Option<String>,
-    },
-    None(String),
+/// A worker's team: always an object, `{"id": null, "name": null}` for a worker in no team.
+/// (The public horde answers the string `"None"` there, which horde-sdk cannot parse.)
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TeamRef {
+    pub id: Option<String>,
+    pub name: Option<String>,
 }
 
 /// WorkerDetails as the public horde returns it (image worker fields included).
@@ -49,7 +46,8 @@ pub struct WorkerDetails {
     pub team: TeamRef,
     pub bridge_agent: String,
     pub max_pixels: u64,
-    pub megapixelsteps_generated: f64,
+    /// Whole megapixelsteps, as horde-sdk types it.
+    pub megapixelsteps_generated: u64,
     pub img2img: bool,
     pub painting: bool,
     #[serde(rename = "post-processing")]
@@ -92,6 +90,30 @@ pub struct SuspicionEntry {
     pub at: i64,
 }
 
+/// The query of `GET /workers`: `type` (`image`, `text`, `interrogation`; empty, absent or
+/// `all` for every kind) and `name`, which takes precedence over `type` as on the public horde.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct WorkerListQuery {
+    #[serde(rename = "type", default)]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+impl WorkerListQuery {
+    /// Whether a worker of `kind` named `name` is listed: with a `name`, the worker of that
+    /// name (case-insensitive) whatever its kind; otherwise every worker of the asked kind.
+    pub fn lists(&self, kind: &str, name: &str) -> bool {
+        if let Some(wanted) = self.name.as_deref().filter(|n| !n.is_empty()) {
+            return wanted.to_lowercase() == name.to_lowercase();
+        }
+        match self.kind.as_deref() {
+            None | Some("") | Some("all") => true,
+            Some(asked) => asked == kind,
+        }
+    }
+}
+
 /// The body of `PUT /workers/{id}`; every field optional, at least one required.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ModifyWorker {
@@ -132,3 +154,30 @@ impl ModifyWorker {
 
 /// The answer of `PUT /workers/{id}`: the fields that were set.
 pub type ModifyWorkerResponse = ModifyWorker;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query(kind: Option<&str>, name: Option<&str>) -> WorkerListQuery {
+        WorkerListQuery {
+            kind: kind.map(str::to_string),
+            name: name.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn an_empty_or_all_type_lists_every_kind_and_a_kind_lists_its_own() {
+        for every in [None, Some(""), Some("all")] {
+            assert!(query(every, None).lists("image", "w1"), "{every:?}");
+        }
+        assert!(query(Some("image"), None).lists("image", "w1"));
+        assert!(!query(Some("text"), None).lists("image", "w1"));
+    }
+
+    #[test]
+    fn a_name_takes_precedence_over_the_type_and_ignores_case() {
+        assert!(query(Some("text"), Some("My-Worker")).lists("image", "my-worker"));
+        assert!(!query(None, Some("other")).lists("image", "my-worker"));
+    }
+}

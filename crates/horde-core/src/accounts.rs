@@ -13,7 +13,7 @@ pub const ANONYMOUS_PRIORITY: i64 = -1_000_000_000;
 /// The public horde's online window: a worker is online while it popped in the last 5 minutes.
 pub const ONLINE_WINDOW_SECS: i64 = 300;
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct User {
     pub id: i64,
     pub username: String,
@@ -43,6 +43,27 @@ pub struct User {
     /// Kudos held in escrow: half of what an untrusted owner's workers earn.
     pub evaluating_kudos: f64,
     pub created: i64,
+}
+
+/// How much of a user's details a viewer sees, as on the public horde: anyone the public
+/// fields; the user themself (privilege 1) also their active requests, keys and contact; a
+/// moderator (privilege 2) also escrow, monthly kudos, suspicion and the admin comment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Privilege {
+    Public,
+    Own,
+    Moderator,
+}
+
+impl Privilege {
+    /// What `viewer` (none for a caller without a known key) may see of the user `subject_id`.
+    pub fn of(viewer: Option<&User>, subject_id: i64) -> Privilege {
+        match viewer {
+            Some(v) if v.moderator => Privilege::Moderator,
+            Some(v) if v.id == subject_id && !v.is_anonymous() => Privilege::Own,
+            _ => Privilege::Public,
+        }
+    }
 }
 
 impl User {
@@ -157,6 +178,24 @@ impl Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn moderators_see_most_the_user_themself_more_than_anyone() {
+        let user = |id: i64, moderator: bool| User {
+            id,
+            moderator,
+            ..User::default()
+        };
+        assert_eq!(Privilege::of(None, 7), Privilege::Public);
+        assert_eq!(Privilege::of(Some(&user(3, false)), 7), Privilege::Public);
+        assert_eq!(Privilege::of(Some(&user(7, false)), 7), Privilege::Own);
+        assert_eq!(Privilege::of(Some(&user(3, true)), 7), Privilege::Moderator);
+        let anonymous = user(ANONYMOUS_USER_ID, false);
+        assert_eq!(
+            Privilege::of(Some(&anonymous), ANONYMOUS_USER_ID),
+            Privilege::Public
+        );
+    }
 
     #[test]
     fn debits_below_the_floor_are_forgiven_but_never_more_than_the_charge() {

@@ -14,6 +14,7 @@ pub mod keys;
 pub mod kudos_model;
 pub mod matching;
 pub mod pricing;
+pub mod profanity;
 pub mod prompt_filter;
 pub mod queue;
 pub mod quota;
@@ -24,6 +25,7 @@ pub mod request;
 pub mod routing;
 pub mod seed;
 pub mod shared_key;
+pub mod ttl;
 pub mod upfront;
 
 pub use accounts::{User, Worker, WorkerFlags};

@@ -86,8 +86,51 @@ pub fn bridge_multiplier(bridge_agent: &str) -> f64 {
     }
 }
 
+/// A request's `consumed_kudos` after one more `charge`, kept as the public horde keeps it:
+/// the sum rounded to cents as Python's `round(x, 2)` rounds (the exact binary value, ties to
+/// even).
+pub fn consumed_after(consumed: f64, charge: f64) -> f64 {
+    python_round2(consumed + charge)
+}
+
+/// The whole kudos a status answer (and the 202) shows for `kudos`: Python's `round(x)`, which
+/// rounds ties to even (2.5 → 2), where Rust's `round` would give 3.
+pub fn reported_kudos(kudos: f64) -> f64 {
+    kudos.round_ties_even()
+}
+
+/// Python's `round(value, 2)`: the decimal expansion of the double rounded at two places.
+fn python_round2(value: f64) -> f64 {
+    let rounded = format!("{value:.2}");
+    rounded.parse().unwrap_or(value)
+}
+
 pub fn round2(value: f64) -> f64 {
     (value * 100.0).round() / 100.0
+}
+
+#[cfg(test)]
+mod rounding_tests {
+    use super::*;
+
+    #[test]
+    fn consumed_kudos_round_to_cents_and_report_ties_to_even_as_python() {
+        // Values and results from CPython 3.12: round(a + b, 2) and round(x).
+        assert_eq!(
+            consumed_after(1.0, 5.255),
+            6.25,
+            "6.255 is 6.25499… in binary"
+        );
+        assert_eq!(
+            consumed_after(1.0, 0.125),
+            1.12,
+            "an exact tie goes to even"
+        );
+        assert_eq!(consumed_after(6.25, 5.26), 11.51);
+        assert_eq!(reported_kudos(2.5), 2.0);
+        assert_eq!(reported_kudos(3.5), 4.0);
+        assert_eq!(reported_kudos(11.51), 12.0);
+    }
 }
 
 #[cfg(test)]

@@ -141,7 +141,8 @@ impl AppState {
                     return Ok(PopResponse::empty(skipped));
                 }
                 PopOutcome::Assigned(assignment) => {
-                    if let Some(answer) = self.hand_out(assignment, now).await? {
+                    let extra_slow = entry.worker.flags.extra_slow_worker;
+                    if let Some(answer) = self.hand_out(assignment, extra_slow, now).await? {
                         return Ok(answer);
                     }
                 }
@@ -193,7 +194,12 @@ impl AppState {
 
     /// Stores the assignment and answers it; `None` when another coordinator changed the
     /// request first (the local copy is then reloaded, and the pop should be tried again).
-    async fn hand_out(&self, assignment: Assignment, now: i64) -> ApiResult<Option<PopResponse>> {
+    async fn hand_out(
+        &self,
+        assignment: Assignment,
+        extra_slow: bool,
+        now: i64,
+    ) -> ApiResult<Option<PopResponse>> {
         let idle_expiry = self.config.requests.idle_expiry_secs;
         let request = self
             .queue
@@ -215,15 +221,15 @@ impl AppState {
         self.note_handed_out(&assignment.jobs);
         let first = &assignment.jobs[0];
         let ids: Vec<String> = assignment.jobs.iter().map(|j| j.id.to_string()).collect();
-        let uploads: Vec<String> = if request.body.r2 {
-            assignment
-                .jobs
-                .iter()
-                .map(|j| self.upload_url(j.id, now))
-                .collect()
-        } else {
-            vec![]
-        };
+        // Upload URLs whatever `r2` the request had, as the public pop: `r2` decides only how
+        // the client gets the images.
+        let uploads: Vec<String> = assignment
+            .jobs
+            .iter()
+            .map(|j| self.upload_url(j.id, now))
+            .collect();
+        let baseline = self.registry().baseline_of(&assignment.model);
+        let ttl = horde_core::ttl::job_ttl_secs(&request.body.params, &baseline, extra_slow);
         let payload = payload_of(&request, first, assignment.jobs.len() as u32);
         Ok(Some(PopResponse {
             payload: serde_json::to_value(payload).map_err(ApiError::internal)?,
@@ -234,10 +240,11 @@ impl AppState {
             source_image: request.body.source_image.clone(),
             source_processing: request.body.source_processing,
             source_mask: request.body.source_mask.clone(),
+            extra_source_images: request.body.extra_source_images.clone(),
             r2_upload: uploads.first().cloned(),
             r2_uploads: uploads,
             messages: vec![],
-            ttl: Some((first.deadline - now).max(0) as u64),
+            ttl: Some(ttl),
         }))
     }
 
@@ -424,7 +431,8 @@ impl AppState {
                 if let Ok(job) = &result {
                     if job.state.is_finished() && !job.censored {
                         let gen_kudos = self.gen_kudos(r, &job.model);
-                        r.consumed_kudos += pricing::requester_charge(&r.body, gen_kudos);
+                        let charge = pricing::requester_charge(&r.body, gen_kudos);
+                        r.consumed_kudos = pricing::consumed_after(r.consumed_kudos, charge);
                     }
                     refund = r.refund_if_faulted_unserved(pricing::ACTIVATION_FEE);
                     if r.is_done() {
@@ -541,14 +549,13 @@ impl AppState {
     ) -> Result<Option<std::path::PathBuf>, StageError> {
         let generation = generation.unwrap_or("R2");
         if generation == "R2" {
-            if !request.body.r2
-                || !self
-                    .images
-                    .exists(job_id)
-                    .await
-                    .map_err(StageError::Refused)?
+            if !self
+                .images
+                .exists(job_id)
+                .await
+                .map_err(StageError::Refused)?
             {
-                return Err(StageError::Refused(ApiError::new(Rc::ImageValidationFailed, "No image was uploaded for this job: PUT it to the r2_upload URL first, or send it as base64.")));
+                return Err(StageError::Refused(ApiError::new(Rc::ImageValidationFailed, format!("No image was uploaded for job {job_id}: PUT the WebP to the pop's r2_upload URL for this job before submitting \"R2\", or submit the image itself, base64-encoded, as `generation`."))));
             }
             return Ok(None);
         }

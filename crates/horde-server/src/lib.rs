@@ -299,7 +299,7 @@ fn router(state: SharedState) -> Router {
     let node = HeaderValue::from_str(&state.node_name).unwrap_or(HeaderValue::from_static("horde"));
     api.merge(SwaggerUi::new("/api").url("/api/swagger.json", openapi::ApiDoc::openapi()))
         .fallback(not_found)
-        .layer(axum::middleware::map_response(json_not_found))
+        .layer(axum::middleware::from_fn(json_errors_for_unrouted))
         .layer(DefaultBodyLimit::max(state.config.api.max_body_bytes))
         .layer(cors)
         .layer(SetResponseHeaderLayer::overriding(
@@ -317,28 +317,41 @@ async fn not_found() -> error::ApiError {
     )
 }
 
-/// Swagger UI answers unknown paths under `/api/` with an empty 404; clients expect the AI Horde
-/// error body there too.
-async fn json_not_found(response: axum::response::Response) -> axum::response::Response {
+/// Everything under `/api/` that no API route matches lands in the Swagger UI's catch-all
+/// route, which answers an empty 404 (GET) or an empty 405 (any other method). Clients decode
+/// every answer as JSON, so those become the AI Horde error body: a 404 for a path that does not
+/// exist, and a 405 with `Allow: GET` only on the documentation's own pages.
+async fn json_errors_for_unrouted(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::http::{header, StatusCode};
     use axum::response::IntoResponse;
-    if response.status() == axum::http::StatusCode::NOT_FOUND
-        && !response
-            .headers()
-            .contains_key(axum::http::header::CONTENT_TYPE)
-    {
-        return not_found().await.into_response();
+    let path = request.uri().path().to_string();
+    let response = next.run(request).await;
+    if response.headers().contains_key(header::CONTENT_TYPE) {
+        return response;
     }
-    response
+    match response.status() {
+        StatusCode::NOT_FOUND => not_found().await.into_response(),
+        StatusCode::METHOD_NOT_ALLOWED if DOCUMENTATION_PAGES.contains(&path.as_str()) => {
+            let mut answer = method_not_allowed().await.into_response();
+            answer
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET"));
+            answer
+        }
+        StatusCode::METHOD_NOT_ALLOWED => not_found().await.into_response(),
+        _ => response,
+    }
 }
 
+/// The Swagger UI's pages, which exist for GET only.
+const DOCUMENTATION_PAGES: &[&str] = &["/api", "/api/", "/api/swagger.json"];
+
 async fn method_not_allowed() -> error::ApiError {
-    error::ApiError {
-        status: axum::http::StatusCode::METHOD_NOT_ALLOWED,
-        body: horde_api::ErrorBody {
-            message: "The method is not allowed for the requested URL.".into(),
-            rc: Some("MethodNotAllowed".into()),
-            errors: None,
-        },
-        retry_after: None,
-    }
+    error::ApiError::new(
+        horde_api::Rc::MethodNotAllowed,
+        "The method is not allowed for the requested URL.",
+    )
 }

@@ -123,7 +123,7 @@ pub async fn rate_limit(
     let mut tightest: Option<(Limit, Verdict)> = None;
     for (limit, verdict) in verdicts {
         if !verdict.allowed {
-            return too_many(limit, verdict.reset_in_ms);
+            return too_many(limit, now, verdict.reset_in_ms);
         }
         if tightest.is_none_or(|(_, v)| verdict.remaining < v.remaining) {
             tightest = Some((limit, verdict));
@@ -137,10 +137,7 @@ pub async fn rate_limit(
             "X-RateLimit-Remaining",
             HeaderValue::from(verdict.remaining),
         );
-        headers.insert(
-            "X-RateLimit-Reset",
-            HeaderValue::from((now + verdict.reset_in_ms) / 1000),
-        );
+        headers.insert("X-RateLimit-Reset", reset_header(now, verdict.reset_in_ms));
     }
     response
 }
@@ -177,7 +174,14 @@ async fn count_hits(
     Ok(verdicts)
 }
 
-fn too_many(limit: Limit, reset_in_ms: u64) -> Response {
+/// `X-RateLimit-Reset`: the unix second at which the window ends, as flask-limiter sends it.
+fn reset_header(now_ms: u64, reset_in_ms: u64) -> HeaderValue {
+    HeaderValue::from((now_ms + reset_in_ms).div_ceil(1000))
+}
+
+/// The 429 answer: the AI Horde body naming the limit, `Retry-After`, and the same
+/// `X-RateLimit-*` headers as every limited answer.
+fn too_many(limit: Limit, now_ms: u64, reset_in_ms: u64) -> Response {
     let body = ErrorBody::new(Rc::RateLimited, limit.describe());
     let mut response = (StatusCode::TOO_MANY_REQUESTS, Json(body)).into_response();
     let retry = reset_in_ms.div_ceil(1000).max(1);
@@ -190,5 +194,8 @@ fn too_many(limit: Limit, reset_in_ms: u64) -> Response {
     response
         .headers_mut()
         .insert("X-RateLimit-Remaining", HeaderValue::from(0));
+    response
+        .headers_mut()
+        .insert("X-RateLimit-Reset", reset_header(now_ms, reset_in_ms));
     response
 }

@@ -6,7 +6,7 @@ use crate::state::{now, AppState};
 use base64::Engine;
 use horde_api::image::{
     AsyncResponse, Generation, ImageRequest, RequestStatus, RequestStatusCheck, RequestWarning,
-    UPSCALERS,
+    SourceProcessing, MAX_EXTRA_SOURCE_IMAGES, UPSCALERS,
 };
 use horde_api::Rc;
 use horde_core::accounts::User;
@@ -31,10 +31,28 @@ pub enum Accepted {
 /// Rules beyond the schema bounds, each with the public horde's rc.
 fn check_request_rules(body: &ImageRequest) -> ApiResult<()> {
     body.validate().map_err(ApiError::validation)?;
+    if !body.params.cfg_scale_has_two_decimals_at_most() {
+        return Err(ApiError::new(
+            Rc::BadCFGDecimals,
+            "cfg_scale must be rounded to 2 decimal places",
+        ));
+    }
     if body.prompt_parts().0.trim().is_empty() {
         return Err(ApiError::new(
             Rc::MissingPrompt,
             "You cannot specify an empty prompt.",
+        ));
+    }
+    if body.extra_source_images.len() > MAX_EXTRA_SOURCE_IMAGES {
+        return Err(ApiError::new(
+            Rc::TooManyExtraSourceImages,
+            format!("You can send a maximum of {MAX_EXTRA_SOURCE_IMAGES} extra source images."),
+        ));
+    }
+    if !body.extra_source_images.is_empty() && body.source_processing != SourceProcessing::Remix {
+        return Err(ApiError::new(
+            Rc::InvalidExtraSourceImages,
+            "extra_source_images are only used with source_processing \"remix\".",
         ));
     }
     if body.source_mask.is_some() && body.source_image.is_none() {
@@ -98,6 +116,12 @@ impl AppState {
             return Err(ApiError::new(
                 Rc::RequiresTrust,
                 "Only trusted users may disable batching for more than one image.",
+            ));
+        }
+        if body.extra_source_images.len() > 1 && !user.trusted {
+            return Err(ApiError::new(
+                Rc::MoreThanMinExtraSourceImage,
+                "Only trusted users may send more than one extra source image.",
             ));
         }
         self.check_prompt_size(&body)?;
@@ -166,7 +190,7 @@ impl AppState {
         self.queue.lock().expect("queue lock").insert(request);
         let mut response = AsyncResponse {
             id: Some(id.to_string()),
-            kudos: job_kudos.round(),
+            kudos: pricing::reported_kudos(job_kudos),
             message: None,
             warnings: downgraded.into_iter().collect(),
         };
@@ -440,7 +464,7 @@ impl AppState {
             faulted: counts.faulted,
             wait_time,
             queue_position: position as i64,
-            kudos: request.consumed_kudos.round(),
+            kudos: pricing::reported_kudos(request.consumed_kudos),
             is_possible: counts.processing > 0 || counts.done || self.is_possible(request),
             warnings: self.fallback_warnings(request),
         }
@@ -545,8 +569,10 @@ impl AppState {
     }
 
     /// Cancels a request: nothing more is handed out, finished images stay, jobs in flight may
-    /// still finish and are paid.
+    /// still finish and are paid. Answers the status as it was before the cancel, as the public
+    /// horde does (so an untouched request answers `done: false`; `check` says done after).
     pub async fn cancel_request(&self, id: &str) -> ApiResult<RequestStatus> {
+        let before = self.request_status(id).await?;
         let request_id = parse_request_id(id)?;
         let now = now();
         let retention = self.config.requests.retention_secs;
@@ -597,7 +623,7 @@ impl AppState {
             return Err(crate::cluster::changed_too_often("request"));
         }
         drop(ordered);
-        self.request_status(id).await
+        Ok(before)
     }
 
     /// Enters the jobs of `request` still in flight as cancelled in their workers' reputations;

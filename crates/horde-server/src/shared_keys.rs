@@ -203,10 +203,10 @@ fn details(token: &str, key: &SharedKey, owner: &User) -> SharedKeyDetails {
     SharedKeyDetails {
         id: token.to_string(),
         username: owner.alias(),
-        name: (!key.name.is_empty()).then(|| key.name.clone()),
-        kudos: key.kudos,
+        name: key.name.clone(),
+        kudos: key.kudos.round() as i64,
         expiry: key.expiry.map(rfc3339),
-        utilized: key.utilized,
+        utilized: key.utilized.round() as i64,
         max_image_pixels: key.max_image_pixels,
         max_image_steps: key.max_image_steps,
         max_text_tokens: key.max_text_tokens,

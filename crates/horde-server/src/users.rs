@@ -5,11 +5,11 @@ use crate::extract::ApiKey;
 use crate::state::{now, AppState};
 use horde_api::user::{
     ActiveGenerations, CountRecord, KudosTransferRequest, KudosTransferred, ModifyUser,
-    ModifyUserResponse, NewApiKey, TestUserRequest, TestUserResponse, UsageRecord, UserDetails,
-    UserKudosDetails, UserRecords,
+    ModifyUserResponse, MonthlyKudos, NewApiKey, TestUserRequest, TestUserResponse, UsageRecord,
+    UserDetails, UserKudosDetails, UserRecords,
 };
 use horde_api::{Rc, ANONYMOUS_API_KEY};
-use horde_core::accounts::User;
+use horde_core::accounts::{Privilege, User};
 use horde_core::keys::{generate_api_key, hash_api_key};
 use horde_store::NewUser;
 
@@ -186,17 +186,41 @@ impl AppState {
         ))
     }
 
-    pub async fn user_details_by_id(&self, id: &str) -> ApiResult<UserDetails> {
+    /// `GET /users/{id}`: the user's details as `viewer` may see them.
+    pub async fn user_details_by_id(
+        &self,
+        id: &str,
+        viewer: Option<&User>,
+    ) -> ApiResult<UserDetails> {
         let not_found = || user_not_found(id);
         let id = parse_user_id(id)?;
         let user = self.store.user_by_id(id).await?.ok_or_else(not_found)?;
-        self.user_details_with_flows(&user, false).await
+        self.user_details_with_flows(&user, Privilege::of(viewer, user.id))
+            .await
+    }
+
+    /// `GET /find_user`: the details of the key's own user. A key no user has is 404
+    /// `UserNotFound` here, as on the public horde (401 elsewhere); the key is not echoed.
+    pub async fn find_user(&self, key: &ApiKey) -> ApiResult<UserDetails> {
+        let user = self.authenticate(key).await.map_err(|e| {
+            if key.0.is_some() && e.body.rc.as_deref() == Some(Rc::InvalidAPIKey.as_str()) {
+                ApiError::new(Rc::UserNotFound, "No user has the API key sent.")
+            } else {
+                e
+            }
+        })?;
+        self.user_details_with_flows(&user, Privilege::of(Some(&user), user.id))
+            .await
     }
 
     /// [`AppState::user_details`] with the kudos details summed from the user's ledger.
-    pub async fn user_details_with_flows(&self, user: &User, own: bool) -> ApiResult<UserDetails> {
+    pub async fn user_details_with_flows(
+        &self,
+        user: &User,
+        privilege: Privilege,
+    ) -> ApiResult<UserDetails> {
         let flows = self.store.kudos_flows(user.id).await?;
-        let mut details = self.user_details(user, own);
+        let mut details = self.user_details(user, privilege);
         let k = &mut details.kudos_details;
         (k.gifted, k.donated, k.received, k.admin, k.awarded) = (
             flows.gifted,
@@ -208,26 +232,33 @@ impl AppState {
         Ok(details)
     }
 
-    /// Details of `user`; `own` adds what only the user themself may see.
-    pub fn user_details(&self, user: &User, own: bool) -> UserDetails {
-        let worker_ids = self
-            .workers
-            .read()
-            .expect("registry lock")
-            .ids_of_user(user.id);
-        let active = own.then(|| {
-            let queue = self.queue.lock().expect("queue lock");
-            let mut image: Vec<String> = queue
-                .requests()
-                .filter(|r| r.user_id == user.id && !r.is_done())
-                .map(|r| r.id.to_string())
-                .collect();
-            image.sort();
-            ActiveGenerations {
-                image,
-                ..Default::default()
-            }
-        });
+    /// The user's unfinished requests, by kind (only image requests exist yet).
+    fn active_generations(&self, user_id: i64) -> ActiveGenerations {
+        let queue = self.queue.lock().expect("queue lock");
+        let mut image: Vec<String> = queue
+            .requests()
+            .filter(|r| r.user_id == user_id && !r.is_done())
+            .map(|r| r.id.to_string())
+            .collect();
+        image.sort();
+        ActiveGenerations {
+            image: (!image.is_empty()).then_some(image),
+            ..Default::default()
+        }
+    }
+
+    /// Details of `user` with what `privilege` may see.
+    pub fn user_details(&self, user: &User, privilege: Privilege) -> UserDetails {
+        let (worker_ids, suspicion) = {
+            let registry = self.workers.read().expect("registry lock");
+            (
+                registry.ids_of_user(user.id),
+                registry.suspicion_of_user(user.id),
+            )
+        };
+        let own = privilege >= Privilege::Own;
+        let moderator = privilege >= Privilege::Moderator;
+        let active = own.then(|| self.active_generations(user.id));
         UserDetails {
             username: user.alias(),
             id: user.id,
@@ -272,7 +303,12 @@ impl AppState {
             worker_ids: Some(worker_ids),
             account_age: (now() - user.created).max(0) as u64,
             active_generations: active,
+            sharedkey_ids: own.then(Vec::new),
+            contact: own.then_some(None),
             evaluating_kudos: own.then_some(user.evaluating_kudos),
+            monthly_kudos: moderator.then(MonthlyKudos::default),
+            suspicious: moderator.then_some(suspicion),
+            admin_comment: moderator.then_some(None),
         }
     }
 

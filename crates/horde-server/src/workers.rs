@@ -151,6 +151,15 @@ impl WorkerRegistry {
         ids.sort_by_key(|e| e.worker.created);
         ids.iter().map(|e| e.worker.id.to_string()).collect()
     }
+
+    /// The suspicion counted against the workers of `user_id`, all together.
+    pub fn suspicion_of_user(&self, user_id: i64) -> u32 {
+        self.by_id
+            .values()
+            .filter(|e| e.worker.user_id == user_id)
+            .map(|e| e.worker.reputation.suspicion)
+            .sum()
+    }
 }
 
 impl WorkerEntry {
@@ -236,10 +245,10 @@ impl WorkerEntry {
             trusted: self.owner_trusted,
             flagged: self.owner_flagged,
             models: w.flags.models.clone(),
-            team: TeamRef::None("None".into()),
+            team: TeamRef::default(),
             bridge_agent: w.bridge_agent.clone(),
             max_pixels: w.max_pixels,
-            megapixelsteps_generated: r.megapixelsteps,
+            megapixelsteps_generated: r.megapixelsteps.round() as u64,
             img2img: w.flags.allow_img2img,
             painting: w.flags.allow_painting,
             post_processing: w.flags.allow_post_processing,
@@ -614,6 +623,8 @@ impl AppState {
         pop: &PopRequest,
         now: i64,
     ) -> ApiResult<WorkerEntry> {
+        refuse_profanity(&pop.name, Rc::ProfaneWorkerName, "worker name")?;
+        refuse_profanity(&pop.bridge_agent, Rc::ProfaneBridgeAgent, "bridge agent")?;
         // A moderator may invite an owner to run more workers than their tier allows.
         let limit = if user.trusted {
             MAX_WORKERS_TRUSTED
@@ -670,6 +681,12 @@ impl AppState {
                 Rc::NoWorkerModSelected,
                 "No worker modification selected!",
             ));
+        }
+        if let Some(name) = &change.name {
+            refuse_profanity(name, Rc::ProfaneWorkerName, "worker name")?;
+        }
+        if let Some(info) = &change.info {
+            refuse_profanity(info, Rc::ProfaneWorkerInfo, "worker info")?;
         }
         let _ordered = self.write_order.lock().await;
         let mut edited = self.worker_entry(id)?;
@@ -787,13 +804,17 @@ impl AppState {
         Ok(self.details_for(entry, now(), viewer))
     }
 
-    /// Online workers, by name.
-    pub fn online_worker_details(&self, name: Option<&str>, viewer: Viewer) -> Vec<WorkerDetails> {
+    /// The online workers `query` lists (all of them image workers, for now).
+    pub fn online_worker_details(
+        &self,
+        query: &horde_api::worker::WorkerListQuery,
+        viewer: Viewer,
+    ) -> Vec<WorkerDetails> {
         let now = now();
         let registry = self.workers.read().expect("registry lock");
         let mut list: Vec<WorkerDetails> = registry
             .online(now)
-            .filter(|e| name.is_none_or(|n| e.worker.name == n))
+            .filter(|e| query.lists("image", &e.worker.name))
             .map(|e| self.details_for(e, now, viewer))
             .collect();
         list.sort_by(|a, b| a.name.cmp(&b.name));
@@ -864,6 +885,20 @@ fn stored_entry(worker: Worker, owner: Option<User>) -> WorkerEntry {
         waiting_since: None,
         worker,
     }
+}
+
+/// Refuses public `text` (a worker's name, bridge agent or info) that is profane, with the
+/// public horde's code and message.
+fn refuse_profanity(text: &str, rc: Rc, what: &str) -> ApiResult<()> {
+    if horde_core::profanity::is_profane(text) {
+        return Err(ApiError::new(
+            rc,
+            format!(
+                "As our API is public, we do not allow profanity in the {what}, please try again."
+            ),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -13,24 +13,34 @@ use horde_api::user::{
 use horde_api::{ErrorBody, Rc};
 use std::net::SocketAddr;
 
-#[utoipa::path(get, path = "/api/v2/users/{id}", tag = "v2", params(("id" = String, Path)),
+/// A user. With the user's own `apikey`, also their active requests and escrow; with a
+/// moderator's, also monthly kudos, suspicion and the admin comment. An unknown key sees what
+/// anyone sees.
+#[utoipa::path(get, path = "/api/v2/users/{id}", tag = "v2", params(("id" = String, Path), ("apikey" = Option<String>, Header)),
     responses((status = 200, body = UserDetails), (status = 404, body = ErrorBody)))]
 pub async fn get(
     State(state): State<SharedState>,
+    key: ApiKey,
     Path(id): Path<String>,
 ) -> ApiResult<Json<UserDetails>> {
-    state.user_details_by_id(&id).await.map(Json)
+    let viewer = match key.0 {
+        Some(_) => state.authenticate(&key).await.ok(),
+        None => None,
+    };
+    state
+        .user_details_by_id(&id, viewer.as_ref())
+        .await
+        .map(Json)
 }
 
-/// The user owning the sent API key.
+/// The user owning the sent API key; 404 `UserNotFound` when no user has it.
 #[utoipa::path(get, path = "/api/v2/find_user", tag = "v2", params(("apikey" = String, Header)),
-    responses((status = 200, body = UserDetails), (status = 401, body = ErrorBody)))]
+    responses((status = 200, body = UserDetails), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn find_user(
     State(state): State<SharedState>,
     key: ApiKey,
 ) -> ApiResult<Json<UserDetails>> {
-    let user = state.authenticate(&key).await?;
-    state.user_details_with_flows(&user, true).await.map(Json)
+    state.find_user(&key).await.map(Json)
 }
 
 /// Test-only: create a user (or rotate its key) and return the key. Enabled by config, and only

@@ -5,31 +5,22 @@ use crate::extract::{ApiKey, HordeJson};
 use crate::state::SharedState;
 use axum::extract::{Path, Query, State};
 use axum::Json;
-use horde_api::worker::{ModifyWorker, WorkerDetails};
+use horde_api::worker::{ModifyWorker, WorkerDetails, WorkerListQuery};
 use horde_api::{ErrorBody, Rc};
-use serde::Deserialize;
 
-#[derive(Deserialize)]
-pub struct WorkersQuery {
-    #[serde(rename = "type")]
-    kind: Option<String>,
-    name: Option<String>,
-}
-
-/// Online workers. With the `apikey` of a moderator, every worker's `owner` and `paused`; of
-/// an owner, the `owner` of their own.
-#[utoipa::path(get, path = "/api/v2/workers", tag = "v2", params(("apikey" = Option<String>, Header)),
+/// Online workers, of one `type` (`image`, `text`, `interrogation`; empty or `all` for every
+/// kind) or by `name` (which takes precedence). With the `apikey` of a moderator, every
+/// worker's `owner` and `paused`; of an owner, the `owner` of their own.
+#[utoipa::path(get, path = "/api/v2/workers", tag = "v2", params(("apikey" = Option<String>, Header),
+    ("type" = Option<String>, Query), ("name" = Option<String>, Query)),
     responses((status = 200, body = Vec<WorkerDetails>)))]
 pub async fn list(
     State(state): State<SharedState>,
     key: ApiKey,
-    Query(q): Query<WorkersQuery>,
+    Query(query): Query<WorkerListQuery>,
 ) -> Json<Vec<WorkerDetails>> {
-    if q.kind.as_deref().is_some_and(|k| k != "image") {
-        return Json(vec![]);
-    }
     let viewer = state.worker_viewer(&key).await;
-    Json(state.online_worker_details(q.name.as_deref(), viewer))
+    Json(state.online_worker_details(&query, viewer))
 }
 
 fn parse_worker_id(id: &str) -> ApiResult<uuid::Uuid> {

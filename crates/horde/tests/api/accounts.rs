@@ -162,7 +162,11 @@ async fn a_reset_key_replaces_the_old_one_at_once() {
     assert_eq!(rc_of(other.reset_api_key(id).await), "NotOwner");
     let fresh = user.reset_api_key(id).await.unwrap();
     assert_eq!(fresh.api_key.len(), 22);
-    assert_eq!(rc_of(user.find_user().await), "InvalidAPIKey");
+    assert_eq!(
+        rc_of(user.find_user().await),
+        "UserNotFound",
+        "find_user answers a key no user has with 404, as the public horde"
+    );
     let me = app.client(&fresh.api_key).find_user().await.unwrap();
     assert_eq!(me.id, id);
 }
@@ -209,13 +213,14 @@ async fn shared_keys_lend_an_account_within_their_limits() {
         .unwrap();
     assert!(status.check.done);
 
-    // The owner paid, and the key's budget shrank by the same charge.
+    // The owner paid, and the key's budget shrank by the same charge (shown in whole kudos,
+    // as horde-sdk types them).
     let paid = 100.0 - owner.find_user().await.unwrap().kudos;
     assert!(paid > 0.0);
     let key = stranger.shared_key(&created.id).await.unwrap();
     assert!(
-        (key.utilized - paid).abs() < 1e-9 && (key.kudos - (20.0 - paid)).abs() < 1e-9,
-        "{key:?}"
+        key.utilized == paid.round() as i64 && key.kudos == (20.0 - paid).round() as i64,
+        "{key:?} after paying {paid}"
     );
 
     let expire_now = SharedKeyPatch {
@@ -257,7 +262,7 @@ async fn shared_keys_lend_an_account_within_their_limits() {
     );
     assert_eq!(
         rc_of(borrower.find_user().await),
-        "InvalidAPIKey",
+        "UserNotFound",
         "a shared key only generates"
     );
 }

@@ -159,7 +159,8 @@ async fn every_kind_of_bad_input_is_refused_and_changes_nothing() {
         401,
         "InvalidAPIKey",
     );
-    expect_client(unknown.find_user().await, 401, "InvalidAPIKey");
+    // find_user answers an unknown key as the public horde does: no such user.
+    expect_client(unknown.find_user().await, 404, "UserNotFound");
     let no_key = http()
         .get(format!("{}/api/v2/find_user", app.root))
         .send()

@@ -10,6 +10,7 @@ mod bench;
 mod browser;
 mod chaos;
 mod cli;
+mod client_compat;
 mod cluster;
 mod crash;
 mod dashboard;
