@@ -3,15 +3,21 @@
 //! with `ProfaneWorkerName`, `ProfaneBridgeAgent` and `ProfaneWorkerInfo`).
 //!
 //! The public horde asks a classifier (`alt-profanity-check`); here `rustrict`'s word model,
-//! which also catches spaced-out and look-alike spellings and knows the usual false positives
+//! which also catches spaced-out and look-alike letters and knows the usual false positives
 //! (Scunthorpe, "assess", …). Profane, offensive and sexual text of moderate severity or worse
-//! is refused; mild language passes.
+//! is refused; mild language passes. Digits are read as separators, not as letters: rustrict
+//! reads `1` as `i` and `3` as `e`, which turns the numbered names workers commonly have
+//! (`w14-3558-7`) into words.
 
 use rustrict::{CensorStr, Type};
 
 /// Whether `text` may not be shown publicly.
 pub fn is_profane(text: &str) -> bool {
-    text.is((Type::PROFANE | Type::OFFENSIVE | Type::SEXUAL) & Type::MODERATE_OR_HIGHER)
+    let letters: String = text
+        .chars()
+        .map(|c| if c.is_ascii_digit() { ' ' } else { c })
+        .collect();
+    letters.is((Type::PROFANE | Type::OFFENSIVE | Type::SEXUAL) & Type::MODERATE_OR_HIGHER)
 }
 
 #[cfg(test)]
@@ -38,8 +44,16 @@ mod tests {
             "AI Horde Worker reGen:9.0.1:https://github.com/Haidra-Org/horde-worker-reGen",
             "assessing class passes",
             "sdk-endpoints-normal",
+            "w14-3558-7",
+            "w199-99-12",
+            "gpu-box-3090",
         ] {
             assert!(!is_profane(text), "{text:?} refused");
+        }
+        // The names `horde bench` gives its workers.
+        for n in 0..2000 {
+            let name = format!("w{n}-3558-7");
+            assert!(!is_profane(&name), "{name:?} refused");
         }
     }
 }
