@@ -116,16 +116,24 @@ return_codes! {
     SharedKeyInvalid => 404,
     // 405
     MethodNotAllowed => 405,
+    // 408
+    RequestTimeout => 408,
     // 410
     RequestExpired => 410,
     // 413
     PayloadTooLarge => 413,
+    // 414, 415, 431
+    UriTooLong => 414,
+    UnsupportedMediaType => 415,
+    RequestHeaderFieldsTooLarge => 431,
     // 429
     TooManyPrompts => 429,
     RateLimited => 429,
     DailyQuotaExceeded => 429,
     // 500
     InternalServerError => 500,
+    // 503
+    TooManyConnections => 503,
 }
 
 impl ErrorBody {

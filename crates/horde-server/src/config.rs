@@ -192,6 +192,21 @@ pub struct ApiConfig {
     /// Ids of the users who administer this horde: they may change balances and appoint
     /// moderators (`PUT /users/{id}`).
     pub admins: Vec<i64>,
+    /// The most rate-limit counters held in memory (one per caller and route in the current
+    /// window); when full, those closest to their window's end are dropped first.
+    pub rate_limit_keys: usize,
+    /// The most connections open at once (kept below the open-file limit); past it a new
+    /// connection is answered 503 `TooManyConnections` and closed.
+    pub max_connections: usize,
+    /// Seconds a client has to send a request's headers, counted from when the connection
+    /// opens or last answered: idle and byte-by-byte connections are closed after it.
+    pub header_timeout_secs: u64,
+    /// Seconds a client has to send a request's body; after it the answer is 408.
+    pub body_timeout_secs: u64,
+    /// The reverse proxies (addresses or CIDRs, e.g. `10.0.0.0/8`) whose `X-Forwarded-For` or
+    /// `Forwarded` header names the client, for per-IP limits; from anyone else these headers
+    /// are ignored.
+    pub trusted_proxies: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -246,6 +261,11 @@ impl Default for ApiConfig {
             max_body_bytes: 16 * 1024 * 1024,
             max_image_bytes: 8 * 1024 * 1024,
             admins: vec![],
+            rate_limit_keys: horde_core::ratelimit::DEFAULT_CAPACITY,
+            max_connections: 4096,
+            header_timeout_secs: 10,
+            body_timeout_secs: 60,
+            trusted_proxies: vec![],
         }
     }
 }

@@ -6,13 +6,16 @@
 //! methods on [`state::AppState`] (`requests`, `jobs`, `workers`, `users`) orchestrate
 //! horde-core's rules and horde-store's persistence. No SQL and no HTTP type below this crate.
 
+pub mod client_ip;
 pub mod cluster;
 pub mod config;
+pub mod connections;
 pub mod dashboard;
 pub mod error;
 pub mod extract;
 pub mod filters;
 pub mod group_commit;
+pub mod guard;
 pub mod images;
 pub mod jobs;
 pub mod models;
@@ -55,6 +58,8 @@ pub enum StartError {
     Store(#[from] horde_store::StoreError),
     #[error("cannot load the model reference: {0}")]
     Models(String),
+    #[error("invalid configuration: {0}")]
+    Config(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -114,6 +119,25 @@ impl Application {
         self.state.clone()
     }
 
+    /// The bounds on connections: the configured ones, with the cap kept under this process's
+    /// open-file limit (raised to its hard limit first; both figures are logged).
+    fn connection_limits(&self) -> connections::ConnectionLimits {
+        let api = &self.state.config.api;
+        let (soft, hard) = connections::raise_open_file_limit();
+        let max_connections = connections::fitting_cap(api.max_connections, soft);
+        tracing::info!(
+            open_files = soft,
+            open_files_hard_limit = hard,
+            max_connections,
+            "open-file limit raised to the hard limit; connections capped below it"
+        );
+        connections::ConnectionLimits {
+            header_timeout: std::time::Duration::from_secs(api.header_timeout_secs.max(1)),
+            max_connections,
+            max_header_bytes: guard::MAX_HEADER_BYTES + guard::MAX_URI_BYTES,
+        }
+    }
+
     /// Serves until `shutdown` completes, with the sweeper running beside.
     pub async fn run_until(
         self,
@@ -130,9 +154,6 @@ impl Application {
         } else {
             vec![]
         };
-        let service = self
-            .router
-            .into_make_service_with_connect_info::<SocketAddr>();
         let state = self.state.clone();
         let shutdown = async move {
             shutdown.await;
@@ -140,9 +161,8 @@ impl Application {
                 .shutting_down
                 .store(true, std::sync::atomic::Ordering::SeqCst);
         };
-        let result = axum::serve(self.listener, service)
-            .with_graceful_shutdown(shutdown)
-            .await;
+        let limits = self.connection_limits();
+        let result = connections::serve(self.listener, self.router, limits, shutdown).await;
         sweeper.abort();
         reloads.abort();
         for task in cluster_tasks {
@@ -181,6 +201,9 @@ async fn open_state(
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "horde".into());
     let online_window_secs = config.workers.online_window_secs;
+    let trusted_proxies = client_ip::TrustedProxies::parse(&config.api.trusted_proxies)
+        .map_err(|e| StartError::Config(format!("api.trusted_proxies: {e}")))?;
+    let limiter = horde_core::ratelimit::FixedWindows::with_capacity(config.api.rate_limit_keys);
     let request_writer = group_commit::RequestWriter::start(store.clone());
     let state = AppState {
         node_name: format!("{host}:{}:{}", local.port(), routes::status::VERSION),
@@ -191,7 +214,8 @@ async fn open_state(
         workers: RwLock::new(workers::WorkerRegistry::new(online_window_secs)),
         models: RwLock::new(std::sync::Arc::new(registry)),
         filters: RwLock::new(Default::default()),
-        limiter: Mutex::new(Default::default()),
+        limiter: Mutex::new(limiter),
+        trusted_proxies,
         request_writer,
         workers_generation: Default::default(),
         matching_cache: Mutex::new(None),
@@ -299,8 +323,13 @@ fn router(state: SharedState) -> Router {
     let node = HeaderValue::from_str(&state.node_name).unwrap_or(HeaderValue::from_static("horde"));
     api.merge(SwaggerUi::new("/api").url("/api/swagger.json", openapi::ApiDoc::openapi()))
         .fallback(not_found)
-        .layer(axum::middleware::from_fn(json_errors_for_unrouted))
         .layer(DefaultBodyLimit::max(state.config.api.max_body_bytes))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            std::time::Duration::from_secs(state.config.api.body_timeout_secs.max(1)),
+        ))
+        .layer(axum::middleware::from_fn(guard::json_errors))
+        .layer(axum::middleware::from_fn(guard::bounded_request))
+        .layer(axum::middleware::from_fn(guard::security_headers))
         .layer(cors)
         .layer(SetResponseHeaderLayer::overriding(
             HeaderName::from_static("horde-node"),
@@ -316,38 +345,6 @@ async fn not_found() -> error::ApiError {
         "The requested URL was not found on this server.",
     )
 }
-
-/// Everything under `/api/` that no API route matches lands in the Swagger UI's catch-all
-/// route, which answers an empty 404 (GET) or an empty 405 (any other method). Clients decode
-/// every answer as JSON, so those become the AI Horde error body: a 404 for a path that does not
-/// exist, and a 405 with `Allow: GET` only on the documentation's own pages.
-async fn json_errors_for_unrouted(
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    use axum::http::{header, StatusCode};
-    use axum::response::IntoResponse;
-    let path = request.uri().path().to_string();
-    let response = next.run(request).await;
-    if response.headers().contains_key(header::CONTENT_TYPE) {
-        return response;
-    }
-    match response.status() {
-        StatusCode::NOT_FOUND => not_found().await.into_response(),
-        StatusCode::METHOD_NOT_ALLOWED if DOCUMENTATION_PAGES.contains(&path.as_str()) => {
-            let mut answer = method_not_allowed().await.into_response();
-            answer
-                .headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("GET"));
-            answer
-        }
-        StatusCode::METHOD_NOT_ALLOWED => not_found().await.into_response(),
-        _ => response,
-    }
-}
-
-/// The Swagger UI's pages, which exist for GET only.
-const DOCUMENTATION_PAGES: &[&str] = &["/api", "/api/", "/api/swagger.json"];
 
 async fn method_not_allowed() -> error::ApiError {
     error::ApiError::new(

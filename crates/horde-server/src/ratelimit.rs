@@ -10,12 +10,13 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use horde_api::{ErrorBody, Rc, ANONYMOUS_API_KEY};
 use horde_core::keys::hash_api_key;
-use horde_core::ratelimit::{verdict_after, window_start, Limit, Verdict};
+use horde_core::ratelimit::{route_key, verdict_after, window_start, Limit, Verdict};
 use std::net::SocketAddr;
 
 /// What a limit counts by.
 enum Key {
-    /// The caller's address and the concrete path (so each request id counts apart).
+    /// The caller's address, the route and its normalised parameters (so each request id
+    /// counts apart, however it is spelled: `horde_core::ratelimit::route_key`).
     IpAndPath,
     /// The caller's address and the route.
     IpAndRoute,
@@ -90,6 +91,7 @@ pub async fn rate_limit(
         .unwrap_or(ANONYMOUS_API_KEY)
         .to_string();
     let method = request.method().clone();
+    let client = state.trusted_proxies.client(peer.ip(), request.headers());
     let limits = limits_for(
         &state.config.limits,
         &method,
@@ -101,10 +103,12 @@ pub async fn rate_limit(
         .iter()
         .map(|(limit, key)| {
             let key = match key {
-                Key::IpAndPath => format!("{}@{}@{}", peer.ip(), method, request.uri().path()),
-                Key::IpAndRoute => {
-                    format!("{}@{}@{}#{}", peer.ip(), method, route, limit.window_ms)
-                }
+                Key::IpAndPath => format!(
+                    "{client}@{method}@{}#{}",
+                    route_key(&route, request.uri().path()),
+                    limit.window_ms
+                ),
+                Key::IpAndRoute => format!("{client}@{method}@{route}#{}", limit.window_ms),
                 Key::ApiKeyAndRoute => format!(
                     "{}@{}@{}#{}",
                     hash_api_key(&state.key_salt, &apikey),

@@ -29,6 +29,8 @@ pub struct AppState {
     /// The moderators' prompt filters, compiled; replaced whole on every change.
     pub filters: RwLock<std::sync::Arc<horde_core::prompt_filter::FilterSet>>,
     pub limiter: Mutex<FixedWindows>,
+    /// The reverse proxies whose forwarded-for headers name the client.
+    pub trusted_proxies: crate::client_ip::TrustedProxies,
     /// Stores accepted requests, many to a commit.
     pub request_writer: crate::group_commit::RequestWriter,
     /// Bumped when a worker joins, changes what it serves, or is paused or resumed.
