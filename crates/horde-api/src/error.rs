@@ -87,6 +87,8 @@ return_codes! {
     ProfaneWorkerName => 400,
     ProfaneWorkerInfo => 400,
     ProfaneBridgeAgent => 400,
+    SourceImageResolutionExceeded => 400,
+    SourceImageUnreadable => 400,
     InvalidPromptSize => 400,
     // 401
     InvalidAPIKey => 401,
@@ -187,6 +189,16 @@ impl FieldErrors {
             self.add(
                 field,
                 format!("{} items is more than the maximum of {max}", items.len()),
+            );
+        }
+    }
+    /// A text of at most `max` characters.
+    pub fn max_chars(&mut self, field: &str, text: &str, max: usize) {
+        let chars = text.chars().count();
+        if chars > max {
+            self.add(
+                field,
+                format!("{chars} characters is more than the maximum of {max}"),
             );
         }
     }

@@ -77,6 +77,17 @@ pub struct FilterQuery {
     pub contains: Option<String>,
 }
 
+/// The longest description, replacement or checked prompt.
+const MAX_FILTER_TEXT: usize = 32_000;
+
+fn texts(errors: &mut FieldErrors, description: Option<&str>, replacement: Option<&str>) {
+    for (field, text) in [("description", description), ("replacement", replacement)] {
+        if let Some(text) = text {
+            errors.max_chars(field, text, MAX_FILTER_TEXT);
+        }
+    }
+}
+
 fn check(errors: &mut FieldErrors, regex: Option<&str>, filter_type: Option<i32>) {
     if let Some(r) = regex {
         errors.range("regex", r.chars().count(), 1, 10_000);
@@ -90,6 +101,11 @@ impl NewFilter {
     pub fn validate(&self) -> Result<(), ErrorBody> {
         let mut errors = FieldErrors::default();
         check(&mut errors, Some(&self.regex), Some(self.filter_type));
+        texts(
+            &mut errors,
+            self.description.as_deref(),
+            self.replacement.as_deref(),
+        );
         errors.into_result()
     }
 }
@@ -98,6 +114,11 @@ impl FilterPatch {
     pub fn validate(&self) -> Result<(), ErrorBody> {
         let mut errors = FieldErrors::default();
         check(&mut errors, self.regex.as_deref(), self.filter_type);
+        texts(
+            &mut errors,
+            self.description.as_deref(),
+            self.replacement.as_deref(),
+        );
         errors.into_result()
     }
 
@@ -110,6 +131,7 @@ impl PromptCheck {
     pub fn validate(&self) -> Result<(), ErrorBody> {
         let mut errors = FieldErrors::default();
         check(&mut errors, None, self.filter_type);
+        errors.max_chars("prompt", &self.prompt, MAX_FILTER_TEXT);
         errors.into_result()
     }
 }

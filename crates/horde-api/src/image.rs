@@ -196,6 +196,21 @@ pub struct ExtraSourceImage {
 /// The most extra source images a request may carry (the public horde's limit).
 pub const MAX_EXTRA_SOURCE_IMAGES: usize = 5;
 
+// Bounds of ours where the public horde has none (docs/security.md lists them all).
+/// The most models a request may name.
+pub const MAX_REQUEST_MODELS: usize = 100;
+/// The most worker ids a request may list (the first five are used, as on the public horde).
+pub const MAX_REQUEST_WORKERS: usize = 100;
+/// The longest seed text.
+pub const MAX_SEED_CHARS: usize = 256;
+/// The largest `params.special` object, serialised.
+pub const MAX_SPECIAL_BYTES: usize = 16 * 1024;
+/// The most `priority_usernames` and `blacklist` words in a pop (the public horde keeps 200
+/// blacklist words).
+pub const MAX_POP_LIST: usize = 200;
+/// The longest entry of a pop's lists, and of a submit's `gen_metadata` values.
+pub const MAX_LIST_ENTRY_CHARS: usize = 255;
+
 /// `params` of an image request (ModelGenerationInputStable), with the public server's effective
 /// defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -329,6 +344,43 @@ impl ImageParams {
         errors.range("params.n", self.n, 1, 20);
         errors.max_len("params.loras", &self.loras, 5);
         errors.max_len("params.tis", &self.tis, 20);
+        errors.max_len(
+            "params.post_processing",
+            &self.post_processing,
+            POST_PROCESSORS.len(),
+        );
+        for lora in &self.loras {
+            errors.range("params.loras.name", lora.name.chars().count(), 1, 255);
+            if let Some(trigger) = &lora.inject_trigger {
+                errors.range(
+                    "params.loras.inject_trigger",
+                    trigger.chars().count(),
+                    1,
+                    30,
+                );
+            }
+        }
+        for ti in &self.tis {
+            errors.range("params.tis.name", ti.name.chars().count(), 1, 255);
+            errors.range("params.tis.strength", ti.strength, -5.0, 5.0);
+            if let Some(inject) = &ti.inject_ti {
+                if inject != "prompt" && inject != "negprompt" {
+                    errors.add("params.tis.inject_ti", "one of \"prompt\" or \"negprompt\"");
+                }
+            }
+        }
+        if let Some(SeedInput::Text(seed)) = &self.seed {
+            errors.max_chars("params.seed", seed, MAX_SEED_CHARS);
+        }
+        if let Some(special) = &self.special {
+            let size = serde_json::to_string(special).map_or(usize::MAX, |s| s.len());
+            if size > MAX_SPECIAL_BYTES {
+                errors.add(
+                    "params.special",
+                    format!("{size} bytes is more than the maximum of {MAX_SPECIAL_BYTES}"),
+                );
+            }
+        }
         for (i, pp) in self.post_processing.iter().enumerate() {
             if !POST_PROCESSORS.contains(&pp.as_str()) {
                 errors.add(
@@ -418,10 +470,18 @@ impl ImageRequest {
         if let Some(hook) = &self.webhook {
             errors.range("webhook", hook.len(), 10, 1024);
         }
+        errors.max_len("models", &self.models, MAX_REQUEST_MODELS);
         for (i, model) in self.models.iter().enumerate() {
             if model.is_empty() || model.len() > 255 {
                 errors.add(&format!("models.{i}"), "model names are 1..255 characters");
             }
+        }
+        errors.max_len("workers", &self.workers, MAX_REQUEST_WORKERS);
+        for worker in &self.workers {
+            errors.max_chars("workers", worker, 64);
+        }
+        if let Some(account) = &self.proxied_account {
+            errors.max_chars("proxied_account", account, 255);
         }
         if let Some(style) = &self.style {
             errors.range("style", style.len(), 3, 1024);
@@ -574,6 +634,11 @@ impl PopRequest {
             if model.len() < 3 || model.len() > 255 {
                 errors.add(&format!("models.{i}"), "model names are 3..255 characters");
             }
+        }
+        errors.max_len("priority_usernames", &self.priority_usernames, MAX_POP_LIST);
+        errors.max_len("blacklist", &self.blacklist, MAX_POP_LIST);
+        for entry in self.priority_usernames.iter().chain(&self.blacklist) {
+            errors.max_chars("priority_usernames/blacklist", entry, MAX_LIST_ENTRY_CHARS);
         }
         errors.into_result()
     }
@@ -745,6 +810,14 @@ impl SubmitRequest {
     pub fn validate(&self) -> Result<(), ErrorBody> {
         let mut errors = FieldErrors::default();
         errors.max_len("gen_metadata", &self.gen_metadata, 50);
+        for entry in &self.gen_metadata {
+            errors.max_chars("gen_metadata.type", &entry.kind, 64);
+            errors.max_chars("gen_metadata.value", &entry.value, MAX_LIST_ENTRY_CHARS);
+            if let Some(reference) = &entry.r#ref {
+                errors.max_chars("gen_metadata.ref", reference, MAX_LIST_ENTRY_CHARS);
+            }
+        }
+        errors.max_chars("id", &self.id, 64);
         errors.into_result()
     }
 }

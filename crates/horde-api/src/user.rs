@@ -157,6 +157,14 @@ pub struct KudosTransferRequest {
     pub amount: f64,
 }
 
+impl KudosTransferRequest {
+    pub fn validate(&self) -> Result<(), crate::ErrorBody> {
+        let mut errors = crate::error::FieldErrors::default();
+        errors.max_chars("username", &self.username, 255);
+        errors.into_result()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct KudosTransferred {
     pub transferred: f64,

@@ -12,7 +12,8 @@ pub struct Fragment {
 enum Token<'a> {
     Literal(&'a str),
     Open(char),
-    CloseWithWeight(f32),
+    /// `:weight)`, with the text as written (kept when no `(` is open).
+    CloseWithWeight(f32, &'a str),
     Close(char),
     Text(&'a str),
 }
@@ -49,7 +50,7 @@ fn tokens(prompt: &str) -> Vec<Token<'_>> {
             }
             b':' => match weight_then_close(&prompt[i + 1..]) {
                 Some((weight, consumed)) => {
-                    out.push(Token::CloseWithWeight(weight));
+                    out.push(Token::CloseWithWeight(weight, &prompt[i..i + 1 + consumed]));
                     i += 1 + consumed;
                 }
                 None => {
@@ -107,10 +108,10 @@ pub fn parse(prompt: &str) -> Vec<Fragment> {
             }),
             Token::Open('(') => round.push(res.len()),
             Token::Open(_) => square.push(res.len()),
-            Token::CloseWithWeight(weight) => match round.pop() {
+            Token::CloseWithWeight(weight, written) => match round.pop() {
                 Some(from) => multiply(&mut res, from, weight),
                 None => res.push(Fragment {
-                    text: format!(":{weight})"),
+                    text: written.to_string(),
                     weight: 1.0,
                 }),
             },
@@ -156,6 +157,18 @@ pub fn parse(prompt: &str) -> Vec<Fragment> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_unmatched_weight_keeps_its_text_as_written() {
+        // Found by the `prompt` fuzzer: the weight was written back as a number (":0.4)"),
+        // inventing text. A1111 keeps the match as written.
+        for prompt in ["s:.4)n", "a : +1.50 ) b", "x:1e)"] {
+            let parsed = parse(prompt);
+            assert_eq!(parsed.len(), 1, "{prompt:?}: {parsed:?}");
+            assert_eq!(parsed[0].text, prompt);
+            assert_eq!(parsed[0].weight, 1.0);
+        }
+    }
+
     use super::*;
 
     fn weights(prompt: &str) -> Vec<(String, f32)> {

@@ -20,6 +20,11 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for HordeJson<T> {
         let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
             if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::new(Rc::PayloadTooLarge, "The request body is too large.")
+            } else if is_body_timeout(&rejection) {
+                ApiError::new(
+                    Rc::RequestTimeout,
+                    "The request body did not arrive in time.",
+                )
             } else {
                 ApiError::new(Rc::BadRequest, "The request body could not be read.")
             }
@@ -28,7 +33,21 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for HordeJson<T> {
     }
 }
 
-/// Parses a JSON body the way the public horde validates one.
+/// Whether reading the body failed because it did not arrive within `api.body_timeout_secs`.
+fn is_body_timeout(rejection: &axum::extract::rejection::BytesRejection) -> bool {
+    use std::error::Error;
+    let mut cause: Option<&(dyn Error + 'static)> = Some(rejection);
+    while let Some(error) = cause {
+        if error.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
+}
+
+/// Parses a JSON body the way the public horde validates one: exactly one JSON value of the
+/// expected shape (trailing data, a second value or an array for an object are 400).
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if bytes.windows(6).any(|w| w.eq_ignore_ascii_case(b"\\u0000")) || bytes.contains(&0) {
         return Err(ApiError::new(
@@ -42,7 +61,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         return Ok(value);
     }
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
+    let parsed = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
         let path = err.path().to_string();
         let field = if path == "." || path.is_empty() {
             "payload".to_string()
@@ -52,7 +71,14 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         let mut errors = BTreeMap::new();
         errors.insert(field, err.inner().to_string());
         ApiError::validation(ErrorBody::validation(errors))
-    })
+    })?;
+    // The first parse failed but this one read a whole value: what follows it is the fault.
+    deserializer.end().map_err(|err| {
+        let mut errors = BTreeMap::new();
+        errors.insert("payload".to_string(), err.to_string());
+        ApiError::validation(ErrorBody::validation(errors))
+    })?;
+    Ok(parsed)
 }
 
 /// A query string parsed into `T`; a malformed one answers 400 `ValidationError` naming it.

@@ -3,7 +3,7 @@
 use crate::cluster::{changed_too_often, MAX_WRITE_ATTEMPTS};
 use crate::config::JobsConfig;
 use crate::error::{ApiError, ApiResult};
-use crate::images::check_image;
+use crate::images::{check_image, ImageRefusal};
 use crate::state::{now, AppState};
 use base64::Engine;
 use horde_api::image::{JobPayload, PopRequest, PopResponse, SubmitRequest, SubmitResponse};
@@ -660,29 +660,18 @@ enum StageError {
     Suspicious(ApiError, SuspicionReason),
 }
 
-/// Decodes a finished image and checks its size against what the request asked for.
+/// Checks a finished image against the sizes the request allows, from its header before any
+/// pixel is decoded (`images::check_image`).
 async fn checked_result(
     request: &LiveRequest,
     bytes: Vec<u8>,
 ) -> Result<Vec<u8>, (ApiError, SuspicionReason)> {
-    let (bytes, size) = check_image(bytes)
+    check_image(bytes, request.body.params.output_sizes())
         .await
-        .map_err(|e| (e, SuspicionReason::UndecodableImage))?;
-    let allowed = request.body.params.output_sizes();
-    if !allowed.contains(&(size.width, size.height)) {
-        let (width, height) = allowed[0];
-        return Err((
-            ApiError::new(
-                Rc::ImageValidationFailed,
-                format!(
-                    "The image is {}x{} but the job asked for {width}x{height}.",
-                    size.width, size.height
-                ),
-            ),
-            SuspicionReason::WrongImageSize,
-        ));
-    }
-    Ok(bytes)
+        .map_err(|refusal| match refusal {
+            ImageRefusal::Undecodable(e) => (e, SuspicionReason::UndecodableImage),
+            ImageRefusal::WrongSize(e) => (e, SuspicionReason::WrongImageSize),
+        })
 }
 
 impl AppState {

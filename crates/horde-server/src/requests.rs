@@ -55,6 +55,17 @@ fn check_request_rules(body: &ImageRequest) -> ApiResult<()> {
             "extra_source_images are only used with source_processing \"remix\".",
         ));
     }
+    for (field, image) in [
+        ("source_image", &body.source_image),
+        ("source_mask", &body.source_mask),
+    ] {
+        if let Some(image) = image {
+            crate::images::check_source_image(field, image)?;
+        }
+    }
+    for extra in &body.extra_source_images {
+        crate::images::check_source_image("extra_source_images", &extra.image)?;
+    }
     if body.source_mask.is_some() && body.source_image.is_none() {
         return Err(ApiError::new(
             Rc::SourceMaskUnnecessary,

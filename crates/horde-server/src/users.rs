@@ -300,7 +300,9 @@ impl AppState {
             special: false,
             deleted: false,
             worker_count: worker_ids.len() as u32,
-            worker_ids: Some(worker_ids),
+            // As on the public horde: the ids for the user themself and moderators, and for
+            // everyone when the user made their workers public.
+            worker_ids: (own || user.public_workers).then_some(worker_ids),
             account_age: (now() - user.created).max(0) as u64,
             active_generations: active,
             sharedkey_ids: own.then(Vec::new),
@@ -378,6 +380,7 @@ impl AppState {
         sender: &User,
         request: &KudosTransferRequest,
     ) -> ApiResult<KudosTransferred> {
+        request.validate().map_err(ApiError::validation)?;
         let invalid_target = || {
             ApiError::new(
                 Rc::InvalidTargetUsername,

@@ -4,6 +4,7 @@
 //! would drive it. One test binary, so the crates are linked once.
 
 mod accounts;
+mod attacks;
 mod authz;
 mod backend;
 mod bench;
@@ -20,6 +21,7 @@ mod economy;
 mod errors;
 mod eta;
 mod filters;
+mod fuzz_corpus;
 mod helpers;
 mod lifecycle;
 mod limits;
