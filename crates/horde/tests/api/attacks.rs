@@ -99,14 +99,7 @@ async fn a_flood_of_distinct_paths_leaves_the_rate_limiter_bounded() {
 
 #[tokio::test]
 async fn a_percent_encoded_id_counts_against_the_same_limit() {
-    let app = spawn_app_with(|c| c.api.rate_limits = true).await;
-    let (user, _) = app.user("poller", 1000.0).await;
-    let id = user
-        .generate_async(&small_request("a cat", 1, false))
-        .await
-        .unwrap()
-        .id
-        .unwrap();
+    let (app, _, id) = rate_limited_with_a_request().await;
     let get = |path: String| http().get(format!("{}/api/v2{path}", app.root)).send();
     for _ in 0..10 {
         let answer = get(format!("/generate/status/{id}")).await.unwrap();

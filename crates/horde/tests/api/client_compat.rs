@@ -419,14 +419,7 @@ async fn r2_without_an_upload_is_refused_with_what_the_worker_must_do() {
 
 #[tokio::test]
 async fn a_429_carries_the_reset_as_flask_limiter_sends_it() {
-    let app = spawn_app_with(|c| c.api.rate_limits = true).await;
-    let (user, _) = app.user("poller", 1000.0).await;
-    let id = user
-        .generate_async(&small_request("a cat", 1, false))
-        .await
-        .unwrap()
-        .id
-        .unwrap();
+    let (_app, user, id) = rate_limited_with_a_request().await;
     let path = format!("/generate/status/{id}");
     let mut last = None;
     for _ in 0..11 {

@@ -188,6 +188,20 @@ impl TestApp {
     }
 }
 
+/// A coordinator with rate limits on, a user `poller` (a client as them) and the id of one of
+/// their requests, waiting.
+pub async fn rate_limited_with_a_request() -> (TestApp, Client, String) {
+    let app = spawn_app_with(|c| c.api.rate_limits = true).await;
+    let (user, _) = app.user("poller", 1000.0).await;
+    let id = user
+        .generate_async(&small_request("a cat", 1, false))
+        .await
+        .unwrap()
+        .id
+        .unwrap();
+    (app, user, id)
+}
+
 /// A plain reqwest client for raw-HTTP checks the typed client would not make.
 pub fn http() -> reqwest::Client {
     reqwest::Client::new()
