@@ -70,6 +70,7 @@ pub struct FilterRegex {
 
 /// The query of `GET /filters` and `GET /filters/regex`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct FilterQuery {
     /// Only filters of this type.
     pub filter_type: Option<i32>,

@@ -106,13 +106,23 @@ pub async fn submit(
     state.submit(&user, body).await.map(Json)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct UploadQuery {
+    /// Unix seconds after which the URL is refused.
     expires: i64,
+    /// The URL's signature.
     sig: String,
 }
 
-/// The upload URL of a job (`r2_upload`): the worker PUTs the WebP here.
+/// The upload URL of a job (`r2_upload`): the worker PUTs the WebP (or PNG) here, once, before
+/// submitting `"R2"`.
+#[utoipa::path(put, path = "/api/v2/uploads/{job_id}", tag = "v2",
+    params(("job_id" = String, Path), UploadQuery),
+    request_body(content = Vec<u8>, content_type = "image/webp"),
+    responses((status = 200, description = "Stored"), (status = 400, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 413, body = ErrorBody)))]
 pub async fn upload(
     State(state): State<SharedState>,
     Path(job_id): Path<String>,
@@ -125,7 +135,9 @@ pub async fn upload(
     Ok(StatusCode::OK)
 }
 
-/// A finished image, by job id.
+/// A finished image, by job id (`{job}.webp`): the URLs of `r2` requests' generations.
+#[utoipa::path(get, path = "/api/v2/images/{file}", tag = "v2", params(("file" = String, Path)),
+    responses((status = 200, content_type = "image/webp", body = Vec<u8>), (status = 404, body = ErrorBody)))]
 pub async fn image(
     State(state): State<SharedState>,
     Path(file): Path<String>,

@@ -108,11 +108,35 @@ async fn serviceinfo_openapi_and_swagger_ui_answer_offline() {
         "/api/v2/generate/submit",
         "/api/v2/find_user",
         "/api/v2/workers/{id}",
+        "/api/v2/uploads/{job_id}",
+        "/api/v2/images/{file}",
     ] {
         assert!(
             spec["paths"].get(path).is_some(),
             "the spec documents {path}"
         );
+    }
+    // The answers every operation can give: 429 where a limit counts it, 401 where it reads
+    // a key.
+    for (path, item) in spec["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            let answers = &operation["responses"];
+            let unlimited = [
+                "/api/v2/status/heartbeat",
+                "/api/v2/uploads/",
+                "/api/v2/images/",
+            ]
+            .iter()
+            .any(|p| path.starts_with(p));
+            assert_eq!(answers.get("429").is_some(), !unlimited, "{method} {path}");
+            let reads_key = operation["parameters"]
+                .as_array()
+                .is_some_and(|ps| ps.iter().any(|p| p["name"] == "apikey"));
+            assert!(
+                !reads_key || answers.get("401").is_some(),
+                "{method} {path}"
+            );
+        }
     }
     let schema = &spec["components"]["schemas"]["ImageParams"]["properties"];
     assert!(
