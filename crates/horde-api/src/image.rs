@@ -637,8 +637,13 @@ impl PopRequest {
         }
         errors.max_len("priority_usernames", &self.priority_usernames, MAX_POP_LIST);
         errors.max_len("blacklist", &self.blacklist, MAX_POP_LIST);
-        for entry in self.priority_usernames.iter().chain(&self.blacklist) {
-            errors.max_chars("priority_usernames/blacklist", entry, MAX_LIST_ENTRY_CHARS);
+        for (field, list) in [
+            ("priority_usernames", &self.priority_usernames),
+            ("blacklist", &self.blacklist),
+        ] {
+            for entry in list {
+                errors.max_chars(field, entry, MAX_LIST_ENTRY_CHARS);
+            }
         }
         errors.into_result()
     }

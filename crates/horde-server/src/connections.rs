@@ -114,7 +114,7 @@ pub async fn serve(
 }
 
 /// Hyper's own cap on the number of headers (a 431 past it); the router refuses more than
-/// [`crate::limits::MAX_HEADERS`] first, with the AI Horde body.
+/// [`crate::guard::MAX_HEADERS`] first, with the AI Horde body.
 const MAX_HEADERS_ACCEPTED: usize = 200;
 
 /// The answer to a connection over the cap: 503 with the AI Horde body, then the socket closes.

@@ -77,20 +77,16 @@ pub async fn json_errors(request: Request, next: Next) -> Response {
     // Our routes answer a wrong method in JSON already: a bare 405 is the Swagger UI's.
     if status == StatusCode::METHOD_NOT_ALLOWED {
         if !DOCUMENTATION_PAGES.contains(&path.as_str()) {
-            return not_found();
+            return not_found().await.into_response();
         }
-        let mut answer = ApiError::new(
-            Rc::MethodNotAllowed,
-            "The method is not allowed for the requested URL.",
-        )
-        .into_response();
+        let mut answer = method_not_allowed().await.into_response();
         answer
             .headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static("GET"));
         return answer;
     }
     if status == StatusCode::NOT_FOUND {
-        return not_found();
+        return not_found().await.into_response();
     }
     let (parts, body) = response.into_parts();
     let text = axum::body::to_bytes(body, MAX_MESSAGE_BYTES * 4)
@@ -152,12 +148,20 @@ fn is_json(response: &Response) -> bool {
         .is_some_and(|v| v.starts_with("application/json"))
 }
 
-fn not_found() -> Response {
+/// The answer for a path no route has (the router's fallback too).
+pub async fn not_found() -> ApiError {
     ApiError::new(
         Rc::ThingNotFound,
         "The requested URL was not found on this server.",
     )
-    .into_response()
+}
+
+/// The answer for a method a route does not take (the routes' fallback too; axum adds `Allow`).
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        Rc::MethodNotAllowed,
+        "The method is not allowed for the requested URL.",
+    )
 }
 
 /// The return code of an error the handlers did not make, by its status.

@@ -308,7 +308,7 @@ fn router(state: SharedState) -> Router {
             state.clone(),
             ratelimit::rate_limit,
         ))
-        .method_not_allowed_fallback(method_not_allowed);
+        .method_not_allowed_fallback(guard::method_not_allowed);
     let cors = CorsLayer::new()
         .allow_origin(Any)
         .allow_headers(Any)
@@ -322,7 +322,7 @@ fn router(state: SharedState) -> Router {
         ]);
     let node = HeaderValue::from_str(&state.node_name).unwrap_or(HeaderValue::from_static("horde"));
     api.merge(SwaggerUi::new("/api").url("/api/swagger.json", openapi::ApiDoc::openapi()))
-        .fallback(not_found)
+        .fallback(guard::not_found)
         .layer(DefaultBodyLimit::max(state.config.api.max_body_bytes))
         .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
             std::time::Duration::from_secs(state.config.api.body_timeout_secs.max(1)),
@@ -336,19 +336,4 @@ fn router(state: SharedState) -> Router {
             node,
         ))
         .with_state(state)
-}
-
-/// Unknown paths answer with the AI Horde error body, never an empty or HTML page.
-async fn not_found() -> error::ApiError {
-    error::ApiError::new(
-        horde_api::Rc::ThingNotFound,
-        "The requested URL was not found on this server.",
-    )
-}
-
-async fn method_not_allowed() -> error::ApiError {
-    error::ApiError::new(
-        horde_api::Rc::MethodNotAllowed,
-        "The method is not allowed for the requested URL.",
-    )
 }
