@@ -463,6 +463,7 @@ async fn behind_a_trusted_proxy_each_client_has_its_own_limit() {
             .send()
     };
     // The default limit is 90 a minute per address: one client uses it all up.
+    with_a_minute_window_ahead(Duration::from_secs(30)).await;
     for _ in 0..90 {
         assert_eq!(heartbeatless("198.51.100.1").await.unwrap().status(), 200);
     }
@@ -475,6 +476,7 @@ async fn behind_a_trusted_proxy_each_client_has_its_own_limit() {
 
     // From a peer that is not a trusted proxy, the header is ignored.
     let direct = spawn_app_with(|c| c.api.rate_limits = true).await;
+    with_a_minute_window_ahead(Duration::from_secs(30)).await;
     for i in 0..91 {
         let status = http()
             .get(format!("{}/api/v2/status/performance", direct.root))

@@ -7,6 +7,7 @@ use horde_server::config::ServerConfig;
 use horde_server::state::SharedState;
 use horde_server::Application;
 use image::{ImageEncoder, RgbImage};
+use std::time::Duration;
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 
@@ -199,7 +200,22 @@ pub async fn rate_limited_with_a_request() -> (TestApp, Client, String) {
         .unwrap()
         .id
         .unwrap();
+    with_a_minute_window_ahead(Duration::from_secs(20)).await;
     (app, user, id)
+}
+
+/// Waits, if need be, until the current minute has at least `needed` left. The coordinator's
+/// rate-limit windows start on the minute, so a test counting hits against a per-minute limit
+/// would see its counter start over if its requests straddled a minute's end.
+pub async fn with_a_minute_window_ahead(needed: Duration) {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let into_minute = Duration::from_millis((since_epoch.as_millis() % 60_000) as u64);
+    let left = Duration::from_secs(60) - into_minute;
+    if left < needed {
+        tokio::time::sleep(left + Duration::from_millis(50)).await;
+    }
 }
 
 /// A plain reqwest client for raw-HTTP checks the typed client would not make.

@@ -20,6 +20,7 @@ async fn configured_limits_answer_429_with_the_headers_clients_read() {
             .json(&body)
             .send()
     };
+    with_a_minute_window_ahead(std::time::Duration::from_secs(15)).await;
     let first = transfer().await.unwrap();
     assert_eq!(first.status().as_u16(), 200);
     let header = |r: &reqwest::Response, name: &str| {
