@@ -22,11 +22,15 @@ pub struct FilterDetails {
 /// The body of `PUT /filters`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct NewFilter {
+    #[schema(min_length = 1, max_length = 10000)]
     pub regex: String,
+    #[schema(minimum = 10, maximum = 29)]
     pub filter_type: i32,
     #[serde(default)]
+    #[schema(max_length = 32000)]
     pub description: Option<String>,
     #[serde(default)]
+    #[schema(max_length = 32000)]
     pub replacement: Option<String>,
 }
 
@@ -34,21 +38,27 @@ pub struct NewFilter {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct FilterPatch {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1, max_length = 10000)]
     pub regex: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 10, maximum = 29)]
     pub filter_type: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 32000)]
     pub description: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 32000)]
     pub replacement: Option<String>,
 }
 
 /// The body of `POST /filters`: a prompt to check.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct PromptCheck {
+    #[schema(max_length = 32000)]
     pub prompt: String,
     /// Check against this type only.
     #[serde(default)]
+    #[schema(minimum = 10, maximum = 29)]
     pub filter_type: Option<i32>,
 }
 

@@ -164,12 +164,16 @@ pub enum SeedInput {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Lora {
+    #[schema(min_length = 1, max_length = 255)]
     pub name: String,
     #[serde(default = "default_lora_strength")]
+    #[schema(minimum = -5, maximum = 5)]
     pub model: f64,
     #[serde(default = "default_lora_strength")]
+    #[schema(minimum = -5, maximum = 5)]
     pub clip: f64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1, max_length = 30)]
     pub inject_trigger: Option<String>,
     #[serde(default)]
     pub is_version: bool,
@@ -177,10 +181,14 @@ pub struct Lora {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct TextualInversion {
+    #[schema(min_length = 1, max_length = 255)]
     pub name: String,
+    /// `prompt` or `negprompt`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^(prompt|negprompt)$")]
     pub inject_ti: Option<String>,
     #[serde(default = "default_lora_strength")]
+    #[schema(minimum = -5, maximum = 5)]
     pub strength: f64,
 }
 
@@ -218,19 +226,26 @@ pub struct ImageParams {
     #[serde(default = "default_sampler")]
     pub sampler_name: Sampler,
     #[serde(default = "default_cfg_scale")]
+    #[schema(minimum = 0, maximum = 100)]
     pub cfg_scale: f64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0.01, maximum = 1)]
     pub denoising_strength: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0.01, maximum = 1)]
     pub hires_fix_denoising_strength: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<SeedInput>,
     #[serde(default = "default_size")]
+    #[schema(minimum = 64, maximum = 3072, multiple_of = 64)]
     pub height: u32,
     #[serde(default = "default_size")]
+    #[schema(minimum = 64, maximum = 3072, multiple_of = 64)]
     pub width: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 1000)]
     pub seed_variation: Option<u32>,
+    /// Post-processors (`POST_PROCESSORS`), in the order they run.
     #[serde(default)]
     pub post_processing: Vec<String>,
     #[serde(default = "yes")]
@@ -240,6 +255,7 @@ pub struct ImageParams {
     #[serde(default)]
     pub hires_fix: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 12)]
     pub clip_skip: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub control_type: Option<ControlType>,
@@ -248,16 +264,21 @@ pub struct ImageParams {
     #[serde(default)]
     pub return_control_map: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 1)]
     pub facefixer_strength: Option<f64>,
     #[serde(default)]
+    #[schema(max_items = 5)]
     pub loras: Vec<Lora>,
     #[serde(default)]
+    #[schema(max_items = 20)]
     pub tis: Vec<TextualInversion>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub special: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 500)]
     pub steps: Option<u32>,
     #[serde(default = "one")]
+    #[schema(minimum = 1, maximum = 20)]
     pub n: u32,
 }
 
@@ -399,6 +420,8 @@ impl ImageParams {
 /// The body of `POST /generate/async` (GenerationInputStable).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ImageRequest {
+    /// The prompt; a negative prompt follows `###`. What precedes the first `###` must not be
+    /// blank (`MissingPrompt`).
     pub prompt: String,
     #[serde(default)]
     pub params: ImageParams,
@@ -438,6 +461,7 @@ pub struct ImageRequest {
     #[serde(default)]
     pub dry_run: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 255)]
     pub proxied_account: Option<String>,
     #[serde(default)]
     pub disable_batching: bool,
@@ -449,8 +473,10 @@ pub struct ImageRequest {
     #[serde(default)]
     pub allow_model_fallback: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 10, max_length = 1024, pattern = "^https://")]
     pub webhook: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 3, max_length = 1024)]
     pub style: Option<String>,
 }
 
@@ -468,11 +494,11 @@ impl ImageRequest {
         let mut errors = FieldErrors::default();
         self.params.check_bounds(&mut errors);
         if let Some(hook) = &self.webhook {
-            errors.range("webhook", hook.len(), 10, 1024);
+            errors.range("webhook", hook.chars().count(), 10, 1024);
         }
         errors.max_len("models", &self.models, MAX_REQUEST_MODELS);
         for (i, model) in self.models.iter().enumerate() {
-            if model.is_empty() || model.len() > 255 {
+            if model.is_empty() || model.chars().count() > 255 {
                 errors.add(&format!("models.{i}"), "model names are 1..255 characters");
             }
         }
@@ -484,7 +510,7 @@ impl ImageRequest {
             errors.max_chars("proxied_account", account, 255);
         }
         if let Some(style) = &self.style {
-            errors.range("style", style.len(), 3, 1024);
+            errors.range("style", style.chars().count(), 3, 1024);
         }
         errors.into_result()
     }
@@ -572,6 +598,7 @@ fn default_bridge_agent() -> String {
 /// The body of `POST /generate/pop` (PopInputStable) with the parser defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct PopRequest {
+    #[schema(min_length = 1, max_length = 100)]
     pub name: String,
     #[serde(default)]
     pub priority_usernames: Vec<String>,
@@ -580,12 +607,15 @@ pub struct PopRequest {
     #[serde(default)]
     pub models: Vec<String>,
     #[serde(default = "default_bridge_agent")]
+    #[schema(max_length = 1000)]
     pub bridge_agent: String,
     #[serde(default = "one")]
+    #[schema(minimum = 1, maximum = 50)]
     pub threads: u32,
     #[serde(default)]
     pub require_upfront_kudos: bool,
     #[serde(default = "one")]
+    #[schema(minimum = 1, maximum = 20)]
     pub amount: u32,
     #[serde(default)]
     pub extra_slow_worker: bool,
@@ -625,13 +655,13 @@ impl PopRequest {
         errors.range("name", self.name.chars().count(), 1, 100);
         errors.range("threads", self.threads, 1, 50);
         errors.range("amount", self.amount, 1, 20);
-        errors.range("bridge_agent", self.bridge_agent.len(), 0, 1000);
+        errors.range("bridge_agent", self.bridge_agent.chars().count(), 0, 1000);
         errors.max_len("models", &self.models, 300);
         if self.models.is_empty() {
             errors.add("models", "a worker must serve at least one model");
         }
         for (i, model) in self.models.iter().enumerate() {
-            if model.len() < 3 || model.len() > 255 {
+            if !(3..=255).contains(&model.chars().count()) {
                 errors.add(&format!("models.{i}"), "model names are 3..255 characters");
             }
         }
@@ -788,6 +818,7 @@ impl SubmitState {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct GenMetadata {
     #[serde(rename = "type")]
+    #[schema(max_length = 64)]
     pub kind: String,
     pub value: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -797,6 +828,7 @@ pub struct GenMetadata {
 /// The body of `POST /generate/submit`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct SubmitRequest {
+    #[schema(max_length = 64)]
     pub id: String,
     /// Base64 WebP, or the string `"R2"` when the image was PUT to the job's upload URL.
     #[serde(default)]
@@ -808,6 +840,7 @@ pub struct SubmitRequest {
     #[serde(default)]
     pub censored: bool,
     #[serde(default)]
+    #[schema(max_items = 50)]
     pub gen_metadata: Vec<GenMetadata>,
 }
 

@@ -17,17 +17,23 @@ fn unlimited() -> i64 {
 pub struct SharedKeyInput {
     /// Budget in kudos; −1 for unlimited.
     #[serde(default = "default_kudos")]
+    #[schema(minimum = -1, maximum = 50000000)]
     pub kudos: i64,
     /// Days until the key expires; −1 for never.
     #[serde(default = "unlimited")]
+    #[schema(minimum = -1, maximum = 100000)]
     pub expiry: i64,
     #[serde(default)]
+    #[schema(min_length = 3, max_length = 255)]
     pub name: Option<String>,
     #[serde(default = "unlimited")]
+    #[schema(minimum = -1, maximum = 4194304)]
     pub max_image_pixels: i64,
     #[serde(default = "unlimited")]
+    #[schema(minimum = -1, maximum = 500)]
     pub max_image_steps: i64,
     #[serde(default = "unlimited")]
+    #[schema(minimum = -1, maximum = 500)]
     pub max_text_tokens: i64,
 }
 
@@ -35,16 +41,22 @@ pub struct SharedKeyInput {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct SharedKeyPatch {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = -1, maximum = 50000000)]
     pub kudos: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = -1, maximum = 100000)]
     pub expiry: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 3, max_length = 255)]
     pub name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = -1, maximum = 4194304)]
     pub max_image_pixels: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = -1, maximum = 500)]
     pub max_image_steps: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = -1, maximum = 500)]
     pub max_text_tokens: Option<i64>,
 }
 

@@ -1,7 +1,7 @@
 //! User bodies: `GET /users/{id}`, `/find_user`, and the test-only `POST /dev/test-user`.
 
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct UsageRecord {
@@ -152,8 +152,12 @@ fn default_transfer_amount() -> f64 {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct KudosTransferRequest {
     /// The receiver as `alias#id`.
+    #[schema(max_length = 255)]
     pub username: String,
+    /// More than 0 (`NegativeKudosTransfer`, `InvalidKudosTransferAmount`) and at most what the
+    /// sender has.
     #[serde(default = "default_transfer_amount")]
+    #[schema(exclusive_minimum = 0)]
     pub amount: f64,
 }
 
@@ -181,6 +185,7 @@ pub struct ModifyUser {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub moderator: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 500)]
     pub concurrency: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker_invited: Option<u32>,
@@ -202,6 +207,7 @@ pub struct ModifyUser {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_workers: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 3, max_length = 30)]
     pub username: Option<String>,
 }
 
@@ -235,6 +241,32 @@ pub struct ModifyUserResponse {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct NewApiKey {
     pub api_key: String,
+}
+
+/// The query of `GET /users/{id}/ledger`: a page of rows, newest first.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct LedgerQuery {
+    /// Only rows with a smaller id (the next page back).
+    pub before: Option<i64>,
+    /// How many rows: 1 to 500, 50 when absent.
+    #[param(minimum = 1, maximum = 500)]
+    pub limit: Option<u32>,
+}
+
+/// The largest ledger page.
+pub const MAX_LEDGER_PAGE: u32 = 500;
+
+impl LedgerQuery {
+    pub fn limit(&self) -> u32 {
+        self.limit.unwrap_or(50)
+    }
+
+    pub fn validate(&self) -> Result<(), crate::ErrorBody> {
+        let mut errors = crate::error::FieldErrors::default();
+        errors.range("limit", self.limit(), 1, MAX_LEDGER_PAGE);
+        errors.into_result()
+    }
 }
 
 /// One row of a user's kudos ledger (`GET /users/{id}/ledger`; not in the public horde, whose

@@ -120,12 +120,15 @@ pub struct ModifyWorker {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub maintenance: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 1000)]
     pub maintenance_msg: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paused: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 1000)]
     pub info: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 5, max_length = 100)]
     pub name: Option<String>,
     /// Moderators only: clears the worker's suspicion so that it gets jobs again (not in the
     /// public horde, which resets suspicion per user).

@@ -95,6 +95,19 @@ impl User {
     }
 }
 
+/// The pattern a user's `alias#id` ends with: `#`, then the id in 1 to 18 digits (an `i64`).
+pub const ALIAS_ID_PATTERN: &str = "#[0-9]{1,18}$";
+
+/// The user id of an `alias#id` (transfers, priority usernames): the digits after the last `#`,
+/// nothing else (no sign, no spaces).
+pub fn user_id_of_alias(alias: &str) -> Option<i64> {
+    let (_, id) = alias.rsplit_once('#')?;
+    if id.is_empty() || id.len() > 18 || !id.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    id.parse().ok()
+}
+
 /// The balance floor of a user (the public horde's `get_min_kudos`): anonymous −50, accounts
 /// without OAuth 14, others 25.
 pub fn kudos_floor(user_id: i64, pseudonymous: bool) -> f64 {
@@ -178,6 +191,37 @@ impl Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_alias_names_its_user_by_the_digits_after_its_last_hash() {
+        assert_eq!(user_id_of_alias("alice#12"), Some(12));
+        assert_eq!(user_id_of_alias("a#b#0"), Some(0));
+        assert_eq!(user_id_of_alias("#7"), Some(7));
+        for refused in [
+            "alice",
+            "alice#",
+            "alice#+5",
+            "alice#-5",
+            "alice# 5",
+            "a#1234567890123456789",
+        ] {
+            assert_eq!(user_id_of_alias(refused), None, "{refused}");
+        }
+        let pattern = regex::Regex::new(ALIAS_ID_PATTERN).unwrap();
+        for alias in [
+            "alice#12",
+            "a#b#0",
+            "alice#+5",
+            "alice#",
+            "x#1234567890123456789",
+        ] {
+            assert_eq!(
+                pattern.is_match(alias),
+                user_id_of_alias(alias).is_some(),
+                "{alias}"
+            );
+        }
+    }
 
     #[test]
     fn moderators_see_most_the_user_themself_more_than_anyone() {

@@ -25,6 +25,7 @@ pub mod requests;
 pub mod routes;
 pub mod shared_keys;
 pub mod state;
+pub mod strict_json;
 pub mod sweeper;
 pub mod users;
 pub mod workers;
@@ -44,7 +45,6 @@ use std::sync::{Arc, Mutex, RwLock};
 use tokio::net::TcpListener;
 use tower_http::cors::{Any, CorsLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
-use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
 #[derive(Debug, thiserror::Error)]
@@ -321,19 +321,22 @@ fn router(state: SharedState) -> Router {
             Method::PATCH,
         ]);
     let node = HeaderValue::from_str(&state.node_name).unwrap_or(HeaderValue::from_static("horde"));
-    api.merge(SwaggerUi::new("/api").url("/api/swagger.json", openapi::ApiDoc::openapi()))
-        .fallback(guard::not_found)
-        .layer(DefaultBodyLimit::max(state.config.api.max_body_bytes))
-        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
-            std::time::Duration::from_secs(state.config.api.body_timeout_secs.max(1)),
-        ))
-        .layer(axum::middleware::from_fn(guard::json_errors))
-        .layer(axum::middleware::from_fn(guard::bounded_request))
-        .layer(axum::middleware::from_fn(guard::security_headers))
-        .layer(cors)
-        .layer(SetResponseHeaderLayer::overriding(
-            HeaderName::from_static("horde-node"),
-            node,
-        ))
-        .with_state(state)
+    api.merge(SwaggerUi::new("/api").external_url_unchecked(
+        "/api/swagger.json",
+        openapi::document(state.config.requests.max_prompt_chars),
+    ))
+    .fallback(guard::not_found)
+    .layer(DefaultBodyLimit::max(state.config.api.max_body_bytes))
+    .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+        std::time::Duration::from_secs(state.config.api.body_timeout_secs.max(1)),
+    ))
+    .layer(axum::middleware::from_fn(guard::json_errors))
+    .layer(axum::middleware::from_fn(guard::bounded_request))
+    .layer(axum::middleware::from_fn(guard::security_headers))
+    .layer(cors)
+    .layer(SetResponseHeaderLayer::overriding(
+        HeaderName::from_static("horde-node"),
+        node,
+    ))
+    .with_state(state)
 }

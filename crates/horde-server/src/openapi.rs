@@ -1,8 +1,18 @@
 //! The OpenAPI document, generated from the wire types and the handlers' annotations, with
 //! the answers every operation can give added in one place ([`CommonAnswers`]): 429 where a
-//! rate limit applies, 401 where an API key is read, 400 where a body or query is parsed.
+//! rate limit applies, 401 where an API key is read, 400 where a body or query is parsed; and
+//! the rules of the input that field attributes cannot state added in another
+//! ([`input_rules`]): the bounds named by constants in `horde_api`, no NUL byte anywhere, at
+//! least one field in a modification. Schemathesis (`compat/schemathesis`) holds the server
+//! to the result.
 
 use crate::routes::{filters, generate, shared_keys, status, users, workers};
+use horde_api::image::{
+    MAX_EXTRA_SOURCE_IMAGES, MAX_LIST_ENTRY_CHARS, MAX_POP_LIST, MAX_REQUEST_MODELS,
+    MAX_REQUEST_WORKERS, MAX_SEED_CHARS, POST_PROCESSORS,
+};
+use horde_core::accounts::ALIAS_ID_PATTERN;
+use serde_json::{json, Value};
 use utoipa::openapi::path::{Operation, ParameterIn};
 use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
@@ -89,5 +99,254 @@ fn add_common_answers(operation: &mut Operation, limited: bool) {
     }
     if parses_input {
         add("400", "The input is malformed or out of bounds.");
+    }
+}
+
+/// The document served at `/api/swagger.json`: [`ApiDoc`] with [`input_rules`] and this
+/// server's own prompt limit (`requests.max_prompt_chars`).
+pub fn document(max_prompt_chars: usize) -> Value {
+    let mut spec = serde_json::to_value(ApiDoc::openapi()).expect("the spec serialises");
+    input_rules(&mut spec);
+    merge(
+        &mut spec["components"]["schemas"]["ImageRequest"]["properties"]["prompt"],
+        json!({"maxLength": max_prompt_chars}),
+    );
+    spec
+}
+
+/// A pattern for text without a NUL byte: `extract::parse_json` refuses a body with one in a
+/// field it reads (`NulByteInPayload`).
+const NO_NUL: &str = "^[^\\x00]*$";
+
+/// Bodies that must change something: each refuses an empty modification with its own rc
+/// (`NoWorkerModSelected`, …).
+const MODIFICATIONS: &[&str] = &[
+    "ModifyWorker",
+    "ModifyUser",
+    "FilterPatch",
+    "SharedKeyPatch",
+];
+
+/// Writes into the schemas the rules of the input that the wire types' attributes cannot
+/// state (utoipa's model has no `propertyNames` or `anyOf` beside `properties`, hence JSON),
+/// so that a client or Schemathesis reading the spec knows exactly what is accepted.
+fn input_rules(spec: &mut Value) {
+    let schemas = &mut spec["components"]["schemas"];
+    bounds_from_constants(schemas);
+    for name in MODIFICATIONS {
+        at_least_one_field(&mut schemas[*name]);
+    }
+    // Not the error body: it may quote the refused input, NUL and all.
+    let error_body = schemas["ErrorBody"].take();
+    forbid_nul(schemas);
+    schemas["ErrorBody"] = error_body;
+    // `params.special` is kept whole, so a NUL anywhere in it is read: any JSON without one.
+    schemas["JsonWithoutNul"] = json!({
+        "description": "Any JSON value without a NUL byte in a string or a property name.",
+        "anyOf": [
+            {"type": ["null", "boolean", "number"]},
+            {"type": "string", "pattern": NO_NUL},
+            {"type": "array", "items": {"$ref": "#/components/schemas/JsonWithoutNul"}},
+            {"type": "object", "propertyNames": {"pattern": NO_NUL},
+             "additionalProperties": {"$ref": "#/components/schemas/JsonWithoutNul"}},
+        ]
+    });
+    schemas["ImageParams"]["properties"]["special"] =
+        json!({"$ref": "#/components/schemas/JsonWithoutNul"});
+}
+
+/// The bounds `horde_api` names as constants, from the constants themselves.
+fn bounds_from_constants(schemas: &mut Value) {
+    let entries = json!({"maxLength": MAX_LIST_ENTRY_CHARS});
+    let edits = [
+        (
+            "ImageRequest",
+            "models",
+            json!({"maxItems": MAX_REQUEST_MODELS}),
+        ),
+        (
+            "ImageRequest",
+            "workers",
+            json!({"maxItems": MAX_REQUEST_WORKERS}),
+        ),
+        (
+            "ImageRequest",
+            "extra_source_images",
+            json!({"maxItems": MAX_EXTRA_SOURCE_IMAGES}),
+        ),
+        (
+            "PopRequest",
+            "priority_usernames",
+            json!({"maxItems": MAX_POP_LIST}),
+        ),
+        ("PopRequest", "blacklist", json!({"maxItems": MAX_POP_LIST})),
+        (
+            "ImageParams",
+            "post_processing",
+            json!({"maxItems": POST_PROCESSORS.len()}),
+        ),
+    ];
+    for (schema, property, bounds) in edits {
+        merge(&mut schemas[schema]["properties"][property], bounds);
+    }
+    let items = [
+        (
+            "ImageRequest",
+            "models",
+            json!({"minLength": 1, "maxLength": 255}),
+        ),
+        ("ImageRequest", "workers", json!({"maxLength": 64})),
+        (
+            "PopRequest",
+            "models",
+            json!({"minLength": 3, "maxLength": 255}),
+        ),
+        ("PopRequest", "priority_usernames", entries.clone()),
+        ("PopRequest", "blacklist", entries.clone()),
+        (
+            "ImageParams",
+            "post_processing",
+            json!({"enum": POST_PROCESSORS}),
+        ),
+    ];
+    for (schema, property, bounds) in items {
+        merge(
+            &mut schemas[schema]["properties"][property]["items"],
+            bounds,
+        );
+    }
+    // A worker serves at least one model: `models` may not be left to its default, `[]`.
+    merge(
+        &mut schemas["PopRequest"]["properties"]["models"],
+        json!({"minItems": 1}),
+    );
+    schemas["PopRequest"]["required"] = json!(["name", "models"]);
+    let alias = json!({"pattern": ALIAS_ID_PATTERN});
+    merge(
+        &mut schemas["KudosTransferRequest"]["properties"]["username"],
+        alias.clone(),
+    );
+    merge(
+        &mut schemas["PopRequest"]["properties"]["priority_usernames"]["items"],
+        alias,
+    );
+    for property in ["value", "ref"] {
+        merge(
+            &mut schemas["GenMetadata"]["properties"][property],
+            entries.clone(),
+        );
+    }
+    if let Some(variants) = schemas["SeedInput"]["oneOf"].as_array_mut() {
+        for variant in variants.iter_mut().filter(|v| v["type"] == "string") {
+            merge(variant, json!({"maxLength": MAX_SEED_CHARS}));
+        }
+    }
+}
+
+/// `anyOf` one `required` per property: an object giving at least one of its fields a value
+/// (a `null` is the same as an absent field).
+fn at_least_one_field(schema: &mut Value) {
+    let Some(properties) = schema["properties"].as_object() else {
+        return;
+    };
+    let any_of: Vec<Value> = properties
+        .keys()
+        .map(|name| json!({"required": [name], "properties": {name: {"not": {"type": "null"}}}}))
+        .collect();
+    schema["anyOf"] = Value::Array(any_of);
+}
+
+/// Every string gets [`NO_NUL`] (beside its own pattern, if it has one, in an `allOf`). The
+/// names of unknown properties need no rule: such a property is ignored, NUL and all.
+fn forbid_nul(schema: &mut Value) {
+    match schema {
+        Value::Object(map) => {
+            let is_string = match map.get("type") {
+                Some(Value::String(t)) => t == "string",
+                Some(Value::Array(types)) => types.iter().any(|t| t == "string"),
+                _ => false,
+            };
+            if is_string {
+                match map.get("pattern") {
+                    None => {
+                        map.insert("pattern".into(), NO_NUL.into());
+                    }
+                    Some(own) if own != NO_NUL => {
+                        map.insert("allOf".into(), json!([{"pattern": NO_NUL}]));
+                    }
+                    Some(_) => {}
+                }
+            }
+            for (key, child) in map.iter_mut() {
+                // `properties` maps names to schemas: recurse into the schemas, not the map.
+                if key == "properties" {
+                    if let Value::Object(properties) = child {
+                        properties.values_mut().for_each(forbid_nul);
+                    }
+                } else if !NOT_SCHEMAS.contains(&key.as_str()) {
+                    forbid_nul(child);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(forbid_nul),
+        _ => {}
+    }
+}
+
+/// Keys of a schema whose values are not schemas.
+const NOT_SCHEMAS: &[&str] = &[
+    "propertyNames",
+    "enum",
+    "required",
+    "default",
+    "example",
+    "examples",
+];
+
+/// Adds `extra`'s keys to the schema `target` (an object).
+fn merge(target: &mut Value, extra: Value) {
+    if let (Value::Object(target), Value::Object(extra)) = (target, extra) {
+        target.extend(extra);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounds_named_by_constants_and_the_server_limit_are_in_the_spec() {
+        let spec = document(1234);
+        let schemas = &spec["components"]["schemas"];
+        assert_eq!(
+            schemas["ImageRequest"]["properties"]["prompt"]["maxLength"],
+            1234
+        );
+        assert_eq!(
+            schemas["ImageRequest"]["properties"]["models"]["maxItems"],
+            MAX_REQUEST_MODELS
+        );
+        assert_eq!(
+            schemas["ImageParams"]["properties"]["post_processing"]["items"]["enum"]
+                .as_array()
+                .map(Vec::len),
+            Some(POST_PROCESSORS.len())
+        );
+        assert_eq!(
+            schemas["ModifyWorker"]["anyOf"].as_array().map(Vec::len),
+            Some(6)
+        );
+        assert_eq!(
+            schemas["ImageParams"]["properties"]["special"]["$ref"],
+            "#/components/schemas/JsonWithoutNul"
+        );
+        assert_eq!(
+            schemas["PopRequest"]["properties"]["name"]["pattern"], NO_NUL,
+            "a string without a pattern of its own gets the NUL rule"
+        );
+        assert_eq!(
+            schemas["ImageRequest"]["properties"]["webhook"]["allOf"][0]["pattern"], NO_NUL,
+            "one with a pattern gets it beside"
+        );
     }
 }

@@ -387,11 +387,8 @@ impl AppState {
                 format!("Invalid target username '{}'.", request.username),
             )
         };
-        let target_id = request
-            .username
-            .rsplit_once('#')
-            .and_then(|(_, id)| id.parse::<i64>().ok())
-            .ok_or_else(invalid_target)?;
+        let target_id =
+            horde_core::accounts::user_id_of_alias(&request.username).ok_or_else(invalid_target)?;
         let _ordered = self.write_order.lock().await;
         let receiver = self
             .store

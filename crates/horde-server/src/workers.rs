@@ -360,15 +360,12 @@ fn flags_of(pop: &PopRequest) -> WorkerFlags {
 fn priority_ids(owner: i64, aliases: &[String]) -> ApiResult<Vec<i64>> {
     let mut ids = vec![owner];
     for alias in aliases {
-        let id = alias
-            .rsplit_once('#')
-            .and_then(|(_, id)| id.parse::<i64>().ok())
-            .ok_or_else(|| {
-                ApiError::new(
-                    Rc::InvalidPriorityUsername,
-                    format!("Priority usernames must be in the form alias#id, not '{alias}'."),
-                )
-            })?;
+        let id = horde_core::accounts::user_id_of_alias(alias).ok_or_else(|| {
+            ApiError::new(
+                Rc::InvalidPriorityUsername,
+                format!("Priority usernames must be in the form alias#id, not '{alias}'."),
+            )
+        })?;
         ids.push(id);
     }
     Ok(ids)

@@ -21,7 +21,9 @@ use serde::Deserialize;
     params(("apikey" = String, Header, description = "API key; 0000000000 for anonymous")),
     request_body = ImageRequest,
     responses((status = 202, body = AsyncResponse), (status = 200, description = "dry run", body = AsyncResponse),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody)))]
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, description = "Not allowed for this user: kudos needed upfront, a shared key's limits, a role", body = ErrorBody),
+        (status = 429, body = ErrorBody)))]
 pub async fn generate_async(
     State(state): State<SharedState>,
     key: ApiKey,

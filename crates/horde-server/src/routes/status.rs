@@ -26,8 +26,8 @@ pub async fn heartbeat() -> Json<Heartbeat> {
 pub struct ModelsQuery {
     #[serde(rename = "type")]
     kind: Option<String>,
-    min_count: Option<u32>,
-    max_count: Option<u32>,
+    min_count: Option<i64>,
+    max_count: Option<i64>,
     model_state: Option<ModelState>,
 }
 
@@ -47,7 +47,11 @@ fn in_state(state: &SharedState, model: &str, wanted: ModelState) -> bool {
 }
 
 /// Models served by online workers or wanted by waiting requests, from live data.
-#[utoipa::path(get, path = "/api/v2/status/models", tag = "v2", responses((status = 200, body = Vec<ActiveModel>)))]
+#[utoipa::path(get, path = "/api/v2/status/models", tag = "v2",
+    params(("type" = Option<String>, Query, description = "`image` (text and interrogation models: none here yet)"),
+        ("min_count" = Option<i64>, Query), ("max_count" = Option<i64>, Query),
+        ("model_state" = Option<ModelState>, Query, description = "known, custom or all (the default)")),
+    responses((status = 200, body = Vec<ActiveModel>)))]
 pub async fn models(
     State(state): State<SharedState>,
     HordeQuery(q): HordeQuery<ModelsQuery>,
@@ -58,8 +62,8 @@ pub async fn models(
     let list = active_models(&state)
         .into_values()
         .filter(|m| {
-            q.min_count.is_none_or(|min| m.count >= min)
-                && q.max_count.is_none_or(|max| m.count <= max)
+            q.min_count.is_none_or(|min| i64::from(m.count) >= min)
+                && q.max_count.is_none_or(|max| i64::from(m.count) <= max)
                 && in_state(&state, &m.name, q.model_state.unwrap_or(ModelState::All))
         })
         .collect();
@@ -196,7 +200,7 @@ pub async fn image_totals(State(state): State<SharedState>) -> ApiResult<Json<St
 
 /// Images finished per model in the last day, month and in total (`model_state`: known by
 /// default, custom or all).
-#[utoipa::path(get, path = "/api/v2/stats/img/models", tag = "v2", params(("model_state" = Option<String>, Query)), responses((status = 200, body = ImgModelStats)))]
+#[utoipa::path(get, path = "/api/v2/stats/img/models", tag = "v2", params(("model_state" = Option<ModelState>, Query, description = "known (the default), custom or all")), responses((status = 200, body = ImgModelStats)))]
 pub async fn image_models(
     State(state): State<SharedState>,
     HordeQuery(q): HordeQuery<StatsModelsQuery>,

@@ -1,14 +1,14 @@
 //! `/api/v2/users/{id}`, `/api/v2/find_user` and the test-only `/api/v2/dev/test-user`.
 
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{ApiKey, HordeJson};
+use crate::extract::{ApiKey, HordeJson, HordeQuery};
 use crate::state::SharedState;
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use horde_api::user::{
-    KudosTransferRequest, KudosTransferred, LedgerEntry, ModifyUser, ModifyUserResponse, NewApiKey,
-    TestUserRequest, TestUserResponse, UserDetails,
+    KudosTransferRequest, KudosTransferred, LedgerEntry, LedgerQuery, ModifyUser,
+    ModifyUserResponse, NewApiKey, TestUserRequest, TestUserResponse, UserDetails,
 };
 use horde_api::{ErrorBody, Rc};
 use std::net::SocketAddr;
@@ -118,31 +118,23 @@ pub async fn reset_key(
     state.reset_api_key(&caller, &id).await.map(Json)
 }
 
-#[derive(serde::Deserialize)]
-pub struct LedgerQuery {
-    /// Only rows with a smaller id (the next page back).
-    before: Option<i64>,
-    /// How many rows (1 to 500; 50 when absent).
-    limit: Option<u32>,
-}
-
 /// The newest rows of a user's kudos ledger, newest first: for the user themself and
 /// moderators (not in the public horde).
 #[utoipa::path(get, path = "/api/v2/users/{id}/ledger", tag = "v2",
-    params(("id" = String, Path), ("apikey" = String, Header), ("before" = Option<i64>, Query), ("limit" = Option<u32>, Query)),
+    params(("id" = String, Path), ("apikey" = String, Header), LedgerQuery),
     responses((status = 200, body = Vec<LedgerEntry>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn ledger(
     State(state): State<SharedState>,
     key: ApiKey,
     Path(id): Path<String>,
-    Query(page): Query<LedgerQuery>,
+    HordeQuery(page): HordeQuery<LedgerQuery>,
 ) -> ApiResult<Json<Vec<LedgerEntry>>> {
     let caller = state
         .authenticate_registered(&key, Rc::AnonForbidden)
         .await?;
-    let limit = page.limit.unwrap_or(50).clamp(1, 500);
+    page.validate().map_err(ApiError::validation)?;
     state
-        .ledger_of(&caller, &id, page.before, limit)
+        .ledger_of(&caller, &id, page.before, page.limit())
         .await
         .map(Json)
 }

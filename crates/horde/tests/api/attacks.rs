@@ -549,6 +549,9 @@ async fn malformed_bodies_and_requests_are_400s_with_the_ai_horde_body() {
         r#"{"prompt": "a cat"} trailing"#,
         r#"{"prompt": "a cat"}{"prompt": "a dog"}"#,
         r#"[{"prompt": "a cat"}]"#,
+        // serde would read an array of a struct's fields in order: not here, at any depth.
+        r#"["a cat"]"#,
+        r#"{"prompt": "a cat", "params": []}"#,
     ] {
         let answer = raw_body(body).await.unwrap();
         let status = answer.status().as_u16();

@@ -410,10 +410,26 @@ async fn a_ledger_refuses_clearly_and_bounds_its_page() {
         "{body}"
     );
 
-    // The moderator sees the user's ledger; limit 0 still gives one row.
+    // The moderator sees the user's ledger; a page outside 1..=500 is refused, naming `limit`.
     assert_eq!(
         moderator.ledger(user_id, None, None).await.unwrap().len(),
         1
     );
-    assert_eq!(user.ledger(user_id, None, Some(0)).await.unwrap().len(), 1);
+    for limit in [0, 501] {
+        let refused = user.ledger(user_id, None, Some(limit)).await.unwrap_err();
+        assert_eq!(refused.rc(), Some("ValidationError"), "{refused}");
+        let horde_client::ClientError::Api { body, .. } = &refused else {
+            panic!("{refused}");
+        };
+        assert!(
+            body.errors
+                .as_ref()
+                .is_some_and(|e| e.contains_key("limit")),
+            "{refused}"
+        );
+    }
+    assert_eq!(
+        user.ledger(user_id, None, Some(500)).await.unwrap().len(),
+        1
+    );
 }

@@ -1,0 +1,141 @@
+"""Schemathesis hooks: the rules of our input that a JSON schema cannot state.
+
+The spec states every bound it can (lengths, ranges, enums, patterns, "at least one field", no
+NUL byte). What remains depends on the server's state or on the content of a field, and would
+make Schemathesis send requests that are valid by the schema yet rightly refused. For the
+positive cases only, each rule below rewrites the generated body into one that keeps to it, so
+that every other part of the body is still checked. Negative cases are left as generated.
+
+The rules, with the rc the server answers when one is broken:
+  POST /generate/async
+    * the prompt before any "###" is not blank (MissingPrompt): a regular expression can say
+      it, but Schemathesis then spends minutes drawing prompts;
+    * cfg_scale has at most two decimals, as Python's round(x, 2) decides (BadCFGDecimals);
+    * models are names the model reference knows (unknown ones need customizer rights);
+    * at most one upscaler among the post-processors (TooManyUpscalers);
+    * source images are real images: generated ones are replaced by a 64x64 WebP
+      (SourceImageUnreadable), a mask only comes with a source image (SourceMaskUnnecessary),
+      extra source images only with source_processing "remix" (InvalidExtraSourceImages);
+  POST /generate/pop
+    * a worker serves at least one model the reference knows (UnsupportedModel), unless its
+      owner is a customizer;
+  PUT /workers/{id}
+    * a new name is not another worker's (WorkerNameAlreadyExists): a counter is appended;
+  POST /kudos/transfer
+    * the receiver is an existing user other than the sender (InvalidTargetUsername), and the
+      amount at most what the sender has left (KudosValidationError): 1 at most here;
+  PUT /filters, PATCH /filters/{id}
+    * the regex compiles: Python's re compiles it and it uses nothing Rust's
+      regex crate lacks (look-around, back-references, possessive quantifiers); BadRequest.
+"""
+import os
+import re
+
+import schemathesis
+
+KNOWN_MODEL = "stable_diffusion"
+UPSCALERS = {
+    "RealESRGAN_x4plus", "RealESRGAN_x2plus", "RealESRGAN_x4plus_anime_6B", "NMKD_Siax",
+    "4x_AnimeSharp", "4xNomos8kSC", "4xLSDIRplus", "4xNomosWebPhoto_RealPLKSR",
+    "4xNomos2_realplksr_dysample", "4xNomos2_hq_dat2", "2xModernSpanimationV1",
+}
+# A 64x64 lossless WebP of one colour (Pillow: Image.new("RGB", (64, 64), (200, 120, 40))).
+SOURCE_IMAGE = "UklGRiQAAABXRUJQVlA4TBcAAAAvP8APAAdQvCIXpf8BICH8f69F9D/1AwA="
+TRANSFER_TARGET = os.environ.get("HORDE_SCHEMATHESIS_TARGET", "")
+
+
+# White space as Rust's str::trim sees it (Unicode White_Space).
+_BLANK = re.compile("[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*")
+
+
+def _image_request(body):
+    prompt = body.get("prompt")
+    if isinstance(prompt, str) and _BLANK.fullmatch(prompt.split("###")[0]):
+        body["prompt"] = "a cat" + prompt
+    params = body.get("params")
+    if isinstance(params, dict):
+        cfg = params.get("cfg_scale")
+        if isinstance(cfg, (int, float)) and not isinstance(cfg, bool):
+            params["cfg_scale"] = round(cfg, 2)
+        pps = params.get("post_processing")
+        if isinstance(pps, list):
+            upscalers = [p for p in pps if p in UPSCALERS]
+            params["post_processing"] = [p for p in pps if p not in UPSCALERS] + upscalers[:1]
+    if isinstance(body.get("models"), list) and body["models"]:
+        body["models"] = [KNOWN_MODEL]
+    for field in ("source_image", "source_mask"):
+        if isinstance(body.get(field), str):
+            body[field] = SOURCE_IMAGE
+    if body.get("source_mask") is not None and body.get("source_image") is None:
+        del body["source_mask"]
+    extras = body.get("extra_source_images")
+    if isinstance(extras, list) and extras:
+        for extra in extras:
+            if isinstance(extra, dict) and isinstance(extra.get("image"), str):
+                extra["image"] = SOURCE_IMAGE
+        body["source_processing"] = "remix"
+
+
+def _transfer(body):
+    if "username" in body:
+        body["username"] = TRANSFER_TARGET
+    amount = body.get("amount")
+    if isinstance(amount, (int, float)) and not isinstance(amount, bool) and amount > 1:
+        body["amount"] = 1
+
+
+# Constructs of Python's and ECMA's regex syntax that Rust's regex crate refuses.
+_NOT_RUST = re.compile(
+    r"\(\?[=!<]|\\[0-9]|\(\?P=|\(\?\(|[*+?}]\+|\(\?>"  # look-around, back-references, …
+    r"|\\[ZNg]|\\[^\x00-\x7f]"  # escapes Python knows (or lets pass) and Rust does not
+)
+
+
+def _compiles(regex):
+    try:
+        re.compile(regex)
+    except (re.error, OverflowError, RecursionError):
+        return False
+    return not _NOT_RUST.search(regex)
+
+
+def _filter(body):
+    regex = body.get("regex")
+    if isinstance(regex, str) and not _compiles(regex):
+        body["regex"] = "cat"
+
+
+def _pop(body):
+    models = body.get("models")
+    if isinstance(models, list) and KNOWN_MODEL not in models:
+        body["models"] = [KNOWN_MODEL] + models[1:]
+
+
+_renames = iter(range(10**9))
+
+
+def _worker(body):
+    name = body.get("name")
+    if isinstance(name, str):
+        body["name"] = f"{name[:80]} {next(_renames)}"
+
+
+RULES = {
+    ("PUT", "/api/v2/workers/{id}"): _worker,
+    ("POST", "/api/v2/generate/pop"): _pop,
+    ("POST", "/api/v2/generate/async"): _image_request,
+    ("POST", "/api/v2/kudos/transfer"): _transfer,
+    ("PUT", "/api/v2/filters"): _filter,
+    ("PATCH", "/api/v2/filters/{id}"): _filter,
+}
+
+
+@schemathesis.hook
+def map_case(context, case):
+    meta = case.meta
+    if meta is None or not meta.generation.mode.is_positive or not isinstance(case.body, dict):
+        return case
+    rule = RULES.get((case.operation.method.upper(), case.operation.path))
+    if rule is not None:
+        rule(case.body)
+    return case
