@@ -10,6 +10,7 @@
 pub mod accounts;
 pub mod bridge;
 pub mod eta;
+pub mod image_header;
 pub mod keys;
 pub mod kudos_model;
 pub mod matching;

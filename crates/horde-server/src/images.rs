@@ -10,6 +10,7 @@
 
 use crate::error::ApiError;
 use horde_api::Rc;
+use horde_core::image_header::{self, SourceImageError, MAX_SOURCE_SIDE};
 use std::path::{Path, PathBuf};
 use uuid::Uuid;
 
@@ -124,8 +125,8 @@ pub fn verify_image(bytes: &[u8], allowed: &[(u32, u32)]) -> Result<(), ImageRef
         .ok()
         .filter(|f| matches!(f, image::ImageFormat::WebP | image::ImageFormat::Png))
         .ok_or_else(|| undecodable("The image is not a WebP or PNG image.".into()))?;
-    let (width, height) = header_size(bytes, format)
-        .map_err(|e| undecodable(format!("The image's header could not be read: {e}")))?;
+    let (width, height) = image_header::header_size(bytes, format)
+        .ok_or_else(|| undecodable("The image's header could not be read.".into()))?;
     if !allowed.contains(&(width, height)) {
         let (w, h) = allowed.first().copied().unwrap_or_default();
         return Err(ImageRefusal::WrongSize(ApiError::new(
@@ -133,44 +134,14 @@ pub fn verify_image(bytes: &[u8], allowed: &[(u32, u32)]) -> Result<(), ImageRef
             format!("The image is {width}x{height} but the job asked for {w}x{h}."),
         )));
     }
-    decode_within(bytes, format, width, height)
+    image_header::decode_within(bytes, format, width, height)
+        .map(drop)
         .map_err(|e| undecodable(format!("The image could not be decoded: {e}")))
 }
 
-/// The width and height an image's header declares, without decoding its pixels.
-pub fn header_size(bytes: &[u8], format: image::ImageFormat) -> image::ImageResult<(u32, u32)> {
-    image::ImageReader::with_format(std::io::Cursor::new(bytes), format).into_dimensions()
-}
-
-/// Decodes an image whose header said `width` × `height`, allowing the decoder no larger an
-/// image and no more memory than that size needs (the second wall behind the header check).
-fn decode_within(
-    bytes: &[u8],
-    format: image::ImageFormat,
-    width: u32,
-    height: u32,
-) -> image::ImageResult<()> {
-    let mut reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
-    let mut limits = image::Limits::default();
-    limits.max_image_width = Some(width);
-    limits.max_image_height = Some(height);
-    // Four bytes a pixel (RGBA), twice over for the decoder's own buffers, and 1 MiB besides.
-    limits.max_alloc = Some(u64::from(width) * u64::from(height) * 8 + (1 << 20));
-    reader.limits(limits);
-    let decoded = reader.decode()?;
-    if (decoded.width(), decoded.height()) != (width, height) {
-        return Err(image::ImageError::Limits(
-            image::error::LimitError::from_kind(image::error::LimitErrorKind::DimensionError),
-        ));
-    }
-    Ok(())
-}
-
-/// The largest source image a request may carry, per side (the public horde's 3072 × 3072).
-pub const MAX_SOURCE_SIDE: u32 = 3072;
-
 /// Checks a request's source image or mask from its header only (it is handed to workers as
-/// sent, never decoded here): a base64 WebP, PNG or JPEG of at most 3072 × 3072. URLs pass.
+/// sent, never decoded here): a base64 WebP, PNG or JPEG of at most 3072 × 3072
+/// (`horde_core::image_header`, which the worker also reads them with). URLs pass.
 pub fn check_source_image(field: &str, text: &str) -> Result<(), ApiError> {
     use base64::Engine;
     if text.starts_with("http://") || text.starts_with("https://") {
@@ -185,50 +156,14 @@ pub fn check_source_image(field: &str, text: &str) -> Result<(), ApiError> {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(text.trim())
         .map_err(|_| unreadable())?;
-    let format = image::guess_format(&bytes).map_err(|_| unreadable())?;
-    if !matches!(
-        format,
-        image::ImageFormat::WebP | image::ImageFormat::Png | image::ImageFormat::Jpeg
-    ) {
-        return Err(unreadable());
-    }
-    let (width, height) = source_header_size(&bytes, format).ok_or_else(unreadable)?;
-    if width > MAX_SOURCE_SIDE || height > MAX_SOURCE_SIDE {
-        return Err(ApiError::new(
+    match image_header::source_image_size(&bytes) {
+        Ok(_) => Ok(()),
+        Err(SourceImageError::TooLarge { width, height }) => Err(ApiError::new(
             Rc::SourceImageResolutionExceeded,
             format!(
                 "{field} is {width}x{height}; at most {MAX_SOURCE_SIDE}x{MAX_SOURCE_SIDE} is accepted."
             ),
-        ));
+        )),
+        Err(_) => Err(unreadable()),
     }
-    Ok(())
-}
-
-/// A header's size; JPEG, which this build does not decode, is read from its frame header.
-fn source_header_size(bytes: &[u8], format: image::ImageFormat) -> Option<(u32, u32)> {
-    match format {
-        image::ImageFormat::Jpeg => jpeg_frame_size(bytes),
-        _ => header_size(bytes, format).ok(),
-    }
-}
-
-/// The size in a JPEG's first start-of-frame marker (SOF0–SOF15 but DHT, JPG and DAC).
-fn jpeg_frame_size(bytes: &[u8]) -> Option<(u32, u32)> {
-    let mut at = 2;
-    while at + 4 <= bytes.len() {
-        if bytes[at] != 0xFF {
-            return None;
-        }
-        let marker = bytes[at + 1];
-        let length = usize::from(u16::from_be_bytes([bytes[at + 2], bytes[at + 3]]));
-        let is_frame = (0xC0..=0xCF).contains(&marker) && !matches!(marker, 0xC4 | 0xC8 | 0xCC);
-        if is_frame {
-            let frame = bytes.get(at + 5..at + 9)?;
-            let height = u32::from(u16::from_be_bytes([frame[0], frame[1]]));
-            let width = u32::from(u16::from_be_bytes([frame[2], frame[3]]));
-            return Some((width, height));
-        }
-        at += 2 + length;
-    }
-    None
 }
