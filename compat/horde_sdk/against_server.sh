@@ -9,23 +9,8 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 BIN="${1:-${HORDE_BIN:-/root/.cache/horde-target/debug/horde}}"
 [ -x "$BIN" ] || { echo "error: horde binary not found at $BIN" >&2; exit 2; }
 PY="$("$HERE/setup.sh" ${2:+"$2"} | tail -n 1)"
-DATA="$(mktemp -d)"
-LOG="$DATA/server.log"
-
-# Port 0: the kernel picks a free port as the server binds (no window in which another process
-# can take a port chosen beforehand); the server prints the address it got.
-HORDE_TEST_APIKEYS=1 "$BIN" serve --listen "127.0.0.1:0" --data-dir "$DATA" >"$LOG" 2>&1 &
-SERVER_PID=$!
-cleanup() { kill "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; rm -rf "$DATA"; }
-trap cleanup EXIT
-
-URL=""
-for _ in $(seq 300); do
-    URL="$(grep -o 'listening on http://[0-9.:]*' "$LOG" | head -n 1 | sed 's/listening on //')" || true
-    [ -n "$URL" ] && curl -sf "$URL/api/v2/status/heartbeat" >/dev/null && break
-    kill -0 "$SERVER_PID" 2>/dev/null || { echo "server exited:"; cat "$LOG"; exit 1; }
-    sleep 0.1
-done
+. "$HERE/../serve.sh"
+start_coordinator "$BIN" --enable-test-users
 
 KEY="$(curl -sf -X POST "$URL/api/v2/dev/test-user" -H 'content-type: application/json' \
         -d '{"username":"sdk"}' | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["api_key"])')"

@@ -13,26 +13,13 @@ BIN="${1:-${HORDE_BIN:-${CARGO_TARGET_DIR:-$HOME/.cache/horde-target}/debug/hord
 SECONDS_PER_RUN="${2:-50}"
 [ -x "$BIN" ] || { echo "error: horde binary not found at $BIN" >&2; exit 2; }
 ST="$("$HERE/setup.sh" | tail -n 1)"
-DATA="$(mktemp -d)"
-LOG="$DATA/server.log"
-
 # Rate limits off: they are checked by the integration suite, and here a 429 would hide what
 # the generated request would otherwise have been answered.
 # HORDE_SCHEMATHESIS_DATABASE: a postgres:// URL of an empty database to run on instead of
 # SQLite (a NUL byte, say, is refused by PostgreSQL alone).
-"$BIN" serve --listen "127.0.0.1:0" --data-dir "$DATA" --enable-test-users --no-rate-limits \
-    ${HORDE_SCHEMATHESIS_DATABASE:+--database "$HORDE_SCHEMATHESIS_DATABASE"} >"$LOG" 2>&1 &
-SERVER_PID=$!
-cleanup() { kill "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; rm -rf "$DATA"; }
-trap cleanup EXIT
-
-URL=""
-for _ in $(seq 300); do
-    URL="$(grep -o 'listening on http://[0-9.:]*' "$LOG" | head -n 1 | sed 's/listening on //')" || true
-    [ -n "$URL" ] && curl -sf "$URL/api/v2/status/heartbeat" >/dev/null && break
-    kill -0 "$SERVER_PID" 2>/dev/null || { echo "server exited:"; cat "$LOG"; exit 1; }
-    sleep 0.1
-done
+. "$HERE/../serve.sh"
+start_coordinator "$BIN" --enable-test-users --no-rate-limits \
+    ${HORDE_SCHEMATHESIS_DATABASE:+--database "$HORDE_SCHEMATHESIS_DATABASE"}
 test_user() {
     curl -sf -X POST "$URL/api/v2/dev/test-user" -H 'content-type: application/json' -d "$1"
 }

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Regenerate the post-processing (ESRGAN-family upscaler) fixtures in
+# crates/horde-diffusion/tests/fixtures/postprocess/ with spandrel (see README.md). Only needed
+# to change the fixtures; the Rust tests read the committed files and never need Python.
+#
+#   tools/postprocess-fixtures/generate.sh [--out DIR]
+#
+# Environment:
+#   PYTHON                     interpreter for the virtual environment (default: python3, tested 3.11)
+#   POSTPROCESS_FIXTURES_VENV  where the virtual environment lives
+#                              (default: $HOME/.cache/horde/postprocess-fixtures-venv)
+#   TORCH_INDEX_URL            optional extra wheel index to take torch and torchvision from first,
+#                              e.g. PyTorch's CPU-only index; without it torch comes from PyPI with
+#                              its CUDA libraries (about 3 GB of downloads, unused here).
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+venv="${POSTPROCESS_FIXTURES_VENV:-$HOME/.cache/horde/postprocess-fixtures-venv}"
+python="${PYTHON:-python3}"
+requirements="$here/requirements.txt"
+stamp="$venv/.horde-postprocess-fixtures-requirements"
+
+if [ ! -x "$venv/bin/python" ]; then
+    echo "creating virtual environment in $venv" >&2
+    mkdir -p "$(dirname "$venv")"
+    "$python" -m venv "$venv"
+fi
+
+if ! cmp -s "$requirements" "$stamp"; then
+    if [ -n "${TORCH_INDEX_URL:-}" ]; then
+        torch_version="$(sed -n 's/^torch==//p' "$requirements")"
+        torchvision_version="$(sed -n 's/^torchvision==//p' "$requirements")"
+        "$venv/bin/pip" install --index-url "$TORCH_INDEX_URL" \
+            "torch==$torch_version" "torchvision==$torchvision_version"
+    fi
+    "$venv/bin/pip" install -r "$requirements"
+    cp "$requirements" "$stamp"
+fi
+
+cd "$root"
+"$venv/bin/python" -W ignore::UserWarning "$here/generate.py" "$@"
+# Reload every fixture through spandrel, compare, and confirm the mis-wired variants fail.
+out_dir="crates/horde-diffusion/tests/fixtures/postprocess"
+if [ "${1:-}" = "--out" ] && [ -n "${2:-}" ]; then out_dir="$2"; fi
+"$venv/bin/python" -W ignore::UserWarning "$here/check_fixtures.py" "$out_dir"
