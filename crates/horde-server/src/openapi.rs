@@ -136,6 +136,8 @@ fn input_rules(spec: &mut Value) {
     for name in MODIFICATIONS {
         at_least_one_field(&mut schemas[*name]);
     }
+    unsigned_ranges(spec);
+    let schemas = &mut spec["components"]["schemas"];
     // Not the error body: it may quote the refused input, NUL and all.
     let error_body = schemas["ErrorBody"].take();
     forbid_nul(schemas);
@@ -293,6 +295,30 @@ fn forbid_nul(schema: &mut Value) {
     }
 }
 
+/// utoipa writes a `u32` as `format: int32, minimum: 0` and a `u64` as `int64`: a reader takes
+/// the format's signed maximum, below what the server accepts. Such a schema gets its real
+/// maximum instead of the format.
+fn unsigned_ranges(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            let unsigned = map.get("minimum").and_then(Value::as_f64) == Some(0.0)
+                && !map.contains_key("maximum");
+            let maximum = match map.get("format").and_then(Value::as_str) {
+                Some("int32") if unsigned => Some(json!(u32::MAX)),
+                Some("int64") if unsigned => Some(json!(u64::MAX)),
+                _ => None,
+            };
+            if let Some(maximum) = maximum {
+                map.remove("format");
+                map.insert("maximum".into(), maximum);
+            }
+            map.values_mut().for_each(unsigned_ranges);
+        }
+        Value::Array(items) => items.iter_mut().for_each(unsigned_ranges),
+        _ => {}
+    }
+}
+
 /// Keys of a schema whose values are not schemas.
 const NOT_SCHEMAS: &[&str] = &[
     "propertyNames",
@@ -332,6 +358,13 @@ mod tests {
                 .map(Vec::len),
             Some(POST_PROCESSORS.len())
         );
+        let invited = &schemas["ModifyUser"]["properties"]["worker_invited"];
+        assert_eq!(
+            invited["maximum"],
+            u32::MAX,
+            "a u32 is not capped at i32's maximum"
+        );
+        assert!(invited.get("format").is_none(), "{invited}");
         assert_eq!(
             schemas["ModifyWorker"]["anyOf"].as_array().map(Vec::len),
             Some(6)
