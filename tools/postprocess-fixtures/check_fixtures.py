@@ -23,8 +23,8 @@ from safetensors.torch import load_file as load_pt
 import spandrel_ref as R
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-DIR = sys.argv[1] if len(sys.argv) > 1 else os.path.join(HERE, "..", "..", "crates", "horde-diffusion",
-                                                           "tests", "fixtures", "postprocess")
+DIR = sys.argv[1] if len(sys.argv) > 1 else os.path.join(HERE, "..", "..", "crates", "horde-postprocess",
+                                                           "tests", "fixtures", "upscalers")
 
 
 def main():

@@ -13,7 +13,7 @@ For every fixture in spandrel_ref.FIXTURES:
 5. write input and output to <name>.expected.safetensors and everything else to manifest.json.
 
 Run through generate.sh, which builds the pinned virtual environment. Output goes to
-crates/horde-diffusion/tests/fixtures/postprocess/ (or --out DIR).
+crates/horde-postprocess/tests/fixtures/upscalers/ (or --out DIR).
 """
 
 import argparse
@@ -32,8 +32,8 @@ import spandrel_ref as R
 from spandrel.architectures.ESRGAN import _to_old_arch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_OUT = os.path.join(HERE, "..", "..", "crates", "horde-diffusion", "tests", "fixtures",
-                           "postprocess")
+DEFAULT_OUT = os.path.join(HERE, "..", "..", "crates", "horde-postprocess", "tests", "fixtures",
+                           "upscalers")
 FORMAT_VERSION = 1
 
 

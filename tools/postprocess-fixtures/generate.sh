@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Regenerate the post-processing (ESRGAN-family upscaler) fixtures in
-# crates/horde-diffusion/tests/fixtures/postprocess/ with spandrel (see README.md). Only needed
+# crates/horde-postprocess/tests/fixtures/upscalers/ with spandrel (see README.md). Only needed
 # to change the fixtures; the Rust tests read the committed files and never need Python.
 #
 #   tools/postprocess-fixtures/generate.sh [--out DIR]
@@ -41,6 +41,6 @@ fi
 cd "$root"
 "$venv/bin/python" -W ignore::UserWarning "$here/generate.py" "$@"
 # Reload every fixture through spandrel, compare, and confirm the mis-wired variants fail.
-out_dir="crates/horde-diffusion/tests/fixtures/postprocess"
+out_dir="crates/horde-postprocess/tests/fixtures/upscalers"
 if [ "${1:-}" = "--out" ] && [ -n "${2:-}" ]; then out_dir="$2"; fi
 "$venv/bin/python" -W ignore::UserWarning "$here/check_fixtures.py" "$out_dir"
