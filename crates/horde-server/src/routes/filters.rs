@@ -57,7 +57,7 @@ pub async fn regex(
     state.filter_regexes(&key, &query).await.map(Json)
 }
 
-#[utoipa::path(get, path = "/api/v2/filters/{id}", tag = "v2", params(("id" = String, Path), ("apikey" = String, Header)),
+#[utoipa::path(get, path = "/api/v2/filters/{id}", tag = "v2", params(("id" = uuid::Uuid, Path, description = "The filter's UUID (so never `regex`, which is `GET /filters/regex`)"), ("apikey" = String, Header)),
     responses((status = 200, body = FilterDetails), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn get(
     State(state): State<SharedState>,
@@ -67,7 +67,7 @@ pub async fn get(
     state.get_filter(&key, &id).await.map(Json)
 }
 
-#[utoipa::path(patch, path = "/api/v2/filters/{id}", tag = "v2", params(("id" = String, Path), ("apikey" = String, Header)),
+#[utoipa::path(patch, path = "/api/v2/filters/{id}", tag = "v2", params(("id" = uuid::Uuid, Path, description = "The filter's UUID (so never `regex`, which is `GET /filters/regex`)"), ("apikey" = String, Header)),
     request_body = FilterPatch,
     responses((status = 200, body = FilterDetails), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn modify(
@@ -79,7 +79,7 @@ pub async fn modify(
     state.modify_filter(&key, &id, body).await.map(Json)
 }
 
-#[utoipa::path(delete, path = "/api/v2/filters/{id}", tag = "v2", params(("id" = String, Path), ("apikey" = String, Header)),
+#[utoipa::path(delete, path = "/api/v2/filters/{id}", tag = "v2", params(("id" = uuid::Uuid, Path, description = "The filter's UUID (so never `regex`, which is `GET /filters/regex`)"), ("apikey" = String, Header)),
     responses((status = 200, description = "{\"message\": \"OK\"}"), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn delete(
     State(state): State<SharedState>,
