@@ -2,6 +2,7 @@
 //! an inference server the owner already runs implements the same trait.
 
 use crate::job::{Job, Unrunnable};
+use crate::postprocess::PostProcessors;
 use horde_diffusion::{LoadOptions, LoadStage, Model};
 use image::RgbImage;
 use std::collections::BTreeMap;
@@ -12,6 +13,10 @@ use std::sync::Arc;
 pub trait Backend: Send + Sync {
     /// The AI Horde model names it can run.
     fn models(&self) -> Vec<String>;
+    /// The AI Horde post-processor names it can run.
+    fn post_processors(&self) -> Vec<String> {
+        vec![]
+    }
     /// Runs a job; returns one WebP per job id, in order. `on_step(done, total)` reports progress.
     fn run(
         &self,
@@ -23,6 +28,7 @@ pub trait Backend: Send + Sync {
 /// The candle Stable Diffusion engine with its loaded checkpoints.
 pub struct DiffusionBackend {
     models: BTreeMap<String, Arc<Model>>,
+    post: PostProcessors,
 }
 
 /// A model that did not load, and why.
@@ -55,13 +61,24 @@ impl DiffusionBackend {
                 }),
             }
         }
-        (DiffusionBackend { models }, failures)
+        let post = PostProcessors::default();
+        (DiffusionBackend { models, post }, failures)
+    }
+
+    /// These post-processors run on every image a job asks them for.
+    pub fn with_post_processors(mut self, post: PostProcessors) -> Self {
+        self.post = post;
+        self
     }
 }
 
 impl Backend for DiffusionBackend {
     fn models(&self) -> Vec<String> {
         self.models.keys().cloned().collect()
+    }
+
+    fn post_processors(&self) -> Vec<String> {
+        self.post.names()
     }
 
     fn run(
@@ -75,7 +92,10 @@ impl Backend for DiffusionBackend {
         let images = model
             .generate(&job.generation, on_step)
             .map_err(|e| Unrunnable(e.to_string()))?;
-        images.iter().map(encode_webp).collect()
+        images
+            .into_iter()
+            .map(|image| encode_webp(&self.post.apply(&job.post_processing, image)?))
+            .collect()
     }
 }
 

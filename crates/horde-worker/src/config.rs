@@ -16,6 +16,9 @@ pub struct WorkerConfig {
     pub name: String,
     /// AI Horde model name → local checkpoint (a `.safetensors` file).
     pub models: BTreeMap<String, PathBuf>,
+    /// AI Horde post-processor name → local checkpoint (`.safetensors` or `.pth`): the
+    /// upscalers (`RealESRGAN_x4plus`, …); face fixers and background removal to come.
+    pub post_processors: BTreeMap<String, PathBuf>,
     /// The largest image (width × height) this worker accepts.
     pub max_pixels: u64,
     /// The most images of one request generated in one batch.
@@ -30,6 +33,7 @@ pub struct WorkerConfig {
     pub priority_usernames: Vec<String>,
     pub allow_img2img: bool,
     pub allow_painting: bool,
+    /// Offer post-processing when at least one post-processor is loaded (false: never).
     pub allow_post_processing: bool,
     pub allow_lora: bool,
     /// Only take requests from users who can pay upfront.
@@ -52,6 +56,7 @@ impl Default for WorkerConfig {
             api_key: String::new(),
             name: String::new(),
             models: BTreeMap::new(),
+            post_processors: BTreeMap::new(),
             max_pixels: 512 * 512,
             amount: 1,
             threads: 1,
@@ -60,7 +65,7 @@ impl Default for WorkerConfig {
             priority_usernames: vec![],
             allow_img2img: false,
             allow_painting: false,
-            allow_post_processing: false,
+            allow_post_processing: true,
             allow_lora: false,
             require_upfront_kudos: false,
             poll_interval_secs: 2.0,

@@ -71,11 +71,12 @@ impl Worker {
         pop.blacklist = c.blacklist.clone();
         pop.priority_usernames = c.priority_usernames.clone();
         pop.require_upfront_kudos = c.require_upfront_kudos;
-        // The engine has no image-to-image, inpainting, post-processing or LoRA yet: advertising
-        // them would only fault the jobs.
+        // The engine has no image-to-image, inpainting or LoRA yet: advertising them would only
+        // fault the jobs. Post-processing is offered when a post-processor is loaded.
         pop.allow_img2img = false;
         pop.allow_painting = false;
-        pop.allow_post_processing = false;
+        pop.allow_post_processing =
+            c.allow_post_processing && !self.backend.post_processors().is_empty();
         pop.allow_lora = false;
         pop.bridge_agent = c.effective_bridge_agent();
         pop

@@ -16,6 +16,8 @@ pub struct Job {
     pub uploads: Vec<String>,
     /// Notes for the requester (substituted sampler, ignored options).
     pub notes: Vec<GenMetadata>,
+    /// The post-processors to run on each image (`crate::postprocess` orders them).
+    pub post_processing: Vec<String>,
 }
 
 /// Why a job cannot run at all; it is submitted as faulted with this reason.
@@ -50,11 +52,7 @@ fn translate(pop: &PopResponse, ids: &[String]) -> Result<Job, Unrunnable> {
             "image-to-image is not supported by this worker".into(),
         ));
     }
-    for (key, what) in [
-        ("post_processing", "post-processing"),
-        ("loras", "LoRAs"),
-        ("tis", "textual inversions"),
-    ] {
+    for (key, what) in [("loras", "LoRAs"), ("tis", "textual inversions")] {
         if p.get(key)
             .and_then(|v| v.as_array())
             .is_some_and(|a| !a.is_empty())
@@ -116,6 +114,16 @@ fn translate(pop: &PopResponse, ids: &[String]) -> Result<Job, Unrunnable> {
         generation,
         uploads,
         notes,
+        post_processing: p
+            .get("post_processing")
+            .and_then(|v| v.as_array())
+            .map(|names| {
+                names
+                    .iter()
+                    .filter_map(|n| n.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default(),
     })
 }
 
@@ -171,12 +179,18 @@ mod tests {
     #[test]
     fn unsupported_options_fault_or_are_noted() {
         let faulty = pop(
-            json!({"prompt": "x", "seed": "1", "post_processing": ["GFPGAN"]}),
+            json!({"prompt": "x", "seed": "1", "loras": [{"name": "x"}]}),
             &["a"],
         );
         let (ids, reason) = from_pop(&faulty).unwrap().unwrap_err();
         assert_eq!(ids, vec!["a".to_string()]);
-        assert!(reason.0.contains("post-processing"));
+        assert!(reason.0.contains("LoRAs"));
+        let post = pop(
+            json!({"prompt": "x", "seed": "1", "post_processing": ["GFPGAN", "RealESRGAN_x2plus"]}),
+            &["a"],
+        );
+        let job = from_pop(&post).unwrap().unwrap();
+        assert_eq!(job.post_processing, ["GFPGAN", "RealESRGAN_x2plus"]);
         let noted = pop(
             json!({"prompt": "x", "seed": "1", "sampler_name": "k_brand_new", "hires_fix": true, "tiling": true}),
             &["a"],

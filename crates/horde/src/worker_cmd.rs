@@ -17,6 +17,7 @@ const ENV_KEYS: &[&str] = &[
     "api_key",
     "name",
     "models",
+    "post_processors",
     "max_pixels",
     "amount",
     "threads",
@@ -89,7 +90,7 @@ pub struct WorkerArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     allow_painting: Option<bool>,
-    /// Accept post-processing (not supported by the built-in engine yet)
+    /// Offer post-processing when a post-processor (`[post_processors]`) is loaded; false: never
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     allow_post_processing: Option<bool>,
@@ -156,7 +157,8 @@ pub fn load_config(args: &WorkerArgs) -> anyhow::Result<WorkerConfig> {
 pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     let config = load_config(&args)?;
     let options = horde_diffusion::LoadOptions::named(&config.device, &config.dtype)?;
-    let backend = load_models(&config.models, &options)?;
+    let backend = load_models(&config.models, &options)?
+        .with_post_processors(load_post_processors(&config.post_processors, &options));
     let worker = Worker::new(config.clone(), Arc::new(backend));
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -179,6 +181,24 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         summary.jobs_done, summary.images_done, summary.jobs_faulted, summary.kudos
     );
     Ok(())
+}
+
+/// Loads the post-processors; one that fails is reported and skipped.
+fn load_post_processors(
+    checkpoints: &BTreeMap<String, PathBuf>,
+    options: &horde_diffusion::LoadOptions,
+) -> horde_worker::postprocess::PostProcessors {
+    let (loaded, failures) =
+        horde_worker::postprocess::PostProcessors::load(checkpoints, &options.device);
+    for failure in &failures {
+        eprintln!(
+            "post-processor {} ({}) not served: {}",
+            failure.name,
+            failure.path.display(),
+            failure.reason
+        );
+    }
+    loaded
 }
 
 /// Loads every model with a progress bar; a model that fails is reported and skipped.

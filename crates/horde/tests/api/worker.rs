@@ -59,10 +59,59 @@ pub(crate) fn start_worker(
     let options = horde_diffusion::LoadOptions::named(&config.device, &config.dtype).unwrap();
     let (backend, failures) = DiffusionBackend::load(&config.models, &options, |_, _| {});
     assert!(failures.is_empty(), "{failures:?}");
-    let worker = Worker::new(config, Arc::new(backend));
+    let (post, failures) =
+        horde_worker::postprocess::PostProcessors::load(&config.post_processors, &options.device);
+    assert!(failures.is_empty(), "{failures:?}");
+    let worker = Worker::new(config, Arc::new(backend.with_post_processors(post)));
     let (stop, stopped) = watch::channel(false);
     let task = tokio::spawn(async move { worker.run(stopped).await });
     (stop, task)
+}
+
+#[tokio::test]
+async fn an_upscaled_image_comes_back_at_the_upscalers_size() {
+    let app = spawn_app().await;
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = tiny_checkpoint(dir.path());
+    let (requester, _) = app.user("requester", 100.0).await;
+    let mut config = worker_config(&app.root, owner_key(&app).await, &checkpoint);
+    // spandrel's tiny random ×2 RealESRGAN (pixel-unshuffle), from the upscalers' fixtures.
+    let upscaler = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../horde-postprocess/tests/fixtures/upscalers/realesrgan_x2plus.safetensors");
+    config.post_processors = BTreeMap::from([("RealESRGAN_x2plus".to_string(), upscaler)]);
+    let (stop, task) = start_worker(config);
+
+    let mut request = tiny_request("a lighthouse", 2);
+    request.params.post_processing = vec!["RealESRGAN_x2plus".into()];
+    let upscaled = requester
+        .generate_async(&request)
+        .await
+        .unwrap()
+        .id
+        .unwrap();
+    let mut faulty = request.clone();
+    faulty.params.post_processing = vec!["RealESRGAN_x4plus".into()];
+    let missing = requester.generate_async(&faulty).await.unwrap().id.unwrap();
+
+    let status = wait_done(&requester, &upscaled).await;
+    let ((w, h), _, _) = halves_of(&base64_decode(&status.generations[0].img));
+    assert_eq!((w, h), (128, 128), "64×64 at ×2");
+    let worker = requester.worker_by_name("tiny-worker").await.unwrap();
+    assert!(worker.post_processing, "offered once an upscaler is loaded");
+    // The other request asks for an upscaler this worker lacks: its job is faulted.
+    for _ in 0..600 {
+        let check = requester.check(&missing).await.unwrap();
+        if check.faulted || check.done {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.send(true).unwrap();
+    let summary = task.await.unwrap();
+    assert!(
+        summary.jobs_faulted >= 1,
+        "the job whose upscaler is missing is faulted"
+    );
 }
 
 /// One 64×64 image on the tiny model, in `steps` steps.
