@@ -103,6 +103,10 @@ def main():
             assert not torch.all(v == 0) and not torch.all(v == 1), k
         ckpt = os.path.join(out, f"{fx['name']}.safetensors")
         save_pt({k: v.contiguous() for k, v in sd.items()}, ckpt)
+        if fx["name"] == "realesrgan_x2plus":
+            # Also as Real-ESRGAN's releases ship it: torch.save({"params_ema": state_dict}).
+            torch.save({"params_ema": {k: v.contiguous() for k, v in sd.items()}},
+                       os.path.join(out, f"{fx['name']}.pth"))
 
         desc, y = R.load_and_run(ckpt, x)
         with torch.no_grad():

@@ -140,6 +140,24 @@ fn a_large_image_is_upscaled_in_tiles_close_to_whole() {
 }
 
 #[test]
+fn a_pth_checkpoint_wrapped_as_real_esrgan_ships_it_gives_the_same_network() {
+    // The x2plus fixture also saved by torch.save as {"params_ema": state_dict}, the wrapping
+    // of Real-ESRGAN's released .pth files.
+    let manifest = manifest();
+    let entry = manifest["fixtures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "realesrgan_x2plus")
+        .unwrap();
+    let upscaler = Upscaler::load(&fixtures().join("realesrgan_x2plus.pth"), &Device::Cpu).unwrap();
+    assert_eq!(upscaler.scale(), 2);
+    let (input, output) = expected(entry);
+    let diff = max_diff(&upscaler.forward(&input).unwrap(), &output);
+    assert!(diff < 1e-4, "{diff:e}");
+}
+
+#[test]
 fn a_file_that_is_no_upscaler_is_refused_with_its_name() {
     let dir = std::env::temp_dir().join(format!("horde-pp-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
