@@ -63,6 +63,25 @@ fn ramp(i: usize, len: usize, before: usize, after: usize) -> f32 {
     w
 }
 
+/// For each tile starting at `starts` (each `len` input pixels long), the [`ramp`] weights of
+/// its `len · scale` output pixels along that side, from how far it overlaps its neighbours.
+fn side_weights(starts: &[usize], len: usize, scale: usize) -> Vec<Vec<f32>> {
+    (0..starts.len())
+        .map(|i| {
+            let before = match i {
+                0 => 0,
+                _ => (starts[i - 1] + len).saturating_sub(starts[i]) * scale,
+            };
+            let after = match starts.get(i + 1) {
+                None => 0,
+                Some(next) => (starts[i] + len).saturating_sub(*next) * scale,
+            };
+            let out = len * scale;
+            (0..out).map(|p| ramp(p, out, before, after)).collect()
+        })
+        .collect()
+}
+
 /// `run` applied to `image` (`[1, C, H, W]`, `H` and `W` multiples of `tiling.multiple`), whose
 /// output is `scale` times larger on each side: whole when it fits one tile, else tile by tile.
 pub fn run_tiled(
@@ -79,36 +98,19 @@ pub fn run_tiled(
     let rows = starts(height, tile, tiling.overlap, tiling.multiple);
     let cols = starts(width, tile, tiling.overlap, tiling.multiple);
     let (out_h, out_w) = (height * scale, width * scale);
+    let (th, tw) = (tile.min(height), tile.min(width));
+    // Each tile's blend weights along a side, by its place on that side.
+    let row_weights = side_weights(&rows, th, scale);
+    let col_weights = side_weights(&cols, tw, scale);
     let mut sum = vec![0f32; channels * out_h * out_w];
     let mut weights = vec![0f32; out_h * out_w];
-    for (ri, &y0) in rows.iter().enumerate() {
-        let th = tile.min(height);
-        for (ci, &x0) in cols.iter().enumerate() {
-            let tw = tile.min(width);
+    for (&y0, wys) in rows.iter().zip(&row_weights) {
+        for (&x0, wxs) in cols.iter().zip(&col_weights) {
             let piece = image.narrow(2, y0, th)?.narrow(3, x0, tw)?.contiguous()?;
             let out = run(&piece)?.squeeze(0)?.to_vec3::<f32>()?;
-            // How far this tile overlaps the one before and after it, in output pixels.
-            let overlap_before = |starts: &[usize], i: usize, len: usize| {
-                if i == 0 {
-                    0
-                } else {
-                    (starts[i - 1] + len).saturating_sub(starts[i]) * scale
-                }
-            };
-            let overlap_after = |starts: &[usize], i: usize, len: usize| {
-                if i + 1 == starts.len() {
-                    0
-                } else {
-                    (starts[i] + len).saturating_sub(starts[i + 1]) * scale
-                }
-            };
-            let (top, bottom) = (overlap_before(&rows, ri, th), overlap_after(&rows, ri, th));
-            let (left, right) = (overlap_before(&cols, ci, tw), overlap_after(&cols, ci, tw));
-            let (oh, ow) = (th * scale, tw * scale);
-            for y in 0..oh {
-                let wy = ramp(y, oh, top, bottom);
-                for x in 0..ow {
-                    let w = wy * ramp(x, ow, left, right);
+            for (y, wy) in wys.iter().enumerate() {
+                for (x, wx) in wxs.iter().enumerate() {
+                    let w = wy * wx;
                     let at = (y0 * scale + y) * out_w + x0 * scale + x;
                     weights[at] += w;
                     for (c, plane) in out.iter().enumerate() {

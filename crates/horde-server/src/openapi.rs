@@ -131,13 +131,12 @@ const MODIFICATIONS: &[&str] = &[
 /// state (utoipa's model has no `propertyNames` or `anyOf` beside `properties`, hence JSON),
 /// so that a client or Schemathesis reading the spec knows exactly what is accepted.
 fn input_rules(spec: &mut Value) {
+    unsigned_ranges(spec);
     let schemas = &mut spec["components"]["schemas"];
     bounds_from_constants(schemas);
     for name in MODIFICATIONS {
         at_least_one_field(&mut schemas[*name]);
     }
-    unsigned_ranges(spec);
-    let schemas = &mut spec["components"]["schemas"];
     // Not the error body: it may quote the refused input, NUL and all.
     let error_body = schemas["ErrorBody"].take();
     forbid_nul(schemas);
