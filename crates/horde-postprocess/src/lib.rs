@@ -12,6 +12,8 @@
 //! Numbers are pinned to the PyTorch reference (spandrel) by fixtures that
 //! `tools/postprocess-fixtures` writes: see `tests/upscalers.rs`.
 
+pub mod background;
+pub mod face;
 pub mod tensors;
 pub mod tiles;
 pub mod upscale;
