@@ -35,6 +35,7 @@ if ! cmp -s "$requirements" "$stamp"; then
             "torch==$torch_version" "torchvision==$torchvision_version"
     fi
     "$venv/bin/pip" install -r "$requirements"
+    "$venv/bin/pip" install --no-deps -r "$here/requirements-nodeps.txt"
     cp "$requirements" "$stamp"
 fi
 
