@@ -218,6 +218,8 @@ pub const MAX_SPECIAL_BYTES: usize = 16 * 1024;
 pub const MAX_POP_LIST: usize = 200;
 /// The longest entry of a pop's lists, and of a submit's `gen_metadata` values.
 pub const MAX_LIST_ENTRY_CHARS: usize = 255;
+/// The most names in a pop's `post_processors` (twice the names the horde knows).
+pub const MAX_POP_POST_PROCESSORS: usize = 32;
 
 /// `params` of an image request (ModelGenerationInputStable), with the public server's effective
 /// defaults.
@@ -472,6 +474,17 @@ pub struct ImageRequest {
     /// 202 answer warn which, and each generation names the model that ran.
     #[serde(default)]
     pub allow_model_fallback: bool,
+    /// Beyond the public horde: when no online worker that could take this request runs all of
+    /// `params.post_processing`, generate it without them instead of waiting; the 202 answer,
+    /// `check` and `status` carry a `PostProcessingUnavailable` warning and the price is that
+    /// of the images without them. Decided when the request is accepted.
+    #[serde(default)]
+    pub post_processing_fallback: bool,
+    /// Set by the coordinator, never by a client (a value sent is discarded): the
+    /// post-processors `post_processing_fallback` left out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(ignore)]
+    pub post_processing_skipped: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(min_length = 10, max_length = 1024, pattern = "^https://")]
     pub webhook: Option<String>,
@@ -631,6 +644,11 @@ pub struct PopRequest {
     pub allow_unsafe_ipaddr: bool,
     #[serde(default = "yes", alias = "allow_post-processing")]
     pub allow_post_processing: bool,
+    /// Beyond the public horde: the post-processors this worker runs (names of
+    /// `POST_PROCESSORS`). A worker that sends it gets only jobs whose post-processors are all
+    /// in it; without it, those its bridge version grants, as on the public horde.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post_processors: Option<Vec<String>>,
     #[serde(default)]
     pub allow_controlnet: bool,
     #[serde(default)]
@@ -663,6 +681,12 @@ impl PopRequest {
         for (i, model) in self.models.iter().enumerate() {
             if !(3..=255).contains(&model.chars().count()) {
                 errors.add(&format!("models.{i}"), "model names are 3..255 characters");
+            }
+        }
+        if let Some(names) = &self.post_processors {
+            errors.max_len("post_processors", names, MAX_POP_POST_PROCESSORS);
+            for (i, name) in names.iter().enumerate() {
+                errors.max_chars(&format!("post_processors.{i}"), name, MAX_LIST_ENTRY_CHARS);
             }
         }
         errors.max_len("priority_usernames", &self.priority_usernames, MAX_POP_LIST);

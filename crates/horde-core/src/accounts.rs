@@ -148,6 +148,9 @@ pub struct WorkerFlags {
     pub allow_img2img: bool,
     pub allow_painting: bool,
     pub allow_post_processing: bool,
+    /// The post-processors it declared it runs; `None`: those its bridge grants.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post_processors: Option<Vec<String>>,
     pub allow_lora: bool,
     pub allow_controlnet: bool,
     pub allow_sdxl_controlnet: bool,

@@ -13,6 +13,9 @@ pub struct BridgeCapabilities {
     pub img2img: bool,
     pub painting: bool,
     pub post_processing: bool,
+    /// Every post-processor the horde knows, rather than only the [`FIRST_POST_PROCESSORS`]
+    /// (reGen from version 13: the new upscalers, `GFPGANv1.3`, `RestoreFormer`).
+    pub all_post_processors: bool,
     pub tiling: bool,
     pub hires_fix: bool,
     pub controlnet: bool,
@@ -20,11 +23,29 @@ pub struct BridgeCapabilities {
     pub lora: bool,
 }
 
+/// The post-processors every bridge that has post-processing runs (reGen version 1's).
+pub const FIRST_POST_PROCESSORS: &[&str] = &[
+    "GFPGAN",
+    "RealESRGAN_x4plus",
+    "RealESRGAN_x2plus",
+    "RealESRGAN_x4plus_anime_6B",
+    "NMKD_Siax",
+    "4x_AnimeSharp",
+    "CodeFormers",
+    "strip_background",
+];
+
 impl BridgeCapabilities {
+    /// Whether the bridge runs the post-processor `name`.
+    pub fn runs_post_processor(&self, name: &str) -> bool {
+        self.post_processing && (self.all_post_processors || FIRST_POST_PROCESSORS.contains(&name))
+    }
+
     const ALL: BridgeCapabilities = BridgeCapabilities {
         img2img: true,
         painting: true,
         post_processing: true,
+        all_post_processors: true,
         tiling: true,
         hires_fix: true,
         controlnet: true,
@@ -45,11 +66,13 @@ impl BridgeCapabilities {
             "horde-worker" => BridgeCapabilities::ALL,
             "AI Horde Worker reGen" => BridgeCapabilities {
                 lora: version >= 2,
+                all_post_processors: version >= 13,
                 ..BridgeCapabilities::ALL
             },
             "AI Horde Worker" | "SD-WebUI Stable Horde Worker Bridge" | "HordeAutoWebBridge" => {
                 BridgeCapabilities {
                     lora: false,
+                    all_post_processors: false,
                     ..BridgeCapabilities::ALL
                 }
             }
@@ -65,11 +88,28 @@ mod tests {
     #[test]
     fn capabilities_follow_the_bridge_name_and_version() {
         assert_eq!(
-            BridgeCapabilities::of("AI Horde Worker reGen:9.0.1:https://x"),
+            BridgeCapabilities::of("AI Horde Worker reGen:13.0.1:https://x"),
             BridgeCapabilities::ALL
+        );
+        assert_eq!(
+            BridgeCapabilities::of("AI Horde Worker reGen:9.0.1:https://x"),
+            BridgeCapabilities {
+                all_post_processors: false,
+                ..BridgeCapabilities::ALL
+            }
         );
         let v1 = BridgeCapabilities::of("AI Horde Worker reGen:1.2:https://x");
         assert!(v1.tiling && !v1.lora);
+        assert!(v1.runs_post_processor("GFPGAN") && v1.runs_post_processor("strip_background"));
+        assert!(!v1.runs_post_processor("4xNomos8kSC") && !v1.runs_post_processor("RestoreFormer"));
+        let v13 = BridgeCapabilities::of("AI Horde Worker reGen:13.0.0:https://x");
+        assert!(v13.runs_post_processor("4xNomos8kSC") && v13.runs_post_processor("GFPGANv1.3"));
+        let legacy = BridgeCapabilities::of("AI Horde Worker:24:https://x");
+        assert!(
+            legacy.runs_post_processor("CodeFormers")
+                && !legacy.runs_post_processor("RestoreFormer")
+        );
+        assert!(!BridgeCapabilities::of("my-bridge:1:x").runs_post_processor("GFPGAN"));
         assert_eq!(
             BridgeCapabilities::of("horde-worker:0.1.0:https://x"),
             BridgeCapabilities::ALL

@@ -14,6 +14,7 @@ pub mod image_header;
 pub mod keys;
 pub mod kudos_model;
 pub mod matching;
+pub mod post_processing;
 pub mod pricing;
 pub mod profanity;
 pub mod prompt_filter;

@@ -4,6 +4,7 @@
 //! which pop answers count in `skipped`. The queue decides the order in which pairs are tried.
 
 use crate::bridge::BridgeCapabilities;
+use crate::post_processing;
 use crate::request::LiveRequest;
 use horde_api::image::SourceProcessing;
 use std::collections::HashMap;
@@ -29,6 +30,9 @@ pub struct WorkerCaps {
     pub allow_img2img: bool,
     pub allow_painting: bool,
     pub allow_post_processing: bool,
+    /// The post-processors the worker declared it runs (`post_processors` of its pop); `None`:
+    /// those its bridge version grants.
+    pub declared_post_processors: Option<Vec<String>>,
     pub allow_lora: bool,
     pub allow_controlnet: bool,
     pub amount: u32,
@@ -167,7 +171,13 @@ pub fn can_generate(request: &LiveRequest, worker: &WorkerCaps) -> Result<(), Sk
             return Err(SkipReason::Img2img);
         }
     }
-    if !params.post_processing.is_empty() && !worker.allow_post_processing {
+    if !params.post_processing.is_empty()
+        && (!worker.allow_post_processing
+            || !post_processing::declared_cover(
+                &params.post_processing,
+                worker.declared_post_processors.as_deref(),
+            ))
+    {
         return Err(SkipReason::PostProcessing);
     }
     if !params.loras.is_empty() && !worker.allow_lora {
@@ -202,7 +212,9 @@ fn check_bridge(request: &LiveRequest, can: &BridgeCapabilities) -> Result<(), S
     let needs = [
         body.source_image.is_some() && !painting && !can.img2img,
         body.source_image.is_some() && painting && !can.painting,
-        !p.post_processing.is_empty() && !can.post_processing,
+        p.post_processing
+            .iter()
+            .any(|pp| !can.runs_post_processor(pp)),
         p.tiling && !can.tiling,
         p.hires_fix && !can.hires_fix,
         p.control_type.is_some() && !can.controlnet,
@@ -293,6 +305,7 @@ mod tests {
             allow_img2img: true,
             allow_painting: true,
             allow_post_processing: true,
+            declared_post_processors: None,
             allow_lora: false,
             allow_controlnet: false,
             amount: 1,

@@ -426,6 +426,7 @@ pub(crate) mod tests {
             allow_img2img: true,
             allow_painting: true,
             allow_post_processing: true,
+            declared_post_processors: None,
             allow_lora: false,
             allow_controlnet: false,
             amount: 1,

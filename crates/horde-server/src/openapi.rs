@@ -8,8 +8,8 @@
 
 use crate::routes::{filters, generate, shared_keys, status, users, workers};
 use horde_api::image::{
-    MAX_EXTRA_SOURCE_IMAGES, MAX_LIST_ENTRY_CHARS, MAX_POP_LIST, MAX_REQUEST_MODELS,
-    MAX_REQUEST_WORKERS, MAX_SEED_CHARS, POST_PROCESSORS,
+    MAX_EXTRA_SOURCE_IMAGES, MAX_LIST_ENTRY_CHARS, MAX_POP_LIST, MAX_POP_POST_PROCESSORS,
+    MAX_REQUEST_MODELS, MAX_REQUEST_WORKERS, MAX_SEED_CHARS, POST_PROCESSORS,
 };
 use horde_core::accounts::ALIAS_ID_PATTERN;
 use serde_json::{json, Value};
@@ -182,6 +182,11 @@ fn bounds_from_constants(schemas: &mut Value) {
         ),
         ("PopRequest", "blacklist", json!({"maxItems": MAX_POP_LIST})),
         (
+            "PopRequest",
+            "post_processors",
+            json!({"maxItems": MAX_POP_POST_PROCESSORS}),
+        ),
+        (
             "ImageParams",
             "post_processing",
             json!({"maxItems": POST_PROCESSORS.len()}),
@@ -204,6 +209,7 @@ fn bounds_from_constants(schemas: &mut Value) {
         ),
         ("PopRequest", "priority_usernames", entries.clone()),
         ("PopRequest", "blacklist", entries.clone()),
+        ("PopRequest", "post_processors", entries.clone()),
         (
             "ImageParams",
             "post_processing",

@@ -12,6 +12,7 @@ use horde_api::Rc;
 use horde_core::accounts::User;
 use horde_core::eta::{self, WorkerThroughput};
 use horde_core::matching::{can_generate, fallback_model};
+use horde_core::post_processing;
 use horde_core::pricing;
 use horde_core::quota::{self, Quota};
 use horde_core::request::{JobState, LiveRequest};
@@ -103,6 +104,30 @@ fn check_request_rules(body: &ImageRequest) -> ApiResult<()> {
     Ok(())
 }
 
+/// `body` as a request not yet accepted, to ask whether some online worker could take it.
+fn probe_request(user: &User, body: ImageRequest) -> LiveRequest {
+    LiveRequest {
+        id: Uuid::nil(),
+        user_id: user.id,
+        body,
+        base_seed: None,
+        created: now(),
+        seq: 0,
+        priority: user.queue_priority(),
+        n_remaining: 1,
+        jobs_total: 1,
+        job_kudos: 0.0,
+        consumed_kudos: 0.0,
+        faulted: false,
+        cancelled: false,
+        can_pay_upfront: true,
+        shared_key: None,
+        expiry: i64::MAX,
+        version: 0,
+        jobs: vec![],
+    }
+}
+
 /// The accepted body with the server's defaults written in, so a worker sees exactly what ran.
 fn normalise(mut body: ImageRequest) -> (ImageRequest, Option<u64>) {
     body.params.steps = Some(body.params.effective_steps());
@@ -149,6 +174,7 @@ impl AppState {
             ) = (false, true, true, false);
         }
         let rewritten = self.screen_prompt(user, &mut body)?;
+        self.apply_post_processing_fallback(user, &mut body);
         let downgraded = self.check_upfront(user, &mut body).await?;
         if let Some(key) = shared_key {
             check_shared_key_use(
@@ -163,7 +189,9 @@ impl AppState {
                 id: None,
                 kudos: pricing::projected_cost(&body, self.projected_family(&body)),
                 message: None,
-                warnings: vec![],
+                warnings: post_processing::unavailable_warning(&body)
+                    .into_iter()
+                    .collect(),
             }));
         }
         self.check_concurrency(user, body.params.n)?;
@@ -197,6 +225,7 @@ impl AppState {
         let request = self.request_writer.store(request).await?;
         let possible = self.is_possible(&request);
         let fallback = self.fallback_notice(&request);
+        let post_processing_warning = post_processing::unavailable_warning(&request.body);
         let id = request.id;
         self.queue.lock().expect("queue lock").insert(request);
         let mut response = AsyncResponse {
@@ -206,6 +235,7 @@ impl AppState {
             warnings: downgraded.into_iter().collect(),
         };
         response.warnings.extend(fallback);
+        response.warnings.extend(post_processing_warning);
         if rewritten {
             response.warnings.push(RequestWarning {
                 code: "PromptRewritten".into(),
@@ -372,6 +402,19 @@ impl AppState {
         Ok(())
     }
 
+    /// `post_processing_fallback`: the request's post-processors are set aside when they are
+    /// what keeps every online worker from taking it (see `horde_core::post_processing`).
+    fn apply_post_processing_fallback(&self, user: &User, body: &mut ImageRequest) {
+        let blocking =
+            body.post_processing_fallback && !body.params.post_processing.is_empty() && {
+                let mut probe = probe_request(user, body.clone());
+                let with_them = self.is_possible(&probe);
+                probe.body.params.post_processing.clear();
+                !with_them && self.is_possible(&probe)
+            };
+        post_processing::fall_back(body, blocking);
+    }
+
     /// Whether some online worker could take this request.
     fn is_possible(&self, request: &LiveRequest) -> bool {
         let now = now();
@@ -477,7 +520,11 @@ impl AppState {
             queue_position: position as i64,
             kudos: pricing::reported_kudos(request.consumed_kudos),
             is_possible: counts.processing > 0 || counts.done || self.is_possible(request),
-            warnings: self.fallback_warnings(request),
+            warnings: self
+                .fallback_warnings(request)
+                .into_iter()
+                .chain(post_processing::unavailable_warning(&request.body))
+                .collect(),
         }
     }
 

@@ -200,6 +200,7 @@ impl WorkerEntry {
             allow_img2img: w.flags.allow_img2img,
             allow_painting: w.flags.allow_painting,
             allow_post_processing: w.flags.allow_post_processing,
+            declared_post_processors: w.flags.post_processors.clone(),
             allow_lora: w.flags.allow_lora,
             allow_controlnet: w.flags.allow_controlnet,
             amount: self.amount,
@@ -323,6 +324,7 @@ fn declares_the_same(worker: &Worker, pop: &PopRequest) -> bool {
         && f.allow_img2img == pop.allow_img2img
         && f.allow_painting == pop.allow_painting
         && f.allow_post_processing == pop.allow_post_processing
+        && f.post_processors == pop.post_processors
         && f.allow_lora == pop.allow_lora
         && f.allow_controlnet == pop.allow_controlnet
         && f.allow_sdxl_controlnet == pop.allow_sdxl_controlnet
@@ -347,6 +349,7 @@ fn flags_of(pop: &PopRequest) -> WorkerFlags {
         allow_img2img: pop.allow_img2img,
         allow_painting: pop.allow_painting,
         allow_post_processing: pop.allow_post_processing,
+        post_processors: pop.post_processors.clone(),
         allow_lora: pop.allow_lora,
         allow_controlnet: pop.allow_controlnet,
         allow_sdxl_controlnet: pop.allow_sdxl_controlnet,

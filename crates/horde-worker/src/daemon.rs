@@ -72,11 +72,18 @@ impl Worker {
         pop.priority_usernames = c.priority_usernames.clone();
         pop.require_upfront_kudos = c.require_upfront_kudos;
         // The engine has no image-to-image, inpainting or LoRA yet: advertising them would only
-        // fault the jobs. Post-processing is offered when a post-processor is loaded.
+        // fault the jobs.
         pop.allow_img2img = false;
         pop.allow_painting = false;
-        pop.allow_post_processing =
-            c.allow_post_processing && !self.backend.post_processors().is_empty();
+        // Post-processing is offered when a post-processor is loaded, and only the loaded
+        // ones are declared, so that no job needing another one comes here.
+        let post_processors = self.backend.post_processors();
+        pop.allow_post_processing = c.allow_post_processing && !post_processors.is_empty();
+        pop.post_processors = Some(if pop.allow_post_processing {
+            post_processors
+        } else {
+            vec![]
+        });
         pop.allow_lora = false;
         pop.bridge_agent = c.effective_bridge_agent();
         pop

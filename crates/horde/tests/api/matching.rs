@@ -84,6 +84,18 @@ fn cases() -> Vec<Case> {
             skipped: "post-processing",
         },
         Case {
+            name: "declared post-processors",
+            request: json!({"params": {"post_processing": ["GFPGAN", "RealESRGAN_x2plus"]}}),
+            lacking: |p| p.post_processors = Some(vec!["GFPGAN".into()]),
+            skipped: "post-processing",
+        },
+        Case {
+            name: "a post-processor newer than the bridge",
+            request: json!({"params": {"post_processing": ["RestoreFormer"]}}),
+            lacking: |p| p.bridge_agent = "AI Horde Worker reGen:12.0.0:https://example.com".into(),
+            skipped: "bridge_version",
+        },
+        Case {
             name: "lora",
             request: json!({"params": {"loras": [{"name": "123"}]}}),
             lacking: |p| p.allow_lora = false,
@@ -131,6 +143,8 @@ fn capable_worker(name: &str, request: &ImageRequest) -> PopRequest {
     pop.max_pixels = 1024 * 1024;
     pop.allow_lora = true;
     pop.allow_controlnet = true;
+    pop.bridge_agent =
+        "AI Horde Worker reGen:13.0.0:https://github.com/Haidra-Org/horde-worker-reGen".into();
     pop
 }
 

@@ -116,6 +116,14 @@ async fn serviceinfo_openapi_and_swagger_ui_answer_offline() {
             "the spec documents {path}"
         );
     }
+    // Our extensions are documented; what only the coordinator sets is not offered to clients.
+    let schemas = &spec["components"]["schemas"];
+    let request = &schemas["ImageRequest"]["properties"];
+    assert_eq!(request["post_processing_fallback"]["type"], "boolean");
+    assert!(request.get("post_processing_skipped").is_none());
+    let declared = &schemas["PopRequest"]["properties"]["post_processors"];
+    assert_eq!(declared["maxItems"], 32, "{declared}");
+    assert_eq!(declared["items"]["maxLength"], 255, "{declared}");
     // The answers every operation can give: 429 where a limit counts it, 401 where it reads
     // a key.
     for (path, item) in spec["paths"].as_object().unwrap() {

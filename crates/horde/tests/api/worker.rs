@@ -89,28 +89,53 @@ async fn an_upscaled_image_comes_back_at_the_upscalers_size() {
         .unwrap()
         .id
         .unwrap();
-    let mut faulty = request.clone();
-    faulty.params.post_processing = vec!["RealESRGAN_x4plus".into()];
-    let missing = requester.generate_async(&faulty).await.unwrap().id.unwrap();
-
     let status = wait_done(&requester, &upscaled).await;
     let ((w, h), _, _) = halves_of(&base64_decode(&status.generations[0].img));
     assert_eq!((w, h), (128, 128), "64×64 at ×2");
     let worker = requester.worker_by_name("tiny-worker").await.unwrap();
     assert!(worker.post_processing, "offered once an upscaler is loaded");
-    // The other request asks for an upscaler this worker lacks: its job is faulted.
-    for _ in 0..600 {
-        let check = requester.check(&missing).await.unwrap();
-        if check.faulted || check.done {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+
+    // An upscaler no online worker runs: the request waits, as on the public horde, and is
+    // never handed to this worker (it declared the post-processors it has).
+    let mut elsewhere = request.clone();
+    elsewhere.params.post_processing = vec!["RealESRGAN_x4plus".into()];
+    let waiting = requester.generate_async(&elsewhere).await.unwrap();
+    assert!(
+        waiting
+            .warnings
+            .iter()
+            .any(|w| w.code == "NoAvailableWorker"),
+        "{waiting:?}"
+    );
+    let waiting = waiting.id.unwrap();
+    // With `post_processing_fallback`, the same request is generated without it and says so.
+    elsewhere.post_processing_fallback = true;
+    let accepted = requester.generate_async(&elsewhere).await.unwrap();
+    let unavailable = |warnings: &[horde_api::image::RequestWarning]| {
+        warnings.iter().any(|w| {
+            w.code == "PostProcessingUnavailable" && w.message.contains("RealESRGAN_x4plus")
+        })
+    };
+    assert!(unavailable(&accepted.warnings), "{accepted:?}");
+    let fallen_back = accepted.id.unwrap();
+    let status = wait_done(&requester, &fallen_back).await;
+    assert!(unavailable(&status.check.warnings), "{status:?}");
+    assert!(unavailable(
+        &requester.check(&fallen_back).await.unwrap().warnings
+    ));
+    let ((w, h), _, _) = halves_of(&base64_decode(&status.generations[0].img));
+    assert_eq!((w, h), (64, 64), "generated without the upscaler");
+
+    let check = requester.check(&waiting).await.unwrap();
+    assert!(
+        !check.is_possible && !check.faulted && check.waiting == 1,
+        "{check:?}"
+    );
     stop.send(true).unwrap();
     let summary = task.await.unwrap();
-    assert!(
-        summary.jobs_faulted >= 1,
-        "the job whose upscaler is missing is faulted"
+    assert_eq!(
+        summary.jobs_faulted, 0,
+        "no job it cannot finish came to it"
     );
 }
 
