@@ -48,6 +48,79 @@ pub fn leaky_relu(xs: &Tensor, slope: f64) -> candle_core::Result<Tensor> {
     xs.maximum(&(xs * slope)?)
 }
 
+/// [`leaky_relu`] written over `xs` itself (f32 on the CPU; a view such as a `narrow` of a
+/// larger tensor changes only its own values): one pass and no allocation, where the
+/// functional form makes two passes and two tensors. Elsewhere it falls back to replacing
+/// nothing and returning the functional result.
+pub fn leaky_relu_in_place(xs: &Tensor, slope: f32) -> candle_core::Result<Tensor> {
+    if xs.device().is_cpu() && xs.dtype() == DType::F32 {
+        xs.inplace_op1(&LeakyRelu(slope))?;
+        Ok(xs.clone())
+    } else {
+        leaky_relu(xs, f64::from(slope))
+    }
+}
+
+struct LeakyRelu(f32);
+
+impl candle_core::InplaceOp1 for LeakyRelu {
+    fn name(&self) -> &'static str {
+        "leaky-relu-in-place"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &mut candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<()> {
+        use rayon::prelude::*;
+        let candle_core::CpuStorage::F32(values) = storage else {
+            candle_core::bail!("leaky-relu-in-place: f32 only");
+        };
+        let slope = self.0;
+        let apply = |v: &mut f32| {
+            if *v < 0.0 {
+                *v *= slope
+            }
+        };
+        match layout.contiguous_offsets() {
+            Some((start, end)) => values[start..end]
+                .par_chunks_mut(1 << 14)
+                .for_each(|chunk| chunk.iter_mut().for_each(apply)),
+            None => for_each_offset(layout, |i| apply(&mut values[i])),
+        }
+        Ok(())
+    }
+}
+
+/// Calls `f` with the storage offset of every element of a strided `layout`, in order.
+fn for_each_offset(layout: &candle_core::Layout, mut f: impl FnMut(usize)) {
+    let (dims, strides) = (layout.dims(), layout.stride());
+    if dims.contains(&0) {
+        return;
+    }
+    let mut index = vec![0usize; dims.len()];
+    let mut offset = layout.start_offset();
+    loop {
+        f(offset);
+        // Advance like an odometer, last dimension fastest.
+        let mut d = dims.len();
+        loop {
+            if d == 0 {
+                return;
+            }
+            d -= 1;
+            index[d] += 1;
+            offset += strides[d];
+            if index[d] < dims[d] {
+                break;
+            }
+            offset -= strides[d] * dims[d];
+            index[d] = 0;
+        }
+    }
+}
+
 /// PReLU with one slope a channel (`weight`: `[C]`).
 pub fn prelu(xs: &Tensor, weight: &Tensor) -> candle_core::Result<Tensor> {
     let slope = weight.reshape((1, (), 1, 1))?;
@@ -72,4 +145,57 @@ pub fn pixel_shuffle(xs: &Tensor, s: usize) -> candle_core::Result<Tensor> {
     xs.reshape((b, c, s, s, h, w))?
         .permute((0, 1, 4, 2, 5, 3))?
         .reshape((b, c, h * s, w * s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_in_place_leaky_relu_changes_only_its_view_and_matches_the_functional_one() {
+        let device = Device::Cpu;
+        let whole = Tensor::randn(0f32, 1f32, (2, 5, 3, 4), &device).unwrap();
+        let before = whole.copy().unwrap();
+        // A channel range at batch 2: not contiguous, walked by strides.
+        let view = whole.narrow(1, 1, 3).unwrap();
+        leaky_relu_in_place(&view, 0.2).unwrap();
+        let expected = leaky_relu(&before.narrow(1, 1, 3).unwrap(), 0.2).unwrap();
+        let diff = |a: &Tensor, b: &Tensor| -> f32 {
+            (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar()
+                .unwrap()
+        };
+        assert_eq!(diff(&whole.narrow(1, 1, 3).unwrap(), &expected), 0.0);
+        for (start, len) in [(0, 1), (4, 1)] {
+            assert_eq!(
+                diff(
+                    &whole.narrow(1, start, len).unwrap(),
+                    &before.narrow(1, start, len).unwrap()
+                ),
+                0.0,
+                "channels outside the view are untouched"
+            );
+        }
+        // Contiguous: the fast path.
+        let flat = before.copy().unwrap();
+        leaky_relu_in_place(&flat, 0.2).unwrap();
+        assert_eq!(diff(&flat, &leaky_relu(&before, 0.2).unwrap()), 0.0);
+        assert!(
+            before
+                .flatten_all()
+                .unwrap()
+                .min(0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+                < 0.0
+        );
+    }
 }

@@ -354,10 +354,10 @@ fn transform_inputs(g: &Geometry, grid: &[f32], tile_rows: usize, v: &mut [f32],
             // d[row][col]: column `col` of the chunk's tiles, in row `row`.
             let mut d = [[[0f32; CHUNK]; 4]; 4];
             for (d_row, (even, odd)) in d.iter_mut().zip(&lines) {
-                d_row[0][..n].copy_from_slice(&even[first..first + n]);
-                d_row[1][..n].copy_from_slice(&odd[first..first + n]);
-                d_row[2][..n].copy_from_slice(&even[first + 1..first + 1 + n]);
-                d_row[3][..n].copy_from_slice(&odd[first + 1..first + 1 + n]);
+                load(&mut d_row[0], even, first, n);
+                load(&mut d_row[1], odd, first, n);
+                load(&mut d_row[2], even, first + 1, n);
+                load(&mut d_row[3], odd, first + 1, n);
             }
             // t = Bᵀ d (over rows), then V = t B (over columns).
             let t = [
@@ -375,10 +375,32 @@ fn transform_inputs(g: &Geometry, grid: &[f32], tile_rows: usize, v: &mut [f32],
                     std::array::from_fn(|i| t_k[1][i] - t_k[3][i]),
                 ];
                 for (j, column) in columns.iter().enumerate() {
-                    v[(k * 4 + j) * tiles + at..][..n].copy_from_slice(&column[..n]);
+                    store(column, &mut v[(k * 4 + j) * tiles + at..], n);
                 }
             }
         }
+    }
+}
+
+/// `n` values of `src` from `at` into the first lanes of `lanes`. A whole chunk is a copy of a
+/// size known when compiling, which becomes vector moves; a call to `memcpy` for each of
+/// these 64-byte copies took a fifth of an ESRGAN upscale's time.
+#[inline(always)]
+fn load(lanes: &mut Lanes, src: &[f32], at: usize, n: usize) {
+    if n == CHUNK {
+        lanes.copy_from_slice(&src[at..at + CHUNK]);
+    } else {
+        lanes[..n].copy_from_slice(&src[at..at + n]);
+    }
+}
+
+/// The first `n` lanes into the start of `dst`, as [`load`].
+#[inline(always)]
+fn store(lanes: &Lanes, dst: &mut [f32], n: usize) {
+    if n == CHUNK {
+        dst[..CHUNK].copy_from_slice(lanes);
+    } else {
+        dst[..n].copy_from_slice(&lanes[..n]);
     }
 }
 
@@ -406,7 +428,7 @@ fn transform_outputs(
             let at = r * g.tiles_w + first;
             let mut e = [[0f32; CHUNK]; 16];
             for (xi, e_xi) in e.iter_mut().enumerate() {
-                e_xi[..n].copy_from_slice(&m[(xi * g.c_out + c) * tiles + at..][..n]);
+                load(e_xi, m, (xi * g.c_out + c) * tiles + at, n);
             }
             // t = Aᵀ M (over rows), then Y = t A (over columns).
             let t: [[Lanes; 4]; 2] = [
@@ -427,6 +449,15 @@ fn transform_outputs(
                 let right: Lanes =
                     std::array::from_fn(|i| t_row[1][i] - t_row[2][i] - t_row[3][i] + bias_c);
                 let line = &mut out[y * g.out_w..(y + 1) * g.out_w];
+                if n == CHUNK && 2 * (first + CHUNK) <= g.out_w {
+                    // A whole chunk inside the line: interleaved without a check per value.
+                    let pairs = &mut line[2 * first..2 * (first + CHUNK)];
+                    for (i, pair) in pairs.chunks_exact_mut(2).enumerate() {
+                        pair[0] = left[i];
+                        pair[1] = right[i];
+                    }
+                    continue;
+                }
                 for i in 0..n {
                     let x = 2 * (first + i);
                     line[x] = left[i];

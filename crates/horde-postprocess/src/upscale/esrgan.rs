@@ -6,7 +6,7 @@
 //! assumed to be 32), blocks by counting, the upsampling convolutions by counting, and a
 //! pixel-unshuffle (×2 and ×1 models) from `conv_first`'s input channels.
 
-use crate::tensors::{leaky_relu, pixel_unshuffle};
+use crate::tensors::{leaky_relu_in_place, pixel_unshuffle};
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use horde_diffusion::nn::{conv, Conv2d};
@@ -160,14 +160,23 @@ impl DenseBlock {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut seen = vec![x.clone()];
+    /// The block on `x`, each convolution reading the input and every output before it. They
+    /// are gathered in `scratch` (`[B, features + 4·growth, H, W]`, reused by every block)
+    /// rather than concatenated anew for each convolution: at batch 1 each prefix of its
+    /// channels is itself contiguous, so a convolution reads it in place.
+    fn forward(&self, x: &Tensor, scratch: &Tensor) -> Result<Tensor> {
+        let features = x.dim(1)?;
+        scratch.slice_set(x, 1, 0)?;
+        let mut width = features;
         for conv in &self.convs[..4] {
-            let input = Tensor::cat(&seen, 1)?;
-            seen.push(leaky_relu(&conv.forward(&input)?, 0.2)?);
+            let out = conv.forward(&scratch.narrow(1, 0, width)?)?;
+            let grown = out.dim(1)?;
+            scratch.slice_set(&out, 1, width)?;
+            leaky_relu_in_place(&scratch.narrow(1, width, grown)?, 0.2)?;
+            width += grown;
         }
-        let x5 = self.convs[4].forward(&Tensor::cat(&seen, 1)?)?;
-        (x5 * 0.2)? + x
+        let x5 = self.convs[4].forward(scratch)?;
+        x5.affine(0.2, 0.0)? + x
     }
 }
 
@@ -176,12 +185,12 @@ struct ResidualInResidual {
 }
 
 impl ResidualInResidual {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, scratch: &Tensor) -> Result<Tensor> {
         let mut out = x.clone();
         for block in &self.blocks {
-            out = block.forward(&out)?;
+            out = block.forward(&out, scratch)?;
         }
-        (out * 0.2)? + x
+        out.affine(0.2, 0.0)? + x
     }
 }
 
@@ -230,16 +239,20 @@ impl Rrdbnet {
             s => pixel_unshuffle(x, s)?,
         };
         let feat = self.conv_first.forward(&x)?;
+        let (b, features, h, w) = feat.dims4()?;
+        let dense = features + 4 * self.shape.growth;
+        let scratch = Tensor::zeros((b, dense, h, w), feat.dtype(), feat.device())?;
         let mut trunk = feat.clone();
         for block in &self.body {
-            trunk = block.forward(&trunk)?;
+            trunk = block.forward(&trunk, &scratch)?;
         }
         let mut feat = (feat + self.conv_body.forward(&trunk)?)?;
         for up in &self.ups {
             let (_, _, h, w) = feat.dims4()?;
-            feat = leaky_relu(&up.forward(&feat.upsample_nearest2d(h * 2, w * 2)?)?, 0.2)?;
+            let up = up.forward(&feat.upsample_nearest2d(h * 2, w * 2)?)?;
+            feat = leaky_relu_in_place(&up, 0.2)?;
         }
-        self.conv_last
-            .forward(&leaky_relu(&self.conv_hr.forward(&feat)?, 0.2)?)
+        let hr = leaky_relu_in_place(&self.conv_hr.forward(&feat)?, 0.2)?;
+        self.conv_last.forward(&hr)
     }
 }
