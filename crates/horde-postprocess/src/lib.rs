@@ -16,6 +16,7 @@ pub mod background;
 pub mod face;
 pub mod tensors;
 pub mod tiles;
+pub mod tiny;
 pub mod upscale;
 
 /// Why a post-processor could not be loaded or run.

@@ -45,10 +45,11 @@ enum Command {
 
 #[derive(Subcommand)]
 enum ModelCommand {
-    /// Write a tiny, randomly initialised checkpoint of a real architecture, in the single-file
-    /// (LDM) layout, for tests and first runs. Its images are noise.
+    /// Write a tiny, randomly initialised checkpoint of a real architecture, for tests and first
+    /// runs: a Stable Diffusion model in the single-file (LDM) layout, or a post-processor in
+    /// its published key layout. Every tensor is random; its images are noise.
     Tiny {
-        /// sd15, sd2 or sdxl
+        /// sd15, sd2, sdxl; or a post-processor: esrgan_x4, esrgan_x2, compact_x4
         #[arg(long)]
         arch: String,
         /// Output .safetensors file

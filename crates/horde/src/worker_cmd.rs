@@ -234,7 +234,22 @@ fn load_models(
 
 /// `horde model tiny`: writes a tiny random checkpoint of a real architecture.
 pub fn write_tiny(arch: &str, out: &Path, seed: u64) -> anyhow::Result<()> {
-    let arch: horde_diffusion::tiny::TinyArch = arch.parse().map_err(anyhow::Error::msg)?;
+    if let Ok(post) = arch.parse::<horde_postprocess::tiny::TinyPostProcessor>() {
+        let count = horde_postprocess::tiny::write_tiny_checkpoint(post, out, seed)?;
+        let size = std::fs::metadata(out).map(|m| m.len()).unwrap_or(0);
+        println!(
+            "wrote {} ({count} tensors, {:.1} kB, random weights of the {post:?} post-processor)",
+            out.display(),
+            size as f64 / 1e3
+        );
+        return Ok(());
+    }
+    let arch: horde_diffusion::tiny::TinyArch = arch.parse().map_err(|e: String| {
+        anyhow::anyhow!(
+            "{e}, or a post-processor: {}",
+            horde_postprocess::tiny::TinyPostProcessor::NAMES.join(", ")
+        )
+    })?;
     let count = horde_diffusion::tiny::write_tiny_checkpoint(arch, out, seed)?;
     let size = std::fs::metadata(out).map(|m| m.len()).unwrap_or(0);
     println!(

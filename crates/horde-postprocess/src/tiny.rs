@@ -1,0 +1,206 @@
+//! Tiny random checkpoints of the post-processors, in the key layouts of the published ones,
+//! for tests and first runs: `horde model tiny --arch realesrgan_x2plus --out FILE`.
+//!
+//! Every tensor is random, norms and slopes included (around their usual values, never exactly
+//! 0 or 1), so a test on such a checkpoint can see a wiring error. The checkpoints load through
+//! the same loaders as the real ones. Their output is noise.
+
+use crate::upscale::{compact, esrgan};
+use crate::{Error, Result};
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
+use candle_nn::{Init, VarBuilder};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+/// The post-processor architectures `horde model tiny` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TinyPostProcessor {
+    /// RRDBNet ×4 (`RealESRGAN_x4plus`, `NMKD_Siax`, `4x_AnimeSharp`…), new key layout.
+    EsrganX4,
+    /// RRDBNet ×2 with pixel-unshuffle (`RealESRGAN_x2plus`).
+    EsrganX2,
+    /// The compact SRVGG network ×4 (`realesr-general-x4v3`).
+    CompactX4,
+}
+
+impl TinyPostProcessor {
+    pub const NAMES: &'static [&'static str] = &["esrgan_x4", "esrgan_x2", "compact_x4"];
+}
+
+impl std::str::FromStr for TinyPostProcessor {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "esrgan_x4" | "realesrgan_x4plus" => Ok(TinyPostProcessor::EsrganX4),
+            "esrgan_x2" | "realesrgan_x2plus" => Ok(TinyPostProcessor::EsrganX2),
+            "compact_x4" | "realesr_general_x4v3" => Ok(TinyPostProcessor::CompactX4),
+            other => Err(format!(
+                "unknown post-processor architecture '{other}': expected one of {}",
+                TinyPostProcessor::NAMES.join(", ")
+            )),
+        }
+    }
+}
+
+/// Writes a tiny random checkpoint of `arch` to `path` (`.safetensors`); returns how many
+/// tensors it holds.
+pub fn write_tiny_checkpoint(arch: TinyPostProcessor, path: &Path, seed: u64) -> Result<usize> {
+    let tensors = match arch {
+        TinyPostProcessor::EsrganX4 | TinyPostProcessor::EsrganX2 => {
+            let unshuffle = if arch == TinyPostProcessor::EsrganX2 {
+                2
+            } else {
+                1
+            };
+            let shape = esrgan::Shape {
+                features: 8,
+                growth: 4,
+                blocks: 1,
+                upsamplings: 2,
+                unshuffle,
+                in_channels: 3,
+                out_channels: 3,
+            };
+            record_random(seed, |vb| esrgan::Rrdbnet::new(shape, vb))?
+        }
+        TinyPostProcessor::CompactX4 => {
+            let shape = compact::Shape {
+                features: 8,
+                convs: 2,
+                in_channels: 3,
+                out_channels: 3,
+                scale: 4,
+            };
+            record_random(seed, |vb| compact::Compact::new(shape, vb))?
+        }
+    };
+    save(&tensors, path)?;
+    Ok(tensors.len())
+}
+
+/// Saves `tensors` as a `.safetensors` file.
+pub fn save(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
+    candle_core::safetensors::save(tensors, path).map_err(|e| Error::Unreadable {
+        path: path.display().to_string(),
+        reason: format!("cannot write: {e}"),
+    })
+}
+
+/// Every tensor `build` asks its `VarBuilder` for, random and seeded by `seed` and the
+/// tensor's name (so adding a tensor does not change the others).
+pub fn record_random<T>(
+    seed: u64,
+    build: impl FnOnce(VarBuilder<'static>) -> candle_core::Result<T>,
+) -> Result<HashMap<String, Tensor>> {
+    let tensors = Arc::new(Mutex::new(HashMap::new()));
+    let recorder = Recorder {
+        seed,
+        tensors: tensors.clone(),
+    };
+    build(VarBuilder::from_backend(
+        Box::new(recorder),
+        DType::F32,
+        Device::Cpu,
+    ))?;
+    let recorded = std::mem::take(&mut *tensors.lock().expect("recorder lock"));
+    Ok(recorded)
+}
+
+struct Recorder {
+    seed: u64,
+    tensors: Arc<Mutex<HashMap<String, Tensor>>>,
+}
+
+impl SimpleBackend for Recorder {
+    fn get(
+        &self,
+        shape: Shape,
+        name: &str,
+        init: Init,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ fnv1a(name));
+        let dims = shape.dims();
+        let fan_in = dims.iter().skip(1).product::<usize>().max(1);
+        // Around the value the layer would start from, with a spread, so that no tensor is
+        // constant: norms near 1, biases and slopes near their hint, weights scaled by fan-in.
+        let (centre, spread) = match init {
+            Init::Const(v) => (v, 0.1),
+            Init::Randn { mean, stdev } => (mean, stdev),
+            _ if dims.len() == 1 => (0.0, 0.05),
+            _ => (0.0, 1.0 / (fan_in as f64).sqrt()),
+        };
+        let values: Vec<f32> = (0..shape.elem_count())
+            .map(|_| (centre + (rng.random::<f64>() * 2.0 - 1.0) * spread * 3f64.sqrt()) as f32)
+            .collect();
+        let tensor = Tensor::from_vec(values, shape, device)?.to_dtype(dtype)?;
+        self.tensors
+            .lock()
+            .expect("recorder lock")
+            .insert(name.to_string(), tensor.clone());
+        Ok(tensor)
+    }
+
+    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
+        Err(candle_core::Error::Msg(format!(
+            "tiny checkpoint: `{name}` requested without a shape"
+        )))
+    }
+
+    fn contains_tensor(&self, _: &str) -> bool {
+        false
+    }
+}
+
+fn fnv1a(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upscale::Upscaler;
+
+    #[test]
+    fn each_tiny_upscaler_loads_with_its_scale_and_no_constant_tensor() {
+        let dir = std::env::temp_dir().join(format!("horde-tiny-pp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, scale) in [("esrgan_x4", 4), ("esrgan_x2", 2), ("compact_x4", 4)] {
+            let path = dir.join(format!("{name}.safetensors"));
+            let arch: TinyPostProcessor = name.parse().unwrap();
+            let count = write_tiny_checkpoint(arch, &path, 7).unwrap();
+            assert!(count > 5, "{name}: {count} tensors");
+            let upscaler = Upscaler::load(&path, &Device::Cpu).unwrap();
+            assert_eq!(upscaler.scale(), scale, "{name}");
+            for (key, tensor) in candle_core::safetensors::load(&path, &Device::Cpu).unwrap() {
+                let values = tensor.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                let first = values[0];
+                assert!(
+                    values.len() == 1 || values.iter().any(|v| *v != first),
+                    "{name}: {key} is constant"
+                );
+                assert!(
+                    values.iter().all(|v| *v != 0.0 && *v != 1.0),
+                    "{name}: {key}"
+                );
+            }
+            let image = image::RgbImage::from_fn(12, 8, |x, y| {
+                image::Rgb([x as u8 * 20, y as u8 * 30, 99])
+            });
+            let out = upscaler.upscale(&image).unwrap();
+            assert_eq!(out.dimensions(), (12 * scale as u32, 8 * scale as u32));
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!("u2net"
+            .parse::<TinyPostProcessor>()
+            .unwrap_err()
+            .contains("esrgan_x4"));
+    }
+}
