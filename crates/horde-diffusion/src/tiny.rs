@@ -235,3 +235,34 @@ pub fn write_tiny_checkpoint(arch: TinyArch, path: &Path, seed: u64) -> Result<u
     })?;
     Ok(tensors.len())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// No tensor is a constant (the old writer left norms at 1/0 and OpenCLIP's `in_proj`,
+    /// `text_projection` and the position embeddings at 0), and the same seed gives the same
+    /// tensors.
+    #[test]
+    fn every_tensor_is_random_and_deterministic_from_the_seed() {
+        for arch in [TinyArch::Sd15, TinyArch::Sd2, TinyArch::Sdxl] {
+            let tensors = random_tensors(&tiny_config(arch), 5).unwrap();
+            let again = random_tensors(&tiny_config(arch), 5).unwrap();
+            let other_seed = random_tensors(&tiny_config(arch), 6).unwrap();
+            for (name, tensor) in &tensors {
+                let values = tensor.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                let distinct = values.iter().any(|v| *v != values[0]);
+                assert!(distinct, "{arch:?} {name} is a constant");
+                assert!(values.iter().all(|v| v.is_finite()), "{arch:?} {name}");
+                let same = |other: &HashMap<String, Tensor>| {
+                    other[name].flatten_all().unwrap().to_vec1::<f32>().unwrap() == values
+                };
+                assert!(same(&again), "{arch:?} {name} is deterministic");
+                assert!(!same(&other_seed), "{arch:?} {name} follows the seed");
+            }
+            let norm = &tensors["model.diffusion_model.out.0.weight"];
+            let mean = norm.mean_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!((mean - 1.0).abs() < 0.1, "norm weights centre on 1: {mean}");
+        }
+    }
+}

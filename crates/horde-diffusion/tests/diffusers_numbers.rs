@@ -14,6 +14,7 @@ use candle_core::{DType, Device, Tensor, D};
 use horde_diffusion::checkpoint;
 use horde_diffusion::clip::TextTransformer;
 use horde_diffusion::config::*;
+use horde_diffusion::pipeline::sdxl_vector;
 use horde_diffusion::text::{TextConditioner, WeightedTokens};
 use horde_diffusion::tiny::{random_tensors, tiny_config, write_tiny_checkpoint, TinyArch};
 use horde_diffusion::unet::{Conditioning, UNet};
@@ -113,29 +114,17 @@ fn load_tensors(tensors: &Tensors) -> Engine {
     load(&path)
 }
 
-/// SDXL's vector conditioning as the engine builds it: the pooled text, then each of the six
-/// size values as a sinusoidal embedding.
-fn sdxl_vector(config: &ModelConfig, text_embeds: &Tensor, time_ids: &Tensor) -> Tensor {
-    let adm = config.unet.adm_in_channels.unwrap();
-    let (batch, pooled) = text_embeds.dims2().unwrap();
-    let per_value = (adm - pooled) / 6;
-    let sizes = horde_diffusion::nn::timestep_embedding(&time_ids.flatten_all().unwrap(), per_value)
-        .unwrap()
-        .reshape((batch, 6 * per_value))
-        .unwrap();
-    Tensor::cat(&[text_embeds, &sizes], 1).unwrap()
-}
-
 /// The engine's outputs on the fixture's inputs, under the fixture's names.
 fn run(engine: &Engine, inputs: &Tensors) -> Tensors {
     let input = |name: &str| inputs[name].clone();
     let mut out = Tensors::new();
     let vector = engine.config.unet.adm_in_channels.map(|_| {
         sdxl_vector(
-            &engine.config,
             &input("unet.text_embeds"),
             &input("unet.time_ids"),
+            engine.config.unet.adm_in_channels.unwrap(),
         )
+        .unwrap()
     });
     let context = input("unet.context");
     let cond = Conditioning {
@@ -209,10 +198,7 @@ fn worst(diffs: &[(String, f64)]) -> f64 {
 #[test]
 fn the_regenerated_checkpoints_are_the_ones_the_fixtures_were_made_from() {
     let manifest = manifest();
-    assert_eq!(
-        manifest["checkpoint_seed"].as_u64(),
-        Some(CHECKPOINT_SEED)
-    );
+    assert_eq!(manifest["checkpoint_seed"].as_u64(), Some(CHECKPOINT_SEED));
     for (arch, family) in FAMILIES {
         let tensors = random_tensors(&tiny_config(arch), CHECKPOINT_SEED).unwrap();
         let expected = &manifest["families"][family]["checkpoint"];
@@ -258,7 +244,11 @@ fn unet_vae_and_text_encoders_match_diffusers_for_every_family() {
             .as_object()
             .unwrap()
             .len();
-        assert_eq!(diffs.len(), expected_outputs, "{family}: every output checked");
+        assert_eq!(
+            diffs.len(),
+            expected_outputs,
+            "{family}: every output checked"
+        );
         for (name, diff) in &diffs {
             println!("{family} {name}: max |engine − diffusers| = {diff:.2e}");
             assert!(
@@ -293,8 +283,14 @@ fn shift_positions(tensors: &mut Tensors) {
     for (name, t) in tensors.iter_mut() {
         if name.ends_with("positional_embedding") || name.ends_with("position_embedding.weight") {
             let n = t.dim(0).unwrap();
-            *t = Tensor::cat(&[t.narrow(0, n - 1, 1).unwrap(), t.narrow(0, 0, n - 1).unwrap()], 0)
-                .unwrap();
+            *t = Tensor::cat(
+                &[
+                    t.narrow(0, n - 1, 1).unwrap(),
+                    t.narrow(0, 0, n - 1).unwrap(),
+                ],
+                0,
+            )
+            .unwrap();
         }
     }
 }
@@ -392,7 +388,9 @@ fn miswired_checkpoints_miss_the_fixtures_and_the_old_constant_checkpoint_could_
         let tensors = random_tensors(&tiny_config(arch), CHECKPOINT_SEED).unwrap();
         let old = old_constants(&tensors);
         let old_outputs = run(&load_tensors(&old), &fixture);
-        let recorded = manifest["families"][family]["miswired"].as_object().unwrap();
+        let recorded = manifest["families"][family]["miswired"]
+            .as_object()
+            .unwrap();
         let variants = miswirings(family);
         assert_eq!(
             variants.len(),
@@ -400,13 +398,19 @@ fn miswired_checkpoints_miss_the_fixtures_and_the_old_constant_checkpoint_could_
             "{family}: the same variants as the manifest"
         );
         for (name, miswire) in variants {
-            assert!(recorded.contains_key(name), "{family}: {name} in the manifest");
+            assert!(
+                recorded.contains_key(name),
+                "{family}: {name} in the manifest"
+            );
             let mut bad = tensors.clone();
             miswire(&mut bad);
             let miss = worst(&diffs(&run(&load_tensors(&bad), &fixture), &fixture));
             let mut old_bad = old.clone();
             miswire(&mut old_bad);
-            let old_miss = worst(&diffs(&run(&load_tensors(&old_bad), &fixture), &old_outputs));
+            let old_miss = worst(&diffs(
+                &run(&load_tensors(&old_bad), &fixture),
+                &old_outputs,
+            ));
             println!("{family} {name}: misses by {miss:.3e}; on the old constant checkpoint by {old_miss:.1e}");
             assert!(
                 miss > MISWIRED_FACTOR * tolerance,
