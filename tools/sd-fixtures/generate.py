@@ -204,6 +204,12 @@ def run_text(family, checkpoint, x):
         contexts.append(result.last_hidden_state if spec["output"] == "last" else result.hidden_states[-2])
         if spec.get("pooled"):
             out["text.pooled"] = result.text_embeds
+        if spec["output"] == "last":
+            # AI Horde's (A1111's) clip_skip 2 is the pipeline's `clip_skip=1`: hidden state
+            # -(1 + 1), then the final norm. (diffusers reaches the norm through
+            # `text_encoder.text_model`, which transformers 5's CLIPTextModel no longer has.)
+            with torch.no_grad():
+                out["text.context_clip_skip_2"] = model.final_layer_norm(result.hidden_states[-2])
     out["text.context"] = torch.cat(contexts, dim=-1)
     return out
 

@@ -167,6 +167,13 @@ fn run(engine: &Engine, inputs: &Tensors) -> Tensors {
     if let Some(pooled) = encoded.pooled {
         out.insert("text.pooled".into(), pooled);
     }
+    if inputs.contains_key("text.context_clip_skip_2") {
+        let skipped = engine
+            .text
+            .encode(&tokens, 1, 2, DType::F32, &Device::Cpu)
+            .unwrap();
+        out.insert("text.context_clip_skip_2".into(), skipped.context);
+    }
     out
 }
 
