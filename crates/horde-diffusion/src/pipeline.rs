@@ -278,7 +278,7 @@ impl Model {
     }
 
     /// SDXL's vector conditioning: pooled text, then the original size, crop (0, 0) and target
-    /// size, each value as a sinusoidal embedding.
+    /// size ([`sdxl_vector`]).
     fn size_conditioning(
         &self,
         job: &Generation,
@@ -291,14 +291,13 @@ impl Model {
         else {
             return Ok(None);
         };
-        let pooled_dim = cond.dim(1)?;
-        let per_value = (adm - pooled_dim) / 6;
         let (h, w) = (job.height as f32, job.width as f32);
-        let values = Tensor::from_vec(vec![h, w, 0.0, 0.0, h, w], 6, &self.device)?;
-        let sizes = timestep_embedding(&values, per_value)?
-            .reshape((1, 6 * per_value))?
-            .to_dtype(self.dtype)?;
-        let row = |pooled: &Tensor| Tensor::cat(&[pooled, &sizes], 1)?.repeat((n, 1));
+        let time_ids = Tensor::from_vec(vec![h, w, 0.0, 0.0, h, w], (1, 6), &self.device)?;
+        let row = |pooled: &Tensor| -> Result<Tensor, Error> {
+            Ok(sdxl_vector(pooled, &time_ids, adm)?
+                .to_dtype(self.dtype)?
+                .repeat((n, 1))?)
+        };
         Ok(Some(Tensor::cat(&[row(uncond)?, row(cond)?], 0)?))
     }
 
@@ -350,6 +349,23 @@ impl Model {
             })
             .collect()
     }
+}
+
+/// SDXL's vector conditioning (the UNet's `label_emb` input): the pooled text `[batch, P]`, then
+/// each of the six `time_ids` `[batch, 6]` (original height and width, the crop's top and left,
+/// target height and width, as diffusers' pipeline orders them) as a sinusoidal embedding of
+/// `(adm_in_channels − P) / 6` channels.
+pub fn sdxl_vector(
+    pooled: &Tensor,
+    time_ids: &Tensor,
+    adm_in_channels: usize,
+) -> candle_core::Result<Tensor> {
+    let (batch, pooled_dim) = pooled.dims2()?;
+    let per_value = adm_in_channels.saturating_sub(pooled_dim) / 6;
+    let sizes = timestep_embedding(&time_ids.flatten_all()?, per_value)?
+        .reshape((batch, 6 * per_value))?
+        .to_dtype(pooled.dtype())?;
+    Tensor::cat(&[pooled, &sizes], 1)
 }
 
 fn weights_error(index: &TensorIndex, e: candle_core::Error) -> Error {

@@ -5,6 +5,14 @@
 //! `VarBuilder` backend hands out seeded random values and remembers them), so the file has
 //! exactly the layout the loader reads — and that layout is the LDM one, because the networks
 //! are written with LDM names.
+//!
+//! Every tensor is random, deterministic from the seed (and the tensor's name): also those the
+//! networks ask for with a constant init (norm weights and biases) or none (OpenCLIP's
+//! `in_proj_weight`/`in_proj_bias` and `text_projection`, position embeddings). Constants would
+//! hide wiring errors from every test on these checkpoints: a swapped q/k/v block of zeros, a
+//! transposed zero matrix or shifted zero embeddings change nothing. `tests/diffusers_numbers.rs`
+//! pins the three networks of each family to diffusers' outputs on these checkpoints
+//! (`tools/sd-fixtures`).
 
 use crate::clip::TextTransformer;
 use crate::config::*;
@@ -121,23 +129,7 @@ impl candle_nn::var_builder::SimpleBackend for Recorder {
         dtype: DType,
         device: &Device,
     ) -> candle_core::Result<Tensor> {
-        let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ fnv1a(name));
-        let count = shape.elem_count();
-        let values: Vec<f32> = match init {
-            Init::Const(v) => vec![v as f32; count],
-            _ => {
-                let dims = shape.dims();
-                let fan_in: usize = dims.iter().skip(1).product::<usize>().max(1);
-                let std = if dims.len() == 1 {
-                    0.02
-                } else {
-                    1.0 / (fan_in as f64).sqrt()
-                };
-                (0..count)
-                    .map(|_| ((rng.random::<f64>() * 2.0 - 1.0) * std * 3f64.sqrt()) as f32)
-                    .collect()
-            }
-        };
+        let values = random_values(&shape, init, self.seed ^ fnv1a(name));
         let tensor = Tensor::from_vec(values, shape, device)?.to_dtype(dtype)?;
         self.tensors
             .lock()
@@ -155,6 +147,38 @@ impl candle_nn::var_builder::SimpleBackend for Recorder {
     fn contains_tensor(&self, _: &str) -> bool {
         false
     }
+}
+
+/// Spread of norm weights around their usual 1 (uniform, this standard deviation).
+const NORM_WEIGHT_SPREAD: f64 = 0.1;
+/// Spread of norm biases and other zero-initialised vectors around 0.
+const BIAS_SPREAD: f64 = 0.05;
+/// Spread of vectors the networks ask for with a random init (linear and conv biases).
+const VECTOR_SPREAD: f64 = 0.02;
+
+/// Seeded values for one tensor: every tensor is random, none left at the constant its init
+/// names, so a test on a tiny checkpoint sees wiring errors that constants would hide (a swapped
+/// q/k/v block of OpenCLIP's `in_proj`, a transposed `text_projection`, shifted position
+/// embeddings, norm weights and biases mixed up). The spreads keep the networks in their usual
+/// regime: norm weights around 1, biases around 0, matrices (the zero-initialised ones too:
+/// `in_proj_weight`, `text_projection`, position embeddings) at 1/√fan-in.
+fn random_values(shape: &Shape, init: Init, seed: u64) -> Vec<f32> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let dims = shape.dims();
+    let (centre, std) = match (init, dims.len()) {
+        (Init::Const(v), 1) if v != 0.0 => (v, NORM_WEIGHT_SPREAD * v.abs()),
+        (Init::Const(v), 1) => (v, BIAS_SPREAD),
+        (_, 0 | 1) => (0.0, VECTOR_SPREAD),
+        _ => {
+            let fan_in: usize = dims.iter().skip(1).product::<usize>().max(1);
+            (0.0, 1.0 / (fan_in as f64).sqrt())
+        }
+    };
+    // Uniform with standard deviation `std`.
+    let half_width = std * 3f64.sqrt();
+    (0..shape.elem_count())
+        .map(|_| (centre + (rng.random::<f64>() * 2.0 - 1.0) * half_width) as f32)
+        .collect()
 }
 
 fn fnv1a(text: &str) -> u64 {
@@ -210,4 +234,35 @@ pub fn write_tiny_checkpoint(arch: TinyArch, path: &Path, seed: u64) -> Result<u
         reason: format!("cannot write: {e}"),
     })?;
     Ok(tensors.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// No tensor is a constant (the old writer left norms at 1/0 and OpenCLIP's `in_proj`,
+    /// `text_projection` and the position embeddings at 0), and the same seed gives the same
+    /// tensors.
+    #[test]
+    fn every_tensor_is_random_and_deterministic_from_the_seed() {
+        for arch in [TinyArch::Sd15, TinyArch::Sd2, TinyArch::Sdxl] {
+            let tensors = random_tensors(&tiny_config(arch), 5).unwrap();
+            let again = random_tensors(&tiny_config(arch), 5).unwrap();
+            let other_seed = random_tensors(&tiny_config(arch), 6).unwrap();
+            for (name, tensor) in &tensors {
+                let values = tensor.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                let distinct = values.iter().any(|v| *v != values[0]);
+                assert!(distinct, "{arch:?} {name} is a constant");
+                assert!(values.iter().all(|v| v.is_finite()), "{arch:?} {name}");
+                let same = |other: &HashMap<String, Tensor>| {
+                    other[name].flatten_all().unwrap().to_vec1::<f32>().unwrap() == values
+                };
+                assert!(same(&again), "{arch:?} {name} is deterministic");
+                assert!(!same(&other_seed), "{arch:?} {name} follows the seed");
+            }
+            let norm = &tensors["model.diffusion_model.out.0.weight"];
+            let mean = norm.mean_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!((mean - 1.0).abs() < 0.1, "norm weights centre on 1: {mean}");
+        }
+    }
 }

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Regenerate the diffusers reference fixtures of the engine's networks in
+# crates/horde-diffusion/tests/fixtures/sd_numbers/ (see README.md). Only needed to change the
+# fixtures; the Rust tests read the committed files and never need Python.
+#
+#   tools/sd-fixtures/generate.sh [--out DIR]
+#
+# 1. The Rust writer (`horde_diffusion::tiny`) writes the tiny checkpoints of the three families
+#    into a temporary folder (the ignored test `write_checkpoints_for_the_fixture_tool` of
+#    tests/diffusers_numbers.rs, built in the shared target dir under the cargo lock).
+# 2. generate.py converts them with diffusers' single-file utilities and records diffusers'
+#    outputs.
+#
+# Environment:
+#   PYTHON               interpreter for the virtual environment (default: python3, tested 3.11)
+#   SD_FIXTURES_VENV     where the virtual environment lives
+#                        (default: $HOME/.cache/horde/sd-fixtures-venv)
+#   TORCH_INDEX_URL      optional extra wheel index to take torch from first (a CPU-only build)
+#   CARGO_TARGET_DIR     cargo's target dir (default: $HOME/.cache/horde-target)
+#   CARGO_LOCK           lock file serialising cargo runs (default: /tmp/horde-cargo.lock)
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+venv="${SD_FIXTURES_VENV:-$HOME/.cache/horde/sd-fixtures-venv}"
+python="${PYTHON:-python3}"
+requirements="$here/requirements.txt"
+stamp="$venv/.horde-sd-fixtures-requirements"
+
+if [ ! -x "$venv/bin/python" ]; then
+    echo "creating virtual environment in $venv" >&2
+    "$python" -m venv "$venv"
+fi
+if ! cmp -s "$requirements" "$stamp"; then
+    if [ -n "${TORCH_INDEX_URL:-}" ]; then
+        torch_version="$(sed -n 's/^torch==//p' "$requirements")"
+        "$venv/bin/pip" install --index-url "$TORCH_INDEX_URL" "torch==$torch_version"
+    fi
+    "$venv/bin/pip" install -r "$requirements"
+    cp "$requirements" "$stamp"
+fi
+
+checkpoints="$(mktemp -d)"
+trap 'rm -rf "$checkpoints"' EXIT
+cd "$root"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/horde-target}"
+HORDE_SD_FIXTURES_CHECKPOINTS="$checkpoints" flock "${CARGO_LOCK:-/tmp/horde-cargo.lock}" \
+    cargo test -p horde-diffusion --test diffusers_numbers write_checkpoints_for_the_fixture_tool \
+    -- --ignored --exact --nocapture
+"$venv/bin/python" -W ignore::UserWarning -W ignore::FutureWarning "$here/generate.py" "$checkpoints" "$@"
