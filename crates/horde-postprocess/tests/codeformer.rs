@@ -85,6 +85,7 @@ fn the_tiny_codeformer_matches_the_reference_at_both_fidelities_with_the_same_co
             "w = {fidelity}: the predicted codes"
         );
         let diff = max_diff(&out, &tensors[&format!("output_{tag}")]);
+        eprintln!("w = {fidelity}: max |ours − reference| = {diff:e}");
         assert!(
             diff < tolerance(),
             "w = {fidelity}: max |ours − reference| = {diff:e}"
@@ -196,9 +197,12 @@ fn a_checkpoint_of_another_kind_is_refused_with_its_name() {
         .to_string();
     assert!(error.contains("an-upscaler.safetensors"), "{error}");
     assert!(error.contains("not a CodeFormer"), "{error}");
-    //RF let restoreformer = scratch("restoreformer.safetensors");
-    //RF horde_postprocess::face::restoreformer::write_tiny_checkpoint(&restoreformer, 1).unwrap();
-    //RF let error = CodeFormer::load(&restoreformer, &Device::Cpu).err().unwrap().to_string();
+    let restoreformer = scratch("restoreformer.safetensors");
+    horde_postprocess::face::restoreformer::write_tiny_checkpoint(&restoreformer, 1).unwrap();
+    let error = CodeFormer::load(&restoreformer, &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(error.contains("not a CodeFormer"), "{error}");
 }
 

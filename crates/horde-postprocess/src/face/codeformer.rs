@@ -200,8 +200,8 @@ pub fn encoder_taps(blocks: &[Block], face_size: usize) -> HashMap<usize, usize>
 pub fn generator_fuses(blocks: &[Block], latent_side: usize) -> HashMap<usize, usize> {
     let sizes = sizes_after(blocks, latent_side);
     let mut levels: HashMap<usize, Vec<usize>> = HashMap::new();
-    for i in 4.min(blocks.len())..blocks.len() {
-        levels.entry(sizes[i]).or_default().push(i);
+    for (i, &size) in sizes.iter().enumerate().skip(4) {
+        levels.entry(size).or_default().push(i);
     }
     levels
         .into_iter()
@@ -359,7 +359,7 @@ fn check(shape: &Shape) -> std::result::Result<(), String> {
             "`fuse_convs_dict.{size}` matches no map of that size"
         ));
     }
-    if shape.width % shape.heads != 0 || shape.layers == 0 {
+    if !shape.width.is_multiple_of(shape.heads) || shape.layers == 0 {
         return Err(format!(
             "a transformer of width {} and {} layers: not CodeFormer's (8 heads)",
             shape.width, shape.layers
