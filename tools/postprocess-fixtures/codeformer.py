@@ -23,7 +23,6 @@ import numpy as np
 import torch
 import torch.nn as nn
 from safetensors.numpy import save_file as save_np
-from safetensors.torch import save_file as save_pt
 
 import codeformer_common as C
 from spandrel_extra_arches.architectures.CodeFormer import CodeFormer, CodeFormerArch
@@ -259,7 +258,7 @@ def main():
     assert fuse32 == {k for k in sd if k.startswith("fuse_convs_dict.32.")}
     assert CodeFormerArch().detect(sd), "spandrel's CodeFormer detection refuses the fixture"
     ckpt = os.path.join(OUT, "codeformer_tiny.safetensors")
-    save_pt({k: v.contiguous() for k, v in sd.items()}, ckpt)
+    C.save_checkpoint(sd, ckpt)
 
     x = C.make_input(HP["img_size"])
     tensors = {"input": x}
@@ -291,7 +290,7 @@ def main():
         ModelLoader().load_from_file(ckpt)
         stock = None
     except Exception as e:  # noqa: BLE001
-        stock = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+        stock = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
 
     manifest = {
         "format_version": C.FORMAT_VERSION,
@@ -299,6 +298,7 @@ def main():
         "versions": C.versions(),
         "tolerance_abs": C.TOLERANCE,
         "checkpoint": os.path.basename(ckpt),
+        "checkpoint_dtype": "float16 (float16-exact random values; the reference runs in float32)",
         "expected": os.path.basename(exp),
         "modelled_on": "codeformer.pth v0.1.0 (sczhou/CodeFormer releases; params_ema)",
         "reference": "spandrel_extra_arches.architectures.CodeFormer (TinyCodeFormer subclass "

@@ -44,8 +44,10 @@ def _std_for(name, t):
 def randomize(module, seed, special=None):
     """Every tensor of `module`'s state dict drawn from numpy.random.default_rng(seed), in
     state-dict order: norm weights N(1, 0.1), biases N(0, 0.05), 2-D and 4-D weights N(0, std)
-    with std from _std_for unless `special` (a dict name -> std) says otherwise. Loads the
-    values into the module and returns the state dict; none is left constant."""
+    with std from _std_for unless `special` (a dict name -> std) says otherwise. Every value is
+    rounded to float16 (the fixtures store half precision to stay small; the network computes in
+    float32 on exactly these values). Loads the values into the module and returns the state
+    dict; none is left constant."""
     rng = np.random.default_rng(seed)
     special = special or {}
     out = {}
@@ -58,7 +60,7 @@ def randomize(module, seed, special=None):
             v = rng.normal(0.0, 0.05, t.shape)
         else:
             v = rng.normal(0.0, _std_for(name, t), t.shape)
-        out[name] = torch.from_numpy(v.astype(np.float32))
+        out[name] = torch.from_numpy(v.astype(np.float16).astype(np.float32))
         assert not torch.all(out[name] == 0) and not torch.all(out[name] == 1), name
     module.load_state_dict(out, strict=True)
     return out
@@ -97,6 +99,15 @@ def tensor_to_face(y):
     # astype keeps the permuted memory order and safetensors.numpy writes the raw buffer:
     # made C-contiguous so that the file holds [H, W, 3] in row-major order.
     return np.ascontiguousarray((img * 255.0).round().astype(np.uint8))
+
+
+def save_checkpoint(sd, path):
+    """The state dict as safetensors in float16: every value is float16-exact (randomize), so
+    nothing is lost, and the loader widens to float32 as it does for any checkpoint."""
+    from safetensors.torch import save_file
+    half = {k: v.to(torch.float16).contiguous() for k, v in sd.items()}
+    assert all(torch.equal(half[k].float(), sd[k]) for k in sd)
+    save_file(half, path)
 
 
 def state_dict_stats(sd):

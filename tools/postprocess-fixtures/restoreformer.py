@@ -24,7 +24,6 @@ import sys
 import numpy as np
 import torch
 from safetensors.numpy import save_file as save_np
-from safetensors.torch import save_file as save_pt
 
 import codeformer_common as C
 from spandrel.architectures.RestoreFormer import RestoreFormer, RestoreFormerArch
@@ -133,7 +132,7 @@ def main():
         == fixed
     assert RestoreFormerArch().detect(sd), "spandrel's RestoreFormer detection refuses it"
     ckpt = os.path.join(OUT, "restoreformer_tiny.safetensors")
-    save_pt({k: v.contiguous() for k, v in sd.items()}, ckpt)
+    C.save_checkpoint(sd, ckpt)
 
     x = C.make_input(HP["resolution"])
     y, codes, margin = run(net, x)
@@ -155,7 +154,7 @@ def main():
         desc = ModelLoader().load_from_file(ckpt)
         stock = f"loaded as {desc.architecture.id}"
     except Exception as e:  # noqa: BLE001
-        stock = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+        stock = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
 
     manifest = {
         "format_version": C.FORMAT_VERSION,
@@ -163,6 +162,7 @@ def main():
         "versions": C.versions(),
         "tolerance_abs": C.TOLERANCE,
         "checkpoint": os.path.basename(ckpt),
+        "checkpoint_dtype": "float16 (float16-exact random values; the reference runs in float32)",
         "expected": os.path.basename(exp),
         "modelled_on": "RestoreFormer.pth (GFPGAN v1.3.4 release; wzhouxiff/RestoreFormer)",
         "reference": "spandrel.architectures.RestoreFormer.RestoreFormer built directly "

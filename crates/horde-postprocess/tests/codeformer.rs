@@ -120,6 +120,7 @@ fn a_mis_wired_codeformer_misses_the_reference() {
     let vb = VarBuilder::from_tensors(swapped, DType::F32, &Device::Cpu);
     let net = CodeFormer::new(shape, vb).unwrap();
     let diff = max_diff(&net.forward(input, 0.7).unwrap(), reference);
+    eprintln!("query/key swapped: {diff:e}");
     assert!(
         diff > 100.0 * tolerance(),
         "query/key swap unseen: {diff:e}"
@@ -127,6 +128,7 @@ fn a_mis_wired_codeformer_misses_the_reference() {
 
     let net = CodeFormer::load(&checkpoint(), &Device::Cpu).unwrap();
     let inverted = max_diff(&net.forward(input, 0.3).unwrap(), reference);
+    eprintln!("fidelity 0.3 for 0.7: {inverted:e}");
     assert!(
         inverted > 100.0 * tolerance(),
         "fidelity inverted unseen: {inverted:e}"
@@ -263,4 +265,28 @@ fn the_fuse_rule_gives_the_published_tables() {
     assert_eq!(taps, table(&upstream["encoder"]), "fuse_encoder_block");
     assert_eq!(fuses, table(&upstream["generator"]), "fuse_generator_block");
     assert_eq!((encoder.len(), generator.len()), (25, 25));
+}
+
+/// The published size, timed: `HORDE_CODEFORMER_BENCH=/tmp/codeformer.safetensors` (a random
+/// full-size checkpoint, with `<path>.io.safetensors` holding PyTorch's `x` and `y` at w 0.5);
+/// run with `--release --ignored --nocapture`.
+#[test]
+#[ignore = "needs a full-size checkpoint; a benchmark"]
+fn the_published_size_runs_and_is_timed() {
+    let Ok(path) = std::env::var("HORDE_CODEFORMER_BENCH") else {
+        panic!("set HORDE_CODEFORMER_BENCH");
+    };
+    let net = CodeFormer::load(Path::new(&path), &Device::Cpu).unwrap();
+    assert_eq!(net.shape.face_size(), 512);
+    let io =
+        candle_core::safetensors::load(format!("{path}.io.safetensors"), &Device::Cpu).unwrap();
+    let mut times = Vec::new();
+    let mut out = None;
+    for _ in 0..3 {
+        let start = std::time::Instant::now();
+        out = Some(net.forward(&io["x"], 0.5).unwrap());
+        times.push(start.elapsed().as_secs_f64());
+    }
+    let diff = max_diff(&out.unwrap(), &io["y"]);
+    eprintln!("codeformer 512²: {times:?} s; max |ours − PyTorch| = {diff:e}");
 }

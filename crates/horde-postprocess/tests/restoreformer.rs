@@ -225,3 +225,26 @@ fn the_tiny_writer_gives_a_checkpoint_the_loader_runs() {
         "the seed changes the weights"
     );
 }
+
+/// The published size, timed: `HORDE_RESTOREFORMER_BENCH=/tmp/restoreformer.safetensors` (a
+/// random full-size checkpoint, with `<path>.io.safetensors` holding PyTorch's `x` and `y`);
+/// run with `--release --ignored --nocapture`.
+#[test]
+#[ignore = "needs a full-size checkpoint; a benchmark"]
+fn the_published_size_runs_and_is_timed() {
+    let Ok(path) = std::env::var("HORDE_RESTOREFORMER_BENCH") else {
+        panic!("set HORDE_RESTOREFORMER_BENCH");
+    };
+    let net = RestoreFormer::load(Path::new(&path), &Device::Cpu).unwrap();
+    let io =
+        candle_core::safetensors::load(format!("{path}.io.safetensors"), &Device::Cpu).unwrap();
+    let mut times = Vec::new();
+    let mut out = None;
+    for _ in 0..3 {
+        let start = std::time::Instant::now();
+        out = Some(net.forward(&io["x"]).unwrap());
+        times.push(start.elapsed().as_secs_f64());
+    }
+    let diff = max_diff(&out.unwrap(), &io["y"]);
+    eprintln!("restoreformer 512²: {times:?} s; max |ours − PyTorch| = {diff:e}");
+}
