@@ -314,3 +314,30 @@ fn the_published_size_runs_and_is_timed() {
     let diff = max_diff(&out.unwrap(), &io["y"]);
     eprintln!("codeformer 512²: {times:?} s; max |ours − PyTorch| = {diff:e}");
 }
+
+#[test]
+fn a_malformed_codeformer_is_refused_not_panicked_on() {
+    let mut tensors = candle_core::safetensors::load(checkpoint(), &Device::Cpu).unwrap();
+    let position = tensors["position_emb"].narrow(0, 0, 250).unwrap();
+    tensors.insert("position_emb".into(), position);
+    let path = scratch("bent.safetensors");
+    candle_core::safetensors::save(&tensors, &path).unwrap();
+    let error = CodeFormer::load(&path, &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        error.contains("bent.safetensors") && error.contains("250 rows"),
+        "{error}"
+    );
+
+    let mut tensors = candle_core::safetensors::load(checkpoint(), &Device::Cpu).unwrap();
+    let flat = tensors["ft_layers.0.linear1.weight"].flatten_all().unwrap();
+    tensors.insert("ft_layers.0.linear1.weight".into(), flat.sum_all().unwrap());
+    candle_core::safetensors::save(&tensors, &path).unwrap();
+    let error = CodeFormer::load(&path, &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(error.contains("ft_layers.0.linear1.weight"), "{error}");
+}

@@ -249,3 +249,21 @@ fn the_published_size_runs_and_is_timed() {
     let diff = max_diff(&out.unwrap(), &io["y"]);
     eprintln!("restoreformer 512²: {times:?} s; max |ours − PyTorch| = {diff:e}");
 }
+
+#[test]
+fn a_malformed_restoreformer_is_refused_not_panicked_on() {
+    let mut tensors = candle_core::safetensors::load(checkpoint(), &Device::Cpu).unwrap();
+    let flat = tensors["quant_conv.weight"].flatten_all().unwrap();
+    tensors.insert("quant_conv.weight".into(), flat);
+    let path = scratch("bent.safetensors");
+    candle_core::safetensors::save(&tensors, &path).unwrap();
+    let error = RestoreFormer::load(&path, &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(error.contains("bent.safetensors"), "{error}");
+    assert!(
+        error.contains("quant_conv.weight") && error.contains("no dimension 1"),
+        "{error}"
+    );
+}

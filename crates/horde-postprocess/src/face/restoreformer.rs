@@ -12,7 +12,7 @@
 //! Numbers are pinned to spandrel's RestoreFormer by `tests/restoreformer.rs`.
 
 use super::codeformer::vqgan::{
-    self, count_indexed, dims, Attention, Downsample, ResBlock, Upsample,
+    self, count_indexed, dim, dims, Attention, Downsample, ResBlock, Upsample,
 };
 use crate::tensors::read_checkpoint;
 use crate::{Error, Result};
@@ -67,14 +67,20 @@ pub fn shape_of(tensors: &HashMap<String, Tensor>) -> std::result::Result<Shape,
     let has = |name: String| tensors.contains_key(&name);
     let levels = count_indexed(tensors, "encoder.down");
     let level_widths = (0..levels)
-        .map(|i| Ok(dims(tensors, &format!("encoder.down.{i}.block.0.conv2.weight"))?[0]))
+        .map(|i| {
+            Ok(dim(
+                tensors,
+                &format!("encoder.down.{i}.block.0.conv2.weight"),
+                0,
+            )?)
+        })
         .collect::<std::result::Result<Vec<_>, String>>()?;
     let [codebook_size, codebook_width] = *dims(tensors, "quantize.embedding.weight")? else {
         return Err("`quantize.embedding.weight` is not a matrix".into());
     };
     let shape = Shape {
-        in_channels: dims(tensors, "encoder.conv_in.weight")?[1],
-        out_channels: dims(tensors, "decoder.conv_out.weight")?[0],
+        in_channels: dim(tensors, "encoder.conv_in.weight", 1)?,
+        out_channels: dim(tensors, "decoder.conv_out.weight", 0)?,
         res_blocks: count_indexed(tensors, "encoder.down.0.block"),
         encoder_attention: (0..levels)
             .map(|i| has(format!("encoder.down.{i}.attn.0.q.weight")))
@@ -83,7 +89,7 @@ pub fn shape_of(tensors: &HashMap<String, Tensor>) -> std::result::Result<Shape,
             .map(|i| has(format!("decoder.up.{i}.attn.0.q.weight")))
             .collect(),
         level_widths,
-        z_channels: dims(tensors, "quant_conv.weight")?[1],
+        z_channels: dim(tensors, "quant_conv.weight", 1)?,
         codebook_size,
         codebook_width,
         heads: 8,
@@ -94,7 +100,7 @@ pub fn shape_of(tensors: &HashMap<String, Tensor>) -> std::result::Result<Shape,
     if !has("encoder.mid.block_1.norm1.weight".into()) {
         return Err("no middle blocks (`encoder.mid`): the decoder's attention needs them".into());
     }
-    if dims(tensors, "encoder.conv_out.weight")?[0] != shape.z_channels {
+    if dim(tensors, "encoder.conv_out.weight", 0)? != shape.z_channels {
         return Err("the encoder's output (double_z?) does not match `quant_conv`".into());
     }
     if shape.decoder_attention[..levels - 1].iter().any(|&a| a) {
@@ -222,7 +228,13 @@ impl RestoreFormer {
 
     pub fn new(shape: Shape, vb: VarBuilder) -> candle_core::Result<Self> {
         let widths = &shape.level_widths;
-        let (first, last) = (widths[0], widths[widths.len() - 1]);
+        let levels = widths.len();
+        let (Some(&first), Some(&last)) = (widths.first(), widths.last()) else {
+            candle_core::bail!("a RestoreFormer has at least one level");
+        };
+        if shape.encoder_attention.len() != levels || shape.decoder_attention.len() != levels {
+            candle_core::bail!("attention given for a different number of levels than widths");
+        }
         let enc = vb.pp("encoder");
         let mut encoder = Vec::new();
         for (i, &width) in widths.iter().enumerate() {

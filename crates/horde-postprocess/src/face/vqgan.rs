@@ -212,6 +212,19 @@ pub(crate) fn dims<'a>(
         .ok_or_else(|| format!("no tensor `{name}`"))
 }
 
+/// One dimension of a tensor of a checkpoint, or why not (missing, or of too few dimensions).
+pub(crate) fn dim(
+    tensors: &HashMap<String, Tensor>,
+    name: &str,
+    axis: usize,
+) -> std::result::Result<usize, String> {
+    let shape = dims(tensors, name)?;
+    shape
+        .get(axis)
+        .copied()
+        .ok_or_else(|| format!("`{name}` has shape {shape:?}: no dimension {axis}"))
+}
+
 /// How many `{prefix}.{i}.` groups of tensors there are, counting from 0 until one is missing.
 pub(crate) fn count_indexed(tensors: &HashMap<String, Tensor>, prefix: &str) -> usize {
     (0..)
