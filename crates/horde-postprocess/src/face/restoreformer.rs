@@ -68,11 +68,11 @@ pub fn shape_of(tensors: &HashMap<String, Tensor>) -> std::result::Result<Shape,
     let levels = count_indexed(tensors, "encoder.down");
     let level_widths = (0..levels)
         .map(|i| {
-            Ok(dim(
+            dim(
                 tensors,
                 &format!("encoder.down.{i}.block.0.conv2.weight"),
                 0,
-            )?)
+            )
         })
         .collect::<std::result::Result<Vec<_>, String>>()?;
     let [codebook_size, codebook_width] = *dims(tensors, "quantize.embedding.weight")? else {
