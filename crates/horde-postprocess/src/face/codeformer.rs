@@ -20,6 +20,8 @@
 #[path = "vqgan.rs"]
 pub(crate) mod vqgan;
 
+#[path = "codeformer_shape.rs"]
+mod shape;
 #[path = "codeformer_transformer.rs"]
 mod transformer;
 
@@ -33,9 +35,6 @@ use std::collections::HashMap;
 use std::path::Path;
 use transformer::CodePredictor;
 use vqgan::{Attention, Downsample, ResBlock, Upsample};
-
-#[path = "codeformer_shape.rs"]
-mod shape;
 
 pub use shape::{
     encoder_blocks, encoder_taps, generator_blocks, generator_fuses, published_vqgan, recognises,
