@@ -1,0 +1,339 @@
+//! Face detection, alignment and paste-back against facexlib and OpenCV: tiny random
+//! RetinaFaces in facexlib's ResNet-50 key layout and a fixed alignment case, written by
+//! `tools/postprocess-fixtures/face_detection.py`, loaded here through the worker's code.
+
+use candle_core::{DType, Device, Tensor};
+use horde_postprocess::face::detect::{self, Face, RawOutputs, RetinaFace};
+use image::RgbImage;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/face_detection")
+}
+
+fn manifest() -> Value {
+    let text = std::fs::read_to_string(fixtures().join("manifest.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn load(file: &str) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(fixtures().join(file), &Device::Cpu).unwrap()
+}
+
+fn network_entry(name: &str) -> Value {
+    manifest()["networks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == name)
+        .unwrap()
+        .clone()
+}
+
+/// The fixture's image (uint8 `[H, W, 3]` RGB).
+fn rgb_image(t: &Tensor) -> RgbImage {
+    let (h, w, _) = t.dims3().unwrap();
+    let raw = t.flatten_all().unwrap().to_vec1::<u8>().unwrap();
+    RgbImage::from_raw(w as u32, h as u32, raw).unwrap()
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+fn raw_diff(ours: &RawOutputs, expected: &HashMap<String, Tensor>, name: &str) -> f32 {
+    let get = |k: &str| expected[&format!("{name}.{k}")].squeeze(0).unwrap();
+    max_diff(&ours.loc, &get("loc"))
+        .max(max_diff(&ours.conf, &get("conf")))
+        .max(max_diff(&ours.landmarks, &get("landms")))
+}
+
+/// Faces as facexlib's rows: x1, y1, x2, y2, score, then the ten landmark coordinates.
+fn rows_of(faces: &[Face]) -> Vec<Vec<f32>> {
+    faces
+        .iter()
+        .map(|f| {
+            let mut row = f.bbox.to_vec();
+            row.push(f.score);
+            row.extend(f.landmarks.iter().flatten());
+            row
+        })
+        .collect()
+}
+
+fn assert_detections_match(faces: &[Face], expected: &Tensor, tolerance: f32, what: &str) {
+    let expected = expected.to_vec2::<f32>().unwrap();
+    assert_eq!(faces.len(), expected.len(), "{what}: number of faces");
+    for (i, (ours, theirs)) in rows_of(faces).iter().zip(&expected).enumerate() {
+        for (k, (a, b)) in ours.iter().zip(theirs).enumerate() {
+            let tol = if k == 4 { 1e-4 } else { tolerance };
+            assert!(
+                (a - b).abs() <= tol,
+                "{what}: face {i} value {k}: {a} vs {b}"
+            );
+        }
+    }
+}
+
+#[test]
+fn both_networks_load_with_their_shape_and_match_facexlib_raw_outputs() {
+    let manifest = manifest();
+    let tolerance = manifest["tolerance_raw"].as_f64().unwrap() as f32;
+    let expected = load("detection.expected.safetensors");
+    let image = rgb_image(&expected["image"]);
+    for entry in manifest["networks"].as_array().unwrap() {
+        let name = entry["name"].as_str().unwrap();
+        let path = fixtures().join(entry["checkpoint"].as_str().unwrap());
+        let net = RetinaFace::load(&path, &Device::Cpu).unwrap();
+        let hp = &entry["hyperparameters"];
+        assert_eq!(
+            net.shape.out_channels as u64,
+            hp["out_channels"].as_u64().unwrap()
+        );
+        assert_eq!(net.shape.stem as u64, hp["stem"].as_u64().unwrap());
+        assert_eq!(net.shape.blocks, [1, 1, 1, 1], "{name}");
+        assert_eq!(net.shape.fpn_in, [32, 64, 128], "{name}");
+        assert_eq!(
+            net.shape.activation.slope,
+            hp["leaky"].as_f64().unwrap(),
+            "{name}"
+        );
+        let x = detect::network_input(&image, &Device::Cpu).unwrap();
+        let ours = net.forward(&x).unwrap();
+        assert_eq!(
+            ours.loc.dim(0).unwrap() as u64,
+            entry["priors"].as_u64().unwrap()
+        );
+        let diff = raw_diff(&ours, &expected, name);
+        println!("{name}: max |ours − facexlib| on raw outputs = {diff:e}");
+        assert!(diff < tolerance, "{name}: {diff:e}");
+    }
+}
+
+#[test]
+fn detections_match_facexlib_detect_faces() {
+    let manifest = manifest();
+    let tolerance = manifest["tolerance_pixels"].as_f64().unwrap() as f32;
+    let expected = load("detection.expected.safetensors");
+    let image = rgb_image(&expected["image"]);
+    for entry in manifest["networks"].as_array().unwrap() {
+        let name = entry["name"].as_str().unwrap();
+        let path = fixtures().join(entry["checkpoint"].as_str().unwrap());
+        let mut net = RetinaFace::load(&path, &Device::Cpu).unwrap();
+        net.conf_threshold = entry["conf_threshold"].as_f64().unwrap() as f32;
+        let faces = net.detect(&image).unwrap();
+        assert!(
+            !faces.is_empty(),
+            "{name}: the threshold lets faces through"
+        );
+        let reference = &expected[&format!("{name}.detections")];
+        assert_detections_match(&faces, reference, tolerance, name);
+    }
+}
+
+#[test]
+fn decode_threshold_and_nms_on_facexlib_raw_outputs_match_its_detections() {
+    // facexlib's own raw outputs decoded here: the decode, threshold, sort and NMS alone.
+    let manifest = manifest();
+    let tolerance = manifest["tolerance_pixels"].as_f64().unwrap() as f32;
+    let nms_threshold = manifest["nms_threshold"].as_f64().unwrap() as f32;
+    let expected = load("detection.expected.safetensors");
+    let (h, w, _) = expected["image"].dims3().unwrap();
+    let mut suppressed_somewhere = false;
+    for entry in manifest["networks"].as_array().unwrap() {
+        let name = entry["name"].as_str().unwrap();
+        let get = |k: &str| expected[&format!("{name}.{k}")].squeeze(0).unwrap();
+        let raw = RawOutputs {
+            loc: get("loc"),
+            conf: get("conf"),
+            landmarks: get("landms"),
+        };
+        let (boxes, landmarks, scores) = detect::decode(&raw, h, w).unwrap();
+        let threshold = entry["conf_threshold"].as_f64().unwrap() as f32;
+        let faces = detect::select(&boxes, &landmarks, &scores, threshold, nms_threshold).unwrap();
+        let reference = &expected[&format!("{name}.detections")];
+        assert_detections_match(&faces, reference, tolerance, name);
+        let above = entry["scores_above_threshold"].as_u64().unwrap() as usize;
+        suppressed_somewhere |= faces.len() < above;
+        // without NMS every face above the threshold stays
+        let all = detect::select(&boxes, &landmarks, &scores, threshold, 1.0).unwrap();
+        assert_eq!(all.len(), above, "{name}");
+    }
+    assert!(suppressed_somewhere, "the fixtures exercise NMS");
+}
+
+#[test]
+fn priors_follow_facexlib_layout() {
+    // 60×76: levels of 8×10, 4×5, 2×3 cells, two anchor sizes each
+    let priors = detect::priors(60, 76, &Device::Cpu).unwrap();
+    assert_eq!(priors.dims(), [2 * (80 + 20 + 6), 4]);
+    let rows = priors.to_vec2::<f32>().unwrap();
+    assert_eq!(rows[0], [4.0 / 76.0, 4.0 / 60.0, 16.0 / 76.0, 16.0 / 60.0]);
+    assert_eq!(rows[1], [4.0 / 76.0, 4.0 / 60.0, 32.0 / 76.0, 32.0 / 60.0]);
+    assert_eq!(rows[2][0], 12.0 / 76.0, "next column");
+    assert_eq!(rows[20][1], 12.0 / 60.0, "next row after ten columns");
+    assert_eq!(
+        rows[160],
+        [8.0 / 76.0, 8.0 / 60.0, 64.0 / 76.0, 64.0 / 60.0]
+    );
+}
+
+/// The fixture's wide network with its tensors changed by `edit`.
+fn edited_network(edit: impl FnOnce(&mut HashMap<String, Tensor>)) -> RetinaFace {
+    let mut tensors = load("retinaface_r50_wide.safetensors");
+    edit(&mut tensors);
+    let dir = scratch();
+    let path = dir.join("edited.safetensors");
+    candle_core::safetensors::save(&tensors, &path).unwrap();
+    RetinaFace::load(&path, &Device::Cpu).unwrap()
+}
+
+fn scratch() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("horde-facedet-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn a_mis_wired_network_or_rgb_input_misses_the_reference() {
+    let manifest = manifest();
+    let tolerance = manifest["tolerance_raw"].as_f64().unwrap() as f32;
+    let expected = load("detection.expected.safetensors");
+    let image = rgb_image(&expected["image"]);
+    let x = detect::network_input(&image, &Device::Cpu).unwrap();
+    // The SSH's 5×5 and 7×7 last convolutions swapped (same shapes).
+    let swapped = edited_network(|t| {
+        for suffix in [
+            "0.weight",
+            "1.weight",
+            "1.bias",
+            "1.running_mean",
+            "1.running_var",
+        ] {
+            let a = t.remove(&format!("ssh1.conv5X5_2.{suffix}")).unwrap();
+            let b = t.remove(&format!("ssh1.conv7x7_3.{suffix}")).unwrap();
+            t.insert(format!("ssh1.conv5X5_2.{suffix}"), b);
+            t.insert(format!("ssh1.conv7x7_3.{suffix}"), a);
+        }
+    });
+    let diff = raw_diff(&swapped.forward(&x).unwrap(), &expected, "r50_wide");
+    println!("ssh1 5×5/7×7 swapped: {diff:e}");
+    assert!(diff > 100.0 * tolerance, "the swap went unseen: {diff:e}");
+    // The image fed in RGB order instead of OpenCV's BGR.
+    let net = RetinaFace::load(
+        &fixtures().join("retinaface_r50_wide.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let rgb = x
+        .contiguous()
+        .unwrap()
+        .index_select(&Tensor::new(&[2u32, 1, 0], &Device::Cpu).unwrap(), 1)
+        .unwrap();
+    let diff = raw_diff(&net.forward(&rgb).unwrap(), &expected, "r50_wide");
+    println!("RGB instead of BGR: {diff:e}");
+    assert!(
+        diff > 100.0 * tolerance,
+        "the channel order went unseen: {diff:e}"
+    );
+}
+
+#[test]
+fn a_checkpoint_that_is_no_retinaface_is_refused_with_its_name() {
+    let dir = scratch();
+    let path = dir.join("not-a-detector.safetensors");
+    let t = Tensor::zeros((2, 2), DType::F32, &Device::Cpu).unwrap();
+    candle_core::safetensors::save(
+        &HashMap::from([("conv_first.weight".to_string(), t)]),
+        &path,
+    )
+    .unwrap();
+    let error = RetinaFace::load(&path, &Device::Cpu).err().unwrap();
+    assert!(matches!(
+        error,
+        horde_postprocess::Error::Unsupported { .. }
+    ));
+    let text = error.to_string();
+    assert!(text.contains("not-a-detector.safetensors"), "{text}");
+    assert!(text.contains("not a RetinaFace"), "{text}");
+    // mobilenet0.25's layout is recognised and refused by name
+    let path = dir.join("mobilenet.safetensors");
+    let t = Tensor::zeros((8, 3, 3, 3), DType::F32, &Device::Cpu).unwrap();
+    candle_core::safetensors::save(
+        &HashMap::from([("body.stage1.0.0.weight".to_string(), t)]),
+        &path,
+    )
+    .unwrap();
+    let text = RetinaFace::load(&path, &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(text.contains("mobilenet0.25"), "{text}");
+}
+
+#[test]
+fn the_tiny_writer_gives_a_detector_that_loads_and_runs() {
+    let path = scratch().join("tiny-retinaface.safetensors");
+    detect::write_tiny_checkpoint(&path, 3).unwrap();
+    let tensors = load_abs(&path);
+    let layout = network_entry("r50_narrow")["key_shapes"]
+        .as_object()
+        .unwrap()
+        .clone();
+    assert_eq!(tensors.len(), layout.len(), "the keys of facexlib's layout");
+    for (key, shape) in &layout {
+        let dims: Vec<usize> = shape
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_u64().unwrap() as usize)
+            .collect();
+        let t = tensors.get(key).unwrap_or_else(|| panic!("missing {key}"));
+        assert_eq!(t.dims(), dims.as_slice(), "{key}");
+        let values = t
+            .to_dtype(DType::F64)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap();
+        assert!(
+            values.iter().all(|v| *v != 0.0 && *v != 1.0),
+            "{key} is not random"
+        );
+    }
+    let mut net = RetinaFace::load(&path, &Device::Cpu).unwrap();
+    assert_eq!(net.shape.out_channels, 8);
+    let image = RgbImage::from_fn(48, 40, |x, y| {
+        image::Rgb([(x * 5) as u8, (y * 6) as u8, 90])
+    });
+    net.conf_threshold = 0.0;
+    let faces = net.detect(&image).unwrap();
+    assert!(!faces.is_empty());
+    assert!(
+        faces.windows(2).all(|w| w[0].score >= w[1].score),
+        "best first"
+    );
+    // another seed, other weights
+    let other = scratch().join("tiny-retinaface-2.safetensors");
+    detect::write_tiny_checkpoint(&other, 4).unwrap();
+    let a = &tensors["ssh1.conv3X3.0.weight"];
+    let b = &load_abs(&other)["ssh1.conv3X3.0.weight"];
+    assert!(max_diff(a, b) > 0.0);
+}
+
+fn load_abs(path: &Path) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(path, &Device::Cpu).unwrap()
+}
