@@ -3,6 +3,7 @@
 //! `tools/postprocess-fixtures/face_detection.py`, loaded here through the worker's code.
 
 use candle_core::{DType, Device, Tensor};
+use horde_postprocess::face::align::{self, Affine, AlignedFace};
 use horde_postprocess::face::detect::{self, Face, RawOutputs, RetinaFace};
 use image::RgbImage;
 use serde_json::Value;
@@ -336,4 +337,234 @@ fn the_tiny_writer_gives_a_detector_that_loads_and_runs() {
 
 fn load_abs(path: &Path) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(path, &Device::Cpu).unwrap()
+}
+
+// ---- alignment and paste-back, against facexlib's FaceRestoreHelper and OpenCV ----
+
+fn png(name: &str) -> RgbImage {
+    image::open(fixtures().join(format!("alignment.{name}.png")))
+        .unwrap()
+        .to_rgb8()
+}
+
+fn affines(t: &Tensor) -> Vec<Affine> {
+    t.to_vec3::<f64>()
+        .unwrap()
+        .into_iter()
+        .map(|m| Affine([[m[0][0], m[0][1], m[0][2]], [m[1][0], m[1][1], m[1][2]]]))
+        .collect()
+}
+
+fn matrix_diff(a: &Affine, b: &Affine) -> f64 {
+    a.0.iter()
+        .flatten()
+        .zip(b.0.iter().flatten())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max)
+}
+
+/// The largest difference in 8-bit levels and how many values differ at all.
+fn level_diff(a: &RgbImage, b: &RgbImage) -> (u8, usize) {
+    assert_eq!(a.dimensions(), b.dimensions());
+    let diffs = a
+        .as_raw()
+        .iter()
+        .zip(b.as_raw())
+        .map(|(x, y)| x.abs_diff(*y));
+    diffs.fold((0, 0), |(worst, n), d| {
+        (worst.max(d), n + usize::from(d > 0))
+    })
+}
+
+fn fixture_faces(expected: &HashMap<String, Tensor>) -> Vec<Face> {
+    expected["landmarks"]
+        .to_vec3::<f32>()
+        .unwrap()
+        .into_iter()
+        .map(|points| Face {
+            score: 1.0,
+            bbox: [0.0; 4],
+            landmarks: std::array::from_fn(|k| [points[k][0], points[k][1]]),
+        })
+        .collect()
+}
+
+/// The restorer of the fixture: every channel inverted.
+fn inverted(face: &RgbImage) -> RgbImage {
+    let mut out = face.clone();
+    out.pixels_mut().for_each(|p| p.0 = p.0.map(|v| 255 - v));
+    out
+}
+
+#[test]
+fn the_similarity_is_least_squares_and_close_to_opencv_lmeds() {
+    let expected = load("alignment.expected.safetensors");
+    let least_squares = affines(&expected["affine_least_squares"]);
+    let opencv = affines(&expected["affine_opencv"]);
+    for (i, face) in fixture_faces(&expected).iter().enumerate() {
+        let ours = align::affine_to_template(face).unwrap();
+        let exact = matrix_diff(&ours, &least_squares[i]);
+        let lmeds = matrix_diff(&ours, &opencv[i]);
+        println!("face {i}: vs numpy least squares {exact:e}, vs cv2 LMEDS {lmeds:e}");
+        assert!(exact < 1e-9, "face {i}: {exact:e}");
+        assert!(lmeds < 1e-3, "face {i}: {lmeds:e}");
+        // the inverse as cv2.invertAffineTransform gives it
+        let inverse = affines(&expected["inverse_affine"])[i];
+        assert!(matrix_diff(&opencv[i].invert(), &inverse) < 1e-12);
+    }
+}
+
+#[test]
+fn faces_are_cropped_as_opencv_warps_them() {
+    let expected = load("alignment.expected.safetensors");
+    let image = png("image");
+    let opencv = affines(&expected["affine_opencv"]);
+    for (i, face) in fixture_faces(&expected).iter().enumerate() {
+        let reference = png(&format!("cropped{i}"));
+        // OpenCV's matrix: the warp alone
+        let warped = align::warp_image(&image, &opencv[i]).unwrap();
+        let (worst, count) = level_diff(&warped, &reference);
+        println!("face {i}: warp with cv2's matrix: max {worst} levels, {count} values differ");
+        assert!(
+            worst <= 1 && count < 200,
+            "face {i}: {worst} levels on {count} values"
+        );
+        // the whole alignment, with our least-squares matrix
+        let aligned = align::align_face(&image, face).unwrap();
+        assert_eq!(aligned.face.dimensions(), (512, 512));
+        let (worst, count) = level_diff(&aligned.face, &reference);
+        println!("face {i}: align_face: max {worst} levels, {count} values differ");
+        assert!(
+            worst <= 2 && count < 5000,
+            "face {i}: {worst} levels on {count} values"
+        );
+    }
+    // the second face reaches past the image: its corner is the border colour (BGR 135,133,132)
+    let second = align::warp_image(&image, &opencv[1]).unwrap();
+    assert_eq!(second.get_pixel(511, 511).0, [132, 133, 135]);
+}
+
+#[test]
+fn the_soft_mask_matches_facexlib() {
+    let expected = load("alignment.expected.safetensors");
+    let inverse = affines(&expected["inverse_affine"]);
+    let (h, w) = expected["soft_mask0"].dims2().unwrap();
+    let (_, soft) = align::masks(&inverse[0], h, w).unwrap();
+    let diff = max_diff(&soft, &expected["soft_mask0"]);
+    println!("soft mask: max diff {diff:e}");
+    assert!(diff < 1e-4, "{diff:e}");
+}
+
+#[test]
+fn restored_faces_are_pasted_back_as_facexlib_does() {
+    let expected = load("alignment.expected.safetensors");
+    let image = png("image");
+    let opencv = affines(&expected["affine_opencv"]);
+    let faces: Vec<(AlignedFace, RgbImage)> = (0..2)
+        .map(|i| {
+            let crop = png(&format!("cropped{i}"));
+            let restored = inverted(&crop);
+            (
+                AlignedFace {
+                    face: crop,
+                    affine: opencv[i],
+                },
+                restored,
+            )
+        })
+        .collect();
+    let pasted = align::paste_back(&image, &faces).unwrap();
+    let (worst, count) = level_diff(&pasted, &png("pasted"));
+    println!("paste-back: max {worst} levels, {count} of 96000 values differ");
+    // facexlib truncates the blend to 8 bits (astype(uint8)); inside the face the soft mask is
+    // 1 up to float rounding in both (OpenCV's between 1 − 1e-7 and 1 + 1e-7), so a value that
+    // is a whole number in exact arithmetic lands on either side of it: one level, on about a
+    // tenth of the values. The mask itself is checked to 4e-7 above, the warp is exact.
+    assert!(
+        worst <= 1 && count < 14_400,
+        "{worst} levels on {count} values"
+    );
+    // far from both faces the image is untouched
+    assert_eq!(pasted.get_pixel(0, 159), image.get_pixel(0, 159));
+    // a restored face of the wrong size is an error, not a panic
+    let wrong = vec![(faces[0].0.clone(), RgbImage::new(256, 256))];
+    assert!(align::paste_back(&image, &wrong).is_err());
+}
+
+#[test]
+fn an_image_where_nothing_is_detected_comes_back_byte_identical() {
+    let image = png("image");
+    // the wide fixture's faces score under 0.8: GFPGAN's threshold (0.97) finds none
+    let net = RetinaFace::load(
+        &fixtures().join("retinaface_r50_wide.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    assert!(net.detect(&image).unwrap().is_empty());
+    let mut calls = 0;
+    let out = align::restore_faces(&image, &net, |face| {
+        calls += 1;
+        Ok(face.clone())
+    })
+    .unwrap();
+    assert_eq!(calls, 0);
+    assert_eq!(out.as_raw(), image.as_raw());
+    assert_eq!(
+        align::paste_back(&image, &[]).unwrap().as_raw(),
+        image.as_raw()
+    );
+}
+
+#[test]
+fn the_whole_chain_restores_every_kept_face() {
+    let image = png("image");
+    let mut net = RetinaFace::load(
+        &fixtures().join("retinaface_r50_wide.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    net.conf_threshold = 0.6;
+    let found = net.detect(&image).unwrap();
+    let kept = found.iter().filter(|f| align::keeps_face(f)).count();
+    assert!(kept > 0, "random weights put some faces above 0.6");
+    let mut calls = 0;
+    let out = align::restore_faces(&image, &net, |face| {
+        assert_eq!(face.dimensions(), (512, 512));
+        calls += 1;
+        Ok(inverted(face))
+    })
+    .unwrap();
+    assert_eq!(calls, kept);
+    assert_eq!(out.dimensions(), image.dimensions());
+    assert_ne!(out.as_raw(), image.as_raw());
+    // a restorer's error reaches the caller
+    let failed = align::restore_faces(&image, &net, |_| {
+        Err(horde_postprocess::Error::Run(candle_core::Error::Msg(
+            "no".into(),
+        )))
+    });
+    assert!(failed.is_err());
+}
+
+#[test]
+fn faces_with_eyes_under_five_pixels_apart_are_skipped() {
+    let face = |eye_gap: f32| Face {
+        score: 0.99,
+        bbox: [0.0, 0.0, 10.0, 10.0],
+        landmarks: [
+            [1.0, 1.0],
+            [1.0 + eye_gap * 0.6, 1.0 + eye_gap * 0.8],
+            [3.0, 4.0],
+            [2.0, 6.0],
+            [4.0, 6.0],
+        ],
+    };
+    assert!(!align::keeps_face(&face(4.99)));
+    assert!(align::keeps_face(&face(5.0)));
+    // landmarks all at one point give no similarity: an error
+    let degenerate = Face {
+        landmarks: [[3.0, 3.0]; 5],
+        ..face(5.0)
+    };
+    assert!(align::affine_to_template(&degenerate).is_err());
 }
