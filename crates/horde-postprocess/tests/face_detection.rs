@@ -450,9 +450,10 @@ fn the_soft_mask_matches_facexlib() {
     let inverse = affines(&expected["inverse_affine"]);
     let (h, w) = expected["soft_mask0"].dims2().unwrap();
     let (_, soft) = align::masks(&inverse[0], h, w).unwrap();
+    let soft = Tensor::from_vec(soft.data, (h, w), &Device::Cpu).unwrap();
     let diff = max_diff(&soft, &expected["soft_mask0"]);
     println!("soft mask: max diff {diff:e}");
-    assert!(diff < 1e-4, "{diff:e}");
+    assert!(diff < 1e-6, "{diff:e}");
 }
 
 #[test]
@@ -476,12 +477,13 @@ fn restored_faces_are_pasted_back_as_facexlib_does() {
     let pasted = align::paste_back(&image, &faces).unwrap();
     let (worst, count) = level_diff(&pasted, &png("pasted"));
     println!("paste-back: max {worst} levels, {count} of 96000 values differ");
-    // facexlib truncates the blend to 8 bits (astype(uint8)); inside the face the soft mask is
-    // 1 up to float rounding in both (OpenCV's between 1 − 1e-7 and 1 + 1e-7), so a value that
-    // is a whole number in exact arithmetic lands on either side of it: one level, on about a
-    // tenth of the values. The mask itself is checked to 4e-7 above, the warp is exact.
+    // facexlib truncates the blend to 8 bits (astype(uint8)), so a value that is a whole
+    // number in exact arithmetic goes one level down if the f32 sums land under it: the warp
+    // and the blur follow OpenCV's order of operations for that reason (the four-weight
+    // bilinear sum and an unpaired column blur left 11 to 23% of the values one level off).
+    // Bit-exact when written; one level on at most 0.1% of the values allowed.
     assert!(
-        worst <= 1 && count < 14_400,
+        worst <= 1 && count <= 96,
         "{worst} levels on {count} values"
     );
     // far from both faces the image is untouched
@@ -567,4 +569,70 @@ fn faces_with_eyes_under_five_pixels_apart_are_skipped() {
         ..face(5.0)
     };
     assert!(align::affine_to_template(&degenerate).is_err());
+}
+
+/// The published network's shapes (facexlib's own `RetinaFace('resnet50')`, random weights)
+/// and timings against PyTorch: `tools/postprocess-fixtures/face_detection_fullsize.py`
+/// writes the 105 MB inputs, not committed. Run with `HORDE_FACEDET_FULL=<dir>`.
+#[test]
+#[ignore = "needs face_detection_fullsize.py's output; run in release for timings"]
+fn full_size_retinaface_matches_facexlib_and_is_timed() {
+    let dir = PathBuf::from(std::env::var("HORDE_FACEDET_FULL").expect("HORDE_FACEDET_FULL"));
+    let timing: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("timing.json")).unwrap()).unwrap();
+    let expected = load_abs(&dir.join("expected.safetensors"));
+    let started = std::time::Instant::now();
+    let net = RetinaFace::load(&dir.join("retinaface_full_dp.pth"), &Device::Cpu).unwrap();
+    println!(
+        "load: {:.2} s, {:?}",
+        started.elapsed().as_secs_f64(),
+        net.shape
+    );
+    assert_eq!(net.shape.blocks, [3, 4, 6, 3]);
+    assert_eq!(net.shape.out_channels, 256);
+    let image = rgb_image(&expected["image"]);
+    let x = detect::network_input(&image, &Device::Cpu).unwrap();
+    let ours = net.forward(&x).unwrap();
+    let get = |k: &str| expected[k].squeeze(0).unwrap();
+    let diff = max_diff(&ours.loc, &get("loc"))
+        .max(max_diff(&ours.conf, &get("conf")))
+        .max(max_diff(&ours.landmarks, &get("landms")));
+    println!("full size: max |ours − facexlib| on raw outputs = {diff:e}");
+    let mut best = f64::MAX;
+    for _ in 0..3 {
+        let t = std::time::Instant::now();
+        net.detect(&image).unwrap();
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    let torch = timing["detect_faces_512_s"].as_f64().unwrap();
+    println!(
+        "detect 512²: {best:.3} s against PyTorch's {torch:.3} s ({:.2}×)",
+        best / torch
+    );
+
+    let big = rgb_image(&expected["big"]);
+    let points = expected["big_landmarks"].to_vec2::<f32>().unwrap();
+    let face = Face {
+        score: 1.0,
+        bbox: [0.0; 4],
+        landmarks: std::array::from_fn(|k| [points[k][0], points[k][1]]),
+    };
+    let mut best = f64::MAX;
+    let mut pasted = None;
+    for _ in 0..3 {
+        let t = std::time::Instant::now();
+        let aligned = align::align_face(&big, &face).unwrap();
+        let restored = inverted(&aligned.face);
+        pasted = Some(align::paste_back(&big, &[(aligned, restored)]).unwrap());
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    let torch = timing["align_and_paste_1024_s"].as_f64().unwrap();
+    println!(
+        "align + paste 1024²: {best:.3} s against facexlib's {torch:.3} s ({:.2}×)",
+        best / torch
+    );
+    let (worst, count) = level_diff(&pasted.unwrap(), &rgb_image(&expected["big_pasted"]));
+    println!("align + paste 1024²: max {worst} levels, {count} values differ");
+    assert!(diff < 1e-4, "{diff:e}");
+    assert!(worst <= 2, "{worst}");
 }

@@ -18,11 +18,10 @@
 
 mod ops;
 
-pub use ops::{erode, gaussian_blur, warp_affine};
+pub use ops::{erode, gaussian_blur, warp_affine, Plane};
 
 use super::detect::{Face, RetinaFace};
 use crate::{Error, Result};
-use candle_core::{DType, Device, Tensor};
 use image::RgbImage;
 
 /// The side of the aligned face.
@@ -119,21 +118,23 @@ pub fn align_face(image: &RgbImage, face: &Face) -> Result<AlignedFace> {
 
 /// The 512² crop of `image` under `affine` (`cv2.warpAffine` with the border colour).
 pub fn warp_image(image: &RgbImage, affine: &Affine) -> Result<RgbImage> {
-    let src = image_tensor(image, &Device::Cpu)?;
     let border = BORDER_RGB.map(f32::from);
-    let out = warp_affine(&src, affine, FACE_SIZE, FACE_SIZE, &border)?;
-    Ok(to_image(&out.round()?)?)
+    let out = warp_affine(&plane_of(image), affine, FACE_SIZE, FACE_SIZE, &border)?;
+    Ok(rounded_image(&out))
 }
 
 /// The restored faces blended back into `image` (facexlib's `paste_faces_to_input_image`
 /// without face parsing, at upscale 1). Each restored face must be 512².
+///
+/// Each face is worked on only within its footprint (the box its warped square can reach,
+/// plus two pixels): outside it facexlib's masks are exactly zero, and the zero rim keeps the
+/// erosions and the blur inside the box equal to theirs over the whole image.
 pub fn paste_back(image: &RgbImage, faces: &[(AlignedFace, RgbImage)]) -> Result<RgbImage> {
     if faces.is_empty() {
         return Ok(image.clone());
     }
     let (w, h) = (image.width() as usize, image.height() as usize);
-    let device = Device::Cpu;
-    let mut blended = image_tensor(image, &device)?;
+    let mut blended = plane_of(image);
     for (aligned, restored) in faces {
         if restored.dimensions() != (FACE_SIZE as u32, FACE_SIZE as u32) {
             return Err(bad_input(&format!(
@@ -143,26 +144,98 @@ pub fn paste_back(image: &RgbImage, faces: &[(AlignedFace, RgbImage)]) -> Result
             )));
         }
         let inverse = aligned.affine.invert();
-        // the restored face in the image, rounded to 8 bits as cv2.warpAffine returns it
-        let face =
-            warp_affine(&image_tensor(restored, &device)?, &inverse, h, w, &[0.0; 3])?.round()?;
-        let (hard, soft) = masks(&inverse, h, w)?;
-        let pasted = face.broadcast_mul(&hard.unsqueeze(2)?)?;
-        let soft = soft.unsqueeze(2)?;
-        blended = (pasted.broadcast_mul(&soft)? + blended.broadcast_mul(&(1.0 - &soft)?)?)?;
+        let Some(region) = Region::footprint(&inverse, h, w) else {
+            continue; // the face lies wholly outside the image
+        };
+        let inverse = region.local(&inverse);
+        let face = warp_affine(&plane_of(restored), &inverse, region.h, region.w, &[0.0; 3])?;
+        let (hard, soft) = masks(&inverse, region.h, region.w)?;
+        blend_into(&mut blended, &region, &face, &hard, &soft);
     }
-    Ok(to_image(&blended.clamp(0.0, 255.0)?.floor()?)?)
+    // numpy's astype(uint8) truncates
+    let bytes = blended
+        .data
+        .iter()
+        .map(|v| v.clamp(0.0, 255.0) as u8)
+        .collect();
+    Ok(RgbImage::from_raw(w as u32, h as u32, bytes).expect("h × w × 3 bytes"))
+}
+
+/// facexlib's blend inside `region`: `soft·(hard·face) + (1 − soft)·image`, the warped face
+/// rounded to 8 bits first as `cv2.warpAffine` returns it.
+fn blend_into(image: &mut Plane, region: &Region, face: &Plane, hard: &Plane, soft: &Plane) {
+    for y in 0..region.h {
+        for x in 0..region.w {
+            let local = y * region.w + x;
+            let (hard, soft) = (hard.data[local], soft.data[local]);
+            let at = ((region.y + y) * image.width + region.x + x) * 3;
+            for k in 0..3 {
+                let pasted = hard * face.data[local * 3 + k].round();
+                let v = &mut image.data[at + k];
+                *v = soft * pasted + (1.0 - soft) * *v;
+            }
+        }
+    }
+}
+
+/// A box of the image: columns `x .. x + w`, rows `y .. y + h`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Region {
+    x: usize,
+    y: usize,
+    w: usize,
+    h: usize,
+}
+
+impl Region {
+    /// The pixels a 512² face warped by `inverse` can touch (a bilinear sample reads up to a
+    /// pixel past the square), with a rim of two pixels, within the image; `None` if none.
+    fn footprint(inverse: &Affine, height: usize, width: usize) -> Option<Region> {
+        let far = FACE_SIZE as f64;
+        let corners =
+            [[-1.0, -1.0], [far, -1.0], [-1.0, far], [far, far]].map(|p| inverse.apply(p));
+        let (mut lo, mut hi) = ([f64::MAX; 2], [f64::MIN; 2]);
+        for c in corners {
+            for k in 0..2 {
+                lo[k] = lo[k].min(c[k]);
+                hi[k] = hi[k].max(c[k]);
+            }
+        }
+        let clamp = |v: f64, max: usize| v.clamp(0.0, max as f64) as usize;
+        let (x0, x1) = (
+            clamp(lo[0].floor() - 2.0, width),
+            clamp(hi[0].ceil() + 3.0, width),
+        );
+        let (y0, y1) = (
+            clamp(lo[1].floor() - 2.0, height),
+            clamp(hi[1].ceil() + 3.0, height),
+        );
+        (x1 > x0 && y1 > y0).then_some(Region {
+            x: x0,
+            y: y0,
+            w: x1 - x0,
+            h: y1 - y0,
+        })
+    }
+
+    /// `m` (into the image) made to land in this box's own coordinates.
+    fn local(&self, m: &Affine) -> Affine {
+        let mut out = *m;
+        out.0[0][2] -= self.x as f64;
+        out.0[1][2] -= self.y as f64;
+        out
+    }
 }
 
 /// The hard mask (the warped square of ones eroded by 2) and the soft one blending a face
-/// back, `[H, W]` each, for the inverse matrix of its alignment.
-pub fn masks(inverse: &Affine, height: usize, width: usize) -> Result<(Tensor, Tensor)> {
-    let ones = Tensor::ones((FACE_SIZE, FACE_SIZE, 1), DType::F32, &Device::Cpu)?;
-    let square = warp_affine(&ones, inverse, height, width, &[0.0])?.squeeze(2)?;
-    let hard = erode(&square, 2)?;
-    let area = hard.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
+/// back, one channel `height × width` each, for the inverse matrix of its alignment.
+pub fn masks(inverse: &Affine, height: usize, width: usize) -> Result<(Plane, Plane)> {
+    let ones = Plane::filled(FACE_SIZE, FACE_SIZE, 1, 1.0);
+    let square = warp_affine(&ones, inverse, height, width, &[0.0])?;
+    let hard = erode(&square, 2);
+    let area: f64 = hard.data.iter().map(|&v| f64::from(v)).sum();
     let edge = (area.sqrt() as usize) / 20;
-    let centre = erode(&hard, 2 * edge)?;
+    let centre = erode(&hard, 2 * edge);
     let soft = gaussian_blur(&centre, 2 * edge + 1)?;
     Ok((hard, soft))
 }
@@ -187,21 +260,24 @@ where
     paste_back(image, &restored)
 }
 
-/// An RGB image as `[H, W, 3]` f32 in 0..255.
-fn image_tensor(image: &RgbImage, device: &Device) -> candle_core::Result<Tensor> {
-    let (w, h) = (image.width() as usize, image.height() as usize);
-    Tensor::from_vec(image.as_raw().clone(), (h, w, 3), device)?.to_dtype(DType::F32)
+/// An RGB image as a plane of 0..255 values.
+fn plane_of(image: &RgbImage) -> Plane {
+    Plane {
+        width: image.width() as usize,
+        height: image.height() as usize,
+        channels: 3,
+        data: image.as_raw().iter().map(|&v| f32::from(v)).collect(),
+    }
 }
 
-/// `[H, W, 3]` f32 holding whole numbers in 0..255 back to an image.
-fn to_image(t: &Tensor) -> candle_core::Result<RgbImage> {
-    let (h, w, _) = t.dims3()?;
-    let bytes = t
-        .clamp(0f32, 255f32)?
-        .to_dtype(DType::U8)?
-        .flatten_all()?
-        .to_vec1::<u8>()?;
-    Ok(RgbImage::from_raw(w as u32, h as u32, bytes).expect("h × w × 3 bytes"))
+/// A three-channel plane rounded to the nearest level (`cv2.warpAffine`'s `saturate_cast`).
+fn rounded_image(plane: &Plane) -> RgbImage {
+    let bytes = plane
+        .data
+        .iter()
+        .map(|v| v.round().clamp(0.0, 255.0) as u8)
+        .collect();
+    RgbImage::from_raw(plane.width as u32, plane.height as u32, bytes).expect("h × w × 3 bytes")
 }
 
 fn bad_input(reason: &str) -> Error {
