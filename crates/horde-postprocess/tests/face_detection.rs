@@ -77,15 +77,23 @@ fn rows_of(faces: &[Face]) -> Vec<Vec<f32>> {
 fn assert_detections_match(faces: &[Face], expected: &Tensor, tolerance: f32, what: &str) {
     let expected = expected.to_vec2::<f32>().unwrap();
     assert_eq!(faces.len(), expected.len(), "{what}: number of faces");
+    let mut worst = [0f32; 2];
     for (i, (ours, theirs)) in rows_of(faces).iter().zip(&expected).enumerate() {
         for (k, (a, b)) in ours.iter().zip(theirs).enumerate() {
-            let tol = if k == 4 { 1e-4 } else { tolerance };
+            let (tol, slot) = if k == 4 { (1e-4, 1) } else { (tolerance, 0) };
+            worst[slot] = worst[slot].max((a - b).abs());
             assert!(
                 (a - b).abs() <= tol,
                 "{what}: face {i} value {k}: {a} vs {b}"
             );
         }
     }
+    println!(
+        "{what}: {} faces, max diff {:e} px, scores {:e}",
+        faces.len(),
+        worst[0],
+        worst[1]
+    );
 }
 
 #[test]
