@@ -48,6 +48,8 @@ STEM_GAIN = 1.0 / 60.0  # 0..255 inputs minus the mean: keeps activations O(1)
 NETS = {
     "r50_wide": dict(seed=11, out_channels=68, file="retinaface_r50_wide.safetensors"),
     "r50_narrow": dict(seed=12, out_channels=8, file="retinaface_r50_narrow_dp.pth"),
+    # facexlib's mobilenet0.25 layout, widths / 4 (stages 2..64 channels), FPN/SSH 16 (leaky)
+    "mnet": dict(seed=13, out_channels=16, mobilenet_first=2, file="retinaface_mnet_tiny.safetensors"),
 }
 
 
@@ -91,7 +93,7 @@ def miswired(spec, sd, image, reference):
     out = {}
 
     def fresh(**kw):
-        net = N.build(out_channels=spec["out_channels"], **kw)
+        net = N.build(out_channels=spec["out_channels"], mobilenet_first=spec.get("mobilenet_first"), **kw)
         net.load_state_dict(sd, strict=True)
         return net
 
@@ -100,7 +102,8 @@ def miswired(spec, sd, image, reference):
     out["rgb_instead_of_bgr"] = max_diff(run(net, x.flip(1)), reference)
     out["no_mean_subtraction"] = max_diff(
         run(net, x + torch.tensor([104., 117., 123.]).view(1, 3, 1, 1)), reference)
-    out["stride_on_bottleneck_conv1"] = max_diff(run(fresh(stride_on_conv1=True), x), reference)
+    if "mobilenet_first" not in spec:
+        out["stride_on_bottleneck_conv1"] = max_diff(run(fresh(stride_on_conv1=True), x), reference)
     saved = retinaface_net.SSH.forward
     retinaface_net.SSH.forward = ssh_forward_swapped
     out["ssh_branches_swapped"] = max_diff(run(net, x), reference)
@@ -111,8 +114,8 @@ def miswired(spec, sd, image, reference):
     retinaface_net.FPN.forward = saved
     slope = 0.0 if spec["out_channels"] <= 64 else 0.1
     wrong = fresh()
-    for m in wrong.modules():
-        if isinstance(m, torch.nn.LeakyReLU):
+    for name, m in wrong.named_modules():
+        if isinstance(m, torch.nn.LeakyReLU) and not name.startswith("body"):
             m.negative_slope = slope
     out[f"leaky_slope_{slope}_in_fpn_ssh"] = max_diff(run(wrong, x), reference)
     eps = fresh()
@@ -121,6 +124,17 @@ def miswired(spec, sd, image, reference):
             m.eps = 1e-3
     out["batchnorm_eps_1e-3"] = max_diff(run(eps, x), reference)
     return out
+
+
+def hyperparameters(spec):
+    leaky = 0.1 if spec["out_channels"] <= 64 else 0.0
+    if "mobilenet_first" in spec:
+        f = spec["mobilenet_first"]
+        return {"backbone": "mobilenet0.25", "stem": f, "blocks_per_stage": [6, 6, 2],
+                "fpn_in": [8 * f, 16 * f, 32 * f], "out_channels": spec["out_channels"], "leaky": leaky}
+    return {"backbone": "resnet50", "stem": 4, "planes": [4, 8, 16, 32], "expansion": 4,
+            "blocks_per_stage": [1, 1, 1, 1], "fpn_in": [32, 64, 128],
+            "out_channels": spec["out_channels"], "leaky": leaky}
 
 
 def threshold_between(scores, wanted):
@@ -149,7 +163,7 @@ def main():
     }
     expected = {"image": image}
     for name, spec in NETS.items():
-        net = N.build(out_channels=spec["out_channels"])
+        net = N.build(out_channels=spec["out_channels"], mobilenet_first=spec.get("mobilenet_first"))
         sd = N.randomize(net, spec["seed"], STEM_GAIN)
         path = os.path.join(OUT, spec["file"])
         if path.endswith(".pth"):
@@ -161,7 +175,7 @@ def main():
         loaded = torch.load(path, map_location="cpu") if path.endswith(".pth") else None
         if loaded is not None:
             loaded = {k[7:] if k.startswith("module.") else k: v for k, v in loaded.items()}
-            check = N.build(out_channels=spec["out_channels"])
+            check = N.build(out_channels=spec["out_channels"], mobilenet_first=spec.get("mobilenet_first"))
             check.load_state_dict(loaded, strict=True)
             net = check
         loc, conf, landms = run(net, network_input(image))
@@ -178,10 +192,7 @@ def main():
             "checkpoint": spec["file"],
             "seed": spec["seed"],
             "key_prefix": "module." if path.endswith(".pth") else "",
-            "hyperparameters": {"stem": 4, "planes": [4, 8, 16, 32], "expansion": 4,
-                                 "blocks_per_stage": [1, 1, 1, 1],
-                                 "fpn_in": [32, 64, 128], "out_channels": spec["out_channels"],
-                                 "leaky": 0.1 if spec["out_channels"] <= 64 else 0.0},
+            "hyperparameters": hyperparameters(spec),
             "params": int(sum(v.numel() for k, v in sd.items() if not k.endswith("num_batches_tracked"))),
             "key_shapes": {k: list(v.shape) for k, v in sd.items()},
             "priors": int(loc.shape[1]),

@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """A full-size check and timing, not a committed fixture: facexlib's own
 `RetinaFace('resnet50')` (torchvision's ResNet-50, FPN/SSH width 256: the published network's
-shapes, 27.4 M values) with random weights, run on a 512² image; and facexlib's alignment and
-paste-back of one face on a 1024² image.
+shapes, 27.4 M values) and `RetinaFace('mobile0.25')` with random weights, run on a 512²
+image; and facexlib's alignment and paste-back of one face on a 1024² image.
 
 Writes to DIR (default /tmp/horde-facedet-full): `retinaface_full_dp.pth` (105 MB, keys with
-DataParallel's `module.` prefix), `expected.safetensors` (image, raw outputs, paste inputs and
+DataParallel's `module.` prefix), `retinaface_mnet_full.safetensors`, `expected.safetensors` (image, raw outputs, paste inputs and
 result) and `timing.json` (best of 3, torch at the thread count given, default 2). The ignored
 Rust test `full_size_retinaface_matches_facexlib_and_is_timed` reads them:
 
@@ -58,6 +58,15 @@ def main():
         loc, conf, landms = [t.numpy() for t in net(x)]
         detect_s, _ = best_of(3, lambda: net.detect_faces(image[:, :, ::-1].copy(), 0.97))
 
+    # facexlib's own mobilenet0.25 RetinaFace (the published shapes, 0.4 M values)
+    mnet = RetinaFace(network_name="mobile0.25", half=False, device=torch.device("cpu"))
+    msd = N.randomize(mnet, 22, 1.0)
+    from safetensors.torch import save_file as save_pt
+    save_pt({k: v.float().contiguous() for k, v in msd.items()}, os.path.join(out_dir, "retinaface_mnet_full.safetensors"))
+    with torch.no_grad():
+        mloc, mconf, mlandms = [t.numpy() for t in mnet(x)]
+        mnet_s, _ = best_of(3, lambda: mnet.detect_faces(image[:, :, ::-1].copy(), 0.97))
+
     # alignment and paste-back of one face on a 1024² image
     big = A.smooth_image(rng, 1024, 1024, cells=24)
     face = A.landmarks_of(rng, 0.8, 8.0, (500.0, 480.0), 0.7)
@@ -74,10 +83,12 @@ def main():
     paste_s, pasted = best_of(3, chain)
     save_file({
         "image": image, "loc": loc, "conf": conf, "landms": landms,
+        "mnet.loc": mloc, "mnet.conf": mconf, "mnet.landms": mlandms,
         "big": big, "big_landmarks": face, "big_pasted": np.ascontiguousarray(pasted[:, :, ::-1]),
     }, os.path.join(out_dir, "expected.safetensors"))
     timing = {"torch_threads": threads, "torch": torch.__version__,
-              "detect_faces_512_s": detect_s, "align_and_paste_1024_s": paste_s,
+              "detect_faces_512_s": detect_s, "mnet_detect_faces_512_s": mnet_s,
+              "align_and_paste_1024_s": paste_s,
               "params": int(sum(v.numel() for k, v in sd.items() if not k.endswith("num_batches_tracked")))}
     with open(os.path.join(out_dir, "timing.json"), "w") as f:
         json.dump(timing, f, indent=1)

@@ -16,7 +16,8 @@ from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.resnet import Bottleneck
 
 from facexlib.detection.retinaface import RetinaFace, generate_config
-from facexlib.detection.retinaface_net import FPN, SSH, make_bbox_head, make_class_head, make_landmark_head
+from facexlib.detection.retinaface_net import (FPN, SSH, conv_bn, conv_dw, make_bbox_head, make_class_head,
+                                               make_landmark_head)
 
 
 class TinyResNet(nn.Module):
@@ -41,22 +42,46 @@ class TinyResNet(nn.Module):
             inplanes = p * 4
 
 
-def build(stem=4, planes=(4, 8, 16, 32), out_channels=68, stride_on_conv1=False):
-    """facexlib's RetinaFace around a TinyResNet body; FPN/SSH width `out_channels`."""
+class TinyMobileNet(nn.Module):
+    """facexlib's MobileNetV1 (its own conv_bn / conv_dw, the same blocks and strides) with
+    every width divided by 8 / `first` (mobilenet0.25 starts at 8 channels)."""
+
+    def __init__(self, first=2):
+        super().__init__()
+        w = [first * m for m in (1, 2, 4, 8, 16, 32)]
+        self.stage1 = nn.Sequential(
+            conv_bn(3, w[0], 2, leaky=0.1),
+            conv_dw(w[0], w[1], 1),
+            conv_dw(w[1], w[2], 2),
+            conv_dw(w[2], w[2], 1),
+            conv_dw(w[2], w[3], 2),
+            conv_dw(w[3], w[3], 1),
+        )
+        self.stage2 = nn.Sequential(conv_dw(w[3], w[4], 2), *[conv_dw(w[4], w[4], 1) for _ in range(5)])
+        self.stage3 = nn.Sequential(conv_dw(w[4], w[5], 2), conv_dw(w[5], w[5], 1))
+
+
+def build(stem=4, planes=(4, 8, 16, 32), out_channels=68, stride_on_conv1=False, mobilenet_first=None):
+    """facexlib's RetinaFace around a TinyResNet body (or a TinyMobileNet one when
+    `mobilenet_first` is given); FPN/SSH width `out_channels`."""
     net = RetinaFace.__new__(RetinaFace)
     nn.Module.__init__(net)
-    cfg = generate_config("resnet50")
+    cfg = generate_config("resnet50" if mobilenet_first is None else "mobile0.25")
     net.device = torch.device("cpu")
     net.half_inference = False
     net.backbone = cfg["name"]
-    net.model_name = "retinaface_resnet50"
+    net.model_name = "retinaface_resnet50" if mobilenet_first is None else "retinaface_mobile0.25"
     net.cfg = cfg
     net.phase = "test"
     net.target_size, net.max_size = 1600, 2150
     net.resize, net.scale, net.scale1 = 1.0, None, None
     net.mean_tensor = torch.tensor([[[[104.]], [[117.]], [[123.]]]])
-    net.body = IntermediateLayerGetter(TinyResNet(stem, planes, stride_on_conv1), cfg["return_layers"])
-    ins = [p * 4 for p in planes[1:]]
+    if mobilenet_first is None:
+        net.body = IntermediateLayerGetter(TinyResNet(stem, planes, stride_on_conv1), cfg["return_layers"])
+        ins = [p * 4 for p in planes[1:]]
+    else:
+        net.body = IntermediateLayerGetter(TinyMobileNet(mobilenet_first), cfg["return_layers"])
+        ins = [mobilenet_first * m for m in (8, 16, 32)]
     net.fpn = FPN(ins, out_channels)
     net.ssh1 = SSH(out_channels, out_channels)
     net.ssh2 = SSH(out_channels, out_channels)
@@ -88,7 +113,7 @@ def randomize(net, seed, stem_gain):
             v = rng.normal(0.0, 0.1, shape)
         elif len(shape) == 4:
             fan_in = shape[1] * shape[2] * shape[3]
-            gain = stem_gain if name == "body.conv1.weight" else 1.0
+            gain = stem_gain if name == "body.conv1.weight" else 1.0  # ResNet stem only: see README
             v = rng.normal(0.0, gain / np.sqrt(fan_in), shape)
         elif name.endswith(".weight"):  # BatchNorm scale
             v = rng.normal(1.0, 0.2, shape)

@@ -97,7 +97,7 @@ fn assert_detections_match(faces: &[Face], expected: &Tensor, tolerance: f32, wh
 }
 
 #[test]
-fn both_networks_load_with_their_shape_and_match_facexlib_raw_outputs() {
+fn every_network_loads_with_its_shape_and_matches_facexlib_raw_outputs() {
     let manifest = manifest();
     let tolerance = manifest["tolerance_raw"].as_f64().unwrap() as f32;
     let expected = load("detection.expected.safetensors");
@@ -112,8 +112,17 @@ fn both_networks_load_with_their_shape_and_match_facexlib_raw_outputs() {
             hp["out_channels"].as_u64().unwrap()
         );
         assert_eq!(net.shape.stem as u64, hp["stem"].as_u64().unwrap());
-        assert_eq!(net.shape.blocks, [1, 1, 1, 1], "{name}");
-        assert_eq!(net.shape.fpn_in, [32, 64, 128], "{name}");
+        let list = |v: &Value| -> Vec<usize> {
+            let items = v.as_array().unwrap().iter();
+            items.map(|n| n.as_u64().unwrap() as usize).collect()
+        };
+        assert_eq!(net.shape.blocks, list(&hp["blocks_per_stage"]), "{name}");
+        assert_eq!(net.shape.fpn_in.to_vec(), list(&hp["fpn_in"]), "{name}");
+        let backbone = match hp["backbone"].as_str().unwrap() {
+            "mobilenet0.25" => detect::Backbone::Mobilenet,
+            _ => detect::Backbone::Resnet,
+        };
+        assert_eq!(net.shape.backbone, backbone, "{name}");
         assert_eq!(
             net.shape.activation.slope,
             hp["leaky"].as_f64().unwrap(),
@@ -240,6 +249,26 @@ fn a_mis_wired_network_or_rgb_input_misses_the_reference() {
     let diff = raw_diff(&swapped.forward(&x).unwrap(), &expected, "r50_wide");
     println!("ssh1 5×5/7×7 swapped: {diff:e}");
     assert!(diff > 100.0 * tolerance, "the swap went unseen: {diff:e}");
+    // mobilenet: two depthwise blocks of stage 2 swapped (same shapes)
+    let mut tensors = load("retinaface_mnet_tiny.safetensors");
+    for suffix in [
+        "0.weight",
+        "1.weight",
+        "1.bias",
+        "1.running_mean",
+        "1.running_var",
+    ] {
+        let a = tensors.remove(&format!("body.stage2.1.{suffix}")).unwrap();
+        let b = tensors.remove(&format!("body.stage2.2.{suffix}")).unwrap();
+        tensors.insert(format!("body.stage2.1.{suffix}"), b);
+        tensors.insert(format!("body.stage2.2.{suffix}"), a);
+    }
+    let path = scratch().join("mnet-swapped.safetensors");
+    candle_core::safetensors::save(&tensors, &path).unwrap();
+    let swapped = RetinaFace::load(&path, &Device::Cpu).unwrap();
+    let diff = raw_diff(&swapped.forward(&x).unwrap(), &expected, "mnet");
+    println!("mnet stage2 depthwise 1/2 swapped: {diff:e}");
+    assert!(diff > 100.0 * tolerance, "the swap went unseen: {diff:e}");
     // The image fed in RGB order instead of OpenCV's BGR.
     let net = RetinaFace::load(
         &fixtures().join("retinaface_r50_wide.safetensors"),
@@ -277,8 +306,8 @@ fn a_checkpoint_that_is_no_retinaface_is_refused_with_its_name() {
     let text = error.to_string();
     assert!(text.contains("not-a-detector.safetensors"), "{text}");
     assert!(text.contains("not a RetinaFace"), "{text}");
-    // mobilenet0.25's layout is recognised and refused by name
-    let path = dir.join("mobilenet.safetensors");
+    // a body without the rest: named in the error
+    let path = dir.join("body-only.safetensors");
     let t = Tensor::zeros((8, 3, 3, 3), DType::F32, &Device::Cpu).unwrap();
     candle_core::safetensors::save(
         &HashMap::from([("body.stage1.0.0.weight".to_string(), t)]),
@@ -289,7 +318,18 @@ fn a_checkpoint_that_is_no_retinaface_is_refused_with_its_name() {
         .err()
         .unwrap()
         .to_string();
-    assert!(text.contains("mobilenet0.25"), "{text}");
+    assert!(text.contains("no tensor `fpn.output1.0.weight`"), "{text}");
+    // the right keys with a wrong shape: refused, not a panic
+    let mut tensors = load("retinaface_mnet_tiny.safetensors");
+    let wrong = Tensor::zeros((4, 2, 3, 3), DType::F32, &Device::Cpu).unwrap();
+    tensors.insert("body.stage1.1.0.weight".into(), wrong);
+    let path = dir.join("mis-shaped.safetensors");
+    candle_core::safetensors::save(&tensors, &path).unwrap();
+    let error = RetinaFace::load(&path, &Device::Cpu).err().unwrap();
+    assert!(
+        matches!(error, horde_postprocess::Error::Unsupported { .. }),
+        "{error}"
+    );
 }
 
 #[test]
@@ -617,6 +657,28 @@ fn full_size_retinaface_matches_facexlib_and_is_timed() {
         "detect 512²: {best:.3} s against PyTorch's {torch:.3} s ({:.2}×)",
         best / torch
     );
+
+    let mnet =
+        RetinaFace::load(&dir.join("retinaface_mnet_full.safetensors"), &Device::Cpu).unwrap();
+    assert_eq!((mnet.shape.stem, mnet.shape.out_channels), (8, 64));
+    assert_eq!(mnet.shape.fpn_in, [64, 128, 256]);
+    let raw = mnet.forward(&x).unwrap();
+    let mnet_diff = max_diff(&raw.loc, &get("mnet.loc"))
+        .max(max_diff(&raw.conf, &get("mnet.conf")))
+        .max(max_diff(&raw.landmarks, &get("mnet.landms")));
+    println!("mobilenet0.25 full size: max |ours − facexlib| on raw outputs = {mnet_diff:e}");
+    let mut mnet_best = f64::MAX;
+    for _ in 0..3 {
+        let t = std::time::Instant::now();
+        mnet.detect(&image).unwrap();
+        mnet_best = mnet_best.min(t.elapsed().as_secs_f64());
+    }
+    let torch = timing["mnet_detect_faces_512_s"].as_f64().unwrap();
+    println!(
+        "mobilenet0.25 detect 512²: {mnet_best:.3} s against PyTorch's {torch:.3} s ({:.2}×)",
+        mnet_best / torch
+    );
+    assert!(mnet_diff < 1e-4, "{mnet_diff:e}");
 
     let big = rgb_image(&expected["big"]);
     let points = expected["big_landmarks"].to_vec2::<f32>().unwrap();

@@ -6,10 +6,12 @@
 //!
 //! The checkpoint is facexlib's `detection_Resnet50_Final.pth` (keys `body.*`, `fpn.*`,
 //! `ssh1..3.*`, `ClassHead.*`, `BboxHead.*`, `LandmarkHead.*`, with or without DataParallel's
-//! `module.` prefix), recognised and sized from its tensors, so tiny random checkpoints of the
-//! same layout load too. The mobilenet0.25 layout (`body.stage1.*`) is recognised and refused.
+//! `module.` prefix) or its `detection_mobilenet0.25_Final.pth` (the body as
+//! `body.stage1..3.*`), recognised and sized from its tensors, so tiny random checkpoints of
+//! the same layouts load too.
 
 mod decode;
+mod mobilenet;
 mod net;
 mod tiny;
 
@@ -35,14 +37,25 @@ pub struct Face {
     pub landmarks: [[f32; 2]; 5],
 }
 
+/// The body of the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backbone {
+    /// torchvision's ResNet (`body.conv1`, `body.layer1..4`): `retinaface_resnet50`.
+    Resnet,
+    /// facexlib's MobileNetV1 (`body.stage1..3`): `retinaface_mobile0.25`.
+    Mobilenet,
+}
+
 /// What the tensors say about the network.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Shape {
-    /// Channels out of the 7×7 stem.
+    pub backbone: Backbone,
+    /// Channels out of the stem (ResNet-50: 64 from a 7×7; mobilenet0.25: 8 from a 3×3).
     pub stem: usize,
-    /// Bottleneck blocks in `layer1..4` (ResNet-50: 3, 4, 6, 3).
-    pub blocks: [usize; 4],
-    /// Channels out of `layer2..4`, into the FPN (ResNet-50: 512, 1024, 2048).
+    /// Blocks a stage: Bottlenecks in `layer1..4` (ResNet-50: 3, 4, 6, 3), or MobileNet's in
+    /// `stage1..3`, the stem counted (6, 6, 2).
+    pub blocks: Vec<usize>,
+    /// Channels into the FPN (ResNet-50: 512, 1024, 2048; mobilenet0.25: 64, 128, 256).
     pub fpn_in: [usize; 3],
     /// The FPN and SSH width (ResNet-50: 256).
     pub out_channels: usize,
@@ -62,7 +75,8 @@ pub struct RetinaFace {
 }
 
 impl RetinaFace {
-    /// Loads a RetinaFace checkpoint (`.pth` or `.safetensors`) in facexlib's ResNet-50 layout.
+    /// Loads a RetinaFace checkpoint (`.pth` or `.safetensors`) in facexlib's ResNet-50 or
+    /// mobilenet0.25 layout.
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
         let unsupported = |reason: String| Error::Unsupported {
             path: path.display().to_string(),
@@ -74,7 +88,8 @@ impl RetinaFace {
             tensors: &tensors,
             device,
         };
-        let network = net::Network::new(&weights, shape.activation)
+        let mobilenet = shape.backbone == Backbone::Mobilenet;
+        let network = net::Network::new(&weights, mobilenet, shape.activation)
             .map_err(|e| unsupported(format!("a RetinaFace tensor does not fit: {e}")))?;
         Ok(RetinaFace {
             shape,
@@ -135,18 +150,19 @@ fn without_module_prefix(tensors: HashMap<String, Tensor>) -> HashMap<String, Te
         .collect()
 }
 
-/// Recognises facexlib's ResNet-50 RetinaFace and reads its sizes.
+/// Recognises facexlib's RetinaFace (ResNet-50 or mobilenet0.25 body) and reads its sizes.
 pub fn shape_of(tensors: &HashMap<String, Tensor>) -> std::result::Result<Shape, String> {
-    if tensors.contains_key("body.stage1.0.0.weight") {
-        return Err(
-            "a RetinaFace in the mobilenet0.25 layout (`body.stage1`), which this \
-                    build does not run: use facexlib's detection_Resnet50_Final.pth"
-                .into(),
-        );
-    }
+    let backbone = if tensors.contains_key("body.stage1.0.0.weight") {
+        Backbone::Mobilenet
+    } else {
+        Backbone::Resnet
+    };
+    let body_key = match backbone {
+        Backbone::Resnet => "body.conv1.weight",
+        Backbone::Mobilenet => "body.stage1.0.0.weight",
+    };
     let required = [
-        "body.conv1.weight",
-        "body.layer1.0.conv1.weight",
+        body_key,
         "fpn.output1.0.weight",
         "ssh1.conv3X3.0.weight",
         "ClassHead.0.conv1x1.weight",
@@ -155,7 +171,8 @@ pub fn shape_of(tensors: &HashMap<String, Tensor>) -> std::result::Result<Shape,
     ];
     if let Some(missing) = required.iter().find(|k| !tensors.contains_key(**k)) {
         return Err(format!(
-            "not a RetinaFace face detector in facexlib's ResNet-50 layout: no tensor `{missing}`"
+            "not a RetinaFace face detector in facexlib's layout (ResNet-50 or mobilenet0.25): \
+             no tensor `{missing}`"
         ));
     }
     let out_dim = |key: &str| -> std::result::Result<usize, String> {
@@ -167,11 +184,27 @@ pub fn shape_of(tensors: &HashMap<String, Tensor>) -> std::result::Result<Shape,
             )),
         }
     };
-    let blocks = [1, 2, 3, 4].map(|s| net::blocks_in(tensors, s));
-    let mut fpn_in = [0; 3];
-    for (i, stage) in [2, 3, 4].into_iter().enumerate() {
-        fpn_in[i] = out_dim(&format!("body.layer{stage}.0.conv3.weight"))?;
-    }
+    let (blocks, fpn_in) = match backbone {
+        Backbone::Resnet => {
+            let blocks: Vec<usize> = (1..=4).map(|s| net::blocks_in(tensors, s)).collect();
+            let mut fpn_in = [0; 3];
+            for (i, stage) in [2, 3, 4].into_iter().enumerate() {
+                fpn_in[i] = out_dim(&format!("body.layer{stage}.0.conv3.weight"))?;
+            }
+            (blocks, fpn_in)
+        }
+        Backbone::Mobilenet => {
+            let blocks: Vec<usize> = (1..=3).map(|s| mobilenet::blocks_in(tensors, s)).collect();
+            let mut fpn_in = [0; 3];
+            for (i, &n) in blocks.iter().enumerate() {
+                let last = n
+                    .checked_sub(1)
+                    .ok_or(format!("no block in `body.stage{}`", i + 1))?;
+                fpn_in[i] = out_dim(&format!("body.stage{}.{last}.3.weight", i + 1))?;
+            }
+            (blocks, fpn_in)
+        }
+    };
     let out_channels = out_dim("fpn.output1.0.weight")?;
     for (head, values) in [("ClassHead", 2), ("BboxHead", 4), ("LandmarkHead", 10)] {
         let found = out_dim(&format!("{head}.0.conv1x1.weight"))?;
@@ -187,7 +220,8 @@ pub fn shape_of(tensors: &HashMap<String, Tensor>) -> std::result::Result<Shape,
         ));
     }
     Ok(Shape {
-        stem: out_dim("body.conv1.weight")?,
+        backbone,
+        stem: out_dim(body_key)?,
         blocks,
         fpn_in,
         out_channels,

@@ -1,6 +1,6 @@
 //! RetinaFace's network in facexlib's layout: a torchvision ResNet body (`body.conv1`,
-//! `body.layer1..4`, Bottleneck blocks with the stride on the 3×3, as torchvision's v1.5), an
-//! FPN over `layer2..4` (`fpn.output1..3`, `fpn.merge1..2`), one SSH context module a level
+//! `body.layer1..4`, Bottleneck blocks with the stride on the 3×3, as torchvision's v1.5) or
+//! facexlib's MobileNetV1 ([`super::mobilenet`]), an FPN over the last three stages (`fpn.output1..3`, `fpn.merge1..2`), one SSH context module a level
 //! (`ssh1..3`) and three 1×1 heads a level (`ClassHead`, `BboxHead`, `LandmarkHead`).
 //!
 //! Every convolution is followed by a BatchNorm in eval mode; the two are folded into one
@@ -39,6 +39,24 @@ impl Weights<'_> {
         if k != k_w {
             candle_core::bail!("`{conv_key}.weight`: a square kernel was expected");
         }
+        let (folded, bias) = self.fold_bn(weight, bn_key)?;
+        self.conv_from(folded, bias, in_c, out_c, k, stride)
+    }
+
+    /// A depthwise 3×3 kernel (`[C, 1, 3, 3]`) and the bias of its folded BatchNorm.
+    pub fn depthwise_bn(&self, conv_key: &str, bn_key: &str) -> Result<(Tensor, Tensor)> {
+        let weight = self.get(&format!("{conv_key}.weight"))?;
+        match weight.dims4()? {
+            (_, 1, 3, 3) => self.fold_bn(weight, bn_key),
+            dims => candle_core::bail!(
+                "`{conv_key}.weight` is {dims:?}: a depthwise kernel `[C, 1, 3, 3]` was expected"
+            ),
+        }
+    }
+
+    /// `weight` and the BatchNorm `bn_key` as one convolution's weight and bias.
+    fn fold_bn(&self, weight: &Tensor, bn_key: &str) -> Result<(Tensor, Tensor)> {
+        let out_c = weight.dim(0)?;
         let gamma = self.get(&format!("{bn_key}.weight"))?;
         let beta = self.get(&format!("{bn_key}.bias"))?;
         let mean = self.get(&format!("{bn_key}.running_mean"))?;
@@ -46,7 +64,7 @@ impl Weights<'_> {
         let scale = (gamma / (var + BN_EPS)?.sqrt()?)?;
         let folded = weight.broadcast_mul(&scale.reshape((out_c, 1, 1, 1))?)?;
         let bias = (beta - (mean * &scale)?)?;
-        self.conv_from(folded, bias, in_c, out_c, k, stride)
+        Ok((folded, bias))
     }
 
     /// A plain convolution with its bias (the heads).
@@ -333,9 +351,24 @@ pub struct RawOutputs {
     pub landmarks: Tensor,
 }
 
+/// The backbone: torchvision's ResNet or facexlib's MobileNetV1.
+pub enum Body {
+    Resnet(ResnetBody),
+    Mobilenet(super::mobilenet::MobilenetBody),
+}
+
+impl Body {
+    fn forward(&self, x: &Tensor) -> Result<[Tensor; 3]> {
+        match self {
+            Body::Resnet(body) => body.forward(x),
+            Body::Mobilenet(body) => body.forward(x),
+        }
+    }
+}
+
 /// The whole network.
 pub struct Network {
-    body: ResnetBody,
+    body: Body,
     fpn: Fpn,
     ssh: [Ssh; 3],
     class: Heads,
@@ -344,9 +377,14 @@ pub struct Network {
 }
 
 impl Network {
-    pub fn new(w: &Weights, act: Activation) -> Result<Self> {
+    pub fn new(w: &Weights, mobilenet: bool, act: Activation) -> Result<Self> {
+        let body = if mobilenet {
+            Body::Mobilenet(super::mobilenet::MobilenetBody::new(w)?)
+        } else {
+            Body::Resnet(ResnetBody::new(w)?)
+        };
         Ok(Network {
-            body: ResnetBody::new(w)?,
+            body,
             fpn: Fpn::new(w, act)?,
             ssh: [
                 Ssh::new(w, "ssh1", act)?,
