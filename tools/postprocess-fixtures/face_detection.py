@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """Reference fixtures for face detection (facexlib's RetinaFace), alignment and paste-back.
 
-1. Two tiny random RetinaFaces in the key layout of facexlib's `detection_Resnet50_Final.pth`
-   (face_detection_net.py): `r50_wide` with an FPN/SSH width of 68 (> 64: plain ReLU, as the
-   published width 256) written as safetensors, and `r50_narrow` with width 8 (<= 64: leaky
-   ReLU 0.1, facexlib's rule) written as a torch.save'd state dict with DataParallel's
-   `module.` prefix, as facexlib's loader accepts.
+1. Two tiny random RetinaFaces (face_detection_net.py): `r50_wide` in the key layout of
+   facexlib's `detection_Resnet50_Final.pth` with an FPN/SSH width of 68 (> 64: plain ReLU,
+   as the published width 256), written as safetensors; `mnet` in the layout of
+   `detection_mobilenet0.25_Final.pth`, widths / 4, FPN/SSH width 16 (<= 64: leaky ReLU 0.1,
+   facexlib's rule), written as a torch.save'd state dict with DataParallel's `module.`
+   prefix, as facexlib's loader accepts.
 2. A fixed 76x60 image through facexlib's `detect_faces` (BGR from OpenCV, mean subtraction,
    priors, decode, threshold, NMS): the raw head outputs and the detections. Random weights give
    arbitrary scores, so the threshold is set between two well separated scores.
@@ -47,9 +48,8 @@ STEM_GAIN = 1.0 / 60.0  # 0..255 inputs minus the mean: keeps activations O(1)
 
 NETS = {
     "r50_wide": dict(seed=11, out_channels=68, file="retinaface_r50_wide.safetensors"),
-    "r50_narrow": dict(seed=12, out_channels=8, file="retinaface_r50_narrow_dp.pth"),
     # facexlib's mobilenet0.25 layout, widths / 4 (stages 2..64 channels), FPN/SSH 16 (leaky)
-    "mnet": dict(seed=13, out_channels=16, mobilenet_first=2, file="retinaface_mnet_tiny.safetensors"),
+    "mnet": dict(seed=13, out_channels=16, mobilenet_first=2, file="retinaface_mnet_tiny_dp.pth"),
 }
 
 

@@ -11,6 +11,7 @@ import numpy as np
 
 from facexlib.utils.face_restoration_helper import FaceRestoreHelper
 
+SOFT_BOX = None  # set by make()
 TEMPLATE = np.array([[192.98138, 239.94708], [318.90277, 240.1936], [256.63416, 314.01935],
                      [201.26117, 371.41043], [313.08905, 371.15118]])
 
@@ -78,7 +79,7 @@ def make(seed=20260105):
     """Image, landmarks, the helper's matrices, crops, and paste-back of fixed restored faces."""
     rng = np.random.default_rng(seed)
     height, width = 160, 200
-    image = smooth_image(rng, height, width)
+    image = smooth_image(rng, height, width, noise=0.0)  # smooth: the crops' PNGs stay small
     faces = [
         landmarks_of(rng, 0.22, 12.0, (70.0, 70.0), 0.7),
         # near the right edge: the crop reaches outside the image (border colour)
@@ -96,6 +97,9 @@ def make(seed=20260105):
     pasted = helper.paste_faces_to_input_image()[:, :, ::-1]
     ls = [least_squares_similarity(f, TEMPLATE) for f in faces]
     masks = [soft_mask_of(m, height, width) for m in inverse]
+    rows, cols = np.nonzero(masks[0][1])
+    global SOFT_BOX
+    SOFT_BOX = (max(rows.min() - 2, 0), rows.max() + 3, max(cols.min() - 2, 0), cols.max() + 3)
     out = {
         "image": image,
         "landmarks": np.stack(faces).astype(np.float32),
@@ -103,7 +107,9 @@ def make(seed=20260105):
         "affine_least_squares": np.stack(ls),
         "inverse_affine": np.stack(inverse).astype(np.float64),
         "cropped": [np.ascontiguousarray(c[:, :, ::-1]) for c in helper.cropped_faces],
-        "soft_mask0": masks[0][1],
+        # face 0's soft mask where it can be non-zero (the rest is 0): rows y0.., columns x0..
+        "soft_mask0": masks[0][1][SOFT_BOX[0]:SOFT_BOX[1], SOFT_BOX[2]:SOFT_BOX[3]].copy(),
+        "soft_mask0_origin": np.array([SOFT_BOX[0], SOFT_BOX[2]], dtype=np.int64),
         "pasted": np.ascontiguousarray(pasted),
     }
     info = {

@@ -250,7 +250,7 @@ fn a_mis_wired_network_or_rgb_input_misses_the_reference() {
     println!("ssh1 5×5/7×7 swapped: {diff:e}");
     assert!(diff > 100.0 * tolerance, "the swap went unseen: {diff:e}");
     // mobilenet: two depthwise blocks of stage 2 swapped (same shapes)
-    let mut tensors = load("retinaface_mnet_tiny.safetensors");
+    let mut tensors = mnet_tensors();
     for suffix in [
         "0.weight",
         "1.weight",
@@ -320,7 +320,7 @@ fn a_checkpoint_that_is_no_retinaface_is_refused_with_its_name() {
         .to_string();
     assert!(text.contains("no tensor `fpn.output1.0.weight`"), "{text}");
     // the right keys with a wrong shape: refused, not a panic
-    let mut tensors = load("retinaface_mnet_tiny.safetensors");
+    let mut tensors = mnet_tensors();
     let wrong = Tensor::zeros((4, 2, 3, 3), DType::F32, &Device::Cpu).unwrap();
     tensors.insert("body.stage1.1.0.weight".into(), wrong);
     let path = dir.join("mis-shaped.safetensors");
@@ -337,17 +337,25 @@ fn the_tiny_writer_gives_a_detector_that_loads_and_runs() {
     let path = scratch().join("tiny-retinaface.safetensors");
     detect::write_tiny_checkpoint(&path, 3).unwrap();
     let tensors = load_abs(&path);
-    let layout = network_entry("r50_narrow")["key_shapes"]
+    // facexlib's keys, as in the wide fixture; its FPN/SSH width 68 (halves 34, quarters 17)
+    // is 8 (4, 2) here, the body the same
+    let layout = network_entry("r50_wide")["key_shapes"]
         .as_object()
         .unwrap()
         .clone();
     assert_eq!(tensors.len(), layout.len(), "the keys of facexlib's layout");
+    let narrow = |d: usize| match d {
+        68 => 8,
+        34 => 4,
+        17 => 2,
+        d => d,
+    };
     for (key, shape) in &layout {
         let dims: Vec<usize> = shape
             .as_array()
             .unwrap()
             .iter()
-            .map(|d| d.as_u64().unwrap() as usize)
+            .map(|d| narrow(d.as_u64().unwrap() as usize))
             .collect();
         let t = tensors.get(key).unwrap_or_else(|| panic!("missing {key}"));
         assert_eq!(t.dims(), dims.as_slice(), "{key}");
@@ -381,6 +389,16 @@ fn the_tiny_writer_gives_a_detector_that_loads_and_runs() {
     let a = &tensors["ssh1.conv3X3.0.weight"];
     let b = &load_abs(&other)["ssh1.conv3X3.0.weight"];
     assert!(max_diff(a, b) > 0.0);
+}
+
+/// The mobilenet fixture's tensors (a `.pth` with DataParallel's `module.` prefix), as
+/// facexlib reads them.
+fn mnet_tensors() -> HashMap<String, Tensor> {
+    let path = fixtures().join("retinaface_mnet_tiny_dp.pth");
+    let read = horde_postprocess::tensors::read_checkpoint(&path, &Device::Cpu).unwrap();
+    read.into_iter()
+        .map(|(k, v)| (k.strip_prefix("module.").unwrap().to_string(), v))
+        .collect()
 }
 
 fn load_abs(path: &Path) -> HashMap<String, Tensor> {
@@ -496,10 +514,24 @@ fn faces_are_cropped_as_opencv_warps_them() {
 fn the_soft_mask_matches_facexlib() {
     let expected = load("alignment.expected.safetensors");
     let inverse = affines(&expected["inverse_affine"]);
-    let (h, w) = expected["soft_mask0"].dims2().unwrap();
-    let (_, soft) = align::masks(&inverse[0], h, w).unwrap();
-    let soft = Tensor::from_vec(soft.data, (h, w), &Device::Cpu).unwrap();
-    let diff = max_diff(&soft, &expected["soft_mask0"]);
+    // the stored mask is the box where it can be non-zero; the rest must be zero
+    let (box_h, box_w) = expected["soft_mask0"].dims2().unwrap();
+    let origin = expected["soft_mask0_origin"].to_vec1::<i64>().unwrap();
+    let (y0, x0) = (origin[0] as usize, origin[1] as usize);
+    let (_, soft) = align::masks(&inverse[0], 160, 200).unwrap();
+    let soft = Tensor::from_vec(soft.data, (160, 200), &Device::Cpu).unwrap();
+    let inside = soft
+        .narrow(0, y0, box_h)
+        .unwrap()
+        .narrow(1, x0, box_w)
+        .unwrap();
+    let diff = max_diff(&inside, &expected["soft_mask0"]);
+    let boxed = inside
+        .pad_with_zeros(0, y0, 160 - y0 - box_h)
+        .unwrap()
+        .pad_with_zeros(1, x0, 200 - x0 - box_w)
+        .unwrap();
+    assert_eq!(max_diff(&soft, &boxed), 0.0, "no mask outside the box");
     println!("soft mask: max diff {diff:e}");
     assert!(diff < 1e-6, "{diff:e}");
 }
