@@ -383,6 +383,9 @@ fn the_tiny_writer_gives_a_detector_that_loads_and_runs() {
         faces.windows(2).all(|w| w[0].score >= w[1].score),
         "best first"
     );
+    // the smallest images: one pixel runs, none is an error
+    assert!(net.detect(&RgbImage::new(1, 1)).is_ok());
+    assert!(net.detect(&RgbImage::new(0, 0)).is_err());
     // another seed, other weights
     let other = scratch().join("tiny-retinaface-2.safetensors");
     detect::write_tiny_checkpoint(&other, 4).unwrap();

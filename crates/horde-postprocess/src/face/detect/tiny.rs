@@ -141,21 +141,24 @@ impl Random {
 
     fn tensor(&mut self, kind: Kind, shape: &[usize]) -> candle_core::Result<Tensor> {
         let n: usize = shape.iter().product();
+        let fan_in: usize = shape.iter().skip(1).product();
         let shape = Shape::from(shape.to_vec());
-        if let Kind::Count = kind {
-            let count = 1000 + (self.next_u64() % 99_000) as i64;
-            return Tensor::new(count, &Device::Cpu)?.reshape(shape);
+        let draw = |random: &mut Random| -> f32 {
+            let value = match kind {
+                Kind::Conv { gain } => random.normal(0.0, gain / (fan_in as f64).sqrt()),
+                Kind::Scale => random.normal(1.0, 0.2),
+                Kind::Shift => random.normal(0.0, 0.1),
+                Kind::Variance => 0.5 + random.uniform(),
+                Kind::Count => (1000 + random.next_u64() % 99_000) as f64,
+            };
+            value as f32
+        };
+        let values: Vec<f32> = (0..n).map(|_| draw(self)).collect();
+        let t = Tensor::from_vec(values, shape, &Device::Cpu)?;
+        match kind {
+            // PyTorch stores the count as an int64 scalar
+            Kind::Count => t.to_dtype(DType::I64),
+            _ => Ok(t),
         }
-        let fan_in: usize = shape.dims().iter().skip(1).product();
-        let values: Vec<f32> = (0..n)
-            .map(|_| match kind {
-                Kind::Conv { gain } => self.normal(0.0, gain / (fan_in as f64).sqrt()),
-                Kind::Scale => self.normal(1.0, 0.2),
-                Kind::Shift => self.normal(0.0, 0.1),
-                Kind::Variance => 0.5 + self.uniform(),
-                Kind::Count => unreachable!("handled above"),
-            } as f32)
-            .collect();
-        Tensor::from_vec(values, shape, &Device::Cpu)?.to_dtype(DType::F32)
     }
 }
