@@ -13,7 +13,8 @@ For each kind (u2net, u2netp, isnet):
    upsampling are exercised) and write input and every output to <kind>.expected.safetensors;
 4. run the mis-wired variants (background_ref.miswired_runs) and record how far each misses.
 Then rembg's pipeline for u2netp (320²) and isnet (1024²) on pipeline.image.png (400×300), written
-as PNGs (mask and cutout). Everything else goes to manifest.json.
+as PNGs (the 8-bit mask at the network's size, the mask at the image's size, the cutout), and
+PIL's Lanczos resize alone on that image and on a mask, both ways. Everything else goes to manifest.json.
 
 Run from the repository root:
     /root/.cache/horde/postprocess-fixtures-venv/bin/python tools/postprocess-fixtures/background.py
@@ -118,7 +119,7 @@ def network_fixture(kind, x, out):
         "init_seed": SEEDS[kind],
         "num_tensors": len(sd),
         "num_params": int(sum(v.numel() for v in sd.values())),
-        "keys": {k: list(v.shape) for k, v in sd.items()},
+        "keys": {k: "x".join(map(str, v.shape)) or "scalar" for k, v in sd.items()},
         "outputs": len(outputs),
         "output_stats": [stats(o) for o in outputs],
         "miswired": mis,
@@ -136,7 +137,7 @@ def pipeline_fixture(kind, net, img, out):
     mask, small, (mi, ma) = R.rembg_mask(net, kind, img)
     cutout = R.naive_cutout(img, mask)
     files = {}
-    for what, im in (("mask", mask), ("cutout", cutout)):
+    for what, im in (("mask", mask), ("cutout", cutout), ("network_mask", small)):
         path = os.path.join(out, f"pipeline.{kind}.{what}.png")
         im.save(path, optimize=True)
         files[what] = path
@@ -147,6 +148,7 @@ def pipeline_fixture(kind, net, img, out):
                     "size": list(R.SESSIONS[kind][2]), "clip_before_255": R.SESSIONS[kind][3]},
         "mask": os.path.basename(files["mask"]),
         "cutout": os.path.basename(files["cutout"]),
+        "network_mask": os.path.basename(files["network_mask"]),
         "prediction_range": [mi, ma],
         "network_mask_stats": stats(small_arr.astype(np.float64)),
         "mask_stats": stats(np.asarray(mask).astype(np.float64)),
@@ -188,9 +190,22 @@ def main():
     img.save(img_path, optimize=True)
     manifest["pipeline"]["size"] = list(img.size)
     manifest["pipeline"]["sha256"] = sha256(img_path)
+    # PIL's Lanczos alone, both ways, for the Rust resampler to match to the bit.
+    resized = {}
+    for w, h in ((320, 320), (171, 129)):
+        path = os.path.join(out, f"pipeline.image.lanczos{w}x{h}.png")
+        img.resize((w, h), Image.Resampling.LANCZOS).save(path, optimize=True)
+        resized[f"{w}x{h}"] = {"file": os.path.basename(path), "sha256": sha256(path)}
+    manifest["pipeline"]["pil_lanczos"] = resized
     for kind in ("u2netp", "isnet"):
         run = pipeline_fixture(kind, nets[kind], img, out)
         manifest["pipeline"]["runs"].append(run)
+    # And on a one-channel image (the mask's way back), shrinking and enlarging.
+    mask = Image.open(os.path.join(out, "pipeline.u2netp.mask.png"))
+    for w, h in ((133, 101), (512, 384)):
+        path = os.path.join(out, f"pipeline.u2netp.mask.lanczos{w}x{h}.png")
+        mask.resize((w, h), Image.Resampling.LANCZOS).save(path, optimize=True)
+        resized[f"mask {w}x{h}"] = {"file": os.path.basename(path), "sha256": sha256(path)}
         print(f"pipeline {kind}: prediction in [{run['prediction_range'][0]:.4f}, "
               f"{run['prediction_range'][1]:.4f}], mask mean {run['mask_stats']['mean']:.1f}")
 

@@ -13,6 +13,7 @@
 
 pub mod network;
 pub mod pipeline;
+pub mod resample;
 pub mod rsu;
 pub mod tiny;
 

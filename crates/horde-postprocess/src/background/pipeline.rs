@@ -9,18 +9,16 @@
 //! 4. the naive cutout: PIL's `Image.composite(image, transparent black, mask)`, which scales
 //!    each colour by `mask / 255` (rounded) and takes the mask as alpha.
 //!
-//! Resizing uses the `image` crate's Lanczos3, not PIL's. Both are a separable windowed sinc
-//! of radius 3 whose support widens by the scale when shrinking, sampled at pixel centres; they
-//! differ in rounding: PIL computes the weights in double precision, quantises them to 22-bit
-//! fixed point, resizes horizontally first and rounds and clamps the intermediate image to 8
-//! bits; `image` resizes vertically first and keeps the intermediate in f32. So single pixels
-//! differ by a level or so per resize. The test on the whole pipeline measures the effect
-//! (`tests/background.rs`, README-background.md).
+//! Resizing is PIL's own Lanczos, reproduced in [`super::resample`] to the bit (the `image`
+//! crate's Lanczos3 rounds differently: up to 8 levels apart on the mask of the u2netp
+//! fixture). What remains between this pipeline and rembg's is the network's float noise
+//! (about 1e-6 here against ONNX Runtime's or PyTorch's), which can move a value across an
+//! integer before the truncation to 8 bits: one level, on a few pixels.
 
 use super::Kind;
 use crate::Result;
 use candle_core::{Device, Tensor};
-use image::imageops::{resize, FilterType};
+use super::resample::resize_lanczos;
 use image::{GrayImage, Luma, RgbImage, Rgba, RgbaImage};
 
 /// A rembg session's settings.
@@ -65,7 +63,7 @@ pub fn network_input(image: &RgbImage, session: &Session, device: &Device) -> Re
         .into());
     }
     let side = session.size;
-    let resized = resize(image, side, side, FilterType::Lanczos3);
+    let resized = resize_lanczos(image, side, side);
     normalise(&resized, session, device)
 }
 
@@ -112,7 +110,7 @@ pub fn to_mask(prediction: &Tensor, session: &Session) -> Result<GrayImage> {
 
 /// The end of step 3: the mask resized back to the image's size.
 pub fn resize_mask(mask: &GrayImage, width: u32, height: u32) -> GrayImage {
-    resize(mask, width, height, FilterType::Lanczos3)
+    resize_lanczos(mask, width, height)
 }
 
 /// Step 4: PIL's `Image.composite(image, Image.new("RGBA", size, 0), mask)`.
