@@ -272,3 +272,27 @@ fn the_tiny_writer_loads_as_u2netp_and_runs() {
     assert!(max_diff(a, b) > 0.0);
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Timing of the network at its session's size on a full-width checkpoint (for the benchmark
+/// against PyTorch; README-background.md): `HORDE_BG_BENCH=path/to/u2net.safetensors cargo
+/// test --release -p horde-postprocess --test background -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn time_a_full_size_network() {
+    let Ok(path) = std::env::var("HORDE_BG_BENCH") else {
+        return;
+    };
+    let remover = BackgroundRemover::load(Path::new(&path), &Device::Cpu).unwrap();
+    let side = pipeline::Session::of(remover.kind()).size as usize;
+    let x = Tensor::rand(0f32, 1f32, (1, 3, side, side), &Device::Cpu).unwrap();
+    for _ in 0..3 {
+        let start = std::time::Instant::now();
+        let out = remover.forward(&x).unwrap();
+        assert_eq!(out[0].dims(), &[1, 1, side, side]);
+        println!("{:?} forward at {side}²: {:.3} s", remover.kind(), start.elapsed().as_secs_f64());
+    }
+    let image = image::RgbImage::from_fn(1024, 768, |x, y| image::Rgb([x as u8, y as u8, 7]));
+    let start = std::time::Instant::now();
+    remover.remove(&image).unwrap();
+    println!("remove() on 1024×768: {:.3} s", start.elapsed().as_secs_f64());
+}
