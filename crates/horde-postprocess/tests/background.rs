@@ -4,7 +4,8 @@
 
 use candle_core::{Device, Tensor};
 use horde_postprocess::background::{
-    network::SalientNet, pipeline, resample::resize_lanczos, write_tiny_checkpoint, BackgroundRemover, Kind, Tensors,
+    network::SalientNet, pipeline, resample::resize_lanczos, write_tiny_checkpoint,
+    BackgroundRemover, Kind, Tensors,
 };
 use horde_postprocess::Error;
 use serde_json::Value;
@@ -71,7 +72,11 @@ fn every_layout_is_recognised_and_matches_the_reference() {
         let entry = entry(name);
         let path = fixtures().join(entry["checkpoint"].as_str().unwrap());
         let remover = BackgroundRemover::load(&path, &Device::Cpu).unwrap();
-        assert_eq!(remover.kind(), kind, "{name}: the kind read from the tensors");
+        assert_eq!(
+            remover.kind(),
+            kind,
+            "{name}: the kind read from the tensors"
+        );
         let (input, reference) = expected(&entry);
         let ours = remover.forward(&input).unwrap();
         assert_eq!(ours.len(), outputs, "{name}: outputs");
@@ -79,7 +84,10 @@ fn every_layout_is_recognised_and_matches_the_reference() {
         assert_eq!(ours.dims(), reference.dims(), "{name}");
         let diff = max_diff(&ours, &reference);
         println!("{name}: max |ours − reference| = {diff:e} over {outputs} outputs");
-        assert!(diff < tolerance, "{name}: max |ours − reference| = {diff:e}");
+        assert!(
+            diff < tolerance,
+            "{name}: max |ours − reference| = {diff:e}"
+        );
     }
 }
 
@@ -123,7 +131,10 @@ fn a_mis_wired_network_misses_the_reference() {
         let net = swapped("u2netp", a, b);
         let diff = max_diff(&stacked(&net.forward(&input).unwrap()), &reference);
         println!("swap {a} ↔ {b}: max diff {diff:e}");
-        assert!(diff > 100.0 * tolerance, "swapping {a} and {b} went unseen: {diff:e}");
+        assert!(
+            diff > 100.0 * tolerance,
+            "swapping {a} and {b} went unseen: {diff:e}"
+        );
     }
 }
 
@@ -152,15 +163,24 @@ fn the_whole_pipeline_matches_rembg_within_the_networks_float_noise() {
 
         // The network on rembg's input: its prediction's range, then the 8-bit mask.
         let session = pipeline::Session::of(remover.kind());
-        assert_eq!(session.size as u64, run["session"]["size"][0].as_u64().unwrap());
+        assert_eq!(
+            session.size as u64,
+            run["session"]["size"][0].as_u64().unwrap()
+        );
         let x = pipeline::network_input(&image, &session, &Device::Cpu).unwrap();
         let prediction = remover.forward(&x).unwrap().remove(0);
         let flat = prediction.flatten_all().unwrap();
         let range = [flat.min(0).unwrap(), flat.max(0).unwrap()]
             .map(|t| f64::from(t.to_scalar::<f32>().unwrap()));
-        for (ours, theirs) in range.iter().zip(run["prediction_range"].as_array().unwrap()) {
+        for (ours, theirs) in range
+            .iter()
+            .zip(run["prediction_range"].as_array().unwrap())
+        {
             let diff = (ours - theirs.as_f64().unwrap()).abs() as f32;
-            assert!(diff < tolerance, "{kind}: prediction range {range:?} vs {theirs}");
+            assert!(
+                diff < tolerance,
+                "{kind}: prediction range {range:?} vs {theirs}"
+            );
         }
         let small = pipeline::to_mask(&prediction, &session).unwrap();
         let theirs = load_png(run["network_mask"].as_str().unwrap()).to_luma8();
@@ -171,8 +191,14 @@ fn the_whole_pipeline_matches_rembg_within_the_networks_float_noise() {
             session.size,
             small.as_raw().len()
         );
-        assert!(worst <= 1, "{kind}: the network's mask is {worst} levels off");
-        assert!(differ * 1000 <= small.as_raw().len(), "{kind}: {differ} pixels differ");
+        assert!(
+            worst <= 1,
+            "{kind}: the network's mask is {worst} levels off"
+        );
+        assert!(
+            differ * 1000 <= small.as_raw().len(),
+            "{kind}: {differ} pixels differ"
+        );
 
         // The whole of remove(): the mask at the image's size and the cutout.
         let cutout = remover.remove(&image).unwrap();
@@ -189,11 +215,21 @@ fn the_whole_pipeline_matches_rembg_within_the_networks_float_noise() {
         let (cut_worst, cut_mean, _) = level_diff(cutout.as_raw(), their_cutout.as_raw());
         println!("{kind}: cutout at most {cut_worst} levels off, {cut_mean:.4} on average");
         assert!(worst <= MASK_LEVELS, "{kind}: mask {worst} levels off");
-        assert!(mean <= MASK_MEAN_LEVELS, "{kind}: mask {mean} levels off on average");
-        assert!(cut_worst <= MASK_LEVELS, "{kind}: cutout {cut_worst} levels off");
+        assert!(
+            mean <= MASK_MEAN_LEVELS,
+            "{kind}: mask {mean} levels off on average"
+        );
+        assert!(
+            cut_worst <= MASK_LEVELS,
+            "{kind}: cutout {cut_worst} levels off"
+        );
         // Given rembg's own mask, the cutout is PIL's composite exactly.
         let exact = pipeline::naive_cutout(&image, &their_mask);
-        assert_eq!(exact.as_raw(), their_cutout.as_raw(), "{kind}: the composite");
+        assert_eq!(
+            exact.as_raw(),
+            their_cutout.as_raw(),
+            "{kind}: the composite"
+        );
     }
 }
 
@@ -217,12 +253,22 @@ fn pil_lanczos_is_reproduced_to_the_bit() {
         let theirs = load_png(entry["file"].as_str().unwrap());
         let (w, h) = (theirs.width(), theirs.height());
         let (ours, theirs) = if size.starts_with("mask") {
-            (resize_lanczos(&mask, w, h).into_raw(), theirs.to_luma8().into_raw())
+            (
+                resize_lanczos(&mask, w, h).into_raw(),
+                theirs.to_luma8().into_raw(),
+            )
         } else {
-            (resize_lanczos(&image, w, h).into_raw(), theirs.to_rgb8().into_raw())
+            (
+                resize_lanczos(&image, w, h).into_raw(),
+                theirs.to_rgb8().into_raw(),
+            )
         };
         let (worst, _, differ) = level_diff(&ours, &theirs);
-        assert_eq!((worst, differ), (0, 0), "{size}: {differ} values differ, by up to {worst}");
+        assert_eq!(
+            (worst, differ),
+            (0, 0),
+            "{size}: {differ} values differ, by up to {worst}"
+        );
     }
 }
 
@@ -230,11 +276,19 @@ fn pil_lanczos_is_reproduced_to_the_bit() {
 fn a_checkpoint_of_another_kind_is_refused_as_unsupported() {
     let upscaler = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/upscalers/realesr_general_x4v3.safetensors");
-    let error = BackgroundRemover::load(&upscaler, &Device::Cpu).err().unwrap();
+    let error = BackgroundRemover::load(&upscaler, &Device::Cpu)
+        .err()
+        .unwrap();
     assert!(matches!(error, Error::Unsupported { .. }), "{error}");
     let message = error.to_string();
-    assert!(message.contains("realesr_general_x4v3.safetensors"), "{message}");
-    assert!(message.contains("not a U²-Net-family background remover"), "{message}");
+    assert!(
+        message.contains("realesr_general_x4v3.safetensors"),
+        "{message}"
+    );
+    assert!(
+        message.contains("not a U²-Net-family background remover"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -252,11 +306,18 @@ fn the_tiny_writer_loads_as_u2netp_and_runs() {
     assert_eq!(cutout.dimensions(), (48, 40));
     let alphas: Vec<u8> = cutout.pixels().map(|p| p.0[3]).collect();
     let (lo, hi) = (alphas.iter().min().unwrap(), alphas.iter().max().unwrap());
-    assert!(hi > lo, "a random network still gives a varied mask ({lo}..{hi})");
+    assert!(
+        hi > lo,
+        "a random network still gives a varied mask ({lo}..{hi})"
+    );
     // Every tensor random: none constant.
     let tensors = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
     for (name, t) in &tensors {
-        let t = t.to_dtype(candle_core::DType::F32).unwrap().flatten_all().unwrap();
+        let t = t
+            .to_dtype(candle_core::DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap();
         if t.elem_count() > 1 {
             let spread = t.max(0).unwrap().to_scalar::<f32>().unwrap()
                 - t.min(0).unwrap().to_scalar::<f32>().unwrap();
@@ -289,10 +350,17 @@ fn time_a_full_size_network() {
         let start = std::time::Instant::now();
         let out = remover.forward(&x).unwrap();
         assert_eq!(out[0].dims(), &[1, 1, side, side]);
-        println!("{:?} forward at {side}²: {:.3} s", remover.kind(), start.elapsed().as_secs_f64());
+        println!(
+            "{:?} forward at {side}²: {:.3} s",
+            remover.kind(),
+            start.elapsed().as_secs_f64()
+        );
     }
     let image = image::RgbImage::from_fn(1024, 768, |x, y| image::Rgb([x as u8, y as u8, 7]));
     let start = std::time::Instant::now();
     remover.remove(&image).unwrap();
-    println!("remove() on 1024×768: {:.3} s", start.elapsed().as_secs_f64());
+    println!(
+        "remove() on 1024×768: {:.3} s",
+        start.elapsed().as_secs_f64()
+    );
 }

@@ -52,8 +52,14 @@ impl SalientNet {
         let rsu = |name: &&str| Rsu::load(tensors, name, FUSED.contains(name));
         Ok(SalientNet {
             stem,
-            encoder: ENCODER.iter().map(rsu).collect::<std::result::Result<_, _>>()?,
-            decoder: DECODER.iter().map(rsu).collect::<std::result::Result<_, _>>()?,
+            encoder: ENCODER
+                .iter()
+                .map(rsu)
+                .collect::<std::result::Result<_, _>>()?,
+            decoder: DECODER
+                .iter()
+                .map(rsu)
+                .collect::<std::result::Result<_, _>>()?,
             sides: (1..=6)
                 .map(|n| plain_conv(tensors, &format!("side{n}"), 1, 1))
                 .collect::<std::result::Result<_, _>>()?,

@@ -15,10 +15,10 @@
 //! (about 1e-6 here against ONNX Runtime's or PyTorch's), which can move a value across an
 //! integer before the truncation to 8 bits: one level, on a few pixels.
 
+use super::resample::resize_lanczos;
 use super::Kind;
 use crate::Result;
 use candle_core::{Device, Tensor};
-use super::resample::resize_lanczos;
 use image::{GrayImage, Luma, RgbImage, Rgba, RgbaImage};
 
 /// A rembg session's settings.
@@ -72,7 +72,8 @@ pub fn normalise(resized: &RgbImage, session: &Session, device: &Device) -> Resu
     let (w, h) = (resized.width() as usize, resized.height() as usize);
     let largest = f32::from(resized.as_raw().iter().copied().max().unwrap_or(0)).max(1e-6);
     let pixels: Vec<f32> = resized.as_raw().iter().map(|&v| f32::from(v)).collect();
-    let x = (Tensor::from_vec(pixels, (h, w, 3), device)?.permute((2, 0, 1))? / f64::from(largest))?;
+    let x =
+        (Tensor::from_vec(pixels, (h, w, 3), device)?.permute((2, 0, 1))? / f64::from(largest))?;
     let mean = Tensor::new(&session.mean, device)?.reshape((3, 1, 1))?;
     let std = Tensor::new(&session.std, device)?.reshape((3, 1, 1))?;
     Ok(x.broadcast_sub(&mean)?

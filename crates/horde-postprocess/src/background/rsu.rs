@@ -50,9 +50,9 @@ impl Conv3x3 {
         // Each sub-grid needs ⌈side/d⌉ outputs, so ⌈side/d⌉ + 2 inputs: pad by d before and
         // the rest after.
         let (grid_h, grid_w) = (h.div_ceil(d) + 2, w.div_ceil(d) + 2);
-        let padded = x
-            .pad_with_zeros(2, d, grid_h * d - h - d)?
-            .pad_with_zeros(3, d, grid_w * d - w - d)?;
+        let padded =
+            x.pad_with_zeros(2, d, grid_h * d - h - d)?
+                .pad_with_zeros(3, d, grid_w * d - w - d)?;
         let grids = padded
             .reshape((b, c, grid_h, d, grid_w, d))?
             .permute((0, 3, 5, 1, 2, 4))?
@@ -75,7 +75,11 @@ pub struct ConvBnRelu {
 impl ConvBnRelu {
     /// The block at `prefix` (`…conv_s1.{weight,bias}`, `…bn_s1.{weight,bias,running_mean,
     /// running_var}`), its batch norm folded into the convolution.
-    pub fn load(tensors: &Tensors, prefix: &str, dilation: usize) -> std::result::Result<Self, String> {
+    pub fn load(
+        tensors: &Tensors,
+        prefix: &str,
+        dilation: usize,
+    ) -> std::result::Result<Self, String> {
         let weight = tensors.get(&format!("{prefix}.conv_s1.weight"))?;
         let bias = tensors.get(&format!("{prefix}.conv_s1.bias"))?;
         let bn = |name: &str| tensors.get(&format!("{prefix}.bn_s1.{name}"));
@@ -194,7 +198,8 @@ impl Rsu {
             };
             hx.push(self.encoder[level].forward(&input)?);
         }
-        let mut d = self.decoder[levels - 2].forward(&Tensor::cat(&[&hx[levels - 1], &hx[levels - 2]], 1)?)?;
+        let mut d = self.decoder[levels - 2]
+            .forward(&Tensor::cat(&[&hx[levels - 1], &hx[levels - 2]], 1)?)?;
         for level in (0..levels - 2).rev() {
             let skip = &hx[level];
             let up = if self.fused {
@@ -207,4 +212,3 @@ impl Rsu {
         d + hxin
     }
 }
-

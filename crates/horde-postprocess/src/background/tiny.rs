@@ -89,7 +89,9 @@ fn rebnconv(
     tensors.insert(format!("{bn}.weight"), rng.tensor(out_c, 1.0, 0.2)?);
     tensors.insert(format!("{bn}.bias"), rng.tensor(out_c, 0.0, 0.2)?);
     tensors.insert(format!("{bn}.running_mean"), rng.tensor(out_c, 0.0, 0.2)?);
-    let var: Vec<f32> = (0..out_c).map(|_| 0.5 + 1.5 * rng.uniform() as f32).collect();
+    let var: Vec<f32> = (0..out_c)
+        .map(|_| 0.5 + 1.5 * rng.uniform() as f32)
+        .collect();
     tensors.insert(
         format!("{bn}.running_var"),
         Tensor::from_vec(var, out_c, &Device::Cpu)?,
