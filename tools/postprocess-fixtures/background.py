@@ -40,8 +40,7 @@ DEFAULT_OUT = os.path.join(HERE, "..", "..", "crates", "horde-postprocess", "tes
                            "background")
 INPUT_SEED = 20260201
 INPUT_SHAPE = (1, 3, 37, 45)
-TOLERANCE = 1e-4  # max |ours - reference| over every output, float32
-PIPELINE_TOLERANCE_LEVELS = 0  # filled in by the README from the Rust test's measurement
+TOLERANCE = 3e-5  # max |ours - reference| over every output (sigmoids), float32
 SEEDS = {"u2net": 301, "u2netp": 302, "isnet": 303}
 ORIGINALS = {
     "u2net": "u2net.pth (U2NET, 44.0M parameters; rembg's u2net.onnx)",
@@ -200,9 +199,10 @@ def main():
     for kind in ("u2netp", "isnet"):
         run = pipeline_fixture(kind, nets[kind], img, out)
         manifest["pipeline"]["runs"].append(run)
-    # And on a one-channel image (the mask's way back), shrinking and enlarging.
+    # And on a one-channel image (the mask's way back): shrinking, enlarging, and widening while
+    # shrinking in height (which Pillow does vertically first).
     mask = Image.open(os.path.join(out, "pipeline.u2netp.mask.png"))
-    for w, h in ((133, 101), (512, 384)):
+    for w, h in ((133, 101), (512, 384), (520, 250)):
         path = os.path.join(out, f"pipeline.u2netp.mask.lanczos{w}x{h}.png")
         mask.resize((w, h), Image.Resampling.LANCZOS).save(path, optimize=True)
         resized[f"mask {w}x{h}"] = {"file": os.path.basename(path), "sha256": sha256(path)}

@@ -19,6 +19,7 @@ RSU4F), the forward code and the wiring are the published ones.
 """
 
 import contextlib
+import importlib.metadata
 import importlib.util
 import os
 
@@ -27,7 +28,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-import backgroundremover
 from backgroundremover.u2net import u2net as U2
 
 
@@ -95,7 +95,8 @@ def build(kind):
 
 def randomize(module, seed):
     """Every tensor of the state dict from a seeded numpy generator, in state-dict order.
-    Conv weights N(0, sqrt(2/fan_in)) (side convolutions N(0, 1/sqrt(fan_in)) · 2), biases
+    Conv weights N(0, sqrt(2/fan_in)) (side and fusing convolutions N(0, 1/sqrt(fan_in)), so
+    that the sigmoids are not saturated), biases
     N(0, 0.1); batch norms: weight N(1, 0.2), bias N(0, 0.2), running_mean N(0, 0.2),
     running_var U(0.5, 2), num_batches_tracked a random count."""
     rng = np.random.default_rng(seed)
@@ -106,7 +107,7 @@ def randomize(module, seed):
             continue
         if t.ndim == 4:
             fan_in = t.shape[1] * t.shape[2] * t.shape[3]
-            gain = 2.0 if k.startswith("side") or k.startswith("outconv") else np.sqrt(2.0)
+            gain = 1.0 if k.startswith("side") or k.startswith("outconv") else np.sqrt(2.0)
             v = rng.normal(0.0, gain / np.sqrt(fan_in), t.shape)
         elif k.endswith("running_var"):
             v = rng.uniform(0.5, 2.0, t.shape)
@@ -173,11 +174,11 @@ def miswired_runs(kind, sd, x):
 
     a, b = "stage1.rebnconv2.conv_s1.weight", "stage1.rebnconv3.conv_s1.weight"
     yield f"swap {a} <-> {b}", variant(**{a: sd[b], b: sd[a]})
-    # An RSU4F's dilation-2 and dilation-4 convolutions. ISNet's encoder stage 5 moves its
-    # outputs by only 3.6e-3 at these widths, so its decoder's RSU4F is used.
-    rsu4f = "stage5d" if kind == "isnet" else "stage5"
-    a, b = f"{rsu4f}.rebnconv2.conv_s1.weight", f"{rsu4f}.rebnconv3.conv_s1.weight"
-    yield f"swap {a} <-> {b} (two dilations of an RSU4F)", variant(**{a: sd[b], b: sd[a]})
+    # A decoder RSU4F's dilation-2 and dilation-4 convolutions. At the fixture's 37x45 the
+    # encoder's RSU4Fs see 3x3 and 2x2 maps (ISNet's, after its stride-2 stem, 2x2 and 1x1),
+    # mostly padding at those dilations; stage5d's decoder convolutions move the outputs most.
+    a, b = "stage5d.rebnconv2d.conv_s1.weight", "stage5d.rebnconv3d.conv_s1.weight"
+    yield f"swap {a} <-> {b} (dilations 2 and 4 of an RSU4F)", variant(**{a: sd[b], b: sd[a]})
     flipped = {k: (v.flip(-1, -2).contiguous() if v.ndim == 4 else v) for k, v in sd.items()}
     yield "every 3x3 kernel flipped (convolution instead of cross-correlation)", with_sd(flipped)
     no_stats = {k: (torch.ones_like(v) if k.endswith("running_var") else
@@ -263,6 +264,6 @@ def naive_cutout(img, mask):
     return Image.composite(img, empty, mask)
 
 
-VERSIONS = {"backgroundremover": getattr(backgroundremover, "__version__", "0.4.5"),
-            "dis-inference": "1.1.3", "rembg (restated)": "2.0.86", "torch": torch.__version__,
+VERSIONS = {"backgroundremover": importlib.metadata.version("backgroundremover"),
+            "dis-inference": importlib.metadata.version("dis-inference"), "rembg (restated)": "2.0.86", "torch": torch.__version__,
             "numpy": np.__version__, "pillow": Image.__version__}

@@ -1,9 +1,9 @@
 //! PIL's Lanczos resize of 8-bit images (`Image.resize(size, Image.LANCZOS)`, Pillow's
 //! `Resample.c`), reproduced to the bit: rembg resizes both ways with it, and the `image`
 //! crate's Lanczos3, though the same filter, rounds differently (it resizes vertically first
-//! and keeps the intermediate in f32, where PIL resizes horizontally first through an 8-bit
-//! intermediate with 22-bit fixed-point weights), which moved the tiny u2netp fixture's mask
-//! by up to 8 levels. The loops run over bytes: there is no tensor op for a windowed sinc, and
+//! and keeps the intermediate in f32, where PIL resizes one way then the other through an
+//! 8-bit intermediate with 22-bit fixed-point weights), which moved the tiny u2netp fixture's
+//! mask by up to 8 levels. The loops run over bytes: there is no tensor op for a windowed sinc, and
 //! a resize is a small part of the work (the network at 320² or 1024² is the rest).
 
 use image::{ImageBuffer, Pixel};
@@ -26,15 +26,25 @@ where
     let (in_w, in_h) = (image.width() as usize, image.height() as usize);
     let (out_w, out_h) = (width as usize, height as usize);
     let mut pixels = image.as_raw().clone();
-    let mut current_w = in_w;
-    if out_w != in_w {
-        let taps = Taps::new(in_w, out_w);
-        pixels = resample_rows(&pixels, in_h, in_w, channels, &taps);
-        current_w = out_w;
-    }
-    if out_h != in_h {
-        let taps = Taps::new(in_h, out_h);
-        pixels = resample_columns(&pixels, current_w, channels, &taps);
+    let horizontally = |pixels: &[u8], rows: usize| {
+        resample_rows(pixels, rows, in_w, channels, &Taps::new(in_w, out_w))
+    };
+    let vertically = |pixels: &[u8], width: usize| {
+        resample_columns(pixels, width, channels, &Taps::new(in_h, out_h))
+    };
+    // Pillow 13 shrinks first when one side grows and the other shrinks (found by comparing
+    // its two-pass results with each order of its one-pass ones: 320² → 400×300 is vertical
+    // first, 400×300 → 320² horizontal first); otherwise it goes horizontal first.
+    if out_w > in_w && out_h < in_h {
+        pixels = vertically(&pixels, in_w);
+        pixels = horizontally(&pixels, out_h);
+    } else {
+        if out_w != in_w {
+            pixels = horizontally(&pixels, in_h);
+        }
+        if out_h != in_h {
+            pixels = vertically(&pixels, out_w);
+        }
     }
     ImageBuffer::from_raw(width, height, pixels).expect("width × height pixels")
 }
