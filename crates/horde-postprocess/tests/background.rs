@@ -311,6 +311,46 @@ fn a_checkpoint_of_another_kind_is_refused_as_unsupported() {
 }
 
 #[test]
+fn a_broken_family_checkpoint_is_refused_with_the_reason() {
+    let dir = std::env::temp_dir().join(format!("horde-bg-broken-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fixture = fixtures().join("u2netp.safetensors");
+    let read = || candle_core::safetensors::load(&fixture, &Device::Cpu).unwrap();
+    let refused = |name: &str, tensors: std::collections::HashMap<String, Tensor>| {
+        let path = dir.join(name);
+        candle_core::safetensors::save(&tensors, &path).unwrap();
+        let error = BackgroundRemover::load(&path, &Device::Cpu).err().unwrap();
+        assert!(matches!(error, Error::Unsupported { .. }), "{error}");
+        let message = error.to_string();
+        assert!(message.contains(name), "{message}");
+        message
+    };
+    let mut missing = read();
+    missing
+        .remove("stage3d.rebnconv2.bn_s1.running_var")
+        .unwrap();
+    let message = refused("missing.safetensors", missing);
+    assert!(
+        message.contains("no tensor `stage3d.rebnconv2.bn_s1.running_var`"),
+        "{message}"
+    );
+    let mut both = read();
+    let stem = Tensor::zeros((4, 3, 3, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
+    both.insert("conv_in.weight".into(), stem);
+    let message = refused("both.safetensors", both);
+    assert!(message.contains("neither U²-Net"), "{message}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn an_empty_image_is_an_error_not_a_panic() {
+    let remover =
+        BackgroundRemover::load(&fixtures().join("u2netp.safetensors"), &Device::Cpu).unwrap();
+    let error = remover.remove(&image::RgbImage::new(0, 10)).err().unwrap();
+    assert!(error.to_string().contains("empty image"), "{error}");
+}
+
+#[test]
 fn the_tiny_writer_loads_as_u2netp_and_runs() {
     let dir = std::env::temp_dir().join(format!("horde-bg-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

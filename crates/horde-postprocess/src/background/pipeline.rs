@@ -12,8 +12,9 @@
 //! Resizing is PIL's own Lanczos, reproduced in [`super::resample`] to the bit (the `image`
 //! crate's Lanczos3 rounds differently: up to 8 levels apart on the mask of the u2netp
 //! fixture). What remains between this pipeline and rembg's is the network's float noise
-//! (about 1e-6 here against ONNX Runtime's or PyTorch's), which can move a value across an
-//! integer before the truncation to 8 bits: one level, on a few pixels.
+//! (about 1e-6 against PyTorch's; rembg runs the ONNX export, whose own noise is not measured
+//! here), which can move a value across an integer before the truncation to 8 bits: one
+//! level, on a few pixels.
 
 use super::resample::resize_lanczos;
 use super::Kind;
