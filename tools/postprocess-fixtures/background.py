@@ -199,10 +199,11 @@ def main():
     for kind in ("u2netp", "isnet"):
         run = pipeline_fixture(kind, nets[kind], img, out)
         manifest["pipeline"]["runs"].append(run)
-    # And on a one-channel image (the mask's way back): shrinking, enlarging, and widening while
-    # shrinking in height (which Pillow does vertically first).
+    # And on a one-channel image (the mask's way back): shrinking, enlarging, and two sizes that
+    # Pillow 13 resizes vertically first (the height loses over twice the pixels the width
+    # does): widening while shrinking in height, and shrinking mostly in height.
     mask = Image.open(os.path.join(out, "pipeline.u2netp.mask.png"))
-    for w, h in ((133, 101), (512, 384), (520, 250)):
+    for w, h in ((133, 101), (512, 384), (520, 250), (380, 100)):
         path = os.path.join(out, f"pipeline.u2netp.mask.lanczos{w}x{h}.png")
         mask.resize((w, h), Image.Resampling.LANCZOS).save(path, optimize=True)
         resized[f"mask {w}x{h}"] = {"file": os.path.basename(path), "sha256": sha256(path)}

@@ -32,12 +32,18 @@ where
     let vertically = |pixels: &[u8], width: usize| {
         resample_columns(pixels, width, channels, &Taps::new(in_h, out_h))
     };
-    // Pillow 13 shrinks first when one side grows and the other shrinks (found by comparing
-    // its two-pass results with each order of its one-pass ones: 320² → 400×300 is vertical
-    // first, 400×300 → 320² horizontal first); otherwise it goes horizontal first.
-    if out_w > in_w && out_h < in_h {
-        pixels = vertically(&pixels, in_w);
-        pixels = horizontally(&pixels, out_h);
+    // Pillow 13 (`ImagingResampleInner`) runs the vertical pass first when the height loses
+    // more than twice as many pixels as the width: 320² → 400×300 does, 400×300 → 320² and
+    // 320² → 133×101 do not.
+    let (lost_h, lost_w) = (in_h as i64 - out_h as i64, in_w as i64 - out_w as i64);
+    let vertical_first = lost_h > 0 && lost_h > 2 * lost_w;
+    if vertical_first {
+        if out_h != in_h {
+            pixels = vertically(&pixels, in_w);
+        }
+        if out_w != in_w {
+            pixels = horizontally(&pixels, out_h);
+        }
     } else {
         if out_w != in_w {
             pixels = horizontally(&pixels, in_h);
@@ -60,6 +66,7 @@ impl Taps {
     fn new(in_size: usize, out_size: usize) -> Taps {
         let scale = in_size as f64 / out_size as f64;
         let filter_scale = scale.max(1.0);
+        let inverse_filter_scale = 1.0 / filter_scale;
         let support = SUPPORT * filter_scale;
         let (mut first, mut weights) = (Vec::with_capacity(out_size), Vec::with_capacity(out_size));
         for out in 0..out_size {
@@ -68,7 +75,7 @@ impl Taps {
             let lo = ((center - support + 0.5) as i64).max(0) as usize;
             let hi = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
             let raw: Vec<f64> = (lo..hi)
-                .map(|x| lanczos((x as f64 - center + 0.5) / filter_scale))
+                .map(|x| lanczos((x as f64 - center + 0.5) * inverse_filter_scale))
                 .collect();
             let total: f64 = raw.iter().sum();
             let fixed = raw
