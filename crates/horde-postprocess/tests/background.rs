@@ -334,6 +334,15 @@ fn a_broken_family_checkpoint_is_refused_with_the_reason() {
         message.contains("no tensor `stage3d.rebnconv2.bn_s1.running_var`"),
         "{message}"
     );
+    // u2netp's stage 3 made to take 7 channels where stage 2 gives 5.
+    let mut miswired = read();
+    let wide = Tensor::ones((5, 7, 3, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
+    miswired.insert("stage3.rebnconvin.conv_s1.weight".into(), wide);
+    let message = refused("wiring.safetensors", miswired);
+    assert!(
+        message.contains("`stage3` has 7 channels where the network's wiring gives it 5"),
+        "{message}"
+    );
     let mut both = read();
     let stem = Tensor::zeros((4, 3, 3, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
     both.insert("conv_in.weight".into(), stem);

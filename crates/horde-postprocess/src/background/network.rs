@@ -15,10 +15,11 @@
 
 use super::rsu::{max_pool_ceil, upsample_like, Rsu};
 use super::Tensors;
-use candle_core::{DType, Module, Result, Tensor};
+use candle_core::{DType, Module, Tensor};
 use candle_nn::VarBuilder;
 use horde_diffusion::nn::{conv, Conv2d};
 use std::collections::HashMap;
+use std::result::Result;
 
 const ENCODER: [&str; 6] = ["stage1", "stage2", "stage3", "stage4", "stage5", "stage6"];
 const DECODER: [&str; 5] = ["stage5d", "stage4d", "stage3d", "stage2d", "stage1d"];
@@ -50,26 +51,24 @@ impl SalientNet {
             false => None,
         };
         let rsu = |name: &&str| Rsu::load(tensors, name, FUSED.contains(name));
+        let encoder: Vec<Rsu> = ENCODER.iter().map(rsu).collect::<Result<_, _>>()?;
+        let decoder: Vec<Rsu> = DECODER.iter().map(rsu).collect::<Result<_, _>>()?;
+        let sides: Vec<(Conv2d, (usize, usize))> = (1..=6)
+            .map(|n| plain_conv(tensors, &format!("side{n}"), 1, 1))
+            .collect::<Result<_, _>>()?;
+        check_wiring(&stem, &encoder, &decoder, &sides, &fuse)?;
         Ok(SalientNet {
-            stem,
-            encoder: ENCODER
-                .iter()
-                .map(rsu)
-                .collect::<std::result::Result<_, _>>()?,
-            decoder: DECODER
-                .iter()
-                .map(rsu)
-                .collect::<std::result::Result<_, _>>()?,
-            sides: (1..=6)
-                .map(|n| plain_conv(tensors, &format!("side{n}"), 1, 1))
-                .collect::<std::result::Result<_, _>>()?,
-            fuse,
+            stem: stem.map(|(conv, _)| conv),
+            encoder,
+            decoder,
+            sides: sides.into_iter().map(|(conv, _)| conv).collect(),
+            fuse: fuse.map(|(conv, _)| conv),
         })
     }
 
     /// `[1, 3, H, W]` (a normalised image) → the network's outputs, each `[1, 1, H, W]` in
     /// `(0, 1)`; the first is the mask.
-    pub fn forward(&self, x: &Tensor) -> Result<Vec<Tensor>> {
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Vec<Tensor>> {
         let mut hx = match &self.stem {
             Some(stem) => stem.forward(x)?,
             None => x.clone(),
@@ -98,7 +97,7 @@ impl SalientNet {
             .iter()
             .zip(sources)
             .map(|(side, source)| side.forward(source))
-            .collect::<Result<_>>()?;
+            .collect::<candle_core::Result<_>>()?;
         let outputs = match &self.fuse {
             Some(fuse) => {
                 let target = &sides[0];
@@ -112,24 +111,72 @@ impl SalientNet {
             None => sides
                 .iter()
                 .map(|side| upsample_like(side, x))
-                .collect::<Result<Vec<_>>>()?,
+                .collect::<candle_core::Result<Vec<_>>>()?,
         };
         outputs.iter().map(candle_nn::ops::sigmoid).collect()
     }
 }
 
-/// A convolution with its bias and no batch norm (`conv_in`, `side{n}`, `outconv`).
+/// A convolution with its bias and no batch norm (`conv_in`, `side{n}`, `outconv`), and its
+/// `(in, out)` channels.
 fn plain_conv(
     tensors: &Tensors,
     name: &str,
     stride: usize,
     padding: usize,
-) -> std::result::Result<Conv2d, String> {
+) -> Result<(Conv2d, (usize, usize)), String> {
     let weight = tensors.get(&format!("{name}.weight"))?;
     let bias = tensors.get(&format!("{name}.bias"))?;
     let (out_c, in_c, k, _) = weight.dims4().map_err(|e| format!("{name}.weight: {e}"))?;
     let device = weight.device().clone();
     let map = HashMap::from([("weight".to_string(), weight), ("bias".to_string(), bias)]);
     let vb = VarBuilder::from_tensors(map, DType::F32, &device);
-    conv(in_c, out_c, k, stride, padding, vb).map_err(|e| format!("{name}: {e}"))
+    let conv = conv(in_c, out_c, k, stride, padding, vb).map_err(|e| format!("{name}: {e}"))?;
+    Ok((conv, (in_c, out_c)))
+}
+
+/// Every stage takes what the wiring gives it: the image (or ISNet's `conv_in`) into stage 1,
+/// each stage the one before, each decoder stage the one below beside its skip, each side
+/// convolution its stage, and `outconv` the six sides.
+fn check_wiring(
+    stem: &Option<(Conv2d, (usize, usize))>,
+    encoder: &[Rsu],
+    decoder: &[Rsu],
+    sides: &[(Conv2d, (usize, usize))],
+    fuse: &Option<(Conv2d, (usize, usize))>,
+) -> Result<(), String> {
+    let out = |stage: &Rsu| stage.channels().1;
+    let mut expected: Vec<(String, usize, usize)> = vec![];
+    let image_channels = match stem {
+        Some((_, (in_c, out_c))) => {
+            expected.push(("conv_in".into(), *in_c, 3));
+            *out_c
+        }
+        None => 3,
+    };
+    expected.push(("stage1".into(), encoder[0].channels().0, image_channels));
+    for n in 1..6 {
+        let want = out(&encoder[n - 1]);
+        expected.push((ENCODER[n].into(), encoder[n].channels().0, want));
+    }
+    let mut below = out(&encoder[5]);
+    for (n, stage) in decoder.iter().enumerate() {
+        let skip = out(&encoder[4 - n]);
+        expected.push((DECODER[n].into(), stage.channels().0, below + skip));
+        below = out(stage);
+    }
+    let sources = decoder.iter().rev().chain(std::iter::once(&encoder[5]));
+    for (n, ((_, (in_c, out_c)), source)) in sides.iter().zip(sources).enumerate() {
+        expected.push((format!("side{}", n + 1), *in_c, out(source)));
+        expected.push((format!("side{} (out)", n + 1), *out_c, 1));
+    }
+    if let Some((_, (in_c, _))) = fuse {
+        expected.push(("outconv".into(), *in_c, 6));
+    }
+    match expected.into_iter().find(|(_, got, want)| got != want) {
+        Some((name, got, want)) => Err(format!(
+            "`{name}` has {got} channels where the network's wiring gives it {want}"
+        )),
+        None => Ok(()),
+    }
 }

@@ -70,6 +70,8 @@ impl Conv3x3 {
 /// `REBNCONV`: convolution, batch norm (folded in), ReLU.
 pub struct ConvBnRelu {
     conv: Conv3x3,
+    /// `(in, out)` channels, for checking the wiring at load time.
+    pub channels: (usize, usize),
 }
 
 impl ConvBnRelu {
@@ -100,8 +102,10 @@ impl ConvBnRelu {
             let bias = ((bias - mean)? * &scale)?.add(&beta)?;
             Conv3x3::new(weight, bias, dilation)
         };
+        let (out_c, in_c) = (weight.dims()[0], weight.dims().get(1).copied().unwrap_or(0));
         Ok(ConvBnRelu {
             conv: fold().map_err(|e| format!("{prefix}: {e}"))?,
+            channels: (in_c, out_c),
         })
     }
 
@@ -175,12 +179,46 @@ impl Rsu {
                 ConvBnRelu::load(tensors, &format!("{prefix}.rebnconv{n}d"), d)
             })
             .collect::<std::result::Result<_, _>>()?;
-        Ok(Rsu {
+        let rsu = Rsu {
             input,
             encoder,
             decoder,
             fused,
-        })
+        };
+        rsu.check_wiring().map_err(|e| format!("{prefix}: {e}"))?;
+        Ok(rsu)
+    }
+
+    /// Channels in and out of the block.
+    pub fn channels(&self) -> (usize, usize) {
+        self.input.channels
+    }
+
+    /// Each level takes what the one before gives: `rebnconv1` the block's width, the others
+    /// the middle width, the decoder's levels twice the middle width (a skip beside it).
+    fn check_wiring(&self) -> std::result::Result<(), String> {
+        let (_, out) = self.input.channels;
+        let mid = self.encoder[0].channels.1;
+        let encoder = self.encoder.iter().enumerate().map(|(i, level)| {
+            let input = if i == 0 { out } else { mid };
+            (format!("rebnconv{}", i + 1), level.channels, (input, mid))
+        });
+        let decoder = self.decoder.iter().enumerate().map(|(i, level)| {
+            let output = if i == 0 { out } else { mid };
+            (
+                format!("rebnconv{}d", i + 1),
+                level.channels,
+                (2 * mid, output),
+            )
+        });
+        match encoder.chain(decoder).find(|(_, got, want)| got != want) {
+            Some((name, got, want)) => Err(format!(
+                "`{name}` takes {} channels to {} where the block's widths (out {out}, middle \
+                 {mid}) need {} to {}",
+                got.0, got.1, want.0, want.1
+            )),
+            None => Ok(()),
+        }
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
