@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Regenerate the post-processing (ESRGAN-family upscaler) fixtures in
-# crates/horde-postprocess/tests/fixtures/upscalers/ with spandrel (see README.md). Only needed
-# to change the fixtures; the Rust tests read the committed files and never need Python.
+# Regenerate the post-processing fixtures in crates/horde-postprocess/tests/fixtures/: the
+# upscalers with spandrel (README.md), then face detection (README-face_detection.md), GFPGAN
+# (README-gfpgan.md), CodeFormer and RestoreFormer (README-codeformer.md) and background removal
+# (README-background.md), each from its PyTorch reference. Only needed to change the fixtures;
+# the Rust tests read the committed files and never need Python.
 #
-#   tools/postprocess-fixtures/generate.sh [--out DIR]
+#   tools/postprocess-fixtures/generate.sh [--out DIR]   (DIR: the upscalers' folder only)
 #
 # Environment:
 #   PYTHON                     interpreter for the virtual environment (default: python3, tested 3.11)
@@ -45,3 +47,8 @@ cd "$root"
 out_dir="crates/horde-postprocess/tests/fixtures/upscalers"
 if [ "${1:-}" = "--out" ] && [ -n "${2:-}" ]; then out_dir="$2"; fi
 "$venv/bin/python" -W ignore::UserWarning "$here/check_fixtures.py" "$out_dir"
+# The other families, each writing its own folder (and checking itself where it has a checker).
+for family in face_detection gfpgan codeformer restoreformer background background_check; do
+    echo "== $family" >&2
+    "$venv/bin/python" -W ignore::UserWarning "$here/$family.py"
+done
