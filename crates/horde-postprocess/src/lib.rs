@@ -7,10 +7,19 @@
 //! * [`upscale`]: the ESRGAN family (RRDBNet in the old and new key layouts, with
 //!   pixel-unshuffle for ×2 and ×1) and the compact SRVGG network, their architecture and scale
 //!   read from the checkpoint's tensors as spandrel reads them, run in overlapping tiles blended
-//!   without seams so that memory stays bounded at any size.
+//!   without seams so that memory stays bounded at any size (`Upscaler::upscale`).
+//! * [`face`]: face restoration as GFPGAN's inference does it: RetinaFace finds the faces, each
+//!   is aligned to the 512² template by its five landmarks, restored by GFPGAN, CodeFormer or
+//!   RestoreFormer, and pasted back with a soft mask (`FaceFixer::fix`).
+//! * [`background`]: `strip_background`, a U²-Net, U²-NetP or ISNet salient-object mask made
+//!   the image's alpha channel with rembg's pre- and post-processing
+//!   (`BackgroundRemover::remove`).
+//! * [`tiny`]: small random checkpoints of each, in the published key layouts, for tests and
+//!   first runs (`horde model tiny`).
 //!
-//! Numbers are pinned to the PyTorch reference (spandrel) by fixtures that
-//! `tools/postprocess-fixtures` writes: see `tests/upscalers.rs`.
+//! Numbers are pinned to the PyTorch references (spandrel, spandrel_extra_arches, facexlib,
+//! OpenCV, backgroundremover's and dis-inference's published code, rembg's pipeline) by fixtures
+//! that `tools/postprocess-fixtures` writes: see the tests of each family.
 
 pub mod background;
 pub mod face;
