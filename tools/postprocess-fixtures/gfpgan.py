@@ -63,8 +63,10 @@ def build(hp=HP):
     return net
 
 
-def randomize(net, seed):
-    """Every tensor of the state dict random, none 0 or 1, scaled so activations stay O(1)."""
+def randomize(net, seed, std_floor=0.05):
+    """Every tensor of the state dict random, none 0 or 1, scaled so activations stay O(1).
+    Convolutions and linear layers get N(0, 1/fan_in) with the spread kept within
+    [std_floor, 0.5] (the floor keeps the tiny network's few-channel layers lively)."""
     rng = np.random.default_rng(seed)
     sd = net.state_dict()
     out = {}
@@ -82,7 +84,7 @@ def randomize(net, seed):
             v = 0.05 * rng.standard_normal(shape)
         elif name.endswith(".weight"):  # convolutions and linear layers
             fan_in = int(np.prod(shape[1:]))
-            v = rng.standard_normal(shape) * np.clip(1 / math.sqrt(fan_in), 0.05, 0.5)
+            v = rng.standard_normal(shape) * np.clip(1 / math.sqrt(fan_in), std_floor, 0.5)
         else:
             raise ValueError(f"no initialisation rule for {name}")
         out[name] = torch.from_numpy(v.astype(np.float32))

@@ -153,6 +153,7 @@ fn mis_wired_networks_miss_the_reference_by_far_more_than_the_tolerance() {
     ] {
         let out = network_of(tensors).forward(&expected["input"]).unwrap();
         let diff = max_diff(&out, &expected["output"]);
+        eprintln!("mis-wired, {what}: max |diff| {diff:e}");
         assert!(diff > margin, "{what} went unseen: {diff:e}");
     }
 }
@@ -304,4 +305,58 @@ fn the_tiny_writer_round_trips_through_the_loader() {
         .unwrap();
     assert_ne!(again, restored, "the seed changes the weights");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The published hyper-parameters (512², 512-wide latents, channel multiplier 2) on a random
+/// checkpoint written by `tools/postprocess-fixtures/gfpgan_bench.py` in the directory
+/// `HORDE_GFPGAN_FULL` (348 MB, not committed): the loader reads them from the tensors, the
+/// output matches PyTorch's, and the forward pass is timed. Run with `--release -- --ignored`.
+#[test]
+#[ignore = "needs HORDE_GFPGAN_FULL (tools/postprocess-fixtures/gfpgan_bench.py)"]
+fn a_full_size_checkpoint_loads_matches_pytorch_and_is_timed() {
+    let dir = PathBuf::from(std::env::var("HORDE_GFPGAN_FULL").expect("HORDE_GFPGAN_FULL"));
+    let start = std::time::Instant::now();
+    let net = Gfpgan::load(&dir.join("gfpgan_full.pth"), &Device::Cpu).unwrap();
+    eprintln!("load {:.2} s", start.elapsed().as_secs_f64());
+    let shape = &net.shape;
+    assert_eq!(
+        (shape.out_size, shape.num_style_feat, shape.num_mlp),
+        (512, 512, 8)
+    );
+    assert_eq!(
+        (shape.narrow(), shape.channel_multiplier()),
+        (1.0, Some(2.0))
+    );
+    assert!(shape.sft_half && shape.different_w);
+    assert_eq!(
+        shape.decoder_channels,
+        [512, 512, 512, 512, 512, 256, 128, 64]
+    );
+    assert_eq!(shape.unet_channels, [256, 256, 256, 256, 256, 128, 64, 32]);
+    let path = dir.join("gfpgan_full.expected.safetensors");
+    let expected = candle_core::safetensors::load(path, &Device::Cpu).unwrap();
+    let runs: usize = std::env::var("HORDE_GFPGAN_RUNS").map_or(3, |r| r.parse().unwrap());
+    let mut out = None;
+    for _ in 0..runs {
+        let start = std::time::Instant::now();
+        net.encode(&expected["input"]).unwrap();
+        let encoded = start.elapsed().as_secs_f64();
+        let start = std::time::Instant::now();
+        out = Some(net.forward(&expected["input"]).unwrap());
+        let total = start.elapsed().as_secs_f64();
+        eprintln!("forward {total:.3} s (the encoder alone {encoded:.3} s)");
+    }
+    let out = out.unwrap();
+    let reference = &expected["output"];
+    let scale = reference
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap();
+    let scale = scale.to_scalar::<f32>().unwrap();
+    let diff = max_diff(&out, reference);
+    eprintln!("max |ours − PyTorch| {diff:e} (max |PyTorch| {scale})");
+    assert!(diff < tolerance() * scale.max(1.0), "{diff:e}");
 }

@@ -1,5 +1,5 @@
 //! PyTorch's `F.interpolate(x, scale_factor=2 or 0.5, mode="bilinear", align_corners=False)`,
-//! which GFPGAN uses for every change of resolution, as whole-tensor ops.
+//! which GFPGAN uses for every change of resolution, with candle's kernels.
 //!
 //! Upsampling by 2 puts each output pixel a quarter of a pixel from its nearest input pixel:
 //! `out[2i] = ¾·x[i] + ¼·x[i−1]`, `out[2i+1] = ¾·x[i] + ¼·x[i+1]`, the index clamped at the
@@ -8,29 +8,16 @@
 
 use candle_core::{Result, Tensor};
 
-/// Bilinear ×2 upsampling of the last two dimensions (`align_corners=False`).
+/// Bilinear ×2 upsampling of `[B, C, H, W]` (`align_corners=False`), candle's kernel with
+/// PyTorch's `scale_factor` semantics (one pass; five times faster than the same sums written
+/// as shifted whole-tensor ops on `[1, 128, 256, 256]`: 0.13 s against 0.65 s).
 pub fn upsample2(x: &Tensor) -> Result<Tensor> {
-    let rank = x.rank();
-    upsample2_along(&upsample2_along(x, rank - 2)?, rank - 1)
+    x.upsample_bilinear2d_with_scale(2.0, 2.0, false)
 }
 
 /// Bilinear ×½ downsampling of `[B, C, H, W]` (`align_corners=False`): a 2×2 average.
 pub fn downsample2(x: &Tensor) -> Result<Tensor> {
     x.avg_pool2d(2)
-}
-
-/// ×2 along `dim`: the even outputs lean to the previous pixel, the odd ones to the next.
-fn upsample2_along(x: &Tensor, dim: usize) -> Result<Tensor> {
-    let n = x.dim(dim)?;
-    let padded = x.pad_with_same(dim, 1, 1)?;
-    let previous = padded.narrow(dim, 0, n)?;
-    let next = padded.narrow(dim, 2, n)?;
-    let near = (x * 0.75)?;
-    let even = (&near + (previous * 0.25)?)?;
-    let odd = (&near + (next * 0.25)?)?;
-    let mut merged = x.dims().to_vec();
-    merged[dim] *= 2;
-    Tensor::stack(&[even, odd], dim + 1)?.reshape(merged)
 }
 
 #[cfg(test)]
