@@ -172,6 +172,23 @@ fn stored_noise_is_deterministic_and_fresh_noise_is_not() {
 }
 
 #[test]
+fn a_batch_gives_each_face_what_it_gives_alone() {
+    // Each sample gets its own modulated weights (PyTorch's grouped convolution).
+    let expected = expected();
+    let net = network_of(fixture_tensors());
+    let one = &expected["input"];
+    let other = one.flip(&[3]).unwrap().affine(0.5, 0.1).unwrap();
+    let batch = Tensor::cat(&[one, &other], 0).unwrap();
+    let together = net.forward(&batch).unwrap();
+    let alone = [net.forward(one).unwrap(), net.forward(&other).unwrap()];
+    for (i, alone) in alone.iter().enumerate() {
+        let diff = max_diff(&together.narrow(0, i, 1).unwrap(), alone);
+        assert!(diff < 1e-6, "sample {i}: {diff:e}");
+    }
+    assert!(max_diff(&alone[0], &alone[1]) > 0.1, "the two faces differ");
+}
+
+#[test]
 fn restore_follows_gfpganers_per_face_steps() {
     let path = fixtures().join("gfpgan_tiny.restore.safetensors");
     let tensors = candle_core::safetensors::load(path, &Device::Cpu).unwrap();

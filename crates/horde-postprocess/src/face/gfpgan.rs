@@ -287,7 +287,7 @@ impl Gfpgan {
 
 /// A same-size convolution (`k / 2` zero padding) of a given weight and bias, through the
 /// diffusion engine's convolution kernels.
-pub(crate) fn convolution(weight: Tensor, bias: Tensor) -> candle_core::Result<Conv2d> {
+fn convolution(weight: Tensor, bias: Tensor) -> candle_core::Result<Conv2d> {
     let (c_out, c_in, k, _) = weight.dims4()?;
     let (dtype, device) = (weight.dtype(), weight.device().clone());
     let tensors = HashMap::from([("weight".to_string(), weight), ("bias".to_string(), bias)]);
