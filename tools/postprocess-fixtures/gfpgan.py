@@ -44,7 +44,11 @@ DEFAULT_OUT = os.path.join(HERE, "..", "..", "crates", "horde-postprocess", "tes
 HP = dict(out_size=64, num_style_feat=16, channel_multiplier=1, decoder_load_path=None,
           fix_decoder=False, num_mlp=8, input_is_latent=True, different_w=True,
           narrow=1 / 32, sft_half=True)
+# The other settings of the constructor, which no published checkpoint uses but which the Rust
+# loader reads from the tensors (one latent for all layers, SFT on all channels), at 32².
+HP_ALTERNATE = dict(HP, out_size=32, different_w=False, sft_half=False)
 WEIGHT_SEED = 20260301
+ALTERNATE_SEED = 20260305
 INPUT_SEED = 20260302
 FACE_SEED = 20260303
 FRESH_NOISE_SEED = 20260304
@@ -194,6 +198,39 @@ def miswirings(sd):
     ]
 
 
+def alternate(out):
+    """The alternate settings' checkpoint and its input and output (stored noise)."""
+    net = build(HP_ALTERNATE)
+    sd = randomize(net, ALTERNATE_SEED)
+    ckpt = os.path.join(out, "gfpgan_tiny_alternate.safetensors")
+    save_pt({k: v.contiguous() for k, v in sd.items()}, ckpt)
+    from safetensors.torch import load_file
+    ref = build(HP_ALTERNATE)
+    ref.load_state_dict(load_file(ckpt), strict=True)
+    size = HP_ALTERNATE["out_size"]
+    x = (np.random.default_rng(INPUT_SEED).random((1, 3, size, size), dtype=np.float32) * 2 - 1)
+    y = run(ref, x)
+    assert np.isfinite(y).all()
+    expected = os.path.join(out, "gfpgan_tiny_alternate.expected.safetensors")
+    save_np({"input": x, "output": y, **intermediates(ref, x)}, expected)
+    no_sft = [(k, k.replace("condition_scale", "condition_shift"))
+              for k in sd if k.startswith("condition_scale.")]
+    bad = build(HP_ALTERNATE)
+    bad.load_state_dict(swapped(sd, no_sft), strict=True)
+    d = float(np.abs(run(bad, x) - y).max())
+    assert d > 100 * TOLERANCE, d
+    return {
+        "hyperparameters": dict(HP_ALTERNATE),
+        "init_seed": ALTERNATE_SEED,
+        "num_tensors": len(sd),
+        "num_params": int(sum(v.numel() for v in sd.values())),
+        "output_stats": {"min": float(y.min()), "max": float(y.max()), "std": float(y.std())},
+        "miswired": [{"change": "SFT scale and shift swapped", "max_abs_diff": d}],
+        "files": {os.path.basename(p): {"bytes": os.path.getsize(p), "sha256": sha256(p)}
+                  for p in (ckpt, expected)},
+    }
+
+
 def stock_spandrel_error(path):
     try:
         spandrel.ModelLoader().load_from_file(path)
@@ -292,6 +329,7 @@ def main():
         "restored_stats": {"clipped_fraction": float(np.mean((restored == 0) | (restored == 255))),
                            "mean": float(restored.mean())},
         "intermediates": sorted(inter),
+        "alternate": alternate(out),
         "miswired": mis,
         "files": {},
     }
@@ -306,6 +344,9 @@ def main():
     print(f"restored: clipped {manifest['restored_stats']['clipped_fraction']:.3f}")
     for m in mis:
         print(f"  mis-wired: {m['change']}: {m['max_abs_diff']:.3e} ({m['ratio_to_tolerance']:.0f}x)")
+    alt = manifest["alternate"]
+    print(f"alternate (different_w=False, sft_half=False, 32²): params {alt['num_params']}, "
+          f"SFT swap {alt['miswired'][0]['max_abs_diff']:.3e}")
     total = sum(os.path.getsize(os.path.join(out, n)) for n in os.listdir(out))
     print(f"total {total} bytes in {out}")
     if not ok:

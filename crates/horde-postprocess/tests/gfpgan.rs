@@ -115,6 +115,29 @@ fn the_output_and_its_intermediates_match_pytorch() {
 }
 
 #[test]
+fn one_latent_for_all_layers_and_sft_on_all_channels_are_read_and_match_too() {
+    // Settings no published checkpoint uses (different_w=False, sft_half=False), at 32².
+    let dir = fixtures();
+    let net = Gfpgan::load(&dir.join("gfpgan_tiny_alternate.safetensors"), &Device::Cpu).unwrap();
+    assert!(!net.shape.different_w && !net.shape.sft_half);
+    assert_eq!(
+        (net.shape.out_size, net.shape.channel_multiplier()),
+        (32, None)
+    );
+    let path = dir.join("gfpgan_tiny_alternate.expected.safetensors");
+    let expected = candle_core::safetensors::load(path, &Device::Cpu).unwrap();
+    let (latents, _) = net.encode(&expected["input"]).unwrap();
+    // PyTorch repeats the one latent for every layer inside the decoder.
+    let first = latents.narrow(1, 0, 1).unwrap().squeeze(1).unwrap();
+    assert!(max_diff(&first, &expected["style_code"]) < tolerance());
+    let diff = max_diff(
+        &net.forward(&expected["input"]).unwrap(),
+        &expected["output"],
+    );
+    assert!(diff < tolerance(), "{diff:e}");
+}
+
+#[test]
 fn a_pth_wrapped_in_params_ema_as_published_gives_the_same_network() {
     let expected = expected();
     let net = Gfpgan::load(&fixtures().join("gfpgan_tiny.pth"), &Device::Cpu).unwrap();
