@@ -1,10 +1,10 @@
 //! GFPGAN v1.3 and v1.4 (`GFPGANv1Clean`, the "clean" architecture of the gfpgan package,
 //! which spandrel copies): restores one aligned face crop.
 //!
-//! A U-Net encodes the degraded face ([`unet`]); its bottom gives one StyleGAN2 latent per
+//! A U-Net encodes the degraded face (`unet.rs`); its bottom gives one StyleGAN2 latent per
 //! decoder layer and its upward path gives, per resolution, a scale and a shift (SFT) applied
 //! to half of the decoder's features; the decoder is StyleGAN2's generator with modulated
-//! convolutions, noise injection and toRGB skips ([`stylegan`]). Output size, style width,
+//! convolutions, noise injection and toRGB skips (`stylegan.rs`). Output size, style width,
 //! channels per resolution (hence the channel multiplier and `narrow`), whether SFT takes half
 //! or all of the channels and whether each layer has its own latent are all read from the
 //! tensors ([`shape_of`]), so the published 512² checkpoints and the tiny test ones load
@@ -15,13 +15,14 @@
 //! Python tool never gives the same face twice. The checkpoints store one such draw
 //! (`stylegan_decoder.noises.noise*`, registered with `torch.randn` and saved with the
 //! weights). [`Noise::Stored`], the default, uses it: the output is one sample of exactly the
-//! distribution GFPGANer samples from, and the same for the same face on every worker and
-//! every run, which the horde's seeds promise. [`Noise::Fresh`] draws new maps as GFPGANer
-//! does. The difference between the two is as large as between two GFPGANer runs: the strength
-//! of each StyleConv's noise is learned, so how visible it is depends on the checkpoint (small
-//! for trained faces; on the random test network, whose strengths are drawn N(0, 0.3), it
-//! moves the output by up to 2.4, see the fixtures' manifest).
+//! distribution GFPGANer samples from, and a job gives the same face on every run and every
+//! worker. [`Noise::Fresh`] draws new maps as GFPGANer does. The two differ as much as two
+//! GFPGANer runs differ from each other, which depends on the learned strengths: not measured
+//! on the published checkpoints (they cannot be downloaded here); on the random test network,
+//! whose strengths are drawn N(0, 0.3), fresh noise moves the output by up to 2.4 (the
+//! fixtures' manifest).
 
+mod in_place;
 mod resample;
 mod stylegan;
 mod tiny;

@@ -9,9 +9,9 @@
 //! GFPGANer runs) is the whole cost: the weight is `c_out × c_in × 9` values, the convolution
 //! `H × W` times that. The StyleConv's `√2` gain and bias are folded into that convolution.
 
+use super::in_place::{noise_then_leaky_relu_owned, sft_owned};
 use super::resample::upsample2;
 use super::{convolution, Noise};
-use crate::tensors::leaky_relu;
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use horde_diffusion::nn::Linear;
@@ -109,8 +109,7 @@ impl StyleConv {
         let out = self
             .conv
             .forward(&x, latents, std::f64::consts::SQRT_2, &self.bias)?;
-        let noise = noise.broadcast_mul(&self.noise_strength)?;
-        leaky_relu(&out.broadcast_add(&noise)?, 0.2)
+        noise_then_leaky_relu_owned(out, noise, &self.noise_strength)
     }
 }
 
@@ -214,7 +213,7 @@ impl Decoder {
             let i = 2 * l + 1;
             out = level.up.forward(&out, &latent(i)?, &noise(i)?)?;
             if let Some(condition) = conditions.get(l) {
-                out = self.sft(&out, condition)?;
+                out = self.sft(out, condition)?;
             }
             out = level.conv.forward(&out, &latent(i + 1)?, &noise(i + 1)?)?;
             rgb = level.to_rgb.forward(&out, &latent(i + 2)?, Some(&rgb))?;
@@ -222,15 +221,14 @@ impl Decoder {
         Ok(rgb)
     }
 
-    fn sft(&self, features: &Tensor, condition: &Condition) -> Result<Tensor> {
-        let modulate = |x: &Tensor| x.mul(&condition.scale)?.add(&condition.shift);
-        if !self.sft_half {
-            return modulate(features);
-        }
-        let half = features.dim(1)? / 2;
-        let same = features.narrow(1, 0, half)?;
-        let modulated = modulate(&features.narrow(1, half, features.dim(1)? - half)?)?;
-        Tensor::cat(&[same, modulated], 1)
+    /// SFT on the second half of the channels (`sft_half`) or on all of them.
+    fn sft(&self, features: Tensor, condition: &Condition) -> Result<Tensor> {
+        let first = if self.sft_half {
+            features.dim(1)? / 2
+        } else {
+            0
+        };
+        sft_owned(features, first, &condition.scale, &condition.shift)
     }
 
     /// The noise map of StyleConv `j`: the checkpoint's (`[1, 1, side, side]`, broadcast over

@@ -4,10 +4,10 @@
 //! `condition_shift`). The `toRGB` convolutions of the upward path only feed training losses
 //! (GFPGANer calls with `return_rgb=False`), so they are not loaded.
 
+use super::in_place::leaky_relu_owned;
 use super::resample::{downsample2, upsample2};
 use super::stylegan::Condition;
 use super::{convolution, Shape};
-use crate::tensors::leaky_relu;
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use horde_diffusion::nn::{conv, Conv2d, Linear};
@@ -41,8 +41,8 @@ impl ResBlock {
                 downsample2(t)
             }
         };
-        let out = leaky_relu(&self.conv1.forward(x)?, 0.2)?;
-        let out = leaky_relu(&self.conv2.forward(&resample(&out)?)?, 0.2)?;
+        let out = leaky_relu_owned(self.conv1.forward(x)?)?;
+        let out = leaky_relu_owned(self.conv2.forward(&resample(&out)?)?)?;
         // A 1×1 convolution commutes with bilinear resampling (both linear, one across
         // channels, one across pixels): run it on the smaller of the two maps.
         let skip = if self.up {
@@ -70,7 +70,7 @@ impl ConditionNet {
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.conv2
-            .forward(&leaky_relu(&self.conv1.forward(x)?, 0.2)?)
+            .forward(&leaky_relu_owned(self.conv1.forward(x)?)?)
     }
 }
 
@@ -133,13 +133,13 @@ impl Encoder {
     /// checkpoint has a single one) and the SFT conditions of `x` (`[B, 3, S, S]`).
     pub fn forward(&self, x: &Tensor) -> Result<(Tensor, Vec<Condition>)> {
         let batch = x.dim(0)?;
-        let mut feat = leaky_relu(&self.first.forward(x)?, 0.2)?;
+        let mut feat = leaky_relu_owned(self.first.forward(x)?)?;
         let mut skips = Vec::with_capacity(self.down.len());
         for block in &self.down {
             feat = block.forward(&feat)?;
             skips.push(feat.clone());
         }
-        feat = leaky_relu(&self.final_conv.forward(&feat)?, 0.2)?;
+        feat = leaky_relu_owned(self.final_conv.forward(&feat)?)?;
         let code = self.final_linear.forward(&feat.flatten_from(1)?)?;
         let latents = code.reshape((batch, (), self.style))?;
         let latents = if latents.dim(1)? == self.latents {
