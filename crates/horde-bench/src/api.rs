@@ -241,7 +241,7 @@ impl Bodies {
         let pixels = image::RgbImage::from_fn(IMAGE_SIDE, IMAGE_SIDE, |x, y| {
             image::Rgb([(x * 4) as u8, (y * 4) as u8, 128])
         });
-        let webp = horde_worker::backend::encode_webp(&pixels)
+        let webp = horde_worker::backend::encode_webp(&pixels.into())
             .map_err(|e| anyhow::anyhow!("encoding the bench image: {e}"))?;
         let mut queued = request.clone();
         queued["params"]["n"] = json!(QUEUED_N);

@@ -25,10 +25,29 @@ pub enum TinyPostProcessor {
     EsrganX2,
     /// The compact SRVGG network ×4 (`realesr-general-x4v3`).
     CompactX4,
+    /// facexlib's RetinaFace (ResNet-50 layout): the face fixers' `face_detector`.
+    RetinaFace,
+    /// GFPGANv1Clean (`GFPGAN`, `GFPGANv1.3`).
+    Gfpgan,
+    /// `CodeFormers`.
+    CodeFormer,
+    /// `RestoreFormer`.
+    RestoreFormer,
+    /// U²-NetP (`strip_background`).
+    U2netp,
 }
 
 impl TinyPostProcessor {
-    pub const NAMES: &'static [&'static str] = &["esrgan_x4", "esrgan_x2", "compact_x4"];
+    pub const NAMES: &'static [&'static str] = &[
+        "esrgan_x4",
+        "esrgan_x2",
+        "compact_x4",
+        "retinaface",
+        "gfpgan",
+        "codeformer",
+        "restoreformer",
+        "u2netp",
+    ];
 }
 
 impl std::str::FromStr for TinyPostProcessor {
@@ -38,6 +57,11 @@ impl std::str::FromStr for TinyPostProcessor {
             "esrgan_x4" | "realesrgan_x4plus" => Ok(TinyPostProcessor::EsrganX4),
             "esrgan_x2" | "realesrgan_x2plus" => Ok(TinyPostProcessor::EsrganX2),
             "compact_x4" | "realesr_general_x4v3" => Ok(TinyPostProcessor::CompactX4),
+            "retinaface" => Ok(TinyPostProcessor::RetinaFace),
+            "gfpgan" => Ok(TinyPostProcessor::Gfpgan),
+            "codeformer" | "codeformers" => Ok(TinyPostProcessor::CodeFormer),
+            "restoreformer" => Ok(TinyPostProcessor::RestoreFormer),
+            "u2netp" | "strip_background" => Ok(TinyPostProcessor::U2netp),
             other => Err(format!(
                 "unknown post-processor architecture '{other}': expected one of {}",
                 TinyPostProcessor::NAMES.join(", ")
@@ -49,7 +73,8 @@ impl std::str::FromStr for TinyPostProcessor {
 /// Writes a tiny random checkpoint of `arch` to `path` (`.safetensors`); returns how many
 /// tensors it holds.
 pub fn write_tiny_checkpoint(arch: TinyPostProcessor, path: &Path, seed: u64) -> Result<usize> {
-    let tensors = match arch {
+    use crate::{background, face};
+    match arch {
         TinyPostProcessor::EsrganX4 | TinyPostProcessor::EsrganX2 => {
             let unshuffle = if arch == TinyPostProcessor::EsrganX2 {
                 2
@@ -65,7 +90,10 @@ pub fn write_tiny_checkpoint(arch: TinyPostProcessor, path: &Path, seed: u64) ->
                 in_channels: 3,
                 out_channels: 3,
             };
-            record_random(seed, |vb| esrgan::Rrdbnet::new(shape, vb))?
+            save_all(
+                &record_random(seed, |vb| esrgan::Rrdbnet::new(shape, vb))?,
+                path,
+            )
         }
         TinyPostProcessor::CompactX4 => {
             let shape = compact::Shape {
@@ -75,11 +103,42 @@ pub fn write_tiny_checkpoint(arch: TinyPostProcessor, path: &Path, seed: u64) ->
                 out_channels: 3,
                 scale: 4,
             };
-            record_random(seed, |vb| compact::Compact::new(shape, vb))?
+            save_all(
+                &record_random(seed, |vb| compact::Compact::new(shape, vb))?,
+                path,
+            )
         }
-    };
-    save(&tensors, path)?;
+        TinyPostProcessor::RetinaFace => {
+            face::detect::write_tiny_checkpoint(path, seed)?;
+            count_tensors(path)
+        }
+        TinyPostProcessor::Gfpgan => {
+            face::gfpgan::write_tiny_checkpoint(path, seed)?;
+            count_tensors(path)
+        }
+        TinyPostProcessor::CodeFormer => {
+            face::codeformer::write_tiny_checkpoint(path, seed)?;
+            count_tensors(path)
+        }
+        TinyPostProcessor::RestoreFormer => {
+            face::restoreformer::write_tiny_checkpoint(path, seed)?;
+            count_tensors(path)
+        }
+        TinyPostProcessor::U2netp => {
+            background::write_tiny_checkpoint(path, seed)?;
+            count_tensors(path)
+        }
+    }
+}
+
+fn save_all(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<usize> {
+    save(tensors, path)?;
     Ok(tensors.len())
+}
+
+/// The tensors in a checkpoint a family's writer wrote.
+fn count_tensors(path: &Path) -> Result<usize> {
+    Ok(crate::tensors::read_checkpoint(path, &Device::Cpu)?.len())
 }
 
 /// Saves `tensors` as a `.safetensors` file.
@@ -196,6 +255,30 @@ mod tests {
             });
             let out = upscaler.upscale(&image).unwrap();
             assert_eq!(out.dimensions(), (12 * scale as u32, 8 * scale as u32));
+        }
+        // The other families' writers, reached by name, load through their own loaders (their
+        // tests check the networks).
+        let loads = [
+            ("retinaface", "RetinaFace"),
+            ("gfpgan", "GFPGAN"),
+            ("codeformer", "CodeFormers"),
+            ("restoreformer", "RestoreFormer"),
+            ("u2netp", "u2netp"),
+        ];
+        for (name, family) in loads {
+            let path = dir.join(format!("{name}.safetensors"));
+            let count = write_tiny_checkpoint(name.parse().unwrap(), &path, 3).unwrap();
+            assert!(count > 10, "{name}: {count} tensors");
+            let loaded = match name {
+                "retinaface" => crate::face::detect::RetinaFace::load(&path, &Device::Cpu)
+                    .map(|_| "RetinaFace".to_string()),
+                "u2netp" => crate::background::BackgroundRemover::load(&path, &Device::Cpu)
+                    .map(|b| b.kind().name().to_string()),
+                _ => {
+                    crate::face::Restorer::load(&path, &Device::Cpu).map(|r| r.family().to_string())
+                }
+            };
+            assert_eq!(loaded.unwrap(), family, "{name}");
         }
         std::fs::remove_dir_all(&dir).unwrap();
         assert!("u2net"

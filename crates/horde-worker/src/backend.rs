@@ -4,7 +4,7 @@
 use crate::job::{Job, Unrunnable};
 use crate::postprocess::PostProcessors;
 use horde_diffusion::{LoadOptions, LoadStage, Model};
-use image::RgbImage;
+use image::DynamicImage;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -94,7 +94,12 @@ impl Backend for DiffusionBackend {
             .map_err(|e| Unrunnable(e.to_string()))?;
         images
             .into_iter()
-            .map(|image| encode_webp(&self.post.apply(&job.post_processing, image)?))
+            .map(|image| {
+                let finished =
+                    self.post
+                        .apply(&job.post_processing, image, job.facefixer_strength)?;
+                encode_webp(&finished)
+            })
             .collect()
     }
 }
@@ -102,19 +107,26 @@ impl Backend for DiffusionBackend {
 /// WebP quality of the images a worker submits: lossy, as the public horde's workers send.
 pub const WEBP_QUALITY: f32 = 95.0;
 
-/// Encodes an image as lossy WebP (libwebp, built from its bundled source).
-pub fn encode_webp(image: &RgbImage) -> Result<Vec<u8>, Unrunnable> {
-    if image.width() == 0 || image.height() == 0 || image.width() > 16383 || image.height() > 16383
-    {
+/// Encodes an image as lossy WebP (libwebp, built from its bundled source); an image with an
+/// alpha channel (`strip_background`'s) keeps it, losslessly.
+pub fn encode_webp(image: &DynamicImage) -> Result<Vec<u8>, Unrunnable> {
+    let (width, height) = (image.width(), image.height());
+    if width == 0 || height == 0 || width > 16383 || height > 16383 {
         return Err(Unrunnable(format!(
-            "cannot encode a {}x{} image as WebP",
-            image.width(),
-            image.height()
+            "cannot encode a {width}x{height} image as WebP"
         )));
     }
-    let encoded =
-        webp::Encoder::from_rgb(image.as_raw(), image.width(), image.height()).encode(WEBP_QUALITY);
-    Ok(encoded.to_vec())
+    let encoder = match image {
+        DynamicImage::ImageRgb8(rgb) => webp::Encoder::from_rgb(rgb.as_raw(), width, height),
+        DynamicImage::ImageRgba8(rgba) => webp::Encoder::from_rgba(rgba.as_raw(), width, height),
+        other => {
+            return Err(Unrunnable(format!(
+                "cannot encode a {:?} image as WebP",
+                other.color()
+            )))
+        }
+    };
+    Ok(encoder.encode(WEBP_QUALITY).to_vec())
 }
 
 #[cfg(test)]
@@ -123,10 +135,10 @@ mod tests {
 
     #[test]
     fn images_round_trip_through_lossy_webp() {
-        let image = RgbImage::from_fn(128, 96, |x, y| {
+        let image = image::RgbImage::from_fn(128, 96, |x, y| {
             image::Rgb([(x * 2) as u8, (y * 2) as u8, 128])
         });
-        let bytes = encode_webp(&image).unwrap();
+        let bytes = encode_webp(&DynamicImage::ImageRgb8(image.clone())).unwrap();
         assert_eq!(&bytes[..4], b"RIFF");
         let decoded = image::load_from_memory_with_format(&bytes, image::ImageFormat::WebP)
             .unwrap()
@@ -143,5 +155,19 @@ mod tests {
             error < 4.0,
             "quality 95 stays close to the original: mean error {error}"
         );
+    }
+
+    #[test]
+    fn an_image_with_alpha_keeps_it_through_webp() {
+        let image = image::RgbaImage::from_fn(64, 48, |x, y| {
+            image::Rgba([x as u8 * 3, y as u8 * 4, 77, if x < 32 { 0 } else { 255 }])
+        });
+        let bytes = encode_webp(&DynamicImage::ImageRgba8(image)).unwrap();
+        let decoded =
+            image::load_from_memory_with_format(&bytes, image::ImageFormat::WebP).unwrap();
+        assert!(decoded.color().has_alpha());
+        let rgba = decoded.to_rgba8();
+        assert_eq!(rgba.get_pixel(5, 5)[3], 0, "transparent half");
+        assert_eq!(rgba.get_pixel(50, 5)[3], 255, "opaque half");
     }
 }

@@ -17,8 +17,13 @@ pub struct WorkerConfig {
     /// AI Horde model name → local checkpoint (a `.safetensors` file).
     pub models: BTreeMap<String, PathBuf>,
     /// AI Horde post-processor name → local checkpoint (`.safetensors` or `.pth`): the
-    /// upscalers (`RealESRGAN_x4plus`, …); face fixers and background removal to come.
+    /// upscalers (`RealESRGAN_x4plus`, …), the face fixers (`GFPGAN`, `GFPGANv1.3`,
+    /// `CodeFormers`, `RestoreFormer`) and `strip_background` (u2net, u2netp or
+    /// isnet-general-use).
     pub post_processors: BTreeMap<String, PathBuf>,
+    /// The RetinaFace checkpoint the face fixers find faces with (facexlib's
+    /// `detection_Resnet50_Final.pth`); needed only when a face fixer is configured.
+    pub face_detector: Option<PathBuf>,
     /// The largest image (width × height) this worker accepts.
     pub max_pixels: u64,
     /// The most images of one request generated in one batch.
@@ -57,6 +62,7 @@ impl Default for WorkerConfig {
             name: String::new(),
             models: BTreeMap::new(),
             post_processors: BTreeMap::new(),
+            face_detector: None,
             max_pixels: 512 * 512,
             amount: 1,
             threads: 1,

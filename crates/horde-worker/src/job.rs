@@ -18,6 +18,8 @@ pub struct Job {
     pub notes: Vec<GenMetadata>,
     /// The post-processors to run on each image (`crate::postprocess` orders them).
     pub post_processing: Vec<String>,
+    /// CodeFormer's fidelity (`facefixer_strength`), when the request gave one.
+    pub facefixer_strength: Option<f64>,
 }
 
 /// Why a job cannot run at all; it is submitted as faulted with this reason.
@@ -124,6 +126,7 @@ fn translate(pop: &PopResponse, ids: &[String]) -> Result<Job, Unrunnable> {
                     .collect()
             })
             .unwrap_or_default(),
+        facefixer_strength: number("facefixer_strength"),
     })
 }
 
@@ -191,6 +194,7 @@ mod tests {
         );
         let job = from_pop(&post).unwrap().unwrap();
         assert_eq!(job.post_processing, ["GFPGAN", "RealESRGAN_x2plus"]);
+        assert_eq!(job.facefixer_strength, None);
         let noted = pop(
             json!({"prompt": "x", "seed": "1", "sampler_name": "k_brand_new", "hires_fix": true, "tiling": true}),
             &["a"],

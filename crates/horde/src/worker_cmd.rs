@@ -18,6 +18,7 @@ const ENV_KEYS: &[&str] = &[
     "name",
     "models",
     "post_processors",
+    "face_detector",
     "max_pixels",
     "amount",
     "threads",
@@ -90,6 +91,11 @@ pub struct WorkerArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     allow_painting: Option<bool>,
+    /// The RetinaFace checkpoint the face fixers (GFPGAN, CodeFormers, RestoreFormer) find faces
+    /// with: facexlib's detection_Resnet50_Final.pth
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    face_detector: Option<PathBuf>,
     /// Offer post-processing when a post-processor (`[post_processors]`) is loaded; false: never
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -158,7 +164,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     let config = load_config(&args)?;
     let options = horde_diffusion::LoadOptions::named(&config.device, &config.dtype)?;
     let backend = load_models(&config.models, &options)?
-        .with_post_processors(load_post_processors(&config.post_processors, &options));
+        .with_post_processors(load_post_processors(&config, &options));
     let worker = Worker::new(config.clone(), Arc::new(backend));
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -185,11 +191,14 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
 
 /// Loads the post-processors; one that fails is reported and skipped.
 fn load_post_processors(
-    checkpoints: &BTreeMap<String, PathBuf>,
+    config: &WorkerConfig,
     options: &horde_diffusion::LoadOptions,
 ) -> horde_worker::postprocess::PostProcessors {
-    let (loaded, failures) =
-        horde_worker::postprocess::PostProcessors::load(checkpoints, &options.device);
+    let (loaded, failures) = horde_worker::postprocess::PostProcessors::load(
+        &config.post_processors,
+        config.face_detector.as_deref(),
+        &options.device,
+    );
     for failure in &failures {
         eprintln!(
             "post-processor {} ({}) not served: {}",

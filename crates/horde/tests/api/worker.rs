@@ -59,8 +59,11 @@ pub(crate) fn start_worker(
     let options = horde_diffusion::LoadOptions::named(&config.device, &config.dtype).unwrap();
     let (backend, failures) = DiffusionBackend::load(&config.models, &options, |_, _| {});
     assert!(failures.is_empty(), "{failures:?}");
-    let (post, failures) =
-        horde_worker::postprocess::PostProcessors::load(&config.post_processors, &options.device);
+    let (post, failures) = horde_worker::postprocess::PostProcessors::load(
+        &config.post_processors,
+        config.face_detector.as_deref(),
+        &options.device,
+    );
     assert!(failures.is_empty(), "{failures:?}");
     let worker = Worker::new(config, Arc::new(backend.with_post_processors(post)));
     let (stop, stopped) = watch::channel(false);
@@ -137,6 +140,69 @@ async fn an_upscaled_image_comes_back_at_the_upscalers_size() {
         summary.jobs_faulted, 0,
         "no job it cannot finish came to it"
     );
+}
+
+/// The three families in one request, each from a tiny random checkpoint `horde model tiny`
+/// wrote: the face fixer (with its RetinaFace detector), then the ×2 upscaler, then background
+/// removal, whose mask comes back as the WebP's alpha channel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn face_fix_upscale_and_background_removal_come_back_twice_the_size_with_alpha() {
+    let app = spawn_app().await;
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = tiny_checkpoint(dir.path());
+    let write = |arch: &str| {
+        let path = dir.path().join(format!("{arch}.safetensors"));
+        let (ok, stdout, stderr) = run_horde(
+            dir.path(),
+            &[
+                "model",
+                "tiny",
+                "--arch",
+                arch,
+                "--out",
+                path.to_str().unwrap(),
+            ],
+        );
+        assert!(ok && stdout.contains("wrote"), "{stdout}{stderr}");
+        path
+    };
+    let mut config = worker_config(&app.root, owner_key(&app).await, &checkpoint);
+    config.face_detector = Some(write("retinaface"));
+    config.post_processors = BTreeMap::from([
+        ("GFPGAN".to_string(), write("gfpgan")),
+        ("RealESRGAN_x2plus".to_string(), write("esrgan_x2")),
+        ("strip_background".to_string(), write("u2netp")),
+    ]);
+    let (requester, _) = app.user("requester", 100.0).await;
+    let (stop, task) = start_worker(config);
+
+    let mut request = tiny_request("a portrait", 2);
+    // Out of order on purpose: the worker runs them in the horde's.
+    request.params.post_processing = vec![
+        "strip_background".into(),
+        "RealESRGAN_x2plus".into(),
+        "GFPGAN".into(),
+    ];
+    request.params.facefixer_strength = Some(0.4);
+    let id = requester
+        .generate_async(&request)
+        .await
+        .unwrap()
+        .id
+        .unwrap();
+    let status = wait_done(&requester, &id).await;
+    stop.send(true).unwrap();
+    let summary = task.await.unwrap();
+    assert_eq!(summary.jobs_faulted, 0);
+
+    let webp = base64_decode(&status.generations[0].img);
+    let image = image::load_from_memory_with_format(&webp, image::ImageFormat::WebP).unwrap();
+    assert_eq!((image.width(), image.height()), (128, 128), "64×64 at ×2");
+    assert!(image.color().has_alpha(), "{:?}", image.color());
+    // rembg's mask is stretched to the full range before it becomes the alpha channel.
+    let alpha: Vec<u8> = image.to_rgba8().pixels().map(|p| p[3]).collect();
+    let (low, high) = (alpha.iter().min().unwrap(), alpha.iter().max().unwrap());
+    assert!(*low < 64 && *high > 192, "alpha spans {low}..{high}");
 }
 
 /// One 64×64 image on the tiny model, in `steps` steps.
