@@ -406,11 +406,10 @@ fn the_tiny_writer_loads_as_u2netp_and_runs() {
 /// against PyTorch; README-background.md): `HORDE_BG_BENCH=path/to/u2net.safetensors cargo
 /// test --release -p horde-postprocess --test background -- --ignored --nocapture`.
 #[test]
-#[ignore]
+#[ignore = "needs HORDE_BG_BENCH, a full-size checkpoint; a benchmark"]
 fn time_a_full_size_network() {
-    let Ok(path) = std::env::var("HORDE_BG_BENCH") else {
-        return;
-    };
+    let path = std::env::var("HORDE_BG_BENCH")
+        .expect("set HORDE_BG_BENCH to a full-size checkpoint (see tools/postprocess-fixtures)");
     let remover = BackgroundRemover::load(Path::new(&path), &Device::Cpu).unwrap();
     let side = pipeline::Session::of(remover.kind()).size as usize;
     let x = Tensor::rand(0f32, 1f32, (1, 3, side, side), &Device::Cpu).unwrap();
