@@ -1,5 +1,8 @@
-//! Reading a checkpoint's tensors (`.safetensors`, or PyTorch's `.pth` as the upscalers ship)
-//! and the pixel rearrangements and activations the networks share.
+//! Reading a checkpoint's tensors (`.safetensors`, or PyTorch's `.pth` as the upscalers ship,
+//! in the zip format or the legacy one older checkpoints use) and the pixel rearrangements and
+//! activations the networks share.
+
+mod legacy_pth;
 
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor};
@@ -8,6 +11,8 @@ use std::path::Path;
 
 /// The tensors of a checkpoint, by name, in f32 on `device`. A `.pth` wrapping its state dict
 /// in `params_ema` or `params` (as Real-ESRGAN's do) is unwrapped, preferring `params_ema`.
+/// A `.pth` is read in PyTorch's zip format (torch.save since 1.6) or, failing its `PK`
+/// signature, in the legacy format (`_use_new_zipfile_serialization=False`).
 pub fn read_checkpoint(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
     let unreadable = |reason: String| Error::Unreadable {
         path: path.display().to_string(),
@@ -25,22 +30,38 @@ pub fn read_checkpoint(path: &Path, device: &Device) -> Result<HashMap<String, T
             .into_iter()
             .collect()
     } else {
-        let mut found = None;
-        for key in [Some("params_ema"), Some("params"), None] {
-            if let Ok(read) = candle_core::pickle::read_all_with_key(path, key) {
-                if !read.is_empty() {
-                    found = Some(read);
-                    break;
-                }
-            }
-        }
-        found.ok_or_else(|| unreadable("not a PyTorch checkpoint this build reads".into()))?
+        read_pth(path).map_err(unreadable)?
     };
     tensors
         .into_iter()
         .map(|(name, t)| Ok((name, t.to_device(device)?.to_dtype(DType::F32)?)))
         .collect::<candle_core::Result<_>>()
         .map_err(Error::Run)
+}
+
+/// A `.pth`'s tensors, by its first bytes: a zip archive (PyTorch's format since 1.6) or a
+/// pickle (the legacy format), only then read whole into memory.
+fn read_pth(path: &Path) -> std::result::Result<Vec<(String, Tensor)>, String> {
+    use std::io::Read;
+    let mut head = [0u8; 4];
+    let mut file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let read = file.read(&mut head).map_err(|e| e.to_string())?;
+    let head = &head[..read];
+    if head.starts_with(b"PK\x03\x04") {
+        for key in [Some("params_ema"), Some("params"), None] {
+            if let Ok(read) = candle_core::pickle::read_all_with_key(path, key) {
+                if !read.is_empty() {
+                    return Ok(read);
+                }
+            }
+        }
+        Err("not a PyTorch checkpoint this build reads".into())
+    } else if head.first() == Some(&0x80) {
+        let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+        legacy_pth::read(&bytes)
+    } else {
+        Err("neither a zip nor a legacy PyTorch checkpoint".into())
+    }
 }
 
 /// The leaky ReLU of ESRGAN (slope `0.2` below zero).
