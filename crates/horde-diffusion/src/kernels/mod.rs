@@ -48,6 +48,7 @@ pub mod group_norm;
 pub mod linear;
 pub mod transpose;
 pub mod winograd;
+pub mod winograd4;
 
 use candle_core::{CpuStorage, Layout, Result, WithDType};
 

@@ -133,9 +133,11 @@ impl BackgroundRemover {
         self.kind
     }
 
-    /// The network on a normalised `[1, 3, H, W]` batch: all its outputs, the mask first.
+    /// The network on a normalised `[1, 3, H, W]` batch: all its outputs, the mask first. Its
+    /// large convolutions run by Winograd's F(4×4, 3×3), whose rounding (a few 1e-6 of a
+    /// value) an 8-bit mask cannot show.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Vec<Tensor>> {
-        self.network.forward(x)
+        horde_diffusion::nn::with_winograd_4x4(|| self.network.forward(x))
     }
 
     /// The 8-bit mask of `image` (255 = foreground), at the image's size, as rembg's session
