@@ -91,6 +91,7 @@ def ramp(n, overlap, before, after):
 def gfpgan(args):
     import gfpgan as G
 
+    args.size = 512  # one face at the published size, whatever --size says
     full = dict(G.HP, out_size=512, num_style_feat=512, channel_multiplier=2, narrow=1)
     net = G.build(full)
     sd = G.randomize(net, G.WEIGHT_SEED, std_floor=0.0)

@@ -2,7 +2,7 @@
 # The post-processor benchmark of BENCHMARKS.md (issue 22, point 8): each case on PyTorch and on
 # ours, one after the other on the same threads, the checkpoint written by the PyTorch side.
 #
-#   tools/postprocess-bench/run.sh [THREADS] [RUNS]
+#   tools/postprocess-bench/run.sh [THREADS] [RUNS]      (SKIP_TILED=1: without the 10-minute case)
 #
 # Needs the venv of tools/postprocess-fixtures (generate.sh builds it) and a release build of
 # the example (this script builds it). Prints one JSON line per side and case.
@@ -31,8 +31,8 @@ side_by_side() { # NAME PYTHON-ARGS... -- OUR-ARGS...
 
 side_by_side "RealESRGAN_x4plus 128² → 512²" esrgan --out "$work/x4.safetensors" --size 128 \
     -- esrgan "$work/x4.safetensors" 128 "$runs"
-# 16 times the work of the case above: one timed run after the warm-up.
-side_by_side "RealESRGAN_x4plus 512² → 2048², 256² tiles" esrgan --out "$work/x4.safetensors" \
+# 16 times the work of the case above: one timed run after the warm-up (SKIP_TILED=1 skips it).
+[ -n "${SKIP_TILED:-}" ] || side_by_side "RealESRGAN_x4plus 512² → 2048², 256² tiles" esrgan --out "$work/x4.safetensors" \
     --size 512 --tile 256 --runs 1 -- esrgan "$work/x4.safetensors" 512 1 256
 side_by_side "GFPGAN, one 512² face" gfpgan --out "$work/gfpgan.pth" \
     -- gfpgan "$work/gfpgan.pth" "$runs"

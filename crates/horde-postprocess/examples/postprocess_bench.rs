@@ -1,6 +1,7 @@
 //! Our side of the post-processor benchmark (`tools/postprocess-bench`, BENCHMARKS.md): loads a
 //! checkpoint the PyTorch side wrote and times the same work, printing one JSON line (median
-//! seconds after a warm-up, peak resident size). Threads: `RAYON_NUM_THREADS`.
+//! seconds after a warm-up, peak resident size), with the worker's allocator settings.
+//! Threads: `RAYON_NUM_THREADS`.
 //!
 //!   postprocess_bench esrgan CHECKPOINT SIZE RUNS [TILE]   the network on a SIZE² image,
 //!                                                          whole, or tiled with TILE² tiles
@@ -16,6 +17,18 @@ use horde_postprocess::face::gfpgan::Gfpgan;
 use horde_postprocess::upscale::{image_to_tensor, Upscaler};
 use std::path::Path;
 use std::time::Instant;
+
+// The worker's allocator and setting (`keep_freed_memory` in the horde binary): freed maps are
+// kept for the next layer instead of being faulted in and cleared again.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[allow(unsafe_code)]
+fn keep_freed_memory() {
+    // SAFETY: setting an option is allowed at any time; the value is a plain integer
+    // (option 15 is `purge_delay`, -1 never purges).
+    unsafe { libmimalloc_sys::mi_option_set(15, -1) }
+}
 
 fn peak_rss_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -93,6 +106,7 @@ fn u2net(checkpoint: &str, side: usize, runs: usize) -> f64 {
 }
 
 fn main() {
+    keep_freed_memory();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let (network, size, tile, secs) = match args[..] {
