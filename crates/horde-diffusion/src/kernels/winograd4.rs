@@ -398,13 +398,14 @@ fn transform_outputs(
                 }
                 *column = a_transpose(&e);
             }
-            for dy in 0..4 {
+            let rows: [[Lanes; 6]; 4] =
+                std::array::from_fn(|dy| std::array::from_fn(|j| columns[j][dy]));
+            for (dy, row) in rows.iter().enumerate() {
                 let y = 4 * ty + dy;
                 if y >= g.out_h {
                     continue;
                 }
-                let row: [Lanes; 6] = std::array::from_fn(|j| columns[j][dy]);
-                let values = a_transpose(&row);
+                let values = a_transpose(row);
                 let line = &mut out[y * g.out_w..(y + 1) * g.out_w];
                 for i in 0..n {
                     let x = 4 * (first + i);
