@@ -2,6 +2,9 @@
 //! checkpoints written and run by `tools/postprocess-fixtures/background.py`, loaded here
 //! through the production loader; and rembg's whole pipeline on a 400×300 image.
 
+mod common;
+use common::max_diff;
+
 use candle_core::{Device, Tensor};
 use horde_postprocess::background::{
     network::SalientNet, pipeline, resample::resize_lanczos, write_tiny_checkpoint,
@@ -12,12 +15,11 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/background")
+    common::fixtures_of("background")
 }
 
 fn manifest() -> Value {
-    let text = std::fs::read_to_string(fixtures().join("manifest.json")).unwrap();
-    serde_json::from_str(&text).unwrap()
+    common::manifest_of("background")
 }
 
 fn tolerance() -> f32 {
@@ -42,19 +44,6 @@ fn expected(entry: &Value) -> (Tensor, Tensor) {
         tensors.remove("input").unwrap(),
         tensors.remove("outputs").unwrap(),
     )
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 fn stacked(outputs: &[Tensor]) -> Tensor {

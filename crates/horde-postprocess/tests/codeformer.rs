@@ -2,6 +2,9 @@
 //! tiny random checkpoint in the published layout, loaded through the production loader, run at
 //! fidelity 0 and 0.7 on the fixture's input, and one face restored as the inference script does.
 
+mod common;
+use common::max_diff;
+
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use horde_postprocess::face::codeformer::{self, CodeFormer};
@@ -10,12 +13,11 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/codeformer")
+    common::fixtures_of("codeformer")
 }
 
 fn manifest() -> Value {
-    let text = std::fs::read_to_string(fixtures().join("manifest.json")).unwrap();
-    serde_json::from_str(&text).unwrap()
+    common::manifest_of("codeformer")
 }
 
 fn tolerance() -> f32 {
@@ -29,20 +31,6 @@ fn expected() -> HashMap<String, Tensor> {
 
 fn checkpoint() -> PathBuf {
     fixtures().join(manifest()["checkpoint"].as_str().unwrap())
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    let b = b.to_dtype(a.dtype()).unwrap();
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 fn scratch(name: &str) -> PathBuf {

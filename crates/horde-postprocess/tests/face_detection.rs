@@ -2,6 +2,9 @@
 //! RetinaFaces in facexlib's ResNet-50 key layout and a fixed alignment case, written by
 //! `tools/postprocess-fixtures/face_detection.py`, loaded here through the worker's code.
 
+mod common;
+use common::max_diff;
+
 use candle_core::{DType, Device, Tensor};
 use horde_postprocess::face::align::{self, Affine, AlignedFace};
 use horde_postprocess::face::detect::{self, Face, RawOutputs, RetinaFace};
@@ -11,12 +14,11 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/face_detection")
+    common::fixtures_of("face_detection")
 }
 
 fn manifest() -> Value {
-    let text = std::fs::read_to_string(fixtures().join("manifest.json")).unwrap();
-    serde_json::from_str(&text).unwrap()
+    common::manifest_of("face_detection")
 }
 
 fn load(file: &str) -> HashMap<String, Tensor> {
@@ -38,20 +40,6 @@ fn rgb_image(t: &Tensor) -> RgbImage {
     let (h, w, _) = t.dims3().unwrap();
     let raw = t.flatten_all().unwrap().to_vec1::<u8>().unwrap();
     RgbImage::from_raw(w as u32, h as u32, raw).unwrap()
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 fn raw_diff(ours: &RawOutputs, expected: &HashMap<String, Tensor>, name: &str) -> f32 {

@@ -2,20 +2,22 @@
 //! the published key layout, written and run by `tools/postprocess-fixtures/gfpgan.py` with the
 //! stored noise (`randomize_noise=False`), loaded here through the production loader.
 
+mod common;
+use common::max_diff;
+
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use horde_postprocess::face::gfpgan::{self, Gfpgan, Noise};
 use serde_json::Value;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gfpgan")
+    common::fixtures_of("gfpgan")
 }
 
 fn manifest() -> Value {
-    let text = std::fs::read_to_string(fixtures().join("manifest.json")).unwrap();
-    serde_json::from_str(&text).unwrap()
+    common::manifest_of("gfpgan")
 }
 
 fn tolerance() -> f32 {
@@ -25,12 +27,6 @@ fn tolerance() -> f32 {
 fn expected() -> HashMap<String, Tensor> {
     let path = fixtures().join("gfpgan_tiny.expected.safetensors");
     candle_core::safetensors::load(path, &Device::Cpu).unwrap()
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    let d = (a - b).unwrap().abs().unwrap().flatten_all().unwrap();
-    d.max(0).unwrap().to_scalar::<f32>().unwrap()
 }
 
 fn channels(detected: &Value) -> Vec<usize> {

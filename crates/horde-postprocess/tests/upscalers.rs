@@ -2,20 +2,22 @@
 //! horde's upscalers come in, written and run by spandrel (`tools/postprocess-fixtures`), loaded
 //! here through the same code a worker uses and run on the same input.
 
+mod common;
+use common::max_diff;
+
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use horde_postprocess::upscale::{esrgan, Network, Upscaler};
 use serde_json::Value;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/upscalers")
+    common::fixtures_of("upscalers")
 }
 
 fn manifest() -> Value {
-    let text = std::fs::read_to_string(fixtures().join("manifest.json")).unwrap();
-    serde_json::from_str(&text).unwrap()
+    common::manifest_of("upscalers")
 }
 
 /// The fixture's input and spandrel's output for it.
@@ -26,19 +28,6 @@ fn expected(entry: &Value) -> (Tensor, Tensor) {
         tensors.remove("input").unwrap(),
         tensors.remove("output").unwrap(),
     )
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 #[test]

@@ -1,0 +1,38 @@
+//! What every family's tests share: where its fixtures are, its manifest, and the largest
+//! difference between two tensors.
+#![allow(dead_code)] // each test binary uses its own part
+
+use candle_core::{DType, Tensor};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+/// `tests/fixtures/<family>`.
+pub fn fixtures_of(family: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(family)
+}
+
+/// The family's `manifest.json`, written by its tool in `tools/postprocess-fixtures`.
+pub fn manifest_of(family: &str) -> Value {
+    let text = std::fs::read_to_string(fixtures_of(family).join("manifest.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// `max |a − b|`, in f32 whatever the two tensors hold.
+pub fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    let (a, b) = (
+        a.to_dtype(DType::F32).unwrap(),
+        b.to_dtype(DType::F32).unwrap(),
+    );
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
