@@ -23,17 +23,9 @@ pub struct BridgeCapabilities {
     pub lora: bool,
 }
 
-/// The post-processors every bridge that has post-processing runs (reGen version 1's).
-pub const FIRST_POST_PROCESSORS: &[&str] = &[
-    "GFPGAN",
-    "RealESRGAN_x4plus",
-    "RealESRGAN_x2plus",
-    "RealESRGAN_x4plus_anime_6B",
-    "NMKD_Siax",
-    "4x_AnimeSharp",
-    "CodeFormers",
-    "strip_background",
-];
+/// The post-processors every bridge that has post-processing runs (reGen version 1's): the
+/// first eight names of the API's list, which appends the later ones.
+pub const FIRST_POST_PROCESSORS: &[&str] = horde_api::image::POST_PROCESSORS.split_at(8).0;
 
 impl BridgeCapabilities {
     /// Whether the bridge runs the post-processor `name`.

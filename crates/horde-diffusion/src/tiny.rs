@@ -187,6 +187,27 @@ fn fnv1a(text: &str) -> u64 {
     })
 }
 
+/// Every tensor `build` asks its `VarBuilder` for, random as a tiny checkpoint's are (seeded by
+/// `seed` and the tensor's name): how any network written against a `VarBuilder` gets a tiny
+/// random checkpoint in its own key layout (the post-processors' `horde model tiny` too).
+pub fn record_random<T>(
+    seed: u64,
+    build: impl FnOnce(VarBuilder<'static>) -> candle_core::Result<T>,
+) -> candle_core::Result<HashMap<String, Tensor>> {
+    let tensors = Arc::new(Mutex::new(HashMap::new()));
+    let recorder = Recorder {
+        seed,
+        tensors: tensors.clone(),
+    };
+    build(VarBuilder::from_backend(
+        Box::new(recorder),
+        DType::F32,
+        Device::Cpu,
+    ))?;
+    let recorded = std::mem::take(&mut *tensors.lock().expect("recorder lock"));
+    Ok(recorded)
+}
+
 /// A `VarBuilder` that hands out seeded random weights of whatever shape is asked (for
 /// benchmarks of the real architectures, whose weights cannot be downloaded here).
 pub fn random_var_builder(seed: u64) -> VarBuilder<'static> {

@@ -7,14 +7,10 @@
 
 use crate::upscale::{compact, esrgan};
 use crate::{Error, Result};
-use candle_core::{DType, Device, Shape, Tensor};
-use candle_nn::var_builder::SimpleBackend;
-use candle_nn::{Init, VarBuilder};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
+use candle_core::{Device, Tensor};
+use candle_nn::VarBuilder;
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 
 /// The post-processor architectures `horde model tiny` writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,76 +146,12 @@ pub fn save(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
 }
 
 /// Every tensor `build` asks its `VarBuilder` for, random and seeded by `seed` and the
-/// tensor's name (so adding a tensor does not change the others).
+/// tensor's name (the engine's tiny writer: around each layer's usual value, never constant).
 pub fn record_random<T>(
     seed: u64,
     build: impl FnOnce(VarBuilder<'static>) -> candle_core::Result<T>,
 ) -> Result<HashMap<String, Tensor>> {
-    let tensors = Arc::new(Mutex::new(HashMap::new()));
-    let recorder = Recorder {
-        seed,
-        tensors: tensors.clone(),
-    };
-    build(VarBuilder::from_backend(
-        Box::new(recorder),
-        DType::F32,
-        Device::Cpu,
-    ))?;
-    let recorded = std::mem::take(&mut *tensors.lock().expect("recorder lock"));
-    Ok(recorded)
-}
-
-struct Recorder {
-    seed: u64,
-    tensors: Arc<Mutex<HashMap<String, Tensor>>>,
-}
-
-impl SimpleBackend for Recorder {
-    fn get(
-        &self,
-        shape: Shape,
-        name: &str,
-        init: Init,
-        dtype: DType,
-        device: &Device,
-    ) -> candle_core::Result<Tensor> {
-        let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ fnv1a(name));
-        let dims = shape.dims();
-        let fan_in = dims.iter().skip(1).product::<usize>().max(1);
-        // Around the value the layer would start from, with a spread, so that no tensor is
-        // constant: norms near 1, biases and slopes near their hint, weights scaled by fan-in.
-        let (centre, spread) = match init {
-            Init::Const(v) => (v, 0.1),
-            Init::Randn { mean, stdev } => (mean, stdev),
-            _ if dims.len() == 1 => (0.0, 0.05),
-            _ => (0.0, 1.0 / (fan_in as f64).sqrt()),
-        };
-        let values: Vec<f32> = (0..shape.elem_count())
-            .map(|_| (centre + (rng.random::<f64>() * 2.0 - 1.0) * spread * 3f64.sqrt()) as f32)
-            .collect();
-        let tensor = Tensor::from_vec(values, shape, device)?.to_dtype(dtype)?;
-        self.tensors
-            .lock()
-            .expect("recorder lock")
-            .insert(name.to_string(), tensor.clone());
-        Ok(tensor)
-    }
-
-    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
-        Err(candle_core::Error::Msg(format!(
-            "tiny checkpoint: `{name}` requested without a shape"
-        )))
-    }
-
-    fn contains_tensor(&self, _: &str) -> bool {
-        false
-    }
-}
-
-fn fnv1a(text: &str) -> u64 {
-    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
+    Ok(horde_diffusion::tiny::record_random(seed, build)?)
 }
 
 #[cfg(test)]

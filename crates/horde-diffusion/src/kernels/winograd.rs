@@ -337,9 +337,9 @@ fn convolve_band(
 }
 
 /// Tiles transformed together: the transforms are element-wise over them, in vector code.
-const CHUNK: usize = 16;
+pub(super) const CHUNK: usize = 16;
 
-type Lanes = [f32; CHUNK];
+pub(super) type Lanes = [f32; CHUNK];
 
 /// `V = Bᵀ d B` for each 4×4 input tile of one channel's padded band grid (`tile_rows` rows of
 /// tiles), into `v[ξ·tiles + t]`, [`CHUNK`] tiles at a time.
@@ -386,7 +386,7 @@ fn transform_inputs(g: &Geometry, grid: &[f32], tile_rows: usize, v: &mut [f32],
 /// size known when compiling, which becomes vector moves; a call to `memcpy` for each of
 /// these 64-byte copies took a fifth of an ESRGAN upscale's time.
 #[inline(always)]
-fn load(lanes: &mut Lanes, src: &[f32], at: usize, n: usize) {
+pub(super) fn load(lanes: &mut Lanes, src: &[f32], at: usize, n: usize) {
     if n == CHUNK {
         lanes.copy_from_slice(&src[at..at + CHUNK]);
     } else {
@@ -396,7 +396,7 @@ fn load(lanes: &mut Lanes, src: &[f32], at: usize, n: usize) {
 
 /// The first `n` lanes into the start of `dst`, as [`load`].
 #[inline(always)]
-fn store(lanes: &Lanes, dst: &mut [f32], n: usize) {
+pub(super) fn store(lanes: &Lanes, dst: &mut [f32], n: usize) {
     if n == CHUNK {
         dst[..CHUNK].copy_from_slice(lanes);
     } else {

@@ -15,7 +15,7 @@
 //! padded row is stored as its four column phases (columns `4t`, `4t+1`, `4t+2`, `4t+3`), so
 //! the six columns of [`CHUNK`] consecutive tiles are six contiguous runs.
 
-use super::winograd::Padding;
+use super::winograd::{load, store, Lanes, Padding, CHUNK};
 use super::{contiguous_f32, unfilled};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -293,29 +293,6 @@ fn convolve_band(
             let bias_c = bias.map_or(0.0, |b| b[c]);
             transform_outputs(g, m, c, bias_c, rows.clone(), out_c, tiles)
         });
-}
-
-/// Tiles transformed together, in vector code.
-const CHUNK: usize = 16;
-
-type Lanes = [f32; CHUNK];
-
-#[inline(always)]
-fn load(lanes: &mut Lanes, src: &[f32], at: usize, n: usize) {
-    if n == CHUNK {
-        lanes.copy_from_slice(&src[at..at + CHUNK]);
-    } else {
-        lanes[..n].copy_from_slice(&src[at..at + n]);
-    }
-}
-
-#[inline(always)]
-fn store(lanes: &Lanes, dst: &mut [f32], n: usize) {
-    if n == CHUNK {
-        dst[..CHUNK].copy_from_slice(lanes);
-    } else {
-        dst[..n].copy_from_slice(&lanes[..n]);
-    }
 }
 
 /// `Bᵀ` applied to six rows (or columns) of lanes.
