@@ -99,9 +99,10 @@ impl candle_core::InplaceOp1 for LeakyRelu {
             candle_core::bail!("leaky-relu-in-place: f32 only");
         };
         let slope = self.0;
+        // `+ 0.0` turns the −0 a zero slope would leave into +0, as ReLU gives.
         let apply = |v: &mut f32| {
             if *v < 0.0 {
-                *v *= slope
+                *v = *v * slope + 0.0
             }
         };
         match layout.contiguous_offsets() {

@@ -109,8 +109,15 @@ impl ConvBnRelu {
         })
     }
 
+    /// The ReLU is written over the convolution's fresh output where that is contiguous (a
+    /// dilated convolution's is a view of its sub-grids): one pass and no second tensor.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.conv.forward(x)?.relu()
+        let y = self.conv.forward(x)?;
+        if y.is_contiguous() {
+            crate::tensors::leaky_relu_in_place(&y, 0.0)
+        } else {
+            y.relu()
+        }
     }
 }
 
