@@ -59,6 +59,12 @@ pub struct WorkerArgs {
     #[arg(long = "model", value_name = "NAME=PATH")]
     #[serde(skip)]
     models: Vec<String>,
+    /// A post-processor to serve, as "AI Horde name=checkpoint" (repeatable): an upscaler
+    /// (RealESRGAN_x4plus=RealESRGAN_x4plus.pth), a face fixer (GFPGAN=GFPGANv1.4.pth, with
+    /// --face-detector) or strip_background=u2net.pth
+    #[arg(long = "post-processor", value_name = "NAME=PATH")]
+    #[serde(skip)]
+    post_processors: Vec<String>,
     /// Largest image (width × height) accepted [default: 262144]
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -128,6 +134,19 @@ pub struct WorkerArgs {
     dtype: Option<String>,
 }
 
+/// `NAME=PATH` flags as a map.
+fn names_to_paths(flag: &str, entries: &[String]) -> anyhow::Result<BTreeMap<String, PathBuf>> {
+    entries
+        .iter()
+        .map(|entry| {
+            let (name, path) = entry
+                .split_once('=')
+                .with_context(|| format!("{flag} {entry}: expected NAME=PATH"))?;
+            Ok((name.trim().to_string(), PathBuf::from(path.trim())))
+        })
+        .collect()
+}
+
 /// Layers the worker's settings.
 pub fn load_config(args: &WorkerArgs) -> anyhow::Result<WorkerConfig> {
     let mut figment = Figment::from(Serialized::defaults(WorkerConfig::default()));
@@ -145,15 +164,14 @@ pub fn load_config(args: &WorkerArgs) -> anyhow::Result<WorkerConfig> {
             .any(|k| key.as_str().to_ascii_lowercase().starts_with(k))
     }));
     figment = figment.merge(Serialized::defaults(args));
-    let mut models = BTreeMap::new();
-    for entry in &args.models {
-        let (name, path) = entry
-            .split_once('=')
-            .with_context(|| format!("--model {entry}: expected NAME=PATH"))?;
-        models.insert(name.trim().to_string(), PathBuf::from(path.trim()));
-    }
-    if !models.is_empty() {
-        figment = figment.merge(Serialized::default("models", models));
+    for (key, flag, entries) in [
+        ("models", "--model", &args.models),
+        ("post_processors", "--post-processor", &args.post_processors),
+    ] {
+        let named = names_to_paths(flag, entries)?;
+        if !named.is_empty() {
+            figment = figment.merge(Serialized::default(key, named));
+        }
     }
     let config: WorkerConfig = figment.extract().context("invalid worker configuration")?;
     config.validate().map_err(anyhow::Error::msg)?;
@@ -175,10 +193,17 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         eprintln!("Aborted.");
         std::process::exit(130);
     });
+    let pop = worker.pop_request();
+    let post = pop.post_processors.unwrap_or_default();
+    let post = if post.is_empty() {
+        String::new()
+    } else {
+        format!(" with {}", post.join(", "))
+    };
     println!(
-        "worker {} serving {} on {}",
+        "worker {} serving {}{post} on {}",
         config.name,
-        worker.pop_request().models.join(", "),
+        pop.models.join(", "),
         config.url
     );
     let summary = worker.run(stopped).await;
@@ -267,4 +292,59 @@ pub fn write_tiny(arch: &str, out: &Path, seed: u64) -> anyhow::Result<()> {
         size as f64 / 1e6
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        worker: WorkerArgs,
+    }
+
+    #[test]
+    fn post_processors_and_the_face_detector_come_from_flags() {
+        let cli = Cli::try_parse_from([
+            "worker",
+            "--api-key",
+            "0123456789abcdefghijkl",
+            "--name",
+            "w",
+            "--post-processor",
+            "GFPGAN=/m/GFPGANv1.4.pth",
+            "--post-processor",
+            "strip_background = /m/u2net.pth",
+            "--face-detector",
+            "/m/detection_Resnet50_Final.pth",
+            "--model",
+            "stable_diffusion=/m/sd.safetensors",
+        ])
+        .unwrap();
+        let config = load_config(&cli.worker).unwrap();
+        assert_eq!(
+            config.post_processors,
+            BTreeMap::from([
+                ("GFPGAN".to_string(), PathBuf::from("/m/GFPGANv1.4.pth")),
+                (
+                    "strip_background".to_string(),
+                    PathBuf::from("/m/u2net.pth")
+                ),
+            ])
+        );
+        assert_eq!(
+            config.face_detector,
+            Some(PathBuf::from("/m/detection_Resnet50_Final.pth"))
+        );
+        assert_eq!(config.models.len(), 1);
+        let bad =
+            Cli::try_parse_from(["worker", "--name", "w", "--post-processor", "GFPGAN"]).unwrap();
+        let error = load_config(&bad.worker).unwrap_err().to_string();
+        assert!(
+            error.contains("--post-processor GFPGAN: expected NAME=PATH"),
+            "{error}"
+        );
+    }
 }
