@@ -130,11 +130,19 @@ pub struct CodeFormer {
 impl CodeFormer {
     /// Loads a CodeFormer checkpoint (`.pth` as published, or `.safetensors`).
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
+        Self::from_tensors(read_checkpoint(path, device)?, path, device)
+    }
+
+    /// The network in `tensors`, read from the checkpoint at `path` (named in errors).
+    pub fn from_tensors(
+        tensors: HashMap<String, Tensor>,
+        path: &Path,
+        device: &Device,
+    ) -> Result<Self> {
         let unsupported = |reason: String| Error::Unsupported {
             path: path.display().to_string(),
             reason,
         };
-        let tensors = read_checkpoint(path, device)?;
         if !recognises(&tensors) {
             return Err(unsupported(
                 "not a CodeFormer: no `position_emb`, `idx_pred_layer`, `ft_layers` and \

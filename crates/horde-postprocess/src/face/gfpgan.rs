@@ -219,11 +219,19 @@ impl Gfpgan {
     /// Loads a GFPGAN v1.3/v1.4 checkpoint (`.pth`, unwrapping `params_ema`, or
     /// `.safetensors`), its hyper-parameters read from its tensors.
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
+        Self::from_tensors(read_checkpoint(path, device)?, path, device)
+    }
+
+    /// The network in `tensors`, read from the checkpoint at `path` (named in errors).
+    pub fn from_tensors(
+        tensors: HashMap<String, Tensor>,
+        path: &Path,
+        device: &Device,
+    ) -> Result<Self> {
         let unsupported = |reason: String| Error::Unsupported {
             path: path.display().to_string(),
             reason,
         };
-        let tensors = read_checkpoint(path, device)?;
         if !recognises(&tensors) {
             return Err(unsupported(not_clean_gfpgan(&tensors)));
         }

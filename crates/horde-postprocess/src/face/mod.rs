@@ -34,16 +34,16 @@ impl Restorer {
     /// Loads a face restorer (`.pth` as published, or `.safetensors`), whichever of the three
     /// families its tensors are.
     pub fn load(path: &Path, device: &Device) -> Result<Restorer> {
+        // The checkpoint is read once: the family's constructor takes its tensors.
         let tensors = read_checkpoint(path, device)?;
         if gfpgan::recognises(&tensors) {
-            Ok(Restorer::Gfpgan(Box::new(gfpgan::Gfpgan::load(
-                path, device,
-            )?)))
+            let net = gfpgan::Gfpgan::from_tensors(tensors, path, device)?;
+            Ok(Restorer::Gfpgan(Box::new(net)))
         } else if codeformer::recognises(&tensors) {
-            let net = codeformer::CodeFormer::load(path, device)?;
+            let net = codeformer::CodeFormer::from_tensors(tensors, path, device)?;
             Ok(Restorer::CodeFormer(Box::new(net)))
         } else if restoreformer::recognises(&tensors) {
-            let net = restoreformer::RestoreFormer::load(path, device)?;
+            let net = restoreformer::RestoreFormer::from_tensors(tensors, path, device)?;
             Ok(Restorer::RestoreFormer(Box::new(net)))
         } else {
             Err(Error::Unsupported {
