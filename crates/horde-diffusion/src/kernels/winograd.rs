@@ -94,18 +94,97 @@ struct Winograd {
 
 /// The sizes of one convolution.
 #[derive(Clone, Copy)]
-struct Geometry {
-    c_in: usize,
-    c_out: usize,
-    h: usize,
-    w: usize,
+pub(super) struct Geometry {
+    pub(super) c_in: usize,
+    pub(super) c_out: usize,
+    pub(super) h: usize,
+    pub(super) w: usize,
     /// Zero rows above the image and zero columns left of it.
-    top: usize,
-    left: usize,
-    out_h: usize,
-    out_w: usize,
-    tiles_h: usize,
-    tiles_w: usize,
+    pub(super) top: usize,
+    pub(super) left: usize,
+    pub(super) out_h: usize,
+    pub(super) out_w: usize,
+    pub(super) tiles_h: usize,
+    pub(super) tiles_w: usize,
+}
+
+impl Geometry {
+    /// The sizes of a 3×3, stride-1 convolution of `xl` by `wl` with `padding`, in square
+    /// output tiles of `tile` pixels, and its batch; or why the shapes do not fit.
+    pub(super) fn of(
+        xl: &Layout,
+        wl: &Layout,
+        padding: Padding,
+        bias: Option<&[f32]>,
+        tile: usize,
+        op: &str,
+    ) -> Result<(usize, Geometry)> {
+        let (batch, c_in, h, w) = xl.shape().dims4()?;
+        let (c_out, w_c_in, k_h, k_w) = wl.shape().dims4()?;
+        let p = padding;
+        let (padded_h, padded_w) = (h + p.top + p.bottom, w + 2 * p.sides);
+        let bias_fits = bias.is_none_or(|b| b.len() == c_out);
+        if w_c_in != c_in || (k_h, k_w) != (3, 3) || padded_h < 3 || padded_w < 3 || !bias_fits {
+            candle_core::bail!(
+                "{op}: input {:?}, weight {:?}, padding {p:?} do not fit",
+                xl.shape(),
+                wl.shape()
+            );
+        }
+        let (out_h, out_w) = (padded_h - 2, padded_w - 2);
+        let geometry = Geometry {
+            c_in,
+            c_out,
+            h,
+            w,
+            top: p.top,
+            left: p.sides,
+            out_h,
+            out_w,
+            tiles_h: out_h.div_ceil(tile),
+            tiles_w: out_w.div_ceil(tile),
+        };
+        Ok((batch, geometry))
+    }
+
+    /// Rows of tiles per band: as many as keep a buffer of `positions` values per tile and
+    /// channel within `band_values`.
+    pub(super) fn rows_per_band(&self, band_values: usize, positions: usize) -> usize {
+        (band_values / (positions * self.c_in.max(self.c_out) * self.tiles_w))
+            .clamp(1, self.tiles_h)
+    }
+}
+
+/// The whole output of a batch (`[batch, c_out, out_h, out_w]`), made band of tile rows by band:
+/// `band(image, rows, out, buffers)` writes those rows of one image's output, with the calling
+/// thread's buffers first grown to `lens` (grid, transformed tiles, products).
+pub(super) fn by_bands(
+    g: &Geometry,
+    batch: usize,
+    x: &[f32],
+    rows_per_band: usize,
+    lens: [usize; 3],
+    band: impl Fn(&[f32], std::ops::Range<usize>, &mut [f32], &mut Buffers),
+) -> Vec<f32> {
+    let (in_image, out_image) = (g.c_in * g.h * g.w, g.c_out * g.out_h * g.out_w);
+    // Written whole: the bands of tile rows cover every output row, each row in full.
+    let mut out = unfilled(batch * out_image);
+    BUFFERS.with(|buffers| {
+        let buffers = &mut *buffers.borrow_mut();
+        buffers.grid.resize(lens[0], 0.0);
+        buffers.v.resize(lens[1], 0.0);
+        buffers.m.resize(lens[2], 0.0);
+        for (b, out_b) in out.chunks_mut(out_image).enumerate() {
+            let image = &x[b * in_image..(b + 1) * in_image];
+            let mut first = 0;
+            while first < g.tiles_h {
+                let rows = first..(first + rows_per_band).min(g.tiles_h);
+                band(image, rows.clone(), out_b, buffers);
+                first = rows.end;
+            }
+        }
+    });
+    out
 }
 
 impl CustomOp2 for Winograd {
@@ -120,62 +199,32 @@ impl CustomOp2 for Winograd {
         ws: &CpuStorage,
         wl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (batch, c_in, h, w) = xl.shape().dims4()?;
-        let (c_out, w_c_in, k_h, k_w) = wl.shape().dims4()?;
-        let p = self.padding;
-        let (padded_h, padded_w) = (h + p.top + p.bottom, w + 2 * p.sides);
-        let bias_fits = self.bias.as_ref().is_none_or(|b| b.len() == c_out);
-        if w_c_in != c_in || (k_h, k_w) != (3, 3) || padded_h < 3 || padded_w < 3 || !bias_fits {
-            candle_core::bail!(
-                "winograd conv2d: input {:?}, weight {:?}, padding {p:?} do not fit",
-                xl.shape(),
-                wl.shape()
-            );
-        }
-        let (out_h, out_w) = (padded_h - 2, padded_w - 2);
-        let g = Geometry {
-            c_in,
-            c_out,
-            h,
-            w,
-            top: p.top,
-            left: p.sides,
-            out_h,
-            out_w,
-            tiles_h: out_h.div_ceil(2),
-            tiles_w: out_w.div_ceil(2),
-        };
+        let bias = self.bias.as_deref();
+        let (batch, g) = Geometry::of(xl, wl, self.padding, bias, 2, self.name())?;
         let (x, weight) = (
             contiguous_f32(xs, xl, self.name())?,
             contiguous_f32(ws, wl, self.name())?,
         );
-        let u = transform_filters(weight, c_out, c_in);
-        let out_image = c_out * out_h * out_w;
-        // Written whole: the bands of tile rows cover every output row, each row in full.
-        let mut out = unfilled(batch * out_image);
-        let rows_per_band =
-            (self.band_values / (16 * c_in.max(c_out) * g.tiles_w)).clamp(1, g.tiles_h);
+        let u = transform_filters(weight, g.c_out, g.c_in);
+        let rows_per_band = g.rows_per_band(self.band_values, 16);
         let band_tiles = rows_per_band * g.tiles_w;
         let (grid_h, grid_w) = g.band_grid(rows_per_band);
-        BUFFERS.with(|buffers| {
-            let buffers = &mut *buffers.borrow_mut();
-            buffers.grid.resize(c_in * grid_h * grid_w, 0.0);
-            buffers.v.resize(c_in * 16 * band_tiles, 0.0);
-            buffers.m.resize(c_out * 16 * band_tiles, 0.0);
-            for (b, out_b) in out.chunks_mut(out_image).enumerate() {
-                let image = &x[b * c_in * h * w..(b + 1) * c_in * h * w];
-                let mut first = 0;
-                while first < g.tiles_h {
-                    let rows = first..(first + rows_per_band).min(g.tiles_h);
-                    let bias = self.bias.as_deref();
-                    convolve_band(&g, image, &u, bias, rows.clone(), out_b, buffers);
-                    first = rows.end;
-                }
-            }
-        });
+        let lens = [
+            g.c_in * grid_h * grid_w,
+            g.c_in * 16 * band_tiles,
+            g.c_out * 16 * band_tiles,
+        ];
+        let out = by_bands(
+            &g,
+            batch,
+            x,
+            rows_per_band,
+            lens,
+            |image, rows, out, buffers| convolve_band(&g, image, &u, bias, rows, out, buffers),
+        );
         Ok((
             CpuStorage::F32(out),
-            Shape::from((batch, c_out, out_h, out_w)),
+            Shape::from((batch, g.c_out, g.out_h, g.out_w)),
         ))
     }
 }
@@ -187,15 +236,16 @@ thread_local! {
     static BUFFERS: RefCell<Buffers> = RefCell::new(Buffers::default());
 }
 
-/// One band's padded input and transformed tiles.
+/// One band's padded input and transformed tiles (F(4×4, 3×3) uses them too, with 36
+/// positions where this has 16).
 #[derive(Default)]
-struct Buffers {
+pub(super) struct Buffers {
     /// `[c_in, grid rows, grid columns]`: see [`pad_band`].
-    grid: Vec<f32>,
+    pub(super) grid: Vec<f32>,
     /// `[c_in, 16, tiles]`
-    v: Vec<f32>,
+    pub(super) v: Vec<f32>,
     /// `[16, c_out, tiles]`
-    m: Vec<f32>,
+    pub(super) m: Vec<f32>,
 }
 
 /// The rows of the padded image that tile rows `rows` read, into `grid` (`[c_in, 2·rows + 2,

@@ -15,11 +15,10 @@
 //! padded row is stored as its four column phases (columns `4t`, `4t+1`, `4t+2`, `4t+3`), so
 //! the six columns of [`CHUNK`] consecutive tiles are six contiguous runs.
 
-use super::winograd::{load, store, Lanes, Padding, CHUNK};
+use super::winograd::{by_bands, load, store, Buffers, Geometry, Lanes, Padding, CHUNK};
 use super::{contiguous_f32, unfilled};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
-use std::cell::RefCell;
 
 /// Values in each of a band's buffers, as in [`super::winograd`].
 const BAND_VALUES: usize = 8 << 20;
@@ -64,29 +63,14 @@ struct Winograd4 {
     band_values: usize,
 }
 
-/// The sizes of one convolution.
-#[derive(Clone, Copy)]
-struct Geometry {
-    c_in: usize,
-    c_out: usize,
-    h: usize,
-    w: usize,
-    top: usize,
-    left: usize,
-    out_h: usize,
-    out_w: usize,
-    tiles_h: usize,
-    tiles_w: usize,
-}
-
 impl Geometry {
     /// Values in one column phase of a grid row (`tiles_w + 1`: the last tile reads one past).
     fn phase_len(&self) -> usize {
         self.tiles_w + 1
     }
 
-    /// Rows and row length of the grid `tile_rows` rows of tiles read.
-    fn band_grid(&self, tile_rows: usize) -> (usize, usize) {
+    /// Rows and row length of the F(4×4) grid `tile_rows` rows of tiles read.
+    fn band_grid_4x4(&self, tile_rows: usize) -> (usize, usize) {
         (4 * tile_rows + 2, 4 * self.phase_len())
     }
 }
@@ -103,80 +87,34 @@ impl CustomOp2 for Winograd4 {
         ws: &CpuStorage,
         wl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (batch, c_in, h, w) = xl.shape().dims4()?;
-        let (c_out, w_c_in, k_h, k_w) = wl.shape().dims4()?;
-        let p = self.padding;
-        let (padded_h, padded_w) = (h + p.top + p.bottom, w + 2 * p.sides);
-        let bias_fits = self.bias.as_ref().is_none_or(|b| b.len() == c_out);
-        if w_c_in != c_in || (k_h, k_w) != (3, 3) || padded_h < 3 || padded_w < 3 || !bias_fits {
-            candle_core::bail!(
-                "winograd 4x4 conv2d: input {:?}, weight {:?}, padding {p:?} do not fit",
-                xl.shape(),
-                wl.shape()
-            );
-        }
-        let (out_h, out_w) = (padded_h - 2, padded_w - 2);
-        let g = Geometry {
-            c_in,
-            c_out,
-            h,
-            w,
-            top: p.top,
-            left: p.sides,
-            out_h,
-            out_w,
-            tiles_h: out_h.div_ceil(4),
-            tiles_w: out_w.div_ceil(4),
-        };
+        let bias = self.bias.as_deref();
+        let (batch, g) = Geometry::of(xl, wl, self.padding, bias, 4, self.name())?;
         let (x, weight) = (
             contiguous_f32(xs, xl, self.name())?,
             contiguous_f32(ws, wl, self.name())?,
         );
-        let u = transform_filters(weight, c_out, c_in);
-        let out_image = c_out * out_h * out_w;
-        // Written whole: the bands cover every output row, each row in full.
-        let mut out = unfilled(batch * out_image);
-        let rows_per_band =
-            (self.band_values / (XI * c_in.max(c_out) * g.tiles_w)).clamp(1, g.tiles_h);
-        let (grid_h, grid_w) = g.band_grid(rows_per_band);
-        BUFFERS.with(|buffers| {
-            let buffers = &mut *buffers.borrow_mut();
-            let band_tiles = rows_per_band * g.tiles_w;
-            buffers.grid.resize(c_in * grid_h * grid_w, 0.0);
-            buffers.v.resize(c_in * XI * band_tiles, 0.0);
-            buffers.m.resize(c_out * XI * band_tiles, 0.0);
-            for (b, out_b) in out.chunks_mut(out_image).enumerate() {
-                let image = &x[b * c_in * h * w..(b + 1) * c_in * h * w];
-                let mut first = 0;
-                while first < g.tiles_h {
-                    let rows = first..(first + rows_per_band).min(g.tiles_h);
-                    let bias = self.bias.as_deref();
-                    convolve_band(&g, image, &u, bias, rows.clone(), out_b, buffers);
-                    first = rows.end;
-                }
-            }
-        });
+        let u = transform_filters(weight, g.c_out, g.c_in);
+        let rows_per_band = g.rows_per_band(self.band_values, XI);
+        let band_tiles = rows_per_band * g.tiles_w;
+        let (grid_h, grid_w) = g.band_grid_4x4(rows_per_band);
+        let lens = [
+            g.c_in * grid_h * grid_w,
+            g.c_in * XI * band_tiles,
+            g.c_out * XI * band_tiles,
+        ];
+        let out = by_bands(
+            &g,
+            batch,
+            x,
+            rows_per_band,
+            lens,
+            |image, rows, out, buffers| convolve_band(&g, image, &u, bias, rows, out, buffers),
+        );
         Ok((
             CpuStorage::F32(out),
-            Shape::from((batch, c_out, out_h, out_w)),
+            Shape::from((batch, g.c_out, g.out_h, g.out_w)),
         ))
     }
-}
-
-thread_local! {
-    /// The calling thread's band buffers, kept between convolutions (every value read is
-    /// written first, so they need no clearing).
-    static BUFFERS: RefCell<Buffers> = RefCell::new(Buffers::default());
-}
-
-#[derive(Default)]
-struct Buffers {
-    /// `[c_in, grid rows, 4 phases × (tiles_w + 1)]`
-    grid: Vec<f32>,
-    /// `[c_in, 36, tiles]`
-    v: Vec<f32>,
-    /// `[36, c_out, tiles]`
-    m: Vec<f32>,
 }
 
 /// `U = G g Gᵀ` for every filter, as `[c_in, 36, c_out]` (see `winograd::transform_filters`
@@ -214,7 +152,7 @@ fn transform_filters(weight: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
 /// The band's padded rows, each stored as its four column phases: grid column `c` (of the
 /// padded image) at `phase (c % 4)`, index `c / 4`.
 fn pad_band(g: &Geometry, image: &[f32], rows: std::ops::Range<usize>, grid: &mut [f32]) {
-    let (grid_h, grid_w) = g.band_grid(rows.len());
+    let (grid_h, grid_w) = g.band_grid_4x4(rows.len());
     let phase_len = g.phase_len();
     grid[..g.c_in * grid_h * grid_w]
         .par_chunks_mut(grid_h * grid_w)
@@ -249,7 +187,7 @@ fn convolve_band(
 ) {
     let tiles = rows.len() * g.tiles_w;
     pad_band(g, image, rows.clone(), &mut buffers.grid);
-    let (grid_h, grid_w) = g.band_grid(rows.len());
+    let (grid_h, grid_w) = g.band_grid_4x4(rows.len());
     let v = &mut buffers.v[..g.c_in * XI * tiles];
     v.par_chunks_mut(XI * tiles)
         .zip(buffers.grid.par_chunks(grid_h * grid_w))
@@ -323,7 +261,7 @@ fn a_transpose(m: &[Lanes; 6]) -> [Lanes; 4] {
 
 /// `V = Bᵀ d B` for each 6×6 input tile of one channel's band grid, into `v[ξ·tiles + t]`.
 fn transform_inputs(g: &Geometry, grid: &[f32], tile_rows: usize, v: &mut [f32], tiles: usize) {
-    let (_, grid_w) = g.band_grid(tile_rows);
+    let (_, grid_w) = g.band_grid_4x4(tile_rows);
     let phase_len = g.phase_len();
     for r in 0..tile_rows {
         for first in (0..g.tiles_w).step_by(CHUNK) {
