@@ -327,7 +327,6 @@ fn transform_filters(weight: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
 }
 
 /// Output tile rows `rows` of one image (`out` is that image's output).
-#[allow(unsafe_code)]
 fn convolve_band(
     g: &Geometry,
     image: &[f32],
@@ -346,12 +345,42 @@ fn convolve_band(
         .for_each(|(v_c, grid)| transform_inputs(g, grid, rows.len(), v_c, tiles));
     // M_ξ = U_ξ · V_ξ, into M: [16, c_out, tiles], the 16 products in parallel.
     let m = &mut buffers.m[..16 * g.c_out * tiles];
+    multiply_positions(g, u, v, m, tiles, 16);
+    let plane = g.out_h * g.out_w;
+    let m = &*m;
+    out.par_chunks_mut(plane)
+        .enumerate()
+        .for_each(|(c, out_c)| {
+            let bias_c = bias.map_or(0.0, |b| b[c]);
+            transform_outputs(g, m, c, bias_c, rows.clone(), out_c, tiles)
+        });
+}
+
+/// `M_ξ = U_ξ · V_ξ` for each of the `positions` positions of a transformed tile (16 for
+/// F(2×2, 3×3), 36 for F(4×4, 3×3)), the products in parallel: `u` is `[c_in, positions,
+/// c_out]`, `v` `[c_in, positions, tiles]`, `m` `[positions, c_out, tiles]`.
+#[allow(unsafe_code)]
+pub(super) fn multiply_positions(
+    g: &Geometry,
+    u: &[f32],
+    v: &[f32],
+    m: &mut [f32],
+    tiles: usize,
+    positions: usize,
+) {
+    assert!(
+        u.len() >= g.c_in * positions * g.c_out
+            && v.len() >= g.c_in * positions * tiles
+            && m.len() >= positions * g.c_out * tiles,
+        "buffers too short for {positions} positions"
+    );
     m.par_chunks_mut(g.c_out * tiles)
+        .take(positions)
         .enumerate()
         .for_each(|(xi, m_xi)| {
-            // SAFETY: U_ξ reads `c_out × c_in` values at `(i·16 + xi)·c_out + o` of `u`
-            // (`c_in·16·c_out` long); V_ξ reads `c_in × tiles` at `xi·tiles + i·16·tiles + t`
-            // of `v` (`c_in·16·tiles` long); M_ξ is `c_out × tiles`.
+            // SAFETY: U_ξ reads `c_out × c_in` values at `(i·positions + ξ)·c_out + o` of `u`;
+            // V_ξ reads `c_in × tiles` at `ξ·tiles + i·positions·tiles + t` of `v`; M_ξ is
+            // `c_out × tiles`: all within the lengths asserted above.
             unsafe {
                 gemm::gemm(
                     g.c_out,
@@ -362,11 +391,11 @@ fn convolve_band(
                     tiles as isize,
                     false,
                     u.as_ptr().add(xi * g.c_out),
-                    (16 * g.c_out) as isize,
+                    (positions * g.c_out) as isize,
                     1,
                     v.as_ptr().add(xi * tiles),
                     1,
-                    (16 * tiles) as isize,
+                    (positions * tiles) as isize,
                     0.0,
                     1.0,
                     false,
@@ -375,14 +404,6 @@ fn convolve_band(
                     gemm::Parallelism::None,
                 );
             }
-        });
-    let plane = g.out_h * g.out_w;
-    let m = &*m;
-    out.par_chunks_mut(plane)
-        .enumerate()
-        .for_each(|(c, out_c)| {
-            let bias_c = bias.map_or(0.0, |b| b[c]);
-            transform_outputs(g, m, c, bias_c, rows.clone(), out_c, tiles)
         });
 }
 

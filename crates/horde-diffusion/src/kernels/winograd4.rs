@@ -15,7 +15,9 @@
 //! padded row is stored as its four column phases (columns `4t`, `4t+1`, `4t+2`, `4t+3`), so
 //! the six columns of [`CHUNK`] consecutive tiles are six contiguous runs.
 
-use super::winograd::{by_bands, load, store, Buffers, Geometry, Lanes, Padding, CHUNK};
+use super::winograd::{
+    by_bands, load, multiply_positions, store, Buffers, Geometry, Lanes, Padding, CHUNK,
+};
 use super::{contiguous_f32, unfilled};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -175,7 +177,6 @@ fn pad_band(g: &Geometry, image: &[f32], rows: std::ops::Range<usize>, grid: &mu
 }
 
 /// Output tile rows `rows` of one image.
-#[allow(unsafe_code)]
 fn convolve_band(
     g: &Geometry,
     image: &[f32],
@@ -193,36 +194,7 @@ fn convolve_band(
         .zip(buffers.grid.par_chunks(grid_h * grid_w))
         .for_each(|(v_c, grid)| transform_inputs(g, grid, rows.len(), v_c, tiles));
     let m = &mut buffers.m[..XI * g.c_out * tiles];
-    m.par_chunks_mut(g.c_out * tiles)
-        .enumerate()
-        .for_each(|(xi, m_xi)| {
-            // SAFETY: U_ξ reads `c_out × c_in` values at `(i·36 + ξ)·c_out + o` of `u`
-            // (`c_in·36·c_out` long); V_ξ reads `c_in × tiles` at `ξ·tiles + i·36·tiles + t`
-            // of `v` (`c_in·36·tiles` long); M_ξ is `c_out × tiles`.
-            unsafe {
-                gemm::gemm(
-                    g.c_out,
-                    tiles,
-                    g.c_in,
-                    m_xi.as_mut_ptr(),
-                    1,
-                    tiles as isize,
-                    false,
-                    u.as_ptr().add(xi * g.c_out),
-                    (XI * g.c_out) as isize,
-                    1,
-                    v.as_ptr().add(xi * tiles),
-                    1,
-                    (XI * tiles) as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
-            }
-        });
+    multiply_positions(g, u, v, m, tiles, XI);
     let plane = g.out_h * g.out_w;
     let m = &*m;
     out.par_chunks_mut(plane)
