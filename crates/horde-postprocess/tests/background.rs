@@ -23,7 +23,7 @@ fn manifest() -> Value {
 }
 
 fn tolerance() -> f32 {
-    manifest()["tolerance_abs"].as_f64().unwrap() as f32
+    common::tolerance_of("background")
 }
 
 fn entry(name: &str) -> Value {

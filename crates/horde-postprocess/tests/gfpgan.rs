@@ -21,7 +21,7 @@ fn manifest() -> Value {
 }
 
 fn tolerance() -> f32 {
-    manifest()["tolerance_abs"].as_f64().unwrap() as f32
+    common::tolerance_of("gfpgan")
 }
 
 fn expected() -> HashMap<String, Tensor> {

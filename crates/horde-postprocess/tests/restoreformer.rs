@@ -12,25 +12,21 @@ use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-fn fixtures() -> PathBuf {
-    common::fixtures_of("restoreformer")
-}
-
 fn manifest() -> Value {
     common::manifest_of("restoreformer")
 }
 
 fn tolerance() -> f32 {
-    manifest()["tolerance_abs"].as_f64().unwrap() as f32
+    common::tolerance_of("restoreformer")
 }
 
 fn expected() -> HashMap<String, Tensor> {
-    let name = manifest()["expected"].as_str().unwrap().to_string();
-    candle_core::safetensors::load(fixtures().join(name), &Device::Cpu).unwrap()
+    let path = common::named_file_of("restoreformer", "expected");
+    candle_core::safetensors::load(path, &Device::Cpu).unwrap()
 }
 
 fn checkpoint() -> PathBuf {
-    fixtures().join(manifest()["checkpoint"].as_str().unwrap())
+    common::named_file_of("restoreformer", "checkpoint")
 }
 
 fn scratch(name: &str) -> PathBuf {

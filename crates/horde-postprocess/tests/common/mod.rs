@@ -19,6 +19,17 @@ pub fn manifest_of(family: &str) -> Value {
     serde_json::from_str(&text).unwrap()
 }
 
+/// The manifest's `tolerance_abs`: how far from the reference a family's outputs may be.
+pub fn tolerance_of(family: &str) -> f32 {
+    manifest_of(family)["tolerance_abs"].as_f64().unwrap() as f32
+}
+
+/// The fixture file the manifest names under `key` (`checkpoint`, `expected`, …).
+pub fn named_file_of(family: &str, key: &str) -> PathBuf {
+    let name = manifest_of(family)[key].as_str().unwrap().to_string();
+    fixtures_of(family).join(name)
+}
+
 /// `max |a − b|`, in f32 whatever the two tensors hold.
 pub fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
     let (a, b) = (
