@@ -422,6 +422,16 @@ async fn lists_and_free_form_fields_past_their_bound_are_refused_before_anything
             json!({"name": "w1", "models": ["stable_diffusion"], "priority_usernames": vec!["a#1"; 201]}),
             "priority_usernames",
         ),
+        (
+            "/generate/pop",
+            json!({"name": "w1", "models": ["stable_diffusion"], "post_processors": vec!["GFPGAN"; 33]}),
+            "post_processors",
+        ),
+        (
+            "/generate/pop",
+            json!({"name": "w1", "models": ["stable_diffusion"], "post_processors": ["x".repeat(256)]}),
+            "post_processors.0",
+        ),
     ];
     for (path, body, field) in cases {
         let (status, answer) = {
