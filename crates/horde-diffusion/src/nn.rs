@@ -188,19 +188,45 @@ pub fn conv(
     })
 }
 
-thread_local! {
-    static TILING: Cell<bool> = const { Cell::new(false) };
-    static WINOGRAD_4X4: Cell<bool> = const { Cell::new(false) };
+/// A convolution with stride 1 whose taps are `dilation` apart, padded by `padding` zeros
+/// (U²-Net's `REBNCONV`). It runs on `kernels::im2col` on the CPU; seamless tiling does not
+/// apply to it.
+pub fn conv_dilated(
+    in_c: usize,
+    out_c: usize,
+    kernel: usize,
+    padding: usize,
+    dilation: usize,
+    vb: VarBuilder,
+) -> Result<Conv2d> {
+    let cfg = Conv2dConfig {
+        padding,
+        dilation,
+        ..Default::default()
+    };
+    Ok(Conv2d {
+        normal: candle_nn::conv2d(in_c, out_c, kernel, cfg, vb)?,
+        unpadded: None,
+        padding,
+    })
 }
 
-/// Runs `f` with the large 3×3 convolutions on this thread by Winograd's F(4×4, 3×3)
-/// (`kernels::winograd4`): 1.78 × fewer multiply-adds than the default F(2×2, 3×3), at the
-/// price of rounding about 1e-6 of the output's magnitude. For networks that tolerate it (the
-/// upscalers); the diffusion engine keeps the default.
-pub fn with_winograd_4x4<T>(f: impl FnOnce() -> T) -> T {
-    let before = WINOGRAD_4X4.with(|t| t.replace(true));
+thread_local! {
+    static TILING: Cell<bool> = const { Cell::new(false) };
+    static POST_PROCESSING_KERNELS: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` with the 3×3 convolutions on this thread on the kernels made for the
+/// post-processors' networks: large maps by Winograd's F(4×4, 3×3) (`kernels::winograd4`, 1.78 ×
+/// fewer multiply-adds than the default F(2×2, 3×3), at the price of rounding about 1e-6 of the
+/// output's magnitude), maps under [`WINOGRAD_MIN_PIXELS`] on `kernels::im2col` (one product
+/// split over every thread, where the banded kernel gives a 20×20 map of one image to one or
+/// two threads). For networks that tolerate it (the upscalers, background removal); the
+/// diffusion engine keeps the default.
+pub fn with_post_processing_kernels<T>(f: impl FnOnce() -> T) -> T {
+    let before = POST_PROCESSING_KERNELS.with(|t| t.replace(true));
     let out = f();
-    WINOGRAD_4X4.with(|t| t.set(before));
+    POST_PROCESSING_KERNELS.with(|t| t.set(before));
     out
 }
 
@@ -223,11 +249,23 @@ pub struct Conv2d {
 
 impl Module for Conv2d {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        self.forward_then(xs, false)
+    }
+}
+
+impl Conv2d {
+    /// `relu(self.forward(xs))`, the ReLU applied as the outputs are written where the kernel
+    /// can (one pass over the output fewer).
+    pub fn forward_then_relu(&self, xs: &Tensor) -> Result<Tensor> {
+        self.forward_then(xs, true)
+    }
+
+    fn forward_then(&self, xs: &Tensor, relu: bool) -> Result<Tensor> {
         match &self.unpadded {
             Some(unpadded) if TILING.with(Cell::get) => {
-                convolve(unpadded, &circular_pad(xs, self.padding)?)
+                convolve_then(unpadded, &circular_pad(xs, self.padding)?, relu)
             }
-            _ => convolve(&self.normal, xs),
+            _ => convolve_then(&self.normal, xs, relu),
         }
     }
 }
@@ -238,41 +276,95 @@ impl Module for Conv2d {
 /// VAE decoder's large images gain (14.6 → 13.3 s per 512² decode).
 const WINOGRAD_MIN_PIXELS: usize = 32 * 32;
 
+/// Under the post-processing kernels, a 3×3 convolution from (or to) fewer channels than this
+/// skips Winograd: its transforms cost more than its few products (U²-Net's 3 → 64 and
+/// 64 → 1 at 320²: 16 ms each by F(4×4), 6 by im2col and 5 by the banded kernel).
+const FEW_CHANNELS: usize = 8;
+
 /// `conv.forward(xs)`: on the CPU in f32 through our kernels for stride-1 convolutions
 /// (`kernels::winograd` for 3×3 on images of [`WINOGRAD_MIN_PIXELS`] or more,
-/// `kernels::conv` for the rest) and for stride-2 ones with outputs of as many pixels
-/// (`kernels::conv::conv2d_stride2`: its weights are rearranged at every call, which costs
-/// more than it saves on small maps: 95 ms against candle's 36 for `[2, 1280, 16, 16]`, 29
-/// against 46 for `[2, 320, 64, 64]`), through candle's otherwise.
+/// `kernels::conv` for the rest, `kernels::im2col` for dilated ones) and for stride-2 ones with
+/// outputs of as many pixels (`kernels::conv::conv2d_stride2`: its weights are rearranged at
+/// every call, which costs more than it saves on small maps: 95 ms against candle's 36 for
+/// `[2, 1280, 16, 16]`, 29 against 46 for `[2, 320, 64, 64]`), through candle's otherwise.
+/// Under [`with_post_processing_kernels`], large 3×3 ones run by F(4×4, 3×3) and small ones
+/// on `kernels::im2col`.
 fn convolve(conv: &candle_nn::Conv2d, xs: &Tensor) -> Result<Tensor> {
+    convolve_then(conv, xs, false)
+}
+
+/// [`convolve`], then ReLU when `relu`: applied as the outputs are written where the kernel
+/// can (Winograd F(4×4), im2col), after it otherwise.
+fn convolve_then(conv: &candle_nn::Conv2d, xs: &Tensor, relu: bool) -> Result<Tensor> {
+    let relu_after = |out: Tensor| if relu { out.relu() } else { Ok(out) };
     if !for_our_kernels(xs) {
-        return conv.forward(xs);
+        return relu_after(conv.forward(xs)?);
     }
     let cfg = conv.config();
     let (_, _, h, w) = xs.dims4()?;
     let (_, _, k_h, k_w) = conv.weight().dims4()?;
     let (x, weight) = (f32(xs)?, f32(conv.weight())?);
     let bias = conv.bias().map(f32).transpose()?;
+    let (c_out, c_in, _, _) = conv.weight().dims4()?;
+    let post_processing = POST_PROCESSING_KERNELS.with(Cell::get);
+    let plain_3x3 = (k_h, k_w) == (3, 3) && (cfg.stride, cfg.dilation, cfg.groups) == (1, 1, 1);
+    // Under the post-processing kernels: the columns of a small map, or of few input channels
+    // (an RGB input), are small; so is the work of a convolution to a few channels (a side
+    // output to one), which Winograd's transforms of every input channel would dwarf.
+    let small_3x3 = (k_h, k_w) == (3, 3)
+        && (h * w < WINOGRAD_MIN_PIXELS
+            || c_in < FEW_CHANNELS && c_in * 9 * h * w <= crate::kernels::im2col::MAX_COLUMNS);
+    if post_processing && plain_3x3 && c_out < FEW_CHANNELS {
+        let out = crate::kernels::conv::conv2d_stride1(&x, &weight, bias.as_ref(), cfg.padding)?;
+        return back_to(&relu_after(out)?, xs.dtype());
+    }
     let out = if (cfg.stride, cfg.dilation, cfg.groups) == (2, 1, 1)
         && h * w >= 4 * WINOGRAD_MIN_PIXELS
     {
-        crate::kernels::conv::conv2d_stride2(&x, &weight, bias.as_ref(), cfg.padding)?
+        relu_after(crate::kernels::conv::conv2d_stride2(
+            &x,
+            &weight,
+            bias.as_ref(),
+            cfg.padding,
+        )?)?
+    } else if (cfg.stride, cfg.groups) == (1, 1)
+        && (cfg.dilation > 1 || post_processing && small_3x3)
+    {
+        let (p, d) = (cfg.padding, cfg.dilation);
+        crate::kernels::im2col::conv2d(&x, &weight, bias.as_ref(), p, d, relu)?
     } else if (cfg.stride, cfg.dilation, cfg.groups) != (1, 1, 1) {
         let out = x.conv2d(&weight, cfg.padding, cfg.stride, cfg.dilation, cfg.groups)?;
-        match bias {
+        relu_after(match bias {
             Some(bias) => out.broadcast_add(&bias.reshape((1, (), 1, 1))?)?,
             None => out,
-        }
+        })?
     } else if (k_h, k_w, cfg.padding) == (1, 1, 0) {
-        crate::kernels::conv::conv2d_1x1(&x, &weight, bias.as_ref())?
+        relu_after(crate::kernels::conv::conv2d_1x1(
+            &x,
+            &weight,
+            bias.as_ref(),
+        )?)?
     } else if (k_h, k_w) == (3, 3) && h * w >= WINOGRAD_MIN_PIXELS {
-        if WINOGRAD_4X4.with(Cell::get) {
-            crate::kernels::winograd4::conv2d_3x3(&x, &weight, bias.as_ref(), cfg.padding)?
-        } else {
-            crate::kernels::winograd::conv2d_3x3(&x, &weight, bias.as_ref(), cfg.padding)?
+        let p = cfg.padding;
+        match (post_processing, relu) {
+            (true, true) => {
+                crate::kernels::winograd4::conv2d_3x3_then_relu(&x, &weight, bias.as_ref(), p)?
+            }
+            (true, false) => crate::kernels::winograd4::conv2d_3x3(&x, &weight, bias.as_ref(), p)?,
+            (false, _) => relu_after(crate::kernels::winograd::conv2d_3x3(
+                &x,
+                &weight,
+                bias.as_ref(),
+                p,
+            )?)?,
         }
     } else {
-        crate::kernels::conv::conv2d_stride1(&x, &weight, bias.as_ref(), cfg.padding)?
+        relu_after(crate::kernels::conv::conv2d_stride1(
+            &x,
+            &weight,
+            bias.as_ref(),
+            cfg.padding,
+        )?)?
     };
     back_to(&out, xs.dtype())
 }

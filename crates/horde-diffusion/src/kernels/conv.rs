@@ -231,7 +231,7 @@ impl CustomOp2 for Conv2dStride1 {
         let out_image = c_out * g.out_h * g.out_w;
         // Written whole: the bands cover every output row, each row in full.
         let mut out = unfilled(batch * out_image);
-        let rows_per_band = (BAND_POSITIONS / g.grid_w).max(1);
+        let rows_per_band = rows_per_band(&g, batch);
         let bands = g.out_h.div_ceil(rows_per_band);
         let target = OutPtr(out.as_mut_ptr());
         (0..batch * bands).into_par_iter().for_each(|task| {
@@ -244,6 +244,16 @@ impl CustomOp2 for Conv2dStride1 {
         let shape = Shape::from((batch, c_out, g.out_h, g.out_w));
         Ok((CpuStorage::F32(out), shape))
     }
+}
+
+/// Output rows per band: as many as [`BAND_POSITIONS`] allows, fewer where the images alone
+/// would not give every thread a band (a 20×20 map of one image was one band, so one thread
+/// did all of its work).
+fn rows_per_band(g: &Geometry, batch: usize) -> usize {
+    let bands_per_image = rayon::current_num_threads().div_ceil(batch);
+    (BAND_POSITIONS / g.grid_w)
+        .min(g.out_h.div_ceil(bands_per_image))
+        .max(1)
 }
 
 /// The weight as `[taps, c_out, c_in]`: each tap's matrix contiguous. In the checkpoint's

@@ -45,6 +45,7 @@ pub mod conv;
 pub mod convert;
 pub mod geglu;
 pub mod group_norm;
+pub mod im2col;
 pub mod linear;
 pub mod transpose;
 pub mod winograd;

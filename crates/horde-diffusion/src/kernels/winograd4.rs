@@ -1,5 +1,6 @@
 //! 3×3 convolution with stride 1 by Winograd's F(4×4, 3×3), on the CPU: for networks that
-//! tolerate its rounding (the upscalers), opted into with `nn::with_winograd_4x4`.
+//! tolerate its rounding (the upscalers, background removal), opted into with
+//! `nn::with_post_processing_kernels`.
 //!
 //! Each 4×4 block of outputs needs 36 multiplications per input channel instead of 144 (the
 //! F(2×2, 3×3) of [`super::winograd`] needs 64): the 6×6 input tile `d` and the 3×3 filter `g`
@@ -37,7 +38,32 @@ pub fn conv2d_3x3(
     bias: Option<&Tensor>,
     padding: usize,
 ) -> Result<Tensor> {
-    convolve(x, weight, bias, Padding::uniform(padding), BAND_VALUES)
+    convolve(
+        x,
+        weight,
+        bias,
+        Padding::uniform(padding),
+        BAND_VALUES,
+        false,
+    )
+}
+
+/// [`conv2d_3x3`] followed by ReLU, applied as the outputs are written (one pass over the
+/// output fewer: U²-Net's `REBNCONV`).
+pub fn conv2d_3x3_then_relu(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    padding: usize,
+) -> Result<Tensor> {
+    convolve(
+        x,
+        weight,
+        bias,
+        Padding::uniform(padding),
+        BAND_VALUES,
+        true,
+    )
 }
 
 fn convolve(
@@ -46,6 +72,7 @@ fn convolve(
     bias: Option<&Tensor>,
     padding: Padding,
     band_values: usize,
+    relu: bool,
 ) -> Result<Tensor> {
     let (x, weight) = (x.contiguous()?, weight.contiguous()?);
     let bias = bias.map(|b| b.to_vec1::<f32>()).transpose()?;
@@ -55,6 +82,7 @@ fn convolve(
             padding,
             bias,
             band_values,
+            relu,
         },
     )
 }
@@ -63,6 +91,8 @@ struct Winograd4 {
     padding: Padding,
     bias: Option<Vec<f32>>,
     band_values: usize,
+    /// ReLU on each output as it is written.
+    relu: bool,
 }
 
 impl Geometry {
@@ -90,6 +120,7 @@ impl CustomOp2 for Winograd4 {
         wl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let bias = self.bias.as_deref();
+        let relu = self.relu;
         let (batch, g) = Geometry::of(xl, wl, self.padding, bias, 4, self.name())?;
         let (x, weight) = (
             contiguous_f32(xs, xl, self.name())?,
@@ -110,7 +141,9 @@ impl CustomOp2 for Winograd4 {
             x,
             rows_per_band,
             lens,
-            |image, rows, out, buffers| convolve_band(&g, image, &u, bias, rows, out, buffers),
+            |image, rows, out, buffers| {
+                convolve_band(&g, image, &u, (bias, relu), rows, out, buffers)
+            },
         );
         Ok((
             CpuStorage::F32(out),
@@ -181,7 +214,7 @@ fn convolve_band(
     g: &Geometry,
     image: &[f32],
     u: &[f32],
-    bias: Option<&[f32]>,
+    (bias, relu): (Option<&[f32]>, bool),
     rows: std::ops::Range<usize>,
     out: &mut [f32],
     buffers: &mut Buffers,
@@ -201,7 +234,7 @@ fn convolve_band(
         .enumerate()
         .for_each(|(c, out_c)| {
             let bias_c = bias.map_or(0.0, |b| b[c]);
-            transform_outputs(g, m, c, bias_c, rows.clone(), out_c, tiles)
+            transform_outputs(g, m, c, (bias_c, relu), rows.clone(), out_c, tiles)
         });
 }
 
@@ -261,13 +294,14 @@ fn transform_inputs(g: &Geometry, grid: &[f32], tile_rows: usize, v: &mut [f32],
     }
 }
 
-/// `Y = Aᵀ M A + bias_c` for each tile of output channel `c` in tile rows `rows`, into that
-/// channel's output plane (the rows and columns past the output's edge dropped).
+/// `Y = Aᵀ M A + bias_c` (then ReLU, with `relu`) for each tile of output channel `c` in tile
+/// rows `rows`, into that channel's output plane (the rows and columns past the output's edge
+/// dropped).
 fn transform_outputs(
     g: &Geometry,
     m: &[f32],
     c: usize,
-    bias_c: f32,
+    (bias_c, relu): (f32, bool),
     rows: std::ops::Range<usize>,
     out: &mut [f32],
     tiles: usize,
@@ -298,7 +332,8 @@ fn transform_outputs(
                     let x = 4 * (first + i);
                     for (dx, value) in values.iter().enumerate() {
                         if x + dx < g.out_w {
-                            line[x + dx] = value[i] + bias_c;
+                            let y = value[i] + bias_c;
+                            line[x + dx] = if relu { y.max(0.0) } else { y };
                         }
                     }
                 }
@@ -342,8 +377,15 @@ mod tests {
                 .broadcast_add(&bias.reshape((1, c_out, 1, 1)).unwrap())
                 .unwrap();
             for band_values in [BAND_VALUES, 1] {
-                let ours =
-                    convolve(&x, &weight, Some(&bias), Padding::uniform(p), band_values).unwrap();
+                let ours = convolve(
+                    &x,
+                    &weight,
+                    Some(&bias),
+                    Padding::uniform(p),
+                    band_values,
+                    false,
+                )
+                .unwrap();
                 assert_eq!(ours.dims(), reference.dims(), "case {i}");
                 let error = max_difference(&ours, &reference) / max_abs(&reference).max(1e-6);
                 assert!(
@@ -351,6 +393,10 @@ mod tests {
                     "case {i}, bands of {band_values}: relative {error}"
                 );
             }
+            let ours = conv2d_3x3_then_relu(&x, &weight, Some(&bias), p).unwrap();
+            let relu = reference.relu().unwrap();
+            let error = max_difference(&ours, &relu) / max_abs(&reference).max(1e-6);
+            assert!(error < 1e-5, "case {i} with ReLU: relative {error}");
         }
     }
 

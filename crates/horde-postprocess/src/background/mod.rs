@@ -11,6 +11,7 @@
 //! `isnet.py`) and to rembg's pipeline by `tools/postprocess-fixtures/background.py`: see
 //! `tests/background.rs` and `tools/postprocess-fixtures/README-background.md`.
 
+mod maps;
 pub mod network;
 pub mod pipeline;
 pub mod resample;
@@ -135,9 +136,10 @@ impl BackgroundRemover {
 
     /// The network on a normalised `[1, 3, H, W]` batch: all its outputs, the mask first. Its
     /// large convolutions run by Winograd's F(4×4, 3×3), whose rounding (a few 1e-6 of a
-    /// value) an 8-bit mask cannot show.
+    /// value) an 8-bit mask cannot show, and the small ones on one product over every thread
+    /// (`nn::with_post_processing_kernels`).
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Vec<Tensor>> {
-        horde_diffusion::nn::with_winograd_4x4(|| self.network.forward(x))
+        horde_diffusion::nn::with_post_processing_kernels(|| self.network.forward(x))
     }
 
     /// The 8-bit mask of `image` (255 = foreground), at the image's size, as rembg's session

@@ -1,30 +1,25 @@
 //! The blocks of the U²-Net family: `REBNCONV` (a 3×3 convolution, batch norm, ReLU) and the
 //! residual U-blocks `RSU7` … `RSU4` and `RSU4F` they form, with the max pooling (ceil mode)
-//! and bilinear resizing (`align_corners=False`) between their levels.
+//! and bilinear resizing (`align_corners=False`) between their levels (`super::maps`).
 //!
 //! Batch norm runs in eval mode only, so it is folded into the convolution at load time (one
 //! convolution a level instead of a convolution and four broadcasts). Widths come from the
 //! tensors; depths from which `rebnconvN` keys exist.
 
 use super::Tensors;
-use candle_core::{DType, Module, Result, Tensor};
+use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
-use horde_diffusion::nn::{conv, Conv2d};
+use horde_diffusion::nn::{conv, conv_dilated, Conv2d};
 use std::collections::HashMap;
 
 /// PyTorch's `BatchNorm2d` default.
 const BATCH_NORM_EPS: f64 = 1e-5;
 
 /// A 3×3 convolution with its bias, dilated by `dilation` and padded by as much (as
-/// `REBNCONV` sets it).
-///
-/// A dilated convolution runs as an undilated one on the `dilation²` interleaved sub-grids of
-/// its padded input, stacked as a batch (space-to-batch, as TensorFlow's atrous convolution
-/// does): the diffusion engine's fast kernels then take it, where candle's own dilated
-/// convolution took about 3.7× as long (77 against 21 ms for 64 channels at 160²).
+/// `REBNCONV` sets it): the diffusion engine's kernels (its dilated ones on `kernels::im2col`,
+/// where candle's own took about 3.7× as long).
 pub struct Conv3x3 {
     conv: Conv2d,
-    dilation: usize,
 }
 
 impl Conv3x3 {
@@ -34,36 +29,17 @@ impl Conv3x3 {
         let device = weight.device().clone();
         let tensors = HashMap::from([("weight".to_string(), weight), ("bias".into(), bias)]);
         let vb = VarBuilder::from_tensors(tensors, DType::F32, &device);
-        let padding = if dilation == 1 { 1 } else { 0 };
-        Ok(Conv3x3 {
-            conv: conv(in_c, out_c, 3, 1, padding, vb)?,
-            dilation,
-        })
+        let conv = if dilation == 1 {
+            conv(in_c, out_c, 3, 1, 1, vb)?
+        } else {
+            conv_dilated(in_c, out_c, 3, dilation, dilation, vb)?
+        };
+        Ok(Conv3x3 { conv })
     }
 
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let d = self.dilation;
-        if d == 1 {
-            return self.conv.forward(x);
-        }
-        let (b, c, h, w) = x.dims4()?;
-        // Each sub-grid needs ⌈side/d⌉ outputs, so ⌈side/d⌉ + 2 inputs: pad by d before and
-        // the rest after.
-        let (grid_h, grid_w) = (h.div_ceil(d) + 2, w.div_ceil(d) + 2);
-        let padded =
-            x.pad_with_zeros(2, d, grid_h * d - h - d)?
-                .pad_with_zeros(3, d, grid_w * d - w - d)?;
-        let grids = padded
-            .reshape((b, c, grid_h, d, grid_w, d))?
-            .permute((0, 3, 5, 1, 2, 4))?
-            .reshape((b * d * d, c, grid_h, grid_w))?;
-        let out = self.conv.forward(&grids)?;
-        let (_, o, out_h, out_w) = out.dims4()?;
-        out.reshape((b, d, d, o, out_h, out_w))?
-            .permute((0, 3, 4, 1, 5, 2))?
-            .reshape((b, o, out_h * d, out_w * d))?
-            .narrow(2, 0, h)?
-            .narrow(3, 0, w)
+    /// The convolution, then ReLU, applied as the outputs are written.
+    pub fn forward_then_relu(&self, x: &Tensor) -> Result<Tensor> {
+        self.conv.forward_then_relu(x)
     }
 }
 
@@ -109,36 +85,22 @@ impl ConvBnRelu {
         })
     }
 
-    /// The ReLU is written over the convolution's fresh output where that is contiguous (a
-    /// dilated convolution's is a view of its sub-grids): one pass and no second tensor.
+    /// The ReLU is applied as the convolution writes its outputs (no second pass over them).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = self.conv.forward(x)?;
-        if y.is_contiguous() {
-            crate::tensors::leaky_relu_in_place(&y, 0.0)
-        } else {
-            y.relu()
-        }
+        self.conv.forward_then_relu(x)
     }
 }
 
-/// `MaxPool2d(2, stride=2, ceil_mode=True)`: an odd side's last row or column is pooled alone
-/// (repeating the edge does that, since max(v, v) = v).
-pub fn max_pool_ceil(x: &Tensor) -> Result<Tensor> {
-    let (_, _, h, w) = x.dims4()?;
-    x.pad_with_same(2, 0, h % 2)?
-        .pad_with_same(3, 0, w % 2)?
-        .max_pool2d(2)
-}
+pub use super::maps::max_pool_ceil;
 
-/// `F.interpolate(x, size, mode="bilinear", align_corners=False)` (candle's kernel follows
-/// PyTorch's: each output pixel samples the input at `(i + 0.5)·in/out − 0.5`, clamped at 0).
-/// An unchanged size is returned as is, as PyTorch does.
+/// `F.interpolate(x, size, mode="bilinear", align_corners=False)`; an unchanged size is
+/// returned as is, as PyTorch does.
 pub fn resize_bilinear(x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
     let (_, _, in_h, in_w) = x.dims4()?;
     if (in_h, in_w) == (h, w) {
         return Ok(x.clone());
     }
-    x.upsample_bilinear2d(h, w, false)
+    super::maps::resize_bilinear(x, h, w)
 }
 
 /// `_upsample_like(src, tar)`: `src` resized bilinearly to `tar`'s height and width.

@@ -84,7 +84,7 @@ impl Upscaler {
     /// large convolutions run by Winograd's F(4×4, 3×3): an upscaler's 8-bit output cannot see
     /// the rounding (about 1e-6 of a value), and it saves a third of the time.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        horde_diffusion::nn::with_winograd_4x4(|| match &self.network {
+        horde_diffusion::nn::with_post_processing_kernels(|| match &self.network {
             Network::Esrgan(net) => net.forward(x),
             Network::Compact(net) => net.forward(x),
         })
