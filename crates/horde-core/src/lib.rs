@@ -8,12 +8,15 @@
 //! Architecture invariant: horde-core knows nothing of HTTP, SQL, files or async runtimes.
 
 pub mod accounts;
+pub mod activity;
 pub mod bridge;
 pub mod eta;
 pub mod image_header;
 pub mod keys;
 pub mod kudos_model;
 pub mod matching;
+pub mod model_reference;
+pub mod performance;
 pub mod post_processing;
 pub mod pricing;
 pub mod profanity;
@@ -21,7 +24,6 @@ pub mod prompt_filter;
 pub mod queue;
 pub mod quota;
 pub mod ratelimit;
-pub mod registry;
 pub mod reputation;
 pub mod request;
 pub mod routing;
@@ -29,6 +31,7 @@ pub mod seed;
 pub mod shared_key;
 pub mod ttl;
 pub mod upfront;
+pub mod work;
 
 pub use accounts::{User, Worker, WorkerFlags};
 pub use matching::{SkipReason, WorkerCaps};

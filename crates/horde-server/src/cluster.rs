@@ -23,30 +23,15 @@
 //!
 //! On SQLite there is one process: nothing here runs, and every lookup stays in memory.
 
-use crate::error::{ApiError, ApiResult};
+use crate::error::ApiResult;
+use crate::live_requests::WriteTurn;
 use crate::state::{AppState, SharedState};
-use horde_api::Rc;
 use horde_core::request::LiveRequest;
-use horde_core::Reputation;
 use horde_store::notify::{Listener, REMOVED};
 use horde_store::Backend;
-use horde_store::StoreError;
 use std::collections::BTreeMap;
 use std::time::Duration;
 use uuid::Uuid;
-
-/// Attempts at storing a change (a pop, a result, a cancel, a reputation) when other
-/// coordinators keep changing the same row first: each attempt starts from the stored copy, so
-/// one of the contenders always wins.
-pub(crate) const MAX_WRITE_ATTEMPTS: usize = 8;
-
-/// The answer when every attempt lost to another coordinator.
-pub(crate) fn changed_too_often(what: &str) -> ApiError {
-    ApiError::new(
-        Rc::InternalServerError,
-        format!("The {what} changed too often while this change was stored; try again."),
-    )
-}
 
 impl AppState {
     /// Whether other coordinators may share this one's database.
@@ -57,79 +42,83 @@ impl AppState {
     /// Makes sure request `id`, if stored, is in the local queue (another coordinator may
     /// have accepted it moments ago).
     pub async fn load_request(&self, id: Uuid) -> ApiResult<()> {
-        if !self.is_clustered() || self.queue.lock().expect("queue lock").get(id).is_some() {
+        if !self.is_clustered() || self.live.contains(id) {
             return Ok(());
         }
-        let _ordered = self.write_order.lock().await;
-        self.load_request_ordered(id).await
+        let turn = self.live.write_turn().await;
+        self.load_request_ordered(&turn, id).await
     }
 
-    /// [`AppState::load_request`], for a caller holding `write_order`.
-    pub(crate) async fn load_request_ordered(&self, id: Uuid) -> ApiResult<()> {
-        if !self.is_clustered() || self.queue.lock().expect("queue lock").get(id).is_some() {
+    /// [`AppState::load_request`], for a caller holding a write turn.
+    pub(crate) async fn load_request_ordered(
+        &self,
+        turn: &WriteTurn<'_>,
+        id: Uuid,
+    ) -> ApiResult<()> {
+        if !self.is_clustered() || self.live.contains(id) {
             return Ok(());
         }
-        self.resync_request_ordered(id).await
+        self.resync_request_ordered(turn, id).await
     }
 
     /// Makes sure the request of job `job_id` is in the local queue, as of its stored state
-    /// when the local copy does not know the job yet. The caller holds `write_order`.
-    pub(crate) async fn load_request_of_job_ordered(&self, job_id: Uuid) -> ApiResult<()> {
-        if !self.is_clustered() {
-            return Ok(());
-        }
-        let known = self
-            .queue
-            .lock()
-            .expect("queue lock")
-            .request_of_job(job_id)
-            .is_some();
-        if known {
+    /// when the local copy does not know the job yet. The caller holds a write turn.
+    pub(crate) async fn load_request_of_job_ordered(
+        &self,
+        turn: &WriteTurn<'_>,
+        job_id: Uuid,
+    ) -> ApiResult<()> {
+        if !self.is_clustered() || self.live.knows_job(job_id) {
             return Ok(());
         }
         match self.store.request_id_of_job(job_id).await? {
-            Some(request_id) => self.resync_request_ordered(request_id).await,
+            Some(request_id) => self.resync_request_ordered(turn, request_id).await,
             None => Ok(()),
         }
     }
 
     /// Replaces the local copy of request `id` by the stored one (or drops it when it is no
-    /// longer stored). The caller holds `write_order`.
-    pub(crate) async fn resync_request_ordered(&self, id: Uuid) -> ApiResult<()> {
+    /// longer stored). The caller holds a write turn.
+    pub(crate) async fn resync_request_ordered(
+        &self,
+        turn: &WriteTurn<'_>,
+        id: Uuid,
+    ) -> ApiResult<()> {
         match self.store.load_request(id).await? {
-            Some(request) => self.install(vec![request], []).await,
-            None => self.install(vec![], [id]).await,
+            Some(request) => self.install(turn, vec![request], []).await,
+            None => self.install(turn, vec![], [id]).await,
         }
     }
 
     /// Puts stored requests in place of the local copies and drops `removed`, after loading the
-    /// workers holding their jobs. The caller holds `write_order`, so no local change is
+    /// workers holding their jobs. The caller holds a write turn, so no local change is
     /// waiting to be stored: the stored copy is the truth (after a failed write the local copy
     /// even holds a change that was never stored).
     async fn install(
         &self,
+        _turn: &WriteTurn<'_>,
         stored: Vec<LiveRequest>,
         removed: impl IntoIterator<Item = Uuid>,
     ) -> ApiResult<()> {
         for request in &stored {
             self.load_workers_of(request).await?;
         }
-        let mut queue = self.queue.lock().expect("queue lock");
-        for id in removed {
-            queue.remove(id);
-        }
-        for request in stored {
-            queue.replace(request);
-        }
+        self.live.change(|queue| {
+            for id in removed {
+                queue.remove(id);
+            }
+            for request in stored {
+                queue.replace(request);
+            }
+        });
         Ok(())
     }
 
     /// Applies announced changes: reloads the requests whose announced version is newer than
     /// the local copy, and drops the removed ones.
     async fn apply_announcements(&self, changes: BTreeMap<Uuid, i64>) -> ApiResult<()> {
-        let _ordered = self.write_order.lock().await;
-        let (stale, removed): (Vec<Uuid>, Vec<Uuid>) = {
-            let queue = self.queue.lock().expect("queue lock");
+        let turn = self.live.write_turn().await;
+        let (stale, removed): (Vec<Uuid>, Vec<Uuid>) = self.live.read(|queue| {
             let mut stale = vec![];
             let mut removed = vec![];
             for (id, version) in changes {
@@ -142,69 +131,9 @@ impl AppState {
                 }
             }
             (stale, removed)
-        };
+        });
         let loaded = self.store.load_requests_by_id(&stale).await?;
-        self.install(loaded, removed).await
-    }
-
-    /// Puts a worker's stored reputation back in the registry, after a change counted in
-    /// memory was not stored (another coordinator changed the job's request first).
-    pub(crate) async fn reload_reputation(&self, worker_id: Uuid) -> ApiResult<()> {
-        if let Some(stored) = self.store.worker_by_id(worker_id).await? {
-            if let Some(entry) = self
-                .workers
-                .write()
-                .expect("registry lock")
-                .get_mut(worker_id)
-            {
-                entry.worker.reputation = stored.reputation;
-            }
-        }
-        Ok(())
-    }
-
-    /// Applies `change` to worker `id`'s reputation and stores it; when another coordinator
-    /// wrote it first, reloads the stored one and applies the change to that. The caller
-    /// holds `write_order`. Returns the stored reputation (`None`: no such worker here).
-    pub(crate) async fn change_reputation_ordered(
-        &self,
-        id: Uuid,
-        change: impl Fn(&mut Reputation),
-    ) -> ApiResult<Option<Reputation>> {
-        for _ in 0..MAX_WRITE_ATTEMPTS {
-            let snapshot = {
-                let mut registry = self.workers.write().expect("registry lock");
-                let Some(entry) = registry.get_mut(id) else {
-                    return Ok(None);
-                };
-                change(&mut entry.worker.reputation);
-                entry.worker.reputation.clone()
-            };
-            match self.store.save_reputation(id, &snapshot).await {
-                Ok(()) => {
-                    self.note_reputations_stored([(id, &snapshot)]);
-                    return Ok(Some(snapshot));
-                }
-                Err(StoreError::WorkerConflict(_)) => self.reload_reputation(id).await?,
-                Err(other) => return Err(other.into()),
-            }
-        }
-        Err(changed_too_often("worker"))
-    }
-
-    /// Records in the registry that these reputations were stored (each as the version after
-    /// the one it was read at).
-    pub(crate) fn note_reputations_stored<'a>(
-        &self,
-        written: impl IntoIterator<Item = (Uuid, &'a Reputation)>,
-    ) {
-        let mut registry = self.workers.write().expect("registry lock");
-        for (id, reputation) in written {
-            if let Some(entry) = registry.get_mut(id) {
-                let stored = reputation.version + 1;
-                entry.worker.reputation.version = entry.worker.reputation.version.max(stored);
-            }
-        }
+        self.install(&turn, loaded, removed).await
     }
 
     /// Loads into the registry the workers holding jobs of `request` that registered on
@@ -268,11 +197,10 @@ impl AppState {
     /// Adds the online workers this coordinator does not know, and takes the newer check-ins,
     /// settings and reputations of those it knows from the database.
     pub async fn refresh_workers(&self) -> ApiResult<()> {
-        let since = crate::state::now() - self.config.workers.online_window_secs;
+        let since = crate::clock::now() - self.config.workers.online_window_secs;
         let stored = self.store.workers_seen_since(since).await?;
         let mut unknown = vec![];
-        {
-            let mut registry = self.workers.write().expect("registry lock");
+        self.workers.change(|registry| {
             for worker in stored {
                 if registry.get(worker.id).is_none() {
                     unknown.push(worker);
@@ -287,11 +215,11 @@ impl AppState {
                 let entry = registry.get_mut(worker.id).expect("present");
                 take_stored(entry, worker);
             }
-        }
+        });
         for worker in unknown {
             self.add_stored_worker(worker).await?;
         }
-        self.workers_changed();
+        self.workers.changed();
         Ok(())
     }
 }
@@ -322,19 +250,15 @@ fn take_stored(entry: &mut crate::workers::WorkerEntry, stored: horde_core::Work
 impl AppState {
     /// Reloads every stored live request in place of the local copies. A local request that
     /// is no longer stored is dropped only if it was here before the reload began: requests
-    /// accepted meanwhile (the group commit does not wait for `write_order`) stay.
+    /// accepted meanwhile (the group commit does not wait for a write turn) stay.
     async fn resync_all(&self) -> ApiResult<()> {
-        let _ordered = self.write_order.lock().await;
+        let turn = self.live.write_turn().await;
         let before: std::collections::HashSet<Uuid> = self
-            .queue
-            .lock()
-            .expect("queue lock")
-            .requests()
-            .map(|r| r.id)
-            .collect();
+            .live
+            .read(|queue| queue.requests().map(|r| r.id).collect());
         let stored = self.store.load_requests().await?;
         let kept: std::collections::HashSet<Uuid> = stored.iter().map(|r| r.id).collect();
         let gone: Vec<Uuid> = before.difference(&kept).copied().collect();
-        self.install(stored, gone).await
+        self.install(&turn, stored, gone).await
     }
 }

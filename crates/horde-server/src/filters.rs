@@ -17,24 +17,24 @@ use std::sync::Arc;
 impl AppState {
     /// The filters as now compiled.
     pub fn filter_set(&self) -> Arc<FilterSet> {
-        self.filters.read().expect("filters lock").clone()
+        self.catalogue.filters()
     }
 
     /// Compiles the stored filters again (at start and after every change).
     pub async fn reload_filters(&self) -> ApiResult<()> {
         let stored = self.store.prompt_filters().await?;
-        *self.filters.write().expect("filters lock") = Arc::new(FilterSet::new(&stored));
+        self.catalogue.replace_filters(FilterSet::new(&stored));
         Ok(())
     }
 
     /// Screens an image request's prompt: unchanged, rewritten in place (with a warning), or
     /// refused with 400 `CorruptPrompt`.
     pub fn screen_prompt(&self, user: &User, body: &mut ImageRequest) -> ApiResult<bool> {
-        let registry = self.registry();
+        let model_reference = self.model_reference();
         let nsfw_model = body
             .models
             .iter()
-            .any(|m| registry.get(m).is_some_and(|info| info.nsfw));
+            .any(|m| model_reference.get(m).is_some_and(|info| info.nsfw));
         let rewrite_allowed = body.replacement_filter || user.education;
         match self
             .filter_set()

@@ -62,7 +62,7 @@ impl ImageStore {
                 // The staged file stays until the caller discards it: a submission applied
                 // again after another coordinator's change commits it again.
                 let bytes = tokio::fs::read(staged).await.map_err(ApiError::internal)?;
-                store.put_image(job_id, &bytes, crate::state::now()).await?;
+                store.put_image(job_id, &bytes, crate::clock::now()).await?;
                 Ok(())
             }
             None => tokio::fs::rename(staged, self.path(job_id))

@@ -1,10 +1,11 @@
 //! Jobs from the worker's side: pop, upload, submit.
 
-use crate::cluster::{changed_too_often, MAX_WRITE_ATTEMPTS};
+use crate::clock::now;
 use crate::config::JobsConfig;
 use crate::error::{ApiError, ApiResult};
 use crate::images::{check_image, ImageRefusal};
-use crate::state::{now, AppState};
+use crate::live_requests::{changed_too_often, retry_on_conflict, Attempt, WriteTurn};
+use crate::state::AppState;
 use base64::Engine;
 use horde_api::image::{JobPayload, PopRequest, PopResponse, SubmitRequest, SubmitResponse};
 use horde_api::Rc;
@@ -125,12 +126,12 @@ impl AppState {
             ));
         }
         let now = now();
-        let _ordered = self.write_order.lock().await;
+        let turn = self.live.write_turn().await;
         // Another coordinator sharing the database may have taken the request first: its
         // stored copy is reloaded and the pop tried again.
-        for _ in 0..MAX_WRITE_ATTEMPTS {
-            let outcome = self.pop_from_queue(&entry, now);
-            match outcome {
+        let (entry, turn) = (&entry, &turn);
+        let answer = retry_on_conflict(|| async move {
+            match self.pop_from_queue(entry, now) {
                 PopOutcome::Nothing(skipped) => {
                     if entry.worker.maintenance {
                         let msg = entry.worker.maintenance_msg.clone().unwrap_or_else(|| {
@@ -138,17 +139,16 @@ impl AppState {
                         });
                         return Err(ApiError::new(Rc::WorkerMaintenance, msg));
                     }
-                    return Ok(PopResponse::empty(skipped));
+                    Ok(Attempt::Stored(PopResponse::empty(skipped)))
                 }
                 PopOutcome::Assigned(assignment) => {
                     let extra_slow = entry.worker.flags.extra_slow_worker;
-                    if let Some(answer) = self.hand_out(assignment, extra_slow, now).await? {
-                        return Ok(answer);
-                    }
+                    Ok(self.hand_out(turn, assignment, extra_slow, now).await?)
                 }
             }
-        }
-        Ok(PopResponse::empty(Default::default()))
+        })
+        .await?;
+        Ok(answer.unwrap_or_else(|| PopResponse::empty(Default::default())))
     }
 
     /// The queue's pick for the worker of `entry`, noted in its standby state.
@@ -156,24 +156,23 @@ impl AppState {
         let mut standby = self.standby_for(entry, now);
         let speed = entry.worker.reputation.recent_speed_mps;
         let caps = self.matching_view().caps(entry);
-        let outcome = self.queue.lock().expect("queue lock").pop(
-            &caps,
-            &entry.worker.name,
-            now,
-            |request, batch| job_deadline_secs(request, batch, speed, &self.config.jobs),
-            &mut standby,
-        );
-        if let Some(live) = self
-            .workers
-            .write()
-            .expect("registry lock")
-            .get_mut(entry.worker.id)
-        {
-            live.waiting_since = match &outcome {
-                PopOutcome::Nothing(_) => live.waiting_since.or(Some(now)),
-                PopOutcome::Assigned(_) => None,
-            };
-        }
+        let outcome = self.live.change(|queue| {
+            queue.pop(
+                &caps,
+                &entry.worker.name,
+                now,
+                |request, batch| job_deadline_secs(request, batch, speed, &self.config.jobs),
+                &mut standby,
+            )
+        });
+        self.workers.change(|registry| {
+            if let Some(live) = registry.get_mut(entry.worker.id) {
+                live.waiting_since = match &outcome {
+                    PopOutcome::Nothing(_) => live.waiting_since.or(Some(now)),
+                    PopOutcome::Assigned(_) => None,
+                };
+            }
+        });
         outcome
     }
 
@@ -181,30 +180,28 @@ impl AppState {
     /// in the queue, or routing by reliability is off).
     fn standby_for(&self, entry: &crate::workers::WorkerEntry, now: i64) -> Standby {
         let hold = self.config.workers.reliability_hold_secs;
-        if hold <= 0 || self.queue.lock().expect("queue lock").waiting_count() == 0 {
+        if hold <= 0 || self.live.waiting_count() == 0 {
             return Standby::none();
         }
+        let rules = self.config.workers.reputation_rules();
         let better = self
             .workers
-            .read()
-            .expect("registry lock")
-            .standing_by_better_than(entry, now, hold, &self.config.workers.reputation_rules());
+            .read(|registry| registry.standing_by_better_than(entry, now, hold, &rules));
         Standby::new(better, now, hold)
     }
 
-    /// Stores the assignment and answers it; `None` when another coordinator changed the
-    /// request first (the local copy is then reloaded, and the pop should be tried again).
+    /// Stores the assignment and answers it; `Conflicted` when another coordinator changed
+    /// the request first (the local copy is then reloaded, and the pop should be tried again).
     async fn hand_out(
         &self,
+        turn: &WriteTurn<'_>,
         assignment: Assignment,
         extra_slow: bool,
         now: i64,
-    ) -> ApiResult<Option<PopResponse>> {
+    ) -> ApiResult<Attempt<PopResponse>> {
         let idle_expiry = self.config.requests.idle_expiry_secs;
         let request = self
-            .queue
-            .lock()
-            .expect("queue lock")
+            .live
             .update(assignment.request_id, |r| {
                 r.expiry = r.expiry.max(now + idle_expiry);
                 r.version += 1;
@@ -213,12 +210,13 @@ impl AppState {
             .ok_or_else(|| ApiError::internal("assigned request vanished"))?;
         match self.store.save_assignment(&request, &assignment.jobs).await {
             Err(StoreError::Conflict(id)) => {
-                self.resync_request_ordered(id).await?;
-                return Ok(None);
+                self.resync_request_ordered(turn, id).await?;
+                return Ok(Attempt::Conflicted);
             }
             other => other?,
         }
-        self.note_handed_out(&assignment.jobs);
+        self.live
+            .note_handed_out(&assignment.jobs, crate::clock::now_ms());
         let first = &assignment.jobs[0];
         let ids: Vec<String> = assignment.jobs.iter().map(|j| j.id.to_string()).collect();
         // Upload URLs whatever `r2` the request had, as the public pop: `r2` decides only how
@@ -228,10 +226,10 @@ impl AppState {
             .iter()
             .map(|j| self.upload_url(j.id, now))
             .collect();
-        let baseline = self.registry().baseline_of(&assignment.model);
+        let baseline = self.model_reference().baseline_of(&assignment.model);
         let ttl = horde_core::ttl::job_ttl_secs(&request.body.params, &baseline, extra_slow);
         let payload = payload_of(&request, first, assignment.jobs.len() as u32);
-        Ok(Some(PopResponse {
+        Ok(Attempt::Stored(PopResponse {
             payload: serde_json::to_value(payload).map_err(ApiError::internal)?,
             id: Some(first.id.to_string()),
             ids,
@@ -284,15 +282,11 @@ impl AppState {
                 "The image is too large.",
             ));
         }
-        let in_flight = self
-            .queue
-            .lock()
-            .expect("queue lock")
-            .request_of_job(job_id)
-            .and_then(|r| {
-                let job = r.job(job_id)?;
-                (job.state == JobState::Processing).then(|| (r.clone(), job.worker_id))
-            });
+        let in_flight = self.live.read(|queue| {
+            let r = queue.request_of_job(job_id)?;
+            let job = r.job(job_id)?;
+            (job.state == JobState::Processing).then(|| (r.clone(), job.worker_id))
+        });
         let Some((request, worker_id)) = in_flight else {
             return Err(ApiError::new(
                 Rc::InvalidJobID,
@@ -308,8 +302,9 @@ impl AppState {
         let bytes = match checked_result(&request, bytes).await {
             Ok(bytes) => bytes,
             Err((error, reason)) => {
-                let _ordered = self.write_order.lock().await;
-                self.record_suspicion(worker_id, reason, now()).await?;
+                let turn = self.live.write_turn().await;
+                self.record_suspicion(&turn, worker_id, reason, now())
+                    .await?;
                 return Err(error);
             }
         };
@@ -329,8 +324,8 @@ impl AppState {
     pub async fn submit(&self, user: &User, submit: SubmitRequest) -> ApiResult<SubmitResponse> {
         submit.validate().map_err(ApiError::validation)?;
         let job_id = Uuid::parse_str(&submit.id).map_err(|_| invalid_job(&submit.id))?;
-        let _ordered = self.write_order.lock().await;
-        self.load_request_of_job_ordered(job_id).await?;
+        let turn = self.live.write_turn().await;
+        self.load_request_of_job_ordered(&turn, job_id).await?;
         let (request, job) = self.job_for_submit(user, job_id)?;
         let faulted = submit.state == horde_api::image::SubmitState::Faulted;
         let staged = if faulted {
@@ -343,7 +338,8 @@ impl AppState {
                 Ok(staged) => staged,
                 Err(StageError::Refused(error)) => return Err(error),
                 Err(StageError::Suspicious(error, reason)) => {
-                    self.record_suspicion(job.worker_id, reason, now()).await?;
+                    self.record_suspicion(&turn, job.worker_id, reason, now())
+                        .await?;
                     return Err(error);
                 }
             }
@@ -351,33 +347,21 @@ impl AppState {
         // Another coordinator sharing the database may change the request meanwhile (another
         // of its jobs handed out or finished): the stored copy is reloaded and the result
         // applied to it.
-        let mut outcome = Err(changed_too_often("request"));
-        for _ in 0..MAX_WRITE_ATTEMPTS {
-            let (request, job) = match self.job_for_submit(user, job_id) {
-                Ok(found) => found,
-                Err(error) => {
-                    outcome = Err(error);
-                    break;
-                }
-            };
-            match self
-                .apply_submit(&submit, &request, &job, staged.as_deref())
-                .await
-            {
+        let (submit, staged_path, turn) = (&submit, staged.as_deref(), &turn);
+        let outcome = retry_on_conflict(|| async move {
+            let (request, job) = self.job_for_submit(user, job_id)?;
+            match self.apply_submit(submit, &request, &job, staged_path).await {
                 Err(SubmitError::Conflict(id)) => {
                     self.reload_reputation(job.worker_id).await?;
-                    self.resync_request_ordered(id).await?;
+                    self.resync_request_ordered(turn, id).await?;
+                    Ok(Attempt::Conflicted)
                 }
-                Err(SubmitError::Api(error)) => {
-                    outcome = Err(error);
-                    break;
-                }
-                Ok(answer) => {
-                    outcome = Ok(answer);
-                    break;
-                }
+                Err(SubmitError::Api(error)) => Err(error),
+                Ok(answer) => Ok(Attempt::Stored(answer)),
             }
-        }
+        })
+        .await
+        .and_then(|answer| answer.ok_or_else(|| changed_too_often("request")));
         // Whatever is still staged was refused (a committed image is no longer there).
         if let Some(staged) = &staged {
             self.images.discard(staged).await;
@@ -395,12 +379,7 @@ impl AppState {
         staged: Option<&std::path::Path>,
     ) -> Result<SubmitResponse, SubmitError> {
         let job_id = job.id;
-        let worker = self
-            .workers
-            .read()
-            .expect("registry lock")
-            .get(job.worker_id)
-            .cloned();
+        let worker = self.workers.get(job.worker_id);
         let multiplier = worker
             .as_ref()
             .map(|w| pricing::bridge_multiplier(&w.worker.bridge_agent))
@@ -412,36 +391,32 @@ impl AppState {
         };
         let now = now();
         let retention = self.config.requests.retention_secs;
-        let applied = self
-            .queue
-            .lock()
-            .expect("queue lock")
-            .update(request.id, |r| {
-                let result = r
-                    .apply_submit(
-                        job_id,
-                        submit.state,
-                        submit.seed,
-                        submit.gen_metadata.clone(),
-                        reward,
-                        self.config.jobs.max_restarts,
-                    )
-                    .cloned();
-                let mut refund = 0.0;
-                if let Ok(job) = &result {
-                    if job.state.is_finished() && !job.censored {
-                        let gen_kudos = self.gen_kudos(r, &job.model);
-                        let charge = pricing::requester_charge(&r.body, gen_kudos);
-                        r.consumed_kudos = pricing::consumed_after(r.consumed_kudos, charge);
-                    }
-                    refund = r.refund_if_faulted_unserved(pricing::ACTIVATION_FEE);
-                    if r.is_done() {
-                        r.expiry = now + retention;
-                    }
-                    r.version += 1;
+        let applied = self.live.update(request.id, |r| {
+            let result = r
+                .apply_submit(
+                    job_id,
+                    submit.state,
+                    submit.seed,
+                    submit.gen_metadata.clone(),
+                    reward,
+                    self.config.jobs.max_restarts,
+                )
+                .cloned();
+            let mut refund = 0.0;
+            if let Ok(job) = &result {
+                if job.state.is_finished() && !job.censored {
+                    let gen_kudos = self.gen_kudos(r, &job.model);
+                    let charge = pricing::requester_charge(&r.body, gen_kudos);
+                    r.consumed_kudos = pricing::consumed_after(r.consumed_kudos, charge);
                 }
-                (result, r.clone(), refund)
-            });
+                refund = r.refund_if_faulted_unserved(pricing::ACTIVATION_FEE);
+                if r.is_done() {
+                    r.expiry = now + retention;
+                }
+                r.version += 1;
+            }
+            (result, r.clone(), refund)
+        });
         let Some((result, updated, refund)) = applied else {
             return Err(invalid_job(&submit.id).into());
         };
@@ -475,57 +450,33 @@ impl AppState {
             self.note_reputations_stored([(job.worker_id, reputation)]);
         }
         if let Some(e) = &effects {
-            self.performance.lock().expect("performance lock").record(
-                &job.model,
-                now,
-                e.megapixelsteps * 1e6 / job_secs.max(1.0),
-            );
+            self.workers
+                .record_speed(&job.model, now, e.megapixelsteps * 1e6 / job_secs.max(1.0));
         }
         Ok(SubmitResponse { reward: job.reward })
-    }
-
-    /// Remembers when `jobs` were handed out, to the millisecond.
-    fn note_handed_out(&self, jobs: &[Job]) {
-        /// Entries of jobs never submitted (timed out, lost) are dropped after this long.
-        const FORGET_AFTER_MS: u64 = 24 * 3600 * 1000;
-        let now = crate::state::now_ms();
-        let mut map = self.handed_out_ms.lock().expect("clock lock");
-        if map.len() > 100_000 {
-            map.retain(|_, at| now.saturating_sub(*at) < FORGET_AFTER_MS);
-        }
-        map.extend(jobs.iter().map(|j| (j.id, now)));
     }
 
     /// How long `job` took, in seconds: from the millisecond it was handed out, or from its
     /// stored start (whole seconds) after a restart.
     fn job_secs(&self, job: &Job, now: i64) -> f64 {
-        let handed_out = self
-            .handed_out_ms
-            .lock()
-            .expect("clock lock")
-            .remove(&job.id);
-        match handed_out {
-            Some(at) => crate::state::now_ms().saturating_sub(at) as f64 / 1000.0,
+        match self.live.take_handed_out(job.id) {
+            Some(at) => crate::clock::now_ms().saturating_sub(at) as f64 / 1000.0,
             None => (now - job.started) as f64,
         }
     }
 
     /// The request and job a submission names, checking the submitter owns the job's worker.
     fn job_for_submit(&self, user: &User, job_id: Uuid) -> ApiResult<(LiveRequest, Job)> {
-        let queue = self.queue.lock().expect("queue lock");
-        let request = queue
-            .request_of_job(job_id)
-            .ok_or_else(|| invalid_job(&job_id.to_string()))?;
-        let job = request
-            .job(job_id)
-            .cloned()
+        let (request, job) = self
+            .live
+            .read(|queue| {
+                let request = queue.request_of_job(job_id)?;
+                Some((request.clone(), request.job(job_id)?.clone()))
+            })
             .ok_or_else(|| invalid_job(&job_id.to_string()))?;
         let owner = self
             .workers
-            .read()
-            .expect("registry lock")
-            .get(job.worker_id)
-            .map(|w| w.worker.user_id);
+            .read(|registry| registry.get(job.worker_id).map(|w| w.worker.user_id));
         if owner != Some(user.id) {
             return Err(ApiError::new(
                 Rc::WrongCredentials,
@@ -533,7 +484,7 @@ impl AppState {
             ));
         }
         match job.state {
-            JobState::Processing => Ok((request.clone(), job)),
+            JobState::Processing => Ok((request, job)),
             JobState::Faulted => Err(refusal_error(SubmitRefusal::Aborted)),
             _ => Err(refusal_error(SubmitRefusal::Duplicate)),
         }
@@ -583,16 +534,16 @@ impl AppState {
         staged.map(Some).map_err(StageError::Refused)
     }
 
-    /// Adds one suspicion to a worker and stores its reputation. The caller holds the write
-    /// order.
+    /// Adds one suspicion to a worker and stores its reputation.
     async fn record_suspicion(
         &self,
+        turn: &WriteTurn<'_>,
         worker_id: Uuid,
         reason: SuspicionReason,
         now: i64,
     ) -> ApiResult<()> {
         let stored = self
-            .change_reputation_ordered(worker_id, |r| r.suspect(reason, now))
+            .change_reputation_ordered(turn, worker_id, |r| r.suspect(reason, now))
             .await?;
         if let Some(reputation) = stored {
             tracing::warn!(worker = %worker_id, ?reason, suspicion = reputation.suspicion, "worker suspected");
@@ -634,21 +585,22 @@ impl AppState {
         now: i64,
     ) -> Option<horde_core::Reputation> {
         let rules = self.config.workers.reputation_rules();
-        let mut registry = self.workers.write().expect("registry lock");
-        let entry = registry.get_mut(job.worker_id)?;
-        let reputation = &mut entry.worker.reputation;
-        let raised = match effects {
-            Some(e) => {
-                entry.worker.kudos_generated += e.reward;
-                reputation.record_completed(e.megapixelsteps, job_secs, now, &rules)
+        self.workers.change(|registry| {
+            let entry = registry.get_mut(job.worker_id)?;
+            let reputation = &mut entry.worker.reputation;
+            let raised = match effects {
+                Some(e) => {
+                    entry.worker.kudos_generated += e.reward;
+                    reputation.record_completed(e.megapixelsteps, job_secs, now, &rules)
+                }
+                None if job.state == JobState::Faulted => reputation.record_faulted(now, &rules),
+                None => None,
+            };
+            if let Some(reason) = raised {
+                tracing::warn!(worker = %entry.worker.name, ?reason, suspicion = reputation.suspicion, "worker suspected");
             }
-            None if job.state == JobState::Faulted => reputation.record_faulted(now, &rules),
-            None => None,
-        };
-        if let Some(reason) = raised {
-            tracing::warn!(worker = %entry.worker.name, ?reason, suspicion = reputation.suspicion, "worker suspected");
-        }
-        Some(reputation.clone())
+            Some(reputation.clone())
+        })
     }
 }
 
@@ -678,10 +630,9 @@ impl AppState {
     /// Takes back jobs whose deadline passed (the sweeper calls this): their images go back to
     /// the queue, the change is stored, and the late workers are counted.
     pub async fn take_back_late_jobs(&self, now: i64) -> ApiResult<usize> {
-        let _ordered = self.write_order.lock().await;
+        let turn = self.live.write_turn().await;
         // Each request with late jobs, as it stands after all of them were taken back.
-        let taken: Vec<(LiveRequest, Vec<Job>, f64)> = {
-            let mut queue = self.queue.lock().expect("queue lock");
+        let taken: Vec<(LiveRequest, Vec<Job>, f64)> = self.live.change(|queue| {
             let mut late: BTreeMap<Uuid, Vec<Uuid>> = BTreeMap::new();
             for (request_id, job_id) in
                 queue.take_back_late_jobs(now, self.config.jobs.max_restarts)
@@ -702,21 +653,17 @@ impl AppState {
                     Some((request, jobs, refund))
                 })
                 .collect()
-        };
+        });
         let mut count = 0;
         for (request, jobs, refund) in &taken {
             let mut reputations: Vec<(Uuid, Reputation)> = vec![];
             for job in jobs {
                 tracing::warn!(job = %job.id, worker = %job.worker_name, request = %request.id, "job deadline passed; taken back");
-                let reputation = self
-                    .workers
-                    .write()
-                    .expect("registry lock")
-                    .get_mut(job.worker_id)
-                    .map(|entry| {
-                        entry.worker.reputation.record_timed_out();
-                        entry.worker.reputation.clone()
-                    });
+                let reputation = self.workers.change(|registry| {
+                    let entry = registry.get_mut(job.worker_id)?;
+                    entry.worker.reputation.record_timed_out();
+                    Some(entry.worker.reputation.clone())
+                });
                 if let Some(reputation) = reputation {
                     reputations.retain(|(id, _)| *id != job.worker_id);
                     reputations.push((job.worker_id, reputation));
@@ -732,7 +679,7 @@ impl AppState {
                     for (worker_id, _) in &reputations {
                         self.reload_reputation(*worker_id).await?;
                     }
-                    self.resync_request_ordered(request.id).await?;
+                    self.resync_request_ordered(&turn, request.id).await?;
                 }
                 other => {
                     other?;

@@ -6,7 +6,10 @@
 //! methods on [`state::AppState`] (`requests`, `jobs`, `workers`, `users`) orchestrate
 //! horde-core's rules and horde-store's persistence. No SQL and no HTTP type below this crate.
 
+pub mod accounts;
+pub mod catalogue;
 pub mod client_ip;
+pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod connections;
@@ -18,9 +21,12 @@ pub mod group_commit;
 pub mod guard;
 pub mod images;
 pub mod jobs;
-pub mod models;
+pub mod live_requests;
+pub mod model_reference;
+pub mod offline;
 pub mod openapi;
 pub mod ratelimit;
+pub mod reputation;
 pub mod requests;
 pub mod routes;
 pub mod shared_keys;
@@ -30,18 +36,23 @@ pub mod sweeper;
 pub mod users;
 pub mod workers;
 
+use crate::accounts::Accounts;
+use crate::catalogue::Catalogue;
+use crate::clock::now;
 use crate::config::ServerConfig;
 use crate::images::ImageStore;
-use crate::state::{now, AppState, ModelPerformance, SharedState};
+use crate::live_requests::LiveRequests;
+use crate::state::{AppState, SharedState};
+use crate::workers::Workers;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, HeaderValue, Method};
 use axum::routing::{get, post, put};
 use axum::Router;
 use horde_core::keys::generate_token;
-use horde_core::Queue;
+use horde_core::prompt_filter::FilterSet;
 use horde_store::Store;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use tokio::net::TcpListener;
 use tower_http::cors::{Any, CorsLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
@@ -144,7 +155,7 @@ impl Application {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let sweeper = tokio::spawn(sweeper::run(self.state.clone()));
-        let reloads = tokio::spawn(models::run_reloads(self.state.clone()));
+        let reloads = tokio::spawn(model_reference::run_reloads(self.state.clone()));
         let cluster_tasks = if self.state.is_clustered() {
             let url = self.state.config.database.url.clone();
             vec![
@@ -188,7 +199,7 @@ async fn open_state(
     let upload_secret = store
         .setting_or_init("upload_secret", generate_token)
         .await?;
-    let registry = models::load_registry(&config.models)
+    let model_reference = model_reference::load(&config.models)
         .await
         .map_err(StartError::Models)?;
     let public_url = if config.public_url.is_empty() {
@@ -205,44 +216,28 @@ async fn open_state(
         .map_err(|e| StartError::Config(format!("api.trusted_proxies: {e}")))?;
     let limiter = horde_core::ratelimit::FixedWindows::with_capacity(config.api.rate_limit_keys);
     let request_writer = group_commit::RequestWriter::start(store.clone());
+    let stored_requests = store.load_requests().await?;
+    let stored_filters = store.prompt_filters().await?;
     let state = AppState {
         node_name: format!("{host}:{}:{}", local.port(), routes::status::VERSION),
         config,
         store,
-        queue: Mutex::new(Queue::new()),
-        write_order: tokio::sync::Mutex::new(()),
-        workers: RwLock::new(workers::WorkerRegistry::new(online_window_secs)),
-        models: RwLock::new(std::sync::Arc::new(registry)),
-        filters: RwLock::new(Default::default()),
+        live: LiveRequests::new(stored_requests, request_writer),
+        workers: Workers::new(online_window_secs),
+        accounts: Accounts::new(key_salt),
+        catalogue: Catalogue::new(model_reference, FilterSet::new(&stored_filters)),
         limiter: Mutex::new(limiter),
         trusted_proxies,
-        request_writer,
-        workers_generation: Default::default(),
-        matching_cache: Mutex::new(None),
-        user_cache: Mutex::new(Default::default()),
-        handed_out_ms: Mutex::new(Default::default()),
-        performance: Mutex::new(ModelPerformance::default()),
         images,
-        key_salt,
         upload_secret,
         public_url,
         shutting_down: Default::default(),
     };
     state
         .store
-        .ensure_anonymous(&state.anonymous_key_hash(), now())
+        .ensure_anonymous(&state.accounts.anonymous_key_hash(), now())
         .await?;
-    let requests = state.store.load_requests().await?;
-    {
-        let mut queue = state.queue.lock().expect("queue lock");
-        for request in requests {
-            queue.insert(request);
-        }
-    }
     state.load_workers().await?;
-    let filters = state.store.prompt_filters().await?;
-    *state.filters.write().expect("filters lock") =
-        std::sync::Arc::new(horde_core::prompt_filter::FilterSet::new(&filters));
     Ok(state)
 }
 

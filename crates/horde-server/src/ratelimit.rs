@@ -1,15 +1,15 @@
 //! The rate-limit layer: the public horde's per-endpoint limits, with its 429 answer and the
 //! `X-RateLimit-*` headers.
 
+use crate::clock::now_ms;
 use crate::config::LimitsConfig;
-use crate::state::{now_ms, SharedState};
+use crate::state::SharedState;
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use horde_api::{ErrorBody, Rc, ANONYMOUS_API_KEY};
-use horde_core::keys::hash_api_key;
 use horde_core::ratelimit::{route_key, verdict_after, window_start, Limit, Verdict};
 use std::net::SocketAddr;
 
@@ -111,7 +111,7 @@ pub async fn rate_limit(
                 Key::IpAndRoute => format!("{client}@{method}@{route}#{}", limit.window_ms),
                 Key::ApiKeyAndRoute => format!(
                     "{}@{}@{}#{}",
-                    hash_api_key(&state.key_salt, &apikey),
+                    state.accounts.hash_key(&apikey),
                     method,
                     route,
                     limit.window_ms

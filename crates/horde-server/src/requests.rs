@@ -1,8 +1,10 @@
 //! Image requests from the client's side: accept, check, status, cancel, expire.
 
+use crate::clock::now;
 use crate::error::{ApiError, ApiResult};
+use crate::live_requests::{changed_too_often, retry_on_conflict, Attempt};
 use crate::shared_keys::check_shared_key_use;
-use crate::state::{now, AppState};
+use crate::state::AppState;
 use base64::Engine;
 use horde_api::image::{
     AsyncResponse, Generation, ImageRequest, RequestStatus, RequestStatusCheck, RequestWarning,
@@ -199,7 +201,7 @@ impl AppState {
         self.check_quota(user, &body, now).await?;
         let job_kudos = pricing::job_kudos(&body);
         let n = body.params.n;
-        let seq = self.queue.lock().expect("queue lock").next_seq();
+        let seq = self.live.next_seq();
         let request = LiveRequest {
             // Time-ordered (UUIDv7, 74 random bits): new rows land at the end of the id index
             // instead of on a random page, which halves what each commit writes.
@@ -222,12 +224,12 @@ impl AppState {
             version: 0,
             jobs: vec![],
         };
-        let request = self.request_writer.store(request).await?;
+        let request = self.live.commit_new(request).await?;
         let possible = self.is_possible(&request);
         let fallback = self.fallback_notice(&request);
         let post_processing_warning = post_processing::unavailable_warning(&request.body);
         let id = request.id;
-        self.queue.lock().expect("queue lock").insert(request);
+        self.live.insert(request);
         let mut response = AsyncResponse {
             id: Some(id.to_string()),
             kudos: pricing::reported_kudos(job_kudos),
@@ -323,37 +325,37 @@ impl AppState {
     /// Online workers' threads and the waiting requests, for the upfront rules.
     fn capacity(&self) -> upfront::Capacity {
         let now = now();
-        let active_image_threads = self
-            .workers
-            .read()
-            .expect("registry lock")
-            .online(now)
-            .filter(|w| !w.worker.paused)
-            .map(|w| u64::from(w.worker.threads.max(1)))
-            .sum();
+        let active_image_threads = self.workers.read(|registry| {
+            registry
+                .online(now)
+                .filter(|w| !w.worker.paused)
+                .map(|w| u64::from(w.worker.threads.max(1)))
+                .sum()
+        });
         upfront::Capacity {
             active_image_threads,
-            queued_requests: self.queue.lock().expect("queue lock").waiting_count(),
+            queued_requests: self.live.waiting_count(),
         }
     }
 
     /// What the user's unfinished requests will still charge.
     fn queued_debits(&self, user_id: i64) -> f64 {
-        let registry = self.registry();
-        let queue = self.queue.lock().expect("queue lock");
-        queue
-            .requests()
-            .filter(|r| r.user_id == user_id && !r.is_done())
-            .map(|r| {
-                let undelivered = r.n_remaining
-                    + r.jobs
-                        .iter()
-                        .filter(|j| j.state == JobState::Processing)
-                        .count() as u32;
-                let per_image = r.job_kudos * registry.request_multiplier(&r.body);
-                f64::from(undelivered) * pricing::requester_charge(&r.body, per_image)
-            })
-            .sum()
+        let model_reference = self.model_reference();
+        self.live.read(|queue| {
+            queue
+                .requests()
+                .filter(|r| r.user_id == user_id && !r.is_done())
+                .map(|r| {
+                    let undelivered = r.n_remaining
+                        + r.jobs
+                            .iter()
+                            .filter(|j| j.state == JobState::Processing)
+                            .count() as u32;
+                    let per_image = r.job_kudos * model_reference.request_multiplier(&r.body);
+                    f64::from(undelivered) * pricing::requester_charge(&r.body, per_image)
+                })
+                .sum()
+        })
     }
 
     /// The operator's daily quota of the user's tier (images and megapixelsteps requested per
@@ -387,8 +389,9 @@ impl AppState {
 
     /// The public horde's concurrency limit: images waiting for this user plus the new ones.
     fn check_concurrency(&self, user: &User, n: u32) -> ApiResult<()> {
-        let queue = self.queue.lock().expect("queue lock");
-        let waiting = queue.waiting_images_of_user(user.id);
+        let waiting = self
+            .live
+            .read(|queue| queue.waiting_images_of_user(user.id));
         if waiting + u64::from(n) > u64::from(user.concurrency) {
             return Err(ApiError::new(
                 Rc::TooManyPrompts,
@@ -419,11 +422,11 @@ impl AppState {
     fn is_possible(&self, request: &LiveRequest) -> bool {
         let now = now();
         let view = self.matching_view();
-        self.workers
-            .read()
-            .expect("registry lock")
-            .online(now)
-            .any(|w| !w.worker.paused && can_generate(request, &view.caps(w)).is_ok())
+        self.workers.read(|registry| {
+            registry
+                .online(now)
+                .any(|w| !w.worker.paused && can_generate(request, &view.caps(w)).is_ok())
+        })
     }
 
     pub async fn check_request(&self, id: &str) -> ApiResult<RequestStatusCheck> {
@@ -439,34 +442,30 @@ impl AppState {
         /// Requests ahead looked at for the estimate; beyond that the wait is long anyway.
         const MAX_AHEAD: usize = 1000;
         let mut workers = self.worker_throughputs();
-        let queue = self.queue.lock().expect("queue lock");
-        let request = queue.get(id).ok_or_else(|| not_found(id))?;
-        self.add_in_flight_work(&queue, &mut workers);
-        let position = queue.position(id);
-        let wait = eta::estimate_wait_secs(&queue.waiting_up_to(id, MAX_AHEAD), &workers);
-        Ok((request.clone(), position, wait))
+        self.add_in_flight_work(&mut workers);
+        self.live.read(|queue| {
+            let request = queue.get(id).ok_or_else(|| not_found(id))?;
+            let position = queue.position(id);
+            let wait = eta::estimate_wait_secs(&queue.waiting_up_to(id, MAX_AHEAD), &workers);
+            Ok((request.clone(), position, wait))
+        })
     }
 
     /// What is left of the jobs each worker holds: a job's megapixelsteps less what the
     /// worker's speed has done of it since it was handed out.
-    fn add_in_flight_work(&self, queue: &horde_core::Queue, workers: &mut [WorkerThroughput]) {
-        let now_ms = crate::state::now_ms();
-        let handed_out = self.handed_out_ms.lock().expect("clock lock");
-        for (job, request) in queue.in_flight() {
+    fn add_in_flight_work(&self, workers: &mut [WorkerThroughput]) {
+        let now_ms = crate::clock::now_ms();
+        self.live.for_each_in_flight(|job, request, started_ms| {
             let Some(w) = workers
                 .iter_mut()
                 .find(|w| w.caps.worker_id == job.worker_id)
             else {
-                continue;
+                return;
             };
-            let started_ms = handed_out
-                .get(&job.id)
-                .copied()
-                .unwrap_or(job.started.max(0) as u64 * 1000);
             let elapsed = now_ms.saturating_sub(started_ms) as f64 / 1000.0;
             let left = request.body.params.megapixelsteps_per_image() - w.mps * elapsed;
             w.in_flight_mps += left.max(0.0);
-        }
+        });
     }
 
     /// Every online, unpaused worker with its measured throughput (recent speed × threads; the
@@ -474,27 +473,22 @@ impl AppState {
     fn worker_throughputs(&self) -> Vec<WorkerThroughput> {
         let now = now();
         let view = self.matching_view();
-        let average = self
-            .performance
-            .lock()
-            .expect("performance lock")
-            .all_models_average(now)
-            / 1e6;
+        let average = self.workers.speeds(|s| s.all_models_average(now)) / 1e6;
         let unmeasured = if average > 0.0 { average } else { 1.0 };
-        self.workers
-            .read()
-            .expect("registry lock")
-            .online(now)
-            .filter(|w| !w.worker.paused)
-            .map(|w| {
-                let speed = w.worker.reputation.recent_speed_mps.unwrap_or(unmeasured);
-                WorkerThroughput {
-                    caps: view.caps(w),
-                    mps: speed * f64::from(w.worker.threads.max(1)),
-                    in_flight_mps: 0.0,
-                }
-            })
-            .collect()
+        self.workers.read(|registry| {
+            registry
+                .online(now)
+                .filter(|w| !w.worker.paused)
+                .map(|w| {
+                    let speed = w.worker.reputation.recent_speed_mps.unwrap_or(unmeasured);
+                    WorkerThroughput {
+                        caps: view.caps(w),
+                        mps: speed * f64::from(w.worker.threads.max(1)),
+                        in_flight_mps: 0.0,
+                    }
+                })
+                .collect()
+        })
     }
 
     fn status_check(
@@ -566,16 +560,15 @@ impl AppState {
         if request.body.models.iter().any(|m| view.is_served(m)) {
             return None;
         }
-        let stand_ins: BTreeSet<String> = self
-            .workers
-            .read()
-            .expect("registry lock")
-            .online(now())
-            .filter(|w| !w.worker.paused)
-            .map(|w| view.caps(w))
-            .filter(|caps| can_generate(request, caps).is_ok())
-            .filter_map(|caps| fallback_model(request, &caps))
-            .collect();
+        let stand_ins: BTreeSet<String> = self.workers.read(|registry| {
+            registry
+                .online(now())
+                .filter(|w| !w.worker.paused)
+                .map(|w| view.caps(w))
+                .filter(|caps| can_generate(request, caps).is_ok())
+                .filter_map(|caps| fallback_model(request, &caps))
+                .collect()
+        });
         if stand_ins.is_empty() {
             return None;
         }
@@ -634,14 +627,11 @@ impl AppState {
         let request_id = parse_request_id(id)?;
         let now = now();
         let retention = self.config.requests.retention_secs;
-        let ordered = self.write_order.lock().await;
-        self.load_request_ordered(request_id).await?;
-        let mut stored = false;
-        for _ in 0..crate::cluster::MAX_WRITE_ATTEMPTS {
+        let turn = &self.live.write_turn().await;
+        self.load_request_ordered(turn, request_id).await?;
+        let stored = retry_on_conflict(|| async move {
             let (updated, was_cancelled) = self
-                .queue
-                .lock()
-                .expect("queue lock")
+                .live
                 .update(request_id, |r| {
                     let was_cancelled = r.cancelled;
                     r.cancel();
@@ -667,47 +657,47 @@ impl AppState {
                     for (worker_id, _) in &interrupted {
                         self.reload_reputation(*worker_id).await?;
                     }
-                    self.resync_request_ordered(request_id).await?
+                    self.resync_request_ordered(turn, request_id).await?;
+                    Ok(Attempt::Conflicted)
                 }
                 other => {
                     other?;
                     self.note_reputations_stored(interrupted.iter().map(|(id, r)| (*id, r)));
-                    stored = true;
-                    break;
+                    Ok(Attempt::Stored(()))
                 }
             }
+        })
+        .await?;
+        if stored.is_none() {
+            return Err(changed_too_often("request"));
         }
-        if !stored {
-            return Err(crate::cluster::changed_too_often("request"));
-        }
-        drop(ordered);
         Ok(before)
     }
 
     /// Enters the jobs of `request` still in flight as cancelled in their workers' reputations;
     /// returns the reputations to store.
     fn count_cancelled_jobs(&self, request: &LiveRequest) -> Vec<(Uuid, Reputation)> {
-        let mut registry = self.workers.write().expect("registry lock");
-        let mut changed: Vec<(Uuid, Reputation)> = vec![];
-        for job in request
-            .jobs
-            .iter()
-            .filter(|j| j.state == JobState::Processing)
-        {
-            if let Some(entry) = registry.get_mut(job.worker_id) {
-                entry.worker.reputation.record_cancelled();
-                changed.retain(|(id, _)| *id != job.worker_id);
-                changed.push((job.worker_id, entry.worker.reputation.clone()));
+        self.workers.change(|registry| {
+            let mut changed: Vec<(Uuid, Reputation)> = vec![];
+            for job in request
+                .jobs
+                .iter()
+                .filter(|j| j.state == JobState::Processing)
+            {
+                if let Some(entry) = registry.get_mut(job.worker_id) {
+                    entry.worker.reputation.record_cancelled();
+                    changed.retain(|(id, _)| *id != job.worker_id);
+                    changed.push((job.worker_id, entry.worker.reputation.clone()));
+                }
             }
-        }
-        changed
+            changed
+        })
     }
 
     /// Removes requests whose time is up and nothing of which is in flight; returns how many.
     pub async fn sweep_expired(&self, now: i64) -> ApiResult<usize> {
-        let _ordered = self.write_order.lock().await;
-        let expired: Vec<LiveRequest> = {
-            let mut queue = self.queue.lock().expect("queue lock");
+        let _turn = self.live.write_turn().await;
+        let expired: Vec<LiveRequest> = self.live.change(|queue| {
             let ids: Vec<Uuid> = queue
                 .expired(now)
                 .into_iter()
@@ -718,7 +708,7 @@ impl AppState {
                 })
                 .collect();
             ids.into_iter().filter_map(|id| queue.remove(id)).collect()
-        };
+        });
         for request in &expired {
             self.store.delete_request(request.id).await?;
             for job in &request.jobs {

@@ -1,14 +1,14 @@
 //! Shared keys: created, shown, changed and deleted by their owner; used by anyone holding one
 //! to make requests on the owner's account.
 
+use crate::clock::now;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::ApiKey;
-use crate::state::{now, AppState};
+use crate::state::AppState;
 use horde_api::image::{ImageRequest, RequestWarning};
 use horde_api::shared_key::{SharedKeyDetails, SharedKeyInput, SharedKeyPatch};
 use horde_api::Rc;
 use horde_core::accounts::User;
-use horde_core::keys::hash_api_key;
 use horde_core::shared_key::{max_shared_keys, SharedKey, SharedKeyRefusal};
 
 const DAY_SECS: i64 = 86_400;
@@ -31,7 +31,7 @@ impl AppState {
         let token = uuid::Uuid::new_v4().to_string();
         let now = now();
         let key = SharedKey {
-            id_hash: hash_api_key(&self.key_salt, &token),
+            id_hash: self.accounts.hash_key(&token),
             owner_id: owner.id,
             name: input.name.unwrap_or_default(),
             kudos: input.kudos as f64,
@@ -105,7 +105,7 @@ impl AppState {
                 let Some(token) = key.0.as_deref() else {
                     return Err(unknown);
                 };
-                let hash = hash_api_key(&self.key_salt, token);
+                let hash = self.accounts.hash_key(token);
                 let Some(shared) = self.store.shared_key(&hash).await? else {
                     return Err(unknown);
                 };
@@ -139,7 +139,7 @@ impl AppState {
 
     async fn find_shared_key(&self, token: &str) -> ApiResult<SharedKey> {
         self.store
-            .shared_key(&hash_api_key(&self.key_salt, token))
+            .shared_key(&self.accounts.hash_key(token))
             .await?
             .ok_or_else(|| ApiError::new(Rc::SharedKeyInvalid, "No shared key with this id."))
     }

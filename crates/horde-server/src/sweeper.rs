@@ -4,7 +4,8 @@
 //! One step is a plain function tests can call; the loop only sleeps, makes sure this
 //! coordinator leads, and calls it.
 
-use crate::state::{now, SharedState};
+use crate::clock::now;
+use crate::state::SharedState;
 use std::time::Duration;
 
 /// One sweep: takes back late jobs, then removes requests past their expiry with nothing in

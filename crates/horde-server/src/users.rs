@@ -1,16 +1,17 @@
 //! Users: who a key belongs to, account creation (CLI and the test-only endpoint), details.
 
+use crate::clock::now;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::ApiKey;
-use crate::state::{now, AppState};
+use crate::state::AppState;
 use horde_api::user::{
     ActiveGenerations, CountRecord, KudosTransferRequest, KudosTransferred, ModifyUser,
     ModifyUserResponse, MonthlyKudos, NewApiKey, TestUserRequest, TestUserResponse, UsageRecord,
     UserDetails, UserKudosDetails, UserRecords,
 };
-use horde_api::{Rc, ANONYMOUS_API_KEY};
+use horde_api::Rc;
 use horde_core::accounts::{Privilege, User};
-use horde_core::keys::{generate_api_key, hash_api_key};
+use horde_core::keys::generate_api_key;
 use horde_store::NewUser;
 
 /// 404 `UserNotFound` for a user id as the caller wrote it.
@@ -49,7 +50,7 @@ impl AppState {
                 "No API key provided. Use 0000000000 for anonymous access.",
             ));
         };
-        let hash = hash_api_key(&self.key_salt, key);
+        let hash = self.accounts.hash_key(key);
         self.store
             .user_by_key_hash(&hash)
             .await?
@@ -70,30 +71,17 @@ impl AppState {
     /// `max_age_ms` ago. Roles and keys changed through the API clear the cache at once; kudos
     /// in it may be that old (callers that decide on kudos read them afresh).
     pub async fn cached_user(&self, key: &ApiKey, max_age_ms: u64) -> ApiResult<User> {
-        /// Entries kept at most; the cache starts over beyond.
-        const MAX_ENTRIES: usize = 100_000;
         let Some(raw) = key.0.as_deref() else {
             return self.authenticate(key).await;
         };
-        let hash = hash_api_key(&self.key_salt, raw);
-        let now = crate::state::now_ms();
-        if let Some((user, at)) = self.user_cache.lock().expect("user cache").get(&hash) {
-            if now.saturating_sub(*at) < max_age_ms {
-                return Ok(user.clone());
-            }
+        let hash = self.accounts.hash_key(raw);
+        let now = crate::clock::now_ms();
+        if let Some(user) = self.accounts.cached(&hash, now, max_age_ms) {
+            return Ok(user);
         }
         let user = self.authenticate(key).await?;
-        let mut cache = self.user_cache.lock().expect("user cache");
-        if cache.len() >= MAX_ENTRIES {
-            cache.clear();
-        }
-        cache.insert(hash, (user.clone(), now));
+        self.accounts.remember(hash, user.clone(), now);
         Ok(user)
-    }
-
-    /// Drops every cached user (after a change of roles, keys or kudos by hand).
-    pub fn forget_cached_users(&self) {
-        self.user_cache.lock().expect("user cache").clear();
     }
 
     /// Like [`AppState::authenticate`], refusing the anonymous key with `anon_rc`.
@@ -113,7 +101,7 @@ impl AppState {
         let new = NewUser {
             username: username.to_string(),
             oauth_id: oauth_id.unwrap_or_else(|| format!("pseudo_{}", uuid::Uuid::new_v4())),
-            api_key_hash: hash_api_key(&self.key_salt, &api_key),
+            api_key_hash: self.accounts.hash_key(&api_key),
             moderator,
             trusted: trusted || moderator,
             kudos,
@@ -143,7 +131,7 @@ impl AppState {
                 self.store
                     .reset_user(
                         user.id,
-                        &hash_api_key(&self.key_salt, &api_key),
+                        &self.accounts.hash_key(&api_key),
                         req.moderator,
                         trusted,
                         req.kudos,
@@ -170,7 +158,7 @@ impl AppState {
                 (true, c.user, c.api_key)
             }
         };
-        self.forget_cached_users();
+        self.accounts.forget_all();
         Ok((
             created,
             TestUserResponse {
@@ -234,12 +222,13 @@ impl AppState {
 
     /// The user's unfinished requests, by kind (only image requests exist yet).
     fn active_generations(&self, user_id: i64) -> ActiveGenerations {
-        let queue = self.queue.lock().expect("queue lock");
-        let mut image: Vec<String> = queue
-            .requests()
-            .filter(|r| r.user_id == user_id && !r.is_done())
-            .map(|r| r.id.to_string())
-            .collect();
+        let mut image: Vec<String> = self.live.read(|queue| {
+            queue
+                .requests()
+                .filter(|r| r.user_id == user_id && !r.is_done())
+                .map(|r| r.id.to_string())
+                .collect()
+        });
         image.sort();
         ActiveGenerations {
             image: (!image.is_empty()).then_some(image),
@@ -249,13 +238,12 @@ impl AppState {
 
     /// Details of `user` with what `privilege` may see.
     pub fn user_details(&self, user: &User, privilege: Privilege) -> UserDetails {
-        let (worker_ids, suspicion) = {
-            let registry = self.workers.read().expect("registry lock");
+        let (worker_ids, suspicion) = self.workers.read(|registry| {
             (
                 registry.ids_of_user(user.id),
                 registry.suspicion_of_user(user.id),
             )
-        };
+        });
         let own = privilege >= Privilege::Own;
         let moderator = privilege >= Privilege::Moderator;
         let active = own.then(|| self.active_generations(user.id));
@@ -313,59 +301,6 @@ impl AppState {
             admin_comment: moderator.then_some(None),
         }
     }
-
-    /// The hash of the anonymous key under this server's salt.
-    pub fn anonymous_key_hash(&self) -> String {
-        hash_api_key(&self.key_salt, ANONYMOUS_API_KEY)
-    }
-}
-
-/// Creates a user directly in the database of `config`, without a running server (the
-/// `horde user create` command). The salt is the one the server uses.
-pub async fn create_user_offline(
-    config: &crate::config::ServerConfig,
-    username: &str,
-    moderator: bool,
-    trusted: bool,
-    kudos: f64,
-) -> Result<CreatedUser, crate::StartError> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| crate::StartError::DataDir {
-        path: config.data_dir.display().to_string(),
-        source,
-    })?;
-    let store =
-        horde_store::Store::open(&config.database_location(), config.database.durability).await?;
-    let salt = store
-        .setting_or_init("api_key_salt", horde_core::keys::generate_token)
-        .await?;
-    let api_key = generate_api_key();
-    let new = NewUser {
-        username: username.to_string(),
-        oauth_id: format!("pseudo_{}", uuid::Uuid::new_v4()),
-        api_key_hash: hash_api_key(&salt, &api_key),
-        moderator,
-        trusted: trusted || moderator,
-        kudos,
-        created: now(),
-    };
-    let user = store.create_user(&new).await?;
-    store.close().await;
-    Ok(CreatedUser { user, api_key })
-}
-
-/// Applies migrations to the database of `config` (the `horde migrate` command).
-pub async fn migrate_offline(
-    config: &crate::config::ServerConfig,
-) -> Result<String, crate::StartError> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| crate::StartError::DataDir {
-        path: config.data_dir.display().to_string(),
-        source,
-    })?;
-    let store =
-        horde_store::Store::open(&config.database_location(), config.database.durability).await?;
-    let mode = store.journal_mode().await?;
-    store.close().await;
-    Ok(mode)
 }
 
 /// The minimum time, in seconds, before kudos may flow back the way they came (the public
@@ -389,7 +324,7 @@ impl AppState {
         };
         let target_id =
             horde_core::accounts::user_id_of_alias(&request.username).ok_or_else(invalid_target)?;
-        let _ordered = self.write_order.lock().await;
+        let _turn = self.live.write_turn().await;
         let receiver = self
             .store
             .user_by_id(target_id)
@@ -418,7 +353,7 @@ impl AppState {
             amount = request.amount,
             "kudos transferred"
         );
-        self.forget_cached_users();
+        self.accounts.forget_all();
         Ok(KudosTransferred {
             transferred: request.amount,
         })
@@ -505,11 +440,9 @@ impl AppState {
         self.store.save_user_settings(&user).await?;
         // Roles may have changed: worker owners are read again on their next pop, and their
         // workers' details show the new roles now.
-        self.forget_cached_users();
+        self.accounts.forget_all();
         self.workers
-            .write()
-            .expect("registry lock")
-            .note_owner_roles(&user);
+            .change(|registry| registry.note_owner_roles(&user));
         let now = now();
         if let Some(amount) = change.kudos {
             self.store.award_kudos(user.id, amount, now).await?;
@@ -576,17 +509,16 @@ impl AppState {
     }
 
     async fn clear_suspicion_of_user_workers(&self, user_id: i64) -> ApiResult<()> {
-        let _ordered = self.write_order.lock().await;
-        let ids: Vec<uuid::Uuid> = self
-            .workers
-            .read()
-            .expect("registry lock")
-            .ids_of_user(user_id)
-            .iter()
-            .filter_map(|id| id.parse().ok())
-            .collect();
+        let turn = self.live.write_turn().await;
+        let ids: Vec<uuid::Uuid> = self.workers.read(|registry| {
+            registry
+                .ids_of_user(user_id)
+                .iter()
+                .filter_map(|id| id.parse().ok())
+                .collect()
+        });
         for id in ids {
-            self.change_reputation_ordered(id, |r| r.clear_suspicion())
+            self.change_reputation_ordered(&turn, id, |r| r.clear_suspicion())
                 .await?;
         }
         Ok(())
@@ -622,9 +554,9 @@ impl AppState {
         }
         let api_key = generate_api_key();
         self.store
-            .replace_key_hash(caller.id, &hash_api_key(&self.key_salt, &api_key))
+            .replace_key_hash(caller.id, &self.accounts.hash_key(&api_key))
             .await?;
-        self.forget_cached_users();
+        self.accounts.forget_all();
         tracing::info!(user = caller.id, "API key reset");
         Ok(NewApiKey { api_key })
     }

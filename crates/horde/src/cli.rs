@@ -180,9 +180,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 },
         } => {
             let config = common.load()?;
-            let created =
-                horde_server::users::create_user_offline(&config, &name, moderator, trusted, kudos)
-                    .await?;
+            let created = horde_server::offline::create_user_offline(
+                &config, &name, moderator, trusted, kudos,
+            )
+            .await?;
             eprintln!(
                 "Created user {} (id {}). Its API key is shown only this once:",
                 created.user.alias(),
@@ -202,7 +203,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         } => crate::worker_cmd::write_tiny(&arch, &out, seed),
         Command::Migrate(common) => {
             let config = common.load()?;
-            let mode = horde_server::users::migrate_offline(&config).await?;
+            let mode = horde_server::offline::migrate_offline(&config).await?;
             println!(
                 "database {} is up to date (journal mode {mode})",
                 config.database_location().redacted()

@@ -5,8 +5,9 @@
 //! script fetches the server-rendered tables again only when the digest changed, so the HTML
 //! is rendered in one place (here, in Rust) and a quiet horde costs one small event per 2 s.
 
+use crate::clock::now;
 use crate::routes::status::active_models;
-use crate::state::{now, SharedState};
+use crate::state::SharedState;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -47,8 +48,7 @@ async fn last_hour(state: &SharedState) -> Vec<Totals> {
 /// The figures now, and the throughput of the last hour behind them.
 pub async fn overview_now(state: &SharedState) -> (Overview, Vec<Totals>) {
     let models = active_models(state);
-    let (workers_online, jobs_done, kudos_earned) = {
-        let registry = state.workers.read().expect("registry lock");
+    let (workers_online, jobs_done, kudos_earned) = state.workers.read(|registry| {
         registry
             .online(now())
             .fold((0, 0, 0.0), |(n, jobs, kudos), e| {
@@ -59,10 +59,13 @@ pub async fn overview_now(state: &SharedState) -> (Overview, Vec<Totals>) {
                     kudos + w.kudos_generated + w.kudos_uptime,
                 )
             })
-    };
+    });
     let minutes = last_hour(state).await;
-    let queued_requests = state.queue.lock().expect("queue lock").waiting_count();
-    let queued_megapixelsteps = models.values().map(|m| m.queued).sum::<f64>() / 1e6;
+    let queued_requests = state.live.waiting_count();
+    // The same figure as `/status/performance`: each request once, whatever models it names.
+    let queued_megapixelsteps = state
+        .live
+        .read(|queue| horde_core::activity::queued_work(queue.requests()).megapixelsteps);
     let images_per_minute: Vec<u64> = minutes.iter().map(|t| t.images).collect();
     let images_last_hour = images_per_minute.iter().sum();
     let model_jobs: f64 = models.values().map(|m| m.jobs).sum();

@@ -357,7 +357,7 @@ fn workers_table(html: &mut String, workers: &[Seen], view: &WorkersView) {
         };
         let _ = writeln!(html, "<tr><td colspan=\"10\">{why}</td></tr>");
     }
-    let now = crate::state::now();
+    let now = crate::clock::now();
     for (w, seen) in workers {
         let (speed, reliability, suspicion) = w
             .reputation

@@ -1,14 +1,16 @@
 //! `/api/v2/status/…`, `/api/v2/stats/img/…` and `/.well-known/serviceinfo`.
 
+use crate::clock::now;
 use crate::error::ApiResult;
 use crate::extract::HordeQuery;
-use crate::state::{now, SharedState};
+use crate::state::SharedState;
 use axum::extract::{Path, State};
 use axum::Json;
 use horde_api::status::{
     ActiveModel, Heartbeat, HordePerformance, ImgModelStats, ModelState, SinglePeriodImgStat,
     StatsImgTotals,
 };
+use horde_core::activity;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
@@ -41,8 +43,8 @@ pub struct StatsModelsQuery {
 fn in_state(state: &SharedState, model: &str, wanted: ModelState) -> bool {
     match wanted {
         ModelState::All => true,
-        ModelState::Known => state.registry().is_known(model),
-        ModelState::Custom => !state.registry().is_known(model),
+        ModelState::Known => state.model_reference().is_known(model),
+        ModelState::Custom => !state.model_reference().is_known(model),
     }
 }
 
@@ -78,89 +80,35 @@ pub async fn model(
     Json(active_models(&state).remove(&name).into_iter().collect())
 }
 
+/// The models in use now (see `horde_core::activity::active_models`).
 pub(crate) fn active_models(state: &SharedState) -> BTreeMap<String, ActiveModel> {
     let now = now();
-    let mut models: BTreeMap<String, ActiveModel> = BTreeMap::new();
-    for w in state
+    let online: Vec<horde_core::Worker> = state
         .workers
-        .read()
-        .expect("registry lock")
-        .online(now)
-        .filter(|w| !w.worker.maintenance)
-    {
-        for m in &w.worker.flags.models {
-            model_entry(&mut models, m).count += w.worker.threads;
-        }
-    }
-    for r in state.queue.lock().expect("queue lock").requests() {
-        let c = r.counts();
-        if c.waiting + c.processing == 0 {
-            continue;
-        }
-        let p = &r.body.params;
-        let things = f64::from(p.width) * f64::from(p.height) * f64::from(p.accurate_steps());
-        for m in &r.body.models {
-            let e = model_entry(&mut models, m);
-            e.queued += things * f64::from(c.waiting);
-            e.jobs += f64::from(c.waiting + c.processing);
-        }
-    }
-    let perf = state.performance.lock().expect("performance lock");
-    for m in models.values_mut() {
-        m.performance = perf.average(&m.name, now);
-        m.eta = if m.performance > 0.0 && m.count > 0 {
-            (m.queued / (f64::from(m.count) * m.performance)) as i64
-        } else if m.queued > 0.0 {
-            10000
-        } else {
-            0
-        };
-    }
-    models
-}
-
-fn model_entry<'a>(
-    models: &'a mut BTreeMap<String, ActiveModel>,
-    name: &str,
-) -> &'a mut ActiveModel {
-    models
-        .entry(name.to_string())
-        .or_insert_with(|| ActiveModel {
-            name: name.to_string(),
-            count: 0,
-            performance: 0.0,
-            queued: 0.0,
-            jobs: 0.0,
-            eta: 0,
-            kind: "image".into(),
-        })
+        .read(|registry| registry.online(now).map(|e| e.worker.clone()).collect());
+    state.workers.speeds(|speeds| {
+        state
+            .live
+            .read(|queue| activity::active_models(&online, queue.requests(), speeds, now))
+    })
 }
 
 #[utoipa::path(get, path = "/api/v2/status/performance", tag = "v2", responses((status = 200, body = HordePerformance)))]
 pub async fn performance(State(state): State<SharedState>) -> Json<HordePerformance> {
     let now = now();
-    let (worker_count, thread_count) = {
-        let registry = state.workers.read().expect("registry lock");
+    let (worker_count, thread_count) = state.workers.read(|registry| {
         registry.online(now).fold((0u64, 0u64), |(w, t), e| {
             (w + 1, t + u64::from(e.worker.threads))
         })
-    };
-    let (queued_requests, queued_mps) = {
-        let queue = state.queue.lock().expect("queue lock");
-        queue.requests().fold((0u64, 0f64), |(n, mps), r| {
-            let c = r.counts();
-            let things = r.body.params.megapixelsteps_per_image();
-            (
-                n + u64::from(c.waiting + c.processing),
-                mps + things * f64::from(c.waiting),
-            )
-        })
-    };
+    });
+    let queued = state
+        .live
+        .read(|queue| activity::queued_work(queue.requests()));
     Json(HordePerformance {
-        queued_requests,
+        queued_requests: queued.images,
         worker_count,
         thread_count,
-        queued_megapixelsteps: queued_mps,
+        queued_megapixelsteps: queued.megapixelsteps,
         ..Default::default()
     })
 }

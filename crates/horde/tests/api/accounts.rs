@@ -110,9 +110,7 @@ async fn roles_limits_and_balances_change_only_for_those_allowed() {
     let id = volunteer.generate_async(&risky).await.unwrap().id.unwrap();
     let queued = app
         .state
-        .queue
-        .lock()
-        .unwrap()
+        .live
         .get(id.parse().unwrap())
         .unwrap()
         .body
@@ -296,7 +294,7 @@ async fn an_empty_shared_key_downgrades_to_anonymous_when_the_request_allows_it(
         accepted.warnings
     );
     let id = accepted.id.unwrap().parse().unwrap();
-    let queued = app.state.queue.lock().unwrap().get(id).unwrap().clone();
+    let queued = app.state.live.get(id).unwrap();
     assert_eq!(queued.user_id, 0, "made as the anonymous user");
     assert_eq!(queued.shared_key, None);
     assert_eq!(

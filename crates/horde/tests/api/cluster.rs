@@ -44,7 +44,7 @@ async fn a_request_accepted_on_one_coordinator_reaches_the_others_without_a_poll
     let request_id: uuid::Uuid = id.parse().unwrap();
     // Nothing is asked of the others: the announcement alone puts it in their queues.
     for app in &apps[1..] {
-        let arrived = wait_for(|| app.state.queue.lock().unwrap().get(request_id).is_some()).await;
+        let arrived = wait_for(|| app.state.live.contains(request_id)).await;
         let arrived = arrived.expect("the request reached the other coordinator");
         println!("request announced to {} after {arrived:?}", app.root);
     }
@@ -60,9 +60,7 @@ async fn a_request_accepted_on_one_coordinator_reaches_the_others_without_a_poll
     let done_on_a = wait_for(|| {
         apps[0]
             .state
-            .queue
-            .lock()
-            .unwrap()
+            .live
             .get(request_id)
             .is_some_and(|r| r.is_done())
     })
@@ -180,7 +178,7 @@ async fn rate_limits_and_concurrency_caps_hold_across_coordinators() {
         .id
         .unwrap();
     let first: uuid::Uuid = first.parse().unwrap();
-    wait_for(|| apps[1].state.queue.lock().unwrap().get(first).is_some())
+    wait_for(|| apps[1].state.live.contains(first))
         .await
         .expect("announced");
     let refused = on(&apps[1])
@@ -347,8 +345,6 @@ async fn a_worker_seen_by_one_coordinator_is_known_to_the_others() {
         apps[1]
             .state
             .workers
-            .read()
-            .unwrap()
             .get(worker_id)
             .is_some_and(|e| e.worker.paused)
     })

@@ -40,7 +40,7 @@ async fn a_late_job_goes_back_ahead_of_newer_work_and_the_late_submit_earns_noth
         .unwrap();
 
     assert_eq!(
-        sweeper::step(&app.state, horde_server::state::now()).await,
+        sweeper::step(&app.state, horde_server::clock::now()).await,
         0
     );
     assert_eq!(
@@ -48,7 +48,7 @@ async fn a_late_job_goes_back_ahead_of_newer_work_and_the_late_submit_earns_noth
         1,
         "not taken back before its deadline"
     );
-    sweeper::step(&app.state, horde_server::state::now() + 5).await;
+    sweeper::step(&app.state, horde_server::clock::now() + 5).await;
     let check = requester.check(&old).await.unwrap();
     assert_eq!(
         (check.restarted, check.waiting, check.processing, check.done),
@@ -111,7 +111,7 @@ async fn a_request_restarted_too_often_faults_and_costs_nothing() {
             .unwrap()
             .id
             .expect("a job to lose");
-        sweeper::step(&app.state, horde_server::state::now() + 5 * round).await;
+        sweeper::step(&app.state, horde_server::clock::now() + 5 * round).await;
     }
     let check = requester.check(&id).await.unwrap();
     assert!(check.faulted && check.done, "{check:?}");

@@ -22,7 +22,7 @@ async fn a_dry_run_prices_with_the_public_horde_kudos_model() {
         "{}",
         answer.kudos
     );
-    assert_eq!(app.state.queue.lock().unwrap().len(), 0);
+    assert_eq!(app.state.live.len(), 0);
 }
 
 #[tokio::test]
@@ -149,12 +149,11 @@ async fn escrow_uptime_rewards_and_the_balance_floor_follow_the_public_horde() {
     );
 
     // Twenty minutes online pays two uptime rewards of 50 + 2 × (one model), into escrow.
-    let worker_id = {
-        let mut registry = app.state.workers.write().unwrap();
+    let worker_id = app.state.workers.change(|registry| {
         let id = registry.by_name("escrowed worker").unwrap().worker.id;
         registry.get_mut(id).unwrap().worker.uptime = 1250;
         id
-    };
+    });
     owner.pop(&pop_request("escrowed worker")).await.unwrap();
     let after = owner.find_user().await.unwrap();
     assert_eq!(
@@ -185,7 +184,7 @@ async fn large_requests_need_upfront_kudos_or_a_downgrade() {
     assert_eq!(refused.rc(), Some("KudosUpfront"));
     assert_eq!(refused.status().map(|s| s.as_u16()), Some(403));
     assert!(refused.to_string().contains("allow_downgrade"), "{refused}");
-    assert_eq!(app.state.queue.lock().unwrap().len(), 0, "nothing queued");
+    assert_eq!(app.state.live.len(), 0, "nothing queued");
 
     big.allow_downgrade = true;
     let accepted = poor.generate_async(&big).await.unwrap();
@@ -193,9 +192,7 @@ async fn large_requests_need_upfront_kudos_or_a_downgrade() {
     assert_eq!(warning.code, "Downgraded");
     let queued = app
         .state
-        .queue
-        .lock()
-        .unwrap()
+        .live
         .get(accepted.id.as_deref().unwrap().parse().unwrap())
         .unwrap()
         .body

@@ -192,11 +192,7 @@ async fn blocked_prompts_are_rewritten_or_refused_before_they_are_queued() {
     let error = user.generate_async(&blocked).await.expect_err("refused");
     assert_eq!(error.status().map(|s| s.as_u16()), Some(400), "{error}");
     assert_eq!(error.rc(), Some("CorruptPrompt"), "{error}");
-    assert_eq!(
-        app.state.queue.lock().unwrap().len(),
-        1,
-        "nothing more queued"
-    );
+    assert_eq!(app.state.live.len(), 1, "nothing more queued");
 
     blocked.replacement_filter = true;
     let accepted = user.generate_async(&blocked).await.unwrap();
@@ -239,7 +235,7 @@ async fn over_long_prompts_are_refused() {
     assert_eq!(error.status().map(|s| s.as_u16()), Some(400), "{error}");
     assert_eq!(error.rc(), Some("InvalidPromptSize"), "{error}");
     assert_eq!(
-        app.state.queue.lock().unwrap().len(),
+        app.state.live.len(),
         1,
         "only the request at the limit is queued"
     );

@@ -268,7 +268,7 @@ async fn finished_requests_expire_with_their_images() {
         "the image is stored"
     );
 
-    let now = horde_server::state::now();
+    let now = horde_server::clock::now();
     assert_eq!(
         sweeper::step(&app.state, now).await,
         0,

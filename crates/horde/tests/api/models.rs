@@ -21,7 +21,7 @@ async fn unknown_models_are_refused_unless_the_operator_allows_custom_ones() {
         !error.to_string().contains("stable_diffusion,"),
         "only the unknown one is named: {error}"
     );
-    assert_eq!(app.state.queue.lock().unwrap().len(), 0, "nothing queued");
+    assert_eq!(app.state.live.len(), 0, "nothing queued");
     app.stop().await;
 
     let custom = spawn_app_with(|c| c.models.allow_custom = true).await;

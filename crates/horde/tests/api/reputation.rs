@@ -69,7 +69,7 @@ async fn every_outcome_is_counted_shown_and_kept_across_a_restart() {
         .id
         .unwrap();
     pop_job(&worker, WORKER).await;
-    let far_future = horde_server::state::now() + 100_000;
+    let far_future = horde_server::clock::now() + 100_000;
     assert_eq!(app.state.take_back_late_jobs(far_future).await.unwrap(), 1);
     let job = pop_job(&worker, WORKER).await;
     let mut fault = submit_with(&job, None);

@@ -540,13 +540,7 @@ async fn a_batch_of_one_request_is_made_in_one_engine_pass_and_each_image_is_pai
 
     // Each image of the batch earns what it would alone.
     let single = app.state.gen_kudos(
-        &app.state
-            .queue
-            .lock()
-            .unwrap()
-            .get(batched_id.parse().unwrap())
-            .unwrap()
-            .clone(),
+        &app.state.live.get(batched_id.parse().unwrap()).unwrap(),
         MODEL,
     );
     assert!(

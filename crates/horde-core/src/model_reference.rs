@@ -1,4 +1,4 @@
-//! The image model registry: which model names the horde knows, their baseline (the family
+//! The image model reference: which model names the horde knows, their baseline (the family
 //! they were trained from), whether they inpaint, and what each baseline costs.
 //!
 //! It is read from the AI Horde image model reference (`stable_diffusion.json`) and the baseline
@@ -41,7 +41,7 @@ pub struct Baseline {
 }
 
 #[derive(Debug, Clone, Default)]
-pub struct ModelRegistry {
+pub struct ModelReference {
     models: HashMap<String, ModelInfo>,
     baselines: HashMap<String, Baseline>,
 }
@@ -83,15 +83,15 @@ struct RawPolicy {
     kudos_hires: Option<f64>,
 }
 
-impl ModelRegistry {
+impl ModelReference {
     /// The reference built into this binary.
-    pub fn builtin() -> ModelRegistry {
-        ModelRegistry::parse(BUILTIN_MODELS, BUILTIN_BASELINES)
+    pub fn builtin() -> ModelReference {
+        ModelReference::parse(BUILTIN_MODELS, BUILTIN_BASELINES)
             .expect("the built-in model reference is well formed")
     }
 
     /// Reads a model reference and a baseline catalog (both JSON).
-    pub fn parse(models_json: &str, baselines_json: &str) -> Result<ModelRegistry, String> {
+    pub fn parse(models_json: &str, baselines_json: &str) -> Result<ModelReference, String> {
         let raw_models: HashMap<String, RawModel> = serde_json::from_str(models_json)
             .map_err(|e| format!("the model reference is not valid: {e}"))?;
         let catalog: RawCatalog = serde_json::from_str(baselines_json)
@@ -131,7 +131,7 @@ impl ModelRegistry {
                 (name, info)
             })
             .collect();
-        Ok(ModelRegistry { models, baselines })
+        Ok(ModelReference { models, baselines })
     }
 
     pub fn len(&self) -> usize {
@@ -260,12 +260,12 @@ mod tests {
             sha(BUILTIN_BASELINES),
             "8ca7c75ae588bb89c3e5981b41edb1fc8ca6defbe0553cca88fe2a8b210889bb"
         );
-        assert_eq!(ModelRegistry::builtin().len(), 161);
+        assert_eq!(ModelReference::builtin().len(), 161);
     }
 
     #[test]
     fn baselines_resolve_through_their_alternative_names() {
-        let r = ModelRegistry::builtin();
+        let r = ModelReference::builtin();
         assert_eq!(
             r.get("stable_diffusion").unwrap().baseline,
             "stable_diffusion_1"
@@ -291,7 +291,7 @@ mod tests {
 
     #[test]
     fn substitutes_share_baseline_and_inpainting() {
-        let r = ModelRegistry::builtin();
+        let r = ModelReference::builtin();
         let sd1: Vec<&ModelInfo> = r
             .models
             .values()
@@ -311,7 +311,7 @@ mod tests {
 
     #[test]
     fn step_limits_and_fallbacks_follow_the_reference() {
-        let r = ModelRegistry::builtin();
+        let r = ModelReference::builtin();
         assert_eq!(r.step_limit("stable_diffusion"), 30);
         assert_eq!(r.step_limit("DreamShaper XL"), 4, "min 3, max 6");
         assert_eq!(r.step_limit("unknown"), 30);
@@ -334,13 +334,13 @@ mod tests {
 
     #[test]
     fn broken_references_are_refused_with_a_reason() {
-        assert!(ModelRegistry::parse("{", BUILTIN_BASELINES)
+        assert!(ModelReference::parse("{", BUILTIN_BASELINES)
             .unwrap_err()
             .contains("model reference"));
-        assert!(ModelRegistry::parse("{}", BUILTIN_BASELINES)
+        assert!(ModelReference::parse("{}", BUILTIN_BASELINES)
             .unwrap_err()
             .contains("no models"));
-        assert!(ModelRegistry::parse(BUILTIN_MODELS, "[]")
+        assert!(ModelReference::parse(BUILTIN_MODELS, "[]")
             .unwrap_err()
             .contains("baseline catalog"));
     }

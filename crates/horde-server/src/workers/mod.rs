@@ -6,9 +6,10 @@
 //! entry (check-in the declaration, submit and the sweeper the reputation, the owner the
 //! settings), so concurrent pops, submits and edits never undo one another.
 
+use crate::clock::now;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::ApiKey;
-use crate::state::{now, AppState};
+use crate::state::AppState;
 use horde_api::image::PopRequest;
 use horde_api::worker::{
     ModifyWorker, SuspicionEntry, TeamRef, WorkerDetails, WorkerKudosDetails, WorkerReputation,
@@ -19,148 +20,18 @@ use horde_core::{Reputation, ReputationRules, WorkerCaps};
 use std::collections::HashMap;
 use uuid::Uuid;
 
+pub mod matching_view;
+pub mod registry;
+
+pub use registry::{WorkerEntry, WorkerRegistry, Workers};
+
 /// A check-in is written at most this often unless the worker's declaration changed.
 const CHECK_IN_WRITE_INTERVAL_SECS: i64 = 30;
-
-/// At most this many more reliable waiting workers are considered at a pop.
-const MAX_STANDBY: usize = 16;
 
 /// Untrusted users may own at most this many workers (the public horde refuses a new one when
 /// more than 3 exist).
 const MAX_WORKERS_UNTRUSTED: usize = 4;
 const MAX_WORKERS_TRUSTED: usize = 21;
-
-#[derive(Debug, Clone)]
-pub struct WorkerEntry {
-    pub worker: Worker,
-    pub owner_trusted: bool,
-    pub owner_flagged: bool,
-    pub owner_alias: String,
-    /// When the check-in was last written to the store.
-    pub persisted_check_in: i64,
-    pub amount: u32,
-    pub priority_user_ids: Vec<i64>,
-    /// When the worker's latest pop found nothing (cleared when it gets a job): it is standing
-    /// by for work.
-    pub waiting_since: Option<i64>,
-}
-
-#[derive(Debug)]
-pub struct WorkerRegistry {
-    by_id: HashMap<Uuid, WorkerEntry>,
-    by_name: HashMap<String, Uuid>,
-    /// A worker is online while it has checked in within this many seconds.
-    pub online_window_secs: i64,
-}
-
-impl WorkerRegistry {
-    pub fn new(online_window_secs: i64) -> Self {
-        WorkerRegistry {
-            by_id: HashMap::new(),
-            by_name: HashMap::new(),
-            online_window_secs,
-        }
-    }
-
-    pub fn insert(&mut self, entry: WorkerEntry) {
-        self.by_name
-            .insert(entry.worker.name.clone(), entry.worker.id);
-        self.by_id.insert(entry.worker.id, entry);
-    }
-    pub fn get(&self, id: Uuid) -> Option<&WorkerEntry> {
-        self.by_id.get(&id)
-    }
-    pub fn get_mut(&mut self, id: Uuid) -> Option<&mut WorkerEntry> {
-        self.by_id.get_mut(&id)
-    }
-    pub fn by_name(&self, name: &str) -> Option<&WorkerEntry> {
-        self.by_name.get(name).and_then(|id| self.by_id.get(id))
-    }
-    pub fn rename(&mut self, id: Uuid, new_name: &str) {
-        if let Some(entry) = self.by_id.get_mut(&id) {
-            self.by_name.remove(&entry.worker.name);
-            entry.worker.name = new_name.to_string();
-            self.by_name.insert(new_name.to_string(), id);
-        }
-    }
-    pub fn online(&self, now: i64) -> impl Iterator<Item = &WorkerEntry> {
-        let window = self.online_window_secs;
-        self.by_id
-            .values()
-            .filter(move |e| e.worker.is_online(now, window))
-    }
-    /// The workers that checked in at or after `since` (online or not).
-    pub fn seen_since(&self, since: i64) -> impl Iterator<Item = &WorkerEntry> {
-        self.by_id
-            .values()
-            .filter(move |e| e.worker.last_check_in >= since)
-    }
-    /// The workers more reliable than `me` (by a clear margin) that could take a job right
-    /// now: they popped and found nothing within the last `hold_secs`, and nothing stops them
-    /// from getting jobs. Most reliable first.
-    pub fn standing_by_better_than(
-        &self,
-        me: &WorkerEntry,
-        now: i64,
-        hold_secs: i64,
-        rules: &ReputationRules,
-    ) -> Vec<WorkerCaps> {
-        /// Reliabilities closer than this are treated as equal.
-        const MARGIN: f64 = 0.05;
-        let mine = me.worker.reputation.reliability();
-        let mut better: Vec<(f64, &WorkerEntry)> = self
-            .by_id
-            .values()
-            .filter(|e| e.worker.id != me.worker.id)
-            .filter(|e| e.waiting_since.is_some() && now - e.worker.last_check_in < hold_secs)
-            .filter(|e| e.gets_jobs(rules) && !e.owner_flagged)
-            .map(|e| (e.worker.reputation.reliability(), e))
-            .filter(|(reliability, _)| *reliability >= mine + MARGIN)
-            .collect();
-        better.sort_by(|a, b| b.0.total_cmp(&a.0));
-        better
-            .into_iter()
-            .take(MAX_STANDBY)
-            .map(|(_, e)| e.caps())
-            .collect()
-    }
-
-    pub fn count_of_user(&self, user_id: i64) -> usize {
-        self.by_id
-            .values()
-            .filter(|e| e.worker.user_id == user_id)
-            .count()
-    }
-    /// Shows `owner`'s roles on their workers at once (they are read again at each check-in
-    /// too, but a flagged owner's workers may never check in again).
-    pub fn note_owner_roles(&mut self, owner: &User) {
-        for entry in self.by_id.values_mut() {
-            if entry.worker.user_id == owner.id {
-                entry.owner_trusted = owner.trusted;
-                entry.owner_flagged = owner.flagged;
-            }
-        }
-    }
-
-    pub fn ids_of_user(&self, user_id: i64) -> Vec<String> {
-        let mut ids: Vec<&WorkerEntry> = self
-            .by_id
-            .values()
-            .filter(|e| e.worker.user_id == user_id)
-            .collect();
-        ids.sort_by_key(|e| e.worker.created);
-        ids.iter().map(|e| e.worker.id.to_string()).collect()
-    }
-
-    /// The suspicion counted against the workers of `user_id`, all together.
-    pub fn suspicion_of_user(&self, user_id: i64) -> u32 {
-        self.by_id
-            .values()
-            .filter(|e| e.worker.user_id == user_id)
-            .map(|e| e.worker.reputation.suspicion)
-            .sum()
-    }
-}
 
 impl WorkerEntry {
     /// Whether this worker may be handed jobs: not paused, in maintenance or suspended.
@@ -389,7 +260,7 @@ impl AppState {
                 }
             };
             let entry = stored_entry(worker, owner);
-            self.workers.write().expect("registry lock").insert(entry);
+            self.workers.change(|registry| registry.insert(entry));
         }
         Ok(())
     }
@@ -397,13 +268,7 @@ impl AppState {
     /// Adds worker `id` to the registry from the database when it is not there (it registered
     /// on another coordinator sharing the database).
     pub(crate) async fn load_worker(&self, id: Uuid) -> Result<(), horde_store::StoreError> {
-        if self
-            .workers
-            .read()
-            .expect("registry lock")
-            .get(id)
-            .is_some()
-        {
+        if self.workers.read(|registry| registry.get(id).is_some()) {
             return Ok(());
         }
         if let Some(worker) = self.store.worker_by_id(id).await? {
@@ -433,28 +298,30 @@ impl AppState {
     ) -> Result<WorkerEntry, horde_store::StoreError> {
         let owner = self.store.user_by_id(worker.user_id).await?;
         let entry = stored_entry(worker, owner);
-        let mut registry = self.workers.write().expect("registry lock");
-        if let Some(known) = registry.get(entry.worker.id) {
-            return Ok(known.clone());
+        let known = self.workers.change(|registry| {
+            let known = registry.get(entry.worker.id).cloned();
+            if known.is_none() {
+                registry.insert(entry.clone());
+            }
+            known
+        });
+        if let Some(known) = known {
+            return Ok(known);
         }
-        registry.insert(entry.clone());
-        drop(registry);
-        self.workers_changed();
+        self.workers.changed();
         Ok(entry)
     }
 
     /// Stores the check-ins not yet written (they are written at most every 30 s), so that a
     /// clean shutdown keeps every worker's uptime and last check-in.
     pub async fn flush_check_ins(&self) -> Result<(), horde_store::StoreError> {
-        let unwritten: Vec<Worker> = self
-            .workers
-            .read()
-            .expect("registry lock")
-            .by_id
-            .values()
-            .filter(|e| e.worker.last_check_in > e.persisted_check_in)
-            .map(|e| e.worker.clone())
-            .collect();
+        let unwritten: Vec<Worker> = self.workers.read(|registry| {
+            registry
+                .all()
+                .filter(|e| e.worker.last_check_in > e.persisted_check_in)
+                .map(|e| e.worker.clone())
+                .collect()
+        });
         for worker in &unwritten {
             self.store.save_check_in(worker).await?;
         }
@@ -470,10 +337,7 @@ impl AppState {
         }
         let existing = self
             .workers
-            .read()
-            .expect("registry lock")
-            .by_name(&pop.name)
-            .cloned();
+            .read(|registry| registry.by_name(&pop.name).cloned());
         let joined = existing.as_ref().is_none_or(|e| {
             !e.worker
                 .is_online(now, self.config.workers.online_window_secs)
@@ -519,9 +383,9 @@ impl AppState {
             entry.persisted_check_in = now;
         }
         self.pay_uptime(&mut entry, now).await?;
-        let checked_in = {
-            let mut registry = self.workers.write().expect("registry lock");
-            match registry.get_mut(entry.worker.id) {
+        let checked_in = self
+            .workers
+            .change(|registry| match registry.get_mut(entry.worker.id) {
                 Some(live) => {
                     live.apply_check_in(&entry);
                     live.clone()
@@ -530,10 +394,9 @@ impl AppState {
                     registry.insert(entry.clone());
                     entry
                 }
-            }
-        };
+            });
         if joined || declared_changed {
-            self.workers_changed();
+            self.workers.changed();
         }
         Ok(checked_in)
     }
@@ -550,32 +413,33 @@ impl AppState {
         now: i64,
     ) -> Option<WorkerEntry> {
         let window = self.config.workers.online_window_secs;
-        let mut registry = self.workers.write().expect("registry lock");
-        let id = registry.by_name(&pop.name)?.worker.id;
-        let live = registry.get_mut(id)?;
-        let w = &live.worker;
-        let same = w.user_id == user.id
-            && w.is_online(now, window)
-            && declares_the_same(w, pop)
-            && now - live.persisted_check_in < CHECK_IN_WRITE_INTERVAL_SECS;
-        if !same {
-            return None;
-        }
-        let elapsed = now - w.last_check_in;
-        let adds_uptime = elapsed > 0 && !w.maintenance && !w.paused;
-        let uptime = w.uptime + if adds_uptime { elapsed as u64 } else { 0 };
-        if uptime.saturating_sub(w.uptime_rewarded) >= UPTIME_REWARD_INTERVAL_SECS {
-            return None;
-        }
-        live.worker.uptime = uptime;
-        live.worker.last_check_in = now;
-        live.amount = pop.amount;
-        if live.priority_user_ids != priority_user_ids {
-            live.priority_user_ids = priority_user_ids.to_vec();
-        }
-        live.owner_trusted = user.trusted;
-        live.owner_flagged = user.flagged;
-        Some(live.clone())
+        self.workers.change(|registry| {
+            let id = registry.by_name(&pop.name)?.worker.id;
+            let live = registry.get_mut(id)?;
+            let w = &live.worker;
+            let same = w.user_id == user.id
+                && w.is_online(now, window)
+                && declares_the_same(w, pop)
+                && now - live.persisted_check_in < CHECK_IN_WRITE_INTERVAL_SECS;
+            if !same {
+                return None;
+            }
+            let elapsed = now - w.last_check_in;
+            let adds_uptime = elapsed > 0 && !w.maintenance && !w.paused;
+            let uptime = w.uptime + if adds_uptime { elapsed as u64 } else { 0 };
+            if uptime.saturating_sub(w.uptime_rewarded) >= UPTIME_REWARD_INTERVAL_SECS {
+                return None;
+            }
+            live.worker.uptime = uptime;
+            live.worker.last_check_in = now;
+            live.amount = pop.amount;
+            if live.priority_user_ids != priority_user_ids {
+                live.priority_user_ids = priority_user_ids.to_vec();
+            }
+            live.owner_trusted = user.trusted;
+            live.owner_flagged = user.flagged;
+            Some(live.clone())
+        })
     }
 
     /// Pays the owner for each full 10 minutes of uptime not yet paid for (the public horde's
@@ -610,10 +474,13 @@ impl AppState {
         entry.worker.kudos_uptime += kudos;
         entry.worker.uptime_rewarded = rewarded_until;
         let id = entry.worker.id;
-        if let Some(live) = self.workers.write().expect("registry lock").get_mut(id) {
-            live.worker.kudos_uptime = entry.worker.kudos_uptime;
-            live.worker.uptime_rewarded = rewarded_until;
-        }
+        let kudos_uptime = entry.worker.kudos_uptime;
+        self.workers.change(|registry| {
+            if let Some(live) = registry.get_mut(id) {
+                live.worker.kudos_uptime = kudos_uptime;
+                live.worker.uptime_rewarded = rewarded_until;
+            }
+        });
         Ok(())
     }
 
@@ -634,9 +501,7 @@ impl AppState {
         .max(user.worker_invited as usize);
         let owned = self
             .workers
-            .read()
-            .expect("registry lock")
-            .count_of_user(user.id);
+            .read(|registry| registry.count_of_user(user.id));
         if owned >= limit {
             return Err(ApiError::new(
                 Rc::TooManyWorkers,
@@ -688,7 +553,7 @@ impl AppState {
         if let Some(info) = &change.info {
             refuse_profanity(info, Rc::ProfaneWorkerInfo, "worker info")?;
         }
-        let _ordered = self.write_order.lock().await;
+        let turn = self.live.write_turn().await;
         let mut edited = self.worker_entry(id)?;
         let owner = edited.worker.user_id == user.id;
         if !owner && !user.moderator {
@@ -712,10 +577,7 @@ impl AppState {
         if let Some(name) = &change.name {
             let taken = self
                 .workers
-                .read()
-                .expect("registry lock")
-                .by_name(name)
-                .is_some_and(|e| e.worker.id != id);
+                .read(|registry| registry.by_name(name).is_some_and(|e| e.worker.id != id));
             if taken {
                 return Err(ApiError::new(
                     Rc::WorkerNameAlreadyExists,
@@ -749,59 +611,56 @@ impl AppState {
                 other => other.into(),
             })?;
         if clear_suspicion {
-            self.change_reputation_ordered(id, |r| r.clear_suspicion())
+            self.change_reputation_ordered(&turn, id, |r| r.clear_suspicion())
                 .await?;
             tracing::info!(worker = %edited.worker.name, moderator = user.id, "suspicion cleared");
         }
-        let mut registry = self.workers.write().expect("registry lock");
-        registry.rename(id, &edited.worker.name);
-        if let Some(live) = registry.get_mut(id) {
-            let (live, w) = (&mut live.worker, &edited.worker);
-            live.info = w.info.clone();
-            live.maintenance = w.maintenance;
-            live.maintenance_msg = w.maintenance_msg.clone();
-            live.paused = w.paused;
-        }
-        drop(registry);
-        self.workers_changed();
+        self.workers.change(|registry| {
+            registry.rename(id, &edited.worker.name);
+            if let Some(live) = registry.get_mut(id) {
+                let (live, w) = (&mut live.worker, &edited.worker);
+                live.info = w.info.clone();
+                live.maintenance = w.maintenance;
+                live.maintenance_msg = w.maintenance_msg.clone();
+                live.paused = w.paused;
+            }
+        });
+        self.workers.changed();
         Ok(change)
     }
 
     /// A copy of the worker's live entry, or the AI Horde 404.
     pub fn worker_entry(&self, id: Uuid) -> ApiResult<WorkerEntry> {
-        self.workers
-            .read()
-            .expect("registry lock")
-            .get(id)
-            .cloned()
-            .ok_or_else(|| {
-                ApiError::new(
-                    Rc::WorkerNotFound,
-                    format!("Worker with ID '{id}' not found."),
-                )
-            })
-    }
-
-    pub fn worker_details(&self, id: Uuid, viewer: Viewer) -> ApiResult<WorkerDetails> {
-        let registry = self.workers.read().expect("registry lock");
-        let entry = registry.get(id).ok_or_else(|| {
+        self.workers.get(id).ok_or_else(|| {
             ApiError::new(
                 Rc::WorkerNotFound,
                 format!("Worker with ID '{id}' not found."),
             )
-        })?;
-        Ok(self.details_for(entry, now(), viewer))
+        })
+    }
+
+    pub fn worker_details(&self, id: Uuid, viewer: Viewer) -> ApiResult<WorkerDetails> {
+        let details = self
+            .workers
+            .read(|registry| Some(self.details_for(registry.get(id)?, now(), viewer)));
+        details.ok_or_else(|| {
+            ApiError::new(
+                Rc::WorkerNotFound,
+                format!("Worker with ID '{id}' not found."),
+            )
+        })
     }
 
     pub fn worker_details_by_name(&self, name: &str, viewer: Viewer) -> ApiResult<WorkerDetails> {
-        let registry = self.workers.read().expect("registry lock");
-        let entry = registry.by_name(name).ok_or_else(|| {
+        let details = self
+            .workers
+            .read(|registry| Some(self.details_for(registry.by_name(name)?, now(), viewer)));
+        details.ok_or_else(|| {
             ApiError::new(
                 Rc::WorkerNotFound,
                 format!("Worker with name '{name}' not found."),
             )
-        })?;
-        Ok(self.details_for(entry, now(), viewer))
+        })
     }
 
     /// The online workers `query` lists (all of them image workers, for now).
@@ -811,12 +670,13 @@ impl AppState {
         viewer: Viewer,
     ) -> Vec<WorkerDetails> {
         let now = now();
-        let registry = self.workers.read().expect("registry lock");
-        let mut list: Vec<WorkerDetails> = registry
-            .online(now)
-            .filter(|e| query.lists("image", &e.worker.name))
-            .map(|e| self.details_for(e, now, viewer))
-            .collect();
+        let mut list: Vec<WorkerDetails> = self.workers.read(|registry| {
+            registry
+                .online(now)
+                .filter(|e| query.lists("image", &e.worker.name))
+                .map(|e| self.details_for(e, now, viewer))
+                .collect()
+        });
         list.sort_by(|a, b| a.name.cmp(&b.name));
         list
     }
@@ -825,14 +685,15 @@ impl AppState {
     /// checked in (the dashboard's workers table).
     pub fn recent_worker_details(&self, secs: i64) -> Vec<(WorkerDetails, i64)> {
         let now = now();
-        let registry = self.workers.read().expect("registry lock");
-        registry
-            .seen_since(now - secs)
-            .map(|e| {
-                let details = self.details_for(e, now, Viewer::default());
-                (details, e.worker.last_check_in)
-            })
-            .collect()
+        self.workers.read(|registry| {
+            registry
+                .seen_since(now - secs)
+                .map(|e| {
+                    let details = self.details_for(e, now, Viewer::default());
+                    (details, e.worker.last_check_in)
+                })
+                .collect()
+        })
     }
 
     /// A worker's details as `viewer` may see them: its owner's alias for the owner and
