@@ -249,3 +249,36 @@ async fn a_worker_gone_offline_is_listed_with_when_it_was_last_seen() {
     );
     app.stop().await;
 }
+
+/// Queued work is counted once per request, whatever models it names: the dashboard's queued
+/// megapixelsteps are those `/status/performance` reports (the dashboard summed the per-model
+/// figures of `/status/models`, which count a request under each model it names).
+#[tokio::test]
+async fn queued_megapixelsteps_count_a_request_naming_two_models_once() {
+    let app = spawn_app().await;
+    let (requester, _) = app.user("requester", 100.0).await;
+    let mut request = small_request("two models", 2, false);
+    request.models = vec!["stable_diffusion".into(), "Deliberate".into()];
+    requester.generate_async(&request).await.unwrap();
+    let mut events = http()
+        .get(format!("{}/dashboard/events", app.root))
+        .send()
+        .await
+        .unwrap();
+    let overview = overview_until(&mut events, |f| f["queued_requests"] == 1).await;
+    let performance: serde_json::Value = http()
+        .get(format!("{}/api/v2/status/performance", app.root))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    // Two images of 512 × 512 at 10 steps.
+    let expected = 2.0 * 512.0 * 512.0 * 10.0 / 1e6;
+    let reported = performance["queued_megapixelsteps"].as_f64().unwrap();
+    assert!((reported - expected).abs() < 1e-9, "{performance}");
+    let shown = overview["queued_megapixelsteps"].as_f64().unwrap();
+    assert!((shown - expected).abs() < 1e-9, "{overview}");
+    app.stop().await;
+}
