@@ -5,7 +5,8 @@
 #![no_main]
 
 use base64::Engine;
-use horde_server::images::{check_source_image, verify_image};
+use horde_core::request_rules::check_source_image;
+use horde_server::images::verify_image;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -305,11 +305,6 @@ impl ImageParams {
         }
     }
 
-    /// Megapixelsteps of one image: width × height × [`ImageParams::accurate_steps`] ÷ 10⁶.
-    pub fn megapixelsteps_per_image(&self) -> f64 {
-        f64::from(self.width) * f64::from(self.height) * f64::from(self.accurate_steps()) / 1e6
-    }
-
     /// Steps as the public horde counts them for time and price: doubled for second-order
     /// samplers, a fixed 40 for the adaptive sampler.
     pub fn accurate_steps(&self) -> u32 {

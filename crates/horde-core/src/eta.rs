@@ -20,7 +20,7 @@ pub struct WorkerThroughput {
 
 /// The megapixelsteps of the images `request` still has to hand out.
 pub fn waiting_megapixelsteps(request: &LiveRequest) -> f64 {
-    request.body.params.megapixelsteps_per_image() * f64::from(request.n_remaining)
+    crate::work::megapixelsteps(&request.body.params, request.n_remaining)
 }
 
 /// Seconds until the last image of `ahead.last()` is finished, or `None` when no worker can

@@ -10,10 +10,11 @@ use sha2::{Digest, Sha256};
 /// Length of a user API key, as the public horde issues them.
 pub const API_KEY_LEN: usize = 22;
 
-/// A fresh random API key: 16 random bytes, URL-safe base64 without padding (22 characters).
-pub fn generate_api_key() -> String {
+/// A fresh random API key: 16 bytes of `rng` (a cryptographic one: the server passes
+/// `rand::rng()`), URL-safe base64 without padding (22 characters).
+pub fn generate_api_key(rng: &mut impl RngCore) -> String {
     let mut bytes = [0u8; 16];
-    rand::rng().fill_bytes(&mut bytes);
+    rng.fill_bytes(&mut bytes);
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
@@ -25,10 +26,10 @@ pub fn hash_api_key(salt: &str, key: &str) -> String {
     hex::encode(hasher.finalize())
 }
 
-/// A random token for single-use upload URLs.
-pub fn generate_token() -> String {
+/// A random token (salts, secrets) of 24 bytes of `rng`, a cryptographic one.
+pub fn generate_token(rng: &mut impl RngCore) -> String {
     let mut bytes = [0u8; 24];
-    rand::rng().fill_bytes(&mut bytes);
+    rng.fill_bytes(&mut bytes);
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
@@ -38,8 +39,8 @@ mod tests {
 
     #[test]
     fn generated_keys_are_22_url_safe_characters_and_differ() {
-        let a = generate_api_key();
-        let b = generate_api_key();
+        let a = generate_api_key(&mut rand::rng());
+        let b = generate_api_key(&mut rand::rng());
         assert_eq!(a.len(), API_KEY_LEN);
         assert!(a
             .chars()

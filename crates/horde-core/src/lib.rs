@@ -5,11 +5,15 @@
 //! request, how rate limits count. Time is passed in as `now` (unix seconds or milliseconds), never
 //! read from a clock, so tests drive it.
 //!
+//! A rule that refuses returns a refusal enum implementing [`Refusal`]: the public horde's
+//! `rc` and message travel with the rule, and the server only turns them into an answer.
+//!
 //! Architecture invariant: horde-core knows nothing of HTTP, SQL, files or async runtimes.
 
 pub mod accounts;
 pub mod activity;
 pub mod bridge;
+pub mod deadline;
 pub mod eta;
 pub mod image_header;
 pub mod keys;
@@ -26,11 +30,13 @@ pub mod quota;
 pub mod ratelimit;
 pub mod reputation;
 pub mod request;
+pub mod request_rules;
 pub mod routing;
 pub mod seed;
 pub mod shared_key;
 pub mod ttl;
 pub mod upfront;
+pub mod user_rules;
 pub mod work;
 
 pub use accounts::{User, Worker, WorkerFlags};
@@ -39,3 +45,9 @@ pub use queue::{Assignment, PopOutcome, Queue};
 pub use reputation::{Reputation, ReputationRules, SuspicionReason};
 pub use request::{Job, JobState, LiveRequest, StatusCounts};
 pub use routing::Standby;
+
+/// A rule's refusal: the public horde's return code and the message the caller is told.
+pub trait Refusal {
+    fn rc(&self) -> horde_api::Rc;
+    fn message(&self) -> String;
+}

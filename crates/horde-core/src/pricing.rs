@@ -109,6 +109,53 @@ pub fn round2(value: f64) -> f64 {
     (value * 100.0).round() / 100.0
 }
 
+/// How a worker's reward reaches its owner: a trusted owner gets it all in their balance; an
+/// untrusted one half (rounded to the cent) in escrow (`evaluating_kudos`), released when they
+/// become trusted, and the rest in their balance.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RewardSplit {
+    pub balance: f64,
+    pub escrow: f64,
+}
+
+/// The split of `reward` for an owner who is `trusted` or not (see [`RewardSplit`]).
+pub fn split_reward(reward: f64, owner_trusted: bool) -> RewardSplit {
+    if owner_trusted {
+        return RewardSplit {
+            balance: reward,
+            escrow: 0.0,
+        };
+    }
+    let escrow = round2(reward / 2.0);
+    RewardSplit {
+        balance: reward - escrow,
+        escrow,
+    }
+}
+
+#[cfg(test)]
+mod reward_split_tests {
+    use super::*;
+
+    #[test]
+    fn untrusted_owners_get_half_of_a_reward_in_escrow() {
+        assert_eq!(
+            split_reward(10.0, true),
+            RewardSplit {
+                balance: 10.0,
+                escrow: 0.0
+            }
+        );
+        let split = split_reward(10.01, false);
+        assert_eq!(split.escrow, 5.01);
+        assert!((split.balance - 5.0).abs() < 1e-12);
+        assert!(
+            (split.balance + split.escrow - 10.01).abs() < 1e-12,
+            "nothing lost"
+        );
+    }
+}
+
 #[cfg(test)]
 mod rounding_tests {
     use super::*;

@@ -209,7 +209,8 @@ impl Queue {
 
     /// Picks the best request `worker` may take and hands it a batch of jobs. Requests of the
     /// users the worker prioritises come first; among the rest, those that more reliable
-    /// waiting workers in `standby` could take are left to them.
+    /// waiting workers in `standby` could take are left to them. The jobs' ids and random
+    /// seeds are drawn from `rng`.
     pub fn pop(
         &mut self,
         worker: &WorkerCaps,
@@ -217,6 +218,7 @@ impl Queue {
         now: i64,
         ttl: impl Fn(&LiveRequest, u32) -> i64,
         standby: &mut Standby,
+        rng: &mut impl rand::Rng,
     ) -> PopOutcome {
         let mut skipped: HashMap<SkipReason, u64> = HashMap::new();
         let chosen = self
@@ -240,16 +242,16 @@ impl Queue {
                     let job = Job {
                         // Time-ordered (UUIDv7 from `now`): job rows are appended to the
                         // id index, not spread over it.
-                        id: Uuid::new_v7(uuid::Timestamp::from_unix(
-                            uuid::NoContext,
-                            now.max(0) as u64,
-                            0,
-                        )),
+                        id: uuid::Builder::from_unix_timestamp_millis(
+                            now.max(0) as u64 * 1000,
+                            &rng.random(),
+                        )
+                        .into_uuid(),
                         request_id,
                         worker_id: worker.worker_id,
                         worker_name: worker_name.to_string(),
                         model: model.clone(),
-                        seed: request.next_seed(),
+                        seed: request.next_seed(rng),
                         started: now,
                         deadline,
                         state: JobState::Processing,
@@ -492,10 +494,45 @@ pub(crate) mod tests {
     }
 
     fn popped(queue: &mut Queue, w: &WorkerCaps) -> Option<Uuid> {
-        match queue.pop(w, "w", 0, |_, _| 150, &mut Standby::none()) {
+        match queue.pop(
+            w,
+            "w",
+            0,
+            |_, _| 150,
+            &mut Standby::none(),
+            &mut rand::rng(),
+        ) {
             PopOutcome::Assigned(a) => Some(a.request_id),
             PopOutcome::Nothing(_) => None,
         }
+    }
+
+    /// The jobs of one pop: what the queue decided for `rng`.
+    fn popped_jobs(
+        queue: &mut Queue,
+        w: &WorkerCaps,
+        rng: &mut impl rand::Rng,
+    ) -> Vec<(Uuid, u64)> {
+        match queue.pop(w, "w", 1_700_000_000, |_, _| 150, &mut Standby::none(), rng) {
+            PopOutcome::Assigned(a) => a.jobs.iter().map(|j| (j.id, j.seed)).collect(),
+            PopOutcome::Nothing(_) => vec![],
+        }
+    }
+
+    #[test]
+    fn the_same_randomness_hands_out_the_same_job_ids_and_seeds() {
+        use rand::SeedableRng;
+        let request = request_from(json!({"prompt": "p", "models": ["m"], "params": {"n": 3}}));
+        let run = |seed: u64| {
+            let mut queue = Queue::new();
+            queue.insert(request.clone());
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            popped_jobs(&mut queue, &worker(&["m"]), &mut rng)
+        };
+        let (first, again, other) = (run(7), run(7), run(8));
+        assert!(!first.is_empty());
+        assert_eq!(first, again, "reproducible from the randomness passed in");
+        assert_ne!(first, other, "and drawn from it");
     }
 
     #[test]
@@ -552,7 +589,14 @@ pub(crate) mod tests {
             (counts.restarted, counts.waiting, counts.processing),
             (1, 1, 0)
         );
-        match q.pop(&w, "w", 200, |_, _| 150, &mut Standby::none()) {
+        match q.pop(
+            &w,
+            "w",
+            200,
+            |_, _| 150,
+            &mut Standby::none(),
+            &mut rand::rng(),
+        ) {
             PopOutcome::Assigned(a) => assert_eq!(
                 a.request_id, old,
                 "the restarted image goes before newer work"
@@ -609,7 +653,14 @@ pub(crate) mod tests {
             1,
         );
         let w = worker(&["stable_diffusion"]);
-        match q.pop(&w, "w", 0, |_, _| 150, &mut Standby::none()) {
+        match q.pop(
+            &w,
+            "w",
+            0,
+            |_, _| 150,
+            &mut Standby::none(),
+            &mut rand::rng(),
+        ) {
             PopOutcome::Nothing(skipped) => {
                 assert_eq!(skipped.get("max_pixels"), Some(&1));
                 assert_eq!(skipped.get("untrusted"), Some(&1));

@@ -127,6 +127,23 @@ pub enum SubmitRefusal {
     Aborted,
 }
 
+impl crate::Refusal for SubmitRefusal {
+    fn rc(&self) -> horde_api::Rc {
+        match self {
+            SubmitRefusal::Duplicate => horde_api::Rc::DuplicateGen,
+            SubmitRefusal::Aborted => horde_api::Rc::AbortedGen,
+        }
+    }
+
+    fn message(&self) -> String {
+        match self {
+            SubmitRefusal::Duplicate => "Processing Generation has already been submitted.",
+            SubmitRefusal::Aborted => "This job was aborted or faulted and cannot be submitted.",
+        }
+        .into()
+    }
+}
+
 impl LiveRequest {
     pub fn counts(&self) -> StatusCounts {
         let mut counts = StatusCounts {
@@ -160,12 +177,7 @@ impl LiveRequest {
 
     /// Megapixelsteps of all the images asked for (what daily quotas count).
     pub fn megapixelsteps_requested(&self) -> f64 {
-        let p = &self.body.params;
-        f64::from(p.width)
-            * f64::from(p.height)
-            * f64::from(p.accurate_steps())
-            * f64::from(self.jobs_total)
-            / 1e6
+        crate::work::megapixelsteps(&self.body.params, self.jobs_total)
     }
 
     /// Whether the request still has images waiting for a worker.
@@ -177,13 +189,13 @@ impl LiveRequest {
         self.jobs.iter().find(|j| j.id == job_id)
     }
 
-    /// The seed of the next image handed out.
-    pub fn next_seed(&self) -> u64 {
+    /// The seed of the next image handed out (drawn from `rng` when the request set none).
+    pub fn next_seed(&self, rng: &mut impl rand::Rng) -> u64 {
         let index = self.jobs_total - self.n_remaining;
         match (self.base_seed, self.body.params.seed_variation) {
             (Some(base), Some(variation)) => crate::seed::varied_seed(base, variation, index),
             (Some(base), None) => base,
-            (None, _) => crate::seed::random_seed(),
+            (None, _) => crate::seed::random_seed(rng),
         }
     }
 
@@ -492,8 +504,8 @@ pub(crate) mod tests {
             serde_json::json!({"prompt": "p", "params": {"n": 3, "seed_variation": 10}}),
         );
         r.base_seed = Some(100);
-        assert_eq!(r.next_seed(), 100);
+        assert_eq!(r.next_seed(&mut rand::rng()), 100);
         hand_out(&mut r);
-        assert_eq!(r.next_seed(), 110);
+        assert_eq!(r.next_seed(&mut rand::rng()), 110);
     }
 }

@@ -81,7 +81,7 @@ mod tests {
     }
 
     fn popped(queue: &mut Queue, w: &WorkerCaps, standby: &mut Standby) -> Option<Uuid> {
-        match queue.pop(w, "w", 1, |_, _| 100, standby) {
+        match queue.pop(w, "w", 1, |_, _| 100, standby, &mut rand::rng()) {
             PopOutcome::Assigned(a) => Some(a.request_id),
             PopOutcome::Nothing(_) => None,
         }

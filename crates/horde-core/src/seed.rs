@@ -22,9 +22,9 @@ pub fn varied_seed(base: u64, variation: u32, index: u32) -> u64 {
     (base + u64::from(variation) * u64::from(index)) % FOLD
 }
 
-/// A random seed below 2^32.
-pub fn random_seed() -> u64 {
-    rand::random::<u32>() as u64
+/// A random seed below 2^32, drawn from `rng`.
+pub fn random_seed(rng: &mut impl rand::Rng) -> u64 {
+    u64::from(rng.random::<u32>())
 }
 
 #[cfg(test)]

@@ -155,6 +155,16 @@ pub struct JobsConfig {
     pub max_restarts: u32,
 }
 
+impl JobsConfig {
+    /// The bounds of a job's deadline (`horde_core::deadline`).
+    pub fn deadline_bounds(&self) -> horde_core::deadline::DeadlineBounds {
+        horde_core::deadline::DeadlineBounds {
+            floor_secs: self.deadline_floor_secs,
+            ceiling_secs: self.deadline_ceiling_secs,
+        }
+    }
+}
+
 impl Default for JobsConfig {
     fn default() -> Self {
         JobsConfig {

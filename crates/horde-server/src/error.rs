@@ -74,3 +74,14 @@ impl IntoResponse for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+impl From<horde_core::request_rules::RequestRefusal> for ApiError {
+    fn from(refusal: horde_core::request_rules::RequestRefusal) -> Self {
+        refused(refusal)
+    }
+}
+
+/// The answer to a rule's refusal (`horde_core::Refusal`): 400 with its `rc` and message.
+pub fn refused(refusal: impl horde_core::Refusal) -> ApiError {
+    ApiError::new(refusal.rc(), refusal.message())
+}

@@ -10,7 +10,7 @@
 
 use crate::error::ApiError;
 use horde_api::Rc;
-use horde_core::image_header::{self, SourceImageError, MAX_SOURCE_SIDE};
+use horde_core::image_header;
 use std::path::{Path, PathBuf};
 use uuid::Uuid;
 
@@ -137,33 +137,4 @@ pub fn verify_image(bytes: &[u8], allowed: &[(u32, u32)]) -> Result<(), ImageRef
     image_header::decode_within(bytes, format, width, height)
         .map(drop)
         .map_err(|e| undecodable(format!("The image could not be decoded: {e}")))
-}
-
-/// Checks a request's source image or mask from its header only (it is handed to workers as
-/// sent, never decoded here): a base64 WebP, PNG or JPEG of at most 3072 × 3072
-/// (`horde_core::image_header`, which the worker also reads them with). URLs pass.
-pub fn check_source_image(field: &str, text: &str) -> Result<(), ApiError> {
-    use base64::Engine;
-    if text.starts_with("http://") || text.starts_with("https://") {
-        return Ok(());
-    }
-    let unreadable = || {
-        ApiError::new(
-            Rc::SourceImageUnreadable,
-            format!("{field} is neither an http(s) URL nor a base64 WebP, PNG or JPEG image."),
-        )
-    };
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(text.trim())
-        .map_err(|_| unreadable())?;
-    match image_header::source_image_size(&bytes) {
-        Ok(_) => Ok(()),
-        Err(SourceImageError::TooLarge { width, height }) => Err(ApiError::new(
-            Rc::SourceImageResolutionExceeded,
-            format!(
-                "{field} is {width}x{height}; at most {MAX_SOURCE_SIDE}x{MAX_SOURCE_SIDE} is accepted."
-            ),
-        )),
-        Err(_) => Err(unreadable()),
-    }
 }

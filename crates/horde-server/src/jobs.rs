@@ -1,8 +1,7 @@
 //! Jobs from the worker's side: pop, upload, submit.
 
 use crate::clock::now;
-use crate::config::JobsConfig;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{refused, ApiError, ApiResult};
 use crate::images::{check_image, ImageRefusal};
 use crate::live_requests::{changed_too_often, retry_on_conflict, Attempt, WriteTurn};
 use crate::state::AppState;
@@ -10,6 +9,7 @@ use base64::Engine;
 use horde_api::image::{JobPayload, PopRequest, PopResponse, SubmitRequest, SubmitResponse};
 use horde_api::Rc;
 use horde_core::accounts::User;
+use horde_core::deadline::job_deadline_secs;
 use horde_core::keys::{sign_upload, verify_upload};
 use horde_core::request::{Job, JobState, LiveRequest, SubmitRefusal};
 use horde_core::{pricing, Assignment, PopOutcome, Reputation, Standby, SuspicionReason};
@@ -17,37 +17,6 @@ use horde_store::{StoreError, SubmitEffects};
 use std::collections::BTreeMap;
 
 use uuid::Uuid;
-
-/// Assumed speed of a worker that has not finished a job yet, in megapixelsteps per second
-/// (a slow CPU worker; a fast GPU does 1 or more).
-pub const UNMEASURED_SPEED_MPS: f64 = 0.05;
-
-/// Seconds a worker gets for a batch: three times what its measured speed needs for the
-/// batch's megapixelsteps (more for post-processing and control), plus 30 s of slack, kept
-/// between the configured floor and ceiling.
-pub fn job_deadline_secs(
-    request: &LiveRequest,
-    batch: u32,
-    speed_mps: Option<f64>,
-    config: &JobsConfig,
-) -> i64 {
-    let p = &request.body.params;
-    let mut megapixelsteps =
-        f64::from(p.width) * f64::from(p.height) * f64::from(p.accurate_steps()) * f64::from(batch)
-            / 1e6;
-    megapixelsteps *= 1.0 + 0.4 * p.post_processing.len() as f64;
-    if p.control_type.is_some() {
-        megapixelsteps *= 2.0;
-    }
-    let speed = speed_mps
-        .filter(|s| *s > 0.0)
-        .unwrap_or(UNMEASURED_SPEED_MPS);
-    let secs = 30.0 + 3.0 * megapixelsteps / speed;
-    (secs as i64).clamp(
-        config.deadline_floor_secs,
-        config.deadline_ceiling_secs.max(config.deadline_floor_secs),
-    )
-}
 
 fn payload_of(request: &LiveRequest, first: &Job, batch: u32) -> JobPayload {
     let body = &request.body;
@@ -161,8 +130,16 @@ impl AppState {
                 &caps,
                 &entry.worker.name,
                 now,
-                |request, batch| job_deadline_secs(request, batch, speed, &self.config.jobs),
+                |request, batch| {
+                    job_deadline_secs(
+                        &request.body.params,
+                        batch,
+                        speed,
+                        self.config.jobs.deadline_bounds(),
+                    )
+                },
                 &mut standby,
+                &mut rand::rng(),
             )
         });
         self.workers.change(|registry| {
@@ -420,7 +397,7 @@ impl AppState {
         let Some((result, updated, refund)) = applied else {
             return Err(invalid_job(&submit.id).into());
         };
-        let job = result.map_err(refusal_error)?;
+        let job = result.map_err(refused)?;
         if let Some(staged) = staged {
             self.images.commit(staged, job_id).await?;
         }
@@ -485,8 +462,8 @@ impl AppState {
         }
         match job.state {
             JobState::Processing => Ok((request, job)),
-            JobState::Faulted => Err(refusal_error(SubmitRefusal::Aborted)),
-            _ => Err(refusal_error(SubmitRefusal::Duplicate)),
+            JobState::Faulted => Err(refused(SubmitRefusal::Aborted)),
+            _ => Err(refused(SubmitRefusal::Duplicate)),
         }
     }
 
@@ -557,7 +534,7 @@ impl AppState {
         job: &Job,
         worker: Option<&crate::workers::WorkerEntry>,
     ) -> SubmitEffects {
-        let megapixelsteps = request.body.params.megapixelsteps_per_image();
+        let megapixelsteps = horde_core::work::megapixelsteps(&request.body.params, 1);
         SubmitEffects {
             requester_id: request.user_id,
             requester_charge: if job.censored {
@@ -725,71 +702,4 @@ fn invalid_job(id: &str) -> ApiError {
         Rc::InvalidJobID,
         format!("Processing Generation with ID {id} does not exist."),
     )
-}
-
-fn refusal_error(refusal: SubmitRefusal) -> ApiError {
-    match refusal {
-        SubmitRefusal::Duplicate => ApiError::new(
-            Rc::DuplicateGen,
-            "Processing Generation has already been submitted.",
-        ),
-        SubmitRefusal::Aborted => ApiError::new(
-            Rc::AbortedGen,
-            "This job was aborted or faulted and cannot be submitted.",
-        ),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn request(width: u32, steps: u32) -> LiveRequest {
-        let body: horde_api::image::ImageRequest =
-            serde_json::from_value(serde_json::json!({"prompt": "p", "params": {"width": width, "height": width, "steps": steps}})).unwrap();
-        LiveRequest {
-            id: Uuid::new_v4(),
-            user_id: 1,
-            body,
-            base_seed: None,
-            created: 0,
-            seq: 1,
-            priority: 0,
-            n_remaining: 1,
-            jobs_total: 1,
-            job_kudos: 1.0,
-            consumed_kudos: 0.0,
-            faulted: false,
-            cancelled: false,
-            can_pay_upfront: true,
-            shared_key: None,
-            expiry: 100,
-            version: 0,
-            jobs: vec![],
-        }
-    }
-
-    #[test]
-    fn deadlines_grow_with_size_and_shrink_with_speed_within_bounds() {
-        let config = JobsConfig {
-            deadline_floor_secs: 60,
-            deadline_ceiling_secs: 3600,
-            max_restarts: 3,
-        };
-        let small = job_deadline_secs(&request(512, 30), 1, Some(0.1), &config);
-        let big = job_deadline_secs(&request(1024, 30), 1, Some(0.1), &config);
-        let batch = job_deadline_secs(&request(512, 30), 4, Some(0.1), &config);
-        let fast = job_deadline_secs(&request(512, 30), 1, Some(10.0), &config);
-        assert!(big > small && batch > small, "{small} {big} {batch}");
-        assert_eq!(fast, 60, "a fast worker gets the floor");
-        assert_eq!(
-            job_deadline_secs(&request(3072, 500), 20, Some(0.01), &config),
-            3600,
-            "and a huge job the ceiling"
-        );
-        assert!(
-            job_deadline_secs(&request(512, 30), 1, None, &config) > small,
-            "unmeasured workers are assumed slow"
-        );
-    }
 }

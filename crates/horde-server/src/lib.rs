@@ -194,10 +194,10 @@ async fn open_state(
     local: SocketAddr,
 ) -> Result<AppState, StartError> {
     let key_salt = store
-        .setting_or_init("api_key_salt", generate_token)
+        .setting_or_init("api_key_salt", || generate_token(&mut rand::rng()))
         .await?;
     let upload_secret = store
-        .setting_or_init("upload_secret", generate_token)
+        .setting_or_init("upload_secret", || generate_token(&mut rand::rng()))
         .await?;
     let model_reference = model_reference::load(&config.models)
         .await

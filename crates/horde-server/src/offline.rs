@@ -24,9 +24,11 @@ pub async fn create_user_offline(
     let store =
         horde_store::Store::open(&config.database_location(), config.database.durability).await?;
     let salt = store
-        .setting_or_init("api_key_salt", horde_core::keys::generate_token)
+        .setting_or_init("api_key_salt", || {
+            horde_core::keys::generate_token(&mut rand::rng())
+        })
         .await?;
-    let api_key = generate_api_key();
+    let api_key = generate_api_key(&mut rand::rng());
     let new = NewUser {
         username: username.to_string(),
         oauth_id: format!("pseudo_{}", uuid::Uuid::new_v4()),

@@ -8,7 +8,6 @@ use crate::state::AppState;
 use base64::Engine;
 use horde_api::image::{
     AsyncResponse, Generation, ImageRequest, RequestStatus, RequestStatusCheck, RequestWarning,
-    SourceProcessing, MAX_EXTRA_SOURCE_IMAGES, UPSCALERS,
 };
 use horde_api::Rc;
 use horde_core::accounts::User;
@@ -18,7 +17,7 @@ use horde_core::post_processing;
 use horde_core::pricing;
 use horde_core::quota::{self, Quota};
 use horde_core::request::{JobState, LiveRequest};
-use horde_core::seed::parse_seed;
+use horde_core::request_rules;
 use horde_core::shared_key::SharedKey;
 use horde_core::upfront;
 use horde_core::Reputation;
@@ -29,81 +28,6 @@ use uuid::Uuid;
 pub enum Accepted {
     Queued(AsyncResponse),
     DryRun(AsyncResponse),
-}
-
-/// Rules beyond the schema bounds, each with the public horde's rc.
-fn check_request_rules(body: &ImageRequest) -> ApiResult<()> {
-    body.validate().map_err(ApiError::validation)?;
-    if !body.params.cfg_scale_has_two_decimals_at_most() {
-        return Err(ApiError::new(
-            Rc::BadCFGDecimals,
-            "cfg_scale must be rounded to 2 decimal places",
-        ));
-    }
-    if body.prompt_parts().0.trim().is_empty() {
-        return Err(ApiError::new(
-            Rc::MissingPrompt,
-            "You cannot specify an empty prompt.",
-        ));
-    }
-    if body.extra_source_images.len() > MAX_EXTRA_SOURCE_IMAGES {
-        return Err(ApiError::new(
-            Rc::TooManyExtraSourceImages,
-            format!("You can send a maximum of {MAX_EXTRA_SOURCE_IMAGES} extra source images."),
-        ));
-    }
-    if !body.extra_source_images.is_empty() && body.source_processing != SourceProcessing::Remix {
-        return Err(ApiError::new(
-            Rc::InvalidExtraSourceImages,
-            "extra_source_images are only used with source_processing \"remix\".",
-        ));
-    }
-    for (field, image) in [
-        ("source_image", &body.source_image),
-        ("source_mask", &body.source_mask),
-    ] {
-        if let Some(image) = image {
-            crate::images::check_source_image(field, image)?;
-        }
-    }
-    for extra in &body.extra_source_images {
-        crate::images::check_source_image("extra_source_images", &extra.image)?;
-    }
-    if body.source_mask.is_some() && body.source_image.is_none() {
-        return Err(ApiError::new(
-            Rc::SourceMaskUnnecessary,
-            "Cannot send a source mask without a source image.",
-        ));
-    }
-    if let Some(hook) = &body.webhook {
-        if !hook.starts_with("https://") {
-            return Err(ApiError::new(
-                Rc::InvalidWebhook,
-                "webhook must be an https:// URL.",
-            ));
-        }
-    }
-    let upscalers = body
-        .params
-        .post_processing
-        .iter()
-        .filter(|p| UPSCALERS.contains(&p.as_str()))
-        .count();
-    if upscalers > 1 {
-        return Err(ApiError::new(
-            Rc::TooManyUpscalers,
-            "Cannot use more than one upscaler at a time.",
-        ));
-    }
-    for model in &body.models {
-        if horde_api::image::POST_PROCESSORS.contains(&model.as_str()) {
-            return Err(ApiError::new(
-                Rc::UnexpectedModelName,
-                format!("'{model}' is a post-processor, not a model."),
-            ));
-        }
-    }
-    Ok(())
 }
 
 /// `body` as a request not yet accepted, to ask whether some online worker could take it.
@@ -130,17 +54,6 @@ fn probe_request(user: &User, body: ImageRequest) -> LiveRequest {
     }
 }
 
-/// The accepted body with the server's defaults written in, so a worker sees exactly what ran.
-fn normalise(mut body: ImageRequest) -> (ImageRequest, Option<u64>) {
-    body.params.steps = Some(body.params.effective_steps());
-    let base_seed = body.params.seed.as_ref().map(|s| match s {
-        horde_api::image::SeedInput::Text(t) => parse_seed(t),
-        horde_api::image::SeedInput::Number(n) => n % (1u64 << 32),
-    });
-    body.workers.truncate(5);
-    (body, base_seed)
-}
-
 impl AppState {
     /// Accepts an image request from `user`, made with `shared_key` if it was one.
     pub async fn accept_request(
@@ -149,32 +62,10 @@ impl AppState {
         shared_key: Option<&SharedKey>,
         body: ImageRequest,
     ) -> ApiResult<Accepted> {
-        check_request_rules(&body)?;
-        if body.disable_batching && body.params.n > 1 && !user.trusted {
-            return Err(ApiError::new(
-                Rc::RequiresTrust,
-                "Only trusted users may disable batching for more than one image.",
-            ));
-        }
-        if body.extra_source_images.len() > 1 && !user.trusted {
-            return Err(ApiError::new(
-                Rc::MoreThanMinExtraSourceImage,
-                "Only trusted users may send more than one extra source image.",
-            ));
-        }
-        self.check_prompt_size(&body)?;
+        body.validate().map_err(ApiError::validation)?;
+        request_rules::check(&body, user, self.config.requests.max_prompt_chars)?;
         self.check_request_models(&body)?;
-        let (mut body, base_seed) = normalise(body);
-        if user.education {
-            // As the public horde: education accounts get safe images from trusted workers,
-            // never shared.
-            (
-                body.nsfw,
-                body.censor_nsfw,
-                body.trusted_workers,
-                body.shared,
-            ) = (false, true, true, false);
-        }
+        let (mut body, base_seed) = request_rules::normalise(body, user);
         let rewritten = self.screen_prompt(user, &mut body)?;
         self.apply_post_processing_fallback(user, &mut body);
         let downgraded = self.check_upfront(user, &mut body).await?;
@@ -255,18 +146,6 @@ impl AppState {
             response.message = Some(message);
         }
         Ok(Accepted::Queued(response))
-    }
-
-    fn check_prompt_size(&self, body: &ImageRequest) -> ApiResult<()> {
-        let max = self.config.requests.max_prompt_chars;
-        let chars = body.prompt.chars().count();
-        if chars > max {
-            return Err(ApiError::new(
-                Rc::InvalidPromptSize,
-                format!("The prompt is {chars} characters long; this horde accepts at most {max}."),
-            ));
-        }
-        Ok(())
     }
 
     /// The public horde's upfront rule: a request that needs the kudos in hand is queued only
@@ -366,13 +245,8 @@ impl AppState {
             return Ok(());
         }
         let used = self.store.quota_usage(user.id, quota::day_of(now)).await?;
-        let p = &body.params;
-        let images = u64::from(p.n);
-        let megapixelsteps = f64::from(p.width)
-            * f64::from(p.height)
-            * f64::from(p.accurate_steps())
-            * images as f64
-            / 1e6;
+        let images = u64::from(body.params.n);
+        let megapixelsteps = horde_core::work::megapixelsteps(&body.params, body.params.n);
         if quota.allows(&used, images, megapixelsteps) {
             return Ok(());
         }
@@ -463,7 +337,7 @@ impl AppState {
                 return;
             };
             let elapsed = now_ms.saturating_sub(started_ms) as f64 / 1000.0;
-            let left = request.body.params.megapixelsteps_per_image() - w.mps * elapsed;
+            let left = horde_core::work::megapixelsteps(&request.body.params, 1) - w.mps * elapsed;
             w.in_flight_mps += left.max(0.0);
         });
     }

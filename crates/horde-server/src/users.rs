@@ -1,7 +1,7 @@
 //! Users: who a key belongs to, account creation (CLI and the test-only endpoint), details.
 
 use crate::clock::now;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{refused, ApiError, ApiResult};
 use crate::extract::ApiKey;
 use crate::state::AppState;
 use horde_api::user::{
@@ -12,6 +12,7 @@ use horde_api::user::{
 use horde_api::Rc;
 use horde_core::accounts::{Privilege, User};
 use horde_core::keys::generate_api_key;
+use horde_core::user_rules;
 use horde_store::NewUser;
 
 /// 404 `UserNotFound` for a user id as the caller wrote it.
@@ -97,7 +98,7 @@ impl AppState {
         kudos: f64,
         oauth_id: Option<String>,
     ) -> ApiResult<CreatedUser> {
-        let api_key = generate_api_key();
+        let api_key = generate_api_key(&mut rand::rng());
         let new = NewUser {
             username: username.to_string(),
             oauth_id: oauth_id.unwrap_or_else(|| format!("pseudo_{}", uuid::Uuid::new_v4())),
@@ -126,7 +127,7 @@ impl AppState {
         };
         let (created, user, api_key) = match existing {
             Some(user) => {
-                let api_key = generate_api_key();
+                let api_key = generate_api_key(&mut rand::rng());
                 let trusted = req.trusted || req.moderator;
                 self.store
                     .reset_user(
@@ -303,10 +304,6 @@ impl AppState {
     }
 }
 
-/// The minimum time, in seconds, before kudos may flow back the way they came (the public
-/// horde's guard against ping-pong transfers).
-const REVERSE_TRANSFER_SECS: i64 = 60;
-
 impl AppState {
     /// `POST /kudos/transfer`: moves kudos from `sender` to the user named `alias#id`, with the
     /// public horde's rules and return codes, as one ledger entry.
@@ -335,15 +332,9 @@ impl AppState {
             .user_by_id(sender.id)
             .await?
             .ok_or_else(|| ApiError::internal("sender vanished"))?;
-        check_transfer(&sender, &receiver, request.amount)?;
-        if let Some(at) = self.store.last_transfer(receiver.id, sender.id).await? {
-            if now() - at < REVERSE_TRANSFER_SECS {
-                return Err(ApiError::new(
-                    Rc::TooFastKudosTransfers,
-                    "This user transferred kudos to you within the last minute; wait before sending some back.",
-                ));
-            }
-        }
+        let reverse = self.store.last_transfer(receiver.id, sender.id).await?;
+        user_rules::check_transfer(&sender, &receiver, request.amount, reverse, now())
+            .map_err(refused)?;
         self.store
             .transfer_kudos(sender.id, receiver.id, request.amount, now())
             .await?;
@@ -358,61 +349,6 @@ impl AppState {
             transferred: request.amount,
         })
     }
-}
-
-/// The public horde's transfer rules that need no history.
-fn check_transfer(sender: &User, receiver: &User, amount: f64) -> ApiResult<()> {
-    let refuse = |rc: Rc, message: &str| Err(ApiError::new(rc, message.to_string()));
-    if sender.is_anonymous() {
-        return refuse(
-            Rc::KudosTransferFromAnon,
-            "The anonymous user cannot transfer kudos.",
-        );
-    }
-    if receiver.is_anonymous() {
-        return refuse(
-            Rc::KudosTransferToAnon,
-            "Kudos cannot be sent to the anonymous user.",
-        );
-    }
-    if receiver.id == sender.id {
-        return refuse(
-            Rc::KudosTransferToSelf,
-            "You cannot send kudos to yourself.",
-        );
-    }
-    if sender.flagged {
-        return refuse(
-            Rc::SourceAccountFlagged,
-            "Your account is flagged and cannot send kudos.",
-        );
-    }
-    if receiver.flagged {
-        return refuse(
-            Rc::TargetAccountFlagged,
-            "The target account is flagged and cannot receive kudos.",
-        );
-    }
-    if amount < 0.0 {
-        return refuse(Rc::NegativeKudosTransfer, "Nice try...");
-    }
-    if amount == 0.0 || !amount.is_finite() {
-        return refuse(
-            Rc::InvalidKudosTransferAmount,
-            "The amount of kudos to transfer must be positive.",
-        );
-    }
-    if amount > sender.transferable_kudos() {
-        return Err(ApiError::new(
-            Rc::KudosTransferNotEnough,
-            format!(
-                "Not enough kudos: you can transfer at most {:.2} (your balance above {}).",
-                sender.transferable_kudos(),
-                sender.min_kudos()
-            ),
-        ));
-    }
-    Ok(())
 }
 
 impl AppState {
@@ -434,7 +370,8 @@ impl AppState {
         let not_found = || user_not_found(id);
         let id = parse_user_id(id)?;
         let mut user = self.store.user_by_id(id).await?.ok_or_else(not_found)?;
-        self.check_user_change_rights(caller, &user, &change)?;
+        user_rules::check_user_change(caller, self.is_admin(caller), &user, &change)
+            .map_err(refused)?;
         let became_trusted = change.trusted == Some(true) && !user.trusted;
         apply_user_change(&mut user, &change);
         self.store.save_user_settings(&user).await?;
@@ -466,46 +403,6 @@ impl AppState {
 
     fn is_admin(&self, user: &User) -> bool {
         !user.is_anonymous() && self.config.api.admins.contains(&user.id)
-    }
-
-    /// Who may change what (horde-api.md §7).
-    fn check_user_change_rights(
-        &self,
-        caller: &User,
-        target: &User,
-        change: &ModifyUser,
-    ) -> ApiResult<()> {
-        let admin = self.is_admin(caller);
-        let moderator = caller.moderator || admin;
-        if (change.kudos.is_some() || change.moderator.is_some()) && !admin {
-            return Err(ApiError::new(
-                Rc::NotAdmin,
-                "Only an administrator can change kudos or moderators.",
-            ));
-        }
-        let moderator_fields = change.concurrency.is_some()
-            || change.worker_invited.is_some()
-            || change.trusted.is_some()
-            || change.flagged.is_some()
-            || change.customizer.is_some()
-            || change.vpn.is_some()
-            || change.service.is_some()
-            || change.education.is_some()
-            || change.reset_suspicion.is_some();
-        if moderator_fields && !moderator {
-            return Err(ApiError::new(
-                Rc::NotModerator,
-                "Only a moderator can change roles and limits.",
-            ));
-        }
-        let own_fields = change.username.is_some() || change.public_workers.is_some();
-        if own_fields && caller.id != target.id && !moderator {
-            return Err(ApiError::new(
-                Rc::NotModerator,
-                "Only the user themself or a moderator can change this.",
-            ));
-        }
-        Ok(())
     }
 
     async fn clear_suspicion_of_user_workers(&self, user_id: i64) -> ApiResult<()> {
@@ -552,7 +449,7 @@ impl AppState {
                 "Only the user themself can reset their API key.",
             ));
         }
-        let api_key = generate_api_key();
+        let api_key = generate_api_key(&mut rand::rng());
         self.store
             .replace_key_hash(caller.id, &self.accounts.hash_key(&api_key))
             .await?;

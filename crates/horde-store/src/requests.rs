@@ -4,7 +4,7 @@ use crate::ledger::{self, Kind, Posting, HORDE_ACCOUNT};
 use crate::workers::write_reputation;
 use crate::{flag, get_flag, parse_json, parse_uuid, to_json, Result, Store, StoreError};
 use horde_core::accounts::{forgiven_debit, kudos_floor};
-use horde_core::pricing::round2;
+use horde_core::pricing::split_reward;
 use horde_core::quota::Usage;
 use horde_core::request::{Job, JobState, LiveRequest};
 use horde_core::Reputation;
@@ -20,7 +20,7 @@ pub struct SubmitEffects {
     pub requester_charge: f64,
     pub worker_id: Uuid,
     pub worker_owner_id: i64,
-    /// Untrusted owners get half of each reward in escrow.
+    /// Untrusted owners get half of each reward in escrow (`horde_core::pricing::split_reward`).
     pub worker_owner_trusted: bool,
     pub reward: f64,
     pub megapixelsteps: f64,
@@ -47,12 +47,10 @@ impl SubmitEffects {
             Kind::Spend,
             self.worker_owner_id,
         )];
-        if self.worker_owner_trusted {
-            postings.push(earned(self.reward));
-        } else {
-            let held = round2(self.reward / 2.0);
-            postings.push(earned(self.reward - held));
-            postings.push(earned(held).in_escrow());
+        let split = split_reward(self.reward, self.worker_owner_trusted);
+        postings.push(earned(split.balance));
+        if !self.worker_owner_trusted {
+            postings.push(earned(split.escrow).in_escrow());
         }
         postings.push(with(
             HORDE_ACCOUNT,

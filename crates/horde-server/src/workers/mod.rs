@@ -28,11 +28,6 @@ pub use registry::{WorkerEntry, WorkerRegistry, Workers};
 /// A check-in is written at most this often unless the worker's declaration changed.
 const CHECK_IN_WRITE_INTERVAL_SECS: i64 = 30;
 
-/// Untrusted users may own at most this many workers (the public horde refuses a new one when
-/// more than 3 exist).
-const MAX_WORKERS_UNTRUSTED: usize = 4;
-const MAX_WORKERS_TRUSTED: usize = 21;
-
 impl WorkerEntry {
     /// Whether this worker may be handed jobs: not paused, in maintenance or suspended.
     pub fn gets_jobs(&self, rules: &ReputationRules) -> bool {
@@ -492,22 +487,10 @@ impl AppState {
     ) -> ApiResult<WorkerEntry> {
         refuse_profanity(&pop.name, Rc::ProfaneWorkerName, "worker name")?;
         refuse_profanity(&pop.bridge_agent, Rc::ProfaneBridgeAgent, "bridge agent")?;
-        // A moderator may invite an owner to run more workers than their tier allows.
-        let limit = if user.trusted {
-            MAX_WORKERS_TRUSTED
-        } else {
-            MAX_WORKERS_UNTRUSTED
-        }
-        .max(user.worker_invited as usize);
         let owned = self
             .workers
             .read(|registry| registry.count_of_user(user.id));
-        if owned >= limit {
-            return Err(ApiError::new(
-                Rc::TooManyWorkers,
-                format!("You have reached the maximum of {limit} workers."),
-            ));
-        }
+        horde_core::user_rules::check_new_worker(user, owned).map_err(crate::error::refused)?;
         let worker = new_worker(user.id, pop, now);
         self.store
             .insert_worker(&worker)

@@ -6,8 +6,9 @@
 
 use base64::Engine;
 use horde_api::image::{ImageRequest, PopRequest, SubmitRequest};
+use horde_core::request_rules::check_source_image;
 use horde_server::extract::parse_json;
-use horde_server::images::{check_source_image, verify_image};
+use horde_server::images::verify_image;
 
 /// Every file of `fuzz/corpus/<target>`; at least the seeds must be there.
 fn corpus(target: &str) -> Vec<(String, Vec<u8>)> {
