@@ -249,10 +249,11 @@ mod tests {
     use super::*;
 
     fn user(trusted: bool) -> User {
-        let mut user = User::default();
-        user.id = 7;
-        user.trusted = trusted;
-        user
+        User {
+            id: 7,
+            trusted,
+            ..User::default()
+        }
     }
 
     fn request(prompt: &str) -> ImageRequest {
