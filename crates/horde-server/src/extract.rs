@@ -130,18 +130,25 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for HordeQuery<T> 
 /// The `apikey` header, if present.
 pub struct ApiKey(pub Option<String>);
 
-impl<S: Send + Sync> FromRequestParts<S> for ApiKey {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        Ok(ApiKey(
+impl ApiKey {
+    /// The `apikey` header of a request's head, trimmed; none when missing or empty.
+    pub fn from_parts(parts: &Parts) -> ApiKey {
+        ApiKey(
             parts
                 .headers
                 .get("apikey")
                 .and_then(|v| v.to_str().ok())
                 .map(|s| s.trim().to_string())
                 .filter(|s| !s.is_empty()),
-        ))
+        )
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for ApiKey {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(ApiKey::from_parts(parts))
     }
 }
 

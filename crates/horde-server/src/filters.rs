@@ -2,7 +2,6 @@
 //! memory (rebuilt on every change), and applied to each image prompt before it is queued.
 
 use crate::error::{ApiError, ApiResult};
-use crate::extract::ApiKey;
 use crate::state::AppState;
 use horde_api::filter::{
     FilterDetails, FilterPatch, FilterPromptSuspicion, FilterQuery, FilterRegex, NewFilter,
@@ -59,17 +58,6 @@ impl AppState {
         }
     }
 
-    async fn moderator(&self, key: &ApiKey) -> ApiResult<User> {
-        let user = self.authenticate_registered(key, Rc::NotModerator).await?;
-        if !user.moderator {
-            return Err(ApiError::new(
-                Rc::NotModerator,
-                "Only moderators can manage prompt filters.",
-            ));
-        }
-        Ok(user)
-    }
-
     async fn filter_details(&self, f: &PromptFilter) -> ApiResult<FilterDetails> {
         let user = self
             .store
@@ -100,13 +88,8 @@ impl AppState {
             })
     }
 
-    /// `GET /filters`.
-    pub async fn list_filters(
-        &self,
-        key: &ApiKey,
-        query: &FilterQuery,
-    ) -> ApiResult<Vec<FilterDetails>> {
-        self.moderator(key).await?;
+    /// `GET /filters` (a moderator's).
+    pub async fn list_filters(&self, query: &FilterQuery) -> ApiResult<Vec<FilterDetails>> {
         let mut out = vec![];
         for f in self.store.prompt_filters().await? {
             let type_matches = query.filter_type.is_none_or(|t| t == f.filter_type);
@@ -121,9 +104,8 @@ impl AppState {
         Ok(out)
     }
 
-    /// `PUT /filters`.
-    pub async fn add_filter(&self, key: &ApiKey, body: NewFilter) -> ApiResult<FilterDetails> {
-        let moderator = self.moderator(key).await?;
+    /// `PUT /filters` by `moderator`.
+    pub async fn add_filter(&self, moderator: &User, body: NewFilter) -> ApiResult<FilterDetails> {
         body.validate().map_err(ApiError::validation)?;
         check_regex(&body.regex)?;
         let filter = PromptFilter {
@@ -140,21 +122,19 @@ impl AppState {
         self.filter_details(&filter).await
     }
 
-    /// `GET /filters/{id}`.
-    pub async fn get_filter(&self, key: &ApiKey, id: &str) -> ApiResult<FilterDetails> {
-        self.moderator(key).await?;
+    /// `GET /filters/{id}` (a moderator's).
+    pub async fn get_filter(&self, id: &str) -> ApiResult<FilterDetails> {
         let filter = self.stored_filter(id).await?;
         self.filter_details(&filter).await
     }
 
-    /// `PATCH /filters/{id}`.
+    /// `PATCH /filters/{id}` by `moderator`.
     pub async fn modify_filter(
         &self,
-        key: &ApiKey,
+        moderator: &User,
         id: &str,
         change: FilterPatch,
     ) -> ApiResult<FilterDetails> {
-        let moderator = self.moderator(key).await?;
         change.validate().map_err(ApiError::validation)?;
         if change.is_empty() {
             return Err(ApiError::new(
@@ -182,9 +162,8 @@ impl AppState {
         self.filter_details(&filter).await
     }
 
-    /// `DELETE /filters/{id}`.
-    pub async fn delete_filter(&self, key: &ApiKey, id: &str) -> ApiResult<()> {
-        let moderator = self.moderator(key).await?;
+    /// `DELETE /filters/{id}` by `moderator`.
+    pub async fn delete_filter(&self, moderator: &User, id: &str) -> ApiResult<()> {
         if !self.store.delete_prompt_filter(id).await? {
             return Err(ApiError::new(
                 Rc::ThingNotFound,
@@ -196,32 +175,21 @@ impl AppState {
         Ok(())
     }
 
-    /// `POST /filters`: how suspicious a prompt is.
-    pub async fn check_prompt(
-        &self,
-        key: &ApiKey,
-        body: PromptCheck,
-    ) -> ApiResult<FilterPromptSuspicion> {
-        self.moderator(key).await?;
+    /// `POST /filters` (a moderator's): how suspicious a prompt is.
+    pub fn check_prompt(&self, body: PromptCheck) -> ApiResult<FilterPromptSuspicion> {
         body.validate().map_err(ApiError::validation)?;
         let (suspicion, matches) = self.filter_set().suspicion(&body.prompt, body.filter_type);
         Ok(FilterPromptSuspicion { suspicion, matches })
     }
 
-    /// `GET /filters/regex`: each screening type's combined regex.
-    pub async fn filter_regexes(
-        &self,
-        key: &ApiKey,
-        query: &FilterQuery,
-    ) -> ApiResult<Vec<FilterRegex>> {
-        self.moderator(key).await?;
-        Ok(self
-            .filter_set()
+    /// `GET /filters/regex` (a moderator's): each screening type's combined regex.
+    pub fn filter_regexes(&self, query: &FilterQuery) -> Vec<FilterRegex> {
+        self.filter_set()
             .combined_regexes()
             .into_iter()
             .filter(|(t, _)| query.filter_type.is_none_or(|q| q == *t))
             .map(|(filter_type, regex)| FilterRegex { filter_type, regex })
-            .collect())
+            .collect()
     }
 }
 

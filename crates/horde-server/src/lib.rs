@@ -7,6 +7,7 @@
 //! horde-core's rules and horde-store's persistence. No SQL and no HTTP type below this crate.
 
 pub mod accounts;
+pub mod auth;
 pub mod catalogue;
 pub mod client_ip;
 pub mod clock;

@@ -93,13 +93,13 @@ impl AppState {
     }
 
     /// The account a request is made on: a user's key, or a shared key (then also the key).
+    /// The user is read through the user cache, at most `max_age_ms` ago.
     pub async fn authenticate_requester(
         &self,
         key: &ApiKey,
+        max_age_ms: u64,
     ) -> ApiResult<(User, Option<SharedKey>)> {
-        // Read at most a second ago: accepting a request decides on kudos only for upfront
-        // kudos, which reads them afresh.
-        match self.cached_user(key, 1000).await {
+        match self.cached_user(key, max_age_ms).await {
             Ok(user) => Ok((user, None)),
             Err(unknown) => {
                 let Some(token) = key.0.as_deref() else {

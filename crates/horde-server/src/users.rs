@@ -25,17 +25,6 @@ fn parse_user_id(id: &str) -> ApiResult<i64> {
     id.parse().map_err(|_| user_not_found(id))
 }
 
-/// `user`, unless it is the anonymous user: then `anon_rc`.
-fn registered(user: User, anon_rc: Rc) -> ApiResult<User> {
-    if user.is_anonymous() {
-        return Err(ApiError::new(
-            anon_rc,
-            "Anonymous users cannot do this. Please register an account.",
-        ));
-    }
-    Ok(user)
-}
-
 /// A new account and its key, which is shown once and never stored.
 pub struct CreatedUser {
     pub user: User,
@@ -58,16 +47,6 @@ impl AppState {
             .ok_or_else(|| ApiError::new(Rc::InvalidAPIKey, "No user matching sent API Key. Have you remembered to register at https://aihorde.net/register ?"))
     }
 
-    /// The owner of the key a worker pops with: [`AppState::authenticate_registered`] through
-    /// the user cache, read at most 10 s ago (pops use roles, not kudos, and every worker pops
-    /// every second or two).
-    pub async fn authenticate_worker_owner(&self, key: &ApiKey) -> ApiResult<User> {
-        registered(
-            self.cached_user(key, 10_000).await?,
-            Rc::AnonForbiddenWorker,
-        )
-    }
-
     /// [`AppState::authenticate`] through the user cache: the user as read at most
     /// `max_age_ms` ago. Roles and keys changed through the API clear the cache at once; kudos
     /// in it may be that old (callers that decide on kudos read them afresh).
@@ -83,11 +62,6 @@ impl AppState {
         let user = self.authenticate(key).await?;
         self.accounts.remember(hash, user.clone(), now);
         Ok(user)
-    }
-
-    /// Like [`AppState::authenticate`], refusing the anonymous key with `anon_rc`.
-    pub async fn authenticate_registered(&self, key: &ApiKey, anon_rc: Rc) -> ApiResult<User> {
-        registered(self.authenticate(key).await?, anon_rc)
     }
 
     pub async fn create_user(
@@ -188,17 +162,9 @@ impl AppState {
             .await
     }
 
-    /// `GET /find_user`: the details of the key's own user. A key no user has is 404
-    /// `UserNotFound` here, as on the public horde (401 elsewhere); the key is not echoed.
-    pub async fn find_user(&self, key: &ApiKey) -> ApiResult<UserDetails> {
-        let user = self.authenticate(key).await.map_err(|e| {
-            if key.0.is_some() && e.body.rc.as_deref() == Some(Rc::InvalidAPIKey.as_str()) {
-                ApiError::new(Rc::UserNotFound, "No user has the API key sent.")
-            } else {
-                e
-            }
-        })?;
-        self.user_details_with_flows(&user, Privilege::of(Some(&user), user.id))
+    /// `GET /find_user`: the details of the key's own user.
+    pub async fn find_user(&self, user: &User) -> ApiResult<UserDetails> {
+        self.user_details_with_flows(user, Privilege::of(Some(user), user.id))
             .await
     }
 

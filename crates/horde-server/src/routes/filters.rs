@@ -1,7 +1,8 @@
 //! `/api/v2/filters…`: moderators manage the regex prompt filters and check prompts with them.
 
+use crate::auth::Moderator;
 use crate::error::ApiResult;
-use crate::extract::{ApiKey, HordeJson, HordeQuery};
+use crate::extract::{HordeJson, HordeQuery};
 use crate::state::SharedState;
 use axum::extract::{Path, State};
 use axum::Json;
@@ -16,10 +17,10 @@ use horde_api::ErrorBody;
     responses((status = 200, body = Vec<FilterDetails>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn list(
     State(state): State<SharedState>,
-    key: ApiKey,
     HordeQuery(query): HordeQuery<FilterQuery>,
+    _: Moderator,
 ) -> ApiResult<Json<Vec<FilterDetails>>> {
-    state.list_filters(&key, &query).await.map(Json)
+    state.list_filters(&query).await.map(Json)
 }
 
 /// Add a filter.
@@ -28,10 +29,10 @@ pub async fn list(
     responses((status = 200, body = FilterDetails), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn add(
     State(state): State<SharedState>,
-    key: ApiKey,
-    HordeJson(body): HordeJson<NewFilter>,
+    moderator: Moderator<HordeJson<NewFilter>>,
 ) -> ApiResult<Json<FilterDetails>> {
-    state.add_filter(&key, body).await.map(Json)
+    let HordeJson(body) = moderator.body;
+    state.add_filter(&moderator.user, body).await.map(Json)
 }
 
 /// How suspicious a prompt is (2 would be blocked), and what matched.
@@ -40,10 +41,10 @@ pub async fn add(
     responses((status = 200, body = FilterPromptSuspicion), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn check(
     State(state): State<SharedState>,
-    key: ApiKey,
-    HordeJson(body): HordeJson<PromptCheck>,
+    moderator: Moderator<HordeJson<PromptCheck>>,
 ) -> ApiResult<Json<FilterPromptSuspicion>> {
-    state.check_prompt(&key, body).await.map(Json)
+    let HordeJson(body) = moderator.body;
+    state.check_prompt(body).map(Json)
 }
 
 /// Each screening type's combined regex.
@@ -51,20 +52,20 @@ pub async fn check(
     responses((status = 200, body = Vec<FilterRegex>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn regex(
     State(state): State<SharedState>,
-    key: ApiKey,
     HordeQuery(query): HordeQuery<FilterQuery>,
-) -> ApiResult<Json<Vec<FilterRegex>>> {
-    state.filter_regexes(&key, &query).await.map(Json)
+    _: Moderator,
+) -> Json<Vec<FilterRegex>> {
+    Json(state.filter_regexes(&query))
 }
 
 #[utoipa::path(get, path = "/api/v2/filters/{id}", tag = "v2", params(("id" = uuid::Uuid, Path, description = "The filter's UUID (so never `regex`, which is `GET /filters/regex`)"), ("apikey" = String, Header)),
     responses((status = 200, body = FilterDetails), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn get(
     State(state): State<SharedState>,
-    key: ApiKey,
     Path(id): Path<String>,
+    _: Moderator,
 ) -> ApiResult<Json<FilterDetails>> {
-    state.get_filter(&key, &id).await.map(Json)
+    state.get_filter(&id).await.map(Json)
 }
 
 #[utoipa::path(patch, path = "/api/v2/filters/{id}", tag = "v2", params(("id" = uuid::Uuid, Path, description = "The filter's UUID (so never `regex`, which is `GET /filters/regex`)"), ("apikey" = String, Header)),
@@ -72,20 +73,23 @@ pub async fn get(
     responses((status = 200, body = FilterDetails), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn modify(
     State(state): State<SharedState>,
-    key: ApiKey,
     Path(id): Path<String>,
-    HordeJson(body): HordeJson<FilterPatch>,
+    moderator: Moderator<HordeJson<FilterPatch>>,
 ) -> ApiResult<Json<FilterDetails>> {
-    state.modify_filter(&key, &id, body).await.map(Json)
+    let HordeJson(body) = moderator.body;
+    state
+        .modify_filter(&moderator.user, &id, body)
+        .await
+        .map(Json)
 }
 
 #[utoipa::path(delete, path = "/api/v2/filters/{id}", tag = "v2", params(("id" = uuid::Uuid, Path, description = "The filter's UUID (so never `regex`, which is `GET /filters/regex`)"), ("apikey" = String, Header)),
     responses((status = 200, description = "{\"message\": \"OK\"}"), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn delete(
     State(state): State<SharedState>,
-    key: ApiKey,
     Path(id): Path<String>,
+    moderator: Moderator,
 ) -> ApiResult<Json<serde_json::Value>> {
-    state.delete_filter(&key, &id).await?;
+    state.delete_filter(&moderator.user, &id).await?;
     Ok(Json(serde_json::json!({"message": "OK"})))
 }

@@ -1,7 +1,8 @@
 //! `/api/v2/generate/…`: image requests and jobs, plus the upload and download of images.
 
+use crate::auth::{Requester, Submitter, WorkerOwner};
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{ApiKey, HordeJson};
+use crate::extract::HordeJson;
 use crate::requests::Accepted;
 use crate::state::SharedState;
 use axum::body::Bytes;
@@ -26,10 +27,13 @@ use serde::Deserialize;
         (status = 429, body = ErrorBody)))]
 pub async fn generate_async(
     State(state): State<SharedState>,
-    key: ApiKey,
-    HordeJson(body): HordeJson<ImageRequest>,
+    requester: Requester<HordeJson<ImageRequest>>,
 ) -> ApiResult<Response> {
-    let (user, shared_key) = state.authenticate_requester(&key).await?;
+    let Requester {
+        user,
+        shared_key,
+        body: HordeJson(body),
+    } = requester;
     let (user, shared_key, downgraded) = state
         .downgrade_empty_shared_key(user, shared_key, &body)
         .await?;
@@ -86,11 +90,10 @@ pub async fn cancel(
     responses((status = 200, body = PopResponse), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn pop(
     State(state): State<SharedState>,
-    key: ApiKey,
-    HordeJson(body): HordeJson<PopRequest>,
+    owner: WorkerOwner<HordeJson<PopRequest>>,
 ) -> ApiResult<Json<PopResponse>> {
-    let user = state.authenticate_worker_owner(&key).await?;
-    state.pop(&user, body).await.map(Json)
+    let HordeJson(body) = owner.body;
+    state.pop(&owner.user, body).await.map(Json)
 }
 
 /// A worker submits a job's result.
@@ -99,13 +102,10 @@ pub async fn pop(
     responses((status = 200, body = SubmitResponse), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn submit(
     State(state): State<SharedState>,
-    key: ApiKey,
-    HordeJson(body): HordeJson<SubmitRequest>,
+    owner: Submitter<HordeJson<SubmitRequest>>,
 ) -> ApiResult<Json<SubmitResponse>> {
-    let user = state
-        .authenticate_registered(&key, Rc::AnonForbiddenWorker)
-        .await?;
-    state.submit(&user, body).await.map(Json)
+    let HordeJson(body) = owner.body;
+    state.submit(&owner.user, body).await.map(Json)
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]

@@ -1,12 +1,13 @@
 //! `/api/v2/sharedkeys…`
 
+use crate::auth::Registered;
 use crate::error::ApiResult;
-use crate::extract::{ApiKey, HordeJson};
+use crate::extract::HordeJson;
 use crate::state::SharedState;
 use axum::extract::{Path, State};
 use axum::Json;
 use horde_api::shared_key::{SharedKeyDetails, SharedKeyInput, SharedKeyPatch};
-use horde_api::{ErrorBody, Rc};
+use horde_api::ErrorBody;
 
 /// Create a shared key; its `id` is the key, shown here once.
 #[utoipa::path(put, path = "/api/v2/sharedkeys", tag = "v2", params(("apikey" = String, Header)),
@@ -14,13 +15,10 @@ use horde_api::{ErrorBody, Rc};
     responses((status = 200, body = SharedKeyDetails), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn create(
     State(state): State<SharedState>,
-    key: ApiKey,
-    HordeJson(body): HordeJson<SharedKeyInput>,
+    owner: Registered<HordeJson<SharedKeyInput>>,
 ) -> ApiResult<Json<SharedKeyDetails>> {
-    let owner = state
-        .authenticate_registered(&key, Rc::AnonForbidden)
-        .await?;
-    state.create_shared_key(&owner, body).await.map(Json)
+    let HordeJson(body) = owner.body;
+    state.create_shared_key(&owner.user, body).await.map(Json)
 }
 
 #[utoipa::path(get, path = "/api/v2/sharedkeys/{id}", tag = "v2", params(("id" = String, Path)),
@@ -38,14 +36,14 @@ pub async fn get(
     responses((status = 200, body = SharedKeyDetails), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn modify(
     State(state): State<SharedState>,
-    key: ApiKey,
     Path(id): Path<String>,
-    HordeJson(body): HordeJson<SharedKeyPatch>,
+    caller: Registered<HordeJson<SharedKeyPatch>>,
 ) -> ApiResult<Json<SharedKeyDetails>> {
-    let caller = state
-        .authenticate_registered(&key, Rc::AnonForbidden)
-        .await?;
-    state.modify_shared_key(&caller, &id, body).await.map(Json)
+    let HordeJson(body) = caller.body;
+    state
+        .modify_shared_key(&caller.user, &id, body)
+        .await
+        .map(Json)
 }
 
 /// Delete a shared key (its owner only).
@@ -53,12 +51,9 @@ pub async fn modify(
     responses((status = 200, description = "{\"message\": \"OK\"}"), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn delete(
     State(state): State<SharedState>,
-    key: ApiKey,
     Path(id): Path<String>,
+    caller: Registered,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let caller = state
-        .authenticate_registered(&key, Rc::AnonForbidden)
-        .await?;
-    state.delete_shared_key(&caller, &id).await?;
+    state.delete_shared_key(&caller.user, &id).await?;
     Ok(Json(serde_json::json!({"message": "OK"})))
 }

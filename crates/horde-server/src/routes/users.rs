@@ -1,7 +1,8 @@
 //! `/api/v2/users/{id}`, `/api/v2/find_user` and the test-only `/api/v2/dev/test-user`.
 
+use crate::auth::{Caller, KeyHolder, Registered, Viewer};
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{ApiKey, HordeJson, HordeQuery};
+use crate::extract::{HordeJson, HordeQuery};
 use crate::state::SharedState;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::StatusCode;
@@ -20,15 +21,11 @@ use std::net::SocketAddr;
     responses((status = 200, body = UserDetails), (status = 404, body = ErrorBody)))]
 pub async fn get(
     State(state): State<SharedState>,
-    key: ApiKey,
+    viewer: Viewer,
     Path(id): Path<String>,
 ) -> ApiResult<Json<UserDetails>> {
-    let viewer = match key.0 {
-        Some(_) => state.authenticate(&key).await.ok(),
-        None => None,
-    };
     state
-        .user_details_by_id(&id, viewer.as_ref())
+        .user_details_by_id(&id, viewer.0.as_ref())
         .await
         .map(Json)
 }
@@ -38,9 +35,9 @@ pub async fn get(
     responses((status = 200, body = UserDetails), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn find_user(
     State(state): State<SharedState>,
-    key: ApiKey,
+    holder: KeyHolder,
 ) -> ApiResult<Json<UserDetails>> {
-    state.find_user(&key).await.map(Json)
+    state.find_user(&holder.user).await.map(Json)
 }
 
 /// Test-only: create a user (or rotate its key) and return the key. Enabled by config, and only
@@ -79,11 +76,10 @@ pub async fn test_user(
     responses((status = 200, body = KudosTransferred), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 pub async fn transfer(
     State(state): State<SharedState>,
-    key: ApiKey,
-    HordeJson(body): HordeJson<KudosTransferRequest>,
+    sender: Caller<HordeJson<KudosTransferRequest>>,
 ) -> ApiResult<Json<KudosTransferred>> {
-    let sender = state.authenticate(&key).await?;
-    state.transfer_kudos(&sender, &body).await.map(Json)
+    let HordeJson(body) = &sender.body;
+    state.transfer_kudos(&sender.user, body).await.map(Json)
 }
 
 /// Change a user: balances and moderators (administrators), roles and limits (moderators),
@@ -93,14 +89,11 @@ pub async fn transfer(
     responses((status = 200, body = ModifyUserResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn modify(
     State(state): State<SharedState>,
-    key: ApiKey,
     Path(id): Path<String>,
-    HordeJson(body): HordeJson<ModifyUser>,
+    caller: Registered<HordeJson<ModifyUser>>,
 ) -> ApiResult<Json<ModifyUserResponse>> {
-    let caller = state
-        .authenticate_registered(&key, Rc::AnonForbidden)
-        .await?;
-    state.modify_user(&caller, &id, body).await.map(Json)
+    let HordeJson(body) = caller.body;
+    state.modify_user(&caller.user, &id, body).await.map(Json)
 }
 
 /// Replace your API key: the new one is shown once, the old one stops working (not in the
@@ -109,13 +102,10 @@ pub async fn modify(
     responses((status = 200, body = NewApiKey), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn reset_key(
     State(state): State<SharedState>,
-    key: ApiKey,
     Path(id): Path<String>,
+    caller: Registered,
 ) -> ApiResult<Json<NewApiKey>> {
-    let caller = state
-        .authenticate_registered(&key, Rc::AnonForbidden)
-        .await?;
-    state.reset_api_key(&caller, &id).await.map(Json)
+    state.reset_api_key(&caller.user, &id).await.map(Json)
 }
 
 /// The newest rows of a user's kudos ledger, newest first: for the user themself and
@@ -125,16 +115,13 @@ pub async fn reset_key(
     responses((status = 200, body = Vec<LedgerEntry>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn ledger(
     State(state): State<SharedState>,
-    key: ApiKey,
     Path(id): Path<String>,
     HordeQuery(page): HordeQuery<LedgerQuery>,
+    caller: Registered,
 ) -> ApiResult<Json<Vec<LedgerEntry>>> {
-    let caller = state
-        .authenticate_registered(&key, Rc::AnonForbidden)
-        .await?;
     page.validate().map_err(ApiError::validation)?;
     state
-        .ledger_of(&caller, &id, page.before, page.limit())
+        .ledger_of(&caller.user, &id, page.before, page.limit())
         .await
         .map(Json)
 }

@@ -1,8 +1,10 @@
 //! `/api/v2/workers…`
 
+use crate::auth::{Registered, Viewer};
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{ApiKey, HordeJson};
+use crate::extract::HordeJson;
 use crate::state::SharedState;
+use crate::workers;
 use axum::extract::{Path, Query, State};
 use axum::Json;
 use horde_api::worker::{ModifyWorker, WorkerDetails, WorkerListQuery};
@@ -16,10 +18,10 @@ use horde_api::{ErrorBody, Rc};
     responses((status = 200, body = Vec<WorkerDetails>)))]
 pub async fn list(
     State(state): State<SharedState>,
-    key: ApiKey,
+    viewer: Viewer,
     Query(query): Query<WorkerListQuery>,
 ) -> Json<Vec<WorkerDetails>> {
-    let viewer = state.worker_viewer(&key).await;
+    let viewer = workers::Viewer::of(viewer.0.as_ref());
     Json(state.online_worker_details(&query, viewer))
 }
 
@@ -37,11 +39,11 @@ fn parse_worker_id(id: &str) -> ApiResult<uuid::Uuid> {
     responses((status = 200, body = WorkerDetails), (status = 404, body = ErrorBody)))]
 pub async fn get(
     State(state): State<SharedState>,
-    key: ApiKey,
+    viewer: Viewer,
     Path(id): Path<String>,
 ) -> ApiResult<Json<WorkerDetails>> {
     let id = parse_worker_id(&id)?;
-    let viewer = state.worker_viewer(&key).await;
+    let viewer = workers::Viewer::of(viewer.0.as_ref());
     state.worker_details(id, viewer).map(Json)
 }
 
@@ -49,10 +51,10 @@ pub async fn get(
     responses((status = 200, body = WorkerDetails), (status = 404, body = ErrorBody)))]
 pub async fn by_name(
     State(state): State<SharedState>,
-    key: ApiKey,
+    viewer: Viewer,
     Path(name): Path<String>,
 ) -> ApiResult<Json<WorkerDetails>> {
-    let viewer = state.worker_viewer(&key).await;
+    let viewer = workers::Viewer::of(viewer.0.as_ref());
     state.worker_details_by_name(&name, viewer).map(Json)
 }
 
@@ -61,15 +63,12 @@ pub async fn by_name(
     request_body = ModifyWorker, responses((status = 200, body = ModifyWorker), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn modify(
     State(state): State<SharedState>,
-    key: ApiKey,
     Path(id): Path<String>,
-    HordeJson(body): HordeJson<ModifyWorker>,
+    caller: Registered<HordeJson<ModifyWorker>>,
 ) -> ApiResult<Json<ModifyWorker>> {
-    let user = state
-        .authenticate_registered(&key, Rc::AnonForbidden)
-        .await?;
+    let HordeJson(body) = caller.body;
     state
-        .modify_worker(&user, parse_worker_id(&id)?, body)
+        .modify_worker(&caller.user, parse_worker_id(&id)?, body)
         .await
         .map(Json)
 }

@@ -8,7 +8,6 @@
 
 use crate::clock::now;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::ApiKey;
 use crate::state::AppState;
 use horde_api::image::PopRequest;
 use horde_api::worker::{
@@ -696,25 +695,26 @@ impl AppState {
         }
         details
     }
+}
 
-    /// Who is looking at workers: the user of the `apikey` header, if it names one (an
-    /// unknown or missing key sees what everybody sees).
-    pub async fn worker_viewer(&self, key: &ApiKey) -> Viewer {
-        match self.cached_user(key, 10_000).await {
-            Ok(user) if !user.is_anonymous() => Viewer {
+/// Who reads worker details: the owner of the workers and moderators see more.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Viewer {
+    pub user_id: Option<i64>,
+    pub moderator: bool,
+}
+
+impl Viewer {
+    /// The viewer a caller is (`auth::Viewer`: a registered user, or nobody).
+    pub fn of(user: Option<&User>) -> Viewer {
+        match user {
+            Some(user) if !user.is_anonymous() => Viewer {
                 user_id: Some(user.id),
                 moderator: user.moderator,
             },
             _ => Viewer::default(),
         }
     }
-}
-
-/// Who reads worker details: see [`AppState::worker_viewer`].
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Viewer {
-    pub user_id: Option<i64>,
-    pub moderator: bool,
 }
 
 /// The registry entry of a stored worker, before its next check-in.
