@@ -10,11 +10,9 @@
 //! and Winograd.
 
 use candle_core::{Device, Tensor};
-use horde_diffusion::config::{ModelConfig, UNET_PREFIX, VAE_PREFIX};
-use horde_diffusion::sampling::SeededNoise;
+use horde_diffusion::parts::{Conditioning, SeededNoise, UNet, Vae, UNET_PREFIX, VAE_PREFIX};
 use horde_diffusion::tiny::random_var_builder;
-use horde_diffusion::unet::{Conditioning, UNet};
-use horde_diffusion::vae::Vae;
+use horde_diffusion::ModelConfig;
 use std::time::Instant;
 
 /// The allocator of the `horde` binary, whose worker runs the engine.
@@ -76,7 +74,7 @@ fn best_of_3_ms(run: &dyn Fn() -> Tensor) -> f64 {
 /// decoder (512²) through candle's conv2d, our direct kernel and Winograd, minimum of 3
 /// runs each, in milliseconds: where `nn`'s Winograd threshold comes from.
 fn compare_convolutions() {
-    use horde_diffusion::kernels::{conv::conv2d_stride1, winograd::conv2d_3x3};
+    use horde_diffusion::parts::kernels::{conv2d_3x3, conv2d_stride1};
     let shapes = [
         ("unet 64x64", 2, 320, 320, 64),
         ("unet 32x32", 2, 640, 640, 32),
@@ -109,7 +107,7 @@ fn compare_convolutions() {
 /// 512² (batch 2, 8 heads), minimum of 3 runs each, in milliseconds, with the FLOP rate of
 /// its two products.
 fn time_attention() {
-    use horde_diffusion::kernels::attention::fused_attention;
+    use horde_diffusion::parts::kernels::fused_attention;
     let shapes = [
         ("self 4096 x 320", 4096, 4096, 320),
         ("cross 4096 x 77", 4096, 77, 320),
@@ -191,7 +189,7 @@ fn time_ops() {
     );
     let one_by_one = down_w.narrow(2, 1, 1).unwrap().narrow(3, 1, 1).unwrap();
     let one_by_one = one_by_one.contiguous().unwrap();
-    use horde_diffusion::kernels::conv;
+    use horde_diffusion::parts::kernels as conv;
     type Op<'a> = Box<dyn Fn() -> Tensor + 'a>;
     let rows: [(&str, Op); 14] = [
         (
@@ -338,7 +336,7 @@ fn main() {
                     "whole" => vae.decoder.decode_whole(&latents).unwrap(),
                     "bands" => vae
                         .decoder
-                        .decode_in_bands(&latents, horde_diffusion::vae::BAND_PIXELS)
+                        .decode_in_bands(&latents, horde_diffusion::parts::BAND_PIXELS)
                         .unwrap(),
                     _ => vae.decoder.decode(&latents).unwrap(),
                 }),

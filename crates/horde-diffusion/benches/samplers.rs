@@ -3,11 +3,11 @@
 //! `cargo bench -p horde-diffusion --bench samplers`; prints a Markdown table for BENCHMARKS.md.
 
 use candle_core::{Device, Tensor};
-use horde_diffusion::config::UNET_PREFIX;
-use horde_diffusion::samplers::{self, SamplerKind};
-use horde_diffusion::sampling::{DiscreteSchedule, SeededNoise};
+use horde_diffusion::parts::samplers;
+use horde_diffusion::parts::{Conditioning, UNet};
+use horde_diffusion::parts::{DiscreteSchedule, SeededNoise, UNET_PREFIX};
 use horde_diffusion::tiny::{random_var_builder, tiny_config, TinyArch};
-use horde_diffusion::unet::{Conditioning, UNet};
+use horde_diffusion::SamplerKind;
 use std::time::Instant;
 
 const STEPS: usize = 20;

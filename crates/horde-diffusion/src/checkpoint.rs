@@ -9,7 +9,7 @@ use crate::Error;
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::VarBuilder;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -306,9 +306,6 @@ fn same_but_trailing_ones(a: &[usize], b: &[usize]) -> bool {
     };
     trim(a) == trim(b)
 }
-
-/// Tensors by name, for writing a checkpoint.
-pub type TensorMap = HashMap<String, Tensor>;
 
 /// Opens a checkpoint: a `.safetensors` file (LDM layout) or a diffusers folder.
 pub fn open(path: &Path) -> Result<TensorIndex, Error> {

@@ -1,33 +1,79 @@
 //! The Stable Diffusion engine of the worker, on candle.
 //!
-//! * [`checkpoint`] opens single-file (LDM layout) checkpoints, memory-mapped, and
-//!   [`config`] reads the model's family and shapes off its tensors.
-//! * [`unet`], [`vae`] and [`clip`] are the three networks, written with the LDM tensor names.
-//! * [`text`] and [`prompt`] turn a prompt (A1111 attention syntax, any length) into conditioning.
-//! * [`sampling`] has the noise schedules and the seeded noise, [`samplers`] every AI Horde
-//!   sampler as a plain function of a denoiser; [`pipeline`] ties everything into one `generate` call.
-//! * [`tiny`] writes tiny random checkpoints of the real architectures for tests.
-//! * [`kernels`] has our own CPU kernels where candle's are slow (fused attention); on other
-//!   devices and dtypes the networks use candle's ops.
+//! What the worker uses is at the root: [`Model`] loads a checkpoint (reporting each
+//! [`LoadStage`]) with [`LoadOptions`], and generates the images a [`Generation`] asks for, with
+//! any [`SamplerKind`]; [`ModelConfig`] is what it read off the checkpoint; [`dtype_named`]
+//! checks a configured dtype; every failure is an [`Error`].
+//!
+//! Four modules are public besides, each for a reason of its own:
+//! * [`nn`], the layers other networks of the product build on: the post-processors of
+//!   `horde-postprocess` (upscalers, face fixers, background removal) are built from the same
+//!   convolutions, norms, linear layers and attention, on the same CPU kernels.
+//! * [`tiny`] writes tiny random checkpoints of the real architectures: the tests of every
+//!   crate, and the post-processors' own tiny checkpoints, are written with it.
+//! * [`prompt`] parses the prompt syntax (A1111 attention weights), which the `horde` crate's
+//!   fuzz corpus exercises on its own.
+//! * [`parts`] names the engine's parts one by one (networks, kernels, samplers, schedules) for
+//!   this crate's benchmarks and its numeric tests against diffusers, which are built as crates
+//!   of their own; nothing else should use it.
+//!
+//! Inside: `checkpoint` opens single-file (LDM layout) checkpoints, memory-mapped, and
+//! `diffusers` folders; `config` reads the model's family and shapes off its tensors; `unet`,
+//! `vae` and `clip` are the three networks, written with the LDM tensor names; `text` and
+//! `prompt` turn a prompt (any length) into conditioning; `sampling` has the noise schedules
+//! and the seeded noise, `samplers` every AI Horde sampler as a plain function of a denoiser;
+//! `pipeline` ties everything into one `generate` call; `kernels` has our own CPU kernels where
+//! candle's are slow (fused attention, convolutions); on other devices and dtypes the networks
+//! use candle's ops.
 
-pub mod checkpoint;
-pub mod clip;
-pub mod config;
-pub mod diffusers;
-pub mod kernels;
+mod checkpoint;
+mod clip;
+mod config;
+mod diffusers;
+mod kernels;
 pub mod nn;
-pub mod pipeline;
+mod pipeline;
 pub mod prompt;
-pub mod samplers;
-pub mod sampling;
-pub mod text;
+mod samplers;
+mod sampling;
+mod text;
 pub mod tiny;
-pub mod unet;
-pub mod vae;
+mod unet;
+mod vae;
 
 pub use config::{Family, ModelConfig, Prediction};
-pub use pipeline::{Generation, LoadOptions, LoadStage, Model};
+pub use pipeline::{dtype_named, Generation, LoadOptions, LoadStage, Model};
 pub use samplers::SamplerKind;
+
+/// The engine's parts one by one, for this crate's benchmarks (`benches/`) and its numeric
+/// tests (`tests/`), which measure or check a network, a kernel or a sampler alone and are
+/// built as crates of their own. Not an API: the worker uses the crate's root, the
+/// post-processors [`nn`](crate::nn).
+pub mod parts {
+    pub use crate::checkpoint::open as open_checkpoint;
+    pub use crate::clip::TextTransformer;
+    pub use crate::config::{
+        SD1_CLIP_PREFIX, SD2_CLIP_PREFIX, SDXL_CLIP_G_PREFIX, SDXL_CLIP_L_PREFIX, UNET_PREFIX,
+        VAE_PREFIX,
+    };
+    pub use crate::pipeline::sdxl_vector;
+    pub use crate::sampling::{DiscreteSchedule, Noise, SeededNoise};
+    pub use crate::text::{TextConditioner, WeightedTokens};
+    pub use crate::unet::{Conditioning, UNet};
+    pub use crate::vae::{Vae, BAND_PIXELS};
+
+    /// The samplers as plain functions of a denoiser.
+    pub mod samplers {
+        pub use crate::samplers::{dpm_adaptive, dpm_fast, run, AdaptiveOptions};
+    }
+
+    /// The CPU kernels the benchmarks time alone.
+    pub mod kernels {
+        pub use crate::kernels::attention::fused_attention;
+        pub use crate::kernels::conv::{conv2d_1x1, conv2d_stride1, conv2d_stride2};
+        pub use crate::kernels::winograd::conv2d_3x3;
+    }
+}
 
 use std::path::PathBuf;
 

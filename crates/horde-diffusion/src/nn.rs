@@ -1,14 +1,18 @@
 //! Building blocks shared by the networks: normalisation, convolutions, attention.
 //!
 //! Thin wrappers over candle-nn that keep the LDM tensor names at the call site and do the
-//! reshapes the Stable Diffusion networks need.
+//! reshapes the Stable Diffusion networks need, on our CPU kernels where they are faster.
+//! Public because they are the layers other networks of the product build on: the
+//! post-processors of `horde-postprocess` are made of them; what only the engine uses (the
+//! tiling switch, the UNet's embeddings) stays inside the crate.
 
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{Conv2dConfig, LayerNorm, VarBuilder};
 use std::cell::Cell;
+use std::thread::LocalKey;
 
 use crate::kernels::group_norm::group_statistics;
-pub use crate::kernels::group_norm::GroupStatistics;
+pub(crate) use crate::kernels::group_norm::GroupStatistics;
 use crate::kernels::linear::linear as fused_linear;
 use crate::kernels::winograd::Padding;
 
@@ -224,19 +228,36 @@ thread_local! {
 /// two threads). For networks that tolerate it (the upscalers, background removal); the
 /// diffusion engine keeps the default.
 pub fn with_post_processing_kernels<T>(f: impl FnOnce() -> T) -> T {
-    let before = POST_PROCESSING_KERNELS.with(|t| t.replace(true));
-    let out = f();
-    POST_PROCESSING_KERNELS.with(|t| t.set(before));
-    out
+    with_flag(&POST_PROCESSING_KERNELS, true, f)
 }
 
 /// Runs `f` with every padded convolution on this thread padding circularly, so the output
 /// tiles seamlessly (the `tiling` option; A1111 sets `padding_mode="circular"` the same way).
-pub fn with_tiling<T>(tiling: bool, f: impl FnOnce() -> T) -> T {
-    let before = TILING.with(|t| t.replace(tiling));
-    let out = f();
-    TILING.with(|t| t.set(before));
-    out
+pub(crate) fn with_tiling<T>(tiling: bool, f: impl FnOnce() -> T) -> T {
+    with_flag(&TILING, tiling, f)
+}
+
+/// Runs `f` with this thread's `flag` set to `value`, then puts back the value it had, also
+/// when `f` panics: the worker runs jobs on tokio's blocking threads, which outlive a job's
+/// panic and take the next job, and that job must not inherit the failed one's tiling.
+fn with_flag<T>(flag: &'static LocalKey<Cell<bool>>, value: bool, f: impl FnOnce() -> T) -> T {
+    let _restore = Restore {
+        flag,
+        before: flag.with(|t| t.replace(value)),
+    };
+    f()
+}
+
+/// Puts a thread's flag back to `before` when dropped (by the return or by the unwinding).
+struct Restore {
+    flag: &'static LocalKey<Cell<bool>>,
+    before: bool,
+}
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        self.flag.with(|t| t.set(self.before));
+    }
 }
 
 /// A 2-D convolution that pads with zeros, or circularly inside [`with_tiling`].
@@ -411,7 +432,7 @@ impl Conv2d {
 }
 
 /// Whether [`with_tiling`] is on for this thread.
-pub fn tiling() -> bool {
+pub(crate) fn tiling() -> bool {
     TILING.with(Cell::get)
 }
 
@@ -551,11 +572,11 @@ pub fn geglu(xs: &Tensor) -> Result<Tensor> {
 }
 
 /// A 1×1 convolution used as a linear map over channels (LDM stores some linear maps that way).
-pub fn conv1x1(in_c: usize, out_c: usize, vb: VarBuilder) -> Result<Conv2d> {
+pub(crate) fn conv1x1(in_c: usize, out_c: usize, vb: VarBuilder) -> Result<Conv2d> {
     conv(in_c, out_c, 1, 1, 0, vb)
 }
 
-pub fn silu(xs: &Tensor) -> Result<Tensor> {
+pub(crate) fn silu(xs: &Tensor) -> Result<Tensor> {
     candle_nn::ops::silu(xs)
 }
 
@@ -599,12 +620,12 @@ pub fn attention(
 }
 
 /// `x · sigmoid(1.702 x)`: the activation of OpenAI's CLIP.
-pub fn quick_gelu(xs: &Tensor) -> Result<Tensor> {
+pub(crate) fn quick_gelu(xs: &Tensor) -> Result<Tensor> {
     xs * candle_nn::ops::sigmoid(&(xs * 1.702)?)?
 }
 
 /// The sinusoidal timestep embedding of LDM (`cos` half first).
-pub fn timestep_embedding(timesteps: &Tensor, dim: usize) -> Result<Tensor> {
+pub(crate) fn timestep_embedding(timesteps: &Tensor, dim: usize) -> Result<Tensor> {
     let half = dim / 2;
     let device = timesteps.device();
     let exponent: Vec<f32> = (0..half)
@@ -641,7 +662,7 @@ pub fn from_tokens(xs: &Tensor, h: usize, w: usize) -> Result<Tensor> {
 
 /// A linear map stored either as a matrix or as a 1×1 convolution.
 #[derive(Debug, Clone)]
-pub enum Projection {
+pub(crate) enum Projection {
     Linear(Linear),
     Conv(Conv2d),
 }
@@ -654,11 +675,6 @@ impl Projection {
             Projection::Conv(conv1x1(in_c, out_c, vb)?)
         })
     }
-}
-
-/// Applies a `Module` (used for readability at call sites).
-pub fn apply<M: Module>(module: &M, xs: &Tensor) -> Result<Tensor> {
-    module.forward(xs)
 }
 
 #[cfg(test)]
@@ -738,5 +754,52 @@ mod tests {
                 .unwrap();
             assert_eq!(excess, 0.0, "{form}: values off by more than bf16 rounding");
         }
+    }
+
+    /// A job that panics inside `with_tiling(true, …)` (the worker catches the panic and goes
+    /// on) leaves this thread untiled: the next job's convolution is the untiled one.
+    #[test]
+    fn a_job_that_panics_while_tiling_leaves_the_next_job_untiled() {
+        let vb = crate::tiny::random_var_builder(5);
+        let conv = conv(4, 4, 3, 1, 1, vb.pp("conv")).unwrap();
+        let xs = crate::kernels::test_support::random(&[1, 4, 6, 6], 9, 1.0);
+        let untiled = conv.forward(&xs).unwrap();
+        let tiled = with_tiling(true, || conv.forward(&xs)).unwrap();
+        assert!(
+            max_difference(&tiled, &untiled) > 1e-3,
+            "circular padding changes the edges"
+        );
+        let failed = std::panic::catch_unwind(|| {
+            with_tiling(true, || -> Tensor { panic!("the job fails while tiling") })
+        });
+        assert!(failed.is_err());
+        assert!(!tiling(), "tiling is off again");
+        let next = conv.forward(&xs).unwrap();
+        assert_eq!(
+            max_difference(&next, &untiled),
+            0.0,
+            "the next job is untiled"
+        );
+        // A panic in a nested call puts back the outer call's value.
+        with_tiling(true, || {
+            let inner = std::panic::catch_unwind(|| with_tiling(false, || panic!("inner")));
+            assert!(inner.is_err());
+            assert!(tiling(), "the outer job still tiles");
+        });
+        assert!(!tiling());
+    }
+
+    /// The same for the post-processors' kernels: a panic inside leaves them off.
+    #[test]
+    fn a_job_that_panics_on_the_post_processing_kernels_leaves_them_off() {
+        let on = || POST_PROCESSING_KERNELS.with(Cell::get);
+        let failed = std::panic::catch_unwind(|| {
+            with_post_processing_kernels(|| {
+                assert!(on());
+                panic!("the post-processor fails")
+            })
+        });
+        assert!(failed.is_err());
+        assert!(!on(), "the next job runs on the default kernels");
     }
 }

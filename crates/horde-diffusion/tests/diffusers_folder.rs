@@ -4,7 +4,7 @@
 //! read, and the folder generates.
 
 use candle_core::{Device, Tensor};
-use horde_diffusion::config::SD2_CLIP_PREFIX;
+use horde_diffusion::parts::SD2_CLIP_PREFIX;
 use horde_diffusion::tiny::{random_tensors, tiny_config, TinyArch};
 use horde_diffusion::{Generation, LoadOptions, Model, SamplerKind};
 use std::collections::{BTreeSet, HashMap};
@@ -80,7 +80,7 @@ fn diffusers_folders_of_every_family_load_with_single_file_names() {
     let dir = tempfile::tempdir().unwrap();
     for arch in [TinyArch::Sd15, TinyArch::Sd2, TinyArch::Sdxl] {
         let folder = write_folder(arch, dir.path());
-        let index = horde_diffusion::checkpoint::open(&folder).unwrap();
+        let index = horde_diffusion::parts::open_checkpoint(&folder).unwrap();
         let renamed: BTreeSet<String> = index.names().map(String::from).collect();
         let mut config = tiny_config(arch);
         let mut expected: BTreeSet<String> =

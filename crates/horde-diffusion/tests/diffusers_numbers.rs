@@ -11,14 +11,13 @@
 //! mis-wirings change nothing at all.
 
 use candle_core::{DType, Device, Tensor, D};
-use horde_diffusion::checkpoint;
-use horde_diffusion::clip::TextTransformer;
-use horde_diffusion::config::*;
-use horde_diffusion::pipeline::sdxl_vector;
-use horde_diffusion::text::{TextConditioner, WeightedTokens};
+use horde_diffusion::parts::{
+    open_checkpoint, sdxl_vector, Conditioning, TextConditioner, TextTransformer, UNet, Vae,
+    WeightedTokens, SD1_CLIP_PREFIX, SD2_CLIP_PREFIX, SDXL_CLIP_G_PREFIX, SDXL_CLIP_L_PREFIX,
+    UNET_PREFIX, VAE_PREFIX,
+};
 use horde_diffusion::tiny::{random_tensors, tiny_config, write_tiny_checkpoint, TinyArch};
-use horde_diffusion::unet::{Conditioning, UNet};
-use horde_diffusion::vae::Vae;
+use horde_diffusion::{Family, ModelConfig};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -80,7 +79,7 @@ struct Engine {
 }
 
 fn load(path: &Path) -> Engine {
-    let index = checkpoint::open(path).unwrap();
+    let index = open_checkpoint(path).unwrap();
     let config = ModelConfig::infer(&index, None).unwrap();
     let vb = index.var_builder(DType::F32, &Device::Cpu);
     let prefixes: &[&str] = match config.family {

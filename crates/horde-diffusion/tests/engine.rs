@@ -284,14 +284,11 @@ fn relative_error(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
 #[test]
 fn half_precision_runs_stay_within_a_stated_tolerance_of_f32() {
     use candle_core::{DType, Device, Tensor};
-    use horde_diffusion::config::{UNET_PREFIX, VAE_PREFIX};
-    use horde_diffusion::sampling::SeededNoise;
-    use horde_diffusion::unet::{Conditioning, UNet};
-    use horde_diffusion::vae::Vae;
+    use horde_diffusion::parts::{Conditioning, SeededNoise, UNet, Vae, UNET_PREFIX, VAE_PREFIX};
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("sd15.safetensors");
     write_tiny_checkpoint(TinyArch::Sd15, &path, 42).unwrap();
-    let index = horde_diffusion::checkpoint::open(&path).unwrap();
+    let index = horde_diffusion::parts::open_checkpoint(&path).unwrap();
     let config = tiny_config(TinyArch::Sd15);
     let cpu = Device::Cpu;
     let latents = SeededNoise::new(&[1, 2]).sample(&[4, 8, 8], &cpu).unwrap();

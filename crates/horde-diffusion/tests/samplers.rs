@@ -3,8 +3,9 @@
 //! with fixed inputs and noise (`tests/fixtures/samplers/`, from `tools/sampler-fixtures/`).
 
 use candle_core::{DType, Device, Tensor};
-use horde_diffusion::samplers::{self, AdaptiveOptions, SamplerKind};
-use horde_diffusion::sampling::{DiscreteSchedule, Noise};
+use horde_diffusion::parts::samplers::{self, AdaptiveOptions};
+use horde_diffusion::parts::{DiscreteSchedule, Noise};
+use horde_diffusion::SamplerKind;
 use serde_json::Value;
 
 const TOLERANCE: f64 = 1e-9;
@@ -464,14 +465,14 @@ fn samplers_stay_finite_from_the_smallest_to_the_largest_image() {
     let schedule = DiscreteSchedule::default();
     // 64×64 and 3072×3072 images: latents of 8×8 and 384×384.
     for side in [8usize, 384] {
-        let x = horde_diffusion::sampling::SeededNoise::new(&[1])
+        let x = horde_diffusion::parts::SeededNoise::new(&[1])
             .sample(&[4, side, side], &Device::Cpu)
             .unwrap();
         for kind in SamplerKind::ALL {
             let sigmas = schedule.sigmas_for(kind, 3, true);
             // Guidance at cfg 100 overshoots wildly: the estimate is far outside the data.
             let mut denoise = |x: &Tensor, s: f64| (x * (-100.0 / (1.0 + s)))?.clamp(-1e4, 1e4);
-            let mut noise = horde_diffusion::sampling::SeededNoise::new(&[2]);
+            let mut noise = horde_diffusion::parts::SeededNoise::new(&[2]);
             let out = samplers::run(
                 kind,
                 &mut denoise,

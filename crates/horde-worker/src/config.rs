@@ -115,7 +115,7 @@ impl WorkerConfig {
         if self.amount == 0 || self.threads == 0 {
             return Err("amount and threads must be at least 1".into());
         }
-        horde_diffusion::pipeline::dtype_named(&self.dtype).map_err(|e| e.to_string())?;
+        horde_diffusion::dtype_named(&self.dtype).map_err(|e| e.to_string())?;
         if self.max_pixels < 64 * 64 {
             return Err(format!(
                 "max_pixels {} is below the smallest image (64×64)",

@@ -5,6 +5,8 @@ use horde_api::image::{GenMetadata, PopResponse};
 use horde_core::seed::parse_seed;
 use horde_diffusion::{Generation, SamplerKind};
 
+use crate::payload::{Payload, Seed};
+
 /// One popped job (one or more images of one request).
 #[derive(Debug, Clone)]
 pub struct Job {
@@ -41,10 +43,7 @@ pub fn from_pop(pop: &PopResponse) -> Option<Result<Job, (Vec<String>, Unrunnabl
 }
 
 fn translate(pop: &PopResponse, ids: &[String]) -> Result<Job, Unrunnable> {
-    let p = &pop.payload;
-    let text = |key: &str| p.get(key).and_then(|v| v.as_str()).map(str::to_string);
-    let number = |key: &str| p.get(key).and_then(|v| v.as_f64());
-    let flag = |key: &str| p.get(key).and_then(|v| v.as_bool()).unwrap_or(false);
+    let p = Payload::read(&pop.payload);
     let model = pop
         .model
         .clone()
@@ -54,23 +53,20 @@ fn translate(pop: &PopResponse, ids: &[String]) -> Result<Job, Unrunnable> {
             "image-to-image is not supported by this worker".into(),
         ));
     }
-    for (key, what) in [("loras", "LoRAs"), ("tis", "textual inversions")] {
-        if p.get(key)
-            .and_then(|v| v.as_array())
-            .is_some_and(|a| !a.is_empty())
-        {
+    for (count, what) in [(p.loras, "LoRAs"), (p.tis, "textual inversions")] {
+        if count > 0 {
             return Err(Unrunnable(format!(
                 "{what} are not supported by this worker"
             )));
         }
     }
-    let prompt = text("prompt").unwrap_or_default();
+    let prompt = p.prompt.unwrap_or_default();
     let (positive, negative) = match prompt.split_once("###") {
         Some((pos, neg)) => (pos.trim().to_string(), neg.trim().to_string()),
         None => (prompt.trim().to_string(), String::new()),
     };
     let mut notes = Vec::new();
-    let sampler_name = text("sampler_name").unwrap_or_else(|| "k_euler_a".into());
+    let sampler_name = p.sampler_name.unwrap_or_else(|| "k_euler_a".into());
     let sampler = SamplerKind::from_horde_name(&sampler_name).unwrap_or_else(|| {
         let substitute = if sampler_name.contains("_a") || sampler_name.contains("sde") {
             SamplerKind::EulerAncestral
@@ -82,27 +78,28 @@ fn translate(pop: &PopResponse, ids: &[String]) -> Result<Job, Unrunnable> {
         )));
         substitute
     });
-    if flag("hires_fix") {
+    if p.hires_fix.unwrap_or(false) {
         notes.push(information(
             "hires_fix is not supported by this worker and was ignored".into(),
         ));
     }
-    let first_seed = text("seed")
-        .map(|s| parse_seed(&s))
-        .or_else(|| p.get("seed").and_then(|v| v.as_u64()))
-        .unwrap_or(0);
+    let first_seed = match &p.seed {
+        Some(Seed::Text(text)) => parse_seed(text),
+        Some(Seed::Number(seed)) => *seed,
+        None => 0,
+    };
     let n = ids.len() as u64;
     let generation = Generation {
         prompt: positive,
         negative_prompt: negative,
-        width: number("width").unwrap_or(512.0) as usize,
-        height: number("height").unwrap_or(512.0) as usize,
-        steps: number("ddim_steps").unwrap_or(30.0).max(1.0) as usize,
-        cfg_scale: number("cfg_scale").unwrap_or(7.5),
+        width: p.width.unwrap_or(512.0) as usize,
+        height: p.height.unwrap_or(512.0) as usize,
+        steps: p.ddim_steps.unwrap_or(30.0).max(1.0) as usize,
+        cfg_scale: p.cfg_scale.unwrap_or(7.5),
         sampler,
-        karras: flag("karras"),
-        clip_skip: number("clip_skip").unwrap_or(1.0).max(1.0) as usize,
-        tiling: flag("tiling"),
+        karras: p.karras.unwrap_or(false),
+        clip_skip: p.clip_skip.unwrap_or(1.0).max(1.0) as usize,
+        tiling: p.tiling.unwrap_or(false),
         seeds: (0..n).map(|i| (first_seed + i) % SEED_FOLD).collect(),
     };
     let uploads = if pop.r2_uploads.is_empty() {
@@ -116,17 +113,8 @@ fn translate(pop: &PopResponse, ids: &[String]) -> Result<Job, Unrunnable> {
         generation,
         uploads,
         notes,
-        post_processing: p
-            .get("post_processing")
-            .and_then(|v| v.as_array())
-            .map(|names| {
-                names
-                    .iter()
-                    .filter_map(|n| n.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default(),
-        facefixer_strength: number("facefixer_strength"),
+        post_processing: p.post_processing,
+        facefixer_strength: p.facefixer_strength,
     })
 }
 

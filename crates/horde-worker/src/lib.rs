@@ -7,6 +7,7 @@ pub mod backend;
 pub mod config;
 pub mod daemon;
 pub mod job;
+pub mod payload;
 pub mod postprocess;
 pub mod retry;
 

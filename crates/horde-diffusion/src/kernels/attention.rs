@@ -11,10 +11,11 @@
 //! place from the `[batch, tokens, heads·dim]` inputs through strides, so nothing is split,
 //! transposed or copied; tasks write disjoint output rows and run in parallel on rayon.
 
-use super::{contiguous_f32, unfilled};
+use super::{contiguous_f32, filled, unfilled};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::cell::RefCell;
+use std::mem::MaybeUninit;
 
 /// Query rows per task. Each task packs the head's keys and values again for its gemms, so
 /// larger blocks pack less often; their scores (256 × 4 096 keys: 4 MiB) still stay near the
@@ -89,6 +90,11 @@ impl CustomOp3 for FusedAttention {
                         });
                 });
         }
+        // SAFETY: the blocks cover every row of every batch item, and in each block every
+        // head's second product wrote its columns of every row (none when `q_len` or `width`
+        // is 0).
+        #[allow(unsafe_code)]
+        let out = unsafe { filled(out) };
         Ok((CpuStorage::F32(out), ql.shape().clone()))
     }
 }
@@ -111,9 +117,26 @@ thread_local! {
 /// of `k` and `v` (one batch item), head by head, into `out_rows`. The gemm crate takes raw
 /// pointers and strides (so heads are read in place), hence the unsafe blocks.
 #[allow(unsafe_code)]
-fn attend_block(s: &Shapes, q_rows: &[f32], k: &[f32], v: &[f32], out_rows: &mut [f32]) {
+fn attend_block(
+    s: &Shapes,
+    q_rows: &[f32],
+    k: &[f32],
+    v: &[f32],
+    out_rows: &mut [MaybeUninit<f32>],
+) {
     let rows = out_rows.len() / s.width;
     let dim = s.width / s.heads;
+    // What the gemms' raw reads and writes below rely on, checked once per block.
+    assert!(
+        out_rows.len() == rows * s.width
+            && dim * s.heads == s.width
+            && rows <= s.q_len
+            && q_rows.len() >= rows * s.width
+            && k.len() >= s.k_len * s.width
+            && v.len() >= s.k_len * s.width,
+        "attention block: buffers too short for {rows} rows over {} keys",
+        s.k_len
+    );
     let scale = 1.0 / (dim as f32).sqrt();
     SCORES.with(|scratch| {
         let (scores, inverses) = &mut *scratch.borrow_mut();
@@ -160,7 +183,7 @@ fn attend_block(s: &Shapes, q_rows: &[f32], k: &[f32], v: &[f32], out_rows: &mut
                     rows,
                     dim,
                     s.k_len,
-                    out_rows.as_mut_ptr().add(offset),
+                    out_rows.as_mut_ptr().cast::<f32>().add(offset),
                     1,
                     s.width as isize,
                     false,
@@ -179,13 +202,15 @@ fn attend_block(s: &Shapes, q_rows: &[f32], k: &[f32], v: &[f32], out_rows: &mut
                 );
             }
             for (out_row, inverse) in out_rows.chunks_exact_mut(s.width).zip(inverses.iter()) {
-                for o in &mut out_row[offset..offset + dim] {
+                // SAFETY: the product just above wrote these columns of every row (it never
+                // reads them: `read_dst` is false).
+                let head = unsafe { out_row[offset..offset + dim].assume_init_mut() };
+                for o in head {
                     *o *= inverse;
                 }
             }
         }
     });
-    debug_assert!(s.q_len >= rows);
 }
 
 /// Lanes the loops below are written in, so the compiler turns each into vector code.

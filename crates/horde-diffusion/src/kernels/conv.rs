@@ -17,10 +17,11 @@
 //! A stride-2 convolution (the UNet's downsamplers) runs here too, as a stride-1 one over the
 //! input's four phases (`conv2d_stride2`); candle's im2col took 49 ms for `[2, 320, 64, 64]`.
 
-use super::{contiguous_f32, unfilled};
+use super::{contiguous_f32, filled, unfilled};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::cell::RefCell;
+use std::mem::MaybeUninit;
 
 /// Grid positions per band: the band's accumulator (`c_out` × this) stays a few MiB.
 const BAND_POSITIONS: usize = 2048;
@@ -233,7 +234,7 @@ impl CustomOp2 for Conv2dStride1 {
         let mut out = unfilled(batch * out_image);
         let rows_per_band = rows_per_band(&g, batch);
         let bands = g.out_h.div_ceil(rows_per_band);
-        let target = OutPtr(out.as_mut_ptr());
+        let target = OutPtr::to(&mut out);
         (0..batch * bands).into_par_iter().for_each(|task| {
             let (b, band) = (task / bands, task % bands);
             let rows = band * rows_per_band..((band + 1) * rows_per_band).min(g.out_h);
@@ -241,6 +242,10 @@ impl CustomOp2 for Conv2dStride1 {
             let bias = self.bias.as_deref();
             convolve_band(&g, image, weight, bias, rows, target, b * out_image);
         });
+        // SAFETY: the bands cover rows `0..out_h` of every image, and each band writes every
+        // column of its rows in every output channel.
+        #[allow(unsafe_code)]
+        let out = unsafe { filled(out) };
         let shape = Shape::from((batch, c_out, g.out_h, g.out_w));
         Ok((CpuStorage::F32(out), shape))
     }
@@ -259,6 +264,7 @@ fn rows_per_band(g: &Geometry, batch: usize) -> usize {
 /// The weight as `[taps, c_out, c_in]`: each tap's matrix contiguous. In the checkpoint's
 /// `[c_out, c_in, k_h, k_w]` a tap's matrix is strided by the 9 taps, and every band's product
 /// gathered it a value per 36 bytes: at 16×16 with 1 280 channels that was half the time.
+#[allow(unsafe_code)]
 fn taps_first(weight: &[f32], g: &Geometry) -> Vec<f32> {
     let taps = g.k_h * g.k_w;
     if taps == 1 {
@@ -266,7 +272,12 @@ fn taps_first(weight: &[f32], g: &Geometry) -> Vec<f32> {
     }
     // Written whole: a permutation of the weight.
     let mut out = unfilled(weight.len());
-    let target = OutPtr(out.as_mut_ptr());
+    assert_eq!(
+        weight.len(),
+        taps * g.c_out * g.c_in,
+        "a weight of [c_out, c_in, k_h, k_w]"
+    );
+    let target = OutPtr::to(&mut out);
     weight
         .par_chunks(g.c_in * taps)
         .enumerate()
@@ -274,16 +285,17 @@ fn taps_first(weight: &[f32], g: &Geometry) -> Vec<f32> {
             for (i, taps_of_i) in filter.chunks_exact(taps).enumerate() {
                 for (tap, value) in taps_of_i.iter().enumerate() {
                     let at = (tap * g.c_out + o) * g.c_in + i;
-                    // SAFETY: `at` is inside `taps·c_out·c_in`, and only filter `o`'s task
-                    // writes row `o` of each tap.
+                    // SAFETY: `at` is inside `taps·c_out·c_in`, the length asserted above, and
+                    // only filter `o`'s task writes row `o` of each tap.
                     #[allow(unsafe_code)]
                     unsafe {
-                        *target.get().add(at) = *value;
+                        target.get().add(at).write(*value);
                     }
                 }
             }
         });
-    out
+    // SAFETY: the filters' tasks wrote every (tap, o, i) of the permutation.
+    unsafe { filled(out) }
 }
 
 /// The input with `p` zeros around each plane, images one after the other.
@@ -312,14 +324,25 @@ fn pad(
     padded
 }
 
-/// The output buffer, written by bands that never overlap.
+/// The output buffer, written by bands that never overlap, and its length in values.
 #[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
+struct OutPtr {
+    start: *mut f32,
+    len: usize,
+}
 
 impl OutPtr {
+    /// The start and length of `buffer`, which the tasks then write through the pointer.
+    fn to(buffer: &mut [MaybeUninit<f32>]) -> Self {
+        Self {
+            start: buffer.as_mut_ptr().cast::<f32>(),
+            len: buffer.len(),
+        }
+    }
+
     /// The pointer (a method, so closures capture the whole `Send` wrapper).
     fn get(self) -> *mut f32 {
-        self.0
+        self.start
     }
 }
 
@@ -327,6 +350,7 @@ impl OutPtr {
 // task only its own rows of the reordered weight (`taps_first`).
 #[allow(unsafe_code)]
 unsafe impl Send for OutPtr {}
+// SAFETY: as for `Send`: the tasks that share it write disjoint values.
 #[allow(unsafe_code)]
 unsafe impl Sync for OutPtr {}
 
@@ -350,6 +374,18 @@ fn convolve_band(
 ) {
     let start = rows.start * g.grid_w;
     let positions = rows.len() * g.grid_w;
+    // What the raw reads and writes below rely on, checked once per band: the last tap's
+    // shifted window of the last input plane ends inside the padded image, the weight holds
+    // every tap's matrix, and the band's last output row ends inside the output.
+    let last_shift = start + g.k_h.saturating_sub(1) * g.grid_w + g.k_w.saturating_sub(1);
+    assert!(
+        (g.c_in == 0 || (g.c_in - 1) * g.plane() + last_shift + positions <= image.len())
+            && weight.len() >= g.k_h * g.k_w * g.c_out * g.c_in
+            && bias.is_none_or(|b| b.len() >= g.c_out)
+            && (g.c_out == 0
+                || out_offset + ((g.c_out - 1) * g.out_h + rows.end) * g.out_w <= out.len),
+        "convolution band: buffers too short for rows {rows:?}"
+    );
     BAND.with(|band| {
         let mut band = band.borrow_mut();
         band.resize(g.c_out * positions, 0.0);
@@ -357,13 +393,12 @@ fn convolve_band(
             for kx in 0..g.k_w {
                 let tap = ky * g.k_w + kx;
                 let shift = start + ky * g.grid_w + kx;
-                debug_assert!((g.c_in - 1) * g.plane() + shift + positions <= image.len());
                 // band (c_out × positions) += weight[:, :, ky, kx] (c_out × c_in)
                 //                              · image[:, shift..shift + positions] (c_in × positions)
                 // SAFETY: the weight tap reads rows `0..c_out` (stride c_in) and columns
                 // `0..c_in` (stride 1) from offset `tap·c_out·c_in`; the image reads planes
                 // `0..c_in` at `shift..shift + positions`, inside the padded image (asserted
-                // above); the band holds `c_out × positions`.
+                // at the top); the band holds `c_out × positions`.
                 unsafe {
                     gemm::gemm(
                         g.c_out,
@@ -395,10 +430,16 @@ fn convolve_band(
                 let y = rows.start + i;
                 let at = out_offset + (c * g.out_h + y) * g.out_w;
                 // SAFETY: row `y` of channel `c` of this image belongs to this band alone, and
-                // `at + out_w` is within the output of `batch × c_out × out_h × out_w`.
-                let line = unsafe { std::slice::from_raw_parts_mut(out.0.add(at), g.out_w) };
+                // `at + out_w` is within the output (`out.len`, asserted at the top); the values
+                // are only written.
+                let line = unsafe {
+                    std::slice::from_raw_parts_mut(
+                        out.get().add(at).cast::<MaybeUninit<f32>>(),
+                        g.out_w,
+                    )
+                };
                 for (o, sum) in line.iter_mut().zip(row) {
-                    *o = sum + bias_c;
+                    o.write(sum + bias_c);
                 }
             }
         }

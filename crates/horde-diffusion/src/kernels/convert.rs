@@ -6,10 +6,11 @@
 //! the top half of an f32, so widening is a shift and narrowing a rounding add and a shift,
 //! loops the compiler turns into vector code of whatever width the CPU has.
 
-use super::{contiguous_f32, contiguous_values, unfilled};
+use super::{contiguous_f32, contiguous_values, filled, unfilled};
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use half::bf16;
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Values converted per task.
 const CHUNK: usize = 64 * 1024;
@@ -48,6 +49,9 @@ impl CustomOp1 for Convert {
                 out.par_chunks_mut(CHUNK)
                     .zip(values.par_chunks(CHUNK))
                     .for_each(|(out, values)| widen_slice(values, out));
+                // SAFETY: the chunks cover the output, each written whole by `widen_slice`.
+                #[allow(unsafe_code)]
+                let out = unsafe { filled(out) };
                 CpuStorage::F32(out)
             }
             CpuStorage::F32(_) => {
@@ -57,6 +61,9 @@ impl CustomOp1 for Convert {
                 out.par_chunks_mut(CHUNK)
                     .zip(values.par_chunks(CHUNK))
                     .for_each(|(out, values)| narrow_slice(values, out));
+                // SAFETY: the chunks cover the output, each written whole by `narrow_slice`.
+                #[allow(unsafe_code)]
+                let out = unsafe { filled(out) };
                 CpuStorage::BF16(out)
             }
             _ => candle_core::bail!("{} converts bf16 and f32 only", self.name()),
@@ -66,24 +73,24 @@ impl CustomOp1 for Convert {
 }
 
 with_widest_vectors! {
-    fn widen_slice(values: &[bf16], out: &mut [f32]) => widen_lanes
+    fn widen_slice(values: &[bf16], out: &mut [MaybeUninit<f32>]) => widen_lanes
 }
 
 with_widest_vectors! {
-    fn narrow_slice(values: &[f32], out: &mut [bf16]) => narrow_lanes
+    fn narrow_slice(values: &[f32], out: &mut [MaybeUninit<bf16>]) => narrow_lanes
 }
 
 #[inline(always)]
-fn widen_lanes(values: &[bf16], out: &mut [f32]) {
+fn widen_lanes(values: &[bf16], out: &mut [MaybeUninit<f32>]) {
     for (o, v) in out.iter_mut().zip(values) {
-        *o = f32::from_bits(u32::from(v.to_bits()) << 16);
+        o.write(f32::from_bits(u32::from(v.to_bits()) << 16));
     }
 }
 
 #[inline(always)]
-fn narrow_lanes(values: &[f32], out: &mut [bf16]) {
+fn narrow_lanes(values: &[f32], out: &mut [MaybeUninit<bf16>]) {
     for (o, v) in out.iter_mut().zip(values) {
-        *o = bf16::from_bits(narrow_bits(*v));
+        o.write(bf16::from_bits(narrow_bits(*v)));
     }
 }
 

@@ -7,9 +7,10 @@
 //! rows, with an `erf` written to vectorise ([`erf`]).
 
 use super::attention::fast_exp;
-use super::{contiguous_f32, unfilled};
+use super::{contiguous_f32, filled, unfilled};
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// `a · gelu(b)` for `[a, b]` the halves of `x + bias` along the last dimension (which must be
 /// even): the bias of the linear layer before, added here rather than in a pass of its own.
@@ -57,6 +58,9 @@ impl CustomOp1 for Geglu {
                 .zip(x.par_chunks(width))
                 .for_each(|(out_row, row)| gate_row(row, bias, out_row));
         }
+        // SAFETY: each output row was written whole by `gate_row` (none when `half` is 0).
+        #[allow(unsafe_code)]
+        let out = unsafe { filled(out) };
         let mut out_dims = dims.to_vec();
         *out_dims.last_mut().expect("checked above") = half;
         Ok((CpuStorage::F32(out), Shape::from(out_dims)))
@@ -64,15 +68,15 @@ impl CustomOp1 for Geglu {
 }
 
 with_widest_vectors! {
-    fn gate_row(row: &[f32], bias: &[f32], out: &mut [f32]) => gate_row_lanes
+    fn gate_row(row: &[f32], bias: &[f32], out: &mut [MaybeUninit<f32>]) => gate_row_lanes
 }
 
 #[inline(always)]
-fn gate_row_lanes(row: &[f32], bias: &[f32], out: &mut [f32]) {
+fn gate_row_lanes(row: &[f32], bias: &[f32], out: &mut [MaybeUninit<f32>]) {
     let (a, b) = row.split_at(out.len());
     let (bias_a, bias_b) = bias.split_at(out.len());
     for ((((o, a), b), bias_a), bias_b) in out.iter_mut().zip(a).zip(b).zip(bias_a).zip(bias_b) {
-        *o = (a + bias_a) * gelu(b + bias_b);
+        o.write((a + bias_a) * gelu(b + bias_b));
     }
 }
 

@@ -8,9 +8,10 @@
 //! applies SiLU into the output.
 
 use super::attention::fast_exp;
-use super::{contiguous_f32, unfilled};
+use super::{contiguous_f32, filled, unfilled};
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// `group_norm(x) · weight + bias` over `[batch, channels, …]` in `groups` groups, then SiLU
 /// when `silu`. `weight` and `bias` are `[channels]`.
@@ -166,6 +167,10 @@ impl CustomOp1 for GroupNorm {
                     apply(&all[start..][..spatial], out_c, scale, shift, self.silu);
                 });
         }
+        // SAFETY: the planes cover the output, each written whole by `apply` (none when
+        // `spatial` is 0).
+        #[allow(unsafe_code)]
+        let out = unsafe { filled(out) };
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 }
@@ -219,19 +224,19 @@ fn mean_and_variance(x: &[f32]) -> (f32, f32) {
 
 with_widest_vectors! {
     /// `out = x · scale + shift`, then SiLU when `silu`.
-    fn apply(x: &[f32], out: &mut [f32], scale: f32, shift: f32, silu: bool) => apply_lanes
+    fn apply(x: &[f32], out: &mut [MaybeUninit<f32>], scale: f32, shift: f32, silu: bool) => apply_lanes
 }
 
 #[inline(always)]
-fn apply_lanes(x: &[f32], out: &mut [f32], scale: f32, shift: f32, silu: bool) {
+fn apply_lanes(x: &[f32], out: &mut [MaybeUninit<f32>], scale: f32, shift: f32, silu: bool) {
     if silu {
         for (o, v) in out.iter_mut().zip(x) {
             let y = v * scale + shift;
-            *o = y * sigmoid(y);
+            o.write(y * sigmoid(y));
         }
     } else {
         for (o, v) in out.iter_mut().zip(x) {
-            *o = v * scale + shift;
+            o.write(v * scale + shift);
         }
     }
 }

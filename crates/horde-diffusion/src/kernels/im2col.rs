@@ -10,9 +10,10 @@
 //! below 32×32 (dilated by 2, 4 and 8 among them) took 212 ms of a 320² pass on the banded
 //! kernel and space-to-batch, and 143 ms here (2 threads of an AMD EPYC; BENCHMARKS.md).
 
-use super::{contiguous_f32, unfilled};
+use super::{contiguous_f32, filled, unfilled};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// The most values the columns of one image may hold when [`crate::nn`] sends a convolution
 /// of few input channels here (64 MiB: an RGB input of 1 200² or so).
@@ -132,17 +133,26 @@ impl CustomOp2 for Im2colConv {
             .zip(out.chunks_exact_mut(image_out))
         {
             unroll(&g, image, &mut columns);
+            // SAFETY: `unroll` wrote every value of the columns.
+            #[allow(unsafe_code)]
+            let written_columns = unsafe { columns.assume_init_ref() };
             if let Some(bias) = &self.bias {
                 out.par_chunks_mut(g.out_pixels())
                     .zip(bias)
-                    .for_each(|(channel, &b)| channel.fill(b));
+                    .for_each(|(channel, &b)| channel.fill(MaybeUninit::new(b)));
             }
-            multiply(&g, weight, &columns, out, self.bias.is_some());
+            multiply(&g, weight, written_columns, out, self.bias.is_some());
             if self.relu {
+                // SAFETY: the product wrote every value of this image's output.
+                #[allow(unsafe_code)]
+                let out = unsafe { out.assume_init_mut() };
                 out.par_chunks_mut(g.out_pixels())
                     .for_each(|channel| channel.iter_mut().for_each(|v| *v = v.max(0.0)));
             }
         }
+        // SAFETY: every image's product wrote its whole `[c_out, out_pixels]`.
+        #[allow(unsafe_code)]
+        let out = unsafe { filled(out) };
         let shape = Shape::from((batch, c_out, g.out_h, g.out_w));
         Ok((CpuStorage::F32(out), shape))
     }
@@ -150,7 +160,7 @@ impl CustomOp2 for Im2colConv {
 
 /// `columns[(i·taps + tap), pixel]` = the input channel `i` that output `pixel` reads at
 /// `tap`, 0 where that falls in the padding. Every value is written.
-fn unroll(g: &Geometry, image: &[f32], columns: &mut [f32]) {
+fn unroll(g: &Geometry, image: &[f32], columns: &mut [MaybeUninit<f32>]) {
     columns
         .par_chunks_mut(g.taps() * g.out_pixels())
         .zip(image.par_chunks_exact(g.h * g.w))
@@ -159,12 +169,12 @@ fn unroll(g: &Geometry, image: &[f32], columns: &mut [f32]) {
                 let (ky, kx) = (tap / g.k_w, tap % g.k_w);
                 for (oy, line) in row.chunks_exact_mut(g.out_w).enumerate() {
                     let Some(y) = g.source(oy, ky, g.h) else {
-                        line.fill(0.0);
+                        line.fill(MaybeUninit::new(0.0));
                         continue;
                     };
                     let input = &plane[y * g.w..][..g.w];
                     for (ox, value) in line.iter_mut().enumerate() {
-                        *value = g.source(ox, kx, g.w).map_or(0.0, |x| input[x]);
+                        value.write(g.source(ox, kx, g.w).map_or(0.0, |x| input[x]));
                     }
                 }
             }
@@ -172,9 +182,16 @@ fn unroll(g: &Geometry, image: &[f32], columns: &mut [f32]) {
 }
 
 /// `out [c_out, pixels] (+)= weight [c_out, c_in·taps] · columns [c_in·taps, pixels]`, the
-/// product split over rayon's threads by the gemm.
+/// product split over rayon's threads by the gemm; `out` is read only when `accumulate`
+/// (its values must then have been written), and written whole either way.
 #[allow(unsafe_code)]
-fn multiply(g: &Geometry, weight: &[f32], columns: &[f32], out: &mut [f32], accumulate: bool) {
+fn multiply(
+    g: &Geometry,
+    weight: &[f32],
+    columns: &[f32],
+    out: &mut [MaybeUninit<f32>],
+    accumulate: bool,
+) {
     let (m, n, k) = (g.c_out, g.out_pixels(), g.c_in * g.taps());
     assert!(weight.len() == m * k && columns.len() == k * n && out.len() == m * n);
     // SAFETY: the three matrices are row-major with the sizes asserted just above, read and
@@ -184,7 +201,7 @@ fn multiply(g: &Geometry, weight: &[f32], columns: &[f32], out: &mut [f32], accu
             m,
             n,
             k,
-            out.as_mut_ptr(),
+            out.as_mut_ptr().cast::<f32>(),
             1,
             n as isize,
             accumulate,

@@ -6,9 +6,10 @@
 //! residual plus the bias (one pass, written where the product then reads it), and the product
 //! accumulates into it. Without a residual or bias the product writes the output straight away.
 
-use super::{contiguous_f32, unfilled};
+use super::{contiguous_f32, filled, unfilled};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// `x · weightᵀ (+ bias) (+ residual)` for `x` `[rows, in]`, `weight` `[out, in]` (as
 /// checkpoints store it), `bias` `[out]` and `residual` `[rows, out]`, all f32 on the CPU.
@@ -65,11 +66,15 @@ impl Linear {
         if rows > 0 && d_out > 0 {
             product(&mut out, x, w, (rows, d_in, d_out), started);
         }
+        // SAFETY: the product writes every value (none when `rows` or `d_out` is 0), adding
+        // to the ones the starting pass wrote when there was one.
+        #[allow(unsafe_code)]
+        let out = unsafe { filled(out) };
         Ok((CpuStorage::F32(out), Shape::from((rows, d_out))))
     }
 
     /// Writes `residual + bias` (or either) into `out`; false when there is neither.
-    fn start(&self, out: &mut [f32], residual: Option<&[f32]>, d_out: usize) -> bool {
+    fn start(&self, out: &mut [MaybeUninit<f32>], residual: Option<&[f32]>, d_out: usize) -> bool {
         if d_out == 0 {
             return false;
         }
@@ -79,16 +84,18 @@ impl Linear {
             (Some(residual), None) => out
                 .par_chunks_mut(d_out)
                 .zip(residual.par_chunks(d_out))
-                .for_each(|(o, r)| o.copy_from_slice(r)),
-            (None, Some(bias)) => out
-                .par_chunks_mut(d_out)
-                .for_each(|o| o.copy_from_slice(bias)),
+                .for_each(|(o, r)| {
+                    o.write_copy_of_slice(r);
+                }),
+            (None, Some(bias)) => out.par_chunks_mut(d_out).for_each(|o| {
+                o.write_copy_of_slice(bias);
+            }),
             (Some(residual), Some(bias)) => out
                 .par_chunks_mut(d_out)
                 .zip(residual.par_chunks(d_out))
                 .for_each(|(o, r)| {
                     for ((o, r), b) in o.iter_mut().zip(r).zip(bias) {
-                        *o = r + b;
+                        o.write(r + b);
                     }
                 }),
         }
@@ -96,25 +103,33 @@ impl Linear {
     }
 }
 
-/// `out (+)= x · wᵀ` on all cores, adding to `out` when `accumulate`.
+/// `out (+)= x · wᵀ` on all cores, adding to `out` when `accumulate` (whose values must then
+/// have been written; otherwise they are only written).
 #[allow(unsafe_code)]
 fn product(
-    out: &mut [f32],
+    out: &mut [MaybeUninit<f32>],
     x: &[f32],
     w: &[f32],
     (rows, d_in, d_out): (usize, usize, usize),
     accumulate: bool,
 ) {
-    debug_assert!(out.len() == rows * d_out && x.len() == rows * d_in && w.len() == d_out * d_in);
+    assert!(
+        out.len() == rows * d_out && x.len() == rows * d_in && w.len() == d_out * d_in,
+        "linear: buffers of {}, {} and {} values for {rows} rows of {d_in} → {d_out}",
+        out.len(),
+        x.len(),
+        w.len()
+    );
     // SAFETY: out is `rows × d_out` row-major; x is `rows × d_in` row-major; wᵀ is read from
     // the `d_out × d_in` row-major weight (element (k, n) at `n·d_in + k`): every index stays
-    // inside its slice, whose lengths are asserted above.
+    // inside its slice, whose lengths are asserted above; `out` is read only when
+    // `accumulate`, which the caller passes only once it has written every value.
     unsafe {
         gemm::gemm(
             rows,
             d_out,
             d_in,
-            out.as_mut_ptr(),
+            out.as_mut_ptr().cast::<f32>(),
             1,
             d_out as isize,
             accumulate,

@@ -52,6 +52,7 @@ pub mod winograd;
 pub mod winograd4;
 
 use candle_core::{CpuStorage, Layout, Result, WithDType};
+use std::mem::MaybeUninit;
 
 /// The f32 values of a custom op's input, which the op's wrapper made contiguous.
 fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
@@ -72,18 +73,25 @@ fn contiguous_values<'a, T: WithDType>(
     }
 }
 
-/// A buffer of `len` numbers for an output that the op writes whole before anything reads it,
+/// A buffer of `len` values for an output that the op writes whole before anything reads it,
 /// left unzeroed: zeroing is one more pass over every output, and with the worker's allocator
 /// keeping freed memory (so fresh pages are rare) `memset` was 5 % of a UNet step. candle's
-/// own CPU ops allocate their outputs the same way.
-#[allow(unsafe_code, clippy::uninit_vec)]
-fn unfilled<T: WithDType>(len: usize) -> Vec<T> {
-    let mut buffer = Vec::with_capacity(len);
-    // SAFETY: the capacity is `len`, candle's element types (floats and integers) have no
-    // invalid bit patterns, and every caller writes each value before the buffer is read (each
-    // call site says how).
-    unsafe { buffer.set_len(len) };
-    buffer
+/// own CPU ops allocate their outputs the same way. The values are `MaybeUninit` until the op
+/// has written them all and says so with [`filled`]; no `Vec<T>` or `&[T]` ever holds one that
+/// was not written.
+fn unfilled<T>(len: usize) -> Box<[MaybeUninit<T>]> {
+    Box::new_uninit_slice(len)
+}
+
+/// The values of a buffer from [`unfilled`], once the op has written them all.
+///
+/// # Safety
+///
+/// Every element of `buffer` has been written (each call site says how).
+#[allow(unsafe_code)]
+unsafe fn filled<T>(buffer: Box<[MaybeUninit<T>]>) -> Vec<T> {
+    // SAFETY: the caller promises every element was written.
+    unsafe { buffer.assume_init() }.into_vec()
 }
 
 /// What the kernels' tests share: seeded random tensors and how far two tensors differ.

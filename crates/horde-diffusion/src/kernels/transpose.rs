@@ -5,9 +5,10 @@
 //! output element by element through the view's strides: 8.9 ms for `[2, 320, 64·64]`,
 //! against about 1 ms for the same bytes moved in 32×32 tiles here.
 
-use super::{contiguous_f32, unfilled};
+use super::{contiguous_f32, filled, unfilled};
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Rows and columns of one tile: 4 KiB read and written, within L1.
 const TILE: usize = 32;
@@ -40,13 +41,16 @@ impl CustomOp1 for SwapLastTwo {
                         .for_each(|(band, out_rows)| transpose_band(x_b, n, band * TILE, out_rows));
                 });
         }
+        // SAFETY: every output value was written above (none when `m` or `n` is 0).
+        #[allow(unsafe_code)]
+        let out = unsafe { filled(out) };
         Ok((CpuStorage::F32(out), Shape::from((batch, n, m))))
     }
 }
 
 /// Output rows `first_column..` (as many as `out_rows` holds, `m` values each) of the
 /// transpose of `x` (`m` rows of `n`), a tile of [`TILE`] input rows at a time.
-fn transpose_band(x: &[f32], n: usize, first_column: usize, out_rows: &mut [f32]) {
+fn transpose_band(x: &[f32], n: usize, first_column: usize, out_rows: &mut [MaybeUninit<f32>]) {
     let m = x.len() / n;
     let columns = out_rows.len() / m;
     for first_row in (0..m).step_by(TILE) {
@@ -54,7 +58,7 @@ fn transpose_band(x: &[f32], n: usize, first_column: usize, out_rows: &mut [f32]
         for c in 0..columns {
             let out_row = &mut out_rows[c * m + first_row..][..rows];
             for (r, o) in out_row.iter_mut().enumerate() {
-                *o = x[(first_row + r) * n + first_column + c];
+                o.write(x[(first_row + r) * n + first_column + c]);
             }
         }
     }

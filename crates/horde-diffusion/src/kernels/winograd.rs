@@ -13,10 +13,11 @@
 //! band the input transform runs in parallel over input channels, the 16 products use every
 //! thread, and the output transform runs in parallel over output channels.
 
-use super::{contiguous_f32, unfilled};
+use super::{contiguous_f32, filled, unfilled};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::cell::RefCell;
+use std::mem::MaybeUninit;
 
 /// Values in each of a band's buffers (its transformed inputs and its products): a band is as
 /// many whole rows of tiles of one image as fit, so the buffers stay 32 MiB at most whatever
@@ -158,13 +159,20 @@ impl Geometry {
 /// The whole output of a batch (`[batch, c_out, out_h, out_w]`), made band of tile rows by band:
 /// `band(image, rows, out, buffers)` writes those rows of one image's output, with the calling
 /// thread's buffers first grown to `lens` (grid, transformed tiles, products).
-pub(super) fn by_bands(
+///
+/// # Safety
+///
+/// `band` writes every value of the output rows that its tile rows cover (those inside the
+/// output), in every channel of the image's output it is given: the output is returned as
+/// written values.
+#[allow(unsafe_code)]
+pub(super) unsafe fn by_bands(
     g: &Geometry,
     batch: usize,
     x: &[f32],
     rows_per_band: usize,
     lens: [usize; 3],
-    band: impl Fn(&[f32], std::ops::Range<usize>, &mut [f32], &mut Buffers),
+    band: impl Fn(&[f32], std::ops::Range<usize>, &mut [MaybeUninit<f32>], &mut Buffers),
 ) -> Vec<f32> {
     let (in_image, out_image) = (g.c_in * g.h * g.w, g.c_out * g.out_h * g.out_w);
     // Written whole: the bands of tile rows cover every output row, each row in full.
@@ -184,7 +192,9 @@ pub(super) fn by_bands(
             }
         }
     });
-    out
+    // SAFETY: the bands cover tile rows `0..tiles_h`, whose output rows cover `0..out_h`, of
+    // every image, and the caller promises each band writes its rows whole.
+    unsafe { filled(out) }
 }
 
 impl CustomOp2 for Winograd {
@@ -214,14 +224,20 @@ impl CustomOp2 for Winograd {
             g.c_in * 16 * band_tiles,
             g.c_out * 16 * band_tiles,
         ];
-        let out = by_bands(
-            &g,
-            batch,
-            x,
-            rows_per_band,
-            lens,
-            |image, rows, out, buffers| convolve_band(&g, image, &u, bias, rows, out, buffers),
-        );
+        // SAFETY: `convolve_band` writes every channel's output rows of its tile rows whole:
+        // `transform_outputs` writes both rows of each tile (the second only inside the output)
+        // and both columns of every tile of the row (the second only inside the output).
+        #[allow(unsafe_code)]
+        let out = unsafe {
+            by_bands(
+                &g,
+                batch,
+                x,
+                rows_per_band,
+                lens,
+                |image, rows, out, buffers| convolve_band(&g, image, &u, bias, rows, out, buffers),
+            )
+        };
         Ok((
             CpuStorage::F32(out),
             Shape::from((batch, g.c_out, g.out_h, g.out_w)),
@@ -296,6 +312,7 @@ impl Geometry {
 /// matrix whose columns (one per input channel) are contiguous, which the matrix product
 /// packs at memory speed; laid out `[c_out, c_in, 16]`, each of the 16 products gathered it
 /// with a stride of 16 values, a cache line per value.
+#[allow(unsafe_code)]
 fn transform_filters(weight: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
     // Written whole: 16 components of every (input, output) pair.
     let mut u = unfilled(c_in * 16 * c_out);
@@ -318,12 +335,13 @@ fn transform_filters(weight: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
                     let (t0, t1, t2) = (t[row * 3], t[row * 3 + 1], t[row * 3 + 2]);
                     let values = [t0, 0.5 * (t0 + t1 + t2), 0.5 * (t0 - t1 + t2), t2];
                     for (column, value) in values.into_iter().enumerate() {
-                        u_i[(row * 4 + column) * c_out + o] = value;
+                        u_i[(row * 4 + column) * c_out + o].write(value);
                     }
                 }
             }
         });
-    u
+    // SAFETY: each input channel's task wrote the 16 components of its pair with every output.
+    unsafe { filled(u) }
 }
 
 /// Output tile rows `rows` of one image (`out` is that image's output).
@@ -333,7 +351,7 @@ fn convolve_band(
     u: &[f32],
     bias: Option<&[f32]>,
     rows: std::ops::Range<usize>,
-    out: &mut [f32],
+    out: &mut [MaybeUninit<f32>],
     buffers: &mut Buffers,
 ) {
     let tiles = rows.len() * g.tiles_w;
@@ -490,7 +508,7 @@ fn transform_outputs(
     c: usize,
     bias_c: f32,
     rows: std::ops::Range<usize>,
-    out: &mut [f32],
+    out: &mut [MaybeUninit<f32>],
     tiles: usize,
 ) {
     for (r, ty) in rows.enumerate() {
@@ -524,16 +542,16 @@ fn transform_outputs(
                     // A whole chunk inside the line: interleaved without a check per value.
                     let pairs = &mut line[2 * first..2 * (first + CHUNK)];
                     for (i, pair) in pairs.chunks_exact_mut(2).enumerate() {
-                        pair[0] = left[i];
-                        pair[1] = right[i];
+                        pair[0].write(left[i]);
+                        pair[1].write(right[i]);
                     }
                     continue;
                 }
                 for i in 0..n {
                     let x = 2 * (first + i);
-                    line[x] = left[i];
+                    line[x].write(left[i]);
                     if x + 1 < g.out_w {
-                        line[x + 1] = right[i];
+                        line[x + 1].write(right[i]);
                     }
                 }
             }

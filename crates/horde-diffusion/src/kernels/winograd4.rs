@@ -19,9 +19,10 @@
 use super::winograd::{
     by_bands, load, multiply_positions, store, Buffers, Geometry, Lanes, Padding, CHUNK,
 };
-use super::{contiguous_f32, unfilled};
+use super::{contiguous_f32, filled, unfilled};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Values in each of a band's buffers, as in [`super::winograd`].
 const BAND_VALUES: usize = 8 << 20;
@@ -135,16 +136,22 @@ impl CustomOp2 for Winograd4 {
             g.c_in * XI * band_tiles,
             g.c_out * XI * band_tiles,
         ];
-        let out = by_bands(
-            &g,
-            batch,
-            x,
-            rows_per_band,
-            lens,
-            |image, rows, out, buffers| {
-                convolve_band(&g, image, &u, (bias, relu), rows, out, buffers)
-            },
-        );
+        // SAFETY: `convolve_band` writes every channel's output rows of its tile rows whole:
+        // `transform_outputs` writes the four rows and four columns of each tile that fall
+        // inside the output, for every tile of the row.
+        #[allow(unsafe_code)]
+        let out = unsafe {
+            by_bands(
+                &g,
+                batch,
+                x,
+                rows_per_band,
+                lens,
+                |image, rows, out, buffers| {
+                    convolve_band(&g, image, &u, (bias, relu), rows, out, buffers)
+                },
+            )
+        };
         Ok((
             CpuStorage::F32(out),
             Shape::from((batch, g.c_out, g.out_h, g.out_w)),
@@ -154,6 +161,7 @@ impl CustomOp2 for Winograd4 {
 
 /// `U = G g Gᵀ` for every filter, as `[c_in, 36, c_out]` (see `winograd::transform_filters`
 /// for why this order).
+#[allow(unsafe_code)]
 fn transform_filters(weight: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
     const G: [[f32; 3]; 6] = [
         [0.25, 0.0, 0.0],
@@ -176,12 +184,13 @@ fn transform_filters(weight: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
                 for (r, t_r) in t.iter().enumerate() {
                     for (c, g_c) in G.iter().enumerate() {
                         let value: f32 = (0..3).map(|k| t_r[k] * g_c[k]).sum();
-                        u_i[(r * 6 + c) * c_out + o] = value;
+                        u_i[(r * 6 + c) * c_out + o].write(value);
                     }
                 }
             }
         });
-    u
+    // SAFETY: each input channel's task wrote the 36 components of its pair with every output.
+    unsafe { filled(u) }
 }
 
 /// The band's padded rows, each stored as its four column phases: grid column `c` (of the
@@ -216,7 +225,7 @@ fn convolve_band(
     u: &[f32],
     (bias, relu): (Option<&[f32]>, bool),
     rows: std::ops::Range<usize>,
-    out: &mut [f32],
+    out: &mut [MaybeUninit<f32>],
     buffers: &mut Buffers,
 ) {
     let tiles = rows.len() * g.tiles_w;
@@ -303,7 +312,7 @@ fn transform_outputs(
     c: usize,
     (bias_c, relu): (f32, bool),
     rows: std::ops::Range<usize>,
-    out: &mut [f32],
+    out: &mut [MaybeUninit<f32>],
     tiles: usize,
 ) {
     for (r, ty) in rows.enumerate() {
@@ -333,7 +342,7 @@ fn transform_outputs(
                     for (dx, value) in values.iter().enumerate() {
                         if x + dx < g.out_w {
                             let y = value[i] + bias_c;
-                            line[x + dx] = if relu { y.max(0.0) } else { y };
+                            line[x + dx].write(if relu { y.max(0.0) } else { y });
                         }
                     }
                 }

@@ -1,0 +1,190 @@
+//! The worker's lenient reading of a popped job's `payload`: the fields it uses, typed.
+//!
+//! `horde_api::image::JobPayload` is what our coordinator sends, and it is strict (every field
+//! required, samplers from a closed list). A worker also pops from the public AI Horde and from
+//! other versions of ours, so here an unknown field is ignored, a missing one takes its default,
+//! and a field of the wrong type counts as missing, as the worker has always read them (the
+//! public horde's pop model types the seed as a string; some servers send a number).
+//! It knows nothing of how a job runs: `crate::job` turns it into the engine's terms.
+
+use serde::de::{DeserializeOwned, IgnoredAny};
+use serde::{Deserialize, Deserializer};
+use serde_json::Value;
+
+/// The fields of a pop's `payload` the worker reads; `None` (or empty, or false) where the
+/// payload has no such field or one of another type.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct Payload {
+    /// `"positive ### negative"`.
+    #[serde(deserialize_with = "lenient")]
+    pub prompt: Option<String>,
+    /// The AI Horde sampler name (`k_euler_a`, `DDIM`, …), known to this worker or not.
+    #[serde(deserialize_with = "lenient")]
+    pub sampler_name: Option<String>,
+    #[serde(deserialize_with = "lenient")]
+    pub seed: Option<Seed>,
+    #[serde(deserialize_with = "lenient")]
+    pub width: Option<f64>,
+    #[serde(deserialize_with = "lenient")]
+    pub height: Option<f64>,
+    #[serde(deserialize_with = "lenient")]
+    pub ddim_steps: Option<f64>,
+    #[serde(deserialize_with = "lenient")]
+    pub cfg_scale: Option<f64>,
+    #[serde(deserialize_with = "lenient")]
+    pub clip_skip: Option<f64>,
+    #[serde(deserialize_with = "lenient")]
+    pub facefixer_strength: Option<f64>,
+    #[serde(deserialize_with = "lenient")]
+    pub karras: Option<bool>,
+    #[serde(deserialize_with = "lenient")]
+    pub tiling: Option<bool>,
+    #[serde(deserialize_with = "lenient")]
+    pub hires_fix: Option<bool>,
+    /// The post-processors' names, in order (entries that are not strings are skipped).
+    #[serde(deserialize_with = "names")]
+    pub post_processing: Vec<String>,
+    /// How many LoRAs the job asks for (the worker runs none).
+    #[serde(deserialize_with = "count")]
+    pub loras: usize,
+    /// How many textual inversions the job asks for (the worker runs none).
+    #[serde(deserialize_with = "count")]
+    pub tis: usize,
+}
+
+/// A seed as a string (the public horde's type: digits, or any text, which is hashed) or as a
+/// non-negative integer.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum Seed {
+    Text(String),
+    Number(u64),
+}
+
+impl Payload {
+    /// Reads `payload`; one that is not a JSON object reads as all fields missing.
+    pub fn read(payload: &Value) -> Payload {
+        if !payload.is_object() {
+            return Payload::default();
+        }
+        Payload::deserialize(payload).unwrap_or_default()
+    }
+}
+
+/// The field's value when it has type `T`, else `None`.
+fn lenient<'de, D: Deserializer<'de>, T: DeserializeOwned>(d: D) -> Result<Option<T>, D::Error> {
+    Ok(serde_json::from_value(Value::deserialize(d)?).ok())
+}
+
+/// The strings of an array, in order; empty for anything else.
+fn names<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let items: Vec<Value> = lenient(d)?.unwrap_or_default();
+    Ok(items
+        .into_iter()
+        .filter_map(|item| match item {
+            Value::String(name) => Some(name),
+            _ => None,
+        })
+        .collect())
+}
+
+/// The length of an array; 0 for anything else.
+fn count<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    Ok(lenient::<D, Vec<IgnoredAny>>(d)?.map_or(0, |items| items.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn check(payload: Value, expected: Payload) {
+        assert_eq!(Payload::read(&payload), expected, "{payload}");
+    }
+
+    #[test]
+    fn a_payload_as_the_public_horde_sends_it_is_read_whole() {
+        // A pop payload of aihorde.net (GenerationPayloadStable), fields we do not use included.
+        let payload = json!({
+            "sampler_name": "k_dpmpp_2m", "cfg_scale": 7.5, "denoising_strength": 0.75,
+            "hires_fix_denoising_strength": null, "seed": "3126574331", "height": 768,
+            "width": 512, "seed_variation": 1, "post_processing": ["GFPGAN", "RealESRGAN_x4plus"],
+            "post_processing_order": "facefixers_first", "karras": true, "tiling": false,
+            "hires_fix": false, "clip_skip": 2, "control_type": null, "image_is_control": false,
+            "return_control_map": false, "facefixer_strength": 0.5, "loras": [], "tis": [],
+            "special": {}, "extra_texts": [], "workflow": null, "transparent": false,
+            "use_nsfw_censor": false, "ddim_steps": 25, "n_iter": 1,
+            "prompt": "a lighthouse ### blurry"
+        });
+        check(
+            payload,
+            Payload {
+                prompt: Some("a lighthouse ### blurry".into()),
+                sampler_name: Some("k_dpmpp_2m".into()),
+                seed: Some(Seed::Text("3126574331".into())),
+                width: Some(512.0),
+                height: Some(768.0),
+                ddim_steps: Some(25.0),
+                cfg_scale: Some(7.5),
+                clip_skip: Some(2.0),
+                facefixer_strength: Some(0.5),
+                karras: Some(true),
+                tiling: Some(false),
+                hires_fix: Some(false),
+                post_processing: vec!["GFPGAN".into(), "RealESRGAN_x4plus".into()],
+                loras: 0,
+                tis: 0,
+            },
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored() {
+        check(
+            json!({"prompt": "x", "a_field_from_the_future": {"nested": [1, 2]}, "n_iter": 3}),
+            Payload {
+                prompt: Some("x".into()),
+                ..Payload::default()
+            },
+        );
+    }
+
+    #[test]
+    fn missing_optional_fields_take_their_defaults() {
+        check(json!({}), Payload::default());
+        check(
+            json!({"seed": 42}),
+            Payload {
+                seed: Some(Seed::Number(42)),
+                ..Payload::default()
+            },
+        );
+    }
+
+    #[test]
+    fn a_field_of_the_wrong_type_reads_as_missing() {
+        check(
+            json!({
+                "prompt": 7, "sampler_name": null, "seed": -1, "width": "512", "karras": "yes",
+                "post_processing": "GFPGAN", "loras": {"name": "x"}, "tis": null
+            }),
+            Payload::default(),
+        );
+        check(
+            json!({"seed": 1.5, "post_processing": ["GFPGAN", 3, null, "CodeFormers"], "tis": [1]}),
+            Payload {
+                post_processing: vec!["GFPGAN".into(), "CodeFormers".into()],
+                tis: 1,
+                ..Payload::default()
+            },
+        );
+    }
+
+    #[test]
+    fn a_payload_that_is_not_an_object_reads_as_empty() {
+        for payload in [Value::Null, json!(["x", "k_euler"]), json!("prompt")] {
+            check(payload, Payload::default());
+        }
+    }
+}
