@@ -5,31 +5,29 @@
 //! speeds, so work that other workers will take is not counted against this request's workers.
 //! Work in progress counts too: what is left of the jobs the serving workers hold.
 
-use crate::matching::{can_generate, WorkerCaps};
+use crate::kind::{Image, JobKind};
 use crate::request::LiveRequest;
 
-/// One online worker as the estimate sees it.
+/// One online worker of kind `K` as the estimate sees it.
 #[derive(Debug, Clone)]
-pub struct WorkerThroughput {
-    pub caps: WorkerCaps,
-    /// Megapixelsteps per second over all its threads.
+pub struct WorkerThroughput<K: JobKind = Image> {
+    pub caps: K::Caps,
+    /// Work (megapixelsteps for images) per second over all its threads.
     pub mps: f64,
-    /// Megapixelsteps left of the jobs it holds now.
+    /// Work left of the jobs it holds now.
     pub in_flight_mps: f64,
-}
-
-/// The megapixelsteps of the images `request` still has to hand out.
-pub fn waiting_megapixelsteps(request: &LiveRequest) -> f64 {
-    crate::work::megapixelsteps(&request.body.params, request.n_remaining)
 }
 
 /// Seconds until the last image of `ahead.last()` is finished, or `None` when no worker can
 /// serve it. `ahead` is the waiting queue up to and including the request, in order.
-pub fn estimate_wait_secs(ahead: &[&LiveRequest], workers: &[WorkerThroughput]) -> Option<f64> {
+pub fn estimate_wait_secs<K: JobKind>(
+    ahead: &[&LiveRequest<K>],
+    workers: &[WorkerThroughput<K>],
+) -> Option<f64> {
     let target = ahead.last()?;
     let serving: Vec<bool> = workers
         .iter()
-        .map(|w| can_generate(target, &w.caps).is_ok())
+        .map(|w| K::can_take(target, &w.caps).is_ok())
         .collect();
     let throughput: f64 = workers
         .iter()
@@ -49,7 +47,7 @@ pub fn estimate_wait_secs(ahead: &[&LiveRequest], workers: &[WorkerThroughput]) 
     for request in ahead {
         let (mut ours, mut all) = (0.0, 0.0);
         for (w, serves_target) in workers.iter().zip(&serving) {
-            if can_generate(request, &w.caps).is_ok() {
+            if K::can_take(request, &w.caps).is_ok() {
                 all += w.mps;
                 if *serves_target {
                     ours += w.mps;
@@ -57,7 +55,7 @@ pub fn estimate_wait_secs(ahead: &[&LiveRequest], workers: &[WorkerThroughput]) 
             }
         }
         if all > 0.0 {
-            work += waiting_megapixelsteps(request) * ours / all;
+            work += request.work_waiting() * ours / all;
         }
     }
     Some(work / throughput)

@@ -17,6 +17,7 @@ pub mod deadline;
 pub mod eta;
 pub mod image_header;
 pub mod keys;
+pub mod kind;
 pub mod kudos_model;
 pub mod matching;
 pub mod model_reference;
@@ -40,8 +41,9 @@ pub mod user_rules;
 pub mod work;
 
 pub use accounts::{User, Worker, WorkerFlags};
+pub use kind::{Capabilities, Image, JobKind};
 pub use matching::{SkipReason, WorkerCaps};
-pub use queue::{Assignment, PopOutcome, Queue};
+pub use queue::{Assignment, DeadlineTerms, PopOutcome, Queue};
 pub use reputation::{Reputation, ReputationRules, SuspicionReason};
 pub use request::{Job, JobState, LiveRequest, StatusCounts};
 pub use routing::Standby;

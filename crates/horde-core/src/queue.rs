@@ -1,11 +1,14 @@
-//! The queue of live requests and the pop: which waiting request a worker gets.
+//! The queue of live requests and the pop: which waiting request a worker gets. Written once
+//! for every kind of work (`crate::kind`): `Queue<K>` holds the live requests of kind `K`.
 //!
 //! Waiting requests are indexed by model and by requester, each index ordered by (priority
 //! descending, acceptance order ascending), as the public horde orders its queue. A pop walks only
 //! the requests for the worker's models, first those of the users the worker prioritises, and
 //! stops at the first it may take: it never scans the whole queue.
 
-use crate::matching::{batch_size, can_generate, chosen_model, SkipReason, WorkerCaps};
+use crate::deadline::DeadlineBounds;
+use crate::kind::{Capabilities, Image, JobKind};
+use crate::matching::SkipReason;
 use crate::request::{Job, JobState, LiveRequest};
 use crate::routing::Standby;
 use std::cmp::Reverse;
@@ -20,7 +23,7 @@ type QueueKey = (Reverse<i64>, u64, Uuid);
 /// the order is that of `priority − rate × acceptance time`, a key that never changes.
 pub const PRIORITY_AGING_PER_SEC: i64 = 5;
 
-fn key_of(request: &LiveRequest) -> QueueKey {
+fn key_of<K: JobKind>(request: &LiveRequest<K>) -> QueueKey {
     let aged = request
         .priority
         .saturating_sub(PRIORITY_AGING_PER_SEC.saturating_mul(request.created));
@@ -30,12 +33,13 @@ fn key_of(request: &LiveRequest) -> QueueKey {
 /// Requests that name no model: any worker may take them.
 const ANY_MODEL: &str = "";
 
-/// Live requests (waiting, in flight, or finished and not yet expired) and their indexes.
-#[derive(Debug, Default)]
-pub struct Queue {
+/// Live requests of kind `K` (waiting, in flight, or finished and not yet expired) and their
+/// indexes.
+#[derive(Debug)]
+pub struct Queue<K: JobKind = Image> {
     /// Boxed: a request is about a kilobyte, and growing the map moves every value it holds
     /// (with 100 000 queued, a growth moved 100 MB under the queue lock).
-    requests: HashMap<Uuid, Box<LiveRequest>>,
+    requests: HashMap<Uuid, Box<LiveRequest<K>>>,
     job_owner: HashMap<Uuid, Uuid>,
     by_model: HashMap<String, BTreeSet<QueueKey>>,
     by_user: HashMap<i64, BTreeSet<QueueKey>>,
@@ -63,7 +67,30 @@ pub enum PopOutcome {
     Nothing(BTreeMap<String, u64>),
 }
 
-impl Queue {
+impl<K: JobKind> Default for Queue<K> {
+    fn default() -> Self {
+        Queue {
+            requests: HashMap::new(),
+            job_owner: HashMap::new(),
+            by_model: HashMap::new(),
+            by_user: HashMap::new(),
+            waiting_images: HashMap::new(),
+            waiting: BTreeSet::new(),
+            deadlines: BTreeSet::new(),
+            next_seq: 0,
+        }
+    }
+}
+
+/// How long the worker popping gets for its jobs: its measured speed (`None` before its first
+/// job) and the operator's bounds.
+#[derive(Debug, Clone, Copy)]
+pub struct DeadlineTerms {
+    pub speed: Option<f64>,
+    pub bounds: DeadlineBounds,
+}
+
+impl<K: JobKind> Queue<K> {
     pub fn new() -> Self {
         Self::default()
     }
@@ -75,7 +102,7 @@ impl Queue {
     }
 
     /// Adds (or re-adds after a restart) a live request.
-    pub fn insert(&mut self, request: LiveRequest) {
+    pub fn insert(&mut self, request: LiveRequest<K>) {
         self.next_seq = self.next_seq.max(request.seq);
         for job in &request.jobs {
             self.job_owner.insert(job.id, request.id);
@@ -85,7 +112,7 @@ impl Queue {
         self.reindex(id);
     }
 
-    pub fn get(&self, id: Uuid) -> Option<&LiveRequest> {
+    pub fn get(&self, id: Uuid) -> Option<&LiveRequest<K>> {
         self.requests.get(&id).map(|r| &**r)
     }
 
@@ -101,12 +128,12 @@ impl Queue {
         self.waiting.len()
     }
 
-    pub fn requests(&self) -> impl Iterator<Item = &LiveRequest> {
+    pub fn requests(&self) -> impl Iterator<Item = &LiveRequest<K>> {
         self.requests.values().map(|r| &**r)
     }
 
     /// The request a job belongs to.
-    pub fn request_of_job(&self, job_id: Uuid) -> Option<&LiveRequest> {
+    pub fn request_of_job(&self, job_id: Uuid) -> Option<&LiveRequest<K>> {
         self.job_owner
             .get(&job_id)
             .and_then(|r| self.requests.get(r))
@@ -114,7 +141,11 @@ impl Queue {
     }
 
     /// Changes a request through `edit` and keeps the indexes true.
-    pub fn update<T>(&mut self, id: Uuid, edit: impl FnOnce(&mut LiveRequest) -> T) -> Option<T> {
+    pub fn update<T>(
+        &mut self,
+        id: Uuid,
+        edit: impl FnOnce(&mut LiveRequest<K>) -> T,
+    ) -> Option<T> {
         self.unindex(id);
         let result = self.requests.get_mut(&id).map(|r| edit(r));
         if let Some(request) = self.requests.get(&id) {
@@ -128,12 +159,12 @@ impl Queue {
 
     /// Puts `request` in place of the copy with its id (the stored one, after another
     /// coordinator changed it), or adds it.
-    pub fn replace(&mut self, request: LiveRequest) {
+    pub fn replace(&mut self, request: LiveRequest<K>) {
         self.remove(request.id);
         self.insert(request);
     }
 
-    pub fn remove(&mut self, id: Uuid) -> Option<LiveRequest> {
+    pub fn remove(&mut self, id: Uuid) -> Option<LiveRequest<K>> {
         self.unindex(id);
         let request = self.requests.remove(&id)?;
         for job in &request.jobs {
@@ -186,7 +217,7 @@ impl Queue {
     }
 
     /// Every job in flight, with its request.
-    pub fn in_flight(&self) -> impl Iterator<Item = (&Job, &LiveRequest)> {
+    pub fn in_flight(&self) -> impl Iterator<Item = (&Job, &LiveRequest<K>)> {
         self.deadlines.iter().filter_map(|(_, job_id)| {
             let request = self.requests.get(self.job_owner.get(job_id)?)?;
             let job = request.jobs.iter().find(|j| j.id == *job_id)?;
@@ -196,7 +227,7 @@ impl Queue {
 
     /// The waiting requests ahead of (and including) request `id`, in queue order, at most
     /// `limit` of them.
-    pub fn waiting_up_to(&self, id: Uuid, limit: usize) -> Vec<&LiveRequest> {
+    pub fn waiting_up_to(&self, id: Uuid, limit: usize) -> Vec<&LiveRequest<K>> {
         let Some(request) = self.requests.get(&id).filter(|r| r.is_waiting()) else {
             return vec![];
         };
@@ -209,15 +240,15 @@ impl Queue {
 
     /// Picks the best request `worker` may take and hands it a batch of jobs. Requests of the
     /// users the worker prioritises come first; among the rest, those that more reliable
-    /// waiting workers in `standby` could take are left to them. The jobs' ids and random
-    /// seeds are drawn from `rng`.
+    /// waiting workers in `standby` could take are left to them. The jobs are due back by the
+    /// kind's deadline on `terms`; their ids and random seeds are drawn from `rng`.
     pub fn pop(
         &mut self,
-        worker: &WorkerCaps,
+        worker: &K::Caps,
         worker_name: &str,
         now: i64,
-        ttl: impl Fn(&LiveRequest, u32) -> i64,
-        standby: &mut Standby,
+        terms: DeadlineTerms,
+        standby: &mut Standby<K>,
         rng: &mut impl rand::Rng,
     ) -> PopOutcome {
         let mut skipped: HashMap<SkipReason, u64> = HashMap::new();
@@ -234,9 +265,10 @@ impl Queue {
         };
         let assignment = self
             .update(request_id, |request| {
-                let model = chosen_model(request, worker).unwrap_or_default();
-                let batch = batch_size(request, worker);
-                let deadline = now + ttl(request, batch);
+                let model = K::chosen_model(request, worker).unwrap_or_default();
+                let batch = K::batch_size(request, worker);
+                let deadline =
+                    now + K::deadline_secs(&request.body, batch, terms.speed, terms.bounds);
                 let mut jobs = Vec::with_capacity(batch as usize);
                 for _ in 0..batch {
                     let job = Job {
@@ -248,7 +280,7 @@ impl Queue {
                         )
                         .into_uuid(),
                         request_id,
-                        worker_id: worker.worker_id,
+                        worker_id: worker.worker_id(),
                         worker_name: worker_name.to_string(),
                         model: model.clone(),
                         seed: request.next_seed(rng),
@@ -277,23 +309,24 @@ impl Queue {
     /// `standby`, only the requests of the worker's priority users are walked.
     fn find_for(
         &self,
-        worker: &WorkerCaps,
+        worker: &K::Caps,
         skipped: &mut HashMap<SkipReason, u64>,
-        mut standby: Option<&mut Standby>,
+        mut standby: Option<&mut Standby<K>>,
     ) -> Option<Uuid> {
         let priority_users = standby.is_none();
         let mut seen = HashSet::new();
         let candidates: Box<dyn Iterator<Item = &QueueKey>> = if priority_users {
             let sets = worker
-                .priority_user_ids
+                .priority_user_ids()
                 .iter()
                 .filter_map(|u| self.by_user.get(u));
             Box::new(merge(sets.collect()))
         } else {
-            let stood_in_for = worker.fallback.iter().map(|(wanted, _)| wanted);
+            let stood_in_for = worker.stands_in_for();
             let mut sets: Vec<&BTreeSet<QueueKey>> = worker
-                .models
+                .models()
                 .iter()
+                .map(String::as_str)
                 .chain(stood_in_for)
                 .filter_map(|m| self.by_model.get(m))
                 .collect();
@@ -308,7 +341,7 @@ impl Queue {
                 continue;
             }
             let request = &self.requests[&id];
-            match can_generate(request, worker) {
+            match K::can_take(request, worker) {
                 Ok(()) => {
                     let left_for_better = standby
                         .as_deref_mut()
@@ -388,11 +421,12 @@ impl Queue {
     }
 }
 
-fn model_keys(request: &LiveRequest) -> Vec<&str> {
-    if request.body.models.is_empty() {
+fn model_keys<K: JobKind>(request: &LiveRequest<K>) -> Vec<&str> {
+    let models = K::models(&request.body);
+    if models.is_empty() {
         vec![ANY_MODEL]
     } else {
-        request.body.models.iter().map(String::as_str).collect()
+        models.iter().map(String::as_str).collect()
     }
 }
 
@@ -413,8 +447,20 @@ fn merge<'a>(sets: Vec<&'a BTreeSet<QueueKey>>) -> impl Iterator<Item = &'a Queu
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::matching::WorkerCaps;
     use crate::request::tests::request_from;
     use serde_json::json;
+
+    /// Jobs due back `secs` after they are handed out, whatever the worker's speed.
+    pub(crate) fn fixed_deadline(secs: i64) -> DeadlineTerms {
+        DeadlineTerms {
+            speed: None,
+            bounds: DeadlineBounds {
+                floor_secs: secs,
+                ceiling_secs: secs,
+            },
+        }
+    }
 
     pub(crate) fn worker(models: &[&str]) -> WorkerCaps {
         WorkerCaps {
@@ -498,7 +544,7 @@ pub(crate) mod tests {
             w,
             "w",
             0,
-            |_, _| 150,
+            fixed_deadline(150),
             &mut Standby::none(),
             &mut rand::rng(),
         ) {
@@ -513,7 +559,14 @@ pub(crate) mod tests {
         w: &WorkerCaps,
         rng: &mut impl rand::Rng,
     ) -> Vec<(Uuid, u64)> {
-        match queue.pop(w, "w", 1_700_000_000, |_, _| 150, &mut Standby::none(), rng) {
+        match queue.pop(
+            w,
+            "w",
+            1_700_000_000,
+            fixed_deadline(150),
+            &mut Standby::none(),
+            rng,
+        ) {
             PopOutcome::Assigned(a) => a.jobs.iter().map(|j| (j.id, j.seed)).collect(),
             PopOutcome::Nothing(_) => vec![],
         }
@@ -593,7 +646,7 @@ pub(crate) mod tests {
             &w,
             "w",
             200,
-            |_, _| 150,
+            fixed_deadline(150),
             &mut Standby::none(),
             &mut rand::rng(),
         ) {
@@ -657,7 +710,7 @@ pub(crate) mod tests {
             &w,
             "w",
             0,
-            |_, _| 150,
+            fixed_deadline(150),
             &mut Standby::none(),
             &mut rand::rng(),
         ) {

@@ -1,10 +1,12 @@
 //! A request's life: its jobs, their states, and the counts clients see.
 //!
-//! A `LiveRequest` is an accepted image request (the public horde's "WaitingPrompt") with the
-//! jobs handed out so far (its "ProcessingGenerations"). The methods here are the only place
-//! where a request's counters change.
+//! A `LiveRequest` is an accepted request of some kind of work (an image request: the public
+//! horde's "WaitingPrompt") with the jobs handed out so far (its "ProcessingGenerations"). The
+//! methods here are the only place where a request's counters change; they are the same for
+//! every kind (`crate::kind`).
 
-use horde_api::image::{GenMetadata, ImageRequest, SubmitState};
+use crate::kind::{Image, JobKind};
+use horde_api::image::{GenMetadata, SubmitState};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -69,13 +71,13 @@ pub struct Job {
     pub reward: f64,
 }
 
-/// An accepted request and its jobs.
+/// An accepted request of kind `K` (images unless said) and its jobs.
 #[derive(Debug, Clone, PartialEq)]
-pub struct LiveRequest {
+pub struct LiveRequest<K: JobKind = Image> {
     pub id: Uuid,
     pub user_id: i64,
     /// The request as accepted, with the server's defaults filled in.
-    pub body: ImageRequest,
+    pub body: K::Body,
     /// Seed of the first image, when the requester gave one.
     pub base_seed: Option<u64>,
     pub created: i64,
@@ -144,7 +146,7 @@ impl crate::Refusal for SubmitRefusal {
     }
 }
 
-impl LiveRequest {
+impl<K: JobKind> LiveRequest<K> {
     pub fn counts(&self) -> StatusCounts {
         let mut counts = StatusCounts {
             finished: 0,
@@ -175,9 +177,14 @@ impl LiveRequest {
         self.counts().done
     }
 
-    /// Megapixelsteps of all the images asked for (what daily quotas count).
-    pub fn megapixelsteps_requested(&self) -> f64 {
-        crate::work::megapixelsteps(&self.body.params, self.jobs_total)
+    /// The work of all the jobs asked for, in the kind's unit (what daily quotas count).
+    pub fn work_requested(&self) -> f64 {
+        K::work(&self.body, self.jobs_total)
+    }
+
+    /// The work of the jobs not yet handed out.
+    pub fn work_waiting(&self) -> f64 {
+        K::work(&self.body, self.n_remaining)
     }
 
     /// Whether the request still has images waiting for a worker.
@@ -189,14 +196,9 @@ impl LiveRequest {
         self.jobs.iter().find(|j| j.id == job_id)
     }
 
-    /// The seed of the next image handed out (drawn from `rng` when the request set none).
+    /// The seed of the next job handed out (drawn from `rng` when the request set none).
     pub fn next_seed(&self, rng: &mut impl rand::Rng) -> u64 {
-        let index = self.jobs_total - self.n_remaining;
-        match (self.base_seed, self.body.params.seed_variation) {
-            (Some(base), Some(variation)) => crate::seed::varied_seed(base, variation, index),
-            (Some(base), None) => base,
-            (None, _) => crate::seed::random_seed(rng),
-        }
+        K::next_seed(self, rng)
     }
 
     /// Records a worker's result for `job_id`. Returns the job as updated.
@@ -301,6 +303,7 @@ impl LiveRequest {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use horde_api::image::ImageRequest;
 
     pub(crate) fn request_from(json: serde_json::Value) -> LiveRequest {
         let body: ImageRequest = serde_json::from_value(json).unwrap();

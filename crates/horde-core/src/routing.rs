@@ -8,19 +8,30 @@
 //! the rest still go out at once: nothing waits for a better worker unless a better worker is
 //! idle right now, and never longer than the hold time.
 
-use crate::matching::{can_generate, WorkerCaps};
+use crate::kind::{Image, JobKind};
 use crate::request::LiveRequest;
 
-/// The more reliable workers standing by while one worker pops.
-#[derive(Debug, Default)]
-pub struct Standby {
-    better: Vec<WorkerCaps>,
+/// The more reliable workers (of kind `K`) standing by while one worker pops.
+#[derive(Debug)]
+pub struct Standby<K: JobKind = Image> {
+    better: Vec<K::Caps>,
     reserved: Vec<bool>,
     now: i64,
     hold_secs: i64,
 }
 
-impl Standby {
+impl<K: JobKind> Default for Standby<K> {
+    fn default() -> Self {
+        Standby {
+            better: vec![],
+            reserved: vec![],
+            now: 0,
+            hold_secs: 0,
+        }
+    }
+}
+
+impl<K: JobKind> Standby<K> {
     /// No routing by reliability: the popping worker gets the best request it can take.
     pub fn none() -> Self {
         Standby::default()
@@ -28,7 +39,7 @@ impl Standby {
 
     /// `better`: the waiting workers more reliable than the one popping, most reliable first.
     /// A request accepted `hold_secs` or more ago is no longer held back for them.
-    pub fn new(better: Vec<WorkerCaps>, now: i64, hold_secs: i64) -> Self {
+    pub fn new(better: Vec<K::Caps>, now: i64, hold_secs: i64) -> Self {
         let reserved = vec![false; better.len()];
         Standby {
             better,
@@ -40,7 +51,7 @@ impl Standby {
 
     /// Whether `request` is left for a more reliable waiting worker; if so, that worker's one
     /// reservation is used up.
-    pub fn leaves_for_better(&mut self, request: &LiveRequest) -> bool {
+    pub fn leaves_for_better(&mut self, request: &LiveRequest<K>) -> bool {
         if self.now - request.created >= self.hold_secs {
             return false;
         }
@@ -48,7 +59,7 @@ impl Standby {
             .better
             .iter()
             .zip(&self.reserved)
-            .position(|(worker, reserved)| !reserved && can_generate(request, worker).is_ok());
+            .position(|(worker, reserved)| !reserved && K::can_take(request, worker).is_ok());
         match taker {
             Some(index) => {
                 self.reserved[index] = true;
@@ -62,7 +73,7 @@ impl Standby {
 #[cfg(test)]
 mod tests {
     use super::Standby;
-    use crate::queue::tests::{add, worker};
+    use crate::queue::tests::{add, fixed_deadline, worker};
     use crate::queue::{PopOutcome, Queue};
     use crate::WorkerCaps;
     use serde_json::json;
@@ -81,7 +92,7 @@ mod tests {
     }
 
     fn popped(queue: &mut Queue, w: &WorkerCaps, standby: &mut Standby) -> Option<Uuid> {
-        match queue.pop(w, "w", 1, |_, _| 100, standby, &mut rand::rng()) {
+        match queue.pop(w, "w", 1, fixed_deadline(100), standby, &mut rand::rng()) {
             PopOutcome::Assigned(a) => Some(a.request_id),
             PopOutcome::Nothing(_) => None,
         }

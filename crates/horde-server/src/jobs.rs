@@ -9,10 +9,11 @@ use base64::Engine;
 use horde_api::image::{JobPayload, PopRequest, PopResponse, SubmitRequest, SubmitResponse};
 use horde_api::Rc;
 use horde_core::accounts::User;
-use horde_core::deadline::job_deadline_secs;
 use horde_core::keys::{sign_upload, verify_upload};
 use horde_core::request::{Job, JobState, LiveRequest, SubmitRefusal};
-use horde_core::{pricing, Assignment, PopOutcome, Reputation, Standby, SuspicionReason};
+use horde_core::{
+    pricing, Assignment, DeadlineTerms, PopOutcome, Reputation, Standby, SuspicionReason,
+};
 use horde_store::{StoreError, SubmitEffects};
 use std::collections::BTreeMap;
 
@@ -123,24 +124,14 @@ impl AppState {
     /// The queue's pick for the worker of `entry`, noted in its standby state.
     fn pop_from_queue(&self, entry: &crate::workers::WorkerEntry, now: i64) -> PopOutcome {
         let mut standby = self.standby_for(entry, now);
-        let speed = entry.worker.reputation.recent_speed_mps;
+        let terms = DeadlineTerms {
+            speed: entry.worker.reputation.recent_speed_mps,
+            bounds: self.config.jobs.deadline_bounds(),
+        };
         let caps = self.matching_view().caps(entry);
         let outcome = self.live.change(|queue| {
-            queue.pop(
-                &caps,
-                &entry.worker.name,
-                now,
-                |request, batch| {
-                    job_deadline_secs(
-                        &request.body.params,
-                        batch,
-                        speed,
-                        self.config.jobs.deadline_bounds(),
-                    )
-                },
-                &mut standby,
-                &mut rand::rng(),
-            )
+            let name = &entry.worker.name;
+            queue.pop(&caps, name, now, terms, &mut standby, &mut rand::rng())
         });
         self.workers.change(|registry| {
             if let Some(live) = registry.get_mut(entry.worker.id) {

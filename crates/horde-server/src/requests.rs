@@ -20,6 +20,7 @@ use horde_core::request::{JobState, LiveRequest};
 use horde_core::request_rules;
 use horde_core::shared_key::SharedKey;
 use horde_core::upfront;
+use horde_core::JobKind;
 use horde_core::Reputation;
 use std::collections::BTreeSet;
 use uuid::Uuid;
@@ -90,7 +91,7 @@ impl AppState {
         self.check_concurrency(user, body.params.n)?;
         let now = now();
         self.check_quota(user, &body, now).await?;
-        let job_kudos = pricing::job_kudos(&body);
+        let job_kudos = horde_core::Image::job_kudos(&body);
         let n = body.params.n;
         let seq = self.live.next_seq();
         let request = LiveRequest {

@@ -71,7 +71,7 @@ async fn add_quota_usage(tx: &mut Transaction<'_, Any>, requests: &[LiveRequest]
     for r in requests {
         let entry = usage.entry((r.user_id, day_of(r.created))).or_default();
         entry.0 += i64::from(r.jobs_total);
-        entry.1 += r.megapixelsteps_requested();
+        entry.1 += r.work_requested();
     }
     let rows: Vec<_> = usage.into_iter().collect();
     for chunk in rows.chunks(ROWS_PER_STATEMENT) {
