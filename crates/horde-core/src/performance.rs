@@ -42,6 +42,14 @@ impl ModelPerformance {
         }
     }
 
+    /// Every model's [`ModelPerformance::average`] at `now`.
+    pub fn averages(&self, now: i64) -> HashMap<String, f64> {
+        self.samples
+            .keys()
+            .map(|model| (model.clone(), self.average(model, now)))
+            .collect()
+    }
+
     /// Pixelsteps finished in the last `secs` seconds.
     pub fn all_models_average(&self, now: i64) -> f64 {
         let models: Vec<&String> = self.samples.keys().collect();

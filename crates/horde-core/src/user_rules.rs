@@ -17,6 +17,9 @@ pub const MAX_WORKERS_UNTRUSTED: usize = 4;
 /// Trusted users may own at most this many workers.
 pub const MAX_WORKERS_TRUSTED: usize = 21;
 
+/// Concurrency of education accounts (the public horde raises it to 200).
+pub const EDUCATION_CONCURRENCY: u32 = 200;
+
 /// Why a kudos transfer was refused.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TransferRefusal {
@@ -24,6 +27,8 @@ pub enum TransferRefusal {
     ToAnonymous,
     ToSelf,
     SenderFlagged,
+    /// An education account sends.
+    SenderEducation,
     ReceiverFlagged,
     Negative,
     /// Zero, or not a number.
@@ -44,6 +49,7 @@ impl Refusal for TransferRefusal {
             TransferRefusal::ToAnonymous => Rc::KudosTransferToAnon,
             TransferRefusal::ToSelf => Rc::KudosTransferToSelf,
             TransferRefusal::SenderFlagged => Rc::SourceAccountFlagged,
+            TransferRefusal::SenderEducation => Rc::EducationCannotSendKudos,
             TransferRefusal::ReceiverFlagged => Rc::TargetAccountFlagged,
             TransferRefusal::Negative => Rc::NegativeKudosTransfer,
             TransferRefusal::NotPositive => Rc::InvalidKudosTransferAmount,
@@ -60,6 +66,7 @@ impl Refusal for TransferRefusal {
             TransferRefusal::SenderFlagged => {
                 "Your account is flagged and cannot send kudos.".into()
             }
+            TransferRefusal::SenderEducation => "Education accounts cannot send kudos.".into(),
             TransferRefusal::ReceiverFlagged => {
                 "The target account is flagged and cannot receive kudos.".into()
             }
@@ -99,6 +106,9 @@ pub fn check_transfer(
     if sender.flagged {
         return Err(TransferRefusal::SenderFlagged);
     }
+    if sender.education {
+        return Err(TransferRefusal::SenderEducation);
+    }
     if receiver.flagged {
         return Err(TransferRefusal::ReceiverFlagged);
     }
@@ -118,6 +128,40 @@ pub fn check_transfer(
         return Err(TransferRefusal::TooSoonBack);
     }
     Ok(())
+}
+
+/// `change` applied to `user`, once [`check_user_change`] allowed it: a moderator is trusted,
+/// and an education account gets at least [`EDUCATION_CONCURRENCY`] (the public horde's rule;
+/// a concurrency set with it wins).
+pub fn apply_user_change(user: &mut User, change: &ModifyUser) {
+    let set = |field: &mut bool, value: Option<bool>| {
+        if let Some(v) = value {
+            *field = v;
+        }
+    };
+    set(&mut user.moderator, change.moderator);
+    set(&mut user.trusted, change.trusted);
+    set(&mut user.flagged, change.flagged);
+    set(&mut user.customizer, change.customizer);
+    set(&mut user.vpn, change.vpn);
+    set(&mut user.service, change.service);
+    set(&mut user.education, change.education);
+    set(&mut user.public_workers, change.public_workers);
+    if user.moderator {
+        user.trusted = true;
+    }
+    if change.education == Some(true) {
+        user.concurrency = user.concurrency.max(EDUCATION_CONCURRENCY);
+    }
+    if let Some(c) = change.concurrency {
+        user.concurrency = c;
+    }
+    if let Some(w) = change.worker_invited {
+        user.worker_invited = w;
+    }
+    if let Some(name) = &change.username {
+        user.username = name.clone();
+    }
 }
 
 /// Why a change of a user's settings was refused.
@@ -258,6 +302,17 @@ mod tests {
         assert_eq!(
             check_transfer(&alice, &bob, 10.0, Some(1000 - 60), 1000),
             Ok(())
+        );
+        let school = User {
+            education: true,
+            ..alice.clone()
+        };
+        let refusal = check_transfer(&school, &bob, 10.0, None, 1000).unwrap_err();
+        assert_eq!(refusal.rc(), Rc::EducationCannotSendKudos);
+        assert_eq!(
+            check_transfer(&bob, &school, 0.0, None, 1000).unwrap_err(),
+            TransferRefusal::NotPositive,
+            "an education account may receive"
         );
     }
 

@@ -339,7 +339,7 @@ impl AppState {
         user_rules::check_user_change(caller, self.is_admin(caller), &user, &change)
             .map_err(refused)?;
         let became_trusted = change.trusted == Some(true) && !user.trusted;
-        apply_user_change(&mut user, &change);
+        user_rules::apply_user_change(&mut user, &change);
         self.store.save_user_settings(&user).await?;
         // Roles may have changed: worker owners are read again on their next pop, and their
         // workers' details show the new roles now.
@@ -424,37 +424,3 @@ impl AppState {
         Ok(NewApiKey { api_key })
     }
 }
-
-fn apply_user_change(user: &mut User, change: &ModifyUser) {
-    let set = |field: &mut bool, value: Option<bool>| {
-        if let Some(v) = value {
-            *field = v;
-        }
-    };
-    set(&mut user.moderator, change.moderator);
-    set(&mut user.trusted, change.trusted);
-    set(&mut user.flagged, change.flagged);
-    set(&mut user.customizer, change.customizer);
-    set(&mut user.vpn, change.vpn);
-    set(&mut user.service, change.service);
-    set(&mut user.education, change.education);
-    set(&mut user.public_workers, change.public_workers);
-    if user.moderator {
-        user.trusted = true;
-    }
-    if change.education == Some(true) {
-        user.concurrency = user.concurrency.max(EDUCATION_CONCURRENCY);
-    }
-    if let Some(c) = change.concurrency {
-        user.concurrency = c;
-    }
-    if let Some(w) = change.worker_invited {
-        user.worker_invited = w;
-    }
-    if let Some(name) = &change.username {
-        user.username = name.clone();
-    }
-}
-
-/// Concurrency of education accounts (the public horde raises it to 200).
-const EDUCATION_CONCURRENCY: u32 = 200;

@@ -86,11 +86,10 @@ pub(crate) fn active_models(state: &SharedState) -> BTreeMap<String, ActiveModel
     let online: Vec<horde_core::Worker> = state
         .workers
         .read(|registry| registry.online(now).map(|e| e.worker.clone()).collect());
-    state.workers.speeds(|speeds| {
-        state
-            .live
-            .read(|queue| activity::active_models(&online, queue.requests(), speeds, now))
-    })
+    let speeds = state.workers.speeds(|speeds| speeds.averages(now));
+    state
+        .live
+        .read(|queue| activity::active_models(&online, queue.requests(), &speeds))
 }
 
 #[utoipa::path(get, path = "/api/v2/status/performance", tag = "v2", responses((status = 200, body = HordePerformance)))]
