@@ -191,7 +191,7 @@ fn time_ops() {
     let one_by_one = one_by_one.contiguous().unwrap();
     use horde_diffusion::parts::kernels as conv;
     type Op<'a> = Box<dyn Fn() -> Tensor + 'a>;
-    let rows: [(&str, Op); 14] = [
+    let rows: [(&str, Op<'_>); 14] = [
         (
             "stride-2 conv [2,320,64,64], candle",
             Box::new(|| map.conv2d(&down_w, 1, 2, 1, 1).unwrap()),

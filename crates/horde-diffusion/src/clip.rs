@@ -23,7 +23,7 @@ struct EncoderLayer {
 }
 
 impl EncoderLayer {
-    fn hugging_face(c: &ClipConfig, vb: VarBuilder) -> Result<Self> {
+    fn hugging_face(c: &ClipConfig, vb: VarBuilder<'_>) -> Result<Self> {
         let w = c.width;
         Ok(EncoderLayer {
             norm1: nn::layer_norm(w, vb.pp("layer_norm1"))?,
@@ -37,7 +37,7 @@ impl EncoderLayer {
         })
     }
 
-    fn open_clip(c: &ClipConfig, vb: VarBuilder) -> Result<Self> {
+    fn open_clip(c: &ClipConfig, vb: VarBuilder<'_>) -> Result<Self> {
         let w = c.width;
         let in_weight = vb.get((3 * w, w), "attn.in_proj_weight")?;
         let in_bias = vb.get(3 * w, "attn.in_proj_bias")?;
@@ -97,7 +97,7 @@ pub struct TextTransformer {
 impl TextTransformer {
     /// `vb` points at the encoder's root (`cond_stage_model.transformer.` for SD 1.x,
     /// `cond_stage_model.model.` for SD 2.x, …).
-    pub fn new(config: &ClipConfig, vb: VarBuilder) -> Result<Self> {
+    pub fn new(config: &ClipConfig, vb: VarBuilder<'_>) -> Result<Self> {
         let c = config;
         match c.layout {
             ClipLayout::HuggingFace => {

@@ -20,7 +20,7 @@ const TEXT: usize = 2;
 const TEXT_2: usize = 3;
 
 /// Opens a diffusers folder as an LDM-named tensor index.
-pub fn open_folder(path: &Path) -> Result<TensorIndex, Error> {
+pub(crate) fn open_folder(path: &Path) -> Result<TensorIndex, Error> {
     if !path.join("model_index.json").exists() {
         return Err(Error::Layout {
             path: path.into(),

@@ -34,7 +34,7 @@ fn back_to(t: &Tensor, dtype: DType) -> Result<Tensor> {
 }
 
 /// With candle-nn's initialisation hints (ones and zeros) for the tiny random checkpoints.
-pub fn group_norm(channels: usize, eps: f64, vb: VarBuilder) -> Result<GroupNorm> {
+pub fn group_norm(channels: usize, eps: f64, vb: VarBuilder<'_>) -> Result<GroupNorm> {
     let groups = 32.min(channels);
     let weight = vb.get_with_hints(channels, "weight", candle_nn::Init::Const(1.))?;
     let bias = vb.get_with_hints(channels, "bias", candle_nn::Init::Const(0.))?;
@@ -162,7 +162,7 @@ impl Module for GroupNorm {
     }
 }
 
-pub fn layer_norm(width: usize, vb: VarBuilder) -> Result<LayerNorm> {
+pub fn layer_norm(width: usize, vb: VarBuilder<'_>) -> Result<LayerNorm> {
     candle_nn::layer_norm(width, 1e-5, vb)
 }
 
@@ -172,7 +172,7 @@ pub fn conv(
     kernel: usize,
     stride: usize,
     padding: usize,
-    vb: VarBuilder,
+    vb: VarBuilder<'_>,
 ) -> Result<Conv2d> {
     let cfg = Conv2dConfig {
         padding,
@@ -201,7 +201,7 @@ pub fn conv_dilated(
     kernel: usize,
     padding: usize,
     dilation: usize,
-    vb: VarBuilder,
+    vb: VarBuilder<'_>,
 ) -> Result<Conv2d> {
     let cfg = Conv2dConfig {
         padding,
@@ -449,11 +449,11 @@ pub fn circular_pad(xs: &Tensor, p: usize) -> Result<Tensor> {
 
 /// Loaded through candle-nn's constructors, so the tiny random checkpoints get the same
 /// initialisation hints as before.
-pub fn linear(in_d: usize, out_d: usize, vb: VarBuilder) -> Result<Linear> {
+pub fn linear(in_d: usize, out_d: usize, vb: VarBuilder<'_>) -> Result<Linear> {
     Ok(Linear::from(candle_nn::linear(in_d, out_d, vb)?))
 }
 
-pub fn linear_no_bias(in_d: usize, out_d: usize, vb: VarBuilder) -> Result<Linear> {
+pub fn linear_no_bias(in_d: usize, out_d: usize, vb: VarBuilder<'_>) -> Result<Linear> {
     Ok(Linear::from(candle_nn::linear_no_bias(in_d, out_d, vb)?))
 }
 
@@ -572,7 +572,7 @@ pub fn geglu(xs: &Tensor) -> Result<Tensor> {
 }
 
 /// A 1×1 convolution used as a linear map over channels (LDM stores some linear maps that way).
-pub(crate) fn conv1x1(in_c: usize, out_c: usize, vb: VarBuilder) -> Result<Conv2d> {
+pub(crate) fn conv1x1(in_c: usize, out_c: usize, vb: VarBuilder<'_>) -> Result<Conv2d> {
     conv(in_c, out_c, 1, 1, 0, vb)
 }
 
@@ -668,7 +668,12 @@ pub(crate) enum Projection {
 }
 
 impl Projection {
-    pub fn new(in_c: usize, out_c: usize, as_linear: bool, vb: VarBuilder) -> Result<Self> {
+    pub(crate) fn new(
+        in_c: usize,
+        out_c: usize,
+        as_linear: bool,
+        vb: VarBuilder<'_>,
+    ) -> Result<Self> {
         Ok(if as_linear {
             Projection::Linear(linear(in_c, out_c, vb)?)
         } else {

@@ -47,7 +47,7 @@ impl LoadOptions {
 }
 
 /// `cpu`, `cuda` (the first GPU) or `cuda:N`.
-pub fn device_named(name: &str) -> Result<Device, Error> {
+pub(crate) fn device_named(name: &str) -> Result<Device, Error> {
     let ordinal = match name.trim() {
         "cpu" => return Ok(Device::Cpu),
         "cuda" => 0,

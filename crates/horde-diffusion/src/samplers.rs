@@ -10,10 +10,10 @@ use crate::sampling::{ancestral_step, Noise};
 use candle_core::{Result, Tensor};
 
 /// A denoiser: `(x, σ) → x̂₀`.
-pub type Denoiser<'a> = dyn FnMut(&Tensor, f64) -> Result<Tensor> + 'a;
+pub(crate) type Denoiser<'a> = dyn FnMut(&Tensor, f64) -> Result<Tensor> + 'a;
 
 /// Called after each step with (steps done, total steps, state).
-pub type StepCallback<'a> = dyn FnMut(usize, usize, &Tensor) + 'a;
+pub(crate) type StepCallback<'a> = dyn FnMut(usize, usize, &Tensor) + 'a;
 
 /// The samplers, by AI Horde name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,11 +110,11 @@ fn sigma_of(t: f64) -> f64 {
 /// Runs sampler `kind` over `sigmas` (its schedule, see `DiscreteSchedule::sigmas_for`).
 pub fn run(
     kind: SamplerKind,
-    denoise: &mut Denoiser,
+    denoise: &mut Denoiser<'_>,
     x: Tensor,
     sigmas: &[f64],
     noise: &mut dyn Noise,
-    callback: &mut StepCallback,
+    callback: &mut StepCallback<'_>,
 ) -> Result<Tensor> {
     match kind {
         SamplerKind::Euler | SamplerKind::Ddim => euler(denoise, x, sigmas, callback),
@@ -151,7 +151,7 @@ pub fn run(
 
 /// Model evaluations `k_dpm_adaptive` may spend in a job: the public horde prices (and times)
 /// it as 40 steps whatever the request asks.
-pub const ADAPTIVE_BUDGET: usize = 40;
+pub(crate) const ADAPTIVE_BUDGET: usize = 40;
 
 /// The first and the last nonzero sigma of a schedule.
 fn sigma_range(sigmas: &[f64]) -> (f64, f64) {
@@ -173,11 +173,11 @@ fn renoise(x: Tensor, noise: &mut dyn Noise, up: f64, next: f64) -> Result<Tenso
 }
 
 /// Euler's method (`sample_euler`). Deterministic DDIM is the same update on DDIM's sigmas.
-pub fn euler(
-    denoise: &mut Denoiser,
+pub(crate) fn euler(
+    denoise: &mut Denoiser<'_>,
     mut x: Tensor,
     sigmas: &[f64],
-    callback: &mut StepCallback,
+    callback: &mut StepCallback<'_>,
 ) -> Result<Tensor> {
     let n = sigmas.len().saturating_sub(1);
     for i in 0..n {
@@ -193,12 +193,12 @@ pub fn euler(
 }
 
 /// Ancestral Euler (`sample_euler_ancestral`, η = 1).
-pub fn euler_ancestral(
-    denoise: &mut Denoiser,
+pub(crate) fn euler_ancestral(
+    denoise: &mut Denoiser<'_>,
     mut x: Tensor,
     sigmas: &[f64],
     noise: &mut dyn Noise,
-    callback: &mut StepCallback,
+    callback: &mut StepCallback<'_>,
 ) -> Result<Tensor> {
     let n = sigmas.len().saturating_sub(1);
     for i in 0..n {
@@ -212,11 +212,11 @@ pub fn euler_ancestral(
 }
 
 /// Heun's second-order method (`sample_heun`).
-pub fn heun(
-    denoise: &mut Denoiser,
+pub(crate) fn heun(
+    denoise: &mut Denoiser<'_>,
     mut x: Tensor,
     sigmas: &[f64],
-    callback: &mut StepCallback,
+    callback: &mut StepCallback<'_>,
 ) -> Result<Tensor> {
     let n = sigmas.len().saturating_sub(1);
     for i in 0..n {
@@ -237,7 +237,7 @@ pub fn heun(
 
 /// A midpoint step of DPM-2 from σ to `target` through the geometric mean.
 fn dpm_2_step(
-    denoise: &mut Denoiser,
+    denoise: &mut Denoiser<'_>,
     x: &Tensor,
     d: &Tensor,
     sigma: f64,
@@ -250,11 +250,11 @@ fn dpm_2_step(
 }
 
 /// DPM-Solver-2 as in k-diffusion (`sample_dpm_2`).
-pub fn dpm_2(
-    denoise: &mut Denoiser,
+pub(crate) fn dpm_2(
+    denoise: &mut Denoiser<'_>,
     mut x: Tensor,
     sigmas: &[f64],
-    callback: &mut StepCallback,
+    callback: &mut StepCallback<'_>,
 ) -> Result<Tensor> {
     let n = sigmas.len().saturating_sub(1);
     for i in 0..n {
@@ -271,12 +271,12 @@ pub fn dpm_2(
 }
 
 /// Ancestral DPM-2 (`sample_dpm_2_ancestral`, η = 1).
-pub fn dpm_2_ancestral(
-    denoise: &mut Denoiser,
+pub(crate) fn dpm_2_ancestral(
+    denoise: &mut Denoiser<'_>,
     mut x: Tensor,
     sigmas: &[f64],
     noise: &mut dyn Noise,
-    callback: &mut StepCallback,
+    callback: &mut StepCallback<'_>,
 ) -> Result<Tensor> {
     let n = sigmas.len().saturating_sub(1);
     for i in 0..n {
@@ -296,7 +296,7 @@ pub fn dpm_2_ancestral(
 
 /// ∫ over [σ_i, σ_{i+1}] of the j-th Lagrange basis polynomial through σ_i, σ_{i-1}, …
 /// (`linear_multistep_coeff`), integrated exactly.
-pub fn lms_coefficient(order: usize, sigmas: &[f64], i: usize, j: usize) -> f64 {
+pub(crate) fn lms_coefficient(order: usize, sigmas: &[f64], i: usize, j: usize) -> f64 {
     // Polynomial coefficients, lowest degree first.
     let mut poly = vec![1.0];
     for k in 0..order {
@@ -321,12 +321,12 @@ pub fn lms_coefficient(order: usize, sigmas: &[f64], i: usize, j: usize) -> f64 
 }
 
 /// Linear multistep (`sample_lms`).
-pub fn lms(
-    denoise: &mut Denoiser,
+pub(crate) fn lms(
+    denoise: &mut Denoiser<'_>,
     mut x: Tensor,
     sigmas: &[f64],
     order: usize,
-    callback: &mut StepCallback,
+    callback: &mut StepCallback<'_>,
 ) -> Result<Tensor> {
     let n = sigmas.len().saturating_sub(1);
     let mut ds: std::collections::VecDeque<Tensor> = std::collections::VecDeque::new();
@@ -346,12 +346,12 @@ pub fn lms(
 }
 
 /// DPM-Solver++(2S) ancestral (`sample_dpmpp_2s_ancestral`, η = 1).
-pub fn dpmpp_2s_ancestral(
-    denoise: &mut Denoiser,
+pub(crate) fn dpmpp_2s_ancestral(
+    denoise: &mut Denoiser<'_>,
     mut x: Tensor,
     sigmas: &[f64],
     noise: &mut dyn Noise,
-    callback: &mut StepCallback,
+    callback: &mut StepCallback<'_>,
 ) -> Result<Tensor> {
     let n = sigmas.len().saturating_sub(1);
     for i in 0..n {
@@ -376,11 +376,11 @@ pub fn dpmpp_2s_ancestral(
 
 /// DPM-Solver++(2M) (`sample_dpmpp_2m`); diffusers' DPMSolverMultistep (`dpmsolver`: order 2,
 /// midpoint, first order at the ends) is the same update on its own sigmas.
-pub fn dpmpp_2m(
-    denoise: &mut Denoiser,
+pub(crate) fn dpmpp_2m(
+    denoise: &mut Denoiser<'_>,
     mut x: Tensor,
     sigmas: &[f64],
-    callback: &mut StepCallback,
+    callback: &mut StepCallback<'_>,
 ) -> Result<Tensor> {
     let n = sigmas.len().saturating_sub(1);
     let mut old: Option<Tensor> = None;
@@ -408,12 +408,12 @@ pub fn dpmpp_2m(
 
 /// DPM-Solver++ (stochastic, `sample_dpmpp_sde`, η = 1, r = ½), with noise drawn in order:
 /// the half step, then the full step.
-pub fn dpmpp_sde(
-    denoise: &mut Denoiser,
+pub(crate) fn dpmpp_sde(
+    denoise: &mut Denoiser<'_>,
     mut x: Tensor,
     sigmas: &[f64],
     noise: &mut dyn Noise,
-    callback: &mut StepCallback,
+    callback: &mut StepCallback<'_>,
 ) -> Result<Tensor> {
     let n = sigmas.len().saturating_sub(1);
     let r = 0.5;
@@ -447,12 +447,12 @@ pub fn dpmpp_sde(
 /// LCM's consistency step (diffusers `LCMScheduler`, σ_data = ½, timestep scaling 10), in
 /// k-diffusion's space: the boundary-conditioned estimate, re-noised to the next σ with fresh
 /// noise; the last step returns the estimate.
-pub fn lcm(
-    denoise: &mut Denoiser,
+pub(crate) fn lcm(
+    denoise: &mut Denoiser<'_>,
     mut x: Tensor,
     sigmas: &[f64],
     noise: &mut dyn Noise,
-    callback: &mut StepCallback,
+    callback: &mut StepCallback<'_>,
 ) -> Result<Tensor> {
     let schedule = crate::sampling::DiscreteSchedule::default();
     let n = sigmas.len().saturating_sub(1);
@@ -558,12 +558,12 @@ impl DpmSolver<'_, '_> {
 /// DPM-Solver-fast (`sample_dpm_fast`, η = 0): `nfe` model evaluations in steps of order 3,
 /// evenly spaced in log σ, from σ_max down to σ_min.
 pub fn dpm_fast(
-    denoise: &mut Denoiser,
+    denoise: &mut Denoiser<'_>,
     mut x: Tensor,
     sigma_min: f64,
     sigma_max: f64,
     nfe: usize,
-    callback: &mut StepCallback,
+    callback: &mut StepCallback<'_>,
 ) -> Result<Tensor> {
     let (t_start, t_end) = (t_of(sigma_max), t_of(sigma_min));
     let m = nfe / 3 + 1;
@@ -631,12 +631,12 @@ pub struct AdaptiveInfo {
 
 /// DPM-Solver-12/23 with error control (`sample_dpm_adaptive`, η = 0).
 pub fn dpm_adaptive(
-    denoise: &mut Denoiser,
+    denoise: &mut Denoiser<'_>,
     mut x: Tensor,
     sigma_min: f64,
     sigma_max: f64,
     o: &AdaptiveOptions,
-    callback: &mut StepCallback,
+    callback: &mut StepCallback<'_>,
 ) -> Result<(Tensor, AdaptiveInfo)> {
     let (t_start, t_end) = (t_of(sigma_max), t_of(sigma_min));
     let forward = t_end > t_start;

@@ -7,7 +7,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 /// Betas of the Stable Diffusion training schedule ("scaled linear", 1000 steps).
-pub fn training_alphas_cumprod() -> Vec<f64> {
+pub(crate) fn training_alphas_cumprod() -> Vec<f64> {
     let (start, end, n) = (0.00085f64.sqrt(), 0.012f64.sqrt(), 1000);
     let mut product = 1.0;
     (0..n)
@@ -158,7 +158,7 @@ fn round_half_even(x: f64) -> f64 {
     }
 }
 
-pub fn karras_sigmas(n: usize, sigma_min: f64, sigma_max: f64, rho: f64) -> Vec<f64> {
+pub(crate) fn karras_sigmas(n: usize, sigma_min: f64, sigma_max: f64, rho: f64) -> Vec<f64> {
     let (min_inv, max_inv) = (sigma_min.powf(1.0 / rho), sigma_max.powf(1.0 / rho));
     let mut out: Vec<f64> = (0..n)
         .map(|i| {
@@ -223,7 +223,7 @@ impl Noise for SeededNoise {
 }
 
 /// σ_down and σ_up of an ancestral step with η = 1.
-pub fn ancestral_step(sigma_from: f64, sigma_to: f64) -> (f64, f64) {
+pub(crate) fn ancestral_step(sigma_from: f64, sigma_to: f64) -> (f64, f64) {
     if sigma_to == 0.0 {
         return (0.0, 0.0);
     }

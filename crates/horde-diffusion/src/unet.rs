@@ -22,7 +22,7 @@ struct ResBlock {
 }
 
 impl ResBlock {
-    fn new(in_c: usize, out_c: usize, emb_dim: usize, vb: VarBuilder) -> Result<Self> {
+    fn new(in_c: usize, out_c: usize, emb_dim: usize, vb: VarBuilder<'_>) -> Result<Self> {
         Ok(ResBlock {
             norm1: nn::group_norm(in_c, 1e-5, vb.pp("in_layers.0"))?,
             conv1: nn::conv(in_c, out_c, 3, 1, 1, vb.pp("in_layers.2"))?,
@@ -64,7 +64,7 @@ struct CrossAttention {
 }
 
 impl CrossAttention {
-    fn new(dim: usize, context_dim: usize, heads: usize, vb: VarBuilder) -> Result<Self> {
+    fn new(dim: usize, context_dim: usize, heads: usize, vb: VarBuilder<'_>) -> Result<Self> {
         Ok(CrossAttention {
             to_q: nn::linear_no_bias(dim, dim, vb.pp("to_q"))?,
             to_k: nn::linear_no_bias(context_dim, dim, vb.pp("to_k"))?,
@@ -97,7 +97,7 @@ struct TransformerBlock {
 }
 
 impl TransformerBlock {
-    fn new(dim: usize, context_dim: usize, heads: usize, vb: VarBuilder) -> Result<Self> {
+    fn new(dim: usize, context_dim: usize, heads: usize, vb: VarBuilder<'_>) -> Result<Self> {
         let inner = dim * 4;
         Ok(TransformerBlock {
             norm1: nn::layer_norm(dim, vb.pp("norm1"))?,
@@ -136,7 +136,7 @@ impl SpatialTransformer {
         depth: usize,
         config: &UNetConfig,
         family: Family,
-        vb: VarBuilder,
+        vb: VarBuilder<'_>,
     ) -> Result<Self> {
         let heads = family.heads(channels);
         let linear = config.use_linear_projection;
@@ -221,7 +221,7 @@ fn res_and_attention(
     level: usize,
     config: &UNetConfig,
     family: Family,
-    vb: VarBuilder,
+    vb: VarBuilder<'_>,
 ) -> Result<Vec<Layer>> {
     let emb_dim = config.model_channels * 4;
     let mut layers = vec![Layer::Res(ResBlock::new(in_c, out_c, emb_dim, vb.pp("0"))?)];
@@ -259,7 +259,7 @@ pub struct UNet {
 }
 
 impl UNet {
-    pub fn new(config: &UNetConfig, family: Family, vb: VarBuilder) -> Result<Self> {
+    pub fn new(config: &UNetConfig, family: Family, vb: VarBuilder<'_>) -> Result<Self> {
         let mc = config.model_channels;
         let emb_dim = mc * 4;
         let time_embed = (
@@ -356,7 +356,12 @@ impl UNet {
     }
 
     /// Predicts the noise (or v) of `xs` at `timesteps` (one per batch item).
-    pub fn forward(&self, xs: &Tensor, timesteps: &Tensor, cond: &Conditioning) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        xs: &Tensor,
+        timesteps: &Tensor,
+        cond: &Conditioning<'_>,
+    ) -> Result<Tensor> {
         let t_emb = nn::timestep_embedding(timesteps, self.model_channels)?.to_dtype(xs.dtype())?;
         let mut emb = self
             .time_embed

@@ -11,7 +11,7 @@ use std::path::PathBuf;
     version,
     about = "A crowdsourced cluster of Stable Diffusion workers, compatible with AI Horde API v2."
 )]
-pub struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
     command: Command,
 }
@@ -166,7 +166,7 @@ enum UserCommand {
     },
 }
 
-pub async fn run(cli: Cli) -> anyhow::Result<()> {
+pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::User {

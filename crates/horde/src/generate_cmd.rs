@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 #[derive(Args, Debug)]
-pub struct GenerateArgs {
+pub(crate) struct GenerateArgs {
     /// The prompt; text after " ### " is the negative prompt
     prompt: String,
     /// Number of images
@@ -47,7 +47,7 @@ pub struct GenerateArgs {
     timeout: u64,
 }
 
-pub async fn run(args: GenerateArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let request = build_request(&args)?;
     let client = Client::new(&args.url, args.api_key.clone());
     let accepted = client

@@ -23,9 +23,9 @@ const ENV_KEYS: &[&str] = &[
 ];
 
 /// The default config file, read when present and no `--config` is given.
-pub const DEFAULT_CONFIG_FILE: &str = "horde.toml";
+pub(crate) const DEFAULT_CONFIG_FILE: &str = "horde.toml";
 
-pub fn load(config_file: Option<&Path>, flags: Figment) -> anyhow::Result<ServerConfig> {
+pub(crate) fn load(config_file: Option<&Path>, flags: Figment) -> anyhow::Result<ServerConfig> {
     let mut figment = Figment::from(Serialized::defaults(ServerConfig::default()));
     match config_file {
         Some(path) => {
@@ -59,7 +59,7 @@ pub fn load(config_file: Option<&Path>, flags: Figment) -> anyhow::Result<Server
 
 /// Flags that override configuration, as a figment layer.
 #[derive(Debug, Default, serde::Serialize)]
-pub struct FlagOverrides {
+pub(crate) struct FlagOverrides {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -72,11 +72,15 @@ pub struct FlagOverrides {
 
 /// `--database URL`, as the layer `database.url`.
 #[derive(Debug, serde::Serialize)]
-pub struct DatabaseFlag {
+pub(crate) struct DatabaseFlag {
     pub url: String,
 }
 
-pub fn flags_layer(overrides: FlagOverrides, test_users: bool, no_rate_limits: bool) -> Figment {
+pub(crate) fn flags_layer(
+    overrides: FlagOverrides,
+    test_users: bool,
+    no_rate_limits: bool,
+) -> Figment {
     let mut figment = Figment::from(Serialized::defaults(overrides));
     if test_users {
         figment = figment.merge(Serialized::default("api.test_users", true));

@@ -37,7 +37,7 @@ const ENV_KEYS: &[&str] = &[
 ];
 
 #[derive(Args, Debug, Default, serde::Serialize)]
-pub struct WorkerArgs {
+pub(crate) struct WorkerArgs {
     /// TOML config file (see worker.example.toml). Every setting can also be given as an env var
     /// HORDE_WORKER_<SETTING> (models: HORDE_WORKER_MODELS__<NAME>=PATH) or as the flag below.
     #[arg(long, short = 'c', env = "HORDE_WORKER_CONFIG")]
@@ -148,7 +148,7 @@ fn names_to_paths(flag: &str, entries: &[String]) -> anyhow::Result<BTreeMap<Str
 }
 
 /// Layers the worker's settings.
-pub fn load_config(args: &WorkerArgs) -> anyhow::Result<WorkerConfig> {
+pub(crate) fn load_config(args: &WorkerArgs) -> anyhow::Result<WorkerConfig> {
     let mut figment = Figment::from(Serialized::defaults(WorkerConfig::default()));
     if let Some(path) = &args.config {
         anyhow::ensure!(
@@ -178,7 +178,7 @@ pub fn load_config(args: &WorkerArgs) -> anyhow::Result<WorkerConfig> {
     Ok(config)
 }
 
-pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     let config = load_config(&args)?;
     let options = horde_diffusion::LoadOptions::named(&config.device, &config.dtype)?;
     let backend = load_models(&config.models, &options)?
@@ -267,7 +267,7 @@ fn load_models(
 }
 
 /// `horde model tiny`: writes a tiny random checkpoint of a real architecture.
-pub fn write_tiny(arch: &str, out: &Path, seed: u64) -> anyhow::Result<()> {
+pub(crate) fn write_tiny(arch: &str, out: &Path, seed: u64) -> anyhow::Result<()> {
     if let Ok(post) = arch.parse::<horde_postprocess::tiny::TinyPostProcessor>() {
         let count = horde_postprocess::tiny::write_tiny_checkpoint(post, out, seed)?;
         let size = std::fs::metadata(out).map(|m| m.len()).unwrap_or(0);
@@ -303,6 +303,38 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         worker: WorkerArgs,
+    }
+
+    #[test]
+    fn the_example_config_parses_and_states_the_defaults() {
+        let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../worker.example.toml");
+        let args = WorkerArgs {
+            config: Some(example.into()),
+            ..WorkerArgs::default()
+        };
+        let config = load_config(&args).expect("worker.example.toml is valid");
+        // What a worker cannot run without has no default: the example fills it in. Every other
+        // value it sets is the default.
+        let defaults = WorkerConfig::default();
+        let without_the_required = WorkerConfig {
+            api_key: defaults.api_key.clone(),
+            name: defaults.name.clone(),
+            models: defaults.models.clone(),
+            ..config
+        };
+        assert_eq!(without_the_required, defaults);
+        // And it explains every setting: each is set, commented out, or a table.
+        let text = std::fs::read_to_string(example).unwrap();
+        let serde_json::Value::Object(fields) = serde_json::to_value(&defaults).unwrap() else {
+            panic!("WorkerConfig serializes as a map");
+        };
+        for key in fields.keys() {
+            let stated = text.lines().any(|line| {
+                let line = line.trim_start_matches('#').trim_start();
+                line.starts_with(&format!("{key} =")) || line == format!("[{key}]")
+            });
+            assert!(stated, "worker.example.toml does not mention `{key}`");
+        }
     }
 
     #[test]

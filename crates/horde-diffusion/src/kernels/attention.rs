@@ -259,7 +259,7 @@ fn exponentiate_lanes(row: &mut [f32]) -> f32 {
 /// polynomial for `eʳ`, and `2ⁿ` put straight into the exponent bits. Branch-free, so it
 /// vectorises. Below −87 it returns 2⁻¹²⁶ instead of a subnormal (nothing a softmax sees).
 #[inline(always)]
-pub fn fast_exp(x: f32) -> f32 {
+pub(crate) fn fast_exp(x: f32) -> f32 {
     const LOG2_E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;

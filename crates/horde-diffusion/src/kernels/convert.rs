@@ -17,7 +17,7 @@ const CHUNK: usize = 64 * 1024;
 
 /// `t` in f32: our conversion for bf16 on the CPU, candle's otherwise (a cheap clone when `t`
 /// already is f32).
-pub fn widen(t: &Tensor) -> Result<Tensor> {
+pub(crate) fn widen(t: &Tensor) -> Result<Tensor> {
     if t.device().is_cpu() && t.dtype() == DType::BF16 {
         return t.contiguous()?.apply_op1_no_bwd(&Convert);
     }
@@ -25,7 +25,7 @@ pub fn widen(t: &Tensor) -> Result<Tensor> {
 }
 
 /// `t` (f32) in `dtype`: our conversion for bf16 on the CPU, candle's otherwise.
-pub fn narrow(t: &Tensor, dtype: DType) -> Result<Tensor> {
+pub(crate) fn narrow(t: &Tensor, dtype: DType) -> Result<Tensor> {
     if t.device().is_cpu() && t.dtype() == DType::F32 && dtype == DType::BF16 {
         return t.contiguous()?.apply_op1_no_bwd(&Convert);
     }

@@ -14,7 +14,7 @@ use std::mem::MaybeUninit;
 
 /// `a · gelu(b)` for `[a, b]` the halves of `x + bias` along the last dimension (which must be
 /// even): the bias of the linear layer before, added here rather than in a pass of its own.
-pub fn geglu(x: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+pub(crate) fn geglu(x: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     let bias = bias
         .map(|b| b.flatten_all()?.to_vec1::<f32>())
         .transpose()?;
@@ -82,14 +82,14 @@ fn gate_row_lanes(row: &[f32], bias: &[f32], out: &mut [MaybeUninit<f32>]) {
 
 /// `x · Φ(x) = x/2 · (1 + erf(x/√2))`.
 #[inline(always)]
-pub fn gelu(x: f32) -> f32 {
+pub(crate) fn gelu(x: f32) -> f32 {
     0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
 /// `erf(x)` within 10⁻⁶ (Abramowitz and Stegun 7.1.26, whose 1.5·10⁻⁷ grows by f32 rounding),
 /// branch-free so that it vectorises.
 #[inline(always)]
-pub fn erf(x: f32) -> f32 {
+pub(crate) fn erf(x: f32) -> f32 {
     const P: f32 = 0.327_591_1;
     const A: [f32; 5] = [
         0.254_829_6,

@@ -15,7 +15,7 @@ use std::mem::MaybeUninit;
 
 /// `group_norm(x) · weight + bias` over `[batch, channels, …]` in `groups` groups, then SiLU
 /// when `silu`. `weight` and `bias` are `[channels]`.
-pub fn group_norm(
+pub(crate) fn group_norm(
     x: &Tensor,
     weight: &Tensor,
     bias: &Tensor,
@@ -37,7 +37,7 @@ pub fn group_norm(
 /// [`group_norm`] with each group's mean and variance given instead of measured on `x`: `x` is
 /// a band of rows of a larger map, normalised as part of the whole (`vae::banded`). `x` may be
 /// a view of rows narrowed out of the map: it is read in place.
-pub fn group_norm_with(
+pub(crate) fn group_norm_with(
     x: &Tensor,
     weight: &Tensor,
     bias: &Tensor,
@@ -69,7 +69,7 @@ pub struct GroupStatistics {
 }
 
 /// Measures `x` `[batch, channels, …]` (f32, CPU) in `groups` groups.
-pub fn group_statistics(x: &Tensor, groups: usize, eps: f64) -> Result<GroupStatistics> {
+pub(crate) fn group_statistics(x: &Tensor, groups: usize, eps: f64) -> Result<GroupStatistics> {
     let dims = x.dims();
     if dims.len() < 2 || groups == 0 || !dims[1].is_multiple_of(groups) {
         candle_core::bail!("group statistics: {dims:?} in {groups} groups");
@@ -243,7 +243,7 @@ fn apply_lanes(x: &[f32], out: &mut [MaybeUninit<f32>], scale: f32, shift: f32, 
 
 /// `1 / (1 + e⁻ʸ)`, through `e^−|y|` so the exponential never overflows; branch-free.
 #[inline(always)]
-pub fn sigmoid(y: f32) -> f32 {
+pub(crate) fn sigmoid(y: f32) -> f32 {
     let e = fast_exp(-y.abs());
     let inverse = 1.0 / (1.0 + e);
     if y >= 0.0 {

@@ -17,12 +17,12 @@ use std::mem::MaybeUninit;
 
 /// The most values the columns of one image may hold when [`crate::nn`] sends a convolution
 /// of few input channels here (64 MiB: an RGB input of 1 200² or so).
-pub const MAX_COLUMNS: usize = 16 << 20;
+pub(crate) const MAX_COLUMNS: usize = 16 << 20;
 
 /// `conv2d(x, weight) + bias` with stride 1, one group, `padding` zeros on each side and taps
 /// `dilation` apart: `x` `[batch, c_in, h, w]`, `weight` `[c_out, c_in, k_h, k_w]`, `bias`
 /// `[c_out]`; with `relu`, ReLU after.
-pub fn conv2d(
+pub(crate) fn conv2d(
     x: &Tensor,
     weight: &Tensor,
     bias: Option<&Tensor>,

@@ -13,7 +13,7 @@ use std::mem::MaybeUninit;
 
 /// `x · weightᵀ (+ bias) (+ residual)` for `x` `[rows, in]`, `weight` `[out, in]` (as
 /// checkpoints store it), `bias` `[out]` and `residual` `[rows, out]`, all f32 on the CPU.
-pub fn linear(
+pub(crate) fn linear(
     x: &Tensor,
     weight: &Tensor,
     bias: Option<&Tensor>,

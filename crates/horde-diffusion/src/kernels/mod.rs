@@ -40,16 +40,16 @@ macro_rules! with_widest_vectors {
     };
 }
 
-pub mod attention;
-pub mod conv;
-pub mod convert;
-pub mod geglu;
-pub mod group_norm;
-pub mod im2col;
-pub mod linear;
-pub mod transpose;
-pub mod winograd;
-pub mod winograd4;
+pub(crate) mod attention;
+pub(crate) mod conv;
+pub(crate) mod convert;
+pub(crate) mod geglu;
+pub(crate) mod group_norm;
+pub(crate) mod im2col;
+pub(crate) mod linear;
+pub(crate) mod transpose;
+pub(crate) mod winograd;
+pub(crate) mod winograd4;
 
 use candle_core::{CpuStorage, Layout, Result, WithDType};
 use std::mem::MaybeUninit;
@@ -100,7 +100,7 @@ pub(crate) mod test_support {
     use candle_core::{Device, Tensor};
 
     /// Uniform values in `[-scale, scale)` from a seeded ChaCha stream.
-    pub fn random(shape: &[usize], seed: u64, scale: f32) -> Tensor {
+    pub(crate) fn random(shape: &[usize], seed: u64, scale: f32) -> Tensor {
         use rand::{Rng, SeedableRng};
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let n: usize = shape.iter().product();
@@ -109,7 +109,7 @@ pub(crate) mod test_support {
     }
 
     /// The largest absolute value of `t`.
-    pub fn max_abs(t: &Tensor) -> f32 {
+    pub(crate) fn max_abs(t: &Tensor) -> f32 {
         t.abs()
             .unwrap()
             .flatten_all()
@@ -121,7 +121,7 @@ pub(crate) mod test_support {
     }
 
     /// The largest absolute difference between `a` and `b`.
-    pub fn max_difference(a: &Tensor, b: &Tensor) -> f32 {
+    pub(crate) fn max_difference(a: &Tensor, b: &Tensor) -> f32 {
         max_abs(&(a - b).unwrap())
     }
 }

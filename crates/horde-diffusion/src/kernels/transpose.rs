@@ -14,7 +14,7 @@ use std::mem::MaybeUninit;
 const TILE: usize = 32;
 
 /// `x` `[batch, m, n]` as `[batch, n, m]`, contiguous.
-pub fn swap_last_two(x: &Tensor) -> Result<Tensor> {
+pub(crate) fn swap_last_two(x: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op1_no_bwd(&SwapLastTwo)
 }
 

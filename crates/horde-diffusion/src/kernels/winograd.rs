@@ -39,7 +39,7 @@ pub fn conv2d_3x3(
 
 /// [`conv2d_3x3`] with its own padding above and below: a band of rows of a larger image pads
 /// only at the image's edges, and reads its neighbours' rows instead (`vae::banded`).
-pub fn conv2d_3x3_padded(
+pub(crate) fn conv2d_3x3_padded(
     x: &Tensor,
     weight: &Tensor,
     bias: Option<&Tensor>,
@@ -69,7 +69,7 @@ fn convolve(
 
 /// Zeros added around the input of a convolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Padding {
+pub(crate) struct Padding {
     pub top: usize,
     pub bottom: usize,
     /// On the left and on the right.
@@ -77,7 +77,7 @@ pub struct Padding {
 }
 
 impl Padding {
-    pub fn uniform(p: usize) -> Padding {
+    pub(crate) fn uniform(p: usize) -> Padding {
         Padding {
             top: p,
             bottom: p,

@@ -33,7 +33,7 @@ const XI: usize = 36;
 /// `conv2d(x, weight) + bias` for a 3×3 `weight`, stride 1, dilation 1, one group, `padding`
 /// zeros on each side; f32 on the CPU (`x` `[batch, c_in, h, w]`, `weight` `[c_out, c_in, 3,
 /// 3]`, `bias` `[c_out]`).
-pub fn conv2d_3x3(
+pub(crate) fn conv2d_3x3(
     x: &Tensor,
     weight: &Tensor,
     bias: Option<&Tensor>,
@@ -51,7 +51,7 @@ pub fn conv2d_3x3(
 
 /// [`conv2d_3x3`] followed by ReLU, applied as the outputs are written (one pass over the
 /// output fewer: U²-Net's `REBNCONV`).
-pub fn conv2d_3x3_then_relu(
+pub(crate) fn conv2d_3x3_then_relu(
     x: &Tensor,
     weight: &Tensor,
     bias: Option<&Tensor>,

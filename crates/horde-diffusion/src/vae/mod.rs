@@ -23,7 +23,7 @@ struct ResnetBlock {
 }
 
 impl ResnetBlock {
-    fn new(in_c: usize, out_c: usize, vb: VarBuilder) -> Result<Self> {
+    fn new(in_c: usize, out_c: usize, vb: VarBuilder<'_>) -> Result<Self> {
         Ok(ResnetBlock {
             norm1: nn::group_norm(in_c, 1e-6, vb.pp("norm1"))?,
             conv1: nn::conv(in_c, out_c, 3, 1, 1, vb.pp("conv1"))?,
@@ -58,7 +58,7 @@ struct AttnBlock {
 }
 
 impl AttnBlock {
-    fn new(c: usize, vb: VarBuilder) -> Result<Self> {
+    fn new(c: usize, vb: VarBuilder<'_>) -> Result<Self> {
         Ok(AttnBlock {
             norm: nn::group_norm(c, 1e-6, vb.pp("norm"))?,
             q: nn::conv1x1(c, c, vb.pp("q"))?,
@@ -91,7 +91,7 @@ struct MidBlock {
 }
 
 impl MidBlock {
-    fn new(c: usize, vb: VarBuilder) -> Result<Self> {
+    fn new(c: usize, vb: VarBuilder<'_>) -> Result<Self> {
         Ok(MidBlock {
             block_1: ResnetBlock::new(c, c, vb.pp("block_1"))?,
             attn_1: AttnBlock::new(c, vb.pp("attn_1"))?,
@@ -122,7 +122,7 @@ pub struct Encoder {
 }
 
 impl Encoder {
-    fn new(config: &VaeConfig, vb: VarBuilder, quant_vb: VarBuilder) -> Result<Self> {
+    fn new(config: &VaeConfig, vb: VarBuilder<'_>, quant_vb: VarBuilder<'_>) -> Result<Self> {
         let base = config.base_channels;
         let conv_in = nn::conv(3, base, 3, 1, 1, vb.pp("conv_in"))?;
         let mut ch = base;
@@ -180,7 +180,7 @@ impl Encoder {
 /// (768×768 and 512×1024 are in bands). At 512×512 the whole decode takes 7.2 s at 1 535 MB and
 /// the banded one 8.3 s at 1 257 MB here (BENCHMARKS.md); the saving grows with the image, the
 /// cost (a band's copies and zeroing) does not.
-pub const BANDED_MIN_PIXELS: usize = 2 * 512 * 512;
+pub(crate) const BANDED_MIN_PIXELS: usize = 2 * 512 * 512;
 
 #[derive(Debug)]
 pub struct Decoder {
@@ -194,7 +194,7 @@ pub struct Decoder {
 }
 
 impl Decoder {
-    fn new(config: &VaeConfig, vb: VarBuilder, post_quant_vb: VarBuilder) -> Result<Self> {
+    fn new(config: &VaeConfig, vb: VarBuilder<'_>, post_quant_vb: VarBuilder<'_>) -> Result<Self> {
         let base = config.base_channels;
         let z = config.latent_channels;
         let levels = config.channel_mult.len();
@@ -267,7 +267,7 @@ pub struct Vae {
 
 impl Vae {
     /// `vb` points at the VAE root (`first_stage_model.` in a single-file checkpoint).
-    pub fn new(config: &VaeConfig, vb: VarBuilder) -> Result<Self> {
+    pub fn new(config: &VaeConfig, vb: VarBuilder<'_>) -> Result<Self> {
         Ok(Vae {
             encoder: Encoder::new(config, vb.pp("encoder"), vb.pp("quant_conv"))?,
             decoder: Decoder::new(config, vb.pp("decoder"), vb.pp("post_quant_conv"))?,

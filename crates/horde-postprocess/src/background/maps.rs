@@ -12,7 +12,7 @@ use rayon::prelude::*;
 /// `x` `[batch, channels, h, w]` resized to `out_h × out_w` as PyTorch's bilinear
 /// interpolation with `align_corners=False` does: output pixel `i` samples the input at
 /// `(i + 0.5)·in/out − 0.5`, clamped at 0.
-pub fn resize_bilinear(x: &Tensor, out_h: usize, out_w: usize) -> Result<Tensor> {
+pub(super) fn resize_bilinear(x: &Tensor, out_h: usize, out_w: usize) -> Result<Tensor> {
     if !on_cpu_in_f32(x) {
         return x.upsample_bilinear2d(out_h, out_w, false);
     }

@@ -52,7 +52,7 @@ enum Layer {
 }
 
 impl Layer {
-    fn new(block: Block, vb: VarBuilder) -> candle_core::Result<Self> {
+    fn new(block: Block, vb: VarBuilder<'_>) -> candle_core::Result<Self> {
         Ok(match block {
             Block::Conv { in_c, out_c } => Layer::Conv(conv(in_c, out_c, 3, 1, 1, vb)?),
             Block::Res { in_c, out_c } => Layer::Res(ResBlock::new(in_c, out_c, "conv_out", vb)?),
@@ -86,7 +86,7 @@ struct Fuse {
 }
 
 impl Fuse {
-    fn new(channels: usize, vb: VarBuilder) -> candle_core::Result<Self> {
+    fn new(channels: usize, vb: VarBuilder<'_>) -> candle_core::Result<Self> {
         let pair = |name: &str| -> candle_core::Result<[Conv2d; 2]> {
             let vb = vb.pp(name);
             Ok([
@@ -155,8 +155,8 @@ impl CodeFormer {
         CodeFormer::new(shape, vb).map_err(|e| unsupported(e.to_string()))
     }
 
-    pub fn new(shape: Shape, vb: VarBuilder) -> candle_core::Result<Self> {
-        let layers = |blocks: &[Block], vb: VarBuilder| -> candle_core::Result<Vec<Layer>> {
+    pub fn new(shape: Shape, vb: VarBuilder<'_>) -> candle_core::Result<Self> {
+        let layers = |blocks: &[Block], vb: VarBuilder<'_>| -> candle_core::Result<Vec<Layer>> {
             blocks
                 .iter()
                 .enumerate()

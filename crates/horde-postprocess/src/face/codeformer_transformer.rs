@@ -24,7 +24,7 @@ struct SelfAttentionLayer {
 }
 
 impl SelfAttentionLayer {
-    fn new(shape: &Shape, vb: VarBuilder) -> Result<Self> {
+    fn new(shape: &Shape, vb: VarBuilder<'_>) -> Result<Self> {
         let e = shape.width;
         let attn = vb.pp("self_attn");
         let in_weight = attn.get((3 * e, e), "in_proj_weight")?;
@@ -72,7 +72,7 @@ pub(super) struct CodePredictor {
 }
 
 impl CodePredictor {
-    pub(super) fn new(shape: &Shape, vb: VarBuilder) -> Result<Self> {
+    pub(super) fn new(shape: &Shape, vb: VarBuilder<'_>) -> Result<Self> {
         let tokens = shape.latent_side * shape.latent_side;
         Ok(CodePredictor {
             feat_emb: linear(shape.codebook_width, shape.width, vb.pp("feat_emb"))?,

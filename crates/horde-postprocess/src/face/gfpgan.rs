@@ -242,7 +242,7 @@ impl Gfpgan {
     }
 
     /// The network of `shape` from `vb`'s tensors (published names).
-    pub fn new(shape: Shape, vb: VarBuilder) -> candle_core::Result<Self> {
+    pub fn new(shape: Shape, vb: VarBuilder<'_>) -> candle_core::Result<Self> {
         let encoder = unet::Encoder::new(&shape, vb.clone())?;
         let decoder = stylegan::Decoder::new(
             &shape.decoder_channels,

@@ -132,7 +132,7 @@ struct Middle {
 }
 
 impl Middle {
-    fn new(width: usize, heads: usize, vb: VarBuilder) -> candle_core::Result<Self> {
+    fn new(width: usize, heads: usize, vb: VarBuilder<'_>) -> candle_core::Result<Self> {
         Ok(Middle {
             block_1: ResBlock::new(width, width, "nin_shortcut", vb.pp("block_1"))?,
             attn_1: Attention::multi_head(width, heads, vb.pp("attn_1"))?,
@@ -148,7 +148,7 @@ struct Out {
 }
 
 impl Out {
-    fn new(in_c: usize, out_c: usize, vb: &VarBuilder) -> candle_core::Result<Self> {
+    fn new(in_c: usize, out_c: usize, vb: &VarBuilder<'_>) -> candle_core::Result<Self> {
         Ok(Out {
             norm: vqgan::norm(in_c, vb.pp("norm_out"))?,
             conv: conv(in_c, out_c, 3, 1, 1, vb.pp("conv_out"))?,
@@ -184,7 +184,7 @@ fn level(
     blocks: usize,
     attention: bool,
     resample: Option<Box<dyn Module + Send + Sync>>,
-    vb: VarBuilder,
+    vb: VarBuilder<'_>,
 ) -> candle_core::Result<Level> {
     let blocks = (0..blocks)
         .map(|j| {
@@ -234,7 +234,7 @@ impl RestoreFormer {
         RestoreFormer::new(shape, vb).map_err(|e| unsupported(e.to_string()))
     }
 
-    pub fn new(shape: Shape, vb: VarBuilder) -> candle_core::Result<Self> {
+    pub fn new(shape: Shape, vb: VarBuilder<'_>) -> candle_core::Result<Self> {
         let widths = &shape.level_widths;
         let levels = widths.len();
         let (Some(&first), Some(&last)) = (widths.first(), widths.last()) else {

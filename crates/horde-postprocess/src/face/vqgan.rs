@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 /// The GroupNorm of both VQGANs: 32 groups, eps 1e-6.
-pub(crate) fn norm(channels: usize, vb: VarBuilder) -> Result<GroupNorm> {
+pub(crate) fn norm(channels: usize, vb: VarBuilder<'_>) -> Result<GroupNorm> {
     group_norm(channels, 1e-6, vb)
 }
 
@@ -35,7 +35,7 @@ impl ResBlock {
         in_c: usize,
         out_c: usize,
         shortcut_name: &str,
-        vb: VarBuilder,
+        vb: VarBuilder<'_>,
     ) -> Result<Self> {
         Ok(ResBlock {
             norm1: norm(in_c, vb.pp("norm1"))?,
@@ -78,12 +78,12 @@ pub(crate) struct Attention {
 
 impl Attention {
     /// CodeFormer's `AttnBlock`: one head, the norm named `norm`.
-    pub(crate) fn single_head(channels: usize, vb: VarBuilder) -> Result<Self> {
+    pub(crate) fn single_head(channels: usize, vb: VarBuilder<'_>) -> Result<Self> {
         Self::new(channels, 1, "norm", None, vb)
     }
 
     /// RestoreFormer's `MultiHeadAttnBlock`: `norm1` for the map, `norm2` for the queries' map.
-    pub(crate) fn multi_head(channels: usize, heads: usize, vb: VarBuilder) -> Result<Self> {
+    pub(crate) fn multi_head(channels: usize, heads: usize, vb: VarBuilder<'_>) -> Result<Self> {
         Self::new(channels, heads, "norm1", Some("norm2"), vb)
     }
 
@@ -92,7 +92,7 @@ impl Attention {
         heads: usize,
         norm_name: &str,
         query_norm_name: Option<&str>,
-        vb: VarBuilder,
+        vb: VarBuilder<'_>,
     ) -> Result<Self> {
         let one_by_one = |name: &str| conv(channels, channels, 1, 1, 0, vb.pp(name));
         Ok(Attention {
@@ -137,7 +137,7 @@ impl Attention {
 pub(crate) struct Downsample(Conv2d);
 
 impl Downsample {
-    pub(crate) fn new(channels: usize, vb: VarBuilder) -> Result<Self> {
+    pub(crate) fn new(channels: usize, vb: VarBuilder<'_>) -> Result<Self> {
         Ok(Downsample(conv(
             channels,
             channels,
@@ -160,7 +160,7 @@ impl Module for Downsample {
 pub(crate) struct Upsample(Conv2d);
 
 impl Upsample {
-    pub(crate) fn new(channels: usize, vb: VarBuilder) -> Result<Self> {
+    pub(crate) fn new(channels: usize, vb: VarBuilder<'_>) -> Result<Self> {
         Ok(Upsample(conv(channels, channels, 3, 1, 1, vb.pp("conv"))?))
     }
 }

@@ -56,7 +56,7 @@ pub(super) fn read(bytes: &[u8]) -> Result<Vec<(String, Tensor)>, String> {
 }
 
 /// The magic number, protocol version and system facts before the object.
-fn header(machine: &mut Machine, cursor: &mut Cursor) -> Result<(), String> {
+fn header(machine: &mut Machine, cursor: &mut Cursor<'_>) -> Result<(), String> {
     let not_legacy = "neither a zip nor a legacy PyTorch checkpoint";
     let magic = machine.load(cursor).map_err(|_| not_legacy)?;
     if magic != Value::BigInt(MAGIC.as_slice().into()) {
@@ -252,8 +252,8 @@ fn tensor_args<'m>(machine: &'m Machine, args: &'m [Value]) -> Option<TensorSpec
 /// The tensor `spec` describes, in f32 on the CPU; `None` for a storage type without an f32
 /// conversion. Charges the elements it reads to `budget`.
 fn build(
-    spec: &TensorSpec,
-    storages: &HashMap<String, Storage>,
+    spec: &TensorSpec<'_>,
+    storages: &HashMap<String, Storage<'_>>,
     budget: &mut u64,
 ) -> Result<Option<Tensor>, String> {
     let key = spec.storage.key;
@@ -300,7 +300,7 @@ fn build(
 }
 
 /// The element count of `spec` and the storage index of its last element.
-fn extent(spec: &TensorSpec) -> Result<(usize, usize), String> {
+fn extent(spec: &TensorSpec<'_>) -> Result<(usize, usize), String> {
     if spec.size.len() != spec.stride.len() {
         return Err("its sizes and strides differ in rank".into());
     }
@@ -319,7 +319,12 @@ fn extent(spec: &TensorSpec) -> Result<(usize, usize), String> {
 
 /// The strided elements of `spec` from `bytes` (its `span` elements of `dtype`, starting at
 /// its offset), in f32.
-fn gather(bytes: &[u8], dtype: DType, span: usize, spec: &TensorSpec) -> Result<Tensor, String> {
+fn gather(
+    bytes: &[u8],
+    dtype: DType,
+    span: usize,
+    spec: &TensorSpec<'_>,
+) -> Result<Tensor, String> {
     let err = |e: candle_core::Error| e.to_string();
     let values = Tensor::from_raw_buffer(bytes, dtype, &[span], &Device::Cpu)
         .and_then(|t| t.to_dtype(DType::F32))

@@ -63,7 +63,7 @@ pub struct Compact {
 }
 
 impl Compact {
-    pub fn new(shape: Shape, vb: VarBuilder) -> Result<Self> {
+    pub fn new(shape: Shape, vb: VarBuilder<'_>) -> Result<Self> {
         let nf = shape.features;
         let mut convs = vec![conv(shape.in_channels, nf, 3, 1, 1, vb.pp("body.0"))?];
         let mut slopes = vec![vb.pp("body.1").get(nf, "weight")?];

@@ -143,7 +143,7 @@ struct DenseBlock {
 }
 
 impl DenseBlock {
-    fn new(features: usize, growth: usize, vb: VarBuilder) -> Result<Self> {
+    fn new(features: usize, growth: usize, vb: VarBuilder<'_>) -> Result<Self> {
         let conv_n = |n: usize| {
             let out = if n == 5 { features } else { growth };
             conv(
@@ -206,7 +206,7 @@ pub struct Rrdbnet {
 }
 
 impl Rrdbnet {
-    pub fn new(shape: Shape, vb: VarBuilder) -> Result<Self> {
+    pub fn new(shape: Shape, vb: VarBuilder<'_>) -> Result<Self> {
         let nf = shape.features;
         let in_total = shape.in_channels * shape.unshuffle * shape.unshuffle;
         let body = (0..shape.blocks)

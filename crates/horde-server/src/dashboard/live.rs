@@ -20,11 +20,11 @@ use std::sync::atomic::Ordering;
 const LIVE_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Minutes in the throughput chart.
-pub const CHART_MINUTES: usize = 60;
+pub(crate) const CHART_MINUTES: usize = 60;
 
 /// The overview's figures, on the page and in each live event.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct Overview {
+pub(crate) struct Overview {
     pub workers_online: usize,
     pub queued_requests: usize,
     pub queued_megapixelsteps: f64,
@@ -46,7 +46,7 @@ async fn last_hour(state: &SharedState) -> Vec<Totals> {
 }
 
 /// The figures now, and the throughput of the last hour behind them.
-pub async fn overview_now(state: &SharedState) -> (Overview, Vec<Totals>) {
+pub(crate) async fn overview_now(state: &SharedState) -> (Overview, Vec<Totals>) {
     let models = active_models(state);
     let (workers_online, jobs_done, kudos_earned) = state.workers.read(|registry| {
         registry
@@ -130,7 +130,7 @@ const CHART_HEIGHT: usize = 120;
 
 /// Images finished per minute over the last hour as an SVG bar chart, inline in the page (so
 /// it needs no script); each bar's title tells its figures.
-pub fn throughput_chart(out: &mut String, minutes: &[Totals]) {
+pub(crate) fn throughput_chart(out: &mut String, minutes: &[Totals]) {
     let peak = minutes.iter().map(|t| t.images).max().unwrap_or(0).max(1);
     let total: u64 = minutes.iter().map(|t| t.images).sum();
     let megapixelsteps: f64 = minutes.iter().map(|t| t.pixelsteps).sum::<f64>() / 1e6;

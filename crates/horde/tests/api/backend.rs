@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 /// The PostgreSQL server the suite runs against, if any.
-pub fn postgres_server() -> Option<String> {
+pub(crate) fn postgres_server() -> Option<String> {
     std::env::var("HORDE_TEST_POSTGRES_URL")
         .ok()
         .filter(|url| !url.is_empty())
@@ -20,7 +20,7 @@ pub fn postgres_server() -> Option<String> {
 
 /// The database URL of a data directory on PostgreSQL (created on first use), or `None` on
 /// SQLite (the file `horde.sqlite` in the directory).
-pub fn database_for(dir: &Path) -> Option<String> {
+pub(crate) fn database_for(dir: &Path) -> Option<String> {
     static DATABASES: Mutex<Option<HashMap<PathBuf, String>>> = Mutex::new(None);
     let server = postgres_server()?;
     let mut databases = DATABASES.lock().unwrap();
@@ -46,7 +46,7 @@ pub fn database_for(dir: &Path) -> Option<String> {
 
 /// Everything the database of `dir` holds, as bytes to search: the SQLite file and its WAL, or
 /// every row of every table of the PostgreSQL database as JSON text.
-pub async fn stored_bytes(dir: &Path) -> Vec<u8> {
+pub(crate) async fn stored_bytes(dir: &Path) -> Vec<u8> {
     let Some(url) = database_for(dir) else {
         let mut bytes = std::fs::read(dir.join("horde.sqlite")).unwrap();
         bytes.extend(std::fs::read(dir.join("horde.sqlite-wal")).unwrap_or_default());

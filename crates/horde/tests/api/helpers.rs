@@ -12,7 +12,7 @@ use tempfile::TempDir;
 use tokio::sync::oneshot;
 
 /// A coordinator serving on `127.0.0.1:<random port>` from a temporary data directory.
-pub struct TestApp {
+pub(crate) struct TestApp {
     pub root: String,
     pub state: SharedState,
     pub dir: TempDir,
@@ -22,12 +22,12 @@ pub struct TestApp {
 }
 
 /// A coordinator with the test-user endpoint on and rate limits off.
-pub async fn spawn_app() -> TestApp {
+pub(crate) async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
 }
 
 /// A coordinator with the test defaults, then `configure` applied.
-pub async fn spawn_app_with(configure: impl FnOnce(&mut ServerConfig)) -> TestApp {
+pub(crate) async fn spawn_app_with(configure: impl FnOnce(&mut ServerConfig)) -> TestApp {
     let dir = tempfile::tempdir().expect("temporary directory");
     let mut config = test_config(dir.path());
     configure(&mut config);
@@ -52,7 +52,7 @@ fn test_config(dir: &std::path::Path) -> ServerConfig {
 
 /// `n` coordinators sharing one new PostgreSQL database (each with its own data directory),
 /// with the test defaults, then `configure` applied. Needs `HORDE_TEST_POSTGRES_URL`.
-pub async fn spawn_cluster(n: usize, configure: impl Fn(&mut ServerConfig)) -> Vec<TestApp> {
+pub(crate) async fn spawn_cluster(n: usize, configure: impl Fn(&mut ServerConfig)) -> Vec<TestApp> {
     let first = tempfile::tempdir().expect("temporary directory");
     let url = crate::backend::database_for(first.path())
         .expect("several coordinators share a PostgreSQL database: set HORDE_TEST_POSTGRES_URL");
@@ -100,21 +100,21 @@ async fn start(config: ServerConfig, dir: TempDir) -> TestApp {
 }
 
 impl TestApp {
-    pub fn client(&self, api_key: &str) -> Client {
+    pub(crate) fn client(&self, api_key: &str) -> Client {
         Client::new(&self.root, api_key)
     }
 
-    pub fn anonymous(&self) -> Client {
+    pub(crate) fn anonymous(&self) -> Client {
         self.client(horde_api::ANONYMOUS_API_KEY)
     }
 
     /// A new user (not a moderator, trusted) with `kudos`, and a client acting as them.
-    pub async fn user(&self, name: &str, kudos: f64) -> (Client, i64) {
+    pub(crate) async fn user(&self, name: &str, kudos: f64) -> (Client, i64) {
         self.user_with(name, kudos, true).await
     }
 
     /// The API key and id of a new moderator named `moderator`.
-    pub async fn moderator(&self) -> (String, i64) {
+    pub(crate) async fn moderator(&self) -> (String, i64) {
         let request = TestUserRequest {
             username: "moderator".into(),
             oauth_id: None,
@@ -128,7 +128,7 @@ impl TestApp {
     }
 
     /// A new user who is not trusted (so not exempt from escrow or upfront rules).
-    pub async fn untrusted_user(&self, name: &str, kudos: f64) -> (Client, i64) {
+    pub(crate) async fn untrusted_user(&self, name: &str, kudos: f64) -> (Client, i64) {
         self.user_with(name, kudos, false).await
     }
 
@@ -150,13 +150,13 @@ impl TestApp {
     }
 
     /// Stops the server and waits for it to close the database.
-    pub async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         self.shut_down().await;
     }
 
     /// Stops the server cleanly and starts a new one on the same database and images (on
     /// another port).
-    pub async fn restart(mut self) -> TestApp {
+    pub(crate) async fn restart(mut self) -> TestApp {
         self.shut_down().await;
         let config = self.config.clone();
         let dir = std::mem::replace(
@@ -168,7 +168,7 @@ impl TestApp {
 
     /// Stops the server cleanly and starts a new one on the same database, images and port, as
     /// an operator restarting it: clients find it again at the same address.
-    pub async fn restart_in_place(mut self) -> TestApp {
+    pub(crate) async fn restart_in_place(mut self) -> TestApp {
         self.shut_down().await;
         let mut config = self.config.clone();
         config.listen = self.root.trim_start_matches("http://").parse().unwrap();
@@ -191,7 +191,7 @@ impl TestApp {
 
 /// A coordinator with rate limits on, a user `poller` (a client as them) and the id of one of
 /// their requests, waiting.
-pub async fn rate_limited_with_a_request() -> (TestApp, Client, String) {
+pub(crate) async fn rate_limited_with_a_request() -> (TestApp, Client, String) {
     let app = spawn_app_with(|c| c.api.rate_limits = true).await;
     let (user, _) = app.user("poller", 1000.0).await;
     let id = user
@@ -207,7 +207,7 @@ pub async fn rate_limited_with_a_request() -> (TestApp, Client, String) {
 /// Waits, if need be, until the current minute has at least `needed` left. The coordinator's
 /// rate-limit windows start on the minute, so a test counting hits against a per-minute limit
 /// would see its counter start over if its requests straddled a minute's end.
-pub async fn with_a_minute_window_ahead(needed: Duration) {
+pub(crate) async fn with_a_minute_window_ahead(needed: Duration) {
     let since_epoch = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap();
@@ -219,12 +219,12 @@ pub async fn with_a_minute_window_ahead(needed: Duration) {
 }
 
 /// A plain reqwest client for raw-HTTP checks the typed client would not make.
-pub fn http() -> reqwest::Client {
+pub(crate) fn http() -> reqwest::Client {
     reqwest::Client::new()
 }
 
 /// A small request: 512×512 (the default size), 10 steps, `n` images, on any model.
-pub fn small_request(prompt: &str, n: u32, r2: bool) -> ImageRequest {
+pub(crate) fn small_request(prompt: &str, n: u32, r2: bool) -> ImageRequest {
     let mut request = ImageRequest::new(prompt);
     request.params.n = n;
     request.params.steps = Some(10);
@@ -234,7 +234,7 @@ pub fn small_request(prompt: &str, n: u32, r2: bool) -> ImageRequest {
 }
 
 /// A worker's pop for one job of `stable_diffusion`.
-pub fn pop_request(worker: &str) -> PopRequest {
+pub(crate) fn pop_request(worker: &str) -> PopRequest {
     let mut pop = PopRequest::new(worker);
     pop.models = vec!["stable_diffusion".into()];
     pop.max_pixels = 512 * 512;
@@ -244,7 +244,7 @@ pub fn pop_request(worker: &str) -> PopRequest {
 }
 
 /// A submission of an inline (base64) WebP for the job of `pop`.
-pub fn submit_inline(pop: &PopResponse, webp: &[u8]) -> SubmitRequest {
+pub(crate) fn submit_inline(pop: &PopResponse, webp: &[u8]) -> SubmitRequest {
     use base64::Engine;
     submit_with(
         pop,
@@ -252,7 +252,7 @@ pub fn submit_inline(pop: &PopResponse, webp: &[u8]) -> SubmitRequest {
     )
 }
 
-pub fn submit_with(pop: &PopResponse, generation: Option<String>) -> SubmitRequest {
+pub(crate) fn submit_with(pop: &PopResponse, generation: Option<String>) -> SubmitRequest {
     let seed = pop.payload["seed"].as_str().and_then(|s| s.parse().ok());
     SubmitRequest {
         id: pop.id.clone().expect("pop carries a job"),
@@ -266,7 +266,7 @@ pub fn submit_with(pop: &PopResponse, generation: Option<String>) -> SubmitReque
 
 /// A lossless WebP: the top half `top`, the bottom half `bottom`, so a decode proves the bytes
 /// made the round trip whole and the right way up.
-pub fn webp(width: u32, height: u32, top: [u8; 3], bottom: [u8; 3]) -> Vec<u8> {
+pub(crate) fn webp(width: u32, height: u32, top: [u8; 3], bottom: [u8; 3]) -> Vec<u8> {
     let image = RgbImage::from_fn(width, height, |_, y| {
         image::Rgb(if y < height / 2 { top } else { bottom })
     });
@@ -274,7 +274,7 @@ pub fn webp(width: u32, height: u32, top: [u8; 3], bottom: [u8; 3]) -> Vec<u8> {
 }
 
 /// A lossless WebP of noise, which compresses badly: for size-limit tests.
-pub fn noisy_webp(width: u32, height: u32) -> Vec<u8> {
+pub(crate) fn noisy_webp(width: u32, height: u32) -> Vec<u8> {
     let mut state = 0x2545_f491_u32;
     let image = RgbImage::from_fn(width, height, |_, _| {
         state ^= state << 13;
@@ -300,7 +300,7 @@ fn encode_webp(image: &RgbImage) -> Vec<u8> {
 }
 
 /// Decodes a WebP and returns the colours at the centre of its top and bottom halves.
-pub fn halves_of(webp: &[u8]) -> ((u32, u32), [u8; 3], [u8; 3]) {
+pub(crate) fn halves_of(webp: &[u8]) -> ((u32, u32), [u8; 3], [u8; 3]) {
     let image = image::load_from_memory_with_format(webp, image::ImageFormat::WebP)
         .expect("a decodable WebP")
         .to_rgb8();
@@ -310,7 +310,7 @@ pub fn halves_of(webp: &[u8]) -> ((u32, u32), [u8; 3], [u8; 3]) {
     ((w, h), top, bottom)
 }
 
-pub fn base64_decode(text: &str) -> Vec<u8> {
+pub(crate) fn base64_decode(text: &str) -> Vec<u8> {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD
         .decode(text)
@@ -318,7 +318,7 @@ pub fn base64_decode(text: &str) -> Vec<u8> {
 }
 
 /// The `horde` binary running as a child process, for tests of the command line and of crashes.
-pub struct ServerProcess {
+pub(crate) struct ServerProcess {
     pub child: std::process::Child,
     pub root: String,
     /// Every line the server printed to stdout up to "listening".
@@ -327,7 +327,11 @@ pub struct ServerProcess {
 
 impl ServerProcess {
     /// Runs `horde serve ARGS` with `envs` in `cwd` and waits for its "listening on" line.
-    pub fn start(cwd: &std::path::Path, args: &[&str], envs: &[(&str, &str)]) -> ServerProcess {
+    pub(crate) fn start(
+        cwd: &std::path::Path,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> ServerProcess {
         use std::io::BufRead;
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_horde"));
         command
@@ -369,7 +373,7 @@ impl ServerProcess {
     }
 
     /// SIGKILL: no shutdown hook runs, nothing is flushed.
-    pub fn kill_9(mut self) {
+    pub(crate) fn kill_9(mut self) {
         self.child.kill().expect("kill -9");
         self.child.wait().unwrap();
     }
@@ -383,7 +387,7 @@ impl Drop for ServerProcess {
 }
 
 /// Runs the `horde` binary to completion; returns (success, stdout, stderr).
-pub fn run_horde(cwd: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+pub(crate) fn run_horde(cwd: &std::path::Path, args: &[&str]) -> (bool, String, String) {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_horde"));
     if let Some(url) = crate::backend::database_for(cwd) {
         command.env("HORDE_DATABASE__URL", url);
@@ -403,13 +407,13 @@ pub fn run_horde(cwd: &std::path::Path, args: &[&str]) -> (bool, String, String)
 /// A TCP forwarder in front of a server, which the test can cut off: the network fault a worker
 /// must survive (connections are refused while it is down). Not a stand-in for any of our
 /// components — it only carries their bytes.
-pub struct FlakyLink {
+pub(crate) struct FlakyLink {
     pub url: String,
     down: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl FlakyLink {
-    pub async fn start(target: std::net::SocketAddr) -> FlakyLink {
+    pub(crate) async fn start(target: std::net::SocketAddr) -> FlakyLink {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -441,7 +445,7 @@ impl FlakyLink {
         FlakyLink { url, down }
     }
 
-    pub fn set_down(&self, down: bool) {
+    pub(crate) fn set_down(&self, down: bool) {
         self.down.store(down, std::sync::atomic::Ordering::SeqCst);
     }
 }

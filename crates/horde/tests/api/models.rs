@@ -1,4 +1,4 @@
-//! The model registry over HTTP: requests and workers are checked against the model reference,
+//! The model reference over HTTP: requests and workers are checked against the model reference,
 //! each baseline's kudos multiplier prices the jobs run on it, and the reference reloads from a
 //! file while the coordinator runs.
 

@@ -63,13 +63,13 @@ impl Depthwise {
 }
 
 /// The MobileNetV1 body, returning the outputs of its three stages.
-pub struct MobilenetBody {
+pub(super) struct MobilenetBody {
     stem: Conv2d,
     stages: Vec<Vec<Separable>>,
 }
 
 /// Blocks in `body.stage{stage}`.
-pub fn blocks_in(tensors: &HashMap<String, Tensor>, stage: usize) -> usize {
+pub(super) fn blocks_in(tensors: &HashMap<String, Tensor>, stage: usize) -> usize {
     (0..)
         .take_while(|i| tensors.contains_key(&format!("body.stage{stage}.{i}.0.weight")))
         .count()
@@ -84,7 +84,7 @@ fn stride_of(stage: usize, index: usize) -> usize {
 }
 
 /// Block `prefix`'s depthwise convolution (`.0`) with its BatchNorm (`.1`) folded in.
-fn depthwise(w: &Weights, prefix: &str, stride: usize) -> Result<Depthwise> {
+fn depthwise(w: &Weights<'_>, prefix: &str, stride: usize) -> Result<Depthwise> {
     let (weight, bias) = w.depthwise_bn(&format!("{prefix}.0"), &format!("{prefix}.1"))?;
     let channels = weight.dim(0)?;
     Ok(Depthwise {
@@ -95,7 +95,7 @@ fn depthwise(w: &Weights, prefix: &str, stride: usize) -> Result<Depthwise> {
 }
 
 impl MobilenetBody {
-    pub fn new(w: &Weights) -> Result<Self> {
+    pub(super) fn new(w: &Weights<'_>) -> Result<Self> {
         let stem = w.conv_bn("body.stage1.0.0", "body.stage1.0.1", 2)?;
         let stages = (1..=3)
             .map(|stage| {
@@ -118,7 +118,7 @@ impl MobilenetBody {
         Ok(MobilenetBody { stem, stages })
     }
 
-    pub fn forward(&self, x: &Tensor) -> Result<[Tensor; 3]> {
+    pub(super) fn forward(&self, x: &Tensor) -> Result<[Tensor; 3]> {
         let mut x = leaky_relu(&self.stem.forward(x)?, SLOPE)?;
         let mut outs = Vec::with_capacity(3);
         for stage in &self.stages {

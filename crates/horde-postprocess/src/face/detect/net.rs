@@ -19,7 +19,7 @@ use std::collections::HashMap;
 const BN_EPS: f64 = 1e-5;
 
 /// The tensors of a checkpoint, by name, with the lookups the builders need.
-pub struct Weights<'a> {
+pub(super) struct Weights<'a> {
     pub tensors: &'a HashMap<String, Tensor>,
     pub device: &'a Device,
 }
@@ -33,7 +33,7 @@ impl Weights<'_> {
 
     /// The convolution `conv_key` (no bias) followed by the BatchNorm `bn_key`, folded into one
     /// convolution: `w·γ/√(σ²+ε)` and bias `β − μ·γ/√(σ²+ε)`.
-    pub fn conv_bn(&self, conv_key: &str, bn_key: &str, stride: usize) -> Result<Conv2d> {
+    pub(super) fn conv_bn(&self, conv_key: &str, bn_key: &str, stride: usize) -> Result<Conv2d> {
         let weight = self.get(&format!("{conv_key}.weight"))?;
         let (out_c, in_c, k, k_w) = weight.dims4()?;
         if k != k_w {
@@ -44,7 +44,7 @@ impl Weights<'_> {
     }
 
     /// A depthwise 3×3 kernel (`[C, 1, 3, 3]`) and the bias of its folded BatchNorm.
-    pub fn depthwise_bn(&self, conv_key: &str, bn_key: &str) -> Result<(Tensor, Tensor)> {
+    pub(super) fn depthwise_bn(&self, conv_key: &str, bn_key: &str) -> Result<(Tensor, Tensor)> {
         let weight = self.get(&format!("{conv_key}.weight"))?;
         match weight.dims4()? {
             (_, 1, 3, 3) => self.fold_bn(weight, bn_key),
@@ -68,7 +68,7 @@ impl Weights<'_> {
     }
 
     /// A plain convolution with its bias (the heads).
-    pub fn conv_biased(&self, key: &str) -> Result<Conv2d> {
+    pub(super) fn conv_biased(&self, key: &str) -> Result<Conv2d> {
         let weight = self.get(&format!("{key}.weight"))?.clone();
         let bias = self.get(&format!("{key}.bias"))?.clone();
         let (out_c, in_c, k, _) = weight.dims4()?;
@@ -127,7 +127,7 @@ impl Downsample {
 }
 
 impl Bottleneck {
-    fn new(w: &Weights, prefix: &str, stride: usize) -> Result<Self> {
+    fn new(w: &Weights<'_>, prefix: &str, stride: usize) -> Result<Self> {
         let p = |name: &str| format!("{prefix}.{name}");
         let downsample = if w.tensors.contains_key(&p("downsample.0.weight")) {
             Some(Downsample {
@@ -158,13 +158,13 @@ impl Bottleneck {
 }
 
 /// The ResNet body up to `layer4`, returning the outputs of `layer2`, `layer3`, `layer4`.
-pub struct ResnetBody {
+pub(super) struct ResnetBody {
     stem: Conv2d,
     stages: Vec<Vec<Bottleneck>>,
 }
 
 impl ResnetBody {
-    pub fn new(w: &Weights) -> Result<Self> {
+    pub(super) fn new(w: &Weights<'_>) -> Result<Self> {
         let stem = w.conv_bn("body.conv1", "body.bn1", 2)?;
         let stages = (1..=4)
             .map(|stage| {
@@ -183,7 +183,7 @@ impl ResnetBody {
         Ok(ResnetBody { stem, stages })
     }
 
-    pub fn forward(&self, x: &Tensor) -> Result<[Tensor; 3]> {
+    pub(super) fn forward(&self, x: &Tensor) -> Result<[Tensor; 3]> {
         let x = self.stem.forward(x)?.relu()?;
         // 3×3 max pool, stride 2, padding 1: after the ReLU every value is ≥ 0, so padding with
         // zeros gives the same maxima as PyTorch's −∞ padding.
@@ -206,7 +206,7 @@ impl ResnetBody {
 }
 
 /// Bottleneck blocks in `body.layer{stage}`.
-pub fn blocks_in(tensors: &HashMap<String, Tensor>, stage: usize) -> usize {
+pub(super) fn blocks_in(tensors: &HashMap<String, Tensor>, stage: usize) -> usize {
     (0..)
         .take_while(|i| tensors.contains_key(&format!("body.layer{stage}.{i}.conv1.weight")))
         .count()
@@ -236,7 +236,7 @@ impl Activation {
 
 /// The feature pyramid: 1×1 lateral convolutions, the coarser level added by nearest
 /// upsampling, a 3×3 merge on the two finer levels.
-pub struct Fpn {
+pub(super) struct Fpn {
     outputs: [Conv2d; 3],
     merge1: Conv2d,
     merge2: Conv2d,
@@ -244,7 +244,7 @@ pub struct Fpn {
 }
 
 impl Fpn {
-    pub fn new(w: &Weights, act: Activation) -> Result<Self> {
+    pub(super) fn new(w: &Weights<'_>, act: Activation) -> Result<Self> {
         let lateral =
             |i: usize| w.conv_bn(&format!("fpn.output{i}.0"), &format!("fpn.output{i}.1"), 1);
         Ok(Fpn {
@@ -255,7 +255,7 @@ impl Fpn {
         })
     }
 
-    pub fn forward(&self, [c2, c3, c4]: &[Tensor; 3]) -> Result<[Tensor; 3]> {
+    pub(super) fn forward(&self, [c2, c3, c4]: &[Tensor; 3]) -> Result<[Tensor; 3]> {
         let act = |conv: &Conv2d, x: &Tensor| self.act.apply(&conv.forward(x)?);
         let o1 = act(&self.outputs[0], c2)?;
         let o2 = act(&self.outputs[1], c3)?;
@@ -274,7 +274,7 @@ fn upsample_to(x: &Tensor, like: &Tensor) -> Result<Tensor> {
 
 /// SSH: a 3×3 branch (half the width) and 5×5 and 7×7 receptive fields built from stacked
 /// 3×3s (a quarter each), concatenated in that order, then ReLU.
-pub struct Ssh {
+pub(super) struct Ssh {
     conv3x3: Conv2d,
     conv5x5_1: Conv2d,
     conv5x5_2: Conv2d,
@@ -284,7 +284,7 @@ pub struct Ssh {
 }
 
 impl Ssh {
-    pub fn new(w: &Weights, prefix: &str, act: Activation) -> Result<Self> {
+    pub(super) fn new(w: &Weights<'_>, prefix: &str, act: Activation) -> Result<Self> {
         let cb = |name: &str| {
             w.conv_bn(
                 &format!("{prefix}.{name}.0"),
@@ -302,7 +302,7 @@ impl Ssh {
         })
     }
 
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let branch3 = self.conv3x3.forward(x)?;
         let first5 = self.act.apply(&self.conv5x5_1.forward(x)?)?;
         let branch5 = self.conv5x5_2.forward(&first5)?;
@@ -313,13 +313,13 @@ impl Ssh {
 }
 
 /// The 1×1 heads of one kind on the three levels, `values` numbers per anchor.
-pub struct Heads {
+pub(super) struct Heads {
     convs: Vec<Conv2d>,
     values: usize,
 }
 
 impl Heads {
-    pub fn new(w: &Weights, name: &str, values: usize) -> Result<Self> {
+    pub(super) fn new(w: &Weights<'_>, name: &str, values: usize) -> Result<Self> {
         let convs = (0..3)
             .map(|i| w.conv_biased(&format!("{name}.{i}.conv1x1")))
             .collect::<Result<_>>()?;
@@ -328,7 +328,7 @@ impl Heads {
 
     /// `[1, priors, values]`, the levels one after the other and, within a level, row by row,
     /// column by column, anchor by anchor (the priors' order).
-    pub fn forward(&self, features: &[Tensor; 3]) -> Result<Tensor> {
+    pub(super) fn forward(&self, features: &[Tensor; 3]) -> Result<Tensor> {
         let per_level = self
             .convs
             .iter()
@@ -352,7 +352,7 @@ pub struct RawOutputs {
 }
 
 /// The backbone: torchvision's ResNet or facexlib's MobileNetV1.
-pub enum Body {
+pub(super) enum Body {
     Resnet(ResnetBody),
     Mobilenet(super::mobilenet::MobilenetBody),
 }
@@ -367,7 +367,7 @@ impl Body {
 }
 
 /// The whole network.
-pub struct Network {
+pub(super) struct Network {
     body: Body,
     fpn: Fpn,
     ssh: [Ssh; 3],
@@ -377,7 +377,7 @@ pub struct Network {
 }
 
 impl Network {
-    pub fn new(w: &Weights, mobilenet: bool, act: Activation) -> Result<Self> {
+    pub(super) fn new(w: &Weights<'_>, mobilenet: bool, act: Activation) -> Result<Self> {
         let body = if mobilenet {
             Body::Mobilenet(super::mobilenet::MobilenetBody::new(w)?)
         } else {
@@ -399,7 +399,7 @@ impl Network {
 
     /// `x`: `[1, 3, H, W]`, BGR minus the mean. Softmax is applied to the classes, as
     /// facexlib's test phase does.
-    pub fn forward(&self, x: &Tensor) -> Result<RawOutputs> {
+    pub(super) fn forward(&self, x: &Tensor) -> Result<RawOutputs> {
         let levels = self.fpn.forward(&self.body.forward(x)?)?;
         let features = [
             self.ssh[0].forward(&levels[0])?,

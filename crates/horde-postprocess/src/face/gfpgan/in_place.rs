@@ -18,7 +18,7 @@ use candle_core::{CpuStorage, DType, InplaceOp1, InplaceOp2, InplaceOp3, Layout,
 const SLOPE: f32 = 0.2;
 
 /// `leaky_relu(x, 0.2)`, in place when it can be. `x` must be a tensor no one else holds.
-pub fn leaky_relu_owned(x: Tensor) -> Result<Tensor> {
+pub(super) fn leaky_relu_owned(x: Tensor) -> Result<Tensor> {
     if !in_place_possible(&x) {
         return leaky_relu(&x, f64::from(SLOPE));
     }
@@ -28,7 +28,11 @@ pub fn leaky_relu_owned(x: Tensor) -> Result<Tensor> {
 
 /// `leaky_relu(x + strength · noise, 0.2)` for `x` `[B, C, H, W]` and `noise` `[1 or B, 1, H,
 /// W]`, in place when it can be. `x` must be a tensor no one else holds.
-pub fn noise_then_leaky_relu_owned(x: Tensor, noise: &Tensor, strength: &Tensor) -> Result<Tensor> {
+pub(super) fn noise_then_leaky_relu_owned(
+    x: Tensor,
+    noise: &Tensor,
+    strength: &Tensor,
+) -> Result<Tensor> {
     let noise = noise.broadcast_mul(strength)?.contiguous()?;
     if !in_place_possible(&x) || !in_place_possible(&noise) {
         return leaky_relu(&x.broadcast_add(&noise)?, f64::from(SLOPE));
@@ -40,7 +44,7 @@ pub fn noise_then_leaky_relu_owned(x: Tensor, noise: &Tensor, strength: &Tensor)
 /// SFT: `x[:, first..] · scale + shift`, channels below `first` unchanged, for `scale` and
 /// `shift` `[B, C − first, H, W]`; in place when it can be. `x` must be a tensor no one else
 /// holds.
-pub fn sft_owned(x: Tensor, first: usize, scale: &Tensor, shift: &Tensor) -> Result<Tensor> {
+pub(super) fn sft_owned(x: Tensor, first: usize, scale: &Tensor, shift: &Tensor) -> Result<Tensor> {
     if [&x, scale, shift].iter().all(|t| in_place_possible(t)) {
         x.inplace_op3(scale, shift, &Sft { first })?;
         return Ok(x);

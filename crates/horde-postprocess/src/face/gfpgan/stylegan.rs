@@ -31,7 +31,7 @@ impl ModulatedConv {
         k: usize,
         style: usize,
         demodulate: bool,
-        vb: VarBuilder,
+        vb: VarBuilder<'_>,
     ) -> Result<Self> {
         let weight = vb.get((1, c_out, c_in, k, k), "weight")?.squeeze(0)?;
         let m = vb.pp("modulation");
@@ -90,7 +90,7 @@ impl StyleConv {
         c_out: usize,
         style: usize,
         upsample: bool,
-        vb: VarBuilder,
+        vb: VarBuilder<'_>,
     ) -> Result<Self> {
         Ok(StyleConv {
             conv: ModulatedConv::new(c_in, c_out, 3, style, true, vb.pp("modulated_conv"))?,
@@ -121,7 +121,7 @@ struct ToRgb {
 }
 
 impl ToRgb {
-    fn new(c_in: usize, style: usize, vb: VarBuilder) -> Result<Self> {
+    fn new(c_in: usize, style: usize, vb: VarBuilder<'_>) -> Result<Self> {
         Ok(ToRgb {
             conv: ModulatedConv::new(c_in, 3, 1, style, false, vb.pp("modulated_conv"))?,
             bias: vb.get((1, 3, 1, 1), "bias")?.flatten_all()?,
@@ -153,7 +153,7 @@ pub struct Condition {
 
 /// `StyleGAN2GeneratorCSFT` with `input_is_latent=True`: the style MLP of the checkpoint is
 /// never run (GFPGAN's encoder gives the latents directly), so it is not loaded.
-pub struct Decoder {
+pub(super) struct Decoder {
     constant: Tensor,
     first: StyleConv,
     first_rgb: ToRgb,
@@ -164,7 +164,12 @@ pub struct Decoder {
 
 impl Decoder {
     /// `channels[l]`: the feature channels at resolution `4·2^l`.
-    pub fn new(channels: &[usize], style: usize, sft_half: bool, vb: VarBuilder) -> Result<Self> {
+    pub(super) fn new(
+        channels: &[usize],
+        style: usize,
+        sft_half: bool,
+        vb: VarBuilder<'_>,
+    ) -> Result<Self> {
         let c4 = channels[0];
         let mut levels = Vec::with_capacity(channels.len() - 1);
         for (l, pair) in channels.windows(2).enumerate() {
@@ -195,7 +200,7 @@ impl Decoder {
 
     /// The image (`[B, 3, S, S]`) from per-layer latents (`[B, layers, style]`) and one
     /// [`Condition`] per level above 4².
-    pub fn forward(
+    pub(super) fn forward(
         &self,
         latents: &Tensor,
         conditions: &[Condition],

@@ -22,7 +22,7 @@ struct ResBlock {
 }
 
 impl ResBlock {
-    fn new(c_in: usize, c_out: usize, up: bool, vb: VarBuilder) -> Result<Self> {
+    fn new(c_in: usize, c_out: usize, up: bool, vb: VarBuilder<'_>) -> Result<Self> {
         let skip = vb.pp("skip").get((c_out, c_in, 1, 1), "weight")?;
         let no_bias = Tensor::zeros(c_out, skip.dtype(), skip.device())?;
         Ok(ResBlock {
@@ -61,7 +61,7 @@ struct ConditionNet {
 }
 
 impl ConditionNet {
-    fn new(c: usize, c_out: usize, vb: VarBuilder) -> Result<Self> {
+    fn new(c: usize, c_out: usize, vb: VarBuilder<'_>) -> Result<Self> {
         Ok(ConditionNet {
             conv1: conv(c, c, 3, 1, 1, vb.pp("0"))?,
             conv2: conv(c, c_out, 3, 1, 1, vb.pp("2"))?,
@@ -75,7 +75,7 @@ impl ConditionNet {
 }
 
 /// The U-Net, the style code and the SFT conditions.
-pub struct Encoder {
+pub(super) struct Encoder {
     first: Conv2d,
     down: Vec<ResBlock>,
     final_conv: Conv2d,
@@ -88,7 +88,7 @@ pub struct Encoder {
 }
 
 impl Encoder {
-    pub fn new(shape: &Shape, vb: VarBuilder) -> Result<Self> {
+    pub(super) fn new(shape: &Shape, vb: VarBuilder<'_>) -> Result<Self> {
         let u = &shape.unet_channels;
         let top = u.len() - 1;
         let down = (0..top)
@@ -131,7 +131,7 @@ impl Encoder {
 
     /// The latents (`[B, layers, style]`, one per decoder layer, the same for all when the
     /// checkpoint has a single one) and the SFT conditions of `x` (`[B, 3, S, S]`).
-    pub fn forward(&self, x: &Tensor) -> Result<(Tensor, Vec<Condition>)> {
+    pub(super) fn forward(&self, x: &Tensor) -> Result<(Tensor, Vec<Condition>)> {
         let batch = x.dim(0)?;
         let mut feat = leaky_relu_owned(self.first.forward(x)?)?;
         let mut skips = Vec::with_capacity(self.down.len());

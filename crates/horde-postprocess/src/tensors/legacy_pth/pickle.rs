@@ -125,7 +125,7 @@ pub(super) struct Machine {
 impl Machine {
     /// Runs one pickle from `cursor` to its `STOP` and returns the value it builds. The arena
     /// keeps growing across calls; the stack and memo start afresh, as for a new `Unpickler`.
-    pub(super) fn load(&mut self, cursor: &mut Cursor) -> Result<Value, String> {
+    pub(super) fn load(&mut self, cursor: &mut Cursor<'_>) -> Result<Value, String> {
         self.stack.clear();
         self.marks.clear();
         self.memo.clear();
@@ -150,7 +150,7 @@ impl Machine {
         }
     }
 
-    fn step(&mut self, op: u8, c: &mut Cursor) -> Result<(), String> {
+    fn step(&mut self, op: u8, c: &mut Cursor<'_>) -> Result<(), String> {
         match op {
             0x80 => drop(c.u8()?), // PROTO
             0x95 => drop(c.u64("a FRAME length")?),
@@ -200,7 +200,7 @@ impl Machine {
         Ok(())
     }
 
-    fn step_containers(&mut self, op: u8, c: &mut Cursor) -> Result<(), String> {
+    fn step_containers(&mut self, op: u8, c: &mut Cursor<'_>) -> Result<(), String> {
         match op {
             b')' => self.alloc(Obj::Tuple(Vec::new())),
             b't' => {
@@ -259,7 +259,7 @@ impl Machine {
         Ok(())
     }
 
-    fn step_memo(&mut self, op: u8, c: &mut Cursor) -> Result<(), String> {
+    fn step_memo(&mut self, op: u8, c: &mut Cursor<'_>) -> Result<(), String> {
         let get = |m: &Self, id: u32| {
             m.memo
                 .get(&id)
@@ -351,8 +351,8 @@ impl Machine {
 
     fn string(
         &mut self,
-        c: &mut Cursor,
-        len: impl Fn(&mut Cursor) -> Result<u64, String>,
+        c: &mut Cursor<'_>,
+        len: impl Fn(&mut Cursor<'_>) -> Result<u64, String>,
     ) -> Result<(), String> {
         let n = len(c)?;
         let text = String::from_utf8_lossy(c.take(n, "a string")?);
@@ -362,8 +362,8 @@ impl Machine {
 
     fn bytes(
         &mut self,
-        c: &mut Cursor,
-        len: impl Fn(&mut Cursor) -> Result<u64, String>,
+        c: &mut Cursor<'_>,
+        len: impl Fn(&mut Cursor<'_>) -> Result<u64, String>,
     ) -> Result<(), String> {
         let n = len(c)?;
         let bytes = c.take(n, "a bytes object")?;
