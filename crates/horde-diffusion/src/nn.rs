@@ -367,17 +367,15 @@ fn convolve_then(conv: &candle_nn::Conv2d, xs: &Tensor, relu: bool) -> Result<Te
         )?)?
     } else if (k_h, k_w) == (3, 3) && h * w >= WINOGRAD_MIN_PIXELS {
         let p = cfg.padding;
-        match (post_processing, relu) {
-            (true, true) => {
-                crate::kernels::winograd4::conv2d_3x3_then_relu(&x, &weight, bias.as_ref(), p)?
-            }
-            (true, false) => crate::kernels::winograd4::conv2d_3x3(&x, &weight, bias.as_ref(), p)?,
-            (false, _) => relu_after(crate::kernels::winograd::conv2d_3x3(
+        if post_processing {
+            crate::kernels::winograd4::conv2d_3x3(&x, &weight, bias.as_ref(), p, relu)?
+        } else {
+            relu_after(crate::kernels::winograd::conv2d_3x3(
                 &x,
                 &weight,
                 bias.as_ref(),
                 p,
-            )?)?,
+            )?)?
         }
     } else {
         relu_after(crate::kernels::conv::conv2d_stride1(

@@ -24,6 +24,8 @@
 pub mod background;
 pub mod face;
 pub mod tensors;
+#[cfg(test)]
+mod test_support;
 pub mod tiles;
 pub mod tiny;
 pub mod upscale;

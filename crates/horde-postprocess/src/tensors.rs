@@ -182,18 +182,7 @@ mod tests {
         let view = whole.narrow(1, 1, 3).unwrap();
         leaky_relu_in_place(&view, 0.2).unwrap();
         let expected = leaky_relu(&before.narrow(1, 1, 3).unwrap(), 0.2).unwrap();
-        let diff = |a: &Tensor, b: &Tensor| -> f32 {
-            (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar()
-                .unwrap()
-        };
+        let diff = crate::test_support::max_difference;
         assert_eq!(diff(&whole.narrow(1, 1, 3).unwrap(), &expected), 0.0);
         for (start, len) in [(0, 1), (4, 1)] {
             assert_eq!(

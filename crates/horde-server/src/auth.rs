@@ -50,6 +50,17 @@ impl FromRequest<SharedState> for NoBody {
     }
 }
 
+/// The `apikey` header of `request`, and its body read as `B` (before the key is looked at).
+async fn key_and_body<B>(request: Request, state: &SharedState) -> ApiResult<(ApiKey, B)>
+where
+    B: FromRequest<SharedState, Rejection = ApiError>,
+{
+    let (parts, body) = request.into_parts();
+    let key = ApiKey::from_parts(&parts);
+    let body = B::from_request(Request::from_parts(parts, body), state).await?;
+    Ok((key, body))
+}
+
 /// A role: how the user of a key is admitted.
 pub trait Role {
     fn admit(state: &AppState, key: &ApiKey) -> impl Future<Output = ApiResult<User>> + Send;
@@ -69,9 +80,7 @@ where
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &SharedState) -> Result<Self, ApiError> {
-        let (parts, body) = request.into_parts();
-        let key = ApiKey::from_parts(&parts);
-        let body = B::from_request(Request::from_parts(parts, body), state).await?;
+        let (key, body) = key_and_body::<B>(request, state).await?;
         let user = R::admit(state, &key).await?;
         Ok(Authenticated {
             user,
@@ -185,9 +194,7 @@ where
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &SharedState) -> Result<Self, ApiError> {
-        let (parts, body) = request.into_parts();
-        let key = ApiKey::from_parts(&parts);
-        let body = B::from_request(Request::from_parts(parts, body), state).await?;
+        let (key, body) = key_and_body::<B>(request, state).await?;
         let (user, shared_key) = state
             .authenticate_requester(&key, REQUESTER_CACHE_MS)
             .await?;

@@ -17,12 +17,7 @@ pub async fn create_user_offline(
     trusted: bool,
     kudos: f64,
 ) -> Result<CreatedUser, StartError> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
-        path: config.data_dir.display().to_string(),
-        source,
-    })?;
-    let store =
-        horde_store::Store::open(&config.database_location(), config.database.durability).await?;
+    let store = open_store(config).await?;
     let salt = store
         .setting_or_init("api_key_salt", || {
             horde_core::keys::generate_token(&mut rand::rng())
@@ -45,13 +40,18 @@ pub async fn create_user_offline(
 
 /// Applies migrations to the database of `config` (the `horde migrate` command).
 pub async fn migrate_offline(config: &ServerConfig) -> Result<String, StartError> {
+    let store = open_store(config).await?;
+    let mode = store.journal_mode().await?;
+    store.close().await;
+    Ok(mode)
+}
+
+/// The database of `config`, opened (and migrated) as the server opens it, its data directory
+/// created first.
+async fn open_store(config: &ServerConfig) -> Result<horde_store::Store, StartError> {
     std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
         path: config.data_dir.display().to_string(),
         source,
     })?;
-    let store =
-        horde_store::Store::open(&config.database_location(), config.database.durability).await?;
-    let mode = store.journal_mode().await?;
-    store.close().await;
-    Ok(mode)
+    Ok(horde_store::Store::open(&config.database_location(), config.database.durability).await?)
 }

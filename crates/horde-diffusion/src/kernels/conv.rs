@@ -154,8 +154,7 @@ pub fn conv2d_stride1(
     bias: Option<&Tensor>,
     padding: usize,
 ) -> Result<Tensor> {
-    let (x, weight) = (x.contiguous()?, weight.contiguous()?);
-    let bias = bias.map(|b| b.to_vec1::<f32>()).transpose()?;
+    let (x, weight, bias) = super::conv_operands(x, weight, bias)?;
     x.apply_op2_no_bwd(&weight, &Conv2dStride1 { padding, bias })
 }
 

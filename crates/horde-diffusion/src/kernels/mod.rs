@@ -54,6 +54,18 @@ pub(crate) mod winograd4;
 use candle_core::{CpuStorage, Layout, Result, WithDType};
 use std::mem::MaybeUninit;
 
+/// A convolution kernel's operands as its custom op takes them: the input and the weight
+/// contiguous, the bias as plain values.
+fn conv_operands(
+    x: &candle_core::Tensor,
+    weight: &candle_core::Tensor,
+    bias: Option<&candle_core::Tensor>,
+) -> Result<(candle_core::Tensor, candle_core::Tensor, Option<Vec<f32>>)> {
+    let (x, weight) = (x.contiguous()?, weight.contiguous()?);
+    let bias = bias.map(|b| b.to_vec1::<f32>()).transpose()?;
+    Ok((x, weight, bias))
+}
+
 /// The f32 values of a custom op's input, which the op's wrapper made contiguous.
 fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
     contiguous_values(storage, layout, op)

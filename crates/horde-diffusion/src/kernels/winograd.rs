@@ -55,8 +55,7 @@ fn convolve(
     padding: Padding,
     band_values: usize,
 ) -> Result<Tensor> {
-    let (x, weight) = (x.contiguous()?, weight.contiguous()?);
-    let bias = bias.map(|b| b.to_vec1::<f32>()).transpose()?;
+    let (x, weight, bias) = super::conv_operands(x, weight, bias)?;
     x.apply_op2_no_bwd(
         &weight,
         &Winograd {

@@ -32,39 +32,17 @@ const XI: usize = 36;
 
 /// `conv2d(x, weight) + bias` for a 3×3 `weight`, stride 1, dilation 1, one group, `padding`
 /// zeros on each side; f32 on the CPU (`x` `[batch, c_in, h, w]`, `weight` `[c_out, c_in, 3,
-/// 3]`, `bias` `[c_out]`).
+/// 3]`, `bias` `[c_out]`). With `relu`, ReLU is applied as the outputs are written (one pass
+/// over the output fewer: U²-Net's `REBNCONV`).
 pub(crate) fn conv2d_3x3(
     x: &Tensor,
     weight: &Tensor,
     bias: Option<&Tensor>,
     padding: usize,
+    relu: bool,
 ) -> Result<Tensor> {
-    convolve(
-        x,
-        weight,
-        bias,
-        Padding::uniform(padding),
-        BAND_VALUES,
-        false,
-    )
-}
-
-/// [`conv2d_3x3`] followed by ReLU, applied as the outputs are written (one pass over the
-/// output fewer: U²-Net's `REBNCONV`).
-pub(crate) fn conv2d_3x3_then_relu(
-    x: &Tensor,
-    weight: &Tensor,
-    bias: Option<&Tensor>,
-    padding: usize,
-) -> Result<Tensor> {
-    convolve(
-        x,
-        weight,
-        bias,
-        Padding::uniform(padding),
-        BAND_VALUES,
-        true,
-    )
+    let padding = Padding::uniform(padding);
+    convolve(x, weight, bias, padding, BAND_VALUES, relu)
 }
 
 fn convolve(
@@ -75,8 +53,7 @@ fn convolve(
     band_values: usize,
     relu: bool,
 ) -> Result<Tensor> {
-    let (x, weight) = (x.contiguous()?, weight.contiguous()?);
-    let bias = bias.map(|b| b.to_vec1::<f32>()).transpose()?;
+    let (x, weight, bias) = super::conv_operands(x, weight, bias)?;
     x.apply_op2_no_bwd(
         &weight,
         &Winograd4 {
@@ -402,7 +379,7 @@ mod tests {
                     "case {i}, bands of {band_values}: relative {error}"
                 );
             }
-            let ours = conv2d_3x3_then_relu(&x, &weight, Some(&bias), p).unwrap();
+            let ours = conv2d_3x3(&x, &weight, Some(&bias), p, true).unwrap();
             let relu = reference.relu().unwrap();
             let error = max_difference(&ours, &relu) / max_abs(&reference).max(1e-6);
             assert!(error < 1e-5, "case {i} with ReLU: relative {error}");
@@ -416,7 +393,7 @@ mod tests {
         let weight = random(&[4, 8, 3, 3], 2);
         let flipped = weight.flip(&[2, 3]).unwrap();
         let reference = x.conv2d(&weight, 1, 1, 1, 1).unwrap();
-        let ours = conv2d_3x3(&x, &flipped, None, 1).unwrap();
+        let ours = conv2d_3x3(&x, &flipped, None, 1, false).unwrap();
         let error = max_difference(&ours, &reference) / max_abs(&reference);
         assert!(error > 0.1, "{error}");
     }

@@ -185,10 +185,7 @@ mod tests {
         Tensor::from_vec(values, dims, &Device::Cpu).unwrap()
     }
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        let d = (a - b).unwrap().abs().unwrap().flatten_all().unwrap();
-        d.max(0).unwrap().to_scalar().unwrap()
-    }
+    use crate::test_support::max_difference as max_diff;
 
     /// A copy of `t` laid out transposed in memory, so that the in-place path is refused.
     fn strided(t: &Tensor) -> Tensor {
