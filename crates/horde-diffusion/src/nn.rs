@@ -317,73 +317,71 @@ fn convolve(conv: &candle_nn::Conv2d, xs: &Tensor) -> Result<Tensor> {
 /// [`convolve`], then ReLU when `relu`: applied as the outputs are written where the kernel
 /// can (Winograd F(4×4), im2col), after it otherwise.
 fn convolve_then(conv: &candle_nn::Conv2d, xs: &Tensor, relu: bool) -> Result<Tensor> {
-    let relu_after = |out: Tensor| if relu { out.relu() } else { Ok(out) };
     if !for_our_kernels(xs) {
-        return relu_after(conv.forward(xs)?);
+        let out = conv.forward(xs)?;
+        return if relu { out.relu() } else { Ok(out) };
     }
     let cfg = conv.config();
     let (_, _, h, w) = xs.dims4()?;
-    let (_, _, k_h, k_w) = conv.weight().dims4()?;
+    let (c_out, c_in, k_h, k_w) = conv.weight().dims4()?;
     let (x, weight) = (f32(xs)?, f32(conv.weight())?);
     let bias = conv.bias().map(f32).transpose()?;
-    let (c_out, c_in, _, _) = conv.weight().dims4()?;
+    let bias = bias.as_ref();
+    let p = cfg.padding;
     let post_processing = POST_PROCESSING_KERNELS.with(Cell::get);
-    let plain_3x3 = (k_h, k_w) == (3, 3) && (cfg.stride, cfg.dilation, cfg.groups) == (1, 1, 1);
-    // Under the post-processing kernels: the columns of a small map, or of few input channels
-    // (an RGB input), are small; so is the work of a convolution to a few channels (a side
-    // output to one), which Winograd's transforms of every input channel would dwarf.
-    let small_3x3 = (k_h, k_w) == (3, 3)
+    let stride_1 = (cfg.stride, cfg.groups) == (1, 1);
+    let plain = stride_1 && cfg.dilation == 1;
+    let is_3x3 = (k_h, k_w) == (3, 3);
+    // Under the post-processing kernels: the work of a convolution to a few channels (a side
+    // output to one) is small, and Winograd's transforms of every input channel would dwarf
+    // it; the columns of a small map, or of few input channels (an RGB input), are small.
+    let few_out = post_processing && plain && is_3x3 && c_out < FEW_CHANNELS;
+    let small_3x3 = is_3x3
         && (h * w < WINOGRAD_MIN_PIXELS
             || c_in < FEW_CHANNELS && c_in * 9 * h * w <= crate::kernels::im2col::MAX_COLUMNS);
-    if post_processing && plain_3x3 && c_out < FEW_CHANNELS {
-        let out = crate::kernels::conv::conv2d_stride1(&x, &weight, bias.as_ref(), cfg.padding)?;
-        return back_to(&relu_after(out)?, xs.dtype());
-    }
-    let out = if (cfg.stride, cfg.dilation, cfg.groups) == (2, 1, 1)
+    // The output, and whether the kernel already applied the ReLU.
+    let (out, relu_applied) = if few_out {
+        (
+            crate::kernels::conv::conv2d_stride1(&x, &weight, bias, p)?,
+            false,
+        )
+    } else if (cfg.stride, cfg.dilation, cfg.groups) == (2, 1, 1)
         && h * w >= 4 * WINOGRAD_MIN_PIXELS
     {
-        relu_after(crate::kernels::conv::conv2d_stride2(
-            &x,
-            &weight,
-            bias.as_ref(),
-            cfg.padding,
-        )?)?
-    } else if (cfg.stride, cfg.groups) == (1, 1)
-        && (cfg.dilation > 1 || post_processing && small_3x3)
-    {
-        let (p, d) = (cfg.padding, cfg.dilation);
-        crate::kernels::im2col::conv2d(&x, &weight, bias.as_ref(), p, d, relu)?
-    } else if (cfg.stride, cfg.dilation, cfg.groups) != (1, 1, 1) {
-        let out = x.conv2d(&weight, cfg.padding, cfg.stride, cfg.dilation, cfg.groups)?;
-        relu_after(match bias {
+        (
+            crate::kernels::conv::conv2d_stride2(&x, &weight, bias, p)?,
+            false,
+        )
+    } else if stride_1 && (cfg.dilation > 1 || post_processing && small_3x3) {
+        let out = crate::kernels::im2col::conv2d(&x, &weight, bias, p, cfg.dilation, relu)?;
+        (out, relu)
+    } else if !plain {
+        let out = x.conv2d(&weight, p, cfg.stride, cfg.dilation, cfg.groups)?;
+        let out = match bias {
             Some(bias) => out.broadcast_add(&bias.reshape((1, (), 1, 1))?)?,
             None => out,
-        })?
-    } else if (k_h, k_w, cfg.padding) == (1, 1, 0) {
-        relu_after(crate::kernels::conv::conv2d_1x1(
-            &x,
-            &weight,
-            bias.as_ref(),
-        )?)?
-    } else if (k_h, k_w) == (3, 3) && h * w >= WINOGRAD_MIN_PIXELS {
-        let p = cfg.padding;
-        if post_processing {
-            crate::kernels::winograd4::conv2d_3x3(&x, &weight, bias.as_ref(), p, relu)?
-        } else {
-            relu_after(crate::kernels::winograd::conv2d_3x3(
-                &x,
-                &weight,
-                bias.as_ref(),
-                p,
-            )?)?
-        }
+        };
+        (out, false)
+    } else if (k_h, k_w, p) == (1, 1, 0) {
+        (crate::kernels::conv::conv2d_1x1(&x, &weight, bias)?, false)
+    } else if is_3x3 && h * w >= WINOGRAD_MIN_PIXELS && post_processing {
+        let out = crate::kernels::winograd4::conv2d_3x3(&x, &weight, bias, p, relu)?;
+        (out, relu)
+    } else if is_3x3 && h * w >= WINOGRAD_MIN_PIXELS {
+        (
+            crate::kernels::winograd::conv2d_3x3(&x, &weight, bias, p)?,
+            false,
+        )
     } else {
-        relu_after(crate::kernels::conv::conv2d_stride1(
-            &x,
-            &weight,
-            bias.as_ref(),
-            cfg.padding,
-        )?)?
+        (
+            crate::kernels::conv::conv2d_stride1(&x, &weight, bias, p)?,
+            false,
+        )
+    };
+    let out = if relu && !relu_applied {
+        out.relu()?
+    } else {
+        out
     };
     back_to(&out, xs.dtype())
 }
