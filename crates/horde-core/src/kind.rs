@@ -31,8 +31,14 @@ pub trait Capabilities: Debug + Clone {
 
 /// A kind of work (see the module documentation).
 pub trait JobKind: Debug + Clone + Copy + PartialEq + Send + Sync + 'static {
-    /// What a client asks for, as accepted (normalised).
-    type Body: Debug + Clone + PartialEq + Send + Sync;
+    /// What a client asks for, as accepted (normalised); stored as JSON with the request.
+    type Body: Debug
+        + Clone
+        + PartialEq
+        + Send
+        + Sync
+        + serde::Serialize
+        + serde::de::DeserializeOwned;
     /// What a worker of this kind declares, with what the coordinator knows of it.
     type Caps: Capabilities;
 
@@ -70,6 +76,10 @@ pub trait JobKind: Debug + Clone + Copy + PartialEq + Send + Sync + 'static {
     /// The kudos basis of one job (the public horde's `wp.kudos`), of which the requester's
     /// charge and the worker's reward are made.
     fn job_kudos(body: &Self::Body) -> f64;
+
+    /// What the requester pays for one delivered job whose basis (the job's kudos, with the
+    /// model's multiplier) is `job_kudos`; the worker's reward is made from the basis alone.
+    fn requester_charge(body: &Self::Body, job_kudos: f64) -> f64;
 }
 
 /// Image generation (`/generate/…`).
@@ -144,6 +154,10 @@ impl JobKind for Image {
     fn job_kudos(body: &ImageRequest) -> f64 {
         crate::pricing::job_kudos(body)
     }
+
+    fn requester_charge(body: &ImageRequest, job_kudos: f64) -> f64 {
+        crate::pricing::requester_charge(body, job_kudos)
+    }
 }
 
 #[cfg(test)]
@@ -160,7 +174,7 @@ mod tests {
     #[derive(Debug, Clone, Copy, PartialEq)]
     struct Words;
 
-    #[derive(Debug, Clone, PartialEq)]
+    #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
     struct WordsBody {
         models: Vec<String>,
         words: u32,
@@ -219,6 +233,9 @@ mod tests {
         }
         fn job_kudos(body: &WordsBody) -> f64 {
             f64::from(body.words) / 10.0
+        }
+        fn requester_charge(_: &WordsBody, job_kudos: f64) -> f64 {
+            job_kudos + 1.0
         }
     }
 

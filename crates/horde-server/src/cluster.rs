@@ -24,9 +24,11 @@
 //! On SQLite there is one process: nothing here runs, and every lookup stays in memory.
 
 use crate::error::ApiResult;
+use crate::kinds::ServedKind;
 use crate::live_requests::WriteTurn;
 use crate::state::{AppState, SharedState};
 use horde_core::request::LiveRequest;
+use horde_core::Image;
 use horde_store::notify::{Listener, REMOVED};
 use horde_store::Backend;
 use std::collections::BTreeMap;
@@ -39,54 +41,55 @@ impl AppState {
         self.store.backend() == Backend::Postgres
     }
 
-    /// Makes sure request `id`, if stored, is in the local queue (another coordinator may
-    /// have accepted it moments ago).
-    pub async fn load_request(&self, id: Uuid) -> ApiResult<()> {
-        if !self.is_clustered() || self.live.contains(id) {
+    /// Makes sure request `id` of kind `K`, if stored, is in the local queue (another
+    /// coordinator may have accepted it moments ago).
+    pub async fn load_request<K: ServedKind>(&self, id: Uuid) -> ApiResult<()> {
+        if !self.is_clustered() || K::live(self).contains(id) {
             return Ok(());
         }
-        let turn = self.live.write_turn().await;
-        self.load_request_ordered(&turn, id).await
+        let turn = K::live(self).write_turn().await;
+        self.load_request_ordered::<K>(&turn, id).await
     }
 
-    /// [`AppState::load_request`], for a caller holding a write turn.
-    pub(crate) async fn load_request_ordered(
+    /// [`AppState::load_request`], for a caller holding a write turn of kind `K`.
+    pub(crate) async fn load_request_ordered<K: ServedKind>(
         &self,
         turn: &WriteTurn<'_>,
         id: Uuid,
     ) -> ApiResult<()> {
-        if !self.is_clustered() || self.live.contains(id) {
+        if !self.is_clustered() || K::live(self).contains(id) {
             return Ok(());
         }
-        self.resync_request_ordered(turn, id).await
+        self.resync_request_ordered::<K>(turn, id).await
     }
 
-    /// Makes sure the request of job `job_id` is in the local queue, as of its stored state
-    /// when the local copy does not know the job yet. The caller holds a write turn.
-    pub(crate) async fn load_request_of_job_ordered(
+    /// Makes sure the request of job `job_id` is in the local queue of kind `K`, as of its
+    /// stored state when the local copy does not know the job yet. The caller holds a write
+    /// turn of that kind.
+    pub(crate) async fn load_request_of_job_ordered<K: ServedKind>(
         &self,
         turn: &WriteTurn<'_>,
         job_id: Uuid,
     ) -> ApiResult<()> {
-        if !self.is_clustered() || self.live.knows_job(job_id) {
+        if !self.is_clustered() || K::live(self).knows_job(job_id) {
             return Ok(());
         }
         match self.store.request_id_of_job(job_id).await? {
-            Some(request_id) => self.resync_request_ordered(turn, request_id).await,
+            Some(request_id) => self.resync_request_ordered::<K>(turn, request_id).await,
             None => Ok(()),
         }
     }
 
-    /// Replaces the local copy of request `id` by the stored one (or drops it when it is no
-    /// longer stored). The caller holds a write turn.
-    pub(crate) async fn resync_request_ordered(
+    /// Replaces the local copy of request `id` of kind `K` by the stored one (or drops it when
+    /// it is no longer stored). The caller holds a write turn of that kind.
+    pub(crate) async fn resync_request_ordered<K: ServedKind>(
         &self,
         turn: &WriteTurn<'_>,
         id: Uuid,
     ) -> ApiResult<()> {
-        match self.store.load_request(id).await? {
+        match self.store.load_request::<K>(id).await? {
             Some(request) => self.install(turn, vec![request], []).await,
-            None => self.install(turn, vec![], [id]).await,
+            None => self.install::<K>(turn, vec![], [id]).await,
         }
     }
 
@@ -94,16 +97,16 @@ impl AppState {
     /// workers holding their jobs. The caller holds a write turn, so no local change is
     /// waiting to be stored: the stored copy is the truth (after a failed write the local copy
     /// even holds a change that was never stored).
-    async fn install(
+    async fn install<K: ServedKind>(
         &self,
         _turn: &WriteTurn<'_>,
-        stored: Vec<LiveRequest>,
+        stored: Vec<LiveRequest<K>>,
         removed: impl IntoIterator<Item = Uuid>,
     ) -> ApiResult<()> {
         for request in &stored {
             self.load_workers_of(request).await?;
         }
-        self.live.change(|queue| {
+        K::live(self).change(|queue| {
             for id in removed {
                 queue.remove(id);
             }
@@ -114,11 +117,21 @@ impl AppState {
         Ok(())
     }
 
-    /// Applies announced changes: reloads the requests whose announced version is newer than
-    /// the local copy, and drops the removed ones.
+    /// Applies announced changes to every kind's live requests.
     async fn apply_announcements(&self, changes: BTreeMap<Uuid, i64>) -> ApiResult<()> {
-        let turn = self.live.write_turn().await;
-        let (stale, removed): (Vec<Uuid>, Vec<Uuid>) = self.live.read(|queue| {
+        self.apply_announcements_of::<Image>(changes).await
+    }
+
+    /// Applies announced changes to the live requests of kind `K`: reloads the requests whose
+    /// announced version is newer than the local copy, and drops the removed ones. (An
+    /// announced request of another kind is not found among this kind's rows.)
+    async fn apply_announcements_of<K: ServedKind>(
+        &self,
+        changes: BTreeMap<Uuid, i64>,
+    ) -> ApiResult<()> {
+        let live = K::live(self);
+        let turn = live.write_turn().await;
+        let (stale, removed): (Vec<Uuid>, Vec<Uuid>) = live.read(|queue| {
             let mut stale = vec![];
             let mut removed = vec![];
             for (id, version) in changes {
@@ -132,13 +145,13 @@ impl AppState {
             }
             (stale, removed)
         });
-        let loaded = self.store.load_requests_by_id(&stale).await?;
+        let loaded = self.store.load_requests_by_id::<K>(&stale).await?;
         self.install(&turn, loaded, removed).await
     }
 
     /// Loads into the registry the workers holding jobs of `request` that registered on
     /// another coordinator.
-    async fn load_workers_of(&self, request: &LiveRequest) -> ApiResult<()> {
+    async fn load_workers_of<K: ServedKind>(&self, request: &LiveRequest<K>) -> ApiResult<()> {
         for job in &request.jobs {
             self.load_worker(job.worker_id).await?;
         }
@@ -252,11 +265,16 @@ impl AppState {
     /// is no longer stored is dropped only if it was here before the reload began: requests
     /// accepted meanwhile (the group commit does not wait for a write turn) stay.
     async fn resync_all(&self) -> ApiResult<()> {
-        let turn = self.live.write_turn().await;
-        let before: std::collections::HashSet<Uuid> = self
-            .live
-            .read(|queue| queue.requests().map(|r| r.id).collect());
-        let stored = self.store.load_requests().await?;
+        self.resync_all_of::<Image>().await
+    }
+
+    /// [`AppState::resync_all`] for the live requests of kind `K`.
+    async fn resync_all_of<K: ServedKind>(&self) -> ApiResult<()> {
+        let live = K::live(self);
+        let turn = live.write_turn().await;
+        let before: std::collections::HashSet<Uuid> =
+            live.read(|queue| queue.requests().map(|r| r.id).collect());
+        let stored = self.store.load_requests::<K>().await?;
         let kept: std::collections::HashSet<Uuid> = stored.iter().map(|r| r.id).collect();
         let gone: Vec<Uuid> = before.difference(&kept).copied().collect();
         self.install(&turn, stored, gone).await

@@ -4,34 +4,34 @@
 //! stores all that are waiting in one transaction and then answers each.
 
 use crate::error::{ApiError, ApiResult};
-use horde_core::LiveRequest;
-use horde_store::Store;
+use horde_core::{Image, LiveRequest};
+use horde_store::{Store, StoredKind};
 use tokio::sync::{mpsc, oneshot};
 
 /// The most requests one transaction stores.
 const MAX_BATCH: usize = 512;
 
-struct Pending {
-    request: LiveRequest,
+struct Pending<K: StoredKind> {
+    request: LiveRequest<K>,
     /// The request back once committed (it is not copied for the writer), or why not.
-    stored: oneshot::Sender<Result<LiveRequest, String>>,
+    stored: oneshot::Sender<Result<LiveRequest<K>, String>>,
 }
 
-/// The handle through which accepted requests are stored.
-pub struct RequestWriter {
-    sender: mpsc::Sender<Pending>,
+/// The handle through which accepted requests of kind `K` are stored (one writer task a kind).
+pub struct RequestWriter<K: StoredKind = Image> {
+    sender: mpsc::Sender<Pending<K>>,
 }
 
-impl RequestWriter {
+impl<K: StoredKind> RequestWriter<K> {
     /// Starts the writer task on the current runtime.
-    pub fn start(store: Store) -> RequestWriter {
+    pub fn start(store: Store) -> RequestWriter<K> {
         let (sender, receiver) = mpsc::channel(4 * MAX_BATCH);
         tokio::spawn(write_batches(store, receiver));
         RequestWriter { sender }
     }
 
     /// Stores `request`; returns it once it is committed.
-    pub async fn store(&self, request: LiveRequest) -> ApiResult<LiveRequest> {
+    pub async fn store(&self, request: LiveRequest<K>) -> ApiResult<LiveRequest<K>> {
         let (stored, done) = oneshot::channel();
         self.sender
             .send(Pending { request, stored })
@@ -43,7 +43,7 @@ impl RequestWriter {
     }
 }
 
-async fn write_batches(store: Store, mut receiver: mpsc::Receiver<Pending>) {
+async fn write_batches<K: StoredKind>(store: Store, mut receiver: mpsc::Receiver<Pending<K>>) {
     while let Some(first) = receiver.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -52,7 +52,7 @@ async fn write_batches(store: Store, mut receiver: mpsc::Receiver<Pending>) {
                 Err(_) => break,
             }
         }
-        let (requests, answers): (Vec<LiveRequest>, Vec<_>) =
+        let (requests, answers): (Vec<LiveRequest<K>>, Vec<_>) =
             batch.into_iter().map(|p| (p.request, p.stored)).unzip();
         let result = store
             .insert_requests(&requests)

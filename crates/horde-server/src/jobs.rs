@@ -1,22 +1,21 @@
-//! Jobs from the worker's side: pop, upload, submit.
+//! Image jobs from the worker's side: pop, upload, submit. What is the same for every kind of
+//! work (storing the hand-out, applying and storing a result, its kudos and reputation) is in
+//! `lifecycle.rs`; here are the image path's own parts: the pop's wire answer, the upload URLs,
+//! and checking a submitted image.
 
 use crate::clock::now;
-use crate::error::{refused, ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult};
 use crate::images::{check_image, ImageRefusal};
-use crate::live_requests::{changed_too_often, retry_on_conflict, Attempt, WriteTurn};
+use crate::lifecycle::{invalid_job, JobResult};
+use crate::live_requests::{retry_on_conflict, Attempt, WriteTurn};
 use crate::state::AppState;
 use base64::Engine;
 use horde_api::image::{JobPayload, PopRequest, PopResponse, SubmitRequest, SubmitResponse};
 use horde_api::Rc;
 use horde_core::accounts::User;
 use horde_core::keys::{sign_upload, verify_upload};
-use horde_core::request::{Job, JobState, LiveRequest, SubmitRefusal};
-use horde_core::{
-    pricing, Assignment, DeadlineTerms, PopOutcome, Reputation, Standby, SuspicionReason,
-};
-use horde_store::{StoreError, SubmitEffects};
-use std::collections::BTreeMap;
-
+use horde_core::request::{Job, JobState, LiveRequest};
+use horde_core::{Assignment, Image, PopOutcome, SuspicionReason};
 use uuid::Uuid;
 
 fn payload_of(request: &LiveRequest, first: &Job, batch: u32) -> JobPayload {
@@ -101,7 +100,7 @@ impl AppState {
         // stored copy is reloaded and the pop tried again.
         let (entry, turn) = (&entry, &turn);
         let answer = retry_on_conflict(|| async move {
-            match self.pop_from_queue(entry, now) {
+            match self.pop_from_queue::<Image>(entry, now) {
                 PopOutcome::Nothing(skipped) => {
                     if entry.worker.maintenance {
                         let msg = entry.worker.maintenance_msg.clone().unwrap_or_else(|| {
@@ -121,43 +120,6 @@ impl AppState {
         Ok(answer.unwrap_or_else(|| PopResponse::empty(Default::default())))
     }
 
-    /// The queue's pick for the worker of `entry`, noted in its standby state.
-    fn pop_from_queue(&self, entry: &crate::workers::WorkerEntry, now: i64) -> PopOutcome {
-        let mut standby = self.standby_for(entry, now);
-        let terms = DeadlineTerms {
-            speed: entry.worker.reputation.recent_speed_mps,
-            bounds: self.config.jobs.deadline_bounds(),
-        };
-        let caps = self.matching_view().caps(entry);
-        let outcome = self.live.change(|queue| {
-            let name = &entry.worker.name;
-            queue.pop(&caps, name, now, terms, &mut standby, &mut rand::rng())
-        });
-        self.workers.change(|registry| {
-            if let Some(live) = registry.get_mut(entry.worker.id) {
-                live.waiting_since = match &outcome {
-                    PopOutcome::Nothing(_) => live.waiting_since.or(Some(now)),
-                    PopOutcome::Assigned(_) => None,
-                };
-            }
-        });
-        outcome
-    }
-
-    /// The more reliable workers waiting for work while `entry` pops (none when nothing waits
-    /// in the queue, or routing by reliability is off).
-    fn standby_for(&self, entry: &crate::workers::WorkerEntry, now: i64) -> Standby {
-        let hold = self.config.workers.reliability_hold_secs;
-        if hold <= 0 || self.live.waiting_count() == 0 {
-            return Standby::none();
-        }
-        let rules = self.config.workers.reputation_rules();
-        let better = self
-            .workers
-            .read(|registry| registry.standing_by_better_than(entry, now, hold, &rules));
-        Standby::new(better, now, hold)
-    }
-
     /// Stores the assignment and answers it; `Conflicted` when another coordinator changed
     /// the request first (the local copy is then reloaded, and the pop should be tried again).
     async fn hand_out(
@@ -167,24 +129,10 @@ impl AppState {
         extra_slow: bool,
         now: i64,
     ) -> ApiResult<Attempt<PopResponse>> {
-        let idle_expiry = self.config.requests.idle_expiry_secs;
-        let request = self
-            .live
-            .update(assignment.request_id, |r| {
-                r.expiry = r.expiry.max(now + idle_expiry);
-                r.version += 1;
-                r.clone()
-            })
-            .ok_or_else(|| ApiError::internal("assigned request vanished"))?;
-        match self.store.save_assignment(&request, &assignment.jobs).await {
-            Err(StoreError::Conflict(id)) => {
-                self.resync_request_ordered(turn, id).await?;
-                return Ok(Attempt::Conflicted);
-            }
-            other => other?,
-        }
-        self.live
-            .note_handed_out(&assignment.jobs, crate::clock::now_ms());
+        let request = match self.store_hand_out::<Image>(turn, &assignment, now).await? {
+            Attempt::Stored(request) => request,
+            Attempt::Conflicted => return Ok(Attempt::Conflicted),
+        };
         let first = &assignment.jobs[0];
         let ids: Vec<String> = assignment.jobs.iter().map(|j| j.id.to_string()).collect();
         // Upload URLs whatever `r2` the request had, as the public pop: `r2` decides only how
@@ -293,8 +241,9 @@ impl AppState {
         submit.validate().map_err(ApiError::validation)?;
         let job_id = Uuid::parse_str(&submit.id).map_err(|_| invalid_job(&submit.id))?;
         let turn = self.live.write_turn().await;
-        self.load_request_of_job_ordered(&turn, job_id).await?;
-        let (request, job) = self.job_for_submit(user, job_id)?;
+        self.load_request_of_job_ordered::<Image>(&turn, job_id)
+            .await?;
+        let (request, job) = self.job_for_submit::<Image>(user, job_id)?;
         let faulted = submit.state == horde_api::image::SubmitState::Faulted;
         let staged = if faulted {
             None
@@ -312,150 +261,22 @@ impl AppState {
                 }
             }
         };
-        // Another coordinator sharing the database may change the request meanwhile (another
-        // of its jobs handed out or finished): the stored copy is reloaded and the result
-        // applied to it.
-        let (submit, staged_path, turn) = (&submit, staged.as_deref(), &turn);
-        let outcome = retry_on_conflict(|| async move {
-            let (request, job) = self.job_for_submit(user, job_id)?;
-            match self.apply_submit(submit, &request, &job, staged_path).await {
-                Err(SubmitError::Conflict(id)) => {
-                    self.reload_reputation(job.worker_id).await?;
-                    self.resync_request_ordered(turn, id).await?;
-                    Ok(Attempt::Conflicted)
-                }
-                Err(SubmitError::Api(error)) => Err(error),
-                Ok(answer) => Ok(Attempt::Stored(answer)),
-            }
-        })
-        .await
-        .and_then(|answer| answer.ok_or_else(|| changed_too_often("request")));
+        let result = JobResult {
+            job_id,
+            state: submit.state,
+            seed: submit.seed,
+            gen_metadata: submit.gen_metadata,
+            staged: staged.as_deref(),
+        };
+        let outcome = self
+            .finish_job::<Image>(&turn, user, &result)
+            .await
+            .map(|reward| SubmitResponse { reward });
         // Whatever is still staged was refused (a committed image is no longer there).
         if let Some(staged) = &staged {
             self.images.discard(staged).await;
         }
         outcome
-    }
-
-    /// Applies a checked submission to the request and stores it with its effects (kudos,
-    /// statistics, reputation).
-    async fn apply_submit(
-        &self,
-        submit: &SubmitRequest,
-        request: &LiveRequest,
-        job: &Job,
-        staged: Option<&std::path::Path>,
-    ) -> Result<SubmitResponse, SubmitError> {
-        let job_id = job.id;
-        let worker = self.workers.get(job.worker_id);
-        let multiplier = worker
-            .as_ref()
-            .map(|w| pricing::bridge_multiplier(&w.worker.bridge_agent))
-            .unwrap_or(0.75);
-        let reward = if submit.state == horde_api::image::SubmitState::Faulted {
-            0.0
-        } else {
-            pricing::round2(self.gen_kudos(request, &job.model) * multiplier)
-        };
-        let now = now();
-        let retention = self.config.requests.retention_secs;
-        let applied = self.live.update(request.id, |r| {
-            let result = r
-                .apply_submit(
-                    job_id,
-                    submit.state,
-                    submit.seed,
-                    submit.gen_metadata.clone(),
-                    reward,
-                    self.config.jobs.max_restarts,
-                )
-                .cloned();
-            let mut refund = 0.0;
-            if let Ok(job) = &result {
-                if job.state.is_finished() && !job.censored {
-                    let gen_kudos = self.gen_kudos(r, &job.model);
-                    let charge = pricing::requester_charge(&r.body, gen_kudos);
-                    r.consumed_kudos = pricing::consumed_after(r.consumed_kudos, charge);
-                }
-                refund = r.refund_if_faulted_unserved(pricing::ACTIVATION_FEE);
-                if r.is_done() {
-                    r.expiry = now + retention;
-                }
-                r.version += 1;
-            }
-            (result, r.clone(), refund)
-        });
-        let Some((result, updated, refund)) = applied else {
-            return Err(invalid_job(&submit.id).into());
-        };
-        let job = result.map_err(refused)?;
-        if let Some(staged) = staged {
-            self.images.commit(staged, job_id).await?;
-        }
-        let effects = job
-            .state
-            .is_finished()
-            .then(|| self.submit_effects(&updated, &job, worker.as_ref()));
-        let job_secs = self.job_secs(&job, now);
-        let reputation = self.record_result(&job, job_secs, effects.as_ref(), now);
-        match self
-            .store
-            .save_submit(
-                &updated,
-                &job,
-                effects.as_ref(),
-                reputation.as_ref().map(|r| (job.worker_id, r)),
-                refund,
-            )
-            .await
-        {
-            Err(StoreError::Conflict(_) | StoreError::WorkerConflict(_)) => {
-                return Err(SubmitError::Conflict(updated.id))
-            }
-            other => other.map_err(ApiError::from)?,
-        }
-        if let Some(reputation) = &reputation {
-            self.note_reputations_stored([(job.worker_id, reputation)]);
-        }
-        if let Some(e) = &effects {
-            self.workers
-                .record_speed(&job.model, now, e.megapixelsteps * 1e6 / job_secs.max(1.0));
-        }
-        Ok(SubmitResponse { reward: job.reward })
-    }
-
-    /// How long `job` took, in seconds: from the millisecond it was handed out, or from its
-    /// stored start (whole seconds) after a restart.
-    fn job_secs(&self, job: &Job, now: i64) -> f64 {
-        match self.live.take_handed_out(job.id) {
-            Some(at) => crate::clock::now_ms().saturating_sub(at) as f64 / 1000.0,
-            None => (now - job.started) as f64,
-        }
-    }
-
-    /// The request and job a submission names, checking the submitter owns the job's worker.
-    fn job_for_submit(&self, user: &User, job_id: Uuid) -> ApiResult<(LiveRequest, Job)> {
-        let (request, job) = self
-            .live
-            .read(|queue| {
-                let request = queue.request_of_job(job_id)?;
-                Some((request.clone(), request.job(job_id)?.clone()))
-            })
-            .ok_or_else(|| invalid_job(&job_id.to_string()))?;
-        let owner = self
-            .workers
-            .read(|registry| registry.get(job.worker_id).map(|w| w.worker.user_id));
-        if owner != Some(user.id) {
-            return Err(ApiError::new(
-                Rc::WrongCredentials,
-                "Wrong credentials to submit as this worker.",
-            ));
-        }
-        match job.state {
-            JobState::Processing => Ok((request, job)),
-            JobState::Faulted => Err(refused(SubmitRefusal::Aborted)),
-            _ => Err(refused(SubmitRefusal::Duplicate)),
-        }
     }
 
     /// Checks and stages the image of a submission: inline base64, or the file uploaded
@@ -518,58 +339,6 @@ impl AppState {
         }
         Ok(())
     }
-
-    fn submit_effects(
-        &self,
-        request: &LiveRequest,
-        job: &Job,
-        worker: Option<&crate::workers::WorkerEntry>,
-    ) -> SubmitEffects {
-        let megapixelsteps = horde_core::work::megapixelsteps(&request.body.params, 1);
-        SubmitEffects {
-            requester_id: request.user_id,
-            requester_charge: if job.censored {
-                0.0
-            } else {
-                pricing::requester_charge(&request.body, self.gen_kudos(request, &job.model))
-            },
-            worker_id: job.worker_id,
-            worker_owner_id: worker.map(|w| w.worker.user_id).unwrap_or_default(),
-            worker_owner_trusted: worker.is_some_and(|w| w.owner_trusted),
-            reward: job.reward,
-            megapixelsteps,
-            at: now(),
-            shared_key: request.shared_key.clone(),
-        }
-    }
-
-    /// Enters a submitted job in its worker's reputation (and its reward in the worker's
-    /// earnings); returns the reputation to store, or `None` for an unknown worker.
-    fn record_result(
-        &self,
-        job: &Job,
-        job_secs: f64,
-        effects: Option<&SubmitEffects>,
-        now: i64,
-    ) -> Option<horde_core::Reputation> {
-        let rules = self.config.workers.reputation_rules();
-        self.workers.change(|registry| {
-            let entry = registry.get_mut(job.worker_id)?;
-            let reputation = &mut entry.worker.reputation;
-            let raised = match effects {
-                Some(e) => {
-                    entry.worker.kudos_generated += e.reward;
-                    reputation.record_completed(e.megapixelsteps, job_secs, now, &rules)
-                }
-                None if job.state == JobState::Faulted => reputation.record_faulted(now, &rules),
-                None => None,
-            };
-            if let Some(reason) = raised {
-                tracing::warn!(worker = %entry.worker.name, ?reason, suspicion = reputation.suspicion, "worker suspected");
-            }
-            Some(reputation.clone())
-        })
-    }
 }
 
 /// Why a submitted image was not staged.
@@ -594,85 +363,6 @@ async fn checked_result(
         })
 }
 
-impl AppState {
-    /// Takes back jobs whose deadline passed (the sweeper calls this): their images go back to
-    /// the queue, the change is stored, and the late workers are counted.
-    pub async fn take_back_late_jobs(&self, now: i64) -> ApiResult<usize> {
-        let turn = self.live.write_turn().await;
-        // Each request with late jobs, as it stands after all of them were taken back.
-        let taken: Vec<(LiveRequest, Vec<Job>, f64)> = self.live.change(|queue| {
-            let mut late: BTreeMap<Uuid, Vec<Uuid>> = BTreeMap::new();
-            for (request_id, job_id) in
-                queue.take_back_late_jobs(now, self.config.jobs.max_restarts)
-            {
-                late.entry(request_id).or_default().push(job_id);
-            }
-            late.into_iter()
-                .filter_map(|(request_id, job_ids)| {
-                    let (request, refund) = queue.update(request_id, |r| {
-                        r.version += 1;
-                        let refund = r.refund_if_faulted_unserved(pricing::ACTIVATION_FEE);
-                        (r.clone(), refund)
-                    })?;
-                    let jobs = job_ids
-                        .iter()
-                        .filter_map(|id| request.job(*id).cloned())
-                        .collect();
-                    Some((request, jobs, refund))
-                })
-                .collect()
-        });
-        let mut count = 0;
-        for (request, jobs, refund) in &taken {
-            let mut reputations: Vec<(Uuid, Reputation)> = vec![];
-            for job in jobs {
-                tracing::warn!(job = %job.id, worker = %job.worker_name, request = %request.id, "job deadline passed; taken back");
-                let reputation = self.workers.change(|registry| {
-                    let entry = registry.get_mut(job.worker_id)?;
-                    entry.worker.reputation.record_timed_out();
-                    Some(entry.worker.reputation.clone())
-                });
-                if let Some(reputation) = reputation {
-                    reputations.retain(|(id, _)| *id != job.worker_id);
-                    reputations.push((job.worker_id, reputation));
-                }
-            }
-            match self
-                .store
-                .save_taken_back(request, jobs, &reputations, *refund)
-                .await
-            {
-                // Another coordinator changed it first; its stored copy decides next time.
-                Err(StoreError::Conflict(_) | StoreError::WorkerConflict(_)) => {
-                    for (worker_id, _) in &reputations {
-                        self.reload_reputation(*worker_id).await?;
-                    }
-                    self.resync_request_ordered(&turn, request.id).await?;
-                }
-                other => {
-                    other?;
-                    self.note_reputations_stored(reputations.iter().map(|(id, r)| (*id, r)));
-                    count += jobs.len();
-                }
-            }
-        }
-        Ok(count)
-    }
-}
-
-/// Why a submission was not stored.
-enum SubmitError {
-    /// Another coordinator changed the request first: reload it and apply the result again.
-    Conflict(Uuid),
-    Api(ApiError),
-}
-
-impl From<ApiError> for SubmitError {
-    fn from(error: ApiError) -> Self {
-        SubmitError::Api(error)
-    }
-}
-
 /// The pop answer's message to a worker that offered models this horde does not serve.
 fn ignored_models_notice(ignored: &[String]) -> Option<serde_json::Value> {
     (!ignored.is_empty()).then(|| {
@@ -686,11 +376,4 @@ fn ignored_models_notice(ignored: &[String]) -> Option<serde_json::Value> {
             "expiry": serde_json::Value::Null,
         })
     })
-}
-
-fn invalid_job(id: &str) -> ApiError {
-    ApiError::new(
-        Rc::InvalidJobID,
-        format!("Processing Generation with ID {id} does not exist."),
-    )
 }

@@ -22,6 +22,8 @@ pub mod group_commit;
 pub mod guard;
 pub mod images;
 pub mod jobs;
+pub mod kinds;
+pub mod lifecycle;
 pub mod live_requests;
 pub mod model_reference;
 pub mod offline;
@@ -217,7 +219,7 @@ async fn open_state(
         .map_err(|e| StartError::Config(format!("api.trusted_proxies: {e}")))?;
     let limiter = horde_core::ratelimit::FixedWindows::with_capacity(config.api.rate_limit_keys);
     let request_writer = group_commit::RequestWriter::start(store.clone());
-    let stored_requests = store.load_requests().await?;
+    let stored_requests = store.load_requests::<horde_core::Image>().await?;
     let stored_filters = store.prompt_filters().await?;
     let state = AppState {
         node_name: format!("{host}:{}:{}", local.port(), routes::status::VERSION),

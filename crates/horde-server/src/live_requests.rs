@@ -15,7 +15,8 @@ use crate::error::{ApiError, ApiResult};
 use crate::group_commit::RequestWriter;
 use horde_api::Rc;
 use horde_core::request::{Job, LiveRequest};
-use horde_core::Queue;
+use horde_core::{Image, Queue};
+use horde_store::StoredKind;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use uuid::Uuid;
@@ -29,17 +30,18 @@ pub const MAX_WRITE_ATTEMPTS: usize = 8;
 /// this long.
 const FORGET_HANDED_OUT_AFTER_MS: u64 = 24 * 3600 * 1000;
 
-/// The live requests and their write ordering (see the module documentation).
+/// The live requests of one kind of work and their write ordering (see the module
+/// documentation); `AppState` holds one for each kind it serves.
 ///
 /// Lock order, for the locks of this component and the others of `AppState`: a
 /// [`WriteTurn`] (async, the only lock held across an `.await`) before any other; then the
 /// queue before the hand-out clock. No closure given to [`LiveRequests::read`],
 /// [`LiveRequests::change`] or [`LiveRequests::update`] takes another component's lock: what
 /// a path needs from the workers or the model reference it reads before or after.
-pub struct LiveRequests {
-    queue: Mutex<Queue>,
+pub struct LiveRequests<K: StoredKind = Image> {
+    queue: Mutex<Queue<K>>,
     write_order: tokio::sync::Mutex<()>,
-    writer: RequestWriter,
+    writer: RequestWriter<K>,
     /// When each job in flight was handed out, in unix milliseconds: speeds measured from it
     /// are precise for jobs of a few seconds (the stored `started` has whole seconds). Not
     /// persisted; after a restart the stored seconds are used.
@@ -83,9 +85,9 @@ pub fn changed_too_often(what: &str) -> ApiError {
     )
 }
 
-impl LiveRequests {
+impl<K: StoredKind> LiveRequests<K> {
     /// The live requests `stored` (read at start), committing new ones through `writer`.
-    pub fn new(stored: Vec<LiveRequest>, writer: RequestWriter) -> Self {
+    pub fn new(stored: Vec<LiveRequest<K>>, writer: RequestWriter<K>) -> Self {
         let mut queue = Queue::new();
         for request in stored {
             queue.insert(request);
@@ -106,23 +108,23 @@ impl LiveRequests {
     }
 
     /// `f` of the queue as it stands.
-    pub fn read<R>(&self, f: impl FnOnce(&Queue) -> R) -> R {
+    pub fn read<R>(&self, f: impl FnOnce(&Queue<K>) -> R) -> R {
         f(&self.queue.lock().expect("queue lock"))
     }
 
     /// `f` applied to the queue in memory. A change that is to be stored is made holding a
     /// [`WriteTurn`].
-    pub fn change<R>(&self, f: impl FnOnce(&mut Queue) -> R) -> R {
+    pub fn change<R>(&self, f: impl FnOnce(&mut Queue<K>) -> R) -> R {
         f(&mut self.queue.lock().expect("queue lock"))
     }
 
     /// `f` applied to request `id`, `None` if it is not live.
-    pub fn update<R>(&self, id: Uuid, f: impl FnOnce(&mut LiveRequest) -> R) -> Option<R> {
+    pub fn update<R>(&self, id: Uuid, f: impl FnOnce(&mut LiveRequest<K>) -> R) -> Option<R> {
         self.change(|queue| queue.update(id, f))
     }
 
     /// A copy of request `id`, if live.
-    pub fn get(&self, id: Uuid) -> Option<LiveRequest> {
+    pub fn get(&self, id: Uuid) -> Option<LiveRequest<K>> {
         self.read(|queue| queue.get(id).cloned())
     }
 
@@ -138,7 +140,7 @@ impl LiveRequests {
 
     /// How many requests are live (waiting, in flight, or finished and kept).
     pub fn len(&self) -> usize {
-        self.read(Queue::len)
+        self.read(Queue::<K>::len)
     }
 
     /// Whether no request is live.
@@ -146,9 +148,9 @@ impl LiveRequests {
         self.len() == 0
     }
 
-    /// How many requests have images waiting.
+    /// How many requests have jobs waiting.
     pub fn waiting_count(&self) -> usize {
-        self.read(Queue::waiting_count)
+        self.read(Queue::<K>::waiting_count)
     }
 
     /// The sequence number of the next accepted request (its place in the queue's order).
@@ -158,12 +160,12 @@ impl LiveRequests {
 
     /// Commits a newly accepted request (many to a transaction: `group_commit`) and returns it
     /// once it is durable; [`LiveRequests::insert`] then queues it.
-    pub async fn commit_new(&self, request: LiveRequest) -> ApiResult<LiveRequest> {
+    pub async fn commit_new(&self, request: LiveRequest<K>) -> ApiResult<LiveRequest<K>> {
         self.writer.store(request).await
     }
 
     /// Queues a committed request.
-    pub fn insert(&self, request: LiveRequest) {
+    pub fn insert(&self, request: LiveRequest<K>) {
         self.change(|queue| queue.insert(request));
     }
 
@@ -186,7 +188,7 @@ impl LiveRequests {
 
     /// `f` of every job in flight, its request, and when it was handed out (unix ms; its
     /// stored start in whole seconds after a restart).
-    pub fn for_each_in_flight(&self, mut f: impl FnMut(&Job, &LiveRequest, u64)) {
+    pub fn for_each_in_flight(&self, mut f: impl FnMut(&Job, &LiveRequest<K>, u64)) {
         let queue = self.queue.lock().expect("queue lock");
         let handed_out = self.handed_out_ms.lock().expect("hand-out clock lock");
         for (job, request) in queue.in_flight() {

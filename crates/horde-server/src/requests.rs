@@ -1,8 +1,10 @@
-//! Image requests from the client's side: accept, check, status, cancel, expire.
+//! Image requests from the client's side: accept, check, status, cancel. Admitting, cancelling
+//! and expiring a request are the same for every kind of work (`lifecycle.rs`); the rules an
+//! image request must pass, its price, and its status are here.
 
 use crate::clock::now;
 use crate::error::{ApiError, ApiResult};
-use crate::live_requests::{changed_too_often, retry_on_conflict, Attempt};
+use crate::lifecycle::{not_found, NewRequest};
 use crate::shared_keys::check_shared_key_use;
 use crate::state::AppState;
 use base64::Engine;
@@ -20,8 +22,7 @@ use horde_core::request::{JobState, LiveRequest};
 use horde_core::request_rules;
 use horde_core::shared_key::SharedKey;
 use horde_core::upfront;
-use horde_core::JobKind;
-use horde_core::Reputation;
+use horde_core::Image;
 use std::collections::BTreeSet;
 use uuid::Uuid;
 
@@ -91,32 +92,14 @@ impl AppState {
         self.check_concurrency(user, body.params.n)?;
         let now = now();
         self.check_quota(user, &body, now).await?;
-        let job_kudos = horde_core::Image::job_kudos(&body);
-        let n = body.params.n;
-        let seq = self.live.next_seq();
-        let request = LiveRequest {
-            // Time-ordered (UUIDv7, 74 random bits): new rows land at the end of the id index
-            // instead of on a random page, which halves what each commit writes.
-            id: Uuid::now_v7(),
-            user_id: user.id,
+        let new = NewRequest::<Image> {
+            jobs: body.params.n,
             body,
             base_seed,
-            created: now,
-            seq,
-            priority: user.queue_priority(),
-            n_remaining: n,
-            jobs_total: n,
-            job_kudos,
-            consumed_kudos: pricing::ACTIVATION_FEE,
-            faulted: false,
-            cancelled: false,
-            can_pay_upfront: user.trusted || user.kudos - user.min_kudos() >= job_kudos,
             shared_key: shared_key.map(|k| k.id_hash.clone()),
-            expiry: now + self.config.requests.idle_expiry_secs,
-            version: 0,
-            jobs: vec![],
         };
-        let request = self.live.commit_new(request).await?;
+        let request = self.admit(user, new, now).await?;
+        let job_kudos = request.job_kudos;
         let possible = self.is_possible(&request);
         let fallback = self.fallback_notice(&request);
         let post_processing_warning = post_processing::unavailable_warning(&request.body);
@@ -306,7 +289,7 @@ impl AppState {
 
     pub async fn check_request(&self, id: &str) -> ApiResult<RequestStatusCheck> {
         let id = parse_request_id(id)?;
-        self.load_request(id).await?;
+        self.load_request::<Image>(id).await?;
         let (snapshot, position, wait) = self.queue_standing(id)?;
         Ok(self.status_check(&snapshot, position, wait))
     }
@@ -459,7 +442,7 @@ impl AppState {
 
     pub async fn request_status(&self, id: &str) -> ApiResult<RequestStatus> {
         let id = parse_request_id(id)?;
-        self.load_request(id).await?;
+        self.load_request::<Image>(id).await?;
         let (snapshot, position, wait) = self.queue_standing(id)?;
         let check = self.status_check(&snapshot, position, wait);
         let mut generations = Vec::new();
@@ -499,98 +482,8 @@ impl AppState {
     /// horde does (so an untouched request answers `done: false`; `check` says done after).
     pub async fn cancel_request(&self, id: &str) -> ApiResult<RequestStatus> {
         let before = self.request_status(id).await?;
-        let request_id = parse_request_id(id)?;
-        let now = now();
-        let retention = self.config.requests.retention_secs;
-        let turn = &self.live.write_turn().await;
-        self.load_request_ordered(turn, request_id).await?;
-        let stored = retry_on_conflict(|| async move {
-            let (updated, was_cancelled) = self
-                .live
-                .update(request_id, |r| {
-                    let was_cancelled = r.cancelled;
-                    r.cancel();
-                    if r.is_done() {
-                        r.expiry = now + retention;
-                    }
-                    r.version += 1;
-                    (r.clone(), was_cancelled)
-                })
-                .ok_or_else(|| not_found(request_id))?;
-            let interrupted = if was_cancelled {
-                vec![]
-            } else {
-                self.count_cancelled_jobs(&updated)
-            };
-            match self.store.save_request_state(&updated, &interrupted).await {
-                // Another coordinator changed the request (or a worker's reputation) first:
-                // cancel the stored copy.
-                Err(
-                    horde_store::StoreError::Conflict(_)
-                    | horde_store::StoreError::WorkerConflict(_),
-                ) => {
-                    for (worker_id, _) in &interrupted {
-                        self.reload_reputation(*worker_id).await?;
-                    }
-                    self.resync_request_ordered(turn, request_id).await?;
-                    Ok(Attempt::Conflicted)
-                }
-                other => {
-                    other?;
-                    self.note_reputations_stored(interrupted.iter().map(|(id, r)| (*id, r)));
-                    Ok(Attempt::Stored(()))
-                }
-            }
-        })
-        .await?;
-        if stored.is_none() {
-            return Err(changed_too_often("request"));
-        }
+        self.cancel::<Image>(parse_request_id(id)?).await?;
         Ok(before)
-    }
-
-    /// Enters the jobs of `request` still in flight as cancelled in their workers' reputations;
-    /// returns the reputations to store.
-    fn count_cancelled_jobs(&self, request: &LiveRequest) -> Vec<(Uuid, Reputation)> {
-        self.workers.change(|registry| {
-            let mut changed: Vec<(Uuid, Reputation)> = vec![];
-            for job in request
-                .jobs
-                .iter()
-                .filter(|j| j.state == JobState::Processing)
-            {
-                if let Some(entry) = registry.get_mut(job.worker_id) {
-                    entry.worker.reputation.record_cancelled();
-                    changed.retain(|(id, _)| *id != job.worker_id);
-                    changed.push((job.worker_id, entry.worker.reputation.clone()));
-                }
-            }
-            changed
-        })
-    }
-
-    /// Removes requests whose time is up and nothing of which is in flight; returns how many.
-    pub async fn sweep_expired(&self, now: i64) -> ApiResult<usize> {
-        let _turn = self.live.write_turn().await;
-        let expired: Vec<LiveRequest> = self.live.change(|queue| {
-            let ids: Vec<Uuid> = queue
-                .expired(now)
-                .into_iter()
-                .filter(|id| {
-                    queue
-                        .get(*id)
-                        .is_some_and(|r| r.jobs.iter().all(|j| j.state != JobState::Processing))
-                })
-                .collect();
-            ids.into_iter().filter_map(|id| queue.remove(id)).collect()
-        });
-        for request in &expired {
-            self.store.delete_request(request.id).await?;
-            for job in &request.jobs {
-                self.images.remove(job.id).await;
-            }
-        }
-        Ok(expired.len())
     }
 }
 
@@ -601,11 +494,4 @@ fn parse_request_id(id: &str) -> ApiResult<Uuid> {
             format!("Request with ID '{id}' not found."),
         )
     })
-}
-
-fn not_found(id: Uuid) -> ApiError {
-    ApiError::new(
-        Rc::RequestNotFound,
-        format!("Request with ID '{id}' not found."),
-    )
 }

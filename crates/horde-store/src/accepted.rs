@@ -7,43 +7,47 @@
 //! (a debit never takes a balance below its floor) is applied request by request in memory, in
 //! acceptance order, exactly as one transaction per request would.
 
+use crate::kinds::StoredKind;
 use crate::ledger::{Kind, Posting, HORDE_ACCOUNT};
 use crate::{flag, Placeholders};
 use crate::{to_json, Result};
 use horde_core::accounts::{forgiven_debit, kudos_floor};
-use horde_core::quota::day_of;
 use horde_core::request::LiveRequest;
 use sqlx::{Any, Row, Transaction};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 /// Rows per multi-row statement (SQLite allows 32 766 bound values, PostgreSQL 65 535).
-const ROWS_PER_STATEMENT: usize = 500;
+pub(crate) const ROWS_PER_STATEMENT: usize = 500;
 
-pub(crate) async fn insert_accepted(
+pub(crate) async fn insert_accepted<K: StoredKind>(
     tx: &mut Transaction<'_, Any>,
-    requests: &[LiveRequest],
+    requests: &[LiveRequest<K>],
 ) -> Result<()> {
     for chunk in requests.chunks(ROWS_PER_STATEMENT) {
         insert_request_rows(tx, chunk).await?;
     }
-    add_quota_usage(tx, requests).await?;
+    K::add_quota_usage(tx, requests).await?;
     charge_activation_fees(tx, requests).await?;
     let inserted: Vec<(uuid::Uuid, i64)> =
         requests.iter().map(|r| (r.id, r.version as i64)).collect();
     crate::notify::requests_changed(tx, &inserted).await
 }
 
-async fn insert_request_rows(tx: &mut Transaction<'_, Any>, rows: &[LiveRequest]) -> Result<()> {
+async fn insert_request_rows<K: StoredKind>(
+    tx: &mut Transaction<'_, Any>,
+    rows: &[LiveRequest<K>],
+) -> Result<()> {
     let sql = format!(
-        "INSERT INTO requests (id, user_id, body, base_seed, created, seq, priority, n_remaining, \
-         jobs_total, job_kudos, consumed_kudos, faulted, cancelled, expiry, can_pay_upfront, \
-         shared_key, version) VALUES {}",
-        Placeholders::of(tx).rows(rows.len(), 17)
+        "INSERT INTO requests (id, kind, user_id, body, base_seed, created, seq, priority, \
+         n_remaining, jobs_total, job_kudos, consumed_kudos, faulted, cancelled, expiry, \
+         can_pay_upfront, shared_key, version) VALUES {}",
+        Placeholders::of(tx).rows(rows.len(), 18)
     );
     let mut insert = sqlx::query(&sql);
     for r in rows {
         insert = insert
             .bind(r.id.to_string())
+            .bind(K::NAME)
             .bind(r.user_id)
             .bind(to_json(&r.body))
             .bind(r.base_seed.map(|s| s as i64))
@@ -65,38 +69,13 @@ async fn insert_request_rows(tx: &mut Transaction<'_, Any>, rows: &[LiveRequest]
     Ok(())
 }
 
-/// Adds the images and megapixelsteps requested to each requester's usage of the day.
-async fn add_quota_usage(tx: &mut Transaction<'_, Any>, requests: &[LiveRequest]) -> Result<()> {
-    let mut usage: BTreeMap<(i64, i64), (i64, f64)> = BTreeMap::new();
-    for r in requests {
-        let entry = usage.entry((r.user_id, day_of(r.created))).or_default();
-        entry.0 += i64::from(r.jobs_total);
-        entry.1 += r.work_requested();
-    }
-    let rows: Vec<_> = usage.into_iter().collect();
-    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-        let sql = format!(
-            "INSERT INTO quota_usage (user_id, day, images, megapixelsteps) VALUES {} \
-             ON CONFLICT(user_id, day) DO UPDATE SET images = quota_usage.images + excluded.images, \
-             megapixelsteps = quota_usage.megapixelsteps + excluded.megapixelsteps",
-            Placeholders::of(tx).rows(chunk.len(), 4)
-        );
-        let mut upsert = sqlx::query(&sql);
-        for ((user, day), (images, mps)) in chunk {
-            upsert = upsert.bind(*user).bind(*day).bind(*images).bind(*mps);
-        }
-        upsert.execute(&mut **tx).await?;
-    }
-    Ok(())
-}
-
 /// The activation fee of each request: spent by the requester, burnt by the horde, written off
 /// where it would take the requester below their floor; shared keys' budgets charged.
-async fn charge_activation_fees(
+async fn charge_activation_fees<K: StoredKind>(
     tx: &mut Transaction<'_, Any>,
-    requests: &[LiveRequest],
+    requests: &[LiveRequest<K>],
 ) -> Result<()> {
-    let paying: Vec<&LiveRequest> = requests.iter().filter(|r| r.consumed_kudos > 0.0).collect();
+    let paying: Vec<&LiveRequest<K>> = requests.iter().filter(|r| r.consumed_kudos > 0.0).collect();
     if paying.is_empty() {
         return Ok(());
     }
@@ -132,9 +111,9 @@ async fn charge_activation_fees(
 }
 
 /// Each payer's balance and balance floor, read in one statement.
-async fn balances_and_floors(
+async fn balances_and_floors<K: StoredKind>(
     tx: &mut Transaction<'_, Any>,
-    paying: &[&LiveRequest],
+    paying: &[&LiveRequest<K>],
 ) -> Result<HashMap<i64, (f64, f64)>> {
     let mut ids: Vec<i64> = paying.iter().map(|r| r.user_id).collect();
     ids.sort_unstable();

@@ -14,6 +14,7 @@
 mod accepted;
 pub mod admin;
 mod images;
+mod kinds;
 mod lease;
 pub mod ledger;
 pub mod notify;
@@ -31,6 +32,7 @@ use std::path::Path;
 use std::sync::{Arc, Once};
 use std::time::Duration;
 
+pub use kinds::StoredKind;
 pub use lease::Lease;
 pub use requests::SubmitEffects;
 pub use users::NewUser;

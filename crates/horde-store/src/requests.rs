@@ -1,5 +1,7 @@
-//! Requests and their jobs. Each acknowledged change is one transaction.
+//! Requests and their jobs, of every kind of work ([`StoredKind`]: a row names its kind). Each
+//! acknowledged change is one transaction.
 
+use crate::kinds::StoredKind;
 use crate::ledger::{self, Kind, Posting, HORDE_ACCOUNT};
 use crate::workers::write_reputation;
 use crate::{flag, get_flag, parse_json, parse_uuid, to_json, Result, Store, StoreError};
@@ -7,7 +9,7 @@ use horde_core::accounts::{forgiven_debit, kudos_floor};
 use horde_core::pricing::split_reward;
 use horde_core::quota::Usage;
 use horde_core::request::{Job, JobState, LiveRequest};
-use horde_core::Reputation;
+use horde_core::{JobKind, Reputation};
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 use std::collections::HashMap;
@@ -23,7 +25,8 @@ pub struct SubmitEffects {
     /// Untrusted owners get half of each reward in escrow (`horde_core::pricing::split_reward`).
     pub worker_owner_trusted: bool,
     pub reward: f64,
-    pub megapixelsteps: f64,
+    /// The job's work in its kind's unit (megapixelsteps for images).
+    pub work: f64,
     /// Unix seconds.
     pub at: i64,
     /// The shared key (hash) the request was made with, whose budget the charge also uses.
@@ -65,7 +68,10 @@ impl SubmitEffects {
 /// Writes a request's counters, if its row is still at the version before `r.version`
 /// (callers bump `version` with each change); else another coordinator changed the row first
 /// and the write is refused with [`StoreError::Conflict`].
-async fn write_request_state(tx: &mut Transaction<'_, Any>, r: &LiveRequest) -> Result<()> {
+async fn write_request_state<K: JobKind>(
+    tx: &mut Transaction<'_, Any>,
+    r: &LiveRequest<K>,
+) -> Result<()> {
     let written = sqlx::query(
         "UPDATE requests SET n_remaining = $1, jobs_total = $2, consumed_kudos = $3, faulted = $4, \
          cancelled = $5, expiry = $6, version = $7 WHERE id = $8 AND version = $9",
@@ -138,7 +144,7 @@ fn job_from_row(row: &AnyRow) -> Result<Job> {
     })
 }
 
-fn request_from_row(row: &AnyRow) -> Result<LiveRequest> {
+fn request_from_row<K: JobKind>(row: &AnyRow) -> Result<LiveRequest<K>> {
     Ok(LiveRequest {
         id: parse_uuid(row.try_get("id")?)?,
         user_id: row.try_get("user_id")?,
@@ -168,7 +174,7 @@ impl Store {
     /// its day's quota usage, and its activation fee (`consumed_kudos` at acceptance).
     /// Stores newly accepted requests in one transaction (group commit: one commit for many
     /// requests accepted at the same moment).
-    pub async fn insert_requests(&self, requests: &[LiveRequest]) -> Result<()> {
+    pub async fn insert_requests<K: StoredKind>(&self, requests: &[LiveRequest<K>]) -> Result<()> {
         let mut tx = self.writer.begin().await?;
         crate::accepted::insert_accepted(&mut tx, requests).await?;
         tx.commit().await?;
@@ -176,7 +182,11 @@ impl Store {
     }
 
     /// Stores jobs handed out by a pop with the request's new counters.
-    pub async fn save_assignment(&self, r: &LiveRequest, jobs: &[Job]) -> Result<()> {
+    pub async fn save_assignment<K: StoredKind>(
+        &self,
+        r: &LiveRequest<K>,
+        jobs: &[Job],
+    ) -> Result<()> {
         let mut tx = self.writer.begin().await?;
         write_request_state(&mut tx, r).await?;
         for job in jobs {
@@ -188,9 +198,9 @@ impl Store {
 
     /// Stores a job's result, the request's counters, the kudos and statistics it moves, and
     /// the reputation of the job's worker as it now stands.
-    pub async fn save_submit(
+    pub async fn save_submit<K: StoredKind>(
         &self,
-        r: &LiveRequest,
+        r: &LiveRequest<K>,
         job: &Job,
         effects: Option<&SubmitEffects>,
         worker: Option<(Uuid, &Reputation)>,
@@ -204,21 +214,7 @@ impl Store {
         }
         refund_fee(&mut tx, r, refund).await?;
         if let Some(e) = effects {
-            sqlx::query("UPDATE users SET usage_megapixelsteps = usage_megapixelsteps + $1, usage_requests = usage_requests + 1 WHERE id = $2")
-                .bind(e.megapixelsteps)
-                .bind(e.requester_id)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query(
-                "UPDATE users SET kudos_accumulated = kudos_accumulated + $1, \
-                 contributed_megapixelsteps = contributed_megapixelsteps + $2, fulfilments = fulfilments + 1 \
-                 WHERE id = $3",
-            )
-            .bind(e.reward)
-            .bind(e.megapixelsteps)
-            .bind(e.worker_owner_id)
-            .execute(&mut *tx)
-            .await?;
+            K::record_delivered(&mut tx, job, e).await?;
             sqlx::query("UPDATE workers SET kudos_generated = kudos_generated + $1 WHERE id = $2")
                 .bind(e.reward)
                 .bind(e.worker_id.to_string())
@@ -227,7 +223,6 @@ impl Store {
             if let Some(key) = &e.shared_key {
                 crate::shared_keys::charge_shared_key(&mut tx, key, e.requester_charge).await?;
             }
-            crate::stats::record_image(&mut tx, e.at, &job.model, e.megapixelsteps * 1e6).await?;
             let (balance, floor) = balance_and_floor(&mut tx, e.requester_id).await?;
             ledger::post(&mut tx, e.at, &e.postings(r.id, job.id)).await?;
             let forgiven = forgiven_debit(balance, e.requester_charge, floor);
@@ -239,9 +234,9 @@ impl Store {
 
     /// Stores jobs taken back from late workers (their images back in the queue, or the request
     /// faulted), the request's counters, the workers' reputations and any refund.
-    pub async fn save_taken_back(
+    pub async fn save_taken_back<K: StoredKind>(
         &self,
-        r: &LiveRequest,
+        r: &LiveRequest<K>,
         jobs: &[Job],
         workers: &[(Uuid, Reputation)],
         refund: f64,
@@ -261,22 +256,29 @@ impl Store {
 
     /// One stored request with its jobs, as [`Store::load_requests`] loads them (`None` once
     /// it is deleted): what another coordinator changed.
-    pub async fn load_request(&self, id: Uuid) -> Result<Option<LiveRequest>> {
+    pub async fn load_request<K: JobKind>(&self, id: Uuid) -> Result<Option<LiveRequest<K>>> {
         Ok(self.load_requests_by_id(&[id]).await?.pop())
     }
 
-    /// Stored requests among `ids`, with their jobs (deleted ones are missing).
-    pub async fn load_requests_by_id(&self, ids: &[Uuid]) -> Result<Vec<LiveRequest>> {
+    /// Stored requests of kind `K` among `ids`, with their jobs (deleted ones, and those of
+    /// other kinds, are missing).
+    pub async fn load_requests_by_id<K: JobKind>(
+        &self,
+        ids: &[Uuid],
+    ) -> Result<Vec<LiveRequest<K>>> {
         let mut out = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(500) {
             let ids: Vec<String> = chunk.iter().map(Uuid::to_string).collect();
-            let list = crate::Placeholders::new(self.backend).list(ids.len());
-            let sql = format!("SELECT * FROM requests WHERE id IN ({list})");
+            let mut placeholders = crate::Placeholders::new(self.backend);
+            let list = placeholders.list(ids.len());
+            let kind = placeholders.next();
+            let sql = format!("SELECT * FROM requests WHERE id IN ({list}) AND kind = {kind}");
             let mut query = sqlx::query(&sql);
             for id in &ids {
                 query = query.bind(id);
             }
-            let mut requests: Vec<LiveRequest> = query
+            let mut requests: Vec<LiveRequest<K>> = query
+                .bind(K::NAME)
                 .fetch_all(&self.pool)
                 .await?
                 .iter()
@@ -324,9 +326,9 @@ impl Store {
 
     /// Stores a request's counters (after a cancel, for instance) and the reputations it
     /// changed.
-    pub async fn save_request_state(
+    pub async fn save_request_state<K: JobKind>(
         &self,
-        r: &LiveRequest,
+        r: &LiveRequest<K>,
         workers: &[(Uuid, Reputation)],
     ) -> Result<()> {
         let mut tx = self.writer.begin().await?;
@@ -338,16 +340,21 @@ impl Store {
         Ok(())
     }
 
-    /// Every stored request with its jobs: the live state after a restart.
-    pub async fn load_requests(&self) -> Result<Vec<LiveRequest>> {
-        let rows = sqlx::query("SELECT * FROM requests ORDER BY seq")
+    /// Every stored request of kind `K` with its jobs: the kind's live state after a restart.
+    pub async fn load_requests<K: JobKind>(&self) -> Result<Vec<LiveRequest<K>>> {
+        let rows = sqlx::query("SELECT * FROM requests WHERE kind = $1 ORDER BY seq")
+            .bind(K::NAME)
             .fetch_all(&self.pool)
             .await?;
-        let mut requests: Vec<LiveRequest> =
+        let mut requests: Vec<LiveRequest<K>> =
             rows.iter().map(request_from_row).collect::<Result<_>>()?;
-        let job_rows = sqlx::query("SELECT * FROM jobs ORDER BY started, rowid")
-            .fetch_all(&self.pool)
-            .await?;
+        let job_rows = sqlx::query(
+            "SELECT * FROM jobs WHERE request_id IN (SELECT id FROM requests WHERE kind = $1) \
+             ORDER BY started, rowid",
+        )
+        .bind(K::NAME)
+        .fetch_all(&self.pool)
+        .await?;
         attach_jobs(&mut requests, &job_rows)?;
         Ok(requests)
     }
@@ -384,7 +391,7 @@ impl Store {
 }
 
 /// Puts each job row under its request (rows of other requests are ignored).
-fn attach_jobs(requests: &mut [LiveRequest], job_rows: &[AnyRow]) -> Result<()> {
+fn attach_jobs<K: JobKind>(requests: &mut [LiveRequest<K>], job_rows: &[AnyRow]) -> Result<()> {
     let index: HashMap<Uuid, usize> = requests
         .iter()
         .enumerate()
@@ -400,7 +407,11 @@ fn attach_jobs(requests: &mut [LiveRequest], job_rows: &[AnyRow]) -> Result<()> 
 }
 
 /// Gives a faulted request's activation fee back (`refund` 0: nothing).
-async fn refund_fee(tx: &mut Transaction<'_, Any>, r: &LiveRequest, refund: f64) -> Result<()> {
+async fn refund_fee<K: JobKind>(
+    tx: &mut Transaction<'_, Any>,
+    r: &LiveRequest<K>,
+    refund: f64,
+) -> Result<()> {
     if refund <= 0.0 {
         return Ok(());
     }

@@ -11,7 +11,7 @@ use super::matching_view::MatchingView;
 use horde_core::accounts::{User, Worker};
 use horde_core::model_reference::ModelReference;
 use horde_core::performance::ModelPerformance;
-use horde_core::{ReputationRules, WorkerCaps};
+use horde_core::ReputationRules;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -173,14 +173,15 @@ impl WorkerRegistry {
     }
     /// The workers more reliable than `me` (by a clear margin) that could take a job right
     /// now: they popped and found nothing within the last `hold_secs`, and nothing stops them
-    /// from getting jobs. Most reliable first.
-    pub fn standing_by_better_than(
+    /// from getting jobs. Most reliable first, each as `view` shows it.
+    pub fn standing_by_better_than<C>(
         &self,
         me: &WorkerEntry,
         now: i64,
         hold_secs: i64,
         rules: &ReputationRules,
-    ) -> Vec<WorkerCaps> {
+        view: impl Fn(&WorkerEntry) -> C,
+    ) -> Vec<C> {
         /// Reliabilities closer than this are treated as equal.
         const MARGIN: f64 = 0.05;
         let mine = me.worker.reputation.reliability();
@@ -197,7 +198,7 @@ impl WorkerRegistry {
         better
             .into_iter()
             .take(MAX_STANDBY)
-            .map(|(_, e)| e.caps())
+            .map(|(_, e)| view(e))
             .collect()
     }
 
