@@ -38,6 +38,7 @@ pub mod shared_key;
 pub mod ttl;
 pub mod upfront;
 pub mod user_rules;
+pub mod webhook;
 pub mod work;
 
 pub use accounts::{User, Worker, WorkerFlags};

@@ -9,6 +9,7 @@
 use crate::accounts::User;
 use crate::image_header::{self, SourceImageError, MAX_SOURCE_SIDE};
 use crate::seed::parse_seed;
+use crate::webhook::{self, WebhookPolicy, WebhookRefusal};
 use crate::Refusal;
 use base64::Engine;
 use horde_api::image::{
@@ -45,8 +46,9 @@ pub enum RequestRefusal {
         height: u32,
     },
     SourceMaskWithoutImage,
-    /// A webhook that is not `https://`.
-    InsecureWebhook,
+    /// A webhook URL refused by [`webhook::check_url`] (not a URL, not `https://`, or a
+    /// literal internal address).
+    Webhook(WebhookRefusal),
     TooManyUpscalers,
     /// A post-processor named among the models.
     PostProcessorAsModel(String),
@@ -67,7 +69,7 @@ impl Refusal for RequestRefusal {
             RequestRefusal::SourceImageUnreadable { .. } => Rc::SourceImageUnreadable,
             RequestRefusal::SourceImageTooLarge { .. } => Rc::SourceImageResolutionExceeded,
             RequestRefusal::SourceMaskWithoutImage => Rc::SourceMaskUnnecessary,
-            RequestRefusal::InsecureWebhook => Rc::InvalidWebhook,
+            RequestRefusal::Webhook(refusal) => refusal.rc(),
             RequestRefusal::TooManyUpscalers => Rc::TooManyUpscalers,
             RequestRefusal::PostProcessorAsModel(_) => Rc::UnexpectedModelName,
             RequestRefusal::UnbatchedNeedsTrust => Rc::RequiresTrust,
@@ -103,7 +105,7 @@ impl Refusal for RequestRefusal {
             RequestRefusal::SourceMaskWithoutImage => {
                 "Cannot send a source mask without a source image.".into()
             }
-            RequestRefusal::InsecureWebhook => "webhook must be an https:// URL.".into(),
+            RequestRefusal::Webhook(refusal) => refusal.message(),
             RequestRefusal::TooManyUpscalers => {
                 "Cannot use more than one upscaler at a time.".into()
             }
@@ -121,13 +123,25 @@ impl Refusal for RequestRefusal {
 }
 
 /// The rules of one request by `requester`, in the order the public horde checks them;
-/// `max_prompt_chars` is the operator's limit.
+/// `max_prompt_chars` is the operator's limit. Webhook URLs are held to the strictest
+/// [`WebhookPolicy`] (the default); [`check_with_webhook_policy`] takes the operator's.
 pub fn check(
     body: &ImageRequest,
     requester: &User,
     max_prompt_chars: usize,
 ) -> Result<(), RequestRefusal> {
-    check_shape(body)?;
+    check_with_webhook_policy(body, requester, max_prompt_chars, &WebhookPolicy::default())
+}
+
+/// [`check`], with the operator's webhook policy. The webhook's URL is checked without DNS
+/// here; the server resolves its host and calls [`webhook::check_resolved`] after.
+pub fn check_with_webhook_policy(
+    body: &ImageRequest,
+    requester: &User,
+    max_prompt_chars: usize,
+    webhook_policy: &WebhookPolicy,
+) -> Result<(), RequestRefusal> {
+    check_shape(body, webhook_policy)?;
     if body.disable_batching && body.params.n > 1 && !requester.trusted {
         return Err(RequestRefusal::UnbatchedNeedsTrust);
     }
@@ -145,7 +159,7 @@ pub fn check(
 }
 
 /// The rules that hold whoever asks.
-fn check_shape(body: &ImageRequest) -> Result<(), RequestRefusal> {
+fn check_shape(body: &ImageRequest, webhook_policy: &WebhookPolicy) -> Result<(), RequestRefusal> {
     if !body.params.cfg_scale_has_two_decimals_at_most() {
         return Err(RequestRefusal::CfgScaleDecimals);
     }
@@ -172,12 +186,8 @@ fn check_shape(body: &ImageRequest) -> Result<(), RequestRefusal> {
     if body.source_mask.is_some() && body.source_image.is_none() {
         return Err(RequestRefusal::SourceMaskWithoutImage);
     }
-    if body
-        .webhook
-        .as_ref()
-        .is_some_and(|hook| !hook.starts_with("https://"))
-    {
-        return Err(RequestRefusal::InsecureWebhook);
+    if let Some(hook) = &body.webhook {
+        webhook::check_url(hook, webhook_policy).map_err(RequestRefusal::Webhook)?;
     }
     let upscalers = body
         .params
@@ -285,6 +295,37 @@ mod tests {
         garbage.source_image = Some("not base64 at all!".into());
         assert_eq!(refused(&garbage), Rc::SourceImageUnreadable);
         assert!(check(&request("a cat"), &anyone, 100).is_ok());
+    }
+
+    #[test]
+    fn webhooks_are_checked_under_the_operators_policy() {
+        let anyone = user(false);
+        let mut body = request("a cat");
+        body.webhook = Some("http://127.0.0.1:9000/hook".into());
+        let refusal = check(&body, &anyone, 100).unwrap_err();
+        assert_eq!(
+            refusal,
+            RequestRefusal::Webhook(WebhookRefusal::InsecureScheme)
+        );
+        assert_eq!(refusal.message(), WebhookRefusal::InsecureScheme.message());
+        let http_only = WebhookPolicy {
+            allow_http: true,
+            ..WebhookPolicy::default()
+        };
+        let loopback = WebhookRefusal::InternalAddress {
+            address: [127, 0, 0, 1].into(),
+        };
+        assert_eq!(
+            check_with_webhook_policy(&body, &anyone, 100, &http_only),
+            Err(RequestRefusal::Webhook(loopback))
+        );
+        let loopback_tests = WebhookPolicy {
+            allow_http: true,
+            allow_private_addresses: true,
+        };
+        assert!(check_with_webhook_policy(&body, &anyone, 100, &loopback_tests).is_ok());
+        body.webhook = Some("https://hooks.example.com/horde".into());
+        assert!(check(&body, &anyone, 100).is_ok());
     }
 
     #[test]

@@ -29,6 +29,28 @@ pub struct ServerConfig {
     /// Daily quotas per tier of user (0: unlimited).
     pub quotas: horde_core::quota::Quotas,
     pub models: ModelsConfig,
+    /// `GET /metrics` for Prometheus.
+    pub metrics: MetricsConfig,
+}
+
+/// `GET /metrics`, the Prometheus text format (`metrics.rs`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Serve `/metrics` (off: 404).
+    pub enabled: bool,
+    /// Empty: anyone may scrape (the figures are public through `/status/models` already).
+    /// Set: a scrape must carry `Authorization: Bearer <token>`, or gets 401.
+    pub bearer_token: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            enabled: true,
+            bearer_token: String::new(),
+        }
+    }
 }
 
 /// Where the image model reference comes from, and what to do with models outside it.
@@ -250,6 +272,7 @@ impl Default for ServerConfig {
             limits: LimitsConfig::default(),
             quotas: Default::default(),
             models: ModelsConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }

@@ -4,6 +4,7 @@
 //! stores all that are waiting in one transaction and then answers each.
 
 use crate::error::{ApiError, ApiResult};
+use crate::metrics::Metrics;
 use horde_core::{Image, LiveRequest};
 use horde_store::{Store, StoredKind};
 use tokio::sync::{mpsc, oneshot};
@@ -23,10 +24,10 @@ pub struct RequestWriter<K: StoredKind = Image> {
 }
 
 impl<K: StoredKind> RequestWriter<K> {
-    /// Starts the writer task on the current runtime.
-    pub fn start(store: Store) -> RequestWriter<K> {
+    /// Starts the writer task on the current runtime; each commit's time goes to `metrics`.
+    pub fn start(store: Store, metrics: Metrics) -> RequestWriter<K> {
         let (sender, receiver) = mpsc::channel(4 * MAX_BATCH);
-        tokio::spawn(write_batches(store, receiver));
+        tokio::spawn(write_batches(store, metrics, receiver));
         RequestWriter { sender }
     }
 
@@ -43,7 +44,11 @@ impl<K: StoredKind> RequestWriter<K> {
     }
 }
 
-async fn write_batches<K: StoredKind>(store: Store, mut receiver: mpsc::Receiver<Pending<K>>) {
+async fn write_batches<K: StoredKind>(
+    store: Store,
+    metrics: Metrics,
+    mut receiver: mpsc::Receiver<Pending<K>>,
+) {
     while let Some(first) = receiver.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -54,8 +59,8 @@ async fn write_batches<K: StoredKind>(store: Store, mut receiver: mpsc::Receiver
         }
         let (requests, answers): (Vec<LiveRequest<K>>, Vec<_>) =
             batch.into_iter().map(|p| (p.request, p.stored)).unzip();
-        let result = store
-            .insert_requests(&requests)
+        let result = metrics
+            .time_commit(store.insert_requests(&requests))
             .await
             .map_err(|e| e.to_string());
         if let Err(error) = &result {

@@ -25,6 +25,7 @@ pub mod jobs;
 pub mod kinds;
 pub mod lifecycle;
 pub mod live_requests;
+pub mod metrics;
 pub mod model_reference;
 pub mod offline;
 pub mod openapi;
@@ -218,7 +219,8 @@ async fn open_state(
     let trusted_proxies = client_ip::TrustedProxies::parse(&config.api.trusted_proxies)
         .map_err(|e| StartError::Config(format!("api.trusted_proxies: {e}")))?;
     let limiter = horde_core::ratelimit::FixedWindows::with_capacity(config.api.rate_limit_keys);
-    let request_writer = group_commit::RequestWriter::start(store.clone());
+    let metrics = metrics::Metrics::new();
+    let request_writer = group_commit::RequestWriter::start(store.clone(), metrics.clone());
     let stored_requests = store.load_requests::<horde_core::Image>().await?;
     let stored_filters = store.prompt_filters().await?;
     let state = AppState {
@@ -229,6 +231,7 @@ async fn open_state(
         workers: Workers::new(online_window_secs),
         accounts: Accounts::new(key_salt),
         catalogue: Catalogue::new(model_reference, FilterSet::new(&stored_filters)),
+        metrics,
         limiter: Mutex::new(limiter),
         trusted_proxies,
         images,
@@ -301,7 +304,14 @@ fn router(state: SharedState) -> Router {
         .route("/api/v2/status/performance", get(status::performance))
         .route("/api/v2/stats/img/totals", get(status::image_totals))
         .route("/api/v2/stats/img/models", get(status::image_models))
-        .route("/.well-known/serviceinfo", get(status::serviceinfo))
+        .route("/.well-known/serviceinfo", get(status::serviceinfo));
+    // Outside `/api/v2/`, so not rate limited (`metrics.rs` says why); absent when disabled.
+    let api = if state.config.metrics.enabled {
+        api.route("/metrics", get(metrics::scrape))
+    } else {
+        api
+    };
+    let api = api
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             ratelimit::rate_limit,
@@ -335,6 +345,12 @@ fn router(state: SharedState) -> Router {
     .layer(SetResponseHeaderLayer::overriding(
         HeaderName::from_static("horde-node"),
         node,
+    ))
+    // Outermost, so every answer is counted whichever layer made it; `Router::layer` wraps
+    // each route, so the matched route's template is known there.
+    .layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        metrics::record_requests,
     ))
     .with_state(state)
 }

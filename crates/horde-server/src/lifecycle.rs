@@ -157,7 +157,11 @@ impl AppState {
                 r.clone()
             })
             .ok_or_else(|| ApiError::internal("assigned request vanished"))?;
-        match self.store.save_assignment(&request, &assignment.jobs).await {
+        let stored = self
+            .metrics
+            .time_commit(self.store.save_assignment(&request, &assignment.jobs))
+            .await;
+        match stored {
             Err(StoreError::Conflict(id)) => {
                 self.resync_request_ordered::<K>(turn, id).await?;
                 return Ok(Attempt::Conflicted);
@@ -165,6 +169,7 @@ impl AppState {
             other => other?,
         }
         live.note_handed_out(&assignment.jobs, crate::clock::now_ms());
+        self.metrics.jobs_handed_out(assignment.jobs.len());
         Ok(Attempt::Stored(request))
     }
 
@@ -251,22 +256,23 @@ impl AppState {
             .then(|| self.submit_effects(&updated, &job, worker.as_ref()));
         let job_secs = self.job_secs::<K>(&job, now);
         let reputation = self.record_result(&job, job_secs, effects.as_ref(), now);
-        match self
-            .store
-            .save_submit(
+        let stored = self
+            .metrics
+            .time_commit(self.store.save_submit(
                 &updated,
                 &job,
                 effects.as_ref(),
                 reputation.as_ref().map(|r| (job.worker_id, r)),
                 refund,
-            )
-            .await
-        {
+            ))
+            .await;
+        match stored {
             Err(StoreError::Conflict(_) | StoreError::WorkerConflict(_)) => {
                 return Err(SubmitError::Conflict(updated.id))
             }
             other => other.map_err(ApiError::from)?,
         }
+        self.metrics.job_finished(job.state);
         if let Some(reputation) = &reputation {
             self.note_reputations_stored([(job.worker_id, reputation)]);
         }
@@ -404,11 +410,14 @@ impl AppState {
         let mut count = 0;
         for (request, jobs, refund) in &taken {
             let reputations = self.count_timed_out(request.id, jobs);
-            match self
-                .store
-                .save_taken_back(request, jobs, &reputations, *refund)
-                .await
-            {
+            let stored = self
+                .metrics
+                .time_commit(
+                    self.store
+                        .save_taken_back(request, jobs, &reputations, *refund),
+                )
+                .await;
+            match stored {
                 // Another coordinator changed it first; its stored copy decides next time.
                 Err(StoreError::Conflict(_) | StoreError::WorkerConflict(_)) => {
                     for (worker_id, _) in &reputations {
@@ -419,6 +428,7 @@ impl AppState {
                 other => {
                     other?;
                     self.note_reputations_stored(reputations.iter().map(|(id, r)| (*id, r)));
+                    self.metrics.jobs_taken_back(jobs.len());
                     count += jobs.len();
                 }
             }
@@ -471,7 +481,11 @@ impl AppState {
             } else {
                 self.count_cancelled_jobs(&updated)
             };
-            match self.store.save_request_state(&updated, &interrupted).await {
+            let stored = self
+                .metrics
+                .time_commit(self.store.save_request_state(&updated, &interrupted))
+                .await;
+            match stored {
                 // Another coordinator changed the request (or a worker's reputation) first:
                 // cancel the stored copy.
                 Err(StoreError::Conflict(_) | StoreError::WorkerConflict(_)) => {

@@ -23,6 +23,7 @@ use crate::catalogue::Catalogue;
 use crate::config::ServerConfig;
 use crate::images::ImageStore;
 use crate::live_requests::LiveRequests;
+use crate::metrics::Metrics;
 use crate::workers::Workers;
 use horde_core::ratelimit::FixedWindows;
 use horde_store::Store;
@@ -37,6 +38,8 @@ pub struct AppState {
     pub workers: Workers,
     pub accounts: Accounts,
     pub catalogue: Catalogue,
+    /// The Prometheus counters and histograms of this coordinator (`metrics.rs`).
+    pub metrics: Metrics,
     /// The rate limiter's windows (`ratelimit.rs` is the only user).
     pub(crate) limiter: Mutex<FixedWindows>,
     /// The reverse proxies whose forwarded-for headers name the client.

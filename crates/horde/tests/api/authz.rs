@@ -94,6 +94,8 @@ async fn every_endpoint_answers_each_kind_of_caller_as_it_should() {
         row("GET", "/api/v2/status/heartbeat".into(), None, everyone),
         row("GET", "/api/v2/status/models".into(), None, everyone),
         row("GET", "/api/v2/status/performance".into(), None, everyone),
+        // Open by default (`[metrics] bearer_token` closes it: metrics.rs's tests).
+        row("GET", "/metrics".into(), None, everyone),
         row(
             "POST",
             "/api/v2/generate/async".into(),

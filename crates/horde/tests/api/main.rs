@@ -26,6 +26,7 @@ mod helpers;
 mod lifecycle;
 mod limits;
 mod matching;
+mod metrics;
 mod models;
 mod reputation;
 mod sdk_compat;
