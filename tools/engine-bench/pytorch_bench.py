@@ -7,6 +7,9 @@ Builds the SD 1.5 UNet and VAE with their real configs and *random* weights
   unet_step_cfg_512  one UNet forward at 512x512 with classifier-free guidance
                      (latents [2,4,64,64], timesteps [2], context [2,77,768])
   vae_decode_512     one VAE decode [1,4,64,64] -> [1,3,512,512]
+  vae_encode_512     one VAE encode [1,3,512,512] -> a sample of the latent
+                     distribution (seeded generator) times the scaling factor
+                     [1,4,64,64], as diffusers' img2img pipelines start
 
 Each part runs in its own fresh subprocess (this script re-invokes itself with
 --part) so that its peak RSS (ru_maxrss) is measured separately. One JSON line
@@ -98,8 +101,10 @@ PART_NAMES = {
     "unet": "unet_step_cfg_512",
     "unet_bf16": "unet_step_cfg_512",
     "vae": "vae_decode_512",
+    "vae_encode": "vae_encode_512",
     "sdxl_unet": "sdxl_unet_step_cfg_1024",
     "sdxl_vae": "sdxl_vae_decode_1024",
+    "sdxl_vae_encode": "sdxl_vae_encode_1024",
 }
 
 
@@ -145,7 +150,8 @@ def run_part(part, threads, repeats):
     if is_unet:
         model = UNet2DConditionModel(**(SDXL_UNET_CONFIG if sdxl else UNET_CONFIG))
     else:
-        model = AutoencoderKL(**VAE_CONFIG)
+        # SDXL's VAE has SD 1.5's architecture, trained to another latent scale.
+        model = AutoencoderKL(**VAE_CONFIG, scaling_factor=0.13025 if sdxl else 0.18215)
     if dtype != torch.float32:
         model = model.to(dtype=dtype)
     model = model.eval()
@@ -171,6 +177,13 @@ def run_part(part, threads, repeats):
             def fn():
                 return model(x, t, encoder_hidden_states=ctx,
                              added_cond_kwargs=added, return_dict=False)[0]
+        elif part.endswith("vae_encode"):
+            image = (torch.rand(1, 3, 8 * latent, 8 * latent, generator=g) * 2 - 1).to(dtype)
+            factor = model.config.scaling_factor
+
+            def fn():
+                posterior = model.encode(image, return_dict=False)[0]
+                return posterior.sample(generator=torch.Generator().manual_seed(2)) * factor
         else:
             z = torch.randn(1, 4, latent, latent, generator=g).to(dtype)
 
@@ -213,7 +226,7 @@ def main():
                     help="torch.set_num_threads (default: os.cpu_count())")
     ap.add_argument("--repeats", type=int, default=3,
                     help="timed calls after 1 warm-up (default 3)")
-    ap.add_argument("--only", choices=["unet", "vae"],
+    ap.add_argument("--only", choices=["unet", "vae", "vae_encode"],
                     help="run only this part")
     ap.add_argument("--sdxl", action="store_true",
                     help="SDXL at 1024x1024 instead of SD 1.5 at 512x512")
@@ -237,6 +250,8 @@ def main():
             parts.append("unet_bf16")
     if args.only in (None, "vae"):
         parts.append(prefix + "vae")
+    if args.only in (None, "vae_encode"):
+        parts.append(prefix + "vae_encode")
 
     env = dict(os.environ)
     # Keep the intra-op pools of OpenMP/MKL consistent with --threads.

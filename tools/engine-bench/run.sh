@@ -12,7 +12,7 @@ mkdir -p "$OUT"
 cargo bench -p horde-diffusion --bench engine --no-run >/dev/null 2>&1
 BENCH=$(cargo bench -p horde-diffusion --bench engine --no-run 2>&1 | sed -n 's/.*Executable .* (\(.*\))/\1/p')
 : >"$OUT/candle.jsonl"
-for part in unet vae; do
+for part in unet vae vae_encode; do
     "$BENCH" --part "$part" --repeats "$REPEATS" | tee -a "$OUT/candle.jsonl"
 done
 "$PY" tools/engine-bench/pytorch_bench.py --repeats "$REPEATS" | tee "$OUT/pytorch.jsonl"

@@ -24,12 +24,14 @@ import platform
 import sys
 
 import numpy as np
+import PIL.Image
 import safetensors.torch
 import torch
 
 import diffusers
 import transformers
 from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers.image_processor import VaeImageProcessor
 from diffusers.loaders.single_file_utils import (
     convert_ldm_clip_checkpoint,
     convert_ldm_unet_checkpoint,
@@ -56,10 +58,15 @@ PROMPT_TOKENS = 12
 # engine's diffusers-folder loader is tested against) and as `horde_diffusion::tiny::tiny_config`.
 
 
-def tiny_vae():
+# The latent scaling factor of each family's VAE config (SDXL's VAE was trained to another scale).
+SCALING_FACTOR = {"sd15": 0.18215, "sd2": 0.18215, "sdxl": 0.13025}
+
+
+def tiny_vae(family):
     return AutoencoderKL(
         block_out_channels=(32, 32, 32, 32), layers_per_block=1, latent_channels=4, norm_num_groups=32,
         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        scaling_factor=SCALING_FACTOR[family],
     )
 
 
@@ -162,6 +169,10 @@ def inputs(family, rng):
         # (original h, w, crop top, left, target h, w) as SDXL's pipeline builds them.
         x["unet.time_ids"] = torch.tensor([[48, 64, 0, 0, 48, 64], [1024, 768, 16, 8, 1024, 768]],
                                           dtype=torch.float32)
+    # The encoder's: the noise of a sample of `vae.image`'s latent distribution, and an 8-bit RGB
+    # image (height × width × channel, not square) that goes through the image processor.
+    x["vae.noise"] = torch.tensor(rng.standard_normal((1, 4, 4, 4)), dtype=torch.float32)
+    x["vae.rgb"] = torch.tensor(rng.integers(0, 256, (24, 40, 3), dtype=np.uint8))
     return x
 
 
@@ -184,12 +195,20 @@ def run_unet(family, checkpoint, x):
     return out
 
 
-def run_vae(checkpoint, x):
-    vae = tiny_vae()
+def run_vae(family, checkpoint, x):
+    vae = tiny_vae(family)
     load_strict(vae, convert_ldm_vae_checkpoint(checkpoint, dict(vae.config)))
+    # What diffusers' image-to-image pipelines feed the encoder: 2 · (v / 255) − 1, channels first.
+    rgb = VaeImageProcessor(vae_scale_factor=8).preprocess(PIL.Image.fromarray(x["vae.rgb"].numpy()))
     with torch.no_grad():
+        posterior = vae.encode(x["vae.image"]).latent_dist
+        # `posterior.sample(generator)` with the recorded noise in place of the generator's.
+        sample = posterior.mean + posterior.std * x["vae.noise"]
         return {
-            "vae.encoded_mean": vae.encode(x["vae.image"]).latent_dist.mean,
+            "vae.encoded_mean": posterior.mean,
+            "vae.encoded_sample": sample,
+            "vae.encoded_latents": sample * vae.config.scaling_factor,
+            "vae.rgb_latents": vae.encode(rgb).latent_dist.mean * vae.config.scaling_factor,
             "vae.decoded": vae.decode(x["vae.latents"]).sample,
         }
 
@@ -215,7 +234,7 @@ def run_text(family, checkpoint, x):
 
 
 def run_all(family, checkpoint, x):
-    return {**run_unet(family, checkpoint, x), **run_vae(checkpoint, x), **run_text(family, checkpoint, x)}
+    return {**run_unet(family, checkpoint, x), **run_vae(family, checkpoint, x), **run_text(family, checkpoint, x)}
 
 
 # ---------------------------------------------------------------------------------------------

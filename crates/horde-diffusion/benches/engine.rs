@@ -1,16 +1,20 @@
 //! The engine beside PyTorch: one SD 1.5 UNet step at 512×512 with classifier-free guidance
-//! (batch 2) and one VAE decode (64×64 latent → 512×512), or the same for SDXL at 1024×1024
-//! (`--model sdxl`), random weights of the real architecture, f32, CPU. Prints one JSON line per part, in the format of
+//! (batch 2), one VAE decode (64×64 latent → 512×512) and one VAE encode (512×512 → a seeded
+//! sample of the 64×64 latent, scaled), or the same for SDXL at 1024×1024 (`--model sdxl`),
+//! random weights of the real architecture, f32, CPU. Prints one JSON line per part, in the format of
 //! `tools/engine-bench/pytorch_bench.py`, for `tools/engine-bench/compare.py`.
 //!
-//! `cargo bench -p horde-diffusion --bench engine -- --part unet|vae [--repeats N]
-//! [--model sd15|sdxl] [--dtype f32|f16|bf16] [--decode whole|bands] [--purge]`; run each
+//! `cargo bench -p horde-diffusion --bench engine -- --part unet|vae|vae_encode [--repeats N]
+//! [--model sd15|sdxl] [--dtype f32|f16|bf16] [--decode whole|bands] [--encode whole|bands]
+//! [--purge]`; run each
 //! part in its own process so that peak RSS is the part's own (`tools/engine-bench/run.sh`).
 //! `--part conv` times each 3×3 convolution of the networks through candle, our direct kernel
 //! and Winograd.
 
 use candle_core::{Device, Tensor};
-use horde_diffusion::parts::{Conditioning, SeededNoise, UNet, Vae, UNET_PREFIX, VAE_PREFIX};
+use horde_diffusion::parts::{
+    Conditioning, LatentDistribution, SeededNoise, UNet, Vae, UNET_PREFIX, VAE_PREFIX,
+};
 use horde_diffusion::tiny::random_var_builder;
 use horde_diffusion::ModelConfig;
 use std::time::Instant;
@@ -56,6 +60,12 @@ fn time(repeats: usize, mut run: impl FnMut() -> Tensor) -> (f64, f64) {
         .collect();
     times.sort_by(f64::total_cmp);
     (times[0], times[times.len() / 2])
+}
+
+/// A seeded sample of the latent distribution, scaled as image-to-image starts from it.
+fn encode_sample(distribution: &candle_core::Result<LatentDistribution>, scale: f64) -> Tensor {
+    let distribution = distribution.as_ref().unwrap();
+    (distribution.sample(&mut SeededNoise::new(&[7])).unwrap() * scale).unwrap()
 }
 
 /// The fastest of 3 calls of `run` after one untimed call, in milliseconds.
@@ -342,7 +352,36 @@ fn main() {
                 }),
             )
         }
-        other => panic!("unknown part {other}: expected unet or vae"),
+        "vae_encode" => {
+            let vae =
+                Vae::new(&config.vae, vb.pp(VAE_PREFIX.trim_end_matches('.'))).expect("VAE builds");
+            // An image in [-1, 1], as `encode_images` makes of 8-bit pixels.
+            let pixels = (noise(&[6], &[3, size, size]) * 0.5)
+                .and_then(|t| t.clamp(-1f32, 1f32))
+                .unwrap();
+            // `--encode whole|bands`: force one way; by default `distribution` picks by size.
+            let encode = arg("--encode").unwrap_or_else(|| "auto".into());
+            let suffix = match encode.as_str() {
+                "auto" => String::new(),
+                forced => format!("_{forced}"),
+            };
+            let scale = config.family.latent_scale();
+            (
+                format!("{model}vae_encode_{size}{suffix}"),
+                time(repeats, || {
+                    let moments = match encode.as_str() {
+                        "whole" => vae.encoder.moments_whole(&pixels).unwrap(),
+                        "bands" => vae
+                            .encoder
+                            .moments_in_bands(&pixels, horde_diffusion::parts::BAND_PIXELS)
+                            .unwrap(),
+                        _ => return encode_sample(&vae.encoder.distribution(&pixels), scale),
+                    };
+                    encode_sample(&LatentDistribution::from_moments(&moments), scale)
+                }),
+            )
+        }
+        other => panic!("unknown part {other}: expected unet, vae or vae_encode"),
     };
     println!(
         "{{\"impl\": \"candle\", \"part\": \"{name}\", \"threads\": {threads}, \"min_s\": {min:.3}, \"median_s\": {median:.3}, \"peak_rss_mb\": {:.0}, \"candle\": \"0.11.1\", \"dtype\": \"{dtype_name}\"}}",

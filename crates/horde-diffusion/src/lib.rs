@@ -2,8 +2,9 @@
 //!
 //! What the worker uses is at the root: [`Model`] loads a checkpoint (reporting each
 //! [`LoadStage`]) with [`LoadOptions`], and generates the images a [`Generation`] asks for, with
-//! any [`SamplerKind`]; [`ModelConfig`] is what it read off the checkpoint; [`dtype_named`]
-//! checks a configured dtype; every failure is an [`Error`].
+//! any [`SamplerKind`]; [`ModelConfig`] is what it read off the checkpoint; [`LatentDraw`] says
+//! which latents an image encodes to for image-to-image (the VAE encoder's mean or a seeded
+//! sample); [`dtype_named`] checks a configured dtype; every failure is an [`Error`].
 //!
 //! Four modules are public besides, each for a reason of its own:
 //! * [`nn`], the layers other networks of the product build on: the post-processors of
@@ -44,6 +45,7 @@ mod vae;
 pub use config::{Family, ModelConfig, Prediction};
 pub use pipeline::{dtype_named, Generation, LoadOptions, LoadStage, Model};
 pub use samplers::SamplerKind;
+pub use vae::LatentDraw;
 
 /// The engine's parts one by one, for this crate's benchmarks (`benches/`) and its numeric
 /// tests (`tests/`), which measure or check a network, a kernel or a sampler alone and are
@@ -60,7 +62,7 @@ pub mod parts {
     pub use crate::sampling::{DiscreteSchedule, Noise, SeededNoise};
     pub use crate::text::{TextConditioner, WeightedTokens};
     pub use crate::unet::{Conditioning, UNet};
-    pub use crate::vae::{Vae, BAND_PIXELS};
+    pub use crate::vae::{encode_images, pixels_of, Encoder, LatentDistribution, Vae, BAND_PIXELS};
 
     /// The samplers as plain functions of a denoiser.
     pub mod samplers {

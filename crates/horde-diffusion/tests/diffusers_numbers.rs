@@ -1,8 +1,10 @@
 //! The engine's networks pinned to diffusers and transformers: on the tiny random checkpoint of
 //! each family (SD 1.x, SD 2.x, SDXL; `horde_diffusion::tiny`, seed [`CHECKPOINT_SEED`]), the
-//! UNet (with SDXL's size conditioning), the VAE (encode and decode) and the text encoders (the
-//! hidden state each family conditions on, SDXL's pooled projection) give diffusers' numbers
-//! within the manifest's tolerance. The fixtures are written by `tools/sd-fixtures/generate.sh`
+//! UNet (with SDXL's size conditioning), the VAE (decode; encode: the latent distribution's
+//! mean, a sample with recorded noise, the family's scaled latents, and an 8-bit image through
+//! `encode_images`, whole and in bands) and the text encoders (the hidden state each family
+//! conditions on, SDXL's pooled projection) give diffusers' numbers within the manifest's
+//! tolerance. The fixtures are written by `tools/sd-fixtures/generate.sh`
 //! (which runs the ignored test below to write the checkpoints, then diffusers on them).
 //!
 //! A deliberately mis-wired checkpoint (OpenCLIP's q and k blocks swapped, `text_projection`
@@ -12,12 +14,13 @@
 
 use candle_core::{DType, Device, Tensor, D};
 use horde_diffusion::parts::{
-    open_checkpoint, sdxl_vector, Conditioning, TextConditioner, TextTransformer, UNet, Vae,
-    WeightedTokens, SD1_CLIP_PREFIX, SD2_CLIP_PREFIX, SDXL_CLIP_G_PREFIX, SDXL_CLIP_L_PREFIX,
-    UNET_PREFIX, VAE_PREFIX,
+    encode_images, open_checkpoint, sdxl_vector, Conditioning, LatentDistribution, TextConditioner,
+    TextTransformer, UNet, Vae, WeightedTokens, SD1_CLIP_PREFIX, SD2_CLIP_PREFIX,
+    SDXL_CLIP_G_PREFIX, SDXL_CLIP_L_PREFIX, UNET_PREFIX, VAE_PREFIX,
 };
 use horde_diffusion::tiny::{random_tensors, tiny_config, write_tiny_checkpoint, TinyArch};
-use horde_diffusion::{Family, ModelConfig};
+use horde_diffusion::{Family, LatentDraw, ModelConfig};
+use image::RgbImage;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -140,9 +143,19 @@ fn run(engine: &Engine, inputs: &Tensors) -> Tensors {
     if let Some(vector) = vector {
         out.insert("unet.vector".into(), vector);
     }
+    let posterior = engine
+        .vae
+        .encoder
+        .distribution(&input("vae.image"))
+        .unwrap();
+    let sample = posterior.sample_with(&input("vae.noise")).unwrap();
+    let scale = engine.config.family.latent_scale();
+    out.insert("vae.encoded_mean".into(), posterior.mean);
+    out.insert("vae.encoded_latents".into(), (&sample * scale).unwrap());
+    out.insert("vae.encoded_sample".into(), sample);
     out.insert(
-        "vae.encoded_mean".into(),
-        engine.vae.encoder.encode_mean(&input("vae.image")).unwrap(),
+        "vae.rgb_latents".into(),
+        rgb_latents(engine, &input("vae.rgb")),
     );
     out.insert(
         "vae.decoded".into(),
@@ -174,6 +187,23 @@ fn run(engine: &Engine, inputs: &Tensors) -> Tensors {
         out.insert("text.context_clip_skip_2".into(), skipped.context);
     }
     out
+}
+
+/// The production path of image-to-image's first step: an 8-bit RGB image (`[H, W, 3]`) to
+/// the scaled mean latents (`encode_images`).
+fn rgb_latents(engine: &Engine, rgb: &Tensor) -> Tensor {
+    let (h, w, _) = rgb.dims3().unwrap();
+    let data = rgb.flatten_all().unwrap().to_vec1::<u8>().unwrap();
+    let image = RgbImage::from_raw(w as u32, h as u32, data).unwrap();
+    encode_images(
+        &engine.vae.encoder,
+        engine.config.family,
+        &[image],
+        &LatentDraw::Mean,
+        &Device::Cpu,
+        DType::F32,
+    )
+    .unwrap()
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
@@ -262,6 +292,16 @@ fn unet_vae_and_text_encoders_match_diffusers_for_every_family() {
                 "{family} {name}: {diff} over the tolerance {tolerance}"
             );
         }
+        // The encoder in bands of two rows (large images' path) gives the same numbers.
+        let moments = engine
+            .vae
+            .encoder
+            .moments_in_bands(&fixture["vae.image"], 1)
+            .unwrap();
+        let banded = LatentDistribution::from_moments(&moments).unwrap();
+        let diff = max_abs_diff(&banded.mean, &fixture["vae.encoded_mean"]);
+        println!("{family} vae.encoded_mean in bands: max |engine − diffusers| = {diff:.2e}");
+        assert!(diff <= tolerance, "{family} banded encode: {diff}");
     }
 }
 

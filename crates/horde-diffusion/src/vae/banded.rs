@@ -1,4 +1,5 @@
-//! Decoding in bands of rows (tiled decoding) that equals the whole decode.
+//! Decoding in bands of rows (tiled decoding) that equals the whole decode; the encoder's
+//! bands (`encoder`) are made of the same parts.
 //!
 //! The decoder's memory peaks at full resolution, where a residual block holds its input, the
 //! normalised input, its convolutions' outputs and their padded copies at once, and the last
@@ -28,12 +29,12 @@ use std::ops::Range;
 pub const BAND_PIXELS: usize = 32 * 1024;
 
 /// Output rows per band for maps `width` wide.
-fn band_rows(width: usize, band_pixels: usize) -> usize {
+pub(super) fn band_rows(width: usize, band_pixels: usize) -> usize {
     (band_pixels / width.max(1)).max(2)
 }
 
 /// `0..height` in bands of `rows`.
-fn bands(height: usize, rows: usize) -> impl Iterator<Item = Range<usize>> {
+pub(super) fn bands(height: usize, rows: usize) -> impl Iterator<Item = Range<usize>> {
     (0..height)
         .step_by(rows)
         .map(move |start| start..(start + rows).min(height))
@@ -42,7 +43,7 @@ fn bands(height: usize, rows: usize) -> impl Iterator<Item = Range<usize>> {
 /// Runs `conv` over a map `height` rows high, band by band: `input(rows)` gives the rows of
 /// the convolution's input that a band reaches (the band and one row either side, within the
 /// map). The result is one new map.
-fn convolve_in_bands(
+pub(super) fn convolve_in_bands(
     conv: &Conv2d,
     height: usize,
     rows: usize,
@@ -67,7 +68,7 @@ fn convolve_in_bands(
 
 impl ResnetBlock {
     /// [`ResnetBlock::forward`] in bands of `band_pixels`.
-    fn forward_in_bands(&self, xs: &Tensor, band_pixels: usize) -> Result<Tensor> {
+    pub(super) fn forward_in_bands(&self, xs: &Tensor, band_pixels: usize) -> Result<Tensor> {
         let (_, _, height, width) = xs.dims4()?;
         let rows = band_rows(width, band_pixels);
         let first = self.norm1.statistics(xs)?;

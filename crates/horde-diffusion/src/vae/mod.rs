@@ -1,10 +1,13 @@
 //! The autoencoder (LDM `AutoencoderKL`) with its original tensor names: the decoder turns
-//! latents into pixels; the encoder (for image-to-image) turns pixels into latents. Large
-//! images decode in bands of rows (`banded`), to the same result with less memory.
+//! latents into pixels; the encoder (`encoder`, for image-to-image) turns pixels into latents.
+//! Large images decode and encode in bands of rows (`banded`), to the same result with less
+//! memory.
 
 mod banded;
+mod encoder;
 
 pub use banded::BAND_PIXELS;
+pub use encoder::{encode_images, pixels_of, Encoder, LatentDistribution, LatentDraw};
 
 use crate::config::VaeConfig;
 use crate::nn;
@@ -111,75 +114,12 @@ struct Level {
     resample: Option<Conv2d>,
 }
 
-#[derive(Debug)]
-pub struct Encoder {
-    conv_in: Conv2d,
-    down: Vec<Level>,
-    mid: MidBlock,
-    norm_out: GroupNorm,
-    conv_out: Conv2d,
-    quant_conv: Conv2d,
-}
-
-impl Encoder {
-    fn new(config: &VaeConfig, vb: VarBuilder<'_>, quant_vb: VarBuilder<'_>) -> Result<Self> {
-        let base = config.base_channels;
-        let conv_in = nn::conv(3, base, 3, 1, 1, vb.pp("conv_in"))?;
-        let mut ch = base;
-        let mut down = Vec::new();
-        for (i, mult) in config.channel_mult.iter().enumerate() {
-            let vb_l = vb.pp(format!("down.{i}"));
-            let mut blocks = Vec::new();
-            for j in 0..config.num_res_blocks {
-                blocks.push(ResnetBlock::new(
-                    ch,
-                    base * mult,
-                    vb_l.pp(format!("block.{j}")),
-                )?);
-                ch = base * mult;
-            }
-            let resample = if i + 1 < config.channel_mult.len() {
-                Some(nn::conv(ch, ch, 3, 2, 0, vb_l.pp("downsample.conv"))?)
-            } else {
-                None
-            };
-            down.push(Level { blocks, resample });
-        }
-        let z2 = 2 * config.latent_channels;
-        Ok(Encoder {
-            conv_in,
-            down,
-            mid: MidBlock::new(ch, vb.pp("mid"))?,
-            norm_out: nn::group_norm(ch, 1e-6, vb.pp("norm_out"))?,
-            conv_out: nn::conv(ch, z2, 3, 1, 1, vb.pp("conv_out"))?,
-            quant_conv: nn::conv1x1(z2, z2, quant_vb)?,
-        })
-    }
-
-    /// Pixels in [-1, 1] to the mean of the latent distribution (unscaled).
-    pub fn encode_mean(&self, xs: &Tensor) -> Result<Tensor> {
-        let mut h = self.conv_in.forward(xs)?;
-        for level in &self.down {
-            for block in &level.blocks {
-                h = block.forward(&h)?;
-            }
-            if let Some(conv) = &level.resample {
-                // LDM pads right and bottom only, then convolves with stride 2.
-                h = conv.forward(&h.pad_with_zeros(2, 0, 1)?.pad_with_zeros(3, 0, 1)?)?;
-            }
-        }
-        h = self.mid.forward(&h)?;
-        h = self.conv_out.forward(&self.norm_out.forward_silu(&h)?)?;
-        let moments = self.quant_conv.forward(&h)?;
-        let z = moments.dim(1)? / 2;
-        moments.narrow(1, 0, z)
-    }
-}
-
-/// Output pixels per image from which [`Decoder::decode`] works in bands: twice 512×512
-/// (768×768 and 512×1024 are in bands). At 512×512 the whole decode takes 7.2 s at 1 535 MB and
-/// the banded one 8.3 s at 1 257 MB here (BENCHMARKS.md); the saving grows with the image, the
-/// cost (a band's copies and zeroing) does not.
+/// Output pixels per image from which [`Decoder::decode`] works in bands (and input pixels
+/// from which [`Encoder::distribution`] does): twice 512×512 (768×768 and 512×1024 are in
+/// bands). At 512×512 the whole decode takes 7.2 s at 1 535 MB and the banded one 8.3 s at
+/// 1 257 MB here, the whole encode 4.1 s at 1 342 MB and the banded one 4.3 s at 1 076 MB
+/// (BENCHMARKS.md); the saving grows with the image, the cost (a band's copies and zeroing)
+/// does not.
 pub(crate) const BANDED_MIN_PIXELS: usize = 2 * 512 * 512;
 
 #[derive(Debug)]
