@@ -16,6 +16,10 @@ The rules, with the rc the server answers when one is broken:
     * source images are real images: generated ones are replaced by a 64x64 WebP
       (SourceImageUnreadable), a mask only comes with a source image (SourceMaskUnnecessary),
       extra source images only with source_processing "remix" (InvalidExtraSourceImages);
+    * a webhook's host resolves, and to no address in the operator's network (InvalidWebhook:
+      docs/webhooks.md): the runs have no DNS, so a generated webhook is dropped;
+  POST /generate/batch
+    * as /generate/async, and each member's prompt before any "###" is not blank;
   POST /generate/pop
     * a worker serves at least one model the reference knows (UnsupportedModel), unless its
       owner is a customizer;
@@ -76,6 +80,16 @@ def _image_request(body):
             if isinstance(extra, dict) and isinstance(extra.get("image"), str):
                 extra["image"] = SOURCE_IMAGE
         body["source_processing"] = "remix"
+    body.pop("webhook", None)
+
+
+def _batch(body):
+    _image_request(body)
+    body.pop("prompt", None)
+    for member in body.get("prompts") or []:
+        prompt = member.get("prompt") if isinstance(member, dict) else None
+        if isinstance(prompt, str) and _BLANK.fullmatch(prompt.split("###")[0]):
+            member["prompt"] = "a cat" + prompt
 
 
 def _transfer(body):
@@ -138,6 +152,7 @@ RULES = {
     ("PUT", "/api/v2/workers/{id}"): _worker,
     ("POST", "/api/v2/generate/pop"): _pop,
     ("POST", "/api/v2/generate/async"): _image_request,
+    ("POST", "/api/v2/generate/batch"): _batch,
     ("POST", "/api/v2/kudos/transfer"): _transfer,
     ("PUT", "/api/v2/filters"): _filter,
     ("PATCH", "/api/v2/filters/{id}"): _filter,

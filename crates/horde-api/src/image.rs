@@ -652,6 +652,12 @@ pub struct PopRequest {
     pub allow_lora: bool,
     #[serde(default)]
     pub limit_max_steps: bool,
+    /// Beyond the public horde: this worker runs a different prompt and seed for each image of
+    /// one pass. With `amount` above 1 it may then get several members of a batch of prompts
+    /// (`POST /generate/batch`) in one pop, with `payload.prompts` and `payload.seeds`; without
+    /// it, one request's images per pop, as on the public horde.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub batch_prompts: bool,
 }
 
 impl PopRequest {
@@ -735,6 +741,14 @@ pub struct JobPayload {
     pub ddim_steps: u32,
     /// How many images this pop asks for (the batch).
     pub n_iter: u32,
+    /// Beyond the public horde, only in a pop that carries members of a batch of prompts (to a
+    /// worker that sent `batch_prompts`): the prompt of each job, in the order of `ids`
+    /// (`prompt` is the first's). Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompts: Option<Vec<String>>,
+    /// With `prompts`: the seed of each job, in the order of `ids`, as strings of digits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seeds: Option<Vec<String>>,
 }
 
 /// Counts of waiting requests the worker was not given, by reason.

@@ -9,6 +9,7 @@
 //! This crate knows nothing of HTTP frameworks, databases or the queue: it is shared by the
 //! coordinator, the client crate and the worker, so both ends of the wire agree by construction.
 
+pub mod batch;
 pub mod error;
 pub mod filter;
 pub mod image;

@@ -52,6 +52,13 @@ impl WebhookBody {
     }
 }
 
+/// The secret that signs a user's webhook calls (`X-Horde-Signature: sha256=<HMAC-SHA256 of
+/// the body with this secret, hex>`), for the user themself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct WebhookSecret {
+    pub webhook_secret: String,
+}
+
 /// One finished image, as the public horde POSTs it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct GenerationWebhook {

@@ -17,6 +17,15 @@ impl Coordinator {
     /// Starts `horde serve` from `binary` on a free loopback port and a new data directory,
     /// with test users on (the harness makes its users) and rate limits off (it is the load).
     pub async fn launch(binary: &Path, database: Option<&str>) -> anyhow::Result<Coordinator> {
+        Coordinator::launch_with(binary, database, &[]).await
+    }
+
+    /// [`Coordinator::launch`] with settings `envs` (`HORDE_…` variables) on top.
+    pub async fn launch_with(
+        binary: &Path,
+        database: Option<&str>,
+        envs: &[(&str, &str)],
+    ) -> anyhow::Result<Coordinator> {
         let data = tempfile::tempdir().context("a temporary data directory")?;
         let port = free_port()?;
         let log = std::fs::File::create(data.path().join("coordinator.log"))?;
@@ -32,6 +41,7 @@ impl Coordinator {
             .arg("--data-dir")
             .arg(data.path())
             .env("RUST_LOG", "warn")
+            .envs(envs.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -13,6 +13,7 @@ pub mod api;
 pub mod coordinator;
 pub mod scenarios;
 pub mod stats;
+pub mod waiters;
 
 use api::{Api, Bodies};
 use coordinator::{Coordinator, Deployment};
@@ -34,6 +35,8 @@ pub struct Sizes {
     pub connections: usize,
     /// Connections of the submitters' collapse check.
     pub many_connections: usize,
+    /// Clients waiting (`?wait=60`) while pops are measured (`pop-waiters`).
+    pub waiters: usize,
 }
 
 impl Sizes {
@@ -45,6 +48,7 @@ impl Sizes {
             workers: (100, 10_000),
             connections: 50,
             many_connections: 500,
+            waiters: 5_000,
         }
     }
 
@@ -56,6 +60,7 @@ impl Sizes {
             workers: (10, 100),
             connections: 8,
             many_connections: 32,
+            waiters: 50,
         }
     }
 
@@ -79,13 +84,14 @@ pub enum Target {
 }
 
 /// Every scenario name, in the order `all` runs them.
-pub const SCENARIOS: [&str; 6] = [
+pub const SCENARIOS: [&str; 7] = [
     "heartbeat",
     "pop-empty",
     "async",
     "pop-queued",
     "pop-workers",
     "mixed",
+    "pop-waiters",
 ];
 
 /// Runs the named scenarios (all when empty), printing each as it finishes.
@@ -103,12 +109,17 @@ pub async fn run(target: &Target, sizes: &Sizes, names: &[String]) -> anyhow::Re
 }
 
 async fn fresh(target: &Target) -> anyhow::Result<Deployment> {
+    fresh_with(target, &[]).await
+}
+
+/// [`fresh`] with settings `envs` (`HORDE_…` variables) for the coordinators it launches.
+async fn fresh_with(target: &Target, envs: &[(&str, &str)]) -> anyhow::Result<Deployment> {
     let members = match target {
         Target::Launch {
             binary,
             postgres: None,
             ..
-        } => vec![Coordinator::launch(binary, None).await?],
+        } => vec![Coordinator::launch_with(binary, None, envs).await?],
         Target::Launch {
             binary,
             postgres: Some(server),
@@ -118,7 +129,7 @@ async fn fresh(target: &Target) -> anyhow::Result<Deployment> {
             let url = horde_store::admin::create_postgres_database(server, &name).await?;
             let mut members = vec![];
             for _ in 0..(*coordinators).max(1) {
-                members.push(Coordinator::launch(binary, Some(&url)).await?);
+                members.push(Coordinator::launch_with(binary, Some(&url), envs).await?);
             }
             members
         }
@@ -234,6 +245,7 @@ async fn run_one(
                 co.rss_mb(),
             )]
         }
+        "pop-waiters" => pop_with_waiters(target, sizes, bodies).await?,
         other => anyhow::bail!(
             "no scenario named {other}; they are: {}",
             SCENARIOS.join(", ")
@@ -379,4 +391,73 @@ pub fn print_ratios(ratios: &[Ratio]) {
             r.what, r.value, r.target
         );
     }
+}
+
+/// What the coordinator of `pop-waiters` is started with: room for every waiter among its
+/// connections and its waiters.
+const WAITER_SETTINGS: [(&str, &str); 2] = [
+    ("HORDE_API__MAX_CONNECTIONS", "16000"),
+    ("HORDE_API__MAX_WAITERS", "15000"),
+];
+
+/// `pop-waiters`: the pop rate against a queue of `sizes.queued.1 / 10` requests without waiting
+/// clients, with `sizes.waiters` clients waiting (`?wait=60`) on those requests, and without
+/// again (the rate without is the mean of both, so the queue's shrinking counts for neither
+/// side); the coordinator's RSS without and with them.
+async fn pop_with_waiters(
+    target: &Target,
+    sizes: &Sizes,
+    bodies: &Arc<Bodies>,
+) -> anyhow::Result<Vec<Outcome>> {
+    // A tenth of the large queue (10 000 requests, 100 000 images at full size), so that a
+    // sixth of its images lasts each phase at the pop rates seen here.
+    let (d, c, queued) = (sizes.duration(), sizes.connections, sizes.queued.1 / 10);
+    let co = fresh_with(target, &WAITER_SETTINGS).await?;
+    let api = Api::new(&co.urls());
+    let images = queued * api::QUEUED_N;
+    let people = api.populate(requesters_for(images), c as u32).await?;
+    scenarios::register_workers(&api, &people, c).await?;
+    let ids = scenarios::fill_queue(&api, &people, bodies, queued, 64).await?;
+    // Each phase takes at most a sixth of the images, so every request stays queued.
+    let most = images / 6;
+    let rss_without = co.rss_mb();
+    let before = scenarios::pop_loop(&api, &people, c, c, d, most).await;
+    let open_files = waiters::raise_open_file_limit();
+    let held = waiters::Waiters::open(&co.urls()[0], &ids, sizes.waiters).await?;
+    let rss_with = co.rss_mb();
+    let during = scenarios::pop_loop(&api, &people, c, c, d, most).await;
+    let (answered, failed) = (
+        held.answered.load(std::sync::atomic::Ordering::Relaxed),
+        held.failed.load(std::sync::atomic::Ordering::Relaxed),
+    );
+    held.close().await;
+    let after = scenarios::pop_loop(&api, &people, c, c, d, most).await;
+    let rate = |figures: &[stats::EndpointSummary]| {
+        figures
+            .iter()
+            .find(|e| e.endpoint == "pop")
+            .map_or(0.0, |e| e.per_sec)
+    };
+    let without = (rate(&before) + rate(&after)) / 2.0;
+    println!(
+        "\npop-waiters: {} waiters held (open-file limit {open_files}; {answered} waits answered, {failed} failed meanwhile); pop req/s with ÷ without {:.3} (target ≥ 0.9); coordinator RSS {} → {} MB, {} KB per waiter",
+        sizes.waiters,
+        rate(&during) / without.max(f64::MIN_POSITIVE),
+        rss_without.map_or("?".into(), |r| format!("{r:.0}")),
+        rss_with.map_or("?".into(), |r| format!("{r:.0}")),
+        rss_without
+            .zip(rss_with)
+            .map_or("?".into(), |(a, b)| format!("{:.1}", (b - a) * 1024.0 / sizes.waiters as f64)),
+    );
+    anyhow::ensure!(failed == 0, "{failed} waits failed");
+    let outcome = |name: String, endpoints, rss_mb| Outcome {
+        name,
+        endpoints,
+        rss_mb,
+    };
+    Ok(vec![
+        outcome("pop-waiters none, before".into(), before, rss_without),
+        outcome(format!("pop-waiters w={}", sizes.waiters), during, rss_with),
+        outcome("pop-waiters none, after".into(), after, co.rss_mb()),
+    ])
 }

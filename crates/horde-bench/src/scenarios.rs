@@ -84,14 +84,15 @@ pub async fn submit_requests(
     .await
 }
 
-/// Queues `count` requests of `QUEUED_N` images as fast as `connections` clients can.
+/// Queues `count` requests of `QUEUED_N` images as fast as `connections` clients can; returns
+/// their ids.
 pub async fn fill_queue(
     api: &Api,
     people: &Population,
     bodies: &Arc<Bodies>,
     count: usize,
     connections: usize,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<String>> {
     let keys = Arc::new(people.requesters.clone());
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = tokio::task::JoinSet::new();
@@ -99,23 +100,26 @@ pub async fn fill_queue(
         let (api, keys, bodies, next) = (api.clone(), keys.clone(), bodies.clone(), next.clone());
         tasks.spawn(async move {
             let mut rec = Recorder::default();
+            let mut ids = vec![];
             loop {
                 let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if n >= count {
-                    return Ok(());
+                    return Ok(ids);
                 }
                 let key = &keys[n % keys.len()];
                 let request = api.generate_body(key, bodies.queued_request.clone());
-                if api.timed(&mut rec, "async", request, 202).await.is_none() {
+                let Some(accepted) = api.timed(&mut rec, "async", request, 202).await else {
                     anyhow::bail!("a request was refused while filling the queue");
-                }
+                };
+                ids.extend(accepted["id"].as_str().map(String::from));
             }
         });
     }
+    let mut ids = vec![];
     while let Some(done) = tasks.join_next().await {
-        done??;
+        ids.extend(done??);
     }
-    Ok(())
+    Ok(ids)
 }
 
 /// Registers `count` workers (their first pop) under the population's owner.

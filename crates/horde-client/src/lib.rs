@@ -8,6 +8,7 @@
 //! [`ClientError::Api`] with its status and `rc`, so callers can branch on the `rc` as the public
 //! horde's clients do.
 
+use horde_api::batch::{BatchRequest, BatchResponse, BatchStatus};
 use horde_api::image::{
     AsyncResponse, ImageRequest, PopRequest, PopResponse, RequestStatus, RequestStatusCheck,
     SubmitRequest, SubmitResponse,
@@ -18,6 +19,7 @@ use horde_api::user::{
     KudosTransferRequest, KudosTransferred, LedgerEntry, ModifyUser, ModifyUserResponse, NewApiKey,
     TestUserRequest, TestUserResponse, UserDetails,
 };
+use horde_api::webhook::WebhookSecret;
 use horde_api::worker::{ModifyWorker, ModifyWorkerResponse, WorkerDetails};
 use horde_api::ErrorBody;
 use reqwest::{Method, RequestBuilder, StatusCode};
@@ -136,6 +138,29 @@ impl Client {
             .await
     }
 
+    /// Queues a batch of prompts sharing one request's parameters (our extension): one request
+    /// per prompt under one batch id.
+    pub async fn generate_batch(&self, batch: &BatchRequest) -> Result<BatchResponse> {
+        self.call(Method::POST, "/generate/batch", Some(batch))
+            .await
+    }
+
+    /// Each member's progress and the whole batch's.
+    pub async fn batch_status(&self, id: &str) -> Result<BatchStatus> {
+        self.call(Method::GET, &format!("/generate/batch/{id}"), None::<&()>)
+            .await
+    }
+
+    /// Cancels every member of a batch not done yet.
+    pub async fn cancel_batch(&self, id: &str) -> Result<BatchStatus> {
+        self.call(
+            Method::DELETE,
+            &format!("/generate/batch/{id}"),
+            None::<&()>,
+        )
+        .await
+    }
+
     /// Cancels a request; the answer carries the images finished so far.
     pub async fn cancel(&self, id: &str) -> Result<RequestStatus> {
         self.call(
@@ -252,6 +277,26 @@ impl Client {
     pub async fn modify_user(&self, id: i64, change: &ModifyUser) -> Result<ModifyUserResponse> {
         self.call(Method::PUT, &format!("/users/{id}"), Some(change))
             .await
+    }
+
+    /// The secret that signs the caller's (user `id`'s) webhook calls.
+    pub async fn webhook_secret(&self, id: i64) -> Result<WebhookSecret> {
+        self.call(
+            Method::GET,
+            &format!("/users/{id}/webhook_secret"),
+            None::<&()>,
+        )
+        .await
+    }
+
+    /// A new webhook secret for the caller (user `id`); calls not made yet are signed with it.
+    pub async fn rotate_webhook_secret(&self, id: i64) -> Result<WebhookSecret> {
+        self.call(
+            Method::POST,
+            &format!("/users/{id}/webhook_secret"),
+            None::<&()>,
+        )
+        .await
     }
 
     /// A new API key for the caller (user `id`); the client's own key stops working.

@@ -58,6 +58,20 @@ pub trait JobKind: Debug + Clone + Copy + PartialEq + Send + Sync + 'static {
     /// How many jobs of `request` the worker takes in one pop.
     fn batch_size(request: &LiveRequest<Self>, worker: &Self::Caps) -> u32;
 
+    /// Whether jobs of `other` may run in the same pass of a worker as jobs of `request` (a
+    /// batch of prompts: the same batch, everything but the prompt and seed alike). A worker
+    /// that runs per-job prompts gets such requests' jobs in one pop (`Queue::add_companions`).
+    /// None by default.
+    fn shares_pass(_request: &LiveRequest<Self>, _other: &LiveRequest<Self>) -> bool {
+        false
+    }
+
+    /// How many jobs one pass of `worker` holds when it runs `request` with the requests that
+    /// share its pass (by default what it takes of `request` alone).
+    fn pass_capacity(request: &LiveRequest<Self>, worker: &Self::Caps) -> u32 {
+        Self::batch_size(request, worker)
+    }
+
     /// The seed of the next job handed out (from `rng` when the request set none).
     fn next_seed(request: &LiveRequest<Self>, rng: &mut impl rand::Rng) -> u64;
 
@@ -127,6 +141,14 @@ impl JobKind for Image {
 
     fn batch_size(request: &LiveRequest, worker: &WorkerCaps) -> u32 {
         matching::batch_size(request, worker)
+    }
+
+    fn shares_pass(request: &LiveRequest, other: &LiveRequest) -> bool {
+        matching::shares_pass(request, other)
+    }
+
+    fn pass_capacity(request: &LiveRequest, worker: &WorkerCaps) -> u32 {
+        matching::pass_capacity(request, worker)
     }
 
     fn next_seed(request: &LiveRequest, rng: &mut impl rand::Rng) -> u64 {
@@ -262,6 +284,8 @@ mod tests {
             shared_key: None,
             expiry: 1000,
             version: 0,
+            batch_id: None,
+            batch_index: 0,
             jobs: vec![],
         }
     }

@@ -264,9 +264,9 @@ fn check_blacklist(prompt: &str, blacklist: &[String]) -> Result<(), SkipReason>
     }
 }
 
-/// How many images of `request` to give a worker asking for `amount`: the public horde's "safe
-/// amount", limited by max_pixels and post-processing load, at least 1, at most what is waiting.
-pub fn batch_size(request: &LiveRequest, worker: &WorkerCaps) -> u32 {
+/// How many images one pass of a worker asking for `amount` holds for images like `request`'s:
+/// the public horde's "safe amount", limited by max_pixels and post-processing load, at least 1.
+pub fn pass_capacity(request: &LiveRequest, worker: &WorkerCaps) -> u32 {
     let params = &request.body.params;
     if request.body.disable_batching {
         return 1;
@@ -283,8 +283,30 @@ pub fn batch_size(request: &LiveRequest, worker: &WorkerCaps) -> u32 {
     let pixels = f64::from(params.width) * f64::from(params.height);
     let safe =
         ((worker.max_pixels as f64 / 3.5) * f64::from(worker.amount) / (pixels * pp_mult)).round();
-    let safe = (safe as u32).clamp(1, worker.amount.max(1));
-    safe.min(request.n_remaining).max(1)
+    (safe as u32).clamp(1, worker.amount.max(1))
+}
+
+/// How many images of `request` to give a worker asking for `amount`: the public horde's "safe
+/// amount", limited by max_pixels and post-processing load, at least 1, at most what is waiting.
+pub fn batch_size(request: &LiveRequest, worker: &WorkerCaps) -> u32 {
+    pass_capacity(request, worker)
+        .min(request.n_remaining)
+        .max(1)
+}
+
+/// Whether `other`'s images may be made in the same engine pass as `request`'s: members of one
+/// batch of prompts whose requests differ only in their prompt (negative prompt included) and
+/// seed, so that model, size, steps, sampler and everything else are one pass's.
+pub fn shares_pass(request: &LiveRequest, other: &LiveRequest) -> bool {
+    let without_prompt = |r: &LiveRequest| {
+        let mut body = r.body.clone();
+        body.prompt.clear();
+        body.params.seed = None;
+        body
+    };
+    request.batch_id.is_some()
+        && request.batch_id == other.batch_id
+        && without_prompt(request) == without_prompt(other)
 }
 
 #[cfg(test)]

@@ -48,6 +48,11 @@ pub struct Queue<K: JobKind = Image> {
     waiting_images: HashMap<i64, u64>,
     /// All waiting requests, for queue positions.
     waiting: BTreeSet<QueueKey>,
+    /// Waiting members of each batch of prompts, so a pop finds the members that may share a
+    /// pass with the one it took without a scan.
+    by_batch: HashMap<Uuid, BTreeSet<QueueKey>>,
+    /// Every live member of each batch, by its place in the batch.
+    batches: HashMap<Uuid, BTreeSet<(u32, Uuid)>>,
     /// Jobs in flight by deadline, so late ones are found without a scan.
     deadlines: BTreeSet<(i64, Uuid)>,
     next_seq: u64,
@@ -59,6 +64,57 @@ pub struct Assignment {
     pub request_id: Uuid,
     pub model: String,
     pub jobs: Vec<Job>,
+    /// Jobs of other requests that share this one's pass (members of the same batch of
+    /// prompts, `Queue::add_companions`), one assignment per request; empty for a plain pop.
+    pub companions: Vec<Assignment>,
+}
+
+/// Who a pop's jobs go to, with which model, and when they are due back.
+struct HandOut<'a> {
+    worker_id: Uuid,
+    worker_name: &'a str,
+    model: &'a str,
+    now: i64,
+    deadline: i64,
+}
+
+impl HandOut<'_> {
+    /// Hands `count` jobs of `request` out (its waiting images go down by as many), each with
+    /// its own id and seed drawn from `rng`.
+    fn jobs<K: JobKind>(
+        &self,
+        request: &mut LiveRequest<K>,
+        count: u32,
+        rng: &mut impl rand::Rng,
+    ) -> Vec<Job> {
+        let mut jobs = Vec::with_capacity(count as usize);
+        for _ in 0..count {
+            let job = Job {
+                // Time-ordered (UUIDv7 from `now`): job rows are appended to the id index,
+                // not spread over it.
+                id: uuid::Builder::from_unix_timestamp_millis(
+                    self.now.max(0) as u64 * 1000,
+                    &rng.random(),
+                )
+                .into_uuid(),
+                request_id: request.id,
+                worker_id: self.worker_id,
+                worker_name: self.worker_name.to_string(),
+                model: self.model.to_string(),
+                seed: request.next_seed(rng),
+                started: self.now,
+                deadline: self.deadline,
+                state: JobState::Processing,
+                censored: false,
+                gen_metadata: vec![],
+                reward: 0.0,
+            };
+            request.n_remaining -= 1;
+            request.jobs.push(job.clone());
+            jobs.push(job);
+        }
+        jobs
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -76,6 +132,8 @@ impl<K: JobKind> Default for Queue<K> {
             by_user: HashMap::new(),
             waiting_images: HashMap::new(),
             waiting: BTreeSet::new(),
+            by_batch: HashMap::new(),
+            batches: HashMap::new(),
             deadlines: BTreeSet::new(),
             next_seq: 0,
         }
@@ -108,8 +166,22 @@ impl<K: JobKind> Queue<K> {
             self.job_owner.insert(job.id, request.id);
         }
         let id = request.id;
+        if let Some(batch) = request.batch_id {
+            let members = self.batches.entry(batch).or_default();
+            members.insert((request.batch_index, id));
+        }
         self.requests.insert(id, Box::new(request));
         self.reindex(id);
+    }
+
+    /// The live members of batch `batch_id`, in the order of its prompts.
+    pub fn batch_members(&self, batch_id: Uuid) -> Vec<&LiveRequest<K>> {
+        self.batches
+            .get(&batch_id)
+            .into_iter()
+            .flatten()
+            .filter_map(|(_, id)| self.requests.get(id).map(|r| &**r))
+            .collect()
     }
 
     pub fn get(&self, id: Uuid) -> Option<&LiveRequest<K>> {
@@ -169,6 +241,14 @@ impl<K: JobKind> Queue<K> {
         let request = self.requests.remove(&id)?;
         for job in &request.jobs {
             self.job_owner.remove(&job.id);
+        }
+        if let Some(batch) = request.batch_id {
+            if let Some(members) = self.batches.get_mut(&batch) {
+                members.remove(&(request.batch_index, id));
+                if members.is_empty() {
+                    self.batches.remove(&batch);
+                }
+            }
         }
         Some(*request)
     }
@@ -267,42 +347,105 @@ impl<K: JobKind> Queue<K> {
             .update(request_id, |request| {
                 let model = K::chosen_model(request, worker).unwrap_or_default();
                 let batch = K::batch_size(request, worker);
-                let deadline =
-                    now + K::deadline_secs(&request.body, batch, terms.speed, terms.bounds);
-                let mut jobs = Vec::with_capacity(batch as usize);
-                for _ in 0..batch {
-                    let job = Job {
-                        // Time-ordered (UUIDv7 from `now`): job rows are appended to the
-                        // id index, not spread over it.
-                        id: uuid::Builder::from_unix_timestamp_millis(
-                            now.max(0) as u64 * 1000,
-                            &rng.random(),
-                        )
-                        .into_uuid(),
-                        request_id,
-                        worker_id: worker.worker_id(),
-                        worker_name: worker_name.to_string(),
-                        model: model.clone(),
-                        seed: request.next_seed(rng),
-                        started: now,
-                        deadline,
-                        state: JobState::Processing,
-                        censored: false,
-                        gen_metadata: vec![],
-                        reward: 0.0,
-                    };
-                    request.n_remaining -= 1;
-                    request.jobs.push(job.clone());
-                    jobs.push(job);
-                }
+                let hand_out = HandOut {
+                    worker_id: worker.worker_id(),
+                    worker_name,
+                    model: &model,
+                    now,
+                    deadline: now
+                        + K::deadline_secs(&request.body, batch, terms.speed, terms.bounds),
+                };
+                let jobs = hand_out.jobs(request, batch, rng);
                 Assignment {
                     request_id,
                     model,
                     jobs,
+                    companions: vec![],
                 }
             })
             .expect("chosen request exists");
         PopOutcome::Assigned(assignment)
+    }
+
+    /// Adds to a pop's `assignment` the jobs of waiting requests that may share its pass
+    /// (`JobKind::shares_pass`: members of its batch of prompts) and that `worker` may take with
+    /// the same model, in queue order, up to the pass's capacity (`JobKind::pass_capacity`).
+    /// Each such request's jobs are one more assignment in `companions`, with their own ids and
+    /// seeds; every job of the pass, the first request's included, is then due back at the
+    /// deadline of the whole pass. Only for a worker that runs a different prompt per job.
+    pub fn add_companions(
+        &mut self,
+        assignment: &mut Assignment,
+        worker: &K::Caps,
+        worker_name: &str,
+        now: i64,
+        terms: DeadlineTerms,
+        rng: &mut impl rand::Rng,
+    ) {
+        let chosen = self.companions_of(assignment, worker);
+        let Some(first) = self.requests.get(&assignment.request_id) else {
+            return;
+        };
+        if chosen.is_empty() {
+            return;
+        }
+        let total = assignment.jobs.len() as u32 + chosen.iter().map(|(_, n)| n).sum::<u32>();
+        let deadline = now + K::deadline_secs(&first.body, total, terms.speed, terms.bounds);
+        let ids: HashSet<Uuid> = assignment.jobs.iter().map(|j| j.id).collect();
+        self.update(assignment.request_id, |r| {
+            for job in r.jobs.iter_mut().filter(|j| ids.contains(&j.id)) {
+                job.deadline = deadline;
+            }
+        });
+        for job in &mut assignment.jobs {
+            job.deadline = deadline;
+        }
+        let model = assignment.model.clone();
+        let hand_out = HandOut {
+            worker_id: worker.worker_id(),
+            worker_name,
+            model: &model,
+            now,
+            deadline,
+        };
+        for (request_id, count) in chosen {
+            let jobs = self.update(request_id, |r| hand_out.jobs(r, count, rng));
+            assignment.companions.push(Assignment {
+                request_id,
+                model: model.clone(),
+                jobs: jobs.expect("a waiting member exists"),
+                companions: vec![],
+            });
+        }
+    }
+
+    /// The waiting requests (with how many of their jobs) that may join `assignment`'s pass.
+    fn companions_of(&self, assignment: &Assignment, worker: &K::Caps) -> Vec<(Uuid, u32)> {
+        let Some(first) = self.requests.get(&assignment.request_id) else {
+            return vec![];
+        };
+        let Some(members) = first.batch_id.and_then(|b| self.by_batch.get(&b)) else {
+            return vec![];
+        };
+        let capacity = K::pass_capacity(first, worker) as usize;
+        let mut room = capacity.saturating_sub(assignment.jobs.len()) as u32;
+        let mut chosen = vec![];
+        for key in members {
+            if room == 0 {
+                break;
+            }
+            let other = &self.requests[&key.2];
+            let fits = other.id != first.id
+                && K::shares_pass(first, other)
+                && K::can_take(other, worker).is_ok()
+                && K::chosen_model(other, worker).unwrap_or_default() == assignment.model;
+            if fits {
+                let count = other.n_remaining.min(room);
+                room -= count;
+                chosen.push((other.id, count));
+            }
+        }
+        chosen
     }
 
     /// Walks candidates in queue order; the first the worker may take wins. Without a
@@ -370,6 +513,14 @@ impl<K: JobKind> Queue<K> {
         }
         let key = key_of(request);
         self.waiting.remove(&key);
+        if let Some(batch) = request.batch_id {
+            if let Some(set) = self.by_batch.get_mut(&batch) {
+                set.remove(&key);
+                if set.is_empty() {
+                    self.by_batch.remove(&batch);
+                }
+            }
+        }
         for model in model_keys(request) {
             if let Some(set) = self.by_model.get_mut(model) {
                 set.remove(&key);
@@ -408,6 +559,9 @@ impl<K: JobKind> Queue<K> {
         }
         let key = key_of(request);
         self.waiting.insert(key);
+        if let Some(batch) = request.batch_id {
+            self.by_batch.entry(batch).or_default().insert(key);
+        }
         for model in model_keys(request) {
             self.by_model
                 .entry(model.to_string())
@@ -445,294 +599,4 @@ fn merge<'a>(sets: Vec<&'a BTreeSet<QueueKey>>) -> impl Iterator<Item = &'a Queu
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
-    use super::*;
-    use crate::matching::WorkerCaps;
-    use crate::request::tests::request_from;
-    use serde_json::json;
-
-    /// Jobs due back `secs` after they are handed out, whatever the worker's speed.
-    pub(crate) fn fixed_deadline(secs: i64) -> DeadlineTerms {
-        DeadlineTerms {
-            speed: None,
-            bounds: DeadlineBounds {
-                floor_secs: secs,
-                ceiling_secs: secs,
-            },
-        }
-    }
-
-    pub(crate) fn worker(models: &[&str]) -> WorkerCaps {
-        WorkerCaps {
-            worker_id: Uuid::new_v4(),
-            owner_id: 99,
-            owner_trusted: false,
-            models: models.iter().map(|m| m.to_string()).collect(),
-            max_pixels: 1024 * 1024,
-            nsfw: true,
-            blacklist: vec![],
-            allow_img2img: true,
-            allow_painting: true,
-            allow_post_processing: true,
-            declared_post_processors: None,
-            allow_lora: false,
-            allow_controlnet: false,
-            amount: 1,
-            bridge_agent: "AI Horde Worker reGen:9.0.1:x".into(),
-            priority_user_ids: vec![99],
-            maintenance: false,
-            require_upfront_kudos: false,
-            speed_mps: None,
-            extra_slow: false,
-            step_limits: None,
-            fallback: vec![],
-        }
-    }
-
-    pub(crate) fn add(
-        queue: &mut Queue,
-        body: serde_json::Value,
-        priority: i64,
-        user: i64,
-    ) -> Uuid {
-        let mut r = request_from(body);
-        r.priority = priority;
-        r.user_id = user;
-        r.seq = queue.next_seq();
-        let id = r.id;
-        queue.insert(r);
-        id
-    }
-
-    #[test]
-    fn waiting_images_per_user_follow_every_change() {
-        let brute = |q: &Queue, user: i64| -> u64 {
-            q.requests()
-                .filter(|r| r.user_id == user && r.is_waiting())
-                .map(|r| u64::from(r.n_remaining))
-                .sum()
-        };
-        let mut q = Queue::new();
-        let a = add(&mut q, json!({"prompt": "a", "params": {"n": 2}}), 0, 5);
-        add(&mut q, json!({"prompt": "b", "params": {"n": 3}}), 0, 5);
-        add(&mut q, json!({"prompt": "c", "params": {"n": 4}}), 0, 6);
-        assert_eq!(q.waiting_images_of_user(5), 5);
-        let w = worker(&["stable_diffusion"]);
-        popped(&mut q, &w);
-        popped(&mut q, &w);
-        popped(&mut q, &w);
-        for user in [5, 6, 7] {
-            assert_eq!(
-                q.waiting_images_of_user(user),
-                brute(&q, user),
-                "user {user}"
-            );
-        }
-        q.update(a, |r| r.cancelled = true);
-        q.remove(a);
-        for user in [5, 6] {
-            assert_eq!(
-                q.waiting_images_of_user(user),
-                brute(&q, user),
-                "user {user}"
-            );
-        }
-    }
-
-    fn popped(queue: &mut Queue, w: &WorkerCaps) -> Option<Uuid> {
-        match queue.pop(
-            w,
-            "w",
-            0,
-            fixed_deadline(150),
-            &mut Standby::none(),
-            &mut rand::rng(),
-        ) {
-            PopOutcome::Assigned(a) => Some(a.request_id),
-            PopOutcome::Nothing(_) => None,
-        }
-    }
-
-    /// The jobs of one pop: what the queue decided for `rng`.
-    fn popped_jobs(
-        queue: &mut Queue,
-        w: &WorkerCaps,
-        rng: &mut impl rand::Rng,
-    ) -> Vec<(Uuid, u64)> {
-        match queue.pop(
-            w,
-            "w",
-            1_700_000_000,
-            fixed_deadline(150),
-            &mut Standby::none(),
-            rng,
-        ) {
-            PopOutcome::Assigned(a) => a.jobs.iter().map(|j| (j.id, j.seed)).collect(),
-            PopOutcome::Nothing(_) => vec![],
-        }
-    }
-
-    #[test]
-    fn the_same_randomness_hands_out_the_same_job_ids_and_seeds() {
-        use rand::SeedableRng;
-        let request = request_from(json!({"prompt": "p", "models": ["m"], "params": {"n": 3}}));
-        let run = |seed: u64| {
-            let mut queue = Queue::new();
-            queue.insert(request.clone());
-            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-            popped_jobs(&mut queue, &worker(&["m"]), &mut rng)
-        };
-        let (first, again, other) = (run(7), run(7), run(8));
-        assert!(!first.is_empty());
-        assert_eq!(first, again, "reproducible from the randomness passed in");
-        assert_ne!(first, other, "and drawn from it");
-    }
-
-    #[test]
-    fn waiting_requests_gain_priority_until_old_ones_overtake_richer_newcomers() {
-        let mut queue = Queue::new();
-        let body = json!({"prompt": "p", "models": ["m"]});
-        let mut add_at = |priority: i64, created: i64| {
-            let mut r = request_from(body.clone());
-            (r.priority, r.created, r.seq) = (priority, created, queue.next_seq());
-            let id = r.id;
-            queue.insert(r);
-            id
-        };
-        let old_poor = add_at(100, 0);
-        let newer_rich = add_at(200, 30); // 100 more kudos, but 30 s later: 150 points of aging
-        let recent_rich = add_at(300, 10); // 200 more kudos, 10 s later: 50 points of aging
-        let w = worker(&["m"]);
-        assert_eq!(popped(&mut queue, &w), Some(recent_rich));
-        assert_eq!(popped(&mut queue, &w), Some(old_poor));
-        assert_eq!(popped(&mut queue, &w), Some(newer_rich));
-    }
-
-    #[test]
-    fn higher_priority_then_older_first() {
-        let mut q = Queue::new();
-        let low = add(&mut q, json!({"prompt": "a"}), 1, 1);
-        let high_old = add(&mut q, json!({"prompt": "b"}), 5, 2);
-        let high_new = add(&mut q, json!({"prompt": "c"}), 5, 3);
-        let w = worker(&["stable_diffusion"]);
-        assert_eq!(q.position(high_new), 2);
-        assert_eq!(popped(&mut q, &w), Some(high_old));
-        assert_eq!(popped(&mut q, &w), Some(high_new));
-        assert_eq!(popped(&mut q, &w), Some(low));
-        assert_eq!(popped(&mut q, &w), None);
-        assert_eq!(q.waiting_count(), 0);
-    }
-
-    #[test]
-    fn late_jobs_go_back_ahead_of_newer_work_until_the_restart_limit() {
-        let mut q = Queue::new();
-        let old = add(&mut q, json!({"prompt": "a"}), 0, 1);
-        let w = worker(&["stable_diffusion"]);
-        assert_eq!(popped(&mut q, &w), Some(old));
-        let newer = add(&mut q, json!({"prompt": "b"}), 0, 2);
-        assert!(
-            q.take_back_late_jobs(150, 2).is_empty(),
-            "not before the deadline"
-        );
-        let taken = q.take_back_late_jobs(151, 2);
-        assert_eq!(taken.len(), 1);
-        assert_eq!(taken[0].0, old);
-        let counts = q.get(old).unwrap().counts();
-        assert_eq!(
-            (counts.restarted, counts.waiting, counts.processing),
-            (1, 1, 0)
-        );
-        match q.pop(
-            &w,
-            "w",
-            200,
-            fixed_deadline(150),
-            &mut Standby::none(),
-            &mut rand::rng(),
-        ) {
-            PopOutcome::Assigned(a) => assert_eq!(
-                a.request_id, old,
-                "the restarted image goes before newer work"
-            ),
-            other => panic!("{other:?}"),
-        }
-        assert!(
-            q.take_back_late_jobs(300, 2).is_empty(),
-            "the new job has its own deadline"
-        );
-        assert_eq!(q.take_back_late_jobs(1000, 2).len(), 1);
-        let request = q.get(old).unwrap();
-        assert!(
-            request.faulted && request.counts().done,
-            "two restarts fault the request"
-        );
-        assert_eq!(popped(&mut q, &w), Some(newer));
-        assert_eq!(popped(&mut q, &w), None);
-    }
-
-    #[test]
-    fn the_owners_requests_come_first() {
-        let mut q = Queue::new();
-        let rich = add(&mut q, json!({"prompt": "a"}), 1000, 1);
-        let own = add(&mut q, json!({"prompt": "b"}), -5, 99);
-        let w = worker(&["stable_diffusion"]);
-        assert_eq!(popped(&mut q, &w), Some(own));
-        assert_eq!(popped(&mut q, &w), Some(rich));
-    }
-
-    #[test]
-    fn only_requests_for_the_workers_models_are_considered() {
-        let mut q = Queue::new();
-        add(&mut q, json!({"prompt": "a", "models": ["other"]}), 10, 1);
-        let any = add(&mut q, json!({"prompt": "b", "models": []}), 0, 1);
-        let w = worker(&["stable_diffusion"]);
-        assert_eq!(popped(&mut q, &w), Some(any));
-        assert_eq!(popped(&mut q, &w), None);
-    }
-
-    #[test]
-    fn skipped_counts_say_why() {
-        let mut q = Queue::new();
-        add(
-            &mut q,
-            json!({"prompt": "a", "params": {"width": 2048, "height": 2048}}),
-            0,
-            1,
-        );
-        add(
-            &mut q,
-            json!({"prompt": "a", "trusted_workers": true}),
-            0,
-            1,
-        );
-        let w = worker(&["stable_diffusion"]);
-        match q.pop(
-            &w,
-            "w",
-            0,
-            fixed_deadline(150),
-            &mut Standby::none(),
-            &mut rand::rng(),
-        ) {
-            PopOutcome::Nothing(skipped) => {
-                assert_eq!(skipped.get("max_pixels"), Some(&1));
-                assert_eq!(skipped.get("untrusted"), Some(&1));
-            }
-            other => panic!("expected nothing, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn a_request_with_n_2_is_split_over_two_workers_then_leaves_the_waiting_set() {
-        let mut q = Queue::new();
-        let id = add(&mut q, json!({"prompt": "a", "params": {"n": 2}}), 0, 1);
-        let w = worker(&["stable_diffusion"]);
-        assert_eq!(popped(&mut q, &w), Some(id));
-        assert_eq!(q.position(id), 1);
-        assert_eq!(popped(&mut q, &w), Some(id));
-        assert_eq!(q.position(id), 0);
-        assert_eq!(q.get(id).unwrap().jobs.len(), 2);
-        let job = q.get(id).unwrap().jobs[0].id;
-        assert_eq!(q.request_of_job(job).unwrap().id, id);
-    }
-}
+pub(crate) mod tests;

@@ -106,6 +106,11 @@ pub struct LiveRequest<K: JobKind = Image> {
     /// out-of-date copy (another one sharing the database changed the row) fails its write
     /// instead of overwriting the other's change.
     pub version: u64,
+    /// The batch of prompts it was accepted in (`POST /generate/batch`), `None` when it was
+    /// made alone. Members of one batch may share a worker's pass (`JobKind::shares_pass`).
+    pub batch_id: Option<Uuid>,
+    /// Its place in its batch's prompts (0 when it was made alone).
+    pub batch_index: u32,
     pub jobs: Vec<Job>,
 }
 
@@ -326,6 +331,8 @@ pub(crate) mod tests {
             shared_key: None,
             expiry: 1200,
             version: 0,
+            batch_id: None,
+            batch_index: 0,
             jobs: vec![],
         }
     }

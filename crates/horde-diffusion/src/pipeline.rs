@@ -7,9 +7,9 @@ use crate::config::*;
 use crate::nn::timestep_embedding;
 use crate::samplers::{self, SamplerKind};
 use crate::sampling::{DiscreteSchedule, Noise, SeededNoise};
-use crate::text::{TextConditioner, WeightedTokens};
+use crate::text::{Encoded, TextConditioner, WeightedTokens};
 use crate::unet::{Conditioning, UNet};
-use crate::vae::Vae;
+use crate::vae::{LatentDraw, Vae};
 use crate::Error;
 use candle_core::{DType, Device, Tensor};
 use image::RgbImage;
@@ -93,6 +93,7 @@ pub enum LoadStage {
 /// One text-to-image job: up to `seeds.len()` images in one batch.
 #[derive(Debug, Clone)]
 pub struct Generation {
+    /// The prompt of every image, unless `prompts` gives each its own.
     pub prompt: String,
     pub negative_prompt: String,
     pub width: usize,
@@ -106,6 +107,48 @@ pub struct Generation {
     pub tiling: bool,
     /// One seed per image.
     pub seeds: Vec<u64>,
+    /// Each image's own (prompt, negative prompt), one per seed, in place of `prompt` and
+    /// `negative_prompt` (a batch of prompts: different requests made in one pass); empty for a
+    /// batch of one prompt. Every image is the one its prompt and seed make alone.
+    pub prompts: Vec<(String, String)>,
+}
+
+impl Generation {
+    /// The (prompt, negative prompt) of each image.
+    fn image_prompts(&self) -> Result<Vec<(&str, &str)>, Error> {
+        if self.prompts.is_empty() {
+            let one = (self.prompt.as_str(), self.negative_prompt.as_str());
+            return Ok(vec![one; self.seeds.len()]);
+        }
+        if self.prompts.len() != self.seeds.len() {
+            return Err(Error::InvalidRequest(format!(
+                "{} prompts for {} seeds: a batch of prompts needs one per image",
+                self.prompts.len(),
+                self.seeds.len()
+            )));
+        }
+        Ok(self
+            .prompts
+            .iter()
+            .map(|(p, n)| (p.as_str(), n.as_str()))
+            .collect())
+    }
+}
+
+/// The tokens of one image's prompt and negative prompt, and the 77-token chunks both are
+/// padded to.
+struct ImageTokens {
+    positive: WeightedTokens,
+    negative: WeightedTokens,
+    chunks: usize,
+}
+
+/// The conditioning of a pass: `[uncond…; cond…]` contexts and, for SDXL, the pooled text of
+/// each, in the same order.
+struct PassConditioning {
+    context: Tensor,
+    uncond_pooled: Vec<Option<Tensor>>,
+    cond_pooled: Vec<Option<Tensor>>,
 }
 
 /// A Stable Diffusion model ready to generate.
@@ -192,6 +235,19 @@ impl Model {
         &self.config
     }
 
+    /// Images to the scaled latents image-to-image starts from (`vae::encode_images`): the
+    /// latent distribution's mean, or a sample of it with each image's seed.
+    pub fn encode_images(&self, images: &[RgbImage], draw: &LatentDraw) -> Result<Tensor, Error> {
+        crate::vae::encode_images(
+            &self.vae.encoder,
+            self.config.family,
+            images,
+            draw,
+            &self.device,
+            self.dtype,
+        )
+    }
+
     /// Runs one job; `on_step(done, total)` is called after every sampler step.
     pub fn generate(
         &self,
@@ -220,45 +276,76 @@ impl Model {
         })
     }
 
+    /// The latents of every image. Images whose prompts need the same number of 77-token
+    /// chunks share one UNet batch; a batch of prompts of different lengths runs one batch per
+    /// length (an image's context is never padded beyond its own prompt, so it stays the image
+    /// its prompt and seed make alone).
     fn sample(
         &self,
         job: &Generation,
         on_step: &mut dyn FnMut(usize, usize),
     ) -> Result<Tensor, Error> {
-        let n = job.seeds.len();
-        let positive = WeightedTokens::from_prompt(&job.prompt);
-        let negative = WeightedTokens::from_prompt(&job.negative_prompt);
-        let chunks = positive.chunks().max(negative.chunks());
-        let cond = self
-            .text
-            .encode(&positive, chunks, job.clip_skip, self.dtype, &self.device)?;
-        let uncond =
-            self.text
-                .encode(&negative, chunks, job.clip_skip, self.dtype, &self.device)?;
-        let context = Tensor::cat(
-            &[
-                uncond.context.repeat((n, 1, 1))?,
-                cond.context.repeat((n, 1, 1))?,
-            ],
-            0,
-        )?;
-        let vector =
-            self.size_conditioning(job, uncond.pooled.as_ref(), cond.pooled.as_ref(), n)?;
+        let tokens: Vec<ImageTokens> = job
+            .image_prompts()?
+            .into_iter()
+            .map(|(positive, negative)| {
+                let positive = WeightedTokens::from_prompt(positive);
+                let negative = WeightedTokens::from_prompt(negative);
+                let chunks = positive.chunks().max(negative.chunks());
+                ImageTokens {
+                    positive,
+                    negative,
+                    chunks,
+                }
+            })
+            .collect();
+        let mut groups: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
+        for (i, t) in tokens.iter().enumerate() {
+            groups.entry(t.chunks).or_default().push(i);
+        }
+        if groups.len() == 1 {
+            let all: Vec<usize> = (0..tokens.len()).collect();
+            return self.sample_images(job, &tokens, &all, on_step);
+        }
+        let mut latents: Vec<Option<Tensor>> = vec![None; tokens.len()];
+        for indices in groups.values() {
+            let group = self.sample_images(job, &tokens, indices, on_step)?;
+            for (row, &i) in indices.iter().enumerate() {
+                latents[i] = Some(group.narrow(0, row, 1)?);
+            }
+        }
+        let latents: Vec<Tensor> = latents.into_iter().flatten().collect();
+        Ok(Tensor::cat(&latents, 0)?)
+    }
 
+    /// The latents of the images `indices` of `job`, whose prompts have the same chunk count,
+    /// in one batch: each with its own conditioning and seed.
+    fn sample_images(
+        &self,
+        job: &Generation,
+        tokens: &[ImageTokens],
+        indices: &[usize],
+        on_step: &mut dyn FnMut(usize, usize),
+    ) -> Result<Tensor, Error> {
+        let conditioning = self.pass_conditioning(job, tokens, indices)?;
+        let vector =
+            self.size_conditioning(job, &conditioning.uncond_pooled, &conditioning.cond_pooled)?;
+        let context = &conditioning.context;
         let scale = self.config.vae.downscale();
         let latent_shape = [
             self.config.unet.in_channels,
             job.height / scale,
             job.width / scale,
         ];
-        let mut noise = SeededNoise::new(&job.seeds);
+        let seeds: Vec<u64> = indices.iter().map(|&i| job.seeds[i]).collect();
+        let mut noise = SeededNoise::new(&seeds);
         let sigmas = self.schedule.sigmas_for(job.sampler, job.steps, job.karras);
         let x = (noise
             .sample(&latent_shape, &self.device)?
             .to_dtype(self.dtype)?
             * sigmas[0])?;
         let mut denoise = |x: &Tensor, sigma: f64| {
-            self.denoise(x, sigma, &context, vector.as_ref(), job.cfg_scale)
+            self.denoise(x, sigma, context, vector.as_ref(), job.cfg_scale)
         };
         let mut callback = |done: usize, total: usize, _: &Tensor| on_step(done, total);
         let mut x = samplers::run(
@@ -277,28 +364,76 @@ impl Model {
         Ok(x)
     }
 
+    /// The text conditioning of images `indices`: `[uncond of each; cond of each]`, each
+    /// distinct prompt encoded once (a batch of one prompt encodes it once for every image).
+    fn pass_conditioning(
+        &self,
+        job: &Generation,
+        tokens: &[ImageTokens],
+        indices: &[usize],
+    ) -> Result<PassConditioning, Error> {
+        let mut encoded = Vec::new();
+        let mut uncond = Vec::with_capacity(indices.len());
+        let mut cond = Vec::with_capacity(indices.len());
+        for &i in indices {
+            let t = &tokens[i];
+            uncond.push(self.encode_once(job, &t.negative, t.chunks, &mut encoded)?);
+            cond.push(self.encode_once(job, &t.positive, t.chunks, &mut encoded)?);
+        }
+        let contexts: Vec<Tensor> = uncond
+            .iter()
+            .chain(&cond)
+            .map(|&at| encoded[at].1.context.clone())
+            .collect();
+        let pooled = |at: &[usize]| -> Vec<Option<Tensor>> {
+            at.iter().map(|&k| encoded[k].1.pooled.clone()).collect()
+        };
+        Ok(PassConditioning {
+            context: Tensor::cat(&contexts, 0)?,
+            uncond_pooled: pooled(&uncond),
+            cond_pooled: pooled(&cond),
+        })
+    }
+
+    /// Where `tokens` is encoded in `encoded`, encoding it there the first time.
+    fn encode_once<'a>(
+        &self,
+        job: &Generation,
+        tokens: &'a WeightedTokens,
+        chunks: usize,
+        encoded: &mut Vec<(&'a WeightedTokens, Encoded)>,
+    ) -> Result<usize, Error> {
+        if let Some(at) = encoded.iter().position(|(seen, _)| *seen == tokens) {
+            return Ok(at);
+        }
+        let e = self
+            .text
+            .encode(tokens, chunks, job.clip_skip, self.dtype, &self.device)?;
+        encoded.push((tokens, e));
+        Ok(encoded.len() - 1)
+    }
+
     /// SDXL's vector conditioning: pooled text, then the original size, crop (0, 0) and target
     /// size ([`sdxl_vector`]).
     fn size_conditioning(
         &self,
         job: &Generation,
-        uncond: Option<&Tensor>,
-        cond: Option<&Tensor>,
-        n: usize,
+        uncond: &[Option<Tensor>],
+        cond: &[Option<Tensor>],
     ) -> Result<Option<Tensor>, Error> {
-        let (Some(adm), Some(uncond), Some(cond)) =
-            (self.config.unet.adm_in_channels, uncond, cond)
-        else {
+        let Some(adm) = self.config.unet.adm_in_channels else {
             return Ok(None);
         };
         let (h, w) = (job.height as f32, job.width as f32);
         let time_ids = Tensor::from_vec(vec![h, w, 0.0, 0.0, h, w], (1, 6), &self.device)?;
-        let row = |pooled: &Tensor| -> Result<Tensor, Error> {
-            Ok(sdxl_vector(pooled, &time_ids, adm)?
-                .to_dtype(self.dtype)?
-                .repeat((n, 1))?)
-        };
-        Ok(Some(Tensor::cat(&[row(uncond)?, row(cond)?], 0)?))
+        let mut rows = Vec::with_capacity(uncond.len() + cond.len());
+        for pooled in uncond.iter().chain(cond) {
+            let Some(pooled) = pooled else {
+                return Ok(None);
+            };
+            rows.push(sdxl_vector(pooled, &time_ids, adm)?.to_dtype(self.dtype)?);
+        }
+        Ok(Some(Tensor::cat(&rows, 0)?))
     }
 
     /// `D(x, σ)` with classifier-free guidance: one UNet pass over [uncond; cond].

@@ -113,6 +113,7 @@ fn diffusers_folders_of_every_family_load_with_single_file_names() {
             clip_skip: 1,
             tiling: false,
             seeds: vec![1],
+            prompts: vec![],
         };
         assert_eq!(
             model.generate(&job, &mut |_, _| {}).unwrap()[0].dimensions(),

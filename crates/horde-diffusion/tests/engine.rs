@@ -19,6 +19,7 @@ fn job(sampler: SamplerKind, seeds: Vec<u64>) -> Generation {
         clip_skip: 1,
         tiling: false,
         seeds,
+        prompts: vec![],
     }
 }
 
@@ -98,6 +99,72 @@ fn the_same_seed_gives_the_same_bytes() {
         b[0].as_raw(),
         "tokens past 77 condition the image"
     );
+}
+
+/// The largest difference between two images' channel values.
+fn max_channel_diff(a: &image::RgbImage, b: &image::RgbImage) -> u8 {
+    a.as_raw()
+        .iter()
+        .zip(b.as_raw())
+        .map(|(x, y)| x.abs_diff(*y))
+        .max()
+        .unwrap_or(0)
+}
+
+/// A batch of prompts (different requests in one pass) gives each image what its prompt and
+/// seed give alone: the same pixels up to one level of rounding (a batched matrix product may
+/// sum in another order than a single one). Prompts of different lengths (one and two 77-token
+/// chunks) share the pass too.
+#[test]
+fn a_batch_of_different_prompts_makes_each_image_as_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let long = format!("{} purple", "a lighthouse, ".repeat(30));
+    for arch in [TinyArch::Sd15, TinyArch::Sdxl] {
+        let path = dir.path().join(format!("{arch:?}.safetensors"));
+        write_tiny_checkpoint(arch, &path, 11).unwrap();
+        let model = load(&path);
+        let prompts = [
+            ("a red (cat:1.2)", "blurry"),
+            ("a green field", ""),
+            (long.as_str(), "dark"),
+        ];
+        let mut batch = job(SamplerKind::EulerAncestral, vec![21, 22, 23]);
+        batch.prompts = prompts
+            .iter()
+            .map(|(p, n)| (p.to_string(), n.to_string()))
+            .collect();
+        let together = model.generate(&batch, &mut |_, _| {}).unwrap();
+        assert_eq!(together.len(), 3);
+        for (i, (prompt, negative)) in prompts.iter().enumerate() {
+            let mut single = job(SamplerKind::EulerAncestral, vec![batch.seeds[i]]);
+            (single.prompt, single.negative_prompt) = (prompt.to_string(), negative.to_string());
+            let alone = model.generate(&single, &mut |_, _| {}).unwrap();
+            let diff = max_channel_diff(&together[i], &alone[0]);
+            assert!(diff <= 1, "{arch:?} image {i}: {diff} levels from alone");
+        }
+        assert!(
+            max_channel_diff(&together[0], &together[1]) > 8,
+            "{arch:?}: each image has its own prompt"
+        );
+        let mut same_seed = batch.clone();
+        same_seed.seeds = vec![21, 21, 21];
+        let by_prompt = model.generate(&same_seed, &mut |_, _| {}).unwrap();
+        assert!(
+            max_channel_diff(&by_prompt[0], &by_prompt[1]) > 8,
+            "{arch:?}: with one seed, the prompts alone tell the images apart"
+        );
+    }
+}
+
+#[test]
+fn prompts_must_be_one_per_seed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sd15.safetensors");
+    write_tiny_checkpoint(TinyArch::Sd15, &path, 3).unwrap();
+    let mut job = job(SamplerKind::Euler, vec![1, 2]);
+    job.prompts = vec![("a".into(), String::new())];
+    let error = load(&path).generate(&job, &mut |_, _| {}).unwrap_err();
+    assert!(error.to_string().contains("one per image"), "{error}");
 }
 
 fn expect_error(path: &Path) -> String {

@@ -31,6 +31,60 @@ pub struct ServerConfig {
     pub models: ModelsConfig,
     /// `GET /metrics` for Prometheus.
     pub metrics: MetricsConfig,
+    /// Calls to the requests' `webhook` URLs.
+    pub webhooks: WebhooksConfig,
+}
+
+/// Webhook calls (`webhooks.rs`): which URLs are accepted, and how long a delivery is retried.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhooksConfig {
+    /// Accept `http://` webhook URLs (for tests on loopback); https only otherwise.
+    pub allow_http: bool,
+    /// Accept webhook URLs that are or resolve to loopback, private or link-local addresses
+    /// (off: no request forgery into the operator's network).
+    pub allow_private_addresses: bool,
+    /// Seconds before the first retry of a failed call; each retry waits up to twice as long.
+    pub first_retry_secs: f64,
+    /// The longest wait between two tries, in seconds.
+    pub max_retry_secs: f64,
+    /// A delivery still failing this many seconds after its first try is given up.
+    pub give_up_after_secs: i64,
+    /// Seconds each call may take.
+    pub timeout_secs: u64,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        let backoff = horde_core::webhook::Backoff::default();
+        WebhooksConfig {
+            allow_http: false,
+            allow_private_addresses: false,
+            first_retry_secs: backoff.first_delay_secs,
+            max_retry_secs: backoff.max_delay_secs,
+            give_up_after_secs: backoff.give_up_after_secs,
+            timeout_secs: 10,
+        }
+    }
+}
+
+impl WebhooksConfig {
+    /// Which URLs are accepted.
+    pub fn policy(&self) -> horde_core::webhook::WebhookPolicy {
+        horde_core::webhook::WebhookPolicy {
+            allow_http: self.allow_http,
+            allow_private_addresses: self.allow_private_addresses,
+        }
+    }
+
+    /// When a failed delivery is tried again.
+    pub fn backoff(&self) -> horde_core::webhook::Backoff {
+        horde_core::webhook::Backoff {
+            first_delay_secs: self.first_retry_secs,
+            max_delay_secs: self.max_retry_secs,
+            give_up_after_secs: self.give_up_after_secs,
+        }
+    }
 }
 
 /// `GET /metrics`, the Prometheus text format (`metrics.rs`).
@@ -235,6 +289,13 @@ pub struct ApiConfig {
     pub header_timeout_secs: u64,
     /// Seconds a client has to send a request's body; after it the answer is 408.
     pub body_timeout_secs: u64,
+    /// The most clients waiting at once for a request's end (`?wait=` on check and status);
+    /// past it `?wait=` is answered at once. Each holds a connection: keep it and
+    /// `max_streams` below `max_connections`.
+    pub max_waiters: usize,
+    /// The most progress streams (`/generate/stream/{id}`) open at once; past it a new one is
+    /// refused with 503 `TooManyConnections`.
+    pub max_streams: usize,
     /// The reverse proxies (addresses or CIDRs, e.g. `10.0.0.0/8`) whose `X-Forwarded-For` or
     /// `Forwarded` header names the client, for per-IP limits; from anyone else these headers
     /// are ignored.
@@ -256,6 +317,8 @@ pub struct RequestsConfig {
     /// The longest prompt (positive and negative together) accepted, in characters; longer ones
     /// are 400 `InvalidPromptSize`.
     pub max_prompt_chars: usize,
+    /// The most prompts one batch (`POST /generate/batch`) holds; more, or none, is a 400.
+    pub max_batch_prompts: usize,
 }
 
 impl Default for ServerConfig {
@@ -273,6 +336,7 @@ impl Default for ServerConfig {
             quotas: Default::default(),
             models: ModelsConfig::default(),
             metrics: MetricsConfig::default(),
+            webhooks: WebhooksConfig::default(),
         }
     }
 }
@@ -298,6 +362,8 @@ impl Default for ApiConfig {
             max_connections: 4096,
             header_timeout_secs: 10,
             body_timeout_secs: 60,
+            max_waiters: 3000,
+            max_streams: 500,
             trusted_proxies: vec![],
         }
     }
@@ -311,6 +377,7 @@ impl Default for RequestsConfig {
             sweep_interval_secs: 10,
             upload_url_ttl_secs: 30 * 60,
             max_prompt_chars: 32_000,
+            max_batch_prompts: horde_api::batch::DEFAULT_MAX_BATCH_PROMPTS,
         }
     }
 }

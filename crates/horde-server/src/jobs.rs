@@ -46,6 +46,8 @@ fn payload_of(request: &LiveRequest, first: &Job, batch: u32) -> JobPayload {
         use_nsfw_censor: !body.nsfw && body.censor_nsfw,
         ddim_steps: p.effective_steps(),
         n_iter: batch,
+        prompts: None,
+        seeds: None,
     }
 }
 
@@ -99,8 +101,9 @@ impl AppState {
         // Another coordinator sharing the database may have taken the request first: its
         // stored copy is reloaded and the pop tried again.
         let (entry, turn) = (&entry, &turn);
+        let share_passes = pop.batch_prompts && pop.amount > 1;
         let answer = retry_on_conflict(|| async move {
-            match self.pop_from_queue::<Image>(entry, now) {
+            match self.pop_from_queue::<Image>(entry, now, share_passes) {
                 PopOutcome::Nothing(skipped) => {
                     if entry.worker.maintenance {
                         let msg = entry.worker.maintenance_msg.clone().unwrap_or_else(|| {
@@ -131,20 +134,22 @@ impl AppState {
     ) -> ApiResult<Attempt<PopResponse>> {
         let request = match self.store_hand_out::<Image>(turn, &assignment, now).await? {
             Attempt::Stored(request) => request,
-            Attempt::Conflicted => return Ok(Attempt::Conflicted),
+            Attempt::Conflicted => {
+                self.resync_companions(turn, &assignment).await?;
+                return Ok(Attempt::Conflicted);
+            }
         };
+        let companions = self.store_companions(turn, &assignment, now).await?;
         let first = &assignment.jobs[0];
-        let ids: Vec<String> = assignment.jobs.iter().map(|j| j.id.to_string()).collect();
+        let jobs = crate::batches::pass_jobs(&assignment, &companions);
+        let ids: Vec<String> = jobs.iter().map(|j| j.id.to_string()).collect();
         // Upload URLs whatever `r2` the request had, as the public pop: `r2` decides only how
         // the client gets the images.
-        let uploads: Vec<String> = assignment
-            .jobs
-            .iter()
-            .map(|j| self.upload_url(j.id, now))
-            .collect();
+        let uploads: Vec<String> = jobs.iter().map(|j| self.upload_url(j.id, now)).collect();
         let baseline = self.model_reference().baseline_of(&assignment.model);
         let ttl = horde_core::ttl::job_ttl_secs(&request.body.params, &baseline, extra_slow);
-        let payload = payload_of(&request, first, assignment.jobs.len() as u32);
+        let mut payload = payload_of(&request, first, jobs.len() as u32);
+        crate::batches::add_member_prompts(&mut payload, &request, &assignment, &companions);
         Ok(Attempt::Stored(PopResponse {
             payload: serde_json::to_value(payload).map_err(ApiError::internal)?,
             id: Some(first.id.to_string()),

@@ -14,9 +14,11 @@
 use crate::live_requests::LiveRequests;
 use crate::state::AppState;
 use crate::workers::WorkerEntry;
-use horde_core::request::LiveRequest;
+use horde_api::webhook::{GenerationWebhook, WebhookBody};
+use horde_core::request::{Job, LiveRequest};
 use horde_core::Image;
 use horde_store::StoredKind;
+use std::future::Future;
 
 /// A kind of work the coordinator serves (see the module documentation).
 pub trait ServedKind: StoredKind {
@@ -37,6 +39,17 @@ pub trait ServedKind: StoredKind {
     /// Notes that `model` just did `work_per_sec` units of work a second, for the speeds the
     /// kind's wait estimates use.
     fn note_speed(state: &AppState, model: &str, now: i64, work_per_sec: f64);
+
+    /// The URL a request's webhook calls go to, if it set one.
+    fn webhook(body: &Self::Body) -> Option<&str>;
+
+    /// The webhook call announcing finished `job` of `request` (the public horde's body for
+    /// the kind).
+    fn generation_webhook(
+        state: &AppState,
+        request: &LiveRequest<Self>,
+        job: &Job,
+    ) -> impl Future<Output = WebhookBody> + Send;
 }
 
 impl ServedKind for Image {
@@ -61,5 +74,26 @@ impl ServedKind for Image {
         state
             .workers
             .record_speed(model, now, megapixelsteps_per_sec * 1e6);
+    }
+
+    fn webhook(body: &horde_api::image::ImageRequest) -> Option<&str> {
+        body.webhook.as_deref()
+    }
+
+    /// The image as `/generate/status` gives it: a download URL for r2 requests, else the
+    /// base64 WebP.
+    async fn generation_webhook(state: &AppState, request: &LiveRequest, job: &Job) -> WebhookBody {
+        WebhookBody::Generation(GenerationWebhook {
+            img: state.image_reference(request, job.id).await,
+            seed: Some(job.seed),
+            worker_id: job.worker_id.to_string(),
+            worker_name: job.worker_name.clone(),
+            model: job.model.clone(),
+            id: job.id.to_string(),
+            censored: job.censored,
+            gen_metadata: job.gen_metadata.clone(),
+            request: request.id.to_string(),
+            kudos: job.reward,
+        })
     }
 }

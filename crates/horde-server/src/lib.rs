@@ -8,6 +8,7 @@
 
 pub mod accounts;
 pub mod auth;
+pub mod batches;
 pub mod catalogue;
 pub mod client_ip;
 pub mod clock;
@@ -35,9 +36,12 @@ pub mod requests;
 pub mod routes;
 pub mod shared_keys;
 pub mod state;
+pub mod streaming;
 pub mod strict_json;
 pub mod sweeper;
 pub mod users;
+pub mod waiting;
+pub mod webhooks;
 pub mod workers;
 
 use crate::accounts::Accounts;
@@ -160,6 +164,7 @@ impl Application {
     ) -> std::io::Result<()> {
         let sweeper = tokio::spawn(sweeper::run(self.state.clone()));
         let reloads = tokio::spawn(model_reference::run_reloads(self.state.clone()));
+        let webhook_calls = tokio::spawn(webhooks::run(self.state.clone()));
         let cluster_tasks = if self.state.is_clustered() {
             let url = self.state.config.database.url.clone();
             vec![
@@ -175,11 +180,13 @@ impl Application {
             state
                 .shutting_down
                 .store(true, std::sync::atomic::Ordering::SeqCst);
+            state.live.close_watches();
         };
         let limits = self.connection_limits();
         let result = connections::serve(self.listener, self.router, limits, shutdown).await;
         sweeper.abort();
         reloads.abort();
+        webhook_calls.abort();
         for task in cluster_tasks {
             task.abort();
         }
@@ -232,6 +239,7 @@ async fn open_state(
         accounts: Accounts::new(key_salt),
         catalogue: Catalogue::new(model_reference, FilterSet::new(&stored_filters)),
         metrics,
+        webhooks: Default::default(),
         limiter: Mutex::new(limiter),
         trusted_proxies,
         images,
@@ -257,7 +265,13 @@ fn router(state: SharedState) -> Router {
         .route("/dashboard/app.js", get(dashboard::script))
         .route("/models/{name}", get(dashboard::model_page))
         .route("/api/v2/generate/async", post(generate::generate_async))
+        .route("/api/v2/generate/batch", post(generate::generate_batch))
+        .route(
+            "/api/v2/generate/batch/{id}",
+            get(generate::batch_status).delete(generate::cancel_batch),
+        )
         .route("/api/v2/generate/check/{id}", get(generate::check))
+        .route("/api/v2/generate/stream/{id}", get(streaming::stream))
         .route(
             "/api/v2/generate/status/{id}",
             get(generate::status).delete(generate::cancel),
@@ -274,6 +288,10 @@ fn router(state: SharedState) -> Router {
         .route("/api/v2/workers/name/{name}", get(workers::by_name))
         .route("/api/v2/users/{id}", get(users::get).put(users::modify))
         .route("/api/v2/users/{id}/reset_key", post(users::reset_key))
+        .route(
+            "/api/v2/users/{id}/webhook_secret",
+            get(users::webhook_secret).post(users::rotate_webhook_secret),
+        )
         .route("/api/v2/users/{id}/ledger", get(users::ledger))
         .route("/api/v2/find_user", get(users::find_user))
         .route("/api/v2/kudos/transfer", post(users::transfer))

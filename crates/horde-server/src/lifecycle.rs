@@ -14,6 +14,7 @@ use crate::error::{refused, ApiError, ApiResult};
 use crate::kinds::ServedKind;
 use crate::live_requests::{changed_too_often, retry_on_conflict, Attempt, WriteTurn};
 use crate::state::AppState;
+use crate::webhooks;
 use crate::workers::WorkerEntry;
 use horde_api::image::GenMetadata;
 use horde_api::image::SubmitState;
@@ -22,7 +23,7 @@ use horde_core::accounts::User;
 use horde_core::request::{Job, JobState, LiveRequest, SubmitRefusal};
 use horde_core::{pricing, Assignment, DeadlineTerms, Image, PopOutcome, Reputation, Standby};
 use horde_store::{StoreError, SubmitEffects};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use uuid::Uuid;
 
@@ -35,6 +36,10 @@ pub struct NewRequest<K: ServedKind> {
     pub jobs: u32,
     /// The shared key (hash) it was made with, whose budget pays for it too.
     pub shared_key: Option<String>,
+    /// The batch of prompts it is a member of (`batches.rs`), if any.
+    pub batch_id: Option<Uuid>,
+    /// Its place in the batch's prompts (0 alone).
+    pub batch_index: u32,
 }
 
 /// A worker's result for one job, as every kind submits it.
@@ -71,9 +76,21 @@ impl AppState {
         new: NewRequest<K>,
         now: i64,
     ) -> ApiResult<LiveRequest<K>> {
+        let request = self.numbered(user, new, now);
+        K::live(self).commit_new(request).await
+    }
+
+    /// `new` as a live request of `user`, numbered (its place in the queue) and with its
+    /// activation fee, not yet stored.
+    pub(crate) fn numbered<K: ServedKind>(
+        &self,
+        user: &User,
+        new: NewRequest<K>,
+        now: i64,
+    ) -> LiveRequest<K> {
         let live = K::live(self);
         let job_kudos = K::job_kudos(&new.body);
-        let request = LiveRequest {
+        LiveRequest {
             // Time-ordered (UUIDv7, 74 random bits): new rows land at the end of the id index
             // instead of on a random page, which halves what each commit writes.
             id: Uuid::now_v7(),
@@ -93,16 +110,20 @@ impl AppState {
             shared_key: new.shared_key,
             expiry: now + self.config.requests.idle_expiry_secs,
             version: 0,
+            batch_id: new.batch_id,
+            batch_index: new.batch_index,
             jobs: vec![],
-        };
-        live.commit_new(request).await
+        }
     }
 
-    /// The queue's pick of kind `K` for the worker of `entry`, noted in its standby state.
+    /// The queue's pick of kind `K` for the worker of `entry`, noted in its standby state. With
+    /// `share_passes` (the worker runs a prompt per job), requests that share the pick's pass
+    /// join it (`Queue::add_companions`).
     pub(crate) fn pop_from_queue<K: ServedKind>(
         &self,
         entry: &WorkerEntry,
         now: i64,
+        share_passes: bool,
     ) -> PopOutcome {
         let mut standby = self.standby_for::<K>(entry, now);
         let terms = DeadlineTerms {
@@ -112,7 +133,12 @@ impl AppState {
         let caps = K::caps(self, entry);
         let outcome = K::live(self).change(|queue| {
             let name = &entry.worker.name;
-            queue.pop(&caps, name, now, terms, &mut standby, &mut rand::rng())
+            let mut rng = rand::rng();
+            let mut outcome = queue.pop(&caps, name, now, terms, &mut standby, &mut rng);
+            if let (true, PopOutcome::Assigned(assignment)) = (share_passes, &mut outcome) {
+                queue.add_companions(assignment, &caps, name, now, terms, &mut rng);
+            }
+            outcome
         });
         self.workers.change(|registry| {
             if let Some(live) = registry.get_mut(entry.worker.id) {
@@ -219,6 +245,7 @@ impl AppState {
         let now = now();
         let retention = self.config.requests.retention_secs;
         let applied = K::live(self).update(request.id, |r| {
+            let before_done = r.is_done();
             let applied = r
                 .apply_submit(
                     result.job_id,
@@ -241,9 +268,9 @@ impl AppState {
                 }
                 r.version += 1;
             }
-            (applied, r.clone(), refund)
+            (applied, r.clone(), refund, before_done)
         });
-        let Some((applied, updated, refund)) = applied else {
+        let Some((applied, updated, refund, before_done)) = applied else {
             return Err(invalid_job(&result.job_id.to_string()).into());
         };
         let job = applied.map_err(refused)?;
@@ -254,6 +281,7 @@ impl AppState {
             .state
             .is_finished()
             .then(|| self.submit_effects(&updated, &job, worker.as_ref()));
+        let webhooks = webhooks::deliveries_for(self, before_done, &updated, Some(&job)).await;
         let job_secs = self.job_secs::<K>(&job, now);
         let reputation = self.record_result(&job, job_secs, effects.as_ref(), now);
         let stored = self
@@ -264,6 +292,7 @@ impl AppState {
                 effects.as_ref(),
                 reputation.as_ref().map(|r| (job.worker_id, r)),
                 refund,
+                &webhooks,
             ))
             .await;
         match stored {
@@ -273,6 +302,7 @@ impl AppState {
             other => other.map_err(ApiError::from)?,
         }
         self.metrics.job_finished(job.state);
+        self.webhooks.stored(&webhooks);
         if let Some(reputation) = &reputation {
             self.note_reputations_stored([(job.worker_id, reputation)]);
         }
@@ -385,7 +415,12 @@ impl AppState {
         let live = K::live(self);
         let turn = live.write_turn().await;
         // Each request with late jobs, as it stands after all of them were taken back.
-        let taken: Vec<(LiveRequest<K>, Vec<Job>, f64)> = live.change(|queue| {
+        let taken: Vec<(LiveRequest<K>, Vec<Job>, f64, bool)> = live.change(|queue| {
+            let done_before: HashSet<Uuid> = queue
+                .in_flight()
+                .filter(|(_, r)| r.is_done())
+                .map(|(_, r)| r.id)
+                .collect();
             let mut late: BTreeMap<Uuid, Vec<Uuid>> = BTreeMap::new();
             for (request_id, job_id) in
                 queue.take_back_late_jobs(now, self.config.jobs.max_restarts)
@@ -403,19 +438,24 @@ impl AppState {
                         .iter()
                         .filter_map(|id| request.job(*id).cloned())
                         .collect();
-                    Some((request, jobs, refund))
+                    let before_done = done_before.contains(&request_id);
+                    Some((request, jobs, refund, before_done))
                 })
                 .collect()
         });
         let mut count = 0;
-        for (request, jobs, refund) in &taken {
+        for (request, jobs, refund, before_done) in &taken {
             let reputations = self.count_timed_out(request.id, jobs);
+            let webhooks = webhooks::deliveries_for(self, *before_done, request, None).await;
             let stored = self
                 .metrics
-                .time_commit(
-                    self.store
-                        .save_taken_back(request, jobs, &reputations, *refund),
-                )
+                .time_commit(self.store.save_taken_back(
+                    request,
+                    jobs,
+                    &reputations,
+                    *refund,
+                    &webhooks,
+                ))
                 .await;
             match stored {
                 // Another coordinator changed it first; its stored copy decides next time.
@@ -429,6 +469,7 @@ impl AppState {
                     other?;
                     self.note_reputations_stored(reputations.iter().map(|(id, r)| (*id, r)));
                     self.metrics.jobs_taken_back(jobs.len());
+                    self.webhooks.stored(&webhooks);
                     count += jobs.len();
                 }
             }
@@ -465,15 +506,16 @@ impl AppState {
         let turn = &live.write_turn().await;
         self.load_request_ordered::<K>(turn, request_id).await?;
         let stored = retry_on_conflict(|| async move {
-            let (updated, was_cancelled) = live
+            let (updated, was_cancelled, before_done) = live
                 .update(request_id, |r| {
                     let was_cancelled = r.cancelled;
+                    let before_done = r.is_done();
                     r.cancel();
                     if r.is_done() {
                         r.expiry = now + retention;
                     }
                     r.version += 1;
-                    (r.clone(), was_cancelled)
+                    (r.clone(), was_cancelled, before_done)
                 })
                 .ok_or_else(|| not_found(request_id))?;
             let interrupted = if was_cancelled {
@@ -481,9 +523,13 @@ impl AppState {
             } else {
                 self.count_cancelled_jobs(&updated)
             };
+            let webhooks = webhooks::deliveries_for(self, before_done, &updated, None).await;
             let stored = self
                 .metrics
-                .time_commit(self.store.save_request_state(&updated, &interrupted))
+                .time_commit(
+                    self.store
+                        .save_request_state(&updated, &interrupted, &webhooks),
+                )
                 .await;
             match stored {
                 // Another coordinator changed the request (or a worker's reputation) first:
@@ -498,6 +544,7 @@ impl AppState {
                 other => {
                     other?;
                     self.note_reputations_stored(interrupted.iter().map(|(id, r)| (*id, r)));
+                    self.webhooks.stored(&webhooks);
                     Ok(Attempt::Stored(()))
                 }
             }

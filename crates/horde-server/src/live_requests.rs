@@ -10,15 +10,25 @@
 //! stores takes its [`WriteTurn`] first and keeps it until the write is done. With several
 //! coordinators on one PostgreSQL, a write may find that another coordinator changed the row
 //! first: [`retry_on_conflict`] runs the attempt again from the stored copy.
+//!
+//! Clients may wait for a request to change (`?wait=` on check and status, the event stream:
+//! `waiting.rs`, `streaming.rs`) without polling: each watched request has a change signal
+//! (a `tokio::sync::watch`), made when its first watcher comes and dropped when its last
+//! leaves. Every change goes through this component, so it is this component that wakes the
+//! watchers: [`LiveRequests::update`] and [`LiveRequests::insert`] name their request, and the
+//! closure given to [`LiveRequests::change`] works on a [`QueueChange`], which lets it change
+//! the queue only through methods that note the requests they touch. A closure cannot change
+//! a request without its watchers being woken.
 
 use crate::error::{ApiError, ApiResult};
 use crate::group_commit::RequestWriter;
 use horde_api::Rc;
 use horde_core::request::{Job, LiveRequest};
-use horde_core::{Image, Queue};
+use horde_core::{Assignment, DeadlineTerms, Image, PopOutcome, Queue, Standby};
 use horde_store::StoredKind;
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
 use uuid::Uuid;
 
 /// Attempts at storing a change (a pop, a result, a cancel, a reputation) when other
@@ -46,6 +56,11 @@ pub struct LiveRequests<K: StoredKind = Image> {
     /// are precise for jobs of a few seconds (the stored `started` has whole seconds). Not
     /// persisted; after a restart the stored seconds are used.
     handed_out_ms: Mutex<HashMap<Uuid, u64>>,
+    /// The change signals of watched requests (after the queue in the lock order; never held
+    /// with it).
+    watches: Arc<Mutex<Watches>>,
+    /// Set once, when the coordinator shuts down: every watcher is let go.
+    closed: watch::Sender<bool>,
 }
 
 /// The turn to change live requests and store the change: held from the change in memory
@@ -97,6 +112,8 @@ impl<K: StoredKind> LiveRequests<K> {
             write_order: tokio::sync::Mutex::new(()),
             writer,
             handed_out_ms: Mutex::new(HashMap::new()),
+            watches: Arc::default(),
+            closed: watch::Sender::new(false),
         }
     }
 
@@ -112,10 +129,21 @@ impl<K: StoredKind> LiveRequests<K> {
         f(&self.queue.lock().expect("queue lock"))
     }
 
-    /// `f` applied to the queue in memory. A change that is to be stored is made holding a
+    /// `f` applied to the queue in memory; the watchers of the requests it changed are woken
+    /// once the queue is unlocked. A change that is to be stored is made holding a
     /// [`WriteTurn`].
-    pub fn change<R>(&self, f: impl FnOnce(&mut Queue<K>) -> R) -> R {
-        f(&mut self.queue.lock().expect("queue lock"))
+    pub fn change<R>(&self, f: impl FnOnce(&mut QueueChange<'_, K>) -> R) -> R {
+        let (result, touched) = {
+            let mut queue = self.queue.lock().expect("queue lock");
+            let mut change = QueueChange {
+                queue: &mut queue,
+                touched: Vec::new(),
+            };
+            let result = f(&mut change);
+            (result, change.touched)
+        };
+        self.wake(&touched);
+        result
     }
 
     /// `f` applied to request `id`, `None` if it is not live.
@@ -155,7 +183,7 @@ impl<K: StoredKind> LiveRequests<K> {
 
     /// The sequence number of the next accepted request (its place in the queue's order).
     pub fn next_seq(&self) -> u64 {
-        self.change(|queue| queue.next_seq())
+        self.queue.lock().expect("queue lock").next_seq()
     }
 
     /// Commits a newly accepted request (many to a transaction: `group_commit`) and returns it
@@ -197,6 +225,232 @@ impl<K: StoredKind> LiveRequests<K> {
                 .copied()
                 .unwrap_or(job.started.max(0) as u64 * 1000);
             f(job, request, started_ms);
+        }
+    }
+}
+
+/// The queue as a closure given to [`LiveRequests::change`] sees it: every read of
+/// [`Queue`] (through `Deref`), and only those changes that note the requests they touch, so
+/// that their watchers are woken. A new way of changing the queue is added here, noting what
+/// it touches.
+pub struct QueueChange<'a, K: StoredKind> {
+    queue: &'a mut Queue<K>,
+    touched: Vec<Uuid>,
+}
+
+impl<K: StoredKind> std::ops::Deref for QueueChange<'_, K> {
+    type Target = Queue<K>;
+
+    fn deref(&self) -> &Queue<K> {
+        self.queue
+    }
+}
+
+impl<K: StoredKind> QueueChange<'_, K> {
+    /// [`Queue::pop`], noting the request it hands jobs of.
+    pub fn pop(
+        &mut self,
+        worker: &K::Caps,
+        worker_name: &str,
+        now: i64,
+        terms: DeadlineTerms,
+        standby: &mut Standby<K>,
+        rng: &mut impl rand::Rng,
+    ) -> PopOutcome {
+        let outcome = self
+            .queue
+            .pop(worker, worker_name, now, terms, standby, rng);
+        if let PopOutcome::Assigned(assignment) = &outcome {
+            self.touched.push(assignment.request_id);
+        }
+        outcome
+    }
+
+    /// [`Queue::add_companions`], noting the requests that joined the assignment.
+    pub fn add_companions(
+        &mut self,
+        assignment: &mut Assignment,
+        worker: &K::Caps,
+        worker_name: &str,
+        now: i64,
+        terms: DeadlineTerms,
+        rng: &mut impl rand::Rng,
+    ) {
+        self.queue
+            .add_companions(assignment, worker, worker_name, now, terms, rng);
+        self.touched.push(assignment.request_id);
+        self.touched
+            .extend(assignment.companions.iter().map(|c| c.request_id));
+    }
+
+    /// [`Queue::update`], noting the request.
+    pub fn update<T>(
+        &mut self,
+        id: Uuid,
+        edit: impl FnOnce(&mut LiveRequest<K>) -> T,
+    ) -> Option<T> {
+        self.touched.push(id);
+        self.queue.update(id, edit)
+    }
+
+    /// [`Queue::insert`], noting the request.
+    pub fn insert(&mut self, request: LiveRequest<K>) {
+        self.touched.push(request.id);
+        self.queue.insert(request);
+    }
+
+    /// [`Queue::replace`], noting the request.
+    pub fn replace(&mut self, request: LiveRequest<K>) {
+        self.touched.push(request.id);
+        self.queue.replace(request);
+    }
+
+    /// [`Queue::remove`], noting the request.
+    pub fn remove(&mut self, id: Uuid) -> Option<LiveRequest<K>> {
+        self.touched.push(id);
+        self.queue.remove(id)
+    }
+
+    /// [`Queue::take_back_late_jobs`], noting the requests of the jobs taken back.
+    pub fn take_back_late_jobs(&mut self, now: i64, max_faults: u32) -> Vec<(Uuid, Uuid)> {
+        let taken = self.queue.take_back_late_jobs(now, max_faults);
+        self.touched
+            .extend(taken.iter().map(|(request, _)| *request));
+        taken
+    }
+}
+
+/// Who watches a request: a client waiting for its end (`?wait=`), or an event stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Watcher {
+    Wait,
+    Stream,
+}
+
+/// The change signals of the watched requests, and how many watchers of each sort there are.
+#[derive(Default)]
+struct Watches {
+    signals: HashMap<Uuid, watch::Sender<()>>,
+    waits: usize,
+    streams: usize,
+}
+
+impl Watches {
+    fn count(&mut self, watcher: Watcher) -> &mut usize {
+        match watcher {
+            Watcher::Wait => &mut self.waits,
+            Watcher::Stream => &mut self.streams,
+        }
+    }
+}
+
+/// What ended a watcher's wait ([`RequestWatch::next_change`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Woken {
+    /// The request changed (or was removed).
+    Changed,
+    /// The deadline passed first.
+    TimeUp,
+    /// The coordinator is shutting down.
+    Closed,
+}
+
+/// One watcher of one request: holds the request's change signal while it lives, and lets it
+/// go (the signal too, when it was the last) when dropped. A few hundred bytes, no task.
+pub struct RequestWatch {
+    id: Uuid,
+    watcher: Watcher,
+    changes: Option<watch::Receiver<()>>,
+    closed: watch::Receiver<bool>,
+    watches: Arc<Mutex<Watches>>,
+}
+
+impl RequestWatch {
+    /// Waits for the next change of the request after this watch began or last woke, until
+    /// `deadline` at most.
+    pub async fn next_change(&mut self, deadline: tokio::time::Instant) -> Woken {
+        let Some(changes) = self.changes.as_mut() else {
+            return Woken::Closed;
+        };
+        tokio::select! {
+            changed = changes.changed() => match changed {
+                Ok(()) => Woken::Changed,
+                Err(_) => Woken::Closed,
+            },
+            _ = self.closed.changed() => Woken::Closed,
+            _ = tokio::time::sleep_until(deadline) => Woken::TimeUp,
+        }
+    }
+}
+
+impl Drop for RequestWatch {
+    fn drop(&mut self) {
+        drop(self.changes.take());
+        let mut watches = self.watches.lock().expect("watches lock");
+        *watches.count(self.watcher) -= 1;
+        let unwatched = watches
+            .signals
+            .get(&self.id)
+            .is_some_and(|signal| signal.receiver_count() == 0);
+        if unwatched {
+            watches.signals.remove(&self.id);
+        }
+    }
+}
+
+impl<K: StoredKind> LiveRequests<K> {
+    /// Starts watching request `id` (live or not: the caller checks), as `watcher`; `None`
+    /// when `max` watchers of that sort are already watching or the coordinator is shutting
+    /// down, so the caller answers at once.
+    pub fn watch(&self, id: Uuid, watcher: Watcher, max: usize) -> Option<RequestWatch> {
+        let closed = self.closed.subscribe();
+        if *closed.borrow() {
+            return None;
+        }
+        let mut watches = self.watches.lock().expect("watches lock");
+        if *watches.count(watcher) >= max {
+            return None;
+        }
+        *watches.count(watcher) += 1;
+        let changes = watches
+            .signals
+            .entry(id)
+            .or_insert_with(|| watch::Sender::new(()))
+            .subscribe();
+        Some(RequestWatch {
+            id,
+            watcher,
+            changes: Some(changes),
+            closed,
+            watches: self.watches.clone(),
+        })
+    }
+
+    /// How many watchers of the sort `watcher` there are now.
+    pub fn watchers(&self, watcher: Watcher) -> usize {
+        *self.watches.lock().expect("watches lock").count(watcher)
+    }
+
+    /// How many requests have a change signal now (one per request with watchers).
+    pub fn watched_requests(&self) -> usize {
+        self.watches.lock().expect("watches lock").signals.len()
+    }
+
+    /// Lets every watcher go, now and from now on: the coordinator is shutting down.
+    pub fn close_watches(&self) {
+        self.closed.send_replace(true);
+    }
+
+    /// Wakes the watchers of `ids` (called with the queue unlocked).
+    fn wake(&self, ids: &[Uuid]) {
+        let watches = self.watches.lock().expect("watches lock");
+        if watches.signals.is_empty() {
+            return;
+        }
+        for id in ids {
+            if let Some(signal) = watches.signals.get(id) {
+                signal.send_replace(());
+            }
         }
     }
 }

@@ -21,10 +21,11 @@ use utoipa::{Modify, OpenApi};
 #[openapi(
     info(title = "horde — AI Horde API v2", description = "A Rust coordinator compatible with AI Horde API v2."),
     paths(
-        generate::generate_async, generate::check, generate::status, generate::cancel, generate::pop, generate::submit,
-        generate::upload, generate::image,
+        generate::generate_async, generate::generate_batch, generate::batch_status, generate::cancel_batch, generate::check, generate::status, generate::cancel, generate::pop, generate::submit,
+        generate::upload, generate::image, crate::streaming::stream,
         workers::list, workers::get, workers::by_name, workers::modify,
         users::get, users::find_user, users::test_user, users::transfer, users::modify, users::reset_key, users::ledger,
+        users::webhook_secret, users::rotate_webhook_secret,
         shared_keys::create, shared_keys::get, shared_keys::modify, shared_keys::delete,
         filters::list, filters::add, filters::check, filters::regex, filters::get, filters::modify, filters::delete,
         status::heartbeat, status::models, status::model, status::performance, status::image_totals, status::image_models,
@@ -111,7 +112,41 @@ pub fn document(max_prompt_chars: usize) -> Value {
         &mut spec["components"]["schemas"]["ImageRequest"]["properties"]["prompt"],
         json!({"maxLength": max_prompt_chars}),
     );
+    batch_request_schema(&mut spec["components"]["schemas"], max_prompt_chars);
     spec
+}
+
+/// `BatchRequest` is every field of `ImageRequest` but `prompt`, plus `prompts`: its schema is
+/// written from `ImageRequest`'s, so the two cannot drift. A member's prompt and negative
+/// prompt each get half the prompt limit (`batches::member_prompt_limits`), so that together
+/// they never pass it.
+fn batch_request_schema(schemas: &mut Value, max_prompt_chars: usize) {
+    let mut batch = schemas["ImageRequest"].clone();
+    if let Some(properties) = batch["properties"].as_object_mut() {
+        properties.remove("prompt");
+        properties.insert(
+            "prompts".into(),
+            schemas["BatchRequest"]["properties"]["prompts"].clone(),
+        );
+    }
+    let mut required: Vec<Value> = batch["required"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|name| *name != "prompt")
+        .cloned()
+        .collect();
+    required.push("prompts".into());
+    batch["required"] = Value::Array(required);
+    batch["description"] = schemas["BatchRequest"]["description"].clone();
+    schemas["BatchRequest"] = batch;
+    let (prompt, negative) = crate::batches::member_prompt_limits(max_prompt_chars);
+    let member = &mut schemas["BatchPrompt"]["properties"];
+    merge(&mut member["prompt"], json!({"maxLength": prompt}));
+    merge(
+        &mut member["negative_prompt"],
+        json!({"maxLength": negative}),
+    );
 }
 
 /// A pattern for text without a NUL byte: `extract::parse_json` refuses a body with one in a

@@ -24,6 +24,11 @@ enum Key {
     ApiKeyAndRoute,
 }
 
+/// `POST /generate/async`, whose limits a batch of prompts shares.
+const ASYNC_ROUTE: &str = "/api/v2/generate/async";
+/// `POST /generate/batch` (beyond the public horde).
+const BATCH_ROUTE: &str = "/api/v2/generate/batch";
+
 /// The limits of one endpoint (the public horde's by default, horde-api.md §2).
 fn limits_for(
     config: &LimitsConfig,
@@ -34,7 +39,7 @@ fn limits_for(
     let per_ip = |limit: Limit| vec![(limit, Key::IpAndRoute)];
     match (method.as_str(), route) {
         (_, "/api/v2/status/heartbeat") => vec![],
-        ("POST", "/api/v2/generate/async") => {
+        ("POST", ASYNC_ROUTE) => {
             let mut limits: Vec<(Limit, Key)> = config
                 .generate_per_ip
                 .iter()
@@ -50,6 +55,8 @@ fn limits_for(
         }
         ("GET", "/api/v2/generate/check/{id}") => vec![(config.check_per_ip, Key::IpAndPath)],
         (_, "/api/v2/generate/status/{id}") => vec![(config.status_per_ip, Key::IpAndPath)],
+        // A stream carries what status does, so it opens as often as status may be called.
+        ("GET", "/api/v2/generate/stream/{id}") => vec![(config.status_per_ip, Key::IpAndPath)],
         ("POST", "/api/v2/generate/pop" | "/api/v2/generate/submit") => per_ip(config.jobs_per_ip),
         ("POST", "/api/v2/kudos/transfer") => config
             .transfer_per_key
@@ -84,6 +91,12 @@ pub async fn rate_limit(
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_default();
+    // A batch of prompts counts in `/generate/async`'s windows (`count_batch_members`).
+    let route = if route == BATCH_ROUTE {
+        ASYNC_ROUTE.to_string()
+    } else {
+        route
+    };
     let apikey = request
         .headers()
         .get("apikey")
@@ -202,4 +215,81 @@ fn too_many(limit: Limit, now_ms: u64, reset_in_ms: u64) -> Response {
         .headers_mut()
         .insert("X-RateLimit-Reset", reset_header(now_ms, reset_in_ms));
     response
+}
+
+/// A batch of N prompts costs N requests of `POST /generate/async`'s budget, counted once the
+/// body says N and before anything is accepted. In each window of a minute or more (which bound
+/// sustained volume) the batch route shares `/generate/async`'s counters: the layer counted the
+/// batch once, and the other N − 1 members are counted here. A window shorter than a minute
+/// bounds bursts (the public horde's 2 a second per key), which would forbid any batch over its
+/// count: there the batch counts once, and its N members count in a minute window of their own
+/// holding the same rate (2 a second: 120 a minute). Past a limit it refuses with 429, as the
+/// layer does.
+pub async fn count_batch_members(
+    state: &SharedState,
+    peer: SocketAddr,
+    headers: &axum::http::HeaderMap,
+    members: u32,
+) -> Result<(), crate::error::ApiError> {
+    if !state.config.api.rate_limits || members <= 1 {
+        return Ok(());
+    }
+    let apikey = headers
+        .get("apikey")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or(ANONYMOUS_API_KEY);
+    let client = state.trusted_proxies.client(peer.ip(), headers);
+    let method = Method::POST;
+    let limits = limits_for(
+        &state.config.limits,
+        &method,
+        ASYNC_ROUTE,
+        apikey == ANONYMOUS_API_KEY,
+    );
+    for (limit, key) in limits {
+        let who = match key {
+            Key::ApiKeyAndRoute => state.accounts.hash_key(apikey),
+            Key::IpAndRoute | Key::IpAndPath => client.to_string(),
+        };
+        // The layer's key for `/generate/async` (by address or key, and route).
+        let shared = format!("{who}@{method}@{ASYNC_ROUTE}#{}", limit.window_ms);
+        let (limit, key, hits) = if limit.window_ms >= MINUTE_MS {
+            (limit, shared, members - 1)
+        } else {
+            let per_minute = Limit {
+                count: limit
+                    .count
+                    .saturating_mul((MINUTE_MS / limit.window_ms.max(1)) as u32),
+                window_ms: MINUTE_MS,
+            };
+            (per_minute, format!("{shared}#batch"), members)
+        };
+        count_member_hits(state, limit, key, hits).await?;
+    }
+    Ok(())
+}
+
+/// The window of the members of a batch whose limit has a shorter one.
+const MINUTE_MS: u64 = 60_000;
+
+/// `hits` hits on `key`, refused with 429 at the first past `limit`.
+async fn count_member_hits(
+    state: &SharedState,
+    limit: Limit,
+    key: String,
+    hits: u32,
+) -> Result<(), crate::error::ApiError> {
+    let keyed = [(limit, key)];
+    for _ in 0..hits {
+        for (limit, verdict) in count_hits(state, &keyed, now_ms()).await? {
+            if !verdict.allowed {
+                let retry = verdict.reset_in_ms.div_ceil(1000).max(1);
+                return Err(
+                    crate::error::ApiError::new(Rc::RateLimited, limit.describe())
+                        .retry_after(retry),
+                );
+            }
+        }
+    }
+    Ok(())
 }

@@ -18,7 +18,7 @@ use horde_core::matching::{can_generate, fallback_model};
 use horde_core::post_processing;
 use horde_core::pricing;
 use horde_core::quota::{self, Quota};
-use horde_core::request::{JobState, LiveRequest};
+use horde_core::request::{Job, JobState, LiveRequest};
 use horde_core::request_rules;
 use horde_core::shared_key::SharedKey;
 use horde_core::upfront;
@@ -30,6 +30,16 @@ use uuid::Uuid;
 pub enum Accepted {
     Queued(AsyncResponse),
     DryRun(AsyncResponse),
+}
+
+/// A request that passed the rules of `/generate/async` ([`AppState::vet_request`]), normalised.
+pub(crate) struct Vetted {
+    pub body: ImageRequest,
+    pub base_seed: Option<u64>,
+    /// The `Downgraded` warning, when upfront kudos shrank it.
+    pub downgraded: Option<RequestWarning>,
+    /// The prompt filters rewrote its prompt.
+    pub rewritten: bool,
 }
 
 /// `body` as a request not yet accepted, to ask whether some online worker could take it.
@@ -52,6 +62,8 @@ fn probe_request(user: &User, body: ImageRequest) -> LiveRequest {
         shared_key: None,
         expiry: i64::MAX,
         version: 0,
+        batch_id: None,
+        batch_index: 0,
         jobs: vec![],
     }
 }
@@ -64,21 +76,12 @@ impl AppState {
         shared_key: Option<&SharedKey>,
         body: ImageRequest,
     ) -> ApiResult<Accepted> {
-        body.validate().map_err(ApiError::validation)?;
-        request_rules::check(&body, user, self.config.requests.max_prompt_chars)?;
-        self.check_request_models(&body)?;
-        let (mut body, base_seed) = request_rules::normalise(body, user);
-        let rewritten = self.screen_prompt(user, &mut body)?;
-        self.apply_post_processing_fallback(user, &mut body);
-        let downgraded = self.check_upfront(user, &mut body).await?;
-        if let Some(key) = shared_key {
-            check_shared_key_use(
-                key,
-                &body,
-                pricing::projected_cost(&body, self.projected_family(&body)),
-                now(),
-            )?;
-        }
+        let Vetted {
+            body,
+            base_seed,
+            downgraded,
+            rewritten,
+        } = self.vet_request(user, shared_key, body, 0.0).await?;
         if body.dry_run {
             return Ok(Accepted::DryRun(AsyncResponse {
                 id: None,
@@ -97,6 +100,8 @@ impl AppState {
             body,
             base_seed,
             shared_key: shared_key.map(|k| k.id_hash.clone()),
+            batch_id: None,
+            batch_index: 0,
         };
         let request = self.admit(user, new, now).await?;
         let job_kudos = request.job_kudos;
@@ -132,6 +137,49 @@ impl AppState {
         Ok(Accepted::Queued(response))
     }
 
+    /// The rules of `/generate/async` up to its price, on a request not yet accepted: bounds,
+    /// request rules, webhook, models, normalisation, prompt filters, the post-processing
+    /// fallback, upfront kudos (beyond `pending_debits`, what requests accepted with it will
+    /// charge: a batch's earlier members) and the shared key's limits. A batch of prompts runs
+    /// each member through it, so both paths refuse alike.
+    pub(crate) async fn vet_request(
+        &self,
+        user: &User,
+        shared_key: Option<&SharedKey>,
+        body: ImageRequest,
+        pending_debits: f64,
+    ) -> ApiResult<Vetted> {
+        body.validate().map_err(ApiError::validation)?;
+        request_rules::check_with_webhook_policy(
+            &body,
+            user,
+            self.config.requests.max_prompt_chars,
+            &self.config.webhooks.policy(),
+        )?;
+        if let Some(url) = &body.webhook {
+            self.check_webhook(url).await?;
+        }
+        self.check_request_models(&body)?;
+        let (mut body, base_seed) = request_rules::normalise(body, user);
+        let rewritten = self.screen_prompt(user, &mut body)?;
+        self.apply_post_processing_fallback(user, &mut body);
+        let downgraded = self.check_upfront(user, &mut body, pending_debits).await?;
+        if let Some(key) = shared_key {
+            check_shared_key_use(
+                key,
+                &body,
+                pricing::projected_cost(&body, self.projected_family(&body)),
+                now(),
+            )?;
+        }
+        Ok(Vetted {
+            body,
+            base_seed,
+            downgraded,
+            rewritten,
+        })
+    }
+
     /// The public horde's upfront rule: a request that needs the kudos in hand is queued only
     /// when the user has them beyond their floor and their other unfinished requests; otherwise
     /// it is downgraded if it allows that (the warning says how), or refused.
@@ -139,6 +187,7 @@ impl AppState {
         &self,
         user: &User,
         body: &mut ImageRequest,
+        pending_debits: f64,
     ) -> ApiResult<Option<RequestWarning>> {
         let capacity = self.capacity();
         let Some(reason) = upfront::upfront_reason(body, &capacity) else {
@@ -150,7 +199,8 @@ impl AppState {
             .user_by_id(user.id)
             .await?
             .unwrap_or_else(|| user.clone());
-        let available = user.kudos - user.min_kudos() - self.queued_debits(user.id);
+        let available =
+            user.kudos - user.min_kudos() - self.queued_debits(user.id) - pending_debits;
         let cost = pricing::projected_cost(body, self.projected_family(body));
         if cost <= available {
             return Ok(None);
@@ -223,7 +273,12 @@ impl AppState {
 
     /// The operator's daily quota of the user's tier (images and megapixelsteps requested per
     /// UTC day), answered with 429 and `Retry-After` until the next day.
-    async fn check_quota(&self, user: &User, body: &ImageRequest, now: i64) -> ApiResult<()> {
+    pub(crate) async fn check_quota(
+        &self,
+        user: &User,
+        body: &ImageRequest,
+        now: i64,
+    ) -> ApiResult<()> {
         let quota = self.config.quotas.for_user(user);
         if quota == Quota::default() {
             return Ok(());
@@ -246,7 +301,7 @@ impl AppState {
     }
 
     /// The public horde's concurrency limit: images waiting for this user plus the new ones.
-    fn check_concurrency(&self, user: &User, n: u32) -> ApiResult<()> {
+    pub(crate) fn check_concurrency(&self, user: &User, n: u32) -> ApiResult<()> {
         let waiting = self
             .live
             .read(|queue| queue.waiting_images_of_user(user.id));
@@ -277,7 +332,7 @@ impl AppState {
     }
 
     /// Whether some online worker could take this request.
-    fn is_possible(&self, request: &LiveRequest) -> bool {
+    pub(crate) fn is_possible(&self, request: &LiveRequest) -> bool {
         let now = now();
         let view = self.matching_view();
         self.workers.read(|registry| {
@@ -447,17 +502,7 @@ impl AppState {
         let check = self.status_check(&snapshot, position, wait);
         let mut generations = Vec::new();
         for job in snapshot.jobs.iter().filter(|j| j.state.is_finished()) {
-            generations.push(Generation {
-                img: self.image_reference(&snapshot, job.id).await,
-                seed: job.seed.to_string(),
-                worker_id: job.worker_id.to_string(),
-                worker_name: job.worker_name.clone(),
-                model: job.model.clone(),
-                id: job.id.to_string(),
-                censored: job.censored,
-                gen_metadata: job.gen_metadata.clone(),
-                state: job.state.as_str().to_string(),
-            });
+            generations.push(self.generation(&snapshot, job).await);
         }
         Ok(RequestStatus {
             check,
@@ -466,8 +511,23 @@ impl AppState {
         })
     }
 
+    /// A finished job as an entry of the status's `generations` (and of the event stream).
+    pub(crate) async fn generation(&self, request: &LiveRequest, job: &Job) -> Generation {
+        Generation {
+            img: self.image_reference(request, job.id).await,
+            seed: job.seed.to_string(),
+            worker_id: job.worker_id.to_string(),
+            worker_name: job.worker_name.clone(),
+            model: job.model.clone(),
+            id: job.id.to_string(),
+            censored: job.censored,
+            gen_metadata: job.gen_metadata.clone(),
+            state: job.state.as_str().to_string(),
+        }
+    }
+
     /// A download URL for r2 requests, the base64 WebP otherwise, "N/A" if the file is gone.
-    async fn image_reference(&self, request: &LiveRequest, job_id: Uuid) -> String {
+    pub(crate) async fn image_reference(&self, request: &LiveRequest, job_id: Uuid) -> String {
         if request.body.r2 {
             return format!("{}/api/v2/images/{job_id}.webp", self.public_url);
         }

@@ -40,6 +40,8 @@ pub struct AppState {
     pub catalogue: Catalogue,
     /// The Prometheus counters and histograms of this coordinator (`metrics.rs`).
     pub metrics: Metrics,
+    /// Wakes the webhook sender when calls were stored (`webhooks.rs`).
+    pub webhooks: crate::webhooks::Outbox,
     /// The rate limiter's windows (`ratelimit.rs` is the only user).
     pub(crate) limiter: Mutex<FixedWindows>,
     /// The reverse proxies whose forwarded-for headers name the client.

@@ -5,7 +5,8 @@
 //! upsert of the day's quota usage, one read of the requesters' balances, one multi-row insert
 //! of the activation fees' ledger rows, and one update of the balances. The write-off rule
 //! (a debit never takes a balance below its floor) is applied request by request in memory, in
-//! acceptance order, exactly as one transaction per request would.
+//! acceptance order, exactly as one transaction per request would. The members of a batch of
+//! prompts are stored by one call, so they are in the database all together or not at all.
 
 use crate::kinds::StoredKind;
 use crate::ledger::{Kind, Posting, HORDE_ACCOUNT};
@@ -40,8 +41,8 @@ async fn insert_request_rows<K: StoredKind>(
     let sql = format!(
         "INSERT INTO requests (id, kind, user_id, body, base_seed, created, seq, priority, \
          n_remaining, jobs_total, job_kudos, consumed_kudos, faulted, cancelled, expiry, \
-         can_pay_upfront, shared_key, version) VALUES {}",
-        Placeholders::of(tx).rows(rows.len(), 18)
+         can_pay_upfront, shared_key, version, batch_id, batch_index) VALUES {}",
+        Placeholders::of(tx).rows(rows.len(), 20)
     );
     let mut insert = sqlx::query(&sql);
     for r in rows {
@@ -63,7 +64,9 @@ async fn insert_request_rows<K: StoredKind>(
             .bind(r.expiry)
             .bind(flag(r.can_pay_upfront))
             .bind(r.shared_key.clone())
-            .bind(r.version as i64);
+            .bind(r.version as i64)
+            .bind(r.batch_id.map(|id| id.to_string()))
+            .bind(r.batch_id.map(|_| i64::from(r.batch_index)));
     }
     insert.execute(&mut **tx).await?;
     Ok(())

@@ -110,6 +110,8 @@ mod tests {
             shared_key: None,
             expiry: 2_000,
             version: 0,
+            batch_id: None,
+            batch_index: 0,
             jobs: vec![],
         }
     }

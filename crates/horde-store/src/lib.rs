@@ -24,6 +24,7 @@ mod requests;
 mod shared_keys;
 pub mod stats;
 mod users;
+mod webhooks;
 mod workers;
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -36,6 +37,7 @@ pub use kinds::StoredKind;
 pub use lease::Lease;
 pub use requests::SubmitEffects;
 pub use users::NewUser;
+pub use webhooks::WebhookDelivery;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

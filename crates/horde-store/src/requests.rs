@@ -3,6 +3,7 @@
 
 use crate::kinds::StoredKind;
 use crate::ledger::{self, Kind, Posting, HORDE_ACCOUNT};
+use crate::webhooks::WebhookDelivery;
 use crate::workers::write_reputation;
 use crate::{flag, get_flag, parse_json, parse_uuid, to_json, Result, Store, StoreError};
 use horde_core::accounts::{forgiven_debit, kudos_floor};
@@ -165,6 +166,11 @@ fn request_from_row<K: JobKind>(row: &AnyRow) -> Result<LiveRequest<K>> {
         can_pay_upfront: get_flag(row, "can_pay_upfront")?,
         shared_key: row.try_get("shared_key")?,
         version: row.try_get::<i64, _>("version")? as u64,
+        batch_id: row
+            .try_get::<Option<String>, _>("batch_id")?
+            .map(|id| parse_uuid(&id))
+            .transpose()?,
+        batch_index: row.try_get::<Option<i64>, _>("batch_index")?.unwrap_or(0) as u32,
         jobs: vec![],
     })
 }
@@ -196,8 +202,8 @@ impl Store {
         Ok(())
     }
 
-    /// Stores a job's result, the request's counters, the kudos and statistics it moves, and
-    /// the reputation of the job's worker as it now stands.
+    /// Stores a job's result, the request's counters, the kudos and statistics it moves, the
+    /// reputation of the job's worker as it now stands, and the webhook calls announcing it.
     pub async fn save_submit<K: StoredKind>(
         &self,
         r: &LiveRequest<K>,
@@ -205,10 +211,12 @@ impl Store {
         effects: Option<&SubmitEffects>,
         worker: Option<(Uuid, &Reputation)>,
         refund: f64,
+        webhooks: &[WebhookDelivery],
     ) -> Result<()> {
         let mut tx = self.writer.begin().await?;
         write_request_state(&mut tx, r).await?;
         write_job_result(&mut tx, job).await?;
+        crate::webhooks::enqueue(&mut tx, webhooks).await?;
         if let Some((worker_id, reputation)) = worker {
             write_reputation(&mut *tx, worker_id, reputation).await?;
         }
@@ -233,19 +241,22 @@ impl Store {
     }
 
     /// Stores jobs taken back from late workers (their images back in the queue, or the request
-    /// faulted), the request's counters, the workers' reputations and any refund.
+    /// faulted), the request's counters, the workers' reputations, any refund and the webhook
+    /// calls announcing it.
     pub async fn save_taken_back<K: StoredKind>(
         &self,
         r: &LiveRequest<K>,
         jobs: &[Job],
         workers: &[(Uuid, Reputation)],
         refund: f64,
+        webhooks: &[WebhookDelivery],
     ) -> Result<()> {
         let mut tx = self.writer.begin().await?;
         write_request_state(&mut tx, r).await?;
         for job in jobs {
             write_job_result(&mut tx, job).await?;
         }
+        crate::webhooks::enqueue(&mut tx, webhooks).await?;
         for (worker_id, reputation) in workers {
             write_reputation(&mut *tx, *worker_id, reputation).await?;
         }
@@ -324,15 +335,17 @@ impl Store {
         })
     }
 
-    /// Stores a request's counters (after a cancel, for instance) and the reputations it
-    /// changed.
+    /// Stores a request's counters (after a cancel, for instance), the reputations it changed
+    /// and the webhook calls announcing it.
     pub async fn save_request_state<K: JobKind>(
         &self,
         r: &LiveRequest<K>,
         workers: &[(Uuid, Reputation)],
+        webhooks: &[WebhookDelivery],
     ) -> Result<()> {
         let mut tx = self.writer.begin().await?;
         write_request_state(&mut tx, r).await?;
+        crate::webhooks::enqueue(&mut tx, webhooks).await?;
         for (worker_id, reputation) in workers {
             write_reputation(&mut *tx, *worker_id, reputation).await?;
         }

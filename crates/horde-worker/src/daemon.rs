@@ -85,6 +85,9 @@ impl Worker {
             vec![]
         });
         pop.allow_lora = false;
+        // The engine runs a prompt and seed per image: several members of a batch of prompts
+        // may come in one pop (our coordinator's extension; other hordes ignore the field).
+        pop.batch_prompts = true;
         pop.bridge_agent = c.effective_bridge_agent();
         pop
     }

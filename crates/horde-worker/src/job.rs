@@ -60,11 +60,8 @@ fn translate(pop: &PopResponse, ids: &[String]) -> Result<Job, Unrunnable> {
             )));
         }
     }
-    let prompt = p.prompt.unwrap_or_default();
-    let (positive, negative) = match prompt.split_once("###") {
-        Some((pos, neg)) => (pos.trim().to_string(), neg.trim().to_string()),
-        None => (prompt.trim().to_string(), String::new()),
-    };
+    let (positive, negative) = split_prompt(&p.prompt.clone().unwrap_or_default());
+    let (prompts, seeds) = per_job(&p, ids.len());
     let mut notes = Vec::new();
     let sampler_name = p.sampler_name.unwrap_or_else(|| "k_euler_a".into());
     let sampler = SamplerKind::from_horde_name(&sampler_name).unwrap_or_else(|| {
@@ -100,7 +97,8 @@ fn translate(pop: &PopResponse, ids: &[String]) -> Result<Job, Unrunnable> {
         karras: p.karras.unwrap_or(false),
         clip_skip: p.clip_skip.unwrap_or(1.0).max(1.0) as usize,
         tiling: p.tiling.unwrap_or(false),
-        seeds: (0..n).map(|i| (first_seed + i) % SEED_FOLD).collect(),
+        seeds: seeds.unwrap_or_else(|| (0..n).map(|i| (first_seed + i) % SEED_FOLD).collect()),
+        prompts,
     };
     let uploads = if pop.r2_uploads.is_empty() {
         pop.r2_upload.iter().cloned().collect()
@@ -116,6 +114,38 @@ fn translate(pop: &PopResponse, ids: &[String]) -> Result<Job, Unrunnable> {
         post_processing: p.post_processing,
         facefixer_strength: p.facefixer_strength,
     })
+}
+
+/// `"positive ### negative"` as the engine's two prompts.
+fn split_prompt(prompt: &str) -> (String, String) {
+    match prompt.split_once("###") {
+        Some((pos, neg)) => (pos.trim().to_string(), neg.trim().to_string()),
+        None => (prompt.trim().to_string(), String::new()),
+    }
+}
+
+/// A pop of members of a batch of prompts: each job's own prompts and seed, when the payload
+/// gives one of each per job (`prompts`, `seeds`); otherwise no per-image prompts, and the
+/// images of one request get consecutive seeds from the first.
+fn per_job(p: &Payload, jobs: usize) -> (Vec<(String, String)>, Option<Vec<u64>>) {
+    if p.prompts.len() != jobs || p.seeds.len() != jobs {
+        return (vec![], None);
+    }
+    let prompts = p
+        .prompts
+        .iter()
+        .map(|prompt| split_prompt(prompt))
+        .collect();
+    let seeds = p.seeds.iter().map(seed_of).collect();
+    (prompts, Some(seeds))
+}
+
+fn seed_of(seed: &Seed) -> u64 {
+    let seed = match seed {
+        Seed::Text(text) => parse_seed(text),
+        Seed::Number(seed) => *seed,
+    };
+    seed % SEED_FOLD
 }
 
 fn information(text: String) -> GenMetadata {
@@ -165,6 +195,31 @@ mod tests {
         );
         assert_eq!(job.generation.sampler, SamplerKind::Ddim);
         assert!(job.notes.is_empty());
+    }
+
+    #[test]
+    fn members_of_a_batch_of_prompts_get_their_own_prompts_and_seeds() {
+        let p = pop(
+            json!({"prompt": "cat ### dog", "seed": "7", "prompts": ["cat ### dog", "fox", "owl ### night"], "seeds": ["7", "99", "4294967298"]}),
+            &["a", "b", "c"],
+        );
+        let job = from_pop(&p).unwrap().unwrap();
+        assert_eq!(job.generation.seeds, vec![7, 99, 2]);
+        let prompts: Vec<(&str, &str)> = job
+            .generation
+            .prompts
+            .iter()
+            .map(|(p, n)| (p.as_str(), n.as_str()))
+            .collect();
+        assert_eq!(prompts, [("cat", "dog"), ("fox", ""), ("owl", "night")]);
+        // Lists that do not give every job one are not per-job prompts.
+        let short = pop(
+            json!({"prompt": "cat", "seed": "7", "prompts": ["cat", "fox"], "seeds": ["7"]}),
+            &["a", "b"],
+        );
+        let job = from_pop(&short).unwrap().unwrap();
+        assert!(job.generation.prompts.is_empty());
+        assert_eq!(job.generation.seeds, vec![7, 8]);
     }
 
     #[test]

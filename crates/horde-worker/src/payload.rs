@@ -51,6 +51,14 @@ pub struct Payload {
     /// How many textual inversions the job asks for (the worker runs none).
     #[serde(deserialize_with = "count")]
     pub tis: usize,
+    /// A pop of several members of a batch of prompts (our coordinator's extension, sent to a
+    /// worker that pops with `batch_prompts`): each job's `"positive ### negative"`, in the
+    /// order of `ids`; empty otherwise.
+    #[serde(deserialize_with = "names")]
+    pub prompts: Vec<String>,
+    /// With `prompts`: each job's seed, in the order of `ids`.
+    #[serde(deserialize_with = "seeds")]
+    pub seeds: Vec<Seed>,
 }
 
 /// A seed as a string (the public horde's type: digits, or any text, which is hashed) or as a
@@ -87,6 +95,11 @@ fn names<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
             _ => None,
         })
         .collect())
+}
+
+/// The seeds of an array, in order; empty for anything else or when one is not a seed.
+fn seeds<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Seed>, D::Error> {
+    Ok(lenient(d)?.unwrap_or_default())
 }
 
 /// The length of an array; 0 for anything else.
@@ -135,6 +148,8 @@ mod tests {
                 post_processing: vec!["GFPGAN".into(), "RealESRGAN_x4plus".into()],
                 loras: 0,
                 tis: 0,
+                prompts: vec![],
+                seeds: vec![],
             },
         );
     }

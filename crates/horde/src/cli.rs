@@ -122,7 +122,8 @@ struct ServeArgs {
 
 #[derive(Args)]
 struct BenchArgs {
-    /// Scenarios to run (default: all): heartbeat, pop-empty, async, pop-queued, pop-workers, mixed
+    /// Scenarios to run (default: all): heartbeat, pop-empty, async, pop-queued, pop-workers, mixed,
+    /// pop-waiters (the pop rate with and without 5 000 clients waiting on ?wait=)
     scenarios: Vec<String>,
     /// Drive the coordinator at this URL instead of launching one per scenario (it must run with
     /// --enable-test-users and --no-rate-limits; no memory figures). Repeat it for several

@@ -20,6 +20,8 @@ const ENV_KEYS: &[&str] = &[
     "limits",
     "quotas",
     "models",
+    "metrics",
+    "webhooks",
 ];
 
 /// The default config file, read when present and no `--config` is given.
@@ -114,7 +116,11 @@ mod tests {
             jail.set_env("HORDE_WORKERS__SUSPICION_THRESHOLD", "9");
             jail.set_env("HORDE_QUOTAS__ANONYMOUS__IMAGES_PER_DAY", "11");
             jail.set_env("HORDE_LIMITS__CHECK_PER_IP", "3/second");
+            jail.set_env("HORDE_METRICS__BEARER_TOKEN", "scraper");
+            jail.set_env("HORDE_WEBHOOKS__ALLOW_HTTP", "true");
             let config = load(None, Figment::new()).map_err(|e| e.to_string())?;
+            assert_eq!(config.metrics.bearer_token, "scraper");
+            assert!(config.webhooks.allow_http);
             assert_eq!(config.jobs.deadline_floor_secs, 7);
             assert_eq!(config.workers.suspicion_threshold, 9);
             assert_eq!(config.quotas.anonymous.images_per_day, 11);
@@ -124,5 +130,14 @@ mod tests {
             );
             Ok(())
         });
+    }
+
+    /// A new section of the configuration is readable from `HORDE_*` variables too.
+    #[test]
+    fn the_environment_filter_names_every_top_level_key() {
+        let defaults = serde_json::to_value(ServerConfig::default()).unwrap();
+        for key in defaults.as_object().unwrap().keys() {
+            assert!(ENV_KEYS.contains(&key.as_str()), "{key} is not in ENV_KEYS");
+        }
     }
 }

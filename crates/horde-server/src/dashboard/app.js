@@ -1,8 +1,9 @@
 // The dashboard's one script. The page is whole without it; this adds:
 //  * live figures: server-sent events from /dashboard/events; the tables are fetched again,
 //    already rendered, from /dashboard/tables when the event's digest says they changed;
-//  * the views behind an API key (kudos, usage, ledger, own workers, the generate form, and
-//    for moderators the suspicious workers). The key is kept in localStorage and sent only to
+//  * the views behind an API key (kudos, usage, ledger, own workers, the generate form, which
+//    follows its request over /api/v2/generate/stream/{id}, and for moderators the suspicious
+//    workers). The key is kept in localStorage and sent only to
 //    this coordinator, as the `apikey` header. Text from the API goes in with textContent.
 "use strict";
 (function () {
@@ -202,35 +203,46 @@
     status.className = "";
     status.textContent = "Sending…";
     api("POST", "/generate/async", request).then(function (accepted) {
-      follow(accepted.id, 0);
+      follow(accepted.id);
     }).catch(function (e) { status.className = "error"; status.textContent = e.message; });
   }
-  // Checks every second; fetches the images whenever more are finished, so they show as they
-  // arrive.
-  function follow(id, shown) {
+  // Follows the request over its event stream (/api/v2/generate/stream/{id}), without polling:
+  // `position` events update the status line, each `generation` event adds its image as it is
+  // finished, and `end` closes the stream (else EventSource would reconnect).
+  function follow(id) {
     var status = $("generate-status");
-    api("GET", "/generate/check/" + id).then(function (c) {
-      status.textContent = c.done ? "Done: " + c.finished + " image(s)." :
-        c.finished + " finished, " + c.processing + " being made, " + c.waiting +
+    var source = new EventSource("/api/v2/generate/stream/" + encodeURIComponent(id));
+    source.addEventListener("position", function (message) {
+      var c = JSON.parse(message.data);
+      status.textContent = c.finished + " finished, " + c.processing + " being made, " + c.waiting +
         " waiting (queue position " + c.queue_position + ", about " + c.wait_time + " s).";
-      var next = c.finished > shown ? showImages(id, shown) : Promise.resolve(shown);
-      return next.then(function (count) {
-        if (c.faulted) { status.className = "error"; status.textContent = "The request faulted."; }
-        else if (!c.done || count < c.finished) setTimeout(function () { follow(id, count); }, 1000);
-        if (c.done) loadAccount();
-      });
-    }).catch(function (e) { status.className = "error"; status.textContent = e.message; });
-  }
-  function showImages(id, shown) {
-    return api("GET", "/generate/status/" + id).then(function (s) {
-      s.generations.slice(shown).forEach(function (g) {
-        var img = document.createElement("img");
-        img.src = g.img.indexOf("/") >= 0 ? g.img : "data:image/webp;base64," + g.img;
-        img.alt = "Image from " + g.worker_name + " (" + g.model + "), seed " + g.seed;
-        $("generated").appendChild(img);
-      });
-      return Math.max(shown, s.generations.length);
     });
+    source.addEventListener("generation", function (message) { showImage(JSON.parse(message.data)); });
+    source.addEventListener("end", function (message) {
+      source.close();
+      var end = JSON.parse(message.data);
+      if (end.state === "done") {
+        status.textContent = "Done: " + end.finished + " image(s).";
+      } else {
+        status.className = "error";
+        status.textContent = end.state === "faulted" ? "The request faulted." :
+          end.state === "cancelled" ? "The request was cancelled." : "The request is no longer kept.";
+      }
+      loadAccount();
+    });
+    source.addEventListener("error", function () {
+      // EventSource retries by itself after a lost connection; CLOSED means it was refused.
+      if (source.readyState === EventSource.CLOSED) {
+        status.className = "error";
+        status.textContent = "Lost the request's progress; its status is at /api/v2/generate/status/" + id;
+      }
+    });
+  }
+  function showImage(g) {
+    var img = document.createElement("img");
+    img.src = g.img.indexOf("/") >= 0 ? g.img : "data:image/webp;base64," + g.img;
+    img.alt = "Image from " + g.worker_name + " (" + g.model + "), seed " + g.seed;
+    $("generated").appendChild(img);
   }
 
   // ---- wiring -------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ use horde_api::user::{
     KudosTransferRequest, KudosTransferred, LedgerEntry, LedgerQuery, ModifyUser,
     ModifyUserResponse, NewApiKey, TestUserRequest, TestUserResponse, UserDetails,
 };
+use horde_api::webhook::WebhookSecret;
 use horde_api::{ErrorBody, Rc};
 use std::net::SocketAddr;
 
@@ -124,4 +125,31 @@ pub async fn ledger(
         .ledger_of(&caller.user, &id, page.before, page.limit())
         .await
         .map(Json)
+}
+
+/// Your webhook secret, which signs the calls to your requests' webhooks (made the first time
+/// it is asked for; not in the public horde, whose calls are not signed). See
+/// `docs/webhooks.md`.
+#[utoipa::path(get, path = "/api/v2/users/{id}/webhook_secret", tag = "v2", params(("id" = String, Path), ("apikey" = String, Header)),
+    responses((status = 200, body = WebhookSecret), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn webhook_secret(
+    State(state): State<SharedState>,
+    Path(id): Path<String>,
+    caller: Registered,
+) -> ApiResult<Json<WebhookSecret>> {
+    let webhook_secret = state.read_webhook_secret(&caller.user, &id).await?;
+    Ok(Json(WebhookSecret { webhook_secret }))
+}
+
+/// Replace your webhook secret: calls made from now on, including those waiting for a retry,
+/// are signed with the new one.
+#[utoipa::path(post, path = "/api/v2/users/{id}/webhook_secret", tag = "v2", params(("id" = String, Path), ("apikey" = String, Header)),
+    responses((status = 200, body = WebhookSecret), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn rotate_webhook_secret(
+    State(state): State<SharedState>,
+    Path(id): Path<String>,
+    caller: Registered,
+) -> ApiResult<Json<WebhookSecret>> {
+    let webhook_secret = state.rotate_webhook_secret(&caller.user, &id).await?;
+    Ok(Json(WebhookSecret { webhook_secret }))
 }

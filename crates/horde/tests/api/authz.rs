@@ -63,6 +63,17 @@ async fn every_endpoint_answers_each_kind_of_caller_as_it_should() {
         .unwrap()
         .id
         .unwrap();
+    let batch: Value = http()
+        .post(format!("{}/api/v2/generate/batch", app.root))
+        .header("apikey", &keys[1])
+        .json(&json!({"prompts": [{"prompt": "a"}, {"prompt": "b"}], "params": {"steps": 10}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let batch = batch["id"].as_str().expect("a batch id").to_string();
     let job = owner.pop(&pop_request("owned worker")).await.unwrap();
     let job_id = job.id.clone().unwrap();
     let worker_id = owner.worker_by_name("owned worker").await.unwrap().id;
@@ -111,6 +122,28 @@ async fn every_endpoint_answers_each_kind_of_caller_as_it_should() {
         row(
             "GET",
             format!("/api/v2/generate/status/{request}"),
+            None,
+            everyone,
+        ),
+        // The progress stream answers its headers (200, text/event-stream) to anyone with the
+        // request's id, as status does; the test reads no further.
+        row(
+            "GET",
+            format!("/api/v2/generate/stream/{request}"),
+            None,
+            everyone,
+        ),
+        // Batches of prompts: anyone may submit one; anyone with its id may follow or cancel
+        // it, as a request.
+        row(
+            "POST",
+            "/api/v2/generate/batch".into(),
+            Some(json!({"prompts": [{"prompt": "matrix"}], "params": {"steps": 10}})),
+            [202; 5],
+        ),
+        row(
+            "GET",
+            format!("/api/v2/generate/batch/{batch}"),
             None,
             everyone,
         ),
@@ -217,6 +250,12 @@ async fn every_endpoint_answers_each_kind_of_caller_as_it_should() {
         ),
         row(
             "DELETE",
+            format!("/api/v2/generate/batch/{batch}"),
+            None,
+            everyone,
+        ),
+        row(
+            "DELETE",
             format!("/api/v2/sharedkeys/{shared}"),
             None,
             only_owner,
@@ -258,6 +297,18 @@ async fn every_endpoint_answers_each_kind_of_caller_as_it_should() {
             format!("/api/v2/uploads/{job_id}?expires=9999999999&sig=forged"),
             None,
             [403; 5],
+        ),
+        row(
+            "GET",
+            format!("/api/v2/users/{owner_id}/webhook_secret"),
+            None,
+            only_owner,
+        ),
+        row(
+            "POST",
+            format!("/api/v2/users/{owner_id}/webhook_secret"),
+            None,
+            only_owner,
         ),
         row(
             "POST",

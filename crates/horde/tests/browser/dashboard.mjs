@@ -37,6 +37,11 @@ async function withScript(browser) {
   page.on("pageerror", (e) => errors.push(e.message));
   page.on("console", (m) => m.type() === "error" && errors.push(m.text()));
   page.on("response", (r) => r.status() >= 400 && errors.push(`${r.status()} from ${r.url()}`));
+  // Every call the page makes to a request's check, status or stream: the form follows its
+  // request over the stream, never by polling.
+  const followed = [];
+  page.on("request", (r) => /\/api\/v2\/generate\/(check|status|stream)\//.test(r.url()) &&
+    followed.push(new URL(r.url()).pathname));
 
   // First load: everything the page needs, counted as transferred (headers and bodies), no
   // request to anywhere but the coordinator. The event stream stays open, so it is left out.
@@ -95,6 +100,13 @@ async function withScript(browser) {
   assert.deepEqual(size, [64, 64], "the image decoded at the requested size");
   assert.match(await image.getAttribute("alt"), /tiny-worker/);
   await page.waitForFunction(() => document.getElementById("generate-status").textContent.startsWith("Done"));
+  assert.match(await page.textContent("#generate-status"), /^Done: 1 image\(s\)\.$/);
+  assert.equal(await page.locator("#generated img").count(), 1, "the image shown once");
+  console.log(`followed by: ${followed.join(" ")}`);
+  assert.ok(followed.length >= 1, "the form followed its request");
+  for (const p of followed) {
+    assert.match(p, /^\/api\/v2\/generate\/stream\/[0-9a-f-]{36}$/, "a stream, no polling of check or status");
+  }
 
   step("the counters move");
   await page.waitForFunction(() => document.getElementById("images-hour").textContent === "1",
