@@ -64,9 +64,24 @@ pub struct LiveRequests<K: StoredKind = Image> {
 }
 
 /// The turn to change live requests and store the change: held from the change in memory
-/// until the change is committed, so commits happen in the order of the changes.
+/// until the change is committed, so commits happen in the order of the changes. The watchers
+/// of what changed while it was held are woken when it is let go: after the commit, so a
+/// waiting client never reads a change (or its image) before it is stored.
 pub struct WriteTurn<'a> {
     _turn: tokio::sync::MutexGuard<'a, ()>,
+    watches: &'a Mutex<Watches>,
+}
+
+impl Drop for WriteTurn<'_> {
+    fn drop(&mut self) {
+        let mut watches = self.watches.lock().expect("watches lock");
+        watches.turn_held = false;
+        for id in std::mem::take(&mut watches.deferred) {
+            if let Some(signal) = watches.signals.get(&id) {
+                signal.send_replace(());
+            }
+        }
+    }
 }
 
 /// What one attempt at storing a change came to.
@@ -119,8 +134,11 @@ impl<K: StoredKind> LiveRequests<K> {
 
     /// Waits for the turn to change and store (see [`WriteTurn`]).
     pub async fn write_turn(&self) -> WriteTurn<'_> {
+        let turn = self.write_order.lock().await;
+        self.watches.lock().expect("watches lock").turn_held = true;
         WriteTurn {
-            _turn: self.write_order.lock().await,
+            _turn: turn,
+            watches: &self.watches,
         }
     }
 
@@ -333,6 +351,12 @@ struct Watches {
     signals: HashMap<Uuid, watch::Sender<()>>,
     waits: usize,
     streams: usize,
+    /// A write turn is held: changes are woken when it is let go (they are not stored yet).
+    /// A change made meanwhile without the turn (a request queued after its commit) waits for
+    /// it too: late by one commit, never early.
+    turn_held: bool,
+    /// The watched requests changed while the turn was held.
+    deferred: Vec<Uuid>,
 }
 
 impl Watches {
@@ -441,15 +465,21 @@ impl<K: StoredKind> LiveRequests<K> {
         self.closed.send_replace(true);
     }
 
-    /// Wakes the watchers of `ids` (called with the queue unlocked).
+    /// Wakes the watchers of `ids` (called with the queue unlocked), or, while a write turn is
+    /// held, when it is let go (see [`WriteTurn`]).
     fn wake(&self, ids: &[Uuid]) {
-        let watches = self.watches.lock().expect("watches lock");
+        let mut watches = self.watches.lock().expect("watches lock");
         if watches.signals.is_empty() {
             return;
         }
         for id in ids {
-            if let Some(signal) = watches.signals.get(id) {
-                signal.send_replace(());
+            if !watches.signals.contains_key(id) {
+                continue;
+            }
+            if watches.turn_held {
+                watches.deferred.push(*id);
+            } else {
+                watches.signals[id].send_replace(());
             }
         }
     }

@@ -344,3 +344,28 @@ async fn waits_and_streams_count_against_the_rate_limits_as_status_calls() {
         assert_eq!(body["rc"], "RateLimited");
     }
 }
+
+/// A change made to be stored wakes its watchers only once it is stored: while the write turn
+/// is held (the change is in memory, its transaction not committed), a watcher sleeps on, so a
+/// waiting client never reads a result before it is durable (or an image before it is kept).
+#[tokio::test]
+async fn watchers_wake_once_the_change_is_stored_not_before() {
+    let app = spawn_app().await;
+    let (_requester, id, _owner) = one_request(&app).await;
+    let id: uuid::Uuid = id.parse().unwrap();
+    let mut watch = app.state.live.watch(id, Watcher::Wait, 10).unwrap();
+    let turn = app.state.live.write_turn().await;
+    app.state.live.update(id, |r| r.version += 1).unwrap();
+    let soon = tokio::time::Instant::now() + Duration::from_millis(300);
+    assert_eq!(
+        watch.next_change(soon).await,
+        horde_server::live_requests::Woken::TimeUp,
+        "woken while the change was not stored yet"
+    );
+    drop(turn);
+    let later = tokio::time::Instant::now() + Duration::from_secs(5);
+    assert_eq!(
+        watch.next_change(later).await,
+        horde_server::live_requests::Woken::Changed
+    );
+}
