@@ -20,7 +20,7 @@
 //!
 //! How a body is signed, identified and retried is horde-core's `webhook` module.
 
-use crate::image::GenMetadata;
+use crate::image::{GenMetadata, Generation};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -79,6 +79,26 @@ pub struct GenerationWebhook {
     pub request: String,
     /// What the image cost (the worker's reward).
     pub kudos: f64,
+}
+
+impl GenerationWebhook {
+    /// The call announcing `generation` (as `/generate/status` lists it) of `request`, whose
+    /// seed is `seed` and whose reward is `kudos`: the public horde's `get_details` plus
+    /// `request` and `kudos`.
+    pub fn of(generation: Generation, seed: u64, request: String, kudos: f64) -> Self {
+        GenerationWebhook {
+            img: generation.img,
+            seed: Some(seed),
+            worker_id: generation.worker_id,
+            worker_name: generation.worker_name,
+            model: generation.model,
+            id: generation.id,
+            censored: generation.censored,
+            gen_metadata: generation.gen_metadata,
+            request,
+            kudos,
+        }
+    }
 }
 
 /// How a request ended.

@@ -83,17 +83,10 @@ impl ServedKind for Image {
     /// The image as `/generate/status` gives it: a download URL for r2 requests, else the
     /// base64 WebP.
     async fn generation_webhook(state: &AppState, request: &LiveRequest, job: &Job) -> WebhookBody {
-        WebhookBody::Generation(GenerationWebhook {
-            img: state.image_reference(request, job.id).await,
-            seed: Some(job.seed),
-            worker_id: job.worker_id.to_string(),
-            worker_name: job.worker_name.clone(),
-            model: job.model.clone(),
-            id: job.id.to_string(),
-            censored: job.censored,
-            gen_metadata: job.gen_metadata.clone(),
-            request: request.id.to_string(),
-            kudos: job.reward,
-        })
+        let generation = state.generation(request, job).await;
+        let request = request.id.to_string();
+        WebhookBody::Generation(GenerationWebhook::of(
+            generation, job.seed, request, job.reward,
+        ))
     }
 }

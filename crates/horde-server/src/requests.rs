@@ -527,7 +527,7 @@ impl AppState {
     }
 
     /// A download URL for r2 requests, the base64 WebP otherwise, "N/A" if the file is gone.
-    pub(crate) async fn image_reference(&self, request: &LiveRequest, job_id: Uuid) -> String {
+    async fn image_reference(&self, request: &LiveRequest, job_id: Uuid) -> String {
         if request.body.r2 {
             return format!("{}/api/v2/images/{job_id}.webp", self.public_url);
         }

@@ -221,28 +221,8 @@ async fn the_sweeper_runs_on_one_coordinator_and_moves_when_it_is_killed() {
     // The first process takes the lease at its first sweep.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let other = ServerProcess::start(second_dir.path(), &args, &env);
-    let anonymous = Client::new(&other.root, horde_api::ANONYMOUS_API_KEY);
-    let key = |name: &str| TestUserRequest {
-        username: name.into(),
-        oauth_id: None,
-        moderator: false,
-        trusted: true,
-        kudos: 100.0,
-    };
-    let requester = anonymous.with_api_key(
-        anonymous
-            .create_test_user(&key("requester"))
-            .await
-            .unwrap()
-            .api_key,
-    );
-    let owner = anonymous.with_api_key(
-        anonymous
-            .create_test_user(&key("owner"))
-            .await
-            .unwrap()
-            .api_key,
-    );
+    let requester = other.trusted_user("requester", 100.0).await;
+    let owner = other.trusted_user("owner", 100.0).await;
     let id = requester
         .generate_async(&small_request("late twice", 1, false))
         .await

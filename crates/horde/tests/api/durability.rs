@@ -1,8 +1,6 @@
 //! Durability: what the coordinator acknowledged survives `kill -9` and a restart.
 
 use crate::helpers::*;
-use horde_api::user::TestUserRequest;
-use horde_client::Client;
 
 #[tokio::test]
 async fn acknowledged_requests_and_results_survive_kill_9() {
@@ -17,26 +15,8 @@ async fn acknowledged_requests_and_results_survive_kill_9() {
         "--no-rate-limits",
     ];
     let server = ServerProcess::start(dir.path(), &args, &[]);
-    let anonymous = Client::new(&server.root, horde_api::ANONYMOUS_API_KEY);
-    let user = |name: &str| TestUserRequest {
-        username: name.into(),
-        oauth_id: None,
-        moderator: false,
-        trusted: true,
-        kudos: 100.0,
-    };
-    let requester_key = anonymous
-        .create_test_user(&user("requester"))
-        .await
-        .unwrap()
-        .api_key;
-    let owner_key = anonymous
-        .create_test_user(&user("owner"))
-        .await
-        .unwrap()
-        .api_key;
-    let requester = anonymous.with_api_key(&requester_key);
-    let owner = anonymous.with_api_key(&owner_key);
+    let requester = server.trusted_user("requester", 100.0).await;
+    let owner = server.trusted_user("owner", 100.0).await;
 
     let r2_id = requester
         .generate_async(&small_request("survive r2", 1, true))
@@ -78,8 +58,8 @@ async fn acknowledged_requests_and_results_survive_kill_9() {
 
     server.kill_9();
     let server = ServerProcess::start(dir.path(), &args, &[]);
-    let requester = Client::new(&server.root, &requester_key);
-    let owner = Client::new(&server.root, &owner_key);
+    let requester = requester.with_base_url(&server.root);
+    let owner = owner.with_base_url(&server.root);
 
     let check = requester
         .check(&id)

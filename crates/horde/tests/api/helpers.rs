@@ -372,6 +372,21 @@ impl ServerProcess {
         }
     }
 
+    /// A trusted user with `kudos`, made through this server's test-user endpoint (it runs with
+    /// `--enable-test-users`), and a client with their key.
+    pub(crate) async fn trusted_user(&self, name: &str, kudos: f64) -> Client {
+        let anonymous = Client::new(&self.root, horde_api::ANONYMOUS_API_KEY);
+        let request = TestUserRequest {
+            username: name.into(),
+            oauth_id: None,
+            moderator: false,
+            trusted: true,
+            kudos,
+        };
+        let created = anonymous.create_test_user(&request).await.unwrap();
+        anonymous.with_api_key(created.api_key)
+    }
+
     /// SIGKILL: no shutdown hook runs, nothing is flushed.
     pub(crate) fn kill_9(mut self) {
         self.child.kill().expect("kill -9");
