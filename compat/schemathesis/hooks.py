@@ -14,8 +14,11 @@ The rules, with the rc the server answers when one is broken:
     * models are names the model reference knows (unknown ones need customizer rights);
     * at most one upscaler among the post-processors (TooManyUpscalers);
     * source images are real images: generated ones are replaced by a 64x64 WebP
-      (SourceImageUnreadable), a mask only comes with a source image (SourceMaskUnnecessary),
-      extra source images only with source_processing "remix" (InvalidExtraSourceImages);
+      (SourceImageUnreadable), a mask only comes with a source image (SourceMaskUnnecessary)
+      and is that same 64x64 image (a mask of another size is a ValidationError), inpainting
+      with a source image always has a mask (the WebP has no alpha channel:
+      InpaintingMissingMask), extra source images only with source_processing "remix"
+      (InvalidExtraSourceImages);
     * a webhook's host resolves, and to no address in the operator's network (InvalidWebhook:
       docs/webhooks.md): the runs have no DNS, so a generated webhook is dropped;
   POST /generate/batch
@@ -74,6 +77,8 @@ def _image_request(body):
             body[field] = SOURCE_IMAGE
     if body.get("source_mask") is not None and body.get("source_image") is None:
         del body["source_mask"]
+    if body.get("source_processing") == "inpainting" and isinstance(body.get("source_image"), str):
+        body["source_mask"] = SOURCE_IMAGE
     extras = body.get("extra_source_images")
     if isinstance(extras, list) and extras:
         for extra in extras:

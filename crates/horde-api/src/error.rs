@@ -89,6 +89,7 @@ return_codes! {
     ProfaneBridgeAgent => 400,
     SourceImageResolutionExceeded => 400,
     SourceImageUnreadable => 400,
+    InpaintingMissingMask => 400,
     InvalidPromptSize => 400,
     // 401
     InvalidAPIKey => 401,

@@ -440,10 +440,14 @@ pub struct ImageRequest {
     pub worker_blacklist: bool,
     #[serde(default = "default_models")]
     pub models: Vec<String>,
+    /// Base64 WebP, PNG or JPEG (at most 3072 a side) or an http(s) URL. A base64 image is
+    /// decoded when the request is accepted and kept as lossless WebP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_image: Option<String>,
     #[serde(default = "default_source_processing")]
     pub source_processing: SourceProcessing,
+    /// As `source_image`; a base64 mask must be the source image's size. Inpainting without a
+    /// mask needs a source image with an alpha channel (`InpaintingMissingMask`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_mask: Option<String>,
     /// Further images for `remix` (at most [`MAX_EXTRA_SOURCE_IMAGES`]).
@@ -658,6 +662,11 @@ pub struct PopRequest {
     /// it, one request's images per pop, as on the public horde.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub batch_prompts: bool,
+    /// This worker downloads source images from URLs (the public horde grants `r2_source` by
+    /// bridge version; here the worker says so): the pop's `source_image`, `source_mask` and
+    /// `extra_source_images` are then signed, expiring download URLs instead of base64 WebP.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub r2_source: bool,
 }
 
 impl PopRequest {
@@ -780,9 +789,12 @@ pub struct PopResponse {
     pub ids: Vec<String>,
     pub skipped: SkippedCounts,
     pub model: Option<String>,
+    /// A signed, expiring download URL for workers that popped with `r2_source`, else the
+    /// base64 WebP; an http(s) URL the requester gave, as given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_image: Option<String>,
     pub source_processing: SourceProcessing,
+    /// As `source_image`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_mask: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

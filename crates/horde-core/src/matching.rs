@@ -52,6 +52,9 @@ pub struct WorkerCaps {
     /// Models this worker may run in place of others, for requests that allow model fallback:
     /// (a requested model nobody online serves, this worker's model of the same baseline).
     pub fallback: Vec<(String, String)>,
+    /// The worker's models the model reference marks `inpainting` (an inpainting or
+    /// outpainting job needs one; a worker with nothing else takes only those jobs).
+    pub inpainting_models: Vec<String>,
 }
 
 /// Why a worker was not given a request; the names are the public horde's `skipped` keys.
@@ -159,18 +162,7 @@ pub fn can_generate(request: &LiveRequest, worker: &WorkerCaps) -> Result<(), Sk
     }
     check_worker_list(request, worker)?;
     check_blacklist(&body.prompt, &worker.blacklist)?;
-    if body.source_image.is_some() {
-        let painting = matches!(
-            body.source_processing,
-            SourceProcessing::Inpainting | SourceProcessing::Outpainting
-        );
-        if painting && !worker.allow_painting {
-            return Err(SkipReason::Painting);
-        }
-        if !painting && !worker.allow_img2img {
-            return Err(SkipReason::Img2img);
-        }
-    }
+    check_sources(request, worker)?;
     if !params.post_processing.is_empty()
         && (!worker.allow_post_processing
             || !post_processing::declared_cover(
@@ -189,6 +181,40 @@ pub fn can_generate(request: &LiveRequest, worker: &WorkerCaps) -> Result<(), Sk
     check_bridge(request, &BridgeCapabilities::of(&worker.bridge_agent))
 }
 
+/// Whether `request` is an inpainting or outpainting job (a source image to paint into).
+pub fn is_painting(request: &LiveRequest) -> bool {
+    request.body.source_image.is_some()
+        && matches!(
+            request.body.source_processing,
+            SourceProcessing::Inpainting | SourceProcessing::Outpainting
+        )
+}
+
+/// A source image needs the worker's leave (`allow_img2img`, or `allow_painting` to paint);
+/// painting needs an inpainting model among the worker's (any of them: the requested model
+/// need not be one), and a worker holding only inpainting models takes only painting jobs.
+/// The last two are the public horde's rules and count as `models`, as there.
+fn check_sources(request: &LiveRequest, worker: &WorkerCaps) -> Result<(), SkipReason> {
+    let painting = is_painting(request);
+    if request.body.source_image.is_some() {
+        if painting && !worker.allow_painting {
+            return Err(SkipReason::Painting);
+        }
+        if !painting && !worker.allow_img2img {
+            return Err(SkipReason::Img2img);
+        }
+    }
+    let only_inpainting = !worker.models.is_empty()
+        && worker
+            .models
+            .iter()
+            .all(|m| worker.inpainting_models.contains(m));
+    if (painting && worker.inpainting_models.is_empty()) || (!painting && only_inpainting) {
+        return Err(SkipReason::Models);
+    }
+    Ok(())
+}
+
 /// Fast-only requests skip slow workers; extra slow workers take only requests that accept
 /// them.
 fn check_speed(request: &LiveRequest, worker: &WorkerCaps) -> Result<(), SkipReason> {
@@ -205,13 +231,10 @@ fn check_speed(request: &LiveRequest, worker: &WorkerCaps) -> Result<(), SkipRea
 fn check_bridge(request: &LiveRequest, can: &BridgeCapabilities) -> Result<(), SkipReason> {
     let body = &request.body;
     let p = &body.params;
-    let painting = matches!(
-        body.source_processing,
-        SourceProcessing::Inpainting | SourceProcessing::Outpainting
-    );
+    let painting = is_painting(request);
     let needs = [
         body.source_image.is_some() && !painting && !can.img2img,
-        body.source_image.is_some() && painting && !can.painting,
+        painting && !can.painting,
         p.post_processing
             .iter()
             .any(|pp| !can.runs_post_processor(pp)),
@@ -339,6 +362,7 @@ mod tests {
             extra_slow: false,
             step_limits: None,
             fallback: vec![],
+            inpainting_models: vec![],
         }
     }
 
@@ -476,6 +500,39 @@ mod tests {
             json!({"prompt": "c", "source_image": "x", "source_processing": "inpainting"}),
             |w| w.allow_painting = false,
             Err(SkipReason::Painting),
+        );
+    }
+
+    #[test]
+    fn painting_needs_an_inpainting_model_and_inpainting_only_workers_take_only_painting() {
+        let painting =
+            json!({"prompt": "c", "source_image": "x", "source_processing": "outpainting"});
+        check(painting.clone(), |_| {}, Err(SkipReason::Models));
+        let holds_one = |w: &mut WorkerCaps| {
+            w.models.push("stable_diffusion_inpainting".into());
+            w.inpainting_models = vec!["stable_diffusion_inpainting".into()];
+        };
+        check(painting.clone(), holds_one, Ok(()));
+        check(json!({"prompt": "c"}), holds_one, Ok(()));
+        let only_inpainting = |w: &mut WorkerCaps| {
+            w.models = vec!["stable_diffusion_inpainting".into()];
+            w.inpainting_models = w.models.clone();
+        };
+        check(
+            json!({"prompt": "c", "models": ["stable_diffusion_inpainting"]}),
+            only_inpainting,
+            Err(SkipReason::Models),
+        );
+        check(
+            json!({"prompt": "c", "models": ["stable_diffusion_inpainting"], "source_image": "x", "source_processing": "inpainting"}),
+            only_inpainting,
+            Ok(()),
+        );
+        // Without a source image, "inpainting" is plain generation.
+        check(
+            json!({"prompt": "c", "source_processing": "inpainting"}),
+            |_| {},
+            Ok(()),
         );
     }
 

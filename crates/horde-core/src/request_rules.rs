@@ -17,6 +17,12 @@ use horde_api::image::{
 };
 use horde_api::Rc;
 
+mod sources;
+pub use sources::{
+    is_marker, marker, prepare_sources, replace_with_markers, PreparedSource, SourceRole,
+    MARKER_PREFIX,
+};
+
 /// A request names at most this many workers to run it (the public horde's cut).
 pub const MAX_NAMED_WORKERS: usize = 5;
 
@@ -46,6 +52,13 @@ pub enum RequestRefusal {
         height: u32,
     },
     SourceMaskWithoutImage,
+    /// A mask whose size is not its source image's (width, height each).
+    SourceMaskSizeMismatch {
+        image: (u32, u32),
+        mask: (u32, u32),
+    },
+    /// Inpainting with neither a mask nor an alpha channel in the source image.
+    InpaintingMissingMask,
     /// A webhook URL refused by [`webhook::check_url`] (not a URL, not `https://`, or a
     /// literal internal address).
     Webhook(WebhookRefusal),
@@ -69,6 +82,8 @@ impl Refusal for RequestRefusal {
             RequestRefusal::SourceImageUnreadable { .. } => Rc::SourceImageUnreadable,
             RequestRefusal::SourceImageTooLarge { .. } => Rc::SourceImageResolutionExceeded,
             RequestRefusal::SourceMaskWithoutImage => Rc::SourceMaskUnnecessary,
+            RequestRefusal::SourceMaskSizeMismatch { .. } => Rc::ValidationError,
+            RequestRefusal::InpaintingMissingMask => Rc::InpaintingMissingMask,
             RequestRefusal::Webhook(refusal) => refusal.rc(),
             RequestRefusal::TooManyUpscalers => Rc::TooManyUpscalers,
             RequestRefusal::PostProcessorAsModel(_) => Rc::UnexpectedModelName,
@@ -104,6 +119,13 @@ impl Refusal for RequestRefusal {
             ),
             RequestRefusal::SourceMaskWithoutImage => {
                 "Cannot send a source mask without a source image.".into()
+            }
+            RequestRefusal::SourceMaskSizeMismatch { image, mask } => format!(
+                "source_mask is {}x{} but source_image is {}x{}; a mask must be the size of its image.",
+                mask.0, mask.1, image.0, image.1
+            ),
+            RequestRefusal::InpaintingMissingMask => {
+                "Inpainting needs a source_mask, or a source_image with an alpha channel (its transparent pixels are painted).".into()
             }
             RequestRefusal::Webhook(refusal) => refusal.message(),
             RequestRefusal::TooManyUpscalers => {
@@ -208,9 +230,10 @@ fn check_shape(body: &ImageRequest, webhook_policy: &WebhookPolicy) -> Result<()
     Ok(())
 }
 
-/// A request's source image or mask, checked from its header only (it is handed to workers as
-/// sent, never decoded here): a base64 WebP, PNG or JPEG of at most [`MAX_SOURCE_SIDE`] a
-/// side (`image_header`, which the worker also reads them with). URLs pass.
+/// A request's source image or mask, checked from its header only: a base64 WebP, PNG or JPEG
+/// of at most [`MAX_SOURCE_SIDE`] a side (`image_header`, which the worker also reads them
+/// with). URLs pass. The pixels are decoded after, once every cheap rule has passed
+/// ([`prepare_sources`]).
 pub fn check_source_image(field: &'static str, text: &str) -> Result<(), RequestRefusal> {
     if text.starts_with("http://") || text.starts_with("https://") {
         return Ok(());

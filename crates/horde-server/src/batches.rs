@@ -28,6 +28,7 @@ use horde_api::image::{ImageRequest, JobPayload, RequestWarning};
 use horde_api::{ErrorBody, Rc};
 use horde_core::accounts::User;
 use horde_core::request::{Job, LiveRequest};
+use horde_core::request_rules::{self, PreparedSource};
 use horde_core::shared_key::SharedKey;
 use horde_core::{post_processing, pricing, Assignment, Image};
 use serde::{Deserialize, Serialize};
@@ -72,6 +73,8 @@ impl AppState {
         batch: BatchRequest,
     ) -> ApiResult<BatchAccepted> {
         let shared = self.batch_shared_request(&batch)?;
+        // The shared source images, checked and normalised once; each member keeps its copy.
+        let sources = self.prepare_sources(&shared).await?;
         let mut vetted = Vec::with_capacity(batch.prompts.len());
         let mut pending = 0.0;
         for member in &batch.prompts {
@@ -100,7 +103,9 @@ impl AppState {
         let mut all = vetted[0].body.clone();
         all.params.n = images;
         self.check_quota(user, &all, now).await?;
-        let requests = self.admit_batch(user, shared_key, &vetted, now).await?;
+        let requests = self
+            .admit_batch(user, shared_key, &vetted, &sources, now)
+            .await?;
         Ok(BatchAccepted::Queued(self.batch_answer(&vetted, requests)))
     }
 
@@ -125,16 +130,19 @@ impl AppState {
         parse_json::<ImageRequest>(&bytes)
     }
 
-    /// Numbers the members and stores them in one transaction, then queues them.
+    /// Numbers the members, keeps their source images (`sources.rs`: written before the
+    /// requests, so a crash leaves at most orphans the sweep removes), stores them in one
+    /// transaction, then queues them.
     async fn admit_batch(
         &self,
         user: &User,
         shared_key: Option<&SharedKey>,
         vetted: &[Vetted],
+        sources: &[PreparedSource],
         now: i64,
     ) -> ApiResult<Vec<LiveRequest>> {
         let batch_id = Uuid::now_v7();
-        let requests: Vec<LiveRequest> = vetted
+        let mut requests: Vec<LiveRequest> = vetted
             .iter()
             .enumerate()
             .map(|(index, v)| {
@@ -149,6 +157,12 @@ impl AppState {
                 self.numbered(user, new, now)
             })
             .collect();
+        if !sources.is_empty() {
+            for request in &mut requests {
+                self.images.put_sources(request.id, sources, now).await?;
+                request_rules::replace_with_markers(&mut request.body, sources);
+            }
+        }
         self.metrics
             .time_commit(self.store.insert_requests(&requests))
             .await?;

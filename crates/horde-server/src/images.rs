@@ -5,8 +5,8 @@
 //! An image is checked before it is stored: its header first (the size the job allows, before
 //! any pixel is decoded), then a decode within memory limits fitted to that size. It is staged
 //! under a temporary name first (always a local file: staging and committing happen in one
-//! request) so that a refused submission never replaces an accepted image. Source images of
-//! requests are checked from their header only: they go to workers as sent.
+//! request) so that a refused submission never replaces an accepted image. Requests' source
+//! images are kept the same way, by request and role (`sources`).
 
 use crate::error::ApiError;
 use horde_api::Rc;
@@ -14,11 +14,16 @@ use horde_core::image_header;
 use std::path::{Path, PathBuf};
 use uuid::Uuid;
 
+mod sources;
+pub use sources::ORPHAN_GRACE_SECS;
+
 #[derive(Clone)]
 pub struct ImageStore {
     dir: PathBuf,
     /// Where committed images go when coordinators share a database; `None`: files in `dir`.
     database: Option<horde_store::Store>,
+    /// When orphaned source images were last swept (unix seconds; 0: not yet).
+    last_orphan_sweep: std::sync::Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl ImageStore {
@@ -29,6 +34,7 @@ impl ImageStore {
         Ok(ImageStore {
             dir: dir.to_path_buf(),
             database,
+            last_orphan_sweep: Default::default(),
         })
     }
 

@@ -102,6 +102,7 @@ impl AppState {
         // stored copy is reloaded and the pop tried again.
         let (entry, turn) = (&entry, &turn);
         let share_passes = pop.batch_prompts && pop.amount > 1;
+        let r2_source = pop.r2_source;
         let answer = retry_on_conflict(|| async move {
             match self.pop_from_queue::<Image>(entry, now, share_passes) {
                 PopOutcome::Nothing(skipped) => {
@@ -115,7 +116,9 @@ impl AppState {
                 }
                 PopOutcome::Assigned(assignment) => {
                     let extra_slow = entry.worker.flags.extra_slow_worker;
-                    Ok(self.hand_out(turn, assignment, extra_slow, now).await?)
+                    Ok(self
+                        .hand_out(turn, assignment, extra_slow, r2_source, now)
+                        .await?)
                 }
             }
         })
@@ -123,13 +126,15 @@ impl AppState {
         Ok(answer.unwrap_or_else(|| PopResponse::empty(Default::default())))
     }
 
-    /// Stores the assignment and answers it; `Conflicted` when another coordinator changed
-    /// the request first (the local copy is then reloaded, and the pop should be tried again).
+    /// Stores the assignment and answers it (source images as URLs for an `r2_source`
+    /// worker); `Conflicted` when another coordinator changed the request first (the local copy
+    /// is then reloaded, and the pop should be tried again).
     async fn hand_out(
         &self,
         turn: &WriteTurn<'_>,
         assignment: Assignment,
         extra_slow: bool,
+        r2_source: bool,
         now: i64,
     ) -> ApiResult<Attempt<PopResponse>> {
         let request = match self.store_hand_out::<Image>(turn, &assignment, now).await? {
@@ -150,16 +155,17 @@ impl AppState {
         let ttl = horde_core::ttl::job_ttl_secs(&request.body.params, &baseline, extra_slow);
         let mut payload = payload_of(&request, first, jobs.len() as u32);
         crate::batches::add_member_prompts(&mut payload, &request, &assignment, &companions);
+        let sources = self.pop_sources(&request, r2_source, now).await;
         Ok(Attempt::Stored(PopResponse {
             payload: serde_json::to_value(payload).map_err(ApiError::internal)?,
             id: Some(first.id.to_string()),
             ids,
             skipped: Default::default(),
             model: Some(assignment.model),
-            source_image: request.body.source_image.clone(),
+            source_image: sources.source_image,
             source_processing: request.body.source_processing,
-            source_mask: request.body.source_mask.clone(),
-            extra_source_images: request.body.extra_source_images.clone(),
+            source_mask: sources.source_mask,
+            extra_source_images: sources.extra_source_images,
             r2_upload: uploads.first().cloned(),
             r2_uploads: uploads,
             messages: vec![],

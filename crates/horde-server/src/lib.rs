@@ -35,6 +35,7 @@ pub mod reputation;
 pub mod requests;
 pub mod routes;
 pub mod shared_keys;
+pub mod sources;
 pub mod state;
 pub mod streaming;
 pub mod strict_json;
@@ -280,6 +281,10 @@ fn router(state: SharedState) -> Router {
         .route("/api/v2/generate/submit", post(generate::submit))
         .route("/api/v2/uploads/{job_id}", put(generate::upload))
         .route("/api/v2/images/{file}", get(generate::image))
+        .route(
+            "/api/v2/sources/{request_id}/{role}",
+            get(routes::sources::download),
+        )
         .route("/api/v2/workers", get(workers::list))
         .route(
             "/api/v2/workers/{id}",

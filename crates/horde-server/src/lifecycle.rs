@@ -579,7 +579,9 @@ impl AppState {
     /// Removes requests of every kind whose time is up and nothing of which is in flight;
     /// returns how many.
     pub async fn sweep_expired(&self, now: i64) -> ApiResult<usize> {
-        self.sweep_expired_of::<Image>(now).await
+        let removed = self.sweep_expired_of::<Image>(now).await?;
+        self.images.sweep_orphan_sources(&self.store, now).await;
+        Ok(removed)
     }
 
     /// [`AppState::sweep_expired`] for the requests of kind `K`, with their kept results.
@@ -603,6 +605,7 @@ impl AppState {
             for job in &request.jobs {
                 self.images.remove(job.id).await;
             }
+            self.images.remove_sources(request.id).await;
         }
         Ok(expired.len())
     }

@@ -22,7 +22,7 @@ use utoipa::{Modify, OpenApi};
     info(title = "horde — AI Horde API v2", description = "A Rust coordinator compatible with AI Horde API v2."),
     paths(
         generate::generate_async, generate::generate_batch, generate::batch_status, generate::cancel_batch, generate::check, generate::status, generate::cancel, generate::pop, generate::submit,
-        generate::upload, generate::image, crate::streaming::stream,
+        generate::upload, generate::image, crate::routes::sources::download, crate::streaming::stream,
         workers::list, workers::get, workers::by_name, workers::modify,
         users::get, users::find_user, users::test_user, users::transfer, users::modify, users::reset_key, users::ledger,
         users::webhook_secret, users::rotate_webhook_secret,
@@ -43,6 +43,7 @@ const UNLIMITED: &[&str] = &[
     "/api/v2/status/heartbeat",
     "/api/v2/uploads/",
     "/api/v2/images/",
+    "/api/v2/sources/",
 ];
 
 impl Modify for CommonAnswers {

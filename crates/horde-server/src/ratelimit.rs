@@ -69,7 +69,8 @@ fn limits_for(
         (_, route)
             if route.starts_with("/api/v2/")
                 && !route.starts_with("/api/v2/uploads")
-                && !route.starts_with("/api/v2/images") =>
+                && !route.starts_with("/api/v2/images")
+                && !route.starts_with("/api/v2/sources") =>
         {
             per_ip(config.default_per_ip)
         }

@@ -82,6 +82,7 @@ impl AppState {
             downgraded,
             rewritten,
         } = self.vet_request(user, shared_key, body, 0.0).await?;
+        let sources = self.prepare_sources(&body).await?;
         if body.dry_run {
             return Ok(Accepted::DryRun(AsyncResponse {
                 id: None,
@@ -103,7 +104,7 @@ impl AppState {
             batch_id: None,
             batch_index: 0,
         };
-        let request = self.admit(user, new, now).await?;
+        let request = self.admit_with_sources(user, new, &sources, now).await?;
         let job_kudos = request.job_kudos;
         let possible = self.is_possible(&request);
         let fallback = self.fallback_notice(&request);

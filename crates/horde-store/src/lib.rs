@@ -22,6 +22,7 @@ mod prompt_filters;
 mod rate_windows;
 mod requests;
 mod shared_keys;
+mod sources;
 pub mod stats;
 mod users;
 mod webhooks;

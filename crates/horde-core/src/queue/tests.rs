@@ -41,6 +41,7 @@ pub(crate) fn worker(models: &[&str]) -> WorkerCaps {
         extra_slow: false,
         step_limits: None,
         fallback: vec![],
+        inpainting_models: vec![],
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod filters;
 pub mod generate;
 pub mod shared_keys;
+pub mod sources;
 pub mod status;
 pub mod users;
 pub mod workers;

@@ -30,7 +30,7 @@ impl MatchingView {
     }
 
     /// The matching view of `entry`: its own capabilities, its step limits per model when it
-    /// limits steps, and the models it may stand in for.
+    /// limits steps, its inpainting models, and the models it may stand in for.
     pub fn caps(&self, entry: &WorkerEntry) -> WorkerCaps {
         let mut caps = entry.caps();
         if entry.worker.flags.limit_max_steps {
@@ -41,6 +41,16 @@ impl MatchingView {
                     .collect(),
             );
         }
+        caps.inpainting_models = caps
+            .models
+            .iter()
+            .filter(|m| {
+                self.model_reference
+                    .get(m)
+                    .is_some_and(|info| info.inpainting)
+            })
+            .cloned()
+            .collect();
         caps.fallback = self
             .fallbacks
             .lock()

@@ -77,6 +77,7 @@ impl WorkerEntry {
             extra_slow: w.flags.extra_slow_worker,
             step_limits: None,
             fallback: vec![],
+            inpainting_models: vec![],
         }
     }
 

@@ -298,6 +298,13 @@ async fn every_endpoint_answers_each_kind_of_caller_as_it_should() {
             None,
             [403; 5],
         ),
+        // The signature is the only authorisation of a source image's URL.
+        row(
+            "GET",
+            format!("/api/v2/sources/{request}/source_image?expires=9999999999&sig=forged"),
+            None,
+            [403; 5],
+        ),
         row(
             "GET",
             format!("/api/v2/users/{owner_id}/webhook_secret"),

@@ -31,6 +31,7 @@ mod metrics;
 mod models;
 mod reputation;
 mod sdk_compat;
+mod sources;
 mod surface;
 mod uploads;
 mod waiting;

@@ -73,7 +73,7 @@ fn cases() -> Vec<Case> {
         },
         Case {
             name: "painting",
-            request: json!({"source_image": source, "source_processing": "inpainting", "models": ["stable_diffusion_inpainting"]}),
+            request: json!({"source_image": source, "source_mask": source, "source_processing": "inpainting", "models": ["stable_diffusion_inpainting"]}),
             lacking: |p| p.allow_painting = false,
             skipped: "painting",
         },

@@ -133,6 +133,7 @@ async fn serviceinfo_openapi_and_swagger_ui_answer_offline() {
                 "/api/v2/status/heartbeat",
                 "/api/v2/uploads/",
                 "/api/v2/images/",
+                "/api/v2/sources/",
             ]
             .iter()
             .any(|p| path.starts_with(p));
