@@ -10,10 +10,12 @@ decode) and the text encoders as diffusers' pipelines use them, and writes input
 with their measured diffs: on the random checkpoint, and on the same checkpoint with the tensors
 the old writer left constant put back to those constants).
 
-    python generate.py CHECKPOINT_DIR [--out DIR]
+    python generate.py CHECKPOINT_DIR [--part networks|img2img|all] [--out DIR] [--img2img-out DIR]
 
 CHECKPOINT_DIR holds sd15.safetensors, sd2.safetensors and sdxl.safetensors as the ignored Rust
-test `write_checkpoints_for_the_fixture_tool` writes them (generate.sh does both steps).
+test `write_checkpoints_for_the_fixture_tool` writes them, and (for `--part img2img`, img2img.py)
+sd15_inpainting.safetensors and sdxl_inpainting.safetensors as `write_img2img_checkpoints_for_the_
+fixture_tool` of tests/img2img_numbers.rs writes them (generate.sh does every step).
 """
 
 import argparse
@@ -351,7 +353,29 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoints")
     parser.add_argument("--out", default="crates/horde-diffusion/tests/fixtures/sd_numbers")
+    parser.add_argument("--img2img-out", default="crates/horde-diffusion/tests/fixtures/img2img")
+    parser.add_argument("--part", choices=("networks", "img2img", "all"), default="all",
+                        help="the networks' fixtures, image-to-image's (img2img.py), or both")
     args = parser.parse_args()
+    if args.part in ("img2img", "all"):
+        import img2img
+
+        manifest = img2img.generate(args.checkpoints, args.img2img_out)
+        manifest["versions"] = versions()
+        with open(os.path.join(args.img2img_out, "manifest.json"), "w") as f:
+            json.dump(manifest, f, indent=1, sort_keys=True)
+            f.write("\n")
+    if args.part in ("networks", "all"):
+        networks(args)
+
+
+def versions():
+    return {"python": platform.python_version(), "torch": torch.__version__, "diffusers": diffusers.__version__,
+            "transformers": transformers.__version__, "numpy": np.__version__,
+            "safetensors": safetensors.__version__}
+
+
+def networks(args):
     os.makedirs(args.out, exist_ok=True)
     manifest = {
         "generator": "tools/sd-fixtures/generate.py",

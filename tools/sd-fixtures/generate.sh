@@ -3,13 +3,14 @@
 # crates/horde-diffusion/tests/fixtures/sd_numbers/ (see README.md). Only needed to change the
 # fixtures; the Rust tests read the committed files and never need Python.
 #
-#   tools/sd-fixtures/generate.sh [--out DIR]
+#   tools/sd-fixtures/generate.sh [--part networks|img2img|all] [--out DIR] [--img2img-out DIR]
 #
 # 1. The Rust writer (`horde_diffusion::tiny`) writes the tiny checkpoints of the three families
 #    into a temporary folder (the ignored test `write_checkpoints_for_the_fixture_tool` of
 #    tests/diffusers_numbers.rs, built in the shared target dir under the cargo lock).
 # 2. generate.py converts them with diffusers' single-file utilities and records diffusers'
-#    outputs.
+#    outputs: the networks' (sd_numbers/) and, with img2img.py, diffusers' img2img and
+#    inpainting pipelines' (img2img/).
 #
 # Environment:
 #   PYTHON               interpreter for the virtual environment (default: python3, tested 3.11)
@@ -46,5 +47,9 @@ cd "$root"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/horde-target}"
 HORDE_SD_FIXTURES_CHECKPOINTS="$checkpoints" flock "${CARGO_LOCK:-/tmp/horde-cargo.lock}" \
     cargo test -p horde-diffusion --test diffusers_numbers write_checkpoints_for_the_fixture_tool \
+    -- --ignored --exact --nocapture
+# The inpainting checkpoints (and the same three again) for the image-to-image fixtures.
+HORDE_SD_FIXTURES_CHECKPOINTS="$checkpoints" flock "${CARGO_LOCK:-/tmp/horde-cargo.lock}" \
+    cargo test -p horde-diffusion --test img2img_numbers write_img2img_checkpoints_for_the_fixture_tool \
     -- --ignored --exact --nocapture
 "$venv/bin/python" -W ignore::UserWarning -W ignore::FutureWarning "$here/generate.py" "$checkpoints" "$@"

@@ -8,6 +8,8 @@
 //! [--model sd15|sdxl] [--dtype f32|f16|bf16] [--decode whole|bands] [--encode whole|bands]
 //! [--purge]`; run each
 //! part in its own process so that peak RSS is the part's own (`tools/engine-bench/run.sh`).
+//! `--part hires_fix [--steps N]` runs one whole hires-fix job (512² then 1024²) through
+//! `Model::generate_with`.
 //! `--part conv` times each 3×3 convolution of the networks through candle, our direct kernel
 //! and Winograd.
 
@@ -261,6 +263,54 @@ fn time_ops() {
     }
 }
 
+/// `--part hires_fix`: one whole hires-fix job, SD 1.5 architecture (random weights), 1024²
+/// requested: the text encoder, a first pass of `--steps` (default 4) DDIM steps at 512², the
+/// latent upscale, the second pass at strength 0.5 (horde_sdk's step count, of which the start
+/// step leaves ⌊steps · 0.5⌋) and the 1024² decode, timed once (no warm-up: one job is what a
+/// worker runs; `tools/engine-bench/hires_bench.py` is the diffusers side).
+fn time_hires_fix(threads: usize) {
+    use horde_diffusion::parts::model_from_var_builder;
+    use horde_diffusion::{Generation, HiresFix, LoadOptions, SamplerKind};
+    let steps: usize = arg("--steps").and_then(|r| r.parse().ok()).unwrap_or(4);
+    let model = model_from_var_builder(
+        random_var_builder(0),
+        ModelConfig::sd15(),
+        &LoadOptions::default(),
+    )
+    .expect("model builds");
+    let job = Generation {
+        prompt: "a lighthouse on a cliff at dusk, oil painting".into(),
+        negative_prompt: "blurry".into(),
+        width: 1024,
+        height: 1024,
+        steps,
+        cfg_scale: 7.5,
+        sampler: SamplerKind::Ddim,
+        karras: false,
+        clip_skip: 1,
+        tiling: false,
+        seeds: vec![1],
+        prompts: vec![],
+    };
+    let hires = HiresFix {
+        denoising_strength: 0.5,
+    };
+    let mut evaluations = Vec::new();
+    let started = Instant::now();
+    let images = model
+        .generate_with(&job, None, Some(&hires), &mut |done, total| {
+            evaluations.push((done, total, started.elapsed().as_secs_f64()));
+        })
+        .expect("hires fix runs");
+    let seconds = started.elapsed().as_secs_f64();
+    assert_eq!(images[0].dimensions(), (1024, 1024));
+    eprintln!("steps (done, total, s): {evaluations:?}");
+    println!(
+        "{{\"impl\": \"candle\", \"part\": \"hires_fix_512_to_1024\", \"threads\": {threads}, \"min_s\": {seconds:.3}, \"median_s\": {seconds:.3}, \"peak_rss_mb\": {:.0}, \"candle\": \"0.11.1\", \"dtype\": \"f32\", \"steps\": {steps}}}",
+        peak_rss_mb()
+    );
+}
+
 fn main() {
     let part = arg("--part").unwrap_or_else(|| "unet".into());
     if part == "ops" {
@@ -280,6 +330,9 @@ fn main() {
     }
     let repeats: usize = arg("--repeats").and_then(|r| r.parse().ok()).unwrap_or(3);
     let threads = candle_core::utils::get_num_threads();
+    if part == "hires_fix" {
+        return time_hires_fix(threads);
+    }
     // `--model sd15|sdxl`: SD 1.5 at 512² (the default) or SDXL at 1024².
     let (config, model, size) = match arg("--model").as_deref().unwrap_or("sd15") {
         "sd15" => (ModelConfig::sd15(), "", 512),

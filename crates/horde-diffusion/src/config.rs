@@ -231,6 +231,14 @@ impl ModelConfig {
         };
         // SD 2.x at 768 is v-prediction; the 512 base is not. Weights cannot tell the two apart,
         // so the caller says so (from the model reference or config); v is the SD 2 default.
+        let latents = vae.latent_channels;
+        if unet.in_channels != latents && unet.in_channels != 2 * latents + 1 {
+            return Err(index.unsupported(&format!(
+                "a UNet of {} input channels (expected {latents}, or {} for inpainting)",
+                unet.in_channels,
+                2 * latents + 1
+            )));
+        }
         let prediction = prediction.unwrap_or(match family {
             Family::Sd2 => Prediction::V,
             _ => Prediction::Epsilon,
@@ -242,6 +250,12 @@ impl ModelConfig {
             vae,
             text_encoders,
         })
+    }
+
+    /// Whether the UNet is an inpainting one: its input is the latents, the mask and the masked
+    /// image's latents (9 channels for 4-channel latents), read off `conv_in`'s shape.
+    pub fn is_inpainting(&self) -> bool {
+        self.unet.in_channels == 2 * self.vae.latent_channels + 1
     }
 
     /// Width of the text conditioning the UNet cross-attends to.

@@ -2,16 +2,19 @@
 //!
 //! What the worker uses is at the root: [`Model`] loads a checkpoint (reporting each
 //! [`LoadStage`]) with [`LoadOptions`], and generates the images a [`Generation`] asks for, with
-//! any [`SamplerKind`]; [`ModelConfig`] is what it read off the checkpoint; [`LatentDraw`] says
+//! any [`SamplerKind`], from noise or from a [`SourceImage`] (image-to-image, inpainting,
+//! outpainting) and with [`HiresFix`] (`Model::generate_with`); [`ModelConfig`] is what it read off the checkpoint; [`LatentDraw`] says
 //! which latents an image encodes to for image-to-image (the VAE encoder's mean or a seeded
 //! sample); [`dtype_named`] checks a configured dtype; every failure is an [`Error`].
 //!
-//! Four modules are public besides, each for a reason of its own:
+//! Five modules are public besides, each for a reason of its own:
 //! * [`nn`], the layers other networks of the product build on: the post-processors of
 //!   `horde-postprocess` (upscalers, face fixers, background removal) are built from the same
 //!   convolutions, norms, linear layers and attention, on the same CPU kernels.
 //! * [`tiny`] writes tiny random checkpoints of the real architectures: the tests of every
 //!   crate, and the post-processors' own tiny checkpoints, are written with it.
+//! * [`source`] has the public horde's rules for a source image and hires fix (resize, mask,
+//!   first-pass size, second-pass steps), which the worker also needs to price and time a job.
 //! * [`prompt`] parses the prompt syntax (A1111 attention weights), which the `horde` crate's
 //!   fuzz corpus exercises on its own.
 //! * [`parts`] names the engine's parts one by one (networks, kernels, samplers, schedules) for
@@ -37,6 +40,7 @@ mod pipeline;
 pub mod prompt;
 mod samplers;
 mod sampling;
+pub mod source;
 mod text;
 pub mod tiny;
 mod unet;
@@ -45,6 +49,7 @@ mod vae;
 pub use config::{Family, ModelConfig, Prediction};
 pub use pipeline::{dtype_named, Generation, LoadOptions, LoadStage, Model};
 pub use samplers::SamplerKind;
+pub use source::{HiresFix, SourceImage, SourceProcessing};
 pub use vae::LatentDraw;
 
 /// The engine's parts one by one, for this crate's benchmarks (`benches/`) and its numeric
@@ -58,7 +63,7 @@ pub mod parts {
         SD1_CLIP_PREFIX, SD2_CLIP_PREFIX, SDXL_CLIP_G_PREFIX, SDXL_CLIP_L_PREFIX, UNET_PREFIX,
         VAE_PREFIX,
     };
-    pub use crate::pipeline::sdxl_vector;
+    pub use crate::pipeline::{model_from_var_builder, sample_latents, sdxl_vector};
     pub use crate::sampling::{DiscreteSchedule, Noise, SeededNoise};
     pub use crate::text::{TextConditioner, WeightedTokens};
     pub use crate::unet::{Conditioning, UNet};

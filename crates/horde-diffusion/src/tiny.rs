@@ -114,6 +114,14 @@ pub fn tiny_config(arch: TinyArch) -> ModelConfig {
     }
 }
 
+/// The inpainting variant of `arch`'s configuration (SD 1.5 and SDXL inpainting checkpoints):
+/// `conv_in` takes the latents, the mask and the masked image's latents (9 channels).
+pub fn tiny_inpainting_config(arch: TinyArch) -> ModelConfig {
+    let mut config = tiny_config(arch);
+    config.unet.in_channels = 2 * config.vae.latent_channels + 1;
+    config
+}
+
 /// A `VarBuilder` backend that invents seeded random tensors and keeps them.
 struct Recorder {
     seed: u64,
@@ -249,7 +257,20 @@ pub fn random_tensors(config: &ModelConfig, seed: u64) -> Result<HashMap<String,
 
 /// Writes a tiny random checkpoint of `arch` to `path` as a single `.safetensors` file.
 pub fn write_tiny_checkpoint(arch: TinyArch, path: &Path, seed: u64) -> Result<usize, Error> {
-    let tensors = random_tensors(&tiny_config(arch), seed)?;
+    write_tiny_config(&tiny_config(arch), path, seed)
+}
+
+/// Writes a tiny random inpainting checkpoint of `arch` ([`tiny_inpainting_config`]).
+pub fn write_tiny_inpainting_checkpoint(
+    arch: TinyArch,
+    path: &Path,
+    seed: u64,
+) -> Result<usize, Error> {
+    write_tiny_config(&tiny_inpainting_config(arch), path, seed)
+}
+
+fn write_tiny_config(config: &ModelConfig, path: &Path, seed: u64) -> Result<usize, Error> {
+    let tensors = random_tensors(config, seed)?;
     candle_core::safetensors::save(&tensors, path).map_err(|e| Error::Unreadable {
         path: path.into(),
         reason: format!("cannot write: {e}"),
@@ -266,10 +287,18 @@ mod tests {
     /// tensors.
     #[test]
     fn every_tensor_is_random_and_deterministic_from_the_seed() {
-        for arch in [TinyArch::Sd15, TinyArch::Sd2, TinyArch::Sdxl] {
-            let tensors = random_tensors(&tiny_config(arch), 5).unwrap();
-            let again = random_tensors(&tiny_config(arch), 5).unwrap();
-            let other_seed = random_tensors(&tiny_config(arch), 6).unwrap();
+        let configs = [
+            tiny_config(TinyArch::Sd15),
+            tiny_config(TinyArch::Sd2),
+            tiny_config(TinyArch::Sdxl),
+            tiny_inpainting_config(TinyArch::Sd15),
+            tiny_inpainting_config(TinyArch::Sdxl),
+        ];
+        for config in configs {
+            let arch = (config.family, config.unet.in_channels);
+            let tensors = random_tensors(&config, 5).unwrap();
+            let again = random_tensors(&config, 5).unwrap();
+            let other_seed = random_tensors(&config, 6).unwrap();
             for (name, tensor) in &tensors {
                 let values = tensor.flatten_all().unwrap().to_vec1::<f32>().unwrap();
                 let distinct = values.iter().any(|v| *v != values[0]);
