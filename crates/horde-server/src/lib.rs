@@ -313,7 +313,12 @@ fn router(state: SharedState) -> Router {
                 .put(routes::filters::add)
                 .post(routes::filters::check),
         )
-        .route("/api/v2/filters/regex", get(routes::filters::regex))
+        .route(
+            "/api/v2/filters/regex",
+            get(routes::filters::regex)
+                .patch(routes::filters::modify_regex_path)
+                .delete(routes::filters::delete_regex_path),
+        )
         .route(
             "/api/v2/filters/{id}",
             get(routes::filters::get)

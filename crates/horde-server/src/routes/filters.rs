@@ -93,3 +93,26 @@ pub async fn delete(
     state.delete_filter(&moderator.user, &id).await?;
     Ok(Json(serde_json::json!({"message": "OK"})))
 }
+
+/// `PATCH /filters/regex`: the path of the regex list is never a filter's id (ids are UUIDs),
+/// so it is answered as `/filters/{id}` answers an id it does not know, not with the router's
+/// 405 (not in the OpenAPI document: the `{id}` operation describes it).
+pub async fn modify_regex_path(
+    State(state): State<SharedState>,
+    moderator: Moderator<HordeJson<FilterPatch>>,
+) -> ApiResult<Json<FilterDetails>> {
+    let HordeJson(body) = moderator.body;
+    state
+        .modify_filter(&moderator.user, "regex", body)
+        .await
+        .map(Json)
+}
+
+/// `DELETE /filters/regex`: as [`modify_regex_path`], an id no filter has.
+pub async fn delete_regex_path(
+    State(state): State<SharedState>,
+    moderator: Moderator,
+) -> ApiResult<Json<serde_json::Value>> {
+    state.delete_filter(&moderator.user, "regex").await?;
+    Ok(Json(serde_json::json!({"message": "OK"})))
+}

@@ -274,6 +274,19 @@ async fn every_endpoint_answers_each_kind_of_caller_as_it_should() {
             only_moderator,
         ),
         row("GET", "/api/v2/filters/regex".into(), None, only_moderator),
+        // No filter has the regex list's path as its id: a moderator gets 404.
+        row(
+            "PATCH",
+            "/api/v2/filters/regex".into(),
+            Some(json!({"regex": "x"})),
+            [403, 403, 403, 404, 403],
+        ),
+        row(
+            "DELETE",
+            "/api/v2/filters/regex".into(),
+            None,
+            [403, 403, 403, 404, 403],
+        ),
         row(
             "GET",
             format!("/api/v2/filters/{filter}"),

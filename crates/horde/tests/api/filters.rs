@@ -118,6 +118,13 @@ async fn moderators_manage_filters_and_check_prompts_with_them() {
     }
     let (status, _) = call(&app, &key, "GET", "/api/v2/filters?filter_type=ten", None).await;
     assert_eq!(status, 400, "a malformed query is a validation error");
+    // The regex list's path is no filter's id: changing or deleting it is a 404, as for any
+    // unknown id, not the router's 405 (Schemathesis found it).
+    for (method, body) in [("PATCH", Some(json!({"regex": "x"}))), ("DELETE", None)] {
+        let (status, answer) = call(&app, &key, method, "/api/v2/filters/regex", body).await;
+        assert_eq!(status, 404, "{method}: {answer}");
+        assert!(answer["rc"].is_string(), "{answer}");
+    }
 
     let (status, changed) = call(
         &app,
