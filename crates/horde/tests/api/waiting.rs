@@ -355,6 +355,10 @@ async fn watchers_wake_once_the_change_is_stored_not_before() {
     let id: uuid::Uuid = id.parse().unwrap();
     let mut watch = app.state.live.watch(id, Watcher::Wait, 10).unwrap();
     let turn = app.state.live.write_turn().await;
+    // A coordinator on PostgreSQL reloads its requests when its listener connects: a change
+    // stored and woken before this turn was taken. Let any such wake through first.
+    let settle = || tokio::time::Instant::now() + Duration::from_millis(50);
+    while watch.next_change(settle()).await == horde_server::live_requests::Woken::Changed {}
     app.state.live.update(id, |r| r.version += 1).unwrap();
     let soon = tokio::time::Instant::now() + Duration::from_millis(300);
     assert_eq!(
