@@ -40,16 +40,7 @@ fn conditioning(model: &Model, job: &Generation) -> PassConditioning {
 }
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
+    crate::kernels::test_support::max_abs(&(a - b).unwrap())
 }
 
 fn start(latents: &Tensor, strength: f64, noise: &mut SeededNoise) -> Start {
