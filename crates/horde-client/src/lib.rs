@@ -40,6 +40,9 @@ pub enum ClientError {
     /// The request never got an answer (connection refused, timeout, …).
     #[error("HTTP error: {0}")]
     Transport(#[from] reqwest::Error),
+    /// A download was longer than the caller allows; it was cut off there.
+    #[error("the download is larger than {limit} bytes")]
+    TooLarge { limit: usize },
 }
 
 impl ClientError {
@@ -50,6 +53,7 @@ impl ClientError {
                 Some(*status)
             }
             ClientError::Transport(e) => e.status(),
+            ClientError::TooLarge { .. } => None,
         }
     }
 
@@ -205,6 +209,38 @@ impl Client {
         let body = response.bytes().await?;
         if status.is_success() {
             Ok(body.to_vec())
+        } else {
+            Err(error_from(status, &body))
+        }
+    }
+
+    /// Downloads at most `max_bytes` from `url` within `timeout` (a source image from a pop):
+    /// an answer that declares or sends more is cut off with [`ClientError::TooLarge`] before
+    /// it is held whole.
+    pub async fn download_at_most(
+        &self,
+        url: &str,
+        max_bytes: usize,
+        timeout: std::time::Duration,
+    ) -> Result<Vec<u8>> {
+        let too_large = ClientError::TooLarge { limit: max_bytes };
+        let mut response = self.http.get(url).timeout(timeout).send().await?;
+        let status = response.status();
+        if response
+            .content_length()
+            .is_some_and(|length| length > max_bytes as u64)
+        {
+            return Err(too_large);
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await? {
+            if body.len() + chunk.len() > max_bytes {
+                return Err(too_large);
+            }
+            body.extend_from_slice(&chunk);
+        }
+        if status.is_success() {
+            Ok(body)
         } else {
             Err(error_from(status, &body))
         }

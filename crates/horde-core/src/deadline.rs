@@ -18,7 +18,8 @@ pub struct DeadlineBounds {
 
 /// Seconds a worker gets for a batch of `batch` images of `params`: three times what its
 /// measured speed needs for the batch's megapixelsteps (more for post-processing and
-/// control), plus 30 s of slack, kept between the bounds.
+/// control, and twice for hires fix, whose first pass is at most the final size and whose
+/// second at most all the steps), plus 30 s of slack, kept between the bounds.
 pub fn job_deadline_secs(
     params: &ImageParams,
     batch: u32,
@@ -28,6 +29,9 @@ pub fn job_deadline_secs(
     let mut megapixelsteps = work::megapixelsteps(params, batch);
     megapixelsteps *= 1.0 + 0.4 * params.post_processing.len() as f64;
     if params.control_type.is_some() {
+        megapixelsteps *= 2.0;
+    }
+    if params.hires_fix {
         megapixelsteps *= 2.0;
     }
     let speed = speed_mps
@@ -72,5 +76,9 @@ mod tests {
             job_deadline_secs(&params(512, 30), 1, None, bounds) > small,
             "unmeasured workers are assumed slow"
         );
+        // Hires fix: its two passes, 30 + 3 × 2 × 7.86 / 0.1 = 501 s.
+        let mut hires = params(512, 30);
+        hires.hires_fix = true;
+        assert_eq!(job_deadline_secs(&hires, 1, Some(0.1), bounds), 501);
     }
 }

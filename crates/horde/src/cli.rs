@@ -49,8 +49,9 @@ enum ModelCommand {
     /// runs: a Stable Diffusion model in the single-file (LDM) layout, or a post-processor in
     /// its published key layout. Every tensor is random; its images are noise.
     Tiny {
-        /// sd15, sd2, sdxl; or a post-processor: esrgan_x4, esrgan_x2, compact_x4, retinaface,
-        /// gfpgan, codeformer, restoreformer, u2netp
+        /// sd15, sd2, sdxl (each with -inpainting for an inpainting UNet: sd15-inpainting); or
+        /// a post-processor: esrgan_x4, esrgan_x2, compact_x4, retinaface, gfpgan, codeformer,
+        /// restoreformer, u2netp
         #[arg(long)]
         arch: String,
         /// Output .safetensors file

@@ -4,7 +4,7 @@
 use anyhow::Context;
 use base64::Engine;
 use clap::Args;
-use horde_api::image::{ImageRequest, RequestStatus, Sampler, SeedInput};
+use horde_api::image::{ImageRequest, RequestStatus, Sampler, SeedInput, SourceProcessing};
 use horde_client::Client;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -33,6 +33,26 @@ pub(crate) struct GenerateArgs {
     /// Seed (any text; digits are a number)
     #[arg(long)]
     seed: Option<String>,
+    /// A source image (WebP, PNG or JPEG) to start from: image-to-image, or with
+    /// --source-processing inpainting/outpainting, painting into its mask or transparency
+    #[arg(long, value_name = "FILE")]
+    source_image: Option<PathBuf>,
+    /// The mask of the source image (white = repaint), the source image's size
+    #[arg(long, value_name = "FILE", requires = "source_image")]
+    source_mask: Option<PathBuf>,
+    /// What to do with the source image: img2img, inpainting or outpainting
+    #[arg(long, default_value = "img2img", requires = "source_image", value_parser = processing_named)]
+    source_processing: SourceProcessing,
+    /// How much of the source is repainted, 0.01 to 1 [default: the worker's, 0.75]
+    #[arg(long, requires = "source_image")]
+    denoising_strength: Option<f64>,
+    /// Generate at the model's native size first, then upscale and refine: large images without
+    /// doubled subjects
+    #[arg(long)]
+    hires_fix: bool,
+    /// The strength of hires fix's second pass, 0.01 to 1 [default: the worker's, 0.65]
+    #[arg(long, requires = "hires_fix")]
+    hires_fix_denoising_strength: Option<f64>,
     /// Directory for the images
     #[arg(long, default_value = ".")]
     out: PathBuf,
@@ -90,6 +110,12 @@ fn build_request(args: &GenerateArgs) -> anyhow::Result<ImageRequest> {
         serde_json::from_value::<Sampler>(serde_json::Value::String(args.sampler.clone()))
             .map_err(|_| anyhow::anyhow!("unknown sampler '{}'", args.sampler))?;
     p.seed = args.seed.clone().map(SeedInput::Text);
+    p.denoising_strength = args.denoising_strength;
+    p.hires_fix = args.hires_fix;
+    p.hires_fix_denoising_strength = args.hires_fix_denoising_strength;
+    request.source_image = args.source_image.as_deref().map(base64_of).transpose()?;
+    request.source_mask = args.source_mask.as_deref().map(base64_of).transpose()?;
+    request.source_processing = args.source_processing;
     if !args.models.is_empty() {
         request.models = args.models.clone();
     }
@@ -98,6 +124,23 @@ fn build_request(args: &GenerateArgs) -> anyhow::Result<ImageRequest> {
         .validate()
         .map_err(|e| anyhow::anyhow!("{}: {:?}", e.message, e.errors.unwrap_or_default()))?;
     Ok(request)
+}
+
+/// A file's bytes as base64, as a request carries a source image.
+fn base64_of(path: &Path) -> anyhow::Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(base64::engine::general_purpose::STANDARD.encode(bytes))
+}
+
+fn processing_named(name: &str) -> Result<SourceProcessing, String> {
+    match name {
+        "img2img" => Ok(SourceProcessing::Img2img),
+        "inpainting" => Ok(SourceProcessing::Inpainting),
+        "outpainting" => Ok(SourceProcessing::Outpainting),
+        other => Err(format!(
+            "'{other}': expected img2img, inpainting or outpainting"
+        )),
+    }
 }
 
 /// Polls `check` with a progress bar until done, then fetches the images.
@@ -166,4 +209,85 @@ async fn save_images(
         saved.push(path);
     }
     Ok(saved)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        generate: GenerateArgs,
+    }
+
+    fn request(args: &[&str]) -> anyhow::Result<ImageRequest> {
+        let cli = Cli::try_parse_from(std::iter::once("generate").chain(args.iter().copied()))?;
+        build_request(&cli.generate)
+    }
+
+    #[test]
+    fn source_images_and_hires_fix_go_into_the_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let (image, mask) = (dir.path().join("in.png"), dir.path().join("mask.png"));
+        std::fs::write(&image, b"image bytes").unwrap();
+        std::fs::write(&mask, b"mask bytes").unwrap();
+        let painted = request(&[
+            "a cat",
+            "--source-image",
+            image.to_str().unwrap(),
+            "--source-mask",
+            mask.to_str().unwrap(),
+            "--source-processing",
+            "inpainting",
+            "--denoising-strength",
+            "0.4",
+        ])
+        .unwrap();
+        let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+        assert_eq!(painted.source_image, Some(b64(b"image bytes")));
+        assert_eq!(painted.source_mask, Some(b64(b"mask bytes")));
+        assert_eq!(painted.source_processing, SourceProcessing::Inpainting);
+        assert_eq!(painted.params.denoising_strength, Some(0.4));
+        assert!(!painted.params.hires_fix);
+
+        let hires = request(&[
+            "a cat",
+            "--hires-fix",
+            "--hires-fix-denoising-strength",
+            "0.3",
+        ])
+        .unwrap();
+        assert!(hires.params.hires_fix && hires.source_image.is_none());
+        assert_eq!(hires.params.hires_fix_denoising_strength, Some(0.3));
+    }
+
+    #[test]
+    fn source_options_without_a_source_or_of_unknown_kinds_are_refused() {
+        assert!(request(&["a cat", "--source-mask", "m.png"]).is_err());
+        assert!(request(&["a cat", "--denoising-strength", "0.5"]).is_err());
+        assert!(request(&[
+            "a cat",
+            "--source-image",
+            "x.png",
+            "--source-processing",
+            "remix"
+        ])
+        .is_err());
+        let missing = request(&["a cat", "--source-image", "/no/such/file.png"]).unwrap_err();
+        assert!(
+            missing
+                .to_string()
+                .contains("cannot read /no/such/file.png"),
+            "{missing}"
+        );
+        assert!(request(&[
+            "a cat",
+            "--hires-fix",
+            "--hires-fix-denoising-strength",
+            "2"
+        ])
+        .is_err());
+    }
 }

@@ -89,11 +89,12 @@ pub(crate) struct WorkerArgs {
     #[arg(long, value_delimiter = ',')]
     #[serde(skip_serializing_if = "Option::is_none")]
     priority_usernames: Option<Vec<String>>,
-    /// Accept image-to-image (not supported by the built-in engine yet)
+    /// Accept image-to-image (default true)
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     allow_img2img: Option<bool>,
-    /// Accept inpainting (not supported by the built-in engine yet)
+    /// Accept inpainting and outpainting (default true; the horde sends them only to a worker
+    /// that also serves an inpainting model)
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     allow_painting: Option<bool>,
@@ -278,16 +279,30 @@ pub(crate) fn write_tiny(arch: &str, out: &Path, seed: u64) -> anyhow::Result<()
         );
         return Ok(());
     }
-    let arch: horde_diffusion::tiny::TinyArch = arch.parse().map_err(|e: String| {
+    // `sd15-inpainting`: the architecture with an inpainting UNet (9 input channels).
+    let (base, inpainting) = match arch.strip_suffix("-inpainting") {
+        Some(base) => (base, true),
+        None => (arch, false),
+    };
+    let arch: horde_diffusion::tiny::TinyArch = base.parse().map_err(|e: String| {
         anyhow::anyhow!(
-            "{e}, or a post-processor: {}",
+            "{e} (with -inpainting for an inpainting UNet), or a post-processor: {}",
             horde_postprocess::tiny::TinyPostProcessor::NAMES.join(", ")
         )
     })?;
-    let count = horde_diffusion::tiny::write_tiny_checkpoint(arch, out, seed)?;
+    let count = if inpainting {
+        horde_diffusion::tiny::write_tiny_inpainting_checkpoint(arch, out, seed)?
+    } else {
+        horde_diffusion::tiny::write_tiny_checkpoint(arch, out, seed)?
+    };
     let size = std::fs::metadata(out).map(|m| m.len()).unwrap_or(0);
+    let unet = if inpainting {
+        " with an inpainting UNet"
+    } else {
+        ""
+    };
     println!(
-        "wrote {} ({count} tensors, {:.1} MB, random weights of the {arch:?} architecture)",
+        "wrote {} ({count} tensors, {:.1} MB, random weights of the {arch:?} architecture{unet})",
         out.display(),
         size as f64 / 1e6
     );

@@ -24,6 +24,7 @@ mod eta;
 mod filters;
 mod fuzz_corpus;
 mod helpers;
+mod img2img;
 mod lifecycle;
 mod limits;
 mod matching;

@@ -21,7 +21,7 @@ pub(crate) fn tiny_checkpoint(dir: &Path) -> PathBuf {
     path
 }
 
-async fn owner_key(app: &TestApp) -> String {
+pub(crate) async fn owner_key(app: &TestApp) -> String {
     let request = TestUserRequest {
         username: "gpu-owner".into(),
         oauth_id: None,
@@ -215,7 +215,10 @@ fn tiny_request(prompt: &str, steps: u32) -> horde_api::image::ImageRequest {
     request
 }
 
-async fn wait_done(client: &horde_client::Client, id: &str) -> horde_api::image::RequestStatus {
+pub(crate) async fn wait_done(
+    client: &horde_client::Client,
+    id: &str,
+) -> horde_api::image::RequestStatus {
     for _ in 0..600 {
         if client.check(id).await.unwrap().done {
             return client.status(id).await.unwrap();
