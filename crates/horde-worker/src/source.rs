@@ -154,6 +154,13 @@ mod tests {
         base64::engine::general_purpose::STANDARD.encode(bytes)
     }
 
+    /// Why `order`'s base64 source, fetched, does not decode.
+    async fn why_undecodable(order: &SourceOrder) -> Unrunnable {
+        let client = Client::new("http://127.0.0.1:9", String::new());
+        let bytes = order.fetch(&client).await.unwrap();
+        bytes.decode(order).unwrap_err()
+    }
+
     #[tokio::test]
     async fn base64_sources_decode_with_their_transparency_and_the_mask_as_luminance() {
         let client = Client::new("http://127.0.0.1:9", String::new());
@@ -181,12 +188,7 @@ mod tests {
             "{reason}"
         );
         order.image = b64(b"GIF89a and then some");
-        let reason = order
-            .fetch(&client)
-            .await
-            .unwrap()
-            .decode(&order)
-            .unwrap_err();
+        let reason = why_undecodable(&order).await;
         assert!(
             reason
                 .0
@@ -199,15 +201,9 @@ mod tests {
     async fn a_source_larger_than_the_limit_is_refused_from_its_header() {
         // 4000 × 1 pixels: a few kilobytes, but wider than a source may be.
         let header = png(4000, 1);
-        let client = Client::new("http://127.0.0.1:9", String::new());
         let mut order = order(None);
         order.image = b64(&header);
-        let reason = order
-            .fetch(&client)
-            .await
-            .unwrap()
-            .decode(&order)
-            .unwrap_err();
+        let reason = why_undecodable(&order).await;
         assert!(reason.0.contains("4000x1; at most 3072x3072"), "{reason}");
     }
 

@@ -233,6 +233,15 @@ async fn img2img_and_hires_fix_come_back_at_their_size_as_the_engine_makes_them(
         "a direct generation is another image: {wrong}"
     );
 
+    stopped_after_two_jobs(stop, task).await;
+    app.stop().await;
+}
+
+/// Stops the worker, which ran two jobs and faulted none.
+async fn stopped_after_two_jobs(
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<horde_worker::RunSummary>,
+) {
     stop.send(true).unwrap();
     let summary = task.await.unwrap();
     assert_eq!(
@@ -240,7 +249,6 @@ async fn img2img_and_hires_fix_come_back_at_their_size_as_the_engine_makes_them(
         (2, 0),
         "{summary:?}"
     );
-    app.stop().await;
 }
 
 /// Pixels further than twice the feathering from the region `masked` (Chebyshev).
@@ -353,13 +361,7 @@ async fn inpainting_and_outpainting_repaint_only_the_masked_region() {
             "{processing:?}: the masked region was repainted ({unchanged})"
         );
     }
-    stop.send(true).unwrap();
-    let summary = task.await.unwrap();
-    assert_eq!(
-        (summary.jobs_done, summary.jobs_faulted),
-        (2, 0),
-        "{summary:?}"
-    );
+    stopped_after_two_jobs(stop, task).await;
     app.stop().await;
 }
 
