@@ -40,7 +40,15 @@ pub struct WorkerConfig {
     pub allow_painting: bool,
     /// Offer post-processing when at least one post-processor is loaded (false: never).
     pub allow_post_processing: bool,
+    /// Offer LoRAs when the `library` opens (false: never).
     pub allow_lora: bool,
+    /// The folder of LoRAs and textual-inversion embeddings, with its index `library.toml`
+    /// (`crate::library`); without one, jobs with LoRAs or embeddings are not taken.
+    pub library: Option<PathBuf>,
+    /// Control type (`canny`, `depth`, …) → ControlNet checkpoint.
+    pub controlnets: BTreeMap<String, PathBuf>,
+    /// Offer ControlNet when a ControlNet loads (false: never).
+    pub allow_controlnet: bool,
     /// Only take requests from users who can pay upfront.
     pub require_upfront_kudos: bool,
     /// Seconds between pops when there is no work.
@@ -72,7 +80,10 @@ impl Default for WorkerConfig {
             allow_img2img: true,
             allow_painting: true,
             allow_post_processing: true,
-            allow_lora: false,
+            allow_lora: true,
+            library: None,
+            controlnets: BTreeMap::new(),
+            allow_controlnet: true,
             require_upfront_kudos: false,
             poll_interval_secs: 2.0,
             bridge_agent: String::new(),

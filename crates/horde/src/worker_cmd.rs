@@ -29,6 +29,9 @@ const ENV_KEYS: &[&str] = &[
     "allow_painting",
     "allow_post_processing",
     "allow_lora",
+    "library",
+    "controlnets",
+    "allow_controlnet",
     "require_upfront_kudos",
     "poll_interval_secs",
     "bridge_agent",
@@ -107,10 +110,23 @@ pub(crate) struct WorkerArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     allow_post_processing: Option<bool>,
-    /// Accept LoRAs (not supported by the built-in engine yet)
+    /// Offer LoRAs when the library opens [default: true]
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     allow_lora: Option<bool>,
+    /// The folder of LoRAs and embeddings, with its index library.toml (see worker.example.toml)
+    #[arg(long, value_name = "DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    library: Option<PathBuf>,
+    /// A ControlNet to serve, as "control type=checkpoint" (repeatable), e.g.
+    /// canny=control_v11p_sd15_canny.safetensors
+    #[arg(long = "controlnet", value_name = "TYPE=PATH")]
+    #[serde(skip)]
+    controlnets: Vec<String>,
+    /// Offer ControlNet when a ControlNet loads [default: true]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    allow_controlnet: Option<bool>,
     /// Only serve users who can pay upfront
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -168,6 +184,7 @@ pub(crate) fn load_config(args: &WorkerArgs) -> anyhow::Result<WorkerConfig> {
     for (key, flag, entries) in [
         ("models", "--model", &args.models),
         ("post_processors", "--post-processor", &args.post_processors),
+        ("controlnets", "--controlnet", &args.controlnets),
     ] {
         let named = names_to_paths(flag, entries)?;
         if !named.is_empty() {
