@@ -144,6 +144,23 @@ pub enum ControlType {
     Hough,
 }
 
+impl ControlType {
+    /// The wire name (`canny`, `fakescribbles`, …).
+    pub fn name(self) -> &'static str {
+        match self {
+            ControlType::Canny => "canny",
+            ControlType::Hed => "hed",
+            ControlType::Depth => "depth",
+            ControlType::Normal => "normal",
+            ControlType::Openpose => "openpose",
+            ControlType::Seg => "seg",
+            ControlType::Scribble => "scribble",
+            ControlType::Fakescribbles => "fakescribbles",
+            ControlType::Hough => "hough",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum SourceProcessing {
@@ -203,6 +220,12 @@ pub struct ExtraSourceImage {
 
 /// The most extra source images a request may carry (the public horde's limit).
 pub const MAX_EXTRA_SOURCE_IMAGES: usize = 5;
+/// The `control_strength` a request may ask for (the public horde refuses 0 and above 3).
+pub const CONTROL_STRENGTH_RANGE: std::ops::RangeInclusive<f64> = 0.01..=3.0;
+/// The most LoRAs a request may name (the public horde's limit, `TooManyLoras` beyond).
+pub const MAX_LORAS: usize = 5;
+/// The most textual inversions a request may name (the public horde's, `TooManyTIs` beyond).
+pub const MAX_TIS: usize = 20;
 
 // Bounds of ours where the public horde has none (docs/security.md lists them all).
 /// The most models a request may name.
@@ -218,6 +241,10 @@ pub const MAX_SPECIAL_BYTES: usize = 16 * 1024;
 pub const MAX_POP_LIST: usize = 200;
 /// The longest entry of a pop's lists, and of a submit's `gen_metadata` values.
 pub const MAX_LIST_ENTRY_CHARS: usize = 255;
+/// The most names in a pop's `control_types` and `control_map_types` (twice the types the
+/// horde knows).
+pub const MAX_POP_CONTROL_TYPES: usize = 20;
+
 /// The most names in a pop's `post_processors` (twice the names the horde knows).
 pub const MAX_POP_POST_PROCESSORS: usize = 32;
 
@@ -261,16 +288,29 @@ pub struct ImageParams {
     pub clip_skip: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub control_type: Option<ControlType>,
+    /// How strongly the control map guides the image (the worker's default, 1, when absent);
+    /// only with `control_type` (`ControlStrengthWithoutControlType`), within
+    /// [`CONTROL_STRENGTH_RANGE`] (`ControlStrengthOutOfRange`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0.01, maximum = 3)]
+    pub control_strength: Option<f64>,
     #[serde(default)]
     pub image_is_control: bool,
     #[serde(default)]
     pub return_control_map: bool,
+    /// The legacy name of `image_is_control`, read only to refuse it together with
+    /// `return_control_map` (`ControlNetInvalidPayload`), as the public horde does; never sent
+    /// to workers.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub init_as_image: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 0, maximum = 1)]
     pub facefixer_strength: Option<f64>,
+    /// At most [`MAX_LORAS`] (more: `TooManyLoras`).
     #[serde(default)]
     #[schema(max_items = 5)]
     pub loras: Vec<Lora>,
+    /// At most [`MAX_TIS`] (more: `TooManyTIs`).
     #[serde(default)]
     #[schema(max_items = 20)]
     pub tis: Vec<TextualInversion>,
@@ -360,8 +400,8 @@ impl ImageParams {
             errors.range("params.steps", s, 1, 500);
         }
         errors.range("params.n", self.n, 1, 20);
-        errors.max_len("params.loras", &self.loras, 5);
-        errors.max_len("params.tis", &self.tis, 20);
+        // The counts of `loras` and `tis` are request rules with their own `rc` (`TooManyLoras`,
+        // `TooManyTIs`), as on the public horde, whose schema does not bound them.
         errors.max_len(
             "params.post_processing",
             &self.post_processing,
@@ -650,6 +690,15 @@ pub struct PopRequest {
     pub post_processors: Option<Vec<String>>,
     #[serde(default)]
     pub allow_controlnet: bool,
+    /// Beyond the public horde: the control types (`canny`, …) this worker draws the map for
+    /// from the request's picture (it holds the ControlNet and the annotator). A worker that
+    /// sends it gets only such controlled jobs of these types; without it, any type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_types: Option<Vec<String>>,
+    /// Beyond the public horde: the control types this worker runs when the request's source
+    /// image is the map (`image_is_control`): those whose ControlNet it holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_map_types: Option<Vec<String>>,
     #[serde(default)]
     pub allow_sdxl_controlnet: bool,
     #[serde(default)]
@@ -693,10 +742,23 @@ impl PopRequest {
                 errors.add(&format!("models.{i}"), "model names are 3..255 characters");
             }
         }
-        if let Some(names) = &self.post_processors {
-            errors.max_len("post_processors", names, MAX_POP_POST_PROCESSORS);
+        for (field, names, most) in [
+            (
+                "post_processors",
+                &self.post_processors,
+                MAX_POP_POST_PROCESSORS,
+            ),
+            ("control_types", &self.control_types, MAX_POP_CONTROL_TYPES),
+            (
+                "control_map_types",
+                &self.control_map_types,
+                MAX_POP_CONTROL_TYPES,
+            ),
+        ] {
+            let Some(names) = names else { continue };
+            errors.max_len(field, names, most);
             for (i, name) in names.iter().enumerate() {
-                errors.max_chars(&format!("post_processors.{i}"), name, MAX_LIST_ENTRY_CHARS);
+                errors.max_chars(&format!("{field}.{i}"), name, MAX_LIST_ENTRY_CHARS);
             }
         }
         errors.max_len("priority_usernames", &self.priority_usernames, MAX_POP_LIST);
@@ -738,6 +800,8 @@ pub struct JobPayload {
     pub clip_skip: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub control_type: Option<ControlType>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_strength: Option<f64>,
     pub image_is_control: bool,
     pub return_control_map: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]

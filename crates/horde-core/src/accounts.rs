@@ -153,6 +153,12 @@ pub struct WorkerFlags {
     pub post_processors: Option<Vec<String>>,
     pub allow_lora: bool,
     pub allow_controlnet: bool,
+    /// The control types it draws maps for; `None`: any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_types: Option<Vec<String>>,
+    /// The control types it runs from a given map; `None`: any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_map_types: Option<Vec<String>>,
     pub allow_sdxl_controlnet: bool,
     pub require_upfront_kudos: bool,
     pub extra_slow_worker: bool,

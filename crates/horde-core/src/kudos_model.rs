@@ -235,7 +235,7 @@ pub fn features(request: &ImageRequest) -> Option<[f32; INPUTS]> {
     let has_control = p.control_type.is_some();
     let requested_denoise = p.denoising_strength.unwrap_or(1.0);
     let (denoising, control_strength) = match (has_source, has_control) {
-        (true, true) => (1.0, requested_denoise),
+        (true, true) => (1.0, p.control_strength.unwrap_or(requested_denoise)),
         (true, false) => (requested_denoise, 1.0),
         (false, _) => (1.0, 1.0),
     };
@@ -501,6 +501,20 @@ mod tests {
             }),
             13.69
         );
+        // Control strength is the network's control input; without it, the denoising strength
+        // stands in (horde-api.md §5.1).
+        let control = |strength: Option<f64>, denoise: Option<f64>| {
+            variant(&|r| {
+                r.source_image = Some("img".into());
+                r.params.control_type = Some(ControlType::Canny);
+                r.params.control_strength = strength;
+                r.params.denoising_strength = denoise;
+            })
+        };
+        let half = control(Some(0.5), None);
+        assert_ne!(half, 13.69);
+        assert_eq!(half, control(None, Some(0.5)));
+        assert_eq!(control(Some(0.5), Some(0.9)), half, "denoising is then 1");
         let mut hires = sample(1024, 1024, 30);
         hires.params.hires_fix = true;
         assert_eq!(kudos(&hires), 24.61);

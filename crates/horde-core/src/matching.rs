@@ -35,6 +35,10 @@ pub struct WorkerCaps {
     pub declared_post_processors: Option<Vec<String>>,
     pub allow_lora: bool,
     pub allow_controlnet: bool,
+    /// The control types it draws maps for from a picture; `None`: any.
+    pub control_types: Option<Vec<String>>,
+    /// The control types it runs from a map the request gives (`image_is_control`); `None`: any.
+    pub control_map_types: Option<Vec<String>>,
     pub amount: u32,
     pub bridge_agent: String,
     /// Users (by id) whose requests this worker serves first; always includes the owner.
@@ -175,8 +179,18 @@ pub fn can_generate(request: &LiveRequest, worker: &WorkerCaps) -> Result<(), Sk
     if !params.loras.is_empty() && !worker.allow_lora {
         return Err(SkipReason::Lora);
     }
-    if params.control_type.is_some() && !worker.allow_controlnet {
-        return Err(SkipReason::Controlnet);
+    if let Some(control) = params.control_type {
+        let offered = if params.image_is_control {
+            &worker.control_map_types
+        } else {
+            &worker.control_types
+        };
+        let runs_it = offered
+            .as_ref()
+            .is_none_or(|types| types.iter().any(|t| t == control.name()));
+        if !worker.allow_controlnet || !runs_it {
+            return Err(SkipReason::Controlnet);
+        }
     }
     check_bridge(request, &BridgeCapabilities::of(&worker.bridge_agent))
 }
@@ -240,14 +254,29 @@ fn check_bridge(request: &LiveRequest, can: &BridgeCapabilities) -> Result<(), S
             .any(|pp| !can.runs_post_processor(pp)),
         p.tiling && !can.tiling,
         p.hires_fix && !can.hires_fix,
-        p.control_type.is_some() && !can.controlnet,
         p.clip_skip.is_some_and(|c| c > 1) && !can.clip_skip,
-        !p.loras.is_empty() && !can.lora,
     ];
-    if needs.into_iter().any(|missing| missing) {
+    if needs.into_iter().any(|missing| missing) || !runs_networks(p, can) {
         return Err(SkipReason::BridgeVersion);
     }
     Ok(())
+}
+
+/// Whether the bridge runs the request's ControlNet, LoRAs and textual inversions, as the
+/// public horde's bridge reference grants them: a control job needs `controlnet` and
+/// `image_is_control`, `return_control_map` its own capability (with or without a control
+/// type, as there), LoRAs `lora` and `lora_versions` when one is named by version,
+/// textual inversions `textual_inversion`. (Whether the worker *allows* LoRAs and ControlNet is
+/// asked before, and skipped as `lora` and `controlnet`.)
+fn runs_networks(p: &horde_api::image::ImageParams, can: &BridgeCapabilities) -> bool {
+    let missing = [
+        p.control_type.is_some() && !(can.controlnet && can.image_is_control),
+        p.return_control_map && !can.return_control_map,
+        !p.loras.is_empty() && !can.lora,
+        p.loras.iter().any(|l| l.is_version) && !can.lora_versions,
+        !p.tis.is_empty() && !can.textual_inversion,
+    ];
+    !missing.into_iter().any(|m| m)
 }
 
 fn check_worker_list(request: &LiveRequest, worker: &WorkerCaps) -> Result<(), SkipReason> {
@@ -353,6 +382,8 @@ mod tests {
             declared_post_processors: None,
             allow_lora: false,
             allow_controlnet: false,
+            control_types: None,
+            control_map_types: None,
             amount: 1,
             bridge_agent: "AI Horde Worker reGen:9.0.1:x".into(),
             priority_user_ids: vec![7],
@@ -599,6 +630,108 @@ mod tests {
             },
             Err(SkipReason::BridgeVersion),
         );
+    }
+
+    /// A worker that allows LoRAs and ControlNet, on `bridge`.
+    fn allowing_all_on(bridge: &'static str) -> impl FnOnce(&mut WorkerCaps) {
+        move |w| {
+            w.allow_lora = true;
+            w.allow_controlnet = true;
+            w.bridge_agent = bridge.into();
+        }
+    }
+
+    #[test]
+    fn a_worker_that_names_its_control_types_gets_only_those() {
+        let canny =
+            json!({"prompt": "c", "source_image": "x", "params": {"control_type": "canny"}});
+        let depth_map = json!({"prompt": "c", "source_image": "x", "params": {"control_type": "depth", "image_is_control": true}});
+        let depth =
+            json!({"prompt": "c", "source_image": "x", "params": {"control_type": "depth"}});
+        let names = |types: &[&str]| Some(types.iter().map(|t| t.to_string()).collect());
+        let declaring = move |w: &mut WorkerCaps| {
+            allowing_all_on("AI Horde Worker reGen:9.0.1:x")(w);
+            w.control_types = names(&["canny"]);
+            w.control_map_types = names(&["canny", "depth"]);
+        };
+        check(canny.clone(), declaring, Ok(()));
+        check(depth_map.clone(), declaring, Ok(()));
+        check(depth.clone(), declaring, Err(SkipReason::Controlnet));
+        // Without the lists, any type, as on the public horde.
+        check(
+            depth,
+            allowing_all_on("AI Horde Worker reGen:9.0.1:x"),
+            Ok(()),
+        );
+        // A declared type does not lift the worker's own refusal.
+        check(
+            canny,
+            move |w: &mut WorkerCaps| {
+                declaring(w);
+                w.allow_controlnet = false;
+            },
+            Err(SkipReason::Controlnet),
+        );
+    }
+
+    #[test]
+    fn networks_need_the_workers_leave_first_and_then_its_bridge() {
+        let lora = json!({"prompt": "c", "params": {"loras": [{"name": "l"}]}});
+        let control =
+            json!({"prompt": "c", "source_image": "x", "params": {"control_type": "canny"}});
+        // Not allowed: the worker's choice, whatever its bridge.
+        check(lora.clone(), |_| {}, Err(SkipReason::Lora));
+        check(control.clone(), |_| {}, Err(SkipReason::Controlnet));
+        check(
+            control.clone(),
+            |w| w.bridge_agent = "mine:1:x".into(),
+            Err(SkipReason::Controlnet),
+        );
+        // Allowed, on a bridge that has them or not.
+        let regen_2 = "AI Horde Worker reGen:2.0.0:x";
+        check(lora.clone(), allowing_all_on(regen_2), Ok(()));
+        check(control.clone(), allowing_all_on(regen_2), Ok(()));
+        check(
+            lora,
+            allowing_all_on("AI Horde Worker:21:x"),
+            Err(SkipReason::BridgeVersion),
+        );
+        check(
+            control.clone(),
+            allowing_all_on("AI Horde Worker:22:x"),
+            Err(SkipReason::BridgeVersion),
+        );
+        check(control, allowing_all_on("AI Horde Worker:23:x"), Ok(()));
+    }
+
+    #[test]
+    fn textual_inversions_versioned_loras_and_control_maps_need_their_bridge_capability() {
+        let cases = [
+            (
+                json!({"tis": [{"name": "7808"}]}),
+                "AI Horde Worker:23:x",
+                "AI Horde Worker:24:x",
+            ),
+            (
+                json!({"loras": [{"name": "128713", "is_version": true}]}),
+                "AI Horde Worker reGen:2.9.0:x",
+                "AI Horde Worker reGen:3.0.0:x",
+            ),
+            (
+                json!({"return_control_map": true}),
+                "AI Horde Worker:17:x",
+                "AI Horde Worker:18:x",
+            ),
+        ];
+        for (params, without, with) in cases {
+            let body = json!({"prompt": "c", "params": params});
+            check(
+                body.clone(),
+                allowing_all_on(without),
+                Err(SkipReason::BridgeVersion),
+            );
+            check(body, allowing_all_on(with), Ok(()));
+        }
     }
 
     #[test]

@@ -232,6 +232,69 @@ mod tests {
     }
 
     #[test]
+    fn every_lora_adds_three_and_any_number_of_tis_one() {
+        let priced = |loras: usize, tis: usize| {
+            let names = |prefix: &str, n: usize| {
+                (0..n)
+                    .map(|i| serde_json::json!({"name": format!("{prefix}{i}")}))
+                    .collect::<Vec<_>>()
+            };
+            job_kudos(&request(serde_json::json!({
+                "steps": 30, "loras": names("l", loras), "tis": names("t", tis)
+            })))
+        };
+        let plain = priced(0, 0);
+        assert_eq!(plain, 7.61, "the sample table's 512², 30 steps");
+        for (loras, tis, surcharge) in [
+            (1, 0, 3.0),
+            (5, 0, 15.0),
+            (0, 1, 1.0),
+            (0, 20, 1.0),
+            (5, 20, 16.0),
+        ] {
+            assert_eq!(
+                round2(priced(loras, tis) - plain),
+                surcharge,
+                "{loras} LoRAs, {tis} TIs"
+            );
+        }
+    }
+
+    #[test]
+    fn control_is_priced_by_the_kudos_network_with_its_surcharges() {
+        // horde-api.md §5.1: 512², 30 steps, canny on a source image is 13.69.
+        let canny = |extra: serde_json::Value| {
+            let mut params = serde_json::json!({"steps": 30, "control_type": "canny"});
+            for (k, v) in extra.as_object().unwrap() {
+                params[k] = v.clone();
+            }
+            let mut r = request(params);
+            r.source_image = Some("a source".into());
+            r
+        };
+        assert_eq!(job_kudos(&canny(serde_json::json!({}))), 13.69);
+        let with_networks = canny(serde_json::json!({
+            "loras": [{"name": "1"}, {"name": "2"}], "tis": [{"name": "t"}]
+        }));
+        assert_eq!(job_kudos(&with_networks), 20.69);
+        // A source image is charged ×1.3, then the horde's +1.
+        assert_eq!(requester_charge(&with_networks, 20.69), 27.9);
+    }
+
+    #[test]
+    fn the_closed_formula_triples_control_unless_the_map_is_returned() {
+        let formula = |params: serde_json::Value| formula_job_kudos(&request(params).params);
+        let plain = formula(serde_json::json!({"steps": 30}));
+        let control = formula(serde_json::json!({"steps": 30, "control_type": "hed"}));
+        let map_only = formula(
+            serde_json::json!({"steps": 30, "control_type": "hed", "return_control_map": true}),
+        );
+        // round(x, 2) and round(3x, 2) of the hand computation above (x = 6.4959 at 512², 30 steps).
+        assert_eq!((plain, control), (6.5, 19.49));
+        assert_eq!(map_only, plain);
+    }
+
+    #[test]
     fn unknown_bridges_earn_less() {
         assert_eq!(
             bridge_multiplier("AI Horde Worker reGen:9.0.1:https://x"),

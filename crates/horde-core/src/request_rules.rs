@@ -17,7 +17,9 @@ use horde_api::image::{
 };
 use horde_api::Rc;
 
+mod networks;
 mod sources;
+pub use networks::{check_networks, NetworkRefusal};
 pub use sources::{
     is_marker, marker, prepare_sources, replace_with_markers, PreparedSource, SourceRole,
     MARKER_PREFIX,
@@ -27,7 +29,7 @@ pub use sources::{
 pub const MAX_NAMED_WORKERS: usize = 5;
 
 /// Why an image request was refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum RequestRefusal {
     /// `cfg_scale` has more than two decimals.
     CfgScaleDecimals,
@@ -69,6 +71,8 @@ pub enum RequestRefusal {
     UnbatchedNeedsTrust,
     /// More than one extra source image, by an untrusted user.
     ExtraSourceImagesNeedTrust,
+    /// A LoRA, textual-inversion or ControlNet rule ([`check_networks`]).
+    Network(NetworkRefusal),
 }
 
 impl Refusal for RequestRefusal {
@@ -89,6 +93,7 @@ impl Refusal for RequestRefusal {
             RequestRefusal::PostProcessorAsModel(_) => Rc::UnexpectedModelName,
             RequestRefusal::UnbatchedNeedsTrust => Rc::RequiresTrust,
             RequestRefusal::ExtraSourceImagesNeedTrust => Rc::MoreThanMinExtraSourceImage,
+            RequestRefusal::Network(refusal) => refusal.rc(),
         }
     }
 
@@ -140,6 +145,7 @@ impl Refusal for RequestRefusal {
             RequestRefusal::ExtraSourceImagesNeedTrust => {
                 "Only trusted users may send more than one extra source image.".into()
             }
+            RequestRefusal::Network(refusal) => refusal.message(),
         }
     }
 }

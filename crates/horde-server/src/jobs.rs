@@ -37,6 +37,7 @@ fn payload_of(request: &LiveRequest, first: &Job, batch: u32) -> JobPayload {
         hires_fix: p.hires_fix,
         clip_skip: p.clip_skip,
         control_type: p.control_type,
+        control_strength: p.control_strength,
         image_is_control: p.image_is_control,
         return_control_map: p.return_control_map,
         facefixer_strength: p.facefixer_strength,

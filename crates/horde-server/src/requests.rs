@@ -161,6 +161,8 @@ impl AppState {
             self.check_webhook(url).await?;
         }
         self.check_request_models(&body)?;
+        let reference = self.model_reference();
+        request_rules::check_networks(&body, |model| reference.baseline_of(model))?;
         let (mut body, base_seed) = request_rules::normalise(body, user);
         let rewritten = self.screen_prompt(user, &mut body)?;
         self.apply_post_processing_fallback(user, &mut body);

@@ -32,6 +32,8 @@ pub(crate) fn worker(models: &[&str]) -> WorkerCaps {
         declared_post_processors: None,
         allow_lora: false,
         allow_controlnet: false,
+        control_types: None,
+        control_map_types: None,
         amount: 1,
         bridge_agent: "AI Horde Worker reGen:9.0.1:x".into(),
         priority_user_ids: vec![99],

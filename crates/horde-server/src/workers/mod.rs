@@ -68,6 +68,8 @@ impl WorkerEntry {
             declared_post_processors: w.flags.post_processors.clone(),
             allow_lora: w.flags.allow_lora,
             allow_controlnet: w.flags.allow_controlnet,
+            control_types: w.flags.control_types.clone(),
+            control_map_types: w.flags.control_map_types.clone(),
             amount: self.amount,
             bridge_agent: w.bridge_agent.clone(),
             priority_user_ids: self.priority_user_ids.clone(),
@@ -193,6 +195,8 @@ fn declares_the_same(worker: &Worker, pop: &PopRequest) -> bool {
         && f.post_processors == pop.post_processors
         && f.allow_lora == pop.allow_lora
         && f.allow_controlnet == pop.allow_controlnet
+        && f.control_types == pop.control_types
+        && f.control_map_types == pop.control_map_types
         && f.allow_sdxl_controlnet == pop.allow_sdxl_controlnet
         && f.require_upfront_kudos == pop.require_upfront_kudos
         && f.extra_slow_worker == pop.extra_slow_worker
@@ -218,6 +222,8 @@ fn flags_of(pop: &PopRequest) -> WorkerFlags {
         post_processors: pop.post_processors.clone(),
         allow_lora: pop.allow_lora,
         allow_controlnet: pop.allow_controlnet,
+        control_types: pop.control_types.clone(),
+        control_map_types: pop.control_map_types.clone(),
         allow_sdxl_controlnet: pop.allow_sdxl_controlnet,
         require_upfront_kudos: pop.require_upfront_kudos,
         extra_slow_worker: pop.extra_slow_worker,

@@ -27,6 +27,7 @@ mod helpers;
 mod img2img;
 mod lifecycle;
 mod limits;
+mod loras;
 mod matching;
 mod metrics;
 mod models;
