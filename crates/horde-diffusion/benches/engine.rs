@@ -291,6 +291,7 @@ fn time_hires_fix(threads: usize) {
         tiling: false,
         seeds: vec![1],
         prompts: vec![],
+        embeddings: Vec::new(),
     };
     let hires = HiresFix {
         denoising_strength: 0.5,

@@ -154,8 +154,18 @@ impl TextTransformer {
 
     /// Runs the first `layers` layers over `[batch, positions]` token ids.
     pub fn hidden_states(&self, tokens: &Tensor, layers: usize) -> Result<Tensor> {
-        let (_, positions) = tokens.dims2()?;
-        let xs = self.token_embedding.forward(tokens)?;
+        self.hidden_states_of(&self.token_embeddings(tokens)?, layers)
+    }
+
+    /// The token embeddings `[batch, positions, width]` of `[batch, positions]` token ids.
+    pub fn token_embeddings(&self, tokens: &Tensor) -> Result<Tensor> {
+        self.token_embedding.forward(tokens)
+    }
+
+    /// [`TextTransformer::hidden_states`] from token embeddings (textual-inversion vectors
+    /// stand in some of them).
+    pub fn hidden_states_of(&self, xs: &Tensor, layers: usize) -> Result<Tensor> {
+        let (_, positions, _) = xs.dims3()?;
         let mut xs = xs.broadcast_add(
             &self
                 .position_embedding

@@ -289,10 +289,17 @@ fn detect_family(index: &TensorIndex) -> Result<Family, Error> {
 }
 
 fn infer_unet(index: &TensorIndex) -> Result<UNetConfig, Error> {
-    let p = UNET_PREFIX;
+    let mut config = infer_input_half(index, UNET_PREFIX)?;
+    config.out_channels = index.shape(&format!("{UNET_PREFIX}out.2.weight"))?[0];
+    Ok(config)
+}
+
+/// The shapes of the input and middle blocks of a UNet under `p`: the UNet's, or a ControlNet's
+/// (`controlnet.rs`), which has no output blocks (`out_channels` is left at `in_channels`).
+pub(crate) fn infer_input_half(index: &TensorIndex, p: &str) -> Result<UNetConfig, Error> {
     let conv_in = index.shape(&format!("{p}input_blocks.0.0.weight"))?;
     let (model_channels, in_channels) = (conv_in[0], conv_in[1]);
-    let out_channels = index.shape(&format!("{p}out.2.weight"))?[0];
+    let out_channels = in_channels;
     let mut downsamples = Vec::new();
     let mut count = 0;
     while index.has_prefix(&format!("{p}input_blocks.{}.", count + 1)) {

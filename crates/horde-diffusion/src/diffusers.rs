@@ -189,13 +189,14 @@ fn resnet(rest: &str) -> String {
     rest.to_string()
 }
 
-struct UNetRenamer {
+/// diffusers' UNet names to LDM's (also a diffusers-layout ControlNet's, `controlnet.rs`).
+pub(crate) struct UNetRenamer {
     per_level: usize,
     up_with_attention: BTreeSet<usize>,
 }
 
 impl UNetRenamer {
-    fn new(names: &BTreeSet<String>) -> Self {
+    pub(crate) fn new(names: &BTreeSet<String>) -> Self {
         let per_level = count(names, "down_blocks.0.resnets.") + 1;
         let up_with_attention = names
             .iter()
@@ -209,7 +210,7 @@ impl UNetRenamer {
         }
     }
 
-    fn rename(&self, name: &str) -> Option<String> {
+    pub(crate) fn rename(&self, name: &str) -> Option<String> {
         let simple = [
             ("conv_in.", "input_blocks.0.0."),
             ("time_embedding.linear_1.", "time_embed.0."),

@@ -5,9 +5,12 @@
 //! any [`SamplerKind`], from noise or from a [`SourceImage`] (image-to-image, inpainting,
 //! outpainting) and with [`HiresFix`] (`Model::generate_with`); [`ModelConfig`] is what it read off the checkpoint; [`LatentDraw`] says
 //! which latents an image encodes to for image-to-image (the VAE encoder's mean or a seeded
-//! sample); [`dtype_named`] checks a configured dtype; every failure is an [`Error`].
+//! sample); [`dtype_named`] checks a configured dtype; every failure is an [`Error`]. A
+//! [`ControlNet`] (loaded on its own, checked against the model) steers a job as its
+//! [`Control`] (`Model::generate_controlled`). [`LoraFile`]s apply to the jobs that follow at
+//! their strengths ([`LoraApplication`]) with `Model::set_loras` (merged into the weights; `lora`).
 //!
-//! Five modules are public besides, each for a reason of its own:
+//! Six modules are public besides, each for a reason of its own:
 //! * [`nn`], the layers other networks of the product build on: the post-processors of
 //!   `horde-postprocess` (upscalers, face fixers, background removal) are built from the same
 //!   convolutions, norms, linear layers and attention, on the same CPU kernels.
@@ -15,6 +18,8 @@
 //!   crate, and the post-processors' own tiny checkpoints, are written with it.
 //! * [`source`] has the public horde's rules for a source image and hires fix (resize, mask,
 //!   first-pass size, second-pass steps), which the worker also needs to price and time a job.
+//! * [`annotators`] computes the control maps whose annotator is plain image processing (canny,
+//!   scribble), which the worker runs on a source and may return (`return_control_map`).
 //! * [`prompt`] parses the prompt syntax (A1111 attention weights), which the `horde` crate's
 //!   fuzz corpus exercises on its own.
 //! * [`parts`] names the engine's parts one by one (networks, kernels, samplers, schedules) for
@@ -23,18 +28,24 @@
 //!
 //! Inside: `checkpoint` opens single-file (LDM layout) checkpoints, memory-mapped, and
 //! `diffusers` folders; `config` reads the model's family and shapes off its tensors; `unet`,
-//! `vae` and `clip` are the three networks, written with the LDM tensor names; `text` and
-//! `prompt` turn a prompt (any length) into conditioning; `sampling` has the noise schedules
+//! `vae` and `clip` are the three networks, written with the LDM tensor names, and `controlnet`
+//! the ControlNet, built from the UNet's blocks; `text` and
+//! `prompt` turn a prompt (any length) into conditioning, with the textual-inversion
+//! [`Embedding`]s a job names (`embeddings`); `sampling` has the noise schedules
 //! and the seeded noise, `samplers` every AI Horde sampler as a plain function of a denoiser;
 //! `pipeline` ties everything into one `generate` call; `kernels` has our own CPU kernels where
 //! candle's are slow (fused attention, convolutions); on other devices and dtypes the networks
 //! use candle's ops.
 
+pub mod annotators;
 mod checkpoint;
 mod clip;
 mod config;
+mod controlnet;
 mod diffusers;
+mod embeddings;
 mod kernels;
+mod lora;
 pub mod nn;
 mod pipeline;
 pub mod prompt;
@@ -47,6 +58,9 @@ mod unet;
 mod vae;
 
 pub use config::{Family, ModelConfig, Prediction};
+pub use controlnet::{scale_map, Control, ControlNet, ControlNetConfig};
+pub use embeddings::Embedding;
+pub use lora::{LoraApplication, LoraFile};
 pub use pipeline::{dtype_named, Generation, LoadOptions, LoadStage, Model};
 pub use samplers::SamplerKind;
 pub use source::{HiresFix, SourceImage, SourceProcessing};
@@ -63,10 +77,13 @@ pub mod parts {
         SD1_CLIP_PREFIX, SD2_CLIP_PREFIX, SDXL_CLIP_G_PREFIX, SDXL_CLIP_L_PREFIX, UNET_PREFIX,
         VAE_PREFIX,
     };
-    pub use crate::pipeline::{model_from_var_builder, sample_latents, sdxl_vector};
+    pub use crate::lora::{encode_text_now, unet_forward_now};
+    pub use crate::pipeline::{
+        model_from_var_builder, sample_controlled_latents, sample_latents, sdxl_vector,
+    };
     pub use crate::sampling::{DiscreteSchedule, Noise, SeededNoise};
     pub use crate::text::{TextConditioner, WeightedTokens};
-    pub use crate::unet::{Conditioning, UNet};
+    pub use crate::unet::{Conditioning, ControlResiduals, UNet};
     pub use crate::vae::{encode_images, pixels_of, Encoder, LatentDistribution, Vae, BAND_PIXELS};
 
     /// The samplers as plain functions of a denoiser.
@@ -95,6 +112,13 @@ pub enum Error {
     /// A model of an architecture this engine does not run.
     #[error("{}: unsupported architecture: {reason}", path.display())]
     Unsupported { path: PathBuf, reason: String },
+    /// A textual-inversion embedding that cannot be read, or was made for another text encoder.
+    #[error("{}: textual inversion embedding: {reason}", path.display())]
+    Embedding { path: PathBuf, reason: String },
+    /// A LoRA file that is unreadable, of a format or adapter kind we do not apply, or of
+    /// another model family than the model it is applied to.
+    #[error("{}: cannot apply LoRA: {reason}", path.display())]
+    Lora { path: PathBuf, reason: String },
     /// A device or dtype that is unknown, or that this build cannot use.
     #[error("{0}")]
     Device(String),

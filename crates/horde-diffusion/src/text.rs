@@ -4,10 +4,11 @@
 
 use crate::clip::TextTransformer;
 use crate::config::{ClipLayout, Family};
+use crate::embeddings::{self, Embedding, Piece, FIRST_EMBEDDING_ID};
 use crate::prompt;
 use candle_core::{DType, Device, Result, Tensor, D};
 use instant_clip_tokenizer::Tokenizer;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 /// Tokens per chunk between the start and end tokens.
 const CHUNK: usize = 75;
@@ -28,14 +29,25 @@ pub struct WeightedTokens {
 
 impl WeightedTokens {
     pub fn from_prompt(text: &str) -> Self {
+        Self::with_embeddings(text, &[])
+    }
+
+    /// The prompt's tokens, each `embedding:NAME` of one of `embeddings` taking as many slots
+    /// as it has vectors, with ids from [`FIRST_EMBEDDING_ID`] on (in the order of
+    /// `embeddings`) and the weight of the text around it. An embedding may cross a chunk
+    /// boundary, as ComfyUI lets words of 8 tokens or more (ordinary words here too).
+    pub fn with_embeddings(text: &str, embeddings: &[Arc<Embedding>]) -> Self {
         let mut out = WeightedTokens::default();
         let mut buffer = Vec::new();
         for fragment in prompt::parse(text) {
-            buffer.clear();
-            tokenizer().encode(&fragment.text, &mut buffer);
-            for token in &buffer {
-                out.ids.push(u32::from(token.to_u16()));
-                out.weights.push(fragment.weight);
+            for piece in embeddings::split_prompt(&fragment.text, embeddings) {
+                buffer.clear();
+                match piece {
+                    Piece::Text(text) => tokenizer().encode(text, &mut buffer),
+                    Piece::Embedding(k) => out.ids.extend(embeddings::token_ids(embeddings, k)),
+                }
+                out.ids.extend(buffer.iter().map(|t| u32::from(t.to_u16())));
+                out.weights.resize(out.ids.len(), fragment.weight);
             }
         }
         out
@@ -117,27 +129,43 @@ impl TextConditioner {
         dtype: DType,
         device: &Device,
     ) -> Result<Encoded> {
+        self.encode_with_embeddings(tokens, &[], chunks, clip_skip, dtype, device)
+    }
+
+    /// [`TextConditioner::encode`] of tokens made with
+    /// [`WeightedTokens::with_embeddings`]`(…, embeddings)`: their vectors go in place of the
+    /// token embeddings of their slots.
+    pub fn encode_with_embeddings(
+        &self,
+        tokens: &WeightedTokens,
+        embeddings: &[Arc<Embedding>],
+        chunks: usize,
+        clip_skip: usize,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Encoded> {
         let choice = self.choice(clip_skip);
         let mut per_chunk = Vec::with_capacity(chunks);
         let mut pooled = None;
+        let extra = self.embedding_vectors(embeddings, device)?;
         for i in 0..chunks {
             let mut parts = Vec::with_capacity(self.encoders.len());
-            for encoder in &self.encoders {
+            for (e, encoder) in self.encoders.iter().enumerate() {
                 let pad = match encoder.config().layout {
                     ClipLayout::HuggingFace => END,
                     ClipLayout::OpenClip => 0,
                 };
                 let (ids, weights) = tokens.chunk(i, pad);
-                let ids = Tensor::from_vec(ids, (1, CHUNK + 2), device)?;
+                let (ids, inputs) = input_embeddings(encoder, ids, extra.get(e), device)?;
                 let layers = encoder.layer_count();
                 let skip = choice.skip.saturating_sub(encoder.config().layers_removed);
                 let run = layers.saturating_sub(skip).max(1);
                 let needs_pooled = i == 0
                     && self.family == Family::Sdxl
                     && encoder.config().projection_dim.is_some();
-                let mut hidden = encoder.hidden_states(&ids, run)?;
+                let mut hidden = encoder.hidden_states_of(&inputs, run)?;
                 if needs_pooled {
-                    let last = encoder.hidden_states(&ids, layers)?;
+                    let last = encoder.hidden_states_of(&inputs, layers)?;
                     pooled = encoder.pooled(&ids, &last)?;
                 }
                 if choice.final_norm {
@@ -154,26 +182,80 @@ impl TextConditioner {
     }
 }
 
+impl TextConditioner {
+    /// Each encoder's vectors of `embeddings`, stacked in token-id order (none without any).
+    fn embedding_vectors(
+        &self,
+        embeddings: &[Arc<Embedding>],
+        device: &Device,
+    ) -> Result<Vec<Tensor>> {
+        if embeddings.is_empty() {
+            return Ok(Vec::new());
+        }
+        (self.encoders.iter().enumerate())
+            .map(|(e, encoder)| {
+                embeddings::stacked_vectors(embeddings, self.family, e, encoder.config())
+                    .map_err(|err| candle_core::Error::Msg(err.to_string()))?
+                    .to_device(device)
+            })
+            .collect()
+    }
+}
+
+/// A chunk's ids `[1, 77]` (embedding slots as id 0, so the end token stays the highest id
+/// for the pooled output) and its input embeddings `[1, 77, width]`: the encoder's token
+/// embeddings, with the rows of `extra` in embedding slots.
+fn input_embeddings(
+    encoder: &TextTransformer,
+    ids: Vec<u32>,
+    extra: Option<&Tensor>,
+    device: &Device,
+) -> Result<(Tensor, Tensor)> {
+    let slots: Vec<Option<u32>> = ids
+        .iter()
+        .map(|&id| id.checked_sub(FIRST_EMBEDDING_ID))
+        .collect();
+    let vocab: Vec<u32> = (ids.iter().zip(&slots))
+        .map(|(&id, slot)| if slot.is_some() { 0 } else { id })
+        .collect();
+    let vocab = Tensor::from_vec(vocab, (1, CHUNK + 2), device)?;
+    let inputs = encoder.token_embeddings(&vocab)?;
+    let Some(last) = slots.iter().flatten().max() else {
+        return Ok((vocab, inputs));
+    };
+    let Some(extra) = extra.filter(|e| e.dim(0).is_ok_and(|n| (*last as usize) < n)) else {
+        candle_core::bail!(
+            "token id {} names no embedding vector",
+            FIRST_EMBEDDING_ID + last
+        )
+    };
+    let rows: Vec<u32> = slots.iter().map(|s| s.unwrap_or(0)).collect();
+    let rows = Tensor::from_vec(rows, CHUNK + 2, device)?;
+    let injected = extra
+        .index_select(&rows, 0)?
+        .to_dtype(inputs.dtype())?
+        .unsqueeze(0)?;
+    let mask: Vec<u8> = slots.iter().map(|s| u8::from(s.is_some())).collect();
+    let mask = Tensor::from_vec(mask, (1, CHUNK + 2, 1), device)?.broadcast_as(inputs.shape())?;
+    Ok((vocab, mask.where_cond(&injected, &inputs)?))
+}
+
 /// Multiplies each token's embedding by its weight, then restores the chunk's mean, as A1111.
 fn apply_weights(hidden: &Tensor, weights: &[f32]) -> Result<Tensor> {
     if weights.iter().all(|&w| w == 1.0) {
         return Ok(hidden.clone());
     }
-    let original_mean = hidden
-        .to_dtype(DType::F32)?
-        .mean_all()?
-        .to_scalar::<f32>()?;
+    // The means in f64: they are near 0, so their ratio would magnify f32's rounding.
+    let mean = |t: &Tensor| t.to_dtype(DType::F64)?.mean_all()?.to_scalar::<f64>();
+    let original_mean = mean(hidden)?;
     let w = Tensor::from_slice(weights, (1, weights.len(), 1), hidden.device())?
         .to_dtype(hidden.dtype())?;
     let weighted = hidden.broadcast_mul(&w)?;
-    let new_mean = weighted
-        .to_dtype(DType::F32)?
-        .mean_all()?
-        .to_scalar::<f32>()?;
+    let new_mean = mean(&weighted)?;
     if new_mean == 0.0 {
         return Ok(weighted);
     }
-    weighted * f64::from(original_mean / new_mean)
+    weighted * (original_mean / new_mean)
 }
 
 #[cfg(test)]

@@ -278,6 +278,36 @@ fn write_tiny_config(config: &ModelConfig, path: &Path, seed: u64) -> Result<usi
     Ok(tensors.len())
 }
 
+/// The tiny ControlNet of `arch`: the input and middle blocks of [`tiny_config`]'s UNet, and a
+/// hint encoder of LDM's structure (eight 3×3 convolutions, three of them halving the map) with
+/// fewer channels (8, 8, 16, 16, 16, 16, 32, then the UNet's width; LDM's are 16 … 256).
+pub fn tiny_controlnet_config(arch: TinyArch) -> crate::ControlNetConfig {
+    let model = tiny_config(arch);
+    let mut unet = model.unet;
+    unet.out_channels = unet.in_channels;
+    crate::ControlNetConfig {
+        family: model.family,
+        hint_widths: vec![8, 8, 16, 16, 16, 16, 32, unet.model_channels],
+        unet,
+        hint_channels: 3,
+    }
+}
+
+/// Writes a tiny random ControlNet for `arch`'s tiny checkpoints ([`tiny_controlnet_config`],
+/// the original `control_model.` layout), every tensor random (a real ControlNet starts with
+/// its zero convolutions at 0; random ones make every residual count in the tests).
+pub fn write_tiny_controlnet(arch: TinyArch, path: &Path, seed: u64) -> Result<usize, Error> {
+    let config = tiny_controlnet_config(arch);
+    let tensors = record_random(seed, |vb| {
+        crate::ControlNet::from_var_builder(config, path, vb)
+    })?;
+    candle_core::safetensors::save(&tensors, path).map_err(|e| Error::Unreadable {
+        path: path.into(),
+        reason: format!("cannot write: {e}"),
+    })?;
+    Ok(tensors.len())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -199,12 +199,13 @@ impl Layer {
     }
 }
 
-/// One `TimestepEmbedSequential` of `input_blocks`/`output_blocks`.
+/// One `TimestepEmbedSequential` of `input_blocks`/`output_blocks` (and of a ControlNet's,
+/// `controlnet.rs`, built by the same functions).
 #[derive(Debug, Default)]
-struct Block(Vec<Layer>);
+pub(crate) struct Block(Vec<Layer>);
 
 impl Block {
-    fn forward(&self, xs: &Tensor, emb: &Tensor, context: &Tensor) -> Result<Tensor> {
+    pub(crate) fn forward(&self, xs: &Tensor, emb: &Tensor, context: &Tensor) -> Result<Tensor> {
         let mut xs = xs.clone();
         for layer in &self.0 {
             xs = layer.forward(&xs, emb, context)?;
@@ -246,20 +247,27 @@ pub struct Conditioning<'a> {
     pub vector: Option<&'a Tensor>,
 }
 
+/// A ControlNet's residuals (`cldm`'s `control`, diffusers' `down_block_additional_residuals`
+/// and `mid_block_additional_residual`), already scaled by the control strength: one per input
+/// block, added to the skip connection the output blocks take from it, and one added to the
+/// middle block's output.
+#[derive(Debug, Clone)]
+pub struct ControlResiduals {
+    pub down: Vec<Tensor>,
+    pub mid: Tensor,
+}
+
+/// The timestep embedding and SDXL's `label_emb` (pooled text and sizes), with the names the
+/// UNet and a ControlNet (`controlnet.rs`) both read them under.
 #[derive(Debug)]
-pub struct UNet {
+pub(crate) struct TimeEmbedding {
     time_embed: (Linear, Linear),
     label_emb: Option<(Linear, Linear)>,
-    input_blocks: Vec<Block>,
-    middle_block: Block,
-    output_blocks: Vec<Block>,
-    out_norm: GroupNorm,
-    out_conv: Conv2d,
     model_channels: usize,
 }
 
-impl UNet {
-    pub fn new(config: &UNetConfig, family: Family, vb: VarBuilder<'_>) -> Result<Self> {
+impl TimeEmbedding {
+    pub(crate) fn new(config: &UNetConfig, vb: &VarBuilder<'_>) -> Result<Self> {
         let mc = config.model_channels;
         let emb_dim = mc * 4;
         let time_embed = (
@@ -273,51 +281,114 @@ impl UNet {
             )),
             None => None,
         };
-        let levels = config.channel_mult.len();
-        let vb_in = vb.pp("input_blocks");
-        let mut input_blocks = vec![Block(vec![Layer::Conv(nn::conv(
-            config.in_channels,
-            mc,
-            3,
-            1,
-            1,
-            vb_in.pp("0.0"),
-        )?)])];
-        let mut skip_channels = vec![mc];
-        let mut ch = mc;
-        for (level, mult) in config.channel_mult.iter().enumerate() {
-            for _ in 0..config.num_res_blocks {
-                let vb_b = vb_in.pp(input_blocks.len());
-                let layers = res_and_attention(ch, mult * mc, level, config, family, vb_b)?;
-                ch = mult * mc;
-                input_blocks.push(Block(layers));
-                skip_channels.push(ch);
-            }
-            if level + 1 < levels {
-                let vb_b = vb_in.pp(input_blocks.len());
-                input_blocks.push(Block(vec![Layer::Downsample(nn::conv(
-                    ch,
-                    ch,
-                    3,
-                    2,
-                    1,
-                    vb_b.pp("0.op"),
-                )?)]));
-                skip_channels.push(ch);
-            }
+        Ok(TimeEmbedding {
+            time_embed,
+            label_emb,
+            model_channels: mc,
+        })
+    }
+
+    /// The embedding of `timesteps` (plus SDXL's `vector`), in `dtype`.
+    pub(crate) fn forward(
+        &self,
+        timesteps: &Tensor,
+        vector: Option<&Tensor>,
+        dtype: candle_core::DType,
+    ) -> Result<Tensor> {
+        let t_emb = nn::timestep_embedding(timesteps, self.model_channels)?.to_dtype(dtype)?;
+        let mut emb = self
+            .time_embed
+            .1
+            .forward(&nn::silu(&self.time_embed.0.forward(&t_emb)?)?)?;
+        if let (Some((l1, l2)), Some(vector)) = (&self.label_emb, vector) {
+            emb = (emb + l2.forward(&nn::silu(&l1.forward(vector)?)?)?)?;
         }
-        let vb_mid = vb.pp("middle_block");
-        let middle_block = Block(vec![
-            Layer::Res(ResBlock::new(ch, ch, emb_dim, vb_mid.pp("0"))?),
-            Layer::Attention(SpatialTransformer::new(
+        Ok(emb)
+    }
+}
+
+/// `input_blocks` (`conv_in`, then each level's residual and attention blocks and its
+/// downsample), and the channels each block outputs (the skip connections' widths).
+pub(crate) fn input_blocks(
+    config: &UNetConfig,
+    family: Family,
+    vb_in: &VarBuilder<'_>,
+) -> Result<(Vec<Block>, Vec<usize>)> {
+    let mc = config.model_channels;
+    let levels = config.channel_mult.len();
+    let mut input_blocks = vec![Block(vec![Layer::Conv(nn::conv(
+        config.in_channels,
+        mc,
+        3,
+        1,
+        1,
+        vb_in.pp("0.0"),
+    )?)])];
+    let mut skip_channels = vec![mc];
+    let mut ch = mc;
+    for (level, mult) in config.channel_mult.iter().enumerate() {
+        for _ in 0..config.num_res_blocks {
+            let vb_b = vb_in.pp(input_blocks.len());
+            let layers = res_and_attention(ch, mult * mc, level, config, family, vb_b)?;
+            ch = mult * mc;
+            input_blocks.push(Block(layers));
+            skip_channels.push(ch);
+        }
+        if level + 1 < levels {
+            let vb_b = vb_in.pp(input_blocks.len());
+            input_blocks.push(Block(vec![Layer::Downsample(nn::conv(
                 ch,
-                config.mid_transformer_depth.max(1),
-                config,
-                family,
-                vb_mid.pp("1"),
-            )?),
-            Layer::Res(ResBlock::new(ch, ch, emb_dim, vb_mid.pp("2"))?),
-        ]);
+                ch,
+                3,
+                2,
+                1,
+                vb_b.pp("0.op"),
+            )?)]));
+            skip_channels.push(ch);
+        }
+    }
+    Ok((input_blocks, skip_channels))
+}
+
+/// `middle_block`: residual block, transformer, residual block, at `ch` channels.
+pub(crate) fn middle_block(
+    ch: usize,
+    config: &UNetConfig,
+    family: Family,
+    vb_mid: &VarBuilder<'_>,
+) -> Result<Block> {
+    let emb_dim = config.model_channels * 4;
+    Ok(Block(vec![
+        Layer::Res(ResBlock::new(ch, ch, emb_dim, vb_mid.pp("0"))?),
+        Layer::Attention(SpatialTransformer::new(
+            ch,
+            config.mid_transformer_depth.max(1),
+            config,
+            family,
+            vb_mid.pp("1"),
+        )?),
+        Layer::Res(ResBlock::new(ch, ch, emb_dim, vb_mid.pp("2"))?),
+    ]))
+}
+
+#[derive(Debug)]
+pub struct UNet {
+    time_embed: TimeEmbedding,
+    input_blocks: Vec<Block>,
+    middle_block: Block,
+    output_blocks: Vec<Block>,
+    out_norm: GroupNorm,
+    out_conv: Conv2d,
+}
+
+impl UNet {
+    pub fn new(config: &UNetConfig, family: Family, vb: VarBuilder<'_>) -> Result<Self> {
+        let mc = config.model_channels;
+        let time_embed = TimeEmbedding::new(config, &vb)?;
+        let (input_blocks, mut skip_channels) =
+            input_blocks(config, family, &vb.pp("input_blocks"))?;
+        let mut ch = *skip_channels.last().expect("conv_in is an input block");
+        let middle_block = middle_block(ch, config, family, &vb.pp("middle_block"))?;
         let vb_out = vb.pp("output_blocks");
         let mut output_blocks = Vec::new();
         for (level, mult) in config.channel_mult.iter().enumerate().rev() {
@@ -345,13 +416,11 @@ impl UNet {
         }
         Ok(UNet {
             time_embed,
-            label_emb,
             input_blocks,
             middle_block,
             output_blocks,
             out_norm: nn::group_norm(ch, 1e-5, vb.pp("out.0"))?,
             out_conv: nn::conv(ch, config.out_channels, 3, 1, 1, vb.pp("out.2"))?,
-            model_channels: mc,
         })
     }
 
@@ -362,14 +431,31 @@ impl UNet {
         timesteps: &Tensor,
         cond: &Conditioning<'_>,
     ) -> Result<Tensor> {
-        let t_emb = nn::timestep_embedding(timesteps, self.model_channels)?.to_dtype(xs.dtype())?;
-        let mut emb = self
-            .time_embed
-            .1
-            .forward(&nn::silu(&self.time_embed.0.forward(&t_emb)?)?)?;
-        if let (Some((l1, l2)), Some(vector)) = (&self.label_emb, cond.vector) {
-            emb = (emb + l2.forward(&nn::silu(&l1.forward(vector)?)?)?)?;
+        self.forward_controlled(xs, timesteps, cond, None)
+    }
+
+    /// [`UNet::forward`] with a ControlNet's residuals added as LDM's `ControlledUnetModel`
+    /// adds them: the middle one to the middle block's output, each other to the skip
+    /// connection of its input block as an output block takes it.
+    pub fn forward_controlled(
+        &self,
+        xs: &Tensor,
+        timesteps: &Tensor,
+        cond: &Conditioning<'_>,
+        control: Option<&ControlResiduals>,
+    ) -> Result<Tensor> {
+        if let Some(control) = control {
+            if control.down.len() != self.input_blocks.len() {
+                candle_core::bail!(
+                    "{} ControlNet residuals for a UNet of {} input blocks",
+                    control.down.len(),
+                    self.input_blocks.len()
+                );
+            }
         }
+        let emb = self
+            .time_embed
+            .forward(timesteps, cond.vector, xs.dtype())?;
         let mut skips = Vec::with_capacity(self.input_blocks.len());
         let mut h = xs.clone();
         for block in &self.input_blocks {
@@ -377,8 +463,14 @@ impl UNet {
             skips.push(h.clone());
         }
         h = self.middle_block.forward(&h, &emb, cond.context)?;
+        if let Some(control) = control {
+            h = (h + &control.mid)?;
+        }
         for block in &self.output_blocks {
-            let skip = skips.pop().expect("one skip per output block");
+            let mut skip = skips.pop().expect("one skip per output block");
+            if let Some(control) = control {
+                skip = (skip + &control.down[skips.len()])?;
+            }
             h = block.forward(&Tensor::cat(&[&h, &skip], 1)?, &emb, cond.context)?;
         }
         self.out_conv.forward(&self.out_norm.forward_silu(&h)?)

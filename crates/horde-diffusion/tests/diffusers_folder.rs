@@ -114,6 +114,7 @@ fn diffusers_folders_of_every_family_load_with_single_file_names() {
             tiling: false,
             seeds: vec![1],
             prompts: vec![],
+            embeddings: Vec::new(),
         };
         assert_eq!(
             model.generate(&job, &mut |_, _| {}).unwrap()[0].dimensions(),

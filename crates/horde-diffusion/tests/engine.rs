@@ -20,6 +20,7 @@ fn job(sampler: SamplerKind, seeds: Vec<u64>) -> Generation {
         tiling: false,
         seeds,
         prompts: vec![],
+        embeddings: Vec::new(),
     }
 }
 

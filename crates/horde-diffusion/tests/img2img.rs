@@ -32,6 +32,7 @@ fn job(width: usize, height: usize, steps: usize) -> Generation {
         tiling: false,
         seeds: vec![11],
         prompts: vec![],
+        embeddings: Vec::new(),
     }
 }
 

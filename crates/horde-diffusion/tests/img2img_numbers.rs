@@ -215,6 +215,7 @@ fn engine_latents(case: &Case, strength: f64) -> Tensor {
         tiling: false,
         seeds: vec![0],
         prompts: vec![],
+        embeddings: Vec::new(),
     };
     let draws: VecDeque<Tensor> = (0..)
         .map_while(|i| t.get(&format!("noise.{i}")).cloned())

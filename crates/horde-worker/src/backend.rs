@@ -1,13 +1,16 @@
 //! Backends run jobs. The built-in one is the candle engine over local checkpoints; a bridge to
 //! an inference server the owner already runs implements the same trait.
 
+use crate::control::{map_of, Controlnets};
 use crate::job::{Job, Unrunnable};
+use crate::library::Library;
+use crate::networks::Networks;
 use crate::postprocess::PostProcessors;
-use horde_diffusion::{LoadOptions, LoadStage, Model, SourceImage};
+use horde_diffusion::{Control, LoadOptions, LoadStage, Model, SourceImage};
 use image::DynamicImage;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// Something that turns jobs into images.
 pub trait Backend: Send + Sync {
@@ -21,6 +24,14 @@ pub trait Backend: Send + Sync {
     fn runs_sources(&self) -> bool {
         false
     }
+    /// Whether it runs jobs with LoRAs and textual inversions.
+    fn runs_loras(&self) -> bool {
+        false
+    }
+    /// The control types it runs from a picture (drawing the map) and from a given map.
+    fn control_types(&self) -> (Vec<String>, Vec<String>) {
+        (vec![], vec![])
+    }
     /// Runs a job, from `source` when the job has one (fetched and decoded); returns one WebP
     /// per job id, in order. `on_step(done, total)` reports progress.
     fn run(
@@ -33,8 +44,19 @@ pub trait Backend: Send + Sync {
 
 /// The candle Stable Diffusion engine with its loaded checkpoints.
 pub struct DiffusionBackend {
-    models: BTreeMap<String, Arc<Model>>,
+    models: BTreeMap<String, Loaded>,
     post: PostProcessors,
+    networks: Networks,
+    controlnets: Controlnets,
+    options: LoadOptions,
+}
+
+/// A loaded checkpoint, and the turn its jobs take: a job sets its LoRAs on the model and
+/// generates while it holds the turn, so two jobs on one model never mix their LoRA sets.
+struct Loaded {
+    model: Arc<Model>,
+    checkpoint: PathBuf,
+    turn: Mutex<()>,
 }
 
 /// A model that did not load, and why.
@@ -58,7 +80,12 @@ impl DiffusionBackend {
         for (name, path) in checkpoints {
             match Model::load(path, options, &mut |stage| progress(name, stage)) {
                 Ok(model) => {
-                    models.insert(name.clone(), Arc::new(model));
+                    let loaded = Loaded {
+                        model: Arc::new(model),
+                        checkpoint: path.clone(),
+                        turn: Mutex::new(()),
+                    };
+                    models.insert(name.clone(), loaded);
                 }
                 Err(error) => failures.push(LoadFailure {
                     model: name.clone(),
@@ -67,8 +94,26 @@ impl DiffusionBackend {
                 }),
             }
         }
-        let post = PostProcessors::default();
-        (DiffusionBackend { models, post }, failures)
+        let backend = DiffusionBackend {
+            models,
+            post: PostProcessors::default(),
+            networks: Networks::default(),
+            controlnets: Controlnets::default(),
+            options: options.clone(),
+        };
+        (backend, failures)
+    }
+
+    /// Jobs of these control types (type → ControlNet checkpoint) are run.
+    pub fn with_controlnets(mut self, files: BTreeMap<String, PathBuf>) -> Self {
+        self.controlnets = Controlnets::new(files);
+        self
+    }
+
+    /// Jobs may name the LoRAs and embeddings of `library`.
+    pub fn with_library(mut self, library: Library) -> Self {
+        self.networks = Networks::new(Some(library));
+        self
     }
 
     /// These post-processors run on every image a job asks them for.
@@ -93,18 +138,60 @@ impl Backend for DiffusionBackend {
         true
     }
 
+    fn runs_loras(&self) -> bool {
+        self.networks.has_library()
+    }
+
+    fn control_types(&self) -> (Vec<String>, Vec<String>) {
+        (self.controlnets.drawn_types(), self.controlnets.map_types())
+    }
+
     fn run(
         &self,
         job: &Job,
         source: Option<&SourceImage>,
         on_step: &mut dyn FnMut(usize, usize),
     ) -> Result<Vec<Vec<u8>>, Unrunnable> {
-        let model = self.models.get(&job.model).ok_or_else(|| {
+        let loaded = self.models.get(&job.model).ok_or_else(|| {
             Unrunnable(format!("model {} is not loaded on this worker", job.model))
         })?;
-        let images = model
-            .generate_with(&job.generation, source, job.hires_fix.as_ref(), on_step)
-            .map_err(|e| Unrunnable(e.to_string()))?;
+        let prepared = self.networks.prepare(job)?;
+        let g = &prepared.generation;
+        let control = match &job.control {
+            Some(spec) => {
+                let source = source
+                    .ok_or_else(|| Unrunnable("a controlled job needs a source image".into()))?;
+                let map = map_of(spec, source, g.width as u32, g.height as u32)?;
+                if spec.return_control_map {
+                    let webp = encode_webp(&DynamicImage::ImageRgb8(map))?;
+                    return Ok(vec![webp; job.ids.len()]);
+                }
+                let net = self.controlnets.net(
+                    &spec.control_type,
+                    &job.model,
+                    &loaded.checkpoint,
+                    &self.options,
+                )?;
+                Some(Control {
+                    net,
+                    map,
+                    strength: spec.strength,
+                })
+            }
+            None => None,
+        };
+        let engine_error = |e: horde_diffusion::Error| Unrunnable(e.to_string());
+        let images = {
+            let _turn = loaded.turn.lock().unwrap_or_else(|e| e.into_inner());
+            loaded
+                .model
+                .set_loras(&prepared.loras)
+                .map_err(engine_error)?;
+            loaded
+                .model
+                .generate_controlled(g, source, job.hires_fix.as_ref(), control.as_ref(), on_step)
+                .map_err(engine_error)?
+        };
         images
             .into_iter()
             .map(|image| {

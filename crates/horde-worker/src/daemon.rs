@@ -88,7 +88,17 @@ impl Worker {
         } else {
             vec![]
         });
-        pop.allow_lora = false;
+        // LoRAs and textual inversions are offered when the owner's library opened.
+        pop.allow_lora = c.allow_lora && self.backend.runs_loras();
+        // ControlNet, for the types whose ControlNet is configured: from a picture where the
+        // engine draws the map, from any given map (our extension, so that no other type is
+        // sent here).
+        let (drawn, from_maps) = self.backend.control_types();
+        pop.allow_controlnet = c.allow_controlnet && !from_maps.is_empty();
+        if pop.allow_controlnet {
+            pop.control_types = Some(drawn);
+            pop.control_map_types = Some(from_maps);
+        }
         // The engine runs a prompt and seed per image: several members of a batch of prompts
         // may come in one pop (our coordinator's extension; other hordes ignore the field).
         pop.batch_prompts = true;

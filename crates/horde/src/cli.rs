@@ -49,7 +49,8 @@ enum ModelCommand {
     /// runs: a Stable Diffusion model in the single-file (LDM) layout, or a post-processor in
     /// its published key layout. Every tensor is random; its images are noise.
     Tiny {
-        /// sd15, sd2, sdxl (each with -inpainting for an inpainting UNet: sd15-inpainting); or
+        /// sd15, sd2, sdxl (each with -inpainting for an inpainting UNet: sd15-inpainting, or
+        /// -controlnet for a ControlNet of that architecture: sd15-controlnet); or
         /// a post-processor: esrgan_x4, esrgan_x2, compact_x4, retinaface, gfpgan, codeformer,
         /// restoreformer, u2netp
         #[arg(long)]

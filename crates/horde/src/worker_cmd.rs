@@ -199,8 +199,12 @@ pub(crate) fn load_config(args: &WorkerArgs) -> anyhow::Result<WorkerConfig> {
 pub(crate) async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     let config = load_config(&args)?;
     let options = horde_diffusion::LoadOptions::named(&config.device, &config.dtype)?;
-    let backend = load_models(&config.models, &options)?
-        .with_post_processors(load_post_processors(&config, &options));
+    let mut backend = load_models(&config.models, &options)?
+        .with_post_processors(load_post_processors(&config, &options))
+        .with_controlnets(controlnets_of(&config));
+    if let Some(library) = open_library(&config) {
+        backend = backend.with_library(library);
+    }
     let worker = Worker::new(config.clone(), Arc::new(backend));
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -230,6 +234,51 @@ pub(crate) async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         summary.jobs_done, summary.images_done, summary.jobs_faulted, summary.kudos
     );
     Ok(())
+}
+
+/// The configured ControlNets whose file exists; the others are reported and not offered (a
+/// ControlNet is read when a job first needs it, against that job's model).
+fn controlnets_of(config: &WorkerConfig) -> BTreeMap<String, PathBuf> {
+    let mut found = BTreeMap::new();
+    for (control_type, path) in &config.controlnets {
+        if path.is_file() {
+            found.insert(control_type.clone(), path.clone());
+        } else {
+            eprintln!(
+                "ControlNet {control_type} ({}) not served: no such file",
+                path.display()
+            );
+        }
+    }
+    found
+}
+
+/// Opens the LoRA and embedding library; one that cannot be read is reported, and the worker
+/// then offers no LoRAs.
+fn open_library(config: &WorkerConfig) -> Option<horde_worker::library::Library> {
+    let folder = config.library.as_ref()?;
+    match horde_worker::library::Library::open(folder) {
+        Ok(library) => {
+            for entry in library.missing_files() {
+                eprintln!(
+                    "library: {} ({}) is listed but missing; jobs naming it will fault",
+                    entry.name,
+                    entry.file.display()
+                );
+            }
+            println!(
+                "library {}: {} LoRAs, {} embeddings",
+                folder.display(),
+                library.loras.len(),
+                library.embeddings.len()
+            );
+            Some(library)
+        }
+        Err(error) => {
+            eprintln!("library not used, so no LoRAs are offered: {error}");
+            None
+        }
+    }
 }
 
 /// Loads the post-processors; one that fails is reported and skipped.
@@ -293,6 +342,15 @@ pub(crate) fn write_tiny(arch: &str, out: &Path, seed: u64) -> anyhow::Result<()
             "wrote {} ({count} tensors, {:.1} kB, random weights of the {post:?} post-processor)",
             out.display(),
             size as f64 / 1e3
+        );
+        return Ok(());
+    }
+    if let Some(base) = arch.strip_suffix("-controlnet") {
+        let arch: horde_diffusion::tiny::TinyArch = base.parse().map_err(anyhow::Error::msg)?;
+        let count = horde_diffusion::tiny::write_tiny_controlnet(arch, out, seed)?;
+        println!(
+            "wrote {} ({count} tensors, random weights of a ControlNet for the {arch:?} architecture)",
+            out.display()
         );
         return Ok(());
     }

@@ -27,6 +27,7 @@ fn job(sampler: SamplerKind, steps: usize) -> Generation {
         tiling: false,
         seeds: vec![5],
         prompts: vec![],
+        embeddings: Vec::new(),
     }
 }
 
@@ -121,7 +122,11 @@ fn other_strengths_run_the_sampler_from_diffusers_start_step() {
             let sigmas = model.schedule.sigmas_for(kind, steps, job.karras)[t_start..].to_vec();
             let x = (&source + (&initial * sigmas[0]).unwrap()).unwrap();
             let mut denoise = |x: &Tensor, sigma: f64| {
-                model.denoise(x, sigma, &cond.context, None, None, job.cfg_scale)
+                let unet_cond = Conditioning {
+                    context: &cond.context,
+                    vector: None,
+                };
+                model.denoise(x, sigma, &unet_cond, None, None, job.cfg_scale)
             };
             let mut by_hand = samplers::run(
                 kind,

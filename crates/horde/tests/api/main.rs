@@ -39,3 +39,4 @@ mod uploads;
 mod waiting;
 mod webhooks;
 mod worker;
+mod worker_networks;

@@ -65,7 +65,13 @@ pub(crate) fn start_worker(
         &options.device,
     );
     assert!(failures.is_empty(), "{failures:?}");
-    let worker = Worker::new(config, Arc::new(backend.with_post_processors(post)));
+    let mut backend = backend
+        .with_post_processors(post)
+        .with_controlnets(config.controlnets.clone());
+    if let Some(folder) = &config.library {
+        backend = backend.with_library(horde_worker::library::Library::open(folder).unwrap());
+    }
+    let worker = Worker::new(config, Arc::new(backend));
     let (stop, stopped) = watch::channel(false);
     let task = tokio::spawn(async move { worker.run(stopped).await });
     (stop, task)
