@@ -19,6 +19,11 @@ The rules, with the rc the server answers when one is broken:
       with a source image always has a mask (the WebP has no alpha channel:
       InpaintingMissingMask), extra source images only with source_processing "remix"
       (InvalidExtraSourceImages);
+    * ControlNet's fields keep together: control_strength only with a control_type
+      (ControlStrengthWithoutControlType), a control_type with a source image
+      (ControlNetSourceMissing) and not with inpainting (ControlNetInpaintingMismatch),
+      init_as_image not with return_control_map (ControlNetInvalidPayload); a LoRA asked by
+      version is named by its version id, ASCII digits (BadLoraVersion);
     * a webhook's host resolves, and to no address in the operator's network (InvalidWebhook:
       docs/webhooks.md): the runs have no DNS, so a generated webhook is dropped;
   POST /generate/batch
@@ -79,6 +84,7 @@ def _image_request(body):
         del body["source_mask"]
     if body.get("source_processing") == "inpainting" and isinstance(body.get("source_image"), str):
         body["source_mask"] = SOURCE_IMAGE
+    _networks(body)
     extras = body.get("extra_source_images")
     if isinstance(extras, list) and extras:
         for extra in extras:
@@ -86,6 +92,25 @@ def _image_request(body):
                 extra["image"] = SOURCE_IMAGE
         body["source_processing"] = "remix"
     body.pop("webhook", None)
+
+
+def _networks(body):
+    params = body.get("params")
+    if not isinstance(params, dict):
+        return
+    if params.get("control_strength") is not None and params.get("control_type") is None:
+        del params["control_strength"]
+    if params.get("control_type") is not None:
+        body["source_image"] = SOURCE_IMAGE
+        if body.get("source_processing") == "inpainting":
+            body["source_processing"] = "img2img"
+    if params.get("init_as_image") is True and params.get("return_control_map") is True:
+        params["init_as_image"] = False
+    for lora in params.get("loras") or []:
+        if isinstance(lora, dict) and lora.get("is_version") is True:
+            name = lora.get("name")
+            if not (isinstance(name, str) and name and all("0" <= c <= "9" for c in name)):
+                lora["name"] = "1"
 
 
 def _batch(body):

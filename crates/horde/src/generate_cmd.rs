@@ -4,7 +4,10 @@
 use anyhow::Context;
 use base64::Engine;
 use clap::Args;
-use horde_api::image::{ImageRequest, RequestStatus, Sampler, SeedInput, SourceProcessing};
+use horde_api::image::{
+    ControlType, ImageRequest, Lora, RequestStatus, Sampler, SeedInput, SourceProcessing,
+    TextualInversion,
+};
 use horde_client::Client;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -53,6 +56,29 @@ pub(crate) struct GenerateArgs {
     /// The strength of hires fix's second pass, 0.01 to 1 [default: the worker's, 0.65]
     #[arg(long, requires = "hires_fix")]
     hires_fix_denoising_strength: Option<f64>,
+    /// A LoRA, as NAME[:MODEL[:CLIP]] (its CivitAI name or id, and its strengths on the model
+    /// and the text encoder, 1 by default; repeatable, at most 5)
+    #[arg(long = "lora", value_name = "NAME[:MODEL[:CLIP]]", value_parser = lora_named)]
+    loras: Vec<Lora>,
+    /// Put the LoRAs' trigger words into the prompt: any (one of them), all, or a trigger
+    #[arg(long, requires = "loras")]
+    lora_trigger: Option<String>,
+    /// A textual inversion, as NAME[:prompt|negprompt[:STRENGTH]] (where to put it; repeatable)
+    #[arg(long = "ti", value_name = "NAME[:WHERE[:STRENGTH]]", value_parser = ti_named)]
+    tis: Vec<TextualInversion>,
+    /// ControlNet: canny, depth, hed, normal, openpose, seg, scribble, fakescribbles or hough;
+    /// needs --source-image
+    #[arg(long, requires = "source_image", value_parser = control_named)]
+    control_type: Option<ControlType>,
+    /// How strongly the control map steers, 0.01 to 3 [default: 1]
+    #[arg(long, requires = "control_type")]
+    control_strength: Option<f64>,
+    /// The source image is the control map itself (not a picture to draw it from)
+    #[arg(long, requires = "control_type")]
+    image_is_control: bool,
+    /// Return the control map drawn from the source image instead of generating
+    #[arg(long, requires = "control_type")]
+    return_control_map: bool,
     /// Directory for the images
     #[arg(long, default_value = ".")]
     out: PathBuf,
@@ -116,6 +142,15 @@ fn build_request(args: &GenerateArgs) -> anyhow::Result<ImageRequest> {
     request.source_image = args.source_image.as_deref().map(base64_of).transpose()?;
     request.source_mask = args.source_mask.as_deref().map(base64_of).transpose()?;
     request.source_processing = args.source_processing;
+    p.loras = args.loras.clone();
+    for lora in &mut p.loras {
+        lora.inject_trigger = args.lora_trigger.clone();
+    }
+    p.tis = args.tis.clone();
+    p.control_type = args.control_type;
+    p.control_strength = args.control_strength;
+    p.image_is_control = args.image_is_control;
+    p.return_control_map = args.return_control_map;
     if !args.models.is_empty() {
         request.models = args.models.clone();
     }
@@ -130,6 +165,52 @@ fn build_request(args: &GenerateArgs) -> anyhow::Result<ImageRequest> {
 fn base64_of(path: &Path) -> anyhow::Result<String> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     Ok(base64::engine::general_purpose::STANDARD.encode(bytes))
+}
+
+/// `NAME[:MODEL[:CLIP]]`.
+fn lora_named(text: &str) -> Result<Lora, String> {
+    let mut parts = text.split(':');
+    let name = parts.next().unwrap_or_default().to_string();
+    let strength = |part: Option<&str>| -> Result<f64, String> {
+        part.map_or(Ok(1.0), |s| {
+            s.parse().map_err(|_| format!("'{s}' is not a strength"))
+        })
+    };
+    let model = strength(parts.next())?;
+    let clip = strength(parts.next())?;
+    if name.is_empty() || parts.next().is_some() {
+        return Err(format!("'{text}': expected NAME[:MODEL[:CLIP]]"));
+    }
+    serde_json::from_value(serde_json::json!({"name": name, "model": model, "clip": clip}))
+        .map_err(|e| e.to_string())
+}
+
+/// `NAME[:prompt|negprompt[:STRENGTH]]`.
+fn ti_named(text: &str) -> Result<TextualInversion, String> {
+    let mut parts = text.split(':');
+    let name = parts.next().unwrap_or_default();
+    let inject = parts.next();
+    let strength = match parts.next() {
+        Some(s) => s.parse().map_err(|_| format!("'{s}' is not a strength"))?,
+        None => 1.0,
+    };
+    let valid_place = inject.is_none_or(|w| matches!(w, "prompt" | "negprompt"));
+    if name.is_empty() || !valid_place || parts.next().is_some() {
+        return Err(format!(
+            "'{text}': expected NAME[:prompt|negprompt[:STRENGTH]]"
+        ));
+    }
+    Ok(TextualInversion {
+        name: name.into(),
+        inject_ti: inject.map(str::to_string),
+        strength,
+    })
+}
+
+fn control_named(name: &str) -> Result<ControlType, String> {
+    serde_json::from_value(serde_json::Value::String(name.into())).map_err(|_| {
+        format!("'{name}': expected canny, depth, hed, normal, openpose, seg, scribble, fakescribbles or hough")
+    })
 }
 
 fn processing_named(name: &str) -> Result<SourceProcessing, String> {
@@ -261,6 +342,73 @@ mod tests {
         .unwrap();
         assert!(hires.params.hires_fix && hires.source_image.is_none());
         assert_eq!(hires.params.hires_fix_denoising_strength, Some(0.3));
+    }
+
+    #[test]
+    fn loras_tis_and_control_go_into_the_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("in.png");
+        std::fs::write(&image, b"image bytes").unwrap();
+        let made = request(&[
+            "a cat",
+            "--lora",
+            "58390:0.5",
+            "--lora",
+            "Detail Tweaker",
+            "--lora-trigger",
+            "any",
+            "--ti",
+            "7808:negprompt:0.8",
+            "--source-image",
+            image.to_str().unwrap(),
+            "--control-type",
+            "canny",
+            "--control-strength",
+            "0.7",
+            "--return-control-map",
+        ])
+        .unwrap();
+        let p = &made.params;
+        let loras: Vec<(&str, f64, f64, Option<&str>)> = p
+            .loras
+            .iter()
+            .map(|l| {
+                (
+                    l.name.as_str(),
+                    l.model,
+                    l.clip,
+                    l.inject_trigger.as_deref(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            loras,
+            [
+                ("58390", 0.5, 1.0, Some("any")),
+                ("Detail Tweaker", 1.0, 1.0, Some("any"))
+            ]
+        );
+        assert_eq!(p.tis[0].name, "7808");
+        assert_eq!(p.tis[0].inject_ti.as_deref(), Some("negprompt"));
+        assert_eq!(p.tis[0].strength, 0.8);
+        assert_eq!(p.control_type, Some(ControlType::Canny));
+        assert_eq!(p.control_strength, Some(0.7));
+        assert!(p.return_control_map && !p.image_is_control);
+        for bad in [
+            vec!["a cat", "--lora", "x:strong"],
+            vec!["a cat", "--lora", "x:1:1:1"],
+            vec!["a cat", "--ti", "x:everywhere"],
+            vec!["a cat", "--control-type", "canny"],
+            vec![
+                "a cat",
+                "--source-image",
+                "in.png",
+                "--control-type",
+                "lineart",
+            ],
+        ] {
+            assert!(request(&bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

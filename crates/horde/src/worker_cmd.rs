@@ -216,11 +216,17 @@ pub(crate) async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         std::process::exit(130);
     });
     let pop = worker.pop_request();
-    let post = pop.post_processors.unwrap_or_default();
-    let post = if post.is_empty() {
+    let mut offers = pop.post_processors.clone().unwrap_or_default();
+    if pop.allow_lora {
+        offers.push("LoRAs and embeddings".into());
+    }
+    if let Some(types) = pop.control_map_types.as_ref().filter(|t| !t.is_empty()) {
+        offers.push(format!("ControlNet {}", types.join(", ")));
+    }
+    let post = if offers.is_empty() {
         String::new()
     } else {
-        format!(" with {}", post.join(", "))
+        format!(" with {}", offers.join(", "))
     };
     println!(
         "worker {} serving {}{post} on {}",

@@ -80,7 +80,7 @@ impl Refusal for NetworkRefusal {
                 model,
             } => format!(
                 "params.control_type '{}' cannot be used with the model '{model}': no ControlNet of that type exists for it.",
-                control_type_name(*control_type)
+                control_type.name()
             ),
             NetworkRefusal::ControlNetSourceMissing => "ControlNet requires a source image: params.control_type needs source_image (the image to compute the control map from, or the map itself with params.image_is_control).".into(),
             NetworkRefusal::ControlNetInpaintingMismatch => "ControlNet cannot be used with inpainting at this time (params.control_type with source_processing \"inpainting\").".into(),
@@ -96,14 +96,6 @@ impl Refusal for NetworkRefusal {
             ),
         }
     }
-}
-
-/// A control type's API name (`canny`, `hough`, ...).
-fn control_type_name(control_type: ControlType) -> String {
-    serde_json::to_value(control_type)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
 }
 
 /// Baselines ControlNet does not run on (`ControlNetMismatch`): those horde-api.md §10 names
