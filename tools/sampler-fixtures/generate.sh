@@ -17,23 +17,8 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 venv="${SAMPLER_FIXTURES_VENV:-$HOME/.cache/horde/sampler-fixtures-venv}"
-python="${PYTHON:-python3}"
-requirements="$here/requirements.txt"
-stamp="$venv/.horde-sampler-fixtures-requirements"
-
-if [ ! -x "$venv/bin/python" ]; then
-    echo "creating virtual environment in $venv" >&2
-    "$python" -m venv "$venv"
-fi
-
-if ! cmp -s "$requirements" "$stamp"; then
-    if [ -n "${TORCH_INDEX_URL:-}" ]; then
-        torch_version="$(sed -n 's/^torch==//p' "$requirements")"
-        "$venv/bin/pip" install --index-url "$TORCH_INDEX_URL" "torch==$torch_version"
-    fi
-    "$venv/bin/pip" install -r "$requirements"
-    cp "$requirements" "$stamp"
-fi
+source "$here/../lib/fixture-env.sh"
+ensure_venv "$venv" "$here/requirements.txt" sampler-fixtures
 
 cd "$root"
 "$venv/bin/python" -W ignore::UserWarning "$here/generate.py" "$@"

@@ -24,32 +24,13 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 venv="${SD_FIXTURES_VENV:-$HOME/.cache/horde/sd-fixtures-venv}"
-python="${PYTHON:-python3}"
-requirements="$here/requirements.txt"
-stamp="$venv/.horde-sd-fixtures-requirements"
-
-if [ ! -x "$venv/bin/python" ]; then
-    echo "creating virtual environment in $venv" >&2
-    "$python" -m venv "$venv"
-fi
-if ! cmp -s "$requirements" "$stamp"; then
-    if [ -n "${TORCH_INDEX_URL:-}" ]; then
-        torch_version="$(sed -n 's/^torch==//p' "$requirements")"
-        "$venv/bin/pip" install --index-url "$TORCH_INDEX_URL" "torch==$torch_version"
-    fi
-    "$venv/bin/pip" install -r "$requirements"
-    cp "$requirements" "$stamp"
-fi
+source "$here/../lib/fixture-env.sh"
+ensure_venv "$venv" "$here/requirements.txt" sd-fixtures
 
 checkpoints="$(mktemp -d)"
 trap 'rm -rf "$checkpoints"' EXIT
 cd "$root"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/horde-target}"
-HORDE_SD_FIXTURES_CHECKPOINTS="$checkpoints" flock "${CARGO_LOCK:-/tmp/horde-cargo.lock}" \
-    cargo test -p horde-diffusion --test diffusers_numbers write_checkpoints_for_the_fixture_tool \
-    -- --ignored --exact --nocapture
+run_writer HORDE_SD_FIXTURES_CHECKPOINTS "$checkpoints" diffusers_numbers write_checkpoints_for_the_fixture_tool
 # The inpainting checkpoints (and the same three again) for the image-to-image fixtures.
-HORDE_SD_FIXTURES_CHECKPOINTS="$checkpoints" flock "${CARGO_LOCK:-/tmp/horde-cargo.lock}" \
-    cargo test -p horde-diffusion --test img2img_numbers write_img2img_checkpoints_for_the_fixture_tool \
-    -- --ignored --exact --nocapture
+run_writer HORDE_SD_FIXTURES_CHECKPOINTS "$checkpoints" img2img_numbers write_img2img_checkpoints_for_the_fixture_tool
 "$venv/bin/python" -W ignore::UserWarning -W ignore::FutureWarning "$here/generate.py" "$checkpoints" "$@"

@@ -27,31 +27,15 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 venv="${TI_FIXTURES_VENV:-$HOME/.cache/horde/sd-fixtures-venv}"
-python="${PYTHON:-python3}"
-requirements="$here/requirements.txt"
-stamp="$venv/.horde-ti-fixtures-requirements"
 real="${REAL_EMBEDDINGS:-$root/../shared/reference/image/embeddings}"
 
-if [ ! -x "$venv/bin/python" ]; then
-    echo "creating virtual environment in $venv" >&2
-    "$python" -m venv "$venv"
-fi
-if ! cmp -s "$requirements" "$stamp"; then
-    if [ -n "${TORCH_INDEX_URL:-}" ]; then
-        torch_version="$(sed -n 's/^torch==//p' "$requirements")"
-        "$venv/bin/pip" install --index-url "$TORCH_INDEX_URL" "torch==$torch_version"
-    fi
-    "$venv/bin/pip" install -r "$requirements"
-    cp "$requirements" "$stamp"
-fi
+source "$here/../lib/fixture-env.sh"
+ensure_venv "$venv" "$here/requirements.txt" ti-fixtures
 
 bpe="${CLIP_BPE:-$(ls "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/instant-clip-tokenizer-*/bpe_simple_vocab_16e6.txt | head -n 1)}"
 checkpoints="$(mktemp -d)"
 trap 'rm -rf "$checkpoints"' EXIT
 cd "$root"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/horde-target}"
-HORDE_TI_FIXTURES_CHECKPOINTS="$checkpoints" flock "${CARGO_LOCK:-/tmp/horde-cargo.lock}" \
-    cargo test -p horde-diffusion --test ti_numbers write_encoders_for_the_fixture_tool \
-    -- --ignored --exact --nocapture
+run_writer HORDE_TI_FIXTURES_CHECKPOINTS "$checkpoints" ti_numbers write_encoders_for_the_fixture_tool
 "$venv/bin/python" -W ignore::UserWarning -W ignore::FutureWarning "$here/generate.py" "$checkpoints" \
     --bpe "$bpe" --real "$real" "$@"
