@@ -47,7 +47,7 @@ pub struct WorkerConfig {
     pub library: Option<PathBuf>,
     /// Control type (`canny`, `depth`, …) → ControlNet checkpoint.
     pub controlnets: BTreeMap<String, PathBuf>,
-    /// Offer ControlNet when a ControlNet loads (false: never).
+    /// Offer ControlNet for the types in `controlnets` (false: never).
     pub allow_controlnet: bool,
     /// Only take requests from users who can pay upfront.
     pub require_upfront_kudos: bool,

@@ -123,7 +123,7 @@ pub(crate) struct WorkerArgs {
     #[arg(long = "controlnet", value_name = "TYPE=PATH")]
     #[serde(skip)]
     controlnets: Vec<String>,
-    /// Offer ControlNet when a ControlNet loads [default: true]
+    /// Offer ControlNet for the types in --controlnet [default: true]
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     allow_controlnet: Option<bool>,
