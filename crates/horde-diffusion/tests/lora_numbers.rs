@@ -7,51 +7,41 @@
 //! the base model's outputs bit for bit. A LoRA read at the wrong scale (alpha or PEFT's
 //! `lora_alpha` ignored, or the strength applied to the wrong network) misses by far.
 
+mod common;
+
 use candle_core::{Device, Tensor};
-use horde_diffusion::parts::WeightedTokens;
+use common::{tiny_model, Fixtures, Tensors, FAMILIES};
 use horde_diffusion::parts::{encode_text_now, sdxl_vector, unet_forward_now, Conditioning};
-use horde_diffusion::tiny::{write_tiny_checkpoint, TinyArch};
-use horde_diffusion::{Error, LoadOptions, LoraApplication, LoraFile, Model};
-use std::collections::HashMap;
+use horde_diffusion::{Error, LoraApplication, LoraFile, Model};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-const CHECKPOINT_SEED: u64 = 22;
+const FIXTURES: Fixtures = Fixtures {
+    folder: "lora",
+    tool: "tools/lora-fixtures",
+};
 /// How far beyond the tolerance a mis-wired LoRA must land.
 const MISWIRED_FACTOR: f64 = 100.0;
 const FORMATS: [&str; 3] = ["kohya", "peft", "loha"];
-const FAMILIES: [(TinyArch, &str); 3] = [
-    (TinyArch::Sd15, "sd15"),
-    (TinyArch::Sd2, "sd2"),
-    (TinyArch::Sdxl, "sdxl"),
-];
-
-type Tensors = HashMap<String, Tensor>;
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lora")
-}
-
-fn manifest() -> serde_json::Value {
-    let text = std::fs::read_to_string(fixtures().join("manifest.json")).unwrap();
-    serde_json::from_str(&text).unwrap()
-}
-
-fn tolerance() -> f64 {
-    manifest()["tolerance"].as_f64().unwrap()
-}
 
 fn fixture(family: &str) -> Tensors {
-    candle_core::safetensors::load(
-        fixtures().join(format!("{family}.safetensors")),
-        &Device::Cpu,
-    )
-    .unwrap()
+    FIXTURES.tensors(&format!("{family}.safetensors"))
+}
+
+fn lora_path(family: &str, format: &str) -> PathBuf {
+    FIXTURES
+        .dir()
+        .join(format!("{family}_{format}.safetensors"))
 }
 
 fn lora(family: &str, format: &str) -> Arc<LoraFile> {
-    let path = fixtures().join(format!("{family}_{format}.safetensors"));
-    Arc::new(LoraFile::open(&path).unwrap())
+    Arc::new(LoraFile::open(&lora_path(family, format)).unwrap())
+}
+
+/// The first family's model and fixture, for the tests one family shows.
+fn first_family() -> (&'static str, Model, Tensors) {
+    let (arch, family) = FAMILIES[0];
+    (family, tiny_model(arch), fixture(family))
 }
 
 fn at(file: &Arc<LoraFile>, model_strength: f64, clip_strength: f64) -> LoraApplication {
@@ -60,14 +50,6 @@ fn at(file: &Arc<LoraFile>, model_strength: f64, clip_strength: f64) -> LoraAppl
         model_strength,
         clip_strength,
     }
-}
-
-/// The family's tiny checkpoint, rebuilt from its seed and loaded by the production loader.
-fn model(arch: TinyArch) -> Model {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("model.safetensors");
-    write_tiny_checkpoint(arch, &path, CHECKPOINT_SEED).unwrap();
-    Model::load(&path, &LoadOptions::default(), &mut |_| {}).unwrap()
 }
 
 /// The UNet on the fixture's inputs, as the model runs it now.
@@ -86,38 +68,22 @@ fn unet(model: &Model, x: &Tensors) -> Tensor {
 
 /// The text conditioning (clip skip 1) of the fixture's tokens, and SDXL's pooled embedding.
 fn text(model: &Model, x: &Tensors) -> (Tensor, Option<Tensor>) {
-    let ids: Vec<u32> = x["text.tokens"]
-        .to_vec1::<i64>()
-        .unwrap()
-        .iter()
-        .map(|&id| id as u32)
-        .collect();
-    let tokens = WeightedTokens {
-        weights: vec![1.0; ids.len()],
-        ids,
-    };
+    let tokens = common::tokens(&x["text.tokens"]);
     encode_text_now(model, &tokens, 1).unwrap()
 }
 
 /// The largest difference relative to the reference's largest magnitude.
 fn relative_difference(ours: &Tensor, reference: &Tensor) -> f64 {
     assert_eq!(ours.dims(), reference.dims());
-    let scale = reference
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    let diff = (ours - reference)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    f64::from(diff / scale)
+    let largest = |t: &Tensor| {
+        t.abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    f64::from(largest(&(ours - reference).unwrap()) / largest(reference))
 }
 
 fn bits(t: &Tensor) -> Vec<u32> {
@@ -166,9 +132,9 @@ fn differences(model: &Model, family: &str, x: &Tensors) -> Vec<(String, f64)> {
 
 #[test]
 fn every_format_matches_diffusers_and_peft_in_every_family() {
-    let tolerance = tolerance();
+    let tolerance = FIXTURES.tolerance();
     for (arch, family) in FAMILIES {
-        let model = model(arch);
+        let model = tiny_model(arch);
         let x = fixture(family);
         for (name, difference) in differences(&model, family, &x) {
             println!("{family} {name}: {difference:.2e}");
@@ -185,7 +151,7 @@ fn every_format_matches_diffusers_and_peft_in_every_family() {
 #[test]
 fn removing_the_loras_restores_the_base_model_bit_for_bit() {
     for (arch, family) in FAMILIES {
-        let model = model(arch);
+        let model = tiny_model(arch);
         let x = fixture(family);
         let (base_unet, (base_context, _)) = (unet(&model, &x), text(&model, &x));
         let files: Vec<_> = FORMATS.iter().map(|f| lora(family, f)).collect();
@@ -211,7 +177,7 @@ fn removing_the_loras_restores_the_base_model_bit_for_bit() {
 /// `path` rewritten by `change` (a loader bug made into a file: the engine reads it as a
 /// mis-wired loader would read the original).
 fn rewritten(path: &Path, dir: &Path, change: impl Fn(&mut Tensors)) -> PathBuf {
-    let mut tensors = candle_core::safetensors::load(path, &Device::Cpu).unwrap();
+    let mut tensors = common::load_tensors(path);
     change(&mut tensors);
     let out = dir.join(path.file_name().unwrap());
     candle_core::safetensors::save(&tensors, &out).unwrap();
@@ -223,14 +189,12 @@ fn rewritten(path: &Path, dir: &Path, change: impl Fn(&mut Tensors)) -> PathBuf 
 /// without its metadata: scale 1 rather than 1.5), the clip strength given to the UNet.
 #[test]
 fn a_lora_at_the_wrong_scale_misses_diffusers_by_far() {
-    let tolerance = tolerance();
+    let tolerance = FIXTURES.tolerance();
     let dir = tempfile::tempdir().unwrap();
-    let (arch, family) = FAMILIES[0];
-    let model = model(arch);
-    let x = fixture(family);
+    let (family, model, x) = first_family();
     let no_alpha = |t: &mut Tensors| t.retain(|k, _| !k.ends_with(".alpha"));
     for format in ["kohya", "loha", "peft"] {
-        let path = fixtures().join(format!("{family}_{format}.safetensors"));
+        let path = lora_path(family, format);
         // Saving drops the header's metadata (PEFT's lora_alpha); kohya and LoHa lose alpha.
         let wrong = Arc::new(LoraFile::open(&rewritten(&path, dir.path(), no_alpha)).unwrap());
         model.set_loras(&[at(&wrong, 1.0, 0.0)]).unwrap();
@@ -251,7 +215,7 @@ fn a_lora_at_the_wrong_scale_misses_diffusers_by_far() {
 #[test]
 fn a_lora_of_another_family_is_refused_with_the_reason() {
     for ((arch, family), other) in [(FAMILIES[0], "sdxl"), (FAMILIES[2], "sd15")] {
-        let model = model(arch);
+        let model = tiny_model(arch);
         let x = fixture(family);
         let before = unet(&model, &x);
         let file = lora(other, "kohya");
@@ -280,10 +244,8 @@ fn a_lora_of_another_family_is_refused_with_the_reason() {
 #[test]
 fn older_diffusers_key_forms_name_the_same_modules() {
     let dir = tempfile::tempdir().unwrap();
-    let (arch, family) = FAMILIES[0];
-    let model = model(arch);
-    let x = fixture(family);
-    let peft = fixtures().join(format!("{family}_peft.safetensors"));
+    let (family, model, x) = first_family();
+    let peft = lora_path(family, "peft");
     let plain = rewritten(&peft, dir.path(), |_| {});
     let older_dir = dir.path().join("older");
     std::fs::create_dir(&older_dir).unwrap();
@@ -293,7 +255,7 @@ fn older_diffusers_key_forms_name_the_same_modules() {
             .map(|(key, t)| (older_key(&key), t))
             .collect();
     });
-    let names = candle_core::safetensors::load(&older, &Device::Cpu).unwrap();
+    let names = common::load_tensors(&older);
     for form in [
         ".processor.to_q_lora.down.weight",
         "_lora.up.weight",
@@ -338,10 +300,8 @@ fn older_key(key: &str) -> String {
 #[test]
 fn a_few_unknown_keys_are_ignored_and_many_refuse_the_file() {
     let dir = tempfile::tempdir().unwrap();
-    let (arch, family) = FAMILIES[0];
-    let model = model(arch);
-    let x = fixture(family);
-    let kohya = fixtures().join(format!("{family}_kohya.safetensors"));
+    let (family, model, x) = first_family();
+    let kohya = lora_path(family, "kohya");
     let with_junk = |count: usize, into: &str| {
         let folder = dir.path().join(into);
         std::fs::create_dir(&folder).unwrap();
@@ -356,7 +316,7 @@ fn a_few_unknown_keys_are_ignored_and_many_refuse_the_file() {
     let few = with_junk(2, "few");
     model.set_loras(&[at(&few, 1.0, 0.0)]).unwrap();
     let difference = relative_difference(&unet(&model, &x), &x["kohya.unet.1.0"]);
-    assert!(difference <= tolerance(), "{difference}");
+    assert!(difference <= FIXTURES.tolerance(), "{difference}");
     let many = with_junk(10, "many");
     let message = model
         .set_loras(&[at(&many, 1.0, 0.0)])

@@ -2,19 +2,23 @@
 //! k-diffusion 0.1.1.post1 and diffusers 0.42.1 computed on the exact denoiser of Gaussian data
 //! with fixed inputs and noise (`tests/fixtures/samplers/`, from `tools/sampler-fixtures/`).
 
+mod common;
+
 use candle_core::{DType, Device, Tensor};
+use common::Fixtures;
 use horde_diffusion::parts::samplers::{self, AdaptiveOptions};
 use horde_diffusion::parts::{DiscreteSchedule, Noise};
 use horde_diffusion::SamplerKind;
 use serde_json::Value;
 
+const FIXTURES: Fixtures = Fixtures {
+    folder: "samplers",
+    tool: "tools/sampler-fixtures",
+};
 const TOLERANCE: f64 = 1e-9;
 
 fn fixture(name: &str) -> Value {
-    // The directory cargo names when it runs the test, not the one it was built in: a target
-    // directory shared by clones at other paths keeps binaries built elsewhere.
-    let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or(env!("CARGO_MANIFEST_DIR").into());
-    let path = format!("{dir}/tests/fixtures/samplers/{name}.json");
+    let path = FIXTURES.dir().join(format!("{name}.json"));
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 

@@ -12,40 +12,31 @@
 //! Mis-wired on purpose, the same prompts miss by far more than the tolerance: the vectors one
 //! slot off, and SDXL's `clip_l` and `clip_g` vectors swapped.
 
-use candle_core::{DType, Device, Tensor};
+mod common;
+
+use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
-use horde_diffusion::parts::{
-    TextConditioner, TextTransformer, WeightedTokens, SD1_CLIP_PREFIX, SD2_CLIP_PREFIX,
-    SDXL_CLIP_G_PREFIX, SDXL_CLIP_L_PREFIX,
-};
+use common::{clip_prefixes, max_abs_diff, Fixtures, Tensors, CHECKPOINT_SEED};
+use horde_diffusion::parts::{TextConditioner, TextTransformer, WeightedTokens};
 use horde_diffusion::tiny::{random_tensors, record_random, tiny_config, TinyArch};
-use horde_diffusion::{Embedding, Family, ModelConfig};
+use horde_diffusion::{Embedding, ModelConfig};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// The seed of every checkpoint the fixtures were made on (`CHECKPOINT_SEED` of generate.py).
-const CHECKPOINT_SEED: u64 = 22;
+const FIXTURES: Fixtures = Fixtures {
+    folder: "ti",
+    tool: "tools/ti-fixtures",
+};
 /// How far beyond the tolerance a mis-wired engine must land.
 const MISWIRED_FACTOR: f64 = 100.0;
 /// The first token id past CLIP's vocabulary: an embedding's vectors.
 const FIRST_EMBEDDING_ID: u32 = 49408;
 const MODELS: [&str; 5] = ["sd15", "sd2", "sdxl", "wide_l", "wide_h"];
 
-type Tensors = HashMap<String, Tensor>;
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ti")
-}
-
 /// The real embeddings, beside the project.
 fn reference_embeddings() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/reference/image/embeddings")
-}
-
-fn manifest() -> serde_json::Value {
-    let text = std::fs::read_to_string(fixtures().join("manifest.json")).unwrap();
-    serde_json::from_str(&text).unwrap()
 }
 
 /// The models the fixtures use: the tiny checkpoints' and two of the real encoders' widths
@@ -71,14 +62,6 @@ fn model_config(name: &str) -> ModelConfig {
     }
 }
 
-fn prefixes(family: Family) -> &'static [&'static str] {
-    match family {
-        Family::Sd1 => &[SD1_CLIP_PREFIX],
-        Family::Sd2 => &[SD2_CLIP_PREFIX],
-        Family::Sdxl => &[SDXL_CLIP_L_PREFIX, SDXL_CLIP_G_PREFIX],
-    }
-}
-
 /// The checkpoint's tensors, from the seed: a whole tiny checkpoint, or the wide encoder alone.
 fn checkpoint(name: &str) -> Tensors {
     let config = model_config(name);
@@ -86,7 +69,11 @@ fn checkpoint(name: &str) -> Tensors {
         return random_tensors(&config, CHECKPOINT_SEED).unwrap();
     }
     record_random(CHECKPOINT_SEED, |vb| {
-        for (c, prefix) in config.text_encoders.iter().zip(prefixes(config.family)) {
+        for (c, prefix) in config
+            .text_encoders
+            .iter()
+            .zip(clip_prefixes(config.family))
+        {
             TextTransformer::new(c, vb.pp(prefix.trim_end_matches('.')))?;
         }
         Ok(())
@@ -96,10 +83,7 @@ fn checkpoint(name: &str) -> Tensors {
 
 fn conditioner(config: &ModelConfig, tensors: &Tensors) -> TextConditioner {
     let vb = VarBuilder::from_tensors(tensors.clone(), DType::F32, &Device::Cpu);
-    let encoders = (config.text_encoders.iter().zip(prefixes(config.family)))
-        .map(|(c, prefix)| TextTransformer::new(c, vb.pp(prefix.trim_end_matches('.'))).unwrap())
-        .collect();
-    TextConditioner::new(config.family, encoders)
+    common::text_conditioner(config, &vb)
 }
 
 /// Writes the checkpoints the fixture tool feeds to diffusers into
@@ -107,66 +91,25 @@ fn conditioner(config: &ModelConfig, tensors: &Tensors) -> TextConditioner {
 #[test]
 #[ignore = "writes the checkpoints for tools/ti-fixtures; run by its generate.sh"]
 fn write_encoders_for_the_fixture_tool() {
-    let dir = std::env::var("HORDE_TI_FIXTURES_CHECKPOINTS")
-        .expect("HORDE_TI_FIXTURES_CHECKPOINTS names the folder to write to");
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::tool_dir("HORDE_TI_FIXTURES_CHECKPOINTS");
     for name in MODELS {
-        let path = Path::new(&dir).join(format!("{name}.safetensors"));
+        let path = dir.join(format!("{name}.safetensors"));
         candle_core::safetensors::save(&checkpoint(name), &path).unwrap();
         println!("wrote {}", path.display());
     }
 }
 
-fn sum(t: &Tensor, abs: bool) -> f64 {
-    let t = t.to_dtype(DType::F64).unwrap();
-    let t = if abs { t.abs().unwrap() } else { t };
-    t.sum_all().unwrap().to_scalar::<f64>().unwrap()
-}
-
-/// The checkpoint rebuilt from the seed is the one the fixtures were made on.
-fn check_fingerprint(name: &str, tensors: &Tensors) {
-    let recorded = &manifest()["checkpoints"][name];
-    assert_eq!(
-        recorded["tensors"].as_u64().unwrap() as usize,
-        tensors.len(),
-        "{name}"
-    );
-    for (key, abs) in [("sum", false), ("sum_abs", true)] {
-        let ours: f64 = tensors.values().map(|t| sum(t, abs)).sum();
-        let theirs = recorded[key].as_f64().unwrap();
-        assert!(
-            (ours - theirs).abs() <= 1e-9 * theirs.abs().max(1.0),
-            "{name} {key}"
-        );
-    }
-}
-
 fn embedding(name: &str) -> Arc<Embedding> {
-    let file = manifest()["embeddings"][name]["file"]
+    let file = FIXTURES.manifest()["embeddings"][name]["file"]
         .as_str()
         .unwrap()
         .to_string();
     let dir = if name.starts_with("tiny_") {
-        fixtures()
+        FIXTURES.dir()
     } else {
         reference_embeddings()
     };
     Arc::new(Embedding::open(&dir.join(file), name).unwrap())
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-        .into()
 }
 
 /// One case: its conditioner, embeddings, prompts and diffusers' outputs.
@@ -182,7 +125,7 @@ struct Case {
 /// Every case of the manifest; those of the real embeddings only where they are (beside the
 /// project, `../shared`), with a note when not.
 fn cases() -> Vec<Case> {
-    let manifest = manifest();
+    let manifest = FIXTURES.manifest();
     let mut built: HashMap<String, (ModelConfig, Tensors)> = HashMap::new();
     let mut out = Vec::new();
     for (name, case) in manifest["cases"].as_object().unwrap() {
@@ -198,17 +141,18 @@ fn cases() -> Vec<Case> {
         let model = case["model"].as_str().unwrap();
         let (config, tensors) = built.entry(model.to_string()).or_insert_with(|| {
             let tensors = checkpoint(model);
-            check_fingerprint(model, &tensors);
+            let recorded = &manifest["checkpoints"][model];
+            FIXTURES.check_fingerprint(model, &tensors, recorded, 1e-9);
             (model_config(model), tensors)
         });
-        let file = fixtures().join(case["file"].as_str().unwrap());
+        let file = FIXTURES.dir().join(case["file"].as_str().unwrap());
         out.push(Case {
             name: name.clone(),
             text: conditioner(config, tensors),
             embeddings: names.iter().map(|n| embedding(n)).collect(),
             prompt: case["prompt"].as_str().unwrap().into(),
             prompt_weighted: case["prompt_weighted"].as_str().unwrap().into(),
-            reference: candle_core::safetensors::load(file, &Device::Cpu).unwrap(),
+            reference: common::load_tensors(&file),
         });
     }
     out
@@ -234,9 +178,9 @@ fn encode(case: &Case, tokens: &WeightedTokens, embeddings: &[Arc<Embedding>]) -
 
 /// The largest difference from the reference's `context` (or `context_weighted`) and pooled.
 fn miss(case: &Case, ours: &Tensors, context: &str) -> f64 {
-    let mut worst = max_diff(&ours["context"], &case.reference[context]);
+    let mut worst = max_abs_diff(&ours["context"], &case.reference[context]);
     if let Some(pooled) = case.reference.get("pooled") {
-        worst = worst.max(max_diff(&ours["pooled"], pooled));
+        worst = worst.max(max_abs_diff(&ours["pooled"], pooled));
     }
     worst
 }
@@ -250,7 +194,7 @@ fn reference_ids(case: &Case) -> Vec<u32> {
 
 #[test]
 fn embeddings_condition_as_diffusers_loads_them() {
-    let tolerance = manifest()["tolerance"].as_f64().unwrap();
+    let tolerance = FIXTURES.tolerance();
     let cases = cases();
     assert!(cases.len() >= 5, "the tiny cases run everywhere");
     for case in &cases {
@@ -308,7 +252,7 @@ fn one_slot_off(tokens: &WeightedTokens) -> WeightedTokens {
 
 #[test]
 fn vectors_one_slot_off_miss_by_far() {
-    let tolerance = manifest()["tolerance"].as_f64().unwrap();
+    let tolerance = FIXTURES.tolerance();
     for case in &cases() {
         let tokens = WeightedTokens::with_embeddings(&case.prompt, &case.embeddings);
         let shifted = one_slot_off(&tokens);
@@ -321,13 +265,13 @@ fn vectors_one_slot_off_miss_by_far() {
 
 #[test]
 fn sdxl_clip_l_and_clip_g_swapped_miss_by_far() {
-    let tolerance = manifest()["tolerance"].as_f64().unwrap();
+    let tolerance = FIXTURES.tolerance();
     let case = cases()
         .into_iter()
         .find(|c| c.name == "sdxl_clip_l_clip_g")
         .unwrap();
     let original = case.embeddings[0].path().to_path_buf();
-    let mut vectors = candle_core::safetensors::load(&original, &Device::Cpu).unwrap();
+    let mut vectors = common::load_tensors(&original);
     let l = vectors.remove("clip_l").unwrap();
     let g = vectors.remove("clip_g").unwrap();
     vectors.insert("clip_l".into(), g);

@@ -491,3 +491,108 @@ pub(crate) fn luma_difference(
 /// Lossy WebP at quality 95 moves the luminance of the tiny models' noisy images by about
 /// this much on average; a wrong input to the engine moves it by tens.
 pub(crate) const WEBP_LUMA_TOLERANCE: f64 = 4.0;
+
+/// The prompt of the deterministic end-to-end generations, as the worker receives it.
+const LIGHTHOUSE: &str = "a lighthouse ### fog";
+
+/// A request for one image on `model`, deterministic (`k_euler` without Karras, cfg 7, a fixed
+/// seed) and returned inline: the worker's image can be compared with the engine's.
+pub(crate) fn deterministic_request(
+    model: &str,
+    (width, height): (u32, u32),
+    steps: u32,
+    seed: u64,
+) -> ImageRequest {
+    let mut request = small_request(LIGHTHOUSE, 1, false);
+    request.models = vec![model.into()];
+    let p = &mut request.params;
+    (p.width, p.height, p.steps) = (width, height, Some(steps));
+    p.sampler_name = serde_json::from_str("\"k_euler\"").unwrap();
+    p.karras = false;
+    p.cfg_scale = 7.0;
+    p.seed = Some(horde_api::image::SeedInput::Text(seed.to_string()));
+    request
+}
+
+/// The engine's job for a [`deterministic_request`] of the same size, steps and seed.
+pub(crate) fn deterministic_generation(
+    (width, height): (u32, u32),
+    steps: u32,
+    seed: u64,
+) -> horde_diffusion::Generation {
+    let (prompt, negative) = LIGHTHOUSE.split_once(" ### ").unwrap();
+    horde_diffusion::Generation {
+        prompt: prompt.into(),
+        negative_prompt: negative.into(),
+        width: width as usize,
+        height: height as usize,
+        steps: steps as usize,
+        cfg_scale: 7.0,
+        sampler: horde_diffusion::SamplerKind::Euler,
+        karras: false,
+        clip_skip: 1,
+        tiling: false,
+        seeds: vec![seed],
+        prompts: vec![],
+        embeddings: Vec::new(),
+    }
+}
+
+/// A checkpoint loaded as the tests' worker loads it (CPU, f32), to run its jobs here.
+pub(crate) fn cpu_model(checkpoint: &std::path::Path) -> horde_diffusion::Model {
+    let options = horde_diffusion::LoadOptions::named("cpu", "f32").unwrap();
+    horde_diffusion::Model::load(checkpoint, &options, &mut |_| {}).unwrap()
+}
+
+/// An image as PNG in base64, as a request's `source_image` or `source_mask` carries it.
+pub(crate) fn png_base64(image: impl Into<image::DynamicImage>) -> String {
+    use base64::Engine;
+    let mut out = std::io::Cursor::new(Vec::new());
+    (image.into())
+        .write_to(&mut out, image::ImageFormat::Png)
+        .unwrap();
+    base64::engine::general_purpose::STANDARD.encode(out.into_inner())
+}
+
+/// Sends `request` to be generated asynchronously: its id.
+pub(crate) async fn submitted(requester: &Client, request: &ImageRequest) -> String {
+    requester.generate_async(request).await.unwrap().id.unwrap()
+}
+
+/// Sends `request` and waits up to 30 s for it to fault: whether it did.
+pub(crate) async fn faults(requester: &Client, request: &ImageRequest) -> bool {
+    let id = submitted(requester, request).await;
+    for _ in 0..300 {
+        if requester.check(&id).await.unwrap().faulted {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+/// A worker's stop signal and task, as `worker::start_worker` returns them.
+pub(crate) type WorkerHandle = (
+    tokio::sync::watch::Sender<bool>,
+    tokio::task::JoinHandle<horde_worker::RunSummary>,
+);
+
+/// Stops the worker and returns what it did.
+pub(crate) async fn stop_worker((stop, task): WorkerHandle) -> horde_worker::RunSummary {
+    stop.send(true).unwrap();
+    task.await.unwrap()
+}
+
+/// Stops the worker, which ran `done` jobs and faulted none.
+pub(crate) async fn stopped_after_jobs(worker: WorkerHandle, done: u64) {
+    let summary = stop_worker(worker).await;
+    let jobs = (summary.jobs_done, summary.jobs_faulted);
+    assert_eq!(jobs, (done, 0), "{summary:?}");
+}
+
+/// Stops the worker, which ran `done` jobs and faulted at least one.
+pub(crate) async fn stopped_having_faulted(worker: WorkerHandle, done: u64) {
+    let summary = stop_worker(worker).await;
+    assert_eq!(summary.jobs_done, done, "{summary:?}");
+    assert!(summary.jobs_faulted >= 1, "{summary:?}");
+}

