@@ -99,6 +99,11 @@ return_codes! {
     SourceImageUnreadable => 400,
     InpaintingMissingMask => 400,
     InvalidPromptSize => 400,
+    // text generation's rules
+    TokenOverflow => 400,
+    MissingFullSamplerOrder => 400,
+    TooManyStopSequences => 400,
+    ExcessiveStopSequence => 400,
     // 401
     InvalidAPIKey => 401,
     // 403

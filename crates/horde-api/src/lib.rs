@@ -15,6 +15,7 @@ pub mod filter;
 pub mod image;
 pub mod shared_key;
 pub mod status;
+pub mod text;
 pub mod user;
 pub mod webhook;
 pub mod worker;

@@ -35,6 +35,7 @@ pub mod request_rules;
 pub mod routing;
 pub mod seed;
 pub mod shared_key;
+pub mod text;
 pub mod ttl;
 pub mod upfront;
 pub mod user_rules;

@@ -80,6 +80,12 @@ pub enum SkipReason {
     Performance,
     StepCount,
     BridgeVersion,
+    /// Text: the worker's context is shorter than the request's.
+    MaxContextLength,
+    /// Text: the worker generates fewer tokens than the request asks.
+    MaxLength,
+    /// Text: the worker does not offer the request's softprompt.
+    MatchingSoftprompt,
 }
 
 impl SkipReason {
@@ -101,6 +107,9 @@ impl SkipReason {
             SkipReason::Performance => "performance",
             SkipReason::StepCount => "step_count",
             SkipReason::BridgeVersion => "bridge_version",
+            SkipReason::MaxContextLength => "max_context_length",
+            SkipReason::MaxLength => "max_length",
+            SkipReason::MatchingSoftprompt => "matching_softprompt",
         }
     }
 }

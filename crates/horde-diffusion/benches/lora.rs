@@ -25,29 +25,8 @@ use std::time::Instant;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// As the worker does (`keep_freed_memory` in `crates/horde/src/main.rs`).
-#[allow(unsafe_code)]
-fn keep_freed_memory() {
-    // SAFETY: setting an option is allowed at any time; the value is a plain integer.
-    unsafe { libmimalloc_sys::mi_option_set(15, -1) }
-}
-
-fn arg(name: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-}
-
-fn peak_rss_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(0.0)
-}
+mod common;
+use common::{arg, keep_freed_memory, peak_rss_mb};
 
 /// (min, median) seconds of `repeats` calls of `run`, each after `before` (untimed).
 fn time(repeats: usize, mut before: impl FnMut(usize), mut run: impl FnMut()) -> (f64, f64) {

@@ -256,6 +256,25 @@ pub(crate) fn split_prompt<'a>(text: &'a str, embeddings: &[Arc<Embedding>]) -> 
     pieces
 }
 
+/// The names the `embedding:NAME` words of unparsed prompt text give (a worker loads those
+/// embeddings for the job): each word starts as [`split_prompt`] reads it, and its name runs to
+/// whitespace, a comma, a colon or a bracket (`(embedding:NAME:0.8)` weights NAME).
+pub fn embedding_names(text: &str) -> Vec<&str> {
+    let mut names = Vec::new();
+    let mut rest = text;
+    while let Some(at) = find_prefix(rest) {
+        let after = &rest[at + PREFIX.len()..];
+        let len = after
+            .find(|c: char| c.is_whitespace() || matches!(c, ',' | ':' | '(' | ')' | '[' | ']'))
+            .unwrap_or(after.len());
+        if len > 0 {
+            names.push(&after[..len]);
+        }
+        rest = &after[len..];
+    }
+    names
+}
+
 /// Where the next `embedding:` that starts a word is.
 fn find_prefix(text: &str) -> Option<usize> {
     let mut from = 0;

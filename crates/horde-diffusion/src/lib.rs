@@ -59,7 +59,7 @@ mod vae;
 
 pub use config::{Family, ModelConfig, Prediction};
 pub use controlnet::{scale_map, Control, ControlNet, ControlNetConfig};
-pub use embeddings::Embedding;
+pub use embeddings::{embedding_names, Embedding};
 pub use lora::{LoraApplication, LoraFile};
 pub use pipeline::{dtype_named, Generation, LoadOptions, LoadStage, Model};
 pub use samplers::SamplerKind;

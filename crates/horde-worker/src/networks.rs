@@ -262,33 +262,11 @@ fn named_in(generation: &Generation) -> Vec<String> {
     }
     let mut names: Vec<String> = Vec::new();
     for text in texts {
-        for name in embedding_words(text) {
-            if !names.contains(&name) {
-                names.push(name);
+        for name in horde_diffusion::embedding_names(text) {
+            if !names.iter().any(|n| n == name) {
+                names.push(name.to_string());
             }
         }
-    }
-    names
-}
-
-fn embedding_words(text: &str) -> Vec<String> {
-    const PREFIX: &str = "embedding:";
-    let mut names = Vec::new();
-    let mut from = 0;
-    while let Some(found) = text[from..].find(PREFIX) {
-        let at = from + found;
-        let starts_word = text[..at]
-            .chars()
-            .next_back()
-            .is_none_or(|c| !(c.is_alphanumeric() || c == '_'));
-        let after = &text[at + PREFIX.len()..];
-        let len = after
-            .find(|c: char| c.is_whitespace() || matches!(c, ',' | ':' | '(' | ')' | '[' | ']'))
-            .unwrap_or(after.len());
-        if starts_word && len > 0 {
-            names.push(after[..len].to_string());
-        }
-        from = at + PREFIX.len();
     }
     names
 }
@@ -332,11 +310,11 @@ mod tests {
     #[test]
     fn embedding_words_are_found_as_the_engine_reads_them() {
         assert_eq!(
-            embedding_words(
+            horde_diffusion::embedding_names(
                 "embedding:EasyNegative, (embedding:7808:0.8) xembedding:no embedding:a.pt"
             ),
             vec!["EasyNegative", "7808", "a.pt"]
         );
-        assert!(embedding_words("embedding: alone").is_empty());
+        assert!(horde_diffusion::embedding_names("embedding: alone").is_empty());
     }
 }

@@ -204,18 +204,7 @@ mod tests {
         ModelConfig {
             family: Family::Sd1,
             prediction: crate::config::Prediction::Epsilon,
-            unet: UNetConfig {
-                in_channels: 4,
-                out_channels: 4,
-                model_channels: 320,
-                channel_mult: vec![1, 2, 4, 4],
-                num_res_blocks: 2,
-                transformer_depth: vec![1, 1, 1, 0],
-                mid_transformer_depth: 1,
-                context_dim: 768,
-                use_linear_projection: false,
-                adm_in_channels: None,
-            },
+            unet: ModelConfig::sd15().unet,
             vae: crate::tiny::tiny_config(crate::tiny::TinyArch::Sd15).vae,
             text_encoders: crate::tiny::tiny_config(crate::tiny::TinyArch::Sd15).text_encoders,
         }
