@@ -729,10 +729,18 @@ impl PopRequest {
 
     pub fn validate(&self) -> Result<(), ErrorBody> {
         let mut errors = FieldErrors::default();
-        errors.range("name", self.name.chars().count(), 1, 100);
-        errors.range("threads", self.threads, 1, 50);
-        errors.range("amount", self.amount, 1, 20);
-        errors.range("bridge_agent", self.bridge_agent.chars().count(), 0, 1000);
+        let worker = (
+            self.name.as_str(),
+            self.threads,
+            self.amount,
+            self.bridge_agent.as_str(),
+        );
+        check_pop_worker(
+            &mut errors,
+            worker,
+            &self.priority_usernames,
+            &self.blacklist,
+        );
         errors.max_len("models", &self.models, 300);
         if self.models.is_empty() {
             errors.add("models", "a worker must serve at least one model");
@@ -761,17 +769,30 @@ impl PopRequest {
                 errors.max_chars(&format!("{field}.{i}"), name, MAX_LIST_ENTRY_CHARS);
             }
         }
-        errors.max_len("priority_usernames", &self.priority_usernames, MAX_POP_LIST);
-        errors.max_len("blacklist", &self.blacklist, MAX_POP_LIST);
-        for (field, list) in [
-            ("priority_usernames", &self.priority_usernames),
-            ("blacklist", &self.blacklist),
-        ] {
-            for entry in list {
-                errors.max_chars(field, entry, MAX_LIST_ENTRY_CHARS);
-            }
-        }
         errors.into_result()
+    }
+}
+
+/// The checks every kind's pop makes of the worker itself: its name, threads, amount and bridge
+/// agent, and the bounds of its `priority_usernames` and `blacklist`.
+pub(crate) fn check_pop_worker(
+    errors: &mut FieldErrors,
+    (name, threads, amount, bridge_agent): (&str, u32, u32, &str),
+    priority_usernames: &[String],
+    blacklist: &[String],
+) {
+    errors.range("name", name.chars().count(), 1, 100);
+    errors.range("threads", threads, 1, 50);
+    errors.range("amount", amount, 1, 20);
+    errors.range("bridge_agent", bridge_agent.chars().count(), 0, 1000);
+    for (field, list) in [
+        ("priority_usernames", priority_usernames),
+        ("blacklist", blacklist),
+    ] {
+        errors.max_len(field, list, MAX_POP_LIST);
+        for entry in list {
+            errors.max_chars(field, entry, MAX_LIST_ENTRY_CHARS);
+        }
     }
 }
 

@@ -10,7 +10,9 @@
 //! horde-core's `text::rules`, not schema errors.
 
 use crate::error::{ErrorBody, FieldErrors};
-use crate::image::{AsyncResponse, GenMetadata, RequestStatusCheck, SkippedCounts, SubmitState};
+use crate::image::{
+    check_pop_worker, AsyncResponse, GenMetadata, RequestStatusCheck, SkippedCounts, SubmitState,
+};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -52,9 +54,7 @@ pub const MAX_TEXT_WORKERS: usize = 100;
 /// to 64 characters each.
 pub const MAX_GENERATION_CHARS: usize = 64 * MAX_LENGTH as usize;
 /// Names in the pop's lists (models, priority users, blacklist) are at most this long.
-pub const MAX_NAME_CHARS: usize = 255;
-/// The pop's `priority_usernames` and `blacklist` hold at most this many entries.
-pub const MAX_POP_LIST: usize = 200;
+pub const MAX_NAME_CHARS: usize = crate::image::MAX_LIST_ENTRY_CHARS;
 
 fn yes() -> bool {
     true
@@ -395,9 +395,18 @@ impl TextPopRequest {
 
     pub fn validate(&self) -> Result<(), ErrorBody> {
         let mut errors = FieldErrors::default();
-        errors.range("name", self.name.chars().count(), 1, 100);
-        errors.range("threads", self.threads, 1, 50);
-        errors.range("amount", self.amount, 1, 20);
+        let worker = (
+            self.name.as_str(),
+            self.threads,
+            self.amount,
+            self.bridge_agent.as_str(),
+        );
+        check_pop_worker(
+            &mut errors,
+            worker,
+            &self.priority_usernames,
+            &self.blacklist,
+        );
         errors.range("max_length", self.max_length, 1, MAX_CONTEXT_LENGTH);
         errors.range(
             "max_context_length",
@@ -405,7 +414,6 @@ impl TextPopRequest {
             1,
             MAX_CONTEXT_LENGTH,
         );
-        errors.range("bridge_agent", self.bridge_agent.chars().count(), 0, 1000);
         if self.models.is_empty() {
             errors.add("models", "a worker must serve at least one model");
         }
@@ -415,15 +423,6 @@ impl TextPopRequest {
         if let Some(i) = self.softprompts.iter().position(too_long) {
             let field = format!("softprompts.{i}");
             errors.max_chars(&field, &self.softprompts[i], MAX_SOFTPROMPT_CHARS);
-        }
-        for (field, list) in [
-            ("priority_usernames", &self.priority_usernames),
-            ("blacklist", &self.blacklist),
-        ] {
-            errors.max_len(field, list, MAX_POP_LIST);
-            for entry in list {
-                errors.max_chars(field, entry, MAX_NAME_CHARS);
-            }
         }
         errors.into_result()
     }
