@@ -190,9 +190,12 @@ impl Networks {
         {
             return Ok(());
         }
-        let bytes = std::fs::read(&entry.file)
+        // Streamed: a LoRA file is hundreds of MB, and only its hash is needed.
+        let mut hasher = Sha256::new();
+        std::fs::File::open(&entry.file)
+            .and_then(|mut file| std::io::copy(&mut file, &mut hasher))
             .map_err(|e| Unrunnable(format!("cannot read {}: {e}", entry.file.display())))?;
-        let actual = hex::encode(Sha256::digest(&bytes));
+        let actual = hex::encode(hasher.finalize());
         if !actual.eq_ignore_ascii_case(expected.trim()) {
             return Err(Unrunnable(format!(
                 "{} does not match its sha256 in the library index (it is {actual})",
@@ -305,6 +308,34 @@ mod tests {
         assert_eq!(negative, "blurry,(embedding:99:1)");
         let (_, negative) = inject("a cat", ",blurry", &[], &tis);
         assert_eq!(negative, ",blurry,(embedding:99:1)");
+    }
+
+    #[test]
+    fn a_file_must_match_its_indexed_sha256() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("lora.safetensors");
+        std::fs::write(&file, b"the file's bytes").unwrap();
+        let right = hex::encode(Sha256::digest(b"the file's bytes"));
+        let entry = |sha256: Option<String>| Entry {
+            file: file.clone(),
+            name: "x".into(),
+            id: None,
+            version: None,
+            triggers: vec![],
+            sha256,
+        };
+        let networks = Networks::new(None);
+        let wrong = networks.verify(&entry(Some("00".repeat(32)))).unwrap_err();
+        assert!(wrong.0.contains("does not match its sha256"), "{wrong}");
+        assert!(
+            wrong.0.contains(&right),
+            "names the file's own hash: {wrong}"
+        );
+        networks.verify(&entry(Some(right.to_uppercase()))).unwrap();
+        networks.verify(&entry(None)).unwrap();
+        std::fs::remove_file(&file).unwrap();
+        // Checked once: the file is not read again.
+        networks.verify(&entry(Some(right.clone()))).unwrap();
     }
 
     #[test]
