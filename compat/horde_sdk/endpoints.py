@@ -82,6 +82,12 @@ from horde_sdk.ai_horde_api.apimodels import (  # noqa: E402
     ModifyWorkerResponse,
     SharedKeyDeleteResponse,
     SingleWorkerDetailsResponse,
+    TextGenerateAsyncDryRunResponse,
+    TextGenerateAsyncResponse,
+    TextGenerateJobPopResponse,
+    TextGenerateStatusResponse,
+    TextStatsModelResponse,
+    TextStatsModelsTotalResponse,
     UserDetailsResponse,
 )
 from horde_sdk.generic_api.apimodels import RequestErrorResponse  # noqa: E402
@@ -251,6 +257,40 @@ def image_lifecycle(api: Api, mod: dict, plain: dict) -> None:
     parse("GET /generate/check/{unknown} (404)", RequestErrorResponse, missing)
 
 
+TEXT_MODEL = "koboldcpp/Marx-3B-V3"
+TEXT_POP = {"name": WORKER + "-text", "models": [TEXT_MODEL], "max_length": 512, "max_context_length": 2048,
+            "bridge_agent": "KoboldCppEmbedWorker:2:https://github.com/LostRuins/koboldcpp"}
+TEXT_REQUEST = {"prompt": "The keeper opened the door and", "models": [TEXT_MODEL],
+                "params": {"max_length": 64, "max_context_length": 1024, "temperature": 0.7}}
+
+
+def text_lifecycle(api: Api, mod: dict, plain: dict) -> None:
+    empty = api.call("POST", "/generate/text/pop", mod["api_key"], 200, json=TEXT_POP)
+    parse("POST /generate/text/pop (empty)", TextGenerateJobPopResponse, empty)
+    dry = api.call("POST", "/generate/text/async", plain["api_key"], 200, json=TEXT_REQUEST | {"dry_run": True})
+    parse("POST /generate/text/async (dry run)", TextGenerateAsyncDryRunResponse, dry)
+    accepted = api.call("POST", "/generate/text/async", plain["api_key"], 202, json=TEXT_REQUEST)
+    parse("POST /generate/text/async", TextGenerateAsyncResponse, accepted)
+    request_id = accepted["id"]
+    parse("GET /generate/text/status/{id} (waiting)", TextGenerateStatusResponse,
+          api.call("GET", f"/generate/text/status/{request_id}", None, 200))
+    job = api.call("POST", "/generate/text/pop", mod["api_key"], 200, json=TEXT_POP)
+    parse("POST /generate/text/pop (a job)", TextGenerateJobPopResponse, job)
+    expect(job is not None and job.get("id") is not None, "the text pop hands out the request")
+    submit = {"id": job["id"], "generation": " saw the sea.", "state": "ok"}
+    parse("POST /generate/text/submit", JobSubmitResponse,
+          api.call("POST", "/generate/text/submit", mod["api_key"], 200, json=submit))
+    parse("GET /generate/text/status/{id} (done)", TextGenerateStatusResponse,
+          api.call("GET", f"/generate/text/status/{request_id}", None, 200))
+    time.sleep(1.1)  # 2 requests a second per key
+    untouched = api.call("POST", "/generate/text/async", plain["api_key"], 202, json=TEXT_REQUEST)
+    parse("DELETE /generate/text/status/{id}", TextGenerateStatusResponse,
+          api.call("DELETE", f"/generate/text/status/{untouched['id']}", None, 200))
+    parse("GET /stats/text/totals", TextStatsModelsTotalResponse, api.call("GET", "/stats/text/totals", None, 200))
+    parse("GET /stats/text/models", TextStatsModelResponse, api.call("GET", "/stats/text/models", None, 200))
+    parse("GET /status/models?type=text", HordeStatusModelsAllResponse, api.call("GET", "/status/models?type=text", None, 200))
+
+
 def workers(api: Api, mod: dict) -> None:
     if ARGS.strict:
         # The SDK's client parses the whole answer, documented additions included, so in strict
@@ -312,6 +352,7 @@ def main() -> int:
     plain = test_user(api, f"sdkuser{suffix}", False, False, 100)
     status_and_stats(api)
     image_lifecycle(api, mod, plain)
+    text_lifecycle(api, mod, plain)
     users(api, mod, plain)
     workers(api, mod)
     shared_keys(api, plain)

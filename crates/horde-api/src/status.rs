@@ -57,6 +57,27 @@ pub struct StatsImgTotals {
     pub total: SinglePeriodImgStat,
 }
 
+/// Texts and tokens delivered in one period (`SinglePeriodTxtStat`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SinglePeriodTxtStat {
+    pub requests: u64,
+    pub tokens: u64,
+}
+
+/// `GET /stats/text/totals` (`StatsTxtTotals`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct StatsTxtTotals {
+    pub minute: SinglePeriodTxtStat,
+    pub hour: SinglePeriodTxtStat,
+    pub day: SinglePeriodTxtStat,
+    pub month: SinglePeriodTxtStat,
+    pub total: SinglePeriodTxtStat,
+}
+
+/// `GET /stats/text/models` (`TxtModelStats`): texts delivered per model, in the shape of
+/// [`ImgModelStats`].
+pub type TxtModelStats = ImgModelStats;
+
 /// `GET /stats/img/models` (`ImgModelStats`): images finished per model.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ImgModelStats {

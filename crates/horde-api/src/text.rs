@@ -316,7 +316,9 @@ fn names(field: &str, list: &[String], most: usize, errors: &mut FieldErrors) {
 /// `{kudos}`): the image answer's shape.
 pub type TextAsyncResponse = AsyncResponse;
 
-/// One finished text in `GET /generate/text/status/{id}` (GenerationKobold).
+/// One finished text in `GET /generate/text/status/{id}` (GenerationKobold). Unlike an image
+/// generation it carries no `id` (the public horde's `get_details` has none, and horde-sdk's
+/// strict model refuses one).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct TextGeneration {
     pub text: String,
@@ -326,7 +328,6 @@ pub struct TextGeneration {
     pub worker_id: String,
     pub worker_name: String,
     pub model: String,
-    pub id: String,
     /// `ok`, `censored` or `csam`.
     pub state: String,
     #[serde(default)]
@@ -783,7 +784,6 @@ mod tests {
                 worker_id: "6f0b5c1e-0000-4000-8000-000000000002".into(),
                 worker_name: "w".into(),
                 model: "koboldcpp/tiny".into(),
-                id: "6f0b5c1e-0000-4000-8000-000000000001".into(),
                 state: "ok".into(),
                 gen_metadata: vec![],
             }],

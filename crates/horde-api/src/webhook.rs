@@ -11,8 +11,10 @@
 //! [`RequestFinishedWebhook`] is ours: once when the whole request is done, faulted or
 //! cancelled, so a client need not count images to know it has them all.
 //!
-//! Both go out as a [`WebhookBody`], which adds an `event` field: `"generation"` or
-//! `"request_finished"`. The public body has none; receivers written for it read the keys they
+//! [`TextGenerationWebhook`] is the public horde's call for a finished text.
+//!
+//! All go out as a [`WebhookBody`], which adds an `event` field: `"generation"`,
+//! `"text_generation"` or `"request_finished"`. The public body has none; receivers written for it read the keys they
 //! know and ignore the others (a Python dict, pydantic's default `extra = "ignore"`, serde
 //! without `deny_unknown_fields`), so the extra key breaks none of them, and it lets a receiver
 //! of both tell them apart from the body alone (the sender repeats it in a header, for routing
@@ -21,6 +23,7 @@
 //! How a body is signed, identified and retried is horde-core's `webhook` module.
 
 use crate::image::{GenMetadata, Generation};
+use crate::text::TextGeneration;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -30,6 +33,8 @@ use utoipa::ToSchema;
 pub enum WebhookBody {
     /// One image of the request finished (the public horde's call).
     Generation(GenerationWebhook),
+    /// One text of a text request finished (the public horde's call for texts).
+    TextGeneration(TextGenerationWebhook),
     /// The whole request ended (ours).
     RequestFinished(RequestFinishedWebhook),
 }
@@ -39,6 +44,7 @@ impl WebhookBody {
     pub fn event(&self) -> &'static str {
         match self {
             WebhookBody::Generation(_) => "generation",
+            WebhookBody::TextGeneration(_) => "text_generation",
             WebhookBody::RequestFinished(_) => "request_finished",
         }
     }
@@ -47,6 +53,7 @@ impl WebhookBody {
     pub fn request_id(&self) -> &str {
         match self {
             WebhookBody::Generation(body) => &body.request,
+            WebhookBody::TextGeneration(body) => &body.request,
             WebhookBody::RequestFinished(body) => &body.request,
         }
     }
@@ -95,6 +102,31 @@ impl GenerationWebhook {
             id: generation.id,
             censored: generation.censored,
             gen_metadata: generation.gen_metadata,
+            request,
+            kudos,
+        }
+    }
+}
+
+/// One finished text, as the public horde POSTs it (`TextProcessingGeneration.get_details`
+/// with `request` and `kudos`): the entry of `/generate/text/status`'s `generations`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TextGenerationWebhook {
+    #[serde(flatten)]
+    pub generation: TextGeneration,
+    /// The generation's (job's) id, which `send_webhook` adds.
+    pub id: String,
+    /// The request's id, as returned by `/generate/text/async`.
+    pub request: String,
+    /// What the text earned its worker.
+    pub kudos: f64,
+}
+
+impl TextGenerationWebhook {
+    pub fn of(generation: TextGeneration, id: String, request: String, kudos: f64) -> Self {
+        TextGenerationWebhook {
+            generation,
+            id,
             request,
             kudos,
         }

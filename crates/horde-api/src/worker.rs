@@ -55,6 +55,12 @@ pub struct WorkerDetails {
     pub lora: bool,
     pub controlnet: bool,
     pub sdxl_controlnet: bool,
+    /// A text worker's most tokens for one job (text workers only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_length: Option<u32>,
+    /// A text worker's largest context (text workers only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_context_length: Option<u32>,
     /// This coordinator's reputation ledger of the worker (not in the public horde).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reputation: Option<WorkerReputation>,

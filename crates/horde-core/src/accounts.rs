@@ -39,6 +39,14 @@ pub struct User {
     pub usage_requests: u64,
     pub contributed_megapixelsteps: f64,
     pub fulfilments: u64,
+    /// Tokens of text requested (delivered to this user's text requests).
+    pub usage_tokens: f64,
+    /// Text requests delivered to this user.
+    pub text_requests: u64,
+    /// Tokens of text this user's workers delivered.
+    pub contributed_tokens: f64,
+    /// Texts this user's workers delivered.
+    pub text_fulfilments: u64,
     pub kudos_accumulated: f64,
     /// Kudos held in escrow: half of what an untrusted owner's workers earn.
     pub evaluating_kudos: f64,
@@ -131,13 +139,31 @@ pub fn forgiven_debit(balance: f64, charge: f64, floor: f64) -> f64 {
 /// Seconds of uptime paid for by one uptime reward.
 pub const UPTIME_REWARD_INTERVAL_SECS: u64 = 600;
 
-/// Kudos of one uptime reward for an image worker: 50, 2 per model served, 30 more with LoRAs.
+/// Kudos of one uptime reward for a text worker (the public horde's base worker's).
+pub const TEXT_UPTIME_REWARD: f64 = 100.0;
+
+/// Kudos of one uptime reward: for an image worker 50, 2 per model served, 30 more with LoRAs;
+/// for a text worker [`TEXT_UPTIME_REWARD`].
 pub fn uptime_reward(flags: &WorkerFlags) -> f64 {
+    if flags.text.is_some() {
+        return TEXT_UPTIME_REWARD;
+    }
     let mut kudos = 50.0 + 2.0 * flags.models.len() as f64;
     if flags.allow_lora {
         kudos += 30.0;
     }
     kudos
+}
+
+/// What a text worker declares beyond any worker.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TextWorkerFlags {
+    /// The most tokens it generates for one job.
+    pub max_length: u32,
+    /// The most tokens of context it takes.
+    pub max_context_length: u32,
+    /// The softprompts it can load.
+    pub softprompts: Vec<String>,
 }
 
 /// What a worker said it can do, as stored.
@@ -160,6 +186,10 @@ pub struct WorkerFlags {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub control_map_types: Option<Vec<String>>,
     pub allow_sdxl_controlnet: bool,
+    /// What a text worker declared (`/generate/text/pop`); `None`: an image worker. A worker is
+    /// of one kind for its whole life: its name cannot pop the other kind's jobs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<TextWorkerFlags>,
     pub require_upfront_kudos: bool,
     pub extra_slow_worker: bool,
     pub limit_max_steps: bool,
@@ -191,6 +221,15 @@ pub struct Worker {
 }
 
 impl Worker {
+    /// The kind of work it does, as the API names it (`JobKind::NAME`): `image` or `text`.
+    pub fn kind(&self) -> &'static str {
+        if self.flags.text.is_some() {
+            "text"
+        } else {
+            "image"
+        }
+    }
+
     /// Online while it has checked in within `window` seconds.
     pub fn is_online(&self, now: i64, window: i64) -> bool {
         now - self.last_check_in <= window
@@ -272,5 +311,7 @@ mod tests {
         assert_eq!(uptime_reward(&flags), 54.0);
         flags.allow_lora = true;
         assert_eq!(uptime_reward(&flags), 84.0);
+        flags.text = Some(TextWorkerFlags::default());
+        assert_eq!(uptime_reward(&flags), TEXT_UPTIME_REWARD);
     }
 }

@@ -10,7 +10,7 @@ use horde_api::status::ActiveModel;
 use std::collections::{BTreeMap, HashMap};
 
 /// The `eta` of a model with work queued and no measured speed (the public horde's value).
-const UNKNOWN_ETA_SECS: i64 = 10_000;
+pub(crate) const UNKNOWN_ETA_SECS: i64 = 10_000;
 
 /// The work of the live requests that is not done.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]

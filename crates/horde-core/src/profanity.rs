@@ -11,9 +11,18 @@
 
 use rustrict::{CensorStr, Type};
 
+/// Names of the horde's own software that the word model misreads (it finds a slur inside
+/// "koboldcpp"): the bridge agents of the public horde's text workers carry them, so they are
+/// set aside before the check, lowercase.
+const SOFTWARE_NAMES: &[&str] = &["koboldcpp", "koboldai", "kobold"];
+
 /// Whether `text` may not be shown publicly.
 pub fn is_profane(text: &str) -> bool {
-    let letters: String = text
+    let mut lowered = text.to_lowercase();
+    for name in SOFTWARE_NAMES {
+        lowered = lowered.replace(name, " ");
+    }
+    let letters: String = lowered
         .chars()
         .map(|c| if c.is_ascii_digit() { ' ' } else { c })
         .collect();
@@ -31,6 +40,9 @@ mod tests {
             "this shit is fast",
             "sh1tty w0rker",
             "f u c k",
+            // Setting the software names aside does not hide what is around them.
+            "koboldcpp fucking worker",
+            "KoboldCpp-shit",
         ] {
             assert!(is_profane(text), "{text:?} passed");
         }
@@ -47,6 +59,11 @@ mod tests {
             "w14-3558-7",
             "w199-99-12",
             "gpu-box-3090",
+            // The bridge agents of the public horde's text workers.
+            "KoboldCppEmbedWorker:2:https://github.com/LostRuins/koboldcpp",
+            "KoboldAI Client",
+            "AI Horde Worker~aphrodite~oai:2.3.0:https://github.com/Haidra-Org/AI-Horde-Worker",
+            "TabbyAPI",
         ] {
             assert!(!is_profane(text), "{text:?} refused");
         }

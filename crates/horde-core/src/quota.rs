@@ -1,4 +1,5 @@
-//! Daily quotas: how many images and megapixelsteps each tier of user may request per UTC day.
+//! Daily quotas: how many images and megapixelsteps, and how many texts and tokens, each tier of
+//! user may request per UTC day.
 //!
 //! The public horde has none (kudos and concurrency are its only brakes); an operator of a
 //! private horde may want them, per tier: anonymous, registered, trusted. A limit of 0 is no
@@ -16,6 +17,10 @@ const DAY_SECS: i64 = 86_400;
 pub struct Quota {
     pub images_per_day: u64,
     pub megapixelsteps_per_day: f64,
+    /// Text requests' jobs (one text each).
+    pub texts_per_day: u64,
+    /// Tokens asked for (`max_length` × texts).
+    pub tokens_per_day: f64,
 }
 
 /// What a user requested on one day.
@@ -23,6 +28,8 @@ pub struct Quota {
 pub struct Usage {
     pub images: u64,
     pub megapixelsteps: f64,
+    pub texts: u64,
+    pub tokens: f64,
 }
 
 /// The quota of each tier.
@@ -55,6 +62,13 @@ impl Quota {
             || used.megapixelsteps + megapixelsteps <= self.megapixelsteps_per_day;
         images_ok && mps_ok
     }
+
+    /// Whether a text request of `texts` jobs and `tokens` fits in what is left after `used`.
+    pub fn allows_text(&self, used: &Usage, texts: u64, tokens: f64) -> bool {
+        let texts_ok = self.texts_per_day == 0 || used.texts + texts <= self.texts_per_day;
+        let tokens_ok = self.tokens_per_day <= 0.0 || used.tokens + tokens <= self.tokens_per_day;
+        texts_ok && tokens_ok
+    }
 }
 
 /// The UTC day of a unix time (days since 1970-01-01).
@@ -77,7 +91,8 @@ mod tests {
         assert!(none.allows(
             &Usage {
                 images: 1_000_000,
-                megapixelsteps: 1e9
+                megapixelsteps: 1e9,
+                ..Usage::default()
             },
             10,
             10.0
@@ -85,14 +100,36 @@ mod tests {
         let q = Quota {
             images_per_day: 10,
             megapixelsteps_per_day: 100.0,
+            ..Quota::default()
         };
         let used = Usage {
             images: 8,
             megapixelsteps: 50.0,
+            ..Usage::default()
         };
         assert!(q.allows(&used, 2, 50.0));
         assert!(!q.allows(&used, 3, 1.0), "images over");
         assert!(!q.allows(&used, 1, 60.0), "megapixelsteps over");
+        assert!(q.allows_text(&used, 1_000, 1e9), "no text limits set");
+    }
+
+    #[test]
+    fn text_quotas_count_texts_and_tokens() {
+        let q = Quota {
+            texts_per_day: 5,
+            tokens_per_day: 1_000.0,
+            ..Quota::default()
+        };
+        let used = Usage {
+            texts: 4,
+            tokens: 800.0,
+            images: 1_000,
+            ..Usage::default()
+        };
+        assert!(q.allows_text(&used, 1, 200.0));
+        assert!(!q.allows_text(&used, 2, 10.0), "texts over");
+        assert!(!q.allows_text(&used, 1, 201.0), "tokens over");
+        assert!(q.allows(&used, 1_000, 1e9), "no image limits set");
     }
 
     #[test]

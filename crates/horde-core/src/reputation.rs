@@ -54,6 +54,19 @@ pub struct ReputationRules {
     pub suspicion_threshold: u32,
 }
 
+/// Tokens a second above which a text job's speed counts as impossible (the public horde's).
+pub const MAX_PLAUSIBLE_TOKENS_PER_SEC: f64 = 150.0;
+
+impl ReputationRules {
+    /// These rules for a text worker, whose speed is in tokens a second.
+    pub fn for_text(self) -> ReputationRules {
+        ReputationRules {
+            max_plausible_mps: MAX_PLAUSIBLE_TOKENS_PER_SEC,
+            ..self
+        }
+    }
+}
+
 impl Default for ReputationRules {
     /// The public horde's numbers: 20 MPS/s is unreasonably fast, 5 suspicions pause a worker.
     fn default() -> Self {

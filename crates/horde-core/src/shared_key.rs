@@ -44,6 +44,11 @@ pub enum SharedKeyRefusal {
         steps: u32,
         max: i64,
     },
+    /// A text request asking for more tokens than the key's `max_text_tokens`.
+    TooManyTokens {
+        tokens: u32,
+        max: i64,
+    },
 }
 
 impl SharedKey {
@@ -58,18 +63,7 @@ impl SharedKey {
         cost: f64,
         now: i64,
     ) -> Result<(), SharedKeyRefusal> {
-        if self.expiry.is_some_and(|expiry| now >= expiry) {
-            return Err(SharedKeyRefusal::Expired);
-        }
-        if self.kudos == 0.0 {
-            return Err(SharedKeyRefusal::Empty);
-        }
-        if !self.is_unlimited() && self.kudos < cost {
-            return Err(SharedKeyRefusal::InsufficientKudos {
-                left: self.kudos,
-                cost,
-            });
-        }
+        self.check_budget(cost, now)?;
         let p = &request.params;
         let pixels = u64::from(p.width) * u64::from(p.height);
         if self.max_image_pixels >= 0 && pixels > self.max_image_pixels as u64 {
@@ -83,6 +77,41 @@ impl SharedKey {
             return Err(SharedKeyRefusal::TooManySteps {
                 steps,
                 max: self.max_image_steps,
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether a text request of `max_length` tokens a text, costing `cost` kudos, may be made
+    /// with this key at `now` (`max_text_tokens`: −1 is no limit).
+    pub fn check_text_use(
+        &self,
+        max_length: u32,
+        cost: f64,
+        now: i64,
+    ) -> Result<(), SharedKeyRefusal> {
+        self.check_budget(cost, now)?;
+        if self.max_text_tokens >= 0 && i64::from(max_length) > self.max_text_tokens {
+            return Err(SharedKeyRefusal::TooManyTokens {
+                tokens: max_length,
+                max: self.max_text_tokens,
+            });
+        }
+        Ok(())
+    }
+
+    /// Not expired, not empty, and `cost` within what is left.
+    fn check_budget(&self, cost: f64, now: i64) -> Result<(), SharedKeyRefusal> {
+        if self.expiry.is_some_and(|expiry| now >= expiry) {
+            return Err(SharedKeyRefusal::Expired);
+        }
+        if self.kudos == 0.0 {
+            return Err(SharedKeyRefusal::Empty);
+        }
+        if !self.is_unlimited() && self.kudos < cost {
+            return Err(SharedKeyRefusal::InsufficientKudos {
+                left: self.kudos,
+                cost,
             });
         }
         Ok(())

@@ -7,9 +7,11 @@
 //!   worker's reward from the text it delivered);
 //! * [`rules`]: what a text request must pass before it is queued (the public horde's rules
 //!   with their `rc`, upfront kudos and what anonymous users may ask for);
+//! * [`activity`]: the text models in use now (`/status/models?type=text`);
 //! * [`kind`]: the [`Text`](kind::Text) job kind, what a text worker declares and when it may
 //!   take a job (the public skip reasons).
 
+pub mod activity;
 pub mod kind;
 pub mod pricing;
 pub mod reference;

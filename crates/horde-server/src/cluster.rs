@@ -28,6 +28,7 @@ use crate::kinds::ServedKind;
 use crate::live_requests::WriteTurn;
 use crate::state::{AppState, SharedState};
 use horde_core::request::LiveRequest;
+use horde_core::text::Text;
 use horde_core::Image;
 use horde_store::notify::{Listener, REMOVED};
 use horde_store::Backend;
@@ -119,7 +120,9 @@ impl AppState {
 
     /// Applies announced changes to every kind's live requests.
     async fn apply_announcements(&self, changes: BTreeMap<Uuid, i64>) -> ApiResult<()> {
-        self.apply_announcements_of::<Image>(changes).await
+        self.apply_announcements_of::<Image>(changes.clone())
+            .await?;
+        self.apply_announcements_of::<Text>(changes).await
     }
 
     /// Applies announced changes to the live requests of kind `K`: reloads the requests whose
@@ -265,7 +268,8 @@ impl AppState {
     /// is no longer stored is dropped only if it was here before the reload began: requests
     /// accepted meanwhile (the group commit does not wait for a write turn) stay.
     async fn resync_all(&self) -> ApiResult<()> {
-        self.resync_all_of::<Image>().await
+        self.resync_all_of::<Image>().await?;
+        self.resync_all_of::<Text>().await
     }
 
     /// [`AppState::resync_all`] for the live requests of kind `K`.

@@ -29,6 +29,8 @@ pub struct ServerConfig {
     /// Daily quotas per tier of user (0: unlimited).
     pub quotas: horde_core::quota::Quotas,
     pub models: ModelsConfig,
+    /// Text generation (`/generate/text/…`): its model reference and limits.
+    pub text: TextConfig,
     /// `GET /metrics` for Prometheus.
     pub metrics: MetricsConfig,
     /// Calls to the requests' `webhook` URLs.
@@ -134,22 +136,66 @@ impl Default for ModelsConfig {
     }
 }
 
+/// Text generation: the text model reference and the limits of a text request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TextConfig {
+    /// The text model reference (the public `db.json` format): "builtin", a file path, or an
+    /// http(s) URL; reloaded with the image one (`models.reload_interval_secs`).
+    pub reference: String,
+    /// The most tokens one text may ask for (the public horde's 4096 at most).
+    pub max_length: u32,
+    /// The largest context a request may ask for.
+    pub max_context_length: u32,
+    /// The longest prompt, in characters.
+    pub max_prompt_chars: usize,
+    /// Accept requests for, and workers serving, text models the reference does not list.
+    pub allow_custom: bool,
+}
+
+impl Default for TextConfig {
+    fn default() -> Self {
+        let limits = horde_core::text::rules::TextLimits::default();
+        TextConfig {
+            reference: "builtin".into(),
+            max_length: limits.max_length,
+            max_context_length: limits.max_context_length,
+            max_prompt_chars: limits.max_prompt_chars,
+            allow_custom: !limits.known_models_only,
+        }
+    }
+}
+
+impl TextConfig {
+    /// The request rules' view of these settings.
+    pub fn limits(&self) -> horde_core::text::rules::TextLimits {
+        horde_core::text::rules::TextLimits {
+            max_length: self.max_length,
+            max_context_length: self.max_context_length,
+            max_prompt_chars: self.max_prompt_chars,
+            known_models_only: !self.allow_custom,
+        }
+    }
+}
+
 /// The public horde's per-endpoint rate limits (horde-api.md §2), each written like
 /// `"90/minute"`; "per IP" counts by the caller's address and the endpoint, "per key" by API key.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
-    /// `POST /generate/async`, per IP.
+    /// `POST /generate/async` (and, counted apart, `/generate/text/async`), per IP.
     pub generate_per_ip: Vec<Limit>,
-    /// `POST /generate/async`, per registered user's key.
+    /// `POST /generate/async` (and `/generate/text/async`), per registered user's key.
     pub generate_per_key: Limit,
-    /// `POST /generate/async`, for the shared anonymous key.
+    /// `POST /generate/async` (and `/generate/text/async`), for the shared anonymous key.
     pub generate_per_anonymous_key: Limit,
     /// `GET /generate/check/{id}`, per IP and request.
     pub check_per_ip: Limit,
     /// `GET|DELETE /generate/status/{id}`, per IP and request.
     pub status_per_ip: Limit,
-    /// `POST /generate/pop` and `/generate/submit`, per IP.
+    /// `GET|DELETE /generate/text/status/{id}`, per IP and request.
+    pub text_status_per_ip: Limit,
+    /// `POST /generate/pop` and `/generate/submit` (and their text twins), per IP.
     pub jobs_per_ip: Limit,
     /// `POST /kudos/transfer`, per key.
     pub transfer_per_key: Vec<Limit>,
@@ -171,6 +217,7 @@ impl Default for LimitsConfig {
             generate_per_anonymous_key: Limit::per_second(60),
             check_per_ip: Limit::per_second(10),
             status_per_ip: Limit::per_minute(10),
+            text_status_per_ip: Limit::per_minute(60),
             jobs_per_ip: Limit::per_second(60),
             transfer_per_key: vec![Limit::per_second(1), Limit::per_hour(90)],
             shared_keys_per_ip: Limit::per_minute(5),
@@ -335,6 +382,7 @@ impl Default for ServerConfig {
             limits: LimitsConfig::default(),
             quotas: Default::default(),
             models: ModelsConfig::default(),
+            text: TextConfig::default(),
             metrics: MetricsConfig::default(),
             webhooks: WebhooksConfig::default(),
         }

@@ -82,7 +82,7 @@ impl AppState {
     }
 
     async fn pop_checked_in(&self, user: &User, pop: PopRequest) -> ApiResult<PopResponse> {
-        let entry = self.check_in(user, &pop).await?;
+        let entry = self.check_in(user, &pop, None).await?;
         if entry.worker.paused {
             return Ok(PopResponse::empty(Default::default()));
         }
@@ -279,6 +279,7 @@ impl AppState {
             seed: submit.seed,
             gen_metadata: submit.gen_metadata,
             staged: staged.as_deref(),
+            text: None,
         };
         let outcome = self
             .finish_job::<Image>(&turn, user, &result)

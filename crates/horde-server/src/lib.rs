@@ -40,6 +40,7 @@ pub mod state;
 pub mod streaming;
 pub mod strict_json;
 pub mod sweeper;
+pub mod texts;
 pub mod users;
 pub mod waiting;
 pub mod webhooks;
@@ -182,6 +183,7 @@ impl Application {
                 .shutting_down
                 .store(true, std::sync::atomic::Ordering::SeqCst);
             state.live.close_watches();
+            state.live_text.close_watches();
         };
         let limits = self.connection_limits();
         let result = connections::serve(self.listener, self.router, limits, shutdown).await;
@@ -214,6 +216,9 @@ async fn open_state(
     let model_reference = model_reference::load(&config.models)
         .await
         .map_err(StartError::Models)?;
+    let text_reference = model_reference::load_text(&config.text.reference)
+        .await
+        .map_err(StartError::Models)?;
     let public_url = if config.public_url.is_empty() {
         format!("http://{local}")
     } else {
@@ -229,16 +234,23 @@ async fn open_state(
     let limiter = horde_core::ratelimit::FixedWindows::with_capacity(config.api.rate_limit_keys);
     let metrics = metrics::Metrics::new();
     let request_writer = group_commit::RequestWriter::start(store.clone(), metrics.clone());
+    let text_writer = group_commit::RequestWriter::start(store.clone(), metrics.clone());
     let stored_requests = store.load_requests::<horde_core::Image>().await?;
+    let stored_texts = store.load_requests::<horde_core::text::Text>().await?;
     let stored_filters = store.prompt_filters().await?;
     let state = AppState {
         node_name: format!("{host}:{}:{}", local.port(), routes::status::VERSION),
         config,
         store,
         live: LiveRequests::new(stored_requests, request_writer),
+        live_text: LiveRequests::new(stored_texts, text_writer),
         workers: Workers::new(online_window_secs),
         accounts: Accounts::new(key_salt),
-        catalogue: Catalogue::new(model_reference, FilterSet::new(&stored_filters)),
+        catalogue: Catalogue::new(
+            model_reference,
+            text_reference,
+            FilterSet::new(&stored_filters),
+        ),
         metrics,
         webhooks: Default::default(),
         limiter: Mutex::new(limiter),
@@ -257,7 +269,7 @@ async fn open_state(
 }
 
 fn router(state: SharedState) -> Router {
-    use routes::{generate, status, users, workers};
+    use routes::{generate, status, text, users, workers};
     let api = Router::new()
         .route("/", get(dashboard::page))
         .route("/dashboard/events", get(dashboard::events))
@@ -279,6 +291,13 @@ fn router(state: SharedState) -> Router {
         )
         .route("/api/v2/generate/pop", post(generate::pop))
         .route("/api/v2/generate/submit", post(generate::submit))
+        .route("/api/v2/generate/text/async", post(text::generate_async))
+        .route(
+            "/api/v2/generate/text/status/{id}",
+            get(text::status).delete(text::cancel),
+        )
+        .route("/api/v2/generate/text/pop", post(text::pop))
+        .route("/api/v2/generate/text/submit", post(text::submit))
         .route("/api/v2/uploads/{job_id}", put(generate::upload))
         .route("/api/v2/images/{file}", get(generate::image))
         .route(
@@ -332,6 +351,8 @@ fn router(state: SharedState) -> Router {
         .route("/api/v2/status/performance", get(status::performance))
         .route("/api/v2/stats/img/totals", get(status::image_totals))
         .route("/api/v2/stats/img/models", get(status::image_models))
+        .route("/api/v2/stats/text/totals", get(status::text_totals))
+        .route("/api/v2/stats/text/models", get(status::text_models))
         .route("/.well-known/serviceinfo", get(status::serviceinfo));
     // Outside `/api/v2/`, so not rate limited (`metrics.rs` says why); absent when disabled.
     let api = if state.config.metrics.enabled {

@@ -21,6 +21,7 @@ use horde_api::image::SubmitState;
 use horde_api::Rc;
 use horde_core::accounts::User;
 use horde_core::request::{Job, JobState, LiveRequest, SubmitRefusal};
+use horde_core::text::Text;
 use horde_core::{pricing, Assignment, DeadlineTerms, Image, PopOutcome, Reputation, Standby};
 use horde_store::{StoreError, SubmitEffects};
 use std::collections::{BTreeMap, HashSet};
@@ -51,6 +52,8 @@ pub struct JobResult<'a> {
     /// The result's bytes, checked by the kind and staged under the job's id (committed with
     /// the job's change); `None` for a faulted job or one whose result was uploaded before.
     pub staged: Option<&'a Path>,
+    /// The delivered text, for a kind whose reward depends on it (texts); `None` otherwise.
+    pub text: Option<&'a str>,
 }
 
 /// Why a submission was not stored.
@@ -233,14 +236,10 @@ impl AppState {
         job: &Job,
     ) -> Result<f64, SubmitError> {
         let worker = self.workers.get(job.worker_id);
-        let multiplier = worker
-            .as_ref()
-            .map(|w| pricing::bridge_multiplier(&w.worker.bridge_agent))
-            .unwrap_or(0.75);
         let reward = if result.state == SubmitState::Faulted {
             0.0
         } else {
-            pricing::round2(K::reward_basis(self, request, &job.model) * multiplier)
+            K::worker_reward(self, request, &job.model, worker.as_ref(), result)
         };
         let now = now();
         let retention = self.config.requests.retention_secs;
@@ -386,6 +385,10 @@ impl AppState {
         let rules = self.config.workers.reputation_rules();
         self.workers.change(|registry| {
             let entry = registry.get_mut(job.worker_id)?;
+            let rules = match entry.worker.flags.text {
+                Some(_) => rules.for_text(),
+                None => rules,
+            };
             let reputation = &mut entry.worker.reputation;
             let raised = match effects {
                 Some(e) => {
@@ -405,7 +408,8 @@ impl AppState {
     /// Takes back the jobs of every kind whose deadline passed (the sweeper calls this);
     /// returns how many.
     pub async fn take_back_late_jobs(&self, now: i64) -> ApiResult<usize> {
-        self.take_back_late_jobs_of::<Image>(now).await
+        Ok(self.take_back_late_jobs_of::<Image>(now).await?
+            + self.take_back_late_jobs_of::<Text>(now).await?)
     }
 
     /// Takes back jobs of kind `K` whose deadline passed: their work goes back to the queue
@@ -579,7 +583,8 @@ impl AppState {
     /// Removes requests of every kind whose time is up and nothing of which is in flight;
     /// returns how many.
     pub async fn sweep_expired(&self, now: i64) -> ApiResult<usize> {
-        let removed = self.sweep_expired_of::<Image>(now).await?;
+        let removed =
+            self.sweep_expired_of::<Image>(now).await? + self.sweep_expired_of::<Text>(now).await?;
         self.images.sweep_orphan_sources(&self.store, now).await;
         Ok(removed)
     }

@@ -1,5 +1,6 @@
-//! The image model reference while the coordinator runs: loaded at start from the built-in copy, a
-//! file or a URL (`[models]`), reloaded on an interval without a restart, and consulted when
+//! The image and text model references while the coordinator runs: loaded at start from the
+//! built-in copies, a file or a URL (`[models]`, `[text]`), reloaded on an interval without a
+//! restart, and consulted when
 //! requests arrive (unknown models), when workers check in (models they may serve) and when
 //! images are priced (the baseline's kudos multiplier).
 
@@ -11,6 +12,8 @@ use horde_api::image::ImageRequest;
 use horde_api::Rc;
 use horde_core::accounts::User;
 use horde_core::model_reference::{ModelReference, BUILTIN_BASELINES, BUILTIN_MODELS};
+use horde_core::text::reference::BUILTIN_TEXT_MODELS;
+use horde_core::text::TextModelReference;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +22,12 @@ pub async fn load(config: &ModelsConfig) -> Result<ModelReference, String> {
     let models = read_source(&config.reference, BUILTIN_MODELS).await?;
     let baselines = read_source(&config.baselines, BUILTIN_BASELINES).await?;
     ModelReference::parse(&models, &baselines)
+}
+
+/// The text model reference `source` names (`text.reference`).
+pub async fn load_text(source: &str) -> Result<TextModelReference, String> {
+    let models = read_source(source, BUILTIN_TEXT_MODELS).await?;
+    TextModelReference::parse(&models).map_err(|e| format!("{source}: {e}"))
 }
 
 async fn read_source(source: &str, builtin: &str) -> Result<String, String> {
@@ -61,8 +70,30 @@ impl AppState {
             .matching_view(self.model_reference(), crate::clock::now())
     }
 
-    /// Reads the reference again; returns whether it was replaced.
+    /// The text model reference as now loaded.
+    pub fn text_reference(&self) -> Arc<TextModelReference> {
+        self.catalogue.text_reference()
+    }
+
+    /// Reads both references again; returns whether both were replaced (a failed one keeps
+    /// the loaded copy).
     pub async fn reload_models(&self) -> bool {
+        let text = match load_text(&self.config.text.reference).await {
+            Ok(reference) => {
+                tracing::info!(models = reference.len(), "text model reference reloaded");
+                self.catalogue.replace_text_reference(reference);
+                true
+            }
+            Err(error) => {
+                tracing::warn!(%error, "text model reference reload failed; keeping the loaded one");
+                false
+            }
+        };
+        text && self.reload_image_models().await
+    }
+
+    /// Reads the image reference again; returns whether it was replaced.
+    async fn reload_image_models(&self) -> bool {
         match load(&self.config.models).await {
             Ok(model_reference) => {
                 tracing::info!(models = model_reference.len(), "model reference reloaded");

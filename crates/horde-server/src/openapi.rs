@@ -23,12 +23,15 @@ use utoipa::{Modify, OpenApi};
     paths(
         generate::generate_async, generate::generate_batch, generate::batch_status, generate::cancel_batch, generate::check, generate::status, generate::cancel, generate::pop, generate::submit,
         generate::upload, generate::image, crate::routes::sources::download, crate::streaming::stream,
+        crate::routes::text::generate_async, crate::routes::text::status, crate::routes::text::cancel,
+        crate::routes::text::pop, crate::routes::text::submit,
         workers::list, workers::get, workers::by_name, workers::modify,
         users::get, users::find_user, users::test_user, users::transfer, users::modify, users::reset_key, users::ledger,
         users::webhook_secret, users::rotate_webhook_secret,
         shared_keys::create, shared_keys::get, shared_keys::modify, shared_keys::delete,
         filters::list, filters::add, filters::check, filters::regex, filters::get, filters::modify, filters::delete,
         status::heartbeat, status::models, status::model, status::performance, status::image_totals, status::image_models,
+        status::text_totals, status::text_models,
     ),
     tags((name = "v2", description = "AI Horde API v2"), (name = "dev", description = "Test-only endpoints")),
     modifiers(&CommonAnswers)

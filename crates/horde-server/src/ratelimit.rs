@@ -26,6 +26,8 @@ enum Key {
 
 /// `POST /generate/async`, whose limits a batch of prompts shares.
 const ASYNC_ROUTE: &str = "/api/v2/generate/async";
+/// `POST /generate/text/async`, under the same three limits (its own counters).
+const TEXT_ASYNC_ROUTE: &str = "/api/v2/generate/text/async";
 /// `POST /generate/batch` (beyond the public horde).
 const BATCH_ROUTE: &str = "/api/v2/generate/batch";
 
@@ -39,7 +41,7 @@ fn limits_for(
     let per_ip = |limit: Limit| vec![(limit, Key::IpAndRoute)];
     match (method.as_str(), route) {
         (_, "/api/v2/status/heartbeat") => vec![],
-        ("POST", ASYNC_ROUTE) => {
+        ("POST", ASYNC_ROUTE | TEXT_ASYNC_ROUTE) => {
             let mut limits: Vec<(Limit, Key)> = config
                 .generate_per_ip
                 .iter()
@@ -57,7 +59,16 @@ fn limits_for(
         (_, "/api/v2/generate/status/{id}") => vec![(config.status_per_ip, Key::IpAndPath)],
         // A stream carries what status does, so it opens as often as status may be called.
         ("GET", "/api/v2/generate/stream/{id}") => vec![(config.status_per_ip, Key::IpAndPath)],
-        ("POST", "/api/v2/generate/pop" | "/api/v2/generate/submit") => per_ip(config.jobs_per_ip),
+        (_, "/api/v2/generate/text/status/{id}") => {
+            vec![(config.text_status_per_ip, Key::IpAndPath)]
+        }
+        (
+            "POST",
+            "/api/v2/generate/pop"
+            | "/api/v2/generate/submit"
+            | "/api/v2/generate/text/pop"
+            | "/api/v2/generate/text/submit",
+        ) => per_ip(config.jobs_per_ip),
         ("POST", "/api/v2/kudos/transfer") => config
             .transfer_per_key
             .iter()

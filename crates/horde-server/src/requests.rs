@@ -243,7 +243,7 @@ impl AppState {
         let now = now();
         let active_image_threads = self.workers.read(|registry| {
             registry
-                .online(now)
+                .online_image(now)
                 .filter(|w| !w.worker.paused)
                 .map(|w| u64::from(w.worker.threads.max(1)))
                 .sum()
@@ -340,7 +340,7 @@ impl AppState {
         let view = self.matching_view();
         self.workers.read(|registry| {
             registry
-                .online(now)
+                .online_image(now)
                 .any(|w| !w.worker.paused && can_generate(request, &view.caps(w)).is_ok())
         })
     }
@@ -393,7 +393,7 @@ impl AppState {
         let unmeasured = if average > 0.0 { average } else { 1.0 };
         self.workers.read(|registry| {
             registry
-                .online(now)
+                .online_image(now)
                 .filter(|w| !w.worker.paused)
                 .map(|w| {
                     let speed = w.worker.reputation.recent_speed_mps.unwrap_or(unmeasured);
@@ -478,7 +478,7 @@ impl AppState {
         }
         let stand_ins: BTreeSet<String> = self.workers.read(|registry| {
             registry
-                .online(now())
+                .online_image(now())
                 .filter(|w| !w.worker.paused)
                 .map(|w| view.caps(w))
                 .filter(|caps| can_generate(request, caps).is_ok())

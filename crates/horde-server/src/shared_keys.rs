@@ -171,28 +171,47 @@ pub fn check_shared_key_use(
     now: i64,
 ) -> ApiResult<()> {
     key.check_use(request, cost, now)
-        .map_err(|refusal| match refusal {
-            SharedKeyRefusal::Expired => {
-                ApiError::new(Rc::SharedKeyExpired, "This shared key has expired.")
-            }
-            SharedKeyRefusal::Empty => {
-                ApiError::new(Rc::SharedKeyEmpty, "This shared key has no kudos left.")
-            }
-            SharedKeyRefusal::InsufficientKudos { left, cost } => ApiError::new(
-                Rc::SharedKeyInsufficientKudos,
-                format!(
-                    "This request costs {cost:.2} kudos but the shared key has {left:.2} left."
-                ),
-            ),
-            SharedKeyRefusal::TooLarge { pixels, max } => ApiError::new(
-                Rc::BadRequest,
-                format!("This shared key allows images of at most {max} pixels, not {pixels}."),
-            ),
-            SharedKeyRefusal::TooManySteps { steps, max } => ApiError::new(
-                Rc::BadRequest,
-                format!("This shared key allows at most {max} steps, not {steps}."),
-            ),
-        })
+        .map_err(shared_key_refused)
+}
+
+/// Refuses a text request of `max_length` tokens a text, costing `cost`, that `key` may not
+/// pay for.
+pub fn check_shared_key_text_use(
+    key: &SharedKey,
+    max_length: u32,
+    cost: f64,
+    now: i64,
+) -> ApiResult<()> {
+    key.check_text_use(max_length, cost, now)
+        .map_err(shared_key_refused)
+}
+
+/// The answer to a request a shared key may not pay for.
+fn shared_key_refused(refusal: SharedKeyRefusal) -> ApiError {
+    match refusal {
+        SharedKeyRefusal::Expired => {
+            ApiError::new(Rc::SharedKeyExpired, "This shared key has expired.")
+        }
+        SharedKeyRefusal::Empty => {
+            ApiError::new(Rc::SharedKeyEmpty, "This shared key has no kudos left.")
+        }
+        SharedKeyRefusal::InsufficientKudos { left, cost } => ApiError::new(
+            Rc::SharedKeyInsufficientKudos,
+            format!("This request costs {cost:.2} kudos but the shared key has {left:.2} left."),
+        ),
+        SharedKeyRefusal::TooLarge { pixels, max } => ApiError::new(
+            Rc::BadRequest,
+            format!("This shared key allows images of at most {max} pixels, not {pixels}."),
+        ),
+        SharedKeyRefusal::TooManySteps { steps, max } => ApiError::new(
+            Rc::BadRequest,
+            format!("This shared key allows at most {max} steps, not {steps}."),
+        ),
+        SharedKeyRefusal::TooManyTokens { tokens, max } => ApiError::new(
+            Rc::BadRequest,
+            format!("This shared key allows texts of at most {max} tokens, not {tokens}."),
+        ),
+    }
 }
 
 fn expiry_of(days: i64, now: i64) -> Option<i64> {

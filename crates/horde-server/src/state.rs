@@ -1,8 +1,8 @@
 //! The coordinator's shared state: the store, and the few components that own everything kept
 //! in memory, each in its own module with private fields and its own locks:
 //!
-//! * [`LiveRequests`] — the queue of live requests and the order in which changes to them are
-//!   committed (`live_requests.rs`);
+//! * [`LiveRequests`] — the queue of live requests of one kind of work (images, texts) and the
+//!   order in which changes to them are committed (`live_requests.rs`);
 //! * [`Workers`] — the worker registry, the recent speeds, the matching view (`workers/`);
 //! * [`Accounts`] — key hashing and the user cache (`accounts.rs`);
 //! * [`Catalogue`] — the model reference and the prompt filters (`catalogue.rs`).
@@ -35,6 +35,8 @@ pub struct AppState {
     pub config: ServerConfig,
     pub store: Store,
     pub live: LiveRequests,
+    /// The live text requests (`texts/`).
+    pub live_text: LiveRequests<horde_core::text::Text>,
     pub workers: Workers,
     pub accounts: Accounts,
     pub catalogue: Catalogue,

@@ -3,6 +3,7 @@
 use crate::clock::now;
 use crate::error::{refused, ApiError, ApiResult};
 use crate::extract::ApiKey;
+use crate::kinds::ServedKind;
 use crate::state::AppState;
 use horde_api::user::{
     ActiveGenerations, CountRecord, KudosTransferRequest, KudosTransferred, ModifyUser,
@@ -187,18 +188,22 @@ impl AppState {
         Ok(details)
     }
 
-    /// The user's unfinished requests, by kind (only image requests exist yet).
+    /// The user's unfinished requests, by kind.
     fn active_generations(&self, user_id: i64) -> ActiveGenerations {
-        let mut image: Vec<String> = self.live.read(|queue| {
-            queue
-                .requests()
-                .filter(|r| r.user_id == user_id && !r.is_done())
-                .map(|r| r.id.to_string())
-                .collect()
-        });
-        image.sort();
+        fn unfinished<K: ServedKind>(state: &AppState, user_id: i64) -> Option<Vec<String>> {
+            let mut ids: Vec<String> = K::live(state).read(|queue| {
+                queue
+                    .requests()
+                    .filter(|r| r.user_id == user_id && !r.is_done())
+                    .map(|r| r.id.to_string())
+                    .collect()
+            });
+            ids.sort();
+            (!ids.is_empty()).then_some(ids)
+        }
         ActiveGenerations {
-            image: (!image.is_empty()).then_some(image),
+            image: unfinished::<horde_core::Image>(self, user_id),
+            text: unfinished::<horde_core::text::Text>(self, user_id),
             ..Default::default()
         }
     }
@@ -227,18 +232,20 @@ impl AppState {
             records: UserRecords {
                 usage: UsageRecord {
                     megapixelsteps: user.usage_megapixelsteps,
-                    tokens: 0,
+                    tokens: user.usage_tokens.round() as u64,
                 },
                 contribution: UsageRecord {
                     megapixelsteps: user.contributed_megapixelsteps,
-                    tokens: 0,
+                    tokens: user.contributed_tokens.round() as u64,
                 },
                 fulfillment: CountRecord {
                     image: user.fulfilments,
+                    text: user.text_fulfilments,
                     ..Default::default()
                 },
                 request: CountRecord {
                     image: user.usage_requests,
+                    text: user.text_requests,
                     ..Default::default()
                 },
             },

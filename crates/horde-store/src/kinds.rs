@@ -4,13 +4,14 @@
 //! same for every kind (`requests.rs`, `accepted.rs`, generic over [`StoredKind`]); a request's
 //! row names its kind, and each kind's queue is loaded from its own rows. What a kind adds is how
 //! its work counts: in the requester's daily quota, the requester's usage and the worker owner's
-//! contribution, and the horde's statistics (images in megapixelsteps per model; text, when it
-//! comes, in tokens).
+//! contribution, and the horde's statistics (images in megapixelsteps per model; texts in
+//! tokens).
 
 use crate::requests::SubmitEffects;
 use crate::Result;
 use horde_core::quota::day_of;
 use horde_core::request::{Job, LiveRequest};
+use horde_core::text::Text;
 use horde_core::{Image, JobKind};
 use sqlx::{Any, Transaction};
 use std::collections::BTreeMap;
@@ -82,6 +83,53 @@ impl StoredKind for Image {
         .execute(&mut **tx)
         .await?;
         crate::stats::record_image(tx, e.at, &job.model, e.work * 1e6).await
+    }
+}
+
+/// Texts count in the text columns: texts and tokens (`max_length`) requested, tokens and
+/// texts delivered, contributed and in the text statistics.
+impl StoredKind for Text {
+    async fn add_quota_usage(
+        tx: &mut Transaction<'_, Any>,
+        requests: &[LiveRequest<Text>],
+    ) -> Result<()> {
+        for r in requests {
+            sqlx::query(
+                "INSERT INTO quota_usage (user_id, day, texts, tokens) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT(user_id, day) DO UPDATE SET texts = quota_usage.texts + excluded.texts, \
+                 tokens = quota_usage.tokens + excluded.tokens",
+            )
+            .bind(r.user_id)
+            .bind(day_of(r.created))
+            .bind(i64::from(r.jobs_total))
+            .bind(r.work_requested())
+            .execute(&mut **tx)
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn record_delivered(
+        tx: &mut Transaction<'_, Any>,
+        job: &Job,
+        e: &SubmitEffects,
+    ) -> Result<()> {
+        sqlx::query("UPDATE users SET usage_tokens = usage_tokens + $1, text_requests = text_requests + 1 WHERE id = $2")
+            .bind(e.work)
+            .bind(e.requester_id)
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query(
+            "UPDATE users SET kudos_accumulated = kudos_accumulated + $1, \
+             contributed_tokens = contributed_tokens + $2, text_fulfilments = text_fulfilments + 1 \
+             WHERE id = $3",
+        )
+        .bind(e.reward)
+        .bind(e.work)
+        .bind(e.worker_owner_id)
+        .execute(&mut **tx)
+        .await?;
+        crate::stats::record_text(tx, e.at, &job.model, e.work).await
     }
 }
 

@@ -320,7 +320,8 @@ impl Store {
     /// What `user_id` requested on UTC day `day`.
     pub async fn quota_usage(&self, user_id: i64, day: i64) -> Result<Usage> {
         let row = sqlx::query(
-            "SELECT images, CAST(megapixelsteps AS DOUBLE PRECISION) FROM quota_usage WHERE user_id = $1 AND day = $2",
+            "SELECT images, CAST(megapixelsteps AS DOUBLE PRECISION), texts, \
+             CAST(tokens AS DOUBLE PRECISION) FROM quota_usage WHERE user_id = $1 AND day = $2",
         )
         .bind(user_id)
         .bind(day)
@@ -330,6 +331,8 @@ impl Store {
             Some(row) => Usage {
                 images: row.try_get::<i64, _>(0)? as u64,
                 megapixelsteps: row.try_get(1)?,
+                texts: row.try_get::<i64, _>(2)? as u64,
+                tokens: row.try_get(3)?,
             },
             None => Usage::default(),
         })

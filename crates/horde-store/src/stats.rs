@@ -1,5 +1,5 @@
-//! Finished work by model and period (`/stats/img/totals`, `/stats/img/models`): one row per
-//! delivered image, written in the transaction that records the image.
+//! Finished work by model and period (`/stats/img/…`, `/stats/text/…`): one row per delivered
+//! image or text, written in the transaction that records it.
 
 use crate::{Result, Store};
 use sqlx::Row;
@@ -36,11 +36,64 @@ pub(crate) async fn record_image(
     Ok(())
 }
 
+pub(crate) async fn record_text(
+    conn: &mut sqlx::AnyConnection,
+    at: i64,
+    model: &str,
+    tokens: f64,
+) -> Result<()> {
+    sqlx::query("INSERT INTO text_stats (finished_at, model, tokens) VALUES ($1, $2, $3)")
+        .bind(at)
+        .bind(model)
+        .bind(tokens)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 fn since(now: i64, back: Option<i64>) -> i64 {
     back.map_or(i64::MIN, |secs| now - secs)
 }
 
+/// Texts and tokens in one period.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct TextTotals {
+    pub requests: u64,
+    pub tokens: f64,
+}
+
 impl Store {
+    /// Texts and tokens delivered in each of [`PERIODS`] before `now`.
+    pub async fn text_totals(&self, now: i64) -> Result<Vec<(&'static str, TextTotals)>> {
+        let mut out = Vec::with_capacity(PERIODS.len());
+        for (name, back) in PERIODS {
+            let row = sqlx::query(
+                "SELECT COUNT(*), CAST(COALESCE(SUM(tokens), 0) AS DOUBLE PRECISION) FROM text_stats \
+                 WHERE finished_at > $1",
+            )
+            .bind(since(now, back))
+            .fetch_one(&self.pool)
+            .await?;
+            let requests: i64 = row.try_get(0)?;
+            out.push((
+                name,
+                TextTotals {
+                    requests: requests as u64,
+                    tokens: row.try_get(1)?,
+                },
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Texts delivered per model in the last day, month and in total.
+    pub async fn text_counts_by_model(
+        &self,
+        now: i64,
+    ) -> Result<Vec<(&'static str, BTreeMap<String, u64>)>> {
+        self.counts_by_model("text_stats", now).await
+    }
+
     /// Images and pixelsteps finished in each of [`PERIODS`] before `now`.
     pub async fn image_totals(&self, now: i64) -> Result<Vec<(&'static str, Totals)>> {
         let mut out = Vec::with_capacity(PERIODS.len());
@@ -69,14 +122,24 @@ impl Store {
         &self,
         now: i64,
     ) -> Result<Vec<(&'static str, BTreeMap<String, u64>)>> {
+        self.counts_by_model("image_stats", now).await
+    }
+
+    /// Rows of `table` (a statistics table of this module) per model in the last day, month
+    /// and in total.
+    async fn counts_by_model(
+        &self,
+        table: &'static str,
+        now: i64,
+    ) -> Result<Vec<(&'static str, BTreeMap<String, u64>)>> {
+        let sql =
+            format!("SELECT model, COUNT(*) FROM {table} WHERE finished_at > $1 GROUP BY model");
         let mut out = vec![];
         for (name, back) in PERIODS.into_iter().skip(2) {
-            let rows = sqlx::query(
-                "SELECT model, COUNT(*) FROM image_stats WHERE finished_at > $1 GROUP BY model",
-            )
-            .bind(since(now, back))
-            .fetch_all(&self.pool)
-            .await?;
+            let rows = sqlx::query(&sql)
+                .bind(since(now, back))
+                .fetch_all(&self.pool)
+                .await?;
             let mut counts = BTreeMap::new();
             for row in rows {
                 let count: i64 = row.try_get(1)?;

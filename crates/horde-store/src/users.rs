@@ -22,6 +22,7 @@ const USER_COLUMNS: &str =
     "id, username, oauth_id, kudos, moderator, trusted, flagged, customizer, vpn, service, \
     education, public_workers, concurrency, \
     worker_invited, usage_megapixelsteps, usage_requests, contributed_megapixelsteps, fulfilments, \
+    usage_tokens, text_requests, contributed_tokens, text_fulfilments, \
     kudos_accumulated, evaluating_kudos, created";
 
 /// Accounts made without an OAuth identity get a `pseudo_…` id.
@@ -50,6 +51,10 @@ fn user_from_row(row: &AnyRow) -> Result<User> {
         usage_requests: row.try_get::<i64, _>("usage_requests")? as u64,
         contributed_megapixelsteps: row.try_get("contributed_megapixelsteps")?,
         fulfilments: row.try_get::<i64, _>("fulfilments")? as u64,
+        usage_tokens: row.try_get("usage_tokens")?,
+        text_requests: row.try_get::<i64, _>("text_requests")? as u64,
+        contributed_tokens: row.try_get("contributed_tokens")?,
+        text_fulfilments: row.try_get::<i64, _>("text_fulfilments")? as u64,
         kudos_accumulated: row.try_get("kudos_accumulated")?,
         evaluating_kudos: row.try_get("evaluating_kudos")?,
         created: row.try_get("created")?,

@@ -102,6 +102,7 @@ fn tables(html: &mut String, state: &SharedState, view: &WorkersView) {
     let models = active_models(state);
     let mut workers = state.recent_worker_details(WORKERS_SEEN_WITHIN_SECS);
     models_table(html, &models);
+    text_models_table(html, &crate::routes::status::active_text_models(state));
     leaderboard(html, &workers);
     filter_and_sort(&mut workers, view);
     workers_table(html, &workers, view);
@@ -282,6 +283,32 @@ fn models_table(html: &mut String, models: &Models) {
     html.push_str("</tbody></table>\n");
 }
 
+/// The text queue by model: the online text workers' threads, the texts waiting or running,
+/// the tokens waiting and how long they take at the model's recent speed.
+fn text_models_table(html: &mut String, models: &Models) {
+    html.push_str(
+        "<h2>Text models</h2><table><thead><tr><th scope=\"col\">Model</th>\
+         <th scope=\"col\" class=\"n\">Worker threads</th><th scope=\"col\" class=\"n\">Texts</th>\
+         <th scope=\"col\" class=\"n\">Tokens queued</th><th scope=\"col\" class=\"n\">ETA (s)</th>\
+         </tr></thead><tbody>\n",
+    );
+    if models.is_empty() {
+        html.push_str("<tr><td colspan=\"5\">No text model is served or asked for.</td></tr>\n");
+    }
+    for m in models.values() {
+        let _ = writeln!(
+            html,
+            "<tr><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{:.0}</td><td class=\"n\">{}</td></tr>",
+            escape(&m.name),
+            m.count,
+            m.jobs,
+            m.queued,
+            m.eta
+        );
+    }
+    html.push_str("</tbody></table>\n");
+}
+
 fn leaderboard(html: &mut String, workers: &[Seen]) {
     let mut top: Vec<&WorkerDetails> = workers.iter().map(|(w, _)| w).collect();
     top.sort_by(|a, b| b.kudos_rewards.total_cmp(&a.kudos_rewards));
@@ -368,9 +395,10 @@ fn workers_table(html: &mut String, workers: &[Seen], view: &WorkersView) {
             (true, true) => "in maintenance".to_string(),
             (false, _) => format!("seen {} ago", duration((now - seen).max(0) as u64)),
         };
+        let unit = if w.kind == "text" { "tokens/s" } else { "MPS" };
         let _ = writeln!(
             html,
-            "<tr><td>{}</td><td>{status}</td><td class=\"n\">{speed:.2} MPS</td><td class=\"n\">{}</td>\
+            "<tr><td>{}</td><td>{status}</td><td class=\"n\">{speed:.2} {unit}</td><td class=\"n\">{}</td>\
              <td class=\"n\">{:.0} %</td><td class=\"n\">{}</td><td class=\"n\">{:.0}</td>\
              <td class=\"n\">{}</td><td>{}</td><td class=\"n\">{suspicion}</td></tr>",
             escape(&w.name),

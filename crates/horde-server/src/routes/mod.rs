@@ -6,5 +6,6 @@ pub mod generate;
 pub mod shared_keys;
 pub mod sources;
 pub mod status;
+pub mod text;
 pub mod users;
 pub mod workers;

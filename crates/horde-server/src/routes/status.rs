@@ -1,4 +1,5 @@
-//! `/api/v2/status/…`, `/api/v2/stats/img/…` and `/.well-known/serviceinfo`.
+//! `/api/v2/status/…`, `/api/v2/stats/img/…`, `/api/v2/stats/text/…` and
+//! `/.well-known/serviceinfo`.
 
 use crate::clock::now;
 use crate::error::ApiResult;
@@ -8,7 +9,7 @@ use axum::extract::{Path, State};
 use axum::Json;
 use horde_api::status::{
     ActiveModel, Heartbeat, HordePerformance, ImgModelStats, ModelState, SinglePeriodImgStat,
-    StatsImgTotals,
+    SinglePeriodTxtStat, StatsImgTotals, StatsTxtTotals, TxtModelStats,
 };
 use horde_core::activity;
 use serde::Deserialize;
@@ -48,9 +49,18 @@ fn in_state(state: &SharedState, model: &str, wanted: ModelState) -> bool {
     }
 }
 
+/// Whether text `model` belongs in a listing of `state` (by the text model reference).
+fn text_in_state(state: &SharedState, model: &str, wanted: ModelState) -> bool {
+    match wanted {
+        ModelState::All => true,
+        ModelState::Known => state.text_reference().is_known(model),
+        ModelState::Custom => !state.text_reference().is_known(model),
+    }
+}
+
 /// Models served by online workers or wanted by waiting requests, from live data.
 #[utoipa::path(get, path = "/api/v2/status/models", tag = "v2",
-    params(("type" = Option<String>, Query, description = "`image` (text and interrogation models: none here yet)"),
+    params(("type" = Option<String>, Query, description = "`image` (the default) or `text` (interrogation: none here yet)"),
         ("min_count" = Option<i64>, Query), ("max_count" = Option<i64>, Query),
         ("model_state" = Option<ModelState>, Query, description = "known, custom or all (the default)")),
     responses((status = 200, body = Vec<ActiveModel>)))]
@@ -58,15 +68,21 @@ pub async fn models(
     State(state): State<SharedState>,
     HordeQuery(q): HordeQuery<ModelsQuery>,
 ) -> Json<Vec<ActiveModel>> {
-    if q.kind.as_deref().is_some_and(|k| k != "image") {
-        return Json(vec![]);
-    }
-    let list = active_models(&state)
+    let wanted = q.model_state.unwrap_or(ModelState::All);
+    let (models, text) = match q.kind.as_deref() {
+        None | Some("") | Some("image") => (active_models(&state), false),
+        Some("text") => (active_text_models(&state), true),
+        Some(_) => return Json(vec![]),
+    };
+    let list = models
         .into_values()
         .filter(|m| {
             q.min_count.is_none_or(|min| i64::from(m.count) >= min)
                 && q.max_count.is_none_or(|max| i64::from(m.count) <= max)
-                && in_state(&state, &m.name, q.model_state.unwrap_or(ModelState::All))
+                && match text {
+                    true => text_in_state(&state, &m.name, wanted),
+                    false => in_state(&state, &m.name, wanted),
+                }
         })
         .collect();
     Json(list)
@@ -77,15 +93,36 @@ pub async fn model(
     State(state): State<SharedState>,
     Path(name): Path<String>,
 ) -> Json<Vec<ActiveModel>> {
-    Json(active_models(&state).remove(&name).into_iter().collect())
+    let found = active_models(&state)
+        .remove(&name)
+        .or_else(|| active_text_models(&state).remove(&name));
+    Json(found.into_iter().collect())
+}
+
+/// The text models in use now (see `horde_core::text::activity::active_models`).
+pub(crate) fn active_text_models(state: &SharedState) -> BTreeMap<String, ActiveModel> {
+    let now = now();
+    let online: Vec<horde_core::Worker> = state.workers.read(|registry| {
+        registry
+            .online_text(now)
+            .map(|e| e.worker.clone())
+            .collect()
+    });
+    let speeds = state.workers.text_speeds(|speeds| speeds.averages(now));
+    state
+        .live_text
+        .read(|queue| horde_core::text::activity::active_models(&online, queue.requests(), &speeds))
 }
 
 /// The models in use now (see `horde_core::activity::active_models`).
 pub(crate) fn active_models(state: &SharedState) -> BTreeMap<String, ActiveModel> {
     let now = now();
-    let online: Vec<horde_core::Worker> = state
-        .workers
-        .read(|registry| registry.online(now).map(|e| e.worker.clone()).collect());
+    let online: Vec<horde_core::Worker> = state.workers.read(|registry| {
+        registry
+            .online_image(now)
+            .map(|e| e.worker.clone())
+            .collect()
+    });
     let speeds = state.workers.speeds(|speeds| speeds.averages(now));
     state
         .live
@@ -96,18 +133,37 @@ pub(crate) fn active_models(state: &SharedState) -> BTreeMap<String, ActiveModel
 pub async fn performance(State(state): State<SharedState>) -> Json<HordePerformance> {
     let now = now();
     let (worker_count, thread_count) = state.workers.read(|registry| {
-        registry.online(now).fold((0u64, 0u64), |(w, t), e| {
+        registry.online_image(now).fold((0u64, 0u64), |(w, t), e| {
+            (w + 1, t + u64::from(e.worker.threads))
+        })
+    });
+    let (text_worker_count, text_thread_count) = state.workers.read(|registry| {
+        registry.online_text(now).fold((0u64, 0u64), |(w, t), e| {
             (w + 1, t + u64::from(e.worker.threads))
         })
     });
     let queued = state
         .live
         .read(|queue| activity::queued_work(queue.requests()));
+    let (queued_text_requests, queued_tokens) = state.live_text.read(|queue| {
+        queue
+            .requests()
+            .filter(|r| r.n_remaining > 0)
+            .fold((0u64, 0.0), |(n, tokens), r| {
+                let waiting =
+                    <horde_core::text::Text as horde_core::JobKind>::work(&r.body, r.n_remaining);
+                (n + 1, tokens + waiting)
+            })
+    });
     Json(HordePerformance {
         queued_requests: queued.images,
         worker_count,
         thread_count,
         queued_megapixelsteps: queued.megapixelsteps,
+        queued_text_requests,
+        text_worker_count,
+        text_thread_count,
+        queued_tokens,
         ..Default::default()
     })
 }
@@ -158,6 +214,53 @@ pub async fn image_models(
         let counts = counts
             .into_iter()
             .filter(|(model, _)| in_state(&state, model, wanted))
+            .collect();
+        match period {
+            "day" => stats.day = counts,
+            "month" => stats.month = counts,
+            _ => stats.total = counts,
+        }
+    }
+    Ok(Json(stats))
+}
+
+/// Texts and tokens delivered in the last minute, hour, day, month and in total.
+#[utoipa::path(get, path = "/api/v2/stats/text/totals", tag = "v2", responses((status = 200, body = StatsTxtTotals)))]
+pub async fn text_totals(State(state): State<SharedState>) -> ApiResult<Json<StatsTxtTotals>> {
+    let totals = state.store.text_totals(now()).await?;
+    let period = |name: &str| {
+        let t = totals
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, t)| *t)
+            .unwrap_or_default();
+        SinglePeriodTxtStat {
+            requests: t.requests,
+            tokens: t.tokens.round() as u64,
+        }
+    };
+    Ok(Json(StatsTxtTotals {
+        minute: period("minute"),
+        hour: period("hour"),
+        day: period("day"),
+        month: period("month"),
+        total: period("total"),
+    }))
+}
+
+/// Texts delivered per model in the last day, month and in total (`model_state`: known by
+/// default, custom or all, by the text model reference).
+#[utoipa::path(get, path = "/api/v2/stats/text/models", tag = "v2", params(("model_state" = Option<ModelState>, Query, description = "known (the default), custom or all")), responses((status = 200, body = TxtModelStats)))]
+pub async fn text_models(
+    State(state): State<SharedState>,
+    HordeQuery(q): HordeQuery<StatsModelsQuery>,
+) -> ApiResult<Json<TxtModelStats>> {
+    let wanted = q.model_state.unwrap_or(ModelState::Known);
+    let mut stats = TxtModelStats::default();
+    for (period, counts) in state.store.text_counts_by_model(now()).await? {
+        let counts = counts
+            .into_iter()
+            .filter(|(model, _)| text_in_state(&state, model, wanted))
             .collect();
         match period {
             "day" => stats.day = counts,

@@ -14,7 +14,9 @@ use horde_api::worker::{
     ModifyWorker, SuspicionEntry, TeamRef, WorkerDetails, WorkerKudosDetails, WorkerReputation,
 };
 use horde_api::Rc;
-use horde_core::accounts::{uptime_reward, User, Worker, WorkerFlags, UPTIME_REWARD_INTERVAL_SECS};
+use horde_core::accounts::{
+    uptime_reward, TextWorkerFlags, User, Worker, WorkerFlags, UPTIME_REWARD_INTERVAL_SECS,
+};
 use horde_core::{Reputation, ReputationRules, WorkerCaps};
 use std::collections::HashMap;
 use uuid::Uuid;
@@ -49,6 +51,31 @@ impl WorkerEntry {
         self.owner_trusted = checked_in.owner_trusted;
         self.owner_flagged = checked_in.owner_flagged;
         self.persisted_check_in = checked_in.persisted_check_in;
+    }
+
+    /// The text matching view of this worker (a text worker's; an image worker's declares no
+    /// length, so no text request matches it).
+    pub fn text_caps(&self) -> horde_core::text::TextWorkerCaps {
+        let w = &self.worker;
+        let text = w.flags.text.clone().unwrap_or_default();
+        horde_core::text::TextWorkerCaps {
+            worker_id: w.id,
+            owner_id: w.user_id,
+            owner_trusted: self.owner_trusted,
+            models: w.flags.models.clone(),
+            max_length: text.max_length,
+            max_context_length: text.max_context_length,
+            softprompts: text.softprompts,
+            nsfw: w.nsfw,
+            blacklist: w.flags.blacklist.clone(),
+            amount: self.amount,
+            bridge_agent: w.bridge_agent.clone(),
+            priority_user_ids: self.priority_user_ids.clone(),
+            maintenance: w.maintenance,
+            require_upfront_kudos: w.flags.require_upfront_kudos,
+            speed_tps: (w.reputation.busy_secs > 0.0).then(|| w.reputation.average_speed_mps()),
+            extra_slow: w.flags.extra_slow_worker,
+        }
     }
 
     /// The matching view of this worker.
@@ -91,8 +118,13 @@ impl WorkerEntry {
     ) -> WorkerDetails {
         let w = &self.worker;
         let r = &w.reputation;
+        let text = w.flags.text.as_ref();
+        let performance = match text {
+            Some(_) => format!("{:.1} tokens per second", r.average_speed_mps()),
+            None => format!("{:.1} megapixelsteps per second", r.average_speed_mps()),
+        };
         WorkerDetails {
-            kind: "image".into(),
+            kind: w.kind().into(),
             name: w.name.clone(),
             id: w.id.to_string(),
             online: w.is_online(now, online_window_secs),
@@ -102,7 +134,7 @@ impl WorkerEntry {
                 generated: w.kudos_generated,
                 uptime: w.kudos_uptime,
             },
-            performance: format!("{:.1} megapixelsteps per second", r.average_speed_mps()),
+            performance,
             threads: w.threads,
             uptime: w.uptime,
             uncompleted_jobs: r.timed_out,
@@ -124,6 +156,8 @@ impl WorkerEntry {
             lora: w.flags.allow_lora,
             controlnet: w.flags.allow_controlnet,
             sdxl_controlnet: w.flags.allow_sdxl_controlnet,
+            max_length: text.map(|t| t.max_length),
+            max_context_length: text.map(|t| t.max_context_length),
             reputation: Some(reputation_details(r, w.uptime, rules)),
         }
     }
@@ -155,7 +189,7 @@ fn reputation_details(r: &Reputation, uptime: u64, rules: &ReputationRules) -> W
 }
 
 /// A worker as its first pop declares it, owned by `user_id`.
-fn new_worker(user_id: i64, pop: &PopRequest, now: i64) -> Worker {
+fn new_worker(user_id: i64, pop: &PopRequest, text: Option<&TextWorkerFlags>, now: i64) -> Worker {
     Worker {
         id: Uuid::new_v4(),
         user_id,
@@ -167,7 +201,7 @@ fn new_worker(user_id: i64, pop: &PopRequest, now: i64) -> Worker {
         threads: pop.threads,
         max_pixels: pop.max_pixels,
         nsfw: pop.nsfw,
-        flags: flags_of(pop),
+        flags: flags_of(pop, text),
         maintenance: false,
         maintenance_msg: None,
         paused: false,
@@ -179,8 +213,9 @@ fn new_worker(user_id: i64, pop: &PopRequest, now: i64) -> Worker {
     }
 }
 
-/// Whether `pop` declares what `worker` declared at its last check-in.
-fn declares_the_same(worker: &Worker, pop: &PopRequest) -> bool {
+/// Whether `pop` (with `text`, a text worker's own declaration) declares what `worker`
+/// declared at its last check-in.
+fn declares_the_same(worker: &Worker, pop: &PopRequest, text: Option<&TextWorkerFlags>) -> bool {
     let f = &worker.flags;
     let blacklist = pop.blacklist.iter().take(200).map(|w| w.chars().take(15));
     f.models == pop.models
@@ -198,6 +233,7 @@ fn declares_the_same(worker: &Worker, pop: &PopRequest) -> bool {
         && f.control_types == pop.control_types
         && f.control_map_types == pop.control_map_types
         && f.allow_sdxl_controlnet == pop.allow_sdxl_controlnet
+        && f.text.as_ref() == text
         && f.require_upfront_kudos == pop.require_upfront_kudos
         && f.extra_slow_worker == pop.extra_slow_worker
         && f.limit_max_steps == pop.limit_max_steps
@@ -207,7 +243,7 @@ fn declares_the_same(worker: &Worker, pop: &PopRequest) -> bool {
         && worker.bridge_agent == pop.bridge_agent
 }
 
-fn flags_of(pop: &PopRequest) -> WorkerFlags {
+fn flags_of(pop: &PopRequest, text: Option<&TextWorkerFlags>) -> WorkerFlags {
     WorkerFlags {
         models: pop.models.clone(),
         blacklist: pop
@@ -225,6 +261,7 @@ fn flags_of(pop: &PopRequest) -> WorkerFlags {
         control_types: pop.control_types.clone(),
         control_map_types: pop.control_map_types.clone(),
         allow_sdxl_controlnet: pop.allow_sdxl_controlnet,
+        text: text.cloned(),
         require_upfront_kudos: pop.require_upfront_kudos,
         extra_slow_worker: pop.extra_slow_worker,
         limit_max_steps: pop.limit_max_steps,
@@ -329,11 +366,18 @@ impl AppState {
         Ok(())
     }
 
-    /// Finds or registers the worker named in a pop, and records its check-in.
-    pub async fn check_in(&self, user: &User, pop: &PopRequest) -> ApiResult<WorkerEntry> {
+    /// Finds or registers the worker named in a pop, and records its check-in. `text` is what a
+    /// text worker declares beyond an image pop's fields (`None`: an image worker); a name
+    /// already registered for the other kind is refused (`PolymorphicNameConflict`).
+    pub async fn check_in(
+        &self,
+        user: &User,
+        pop: &PopRequest,
+        text: Option<&TextWorkerFlags>,
+    ) -> ApiResult<WorkerEntry> {
         let now = now();
         let priority_user_ids = priority_ids(user.id, &pop.priority_usernames)?;
-        if let Some(entry) = self.check_in_in_memory(user, pop, &priority_user_ids, now) {
+        if let Some(entry) = self.check_in_in_memory(user, pop, text, &priority_user_ids, now) {
             return Ok(entry);
         }
         let existing = self
@@ -354,11 +398,21 @@ impl AppState {
                     "Wrong credentials to submit as this worker.",
                 ));
             }
+            Some(entry) if entry.worker.flags.text.is_some() != text.is_some() => {
+                return Err(ApiError::new(
+                    Rc::PolymorphicNameConflict,
+                    format!(
+                        "The worker name '{}' is already taken by a worker of another kind ({}).",
+                        pop.name,
+                        entry.worker.kind()
+                    ),
+                ));
+            }
             Some(entry) => entry,
-            None => self.register_worker(user, pop, now).await?,
+            None => self.register_worker(user, pop, text, now).await?,
         };
-        let flags = flags_of(pop);
-        let declared_changed = !declares_the_same(&entry.worker, pop);
+        let flags = flags_of(pop, text);
+        let declared_changed = !declares_the_same(&entry.worker, pop, text);
         let elapsed = now - entry.worker.last_check_in;
         if entry
             .worker
@@ -410,6 +464,7 @@ impl AppState {
         &self,
         user: &User,
         pop: &PopRequest,
+        text: Option<&TextWorkerFlags>,
         priority_user_ids: &[i64],
         now: i64,
     ) -> Option<WorkerEntry> {
@@ -420,7 +475,7 @@ impl AppState {
             let w = &live.worker;
             let same = w.user_id == user.id
                 && w.is_online(now, window)
-                && declares_the_same(w, pop)
+                && declares_the_same(w, pop, text)
                 && now - live.persisted_check_in < CHECK_IN_WRITE_INTERVAL_SECS;
             if !same {
                 return None;
@@ -489,6 +544,7 @@ impl AppState {
         &self,
         user: &User,
         pop: &PopRequest,
+        text: Option<&TextWorkerFlags>,
         now: i64,
     ) -> ApiResult<WorkerEntry> {
         refuse_profanity(&pop.name, Rc::ProfaneWorkerName, "worker name")?;
@@ -497,7 +553,7 @@ impl AppState {
             .workers
             .read(|registry| registry.count_of_user(user.id));
         horde_core::user_rules::check_new_worker(user, owned).map_err(crate::error::refused)?;
-        let worker = new_worker(user.id, pop, now);
+        let worker = new_worker(user.id, pop, text, now);
         self.store
             .insert_worker(&worker)
             .await
@@ -652,7 +708,7 @@ impl AppState {
         })
     }
 
-    /// The online workers `query` lists (all of them image workers, for now).
+    /// The online workers `query` lists.
     pub fn online_worker_details(
         &self,
         query: &horde_api::worker::WorkerListQuery,
@@ -662,7 +718,7 @@ impl AppState {
         let mut list: Vec<WorkerDetails> = self.workers.read(|registry| {
             registry
                 .online(now)
-                .filter(|e| query.lists("image", &e.worker.name))
+                .filter(|e| query.lists(e.worker.kind(), &e.worker.name))
                 .map(|e| self.details_for(e, now, viewer))
                 .collect()
         });
@@ -765,8 +821,8 @@ mod tests {
         pop.blacklist = (0..250)
             .map(|i| format!("a-very-long-blacklisted-word-{i}"))
             .collect();
-        let worker = new_worker(1, &pop, 0);
-        assert!(declares_the_same(&worker, &pop));
+        let worker = new_worker(1, &pop, None, 0);
+        assert!(declares_the_same(&worker, &pop, None));
         let changes: [fn(&mut PopRequest); 6] = [
             |p| p.models.push("SDXL 1.0".into()),
             |p| p.blacklist[3] = "other".into(),
@@ -778,12 +834,12 @@ mod tests {
         for change in changes {
             let mut changed = pop.clone();
             change(&mut changed);
-            assert!(!declares_the_same(&worker, &changed), "{changed:?}");
+            assert!(!declares_the_same(&worker, &changed, None), "{changed:?}");
         }
         let mut longer = pop.clone();
         longer.blacklist.push("beyond the 200 kept".into());
         assert!(
-            declares_the_same(&worker, &longer),
+            declares_the_same(&worker, &longer, None),
             "words past the 200th are not kept"
         );
     }

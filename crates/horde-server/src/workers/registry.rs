@@ -28,6 +28,8 @@ pub struct Workers {
     /// The last matching view: (unix second, workers generation, view).
     matching_cache: Mutex<Option<(i64, u64, Arc<MatchingView>)>>,
     speeds: Mutex<ModelPerformance>,
+    /// The recent speeds of text models, in tokens a second.
+    text_speeds: Mutex<ModelPerformance>,
 }
 
 impl Workers {
@@ -38,6 +40,7 @@ impl Workers {
             generation: AtomicU64::new(0),
             matching_cache: Mutex::new(None),
             speeds: Mutex::new(ModelPerformance::default()),
+            text_speeds: Mutex::new(ModelPerformance::default()),
         }
     }
 
@@ -78,7 +81,7 @@ impl Workers {
         }
         let served = self.read(|registry| {
             registry
-                .online(now)
+                .online_image(now)
                 .filter(|w| !w.worker.paused)
                 .flat_map(|w| w.worker.flags.models.iter().cloned())
                 .collect()
@@ -94,6 +97,19 @@ impl Workers {
             .lock()
             .expect("speeds lock")
             .record(model, now, pixelsteps_per_sec);
+    }
+
+    /// Notes a finished text job's speed on `model`.
+    pub fn record_text_speed(&self, model: &str, now: i64, tokens_per_sec: f64) {
+        self.text_speeds
+            .lock()
+            .expect("text speeds lock")
+            .record(model, now, tokens_per_sec);
+    }
+
+    /// `f` of the recent text speeds by model (tokens a second).
+    pub fn text_speeds<R>(&self, f: impl FnOnce(&ModelPerformance) -> R) -> R {
+        f(&self.text_speeds.lock().expect("text speeds lock"))
     }
 
     /// `f` of the recent speeds by model.
@@ -159,11 +175,20 @@ impl WorkerRegistry {
             self.by_name.insert(new_name.to_string(), id);
         }
     }
+    /// Every online worker, of every kind.
     pub fn online(&self, now: i64) -> impl Iterator<Item = &WorkerEntry> {
         let window = self.online_window_secs;
         self.by_id
             .values()
             .filter(move |e| e.worker.is_online(now, window))
+    }
+    /// The online image workers: what image matching, wait estimates and image figures see.
+    pub fn online_image(&self, now: i64) -> impl Iterator<Item = &WorkerEntry> {
+        self.online(now).filter(|e| e.worker.flags.text.is_none())
+    }
+    /// The online text workers.
+    pub fn online_text(&self, now: i64) -> impl Iterator<Item = &WorkerEntry> {
+        self.online(now).filter(|e| e.worker.flags.text.is_some())
     }
     /// The workers that checked in at or after `since` (online or not).
     pub fn seen_since(&self, since: i64) -> impl Iterator<Item = &WorkerEntry> {
@@ -189,6 +214,7 @@ impl WorkerRegistry {
             .by_id
             .values()
             .filter(|e| e.worker.id != me.worker.id)
+            .filter(|e| e.worker.kind() == me.worker.kind())
             .filter(|e| e.waiting_since.is_some() && now - e.worker.last_check_in < hold_secs)
             .filter(|e| e.gets_jobs(rules) && !e.owner_flagged)
             .map(|e| (e.worker.reputation.reliability(), e))

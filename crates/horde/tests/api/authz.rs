@@ -8,6 +8,9 @@ use serde_json::{json, Value};
 
 /// Callers in the order each row is tried: the owner last, so that what only the owner may do
 /// (and may do once) happens after everyone else was refused.
+/// A model of the built-in text model reference.
+const TEXT_MODEL: &str = "koboldcpp/Marx-3B-V3";
+
 const CALLERS: [&str; 5] = ["anonymous", "user", "other", "moderator", "owner"];
 
 struct Row {
@@ -77,6 +80,33 @@ async fn every_endpoint_answers_each_kind_of_caller_as_it_should() {
     let job = owner.pop(&pop_request("owned worker")).await.unwrap();
     let job_id = job.id.clone().unwrap();
     let worker_id = owner.worker_by_name("owned worker").await.unwrap().id;
+    // A text request by the user, popped by the owner's text worker.
+    let text_request = http()
+        .post(format!("{}/api/v2/generate/text/async", app.root))
+        .header("apikey", &keys[1])
+        .json(&json!({"prompt": "owned", "params": {"n": 2}, "models": [TEXT_MODEL]}))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap()["id"]
+        .as_str()
+        .expect("a text request id")
+        .to_string();
+    let text_pop = json!({"name": "owned text worker", "models": [TEXT_MODEL],
+                          "bridge_agent": "KoboldCppEmbedWorker:2:https://github.com/LostRuins/koboldcpp"});
+    let text_job: Value = http()
+        .post(format!("{}/api/v2/generate/text/pop", app.root))
+        .header("apikey", &keys[4])
+        .json(&text_pop)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let text_job_id = text_job["id"].as_str().expect("a text job").to_string();
     let shared = owner
         .create_shared_key(&serde_json::from_value(json!({"kudos": 10})).unwrap())
         .await
@@ -198,6 +228,40 @@ async fn every_endpoint_answers_each_kind_of_caller_as_it_should() {
             Some(json!({"id": job_id, "state": "faulted"})),
             only_owner,
         ),
+        // Text: anyone may ask (a small text is free), anyone with the id may follow or
+        // cancel it; only the text worker's owner pops as it and submits its jobs.
+        row(
+            "POST",
+            "/api/v2/generate/text/async".into(),
+            Some(json!({"prompt": "matrix", "models": [TEXT_MODEL]})),
+            [202; 5],
+        ),
+        row(
+            "GET",
+            format!("/api/v2/generate/text/status/{text_request}"),
+            None,
+            everyone,
+        ),
+        row(
+            "POST",
+            "/api/v2/generate/text/pop".into(),
+            Some(text_pop.clone()),
+            only_owner,
+        ),
+        row(
+            "POST",
+            "/api/v2/generate/text/submit".into(),
+            Some(json!({"id": text_job_id, "generation": "a text", "state": "ok"})),
+            only_owner,
+        ),
+        row("GET", "/api/v2/stats/text/totals".into(), None, everyone),
+        row("GET", "/api/v2/stats/text/models".into(), None, everyone),
+        row(
+            "GET",
+            "/api/v2/status/models?type=text".into(),
+            None,
+            everyone,
+        ),
         row("GET", format!("/api/v2/users/{owner_id}"), None, everyone),
         row("GET", "/api/v2/find_user".into(), None, everyone),
         row(
@@ -251,6 +315,12 @@ async fn every_endpoint_answers_each_kind_of_caller_as_it_should() {
         row(
             "DELETE",
             format!("/api/v2/generate/batch/{batch}"),
+            None,
+            everyone,
+        ),
+        row(
+            "DELETE",
+            format!("/api/v2/generate/text/status/{text_request}"),
             None,
             everyone,
         ),

@@ -247,6 +247,7 @@ async fn members_count_in_the_daily_quota_and_the_rate_limits() {
         c.quotas.trusted = horde_core::quota::Quota {
             images_per_day: 5,
             megapixelsteps_per_day: 0.0,
+            ..Default::default()
         };
         c.api.rate_limits = true;
         c.limits.generate_per_ip = vec![];

@@ -55,10 +55,12 @@ async fn daily_quotas_hold_per_tier_and_say_when_they_renew() {
         c.quotas.registered = Quota {
             images_per_day: 3,
             megapixelsteps_per_day: 0.0,
+            ..Quota::default()
         };
         c.quotas.anonymous = Quota {
             images_per_day: 0,
             megapixelsteps_per_day: 3.0,
+            ..Quota::default()
         };
     })
     .await;

@@ -35,6 +35,7 @@ mod reputation;
 mod sdk_compat;
 mod sources;
 mod surface;
+mod text;
 mod uploads;
 mod waiting;
 mod webhooks;

@@ -29,14 +29,14 @@ impl Call {
     fn generation(&self) -> Option<GenerationWebhook> {
         match self.parsed() {
             WebhookBody::Generation(generation) => Some(generation),
-            WebhookBody::RequestFinished(_) => None,
+            _ => None,
         }
     }
 
     fn end(&self) -> Option<RequestFinishedWebhook> {
         match self.parsed() {
             WebhookBody::RequestFinished(end) => Some(end),
-            WebhookBody::Generation(_) => None,
+            _ => None,
         }
     }
 }

@@ -350,3 +350,10 @@ fn each_text_skip_is_counted_by_the_queue_under_its_public_name() {
         assert_eq!(skip.reason().key(), skip.key(), "{skip:?}");
     }
 }
+
+#[test]
+fn the_wait_is_the_tokens_ahead_over_the_workers_speed() {
+    assert_eq!(estimate_wait_secs(600.0, &[10.0, 20.0]), Some(20.0));
+    assert_eq!(estimate_wait_secs(600.0, &[]), None);
+    assert_eq!(estimate_wait_secs(600.0, &[0.0]), None);
+}
