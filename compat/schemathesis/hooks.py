@@ -31,6 +31,19 @@ The rules, with the rc the server answers when one is broken:
   POST /generate/pop
     * a worker serves at least one model the reference knows (UnsupportedModel), unless its
       owner is a customizer;
+  POST /generate/text/async
+    * the prompt is not blank (MissingPrompt) and fits the context left beside max_length, 8
+      characters a token (TokenOverflow); max_length is at most max_context_length
+      (TokenOverflow);
+    * models are names the text model reference knows (UnsupportedModel);
+    * a custom sampler_order names all seven samplers (MissingFullSamplerOrder); stop
+      sequences are at most 128 distinct ones of 2000 characters in all
+      (TooManyStopSequences, ExcessiveStopSequence);
+    * no softprompt (no worker offers one: BadRequest), no extra source images
+      (InvalidExtraSourceImages), no webhook (as above);
+  POST /generate/text/pop
+    * a text worker serves at least one model the text reference knows (UnsupportedModel),
+      and its name is not an image worker's (PolymorphicNameConflict): "~t" is appended;
   PUT /workers/{id}
     * a new name is not another worker's (WorkerNameAlreadyExists): a counter is appended;
     * names, infos and bridge agents (also in a pop) are not profane (ProfaneWorkerName, …):
@@ -48,6 +61,7 @@ import re
 import schemathesis
 
 KNOWN_MODEL = "stable_diffusion"
+KNOWN_TEXT_MODEL = "koboldcpp/Marx-3B-V3"
 UPSCALERS = {
     "RealESRGAN_x4plus", "RealESRGAN_x2plus", "RealESRGAN_x4plus_anime_6B", "NMKD_Siax",
     "4x_AnimeSharp", "4xNomos8kSC", "4xLSDIRplus", "4xNomosWebPhoto_RealPLKSR",
@@ -166,6 +180,47 @@ def _pop(body):
             body[field] = _plain(body[field])
 
 
+def _text_request(body):
+    body.pop("softprompt", None)
+    body.pop("webhook", None)
+    body["extra_source_images"] = []
+    if isinstance(body.get("models"), list) and body["models"]:
+        body["models"] = [KNOWN_TEXT_MODEL]
+    params = body.get("params")
+    if isinstance(params, dict):
+        length, context = params.get("max_length", 80), params.get("max_context_length", 2048)
+        if isinstance(length, int) and isinstance(context, int) and length >= context:
+            # The prompt needs a token of room (the schema's bounds keep both within 16..).
+            params["max_length"], params["max_context_length"] = min(context, length) - 1, max(context, length)
+        order = params.get("sampler_order")
+        if isinstance(order, list) and order:
+            params["sampler_order"] = [6, 0, 1, 3, 4, 2, 5]
+        stops = params.get("stop_sequence")
+        if isinstance(stops, list):
+            params["stop_sequence"] = [s[:15] for s in stops if isinstance(s, str)][:128]
+    prompt = body.get("prompt")
+    if isinstance(prompt, str):
+        p = params if isinstance(params, dict) else {}
+        length, context = p.get("max_length", 80), p.get("max_context_length", 2048)
+        room = 8 * (context - length) if isinstance(length, int) and isinstance(context, int) else 0
+        if _BLANK.fullmatch(prompt):
+            prompt = "a cat" + prompt
+        body["prompt"] = prompt[: max(room, 5)] if room > 0 else "a"
+
+
+def _text_pop(body):
+    models = body.get("models")
+    if not isinstance(models, list):
+        body["models"] = [KNOWN_TEXT_MODEL]
+    elif KNOWN_TEXT_MODEL not in models:
+        body["models"] = [KNOWN_TEXT_MODEL] + models[1:]
+    for field in ("name", "bridge_agent"):
+        if isinstance(body.get(field), str):
+            body[field] = _plain(body[field])
+    if isinstance(body.get("name"), str):
+        body["name"] = body["name"][:98] + "~t"
+
+
 _renames = iter(range(10**9))
 
 
@@ -183,6 +238,8 @@ RULES = {
     ("POST", "/api/v2/generate/pop"): _pop,
     ("POST", "/api/v2/generate/async"): _image_request,
     ("POST", "/api/v2/generate/batch"): _batch,
+    ("POST", "/api/v2/generate/text/async"): _text_request,
+    ("POST", "/api/v2/generate/text/pop"): _text_pop,
     ("POST", "/api/v2/kudos/transfer"): _transfer,
     ("PUT", "/api/v2/filters"): _filter,
     ("PATCH", "/api/v2/filters/{id}"): _filter,

@@ -11,6 +11,9 @@ use horde_api::image::{
     MAX_EXTRA_SOURCE_IMAGES, MAX_LIST_ENTRY_CHARS, MAX_POP_LIST, MAX_POP_POST_PROCESSORS,
     MAX_REQUEST_MODELS, MAX_REQUEST_WORKERS, MAX_SEED_CHARS, POST_PROCESSORS,
 };
+use horde_api::text::{
+    MAX_NAME_CHARS, MAX_SOFTPROMPT_CHARS, MAX_TEXT_MODELS, MAX_TEXT_WORKERS, MAX_WORKER_SOFTPROMPTS,
+};
 use horde_core::accounts::ALIAS_ID_PATTERN;
 use serde_json::{json, Value};
 use utoipa::openapi::path::{Operation, ParameterIn};
@@ -173,6 +176,7 @@ fn input_rules(spec: &mut Value) {
     unsigned_ranges(spec);
     let schemas = &mut spec["components"]["schemas"];
     bounds_from_constants(schemas);
+    text_bounds(schemas);
     for name in MODIFICATIONS {
         at_least_one_field(&mut schemas[*name]);
     }
@@ -287,6 +291,45 @@ fn bounds_from_constants(schemas: &mut Value) {
             merge(variant, json!({"maxLength": MAX_SEED_CHARS}));
         }
     }
+}
+
+/// The text wire types' bounds on list entries, named by constants in `horde_api::text`.
+fn text_bounds(schemas: &mut Value) {
+    let name = json!({"minLength": 1, "maxLength": MAX_NAME_CHARS});
+    let lists = [
+        ("TextRequest", "models", MAX_TEXT_MODELS, name.clone()),
+        ("TextRequest", "workers", MAX_TEXT_WORKERS, name.clone()),
+        ("TextPopRequest", "models", MAX_TEXT_MODELS, name),
+        (
+            "TextPopRequest",
+            "softprompts",
+            MAX_WORKER_SOFTPROMPTS,
+            json!({"maxLength": MAX_SOFTPROMPT_CHARS}),
+        ),
+        (
+            "TextPopRequest",
+            "priority_usernames",
+            MAX_POP_LIST,
+            json!({"maxLength": MAX_LIST_ENTRY_CHARS, "pattern": ALIAS_ID_PATTERN}),
+        ),
+        (
+            "TextPopRequest",
+            "blacklist",
+            MAX_POP_LIST,
+            json!({"maxLength": MAX_LIST_ENTRY_CHARS}),
+        ),
+    ];
+    for (schema, property, most, items) in lists {
+        let list = &mut schemas[schema]["properties"][property];
+        merge(list, json!({"maxItems": most}));
+        merge(&mut list["items"], items);
+    }
+    // A text worker serves at least one model.
+    merge(
+        &mut schemas["TextPopRequest"]["properties"]["models"],
+        json!({"minItems": 1}),
+    );
+    schemas["TextPopRequest"]["required"] = json!(["name", "models"]);
 }
 
 /// `anyOf` one `required` per property: an object giving at least one of its fields a value

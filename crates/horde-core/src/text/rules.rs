@@ -203,7 +203,9 @@ fn check_params(body: &TextRequest) -> Result<(), TextRefusal> {
             max_context_length: p.max_context_length,
         });
     }
-    if let Some(order) = &p.sampler_order {
+    // An empty list is no custom order: the public horde's check (`if sampler_order and …`)
+    // passes it.
+    if let Some(order) = p.sampler_order.as_ref().filter(|o| !o.is_empty()) {
         if !(0..SAMPLER_COUNT as u32).all(|sampler| order.contains(&sampler)) {
             return Err(TextRefusal::MissingFullSamplerOrder);
         }

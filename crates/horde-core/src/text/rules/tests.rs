@@ -75,6 +75,9 @@ fn each_public_rule_refuses_with_its_rc() {
     );
     body.params.sampler_order = Some(vec![6, 0, 1, 3, 4, 2, 5]);
     checked(&body).unwrap();
+    // An empty order is no custom order (falsy in the public horde's Python check).
+    body.params.sampler_order = Some(vec![]);
+    checked(&body).unwrap();
 }
 
 #[test]
