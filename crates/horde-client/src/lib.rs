@@ -15,6 +15,10 @@ use horde_api::image::{
 };
 use horde_api::shared_key::{SharedKeyDetails, SharedKeyInput, SharedKeyPatch};
 use horde_api::status::{ActiveModel, Heartbeat, HordePerformance};
+use horde_api::text::{
+    TextAsyncResponse, TextPopRequest, TextPopResponse, TextRequest, TextRequestStatus,
+    TextSubmitRequest,
+};
 use horde_api::user::{
     KudosTransferRequest, KudosTransferred, LedgerEntry, ModifyUser, ModifyUserResponse, NewApiKey,
     TestUserRequest, TestUserResponse, UserDetails,
@@ -370,6 +374,36 @@ impl Client {
 
     pub async fn performance(&self) -> Result<HordePerformance> {
         self.call(Method::GET, "/status/performance", None::<&()>)
+            .await
+    }
+
+    /// Queues a text generation (`POST /generate/text/async`).
+    pub async fn text_async(&self, request: &TextRequest) -> Result<TextAsyncResponse> {
+        self.call(Method::POST, "/generate/text/async", Some(request))
+            .await
+    }
+
+    /// A text request's status with its finished texts.
+    pub async fn text_status(&self, id: &str) -> Result<TextRequestStatus> {
+        let path = format!("/generate/text/status/{id}");
+        self.call(Method::GET, &path, None::<&()>).await
+    }
+
+    /// Cancels a text request; the answer carries the texts finished so far.
+    pub async fn text_cancel(&self, id: &str) -> Result<TextRequestStatus> {
+        let path = format!("/generate/text/status/{id}");
+        self.call(Method::DELETE, &path, None::<&()>).await
+    }
+
+    /// A text worker's pop (`POST /generate/text/pop`).
+    pub async fn text_pop(&self, pop: &TextPopRequest) -> Result<TextPopResponse> {
+        self.call(Method::POST, "/generate/text/pop", Some(pop))
+            .await
+    }
+
+    /// A text worker's result (`POST /generate/text/submit`); the answer is its `{reward}`.
+    pub async fn text_submit(&self, submit: &TextSubmitRequest) -> Result<SubmitResponse> {
+        self.call(Method::POST, "/generate/text/submit", Some(submit))
             .await
     }
 

@@ -60,6 +60,17 @@ pub struct WorkerConfig {
     pub device: String,
     /// The dtype the weights are held in: `f32`, `f16` or `bf16`.
     pub dtype: String,
+    /// Text: AI Horde model name → local GGUF file, served by the built-in engine.
+    pub text_models: BTreeMap<String, PathBuf>,
+    /// Text: an inference server the owner runs, to which text jobs are forwarded.
+    pub text_bridge: Option<crate::text::bridge::TextBridgeConfig>,
+    /// Text: the most tokens generated for one job (the public pop's default, 512).
+    pub max_length: u32,
+    /// Text: the most tokens of context (prompt and generation) taken (the public default, 2048).
+    pub max_context_length: u32,
+    /// Text: the name the text worker pops as (names are unique across kinds on the horde).
+    /// Empty: `name` with `-text` appended.
+    pub text_name: String,
 }
 
 impl Default for WorkerConfig {
@@ -89,6 +100,11 @@ impl Default for WorkerConfig {
             bridge_agent: String::new(),
             device: "cpu".into(),
             dtype: "f32".into(),
+            text_models: BTreeMap::new(),
+            text_bridge: None,
+            max_length: 512,
+            max_context_length: 2048,
+            text_name: String::new(),
         }
     }
 }
@@ -117,11 +133,11 @@ impl WorkerConfig {
         if self.name.is_empty() {
             missing.push("name");
         }
-        if self.models.is_empty() {
-            missing.push("models (a [models] table: \"AI Horde model name\" = \"path/to/checkpoint.safetensors\")");
-        }
         if !missing.is_empty() {
             return Err(format!("missing settings: {}", missing.join(", ")));
+        }
+        if !self.serves_images() && !self.serves_text() {
+            return Err("this worker serves nothing: give image models (a [models] table, \"AI Horde model name\" = \"path/to/checkpoint.safetensors\", or --model), text models (a [text_models] table, \"AI Horde model name\" = \"path/to/model.gguf\", or --text-model) or an inference server to forward text jobs to ([text_bridge] with url, api and name, or --text-bridge-url)".into());
         }
         if self.amount == 0 || self.threads == 0 {
             return Err("amount and threads must be at least 1".into());
@@ -133,7 +149,51 @@ impl WorkerConfig {
                 self.max_pixels
             ));
         }
+        if self.serves_text() {
+            self.validate_text()?;
+        }
         Ok(())
+    }
+
+    /// The text settings a text worker needs.
+    fn validate_text(&self) -> Result<(), String> {
+        if self.max_length == 0 || self.max_context_length <= self.max_length {
+            return Err(format!(
+                "max_length {} must be at least 1 and below max_context_length {}",
+                self.max_length, self.max_context_length
+            ));
+        }
+        let name = self.effective_text_name();
+        if name.chars().count() > 100 {
+            return Err(format!("text_name {name:?} is longer than 100 characters"));
+        }
+        if let Some(bridge) = &self.text_bridge {
+            if bridge.url.is_empty() || bridge.name.is_empty() {
+                return Err(
+                    "text_bridge needs url and name (the AI Horde model name offered)".into(),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether image models are configured.
+    pub fn serves_images(&self) -> bool {
+        !self.models.is_empty()
+    }
+
+    /// Whether text models or a text bridge are configured.
+    pub fn serves_text(&self) -> bool {
+        !self.text_models.is_empty() || self.text_bridge.is_some()
+    }
+
+    /// The text worker's name: `text_name`, or `name` with `-text` appended.
+    pub fn effective_text_name(&self) -> String {
+        if self.text_name.is_empty() {
+            format!("{}-text", self.name)
+        } else {
+            self.text_name.clone()
+        }
     }
 
     /// The bridge agent to report.

@@ -2,7 +2,8 @@
 //! pops jobs from a horde (ours or the public AI Horde, through `horde-client`), runs them on a
 //! [`backend::Backend`] — the built-in candle engine of `horde-diffusion` — and submits the
 //! images, surviving network faults ([`daemon`]). A job with a source image has it fetched and
-//! read first ([`source`]).
+//! read first ([`source`]). Text jobs are served by [`text`]: GGUF models on the built-in
+//! `horde-text` engine, or forwarded to an inference server the owner runs.
 
 pub mod backend;
 pub mod config;
@@ -15,6 +16,7 @@ pub mod payload;
 pub mod postprocess;
 pub mod retry;
 pub mod source;
+pub mod text;
 
 pub use backend::{Backend, DiffusionBackend};
 pub use config::WorkerConfig;

@@ -28,7 +28,9 @@ enum Command {
     },
     /// Create or upgrade the database (SQLite, or PostgreSQL with --database), then exit.
     Migrate(CommonArgs),
-    /// Run a worker: serve local Stable Diffusion checkpoints to a horde.
+    /// Run a worker: serve local Stable Diffusion checkpoints and text models (GGUF files on the
+    /// built-in engine, or an inference server you run: llama.cpp, vLLM, KoboldCpp, …) to a
+    /// horde.
     Worker(crate::worker_cmd::WorkerArgs),
     /// Request images from a horde and save them.
     Generate(crate::generate_cmd::GenerateArgs),

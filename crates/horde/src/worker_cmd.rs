@@ -6,6 +6,9 @@ use clap::Args;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use horde_diffusion::LoadStage;
+use horde_worker::text::bridge::Bridge;
+use horde_worker::text::engine::TextEngine;
+use horde_worker::text::{TextBackend, TextWorker};
 use horde_worker::{DiffusionBackend, Worker, WorkerConfig};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -37,6 +40,11 @@ const ENV_KEYS: &[&str] = &[
     "bridge_agent",
     "device",
     "dtype",
+    "text_models",
+    "text_bridge",
+    "max_length",
+    "max_context_length",
+    "text_name",
 ];
 
 #[derive(Args, Debug, Default, serde::Serialize)]
@@ -149,6 +157,42 @@ pub(crate) struct WorkerArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     dtype: Option<String>,
+    /// A text model to serve on the built-in engine, as "AI Horde model name=model.gguf"
+    /// (repeatable): a GGUF llama, Mistral or Qwen2 model (F16, Q8_0, Q4_K_M, Q5_K_M, …)
+    #[arg(long = "text-model", value_name = "NAME=PATH")]
+    #[serde(skip)]
+    text_models: Vec<String>,
+    /// Forward text jobs to an inference server you run, at this URL (with --text-bridge-api
+    /// and --text-bridge-name)
+    #[arg(long, value_name = "URL")]
+    #[serde(skip)]
+    text_bridge_url: Option<String>,
+    /// The server's API: openai (POST /v1/completions: llama.cpp's server, vLLM, TabbyAPI,
+    /// Aphrodite) or kobold (POST /api/v1/generate: KoboldCpp, KoboldAI) [default: openai]
+    #[arg(long, value_name = "API")]
+    #[serde(skip)]
+    text_bridge_api: Option<String>,
+    /// The AI Horde model name offered for the server's model
+    #[arg(long, value_name = "NAME")]
+    #[serde(skip)]
+    text_bridge_name: Option<String>,
+    /// The `model` sent to an OpenAI-compatible server (vLLM and TabbyAPI need it)
+    #[arg(long, value_name = "MODEL")]
+    #[serde(skip)]
+    text_bridge_model: Option<String>,
+    /// Text: most tokens generated for one job [default: 512]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_length: Option<u32>,
+    /// Text: most tokens of context (prompt and generation) taken [default: 2048]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_context_length: Option<u32>,
+    /// The name the text worker pops as (names are unique across kinds on the horde)
+    /// [default: the worker's name with -text appended]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    text_name: Option<String>,
 }
 
 /// `NAME=PATH` flags as a map.
@@ -185,10 +229,21 @@ pub(crate) fn load_config(args: &WorkerArgs) -> anyhow::Result<WorkerConfig> {
         ("models", "--model", &args.models),
         ("post_processors", "--post-processor", &args.post_processors),
         ("controlnets", "--controlnet", &args.controlnets),
+        ("text_models", "--text-model", &args.text_models),
     ] {
         let named = names_to_paths(flag, entries)?;
         if !named.is_empty() {
             figment = figment.merge(Serialized::default(key, named));
+        }
+    }
+    for (key, value) in [
+        ("text_bridge.url", &args.text_bridge_url),
+        ("text_bridge.api", &args.text_bridge_api),
+        ("text_bridge.name", &args.text_bridge_name),
+        ("text_bridge.model", &args.text_bridge_model),
+    ] {
+        if let Some(value) = value {
+            figment = figment.merge(Serialized::default(key, value));
         }
     }
     let config: WorkerConfig = figment.extract().context("invalid worker configuration")?;
@@ -198,14 +253,14 @@ pub(crate) fn load_config(args: &WorkerArgs) -> anyhow::Result<WorkerConfig> {
 
 pub(crate) async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     let config = load_config(&args)?;
-    let options = horde_diffusion::LoadOptions::named(&config.device, &config.dtype)?;
-    let mut backend = load_models(&config.models, &options)?
-        .with_post_processors(load_post_processors(&config, &options))
-        .with_controlnets(controlnets_of(&config));
-    if let Some(library) = open_library(&config) {
-        backend = backend.with_library(library);
-    }
-    let worker = Worker::new(config.clone(), Arc::new(backend));
+    let image_worker = match config.serves_images() {
+        true => Some(image_worker(&config)?),
+        false => None,
+    };
+    let text_worker = match config.serves_text() {
+        true => Some(text_worker(&config)?),
+        false => None,
+    };
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         let _ = tokio::signal::ctrl_c().await;
@@ -215,6 +270,45 @@ pub(crate) async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         eprintln!("Aborted.");
         std::process::exit(130);
     });
+    // One process, two loops: images and text share the Ctrl-C.
+    let images = async {
+        match &image_worker {
+            Some(worker) => Some(worker.run(stopped.clone()).await),
+            None => None,
+        }
+    };
+    let texts = async {
+        match &text_worker {
+            Some(worker) => Some(worker.run(stopped.clone()).await),
+            None => None,
+        }
+    };
+    let (images, texts) = tokio::join!(images, texts);
+    if let Some(summary) = images {
+        println!(
+            "images: stopped after {} jobs ({} images, {} faulted), {:.2} kudos earned",
+            summary.jobs_done, summary.images_done, summary.jobs_faulted, summary.kudos
+        );
+    }
+    if let Some(summary) = texts {
+        println!(
+            "text: stopped after {} jobs ({} faulted), {:.2} kudos earned",
+            summary.jobs_done, summary.jobs_faulted, summary.kudos
+        );
+    }
+    Ok(())
+}
+
+/// Loads the image models, post-processors, ControlNets and library, and says what is served.
+fn image_worker(config: &WorkerConfig) -> anyhow::Result<Arc<Worker>> {
+    let options = horde_diffusion::LoadOptions::named(&config.device, &config.dtype)?;
+    let mut backend = load_models(&config.models, &options)?
+        .with_post_processors(load_post_processors(config, &options))
+        .with_controlnets(controlnets_of(config));
+    if let Some(library) = open_library(config) {
+        backend = backend.with_library(library);
+    }
+    let worker = Worker::new(config.clone(), Arc::new(backend));
     let pop = worker.pop_request();
     let mut offers = pop.post_processors.clone().unwrap_or_default();
     if pop.allow_lora {
@@ -234,12 +328,47 @@ pub(crate) async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         pop.models.join(", "),
         config.url
     );
-    let summary = worker.run(stopped).await;
-    println!(
-        "stopped after {} jobs ({} images, {} faulted), {:.2} kudos earned",
-        summary.jobs_done, summary.images_done, summary.jobs_faulted, summary.kudos
+    Ok(worker)
+}
+
+/// Loads the GGUF text models and connects the text bridge, and says what is served.
+fn text_worker(config: &WorkerConfig) -> anyhow::Result<Arc<TextWorker>> {
+    let device = horde_diffusion::LoadOptions::named(&config.device, &config.dtype)?.device;
+    let (engine, failures) = TextEngine::load(&config.text_models, &device);
+    for failure in &failures {
+        eprintln!(
+            "text model {} ({}) not served: {}",
+            failure.model,
+            failure.path.display(),
+            failure.error
+        );
+    }
+    for model in engine.models() {
+        let context = engine.context_length(&model).unwrap_or(0);
+        if context < config.max_context_length as usize {
+            eprintln!(
+                "text model {model}: its context is {context} tokens, below max_context_length {}; longer prompts lose their beginning",
+                config.max_context_length
+            );
+        }
+    }
+    let bridge = config.text_bridge.clone().map(Bridge::new);
+    let backend = TextBackend::new(engine, bridge);
+    anyhow::ensure!(
+        !backend.models().is_empty(),
+        "no text model could be loaded"
     );
-    Ok(())
+    let how = match backend.bridge() {
+        Some(bridge) => format!(" ({} through {})", bridge.model(), bridge.endpoint()),
+        None => String::new(),
+    };
+    println!(
+        "text worker {} serving {}{how} on {}",
+        config.effective_text_name(),
+        backend.models().join(", "),
+        config.url
+    );
+    Ok(TextWorker::new(config.clone(), Arc::new(backend)))
 }
 
 /// The configured ControlNets whose file exists; the others are reported and not offered (a
@@ -431,6 +560,52 @@ mod tests {
             });
             assert!(stated, "worker.example.toml does not mention `{key}`");
         }
+    }
+
+    #[test]
+    fn text_models_and_the_text_bridge_come_from_flags_and_a_worker_must_serve_something() {
+        let key = "0123456789abcdefghijkl";
+        let cli = Cli::try_parse_from([
+            "worker",
+            "--api-key",
+            key,
+            "--name",
+            "w",
+            "--text-model",
+            "koboldcpp/tiny=/m/tiny.gguf",
+            "--text-bridge-url",
+            "http://127.0.0.1:8080",
+            "--text-bridge-api",
+            "kobold",
+            "--text-bridge-name",
+            "koboldcpp/big",
+            "--max-length",
+            "256",
+        ])
+        .unwrap();
+        let config = load_config(&cli.worker).unwrap();
+        assert!(config.models.is_empty() && config.serves_text());
+        assert_eq!(
+            config.text_models,
+            BTreeMap::from([("koboldcpp/tiny".to_string(), PathBuf::from("/m/tiny.gguf"))])
+        );
+        let bridge = config.text_bridge.clone().unwrap();
+        assert_eq!(bridge.url, "http://127.0.0.1:8080");
+        assert_eq!(bridge.api, horde_worker::text::bridge::BridgeApi::Kobold);
+        assert_eq!(
+            (bridge.name.as_str(), bridge.model, bridge.timeout_secs),
+            ("koboldcpp/big", None, 600)
+        );
+        assert_eq!((config.max_length, config.max_context_length), (256, 2048));
+        assert_eq!(config.effective_text_name(), "w-text");
+
+        let idle = Cli::try_parse_from(["worker", "--api-key", key, "--name", "w"]).unwrap();
+        let error = load_config(&idle.worker).unwrap_err().to_string();
+        assert!(error.contains("this worker serves nothing"), "{error}");
+        assert!(
+            error.contains("[text_models]") && error.contains("[models]"),
+            "{error}"
+        );
     }
 
     #[test]

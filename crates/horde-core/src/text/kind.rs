@@ -21,14 +21,18 @@ use uuid::Uuid;
 pub const SLOW_WORKER_TOKENS_PER_SEC: f64 = 2.0;
 /// Assumed speed of a text worker that has finished no job yet (a CPU running a small model).
 pub const UNMEASURED_TOKENS_PER_SEC: f64 = 2.0;
-/// Bridges whose backends the public horde validated (`LLM_VALIDATED_BACKENDS`): requests
-/// with `validated_backends` (the default) go only to them.
+/// Bridges whose backends the horde validated: requests with `validated_backends` (the
+/// default) go only to them. The public horde's `LLM_VALIDATED_BACKENDS`, and (ours) this
+/// project's worker running its built-in engine, `horde-worker`, whose numbers are pinned to
+/// llama.cpp's (`horde-text`'s fixtures); not the same worker bridging to a server it knows
+/// nothing about (`horde-worker~oai`, `horde-worker~kai`).
 pub const VALIDATED_BACKENDS: &[&str] = &[
     "AI Horde Worker",
     "AI Horde Worker~aphrodite~oai",
     "AI Horde Worker~aphrodite~kai",
     "KoboldCppEmbedWorker",
     "TabbyAPI",
+    "horde-worker",
 ];
 
 /// The `ttl` a text pop tells the worker: the public horde's 150 s.

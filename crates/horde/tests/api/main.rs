@@ -36,6 +36,7 @@ mod sdk_compat;
 mod sources;
 mod surface;
 mod text;
+mod text_worker;
 mod uploads;
 mod waiting;
 mod webhooks;

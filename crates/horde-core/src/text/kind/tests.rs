@@ -173,6 +173,17 @@ fn only_validated_backends_serve_requests_that_want_them() {
         ("TabbyAPI:1:https://x", true),
         ("AI Horde Worker reGen:9:https://x", false),
         ("unknown:0:unknown", false),
+        // Ours: the built-in engine (its numbers pinned to llama.cpp's), not its bridges to
+        // servers it knows nothing about.
+        ("horde-worker:0.1.0:https://github.com/horde-rs/horde", true),
+        (
+            "horde-worker~oai:0.1.0:https://github.com/horde-rs/horde",
+            false,
+        ),
+        (
+            "horde-worker~kai:0.1.0:https://github.com/horde-rs/horde",
+            false,
+        ),
     ] {
         assert_eq!(is_validated_backend(agent), validated, "{agent}");
     }
