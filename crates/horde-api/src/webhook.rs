@@ -232,6 +232,27 @@ mod tests {
     }
 
     #[test]
+    fn a_text_call_is_the_public_text_body_plus_its_id_request_kudos_and_event() {
+        let public = json!({
+            "text": " and the sea was calm.", "seed": 42,
+            "worker_id": "0f9a6d3e-1111-4c2b-9a55-2f1d7c3b8e01", "worker_name": "scribe",
+            "model": "koboldcpp/Marx-3B-V3", "state": "ok", "gen_metadata": [],
+            "id": "4c1b2a5e-2222-4e0f-8d11-7e2a9c4b6f10",
+            "request": "9e0d8c7b-3333-4a1f-b2c4-5d6e7f8a9b0c", "kudos": 3.5,
+        });
+        let body: TextGenerationWebhook = serde_json::from_value(public.clone()).unwrap();
+        assert_eq!(body.generation.text, " and the sea was calm.");
+        let sent = WebhookBody::TextGeneration(body);
+        assert_eq!(sent.event(), "text_generation");
+        assert_eq!(sent.request_id(), "9e0d8c7b-3333-4a1f-b2c4-5d6e7f8a9b0c");
+        let mut expected = public;
+        expected["event"] = json!("text_generation");
+        let value = serde_json::to_value(&sent).unwrap();
+        assert_eq!(value, expected);
+        assert_eq!(serde_json::from_value::<WebhookBody>(value).unwrap(), sent);
+    }
+
+    #[test]
     fn a_body_of_an_unknown_event_is_refused() {
         let mut body = public_body();
         body["event"] = json!("something_else");

@@ -393,3 +393,206 @@ async fn text_requests_are_durable_cancellable_and_faults_pay_nothing() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn late_text_jobs_go_back_and_finished_texts_are_swept() {
+    let app = spawn_app_with(|c| {
+        c.jobs.deadline_floor_secs = 1;
+        c.jobs.deadline_ceiling_secs = 1;
+        c.requests.idle_expiry_secs = 3600;
+        c.requests.retention_secs = 60;
+    })
+    .await;
+    let requester = caller(&app, "reader", 100.0).await;
+    let owner = caller(&app, "owner", 0.0).await;
+    let (_, accepted) = requester
+        .post(
+            "/api/v2/generate/text/async",
+            json!({"prompt": "late", "models": [MODEL]}),
+        )
+        .await;
+    let id = accepted["id"].as_str().unwrap().to_string();
+    let (_, slow) = owner
+        .post("/api/v2/generate/text/pop", text_pop("slow"))
+        .await;
+    let now = horde_server::clock::now();
+    assert_eq!(horde_server::sweeper::step(&app.state, now).await, 0);
+    horde_server::sweeper::step(&app.state, now + 5).await;
+    let (_, status) = requester
+        .get(&format!("/api/v2/generate/text/status/{id}"))
+        .await;
+    assert_eq!(
+        (status["restarted"].as_u64(), status["waiting"].as_u64()),
+        (Some(1), Some(1)),
+        "{status}"
+    );
+    let (status_code, late) = owner
+        .post(
+            "/api/v2/generate/text/submit",
+            json!({"id": slow["id"], "generation": "too late", "state": "ok"}),
+        )
+        .await;
+    assert_eq!(
+        (status_code, late["rc"].as_str()),
+        (400, Some("AbortedGen"))
+    );
+
+    let (_, again) = owner
+        .post("/api/v2/generate/text/pop", text_pop("fast"))
+        .await;
+    let (code, _) = owner
+        .post(
+            "/api/v2/generate/text/submit",
+            json!({"id": again["id"], "generation": " in time", "state": "ok"}),
+        )
+        .await;
+    assert_eq!(code, 200);
+    let (_, done) = requester
+        .get(&format!("/api/v2/generate/text/status/{id}"))
+        .await;
+    assert_eq!(done["generations"][0]["text"], " in time");
+    horde_server::sweeper::step(&app.state, horde_server::clock::now() + 120).await;
+    let (code, gone) = requester
+        .get(&format!("/api/v2/generate/text/status/{id}"))
+        .await;
+    assert_eq!((code, gone["rc"].as_str()), (404, Some("RequestNotFound")));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn text_requests_count_in_the_daily_quota_and_a_shared_keys_tokens() {
+    let app = spawn_app_with(|c| {
+        c.quotas.trusted = horde_core::quota::Quota {
+            texts_per_day: 2,
+            tokens_per_day: 1000.0,
+            ..Default::default()
+        };
+    })
+    .await;
+    let requester = caller(&app, "reader", 1000.0).await;
+    let ask = |max_length: u32| json!({"prompt": "q", "models": [MODEL], "params": {"max_length": max_length}});
+    let (code, _) = requester
+        .post("/api/v2/generate/text/async", ask(600))
+        .await;
+    assert_eq!(code, 202);
+    let (code, over) = requester
+        .post("/api/v2/generate/text/async", ask(500))
+        .await;
+    assert_eq!(
+        (code, over["rc"].as_str()),
+        (429, Some("DailyQuotaExceeded")),
+        "tokens: {over}"
+    );
+    let (code, _) = requester
+        .post("/api/v2/generate/text/async", ask(400))
+        .await;
+    assert_eq!(code, 202);
+    let (code, over) = requester.post("/api/v2/generate/text/async", ask(16)).await;
+    assert_eq!(
+        (code, over["rc"].as_str()),
+        (429, Some("DailyQuotaExceeded")),
+        "texts: {over}"
+    );
+
+    // A shared key's max_text_tokens bounds each text asked with it.
+    let (code, key) = requester
+        .send(
+            reqwest::Method::PUT,
+            "/api/v2/sharedkeys",
+            Some(json!({"kudos": 500, "name": "texts", "max_text_tokens": 100})),
+        )
+        .await;
+    assert_eq!(code, 200, "{key}");
+    let shared = Caller {
+        root: &app.root,
+        key: key["id"].as_str().unwrap().to_string(),
+    };
+    let (code, refused) = shared.post("/api/v2/generate/text/async", ask(200)).await;
+    assert_eq!(
+        (code, refused["rc"].as_str()),
+        (400, Some("BadRequest")),
+        "{refused}"
+    );
+    assert!(refused["message"].as_str().unwrap().contains("100"));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_dashboard_shows_text_workers_and_the_text_queue() {
+    let app = spawn_app().await;
+    let requester = caller(&app, "reader", 100.0).await;
+    let owner = caller(&app, "owner", 0.0).await;
+    owner
+        .post("/api/v2/generate/text/pop", text_pop("scribe"))
+        .await;
+    requester
+        .post(
+            "/api/v2/generate/text/async",
+            json!({"prompt": "queued", "models": [MODEL], "params": {"max_length": 100}}),
+        )
+        .await;
+    let page = http()
+        .get(format!("{}/", app.root))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let table = &page[page
+        .find("<h2>Text models</h2>")
+        .expect("a text models table")..];
+    let row = &table[table.find(MODEL).expect("the text model listed")..];
+    let row = &row[..row.find("</tr>").unwrap()];
+    // One thread serves it, one text waits, 100 tokens queued.
+    assert!(
+        row.contains("<td class=\"n\">1</td><td class=\"n\">1</td><td class=\"n\">100</td>"),
+        "{row}"
+    );
+    assert!(
+        page.contains("scribe"),
+        "the text worker is in the workers table"
+    );
+    assert!(page.contains("tokens/s"), "its speed in tokens a second");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn text_endpoints_are_rate_limited_as_the_public_horde_limits_them() {
+    let app = spawn_app_with(|c| c.api.rate_limits = true).await;
+    let requester = caller(&app, "reader", 100.0).await;
+    with_a_minute_window_ahead(std::time::Duration::from_secs(15)).await;
+    // 2 a second per key on /generate/text/async, counted apart from images'. Five calls in
+    // well under a second cross at most one window boundary, so one window holds three.
+    let ask = json!({"prompt": "q", "models": [MODEL]});
+    let mut codes = vec![];
+    for _ in 0..5 {
+        codes.push(
+            requester
+                .post("/api/v2/generate/text/async", ask.clone())
+                .await
+                .0,
+        );
+    }
+    assert_eq!(codes[0], 202);
+    assert!(codes.contains(&429), "{codes:?}");
+    assert!(codes.iter().all(|c| *c == 202 || *c == 429), "{codes:?}");
+    let image = requester
+        .post(
+            "/api/v2/generate/async",
+            json!({"prompt": "a cat", "params": {"steps": 10}}),
+        )
+        .await;
+    assert_eq!(image.0, 202, "images have their own counters: {}", image.1);
+    // 60 a minute per address on a text request's status.
+    let id = "00000000-0000-0000-0000-000000000000";
+    let mut last = 0;
+    for _ in 0..61 {
+        last = requester
+            .get(&format!("/api/v2/generate/text/status/{id}"))
+            .await
+            .0;
+    }
+    assert_eq!(last, 429);
+    app.stop().await;
+}
