@@ -22,6 +22,7 @@ const ENV_KEYS: &[&str] = &[
     "models",
     "metrics",
     "webhooks",
+    "text",
 ];
 
 /// The default config file, read when present and no `--config` is given.
