@@ -76,7 +76,7 @@ impl GgufFile {
             .ok_or_else(|| self.bad(key, "missing"))
     }
 
-    fn bad(&self, field: &str, reason: impl Into<String>) -> TextError {
+    pub(crate) fn bad(&self, field: &str, reason: impl Into<String>) -> TextError {
         TextError::Metadata {
             path: self.path.clone(),
             field: field.into(),
@@ -110,6 +110,21 @@ impl GgufFile {
             .or_else(|_| v.to_u64())
             .map_err(|e| self.bad(key, e.to_string()))?;
         Ok(n as usize)
+    }
+
+    /// The float under `key`.
+    pub fn f32(&self, key: &str) -> Result<f32, TextError> {
+        self.field(key)?
+            .to_f32()
+            .map_err(|e| self.bad(key, e.to_string()))
+    }
+
+    /// The float under `key`, if there is one.
+    pub fn optional_f32(&self, key: &str) -> Result<Option<f32>, TextError> {
+        match self.content.metadata.get(key) {
+            None => Ok(None),
+            Some(_) => self.f32(key).map(Some),
+        }
     }
 
     pub fn architecture(&self) -> Result<Architecture, TextError> {

@@ -1,8 +1,9 @@
-//! The built-in text engine of the horde worker: GGUF llama-family models on candle's quantized
-//! kernels ([`llama::TextModel`]; llama — Llama 1/2/3, Mistral — and qwen2), the tokenizers of
-//! their GGUF vocabularies ([`tokenizer`]: SentencePiece, and byte-level BPE with the Llama 3 or
-//! Qwen2 pre-tokenizer), their header ([`gguf`]) and the horde's (KoboldAI's) samplers
-//! ([`sampling`]).
+//! The built-in text engine of the horde worker: GGUF llama-family models ([`llama::TextModel`];
+//! llama — Llama 1/2/3, Mistral — and qwen2) on candle's quantized kernels, with the transformer
+//! between the matrix products written here (`transformer`) and AVX-512 kernels for the
+//! single-row Q4_K/Q6_K products of a decode step (`kquants`); the tokenizers of their GGUF
+//! vocabularies ([`tokenizer`]: SentencePiece, and byte-level BPE with the Llama 3 or Qwen2
+//! pre-tokenizer), their header ([`gguf`]) and the horde's (KoboldAI's) samplers ([`sampling`]).
 //!
 //! Text jobs arrive as a Kobold prompt and sampler settings; the worker continues the prompt
 //! (no chat template: the Kobold API is plain continuation) and submits the whole text, so
@@ -11,9 +12,11 @@
 use std::path::PathBuf;
 
 pub mod gguf;
+mod kquants;
 pub mod llama;
 pub mod sampling;
 pub mod tokenizer;
+mod transformer;
 
 pub use llama::{Generation, StopReason, TextModel};
 pub use sampling::{SamplerKind, SamplerParams};

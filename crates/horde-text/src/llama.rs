@@ -2,32 +2,26 @@
 //! loop over it: continue the prompt (no chat template), sample each token with the horde's
 //! samplers, stop at the length, the end-of-sequence token or a stop sequence.
 //!
-//! The transformer itself is candle-transformers' `quantized_llama` / `quantized_qwen2` (the same
-//! `QMatMul` kernels for every GGUF quantisation): they read the hyper-parameters from the GGUF
-//! header and match llama.cpp (tests/llama_cpp_numbers.rs checks the logits against llama.cpp on
-//! a tiny random model).
+//! The transformer itself is [`crate::transformer`]: candle's `QMatMul` kernels for every GGUF
+//! quantisation, the hyper-parameters from the GGUF header, and logits that match llama.cpp's
+//! (tests/llama_cpp_numbers.rs checks them on tiny random models).
 
 use std::path::Path;
 use std::time::Instant;
 
-use candle_core::{Device, Tensor};
-use candle_transformers::models::{quantized_llama, quantized_qwen2};
+use candle_core::Device;
+use candle_transformers::models::quantized_llama;
 
 use crate::gguf::{Architecture, GgufFile};
 use crate::sampling::{Sampler, SamplerParams};
 use crate::tokenizer::Tokenizer;
+use crate::transformer::Transformer;
 use crate::TextError;
-
-enum Weights {
-    Llama(quantized_llama::ModelWeights),
-    Qwen2(quantized_qwen2::ModelWeights),
-}
 
 /// A loaded text model: weights, tokenizer and context length.
 pub struct TextModel {
-    weights: Weights,
+    transformer: Transformer,
     tokenizer: Tokenizer,
-    device: Device,
     context_length: usize,
 }
 
@@ -54,40 +48,23 @@ pub struct Generation {
 impl TextModel {
     /// Loads `path` with candle on `device`.
     pub fn load(path: &Path, device: &Device) -> Result<Self, TextError> {
-        let gguf = GgufFile::open(path)?;
+        let mut gguf = GgufFile::open(path)?;
         let architecture = gguf.architecture()?;
         let tokenizer = Tokenizer::new(gguf.vocabulary()?).map_err(|e| TextError::Metadata {
             path: path.into(),
             field: "tokenizer.ggml".into(),
             reason: e.to_string(),
         })?;
-        // candle's llama precomputes RoPE for its MAX_SEQ_LEN positions.
+        // Llama's context is capped where candle-transformers' llama capped it (RoPE tables and
+        // the cache's room follow it; the horde's context limits are far below).
         let context_length = match architecture {
             Architecture::Llama => gguf.context_length()?.min(quantized_llama::MAX_SEQ_LEN),
             Architecture::Qwen2 => gguf.context_length()?,
         };
-        let GgufFile {
-            content, mut file, ..
-        } = gguf;
-        let file = &mut file;
-        let load_error = |source| TextError::Gguf {
-            path: path.into(),
-            source,
-        };
-        let weights = match architecture {
-            Architecture::Llama => Weights::Llama(
-                quantized_llama::ModelWeights::from_gguf(content, file, device)
-                    .map_err(load_error)?,
-            ),
-            Architecture::Qwen2 => Weights::Qwen2(
-                quantized_qwen2::ModelWeights::from_gguf(content, file, device)
-                    .map_err(load_error)?,
-            ),
-        };
+        let transformer = Transformer::load(&mut gguf, architecture, context_length, device)?;
         Ok(Self {
-            weights,
+            transformer,
             tokenizer,
-            device: device.clone(),
             context_length,
         })
     }
@@ -103,15 +80,7 @@ impl TextModel {
     /// Runs `tokens` at positions `pos..` (the cache holds the positions before; `pos = 0`
     /// starts afresh) and returns the logits after the last one.
     pub fn forward(&mut self, tokens: &[u32], pos: usize) -> Result<Vec<f32>, TextError> {
-        let input = Tensor::new(tokens, &self.device)?.unsqueeze(0)?;
-        let logits = match &mut self.weights {
-            Weights::Llama(m) => m.forward(&input, pos)?,
-            Weights::Qwen2(m) => m.forward(&input, pos)?,
-        };
-        Ok(logits
-            .squeeze(0)?
-            .to_dtype(candle_core::DType::F32)?
-            .to_vec1()?)
+        self.transformer.forward(tokens, pos)
     }
 
     /// Continues `prompt` by at most `max_length` tokens, calling `on_token` with each new piece
