@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Start our coordinator on a free loopback port with a throw-away data dir, create a trusted test
 # user through the test-only bootstrap endpoint, run roundtrip.py with and without --r2 and
-# text_roundtrip.py (a text request), then
+# text_roundtrip.py (a text request) and alchemy_roundtrip.py (an interrogation), then
 # endpoints.py (every endpoint through horde-sdk's response models) in its normal and strict modes.
 # Usage: against_server.sh [HORDE_BIN] [VENV_DIR]
 #   HORDE_BIN defaults to $HORDE_BIN, then /root/.cache/horde-target/debug/horde.
@@ -20,6 +20,7 @@ status=0
 "$PY" "$HERE/roundtrip.py" --url "$URL" --apikey "$KEY" || status=1
 "$PY" "$HERE/roundtrip.py" --url "$URL" --apikey "$KEY" --r2 || status=1
 "$PY" "$HERE/text_roundtrip.py" --url "$URL" --apikey "$KEY" || status=1
+"$PY" "$HERE/alchemy_roundtrip.py" --url "$URL" --apikey "$KEY" || status=1
 "$PY" "$HERE/endpoints.py" --url "$URL" || status=1
 "$PY" "$HERE/endpoints.py" --url "$URL" --strict || status=1
 if [ "$status" -ne 0 ]; then echo "--- server log (last 40 lines)"; tail -n 40 "$LOG"; fi

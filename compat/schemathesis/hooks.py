@@ -44,6 +44,13 @@ The rules, with the rc the server answers when one is broken:
   POST /generate/text/pop
     * a text worker serves at least one model the text reference knows (UnsupportedModel),
       and its name is not an image worker's (PolymorphicNameConflict): "~t" is appended;
+  POST /interrogate/async
+    * forms are ones this horde runs (BadRequest): unknown names become "caption"; the source
+      image is a real image (SourceImageUnreadable): replaced by the 64x64 WebP; no webhook, no
+      form payload (its size is bounded, 4096 bytes);
+  POST /interrogate/pop
+    * an alchemist runs at least one known form (BadRequest), and its name is no other kind's
+      worker's (PolymorphicNameConflict): "~a" is appended;
   PUT /workers/{id}
     * a new name is not another worker's (WorkerNameAlreadyExists): a counter is appended;
     * names, infos and bridge agents (also in a pop) are not profane (ProfaneWorkerName, …):
@@ -221,6 +228,33 @@ def _text_pop(body):
         body["name"] = body["name"][:98] + "~t"
 
 
+KNOWN_FORMS = {"caption", "interrogation", "nsfw"} | UPSCALERS | {
+    "GFPGAN", "CodeFormers", "strip_background", "GFPGANv1.3", "RestoreFormer"}
+
+
+def _interrogation(body):
+    body.pop("webhook", None)
+    body["source_image"] = SOURCE_IMAGE
+    forms = body.get("forms")
+    if isinstance(forms, list):
+        for form in forms:
+            if isinstance(form, dict):
+                form.pop("payload", None)  # at most 4096 bytes: beyond what the spec states
+                if form.get("name") not in KNOWN_FORMS:
+                    form["name"] = "caption"
+
+
+def _alchemist(body):
+    forms = body.get("forms")
+    if not isinstance(forms, list) or not any(isinstance(f, str) and f in KNOWN_FORMS for f in forms):
+        body["forms"] = ["caption"]
+    for field in ("name", "bridge_agent"):
+        if isinstance(body.get(field), str):
+            body[field] = _plain(body[field])
+    if isinstance(body.get("name"), str):
+        body["name"] = body["name"][:98] + "~a"
+
+
 _renames = iter(range(10**9))
 
 
@@ -240,6 +274,8 @@ RULES = {
     ("POST", "/api/v2/generate/batch"): _batch,
     ("POST", "/api/v2/generate/text/async"): _text_request,
     ("POST", "/api/v2/generate/text/pop"): _text_pop,
+    ("POST", "/api/v2/interrogate/async"): _interrogation,
+    ("POST", "/api/v2/interrogate/pop"): _alchemist,
     ("POST", "/api/v2/kudos/transfer"): _transfer,
     ("PUT", "/api/v2/filters"): _filter,
     ("PATCH", "/api/v2/filters/{id}"): _filter,

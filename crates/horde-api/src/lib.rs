@@ -13,6 +13,7 @@ pub mod batch;
 pub mod error;
 pub mod filter;
 pub mod image;
+pub mod interrogation;
 pub mod shared_key;
 pub mod status;
 pub mod text;

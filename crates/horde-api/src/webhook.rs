@@ -13,8 +13,10 @@
 //!
 //! [`TextGenerationWebhook`] is the public horde's call for a finished text.
 //!
+//! [`InterrogationFormWebhook`] is the public horde's call for a finished interrogation form.
+//!
 //! All go out as a [`WebhookBody`], which adds an `event` field: `"generation"`,
-//! `"text_generation"` or `"request_finished"`. The public body has none; receivers written for it read the keys they
+//! `"text_generation"`, `"interrogation_form"` or `"request_finished"`. The public body has none; receivers written for it read the keys they
 //! know and ignore the others (a Python dict, pydantic's default `extra = "ignore"`, serde
 //! without `deny_unknown_fields`), so the extra key breaks none of them, and it lets a receiver
 //! of both tell them apart from the body alone (the sender repeats it in a header, for routing
@@ -23,6 +25,7 @@
 //! How a body is signed, identified and retried is horde-core's `webhook` module.
 
 use crate::image::{GenMetadata, Generation};
+use crate::interrogation::InterrogationFormStatus;
 use crate::text::TextGeneration;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -35,6 +38,8 @@ pub enum WebhookBody {
     Generation(GenerationWebhook),
     /// One text of a text request finished (the public horde's call for texts).
     TextGeneration(TextGenerationWebhook),
+    /// One form of an interrogation finished (the public horde's call for alchemy).
+    InterrogationForm(InterrogationFormWebhook),
     /// The whole request ended (ours).
     RequestFinished(RequestFinishedWebhook),
 }
@@ -45,6 +50,7 @@ impl WebhookBody {
         match self {
             WebhookBody::Generation(_) => "generation",
             WebhookBody::TextGeneration(_) => "text_generation",
+            WebhookBody::InterrogationForm(_) => "interrogation_form",
             WebhookBody::RequestFinished(_) => "request_finished",
         }
     }
@@ -54,6 +60,7 @@ impl WebhookBody {
         match self {
             WebhookBody::Generation(body) => &body.request,
             WebhookBody::TextGeneration(body) => &body.request,
+            WebhookBody::InterrogationForm(body) => &body.request,
             WebhookBody::RequestFinished(body) => &body.request,
         }
     }
@@ -131,6 +138,20 @@ impl TextGenerationWebhook {
             kudos,
         }
     }
+}
+
+/// One finished form, as the public horde POSTs it (`InterrogationForms.send_webhook`): the
+/// form's status entry with `request`, `id` and `kudos`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct InterrogationFormWebhook {
+    #[serde(flatten)]
+    pub form: InterrogationFormStatus,
+    /// The form's (job's) id.
+    pub id: String,
+    /// The interrogation's id, as returned by `/interrogate/async`.
+    pub request: String,
+    /// What the form earned its alchemist.
+    pub kudos: f64,
 }
 
 /// How a request ended.

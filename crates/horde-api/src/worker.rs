@@ -61,6 +61,9 @@ pub struct WorkerDetails {
     /// A text worker's largest context (text workers only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_context_length: Option<u32>,
+    /// An alchemist's forms (alchemists only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forms: Option<Vec<String>>,
     /// This coordinator's reputation ledger of the worker (not in the public horde).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reputation: Option<WorkerReputation>,

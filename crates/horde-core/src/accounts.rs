@@ -47,6 +47,10 @@ pub struct User {
     pub contributed_tokens: f64,
     /// Texts this user's workers delivered.
     pub text_fulfilments: u64,
+    /// Interrogation forms delivered to this user.
+    pub interrogation_requests: u64,
+    /// Interrogation forms this user's alchemists delivered.
+    pub interrogation_fulfilments: u64,
     pub kudos_accumulated: f64,
     /// Kudos held in escrow: half of what an untrusted owner's workers earn.
     pub evaluating_kudos: f64,
@@ -143,9 +147,9 @@ pub const UPTIME_REWARD_INTERVAL_SECS: u64 = 600;
 pub const TEXT_UPTIME_REWARD: f64 = 100.0;
 
 /// Kudos of one uptime reward: for an image worker 50, 2 per model served, 30 more with LoRAs;
-/// for a text worker [`TEXT_UPTIME_REWARD`].
+/// for a text worker or an alchemist [`TEXT_UPTIME_REWARD`] (the public base worker's).
 pub fn uptime_reward(flags: &WorkerFlags) -> f64 {
-    if flags.text.is_some() {
+    if flags.text.is_some() || flags.alchemy.is_some() {
         return TEXT_UPTIME_REWARD;
     }
     let mut kudos = 50.0 + 2.0 * flags.models.len() as f64;
@@ -164,6 +168,21 @@ pub struct TextWorkerFlags {
     pub max_context_length: u32,
     /// The softprompts it can load.
     pub softprompts: Vec<String>,
+}
+
+/// What an alchemist declares beyond any worker.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AlchemistFlags {
+    /// The most 512×512 tiles of a source image it takes.
+    pub max_tiles: u32,
+}
+
+/// What a worker of another kind than images declares beyond an image pop's fields (none:
+/// an image worker).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct KindFlags {
+    pub text: Option<TextWorkerFlags>,
+    pub alchemy: Option<AlchemistFlags>,
 }
 
 /// What a worker said it can do, as stored.
@@ -190,6 +209,9 @@ pub struct WorkerFlags {
     /// of one kind for its whole life: its name cannot pop the other kind's jobs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<TextWorkerFlags>,
+    /// What an alchemist declared (`/interrogate/pop`); its forms are `models`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alchemy: Option<AlchemistFlags>,
     pub require_upfront_kudos: bool,
     pub extra_slow_worker: bool,
     pub limit_max_steps: bool,
@@ -225,6 +247,8 @@ impl Worker {
     pub fn kind(&self) -> &'static str {
         if self.flags.text.is_some() {
             "text"
+        } else if self.flags.alchemy.is_some() {
+            "interrogation"
         } else {
             "image"
         }

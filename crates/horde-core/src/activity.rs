@@ -4,13 +4,14 @@
 //! functions, so they cannot disagree.
 
 use crate::accounts::Worker;
+use crate::kind::JobKind;
 use crate::request::LiveRequest;
 use crate::work;
 use horde_api::status::ActiveModel;
 use std::collections::{BTreeMap, HashMap};
 
 /// The `eta` of a model with work queued and no measured speed (the public horde's value).
-pub(crate) const UNKNOWN_ETA_SECS: i64 = 10_000;
+const UNKNOWN_ETA_SECS: i64 = 10_000;
 
 /// The work of the live requests that is not done.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -46,10 +47,23 @@ pub fn active_models<'a, 'b>(
     requests: impl IntoIterator<Item = &'b LiveRequest>,
     speeds: &HashMap<String, f64>,
 ) -> BTreeMap<String, ActiveModel> {
+    active_models_of(online_workers, requests, speeds, |body, waiting| {
+        work::pixelsteps(&body.params) * f64::from(waiting)
+    })
+}
+
+/// [`active_models`] for the requests of kind `K`, whose `waiting` jobs of a body are
+/// `queued(body, waiting)` units of work (the unit `speeds` are in).
+pub fn active_models_of<'a, 'b, K: JobKind>(
+    online_workers: impl IntoIterator<Item = &'a Worker>,
+    requests: impl IntoIterator<Item = &'b LiveRequest<K>>,
+    speeds: &HashMap<String, f64>,
+    queued: impl Fn(&K::Body, u32) -> f64,
+) -> BTreeMap<String, ActiveModel> {
     let mut models: BTreeMap<String, ActiveModel> = BTreeMap::new();
     for worker in online_workers.into_iter().filter(|w| !w.maintenance) {
         for model in &worker.flags.models {
-            entry(&mut models, model).count += worker.threads;
+            entry(&mut models, model, K::NAME).count += worker.threads;
         }
     }
     for request in requests {
@@ -57,10 +71,10 @@ pub fn active_models<'a, 'b>(
         if counts.waiting + counts.processing == 0 {
             continue;
         }
-        let queued = work::pixelsteps(&request.body.params) * f64::from(counts.waiting);
-        for model in &request.body.models {
-            let e = entry(&mut models, model);
-            e.queued += queued;
+        let waiting_work = queued(&request.body, counts.waiting);
+        for model in K::models(&request.body) {
+            let e = entry(&mut models, model, K::NAME);
+            e.queued += waiting_work;
             e.jobs += f64::from(counts.waiting + counts.processing);
         }
     }
@@ -77,7 +91,11 @@ pub fn active_models<'a, 'b>(
     models
 }
 
-fn entry<'a>(models: &'a mut BTreeMap<String, ActiveModel>, name: &str) -> &'a mut ActiveModel {
+fn entry<'a>(
+    models: &'a mut BTreeMap<String, ActiveModel>,
+    name: &str,
+    kind: &str,
+) -> &'a mut ActiveModel {
     models
         .entry(name.to_string())
         .or_insert_with(|| ActiveModel {
@@ -87,7 +105,7 @@ fn entry<'a>(models: &'a mut BTreeMap<String, ActiveModel>, name: &str) -> &'a m
             queued: 0.0,
             jobs: 0.0,
             eta: 0,
-            kind: "image".into(),
+            kind: kind.into(),
         })
 }
 

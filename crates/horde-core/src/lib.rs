@@ -12,6 +12,7 @@
 
 pub mod accounts;
 pub mod activity;
+pub mod alchemy;
 pub mod bridge;
 pub mod deadline;
 pub mod eta;

@@ -86,6 +86,8 @@ pub enum SkipReason {
     MaxLength,
     /// Text: the worker does not offer the request's softprompt.
     MatchingSoftprompt,
+    /// Alchemy: the source image has more 512×512 tiles than the alchemist takes.
+    MaxTiles,
 }
 
 impl SkipReason {
@@ -110,6 +112,7 @@ impl SkipReason {
             SkipReason::MaxContextLength => "max_context_length",
             SkipReason::MaxLength => "max_length",
             SkipReason::MatchingSoftprompt => "matching_softprompt",
+            SkipReason::MaxTiles => "max_tiles",
         }
     }
 }

@@ -21,8 +21,8 @@ mod networks;
 mod sources;
 pub use networks::{check_networks, NetworkRefusal};
 pub use sources::{
-    is_marker, marker, prepare_sources, replace_with_markers, PreparedSource, SourceRole,
-    MARKER_PREFIX,
+    is_marker, marker, prepare_source_image, prepare_sources, replace_with_markers, PreparedSource,
+    SourceRole, MARKER_PREFIX,
 };
 
 /// A request names at most this many workers to run it (the public horde's cut).

@@ -27,6 +27,7 @@ use crate::error::ApiResult;
 use crate::kinds::ServedKind;
 use crate::live_requests::WriteTurn;
 use crate::state::{AppState, SharedState};
+use horde_core::alchemy::Alchemy;
 use horde_core::request::LiveRequest;
 use horde_core::text::Text;
 use horde_core::Image;
@@ -122,7 +123,8 @@ impl AppState {
     async fn apply_announcements(&self, changes: BTreeMap<Uuid, i64>) -> ApiResult<()> {
         self.apply_announcements_of::<Image>(changes.clone())
             .await?;
-        self.apply_announcements_of::<Text>(changes).await
+        self.apply_announcements_of::<Text>(changes.clone()).await?;
+        self.apply_announcements_of::<Alchemy>(changes).await
     }
 
     /// Applies announced changes to the live requests of kind `K`: reloads the requests whose
@@ -269,7 +271,8 @@ impl AppState {
     /// accepted meanwhile (the group commit does not wait for a write turn) stay.
     async fn resync_all(&self) -> ApiResult<()> {
         self.resync_all_of::<Image>().await?;
-        self.resync_all_of::<Text>().await
+        self.resync_all_of::<Text>().await?;
+        self.resync_all_of::<Alchemy>().await
     }
 
     /// [`AppState::resync_all`] for the live requests of kind `K`.

@@ -54,12 +54,7 @@ fn payload_of(request: &LiveRequest, first: &Job, batch: u32) -> JobPayload {
 
 impl AppState {
     pub async fn pop(&self, user: &User, pop: PopRequest) -> ApiResult<PopResponse> {
-        if user.flagged {
-            return Err(ApiError::new(
-                Rc::WorkerFlaggedMaintenance,
-                "Your account is flagged: your workers cannot take jobs.",
-            ));
-        }
+        crate::workers::refuse_flagged_owner(user)?;
         pop.validate().map_err(ApiError::validation)?;
         let (servable, ignored) = self.servable_models(user, &pop.models);
         if servable.is_empty() {
@@ -82,21 +77,13 @@ impl AppState {
     }
 
     async fn pop_checked_in(&self, user: &User, pop: PopRequest) -> ApiResult<PopResponse> {
-        let entry = self.check_in(user, &pop, None).await?;
+        let entry = self
+            .check_in(user, &pop, &horde_core::accounts::KindFlags::default())
+            .await?;
         if entry.worker.paused {
             return Ok(PopResponse::empty(Default::default()));
         }
-        let reputation = &entry.worker.reputation;
-        if reputation.is_suspended(&self.config.workers.reputation_rules()) {
-            return Err(ApiError::new(
-                Rc::WorkerFlaggedMaintenance,
-                format!(
-                    "This worker is suspended: its suspicion is {} (threshold {}). See \
-                     /api/v2/workers/{} for the reasons; a moderator must clear it.",
-                    reputation.suspicion, self.config.workers.suspicion_threshold, entry.worker.id
-                ),
-            ));
-        }
+        self.refuse_suspended(&entry)?;
         let now = now();
         let turn = self.live.write_turn().await;
         // Another coordinator sharing the database may have taken the request first: its
@@ -107,12 +94,7 @@ impl AppState {
         let answer = retry_on_conflict(|| async move {
             match self.pop_from_queue::<Image>(entry, now, share_passes) {
                 PopOutcome::Nothing(skipped) => {
-                    if entry.worker.maintenance {
-                        let msg = entry.worker.maintenance_msg.clone().unwrap_or_else(|| {
-                            "This worker has been put into maintenance mode by its owner.".into()
-                        });
-                        return Err(ApiError::new(Rc::WorkerMaintenance, msg));
-                    }
+                    crate::workers::refuse_in_maintenance(entry)?;
                     Ok(Attempt::Stored(PopResponse::empty(skipped)))
                 }
                 PopOutcome::Assigned(assignment) => {
@@ -175,7 +157,7 @@ impl AppState {
     }
 
     /// A signed, expiring URL where the worker PUTs the image of `job_id`.
-    fn upload_url(&self, job_id: Uuid, now: i64) -> String {
+    pub(crate) fn upload_url(&self, job_id: Uuid, now: i64) -> String {
         let expires = now + self.config.requests.upload_url_ttl_secs;
         let sig = sign_upload(&self.upload_secret, &job_id.to_string(), expires);
         format!(
@@ -210,12 +192,7 @@ impl AppState {
                 "The image is too large.",
             ));
         }
-        let in_flight = self.live.read(|queue| {
-            let r = queue.request_of_job(job_id)?;
-            let job = r.job(job_id)?;
-            (job.state == JobState::Processing).then(|| (r.clone(), job.worker_id))
-        });
-        let Some((request, worker_id)) = in_flight else {
+        let Some((allowed, worker_id)) = self.awaiting_image(job_id) else {
             return Err(ApiError::new(
                 Rc::InvalidJobID,
                 "This job is not waiting for an image.",
@@ -227,7 +204,7 @@ impl AppState {
                 "This upload URL was already used.",
             ));
         }
-        let bytes = match checked_result(&request, bytes).await {
+        let bytes = match checked_image(allowed, bytes).await {
             Ok(bytes) => bytes,
             Err((error, reason)) => {
                 let turn = self.live.write_turn().await;
@@ -247,6 +224,29 @@ impl AppState {
         let committed = self.images.commit(&staged, job_id).await;
         self.images.discard(&staged).await;
         committed
+    }
+
+    /// The sizes the image of in-flight job `job_id` may have, and its worker: an image job's,
+    /// or a post-processor form's; `None` when no such job waits for an image.
+    fn awaiting_image(&self, job_id: Uuid) -> Option<(Vec<(u32, u32)>, Uuid)> {
+        let image = self.live.read(|queue| {
+            let r = queue.request_of_job(job_id)?;
+            let job = r.job(job_id)?;
+            (job.state == JobState::Processing)
+                .then(|| (r.body.params.output_sizes(), job.worker_id))
+        });
+        image.or_else(|| {
+            self.live_alchemy.read(|queue| {
+                let r = queue.request_of_job(job_id)?;
+                let job = r.job(job_id)?;
+                let waits = job.state == JobState::Processing
+                    && horde_api::interrogation::makes_image(&job.model);
+                waits
+                    .then(|| r.body.result_sizes())
+                    .flatten()
+                    .map(|sizes| (sizes, job.worker_id))
+            })
+        })
     }
 
     pub async fn submit(&self, user: &User, submit: SubmitRequest) -> ApiResult<SubmitResponse> {
@@ -368,7 +368,15 @@ async fn checked_result(
     request: &LiveRequest,
     bytes: Vec<u8>,
 ) -> Result<Vec<u8>, (ApiError, SuspicionReason)> {
-    check_image(bytes, request.body.params.output_sizes())
+    checked_image(request.body.params.output_sizes(), bytes).await
+}
+
+/// Checks an image against the `allowed` sizes, judging the worker when it is refused.
+async fn checked_image(
+    allowed: Vec<(u32, u32)>,
+    bytes: Vec<u8>,
+) -> Result<Vec<u8>, (ApiError, SuspicionReason)> {
+    check_image(bytes, allowed)
         .await
         .map_err(|refusal| match refusal {
             ImageRefusal::Undecodable(e) => (e, SuspicionReason::UndecodableImage),

@@ -15,8 +15,9 @@ use crate::lifecycle::JobResult;
 use crate::live_requests::LiveRequests;
 use crate::state::AppState;
 use crate::workers::WorkerEntry;
-use horde_api::webhook::TextGenerationWebhook;
 use horde_api::webhook::{GenerationWebhook, WebhookBody};
+use horde_api::webhook::{InterrogationFormWebhook, TextGenerationWebhook};
+use horde_core::alchemy::{self, AlchemistCaps, Alchemy, AlchemyBody};
 use horde_core::request::{Job, LiveRequest};
 use horde_core::text::{pricing as text_pricing, Text, TextBody, TextWorkerCaps};
 use horde_core::{pricing, Image};
@@ -179,5 +180,61 @@ impl ServedKind for Text {
             request.id.to_string(),
             job.reward,
         ))
+    }
+}
+
+impl ServedKind for Alchemy {
+    fn live(state: &AppState) -> &LiveRequests<Alchemy> {
+        &state.live_alchemy
+    }
+
+    fn caps(_state: &AppState, entry: &WorkerEntry) -> AlchemistCaps {
+        entry.alchemist_caps()
+    }
+
+    fn standby_caps(entry: &WorkerEntry) -> AlchemistCaps {
+        entry.alchemist_caps()
+    }
+
+    /// The form's own kudos (`model` is the form's name).
+    fn reward_basis(_state: &AppState, request: &LiveRequest<Alchemy>, form: &str) -> f64 {
+        alchemy::form_kudos(form, request.body.image_tiles)
+    }
+
+    /// The form's kudos: alchemists are paid in full whatever their bridge (the public
+    /// horde's 1.0 for alchemy).
+    fn worker_reward(
+        state: &AppState,
+        request: &LiveRequest<Alchemy>,
+        form: &str,
+        _worker: Option<&WorkerEntry>,
+        _result: &JobResult<'_>,
+    ) -> f64 {
+        Self::reward_basis(state, request, form)
+    }
+
+    /// Alchemy speeds are kept in forms a second.
+    fn note_speed(state: &AppState, form: &str, now: i64, forms_per_sec: f64) {
+        state.workers.record_alchemy_speed(form, now, forms_per_sec);
+    }
+
+    fn webhook(body: &AlchemyBody) -> Option<&str> {
+        body.request.webhook.as_deref()
+    }
+
+    /// The form as `/interrogate/status` gives it, with the public horde's `request`, `id`
+    /// and `kudos`.
+    async fn generation_webhook(
+        state: &AppState,
+        request: &LiveRequest<Alchemy>,
+        job: &Job,
+    ) -> WebhookBody {
+        let form = state.form_status(request, &job.model).await;
+        WebhookBody::InterrogationForm(InterrogationFormWebhook {
+            form,
+            id: job.id.to_string(),
+            request: request.id.to_string(),
+            kudos: job.reward,
+        })
     }
 }

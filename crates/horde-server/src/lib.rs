@@ -22,6 +22,7 @@ pub mod filters;
 pub mod group_commit;
 pub mod guard;
 pub mod images;
+pub mod interrogations;
 pub mod jobs;
 pub mod kinds;
 pub mod lifecycle;
@@ -184,6 +185,7 @@ impl Application {
                 .store(true, std::sync::atomic::Ordering::SeqCst);
             state.live.close_watches();
             state.live_text.close_watches();
+            state.live_alchemy.close_watches();
         };
         let limits = self.connection_limits();
         let result = connections::serve(self.listener, self.router, limits, shutdown).await;
@@ -235,8 +237,12 @@ async fn open_state(
     let metrics = metrics::Metrics::new();
     let request_writer = group_commit::RequestWriter::start(store.clone(), metrics.clone());
     let text_writer = group_commit::RequestWriter::start(store.clone(), metrics.clone());
+    let alchemy_writer = group_commit::RequestWriter::start(store.clone(), metrics.clone());
     let stored_requests = store.load_requests::<horde_core::Image>().await?;
     let stored_texts = store.load_requests::<horde_core::text::Text>().await?;
+    let stored_alchemy = store
+        .load_requests::<horde_core::alchemy::Alchemy>()
+        .await?;
     let stored_filters = store.prompt_filters().await?;
     let state = AppState {
         node_name: format!("{host}:{}:{}", local.port(), routes::status::VERSION),
@@ -244,6 +250,7 @@ async fn open_state(
         store,
         live: LiveRequests::new(stored_requests, request_writer),
         live_text: LiveRequests::new(stored_texts, text_writer),
+        live_alchemy: LiveRequests::new(stored_alchemy, alchemy_writer),
         workers: Workers::new(online_window_secs),
         accounts: Accounts::new(key_salt),
         catalogue: Catalogue::new(
@@ -269,7 +276,7 @@ async fn open_state(
 }
 
 fn router(state: SharedState) -> Router {
-    use routes::{generate, status, text, users, workers};
+    use routes::{generate, interrogate, status, text, users, workers};
     let api = Router::new()
         .route("/", get(dashboard::page))
         .route("/dashboard/events", get(dashboard::events))
@@ -298,6 +305,16 @@ fn router(state: SharedState) -> Router {
         )
         .route("/api/v2/generate/text/pop", post(text::pop))
         .route("/api/v2/generate/text/submit", post(text::submit))
+        .route(
+            "/api/v2/interrogate/async",
+            post(interrogate::interrogate_async),
+        )
+        .route(
+            "/api/v2/interrogate/status/{id}",
+            get(interrogate::status).delete(interrogate::cancel),
+        )
+        .route("/api/v2/interrogate/pop", post(interrogate::pop))
+        .route("/api/v2/interrogate/submit", post(interrogate::submit))
         .route("/api/v2/uploads/{job_id}", put(generate::upload))
         .route("/api/v2/images/{file}", get(generate::image))
         .route(

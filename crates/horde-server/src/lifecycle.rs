@@ -20,6 +20,7 @@ use horde_api::image::GenMetadata;
 use horde_api::image::SubmitState;
 use horde_api::Rc;
 use horde_core::accounts::User;
+use horde_core::alchemy::Alchemy;
 use horde_core::request::{Job, JobState, LiveRequest, SubmitRefusal};
 use horde_core::text::Text;
 use horde_core::{pricing, Assignment, DeadlineTerms, Image, PopOutcome, Reputation, Standby};
@@ -409,7 +410,8 @@ impl AppState {
     /// returns how many.
     pub async fn take_back_late_jobs(&self, now: i64) -> ApiResult<usize> {
         Ok(self.take_back_late_jobs_of::<Image>(now).await?
-            + self.take_back_late_jobs_of::<Text>(now).await?)
+            + self.take_back_late_jobs_of::<Text>(now).await?
+            + self.take_back_late_jobs_of::<Alchemy>(now).await?)
     }
 
     /// Takes back jobs of kind `K` whose deadline passed: their work goes back to the queue
@@ -583,8 +585,9 @@ impl AppState {
     /// Removes requests of every kind whose time is up and nothing of which is in flight;
     /// returns how many.
     pub async fn sweep_expired(&self, now: i64) -> ApiResult<usize> {
-        let removed =
-            self.sweep_expired_of::<Image>(now).await? + self.sweep_expired_of::<Text>(now).await?;
+        let removed = self.sweep_expired_of::<Image>(now).await?
+            + self.sweep_expired_of::<Text>(now).await?
+            + self.sweep_expired_of::<Alchemy>(now).await?;
         self.images.sweep_orphan_sources(&self.store, now).await;
         Ok(removed)
     }

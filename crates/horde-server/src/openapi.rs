@@ -28,6 +28,9 @@ use utoipa::{Modify, OpenApi};
         generate::upload, generate::image, crate::routes::sources::download, crate::streaming::stream,
         crate::routes::text::generate_async, crate::routes::text::status, crate::routes::text::cancel,
         crate::routes::text::pop, crate::routes::text::submit,
+        crate::routes::interrogate::interrogate_async, crate::routes::interrogate::status,
+        crate::routes::interrogate::cancel, crate::routes::interrogate::pop,
+        crate::routes::interrogate::submit,
         workers::list, workers::get, workers::by_name, workers::modify,
         users::get, users::find_user, users::test_user, users::transfer, users::modify, users::reset_key, users::ledger,
         users::webhook_secret, users::rotate_webhook_secret,
@@ -197,6 +200,12 @@ fn input_rules(spec: &mut Value) {
     });
     schemas["ImageParams"]["properties"]["special"] =
         json!({"$ref": "#/components/schemas/JsonWithoutNul"});
+    // An interrogation form's payload and a form's result are read whole likewise.
+    let object_without_nul = json!({"type": "object", "propertyNames": {"pattern": NO_NUL},
+        "additionalProperties": {"$ref": "#/components/schemas/JsonWithoutNul"}});
+    schemas["InterrogationSubmitRequest"]["properties"]["result"] = object_without_nul.clone();
+    schemas["InterrogationForm"]["properties"]["payload"] =
+        json!({"anyOf": [{"type": "null"}, object_without_nul]});
 }
 
 /// The bounds `horde_api` names as constants, from the constants themselves.
@@ -330,6 +339,26 @@ fn text_bounds(schemas: &mut Value) {
         json!({"minItems": 1}),
     );
     schemas["TextPopRequest"]["required"] = json!(["name", "models"]);
+    // An alchemist runs at least one form; its priority users are aliases.
+    let alchemist = &mut schemas["InterrogationPopRequest"]["properties"];
+    merge(&mut alchemist["forms"], json!({"minItems": 1}));
+    merge(
+        &mut alchemist["forms"]["items"],
+        json!({"minLength": 1, "maxLength": 30}),
+    );
+    merge(
+        &mut alchemist["priority_usernames"],
+        json!({"maxItems": MAX_POP_LIST}),
+    );
+    merge(
+        &mut alchemist["priority_usernames"]["items"],
+        json!({"maxLength": MAX_LIST_ENTRY_CHARS, "pattern": ALIAS_ID_PATTERN}),
+    );
+    schemas["InterrogationPopRequest"]["required"] = json!(["name", "forms"]);
+    merge(
+        &mut schemas["InterrogationRequest"]["properties"]["source_image"],
+        json!({"minLength": 1}),
+    );
 }
 
 /// `anyOf` one `required` per property: an object giving at least one of its fields a value

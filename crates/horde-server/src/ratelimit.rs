@@ -59,6 +59,7 @@ fn limits_for(
         (_, "/api/v2/generate/status/{id}") => vec![(config.status_per_ip, Key::IpAndPath)],
         // A stream carries what status does, so it opens as often as status may be called.
         ("GET", "/api/v2/generate/stream/{id}") => vec![(config.status_per_ip, Key::IpAndPath)],
+        ("GET", "/api/v2/interrogate/status/{id}") => vec![(config.check_per_ip, Key::IpAndPath)],
         (_, "/api/v2/generate/text/status/{id}") => {
             vec![(config.text_status_per_ip, Key::IpAndPath)]
         }
@@ -67,7 +68,9 @@ fn limits_for(
             "/api/v2/generate/pop"
             | "/api/v2/generate/submit"
             | "/api/v2/generate/text/pop"
-            | "/api/v2/generate/text/submit",
+            | "/api/v2/generate/text/submit"
+            | "/api/v2/interrogate/pop"
+            | "/api/v2/interrogate/submit",
         ) => per_ip(config.jobs_per_ip),
         ("POST", "/api/v2/kudos/transfer") => config
             .transfer_per_key

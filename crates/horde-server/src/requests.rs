@@ -4,6 +4,7 @@
 
 use crate::clock::now;
 use crate::error::{ApiError, ApiResult};
+use crate::kinds::ServedKind;
 use crate::lifecycle::{not_found, NewRequest};
 use crate::shared_keys::check_shared_key_use;
 use crate::state::AppState;
@@ -126,14 +127,7 @@ impl AppState {
             });
         }
         if !possible {
-            let message =
-                "No available workers can fulfil this request. It will wait until one joins."
-                    .to_string();
-            response.warnings.push(RequestWarning {
-                code: "NoAvailableWorker".into(),
-                message: message.clone(),
-            });
-            response.message = Some(message);
+            warn_no_worker(&mut response);
         }
         Ok(Accepted::Queued(response))
     }
@@ -257,7 +251,19 @@ impl AppState {
     /// What the user's unfinished requests will still charge.
     fn queued_debits(&self, user_id: i64) -> f64 {
         let model_reference = self.model_reference();
-        self.live.read(|queue| {
+        self.undelivered_charges::<Image>(user_id, |r| {
+            let per_image = r.job_kudos * model_reference.request_multiplier(&r.body);
+            pricing::requester_charge(&r.body, per_image)
+        })
+    }
+
+    /// What the user's unfinished requests of kind `K` will still charge, at `charge` a job.
+    pub(crate) fn undelivered_charges<K: ServedKind>(
+        &self,
+        user_id: i64,
+        charge: impl Fn(&LiveRequest<K>) -> f64,
+    ) -> f64 {
+        K::live(self).read(|queue| {
             queue
                 .requests()
                 .filter(|r| r.user_id == user_id && !r.is_done())
@@ -267,8 +273,7 @@ impl AppState {
                             .iter()
                             .filter(|j| j.state == JobState::Processing)
                             .count() as u32;
-                    let per_image = r.job_kudos * model_reference.request_multiplier(&r.body);
-                    f64::from(undelivered) * pricing::requester_charge(&r.body, per_image)
+                    f64::from(undelivered) * charge(r)
                 })
                 .sum()
         })
@@ -305,9 +310,12 @@ impl AppState {
 
     /// The public horde's concurrency limit: images waiting for this user plus the new ones.
     pub(crate) fn check_concurrency(&self, user: &User, n: u32) -> ApiResult<()> {
-        let waiting = self
-            .live
-            .read(|queue| queue.waiting_images_of_user(user.id));
+        self.check_concurrency_of::<Image>(user, n)
+    }
+
+    /// The concurrency limit over the jobs of kind `K` waiting for this user and the new ones.
+    pub(crate) fn check_concurrency_of<K: ServedKind>(&self, user: &User, n: u32) -> ApiResult<()> {
+        let waiting = K::live(self).read(|queue| queue.waiting_images_of_user(user.id));
         if waiting + u64::from(n) > u64::from(user.concurrency) {
             return Err(ApiError::new(
                 Rc::TooManyPrompts,
@@ -550,7 +558,19 @@ impl AppState {
     }
 }
 
-fn parse_request_id(id: &str) -> ApiResult<Uuid> {
+/// Tells the requester no online worker can take the request yet (the public horde's
+/// message, and our warning).
+pub(crate) fn warn_no_worker(response: &mut AsyncResponse) {
+    let message =
+        "No available workers can fulfil this request. It will wait until one joins.".to_string();
+    response.warnings.push(RequestWarning {
+        code: "NoAvailableWorker".into(),
+        message: message.clone(),
+    });
+    response.message = Some(message);
+}
+
+pub(crate) fn parse_request_id(id: &str) -> ApiResult<Uuid> {
     Uuid::parse_str(id).map_err(|_| {
         ApiError::new(
             Rc::RequestNotFound,

@@ -154,7 +154,7 @@ impl AppState {
 
     /// A signed URL where a worker GETs a request's source, valid for
     /// `requests.upload_url_ttl_secs` (as the upload URLs handed out with it).
-    fn source_url(&self, request_id: Uuid, role: SourceRole, now: i64) -> String {
+    pub(crate) fn source_url(&self, request_id: Uuid, role: SourceRole, now: i64) -> String {
         let expires = now + self.config.requests.upload_url_ttl_secs;
         let sig = sign_upload(&self.upload_secret, &signed_text(request_id, role), expires);
         format!(

@@ -37,6 +37,8 @@ pub struct AppState {
     pub live: LiveRequests,
     /// The live text requests (`texts/`).
     pub live_text: LiveRequests<horde_core::text::Text>,
+    /// The live interrogation requests (`interrogations/`).
+    pub live_alchemy: LiveRequests<horde_core::alchemy::Alchemy>,
     pub workers: Workers,
     pub accounts: Accounts,
     pub catalogue: Catalogue,

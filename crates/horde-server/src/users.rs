@@ -204,7 +204,7 @@ impl AppState {
         ActiveGenerations {
             image: unfinished::<horde_core::Image>(self, user_id),
             text: unfinished::<horde_core::text::Text>(self, user_id),
-            ..Default::default()
+            alchemy: unfinished::<horde_core::alchemy::Alchemy>(self, user_id),
         }
     }
 
@@ -241,12 +241,12 @@ impl AppState {
                 fulfillment: CountRecord {
                     image: user.fulfilments,
                     text: user.text_fulfilments,
-                    ..Default::default()
+                    interrogation: user.interrogation_fulfilments,
                 },
                 request: CountRecord {
                     image: user.usage_requests,
                     text: user.text_requests,
-                    ..Default::default()
+                    interrogation: user.interrogation_requests,
                 },
             },
             concurrency: user.concurrency,

@@ -9,6 +9,7 @@
 
 use crate::requests::SubmitEffects;
 use crate::Result;
+use horde_core::alchemy::Alchemy;
 use horde_core::quota::day_of;
 use horde_core::request::{Job, LiveRequest};
 use horde_core::text::Text;
@@ -67,23 +68,55 @@ impl StoredKind for Image {
         job: &Job,
         e: &SubmitEffects,
     ) -> Result<()> {
-        sqlx::query("UPDATE users SET usage_megapixelsteps = usage_megapixelsteps + $1, usage_requests = usage_requests + 1 WHERE id = $2")
-            .bind(e.work)
-            .bind(e.requester_id)
-            .execute(&mut **tx)
-            .await?;
-        sqlx::query(
-            "UPDATE users SET kudos_accumulated = kudos_accumulated + $1, \
-             contributed_megapixelsteps = contributed_megapixelsteps + $2, fulfilments = fulfilments + 1 \
-             WHERE id = $3",
-        )
-        .bind(e.reward)
-        .bind(e.work)
-        .bind(e.worker_owner_id)
-        .execute(&mut **tx)
-        .await?;
+        let columns = UsageColumns {
+            used: "usage_megapixelsteps",
+            requests: "usage_requests",
+            contributed: "contributed_megapixelsteps",
+            fulfilled: "fulfilments",
+        };
+        record_usage(tx, e, &columns).await?;
         crate::stats::record_image(tx, e.at, &job.model, e.work * 1e6).await
     }
+}
+
+/// The `users` columns a kind's delivered work counts in.
+struct UsageColumns {
+    /// The requester's work used.
+    used: &'static str,
+    /// The requester's results delivered.
+    requests: &'static str,
+    /// The worker owner's work contributed.
+    contributed: &'static str,
+    /// The worker owner's results delivered.
+    fulfilled: &'static str,
+}
+
+/// Counts a delivered job's work for its requester and its worker's owner (with the reward in
+/// the owner's accumulated kudos).
+async fn record_usage(
+    tx: &mut Transaction<'_, Any>,
+    e: &SubmitEffects,
+    c: &UsageColumns,
+) -> Result<()> {
+    let (used, requests) = (c.used, c.requests);
+    sqlx::query(&format!(
+        "UPDATE users SET {used} = {used} + $1, {requests} = {requests} + 1 WHERE id = $2"
+    ))
+    .bind(e.work)
+    .bind(e.requester_id)
+    .execute(&mut **tx)
+    .await?;
+    let (contributed, fulfilled) = (c.contributed, c.fulfilled);
+    sqlx::query(&format!(
+        "UPDATE users SET kudos_accumulated = kudos_accumulated + $1, \
+         {contributed} = {contributed} + $2, {fulfilled} = {fulfilled} + 1 WHERE id = $3"
+    ))
+    .bind(e.reward)
+    .bind(e.work)
+    .bind(e.worker_owner_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// Texts count in the text columns: texts and tokens (`max_length`) requested, tokens and
@@ -114,22 +147,48 @@ impl StoredKind for Text {
         job: &Job,
         e: &SubmitEffects,
     ) -> Result<()> {
-        sqlx::query("UPDATE users SET usage_tokens = usage_tokens + $1, text_requests = text_requests + 1 WHERE id = $2")
-            .bind(e.work)
-            .bind(e.requester_id)
-            .execute(&mut **tx)
-            .await?;
+        let columns = UsageColumns {
+            used: "usage_tokens",
+            requests: "text_requests",
+            contributed: "contributed_tokens",
+            fulfilled: "text_fulfilments",
+        };
+        record_usage(tx, e, &columns).await?;
+        crate::stats::record_text(tx, e.at, &job.model, e.work).await
+    }
+}
+
+/// Interrogation forms count in no daily quota (the quotas are of images and texts) and in the
+/// users' interrogation records; the horde keeps no statistics of them (the public horde has
+/// no `/stats` for alchemy).
+impl StoredKind for Alchemy {
+    async fn add_quota_usage(
+        _tx: &mut Transaction<'_, Any>,
+        _requests: &[LiveRequest<Alchemy>],
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    async fn record_delivered(
+        tx: &mut Transaction<'_, Any>,
+        _job: &Job,
+        e: &SubmitEffects,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE users SET interrogation_requests = interrogation_requests + 1 WHERE id = $1",
+        )
+        .bind(e.requester_id)
+        .execute(&mut **tx)
+        .await?;
         sqlx::query(
             "UPDATE users SET kudos_accumulated = kudos_accumulated + $1, \
-             contributed_tokens = contributed_tokens + $2, text_fulfilments = text_fulfilments + 1 \
-             WHERE id = $3",
+             interrogation_fulfilments = interrogation_fulfilments + 1 WHERE id = $2",
         )
         .bind(e.reward)
-        .bind(e.work)
         .bind(e.worker_owner_id)
         .execute(&mut **tx)
         .await?;
-        crate::stats::record_text(tx, e.at, &job.model, e.work).await
+        Ok(())
     }
 }
 

@@ -65,25 +65,11 @@ pub struct TextTotals {
 impl Store {
     /// Texts and tokens delivered in each of [`PERIODS`] before `now`.
     pub async fn text_totals(&self, now: i64) -> Result<Vec<(&'static str, TextTotals)>> {
-        let mut out = Vec::with_capacity(PERIODS.len());
-        for (name, back) in PERIODS {
-            let row = sqlx::query(
-                "SELECT COUNT(*), CAST(COALESCE(SUM(tokens), 0) AS DOUBLE PRECISION) FROM text_stats \
-                 WHERE finished_at > $1",
-            )
-            .bind(since(now, back))
-            .fetch_one(&self.pool)
-            .await?;
-            let requests: i64 = row.try_get(0)?;
-            out.push((
-                name,
-                TextTotals {
-                    requests: requests as u64,
-                    tokens: row.try_get(1)?,
-                },
-            ));
-        }
-        Ok(out)
+        let rows = self.rows_and_sums("text_stats", "tokens", now).await?;
+        Ok(rows
+            .into_iter()
+            .map(|(period, requests, tokens)| (period, TextTotals { requests, tokens }))
+            .collect())
     }
 
     /// Texts delivered per model in the last day, month and in total.
@@ -96,23 +82,33 @@ impl Store {
 
     /// Images and pixelsteps finished in each of [`PERIODS`] before `now`.
     pub async fn image_totals(&self, now: i64) -> Result<Vec<(&'static str, Totals)>> {
+        let rows = self.rows_and_sums("image_stats", "pixelsteps", now).await?;
+        Ok(rows
+            .into_iter()
+            .map(|(period, images, pixelsteps)| (period, Totals { images, pixelsteps }))
+            .collect())
+    }
+
+    /// The rows of `table` (a statistics table of this module) and the sum of its `column`
+    /// in each of [`PERIODS`] before `now`.
+    async fn rows_and_sums(
+        &self,
+        table: &'static str,
+        column: &'static str,
+        now: i64,
+    ) -> Result<Vec<(&'static str, u64, f64)>> {
+        let sql = format!(
+            "SELECT COUNT(*), CAST(COALESCE(SUM({column}), 0) AS DOUBLE PRECISION) FROM {table} \
+             WHERE finished_at > $1"
+        );
         let mut out = Vec::with_capacity(PERIODS.len());
         for (name, back) in PERIODS {
-            let row = sqlx::query(
-                "SELECT COUNT(*), CAST(COALESCE(SUM(pixelsteps), 0) AS DOUBLE PRECISION) FROM image_stats \
-                 WHERE finished_at > $1",
-            )
-            .bind(since(now, back))
-            .fetch_one(&self.pool)
-            .await?;
-            let images: i64 = row.try_get(0)?;
-            out.push((
-                name,
-                Totals {
-                    images: images as u64,
-                    pixelsteps: row.try_get(1)?,
-                },
-            ));
+            let row = sqlx::query(&sql)
+                .bind(since(now, back))
+                .fetch_one(&self.pool)
+                .await?;
+            let count: i64 = row.try_get(0)?;
+            out.push((name, count as u64, row.try_get(1)?));
         }
         Ok(out)
     }

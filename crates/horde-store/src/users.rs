@@ -23,6 +23,7 @@ const USER_COLUMNS: &str =
     education, public_workers, concurrency, \
     worker_invited, usage_megapixelsteps, usage_requests, contributed_megapixelsteps, fulfilments, \
     usage_tokens, text_requests, contributed_tokens, text_fulfilments, \
+    interrogation_requests, interrogation_fulfilments, \
     kudos_accumulated, evaluating_kudos, created";
 
 /// Accounts made without an OAuth identity get a `pseudo_…` id.
@@ -55,6 +56,8 @@ fn user_from_row(row: &AnyRow) -> Result<User> {
         text_requests: row.try_get::<i64, _>("text_requests")? as u64,
         contributed_tokens: row.try_get("contributed_tokens")?,
         text_fulfilments: row.try_get::<i64, _>("text_fulfilments")? as u64,
+        interrogation_requests: row.try_get::<i64, _>("interrogation_requests")? as u64,
+        interrogation_fulfilments: row.try_get::<i64, _>("interrogation_fulfilments")? as u64,
         kudos_accumulated: row.try_get("kudos_accumulated")?,
         evaluating_kudos: row.try_get("evaluating_kudos")?,
         created: row.try_get("created")?,

@@ -150,6 +150,15 @@ pub fn replace_with_markers(body: &mut ImageRequest, prepared: &[PreparedSource]
     }
 }
 
+/// One base64 source image (an interrogation's) decoded, checked and encoded as WebP as
+/// [`prepare_sources`] does; `None` for a URL, which is not fetched.
+pub fn prepare_source_image(text: &str) -> Result<Option<PreparedSource>, RequestRefusal> {
+    match decoded(SourceRole::SourceImage, Some(text))? {
+        Some(image) => encode(SourceRole::SourceImage, &image).map(Some),
+        None => Ok(None),
+    }
+}
+
 fn is_url(text: &str) -> bool {
     text.starts_with("http://") || text.starts_with("https://")
 }

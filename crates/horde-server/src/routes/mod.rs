@@ -3,6 +3,7 @@
 
 pub mod filters;
 pub mod generate;
+pub mod interrogate;
 pub mod shared_keys;
 pub mod sources;
 pub mod status;

@@ -40,22 +40,23 @@ pub struct StatsModelsQuery {
     model_state: Option<ModelState>,
 }
 
-/// Whether `model` belongs in a listing of `state`.
-fn in_state(state: &SharedState, model: &str, wanted: ModelState) -> bool {
+/// Whether a model the reference knows (`known`) or not belongs in a listing of `wanted`.
+fn listed(known: bool, wanted: ModelState) -> bool {
     match wanted {
         ModelState::All => true,
-        ModelState::Known => state.model_reference().is_known(model),
-        ModelState::Custom => !state.model_reference().is_known(model),
+        ModelState::Known => known,
+        ModelState::Custom => !known,
     }
 }
 
-/// Whether text `model` belongs in a listing of `state` (by the text model reference).
+/// Whether image `model` belongs in a listing of `wanted`.
+fn in_state(state: &SharedState, model: &str, wanted: ModelState) -> bool {
+    listed(state.model_reference().is_known(model), wanted)
+}
+
+/// Whether text `model` belongs in a listing of `wanted` (by the text model reference).
 fn text_in_state(state: &SharedState, model: &str, wanted: ModelState) -> bool {
-    match wanted {
-        ModelState::All => true,
-        ModelState::Known => state.text_reference().is_known(model),
-        ModelState::Custom => !state.text_reference().is_known(model),
-    }
+    listed(state.text_reference().is_known(model), wanted)
 }
 
 /// Models served by online workers or wanted by waiting requests, from live data.
@@ -155,8 +156,24 @@ pub async fn performance(State(state): State<SharedState>) -> Json<HordePerforma
                 (n + 1, tokens + waiting)
             })
     });
+    let (interrogator_count, interrogator_thread_count) = state.workers.read(|registry| {
+        registry
+            .online_alchemists(now)
+            .fold((0u64, 0u64), |(w, t), e| {
+                (w + 1, t + u64::from(e.worker.threads))
+            })
+    });
+    let queued_forms = state.live_alchemy.read(|queue| {
+        queue
+            .requests()
+            .map(|r| f64::from(r.n_remaining))
+            .sum::<f64>()
+    });
     Json(HordePerformance {
         queued_requests: queued.images,
+        interrogator_count,
+        interrogator_thread_count,
+        queued_forms,
         worker_count,
         thread_count,
         queued_megapixelsteps: queued.megapixelsteps,
@@ -177,27 +194,33 @@ pub async fn serviceinfo(State(state): State<SharedState>) -> Json<serde_json::V
     }))
 }
 
-/// Images and pixelsteps finished in the last minute, hour, day, month and in total.
-#[utoipa::path(get, path = "/api/v2/stats/img/totals", tag = "v2", responses((status = 200, body = StatsImgTotals)))]
-pub async fn image_totals(State(state): State<SharedState>) -> ApiResult<Json<StatsImgTotals>> {
-    let totals = state.store.image_totals(now()).await?;
-    let period = |name: &str| {
+/// The public periods' figures (minute, hour, day, month, total) of `totals`, each made into
+/// the endpoint's type by `single`; a period missing is the default.
+fn periods<T: Copy + Default, S>(totals: &[(&str, T)], single: impl Fn(T) -> S) -> [S; 5] {
+    ["minute", "hour", "day", "month", "total"].map(|name| {
         let t = totals
             .iter()
             .find(|(n, _)| *n == name)
             .map(|(_, t)| *t)
             .unwrap_or_default();
-        SinglePeriodImgStat {
-            images: t.images,
-            ps: t.pixelsteps.round() as u64,
-        }
-    };
+        single(t)
+    })
+}
+
+/// Images and pixelsteps finished in the last minute, hour, day, month and in total.
+#[utoipa::path(get, path = "/api/v2/stats/img/totals", tag = "v2", responses((status = 200, body = StatsImgTotals)))]
+pub async fn image_totals(State(state): State<SharedState>) -> ApiResult<Json<StatsImgTotals>> {
+    let totals = state.store.image_totals(now()).await?;
+    let [minute, hour, day, month, total] = periods(&totals, |t| SinglePeriodImgStat {
+        images: t.images,
+        ps: t.pixelsteps.round() as u64,
+    });
     Ok(Json(StatsImgTotals {
-        minute: period("minute"),
-        hour: period("hour"),
-        day: period("day"),
-        month: period("month"),
-        total: period("total"),
+        minute,
+        hour,
+        day,
+        month,
+        total,
     }))
 }
 
@@ -209,11 +232,23 @@ pub async fn image_models(
     HordeQuery(q): HordeQuery<StatsModelsQuery>,
 ) -> ApiResult<Json<ImgModelStats>> {
     let wanted = q.model_state.unwrap_or(ModelState::Known);
+    let counts = state.store.image_counts_by_model(now()).await?;
+    Ok(Json(model_stats(counts, |model| {
+        in_state(&state, model, wanted)
+    })))
+}
+
+/// The day's, month's and all time's counts per model (`counts`, by period), of the models
+/// `keep` keeps.
+fn model_stats(
+    counts: Vec<(&str, BTreeMap<String, u64>)>,
+    keep: impl Fn(&str) -> bool,
+) -> ImgModelStats {
     let mut stats = ImgModelStats::default();
-    for (period, counts) in state.store.image_counts_by_model(now()).await? {
+    for (period, counts) in counts {
         let counts = counts
             .into_iter()
-            .filter(|(model, _)| in_state(&state, model, wanted))
+            .filter(|(model, _)| keep(model))
             .collect();
         match period {
             "day" => stats.day = counts,
@@ -221,30 +256,23 @@ pub async fn image_models(
             _ => stats.total = counts,
         }
     }
-    Ok(Json(stats))
+    stats
 }
 
 /// Texts and tokens delivered in the last minute, hour, day, month and in total.
 #[utoipa::path(get, path = "/api/v2/stats/text/totals", tag = "v2", responses((status = 200, body = StatsTxtTotals)))]
 pub async fn text_totals(State(state): State<SharedState>) -> ApiResult<Json<StatsTxtTotals>> {
     let totals = state.store.text_totals(now()).await?;
-    let period = |name: &str| {
-        let t = totals
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, t)| *t)
-            .unwrap_or_default();
-        SinglePeriodTxtStat {
-            requests: t.requests,
-            tokens: t.tokens.round() as u64,
-        }
-    };
+    let [minute, hour, day, month, total] = periods(&totals, |t| SinglePeriodTxtStat {
+        requests: t.requests,
+        tokens: t.tokens.round() as u64,
+    });
     Ok(Json(StatsTxtTotals {
-        minute: period("minute"),
-        hour: period("hour"),
-        day: period("day"),
-        month: period("month"),
-        total: period("total"),
+        minute,
+        hour,
+        day,
+        month,
+        total,
     }))
 }
 
@@ -256,17 +284,8 @@ pub async fn text_models(
     HordeQuery(q): HordeQuery<StatsModelsQuery>,
 ) -> ApiResult<Json<TxtModelStats>> {
     let wanted = q.model_state.unwrap_or(ModelState::Known);
-    let mut stats = TxtModelStats::default();
-    for (period, counts) in state.store.text_counts_by_model(now()).await? {
-        let counts = counts
-            .into_iter()
-            .filter(|(model, _)| text_in_state(&state, model, wanted))
-            .collect();
-        match period {
-            "day" => stats.day = counts,
-            "month" => stats.month = counts,
-            _ => stats.total = counts,
-        }
-    }
-    Ok(Json(stats))
+    let counts = state.store.text_counts_by_model(now()).await?;
+    Ok(Json(model_stats(counts, |model| {
+        text_in_state(&state, model, wanted)
+    })))
 }

@@ -5,11 +5,10 @@ use crate::error::{ApiError, ApiResult};
 use crate::lifecycle::{invalid_job, JobResult};
 use crate::live_requests::{retry_on_conflict, Attempt, WriteTurn};
 use crate::state::AppState;
-use crate::workers::WorkerEntry;
 use horde_api::image::{PopRequest, SubmitResponse, SubmitState};
 use horde_api::text::{TextPopRequest, TextPopResponse, TextSubmitRequest};
 use horde_api::Rc;
-use horde_core::accounts::{TextWorkerFlags, User};
+use horde_core::accounts::{KindFlags, TextWorkerFlags, User};
 use horde_core::text::kind::{job_payload, TEXT_JOB_TTL_SECS};
 use horde_core::text::Text;
 use horde_core::{Assignment, PopOutcome};
@@ -41,19 +40,18 @@ impl AppState {
     /// `POST /generate/text/pop`: checks the text worker in (registering it on its first pop)
     /// and hands it a job of the text queue, if one fits it.
     pub async fn text_pop(&self, user: &User, pop: TextPopRequest) -> ApiResult<TextPopResponse> {
-        if user.flagged {
-            return Err(ApiError::new(
-                Rc::WorkerFlaggedMaintenance,
-                "Your account is flagged: your workers cannot take jobs.",
-            ));
-        }
+        crate::workers::refuse_flagged_owner(user)?;
         pop.validate().map_err(ApiError::validation)?;
         let servable = self.servable_text_models(user, &pop.models)?;
         let (shared, text) = declaration_of(&TextPopRequest {
             models: servable,
             ..pop
         });
-        let entry = self.check_in(user, &shared, Some(&text)).await?;
+        let kind = KindFlags {
+            text: Some(text),
+            alchemy: None,
+        };
+        let entry = self.check_in(user, &shared, &kind).await?;
         if entry.worker.paused {
             return Ok(TextPopResponse::empty(Default::default()));
         }
@@ -64,12 +62,7 @@ impl AppState {
         let answer = retry_on_conflict(|| async move {
             match self.pop_from_queue::<Text>(entry, now, false) {
                 PopOutcome::Nothing(skipped) => {
-                    if entry.worker.maintenance {
-                        let msg = entry.worker.maintenance_msg.clone().unwrap_or_else(|| {
-                            "This worker has been put into maintenance mode by its owner.".into()
-                        });
-                        return Err(ApiError::new(Rc::WorkerMaintenance, msg));
-                    }
+                    crate::workers::refuse_in_maintenance(entry)?;
                     Ok(Attempt::Stored(TextPopResponse::empty(skipped)))
                 }
                 PopOutcome::Assigned(assignment) => self.hand_out_text(turn, assignment, now).await,
@@ -102,22 +95,6 @@ impl AppState {
             ));
         }
         Ok(servable)
-    }
-
-    /// Refuses a pop from a worker whose suspicion reached the threshold.
-    fn refuse_suspended(&self, entry: &WorkerEntry) -> ApiResult<()> {
-        let reputation = &entry.worker.reputation;
-        if reputation.is_suspended(&self.config.workers.reputation_rules()) {
-            return Err(ApiError::new(
-                Rc::WorkerFlaggedMaintenance,
-                format!(
-                    "This worker is suspended: its suspicion is {} (threshold {}). See \
-                     /api/v2/workers/{} for the reasons; a moderator must clear it.",
-                    reputation.suspicion, self.config.workers.suspicion_threshold, entry.worker.id
-                ),
-            ));
-        }
-        Ok(())
     }
 
     /// Stores the assignment and answers it: the request's parameters and prompt, one text a

@@ -3,21 +3,21 @@
 use crate::clock::now;
 use crate::error::{refused, ApiError, ApiResult};
 use crate::lifecycle::{not_found, NewRequest};
+use crate::requests::{parse_request_id, warn_no_worker};
 use crate::shared_keys::check_shared_key_text_use;
 use crate::state::AppState;
-use horde_api::image::{AsyncResponse, RequestStatusCheck, RequestWarning};
+use horde_api::image::{AsyncResponse, RequestStatusCheck};
 use horde_api::text::{TextGeneration, TextRequest, TextRequestStatus};
 use horde_api::Rc;
 use horde_core::accounts::User;
 use horde_core::pricing;
 use horde_core::quota::{self, Quota};
-use horde_core::request::{Job, JobState, LiveRequest};
+use horde_core::request::{Job, LiveRequest};
 use horde_core::shared_key::SharedKey;
 use horde_core::text::kind::{can_serve, estimate_wait_secs, UNMEASURED_TOKENS_PER_SEC};
 use horde_core::text::rules::{self, TextCapacity};
 use horde_core::text::{Text, TextBody};
 use horde_core::JobKind;
-use uuid::Uuid;
 
 /// What `POST /generate/text/async` answers: accepted (202) or a dry run's price (200).
 pub enum TextAccepted {
@@ -43,7 +43,7 @@ impl AppState {
                 warnings: vec![],
             }));
         }
-        self.check_text_concurrency(user, n)?;
+        self.check_concurrency_of::<Text>(user, n)?;
         let now = now();
         self.check_text_quota(user, &body, now).await?;
         let new = NewRequest::<Text> {
@@ -66,14 +66,7 @@ impl AppState {
             warnings: vec![],
         };
         if !possible {
-            let message =
-                "No available workers can fulfil this request. It will wait until one joins."
-                    .to_string();
-            response.warnings.push(RequestWarning {
-                code: "NoAvailableWorker".into(),
-                message: message.clone(),
-            });
-            response.message = Some(message);
+            warn_no_worker(&mut response);
         }
         Ok(TextAccepted::Queued(response))
     }
@@ -136,20 +129,8 @@ impl AppState {
             .user_by_id(user.id)
             .await?
             .unwrap_or_else(|| user.clone());
-        let queued: f64 = self.live_text.read(|queue| {
-            queue
-                .requests()
-                .filter(|r| r.user_id == user.id && !r.is_done())
-                .map(|r| {
-                    let undelivered = r.n_remaining
-                        + r.jobs
-                            .iter()
-                            .filter(|j| j.state == JobState::Processing)
-                            .count() as u32;
-                    f64::from(undelivered) * Text::requester_charge(&r.body, r.job_kudos)
-                })
-                .sum()
-        });
+        let queued = self
+            .undelivered_charges::<Text>(user.id, |r| Text::requester_charge(&r.body, r.job_kudos));
         Ok(user.kudos - user.min_kudos() - queued)
     }
 
@@ -167,24 +148,6 @@ impl AppState {
             text_threads,
             queued_text_requests: self.live_text.waiting_count(),
         }
-    }
-
-    /// The public horde's concurrency limit, counted in texts waiting for this user.
-    fn check_text_concurrency(&self, user: &User, n: u32) -> ApiResult<()> {
-        let waiting = self
-            .live_text
-            .read(|queue| queue.waiting_images_of_user(user.id));
-        if waiting + u64::from(n) > u64::from(user.concurrency) {
-            return Err(ApiError::new(
-                Rc::TooManyPrompts,
-                format!(
-                    "Parallel requests ({}) exceeded user limit ({}).",
-                    waiting + u64::from(n),
-                    user.concurrency
-                ),
-            ));
-        }
-        Ok(())
     }
 
     /// The operator's daily quota of texts and tokens (429 with `Retry-After` until the next
@@ -222,7 +185,7 @@ impl AppState {
 
     /// `GET /generate/text/status/{id}`: the light status with the finished texts.
     pub async fn text_request_status(&self, id: &str) -> ApiResult<TextRequestStatus> {
-        let id = parse_text_request_id(id)?;
+        let id = parse_request_id(id)?;
         self.load_request::<Text>(id).await?;
         let (request, position, tokens_ahead) = self.live_text.read(|queue| {
             let request = queue.get(id).ok_or_else(|| not_found(id))?;
@@ -307,16 +270,7 @@ impl AppState {
     /// status as it was before the cancel, as the public horde does.
     pub async fn cancel_text_request(&self, id: &str) -> ApiResult<TextRequestStatus> {
         let before = self.text_request_status(id).await?;
-        self.cancel::<Text>(parse_text_request_id(id)?).await?;
+        self.cancel::<Text>(parse_request_id(id)?).await?;
         Ok(before)
     }
-}
-
-fn parse_text_request_id(id: &str) -> ApiResult<Uuid> {
-    Uuid::parse_str(id).map_err(|_| {
-        ApiError::new(
-            Rc::RequestNotFound,
-            format!("Request with ID '{id}' not found."),
-        )
-    })
 }

@@ -15,7 +15,7 @@ use horde_api::worker::{
 };
 use horde_api::Rc;
 use horde_core::accounts::{
-    uptime_reward, TextWorkerFlags, User, Worker, WorkerFlags, UPTIME_REWARD_INTERVAL_SECS,
+    uptime_reward, KindFlags, User, Worker, WorkerFlags, UPTIME_REWARD_INTERVAL_SECS,
 };
 use horde_core::{Reputation, ReputationRules, WorkerCaps};
 use std::collections::HashMap;
@@ -78,6 +78,22 @@ impl WorkerEntry {
         }
     }
 
+    /// The alchemy matching view of this worker: its forms and `max_tiles`.
+    pub fn alchemist_caps(&self) -> horde_core::alchemy::AlchemistCaps {
+        let w = &self.worker;
+        horde_core::alchemy::AlchemistCaps {
+            worker_id: w.id,
+            owner_id: w.user_id,
+            owner_trusted: self.owner_trusted,
+            forms: w.flags.models.clone(),
+            max_tiles: w.flags.alchemy.as_ref().map_or(0, |a| a.max_tiles),
+            amount: self.amount,
+            priority_user_ids: self.priority_user_ids.clone(),
+            maintenance: w.maintenance,
+            speed_fps: (w.reputation.busy_secs > 0.0).then(|| w.reputation.average_speed_mps()),
+        }
+    }
+
     /// The matching view of this worker.
     pub fn caps(&self) -> WorkerCaps {
         let w = &self.worker;
@@ -119,9 +135,11 @@ impl WorkerEntry {
         let w = &self.worker;
         let r = &w.reputation;
         let text = w.flags.text.as_ref();
-        let performance = match text {
-            Some(_) => format!("{:.1} tokens per second", r.average_speed_mps()),
-            None => format!("{:.1} megapixelsteps per second", r.average_speed_mps()),
+        let alchemist = w.flags.alchemy.is_some();
+        let performance = match (text, alchemist) {
+            (Some(_), _) => format!("{:.1} tokens per second", r.average_speed_mps()),
+            (None, true) => format!("{:.2} forms per second", r.average_speed_mps()),
+            (None, false) => format!("{:.1} megapixelsteps per second", r.average_speed_mps()),
         };
         WorkerDetails {
             kind: w.kind().into(),
@@ -158,6 +176,7 @@ impl WorkerEntry {
             sdxl_controlnet: w.flags.allow_sdxl_controlnet,
             max_length: text.map(|t| t.max_length),
             max_context_length: text.map(|t| t.max_context_length),
+            forms: alchemist.then(|| w.flags.models.clone()),
             reputation: Some(reputation_details(r, w.uptime, rules)),
         }
     }
@@ -189,7 +208,7 @@ fn reputation_details(r: &Reputation, uptime: u64, rules: &ReputationRules) -> W
 }
 
 /// A worker as its first pop declares it, owned by `user_id`.
-fn new_worker(user_id: i64, pop: &PopRequest, text: Option<&TextWorkerFlags>, now: i64) -> Worker {
+fn new_worker(user_id: i64, pop: &PopRequest, kind: &KindFlags, now: i64) -> Worker {
     Worker {
         id: Uuid::new_v4(),
         user_id,
@@ -201,7 +220,7 @@ fn new_worker(user_id: i64, pop: &PopRequest, text: Option<&TextWorkerFlags>, no
         threads: pop.threads,
         max_pixels: pop.max_pixels,
         nsfw: pop.nsfw,
-        flags: flags_of(pop, text),
+        flags: flags_of(pop, kind),
         maintenance: false,
         maintenance_msg: None,
         paused: false,
@@ -213,9 +232,9 @@ fn new_worker(user_id: i64, pop: &PopRequest, text: Option<&TextWorkerFlags>, no
     }
 }
 
-/// Whether `pop` (with `text`, a text worker's own declaration) declares what `worker`
+/// Whether `pop` (with `kind`, a text worker's or alchemist's own declaration) declares what `worker`
 /// declared at its last check-in.
-fn declares_the_same(worker: &Worker, pop: &PopRequest, text: Option<&TextWorkerFlags>) -> bool {
+fn declares_the_same(worker: &Worker, pop: &PopRequest, kind: &KindFlags) -> bool {
     let f = &worker.flags;
     let blacklist = pop.blacklist.iter().take(200).map(|w| w.chars().take(15));
     f.models == pop.models
@@ -233,7 +252,8 @@ fn declares_the_same(worker: &Worker, pop: &PopRequest, text: Option<&TextWorker
         && f.control_types == pop.control_types
         && f.control_map_types == pop.control_map_types
         && f.allow_sdxl_controlnet == pop.allow_sdxl_controlnet
-        && f.text.as_ref() == text
+        && f.text == kind.text
+        && f.alchemy == kind.alchemy
         && f.require_upfront_kudos == pop.require_upfront_kudos
         && f.extra_slow_worker == pop.extra_slow_worker
         && f.limit_max_steps == pop.limit_max_steps
@@ -243,7 +263,7 @@ fn declares_the_same(worker: &Worker, pop: &PopRequest, text: Option<&TextWorker
         && worker.bridge_agent == pop.bridge_agent
 }
 
-fn flags_of(pop: &PopRequest, text: Option<&TextWorkerFlags>) -> WorkerFlags {
+fn flags_of(pop: &PopRequest, kind: &KindFlags) -> WorkerFlags {
     WorkerFlags {
         models: pop.models.clone(),
         blacklist: pop
@@ -261,11 +281,45 @@ fn flags_of(pop: &PopRequest, text: Option<&TextWorkerFlags>) -> WorkerFlags {
         control_types: pop.control_types.clone(),
         control_map_types: pop.control_map_types.clone(),
         allow_sdxl_controlnet: pop.allow_sdxl_controlnet,
-        text: text.cloned(),
+        text: kind.text.clone(),
+        alchemy: kind.alchemy.clone(),
         require_upfront_kudos: pop.require_upfront_kudos,
         extra_slow_worker: pop.extra_slow_worker,
         limit_max_steps: pop.limit_max_steps,
     }
+}
+
+/// The kind a pop declares, as `Worker::kind` names it.
+fn kind_name(kind: &KindFlags) -> &'static str {
+    match (&kind.text, &kind.alchemy) {
+        (Some(_), _) => "text",
+        (None, Some(_)) => "interrogation",
+        (None, None) => "image",
+    }
+}
+
+/// Refuses a pop by a flagged owner's worker.
+pub(crate) fn refuse_flagged_owner(owner: &User) -> ApiResult<()> {
+    if owner.flagged {
+        return Err(ApiError::new(
+            Rc::WorkerFlaggedMaintenance,
+            "Your account is flagged: your workers cannot take jobs.",
+        ));
+    }
+    Ok(())
+}
+
+/// A worker in maintenance that found no job of its owner's is told so (its owner's message,
+/// or the public horde's).
+pub(crate) fn refuse_in_maintenance(entry: &WorkerEntry) -> ApiResult<()> {
+    if !entry.worker.maintenance {
+        return Ok(());
+    }
+    let msg =
+        entry.worker.maintenance_msg.clone().unwrap_or_else(|| {
+            "This worker has been put into maintenance mode by its owner.".into()
+        });
+    Err(ApiError::new(Rc::WorkerMaintenance, msg))
 }
 
 /// Reads `name#id` aliases into user ids.
@@ -284,6 +338,22 @@ fn priority_ids(owner: i64, aliases: &[String]) -> ApiResult<Vec<i64>> {
 }
 
 impl AppState {
+    /// Refuses a pop from a worker whose suspicion reached the threshold.
+    pub(crate) fn refuse_suspended(&self, entry: &WorkerEntry) -> ApiResult<()> {
+        let reputation = &entry.worker.reputation;
+        if reputation.is_suspended(&self.config.workers.reputation_rules()) {
+            return Err(ApiError::new(
+                Rc::WorkerFlaggedMaintenance,
+                format!(
+                    "This worker is suspended: its suspicion is {} (threshold {}). See \
+                     /api/v2/workers/{} for the reasons; a moderator must clear it.",
+                    reputation.suspicion, self.config.workers.suspicion_threshold, entry.worker.id
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Loads every known worker into the registry (at start).
     pub async fn load_workers(&self) -> Result<(), horde_store::StoreError> {
         let workers = self.store.workers_seen_since(0).await?;
@@ -366,18 +436,19 @@ impl AppState {
         Ok(())
     }
 
-    /// Finds or registers the worker named in a pop, and records its check-in. `text` is what a
-    /// text worker declares beyond an image pop's fields (`None`: an image worker); a name
-    /// already registered for the other kind is refused (`PolymorphicNameConflict`).
+    /// Finds or registers the worker named in a pop, and records its check-in. `kind` is what a
+    /// text worker or an alchemist declares beyond an image pop's fields (nothing: an image
+    /// worker); a name already registered for another kind is refused
+    /// (`PolymorphicNameConflict`).
     pub async fn check_in(
         &self,
         user: &User,
         pop: &PopRequest,
-        text: Option<&TextWorkerFlags>,
+        kind: &KindFlags,
     ) -> ApiResult<WorkerEntry> {
         let now = now();
         let priority_user_ids = priority_ids(user.id, &pop.priority_usernames)?;
-        if let Some(entry) = self.check_in_in_memory(user, pop, text, &priority_user_ids, now) {
+        if let Some(entry) = self.check_in_in_memory(user, pop, kind, &priority_user_ids, now) {
             return Ok(entry);
         }
         let existing = self
@@ -398,7 +469,7 @@ impl AppState {
                     "Wrong credentials to submit as this worker.",
                 ));
             }
-            Some(entry) if entry.worker.flags.text.is_some() != text.is_some() => {
+            Some(entry) if entry.worker.kind() != kind_name(kind) => {
                 return Err(ApiError::new(
                     Rc::PolymorphicNameConflict,
                     format!(
@@ -409,10 +480,10 @@ impl AppState {
                 ));
             }
             Some(entry) => entry,
-            None => self.register_worker(user, pop, text, now).await?,
+            None => self.register_worker(user, pop, kind, now).await?,
         };
-        let flags = flags_of(pop, text);
-        let declared_changed = !declares_the_same(&entry.worker, pop, text);
+        let flags = flags_of(pop, kind);
+        let declared_changed = !declares_the_same(&entry.worker, pop, kind);
         let elapsed = now - entry.worker.last_check_in;
         if entry
             .worker
@@ -464,7 +535,7 @@ impl AppState {
         &self,
         user: &User,
         pop: &PopRequest,
-        text: Option<&TextWorkerFlags>,
+        kind: &KindFlags,
         priority_user_ids: &[i64],
         now: i64,
     ) -> Option<WorkerEntry> {
@@ -475,7 +546,7 @@ impl AppState {
             let w = &live.worker;
             let same = w.user_id == user.id
                 && w.is_online(now, window)
-                && declares_the_same(w, pop, text)
+                && declares_the_same(w, pop, kind)
                 && now - live.persisted_check_in < CHECK_IN_WRITE_INTERVAL_SECS;
             if !same {
                 return None;
@@ -544,7 +615,7 @@ impl AppState {
         &self,
         user: &User,
         pop: &PopRequest,
-        text: Option<&TextWorkerFlags>,
+        kind: &KindFlags,
         now: i64,
     ) -> ApiResult<WorkerEntry> {
         refuse_profanity(&pop.name, Rc::ProfaneWorkerName, "worker name")?;
@@ -553,7 +624,7 @@ impl AppState {
             .workers
             .read(|registry| registry.count_of_user(user.id));
         horde_core::user_rules::check_new_worker(user, owned).map_err(crate::error::refused)?;
-        let worker = new_worker(user.id, pop, text, now);
+        let worker = new_worker(user.id, pop, kind, now);
         self.store
             .insert_worker(&worker)
             .await
@@ -821,8 +892,8 @@ mod tests {
         pop.blacklist = (0..250)
             .map(|i| format!("a-very-long-blacklisted-word-{i}"))
             .collect();
-        let worker = new_worker(1, &pop, None, 0);
-        assert!(declares_the_same(&worker, &pop, None));
+        let worker = new_worker(1, &pop, &KindFlags::default(), 0);
+        assert!(declares_the_same(&worker, &pop, &KindFlags::default()));
         let changes: [fn(&mut PopRequest); 6] = [
             |p| p.models.push("SDXL 1.0".into()),
             |p| p.blacklist[3] = "other".into(),
@@ -834,12 +905,15 @@ mod tests {
         for change in changes {
             let mut changed = pop.clone();
             change(&mut changed);
-            assert!(!declares_the_same(&worker, &changed, None), "{changed:?}");
+            assert!(
+                !declares_the_same(&worker, &changed, &KindFlags::default()),
+                "{changed:?}"
+            );
         }
         let mut longer = pop.clone();
         longer.blacklist.push("beyond the 200 kept".into());
         assert!(
-            declares_the_same(&worker, &longer, None),
+            declares_the_same(&worker, &longer, &KindFlags::default()),
             "words past the 200th are not kept"
         );
     }

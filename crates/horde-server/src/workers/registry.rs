@@ -30,6 +30,8 @@ pub struct Workers {
     speeds: Mutex<ModelPerformance>,
     /// The recent speeds of text models, in tokens a second.
     text_speeds: Mutex<ModelPerformance>,
+    /// The recent speeds of alchemy forms, in forms a second.
+    alchemy_speeds: Mutex<ModelPerformance>,
 }
 
 impl Workers {
@@ -41,6 +43,7 @@ impl Workers {
             matching_cache: Mutex::new(None),
             speeds: Mutex::new(ModelPerformance::default()),
             text_speeds: Mutex::new(ModelPerformance::default()),
+            alchemy_speeds: Mutex::new(ModelPerformance::default()),
         }
     }
 
@@ -105,6 +108,14 @@ impl Workers {
             .lock()
             .expect("text speeds lock")
             .record(model, now, tokens_per_sec);
+    }
+
+    /// Notes a finished form's speed.
+    pub fn record_alchemy_speed(&self, form: &str, now: i64, forms_per_sec: f64) {
+        self.alchemy_speeds
+            .lock()
+            .expect("alchemy speeds lock")
+            .record(form, now, forms_per_sec);
     }
 
     /// `f` of the recent text speeds by model (tokens a second).
@@ -184,7 +195,12 @@ impl WorkerRegistry {
     }
     /// The online image workers: what image matching, wait estimates and image figures see.
     pub fn online_image(&self, now: i64) -> impl Iterator<Item = &WorkerEntry> {
-        self.online(now).filter(|e| e.worker.flags.text.is_none())
+        self.online(now).filter(|e| e.worker.kind() == "image")
+    }
+    /// The online alchemists.
+    pub fn online_alchemists(&self, now: i64) -> impl Iterator<Item = &WorkerEntry> {
+        self.online(now)
+            .filter(|e| e.worker.flags.alchemy.is_some())
     }
     /// The online text workers.
     pub fn online_text(&self, now: i64) -> impl Iterator<Item = &WorkerEntry> {

@@ -107,6 +107,32 @@ async fn every_endpoint_answers_each_kind_of_caller_as_it_should() {
         .await
         .unwrap();
     let text_job_id = text_job["id"].as_str().expect("a text job").to_string();
+    // An interrogation by the user, a form of it popped by the owner's alchemist.
+    let interrogation = http()
+        .post(format!("{}/api/v2/interrogate/async", app.root))
+        .header("apikey", &keys[1])
+        .json(&json!({"forms": [{"name": "caption"}, {"name": "nsfw"}], "source_image": "https://example.com/a.png"}))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap()["id"]
+        .as_str()
+        .expect("an interrogation id")
+        .to_string();
+    let alchemy_pop = json!({"name": "owned alchemist", "forms": ["caption", "nsfw"]});
+    let form: Value = http()
+        .post(format!("{}/api/v2/interrogate/pop", app.root))
+        .header("apikey", &keys[4])
+        .json(&alchemy_pop)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let form_id = form["forms"][0]["id"].as_str().expect("a form").to_string();
     let shared = owner
         .create_shared_key(&serde_json::from_value(json!({"kudos": 10})).unwrap())
         .await
@@ -254,6 +280,34 @@ async fn every_endpoint_answers_each_kind_of_caller_as_it_should() {
             Some(json!({"id": text_job_id, "generation": "a text", "state": "ok"})),
             only_owner,
         ),
+        // Interrogations: anyone may ask; anyone with the id may follow or cancel it; only the
+        // alchemist's owner pops as it and submits its forms.
+        row(
+            "POST",
+            "/api/v2/interrogate/async".into(),
+            Some(
+                json!({"forms": [{"name": "caption"}], "source_image": "https://example.com/a.png"}),
+            ),
+            [202; 5],
+        ),
+        row(
+            "GET",
+            format!("/api/v2/interrogate/status/{interrogation}"),
+            None,
+            everyone,
+        ),
+        row(
+            "POST",
+            "/api/v2/interrogate/pop".into(),
+            Some(alchemy_pop.clone()),
+            only_owner,
+        ),
+        row(
+            "POST",
+            "/api/v2/interrogate/submit".into(),
+            Some(json!({"id": form_id, "result": {"caption": "a cat"}})),
+            only_owner,
+        ),
         row("GET", "/api/v2/stats/text/totals".into(), None, everyone),
         row("GET", "/api/v2/stats/text/models".into(), None, everyone),
         row(
@@ -321,6 +375,12 @@ async fn every_endpoint_answers_each_kind_of_caller_as_it_should() {
         row(
             "DELETE",
             format!("/api/v2/generate/text/status/{text_request}"),
+            None,
+            everyone,
+        ),
+        row(
+            "DELETE",
+            format!("/api/v2/interrogate/status/{interrogation}"),
             None,
             everyone,
         ),

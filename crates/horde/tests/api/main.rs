@@ -25,6 +25,7 @@ mod filters;
 mod fuzz_corpus;
 mod helpers;
 mod img2img;
+mod interrogate;
 mod lifecycle;
 mod limits;
 mod loras;

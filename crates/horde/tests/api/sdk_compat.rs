@@ -1,6 +1,7 @@
 //! Compatibility with a client no one here wrote: the Python `horde-sdk` from PyPI drives one
 //! image request as a client and as a worker, base64 and R2, and one text request (async, pop,
-//! submit, status, cancel), against the real `horde` binary;
+//! submit, status, cancel) and one interrogation (a caption form: async, pop, the source
+//! downloaded, submit, status, cancel), against the real `horde` binary;
 //! then every endpoint's answer is parsed by the SDK's response models, in its normal mode and
 //! in its strict mode (unknown fields forbidden but for our documented additions).
 //! `compat/horde_sdk/setup.sh` installs the pinned SDK into a venv (`.ci/run` runs it first).
@@ -40,6 +41,10 @@ fn horde_sdk_drives_a_full_image_request() {
     assert!(stdout.contains("r2=False") && stdout.contains("r2=True"));
     assert!(
         stdout.contains("PASSED: one text request round-tripped through horde-sdk"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("PASSED: one interrogation round-tripped through horde-sdk"),
         "{stdout}"
     );
     for mode in ["normal", "strict"] {

@@ -596,3 +596,49 @@ async fn text_endpoints_are_rate_limited_as_the_public_horde_limits_them() {
     assert_eq!(last, 429);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_text_model_reference_is_read_from_a_file_and_reloaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("db.json");
+    let one = json!({"test/Custom-7B": {"baseline": "llama", "parameters": 7_000_000_000_u64, "nsfw": false}});
+    std::fs::write(&file, one.to_string()).unwrap();
+    let path = file.to_string_lossy().into_owned();
+    let app = spawn_app_with(|c| c.text.reference = path).await;
+    let requester = caller(&app, "reader", 100.0).await;
+    let ask =
+        |model: &str| json!({"prompt": "q", "models": [model], "params": {"max_length": 100}});
+    let (code, priced) = requester
+        .post("/api/v2/generate/text/async", ask("test/Custom-7B"))
+        .await;
+    assert_eq!(code, 202, "{priced}");
+    // 100 tokens × 7 (7B) × 3.4 / 100 = 23.8, reported whole.
+    assert_eq!(priced["kudos"], json!(24.0));
+    let (code, refused) = requester
+        .post("/api/v2/generate/text/async", ask(MODEL))
+        .await;
+    assert_eq!(
+        (code, refused["rc"].as_str()),
+        (400, Some("UnsupportedModel")),
+        "the built-in reference is not read when a file is named"
+    );
+
+    let mut two = one.clone();
+    two["test/Other-13B"] = json!({"baseline": "llama", "parameters": "13000000000"});
+    std::fs::write(&file, two.to_string()).unwrap();
+    assert!(app.state.reload_models().await);
+    let (code, _) = requester
+        .post("/api/v2/generate/text/async", ask("test/Other-13B"))
+        .await;
+    assert_eq!(code, 202, "the reloaded reference knows the new model");
+    std::fs::write(&file, "not json").unwrap();
+    assert!(
+        !app.state.reload_models().await,
+        "a broken file is not loaded"
+    );
+    let (code, _) = requester
+        .post("/api/v2/generate/text/async", ask("test/Other-13B"))
+        .await;
+    assert_eq!(code, 202, "a failed reload keeps the loaded reference");
+    app.stop().await;
+}
