@@ -21,6 +21,20 @@ struct Row {
     expect: [u16; 5],
 }
 
+/// POSTs `body` to `path` as the caller with `key`; the answer's JSON.
+async fn post_json(app: &TestApp, key: &str, path: &str, body: Value) -> Value {
+    http()
+        .post(format!("{}{path}", app.root))
+        .header("apikey", key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 fn row(method: &'static str, path: String, body: Option<Value>, expect: [u16; 5]) -> Row {
     Row {
         method,
@@ -66,72 +80,57 @@ async fn every_endpoint_answers_each_kind_of_caller_as_it_should() {
         .unwrap()
         .id
         .unwrap();
-    let batch: Value = http()
-        .post(format!("{}/api/v2/generate/batch", app.root))
-        .header("apikey", &keys[1])
-        .json(&json!({"prompts": [{"prompt": "a"}, {"prompt": "b"}], "params": {"steps": 10}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let batch = post_json(
+        &app,
+        &keys[1],
+        "/api/v2/generate/batch",
+        json!({"prompts": [{"prompt": "a"}, {"prompt": "b"}], "params": {"steps": 10}}),
+    )
+    .await;
     let batch = batch["id"].as_str().expect("a batch id").to_string();
     let job = owner.pop(&pop_request("owned worker")).await.unwrap();
     let job_id = job.id.clone().unwrap();
     let worker_id = owner.worker_by_name("owned worker").await.unwrap().id;
     // A text request by the user, popped by the owner's text worker.
-    let text_request = http()
-        .post(format!("{}/api/v2/generate/text/async", app.root))
-        .header("apikey", &keys[1])
-        .json(&json!({"prompt": "owned", "params": {"n": 2}, "models": [TEXT_MODEL]}))
-        .send()
-        .await
-        .unwrap()
-        .json::<Value>()
-        .await
-        .unwrap()["id"]
+    let text_request = post_json(
+        &app,
+        &keys[1],
+        "/api/v2/generate/text/async",
+        json!({"prompt": "owned", "params": {"n": 2}, "models": [TEXT_MODEL]}),
+    )
+    .await["id"]
         .as_str()
         .expect("a text request id")
         .to_string();
     let text_pop = json!({"name": "owned text worker", "models": [TEXT_MODEL],
                           "bridge_agent": "KoboldCppEmbedWorker:2:https://github.com/LostRuins/koboldcpp"});
-    let text_job: Value = http()
-        .post(format!("{}/api/v2/generate/text/pop", app.root))
-        .header("apikey", &keys[4])
-        .json(&text_pop)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let text_job = post_json(
+        &app,
+        &keys[4],
+        "/api/v2/generate/text/pop",
+        text_pop.clone(),
+    )
+    .await;
     let text_job_id = text_job["id"].as_str().expect("a text job").to_string();
     // An interrogation by the user, a form of it popped by the owner's alchemist.
-    let interrogation = http()
-        .post(format!("{}/api/v2/interrogate/async", app.root))
-        .header("apikey", &keys[1])
-        .json(&json!({"forms": [{"name": "caption"}, {"name": "nsfw"}], "source_image": "https://example.com/a.png"}))
-        .send()
-        .await
-        .unwrap()
-        .json::<Value>()
-        .await
-        .unwrap()["id"]
+    let interrogation = post_json(
+        &app,
+        &keys[1],
+        "/api/v2/interrogate/async",
+        json!({"forms": [{"name": "caption"}, {"name": "nsfw"}], "source_image": "https://example.com/a.png"}),
+    )
+    .await["id"]
         .as_str()
         .expect("an interrogation id")
         .to_string();
     let alchemy_pop = json!({"name": "owned alchemist", "forms": ["caption", "nsfw"]});
-    let form: Value = http()
-        .post(format!("{}/api/v2/interrogate/pop", app.root))
-        .header("apikey", &keys[4])
-        .json(&alchemy_pop)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let form = post_json(
+        &app,
+        &keys[4],
+        "/api/v2/interrogate/pop",
+        alchemy_pop.clone(),
+    )
+    .await;
     let form_id = form["forms"][0]["id"].as_str().expect("a form").to_string();
     let shared = owner
         .create_shared_key(&serde_json::from_value(json!({"kudos": 10})).unwrap())
