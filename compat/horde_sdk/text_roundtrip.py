@@ -33,9 +33,8 @@ for _var in ("AI_HORDE_DEV_URL", "AI_HORDE_DEV_APIKEY", "TESTS_ONGOING", "HORDE_
     os.environ.pop(_var, None)
 
 import requests  # noqa: E402
-from loguru import logger  # noqa: E402
+from sdk_calls import LAST, CheckFailed, call, expect, main  # noqa: E402
 
-from horde_sdk.ai_horde_api.ai_horde_clients import AIHordeAPIManualClient  # noqa: E402
 from horde_sdk.ai_horde_api.apimodels import (  # noqa: E402
     DeleteTextGenerateRequest,
     ModelGenerationInputKobold,
@@ -50,57 +49,13 @@ from horde_sdk.ai_horde_api.apimodels import (  # noqa: E402
     TextStatsModelsTotalRequest,
     TextStatsModelsTotalResponse,
 )
-from horde_sdk.generic_api.apimodels import RequestErrorResponse  # noqa: E402
 
-logger.remove()
-logger.add(sys.stderr, level="WARNING")
 
 MODEL = "koboldcpp/Marx-3B-V3"
 WORKER = "sdk-text-worker"
 BRIDGE_AGENT = "KoboldCppEmbedWorker:2:https://github.com/LostRuins/koboldcpp"
 PROMPT = "The lighthouse keeper opened the door and"
 TEXT = " saw the sea had gone quiet, as if it were listening for someone."
-
-LAST: list[requests.Response] = []
-_send = requests.sessions.Session.send
-
-
-def _recording_send(self, request, **kwargs):  # type: ignore[no-untyped-def]
-    response = _send(self, request, **kwargs)
-    LAST[:] = [response]
-    return response
-
-
-requests.sessions.Session.send = _recording_send  # type: ignore[method-assign]
-CLIENT = AIHordeAPIManualClient()
-
-
-class CheckFailed(Exception):
-    pass
-
-
-def exchange() -> str:
-    if not LAST:
-        return "  (no HTTP exchange)"
-    r = LAST[0]
-    return f"  {r.request.method} {r.request.url} -> {r.status_code}\n  body: {r.text[:2000]}"
-
-
-def expect(cond: bool, what: str) -> None:
-    if not cond:
-        raise CheckFailed(f"{what}\n{exchange()}")
-    print(f"   ok  {what}", flush=True)
-
-
-def call(request, expected):  # type: ignore[no-untyped-def]
-    try:
-        response = CLIENT.submit_request(request, expected)
-    except Exception as e:
-        raise CheckFailed(f"horde-sdk raised {type(e).__name__}: {e}\n{exchange()}") from e
-    if isinstance(response, RequestErrorResponse) or not isinstance(response, expected):
-        raise CheckFailed(f"{type(request).__name__}: {response}\n{exchange()}")
-    return response
-
 
 def run() -> None:
     key = ARGS.apikey
@@ -145,8 +100,4 @@ def run() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        run()
-    except CheckFailed as e:
-        print(f"FAILED: {e}", flush=True)
-        sys.exit(1)
+    main(run)
