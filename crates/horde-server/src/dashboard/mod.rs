@@ -395,7 +395,11 @@ fn workers_table(html: &mut String, workers: &[Seen], view: &WorkersView) {
             (true, true) => "in maintenance".to_string(),
             (false, _) => format!("seen {} ago", duration((now - seen).max(0) as u64)),
         };
-        let unit = if w.kind == "text" { "tokens/s" } else { "MPS" };
+        let unit = match w.kind.as_str() {
+            "text" => "tokens/s",
+            "interrogation" => "forms/s",
+            _ => "MPS",
+        };
         let _ = writeln!(
             html,
             "<tr><td>{}</td><td>{status}</td><td class=\"n\">{speed:.2} {unit}</td><td class=\"n\">{}</td>\
