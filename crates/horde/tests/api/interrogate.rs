@@ -385,3 +385,80 @@ async fn refusals_faults_and_cancels_of_interrogations() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn interrogations_are_durable_taken_back_when_late_and_swept() {
+    let app = spawn_app_with(|c| {
+        c.requests.idle_expiry_secs = 3600;
+        c.requests.retention_secs = 60;
+    })
+    .await;
+    let requester = key_of(&app, "curious", 100.0).await;
+    let image = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        webp(64, 64, [200, 10, 10], [10, 10, 200]),
+    );
+    let (_, accepted) = call(
+        &app,
+        &requester,
+        reqwest::Method::POST,
+        "/api/v2/interrogate/async",
+        Some(json!({"forms": [{"name": "caption"}], "source_image": image})),
+    )
+    .await;
+    let id = accepted["id"].as_str().unwrap().to_string();
+    let app = app.restart().await;
+    let alchemist = key_of(&app, "alchemist", 0.0).await;
+    let status_path = format!("/api/v2/interrogate/status/{id}");
+    let (code, kept) = call(&app, &requester, reqwest::Method::GET, &status_path, None).await;
+    assert_eq!(
+        (code, kept["state"].as_str()),
+        (200, Some("waiting")),
+        "{kept}"
+    );
+
+    let (_, popped) = call(
+        &app,
+        &alchemist,
+        reqwest::Method::POST,
+        "/api/v2/interrogate/pop",
+        Some(pop("slow", &["caption"])),
+    )
+    .await;
+    let source = popped["forms"][0]["source_image"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        http().get(&source).send().await.unwrap().status().as_u16(),
+        200,
+        "the stored source outlived the restart"
+    );
+    // Past the public horde's 3 minutes the form goes back to the queue.
+    let now = horde_server::clock::now();
+    horde_server::sweeper::step(&app.state, now + 200).await;
+    let (_, back) = call(&app, &requester, reqwest::Method::GET, &status_path, None).await;
+    assert_eq!(back["forms"][0]["state"], "waiting", "{back}");
+    let (_, again) = call(
+        &app,
+        &alchemist,
+        reqwest::Method::POST,
+        "/api/v2/interrogate/pop",
+        Some(pop("fast", &["caption"])),
+    )
+    .await;
+    call(
+        &app,
+        &alchemist,
+        reqwest::Method::POST,
+        "/api/v2/interrogate/submit",
+        Some(json!({"id": again["forms"][0]["id"], "result": {"caption": "a flag"}})),
+    )
+    .await;
+    let (_, done) = call(&app, &requester, reqwest::Method::GET, &status_path, None).await;
+    assert_eq!(done["state"], "done");
+    horde_server::sweeper::step(&app.state, horde_server::clock::now() + 120).await;
+    let (code, gone) = call(&app, &requester, reqwest::Method::GET, &status_path, None).await;
+    assert_eq!((code, gone["rc"].as_str()), (404, Some("RequestNotFound")));
+    app.stop().await;
+}
