@@ -13,6 +13,10 @@ use horde_api::image::{
     AsyncResponse, ImageRequest, PopRequest, PopResponse, RequestStatus, RequestStatusCheck,
     SubmitRequest, SubmitResponse,
 };
+use horde_api::interrogation::{
+    InterrogationAsyncResponse, InterrogationPopRequest, InterrogationPopResponse,
+    InterrogationRequest, InterrogationStatus, InterrogationSubmitRequest,
+};
 use horde_api::shared_key::{SharedKeyDetails, SharedKeyInput, SharedKeyPatch};
 use horde_api::status::{ActiveModel, Heartbeat, HordePerformance};
 use horde_api::text::{
@@ -404,6 +408,38 @@ impl Client {
     /// A text worker's result (`POST /generate/text/submit`); the answer is its `{reward}`.
     pub async fn text_submit(&self, submit: &TextSubmitRequest) -> Result<SubmitResponse> {
         self.call(Method::POST, "/generate/text/submit", Some(submit))
+            .await
+    }
+
+    /// Queues an interrogation (`POST /interrogate/async`): forms run on one image.
+    pub async fn interrogate_async(
+        &self,
+        request: &InterrogationRequest,
+    ) -> Result<InterrogationAsyncResponse> {
+        self.call(Method::POST, "/interrogate/async", Some(request))
+            .await
+    }
+
+    /// An interrogation's forms with their states and results.
+    pub async fn interrogate_status(&self, id: &str) -> Result<InterrogationStatus> {
+        let path = format!("/interrogate/status/{id}");
+        self.call(Method::GET, &path, None::<&()>).await
+    }
+
+    /// An alchemist's pop (`POST /interrogate/pop`).
+    pub async fn interrogate_pop(
+        &self,
+        pop: &InterrogationPopRequest,
+    ) -> Result<InterrogationPopResponse> {
+        self.call(Method::POST, "/interrogate/pop", Some(pop)).await
+    }
+
+    /// An alchemist's result (`POST /interrogate/submit`); the answer is its `{reward}`.
+    pub async fn interrogate_submit(
+        &self,
+        submit: &InterrogationSubmitRequest,
+    ) -> Result<SubmitResponse> {
+        self.call(Method::POST, "/interrogate/submit", Some(submit))
             .await
     }
 

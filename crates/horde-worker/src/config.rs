@@ -71,6 +71,21 @@ pub struct WorkerConfig {
     /// Text: the name the text worker pops as (names are unique across kinds on the horde).
     /// Empty: `name` with `-text` appended.
     pub text_name: String,
+    /// Alchemy: the forms this worker offers as an alchemist: `nsfw` (needs `safety_checker`),
+    /// `interrogation` (needs `clip`), `caption` (needs `blip`) and post-processors of
+    /// `post_processors`. Empty: no alchemist.
+    pub alchemy_forms: Vec<String>,
+    /// The Stable Diffusion safety checker's folder (`config.json`, `model.safetensors`): the
+    /// `nsfw` form, and the censor of images of requests that ask for it (`use_nsfw_censor`).
+    pub safety_checker: Option<PathBuf>,
+    /// Alchemy: a CLIP ViT-L/14 folder in transformers' layout, for the `interrogation` form.
+    pub clip: Option<PathBuf>,
+    /// Alchemy: a BLIP captioning folder in transformers' layout, for the `caption` form.
+    pub blip: Option<PathBuf>,
+    /// Alchemy: the most 512×512 tiles of a source image taken (1 to 256).
+    pub max_tiles: u32,
+    /// Alchemy: the name the alchemist pops as. Empty: `name` with `-alchemy` appended.
+    pub alchemy_name: String,
 }
 
 impl Default for WorkerConfig {
@@ -105,6 +120,12 @@ impl Default for WorkerConfig {
             max_length: 512,
             max_context_length: 2048,
             text_name: String::new(),
+            alchemy_forms: vec![],
+            safety_checker: None,
+            clip: None,
+            blip: None,
+            max_tiles: 16,
+            alchemy_name: String::new(),
         }
     }
 }
@@ -136,8 +157,8 @@ impl WorkerConfig {
         if !missing.is_empty() {
             return Err(format!("missing settings: {}", missing.join(", ")));
         }
-        if !self.serves_images() && !self.serves_text() {
-            return Err("this worker serves nothing: give image models (a [models] table, \"AI Horde model name\" = \"path/to/checkpoint.safetensors\", or --model), text models (a [text_models] table, \"AI Horde model name\" = \"path/to/model.gguf\", or --text-model) or an inference server to forward text jobs to ([text_bridge] with url, api and name, or --text-bridge-url)".into());
+        if !self.serves_images() && !self.serves_text() && !self.serves_alchemy() {
+            return Err("this worker serves nothing: give image models (a [models] table, \"AI Horde model name\" = \"path/to/checkpoint.safetensors\", or --model), text models (a [text_models] table, \"AI Horde model name\" = \"path/to/model.gguf\", or --text-model), an inference server to forward text jobs to ([text_bridge] with url, api and name, or --text-bridge-url) or alchemy forms (alchemy_forms, or --alchemy-form)".into());
         }
         if self.amount == 0 || self.threads == 0 {
             return Err("amount and threads must be at least 1".into());
@@ -152,7 +173,67 @@ impl WorkerConfig {
         if self.serves_text() {
             self.validate_text()?;
         }
+        if self.serves_alchemy() {
+            self.validate_alchemy()?;
+        }
         Ok(())
+    }
+
+    /// The alchemy settings: each form known and its network configured, `max_tiles` in range.
+    fn validate_alchemy(&self) -> Result<(), String> {
+        if !(1..=horde_api::interrogation::MAX_TILES).contains(&self.max_tiles) {
+            return Err(format!(
+                "max_tiles {} is not within 1..=256",
+                self.max_tiles
+            ));
+        }
+        for form in &self.alchemy_forms {
+            let needs = match form.as_str() {
+                "nsfw" => self.safety_checker.is_none().then_some("safety_checker"),
+                "interrogation" => self.clip.is_none().then_some("clip"),
+                "caption" => self.blip.is_none().then_some("blip"),
+                _ if horde_api::interrogation::makes_image(form) => {
+                    (!self.post_processors.contains_key(form))
+                        .then_some("a checkpoint in post_processors")
+                }
+                _ => {
+                    return Err(format!(
+                        "alchemy_forms: {form} is not a form of the horde (one of {})",
+                        horde_api::interrogation::forms()
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ))
+                }
+            };
+            if let Some(setting) = needs {
+                return Err(format!("alchemy_forms: {form} needs {setting}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether alchemy forms are offered.
+    pub fn serves_alchemy(&self) -> bool {
+        !self.alchemy_forms.is_empty()
+    }
+
+    /// The alchemist's name: `alchemy_name`, or `name` with `-alchemy` appended.
+    pub fn effective_alchemy_name(&self) -> String {
+        if self.alchemy_name.is_empty() {
+            format!("{}-alchemy", self.name)
+        } else {
+            self.alchemy_name.clone()
+        }
+    }
+
+    /// The alchemist's `bridge_agent`: `bridge_agent` when set, else ours (no reGen version
+    /// runs alchemy, so the reGen-compatible name is not claimed for it).
+    pub fn alchemy_bridge_agent(&self) -> String {
+        if self.bridge_agent.is_empty() {
+            OWN_BRIDGE_AGENT.into()
+        } else {
+            self.bridge_agent.clone()
+        }
     }
 
     /// The text settings a text worker needs.

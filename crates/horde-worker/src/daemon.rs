@@ -7,10 +7,12 @@
 //! true the loop stops popping, finishes the job in hand and flushes what it owes.
 
 use crate::backend::Backend;
+use crate::censor::{self, Censored};
 use crate::config::WorkerConfig;
 use crate::job::{self, Job, Unrunnable};
 use crate::retry::{self, with_retries};
 use base64::Engine;
+use horde_alchemy::safety::SafetyChecker;
 use horde_api::image::{GenMetadata, PopRequest, SubmitRequest, SubmitState};
 use horde_client::{Client, ClientError};
 use std::sync::{Arc, Mutex};
@@ -40,6 +42,8 @@ pub struct Worker {
     config: WorkerConfig,
     client: Client,
     backend: Arc<dyn Backend>,
+    /// The safety checker that censors the images of jobs asking for it (`crate::censor`).
+    censor: Option<Arc<SafetyChecker>>,
     pending: Mutex<Vec<PendingSubmit>>,
     summary: Mutex<RunSummary>,
 }
@@ -49,12 +53,23 @@ const BACKOFF_CAP: Duration = Duration::from_secs(30);
 
 impl Worker {
     pub fn new(config: WorkerConfig, backend: Arc<dyn Backend>) -> Arc<Self> {
+        Self::with_censor(config, backend, None)
+    }
+
+    /// A worker whose jobs asking for the censor (`use_nsfw_censor`) have each image checked by
+    /// `censor`, a flagged one replaced and submitted as censored.
+    pub fn with_censor(
+        config: WorkerConfig,
+        backend: Arc<dyn Backend>,
+        censor: Option<Arc<SafetyChecker>>,
+    ) -> Arc<Self> {
         let client = Client::new(&config.url, config.api_key.clone())
             .with_client_agent(config.effective_bridge_agent());
         Arc::new(Worker {
             config,
             client,
             backend,
+            censor,
             pending: Mutex::new(Vec::new()),
             summary: Mutex::new(RunSummary::default()),
         })
@@ -187,6 +202,7 @@ impl Worker {
             None => None,
         };
         let backend = self.backend.clone();
+        let checker = self.censor.clone().filter(|_| job.use_nsfw_censor);
         let running = job.clone();
         let id = job.ids[0].clone();
         let outcome = tokio::task::spawn_blocking(move || {
@@ -194,11 +210,18 @@ impl Worker {
                 (Some(bytes), Some(order)) => Some(bytes.decode(order)?),
                 _ => None,
             };
-            backend.run(
+            let images = backend.run(
                 &running,
                 source.as_ref(),
                 &mut |done, total| tracing::debug!(job = %running.ids[0], done, total, "step"),
-            )
+            )?;
+            images
+                .into_iter()
+                .map(|webp| match &checker {
+                    Some(checker) => censor::censor_webp(checker, webp),
+                    None => Ok(Censored::Clean(webp)),
+                })
+                .collect::<Result<Vec<_>, _>>()
         })
         .await
         .unwrap_or_else(|e| Err(Unrunnable(format!("the engine crashed: {e}"))));
@@ -209,7 +232,15 @@ impl Worker {
                     job = %id, model = %job.model, size = %format!("{}x{}", g.width, g.height), steps = g.steps, n = images.len(),
                     seconds = format!("{:.1}", started.elapsed().as_secs_f64()), "job done"
                 );
-                for (i, (job_id, webp)) in job.ids.iter().zip(images).enumerate() {
+                for (i, (job_id, checked)) in job.ids.iter().zip(images).enumerate() {
+                    let (webp, state, mut notes) = match checked {
+                        Censored::Clean(webp) => (webp, SubmitState::Ok, vec![]),
+                        Censored::Replaced(webp) => {
+                            tracing::info!(job = %job_id, "image censored (the safety checker flagged it)");
+                            (webp, SubmitState::Censored, vec![censor::censorship_note()])
+                        }
+                    };
+                    notes.extend(job.notes.iter().cloned());
                     let upload = job.uploads.get(i).map(|url| (url.clone(), webp.clone()));
                     let generation = if upload.is_some() {
                         "R2".to_string()
@@ -219,10 +250,10 @@ impl Worker {
                     let submit = SubmitRequest {
                         id: job_id.clone(),
                         generation: Some(generation),
-                        state: SubmitState::Ok,
+                        state,
                         seed: g.seeds.get(i).copied(),
-                        censored: false,
-                        gen_metadata: job.notes.clone(),
+                        censored: state == SubmitState::Censored,
+                        gen_metadata: notes,
                     };
                     self.pending
                         .lock()

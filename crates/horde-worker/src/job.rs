@@ -40,6 +40,8 @@ pub struct Job {
     pub post_processing: Vec<String>,
     /// CodeFormer's fidelity (`facefixer_strength`), when the request gave one.
     pub facefixer_strength: Option<f64>,
+    /// The request asks for NSFW images to be censored (`use_nsfw_censor`; `crate::censor`).
+    pub use_nsfw_censor: bool,
 }
 
 /// Why a job cannot run at all; it is submitted as faulted with this reason.
@@ -138,6 +140,7 @@ fn translate(pop: &PopResponse, ids: &[String]) -> Result<Job, Unrunnable> {
         notes,
         post_processing: p.post_processing,
         facefixer_strength: p.facefixer_strength,
+        use_nsfw_censor: p.use_nsfw_censor.unwrap_or(false),
     })
 }
 

@@ -3,9 +3,13 @@
 //! [`backend::Backend`] — the built-in candle engine of `horde-diffusion` — and submits the
 //! images, surviving network faults ([`daemon`]). A job with a source image has it fetched and
 //! read first ([`source`]). Text jobs are served by [`text`]: GGUF models on the built-in
-//! `horde-text` engine, or forwarded to an inference server the owner runs.
+//! `horde-text` engine, or forwarded to an inference server the owner runs. Alchemy forms
+//! (interrogation, captions, NSFW verdicts, post-processors on an image) are served by
+//! [`alchemy`].
 
+pub mod alchemy;
 pub mod backend;
+pub mod censor;
 pub mod config;
 pub mod control;
 pub mod daemon;

@@ -68,6 +68,9 @@ pub struct Payload {
     /// Return the control map instead of a generation.
     #[serde(deserialize_with = "lenient")]
     pub return_control_map: Option<bool>,
+    /// Censor what the safety checker flags (an SFW request that asks for the censor).
+    #[serde(deserialize_with = "lenient")]
+    pub use_nsfw_censor: Option<bool>,
     /// A pop of several members of a batch of prompts (our coordinator's extension, sent to a
     /// worker that pops with `batch_prompts`): each job's `"positive ### negative"`, in the
     /// order of `ids`; empty otherwise.
@@ -233,6 +236,7 @@ mod tests {
                 control_strength: None,
                 image_is_control: Some(false),
                 return_control_map: Some(false),
+                use_nsfw_censor: Some(false),
                 prompts: vec![],
                 seeds: vec![],
             },

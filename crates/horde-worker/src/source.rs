@@ -79,7 +79,8 @@ impl SourceBytes {
     }
 }
 
-fn decode(what: &str, bytes: &[u8]) -> Result<image::DynamicImage, Unrunnable> {
+/// Reads an image as the coordinator does (size from the header first); the reason names `what`.
+pub fn decode(what: &str, bytes: &[u8]) -> Result<image::DynamicImage, Unrunnable> {
     decode_source_image(bytes).map_err(|e| Unrunnable(format!("the {what} is unusable: {e}")))
 }
 
@@ -88,7 +89,12 @@ fn is_url(reference: &str) -> bool {
     reference.starts_with("https://") || reference.starts_with("http://")
 }
 
-async fn fetch_one(client: &Client, what: &str, reference: &str) -> Result<Vec<u8>, Unrunnable> {
+/// Downloads (bounded, retried) or base64-decodes one image reference; the reason names `what`.
+pub async fn fetch_one(
+    client: &Client,
+    what: &str,
+    reference: &str,
+) -> Result<Vec<u8>, Unrunnable> {
     if is_url(reference) {
         return with_retries(DOWNLOAD_ATTEMPTS, DOWNLOAD_BACKOFF_CAP, || {
             client.download_at_most(reference, MAX_SOURCE_BYTES, DOWNLOAD_TIMEOUT)

@@ -28,12 +28,12 @@ enum Command {
     },
     /// Create or upgrade the database (SQLite, or PostgreSQL with --database), then exit.
     Migrate(CommonArgs),
-    /// Run a worker: serve local Stable Diffusion checkpoints and text models (GGUF files on the
-    /// built-in engine, or an inference server you run: llama.cpp, vLLM, KoboldCpp, …) to a
-    /// horde.
-    Worker(crate::worker_cmd::WorkerArgs),
+    /// Run a worker: serve local Stable Diffusion checkpoints, text models (GGUF files on the
+    /// built-in engine, or an inference server you run: llama.cpp, vLLM, KoboldCpp, …) and
+    /// alchemy forms (NSFW verdicts, CLIP interrogation, captions, post-processors) to a horde.
+    Worker(Box<crate::worker_cmd::WorkerArgs>),
     /// Request images from a horde and save them.
-    Generate(crate::generate_cmd::GenerateArgs),
+    Generate(Box<crate::generate_cmd::GenerateArgs>),
     /// Load-test a coordinator over HTTP: throughput and p50/p99/p999 latency per endpoint,
     /// the coordinator's memory, and the ratios BENCHMARKS.md records. Launches a fresh
     /// `horde serve` for each scenario unless --url is given.
@@ -199,9 +199,9 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Worker(args) => {
             crate::keep_freed_memory();
-            crate::worker_cmd::run(args).await
+            crate::worker_cmd::run(*args).await
         }
-        Command::Generate(args) => crate::generate_cmd::run(args).await,
+        Command::Generate(args) => crate::generate_cmd::run(*args).await,
         Command::Bench(args) => bench(args).await,
         Command::Model {
             command: ModelCommand::Tiny { arch, out, seed },

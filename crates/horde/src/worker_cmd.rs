@@ -6,6 +6,8 @@ use clap::Args;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use horde_diffusion::LoadStage;
+use horde_worker::alchemy::horde_alchemy::safety::SafetyChecker;
+use horde_worker::alchemy::{Alchemist, AlchemyForms};
 use horde_worker::text::bridge::Bridge;
 use horde_worker::text::engine::TextEngine;
 use horde_worker::text::{TextBackend, TextWorker};
@@ -45,6 +47,12 @@ const ENV_KEYS: &[&str] = &[
     "max_length",
     "max_context_length",
     "text_name",
+    "alchemy_forms",
+    "safety_checker",
+    "clip",
+    "blip",
+    "max_tiles",
+    "alchemy_name",
 ];
 
 #[derive(Args, Debug, Default, serde::Serialize)]
@@ -193,6 +201,33 @@ pub(crate) struct WorkerArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     text_name: Option<String>,
+    /// An alchemy form to serve (repeatable, or comma-separated): nsfw (with --safety-checker),
+    /// interrogation (with --clip), caption (with --blip), or a post-processor of
+    /// --post-processor
+    #[arg(long = "alchemy-form", value_name = "FORM", value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    alchemy_forms: Option<Vec<String>>,
+    /// The Stable Diffusion safety checker's folder: the nsfw form, and the censor of images of
+    /// requests that ask for it
+    #[arg(long, value_name = "DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    safety_checker: Option<PathBuf>,
+    /// A CLIP ViT-L/14 folder (transformers' layout) for the interrogation form
+    #[arg(long, value_name = "DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    clip: Option<PathBuf>,
+    /// A BLIP captioning folder (transformers' layout) for the caption form
+    #[arg(long, value_name = "DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    blip: Option<PathBuf>,
+    /// Alchemy: most 512×512 tiles of a source image taken [default: 16]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_tiles: Option<u32>,
+    /// The name the alchemist pops as [default: the worker's name with -alchemy appended]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    alchemy_name: Option<String>,
 }
 
 /// `NAME=PATH` flags as a map.
@@ -253,12 +288,17 @@ pub(crate) fn load_config(args: &WorkerArgs) -> anyhow::Result<WorkerConfig> {
 
 pub(crate) async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     let config = load_config(&args)?;
+    let safety = safety_checker(&config)?;
     let image_worker = match config.serves_images() {
-        true => Some(image_worker(&config)?),
+        true => Some(image_worker(&config, safety.clone())?),
         false => None,
     };
     let text_worker = match config.serves_text() {
         true => Some(text_worker(&config)?),
+        false => None,
+    };
+    let alchemist = match config.serves_alchemy() {
+        true => Some(alchemist(&config, safety)?),
         false => None,
     };
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -270,7 +310,7 @@ pub(crate) async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         eprintln!("Aborted.");
         std::process::exit(130);
     });
-    // One process, two loops: images and text share the Ctrl-C.
+    // One process, three loops: images, text and alchemy share the Ctrl-C.
     let images = async {
         match &image_worker {
             Some(worker) => Some(worker.run(stopped.clone()).await),
@@ -283,7 +323,13 @@ pub(crate) async fn run(args: WorkerArgs) -> anyhow::Result<()> {
             None => None,
         }
     };
-    let (images, texts) = tokio::join!(images, texts);
+    let forms = async {
+        match &alchemist {
+            Some(alchemist) => Some(alchemist.run(stopped.clone()).await),
+            None => None,
+        }
+    };
+    let (images, texts, forms) = tokio::join!(images, texts, forms);
     if let Some(summary) = images {
         println!(
             "images: stopped after {} jobs ({} images, {} faulted), {:.2} kudos earned",
@@ -296,11 +342,59 @@ pub(crate) async fn run(args: WorkerArgs) -> anyhow::Result<()> {
             summary.jobs_done, summary.jobs_faulted, summary.kudos
         );
     }
+    if let Some(summary) = forms {
+        println!(
+            "alchemy: stopped after {} forms ({} faulted), {:.2} kudos earned",
+            summary.forms_done, summary.forms_faulted, summary.kudos
+        );
+    }
     Ok(())
 }
 
+/// Loads the safety checker when one is configured: the nsfw form's and the censor's.
+fn safety_checker(config: &WorkerConfig) -> anyhow::Result<Option<Arc<SafetyChecker>>> {
+    let device = horde_diffusion::LoadOptions::named(&config.device, &config.dtype)?.device;
+    match horde_worker::alchemy::forms::load_safety_checker(config, &device) {
+        None => Ok(None),
+        Some(Ok(checker)) => {
+            println!("safety checker loaded: images of requests asking for the censor are checked");
+            Ok(Some(checker))
+        }
+        Some(Err(reason)) => anyhow::bail!("safety_checker did not load: {reason}"),
+    }
+}
+
+/// Loads the alchemy forms' networks, and says which forms are served.
+fn alchemist(
+    config: &WorkerConfig,
+    safety: Option<Arc<SafetyChecker>>,
+) -> anyhow::Result<Arc<Alchemist>> {
+    let device = horde_diffusion::LoadOptions::named(&config.device, &config.dtype)?.device;
+    let (forms, failures) = AlchemyForms::load(config, safety, &device);
+    for failure in &failures {
+        let path = failure.path.as_ref().map(|p| format!(" ({})", p.display()));
+        eprintln!(
+            "alchemy form {}{} not served: {}",
+            failure.form,
+            path.unwrap_or_default(),
+            failure.reason
+        );
+    }
+    anyhow::ensure!(!forms.names().is_empty(), "no alchemy form could be loaded");
+    println!(
+        "alchemist {} serving {} on {}",
+        config.effective_alchemy_name(),
+        forms.names().join(", "),
+        config.url
+    );
+    Ok(Alchemist::new(config.clone(), Arc::new(forms)))
+}
+
 /// Loads the image models, post-processors, ControlNets and library, and says what is served.
-fn image_worker(config: &WorkerConfig) -> anyhow::Result<Arc<Worker>> {
+fn image_worker(
+    config: &WorkerConfig,
+    censor: Option<Arc<SafetyChecker>>,
+) -> anyhow::Result<Arc<Worker>> {
     let options = horde_diffusion::LoadOptions::named(&config.device, &config.dtype)?;
     let mut backend = load_models(&config.models, &options)?
         .with_post_processors(load_post_processors(config, &options))
@@ -308,7 +402,7 @@ fn image_worker(config: &WorkerConfig) -> anyhow::Result<Arc<Worker>> {
     if let Some(library) = open_library(config) {
         backend = backend.with_library(library);
     }
-    let worker = Worker::new(config.clone(), Arc::new(backend));
+    let worker = Worker::with_censor(config.clone(), Arc::new(backend), censor);
     let pop = worker.pop_request();
     let mut offers = pop.post_processors.clone().unwrap_or_default();
     if pop.allow_lora {
@@ -606,6 +700,52 @@ mod tests {
             error.contains("[text_models]") && error.contains("[models]"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn alchemy_forms_and_their_networks_come_from_flags() {
+        let cli = Cli::try_parse_from([
+            "worker",
+            "--api-key",
+            "0123456789abcdefghijkl",
+            "--name",
+            "w",
+            "--alchemy-form",
+            "nsfw,interrogation",
+            "--alchemy-form",
+            "RealESRGAN_x2plus",
+            "--post-processor",
+            "RealESRGAN_x2plus=/m/x2.pth",
+            "--safety-checker",
+            "/m/safety",
+            "--clip",
+            "/m/clip",
+            "--max-tiles",
+            "32",
+        ])
+        .unwrap();
+        let config = load_config(&cli.worker).unwrap();
+        assert_eq!(
+            config.alchemy_forms,
+            ["nsfw", "interrogation", "RealESRGAN_x2plus"]
+        );
+        assert_eq!(config.safety_checker, Some(PathBuf::from("/m/safety")));
+        assert_eq!(config.clip, Some(PathBuf::from("/m/clip")));
+        assert_eq!((config.max_tiles, config.blip.clone()), (32, None));
+        assert!(config.serves_alchemy() && !config.serves_images());
+        assert_eq!(config.effective_alchemy_name(), "w-alchemy");
+        let no_blip = Cli::try_parse_from([
+            "worker",
+            "--api-key",
+            "0123456789abcdefghijkl",
+            "--name",
+            "w",
+            "--alchemy-form",
+            "caption",
+        ])
+        .unwrap();
+        let error = load_config(&no_blip.worker).unwrap_err().to_string();
+        assert!(error.contains("caption needs blip"), "{error}");
     }
 
     #[test]

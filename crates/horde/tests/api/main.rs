@@ -4,6 +4,7 @@
 //! would drive it. One test binary, so the crates are linked once.
 
 mod accounts;
+mod alchemist;
 mod attacks;
 mod authz;
 mod backend;
