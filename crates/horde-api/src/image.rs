@@ -683,6 +683,11 @@ pub struct PopRequest {
     pub allow_unsafe_ipaddr: bool,
     #[serde(default = "yes", alias = "allow_post-processing")]
     pub allow_post_processing: bool,
+    /// Beyond the public horde: whether this worker runs the NSFW censor on the images of SFW
+    /// requests that ask for it (`use_nsfw_censor`). Absent: it does, as the public horde takes
+    /// of its workers; a worker that says `false` gets no such request (skip `nsfw`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nsfw_censor: Option<bool>,
     /// Beyond the public horde: the post-processors this worker runs (names of
     /// `POST_PROCESSORS`). A worker that sends it gets only jobs whose post-processors are all
     /// in it; without it, those its bridge version grants, as on the public horde.

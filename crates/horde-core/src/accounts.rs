@@ -205,6 +205,10 @@ pub struct WorkerFlags {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub control_map_types: Option<Vec<String>>,
     pub allow_sdxl_controlnet: bool,
+    /// It said it does not run the NSFW censor (`nsfw_censor: false`): SFW requests asking for
+    /// the censor skip it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_nsfw_censor: bool,
     /// What a text worker declared (`/generate/text/pop`); `None`: an image worker. A worker is
     /// of one kind for its whole life: its name cannot pop the other kind's jobs.
     #[serde(default, skip_serializing_if = "Option::is_none")]

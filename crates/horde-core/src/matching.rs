@@ -30,6 +30,8 @@ pub struct WorkerCaps {
     pub allow_img2img: bool,
     pub allow_painting: bool,
     pub allow_post_processing: bool,
+    /// It runs the NSFW censor on SFW requests that ask for it.
+    pub nsfw_censor: bool,
     /// The post-processors the worker declared it runs (`post_processors` of its pop); `None`:
     /// those its bridge version grants.
     pub declared_post_processors: Option<Vec<String>>,
@@ -164,6 +166,9 @@ pub fn can_generate(request: &LiveRequest, worker: &WorkerCaps) -> Result<(), Sk
         return Err(SkipReason::MaxPixels);
     }
     if body.nsfw && !worker.nsfw {
+        return Err(SkipReason::Nsfw);
+    }
+    if !body.nsfw && body.censor_nsfw && !worker.nsfw_censor {
         return Err(SkipReason::Nsfw);
     }
     if body.trusted_workers && !worker.owner_trusted {
@@ -391,6 +396,7 @@ mod tests {
             allow_img2img: true,
             allow_painting: true,
             allow_post_processing: true,
+            nsfw_censor: true,
             declared_post_processors: None,
             allow_lora: false,
             allow_controlnet: false,
@@ -464,6 +470,23 @@ mod tests {
             |w| w.nsfw = false,
             Ok(()),
         );
+    }
+
+    #[test]
+    fn sfw_requests_that_ask_for_the_censor_need_a_censoring_worker() {
+        let no_censor = |w: &mut WorkerCaps| w.nsfw_censor = false;
+        check(
+            json!({"prompt": "cat", "nsfw": false}),
+            no_censor,
+            Err(SkipReason::Nsfw),
+        );
+        check(
+            json!({"prompt": "cat", "nsfw": false, "censor_nsfw": false}),
+            no_censor,
+            Ok(()),
+        );
+        check(json!({"prompt": "cat", "nsfw": true}), no_censor, Ok(()));
+        check(json!({"prompt": "cat", "nsfw": false}), |_| {}, Ok(()));
     }
 
     #[test]

@@ -87,6 +87,8 @@ impl Worker {
         pop.blacklist = c.blacklist.clone();
         pop.priority_usernames = c.priority_usernames.clone();
         pop.require_upfront_kudos = c.require_upfront_kudos;
+        // SFW requests asking for the censor come only when the safety checker is loaded.
+        pop.nsfw_censor = Some(self.censor.is_some());
         // Source images are offered when the backend runs them and the owner allows them; such
         // a worker downloads them from the signed URLs (`r2_source`) rather than take them
         // inline in every pop answer.

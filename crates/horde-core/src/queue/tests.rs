@@ -29,6 +29,7 @@ pub(crate) fn worker(models: &[&str]) -> WorkerCaps {
         allow_img2img: true,
         allow_painting: true,
         allow_post_processing: true,
+        nsfw_censor: true,
         declared_post_processors: None,
         allow_lora: false,
         allow_controlnet: false,

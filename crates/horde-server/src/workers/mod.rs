@@ -108,6 +108,7 @@ impl WorkerEntry {
             allow_img2img: w.flags.allow_img2img,
             allow_painting: w.flags.allow_painting,
             allow_post_processing: w.flags.allow_post_processing,
+            nsfw_censor: !w.flags.no_nsfw_censor,
             declared_post_processors: w.flags.post_processors.clone(),
             allow_lora: w.flags.allow_lora,
             allow_controlnet: w.flags.allow_controlnet,
@@ -252,6 +253,7 @@ fn declares_the_same(worker: &Worker, pop: &PopRequest, kind: &KindFlags) -> boo
         && f.control_types == pop.control_types
         && f.control_map_types == pop.control_map_types
         && f.allow_sdxl_controlnet == pop.allow_sdxl_controlnet
+        && f.no_nsfw_censor == (pop.nsfw_censor == Some(false))
         && f.text == kind.text
         && f.alchemy == kind.alchemy
         && f.require_upfront_kudos == pop.require_upfront_kudos
@@ -281,6 +283,7 @@ fn flags_of(pop: &PopRequest, kind: &KindFlags) -> WorkerFlags {
         control_types: pop.control_types.clone(),
         control_map_types: pop.control_map_types.clone(),
         allow_sdxl_controlnet: pop.allow_sdxl_controlnet,
+        no_nsfw_censor: pop.nsfw_censor == Some(false),
         text: kind.text.clone(),
         alchemy: kind.alchemy.clone(),
         require_upfront_kudos: pop.require_upfront_kudos,

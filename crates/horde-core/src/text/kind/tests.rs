@@ -293,6 +293,7 @@ fn an_image_worker_never_gets_a_text_job() {
         allow_img2img: true,
         allow_painting: true,
         allow_post_processing: true,
+        nsfw_censor: true,
         declared_post_processors: None,
         allow_lora: true,
         allow_controlnet: true,
