@@ -165,27 +165,17 @@ impl Worker {
                             self.fault(&ids, &reason).await;
                             None
                         }
-                        None => Some(Duration::from_secs_f64(
-                            self.config.poll_interval_secs.max(0.05),
-                        )),
+                        None => Some(retry::idle_delay(self.config.poll_interval_secs)),
                     }
                 }
                 Err(error) => {
-                    let delay = if retry::is_transient(&error) {
-                        retry::backoff(failures, BACKOFF_CAP)
-                    } else {
-                        BACKOFF_CAP
-                    };
-                    tracing::warn!(%error, retry_in = ?delay, "pop failed");
+                    let delay = retry::pop_failure_delay(&error, failures, BACKOFF_CAP, "image");
                     failures += 1;
                     Some(delay)
                 }
             };
             if let Some(delay) = idle {
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = shutdown.changed() => {}
-                }
+                retry::pause(delay, &mut shutdown).await;
             }
         }
     }

@@ -25,6 +25,36 @@ pub fn backoff(attempt: u32, cap: Duration) -> Duration {
     base.mul_f64(rand::rng().random_range(0.75..1.25))
 }
 
+/// The wait after the `failures`-th failed pop in a row (0-based): a growing backoff for a
+/// transient failure, `cap` for a final one (the horde refused: it will not change soon).
+pub fn pop_failure_delay(
+    error: &ClientError,
+    failures: u32,
+    cap: Duration,
+    what: &str,
+) -> Duration {
+    let delay = if is_transient(error) {
+        backoff(failures, cap)
+    } else {
+        cap
+    };
+    tracing::warn!(%error, retry_in = ?delay, "{what} pop failed");
+    delay
+}
+
+/// The wait after a pop that found no job: the configured poll interval, at least 50 ms.
+pub fn idle_delay(poll_interval_secs: f64) -> Duration {
+    Duration::from_secs_f64(poll_interval_secs.max(0.05))
+}
+
+/// Sleeps `delay`, or less when `shutdown` changes first.
+pub async fn pause(delay: Duration, shutdown: &mut tokio::sync::watch::Receiver<bool>) {
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => {}
+        _ = shutdown.changed() => {}
+    }
+}
+
 /// Runs `call` until it succeeds, fails for good, or `attempts` are used up.
 pub async fn with_retries<T, F, Fut>(
     attempts: u32,

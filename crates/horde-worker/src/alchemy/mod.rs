@@ -200,26 +200,16 @@ impl Alchemist {
                 }
                 Ok(Served::Idle) => {
                     failures = 0;
-                    Some(Duration::from_secs_f64(
-                        self.config.poll_interval_secs.max(0.05),
-                    ))
+                    Some(retry::idle_delay(self.config.poll_interval_secs))
                 }
                 Err(error) => {
-                    let delay = if retry::is_transient(&error) {
-                        retry::backoff(failures, BACKOFF_CAP)
-                    } else {
-                        BACKOFF_CAP
-                    };
-                    tracing::warn!(%error, retry_in = ?delay, "alchemy pop failed");
+                    let delay = retry::pop_failure_delay(&error, failures, BACKOFF_CAP, "alchemy");
                     failures += 1;
                     Some(delay)
                 }
             };
             if let Some(delay) = delay {
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = shutdown.changed() => {}
-                }
+                retry::pause(delay, &mut shutdown).await;
             }
         }
         self.flush_pending().await;
