@@ -40,27 +40,7 @@ impl StoredKind for Image {
         tx: &mut Transaction<'_, Any>,
         requests: &[LiveRequest<Image>],
     ) -> Result<()> {
-        let mut usage: BTreeMap<(i64, i64), (i64, f64)> = BTreeMap::new();
-        for r in requests {
-            let entry = usage.entry((r.user_id, day_of(r.created))).or_default();
-            entry.0 += i64::from(r.jobs_total);
-            entry.1 += r.work_requested();
-        }
-        let rows: Vec<_> = usage.into_iter().collect();
-        for chunk in rows.chunks(crate::accepted::ROWS_PER_STATEMENT) {
-            let sql = format!(
-                "INSERT INTO quota_usage (user_id, day, images, megapixelsteps) VALUES {} \
-                 ON CONFLICT(user_id, day) DO UPDATE SET images = quota_usage.images + excluded.images, \
-                 megapixelsteps = quota_usage.megapixelsteps + excluded.megapixelsteps",
-                crate::Placeholders::of(tx).rows(chunk.len(), 4)
-            );
-            let mut upsert = sqlx::query(&sql);
-            for ((user, day), (images, mps)) in chunk {
-                upsert = upsert.bind(*user).bind(*day).bind(*images).bind(*mps);
-            }
-            upsert.execute(&mut **tx).await?;
-        }
-        Ok(())
+        add_quota_usage_in(tx, requests, "images", "megapixelsteps").await
     }
 
     async fn record_delivered(
@@ -77,6 +57,38 @@ impl StoredKind for Image {
         record_usage(tx, e, &columns).await?;
         crate::stats::record_image(tx, e.at, &job.model, e.work * 1e6).await
     }
+}
+
+/// Adds `requests` to their requesters' usage of the day in the `quota_usage` columns of their
+/// kind: `jobs` (jobs requested) and `work` (their work), summed per user and day first and
+/// upserted many rows to a statement.
+async fn add_quota_usage_in<K: JobKind>(
+    tx: &mut Transaction<'_, Any>,
+    requests: &[LiveRequest<K>],
+    jobs: &'static str,
+    work: &'static str,
+) -> Result<()> {
+    let mut usage: BTreeMap<(i64, i64), (i64, f64)> = BTreeMap::new();
+    for r in requests {
+        let entry = usage.entry((r.user_id, day_of(r.created))).or_default();
+        entry.0 += i64::from(r.jobs_total);
+        entry.1 += r.work_requested();
+    }
+    let rows: Vec<_> = usage.into_iter().collect();
+    for chunk in rows.chunks(crate::accepted::ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO quota_usage (user_id, day, {jobs}, {work}) VALUES {} \
+             ON CONFLICT(user_id, day) DO UPDATE SET {jobs} = quota_usage.{jobs} + excluded.{jobs}, \
+             {work} = quota_usage.{work} + excluded.{work}",
+            crate::Placeholders::of(tx).rows(chunk.len(), 4)
+        );
+        let mut upsert = sqlx::query(&sql);
+        for ((user, day), (count, amount)) in chunk {
+            upsert = upsert.bind(*user).bind(*day).bind(*count).bind(*amount);
+        }
+        upsert.execute(&mut **tx).await?;
+    }
+    Ok(())
 }
 
 /// The `users` columns a kind's delivered work counts in.
@@ -126,20 +138,7 @@ impl StoredKind for Text {
         tx: &mut Transaction<'_, Any>,
         requests: &[LiveRequest<Text>],
     ) -> Result<()> {
-        for r in requests {
-            sqlx::query(
-                "INSERT INTO quota_usage (user_id, day, texts, tokens) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT(user_id, day) DO UPDATE SET texts = quota_usage.texts + excluded.texts, \
-                 tokens = quota_usage.tokens + excluded.tokens",
-            )
-            .bind(r.user_id)
-            .bind(day_of(r.created))
-            .bind(i64::from(r.jobs_total))
-            .bind(r.work_requested())
-            .execute(&mut **tx)
-            .await?;
-        }
-        Ok(())
+        add_quota_usage_in(tx, requests, "texts", "tokens").await
     }
 
     async fn record_delivered(
