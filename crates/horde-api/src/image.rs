@@ -979,17 +979,23 @@ pub struct SubmitRequest {
     pub gen_metadata: Vec<GenMetadata>,
 }
 
+/// The bounds of a submit's `gen_metadata`, every kind's: 50 entries, a type of 64 characters,
+/// values and references of [`MAX_LIST_ENTRY_CHARS`].
+pub(crate) fn check_gen_metadata(errors: &mut FieldErrors, gen_metadata: &[GenMetadata]) {
+    errors.max_len("gen_metadata", gen_metadata, 50);
+    for entry in gen_metadata {
+        errors.max_chars("gen_metadata.type", &entry.kind, 64);
+        errors.max_chars("gen_metadata.value", &entry.value, MAX_LIST_ENTRY_CHARS);
+        if let Some(reference) = &entry.r#ref {
+            errors.max_chars("gen_metadata.ref", reference, MAX_LIST_ENTRY_CHARS);
+        }
+    }
+}
+
 impl SubmitRequest {
     pub fn validate(&self) -> Result<(), ErrorBody> {
         let mut errors = FieldErrors::default();
-        errors.max_len("gen_metadata", &self.gen_metadata, 50);
-        for entry in &self.gen_metadata {
-            errors.max_chars("gen_metadata.type", &entry.kind, 64);
-            errors.max_chars("gen_metadata.value", &entry.value, MAX_LIST_ENTRY_CHARS);
-            if let Some(reference) = &entry.r#ref {
-                errors.max_chars("gen_metadata.ref", reference, MAX_LIST_ENTRY_CHARS);
-            }
-        }
+        check_gen_metadata(&mut errors, &self.gen_metadata);
         errors.max_chars("id", &self.id, 64);
         errors.into_result()
     }

@@ -249,7 +249,36 @@ impl InterrogationSubmitRequest {
         if !(self.result.is_object() || self.result.is_string() || self.result.is_null()) {
             errors.add("result", "an object");
         }
-        errors.max_len("gen_metadata", &self.gen_metadata, 50);
+        crate::image::check_gen_metadata(&mut errors, &self.gen_metadata);
         errors.into_result()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_submits_metadata_is_bounded_as_every_kinds() {
+        let long = "x".repeat(crate::image::MAX_LIST_ENTRY_CHARS + 1);
+        let submit: InterrogationSubmitRequest = serde_json::from_value(json!({
+            "id": "a", "result": {"caption": "c"},
+            "gen_metadata": [{"type": "information", "value": long}],
+        }))
+        .unwrap();
+        let refused = submit.validate().unwrap_err();
+        assert!(
+            serde_json::to_string(&refused)
+                .unwrap()
+                .contains("gen_metadata.value"),
+            "{refused:?}"
+        );
+        let fine: InterrogationSubmitRequest = serde_json::from_value(json!({
+            "id": "a", "result": {"caption": "c"},
+            "gen_metadata": [{"type": "information", "value": "see_ref"}],
+        }))
+        .unwrap();
+        fine.validate().unwrap();
     }
 }

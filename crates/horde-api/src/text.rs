@@ -502,14 +502,7 @@ impl TextSubmitRequest {
         if let Some(text) = &self.generation {
             errors.max_chars("generation", text, MAX_GENERATION_CHARS);
         }
-        errors.max_len("gen_metadata", &self.gen_metadata, 50);
-        for entry in &self.gen_metadata {
-            errors.max_chars("gen_metadata.type", &entry.kind, 64);
-            errors.max_chars("gen_metadata.value", &entry.value, MAX_NAME_CHARS);
-            if let Some(reference) = &entry.r#ref {
-                errors.max_chars("gen_metadata.ref", reference, MAX_NAME_CHARS);
-            }
-        }
+        crate::image::check_gen_metadata(&mut errors, &self.gen_metadata);
         errors.into_result()
     }
 }
