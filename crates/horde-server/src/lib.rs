@@ -370,7 +370,11 @@ fn router(state: SharedState) -> Router {
         .route("/api/v2/stats/img/models", get(status::image_models))
         .route("/api/v2/stats/text/totals", get(status::text_totals))
         .route("/api/v2/stats/text/models", get(status::text_models))
-        .route("/.well-known/serviceinfo", get(status::serviceinfo));
+        .route("/.well-known/serviceinfo", get(status::serviceinfo))
+        .merge(routes::styles::routes())
+        .merge(routes::teams::routes())
+        .merge(routes::modes::routes())
+        .merge(routes::operations::routes());
     // Outside `/api/v2/`, so not rate limited (`metrics.rs` says why); absent when disabled.
     let api = if state.config.metrics.enabled {
         api.route("/metrics", get(metrics::scrape))

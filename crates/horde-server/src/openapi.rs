@@ -113,10 +113,27 @@ fn add_common_answers(operation: &mut Operation, limited: bool) {
     }
 }
 
+/// [`ApiDoc`] with each area's own document (`routes::<area>::Doc`) merged in, and the common
+/// answers added to every operation.
+fn full_openapi() -> utoipa::openapi::OpenApi {
+    use crate::routes::{modes, operations, styles, teams};
+    let mut doc = ApiDoc::openapi();
+    for area in [
+        styles::Doc::openapi(),
+        teams::Doc::openapi(),
+        modes::Doc::openapi(),
+        operations::Doc::openapi(),
+    ] {
+        doc.merge(area);
+    }
+    CommonAnswers.modify(&mut doc);
+    doc
+}
+
 /// The document served at `/api/swagger.json`: [`ApiDoc`] with [`input_rules`] and this
 /// server's own prompt limit (`requests.max_prompt_chars`).
 pub fn document(max_prompt_chars: usize) -> Value {
-    let mut spec = serde_json::to_value(ApiDoc::openapi()).expect("the spec serialises");
+    let mut spec = serde_json::to_value(full_openapi()).expect("the spec serialises");
     input_rules(&mut spec);
     merge(
         &mut spec["components"]["schemas"]["ImageRequest"]["properties"]["prompt"],

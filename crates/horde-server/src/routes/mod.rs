@@ -4,9 +4,13 @@
 pub mod filters;
 pub mod generate;
 pub mod interrogate;
+pub mod modes;
+pub mod operations;
 pub mod shared_keys;
 pub mod sources;
 pub mod status;
+pub mod styles;
+pub mod teams;
 pub mod text;
 pub mod users;
 pub mod workers;

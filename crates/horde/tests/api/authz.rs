@@ -11,9 +11,9 @@ use serde_json::{json, Value};
 /// A model of the built-in text model reference.
 const TEXT_MODEL: &str = "koboldcpp/Marx-3B-V3";
 
-const CALLERS: [&str; 5] = ["anonymous", "user", "other", "moderator", "owner"];
+pub(crate) const CALLERS: [&str; 5] = ["anonymous", "user", "other", "moderator", "owner"];
 
-struct Row {
+pub(crate) struct Row {
     method: &'static str,
     path: String,
     body: Option<Value>,
@@ -22,7 +22,7 @@ struct Row {
 }
 
 /// POSTs `body` to `path` as the caller with `key`; the answer's JSON.
-async fn post_json(app: &TestApp, key: &str, path: &str, body: Value) -> Value {
+pub(crate) async fn post_json(app: &TestApp, key: &str, path: &str, body: Value) -> Value {
     http()
         .post(format!("{}{path}", app.root))
         .header("apikey", key)
@@ -35,7 +35,7 @@ async fn post_json(app: &TestApp, key: &str, path: &str, body: Value) -> Value {
         .unwrap()
 }
 
-fn row(method: &'static str, path: String, body: Option<Value>, expect: [u16; 5]) -> Row {
+pub(crate) fn row(method: &'static str, path: String, body: Option<Value>, expect: [u16; 5]) -> Row {
     Row {
         method,
         path,
@@ -44,9 +44,15 @@ fn row(method: &'static str, path: String, body: Option<Value>, expect: [u16; 5]
     }
 }
 
-#[tokio::test]
-async fn every_endpoint_answers_each_kind_of_caller_as_it_should() {
-    let app = spawn_app().await;
+/// The five callers of [`CALLERS`]: their keys and user ids (anonymous is user 0 here).
+pub(crate) struct Callers {
+    pub(crate) keys: Vec<String>,
+    pub(crate) ids: Vec<i64>,
+}
+
+/// Creates the callers of [`CALLERS`] on `app`: two plain users, a moderator and an owner,
+/// each with 100 kudos.
+pub(crate) async fn five_callers(app: &TestApp) -> Callers {
     let mut keys = vec![horde_api::ANONYMOUS_API_KEY.to_string()];
     let mut ids = vec![0i64];
     for (name, moderator) in [
@@ -69,6 +75,13 @@ async fn every_endpoint_answers_each_kind_of_caller_as_it_should() {
         keys.push(created.api_key);
         ids.push(created.user_id);
     }
+    Callers { keys, ids }
+}
+
+#[tokio::test]
+async fn every_endpoint_answers_each_kind_of_caller_as_it_should() {
+    let app = spawn_app().await;
+    let Callers { keys, ids } = five_callers(&app).await;
     let owner = app.client(&keys[4]);
     let owner_id = ids[4];
 
@@ -466,10 +479,15 @@ async fn every_endpoint_answers_each_kind_of_caller_as_it_should() {
             only_owner,
         ),
     ];
+    check_rows(&app, &keys, &rows).await;
+}
 
+/// Calls each row as each of [`CALLERS`] (keys in that order) and asserts every status, and
+/// that every refusal carries the AI Horde error body; reports all mismatches at once.
+pub(crate) async fn check_rows(app: &TestApp, keys: &[String], rows: &[Row]) {
     let http = http();
     let mut wrong = Vec::new();
-    for row in &rows {
+    for row in rows {
         for (caller, (key, expected)) in CALLERS.iter().zip(keys.iter().zip(row.expect)) {
             let url = format!("{}{}", app.root, row.path);
             let mut call = http

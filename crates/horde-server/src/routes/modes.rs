@@ -1,0 +1,16 @@
+//! The horde's modes (`/status/modes`), news (`/status/news`) and documents
+//! (`/documents/…`) (issue 29, point 4).
+
+use crate::state::SharedState;
+use axum::Router;
+use utoipa::OpenApi;
+
+/// This area's routes, merged into the server's router (`lib.rs`) before the rate-limit layer.
+pub fn routes() -> Router<SharedState> {
+    Router::new()
+}
+
+/// This area's operations, merged into the served OpenAPI document (`openapi::document`).
+#[derive(OpenApi)]
+#[openapi()]
+pub struct Doc;
