@@ -4,7 +4,7 @@
 //! work with transformers. BENCHMARKS.md has both.
 //!
 //! `RAYON_NUM_THREADS=2 cargo bench -p horde-alchemy --bench alchemy -- --part caption|interrogate
-//! [--dir DIR] [--repeats 3] [--purge]`
+//! [--dir DIR] [--repeats 3] [--purge] [--terms N]`
 //!
 //! One part per process, so that the peak RSS printed at the end (`VmHWM`) is the part's own:
 //!
@@ -150,19 +150,35 @@ fn caption(dir: &Path, repeats: usize) -> f64 {
     load_peak
 }
 
+/// The horde's term lists, or their first `--terms N` terms each (for quick profiles of the
+/// interrogation alone; the recorded runs take them whole).
+fn term_lists() -> TermLists {
+    let horde = TermLists::horde();
+    match arg("--terms", "all").parse::<usize>() {
+        Ok(n) => TermLists::new(
+            horde
+                .lists()
+                .iter()
+                .map(|(name, terms)| (name.clone(), terms.iter().take(n).cloned().collect()))
+                .collect(),
+        ),
+        Err(_) => horde,
+    }
+}
+
 fn interrogate(dir: &Path, repeats: usize) -> f64 {
     let started = Instant::now();
     let clip = Clip::load(&dir.join("clip-vit-large-patch14"), &Device::Cpu)
         .unwrap_or_else(|e| panic!("{e} (write it with tools/engine-bench/alchemy_model.py)"));
     let load_peak = report_load("CLIP ViT-L/14", started.elapsed().as_secs_f64());
-    let interrogator = Interrogator::new(clip, TermLists::horde());
+    let interrogator = Interrogator::new(clip, term_lists());
     let started = Instant::now();
     interrogator.list_embeds().expect("term embeddings");
     let terms = started.elapsed().as_secs_f64();
     println!(
         "candle  {:28} {terms:8.3} s (once per model; {} terms)",
         "term embeddings",
-        TermLists::horde().len()
+        term_lists().len()
     );
     let image = bench_image();
     let secs = timed(repeats, || {

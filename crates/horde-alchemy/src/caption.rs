@@ -95,9 +95,9 @@ fn checkpoint_files(path: &Path) -> (PathBuf, PathBuf) {
 /// The checkpoint's tensors in float32, with the tied head restored where it was left out.
 fn load_tensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>, CaptionError> {
     let mut tensors =
-        candle_core::safetensors::load(path, device).map_err(|e| CaptionError::Format {
+        crate::weights::load_f32(path, device).map_err(|message| CaptionError::Format {
             path: path.to_path_buf(),
-            message: e.to_string(),
+            message,
         })?;
     for (wanted, source) in TIED {
         if !tensors.contains_key(wanted) {
@@ -106,10 +106,11 @@ fn load_tensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>,
             }
         }
     }
-    tensors
-        .into_iter()
-        .map(|(name, t)| Ok((name, t.to_dtype(DType::F32)?)))
-        .collect()
+    // The vision tower's products have 1 025 rows; the decoder's, one token's.
+    crate::weights::transpose_product_weights(&mut tensors, |name| {
+        name.starts_with("vision_model.")
+    })?;
+    Ok(tensors)
 }
 
 /// The size the horde's worker runs BLIP's vision tower at (`blip_image_eval_size=512`).

@@ -14,20 +14,20 @@ pub mod config;
 pub mod preprocess;
 #[cfg(test)]
 mod tests;
+pub mod vision;
 
 use std::path::Path;
 use std::sync::OnceLock;
 
 use candle_core::{DType, Device, IndexOp, Module, Tensor, D};
 use candle_nn::{Linear, VarBuilder};
-use candle_transformers::models::clip::{
-    text_model::ClipTextTransformer, vision_model::ClipVisionTransformer,
-};
+use candle_transformers::models::clip::text_model::ClipTextTransformer;
 use image::RgbImage;
 use instant_clip_tokenizer::{Token, Tokenizer};
 
 pub use config::ClipFileConfig;
 pub use preprocess::Preprocess;
+pub use vision::VisionTower;
 
 /// What loading or running CLIP can fail with; each names its file or field.
 #[derive(Debug, thiserror::Error)]
@@ -125,7 +125,7 @@ fn entity(text: &str) -> Option<(char, usize)> {
 
 /// The two towers and their projections.
 pub struct Clip {
-    vision: ClipVisionTransformer,
+    vision: VisionTower,
     text: ClipTextTransformer,
     visual_projection: Linear,
     text_projection: Linear,
@@ -139,9 +139,8 @@ pub(crate) fn vision_tower(
     vb: &VarBuilder<'_>,
     prefix: &str,
     config: &ClipFileConfig,
-) -> candle_core::Result<(ClipVisionTransformer, Linear)> {
-    let vision_config = config.vision();
-    let vision = ClipVisionTransformer::new(vb.pp(prefix), &vision_config)?;
+) -> candle_core::Result<(VisionTower, Linear)> {
+    let vision = VisionTower::new(vb.pp(prefix), config)?;
     let projection = candle_nn::linear_no_bias(
         config.vision_config.hidden_size,
         config.projection_dim,
@@ -152,8 +151,10 @@ pub(crate) fn vision_tower(
 
 /// The weights of a safetensors file, read into memory in float32 on `device`.
 pub(crate) fn open_weights(path: &Path, device: &Device) -> Result<VarBuilder<'static>> {
-    let tensors = candle_core::safetensors::load(path, device)
-        .map_err(|e| ClipError::File(path.display().to_string(), e.to_string()))?;
+    let mut tensors = crate::weights::load_f32(path, device)
+        .map_err(|message| ClipError::File(path.display().to_string(), message))?;
+    // Both towers run products of many rows: 257 patches, or 64 texts at once.
+    crate::weights::transpose_product_weights(&mut tensors, |_| true)?;
     Ok(VarBuilder::from_tensors(tensors, DType::F32, device))
 }
 

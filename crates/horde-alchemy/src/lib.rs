@@ -8,9 +8,11 @@
 //!   concept embeddings with their thresholds): the `nsfw` form's verdict and the censor's;
 //! * [`interrogate`]: the `interrogation` form: the image ranked against the horde's term lists
 //!   by CLIP similarity, in the public result shape;
-//! * [`caption`]: the `caption` form: BLIP's captioning model and its tokenizer.
+//! * [`caption`]: the `caption` form: BLIP's captioning model and its tokenizer;
+//! * [`weights`]: their checkpoints read tensor by tensor, so that loading holds one copy.
 
 pub mod caption;
 pub mod clip;
 pub mod interrogate;
 pub mod safety;
+pub mod weights;

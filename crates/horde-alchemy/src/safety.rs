@@ -14,7 +14,6 @@ use std::path::Path;
 
 use candle_core::{Device, IndexOp, Module, Tensor};
 use candle_nn::Linear;
-use candle_transformers::models::clip::vision_model::ClipVisionTransformer;
 use image::RgbImage;
 
 use crate::clip::{
@@ -50,7 +49,7 @@ pub struct Cosines {
 
 /// The loaded checker.
 pub struct SafetyChecker {
-    vision: ClipVisionTransformer,
+    vision: crate::clip::VisionTower,
     visual_projection: Linear,
     concept_embeds: Tensor,
     special_care_embeds: Tensor,
