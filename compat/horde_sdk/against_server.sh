@@ -11,6 +11,7 @@ BIN="${1:-${HORDE_BIN:-/root/.cache/horde-target/debug/horde}}"
 [ -x "$BIN" ] || { echo "error: horde binary not found at $BIN" >&2; exit 2; }
 PY="$("$HERE/setup.sh" ${2:+"$2"} | tail -n 1)"
 . "$HERE/../serve.sh"
+export HORDE_API__ADMINS="[1]"  # the first user, "sdk" below, administers this horde
 start_coordinator "$BIN" --enable-test-users
 
 KEY="$(curl -sf -X POST "$URL/api/v2/dev/test-user" -H 'content-type: application/json' \
@@ -21,7 +22,7 @@ status=0
 "$PY" "$HERE/roundtrip.py" --url "$URL" --apikey "$KEY" --r2 || status=1
 "$PY" "$HERE/text_roundtrip.py" --url "$URL" --apikey "$KEY" || status=1
 "$PY" "$HERE/alchemy_roundtrip.py" --url "$URL" --apikey "$KEY" || status=1
-"$PY" "$HERE/endpoints.py" --url "$URL" || status=1
-"$PY" "$HERE/endpoints.py" --url "$URL" --strict || status=1
+"$PY" "$HERE/endpoints.py" --url "$URL" --admin-key "$KEY" || status=1
+"$PY" "$HERE/endpoints.py" --url "$URL" --admin-key "$KEY" --strict || status=1
 if [ "$status" -ne 0 ]; then echo "--- server log (last 40 lines)"; tail -n 40 "$LOG"; fi
 exit "$status"

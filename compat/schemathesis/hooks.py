@@ -267,18 +267,53 @@ def _worker(body):
         body["info"] = _plain(body["info"])
 
 
+def _style(body):
+    # Style and collection names are unique among one owner's (400), as workers' names are.
+    name = body.get("name")
+    if isinstance(name, str):
+        body["name"] = f"{name[:80]} {os.getpid()}-{next(_renames)}"
+
+
+def _style_example(body):
+    # An example's URL is used once per style (ExampleURLAlreadyInUse).
+    url = body.get("url")
+    if isinstance(url, str):
+        body["url"] = f"{url[:1000]}#{os.getpid()}-{next(_renames)}"
+
+
+def _no_style(rule):
+    """`rule`, then the request names no style (another run's style would decide its fate)."""
+
+    def apply(body):
+        rule(body)
+        body.pop("style", None)
+
+    return apply
+
+
 RULES = {
     ("PUT", "/api/v2/workers/{id}"): _worker,
+    # Team names are unique (TeamNameAlreadyExists) and profanity-checked, as workers' names.
+    ("POST", "/api/v2/teams"): _worker,
+    ("PATCH", "/api/v2/teams/{id}"): _worker,
     ("POST", "/api/v2/generate/pop"): _pop,
-    ("POST", "/api/v2/generate/async"): _image_request,
-    ("POST", "/api/v2/generate/batch"): _batch,
-    ("POST", "/api/v2/generate/text/async"): _text_request,
+    ("POST", "/api/v2/generate/async"): _no_style(_image_request),
+    ("POST", "/api/v2/generate/batch"): _no_style(_batch),
+    ("POST", "/api/v2/generate/text/async"): _no_style(_text_request),
     ("POST", "/api/v2/generate/text/pop"): _text_pop,
     ("POST", "/api/v2/interrogate/async"): _interrogation,
     ("POST", "/api/v2/interrogate/pop"): _alchemist,
     ("POST", "/api/v2/kudos/transfer"): _transfer,
     ("PUT", "/api/v2/filters"): _filter,
     ("PATCH", "/api/v2/filters/{id}"): _filter,
+    ("POST", "/api/v2/styles/image"): _style,
+    ("PATCH", "/api/v2/styles/image/{style_id}"): _style,
+    ("POST", "/api/v2/styles/text"): _style,
+    ("PATCH", "/api/v2/styles/text/{style_id}"): _style,
+    ("POST", "/api/v2/collections"): _style,
+    ("PATCH", "/api/v2/collections/{collection_id}"): _style,
+    ("POST", "/api/v2/styles/image/{style_id}/example"): _style_example,
+    ("PATCH", "/api/v2/styles/image/{style_id}/example/{example_id}"): _style_example,
 }
 
 

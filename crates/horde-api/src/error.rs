@@ -88,6 +88,11 @@ return_codes! {
     NoUserModSelected => 400,
     NoSharedKeyModSelected => 400,
     NoFilterModSelected => 400,
+    // teams and worker messages (issue 29)
+    NoTeamModSelected => 400,
+    TeamNameAlreadyExists => 400,
+    ProfaneTeamName => 400,
+    ProfaneTeamInfo => 400,
     CorruptPrompt => 400,
     TooManyExtraSourceImages => 400,
     MoreThanMinExtraSourceImage => 400,
@@ -99,11 +104,31 @@ return_codes! {
     SourceImageUnreadable => 400,
     InpaintingMissingMask => 400,
     InvalidPromptSize => 400,
+    // ratings (`POST /generate/rate/{id}`)
+    ProcGenNotFound => 400,
+    InvalidAestheticAttempt => 400,
+    AestheticsNotCompleted => 400,
+    AestheticsNotPublic => 400,
+    AestheticsDuplicate => 400,
+    AestheticsMissing => 400,
+    AestheticsSolo => 400,
+    AestheticsAlreadyExist => 400,
+    // the horde's modes and administration (issue 29)
+    MaintenanceMode => 400,
+    NoHordeModSelected => 400,
+    KudosValidationError => 400,
     // text generation's rules
     TokenOverflow => 400,
     MissingFullSamplerOrder => 400,
     TooManyStopSequences => 400,
     ExcessiveStopSequence => 400,
+    // styles and collections
+    StylePromptMissingVars => 400,
+    StyleMismatch => 400,
+    ExampleURLAlreadyInUse => 400,
+    StylesAnonForbidden => 403,
+    StylesRequiresCustomizer => 403,
+    TooManyStyleExamples => 403,
     // 401
     InvalidAPIKey => 401,
     // 403
@@ -123,6 +148,12 @@ return_codes! {
     TooManySharedKeys => 403,
     TooManyWorkers => 403,
     TestUsersDisabled => 403,
+    TimeoutIP => 403,
+    UntrustedTeamCreation => 403,
+    MessagesOnlyOwnWorkers => 403,
+    WorkerInviteOnly => 403,
+    DeletedUser => 403,
+    NotPrivileged => 403,
     // 404
     InvalidJobID => 404,
     RequestNotFound => 404,
@@ -130,12 +161,15 @@ return_codes! {
     UserNotFound => 404,
     ThingNotFound => 404,
     SharedKeyInvalid => 404,
+    TeamNotFound => 404,
     // 405
     MethodNotAllowed => 405,
     // 408
     RequestTimeout => 408,
     // 410
     RequestExpired => 410,
+    // 423
+    Locked => 423,
     // 413
     PayloadTooLarge => 413,
     // 414, 415, 431

@@ -217,6 +217,10 @@ pub struct InterrogationPopForm {
 pub struct InterrogationPopResponse {
     pub forms: Vec<InterrogationPopForm>,
     pub skipped: SkippedCounts,
+    /// The worker's active messages (`/workers/messages`), as the image pop shows them;
+    /// absent when there are none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub messages: Vec<serde_json::Value>,
 }
 
 /// The body of `POST /interrogate/submit` (SubmitInputStable for alchemy).

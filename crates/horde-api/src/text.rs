@@ -454,6 +454,10 @@ pub struct TextPopResponse {
     pub skipped: SkippedCounts,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl: Option<u64>,
+    /// The worker's active messages from moderators or its owner (`/workers/messages`), as the
+    /// image pop shows them; absent when there are none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub messages: Vec<serde_json::Value>,
 }
 
 impl TextPopResponse {
@@ -474,6 +478,7 @@ impl TextPopResponse {
             softprompt: None,
             skipped,
             ttl: None,
+            messages: vec![],
         }
     }
 }
@@ -723,6 +728,7 @@ mod tests {
             softprompt: None,
             skipped: SkippedCounts::new(),
             ttl: Some(150),
+            messages: vec![],
         };
         let value = serde_json::to_value(&answer).unwrap();
         assert_eq!(

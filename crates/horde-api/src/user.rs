@@ -61,6 +61,9 @@ pub struct UserDetails {
     pub vpn: bool,
     pub special: bool,
     pub deleted: bool,
+    /// The user's public styles (`alias#id::style::name`, id and type).
+    #[serde(default)]
+    pub styles: Vec<crate::styles::StyleBrief>,
     pub worker_count: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker_ids: Option<Vec<String>>,

@@ -64,6 +64,9 @@ pub struct WorkerDetails {
     /// An alchemist's forms (alchemists only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forms: Option<Vec<String>>,
+    /// The active messages to the worker (shown to its owner and moderators).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub messages: Option<Vec<crate::teams::WorkerMessage>>,
     /// This coordinator's reputation ledger of the worker (not in the public horde).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reputation: Option<WorkerReputation>,
@@ -82,8 +85,15 @@ pub struct WorkerReputation {
     pub speed_mps: f64,
     /// Seconds online.
     pub uptime: u64,
-    /// Smoothed share of judged jobs completed, 0 to 1; routing prefers higher.
+    /// Smoothed share of judged jobs completed, 0 to 1, moved by requesters' ratings (at most a
+    /// quarter of the way to 1 or 0); routing prefers higher.
     pub reliability: f64,
+    /// Requesters who rated its images (`POST /generate/rate/{id}`), each one voice.
+    #[serde(default)]
+    pub rated_by: u32,
+    /// The mean of those requesters' mean ratings (1..10); absent before any rating.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rating: Option<f64>,
     pub suspicion: u32,
     /// The latest suspicion events, oldest first.
     pub suspicions: Vec<SuspicionEntry>,
@@ -139,6 +149,11 @@ pub struct ModifyWorker {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(min_length = 5, max_length = 100)]
     pub name: Option<String>,
+    /// The id of the team the worker joins, or `""` to leave its team. The answer names the
+    /// team (`"None"` when it left), as the public horde's does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 36)]
+    pub team: Option<String>,
     /// Moderators only: clears the worker's suspicion so that it gets jobs again (not in the
     /// public horde, which resets suspicion per user).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -156,6 +171,9 @@ impl ModifyWorker {
         }
         if let Some(msg) = &self.maintenance_msg {
             errors.range("maintenance_msg", msg.chars().count(), 0, 1000);
+        }
+        if let Some(team) = &self.team {
+            errors.max_chars("team", team, 36);
         }
         errors.into_result()
     }

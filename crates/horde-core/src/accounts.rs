@@ -55,6 +55,9 @@ pub struct User {
     /// Kudos held in escrow: half of what an untrusted owner's workers earn.
     pub evaluating_kudos: f64,
     pub created: i64,
+    /// When the account was deleted (`DELETE /users/{id}`): a deleted account is refused
+    /// everywhere with 403 `DeletedUser` (`horde_core::modes::check_deletion`).
+    pub deleted_at: Option<i64>,
 }
 
 /// How much of a user's details a viewer sees, as on the public horde: anyone the public

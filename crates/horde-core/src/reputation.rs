@@ -99,11 +99,19 @@ pub struct Reputation {
     /// The stored version this copy was read at or last written as: a write is made only over
     /// that version, so coordinators sharing a database never overwrite each other's counts.
     pub version: u64,
+    /// Requesters' ratings of its images, one voice per requester (`crate::ratings`).
+    pub rating: crate::ratings::RatingSummary,
 }
 
 impl Reputation {
-    /// Smoothed share of judged jobs (completed, faulted, timed out) that were completed, in (0, 1).
+    /// Smoothed share of judged jobs (completed, faulted, timed out) that were completed, in
+    /// (0, 1), moved by the requesters' ratings (`crate::ratings::rated_reliability`).
     pub fn reliability(&self) -> f64 {
+        crate::ratings::rated_reliability(self.completion(), &self.rating)
+    }
+
+    /// Smoothed share of judged jobs that were completed, before ratings.
+    pub fn completion(&self) -> f64 {
         let successes = self.completed as f64 + PRIOR_SUCCESSES;
         let failures = (self.faulted + self.timed_out) as f64 + PRIOR_FAILURES;
         successes / (successes + failures)

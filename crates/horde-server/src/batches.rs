@@ -76,6 +76,7 @@ impl AppState {
         // The shared source images, checked and normalised once; each member keeps its copy.
         let sources = self.prepare_sources(&shared).await?;
         let mut vetted = Vec::with_capacity(batch.prompts.len());
+        let mut styles = Vec::with_capacity(batch.prompts.len());
         let mut pending = 0.0;
         for member in &batch.prompts {
             let mut body = shared.clone();
@@ -83,6 +84,10 @@ impl AppState {
             if let Some(seed) = &member.seed {
                 body.params.seed = Some(seed.clone());
             }
+            // A style (or a collection, drawn again for each member) expands each member as
+            // it would a request of its own.
+            let (body, style) = self.apply_image_style(user, body).await?;
+            styles.push(style);
             let accepted = self.vet_request(user, shared_key, body, pending).await?;
             pending +=
                 pricing::projected_cost(&accepted.body, self.projected_family(&accepted.body));
@@ -106,7 +111,17 @@ impl AppState {
         let requests = self
             .admit_batch(user, shared_key, &vetted, &sources, now)
             .await?;
-        Ok(BatchAccepted::Queued(self.batch_answer(&vetted, requests)))
+        let mut style_warnings = vec![];
+        for (request, style) in requests.iter().zip(styles) {
+            if let Some(warning) = self.record_style_use(user, style, request.id).await {
+                if !style_warnings.contains(&warning) {
+                    style_warnings.push(warning);
+                }
+            }
+        }
+        let mut answer = self.batch_answer(&vetted, requests);
+        answer.warnings.extend(style_warnings);
+        Ok(BatchAccepted::Queued(answer))
     }
 
     /// The fields every member shares, read as `/generate/async` reads a body (the same 400

@@ -195,8 +195,9 @@ async fn listen(state: &SharedState, url: &str) -> Result<(), horde_store::Store
 /// How often what other coordinators stored about workers and filters is brought in.
 const REFRESH: Duration = Duration::from_secs(5);
 
-/// Brings in, every few seconds, what other coordinators stored about the online workers, and
-/// the moderators' prompt filters (a handful of regexes, compiled again).
+/// Brings in, every few seconds, what other coordinators stored about the online workers, the
+/// moderators' prompt filters (a handful of regexes, compiled again), and the workers' teams and
+/// messages.
 pub fn spawn_refresh(state: SharedState) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
@@ -206,6 +207,10 @@ pub fn spawn_refresh(state: SharedState) -> tokio::task::JoinHandle<()> {
             }
             if let Err(error) = state.reload_filters().await {
                 tracing::warn!(error = ?error.body, "could not reload the prompt filters");
+            }
+            // Teams and workers' messages changed on another coordinator.
+            if let Err(error) = state.reload_teams_and_messages().await {
+                tracing::warn!(%error, "could not reload teams and workers' messages");
             }
         }
     })

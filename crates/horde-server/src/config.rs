@@ -35,6 +35,23 @@ pub struct ServerConfig {
     pub metrics: MetricsConfig,
     /// Calls to the requests' `webhook` URLs.
     pub webhooks: WebhooksConfig,
+    /// The operator's news (`/status/news`) and documents (`/documents/…`).
+    pub documents: DocumentsConfig,
+}
+
+/// What the operator publishes (`modes.rs`): each file read when asked for, so an edit shows
+/// at once; anything not provided is the built-in default (`defaults/`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DocumentsConfig {
+    /// `GET /status/news`: a JSON list of news pieces (the public horde's `news.json` format:
+    /// `date_published`, `newspiece`, `importance`, `tags`, `title`, `more_info_urls`).
+    /// Empty: the built-in news.
+    pub news: PathBuf,
+    /// A directory of `terms`, `privacy` and `sponsors` documents, each as `<name>.html` and
+    /// `<name>.md` (`?format=markdown`); a file missing there is the built-in one. Empty: all
+    /// built-in.
+    pub dir: PathBuf,
 }
 
 /// Webhook calls (`webhooks.rs`): which URLs are accepted, and how long a delivery is retried.
@@ -203,7 +220,7 @@ pub struct LimitsConfig {
     pub shared_keys_per_ip: Limit,
     /// `/users/{id}`, per IP and user.
     pub users_per_ip: Limit,
-    /// `PUT /workers/{id}`, per IP and worker.
+    /// `PUT` and `DELETE /workers/{id}`, per IP and worker.
     pub workers_per_ip: Limit,
     /// Every other endpoint under `/api/v2/`, per IP.
     pub default_per_ip: Limit,
@@ -385,6 +402,7 @@ impl Default for ServerConfig {
             text: TextConfig::default(),
             metrics: MetricsConfig::default(),
             webhooks: WebhooksConfig::default(),
+            documents: DocumentsConfig::default(),
         }
     }
 }

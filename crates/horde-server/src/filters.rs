@@ -46,6 +46,10 @@ impl AppState {
             }
             Verdict::Blocked(_) => {
                 tracing::info!(user = user.id, "prompt refused by the prompt filters");
+                // Its sender is timed out once the answer is made; moderators never are.
+                if !user.moderator {
+                    crate::operations::note_blocked_prompt();
+                }
                 Err(ApiError::new(
                     Rc::CorruptPrompt,
                     if nsfw_model {

@@ -71,8 +71,10 @@ impl AppState {
             ..pop
         };
         let notice = ignored_models_notice(&ignored);
+        let name = pop.name.clone();
         let mut answer = self.pop_checked_in(user, pop).await?;
         answer.messages.extend(notice);
+        answer.messages.extend(self.pop_messages(&name));
         Ok(answer)
     }
 

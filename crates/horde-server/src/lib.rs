@@ -29,8 +29,10 @@ pub mod lifecycle;
 pub mod live_requests;
 pub mod metrics;
 pub mod model_reference;
+pub mod modes;
 pub mod offline;
 pub mod openapi;
+pub mod operations;
 pub mod ratelimit;
 pub mod reputation;
 pub mod requests;
@@ -40,7 +42,9 @@ pub mod sources;
 pub mod state;
 pub mod streaming;
 pub mod strict_json;
+pub mod styles;
 pub mod sweeper;
+pub mod teams;
 pub mod texts;
 pub mod users;
 pub mod waiting;
@@ -266,12 +270,15 @@ async fn open_state(
         upload_secret,
         public_url,
         shutting_down: Default::default(),
+        modes: Default::default(),
+        ip_timeouts: Default::default(),
     };
     state
         .store
         .ensure_anonymous(&state.accounts.anonymous_key_hash(), now())
         .await?;
     state.load_workers().await?;
+    state.reload_teams_and_messages().await?;
     Ok(state)
 }
 
@@ -324,10 +331,17 @@ fn router(state: SharedState) -> Router {
         .route("/api/v2/workers", get(workers::list))
         .route(
             "/api/v2/workers/{id}",
-            get(workers::get).put(workers::modify),
+            get(workers::get)
+                .put(workers::modify)
+                .delete(workers::delete),
         )
         .route("/api/v2/workers/name/{name}", get(workers::by_name))
-        .route("/api/v2/users/{id}", get(users::get).put(users::modify))
+        .route(
+            "/api/v2/users/{id}",
+            get(users::get)
+                .put(users::modify)
+                .delete(routes::modes::delete_user),
+        )
         .route("/api/v2/users/{id}/reset_key", post(users::reset_key))
         .route(
             "/api/v2/users/{id}/webhook_secret",

@@ -107,6 +107,11 @@ fn add_common_answers(operation: &mut Operation, limited: bool) {
     }
     if reads_key {
         add("401", "The API key is not known.");
+        // A deleted account's key is refused everywhere (`DeletedUser`, `modes.rs`).
+        add(
+            "403",
+            "The API key's account was deleted, or lacks the rights.",
+        );
     }
     if parses_input {
         add("400", "The input is malformed or out of bounds.");
@@ -187,6 +192,8 @@ const MODIFICATIONS: &[&str] = &[
     "ModifyUser",
     "FilterPatch",
     "SharedKeyPatch",
+    "TeamPatch",
+    "HordeModesChange",
 ];
 
 /// Writes into the schemas the rules of the input that the wire types' attributes cannot
@@ -197,6 +204,7 @@ fn input_rules(spec: &mut Value) {
     let schemas = &mut spec["components"]["schemas"];
     bounds_from_constants(schemas);
     text_bounds(schemas);
+    crate::routes::styles::spec_rules(schemas);
     for name in MODIFICATIONS {
         at_least_one_field(&mut schemas[*name]);
     }
@@ -500,7 +508,8 @@ mod tests {
         assert!(invited.get("format").is_none(), "{invited}");
         assert_eq!(
             schemas["ModifyWorker"]["anyOf"].as_array().map(Vec::len),
-            Some(6)
+            Some(7),
+            "one alternative for each field of a worker's modification, `team` included"
         );
         assert_eq!(
             schemas["ImageParams"]["properties"]["special"]["$ref"],

@@ -24,6 +24,18 @@ enum Key {
     ApiKeyAndRoute,
 }
 
+/// `POST /generate/rate/{id}`: 5 a minute per address and request (the public horde's).
+const RATE_PER_IP: Limit = Limit {
+    count: 5,
+    window_ms: 60_000,
+};
+
+/// The public horde's 30 a minute per address for changing the modes and teams.
+const CHANGES_PER_IP: Limit = Limit {
+    count: 30,
+    window_ms: 60_000,
+};
+
 /// `POST /generate/async`, whose limits a batch of prompts shares.
 const ASYNC_ROUTE: &str = "/api/v2/generate/async";
 /// `POST /generate/text/async`, under the same three limits (its own counters).
@@ -55,6 +67,12 @@ fn limits_for(
             limits.push((per_key, Key::ApiKeyAndRoute));
             limits
         }
+        // Creating a style counts as a request does, per address (its own counters).
+        ("POST", "/api/v2/styles/image" | "/api/v2/styles/text") => config
+            .generate_per_ip
+            .iter()
+            .map(|l| (*l, Key::IpAndRoute))
+            .collect(),
         ("GET", "/api/v2/generate/check/{id}") => vec![(config.check_per_ip, Key::IpAndPath)],
         (_, "/api/v2/generate/status/{id}") => vec![(config.status_per_ip, Key::IpAndPath)],
         // A stream carries what status does, so it opens as often as status may be called.
@@ -78,7 +96,13 @@ fn limits_for(
             .map(|l| (*l, Key::ApiKeyAndRoute))
             .collect(),
         ("PUT", "/api/v2/sharedkeys") => vec![(config.shared_keys_per_ip, Key::IpAndPath)],
-        ("PUT", "/api/v2/workers/{id}") => vec![(config.workers_per_ip, Key::IpAndPath)],
+        ("POST", "/api/v2/generate/rate/{id}") => vec![(RATE_PER_IP, Key::IpAndPath)],
+        ("PUT" | "DELETE", "/api/v2/workers/{id}") => {
+            vec![(config.workers_per_ip, Key::IpAndPath)]
+        }
+        ("PUT", "/api/v2/status/modes")
+        | ("POST", "/api/v2/teams")
+        | ("PATCH" | "DELETE", "/api/v2/teams/{id}") => vec![(CHANGES_PER_IP, Key::IpAndRoute)],
         (_, "/api/v2/users/{id}") => vec![(config.users_per_ip, Key::IpAndPath)],
         (_, route)
             if route.starts_with("/api/v2/")
@@ -92,7 +116,25 @@ fn limits_for(
     }
 }
 
+/// The layer: an address in timeout is refused first (`operations::guard_address`, whether or
+/// not rate limits are on), then the request counts against its limits.
 pub async fn rate_limit(
+    State(state): State<SharedState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
+    let client = state.trusted_proxies.client(peer.ip(), request.headers());
+    let limited = limit(State(state.clone()), ConnectInfo(peer), request, next);
+    crate::operations::guard_address(&state, &route, client, limited).await
+}
+
+async fn limit(
     State(state): State<SharedState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     request: Request,

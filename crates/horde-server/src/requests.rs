@@ -77,6 +77,7 @@ impl AppState {
         shared_key: Option<&SharedKey>,
         body: ImageRequest,
     ) -> ApiResult<Accepted> {
+        let (body, style) = self.apply_image_style(user, body).await?;
         let Vetted {
             body,
             base_seed,
@@ -112,11 +113,12 @@ impl AppState {
         let post_processing_warning = post_processing::unavailable_warning(&request.body);
         let id = request.id;
         self.live.insert(request);
+        let style_warning = self.record_style_use(user, style, id).await;
         let mut response = AsyncResponse {
             id: Some(id.to_string()),
             kudos: pricing::reported_kudos(job_kudos),
             message: None,
-            warnings: downgraded.into_iter().collect(),
+            warnings: downgraded.into_iter().chain(style_warning).collect(),
         };
         response.warnings.extend(fallback);
         response.warnings.extend(post_processing_warning);
@@ -145,6 +147,7 @@ impl AppState {
         pending_debits: f64,
     ) -> ApiResult<Vetted> {
         body.validate().map_err(ApiError::validation)?;
+        self.refuse_in_maintenance().await?;
         request_rules::check_with_webhook_policy(
             &body,
             user,

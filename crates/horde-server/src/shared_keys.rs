@@ -156,10 +156,19 @@ impl AppState {
     }
 
     async fn owner_of(&self, key: &SharedKey) -> ApiResult<User> {
-        self.store
+        let owner = self
+            .store
             .user_by_id(key.owner_id)
             .await?
-            .ok_or_else(|| ApiError::internal("shared key without an owner"))
+            .ok_or_else(|| ApiError::internal("shared key without an owner"))?;
+        // A deleted account lends nothing (`modes.rs`).
+        if owner.deleted_at.is_some() {
+            return Err(ApiError::new(
+                Rc::DeletedUser,
+                "This shared key's account was deleted.",
+            ));
+        }
+        Ok(owner)
     }
 }
 
@@ -233,7 +242,7 @@ fn details(token: &str, key: &SharedKey, owner: &User) -> SharedKeyDetails {
 }
 
 /// Unix seconds as an RFC 3339 UTC time (days to civil date: H. Hinnant's algorithm).
-fn rfc3339(secs: i64) -> String {
+pub(crate) fn rfc3339(secs: i64) -> String {
     let (days, rest) = (secs.div_euclid(DAY_SECS), secs.rem_euclid(DAY_SECS));
     let z = days + 719_468;
     let era = z.div_euclid(146_097);

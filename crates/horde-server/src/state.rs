@@ -60,4 +60,8 @@ pub struct AppState {
     /// Set when the coordinator starts shutting down: endless answers (the dashboard's live
     /// events) end, so the graceful shutdown does not wait for them forever.
     pub shutting_down: std::sync::atomic::AtomicBool,
+    /// The horde's modes as last read from the database (`modes.rs`).
+    pub modes: crate::modes::ModeCache,
+    /// The IP timeouts as last read from the database, and workers' addresses (`operations.rs`).
+    pub ip_timeouts: crate::operations::IpTimeouts,
 }

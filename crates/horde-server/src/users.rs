@@ -42,10 +42,15 @@ impl AppState {
             ));
         };
         let hash = self.accounts.hash_key(key);
-        self.store
+        let user = self
+            .store
             .user_by_key_hash(&hash)
             .await?
-            .ok_or_else(|| ApiError::new(Rc::InvalidAPIKey, "No user matching sent API Key. Have you remembered to register at https://aihorde.net/register ?"))
+            .ok_or_else(|| ApiError::new(Rc::InvalidAPIKey, "No user matching sent API Key. Have you remembered to register at https://aihorde.net/register ?"))?;
+        if user.deleted_at.is_some() {
+            return Err(ApiError::new(Rc::DeletedUser, "This account was deleted."));
+        }
+        Ok(user)
     }
 
     /// [`AppState::authenticate`] through the user cache: the user as read at most
@@ -177,6 +182,7 @@ impl AppState {
     ) -> ApiResult<UserDetails> {
         let flows = self.store.kudos_flows(user.id).await?;
         let mut details = self.user_details(user, privilege);
+        details.styles = self.styles_brief(user).await?;
         let k = &mut details.kudos_details;
         (k.gifted, k.donated, k.received, k.admin, k.awarded) = (
             flows.gifted,
@@ -260,7 +266,8 @@ impl AppState {
             education: user.education,
             vpn: user.vpn,
             special: false,
-            deleted: false,
+            deleted: user.deleted_at.is_some(),
+            styles: vec![],
             worker_count: worker_ids.len() as u32,
             // As on the public horde: the ids for the user themself and moderators, and for
             // everyone when the user made their workers public.
@@ -374,7 +381,7 @@ impl AppState {
         })
     }
 
-    fn is_admin(&self, user: &User) -> bool {
+    pub(crate) fn is_admin(&self, user: &User) -> bool {
         !user.is_anonymous() && self.config.api.admins.contains(&user.id)
     }
 

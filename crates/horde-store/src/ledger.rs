@@ -35,6 +35,8 @@ pub enum Kind {
     Uptime,
     /// Kudos leaving escrow for the balance (the owner became trusted).
     Release,
+    /// Kudos an administrator awarded (`POST /kudos/award`): `kudos_details.awarded`.
+    Award,
 }
 
 impl Kind {
@@ -49,6 +51,7 @@ impl Kind {
             Kind::Floor => "floor",
             Kind::Uptime => "uptime",
             Kind::Release => "release",
+            Kind::Award => "award",
         }
     }
 }
@@ -229,7 +232,7 @@ impl Store {
              CAST(COALESCE(SUM(CASE WHEN l.amount < 0 AND u.education = 1 \
                  THEN -l.amount END), 0) AS DOUBLE PRECISION) \
              FROM kudos_ledger l LEFT JOIN users u ON u.id = l.counterparty \
-             WHERE l.account = $1 AND l.kind IN ('transfer', 'grant', 'uptime') GROUP BY l.kind",
+             WHERE l.account = $1 AND l.kind IN ('transfer', 'grant', 'uptime', 'award') GROUP BY l.kind",
         )
         .bind(user_id)
         .fetch_all(&self.pool)
@@ -244,7 +247,8 @@ impl Store {
                     (flows.received, flows.gifted, flows.donated) = (inflow, outflow, to_education)
                 }
                 "grant" => flows.admin = inflow - outflow - to_education,
-                _ => flows.awarded = inflow - outflow - to_education,
+                // Uptime and awards both show as `awarded`, as on the public horde.
+                _ => flows.awarded += inflow - outflow - to_education,
             }
         }
         Ok(flows)

@@ -18,20 +18,20 @@ pub struct NewUser {
     pub created: i64,
 }
 
-const USER_COLUMNS: &str =
+pub(crate) const USER_COLUMNS: &str =
     "id, username, oauth_id, kudos, moderator, trusted, flagged, customizer, vpn, service, \
     education, public_workers, concurrency, \
     worker_invited, usage_megapixelsteps, usage_requests, contributed_megapixelsteps, fulfilments, \
     usage_tokens, text_requests, contributed_tokens, text_fulfilments, \
     interrogation_requests, interrogation_fulfilments, \
-    kudos_accumulated, evaluating_kudos, created";
+    kudos_accumulated, evaluating_kudos, created, deleted_at";
 
 /// Accounts made without an OAuth identity get a `pseudo_…` id.
 pub(crate) fn is_pseudonymous(oauth_id: &str) -> bool {
     oauth_id.starts_with("pseudo_")
 }
 
-fn user_from_row(row: &AnyRow) -> Result<User> {
+pub(crate) fn user_from_row(row: &AnyRow) -> Result<User> {
     let oauth: String = row.try_get("oauth_id")?;
     Ok(User {
         id: row.try_get("id")?,
@@ -61,6 +61,7 @@ fn user_from_row(row: &AnyRow) -> Result<User> {
         kudos_accumulated: row.try_get("kudos_accumulated")?,
         evaluating_kudos: row.try_get("evaluating_kudos")?,
         created: row.try_get("created")?,
+        deleted_at: row.try_get("deleted_at")?,
     })
 }
 
@@ -97,7 +98,7 @@ impl Store {
         .await
         .map_err(|e| StoreError::unique(e, "oauth id"))?
         .try_get(0)?;
-        ledger::post(&mut tx, new.created, &grant(id, new.kudos)).await?;
+        ledger::post(&mut tx, new.created, &grant(id, new.kudos, Kind::Grant)).await?;
         tx.commit().await?;
         self.user_by_id(id)
             .await?
@@ -157,7 +158,7 @@ impl Store {
         .bind(id)
         .execute(&mut *tx)
         .await?;
-        ledger::post(&mut tx, now, &grant(id, kudos - old)).await?;
+        ledger::post(&mut tx, now, &grant(id, kudos - old, Kind::Grant)).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -189,7 +190,16 @@ impl Store {
     /// An administrator's change of a balance: a grant from (or back to) the horde.
     pub async fn award_kudos(&self, user_id: i64, amount: f64, at: i64) -> Result<()> {
         let mut tx = self.writer.begin().await?;
-        ledger::post(&mut tx, at, &grant(user_id, amount)).await?;
+        ledger::post(&mut tx, at, &grant(user_id, amount, Kind::Grant)).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Kudos from the horde that an administrator awarded (`POST /kudos/award`), shown as
+    /// `kudos_details.awarded` rather than as an operator's grant.
+    pub async fn administrator_award(&self, user_id: i64, amount: f64, at: i64) -> Result<()> {
+        let mut tx = self.writer.begin().await?;
+        ledger::post(&mut tx, at, &grant(user_id, amount, Kind::Award)).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -231,16 +241,17 @@ impl Store {
     }
 }
 
-/// A grant of `amount` from the horde to `user_id` (negative to take kudos away).
-fn grant(user_id: i64, amount: f64) -> [Posting; 2] {
+/// A grant of `amount` from the horde to `user_id` (negative to take kudos away), posted as
+/// `kind`.
+fn grant(user_id: i64, amount: f64, kind: Kind) -> [Posting; 2] {
     [
         Posting {
             counterparty: Some(HORDE_ACCOUNT),
-            ..Posting::new(user_id, amount, Kind::Grant)
+            ..Posting::new(user_id, amount, kind)
         },
         Posting {
             counterparty: Some(user_id),
-            ..Posting::new(HORDE_ACCOUNT, -amount, Kind::Grant)
+            ..Posting::new(HORDE_ACCOUNT, -amount, kind)
         },
     ]
 }

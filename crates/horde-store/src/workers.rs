@@ -11,7 +11,8 @@ const WORKER_COLUMNS: &str =
     "id, user_id, name, info, created, last_check_in, bridge_agent, threads, \
     max_pixels, nsfw, flags, maintenance, maintenance_msg, paused, kudos_generated, kudos_uptime, \
     fulfilments, megapixelsteps, uncompleted_jobs, uptime, jobs_faulted, jobs_cancelled, busy_secs, \
-    recent_speed_mps, fault_streak, suspicion, suspicions, uptime_rewarded, reputation_version";
+    recent_speed_mps, fault_streak, suspicion, suspicions, uptime_rewarded, reputation_version, \
+    rating_raters, rating_points";
 
 fn worker_from_row(row: &AnyRow) -> Result<Worker> {
     Ok(Worker {
@@ -50,6 +51,10 @@ fn reputation_from_row(row: &AnyRow) -> Result<Reputation> {
         suspicion: row.try_get::<i64, _>("suspicion")? as u32,
         suspicions: parse_json(row.try_get("suspicions")?)?,
         version: row.try_get::<i64, _>("reputation_version")? as u64,
+        rating: horde_core::ratings::RatingSummary {
+            raters: row.try_get::<i64, _>("rating_raters")? as u32,
+            points: row.try_get("rating_points")?,
+        },
     })
 }
 
@@ -67,7 +72,8 @@ where
     let written = sqlx::query(
         "UPDATE workers SET fulfilments = $1, jobs_faulted = $2, uncompleted_jobs = $3, jobs_cancelled = $4, \
          megapixelsteps = $5, busy_secs = $6, recent_speed_mps = $7, fault_streak = $8, suspicion = $9, \
-         suspicions = $10, reputation_version = $11 WHERE id = $12 AND reputation_version = $13",
+         suspicions = $10, reputation_version = $11, rating_raters = $14, rating_points = $15 \
+         WHERE id = $12 AND reputation_version = $13",
     )
     .bind(r.completed as i64)
     .bind(r.faulted as i64)
@@ -82,6 +88,8 @@ where
     .bind(r.version as i64 + 1)
     .bind(worker_id.to_string())
     .bind(r.version as i64)
+    .bind(i64::from(r.rating.raters))
+    .bind(r.rating.points)
     .execute(executor)
     .await?;
     if written.rows_affected() == 0 {

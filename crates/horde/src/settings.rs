@@ -23,6 +23,7 @@ const ENV_KEYS: &[&str] = &[
     "metrics",
     "webhooks",
     "text",
+    "documents",
 ];
 
 /// The default config file, read when present and no `--config` is given.
@@ -119,9 +120,11 @@ mod tests {
             jail.set_env("HORDE_LIMITS__CHECK_PER_IP", "3/second");
             jail.set_env("HORDE_METRICS__BEARER_TOKEN", "scraper");
             jail.set_env("HORDE_WEBHOOKS__ALLOW_HTTP", "true");
+            jail.set_env("HORDE_DOCUMENTS__NEWS", "/srv/news.json");
             let config = load(None, Figment::new()).map_err(|e| e.to_string())?;
             assert_eq!(config.metrics.bearer_token, "scraper");
             assert!(config.webhooks.allow_http);
+            assert_eq!(config.documents.news, PathBuf::from("/srv/news.json"));
             assert_eq!(config.jobs.deadline_floor_secs, 7);
             assert_eq!(config.workers.suspicion_threshold, 9);
             assert_eq!(config.quotas.anonymous.images_per_day, 11);

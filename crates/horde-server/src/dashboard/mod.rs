@@ -403,11 +403,12 @@ fn workers_table(html: &mut String, workers: &[Seen], view: &WorkersView) {
         let _ = writeln!(
             html,
             "<tr><td>{}</td><td>{status}</td><td class=\"n\">{speed:.2} {unit}</td><td class=\"n\">{}</td>\
-             <td class=\"n\">{:.0} %</td><td class=\"n\">{}</td><td class=\"n\">{:.0}</td>\
+             <td class=\"n\">{:.0} %{}</td><td class=\"n\">{}</td><td class=\"n\">{:.0}</td>\
              <td class=\"n\">{}</td><td>{}</td><td class=\"n\">{suspicion}</td></tr>",
             escape(&w.name),
             w.requests_fulfilled,
             reliability * 100.0,
+            rating_note(w),
             duration(w.uptime),
             w.kudos_rewards,
             w.max_pixels,
@@ -415,6 +416,20 @@ fn workers_table(html: &mut String, workers: &[Seen], view: &WorkersView) {
         );
     }
     html.push_str("</tbody></table>\n");
+}
+
+/// A rated worker's mean rating and how many requesters gave it (they moved its reliability:
+/// `horde_core::ratings`); nothing before any rating.
+fn rating_note(w: &WorkerDetails) -> String {
+    let Some(r) = w.reputation.as_ref() else {
+        return String::new();
+    };
+    r.rating.map_or(String::new(), |mean| {
+        format!(
+            " <span title=\"mean rating from {n} requester(s), one voice each\">★ {mean:.1} ({n})</span>",
+            n = r.rated_by
+        )
+    })
 }
 
 /// `3 d 4 h`, `2 h 5 min`, `40 s`.

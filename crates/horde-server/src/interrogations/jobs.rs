@@ -39,8 +39,20 @@ fn declaration_of(pop: &InterrogationPopRequest) -> (PopRequest, KindFlags) {
 
 impl AppState {
     /// `POST /interrogate/pop`: checks the alchemist in (registering it on its first pop) and
-    /// hands it the first wanted form it runs, if any.
+    /// hands it up to `amount` wanted forms it runs, each the first in the queue's order.
     pub async fn interrogation_pop(
+        &self,
+        user: &User,
+        pop: InterrogationPopRequest,
+    ) -> ApiResult<InterrogationPopResponse> {
+        let name = pop.name.clone();
+        let mut answer = self.interrogation_pop_for_forms(user, pop).await?;
+        answer.messages = self.pop_messages(&name);
+        Ok(answer)
+    }
+
+    /// [`AppState::interrogation_pop`] without the worker's messages.
+    async fn interrogation_pop_for_forms(
         &self,
         user: &User,
         pop: InterrogationPopRequest,
@@ -62,11 +74,13 @@ impl AppState {
                 ),
             ));
         }
+        let amount = pop.amount.max(1);
         let (shared, kind) = declaration_of(&InterrogationPopRequest { forms, ..pop });
         let entry = self.check_in(user, &shared, &kind).await?;
         let empty = || InterrogationPopResponse {
             forms: vec![],
             skipped: Default::default(),
+            messages: vec![],
         };
         if entry.worker.paused {
             return Ok(empty());
@@ -74,21 +88,42 @@ impl AppState {
         self.refuse_suspended(&entry)?;
         let now = now();
         let turn = self.live_alchemy.write_turn().await;
-        let (entry, turn) = (&entry, &turn);
-        let answer = retry_on_conflict(|| async move {
-            match self.pop_from_queue::<Alchemy>(entry, now, false) {
-                PopOutcome::Nothing(skipped) => {
-                    crate::workers::refuse_in_maintenance(entry)?;
-                    Ok(Attempt::Stored(InterrogationPopResponse {
-                        forms: vec![],
-                        skipped,
-                    }))
+        let mut answer = empty();
+        for _ in 0..amount {
+            match self.pop_one_form(&entry, &turn, now).await? {
+                Some(next) if !next.forms.is_empty() => answer.forms.extend(next.forms),
+                Some(nothing) => {
+                    if answer.forms.is_empty() {
+                        crate::workers::refuse_in_maintenance(&entry)?;
+                        answer.skipped = nothing.skipped;
+                    }
+                    break;
                 }
+                None => break,
+            }
+        }
+        Ok(answer)
+    }
+
+    /// The next form for `entry`, stored as handed out; no form (with the skip counts) when
+    /// the queue has none it may run.
+    async fn pop_one_form(
+        &self,
+        entry: &crate::workers::WorkerEntry,
+        turn: &WriteTurn<'_>,
+        now: i64,
+    ) -> ApiResult<Option<InterrogationPopResponse>> {
+        retry_on_conflict(|| async move {
+            match self.pop_from_queue::<Alchemy>(entry, now, false) {
+                PopOutcome::Nothing(skipped) => Ok(Attempt::Stored(InterrogationPopResponse {
+                    forms: vec![],
+                    skipped,
+                    messages: vec![],
+                })),
                 PopOutcome::Assigned(assignment) => self.hand_out_form(turn, assignment, now).await,
             }
         })
-        .await?;
-        Ok(answer.unwrap_or_else(empty))
+        .await
     }
 
     /// Stores the assignment and answers it: the form, its payload, where to download the
@@ -124,6 +159,7 @@ impl AppState {
                 source_image: self.form_source(&request, now),
             }],
             skipped: Default::default(),
+            messages: vec![],
         }))
     }
 

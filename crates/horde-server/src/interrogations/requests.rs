@@ -23,6 +23,7 @@ impl AppState {
         body: InterrogationRequest,
     ) -> ApiResult<InterrogationAsyncResponse> {
         body.validate().map_err(ApiError::validation)?;
+        self.refuse_in_maintenance().await?;
         let mut body = alchemy::normalise(body).map_err(refused)?;
         if let Some(url) = &body.webhook {
             self.check_webhook(url).await?;

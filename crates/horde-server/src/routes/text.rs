@@ -22,6 +22,7 @@ use horde_api::ErrorBody;
     responses((status = 202, body = AsyncResponse), (status = 200, description = "dry run", body = AsyncResponse),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, description = "Not allowed for this user: kudos needed upfront, a shared key's limits, a role", body = ErrorBody),
+        (status = 404, description = "The style or collection named does not exist", body = ErrorBody),
         (status = 429, body = ErrorBody)))]
 pub async fn generate_async(
     State(state): State<SharedState>,

@@ -72,3 +72,18 @@ pub async fn modify(
         .await
         .map(Json)
 }
+
+/// Delete a worker and its statistics (its owner or a moderator); the kudos it earned stay with
+/// its owner. Refused with 423 while a job it was handed is still stored.
+#[utoipa::path(delete, path = "/api/v2/workers/{id}", tag = "v2", params(("id" = String, Path), ("apikey" = String, Header)),
+    responses((status = 200, body = horde_api::teams::DeletedWorker), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 423, body = ErrorBody)))]
+pub async fn delete(
+    State(state): State<SharedState>,
+    Path(id): Path<String>,
+    caller: Registered,
+) -> ApiResult<Json<horde_api::teams::DeletedWorker>> {
+    state
+        .delete_worker(&caller.user, parse_worker_id(&id)?)
+        .await
+        .map(Json)
+}

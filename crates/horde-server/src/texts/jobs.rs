@@ -40,6 +40,18 @@ impl AppState {
     /// `POST /generate/text/pop`: checks the text worker in (registering it on its first pop)
     /// and hands it a job of the text queue, if one fits it.
     pub async fn text_pop(&self, user: &User, pop: TextPopRequest) -> ApiResult<TextPopResponse> {
+        let name = pop.name.clone();
+        let mut answer = self.text_pop_for_a_job(user, pop).await?;
+        answer.messages = self.pop_messages(&name);
+        Ok(answer)
+    }
+
+    /// [`AppState::text_pop`] without the worker's messages.
+    async fn text_pop_for_a_job(
+        &self,
+        user: &User,
+        pop: TextPopRequest,
+    ) -> ApiResult<TextPopResponse> {
         crate::workers::refuse_flagged_owner(user)?;
         pop.validate().map_err(ApiError::validation)?;
         let servable = self.servable_text_models(user, &pop.models)?;
@@ -118,6 +130,7 @@ impl AppState {
             softprompt: request.body.request.softprompt.clone(),
             skipped: Default::default(),
             ttl: Some(TEXT_JOB_TTL_SECS),
+            messages: vec![],
         }))
     }
 

@@ -33,6 +33,8 @@ impl AppState {
         shared_key: Option<&SharedKey>,
         body: TextRequest,
     ) -> ApiResult<TextAccepted> {
+        self.refuse_in_maintenance().await?;
+        let (body, style) = self.apply_text_style(user, body).await?;
         let body = self.vet_text_request(user, shared_key, body).await?;
         let n = body.request.params.n;
         if body.request.dry_run {
@@ -59,11 +61,12 @@ impl AppState {
         let id = request.id;
         let job_kudos = request.job_kudos;
         self.live_text.insert(request);
+        let style_warning = self.record_style_use(user, style, id).await;
         let mut response = AsyncResponse {
             id: Some(id.to_string()),
             kudos: pricing::reported_kudos(job_kudos * f64::from(n)),
             message: None,
-            warnings: vec![],
+            warnings: style_warning.into_iter().collect(),
         };
         if !possible {
             warn_no_worker(&mut response);

@@ -11,7 +11,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use horde_api::image::PopRequest;
 use horde_api::worker::{
-    ModifyWorker, SuspicionEntry, TeamRef, WorkerDetails, WorkerKudosDetails, WorkerReputation,
+    ModifyWorker, SuspicionEntry, WorkerDetails, WorkerKudosDetails, WorkerReputation,
 };
 use horde_api::Rc;
 use horde_core::accounts::{
@@ -165,7 +165,7 @@ impl WorkerEntry {
             trusted: self.owner_trusted,
             flagged: self.owner_flagged,
             models: w.flags.models.clone(),
-            team: TeamRef::default(),
+            team: self.team.clone().unwrap_or_default(),
             bridge_agent: w.bridge_agent.clone(),
             max_pixels: w.max_pixels,
             megapixelsteps_generated: r.megapixelsteps.round() as u64,
@@ -178,6 +178,7 @@ impl WorkerEntry {
             max_length: text.map(|t| t.max_length),
             max_context_length: text.map(|t| t.max_context_length),
             forms: alchemist.then(|| w.flags.models.clone()),
+            messages: None,
             reputation: Some(reputation_details(r, w.uptime, rules)),
         }
     }
@@ -192,6 +193,8 @@ fn reputation_details(r: &Reputation, uptime: u64, rules: &ReputationRules) -> W
         speed_mps: r.average_speed_mps(),
         uptime,
         reliability: r.reliability(),
+        rated_by: r.rating.raters,
+        rating: r.rating.mean(),
         suspicion: r.suspicion,
         suspicions: r
             .suspicions
@@ -439,11 +442,22 @@ impl AppState {
         Ok(())
     }
 
-    /// Finds or registers the worker named in a pop, and records its check-in. `kind` is what a
-    /// text worker or an alchemist declares beyond an image pop's fields (nothing: an image
-    /// worker); a name already registered for another kind is refused
-    /// (`PolymorphicNameConflict`).
+    /// Finds or registers the worker named in a pop, and records its check-in and the address
+    /// it popped from (for `/operations/block_worker_ipaddr`). `kind` is what a text worker or
+    /// an alchemist declares beyond an image pop's fields (nothing: an image worker); a name
+    /// already registered for another kind is refused (`PolymorphicNameConflict`).
     pub async fn check_in(
+        &self,
+        user: &User,
+        pop: &PopRequest,
+        kind: &KindFlags,
+    ) -> ApiResult<WorkerEntry> {
+        let entry = self.check_in_worker(user, pop, kind).await?;
+        self.note_worker_address(entry.worker.id).await?;
+        Ok(entry)
+    }
+
+    async fn check_in_worker(
         &self,
         user: &User,
         pop: &PopRequest,
@@ -483,7 +497,10 @@ impl AppState {
                 ));
             }
             Some(entry) => entry,
-            None => self.register_worker(user, pop, kind, now).await?,
+            None => {
+                self.check_invite_only(user).await?;
+                self.register_worker(user, pop, kind, now).await?
+            }
         };
         let flags = flags_of(pop, kind);
         let declared_changed = !declares_the_same(&entry.worker, pop, kind);
@@ -647,6 +664,8 @@ impl AppState {
             amount: pop.amount,
             priority_user_ids: vec![user.id],
             waiting_since: None,
+            team: None,
+            messages: vec![],
             worker,
         })
     }
@@ -719,6 +738,7 @@ impl AppState {
             w.info = Some(info.clone());
         }
         let clear_suspicion = change.reset_suspicion == Some(true);
+        let team = self.team_change(change.team.as_deref()).await?;
         self.store
             .save_worker_settings(&edited.worker)
             .await
@@ -745,6 +765,10 @@ impl AppState {
             }
         });
         self.workers.changed();
+        let mut change = change;
+        if let Some(team) = team {
+            change.team = Some(self.move_worker(id, team).await?);
+        }
         Ok(change)
     }
 
@@ -826,6 +850,7 @@ impl AppState {
         );
         if viewer.moderator || viewer.user_id == Some(entry.worker.user_id) {
             details.owner = Some(entry.owner_alias.clone());
+            details.messages = Some(crate::teams::active_messages(entry, now));
         }
         if viewer.moderator {
             details.paused = Some(entry.worker.paused);
@@ -864,6 +889,8 @@ fn stored_entry(worker: Worker, owner: Option<User>) -> WorkerEntry {
         amount: 1,
         priority_user_ids: vec![worker.user_id],
         waiting_since: None,
+        team: None,
+        messages: vec![],
         worker,
     }
 }

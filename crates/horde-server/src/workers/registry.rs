@@ -142,6 +142,11 @@ pub struct WorkerEntry {
     /// When the worker's latest pop found nothing (cleared when it gets a job): it is standing
     /// by for work.
     pub waiting_since: Option<i64>,
+    /// Its team, as stored (`teams.rs` keeps it).
+    pub team: Option<horde_api::worker::TeamRef>,
+    /// The messages to it that were active when last read from the store (`teams.rs`); a pop
+    /// shows those still active.
+    pub messages: Vec<horde_core::teams::WorkerMessage>,
 }
 
 #[derive(Debug)]
@@ -175,6 +180,16 @@ impl WorkerRegistry {
     }
     pub fn get_mut(&mut self, id: Uuid) -> Option<&mut WorkerEntry> {
         self.by_id.get_mut(&id)
+    }
+    /// Every known worker, to change.
+    pub fn all_mut(&mut self) -> impl Iterator<Item = &mut WorkerEntry> {
+        self.by_id.values_mut()
+    }
+    /// Forgets a deleted worker.
+    pub fn remove(&mut self, id: Uuid) -> Option<WorkerEntry> {
+        let entry = self.by_id.remove(&id)?;
+        self.by_name.remove(&entry.worker.name);
+        Some(entry)
     }
     pub fn by_name(&self, name: &str) -> Option<&WorkerEntry> {
         self.by_name.get(name).and_then(|id| self.by_id.get(id))

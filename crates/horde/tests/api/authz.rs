@@ -35,7 +35,12 @@ pub(crate) async fn post_json(app: &TestApp, key: &str, path: &str, body: Value)
         .unwrap()
 }
 
-pub(crate) fn row(method: &'static str, path: String, body: Option<Value>, expect: [u16; 5]) -> Row {
+pub(crate) fn row(
+    method: &'static str,
+    path: String,
+    body: Option<Value>,
+    expect: [u16; 5],
+) -> Row {
     Row {
         method,
         path,

@@ -462,3 +462,47 @@ async fn interrogations_are_durable_taken_back_when_late_and_swept() {
     assert_eq!((code, gone["rc"].as_str()), (404, Some("RequestNotFound")));
     app.stop().await;
 }
+
+/// A pop hands out up to `amount` forms (the public horde's field), each once: three forms,
+/// two on the first pop, the last on the second, none on the third.
+#[tokio::test]
+async fn a_pop_hands_out_up_to_its_amount_of_forms() {
+    let app = spawn_app().await;
+    let requester = key_of(&app, "curious", 100.0).await;
+    let alchemist = key_of(&app, "alchemist", 0.0).await;
+    let (code, accepted) = call(
+        &app,
+        &requester,
+        reqwest::Method::POST,
+        "/api/v2/interrogate/async",
+        Some(
+            json!({"forms": [{"name": "caption"}, {"name": "nsfw"}, {"name": "interrogation"}],
+                    "source_image": "https://example.com/a.png"}),
+        ),
+    )
+    .await;
+    assert_eq!(code, 202, "{accepted}");
+    let mut body = pop("busy alchemist", &["caption", "nsfw", "interrogation"]);
+    body["amount"] = json!(2);
+    let mut handed = vec![];
+    for expected in [2, 1, 0] {
+        let (code, popped) = call(
+            &app,
+            &alchemist,
+            reqwest::Method::POST,
+            "/api/v2/interrogate/pop",
+            Some(body.clone()),
+        )
+        .await;
+        assert_eq!(code, 200, "{popped}");
+        let forms = popped["forms"].as_array().unwrap();
+        assert_eq!(forms.len(), expected, "{popped}");
+        handed.extend(
+            forms
+                .iter()
+                .map(|f| f["form"].as_str().unwrap().to_string()),
+        );
+    }
+    handed.sort();
+    assert_eq!(handed, ["caption", "interrogation", "nsfw"]);
+}

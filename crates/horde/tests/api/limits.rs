@@ -108,3 +108,52 @@ async fn daily_quotas_hold_per_tier_and_say_when_they_renew() {
         .unwrap();
     assert!((1..=86_400).contains(&retry));
 }
+
+/// The public horde's 30 a minute per address for changing teams and the modes: the limit
+/// named on each answer, and the 31st change refused (team names vary, so only the limit
+/// refuses it).
+#[tokio::test]
+async fn team_and_mode_changes_are_limited_to_thirty_a_minute() {
+    let app = spawn_app_with(|c| c.api.rate_limits = true).await;
+    let trusted = app
+        .anonymous()
+        .create_test_user(&horde_api::user::TestUserRequest {
+            username: "team maker".into(),
+            oauth_id: None,
+            moderator: true,
+            trusted: true,
+            kudos: 0.0,
+        })
+        .await
+        .unwrap()
+        .api_key;
+    let client = http();
+    let post_team = |n: usize| {
+        client
+            .post(format!("{}/api/v2/teams", app.root))
+            .header("apikey", &trusted)
+            .json(&serde_json::json!({"name": format!("team number {n}"), "info": "a team"}))
+            .send()
+    };
+    with_a_minute_window_ahead(std::time::Duration::from_secs(20)).await;
+    let first = post_team(0).await.unwrap();
+    assert_eq!(first.status().as_u16(), 200);
+    assert_eq!(first.headers()["x-ratelimit-limit"], "30");
+    for n in 1..30 {
+        assert_eq!(post_team(n).await.unwrap().status().as_u16(), 200, "{n}");
+    }
+    let refused = post_team(30).await.unwrap();
+    assert_eq!(refused.status().as_u16(), 429);
+    let modes = client
+        .put(format!("{}/api/v2/status/modes", app.root))
+        .header("apikey", &trusted)
+        .json(&serde_json::json!({"raid_mode": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        modes.headers()["x-ratelimit-limit"],
+        "30",
+        "its own counter"
+    );
+}
