@@ -7,7 +7,11 @@
 //!   one of five (max, subtract, exp, sum, divide) over every head's 257 × 257 scores;
 //! * the query's scale `head_dim^-0.5` is folded into `q_proj`'s weight and bias at load, not
 //!   applied to every query;
-//! * quick GELU, `x · σ(1.702 x)`, is one pass ([`quick_gelu`]) instead of three.
+//! * quick GELU, `x · σ(1.702 x)`, is one pass ([`quick_gelu`]) instead of three, and with
+//!   `fc1`'s bias added in it; `out_proj`'s and `fc2`'s biases are added in the same pass as the
+//!   residual ([`Projection`]): one pass after each of those products where candle takes two or
+//!   four, all on rayon's threads (the ones the products run on) rather than candle's own pool,
+//!   whose threads spin a while after each of its operations, taking cores from the products.
 //!
 //! The arithmetic is otherwise the same, layer by layer, and `tests/clip_numbers.rs` and
 //! `tests/safety_numbers.rs` hold it to transformers' outputs. The text tower, which runs once
@@ -95,13 +99,13 @@ impl VisionTower {
 /// One pre-norm encoder layer: attention and the MLP, each added to the residual stream.
 struct EncoderLayer {
     layer_norm1: LayerNorm,
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
-    out_proj: Linear,
+    q_proj: Projection,
+    k_proj: Projection,
+    v_proj: Projection,
+    out_proj: Projection,
     layer_norm2: LayerNorm,
-    fc1: Linear,
-    fc2: Linear,
+    fc1: Projection,
+    fc2: Projection,
     heads: usize,
 }
 
@@ -117,44 +121,242 @@ impl EncoderLayer {
         let mlp = vb.pp("mlp");
         Ok(EncoderLayer {
             layer_norm1: candle_nn::layer_norm(width, LAYER_NORM_EPS, vb.pp("layer_norm1"))?,
-            q_proj: stored_transposed(q_proj)?,
-            k_proj: candle_nn::linear(width, width, attention.pp("k_proj"))?,
-            v_proj: candle_nn::linear(width, width, attention.pp("v_proj"))?,
-            out_proj: candle_nn::linear(width, width, attention.pp("out_proj"))?,
+            q_proj: Projection::new(stored_transposed(q_proj)?)?,
+            k_proj: Projection::new(candle_nn::linear(width, width, attention.pp("k_proj"))?)?,
+            v_proj: Projection::new(candle_nn::linear(width, width, attention.pp("v_proj"))?)?,
+            out_proj: Projection::new(candle_nn::linear(width, width, attention.pp("out_proj"))?)?,
             layer_norm2: candle_nn::layer_norm(width, LAYER_NORM_EPS, vb.pp("layer_norm2"))?,
-            fc1: candle_nn::linear(width, inner, mlp.pp("fc1"))?,
-            fc2: candle_nn::linear(inner, width, mlp.pp("fc2"))?,
+            fc1: Projection::new(candle_nn::linear(width, inner, mlp.pp("fc1"))?)?,
+            fc2: Projection::new(candle_nn::linear(inner, width, mlp.pp("fc2"))?)?,
             heads,
         })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let attended = self.attention(&self.layer_norm1.forward(x)?)?;
-        let x = (x + attended)?;
-        let inner = quick_gelu(&self.fc1.forward(&self.layer_norm2.forward(&x)?)?)?;
-        x + self.fc2.forward(&inner)?
+        let context = self.attention(&self.layer_norm1.forward(x)?)?;
+        let x = self.out_proj.plus_residual(&context, x)?;
+        let inner = self.fc1.quick_gelu(&self.layer_norm2.forward(&x)?)?;
+        self.fc2.plus_residual(&inner, &x)
     }
 
-    /// Multi-head self-attention over `h` `[B, S, D]`, no mask.
+    /// Multi-head self-attention over `h` `[B, S, D]`, no mask, before `out_proj`.
     fn attention(&self, h: &Tensor) -> Result<Tensor> {
         let (batch, seq, width) = h.dims3()?;
         let head_dim = width / self.heads;
-        let split = |t: Tensor| -> Result<Tensor> {
-            t.reshape((batch, seq, self.heads, head_dim))?
-                .transpose(1, 2)?
-                .contiguous()?
-                .reshape((batch * self.heads, seq, head_dim))
-        };
-        let q = split(self.q_proj.forward(h)?)?;
-        let k = split(self.k_proj.forward(h)?)?;
-        let v = split(self.v_proj.forward(h)?)?;
+        let q = self.q_proj.heads(h, self.heads)?;
+        let k = self.k_proj.heads(h, self.heads)?;
+        let v = self.v_proj.heads(h, self.heads)?;
         let weights = candle_nn::ops::softmax_last_dim(&q.matmul(&k.transpose(1, 2)?)?)?;
         let context = weights
             .matmul(&v)?
             .reshape((batch, self.heads, seq, head_dim))?
             .transpose(1, 2)?
             .reshape((batch, seq, width))?;
-        self.out_proj.forward(&context)
+        Ok(context)
+    }
+}
+
+/// A linear layer whose bias is added in the one pass after its product that also applies
+/// what follows the layer: quick GELU, or the residual stream's sum.
+struct Projection {
+    /// `[out, in]`, stored transposed (`weights::transpose_product_weights`).
+    weight: Tensor,
+    bias: Tensor,
+    bias_values: Vec<f32>,
+}
+
+impl Projection {
+    fn new(linear: Linear) -> Result<Projection> {
+        let Some(bias) = linear.bias().cloned() else {
+            candle_core::bail!("a CLIP projection without its bias");
+        };
+        let bias_values = bias.to_dtype(DType::F32)?.to_vec1()?;
+        Ok(Projection {
+            weight: linear.weight().clone(),
+            bias,
+            bias_values,
+        })
+    }
+
+    /// `x · Wᵀ` of `x` `[B, S, in]`, without the bias.
+    fn product(&self, x: &Tensor) -> Result<Tensor> {
+        let (batch, seq, width) = x.dims3()?;
+        x.reshape((batch * seq, width))?
+            .matmul(&self.weight.t()?)?
+            .reshape((batch, seq, ()))
+    }
+
+    /// Whether the fused passes run: f32 on the CPU.
+    fn fused(&self, y: &Tensor) -> bool {
+        y.device().is_cpu() && y.dtype() == DType::F32
+    }
+
+    /// `x · Wᵀ + b` split into `heads` heads: `[B · heads, S, out / heads]`.
+    fn heads(&self, x: &Tensor, heads: usize) -> Result<Tensor> {
+        let (batch, seq, _) = x.dims3()?;
+        let y = self.product(x)?;
+        let head_dim = self.bias_values.len() / heads;
+        if !self.fused(&y) {
+            return y
+                .broadcast_add(&self.bias)?
+                .reshape((batch, seq, heads, head_dim))?
+                .transpose(1, 2)?
+                .contiguous()?
+                .reshape((batch * heads, seq, head_dim));
+        }
+        y.apply_op1_no_bwd(&SplitHeads {
+            bias: &self.bias_values,
+            heads,
+        })
+    }
+
+    /// `quick_gelu(x · Wᵀ + b)`.
+    fn quick_gelu(&self, x: &Tensor) -> Result<Tensor> {
+        let y = self.product(x)?;
+        if !self.fused(&y) {
+            return quick_gelu(&y.broadcast_add(&self.bias)?);
+        }
+        y.apply_op1_no_bwd(&Epilogue {
+            bias: &self.bias_values,
+        })
+    }
+
+    /// `x · Wᵀ + b + residual`.
+    fn plus_residual(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        let y = self.product(x)?;
+        if !self.fused(&y) {
+            return y.broadcast_add(&self.bias)? + residual;
+        }
+        y.apply_op2_no_bwd(
+            &residual.contiguous()?,
+            &Epilogue {
+                bias: &self.bias_values,
+            },
+        )
+    }
+}
+
+/// The pass after a projection's product: the bias added to each row, then quick GELU (one
+/// input) or the residual added (two inputs).
+struct Epilogue<'a> {
+    bias: &'a [f32],
+}
+
+impl Epilogue<'_> {
+    /// The rows of `y` `[.., bias.len()]` (contiguous f32) with `each(row_out, row_y, i)`.
+    fn rows(
+        &self,
+        (storage, layout): (&CpuStorage, &Layout),
+        each: impl Fn(&mut [f32], &[f32], usize) + Sync,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(values), Some((start, end))) = (storage, layout.contiguous_offsets())
+        else {
+            candle_core::bail!("clip epilogue: a contiguous f32 input only");
+        };
+        let width = self.bias.len();
+        if layout.dims().last() != Some(&width) {
+            candle_core::bail!(
+                "clip epilogue: rows of {:?} for a bias of {width}",
+                layout.dims()
+            );
+        }
+        let input = &values[start..end];
+        let mut out = vec![0f32; input.len()];
+        out.par_chunks_mut(width)
+            .zip(input.par_chunks(width))
+            .enumerate()
+            .for_each(|(i, (o, y))| each(o, y, i));
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+}
+
+impl CustomOp1 for Epilogue<'_> {
+    fn name(&self) -> &'static str {
+        "clip-bias-quick-gelu"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        self.rows((storage, layout), |out, y, _| {
+            for ((o, &y), &b) in out.iter_mut().zip(y).zip(self.bias) {
+                let x = y + b;
+                *o = x / (1.0 + (-1.702 * x).exp());
+            }
+        })
+    }
+}
+
+/// The pass after a query, key or value projection's product `[B, S, D]`: the bias added, and
+/// the heads made contiguous, `[B · heads, S, D / heads]`.
+struct SplitHeads<'a> {
+    bias: &'a [f32],
+    heads: usize,
+}
+
+impl CustomOp1 for SplitHeads<'_> {
+    fn name(&self) -> &'static str {
+        "clip-bias-split-heads"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(values), Some((start, end))) = (storage, layout.contiguous_offsets())
+        else {
+            candle_core::bail!("clip heads: a contiguous f32 input only");
+        };
+        let (batch, seq, width) = layout.shape().dims3()?;
+        if width != self.bias.len() || width % self.heads != 0 {
+            candle_core::bail!("clip heads: width {width}, bias {}", self.bias.len());
+        }
+        let head_dim = width / self.heads;
+        let input = &values[start..end];
+        let mut out = vec![0f32; input.len()];
+        // One chunk per (image, head): its `seq` rows of `head_dim`.
+        out.par_chunks_mut(seq * head_dim)
+            .enumerate()
+            .for_each(|(chunk, o)| {
+                let (image, head) = (chunk / self.heads, chunk % self.heads);
+                let bias = &self.bias[head * head_dim..(head + 1) * head_dim];
+                for (position, o) in o.chunks_mut(head_dim).enumerate() {
+                    let at = (image * seq + position) * width + head * head_dim;
+                    for ((o, &y), &b) in o.iter_mut().zip(&input[at..at + head_dim]).zip(bias) {
+                        *o = y + b;
+                    }
+                }
+            });
+        let shape = Shape::from((batch * self.heads, seq, head_dim));
+        Ok((CpuStorage::F32(out), shape))
+    }
+}
+
+impl candle_core::CustomOp2 for Epilogue<'_> {
+    fn name(&self) -> &'static str {
+        "clip-bias-residual"
+    }
+
+    fn cpu_fwd(
+        &self,
+        ys: &CpuStorage,
+        yl: &Layout,
+        rs: &CpuStorage,
+        rl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(residual), Some((start, end))) = (rs, rl.contiguous_offsets()) else {
+            candle_core::bail!("clip epilogue: a contiguous f32 residual only");
+        };
+        if rl.dims() != yl.dims() {
+            candle_core::bail!(
+                "clip epilogue: residual {:?} for {:?}",
+                rl.dims(),
+                yl.dims()
+            );
+        }
+        let residual = &residual[start..end];
+        let width = self.bias.len();
+        self.rows((ys, yl), |out, y, i| {
+            let r = &residual[i * width..(i + 1) * width];
+            for (((o, &y), &b), &r) in out.iter_mut().zip(y).zip(self.bias).zip(r) {
+                *o = y + b + r;
+            }
+        })
     }
 }
 
