@@ -119,7 +119,8 @@ impl AppState {
                 }
             }
         }
-        let mut answer = self.batch_answer(&vetted, requests);
+        let hide_reasons = self.hides_reasons().await?;
+        let mut answer = self.batch_answer(&vetted, requests, hide_reasons);
         answer.warnings.extend(style_warnings);
         Ok(BatchAccepted::Queued(answer))
     }
@@ -188,7 +189,12 @@ impl AppState {
     }
 
     /// The 202 answer: the batch's id, the members' ids and kudos, and their warnings once each.
-    fn batch_answer(&self, vetted: &[Vetted], requests: Vec<LiveRequest>) -> BatchResponse {
+    fn batch_answer(
+        &self,
+        vetted: &[Vetted],
+        requests: Vec<LiveRequest>,
+        hide_reasons: bool,
+    ) -> BatchResponse {
         let mut warnings: Vec<RequestWarning> = vec![];
         let mut add = |warning: RequestWarning| {
             if !warnings.contains(&warning) {
@@ -207,7 +213,7 @@ impl AppState {
                 });
             }
         }
-        let message = (!self.is_possible(&requests[0])).then(|| {
+        let message = (!hide_reasons && !self.is_possible(&requests[0])).then(|| {
             "No available workers can fulfil this request. It will wait until one joins."
                 .to_string()
         });

@@ -96,6 +96,12 @@ impl AppState {
         Ok(modes)
     }
 
+    /// Whether a new request's answer keeps quiet about why it cannot run yet (the public
+    /// horde's raid mode: no `NoAvailableWorker` message or warning).
+    pub async fn hides_reasons(&self) -> ApiResult<bool> {
+        Ok(self.modes().await?.raid)
+    }
+
     /// `GET /status/modes`: raid mode only for a moderator's key; any other key sent is
     /// refused as on the public horde (unknown: 401, not a moderator: 403 `NotModerator`).
     pub async fn shown_modes(&self, key: &ApiKey) -> ApiResult<HordeModes> {

@@ -86,9 +86,10 @@ impl AppState {
         } = self.vet_request(user, shared_key, body, 0.0).await?;
         let sources = self.prepare_sources(&body).await?;
         if body.dry_run {
+            let style_fee = style.as_ref().map_or(0.0, |s| s.fee());
             return Ok(Accepted::DryRun(AsyncResponse {
                 id: None,
-                kudos: pricing::projected_cost(&body, self.projected_family(&body)),
+                kudos: pricing::projected_cost(&body, self.projected_family(&body)) + style_fee,
                 message: None,
                 warnings: post_processing::unavailable_warning(&body)
                     .into_iter()
@@ -128,7 +129,7 @@ impl AppState {
                 message: "The prompt matched this horde's prompt filters and was rewritten before it was queued.".into(),
             });
         }
-        if !possible {
+        if !possible && !self.hides_reasons().await? {
             warn_no_worker(&mut response);
         }
         Ok(Accepted::Queued(response))

@@ -34,6 +34,13 @@ pub(crate) struct AppliedStyle {
     warning: Option<RequestWarning>,
 }
 
+impl AppliedStyle {
+    /// What the requester pays the style's owner (0 for one's own style).
+    pub(crate) fn fee(&self) -> f64 {
+        self.fee
+    }
+}
+
 fn not_found(what: &str, id: &str) -> ApiError {
     refused(StyleRefusal::NotFound(format!("{what} '{id}'")))
 }

@@ -184,12 +184,15 @@ impl AppState {
         let mut details = self.user_details(user, privilege);
         details.styles = self.styles_brief(user).await?;
         let k = &mut details.kudos_details;
-        (k.gifted, k.donated, k.received, k.admin, k.awarded) = (
+        (
+            k.gifted, k.donated, k.received, k.admin, k.awarded, k.styled,
+        ) = (
             flows.gifted,
             flows.donated,
             flows.received,
             flows.admin,
             flows.awarded,
+            flows.styled,
         );
         Ok(details)
     }

@@ -37,6 +37,8 @@ pub enum Kind {
     Release,
     /// Kudos an administrator awarded (`POST /kudos/award`): `kudos_details.awarded`.
     Award,
+    /// A style's owner paid the style's fee by a requester using it: `kudos_details.styled`.
+    Styled,
 }
 
 impl Kind {
@@ -52,6 +54,7 @@ impl Kind {
             Kind::Uptime => "uptime",
             Kind::Release => "release",
             Kind::Award => "award",
+            Kind::Styled => "styled",
         }
     }
 }
@@ -216,8 +219,10 @@ pub struct KudosFlows {
     pub received: f64,
     /// Starting kudos and changes operators made.
     pub admin: f64,
-    /// Uptime rewards (paid out or in escrow).
+    /// Uptime rewards (paid out or in escrow) and administrators' awards.
     pub awarded: f64,
+    /// Fees earned from others' use of one's styles.
+    pub styled: f64,
 }
 
 impl Store {
@@ -232,7 +237,7 @@ impl Store {
              CAST(COALESCE(SUM(CASE WHEN l.amount < 0 AND u.education = 1 \
                  THEN -l.amount END), 0) AS DOUBLE PRECISION) \
              FROM kudos_ledger l LEFT JOIN users u ON u.id = l.counterparty \
-             WHERE l.account = $1 AND l.kind IN ('transfer', 'grant', 'uptime', 'award') GROUP BY l.kind",
+             WHERE l.account = $1 AND l.kind IN ('transfer', 'grant', 'uptime', 'award', 'styled') GROUP BY l.kind",
         )
         .bind(user_id)
         .fetch_all(&self.pool)
@@ -247,6 +252,7 @@ impl Store {
                     (flows.received, flows.gifted, flows.donated) = (inflow, outflow, to_education)
                 }
                 "grant" => flows.admin = inflow - outflow - to_education,
+                "styled" => flows.styled = inflow - outflow - to_education,
                 // Uptime and awards both show as `awarded`, as on the public horde.
                 _ => flows.awarded += inflow - outflow - to_education,
             }

@@ -528,7 +528,7 @@ impl Store {
         };
         let mut postings = vec![
             with(u.requester_id, -u.fee, Kind::Spend, u.owner_id),
-            with(u.owner_id, u.fee, Kind::Earn, u.requester_id),
+            with(u.owner_id, u.fee, Kind::Styled, u.requester_id),
         ];
         if forgiven > 0.0 {
             postings.push(with(u.requester_id, forgiven, Kind::Floor, HORDE_ACCOUNT));

@@ -40,7 +40,8 @@ impl AppState {
         if body.request.dry_run {
             return Ok(TextAccepted::DryRun(AsyncResponse {
                 id: None,
-                kudos: pricing::reported_kudos(Text::job_kudos(&body) * f64::from(n)),
+                kudos: pricing::reported_kudos(Text::job_kudos(&body) * f64::from(n))
+                    + style.as_ref().map_or(0.0, |s| s.fee()),
                 message: None,
                 warnings: vec![],
             }));
@@ -68,7 +69,7 @@ impl AppState {
             message: None,
             warnings: style_warning.into_iter().collect(),
         };
-        if !possible {
+        if !possible && !self.hides_reasons().await? {
             warn_no_worker(&mut response);
         }
         Ok(TextAccepted::Queued(response))

@@ -617,3 +617,54 @@ async fn the_modes_and_users_endpoints_answer_each_kind_of_caller_as_they_should
     ];
     check_rows(&app, &keys, &rows).await;
 }
+
+/// Raid mode keeps quiet about why a request cannot run yet (the public horde's): no
+/// `NoAvailableWorker` message or warning on an image, text or batch request no worker can
+/// take, where outside raid mode each carries one.
+#[tokio::test]
+async fn raid_mode_hides_why_a_request_cannot_run_yet() {
+    let app = spawn_app().await;
+    let (user, _) = new_user(&app, "user", 100.0, false).await;
+    let (moderator, _) = new_user(&app, "moderator", 0.0, true).await;
+    let requests = [
+        ("/api/v2/generate/async", json!({"prompt": "a lighthouse"})),
+        (
+            "/api/v2/generate/text/async",
+            json!({"prompt": "Once", "models": ["koboldcpp/Marx-3B-V3"]}),
+        ),
+        (
+            "/api/v2/generate/batch",
+            json!({"prompts": [{"prompt": "a"}, {"prompt": "b"}]}),
+        ),
+    ];
+    let warned = |answer: &Value| {
+        answer["warnings"]
+            .as_array()
+            .is_some_and(|w| w.iter().any(|w| w["code"] == "NoAvailableWorker"))
+    };
+    for raid in [false, true] {
+        let (status, _) = call(
+            &app,
+            "PUT",
+            "/api/v2/status/modes",
+            Some(&moderator),
+            Some(json!({"raid_mode": raid})),
+        )
+        .await;
+        assert_eq!(status, 200);
+        tokio::time::sleep(std::time::Duration::from_millis(
+            horde_server::modes::MODES_CACHE_MS + 100,
+        ))
+        .await;
+        for (path, body) in &requests {
+            let (status, answer) = call(&app, "POST", path, Some(&user), Some(body.clone())).await;
+            assert_eq!(status, 202, "{path}: {answer}");
+            assert_eq!(warned(&answer), !raid, "{path}, raid {raid}: {answer}");
+            assert_eq!(
+                answer.get("message").is_some_and(|m| !m.is_null()),
+                !raid,
+                "{path}"
+            );
+        }
+    }
+}

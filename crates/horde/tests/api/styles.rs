@@ -347,6 +347,25 @@ async fn an_image_request_naming_a_style_runs_as_the_style_says_and_pays_its_own
 
     let request = json!({"prompt": "a lighthouse###fog", "style": full_name, "models": ["Deliberate"],
                          "params": {"steps": 40, "n": 2, "width": 512, "height": 576}});
+    // A dry run's price counts the style's fee; the same request without the style does not.
+    let mut dry = request.clone();
+    dry["dry_run"] = json!(true);
+    let (status, styled_price) = requester.post("/api/v2/generate/async", dry.clone()).await;
+    assert_eq!(status, 200, "{styled_price}");
+    let mut plain = dry.clone();
+    plain.as_object_mut().unwrap().remove("style");
+    plain["params"] = json!({"steps": 12, "n": 2, "width": 512, "height": 576,
+                             "sampler_name": "k_euler", "cfg_scale": 6.0});
+    plain["models"] = json!(["stable_diffusion"]);
+    plain["prompt"] = json!("a lighthouse, film noir ###fog");
+    let (status, plain_price) = requester.post("/api/v2/generate/async", plain).await;
+    assert_eq!(status, 200, "{plain_price}");
+    let difference =
+        styled_price["kudos"].as_f64().unwrap() - plain_price["kudos"].as_f64().unwrap();
+    assert!(
+        (difference - 2.0).abs() < 1e-9,
+        "{styled_price} {plain_price}"
+    );
     let (status, accepted) = requester.post("/api/v2/generate/async", request).await;
     assert_eq!(status, 202, "{accepted}");
     let warning = accepted["warnings"]
@@ -378,6 +397,11 @@ async fn an_image_request_naming_a_style_runs_as_the_style_says_and_pays_its_own
         owner.kudos().await,
         102.0,
         "the owner is paid the style's fee"
+    );
+    let details = owner.get("/api/v2/find_user").await.1;
+    assert_eq!(
+        details["kudos_details"]["styled"], 2.0,
+        "shown as styled kudos"
     );
 
     let mut pop = pop_request("noir worker");
