@@ -7,6 +7,17 @@
 //! Errors keep what the server said: a non-2xx answer with an AI Horde error body becomes
 //! [`ClientError::Api`] with its status and `rc`, so callers can branch on the `rc` as the public
 //! horde's clients do.
+//!
+//! The image, text, interrogation, user, worker and shared-key methods are here; the
+//! administration areas added with issue 29 have a module each, as further `impl Client`
+//! blocks: styles and collections (`styles`), teams, workers' messages and worker deletion
+//! (`teams`), the horde's modes, news, documents, the users list, account deletion and awards
+//! (`modes`), and moderators' IP operations with image ratings (`operations`).
+
+mod modes;
+mod operations;
+mod styles;
+mod teams;
 
 use horde_api::batch::{BatchRequest, BatchResponse, BatchStatus};
 use horde_api::image::{
@@ -304,8 +315,8 @@ impl Client {
     }
 
     pub async fn worker_by_name(&self, name: &str) -> Result<WorkerDetails> {
-        self.call(Method::GET, &format!("/workers/name/{name}"), None::<&()>)
-            .await
+        let path = format!("/workers/name/{}", segment(name));
+        self.call(Method::GET, &path, None::<&()>).await
     }
 
     pub async fn modify_worker(
@@ -426,6 +437,12 @@ impl Client {
         self.call(Method::GET, &path, None::<&()>).await
     }
 
+    /// Cancels an interrogation; the answer carries the forms finished so far.
+    pub async fn interrogate_cancel(&self, id: &str) -> Result<InterrogationStatus> {
+        let path = format!("/interrogate/status/{}", segment(id));
+        self.call(Method::DELETE, &path, None::<&()>).await
+    }
+
     /// An alchemist's pop (`POST /interrogate/pop`).
     pub async fn interrogate_pop(
         &self,
@@ -452,7 +469,8 @@ impl Client {
             .header("Client-Agent", &self.client_agent)
     }
 
-    async fn call<B: Serialize + ?Sized, T: DeserializeOwned>(
+    /// Sends `body` (as JSON, when there is one) to `path` and reads the answer as a `T`.
+    pub(crate) async fn call<B: Serialize + ?Sized, T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
@@ -462,20 +480,49 @@ impl Client {
         if let Some(body) = body {
             request = request.json(body);
         }
-        let response = request.send().await?;
-        let status = response.status();
-        let bytes = response.bytes().await?;
-        if !status.is_success() {
-            return Err(error_from(status, &bytes));
-        }
-        serde_json::from_slice(&bytes).map_err(|e| ClientError::Unexpected {
-            status,
-            detail: format!(
-                "{e}: {}",
-                String::from_utf8_lossy(&bytes[..bytes.len().min(500)])
-            ),
-        })
+        answer(request).await
     }
+
+    /// `GET path?query` (the query's `None` fields left out), read as a `T`.
+    pub(crate) async fn get_with<Q: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &Q,
+    ) -> Result<T> {
+        answer(self.request(Method::GET, path).query(query)).await
+    }
+}
+
+/// Sends `request` and reads a 2xx answer as a `T`; any other answer is an error that keeps
+/// what the server said.
+pub(crate) async fn answer<T: DeserializeOwned>(request: RequestBuilder) -> Result<T> {
+    let response = request.send().await?;
+    let status = response.status();
+    let bytes = response.bytes().await?;
+    if !status.is_success() {
+        return Err(error_from(status, &bytes));
+    }
+    serde_json::from_slice(&bytes).map_err(|e| ClientError::Unexpected {
+        status,
+        detail: format!(
+            "{e}: {}",
+            String::from_utf8_lossy(&bytes[..bytes.len().min(500)])
+        ),
+    })
+}
+
+/// `text` as one path segment: every byte but RFC 3986's unreserved ones percent-encoded, so a
+/// name such as `alias#1::style::noir` or one with `/`, `?` or spaces reaches the server whole.
+pub(crate) fn segment(text: &str) -> String {
+    let mut encoded = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            encoded.push(byte as char);
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    encoded
 }
 
 fn root_of(base_url: &str) -> String {
@@ -525,5 +572,13 @@ mod tests {
         let err = error_from(StatusCode::BAD_GATEWAY, b"<html>bad gateway</html>");
         assert!(matches!(err, ClientError::Unexpected { .. }));
         assert_eq!(err.rc(), None);
+    }
+
+    #[test]
+    fn a_segment_keeps_unreserved_bytes_and_encodes_the_rest() {
+        assert_eq!(segment("Ab-1._~"), "Ab-1._~");
+        assert_eq!(segment("me#7::style::a b"), "me%237%3A%3Astyle%3A%3Aa%20b");
+        assert_eq!(segment("a/b?c%"), "a%2Fb%3Fc%25");
+        assert_eq!(segment("é"), "%C3%A9");
     }
 }

@@ -13,6 +13,7 @@ mod bench;
 mod browser;
 mod chaos;
 mod cli;
+mod client_areas;
 mod client_compat;
 mod cluster;
 mod crash;
