@@ -45,11 +45,16 @@ pub fn transpose_product_weights(
         .collect();
     for name in names {
         let weight = tensors.remove(&name).expect("listed just above");
-        let stored = weight.t()?.contiguous()?.t()?;
+        let stored = stored_transposed(&weight)?;
         drop(weight);
         tensors.insert(name, stored);
     }
     Ok(())
+}
+
+/// `weight` (a matrix) with the same shape and values, stored column by column.
+pub(crate) fn stored_transposed(weight: &Tensor) -> candle_core::Result<Tensor> {
+    weight.t()?.contiguous()?.t()
 }
 
 /// One entry of a safetensors header.

@@ -7,8 +7,8 @@
 //!   one of five (max, subtract, exp, sum, divide) over every head's 257 × 257 scores;
 //! * the query's scale `head_dim^-0.5` is folded into `q_proj`'s weight and bias at load, not
 //!   applied to every query;
-//! * quick GELU, `x · σ(1.702 x)`, is one pass ([`quick_gelu`]) instead of three, and with
-//!   `fc1`'s bias added in it; `out_proj`'s and `fc2`'s biases are added in the same pass as the
+//! * quick GELU, `x · σ(1.702 x)`, is one pass instead of three, and with `fc1`'s bias added
+//!   in it; `out_proj`'s and `fc2`'s biases are added in the same pass as the
 //!   residual ([`Projection`]): one pass after each of those products where candle takes two or
 //!   four, all on rayon's threads (the ones the products run on) rather than candle's own pool,
 //!   whose threads spin a while after each of its operations, taking cores from the products.
@@ -278,8 +278,7 @@ impl CustomOp1 for Epilogue<'_> {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         self.rows((storage, layout), |out, y, _| {
             for ((o, &y), &b) in out.iter_mut().zip(y).zip(self.bias) {
-                let x = y + b;
-                *o = x / (1.0 + (-1.702 * x).exp());
+                *o = quick_gelu_of(y + b);
             }
         })
     }
@@ -363,45 +362,18 @@ impl candle_core::CustomOp2 for Epilogue<'_> {
 /// `linear` with its (new) weight stored transposed, as `weights::transpose_product_weights`
 /// stores the loaded ones.
 fn stored_transposed(linear: Linear) -> Result<Linear> {
-    let weight = linear.weight().t()?.contiguous()?.t()?;
+    let weight = crate::weights::stored_transposed(linear.weight())?;
     Ok(Linear::new(weight, linear.bias().cloned()))
 }
 
-/// transformers' `quick_gelu`, `x · sigmoid(1.702 x)`, in one pass on the CPU in f32 (as
-/// `x / (1 + e^(−1.702 x))`), and as candle's three ops elsewhere.
-pub fn quick_gelu(x: &Tensor) -> Result<Tensor> {
-    if x.device().is_cpu() && x.dtype() == DType::F32 {
-        x.contiguous()?.apply_op1_no_bwd(&QuickGelu)
-    } else {
-        x * candle_nn::ops::sigmoid(&(x * 1.702)?)?
-    }
+/// transformers' `quick_gelu`, `x · sigmoid(1.702 x)`, as candle's ops (off the CPU).
+fn quick_gelu(x: &Tensor) -> Result<Tensor> {
+    x * candle_nn::ops::sigmoid(&(x * 1.702)?)?
 }
 
-struct QuickGelu;
-
-impl CustomOp1 for QuickGelu {
-    fn name(&self) -> &'static str {
-        "quick-gelu"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(values) = storage else {
-            candle_core::bail!("quick-gelu: f32 only");
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("quick-gelu: a contiguous input only");
-        };
-        let input = &values[start..end];
-        let mut out = vec![0f32; input.len()];
-        out.par_chunks_mut(4096)
-            .zip(input.par_chunks(4096))
-            .for_each(|(out, input)| {
-                for (o, &x) in out.iter_mut().zip(input) {
-                    *o = x / (1.0 + (-1.702 * x).exp());
-                }
-            });
-        Ok((CpuStorage::F32(out), layout.shape().clone()))
-    }
+/// transformers' `quick_gelu` of one value, as `x / (1 + e^(−1.702 x))`.
+fn quick_gelu_of(x: f32) -> f32 {
+    x / (1.0 + (-1.702 * x).exp())
 }
 
 #[cfg(test)]
@@ -409,27 +381,64 @@ mod tests {
     use super::*;
     use candle_core::Device;
 
-    #[test]
-    fn quick_gelu_is_candles_three_ops_in_one() {
-        let x = Tensor::randn(0f32, 3.0, (7, 1031), &Device::Cpu).unwrap();
-        let ours = quick_gelu(&x).unwrap();
-        let candle = (&x * candle_nn::ops::sigmoid(&(&x * 1.702).unwrap()).unwrap()).unwrap();
-        assert_eq!(ours.dims(), &[7, 1031]);
-        let difference: f32 = (ours - candle)
+    fn max_difference(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
             .unwrap()
             .abs()
             .unwrap()
             .max_all()
             .unwrap()
             .to_scalar()
+            .unwrap()
+    }
+
+    /// A projection of random weights, stored transposed as loaded ones are.
+    fn projection(inputs: usize, outputs: usize) -> (Projection, Tensor, Tensor) {
+        let weight = Tensor::randn(0f32, 0.2, (outputs, inputs), &Device::Cpu).unwrap();
+        let bias = Tensor::randn(0f32, 1.0, outputs, &Device::Cpu).unwrap();
+        let linear = stored_transposed(Linear::new(weight.clone(), Some(bias.clone()))).unwrap();
+        (Projection::new(linear).unwrap(), weight, bias)
+    }
+
+    /// Each fused pass against candle's ops on the same product: the bias with quick GELU,
+    /// with the residual, and with the heads' split.
+    #[test]
+    fn the_fused_passes_are_candles_ops_in_one() {
+        let (projection, weight, bias) = projection(48, 96);
+        let x = Tensor::randn(0f32, 1.0, (2, 7, 48), &Device::Cpu).unwrap();
+        let linear = Linear::new(weight, Some(bias)).forward(&x).unwrap();
+
+        let gelu = projection.quick_gelu(&x).unwrap();
+        assert_eq!(gelu.dims(), &[2, 7, 96]);
+        assert!(max_difference(&gelu, &quick_gelu(&linear).unwrap()) < 1e-5);
+
+        let residual = Tensor::randn(0f32, 1.0, (2, 7, 96), &Device::Cpu).unwrap();
+        let summed = projection.plus_residual(&x, &residual).unwrap();
+        assert!(max_difference(&summed, &(&linear + &residual).unwrap()) < 1e-5);
+
+        let heads = projection.heads(&x, 4).unwrap();
+        let expected = linear
+            .reshape((2, 7, 4, 24))
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .contiguous()
+            .unwrap()
+            .reshape((8, 7, 24))
             .unwrap();
-        assert!(difference < 1e-5, "{difference}");
-        // Not the identity nor plain sigmoid: a mis-wired activation is caught.
-        let at_one = quick_gelu(&Tensor::new(&[1f32, -1.0], &Device::Cpu).unwrap())
+        assert_eq!(heads.dims(), &[8, 7, 24]);
+        assert!(max_difference(&heads, &expected) < 1e-5);
+    }
+
+    #[test]
+    fn quick_gelu_is_neither_the_identity_nor_sigmoid() {
+        let at = |x: f32| quick_gelu_of(x);
+        assert!((at(1.0) - 0.845_796).abs() < 1e-5);
+        assert!((at(-1.0) + 0.154_204).abs() < 1e-5);
+        let candle = quick_gelu(&Tensor::new(&[1f32, -1.0], &Device::Cpu).unwrap())
             .unwrap()
             .to_vec1::<f32>()
             .unwrap();
-        assert!((at_one[0] - 0.845_796).abs() < 1e-5, "{at_one:?}");
-        assert!((at_one[1] + 0.154_204).abs() < 1e-5, "{at_one:?}");
+        assert!((candle[0] - at(1.0)).abs() < 1e-6 && (candle[1] - at(-1.0)).abs() < 1e-6);
     }
 }
