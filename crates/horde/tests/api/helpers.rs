@@ -223,6 +223,39 @@ pub(crate) fn http() -> reqwest::Client {
     reqwest::Client::new()
 }
 
+/// `method path` on `app` as the caller with `key`, with `body` as JSON when given: the status
+/// and the JSON answer (`Null` when the answer is not JSON).
+pub(crate) async fn call_as(
+    app: &TestApp,
+    key: &str,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let request = http()
+        .request(method.parse().unwrap(), format!("{}{path}", app.root))
+        .header("apikey", key);
+    answer_of(request, body).await
+}
+
+/// Sends `request` with `body` as JSON when given: the status and the JSON answer (`Null` when
+/// the answer is not JSON).
+pub(crate) async fn answer_of(
+    request: reqwest::RequestBuilder,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let request = match body {
+        Some(body) => request.json(&body),
+        None => request,
+    };
+    let answer = request.send().await.expect("the coordinator answers");
+    let status = answer.status().as_u16();
+    (
+        status,
+        answer.json().await.unwrap_or(serde_json::Value::Null),
+    )
+}
+
 /// A small request: 512×512 (the default size), 10 steps, `n` images, on any model.
 pub(crate) fn small_request(prompt: &str, n: u32, r2: bool) -> ImageRequest {
     let mut request = ImageRequest::new(prompt);

@@ -14,15 +14,7 @@ async fn call(
     path: &str,
     body: Option<Value>,
 ) -> (u16, Value) {
-    let mut request = http()
-        .request(method, format!("{}{path}", app.root))
-        .header("apikey", key);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let answer = request.send().await.unwrap();
-    let status = answer.status().as_u16();
-    (status, answer.json().await.unwrap_or(Value::Null))
+    call_as(app, key, method.as_str(), path, body).await
 }
 
 async fn key_of(app: &TestApp, name: &str, kudos: f64) -> String {

@@ -43,16 +43,11 @@ async fn call(
     path: &str,
     body: Option<Value>,
 ) -> (u16, Value) {
-    let mut request = http()
+    let request = http()
         .request(method.parse().unwrap(), format!("{}{path}", app.root))
         .header("apikey", key)
         .header("x-forwarded-for", from);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let answer = request.send().await.unwrap();
-    let status = answer.status().as_u16();
-    (status, answer.json().await.unwrap_or(Value::Null))
+    answer_of(request, body).await
 }
 
 /// The status of a plain read, a request and a pop from `from`.

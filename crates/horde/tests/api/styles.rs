@@ -18,15 +18,10 @@ struct Http<'a> {
 
 impl Http<'_> {
     async fn send(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut request = http()
+        let request = http()
             .request(method.parse().unwrap(), format!("{}{path}", self.root))
             .header("apikey", &self.key);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let answer = request.send().await.expect("the coordinator answers");
-        let status = answer.status().as_u16();
-        (status, answer.json().await.unwrap_or(Value::Null))
+        answer_of(request, body).await
     }
     async fn get(&self, path: &str) -> (u16, Value) {
         self.send("GET", path, None).await

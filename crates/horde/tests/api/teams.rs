@@ -32,15 +32,7 @@ async fn call(
     path: &str,
     body: Option<Value>,
 ) -> (u16, Value) {
-    let mut request = http()
-        .request(method.parse().unwrap(), format!("{}{path}", app.root))
-        .header("apikey", key);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let answer = request.send().await.unwrap();
-    let status = answer.status().as_u16();
-    (status, answer.json().await.unwrap_or(Value::Null))
+    call_as(app, key, method, path, body).await
 }
 
 /// Asserts a refusal's status and rc.
