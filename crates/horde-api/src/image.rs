@@ -721,6 +721,14 @@ pub struct PopRequest {
     /// `extra_source_images` are then signed, expiring download URLs instead of base64 WebP.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub r2_source: bool,
+    /// Beyond the public horde: the models of `models` this worker holds in memory now (it
+    /// loads the others on demand). The coordinator leaves a request for a waiting worker that
+    /// holds its model, and gives a job whose model must be loaded first more time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loaded_models: Option<Vec<String>>,
+    /// Beyond the public horde: what this worker runs on (shown by `GET /workers/{id}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hardware: Option<crate::worker::WorkerHardware>,
 }
 
 impl PopRequest {
@@ -762,6 +770,7 @@ impl PopRequest {
                 MAX_POP_POST_PROCESSORS,
             ),
             ("control_types", &self.control_types, MAX_POP_CONTROL_TYPES),
+            ("loaded_models", &self.loaded_models, 300),
             (
                 "control_map_types",
                 &self.control_map_types,
@@ -773,6 +782,9 @@ impl PopRequest {
             for (i, name) in names.iter().enumerate() {
                 errors.max_chars(&format!("{field}.{i}"), name, MAX_LIST_ENTRY_CHARS);
             }
+        }
+        if let Some(hardware) = &self.hardware {
+            hardware.check(&mut errors);
         }
         errors.into_result()
     }

@@ -167,6 +167,9 @@ pub struct InterrogationPopRequest {
     #[serde(default = "default_max_tiles")]
     #[schema(minimum = 1, maximum = 256)]
     pub max_tiles: u32,
+    /// Beyond the public horde: what this worker runs on (shown by `GET /workers/{id}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hardware: Option<crate::worker::WorkerHardware>,
 }
 
 impl InterrogationPopRequest {
@@ -194,6 +197,9 @@ impl InterrogationPopRequest {
             errors.add("forms", "an alchemist runs at least one form");
         }
         errors.max_len("forms", &self.forms, MAX_FORMS);
+        if let Some(hardware) = &self.hardware {
+            hardware.check(&mut errors);
+        }
         errors.into_result()
     }
 }

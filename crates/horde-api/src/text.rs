@@ -383,6 +383,9 @@ pub struct TextPopRequest {
     pub require_upfront_kudos: bool,
     #[serde(default)]
     pub extra_slow_worker: bool,
+    /// Beyond the public horde: what this worker runs on (shown by `GET /workers/{id}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hardware: Option<crate::worker::WorkerHardware>,
 }
 
 impl TextPopRequest {
@@ -424,6 +427,9 @@ impl TextPopRequest {
         if let Some(i) = self.softprompts.iter().position(too_long) {
             let field = format!("softprompts.{i}");
             errors.max_chars(&field, &self.softprompts[i], MAX_SOFTPROMPT_CHARS);
+        }
+        if let Some(hardware) = &self.hardware {
+            hardware.check(&mut errors);
         }
         errors.into_result()
     }

@@ -70,6 +70,65 @@ pub struct WorkerDetails {
     /// This coordinator's reputation ledger of the worker (not in the public horde).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reputation: Option<WorkerReputation>,
+    /// Beyond the public horde: what the worker runs on, as it last reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hardware: Option<WorkerHardware>,
+    /// Beyond the public horde: the models it holds in memory now (of `models`, which it has
+    /// on disk), as it last reported them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loaded_models: Option<Vec<String>>,
+}
+
+/// Beyond the public horde: what a worker runs on, as it reports it in its pops (`hardware`),
+/// shown by `GET /workers/{id}` and the dashboard.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct WorkerHardware {
+    /// Where the engine runs: `cpu`, or `cuda:N`.
+    #[schema(max_length = 40)]
+    pub device: String,
+    /// The CPU's model name, as the operating system reports it.
+    #[schema(max_length = 200)]
+    pub cpu: String,
+    /// CPU cores (hardware threads) the worker may use.
+    pub cpu_cores: u32,
+    /// The machine's memory, in bytes.
+    pub ram_bytes: u64,
+    /// The GPU's name, when the engine runs on one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 200)]
+    pub gpu: Option<String>,
+    /// The GPU's memory, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vram_bytes: Option<u64>,
+    /// The engine and its version (`horde-worker 0.1.0 (candle)`).
+    #[schema(max_length = 200)]
+    pub engine: String,
+    /// The dtype the weights are held in: `f32`, `f16` or `bf16`.
+    #[schema(max_length = 10)]
+    pub dtype: String,
+    /// The longest a model took to load on this worker, in seconds (0 before any load): the
+    /// coordinator adds it to the deadline of a job whose model is not loaded yet.
+    #[serde(default)]
+    pub load_secs: u32,
+}
+
+/// The most characters of a hardware report's text fields.
+pub const MAX_HARDWARE_TEXT: usize = 200;
+/// The longest model load a worker may claim, in seconds.
+pub const MAX_LOAD_SECS: u32 = 1800;
+
+impl WorkerHardware {
+    /// The bounds of a report: its text fields' lengths and the load time's range.
+    pub fn check(&self, errors: &mut FieldErrors) {
+        errors.max_chars("hardware.device", &self.device, 40);
+        errors.max_chars("hardware.cpu", &self.cpu, MAX_HARDWARE_TEXT);
+        if let Some(gpu) = &self.gpu {
+            errors.max_chars("hardware.gpu", gpu, MAX_HARDWARE_TEXT);
+        }
+        errors.max_chars("hardware.engine", &self.engine, MAX_HARDWARE_TEXT);
+        errors.max_chars("hardware.dtype", &self.dtype, 10);
+        errors.range("hardware.load_secs", self.load_secs, 0, MAX_LOAD_SECS);
+    }
 }
 
 /// What a worker has done and how far it is trusted.

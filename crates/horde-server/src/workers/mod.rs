@@ -180,6 +180,9 @@ impl WorkerEntry {
             forms: alchemist.then(|| w.flags.models.clone()),
             messages: None,
             reputation: Some(reputation_details(r, w.uptime, rules)),
+            // Filled in by the coordinator-side work of issue 30 (stored with the worker).
+            hardware: None,
+            loaded_models: None,
         }
     }
 }
