@@ -15,6 +15,7 @@ pub mod control;
 pub mod daemon;
 pub mod job;
 pub mod library;
+pub mod models;
 pub mod networks;
 pub mod payload;
 pub mod postprocess;

@@ -1,0 +1,1 @@
+//! Downloads the files of models the reference lists (being written: issue 30).
