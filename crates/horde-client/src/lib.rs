@@ -16,6 +16,7 @@
 
 mod modes;
 mod operations;
+mod reference;
 mod styles;
 mod teams;
 

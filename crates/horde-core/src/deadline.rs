@@ -1,7 +1,9 @@
 //! When this coordinator takes a job back: the job's deadline, from the worker's measured
 //! speed, so a fast worker that stalls frees its job sooner than the public horde's `ttl`
-//! (`ttl.rs`, what a pop tells the worker) would.
+//! (`ttl.rs`, what a pop tells the worker) would. A job whose model the worker must load first
+//! gets the load's time on top ([`load_allowance_secs`]), so a load never eats the generation's.
 
+use crate::matching::holds_model;
 use crate::work;
 use horde_api::image::ImageParams;
 
@@ -44,6 +46,26 @@ pub fn job_deadline_secs(
     )
 }
 
+/// The time allowed for loading a model when the worker has not reported how long its loads
+/// take (`hardware.load_secs` absent or 0), in seconds: a large checkpoint read from disk and
+/// moved to the GPU, or converted on a CPU.
+pub const DEFAULT_LOAD_SECS: i64 = 120;
+
+/// Seconds added to the deadline of a job run with `model` by a worker that declared `loaded`
+/// (its pop's `loaded_models`) and reported loads taking `load_secs` (`hardware.load_secs`):
+/// nothing when it holds the model (or declared nothing, as public-horde workers), else its
+/// reported load time, or [`DEFAULT_LOAD_SECS`] when it reported none. The allowance is added
+/// after the operator's ceiling is applied, so the ceiling is raised by the same amount.
+pub fn load_allowance_secs(model: &str, loaded: Option<&[String]>, load_secs: Option<u32>) -> i64 {
+    if holds_model(loaded, model) {
+        return 0;
+    }
+    match load_secs {
+        Some(secs) if secs > 0 => i64::from(secs),
+        _ => DEFAULT_LOAD_SECS,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,5 +102,23 @@ mod tests {
         let mut hires = params(512, 30);
         hires.hires_fix = true;
         assert_eq!(job_deadline_secs(&hires, 1, Some(0.1), bounds), 501);
+    }
+
+    #[test]
+    fn a_model_to_load_adds_the_reported_load_time_or_the_default() {
+        let loaded = vec!["held".to_string()];
+        let held = Some(loaded.as_slice());
+        assert_eq!(load_allowance_secs("held", held, Some(300)), 0);
+        assert_eq!(load_allowance_secs("other", held, Some(300)), 300);
+        assert_eq!(
+            load_allowance_secs("other", held, Some(0)),
+            DEFAULT_LOAD_SECS
+        );
+        assert_eq!(load_allowance_secs("other", held, None), DEFAULT_LOAD_SECS);
+        assert_eq!(
+            load_allowance_secs("other", None, Some(300)),
+            0,
+            "a worker that declares nothing is treated as holding its models"
+        );
     }
 }

@@ -61,6 +61,16 @@ pub struct WorkerCaps {
     /// The worker's models the model reference marks `inpainting` (an inpainting or
     /// outpainting job needs one; a worker with nothing else takes only those jobs).
     pub inpainting_models: Vec<String>,
+    /// The models of `models` it holds in memory now (`loaded_models` of its pop; it loads the
+    /// others first). `None`: it did not say, and is treated as holding them all.
+    pub loaded_models: Option<Vec<String>>,
+}
+
+/// Whether a worker that declared `loaded` (its pop's `loaded_models`) holds `model` in memory.
+/// One that declared nothing (every public-horde worker) is treated as holding every model it
+/// serves, so routing and deadlines treat it as before.
+pub fn holds_model(loaded: Option<&[String]>, model: &str) -> bool {
+    loaded.is_none_or(|held| held.iter().any(|m| m == model))
 }
 
 /// Why a worker was not given a request; the names are the public horde's `skipped` keys.
@@ -412,6 +422,7 @@ mod tests {
             step_limits: None,
             fallback: vec![],
             inpainting_models: vec![],
+            loaded_models: None,
         }
     }
 

@@ -307,8 +307,22 @@ fn same_but_trailing_ones(a: &[usize], b: &[usize]) -> bool {
     trim(a) == trim(b)
 }
 
-/// Opens a checkpoint: a `.safetensors` file (LDM layout) or a diffusers folder.
+/// Extensions of pickled PyTorch checkpoints, which must be converted before they load.
+const PICKLED: [&str; 3] = ["ckpt", "pt", "pth"];
+
+/// Opens a checkpoint: a `.safetensors` file (LDM layout) or a diffusers folder. A pickled
+/// checkpoint is refused by its extension, with what to do, rather than with a safetensors
+/// parse error.
 pub fn open(path: &Path) -> Result<TensorIndex, Error> {
+    let extension = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    if PICKLED.iter().any(|p| extension.eq_ignore_ascii_case(p)) && !path.is_dir() {
+        return Err(Error::Unreadable {
+            path: path.into(),
+            reason: "is a pickled checkpoint: convert it with `horde model convert` (the \
+                     worker converts the ones it downloads)"
+                .into(),
+        });
+    }
     if path.is_dir() {
         crate::diffusers::open_folder(path)
     } else {

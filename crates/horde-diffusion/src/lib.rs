@@ -10,7 +10,7 @@
 //! [`Control`] (`Model::generate_controlled`). [`LoraFile`]s apply to the jobs that follow at
 //! their strengths ([`LoraApplication`]) with `Model::set_loras` (merged into the weights; `lora`).
 //!
-//! Six modules are public besides, each for a reason of its own:
+//! Seven modules are public besides, each for a reason of its own:
 //! * [`nn`], the layers other networks of the product build on: the post-processors of
 //!   `horde-postprocess` (upscalers, face fixers, background removal) are built from the same
 //!   convolutions, norms, linear layers and attention, on the same CPU kernels.
@@ -20,6 +20,8 @@
 //!   first-pass size, second-pass steps), which the worker also needs to price and time a job.
 //! * [`annotators`] computes the control maps whose annotator is plain image processing (canny,
 //!   scribble), which the worker runs on a source and may return (`return_control_map`).
+//! * [`pickled`] converts pickled PyTorch checkpoints (`.ckpt`) to `.safetensors`, which the
+//!   worker does to downloaded ones and `horde model convert` by hand.
 //! * [`prompt`] parses the prompt syntax (A1111 attention weights), which the `horde` crate's
 //!   fuzz corpus exercises on its own.
 //! * [`parts`] names the engine's parts one by one (networks, kernels, samplers, schedules) for
@@ -47,6 +49,7 @@ mod embeddings;
 mod kernels;
 mod lora;
 pub mod nn;
+pub mod pickled;
 mod pipeline;
 pub mod prompt;
 mod samplers;
@@ -119,6 +122,10 @@ pub enum Error {
     /// another model family than the model it is applied to.
     #[error("{}: cannot apply LoRA: {reason}", path.display())]
     Lora { path: PathBuf, reason: String },
+    /// A pickled PyTorch checkpoint that cannot be converted to safetensors (`pickled`), or
+    /// a converted file that cannot be written.
+    #[error("{}: cannot convert to safetensors: {reason}", path.display())]
+    Convert { path: PathBuf, reason: String },
     /// A device or dtype that is unknown, or that this build cannot use.
     #[error("{0}")]
     Device(String),

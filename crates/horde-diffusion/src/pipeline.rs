@@ -198,6 +198,31 @@ impl Model {
         Self::from_index(&index, config, options, progress)
     }
 
+    /// What loading `path` would take, read from its index alone (no weight is read): the
+    /// configuration it infers, and the bytes its networks' weights will hold at `dtype` (the
+    /// text encoders, UNet and VAE; EMA copies and other unused tensors left out). A worker
+    /// plans its memory with it before loading.
+    pub fn inspect(path: &Path, options: &LoadOptions) -> Result<(ModelConfig, u64), Error> {
+        let index = checkpoint::open(path)?;
+        let config = ModelConfig::infer(&index, options.prediction)?;
+        let used: &[&str] = &[
+            UNET_PREFIX,
+            VAE_PREFIX,
+            SD1_CLIP_PREFIX,
+            SD2_CLIP_PREFIX,
+            SDXL_CLIP_L_PREFIX,
+            SDXL_CLIP_G_PREFIX,
+        ];
+        let mut elements = 0u64;
+        for name in index.names() {
+            if used.iter().any(|prefix| name.starts_with(prefix)) {
+                let shape = index.shape(name)?;
+                elements += shape.iter().product::<usize>() as u64;
+            }
+        }
+        Ok((config, elements * options.dtype.size_in_bytes() as u64))
+    }
+
     pub fn from_index(
         index: &TensorIndex,
         config: ModelConfig,

@@ -219,10 +219,10 @@ async fn open_state(
     let upload_secret = store
         .setting_or_init("upload_secret", || generate_token(&mut rand::rng()))
         .await?;
-    let model_reference = model_reference::load(&config.models)
+    let (model_reference, image_json) = model_reference::load(&config.models)
         .await
         .map_err(StartError::Models)?;
-    let text_reference = model_reference::load_text(&config.text.reference)
+    let (text_reference, text_json) = model_reference::load_text(&config.text.reference)
         .await
         .map_err(StartError::Models)?;
     let public_url = if config.public_url.is_empty() {
@@ -261,7 +261,8 @@ async fn open_state(
             model_reference,
             text_reference,
             FilterSet::new(&stored_filters),
-        ),
+        )
+        .with_reference_json(image_json, text_json),
         metrics,
         webhooks: Default::default(),
         limiter: Mutex::new(limiter),
@@ -388,7 +389,8 @@ fn router(state: SharedState) -> Router {
         .merge(routes::styles::routes())
         .merge(routes::teams::routes())
         .merge(routes::modes::routes())
-        .merge(routes::operations::routes());
+        .merge(routes::operations::routes())
+        .merge(routes::reference::routes());
     // Outside `/api/v2/`, so not rate limited (`metrics.rs` says why); absent when disabled.
     let api = if state.config.metrics.enabled {
         api.route("/metrics", get(metrics::scrape))

@@ -21,6 +21,7 @@ use horde_api::image::SubmitState;
 use horde_api::Rc;
 use horde_core::accounts::User;
 use horde_core::alchemy::Alchemy;
+use horde_core::deadline::load_allowance_secs;
 use horde_core::request::{Job, JobState, LiveRequest, SubmitRefusal};
 use horde_core::text::Text;
 use horde_core::{pricing, Assignment, DeadlineTerms, Image, PopOutcome, Reputation, Standby};
@@ -129,18 +130,24 @@ impl AppState {
         now: i64,
         share_passes: bool,
     ) -> PopOutcome {
-        let mut standby = self.standby_for::<K>(entry, now);
+        let caps = K::caps(self, entry);
+        let mut standby = self.standby_for::<K>(entry, &caps, now);
         let terms = DeadlineTerms {
             speed: entry.worker.reputation.recent_speed_mps,
             bounds: self.config.jobs.deadline_bounds(),
         };
-        let caps = K::caps(self, entry);
         let outcome = K::live(self).change(|queue| {
             let name = &entry.worker.name;
             let mut rng = rand::rng();
             let mut outcome = queue.pop(&caps, name, now, terms, &mut standby, &mut rng);
             if let (true, PopOutcome::Assigned(assignment)) = (share_passes, &mut outcome) {
                 queue.add_companions(assignment, &caps, name, now, terms, &mut rng);
+            }
+            if let PopOutcome::Assigned(assignment) = &mut outcome {
+                let load_secs = entry.hardware.as_ref().map(|h| h.load_secs);
+                let loaded = entry.loaded_models.as_deref();
+                let allowance = load_allowance_secs(&assignment.model, loaded, load_secs);
+                extend_deadlines(queue, assignment, allowance);
             }
             outcome
         });
@@ -155,18 +162,31 @@ impl AppState {
         outcome
     }
 
-    /// The more reliable workers waiting for work while `entry` pops (none when nothing waits
-    /// in the queue, or routing by reliability is off).
-    fn standby_for<K: ServedKind>(&self, entry: &WorkerEntry, now: i64) -> Standby<K> {
+    /// The more reliable workers waiting for work while `entry` (seen by matching as `caps`)
+    /// pops, and, when it declared the models it holds, the waiting workers holding theirs
+    /// (none when nothing waits in the queue, or routing by reliability is off).
+    fn standby_for<K: ServedKind>(
+        &self,
+        entry: &WorkerEntry,
+        caps: &K::Caps,
+        now: i64,
+    ) -> Standby<K> {
         let hold = self.config.workers.reliability_hold_secs;
         if hold <= 0 || K::live(self).waiting_count() == 0 {
             return Standby::none();
         }
         let rules = self.config.workers.reputation_rules();
-        let better = self.workers.read(|registry| {
-            registry.standing_by_better_than(entry, now, hold, &rules, K::standby_caps)
+        let loaded = entry.loaded_models.as_deref();
+        let (better, holders) = self.workers.read(|registry| {
+            let better =
+                registry.standing_by_better_than(entry, now, hold, &rules, K::standby_caps);
+            let holders = match loaded {
+                Some(_) => registry.standing_by_holding(entry, now, hold, &rules, K::standby_caps),
+                None => vec![],
+            };
+            (better, holders)
         });
-        Standby::new(better, now, hold)
+        Standby::new(better, now, hold).with_holders(caps, loaded, holders)
     }
 
     /// Stores the jobs of `assignment` as handed out, with their request (whose idle expiry
@@ -616,6 +636,30 @@ impl AppState {
             self.images.remove_sources(request.id).await;
         }
         Ok(expired.len())
+    }
+}
+
+/// Moves the deadline of every job of `assignment` (and of its companions) `secs` later, in the
+/// queue and in the assignment: the time the worker needs to load the model first.
+fn extend_deadlines<K: ServedKind>(
+    queue: &mut crate::live_requests::QueueChange<'_, K>,
+    assignment: &mut Assignment,
+    secs: i64,
+) {
+    if secs == 0 {
+        return;
+    }
+    let ids: HashSet<Uuid> = assignment.jobs.iter().map(|j| j.id).collect();
+    queue.update(assignment.request_id, |r| {
+        for job in r.jobs.iter_mut().filter(|j| ids.contains(&j.id)) {
+            job.deadline += secs;
+        }
+    });
+    for job in &mut assignment.jobs {
+        job.deadline += secs;
+    }
+    for companion in &mut assignment.companions {
+        extend_deadlines(queue, companion, secs);
     }
 }
 

@@ -17,17 +17,19 @@ use horde_core::text::TextModelReference;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The model reference `config` names.
-pub async fn load(config: &ModelsConfig) -> Result<ModelReference, String> {
+/// The model reference `config` names, with the JSON text of its models as read.
+pub async fn load(config: &ModelsConfig) -> Result<(ModelReference, String), String> {
     let models = read_source(&config.reference, BUILTIN_MODELS).await?;
     let baselines = read_source(&config.baselines, BUILTIN_BASELINES).await?;
-    ModelReference::parse(&models, &baselines)
+    let parsed = ModelReference::parse(&models, &baselines)?;
+    Ok((parsed, models))
 }
 
-/// The text model reference `source` names (`text.reference`).
-pub async fn load_text(source: &str) -> Result<TextModelReference, String> {
+/// The text model reference `source` names (`text.reference`), with its JSON text as read.
+pub async fn load_text(source: &str) -> Result<(TextModelReference, String), String> {
     let models = read_source(source, BUILTIN_TEXT_MODELS).await?;
-    TextModelReference::parse(&models).map_err(|e| format!("{source}: {e}"))
+    let parsed = TextModelReference::parse(&models).map_err(|e| format!("{source}: {e}"))?;
+    Ok((parsed, models))
 }
 
 async fn read_source(source: &str, builtin: &str) -> Result<String, String> {
@@ -79,9 +81,9 @@ impl AppState {
     /// the loaded copy).
     pub async fn reload_models(&self) -> bool {
         let text = match load_text(&self.config.text.reference).await {
-            Ok(reference) => {
+            Ok((reference, json)) => {
                 tracing::info!(models = reference.len(), "text model reference reloaded");
-                self.catalogue.replace_text_reference(reference);
+                self.catalogue.replace_text_reference(reference, json);
                 true
             }
             Err(error) => {
@@ -95,9 +97,10 @@ impl AppState {
     /// Reads the image reference again; returns whether it was replaced.
     async fn reload_image_models(&self) -> bool {
         match load(&self.config.models).await {
-            Ok(model_reference) => {
+            Ok((model_reference, json)) => {
                 tracing::info!(models = model_reference.len(), "model reference reloaded");
-                self.catalogue.replace_model_reference(model_reference);
+                self.catalogue
+                    .replace_model_reference(model_reference, json);
                 true
             }
             Err(error) => {

@@ -121,13 +121,14 @@ fn add_common_answers(operation: &mut Operation, limited: bool) {
 /// [`ApiDoc`] with each area's own document (`routes::<area>::Doc`) merged in, and the common
 /// answers added to every operation.
 fn full_openapi() -> utoipa::openapi::OpenApi {
-    use crate::routes::{modes, operations, styles, teams};
+    use crate::routes::{modes, operations, reference, styles, teams};
     let mut doc = ApiDoc::openapi();
     for area in [
         styles::Doc::openapi(),
         teams::Doc::openapi(),
         modes::Doc::openapi(),
         operations::Doc::openapi(),
+        reference::Doc::openapi(),
     ] {
         doc.merge(area);
     }
@@ -268,6 +269,13 @@ fn bounds_from_constants(schemas: &mut Value) {
             "post_processing",
             json!({"maxItems": POST_PROCESSORS.len()}),
         ),
+        // Issue 30's reports (`PopRequest::validate`, `WorkerHardware::check`).
+        ("PopRequest", "loaded_models", json!({"maxItems": 300})),
+        (
+            "WorkerHardware",
+            "load_secs",
+            json!({"maximum": horde_api::worker::MAX_LOAD_SECS}),
+        ),
     ];
     for (schema, property, bounds) in edits {
         merge(&mut schemas[schema]["properties"][property], bounds);
@@ -287,6 +295,7 @@ fn bounds_from_constants(schemas: &mut Value) {
         ("PopRequest", "priority_usernames", entries.clone()),
         ("PopRequest", "blacklist", entries.clone()),
         ("PopRequest", "post_processors", entries.clone()),
+        ("PopRequest", "loaded_models", entries.clone()),
         (
             "ImageParams",
             "post_processing",

@@ -188,6 +188,52 @@ impl Store {
         rows.iter().map(worker_from_row).collect()
     }
 
+    /// Stores the hardware worker `id` last reported (`None`: it reports none).
+    pub async fn save_worker_hardware(
+        &self,
+        id: Uuid,
+        hardware: Option<&horde_api::worker::WorkerHardware>,
+    ) -> Result<()> {
+        sqlx::query("UPDATE workers SET hardware = $1 WHERE id = $2")
+            .bind(hardware.map(to_json))
+            .bind(id.to_string())
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    /// The hardware worker `id` last reported, if any.
+    pub async fn worker_hardware(
+        &self,
+        id: Uuid,
+    ) -> Result<Option<horde_api::worker::WorkerHardware>> {
+        let row = sqlx::query("SELECT hardware FROM workers WHERE id = $1")
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        let text: Option<String> = match row {
+            Some(row) => row.try_get("hardware")?,
+            None => None,
+        };
+        text.as_deref().map(parse_json).transpose()
+    }
+
+    /// Every worker's last reported hardware (workers that reported none are left out).
+    pub async fn all_worker_hardware(
+        &self,
+    ) -> Result<Vec<(Uuid, horde_api::worker::WorkerHardware)>> {
+        let rows = sqlx::query("SELECT id, hardware FROM workers WHERE hardware IS NOT NULL")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let id = parse_uuid(row.try_get("id")?)?;
+                let text: String = row.try_get("hardware")?;
+                Ok((id, parse_json(&text)?))
+            })
+            .collect()
+    }
+
     pub async fn worker_ids_of_user(&self, user_id: i64) -> Result<Vec<String>> {
         let rows = sqlx::query("SELECT id FROM workers WHERE user_id = $1 ORDER BY created")
             .bind(user_id)

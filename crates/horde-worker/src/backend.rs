@@ -4,13 +4,14 @@
 use crate::control::{map_of, Controlnets};
 use crate::job::{Job, Unrunnable};
 use crate::library::Library;
+pub use crate::models::resident::LoadFailure;
+use crate::models::resident::ResidentModels;
 use crate::networks::Networks;
 use crate::postprocess::PostProcessors;
-use horde_diffusion::{Control, LoadOptions, LoadStage, Model, SourceImage};
+use horde_diffusion::{Control, LoadOptions, LoadStage, SourceImage};
 use image::DynamicImage;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 
 /// Something that turns jobs into images.
 pub trait Backend: Send + Sync {
@@ -32,6 +33,15 @@ pub trait Backend: Send + Sync {
     fn control_types(&self) -> (Vec<String>, Vec<String>) {
         (vec![], vec![])
     }
+    /// The models it holds in memory now, when it loads the others on demand (`None`: every
+    /// model is always ready).
+    fn loaded_models(&self) -> Option<Vec<String>> {
+        None
+    }
+    /// The longest a model took to load, in seconds.
+    fn load_secs(&self) -> u32 {
+        0
+    }
     /// Runs a job, from `source` when the job has one (fetched and decoded); returns one WebP
     /// per job id, in order. `on_step(done, total)` reports progress.
     fn run(
@@ -42,58 +52,37 @@ pub trait Backend: Send + Sync {
     ) -> Result<Vec<Vec<u8>>, Unrunnable>;
 }
 
-/// The candle Stable Diffusion engine with its loaded checkpoints.
+/// The candle Stable Diffusion engine with its checkpoints (`crate::models::resident`: every
+/// one served, the most recently used held loaded within the memory budget).
 pub struct DiffusionBackend {
-    models: BTreeMap<String, Loaded>,
+    models: ResidentModels,
     post: PostProcessors,
     networks: Networks,
     controlnets: Controlnets,
     options: LoadOptions,
 }
 
-/// A loaded checkpoint, and the turn its jobs take: a job sets its LoRAs on the model and
-/// generates while it holds the turn, so two jobs on one model never mix their LoRA sets.
-struct Loaded {
-    model: Arc<Model>,
-    checkpoint: PathBuf,
-    turn: Mutex<()>,
-}
-
-/// A model that did not load, and why.
-#[derive(Debug)]
-pub struct LoadFailure {
-    pub model: String,
-    pub path: PathBuf,
-    pub error: horde_diffusion::Error,
-}
-
 impl DiffusionBackend {
-    /// Loads every checkpoint with `options` (device and dtype); one that fails is reported and
-    /// left out, the others are served.
+    /// Loads every checkpoint with `options` (device and dtype), with no memory budget; one
+    /// that fails is reported and left out, the others are served.
     pub fn load(
         checkpoints: &BTreeMap<String, PathBuf>,
         options: &LoadOptions,
+        progress: impl FnMut(&str, LoadStage),
+    ) -> (Self, Vec<LoadFailure>) {
+        Self::within_budget(checkpoints, options, None, progress)
+    }
+
+    /// Serves every checkpoint, loading at start those that fit `budget_bytes` together (all
+    /// with `None`) and the others when a job needs them, unloading the least recently used.
+    pub fn within_budget(
+        checkpoints: &BTreeMap<String, PathBuf>,
+        options: &LoadOptions,
+        budget_bytes: Option<u64>,
         mut progress: impl FnMut(&str, LoadStage),
     ) -> (Self, Vec<LoadFailure>) {
-        let mut models = BTreeMap::new();
-        let mut failures = Vec::new();
-        for (name, path) in checkpoints {
-            match Model::load(path, options, &mut |stage| progress(name, stage)) {
-                Ok(model) => {
-                    let loaded = Loaded {
-                        model: Arc::new(model),
-                        checkpoint: path.clone(),
-                        turn: Mutex::new(()),
-                    };
-                    models.insert(name.clone(), loaded);
-                }
-                Err(error) => failures.push(LoadFailure {
-                    model: name.clone(),
-                    path: path.clone(),
-                    error,
-                }),
-            }
-        }
+        let (models, mut failures) = ResidentModels::open(checkpoints, options, budget_bytes);
+        failures.extend(models.preload(&mut progress));
         let backend = DiffusionBackend {
             models,
             post: PostProcessors::default(),
@@ -102,6 +91,11 @@ impl DiffusionBackend {
             options: options.clone(),
         };
         (backend, failures)
+    }
+
+    /// The served models and the loaded ones (loads, unloads, sizes).
+    pub fn resident(&self) -> &ResidentModels {
+        &self.models
     }
 
     /// Jobs of these control types (type → ControlNet checkpoint) are run.
@@ -125,7 +119,15 @@ impl DiffusionBackend {
 
 impl Backend for DiffusionBackend {
     fn models(&self) -> Vec<String> {
-        self.models.keys().cloned().collect()
+        self.models.names()
+    }
+
+    fn loaded_models(&self) -> Option<Vec<String>> {
+        Some(self.models.loaded_names())
+    }
+
+    fn load_secs(&self) -> u32 {
+        self.models.slowest_load_secs()
     }
 
     fn post_processors(&self) -> Vec<String> {
@@ -152,9 +154,7 @@ impl Backend for DiffusionBackend {
         source: Option<&SourceImage>,
         on_step: &mut dyn FnMut(usize, usize),
     ) -> Result<Vec<Vec<u8>>, Unrunnable> {
-        let loaded = self.models.get(&job.model).ok_or_else(|| {
-            Unrunnable(format!("model {} is not loaded on this worker", job.model))
-        })?;
+        let loaded = self.models.get(&job.model)?;
         let prepared = self.networks.prepare(job)?;
         let g = &prepared.generation;
         let control = match &job.control {

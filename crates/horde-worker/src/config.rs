@@ -14,20 +14,42 @@ pub struct WorkerConfig {
     pub api_key: String,
     /// The worker's name, unique on the horde.
     pub name: String,
-    /// AI Horde model name → local checkpoint (a `.safetensors` file).
+    /// The image models: AI Horde model name → local checkpoint (a `.safetensors` file or a
+    /// diffusers folder), or a list of names (`["Deliberate", "stable_diffusion"]`, each
+    /// optionally `"name=path"`) looked up in the model reference and downloaded into
+    /// `models_dir` (`crate::models`). An empty path means "by name" too.
+    #[serde(deserialize_with = "crate::models::wanted::names_or_paths")]
     pub models: BTreeMap<String, PathBuf>,
-    /// AI Horde post-processor name → local checkpoint (`.safetensors` or `.pth`): the
-    /// upscalers (`RealESRGAN_x4plus`, …), the face fixers (`GFPGAN`, `GFPGANv1.3`,
-    /// `CodeFormers`, `RestoreFormer`) and `strip_background` (u2net, u2netp or
-    /// isnet-general-use).
+    /// AI Horde post-processor name → local checkpoint (`.safetensors` or `.pth`), or names
+    /// to download, as `models`: the upscalers (`RealESRGAN_x4plus`, …), the face fixers
+    /// (`GFPGAN`, `GFPGANv1.3`, `CodeFormers`, `RestoreFormer`) and `strip_background` (u2net,
+    /// u2netp or isnet-general-use).
+    #[serde(deserialize_with = "crate::models::wanted::names_or_paths")]
     pub post_processors: BTreeMap<String, PathBuf>,
+    /// Where models named without a path are downloaded to (and found on later starts).
+    /// Empty: `~/.cache/horde/models`.
+    pub models_dir: PathBuf,
+    /// Model references to read besides the coordinator's (`GET /api/v2/reference/image`) and
+    /// the built-in post-processor references: files or URLs in the AI Horde reference format;
+    /// a later one's entry replaces an earlier one's of the same name.
+    pub model_reference: Vec<String>,
+    /// The most the models directory may hold, in GB (0: only the disk's free space limits).
+    pub disk_budget_gb: f64,
+    /// The most files downloaded at once.
+    pub max_parallel_downloads: u32,
+    /// The memory the worker plans with, in MB: the machine's RAM on the CPU, the GPU's memory
+    /// on a GPU (0: three quarters of what the device has). The loaded models, and one batch of
+    /// `amount` images of `max_pixels`, stay within it.
+    pub memory_budget_mb: u64,
     /// The RetinaFace checkpoint the face fixers find faces with (facexlib's
     /// `detection_Resnet50_Final.pth`); needed only when a face fixer is configured.
     pub face_detector: Option<PathBuf>,
-    /// The largest image (width × height) this worker accepts.
-    pub max_pixels: u64,
-    /// The most images of one request generated in one batch.
-    pub amount: u32,
+    /// The largest image (width × height) this worker accepts. Unset: planned from the memory
+    /// budget (`crate::hardware::plan_memory`).
+    pub max_pixels: Option<u64>,
+    /// The most images of one request generated in one batch. Unset: planned from the memory
+    /// budget.
+    pub amount: Option<u32>,
     /// Jobs run at the same time.
     pub threads: u32,
     /// Accept requests that allow NSFW content.
@@ -60,7 +82,10 @@ pub struct WorkerConfig {
     pub device: String,
     /// The dtype the weights are held in: `f32`, `f16` or `bf16`.
     pub dtype: String,
-    /// Text: AI Horde model name → local GGUF file, served by the built-in engine.
+    /// Text: AI Horde model name → local GGUF file, served by the built-in engine; or names
+    /// to download, as `models` (from a `model_reference` file that lists their GGUF: the
+    /// public text reference lists none).
+    #[serde(deserialize_with = "crate::models::wanted::names_or_paths")]
     pub text_models: BTreeMap<String, PathBuf>,
     /// Text: an inference server the owner runs, to which text jobs are forwarded.
     pub text_bridge: Option<crate::text::bridge::TextBridgeConfig>,
@@ -97,8 +122,13 @@ impl Default for WorkerConfig {
             models: BTreeMap::new(),
             post_processors: BTreeMap::new(),
             face_detector: None,
-            max_pixels: 512 * 512,
-            amount: 1,
+            models_dir: PathBuf::new(),
+            model_reference: vec![],
+            disk_budget_gb: 0.0,
+            max_parallel_downloads: 2,
+            memory_budget_mb: 0,
+            max_pixels: None,
+            amount: None,
             threads: 1,
             nsfw: true,
             blacklist: vec![],
@@ -141,7 +171,31 @@ pub const OWN_BRIDGE_AGENT: &str = concat!(
 pub const REGEN_COMPATIBLE_AGENT: &str =
     "AI Horde Worker reGen:9.0.1:https://github.com/Haidra-Org/horde-worker-reGen";
 
+/// The largest image a worker offers when nothing planned it (the public pop's default).
+pub const UNPLANNED_MAX_PIXELS: u64 = 512 * 512;
+
 impl WorkerConfig {
+    /// The largest image offered: `max_pixels`, or the public pop's default when unplanned.
+    pub fn effective_max_pixels(&self) -> u64 {
+        self.max_pixels.unwrap_or(UNPLANNED_MAX_PIXELS)
+    }
+
+    /// The batch size offered: `amount`, or 1 when unplanned.
+    pub fn effective_amount(&self) -> u32 {
+        self.amount.unwrap_or(1)
+    }
+
+    /// The folder models named without a path go to.
+    pub fn effective_models_dir(&self) -> PathBuf {
+        if !self.models_dir.as_os_str().is_empty() {
+            return self.models_dir.clone();
+        }
+        let home = std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_default();
+        home.join(".cache").join("horde").join("models")
+    }
+
     /// Checks what a worker cannot run without.
     pub fn validate(&self) -> Result<(), String> {
         let mut missing = Vec::new();
@@ -160,14 +214,25 @@ impl WorkerConfig {
         if !self.serves_images() && !self.serves_text() && !self.serves_alchemy() {
             return Err("this worker serves nothing: give image models (a [models] table, \"AI Horde model name\" = \"path/to/checkpoint.safetensors\", or --model), text models (a [text_models] table, \"AI Horde model name\" = \"path/to/model.gguf\", or --text-model), an inference server to forward text jobs to ([text_bridge] with url, api and name, or --text-bridge-url) or alchemy forms (alchemy_forms, or --alchemy-form)".into());
         }
-        if self.amount == 0 || self.threads == 0 {
+        if self.amount == Some(0) || self.threads == 0 {
             return Err("amount and threads must be at least 1".into());
         }
         horde_diffusion::dtype_named(&self.dtype).map_err(|e| e.to_string())?;
-        if self.max_pixels < 64 * 64 {
+        if let Some(pixels) = self.max_pixels.filter(|p| *p < 64 * 64) {
             return Err(format!(
-                "max_pixels {} is below the smallest image (64×64)",
-                self.max_pixels
+                "max_pixels {pixels} is below the smallest image (64×64)"
+            ));
+        }
+        if self.max_parallel_downloads == 0 || self.max_parallel_downloads > 16 {
+            return Err(format!(
+                "max_parallel_downloads {} is not within 1..=16",
+                self.max_parallel_downloads
+            ));
+        }
+        if !(self.disk_budget_gb >= 0.0 && self.disk_budget_gb.is_finite()) {
+            return Err(format!(
+                "disk_budget_gb {} is not a size",
+                self.disk_budget_gb
             ));
         }
         if self.serves_text() {

@@ -80,8 +80,8 @@ impl Worker {
         let c = &self.config;
         let mut pop = PopRequest::new(&c.name);
         pop.models = self.backend.models();
-        pop.max_pixels = c.max_pixels;
-        pop.amount = c.amount;
+        pop.max_pixels = c.effective_max_pixels();
+        pop.amount = c.effective_amount();
         pop.threads = c.threads;
         pop.nsfw = c.nsfw;
         pop.blacklist = c.blacklist.clone();
@@ -120,6 +120,15 @@ impl Worker {
         // may come in one pop (our coordinator's extension; other hordes ignore the field).
         pop.batch_prompts = true;
         pop.bridge_agent = c.effective_bridge_agent();
+        // What it holds loaded (the coordinator routes a model's requests to a worker holding
+        // it, and gives a job that needs a load more time) and what it runs on.
+        pop.loaded_models = self.backend.loaded_models();
+        pop.hardware = Some(crate::hardware::report(
+            crate::hardware::measured(&c.device),
+            &c.device,
+            &c.dtype,
+            self.backend.load_secs(),
+        ));
         pop
     }
 

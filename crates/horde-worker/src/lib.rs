@@ -13,6 +13,7 @@ pub mod censor;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod hardware;
 pub mod job;
 pub mod library;
 pub mod models;

@@ -28,7 +28,7 @@ enum Command {
     },
     /// Create or upgrade the database (SQLite, or PostgreSQL with --database), then exit.
     Migrate(CommonArgs),
-    /// Run a worker: serve local Stable Diffusion checkpoints, text models (GGUF files on the
+    /// Run a worker: serve Stable Diffusion models by name (downloaded from the model reference and verified) or from local checkpoints, text models (GGUF files on the
     /// built-in engine, or an inference server you run: llama.cpp, vLLM, KoboldCpp, …) and
     /// alchemy forms (NSFW verdicts, CLIP interrogation, captions, post-processors) to a horde.
     Worker(Box<crate::worker_cmd::WorkerArgs>),
@@ -63,6 +63,16 @@ enum ModelCommand {
         /// Seed of the random weights
         #[arg(long, default_value_t = 0)]
         seed: u64,
+    },
+    /// Convert a pickled PyTorch checkpoint (.ckpt, .pt, .pth), which the engine does not load,
+    /// to a single .safetensors file of the same tensors (EMA copies and non-tensor entries
+    /// left out). Nothing in the pickle is run. The worker converts the ones it downloads.
+    Convert {
+        /// The pickled checkpoint
+        src: PathBuf,
+        /// Output .safetensors file [default: SRC with the extension .safetensors]
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -206,6 +216,9 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Model {
             command: ModelCommand::Tiny { arch, out, seed },
         } => crate::worker_cmd::write_tiny(&arch, &out, seed),
+        Command::Model {
+            command: ModelCommand::Convert { src, out },
+        } => convert_model(&src, out),
         Command::Migrate(common) => {
             let config = common.load()?;
             let mode = horde_server::offline::migrate_offline(&config).await?;
@@ -216,6 +229,32 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `horde model convert`: converts a pickled checkpoint and says what it wrote.
+fn convert_model(src: &std::path::Path, out: Option<PathBuf>) -> anyhow::Result<()> {
+    let out = out.unwrap_or_else(|| src.with_extension("safetensors"));
+    anyhow::ensure!(
+        out != src,
+        "{}: is already a .safetensors file; name another --out",
+        src.display()
+    );
+    let summary = horde_diffusion::pickled::convert_to_safetensors(src, &out)?;
+    let skipped = if summary.skipped.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", summary.skipped.join("; "))
+    };
+    println!(
+        "converted {} to {}: {} tensors, {} skipped{skipped}, {:.1} MB ({} bytes)",
+        src.display(),
+        out.display(),
+        summary.tensors,
+        summary.skipped.len(),
+        summary.bytes as f64 / 1e6,
+        summary.bytes
+    );
+    Ok(())
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {

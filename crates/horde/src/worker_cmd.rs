@@ -8,6 +8,9 @@ use figment::Figment;
 use horde_diffusion::LoadStage;
 use horde_worker::alchemy::horde_alchemy::safety::SafetyChecker;
 use horde_worker::alchemy::{Alchemist, AlchemyForms};
+use horde_worker::models::download::DownloadSettings;
+use horde_worker::models::reference::Reference;
+use horde_worker::models::resolve::{self, Plan};
 use horde_worker::text::bridge::Bridge;
 use horde_worker::text::engine::TextEngine;
 use horde_worker::text::{TextBackend, TextWorker};
@@ -24,6 +27,11 @@ const ENV_KEYS: &[&str] = &[
     "models",
     "post_processors",
     "face_detector",
+    "models_dir",
+    "model_reference",
+    "disk_budget_gb",
+    "max_parallel_downloads",
+    "memory_budget_mb",
     "max_pixels",
     "amount",
     "threads",
@@ -56,16 +64,48 @@ const ENV_KEYS: &[&str] = &[
 ];
 
 #[derive(Args, Debug, Default, serde::Serialize)]
+#[command(args_conflicts_with_subcommands = false)]
 pub(crate) struct WorkerArgs {
+    #[command(subcommand)]
+    #[serde(skip)]
+    action: Option<WorkerAction>,
     /// TOML config file (see worker.example.toml). Every setting can also be given as an env var
     /// HORDE_WORKER_<SETTING> (models: HORDE_WORKER_MODELS__<NAME>=PATH) or as the flag below.
-    #[arg(long, short = 'c', env = "HORDE_WORKER_CONFIG")]
+    #[arg(long, short = 'c', env = "HORDE_WORKER_CONFIG", global = true)]
     #[serde(skip)]
     config: Option<PathBuf>,
-    /// The horde to serve [default: http://127.0.0.1:7001]
+    /// Print what this worker would serve and why (models found, to download or skipped; the
+    /// machine; the memory plan), then exit without downloading or serving
     #[arg(long)]
+    #[serde(skip)]
+    check: bool,
+    /// The horde to serve [default: http://127.0.0.1:7001]
+    #[arg(long, global = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     url: Option<String>,
+    /// Where models named without a file are downloaded to [default: ~/.cache/horde/models]
+    #[arg(long, value_name = "DIR", global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    models_dir: Option<PathBuf>,
+    /// A model reference to read besides the coordinator's (a file or URL in the AI Horde
+    /// reference format; repeatable)
+    #[arg(long = "model-reference", value_name = "FILE|URL", global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model_reference: Option<Vec<String>>,
+    /// The most the models directory may hold, in GB [default: 0, only the free space limits]
+    #[arg(long, global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    disk_budget_gb: Option<f64>,
+    /// The most files downloaded at once [default: 2]
+    #[arg(long, global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_parallel_downloads: Option<u32>,
+    /// The memory the worker plans with, in MB: RAM on the CPU, the GPU's memory on a GPU; the
+    /// loaded models and one batch stay within it, the least recently used model is unloaded
+    /// to load another [default: 0, three quarters of the device's memory]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    memory_budget_mb: Option<u64>,
     /// API key of the worker's owner (keys may start with '-')
     #[arg(long, allow_hyphen_values = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -74,21 +114,24 @@ pub(crate) struct WorkerArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     name: Option<String>,
-    /// A model to serve, as "AI Horde model name=checkpoint.safetensors" (repeatable)
-    #[arg(long = "model", value_name = "NAME=PATH")]
+    /// A model to serve (repeatable): an AI Horde model name, downloaded from the model
+    /// reference ("Deliberate"), or "name=checkpoint.safetensors" for a file of your own
+    #[arg(long = "model", value_name = "NAME[=PATH]")]
     #[serde(skip)]
     models: Vec<String>,
-    /// A post-processor to serve, as "AI Horde name=checkpoint" (repeatable): an upscaler
+    /// A post-processor to serve (repeatable): a name downloaded from the reference
+    /// (RealESRGAN_x4plus, GFPGAN, CodeFormers), or "name=checkpoint": an upscaler
     /// (RealESRGAN_x4plus=RealESRGAN_x4plus.pth), a face fixer (GFPGAN=GFPGANv1.4.pth, with
     /// --face-detector) or strip_background=u2net.pth
-    #[arg(long = "post-processor", value_name = "NAME=PATH")]
+    #[arg(long = "post-processor", value_name = "NAME[=PATH]")]
     #[serde(skip)]
     post_processors: Vec<String>,
-    /// Largest image (width × height) accepted [default: 262144]
+    /// Largest image (width × height) accepted [default: planned from the memory budget]
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     max_pixels: Option<u64>,
-    /// Most images of one request generated in one batch [default: 1]
+    /// Most images of one request generated in one batch [default: planned from the memory
+    /// budget]
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     amount: Option<u32>,
@@ -165,9 +208,10 @@ pub(crate) struct WorkerArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     dtype: Option<String>,
-    /// A text model to serve on the built-in engine, as "AI Horde model name=model.gguf"
-    /// (repeatable): a GGUF llama, Mistral or Qwen2 model (F16, Q8_0, Q4_K_M, Q5_K_M, …)
-    #[arg(long = "text-model", value_name = "NAME=PATH")]
+    /// A text model to serve on the built-in engine, as "AI Horde model name=model.gguf", or
+    /// a name a --model-reference lists a GGUF for (repeatable): a GGUF llama, Mistral or
+    /// Qwen2 model (F16, Q8_0, Q4_K_M, Q5_K_M, …)
+    #[arg(long = "text-model", value_name = "NAME[=PATH]")]
     #[serde(skip)]
     text_models: Vec<String>,
     /// Forward text jobs to an inference server you run, at this URL (with --text-bridge-api
@@ -230,21 +274,39 @@ pub(crate) struct WorkerArgs {
     alchemy_name: Option<String>,
 }
 
-/// `NAME=PATH` flags as a map.
+/// What `horde worker` does besides serving.
+#[derive(clap::Subcommand, Debug)]
+pub(crate) enum WorkerAction {
+    /// Download models by name into the models directory (resumed, verified against the
+    /// reference's SHA-256), without serving
+    Download {
+        /// AI Horde model, post-processor or text model names ("Deliberate",
+        /// "RealESRGAN_x4plus"; a text model from a --model-reference that lists its GGUF)
+        #[arg(required = true, value_name = "NAME")]
+        names: Vec<String>,
+    },
+}
+
+/// `NAME` or `NAME=PATH` flags as a map (a name alone: from the model reference).
 fn names_to_paths(flag: &str, entries: &[String]) -> anyhow::Result<BTreeMap<String, PathBuf>> {
     entries
         .iter()
         .map(|entry| {
-            let (name, path) = entry
-                .split_once('=')
-                .with_context(|| format!("{flag} {entry}: expected NAME=PATH"))?;
-            Ok((name.trim().to_string(), PathBuf::from(path.trim())))
+            horde_worker::models::wanted::parse_entry(entry)
+                .map_err(|e| anyhow::anyhow!("{flag} {e}"))
         })
         .collect()
 }
 
-/// Layers the worker's settings.
+/// Layers the worker's settings and checks them.
 pub(crate) fn load_config(args: &WorkerArgs) -> anyhow::Result<WorkerConfig> {
+    let config = layered_config(args)?;
+    config.validate().map_err(anyhow::Error::msg)?;
+    Ok(config)
+}
+
+/// Layers the worker's settings: defaults, the file, the variables, the flags.
+fn layered_config(args: &WorkerArgs) -> anyhow::Result<WorkerConfig> {
     let mut figment = Figment::from(Serialized::defaults(WorkerConfig::default()));
     if let Some(path) = &args.config {
         anyhow::ensure!(
@@ -281,16 +343,21 @@ pub(crate) fn load_config(args: &WorkerArgs) -> anyhow::Result<WorkerConfig> {
             figment = figment.merge(Serialized::default(key, value));
         }
     }
-    let config: WorkerConfig = figment.extract().context("invalid worker configuration")?;
-    config.validate().map_err(anyhow::Error::msg)?;
-    Ok(config)
+    figment.extract().context("invalid worker configuration")
 }
 
 pub(crate) async fn run(args: WorkerArgs) -> anyhow::Result<()> {
+    if let Some(WorkerAction::Download { names }) = &args.action {
+        return download_only(&args, names).await;
+    }
     let config = load_config(&args)?;
+    if args.check {
+        return check(&config).await;
+    }
+    let (config, models_bytes) = with_files(config).await?;
     let safety = safety_checker(&config)?;
     let image_worker = match config.serves_images() {
-        true => Some(image_worker(&config, safety.clone())?),
+        true => Some(image_worker(&config, safety.clone(), models_bytes)?),
         false => None,
     };
     let text_worker = match config.serves_text() {
@@ -351,6 +418,210 @@ pub(crate) async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether any model, post-processor or text model is named without a file.
+fn names_any(config: &WorkerConfig) -> bool {
+    use horde_worker::models::wanted::by_name;
+    [&config.models, &config.post_processors, &config.text_models]
+        .iter()
+        .any(|named| named.values().any(|path| by_name(path)))
+}
+
+/// The download settings of `config`.
+fn download_settings(config: &WorkerConfig) -> DownloadSettings {
+    let budget = config.disk_budget_gb;
+    DownloadSettings {
+        dir: config.effective_models_dir(),
+        parallel: config.max_parallel_downloads as usize,
+        disk_budget_bytes: (budget > 0.0).then_some((budget * 1e9) as u64),
+        show_progress: true,
+        ..DownloadSettings::default()
+    }
+}
+
+/// Reads the model references, saying what could not be read.
+async fn reference_of(config: &WorkerConfig) -> Reference {
+    let (reference, problems) = resolve::read_reference(config).await;
+    for problem in problems {
+        eprintln!("{problem}");
+    }
+    reference
+}
+
+/// The settings with every named model's file: downloaded (or found from an earlier start),
+/// the memory planned. What cannot be had is reported, and the rest served.
+/// Also gives what the loaded image models may hold together, in bytes.
+async fn with_files(mut config: WorkerConfig) -> anyhow::Result<(WorkerConfig, u64)> {
+    if names_any(&config) {
+        let reference = reference_of(&config).await;
+        let settings = download_settings(&config);
+        println!("models directory {}", settings.dir.display());
+        let resolved = resolve::resolve(&config, &reference, &settings).await;
+        for skip in &resolved.skipped {
+            eprintln!(
+                "{} {} not served: {}",
+                skip.kind.word(),
+                skip.name,
+                skip.reason
+            );
+        }
+        config.models = resolved.models;
+        config.post_processors = resolved.post_processors;
+        config.text_models = resolved.text_models;
+        if config.face_detector.is_none() {
+            config.face_detector = resolved.face_detector;
+        }
+        anyhow::ensure!(
+            config.serves_images() || config.serves_text() || config.serves_alchemy(),
+            "none of the models named could be had, so this worker serves nothing"
+        );
+    }
+    let plan = memory_plan(&config);
+    for reason in &plan.reasons {
+        println!("memory: {reason}");
+    }
+    config.max_pixels = Some(plan.max_pixels);
+    config.amount = Some(plan.amount);
+    Ok((config, plan.models_bytes))
+}
+
+/// The memory plan of this machine for the configured image models.
+fn memory_plan(config: &WorkerConfig) -> horde_worker::hardware::MemoryPlan {
+    let machine = horde_worker::hardware::measured(&config.device);
+    let device_bytes = match &machine.gpu {
+        Some((_, vram)) if *vram > 0 => *vram,
+        _ => machine.ram_bytes,
+    };
+    let options = horde_diffusion::LoadOptions::named(&config.device, &config.dtype).ok();
+    let largest = options
+        .map(|options| {
+            config
+                .models
+                .values()
+                .filter_map(|path| horde_diffusion::Model::inspect(path, &options).ok())
+                .map(|(_, bytes)| bytes)
+                .max()
+                .unwrap_or(0)
+        })
+        .unwrap_or(0);
+    let dtype_bytes = if config.dtype == "f32" { 4 } else { 2 };
+    let wishes = horde_worker::hardware::Wishes {
+        budget_bytes: (config.memory_budget_mb > 0).then_some(config.memory_budget_mb << 20),
+        max_pixels: config.max_pixels,
+        amount: config.amount,
+    };
+    horde_worker::hardware::plan_memory(device_bytes, largest, dtype_bytes, wishes)
+}
+
+/// `horde worker --check`: what would be served and why, without downloading or serving.
+async fn check(config: &WorkerConfig) -> anyhow::Result<()> {
+    let machine = horde_worker::hardware::measured(&config.device);
+    println!(
+        "machine: {}, {} cores, {:.1} GiB of memory",
+        machine.cpu,
+        machine.cpu_cores,
+        machine.ram_bytes as f64 / (1u64 << 30) as f64
+    );
+    if let Some((gpu, vram)) = &machine.gpu {
+        println!("GPU: {gpu}, {:.1} GiB", *vram as f64 / (1u64 << 30) as f64);
+    }
+    println!(
+        "engine: {} on {} in {}",
+        horde_worker::hardware::engine_name(),
+        config.device,
+        config.dtype
+    );
+    let reference = if names_any(config) {
+        reference_of(config).await
+    } else {
+        Reference::builtin()
+    };
+    let dir = config.effective_models_dir();
+    println!("models directory: {}", dir.display());
+    for (kind, name, plan) in resolve::plan(config, &reference) {
+        let what = match plan {
+            Plan::Given(path) if path.exists() => format!("serves {}", path.display()),
+            Plan::Given(path) => format!("NOT served: {} does not exist", path.display()),
+            Plan::Skipped(reason) => format!("NOT served: {reason}"),
+            Plan::Download { files, size_hint } => {
+                let missing: Vec<&str> = files
+                    .iter()
+                    .filter(|(_, ready)| !ready)
+                    .map(|(file, _)| file.as_str())
+                    .collect();
+                match missing.as_slice() {
+                    [] => "serves it: downloaded and verified".to_string(),
+                    _ => format!(
+                        "would download {}{}",
+                        missing.join(", "),
+                        size_hint
+                            .map(|b| format!(" ({:.1} GB)", b as f64 / 1e9))
+                            .unwrap_or_default()
+                    ),
+                }
+            }
+        };
+        println!("{} {name}: {what}", kind.word());
+    }
+    for reason in memory_plan(config).reasons {
+        println!("memory: {reason}");
+    }
+    Ok(())
+}
+
+/// `horde worker download NAME…`: fetches the named models (image models and
+/// post-processors, by the reference's kind of each) and says what became of each.
+async fn download_only(args: &WorkerArgs, names: &[String]) -> anyhow::Result<()> {
+    let mut config = layered_config(args)?;
+    let reference = reference_of(&config).await;
+    config.models.clear();
+    config.post_processors.clear();
+    config.text_models.clear();
+    for name in names {
+        let entry = reference.get(name);
+        let post = entry.is_some_and(|e| {
+            matches!(
+                e.kind.to_ascii_lowercase().as_str(),
+                "realesrgan" | "esrgan" | "gfpgan" | "codeformers"
+            )
+        });
+        let text = entry.is_some_and(|e| {
+            e.files
+                .iter()
+                .any(|f| f.file_name.to_ascii_lowercase().ends_with(".gguf"))
+        });
+        let map = match (post, text) {
+            (true, _) => &mut config.post_processors,
+            (_, true) => &mut config.text_models,
+            _ => &mut config.models,
+        };
+        map.insert(name.clone(), PathBuf::new());
+    }
+    let settings = download_settings(&config);
+    println!("models directory {}", settings.dir.display());
+    let resolved = resolve::resolve(&config, &reference, &settings).await;
+    let ready = resolved
+        .models
+        .iter()
+        .chain(&resolved.post_processors)
+        .chain(&resolved.text_models);
+    for (name, path) in ready {
+        println!("{name}: ready at {}", path.display());
+    }
+    if let Some(path) = &resolved.face_detector {
+        println!("face detector: ready at {}", path.display());
+    }
+    for skip in &resolved.skipped {
+        eprintln!("{}: {}", skip.name, skip.reason);
+    }
+    anyhow::ensure!(
+        resolved.skipped.is_empty(),
+        "{} of {} models could not be downloaded",
+        resolved.skipped.len(),
+        names.len()
+    );
+    Ok(())
+}
+
 /// Loads the safety checker when one is configured: the nsfw form's and the censor's.
 fn safety_checker(config: &WorkerConfig) -> anyhow::Result<Option<Arc<SafetyChecker>>> {
     let device = horde_diffusion::LoadOptions::named(&config.device, &config.dtype)?.device;
@@ -394,9 +665,10 @@ fn alchemist(
 fn image_worker(
     config: &WorkerConfig,
     censor: Option<Arc<SafetyChecker>>,
+    models_bytes: u64,
 ) -> anyhow::Result<Arc<Worker>> {
     let options = horde_diffusion::LoadOptions::named(&config.device, &config.dtype)?;
-    let mut backend = load_models(&config.models, &options)?
+    let mut backend = load_models(&config.models, &options, models_bytes)?
         .with_post_processors(load_post_processors(config, &options))
         .with_controlnets(controlnets_of(config));
     if let Some(library) = open_library(config) {
@@ -422,6 +694,13 @@ fn image_worker(
         pop.models.join(", "),
         config.url
     );
+    let loaded = pop.loaded_models.clone().unwrap_or_default();
+    if loaded.len() < pop.models.len() {
+        println!(
+            "loaded now: {} (the others load when a job needs them)",
+            loaded.join(", ")
+        );
+    }
     Ok(worker)
 }
 
@@ -531,26 +810,30 @@ fn load_post_processors(
     loaded
 }
 
-/// Loads every model with a progress bar; a model that fails is reported and skipped.
+/// Opens every model and loads those that fit `models_bytes` together, with a progress bar; a
+/// model that fails is reported and skipped.
 fn load_models(
     models: &BTreeMap<String, PathBuf>,
     options: &horde_diffusion::LoadOptions,
+    models_bytes: u64,
 ) -> anyhow::Result<DiffusionBackend> {
     let bar = indicatif::ProgressBar::new((models.len() * 4) as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}")
             .expect("valid template"),
     );
-    let (backend, failures) = DiffusionBackend::load(models, options, |name, stage| {
-        let what = match stage {
-            LoadStage::Index => "reading the checkpoint",
-            LoadStage::TextEncoders => "text encoders",
-            LoadStage::UNet => "UNet",
-            LoadStage::Vae => "VAE",
-        };
-        bar.set_message(format!("{name}: {what}"));
-        bar.inc(1);
-    });
+    let budget = Some(models_bytes);
+    let (backend, failures) =
+        DiffusionBackend::within_budget(models, options, budget, |name, stage| {
+            let what = match stage {
+                LoadStage::Index => "reading the checkpoint",
+                LoadStage::TextEncoders => "text encoders",
+                LoadStage::UNet => "UNet",
+                LoadStage::Vae => "VAE",
+            };
+            bar.set_message(format!("{name}: {what}"));
+            bar.inc(1);
+        });
     bar.finish_and_clear();
     for failure in &failures {
         eprintln!("model {} not served: {}", failure.model, failure.error);
@@ -782,12 +1065,74 @@ mod tests {
             Some(PathBuf::from("/m/detection_Resnet50_Final.pth"))
         );
         assert_eq!(config.models.len(), 1);
-        let bad =
-            Cli::try_parse_from(["worker", "--name", "w", "--post-processor", "GFPGAN"]).unwrap();
+        let bad = Cli::try_parse_from(["worker", "--name", "w", "--post-processor", "=x"]).unwrap();
         let error = load_config(&bad.worker).unwrap_err().to_string();
         assert!(
-            error.contains("--post-processor GFPGAN: expected NAME=PATH"),
+            error.contains("--post-processor \"=x\": expected NAME or NAME=PATH"),
             "{error}"
+        );
+    }
+
+    #[test]
+    fn models_by_name_and_the_download_command_come_from_flags() {
+        let cli = Cli::try_parse_from([
+            "worker",
+            "--api-key",
+            "0123456789abcdefghijkl",
+            "--name",
+            "w",
+            "--model",
+            "Deliberate",
+            "--model",
+            "Mine=/m/mine.safetensors",
+            "--post-processor",
+            "GFPGAN",
+            "--models-dir",
+            "/m/models",
+            "--disk-budget-gb",
+            "20",
+            "--memory-budget-mb",
+            "8000",
+        ])
+        .unwrap();
+        let config = load_config(&cli.worker).unwrap();
+        assert_eq!(
+            config.models,
+            BTreeMap::from([
+                ("Deliberate".to_string(), PathBuf::new()),
+                ("Mine".to_string(), PathBuf::from("/m/mine.safetensors")),
+            ])
+        );
+        assert!(names_any(&config));
+        assert_eq!(config.post_processors["GFPGAN"], PathBuf::new());
+        assert_eq!(config.effective_models_dir(), PathBuf::from("/m/models"));
+        let settings = download_settings(&config);
+        assert_eq!(settings.disk_budget_bytes, Some(20_000_000_000));
+        assert_eq!(config.memory_budget_mb, 8000);
+        assert_eq!(
+            (config.max_pixels, config.amount),
+            (None, None),
+            "planned at start"
+        );
+
+        let download = Cli::try_parse_from([
+            "worker",
+            "download",
+            "Deliberate",
+            "RealESRGAN_x4plus",
+            "--models-dir",
+            "/m/models",
+        ])
+        .unwrap();
+        match &download.worker.action {
+            Some(WorkerAction::Download { names }) => {
+                assert_eq!(names, &["Deliberate", "RealESRGAN_x4plus"])
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            download.worker.models_dir.as_deref(),
+            Some(Path::new("/m/models"))
         );
     }
 }

@@ -45,6 +45,7 @@ pub(crate) fn worker(models: &[&str]) -> WorkerCaps {
         step_limits: None,
         fallback: vec![],
         inpainting_models: vec![],
+        loaded_models: None,
     }
 }
 

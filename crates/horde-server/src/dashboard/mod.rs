@@ -374,7 +374,8 @@ fn workers_table(html: &mut String, workers: &[Seen], view: &WorkersView) {
         );
     }
     html.push_str(
-        "<th scope=\"col\">Models</th><th scope=\"col\" class=\"n\">Suspicion</th></tr></thead><tbody>\n",
+        "<th scope=\"col\">Models</th><th scope=\"col\" class=\"n\">Suspicion</th>\
+         <th scope=\"col\">Hardware</th></tr></thead><tbody>\n",
     );
     if workers.is_empty() {
         let why = if q.is_empty() {
@@ -382,7 +383,7 @@ fn workers_table(html: &mut String, workers: &[Seen], view: &WorkersView) {
         } else {
             "No worker matches."
         };
-        let _ = writeln!(html, "<tr><td colspan=\"10\">{why}</td></tr>");
+        let _ = writeln!(html, "<tr><td colspan=\"11\">{why}</td></tr>");
     }
     let now = crate::clock::now();
     for (w, seen) in workers {
@@ -404,7 +405,7 @@ fn workers_table(html: &mut String, workers: &[Seen], view: &WorkersView) {
             html,
             "<tr><td>{}</td><td>{status}</td><td class=\"n\">{speed:.2} {unit}</td><td class=\"n\">{}</td>\
              <td class=\"n\">{:.0} %{}</td><td class=\"n\">{}</td><td class=\"n\">{:.0}</td>\
-             <td class=\"n\">{}</td><td>{}</td><td class=\"n\">{suspicion}</td></tr>",
+             <td class=\"n\">{}</td><td>{}</td><td class=\"n\">{suspicion}</td><td>{}</td></tr>",
             escape(&w.name),
             w.requests_fulfilled,
             reliability * 100.0,
@@ -413,9 +414,36 @@ fn workers_table(html: &mut String, workers: &[Seen], view: &WorkersView) {
             w.kudos_rewards,
             w.max_pixels,
             escape(&w.models.join(", ")),
+            hardware_note(w),
         );
     }
     html.push_str("</tbody></table>\n");
+}
+
+/// What a worker runs on and the models it holds in memory, as it last reported them (issue
+/// 30), escaped: `cuda:0, NVIDIA H100 · RAM 64.0 GiB, VRAM 80.0 GiB · engine, f16 · loaded: …`.
+fn hardware_note(w: &WorkerDetails) -> String {
+    let mut parts = vec![];
+    if let Some(h) = &w.hardware {
+        let device = match &h.gpu {
+            Some(gpu) => format!("{}, {gpu}", h.device),
+            None => format!("{}, {} ({} cores)", h.device, h.cpu, h.cpu_cores),
+        };
+        let mut memory = format!("RAM {}", gib(h.ram_bytes));
+        if let Some(vram) = h.vram_bytes {
+            memory.push_str(&format!(", VRAM {}", gib(vram)));
+        }
+        parts.extend([device, memory, format!("{}, {}", h.engine, h.dtype)]);
+    }
+    if let Some(loaded) = &w.loaded_models {
+        parts.push(format!("loaded: {}", loaded.join(", ")));
+    }
+    escape(&parts.join(" · "))
+}
+
+/// `bytes` in GiB with one decimal.
+fn gib(bytes: u64) -> String {
+    format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
 }
 
 /// A rated worker's mean rating and how many requesters gave it (they moved its reliability:

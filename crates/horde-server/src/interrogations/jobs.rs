@@ -28,6 +28,7 @@ fn declaration_of(pop: &InterrogationPopRequest) -> (PopRequest, KindFlags) {
     shared.threads = pop.threads;
     shared.bridge_agent = pop.bridge_agent.clone();
     shared.max_pixels = 0;
+    shared.hardware = pop.hardware.clone();
     let kind = KindFlags {
         text: None,
         alchemy: Some(AlchemistFlags {

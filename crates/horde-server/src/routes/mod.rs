@@ -6,6 +6,7 @@ pub mod generate;
 pub mod interrogate;
 pub mod modes;
 pub mod operations;
+pub mod reference;
 pub mod shared_keys;
 pub mod sources;
 pub mod status;

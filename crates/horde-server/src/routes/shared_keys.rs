@@ -22,7 +22,7 @@ pub async fn create(
 }
 
 #[utoipa::path(get, path = "/api/v2/sharedkeys/{id}", tag = "v2", params(("id" = String, Path)),
-    responses((status = 200, body = SharedKeyDetails), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = SharedKeyDetails), (status = 403, body = ErrorBody, description = "The shared key's account was deleted (`DeletedUser`)."), (status = 404, body = ErrorBody)))]
 pub async fn get(
     State(state): State<SharedState>,
     Path(id): Path<String>,

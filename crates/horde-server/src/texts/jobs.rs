@@ -28,6 +28,7 @@ fn declaration_of(pop: &TextPopRequest) -> (PopRequest, TextWorkerFlags) {
     shared.require_upfront_kudos = pop.require_upfront_kudos;
     shared.extra_slow_worker = pop.extra_slow_worker;
     shared.max_pixels = 0;
+    shared.hardware = pop.hardware.clone();
     let text = TextWorkerFlags {
         max_length: pop.max_length,
         max_context_length: pop.max_context_length,

@@ -51,6 +51,8 @@ impl WorkerEntry {
         self.owner_trusted = checked_in.owner_trusted;
         self.owner_flagged = checked_in.owner_flagged;
         self.persisted_check_in = checked_in.persisted_check_in;
+        self.hardware = checked_in.hardware.clone();
+        self.loaded_models = checked_in.loaded_models.clone();
     }
 
     /// The text matching view of this worker (a text worker's; an image worker's declares no
@@ -124,6 +126,7 @@ impl WorkerEntry {
             step_limits: None,
             fallback: vec![],
             inpainting_models: vec![],
+            loaded_models: self.loaded_models.clone(),
         }
     }
 
@@ -180,9 +183,8 @@ impl WorkerEntry {
             forms: alchemist.then(|| w.flags.models.clone()),
             messages: None,
             reputation: Some(reputation_details(r, w.uptime, rules)),
-            // Filled in by the coordinator-side work of issue 30 (stored with the worker).
-            hardware: None,
-            loaded_models: None,
+            hardware: self.hardware.clone(),
+            loaded_models: self.loaded_models.clone(),
         }
     }
 }
@@ -379,6 +381,14 @@ impl AppState {
             let entry = stored_entry(worker, owner);
             self.workers.change(|registry| registry.insert(entry));
         }
+        let reported = self.store.all_worker_hardware().await?;
+        self.workers.change(|registry| {
+            for (id, hardware) in reported {
+                if let Some(entry) = registry.get_mut(id) {
+                    entry.hardware = Some(hardware);
+                }
+            }
+        });
         Ok(())
     }
 
@@ -414,7 +424,8 @@ impl AppState {
         worker: Worker,
     ) -> Result<WorkerEntry, horde_store::StoreError> {
         let owner = self.store.user_by_id(worker.user_id).await?;
-        let entry = stored_entry(worker, owner);
+        let mut entry = stored_entry(worker, owner);
+        entry.hardware = self.store.worker_hardware(entry.worker.id).await?;
         let known = self.workers.change(|registry| {
             let known = registry.get(entry.worker.id).cloned();
             if known.is_none() {
@@ -527,9 +538,17 @@ impl AppState {
         entry.priority_user_ids = priority_user_ids;
         entry.owner_trusted = user.trusted;
         entry.owner_flagged = user.flagged;
+        entry.loaded_models = pop.loaded_models.clone();
         if declared_changed || now - entry.persisted_check_in >= CHECK_IN_WRITE_INTERVAL_SECS {
             self.store.save_check_in(&entry.worker).await?;
             entry.persisted_check_in = now;
+        }
+        if entry.hardware != pop.hardware {
+            let id = entry.worker.id;
+            self.store
+                .save_worker_hardware(id, pop.hardware.as_ref())
+                .await?;
+            entry.hardware = pop.hardware.clone();
         }
         self.pay_uptime(&mut entry, now).await?;
         let checked_in = self
@@ -570,6 +589,7 @@ impl AppState {
             let same = w.user_id == user.id
                 && w.is_online(now, window)
                 && declares_the_same(w, pop, kind)
+                && live.hardware == pop.hardware
                 && now - live.persisted_check_in < CHECK_IN_WRITE_INTERVAL_SECS;
             if !same {
                 return None;
@@ -583,6 +603,9 @@ impl AppState {
             live.worker.uptime = uptime;
             live.worker.last_check_in = now;
             live.amount = pop.amount;
+            if live.loaded_models != pop.loaded_models {
+                live.loaded_models = pop.loaded_models.clone();
+            }
             if live.priority_user_ids != priority_user_ids {
                 live.priority_user_ids = priority_user_ids.to_vec();
             }
@@ -669,6 +692,8 @@ impl AppState {
             waiting_since: None,
             team: None,
             messages: vec![],
+            hardware: None,
+            loaded_models: None,
             worker,
         })
     }
@@ -894,6 +919,8 @@ fn stored_entry(worker: Worker, owner: Option<User>) -> WorkerEntry {
         waiting_since: None,
         team: None,
         messages: vec![],
+        hardware: None,
+        loaded_models: None,
         worker,
     }
 }

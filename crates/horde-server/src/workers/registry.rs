@@ -147,6 +147,11 @@ pub struct WorkerEntry {
     /// The messages to it that were active when last read from the store (`teams.rs`); a pop
     /// shows those still active.
     pub messages: Vec<horde_core::teams::WorkerMessage>,
+    /// What it runs on, as its latest pop reported it (stored with the worker, like its flags).
+    pub hardware: Option<horde_api::worker::WorkerHardware>,
+    /// The models it holds in memory, as its latest image pop declared them (`None`: it did not
+    /// say). In memory only: it changes with every load, like `amount`.
+    pub loaded_models: Option<Vec<String>>,
 }
 
 #[derive(Debug)]
@@ -242,12 +247,7 @@ impl WorkerRegistry {
         const MARGIN: f64 = 0.05;
         let mine = me.worker.reputation.reliability();
         let mut better: Vec<(f64, &WorkerEntry)> = self
-            .by_id
-            .values()
-            .filter(|e| e.worker.id != me.worker.id)
-            .filter(|e| e.worker.kind() == me.worker.kind())
-            .filter(|e| e.waiting_since.is_some() && now - e.worker.last_check_in < hold_secs)
-            .filter(|e| e.gets_jobs(rules) && !e.owner_flagged)
+            .standing_by_beside(me, now, hold_secs, rules)
             .map(|e| (e.worker.reputation.reliability(), e))
             .filter(|(reliability, _)| *reliability >= mine + MARGIN)
             .collect();
@@ -257,6 +257,43 @@ impl WorkerRegistry {
             .take(MAX_STANDBY)
             .map(|(_, e)| view(e))
             .collect()
+    }
+
+    /// The workers of `me`'s kind standing by (as for [`Self::standing_by_better_than`], whatever
+    /// their reliability) that declared the models they hold in memory, each as `view` shows it,
+    /// with those models: routing by loaded model leaves them the requests of their models.
+    pub fn standing_by_holding<C>(
+        &self,
+        me: &WorkerEntry,
+        now: i64,
+        hold_secs: i64,
+        rules: &ReputationRules,
+        view: impl Fn(&WorkerEntry) -> C,
+    ) -> Vec<(C, Vec<String>)> {
+        self.standing_by_beside(me, now, hold_secs, rules)
+            .filter_map(|e| {
+                let held = e.loaded_models.clone()?;
+                Some((view(e), held))
+            })
+            .take(MAX_STANDBY)
+            .collect()
+    }
+
+    /// The other workers of `me`'s kind that could take a job right now: they popped and found
+    /// nothing within the last `hold_secs`, and nothing stops them from getting jobs.
+    fn standing_by_beside<'a>(
+        &'a self,
+        me: &'a WorkerEntry,
+        now: i64,
+        hold_secs: i64,
+        rules: &'a ReputationRules,
+    ) -> impl Iterator<Item = &'a WorkerEntry> {
+        self.by_id
+            .values()
+            .filter(move |e| e.worker.id != me.worker.id)
+            .filter(move |e| e.worker.kind() == me.worker.kind())
+            .filter(move |e| e.waiting_since.is_some() && now - e.worker.last_check_in < hold_secs)
+            .filter(move |e| e.gets_jobs(rules) && !e.owner_flagged)
     }
 
     pub fn count_of_user(&self, user_id: i64) -> usize {

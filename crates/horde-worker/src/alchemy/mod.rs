@@ -104,6 +104,12 @@ impl Alchemist {
         pop.max_tiles = c.max_tiles;
         pop.priority_usernames = c.priority_usernames.clone();
         pop.bridge_agent = c.alchemy_bridge_agent();
+        pop.hardware = Some(crate::hardware::report(
+            crate::hardware::measured(&c.device),
+            &c.device,
+            &c.dtype,
+            0,
+        ));
         pop
     }
 

@@ -4,3 +4,7 @@
 //! within a memory budget.
 
 pub mod download;
+pub mod reference;
+pub mod resident;
+pub mod resolve;
+pub mod wanted;

@@ -255,6 +255,12 @@ impl TextWorker {
         pop.priority_usernames = c.priority_usernames.clone();
         pop.require_upfront_kudos = c.require_upfront_kudos;
         pop.bridge_agent = self.backend.bridge_agent();
+        pop.hardware = Some(crate::hardware::report(
+            crate::hardware::measured(&c.device),
+            &c.device,
+            &c.dtype,
+            0,
+        ));
         pop
     }
 

@@ -369,7 +369,7 @@ async fn the_worker_makes_three_members_in_one_pop_and_one_engine_pass() {
     let batch_id = accepted["id"].as_str().unwrap().to_string();
     let (owner_key, _) = user(&app, "gpu-owner", 0.0).await;
     let mut config = worker_config(&app.root, owner_key, &checkpoint);
-    (config.amount, config.max_pixels) = (3, 256 * 256);
+    (config.amount, config.max_pixels) = (Some(3), Some(256 * 256));
     let (stop, task) = start_worker(config);
 
     let mut done = false;

@@ -144,3 +144,68 @@ async fn an_unreachable_database_is_a_clear_error_that_keeps_the_password() {
         "no SQLite file was made instead"
     );
 }
+
+#[tokio::test]
+async fn model_convert_writes_the_safetensors_of_a_pickled_checkpoint() {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../horde-diffusion/tests/fixtures/pickled");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        fixtures.join("sd_layout.ckpt"),
+        dir.path().join("model.ckpt"),
+    )
+    .unwrap();
+    let (ok, stdout, stderr) = run_horde(dir.path(), &["model", "convert", "model.ckpt"]);
+    assert!(ok, "{stderr}");
+    let written = std::fs::read(dir.path().join("model.safetensors")).unwrap();
+    assert_eq!(
+        stdout.trim(),
+        format!(
+            "converted model.ckpt to model.safetensors: 15 tensors, 3 skipped (epoch (beside \
+             state_dict: an int); global_step (beside state_dict: an int); model_ema.* (3 EMA \
+             tensors: the engine reads the model's own weights)), 0.0 MB ({} bytes)",
+            written.len()
+        )
+    );
+    // What the engine's converter writes, called directly.
+    let direct = dir.path().join("direct.safetensors");
+    horde_diffusion::pickled::convert_to_safetensors(&dir.path().join("model.ckpt"), &direct)
+        .unwrap();
+    assert_eq!(written, std::fs::read(&direct).unwrap());
+
+    // --out, and a file that cannot be converted: refused, naming it, writing nothing.
+    let (ok, stdout, _) = run_horde(
+        dir.path(),
+        &[
+            "model",
+            "convert",
+            "model.ckpt",
+            "--out",
+            "other.safetensors",
+        ],
+    );
+    assert!(
+        ok && stdout.contains("to other.safetensors: 15 tensors"),
+        "{stdout}"
+    );
+    let legacy = fixtures.join("legacy.ckpt");
+    let (ok, _, stderr) = run_horde(
+        dir.path(),
+        &[
+            "model",
+            "convert",
+            legacy.to_str().unwrap(),
+            "--out",
+            "legacy.safetensors",
+        ],
+    );
+    assert!(!ok);
+    assert!(
+        stderr.contains(&format!(
+            "{}: cannot convert to safetensors: is a legacy (pre-1.6) PyTorch file",
+            legacy.display()
+        )),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("legacy.safetensors").exists());
+}

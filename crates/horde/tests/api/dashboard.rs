@@ -282,3 +282,46 @@ async fn queued_megapixelsteps_count_a_request_naming_two_models_once() {
     assert!((shown - expected).abs() < 1e-9, "{overview}");
     app.stop().await;
 }
+
+/// Issue 30: each worker's row shows what it runs on and the models it holds in memory, as its
+/// last pop reported them, escaped like the rest of what workers send.
+#[tokio::test]
+async fn the_workers_table_shows_each_workers_hardware_and_loaded_models() {
+    let app = spawn_app().await;
+    let (owner, _) = app.user("owner", 0.0).await;
+    let mut pop = pop_request("gpu worker");
+    pop.models = vec!["stable_diffusion".into(), "Deliberate".into()];
+    pop.loaded_models = Some(vec!["Deliberate".into()]);
+    pop.hardware = Some(horde_api::worker::WorkerHardware {
+        device: "cuda:0".into(),
+        cpu: "AMD EPYC".into(),
+        cpu_cores: 16,
+        ram_bytes: 64 << 30,
+        gpu: Some("<i>H100</i>".into()),
+        vram_bytes: Some(80 << 30),
+        engine: "horde-worker 0.1.0 (candle)".into(),
+        dtype: "bf16".into(),
+        load_secs: 12,
+    });
+    owner.pop(&pop).await.unwrap();
+    owner.pop(&pop_request("plain worker")).await.unwrap();
+    let html = page(&app, "").await;
+    let table = html.split("id=\"workers\"").nth(1).unwrap();
+    let row_of = |name: &str| {
+        let start = table.find(&format!("<td>{name}</td>")).unwrap();
+        table[start..].split("</tr>").next().unwrap().to_string()
+    };
+    let gpu_row = row_of("gpu worker");
+    assert!(
+        gpu_row.contains(
+            "<td>cuda:0, &lt;i&gt;H100&lt;/i&gt; · RAM 64.0 GiB, VRAM 80.0 GiB · \
+             horde-worker 0.1.0 (candle), bf16 · loaded: Deliberate</td>"
+        ),
+        "{gpu_row}"
+    );
+    assert!(table.contains("<th scope=\"col\">Hardware</th>"));
+    assert!(
+        row_of("plain worker").ends_with("<td></td>"),
+        "nothing reported, nothing shown"
+    );
+}

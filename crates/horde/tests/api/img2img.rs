@@ -45,8 +45,8 @@ async fn start_painting_worker(app: &TestApp, checkpoints: &Checkpoints) -> Work
         (MODEL.to_string(), checkpoints.ordinary.clone()),
         (INPAINTING_MODEL.to_string(), checkpoints.inpainting.clone()),
     ]);
-    config.max_pixels = 640 * 640;
-    config.amount = 1;
+    config.max_pixels = Some(640 * 640);
+    config.amount = Some(1);
     start_worker(config)
 }
 

