@@ -431,9 +431,14 @@ mod tests {
             Some(target.clone()),
             "a later start neither fetches nor converts again"
         );
-        assert_eq!(already_converted(dir.path(), Kind::PostProcessor, &order), None);
+        assert_eq!(
+            already_converted(dir.path(), Kind::PostProcessor, &order),
+            None
+        );
         let tensors = candle_core::safetensors::load(&target, &candle_core::Device::Cpu).unwrap();
-        assert!(tensors.keys().any(|k| k.starts_with("model.diffusion_model.")));
+        assert!(tensors
+            .keys()
+            .any(|k| k.starts_with("model.diffusion_model.")));
         // A changed conversion is no longer trusted.
         std::fs::write(&target, b"changed").unwrap();
         assert_eq!(already_converted(dir.path(), Kind::Image, &order), None);
@@ -460,10 +465,19 @@ mod tests {
         let config = WorkerConfig::default();
         assert!(order_for(Kind::Image, "xl", &reference, &config).is_ok());
         let flux = order_for(Kind::Image, "flux", &reference, &config).unwrap_err();
-        assert!(flux.contains("flux_1") && flux.contains("not run by this engine"), "{flux}");
+        assert!(
+            flux.contains("flux_1") && flux.contains("not run by this engine"),
+            "{flux}"
+        );
         let bare = order_for(Kind::Image, "bare", &reference, &config).unwrap_err();
-        assert!(bare.contains("model bare") && bare.contains("no SHA-256"), "{bare}");
+        assert!(
+            bare.contains("model bare") && bare.contains("no SHA-256"),
+            "{bare}"
+        );
         let unknown = order_for(Kind::Image, "nope", &reference, &config).unwrap_err();
-        assert!(unknown.contains("\"nope\" is not in the model reference"), "{unknown}");
+        assert!(
+            unknown.contains("\"nope\" is not in the model reference"),
+            "{unknown}"
+        );
     }
 }
