@@ -24,6 +24,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// What `horde` printed: (success, stdout, stderr).
+type Outcome = (bool, String, String);
+
 /// The model host's state: where its files are, what it saw, and whether it cuts the next
 /// download of a file off halfway.
 #[derive(Clone, Default)]
@@ -197,6 +200,7 @@ fn start_worker_process(
         }
     }
     let _ = child.kill();
+    let _ = child.wait();
     panic!("the worker did not start serving; it printed {printed:#?}");
 }
 
@@ -383,7 +387,7 @@ async fn check_and_download_say_what_they_would_do_and_did() {
         "--model",
         "stable diffusion",
     ];
-    let check = |run: &dyn Fn(&[&str]) -> (bool, String, String)| {
+    let check = |run: &dyn Fn(&[&str]) -> Outcome| {
         let mut args = named.to_vec();
         args.push("--check");
         let (ok, stdout, stderr) = run(&args);
