@@ -144,6 +144,38 @@ fn host_files(host: &Host, url: &str) -> PathBuf {
     path
 }
 
+/// The model host with its files, and a coordinator whose model reference lists them: the
+/// host's folder (kept while the test runs), the host, its URL and the coordinator.
+async fn host_and_coordinator() -> (tempfile::TempDir, Host, String, TestApp) {
+    let host_dir = tempfile::tempdir().unwrap();
+    let host = Host {
+        dir: host_dir.path().to_path_buf(),
+        ..Host::default()
+    };
+    let host_url = start_host(&host).await;
+    let reference = host_files(&host, &host_url);
+    let app = spawn_app_with(|c| c.models.reference = reference.display().to_string()).await;
+    (host_dir, host, host_url, app)
+}
+
+/// One 64×64 image of `model` in 2 steps, generated and waited for.
+async fn one_tiny_image(
+    requester: &horde_client::Client,
+    model: &str,
+) -> horde_api::image::RequestStatus {
+    let mut request = small_request(&format!("a lighthouse by {model}"), 1, false);
+    request.models = vec![model.into()];
+    (request.params.width, request.params.height) = (64, 64);
+    request.params.steps = Some(2);
+    let id = requester
+        .generate_async(&request)
+        .await
+        .unwrap()
+        .id
+        .unwrap();
+    wait_done(requester, &id).await
+}
+
 /// `horde worker` by model name, as README's worker section runs it; returns the child and the
 /// lines it printed up to "serving" (stdout and stderr together).
 fn start_worker_process(
@@ -206,14 +238,7 @@ fn start_worker_process(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_started_by_model_name_downloads_verifies_and_serves_then_starts_at_once() {
-    let host_dir = tempfile::tempdir().unwrap();
-    let host = Host {
-        dir: host_dir.path().to_path_buf(),
-        ..Host::default()
-    };
-    let host_url = start_host(&host).await;
-    let reference = host_files(&host, &host_url);
-    let app = spawn_app_with(|c| c.models.reference = reference.display().to_string()).await;
+    let (_host_dir, host, _, app) = host_and_coordinator().await;
     let key = owner_key(&app).await;
     let (requester, _) = app.user("requester", 100.0).await;
     let models_dir = tempfile::tempdir().unwrap();
@@ -243,17 +268,7 @@ async fn a_worker_started_by_model_name_downloads_verifies_and_serves_then_start
         !models_dir.path().join("tiny-other.safetensors").exists(),
         "the corrupt file is deleted"
     );
-    let mut request = small_request("a lighthouse at dusk", 1, false);
-    request.models = vec!["stable_diffusion".into()];
-    (request.params.width, request.params.height) = (64, 64);
-    request.params.steps = Some(2);
-    let id = requester
-        .generate_async(&request)
-        .await
-        .unwrap()
-        .id
-        .unwrap();
-    let status = wait_done(&requester, &id).await;
+    let status = one_tiny_image(&requester, "stable_diffusion").await;
     let ((w, h), _, _) = halves_of(&base64_decode(&status.generations[0].img));
     assert_eq!((w, h), (64, 64));
     worker.kill().unwrap();
@@ -316,17 +331,7 @@ async fn a_budget_of_one_loaded_model_serves_two_models_as_jobs_alternate() {
         "stable_diffusion",
         "Deliberate",
     ] {
-        let mut request = small_request(&format!("a lighthouse by {model}"), 1, false);
-        request.models = vec![model.into()];
-        (request.params.width, request.params.height) = (64, 64);
-        request.params.steps = Some(2);
-        let id = requester
-            .generate_async(&request)
-            .await
-            .unwrap()
-            .id
-            .unwrap();
-        let status = wait_done(&requester, &id).await;
+        let status = one_tiny_image(&requester, model).await;
         assert_eq!(status.generations.len(), 1);
         assert_eq!(status.generations[0].model, model);
     }
@@ -357,14 +362,7 @@ async fn a_budget_of_one_loaded_model_serves_two_models_as_jobs_alternate() {
 /// reason, naming them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_and_download_say_what_they_would_do_and_did() {
-    let host_dir = tempfile::tempdir().unwrap();
-    let host = Host {
-        dir: host_dir.path().to_path_buf(),
-        ..Host::default()
-    };
-    let host_url = start_host(&host).await;
-    let reference = host_files(&host, &host_url);
-    let app = spawn_app_with(|c| c.models.reference = reference.display().to_string()).await;
+    let (_host_dir, host, host_url, app) = host_and_coordinator().await;
     let models_dir = tempfile::tempdir().unwrap();
     let dir = models_dir.path().to_str().unwrap().to_string();
     let root = app.root.clone();
