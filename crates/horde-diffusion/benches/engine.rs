@@ -9,7 +9,8 @@
 //! [--purge]`; run each
 //! part in its own process so that peak RSS is the part's own (`tools/engine-bench/run.sh`).
 //! `--part hires_fix [--steps N]` runs one whole hires-fix job (512² then 1024²) through
-//! `Model::generate_with`.
+//! `Model::generate_with`. `--part image` runs one whole image through `Model::generate`
+//! (`image/mod.rs`: text encoding, k_euler_a steps, decode).
 //! `--part conv` times each 3×3 convolution of the networks through candle, our direct kernel
 //! and Winograd.
 
@@ -27,6 +28,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod common;
 use common::{arg, keep_freed_memory, peak_rss_mb};
+mod image;
 
 fn time(repeats: usize, mut run: impl FnMut() -> Tensor) -> (f64, f64) {
     run(); // warm-up
@@ -311,6 +313,12 @@ fn main() {
     let threads = candle_core::utils::get_num_threads();
     if part == "hires_fix" {
         return time_hires_fix(threads);
+    }
+    if part == "image" {
+        return image::time_image(threads);
+    }
+    if part == "write_checkpoint" {
+        return image::write_checkpoint();
     }
     // `--model sd15|sdxl`: SD 1.5 at 512² (the default) or SDXL at 1024².
     let (config, model, size) = match arg("--model").as_deref().unwrap_or("sd15") {

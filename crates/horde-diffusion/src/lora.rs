@@ -145,7 +145,7 @@ pub fn encode_text_now(
     tokens: &crate::text::WeightedTokens,
     clip_skip: usize,
 ) -> Result<(Tensor, Option<Tensor>), Error> {
-    let encoded = model.text_now().encode(
+    let encoded = model.text_now()?.encode(
         tokens,
         tokens.chunks(),
         clip_skip,

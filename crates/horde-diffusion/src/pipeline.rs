@@ -7,7 +7,6 @@
 //! source and the hires fix are made of is `source`'s.
 
 use crate::checkpoint::{self, TensorIndex};
-use crate::clip::TextTransformer;
 use crate::config::*;
 use crate::controlnet::{Control, PassControl};
 use crate::nn::timestep_embedding;
@@ -24,6 +23,11 @@ use crate::Error;
 use candle_core::{DType, Device, Tensor};
 use image::RgbImage;
 use std::path::Path;
+use std::sync::Arc;
+
+pub(crate) mod release;
+mod unmapped;
+use release::{ReleasedText, TextWeights};
 
 /// How to load a checkpoint.
 #[derive(Debug, Clone)]
@@ -32,6 +36,11 @@ pub struct LoadOptions {
     pub dtype: DType,
     /// Overrides the family's default prediction type (SD 2.x: v; others: epsilon).
     pub prediction: Option<Prediction>,
+    /// Hold no text-encoder weights between jobs: each job reads them again from the
+    /// checkpoint (from the page cache once it is cached) for its encoding and drops them before
+    /// its steps (`pipeline::release`), so a job's steps run without them. Needs a checkpoint
+    /// (`Model::load`); random weights (`parts::model_from_var_builder`) refuse it.
+    pub release_text_encoders: bool,
 }
 
 impl Default for LoadOptions {
@@ -40,6 +49,7 @@ impl Default for LoadOptions {
             device: Device::Cpu,
             dtype: DType::F32,
             prediction: None,
+            release_text_encoders: false,
         }
     }
 }
@@ -52,6 +62,7 @@ impl LoadOptions {
             device: device_named(device)?,
             dtype: dtype_named(dtype)?,
             prediction: None,
+            release_text_encoders: false,
         })
     }
 }
@@ -169,7 +180,8 @@ pub struct Model {
     config: ModelConfig,
     unet: UNet,
     vae: Vae,
-    text: TextConditioner,
+    /// The text encoders, or how to read them again for each job (`release`).
+    text: TextWeights,
     schedule: DiscreteSchedule,
     device: Device,
     dtype: DType,
@@ -200,12 +212,13 @@ impl Model {
 
     /// What loading `path` would take, read from its index alone (no weight is read): the
     /// configuration it infers, and the bytes its networks' weights will hold at `dtype` (the
-    /// text encoders, UNet and VAE; EMA copies and other unused tensors left out). A worker
-    /// plans its memory with it before loading.
+    /// text encoders, UNet and VAE; EMA copies and other unused tensors left out; the text
+    /// encoders too when `options.release_text_encoders`). A worker plans its memory with it
+    /// before loading.
     pub fn inspect(path: &Path, options: &LoadOptions) -> Result<(ModelConfig, u64), Error> {
         let index = checkpoint::open(path)?;
         let config = ModelConfig::infer(&index, options.prediction)?;
-        let used: &[&str] = &[
+        let all: &[&str] = &[
             UNET_PREFIX,
             VAE_PREFIX,
             SD1_CLIP_PREFIX,
@@ -213,6 +226,11 @@ impl Model {
             SDXL_CLIP_L_PREFIX,
             SDXL_CLIP_G_PREFIX,
         ];
+        let used = if options.release_text_encoders {
+            &all[..2]
+        } else {
+            all
+        };
         let mut elements = 0u64;
         for name in index.names() {
             if used.iter().any(|prefix| name.starts_with(prefix)) {
@@ -237,34 +255,50 @@ impl Model {
                 "the two text encoders' widths do not add up to the UNet's context width",
             ));
         }
-        let vb = index.var_builder(options.dtype, &options.device);
-        Self::from_var_builder(vb, config, options, progress, &|e| weights_error(index, e))
+        let vb = unmapped::var_builder(index, options.dtype, &options.device);
+        let path = index.path().to_path_buf();
+        let (dtype, device) = (options.dtype, options.device.clone());
+        let reopen = path.clone();
+        let source: release::Source =
+            Arc::new(move || Ok(checkpoint::open(&reopen)?.var_builder(dtype, &device)));
+        let release = Some((source, path));
+        Self::from_var_builder(vb, config, options, (progress, release), &|e| {
+            weights_error(index, e)
+        })
     }
 
     /// The model of `config` from any `VarBuilder` (a checkpoint's, or random weights for the
-    /// benchmarks: `parts::model_from_var_builder`).
+    /// benchmarks: `parts::model_from_var_builder`). With `options.release_text_encoders`, the
+    /// text encoders are built (checking their weights) and dropped, to be read again from
+    /// `release`'s source for each job.
     pub(crate) fn from_var_builder(
         vb: candle_nn::VarBuilder<'_>,
         config: ModelConfig,
         options: &LoadOptions,
-        progress: &mut dyn FnMut(LoadStage),
+        (progress, release): (&mut dyn FnMut(LoadStage), Option<release::Reopen>),
         weights_error: &dyn Fn(candle_core::Error) -> Error,
     ) -> Result<Model, Error> {
         // The base tensors LoRA sets are merged from (the networks' own, not copies).
         let (vb, recorded) = crate::lora::recording(vb);
         progress(LoadStage::TextEncoders);
-        let prefixes: &[&str] = match config.family {
-            Family::Sd1 => &[SD1_CLIP_PREFIX],
-            Family::Sd2 => &[SD2_CLIP_PREFIX],
-            Family::Sdxl => &[SDXL_CLIP_L_PREFIX, SDXL_CLIP_G_PREFIX],
-        };
-        let encoders = config
-            .text_encoders
-            .iter()
-            .zip(prefixes)
-            .map(|(c, prefix)| TextTransformer::new(c, vb.pp(prefix.trim_end_matches('.'))))
-            .collect::<candle_core::Result<Vec<_>>>()
+        let encoders = release::build_encoders(config.family, &config.text_encoders, &vb)
             .map_err(weights_error)?;
+        let text = match release.filter(|_| options.release_text_encoders) {
+            Some(source) => {
+                drop(encoders);
+                let encoders = (config.family, config.text_encoders.as_slice());
+                let held_as = (options.dtype, &options.device);
+                TextWeights::Released(ReleasedText::take(encoders, &recorded, source, held_as))
+            }
+            None if options.release_text_encoders => {
+                return Err(Error::InvalidRequest(
+                    "release_text_encoders needs a checkpoint to read the text encoders again \
+                     from"
+                        .into(),
+                ))
+            }
+            None => TextWeights::Held(encoders),
+        };
         progress(LoadStage::UNet);
         let unet = UNet::new(
             &config.unet,
@@ -275,9 +309,13 @@ impl Model {
         progress(LoadStage::Vae);
         let vae = Vae::new(&config.vae, vb.pp(VAE_PREFIX.trim_end_matches('.')))
             .map_err(weights_error)?;
+        let mut loras = crate::lora::Loras::new(&config, &recorded, options.dtype, &options.device);
+        if let TextWeights::Released(released) = &text {
+            loras.release_text(released.clone());
+        }
         Ok(Model {
-            text: TextConditioner::new(config.family, encoders),
-            loras: crate::lora::Loras::new(&config, &recorded, options.dtype, &options.device),
+            text,
+            loras,
             config,
             unet,
             vae,
@@ -304,9 +342,17 @@ impl Model {
         self.loras.unet(&self.unet)
     }
 
-    /// The text encoders as they run now, with the LoRA set applied.
-    pub(crate) fn text_now(&self) -> crate::lora::Active<'_, TextConditioner> {
-        self.loras.text(&self.text)
+    /// The text encoders as they run now, with the LoRA set applied; released ones read again.
+    pub(crate) fn text_now(&self) -> Result<crate::lora::Active<'_, TextConditioner>, Error> {
+        match &self.text {
+            TextWeights::Held(text) => Ok(self.loras.text(text)),
+            TextWeights::Released(released) => match self.loras.merged_text() {
+                Some(merged) => Ok(crate::lora::Active::Merged(merged)),
+                None => Ok(crate::lora::Active::Merged(Arc::new(
+                    released.conditioner()?,
+                ))),
+            },
+        }
     }
 
     /// Images to the scaled latents image-to-image starts from (`vae::encode_images`): the
@@ -800,19 +846,21 @@ impl Model {
 
     /// The text conditioning of images `indices`: `[uncond of each; cond of each]`, each
     /// distinct prompt encoded once (a batch of one prompt encodes it once for every image).
+    /// Released text encoders are read once for all of them, and dropped on return.
     fn pass_conditioning(
         &self,
         job: &Generation,
         tokens: &[ImageTokens],
         indices: &[usize],
     ) -> Result<PassConditioning, Error> {
+        let text = self.text_now()?;
         let mut encoded = Vec::new();
         let mut uncond = Vec::with_capacity(indices.len());
         let mut cond = Vec::with_capacity(indices.len());
         for &i in indices {
             let t = &tokens[i];
-            uncond.push(self.encode_once(job, &t.negative, t.chunks, &mut encoded)?);
-            cond.push(self.encode_once(job, &t.positive, t.chunks, &mut encoded)?);
+            uncond.push(self.encode_once(&text, job, (&t.negative, t.chunks), &mut encoded)?);
+            cond.push(self.encode_once(&text, job, (&t.positive, t.chunks), &mut encoded)?);
         }
         let contexts: Vec<Tensor> = uncond
             .iter()
@@ -833,15 +881,15 @@ impl Model {
     /// Where `tokens` is encoded in `encoded`, encoding it there the first time.
     fn encode_once<'a>(
         &self,
+        text: &TextConditioner,
         job: &Generation,
-        tokens: &'a WeightedTokens,
-        chunks: usize,
+        (tokens, chunks): (&'a WeightedTokens, usize),
         encoded: &mut Vec<(&'a WeightedTokens, Encoded)>,
     ) -> Result<usize, Error> {
         if let Some(at) = encoded.iter().position(|(seen, _)| *seen == tokens) {
             return Ok(at);
         }
-        let e = self.text_now().encode_with_embeddings(
+        let e = text.encode_with_embeddings(
             tokens,
             &job.embeddings,
             chunks,
@@ -993,7 +1041,7 @@ pub fn model_from_var_builder(
     config: ModelConfig,
     options: &LoadOptions,
 ) -> Result<Model, Error> {
-    Model::from_var_builder(vb, config, options, &mut |_| {}, &|e| {
+    Model::from_var_builder(vb, config, options, (&mut |_| {}, None), &|e| {
         Error::InvalidRequest(format!("weights: {e}"))
     })
 }

@@ -82,6 +82,11 @@ pub struct WorkerConfig {
     pub device: String,
     /// The dtype the weights are held in: `f32`, `f16` or `bf16`.
     pub dtype: String,
+    /// Trade time for memory: the text encoders are read again for each job and dropped
+    /// before its steps (`LoadOptions::release_text_encoders`), and freed memory is returned
+    /// to the system instead of kept for the next job. SDXL 1024² in bf16 then peaks under
+    /// 8 GiB (BENCHMARKS.md), at about 5 s more a job and 5 % more time.
+    pub low_memory: bool,
     /// Text: AI Horde model name → local GGUF file, served by the built-in engine; or names
     /// to download, as `models` (from a `model_reference` file that lists their GGUF: the
     /// public text reference lists none).
@@ -145,6 +150,7 @@ impl Default for WorkerConfig {
             bridge_agent: String::new(),
             device: "cpu".into(),
             dtype: "f32".into(),
+            low_memory: false,
             text_models: BTreeMap::new(),
             text_bridge: None,
             max_length: 512,
@@ -183,6 +189,14 @@ impl WorkerConfig {
     /// The batch size offered: `amount`, or 1 when unplanned.
     pub fn effective_amount(&self) -> u32 {
         self.amount.unwrap_or(1)
+    }
+
+    /// The engine's load options: device, dtype, and the text encoders released between jobs
+    /// when `low_memory`.
+    pub fn load_options(&self) -> Result<horde_diffusion::LoadOptions, horde_diffusion::Error> {
+        let mut options = horde_diffusion::LoadOptions::named(&self.device, &self.dtype)?;
+        options.release_text_encoders = self.low_memory;
+        Ok(options)
     }
 
     /// The folder models named without a path go to.

@@ -207,10 +207,9 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", created.api_key);
             Ok(())
         }
-        Command::Worker(args) => {
-            crate::keep_freed_memory();
-            crate::worker_cmd::run(*args).await
-        }
+        // The worker keeps freed memory for its next job unless told to save memory
+        // (`low_memory`): `worker_cmd::run`.
+        Command::Worker(args) => crate::worker_cmd::run(*args).await,
         Command::Generate(args) => crate::generate_cmd::run(*args).await,
         Command::Bench(args) => bench(args).await,
         Command::Model {

@@ -50,6 +50,7 @@ const ENV_KEYS: &[&str] = &[
     "bridge_agent",
     "device",
     "dtype",
+    "low_memory",
     "text_models",
     "text_bridge",
     "max_length",
@@ -203,6 +204,11 @@ pub(crate) struct WorkerArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     device: Option<String>,
+    /// Trade time for memory: text encoders read again for each job, freed memory returned to
+    /// the system (SDXL 1024² in bf16 within 8 GiB) [default: false]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    low_memory: Option<bool>,
     /// The dtype weights are held in: f32, f16 or bf16 (f16 halves a GPU's memory; on the CPU
     /// bf16 halves the memory at twice the time) [default: f32]
     #[arg(long)]
@@ -354,6 +360,11 @@ pub(crate) async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     if args.check {
         return check(&config).await;
     }
+    if config.low_memory {
+        println!("low_memory: text encoders read again for each job, freed memory returned to the system");
+    } else {
+        crate::keep_freed_memory();
+    }
     let (config, models_bytes) = with_files(config).await?;
     let safety = safety_checker(&config)?;
     let image_worker = match config.serves_images() {
@@ -491,7 +502,7 @@ fn memory_plan(config: &WorkerConfig) -> horde_worker::hardware::MemoryPlan {
         Some((_, vram)) if *vram > 0 => *vram,
         _ => machine.ram_bytes,
     };
-    let options = horde_diffusion::LoadOptions::named(&config.device, &config.dtype).ok();
+    let options = config.load_options().ok();
     let largest = options
         .map(|options| {
             config
@@ -667,7 +678,7 @@ fn image_worker(
     censor: Option<Arc<SafetyChecker>>,
     models_bytes: u64,
 ) -> anyhow::Result<Arc<Worker>> {
-    let options = horde_diffusion::LoadOptions::named(&config.device, &config.dtype)?;
+    let options = config.load_options()?;
     let mut backend = load_models(&config.models, &options, models_bytes)?
         .with_post_processors(load_post_processors(config, &options))
         .with_controlnets(controlnets_of(config));

@@ -8,6 +8,7 @@ use crate::config::{
     Family, ModelConfig, SD1_CLIP_PREFIX, SD2_CLIP_PREFIX, SDXL_CLIP_G_PREFIX, SDXL_CLIP_L_PREFIX,
     UNET_PREFIX, VAE_PREFIX,
 };
+use crate::pipeline::release::ReleasedText;
 use crate::text::TextConditioner;
 use crate::unet::UNet;
 use crate::Error;
@@ -176,6 +177,8 @@ pub(crate) struct Loras {
     applied: RwLock<Arc<Applied>>,
     /// Serialises `set` (the merge runs outside the `applied` lock, which jobs read).
     setting: Mutex<()>,
+    /// Released text encoders (`pipeline::release`): not among `base`, read again to merge.
+    released: Option<ReleasedText>,
 }
 
 impl Loras {
@@ -194,6 +197,27 @@ impl Loras {
             targets: OnceLock::new(),
             applied: RwLock::new(Arc::new(Applied::default())),
             setting: Mutex::new(()),
+            released: None,
+        }
+    }
+
+    /// The model's text encoders are released between jobs: their tensors are not among the
+    /// base ones (`ReleasedText::take`), and a set that changes them reads them again.
+    pub(crate) fn release_text(&mut self, released: ReleasedText) {
+        self.released = Some(released);
+    }
+
+    /// The text encoders of the applied set, if it changes them.
+    pub(crate) fn merged_text(&self) -> Option<Arc<TextConditioner>> {
+        self.applied().text.clone()
+    }
+
+    /// The shape of a base tensor, held or released.
+    fn shape_of(&self, name: &str) -> Vec<usize> {
+        match (self.base.get(name), &self.released) {
+            (Some(tensor), _) => tensor.dims().to_vec(),
+            (None, Some(released)) => released.shapes()[name].clone(),
+            (None, None) => unreachable!("targets are base tensors"),
         }
     }
 
@@ -259,8 +283,19 @@ impl Loras {
             by_tensor.entry(tensor).or_default().push(change);
         }
         let (mut unet, mut text) = (TensorMap::new(), TensorMap::new());
+        // Released text encoders, read again if the set changes them.
+        let mut released: Option<TensorMap> = None;
         for (name, changes) in by_tensor {
-            let base = &self.base[&name];
+            let base = match (self.base.get(&name), &self.released) {
+                (Some(base), _) => base.clone(),
+                (None, Some(r)) => {
+                    if released.is_none() {
+                        released = Some(r.tensors()?);
+                    }
+                    released.as_ref().expect("read above")[&name].clone()
+                }
+                (None, None) => unreachable!("targets are base tensors"),
+            };
             let mut merged = base.to_dtype(DType::F32)?;
             for change in changes {
                 let shape = self.target_shape(&change.target);
@@ -278,6 +313,10 @@ impl Loras {
             } else {
                 text.insert(name, merged);
             }
+        }
+        // The merged encoders are built from their unmodified tensors too.
+        for (name, tensor) in released.into_iter().flatten() {
+            text.entry(name).or_insert(tensor);
         }
         Ok((unet, text))
     }
@@ -314,14 +353,14 @@ impl Loras {
 
     fn target_of(&self, targets: &Targets, network: Network, module: &str) -> Option<Target> {
         let target = targets.get(network, module)?;
-        self.base
-            .contains_key(&target.tensor)
+        let released = |r: &ReleasedText| r.shapes().contains_key(&target.tensor);
+        (self.base.contains_key(&target.tensor) || self.released.as_ref().is_some_and(released))
             .then(|| target.clone())
     }
 
     /// The shape a module's `Δ` must have: the target's, or its rows'.
     fn target_shape(&self, target: &Target) -> Vec<usize> {
-        let mut shape = self.base[&target.tensor].dims().to_vec();
+        let mut shape = self.shape_of(&target.tensor);
         if let Some((_, count)) = target.rows {
             shape[0] = count;
         }
@@ -333,7 +372,7 @@ impl Loras {
         let Some((start, count)) = target.rows else {
             return Ok(delta);
         };
-        let full = self.base[&target.tensor].dims().to_vec();
+        let full = self.shape_of(&target.tensor);
         let zeros = |rows: usize| {
             let mut shape = full.clone();
             shape[0] = rows;
