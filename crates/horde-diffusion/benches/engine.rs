@@ -5,7 +5,7 @@
 //! `tools/engine-bench/pytorch_bench.py`, for `tools/engine-bench/compare.py`.
 //!
 //! `cargo bench -p horde-diffusion --bench engine -- --part unet|vae|vae_encode [--repeats N]
-//! [--model sd15|sdxl] [--dtype f32|f16|bf16] [--decode whole|bands] [--encode whole|bands]
+//! [--model sd15|sdxl] [--dtype f32|f16|bf16|bf16-widened] [--decode whole|bands] [--encode whole|bands]
 //! [--purge]`; run each
 //! part in its own process so that peak RSS is the part's own (`tools/engine-bench/run.sh`).
 //! `--part hires_fix [--steps N]` runs one whole hires-fix job (512² then 1024²) through
@@ -64,9 +64,10 @@ fn best_of_3_ms(run: &dyn Fn() -> Tensor) -> f64 {
 
 /// `--part conv`: each 3×3 convolution shape of the SD 1.5 UNet (batch 2, 512²) and VAE
 /// decoder (512²) through candle's conv2d, our direct kernel and Winograd, minimum of 3
-/// runs each, in milliseconds: where `nn`'s Winograd threshold comes from.
+/// runs each, in milliseconds: where `nn`'s Winograd threshold comes from; and in bf16 through
+/// `conv2d_bf16` (bf16 products, where the CPU has AVX512-BF16).
 fn compare_convolutions() {
-    use horde_diffusion::parts::kernels::{conv2d_3x3, conv2d_stride1};
+    use horde_diffusion::parts::kernels::{conv2d_3x3, conv2d_bf16, conv2d_stride1};
     let shapes = [
         ("unet 64x64", 2, 320, 320, 64),
         ("unet 32x32", 2, 640, 640, 32),
@@ -77,7 +78,7 @@ fn compare_convolutions() {
         ("vae 256x256", 1, 256, 256, 256),
         ("vae 512x512", 1, 128, 128, 512),
     ];
-    println!("shape                 candle ms   direct ms   winograd ms");
+    println!("shape                 candle ms   direct ms   winograd ms   bf16 ms");
     for (name, batch, c_in, c_out, size) in shapes {
         // One noise stream per leading item: `batch` images, `c_out` filters.
         let noise = |items: usize, per_item: &[usize]| {
@@ -91,14 +92,22 @@ fn compare_convolutions() {
         let candle = best_of_3_ms(&|| x.conv2d(&w, 1, 1, 1, 1).unwrap());
         let direct = best_of_3_ms(&|| conv2d_stride1(&x, &w, None, 1).unwrap());
         let winograd = best_of_3_ms(&|| conv2d_3x3(&x, &w, None, 1).unwrap());
-        println!("{name:<20} {candle:>10.1} {direct:>11.1} {winograd:>13.1}");
+        let half = |t: &Tensor| t.to_dtype(candle_core::DType::BF16).unwrap();
+        let (x_half, w_half) = (half(&x), half(&w));
+        let bf16 = if horde_diffusion::parts::kernels::bf16_products() {
+            best_of_3_ms(&|| conv2d_bf16(&x_half, &w_half, None, 1).unwrap())
+        } else {
+            f64::NAN
+        };
+        println!("{name:<20} {candle:>10.1} {direct:>11.1} {winograd:>13.1} {bf16:>9.1}");
     }
 }
 
 /// `--part attention`: the fused attention kernel on the SD 1.5 UNet's attention shapes at
-/// 512² (batch 2, 8 heads), minimum of 3 runs each, in milliseconds, with the FLOP rate of
-/// its two products.
+/// 512² (batch 2, 8 heads), in f32 and in bf16 (bf16 products where the CPU has AVX512-BF16),
+/// minimum of 3 runs each, in milliseconds, with the FLOP rate of its two products.
 fn time_attention() {
+    use candle_core::DType;
     use horde_diffusion::parts::kernels::fused_attention;
     let shapes = [
         ("self 4096 x 320", 4096, 4096, 320),
@@ -106,7 +115,7 @@ fn time_attention() {
         ("self 1024 x 640", 1024, 1024, 640),
         ("self 256 x 1280", 256, 256, 1280),
     ];
-    println!("shape                    ms   GFLOP/s");
+    println!("shape                 f32 ms   GFLOP/s   bf16 ms   GFLOP/s");
     for (name, q_len, k_len, width) in shapes {
         let noise = |len: usize, seed: u64| {
             SeededNoise::new(&[seed, seed + 1])
@@ -114,24 +123,38 @@ fn time_attention() {
                 .unwrap()
         };
         let (q, k, v) = (noise(q_len, 1), noise(k_len, 3), noise(k_len, 5));
-        let ms = best_of_3_ms(&|| fused_attention(&q, &k, &v, 8).unwrap());
-        let flops = 2.0 * 2.0 * 2.0 * (q_len * k_len * width) as f64;
-        println!("{name:<20} {ms:>8.1} {:>9.0}", flops / ms / 1e6);
+        let half = |t: &Tensor| t.to_dtype(DType::BF16).unwrap();
+        let (qh, kh, vh) = (half(&q), half(&k), half(&v));
+        let f32_ms = best_of_3_ms(&|| fused_attention(&q, &k, &v, 8).unwrap());
+        let bf16_ms = best_of_3_ms(&|| fused_attention(&qh, &kh, &vh, 8).unwrap());
+        let mflop = 2.0 * 2.0 * 2.0 * (q_len * k_len * width) as f64 / 1e6;
+        println!(
+            "{name:<20} {f32_ms:>8.1} {:>9.0} {bf16_ms:>9.1} {:>9.0}",
+            mflop / f32_ms,
+            mflop / bf16_ms
+        );
     }
 }
 
 /// `--part linear`: the SD 1.5 UNet's largest linear layers at 512² (batch 2) as candle's
-/// matrix product (which `nn::Linear` runs), with the weight as stored (`[out, in]`, read transposed) and pre-transposed
-/// (`[in, out]`), minimum of 3 runs each, in milliseconds and GFLOP/s.
+/// matrix product (which `nn::Linear` ran before `kernels::linear`), with the weight as stored
+/// (`[out, in]`, read transposed) and pre-transposed (`[in, out]`), then through
+/// `kernels::linear` in f32 and in bf16 (bf16 products where the CPU has AVX512-BF16),
+/// minimum of 3 runs each, in milliseconds and GFLOP/s.
 fn time_linear() {
+    use candle_core::DType;
+    use horde_diffusion::parts::kernels::linear;
     let shapes = [
         ("ff in 8192x320->2560", 8192, 320, 2560),
         ("ff out 8192x1280->320", 8192, 1280, 320),
         ("attn 8192x320->320", 8192, 320, 320),
         ("ff in 2048x640->5120", 2048, 640, 5120),
         ("ff in 512x1280->10240", 512, 1280, 10240),
+        ("kv 154x768->320", 154, 768, 320),
     ];
-    println!("shape                      as stored ms   GFLOP/s   transposed ms   GFLOP/s");
+    println!(
+        "shape                      as stored ms   GFLOP/s   transposed ms   GFLOP/s   ours f32 ms   GFLOP/s   ours bf16 ms   GFLOP/s"
+    );
     for (name, rows, d_in, d_out) in shapes {
         let noise = |shape: &[usize], seed: u64| {
             SeededNoise::new(&[seed])
@@ -141,13 +164,21 @@ fn time_linear() {
         let x = noise(&[rows, d_in], 1).squeeze(0).unwrap();
         let w = noise(&[d_out, d_in], 2).squeeze(0).unwrap();
         let w_t = w.t().unwrap().contiguous().unwrap();
+        let (x_half, w_half) = (
+            x.to_dtype(DType::BF16).unwrap(),
+            w.to_dtype(DType::BF16).unwrap(),
+        );
         let stored = best_of_3_ms(&|| x.matmul(&w.t().unwrap()).unwrap());
         let transposed = best_of_3_ms(&|| x.matmul(&w_t).unwrap());
+        let ours = best_of_3_ms(&|| linear(&x, &w, None, None).unwrap());
+        let ours_bf16 = best_of_3_ms(&|| linear(&x_half, &w_half, None, None).unwrap());
         let gflop = 2.0 * (rows * d_in * d_out) as f64 / 1e6;
         println!(
-            "{name:<26} {stored:>12.1} {:>9.0} {transposed:>15.1} {:>9.0}",
+            "{name:<26} {stored:>12.1} {:>9.0} {transposed:>15.1} {:>9.0} {ours:>13.1} {:>9.0} {ours_bf16:>14.1} {:>9.0}",
             gflop / stored,
-            gflop / transposed
+            gflop / transposed,
+            gflop / ours,
+            gflop / ours_bf16
         );
     }
 }
@@ -327,12 +358,18 @@ fn main() {
         other => panic!("unknown model {other}: expected sd15 or sdxl"),
     };
     let latent = size / 8;
-    // `--dtype f32|f16|bf16`: the weights' and activations' dtype (our kernels compute in f32).
+    // `--dtype f32|f16|bf16|bf16-widened`: the weights' and activations' dtype. Our kernels
+    // compute in f32, except the bf16 products (`kernels::bf16_gemm`) where the CPU has
+    // AVX512-BF16; `bf16-widened` turns those off, to time the widening path beside them.
     let (dtype_name, dtype) = match arg("--dtype").as_deref().unwrap_or("f32") {
         "f32" => ("f32", candle_core::DType::F32),
         "f16" => ("f16", candle_core::DType::F16),
         "bf16" => ("bf16", candle_core::DType::BF16),
-        other => panic!("unknown dtype {other}: expected f32, f16 or bf16"),
+        "bf16-widened" => {
+            horde_diffusion::parts::kernels::use_bf16_products(false);
+            ("bf16-widened", candle_core::DType::BF16)
+        }
+        other => panic!("unknown dtype {other}: expected f32, f16, bf16 or bf16-widened"),
     };
     let vb = random_var_builder(0).set_dtype(dtype);
     let device = Device::Cpu;

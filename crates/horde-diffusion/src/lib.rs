@@ -69,6 +69,27 @@ pub use samplers::SamplerKind;
 pub use source::{HiresFix, SourceImage, SourceProcessing};
 pub use vae::LatentDraw;
 
+/// The dtype a CPU worker should run the networks in, and why (for its start-up log).
+///
+/// bf16 where the CPU multiplies bf16 itself (AVX512-BF16, checked at run time): the products
+/// of the linear layers, attention and the stride-1 convolutions then run in bf16 with f32
+/// accumulation, and an SD 1.5 step took less time than in f32 (BENCHMARKS.md, "Half
+/// precision, round two"). f32 elsewhere: there bf16 is widened to f32 for every product, and
+/// a step took longer than in f32 itself.
+pub fn preferred_cpu_dtype() -> (candle_core::DType, &'static str) {
+    if kernels::bf16_gemm::supported() {
+        (
+            candle_core::DType::BF16,
+            "bf16: this CPU has AVX512-BF16, and a step runs faster in bf16 than in f32",
+        )
+    } else {
+        (
+            candle_core::DType::F32,
+            "f32: this CPU has no AVX512-BF16, and bf16 widened to f32 runs slower than f32",
+        )
+    }
+}
+
 /// The engine's parts one by one, for this crate's benchmarks (`benches/`) and its numeric
 /// tests (`tests/`), which measure or check a network, a kernel or a sampler alone and are
 /// built as crates of their own. Not an API: the worker uses the crate's root, the
@@ -97,7 +118,11 @@ pub mod parts {
     /// The CPU kernels the benchmarks time alone.
     pub mod kernels {
         pub use crate::kernels::attention::fused_attention;
-        pub use crate::kernels::conv::{conv2d_1x1, conv2d_stride1, conv2d_stride2};
+        pub use crate::kernels::bf16_gemm::{
+            available as bf16_products, set_enabled as use_bf16_products,
+        };
+        pub use crate::kernels::conv::{conv2d_1x1, conv2d_bf16, conv2d_stride1, conv2d_stride2};
+        pub use crate::kernels::linear::linear;
         pub use crate::kernels::winograd::conv2d_3x3;
     }
 }

@@ -322,6 +322,15 @@ fn convolve_then(conv: &candle_nn::Conv2d, xs: &Tensor, relu: bool) -> Result<Te
         return if relu { out.relu() } else { Ok(out) };
     }
     let cfg = conv.config();
+    // In bf16 on a CPU with AVX512-BF16, the plain convolutions of the networks multiply in
+    // bf16 (`kernels::conv::conv2d_bf16`) instead of widening to f32.
+    if (cfg.stride, cfg.dilation, cfg.groups) == (1, 1, 1)
+        && !POST_PROCESSING_KERNELS.with(Cell::get)
+        && crate::kernels::conv::takes_bf16(xs, conv.weight())
+    {
+        let out = crate::kernels::conv::conv2d_bf16(xs, conv.weight(), conv.bias(), cfg.padding)?;
+        return if relu { out.relu() } else { Ok(out) };
+    }
     let (_, _, h, w) = xs.dims4()?;
     let (c_out, c_in, k_h, k_w) = conv.weight().dims4()?;
     let (x, weight) = (f32(xs)?, f32(conv.weight())?);
@@ -455,9 +464,10 @@ pub fn linear_no_bias(in_d: usize, out_d: usize, vb: VarBuilder<'_>) -> Result<L
 
 /// `x · Wᵀ + b` over the last dimension, all leading dimensions multiplied as one matrix.
 /// candle's `Linear` broadcasts the weight over the batch and runs a batched product instead:
-/// 84 ms against 60 ms for `[2, 4096, 320] · [320, 2560]` on 2 cores. On the CPU in f32 (or bf16,
-/// widened) it is `kernels::linear`, which also folds in a residual ([`Linear::forward_plus`]); the
-/// feed-forward hands its bias to the GEGLU ([`Linear::forward_geglu`]).
+/// 84 ms against 60 ms for `[2, 4096, 320] · [320, 2560]` on 2 cores. On the CPU in f32 (or
+/// bf16, multiplied in bf16 where the CPU has AVX512-BF16) it is `kernels::linear`, which also
+/// folds in a residual ([`Linear::forward_plus`]); the feed-forward hands its bias to the GEGLU
+/// ([`Linear::forward_geglu`]).
 #[derive(Debug, Clone)]
 pub struct Linear {
     weight: Tensor,
@@ -482,8 +492,8 @@ impl Linear {
         if self.for_our_kernel(xs) && for_our_kernels(residual) {
             let ys = self.over_rows(xs, |matrix, out_d| {
                 let residual = f32(&residual.reshape((matrix.dim(0)?, out_d))?)?;
-                let (weight, bias) = self.weights_in_f32()?;
-                fused_linear(&f32(matrix)?, &weight, bias.as_ref(), Some(&residual))
+                let (weight, bias) = self.weights_for_kernel()?;
+                fused_linear(matrix, &weight, bias.as_ref(), Some(&residual))
             })?;
             return back_to(&ys, xs.dtype());
         }
@@ -494,10 +504,9 @@ impl Linear {
     /// fewer over the feed-forward's widest activations).
     pub fn forward_geglu(&self, xs: &Tensor) -> Result<Tensor> {
         if self.for_our_kernel(xs) {
-            let (weight, bias) = self.weights_in_f32()?;
-            let product = self.over_rows(xs, |matrix, _| {
-                fused_linear(&f32(matrix)?, &weight, None, None)
-            })?;
+            let (weight, bias) = self.weights_for_kernel()?;
+            let product =
+                self.over_rows(xs, |matrix, _| fused_linear(matrix, &weight, None, None))?;
             let gated = crate::kernels::geglu::geglu(&product, bias.as_ref())?;
             return back_to(&gated, xs.dtype());
         }
@@ -505,7 +514,7 @@ impl Linear {
     }
 
     /// Whether `kernels::linear` takes `xs` through this layer: on the CPU, in f32 or bf16
-    /// (widened to f32 for the product, as candle's own CPU product does).
+    /// (bf16 products where the CPU has AVX512-BF16, widened to f32 elsewhere).
     fn for_our_kernel(&self, xs: &Tensor) -> bool {
         let ours = |t: &Tensor| matches!(t.dtype(), DType::F32 | DType::BF16);
         xs.device().is_cpu()
@@ -514,9 +523,13 @@ impl Linear {
             && self.bias.as_ref().is_none_or(ours)
     }
 
-    /// The weight and bias in f32 (cheap clones when they already are).
-    fn weights_in_f32(&self) -> Result<(Tensor, Option<Tensor>)> {
-        Ok((f32(&self.weight)?, self.bias.as_ref().map(f32).transpose()?))
+    /// The weight as `kernels::linear` takes it (f32 or bf16: it multiplies a bf16 weight
+    /// in bf16 where the CPU can, widening it otherwise) and the bias in f32.
+    fn weights_for_kernel(&self) -> Result<(Tensor, Option<Tensor>)> {
+        Ok((
+            self.weight.clone(),
+            self.bias.as_ref().map(f32).transpose()?,
+        ))
     }
 
     /// `product(matrix, out)` for `matrix` `xs` as a `[rows, in]` matrix and `out` this layer's
@@ -541,9 +554,9 @@ impl Linear {
 impl Module for Linear {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         if self.for_our_kernel(xs) {
-            let (weight, bias) = self.weights_in_f32()?;
+            let (weight, bias) = self.weights_for_kernel()?;
             let ys = self.over_rows(xs, |matrix, _| {
-                fused_linear(&f32(matrix)?, &weight, bias.as_ref(), None)
+                fused_linear(matrix, &weight, bias.as_ref(), None)
             })?;
             return back_to(&ys, xs.dtype());
         }
@@ -587,7 +600,8 @@ pub fn attention(
     mask: Option<&Tensor>,
 ) -> Result<Tensor> {
     if mask.is_none() && [q, k, v].iter().all(|t| for_our_kernels(t)) {
-        let out = crate::kernels::attention::fused_attention(&f32(q)?, &f32(k)?, &f32(v)?, heads)?;
+        // f32 or bf16 in (the kernel widens what it cannot multiply in bf16), f32 out.
+        let out = crate::kernels::attention::fused_attention(q, k, v, heads)?;
         return back_to(&out, q.dtype());
     }
     let (batch, q_len, width) = q.dims3()?;

@@ -80,7 +80,9 @@ pub struct WorkerConfig {
     pub bridge_agent: String,
     /// Where the engine runs: `cpu`, `cuda` or `cuda:N` (a build with the `cuda` feature).
     pub device: String,
-    /// The dtype the weights are held in: `f32`, `f16` or `bf16`.
+    /// The dtype the weights are held in: `f32`, `f16` or `bf16`, or `auto`: on a GPU f16, on
+    /// the CPU bf16 where the CPU multiplies bf16 itself (AVX512-BF16) and f32 elsewhere
+    /// (`horde_diffusion::preferred_cpu_dtype`), resolved at start ([`WorkerConfig::resolve_dtype`]).
     pub dtype: String,
     /// Trade time for memory: the text encoders are read again for each job and dropped
     /// before its steps (`LoadOptions::release_text_encoders`), and freed memory is returned
@@ -149,7 +151,7 @@ impl Default for WorkerConfig {
             poll_interval_secs: 2.0,
             bridge_agent: String::new(),
             device: "cpu".into(),
-            dtype: "f32".into(),
+            dtype: "auto".into(),
             low_memory: false,
             text_models: BTreeMap::new(),
             text_bridge: None,
@@ -177,6 +179,9 @@ pub const OWN_BRIDGE_AGENT: &str = concat!(
 pub const REGEN_COMPATIBLE_AGENT: &str =
     "AI Horde Worker reGen:9.0.1:https://github.com/Haidra-Org/horde-worker-reGen";
 
+/// The `dtype` that lets the worker choose (`WorkerConfig::resolve_dtype`).
+pub const AUTO_DTYPE: &str = "auto";
+
 /// The largest image a worker offers when nothing planned it (the public pop's default).
 pub const UNPLANNED_MAX_PIXELS: u64 = 512 * 512;
 
@@ -191,10 +196,39 @@ impl WorkerConfig {
         self.amount.unwrap_or(1)
     }
 
-    /// The engine's load options: device, dtype, and the text encoders released between jobs
-    /// when `low_memory`.
+    /// Replaces `dtype = "auto"` by the dtype this device runs fastest; returns the choice and
+    /// why, for the start-up log (`None` when the owner named a dtype).
+    pub fn resolve_dtype(&mut self) -> Option<String> {
+        let (dtype, why) = self.chosen_dtype();
+        self.dtype = dtype.into();
+        why
+    }
+
+    /// The dtype the weights are held in (`auto` resolved), and why when it was chosen.
+    fn chosen_dtype(&self) -> (&str, Option<String>) {
+        if self.dtype != AUTO_DTYPE {
+            return (&self.dtype, None);
+        }
+        if self.device.trim().starts_with("cuda") {
+            return (
+                "f16",
+                Some("f16: on a GPU, half the memory and faster".into()),
+            );
+        }
+        let (dtype, why) = horde_diffusion::preferred_cpu_dtype();
+        let name = if dtype == candle_core::DType::BF16 {
+            "bf16"
+        } else {
+            "f32"
+        };
+        (name, Some(why.to_string()))
+    }
+
+    /// The engine's load options: device, dtype (`auto` resolved), and the text encoders
+    /// released between jobs when `low_memory`.
     pub fn load_options(&self) -> Result<horde_diffusion::LoadOptions, horde_diffusion::Error> {
-        let mut options = horde_diffusion::LoadOptions::named(&self.device, &self.dtype)?;
+        let (dtype, _) = self.chosen_dtype();
+        let mut options = horde_diffusion::LoadOptions::named(&self.device, dtype)?;
         options.release_text_encoders = self.low_memory;
         Ok(options)
     }
@@ -231,7 +265,9 @@ impl WorkerConfig {
         if self.amount == Some(0) || self.threads == 0 {
             return Err("amount and threads must be at least 1".into());
         }
-        horde_diffusion::dtype_named(&self.dtype).map_err(|e| e.to_string())?;
+        if self.dtype != AUTO_DTYPE {
+            horde_diffusion::dtype_named(&self.dtype).map_err(|e| e.to_string())?;
+        }
         if let Some(pixels) = self.max_pixels.filter(|p| *p < 64 * 64) {
             return Err(format!(
                 "max_pixels {pixels} is below the smallest image (64×64)"

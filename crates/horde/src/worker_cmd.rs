@@ -209,8 +209,9 @@ pub(crate) struct WorkerArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     low_memory: Option<bool>,
-    /// The dtype weights are held in: f32, f16 or bf16 (f16 halves a GPU's memory; on the CPU
-    /// bf16 halves the memory at twice the time) [default: f32]
+    /// The dtype weights are held in: f32, f16, bf16, or auto: f16 on a GPU; on the CPU bf16
+    /// where it multiplies bf16 itself (AVX512-BF16: half the memory, a faster step), else f32
+    /// [default: auto]
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     dtype: Option<String>,
@@ -356,7 +357,10 @@ pub(crate) async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     if let Some(WorkerAction::Download { names }) = &args.action {
         return download_only(&args, names).await;
     }
-    let config = load_config(&args)?;
+    let mut config = load_config(&args)?;
+    if let Some(why) = config.resolve_dtype() {
+        println!("dtype {why}");
+    }
     if args.check {
         return check(&config).await;
     }
@@ -1104,9 +1108,18 @@ mod tests {
             "20",
             "--memory-budget-mb",
             "8000",
+            "--low-memory",
+            "true",
         ])
         .unwrap();
         let config = load_config(&cli.worker).unwrap();
+        assert!(config.load_options().unwrap().release_text_encoders);
+        assert!(
+            !WorkerConfig::default()
+                .load_options()
+                .unwrap()
+                .release_text_encoders
+        );
         assert_eq!(
             config.models,
             BTreeMap::from([

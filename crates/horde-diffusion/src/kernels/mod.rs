@@ -4,6 +4,10 @@
 //! the CPU in f32 and candle's own ops everywhere else (CUDA, Metal, half precision), so a GPU
 //! build keeps working unchanged. Each kernel is tested against candle's ops on random inputs
 //! of many shapes.
+//!
+//! On CPUs with AVX512-BF16 the products of the linear layers, attention and the stride-1
+//! convolutions of a network held in bf16 run in bf16 with f32 accumulation (`bf16_gemm`,
+//! picked at run time); elsewhere bf16 is widened to f32 around the f32 kernels.
 
 /// Defines `fn $name(args)` that runs the `#[inline(always)]` function `$portable(args)`
 /// compiled for AVX-512F, or for AVX2 with FMA, when the CPU has them (checked at run time),
@@ -41,6 +45,7 @@ macro_rules! with_widest_vectors {
 }
 
 pub(crate) mod attention;
+pub(crate) mod bf16_gemm;
 pub(crate) mod conv;
 pub(crate) mod convert;
 pub(crate) mod geglu;

@@ -77,6 +77,8 @@ fn alchemist_config(app: &TestApp, key: &str) -> WorkerConfig {
         clip: Some(alchemy_fixtures().join("clip")),
         blip: Some(alchemy_fixtures().join("blip/model")),
         post_processors: BTreeMap::from([("RealESRGAN_x2plus".to_string(), x2_upscaler())]),
+        // The censor's seeds were chosen on f32 images.
+        dtype: "f32".into(),
         ..WorkerConfig::default()
     }
 }

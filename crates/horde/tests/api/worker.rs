@@ -44,6 +44,8 @@ pub(crate) fn worker_config(url: &str, api_key: String, checkpoint: &Path) -> Wo
         models: BTreeMap::from([(MODEL.to_string(), checkpoint.to_path_buf())]),
         max_pixels: Some(128 * 128),
         amount: Some(2),
+        // The images are compared with the engine's own in f32.
+        dtype: "f32".into(),
         poll_interval_secs: 0.1,
         ..Default::default()
     }

@@ -1,0 +1,867 @@
+//! bf16 matrix products on the CPU with the AVX512-BF16 dot product (`vdpbf16ps`).
+//!
+//! A network held in bf16 used to widen every operand to f32 and multiply in f32: half the
+//! arithmetic rate the CPU has for bf16, and the widened copies on top. `vdpbf16ps` multiplies
+//! 16 pairs of bf16 and adds both products of each pair to an f32 lane: twice the multiplies
+//! of an f32 FMA per instruction, accumulated in f32 (as PyTorch's oneDNN does on such CPUs).
+//!
+//! `C (f32) = α·A·B (+ C)`. `B` is packed by [`PackedB::pack`] into strips of [`NR`]
+//! columns, each a run of depth pairs `(B[2p][n], B[2p + 1][n])` (one 32-bit word per
+//! column, zero past the end), which a strip's product loads as two vectors per pair. `A` (f32,
+//! narrowed to bf16 as it is packed, or bf16) is packed [`MC`] rows at a time, [`KC`] pairs
+//! deep, row by row, and each row's pair is broadcast to every lane. The microkernel keeps an
+//! [`MR`] × [`NR`] tile of `C` in 24 vector registers. Tasks (blocks of rows, and of column
+//! strips where there are few rows) run on rayon.
+//!
+//! Only CPUs with AVX512-BF16 run it ([`available`]); callers keep their f32 path for the
+//! others. AMX tile instructions (Intel Sapphire Rapids and later) are not used: no machine
+//! here has them to test a path on.
+
+use half::bf16;
+use rayon::prelude::*;
+use std::cell::RefCell;
+use std::mem::MaybeUninit;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Rows of the microkernel's tile of `C`.
+pub(crate) const MR: usize = 12;
+/// Vectors (of 16 f32) per row of the microkernel's tile.
+const NRV: usize = 2;
+/// Columns of the tile, and of a strip of packed `B`.
+pub(crate) const NR: usize = 16 * NRV;
+/// Depth pairs per pass over a block: a strip's slice of `B` (`KC × NR` words, 16 KiB) stays in
+/// the L1 cache while every row strip of the block runs over it.
+const KC: usize = 128;
+/// Rows per task: the packed block of `A` (`MC × KC` words, 48 KiB) stays in the L2 cache.
+const MC: usize = 8 * MR;
+
+/// Whether the kernel is on (it is unless [`set_enabled`] turned it off).
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Turns the bf16 products off (or back on) for the whole process, so that the benchmarks
+/// can time the widening path beside them in one run.
+pub fn set_enabled(on: bool) {
+    ENABLED.store(on, Ordering::Relaxed);
+}
+
+/// Whether this CPU runs the kernel (AVX512-BF16, checked at run time) and it is on.
+pub fn available() -> bool {
+    ENABLED.load(Ordering::Relaxed) && supported()
+}
+
+/// Whether this CPU has the instructions the kernel needs.
+pub(crate) fn supported() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512bf16")
+            && std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// The values of an operand, in f32 or in bf16.
+#[derive(Clone, Copy)]
+pub(crate) enum Values<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [bf16]),
+}
+
+impl Values<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Values::F32(v) => v.len(),
+            Values::Bf16(v) => v.len(),
+        }
+    }
+
+    /// The bf16 bits of value `i` (f32 rounded to nearest even, as `half` does).
+    #[inline(always)]
+    fn bits(&self, i: usize) -> u16 {
+        match self {
+            Values::F32(v) => bf16::from_f32(v[i]).to_bits(),
+            Values::Bf16(v) => v[i].to_bits(),
+        }
+    }
+}
+
+/// A `rows × cols` matrix read from `values`: element `(r, c)` at
+/// `start + r·row_stride + c·col_stride`.
+#[derive(Clone, Copy)]
+pub(crate) struct View<'a> {
+    values: Values<'a>,
+    start: usize,
+    rows: usize,
+    cols: usize,
+    row_stride: usize,
+    col_stride: usize,
+}
+
+impl<'a> View<'a> {
+    /// The view, refused (with its sizes) when an element would fall outside `values`.
+    pub(crate) fn new(
+        values: Values<'a>,
+        start: usize,
+        (rows, cols): (usize, usize),
+        (row_stride, col_stride): (usize, usize),
+    ) -> View<'a> {
+        let last = (rows.max(1) - 1) * row_stride + (cols.max(1) - 1) * col_stride;
+        assert!(
+            rows == 0 || cols == 0 || start + last < values.len(),
+            "bf16 gemm: a {rows}×{cols} view at {start} with strides ({row_stride}, \
+             {col_stride}) over {} values",
+            values.len()
+        );
+        View {
+            values,
+            start,
+            rows,
+            cols,
+            row_stride,
+            col_stride,
+        }
+    }
+
+    /// A row-major matrix over all of `values`.
+    pub(crate) fn rows(values: Values<'a>, rows: usize, cols: usize) -> View<'a> {
+        View::new(values, 0, (rows, cols), (cols, 1))
+    }
+
+    #[inline(always)]
+    fn bits(&self, r: usize, c: usize) -> u16 {
+        self.values
+            .bits(self.start + r * self.row_stride + c * self.col_stride)
+    }
+}
+
+/// `B` (`depth × cols`) as the microkernel reads it: strips of [`NR`] columns, each
+/// `pairs` words per column in depth-pair order, zeros past the edges.
+pub(crate) struct PackedB {
+    words: Vec<u32>,
+    depth: usize,
+    cols: usize,
+    pairs: usize,
+}
+
+impl PackedB {
+    /// Packs `b` (its rows are the product's depth), on rayon when `parallel`.
+    pub(crate) fn pack(b: View<'_>, parallel: bool) -> PackedB {
+        let pairs = b.rows.div_ceil(2);
+        let strips = b.cols.div_ceil(NR);
+        let mut words = vec![0u32; strips * pairs * NR];
+        let fill = |(strip, out): (usize, &mut [u32])| pack_strip(&b, strip * NR, out);
+        if parallel {
+            words.par_chunks_mut(pairs * NR).enumerate().for_each(fill);
+        } else {
+            words.chunks_mut(pairs * NR).enumerate().for_each(fill);
+        }
+        PackedB {
+            words,
+            depth: b.rows,
+            cols: b.cols,
+            pairs,
+        }
+    }
+
+    /// The packed words as the product reads them.
+    pub(crate) fn paired(&self) -> PairedB<'_> {
+        PairedB {
+            words: &self.words,
+            origin: 0,
+            strip_stride: self.pairs * NR,
+            pair_stride: NR,
+            pairs: self.pairs,
+            depth: self.depth,
+            cols: self.cols,
+        }
+    }
+
+    /// Swaps the two halves of every packed pair: the depth pairs wired the wrong way round, a
+    /// mistake the tests must catch.
+    #[cfg(test)]
+    pub(crate) fn swap_pair_halves(&mut self) {
+        for w in &mut self.words {
+            *w = w.rotate_left(16);
+        }
+    }
+}
+
+/// `B` (`depth × cols`) in depth pairs, as the microkernel reads it: for column strip `s` and
+/// pair `p`, [`NR`] words (one per column) from `origin + s·strip_stride + p·pair_stride`.
+/// A [`PackedB`], or words laid out so by their maker (a convolution's input, whose pairs of
+/// channels are rows of words and each tap a shifted origin).
+#[derive(Clone, Copy)]
+pub(crate) struct PairedB<'a> {
+    words: &'a [u32],
+    origin: usize,
+    strip_stride: usize,
+    pair_stride: usize,
+    pairs: usize,
+    depth: usize,
+    cols: usize,
+}
+
+impl<'a> PairedB<'a> {
+    /// Strips [`NR`] words apart within rows of `pair_stride` words, one row per pair of
+    /// `depth`, from `origin`; refused (with its sizes) when a strip would read past `words`.
+    pub(crate) fn rows(
+        words: &'a [u32],
+        origin: usize,
+        (depth, cols): (usize, usize),
+        pair_stride: usize,
+    ) -> PairedB<'a> {
+        let b = PairedB {
+            words,
+            origin,
+            strip_stride: NR,
+            pair_stride,
+            pairs: depth.div_ceil(2),
+            depth,
+            cols,
+        };
+        let end = b.origin
+            + (b.strips().max(1) - 1) * b.strip_stride
+            + (b.pairs.max(1) - 1) * b.pair_stride
+            + NR;
+        assert!(
+            depth == 0 || cols == 0 || end <= words.len(),
+            "bf16 gemm: {depth}×{cols} in rows of {pair_stride} words from {origin} reads past \
+             {} words",
+            words.len()
+        );
+        b
+    }
+
+    fn strips(&self) -> usize {
+        self.cols.div_ceil(NR)
+    }
+
+    /// The words of strip `s` for pairs `from..from + len`.
+    fn strip(&self, s: usize, from: usize, len: usize) -> &'a [u32] {
+        let base = self.origin + s * self.strip_stride + from * self.pair_stride;
+        &self.words[base..base + (len - 1) * self.pair_stride + NR]
+    }
+}
+
+/// Strip of `b` starting at column `first` into `out` (`pairs × NR` words, zeroed).
+fn pack_strip(b: &View<'_>, first: usize, out: &mut [u32]) {
+    let columns = NR.min(b.cols - first);
+    for lane in 0..columns {
+        let c = first + lane;
+        for (p, word) in out.iter_mut().skip(lane).step_by(NR).enumerate() {
+            let k = 2 * p;
+            let low = u32::from(b.bits(k, c));
+            let high = if k + 1 < b.rows {
+                u32::from(b.bits(k + 1, c))
+            } else {
+                0
+            };
+            *word = low | high << 16;
+        }
+    }
+}
+
+/// Where the product goes: `rows × cols` values from `start` of `values`, rows
+/// `row_stride` apart.
+pub(crate) struct Out<'a> {
+    pub(crate) values: &'a mut [MaybeUninit<f32>],
+    pub(crate) start: usize,
+    pub(crate) row_stride: usize,
+}
+
+/// `out ← α·a·b`, or `out ← out + α·a·b` when `accumulate`; on rayon when `parallel`.
+/// `a` is `rows × depth` with its columns adjacent (`col_stride` 1).
+///
+/// # Panics
+///
+/// When the CPU lacks AVX512-BF16 ([`available`]), or the shapes or buffers do not fit.
+///
+/// # Safety
+///
+/// When `accumulate`, every value of `out`'s `rows × cols` region has been written.
+#[allow(unsafe_code)]
+pub(crate) unsafe fn matmul(
+    out: Out<'_>,
+    a: View<'_>,
+    b: PairedB<'_>,
+    alpha: f32,
+    accumulate: bool,
+    parallel: bool,
+) {
+    assert!(available(), "bf16 gemm on a CPU without AVX512-BF16");
+    assert!(
+        a.cols == b.depth && a.col_stride == 1,
+        "bf16 gemm: A is {}×{} (column stride {}), B {}×{}",
+        a.rows,
+        a.cols,
+        a.col_stride,
+        b.depth,
+        b.cols
+    );
+    let (rows, cols) = (a.rows, b.cols);
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    assert!(
+        out.start + (rows - 1) * out.row_stride + cols <= out.values.len()
+            && cols <= out.row_stride,
+        "bf16 gemm: {rows}×{cols} output at {} (rows {} apart) in {} values",
+        out.start,
+        out.row_stride,
+        out.values.len()
+    );
+    let c = Tile {
+        ptr: out
+            .values
+            .as_mut_ptr()
+            .cast::<f32>()
+            .wrapping_add(out.start),
+        row_stride: out.row_stride,
+    };
+    let job = Job {
+        a,
+        b,
+        c,
+        alpha,
+        accumulate,
+    };
+    let row_blocks = rows.div_ceil(MC);
+    // Enough tasks for every thread: the column strips are shared out too when there are
+    // few row blocks (a text encoder's 77 tokens, attention's blocks of keys).
+    let wanted = if parallel {
+        4 * rayon::current_num_threads()
+    } else {
+        1
+    };
+    let column_groups = wanted.div_ceil(row_blocks).clamp(1, b.strips());
+    let strips_per_group = b.strips().div_ceil(column_groups);
+    let tasks = row_blocks * column_groups;
+    let run = |task: usize| {
+        let (block, group) = (task / column_groups, task % column_groups);
+        let strips = group * strips_per_group..((group + 1) * strips_per_group).min(b.strips());
+        let rows = block * MC..((block + 1) * MC).min(job.a.rows);
+        // SAFETY: the tasks' tiles of C are disjoint (their rows or strips differ), inside
+        // `out` (asserted above), and written before read unless `accumulate` says they were;
+        // the CPU has AVX512-BF16 (asserted above).
+        unsafe { job.block(rows, strips) };
+    };
+    if parallel {
+        (0..tasks).into_par_iter().for_each(run);
+    } else {
+        (0..tasks).for_each(run);
+    }
+}
+
+/// The output as the tasks write it: a raw pointer, since tasks share its rows.
+#[derive(Clone, Copy)]
+struct Tile {
+    ptr: *mut f32,
+    row_stride: usize,
+}
+
+// SAFETY: tasks write disjoint tiles through the pointer (see `matmul`).
+#[allow(unsafe_code)]
+unsafe impl Send for Tile {}
+// SAFETY: as above.
+#[allow(unsafe_code)]
+unsafe impl Sync for Tile {}
+
+/// One product's operands, shared by its tasks.
+struct Job<'a> {
+    a: View<'a>,
+    b: PairedB<'a>,
+    c: Tile,
+    alpha: f32,
+    accumulate: bool,
+}
+
+thread_local! {
+    /// Each thread's packed block of `A`, reused from task to task.
+    static PACKED_A: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Job<'_> {
+    /// The tiles of `rows` × the columns of `strips`, depth block by depth block.
+    ///
+    /// # Safety
+    ///
+    /// As `matmul`'s task: the tile is this task's alone, and the CPU has AVX512-BF16.
+    #[allow(unsafe_code)]
+    unsafe fn block(&self, rows: std::ops::Range<usize>, strips: std::ops::Range<usize>) {
+        let pairs = self.b.pairs;
+        PACKED_A.with(|packed| {
+            let packed = &mut *packed.borrow_mut();
+            let mut from = 0;
+            while from < pairs {
+                let len = KC.min(pairs - from);
+                pack_a(&self.a, rows.clone(), from, len, packed);
+                for s in strips.clone() {
+                    let b = self.b.strip(s, from, len);
+                    let cols = NR.min(self.b.cols - s * NR);
+                    for (i, a) in packed.chunks_exact(MR * len).enumerate() {
+                        let first = rows.start + i * MR;
+                        let tile_rows = MR.min(rows.end - first);
+                        let c = self.c.ptr.wrapping_add(first * self.c.row_stride + s * NR);
+                        let accumulate = self.accumulate || from > 0;
+                        let b = (b, self.b.pair_stride);
+                        let (shape, scale) = ((tile_rows, cols), (self.alpha, accumulate));
+                        let row_stride = self.c.row_stride;
+                        // SAFETY: `a` holds MR rows of `len` pairs and `b` `len` pairs of NR
+                        // lanes, `pair_stride` apart; the tile (`tile_rows × cols` from `c`) is
+                        // inside the output and this task's; earlier depth blocks wrote it when
+                        // `from > 0`. A strip of 16 columns or fewer takes the half-width
+                        // kernel (attention's heads of 40: 48 lanes computed instead of 64).
+                        unsafe {
+                            if cols <= 16 {
+                                micro::tile::<1>(len, a, b, c, row_stride, shape, scale)
+                            } else {
+                                micro::tile::<NRV>(len, a, b, c, row_stride, shape, scale)
+                            }
+                        };
+                    }
+                }
+                from += len;
+            }
+        });
+    }
+}
+
+/// Packs rows `rows` of `a`, depth pairs `from..from + len`, into `packed`: strips of [`MR`]
+/// rows (zero rows past the end), each row's `len` pairs together.
+fn pack_a(
+    a: &View<'_>,
+    rows: std::ops::Range<usize>,
+    from: usize,
+    len: usize,
+    packed: &mut Vec<u32>,
+) {
+    let strips = rows.len().div_ceil(MR);
+    packed.clear();
+    packed.resize(strips * MR * len, 0);
+    let k0 = 2 * from;
+    let k1 = (2 * (from + len)).min(a.cols);
+    for (i, r) in rows.enumerate() {
+        let out = &mut packed[i * len..(i + 1) * len];
+        let start = a.start + r * a.row_stride;
+        match a.values {
+            Values::Bf16(v) => {
+                let pairs = v[start + k0..start + k1].chunks_exact(2);
+                if let [last] = pairs.remainder() {
+                    out[pairs.len()] = u32::from(last.to_bits());
+                }
+                for (word, pair) in out.iter_mut().zip(pairs) {
+                    *word = u32::from(pair[0].to_bits()) | u32::from(pair[1].to_bits()) << 16;
+                }
+            }
+            Values::F32(v) => narrow_pairs(&v[start + k0..start + k1], out),
+        }
+    }
+}
+
+/// `values` (f32) rounded to bf16 in pairs into `out`, a zero high half after an odd last.
+fn narrow_pairs(values: &[f32], out: &mut [u32]) {
+    #[cfg(target_arch = "x86_64")]
+    if available() {
+        // SAFETY: the CPU has AVX512-BF16, checked just above.
+        #[allow(unsafe_code)]
+        unsafe {
+            micro::narrow_pairs(values, out)
+        };
+        return;
+    }
+    for (word, pair) in out.iter_mut().zip(values.chunks(2)) {
+        let high = pair
+            .get(1)
+            .map_or(0, |h| u32::from(bf16::from_f32(*h).to_bits()));
+        *word = u32::from(bf16::from_f32(pair[0]).to_bits()) | high << 16;
+    }
+}
+
+/// `values` rounded to bf16 into `out` (as many as `values` holds), with `vcvtneps2bf16` where
+/// the kernel runs (nearest even, as `half` rounds; subnormal inputs become zero).
+pub(crate) fn narrow_into(values: &[f32], out: &mut [MaybeUninit<bf16>]) {
+    assert!(
+        out.len() >= values.len(),
+        "bf16 gemm: narrowing into too few values"
+    );
+    let mut words = values.chunks(32);
+    let mut outs = out.chunks_mut(32);
+    let mut pairs = [0u32; 16];
+    for (chunk, out) in (&mut words).zip(&mut outs) {
+        narrow_pairs(chunk, &mut pairs);
+        for (i, o) in out.iter_mut().take(chunk.len()).enumerate() {
+            o.write(bf16::from_bits((pairs[i / 2] >> (16 * (i % 2))) as u16));
+        }
+    }
+}
+
+/// The AVX512-BF16 code.
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+mod micro {
+    use super::{MR, NR, NRV};
+    use std::arch::x86_64::*;
+
+    /// `C ← α·A·B (+ C)` for one `MR × 16·V` tile, `rows × cols` of it stored: `a` holds MR
+    /// rows of `len` pairs, `b` `len` pairs of NR lanes (the first `16·V` read), `stride`
+    /// words apart.
+    ///
+    /// # Safety
+    ///
+    /// The CPU has AVX512-BF16; `c` is valid for `rows` rows (`row_stride` apart) of `cols`
+    /// values, written before when `accumulate`; `rows ≤ MR`, `cols ≤ NR`.
+    #[target_feature(enable = "avx512bf16,avx512f,avx512bw,avx512vl")]
+    pub(super) unsafe fn tile<const V: usize>(
+        len: usize,
+        a: &[u32],
+        (b, stride): (&[u32], usize),
+        c: *mut f32,
+        row_stride: usize,
+        (rows, cols): (usize, usize),
+        (alpha, accumulate): (f32, bool),
+    ) {
+        assert!(len > 0 && a.len() >= MR * len && b.len() >= (len - 1) * stride + NR);
+        assert!(rows <= MR && cols <= 16 * V && V <= NRV);
+        let mut acc = [[_mm512_setzero_ps(); V]; MR];
+        let (a, b) = (a.as_ptr(), b.as_ptr());
+        for p in 0..len {
+            // SAFETY: pair p of the strip, in bounds (asserted above).
+            let bv: [__m512bh; V] = std::array::from_fn(|v| unsafe {
+                std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(
+                    b.add(p * stride + 16 * v).cast(),
+                ))
+            });
+            for (r, acc_row) in acc.iter_mut().enumerate() {
+                // SAFETY: row r's pair p, in bounds (asserted above).
+                let pair = unsafe { *a.add(r * len + p) };
+                let av = std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(pair as i32));
+                for (acc, bv) in acc_row.iter_mut().zip(bv) {
+                    *acc = _mm512_dpbf16_ps(*acc, av, bv);
+                }
+            }
+        }
+        let alpha = _mm512_set1_ps(alpha);
+        for (r, acc_row) in acc.iter().enumerate().take(rows) {
+            for (v, acc) in acc_row.iter().enumerate() {
+                let first = 16 * v;
+                if first >= cols {
+                    break;
+                }
+                let mask: __mmask16 = if cols - first >= 16 {
+                    0xFFFF
+                } else {
+                    (1u16 << (cols - first)) - 1
+                };
+                // SAFETY: the lanes under `mask` are inside the tile (the caller's promise).
+                unsafe {
+                    let ptr = c.add(r * row_stride + first);
+                    let value = if accumulate {
+                        _mm512_fmadd_ps(*acc, alpha, _mm512_maskz_loadu_ps(mask, ptr))
+                    } else {
+                        _mm512_mul_ps(*acc, alpha)
+                    };
+                    _mm512_mask_storeu_ps(ptr, mask, value);
+                }
+            }
+        }
+    }
+
+    /// `values` rounded to bf16 (nearest even, `vcvtneps2bf16`: subnormal inputs become zero)
+    /// in pairs into `out`.
+    ///
+    /// # Safety
+    ///
+    /// The CPU has AVX512-BF16.
+    #[target_feature(enable = "avx512bf16,avx512f,avx512bw,avx512vl")]
+    pub(super) unsafe fn narrow_pairs(values: &[f32], out: &mut [u32]) {
+        assert!(out.len() >= values.len().div_ceil(2));
+        let mut chunks = values.chunks_exact(16);
+        let mut words = out.chunks_exact_mut(8);
+        for (chunk, words) in (&mut chunks).zip(&mut words) {
+            // SAFETY: 16 values in, 8 words (16 bf16) out.
+            unsafe {
+                let wide = _mm512_loadu_ps(chunk.as_ptr());
+                let narrow: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(wide));
+                _mm256_storeu_si256(words.as_mut_ptr().cast(), narrow);
+            }
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mask: __mmask16 = (1u16 << rest.len()) - 1;
+            let mut tail = [0u32; 8];
+            // SAFETY: the masked load reads only `rest`; 8 words out into `tail`.
+            unsafe {
+                let wide = _mm512_maskz_loadu_ps(mask, rest.as_ptr());
+                let narrow: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(wide));
+                _mm256_storeu_si256(tail.as_mut_ptr().cast(), narrow);
+            }
+            let words = &mut out[values.len() / 16 * 8..];
+            let n = rest.len().div_ceil(2);
+            words[..n].copy_from_slice(&tail[..n]);
+        }
+    }
+}
+
+/// Stand-ins off x86-64, where [`available`] is false and nothing calls them.
+#[cfg(not(target_arch = "x86_64"))]
+#[allow(unsafe_code)]
+mod micro {
+    pub(super) unsafe fn tile<const V: usize>(
+        _: usize,
+        _: &[u32],
+        _: (&[u32], usize),
+        _: *mut f32,
+        _: usize,
+        _: (usize, usize),
+        _: (f32, bool),
+    ) {
+        unreachable!("bf16 gemm without AVX512-BF16");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// One product's sizes and wiring.
+    #[derive(Clone, Copy, Debug)]
+    struct Case {
+        rows: usize,
+        depth: usize,
+        cols: usize,
+        /// `A` given in bf16 (else f32, narrowed while packing).
+        a_bf16: bool,
+        /// `B` stored `[cols, depth]`, as a linear layer's weight (else `[depth, cols]`).
+        b_as_weight: bool,
+        accumulate: bool,
+        parallel: bool,
+    }
+
+    /// How far a product is from the exact product of its bf16-rounded inputs and from the
+    /// exact product of the unrounded ones, each as the worst ratio of the difference to the
+    /// element's magnitude `Σ|a·b|` (plus the starting value's when accumulating).
+    struct Errors {
+        rounded: f64,
+        unrounded: f64,
+    }
+
+    fn uniform(n: usize, rng: &mut rand_chacha::ChaCha8Rng) -> Vec<f32> {
+        (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+    }
+
+    fn round(values: &[f32]) -> Vec<f32> {
+        values.iter().map(|v| bf16::from_f32(*v).to_f32()).collect()
+    }
+
+    /// Runs `case` through the kernel (`B` packed, then given to `rewire` to mis-wire it or
+    /// not) with α = 0.75, the output at an offset and with a wider row stride than its
+    /// columns.
+    fn run(case: Case, seed: u64, rewire: fn(&mut PackedB)) -> Errors {
+        let Case {
+            rows, depth, cols, ..
+        } = case;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let (a, b, start) = (
+            uniform(rows * depth, &mut rng),
+            uniform(depth * cols, &mut rng),
+            uniform(rows * cols, &mut rng),
+        );
+        // b[k][n] as a function, whichever way it is stored.
+        let b_at = |b: &[f32], k: usize, n: usize| {
+            if case.b_as_weight {
+                b[n * depth + k]
+            } else {
+                b[k * cols + n]
+            }
+        };
+        let a_halves: Vec<bf16> = a.iter().map(|v| bf16::from_f32(*v)).collect();
+        let a_view = if case.a_bf16 {
+            View::rows(Values::Bf16(&a_halves), rows, depth)
+        } else {
+            View::rows(Values::F32(&a), rows, depth)
+        };
+        let strides = if case.b_as_weight {
+            (1, depth)
+        } else {
+            (cols, 1)
+        };
+        let mut packed = PackedB::pack(
+            View::new(Values::F32(&b), 0, (depth, cols), strides),
+            case.parallel,
+        );
+        rewire(&mut packed);
+        let (offset, row_stride, alpha) = (3, cols + 5, 0.75f32);
+        let mut out = vec![MaybeUninit::new(f32::NAN); offset + rows * row_stride];
+        for r in 0..rows {
+            for n in 0..cols {
+                out[offset + r * row_stride + n] = MaybeUninit::new(start[r * cols + n]);
+            }
+        }
+        let target = Out {
+            values: &mut out,
+            start: offset,
+            row_stride,
+        };
+        // SAFETY: every value of the output region was written just above.
+        #[allow(unsafe_code)]
+        unsafe {
+            matmul(
+                target,
+                a_view,
+                packed.paired(),
+                alpha,
+                case.accumulate,
+                case.parallel,
+            )
+        };
+        let (a_rounded, b_rounded) = (round(&a), round(&b));
+        let mut errors = Errors {
+            rounded: 0.0,
+            unrounded: 0.0,
+        };
+        for r in 0..rows {
+            for n in 0..cols {
+                let (mut exact, mut of_rounded, mut magnitude) = (0f64, 0f64, 0f64);
+                for k in 0..depth {
+                    let (x, y) = (a[r * depth + k] as f64, b_at(&b, k, n) as f64);
+                    let (xr, yr) = (a_rounded[r * depth + k] as f64, b_at(&b_rounded, k, n));
+                    exact += x * y;
+                    of_rounded += xr * yr as f64;
+                    magnitude += (x * y).abs();
+                }
+                let alpha = alpha as f64;
+                let (mut exact, mut of_rounded, mut magnitude) =
+                    (alpha * exact, alpha * of_rounded, alpha * magnitude);
+                if case.accumulate {
+                    let s = start[r * cols + n] as f64;
+                    (exact, of_rounded, magnitude) =
+                        (exact + s, of_rounded + s, magnitude + s.abs());
+                }
+                // SAFETY: the region was written before the product, which wrote it again.
+                #[allow(unsafe_code)]
+                let ours = unsafe { out[offset + r * row_stride + n].assume_init() } as f64;
+                let magnitude = magnitude + 1e-30;
+                errors.rounded = errors.rounded.max((ours - of_rounded).abs() / magnitude);
+                errors.unrounded = errors.unrounded.max((ours - exact).abs() / magnitude);
+            }
+        }
+        // Nothing outside the region was touched: the gaps between rows stay NaN.
+        for r in 0..rows {
+            for n in cols..row_stride.min(out.len() - offset - r * row_stride) {
+                // SAFETY: every value of `out` was written when it was made.
+                #[allow(unsafe_code)]
+                let gap = unsafe { out[offset + r * row_stride + n].assume_init() };
+                assert!(gap.is_nan(), "{case:?}: wrote past the row's end");
+            }
+        }
+        errors
+    }
+
+    /// The shapes: one row and one column; depths odd, under one pair, across several of
+    /// the kernel's depth blocks; columns off the vector width; rows across several tasks
+    /// and partial tiles.
+    fn cases() -> Vec<Case> {
+        let shapes = [
+            (1, 1, 1),
+            (1, 2, 16),
+            (3, 5, 7),
+            (13, 33, 65),
+            (12, 32, 32),
+            (97, 257, 33),
+            (200, 320, 96),
+            (5, 1001, 3),
+            (130, 64, 300),
+            (2, 600, 47),
+        ];
+        let mut cases = Vec::new();
+        for (i, (rows, depth, cols)) in shapes.into_iter().enumerate() {
+            let bit = |n: usize| (i >> n) & 1 == 1;
+            cases.push(Case {
+                rows,
+                depth,
+                cols,
+                a_bf16: bit(0),
+                b_as_weight: !bit(1),
+                accumulate: bit(2),
+                parallel: !bit(0),
+            });
+            cases.push(Case {
+                a_bf16: !bit(0),
+                b_as_weight: bit(1),
+                accumulate: !bit(2),
+                parallel: bit(0),
+                ..cases[cases.len() - 1]
+            });
+        }
+        cases
+    }
+
+    #[test]
+    fn products_equal_the_exact_product_of_the_bf16_rounded_inputs() {
+        if !available() {
+            eprintln!("no AVX512-BF16 on this CPU: the kernel is not run");
+            return;
+        }
+        let (mut worst_rounded, mut worst_unrounded) = (0f64, 0f64);
+        for (seed, case) in cases().into_iter().enumerate() {
+            let errors = run(case, seed as u64, |_| {});
+            // f32 accumulation of exact bf16 products: rounding errors of order depth·2⁻²⁴.
+            assert!(errors.rounded < 1e-5, "{case:?}: {}", errors.rounded);
+            // bf16 inputs: each within 2⁻⁹ relative, so products within about 2⁻⁸.
+            assert!(errors.unrounded < 1e-2, "{case:?}: {}", errors.unrounded);
+            worst_rounded = worst_rounded.max(errors.rounded);
+            worst_unrounded = worst_unrounded.max(errors.unrounded);
+        }
+        println!("worst: {worst_rounded:e} of the rounded inputs' product, {worst_unrounded:e} of the unrounded");
+    }
+
+    #[test]
+    fn pairs_wired_the_wrong_way_round_are_caught() {
+        if !available() {
+            eprintln!("no AVX512-BF16 on this CPU: the kernel is not run");
+            return;
+        }
+        for (seed, case) in cases().into_iter().enumerate().filter(|(_, c)| c.depth > 1) {
+            let errors = run(case, seed as u64, PackedB::swap_pair_halves);
+            println!("{case:?}: mis-wired, off by {}", errors.rounded);
+            assert!(errors.rounded > 1e-2, "{case:?}: {}", errors.rounded);
+        }
+    }
+
+    #[test]
+    fn narrowing_rounds_as_the_half_crate_does() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        // Normal values of every exponent (the instruction flushes subnormals to zero).
+        let values: Vec<f32> = (0..10_000)
+            .map(|_| {
+                let v = f32::from_bits(rng.random());
+                if v.is_normal() {
+                    v
+                } else {
+                    1.0 + v.abs().min(1.0)
+                }
+            })
+            .chain([
+                1.0,
+                f32::from_bits(0x3F80_8000),
+                f32::from_bits(0x3F81_8000),
+            ])
+            .collect();
+        let mut out = vec![0u32; values.len().div_ceil(2)];
+        narrow_pairs(&values, &mut out);
+        for (i, v) in values.iter().enumerate() {
+            let bits = (out[i / 2] >> (16 * (i % 2))) as u16;
+            assert_eq!(bits, bf16::from_f32(*v).to_bits(), "{v:e}");
+        }
+        assert_eq!(
+            out[out.len() - 1] >> 16,
+            0,
+            "an odd last value has a zero partner"
+        );
+    }
+}

@@ -1,0 +1,362 @@
+//! Stride-1 convolutions in bf16 on CPUs with AVX512-BF16: the parent module's implicit GEMM,
+//! its products in bf16 with f32 accumulation (`bf16_gemm`).
+//!
+//! A network held in bf16 widened every convolution's input and weights to f32 and narrowed
+//! the output back, around an f32 product. Here each image is padded once into rows of
+//! 32-bit words, one row per pair of input channels, each word the pair's two bf16 values at
+//! one position of the padded grid (rows `Wp = W + 2p` wide). That is the product's `B` for
+//! every tap: tap `(ky, kx)` reads the same rows from offset `ky·Wp + kx`, so nothing is copied
+//! per tap. The weights, rearranged tap by tap once per call, are `A` (`c_out × c_in` per
+//! tap). The taps add into one f32 accumulator `[c_out, out_h·Wp]`; its `Wp − out_w` extra
+//! columns per row are dropped as the output is narrowed to bf16 with the bias added.
+
+use super::super::bf16_gemm::{self, Out, PairedB, Values, View, NR};
+use super::super::{contiguous_values, filled, unfilled};
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use half::bf16;
+use rayon::prelude::*;
+use std::mem::MaybeUninit;
+
+/// Whether [`conv2d_bf16`] takes this convolution: bf16 input and weight on the CPU, and a
+/// CPU with AVX512-BF16.
+pub(crate) fn takes(x: &Tensor, weight: &Tensor) -> bool {
+    x.device().is_cpu()
+        && x.dtype() == DType::BF16
+        && weight.dtype() == DType::BF16
+        && bf16_gemm::available()
+}
+
+/// `conv2d(x, weight) + bias` with stride 1, dilation 1, one group and `padding` zeros on each
+/// side, in bf16 (f32 accumulation): `x` `[batch, c_in, h, w]`, `weight`
+/// `[c_out, c_in, k_h, k_w]`, both bf16 (see [`takes`]); the result in bf16.
+pub fn conv2d_bf16(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    padding: usize,
+) -> Result<Tensor> {
+    if !takes(x, weight) {
+        candle_core::bail!("conv2d_bf16: bf16 on a CPU with AVX512-BF16 only");
+    }
+    let bias = bias
+        .map(|b| b.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>())
+        .transpose()?;
+    x.contiguous()?
+        .apply_op2_no_bwd(&weight.contiguous()?, &Conv2dBf16 { padding, bias })
+}
+
+struct Conv2dBf16 {
+    padding: usize,
+    bias: Option<Vec<f32>>,
+}
+
+/// The sizes of one convolution.
+#[derive(Clone, Copy)]
+struct Geometry {
+    c_in: usize,
+    c_out: usize,
+    h: usize,
+    w: usize,
+    k_h: usize,
+    k_w: usize,
+    padding: usize,
+    grid_h: usize,
+    grid_w: usize,
+    out_h: usize,
+    out_w: usize,
+}
+
+impl Geometry {
+    fn new(x: &Layout, weight: &Layout, padding: usize) -> Result<Geometry> {
+        let (_, c_in, h, w) = x.shape().dims4()?;
+        let (c_out, w_c_in, k_h, k_w) = weight.shape().dims4()?;
+        let (grid_h, grid_w) = (h + 2 * padding, w + 2 * padding);
+        if w_c_in != c_in || grid_h < k_h || grid_w < k_w || k_h * k_w == 0 {
+            candle_core::bail!(
+                "conv2d_bf16: input {:?} and weight {:?} (padding {padding}) do not fit",
+                x.shape(),
+                weight.shape()
+            );
+        }
+        Ok(Geometry {
+            c_in,
+            c_out,
+            h,
+            w,
+            k_h,
+            k_w,
+            padding,
+            grid_h,
+            grid_w,
+            out_h: grid_h - k_h + 1,
+            out_w: grid_w - k_w + 1,
+        })
+    }
+
+    /// Words per row of the padded input: the grid, and room for the last tap's strips to
+    /// read past it (into zeros that only feed dropped columns).
+    fn row_words(&self) -> usize {
+        self.grid_h * self.grid_w + self.k_w + NR
+    }
+
+    /// Columns of the accumulator: whole grid rows of the output's rows.
+    fn columns(&self) -> usize {
+        self.out_h * self.grid_w
+    }
+}
+
+impl CustomOp2 for Conv2dBf16 {
+    fn name(&self) -> &'static str {
+        "conv2d-bf16"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = Geometry::new(xl, wl, self.padding)?;
+        let batch = xl.shape().dims4()?.0;
+        if self.bias.as_ref().is_some_and(|b| b.len() != g.c_out) {
+            candle_core::bail!("conv2d_bf16: a bias of the wrong length for {}", g.c_out);
+        }
+        let x = contiguous_values::<bf16>(xs, xl, self.name())?;
+        let weight = contiguous_values::<bf16>(ws, wl, self.name())?;
+        let taps = taps_first(weight, &g);
+        let image = g.out_h * g.out_w * g.c_out;
+        // Written whole: each image's landing writes every value of its part.
+        let mut out = unfilled::<bf16>(batch * image);
+        // Written by each image's first tap before anything reads it.
+        let mut sums = unfilled::<f32>(g.c_out * g.columns());
+        for (b, out) in out.chunks_mut(image.max(1)).enumerate() {
+            let input = &x[b * g.c_in * g.h * g.w..(b + 1) * g.c_in * g.h * g.w];
+            let words = paired_input(input, &g);
+            for tap in 0..g.k_h * g.k_w {
+                let a = View::new(
+                    Values::Bf16(&taps),
+                    tap * g.c_out * g.c_in,
+                    (g.c_out, g.c_in),
+                    (g.c_in, 1),
+                );
+                let shift = (tap / g.k_w) * g.grid_w + tap % g.k_w;
+                let b = PairedB::rows(&words, shift, (g.c_in, g.columns()), g.row_words());
+                let into = Out {
+                    values: &mut sums,
+                    start: 0,
+                    row_stride: g.columns(),
+                };
+                // SAFETY: the first tap writes every sum (`c_out × columns`); the later ones
+                // add to them.
+                #[allow(unsafe_code)]
+                unsafe {
+                    bf16_gemm::matmul(into, a, b, 1.0, tap > 0, true)
+                };
+            }
+            // SAFETY: the first tap wrote every sum, just above.
+            #[allow(unsafe_code)]
+            let written = unsafe { sums.assume_init_ref() };
+            land(written, self.bias.as_deref(), &g, out);
+        }
+        // SAFETY: every image's landing wrote all of its values.
+        #[allow(unsafe_code)]
+        let out = unsafe { filled(out) };
+        let shape = Shape::from((batch, g.c_out, g.out_h, g.out_w));
+        Ok((CpuStorage::BF16(out), shape))
+    }
+}
+
+/// The weight as `[taps, c_out, c_in]`: each tap's matrix contiguous, as `A` reads it. One
+/// pass over the weight, each filter's taps scattered to their matrices (gathering each
+/// matrix instead read the whole weight once per tap: 1 280 channels took 30 ms).
+#[allow(unsafe_code)]
+fn taps_first(weight: &[bf16], g: &Geometry) -> Vec<bf16> {
+    let taps = g.k_h * g.k_w;
+    assert_eq!(
+        weight.len(),
+        taps * g.c_out * g.c_in,
+        "a weight of [c_out, c_in, k_h, k_w]"
+    );
+    // Written whole: a permutation of the weight.
+    let mut out = unfilled::<bf16>(weight.len());
+    let target = Scatter(out.as_mut_ptr().cast::<bf16>());
+    weight
+        .par_chunks(g.c_in * taps)
+        .enumerate()
+        .for_each(|(o, filter)| {
+            for (i, taps_of_i) in filter.chunks_exact(taps).enumerate() {
+                for (tap, value) in taps_of_i.iter().enumerate() {
+                    // SAFETY: `(tap·c_out + o)·c_in + i` is inside the weight's length
+                    // (asserted above), and only filter `o`'s task writes row `o` of each tap.
+                    unsafe { target.at((tap * g.c_out + o) * g.c_in + i).write(*value) };
+                }
+            }
+        });
+    // SAFETY: the filters' tasks wrote every (tap, o, i) of the permutation.
+    unsafe { filled(out) }
+}
+
+/// The permuted weight as the filters' tasks write it: a raw pointer, since each writes a
+/// row of every tap's matrix.
+#[derive(Clone, Copy)]
+struct Scatter(*mut bf16);
+
+impl Scatter {
+    fn at(self, i: usize) -> *mut bf16 {
+        self.0.wrapping_add(i)
+    }
+}
+
+// SAFETY: the tasks write disjoint values through it (see `taps_first`).
+#[allow(unsafe_code)]
+unsafe impl Send for Scatter {}
+// SAFETY: as above.
+#[allow(unsafe_code)]
+unsafe impl Sync for Scatter {}
+
+/// One image (`[c_in, h, w]`) zero-padded into rows of words, a row per pair of channels
+/// (`row_words` long), each word a position's two channels (the first in the low half; zero
+/// for the missing second of an odd last pair).
+fn paired_input(input: &[bf16], g: &Geometry) -> Vec<u32> {
+    let plane = g.h * g.w;
+    let mut words = vec![0u32; g.c_in.div_ceil(2) * g.row_words()];
+    words
+        .par_chunks_mut(g.row_words())
+        .enumerate()
+        .for_each(|(pair, row)| {
+            let low = &input[2 * pair * plane..(2 * pair + 1) * plane];
+            let high = input.get((2 * pair + 1) * plane..(2 * pair + 2) * plane);
+            for y in 0..g.h {
+                let at = (y + g.padding) * g.grid_w + g.padding;
+                let out = &mut row[at..at + g.w];
+                let low = &low[y * g.w..(y + 1) * g.w];
+                match high {
+                    Some(high) => {
+                        let high = &high[y * g.w..(y + 1) * g.w];
+                        for ((o, l), h) in out.iter_mut().zip(low).zip(high) {
+                            *o = u32::from(l.to_bits()) | u32::from(h.to_bits()) << 16;
+                        }
+                    }
+                    None => {
+                        for (o, l) in out.iter_mut().zip(low) {
+                            *o = u32::from(l.to_bits());
+                        }
+                    }
+                }
+            }
+        });
+    words
+}
+
+/// The sums (`[c_out, out_h·Wp]`) into the image's output (`[c_out, out_h, out_w]`), the bias
+/// added and the extra columns dropped, narrowed to bf16.
+fn land(sums: &[f32], bias: Option<&[f32]>, g: &Geometry, out: &mut [MaybeUninit<bf16>]) {
+    out.par_chunks_mut(g.out_h * g.out_w)
+        .enumerate()
+        .for_each(|(o, plane)| {
+            let b = bias.map_or(0.0, |b| b[o]);
+            let mut row = vec![0f32; g.out_w];
+            for (y, out_row) in plane.chunks_exact_mut(g.out_w).enumerate() {
+                let at = o * g.columns() + y * g.grid_w;
+                for (r, s) in row.iter_mut().zip(&sums[at..at + g.out_w]) {
+                    *r = s + b;
+                }
+                bf16_gemm::narrow_into(&row, out_row);
+            }
+        });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::super::test_support::random;
+    use super::*;
+
+    /// candle's f32 convolution of the bf16 values, then the bias.
+    fn reference(x: &Tensor, w: &Tensor, b: &Tensor, p: usize) -> Tensor {
+        let wide = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+        let c_out = b.dims1().unwrap();
+        wide(x)
+            .conv2d(&wide(w), p, 1, 1, 1)
+            .and_then(|y| y.broadcast_add(&b.reshape((1, c_out, 1, 1))?))
+            .unwrap()
+    }
+
+    #[test]
+    fn equals_candles_f32_convolution_of_the_bf16_values() {
+        if !bf16_gemm::available() {
+            eprintln!("no AVX512-BF16 on this CPU: the kernel is not run");
+            return;
+        }
+        // (batch, c_in, c_out, h, w, kernel, padding): 3×3 "same" convolutions, odd channel
+        // counts, 1×1, 5×5, no padding, outputs narrower than a strip, many tiles.
+        let shapes = [
+            (1, 1, 1, 1, 1, 1, 0),
+            (2, 3, 5, 7, 6, 3, 1),
+            (1, 33, 17, 9, 11, 3, 1),
+            (2, 64, 40, 16, 16, 3, 1),
+            (1, 20, 30, 12, 10, 1, 0),
+            (1, 7, 9, 13, 13, 5, 2),
+            (1, 16, 8, 8, 8, 3, 0),
+            (2, 130, 100, 5, 37, 3, 1),
+        ];
+        let mut worst = 0f32;
+        for (i, &(batch, c_in, c_out, h, w, k, p)) in shapes.iter().enumerate() {
+            let seed = 7 * i as u64 + 300;
+            let half = |t: Tensor| t.to_dtype(DType::BF16).unwrap();
+            let x = half(random(&[batch, c_in, h, w], seed, 1.0));
+            let weight = half(random(&[c_out, c_in, k, k], seed + 1, 0.5));
+            let bias = random(&[c_out], seed + 2, 1.0);
+            let ours = conv2d_bf16(&x, &weight, Some(&bias), p).unwrap();
+            assert_eq!(ours.dtype(), DType::BF16);
+            let theirs = reference(&x, &weight, &bias, p);
+            assert_eq!(ours.dims(), theirs.dims(), "shape {:?}", shapes[i]);
+            // Products exact and summed in f32, then the output rounded to bf16 (within 2⁻⁸
+            // of its magnitude): relative to the largest output.
+            let ours = ours.to_dtype(DType::F32).unwrap();
+            let scale = super::super::super::test_support::max_abs(&theirs);
+            let off = super::super::super::test_support::max_difference(&ours, &theirs) / scale;
+            assert!(off < 4e-3, "shape {:?}: off by {off} of {scale}", shapes[i]);
+            worst = worst.max(off);
+        }
+        println!("conv2d in bf16: worst {worst:e} of the largest output");
+    }
+
+    #[test]
+    fn taps_read_the_wrong_way_round_are_caught() {
+        // The kernel given each filter transposed (tap (ky, kx) read as (kx, ky)) must miss
+        // the reference by far more than the tolerance above.
+        if !bf16_gemm::available() {
+            return;
+        }
+        let half = |t: Tensor| t.to_dtype(DType::BF16).unwrap();
+        let x = half(random(&[1, 24, 10, 10], 11, 1.0));
+        let weight = half(random(&[16, 24, 3, 3], 12, 0.5));
+        let bias = random(&[16], 13, 1.0);
+        let transposed = weight.transpose(2, 3).unwrap().contiguous().unwrap();
+        let wrong = conv2d_bf16(&x, &transposed, Some(&bias), 1).unwrap();
+        let theirs = reference(&x, &weight, &bias, 1);
+        let wrong = wrong.to_dtype(DType::F32).unwrap();
+        let scale = super::super::super::test_support::max_abs(&theirs);
+        let off = super::super::super::test_support::max_difference(&wrong, &theirs) / scale;
+        println!("taps transposed: off by {off}");
+        assert!(off > 0.1, "{off}");
+    }
+
+    #[test]
+    fn shapes_that_do_not_fit_are_refused() {
+        if !bf16_gemm::available() {
+            return;
+        }
+        let half = |t: Tensor| t.to_dtype(DType::BF16).unwrap();
+        let x = half(random(&[1, 4, 5, 5], 1, 1.0));
+        let wrong_channels = half(random(&[2, 3, 3, 3], 2, 1.0));
+        assert!(conv2d_bf16(&x, &wrong_channels, None, 1).is_err());
+        let too_large = half(random(&[2, 4, 9, 9], 3, 1.0));
+        assert!(conv2d_bf16(&x, &too_large, None, 1).is_err());
+        let w = half(random(&[2, 4, 3, 3], 4, 1.0));
+        let short_bias = random(&[3], 5, 1.0);
+        assert!(conv2d_bf16(&x, &w, Some(&short_bias), 1).is_err());
+        assert!(conv2d_bf16(&x.to_dtype(DType::F32).unwrap(), &w, None, 1).is_err());
+    }
+}
