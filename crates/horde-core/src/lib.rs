@@ -33,6 +33,7 @@ pub mod queue;
 pub mod quota;
 pub mod ratelimit;
 pub mod ratings;
+pub mod registration;
 pub mod reputation;
 pub mod request;
 pub mod request_rules;

@@ -37,6 +37,31 @@ pub struct ServerConfig {
     pub webhooks: WebhooksConfig,
     /// The operator's news (`/status/news`) and documents (`/documents/…`).
     pub documents: DocumentsConfig,
+    /// Self-service registration at `/register` (`registration.rs`).
+    pub registration: RegistrationConfig,
+}
+
+/// Who may create an account through `/register`, and what each attempt costs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistrationConfig {
+    /// `open` (anyone, as on the public horde) or `off`.
+    pub mode: horde_core::registration::RegistrationMode,
+    /// Leading zero bits of `sha256(challenge ":" nonce)` each attempt must show (0: none; at
+    /// most 24).
+    pub proof_of_work_bits: u32,
+    /// Accounts one address (an IPv6 /64) may create an hour (0: no limit).
+    pub per_ip_per_hour: u32,
+}
+
+impl Default for RegistrationConfig {
+    fn default() -> Self {
+        RegistrationConfig {
+            mode: Default::default(),
+            proof_of_work_bits: 0,
+            per_ip_per_hour: 3,
+        }
+    }
 }
 
 /// What the operator publishes (`modes.rs`): each file read when asked for, so an edit shows
@@ -403,6 +428,7 @@ impl Default for ServerConfig {
             metrics: MetricsConfig::default(),
             webhooks: WebhooksConfig::default(),
             documents: DocumentsConfig::default(),
+            registration: RegistrationConfig::default(),
         }
     }
 }

@@ -34,6 +34,7 @@ pub mod offline;
 pub mod openapi;
 pub mod operations;
 pub mod ratelimit;
+pub mod registration;
 pub mod reputation;
 pub mod requests;
 pub mod routes;
@@ -237,6 +238,12 @@ async fn open_state(
     let online_window_secs = config.workers.online_window_secs;
     let trusted_proxies = client_ip::TrustedProxies::parse(&config.api.trusted_proxies)
         .map_err(|e| StartError::Config(format!("api.trusted_proxies: {e}")))?;
+    if config.registration.proof_of_work_bits > horde_core::registration::MAX_PROOF_BITS {
+        return Err(StartError::Config(format!(
+            "registration.proof_of_work_bits: at most {}",
+            horde_core::registration::MAX_PROOF_BITS
+        )));
+    }
     let limiter = horde_core::ratelimit::FixedWindows::with_capacity(config.api.rate_limit_keys);
     let metrics = metrics::Metrics::new();
     let request_writer = group_commit::RequestWriter::start(store.clone(), metrics.clone());
@@ -377,6 +384,10 @@ fn router(state: SharedState) -> Router {
                 .delete(routes::filters::delete),
         )
         .route("/api/v2/dev/test-user", post(users::test_user))
+        .route(
+            "/register",
+            get(routes::register::form).post(routes::register::submit),
+        )
         .route("/api/v2/status/heartbeat", get(status::heartbeat))
         .route("/api/v2/status/models", get(status::models))
         .route("/api/v2/status/models/{name}", get(status::model))

@@ -248,6 +248,22 @@ async fn count_hits(
     Ok(verdicts)
 }
 
+/// One hit on `key` under `limit` at `now` through the same counters as the layer (in this
+/// process, or in the database when clustered), for limits a handler counts itself
+/// (`registration.rs`: the address limit, and each form token's single use).
+pub(crate) async fn hit_once(
+    state: &SharedState,
+    key: String,
+    limit: Limit,
+    now: u64,
+) -> Result<Verdict, crate::error::ApiError> {
+    let verdicts = count_hits(state, &[(limit, key)], now).await?;
+    Ok(verdicts
+        .first()
+        .map(|(_, v)| *v)
+        .expect("one key gives one verdict"))
+}
+
 /// `X-RateLimit-Reset`: the unix second at which the window ends, as flask-limiter sends it.
 fn reset_header(now_ms: u64, reset_in_ms: u64) -> HeaderValue {
     HeaderValue::from((now_ms + reset_in_ms).div_ceil(1000))

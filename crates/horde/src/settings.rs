@@ -24,6 +24,7 @@ const ENV_KEYS: &[&str] = &[
     "webhooks",
     "text",
     "documents",
+    "registration",
 ];
 
 /// The default config file, read when present and no `--config` is given.

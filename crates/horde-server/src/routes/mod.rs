@@ -7,6 +7,7 @@ pub mod interrogate;
 pub mod modes;
 pub mod operations;
 pub mod reference;
+pub mod register;
 pub mod shared_keys;
 pub mod sources;
 pub mod status;

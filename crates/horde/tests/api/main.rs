@@ -37,6 +37,7 @@ mod model_routing;
 mod models;
 mod modes;
 mod operations;
+mod register;
 mod reputation;
 mod sdk_compat;
 mod sources;
