@@ -470,8 +470,8 @@ fn duration(secs: u64) -> String {
     }
 }
 
-/// Escapes text for HTML content and double-quoted attributes.
-fn escape(text: &str) -> String {
+/// Escapes text for HTML content and double-quoted attributes (also the `/register` pages').
+pub(crate) fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {

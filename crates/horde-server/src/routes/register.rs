@@ -6,6 +6,7 @@
 //! page. The form's cookie is `HttpOnly; SameSite=Strict` and scoped to `/register`; the page
 //! forbids framing and every script (it has none); the key page is never cached.
 
+use crate::dashboard::escape;
 use crate::error::ApiError;
 use crate::registration::{register, Attempt, FormTicket};
 use crate::state::SharedState;
@@ -283,19 +284,4 @@ fn no_store(mut response: Response) -> Response {
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
-}
-
-fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
