@@ -889,3 +889,21 @@ async fn a_batch_naming_a_style_expands_each_member_and_pays_a_fee_for_each() {
         vec![]
     );
 }
+
+/// A NUL byte in a listing's filter is refused as the spec says (its pattern), not sent to the
+/// database (PostgreSQL cannot compare text holding one: it answered 500, found by Schemathesis).
+#[tokio::test]
+async fn a_nul_byte_in_a_listing_filter_is_a_400_not_a_database_error() {
+    let app = spawn_app().await;
+    for query in ["tag=%00j", "model=a%00b", "sort=popular&tag=%00%02"] {
+        let answer = http()
+            .get(format!("{}/api/v2/styles/image?{query}", app.root))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 400, "{query}");
+        let body: serde_json::Value = answer.json().await.unwrap();
+        assert_eq!(body["rc"], "ValidationError", "{query}: {body}");
+    }
+    app.stop().await;
+}
