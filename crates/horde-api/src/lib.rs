@@ -14,6 +14,7 @@ pub mod error;
 pub mod filter;
 pub mod image;
 pub mod interrogation;
+pub mod invite;
 pub mod modes;
 pub mod operations;
 pub mod shared_key;

@@ -17,6 +17,7 @@ pub mod bridge;
 pub mod deadline;
 pub mod eta;
 pub mod image_header;
+pub mod invites;
 pub mod ip_timeouts;
 pub mod keys;
 pub mod kind;

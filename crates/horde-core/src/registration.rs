@@ -4,7 +4,8 @@
 //!
 //! The page is reachable by anyone on the internet, so each defence is cheap to check and
 //! refuses before anything is stored:
-//! * the operator's [`RegistrationMode`] (`off` refuses every attempt);
+//! * the operator's [`RegistrationMode`] (`off` refuses every attempt; `invite` asks for a
+//!   moderator's code: `crate::invites`);
 //! * a double-submit token ([`sign_token`], [`check_token`]): an HMAC over the form's cookie,
 //!   a random nonce and an expiry, so a page on another site can neither read nor forge it; the
 //!   server remembers a used token until it expires (single use);
@@ -32,6 +33,8 @@ pub enum RegistrationMode {
     Open,
     /// Nobody: the page says registration is closed.
     Off,
+    /// Only with an invite code a moderator created (`horde_core::invites`).
+    Invite,
 }
 
 /// The shortest name, as `PUT /users/{id}` accepts a new username.
@@ -69,6 +72,13 @@ pub enum RegistrationRefusal {
     WrongProof {
         bits: u32,
     },
+    /// Registration is invite-only and no code came.
+    MissingInvite,
+    /// No invite has this code (or it was deleted).
+    WrongInvite,
+    /// The invite created all the accounts it may.
+    UsedInvite,
+    ExpiredInvite,
 }
 
 impl Refusal for RegistrationRefusal {
@@ -83,7 +93,11 @@ impl Refusal for RegistrationRefusal {
             | ReusedToken
             | CrossSite
             | MissingProof
-            | WrongProof { .. } => Rc::Forbidden,
+            | WrongProof { .. }
+            | MissingInvite
+            | WrongInvite
+            | UsedInvite
+            | ExpiredInvite => Rc::Forbidden,
         }
     }
 
@@ -111,6 +125,14 @@ impl Refusal for RegistrationRefusal {
                 "The proof of work is wrong: sha256(challenge \":\" pow_nonce) must start with \
                  {bits} zero bits."
             ),
+            MissingInvite => {
+                "Registration on this horde is by invitation: enter the invite code a moderator \
+                 gave you."
+                    .into()
+            }
+            WrongInvite => "This invite code is not valid: check it, or ask a moderator.".into(),
+            UsedInvite => "This invite code was already used: ask a moderator for another.".into(),
+            ExpiredInvite => "This invite code has expired: ask a moderator for another.".into(),
         }
     }
 }

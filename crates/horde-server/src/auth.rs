@@ -121,7 +121,7 @@ impl Role for ModeratorUser {
         if !user.moderator {
             return Err(ApiError::new(
                 Rc::NotModerator,
-                "Only moderators can manage prompt filters.",
+                "Only moderators can do this.",
             ));
         }
         Ok(user)

@@ -45,7 +45,8 @@ pub struct ServerConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RegistrationConfig {
-    /// `open` (anyone, as on the public horde) or `off`.
+    /// `open` (anyone, as on the public horde), `invite` (with a code a moderator created:
+    /// `/api/v2/invites`) or `off`.
     pub mode: horde_core::registration::RegistrationMode,
     /// Leading zero bits of `sha256(challenge ":" nonce)` each attempt must show (0: none; at
     /// most 24).

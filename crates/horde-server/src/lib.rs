@@ -23,6 +23,7 @@ pub mod group_commit;
 pub mod guard;
 pub mod images;
 pub mod interrogations;
+pub mod invites;
 pub mod jobs;
 pub mod kinds;
 pub mod lifecycle;
@@ -401,6 +402,7 @@ fn router(state: SharedState) -> Router {
         .merge(routes::teams::routes())
         .merge(routes::modes::routes())
         .merge(routes::operations::routes())
+        .merge(routes::invites::routes())
         .merge(routes::reference::routes());
     // Outside `/api/v2/`, so not rate limited (`metrics.rs` says why); absent when disabled.
     let api = if state.config.metrics.enabled {

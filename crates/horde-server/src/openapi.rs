@@ -121,7 +121,7 @@ fn add_common_answers(operation: &mut Operation, limited: bool) {
 /// [`ApiDoc`] with each area's own document (`routes::<area>::Doc`) merged in, and the common
 /// answers added to every operation.
 fn full_openapi() -> utoipa::openapi::OpenApi {
-    use crate::routes::{modes, operations, reference, styles, teams};
+    use crate::routes::{invites, modes, operations, reference, styles, teams};
     let mut doc = ApiDoc::openapi();
     for area in [
         styles::Doc::openapi(),
@@ -129,6 +129,7 @@ fn full_openapi() -> utoipa::openapi::OpenApi {
         modes::Doc::openapi(),
         operations::Doc::openapi(),
         reference::Doc::openapi(),
+        invites::Doc::openapi(),
     ] {
         doc.merge(area);
     }

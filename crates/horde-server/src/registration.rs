@@ -37,6 +37,8 @@ pub struct Attempt<'a> {
     pub token: Option<&'a str>,
     pub username: Option<&'a str>,
     pub pow_nonce: Option<&'a str>,
+    /// The moderator's invite code (`[registration] mode = "invite"`).
+    pub invite_code: Option<&'a str>,
     /// The client's address (behind trusted proxies).
     pub client: IpAddr,
 }
@@ -82,8 +84,9 @@ impl crate::state::AppState {
 }
 
 /// Creates the account an attempt asks for, or refuses with nothing stored: registration off,
-/// a bad token (missing, forged, for another cookie, expired, used), a bad name, a missing or
-/// wrong proof of work, then the address's limit.
+/// a bad token (missing, forged, for another cookie, expired, used), a bad name, a missing,
+/// wrong, used-up or expired invite code (invite-only mode), a missing or wrong proof of work,
+/// then the address's limit.
 pub async fn register(state: &SharedState, attempt: Attempt<'_>) -> ApiResult<CreatedUser> {
     let config = &state.config.registration;
     if config.mode == RegistrationMode::Off {
@@ -93,12 +96,32 @@ pub async fn register(state: &SharedState, attempt: Attempt<'_>) -> ApiResult<Cr
     let token =
         check_token(&state.form_secret(), attempt.cookie, attempt.token, now).map_err(refused)?;
     let name = check_name(attempt.username.unwrap_or_default()).map_err(refused)?;
+    let invite = match config.mode {
+        RegistrationMode::Invite => Some(state.check_invite(attempt.invite_code).await?),
+        _ => None,
+    };
     let challenge = attempt.token.unwrap_or_default();
     check_proof(challenge, attempt.pow_nonce, config.proof_of_work_bits).map_err(refused)?;
     use_token_once(state, &token.nonce, token.expires_ms).await?;
     count_address(state, attempt.client, now).await?;
-    let created = state.create_user(&name, false, false, 0.0, None).await?;
-    tracing::info!(user_id = created.user.id, "registered through /register");
+    if let Some(invite) = &invite {
+        state.redeem_invite(invite).await?;
+    }
+    let created = match state.create_user(&name, false, false, 0.0, None).await {
+        Ok(created) => created,
+        Err(error) => {
+            // The account was not made: the invite keeps its use.
+            if let Some(invite) = &invite {
+                state.store.unredeem_invite(&invite.id).await?;
+            }
+            return Err(error);
+        }
+    };
+    tracing::info!(
+        user_id = created.user.id,
+        invite = invite.as_ref().map(|i| i.id.as_str()),
+        "registered through /register"
+    );
     Ok(created)
 }
 

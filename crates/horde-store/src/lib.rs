@@ -14,6 +14,7 @@
 mod accepted;
 pub mod admin;
 mod images;
+mod invites;
 mod ip_timeouts;
 mod kinds;
 mod lease;

@@ -4,6 +4,7 @@
 pub mod filters;
 pub mod generate;
 pub mod interrogate;
+pub mod invites;
 pub mod modes;
 pub mod operations;
 pub mod reference;

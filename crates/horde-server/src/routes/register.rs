@@ -1,5 +1,6 @@
 //! `GET /register` and `POST /register`: the self-service sign-up page, rendered on the server
-//! and usable without JavaScript (the public horde's form field `username`).
+//! and usable without JavaScript (the public horde's form field `username`; `invite_code` when
+//! registration is invite-only).
 //!
 //! The page lives outside `/api/`, so it is not in the OpenAPI document; a client that asks for
 //! JSON (`Accept: application/json`) gets the AI Horde error body `{message, rc}` instead of the
@@ -16,7 +17,8 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Form, Json};
 use horde_api::Rc;
-use horde_core::registration::{check_same_site, MAX_NAME_CHARS};
+use horde_core::invites::MAX_CODE_CHARS;
+use horde_core::registration::{check_same_site, RegistrationMode, MAX_NAME_CHARS};
 use std::fmt::Write;
 use std::net::SocketAddr;
 
@@ -33,6 +35,8 @@ pub struct RegisterForm {
     pub username: Option<String>,
     pub csrf_token: Option<String>,
     pub pow_nonce: Option<String>,
+    /// A moderator's invite code (`[registration] mode = "invite"`).
+    pub invite_code: Option<String>,
 }
 
 /// `GET /register`: the form.
@@ -72,6 +76,7 @@ pub async fn submit(
         token: form.csrf_token.as_deref(),
         username: form.username.as_deref(),
         pow_nonce: form.pow_nonce.as_deref(),
+        invite_code: form.invite_code.as_deref(),
         client: state.trusted_proxies.client(peer.ip(), &headers),
     };
     match register(&state, attempt).await {
@@ -192,6 +197,15 @@ fn form_page(
         escape(&ticket.token),
         escape(username)
     );
+    if state.config.registration.mode == RegistrationMode::Invite {
+        let _ = write!(
+            html,
+            "<p>Registration on this horde is by invitation: a moderator gives you a code.</p>\n\
+             <p><label for=\"invite_code\">Invite code</label> \
+             <input id=\"invite_code\" name=\"invite_code\" required maxlength=\"{MAX_CODE_CHARS}\" \
+             autocomplete=\"off\"></p>\n"
+        );
+    }
     let bits = state.config.registration.proof_of_work_bits;
     if bits > 0 {
         let _ = write!(

@@ -167,6 +167,8 @@ async fn every_endpoint_answers_each_kind_of_caller_as_it_should() {
         .await
         .unwrap();
     let filter = filter["id"].as_str().expect("a filter id").to_string();
+    let invite = post_json(&app, &keys[3], "/api/v2/invites", json!({"note": "matrix"})).await;
+    let invite = invite["id"].as_str().expect("an invite id").to_string();
 
     let everyone = [200; 5];
     let only_owner = [403, 403, 403, 403, 200];
@@ -449,6 +451,20 @@ async fn every_endpoint_answers_each_kind_of_caller_as_it_should() {
         row(
             "DELETE",
             format!("/api/v2/filters/{filter}"),
+            None,
+            only_moderator,
+        ),
+        // Invite codes for invite-only registration: moderators only.
+        row(
+            "POST",
+            "/api/v2/invites".into(),
+            Some(json!({"uses": 2, "hours": 1})),
+            only_moderator,
+        ),
+        row("GET", "/api/v2/invites".into(), None, only_moderator),
+        row(
+            "DELETE",
+            format!("/api/v2/invites/{invite}"),
             None,
             only_moderator,
         ),

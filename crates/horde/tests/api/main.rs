@@ -28,6 +28,7 @@ mod fuzz_corpus;
 mod helpers;
 mod img2img;
 mod interrogate;
+mod invites;
 mod lifecycle;
 mod limits;
 mod loras;

@@ -7,13 +7,13 @@ use horde_core::registration::solve_proof;
 use std::sync::{Arc, Mutex};
 
 /// A browser's view of the form: its cookie and the token in the page.
-struct Form {
-    cookie: String,
-    token: String,
+pub(crate) struct Form {
+    pub(crate) cookie: String,
+    pub(crate) token: String,
 }
 
 /// `GET /register` as a browser: the cookie it sets and the token in the page.
-async fn open_form(app: &TestApp) -> Form {
+pub(crate) async fn open_form(app: &TestApp) -> Form {
     let page = http()
         .get(format!("{}/register", app.root))
         .send()
@@ -34,7 +34,7 @@ async fn open_form(app: &TestApp) -> Form {
 }
 
 /// The text between `start` and the next `end` in `html`.
-fn between<'a>(html: &'a str, start: &str, end: &str) -> &'a str {
+pub(crate) fn between<'a>(html: &'a str, start: &str, end: &str) -> &'a str {
     let from = html
         .find(start)
         .unwrap_or_else(|| panic!("{start} in {html}"))
@@ -44,7 +44,7 @@ fn between<'a>(html: &'a str, start: &str, end: &str) -> &'a str {
 
 /// `POST /register` with `fields`, the cookie `cookie` and extra headers: status, headers and
 /// page.
-async fn post(
+pub(crate) async fn post(
     app: &TestApp,
     cookie: Option<&str>,
     fields: &[(&str, &str)],
@@ -71,13 +71,13 @@ async fn register_as(app: &TestApp, name: &str, headers: &[(&str, &str)]) -> (u1
     (status, page)
 }
 
-async fn users(app: &TestApp) -> i64 {
+pub(crate) async fn users(app: &TestApp) -> i64 {
     app.state.store.user_count().await.unwrap()
 }
 
 /// A log writer the test reads back.
 #[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
+pub(crate) struct Captured(pub(crate) Arc<Mutex<Vec<u8>>>);
 
 impl std::io::Write for Captured {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
