@@ -91,6 +91,33 @@ pub struct UserDetails {
     /// Moderators only; none is kept here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin_comment: Option<Option<String>>,
+    /// The user's quota tier, today's use of it and its limits (the user themself and
+    /// moderators; our extension).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daily_quota: Option<DailyQuota>,
+}
+
+/// A user's daily quota (`[quotas]`): their tier, its limits (0: none), what they requested
+/// this UTC day, and when the count starts again.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct DailyQuota {
+    /// `anonymous`, `registered`, `trusted` or an operator tier.
+    pub tier: String,
+    pub images_per_day: u64,
+    pub megapixelsteps_per_day: f64,
+    pub texts_per_day: u64,
+    pub tokens_per_day: f64,
+    pub images_used: u64,
+    pub megapixelsteps_used: f64,
+    pub texts_used: u64,
+    pub tokens_used: f64,
+    /// Seconds until the count starts again (00:00 UTC).
+    pub resets_in: u64,
+    /// When it does (RFC 3339, UTC).
+    pub resets_at: String,
+    /// The tiers a moderator may move the user into (moderators only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tiers: Option<Vec<String>>,
 }
 
 /// Kudos granted every month; this horde grants none, so the amount is 0.
@@ -212,11 +239,19 @@ pub struct ModifyUser {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(min_length = 3, max_length = 30)]
     pub username: Option<String>,
+    /// Moves the user into a quota tier (moderators; our extension): `registered`, `trusted`
+    /// or one of the operator's `[quotas.tiers]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1, max_length = 32)]
+    pub tier: Option<String>,
 }
 
 impl ModifyUser {
     pub fn validate(&self) -> Result<(), crate::ErrorBody> {
         let mut errors = crate::error::FieldErrors::default();
+        if let Some(tier) = &self.tier {
+            errors.range("tier", tier.chars().count(), 1, 32);
+        }
         if let Some(c) = self.concurrency {
             errors.range("concurrency", c, 0, 500);
         }

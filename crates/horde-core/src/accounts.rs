@@ -58,6 +58,9 @@ pub struct User {
     /// When the account was deleted (`DELETE /users/{id}`): a deleted account is refused
     /// everywhere with 403 `DeletedUser` (`horde_core::modes::check_deletion`).
     pub deleted_at: Option<i64>,
+    /// The operator's quota tier a moderator moved this user into (`[quotas.tiers]`), if any:
+    /// `horde_core::quota::Quotas::tier_of`.
+    pub tier: Option<String>,
 }
 
 /// How much of a user's details a viewer sees, as on the public horde: anyone the public

@@ -215,7 +215,8 @@ pub fn check_user_change(
         || change.vpn.is_some()
         || change.service.is_some()
         || change.education.is_some()
-        || change.reset_suspicion.is_some();
+        || change.reset_suspicion.is_some()
+        || change.tier.is_some();
     if moderator_fields && !moderator {
         return Err(ChangeRefusal::NotModerator);
     }

@@ -245,6 +245,7 @@ async fn open_state(
             horde_core::registration::MAX_PROOF_BITS
         )));
     }
+    config.quotas.check().map_err(StartError::Config)?;
     let limiter = horde_core::ratelimit::FixedWindows::with_capacity(config.api.rate_limit_keys);
     let metrics = metrics::Metrics::new();
     let request_writer = group_commit::RequestWriter::start(store.clone(), metrics.clone());

@@ -305,8 +305,9 @@ impl AppState {
         Err(ApiError::new(
             Rc::DailyQuotaExceeded,
             format!(
-                "Daily quota reached: {} images and {:.1} megapixelsteps requested today of {} and {:.1} allowed (0: no limit). It renews in {wait} s (00:00 UTC).",
-                used.images, used.megapixelsteps, quota.images_per_day, quota.megapixelsteps_per_day
+                "Daily quota reached: {} images and {:.1} megapixelsteps requested today of {} and {:.1} allowed (0: no limit). It renews in {wait} s, at {} (00:00 UTC).",
+                used.images, used.megapixelsteps, quota.images_per_day, quota.megapixelsteps_per_day,
+                crate::shared_keys::rfc3339(now + wait)
             ),
         )
         .retry_after(wait as u64))

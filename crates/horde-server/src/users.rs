@@ -6,14 +6,14 @@ use crate::extract::ApiKey;
 use crate::kinds::ServedKind;
 use crate::state::AppState;
 use horde_api::user::{
-    ActiveGenerations, CountRecord, KudosTransferRequest, KudosTransferred, ModifyUser,
+    ActiveGenerations, CountRecord, DailyQuota, KudosTransferRequest, KudosTransferred, ModifyUser,
     ModifyUserResponse, MonthlyKudos, NewApiKey, TestUserRequest, TestUserResponse, UsageRecord,
     UserDetails, UserKudosDetails, UserRecords,
 };
 use horde_api::Rc;
 use horde_core::accounts::{Privilege, User};
 use horde_core::keys::generate_api_key;
-use horde_core::user_rules;
+use horde_core::{quota, user_rules};
 use horde_store::NewUser;
 
 /// 404 `UserNotFound` for a user id as the caller wrote it.
@@ -182,6 +182,9 @@ impl AppState {
     ) -> ApiResult<UserDetails> {
         let flows = self.store.kudos_flows(user.id).await?;
         let mut details = self.user_details(user, privilege);
+        if privilege >= Privilege::Own {
+            details.daily_quota = Some(self.daily_quota(user, privilege).await?);
+        }
         details.styles = self.styles_brief(user).await?;
         let k = &mut details.kudos_details;
         (
@@ -283,7 +286,32 @@ impl AppState {
             monthly_kudos: moderator.then(MonthlyKudos::default),
             suspicious: moderator.then_some(suspicion),
             admin_comment: moderator.then_some(None),
+            daily_quota: None,
         }
+    }
+
+    /// `user`'s tier, its limits and today's use of them; for a moderator also the tiers the
+    /// user may be moved into.
+    async fn daily_quota(&self, user: &User, privilege: Privilege) -> ApiResult<DailyQuota> {
+        let quotas = &self.config.quotas;
+        let quota = quotas.for_user(user);
+        let now = now();
+        let used = self.store.quota_usage(user.id, quota::day_of(now)).await?;
+        let resets_in = quota::secs_to_next_day(now);
+        Ok(DailyQuota {
+            tier: quotas.tier_of(user),
+            images_per_day: quota.images_per_day,
+            megapixelsteps_per_day: quota.megapixelsteps_per_day,
+            texts_per_day: quota.texts_per_day,
+            tokens_per_day: quota.tokens_per_day,
+            images_used: used.images,
+            megapixelsteps_used: used.megapixelsteps,
+            texts_used: used.texts,
+            tokens_used: used.tokens,
+            resets_in: resets_in as u64,
+            resets_at: crate::shared_keys::rfc3339(now + resets_in),
+            tiers: (privilege >= Privilege::Moderator).then(|| quotas.tier_names()),
+        })
     }
 }
 
@@ -355,8 +383,21 @@ impl AppState {
         let mut user = self.store.user_by_id(id).await?.ok_or_else(not_found)?;
         user_rules::check_user_change(caller, self.is_admin(caller), &user, &change)
             .map_err(refused)?;
-        let became_trusted = change.trusted == Some(true) && !user.trusted;
+        let tier = match &change.tier {
+            Some(name) => Some(
+                self.config
+                    .quotas
+                    .tier_change(&user, name)
+                    .map_err(refused)?,
+            ),
+            None => None,
+        };
+        let was_trusted = user.trusted;
         user_rules::apply_user_change(&mut user, &change);
+        if let Some(tier) = &tier {
+            tier.apply(&mut user);
+        }
+        let became_trusted = user.trusted && !was_trusted;
         self.store.save_user_settings(&user).await?;
         // Roles may have changed: worker owners are read again on their next pop, and their
         // workers' details show the new roles now.

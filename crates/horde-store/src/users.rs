@@ -24,7 +24,7 @@ pub(crate) const USER_COLUMNS: &str =
     worker_invited, usage_megapixelsteps, usage_requests, contributed_megapixelsteps, fulfilments, \
     usage_tokens, text_requests, contributed_tokens, text_fulfilments, \
     interrogation_requests, interrogation_fulfilments, \
-    kudos_accumulated, evaluating_kudos, created, deleted_at";
+    kudos_accumulated, evaluating_kudos, created, deleted_at, tier";
 
 /// Accounts made without an OAuth identity get a `pseudo_…` id.
 pub(crate) fn is_pseudonymous(oauth_id: &str) -> bool {
@@ -62,6 +62,7 @@ pub(crate) fn user_from_row(row: &AnyRow) -> Result<User> {
         evaluating_kudos: row.try_get("evaluating_kudos")?,
         created: row.try_get("created")?,
         deleted_at: row.try_get("deleted_at")?,
+        tier: row.try_get("tier")?,
     })
 }
 
@@ -163,12 +164,12 @@ impl Store {
         Ok(())
     }
 
-    /// Stores what `PUT /users/{id}` may change: name, roles, limits (not the balance).
+    /// Stores what `PUT /users/{id}` may change: name, roles, limits, tier (not the balance).
     pub async fn save_user_settings(&self, u: &User) -> Result<()> {
         sqlx::query(
             "UPDATE users SET username = $1, moderator = $2, trusted = $3, flagged = $4, customizer = $5, \
              vpn = $6, service = $7, education = $8, public_workers = $9, concurrency = $10, \
-             worker_invited = $11 WHERE id = $12",
+             worker_invited = $11, tier = $12 WHERE id = $13",
         )
         .bind(&u.username)
         .bind(flag(u.moderator))
@@ -181,6 +182,7 @@ impl Store {
         .bind(flag(u.public_workers))
         .bind(i64::from(u.concurrency))
         .bind(i64::from(u.worker_invited))
+        .bind(&u.tier)
         .bind(u.id)
         .execute(&self.writer)
         .await?;

@@ -2,8 +2,9 @@
 //  * live figures: server-sent events from /dashboard/events; the tables are fetched again,
 //    already rendered, from /dashboard/tables when the event's digest says they changed;
 //  * the views behind an API key (kudos, usage, ledger, own workers, the generate form, which
-//    follows its request over /api/v2/generate/stream/{id}, and for moderators the suspicious
-//    workers). The key is kept in localStorage and sent only to
+//    follows its request over /api/v2/generate/stream/{id}, the tier and daily quota, and for
+//    moderators the suspicious workers and moving a user between tiers, after a confirmation).
+//    The key is kept in localStorage and sent only to
 //    this coordinator, as the `apikey` header. Text from the API goes in with textContent.
 "use strict";
 (function () {
@@ -92,6 +93,7 @@
       $("my-images").textContent = user.records.request.image;
       $("my-mps").textContent = user.records.usage.megapixelsteps.toFixed(1);
       $("my-made").textContent = user.records.fulfillment.image;
+      showQuota(user.daily_quota);
       $("account-view").hidden = false;
       $("forget-key").hidden = false;
       document.querySelectorAll(".mod-only").forEach(function (e) { e.hidden = !user.moderator; });
@@ -101,6 +103,47 @@
       $("moderation").hidden = !user.moderator;
       if (user.moderator) loadSuspicious();
     }).catch(function (e) { $("account-view").hidden = true; showError(e); });
+  }
+  // The tier, what was requested today against its limits (0: none), when the count restarts.
+  function showQuota(q) {
+    if (!q) return;
+    $("my-tier").textContent = q.tier;
+    var body = $("my-quota").tBodies[0];
+    body.textContent = "";
+    [["Images", q.images_used, q.images_per_day], ["Megapixelsteps", q.megapixelsteps_used, q.megapixelsteps_per_day],
+     ["Texts", q.texts_used, q.texts_per_day], ["Tokens", q.tokens_used, q.tokens_per_day]].forEach(function (r) {
+      var row = body.insertRow();
+      cell(row, r[0]);
+      cell(row, Math.round(r[1] * 10) / 10, true);
+      cell(row, r[2] > 0 ? String(r[2]) : "no limit", true);
+    });
+    $("quota-reset").textContent = "The count starts again at " + new Date(q.resets_at).toLocaleString() +
+      " (in " + Math.ceil(q.resets_in / 60) + " min).";
+  }
+  // Moderators: look a user up by id, then move them to another tier, after a confirmation.
+  var tierTarget = null;
+  function lookUpTier(event) {
+    event.preventDefault();
+    $("tier-status").textContent = "";
+    api("GET", "/users/" + encodeURIComponent($("tier-user").value)).then(function (user) {
+      tierTarget = user;
+      var q = user.daily_quota || { tier: "", tiers: [] };
+      $("tier-current").textContent = user.username + " is in the tier " + q.tier + ".";
+      var select = $("tier-select");
+      select.textContent = "";
+      (q.tiers || []).forEach(function (t) { select.add(new Option(t, t)); });
+      select.value = q.tier;
+      $("tier-move").hidden = false;
+    }).catch(function (e) { $("tier-move").hidden = true; showError(e); });
+  }
+  function moveTier() {
+    var tier = $("tier-select").value;
+    if (!tierTarget || !confirm("Move " + tierTarget.username + " to the tier " + tier + "?")) return;
+    api("PUT", "/users/" + tierTarget.id, { tier: tier }).then(function () {
+      $("tier-status").textContent = tierTarget.username + " is now in the tier " + tier + ".";
+      $("tier-current").textContent = tierTarget.username + " is in the tier " + tier + ".";
+      if (me && tierTarget.id === me.id) loadAccount();
+    }).catch(showError);
   }
   function loadWorkers(user) {
     var body = $("my-workers").tBodies[0];
@@ -261,6 +304,8 @@
       $("forget-key").hidden = true;
     });
     $("generate-form").addEventListener("submit", generate);
+    $("tier-form").addEventListener("submit", lookUpTier);
+    $("tier-apply").addEventListener("click", moveTier);
     if (localStorage.getItem(KEY_ITEM)) loadAccount();
   });
 })();

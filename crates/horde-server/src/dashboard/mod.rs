@@ -208,7 +208,11 @@ else on this page works without it.</p></noscript>
 <div id="account-view" hidden>
 <ul class="cards"><li><b id="my-name"></b>user</li><li><b id="my-kudos"></b>kudos</li>
 <li><b id="my-images"></b>images requested</li><li><b id="my-mps"></b>megapixelsteps used</li>
-<li><b id="my-made"></b>images made by your workers</li></ul>
+<li><b id="my-made"></b>images made by your workers</li><li><b id="my-tier"></b>tier</li></ul>
+<h3>Daily quota</h3>
+<table id="my-quota"><thead><tr><th scope="col">Requested today</th><th scope="col" class="n">Used</th>
+<th scope="col" class="n">Limit</th></tr></thead><tbody></tbody></table>
+<p id="quota-reset"></p>
 <h3>Your workers</h3>
 <table id="my-workers"><thead><tr><th scope="col">Worker</th><th scope="col">Online</th>
 <th scope="col" class="n">Jobs done</th><th scope="col" class="n">Kudos</th>
@@ -234,6 +238,14 @@ else on this page works without it.</p></noscript>
 <table id="suspicious"><thead><tr><th scope="col">Worker</th><th scope="col">Owner</th>
 <th scope="col" class="n">Suspicion</th><th scope="col">Why</th><th scope="col">Actions</th></tr></thead>
 <tbody></tbody></table>
+<h3>Move a user between tiers (moderators)</h3>
+<form id="tier-form" class="grid"><label for="tier-user">User id</label>
+<input id="tier-user" name="user" type="number" min="0" required>
+<span></span><button type="submit">Look up</button></form>
+<div id="tier-move" hidden><p id="tier-current"></p>
+<label for="tier-select">New tier</label> <select id="tier-select"></select>
+<button type="button" id="tier-apply">Move</button></div>
+<p id="tier-status" role="status" aria-live="polite"></p>
 </section>
 </div>
 </section>

@@ -171,8 +171,9 @@ impl AppState {
         Err(ApiError::new(
             Rc::DailyQuotaExceeded,
             format!(
-                "Daily quota reached: {} texts and {:.0} tokens requested today of {} and {:.0} allowed (0: no limit). It renews in {wait} s (00:00 UTC).",
-                used.texts, used.tokens, quota.texts_per_day, quota.tokens_per_day
+                "Daily quota reached: {} texts and {:.0} tokens requested today of {} and {:.0} allowed (0: no limit). It renews in {wait} s, at {} (00:00 UTC).",
+                used.texts, used.tokens, quota.texts_per_day, quota.tokens_per_day,
+                crate::shared_keys::rfc3339(now + wait)
             ),
         )
         .retry_after(wait as u64))

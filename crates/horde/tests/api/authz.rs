@@ -355,6 +355,13 @@ async fn every_endpoint_answers_each_kind_of_caller_as_it_should() {
             Some(json!({"kudos": 5})),
             [403; 5],
         ),
+        // Moving a user between quota tiers: moderators only.
+        row(
+            "PUT",
+            format!("/api/v2/users/{owner_id}"),
+            Some(json!({"tier": "registered"})),
+            only_moderator,
+        ),
         row(
             "POST",
             "/api/v2/kudos/transfer".into(),

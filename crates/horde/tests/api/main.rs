@@ -47,6 +47,7 @@ mod surface;
 mod teams;
 mod text;
 mod text_worker;
+mod tiers;
 mod uploads;
 mod waiting;
 mod webhooks;
