@@ -71,8 +71,9 @@ pub struct UserDetails {
     /// The user's unfinished requests (the user themself and moderators).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active_generations: Option<ActiveGenerations>,
-    /// The user's shared keys (the user themself and moderators). Always empty here: shared
-    /// keys are stored only as salted hashes, so a key is shown once, when it is made.
+    /// The user's shared keys (the user themself and moderators). Shared keys are stored only
+    /// as salted hashes, so a key is shown once, when it is made; these are their handles,
+    /// which `/sharedkeys/{id}` accepts in place of the key (they make no request).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sharedkey_ids: Option<Vec<String>>,
     /// How to reach the user (the user themself and moderators); none is kept here.

@@ -1,5 +1,7 @@
 //! Shared keys: created, shown, changed and deleted by their owner; used by anyone holding one
-//! to make requests on the owner's account.
+//! to make requests on the owner's account. A key is stored as its salted hash and shown once;
+//! afterwards its owner names it by its handle (the hash), which `/sharedkeys/{id}` accepts in
+//! place of the key and which never authenticates a request.
 
 use crate::clock::now;
 use crate::error::{ApiError, ApiResult};
@@ -47,7 +49,7 @@ impl AppState {
         Ok(details(&token, &key, owner))
     }
 
-    /// `GET /sharedkeys/{id}`.
+    /// `GET /sharedkeys/{id}` (the key or its handle; `id` answers what was asked with).
     pub async fn shared_key_details(&self, token: &str) -> ApiResult<SharedKeyDetails> {
         let key = self.find_shared_key(token).await?;
         let owner = self.owner_of(&key).await?;
@@ -137,11 +139,26 @@ impl AppState {
         Ok((anonymous, None, Some(warning)))
     }
 
+    /// The key a path names: the key itself, or its handle (what `sharedkey_ids` lists).
     async fn find_shared_key(&self, token: &str) -> ApiResult<SharedKey> {
+        let hash = if is_handle(token) {
+            token.to_string()
+        } else {
+            self.accounts.hash_key(token)
+        };
         self.store
-            .shared_key(&self.accounts.hash_key(token))
+            .shared_key(&hash)
             .await?
             .ok_or_else(|| ApiError::new(Rc::SharedKeyInvalid, "No shared key with this id."))
+    }
+
+    /// The handles of `owner`'s shared keys (`GET /users/{id}`'s `sharedkey_ids` for the owner
+    /// and moderators): the keys' stored hashes, which name a key in `/sharedkeys/{id}` but
+    /// never authenticate a request (a request's key is hashed before it is looked up).
+    pub async fn shared_key_handles(&self, owner: &User) -> ApiResult<Vec<String>> {
+        let limit = max_shared_keys(true, true);
+        let keys = self.store.shared_keys_of(owner.id, limit).await?;
+        Ok(keys.into_iter().map(|k| k.id_hash).collect())
     }
 
     async fn owned_shared_key(&self, caller: &User, token: &str) -> ApiResult<SharedKey> {
@@ -223,6 +240,12 @@ fn shared_key_refused(refusal: SharedKeyRefusal) -> ApiError {
     }
 }
 
+/// Whether `id` is a shared key's handle (its stored hash: 64 hex digits) rather than the key
+/// (a UUID).
+fn is_handle(id: &str) -> bool {
+    id.len() == 64 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 fn expiry_of(days: i64, now: i64) -> Option<i64> {
     (days >= 0).then(|| now + days * DAY_SECS)
 }
@@ -263,7 +286,15 @@ pub(crate) fn rfc3339(secs: i64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::rfc3339;
+    use super::{is_handle, rfc3339};
+
+    #[test]
+    fn handles_are_stored_hashes_and_keys_are_not() {
+        assert!(is_handle(&"0a".repeat(32)));
+        assert!(!is_handle("5f3c1b52-8f1c-4b7e-9c1f-0a8e2d1f6b3a"));
+        assert!(!is_handle(&"0A".repeat(32)));
+        assert!(!is_handle(&"0a".repeat(31)));
+    }
 
     #[test]
     fn unix_times_print_as_rfc3339() {

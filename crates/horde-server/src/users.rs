@@ -184,6 +184,7 @@ impl AppState {
         let mut details = self.user_details(user, privilege);
         if privilege >= Privilege::Own {
             details.daily_quota = Some(self.daily_quota(user, privilege).await?);
+            details.sharedkey_ids = Some(self.shared_key_handles(user).await?);
         }
         details.styles = self.styles_brief(user).await?;
         let k = &mut details.kudos_details;

@@ -68,6 +68,18 @@ impl Store {
         row.as_ref().map(shared_key_from_row).transpose()
     }
 
+    /// `user_id`'s shared keys, oldest first (at most `limit`).
+    pub async fn shared_keys_of(&self, user_id: i64, limit: usize) -> Result<Vec<SharedKey>> {
+        let rows = sqlx::query(
+            "SELECT * FROM shared_keys WHERE user_id = $1 ORDER BY created, id_hash LIMIT $2",
+        )
+        .bind(user_id)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(shared_key_from_row).collect()
+    }
+
     pub async fn shared_key_count(&self, user_id: i64) -> Result<i64> {
         Ok(
             sqlx::query("SELECT COUNT(*) FROM shared_keys WHERE user_id = $1")

@@ -3,7 +3,8 @@
 //    already rendered, from /dashboard/tables when the event's digest says they changed;
 //  * the views behind an API key (kudos, usage, ledger, own workers, the generate form, which
 //    follows its request over /api/v2/generate/stream/{id}, the tier and daily quota, and for
-//    moderators the suspicious workers and moving a user between tiers, after a confirmation).
+//    moderators the suspicious workers and moving a user between tiers; rotating one's key and
+//    creating, editing and deleting shared keys, each after a confirmation).
 //    The key is kept in localStorage and sent only to
 //    this coordinator, as the `apikey` header. Text from the API goes in with textContent.
 "use strict";
@@ -98,6 +99,7 @@
       $("forget-key").hidden = false;
       document.querySelectorAll(".mod-only").forEach(function (e) { e.hidden = !user.moderator; });
       loadWorkers(user);
+      loadSharedKeys(user);
       loadLedger(user);
       loadModels();
       $("moderation").hidden = !user.moderator;
@@ -144,6 +146,94 @@
       $("tier-current").textContent = tierTarget.username + " is in the tier " + tier + ".";
       if (me && tierTarget.id === me.id) loadAccount();
     }).catch(showError);
+  }
+  // ---- keys: one's own (rotated) and shared keys (created, listed, edited, deleted) ----------
+  // Every change asks for confirmation; a new key is shown once.
+  function rotateKey() {
+    if (!me || !confirm("Rotate your API key? The old key stops working at once, everywhere.")) return;
+    api("POST", "/users/" + me.id + "/reset_key").then(function (answer) {
+      localStorage.setItem(KEY_ITEM, answer.api_key);
+      $("new-key").textContent = answer.api_key;
+      $("rotated").hidden = false;
+    }).catch(showError);
+  }
+  var SK_FIELDS = [["sk-kudos", "kudos"], ["sk-expiry", "expiry"], ["sk-pixels", "max_image_pixels"],
+    ["sk-steps", "max_image_steps"], ["sk-tokens", "max_text_tokens"]];
+  var editing = null; // the shared key being edited: its details as listed
+  var editExpiry = null; // its expiry in days as the form showed it
+  function loadSharedKeys(user) {
+    var body = $("my-sharedkeys").tBodies[0];
+    Promise.all((user.sharedkey_ids || []).map(function (id) {
+      return api("GET", "/sharedkeys/" + id).catch(function () { return null; });
+    })).then(function (keys) {
+      body.textContent = "";
+      keys.filter(Boolean).forEach(function (k) {
+        var row = body.insertRow();
+        cell(row, k.name);
+        cell(row, k.kudos < 0 ? "no limit" : k.kudos, true);
+        cell(row, k.utilized, true);
+        cell(row, k.expiry ? new Date(k.expiry).toLocaleString() : "never");
+        cell(row, k.max_image_pixels, true);
+        cell(row, k.max_image_steps, true);
+        cell(row, k.max_text_tokens, true);
+        var actions = row.insertCell();
+        button(actions, "Edit " + k.name, function () { editSharedKey(k); });
+        button(actions, "Delete " + k.name, function () {
+          if (!confirm("Delete the shared key " + k.name + "? It stops working at once.")) return;
+          api("DELETE", "/sharedkeys/" + k.id).then(function () {
+            $("sharedkey-status").textContent = "Deleted the shared key " + k.name + ".";
+            loadAccount();
+          }, showError);
+        });
+      });
+      if (!body.rows.length) cell(body.insertRow(), "You have no shared key.").colSpan = 8;
+    });
+  }
+  function editSharedKey(k) {
+    editing = k;
+    $("sk-id").value = k.id;
+    $("sk-name").value = k.name;
+    $("sk-kudos").value = k.kudos;
+    $("sk-expiry").value = k.expiry ? Math.max(0, Math.ceil((Date.parse(k.expiry) - Date.now()) / 86400000)) : -1;
+    $("sk-pixels").value = k.max_image_pixels;
+    $("sk-steps").value = k.max_image_steps;
+    $("sk-tokens").value = k.max_text_tokens;
+    editExpiry = $("sk-expiry").value;
+    $("sk-submit").textContent = "Save the shared key";
+    $("sk-cancel").hidden = false;
+    $("sk-name").focus();
+  }
+  function resetSharedKeyForm() {
+    editing = null;
+    $("sharedkey-form").reset();
+    $("sk-id").value = "";
+    $("sk-submit").textContent = "Create the shared key";
+    $("sk-cancel").hidden = true;
+  }
+  function saveSharedKey(event) {
+    event.preventDefault();
+    var body = { name: $("sk-name").value.trim() };
+    SK_FIELDS.forEach(function (f) { body[f[1]] = parseInt($(f[0]).value, 10); });
+    var status = $("sharedkey-status");
+    if (editing) {
+      // The expiry counts from now: sent only when changed, so an edit keeps the old one.
+      if ($("sk-expiry").value === editExpiry) delete body.expiry;
+      if (!confirm("Save the changes to the shared key " + editing.name + "?")) return;
+      api("PATCH", "/sharedkeys/" + editing.id, body).then(function (k) {
+        status.textContent = "Saved the shared key " + k.name + ".";
+        resetSharedKeyForm();
+        loadAccount();
+      }, showError);
+    } else {
+      if (!confirm("Create the shared key " + body.name + "?")) return;
+      api("PUT", "/sharedkeys", body).then(function (k) {
+        status.textContent = "Created the shared key " + k.name + ".";
+        $("sharedkey-value").textContent = k.id;
+        $("sharedkey-new").hidden = false;
+        resetSharedKeyForm();
+        loadAccount();
+      }, showError);
+    }
   }
   function loadWorkers(user) {
     var body = $("my-workers").tBodies[0];
@@ -305,6 +395,9 @@
     });
     $("generate-form").addEventListener("submit", generate);
     $("tier-form").addEventListener("submit", lookUpTier);
+    $("rotate-key").addEventListener("click", rotateKey);
+    $("sharedkey-form").addEventListener("submit", saveSharedKey);
+    $("sk-cancel").addEventListener("click", resetSharedKeyForm);
     $("tier-apply").addEventListener("click", moveTier);
     if (localStorage.getItem(KEY_ITEM)) loadAccount();
   });

@@ -218,6 +218,31 @@ else on this page works without it.</p></noscript>
 <th scope="col" class="n">Jobs done</th><th scope="col" class="n">Kudos</th>
 <th scope="col">Maintenance</th><th scope="col" class="mod-only" hidden>Paused</th></tr></thead>
 <tbody></tbody></table>
+<h3>Your API key</h3>
+<p><button type="button" id="rotate-key">Rotate my key</button> A new key replaces yours: the old
+one stops working at once, everywhere it is used.</p>
+<div id="rotated" hidden><p class="error" role="alert"><strong>Store it now: your new key is shown
+only once.</strong> This browser already uses it.</p><p><code id="new-key"></code></p></div>
+<h3>Shared keys</h3>
+<p>A shared key lets others make requests on your account, within its own kudos budget, expiry
+and size limits (−1: no limit).</p>
+<table id="my-sharedkeys"><thead><tr><th scope="col">Name</th><th scope="col" class="n">Kudos left</th>
+<th scope="col" class="n">Kudos used</th><th scope="col">Expires</th><th scope="col" class="n">Max pixels</th>
+<th scope="col" class="n">Max steps</th><th scope="col" class="n">Max tokens</th><th scope="col">Actions</th></tr></thead>
+<tbody></tbody></table>
+<form id="sharedkey-form" class="grid"><input type="hidden" id="sk-id" name="id">
+<label for="sk-name">Name</label><input id="sk-name" name="name" minlength="3" maxlength="255" required>
+<label for="sk-kudos">Kudos budget</label><input id="sk-kudos" name="kudos" type="number" min="-1" max="50000000" value="5000" required>
+<label for="sk-expiry">Expires in (days)</label><input id="sk-expiry" name="expiry" type="number" min="-1" max="100000" value="-1" required>
+<label for="sk-pixels">Max image pixels</label><input id="sk-pixels" name="max_image_pixels" type="number" min="-1" max="4194304" value="-1" required>
+<label for="sk-steps">Max image steps</label><input id="sk-steps" name="max_image_steps" type="number" min="-1" max="500" value="-1" required>
+<label for="sk-tokens">Max text tokens</label><input id="sk-tokens" name="max_text_tokens" type="number" min="-1" max="500" value="-1" required>
+<span></span><span><button type="submit" id="sk-submit">Create the shared key</button>
+<button type="button" id="sk-cancel" hidden>Cancel the edit</button></span>
+</form>
+<p id="sharedkey-status" role="status" aria-live="polite"></p>
+<div id="sharedkey-new" hidden><p class="error" role="alert"><strong>Store it now: the new shared
+key is shown only once.</strong></p><p><code id="sharedkey-value"></code></p></div>
 <h3>Generate</h3>
 <form id="generate-form" class="grid">
 <label for="gen-prompt">Prompt</label><textarea id="gen-prompt" name="prompt" required></textarea>

@@ -155,6 +155,18 @@ async fn every_endpoint_answers_each_kind_of_caller_as_it_should() {
         .await
         .unwrap()
         .id;
+    // A second key, named by its handle (what `sharedkey_ids` lists to its owner).
+    owner
+        .create_shared_key(&serde_json::from_value(json!({"name": "by handle"})).unwrap())
+        .await
+        .unwrap();
+    let mut handle = String::new();
+    for id in owner.find_user().await.unwrap().sharedkey_ids.unwrap() {
+        if owner.shared_key(&id).await.unwrap().name == "by handle" {
+            handle = id;
+        }
+    }
+    assert_eq!(handle.len(), 64, "the second key's handle is listed");
 
     let filter: Value = http()
         .put(format!("{}/api/v2/filters", app.root))
@@ -413,6 +425,24 @@ async fn every_endpoint_answers_each_kind_of_caller_as_it_should() {
         row(
             "DELETE",
             format!("/api/v2/sharedkeys/{shared}"),
+            None,
+            only_owner,
+        ),
+        row(
+            "GET",
+            format!("/api/v2/sharedkeys/{handle}"),
+            None,
+            everyone,
+        ),
+        row(
+            "PATCH",
+            format!("/api/v2/sharedkeys/{handle}"),
+            Some(json!({"kudos": 12})),
+            only_owner,
+        ),
+        row(
+            "DELETE",
+            format!("/api/v2/sharedkeys/{handle}"),
             None,
             only_owner,
         ),

@@ -157,3 +157,93 @@ async fn make_a_shady_worker(app: &TestApp) -> horde_client::Client {
     assert_eq!(details.reputation.unwrap().suspicion, 1);
     requester
 }
+
+/// The account page's tier, quota and key management in a real browser
+/// (`tests/browser/keys.mjs`): what the page did is checked here through the API, and the keys
+/// it showed (the rotated key, a shared key) are in neither the database nor the logs. On one
+/// thread, so that the captured log sees the server's tasks.
+#[tokio::test]
+#[ignore = "needs Debian's chromium and playwright-core: .ci/run installs both (.ci/browser.sh)"]
+async fn the_account_page_manages_tiers_and_keys() {
+    let logs = crate::register::Captured::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _logging = tracing::subscriber::set_default(subscriber);
+    let app = spawn_app_with(|c| {
+        c.quotas.tiers.insert(
+            "gold".into(),
+            horde_core::quota::Quota {
+                images_per_day: 50,
+                ..Default::default()
+            },
+        );
+    })
+    .await;
+    let moderator = app
+        .anonymous()
+        .create_test_user(&TestUserRequest {
+            username: "keys-moderator".into(),
+            oauth_id: None,
+            moderator: true,
+            trusted: true,
+            kudos: 100.0,
+        })
+        .await
+        .unwrap();
+    let (user, user_id) = app.untrusted_user("tiered", 0.0).await;
+    let browser_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    let output = tokio::process::Command::new("node")
+        .arg("keys.mjs")
+        .current_dir(&browser_dir)
+        .env("HORDE_URL", &app.root)
+        .env("HORDE_API_KEY", &moderator.api_key)
+        .env("HORDE_USER_ID", user_id.to_string())
+        .output()
+        .await
+        .expect("node runs");
+    let printed = String::from_utf8_lossy(&output.stdout).to_string();
+    let errors = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{printed}\n{errors}");
+    assert!(printed.contains("keys checks passed"), "{printed}");
+    let line = |label: &str| {
+        printed
+            .lines()
+            .find_map(|l| l.strip_prefix(label))
+            .unwrap_or_else(|| panic!("{label} in {printed}"))
+            .to_string()
+    };
+    let (shared, deleted, rotated) = (line("shared: "), line("deleted: "), line("rotated: "));
+
+    // The user's tier, the shared keys and the rotation reached the coordinator.
+    let quota = user.find_user().await.unwrap().daily_quota.unwrap();
+    assert_eq!((quota.tier.as_str(), quota.images_per_day), ("gold", 50));
+    let kept = app.anonymous().shared_key(&shared).await.unwrap();
+    assert_eq!((kept.name.as_str(), kept.kudos), ("for my friend", 75));
+    assert!(kept.expiry.is_some());
+    let gone = app.anonymous().shared_key(&deleted).await.unwrap_err();
+    assert_eq!(gone.rc(), Some("SharedKeyInvalid"));
+    let old = app
+        .client(&moderator.api_key)
+        .find_user()
+        .await
+        .unwrap_err();
+    assert_eq!(old.rc(), Some("UserNotFound"), "the old key is refused");
+    let me = app.client(&rotated).find_user().await.unwrap();
+    assert_eq!(me.id, moderator.user_id);
+
+    // Keys made here are stored only as salted hashes, and never logged.
+    let stored = crate::backend::stored_bytes(app.dir.path()).await;
+    let logged = String::from_utf8_lossy(&logs.0.lock().unwrap()).to_string();
+    for key in [&rotated, &shared, &deleted] {
+        assert!(
+            !stored.windows(key.len()).any(|w| w == key.as_bytes()),
+            "{key} is in the database"
+        );
+        assert!(!logged.contains(key.as_str()), "{key} is in the logs");
+    }
+    assert!(logged.contains("API key reset"), "the rotation is logged");
+    app.stop().await;
+}

@@ -29,6 +29,7 @@ mod helpers;
 mod img2img;
 mod interrogate;
 mod invites;
+mod key_management;
 mod lifecycle;
 mod limits;
 mod loras;
