@@ -90,7 +90,7 @@ impl std::io::Write for Captured {
 }
 
 #[tokio::test]
-async fn a_browser_registers_and_the_key_shown_once_works() {
+async fn a_browser_registers_and_the_key_shown_once_works_and_rotates() {
     let logs = Captured::default();
     let writer = logs.clone();
     let subscriber = tracing_subscriber::fmt()
@@ -122,13 +122,25 @@ async fn a_browser_registers_and_the_key_shown_once_works() {
     let second = between(&page, "<strong id=\"alias\">", "<");
     assert!(second.starts_with("alice#") && second != alias, "{second}");
 
-    // The key is stored only as its salted hash, and never logged.
+    // The key rotated: the old one refused at once, the new one works.
+    let rotated = app.client(&key).reset_api_key(me.id).await.unwrap().api_key;
+    let old = app.client(&key).find_user().await.unwrap_err();
+    assert_eq!(old.rc(), Some("UserNotFound"), "the old key still works");
+    assert_eq!(app.client(&rotated).find_user().await.unwrap().id, me.id);
+
+    // Both keys are stored only as their salted hashes, and never logged.
     let stored = crate::backend::stored_bytes(app.dir.path()).await;
-    let found = stored.windows(key.len()).any(|w| w == key.as_bytes());
-    assert!(!found, "the plain key is in the database");
     let logged = String::from_utf8_lossy(&logs.0.lock().unwrap()).to_string();
     assert!(logged.contains("registered through /register"), "{logged}");
-    assert!(!logged.contains(&key), "the plain key is in the logs");
+    assert!(logged.contains("API key reset"), "{logged}");
+    for (what, plain) in [("registered", &key), ("rotated", &rotated)] {
+        let found = stored.windows(plain.len()).any(|w| w == plain.as_bytes());
+        assert!(!found, "the plain {what} key is in the database");
+        assert!(
+            !logged.contains(plain.as_str()),
+            "the plain {what} key is in the logs"
+        );
+    }
     app.stop().await;
 }
 
