@@ -191,6 +191,8 @@ NOT_IN_THE_SDK: dict[str, str] = {
     # Ours, documented in ARCHITECTURE.md ("Beyond the public horde").
     "reputation": "ours: the worker's reputation ledger on /workers",
     "warnings": "ours: ModelFallback warnings on check and status",
+    "daily_quota": "ours: the user's quota tier, today's use and limits on /find_user and "
+                   "/users/{id}, for the user and moderators (docs/running.md, Tiers and quotas)",
 }
 
 # Where horde-sdk's response model is wrong about the public horde's answer, by field path, with
