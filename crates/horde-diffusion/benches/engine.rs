@@ -5,7 +5,7 @@
 //! `tools/engine-bench/pytorch_bench.py`, for `tools/engine-bench/compare.py`.
 //!
 //! `cargo bench -p horde-diffusion --bench engine -- --part unet|vae|vae_encode [--repeats N]
-//! [--model sd15|sdxl] [--dtype f32|f16|bf16|bf16-widened] [--decode whole|bands] [--encode whole|bands]
+//! [--model sd15|sdxl] [--dtype f32|f16|bf16|bf16-vector|bf16-widened] [--decode whole|bands] [--encode whole|bands]
 //! [--purge]`; run each
 //! part in its own process so that peak RSS is the part's own (`tools/engine-bench/run.sh`).
 //! `--part hires_fix [--steps N]` runs one whole hires-fix job (512² then 1024²) through
@@ -358,18 +358,25 @@ fn main() {
         other => panic!("unknown model {other}: expected sd15 or sdxl"),
     };
     let latent = size / 8;
-    // `--dtype f32|f16|bf16|bf16-widened`: the weights' and activations' dtype. Our kernels
-    // compute in f32, except the bf16 products (`kernels::bf16_gemm`) where the CPU has
-    // AVX512-BF16; `bf16-widened` turns those off, to time the widening path beside them.
+    // `--dtype f32|f16|bf16|bf16-vector|bf16-widened`: the weights' and activations' dtype.
+    // Our kernels compute in f32, except the bf16 products (`kernels::bf16_gemm`) where the
+    // CPU has AVX512-BF16 (on AMX tiles where it has them); `bf16-vector` keeps them off the
+    // tiles and `bf16-widened` turns them off, to time those paths beside them.
     let (dtype_name, dtype) = match arg("--dtype").as_deref().unwrap_or("f32") {
         "f32" => ("f32", candle_core::DType::F32),
         "f16" => ("f16", candle_core::DType::F16),
         "bf16" => ("bf16", candle_core::DType::BF16),
+        "bf16-vector" => {
+            horde_diffusion::parts::kernels::use_amx_tiles(false);
+            ("bf16-vector", candle_core::DType::BF16)
+        }
         "bf16-widened" => {
             horde_diffusion::parts::kernels::use_bf16_products(false);
             ("bf16-widened", candle_core::DType::BF16)
         }
-        other => panic!("unknown dtype {other}: expected f32, f16, bf16 or bf16-widened"),
+        other => {
+            panic!("unknown dtype {other}: expected f32, f16, bf16, bf16-vector or bf16-widened")
+        }
     };
     let vb = random_var_builder(0).set_dtype(dtype);
     let device = Device::Cpu;

@@ -77,7 +77,13 @@ pub use vae::LatentDraw;
 /// precision, round two"). f32 elsewhere: there bf16 is widened to f32 for every product, and
 /// a step took longer than in f32 itself.
 pub fn preferred_cpu_dtype() -> (candle_core::DType, &'static str) {
-    if kernels::bf16_gemm::supported() {
+    if kernels::bf16_gemm::tiles_available() {
+        (
+            candle_core::DType::BF16,
+            "bf16: this CPU has AMX tiles, and a step runs faster in bf16 (on the tiles) than \
+             in f32",
+        )
+    } else if kernels::bf16_gemm::supported() {
         (
             candle_core::DType::BF16,
             "bf16: this CPU has AVX512-BF16, and a step runs faster in bf16 than in f32",
@@ -119,7 +125,8 @@ pub mod parts {
     pub mod kernels {
         pub use crate::kernels::attention::fused_attention;
         pub use crate::kernels::bf16_gemm::{
-            available as bf16_products, set_enabled as use_bf16_products,
+            available as bf16_products, set_amx_enabled as use_amx_tiles,
+            set_enabled as use_bf16_products,
         };
         pub use crate::kernels::conv::{conv2d_1x1, conv2d_bf16, conv2d_stride1, conv2d_stride2};
         pub use crate::kernels::linear::linear;

@@ -7,7 +7,8 @@
 //!
 //! On CPUs with AVX512-BF16 the products of the linear layers, attention and the stride-1
 //! convolutions of a network held in bf16 run in bf16 with f32 accumulation (`bf16_gemm`,
-//! picked at run time); elsewhere bf16 is widened to f32 around the f32 kernels.
+//! picked at run time; on AMX tiles where the CPU has them); elsewhere bf16 is widened to f32
+//! around the f32 kernels.
 
 /// Defines `fn $name(args)` that runs the `#[inline(always)]` function `$portable(args)`
 /// compiled for AVX-512F, or for AVX2 with FMA, when the CPU has them (checked at run time),

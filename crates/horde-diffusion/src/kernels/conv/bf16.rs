@@ -133,28 +133,27 @@ impl CustomOp2 for Conv2dBf16 {
         for (b, out) in out.chunks_mut(image.max(1)).enumerate() {
             let input = &x[b * g.c_in * g.h * g.w..(b + 1) * g.c_in * g.h * g.w];
             let words = paired_input(input, &g);
-            for tap in 0..g.k_h * g.k_w {
-                let a = View::new(
-                    Values::Bf16(&taps),
-                    tap * g.c_out * g.c_in,
-                    (g.c_out, g.c_in),
-                    (g.c_in, 1),
-                );
-                let shift = (tap / g.k_w) * g.grid_w + tap % g.k_w;
-                let b = PairedB::rows(&words, shift, (g.c_in, g.columns()), g.row_words());
-                let into = Out {
-                    values: &mut sums,
-                    start: 0,
-                    row_stride: g.columns(),
-                };
-                // SAFETY: the first tap writes every sum (`c_out × columns`); the later ones
-                // add to them.
-                #[allow(unsafe_code)]
-                unsafe {
-                    bf16_gemm::matmul(into, a, b, 1.0, tap > 0, true)
-                };
-            }
-            // SAFETY: the first tap wrote every sum, just above.
+            let terms: Vec<_> = (0..g.k_h * g.k_w)
+                .map(|tap| {
+                    let a = View::new(
+                        Values::Bf16(&taps),
+                        tap * g.c_out * g.c_in,
+                        (g.c_out, g.c_in),
+                        (g.c_in, 1),
+                    );
+                    let shift = (tap / g.k_w) * g.grid_w + tap % g.k_w;
+                    let b = PairedB::rows(&words, shift, (g.c_in, g.columns()), g.row_words());
+                    (a, b)
+                })
+                .collect();
+            let into = Out {
+                values: &mut sums,
+                start: 0,
+                row_stride: g.columns(),
+            };
+            // Every sum (`c_out × columns`) written.
+            bf16_gemm::matmul_sum(into, &terms, true);
+            // SAFETY: the sum of the taps' products wrote every sum, just above.
             #[allow(unsafe_code)]
             let written = unsafe { sums.assume_init_ref() };
             land(written, self.bias.as_deref(), &g, out);

@@ -1,0 +1,574 @@
+//! The products on Intel's AMX tile units (Sapphire Rapids and later), where the CPU has them.
+//!
+//! `vdpbf16ps` multiplies 32 bf16 pairs an instruction; `tdpbf16ps` multiplies a 16 × 32 tile
+//! of `A` by a 32 × 16 tile of `B` into a 16 × 16 tile of f32: 8 192 multiplies, sixteen times
+//! the vector instruction's, accumulated in f32 all the same. PyTorch's bf16 runs its products
+//! there (oneDNN), which is why it took 2.3 s for a step where the vector kernel takes 6.
+//!
+//! The tiles take the operands as [`super`] already lays them out, nearly: `B`'s depth pairs
+//! are one 32-bit word per column (a tile of `B` is 16 pairs of 16 columns, a row of words per
+//! pair, so a strip of [`NR`](super::NR) = 32 columns is two tiles side by side), and `A` is
+//! packed here row by row, each row's pairs together and padded to whole tiles of 16 pairs.
+//! The microkernel keeps a 32 × 32 block of `C` in four tiles (`tmm0`–`tmm3`), loads two
+//! tiles of `A` (`tmm4`, `tmm5`) and two of `B` (`tmm6`, `tmm7`) for every 16 pairs, and
+//! stores its block to a buffer from which the vector code scales it into `C`, masked at the
+//! edges, as the vector kernel does.
+//!
+//! Linux gives a process the tiles' 8 KiB of state only when asked (`arch_prctl`), once;
+//! [`supported`] asks, and is false where the CPU, the OS or the request says no. The
+//! instructions are written as inline assembly (Rust has no stable AMX intrinsics); each
+//! thread loads the tile configuration before its tiles and releases them after, and nothing
+//! else in the process uses them between.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+
+/// Rows of a tile of `A` or `C`, and depth pairs of a tile of `B`.
+pub(super) const TILE: usize = 16;
+/// Rows of `C` per microkernel call: two tiles.
+pub(super) const MR: usize = 2 * TILE;
+/// Depth pairs per pass over a block (a strip's slice of `B`, `KC × 32` words, is 48 KiB).
+pub(super) const KC: usize = 384;
+/// Rows per task: the packed block of `A` (`MC × (KC + 16)` words, 200 KiB) stays in L2.
+pub(super) const MC: usize = 4 * MR;
+
+/// Whether the AMX path is on (it is unless [`set_enabled`] turned it off).
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Turns the AMX path off (or back on) for the whole process, so that the benchmarks can time
+/// the vector kernel beside it in one run.
+pub fn set_enabled(on: bool) {
+    ENABLED.store(on, Ordering::Relaxed);
+}
+
+/// Whether products run on the tiles: the CPU and the OS have them, and they are on.
+pub(super) fn available() -> bool {
+    ENABLED.load(Ordering::Relaxed) && supported()
+}
+
+/// Whether this CPU has AMX-TILE and AMX-BF16, the OS saves their state, and this process
+/// was granted it (asked once).
+pub(crate) fn supported() -> bool {
+    static SUPPORTED: OnceLock<bool> = OnceLock::new();
+    *SUPPORTED.get_or_init(detect)
+}
+
+/// The words from one packed row of `A` to the next for `pairs` depth pairs: whole tiles,
+/// and one tile's width more, two where that makes a multiple of 256 bytes, so that a tile's
+/// 16 rows do not crowd into a few cache sets (four tile loads took 48–104 ns with rows 256
+/// bytes apart against 31 with 640).
+pub(super) fn stride(pairs: usize) -> usize {
+    let stride = pairs.next_multiple_of(TILE) + TILE;
+    if stride.is_multiple_of(64) {
+        stride + TILE
+    } else {
+        stride
+    }
+}
+
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+#[allow(unsafe_code)]
+fn detect() -> bool {
+    use std::arch::x86_64::{__cpuid, __cpuid_count};
+    // CPUID exists on every x86-64 CPU; leaf 7 is asked only when the CPU has it.
+    let (max_leaf, leaf1) = (__cpuid(0).eax, __cpuid(1));
+    if max_leaf < 7 {
+        return false;
+    }
+    let leaf7 = __cpuid_count(7, 0);
+    let (amx_bf16, amx_tile) = ((leaf7.edx >> 22) & 1 == 1, (leaf7.edx >> 24) & 1 == 1);
+    let os_saves_state = (leaf1.ecx >> 27) & 1 == 1; // OSXSAVE: XGETBV may be used
+    if !(amx_bf16 && amx_tile && os_saves_state && super::supported()) {
+        return false;
+    }
+    // SAFETY: XGETBV with ECX = 0 reads XCR0, allowed as OSXSAVE is set (checked above).
+    let xcr0 = unsafe { xgetbv0() };
+    let tile_state_enabled = (xcr0 >> 17) & 0b11 == 0b11; // XTILECFG and XTILEDATA
+    tile_state_enabled && request_tile_data()
+}
+
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+fn detect() -> bool {
+    false
+}
+
+/// XCR0, the state components the OS saves.
+///
+/// # Safety
+///
+/// The CPU has XSAVE and the OS set CR4.OSXSAVE.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+#[allow(unsafe_code)]
+unsafe fn xgetbv0() -> u64 {
+    let (low, high): (u32, u32);
+    // SAFETY: the caller's promise.
+    unsafe {
+        std::arch::asm!("xgetbv", in("ecx") 0, out("eax") low, out("edx") high,
+            options(nomem, nostack, preserves_flags));
+    }
+    u64::from(high) << 32 | u64::from(low)
+}
+
+/// Asks Linux for the tile data state (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`),
+/// which it grants to the whole process; false when refused (a kernel before 5.16).
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+#[allow(unsafe_code)]
+fn request_tile_data() -> bool {
+    const SYS_ARCH_PRCTL: i64 = 158;
+    const ARCH_REQ_XCOMP_PERM: i64 = 0x1023;
+    const XFEATURE_XTILEDATA: i64 = 18;
+    let result: i64;
+    // SAFETY: a system call that changes no memory of ours; it clobbers rcx and r11.
+    unsafe {
+        std::arch::asm!("syscall",
+            inlateout("rax") SYS_ARCH_PRCTL => result,
+            in("rdi") ARCH_REQ_XCOMP_PERM, in("rsi") XFEATURE_XTILEDATA,
+            lateout("rcx") _, lateout("r11") _, options(nostack));
+    }
+    result == 0
+}
+
+/// The last pairs of a strip of `B` short of a whole tile, zero-padded to one (16 pairs of 32
+/// words), on a cache line.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+pub(super) struct Tail(pub(super) [u32; TILE * 32]);
+
+/// A block of `C` as the microkernel leaves it: [`MR`] rows of 32 f32.
+#[repr(C, align(64))]
+pub(super) struct Block(pub(super) [f32; MR * 32]);
+
+/// The tile instructions.
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+pub(super) mod tiles {
+    use super::{Block, Tail, TILE};
+    use std::arch::asm;
+
+    /// Palette 1; tiles 0–3 `C`'s, 4–5 `A`'s, 6–7 `B`'s, each 16 rows of 64 bytes.
+    #[repr(C, align(64))]
+    struct Config([u8; 64]);
+
+    const CONFIG: Config = {
+        let mut bytes = [0u8; 64];
+        bytes[0] = 1;
+        let mut t = 0;
+        while t < 8 {
+            bytes[16 + 2 * t] = 64; // bytes a row (little-endian u16)
+            bytes[48 + t] = TILE as u8; // rows
+            t += 1;
+        }
+        Config(bytes)
+    };
+
+    /// Loads the tile configuration (and zeroes the tiles) for this thread.
+    ///
+    /// # Safety
+    ///
+    /// [`super::supported`] is true.
+    pub(crate) unsafe fn configure() {
+        // SAFETY: the caller's promise; the configuration is 64 valid bytes.
+        unsafe { asm!("ldtilecfg [{}]", in(reg) &CONFIG.0, options(nostack, readonly)) };
+    }
+
+    /// Gives this thread's tiles back, so that the OS need not save them.
+    ///
+    /// # Safety
+    ///
+    /// [`super::supported`] is true.
+    pub(crate) unsafe fn release() {
+        // SAFETY: the caller's promise.
+        unsafe { asm!("tilerelease", options(nostack, nomem)) };
+    }
+
+    /// `out ← A·B` for `MB` tiles of rows and `NB` of columns (each 1 or 2): `steps` tiles of 16
+    /// depth pairs, `A`'s rows `a_stride` words apart and its second tile `16·a_stride` words
+    /// on, `B`'s pairs `b_stride` words apart and its second tile 16 words on; then one more
+    /// step from `tail` (16 pairs of 32 words) when given. `out` is 32 rows of 32.
+    ///
+    /// # Safety
+    ///
+    /// [`configure`] ran on this thread; every tile row read is inside its operand.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn product<const MB: usize, const NB: usize>(
+        a: *const u32,
+        a_stride: usize,
+        b: *const u32,
+        b_stride: usize,
+        steps: usize,
+        tail: Option<&Tail>,
+        out: &mut Block,
+    ) {
+        // SAFETY: the caller's promises.
+        unsafe {
+            zero();
+            add_product::<MB, NB>(a, a_stride, b, b_stride, steps, tail);
+            store(out);
+        }
+    }
+
+    /// Zeroes the tiles of `C`.
+    ///
+    /// # Safety
+    ///
+    /// [`configure`] ran on this thread.
+    #[inline(always)]
+    pub(crate) unsafe fn zero() {
+        // SAFETY: the caller's promise.
+        unsafe {
+            asm!(
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tilezero tmm3",
+                options(nostack, nomem)
+            )
+        };
+    }
+
+    /// Adds `A·B` to the tiles of `C`, as [`product`] computes it.
+    ///
+    /// # Safety
+    ///
+    /// As [`product`].
+    #[inline(always)]
+    pub(crate) unsafe fn add_product<const MB: usize, const NB: usize>(
+        a: *const u32,
+        a_stride: usize,
+        b: *const u32,
+        b_stride: usize,
+        steps: usize,
+        tail: Option<&Tail>,
+    ) {
+        // SAFETY: the caller's promises, for each step's tile rows.
+        unsafe {
+            for step in 0..steps {
+                let (a, b) = (a.add(step * TILE), b.add(step * TILE * b_stride));
+                multiply::<MB, NB>(a, a_stride, b, b_stride);
+            }
+            if let Some(tail) = tail {
+                multiply::<MB, NB>(a.add(steps * TILE), a_stride, tail.0.as_ptr(), 32);
+            }
+        }
+    }
+
+    /// Stores the tiles of `C` into `out`.
+    ///
+    /// # Safety
+    ///
+    /// [`configure`] ran on this thread.
+    #[inline(always)]
+    pub(crate) unsafe fn store(out: &mut Block) {
+        // SAFETY: the block holds 32 rows of 32 f32, as the four tiles store them.
+        unsafe {
+            let (c, row_bytes) = (out.0.as_mut_ptr(), 32usize * 4);
+            asm!("tilestored [{c} + {s}], tmm0", c = in(reg) c, s = in(reg) row_bytes,
+                options(nostack));
+            asm!("tilestored [{c} + {s}], tmm1", c = in(reg) c.add(16), s = in(reg) row_bytes,
+                options(nostack));
+            asm!("tilestored [{c} + {s}], tmm2", c = in(reg) c.add(16 * 32),
+                s = in(reg) row_bytes, options(nostack));
+            asm!("tilestored [{c} + {s}], tmm3", c = in(reg) c.add(16 * 32 + 16),
+                s = in(reg) row_bytes, options(nostack));
+        }
+    }
+
+    /// One step: the tiles of `A` and `B` at `a` and `b` loaded and multiplied into `C`'s.
+    ///
+    /// # Safety
+    ///
+    /// As [`product`].
+    #[inline(always)]
+    unsafe fn multiply<const MB: usize, const NB: usize>(
+        a: *const u32,
+        a_stride: usize,
+        b: *const u32,
+        b_stride: usize,
+    ) {
+        let (sa, sb) = (a_stride * 4, b_stride * 4);
+        // SAFETY: the caller's promises.
+        unsafe {
+            asm!(
+                "tileloadd tmm4, [{a} + {sa}]",
+                "tileloadd tmm6, [{b} + {sb}]",
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                a = in(reg) a, sa = in(reg) sa, b = in(reg) b, sb = in(reg) sb,
+                options(nostack, readonly)
+            );
+            if NB == 2 {
+                asm!(
+                    "tileloadd tmm7, [{b} + {sb}]",
+                    "tdpbf16ps tmm1, tmm4, tmm7",
+                    b = in(reg) b.add(16), sb = in(reg) sb,
+                    options(nostack, readonly)
+                );
+            }
+            if MB == 2 {
+                asm!(
+                    "tileloadd tmm5, [{a} + {sa}]",
+                    "tdpbf16ps tmm2, tmm5, tmm6",
+                    a = in(reg) a.add(TILE * a_stride), sa = in(reg) sa,
+                    options(nostack, readonly)
+                );
+                if NB == 2 {
+                    asm!("tdpbf16ps tmm3, tmm5, tmm7", options(nostack, nomem));
+                }
+            }
+        }
+    }
+}
+
+impl super::Job<'_> {
+    /// The tiles of `rows` × the columns of `strips` on the AMX tiles, depth block by depth
+    /// block, as [`Job::block`](super::Job::block) does on vectors.
+    ///
+    /// # Safety
+    ///
+    /// As `matmul`'s task: the tile is this task's alone; the CPU has AVX512-BF16 and AMX
+    /// ([`supported`]).
+    #[cfg(target_arch = "x86_64")]
+    #[allow(unsafe_code)]
+    pub(super) unsafe fn block_on_tiles(
+        &self,
+        rows: std::ops::Range<usize>,
+        strips: std::ops::Range<usize>,
+    ) {
+        let pairs = self.b.pairs;
+        super::PACKED_A.with(|packed| {
+            let packed = &mut *packed.borrow_mut();
+            let mut block = Block([0.0; MR * 32]);
+            let mut tail = Tail([0; TILE * 32]);
+            // SAFETY: the CPU has AMX (the caller's promise).
+            unsafe { tiles::configure() };
+            let mut from = 0;
+            while from < pairs {
+                let len = KC.min(pairs - from);
+                let (steps, stride) = (len / TILE, stride(len));
+                super::pack_a(&self.a, rows.clone(), (from, len), (MR, stride), packed);
+                for s in strips.clone() {
+                    let b = self.b.strip(s, from, len);
+                    let cols = super::NR.min(self.b.cols - s * super::NR);
+                    // The last pairs short of a whole tile, zero-padded to one: a tile read
+                    // in place would read past the operand, or values not its own.
+                    let ragged = !len.is_multiple_of(TILE);
+                    if ragged {
+                        tail.0.fill(0);
+                        for p in steps * TILE..len {
+                            let at = p * self.b.pair_stride;
+                            let row = &mut tail.0[(p - steps * TILE) * 32..][..32];
+                            row.copy_from_slice(&b[at..at + 32]);
+                        }
+                    }
+                    let tail = ragged.then_some(&tail);
+                    for (i, a) in packed.as_slice().chunks_exact(MR * stride).enumerate() {
+                        let first = rows.start + i * MR;
+                        let tile_rows = MR.min(rows.end - first);
+                        let (a, b) = (a.as_ptr(), b.as_ptr());
+                        let b_stride = self.b.pair_stride;
+                        // SAFETY: `a` holds MR rows of `stride ≥ 16·(steps + 1)` words, `b`
+                        // `steps·16 ≤ len` pairs of 32 words `b_stride` apart (a strip's
+                        // slice), the tail 16 pairs of 32; tiles configured above. Row and
+                        // column tiles that hold nothing of the output are skipped.
+                        unsafe {
+                            match (tile_rows > TILE, cols > TILE) {
+                                (true, true) => tiles::product::<2, 2>(
+                                    a, stride, b, b_stride, steps, tail, &mut block,
+                                ),
+                                (true, false) => tiles::product::<2, 1>(
+                                    a, stride, b, b_stride, steps, tail, &mut block,
+                                ),
+                                (false, true) => tiles::product::<1, 2>(
+                                    a, stride, b, b_stride, steps, tail, &mut block,
+                                ),
+                                (false, false) => tiles::product::<1, 1>(
+                                    a, stride, b, b_stride, steps, tail, &mut block,
+                                ),
+                            }
+                        }
+                        let c = self.c.ptr.wrapping_add(first * self.c.row_stride + s * 32);
+                        let accumulate = self.accumulate || from > 0;
+                        // SAFETY: the `tile_rows × cols` region from `c` is inside the output
+                        // and this task's; earlier depth blocks wrote it when `from > 0`.
+                        unsafe {
+                            scale_into(
+                                &block,
+                                c,
+                                self.c.row_stride,
+                                (tile_rows, cols),
+                                self.alpha,
+                                accumulate,
+                            )
+                        };
+                    }
+                }
+                from += len;
+            }
+            // SAFETY: as above.
+            unsafe { tiles::release() };
+        });
+    }
+
+    /// Stand-in off x86-64, where [`supported`] is false and nothing calls it.
+    #[cfg(not(target_arch = "x86_64"))]
+    #[allow(unsafe_code)]
+    pub(super) unsafe fn block_on_tiles(
+        &self,
+        _: std::ops::Range<usize>,
+        _: std::ops::Range<usize>,
+    ) {
+        unreachable!("bf16 gemm on AMX tiles off x86-64");
+    }
+}
+
+/// `C ← α·block (+ C)` for the `rows × cols` of `block` that are the output's.
+///
+/// # Safety
+///
+/// The CPU has AVX-512F; `c` is valid for `rows` rows (`row_stride` apart) of `cols` values,
+/// written before when `accumulate`; `rows ≤ 32`, `cols ≤ 32`.
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+#[target_feature(enable = "avx512f")]
+unsafe fn scale_into(
+    block: &Block,
+    c: *mut f32,
+    row_stride: usize,
+    (rows, cols): (usize, usize),
+    alpha: f32,
+    accumulate: bool,
+) {
+    use std::arch::x86_64::*;
+    let alpha = _mm512_set1_ps(alpha);
+    for r in 0..rows {
+        for first in (0..cols).step_by(16) {
+            let mask: __mmask16 = if cols - first >= 16 {
+                0xFFFF
+            } else {
+                (1u16 << (cols - first)) - 1
+            };
+            // SAFETY: the block holds 32 rows of 32; the lanes under `mask` are inside the
+            // output's region (the caller's promise).
+            unsafe {
+                let value = _mm512_loadu_ps(block.0.as_ptr().add(r * 32 + first));
+                let ptr = c.add(r * row_stride + first);
+                let value = if accumulate {
+                    _mm512_fmadd_ps(value, alpha, _mm512_maskz_loadu_ps(mask, ptr))
+                } else {
+                    _mm512_mul_ps(value, alpha)
+                };
+                _mm512_mask_storeu_ps(ptr, mask, value);
+            }
+        }
+    }
+}
+
+/// `out ← Σ A_t·B_t` over `terms` (each `rows × depth` by `depth × cols`), summed in the tiles:
+/// a convolution's taps, whose products would otherwise each add their `C` into the output
+/// (nine passes over a map of f32 for a 3×3 kernel). Tasks are blocks of [`MR`] rows by groups
+/// of column strips; each packs its rows of every term's `A` once, then runs every strip
+/// through all the terms before storing it.
+///
+/// # Safety
+///
+/// The CPU has AVX512-BF16 and AMX ([`supported`]); the terms' shapes agree and `out` holds
+/// their `rows × cols` (checked by the caller, [`super::matmul_sum`]).
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+pub(super) unsafe fn sum_of_products(
+    out: super::Tile,
+    terms: &[(super::View<'_>, super::PairedB<'_>)],
+    parallel: bool,
+) {
+    let (a0, b0) = terms[0];
+    let (rows, pairs, cols) = (a0.rows, b0.pairs, b0.cols);
+    let (strips, stride) = (b0.strips(), stride(pairs));
+    let row_blocks = rows.div_ceil(MR);
+    let wanted = if parallel {
+        4 * rayon::current_num_threads()
+    } else {
+        1
+    };
+    let column_groups = wanted.div_ceil(row_blocks).clamp(1, strips);
+    let strips_per_group = strips.div_ceil(column_groups);
+    let run = |task: usize| {
+        let (block, group) = (task / column_groups, task % column_groups);
+        let first = block * MR;
+        let rows = first..(first + MR).min(rows);
+        let strips = group * strips_per_group..((group + 1) * strips_per_group).min(strips);
+        super::PACKED_A.with(|packed| {
+            let packed = &mut *packed.borrow_mut();
+            packed.reset(terms.len() * MR * stride);
+            let each = packed.as_mut_slice().chunks_exact_mut(MR * stride);
+            for ((a, _), into) in terms.iter().zip(each) {
+                super::pack_a_into(a, rows.clone(), (0, pairs), stride, into);
+            }
+            let (steps, ragged) = (pairs / TILE, !pairs.is_multiple_of(TILE));
+            let mut tails = vec![Tail([0; TILE * 32]); if ragged { terms.len() } else { 0 }];
+            let mut block = Block([0.0; MR * 32]);
+            let tile_rows = rows.len();
+            // SAFETY: the CPU has AMX (the caller's promise).
+            unsafe { tiles::configure() };
+            for s in strips {
+                let width = super::NR.min(cols - s * super::NR);
+                for (tail, (_, b)) in tails.iter_mut().zip(terms) {
+                    let b = b.strip(s, 0, pairs);
+                    for p in steps * TILE..pairs {
+                        let at = p * b0.pair_stride;
+                        tail.0[(p - steps * TILE) * 32..][..32].copy_from_slice(&b[at..at + 32]);
+                    }
+                }
+                // SAFETY: each term's packed `A` holds MR rows of `stride ≥ 16·(steps + 1)`
+                // words, its `B` strip `pairs` pairs of 32 words `pair_stride` apart, its tail
+                // 16 pairs of 32; the tiles were configured above.
+                unsafe {
+                    tiles::zero();
+                    for (t, (_, b)) in terms.iter().enumerate() {
+                        let a = packed.as_slice()[t * MR * stride..].as_ptr();
+                        let (b, b_stride) = (b.strip(s, 0, pairs).as_ptr(), b.pair_stride);
+                        let tail = tails.get(t);
+                        match (tile_rows > TILE, width > TILE) {
+                            (true, true) => {
+                                tiles::add_product::<2, 2>(a, stride, b, b_stride, steps, tail)
+                            }
+                            (true, false) => {
+                                tiles::add_product::<2, 1>(a, stride, b, b_stride, steps, tail)
+                            }
+                            (false, true) => {
+                                tiles::add_product::<1, 2>(a, stride, b, b_stride, steps, tail)
+                            }
+                            (false, false) => {
+                                tiles::add_product::<1, 1>(a, stride, b, b_stride, steps, tail)
+                            }
+                        }
+                    }
+                    tiles::store(&mut block);
+                }
+                let c = out.at(first, s * super::NR);
+                // SAFETY: the `tile_rows × width` region from `c` is inside the output and
+                // this task's alone.
+                unsafe { scale_into(&block, c, out.row_stride(), (tile_rows, width), 1.0, false) };
+            }
+            // SAFETY: as above.
+            unsafe { tiles::release() };
+        });
+    };
+    let tasks = row_blocks * column_groups;
+    if parallel {
+        use rayon::prelude::*;
+        (0..tasks).into_par_iter().for_each(run);
+    } else {
+        (0..tasks).for_each(run);
+    }
+}
+
+/// Stand-in off x86-64, where [`supported`] is false and nothing calls it.
+#[cfg(not(target_arch = "x86_64"))]
+#[allow(unsafe_code)]
+pub(super) unsafe fn sum_of_products(
+    _: super::Tile,
+    _: &[(super::View<'_>, super::PairedB<'_>)],
+    _: bool,
+) {
+    unreachable!("bf16 gemm on AMX tiles off x86-64");
+}
