@@ -78,8 +78,13 @@ pub enum TierRefusal {
 }
 
 impl Refusal for TierRefusal {
+    /// An unknown name is bad input (400; the served spec lists the names, so a client reading
+    /// it never sends one); moving the anonymous user is a valid request refused (403).
     fn rc(&self) -> Rc {
-        Rc::BadRequest
+        match self {
+            TierRefusal::Unknown { .. } => Rc::BadRequest,
+            TierRefusal::Anonymous => Rc::Forbidden,
+        }
     }
 
     fn message(&self) -> String {

@@ -28,6 +28,13 @@ fn f32(t: &Tensor) -> Result<Tensor> {
     crate::kernels::convert::widen(t)
 }
 
+/// `a + b`, `b` of `a`'s shape or `[batch, channels]` added at every position of `a`
+/// (`[batch, channels, …]`): in bf16 on the CPU in one pass of our own
+/// (`kernels::convert::add`), candle's add otherwise.
+pub(crate) fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    crate::kernels::convert::add(a, b)
+}
+
 /// `t` (f32, a kernel's result) back in `dtype`, the dtype of the kernel's input.
 fn back_to(t: &Tensor, dtype: DType) -> Result<Tensor> {
     crate::kernels::convert::narrow(t, dtype)

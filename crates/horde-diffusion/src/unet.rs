@@ -39,16 +39,12 @@ impl ResBlock {
 
     fn forward(&self, xs: &Tensor, emb: &Tensor) -> Result<Tensor> {
         let h = self.conv1.forward(&self.norm1.forward_silu(xs)?)?;
-        let e = self
-            .emb
-            .forward(&nn::silu(emb)?)?
-            .unsqueeze(2)?
-            .unsqueeze(3)?;
-        let h = h.broadcast_add(&e)?;
+        let e = self.emb.forward(&nn::silu(emb)?)?;
+        let h = nn::add(&h, &e)?;
         let h = self.conv2.forward(&self.norm2.forward_silu(&h)?)?;
         match &self.skip {
-            Some(skip) => skip.forward(xs)? + h,
-            None => xs + h,
+            Some(skip) => nn::add(&skip.forward(xs)?, &h),
+            None => nn::add(xs, &h),
         }
     }
 }

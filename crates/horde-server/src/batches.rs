@@ -438,7 +438,7 @@ mod tests {
     /// server bounds them by default.
     #[test]
     fn the_spec_states_the_batch_body_and_its_bounds() {
-        let spec = crate::openapi::document(1000);
+        let spec = crate::openapi::document(1000, &[]);
         let schemas = &spec["components"]["schemas"];
         let batch = &schemas["BatchRequest"];
         assert!(batch["properties"].get("prompt").is_none());

@@ -431,7 +431,10 @@ fn router(state: SharedState) -> Router {
     let node = HeaderValue::from_str(&state.node_name).unwrap_or(HeaderValue::from_static("horde"));
     api.merge(SwaggerUi::new("/api").external_url_unchecked(
         "/api/swagger.json",
-        openapi::document(state.config.requests.max_prompt_chars),
+        openapi::document(
+            state.config.requests.max_prompt_chars,
+            &state.config.quotas.tier_names(),
+        ),
     ))
     .fallback(guard::not_found)
     .layer(DefaultBodyLimit::max(state.config.api.max_body_bytes))

@@ -39,6 +39,8 @@ use utoipa::{Modify, OpenApi};
         status::heartbeat, status::models, status::model, status::performance, status::image_totals, status::image_models,
         status::text_totals, status::text_models,
     ),
+    // Types named only by a query parameter, which utoipa does not collect from the paths.
+    components(schemas(horde_api::status::ModelState)),
     tags((name = "v2", description = "AI Horde API v2"), (name = "dev", description = "Test-only endpoints")),
     modifiers(&CommonAnswers)
 )]
@@ -138,13 +140,20 @@ fn full_openapi() -> utoipa::openapi::OpenApi {
 }
 
 /// The document served at `/api/swagger.json`: [`ApiDoc`] with [`input_rules`] and this
-/// server's own prompt limit (`requests.max_prompt_chars`).
-pub fn document(max_prompt_chars: usize) -> Value {
+/// server's own prompt limit (`requests.max_prompt_chars`) and quota tiers (`tiers`, those a
+/// moderator may move a user into: `Quotas::tier_names`).
+pub fn document(max_prompt_chars: usize, tiers: &[String]) -> Value {
     let mut spec = serde_json::to_value(full_openapi()).expect("the spec serialises");
     input_rules(&mut spec);
     merge(
         &mut spec["components"]["schemas"]["ImageRequest"]["properties"]["prompt"],
         json!({"maxLength": max_prompt_chars}),
+    );
+    let mut names: Vec<Value> = tiers.iter().map(|t| json!(t)).collect();
+    names.push(Value::Null); // `"tier": null` is no change, as the field left out
+    merge(
+        &mut spec["components"]["schemas"]["ModifyUser"]["properties"]["tier"],
+        json!({ "enum": names }),
     );
     batch_request_schema(&mut spec["components"]["schemas"], max_prompt_chars);
     spec
@@ -491,13 +500,46 @@ fn merge(target: &mut Value, extra: Value) {
 mod tests {
     use super::*;
 
+    /// Every `$ref` of the document names a schema it defines (a client generator, or
+    /// Schemathesis, fails on one that does not: `ModelState` was named by the model listings'
+    /// query and missing).
+    #[test]
+    fn every_reference_resolves() {
+        fn references<'a>(value: &'a Value, found: &mut Vec<&'a str>) {
+            match value {
+                Value::Object(map) => {
+                    if let Some(Value::String(target)) = map.get("$ref") {
+                        found.push(target);
+                    }
+                    map.values().for_each(|v| references(v, found));
+                }
+                Value::Array(items) => items.iter().for_each(|v| references(v, found)),
+                _ => {}
+            }
+        }
+        let spec = document(1000, &["registered".into()]);
+        let mut found = Vec::new();
+        references(&spec, &mut found);
+        assert!(found.len() > 50, "{} references", found.len());
+        let missing: Vec<_> = found
+            .iter()
+            .filter(|target| spec.pointer(target.trim_start_matches('#')).is_none())
+            .collect();
+        assert!(missing.is_empty(), "unresolved references: {missing:?}");
+    }
+
     #[test]
     fn bounds_named_by_constants_and_the_server_limit_are_in_the_spec() {
-        let spec = document(1234);
+        let spec = document(1234, &["registered".into(), "gold".into()]);
         let schemas = &spec["components"]["schemas"];
         assert_eq!(
             schemas["ImageRequest"]["properties"]["prompt"]["maxLength"],
             1234
+        );
+        assert_eq!(
+            schemas["ModifyUser"]["properties"]["tier"]["enum"],
+            json!(["registered", "gold", null]),
+            "the tiers this horde has"
         );
         assert_eq!(
             schemas["ImageRequest"]["properties"]["models"]["maxItems"],

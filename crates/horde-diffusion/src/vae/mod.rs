@@ -44,8 +44,8 @@ impl ResnetBlock {
         let h = self.conv1.forward(&self.norm1.forward_silu(xs)?)?;
         let h = self.conv2.forward(&self.norm2.forward_silu(&h)?)?;
         match &self.shortcut {
-            Some(s) => s.forward(xs)? + h,
-            None => xs + h,
+            Some(s) => nn::add(&s.forward(xs)?, &h),
+            None => nn::add(xs, &h),
         }
     }
 }

@@ -160,18 +160,12 @@ async fn make_a_shady_worker(app: &TestApp) -> horde_client::Client {
 
 /// The account page's tier, quota and key management in a real browser
 /// (`tests/browser/keys.mjs`): what the page did is checked here through the API, and the keys
-/// it showed (the rotated key, a shared key) are in neither the database nor the logs. On one
-/// thread, so that the captured log sees the server's tasks.
+/// it showed (the rotated key, a shared key) are in neither the database nor the logs (the
+/// test binary's, `register::captured_logs`).
 #[tokio::test]
 #[ignore = "needs Debian's chromium and playwright-core: .ci/run installs both (.ci/browser.sh)"]
 async fn the_account_page_manages_tiers_and_keys() {
-    let logs = crate::register::Captured::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _logging = tracing::subscriber::set_default(subscriber);
+    let logs = crate::register::captured_logs();
     let app = spawn_app_with(|c| {
         c.quotas.tiers.insert(
             "gold".into(),
@@ -236,7 +230,7 @@ async fn the_account_page_manages_tiers_and_keys() {
 
     // Keys made here are stored only as salted hashes, and never logged.
     let stored = crate::backend::stored_bytes(app.dir.path()).await;
-    let logged = String::from_utf8_lossy(&logs.0.lock().unwrap()).to_string();
+    let logged = logs.text();
     for key in [&rotated, &shared, &deleted] {
         assert!(
             !stored.windows(key.len()).any(|w| w == key.as_bytes()),

@@ -79,6 +79,38 @@ pub(crate) async fn users(app: &TestApp) -> i64 {
 #[derive(Clone, Default)]
 pub(crate) struct Captured(pub(crate) Arc<Mutex<Vec<u8>>>);
 
+/// What the whole test binary logged: horde's own crates at every level, the others from
+/// INFO, captured from the first call on by the process's one global subscriber. A subscriber
+/// set per test (`set_default`) lost the server's events now and then when other tests ran
+/// beside it (tracing caches each call site's interest across threads): one run in four on
+/// PostgreSQL. The tests that search the logs for a key read this, so a key logged by any
+/// test's server is found.
+pub(crate) fn captured_logs() -> Captured {
+    use tracing_subscriber::layer::SubscriberExt;
+    static LOGS: std::sync::OnceLock<Captured> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = Captured::default();
+        let writer = logs.clone();
+        let levels = tracing_subscriber::filter::Targets::new()
+            .with_default(tracing::Level::INFO)
+            .with_target("horde", tracing::Level::TRACE);
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_subscriber::fmt::layer().with_writer(move || writer.clone()))
+            .with(levels);
+        tracing::subscriber::set_global_default(subscriber)
+            .expect("no other global subscriber in the test binary");
+        logs
+    })
+    .clone()
+}
+
+impl Captured {
+    /// What was written so far, as text.
+    pub(crate) fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
 impl std::io::Write for Captured {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         self.0.lock().unwrap().extend_from_slice(buf);
@@ -91,13 +123,7 @@ impl std::io::Write for Captured {
 
 #[tokio::test]
 async fn a_browser_registers_and_the_key_shown_once_works_and_rotates() {
-    let logs = Captured::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _logging = tracing::subscriber::set_default(subscriber);
+    let logs = captured_logs();
     let app = spawn_app().await;
     let before = users(&app).await;
     let form = open_form(&app).await;
@@ -130,7 +156,7 @@ async fn a_browser_registers_and_the_key_shown_once_works_and_rotates() {
 
     // Both keys are stored only as their salted hashes, and never logged.
     let stored = crate::backend::stored_bytes(app.dir.path()).await;
-    let logged = String::from_utf8_lossy(&logs.0.lock().unwrap()).to_string();
+    let logged = logs.text();
     assert!(logged.contains("registered through /register"), "{logged}");
     assert!(logged.contains("API key reset"), "{logged}");
     for (what, plain) in [("registered", &key), ("rotated", &rotated)] {

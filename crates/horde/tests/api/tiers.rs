@@ -168,7 +168,12 @@ async fn nobody_but_the_user_and_moderators_sees_a_quota_and_anonymous_has_no_ti
         Some(json!({"tier": "gold"})),
     )
     .await;
-    assert_eq!(status, 400, "{answer}");
+    // A valid request refused (the spec's tiers include "gold"): 403, not 400.
+    assert_eq!(
+        (status, &answer["rc"]),
+        (403, &json!("Forbidden")),
+        "{answer}"
+    );
     assert!(
         answer["message"].as_str().unwrap().contains("anonymous"),
         "{answer}"
