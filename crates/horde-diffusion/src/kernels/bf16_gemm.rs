@@ -371,6 +371,29 @@ pub(crate) struct Out<'a> {
     pub(crate) row_stride: usize,
 }
 
+impl Out<'_> {
+    /// The `rows × cols` region the tasks write, refused (with its sizes) when it does not fit
+    /// in the values.
+    fn tile(self, rows: usize, cols: usize) -> Tile {
+        assert!(
+            self.start + (rows - 1) * self.row_stride + cols <= self.values.len()
+                && cols <= self.row_stride,
+            "bf16 gemm: {rows}×{cols} output at {} (rows {} apart) in {} values",
+            self.start,
+            self.row_stride,
+            self.values.len()
+        );
+        Tile {
+            ptr: self
+                .values
+                .as_mut_ptr()
+                .cast::<f32>()
+                .wrapping_add(self.start),
+            row_stride: self.row_stride,
+        }
+    }
+}
+
 /// `out ← α·a·b`, or `out ← out + α·a·b` when `accumulate`; on rayon when `parallel`.
 /// `a` is `rows × depth` with its columns adjacent (`col_stride` 1).
 ///
@@ -426,22 +449,7 @@ unsafe fn matmul_on(
     if rows == 0 || cols == 0 {
         return;
     }
-    assert!(
-        out.start + (rows - 1) * out.row_stride + cols <= out.values.len()
-            && cols <= out.row_stride,
-        "bf16 gemm: {rows}×{cols} output at {} (rows {} apart) in {} values",
-        out.start,
-        out.row_stride,
-        out.values.len()
-    );
-    let c = Tile {
-        ptr: out
-            .values
-            .as_mut_ptr()
-            .cast::<f32>()
-            .wrapping_add(out.start),
-        row_stride: out.row_stride,
-    };
+    let c = out.tile(rows, cols);
     let job = Job {
         a,
         b,
@@ -527,22 +535,7 @@ fn matmul_sum_on(kernel: Kernel, out: Out<'_>, terms: &[(View<'_>, PairedB<'_>)]
         b0.cols
     );
     let (rows, cols) = (a0.rows, b0.cols);
-    assert!(
-        out.start + (rows - 1) * out.row_stride + cols <= out.values.len()
-            && cols <= out.row_stride,
-        "bf16 gemm: {rows}×{cols} output at {} (rows {} apart) in {} values",
-        out.start,
-        out.row_stride,
-        out.values.len()
-    );
-    let c = Tile {
-        ptr: out
-            .values
-            .as_mut_ptr()
-            .cast::<f32>()
-            .wrapping_add(out.start),
-        row_stride: out.row_stride,
-    };
+    let c = out.tile(rows, cols);
     assert!(
         amx::supported(),
         "bf16 gemm on AMX tiles on a CPU without them"
