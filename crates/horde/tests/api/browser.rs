@@ -158,6 +158,27 @@ async fn make_a_shady_worker(app: &TestApp) -> horde_client::Client {
     requester
 }
 
+/// Runs `tests/browser/{name}.mjs` with `env`, asserts it succeeded and printed
+/// "{name} checks passed", and returns what it printed.
+pub(crate) async fn run_browser_script(name: &str, env: &[(&str, &str)]) -> String {
+    let browser_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    let output = tokio::process::Command::new("node")
+        .arg(format!("{name}.mjs"))
+        .current_dir(&browser_dir)
+        .envs(env.iter().copied())
+        .output()
+        .await
+        .expect("node runs");
+    let printed = String::from_utf8_lossy(&output.stdout).to_string();
+    let errors = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{printed}\n{errors}");
+    assert!(
+        printed.contains(&format!("{name} checks passed")),
+        "{printed}"
+    );
+    printed
+}
+
 /// The account page's tier, quota and key management in a real browser
 /// (`tests/browser/keys.mjs`): what the page did is checked here through the API, and the keys
 /// it showed (the rotated key, a shared key) are in neither the database nor the logs (the
@@ -188,20 +209,16 @@ async fn the_account_page_manages_tiers_and_keys() {
         .await
         .unwrap();
     let (user, user_id) = app.untrusted_user("tiered", 0.0).await;
-    let browser_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
-    let output = tokio::process::Command::new("node")
-        .arg("keys.mjs")
-        .current_dir(&browser_dir)
-        .env("HORDE_URL", &app.root)
-        .env("HORDE_API_KEY", &moderator.api_key)
-        .env("HORDE_USER_ID", user_id.to_string())
-        .output()
-        .await
-        .expect("node runs");
-    let printed = String::from_utf8_lossy(&output.stdout).to_string();
-    let errors = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{printed}\n{errors}");
-    assert!(printed.contains("keys checks passed"), "{printed}");
+    let user_id = user_id.to_string();
+    let printed = run_browser_script(
+        "keys",
+        &[
+            ("HORDE_URL", &app.root),
+            ("HORDE_API_KEY", &moderator.api_key),
+            ("HORDE_USER_ID", &user_id),
+        ],
+    )
+    .await;
     let line = |label: &str| {
         printed
             .lines()

@@ -111,14 +111,7 @@ async fn the_dashboard_shows_the_horde_without_scripts_and_escapes_what_workers_
     assert!(model.contains("plain worker") && model.contains("&lt;b&gt;sneaky"));
     assert!(model.contains(">1</b>jobs waiting or running"), "{model}");
     // The tables alone, as the script fetches them when they changed.
-    let fragment = http()
-        .get(format!("{}/dashboard/tables?sort=name", app.root))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let fragment = app.page("/dashboard/tables?sort=name").await;
     assert!(fragment.starts_with("<h2>Models</h2>"), "{fragment}");
     assert!(!fragment.contains("<html"));
     assert!(html.contains(&fragment), "the page holds the same tables");

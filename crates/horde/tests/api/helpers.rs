@@ -113,6 +113,12 @@ impl TestApp {
         self.user_with(name, kudos, true).await
     }
 
+    /// The text of the page at `path` (from `/`) of this coordinator, fetched as a browser.
+    pub(crate) async fn page(&self, path: &str) -> String {
+        let answer = http().get(format!("{}{path}", self.root)).send().await;
+        answer.unwrap().text().await.unwrap()
+    }
+
     /// The API key and id of a new moderator named `moderator`.
     pub(crate) async fn moderator(&self) -> (String, i64) {
         let request = TestUserRequest {

@@ -41,14 +41,7 @@ async fn listed(app: &TestApp, key: &str) -> Vec<Value> {
 async fn an_invite_code_lets_its_accounts_in_and_then_stops() {
     let app = invite_only().await;
     let (moderator, _) = app.moderator().await;
-    let page = http()
-        .get(format!("{}/register", app.root))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = app.page("/register").await;
     assert!(page.contains("name=\"invite_code\""), "{page}");
     let invite = create(&app, &moderator, json!({"uses": 2, "note": "for the club"})).await;
     let code = invite["code"].as_str().unwrap().to_string();

@@ -354,18 +354,7 @@ async fn the_form_answers_every_caller_alike() {
 #[ignore = "needs Debian's chromium and playwright-core: .ci/run installs both (.ci/browser.sh)"]
 async fn a_real_browser_registers_without_javascript() {
     let app = spawn_app().await;
-    let browser_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
-    let output = tokio::process::Command::new("node")
-        .arg("register.mjs")
-        .current_dir(&browser_dir)
-        .env("HORDE_URL", &app.root)
-        .output()
-        .await
-        .expect("node runs");
-    let printed = String::from_utf8_lossy(&output.stdout).to_string();
-    let errors = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{printed}\n{errors}");
-    assert!(printed.contains("register checks passed"), "{printed}");
+    let printed = crate::browser::run_browser_script("register", &[("HORDE_URL", &app.root)]).await;
     let key = between(&printed, "key: ", "\n");
     let me = app.client(key).find_user().await.unwrap();
     assert!(me.username.starts_with("browser user#"), "{}", me.username);

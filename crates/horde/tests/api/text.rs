@@ -531,14 +531,7 @@ async fn the_dashboard_shows_text_workers_and_the_text_queue() {
             json!({"prompt": "queued", "models": [MODEL], "params": {"max_length": 100}}),
         )
         .await;
-    let page = http()
-        .get(format!("{}/", app.root))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = app.page("/").await;
     let table = &page[page
         .find("<h2>Text models</h2>")
         .expect("a text models table")..];

@@ -181,33 +181,6 @@ pub(super) mod tiles {
         unsafe { asm!("tilerelease", options(nostack, nomem)) };
     }
 
-    /// `out ← A·B` for `MB` tiles of rows and `NB` of columns (each 1 or 2): `steps` tiles of 16
-    /// depth pairs, `A`'s rows `a_stride` words apart and its second tile `16·a_stride` words
-    /// on, `B`'s pairs `b_stride` words apart and its second tile 16 words on; then one more
-    /// step from `tail` (16 pairs of 32 words) when given. `out` is 32 rows of 32.
-    ///
-    /// # Safety
-    ///
-    /// [`configure`] ran on this thread; every tile row read is inside its operand.
-    #[inline(always)]
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) unsafe fn product<const MB: usize, const NB: usize>(
-        a: *const u32,
-        a_stride: usize,
-        b: *const u32,
-        b_stride: usize,
-        steps: usize,
-        tail: Option<&Tail>,
-        out: &mut Block,
-    ) {
-        // SAFETY: the caller's promises.
-        unsafe {
-            zero();
-            add_product::<MB, NB>(a, a_stride, b, b_stride, steps, tail);
-            store(out);
-        }
-    }
-
     /// Zeroes the tiles of `C`.
     ///
     /// # Safety
@@ -227,13 +200,41 @@ pub(super) mod tiles {
         };
     }
 
-    /// Adds `A·B` to the tiles of `C`, as [`product`] computes it.
+    /// Adds `A·B` to the tiles of `C`, through two tiles of rows when `tall` and two of
+    /// columns when `wide` (one otherwise: tiles that would hold nothing of the output are
+    /// skipped): `steps` tiles of 16 depth pairs, `A`'s rows `a_stride` words apart and its
+    /// second tile `16·a_stride` words on, `B`'s pairs `b_stride` words apart and its second
+    /// tile 16 words on; then one more step from `tail` (16 pairs of 32 words) when given.
     ///
     /// # Safety
     ///
-    /// As [`product`].
+    /// [`configure`] ran on this thread; every tile row read is inside its operand.
     #[inline(always)]
-    pub(crate) unsafe fn add_product<const MB: usize, const NB: usize>(
+    pub(crate) unsafe fn add_product(
+        (a, a_stride): (*const u32, usize),
+        (b, b_stride): (*const u32, usize),
+        steps: usize,
+        tail: Option<&Tail>,
+        (tall, wide): (bool, bool),
+    ) {
+        // SAFETY: the caller's promises.
+        unsafe {
+            match (tall, wide) {
+                (true, true) => add_tiles::<2, 2>(a, a_stride, b, b_stride, steps, tail),
+                (true, false) => add_tiles::<2, 1>(a, a_stride, b, b_stride, steps, tail),
+                (false, true) => add_tiles::<1, 2>(a, a_stride, b, b_stride, steps, tail),
+                (false, false) => add_tiles::<1, 1>(a, a_stride, b, b_stride, steps, tail),
+            }
+        }
+    }
+
+    /// [`add_product`] through `MB` tiles of rows and `NB` of columns.
+    ///
+    /// # Safety
+    ///
+    /// As [`add_product`].
+    #[inline(always)]
+    unsafe fn add_tiles<const MB: usize, const NB: usize>(
         a: *const u32,
         a_stride: usize,
         b: *const u32,
@@ -278,7 +279,7 @@ pub(super) mod tiles {
     ///
     /// # Safety
     ///
-    /// As [`product`].
+    /// As [`add_product`].
     #[inline(always)]
     unsafe fn multiply<const MB: usize, const NB: usize>(
         a: *const u32,
@@ -371,20 +372,10 @@ impl super::Job<'_> {
                         // slice), the tail 16 pairs of 32; tiles configured above. Row and
                         // column tiles that hold nothing of the output are skipped.
                         unsafe {
-                            match (tile_rows > TILE, cols > TILE) {
-                                (true, true) => tiles::product::<2, 2>(
-                                    a, stride, b, b_stride, steps, tail, &mut block,
-                                ),
-                                (true, false) => tiles::product::<2, 1>(
-                                    a, stride, b, b_stride, steps, tail, &mut block,
-                                ),
-                                (false, true) => tiles::product::<1, 2>(
-                                    a, stride, b, b_stride, steps, tail, &mut block,
-                                ),
-                                (false, false) => tiles::product::<1, 1>(
-                                    a, stride, b, b_stride, steps, tail, &mut block,
-                                ),
-                            }
+                            tiles::zero();
+                            let shape = (tile_rows > TILE, cols > TILE);
+                            tiles::add_product((a, stride), (b, b_stride), steps, tail, shape);
+                            tiles::store(&mut block);
                         }
                         let c = self.c.ptr.wrapping_add(first * self.c.row_stride + s * 32);
                         let accumulate = self.accumulate || from > 0;
@@ -527,20 +518,8 @@ pub(super) unsafe fn sum_of_products(
                         let a = packed.as_slice()[t * MR * stride..].as_ptr();
                         let (b, b_stride) = (b.strip(s, 0, pairs).as_ptr(), b.pair_stride);
                         let tail = tails.get(t);
-                        match (tile_rows > TILE, width > TILE) {
-                            (true, true) => {
-                                tiles::add_product::<2, 2>(a, stride, b, b_stride, steps, tail)
-                            }
-                            (true, false) => {
-                                tiles::add_product::<2, 1>(a, stride, b, b_stride, steps, tail)
-                            }
-                            (false, true) => {
-                                tiles::add_product::<1, 2>(a, stride, b, b_stride, steps, tail)
-                            }
-                            (false, false) => {
-                                tiles::add_product::<1, 1>(a, stride, b, b_stride, steps, tail)
-                            }
-                        }
+                        let shape = (tile_rows > TILE, width > TILE);
+                        tiles::add_product((a, stride), (b, b_stride), steps, tail, shape);
                     }
                     tiles::store(&mut block);
                 }
