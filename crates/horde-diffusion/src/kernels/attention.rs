@@ -14,7 +14,11 @@
 //! In bf16, on CPUs with AVX512-BF16, both products run in bf16 with f32 accumulation
 //! (`bf16_gemm`): each head's keys and values are packed once per batch item, the scores come
 //! out in f32, the softmax is taken in f32, and its weights are narrowed to bf16 as the second
-//! product packs them. Elsewhere bf16 inputs are widened to f32 first.
+//! product packs them. Where the CPU has AMX tiles, [`tiles`] runs the whole of it instead,
+//! fused, a block of 32 queries of one head at a time. Elsewhere bf16 inputs are widened to
+//! f32 first.
+
+mod tiles;
 
 use super::bf16_gemm::{self, Out, PackedB, Values, View};
 use super::{contiguous_f32, contiguous_values, filled, unfilled};
@@ -93,7 +97,11 @@ impl CustomOp3 for FusedAttention {
                 contiguous_values::<bf16>(ks, kl, op)?,
                 contiguous_values::<bf16>(vs, vl, op)?,
             );
-            let out = attend_in_bf16(&shape, batch, (q, k, v));
+            let out = if tiles::available() && k_len > 0 {
+                tiles::attend(&shape, batch, (q, k, v), |_| {})
+            } else {
+                attend_in_bf16(&shape, batch, (q, k, v))
+            };
             return Ok((CpuStorage::F32(out), ql.shape().clone()));
         }
         let (q, k, v) = (
@@ -410,7 +418,7 @@ mod tests {
     use super::*;
 
     /// candle's own ops, as `nn::attention` computes without the fused kernel.
-    fn reference(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Tensor {
+    pub(super) fn reference(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Tensor {
         let (batch, q_len, width) = q.dims3().unwrap();
         let k_len = k.dim(1).unwrap();
         let dim = width / heads;
@@ -434,7 +442,7 @@ mod tests {
             .unwrap()
     }
 
-    fn random(shape: (usize, usize, usize), seed: u64) -> Tensor {
+    pub(super) fn random(shape: (usize, usize, usize), seed: u64) -> Tensor {
         super::super::test_support::random(&[shape.0, shape.1, shape.2], seed, 2.0)
     }
 

@@ -24,7 +24,7 @@ use std::cell::RefCell;
 use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-mod amx;
+pub(crate) mod amx;
 pub use amx::set_enabled as set_amx_enabled;
 
 /// Rows of the microkernel's tile of `C`.
@@ -673,7 +673,7 @@ fn pack_a_into(
 /// odd last). On a little-endian CPU a word's bytes are its two values' own, so it is one
 /// copy (the weights of a convolution on small maps, packed at every call, took a fifth of
 /// its time word by word).
-fn copy_pairs(values: &[bf16], out: &mut [u32]) {
+pub(crate) fn copy_pairs(values: &[bf16], out: &mut [u32]) {
     let words = values.len().div_ceil(2);
     assert!(out.len() >= words, "bf16 gemm: pairs into too few words");
     #[cfg(target_endian = "little")]

@@ -141,7 +141,7 @@ pub(super) struct Block(pub(super) [f32; MR * 32]);
 /// The tile instructions.
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
-pub(super) mod tiles {
+pub(crate) mod tiles {
     use super::{Block, Tail, TILE};
     use std::arch::asm;
 
@@ -210,7 +210,7 @@ pub(super) mod tiles {
     ///
     /// [`configure`] ran on this thread; every tile row read is inside its operand.
     #[inline(always)]
-    pub(crate) unsafe fn add_product(
+    pub(super) unsafe fn add_product(
         (a, a_stride): (*const u32, usize),
         (b, b_stride): (*const u32, usize),
         steps: usize,
@@ -260,7 +260,7 @@ pub(super) mod tiles {
     ///
     /// [`configure`] ran on this thread.
     #[inline(always)]
-    pub(crate) unsafe fn store(out: &mut Block) {
+    pub(super) unsafe fn store(out: &mut Block) {
         // SAFETY: the block holds 32 rows of 32 f32, as the four tiles store them.
         unsafe {
             let (c, row_bytes) = (out.0.as_mut_ptr(), 32usize * 4);
