@@ -67,7 +67,7 @@ fn best_of_3_ms(run: &dyn Fn() -> Tensor) -> f64 {
 /// runs each, in milliseconds: where `nn`'s Winograd threshold comes from; and in bf16 through
 /// `conv2d_bf16` (bf16 products, where the CPU has AVX512-BF16).
 fn compare_convolutions() {
-    use horde_diffusion::parts::kernels::{conv2d_3x3, conv2d_bf16, conv2d_stride1};
+    use horde_diffusion::parts::kernels::{conv2d_3x3, conv2d_3x3_f4, conv2d_bf16, conv2d_stride1};
     let shapes = [
         ("unet 64x64", 2, 320, 320, 64),
         ("unet 32x32", 2, 640, 640, 32),
@@ -78,7 +78,7 @@ fn compare_convolutions() {
         ("vae 256x256", 1, 256, 256, 256),
         ("vae 512x512", 1, 128, 128, 512),
     ];
-    println!("shape                 candle ms   direct ms   winograd ms   bf16 ms");
+    println!("shape                 candle ms   direct ms   winograd ms   F(4x4) ms   bf16 ms");
     for (name, batch, c_in, c_out, size) in shapes {
         // One noise stream per leading item: `batch` images, `c_out` filters.
         let noise = |items: usize, per_item: &[usize]| {
@@ -92,6 +92,7 @@ fn compare_convolutions() {
         let candle = best_of_3_ms(&|| x.conv2d(&w, 1, 1, 1, 1).unwrap());
         let direct = best_of_3_ms(&|| conv2d_stride1(&x, &w, None, 1).unwrap());
         let winograd = best_of_3_ms(&|| conv2d_3x3(&x, &w, None, 1).unwrap());
+        let winograd4 = best_of_3_ms(&|| conv2d_3x3_f4(&x, &w, None, 1, false).unwrap());
         let half = |t: &Tensor| t.to_dtype(candle_core::DType::BF16).unwrap();
         let (x_half, w_half) = (half(&x), half(&w));
         let bf16 = if horde_diffusion::parts::kernels::bf16_products() {
@@ -99,7 +100,9 @@ fn compare_convolutions() {
         } else {
             f64::NAN
         };
-        println!("{name:<20} {candle:>10.1} {direct:>11.1} {winograd:>13.1} {bf16:>9.1}");
+        println!(
+            "{name:<20} {candle:>10.1} {direct:>11.1} {winograd:>13.1} {winograd4:>11.1} {bf16:>9.1}"
+        );
     }
 }
 

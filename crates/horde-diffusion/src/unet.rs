@@ -168,7 +168,7 @@ impl SpatialTransformer {
             Projection::Conv(conv) => conv.forward(&nn::from_tokens(&tokens, h, w)?)?,
             Projection::Linear(linear) => nn::from_tokens(&linear.forward(&tokens)?, h, w)?,
         };
-        out + xs
+        nn::add(&out, xs)
     }
 }
 

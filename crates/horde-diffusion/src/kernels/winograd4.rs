@@ -34,7 +34,7 @@ const XI: usize = 36;
 /// zeros on each side; f32 on the CPU (`x` `[batch, c_in, h, w]`, `weight` `[c_out, c_in, 3,
 /// 3]`, `bias` `[c_out]`). With `relu`, ReLU is applied as the outputs are written (one pass
 /// over the output fewer: U²-Net's `REBNCONV`).
-pub(crate) fn conv2d_3x3(
+pub fn conv2d_3x3(
     x: &Tensor,
     weight: &Tensor,
     bias: Option<&Tensor>,
