@@ -782,8 +782,8 @@ mod tests {
     /// Against candle's f32 ops on the same bf16-rounded values within 1 % of the values'
     /// largest magnitude (2.0), as the general bf16 path is held to (only the weights are
     /// rounded, 2⁻⁹ each, and their exponentials are within 5e-6); values wired to the wrong
-    /// keys miss by more. The shapes: SD 1.5's heads (40, 80, 160 channels), SDXL's (64),
-    /// odd ones; keys and queries off and on whole blocks; text's 77 keys; one of each.
+    /// keys miss by more. The shapes: SD 1.5's heads (40, 80, 160 channels), SDXL's (64), the
+    /// VAE's one head of 512, odd ones; keys and queries off and on whole blocks; text's 77 keys; one of each.
     #[test]
     fn attention_on_the_tiles_equals_the_f32_attention_of_its_rounded_inputs() {
         if !available() {
@@ -799,6 +799,7 @@ mod tests {
             (1, 257, 256, 2, 64),
             (3, 63, 17, 3, 7),
             (1, 31, 1000, 1, 40),
+            (1, 100, 70, 1, 512), // the VAE's mid-block attention: one head of 512 channels
         ];
         let mut worst = 0f32;
         for (i, &(batch, q_len, k_len, heads, dim)) in shapes.iter().enumerate() {
