@@ -347,6 +347,9 @@ impl<'a> PairedB<'a> {
 
 /// Strip of `b` starting at column `first` into `out` (`pairs × NR` words, zeroed).
 fn pack_strip(b: &View<'_>, first: usize, out: &mut [u32]) {
+    if let (Values::Bf16(values), 1) = (b.values, b.row_stride) {
+        return pack_weight_strip(values, b, first, out);
+    }
     let columns = NR.min(b.cols - first);
     for lane in 0..columns {
         let c = first + lane;
@@ -359,6 +362,38 @@ fn pack_strip(b: &View<'_>, first: usize, out: &mut [u32]) {
                 0
             };
             *word = low | high << 16;
+        }
+    }
+}
+
+/// [`pack_strip`] for bf16 values whose depth is adjacent (a linear layer's weight as
+/// stored, `[cols, depth]`): each column's pairs are two adjacent values, so the strip is a
+/// transpose of its columns' rows, done 16 pairs at a time through a block that stays in L1
+/// (value by value through [`View::bits`] this was 3 % of a bf16 UNet step's samples).
+fn pack_weight_strip(values: &[bf16], b: &View<'_>, first: usize, out: &mut [u32]) {
+    const BLOCK: usize = 16;
+    let columns = NR.min(b.cols - first);
+    let (whole_pairs, pairs) = (b.rows / 2, b.rows.div_ceil(2));
+    let column = |lane: usize| &values[b.start + (first + lane) * b.col_stride..][..b.rows];
+    for from in (0..whole_pairs).step_by(BLOCK) {
+        let n = BLOCK.min(whole_pairs - from);
+        let mut block = [[0u32; BLOCK]; NR];
+        for (lane, words) in block.iter_mut().enumerate().take(columns) {
+            let pairs = column(lane)[2 * from..2 * (from + n)].chunks_exact(2);
+            for (word, pair) in words.iter_mut().zip(pairs) {
+                *word = u32::from(pair[0].to_bits()) | u32::from(pair[1].to_bits()) << 16;
+            }
+        }
+        for q in 0..n {
+            for (lane, words) in block.iter().enumerate() {
+                out[(from + q) * NR + lane] = words[q];
+            }
+        }
+    }
+    if pairs > whole_pairs {
+        // An odd depth: the last pair's high half is zero.
+        for lane in 0..columns {
+            out[whole_pairs * NR + lane] = u32::from(column(lane)[b.rows - 1].to_bits());
         }
     }
 }
@@ -871,7 +906,7 @@ mod tests {
         rows: usize,
         depth: usize,
         cols: usize,
-        /// `A` given in bf16 (else f32, narrowed while packing).
+        /// `A` and `B` given in bf16 (else f32, narrowed while packing).
         a_bf16: bool,
         /// `B` stored `[cols, depth]`, as a linear layer's weight (else `[depth, cols]`).
         b_as_weight: bool,
@@ -927,8 +962,15 @@ mod tests {
         } else {
             (cols, 1)
         };
+        // B in bf16 too when A is (a linear layer's weight packed from its bf16 rows).
+        let b_halves: Vec<bf16> = b.iter().map(|v| bf16::from_f32(*v)).collect();
+        let b_values = if case.a_bf16 {
+            Values::Bf16(&b_halves)
+        } else {
+            Values::F32(&b)
+        };
         let mut packed = PackedB::pack(
-            View::new(Values::F32(&b), 0, (depth, cols), strides),
+            View::new(b_values, 0, (depth, cols), strides),
             case.parallel,
         );
         rewire(&mut packed);
