@@ -354,7 +354,7 @@ unsafe fn scores(g: &Geometry, queries: &[u32], keys: &[u32], scores: &mut Words
         // SAFETY: the queries hold 32 rows of `q_stride ≥ dim_pairs` words, the block of keys
         // `dim_pairs` rows of 32 words, the scores 32 rows of `s_stride ≥ k_pad` f32.
         unsafe {
-            asm_tiles::zero_scores();
+            amx::tiles::zero();
             for step in 0..g.dim_pairs / g.step_pairs {
                 let a = qa.add(step * g.step_pairs);
                 asm_tiles::scores_step(
@@ -562,6 +562,21 @@ mod asm_tiles {
     use super::Config;
     use std::arch::asm;
 
+    /// `$on!(N)` for output tile `t` = N (0–5): an instruction names its tiles, so a tile
+    /// chosen at run time is a match over the literal names.
+    macro_rules! on_tile {
+        ($t:expr, $on:ident) => {
+            match $t {
+                0 => $on!(0),
+                1 => $on!(1),
+                2 => $on!(2),
+                3 => $on!(3),
+                4 => $on!(4),
+                _ => $on!(5),
+            }
+        };
+    }
+
     /// Loads `config` for this thread (which zeroes the tiles).
     ///
     /// # Safety
@@ -572,27 +587,9 @@ mod asm_tiles {
         unsafe { asm!("ldtilecfg [{}]", in(reg) &config.0, options(nostack, readonly)) };
     }
 
-    /// Zeroes the scores' four tiles.
-    ///
-    /// # Safety
-    ///
-    /// The tiles are configured on this thread.
-    #[inline(always)]
-    pub(super) unsafe fn zero_scores() {
-        // SAFETY: the caller's promise.
-        unsafe {
-            asm!(
-                "tilezero tmm0",
-                "tilezero tmm1",
-                "tilezero tmm2",
-                "tilezero tmm3",
-                options(nostack, nomem)
-            )
-        };
-    }
-
     /// Adds 32 queries × a step's depth pairs (two tiles of `A`, their rows `a_bytes` apart)
-    /// times the step's pairs × 32 keys (two tiles side by side, rows 128 bytes apart) to the scores' tiles.
+    /// times the step's pairs × 32 keys (two tiles side by side, rows 128 bytes apart) to the
+    /// scores' tiles (0–3).
     ///
     /// # Safety
     ///
@@ -675,14 +672,7 @@ mod asm_tiles {
                 }
             };
         }
-        match t {
-            0 => on!(0),
-            1 => on!(1),
-            2 => on!(2),
-            3 => on!(3),
-            4 => on!(4),
-            _ => on!(5),
-        }
+        on_tile!(t, on);
     }
 
     /// Zeroes output tile `t` (0–5).
@@ -698,14 +688,7 @@ mod asm_tiles {
                 unsafe { asm!(concat!("tilezero tmm", $tile), options(nostack, nomem)) }
             };
         }
-        match t {
-            0 => on!(0),
-            1 => on!(1),
-            2 => on!(2),
-            3 => on!(3),
-            4 => on!(4),
-            _ => on!(5),
-        }
+        on_tile!(t, on);
     }
 
     /// Stores output tile `t` (0–5): 16 rows of 16 f32 from `c`, `row_bytes` apart.
@@ -724,14 +707,7 @@ mod asm_tiles {
                 }
             };
         }
-        match t {
-            0 => on!(0),
-            1 => on!(1),
-            2 => on!(2),
-            3 => on!(3),
-            4 => on!(4),
-            _ => on!(5),
-        }
+        on_tile!(t, on);
     }
 }
 
