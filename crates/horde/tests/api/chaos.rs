@@ -163,6 +163,37 @@ async fn three_coordinators_on_one_postgresql_survive_the_chaos() {
     }
 }
 
+/// Each coordinator's status of request `id` and the database's copy of it, in words.
+async fn views_of_request(apps: &[TestApp], client: &Spread, id: &str) -> String {
+    let mut views = Vec::new();
+    for (k, coordinator) in client.0.iter().enumerate() {
+        let s = coordinator.status(id).await.unwrap();
+        let c = &s.check;
+        views.push(format!(
+            "coordinator {k}: {} images (finished {}, processing {}, restarted {}, waiting {}, done {})",
+            s.generations.len(),
+            c.finished,
+            c.processing,
+            c.restarted,
+            c.waiting,
+            c.done
+        ));
+    }
+    let ids = [id.parse().unwrap()];
+    let stored = apps[0]
+        .state
+        .store
+        .load_requests_by_id::<horde_core::Image>(&ids);
+    for request in stored.await.unwrap() {
+        let states: Vec<&str> = request.jobs.iter().map(|j| j.state.as_str()).collect();
+        views.push(format!(
+            "stored: version {}, jobs {states:?}",
+            request.version
+        ));
+    }
+    views.join("; ")
+}
+
 async fn run_chaos(apps: &[TestApp]) {
     let app = &apps[0];
     let mut requesters = Vec::new();
@@ -279,11 +310,14 @@ async fn run_chaos(apps: &[TestApp]) {
             !status.check.faulted,
             "request {i} faulted though workers remained"
         );
-        if !cancelled {
-            assert_eq!(
+        if !cancelled && status.generations.len() != 1 + i % 4 {
+            // Seen once in CI (2 of 4 images, the request done elsewhere): say what each
+            // coordinator and the database hold, so that a recurrence shows whose copy is stale.
+            let views = views_of_request(apps, client, id).await;
+            panic!(
+                "request {i} got {} of its {} images; {views}",
                 status.generations.len(),
-                1 + i % 4,
-                "request {i} got all its images"
+                1 + i % 4
             );
         }
         for generation in &status.generations {
