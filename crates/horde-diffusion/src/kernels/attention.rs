@@ -97,7 +97,7 @@ impl CustomOp3 for FusedAttention {
                 contiguous_values::<bf16>(ks, kl, op)?,
                 contiguous_values::<bf16>(vs, vl, op)?,
             );
-            let out = if tiles::available() && k_len > 0 {
+            let out = if tiles::available() && k_len > 0 && width > 0 {
                 tiles::attend(&shape, batch, (q, k, v), |_| {})
             } else {
                 attend_in_bf16(&shape, batch, (q, k, v))

@@ -4,10 +4,11 @@
 //! The general path ([`super::attend_in_bf16`]) runs both products through `bf16_gemm`, which
 //! writes 128 × 4 096 f32 scores per block and head, takes the softmax over them in place, then
 //! narrows the weights to bf16 pairs as the second product packs them: three passes over 2 MiB,
-//! and the products' own block stores and scaling. On the tiles the products themselves cost
-//! almost nothing (the 4 096-token self-attention of SD 1.5 is 43 GFLOP, 10 ms of `tdpbf16ps`
-//! on two cores); what is left is moving the scores, which this module keeps to one store of
-//! the tiles, one pass for the rows' maxima and one that turns them into bf16 weights:
+//! and the products' own block stores and scaling. On the tiles the products themselves are
+//! cheap (the 4 096-token self-attention of SD 1.5 is 43 GFLOP: about 30 ms on two cores at
+//! the rate this project's Xeon loads tiles, where it took 266 ms that way); the rest is moving
+//! the scores, which this module keeps to one store of the tiles, one pass for the rows'
+//! maxima and one that turns them into bf16 weights:
 //!
 //! 1. the block's 32 queries, packed once (depth pairs of the head's channels, in even steps
 //!    of at most 16 pairs: see [`STEP_PAIRS`]), times each block of 32 keys (packed once per
@@ -64,7 +65,6 @@ fn spread(words: usize) -> usize {
 /// The sizes every task of one call shares.
 #[derive(Clone, Copy)]
 struct Geometry {
-    q_len: usize,
     k_len: usize,
     width: usize,
     heads: usize,
@@ -93,7 +93,6 @@ impl Geometry {
         let dim_pairs = steps * step_pairs;
         let k_pad = s.k_len.next_multiple_of(KEYS);
         Geometry {
-            q_len: s.q_len,
             k_len: s.k_len,
             width: s.width,
             heads: s.heads,
@@ -124,19 +123,21 @@ pub(super) fn attend(
     rewire: fn(&mut [u32]),
 ) -> Vec<f32> {
     assert!(available(), "attention on AMX tiles on a CPU without them");
-    let g = Geometry::new(s);
-    let (q_len, k_len, width) = (g.q_len, g.k_len, g.width);
+    let (q_len, k_len, width) = (s.q_len, s.k_len, s.width);
     assert!(
         q.len() == batch * q_len * width
             && k.len() == batch * k_len * width
             && v.len() == k.len()
-            && g.dim * g.heads == width
+            && s.heads > 0
+            && width.is_multiple_of(s.heads)
+            && width > 0
             && k_len > 0,
         "attention on tiles: q {} k {} v {} values for {batch} × ({q_len}, {k_len}) × {width}",
         q.len(),
         k.len(),
         v.len()
     );
+    let g = Geometry::new(s);
     let mut out = super::unfilled::<f32>(batch * q_len * width);
     let packed: Vec<(Words, Words)> = (0..batch * g.heads)
         .into_par_iter()
@@ -810,6 +811,16 @@ mod tests {
             }
         }
         println!("attention on the tiles: worst {worst:e} of the rounded inputs' f32 attention");
+    }
+
+    /// Heads of no channels (and no keys) are not the tiles' to take: the general path answers
+    /// them (on an AMX CPU the tiles' geometry divided by zero for them).
+    #[test]
+    fn empty_heads_are_answered_without_the_tiles() {
+        let empty =
+            |tokens: usize| Tensor::zeros((1, tokens, 0), DType::BF16, &Device::Cpu).unwrap();
+        let out = fused_attention(&empty(4), &empty(3), &empty(3), 1).unwrap();
+        assert_eq!(out.dims(), &[1, 4, 0]);
     }
 
     /// `exp2` over `t` (a multiple of 16 values).
