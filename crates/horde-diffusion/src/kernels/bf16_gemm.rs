@@ -373,27 +373,20 @@ fn pack_strip(b: &View<'_>, first: usize, out: &mut [u32]) {
 fn pack_weight_strip(values: &[bf16], b: &View<'_>, first: usize, out: &mut [u32]) {
     const BLOCK: usize = 16;
     let columns = NR.min(b.cols - first);
-    let (whole_pairs, pairs) = (b.rows / 2, b.rows.div_ceil(2));
-    let column = |lane: usize| &values[b.start + (first + lane) * b.col_stride..][..b.rows];
-    for from in (0..whole_pairs).step_by(BLOCK) {
-        let n = BLOCK.min(whole_pairs - from);
+    let pairs = b.rows.div_ceil(2);
+    for from in (0..pairs).step_by(BLOCK) {
+        let n = BLOCK.min(pairs - from);
         let mut block = [[0u32; BLOCK]; NR];
         for (lane, words) in block.iter_mut().enumerate().take(columns) {
-            let pairs = column(lane)[2 * from..2 * (from + n)].chunks_exact(2);
-            for (word, pair) in words.iter_mut().zip(pairs) {
-                *word = u32::from(pair[0].to_bits()) | u32::from(pair[1].to_bits()) << 16;
-            }
+            let column = b.start + (first + lane) * b.col_stride;
+            // An odd depth's last pair gets a zero high half from `copy_pairs`.
+            let depth = 2 * from..(2 * (from + n)).min(b.rows);
+            copy_pairs(&values[column..][depth], words);
         }
         for q in 0..n {
             for (lane, words) in block.iter().enumerate() {
                 out[(from + q) * NR + lane] = words[q];
             }
-        }
-    }
-    if pairs > whole_pairs {
-        // An odd depth: the last pair's high half is zero.
-        for lane in 0..columns {
-            out[whole_pairs * NR + lane] = u32::from(column(lane)[b.rows - 1].to_bits());
         }
     }
 }
