@@ -262,14 +262,14 @@ impl AppState {
         self.batch_status(id).await
     }
 
-    /// Undoes in memory the companions of a pop whose first request could not be stored: each
-    /// is reloaded as stored.
+    /// Undoes in memory `companions` of a pop that were not stored (the first request's
+    /// hand-out or an earlier companion's could not be): each is reloaded as stored.
     pub(crate) async fn resync_companions(
         &self,
         turn: &WriteTurn<'_>,
-        assignment: &Assignment,
+        companions: &[Assignment],
     ) -> ApiResult<()> {
-        for companion in &assignment.companions {
+        for companion in companions {
             self.resync_request_ordered::<Image>(turn, companion.request_id)
                 .await?;
         }
@@ -285,11 +285,15 @@ impl AppState {
         now: i64,
     ) -> ApiResult<Vec<(LiveRequest, Assignment)>> {
         let mut stored = Vec::with_capacity(assignment.companions.len());
-        for companion in &assignment.companions {
-            if let Attempt::Stored(request) =
-                self.store_hand_out::<Image>(turn, companion, now).await?
-            {
-                stored.push((request, companion.clone()));
+        for (i, companion) in assignment.companions.iter().enumerate() {
+            match self.store_hand_out::<Image>(turn, companion, now).await {
+                Ok(Attempt::Stored(request)) => stored.push((request, companion.clone())),
+                Ok(Attempt::Conflicted) => {}
+                Err(error) => {
+                    self.resync_companions(turn, &assignment.companions[i + 1..])
+                        .await?;
+                    return Err(error);
+                }
             }
         }
         Ok(stored)

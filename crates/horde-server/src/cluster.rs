@@ -13,6 +13,14 @@
 //!   of them a few milliseconds later;
 //! * a request, job or worker asked for by id and missing locally is looked up in the
 //!   database (a client may check a request here before the notification arrived);
+//! * a status, the answer that carries the results, compares the local copy's version with
+//!   the stored one and answers from the stored copy when it is newer ([`AppState::fresh_copy`]):
+//!   a client told "done" by one coordinator and sent to another by a load balancer sees every
+//!   result, though the announcement may still be on its way (up to a second under load);
+//! * a write the database refuses for another reason than a conflict puts the stored copy
+//!   back (`restore_after_failed_write`), so no local copy holds a version the database never
+//!   had (the announcement of another coordinator's change of that version would be taken for
+//!   it);
 //! * the workers that checked in elsewhere, and the prompt filters, are brought in every few
 //!   seconds ([`spawn_refresh`]): their check-ins, settings (paused, maintenance, name) and
 //!   reputations, so every coordinator lists the same online workers, counts them for
@@ -63,6 +71,27 @@ impl AppState {
             return Ok(());
         }
         self.resync_request_ordered::<K>(turn, id).await
+    }
+
+    /// `local`, or the stored copy of its request when another coordinator changed it since
+    /// (the listener brings the change in a moment later, up to a second or so under load):
+    /// what a status answers from, so that a client sent here by a load balancer after another
+    /// coordinator said "done" sees every result. One look at the request's row.
+    pub(crate) async fn fresh_copy<K: ServedKind>(
+        &self,
+        local: LiveRequest<K>,
+    ) -> ApiResult<LiveRequest<K>> {
+        if !self.is_clustered() {
+            return Ok(local);
+        }
+        match self.store.request_version(local.id).await? {
+            Some(stored) if stored > local.version => Ok(self
+                .store
+                .load_request::<K>(local.id)
+                .await?
+                .unwrap_or(local)),
+            _ => Ok(local),
+        }
     }
 
     /// Makes sure the request of job `job_id` is in the local queue of kind `K`, as of its
@@ -165,8 +194,9 @@ impl AppState {
 }
 
 /// Listens for the other coordinators' announcements and applies them, a batch at a time.
-/// Reconnects after a lost connection, then reloads every live request (announcements sent
-/// meanwhile are lost).
+/// Reconnects after a lost connection, or a batch that could not be applied, then reloads
+/// every live request (announcements sent meanwhile, or dropped, are lost: a finished request
+/// is never announced again).
 pub fn spawn_listener(state: SharedState, url: String) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
@@ -183,11 +213,13 @@ async fn listen(state: &SharedState, url: &str) -> Result<(), horde_store::Store
     // Whatever changed before the listener was up.
     if let Err(error) = state.resync_all().await {
         tracing::warn!(error = ?error.body, "could not reload the live requests");
+        return Ok(());
     }
     loop {
         let changes = listener.next_batch().await?;
         if let Err(error) = state.apply_announcements(changes).await {
-            tracing::warn!(error = ?error.body, "could not apply the cluster's changes");
+            tracing::warn!(error = ?error.body, "could not apply the cluster's changes; reloading");
+            return Ok(());
         }
     }
 }

@@ -122,11 +122,17 @@ impl AppState {
         r2_source: bool,
         now: i64,
     ) -> ApiResult<Attempt<PopResponse>> {
-        let request = match self.store_hand_out::<Image>(turn, &assignment, now).await? {
-            Attempt::Stored(request) => request,
-            Attempt::Conflicted => {
-                self.resync_companions(turn, &assignment).await?;
+        // The companions were assigned in the local copy too: put them back as stored unless
+        // the first request's hand-out was.
+        let request = match self.store_hand_out::<Image>(turn, &assignment, now).await {
+            Ok(Attempt::Stored(request)) => request,
+            Ok(Attempt::Conflicted) => {
+                self.resync_companions(turn, &assignment.companions).await?;
                 return Ok(Attempt::Conflicted);
+            }
+            Err(error) => {
+                self.resync_companions(turn, &assignment.companions).await?;
+                return Err(error);
             }
         };
         let companions = self.store_companions(turn, &assignment, now).await?;

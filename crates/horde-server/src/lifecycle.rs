@@ -62,6 +62,9 @@ pub struct JobResult<'a> {
 enum SubmitError {
     /// Another coordinator changed the request first: reload it and apply the result again.
     Conflict(Uuid),
+    /// The database refused the write or could not be reached: the stored copy of request
+    /// `.0` is put back in place of the local change, and the worker told.
+    Failed(Uuid, ApiError),
     Api(ApiError),
 }
 
@@ -216,7 +219,12 @@ impl AppState {
                 self.resync_request_ordered::<K>(turn, id).await?;
                 return Ok(Attempt::Conflicted);
             }
-            other => other?,
+            Err(error) => {
+                self.restore_after_failed_write::<K>(turn, request.id, [])
+                    .await;
+                return Err(error.into());
+            }
+            Ok(()) => {}
         }
         live.note_handed_out(&assignment.jobs, crate::clock::now_ms());
         self.metrics.jobs_handed_out(assignment.jobs.len());
@@ -240,6 +248,11 @@ impl AppState {
                     self.reload_reputation(job.worker_id).await?;
                     self.resync_request_ordered::<K>(turn, id).await?;
                     Ok(Attempt::Conflicted)
+                }
+                Err(SubmitError::Failed(id, error)) => {
+                    self.restore_after_failed_write::<K>(turn, id, [job.worker_id])
+                        .await;
+                    Err(error)
                 }
                 Err(SubmitError::Api(error)) => Err(error),
                 Ok(reward) => Ok(Attempt::Stored(reward)),
@@ -319,7 +332,8 @@ impl AppState {
             Err(StoreError::Conflict(_) | StoreError::WorkerConflict(_)) => {
                 return Err(SubmitError::Conflict(updated.id))
             }
-            other => other.map_err(ApiError::from)?,
+            Err(error) => return Err(SubmitError::Failed(updated.id, error.into())),
+            Ok(()) => {}
         }
         self.metrics.job_finished(job.state);
         self.webhooks.stored(&webhooks);
@@ -491,8 +505,15 @@ impl AppState {
                     }
                     self.resync_request_ordered::<K>(&turn, request.id).await?;
                 }
-                other => {
-                    other?;
+                // The database refused: this request stays as stored, its late jobs are taken
+                // back at the next sweep; the other requests' take-backs go on.
+                Err(error) => {
+                    tracing::error!(request = %request.id, %error, "could not store jobs taken back");
+                    let workers: Vec<Uuid> = reputations.iter().map(|(id, _)| *id).collect();
+                    self.restore_after_failed_write::<K>(&turn, request.id, workers)
+                        .await;
+                }
+                Ok(()) => {
                     self.note_reputations_stored(reputations.iter().map(|(id, r)| (*id, r)));
                     self.metrics.jobs_taken_back(jobs.len());
                     self.webhooks.stored(&webhooks);
@@ -501,6 +522,28 @@ impl AppState {
             }
         }
         Ok(count)
+    }
+
+    /// After a write of request `id` failed for another reason than a conflict (the database
+    /// refused it or could not be reached), puts the stored copy back in place of the local
+    /// change, and the stored reputations of `workers`. Left alone, the local copy would hold
+    /// jobs never stored under a version the database never had: a pop would skip the images
+    /// it thinks handed out, and another coordinator's change announced with that same version
+    /// would be taken for this one, leaving the copy behind for good.
+    pub(crate) async fn restore_after_failed_write<K: ServedKind>(
+        &self,
+        turn: &WriteTurn<'_>,
+        id: Uuid,
+        workers: impl IntoIterator<Item = Uuid>,
+    ) {
+        for worker_id in workers {
+            if let Err(error) = self.reload_reputation(worker_id).await {
+                tracing::error!(worker = %worker_id, error = ?error.body, "could not reload a reputation after a failed write");
+            }
+        }
+        if let Err(error) = self.resync_request_ordered::<K>(turn, id).await {
+            tracing::error!(request = %id, error = ?error.body, "could not reload a request after a failed write");
+        }
     }
 
     /// Enters the late `jobs` of request `request_id` in their workers' reputations; returns
@@ -567,8 +610,13 @@ impl AppState {
                     self.resync_request_ordered::<K>(turn, request_id).await?;
                     Ok(Attempt::Conflicted)
                 }
-                other => {
-                    other?;
+                Err(error) => {
+                    let workers: Vec<Uuid> = interrupted.iter().map(|(id, _)| *id).collect();
+                    self.restore_after_failed_write::<K>(turn, request_id, workers)
+                        .await;
+                    Err(error.into())
+                }
+                Ok(()) => {
                     self.note_reputations_stored(interrupted.iter().map(|(id, r)| (*id, r)));
                     self.webhooks.stored(&webhooks);
                     Ok(Attempt::Stored(()))

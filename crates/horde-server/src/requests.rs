@@ -515,6 +515,7 @@ impl AppState {
         let id = parse_request_id(id)?;
         self.load_request::<Image>(id).await?;
         let (snapshot, position, wait) = self.queue_standing(id)?;
+        let snapshot = self.fresh_copy(snapshot).await?;
         let check = self.status_check(&snapshot, position, wait);
         let mut generations = Vec::new();
         for job in snapshot.jobs.iter().filter(|j| j.state.is_finished()) {

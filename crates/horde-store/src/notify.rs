@@ -66,9 +66,16 @@ impl Listener {
     }
 
     /// Waits for the next announcement, then takes every one already received with it:
-    /// the newest announced version of each request (a removal wins).
+    /// the newest announced version of each request (a removal wins). A lost connection is an
+    /// error (announcements sent meanwhile are gone), not the silent reconnection of
+    /// `PgListener::recv`: the caller reconnects and reloads.
     pub async fn next_batch(&mut self) -> Result<BTreeMap<Uuid, i64>> {
-        let first = self.inner.recv().await?;
+        let first = self.inner.try_recv().await?.ok_or_else(|| {
+            sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "the connection listening for announcements was lost",
+            ))
+        })?;
         let mut changes = BTreeMap::new();
         note(&mut changes, first.payload());
         while let Some(next) = self.inner.next_buffered() {

@@ -308,6 +308,17 @@ impl Store {
         Ok(out)
     }
 
+    /// The stored version of request `id` (`None` once it is deleted): one look at its row,
+    /// to tell whether a local copy is behind.
+    pub async fn request_version(&self, id: Uuid) -> Result<Option<u64>> {
+        let row = sqlx::query("SELECT version FROM requests WHERE id = $1")
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| Ok(row.try_get::<i64, _>(0)? as u64))
+            .transpose()
+    }
+
     /// The request a job belongs to, if the job is stored.
     pub async fn request_id_of_job(&self, job_id: Uuid) -> Result<Option<Uuid>> {
         let row = sqlx::query("SELECT request_id FROM jobs WHERE id = $1")

@@ -106,6 +106,7 @@ impl AppState {
             .live_alchemy
             .read(|queue| queue.get(id).cloned())
             .ok_or_else(|| not_found(id))?;
+        let request = self.fresh_copy(request).await?;
         let mut forms = Vec::with_capacity(request.body.form_names.len());
         for name in &request.body.form_names {
             forms.push(self.form_status(&request, name).await);

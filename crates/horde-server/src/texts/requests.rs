@@ -201,6 +201,7 @@ impl AppState {
                 .sum();
             Ok::<_, ApiError>((request.clone(), queue.position(id), ahead))
         })?;
+        let request = self.fresh_copy(request).await?;
         let check = self.text_status_check(&request, position, tokens_ahead);
         let mut generations = Vec::new();
         for job in request.jobs.iter().filter(|j| j.state.is_finished()) {

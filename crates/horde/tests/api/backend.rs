@@ -73,3 +73,18 @@ pub(crate) async fn stored_bytes(dir: &Path) -> Vec<u8> {
     }
     bytes
 }
+
+/// Runs `sqlite` or `postgres` (one or more statements, whichever the suite runs against) on
+/// the database of `dir`, as an operator's `psql` or `sqlite3` would beside the coordinator.
+pub(crate) async fn execute_beside(dir: &Path, sqlite: &str, postgres: &str) {
+    sqlx::any::install_default_drivers();
+    let (url, sql) = match database_for(dir) {
+        Some(url) => (url, postgres),
+        None => (
+            format!("sqlite://{}", dir.join("horde.sqlite").display()),
+            sqlite,
+        ),
+    };
+    let mut conn = sqlx::AnyConnection::connect(&url).await.unwrap();
+    sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
+}

@@ -311,8 +311,9 @@ async fn run_chaos(apps: &[TestApp]) {
             "request {i} faulted though workers remained"
         );
         if !cancelled && status.generations.len() != 1 + i % 4 {
-            // Seen once in CI (2 of 4 images, the request done elsewhere): say what each
-            // coordinator and the database hold, so that a recurrence shows whose copy is stale.
+            // Seen in CI before a status compared its copy with the stored version (a listener
+            // lagging a second under load: 2 of 3 images here, 3 everywhere a moment later):
+            // say what each coordinator and the database hold.
             let views = views_of_request(apps, client, id).await;
             panic!(
                 "request {i} got {} of its {} images; {views}",

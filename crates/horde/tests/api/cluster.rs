@@ -74,6 +74,66 @@ async fn a_request_accepted_on_one_coordinator_reaches_the_others_without_a_poll
     }
 }
 
+/// A client told "done" by one coordinator and sent to another by a load balancer gets every
+/// result there, though that coordinator has not yet applied the announcement of the last one
+/// (its listener waits here for a write turn the test holds; under load it lags up to a second).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL: .ci/run runs it with HORDE_TEST_POSTGRES_URL"]
+async fn a_status_asked_of_a_coordinator_behind_the_announcements_has_every_result() {
+    let apps = spawn_cluster(2, |_| {}).await;
+    let (requester, _) = apps[0].user("requester", 100.0).await;
+    let (owner, _) = apps[0].user("owner", 0.0).await;
+    let id = requester
+        .generate_async(&small_request("behind", 1, false))
+        .await
+        .unwrap()
+        .id
+        .unwrap();
+    let request_id: uuid::Uuid = id.parse().unwrap();
+    let arrived = wait_for(|| apps[1].state.live.contains(request_id)).await;
+    assert!(
+        arrived.is_some(),
+        "the request reached the second coordinator"
+    );
+
+    let held = apps[1].state.live.write_turn().await;
+    let popped = owner.pop(&pop_request("w1")).await.unwrap();
+    owner
+        .submit(&submit_inline(&popped, &webp(512, 512, RED, BLUE)))
+        .await
+        .unwrap();
+    assert!(requester.check(&id).await.unwrap().done);
+    let status = requester
+        .with_base_url(&apps[1].root)
+        .status(&id)
+        .await
+        .unwrap();
+    let local = apps[1].state.live.get(request_id).unwrap();
+    assert!(
+        !local.is_done(),
+        "the second coordinator's copy is still behind"
+    );
+    assert!(status.check.done, "{:?}", status.check);
+    assert_eq!(status.generations.len(), 1);
+    assert_eq!(halves_of(&base64_decode(&status.generations[0].img)).1, RED);
+    drop(held);
+    let caught_up = wait_for(|| {
+        apps[1]
+            .state
+            .live
+            .get(request_id)
+            .is_some_and(|r| r.is_done())
+    })
+    .await;
+    assert!(
+        caught_up.is_some(),
+        "the listener applied the change once free"
+    );
+    for app in apps {
+        app.stop().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs PostgreSQL: .ci/run runs it with HORDE_TEST_POSTGRES_URL"]
 async fn a_worker_uploads_to_one_coordinator_and_the_client_downloads_from_another() {

@@ -130,6 +130,69 @@ async fn two_workers_each_finish_one_image_of_an_n2_request() {
     app.stop().await;
 }
 
+/// A write the database refuses (a full disk, a broken connection: here a trigger refusing
+/// one worker's rows) is answered 500 and changes nothing: the coordinator's copy of the
+/// request is the stored one again, so the image goes to the next worker at once, and a
+/// result refused once is accepted when sent again.
+#[tokio::test]
+async fn a_write_the_database_refuses_leaves_the_request_as_stored() {
+    let app = spawn_app().await;
+    let (requester, _) = app.user("requester", 100.0).await;
+    let (owner, _) = app.user("owner", 0.0).await;
+    let id = requester
+        .generate_async(&small_request("refused once", 1, false))
+        .await
+        .unwrap()
+        .id
+        .unwrap();
+    crate::backend::execute_beside(
+        app.dir.path(),
+        "CREATE TRIGGER refuse_jobs BEFORE INSERT ON jobs WHEN NEW.worker_name = 'doomed' \
+         BEGIN SELECT RAISE(ABORT, 'the disk is full'); END; \
+         CREATE TRIGGER refuse_results BEFORE UPDATE ON jobs WHEN NEW.worker_name = 'unlucky' \
+         AND NEW.state = 'ok' BEGIN SELECT RAISE(ABORT, 'the disk is full'); END;",
+        "CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN \
+         RAISE EXCEPTION 'the disk is full'; END $$ LANGUAGE plpgsql; \
+         CREATE TRIGGER refuse_jobs BEFORE INSERT ON jobs FOR EACH ROW \
+         WHEN (NEW.worker_name = 'doomed') EXECUTE FUNCTION refuse(); \
+         CREATE TRIGGER refuse_results BEFORE UPDATE ON jobs FOR EACH ROW \
+         WHEN (NEW.worker_name = 'unlucky' AND NEW.state = 'ok') EXECUTE FUNCTION refuse();",
+    )
+    .await;
+
+    // The hand-out to `doomed` is not stored: the image waits for the next worker.
+    let refused = owner.pop(&pop_request("doomed")).await.unwrap_err();
+    assert_eq!(refused.status().map(|s| s.as_u16()), Some(500), "{refused}");
+    let check = requester.check(&id).await.unwrap();
+    assert_eq!((check.waiting, check.processing), (1, 0), "{check:?}");
+    let popped = owner.pop(&pop_request("unlucky")).await.unwrap();
+    assert_eq!(popped.payload["prompt"], "refused once");
+
+    // Its result is refused once; the request stays as stored (in flight), and the result
+    // sent again is accepted and paid.
+    let submit = submit_inline(&popped, &webp(512, 512, RED, BLUE));
+    let refused = owner.submit(&submit).await.unwrap_err();
+    assert_eq!(refused.status().map(|s| s.as_u16()), Some(500), "{refused}");
+    let check = requester.check(&id).await.unwrap();
+    assert_eq!(
+        (check.processing, check.finished, check.done),
+        (1, 0, false)
+    );
+    crate::backend::execute_beside(
+        app.dir.path(),
+        "DROP TRIGGER refuse_results",
+        "DROP TRIGGER refuse_results ON jobs",
+    )
+    .await;
+    let accepted = owner.submit(&submit).await.unwrap();
+    assert!(accepted.reward > 0.0, "{accepted:?}");
+    let status = requester.status(&id).await.unwrap();
+    assert!(status.check.done);
+    assert_eq!(status.generations.len(), 1);
+    assert_eq!(halves_of(&base64_decode(&status.generations[0].img)).1, RED);
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn a_worker_with_amount_2_takes_both_images_as_a_batch() {
     let app = spawn_app().await;
