@@ -96,7 +96,7 @@ fn compare_convolutions() {
         let half = |t: &Tensor| t.to_dtype(candle_core::DType::BF16).unwrap();
         let (x_half, w_half) = (half(&x), half(&w));
         let bf16 = if horde_diffusion::parts::kernels::bf16_products() {
-            best_of_3_ms(&|| conv2d_bf16(&x_half, &w_half, None, 1).unwrap())
+            best_of_3_ms(&|| conv2d_bf16(&x_half, &w_half, None, 1, 1).unwrap())
         } else {
             f64::NAN
         };

@@ -329,13 +329,15 @@ fn convolve_then(conv: &candle_nn::Conv2d, xs: &Tensor, relu: bool) -> Result<Te
         return if relu { out.relu() } else { Ok(out) };
     }
     let cfg = conv.config();
-    // In bf16 on a CPU with AVX512-BF16, the plain convolutions of the networks multiply in
-    // bf16 (`kernels::conv::conv2d_bf16`) instead of widening to f32.
-    if (cfg.stride, cfg.dilation, cfg.groups) == (1, 1, 1)
+    // In bf16 on a CPU with AVX512-BF16, the plain and stride-2 convolutions of the networks
+    // multiply in bf16 (`kernels::conv::conv2d_bf16`) instead of widening to f32.
+    if matches!(cfg.stride, 1 | 2)
+        && (cfg.dilation, cfg.groups) == (1, 1)
         && !POST_PROCESSING_KERNELS.with(Cell::get)
         && crate::kernels::conv::takes_bf16(xs, conv.weight())
     {
-        let out = crate::kernels::conv::conv2d_bf16(xs, conv.weight(), conv.bias(), cfg.padding)?;
+        let (weight, bias) = (conv.weight(), conv.bias());
+        let out = crate::kernels::conv::conv2d_bf16(xs, weight, bias, cfg.padding, cfg.stride)?;
         return if relu { out.relu() } else { Ok(out) };
     }
     let (_, _, h, w) = xs.dims4()?;
@@ -657,10 +659,10 @@ pub(crate) fn timestep_embedding(timesteps: &Tensor, dim: usize) -> Result<Tenso
 }
 
 /// A `[batch, channels, h, w]` map as `[batch, h·w, channels]` tokens (our tiled transpose on
-/// the CPU in f32, `kernels::transpose`; candle's permuted copy elsewhere).
+/// the CPU in f32, bf16 and f16, `kernels::transpose`; candle's permuted copy elsewhere).
 pub fn to_tokens(xs: &Tensor) -> Result<Tensor> {
     let (b, c, h, w) = xs.dims4()?;
-    if xs.device().is_cpu() && xs.dtype() == DType::F32 {
+    if crate::kernels::transpose::takes(xs) {
         return crate::kernels::transpose::swap_last_two(&xs.reshape((b, c, h * w))?);
     }
     xs.permute((0, 2, 3, 1))?.reshape((b, h * w, c))
@@ -669,7 +671,7 @@ pub fn to_tokens(xs: &Tensor) -> Result<Tensor> {
 /// `[batch, h·w, channels]` tokens back as a `[batch, channels, h, w]` map.
 pub fn from_tokens(xs: &Tensor, h: usize, w: usize) -> Result<Tensor> {
     let (b, _, c) = xs.dims3()?;
-    if xs.device().is_cpu() && xs.dtype() == DType::F32 {
+    if crate::kernels::transpose::takes(xs) {
         return crate::kernels::transpose::swap_last_two(xs)?.reshape((b, c, h, w));
     }
     xs.reshape((b, h, w, c))?

@@ -9,6 +9,13 @@
 //! per tap. The weights, rearranged tap by tap once per call, are `A` (`c_out × c_in` per
 //! tap). The taps add into one f32 accumulator `[c_out, out_h·Wp]`; its `Wp − out_w` extra
 //! columns per row are dropped as the output is narrowed to bf16 with the bias added.
+//!
+//! With stride 2 (the UNet's downsamplers) the padded grid is split into its four phases
+//! (even and odd rows × even and odd columns), each `⌈Hp/2⌉ × ⌈Wp/2⌉` and paired as above: tap
+//! `(ky, kx)` reads phase `(ky mod 2, kx mod 2)` from offset `⌊ky/2⌋·Wp' + ⌊kx/2⌋`, so the
+//! same sum of products makes the strided output, with no work on the positions it skips
+//! (these convolutions were widened to f32 before: their products, and the conversions around
+//! them, were 4 % of a bf16 UNet step).
 
 use super::super::bf16_gemm::{self, Out, PairedB, Values, View, NR};
 use super::super::{contiguous_values, filled, unfilled};
@@ -26,27 +33,36 @@ pub(crate) fn takes(x: &Tensor, weight: &Tensor) -> bool {
         && bf16_gemm::available()
 }
 
-/// `conv2d(x, weight) + bias` with stride 1, dilation 1, one group and `padding` zeros on each
-/// side, in bf16 (f32 accumulation): `x` `[batch, c_in, h, w]`, `weight`
+/// `conv2d(x, weight) + bias` with stride 1 or 2, dilation 1, one group and `padding` zeros
+/// on each side, in bf16 (f32 accumulation): `x` `[batch, c_in, h, w]`, `weight`
 /// `[c_out, c_in, k_h, k_w]`, both bf16 (see [`takes`]); the result in bf16.
 pub fn conv2d_bf16(
     x: &Tensor,
     weight: &Tensor,
     bias: Option<&Tensor>,
     padding: usize,
+    stride: usize,
 ) -> Result<Tensor> {
     if !takes(x, weight) {
         candle_core::bail!("conv2d_bf16: bf16 on a CPU with AVX512-BF16 only");
     }
+    if !matches!(stride, 1 | 2) {
+        candle_core::bail!("conv2d_bf16: stride 1 or 2 only, not {stride}");
+    }
     let bias = bias
         .map(|b| b.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>())
         .transpose()?;
-    x.contiguous()?
-        .apply_op2_no_bwd(&weight.contiguous()?, &Conv2dBf16 { padding, bias })
+    let op = Conv2dBf16 {
+        padding,
+        stride,
+        bias,
+    };
+    x.contiguous()?.apply_op2_no_bwd(&weight.contiguous()?, &op)
 }
 
 struct Conv2dBf16 {
     padding: usize,
+    stride: usize,
     bias: Option<Vec<f32>>,
 }
 
@@ -60,14 +76,16 @@ struct Geometry {
     k_h: usize,
     k_w: usize,
     padding: usize,
-    grid_h: usize,
-    grid_w: usize,
+    stride: usize,
+    /// Rows and columns of each phase of the padded grid (the grid itself at stride 1).
+    phase_h: usize,
+    phase_w: usize,
     out_h: usize,
     out_w: usize,
 }
 
 impl Geometry {
-    fn new(x: &Layout, weight: &Layout, padding: usize) -> Result<Geometry> {
+    fn new(x: &Layout, weight: &Layout, padding: usize, stride: usize) -> Result<Geometry> {
         let (_, c_in, h, w) = x.shape().dims4()?;
         let (c_out, w_c_in, k_h, k_w) = weight.shape().dims4()?;
         let (grid_h, grid_w) = (h + 2 * padding, w + 2 * padding);
@@ -86,22 +104,29 @@ impl Geometry {
             k_h,
             k_w,
             padding,
-            grid_h,
-            grid_w,
-            out_h: grid_h - k_h + 1,
-            out_w: grid_w - k_w + 1,
+            stride,
+            phase_h: grid_h.div_ceil(stride),
+            phase_w: grid_w.div_ceil(stride),
+            out_h: (grid_h - k_h) / stride + 1,
+            out_w: (grid_w - k_w) / stride + 1,
         })
     }
 
-    /// Words per row of the padded input: the grid, and room for the last tap's strips to
-    /// read past it (into zeros that only feed dropped columns).
+    /// Words per row of a phase of the padded input: the phase, and room for the last tap's
+    /// strips to read past it (into zeros that only feed dropped columns).
     fn row_words(&self) -> usize {
-        self.grid_h * self.grid_w + self.k_w + NR
+        self.phase_h * self.phase_w + self.k_w + NR
     }
 
-    /// Columns of the accumulator: whole grid rows of the output's rows.
+    /// Columns of the accumulator: whole phase rows of the output's rows.
     fn columns(&self) -> usize {
-        self.out_h * self.grid_w
+        self.out_h * self.phase_w
+    }
+
+    /// The phase tap `(ky, kx)` reads, and from which word of its rows.
+    fn tap_source(&self, ky: usize, kx: usize) -> (usize, usize) {
+        let s = self.stride;
+        ((ky % s) * s + kx % s, (ky / s) * self.phase_w + kx / s)
     }
 }
 
@@ -117,7 +142,7 @@ impl CustomOp2 for Conv2dBf16 {
         ws: &CpuStorage,
         wl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let g = Geometry::new(xl, wl, self.padding)?;
+        let g = Geometry::new(xl, wl, self.padding, self.stride)?;
         let batch = xl.shape().dims4()?.0;
         if self.bias.as_ref().is_some_and(|b| b.len() != g.c_out) {
             candle_core::bail!("conv2d_bf16: a bias of the wrong length for {}", g.c_out);
@@ -132,7 +157,7 @@ impl CustomOp2 for Conv2dBf16 {
         let mut sums = unfilled::<f32>(g.c_out * g.columns());
         for (b, out) in out.chunks_mut(image.max(1)).enumerate() {
             let input = &x[b * g.c_in * g.h * g.w..(b + 1) * g.c_in * g.h * g.w];
-            let words = paired_input(input, &g);
+            let phases = paired_input(input, &g);
             let terms: Vec<_> = (0..g.k_h * g.k_w)
                 .map(|tap| {
                     let a = View::new(
@@ -141,8 +166,9 @@ impl CustomOp2 for Conv2dBf16 {
                         (g.c_out, g.c_in),
                         (g.c_in, 1),
                     );
-                    let shift = (tap / g.k_w) * g.grid_w + tap % g.k_w;
-                    let b = PairedB::rows(&words, shift, (g.c_in, g.columns()), g.row_words());
+                    let (phase, shift) = g.tap_source(tap / g.k_w, tap % g.k_w);
+                    let words = &phases[phase];
+                    let b = PairedB::rows(words, shift, (g.c_in, g.columns()), g.row_words());
                     (a, b)
                 })
                 .collect();
@@ -167,8 +193,10 @@ impl CustomOp2 for Conv2dBf16 {
 }
 
 /// The weight as `[taps, c_out, c_in]`: each tap's matrix contiguous, as `A` reads it. One
-/// pass over the weight, each filter's taps scattered to their matrices (gathering each
-/// matrix instead read the whole weight once per tap: 1 280 channels took 30 ms).
+/// pass over the weight: each filter (`[c_in, taps]`, in L1) transposed into its row of every
+/// tap's matrix, a row written straight through (gathering each matrix instead read the whole
+/// weight once per tap: 1 280 channels took 30 ms; scattering each value to its tap's row
+/// with the index computed per value was a tenth of a bf16 UNet step's samples).
 #[allow(unsafe_code)]
 fn taps_first(weight: &[bf16], g: &Geometry) -> Vec<bf16> {
     let taps = g.k_h * g.k_w;
@@ -179,16 +207,21 @@ fn taps_first(weight: &[bf16], g: &Geometry) -> Vec<bf16> {
     );
     // Written whole: a permutation of the weight.
     let mut out = unfilled::<bf16>(weight.len());
-    let target = Scatter(out.as_mut_ptr().cast::<bf16>());
+    let target = Scatter(out.as_mut_ptr());
+    let (c_in, c_out) = (g.c_in, g.c_out);
     weight
-        .par_chunks(g.c_in * taps)
+        .par_chunks(c_in * taps)
         .enumerate()
         .for_each(|(o, filter)| {
-            for (i, taps_of_i) in filter.chunks_exact(taps).enumerate() {
-                for (tap, value) in taps_of_i.iter().enumerate() {
-                    // SAFETY: `(tap·c_out + o)·c_in + i` is inside the weight's length
-                    // (asserted above), and only filter `o`'s task writes row `o` of each tap.
-                    unsafe { target.at((tap * g.c_out + o) * g.c_in + i).write(*value) };
+            for tap in 0..taps {
+                // SAFETY: row `o` of tap `tap`'s matrix, `c_in` values from
+                // `(tap·c_out + o)·c_in`, is inside the weight's length (asserted above), and
+                // only filter `o`'s task writes it.
+                let row = unsafe {
+                    std::slice::from_raw_parts_mut(target.at((tap * c_out + o) * c_in), c_in)
+                };
+                for (value, taps_of_i) in row.iter_mut().zip(filter.chunks_exact(taps)) {
+                    value.write(taps_of_i[tap]);
                 }
             }
         });
@@ -199,10 +232,10 @@ fn taps_first(weight: &[bf16], g: &Geometry) -> Vec<bf16> {
 /// The permuted weight as the filters' tasks write it: a raw pointer, since each writes a
 /// row of every tap's matrix.
 #[derive(Clone, Copy)]
-struct Scatter(*mut bf16);
+struct Scatter(*mut MaybeUninit<bf16>);
 
 impl Scatter {
-    fn at(self, i: usize) -> *mut bf16 {
+    fn at(self, i: usize) -> *mut MaybeUninit<bf16> {
         self.0.wrapping_add(i)
     }
 }
@@ -214,38 +247,62 @@ unsafe impl Send for Scatter {}
 #[allow(unsafe_code)]
 unsafe impl Sync for Scatter {}
 
-/// One image (`[c_in, h, w]`) zero-padded into rows of words, a row per pair of channels
-/// (`row_words` long), each word a position's two channels (the first in the low half; zero
-/// for the missing second of an odd last pair).
-fn paired_input(input: &[bf16], g: &Geometry) -> Vec<u32> {
-    let plane = g.h * g.w;
-    let mut words = vec![0u32; g.c_in.div_ceil(2) * g.row_words()];
-    words
-        .par_chunks_mut(g.row_words())
-        .enumerate()
-        .for_each(|(pair, row)| {
-            let low = &input[2 * pair * plane..(2 * pair + 1) * plane];
-            let high = input.get((2 * pair + 1) * plane..(2 * pair + 2) * plane);
-            for y in 0..g.h {
-                let at = (y + g.padding) * g.grid_w + g.padding;
-                let out = &mut row[at..at + g.w];
-                let low = &low[y * g.w..(y + 1) * g.w];
-                match high {
-                    Some(high) => {
-                        let high = &high[y * g.w..(y + 1) * g.w];
-                        for ((o, l), h) in out.iter_mut().zip(low).zip(high) {
-                            *o = u32::from(l.to_bits()) | u32::from(h.to_bits()) << 16;
-                        }
-                    }
-                    None => {
-                        for (o, l) in out.iter_mut().zip(low) {
-                            *o = u32::from(l.to_bits());
-                        }
-                    }
+/// One image (`[c_in, h, w]`) zero-padded, each phase of the padded grid (one at stride 1)
+/// in rows of words, a row per pair of channels (`row_words` long), each word a position's two
+/// channels (the first in the low half; zero for the missing second of an odd last pair).
+fn paired_input(input: &[bf16], g: &Geometry) -> Vec<Vec<u32>> {
+    let s = g.stride;
+    (0..s * s)
+        .map(|phase| {
+            let mut words = vec![0u32; g.c_in.div_ceil(2) * g.row_words()];
+            words
+                .par_chunks_mut(g.row_words())
+                .enumerate()
+                .for_each(|(pair, row)| pair_phase(input, g, (phase / s, phase % s), pair, row));
+            words
+        })
+        .collect()
+}
+
+/// Channels `2·pair` and `2·pair + 1` of `input` at the padded grid's positions of phase
+/// `(py, px)` (rows `py, py + s, …`, columns `px, px + s, …`) into `row`.
+fn pair_phase(
+    input: &[bf16],
+    g: &Geometry,
+    (py, px): (usize, usize),
+    pair: usize,
+    row: &mut [u32],
+) {
+    let (s, p, plane) = (g.stride, g.padding, g.h * g.w);
+    let low = &input[2 * pair * plane..(2 * pair + 1) * plane];
+    let high = input.get((2 * pair + 1) * plane..(2 * pair + 2) * plane);
+    // The phase's columns that fall on the image: padded column `px + s·j` is image column
+    // `px + s·j − p`, for `j` from `first` on.
+    let first = p.saturating_sub(px).div_ceil(s);
+    let columns = (first..g.phase_w)
+        .take_while(|j| px + s * j < p + g.w)
+        .count();
+    for i in 0..g.phase_h {
+        let Some(y) = (py + s * i).checked_sub(p).filter(|&y| y < g.h) else {
+            continue;
+        };
+        let x0 = px + s * first - p;
+        let out = &mut row[i * g.phase_w + first..][..columns];
+        let low = low[y * g.w + x0..].iter().step_by(s);
+        match high {
+            Some(high) => {
+                let high = high[y * g.w + x0..].iter().step_by(s);
+                for ((o, l), h) in out.iter_mut().zip(low).zip(high) {
+                    *o = u32::from(l.to_bits()) | u32::from(h.to_bits()) << 16;
                 }
             }
-        });
-    words
+            None => {
+                for (o, l) in out.iter_mut().zip(low) {
+                    *o = u32::from(l.to_bits());
+                }
+            }
+        }
+    }
 }
 
 /// The sums (`[c_out, out_h·Wp]`) into the image's output (`[c_out, out_h, out_w]`), the bias
@@ -257,7 +314,7 @@ fn land(sums: &[f32], bias: Option<&[f32]>, g: &Geometry, out: &mut [MaybeUninit
             let b = bias.map_or(0.0, |b| b[o]);
             let mut row = vec![0f32; g.out_w];
             for (y, out_row) in plane.chunks_exact_mut(g.out_w).enumerate() {
-                let at = o * g.columns() + y * g.grid_w;
+                let at = o * g.columns() + y * g.phase_w;
                 for (r, s) in row.iter_mut().zip(&sums[at..at + g.out_w]) {
                     *r = s + b;
                 }
@@ -271,12 +328,17 @@ mod tests {
     use super::super::super::test_support::random;
     use super::*;
 
-    /// candle's f32 convolution of the bf16 values, then the bias.
+    /// candle's f32 convolution of the bf16 values (stride 1), then the bias.
     fn reference(x: &Tensor, w: &Tensor, b: &Tensor, p: usize) -> Tensor {
+        strided_reference(x, w, b, p, 1)
+    }
+
+    /// candle's f32 convolution of the bf16 values with `stride`, then the bias.
+    fn strided_reference(x: &Tensor, w: &Tensor, b: &Tensor, p: usize, stride: usize) -> Tensor {
         let wide = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
         let c_out = b.dims1().unwrap();
         wide(x)
-            .conv2d(&wide(w), p, 1, 1, 1)
+            .conv2d(&wide(w), p, stride, 1, 1)
             .and_then(|y| y.broadcast_add(&b.reshape((1, c_out, 1, 1))?))
             .unwrap()
     }
@@ -287,28 +349,36 @@ mod tests {
             eprintln!("no AVX512-BF16 on this CPU: the kernel is not run");
             return;
         }
-        // (batch, c_in, c_out, h, w, kernel, padding): 3×3 "same" convolutions, odd channel
-        // counts, 1×1, 5×5, no padding, outputs narrower than a strip, many tiles.
+        // (batch, c_in, c_out, h, w, kernel, padding, stride): 3×3 "same" convolutions, odd
+        // channel counts, 1×1, 5×5, no padding, outputs narrower than a strip, many tiles;
+        // stride 2 as the downsamplers have it (even sizes, padding 1), on odd sizes, without
+        // padding, with 1×1 and 5×5 kernels.
         let shapes = [
-            (1, 1, 1, 1, 1, 1, 0),
-            (2, 3, 5, 7, 6, 3, 1),
-            (1, 33, 17, 9, 11, 3, 1),
-            (2, 64, 40, 16, 16, 3, 1),
-            (1, 20, 30, 12, 10, 1, 0),
-            (1, 7, 9, 13, 13, 5, 2),
-            (1, 16, 8, 8, 8, 3, 0),
-            (2, 130, 100, 5, 37, 3, 1),
+            (1, 1, 1, 1, 1, 1, 0, 1),
+            (2, 3, 5, 7, 6, 3, 1, 1),
+            (1, 33, 17, 9, 11, 3, 1, 1),
+            (2, 64, 40, 16, 16, 3, 1, 1),
+            (1, 20, 30, 12, 10, 1, 0, 1),
+            (1, 7, 9, 13, 13, 5, 2, 1),
+            (1, 16, 8, 8, 8, 3, 0, 1),
+            (2, 130, 100, 5, 37, 3, 1, 1),
+            (2, 64, 40, 16, 16, 3, 1, 2),
+            (1, 33, 17, 9, 11, 3, 1, 2),
+            (1, 16, 8, 8, 7, 3, 0, 2),
+            (1, 20, 30, 12, 10, 1, 0, 2),
+            (1, 7, 9, 13, 14, 5, 2, 2),
+            (2, 130, 100, 6, 70, 3, 1, 2),
         ];
         let mut worst = 0f32;
-        for (i, &(batch, c_in, c_out, h, w, k, p)) in shapes.iter().enumerate() {
+        for (i, &(batch, c_in, c_out, h, w, k, p, stride)) in shapes.iter().enumerate() {
             let seed = 7 * i as u64 + 300;
             let half = |t: Tensor| t.to_dtype(DType::BF16).unwrap();
             let x = half(random(&[batch, c_in, h, w], seed, 1.0));
             let weight = half(random(&[c_out, c_in, k, k], seed + 1, 0.5));
             let bias = random(&[c_out], seed + 2, 1.0);
-            let ours = conv2d_bf16(&x, &weight, Some(&bias), p).unwrap();
+            let ours = conv2d_bf16(&x, &weight, Some(&bias), p, stride).unwrap();
             assert_eq!(ours.dtype(), DType::BF16);
-            let theirs = reference(&x, &weight, &bias, p);
+            let theirs = strided_reference(&x, &weight, &bias, p, stride);
             assert_eq!(ours.dims(), theirs.dims(), "shape {:?}", shapes[i]);
             // Products exact and summed in f32, then the output rounded to bf16 (within 2⁻⁸
             // of its magnitude): relative to the largest output.
@@ -333,13 +403,43 @@ mod tests {
         let weight = half(random(&[16, 24, 3, 3], 12, 0.5));
         let bias = random(&[16], 13, 1.0);
         let transposed = weight.transpose(2, 3).unwrap().contiguous().unwrap();
-        let wrong = conv2d_bf16(&x, &transposed, Some(&bias), 1).unwrap();
+        let wrong = conv2d_bf16(&x, &transposed, Some(&bias), 1, 1).unwrap();
         let theirs = reference(&x, &weight, &bias, 1);
         let wrong = wrong.to_dtype(DType::F32).unwrap();
         let scale = super::super::super::test_support::max_abs(&theirs);
         let off = super::super::super::test_support::max_difference(&wrong, &theirs) / scale;
         println!("taps transposed: off by {off}");
         assert!(off > 0.1, "{off}");
+    }
+
+    #[test]
+    fn a_stride_2_convolution_is_the_stride_1_one_at_even_positions() {
+        // Our stride-1 convolution read at even positions, and not at odd ones (what reading
+        // the wrong phases would give: swapping them fails this test and the one above).
+        if !bf16_gemm::available() {
+            return;
+        }
+        let half = |t: Tensor| t.to_dtype(DType::BF16).unwrap();
+        let x = half(random(&[1, 24, 12, 12], 21, 1.0));
+        let weight = half(random(&[16, 24, 3, 3], 22, 0.5));
+        let bias = random(&[16], 23, 1.0);
+        let ours = conv2d_bf16(&x, &weight, Some(&bias), 1, 2).unwrap();
+        let full = conv2d_bf16(&x, &weight, Some(&bias), 1, 1).unwrap();
+        let wide = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+        let even = wide(&full)
+            .reshape((1, 16, 6, 2, 6, 2))
+            .and_then(|t| t.narrow(3, 0, 1)?.narrow(5, 0, 1)?.reshape((1, 16, 6, 6)))
+            .unwrap();
+        let odd = wide(&full)
+            .reshape((1, 16, 6, 2, 6, 2))
+            .and_then(|t| t.narrow(3, 1, 1)?.narrow(5, 1, 1)?.reshape((1, 16, 6, 6)))
+            .unwrap();
+        let scale = super::super::super::test_support::max_abs(&even);
+        let diff = |a: &Tensor, b: &Tensor| {
+            super::super::super::test_support::max_difference(a, b) / scale
+        };
+        assert!(diff(&wide(&ours), &even) < 4e-3, "the even positions");
+        assert!(diff(&wide(&ours), &odd) > 0.1, "the odd positions differ");
     }
 
     #[test]
@@ -350,12 +450,13 @@ mod tests {
         let half = |t: Tensor| t.to_dtype(DType::BF16).unwrap();
         let x = half(random(&[1, 4, 5, 5], 1, 1.0));
         let wrong_channels = half(random(&[2, 3, 3, 3], 2, 1.0));
-        assert!(conv2d_bf16(&x, &wrong_channels, None, 1).is_err());
+        assert!(conv2d_bf16(&x, &wrong_channels, None, 1, 1).is_err());
         let too_large = half(random(&[2, 4, 9, 9], 3, 1.0));
-        assert!(conv2d_bf16(&x, &too_large, None, 1).is_err());
+        assert!(conv2d_bf16(&x, &too_large, None, 1, 1).is_err());
         let w = half(random(&[2, 4, 3, 3], 4, 1.0));
         let short_bias = random(&[3], 5, 1.0);
-        assert!(conv2d_bf16(&x, &w, Some(&short_bias), 1).is_err());
-        assert!(conv2d_bf16(&x.to_dtype(DType::F32).unwrap(), &w, None, 1).is_err());
+        assert!(conv2d_bf16(&x, &w, Some(&short_bias), 1, 1).is_err());
+        assert!(conv2d_bf16(&x.to_dtype(DType::F32).unwrap(), &w, None, 1, 1).is_err());
+        assert!(conv2d_bf16(&x, &w, None, 1, 3).is_err(), "stride 3");
     }
 }
