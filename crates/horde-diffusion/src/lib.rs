@@ -128,7 +128,9 @@ pub mod parts {
             available as bf16_products, set_amx_enabled as use_amx_tiles,
             set_enabled as use_bf16_products,
         };
-        pub use crate::kernels::conv::{conv2d_1x1, conv2d_bf16, conv2d_stride1, conv2d_stride2};
+        pub use crate::kernels::conv::{
+            conv2d_1x1, conv2d_bf16, conv2d_stride1, conv2d_stride2, keep_rearranged_weights,
+        };
         pub use crate::kernels::linear::linear;
         pub use crate::kernels::winograd::conv2d_3x3;
         pub use crate::kernels::winograd4::conv2d_3x3 as conv2d_3x3_f4;

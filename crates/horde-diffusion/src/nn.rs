@@ -11,6 +11,7 @@ use candle_nn::{Conv2dConfig, LayerNorm, VarBuilder};
 use std::cell::Cell;
 use std::thread::LocalKey;
 
+use crate::kernels::conv::RearrangedWeights;
 use crate::kernels::group_norm::group_statistics;
 pub(crate) use crate::kernels::group_norm::GroupStatistics;
 use crate::kernels::linear::linear as fused_linear;
@@ -196,6 +197,7 @@ pub fn conv(
         normal,
         unpadded,
         padding,
+        kept: RearrangedWeights::default(),
     })
 }
 
@@ -219,6 +221,7 @@ pub fn conv_dilated(
         normal: candle_nn::conv2d(in_c, out_c, kernel, cfg, vb)?,
         unpadded: None,
         padding,
+        kept: RearrangedWeights::default(),
     })
 }
 
@@ -273,6 +276,9 @@ pub struct Conv2d {
     normal: candle_nn::Conv2d,
     unpadded: Option<candle_nn::Conv2d>,
     padding: usize,
+    /// The weights rearranged for the bf16 kernel, made at its first call (both paddings
+    /// share the weights, so they share this).
+    kept: RearrangedWeights,
 }
 
 impl Module for Conv2d {
@@ -289,11 +295,12 @@ impl Conv2d {
     }
 
     fn forward_then(&self, xs: &Tensor, relu: bool) -> Result<Tensor> {
+        let kept = Some(&self.kept);
         match &self.unpadded {
             Some(unpadded) if TILING.with(Cell::get) => {
-                convolve_then(unpadded, &circular_pad(xs, self.padding)?, relu)
+                convolve_then(unpadded, &circular_pad(xs, self.padding)?, relu, kept)
             }
-            _ => convolve_then(&self.normal, xs, relu),
+            _ => convolve_then(&self.normal, xs, relu, kept),
         }
     }
 }
@@ -318,12 +325,18 @@ const FEW_CHANNELS: usize = 8;
 /// Under [`with_post_processing_kernels`], large 3×3 ones run by F(4×4, 3×3) and small ones
 /// on `kernels::im2col`.
 fn convolve(conv: &candle_nn::Conv2d, xs: &Tensor) -> Result<Tensor> {
-    convolve_then(conv, xs, false)
+    convolve_then(conv, xs, false, None)
 }
 
 /// [`convolve`], then ReLU when `relu`: applied as the outputs are written where the kernel
-/// can (Winograd F(4×4), im2col), after it otherwise.
-fn convolve_then(conv: &candle_nn::Conv2d, xs: &Tensor, relu: bool) -> Result<Tensor> {
+/// can (Winograd F(4×4), im2col), after it otherwise. `kept` (the convolution's own) keeps
+/// the bf16 kernel's rearranged weights between calls.
+fn convolve_then(
+    conv: &candle_nn::Conv2d,
+    xs: &Tensor,
+    relu: bool,
+    kept: Option<&RearrangedWeights>,
+) -> Result<Tensor> {
     if !for_our_kernels(xs) {
         let out = conv.forward(xs)?;
         return if relu { out.relu() } else { Ok(out) };
@@ -336,8 +349,8 @@ fn convolve_then(conv: &candle_nn::Conv2d, xs: &Tensor, relu: bool) -> Result<Te
         && !POST_PROCESSING_KERNELS.with(Cell::get)
         && crate::kernels::conv::takes_bf16(xs, conv.weight())
     {
-        let (weight, bias) = (conv.weight(), conv.bias());
-        let out = crate::kernels::conv::conv2d_bf16(xs, weight, bias, cfg.padding, cfg.stride)?;
+        let (weight, bias, shape) = (conv.weight(), conv.bias(), (cfg.padding, cfg.stride));
+        let out = crate::kernels::conv::conv2d_bf16_keeping(xs, weight, bias, shape, kept)?;
         return if relu { out.relu() } else { Ok(out) };
     }
     let (_, _, h, w) = xs.dims4()?;

@@ -27,7 +27,7 @@ pub const DEFAULT_FACEFIXER_STRENGTH: f64 = 0.5;
 enum PostProcessor {
     FaceFix(FaceFixer),
     Upscale(Upscaler),
-    StripBackground(BackgroundRemover),
+    StripBackground(Box<BackgroundRemover>),
 }
 
 /// The loaded post-processors, by AI Horde name.
@@ -189,7 +189,7 @@ fn load_one(
     }
     if name == "strip_background" {
         let remover = BackgroundRemover::load(path, device).map_err(|e| e.to_string())?;
-        return Ok(PostProcessor::StripBackground(remover));
+        return Ok(PostProcessor::StripBackground(Box::new(remover)));
     }
     let family = face_family(name).expect("every other name is a face fixer");
     let detector = match detector {

@@ -23,6 +23,34 @@ use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use half::bf16;
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+
+/// Whether convolutions keep their weights rearranged tap by tap from one call to the next
+/// ([`RearrangedWeights`]); on unless [`keep_rearranged_weights`] turned it off.
+static KEEP_REARRANGED: AtomicBool = AtomicBool::new(true);
+
+/// Whether each bf16 convolution keeps its weights rearranged from one call to the next: a
+/// pass over every convolution weight, read and written, saved at every step (about 6 % of an
+/// SD 1.5 bf16 step), for as much memory again as the convolutions' weights (about 1 GB for
+/// SD 1.5's UNet). A worker with `low_memory` turns it off at start, before any model runs
+/// (weights kept before it is turned off stay in memory, unused).
+pub fn keep_rearranged_weights(on: bool) {
+    KEEP_REARRANGED.store(on, Ordering::Relaxed);
+}
+
+/// A convolution's weights rearranged tap by tap (`[taps, c_out, c_in]`), made at its first
+/// bf16 call on this CPU and kept with the convolution (clones share it), so that later calls
+/// skip the rearrangement.
+#[derive(Clone, Default)]
+pub(crate) struct RearrangedWeights(Arc<OnceLock<Vec<bf16>>>);
+
+impl std::fmt::Debug for RearrangedWeights {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let values = self.0.get().map_or(0, Vec::len);
+        write!(f, "RearrangedWeights({values} values)")
+    }
+}
 
 /// Whether [`conv2d_bf16`] takes this convolution: bf16 input and weight on the CPU, and a
 /// CPU with AVX512-BF16.
@@ -43,6 +71,18 @@ pub fn conv2d_bf16(
     padding: usize,
     stride: usize,
 ) -> Result<Tensor> {
+    conv2d_bf16_keeping(x, weight, bias, (padding, stride), None)
+}
+
+/// [`conv2d_bf16`] with `weight` rearranged once into `kept` (and read from it at later
+/// calls) while [`keep_rearranged_weights`] is on. `kept` must belong to this `weight` alone.
+pub(crate) fn conv2d_bf16_keeping(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    (padding, stride): (usize, usize),
+    kept: Option<&RearrangedWeights>,
+) -> Result<Tensor> {
     if !takes(x, weight) {
         candle_core::bail!("conv2d_bf16: bf16 on a CPU with AVX512-BF16 only");
     }
@@ -52,10 +92,14 @@ pub fn conv2d_bf16(
     let bias = bias
         .map(|b| b.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>())
         .transpose()?;
+    let kept = kept
+        .filter(|_| KEEP_REARRANGED.load(Ordering::Relaxed))
+        .map(|kept| kept.0.clone());
     let op = Conv2dBf16 {
         padding,
         stride,
         bias,
+        kept,
     };
     x.contiguous()?.apply_op2_no_bwd(&weight.contiguous()?, &op)
 }
@@ -64,6 +108,8 @@ struct Conv2dBf16 {
     padding: usize,
     stride: usize,
     bias: Option<Vec<f32>>,
+    /// Where the rearranged weights are kept between calls, if they are.
+    kept: Option<Arc<OnceLock<Vec<bf16>>>>,
 }
 
 /// The sizes of one convolution.
@@ -149,7 +195,17 @@ impl CustomOp2 for Conv2dBf16 {
         }
         let x = contiguous_values::<bf16>(xs, xl, self.name())?;
         let weight = contiguous_values::<bf16>(ws, wl, self.name())?;
-        let taps = taps_first(weight, &g);
+        let made;
+        let taps: &[bf16] = match &self.kept {
+            Some(kept) => kept.get_or_init(|| taps_first(weight, &g)),
+            None => {
+                made = taps_first(weight, &g);
+                &made
+            }
+        };
+        if taps.len() != weight.len() {
+            candle_core::bail!("conv2d_bf16: weights kept for another convolution");
+        }
         let image = g.out_h * g.out_w * g.c_out;
         // Written whole: each image's landing writes every value of its part.
         let mut out = unfilled::<bf16>(batch * image);
@@ -161,7 +217,7 @@ impl CustomOp2 for Conv2dBf16 {
             let terms: Vec<_> = (0..g.k_h * g.k_w)
                 .map(|tap| {
                     let a = View::new(
-                        Values::Bf16(&taps),
+                        Values::Bf16(taps),
                         tap * g.c_out * g.c_in,
                         (g.c_out, g.c_in),
                         (g.c_in, 1),
@@ -440,6 +496,42 @@ mod tests {
         };
         assert!(diff(&wide(&ours), &even) < 4e-3, "the even positions");
         assert!(diff(&wide(&ours), &odd) > 0.1, "the odd positions differ");
+    }
+
+    #[test]
+    fn weights_kept_rearranged_give_the_same_outputs_and_are_made_once() {
+        if !bf16_gemm::available() {
+            return;
+        }
+        let half = |t: Tensor| t.to_dtype(DType::BF16).unwrap();
+        let x = half(random(&[2, 24, 10, 10], 31, 1.0));
+        let weight = half(random(&[16, 24, 3, 3], 32, 0.5));
+        let bias = random(&[16], 33, 1.0);
+        let kept = RearrangedWeights::default();
+        let fresh = conv2d_bf16(&x, &weight, Some(&bias), 1, 1).unwrap();
+        for stride in [1, 2] {
+            let direct = conv2d_bf16(&x, &weight, Some(&bias), 1, stride).unwrap();
+            let with_kept =
+                conv2d_bf16_keeping(&x, &weight, Some(&bias), (1, stride), Some(&kept)).unwrap();
+            let as_f32 = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+            let off = super::super::super::test_support::max_difference(
+                &as_f32(&direct),
+                &as_f32(&with_kept),
+            );
+            assert_eq!(off, 0.0, "stride {stride}");
+        }
+        assert!(kept.0.get().is_some(), "made at the first call, kept");
+        // Later calls read the kept weights, not the weight given: another weight of the same
+        // size gives the first one's outputs (hence one `RearrangedWeights` per convolution),
+        // and one of another size is refused.
+        let as_f32 = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+        let same_size = half(random(&[16, 24, 3, 3], 35, 0.5));
+        let read_kept =
+            conv2d_bf16_keeping(&x, &same_size, Some(&bias), (1, 1), Some(&kept)).unwrap();
+        let diff = super::super::super::test_support::max_difference;
+        assert_eq!(diff(&as_f32(&read_kept), &as_f32(&fresh)), 0.0);
+        let other = half(random(&[8, 24, 3, 3], 34, 0.5));
+        assert!(conv2d_bf16_keeping(&x, &other, None, (1, 1), Some(&kept)).is_err());
     }
 
     #[test]
