@@ -384,6 +384,15 @@ mod tests {
     use super::super::super::test_support::random;
     use super::*;
 
+    /// A bf16 input `[batch, 24, size, size]`, a bf16 3×3 weight `[16, 24, 3, 3]` and an f32
+    /// bias, seeded from `seed`.
+    fn operands(batch: usize, size: usize, seed: u64) -> (Tensor, Tensor, Tensor) {
+        let half = |t: Tensor| t.to_dtype(DType::BF16).unwrap();
+        let x = half(random(&[batch, 24, size, size], seed, 1.0));
+        let weight = half(random(&[16, 24, 3, 3], seed + 1, 0.5));
+        (x, weight, random(&[16], seed + 2, 1.0))
+    }
+
     /// candle's f32 convolution of the bf16 values (stride 1), then the bias.
     fn reference(x: &Tensor, w: &Tensor, b: &Tensor, p: usize) -> Tensor {
         strided_reference(x, w, b, p, 1)
@@ -454,10 +463,7 @@ mod tests {
         if !bf16_gemm::available() {
             return;
         }
-        let half = |t: Tensor| t.to_dtype(DType::BF16).unwrap();
-        let x = half(random(&[1, 24, 10, 10], 11, 1.0));
-        let weight = half(random(&[16, 24, 3, 3], 12, 0.5));
-        let bias = random(&[16], 13, 1.0);
+        let (x, weight, bias) = operands(1, 10, 11);
         let transposed = weight.transpose(2, 3).unwrap().contiguous().unwrap();
         let wrong = conv2d_bf16(&x, &transposed, Some(&bias), 1, 1).unwrap();
         let theirs = reference(&x, &weight, &bias, 1);
@@ -475,10 +481,7 @@ mod tests {
         if !bf16_gemm::available() {
             return;
         }
-        let half = |t: Tensor| t.to_dtype(DType::BF16).unwrap();
-        let x = half(random(&[1, 24, 12, 12], 21, 1.0));
-        let weight = half(random(&[16, 24, 3, 3], 22, 0.5));
-        let bias = random(&[16], 23, 1.0);
+        let (x, weight, bias) = operands(1, 12, 21);
         let ours = conv2d_bf16(&x, &weight, Some(&bias), 1, 2).unwrap();
         let full = conv2d_bf16(&x, &weight, Some(&bias), 1, 1).unwrap();
         let wide = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
@@ -504,9 +507,7 @@ mod tests {
             return;
         }
         let half = |t: Tensor| t.to_dtype(DType::BF16).unwrap();
-        let x = half(random(&[2, 24, 10, 10], 31, 1.0));
-        let weight = half(random(&[16, 24, 3, 3], 32, 0.5));
-        let bias = random(&[16], 33, 1.0);
+        let (x, weight, bias) = operands(2, 10, 31);
         let kept = RearrangedWeights::default();
         let fresh = conv2d_bf16(&x, &weight, Some(&bias), 1, 1).unwrap();
         for stride in [1, 2] {
