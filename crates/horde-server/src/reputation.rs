@@ -10,13 +10,16 @@ use horde_store::StoreError;
 use uuid::Uuid;
 
 impl AppState {
-    /// Puts a worker's stored reputation back in the registry, after a change counted in
-    /// memory was not stored (another coordinator changed the job's request first).
+    /// Puts a worker's stored reputation and kudos earned back in the registry, after a
+    /// result counted in memory was not stored (another coordinator changed the job's request
+    /// first, or the database refused the write): counted again on a retry, or shown to the
+    /// owner though never paid, otherwise.
     pub(crate) async fn reload_reputation(&self, worker_id: Uuid) -> ApiResult<()> {
         if let Some(stored) = self.store.worker_by_id(worker_id).await? {
             self.workers.change(|registry| {
                 if let Some(entry) = registry.get_mut(worker_id) {
                     entry.worker.reputation = stored.reputation;
+                    entry.worker.kudos_generated = stored.kudos_generated;
                 }
             });
         }

@@ -178,6 +178,11 @@ async fn a_write_the_database_refuses_leaves_the_request_as_stored() {
         (check.processing, check.finished, check.done),
         (1, 0, false)
     );
+    let unpaid = owner.worker_by_name("unlucky").await.unwrap();
+    assert_eq!(
+        unpaid.kudos_rewards, 0.0,
+        "nothing earned by a refused result"
+    );
     crate::backend::execute_beside(
         app.dir.path(),
         "DROP TRIGGER refuse_results",
@@ -186,6 +191,8 @@ async fn a_write_the_database_refuses_leaves_the_request_as_stored() {
     .await;
     let accepted = owner.submit(&submit).await.unwrap();
     assert!(accepted.reward > 0.0, "{accepted:?}");
+    let paid = owner.worker_by_name("unlucky").await.unwrap();
+    assert_eq!(paid.kudos_rewards, accepted.reward, "earned once");
     let status = requester.status(&id).await.unwrap();
     assert!(status.check.done);
     assert_eq!(status.generations.len(), 1);
