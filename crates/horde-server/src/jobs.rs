@@ -123,16 +123,12 @@ impl AppState {
         now: i64,
     ) -> ApiResult<Attempt<PopResponse>> {
         // The companions were assigned in the local copy too: put them back as stored unless
-        // the first request's hand-out was.
+        // the first request's hand-out was (then answer its conflict, or its error).
         let request = match self.store_hand_out::<Image>(turn, &assignment, now).await {
             Ok(Attempt::Stored(request)) => request,
-            Ok(Attempt::Conflicted) => {
+            unstored => {
                 self.resync_companions(turn, &assignment.companions).await?;
-                return Ok(Attempt::Conflicted);
-            }
-            Err(error) => {
-                self.resync_companions(turn, &assignment.companions).await?;
-                return Err(error);
+                return unstored.map(|_| Attempt::Conflicted);
             }
         };
         let companions = self.store_companions(turn, &assignment, now).await?;

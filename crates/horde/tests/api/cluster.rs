@@ -83,12 +83,7 @@ async fn a_status_asked_of_a_coordinator_behind_the_announcements_has_every_resu
     let apps = spawn_cluster(2, |_| {}).await;
     let (requester, _) = apps[0].user("requester", 100.0).await;
     let (owner, _) = apps[0].user("owner", 0.0).await;
-    let id = requester
-        .generate_async(&small_request("behind", 1, false))
-        .await
-        .unwrap()
-        .id
-        .unwrap();
+    let id = submitted(&requester, &small_request("behind", 1, false)).await;
     let request_id: uuid::Uuid = id.parse().unwrap();
     let arrived = wait_for(|| apps[1].state.live.contains(request_id)).await;
     assert!(

@@ -139,12 +139,7 @@ async fn a_write_the_database_refuses_leaves_the_request_as_stored() {
     let app = spawn_app().await;
     let (requester, _) = app.user("requester", 100.0).await;
     let (owner, _) = app.user("owner", 0.0).await;
-    let id = requester
-        .generate_async(&small_request("refused once", 1, false))
-        .await
-        .unwrap()
-        .id
-        .unwrap();
+    let id = submitted(&requester, &small_request("refused once", 1, false)).await;
     crate::backend::execute_beside(
         app.dir.path(),
         "CREATE TRIGGER refuse_jobs BEFORE INSERT ON jobs WHEN NEW.worker_name = 'doomed' \
