@@ -14,7 +14,7 @@ use std::thread::LocalKey;
 use crate::kernels::conv::RearrangedWeights;
 use crate::kernels::group_norm::group_statistics;
 pub(crate) use crate::kernels::group_norm::GroupStatistics;
-use crate::kernels::linear::linear as fused_linear;
+use crate::kernels::linear::{linear_keeping, PackedWeights};
 use crate::kernels::winograd::Padding;
 
 /// Whether our CPU kernels take `t`: on the CPU, in f32, or in f16/bf16, which they compute in
@@ -494,6 +494,8 @@ pub fn linear_no_bias(in_d: usize, out_d: usize, vb: VarBuilder<'_>) -> Result<L
 pub struct Linear {
     weight: Tensor,
     bias: Option<Tensor>,
+    /// The weight packed for the bf16 product, made at its first bf16 call.
+    kept: PackedWeights,
 }
 
 impl From<candle_nn::Linear> for Linear {
@@ -505,7 +507,11 @@ impl From<candle_nn::Linear> for Linear {
 impl Linear {
     /// `weight` `[out, in]`, `bias` `[out]`.
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Linear {
-        Linear { weight, bias }
+        Linear {
+            weight,
+            bias,
+            kept: PackedWeights::default(),
+        }
     }
 
     /// `self.forward(xs) + residual`: on the CPU one product, in f32, that starts from the
@@ -515,7 +521,7 @@ impl Linear {
             let ys = self.over_rows(xs, |matrix, out_d| {
                 let residual = f32(&residual.reshape((matrix.dim(0)?, out_d))?)?;
                 let (weight, bias) = self.weights_for_kernel()?;
-                fused_linear(matrix, &weight, bias.as_ref(), Some(&residual))
+                self.fused(matrix, &weight, bias.as_ref(), Some(&residual))
             })?;
             return back_to(&ys, xs.dtype());
         }
@@ -528,7 +534,7 @@ impl Linear {
         if self.for_our_kernel(xs) {
             let (weight, bias) = self.weights_for_kernel()?;
             let product =
-                self.over_rows(xs, |matrix, _| fused_linear(matrix, &weight, None, None))?;
+                self.over_rows(xs, |matrix, _| self.fused(matrix, &weight, None, None))?;
             let gated = crate::kernels::geglu::geglu(&product, bias.as_ref())?;
             return back_to(&gated, xs.dtype());
         }
@@ -552,6 +558,17 @@ impl Linear {
             self.weight.clone(),
             self.bias.as_ref().map(f32).transpose()?,
         ))
+    }
+
+    /// `kernels::linear` of `matrix` by this layer's `weight`, its bf16 packing kept.
+    fn fused(
+        &self,
+        matrix: &Tensor,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        residual: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        linear_keeping(matrix, weight, bias, residual, Some(&self.kept))
     }
 
     /// `product(matrix, out)` for `matrix` `xs` as a `[rows, in]` matrix and `out` this layer's
@@ -578,7 +595,7 @@ impl Module for Linear {
         if self.for_our_kernel(xs) {
             let (weight, bias) = self.weights_for_kernel()?;
             let ys = self.over_rows(xs, |matrix, _| {
-                fused_linear(matrix, &weight, bias.as_ref(), None)
+                self.fused(matrix, &weight, bias.as_ref(), None)
             })?;
             return back_to(&ys, xs.dtype());
         }

@@ -365,7 +365,7 @@ pub(crate) async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         return check(&config).await;
     }
     if config.low_memory {
-        println!("low_memory: text encoders read again for each job, freed memory returned to the system, convolution weights rearranged at each use");
+        println!("low_memory: text encoders read again for each job, freed memory returned to the system, convolution and linear weights rearranged at each use");
         horde_diffusion::parts::kernels::keep_rearranged_weights(false);
     } else {
         crate::keep_freed_memory();

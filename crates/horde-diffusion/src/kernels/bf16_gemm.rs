@@ -85,11 +85,29 @@ impl Kernel {
         kernels
     }
 
-    /// Rows per task.
-    fn rows_per_task(self) -> usize {
+    /// Rows per task for a product of `rows` rows by `strips` column strips `pairs` deep,
+    /// shared among `wanted` tasks or more. On the tiles, from [`amx::MC`] up to four times as
+    /// many where `B` is larger than the L2 cache: each task reads all of `B`'s strips it is
+    /// given once per block of rows, and every block of rows is packed once per group of
+    /// strips, so the rows per task that move the fewest values (`row_blocks × strips·NR +
+    /// column_groups × rows`, in depth pairs) win (the feed-forward's 512 × 1 280 → 10 240 read
+    /// its 26 MB weight four times with 128: 10.4–11.3 ms, 9.0–9.4 with 512).
+    fn rows_per_task(self, rows: usize, (strips, pairs): (usize, usize), wanted: usize) -> usize {
+        const L2_WORDS: usize = 256 << 10;
         match self {
             Kernel::Vector => MC,
-            Kernel::Tiles => amx::MC,
+            Kernel::Tiles if strips * NR * pairs <= L2_WORDS => amx::MC,
+            Kernel::Tiles => {
+                let moved = |per_task: usize| {
+                    let row_blocks = rows.div_ceil(per_task);
+                    let column_groups = wanted.div_ceil(row_blocks).clamp(1, strips);
+                    row_blocks * strips * NR + column_groups * rows
+                };
+                [amx::MC, 2 * amx::MC, 4 * amx::MC]
+                    .into_iter()
+                    .min_by_key(|&per_task| moved(per_task))
+                    .unwrap_or(amx::MC)
+            }
         }
     }
 }
@@ -149,6 +167,8 @@ pub(crate) struct View<'a> {
     cols: usize,
     row_stride: usize,
     col_stride: usize,
+    /// Laid out as the tiles read `A`, so they read it in place ([`View::in_tile_rows`]).
+    tile_rows: bool,
 }
 
 impl<'a> View<'a> {
@@ -173,6 +193,33 @@ impl<'a> View<'a> {
             cols,
             row_stride,
             col_stride,
+            tile_rows: false,
+        }
+    }
+
+    /// A `rows × cols` matrix of bf16 laid out as the AMX tiles read `A`, so that a product
+    /// reads it in place instead of packing it: from a cache line (`values` at a multiple of
+    /// 64 bytes, `start` of 32 values), rows [`amx::row_words`]`(cols)` words apart, and
+    /// readable (zero) rows up to a whole block of [`amx::MR`]. The values of each row past
+    /// `cols`, and of the rows past `rows`, must be zero: the maker's promise, as a tile reads
+    /// them (a NaN there would spread into the outputs).
+    pub(crate) fn in_tile_rows(
+        values: &'a [bf16],
+        start: usize,
+        (rows, cols): (usize, usize),
+    ) -> View<'a> {
+        let row_stride = 2 * amx::row_words(cols);
+        let readable = start + rows.next_multiple_of(amx::MR) * row_stride;
+        assert!(
+            (values.as_ptr() as usize).is_multiple_of(64)
+                && start.is_multiple_of(32)
+                && readable <= values.len(),
+            "bf16 gemm: {rows}×{cols} tile rows at {start} of {} values",
+            values.len()
+        );
+        View {
+            tile_rows: true,
+            ..View::new(Values::Bf16(values), start, (rows, cols), (row_stride, 1))
         }
     }
 
@@ -181,8 +228,9 @@ impl<'a> View<'a> {
         View::new(values, 0, (rows, cols), (cols, 1))
     }
 
+    /// The bf16 bits of element `(r, c)`.
     #[inline(always)]
-    fn bits(&self, r: usize, c: usize) -> u16 {
+    pub(crate) fn bits(&self, r: usize, c: usize) -> u16 {
         self.values
             .bits(self.start + r * self.row_stride + c * self.col_stride)
     }
@@ -232,6 +280,26 @@ impl Words {
             std::slice::from_raw_parts_mut(self.lines.as_mut_ptr().cast(), self.len)
         }
     }
+
+    /// The words as bf16 values, two to a word (the first in the low half, as on a
+    /// little-endian CPU a word's bytes are its two values').
+    pub(crate) fn as_bf16(&self) -> &[bf16] {
+        // SAFETY: `2·len` u16-sized values, each bit pattern a valid bf16, aligned (a u32's
+        // alignment is a bf16's twice over).
+        #[allow(unsafe_code)]
+        unsafe {
+            std::slice::from_raw_parts(self.lines.as_ptr().cast(), 2 * self.len)
+        }
+    }
+
+    /// [`Words::as_bf16`], mutably.
+    pub(crate) fn as_bf16_mut(&mut self) -> &mut [bf16] {
+        // SAFETY: as `as_bf16`, borrowed mutably through `self`.
+        #[allow(unsafe_code)]
+        unsafe {
+            std::slice::from_raw_parts_mut(self.lines.as_mut_ptr().cast(), 2 * self.len)
+        }
+    }
 }
 
 /// `B` (`depth × cols`) as the microkernel reads it: strips of [`NR`] columns, each
@@ -263,6 +331,11 @@ impl PackedB {
             cols: b.cols,
             pairs,
         }
+    }
+
+    /// The depth and columns of the packed `B`.
+    pub(crate) fn shape(&self) -> (usize, usize) {
+        (self.depth, self.cols)
     }
 
     /// The packed words as the product reads them.
@@ -485,8 +558,6 @@ unsafe fn matmul_on(
         alpha,
         accumulate,
     };
-    let rows_per_task = kernel.rows_per_task();
-    let row_blocks = rows.div_ceil(rows_per_task);
     // Enough tasks for every thread: the column strips are shared out too when there are
     // few row blocks (a text encoder's 77 tokens, attention's blocks of keys).
     let wanted = if parallel {
@@ -494,6 +565,8 @@ unsafe fn matmul_on(
     } else {
         1
     };
+    let rows_per_task = kernel.rows_per_task(rows, (b.strips(), b.pairs), wanted);
+    let row_blocks = rows.div_ceil(rows_per_task);
     let column_groups = wanted.div_ceil(row_blocks).clamp(1, b.strips());
     let strips_per_group = b.strips().div_ceil(column_groups);
     let tasks = row_blocks * column_groups;
@@ -1056,6 +1129,8 @@ mod tests {
             (16, 800, 16),
             (64, 1600, 64),
             (40, 40, 80),
+            // `B` larger than the L2 cache: the tile kernel takes more rows per task.
+            (300, 520, 1056),
         ];
         let mut cases = Vec::new();
         for (i, (rows, depth, cols)) in shapes.into_iter().enumerate() {
@@ -1199,6 +1274,119 @@ mod tests {
                 }
                 assert!(worst < 1e-5, "{kernel:?} {:?}: {worst}", shapes[i]);
             }
+        }
+    }
+
+    /// Where `B` outgrows the L2 cache the tile kernel takes more rows per task, each block
+    /// of rows reading `B` once (the case above with `B` that large takes 256); otherwise
+    /// [`amx::MC`], as does the vector kernel.
+    #[test]
+    fn tasks_take_more_rows_where_b_outgrows_the_l2_cache() {
+        let tiles = |rows, (depth, cols): (usize, usize)| {
+            Kernel::Tiles.rows_per_task(rows, (cols.div_ceil(NR), depth.div_ceil(2)), 8)
+        };
+        assert_eq!(tiles(300, (520, 1056)), 2 * amx::MC);
+        // The feed-forward's 512 × 1 280 → 10 240 (a 26 MB weight): one block of rows.
+        assert_eq!(tiles(512, (1280, 10240)), 4 * amx::MC);
+        // Its 8 192 × 1 280 → 320 (0.8 MB, in L2): the usual blocks.
+        assert_eq!(tiles(8192, (1280, 320)), amx::MC);
+        let vector = Kernel::Vector.rows_per_task(512, (320, 640), 8);
+        assert_eq!(vector, MC);
+    }
+
+    /// `A` laid out in tile rows (`View::in_tile_rows`) and read in place gives the sums the
+    /// packed `A` gives, bit for bit; the same values at plain row strides, declared as tile
+    /// rows, do not (so the in-place path is the one the tiles read).
+    #[test]
+    fn a_read_in_place_from_tile_rows_equals_a_packed() {
+        if !tiles_available() {
+            eprintln!("no AMX on this CPU: the in-place path is not run");
+            return;
+        }
+        for (i, &(rows, depth, cols)) in [(33, 40, 70), (64, 320, 96), (20, 17, 33)]
+            .iter()
+            .enumerate()
+        {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(70 + i as u64);
+            let terms = 3;
+            let a = round(&uniform(terms * rows * depth, &mut rng));
+            let (pairs, width) = (depth.div_ceil(2), cols + terms + NR);
+            let words: Vec<u32> = (0..pairs * width)
+                .map(|_| {
+                    let [low, high] = [0, 1].map(|_| bf16::from_f32(rng.random_range(-1f32..1.0)));
+                    u32::from(low.to_bits()) | u32::from(high.to_bits()) << 16
+                })
+                .collect();
+            // Tap t's rows `row_len` values apart, its matrices `block` values apart, in a
+            // buffer on a cache line with room for a whole block of tile rows past the last.
+            let tile_len = 2 * amx::row_words(depth);
+            let laid_out = |row_len: usize| {
+                let block = rows.next_multiple_of(amx::MR) * row_len;
+                let room = rows.next_multiple_of(amx::MR) * tile_len;
+                let mut buffer = Words::zeroed((terms * block + room).div_ceil(2));
+                for t in 0..terms {
+                    for r in 0..rows {
+                        for k in 0..depth {
+                            let value = bf16::from_f32(a[(t * rows + r) * depth + k]);
+                            buffer.as_bf16_mut()[t * block + r * row_len + k] = value;
+                        }
+                    }
+                }
+                (buffer, block)
+            };
+            let sums = |views: Vec<View<'_>>| {
+                let terms: Vec<_> = (views.into_iter().enumerate())
+                    .map(|(t, view)| (view, PairedB::rows(&words, t, (depth, cols), width)))
+                    .collect();
+                let mut out = vec![MaybeUninit::new(f32::NAN); rows * cols];
+                let target = Out {
+                    values: &mut out,
+                    start: 0,
+                    row_stride: cols,
+                };
+                matmul_sum_on(Kernel::Tiles, target, &terms, true);
+                // SAFETY: the sum wrote every value of the output.
+                #[allow(unsafe_code)]
+                let sums: Vec<f32> = out
+                    .into_iter()
+                    .map(|v| unsafe { v.assume_init() })
+                    .collect();
+                sums
+            };
+            let packed = sums(
+                (0..terms)
+                    .map(|t| {
+                        View::new(Values::F32(&a), t * rows * depth, (rows, depth), (depth, 1))
+                    })
+                    .collect(),
+            );
+            let (tiled, block) = laid_out(tile_len);
+            let in_tile_rows = |t| View::in_tile_rows(tiled.as_bf16(), t * block, (rows, depth));
+            let in_place = sums((0..terms).map(in_tile_rows).collect());
+            assert_eq!(packed, in_place, "shape {:?}", (rows, depth, cols));
+            // Rows `depth` values apart (up to 32 values, so that each starts on a cache
+            // line), read as tile rows: the rows are read from the wrong places.
+            let plain_len = depth.next_multiple_of(32);
+            assert_ne!(plain_len, tile_len);
+            let (plain, block) = laid_out(plain_len);
+            let misread = |t| View::in_tile_rows(plain.as_bf16(), t * block, (rows, depth));
+            let misread = sums((0..terms).map(misread).collect());
+            assert_ne!(packed, misread, "shape {:?}", (rows, depth, cols));
+        }
+    }
+
+    /// A view declared in tile rows that its buffer cannot hold, or off a cache line, is
+    /// refused rather than read past its end.
+    #[test]
+    fn tile_rows_that_do_not_fit_are_refused() {
+        let words = Words::zeroed(amx::MR * amx::row_words(40));
+        let values = words.as_bf16();
+        let fits = std::panic::catch_unwind(|| View::in_tile_rows(values, 0, (32, 40)).rows);
+        assert_eq!(fits.ok(), Some(32));
+        for (start, rows) in [(32, 32), (0, 33), (1, 1)] {
+            let refused =
+                std::panic::catch_unwind(|| View::in_tile_rows(values, start, (rows, 40)).rows);
+            assert!(refused.is_err(), "start {start}, {rows} rows");
         }
     }
 

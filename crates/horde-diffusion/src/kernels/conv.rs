@@ -18,7 +18,8 @@
 //! input's four phases (`conv2d_stride2`); candle's im2col took 49 ms for `[2, 320, 64, 64]`.
 
 mod bf16;
-pub use bf16::{conv2d_bf16, keep_rearranged_weights};
+pub use super::kept::keep_rearranged_weights;
+pub use bf16::conv2d_bf16;
 pub(crate) use bf16::{conv2d_bf16_keeping, takes as takes_bf16, RearrangedWeights};
 
 use super::{contiguous_f32, filled, unfilled};

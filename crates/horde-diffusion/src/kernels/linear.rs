@@ -11,11 +11,13 @@
 //! are widened to f32 for `gemm`'s f32 product, as candle's own CPU product does.
 
 use super::bf16_gemm::{self, Out, PackedB, Values, View};
+use super::kept::{kept_or_made, Kept};
 use super::{contiguous_f32, contiguous_values, filled, unfilled};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use half::bf16;
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
+use std::sync::{Arc, OnceLock};
 
 /// `x · weightᵀ (+ bias) (+ residual)` for `x` `[rows, in]`, `weight` `[out, in]` (as
 /// checkpoints store it), `bias` `[out]` and `residual` `[rows, out]` on the CPU, in f32 or
@@ -26,10 +28,26 @@ pub fn linear(
     bias: Option<&Tensor>,
     residual: Option<&Tensor>,
 ) -> Result<Tensor> {
+    linear_keeping(x, weight, bias, residual, None)
+}
+
+/// A linear layer's weight packed for the bf16 product (`bf16_gemm::PackedB`).
+pub(crate) type PackedWeights = Kept<PackedB>;
+
+/// [`linear`] with a bf16 `weight` packed once into `kept` (and read from it at later calls)
+/// while `keep_rearranged_weights` is on. `kept` must belong to this `weight` alone.
+pub(crate) fn linear_keeping(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    residual: Option<&Tensor>,
+    kept: Option<&PackedWeights>,
+) -> Result<Tensor> {
     let op = Linear {
         bias: bias
             .map(|b| b.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>())
             .transpose()?,
+        kept: kept.and_then(Kept::cell),
     };
     let in_bf16 = weight.dtype() == DType::BF16
         && matches!(x.dtype(), DType::F32 | DType::BF16)
@@ -63,6 +81,8 @@ fn operand<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<Val
 
 struct Linear {
     bias: Option<Vec<f32>>,
+    /// Where the packed bf16 weight is kept between calls, if it is.
+    kept: Option<Arc<OnceLock<PackedB>>>,
 }
 
 impl Linear {
@@ -94,7 +114,8 @@ impl Linear {
         let mut out = unfilled(rows * d_out);
         let started = self.start(&mut out, residual, d_out);
         if rows > 0 && d_out > 0 {
-            product(&mut out, x, w, (rows, d_in, d_out), started)?;
+            let kept = self.kept.as_deref();
+            product(&mut out, x, (w, kept), (rows, d_in, d_out), started)?;
         }
         // SAFETY: the product writes every value (none when `rows` or `d_out` is 0), adding
         // to the ones the starting pass wrote when there was one.
@@ -135,21 +156,29 @@ impl Linear {
 
 /// `out (+)= x · wᵀ` on all cores, adding to `out` when `accumulate` (whose values must then
 /// have been written; otherwise they are only written): in bf16 when the weight is (the
-/// caller checked the CPU has AVX512-BF16), in f32 otherwise.
+/// caller checked the CPU has AVX512-BF16; its packing kept in `kept` when given), in f32
+/// otherwise.
 fn product(
     out: &mut [MaybeUninit<f32>],
     x: Values<'_>,
-    w: Values<'_>,
+    (w, kept): (Values<'_>, Option<&OnceLock<PackedB>>),
     (rows, d_in, d_out): (usize, usize, usize),
     accumulate: bool,
 ) -> Result<()> {
     match (x, w) {
         (x, Values::Bf16(w)) => {
             // wᵀ: element (k, n) at `n·d_in + k`.
-            let w = PackedB::pack(
-                View::new(Values::Bf16(w), 0, (d_in, d_out), (1, d_in)),
-                true,
-            );
+            let pack = || {
+                PackedB::pack(
+                    View::new(Values::Bf16(w), 0, (d_in, d_out), (1, d_in)),
+                    true,
+                )
+            };
+            let mut made = None;
+            let w = kept_or_made(kept, &mut made, pack);
+            if w.shape() != (d_in, d_out) {
+                candle_core::bail!("linear: a weight kept for another layer");
+            }
             let out = Out {
                 values: out,
                 start: 0,
@@ -376,6 +405,37 @@ mod tests {
         println!(
             "linear in bf16: worst {worst_rounded:e} (rounded inputs), {worst_unrounded:e} (f32)"
         );
+    }
+
+    /// A bf16 weight packed once into its layer's `PackedWeights` gives the outputs packing
+    /// at every call gives, bit for bit; later calls read the kept packing (another weight of
+    /// the same shape gives the first one's outputs: one `PackedWeights` per layer), and a
+    /// weight of another shape is refused.
+    #[test]
+    fn a_weight_kept_packed_gives_the_same_outputs_and_is_packed_once() {
+        if !bf16_gemm::available() {
+            return;
+        }
+        let half = |t: Tensor| t.to_dtype(DType::BF16).unwrap();
+        let x = random(&[40, 48], 1, 1.0);
+        let (w, b, r) = (
+            half(random(&[24, 48], 2, 0.5)),
+            random(&[24], 3, 1.0),
+            random(&[40, 24], 4, 1.0),
+        );
+        let kept = PackedWeights::default();
+        let fresh = linear(&x, &w, Some(&b), Some(&r)).unwrap();
+        for _ in 0..2 {
+            let with_kept = linear_keeping(&x, &w, Some(&b), Some(&r), Some(&kept)).unwrap();
+            assert_eq!(max_difference(&fresh, &with_kept), 0.0);
+        }
+        assert!(kept.is_made(), "packed at the first call, kept");
+        let same_shape = half(random(&[24, 48], 5, 0.5));
+        let read_kept = linear_keeping(&x, &same_shape, Some(&b), Some(&r), Some(&kept)).unwrap();
+        assert_eq!(max_difference(&fresh, &read_kept), 0.0);
+        let other = half(random(&[24, 40], 6, 0.5));
+        let x_other = random(&[40, 40], 7, 1.0);
+        assert!(linear_keeping(&x_other, &other, None, None, Some(&kept)).is_err());
     }
 
     #[test]

@@ -26,7 +26,7 @@ use std::sync::OnceLock;
 /// Rows of a tile of `A` or `C`, and depth pairs of a tile of `B`.
 pub(super) const TILE: usize = 16;
 /// Rows of `C` per microkernel call: two tiles.
-pub(super) const MR: usize = 2 * TILE;
+pub(crate) const MR: usize = 2 * TILE;
 /// Depth pairs per pass over a block (a strip's slice of `B`, `KC × 32` words, is 48 KiB).
 pub(super) const KC: usize = 384;
 /// Rows per task: the packed block of `A` (`MC × (KC + 16)` words, 200 KiB) stays in L2.
@@ -57,13 +57,18 @@ pub(crate) fn supported() -> bool {
 /// and one tile's width more, two where that makes a multiple of 256 bytes, so that a tile's
 /// 16 rows do not crowd into a few cache sets (four tile loads took 48–104 ns with rows 256
 /// bytes apart against 31 with 640).
-pub(super) fn stride(pairs: usize) -> usize {
+pub(crate) fn stride(pairs: usize) -> usize {
     let stride = pairs.next_multiple_of(TILE) + TILE;
     if stride.is_multiple_of(64) {
         stride + TILE
     } else {
         stride
     }
+}
+
+/// The words from one row of `A` to the next as the tiles read it, for `cols` values a row.
+pub(crate) fn row_words(cols: usize) -> usize {
+    stride(cols.div_ceil(2))
 }
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
@@ -474,6 +479,8 @@ pub(super) unsafe fn sum_of_products(
     let (a0, b0) = terms[0];
     let (rows, pairs, cols) = (a0.rows, b0.pairs, b0.cols);
     let (strips, stride) = (b0.strips(), stride(pairs));
+    // A laid out for the tiles (`View::in_tile_rows`) has rows `stride` words apart.
+    let in_place = terms.iter().all(|(a, _)| a.tile_rows);
     let row_blocks = rows.div_ceil(MR);
     let wanted = if parallel {
         4 * rayon::current_num_threads()
@@ -489,11 +496,23 @@ pub(super) unsafe fn sum_of_products(
         let strips = group * strips_per_group..((group + 1) * strips_per_group).min(strips);
         super::PACKED_A.with(|packed| {
             let packed = &mut *packed.borrow_mut();
-            packed.reset(terms.len() * MR * stride);
-            let each = packed.as_mut_slice().chunks_exact_mut(MR * stride);
-            for ((a, _), into) in terms.iter().zip(each) {
-                super::pack_a_into(a, rows.clone(), (0, pairs), stride, into);
-            }
+            // Each term's rows of `A`, `stride` words apart: in place where the maker laid
+            // them out so, packed here otherwise.
+            let rows_of_a: Vec<*const u32> = if in_place {
+                let at = |a: &super::View<'_>| match a.values {
+                    super::Values::Bf16(v) => v[a.start + first * a.row_stride..].as_ptr().cast(),
+                    super::Values::F32(_) => unreachable!("tile rows are bf16"),
+                };
+                terms.iter().map(|(a, _)| at(a)).collect()
+            } else {
+                packed.reset(terms.len() * MR * stride);
+                let each = packed.as_mut_slice().chunks_exact_mut(MR * stride);
+                for ((a, _), into) in terms.iter().zip(each) {
+                    super::pack_a_into(a, rows.clone(), (0, pairs), stride, into);
+                }
+                let packed = packed.as_slice().chunks_exact(MR * stride);
+                packed.map(<[u32]>::as_ptr).collect()
+            };
             let (steps, ragged) = (pairs / TILE, !pairs.is_multiple_of(TILE));
             let mut tails = vec![Tail([0; TILE * 32]); if ragged { terms.len() } else { 0 }];
             let mut block = Block([0.0; MR * 32]);
@@ -509,13 +528,13 @@ pub(super) unsafe fn sum_of_products(
                         tail.0[(p - steps * TILE) * 32..][..32].copy_from_slice(&b[at..at + 32]);
                     }
                 }
-                // SAFETY: each term's packed `A` holds MR rows of `stride ≥ 16·(steps + 1)`
-                // words, its `B` strip `pairs` pairs of 32 words `pair_stride` apart, its tail
+                // SAFETY: each term's `A` holds MR rows of `stride ≥ 16·(steps + 1)` words
+                // (packed above, or laid out so by its maker: `View::in_tile_rows` asserts
+                // that its rows up to a whole block are inside its values), its `B` strip `pairs` pairs of 32 words `pair_stride` apart, its tail
                 // 16 pairs of 32; the tiles were configured above.
                 unsafe {
                     tiles::zero();
-                    for (t, (_, b)) in terms.iter().enumerate() {
-                        let a = packed.as_slice()[t * MR * stride..].as_ptr();
+                    for (t, (&a, (_, b))) in rows_of_a.iter().zip(terms).enumerate() {
                         let (b, b_stride) = (b.strip(s, 0, pairs).as_ptr(), b.pair_stride);
                         let tail = tails.get(t);
                         let shape = (tile_rows > TILE, width > TILE);

@@ -2,13 +2,16 @@
 //! its products in bf16 with f32 accumulation (`bf16_gemm`).
 //!
 //! A network held in bf16 widened every convolution's input and weights to f32 and narrowed
-//! the output back, around an f32 product. Here each image is padded once into rows of
+//! the output back, around an f32 product. Here the input is padded once into rows of
 //! 32-bit words, one row per pair of input channels, each word the pair's two bf16 values at
-//! one position of the padded grid (rows `Wp = W + 2p` wide). That is the product's `B` for
-//! every tap: tap `(ky, kx)` reads the same rows from offset `ky·Wp + kx`, so nothing is copied
-//! per tap. The weights, rearranged tap by tap once per call, are `A` (`c_out × c_in` per
-//! tap). The taps add into one f32 accumulator `[c_out, out_h·Wp]`; its `Wp − out_w` extra
-//! columns per row are dropped as the output is narrowed to bf16 with the bias added.
+//! one position of the padded grid (rows `Wp = W + 2p` wide), the batch's images one after
+//! another in each row. That is the product's `B` for every tap: tap `(ky, kx)` reads the
+//! same rows from offset `ky·Wp + kx`, so nothing is copied per tap. The weights, rearranged
+//! tap by tap (kept from call to call, laid out as the AMX tiles read them: [`TapMatrices`]),
+//! are `A` (`c_out × c_in` per tap). The taps add into one f32 accumulator `[c_out, columns]`
+//! for the whole batch (one product for both images of a CFG batch, which read the weights
+//! once between them); its extra columns (each row's last `Wp − out_w`, each image's last
+//! padded rows) are dropped as the output is narrowed to bf16 with the bias added.
 //!
 //! With stride 2 (the UNet's downsamplers) the padded grid is split into its four phases
 //! (even and odd rows × even and odd columns), each `⌈Hp/2⌉ × ⌈Wp/2⌉` and paired as above: tap
@@ -17,40 +20,17 @@
 //! (these convolutions were widened to f32 before: their products, and the conversions around
 //! them, were 4 % of a bf16 UNet step).
 
-use super::super::bf16_gemm::{self, Out, PairedB, Values, View, NR};
+use super::super::bf16_gemm::{self, amx, Out, PairedB, Values, View, Words, NR};
+use super::super::kept::{kept_or_made, Kept};
 use super::super::{contiguous_values, filled, unfilled};
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use half::bf16;
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
-/// Whether convolutions keep their weights rearranged tap by tap from one call to the next
-/// ([`RearrangedWeights`]); on unless [`keep_rearranged_weights`] turned it off.
-static KEEP_REARRANGED: AtomicBool = AtomicBool::new(true);
-
-/// Whether each bf16 convolution keeps its weights rearranged from one call to the next: a
-/// pass over every convolution weight, read and written, saved at every step (about 6 % of an
-/// SD 1.5 bf16 step), for as much memory again as the convolutions' weights (about 1 GB for
-/// SD 1.5's UNet). A worker with `low_memory` turns it off at start, before any model runs
-/// (weights kept before it is turned off stay in memory, unused).
-pub fn keep_rearranged_weights(on: bool) {
-    KEEP_REARRANGED.store(on, Ordering::Relaxed);
-}
-
-/// A convolution's weights rearranged tap by tap (`[taps, c_out, c_in]`), made at its first
-/// bf16 call on this CPU and kept with the convolution (clones share it), so that later calls
-/// skip the rearrangement.
-#[derive(Clone, Default)]
-pub(crate) struct RearrangedWeights(Arc<OnceLock<Vec<bf16>>>);
-
-impl std::fmt::Debug for RearrangedWeights {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let values = self.0.get().map_or(0, Vec::len);
-        write!(f, "RearrangedWeights({values} values)")
-    }
-}
+/// A convolution's weights rearranged tap by tap for the bf16 kernel ([`TapMatrices`]).
+pub(crate) type RearrangedWeights = Kept<TapMatrices>;
 
 /// Whether [`conv2d_bf16`] takes this convolution: bf16 input and weight on the CPU, and a
 /// CPU with AVX512-BF16.
@@ -75,7 +55,7 @@ pub fn conv2d_bf16(
 }
 
 /// [`conv2d_bf16`] with `weight` rearranged once into `kept` (and read from it at later
-/// calls) while [`keep_rearranged_weights`] is on. `kept` must belong to this `weight` alone.
+/// calls) while `keep_rearranged_weights` is on. `kept` must belong to this `weight` alone.
 pub(crate) fn conv2d_bf16_keeping(
     x: &Tensor,
     weight: &Tensor,
@@ -92,9 +72,7 @@ pub(crate) fn conv2d_bf16_keeping(
     let bias = bias
         .map(|b| b.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>())
         .transpose()?;
-    let kept = kept
-        .filter(|_| KEEP_REARRANGED.load(Ordering::Relaxed))
-        .map(|kept| kept.0.clone());
+    let kept = kept.and_then(Kept::cell);
     let op = Conv2dBf16 {
         padding,
         stride,
@@ -109,12 +87,13 @@ struct Conv2dBf16 {
     stride: usize,
     bias: Option<Vec<f32>>,
     /// Where the rearranged weights are kept between calls, if they are.
-    kept: Option<Arc<OnceLock<Vec<bf16>>>>,
+    kept: Option<Arc<OnceLock<TapMatrices>>>,
 }
 
 /// The sizes of one convolution.
 #[derive(Clone, Copy)]
 struct Geometry {
+    batch: usize,
     c_in: usize,
     c_out: usize,
     h: usize,
@@ -132,7 +111,7 @@ struct Geometry {
 
 impl Geometry {
     fn new(x: &Layout, weight: &Layout, padding: usize, stride: usize) -> Result<Geometry> {
-        let (_, c_in, h, w) = x.shape().dims4()?;
+        let (batch, c_in, h, w) = x.shape().dims4()?;
         let (c_out, w_c_in, k_h, k_w) = weight.shape().dims4()?;
         let (grid_h, grid_w) = (h + 2 * padding, w + 2 * padding);
         if w_c_in != c_in || grid_h < k_h || grid_w < k_w || k_h * k_w == 0 {
@@ -143,6 +122,7 @@ impl Geometry {
             );
         }
         Ok(Geometry {
+            batch,
             c_in,
             c_out,
             h,
@@ -158,15 +138,24 @@ impl Geometry {
         })
     }
 
-    /// Words per row of a phase of the padded input: the phase, and room for the last tap's
-    /// strips to read past it (into zeros that only feed dropped columns).
-    fn row_words(&self) -> usize {
-        self.phase_h * self.phase_w + self.k_w + NR
+    /// Words of one image's phase (`phase_h × phase_w`): image `b`'s phase starts `b` times
+    /// this far into a row, and its outputs as far into the accumulator's rows.
+    fn image_words(&self) -> usize {
+        self.phase_h * self.phase_w
     }
 
-    /// Columns of the accumulator: whole phase rows of the output's rows.
+    /// Words per row of a phase of the padded input: every image's phase, and room for the
+    /// last tap's strips to read past the last (into zeros that only feed dropped columns).
+    fn row_words(&self) -> usize {
+        self.batch * self.image_words() + self.k_w + NR
+    }
+
+    /// Columns of the accumulator: every image's phase but the last, then whole phase rows of
+    /// the last image's output rows. A tap reads an image's outputs from inside that image's
+    /// phase; the columns past each image's outputs (its last phase rows, each row's last
+    /// columns) read into the next image's, and are dropped.
     fn columns(&self) -> usize {
-        self.out_h * self.phase_w
+        (self.batch.max(1) - 1) * self.image_words() + self.out_h * self.phase_w
     }
 
     /// The phase tap `(ky, kx)` reads, and from which word of its rows.
@@ -189,45 +178,33 @@ impl CustomOp2 for Conv2dBf16 {
         wl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let g = Geometry::new(xl, wl, self.padding, self.stride)?;
-        let batch = xl.shape().dims4()?.0;
         if self.bias.as_ref().is_some_and(|b| b.len() != g.c_out) {
             candle_core::bail!("conv2d_bf16: a bias of the wrong length for {}", g.c_out);
         }
         let x = contiguous_values::<bf16>(xs, xl, self.name())?;
         let weight = contiguous_values::<bf16>(ws, wl, self.name())?;
-        let made;
-        let taps: &[bf16] = match &self.kept {
-            Some(kept) => kept.get_or_init(|| taps_first(weight, &g)),
-            None => {
-                made = taps_first(weight, &g);
-                &made
-            }
-        };
-        if taps.len() != weight.len() {
+        let mut made = None;
+        let taps = kept_or_made(self.kept.as_deref(), &mut made, || {
+            TapMatrices::new(weight, &g)
+        });
+        if (taps.taps, taps.c_out, taps.c_in) != (g.k_h * g.k_w, g.c_out, g.c_in) {
             candle_core::bail!("conv2d_bf16: weights kept for another convolution");
         }
-        let image = g.out_h * g.out_w * g.c_out;
-        // Written whole: each image's landing writes every value of its part.
-        let mut out = unfilled::<bf16>(batch * image);
-        // Written by each image's first tap before anything reads it.
-        let mut sums = unfilled::<f32>(g.c_out * g.columns());
-        for (b, out) in out.chunks_mut(image.max(1)).enumerate() {
-            let input = &x[b * g.c_in * g.h * g.w..(b + 1) * g.c_in * g.h * g.w];
-            let phases = paired_input(input, &g);
+        // Written whole by the landing (nothing to write when it is empty).
+        let mut out = unfilled::<bf16>(g.batch * g.c_out * g.out_h * g.out_w);
+        if !out.is_empty() {
+            let phases = paired_input(x, &g);
             let terms: Vec<_> = (0..g.k_h * g.k_w)
                 .map(|tap| {
-                    let a = View::new(
-                        Values::Bf16(taps),
-                        tap * g.c_out * g.c_in,
-                        (g.c_out, g.c_in),
-                        (g.c_in, 1),
-                    );
+                    let a = taps.tap(tap);
                     let (phase, shift) = g.tap_source(tap / g.k_w, tap % g.k_w);
                     let words = &phases[phase];
                     let b = PairedB::rows(words, shift, (g.c_in, g.columns()), g.row_words());
                     (a, b)
                 })
                 .collect();
+            // Written by the sum of the taps' products before anything reads it.
+            let mut sums = unfilled::<f32>(g.c_out * g.columns());
             let into = Out {
                 values: &mut sums,
                 start: 0,
@@ -238,83 +215,134 @@ impl CustomOp2 for Conv2dBf16 {
             // SAFETY: the sum of the taps' products wrote every sum, just above.
             #[allow(unsafe_code)]
             let written = unsafe { sums.assume_init_ref() };
-            land(written, self.bias.as_deref(), &g, out);
+            land(written, self.bias.as_deref(), &g, &mut out);
         }
-        // SAFETY: every image's landing wrote all of its values.
+        // SAFETY: the landing wrote every value (there are none when it did not run).
         #[allow(unsafe_code)]
         let out = unsafe { filled(out) };
-        let shape = Shape::from((batch, g.c_out, g.out_h, g.out_w));
+        let shape = Shape::from((g.batch, g.c_out, g.out_h, g.out_w));
         Ok((CpuStorage::BF16(out), shape))
     }
 }
 
-/// The weight as `[taps, c_out, c_in]`: each tap's matrix contiguous, as `A` reads it. One
-/// pass over the weight: each filter (`[c_in, taps]`, in L1) transposed into its row of every
-/// tap's matrix, a row written straight through (gathering each matrix instead read the whole
-/// weight once per tap: 1 280 channels took 30 ms; scattering each value to its tap's row
-/// with the index computed per value was a tenth of a bf16 UNet step's samples).
-#[allow(unsafe_code)]
-fn taps_first(weight: &[bf16], g: &Geometry) -> Vec<bf16> {
-    let taps = g.k_h * g.k_w;
-    assert_eq!(
-        weight.len(),
-        taps * g.c_out * g.c_in,
-        "a weight of [c_out, c_in, k_h, k_w]"
-    );
-    // Written whole: a permutation of the weight.
-    let mut out = unfilled::<bf16>(weight.len());
-    let target = Scatter(out.as_mut_ptr());
-    let (c_in, c_out) = (g.c_in, g.c_out);
-    weight
-        .par_chunks(c_in * taps)
-        .enumerate()
-        .for_each(|(o, filter)| {
-            for tap in 0..taps {
-                // SAFETY: row `o` of tap `tap`'s matrix, `c_in` values from
-                // `(tap·c_out + o)·c_in`, is inside the weight's length (asserted above), and
-                // only filter `o`'s task writes it.
-                let row = unsafe {
-                    std::slice::from_raw_parts_mut(target.at((tap * c_out + o) * c_in), c_in)
-                };
-                for (value, taps_of_i) in row.iter_mut().zip(filter.chunks_exact(taps)) {
-                    value.write(taps_of_i[tap]);
-                }
-            }
-        });
-    // SAFETY: the filters' tasks wrote every (tap, o, i) of the permutation.
-    unsafe { filled(out) }
+/// A convolution's weight as one `c_out × c_in` matrix per tap, the product's `A` for that
+/// tap. Where the products run on AMX tiles the matrices are laid out as the tiles read them
+/// (rows on cache lines, zero-padded to whole tiles: `View::in_tile_rows`), so that no product
+/// packs them again (packing them was 5 % of a bf16 UNet step); elsewhere row after row.
+pub(crate) struct TapMatrices {
+    words: Words,
+    taps: usize,
+    c_out: usize,
+    c_in: usize,
+    /// Rows per tap's matrix (`c_out`, or up to a whole block of tile rows), and values per
+    /// row (`c_in`, or up to whole tiles).
+    rows: usize,
+    row_len: usize,
+    tile_rows: bool,
 }
 
-/// The permuted weight as the filters' tasks write it: a raw pointer, since each writes a
+impl TapMatrices {
+    /// The weight (`[c_out, c_in, k_h, k_w]`) rearranged. One pass over it: each filter
+    /// (`[c_in, taps]`, in L1) transposed into its row of every tap's matrix, a row written
+    /// straight through (gathering each matrix instead read the whole weight once per tap:
+    /// 1 280 channels took 30 ms; scattering each value to its tap's row with the index
+    /// computed per value was a tenth of a bf16 UNet step's samples).
+    fn new(weight: &[bf16], g: &Geometry) -> TapMatrices {
+        TapMatrices::laid_out(weight, g, bf16_gemm::tiles_available())
+    }
+
+    /// [`TapMatrices::new`], in tile rows or not.
+    #[allow(unsafe_code)]
+    fn laid_out(weight: &[bf16], g: &Geometry, tile_rows: bool) -> TapMatrices {
+        let (taps, c_in, c_out) = (g.k_h * g.k_w, g.c_in, g.c_out);
+        assert_eq!(
+            weight.len(),
+            taps * c_out * c_in,
+            "a weight of [c_out, c_in, k_h, k_w]"
+        );
+        let (rows, row_len) = if tile_rows {
+            (c_out.next_multiple_of(amx::MR), 2 * amx::row_words(c_in))
+        } else {
+            (c_out, c_in.next_multiple_of(2))
+        };
+        // Zeros wherever no weight goes: the padding the tiles read.
+        let mut words = Words::zeroed((taps * rows * row_len).div_ceil(2));
+        let target = Scatter(words.as_bf16_mut().as_mut_ptr());
+        weight
+            .par_chunks(c_in * taps)
+            .enumerate()
+            .for_each(|(o, filter)| {
+                for tap in 0..taps {
+                    // SAFETY: row `o` of tap `tap`'s matrix, `c_in ≤ row_len` values from
+                    // `(tap·rows + o)·row_len`, is inside the `taps·rows·row_len` values,
+                    // and only filter `o`'s task writes it.
+                    let row = unsafe {
+                        std::slice::from_raw_parts_mut(target.at((tap * rows + o) * row_len), c_in)
+                    };
+                    for (value, taps_of_i) in row.iter_mut().zip(filter.chunks_exact(taps)) {
+                        *value = taps_of_i[tap];
+                    }
+                }
+            });
+        TapMatrices {
+            words,
+            taps,
+            c_out,
+            c_in,
+            rows,
+            row_len,
+            tile_rows,
+        }
+    }
+
+    /// Tap `tap`'s matrix as the product's `A`.
+    fn tap(&self, tap: usize) -> View<'_> {
+        let (values, start) = (self.words.as_bf16(), tap * self.rows * self.row_len);
+        let shape = (self.c_out, self.c_in);
+        if self.tile_rows {
+            View::in_tile_rows(values, start, shape)
+        } else {
+            View::new(Values::Bf16(values), start, shape, (self.row_len, 1))
+        }
+    }
+}
+
+/// The rearranged weight as the filters' tasks write it: a raw pointer, since each writes a
 /// row of every tap's matrix.
 #[derive(Clone, Copy)]
-struct Scatter(*mut MaybeUninit<bf16>);
+struct Scatter(*mut bf16);
 
 impl Scatter {
-    fn at(self, i: usize) -> *mut MaybeUninit<bf16> {
+    fn at(self, i: usize) -> *mut bf16 {
         self.0.wrapping_add(i)
     }
 }
 
-// SAFETY: the tasks write disjoint values through it (see `taps_first`).
+// SAFETY: the tasks write disjoint values through it (see `TapMatrices::new`).
 #[allow(unsafe_code)]
 unsafe impl Send for Scatter {}
 // SAFETY: as above.
 #[allow(unsafe_code)]
 unsafe impl Sync for Scatter {}
 
-/// One image (`[c_in, h, w]`) zero-padded, each phase of the padded grid (one at stride 1)
-/// in rows of words, a row per pair of channels (`row_words` long), each word a position's two
-/// channels (the first in the low half; zero for the missing second of an odd last pair).
+/// The batch (`[batch, c_in, h, w]`) zero-padded, each phase of the padded grid (one at
+/// stride 1) in rows of words, a row per pair of channels (`row_words` long: every image's
+/// phase in turn), each word a position's two channels (the first in the low half; zero for
+/// the missing second of an odd last pair).
 fn paired_input(input: &[bf16], g: &Geometry) -> Vec<Vec<u32>> {
-    let s = g.stride;
+    let (s, image) = (g.stride, g.c_in * g.h * g.w);
     (0..s * s)
         .map(|phase| {
             let mut words = vec![0u32; g.c_in.div_ceil(2) * g.row_words()];
             words
                 .par_chunks_mut(g.row_words())
                 .enumerate()
-                .for_each(|(pair, row)| pair_phase(input, g, (phase / s, phase % s), pair, row));
+                .for_each(|(pair, row)| {
+                    let phases = row.chunks_mut(g.image_words());
+                    for (input, row) in input.chunks_exact(image).zip(phases) {
+                        pair_phase(input, g, (phase / s, phase % s), pair, row)
+                    }
+                });
             words
         })
         .collect()
@@ -361,18 +389,20 @@ fn pair_phase(
     }
 }
 
-/// The sums (`[c_out, out_h·Wp]`) into the image's output (`[c_out, out_h, out_w]`), the bias
+/// The sums (`[c_out, columns]`) into the output (`[batch, c_out, out_h, out_w]`), the bias
 /// added and the extra columns dropped, narrowed to bf16.
 fn land(sums: &[f32], bias: Option<&[f32]>, g: &Geometry, out: &mut [MaybeUninit<bf16>]) {
     out.par_chunks_mut(g.out_h * g.out_w)
         .enumerate()
-        .for_each(|(o, plane)| {
-            let b = bias.map_or(0.0, |b| b[o]);
+        .for_each(|(plane_index, plane)| {
+            let (b, o) = (plane_index / g.c_out, plane_index % g.c_out);
+            let bias = bias.map_or(0.0, |bias| bias[o]);
+            let first = o * g.columns() + b * g.image_words();
             let mut row = vec![0f32; g.out_w];
             for (y, out_row) in plane.chunks_exact_mut(g.out_w).enumerate() {
-                let at = o * g.columns() + y * g.phase_w;
+                let at = first + y * g.phase_w;
                 for (r, s) in row.iter_mut().zip(&sums[at..at + g.out_w]) {
-                    *r = s + b;
+                    *r = s + bias;
                 }
                 bf16_gemm::narrow_into(&row, out_row);
             }
@@ -521,7 +551,7 @@ mod tests {
             );
             assert_eq!(off, 0.0, "stride {stride}");
         }
-        assert!(kept.0.get().is_some(), "made at the first call, kept");
+        assert!(kept.is_made(), "made at the first call, kept");
         // Later calls read the kept weights, not the weight given: another weight of the same
         // size gives the first one's outputs (hence one `RearrangedWeights` per convolution),
         // and one of another size is refused.
@@ -533,6 +563,40 @@ mod tests {
         assert_eq!(diff(&as_f32(&read_kept), &as_f32(&fresh)), 0.0);
         let other = half(random(&[8, 24, 3, 3], 34, 0.5));
         assert!(conv2d_bf16_keeping(&x, &other, None, (1, 1), Some(&kept)).is_err());
+    }
+
+    /// Each tap's matrix holds the weight's values for that tap, in tile rows (the layout the
+    /// AMX path reads in place) and row after row (the vector path's), odd channel counts
+    /// included; the padding of tile rows is zero.
+    #[test]
+    fn tap_matrices_hold_each_taps_weights() {
+        for (c_out, c_in, k) in [(5, 3, 3), (40, 33, 3), (7, 1, 1), (3, 130, 5)] {
+            let weight: Vec<bf16> = (0..c_out * c_in * k * k)
+                .map(|i| bf16::from_f32(i as f32 + 1.0))
+                .collect();
+            let x = Layout::contiguous((1, c_in, 8, 8));
+            let w = Layout::contiguous((c_out, c_in, k, k));
+            let g = Geometry::new(&x, &w, 1, 1).unwrap();
+            for tile_rows in [false, true] {
+                let taps = TapMatrices::laid_out(&weight, &g, tile_rows);
+                for tap in 0..k * k {
+                    let a = taps.tap(tap);
+                    for (o, i) in (0..c_out).flat_map(|o| (0..c_in).map(move |i| (o, i))) {
+                        let expected = weight[(o * c_in + i) * k * k + tap];
+                        let case = format!("{c_out}×{c_in}×{k}², tile rows {tile_rows}, tap {tap}");
+                        assert_eq!(a.bits(o, i), expected.to_bits(), "{case}: ({o}, {i})");
+                    }
+                }
+                let written = c_out * c_in * k * k;
+                let nonzero = taps
+                    .words
+                    .as_bf16()
+                    .iter()
+                    .filter(|v| v.to_bits() != 0)
+                    .count();
+                assert_eq!(nonzero, written, "only the weights, zeros around them");
+            }
+        }
     }
 
     #[test]
