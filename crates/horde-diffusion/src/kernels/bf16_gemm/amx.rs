@@ -267,16 +267,49 @@ pub(crate) mod tiles {
     #[inline(always)]
     pub(super) unsafe fn store(out: &mut Block) {
         // SAFETY: the block holds 32 rows of 32 f32, as the four tiles store them.
+        unsafe { store_to(out.0.as_mut_ptr(), 32) };
+    }
+
+    /// Stores the tiles of `C` into the 32 × 32 f32 from `c`, rows `row_stride` values apart.
+    ///
+    /// # Safety
+    ///
+    /// [`configure`] ran on this thread; the 32 rows of 32 values from `c` are writable.
+    #[inline(always)]
+    pub(super) unsafe fn store_to(c: *mut f32, row_stride: usize) {
+        let s = row_stride * 4;
+        // SAFETY: the caller's promises; each tile is 16 rows of 16 f32 of the block.
         unsafe {
-            let (c, row_bytes) = (out.0.as_mut_ptr(), 32usize * 4);
-            asm!("tilestored [{c} + {s}], tmm0", c = in(reg) c, s = in(reg) row_bytes,
+            asm!("tilestored [{c} + {s}], tmm0", c = in(reg) c, s = in(reg) s,
                 options(nostack));
-            asm!("tilestored [{c} + {s}], tmm1", c = in(reg) c.add(16), s = in(reg) row_bytes,
+            asm!("tilestored [{c} + {s}], tmm1", c = in(reg) c.add(16), s = in(reg) s,
                 options(nostack));
-            asm!("tilestored [{c} + {s}], tmm2", c = in(reg) c.add(16 * 32),
-                s = in(reg) row_bytes, options(nostack));
-            asm!("tilestored [{c} + {s}], tmm3", c = in(reg) c.add(16 * 32 + 16),
-                s = in(reg) row_bytes, options(nostack));
+            asm!("tilestored [{c} + {s}], tmm2", c = in(reg) c.add(16 * row_stride),
+                s = in(reg) s, options(nostack));
+            asm!("tilestored [{c} + {s}], tmm3", c = in(reg) c.add(16 * row_stride + 16),
+                s = in(reg) s, options(nostack));
+        }
+    }
+
+    /// Loads the tiles of `C` from the 32 × 32 f32 from `c`, rows `row_stride` values apart
+    /// (instead of [`zero`]: the product then adds to them).
+    ///
+    /// # Safety
+    ///
+    /// [`configure`] ran on this thread; the 32 rows of 32 values from `c` are readable.
+    #[inline(always)]
+    pub(super) unsafe fn load_from(c: *const f32, row_stride: usize) {
+        let s = row_stride * 4;
+        // SAFETY: the caller's promises.
+        unsafe {
+            asm!("tileloadd tmm0, [{c} + {s}]", c = in(reg) c, s = in(reg) s,
+                options(nostack, readonly));
+            asm!("tileloadd tmm1, [{c} + {s}]", c = in(reg) c.add(16), s = in(reg) s,
+                options(nostack, readonly));
+            asm!("tileloadd tmm2, [{c} + {s}]", c = in(reg) c.add(16 * row_stride),
+                s = in(reg) s, options(nostack, readonly));
+            asm!("tileloadd tmm3, [{c} + {s}]", c = in(reg) c.add(16 * row_stride + 16),
+                s = in(reg) s, options(nostack, readonly));
         }
     }
 
@@ -372,18 +405,31 @@ impl super::Job<'_> {
                         let tile_rows = MR.min(rows.end - first);
                         let (a, b) = (a.as_ptr(), b.as_ptr());
                         let b_stride = self.b.pair_stride;
+                        let c = self.c.ptr.wrapping_add(first * self.c.row_stride + s * 32);
+                        let accumulate = self.accumulate || from > 0;
+                        // A whole block unscaled goes from the tiles to the output and back,
+                        // without the block buffer and its pass.
+                        let whole = tile_rows == MR && cols == 32 && self.alpha == 1.0;
                         // SAFETY: `a` holds MR rows of `stride ≥ 16·(steps + 1)` words, `b`
                         // `steps·16 ≤ len` pairs of 32 words `b_stride` apart (a strip's
                         // slice), the tail 16 pairs of 32; tiles configured above. Row and
-                        // column tiles that hold nothing of the output are skipped.
+                        // column tiles that hold nothing of the output are skipped. A whole
+                        // block's 32 × 32 from `c` is inside the output and this task's, and
+                        // written before when `accumulate` (earlier depth blocks wrote it when
+                        // `from > 0`).
                         unsafe {
-                            tiles::zero();
+                            match (whole, accumulate) {
+                                (true, true) => tiles::load_from(c, self.c.row_stride),
+                                _ => tiles::zero(),
+                            }
                             let shape = (tile_rows > TILE, cols > TILE);
                             tiles::add_product((a, stride), (b, b_stride), steps, tail, shape);
+                            if whole {
+                                tiles::store_to(c, self.c.row_stride);
+                                continue;
+                            }
                             tiles::store(&mut block);
                         }
-                        let c = self.c.ptr.wrapping_add(first * self.c.row_stride + s * 32);
-                        let accumulate = self.accumulate || from > 0;
                         // SAFETY: the `tile_rows × cols` region from `c` is inside the output
                         // and this task's; earlier depth blocks wrote it when `from > 0`.
                         unsafe {
@@ -539,6 +585,13 @@ pub(super) unsafe fn sum_of_products(
                         let tail = tails.get(t);
                         let shape = (tile_rows > TILE, width > TILE);
                         tiles::add_product((a, stride), (b, b_stride), steps, tail, shape);
+                    }
+                    if tile_rows == MR && width == 32 {
+                        // A whole block goes from the tiles to the output, without the block
+                        // buffer and its pass; its 32 × 32 is inside the output and this
+                        // task's.
+                        tiles::store_to(out.at(first, s * super::NR), out.row_stride());
+                        continue;
                     }
                     tiles::store(&mut block);
                 }
