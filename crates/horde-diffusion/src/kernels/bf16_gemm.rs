@@ -1205,6 +1205,23 @@ mod tests {
         }
     }
 
+    /// `Σ A_t·B_t` over `terms` on `kernel` into a fresh `rows × cols` output (NaN before).
+    fn summed(
+        kernel: Kernel,
+        terms: &[(View<'_>, PairedB<'_>)],
+        (rows, cols): (usize, usize),
+        parallel: bool,
+    ) -> Vec<MaybeUninit<f32>> {
+        let mut out = vec![MaybeUninit::new(f32::NAN); rows * cols];
+        let target = Out {
+            values: &mut out,
+            start: 0,
+            row_stride: cols,
+        };
+        matmul_sum_on(kernel, target, terms, parallel);
+        out
+    }
+
     /// Sums of products (a convolution's taps) equal the sum of the exact products of the
     /// bf16-rounded inputs, on every kernel; each term's `B` read in place from one shared
     /// buffer at its own origin, as a convolution's taps are.
@@ -1249,13 +1266,7 @@ mod tests {
                         (a, PairedB::rows(&words, t, (depth, cols), width))
                     })
                     .collect();
-                let mut out = vec![MaybeUninit::new(f32::NAN); rows * cols];
-                let target = Out {
-                    values: &mut out,
-                    start: 0,
-                    row_stride: cols,
-                };
-                matmul_sum_on(kernel, target, &views, i % 2 == 0);
+                let out = summed(kernel, &views, (rows, cols), i % 2 == 0);
                 let mut worst = 0f64;
                 for r in 0..rows {
                     for n in 0..cols {
@@ -1340,13 +1351,7 @@ mod tests {
                 let terms: Vec<_> = (views.into_iter().enumerate())
                     .map(|(t, view)| (view, PairedB::rows(&words, t, (depth, cols), width)))
                     .collect();
-                let mut out = vec![MaybeUninit::new(f32::NAN); rows * cols];
-                let target = Out {
-                    values: &mut out,
-                    start: 0,
-                    row_stride: cols,
-                };
-                matmul_sum_on(Kernel::Tiles, target, &terms, true);
+                let out = summed(Kernel::Tiles, &terms, (rows, cols), true);
                 // SAFETY: the sum wrote every value of the output.
                 #[allow(unsafe_code)]
                 let sums: Vec<f32> = out
