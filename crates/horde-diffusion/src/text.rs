@@ -144,6 +144,21 @@ impl TextConditioner {
         dtype: DType,
         device: &Device,
     ) -> Result<Encoded> {
+        // Run once per job: the layers keep no rearranged weights (`kernels::kept`).
+        crate::kernels::kept::without_keeping(|| {
+            self.encode_chunks(tokens, embeddings, chunks, clip_skip, (dtype, device))
+        })
+    }
+
+    /// [`TextConditioner::encode_with_embeddings`], chunk by chunk.
+    fn encode_chunks(
+        &self,
+        tokens: &WeightedTokens,
+        embeddings: &[Arc<Embedding>],
+        chunks: usize,
+        clip_skip: usize,
+        (dtype, device): (DType, &Device),
+    ) -> Result<Encoded> {
         let choice = self.choice(clip_skip);
         let mut per_chunk = Vec::with_capacity(chunks);
         let mut pooled = None;

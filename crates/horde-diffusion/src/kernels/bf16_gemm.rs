@@ -333,6 +333,16 @@ impl PackedB {
         }
     }
 
+    /// The bytes a packed `depth × cols` holds.
+    pub(crate) fn bytes_for(depth: usize, cols: usize) -> usize {
+        cols.div_ceil(NR) * depth.div_ceil(2) * NR * 4
+    }
+
+    /// The bytes it holds.
+    pub(crate) fn bytes(&self) -> usize {
+        PackedB::bytes_for(self.depth, self.cols)
+    }
+
     /// The depth and columns of the packed `B`.
     pub(crate) fn shape(&self) -> (usize, usize) {
         (self.depth, self.cols)

@@ -5,8 +5,11 @@
 //! packed in strips of columns). Made at every call, that is a pass over every weight of the
 //! network at every step, read and written: for SD 1.5's UNet about 6 % of a bf16 step for
 //! the convolutions and 3 % for the linear layers. Kept, it costs as much memory again as the
-//! weights it copies, so a worker short of memory turns keeping off ([`keep_rearranged_weights`]).
+//! weights it copies, so a worker short of memory turns keeping off ([`keep_rearranged_weights`]),
+//! and the text encoders, which run once per job rather than once per step, never keep
+//! ([`without_keeping`]).
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
@@ -16,11 +19,31 @@ static KEEP: AtomicBool = AtomicBool::new(true);
 
 /// Whether each bf16 convolution and linear layer keeps its weights rearranged for its kernel
 /// from one call to the next: a pass over every weight, read and written, saved at every step
-/// (about 9 % of an SD 1.5 bf16 step), for as much memory again as those weights (about 1.7 GB
-/// for SD 1.5's UNet). A worker with `low_memory` turns it off at start, before any model runs
+/// (about 9 % of an SD 1.5 bf16 step), for as much memory again as those weights (the linear
+/// layers' at most 1 GiB, `kernels::linear`; about 1.7 GB for SD 1.5's UNet). A worker with `low_memory` turns it off at start, before any model runs
 /// (weights kept before it is turned off stay in memory, unused).
 pub fn keep_rearranged_weights(on: bool) {
     KEEP.store(on, Ordering::Relaxed);
+}
+
+thread_local! {
+    /// Whether layers called on this thread keep their weights ([`without_keeping`]).
+    static KEEP_HERE: Cell<bool> = const { Cell::new(true) };
+}
+
+/// Runs `f` with no layer it calls on this thread keeping its rearranged weights (those kept
+/// before stay): for the networks that run once per job, the text encoders, whose kept
+/// weights would cost as much memory again as theirs (1.4 GB for SDXL's two in bf16) to save a
+/// pass over them per job, not per step.
+pub(crate) fn without_keeping<T>(f: impl FnOnce() -> T) -> T {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            KEEP_HERE.with(|k| k.set(self.0));
+        }
+    }
+    let _restore = Restore(KEEP_HERE.with(|k| k.replace(false)));
+    f()
 }
 
 /// One layer's weights as its kernel reads them, made at its first call on this CPU and kept
@@ -31,7 +54,8 @@ pub(crate) struct Kept<T>(Arc<OnceLock<T>>);
 impl<T> Kept<T> {
     /// Where the kernel keeps (or finds) the weights, while keeping is on.
     pub(crate) fn cell(&self) -> Option<Arc<OnceLock<T>>> {
-        KEEP.load(Ordering::Relaxed).then(|| self.0.clone())
+        let keep = KEEP.load(Ordering::Relaxed) && KEEP_HERE.with(Cell::get);
+        keep.then(|| self.0.clone())
     }
 }
 

@@ -11,12 +11,13 @@
 //! are widened to f32 for `gemm`'s f32 product, as candle's own CPU product does.
 
 use super::bf16_gemm::{self, Out, PackedB, Values, View};
-use super::kept::{kept_or_made, Kept};
+use super::kept::Kept;
 use super::{contiguous_f32, contiguous_values, filled, unfilled};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use half::bf16;
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 /// `x · weightᵀ (+ bias) (+ residual)` for `x` `[rows, in]`, `weight` `[out, in]` (as
@@ -31,8 +32,61 @@ pub fn linear(
     linear_keeping(x, weight, bias, residual, None)
 }
 
-/// A linear layer's weight packed for the bf16 product (`bf16_gemm::PackedB`).
-pub(crate) type PackedWeights = Kept<PackedB>;
+/// A linear layer's weight packed for the bf16 product (`bf16_gemm::PackedB`), counted against
+/// [`PACKED_BUDGET`].
+pub(crate) type PackedWeights = Kept<CountedPack>;
+
+/// The most bytes of linear weights kept packed at once, process-wide. SD 1.5's UNet keeps
+/// all of its (about 0.55 GB in bf16); SDXL's linear weights are 4.5 GB in bf16, and keeping
+/// them all would cost as much memory again for about 3 % of a step, so it keeps the first
+/// gigabyte's worth and packs the rest at each call.
+const PACKED_BUDGET: usize = 1 << 30;
+
+/// Bytes of linear weights kept packed now.
+static PACKED_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+/// A kept packed weight, counted in [`PACKED_BYTES`] while it lives.
+pub(crate) struct CountedPack(PackedB);
+
+impl Drop for CountedPack {
+    fn drop(&mut self) {
+        PACKED_BYTES.fetch_sub(self.0.bytes(), Ordering::Relaxed);
+    }
+}
+
+/// Counts `bytes` more in `used` if that stays within `budget`; whether it did.
+fn reserve(used: &AtomicUsize, bytes: usize, budget: usize) -> bool {
+    let more = |now: usize| (now + bytes <= budget).then_some(now + bytes);
+    used.fetch_update(Ordering::Relaxed, Ordering::Relaxed, more)
+        .is_ok()
+}
+
+/// The packed weight: kept in `kept` (packed by `pack` at the first call, while within the
+/// budget), or packed afresh into `made`.
+fn packed<'a>(
+    kept: Option<&'a OnceLock<CountedPack>>,
+    made: &'a mut Option<PackedB>,
+    (pack, bytes): (impl FnOnce() -> PackedB, usize),
+) -> &'a PackedB {
+    if let Some(cell) = kept {
+        if let Some(counted) = cell.get() {
+            return &counted.0;
+        }
+        if reserve(&PACKED_BYTES, bytes, PACKED_BUDGET) {
+            let mut packed_here = false;
+            let counted = cell.get_or_init(|| {
+                packed_here = true;
+                CountedPack(pack())
+            });
+            if !packed_here {
+                // Another thread kept it first, counted by its own reservation.
+                PACKED_BYTES.fetch_sub(bytes, Ordering::Relaxed);
+            }
+            return &counted.0;
+        }
+    }
+    made.insert(pack())
+}
 
 /// [`linear`] with a bf16 `weight` packed once into `kept` (and read from it at later calls)
 /// while `keep_rearranged_weights` is on. `kept` must belong to this `weight` alone.
@@ -82,7 +136,7 @@ fn operand<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<Val
 struct Linear {
     bias: Option<Vec<f32>>,
     /// Where the packed bf16 weight is kept between calls, if it is.
-    kept: Option<Arc<OnceLock<PackedB>>>,
+    kept: Option<Arc<OnceLock<CountedPack>>>,
 }
 
 impl Linear {
@@ -161,7 +215,7 @@ impl Linear {
 fn product(
     out: &mut [MaybeUninit<f32>],
     x: Values<'_>,
-    (w, kept): (Values<'_>, Option<&OnceLock<PackedB>>),
+    (w, kept): (Values<'_>, Option<&OnceLock<CountedPack>>),
     (rows, d_in, d_out): (usize, usize, usize),
     accumulate: bool,
 ) -> Result<()> {
@@ -175,7 +229,7 @@ fn product(
                 )
             };
             let mut made = None;
-            let w = kept_or_made(kept, &mut made, pack);
+            let w = packed(kept, &mut made, (pack, PackedB::bytes_for(d_in, d_out)));
             if w.shape() != (d_in, d_out) {
                 candle_core::bail!("linear: a weight kept for another layer");
             }
@@ -433,9 +487,33 @@ mod tests {
         let same_shape = half(random(&[24, 48], 5, 0.5));
         let read_kept = linear_keeping(&x, &same_shape, Some(&b), Some(&r), Some(&kept)).unwrap();
         assert_eq!(max_difference(&fresh, &read_kept), 0.0);
+        // Layers called inside `without_keeping` (the text encoders) keep nothing.
+        let unkept = PackedWeights::default();
+        let inside = super::super::kept::without_keeping(|| {
+            linear_keeping(&x, &w, Some(&b), Some(&r), Some(&unkept)).unwrap()
+        });
+        assert_eq!(max_difference(&fresh, &inside), 0.0);
+        assert!(!unkept.is_made(), "nothing kept inside without_keeping");
+        linear_keeping(&x, &w, None, None, Some(&unkept)).unwrap();
+        assert!(unkept.is_made(), "kept again after it");
         let other = half(random(&[24, 40], 6, 0.5));
         let x_other = random(&[40, 40], 7, 1.0);
         assert!(linear_keeping(&x_other, &other, None, None, Some(&kept)).is_err());
+    }
+
+    /// Packs are kept while their bytes fit the budget, and not past it.
+    #[test]
+    fn packs_are_kept_within_their_budget() {
+        let used = AtomicUsize::new(0);
+        assert!(reserve(&used, 600, 1000));
+        assert!(!reserve(&used, 500, 1000), "past the budget");
+        assert_eq!(
+            used.load(Ordering::Relaxed),
+            600,
+            "a refused reservation counts nothing"
+        );
+        assert!(reserve(&used, 400, 1000), "up to the budget");
+        assert_eq!(used.load(Ordering::Relaxed), 1000);
     }
 
     #[test]
