@@ -9,7 +9,6 @@
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{Conv2dConfig, LayerNorm, VarBuilder};
 use std::cell::Cell;
-use std::thread::LocalKey;
 
 use crate::kernels::conv::RearrangedWeights;
 use crate::kernels::group_norm::group_statistics;
@@ -238,36 +237,13 @@ thread_local! {
 /// two threads). For networks that tolerate it (the upscalers, background removal); the
 /// diffusion engine keeps the default.
 pub fn with_post_processing_kernels<T>(f: impl FnOnce() -> T) -> T {
-    with_flag(&POST_PROCESSING_KERNELS, true, f)
+    crate::kernels::with_flag(&POST_PROCESSING_KERNELS, true, f)
 }
 
 /// Runs `f` with every padded convolution on this thread padding circularly, so the output
 /// tiles seamlessly (the `tiling` option; A1111 sets `padding_mode="circular"` the same way).
 pub(crate) fn with_tiling<T>(tiling: bool, f: impl FnOnce() -> T) -> T {
-    with_flag(&TILING, tiling, f)
-}
-
-/// Runs `f` with this thread's `flag` set to `value`, then puts back the value it had, also
-/// when `f` panics: the worker runs jobs on tokio's blocking threads, which outlive a job's
-/// panic and take the next job, and that job must not inherit the failed one's tiling.
-fn with_flag<T>(flag: &'static LocalKey<Cell<bool>>, value: bool, f: impl FnOnce() -> T) -> T {
-    let _restore = Restore {
-        flag,
-        before: flag.with(|t| t.replace(value)),
-    };
-    f()
-}
-
-/// Puts a thread's flag back to `before` when dropped (by the return or by the unwinding).
-struct Restore {
-    flag: &'static LocalKey<Cell<bool>>,
-    before: bool,
-}
-
-impl Drop for Restore {
-    fn drop(&mut self) {
-        self.flag.with(|t| t.set(self.before));
-    }
+    crate::kernels::with_flag(&TILING, tiling, f)
 }
 
 /// A 2-D convolution that pads with zeros, or circularly inside [`with_tiling`].

@@ -20,8 +20,9 @@ static KEEP: AtomicBool = AtomicBool::new(true);
 /// Whether each bf16 convolution and linear layer keeps its weights rearranged for its kernel
 /// from one call to the next: a pass over every weight, read and written, saved at every step
 /// (about 9 % of an SD 1.5 bf16 step), for as much memory again as those weights (the linear
-/// layers' at most 1 GiB, `kernels::linear`; about 1.7 GB for SD 1.5's UNet). A worker with `low_memory` turns it off at start, before any model runs
-/// (weights kept before it is turned off stay in memory, unused).
+/// layers' at most 1 GiB, `kernels::linear`; about 1.7 GB for SD 1.5's UNet). A worker with
+/// `low_memory` turns it off at start, before any model runs (weights kept before it is
+/// turned off stay in memory, unused).
 pub fn keep_rearranged_weights(on: bool) {
     KEEP.store(on, Ordering::Relaxed);
 }
@@ -36,14 +37,7 @@ thread_local! {
 /// weights would cost as much memory again as theirs (1.4 GB for SDXL's two in bf16) to save a
 /// pass over them per job, not per step.
 pub(crate) fn without_keeping<T>(f: impl FnOnce() -> T) -> T {
-    struct Restore(bool);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            KEEP_HERE.with(|k| k.set(self.0));
-        }
-    }
-    let _restore = Restore(KEEP_HERE.with(|k| k.replace(false)));
-    f()
+    super::with_flag(&KEEP_HERE, false, f)
 }
 
 /// One layer's weights as its kernel reads them, made at its first call on this CPU and kept
@@ -57,9 +51,7 @@ impl<T> Kept<T> {
         let keep = KEEP.load(Ordering::Relaxed) && KEEP_HERE.with(Cell::get);
         keep.then(|| self.0.clone())
     }
-}
 
-impl<T> Kept<T> {
     /// Whether the weights were made and kept.
     #[cfg(test)]
     pub(crate) fn is_made(&self) -> bool {

@@ -59,7 +59,36 @@ pub(crate) mod winograd;
 pub(crate) mod winograd4;
 
 use candle_core::{CpuStorage, Layout, Result, WithDType};
+use std::cell::Cell;
 use std::mem::MaybeUninit;
+use std::thread::LocalKey;
+
+/// Runs `f` with this thread's `flag` set to `value`, then puts back the value it had, also
+/// when `f` panics: the worker runs jobs on tokio's blocking threads, which outlive a job's
+/// panic and take the next job, and that job must not inherit the failed one's tiling.
+pub(crate) fn with_flag<T>(
+    flag: &'static LocalKey<Cell<bool>>,
+    value: bool,
+    f: impl FnOnce() -> T,
+) -> T {
+    let _restore = Restore {
+        flag,
+        before: flag.with(|t| t.replace(value)),
+    };
+    f()
+}
+
+/// Puts a thread's flag back to `before` when dropped (by the return or by the unwinding).
+struct Restore {
+    flag: &'static LocalKey<Cell<bool>>,
+    before: bool,
+}
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        self.flag.with(|t| t.set(self.before));
+    }
+}
 
 /// A convolution kernel's operands as its custom op takes them: the input and the weight
 /// contiguous, the bias as plain values.
