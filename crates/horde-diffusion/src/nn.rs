@@ -13,7 +13,7 @@ use std::cell::Cell;
 use crate::kernels::conv::RearrangedWeights;
 use crate::kernels::group_norm::group_statistics;
 pub(crate) use crate::kernels::group_norm::GroupStatistics;
-use crate::kernels::linear::{linear_keeping, PackedWeights};
+use crate::kernels::linear::{geglu_keeping, linear_keeping, PackedWeights};
 use crate::kernels::winograd::Padding;
 
 /// Whether our CPU kernels take `t`: on the CPU, in f32, or in f16/bf16, which they compute in
@@ -490,12 +490,13 @@ impl Linear {
         }
     }
 
-    /// `self.forward(xs) + residual`: on the CPU one product, in f32, that starts from the
-    /// residual plus the bias (`kernels::linear`), instead of two more passes over the output.
+    /// `self.forward(xs) + residual`: on the CPU one product that starts from the residual
+    /// plus the bias, or (in bf16) adds them to its sums as it rounds them
+    /// (`kernels::linear`), instead of two more passes over the output.
     pub fn forward_plus(&self, xs: &Tensor, residual: &Tensor) -> Result<Tensor> {
         if self.for_our_kernel(xs) && for_our_kernels(residual) {
             let ys = self.over_rows(xs, |matrix, out_d| {
-                let residual = f32(&residual.reshape((matrix.dim(0)?, out_d))?)?;
+                let residual = residual.reshape((matrix.dim(0)?, out_d))?;
                 let (weight, bias) = self.weights_for_kernel()?;
                 self.fused(matrix, &weight, bias.as_ref(), Some(&residual))
             })?;
@@ -505,13 +506,14 @@ impl Linear {
     }
 
     /// `geglu(self.forward(xs))`, with the bias added inside the GEGLU on the CPU (one pass
-    /// fewer over the feed-forward's widest activations).
+    /// fewer over the feed-forward's widest activations), and in bf16 the gate applied to the
+    /// product's sums as they are rounded (`kernels::linear::geglu_keeping`).
     pub fn forward_geglu(&self, xs: &Tensor) -> Result<Tensor> {
         if self.for_our_kernel(xs) {
             let (weight, bias) = self.weights_for_kernel()?;
-            let product =
-                self.over_rows(xs, |matrix, _| self.fused(matrix, &weight, None, None))?;
-            let gated = crate::kernels::geglu::geglu(&product, bias.as_ref())?;
+            let gated = self.over_rows(xs, |matrix, _| {
+                geglu_keeping(matrix, &weight, bias.as_ref(), Some(&self.kept))
+            })?;
             return back_to(&gated, xs.dtype());
         }
         geglu(&self.forward(xs)?)

@@ -25,7 +25,11 @@ use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 pub(crate) mod amx;
+mod epilogue;
+use super::unfilled;
 pub use amx::set_enabled as set_amx_enabled;
+use epilogue::{BfOut, Sums};
+pub(crate) use epilogue::{Epilogue, Grid};
 
 /// Rows of the microkernel's tile of `C`.
 pub(crate) const MR: usize = 12;
@@ -567,61 +571,262 @@ unsafe fn matmul_on(
         c,
         alpha,
         accumulate,
+        finish: None,
     };
-    // Enough tasks for every thread: the column strips are shared out too when there are
-    // few row blocks (a text encoder's 77 tokens, attention's blocks of keys).
-    let wanted = if parallel {
-        4 * rayon::current_num_threads()
-    } else {
-        1
-    };
-    let rows_per_task = kernel.rows_per_task(rows, (b.strips(), b.pairs), wanted);
-    let row_blocks = rows.div_ceil(rows_per_task);
-    let column_groups = wanted.div_ceil(row_blocks).clamp(1, b.strips());
-    let strips_per_group = b.strips().div_ceil(column_groups);
-    let tasks = row_blocks * column_groups;
-    let run = |task: usize| {
-        let (block, group) = (task / column_groups, task % column_groups);
-        let strips = group * strips_per_group..((group + 1) * strips_per_group).min(b.strips());
-        let rows = block * rows_per_task..((block + 1) * rows_per_task).min(job.a.rows);
-        // SAFETY: the tasks' tiles of C are disjoint (their rows or strips differ), inside
-        // `out` (asserted above), and written before read unless `accumulate` says they were;
-        // the CPU has AVX512-BF16, and AMX for the tiles (asserted above).
-        unsafe {
-            match kernel {
-                Kernel::Vector => job.block(rows, strips),
-                Kernel::Tiles => job.block_on_tiles(rows, strips),
-            }
-        };
-    };
-    if parallel {
-        (0..tasks).into_par_iter().for_each(run);
-    } else {
-        (0..tasks).for_each(run);
-    }
+    // SAFETY: the output holds the product's region (asserted by `tile`), written before when
+    // `accumulate` (the caller's promise); the CPU runs `kernel` (asserted above).
+    unsafe { job.run(kernel, b.strips(), parallel) };
 }
 
-/// `out ← Σ A_t·B_t` over `terms`, whose shapes agree (`rows × depth` by `depth × cols`): a
-/// convolution's taps. On AMX tiles the sum stays in the tiles
-/// ([`amx::sum_of_products`]); on vectors each term's product adds into `out` in turn.
+/// `out ← epilogue(a·b)`, in bf16 (see [`Epilogue`]; `out` holds `rows ×
+/// epilogue.width(cols)` values, row-major): on the tiles each block of sums is finished as it
+/// leaves them, on vectors in a pass over the f32 product. On rayon when `parallel`.
 ///
 /// # Panics
 ///
-/// As [`matmul`]; when `terms` is empty or their shapes differ.
-pub(crate) fn matmul_sum(out: Out<'_>, terms: &[(View<'_>, PairedB<'_>)], parallel: bool) {
-    matmul_sum_on(Kernel::best(), out, terms, parallel)
+/// As [`matmul`]; when `out`, the bias or the residual do not fit the product.
+pub(crate) fn matmul_to_bf16(
+    out: &mut [MaybeUninit<bf16>],
+    a: View<'_>,
+    b: PairedB<'_>,
+    epilogue: Epilogue<'_>,
+    parallel: bool,
+) {
+    matmul_to_bf16_on(Kernel::best(), out, a, b, epilogue, parallel)
 }
 
-/// [`matmul_sum`] on the given microkernel (one the CPU runs).
-fn matmul_sum_on(kernel: Kernel, out: Out<'_>, terms: &[(View<'_>, PairedB<'_>)], parallel: bool) {
-    assert!(available(), "bf16 gemm on a CPU without AVX512-BF16");
+/// [`matmul_to_bf16`] on the given microkernel (one the CPU runs).
+#[allow(unsafe_code)]
+fn matmul_to_bf16_on(
+    kernel: Kernel,
+    out: &mut [MaybeUninit<bf16>],
+    a: View<'_>,
+    b: PairedB<'_>,
+    epilogue: Epilogue<'_>,
+    parallel: bool,
+) {
+    let (rows, cols) = (a.rows, b.cols);
+    let Some(out) = bf16_output(out, &epilogue, (rows, cols)) else {
+        return;
+    };
+    // The tiles finish a GEGLU's blocks two strips at a time, a sum's and its gate's.
+    let gate_strips = epilogue.gate_offset(cols).map(|half| half / NR);
+    let in_strips = epilogue
+        .gate_offset(cols)
+        .is_none_or(|half| half.is_multiple_of(NR));
+    let mut sums: Box<[MaybeUninit<f32>]> = Box::new([]);
+    if kernel == Kernel::Tiles && in_strips {
+        // Partial sums cross memory only where the depth takes more than one pass.
+        if b.pairs > amx::KC {
+            sums = unfilled::<f32>(rows * cols);
+        }
+        let job = Job {
+            a,
+            b,
+            c: Tile {
+                ptr: sums.as_mut_ptr().cast(),
+                row_stride: cols,
+            },
+            alpha: 1.0,
+            accumulate: false,
+            finish: Some(Finish {
+                epilogue,
+                out,
+                gate_strips,
+            }),
+        };
+        let strips = b.strips() / if gate_strips.is_some() { 2 } else { 1 };
+        // SAFETY: the partial sums hold the product's region when the depth takes more than
+        // one pass (the only time they are touched); the CPU runs the tiles (`kernel`).
+        unsafe { job.run(kernel, strips, parallel) };
+        return;
+    }
+    sums = unfilled::<f32>(rows * cols);
+    let into = Out {
+        values: &mut sums,
+        start: 0,
+        row_stride: cols,
+    };
+    // SAFETY: nothing is accumulated.
+    #[allow(unsafe_code)]
+    unsafe {
+        matmul_on(kernel, into, a, b, (1.0, false), parallel)
+    };
+    // SAFETY: the product wrote every sum.
+    #[allow(unsafe_code)]
+    unsafe {
+        finish_after(&mut sums, (rows, cols), (epilogue, out), parallel)
+    };
+}
+
+/// `out` as the tasks of a product finished by `epilogue` write it; none when the product is
+/// empty.
+///
+/// # Panics
+///
+/// When `out`, or the epilogue's bias or residual, do not fit the `rows × cols` product.
+fn bf16_output(
+    out: &mut [MaybeUninit<bf16>],
+    epilogue: &Epilogue<'_>,
+    (rows, cols): (usize, usize),
+) -> Option<BfOut> {
+    epilogue.check(rows, cols);
+    let len = epilogue.output_len(rows, cols);
+    assert!(
+        out.len() == len,
+        "bf16 gemm: {} values for an output of {len}",
+        out.len()
+    );
+    (rows > 0 && cols > 0 && len > 0).then(|| BfOut::new(out, epilogue.row_stride(cols)))
+}
+
+/// Finishes the `rows × cols` f32 `sums` into `out` in one pass (on rayon when `parallel`),
+/// where the product ran on vectors.
+///
+/// # Safety
+///
+/// Every sum was written.
+#[allow(unsafe_code)]
+unsafe fn finish_after(
+    sums: &mut [MaybeUninit<f32>],
+    (rows, cols): (usize, usize),
+    (epilogue, out): (Epilogue<'_>, BfOut),
+    parallel: bool,
+) {
+    let width = epilogue.width(cols);
+    let at = Tile {
+        ptr: sums.as_mut_ptr().cast(),
+        row_stride: cols,
+    };
+    let finish = |first: usize| {
+        let rows = first..(first + ROWS_PER_FINISH).min(rows);
+        let sums = Sums {
+            at: at.at(first, 0).cast_const(),
+            stride: cols,
+        };
+        let gates = epilogue.gate_offset(cols).map(|half| Sums {
+            at: at.at(first, half).cast_const(),
+            stride: cols,
+        });
+        // SAFETY: the product wrote every sum; each call finishes its own rows.
+        #[allow(unsafe_code)]
+        unsafe {
+            epilogue.finish(out, rows, (0, width), sums, gates)
+        };
+    };
+    let tasks = rows.div_ceil(ROWS_PER_FINISH);
+    if parallel {
+        (0..tasks)
+            .into_par_iter()
+            .for_each(|t| finish(t * ROWS_PER_FINISH));
+    } else {
+        (0..tasks).for_each(|t| finish(t * ROWS_PER_FINISH));
+    }
+}
+
+/// Rows per task of the pass that finishes a product on vectors.
+const ROWS_PER_FINISH: usize = 16;
+
+/// A product's bf16 output and how its sums become it.
+#[derive(Clone, Copy)]
+struct Finish<'a> {
+    epilogue: Epilogue<'a>,
+    out: BfOut,
+    /// For a GEGLU: the strips from a sum's to its gate's.
+    gate_strips: Option<usize>,
+}
+
+/// `out ← epilogue(Σ A_t·B_t)` in bf16 over `terms`, whose shapes agree (`rows × depth` by
+/// `depth × cols`): a convolution's taps. On AMX tiles the sum stays in the tiles
+/// ([`amx::sum_of_products`]) and each block of sums is finished as it leaves them; on vectors
+/// each term's product adds into f32 sums in turn ([`matmul_sum_on`]), finished in a pass after.
+///
+/// # Panics
+///
+/// As [`matmul`]; when `terms` is empty or their shapes differ; when `out`, or the epilogue's
+/// bias or residual, do not fit.
+pub(crate) fn matmul_sum_to_bf16(
+    out: &mut [MaybeUninit<bf16>],
+    terms: &[(View<'_>, PairedB<'_>)],
+    epilogue: Epilogue<'_>,
+    parallel: bool,
+) {
+    matmul_sum_to_bf16_on(Kernel::best(), out, terms, epilogue, parallel)
+}
+
+/// [`matmul_sum_to_bf16`] on the given microkernel (one the CPU runs).
+#[allow(unsafe_code)]
+fn matmul_sum_to_bf16_on(
+    kernel: Kernel,
+    out: &mut [MaybeUninit<bf16>],
+    terms: &[(View<'_>, PairedB<'_>)],
+    epilogue: Epilogue<'_>,
+    parallel: bool,
+) {
     let (a0, b0) = *terms.first().expect("bf16 gemm: a sum of no products");
+    let (rows, cols) = (a0.rows, b0.cols);
+    assert!(
+        epilogue.gate_offset(cols).is_none(),
+        "bf16 gemm: a sum of products is not gated"
+    );
+    let Some(out) = bf16_output(out, &epilogue, (rows, cols)) else {
+        return;
+    };
+    if kernel == Kernel::Tiles && a0.cols > 0 {
+        assert!(
+            available() && amx::supported(),
+            "bf16 gemm on AMX tiles on a CPU without them"
+        );
+        check_terms(terms);
+        let finish = Finish {
+            epilogue,
+            out,
+            gate_strips: None,
+        };
+        let unused = Tile {
+            ptr: std::ptr::null_mut(),
+            row_stride: cols,
+        };
+        // SAFETY: the CPU runs the tiles (`kernel`), the terms' shapes agree (checked above);
+        // with a finish the sums go only to `out`, never to the unused tile.
+        unsafe { amx::sum_of_products(unused, terms, parallel, Some(finish)) };
+        return;
+    }
+    let mut sums = unfilled::<f32>(rows * cols);
+    let into = Out {
+        values: &mut sums,
+        start: 0,
+        row_stride: cols,
+    };
+    matmul_sum_on(kernel, into, terms, parallel);
+    // SAFETY: the sum of the products wrote every sum.
+    unsafe { finish_after(&mut sums, (rows, cols), (epilogue, out), parallel) };
+}
+
+/// Refuses (with their shapes) terms of a sum whose shapes differ, or whose `A` is not
+/// row-major.
+fn check_terms(terms: &[(View<'_>, PairedB<'_>)]) {
+    let (a0, b0) = terms[0];
     assert!(
         terms.iter().all(|(a, b)| (a.rows, a.cols, b.depth, b.cols)
             == (a0.rows, a0.cols, b0.depth, b0.cols)
-            && a.col_stride == 1),
-        "bf16 gemm: the terms of a sum differ in shape"
+            && a.col_stride == 1)
+            && a0.cols == b0.depth,
+        "bf16 gemm: the terms of a sum differ in shape, or A ({}×{}) does not fit B ({}×{})",
+        a0.rows,
+        a0.cols,
+        b0.depth,
+        b0.cols
     );
+}
+
+/// `out ← Σ A_t·B_t` (f32) on the given microkernel (one the CPU runs): on AMX tiles the sum
+/// stays in the tiles ([`amx::sum_of_products`]); on vectors each term's product adds into
+/// `out` in turn.
+fn matmul_sum_on(kernel: Kernel, out: Out<'_>, terms: &[(View<'_>, PairedB<'_>)], parallel: bool) {
+    assert!(available(), "bf16 gemm on a CPU without AVX512-BF16");
+    let (a0, b0) = *terms.first().expect("bf16 gemm: a sum of no products");
+    check_terms(terms);
     if kernel == Kernel::Vector || a0.rows == 0 || b0.cols == 0 || a0.cols == 0 {
         for (i, (a, b)) in terms.iter().enumerate() {
             let into = Out {
@@ -655,7 +860,7 @@ fn matmul_sum_on(kernel: Kernel, out: Out<'_>, terms: &[(View<'_>, PairedB<'_>)]
     // output holds their region (asserted above).
     #[allow(unsafe_code)]
     unsafe {
-        amx::sum_of_products(c, terms, parallel)
+        amx::sum_of_products(c, terms, parallel, None)
     };
 }
 
@@ -692,6 +897,9 @@ struct Job<'a> {
     c: Tile,
     alpha: f32,
     accumulate: bool,
+    /// Where the sums go in bf16 (on the tiles only): `c` then holds only partial sums, of
+    /// depth blocks before the last.
+    finish: Option<Finish<'a>>,
 }
 
 thread_local! {
@@ -700,6 +908,49 @@ thread_local! {
 }
 
 impl Job<'_> {
+    /// Runs the product as tasks over blocks of rows and groups of the first `strips` column
+    /// strips (a GEGLU's tasks take each strip with its gate's).
+    ///
+    /// # Safety
+    ///
+    /// The output holds the product's region, written before when `accumulate`; the CPU runs
+    /// `kernel`, and `finish` comes only with the tiles.
+    #[allow(unsafe_code)]
+    unsafe fn run(&self, kernel: Kernel, strips: usize, parallel: bool) {
+        let rows = self.a.rows;
+        // Enough tasks for every thread: the column strips are shared out too when there are
+        // few row blocks (a text encoder's 77 tokens, attention's blocks of keys).
+        let wanted = if parallel {
+            4 * rayon::current_num_threads()
+        } else {
+            1
+        };
+        let rows_per_task = kernel.rows_per_task(rows, (self.b.strips(), self.b.pairs), wanted);
+        let row_blocks = rows.div_ceil(rows_per_task);
+        let column_groups = wanted.div_ceil(row_blocks).clamp(1, strips);
+        let strips_per_group = strips.div_ceil(column_groups);
+        let tasks = row_blocks * column_groups;
+        let run = |task: usize| {
+            let (block, group) = (task / column_groups, task % column_groups);
+            let strips = group * strips_per_group..((group + 1) * strips_per_group).min(strips);
+            let rows = block * rows_per_task..((block + 1) * rows_per_task).min(rows);
+            // SAFETY: the tasks' tiles of C are disjoint (their rows or strips differ), inside
+            // the output, and written before read unless `accumulate` says they were; the CPU
+            // runs `kernel` (the caller's promises).
+            unsafe {
+                match kernel {
+                    Kernel::Vector => self.block(rows, strips),
+                    Kernel::Tiles => self.block_on_tiles(rows, strips),
+                }
+            };
+        };
+        if parallel {
+            (0..tasks).into_par_iter().for_each(run);
+        } else {
+            (0..tasks).for_each(run);
+        }
+    }
+
     /// The tiles of `rows` × the columns of `strips`, depth block by depth block.
     ///
     /// # Safety
@@ -826,24 +1077,6 @@ fn narrow_pairs(values: &[f32], out: &mut [u32]) {
             .get(1)
             .map_or(0, |h| u32::from(bf16::from_f32(*h).to_bits()));
         *word = u32::from(bf16::from_f32(pair[0]).to_bits()) | high << 16;
-    }
-}
-
-/// `values` rounded to bf16 into `out` (as many as `values` holds), with `vcvtneps2bf16` where
-/// the kernel runs (nearest even, as `half` rounds; subnormal inputs become zero).
-pub(crate) fn narrow_into(values: &[f32], out: &mut [MaybeUninit<bf16>]) {
-    assert!(
-        out.len() >= values.len(),
-        "bf16 gemm: narrowing into too few values"
-    );
-    let mut words = values.chunks(32);
-    let mut outs = out.chunks_mut(32);
-    let mut pairs = [0u32; 16];
-    for (chunk, out) in (&mut words).zip(&mut outs) {
-        narrow_pairs(chunk, &mut pairs);
-        for (i, o) in out.iter_mut().take(chunk.len()).enumerate() {
-            o.write(bf16::from_bits((pairs[i / 2] >> (16 * (i % 2))) as u16));
-        }
     }
 }
 
@@ -1196,6 +1429,144 @@ mod tests {
         }
     }
 
+    /// `epilogue` of the `rows × cols` f32 `sums`, rounded to bf16, and each value's
+    /// magnitude (`magnitude` of its sums, plus the bias's and residual's).
+    fn finished_after(
+        epilogue: Epilogue<'_>,
+        (sums, magnitude): (&[f32], &[f32]),
+        rows: usize,
+        cols: usize,
+    ) -> (Vec<f32>, Vec<f32>) {
+        let width = epilogue.width(cols);
+        let (mut values, mut magnitudes) = (Vec::new(), Vec::new());
+        for r in 0..rows {
+            for c in 0..width {
+                let (at, bias_at) = (r * cols + c, |c: usize| c);
+                let (value, size) = match epilogue {
+                    Epilogue::Narrow { bias, residual } => {
+                        let b = bias.map_or(0.0, |b| b[bias_at(c)]);
+                        let res = residual.map_or(0.0, |v| match v {
+                            Values::F32(v) => v[at],
+                            Values::Bf16(v) => v[at].to_f32(),
+                        });
+                        (sums[at] + b + res, magnitude[at] + b.abs() + res.abs())
+                    }
+                    Epilogue::Geglu { bias } => {
+                        let (b_a, b_g) = bias.map_or((0.0, 0.0), |b| (b[c], b[c + width]));
+                        let gate = crate::kernels::geglu::gelu(sums[at + width] + b_g);
+                        let size = (magnitude[at] + b_a.abs()) * (1.0 + magnitude[at + width]);
+                        ((sums[at] + b_a) * gate, size)
+                    }
+                    Epilogue::Conv { .. } => unreachable!("the convolutions' tests land theirs"),
+                };
+                values.push(bf16::from_f32(value).to_f32());
+                magnitudes.push(size);
+            }
+        }
+        (values, magnitudes)
+    }
+
+    #[test]
+    fn products_finished_in_bf16_equal_the_f32_product_finished_after() {
+        // Bias and residual added, or GEGLU, as the sums are rounded: within a bf16 rounding
+        // step (2⁻⁷ of the value; the sums' own f32 rounding may tip it either way) and f32
+        // rounding of the magnitude, of the f32 product finished after it. Shapes: a single
+        // value, partial tiles, depths over several of the tiles' depth blocks (the partial
+        // sums kept in f32 between them), ragged depths, a GEGLU whose halves are whole strips
+        // (finished two strips at a time on the tiles) and one whose halves are not.
+        let shapes = [
+            (1, 1, 2),
+            (5, 33, 64),
+            (37, 800, 96),
+            (70, 1601, 130),
+            (64, 320, 128),
+            (100, 64, 256),
+        ];
+        for kernel in Kernel::all_supported() {
+            for (i, (rows, depth, cols)) in shapes.into_iter().enumerate() {
+                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(40 + i as u64);
+                let a: Vec<bf16> = uniform(rows * depth, &mut rng)
+                    .into_iter()
+                    .map(bf16::from_f32)
+                    .collect();
+                let w: Vec<bf16> = uniform(cols * depth, &mut rng)
+                    .into_iter()
+                    .map(bf16::from_f32)
+                    .collect();
+                let bias = uniform(cols, &mut rng);
+                let residual_f32 = uniform(rows * cols, &mut rng);
+                let residual_bf16: Vec<bf16> =
+                    residual_f32.iter().map(|v| bf16::from_f32(*v)).collect();
+                let a_view = View::rows(Values::Bf16(&a), rows, depth);
+                let packed = PackedB::pack(
+                    View::new(Values::Bf16(&w), 0, (depth, cols), (1, depth)),
+                    true,
+                );
+                // The f32 sums, and each one's magnitude Σ|a·w|.
+                let mut sums = vec![MaybeUninit::new(0f32); rows * cols];
+                let into = Out {
+                    values: &mut sums,
+                    start: 0,
+                    row_stride: cols,
+                };
+                // SAFETY: nothing is accumulated.
+                #[allow(unsafe_code)]
+                unsafe {
+                    matmul_on(kernel, into, a_view, packed.paired(), (1.0, false), true)
+                };
+                // SAFETY: written whole when made.
+                #[allow(unsafe_code)]
+                let sums: Vec<f32> = sums.iter().map(|v| unsafe { v.assume_init() }).collect();
+                let magnitude: Vec<f32> = (0..rows * cols)
+                    .map(|at| {
+                        let (r, c) = (at / cols, at % cols);
+                        let a = &a[r * depth..][..depth];
+                        let w = &w[c * depth..][..depth];
+                        a.iter()
+                            .zip(w)
+                            .map(|(x, y)| (x.to_f32() * y.to_f32()).abs())
+                            .sum()
+                    })
+                    .collect();
+                let epilogues = [
+                    Epilogue::Narrow {
+                        bias: Some(&bias),
+                        residual: Some(Values::Bf16(&residual_bf16)),
+                    },
+                    Epilogue::Narrow {
+                        bias: None,
+                        residual: Some(Values::F32(&residual_f32)),
+                    },
+                    Epilogue::Narrow {
+                        bias: Some(&bias),
+                        residual: None,
+                    },
+                    Epilogue::Geglu { bias: Some(&bias) },
+                    Epilogue::Geglu { bias: None },
+                ];
+                for (e, epilogue) in epilogues.into_iter().enumerate() {
+                    let width = epilogue.width(cols);
+                    let mut out = vec![MaybeUninit::new(bf16::NAN); rows * width];
+                    let parallel = (i + e) % 2 == 0;
+                    let view = a_view;
+                    matmul_to_bf16_on(kernel, &mut out, view, packed.paired(), epilogue, parallel);
+                    let (theirs, size) = finished_after(epilogue, (&sums, &magnitude), rows, cols);
+                    for (at, (theirs, size)) in theirs.iter().zip(&size).enumerate() {
+                        // SAFETY: written whole when made.
+                        #[allow(unsafe_code)]
+                        let ours = unsafe { out[at].assume_init() }.to_f32();
+                        let allowed = theirs.abs() / 128.0 + 1e-5 * size;
+                        assert!(
+                            (ours - theirs).abs() <= allowed,
+                            "{kernel:?} {rows}×{depth}→{cols}, epilogue {e}, value {at}: \
+                             {ours} against {theirs}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn pairs_wired_the_wrong_way_round_are_caught() {
         if !available() {
@@ -1216,6 +1587,109 @@ mod tests {
     }
 
     /// `Σ A_t·B_t` over `terms` on `kernel` into a fresh `rows × cols` output (NaN before).
+    /// A sum's random operands (bf16-rounded): `terms` matrices `A` (`rows × depth` each, one
+    /// after another) and `B`'s words in rows of `width`, one per depth pair, term `t`
+    /// reading from column `t` on (as a convolution's taps read shifted columns).
+    struct SumOperands {
+        a: Vec<f32>,
+        b: Vec<f32>,
+        words: Vec<u32>,
+        width: usize,
+        shape: (usize, usize, usize),
+        terms: usize,
+    }
+
+    impl SumOperands {
+        fn new((rows, depth, cols): (usize, usize, usize), terms: usize, seed: u64) -> Self {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            let a = round(&uniform(terms * rows * depth, &mut rng));
+            let pairs = depth.div_ceil(2);
+            let width = cols + terms + NR;
+            let b = round(&uniform(2 * pairs * width, &mut rng));
+            let words: Vec<u32> = (0..pairs * width)
+                .map(|w| {
+                    let (p, n) = (w / width, w % width);
+                    let low = bf16::from_f32(b[(2 * p) * width + n]).to_bits();
+                    let high = if 2 * p + 1 < depth {
+                        bf16::from_f32(b[(2 * p + 1) * width + n]).to_bits()
+                    } else {
+                        0
+                    };
+                    u32::from(low) | u32::from(high) << 16
+                })
+                .collect();
+            SumOperands {
+                a,
+                b,
+                words,
+                width,
+                shape: (rows, depth, cols),
+                terms,
+            }
+        }
+
+        fn terms(&self) -> Vec<(View<'_>, PairedB<'_>)> {
+            let (rows, depth, cols) = self.shape;
+            (0..self.terms)
+                .map(|t| {
+                    let start = t * rows * depth;
+                    let a = View::new(Values::F32(&self.a), start, (rows, depth), (depth, 1));
+                    (a, PairedB::rows(&self.words, t, (depth, cols), self.width))
+                })
+                .collect()
+        }
+    }
+
+    #[test]
+    fn sums_finished_as_a_convolution_land_on_its_output_positions() {
+        // Two images of an 11 × 9 grid with 9 × 7 outputs each (a 3×3 convolution's padded
+        // grid): columns past each row's outputs and the image's last rows are dropped, every
+        // output position is written (NaN before), as the f32 sums plus the bias rounded. The
+        // vector path finishes whole rows of sums, 18 runs of outputs each.
+        if !available() {
+            return;
+        }
+        let grid = Grid {
+            images: 2,
+            channels: 37,
+            image_words: 11 * 9,
+            grid_w: 9,
+            out_h: 9,
+            out_w: 7,
+        };
+        let cols = grid.image_words + grid.out_h * grid.grid_w;
+        let (rows, depth) = (grid.channels, 70);
+        let operands = SumOperands::new((rows, depth, cols), 3, 7);
+        let bias: Vec<f32> = (0..rows).map(|o| o as f32 / 8.0 - 2.0).collect();
+        for kernel in Kernel::all_supported() {
+            let sums = summed(kernel, &operands.terms(), (rows, cols), true);
+            let epilogue = Epilogue::Conv {
+                bias: Some(&bias),
+                grid,
+            };
+            let mut out = vec![MaybeUninit::new(bf16::NAN); 2 * rows * 9 * 7];
+            matmul_sum_to_bf16_on(kernel, &mut out, &operands.terms(), epilogue, false);
+            for (at, ours) in out.iter().enumerate() {
+                let (plane, y, x) = (at / 63, at % 63 / 7, at % 7);
+                let (image, o) = (plane / rows, plane % rows);
+                // SAFETY: both were written whole when made.
+                #[allow(unsafe_code)]
+                let (ours, sum) = unsafe {
+                    let column = image * grid.image_words + y * grid.grid_w + x;
+                    (
+                        ours.assume_init().to_f32(),
+                        sums[o * cols + column].assume_init(),
+                    )
+                };
+                let theirs = bf16::from_f32(sum + bias[o]).to_f32();
+                assert!(
+                    (ours - theirs).abs() <= theirs.abs() / 128.0 + 1e-4,
+                    "{kernel:?}: image {image}, channel {o}, ({y}, {x}): {ours} against {theirs}"
+                );
+            }
+        }
+    }
+
     fn summed(
         kernel: Kernel,
         terms: &[(View<'_>, PairedB<'_>)],
@@ -1249,34 +1723,10 @@ mod tests {
         ];
         for kernel in Kernel::all_supported() {
             for (i, &(rows, depth, cols)) in shapes.iter().enumerate() {
-                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(40 + i as u64);
                 let terms = 3;
-                let a = round(&uniform(terms * rows * depth, &mut rng));
-                let pairs = depth.div_ceil(2);
-                // B's words: rows of `width` words, one per depth pair; term t reads from
-                // column t onward.
-                let width = cols + terms + NR;
-                let b = round(&uniform(2 * pairs * width, &mut rng));
-                let words: Vec<u32> = (0..pairs * width)
-                    .map(|w| {
-                        let (p, n) = (w / width, w % width);
-                        let low = bf16::from_f32(b[(2 * p) * width + n]).to_bits();
-                        let high = if 2 * p + 1 < depth {
-                            bf16::from_f32(b[(2 * p + 1) * width + n]).to_bits()
-                        } else {
-                            0
-                        };
-                        u32::from(low) | u32::from(high) << 16
-                    })
-                    .collect();
-                let views: Vec<_> = (0..terms)
-                    .map(|t| {
-                        let a =
-                            View::new(Values::F32(&a), t * rows * depth, (rows, depth), (depth, 1));
-                        (a, PairedB::rows(&words, t, (depth, cols), width))
-                    })
-                    .collect();
-                let out = summed(kernel, &views, (rows, cols), i % 2 == 0);
+                let operands = SumOperands::new((rows, depth, cols), terms, 40 + i as u64);
+                let (a, b, width) = (&operands.a, &operands.b, operands.width);
+                let out = summed(kernel, &operands.terms(), (rows, cols), i % 2 == 0);
                 let mut worst = 0f64;
                 for r in 0..rows {
                     for n in 0..cols {

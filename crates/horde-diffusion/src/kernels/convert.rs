@@ -97,7 +97,7 @@ fn narrow_lanes(values: &[f32], out: &mut [MaybeUninit<bf16>]) {
 /// The bf16 nearest `x` (ties to even), as `half::bf16::from_f32` rounds; a NaN stays a NaN
 /// (quiet, its sign and top mantissa bits kept). Branch-free, so that it vectorises.
 #[inline(always)]
-fn narrow_bits(x: f32) -> u16 {
+pub(crate) fn narrow_bits(x: f32) -> u16 {
     let bits = x.to_bits();
     let rounded = bits.wrapping_add(0x7FFF + ((bits >> 16) & 1)) >> 16;
     let nan = (bits >> 16) | 0x0040;

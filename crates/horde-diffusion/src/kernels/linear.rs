@@ -10,7 +10,7 @@
 //! AVX512-BF16, the input taken in bf16 or narrowed from f32 as it is packed; elsewhere both
 //! are widened to f32 for `gemm`'s f32 product, as candle's own CPU product does.
 
-use super::bf16_gemm::{self, Out, PackedB, Values, View};
+use super::bf16_gemm::{self, Epilogue, Out, PackedB, Values, View};
 use super::kept::Kept;
 use super::{contiguous_f32, contiguous_values, filled, unfilled};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
@@ -89,7 +89,10 @@ fn packed<'a>(
 }
 
 /// [`linear`] with a bf16 `weight` packed once into `kept` (and read from it at later calls)
-/// while `keep_rearranged_weights` is on. `kept` must belong to this `weight` alone.
+/// while `keep_rearranged_weights` is on. `kept` must belong to this `weight` alone. A bf16
+/// `x` by a bf16 `weight` on a CPU with AVX512-BF16 gives a bf16 result, the bias and
+/// residual added to each block of sums as it is rounded (`bf16_gemm::Epilogue`); f32
+/// otherwise.
 pub(crate) fn linear_keeping(
     x: &Tensor,
     weight: &Tensor,
@@ -97,12 +100,7 @@ pub(crate) fn linear_keeping(
     residual: Option<&Tensor>,
     kept: Option<&PackedWeights>,
 ) -> Result<Tensor> {
-    let op = Linear {
-        bias: bias
-            .map(|b| b.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>())
-            .transpose()?,
-        kept: kept.and_then(Kept::cell),
-    };
+    let op = Linear::new(bias, kept, false)?;
     let in_bf16 = weight.dtype() == DType::BF16
         && matches!(x.dtype(), DType::F32 | DType::BF16)
         && bf16_gemm::available();
@@ -112,9 +110,35 @@ pub(crate) fn linear_keeping(
         (widened(x)?, widened(weight)?)
     };
     match residual {
-        Some(residual) => x.apply_op3_no_bwd(&weight, &widened(residual)?, &op),
+        // A bf16 result adds the residual as it comes.
+        Some(residual) if in_bf16 && x.dtype() == DType::BF16 => {
+            x.apply_op3_no_bwd(&weight, &residual.contiguous()?, &op)
+        }
+        Some(residual) => {
+            let residual = widened(&super::convert::widen(residual)?)?;
+            x.apply_op3_no_bwd(&weight, &residual, &op)
+        }
         None => x.apply_op2_no_bwd(&weight, &op),
     }
+}
+
+/// `geglu(x · weightᵀ + bias)` (`kernels::geglu`: half as wide as the product), `weight`'s
+/// bf16 packing kept in `kept` as [`linear_keeping`] keeps it. A bf16 `x` by a bf16 `weight`
+/// on a CPU with AVX512-BF16 is gated as each block of sums is rounded to bf16, and the
+/// product's f32 values (four times `x`'s width) never reach memory; otherwise the f32
+/// product is gated after it.
+pub(crate) fn geglu_keeping(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    kept: Option<&PackedWeights>,
+) -> Result<Tensor> {
+    if weight.dtype() == DType::BF16 && x.dtype() == DType::BF16 && bf16_gemm::available() {
+        let op = Linear::new(bias, kept, true)?;
+        return x.contiguous()?.apply_op2_no_bwd(&weight.contiguous()?, &op);
+    }
+    let product = linear_keeping(x, weight, None, None, kept)?;
+    super::geglu::geglu(&super::convert::widen(&product)?, bias)
 }
 
 /// `t` contiguous, and in f32 when it is in bf16 (other dtypes are left for the op to refuse).
@@ -137,9 +161,21 @@ struct Linear {
     bias: Option<Vec<f32>>,
     /// Where the packed bf16 weight is kept between calls, if it is.
     kept: Option<Arc<OnceLock<CountedPack>>>,
+    /// The product gated by GEGLU (a bf16 product only).
+    geglu: bool,
 }
 
 impl Linear {
+    fn new(bias: Option<&Tensor>, kept: Option<&PackedWeights>, geglu: bool) -> Result<Linear> {
+        Ok(Linear {
+            bias: bias
+                .map(|b| b.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>())
+                .transpose()?,
+            kept: kept.and_then(Kept::cell),
+            geglu,
+        })
+    }
+
     /// The product, with the output started as `residual` (when given) plus the bias.
     fn compute(
         &self,
@@ -157,13 +193,21 @@ impl Linear {
             candle_core::bail!("linear: a bias of the wrong length for {d_out} outputs");
         }
         let (x, w) = (operand(xs, xl, op)?, operand(ws, wl, op)?);
-        let residual = match residual {
-            Some((_, rl)) if rl.shape().dims() != [rows, d_out] => {
+        if let Some((_, rl)) = residual {
+            if rl.shape().dims() != [rows, d_out] {
                 candle_core::bail!("linear: residual {:?} for [{rows}, {d_out}]", rl.shape())
             }
-            Some((rs, rl)) => Some(contiguous_f32(rs, rl, op)?),
-            None => None,
-        };
+        }
+        if let (Values::Bf16(_), Values::Bf16(w)) = (x, w) {
+            let residual = residual.map(|(rs, rl)| operand(rs, rl, op)).transpose()?;
+            return self.in_bf16(x, (w, rows, d_in, d_out), residual);
+        }
+        if self.geglu {
+            candle_core::bail!("linear: GEGLU fused only into a bf16 product");
+        }
+        let residual = residual
+            .map(|(rs, rl)| contiguous_f32(rs, rl, op))
+            .transpose()?;
         // Written whole: by the starting pass below when there is one, else by the product.
         let mut out = unfilled(rows * d_out);
         let started = self.start(&mut out, residual, d_out);
@@ -176,6 +220,57 @@ impl Linear {
         #[allow(unsafe_code)]
         let out = unsafe { filled(out) };
         Ok((CpuStorage::F32(out), Shape::from((rows, d_out))))
+    }
+
+    /// The product of a bf16 `x` by a bf16 `w` (`[d_out, d_in]`), finished in bf16: the bias
+    /// and residual added, or gated by GEGLU.
+    fn in_bf16(
+        &self,
+        x: Values<'_>,
+        (w, rows, d_in, d_out): (&[bf16], usize, usize, usize),
+        residual: Option<Values<'_>>,
+    ) -> Result<(CpuStorage, Shape)> {
+        if self.bias.as_ref().is_some_and(|b| b.len() != d_out) {
+            candle_core::bail!("linear: a bias of the wrong length for {d_out} outputs");
+        }
+        let bias = self.bias.as_deref();
+        let epilogue = if self.geglu {
+            if !d_out.is_multiple_of(2) || residual.is_some() {
+                candle_core::bail!("linear: GEGLU of {d_out} outputs, or with a residual");
+            }
+            Epilogue::Geglu { bias }
+        } else {
+            Epilogue::Narrow { bias, residual }
+        };
+        let width = epilogue.width(d_out);
+        // Written whole by the product's epilogue.
+        let mut out = unfilled::<bf16>(rows * width);
+        if rows > 0 && d_out > 0 {
+            let mut made = None;
+            let w = self.packed_weight(w, (d_in, d_out), &mut made)?;
+            bf16_gemm::matmul_to_bf16(
+                &mut out,
+                View::rows(x, rows, d_in),
+                w.paired(),
+                epilogue,
+                true,
+            );
+        }
+        // SAFETY: the epilogue wrote every value (there are none when `rows` or `d_out` is 0).
+        #[allow(unsafe_code)]
+        let out = unsafe { filled(out) };
+        Ok((CpuStorage::BF16(out), Shape::from((rows, width))))
+    }
+
+    /// `w` (`[d_out, d_in]`, bf16) packed as `Wᵀ` for the product: the kept packing, or one
+    /// made now into `made`.
+    fn packed_weight<'a>(
+        &'a self,
+        w: &[bf16],
+        (d_in, d_out): (usize, usize),
+        made: &'a mut Option<PackedB>,
+    ) -> Result<&'a PackedB> {
+        packed_weight(self.kept.as_deref(), w, (d_in, d_out), made)
     }
 
     /// Writes `residual + bias` (or either) into `out`; false when there is neither.
@@ -221,18 +316,8 @@ fn product(
 ) -> Result<()> {
     match (x, w) {
         (x, Values::Bf16(w)) => {
-            // wᵀ: element (k, n) at `n·d_in + k`.
-            let pack = || {
-                PackedB::pack(
-                    View::new(Values::Bf16(w), 0, (d_in, d_out), (1, d_in)),
-                    true,
-                )
-            };
             let mut made = None;
-            let w = packed(kept, &mut made, (pack, PackedB::bytes_for(d_in, d_out)));
-            if w.shape() != (d_in, d_out) {
-                candle_core::bail!("linear: a weight kept for another layer");
-            }
+            let w = packed_weight(kept, w, (d_in, d_out), &mut made)?;
             let out = Out {
                 values: out,
                 start: 0,
@@ -255,6 +340,28 @@ fn product(
         _ => candle_core::bail!("linear: a bf16 input needs a bf16 weight"),
     }
     Ok(())
+}
+
+/// `w` (`[d_out, d_in]`, bf16) packed as `Wᵀ` for the product: kept in `kept` (see
+/// [`packed`]), or packed now into `made`; refused when `kept` holds another layer's shape.
+fn packed_weight<'a>(
+    kept: Option<&'a OnceLock<CountedPack>>,
+    w: &[bf16],
+    (d_in, d_out): (usize, usize),
+    made: &'a mut Option<PackedB>,
+) -> Result<&'a PackedB> {
+    // wᵀ: element (k, n) at `n·d_in + k`.
+    let pack = || {
+        PackedB::pack(
+            View::new(Values::Bf16(w), 0, (d_in, d_out), (1, d_in)),
+            true,
+        )
+    };
+    let w = packed(kept, made, (pack, PackedB::bytes_for(d_in, d_out)));
+    if w.shape() != (d_in, d_out) {
+        candle_core::bail!("linear: a weight kept for another layer");
+    }
+    Ok(w)
 }
 
 /// [`product`] in f32, by `gemm`.
@@ -404,6 +511,8 @@ mod tests {
         // AVX512-BF16; x kept in f32 on the f32 fallback) with f32 accumulation: within f32
         // rounding of the f32 product of those inputs, and within bf16's rounding (1 %) of
         // the product of the unrounded ones, relative to Σ|x·w| (measured: 6.8e-8 and 1.4e-3).
+        // A bf16 x on such a CPU gives a bf16 result: within its rounding (2⁻⁸ of the value,
+        // so of Σ|x·w|) of the f32 product of the rounded inputs.
         let shapes = [
             (1, 1, 1),
             (3, 5, 7),
@@ -433,7 +542,11 @@ mod tests {
                     x.clone()
                 };
                 let ours = linear(&input, &w_bf16, Some(&b), Some(&r)).unwrap();
-                assert_eq!(ours.dtype(), DType::F32);
+                let in_bf16 = x_bf16 && bf16_gemm::available();
+                let dtype = if in_bf16 { DType::BF16 } else { DType::F32 };
+                assert_eq!(ours.dtype(), dtype);
+                let ours = ours.to_dtype(DType::F32).unwrap();
+                let allowed = if in_bf16 { 2f32.powi(-8) } else { 1e-5 };
                 let x_multiplied = if x_bf16 || bf16_gemm::available() {
                     rounded(&x)
                 } else {
@@ -448,7 +561,7 @@ mod tests {
                 let (off_rounded, off_exact) = (ratio(&of_rounded), ratio(&exact));
                 let case = format!("{rows}×{d_in}→{d_out}, x in bf16: {x_bf16}");
                 assert!(
-                    off_rounded < 1e-5,
+                    off_rounded < allowed,
                     "{case}: {off_rounded} of the rounded inputs'"
                 );
                 assert!(off_exact < 1e-2, "{case}: {off_exact} of the f32 product");
@@ -459,6 +572,42 @@ mod tests {
         println!(
             "linear in bf16: worst {worst_rounded:e} (rounded inputs), {worst_unrounded:e} (f32)"
         );
+    }
+
+    #[test]
+    fn geglu_of_a_bf16_product_equals_the_gated_f32_product() {
+        // Gated as its sums are rounded (bf16 in, bf16 out, on a CPU with AVX512-BF16) or
+        // after an f32 product: within bf16's rounding (2⁻⁸ of a value; measured 2.6e-3 of
+        // the largest) of the f32 GEGLU of the rounded inputs' product, at most 2⁻⁷ of the
+        // largest value. Widths whose halves are whole strips of 32 columns and not.
+        for (seed, (rows, d_in, d_out)) in [(7, 40, 64), (70, 320, 256), (33, 96, 70)]
+            .into_iter()
+            .enumerate()
+        {
+            let seed = 10 * seed as u64 + 300;
+            let half = |t: &Tensor| t.to_dtype(DType::BF16).unwrap();
+            let x = half(&random(&[rows, d_in], seed, 1.0));
+            let w = half(&random(&[d_out, d_in], seed + 1, 0.5));
+            let b = random(&[d_out], seed + 2, 1.0);
+            let kept = PackedWeights::default();
+            let ours = geglu_keeping(&x, &w, Some(&b), Some(&kept)).unwrap();
+            let widen = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+            let product = reference(&widen(&x), &widen(&w), Some(&b), None);
+            let theirs = crate::kernels::geglu::geglu(&product, None).unwrap();
+            assert_eq!(ours.dims(), [rows, d_out / 2]);
+            let expected = if bf16_gemm::available() {
+                DType::BF16
+            } else {
+                DType::F32
+            };
+            assert_eq!(ours.dtype(), expected);
+            let difference = max_difference(&widen(&ours), &theirs);
+            let largest = super::super::test_support::max_abs(&theirs);
+            assert!(
+                difference <= largest / 128.0,
+                "{rows}×{d_in}→{d_out}: off by {difference}"
+            );
+        }
     }
 
     /// A bf16 weight packed once into its layer's `PackedWeights` gives the outputs packing

@@ -143,6 +143,22 @@ pub(super) struct Tail(pub(super) [u32; TILE * 32]);
 #[repr(C, align(64))]
 pub(super) struct Block(pub(super) [f32; MR * 32]);
 
+/// The sums of a block, for an epilogue.
+fn block_sums(block: &Block) -> super::Sums {
+    super::Sums {
+        at: block.0.as_ptr(),
+        stride: 32,
+    }
+}
+
+/// A depth block: pairs `from..from + len`, `A`'s rows packed `stride` words apart.
+#[derive(Clone, Copy)]
+struct Depth {
+    from: usize,
+    len: usize,
+    stride: usize,
+}
+
 /// The tile instructions.
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
@@ -360,7 +376,9 @@ pub(crate) mod tiles {
 
 impl super::Job<'_> {
     /// The tiles of `rows` × the columns of `strips` on the AMX tiles, depth block by depth
-    /// block, as [`Job::block`](super::Job::block) does on vectors.
+    /// block, as [`Job::block`](super::Job::block) does on vectors. With a
+    /// [`Finish`](super::Finish), the last depth block's sums go to it, block by block (a
+    /// GEGLU's with their gates', `gate_strips` on), and `C` holds only the earlier blocks'.
     ///
     /// # Safety
     ///
@@ -374,74 +392,72 @@ impl super::Job<'_> {
         strips: std::ops::Range<usize>,
     ) {
         let pairs = self.b.pairs;
+        let gate_strips = self.finish.and_then(|f| f.gate_strips);
         super::PACKED_A.with(|packed| {
             let packed = &mut *packed.borrow_mut();
-            let mut block = Block([0.0; MR * 32]);
-            let mut tail = Tail([0; TILE * 32]);
+            let mut blocks = [Block([0.0; MR * 32]), Block([0.0; MR * 32])];
+            let mut tails = [Tail([0; TILE * 32]); 2];
             // SAFETY: the CPU has AMX (the caller's promise).
             unsafe { tiles::configure() };
             let mut from = 0;
             while from < pairs {
                 let len = KC.min(pairs - from);
-                let (steps, stride) = (len / TILE, stride(len));
-                super::pack_a(&self.a, rows.clone(), (from, len), (MR, stride), packed);
-                for s in strips.clone() {
-                    let b = self.b.strip(s, from, len);
+                let depth = Depth {
+                    from,
+                    len,
+                    stride: stride(len),
+                };
+                super::pack_a(
+                    &self.a,
+                    rows.clone(),
+                    (from, len),
+                    (MR, depth.stride),
+                    packed,
+                );
+                let finish = self.finish.filter(|_| from + len == pairs);
+                // Before the last depth block a GEGLU's gates are partial sums like the rest.
+                let gates = match (finish, gate_strips) {
+                    (None, Some(offset)) => strips.start + offset..strips.end + offset,
+                    _ => 0..0,
+                };
+                for s in strips.clone().chain(gates) {
+                    let [sum_tail, gate_tail] = &mut tails;
+                    let tail = self.ragged_tail(s, depth, sum_tail);
+                    let gate = match (finish, gate_strips) {
+                        (Some(_), Some(offset)) => {
+                            Some((s + offset, self.ragged_tail(s + offset, depth, gate_tail)))
+                        }
+                        _ => None,
+                    };
                     let cols = super::NR.min(self.b.cols - s * super::NR);
-                    // The last pairs short of a whole tile, zero-padded to one: a tile read
-                    // in place would read past the operand, or values not its own.
-                    let ragged = !len.is_multiple_of(TILE);
-                    if ragged {
-                        tail.0.fill(0);
-                        for p in steps * TILE..len {
-                            let at = p * self.b.pair_stride;
-                            let row = &mut tail.0[(p - steps * TILE) * 32..][..32];
-                            row.copy_from_slice(&b[at..at + 32]);
-                        }
-                    }
-                    let tail = ragged.then_some(&tail);
-                    for (i, a) in packed.as_slice().chunks_exact(MR * stride).enumerate() {
+                    for (i, a) in packed
+                        .as_slice()
+                        .chunks_exact(MR * depth.stride)
+                        .enumerate()
+                    {
                         let first = rows.start + i * MR;
-                        let tile_rows = MR.min(rows.end - first);
-                        let (a, b) = (a.as_ptr(), b.as_ptr());
-                        let b_stride = self.b.pair_stride;
-                        let c = self.c.ptr.wrapping_add(first * self.c.row_stride + s * 32);
-                        let accumulate = self.accumulate || from > 0;
-                        // A whole block unscaled goes from the tiles to the output and back,
-                        // without the block buffer and its pass.
-                        let whole = tile_rows == MR && cols == 32 && self.alpha == 1.0;
-                        // SAFETY: `a` holds MR rows of `stride ≥ 16·(steps + 1)` words, `b`
-                        // `steps·16 ≤ len` pairs of 32 words `b_stride` apart (a strip's
-                        // slice), the tail 16 pairs of 32; tiles configured above. Row and
-                        // column tiles that hold nothing of the output are skipped. A whole
-                        // block's 32 × 32 from `c` is inside the output and this task's, and
-                        // written before when `accumulate` (earlier depth blocks wrote it when
-                        // `from > 0`).
-                        unsafe {
-                            match (whole, accumulate) {
-                                (true, true) => tiles::load_from(c, self.c.row_stride),
-                                _ => tiles::zero(),
-                            }
-                            let shape = (tile_rows > TILE, cols > TILE);
-                            tiles::add_product((a, stride), (b, b_stride), steps, tail, shape);
-                            if whole {
-                                tiles::store_to(c, self.c.row_stride);
-                                continue;
-                            }
-                            tiles::store(&mut block);
-                        }
-                        // SAFETY: the `tile_rows × cols` region from `c` is inside the output
-                        // and this task's; earlier depth blocks wrote it when `from > 0`.
-                        unsafe {
-                            scale_into(
-                                &block,
-                                c,
-                                self.c.row_stride,
-                                (tile_rows, cols),
-                                self.alpha,
-                                accumulate,
-                            )
+                        let block_rows = first..(first + MR).min(rows.end);
+                        let at = (a.as_ptr(), first);
+                        let Some(finish) = finish else {
+                            // SAFETY: as `partial_sums`' promises, which the caller's imply.
+                            unsafe { self.partial_sums(at, (s, tail), depth, &mut blocks[0]) };
+                            continue;
                         };
+                        let [sums, gates] = &mut blocks;
+                        // SAFETY: as `sums_into`'s promises, which the caller's imply; the
+                        // block's region of the output is this task's.
+                        unsafe {
+                            self.sums_into(sums, at, (s, tail), depth);
+                            let gates = gate.map(|(g, tail)| {
+                                self.sums_into(gates, at, (g, tail), depth);
+                                block_sums(gates)
+                            });
+                            let columns = (s * super::NR, cols);
+                            let sums = block_sums(sums);
+                            finish
+                                .epilogue
+                                .finish(finish.out, block_rows, columns, sums, gates);
+                        }
                     }
                 }
                 from += len;
@@ -449,6 +465,141 @@ impl super::Job<'_> {
             // SAFETY: as above.
             unsafe { tiles::release() };
         });
+    }
+
+    /// Strip `s`'s last pairs of `depth` short of a whole tile, zero-padded to one in `tail`:
+    /// a tile read in place would read past the operand, or values not its own. None when the
+    /// depth block is whole tiles.
+    #[cfg(target_arch = "x86_64")]
+    fn ragged_tail<'t>(&self, s: usize, depth: Depth, tail: &'t mut Tail) -> Option<&'t Tail> {
+        let steps = depth.len / TILE;
+        if depth.len.is_multiple_of(TILE) {
+            return None;
+        }
+        let b = self.b.strip(s, depth.from, depth.len);
+        tail.0.fill(0);
+        for p in steps * TILE..depth.len {
+            let at = p * self.b.pair_stride;
+            tail.0[(p - steps * TILE) * 32..][..32].copy_from_slice(&b[at..at + 32]);
+        }
+        Some(tail)
+    }
+
+    /// Adds (or, in the first depth block, writes) the block of `C` at row `first` of strip
+    /// `s` for `depth`: `a` its rows of `A` packed for the block.
+    ///
+    /// # Safety
+    ///
+    /// The tiles are configured; `a` holds MR rows of `depth.stride` words; the block's region
+    /// of `C` is inside it and this task's, written before unless `depth.from` is 0 and not
+    /// `accumulate`.
+    #[cfg(target_arch = "x86_64")]
+    #[allow(unsafe_code)]
+    unsafe fn partial_sums(
+        &self,
+        (a, first): (*const u32, usize),
+        (s, tail): (usize, Option<&Tail>),
+        depth: Depth,
+        block: &mut Block,
+    ) {
+        let (tile_rows, cols) = self.block_shape(first, s);
+        let c = self.c.ptr.wrapping_add(first * self.c.row_stride + s * 32);
+        let accumulate = self.accumulate || depth.from > 0;
+        // A whole block unscaled goes from the tiles to the output and back, without the block
+        // buffer and its pass.
+        let whole = tile_rows == MR && cols == 32 && self.alpha == 1.0;
+        // SAFETY: the caller's promises; a whole block's 32 × 32 from `c` is inside the output.
+        unsafe {
+            match (whole, accumulate) {
+                (true, true) => tiles::load_from(c, self.c.row_stride),
+                _ => tiles::zero(),
+            }
+            self.add_strip((a, first), (s, tail), depth);
+            if whole {
+                tiles::store_to(c, self.c.row_stride);
+                return;
+            }
+            tiles::store(block);
+            let shape = (tile_rows, cols);
+            scale_into(block, c, self.c.row_stride, shape, self.alpha, accumulate);
+        }
+    }
+
+    /// The block of `C` at row `first` of strip `s`, summed over the whole depth, into
+    /// `block`: the sums of `depth` and, after the first depth block, the partial ones in `C`.
+    ///
+    /// # Safety
+    ///
+    /// As [`Job::partial_sums`], `C` written before when `depth.from > 0`.
+    #[cfg(target_arch = "x86_64")]
+    #[allow(unsafe_code)]
+    unsafe fn sums_into(
+        &self,
+        block: &mut Block,
+        (a, first): (*const u32, usize),
+        (s, tail): (usize, Option<&Tail>),
+        depth: Depth,
+    ) {
+        let (tile_rows, cols) = self.block_shape(first, s);
+        let c = self.c.ptr.wrapping_add(first * self.c.row_stride + s * 32);
+        let whole = tile_rows == MR && cols == 32;
+        // SAFETY: the caller's promises.
+        unsafe {
+            match (whole, depth.from > 0) {
+                (true, true) => tiles::load_from(c, self.c.row_stride),
+                _ => tiles::zero(),
+            }
+            self.add_strip((a, first), (s, tail), depth);
+            tiles::store(block);
+        }
+        if depth.from > 0 && !whole {
+            for r in 0..tile_rows {
+                for (col, sum) in block.0[r * 32..][..cols].iter_mut().enumerate() {
+                    // SAFETY: inside the block's region of `C`, written before.
+                    *sum += unsafe { *c.add(r * self.c.row_stride + col) };
+                }
+            }
+        }
+    }
+
+    /// The rows and columns of the block at row `first` of strip `s` that are the output's.
+    fn block_shape(&self, first: usize, s: usize) -> (usize, usize) {
+        (
+            MR.min(self.a.rows - first),
+            super::NR.min(self.b.cols - s * super::NR),
+        )
+    }
+
+    /// Adds the block's product over `depth` to the tiles.
+    ///
+    /// # Safety
+    ///
+    /// As [`Job::partial_sums`].
+    #[cfg(target_arch = "x86_64")]
+    #[allow(unsafe_code)]
+    unsafe fn add_strip(
+        &self,
+        (a, first): (*const u32, usize),
+        (s, tail): (usize, Option<&Tail>),
+        depth: Depth,
+    ) {
+        let (tile_rows, cols) = self.block_shape(first, s);
+        let b = self.b.strip(s, depth.from, depth.len).as_ptr();
+        // Row and column tiles that hold nothing of the output are skipped.
+        let shape = (tile_rows > TILE, cols > TILE);
+        let steps = depth.len / TILE;
+        // SAFETY: `a` holds MR rows of `stride ≥ 16·(steps + 1)` words, `b` `steps·16 ≤ len`
+        // pairs of 32 words `pair_stride` apart (a strip's slice), the tail 16 pairs of 32
+        // (the caller's promises).
+        unsafe {
+            tiles::add_product(
+                (a, depth.stride),
+                (b, self.b.pair_stride),
+                steps,
+                tail,
+                shape,
+            )
+        };
     }
 
     /// Stand-in off x86-64, where [`supported`] is false and nothing calls it.
@@ -509,18 +660,20 @@ unsafe fn scale_into(
 /// a convolution's taps, whose products would otherwise each add their `C` into the output
 /// (nine passes over a map of f32 for a 3×3 kernel). Tasks are blocks of [`MR`] rows by groups
 /// of column strips; each packs its rows of every term's `A` once, then runs every strip
-/// through all the terms before storing it.
+/// through all the terms before storing it, or handing it to `finish` (the sums then never
+/// reach `out`).
 ///
 /// # Safety
 ///
 /// The CPU has AVX512-BF16 and AMX ([`supported`]); the terms' shapes agree and `out` holds
-/// their `rows × cols` (checked by the caller, [`super::matmul_sum`]).
+/// their `rows × cols` (checked by the caller, [`super::matmul_sum_to_bf16`]).
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
 pub(super) unsafe fn sum_of_products(
     out: super::Tile,
     terms: &[(super::View<'_>, super::PairedB<'_>)],
     parallel: bool,
+    finish: Option<super::Finish<'_>>,
 ) {
     let (a0, b0) = terms[0];
     let (rows, pairs, cols) = (a0.rows, b0.pairs, b0.cols);
@@ -586,6 +739,15 @@ pub(super) unsafe fn sum_of_products(
                         let shape = (tile_rows > TILE, width > TILE);
                         tiles::add_product((a, stride), (b, b_stride), steps, tail, shape);
                     }
+                    if let Some(finish) = finish {
+                        // The block's region of the finished output is this task's.
+                        tiles::store(&mut block);
+                        let (columns, sums) = ((s * super::NR, width), block_sums(&block));
+                        finish
+                            .epilogue
+                            .finish(finish.out, rows.clone(), columns, sums, None);
+                        continue;
+                    }
                     if tile_rows == MR && width == 32 {
                         // A whole block goes from the tiles to the output, without the block
                         // buffer and its pass; its 32 × 32 is inside the output and this
@@ -620,6 +782,7 @@ pub(super) unsafe fn sum_of_products(
     _: super::Tile,
     _: &[(super::View<'_>, super::PairedB<'_>)],
     _: bool,
+    _: Option<super::Finish<'_>>,
 ) {
     unreachable!("bf16 gemm on AMX tiles off x86-64");
 }

@@ -10,8 +10,9 @@
 //! tap by tap (kept from call to call, laid out as the AMX tiles read them: [`TapMatrices`]),
 //! are `A` (`c_out × c_in` per tap). The taps add into one f32 accumulator `[c_out, columns]`
 //! for the whole batch (one product for both images of a CFG batch, which read the weights
-//! once between them); its extra columns (each row's last `Wp − out_w`, each image's last
-//! padded rows) are dropped as the output is narrowed to bf16 with the bias added.
+//! once between them); each block of sums is narrowed into the bf16 output with the bias added
+//! as it leaves the tiles (`bf16_gemm::Epilogue::Conv`), its extra columns (each row's last
+//! `Wp − out_w`, each image's last padded rows) dropped.
 //!
 //! With stride 2 (the UNet's downsamplers) the padded grid is split into its four phases
 //! (even and odd rows × even and odd columns), each `⌈Hp/2⌉ × ⌈Wp/2⌉` and paired as above: tap
@@ -20,13 +21,12 @@
 //! (these convolutions were widened to f32 before: their products, and the conversions around
 //! them, were 4 % of a bf16 UNet step).
 
-use super::super::bf16_gemm::{self, amx, Out, PairedB, Values, View, Words, NR};
+use super::super::bf16_gemm::{self, amx, Epilogue, Grid, PairedB, Values, View, Words, NR};
 use super::super::kept::{kept_or_made, Kept};
 use super::super::{contiguous_values, filled, unfilled};
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use half::bf16;
 use rayon::prelude::*;
-use std::mem::MaybeUninit;
 use std::sync::{Arc, OnceLock};
 
 /// A convolution's weights rearranged tap by tap for the bf16 kernel ([`TapMatrices`]).
@@ -158,6 +158,19 @@ impl Geometry {
         (self.batch.max(1) - 1) * self.image_words() + self.out_h * self.phase_w
     }
 
+    /// Where the sums' columns land in the output: the positions of each image's phase,
+    /// the columns that are no output position dropped.
+    fn grid(&self) -> Grid {
+        Grid {
+            images: self.batch,
+            channels: self.c_out,
+            image_words: self.image_words(),
+            grid_w: self.phase_w,
+            out_h: self.out_h,
+            out_w: self.out_w,
+        }
+    }
+
     /// The phase tap `(ky, kx)` reads, and from which word of its rows.
     fn tap_source(&self, ky: usize, kx: usize) -> (usize, usize) {
         let s = self.stride;
@@ -203,19 +216,12 @@ impl CustomOp2 for Conv2dBf16 {
                     (a, b)
                 })
                 .collect();
-            // Written by the sum of the taps' products before anything reads it.
-            let mut sums = unfilled::<f32>(g.c_out * g.columns());
-            let into = Out {
-                values: &mut sums,
-                start: 0,
-                row_stride: g.columns(),
+            let epilogue = Epilogue::Conv {
+                bias: self.bias.as_deref(),
+                grid: g.grid(),
             };
-            // Every sum (`c_out × columns`) written.
-            bf16_gemm::matmul_sum(into, &terms, true);
-            // SAFETY: the sum of the taps' products wrote every sum, just above.
-            #[allow(unsafe_code)]
-            let written = unsafe { sums.assume_init_ref() };
-            land(written, self.bias.as_deref(), &g, &mut out);
+            // Every output position written, as its block of sums is finished.
+            bf16_gemm::matmul_sum_to_bf16(&mut out, &terms, epilogue, true);
         }
         // SAFETY: the landing wrote every value (there are none when it did not run).
         #[allow(unsafe_code)]
@@ -387,26 +393,6 @@ fn pair_phase(
             }
         }
     }
-}
-
-/// The sums (`[c_out, columns]`) into the output (`[batch, c_out, out_h, out_w]`), the bias
-/// added and the extra columns dropped, narrowed to bf16.
-fn land(sums: &[f32], bias: Option<&[f32]>, g: &Geometry, out: &mut [MaybeUninit<bf16>]) {
-    out.par_chunks_mut(g.out_h * g.out_w)
-        .enumerate()
-        .for_each(|(plane_index, plane)| {
-            let (b, o) = (plane_index / g.c_out, plane_index % g.c_out);
-            let bias = bias.map_or(0.0, |bias| bias[o]);
-            let first = o * g.columns() + b * g.image_words();
-            let mut row = vec![0f32; g.out_w];
-            for (y, out_row) in plane.chunks_exact_mut(g.out_w).enumerate() {
-                let at = first + y * g.phase_w;
-                for (r, s) in row.iter_mut().zip(&sums[at..at + g.out_w]) {
-                    *r = s + bias;
-                }
-                bf16_gemm::narrow_into(&row, out_row);
-            }
-        });
 }
 
 #[cfg(test)]

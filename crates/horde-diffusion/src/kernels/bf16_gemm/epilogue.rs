@@ -1,0 +1,395 @@
+//! What becomes of a product's f32 sums on their way into a bf16 output.
+//!
+//! A network held in bf16 wants each linear layer's output in bf16, its bias and the residual
+//! added. Computed as an f32 product and narrowed after, that output crossed memory four times
+//! more than it needs to: the residual widened to f32 for the product to start from, the sums
+//! written in f32, read back and narrowed in a pass of their own; the feed-forward's first
+//! layer wrote four times its input's width in f32 for the GEGLU to read. Here a product hands
+//! each block of sums, still in L1, to an [`Epilogue`], which adds the bias and the residual (or
+//! gates one half by the other) and rounds the result into the bf16 output: on the AMX tiles as
+//! each 32 × 32 block leaves them ([`super::amx`]), on vectors in one pass over the f32 product.
+
+use super::Values;
+use crate::kernels::convert::narrow_bits;
+use crate::kernels::geglu::gelu;
+use half::bf16;
+use std::mem::MaybeUninit;
+use std::ops::Range;
+
+/// How a product's `rows × cols` sums become its bf16 output.
+#[derive(Clone, Copy)]
+pub(crate) enum Epilogue<'a> {
+    /// `out = sums + bias + residual` (either may be absent), as wide as the product: a linear
+    /// layer. The bias has `cols` values, the residual `rows × cols` row-major.
+    Narrow {
+        bias: Option<&'a [f32]>,
+        residual: Option<Values<'a>>,
+    },
+    /// `out = (a + bias_a) · gelu(g + bias_g)` for `a` the sums of column `c` and `g` those of
+    /// column `c + cols/2`, half as wide as the product: the feed-forward's first layer and its
+    /// GEGLU. The bias has `cols` values.
+    Geglu { bias: Option<&'a [f32]> },
+    /// `out[b][o][y][x] = sums + bias[o]` for a convolution's sums, a row per output channel
+    /// `o` and a column per position of its padded input grid ([`Grid`]): the grid's columns
+    /// that are no output position are dropped. The bias has `rows` values.
+    Conv { bias: Option<&'a [f32]>, grid: Grid },
+}
+
+/// Where a convolution's columns land: column `j` is image `j / image_words`, and within it
+/// row `y` and column `x` of a grid `grid_w` wide; it is an output position when `y < out_h`
+/// and `x < out_w`. The output is `[images, channels, out_h, out_w]`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Grid {
+    pub(crate) images: usize,
+    pub(crate) channels: usize,
+    pub(crate) image_words: usize,
+    pub(crate) grid_w: usize,
+    pub(crate) out_h: usize,
+    pub(crate) out_w: usize,
+}
+
+impl Epilogue<'_> {
+    /// The output's columns for a product of `cols`.
+    pub(crate) fn width(&self, cols: usize) -> usize {
+        match self {
+            Epilogue::Narrow { .. } | Epilogue::Conv { .. } => cols,
+            Epilogue::Geglu { .. } => cols / 2,
+        }
+    }
+
+    /// Values from one row of the output to the next.
+    pub(crate) fn row_stride(&self, cols: usize) -> usize {
+        match self {
+            Epilogue::Conv { grid, .. } => grid.out_w,
+            _ => self.width(cols),
+        }
+    }
+
+    /// Values the output holds for a `rows × cols` product.
+    pub(crate) fn output_len(&self, rows: usize, cols: usize) -> usize {
+        match self {
+            Epilogue::Conv { grid, .. } => grid.images * grid.channels * grid.out_h * grid.out_w,
+            _ => rows * self.width(cols),
+        }
+    }
+
+    /// The columns from a sum to its gate (`cols/2` for a GEGLU), none otherwise.
+    pub(super) fn gate_offset(&self, cols: usize) -> Option<usize> {
+        matches!(self, Epilogue::Geglu { .. }).then_some(cols / 2)
+    }
+
+    /// Refuses (with the sizes) a bias or residual that does not fit a `rows × cols` product,
+    /// or a GEGLU of an odd width.
+    pub(super) fn check(&self, rows: usize, cols: usize) {
+        let bias = match self {
+            Epilogue::Narrow { bias, residual } => {
+                let len = residual.map_or(rows * cols, |r| r.len());
+                assert!(
+                    len == rows * cols,
+                    "bf16 gemm: a residual of {len} values for {rows}×{cols}"
+                );
+                bias
+            }
+            Epilogue::Geglu { bias } => {
+                assert!(
+                    cols.is_multiple_of(2),
+                    "bf16 gemm: GEGLU of odd width {cols}"
+                );
+                bias
+            }
+            Epilogue::Conv { bias, grid } => {
+                let len = bias.map_or(rows, <[f32]>::len);
+                assert!(
+                    len == rows && grid.channels == rows && grid.out_w <= grid.grid_w,
+                    "bf16 gemm: a convolution's {rows} rows for {grid:?}, a bias of {len}"
+                );
+                return;
+            }
+        };
+        let len = bias.map_or(cols, <[f32]>::len);
+        assert!(
+            len == cols,
+            "bf16 gemm: a bias of {len} values for {cols} columns"
+        );
+    }
+
+    /// Writes the output's `rows`, columns `first..first + width`, from `sums` (the product's
+    /// columns from `first`) and, for a GEGLU, `gates` (its columns from `first + cols/2`).
+    ///
+    /// # Safety
+    ///
+    /// The region is inside `out` and the caller's alone; `sums` (and `gates`) hold
+    /// `rows.len()` rows of `width` values; [`Epilogue::check`] passed for the product.
+    #[allow(unsafe_code)]
+    pub(super) unsafe fn finish(
+        &self,
+        out: BfOut,
+        rows: Range<usize>,
+        columns: (usize, usize),
+        sums: Sums,
+        gates: Option<Sums>,
+    ) {
+        if let Epilogue::Geglu { .. } = self {
+            assert!(
+                gates.is_some(),
+                "bf16 gemm: a GEGLU finishes with its gates"
+            );
+        }
+        // One call a block, in the widest vectors (the tiles hand over 32 × 32 at a time).
+        finish_region(self, out, rows, columns, (sums, gates));
+    }
+}
+
+with_widest_vectors! {
+    /// [`Epilogue::finish`], whose promises its callers keep.
+    fn finish_region(
+        epilogue: &Epilogue<'_>,
+        out: BfOut,
+        rows: Range<usize>,
+        columns: (usize, usize),
+        sums: (Sums, Option<Sums>)
+    ) => finish_lanes
+}
+
+#[inline(always)]
+#[allow(unsafe_code)]
+fn finish_lanes(
+    epilogue: &Epilogue<'_>,
+    out: BfOut,
+    rows: Range<usize>,
+    (first, width): (usize, usize),
+    (sums, gates): (Sums, Option<Sums>),
+) {
+    const CHUNK: usize = 32;
+    const ZEROS: [f32; CHUNK] = [0.0; CHUNK];
+    if let Epilogue::Conv { bias, grid } = *epilogue {
+        // Every row of a block has the same runs: found once (a tile's 32 columns cross a
+        // few grid rows), or again for each row of a wider region (the vector path's).
+        const CACHED: usize = 16;
+        let mut cached = [Run::default(); CACHED];
+        let mut count = 0;
+        for run in grid.runs(first, width) {
+            if count == CACHED {
+                count = usize::MAX;
+                break;
+            }
+            cached[count] = run;
+            count += 1;
+        }
+        for (i, o) in rows.enumerate() {
+            // SAFETY: row `i` of `sums` holds `width` values (as below).
+            let sums = unsafe { sums.row(i, 0, width) };
+            let bias = bias.map_or(0.0, |b| b[o]);
+            let plane = o * grid.out_h * grid.out_w;
+            if count <= CACHED {
+                cached[..count]
+                    .iter()
+                    .for_each(|run| land(sums, bias, plane, *run, out));
+            } else {
+                grid.runs(first, width)
+                    .for_each(|run| land(sums, bias, plane, run, out));
+            }
+        }
+        return;
+    }
+    let mut values = [0f32; CHUNK];
+    for (i, r) in rows.enumerate() {
+        for from in (0..width).step_by(CHUNK) {
+            let n = CHUNK.min(width - from);
+            let column = first + from;
+            // SAFETY: row `i` of `sums` (and `gates`) holds `width` values (the promise of
+            // `Epilogue::finish`'s caller).
+            let row = |s: Sums| unsafe { s.row(i, from, n) };
+            let values = &mut values[..n];
+            match *epilogue {
+                Epilogue::Narrow { bias, residual } => {
+                    let bias = bias.map_or(&ZEROS[..n], |b| &b[column..][..n]);
+                    let residual = residual.map(|v| v.slice(r * out.row_stride + column, n));
+                    add_row(row(sums), bias, residual, values);
+                }
+                Epilogue::Conv { .. } => unreachable!("landed above"),
+                Epilogue::Geglu { bias } => {
+                    let Some(gates) = gates else { return };
+                    let gate_column = column + out.row_stride;
+                    let bias_a = bias.map_or(&ZEROS[..n], |b| &b[column..][..n]);
+                    let bias_g = bias.map_or(&ZEROS[..n], |b| &b[gate_column..][..n]);
+                    gate_row(row(sums), row(gates), (bias_a, bias_g), values);
+                }
+            }
+            // SAFETY: the region is inside `out` and the caller's (as above).
+            let into = unsafe { out.row(r, column, n) };
+            for (o, v) in into.iter_mut().zip(values.iter()) {
+                o.write(bf16::from_bits(narrow_bits(*v)));
+            }
+        }
+    }
+}
+
+/// A row's residual, in the dtype it came in.
+#[derive(Clone, Copy)]
+pub(super) enum Row<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [bf16]),
+}
+
+impl<'a> Values<'a> {
+    /// `n` values from `start`.
+    fn slice(self, start: usize, n: usize) -> Row<'a> {
+        match self {
+            Values::F32(v) => Row::F32(&v[start..][..n]),
+            Values::Bf16(v) => Row::Bf16(&v[start..][..n]),
+        }
+    }
+}
+
+/// A run of a convolution's columns that are output positions, along one row of its grid:
+/// `n` sums from `from` (of the region's), landing from `at` of channel 0's plane (add a
+/// channel's plane offset).
+#[derive(Clone, Copy, Default)]
+struct Run {
+    from: usize,
+    n: usize,
+    at: usize,
+}
+
+impl Grid {
+    /// The runs of output positions among columns `first..first + width`: two divisions to
+    /// place the first, then steps along the grid's rows.
+    fn runs(self, first: usize, width: usize) -> impl Iterator<Item = Run> {
+        let grid_h = self.image_words / self.grid_w;
+        let (image, at) = (first / self.image_words, first % self.image_words);
+        let (mut image, mut y, mut x) = (image, at / self.grid_w, at % self.grid_w);
+        let (mut j, end) = (first, first + width);
+        std::iter::from_fn(move || {
+            while j < end {
+                let len = (self.grid_w - x).min(end - j);
+                let here = (image, y, x, j);
+                j += len;
+                x += len;
+                if x == self.grid_w {
+                    x = 0;
+                    y += 1;
+                    if y == grid_h {
+                        (y, image) = (0, image + 1);
+                    }
+                }
+                let (image, y, x, j) = here;
+                if image < self.images && y < self.out_h && x < self.out_w {
+                    let plane = self.out_h * self.out_w;
+                    return Some(Run {
+                        from: j - first,
+                        n: len.min(self.out_w - x),
+                        at: image * self.channels * plane + y * self.out_w + x,
+                    });
+                }
+            }
+            None
+        })
+    }
+}
+
+/// One run of a channel's sums plus `bias`, rounded into its output positions (`plane`: the
+/// channel's offset in each image).
+#[inline(always)]
+#[allow(unsafe_code)]
+fn land(sums: &[f32], bias: f32, plane: usize, run: Run, out: BfOut) {
+    // SAFETY: the run's positions are inside the output (the grid's runs are output
+    // positions of its images), and the channel's region is this caller's (the promise of
+    // `Epilogue::finish`'s caller).
+    let into = unsafe { out.at(plane + run.at, run.n) };
+    for (o, s) in into.iter_mut().zip(&sums[run.from..][..run.n]) {
+        o.write(bf16::from_bits(narrow_bits(s + bias)));
+    }
+}
+
+/// `out = sums + bias (+ residual)`.
+#[inline(always)]
+fn add_row(sums: &[f32], bias: &[f32], residual: Option<Row<'_>>, out: &mut [f32]) {
+    for ((o, s), b) in out.iter_mut().zip(sums).zip(bias) {
+        *o = s + b;
+    }
+    match residual {
+        None => {}
+        Some(Row::F32(r)) => out.iter_mut().zip(r).for_each(|(o, r)| *o += r),
+        Some(Row::Bf16(r)) => out
+            .iter_mut()
+            .zip(r)
+            .for_each(|(o, r)| *o += f32::from_bits(u32::from(r.to_bits()) << 16)),
+    }
+}
+
+/// `out = (a + bias_a) · gelu(g + bias_g)`.
+#[inline(always)]
+fn gate_row(a: &[f32], g: &[f32], (bias_a, bias_g): (&[f32], &[f32]), out: &mut [f32]) {
+    let inputs = a.iter().zip(g).zip(bias_a).zip(bias_g);
+    for (o, (((a, g), bias_a), bias_g)) in out.iter_mut().zip(inputs) {
+        *o = (a + bias_a) * gelu(g + bias_g);
+    }
+}
+
+/// A bf16 output, rows `row_stride` values apart; the tasks of a product write disjoint
+/// regions of it, hence a pointer.
+#[derive(Clone, Copy)]
+pub(crate) struct BfOut {
+    ptr: *mut bf16,
+    row_stride: usize,
+}
+
+impl BfOut {
+    /// All of `values`, rows of `row_stride`.
+    pub(super) fn new(values: &mut [MaybeUninit<bf16>], row_stride: usize) -> BfOut {
+        BfOut {
+            ptr: values.as_mut_ptr().cast(),
+            row_stride,
+        }
+    }
+
+    /// `n` values of row `r` from column `c`.
+    ///
+    /// # Safety
+    ///
+    /// They are inside the output, and no one else's while the slice lives.
+    #[allow(unsafe_code)]
+    unsafe fn row<'a>(&self, r: usize, c: usize, n: usize) -> &'a mut [MaybeUninit<bf16>] {
+        // SAFETY: the caller's promise.
+        unsafe { self.at(r * self.row_stride + c, n) }
+    }
+
+    /// `n` values from value `i`.
+    ///
+    /// # Safety
+    ///
+    /// As [`BfOut::row`].
+    #[allow(unsafe_code)]
+    unsafe fn at<'a>(&self, i: usize, n: usize) -> &'a mut [MaybeUninit<bf16>] {
+        // SAFETY: the caller's promise.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(i).cast(), n) }
+    }
+}
+
+// SAFETY: the tasks write disjoint regions through the pointer (see `Epilogue::finish`).
+#[allow(unsafe_code)]
+unsafe impl Send for BfOut {}
+// SAFETY: as above.
+#[allow(unsafe_code)]
+unsafe impl Sync for BfOut {}
+
+/// Rows of f32 sums, `stride` values apart, from `at`.
+#[derive(Clone, Copy)]
+pub(super) struct Sums {
+    pub(super) at: *const f32,
+    pub(super) stride: usize,
+}
+
+impl Sums {
+    /// `n` values of row `i` from column `c`.
+    ///
+    /// # Safety
+    ///
+    /// They are inside the sums.
+    #[allow(unsafe_code)]
+    unsafe fn row<'a>(&self, i: usize, c: usize, n: usize) -> &'a [f32] {
+        // SAFETY: the caller's promise.
+        unsafe { std::slice::from_raw_parts(self.at.add(i * self.stride + c), n) }
+    }
+}
