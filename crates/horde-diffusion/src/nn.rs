@@ -67,11 +67,16 @@ pub struct GroupNorm {
 }
 
 impl GroupNorm {
-    /// Our kernel, in f32, the result in `xs`'s dtype.
+    /// Our kernel, computing in f32 (a bf16 map read and written in bf16), the result in
+    /// `xs`'s dtype.
     fn ours(&self, xs: &Tensor, silu: bool) -> Result<Tensor> {
         let (w, b) = (f32(&self.weight)?, f32(&self.bias)?);
-        let ys =
-            crate::kernels::group_norm::group_norm(&f32(xs)?, &w, &b, self.groups, self.eps, silu)?;
+        let x = if xs.dtype() == DType::BF16 {
+            xs.clone()
+        } else {
+            f32(xs)?
+        };
+        let ys = crate::kernels::group_norm::group_norm(&x, &w, &b, self.groups, self.eps, silu)?;
         back_to(&ys, xs.dtype())
     }
 

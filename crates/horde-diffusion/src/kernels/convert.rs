@@ -73,11 +73,11 @@ impl CustomOp1 for Convert {
 }
 
 with_widest_vectors! {
-    fn widen_slice(values: &[bf16], out: &mut [MaybeUninit<f32>]) => widen_lanes
+    pub(crate) fn widen_slice(values: &[bf16], out: &mut [MaybeUninit<f32>]) => widen_lanes
 }
 
 with_widest_vectors! {
-    fn narrow_slice(values: &[f32], out: &mut [MaybeUninit<bf16>]) => narrow_lanes
+    pub(crate) fn narrow_slice(values: &[f32], out: &mut [MaybeUninit<bf16>]) => narrow_lanes
 }
 
 #[inline(always)]
