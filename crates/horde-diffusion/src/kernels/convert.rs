@@ -182,8 +182,9 @@ with_widest_vectors! {
     fn add_scalar(a: &[bf16], b: bf16, out: &mut [MaybeUninit<bf16>]) => add_scalar_lanes
 }
 
+/// `v` in f32 (exactly: bf16 is f32's top half).
 #[inline(always)]
-fn wide(v: bf16) -> f32 {
+pub(crate) fn wide(v: bf16) -> f32 {
     f32::from_bits(u32::from(v.to_bits()) << 16)
 }
 

@@ -144,6 +144,7 @@ pub(super) struct Tail(pub(super) [u32; TILE * 32]);
 pub(super) struct Block(pub(super) [f32; MR * 32]);
 
 /// The sums of a block, for an epilogue.
+#[cfg(target_arch = "x86_64")]
 fn block_sums(block: &Block) -> super::Sums {
     super::Sums {
         at: block.0.as_ptr(),
@@ -151,7 +152,24 @@ fn block_sums(block: &Block) -> super::Sums {
     }
 }
 
+/// Copies pairs `steps·16..len` of a strip of `B` (`len` pairs `pair_stride` words apart) to
+/// the start of `tail`, whose other pairs the caller keeps zero: the last pairs short of a
+/// whole tile, which a tile read in place would read past.
+#[cfg(target_arch = "x86_64")]
+fn copy_ragged_pairs(
+    strip: &[u32],
+    pair_stride: usize,
+    (steps, len): (usize, usize),
+    tail: &mut Tail,
+) {
+    for p in steps * TILE..len {
+        let at = p * pair_stride;
+        tail.0[(p - steps * TILE) * 32..][..32].copy_from_slice(&strip[at..at + 32]);
+    }
+}
+
 /// A depth block: pairs `from..from + len`, `A`'s rows packed `stride` words apart.
+#[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
 struct Depth {
     from: usize,
@@ -476,12 +494,9 @@ impl super::Job<'_> {
         if depth.len.is_multiple_of(TILE) {
             return None;
         }
-        let b = self.b.strip(s, depth.from, depth.len);
         tail.0.fill(0);
-        for p in steps * TILE..depth.len {
-            let at = p * self.b.pair_stride;
-            tail.0[(p - steps * TILE) * 32..][..32].copy_from_slice(&b[at..at + 32]);
-        }
+        let b = self.b.strip(s, depth.from, depth.len);
+        copy_ragged_pairs(b, self.b.pair_stride, (steps, depth.len), tail);
         Some(tail)
     }
 
@@ -563,6 +578,7 @@ impl super::Job<'_> {
     }
 
     /// The rows and columns of the block at row `first` of strip `s` that are the output's.
+    #[cfg(target_arch = "x86_64")]
     fn block_shape(&self, first: usize, s: usize) -> (usize, usize) {
         (
             MR.min(self.a.rows - first),
@@ -721,11 +737,7 @@ pub(super) unsafe fn sum_of_products(
             for s in strips {
                 let width = super::NR.min(cols - s * super::NR);
                 for (tail, (_, b)) in tails.iter_mut().zip(terms) {
-                    let b = b.strip(s, 0, pairs);
-                    for p in steps * TILE..pairs {
-                        let at = p * b0.pair_stride;
-                        tail.0[(p - steps * TILE) * 32..][..32].copy_from_slice(&b[at..at + 32]);
-                    }
+                    copy_ragged_pairs(b.strip(s, 0, pairs), b0.pair_stride, (steps, pairs), tail);
                 }
                 // SAFETY: each term's `A` holds MR rows of `stride ≥ 16·(steps + 1)` words
                 // (packed above, or laid out so by its maker: `View::in_tile_rows` asserts

@@ -10,7 +10,7 @@
 //! each 32 × 32 block leaves them ([`super::amx`]), on vectors in one pass over the f32 product.
 
 use super::Values;
-use crate::kernels::convert::narrow_bits;
+use crate::kernels::convert::{narrow_bits, wide};
 use crate::kernels::geglu::gelu;
 use half::bf16;
 use std::mem::MaybeUninit;
@@ -311,10 +311,7 @@ fn add_row(sums: &[f32], bias: &[f32], residual: Option<Row<'_>>, out: &mut [f32
     match residual {
         None => {}
         Some(Row::F32(r)) => out.iter_mut().zip(r).for_each(|(o, r)| *o += r),
-        Some(Row::Bf16(r)) => out
-            .iter_mut()
-            .zip(r)
-            .for_each(|(o, r)| *o += f32::from_bits(u32::from(r.to_bits()) << 16)),
+        Some(Row::Bf16(r)) => out.iter_mut().zip(r).for_each(|(o, r)| *o += wide(*r)),
     }
 }
 
