@@ -11,8 +11,8 @@
 //! `--part hires_fix [--steps N]` runs one whole hires-fix job (512² then 1024²) through
 //! `Model::generate_with`. `--part image` runs one whole image through `Model::generate`
 //! (`image/mod.rs`: text encoding, k_euler_a steps, decode).
-//! `--part conv` times each 3×3 convolution of the networks through candle, our direct kernel
-//! and Winograd.
+//! `--part conv [--dtype bf16] [--shape NAME]` times each 3×3 convolution of the networks through candle, our
+//! direct kernel, Winograd and in bf16.
 
 use candle_core::{Device, Tensor};
 use horde_diffusion::parts::{
@@ -65,9 +65,11 @@ fn best_of_3_ms(run: &dyn Fn() -> Tensor) -> f64 {
 /// `--part conv`: each 3×3 convolution shape of the SD 1.5 UNet (batch 2, 512²) and VAE
 /// decoder (512²) through candle's conv2d, our direct kernel and Winograd, minimum of 3
 /// runs each, in milliseconds: where `nn`'s Winograd threshold comes from; and in bf16 through
-/// `conv2d_bf16` (bf16 products, where the CPU has AVX512-BF16).
+/// `nn::conv` (bf16 products where the CPU has AVX512-BF16, the weights rearranged at the first
+/// call and kept, as in a network). `--dtype bf16` times the bf16 column alone, the fastest of
+/// `--repeats` calls (10 unless given), for a profile of it; `--shape "unet 32x32"` one shape.
 fn compare_convolutions() {
-    use horde_diffusion::parts::kernels::{conv2d_3x3, conv2d_3x3_f4, conv2d_bf16, conv2d_stride1};
+    use horde_diffusion::parts::kernels::{conv2d_3x3, conv2d_3x3_f4, conv2d_stride1};
     let shapes = [
         ("unet 64x64", 2, 320, 320, 64),
         ("unet 32x32", 2, 640, 640, 32),
@@ -78,8 +80,18 @@ fn compare_convolutions() {
         ("vae 256x256", 1, 256, 256, 256),
         ("vae 512x512", 1, 128, 128, 512),
     ];
-    println!("shape                 candle ms   direct ms   winograd ms   F(4x4) ms   bf16 ms");
+    let bf16_only = arg("--dtype").as_deref() == Some("bf16");
+    let repeats: usize = arg("--repeats").and_then(|r| r.parse().ok()).unwrap_or(10);
+    if bf16_only {
+        println!("shape                 bf16 ms");
+    } else {
+        println!("shape                 candle ms   direct ms   winograd ms   F(4x4) ms   bf16 ms");
+    }
+    let only = arg("--shape");
     for (name, batch, c_in, c_out, size) in shapes {
+        if only.as_deref().is_some_and(|only| only != name) {
+            continue;
+        }
         // One noise stream per leading item: `batch` images, `c_out` filters.
         let noise = |items: usize, per_item: &[usize]| {
             let seeds: Vec<u64> = (0..items as u64).collect();
@@ -89,21 +101,48 @@ fn compare_convolutions() {
         };
         let x = noise(batch, &[c_in, size, size]);
         let w = (noise(c_out, &[c_in, 3, 3]) * 0.05).unwrap();
+        let bf16 = bf16_convolution_ms(&x, &w, if bf16_only { repeats } else { 3 });
+        if bf16_only {
+            println!("{name:<20} {bf16:>9.2}");
+            continue;
+        }
         let candle = best_of_3_ms(&|| x.conv2d(&w, 1, 1, 1, 1).unwrap());
         let direct = best_of_3_ms(&|| conv2d_stride1(&x, &w, None, 1).unwrap());
         let winograd = best_of_3_ms(&|| conv2d_3x3(&x, &w, None, 1).unwrap());
         let winograd4 = best_of_3_ms(&|| conv2d_3x3_f4(&x, &w, None, 1, false).unwrap());
-        let half = |t: &Tensor| t.to_dtype(candle_core::DType::BF16).unwrap();
-        let (x_half, w_half) = (half(&x), half(&w));
-        let bf16 = if horde_diffusion::parts::kernels::bf16_products() {
-            best_of_3_ms(&|| conv2d_bf16(&x_half, &w_half, None, 1, 1).unwrap())
-        } else {
-            f64::NAN
-        };
         println!(
             "{name:<20} {candle:>10.1} {direct:>11.1} {winograd:>13.1} {winograd4:>11.1} {bf16:>9.1}"
         );
     }
+}
+
+/// The fastest of `repeats` calls (after one untimed) of `x` (f32) convolved by `w` as a bf16
+/// layer, `nn::conv` with padding 1, in milliseconds; NaN where the CPU has no AVX512-BF16.
+fn bf16_convolution_ms(x: &Tensor, w: &Tensor, repeats: usize) -> f64 {
+    use candle_core::{DType, Module};
+    if !horde_diffusion::parts::kernels::bf16_products() {
+        return f64::NAN;
+    }
+    let (c_out, c_in, k, _) = w.dims4().unwrap();
+    let half = |t: &Tensor| t.to_dtype(DType::BF16).unwrap();
+    let weights = std::collections::HashMap::from([
+        ("weight".to_string(), half(w)),
+        (
+            "bias".to_string(),
+            Tensor::zeros(c_out, DType::BF16, &Device::Cpu).unwrap(),
+        ),
+    ]);
+    let vb = candle_nn::VarBuilder::from_tensors(weights, DType::BF16, &Device::Cpu);
+    let conv = horde_diffusion::nn::conv(c_in, c_out, k, 1, 1, vb).unwrap();
+    let x = half(x);
+    conv.forward(&x).unwrap(); // rearranges the weights, kept from then on
+    (0..repeats)
+        .map(|_| {
+            let started = Instant::now();
+            std::hint::black_box(conv.forward(&x).unwrap());
+            started.elapsed().as_secs_f64() * 1e3
+        })
+        .fold(f64::INFINITY, f64::min)
 }
 
 /// `--part attention`: the fused attention kernel on the SD 1.5 UNet's attention shapes at

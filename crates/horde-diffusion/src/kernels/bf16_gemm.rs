@@ -808,9 +808,11 @@ fn matmul_sum_to_bf16_on(
 fn check_terms(terms: &[(View<'_>, PairedB<'_>)]) {
     let (a0, b0) = terms[0];
     assert!(
-        terms.iter().all(|(a, b)| (a.rows, a.cols, b.depth, b.cols)
-            == (a0.rows, a0.cols, b0.depth, b0.cols)
-            && a.col_stride == 1)
+        terms
+            .iter()
+            .all(|(a, b)| (a.rows, a.cols, b.depth, b.cols, b.pair_stride)
+                == (a0.rows, a0.cols, b0.depth, b0.cols, b0.pair_stride)
+                && a.col_stride == 1)
             && a0.cols == b0.depth,
         "bf16 gemm: the terms of a sum differ in shape, or A ({}×{}) does not fit B ({}×{})",
         a0.rows,
