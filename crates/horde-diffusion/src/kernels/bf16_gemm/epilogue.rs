@@ -156,7 +156,7 @@ fn finish_region(
         // SAFETY: the CPU has AVX512-BF16, F, BW and VL, checked just above.
         return unsafe { finish_region_bf16(epilogue, out, rows, columns, sums) };
     }
-    finish_region_by_bits(epilogue, out, rows, columns, sums)
+    finish_region_in(epilogue, out, rows, columns, sums, Narrowing::Bits)
 }
 
 /// [`finish_region`] on a CPU with AVX512-BF16.
@@ -178,25 +178,15 @@ unsafe fn finish_region_bf16(
 }
 
 with_widest_vectors! {
-    /// [`finish_region`] rounding by [`narrow_bits`].
-    fn finish_region_by_bits(
+    /// [`finish_region`] in the widest vectors the CPU has, rounding by `narrow`.
+    fn finish_region_in(
         epilogue: &Epilogue<'_>,
         out: BfOut,
         rows: Range<usize>,
         columns: (usize, usize),
-        sums: (Sums, Option<Sums>)
-    ) => finish_lanes_by_bits
-}
-
-#[inline(always)]
-fn finish_lanes_by_bits(
-    epilogue: &Epilogue<'_>,
-    out: BfOut,
-    rows: Range<usize>,
-    columns: (usize, usize),
-    sums: (Sums, Option<Sums>),
-) {
-    finish_lanes(epilogue, out, rows, columns, sums, Narrowing::Bits)
+        sums: (Sums, Option<Sums>),
+        narrow: Narrowing
+    ) => finish_lanes
 }
 
 #[inline(always)]
