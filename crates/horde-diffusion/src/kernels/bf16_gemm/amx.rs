@@ -817,6 +817,9 @@ pub(super) unsafe fn sum_of_products(
             let mut tails = vec![Tail([0; TILE * 32]); if ragged { terms.len() } else { 0 }];
             let mut block = Block([0.0; MR * 32]);
             let tile_rows = rows.len();
+            // Each term's `A` and strip of `B`, and the strips to prefetch from: per strip.
+            let mut operands = Vec::with_capacity(terms.len());
+            let mut ahead = Vec::with_capacity(leads.len());
             // SAFETY: the CPU has AMX (the caller's promise).
             unsafe { tiles::configure() };
             for s in strips {
@@ -830,10 +833,13 @@ pub(super) unsafe fn sum_of_products(
                 // 16 pairs of 32; the tiles were configured above.
                 unsafe {
                     tiles::zero();
-                    let operands: Vec<_> = (rows_of_a.iter().zip(terms))
-                        .map(|(&a, (_, b))| (a, b.strip(s, 0, pairs).as_ptr()))
-                        .collect();
-                    let ahead: Vec<_> = leads.iter().map(|&t| operands[t].1).collect();
+                    operands.clear();
+                    operands.extend(
+                        (rows_of_a.iter().zip(terms))
+                            .map(|(&a, (_, b))| (a, b.strip(s, 0, pairs).as_ptr())),
+                    );
+                    ahead.clear();
+                    ahead.extend(leads.iter().map(|&t| operands[t].1));
                     let strides = (stride, b0.pair_stride);
                     let tails = ragged.then_some(&tails[..]);
                     let shape = (tile_rows > TILE, width > TILE);
@@ -879,11 +885,12 @@ pub(super) unsafe fn sum_of_products(
 /// apart) reads that term's lines.
 #[cfg(target_arch = "x86_64")]
 fn lines_apart(terms: &[(super::View<'_>, super::PairedB<'_>)]) -> Vec<usize> {
-    const NEAR: usize = 8;
+    /// A few words, in bytes.
+    const NEAR: usize = 8 * std::mem::size_of::<u32>();
     let start = |t: usize| terms[t].1.strip(0, 0, 1).as_ptr() as usize;
     let mut leads: Vec<usize> = Vec::new();
     for t in 0..terms.len() {
-        let near = |&l: &usize| (start(l)..start(l) + 4 * NEAR).contains(&start(t));
+        let near = |&l: &usize| (start(l)..start(l) + NEAR).contains(&start(t));
         if !leads.iter().any(near) {
             leads.push(t);
         }
