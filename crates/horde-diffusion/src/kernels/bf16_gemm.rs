@@ -1134,11 +1134,7 @@ mod micro {
                 if first >= cols {
                     break;
                 }
-                let mask: __mmask16 = if cols - first >= 16 {
-                    0xFFFF
-                } else {
-                    (1u16 << (cols - first)) - 1
-                };
+                let mask: __mmask16 = crate::kernels::lanes(cols - first);
                 // SAFETY: the lanes under `mask` are inside the tile (the caller's promise).
                 unsafe {
                     let ptr = c.add(r * row_stride + first);

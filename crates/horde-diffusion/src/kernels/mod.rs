@@ -63,6 +63,16 @@ use std::cell::Cell;
 use std::mem::MaybeUninit;
 use std::thread::LocalKey;
 
+/// The mask of the first `remaining` lanes of a 16-lane vector (all 16 from 16 on): the
+/// last, partial vector of a row under AVX-512's masked loads and stores.
+#[inline(always)]
+pub(crate) fn lanes(remaining: usize) -> u16 {
+    match remaining {
+        n if n >= 16 => 0xFFFF,
+        n => (1u16 << n) - 1,
+    }
+}
+
 /// Runs `f` with this thread's `flag` set to `value`, then puts back the value it had, also
 /// when `f` panics: the worker runs jobs on tokio's blocking threads, which outlive a job's
 /// panic and take the next job, and that job must not inherit the failed one's tiling.

@@ -380,12 +380,7 @@ unsafe fn scores(g: &Geometry, queries: &[u32], keys: &[u32], scores: &mut Words
 #[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512vl")]
 unsafe fn softmax_row(s: *const f32, (k_len, k_pad): (usize, usize), c: f32, p: *mut u32) -> f32 {
     use std::arch::x86_64::*;
-    let lanes = |from: usize| -> __mmask16 {
-        match k_len.saturating_sub(from) {
-            n if n >= 16 => 0xFFFF,
-            n => (1u16 << n) - 1,
-        }
-    };
+    let lanes = |from: usize| -> __mmask16 { crate::kernels::lanes(k_len.saturating_sub(from)) };
     // Whole vectors and blocks of 32 first, unmasked; then the rest under masks.
     let (whole_vectors, whole_blocks) = (k_len / TILE, k_len / (2 * TILE));
     // SAFETY: every load is inside the row's `k_len` values (whole vectors, or masked to

@@ -731,11 +731,7 @@ unsafe fn scale_into(
     let alpha = _mm512_set1_ps(alpha);
     for r in 0..rows {
         for first in (0..cols).step_by(16) {
-            let mask: __mmask16 = if cols - first >= 16 {
-                0xFFFF
-            } else {
-                (1u16 << (cols - first)) - 1
-            };
+            let mask: __mmask16 = crate::kernels::lanes(cols - first);
             // SAFETY: the block holds 32 rows of 32; the lanes under `mask` are inside the
             // output's region (the caller's promise).
             unsafe {

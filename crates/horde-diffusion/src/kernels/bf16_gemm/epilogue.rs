@@ -382,11 +382,7 @@ unsafe fn narrow_plus(values: &[f32], bias: f32, out: &mut [MaybeUninit<bf16>]) 
     let n = values.len().min(out.len());
     let bias = _mm512_set1_ps(bias);
     for from in (0..n).step_by(16) {
-        let mask: __mmask16 = if n - from >= 16 {
-            0xFFFF
-        } else {
-            (1u16 << (n - from)) - 1
-        };
+        let mask: __mmask16 = crate::kernels::lanes(n - from);
         // SAFETY: the lanes under `mask` are inside both slices.
         unsafe {
             let v = _mm512_maskz_loadu_ps(mask, values.as_ptr().add(from));
