@@ -256,40 +256,16 @@ pub(crate) mod tiles {
         tail: Option<&Tail>,
         (tall, wide): (bool, bool),
     ) {
-        // SAFETY: the caller's promises.
+        let tails = tail.map(std::slice::from_ref);
+        // SAFETY: the caller's promises, for the one term.
         unsafe {
-            match (tall, wide) {
-                (true, true) => add_tiles::<2, 2>(a, a_stride, b, b_stride, steps, tail),
-                (true, false) => add_tiles::<2, 1>(a, a_stride, b, b_stride, steps, tail),
-                (false, true) => add_tiles::<1, 2>(a, a_stride, b, b_stride, steps, tail),
-                (false, false) => add_tiles::<1, 1>(a, a_stride, b, b_stride, steps, tail),
-            }
-        }
-    }
-
-    /// [`add_product`] through `MB` tiles of rows and `NB` of columns.
-    ///
-    /// # Safety
-    ///
-    /// As [`add_product`].
-    #[inline(always)]
-    unsafe fn add_tiles<const MB: usize, const NB: usize>(
-        a: *const u32,
-        a_stride: usize,
-        b: *const u32,
-        b_stride: usize,
-        steps: usize,
-        tail: Option<&Tail>,
-    ) {
-        // SAFETY: the caller's promises, for each step's tile rows.
-        unsafe {
-            for step in 0..steps {
-                let (a, b) = (a.add(step * TILE), b.add(step * TILE * b_stride));
-                multiply::<MB, NB>(a, a_stride, b, b_stride);
-            }
-            if let Some(tail) = tail {
-                multiply::<MB, NB>(a.add(steps * TILE), a_stride, tail.0.as_ptr(), 32);
-            }
+            add_sum_of_products(
+                (&[(a, b)], &[]),
+                (a_stride, b_stride),
+                steps,
+                tails,
+                (tall, wide),
+            )
         }
     }
 
