@@ -275,6 +275,12 @@ impl Conv2d {
         self.forward_then(xs, true)
     }
 
+    /// Whether this convolution keeps its weights rearranged for the bf16 kernel.
+    #[cfg(test)]
+    pub(crate) fn keeps_weights(&self) -> bool {
+        self.kept.is_made()
+    }
+
     fn forward_then(&self, xs: &Tensor, relu: bool) -> Result<Tensor> {
         let kept = Some(&self.kept);
         match &self.unpadded {

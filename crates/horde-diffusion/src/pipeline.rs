@@ -109,6 +109,8 @@ pub enum LoadStage {
     TextEncoders,
     UNet,
     Vae,
+    /// The UNet's weights rearranged for the CPU's bf16 kernels (bf16 on such a CPU only).
+    Kernels,
 }
 
 /// One text-to-image job: up to `seeds.len()` images in one batch.
@@ -313,7 +315,7 @@ impl Model {
         if let TextWeights::Released(released) = &text {
             loras.release_text(released.clone());
         }
-        Ok(Model {
+        let model = Model {
             text,
             loras,
             config,
@@ -322,7 +324,47 @@ impl Model {
             schedule: DiscreteSchedule::default(),
             device: options.device.clone(),
             dtype: options.dtype,
-        })
+        };
+        if model.keeps_kernel_weights() {
+            progress(LoadStage::Kernels);
+            model.prepare_kept_weights()?;
+        }
+        Ok(model)
+    }
+
+    /// Whether the UNet's layers keep their weights rearranged for the CPU's bf16 kernels
+    /// (`kernels::kept`): bf16 weights, on a CPU whose bf16 kernels run, keeping on (a worker's
+    /// `low_memory` turns it off).
+    fn keeps_kernel_weights(&self) -> bool {
+        self.device.is_cpu()
+            && self.dtype == DType::BF16
+            && crate::kernels::bf16_gemm::available()
+            && crate::kernels::kept::keeping()
+    }
+
+    /// Rearranges every weight of the UNet for the bf16 kernels now, as the model loads,
+    /// instead of in the first step of its first job (about 10 s for SD 1.5 on a 2-core VM,
+    /// most of it the system handing over 1.7 GB of new pages: BENCHMARKS.md, "Half precision,
+    /// round nine"). One UNet pass over the smallest latent (8×8, one image, zero inputs) calls
+    /// every layer once, as a step calls it, and each keeps its weights as a step would: what
+    /// a layer keeps depends on its weights and the CPU, never on the input's size. A LoRA
+    /// set's merged layers are new layers, prepared at their first step.
+    fn prepare_kept_weights(&self) -> Result<(), Error> {
+        let unet = &self.config.unet;
+        let (dtype, device) = (self.dtype, &self.device);
+        let latent = Tensor::zeros((1, unet.in_channels, 8, 8), dtype, device)?;
+        let timesteps = Tensor::from_vec(vec![500f32], 1, device)?;
+        let context = Tensor::zeros((1, 77, unet.context_dim), dtype, device)?;
+        let vector = unet
+            .adm_in_channels
+            .map(|width| Tensor::zeros((1, width), dtype, device))
+            .transpose()?;
+        let cond = Conditioning {
+            context: &context,
+            vector: vector.as_ref(),
+        };
+        self.unet.forward(&latent, &timesteps, &cond)?;
+        Ok(())
     }
 
     pub fn config(&self) -> &ModelConfig {

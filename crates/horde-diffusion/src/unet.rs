@@ -420,6 +420,12 @@ impl UNet {
         })
     }
 
+    /// The last layer, the convolution to the latent's channels.
+    #[cfg(test)]
+    pub(crate) fn out_conv(&self) -> &Conv2d {
+        &self.out_conv
+    }
+
     /// Predicts the noise (or v) of `xs` at `timesteps` (one per batch item).
     pub fn forward(
         &self,

@@ -846,6 +846,11 @@ fn load_models(
                 LoadStage::TextEncoders => "text encoders",
                 LoadStage::UNet => "UNet",
                 LoadStage::Vae => "VAE",
+                // Not counted: only bf16 models on a CPU with bf16 kernels prepare them.
+                LoadStage::Kernels => {
+                    bar.set_message(format!("{name}: weights for the CPU's bf16 kernels"));
+                    return;
+                }
             };
             bar.set_message(format!("{name}: {what}"));
             bar.inc(1);

@@ -7,7 +7,8 @@
 //! the convolutions and 3 % for the linear layers. Kept, it costs as much memory again as the
 //! weights it copies, so a worker short of memory turns keeping off ([`keep_rearranged_weights`]),
 //! and the text encoders, which run once per job rather than once per step, never keep
-//! ([`without_keeping`]).
+//! ([`without_keeping`]), nor do the VAE's. A model prepares its UNet's kept weights as it
+//! loads (`Model::prepare_kept_weights`), so that no job pays for them.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -40,6 +41,11 @@ pub(crate) fn without_keeping<T>(f: impl FnOnce() -> T) -> T {
     super::with_flag(&KEEP_HERE, false, f)
 }
 
+/// Whether layers called on this thread now keep their rearranged weights.
+pub(crate) fn keeping() -> bool {
+    KEEP.load(Ordering::Relaxed) && KEEP_HERE.with(Cell::get)
+}
+
 /// One layer's weights as its kernel reads them, made at its first call on this CPU and kept
 /// with the layer (its clones share them). A layer whose weights change (a LoRA merged in)
 /// is a new layer, with nothing kept.
@@ -48,8 +54,7 @@ pub(crate) struct Kept<T>(Arc<OnceLock<T>>);
 impl<T> Kept<T> {
     /// Where the kernel keeps (or finds) the weights, while keeping is on.
     pub(crate) fn cell(&self) -> Option<Arc<OnceLock<T>>> {
-        let keep = KEEP.load(Ordering::Relaxed) && KEEP_HERE.with(Cell::get);
-        keep.then(|| self.0.clone())
+        keeping().then(|| self.0.clone())
     }
 
     /// Whether the weights were made and kept.

@@ -163,3 +163,31 @@ fn nearest_exact_repeats_cells_as_comfyui_latent_upscale() {
         vec![0., 0., 1., 1., 2., 2., 3., 3., 2., 2., 3., 3.]
     );
 }
+
+/// A bf16 model rearranges its UNet's weights for the bf16 kernels as it loads, where the CPU
+/// runs them (`Model::prepare_kept_weights`), so its first job does not; its VAE keeps none (it
+/// runs once per job); and its image is, bit for bit, the one a model that rearranges at every
+/// call makes: the weights kept from the 8×8 pass serve the 32×32 job's steps.
+#[test]
+fn a_bf16_model_prepares_its_unets_kept_weights_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sd15.safetensors");
+    write_tiny_checkpoint(TinyArch::Sd15, &path, 9).unwrap();
+    let options = LoadOptions {
+        dtype: DType::BF16,
+        ..LoadOptions::default()
+    };
+    let prepared = Model::load(&path, &options, &mut |_| {}).unwrap();
+    let kernels = crate::kernels::bf16_gemm::available();
+    assert_eq!(prepared.unet.out_conv().keeps_weights(), kernels);
+    let job = job(SamplerKind::EulerAncestral, 3);
+    let image = prepared.generate(&job, &mut |_, _| {}).unwrap();
+    assert!(!prepared.vae.decoder.conv_out().keeps_weights());
+
+    let unkept = crate::kernels::kept::without_keeping(|| {
+        let model = Model::load(&path, &options, &mut |_| {}).unwrap();
+        assert!(!model.unet.out_conv().keeps_weights());
+        model.generate(&job, &mut |_, _| {}).unwrap()
+    });
+    assert_eq!(image[0].as_raw(), unkept[0].as_raw());
+}

@@ -121,10 +121,12 @@ impl Decoder {
     /// [`Decoder::decode_whole`] in bands of about `band_pixels` output pixels, one image at a
     /// time. Zero padding only (not inside `nn::with_tiling`).
     pub fn decode_in_bands(&self, latents: &Tensor, band_pixels: usize) -> Result<Tensor> {
-        let images = (0..latents.dim(0)?)
-            .map(|i| self.decode_image_in_bands(&latents.narrow(0, i, 1)?, band_pixels))
-            .collect::<Result<Vec<_>>>()?;
-        Tensor::cat(&images, 0)
+        crate::kernels::kept::without_keeping(|| {
+            let images = (0..latents.dim(0)?)
+                .map(|i| self.decode_image_in_bands(&latents.narrow(0, i, 1)?, band_pixels))
+                .collect::<Result<Vec<_>>>()?;
+            Tensor::cat(&images, 0)
+        })
     }
 
     fn decode_image_in_bands(&self, latents: &Tensor, band_pixels: usize) -> Result<Tensor> {

@@ -140,11 +140,14 @@ impl Encoder {
     /// whole (BENCHMARKS.md, "VAE encode", has both at 512²).
     pub fn distribution(&self, pixels: &Tensor) -> Result<LatentDistribution> {
         let (_, _, h, w) = pixels.dims4()?;
-        let moments = if encodes_in_bands(h, w) {
-            self.moments_in_bands(pixels, BAND_PIXELS)?
-        } else {
-            self.moments_whole(pixels)?
-        };
+        // Run once per job: the layers keep no rearranged weights (`kernels::kept`).
+        let moments = crate::kernels::kept::without_keeping(|| {
+            if encodes_in_bands(h, w) {
+                self.moments_in_bands(pixels, BAND_PIXELS)
+            } else {
+                self.moments_whole(pixels)
+            }
+        })?;
         LatentDistribution::from_moments(&moments)
     }
 
