@@ -6,7 +6,7 @@
 //! of `tools/engine-bench/pytorch_bench.py` (`tools/engine-bench/lora_bench.py` is the
 //! diffusers + PEFT side).
 //!
-//! `cargo bench -p horde-diffusion --bench lora -- [--repeats N] [--rank R]`
+//! `cargo bench -p horde-diffusion --bench lora -- [--repeats N] [--rank R] [--dtype bf16]`
 //!
 //! The LoRAs are random kohya files of rank R (default 16) on every transformer of the UNet
 //! (attention q, k, v and out, the feed-forward's two layers, the 1×1 projections in and out:
@@ -44,8 +44,9 @@ fn time(repeats: usize, mut before: impl FnMut(usize), mut run: impl FnMut()) ->
 
 fn report(part: &str, (min, median): (f64, f64), extra: &str) {
     let threads = candle_core::utils::get_num_threads();
+    let dtype = arg("--dtype").unwrap_or_else(|| "f32".into());
     println!(
-        "{{\"impl\": \"candle\", \"part\": \"{part}\", \"threads\": {threads}, \"min_s\": {min:.4}, \"median_s\": {median:.4}, \"peak_rss_mb\": {:.0}, \"candle\": \"0.11.1\", \"dtype\": \"f32\"{extra}}}",
+        "{{\"impl\": \"candle\", \"part\": \"{part}\", \"threads\": {threads}, \"min_s\": {min:.4}, \"median_s\": {median:.4}, \"peak_rss_mb\": {:.0}, \"candle\": \"0.11.1\", \"dtype\": \"{dtype}\"{extra}}}",
         peak_rss_mb()
     );
 }
@@ -219,18 +220,30 @@ fn main() {
             },
         ]
     };
+    // `--dtype f32|bf16`: the weights' and activations' dtype.
+    let dtype = match arg("--dtype").as_deref().unwrap_or("f32") {
+        "f32" => DType::F32,
+        "bf16" => DType::BF16,
+        other => panic!("unknown dtype {other}: expected f32 or bf16"),
+    };
+    let options = LoadOptions {
+        dtype,
+        ..LoadOptions::default()
+    };
     let model = model_from_var_builder(
-        random_var_builder(0),
+        random_var_builder(0).set_dtype(dtype),
         ModelConfig::sd15(),
-        &LoadOptions::default(),
+        &options,
     )
     .expect("model builds");
     let device = Device::Cpu;
     let latents = SeededNoise::new(&[1, 2])
         .sample(&[4, 64, 64], &device)
+        .and_then(|t| t.to_dtype(dtype))
         .unwrap();
     let context = SeededNoise::new(&[3, 4])
         .sample(&[77, 768], &device)
+        .and_then(|t| t.to_dtype(dtype))
         .unwrap();
     let timesteps = Tensor::new(&[500f32, 500.0], &device).unwrap();
     let cond = Conditioning {
@@ -244,7 +257,12 @@ fn main() {
     step(); // warm-up
     report("unet_step_cfg_512", time(repeats, |_| {}, step), "");
     model.set_loras(&set(0, 1)).unwrap();
-    step();
+    // The set's first step: in bf16 it makes the kept weights of the layers the set modifies.
+    report(
+        "unet_step_cfg_512_2loras_first",
+        time(1, |_| {}, step),
+        &modules,
+    );
     report(
         "unet_step_cfg_512_2loras_merged",
         time(repeats, |_| {}, step),

@@ -16,7 +16,9 @@
 //! what a step without LoRAs costs, where the branch adds two products per modified layer per
 //! step; switching sets costs the rank-r products and one pass over the modified tensors, far
 //! less than one step (ARCHITECTURE.md has the measurements). The price is memory: while a set
-//! is applied, each tensor it modifies exists twice (base and merged).
+//! is applied, each tensor it modifies exists twice (base and merged), and in bf16 so do their
+//! weights kept rearranged for the kernels (`kernels::kept`; the layers a set leaves alone share
+//! the base ones', made once).
 //!
 //! A file of another family than the model (modules that map to nothing, shapes that do not
 //! fit), a corrupt file, or an adapter kind this engine does not apply (LoKr, DoRA, …) is an

@@ -197,11 +197,12 @@ pub fn conv(
         let cfg = Conv2dConfig { padding: 0, ..cfg };
         candle_nn::Conv2d::new(normal.weight().clone(), normal.bias().cloned(), cfg)
     });
+    let kept = RearrangedWeights::of(normal.weight());
     Ok(Conv2d {
         normal,
         unpadded,
         padding,
-        kept: RearrangedWeights::default(),
+        kept,
     })
 }
 
@@ -221,11 +222,13 @@ pub fn conv_dilated(
         dilation,
         ..Default::default()
     };
+    let normal = candle_nn::conv2d(in_c, out_c, kernel, cfg, vb)?;
+    let kept = RearrangedWeights::of(normal.weight());
     Ok(Conv2d {
-        normal: candle_nn::conv2d(in_c, out_c, kernel, cfg, vb)?,
+        normal,
         unpadded: None,
         padding,
-        kept: RearrangedWeights::default(),
+        kept,
     })
 }
 
@@ -495,9 +498,9 @@ impl Linear {
     /// `weight` `[out, in]`, `bias` `[out]`.
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Linear {
         Linear {
+            kept: PackedWeights::of(&weight),
             weight,
             bias,
-            kept: PackedWeights::default(),
         }
     }
 

@@ -10,9 +10,12 @@
 //! ([`without_keeping`]), nor do the VAE's. A model prepares its UNet's kept weights as it
 //! loads (`Model::prepare_kept_weights`), so that no job pays for them.
 
+use candle_core::{Tensor, TensorId};
+use std::any::{Any, TypeId};
 use std::cell::Cell;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 /// Whether layers keep their weights rearranged; on unless [`keep_rearranged_weights`] turned
 /// it off.
@@ -47,9 +50,41 @@ pub(crate) fn keeping() -> bool {
 }
 
 /// One layer's weights as its kernel reads them, made at its first call on this CPU and kept
-/// with the layer (its clones share them). A layer whose weights change (a LoRA merged in)
-/// is a new layer, with nothing kept.
+/// with the layer (its clones share them), and with every layer built on the same weight
+/// tensor ([`Kept::of`]). A layer whose weights change (a LoRA merged in) is a new layer on a
+/// new tensor, with nothing kept.
 pub(crate) struct Kept<T>(Arc<OnceLock<T>>);
+
+/// The cells of the layers alive, by the kind of kept weights and the weight tensor they are
+/// made from: a LoRA set's rebuilt UNet is built on the base tensors of every layer it does
+/// not modify, and finds their kept weights here instead of making (and holding) them again.
+type Shared = HashMap<(TypeId, TensorId), Weak<dyn Any + Send + Sync>>;
+
+fn shared() -> &'static Mutex<Shared> {
+    static SHARED: OnceLock<Mutex<Shared>> = OnceLock::new();
+    SHARED.get_or_init(Default::default)
+}
+
+impl<T: Send + Sync + 'static> Kept<T> {
+    /// The cell of the layers built on `weight`: the one a live layer on it holds, or a new
+    /// one.
+    pub(crate) fn of(weight: &Tensor) -> Kept<T> {
+        let key = (TypeId::of::<T>(), weight.id());
+        let mut shared = shared().lock().unwrap_or_else(|e| e.into_inner());
+        let alive = shared.get(&key).and_then(Weak::upgrade);
+        if let Some(Ok(cell)) = alive.map(|cell| cell.downcast::<OnceLock<T>>()) {
+            return Kept(cell);
+        }
+        // The entries of dropped layers go when the map has doubled since the last sweep.
+        if shared.len() >= 1024 && shared.len().is_power_of_two() {
+            shared.retain(|_, cell| cell.strong_count() > 0);
+        }
+        let cell = Arc::new(OnceLock::new());
+        let any: Arc<dyn Any + Send + Sync> = cell.clone();
+        shared.insert(key, Arc::downgrade(&any));
+        Kept(cell)
+    }
+}
 
 impl<T> Kept<T> {
     /// Where the kernel keeps (or finds) the weights, while keeping is on.

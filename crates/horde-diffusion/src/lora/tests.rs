@@ -342,17 +342,28 @@ fn subtracting_the_change_would_not_restore_the_base_exactly() {
     );
 }
 
-/// A half-precision model: the merge runs in f32 and stores bf16; removing the set is exact.
-#[test]
-fn a_bf16_model_merges_in_its_own_dtype_and_restores_exactly() {
-    let dir = tempfile::tempdir().unwrap();
-    let (_, path) = tiny_model_and_lora(dir.path());
+/// [`tiny_model_and_lora`]'s checkpoint loaded in bf16, and the set of its LoRA at full
+/// strength.
+fn tiny_bf16_model_and_set(dir: &Path) -> (Model, Vec<LoraApplication>) {
+    let (_, path) = tiny_model_and_lora(dir);
     let options = LoadOptions {
         dtype: candle_core::DType::BF16,
         ..LoadOptions::default()
     };
-    let checkpoint = dir.path().join("model.safetensors");
-    let model = Model::load(&checkpoint, &options, &mut |_| {}).unwrap();
+    let model = Model::load(&dir.join("model.safetensors"), &options, &mut |_| {}).unwrap();
+    let set = vec![LoraApplication {
+        file: Arc::new(LoraFile::open(&path).unwrap()),
+        model_strength: 1.0,
+        clip_strength: 1.0,
+    }];
+    (model, set)
+}
+
+/// A half-precision model: the merge runs in f32 and stores bf16; removing the set is exact.
+#[test]
+fn a_bf16_model_merges_in_its_own_dtype_and_restores_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, set) = tiny_bf16_model_and_set(dir.path());
     let half = |t: Tensor| t.to_dtype(candle_core::DType::BF16).unwrap();
     let xs = half(random(&[1, 4, 8, 8], 21, 1.0));
     let context = half(random(&[1, 5, 32], 22, 1.0));
@@ -367,15 +378,24 @@ fn a_bf16_model_merges_in_its_own_dtype_and_restores_exactly() {
         out.to_dtype(candle_core::DType::F32).unwrap()
     };
     let base = run();
-    let file = Arc::new(LoraFile::open(&path).unwrap());
-    model
-        .set_loras(&[LoraApplication {
-            file,
-            model_strength: 1.0,
-            clip_strength: 1.0,
-        }])
-        .unwrap();
+    model.set_loras(&set).unwrap();
     assert!(max_difference(&run(), &base) > 1e-2, "the LoRA applies");
     model.set_loras(&[]).unwrap();
     assert_eq!(max_difference(&run(), &base), 0.0);
+}
+
+/// A LoRA set's UNet is rebuilt, but on the base tensors of every layer the set leaves alone,
+/// and those layers share the base ones' kept bf16 weights (`kernels::kept::Kept::of`): its
+/// last convolution's, made as the model loaded, are there before its first step, not made
+/// (and held) a second time. (The modified layers are on new tensors, with weights of their
+/// own: `a_bf16_model_merges_in_its_own_dtype_and_restores_exactly` sees the LoRA apply.)
+#[test]
+fn a_lora_sets_unet_shares_the_kept_weights_of_the_layers_it_leaves() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, set) = tiny_bf16_model_and_set(dir.path());
+    model.set_loras(&set).unwrap();
+    let merged = model.unet_now();
+    assert!(matches!(merged, Active::Merged(_)), "the UNet was rebuilt");
+    let kernels = crate::kernels::bf16_gemm::available();
+    assert_eq!(merged.out_conv().keeps_weights(), kernels);
 }
