@@ -215,8 +215,9 @@ impl Model {
     /// What loading `path` would take, read from its index alone (no weight is read): the
     /// configuration it infers, and the bytes its networks' weights will hold at `dtype` (the
     /// text encoders, UNet and VAE; EMA copies and other unused tensors left out; the text
-    /// encoders too when `options.release_text_encoders`). A worker plans its memory with it
-    /// before loading.
+    /// encoders too when `options.release_text_encoders`), and the UNet's weights kept
+    /// rearranged for the CPU's bf16 kernels where it will keep them (bf16 on a CPU with the
+    /// bf16 kernels, not under `low_memory`). A worker plans its memory with it before loading.
     pub fn inspect(path: &Path, options: &LoadOptions) -> Result<(ModelConfig, u64), Error> {
         let index = checkpoint::open(path)?;
         let config = ModelConfig::infer(&index, options.prediction)?;
@@ -233,14 +234,32 @@ impl Model {
         } else {
             all
         };
-        let mut elements = 0u64;
+        let (mut elements, mut convolutions, mut linear) = (0u64, 0u64, 0u64);
         for name in index.names() {
             if used.iter().any(|prefix| name.starts_with(prefix)) {
                 let shape = index.shape(name)?;
-                elements += shape.iter().product::<usize>() as u64;
+                let count = shape.iter().product::<usize>() as u64;
+                elements += count;
+                if name.starts_with(UNET_PREFIX) && name.ends_with(".weight") {
+                    match shape.len() {
+                        4 => convolutions += count,
+                        2 => linear += count,
+                        _ => {}
+                    }
+                }
             }
         }
-        Ok((config, elements * options.dtype.size_in_bytes() as u64))
+        let bytes = elements * options.dtype.size_in_bytes() as u64;
+        let keeps = keeps_kernel_weights(&options.device, options.dtype);
+        // Kept: a copy of each convolution's weights, and of the linear layers' up to the
+        // packing budget (`kernels::linear`).
+        let kept = match keeps {
+            true => {
+                2 * convolutions + (2 * linear).min(crate::kernels::linear::PACKED_BUDGET as u64)
+            }
+            false => 0,
+        };
+        Ok((config, bytes + kept))
     }
 
     pub fn from_index(
@@ -325,21 +344,11 @@ impl Model {
             device: options.device.clone(),
             dtype: options.dtype,
         };
-        if model.keeps_kernel_weights() {
+        if keeps_kernel_weights(&model.device, model.dtype) {
             progress(LoadStage::Kernels);
             model.prepare_kept_weights()?;
         }
         Ok(model)
-    }
-
-    /// Whether the UNet's layers keep their weights rearranged for the CPU's bf16 kernels
-    /// (`kernels::kept`): bf16 weights, on a CPU whose bf16 kernels run, keeping on (a worker's
-    /// `low_memory` turns it off).
-    fn keeps_kernel_weights(&self) -> bool {
-        self.device.is_cpu()
-            && self.dtype == DType::BF16
-            && crate::kernels::bf16_gemm::available()
-            && crate::kernels::kept::keeping()
     }
 
     /// Rearranges every weight of the UNet for the bf16 kernels now, as the model loads,
@@ -1074,6 +1083,16 @@ pub fn sample_controlled_latents(
     crate::nn::with_tiling(job.tiling, || {
         model.run_plan(job, &plan, &conditioning, noise, &mut |_, _| {})
     })
+}
+
+/// Whether a UNet of `dtype` weights on `device` keeps them rearranged for the CPU's bf16
+/// kernels (`kernels::kept`): bf16 on a CPU whose bf16 kernels run, keeping on (a worker's
+/// `low_memory` turns it off).
+fn keeps_kernel_weights(device: &Device, dtype: DType) -> bool {
+    device.is_cpu()
+        && dtype == DType::BF16
+        && crate::kernels::bf16_gemm::available()
+        && crate::kernels::kept::keeping()
 }
 
 /// A model of `config` with the weights `vb` hands out (the benchmarks' random weights of the

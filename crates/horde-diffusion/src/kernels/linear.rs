@@ -40,7 +40,7 @@ pub(crate) type PackedWeights = Kept<CountedPack>;
 /// all of its (about 0.55 GB in bf16); SDXL's linear weights are 4.5 GB in bf16, and keeping
 /// them all would cost as much memory again for about 3 % of a step, so it keeps the first
 /// gigabyte's worth and packs the rest at each call.
-const PACKED_BUDGET: usize = 1 << 30;
+pub(crate) const PACKED_BUDGET: usize = 1 << 30;
 
 /// Bytes of linear weights kept packed now.
 static PACKED_BYTES: AtomicUsize = AtomicUsize::new(0);

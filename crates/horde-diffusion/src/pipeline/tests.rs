@@ -191,3 +191,31 @@ fn a_bf16_model_prepares_its_unets_kept_weights_at_load() {
     });
     assert_eq!(image[0].as_raw(), unkept[0].as_raw());
 }
+
+/// A worker plans a bf16 model's memory with the UNet's kept weights in it, where it will keep
+/// them: as much again as its convolutions' and linear layers' weights (`Model::inspect`).
+#[test]
+fn a_bf16_models_planned_memory_holds_its_kept_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sd15.safetensors");
+    write_tiny_checkpoint(TinyArch::Sd15, &path, 9).unwrap();
+    let options = LoadOptions {
+        dtype: DType::BF16,
+        ..LoadOptions::default()
+    };
+    let planned = Model::inspect(&path, &options).unwrap().1;
+    let unkept = crate::kernels::kept::without_keeping(|| Model::inspect(&path, &options))
+        .unwrap()
+        .1;
+    let index = checkpoint::open(&path).unwrap();
+    let kept: u64 = index
+        .names()
+        .filter(|name| name.starts_with(UNET_PREFIX) && name.ends_with(".weight"))
+        .map(|name| index.shape(name).unwrap())
+        .filter(|shape| matches!(shape.len(), 2 | 4))
+        .map(|shape| 2 * shape.iter().product::<usize>() as u64)
+        .sum();
+    let kernels = crate::kernels::bf16_gemm::available();
+    assert_eq!(planned - unkept, if kernels { kept } else { 0 });
+    assert!(kept > 0);
+}
