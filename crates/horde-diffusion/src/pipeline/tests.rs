@@ -164,6 +164,17 @@ fn nearest_exact_repeats_cells_as_comfyui_latent_upscale() {
     );
 }
 
+/// A tiny SD 1.5 checkpoint written in `dir`, and the options that load it in bf16.
+fn tiny_bf16_checkpoint(dir: &Path) -> (std::path::PathBuf, LoadOptions) {
+    let path = dir.join("sd15.safetensors");
+    write_tiny_checkpoint(TinyArch::Sd15, &path, 9).unwrap();
+    let options = LoadOptions {
+        dtype: DType::BF16,
+        ..LoadOptions::default()
+    };
+    (path, options)
+}
+
 /// A bf16 model rearranges its UNet's weights for the bf16 kernels as it loads, where the CPU
 /// runs them (`Model::prepare_kept_weights`), so its first job does not; its VAE keeps none (it
 /// runs once per job); and its image is, bit for bit, the one a model that rearranges at every
@@ -171,12 +182,7 @@ fn nearest_exact_repeats_cells_as_comfyui_latent_upscale() {
 #[test]
 fn a_bf16_model_prepares_its_unets_kept_weights_at_load() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("sd15.safetensors");
-    write_tiny_checkpoint(TinyArch::Sd15, &path, 9).unwrap();
-    let options = LoadOptions {
-        dtype: DType::BF16,
-        ..LoadOptions::default()
-    };
+    let (path, options) = tiny_bf16_checkpoint(dir.path());
     let prepared = Model::load(&path, &options, &mut |_| {}).unwrap();
     let kernels = crate::kernels::bf16_gemm::available();
     assert_eq!(prepared.unet.out_conv().keeps_weights(), kernels);
@@ -197,12 +203,7 @@ fn a_bf16_model_prepares_its_unets_kept_weights_at_load() {
 #[test]
 fn a_bf16_models_planned_memory_holds_its_kept_weights() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("sd15.safetensors");
-    write_tiny_checkpoint(TinyArch::Sd15, &path, 9).unwrap();
-    let options = LoadOptions {
-        dtype: DType::BF16,
-        ..LoadOptions::default()
-    };
+    let (path, options) = tiny_bf16_checkpoint(dir.path());
     let planned = Model::inspect(&path, &options).unwrap().1;
     let unkept = crate::kernels::kept::without_keeping(|| Model::inspect(&path, &options))
         .unwrap()
