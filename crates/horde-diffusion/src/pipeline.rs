@@ -249,17 +249,16 @@ impl Model {
                 }
             }
         }
-        let bytes = elements * options.dtype.size_in_bytes() as u64;
-        let keeps = keeps_kernel_weights(&options.device, options.dtype);
+        let bytes = |elements: u64| elements * options.dtype.size_in_bytes() as u64;
         // Kept: a copy of each convolution's weights, and of the linear layers' up to the
         // packing budget (`kernels::linear`).
-        let kept = match keeps {
-            true => {
-                2 * convolutions + (2 * linear).min(crate::kernels::linear::PACKED_BUDGET as u64)
-            }
-            false => 0,
+        let budget = crate::kernels::linear::PACKED_BUDGET as u64;
+        let kept = if keeps_kernel_weights(&options.device, options.dtype) {
+            bytes(convolutions) + bytes(linear).min(budget)
+        } else {
+            0
         };
-        Ok((config, bytes + kept))
+        Ok((config, bytes(elements) + kept))
     }
 
     pub fn from_index(

@@ -140,21 +140,21 @@ impl Encoder {
     /// whole (BENCHMARKS.md, "VAE encode", has both at 512²).
     pub fn distribution(&self, pixels: &Tensor) -> Result<LatentDistribution> {
         let (_, _, h, w) = pixels.dims4()?;
-        // Run once per job: the layers keep no rearranged weights (`kernels::kept`).
-        let moments = crate::kernels::kept::without_keeping(|| {
-            if encodes_in_bands(h, w) {
-                self.moments_in_bands(pixels, BAND_PIXELS)
-            } else {
-                self.moments_whole(pixels)
-            }
-        })?;
+        let moments = if encodes_in_bands(h, w) {
+            self.moments_in_bands(pixels, BAND_PIXELS)?
+        } else {
+            self.moments_whole(pixels)?
+        };
         LatentDistribution::from_moments(&moments)
     }
 
     /// `quant_conv`'s output (mean and log-variance, unclamped), the whole batch at once.
     pub fn moments_whole(&self, pixels: &Tensor) -> Result<Tensor> {
-        self.quant_conv
-            .forward(&self.features_whole(pixels, ldm_pad)?)
+        // Run once per job: the layers keep no rearranged weights (`kernels::kept`).
+        crate::kernels::kept::without_keeping(|| {
+            self.quant_conv
+                .forward(&self.features_whole(pixels, ldm_pad)?)
+        })
     }
 
     /// The encoder's output before `quant_conv`, each map whole, each downsampling padded by
@@ -184,10 +184,12 @@ impl Encoder {
     /// [`Encoder::moments_whole`] in bands of about `band_pixels` output pixels per
     /// convolution, one image at a time. Zero padding only (not inside `nn::with_tiling`).
     pub fn moments_in_bands(&self, pixels: &Tensor, band_pixels: usize) -> Result<Tensor> {
-        let images = (0..pixels.dim(0)?)
-            .map(|i| self.image_moments_in_bands(&pixels.narrow(0, i, 1)?, band_pixels))
-            .collect::<Result<Vec<_>>>()?;
-        Tensor::cat(&images, 0)
+        crate::kernels::kept::without_keeping(|| {
+            let images = (0..pixels.dim(0)?)
+                .map(|i| self.image_moments_in_bands(&pixels.narrow(0, i, 1)?, band_pixels))
+                .collect::<Result<Vec<_>>>()?;
+            Tensor::cat(&images, 0)
+        })
     }
 
     fn image_moments_in_bands(&self, pixels: &Tensor, band_pixels: usize) -> Result<Tensor> {
