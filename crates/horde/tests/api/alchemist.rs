@@ -7,7 +7,7 @@
 //! SD 1.5 checkpoint, censoring with the tiny safety checker (`Worker::with_censor`, the
 //! thresholds its fixture tool placed). Whether the checker flags an image the engine drew is a
 //! property of two random networks, not something a test can set, so the test's two seeds were
-//! found by a scan (`scan_seeds_for_the_censor`, ignored) and their margins are asserted: an SFW
+//! found by a scan (`explore_seeds_for_the_censor`, ignored) and their margins are asserted: an SFW
 //! request of the flagged seed comes back censored (the black placeholder, the `censorship`
 //! note) and charged only the activation fee, one of the clean seed comes back "ok" and
 //! charged, and the flagged seed's image as drawn (asked for as NSFW, so not censored) is what
@@ -209,7 +209,7 @@ const STEPS: u32 = 3;
 const PROMPT: &str = "a garden";
 
 /// A seed whose image (of [`PROMPT`], on the checkpoint of `tiny_checkpoint`) the tiny checker
-/// flags, and one whose image it passes, chosen by `scan_seeds_for_the_censor` below. Of seeds
+/// flags, and one whose image it passes, chosen by `explore_seeds_for_the_censor` below. Of seeds
 /// 0..200 it flagged 168: its thresholds sit 0.03 to 0.05 over the cosines of its fixture
 /// images, and the tiny engine's images mostly come closer to its concepts. These two are the
 /// clearest of each kind: seed 68 at margin +0.067 (+0.070 one level darker, +0.064 one
@@ -398,10 +398,10 @@ async fn an_sfw_image_the_checker_flags_comes_back_censored_and_uncharged() {
 /// The scan that chose [`FLAGGED_SEED`] and [`CLEAN_SEED`]: the image of each seed of the
 /// test's request, asked for as NSFW so that it comes back as drawn, and the checker's verdict
 /// and margins on it. Run it when a change to the engine or the fixtures moves the test's
-/// margins: `cargo test -p horde --test api -- --ignored --nocapture alchemist::scan`.
+/// margins: `cargo test -p horde --test api -- --ignored --nocapture alchemist::explore`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "exploration: prints the tiny checker's verdict on each seed's image"]
-async fn scan_seeds_for_the_censor() {
+async fn explore_seeds_for_the_censor() {
     let setup = CensorSetup::start(1000.0).await;
     for seed in 0..200 {
         let (drawn, _) = setup.generate(&image_request(seed, false)).await;
