@@ -5,9 +5,12 @@
 //! 2 × 8 × 4096 × 4096 floats, 1 GiB), a scaled copy of them, a softmax into a third buffer,
 //! then `·v`. Every one of those buffers is fresh memory the kernel must zero page by page.
 //!
-//! Here one task takes a block of [`QUERY_BLOCK`] query rows of one batch item and, head by
-//! head, computes that block's scores into a scratch buffer reused by the thread, takes
-//! the softmax in place and multiplies by `v` straight into the output rows. Heads are read in
+//! In f32 on a CPU with AVX-512F, [`lanes`] runs heads of up to [`lanes::MAX_DIM`] channels
+//! fused, a block of 32 queries of one head per task with the queries in the vector lanes and
+//! its scores in L2. Elsewhere (and for the VAE's one wide head) one task
+//! takes a block of [`QUERY_BLOCK`] query rows of one batch item and, head by head, computes
+//! that block's scores into a scratch buffer reused by the thread through `gemm`, takes the
+//! softmax in place and multiplies by `v` straight into the output rows. Heads are read in
 //! place from the `[batch, tokens, heads·dim]` inputs through strides, so nothing is split,
 //! transposed or copied; tasks write disjoint output rows and run in parallel on rayon.
 //!
@@ -18,6 +21,7 @@
 //! fused, a block of 32 queries of one head at a time. Elsewhere bf16 inputs are widened to
 //! f32 first.
 
+mod lanes;
 mod tiles;
 
 use super::bf16_gemm::{self, Out, PackedB, Values, View};
@@ -109,30 +113,45 @@ impl CustomOp3 for FusedAttention {
             contiguous_f32(ks, kl, op)?,
             contiguous_f32(vs, vl, op)?,
         );
-        // Written whole: each head's second product overwrites its columns of every row.
-        let mut out = unfilled(batch * q_len * width);
-        if q_len > 0 && width > 0 {
-            out.par_chunks_mut(q_len * width)
-                .enumerate()
-                .for_each(|(b, out_b)| {
-                    let q_b = &q[b * q_len * width..(b + 1) * q_len * width];
-                    let k_b = &k[b * k_len * width..(b + 1) * k_len * width];
-                    let v_b = &v[b * k_len * width..(b + 1) * k_len * width];
-                    out_b
-                        .par_chunks_mut(QUERY_BLOCK * width)
-                        .enumerate()
-                        .for_each(|(block, out_rows)| {
-                            let q_rows = &q_b[block * QUERY_BLOCK * width..];
-                            attend_block(&shape, q_rows, k_b, v_b, out_rows);
-                        });
-                });
-        }
-        // SAFETY: the blocks cover every row of every batch item, and in each block every
-        // head's second product wrote its columns of every row (none when `q_len` or `width`
-        // is 0).
-        #[allow(unsafe_code)]
-        let out = unsafe { filled(out) };
+        let in_lanes = lanes::available() && width / self.heads <= lanes::MAX_DIM;
+        let out = if in_lanes && k_len > 0 && width > 0 {
+            lanes::attend(&shape, batch, (q, k, v))
+        } else {
+            attend_with_gemm(&shape, batch, (q, k, v))
+        };
         Ok((CpuStorage::F32(out), ql.shape().clone()))
+    }
+}
+
+/// The f32 attention through `gemm`, blocks of [`QUERY_BLOCK`] queries in parallel: where
+/// the CPU lacks AVX-512F or the heads are wider than [`lanes::MAX_DIM`] ([`lanes`] runs the
+/// rest).
+fn attend_with_gemm(s: &Shapes, batch: usize, (q, k, v): (&[f32], &[f32], &[f32])) -> Vec<f32> {
+    let (q_len, k_len, width) = (s.q_len, s.k_len, s.width);
+    // Written whole: each head's second product overwrites its columns of every row.
+    let mut out = unfilled(batch * q_len * width);
+    if q_len > 0 && width > 0 {
+        out.par_chunks_mut(q_len * width)
+            .enumerate()
+            .for_each(|(b, out_b)| {
+                let q_b = &q[b * q_len * width..(b + 1) * q_len * width];
+                let k_b = &k[b * k_len * width..(b + 1) * k_len * width];
+                let v_b = &v[b * k_len * width..(b + 1) * k_len * width];
+                out_b
+                    .par_chunks_mut(QUERY_BLOCK * width)
+                    .enumerate()
+                    .for_each(|(block, out_rows)| {
+                        let q_rows = &q_b[block * QUERY_BLOCK * width..];
+                        attend_block(s, q_rows, k_b, v_b, out_rows);
+                    });
+            });
+    }
+    // SAFETY: the blocks cover every row of every batch item, and in each block every
+    // head's second product wrote its columns of every row (none when `q_len` or `width`
+    // is 0).
+    #[allow(unsafe_code)]
+    unsafe {
+        filled(out)
     }
 }
 
@@ -416,6 +435,7 @@ pub(crate) fn fast_exp(x: f32) -> f32 {
 mod tests {
     use super::super::test_support::max_difference;
     use super::*;
+    use candle_core::Device;
 
     /// candle's own ops, as `nn::attention` computes without the fused kernel.
     pub(super) fn reference(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Tensor {
@@ -446,10 +466,23 @@ mod tests {
         super::super::test_support::random(&[shape.0, shape.1, shape.2], seed, 2.0)
     }
 
+    /// Each f32 path on this CPU: the public op (which picks one), and both paths called
+    /// directly (the lanes where the CPU has AVX-512F).
+    fn f32_paths() -> Vec<(&'static str, F32Path)> {
+        let mut paths: Vec<(&'static str, F32Path)> = vec![("gemm", attend_with_gemm)];
+        if lanes::available() {
+            paths.push(("lanes", lanes::attend));
+        }
+        paths
+    }
+
+    type F32Path = fn(&Shapes, usize, (&[f32], &[f32], &[f32])) -> Vec<f32>;
+
     #[test]
     fn fused_attention_equals_candles_ops_on_many_shapes() {
         // (batch, query tokens, key tokens, heads, dim): blocks that divide the queries and
-        // blocks that do not, self- and cross-attention, SD 1.5's and SDXL's head sizes.
+        // blocks that do not, self- and cross-attention, SD 1.5's and SDXL's head sizes, heads
+        // cut into runs of channels that divide them (40, 20, 160, 64) and that do not (13).
         let shapes = [
             (1, 1, 1, 1, 1),
             (1, 5, 3, 1, 4),
@@ -460,6 +493,10 @@ mod tests {
             (1, 256, 256, 2, 64),
             (3, 63, 17, 3, 7),
             (1, 600, 50, 2, 8), // several blocks and a partial one
+            (1, 33, 25, 2, 13),
+            (2, 40, 12, 3, 20),
+            (1, 31, 100, 1, 160),
+            (1, 40, 33, 1, 200), // wider than the lanes take: the public op uses gemm
         ];
         for (i, &(batch, q_len, k_len, heads, dim)) in shapes.iter().enumerate() {
             let width = heads * dim;
@@ -467,11 +504,29 @@ mod tests {
             let q = random((batch, q_len, width), seed);
             let k = random((batch, k_len, width), seed + 1);
             let v = random((batch, k_len, width), seed + 2);
-            let fused = fused_attention(&q, &k, &v, heads).unwrap();
             let expected = reference(&q, &k, &v, heads);
+            let fused = fused_attention(&q, &k, &v, heads).unwrap();
             assert_eq!(fused.dims(), expected.dims());
             let worst = max_difference(&fused, &expected);
             assert!(worst < 1e-5, "shape {:?}: off by {worst}", shapes[i]);
+            let values = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let (q, k, v) = (values(&q), values(&k), values(&v));
+            let s = Shapes {
+                q_len,
+                k_len,
+                width,
+                heads,
+            };
+            for (name, path) in f32_paths() {
+                let out = path(&s, batch, (&q, &k, &v));
+                let out = Tensor::from_vec(out, (batch, q_len, width), &Device::Cpu).unwrap();
+                let worst = max_difference(&out, &expected);
+                assert!(
+                    worst < 1e-5,
+                    "{name}, shape {:?}: off by {worst}",
+                    shapes[i]
+                );
+            }
         }
     }
 
