@@ -258,6 +258,67 @@ struct Shapes {
     heads: usize,
 }
 
+impl Shapes {
+    /// Panics unless `q`, `k` and `v` hold `batch` items of these shapes, with at least one
+    /// key and one channel, in whole heads: what the fused paths' raw reads rely on.
+    fn assert_inputs<T>(&self, batch: usize, (q, k, v): (&[T], &[T], &[T]), path: &str) {
+        let (q_len, k_len, width) = (self.q_len, self.k_len, self.width);
+        assert!(
+            q.len() == batch * q_len * width
+                && k.len() == batch * k_len * width
+                && v.len() == k.len()
+                && self.heads > 0
+                && width.is_multiple_of(self.heads)
+                && width > 0
+                && k_len > 0,
+            "attention {path}: q {} k {} v {} values for {batch} × ({q_len}, {k_len}) × {width}",
+            q.len(),
+            k.len(),
+            v.len()
+        );
+    }
+
+    /// `task(item, b, h, first, rows)` for every block of `queries` queries (`rows` of them
+    /// from query `first`) of every head `h` of every batch item `b` (`item = b·heads + h`),
+    /// in parallel, head-major: a thread's consecutive tasks read the same head's packed keys
+    /// and values from its cache.
+    fn for_each_block(
+        &self,
+        batch: usize,
+        queries: usize,
+        task: impl Fn(usize, usize, usize, usize, usize) + Sync,
+    ) {
+        let blocks = self.q_len.div_ceil(queries);
+        (0..batch * self.heads * blocks)
+            .into_par_iter()
+            .for_each(|index| {
+                let (item, block) = (index / blocks, index % blocks);
+                let first = block * queries;
+                let rows = queries.min(self.q_len - first);
+                task(item, item / self.heads, item % self.heads, first, rows);
+            });
+    }
+}
+
+/// The output of the fused paths, which tasks write through a raw pointer since their regions
+/// interleave (each its rows of its head's columns).
+#[derive(Clone, Copy)]
+struct Output(*mut f32);
+
+impl Output {
+    /// The pointer to value `at` (a method, so that closures capture the `Sync` wrapper).
+    fn at(self, at: usize) -> *mut f32 {
+        self.0.wrapping_add(at)
+    }
+}
+
+// SAFETY: tasks write disjoint regions through it (see `Shapes::for_each_block`).
+#[allow(unsafe_code)]
+unsafe impl Send for Output {}
+// SAFETY: as above.
+#[allow(unsafe_code)]
+unsafe impl Sync for Output {}
+
 thread_local! {
     /// Each thread's scores for one block and head, and its rows' inverse sums, reused from
     /// block to block.

@@ -24,7 +24,7 @@
 //! columns of the output. Used where the CPU has AVX-512F; [`super::attend_with_gemm`]
 //! elsewhere.
 
-use super::Shapes;
+use super::{Output, Shapes};
 use rayon::prelude::*;
 use std::cell::RefCell;
 
@@ -110,20 +110,8 @@ pub(super) fn attend(s: &Shapes, batch: usize, (q, k, v): (&[f32], &[f32], &[f32
         available(),
         "attention in AVX-512 lanes on a CPU without AVX-512F"
     );
+    s.assert_inputs(batch, (q, k, v), "in lanes");
     let (q_len, k_len, width) = (s.q_len, s.k_len, s.width);
-    assert!(
-        q.len() == batch * q_len * width
-            && k.len() == batch * k_len * width
-            && v.len() == k.len()
-            && s.heads > 0
-            && width.is_multiple_of(s.heads)
-            && width > 0
-            && k_len > 0,
-        "attention in lanes: q {} k {} v {} values for {batch} × ({q_len}, {k_len}) × {width}",
-        q.len(),
-        k.len(),
-        v.len()
-    );
     let g = Geometry::new(s);
     let mut out = super::unfilled::<f32>(batch * q_len * width);
     let packed: Vec<(Vec<f32>, Vec<f32>)> = (0..batch * g.heads)
@@ -133,30 +121,23 @@ pub(super) fn attend(s: &Shapes, batch: usize, (q, k, v): (&[f32], &[f32], &[f32
             (pack_keys(k, at, &g), pack_values(v, at, &g))
         })
         .collect();
-    let blocks = q_len.div_ceil(QUERIES);
     let output = Output(out.as_mut_ptr().cast::<f32>());
-    (0..batch * g.heads * blocks)
-        .into_par_iter()
-        .for_each(|task| {
-            let (item, block) = (task / blocks, task % blocks);
-            let (b, h) = (item / g.heads, item % g.heads);
-            let first = block * QUERIES;
-            let rows = QUERIES.min(q_len - first);
-            let at = (b * q_len + first) * width + h * g.dim;
-            SCRATCH.with(|scratch| {
-                let scratch = &mut *scratch.borrow_mut();
-                scratch.fit(&g);
-                transpose_queries(&g, &q[at..], rows, &mut scratch.queries);
-                // SAFETY: the CPU has AVX-512F (asserted above); the task's output is rows
-                // `first..first + rows` of item `b`, head `h`'s columns: inside `out` and no
-                // other task's.
-                #[allow(unsafe_code)]
-                #[cfg(target_arch = "x86_64")]
-                unsafe {
-                    attend_block(&g, &packed[item], scratch, (output.at(at), rows))
-                };
-            });
+    s.for_each_block(batch, QUERIES, |item, b, h, first, rows| {
+        let at = (b * q_len + first) * width + h * g.dim;
+        SCRATCH.with(|scratch| {
+            let scratch = &mut *scratch.borrow_mut();
+            scratch.fit(&g);
+            transpose_queries(&g, &q[at..], rows, &mut scratch.queries);
+            // SAFETY: the CPU has AVX-512F (asserted above); the task's output is rows
+            // `first..first + rows` of item `b`, head `h`'s columns: inside `out` and no
+            // other task's.
+            #[allow(unsafe_code)]
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                attend_block(&g, &packed[item], scratch, (output.at(at), rows))
+            };
         });
+    });
     // SAFETY: the tasks cover every (batch item, head, block of queries), and each wrote its
     // head's columns of every one of its rows.
     #[allow(unsafe_code)]
@@ -164,24 +145,6 @@ pub(super) fn attend(s: &Shapes, batch: usize, (q, k, v): (&[f32], &[f32], &[f32
         super::super::filled(out)
     }
 }
-
-/// The output, which tasks write through a raw pointer since their regions interleave.
-#[derive(Clone, Copy)]
-struct Output(*mut f32);
-
-impl Output {
-    /// The pointer to value `at` (a method, so that closures capture the `Sync` wrapper).
-    fn at(self, at: usize) -> *mut f32 {
-        self.0.wrapping_add(at)
-    }
-}
-
-// SAFETY: tasks write disjoint regions through it (see `attend`).
-#[allow(unsafe_code)]
-unsafe impl Send for Output {}
-// SAFETY: as above.
-#[allow(unsafe_code)]
-unsafe impl Sync for Output {}
 
 /// One head's keys scaled by `1/√d`, as runs of [`KEY_RUN`] keys: run `r` holds, for each
 /// channel `c`, the channel's value in each of its keys (`[run][c][KEY_RUN]`; zeros past the

@@ -26,7 +26,7 @@
 //! columns of the output.
 
 use super::super::bf16_gemm::{self, amx, Words};
-use super::Shapes;
+use super::{Output, Shapes};
 use half::bf16;
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -123,20 +123,8 @@ pub(super) fn attend(
     rewire: fn(&mut [u32]),
 ) -> Vec<f32> {
     assert!(available(), "attention on AMX tiles on a CPU without them");
+    s.assert_inputs(batch, (q, k, v), "on tiles");
     let (q_len, k_len, width) = (s.q_len, s.k_len, s.width);
-    assert!(
-        q.len() == batch * q_len * width
-            && k.len() == batch * k_len * width
-            && v.len() == k.len()
-            && s.heads > 0
-            && width.is_multiple_of(s.heads)
-            && width > 0
-            && k_len > 0,
-        "attention on tiles: q {} k {} v {} values for {batch} × ({q_len}, {k_len}) × {width}",
-        q.len(),
-        k.len(),
-        v.len()
-    );
     let g = Geometry::new(s);
     let mut out = super::unfilled::<f32>(batch * q_len * width);
     let packed: Vec<(Words, Words)> = (0..batch * g.heads)
@@ -148,36 +136,29 @@ pub(super) fn attend(
             (pack_keys(k, at, &g), values)
         })
         .collect();
-    let blocks = q_len.div_ceil(QUERIES);
     let output = Output(out.as_mut_ptr().cast::<f32>());
-    (0..batch * g.heads * blocks)
-        .into_par_iter()
-        .for_each(|task| {
-            let (item, block) = (task / blocks, task % blocks);
-            let (b, h) = (item / g.heads, item % g.heads);
-            let (keys, values) = &packed[item];
-            let first = block * QUERIES;
-            let rows = QUERIES.min(q_len - first);
-            let q_at = (b * q_len + first) * width + h * g.dim;
-            let out_at = (b * q_len + first) * width + h * g.dim;
-            SCRATCH.with(|scratch| {
-                let scratch = &mut *scratch.borrow_mut();
-                scratch.fit(&g);
-                // SAFETY: the CPU has the tiles (asserted above); the task's output is rows
-                // `first..first + rows` of item `b`, head `h`'s columns: inside `out` and no
-                // other task's.
-                #[allow(unsafe_code)]
-                unsafe {
-                    attend_block(
-                        &g,
-                        (q, q_at, rows),
-                        (keys, values),
-                        scratch,
-                        output.at(out_at),
-                    )
-                };
-            });
+    s.for_each_block(batch, QUERIES, |item, b, h, first, rows| {
+        let (keys, values) = &packed[item];
+        let q_at = (b * q_len + first) * width + h * g.dim;
+        let out_at = (b * q_len + first) * width + h * g.dim;
+        SCRATCH.with(|scratch| {
+            let scratch = &mut *scratch.borrow_mut();
+            scratch.fit(&g);
+            // SAFETY: the CPU has the tiles (asserted above); the task's output is rows
+            // `first..first + rows` of item `b`, head `h`'s columns: inside `out` and no
+            // other task's.
+            #[allow(unsafe_code)]
+            unsafe {
+                attend_block(
+                    &g,
+                    (q, q_at, rows),
+                    (keys, values),
+                    scratch,
+                    output.at(out_at),
+                )
+            };
         });
+    });
     // SAFETY: the tasks cover every (batch item, head, block of queries), and each wrote its
     // head's columns of every one of its rows.
     #[allow(unsafe_code)]
@@ -185,24 +166,6 @@ pub(super) fn attend(
         super::filled(out)
     }
 }
-
-/// The output, which tasks write through a raw pointer since their regions interleave.
-#[derive(Clone, Copy)]
-struct Output(*mut f32);
-
-impl Output {
-    /// The pointer to value `at` (a method, so that closures capture the `Sync` wrapper).
-    fn at(self, at: usize) -> *mut f32 {
-        self.0.wrapping_add(at)
-    }
-}
-
-// SAFETY: tasks write disjoint regions through it (see `attend`).
-#[allow(unsafe_code)]
-unsafe impl Send for Output {}
-// SAFETY: as above.
-#[allow(unsafe_code)]
-unsafe impl Sync for Output {}
 
 /// One head's keys as `B` of `q·kᵀ`: for each block of [`KEYS`] keys, `dim_pairs` rows of
 /// [`KEYS`] words, word `n` of row `p` holding channels `2p` and `2p + 1` of key `n` (zeros
