@@ -467,24 +467,33 @@ fn exponentiate_lanes(row: &mut [f32]) -> f32 {
     sum
 }
 
+/// `ln 2` in two parts, `x − n·ln 2` exact to well past f32 for the `n` an exponential sees.
+const LN2_HI: f32 = 0.693_145_75;
+const LN2_LO: f32 = 1.428_606_8e-6;
+/// The degree-6 polynomial for `eʳ` on `|r| ≤ ln 2 / 2`, highest degree first (Horner).
+const EXP_POLYNOMIAL: [f32; 7] = [
+    0.001_393_986_6,
+    0.008_333_452,
+    0.041_666_41,
+    0.166_666_67,
+    0.5,
+    1.0,
+    1.0,
+];
+
 /// `eˣ` for `x ≤ 0` in f32, relative error under 3·2⁻²³ (3 ulp): `x = n·ln 2 + r` with `|r| ≤ ln 2 / 2`, a degree-6
 /// polynomial for `eʳ`, and `2ⁿ` put straight into the exponent bits. Branch-free, so it
 /// vectorises. Below −87 it returns 2⁻¹²⁶ instead of a subnormal (nothing a softmax sees).
 #[inline(always)]
 pub(crate) fn fast_exp(x: f32) -> f32 {
     const LOG2_E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_145_75;
-    const LN2_LO: f32 = 1.428_606_8e-6;
     // Adding and taking away 1.5·2²³ rounds to the nearest integer in f32 arithmetic.
     const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.0, 0.0);
     let n = (x * LOG2_E + ROUND) - ROUND;
     let r = (x - n * LN2_HI) - n * LN2_LO;
-    let p = 1.0
-        + r * (1.0
-            + r * (0.5
-                + r * (0.166_666_67
-                    + r * (0.041_666_41 + r * (0.008_333_452 + r * 0.001_393_986_6)))));
+    let (highest, rest) = EXP_POLYNOMIAL.split_first().expect("seven coefficients");
+    let p = rest.iter().fold(*highest, |p, c| p * r + c);
     // 2ⁿ without a float-to-integer cast (Rust's saturating `as` does not vectorise): adding
     // 1.5·2²³ leaves the integer n + 127 in the low mantissa bits, which the shift moves into
     // the exponent field.
