@@ -11,7 +11,9 @@
 //! narrowed to bf16 as it is packed, or bf16) is packed [`MC`] rows at a time, [`KC`] pairs
 //! deep, row by row, and each row's pair is broadcast to every lane. The microkernel keeps an
 //! [`MR`] × [`NR`] tile of `C` in 24 vector registers. Tasks (blocks of rows, and of column
-//! strips where there are few rows) run on rayon.
+//! strips where there are few rows) run on rayon. A product finished in bf16, and a sum of
+//! products (a convolution's taps), keep each tile in the registers through the whole depth
+//! and every term, then hand it to an [`Epilogue`] ([`vector`]).
 //!
 //! Only CPUs with AVX512-BF16 run it ([`available`]); callers keep their f32 path for the
 //! others. Where the CPU also has AMX tile units (Intel Sapphire Rapids and later), the same
@@ -26,6 +28,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 pub(crate) mod amx;
 mod epilogue;
+mod vector;
 use super::unfilled;
 pub use amx::set_enabled as set_amx_enabled;
 use epilogue::{BfOut, Sums};
@@ -265,6 +268,14 @@ impl Words {
     /// Makes it `len` words long, every one zero (the allocation kept).
     pub(crate) fn reset(&mut self, len: usize) {
         self.lines.clear();
+        self.lines.resize(len.div_ceil(16), Line([0; 16]));
+        self.len = len;
+    }
+
+    /// Makes it `len` words long for a caller that writes every word before reading any: the
+    /// words it held keep their old values, any new ones are zero (no pass over the rest, where
+    /// zeroing a product's packed block before overwriting it was a memset of its own).
+    pub(crate) fn fit_for_overwrite(&mut self, len: usize) {
         self.lines.resize(len.div_ceil(16), Line([0; 16]));
         self.len = len;
     }
@@ -579,8 +590,9 @@ unsafe fn matmul_on(
 }
 
 /// `out ← epilogue(a·b)`, in bf16 (see [`Epilogue`]; `out` holds `rows ×
-/// epilogue.width(cols)` values, row-major): on the tiles each block of sums is finished as it
-/// leaves them, on vectors in a pass over the f32 product. On rayon when `parallel`.
+/// epilogue.width(cols)` values, row-major): each block of sums is finished as it leaves the
+/// tiles or the registers ([`vector`]), or (a GEGLU whose halves are not whole strips) in a
+/// pass over the f32 product. On rayon when `parallel`.
 ///
 /// # Panics
 ///
@@ -615,6 +627,25 @@ fn matmul_to_bf16_on(
         .gate_offset(cols)
         .is_none_or(|half| half.is_multiple_of(NR));
     let mut sums: Box<[MaybeUninit<f32>]> = Box::new([]);
+    if kernel == Kernel::Vector && in_strips && a.col_stride == 1 && b.pairs > 0 {
+        let finish = Finish {
+            epilogue,
+            out,
+            gate_strips,
+        };
+        let unused = Tile {
+            ptr: std::ptr::null_mut(),
+            row_stride: cols,
+        };
+        // The products' sums never leave the registers but into the epilogue: no f32 product
+        // crosses memory, and no pass finishes it after (a fifth of the feed-forward's time).
+        assert!(available(), "bf16 gemm on a CPU without AVX512-BF16");
+        // SAFETY: the CPU has AVX512-BF16 (asserted just above); one term's shapes agree with
+        // themselves and its `A` has adjacent columns (checked above); with a finish the sums
+        // go only to `out`, never to the unused tile.
+        unsafe { vector::sum_of_products(unused, &[(a, b)], parallel, Some(finish)) };
+        return;
+    }
     if kernel == Kernel::Tiles && in_strips {
         // Partial sums cross memory only where the depth takes more than one pass.
         if b.pairs > amx::KC {
@@ -737,9 +768,9 @@ struct Finish<'a> {
 }
 
 /// `out ← epilogue(Σ A_t·B_t)` in bf16 over `terms`, whose shapes agree (`rows × depth` by
-/// `depth × cols`): a convolution's taps. On AMX tiles the sum stays in the tiles
-/// ([`amx::sum_of_products`]) and each block of sums is finished as it leaves them; on vectors
-/// each term's product adds into f32 sums in turn ([`matmul_sum_on`]), finished in a pass after.
+/// `depth × cols`): a convolution's taps. The sum stays in the AMX tiles
+/// ([`amx::sum_of_products`]) or the vector registers ([`vector::sum_of_products`]) through
+/// every term and each block of sums is finished as it leaves them.
 ///
 /// # Panics
 ///
@@ -772,9 +803,10 @@ fn matmul_sum_to_bf16_on(
     let Some(out) = bf16_output(out, &epilogue, (rows, cols)) else {
         return;
     };
-    if kernel == Kernel::Tiles && a0.cols > 0 {
+    if a0.cols > 0 {
+        assert!(available(), "bf16 gemm on a CPU without AVX512-BF16");
         assert!(
-            available() && amx::supported(),
+            kernel == Kernel::Vector || amx::supported(),
             "bf16 gemm on AMX tiles on a CPU without them"
         );
         check_terms(terms);
@@ -787,9 +819,14 @@ fn matmul_sum_to_bf16_on(
             ptr: std::ptr::null_mut(),
             row_stride: cols,
         };
-        // SAFETY: the CPU runs the tiles (`kernel`), the terms' shapes agree (checked above);
-        // with a finish the sums go only to `out`, never to the unused tile.
-        unsafe { amx::sum_of_products(unused, terms, parallel, Some(finish)) };
+        // SAFETY: the CPU runs `kernel` (asserted above), the terms' shapes agree (checked
+        // above); with a finish the sums go only to `out`, never to the unused tile.
+        unsafe {
+            match kernel {
+                Kernel::Tiles => amx::sum_of_products(unused, terms, parallel, Some(finish)),
+                Kernel::Vector => vector::sum_of_products(unused, terms, parallel, Some(finish)),
+            }
+        };
         return;
     }
     let mut sums = unfilled::<f32>(rows * cols);
@@ -822,14 +859,14 @@ fn check_terms(terms: &[(View<'_>, PairedB<'_>)]) {
     );
 }
 
-/// `out ← Σ A_t·B_t` (f32) on the given microkernel (one the CPU runs): on AMX tiles the sum
-/// stays in the tiles ([`amx::sum_of_products`]); on vectors each term's product adds into
-/// `out` in turn.
+/// `out ← Σ A_t·B_t` (f32) on the given microkernel (one the CPU runs): the sum stays in the
+/// tiles ([`amx::sum_of_products`]) or the registers ([`vector::sum_of_products`]) through
+/// every term.
 fn matmul_sum_on(kernel: Kernel, out: Out<'_>, terms: &[(View<'_>, PairedB<'_>)], parallel: bool) {
     assert!(available(), "bf16 gemm on a CPU without AVX512-BF16");
     let (a0, b0) = *terms.first().expect("bf16 gemm: a sum of no products");
     check_terms(terms);
-    if kernel == Kernel::Vector || a0.rows == 0 || b0.cols == 0 || a0.cols == 0 {
+    if a0.rows == 0 || b0.cols == 0 || a0.cols == 0 {
         for (i, (a, b)) in terms.iter().enumerate() {
             let into = Out {
                 values: &mut *out.values,
@@ -855,14 +892,17 @@ fn matmul_sum_on(kernel: Kernel, out: Out<'_>, terms: &[(View<'_>, PairedB<'_>)]
     let (rows, cols) = (a0.rows, b0.cols);
     let c = out.tile(rows, cols);
     assert!(
-        amx::supported(),
+        kernel == Kernel::Vector || amx::supported(),
         "bf16 gemm on AMX tiles on a CPU without them"
     );
-    // SAFETY: the CPU has AVX512-BF16 and AMX (asserted above); the shapes agree and the
-    // output holds their region (asserted above).
+    // SAFETY: the CPU has AVX512-BF16 (asserted above) and runs `kernel` (asserted just
+    // above); the shapes agree and the output holds their region (asserted above).
     #[allow(unsafe_code)]
     unsafe {
-        amx::sum_of_products(c, terms, parallel, None)
+        match kernel {
+            Kernel::Tiles => amx::sum_of_products(c, terms, parallel, None),
+            Kernel::Vector => vector::sum_of_products(c, terms, parallel, None),
+        }
     };
 }
 
@@ -1008,8 +1048,14 @@ fn pack_a(
     (group, stride): (usize, usize),
     packed: &mut Words,
 ) {
-    let groups = rows.len().div_ceil(group);
-    packed.reset(groups * group * stride);
+    let (real, groups) = (rows.len(), rows.len().div_ceil(group));
+    if stride == len {
+        // Every word of the real rows is written: only the padding rows need zeros.
+        packed.fit_for_overwrite(groups * group * stride);
+        packed.as_mut_slice()[real * stride..].fill(0);
+    } else {
+        packed.reset(groups * group * stride);
+    }
     pack_a_into(a, rows, (from, len), stride, packed.as_mut_slice());
 }
 
@@ -1718,6 +1764,8 @@ mod tests {
             (64, 320, 96),
             (20, 17, 33),
             (70, 700, 40),
+            // More rows than one task of the vector kernel takes (60 at this depth).
+            (200, 1000, 40),
         ];
         for kernel in Kernel::all_supported() {
             for (i, &(rows, depth, cols)) in shapes.iter().enumerate() {

@@ -330,7 +330,19 @@ fn softmax_down(scores: &mut [f32]) -> [std::arch::x86_64::__m512; VECTORS] {
 #[target_feature(enable = "avx512f")]
 #[inline]
 fn exp(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
-    use super::{EXP_POLYNOMIAL, LN2_HI, LN2_LO};
+    exp_with(x, &super::EXP_POLYNOMIAL)
+}
+
+/// [`exp`] with `polynomial` (highest degree first) for `eʳ`: a shorter one where fewer bits
+/// are wanted ([`super::EXP_POLYNOMIAL_BF16`]).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub(super) fn exp_with(
+    x: std::arch::x86_64::__m512,
+    polynomial: &[f32],
+) -> std::arch::x86_64::__m512 {
+    use super::{LN2_HI, LN2_LO};
     use std::arch::x86_64::*;
     let x = _mm512_max_ps(x, _mm512_set1_ps(-87.0));
     let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
@@ -338,7 +350,7 @@ fn exp(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
     );
     let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), x);
     let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), r);
-    let (highest, rest) = EXP_POLYNOMIAL.split_first().expect("seven coefficients");
+    let (highest, rest) = polynomial.split_first().expect("a polynomial");
     let mut p = _mm512_set1_ps(*highest);
     for c in rest {
         p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(*c));

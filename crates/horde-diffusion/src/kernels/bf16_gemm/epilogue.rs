@@ -7,7 +7,9 @@
 //! layer wrote four times its input's width in f32 for the GEGLU to read. Here a product hands
 //! each block of sums, still in L1, to an [`Epilogue`], which adds the bias and the residual (or
 //! gates one half by the other) and rounds the result into the bf16 output: on the AMX tiles as
-//! each 32 × 32 block leaves them ([`super::amx`]), on vectors in one pass over the f32 product.
+//! each 32 × 32 block leaves them ([`super::amx`]), on vectors as each 12 × 32 tile leaves the
+//! registers ([`super::vector`]; in one pass over the f32 product where a GEGLU's halves are
+//! not whole strips).
 
 use super::Values;
 use crate::kernels::convert::{narrow_bits, wide};
