@@ -13,6 +13,9 @@
 //! (`image/mod.rs`: text encoding, k_euler_a steps, decode).
 //! `--part conv [--dtype bf16] [--shape NAME]` times each 3×3 convolution of the networks through candle, our
 //! direct kernel, Winograd and in bf16.
+//! `--part peak` measures one core's peak rate (24 independent chains of `vfmadd231ps` and of
+//! `vdpbf16ps` on 512-bit registers, nothing from memory): the ceiling the products' rates are
+//! fractions of (BENCHMARKS.md).
 
 use candle_core::{Device, Tensor};
 use horde_diffusion::parts::{
@@ -379,6 +382,9 @@ fn main() {
     if part == "attention" {
         return time_attention();
     }
+    if part == "peak" {
+        return peak::print();
+    }
     if !std::env::args().any(|a| a == "--purge") {
         keep_freed_memory();
     }
@@ -513,4 +519,78 @@ fn main() {
         "{{\"impl\": \"candle\", \"part\": \"{name}\", \"threads\": {threads}, \"min_s\": {min:.3}, \"median_s\": {median:.3}, \"peak_rss_mb\": {:.0}, \"candle\": \"0.11.1\", \"dtype\": \"{dtype_name}\"}}",
         peak_rss_mb()
     );
+}
+
+/// One core's peak arithmetic rate, from chains of vector instructions with nothing but
+/// registers: 24 accumulators, so every instruction's latency is hidden behind the others.
+mod peak {
+    use std::time::Instant;
+
+    /// Instructions per timed run, in groups of 24.
+    const GROUPS: usize = 10_000_000;
+
+    /// Prints the f32 FMA rate (AVX-512F) and the bf16 dot-product rate (AVX512-BF16) where
+    /// the CPU has them, the best of three runs each, as GFLOP/s (an FMA lane is 2 FLOP, a
+    /// `vdpbf16ps` lane 4).
+    pub(super) fn print() {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let best = |run: fn() -> f32, flop: f64| {
+                let mut best = 0f64;
+                for _ in 0..3 {
+                    let start = Instant::now();
+                    std::hint::black_box(run());
+                    let seconds = start.elapsed().as_secs_f64();
+                    best = best.max(GROUPS as f64 * 24.0 * flop / seconds / 1e9);
+                }
+                best
+            };
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU has AVX-512F, checked just above.
+                #[allow(unsafe_code)]
+                let rate = best(|| unsafe { fma_f32() }, 32.0);
+                println!("f32 FMA (zmm): {rate:.1} GFLOP/s");
+            }
+            if horde_diffusion::parts::kernels::bf16_products() {
+                // SAFETY: the CPU has AVX512-BF16 (and AVX-512F), checked just above.
+                #[allow(unsafe_code)]
+                let rate = best(|| unsafe { dot_bf16() }, 64.0);
+                println!("bf16 dot product (zmm): {rate:.1} GFLOP/s");
+            }
+        }
+    }
+
+    /// 24 chains of `acc = acc·x + y`, `GROUPS` steps each.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    #[allow(unsafe_code)]
+    unsafe fn fma_f32() -> f32 {
+        use std::arch::x86_64::*;
+        let (x, y) = std::hint::black_box((_mm512_set1_ps(1.0), _mm512_set1_ps(1e-7)));
+        let mut acc = std::array::from_fn::<_, 24, _>(|i| _mm512_set1_ps(i as f32));
+        for _ in 0..std::hint::black_box(GROUPS) {
+            for acc in &mut acc {
+                *acc = _mm512_fmadd_ps(*acc, x, y);
+            }
+        }
+        acc.iter().map(|a| _mm512_reduce_add_ps(*a)).sum()
+    }
+
+    /// 24 chains of `acc += a·b` in bf16 pairs, `GROUPS` steps each.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512bf16,avx512f,avx512bw,avx512vl")]
+    #[allow(unsafe_code)]
+    unsafe fn dot_bf16() -> f32 {
+        use std::arch::x86_64::*;
+        // bf16 1.0 and 2⁻⁷ in each half of every word.
+        let to_bf16 = |bits: i32| std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(bits));
+        let (a, b) = std::hint::black_box((to_bf16(0x3f80_3f80), to_bf16(0x3c00_3c00)));
+        let mut acc = std::array::from_fn::<_, 24, _>(|i| _mm512_set1_ps(i as f32));
+        for _ in 0..std::hint::black_box(GROUPS) {
+            for acc in &mut acc {
+                *acc = _mm512_dpbf16_ps(*acc, a, b);
+            }
+        }
+        acc.iter().map(|a| _mm512_reduce_add_ps(*a)).sum()
+    }
 }

@@ -633,6 +633,7 @@ fn matmul_to_bf16_on(
         .is_none_or(|half| half.is_multiple_of(NR));
     let mut sums: Box<[MaybeUninit<f32>]> = Box::new([]);
     if kernel == Kernel::Vector && in_strips && a.col_stride == 1 && b.pairs > 0 {
+        check_terms(&[(a, b)]);
         let finish = Finish {
             epilogue,
             out,
@@ -645,9 +646,9 @@ fn matmul_to_bf16_on(
         // The products' sums never leave the registers but into the epilogue: no f32 product
         // crosses memory, and no pass finishes it after (a fifth of the feed-forward's time).
         assert!(available(), "bf16 gemm on a CPU without AVX512-BF16");
-        // SAFETY: the CPU has AVX512-BF16 (asserted just above); one term's shapes agree with
-        // themselves and its `A` has adjacent columns (checked above); with a finish the sums
-        // go only to `out`, never to the unused tile.
+        // SAFETY: the CPU has AVX512-BF16 (asserted just above); `A` fits `B` and has adjacent
+        // columns (checked above); with a finish the sums go only to `out`, never to the unused
+        // tile.
         unsafe { vector::sum_of_products(unused, &[(a, b)], parallel, Some(finish)) };
         return;
     }

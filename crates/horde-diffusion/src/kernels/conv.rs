@@ -285,21 +285,46 @@ fn taps_first(weight: &[f32], g: &Geometry) -> Vec<f32> {
     weight
         .par_chunks(g.c_in * taps)
         .enumerate()
-        .for_each(|(o, filter)| {
-            for (i, taps_of_i) in filter.chunks_exact(taps).enumerate() {
-                for (tap, value) in taps_of_i.iter().enumerate() {
-                    let at = (tap * g.c_out + o) * g.c_in + i;
-                    // SAFETY: `at` is inside `taps·c_out·c_in`, the length asserted above, and
-                    // only filter `o`'s task writes row `o` of each tap.
-                    #[allow(unsafe_code)]
-                    unsafe {
-                        target.get().add(at).write(*value);
+        .for_each(|(o, filter)| match taps {
+            9 => scatter_filter::<9>(filter, o, g, target),
+            _ => {
+                for (i, taps_of_i) in filter.chunks_exact(taps).enumerate() {
+                    for (tap, value) in taps_of_i.iter().enumerate() {
+                        let at = (tap * g.c_out + o) * g.c_in + i;
+                        // SAFETY: `at` is inside `taps·c_out·c_in`, the length asserted above,
+                        // and only filter `o`'s task writes row `o` of each tap.
+                        #[allow(unsafe_code)]
+                        unsafe {
+                            target.get().add(at).write(*value);
+                        }
                     }
                 }
             }
         });
     // SAFETY: the filters' tasks wrote every (tap, o, i) of the permutation.
     unsafe { filled(out) }
+}
+
+/// Filter `o` (`[c_in, TAPS]`) of [`taps_first`] into row `o` of each of its `TAPS` matrices,
+/// the rows' starts computed once, where each value's index had been computed from scratch
+/// (two integer multiplies a value), at every call of every direct convolution (`engine --part
+/// conv`, one thread, a Zen 4: 1 280 channels at 8×8 79.9 → 74.3 ms, at 16×16 189 → 184).
+fn scatter_filter<const TAPS: usize>(filter: &[f32], o: usize, g: &Geometry, target: OutPtr) {
+    assert_eq!(filter.len(), g.c_in * TAPS, "a filter of [c_in, taps]");
+    assert_eq!(g.k_h * g.k_w, TAPS, "a filter of k_h·k_w taps");
+    let rows: [*mut f32; TAPS] =
+        std::array::from_fn(|tap| target.get().wrapping_add((tap * g.c_out + o) * g.c_in));
+    for (i, taps_of_i) in filter.chunks_exact(TAPS).enumerate() {
+        for (row, value) in rows.iter().zip(taps_of_i) {
+            // SAFETY: row `o` of tap `tap`'s matrix is `c_in` values from `(tap·c_out + o)·c_in`,
+            // inside the `TAPS·c_out·c_in` of the output (the caller's assertion), `i < c_in`;
+            // only filter `o`'s task writes it.
+            #[allow(unsafe_code)]
+            unsafe {
+                row.add(i).write(*value)
+            };
+        }
+    }
 }
 
 /// The input with `p` zeros around each plane, images one after the other.
