@@ -518,7 +518,8 @@ pub(crate) fn fast_exp(x: f32) -> f32 {
 }
 
 /// The degree-4 Taylor polynomial for `eʳ` on `|r| ≤ ln 2 / 2`, highest degree first: within
-/// `r⁵/120 < 4.3·10⁻⁵` (2⁻¹⁴) relative, where the bf16 weights it makes are rounded to 2⁻⁹.
+/// `r⁵/120 < 4.3·10⁻⁵` (2⁻¹⁴) relative, where rounding the weights it makes to bf16 moves
+/// them by up to 2⁻⁸.
 const EXP_POLYNOMIAL_BF16: [f32; 5] = [1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0];
 
 /// `weights ← bf16(exp(row − max))`, returning the sum of the exponentials (in f32, before
