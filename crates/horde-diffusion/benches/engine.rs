@@ -72,7 +72,9 @@ fn best_of_3_ms(run: &dyn Fn() -> Tensor) -> f64 {
 /// call and kept, as in a network). `--dtype bf16` times the bf16 column alone, the fastest of
 /// `--repeats` calls (10 unless given), for a profile of it; `--shape "unet 32x32"` one shape.
 fn compare_convolutions() {
-    use horde_diffusion::parts::kernels::{conv2d_3x3, conv2d_3x3_f4, conv2d_stride1};
+    use horde_diffusion::parts::kernels::{
+        conv2d_3x3, conv2d_3x3_f4, conv2d_im2col, conv2d_stride1,
+    };
     let shapes = [
         ("unet 64x64", 2, 320, 320, 64),
         ("unet 32x32", 2, 640, 640, 32),
@@ -88,7 +90,9 @@ fn compare_convolutions() {
     if bf16_only {
         println!("shape                 bf16 ms");
     } else {
-        println!("shape                 candle ms   direct ms   winograd ms   F(4x4) ms   bf16 ms");
+        println!(
+            "shape                 candle ms   direct ms   im2col ms   winograd ms   F(4x4) ms   bf16 ms"
+        );
     }
     let only = arg("--shape");
     for (name, batch, c_in, c_out, size) in shapes {
@@ -111,10 +115,15 @@ fn compare_convolutions() {
         }
         let candle = best_of_3_ms(&|| x.conv2d(&w, 1, 1, 1, 1).unwrap());
         let direct = best_of_3_ms(&|| conv2d_stride1(&x, &w, None, 1).unwrap());
+        let im2col = if size <= 32 {
+            best_of_3_ms(&|| conv2d_im2col(&x, &w, None, 1, 1, false).unwrap())
+        } else {
+            f64::NAN // the columns of a large map are 9 × its size: not a way we take there
+        };
         let winograd = best_of_3_ms(&|| conv2d_3x3(&x, &w, None, 1).unwrap());
         let winograd4 = best_of_3_ms(&|| conv2d_3x3_f4(&x, &w, None, 1, false).unwrap());
         println!(
-            "{name:<20} {candle:>10.1} {direct:>11.1} {winograd:>13.1} {winograd4:>11.1} {bf16:>9.1}"
+            "{name:<20} {candle:>10.1} {direct:>11.1} {im2col:>11.1} {winograd:>13.1} {winograd4:>11.1} {bf16:>9.1}"
         );
     }
 }

@@ -131,6 +131,7 @@ pub mod parts {
         pub use crate::kernels::conv::{
             conv2d_1x1, conv2d_bf16, conv2d_stride1, conv2d_stride2, keep_rearranged_weights,
         };
+        pub use crate::kernels::im2col::conv2d as conv2d_im2col;
         pub use crate::kernels::linear::linear;
         pub use crate::kernels::winograd::conv2d_3x3;
         pub use crate::kernels::winograd4::conv2d_3x3 as conv2d_3x3_f4;

@@ -238,12 +238,10 @@ thread_local! {
 }
 
 /// Runs `f` with the 3×3 convolutions on this thread on the kernels made for the
-/// post-processors' networks: large maps by Winograd's F(4×4, 3×3) (`kernels::winograd4`, 1.78 ×
-/// fewer multiply-adds than the default F(2×2, 3×3), at the price of rounding about 1e-6 of the
-/// output's magnitude), maps under [`WINOGRAD_MIN_PIXELS`] on `kernels::im2col` (one product
-/// split over every thread, where the banded kernel gives a 20×20 map of one image to one or
-/// two threads). For networks that tolerate it (the upscalers, background removal); the
-/// diffusion engine keeps the default.
+/// post-processors' networks: every map under [`WINOGRAD_MIN_PIXELS`] on `kernels::im2col`
+/// (one product split over every thread, where the banded kernel gives a 20×20 map of one image
+/// to one or two threads), and convolutions to fewer than [`FEW_CHANNELS`] direct. The
+/// diffusion engine's maps of 16×16 to 32×32 run by Winograd's F(2×2, 3×3) instead.
 pub fn with_post_processing_kernels<T>(f: impl FnOnce() -> T) -> T {
     crate::kernels::with_flag(&POST_PROCESSING_KERNELS, true, f)
 }
@@ -295,11 +293,21 @@ impl Conv2d {
     }
 }
 
-/// Below this many pixels a 3×3 convolution is direct: Winograd's transforms (and its filter
-/// transform, `c_out × c_in × 16` values per call) cost more than they save on few tiles. At
-/// 64×64 with 320 channels (the UNet's top level at 512²) both ways took the same time; the
-/// VAE decoder's large images gain (14.6 → 13.3 s per 512² decode).
+/// From this many pixels a 3×3 convolution runs by Winograd's F(4×4, 3×3)
+/// (`kernels::winograd4`: 4 × fewer multiply-adds than the direct sum, 1.78 × fewer than
+/// F(2×2, 3×3), at the price of rounding a few 1e-6 of the output's magnitude, against a few
+/// ulp; the engine's tests against diffusers hold with it). Below, its filter transform
+/// (`c_out × c_in × 36` values per call) costs more than it saves on few tiles: 1 280 channels
+/// at 16×16 took 205 ms by F(4×4) against 89 by F(2×2) (one thread of an AMD EPYC Zen 4,
+/// `engine --part conv`; BENCHMARKS.md).
 const WINOGRAD_MIN_PIXELS: usize = 32 * 32;
+
+/// From this many pixels to [`WINOGRAD_MIN_PIXELS`], the diffusion engine's 3×3 convolutions run
+/// by Winograd's F(2×2, 3×3) (`kernels::winograd`, its filters transformed at each call); below,
+/// on `kernels::im2col`. The UNet's 16×16 and 8×8 levels at 512², 1 280 channels, batch 2, one
+/// thread of an AMD EPYC Zen 4 (`engine --part conv`): 16×16 direct 183 ms, im2col 139, F(2×2)
+/// 89; 8×8 direct 74, F(2×2) 74, im2col 35.
+const WINOGRAD_F2_MIN_PIXELS: usize = 16 * 16;
 
 /// Under the post-processing kernels, a 3×3 convolution from (or to) fewer channels than this
 /// skips Winograd: its transforms cost more than its few products (U²-Net's 3 → 64 and
@@ -307,13 +315,14 @@ const WINOGRAD_MIN_PIXELS: usize = 32 * 32;
 const FEW_CHANNELS: usize = 8;
 
 /// `conv.forward(xs)`: on the CPU in f32 through our kernels for stride-1 convolutions
-/// (`kernels::winograd` for 3×3 on images of [`WINOGRAD_MIN_PIXELS`] or more,
-/// `kernels::conv` for the rest, `kernels::im2col` for dilated ones) and for stride-2 ones with
+/// (3×3: `kernels::winograd4` on images of [`WINOGRAD_MIN_PIXELS`] or more, `kernels::winograd`
+/// on those of [`WINOGRAD_F2_MIN_PIXELS`] or more, `kernels::im2col` on smaller ones; dilated
+/// ones on `kernels::im2col`, the rest on `kernels::conv`) and for stride-2 ones with
 /// outputs of as many pixels (`kernels::conv::conv2d_stride2`: its weights are rearranged at
 /// every call, which costs more than it saves on small maps: 95 ms against candle's 36 for
 /// `[2, 1280, 16, 16]`, 29 against 46 for `[2, 320, 64, 64]`), through candle's otherwise.
-/// Under [`with_post_processing_kernels`], large 3×3 ones run by F(4×4, 3×3) and small ones
-/// on `kernels::im2col`.
+/// Under [`with_post_processing_kernels`], every 3×3 one on a map under
+/// [`WINOGRAD_MIN_PIXELS`] runs on `kernels::im2col`.
 fn convolve(conv: &candle_nn::Conv2d, xs: &Tensor) -> Result<Tensor> {
     convolve_then(conv, xs, false, None)
 }
@@ -360,6 +369,7 @@ fn convolve_then(
     let small_3x3 = is_3x3
         && (h * w < WINOGRAD_MIN_PIXELS
             || c_in < FEW_CHANNELS && c_in * 9 * h * w <= crate::kernels::im2col::MAX_COLUMNS);
+    let smallest_3x3 = is_3x3 && h * w < WINOGRAD_F2_MIN_PIXELS;
     // The output, and whether the kernel already applied the ReLU.
     let (out, relu_applied) = if few_out {
         (
@@ -373,7 +383,7 @@ fn convolve_then(
             crate::kernels::conv::conv2d_stride2(&x, &weight, bias, p)?,
             false,
         )
-    } else if stride_1 && (cfg.dilation > 1 || post_processing && small_3x3) {
+    } else if stride_1 && (cfg.dilation > 1 || smallest_3x3 || post_processing && small_3x3) {
         let out = crate::kernels::im2col::conv2d(&x, &weight, bias, p, cfg.dilation, relu)?;
         (out, relu)
     } else if !plain {
@@ -385,10 +395,10 @@ fn convolve_then(
         (out, false)
     } else if (k_h, k_w, p) == (1, 1, 0) {
         (crate::kernels::conv::conv2d_1x1(&x, &weight, bias)?, false)
-    } else if is_3x3 && h * w >= WINOGRAD_MIN_PIXELS && post_processing {
+    } else if is_3x3 && h * w >= WINOGRAD_MIN_PIXELS {
         let out = crate::kernels::winograd4::conv2d_3x3(&x, &weight, bias, p, relu)?;
         (out, relu)
-    } else if is_3x3 && h * w >= WINOGRAD_MIN_PIXELS {
+    } else if is_3x3 && h * w >= WINOGRAD_F2_MIN_PIXELS {
         (
             crate::kernels::winograd::conv2d_3x3(&x, &weight, bias, p)?,
             false,
@@ -431,7 +441,7 @@ impl Conv2d {
         {
             let weight = f32(unpadded.weight())?;
             let bias = unpadded.bias().map(f32).transpose()?;
-            let out = crate::kernels::winograd::conv2d_3x3_padded(
+            let out = crate::kernels::winograd4::conv2d_3x3_padded(
                 &f32(rows)?,
                 &weight,
                 bias.as_ref(),
@@ -757,6 +767,52 @@ mod tests {
         let whole = norm.forward_with_candle_ops(&xs, &ours, true).unwrap();
         let plain = norm.forward_silu(&xs).unwrap();
         assert!(max_difference(&whole, &plain) < 1e-5);
+    }
+
+    /// A 3×3 convolution gives candle's numbers on every map size, whichever kernel its size
+    /// picks (im2col under 16×16, F(2×2) to 32×32, F(4×4) from there, the banded F(4×4) for a
+    /// band of rows), with and without the ReLU.
+    #[test]
+    fn a_3x3_convolution_equals_candles_on_every_map_size() {
+        let random =
+            |shape: &[usize], seed: u64| crate::kernels::test_support::random(shape, seed, 1.0);
+        let (c_in, c_out) = (12, 20);
+        let (weight, bias) = (random(&[c_out, c_in, 3, 3], 1), random(&[c_out], 2));
+        let tensors = std::collections::HashMap::from([
+            ("weight".to_string(), weight.clone()),
+            ("bias".to_string(), bias.clone()),
+        ]);
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
+        let layer = conv(c_in, c_out, 3, 1, 1, vb).unwrap();
+        for (i, (h, w)) in [(5, 7), (8, 8), (16, 16), (17, 30), (32, 32), (45, 38)]
+            .into_iter()
+            .enumerate()
+        {
+            let xs = random(&[2, c_in, h, w], 10 + i as u64);
+            let candle = xs
+                .conv2d(&weight, 1, 1, 1, 1)
+                .and_then(|t| t.broadcast_add(&bias.reshape((1, c_out, 1, 1))?))
+                .unwrap();
+            let scale = candle.abs().unwrap().max_all().unwrap();
+            let scale = scale.to_scalar::<f32>().unwrap();
+            let relative = |ours: &Tensor, theirs: &Tensor| {
+                assert_eq!(ours.dims(), theirs.dims(), "{h}×{w}");
+                max_difference(ours, theirs) / scale
+            };
+            let plain = relative(&layer.forward(&xs).unwrap(), &candle);
+            assert!(plain < 1e-5, "{h}×{w}: off by {plain} of the largest");
+            let relu = layer.forward_then_relu(&xs).unwrap();
+            let relu = relative(&relu, &candle.relu().unwrap());
+            assert!(relu < 1e-5, "{h}×{w} with ReLU: off by {relu}");
+            // A band of the first image's rows 2..h-1 with the rows around it, not at an edge.
+            if h >= 8 {
+                let rows = xs.narrow(0, 0, 1).unwrap().narrow(2, 1, h - 2).unwrap();
+                let band = layer.forward_band(&rows, false, false).unwrap();
+                let expected = candle.narrow(0, 0, 1).unwrap().narrow(2, 2, h - 4).unwrap();
+                let off = relative(&band, &expected);
+                assert!(off < 1e-5, "{h}×{w} band: off by {off}");
+            }
+        }
     }
 
     /// In bf16 a linear layer widens to f32 for the product and narrows the result: the f32

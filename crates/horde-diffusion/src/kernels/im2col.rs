@@ -22,7 +22,7 @@ pub(crate) const MAX_COLUMNS: usize = 16 << 20;
 /// `conv2d(x, weight) + bias` with stride 1, one group, `padding` zeros on each side and taps
 /// `dilation` apart: `x` `[batch, c_in, h, w]`, `weight` `[c_out, c_in, k_h, k_w]`, `bias`
 /// `[c_out]`; with `relu`, ReLU after.
-pub(crate) fn conv2d(
+pub fn conv2d(
     x: &Tensor,
     weight: &Tensor,
     bias: Option<&Tensor>,

@@ -1,6 +1,6 @@
-//! 3×3 convolution with stride 1 by Winograd's F(4×4, 3×3), on the CPU: for networks that
-//! tolerate its rounding (the upscalers, background removal), opted into with
-//! `nn::with_post_processing_kernels`.
+//! 3×3 convolution with stride 1 by Winograd's F(4×4, 3×3), on the CPU: every f32 3×3
+//! convolution of a map of 32×32 or more (`nn::WINOGRAD_MIN_PIXELS`), the diffusion engine's
+//! and the post-processors'.
 //!
 //! Each 4×4 block of outputs needs 36 multiplications per input channel instead of 144 (the
 //! F(2×2, 3×3) of [`super::winograd`] needs 64): the 6×6 input tile `d` and the 3×3 filter `g`
@@ -10,7 +10,7 @@
 //! fewer multiply-adds than the direct convolution, 1.78 × fewer than F(2×2, 3×3); the price is
 //! rounding: the transforms' points (0, ±1, ±2, ∞) scale values by up to 8 and back, so f32
 //! results differ from the direct sum by a few 1e-6 of the output's magnitude rather than a few
-//! ulp. The diffusion engine, pinned to diffusers, keeps F(2×2, 3×3).
+//! ulp. The diffusion engine's tests against diffusers hold with it (the UNet and the VAE).
 //!
 //! The layout follows [`super::winograd`]: bands of tile rows keep the buffers bounded; each
 //! padded row is stored as its four column phases (columns `4t`, `4t+1`, `4t+2`, `4t+3`), so
@@ -43,6 +43,17 @@ pub fn conv2d_3x3(
 ) -> Result<Tensor> {
     let padding = Padding::uniform(padding);
     convolve(x, weight, bias, padding, BAND_VALUES, relu)
+}
+
+/// [`conv2d_3x3`] with its own padding above and below, for a band of rows of a larger image
+/// (`vae::banded`), as `winograd::conv2d_3x3_padded`.
+pub(crate) fn conv2d_3x3_padded(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    padding: Padding,
+) -> Result<Tensor> {
+    convolve(x, weight, bias, padding, BAND_VALUES, false)
 }
 
 fn convolve(
@@ -383,6 +394,35 @@ mod tests {
             let relu = reference.relu().unwrap();
             let error = max_difference(&ours, &relu) / max_abs(&reference).max(1e-6);
             assert!(error < 1e-5, "case {i} with ReLU: relative {error}");
+        }
+    }
+
+    #[test]
+    fn uneven_padding_equals_padding_by_hand() {
+        // (h, top, bottom): a band at the top of an image (the VAE's banded decode), in its
+        // middle, at its bottom, and one shorter than a tile.
+        for (i, &(h, top, bottom)) in [(7, 1, 0), (10, 0, 0), (9, 0, 1), (2, 0, 1)]
+            .iter()
+            .enumerate()
+        {
+            let x = random(&[1, 5, h, 11], 200 + i as u64);
+            let weight = random(&[4, 5, 3, 3], 300 + i as u64);
+            let bias = random(&[4], 400 + i as u64);
+            let padding = Padding {
+                top,
+                bottom,
+                sides: 1,
+            };
+            let ours = conv2d_3x3_padded(&x, &weight, Some(&bias), padding).unwrap();
+            let by_hand = x
+                .pad_with_zeros(2, top, bottom)
+                .and_then(|t| t.pad_with_zeros(3, 1, 1))
+                .and_then(|t| t.conv2d(&weight, 0, 1, 1, 1))
+                .and_then(|t| t.broadcast_add(&bias.reshape((1, 4, 1, 1))?))
+                .unwrap();
+            assert_eq!(ours.dims(), by_hand.dims(), "case {i}");
+            let error = max_difference(&ours, &by_hand) / max_abs(&by_hand);
+            assert!(error < 1e-5, "case {i}: relative {error}");
         }
     }
 
