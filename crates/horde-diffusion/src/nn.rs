@@ -309,6 +309,9 @@ const WINOGRAD_MIN_PIXELS: usize = 32 * 32;
 /// 89; 8×8 direct 74, F(2×2) 74, im2col 35.
 const WINOGRAD_F2_MIN_PIXELS: usize = 16 * 16;
 
+/// The fewest input channels of a bf16 convolution that [`winograd_beats_bf16`] widens to f32.
+const WINOGRAD_BF16_MIN_CHANNELS: usize = 256;
+
 /// Under the post-processing kernels, a 3×3 convolution from (or to) fewer channels than this
 /// skips Winograd: its transforms cost more than its few products (U²-Net's 3 → 64 and
 /// 64 → 1 at 320²: 16 ms each by F(4×4), 6 by im2col and 5 by the banded kernel).
@@ -342,11 +345,13 @@ fn convolve_then(
     }
     let cfg = conv.config();
     // In bf16 on a CPU with AVX512-BF16, the plain and stride-2 convolutions of the networks
-    // multiply in bf16 (`kernels::conv::conv2d_bf16`) instead of widening to f32.
+    // multiply in bf16 (`kernels::conv::conv2d_bf16`) instead of widening to f32, but for the
+    // large 3×3 maps where F(4×4) in f32 is faster (`winograd_beats_bf16`).
     if matches!(cfg.stride, 1 | 2)
         && (cfg.dilation, cfg.groups) == (1, 1)
         && !POST_PROCESSING_KERNELS.with(Cell::get)
         && crate::kernels::conv::takes_bf16(xs, conv.weight())
+        && !winograd_beats_bf16(conv, xs)?
     {
         let (weight, bias, shape) = (conv.weight(), conv.bias(), (cfg.padding, cfg.stride));
         let out = crate::kernels::conv::conv2d_bf16_keeping(xs, weight, bias, shape, kept)?;
@@ -415,6 +420,26 @@ fn convolve_then(
         out
     };
     back_to(&out, xs.dtype())
+}
+
+/// Whether this bf16 convolution runs faster widened to f32 by F(4×4, 3×3) than on the bf16
+/// kernel: a 3×3 one with stride 1 on a map of [`WINOGRAD_MIN_PIXELS`] or more, where the bf16
+/// products run on vector registers (`vdpbf16ps`) rather than AMX tiles. F(4×4)'s 4 × fewer
+/// multiply-adds at f32's rate beat the direct sum at bf16's twice as fast rate (one thread of
+/// an AMD EPYC Zen 4, batch 2, `engine --part conv`: 320 channels at 64×64 78 ms in bf16
+/// against 60 by F(4×4) in f32, 640 at 32×32 76 against 65; the VAE's 256 at 256×256 404
+/// against 318; BENCHMARKS.md), and it rounds only once, to bf16 at the end. From fewer than
+/// [`WINOGRAD_BF16_MIN_CHANNELS`] input channels the transforms weigh more (the VAE's 128 at
+/// 512×512: 415 in bf16, 457 by F(4×4)). On AMX tiles the bf16 products are several times
+/// faster again.
+fn winograd_beats_bf16(conv: &candle_nn::Conv2d, xs: &Tensor) -> Result<bool> {
+    let cfg = conv.config();
+    let (_, _, h, w) = xs.dims4()?;
+    let (_, c_in, k_h, k_w) = conv.weight().dims4()?;
+    Ok((cfg.stride, k_h, k_w) == (1, 3, 3)
+        && h * w >= WINOGRAD_MIN_PIXELS
+        && c_in >= WINOGRAD_BF16_MIN_CHANNELS
+        && !crate::kernels::bf16_gemm::tiles_available())
 }
 
 impl Conv2d {
@@ -813,6 +838,54 @@ mod tests {
                 assert!(off < 1e-5, "{h}×{w} band: off by {off}");
             }
         }
+    }
+
+    /// A bf16 3×3 convolution with many input channels on a large map (widened to F(4×4) in
+    /// f32 where the bf16 products run on vector registers, the bf16 kernel on AMX tiles) is
+    /// the f32 convolution of the same (bf16) numbers, rounded once to bf16.
+    #[test]
+    fn a_large_bf16_convolution_is_the_f32_one_rounded_to_bf16() {
+        let random = |shape: &[usize], seed: u64| {
+            crate::kernels::test_support::random(shape, seed, 1.0)
+                .to_dtype(DType::BF16)
+                .unwrap()
+        };
+        let (c_in, c_out) = (WINOGRAD_BF16_MIN_CHANNELS, 8);
+        let (weight, bias) = (random(&[c_out, c_in, 3, 3], 1), random(&[c_out], 2));
+        let tensors = std::collections::HashMap::from([
+            ("weight".to_string(), weight.clone()),
+            ("bias".to_string(), bias.clone()),
+        ]);
+        let vb = VarBuilder::from_tensors(tensors, DType::BF16, &Device::Cpu);
+        let layer = conv(c_in, c_out, 3, 1, 1, vb).unwrap();
+        let wide = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+        let xs = random(&[2, c_in, 34, 33], 3);
+        let ours = layer.forward(&xs).unwrap();
+        assert_eq!(ours.dtype(), DType::BF16);
+        let f32_values = wide(&xs)
+            .conv2d(&wide(&weight), 1, 1, 1, 1)
+            .and_then(|t| t.broadcast_add(&wide(&bias).reshape((1, c_out, 1, 1))?))
+            .unwrap();
+        assert_eq!(ours.dims(), f32_values.dims());
+        // Half a bf16 ulp of each value, and F(4×4)'s rounding (1e-5 of the largest value).
+        let largest = f32_values.abs().unwrap().max_all().unwrap();
+        let slack = 1e-5 * largest.to_scalar::<f32>().unwrap() as f64;
+        let bound = f32_values
+            .abs()
+            .unwrap()
+            .affine(1.0 / 256.0, slack)
+            .unwrap();
+        let excess = (wide(&ours) - &f32_values)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .sub(&bound)
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(excess <= 0.0, "beyond the rounding by {excess}");
     }
 
     /// In bf16 a linear layer widens to f32 for the product and narrows the result: the f32
