@@ -309,6 +309,12 @@ const WINOGRAD_MIN_PIXELS: usize = 32 * 32;
 /// 89; 8×8 direct 74, F(2×2) 74, im2col 35.
 const WINOGRAD_F2_MIN_PIXELS: usize = 16 * 16;
 
+/// The most bytes of F(4×4)-transformed f32 filters (36 values a pair of channels, made at each
+/// call) that [`winograd_beats_bf16`] lets a bf16 convolution take: the UNet's 1 280 → 1 280
+/// at 32×32 would take 236 MB and its 1 920 → 640 177 MB, which raised the bf16 step's peak RSS
+/// from 3 702 to 4 170 MB; they stay on the bf16 kernel.
+const WIDENED_FILTER_BYTES: usize = 64 << 20;
+
 /// The fewest input channels of a bf16 convolution that [`winograd_beats_bf16`] widens to f32.
 const WINOGRAD_BF16_MIN_CHANNELS: usize = 256;
 
@@ -355,6 +361,10 @@ fn convolve_then(
     {
         let (weight, bias, shape) = (conv.weight(), conv.bias(), (cfg.padding, cfg.stride));
         let out = crate::kernels::conv::conv2d_bf16_keeping(xs, weight, bias, shape, kept)?;
+        return if relu { out.relu() } else { Ok(out) };
+    }
+    if xs.dtype() != DType::F32 && by_widened_bands(conv, xs)? {
+        let out = winograd_in_widened_bands(conv, xs)?;
         return if relu { out.relu() } else { Ok(out) };
     }
     let (_, _, h, w) = xs.dims4()?;
@@ -435,11 +445,101 @@ fn convolve_then(
 fn winograd_beats_bf16(conv: &candle_nn::Conv2d, xs: &Tensor) -> Result<bool> {
     let cfg = conv.config();
     let (_, _, h, w) = xs.dims4()?;
-    let (_, c_in, k_h, k_w) = conv.weight().dims4()?;
+    let (c_out, c_in, k_h, k_w) = conv.weight().dims4()?;
     Ok((cfg.stride, k_h, k_w) == (1, 3, 3)
         && h * w >= WINOGRAD_MIN_PIXELS
         && c_in >= WINOGRAD_BF16_MIN_CHANNELS
+        && c_out * c_in * 36 * 4 <= WIDENED_FILTER_BYTES
         && !crate::kernels::bf16_gemm::tiles_available())
+}
+
+/// The most values of one f32 copy (input or output) that [`winograd_in_widened_bands`] makes
+/// of a half-precision map at once: a larger map goes in bands of rows of
+/// [`WIDENED_BAND_VALUES`]. The UNet's maps at 512² (at most 2 × 960 × 66 × 66 values) go
+/// whole; the VAE decoder's at 256² and 512² go in bands (whole, 256 channels at 512² took
+/// 268 MB widened and 268 MB of f32 output: the decode's peak RSS rose from 909 to 1 409 MB).
+const WIDENED_WHOLE_VALUES: usize = 16 << 20;
+
+/// Values of one f32 copy of a band of rows in [`winograd_in_widened_bands`] (16 MiB).
+const WIDENED_BAND_VALUES: usize = 4 << 20;
+
+/// Whether `conv` on `xs` (not f32) runs by F(4×4, 3×3) widened to f32: a 3×3 convolution with
+/// stride 1, one group, on a map of [`WINOGRAD_MIN_PIXELS`] or more, off the post-processing
+/// kernels.
+fn by_widened_bands(conv: &candle_nn::Conv2d, xs: &Tensor) -> Result<bool> {
+    let cfg = conv.config();
+    let (_, _, h, w) = xs.dims4()?;
+    let (_, _, k_h, k_w) = conv.weight().dims4()?;
+    Ok(
+        (cfg.stride, cfg.dilation, cfg.groups, k_h, k_w) == (1, 1, 1, 3, 3)
+            && h * w >= WINOGRAD_MIN_PIXELS
+            && !POST_PROCESSING_KERNELS.with(Cell::get),
+    )
+}
+
+/// `conv.forward(xs)` for a half-precision `xs` by F(4×4, 3×3) in f32: the whole batch at once
+/// where its f32 copies hold [`WIDENED_WHOLE_VALUES`] or fewer, otherwise each image in bands
+/// of output rows (each band reads the rows around it, and pads only at the map's edges), so
+/// that the f32 copies of a large map never exist whole. The result in `xs`'s dtype.
+fn winograd_in_widened_bands(conv: &candle_nn::Conv2d, xs: &Tensor) -> Result<Tensor> {
+    in_widened_bands_of(conv, xs, (WIDENED_WHOLE_VALUES, WIDENED_BAND_VALUES))
+}
+
+/// [`winograd_in_widened_bands`] with its two bounds given (the tests' are small).
+fn in_widened_bands_of(
+    conv: &candle_nn::Conv2d,
+    xs: &Tensor,
+    (whole_values, band_values): (usize, usize),
+) -> Result<Tensor> {
+    let (batch, c_in, h, w) = xs.dims4()?;
+    let c_out = conv.weight().dim(0)?;
+    let p = conv.config().padding;
+    let (out_h, out_w) = ((h + 2 * p).saturating_sub(2), (w + 2 * p).saturating_sub(2));
+    // bf16 weights are widened as F(4×4) transforms them; others (f16) here.
+    let weight = match conv.weight().dtype() {
+        DType::BF16 => conv.weight().clone(),
+        _ => f32(conv.weight())?,
+    };
+    let bias = conv.bias().map(f32).transpose()?;
+    let convolve = |rows: &Tensor, padding: Padding| {
+        let out = crate::kernels::winograd4::conv2d_3x3_padded(
+            &f32(rows)?,
+            &weight,
+            bias.as_ref(),
+            padding,
+        )?;
+        back_to(&out, xs.dtype())
+    };
+    // Values of one row of the larger f32 copy, input (padded) or output.
+    let row_values = (c_in * (w + 2 * p)).max(c_out * out_w);
+    if batch * row_values * (h + 2 * p) <= whole_values {
+        return convolve(xs, Padding::uniform(p));
+    }
+    // Whole rows of 4×4 tiles per band.
+    let band_rows = (band_values / row_values).max(4) / 4 * 4;
+    let mut images = Vec::with_capacity(batch);
+    for item in 0..batch {
+        let image = xs.narrow(0, item, 1)?;
+        let mut bands = Vec::with_capacity(out_h.div_ceil(band_rows));
+        for first in (0..out_h).step_by(band_rows) {
+            let end = (first + band_rows).min(out_h);
+            // Output row `o` reads input rows `o - p ..= o - p + 2`, zeros outside the map.
+            let (reads_from, reads_to) =
+                (first as isize - p as isize, (end + 2) as isize - p as isize);
+            let padding = Padding {
+                top: (-reads_from).max(0) as usize,
+                bottom: (reads_to - h as isize).max(0) as usize,
+                sides: p,
+            };
+            let (from, to) = (
+                reads_from.max(0) as usize,
+                (reads_to.max(0) as usize).min(h),
+            );
+            bands.push(convolve(&image.narrow(2, from, to - from)?, padding)?);
+        }
+        images.push(Tensor::cat(&bands, 2)?);
+    }
+    Tensor::cat(&images, 0)
 }
 
 impl Conv2d {
@@ -860,13 +960,10 @@ mod tests {
         let layer = conv(c_in, c_out, 3, 1, 1, vb).unwrap();
         let wide = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
         let xs = random(&[2, c_in, 34, 33], 3);
-        let ours = layer.forward(&xs).unwrap();
-        assert_eq!(ours.dtype(), DType::BF16);
         let f32_values = wide(&xs)
             .conv2d(&wide(&weight), 1, 1, 1, 1)
             .and_then(|t| t.broadcast_add(&wide(&bias).reshape((1, c_out, 1, 1))?))
             .unwrap();
-        assert_eq!(ours.dims(), f32_values.dims());
         // Half a bf16 ulp of each value, and F(4×4)'s rounding (1e-5 of the largest value).
         let largest = f32_values.abs().unwrap().max_all().unwrap();
         let slack = 1e-5 * largest.to_scalar::<f32>().unwrap() as f64;
@@ -875,17 +972,32 @@ mod tests {
             .unwrap()
             .affine(1.0 / 256.0, slack)
             .unwrap();
-        let excess = (wide(&ours) - &f32_values)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .sub(&bound)
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        assert!(excess <= 0.0, "beyond the rounding by {excess}");
+        let excess = |ours: &Tensor| {
+            assert_eq!(ours.dtype(), DType::BF16);
+            assert_eq!(ours.dims(), f32_values.dims());
+            (wide(ours) - &f32_values)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .sub(&bound)
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        let whole = excess(&layer.forward(&xs).unwrap());
+        assert!(whole <= 0.0, "beyond the rounding by {whole}");
+        // Widened in bands of 4 and 8 rows (a last band of 2), and whole.
+        let row_values = c_in * (33 + 2);
+        for bounds in [(0, 4 * row_values), (0, 9 * row_values), (usize::MAX, 0)] {
+            let banded = in_widened_bands_of(&layer.normal, &xs, bounds).unwrap();
+            let off = excess(&banded);
+            assert!(
+                off <= 0.0,
+                "in bands {bounds:?}: beyond the rounding by {off}"
+            );
+        }
     }
 
     /// In bf16 a linear layer widens to f32 for the product and narrows the result: the f32
