@@ -894,6 +894,17 @@ mod tests {
         assert!(max_difference(&whole, &plain) < 1e-5);
     }
 
+    /// A 3×3 [`conv`] layer (padding 1) of these weights, in their dtype.
+    fn conv_layer(weight: &Tensor, bias: &Tensor) -> Conv2d {
+        let (c_out, c_in, _, _) = weight.dims4().unwrap();
+        let tensors = std::collections::HashMap::from([
+            ("weight".to_string(), weight.clone()),
+            ("bias".to_string(), bias.clone()),
+        ]);
+        let vb = VarBuilder::from_tensors(tensors, weight.dtype(), &Device::Cpu);
+        conv(c_in, c_out, 3, 1, 1, vb).unwrap()
+    }
+
     /// A 3×3 convolution gives candle's numbers on every map size, whichever kernel its size
     /// picks (im2col under 16×16, F(2×2) to 32×32, F(4×4) from there, the banded F(4×4) for a
     /// band of rows), with and without the ReLU.
@@ -903,12 +914,7 @@ mod tests {
             |shape: &[usize], seed: u64| crate::kernels::test_support::random(shape, seed, 1.0);
         let (c_in, c_out) = (12, 20);
         let (weight, bias) = (random(&[c_out, c_in, 3, 3], 1), random(&[c_out], 2));
-        let tensors = std::collections::HashMap::from([
-            ("weight".to_string(), weight.clone()),
-            ("bias".to_string(), bias.clone()),
-        ]);
-        let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
-        let layer = conv(c_in, c_out, 3, 1, 1, vb).unwrap();
+        let layer = conv_layer(&weight, &bias);
         for (i, (h, w)) in [(5, 7), (8, 8), (16, 16), (17, 30), (32, 32), (45, 38)]
             .into_iter()
             .enumerate()
@@ -952,12 +958,7 @@ mod tests {
         };
         let (c_in, c_out) = (WINOGRAD_BF16_MIN_CHANNELS, 8);
         let (weight, bias) = (random(&[c_out, c_in, 3, 3], 1), random(&[c_out], 2));
-        let tensors = std::collections::HashMap::from([
-            ("weight".to_string(), weight.clone()),
-            ("bias".to_string(), bias.clone()),
-        ]);
-        let vb = VarBuilder::from_tensors(tensors, DType::BF16, &Device::Cpu);
-        let layer = conv(c_in, c_out, 3, 1, 1, vb).unwrap();
+        let layer = conv_layer(&weight, &bias);
         let wide = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
         let xs = random(&[2, c_in, 34, 33], 3);
         let f32_values = wide(&xs)

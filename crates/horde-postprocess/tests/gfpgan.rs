@@ -201,8 +201,13 @@ fn a_batch_gives_each_face_what_it_gives_alone() {
     let together = net.forward(&batch).unwrap();
     let alone = [net.forward(one).unwrap(), net.forward(&other).unwrap()];
     for (i, alone) in alone.iter().enumerate() {
+        // Within rounding, 1e-5 of the largest value: a batch and a face alone do not round
+        // alike (4.8e-7 apart at values of 2.5 with F(2×2) on the 32×32 maps, 2.5e-6 since
+        // those run by F(4×4)); one face's modulation applied to both would be 0.1 off.
+        let largest = alone.abs().unwrap().max_all().unwrap();
+        let bound = 1e-5 * largest.to_scalar::<f32>().unwrap();
         let diff = max_diff(&together.narrow(0, i, 1).unwrap(), alone);
-        assert!(diff < 1e-6, "sample {i}: {diff:e}");
+        assert!(diff < bound, "sample {i}: {diff:e} against {bound:e}");
     }
     assert!(max_diff(&alone[0], &alone[1]) > 0.1, "the two faces differ");
 }

@@ -616,27 +616,35 @@ mod tests {
 
     #[test]
     fn uneven_padding_equals_padding_by_hand() {
-        // (h, top, bottom): a band at the top of an image, in its middle, at its bottom.
-        for (i, &(h, top, bottom)) in [(7, 1, 0), (6, 0, 0), (9, 0, 1), (2, 0, 1)]
-            .iter()
-            .enumerate()
-        {
-            let x = random(&[1, 5, h, 11], 200 + i as u64);
-            let weight = random(&[4, 5, 3, 3], 300 + i as u64);
-            let padding = Padding {
-                top,
-                bottom,
-                sides: 1,
-            };
-            let ours = conv2d_3x3_padded(&x, &weight, None, padding).unwrap();
-            let by_hand = x
-                .pad_with_zeros(2, top, bottom)
-                .and_then(|t| t.pad_with_zeros(3, 1, 1))
-                .and_then(|t| t.conv2d(&weight, 0, 1, 1, 1))
-                .unwrap();
-            assert_eq!(ours.dims(), by_hand.dims(), "case {i}");
-            let off = relative_difference(&ours, &by_hand);
-            assert!(off < 1e-5, "case {i}: off by {off}");
+        type Padded = fn(&Tensor, &Tensor, Option<&Tensor>, Padding) -> Result<Tensor>;
+        let kernels: [(&str, Padded); 2] = [
+            ("F(2×2)", conv2d_3x3_padded),
+            ("F(4×4)", super::super::winograd4::conv2d_3x3_padded),
+        ];
+        // (h, top, bottom): a band at the top of an image (the VAE's banded decode), in its
+        // middle, at its bottom, and one shorter than a tile.
+        let cases = [(7, 1, 0), (6, 0, 0), (10, 0, 0), (9, 0, 1), (2, 0, 1)];
+        for (name, padded) in kernels {
+            for (i, &(h, top, bottom)) in cases.iter().enumerate() {
+                let x = random(&[1, 5, h, 11], 200 + i as u64);
+                let weight = random(&[4, 5, 3, 3], 300 + i as u64);
+                let bias = random(&[4], 400 + i as u64);
+                let padding = Padding {
+                    top,
+                    bottom,
+                    sides: 1,
+                };
+                let ours = padded(&x, &weight, Some(&bias), padding).unwrap();
+                let by_hand = x
+                    .pad_with_zeros(2, top, bottom)
+                    .and_then(|t| t.pad_with_zeros(3, 1, 1))
+                    .and_then(|t| t.conv2d(&weight, 0, 1, 1, 1))
+                    .and_then(|t| t.broadcast_add(&bias.reshape((1, 4, 1, 1))?))
+                    .unwrap();
+                assert_eq!(ours.dims(), by_hand.dims(), "{name} case {i}");
+                let off = relative_difference(&ours, &by_hand);
+                assert!(off < 1e-5, "{name} case {i}: off by {off}");
+            }
         }
     }
 
