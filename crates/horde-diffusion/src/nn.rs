@@ -495,21 +495,7 @@ fn in_widened_bands_of(
     let c_out = conv.weight().dim(0)?;
     let p = conv.config().padding;
     let (out_h, out_w) = ((h + 2 * p).saturating_sub(2), (w + 2 * p).saturating_sub(2));
-    // bf16 weights are widened as F(4×4) transforms them; others (f16) here.
-    let weight = match conv.weight().dtype() {
-        DType::BF16 => conv.weight().clone(),
-        _ => f32(conv.weight())?,
-    };
-    let bias = conv.bias().map(f32).transpose()?;
-    let convolve = |rows: &Tensor, padding: Padding| {
-        let out = crate::kernels::winograd4::conv2d_3x3_padded(
-            &f32(rows)?,
-            &weight,
-            bias.as_ref(),
-            padding,
-        )?;
-        back_to(&out, xs.dtype())
-    };
+    let convolve = |rows: &Tensor, padding: Padding| winograd4_widened(conv, rows, padding);
     // Values of one row of the larger f32 copy, input (padded) or output.
     let row_values = (c_in * (w + 2 * p)).max(c_out * out_w);
     if batch * row_values * (h + 2 * p) <= whole_values {
@@ -542,6 +528,20 @@ fn in_widened_bands_of(
     Tensor::cat(&images, 0)
 }
 
+/// `rows` convolved by `conv`'s 3×3 weights by F(4×4, 3×3) in f32 with `padding` (its own
+/// above and below), the result in `rows`' dtype. bf16 weights are widened as their filters are
+/// transformed, other half-precision ones here.
+fn winograd4_widened(conv: &candle_nn::Conv2d, rows: &Tensor, padding: Padding) -> Result<Tensor> {
+    let weight = match conv.weight().dtype() {
+        DType::BF16 | DType::F32 => conv.weight().clone(),
+        _ => f32(conv.weight())?,
+    };
+    let bias = conv.bias().map(f32).transpose()?;
+    let out =
+        crate::kernels::winograd4::conv2d_3x3_padded(&f32(rows)?, &weight, bias.as_ref(), padding)?;
+    back_to(&out, rows.dtype())
+}
+
 impl Conv2d {
     /// The convolution of a band of rows of a larger map: `rows` holds the band and the rows
     /// around it that the kernel reaches; zeros are added on the sides, and above or below only
@@ -564,15 +564,7 @@ impl Conv2d {
             && (k_h, k_w) == (3, 3)
             && h * w >= WINOGRAD_MIN_PIXELS
         {
-            let weight = f32(unpadded.weight())?;
-            let bias = unpadded.bias().map(f32).transpose()?;
-            let out = crate::kernels::winograd4::conv2d_3x3_padded(
-                &f32(rows)?,
-                &weight,
-                bias.as_ref(),
-                padding,
-            )?;
-            back_to(&out, rows.dtype())?
+            winograd4_widened(unpadded, rows, padding)?
         } else {
             let padded = rows
                 .pad_with_zeros(2, padding.top, padding.bottom)?
