@@ -443,11 +443,8 @@ fn convolve_then(
 /// 512×512: 415 in bf16, 457 by F(4×4)). On AMX tiles the bf16 products are several times
 /// faster again.
 fn winograd_beats_bf16(conv: &candle_nn::Conv2d, xs: &Tensor) -> Result<bool> {
-    let cfg = conv.config();
-    let (_, _, h, w) = xs.dims4()?;
-    let (c_out, c_in, k_h, k_w) = conv.weight().dims4()?;
-    Ok((cfg.stride, k_h, k_w) == (1, 3, 3)
-        && h * w >= WINOGRAD_MIN_PIXELS
+    let (c_out, c_in, _, _) = conv.weight().dims4()?;
+    Ok(by_widened_bands(conv, xs)?
         && c_in >= WINOGRAD_BF16_MIN_CHANNELS
         && c_out * c_in * 36 * 4 <= WIDENED_FILTER_BYTES
         && !crate::kernels::bf16_gemm::tiles_available())
@@ -886,6 +883,13 @@ mod tests {
         assert!(max_difference(&whole, &plain) < 1e-5);
     }
 
+    /// Random values of `shape` from `seed`, rounded to bf16.
+    fn random_bf16(shape: &[usize], seed: u64) -> Tensor {
+        crate::kernels::test_support::random(shape, seed, 1.0)
+            .to_dtype(DType::BF16)
+            .unwrap()
+    }
+
     /// A 3×3 [`conv`] layer (padding 1) of these weights, in their dtype.
     fn conv_layer(weight: &Tensor, bias: &Tensor) -> Conv2d {
         let (c_out, c_in, _, _) = weight.dims4().unwrap();
@@ -943,11 +947,7 @@ mod tests {
     /// the f32 convolution of the same (bf16) numbers, rounded once to bf16.
     #[test]
     fn a_large_bf16_convolution_is_the_f32_one_rounded_to_bf16() {
-        let random = |shape: &[usize], seed: u64| {
-            crate::kernels::test_support::random(shape, seed, 1.0)
-                .to_dtype(DType::BF16)
-                .unwrap()
-        };
+        let random = random_bf16;
         let (c_in, c_out) = (WINOGRAD_BF16_MIN_CHANNELS, 8);
         let (weight, bias) = (random(&[c_out, c_in, 3, 3], 1), random(&[c_out], 2));
         let layer = conv_layer(&weight, &bias);
@@ -997,11 +997,7 @@ mod tests {
     /// layer's values on the same (bf16) numbers, rounded once to bf16, in all three forms.
     #[test]
     fn a_bf16_linear_layer_is_the_f32_one_rounded_to_bf16() {
-        let random = |shape: &[usize], seed: u64| {
-            crate::kernels::test_support::random(shape, seed, 1.0)
-                .to_dtype(DType::BF16)
-                .unwrap()
-        };
+        let random = random_bf16;
         let (weight, bias) = (random(&[24, 16], 1), random(&[24], 2));
         let (xs, residual) = (random(&[2, 5, 16], 3), random(&[2, 5, 24], 4));
         let half = Linear::new(weight.clone(), Some(bias.clone()));
