@@ -158,35 +158,72 @@ fn bf16_convolution_ms(x: &Tensor, w: &Tensor, repeats: usize) -> f64 {
 }
 
 /// `--part attention`: the fused attention kernel on the SD 1.5 UNet's attention shapes at
-/// 512² (batch 2, 8 heads), in f32 and in bf16 (bf16 products where the CPU has AVX512-BF16),
-/// minimum of 3 runs each, in milliseconds, with the FLOP rate of its two products.
+/// 512² (batch 2, 8 heads), SDXL's self-attention at 1024² (heads of 64) and the VAE's mid
+/// block at 512² and 1024² (batch 1, one head of 512), in f32 and in
+/// bf16 (bf16 products where the CPU has AVX512-BF16), minimum of 3 runs each, in
+/// milliseconds, with the FLOP rate of its two products.
 fn time_attention() {
     use candle_core::DType;
     use horde_diffusion::parts::kernels::fused_attention;
     let shapes = [
-        ("self 4096 x 320", 4096, 4096, 320),
-        ("cross 4096 x 77", 4096, 77, 320),
-        ("self 1024 x 640", 1024, 1024, 640),
-        ("self 256 x 1280", 256, 256, 1280),
+        ("self 4096 x 320", 4096, 4096, 320, 8),
+        ("cross 4096 x 77", 4096, 77, 320, 8),
+        ("self 1024 x 640", 1024, 1024, 640, 8),
+        ("self 256 x 1280", 256, 256, 1280, 8),
+        ("SDXL self 4096 x 640", 4096, 4096, 640, 10),
+        ("SDXL self 1024 x 1280", 1024, 1024, 1280, 20),
+        ("VAE mid 4096 x 512", 4096, 4096, 512, 1),
+        ("SDXL VAE mid 16384", 16384, 16384, 512, 1),
     ];
     println!("shape                 f32 ms   GFLOP/s   bf16 ms   GFLOP/s");
-    for (name, q_len, k_len, width) in shapes {
+    for (name, q_len, k_len, width, heads) in shapes {
+        // The UNet's batch of two (guidance); the VAE decodes one image.
+        let batch = if name.contains("VAE") { 1 } else { 2 };
         let noise = |len: usize, seed: u64| {
-            SeededNoise::new(&[seed, seed + 1])
+            SeededNoise::new(&[seed, seed + 1][..batch])
                 .sample(&[len, width], &Device::Cpu)
                 .unwrap()
         };
         let (q, k, v) = (noise(q_len, 1), noise(k_len, 3), noise(k_len, 5));
         let half = |t: &Tensor| t.to_dtype(DType::BF16).unwrap();
         let (qh, kh, vh) = (half(&q), half(&k), half(&v));
-        let f32_ms = best_of_3_ms(&|| fused_attention(&q, &k, &v, 8).unwrap());
-        let bf16_ms = best_of_3_ms(&|| fused_attention(&qh, &kh, &vh, 8).unwrap());
-        let mflop = 2.0 * 2.0 * 2.0 * (q_len * k_len * width) as f64 / 1e6;
+        let f32_ms = best_of_3_ms(&|| fused_attention(&q, &k, &v, heads).unwrap());
+        let bf16_ms = best_of_3_ms(&|| fused_attention(&qh, &kh, &vh, heads).unwrap());
+        let mflop = 2.0 * 2.0 * batch as f64 * (q_len * k_len * width) as f64 / 1e6;
         println!(
-            "{name:<20} {f32_ms:>8.1} {:>9.0} {bf16_ms:>9.1} {:>9.0}",
+            "{name:<21} {f32_ms:>7.1} {:>9.0} {bf16_ms:>9.1} {:>9.0}",
             mflop / f32_ms,
             mflop / bf16_ms
         );
+    }
+}
+
+/// `--part text [--model sd15|sdxl] [--dtype f32|bf16]`: each text encoder of the model over
+/// two prompts of 77 random token ids (the prompt and the negative prompt, as a job encodes
+/// them), all its layers, random weights; minimum of 3 runs after a warm-up, in milliseconds.
+fn time_text() {
+    use horde_diffusion::parts::{
+        TextTransformer, SD1_CLIP_PREFIX, SDXL_CLIP_G_PREFIX, SDXL_CLIP_L_PREFIX,
+    };
+    let config = match arg("--model").as_deref().unwrap_or("sd15") {
+        "sd15" => ModelConfig::sd15(),
+        "sdxl" => ModelConfig::sdxl(),
+        other => panic!("unknown model {other}: expected sd15 or sdxl"),
+    };
+    let dtype_name = arg("--dtype").unwrap_or_else(|| "f32".into());
+    let dtype = horde_diffusion::dtype_named(&dtype_name).expect("--dtype f32, f16 or bf16");
+    let prefixes: &[&str] = match config.family {
+        horde_diffusion::Family::Sdxl => &[SDXL_CLIP_L_PREFIX, SDXL_CLIP_G_PREFIX],
+        _ => &[SD1_CLIP_PREFIX],
+    };
+    let vb = random_var_builder(0).set_dtype(dtype);
+    for (encoder, prefix) in config.text_encoders.iter().zip(prefixes) {
+        let text = TextTransformer::new(encoder, vb.pp(prefix.trim_end_matches('.')))
+            .expect("the encoder builds");
+        let ids: Vec<u32> = (0..2 * 77u32).map(|i| (i * 7919) % 49_000).collect();
+        let tokens = Tensor::from_vec(ids, (2, 77), &Device::Cpu).unwrap();
+        let ms = best_of_3_ms(&|| text.hidden_states(&tokens, encoder.layers).unwrap());
+        println!("{prefix:<40} {dtype_name:>5} {ms:>9.1} ms");
     }
 }
 
@@ -390,6 +427,9 @@ fn main() {
     }
     if part == "attention" {
         return time_attention();
+    }
+    if part == "text" {
+        return time_text();
     }
     if part == "peak" {
         return peak::print();

@@ -57,18 +57,18 @@ pub(super) fn available() -> bool {
     }
 }
 
-/// Channels per pass of the second product for heads of `dim` channels: the largest run of
-/// 6 to [`MAX_VALUE_RUN`] that divides `dim` (SD 1.5's 40, 80 and 160: 10; SDXL's 64: 8), so
-/// no pass computes padding; otherwise [`MAX_VALUE_RUN`] (or `dim` itself when smaller), the
-/// last run padded with zeros.
-fn value_run(dim: usize) -> usize {
-    if dim <= MAX_VALUE_RUN {
+/// Channels per pass of the second product for heads of `dim` channels, at most `max`: the
+/// largest run from `max / 2` to `max` that divides `dim` (here, with `max` [`MAX_VALUE_RUN`]:
+/// SD 1.5's 40, 80 and 160 in runs of 10, SDXL's 64 of 8), so no pass computes padding;
+/// otherwise `max` (or `dim` itself when smaller), the last run padded with zeros.
+pub(super) fn value_run(dim: usize, max: usize) -> usize {
+    if dim <= max {
         return dim;
     }
-    (6..=MAX_VALUE_RUN)
+    (max / 2..=max)
         .rev()
         .find(|run| dim.is_multiple_of(*run))
-        .unwrap_or(MAX_VALUE_RUN)
+        .unwrap_or(max)
 }
 
 /// The sizes every task of one call shares.
@@ -89,7 +89,7 @@ struct Geometry {
 impl Geometry {
     fn new(s: &Shapes) -> Geometry {
         let dim = s.width / s.heads;
-        let run = value_run(dim);
+        let run = value_run(dim, MAX_VALUE_RUN);
         Geometry {
             k_len: s.k_len,
             width: s.width,
@@ -166,10 +166,12 @@ fn pack_keys(k: &[f32], at: usize, g: &Geometry) -> Vec<f32> {
 /// values of the run's channels (`[run][key][g.run]`; zeros past the last channel).
 fn pack_values(v: &[f32], at: usize, g: &Geometry) -> Vec<f32> {
     let mut packed = vec![0f32; g.runs * g.k_len * g.run];
-    for key in 0..g.k_len {
-        let row = &v[at + key * g.width..][..g.dim];
-        for (c, value) in row.iter().enumerate() {
-            packed[((c / g.run) * g.k_len + key) * g.run + c % g.run] = *value;
+    // A run at a time, so no index is divided (as `bf16_lanes::pack_values`).
+    for (run, values) in packed.chunks_exact_mut(g.k_len * g.run).enumerate() {
+        let channels = run * g.run..(run * g.run + g.run).min(g.dim);
+        for (key, values) in values.chunks_exact_mut(g.run).enumerate() {
+            let row = &v[at + key * g.width..][channels.clone()];
+            values[..row.len()].copy_from_slice(row);
         }
     }
     packed
