@@ -29,15 +29,15 @@ use rayon::prelude::*;
 use std::cell::RefCell;
 
 /// Vectors of 16 queries per task.
-const VECTORS: usize = 2;
+pub(super) const VECTORS: usize = 2;
 /// Queries per task.
-const QUERIES: usize = 16 * VECTORS;
+pub(super) const QUERIES: usize = 16 * VECTORS;
 /// Keys per step of the scores: 12 × 2 accumulators, with the two query vectors 26 of the 32
 /// registers.
 const KEY_RUN: usize = 12;
 /// The most channels per pass of the second product (12 × 2 accumulators); a head's channels
 /// are cut into equal runs of [`value_run`] channels.
-const MAX_VALUE_RUN: usize = 12;
+pub(super) const MAX_VALUE_RUN: usize = 12;
 
 /// The widest head run this way: the block's transposed queries (`dim × 32` values, 20 KiB at
 /// 160) stay in L1 beside the keys, and the second product passes over the weights `dim / 10`
@@ -223,7 +223,6 @@ unsafe fn attend_block(
     scratch: &mut Scratch,
     (out, rows): (*mut f32, usize),
 ) {
-    use std::arch::x86_64::*;
     let Scratch { queries, scores } = scratch;
     for run in 0..g.k_pad / KEY_RUN {
         // SAFETY: run `run` of the keys is `dim × KEY_RUN` values, its scores `KEY_RUN`
@@ -243,19 +242,48 @@ unsafe fn attend_block(
         let channels = g.run.min(g.dim - run * g.run);
         let run_values = &values[run * g.k_len * g.run..][..g.k_len * g.run];
         weigh_values(g.run, scores, run_values, g.k_len, &mut block);
-        for (c, lanes) in block.iter_mut().take(channels).enumerate() {
-            for (i, inverse) in inverses.iter().enumerate() {
-                // SAFETY: vector `i < VECTORS` of the channel's `QUERIES` lanes.
-                unsafe {
-                    let at = lanes.as_mut_ptr().add(16 * i);
-                    _mm512_storeu_ps(at, _mm512_mul_ps(_mm512_loadu_ps(at), *inverse));
-                }
+        // SAFETY: the run's channels of the task's rows are inside its output (the caller's
+        // promise).
+        unsafe {
+            write_divided(
+                &mut block,
+                &inverses,
+                channels,
+                (out.add(run * g.run), rows, g.width),
+            )
+        };
+    }
+}
+
+/// The first `channels` channels of `block` (each the block's 32 queries) divided by each
+/// query's sum (`inverses`: its `1/sum`, 16 queries a vector) and written to the first `rows`
+/// rows at `out`, `width` apart (channel `c` at `out + c`): the end of a run of the second
+/// product, here and in [`super::bf16_lanes`].
+///
+/// # Safety
+///
+/// AVX-512F; `out` is valid for those writes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(unsafe_code)]
+pub(super) unsafe fn write_divided(
+    block: &mut [[f32; QUERIES]; MAX_VALUE_RUN],
+    inverses: &[std::arch::x86_64::__m512; VECTORS],
+    channels: usize,
+    (out, rows, width): (*mut f32, usize, usize),
+) {
+    use std::arch::x86_64::*;
+    for (c, lanes) in block.iter_mut().take(channels).enumerate() {
+        for (i, inverse) in inverses.iter().enumerate() {
+            // SAFETY: vector `i < VECTORS` of the channel's `QUERIES` lanes.
+            unsafe {
+                let at = lanes.as_mut_ptr().add(16 * i);
+                _mm512_storeu_ps(at, _mm512_mul_ps(_mm512_loadu_ps(at), *inverse));
             }
-            for (r, value) in lanes.iter().take(rows).enumerate() {
-                // SAFETY: row `r < rows`, channel `run · g.run + c < dim`: inside the task's
-                // output (the caller's promise).
-                unsafe { out.add(r * g.width + run * g.run + c).write(*value) };
-            }
+        }
+        for (r, value) in lanes.iter().take(rows).enumerate() {
+            // SAFETY: row `r < rows`, channel `c < channels` (the caller's promise).
+            unsafe { out.add(r * width + c).write(*value) };
         }
     }
 }
