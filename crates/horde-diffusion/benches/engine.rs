@@ -13,6 +13,8 @@
 //! (`image/mod.rs`: text encoding, k_euler_a steps, decode).
 //! `--part conv [--dtype bf16] [--shape NAME]` times each 3×3 convolution of the networks through candle, our
 //! direct kernel, Winograd and in bf16.
+//! `--part attention` times the fused attention on the UNets' and the VAE's shapes in f32 and
+//! bf16; `--part text [--model sdxl] [--dtype bf16]` each text encoder over two prompts.
 //! `--part peak` measures one core's peak rate (24 independent chains of `vfmadd231ps` and of
 //! `vdpbf16ps` on 512-bit registers, nothing from memory): the ceiling the products' rates are
 //! fractions of (BENCHMARKS.md).
