@@ -429,9 +429,28 @@ pub(super) const CHUNK: usize = 16;
 
 pub(super) type Lanes = [f32; CHUNK];
 
-/// `V = Bᵀ d B` for each 4×4 input tile of one channel's padded band grid (`tile_rows` rows of
-/// tiles), into `v[ξ·tiles + t]`, [`CHUNK`] tiles at a time.
-fn transform_inputs(g: &Geometry, grid: &[f32], tile_rows: usize, v: &mut [f32], tiles: usize) {
+with_widest_vectors! {
+    /// `V = Bᵀ d B` for each 4×4 input tile of one channel's padded band grid (`tile_rows` rows
+    /// of tiles), into `v[ξ·tiles + t]`, [`CHUNK`] tiles at a time, compiled for the widest
+    /// vectors this CPU has (the crate's default target gives SSE).
+    fn transform_inputs(
+        g: &Geometry,
+        grid: &[f32],
+        tile_rows: usize,
+        v: &mut [f32],
+        tiles: usize
+    ) => transform_inputs_lanes
+}
+
+/// [`transform_inputs`] in [`CHUNK`] lanes.
+#[inline(always)]
+fn transform_inputs_lanes(
+    g: &Geometry,
+    grid: &[f32],
+    tile_rows: usize,
+    v: &mut [f32],
+    tiles: usize,
+) {
     let (_, grid_w) = g.band_grid(tile_rows);
     let half = grid_w / 2;
     for r in 0..tile_rows {
@@ -498,10 +517,25 @@ fn lanes(f: impl Fn(usize, usize) -> f32) -> [Lanes; 4] {
     std::array::from_fn(|c| std::array::from_fn(|i| f(c, i)))
 }
 
-/// `Y = Aᵀ M A + bias_c` for each tile of output channel `c` in tile rows `rows`, into that channel's
-/// output plane (the last row or column of a tile is dropped where the output is odd),
-/// [`CHUNK`] tiles at a time. `m` is `[16, c_out, tiles]`.
-fn transform_outputs(
+with_widest_vectors! {
+    /// `Y = Aᵀ M A + bias_c` for each tile of output channel `c` in tile rows `rows`, into that
+    /// channel's output plane (the last row or column of a tile is dropped where the output is
+    /// odd), [`CHUNK`] tiles at a time, compiled for the widest vectors this CPU has. `m` is
+    /// `[16, c_out, tiles]`.
+    fn transform_outputs(
+        g: &Geometry,
+        m: &[f32],
+        c: usize,
+        bias_c: f32,
+        rows: std::ops::Range<usize>,
+        out: &mut [MaybeUninit<f32>],
+        tiles: usize
+    ) => transform_outputs_lanes
+}
+
+/// [`transform_outputs`] in [`CHUNK`] lanes.
+#[inline(always)]
+fn transform_outputs_lanes(
     g: &Geometry,
     m: &[f32],
     c: usize,

@@ -157,6 +157,37 @@ impl CustomOp2 for Winograd4 {
 /// against 211.6 ms).
 #[allow(unsafe_code)]
 fn transform_filters(weight: Filters<'_>, c_out: usize, c_in: usize) -> Vec<f32> {
+    let mut u = unfilled(c_in * XI * c_out);
+    u.par_chunks_mut(XI * c_out)
+        .enumerate()
+        .for_each(|(i, u_i)| transform_channel_filters(weight, c_out, c_in, i, u_i));
+    // SAFETY: each input channel's task wrote the 36 components of its pair with every output:
+    // every chunk of output channels, `n` lanes of each component.
+    unsafe { filled(u) }
+}
+
+with_widest_vectors! {
+    /// [`transform_filters`] for input channel `i`: `U` of its pair with every output channel,
+    /// into `u_i` (`[36, c_out]`), compiled for the widest vectors this CPU has (the default
+    /// target's SSE code took 50 ns a filter).
+    fn transform_channel_filters(
+        weight: Filters<'_>,
+        c_out: usize,
+        c_in: usize,
+        i: usize,
+        u_i: &mut [MaybeUninit<f32>]
+    ) => transform_channel_filters_lanes
+}
+
+/// [`transform_channel_filters`] in [`CHUNK`] lanes.
+#[inline(always)]
+fn transform_channel_filters_lanes(
+    weight: Filters<'_>,
+    c_out: usize,
+    c_in: usize,
+    i: usize,
+    u_i: &mut [MaybeUninit<f32>],
+) {
     const G: [[f32; 3]; 6] = [
         [0.25, 0.0, 0.0],
         [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
@@ -165,46 +196,38 @@ fn transform_filters(weight: Filters<'_>, c_out: usize, c_in: usize) -> Vec<f32>
         [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
         [0.0, 0.0, 1.0],
     ];
-    let mut u = unfilled(c_in * XI * c_out);
-    u.par_chunks_mut(XI * c_out)
-        .enumerate()
-        .for_each(|(i, u_i)| {
-            for first in (0..c_out).step_by(CHUNK) {
-                let n = CHUNK.min(c_out - first);
-                // g[k]: tap k of the chunk's filters (lanes past `n` are zeros, never stored).
-                let g: [Lanes; 9] = std::array::from_fn(|k| {
-                    std::array::from_fn(|l| {
-                        if l < n {
-                            weight.get(((first + l) * c_in + i) * 9 + k)
-                        } else {
-                            0.0
-                        }
-                    })
+    for first in (0..c_out).step_by(CHUNK) {
+        let n = CHUNK.min(c_out - first);
+        // g[k]: tap k of the chunk's filters (lanes past `n` are zeros, never stored).
+        let g: [Lanes; 9] = std::array::from_fn(|k| {
+            std::array::from_fn(|l| {
+                if l < n {
+                    weight.get(((first + l) * c_in + i) * 9 + k)
+                } else {
+                    0.0
+                }
+            })
+        });
+        // t = G g (6 × 3), then U = t Gᵀ (6 × 6), sums in the order of one filter's.
+        let t: [[Lanes; 3]; 6] = std::array::from_fn(|r| {
+            std::array::from_fn(|c| {
+                std::array::from_fn(|l| {
+                    G[r][0] * g[c][l] + G[r][1] * g[3 + c][l] + G[r][2] * g[6 + c][l]
+                })
+            })
+        });
+        for (r, t_r) in t.iter().enumerate() {
+            for (c, g_c) in G.iter().enumerate() {
+                let value: Lanes = std::array::from_fn(|l| {
+                    t_r[0][l] * g_c[0] + t_r[1][l] * g_c[1] + t_r[2][l] * g_c[2]
                 });
-                // t = G g (6 × 3), then U = t Gᵀ (6 × 6), sums in the order of one filter's.
-                let t: [[Lanes; 3]; 6] = std::array::from_fn(|r| {
-                    std::array::from_fn(|c| {
-                        std::array::from_fn(|l| {
-                            G[r][0] * g[c][l] + G[r][1] * g[3 + c][l] + G[r][2] * g[6 + c][l]
-                        })
-                    })
-                });
-                for (r, t_r) in t.iter().enumerate() {
-                    for (c, g_c) in G.iter().enumerate() {
-                        let value: Lanes = std::array::from_fn(|l| {
-                            t_r[0][l] * g_c[0] + t_r[1][l] * g_c[1] + t_r[2][l] * g_c[2]
-                        });
-                        let at = (r * 6 + c) * c_out + first;
-                        for (slot, value) in u_i[at..at + n].iter_mut().zip(value) {
-                            slot.write(value);
-                        }
-                    }
+                let at = (r * 6 + c) * c_out + first;
+                for (slot, value) in u_i[at..at + n].iter_mut().zip(value) {
+                    slot.write(value);
                 }
             }
-        });
-    // SAFETY: each input channel's task wrote the 36 components of its pair with every output:
-    // every chunk of output channels, `n` lanes of each component.
-    unsafe { filled(u) }
+        }
+    }
 }
 
 /// A convolution's weights as [`transform_filters`] reads them.
@@ -274,7 +297,7 @@ fn convolve_band(
         .enumerate()
         .for_each(|(c, out_c)| {
             let bias_c = bias.map_or(0.0, |b| b[c]);
-            transform_outputs(g, m, c, (bias_c, relu), rows.clone(), out_c, tiles)
+            transform_outputs(g, m, c, bias_c, relu, rows.clone(), out_c, tiles)
         });
 }
 
@@ -304,8 +327,27 @@ fn a_transpose(m: &[Lanes; 6]) -> [Lanes; 4] {
     ]
 }
 
-/// `V = Bᵀ d B` for each 6×6 input tile of one channel's band grid, into `v[ξ·tiles + t]`.
-fn transform_inputs(g: &Geometry, grid: &[f32], tile_rows: usize, v: &mut [f32], tiles: usize) {
+with_widest_vectors! {
+    /// `V = Bᵀ d B` for each 6×6 input tile of one channel's band grid, into `v[ξ·tiles + t]`,
+    /// compiled for the widest vectors this CPU has.
+    fn transform_inputs(
+        g: &Geometry,
+        grid: &[f32],
+        tile_rows: usize,
+        v: &mut [f32],
+        tiles: usize
+    ) => transform_inputs_lanes
+}
+
+/// [`transform_inputs`] in [`CHUNK`] lanes.
+#[inline(always)]
+fn transform_inputs_lanes(
+    g: &Geometry,
+    grid: &[f32],
+    tile_rows: usize,
+    v: &mut [f32],
+    tiles: usize,
+) {
     let (_, grid_w) = g.band_grid_4x4(tile_rows);
     let phase_len = g.phase_len();
     for r in 0..tile_rows {
@@ -334,14 +376,31 @@ fn transform_inputs(g: &Geometry, grid: &[f32], tile_rows: usize, v: &mut [f32],
     }
 }
 
-/// `Y = Aᵀ M A + bias_c` (then ReLU, with `relu`) for each tile of output channel `c` in tile
-/// rows `rows`, into that channel's output plane (the rows and columns past the output's edge
-/// dropped).
-fn transform_outputs(
+with_widest_vectors! {
+    /// `Y = Aᵀ M A + bias_c` (then ReLU, with `relu`) for each tile of output channel `c` in
+    /// tile rows `rows`, into that channel's output plane (the rows and columns past the
+    /// output's edge dropped), compiled for the widest vectors this CPU has.
+    fn transform_outputs(
+        g: &Geometry,
+        m: &[f32],
+        c: usize,
+        bias_c: f32,
+        relu: bool,
+        rows: std::ops::Range<usize>,
+        out: &mut [MaybeUninit<f32>],
+        tiles: usize
+    ) => transform_outputs_lanes
+}
+
+/// [`transform_outputs`] in [`CHUNK`] lanes.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn transform_outputs_lanes(
     g: &Geometry,
     m: &[f32],
     c: usize,
-    (bias_c, relu): (f32, bool),
+    bias_c: f32,
+    relu: bool,
     rows: std::ops::Range<usize>,
     out: &mut [MaybeUninit<f32>],
     tiles: usize,
