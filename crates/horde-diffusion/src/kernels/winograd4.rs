@@ -297,7 +297,8 @@ fn convolve_band(
         .enumerate()
         .for_each(|(c, out_c)| {
             let bias_c = bias.map_or(0.0, |b| b[c]);
-            transform_outputs(g, m, c, bias_c, relu, rows.clone(), out_c, tiles)
+            let finish = Finish { bias: bias_c, relu };
+            transform_outputs(g, m, c, finish, rows.clone(), out_c, tiles)
         });
 }
 
@@ -376,16 +377,22 @@ fn transform_inputs_lanes(
     }
 }
 
+/// What an output channel's values get as they are written: its bias, then ReLU with `relu`.
+#[derive(Clone, Copy)]
+struct Finish {
+    bias: f32,
+    relu: bool,
+}
+
 with_widest_vectors! {
-    /// `Y = Aᵀ M A + bias_c` (then ReLU, with `relu`) for each tile of output channel `c` in
-    /// tile rows `rows`, into that channel's output plane (the rows and columns past the
+    /// `Y = Aᵀ M A + bias` (then ReLU, as `finish` says) for each tile of output channel `c`
+    /// in tile rows `rows`, into that channel's output plane (the rows and columns past the
     /// output's edge dropped), compiled for the widest vectors this CPU has.
     fn transform_outputs(
         g: &Geometry,
         m: &[f32],
         c: usize,
-        bias_c: f32,
-        relu: bool,
+        finish: Finish,
         rows: std::ops::Range<usize>,
         out: &mut [MaybeUninit<f32>],
         tiles: usize
@@ -394,13 +401,11 @@ with_widest_vectors! {
 
 /// [`transform_outputs`] in [`CHUNK`] lanes.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 fn transform_outputs_lanes(
     g: &Geometry,
     m: &[f32],
     c: usize,
-    bias_c: f32,
-    relu: bool,
+    Finish { bias: bias_c, relu }: Finish,
     rows: std::ops::Range<usize>,
     out: &mut [MaybeUninit<f32>],
     tiles: usize,
