@@ -26,7 +26,7 @@
 //! heads of up to [`MAX_DIM`] channels.
 
 #[cfg(target_arch = "x86_64")]
-use super::lanes::write_divided;
+use super::lanes::{store_block, write_divided};
 use super::lanes::{value_run, MAX_VALUE_RUN, QUERIES, VECTORS};
 use super::{Output, Shapes};
 use half::bf16;
@@ -204,8 +204,8 @@ struct Scratch {
 impl Scratch {
     fn fit(&mut self, g: &Geometry) {
         self.queries.resize(g.channel_pairs * QUERIES, 0);
-        // An odd last key's partner row is read (its weight then zeroed).
-        self.scores.resize((g.k_pad + 1) * QUERIES, 0.0);
+        // `k_pad` is a multiple of 12: whole pairs of rows for `weigh_down`.
+        self.scores.resize(g.k_pad * QUERIES, 0.0);
     }
 }
 
@@ -262,7 +262,7 @@ unsafe fn attend_block(
         };
     }
     // SAFETY: the CPU has AVX512-BF16 and AVX-512F (the caller's promise); `scores` holds
-    // `k_pad + 1 ≥ 2 · key_pairs` rows.
+    // `k_pad ≥ 2 · key_pairs` rows (`k_pad` is even).
     let inverses = unsafe { weigh_down(scores, g.k_len, scale) };
     let weights = scores.as_ptr().cast::<u32>();
     let mut block = [[0f32; QUERIES]; MAX_VALUE_RUN];
@@ -486,12 +486,7 @@ unsafe fn weigh_run<const N: usize>(
             }
         }
     }
-    for (lanes, acc) in block.iter_mut().zip(&acc) {
-        for (i, acc) in acc.iter().enumerate() {
-            // SAFETY: vector `i < VECTORS` of the channel's `QUERIES` lanes.
-            unsafe { _mm512_storeu_ps(lanes.as_mut_ptr().add(16 * i), *acc) };
-        }
-    }
+    store_block(&acc, block);
 }
 
 #[cfg(all(test, target_arch = "x86_64"))]

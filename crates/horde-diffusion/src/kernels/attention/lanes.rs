@@ -441,7 +441,22 @@ fn weigh_run<const N: usize>(
             }
         }
     }
-    for (lanes, acc) in block.iter_mut().zip(&acc) {
+    store_block(&acc, block);
+}
+
+/// A run's accumulators (each channel's `VECTORS` vectors of queries) into the first
+/// `acc.len()` channels of `block`: the end of [`weigh_run`] here and in
+/// [`super::bf16_lanes`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(unsafe_code)]
+#[inline]
+pub(super) fn store_block(
+    acc: &[[std::arch::x86_64::__m512; VECTORS]],
+    block: &mut [[f32; QUERIES]; MAX_VALUE_RUN],
+) {
+    use std::arch::x86_64::*;
+    for (lanes, acc) in block.iter_mut().zip(acc) {
         for (i, acc) in acc.iter().enumerate() {
             // SAFETY: vector `i < VECTORS` of the channel's `QUERIES` lanes.
             unsafe { _mm512_storeu_ps(lanes.as_mut_ptr().add(16 * i), *acc) };
