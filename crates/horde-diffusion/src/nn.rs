@@ -309,12 +309,6 @@ const WINOGRAD_MIN_PIXELS: usize = 32 * 32;
 /// 89; 8×8 direct 74, F(2×2) 74, im2col 35.
 const WINOGRAD_F2_MIN_PIXELS: usize = 16 * 16;
 
-/// The most bytes of F(4×4)-transformed f32 filters (36 values a pair of channels, made at each
-/// call) that [`winograd_beats_bf16`] lets a bf16 convolution take: the UNet's 1 280 → 1 280
-/// at 32×32 would take 236 MB and its 1 920 → 640 177 MB, which raised the bf16 step's peak RSS
-/// from 3 702 to 4 170 MB; they stay on the bf16 kernel.
-const WIDENED_FILTER_BYTES: usize = 64 << 20;
-
 /// The fewest input channels of a bf16 convolution that [`winograd_beats_bf16`] widens to f32.
 const WINOGRAD_BF16_MIN_CHANNELS: usize = 256;
 
@@ -442,12 +436,44 @@ fn convolve_then(
 /// [`WINOGRAD_BF16_MIN_CHANNELS`] input channels the transforms weigh more (the VAE's 128 at
 /// 512×512: 415 in bf16, 457 by F(4×4)). On AMX tiles the bf16 products are several times
 /// faster again.
+///
+/// A convolution whose transformed filters would take more than 64 MiB at once stays on the
+/// bf16 kernel (`winograd4::filters_fit_whole`): made whole at each call, the UNet's 1 280 →
+/// 1 280 ones took 236 MB and raised SD 1.5's bf16 step's peak RSS from 3 702 to 4 170 MB.
+/// Those of a batch convolved whole at once (`winograd4::takes_batch_at_once`: the UNet's
+/// 32×32 maps, SDXL's 1 280 channels) are made a group of positions at a time, and take F(4×4).
 fn winograd_beats_bf16(conv: &candle_nn::Conv2d, xs: &Tensor) -> Result<bool> {
     let (c_out, c_in, _, _) = conv.weight().dims4()?;
+    let (batch, _, h, w) = xs.dims4()?;
+    let p = conv.config().padding;
+    let outputs = ((h + 2 * p).saturating_sub(2), (w + 2 * p).saturating_sub(2));
+    use crate::kernels::winograd4::{filters_fit_whole, takes_batch_at_once};
+    let bounded_filters = filters_fit_whole(c_in, c_out)
+        || widened_whole(conv, xs)? && takes_batch_at_once(batch, (c_in, c_out), outputs);
     Ok(by_widened_bands(conv, xs)?
         && c_in >= WINOGRAD_BF16_MIN_CHANNELS
-        && c_out * c_in * 36 * 4 <= WIDENED_FILTER_BYTES
+        && bounded_filters
         && !crate::kernels::bf16_gemm::tiles_available())
+}
+
+/// Whether [`winograd_in_widened_bands`] widens the whole batch of `xs` at once rather than
+/// image by image in bands.
+fn widened_whole(conv: &candle_nn::Conv2d, xs: &Tensor) -> Result<bool> {
+    Ok(widened_values(conv, xs)? <= WIDENED_WHOLE_VALUES)
+}
+
+/// Values of the larger f32 copy (input padded, or output) of the whole batch of `xs`, as
+/// [`in_widened_bands_of`] would widen it at once.
+fn widened_values(conv: &candle_nn::Conv2d, xs: &Tensor) -> Result<usize> {
+    let (batch, _, h, _) = xs.dims4()?;
+    Ok(batch * widened_row_values(conv, xs)? * (h + 2 * conv.config().padding))
+}
+
+/// Values of one row of the larger f32 copy of `xs`, input (padded) or output.
+fn widened_row_values(conv: &candle_nn::Conv2d, xs: &Tensor) -> Result<usize> {
+    let (_, c_in, _, w) = xs.dims4()?;
+    let (c_out, p) = (conv.weight().dim(0)?, conv.config().padding);
+    Ok((c_in * (w + 2 * p)).max(c_out * (w + 2 * p).saturating_sub(2)))
 }
 
 /// The most values of one f32 copy (input or output) that [`winograd_in_widened_bands`] makes
@@ -488,18 +514,15 @@ fn in_widened_bands_of(
     xs: &Tensor,
     (whole_values, band_values): (usize, usize),
 ) -> Result<Tensor> {
-    let (batch, c_in, h, w) = xs.dims4()?;
-    let c_out = conv.weight().dim(0)?;
+    let (batch, _, h, _) = xs.dims4()?;
     let p = conv.config().padding;
-    let (out_h, out_w) = ((h + 2 * p).saturating_sub(2), (w + 2 * p).saturating_sub(2));
+    let out_h = (h + 2 * p).saturating_sub(2);
     let convolve = |rows: &Tensor, padding: Padding| winograd4_widened(conv, rows, padding);
-    // Values of one row of the larger f32 copy, input (padded) or output.
-    let row_values = (c_in * (w + 2 * p)).max(c_out * out_w);
-    if batch * row_values * (h + 2 * p) <= whole_values {
+    if widened_values(conv, xs)? <= whole_values {
         return convolve(xs, Padding::uniform(p));
     }
     // Whole rows of 4×4 tiles per band.
-    let band_rows = (band_values / row_values).max(4) / 4 * 4;
+    let band_rows = (band_values / widened_row_values(conv, xs)?).max(4) / 4 * 4;
     let mut images = Vec::with_capacity(batch);
     for item in 0..batch {
         let image = xs.narrow(0, item, 1)?;
@@ -539,6 +562,17 @@ fn winograd4_widened(conv: &candle_nn::Conv2d, rows: &Tensor, padding: Padding) 
     back_to(&out, rows.dtype())
 }
 
+/// Whether a band of a bf16 map goes through the bf16 kernel (padded first) rather than
+/// F(4×4) widened: as [`convolve_then`] decides for a whole map, on CPUs whose bf16 products
+/// run on vector registers. The VAE's 128-channel convolutions at full resolution: 1 024²
+/// decode with two threads 27.7 → (measured in BENCHMARKS.md, "round thirteen"). With AMX
+/// tiles the bands keep F(4×4) (not measured there the other way).
+fn bf16_kernel_takes_band(conv: &candle_nn::Conv2d, rows: &Tensor) -> Result<bool> {
+    Ok(crate::kernels::conv::takes_bf16(rows, conv.weight())
+        && !crate::kernels::bf16_gemm::tiles_available()
+        && !winograd_beats_bf16(conv, rows)?)
+}
+
 impl Conv2d {
     /// The convolution of a band of rows of a larger map: `rows` holds the band and the rows
     /// around it that the kernel reaches; zeros are added on the sides, and above or below only
@@ -560,6 +594,7 @@ impl Conv2d {
             && (cfg.stride, cfg.dilation, cfg.groups) == (1, 1, 1)
             && (k_h, k_w) == (3, 3)
             && h * w >= WINOGRAD_MIN_PIXELS
+            && !bf16_kernel_takes_band(unpadded, rows)?
         {
             winograd4_widened(unpadded, rows, padding)?
         } else {

@@ -176,11 +176,7 @@ pub(super) unsafe fn by_bands(
     let (in_image, out_image) = (g.c_in * g.h * g.w, g.c_out * g.out_h * g.out_w);
     // Written whole: the bands of tile rows cover every output row, each row in full.
     let mut out = unfilled(batch * out_image);
-    BUFFERS.with(|buffers| {
-        let buffers = &mut *buffers.borrow_mut();
-        buffers.grid.resize(lens[0], 0.0);
-        buffers.v.resize(lens[1], 0.0);
-        buffers.m.resize(lens[2], 0.0);
+    with_buffers(lens, |buffers| {
         for (b, out_b) in out.chunks_mut(out_image).enumerate() {
             let image = &x[b * in_image..(b + 1) * in_image];
             let mut first = 0;
@@ -194,6 +190,17 @@ pub(super) unsafe fn by_bands(
     // SAFETY: the bands cover tile rows `0..tiles_h`, whose output rows cover `0..out_h`, of
     // every image, and the caller promises each band writes its rows whole.
     unsafe { filled(out) }
+}
+
+/// `f` with the calling thread's buffers, grown to `lens` (grid, transformed tiles, products).
+pub(super) fn with_buffers<T>(lens: [usize; 3], f: impl FnOnce(&mut Buffers) -> T) -> T {
+    BUFFERS.with(|buffers| {
+        let buffers = &mut *buffers.borrow_mut();
+        buffers.grid.resize(lens[0], 0.0);
+        buffers.v.resize(lens[1], 0.0);
+        buffers.m.resize(lens[2], 0.0);
+        f(buffers)
+    })
 }
 
 impl CustomOp2 for Winograd {
@@ -362,7 +369,7 @@ fn convolve_band(
         .for_each(|(v_c, grid)| transform_inputs(g, grid, rows.len(), v_c, tiles));
     // M_ξ = U_ξ · V_ξ, into M: [16, c_out, tiles], the 16 products in parallel.
     let m = &mut buffers.m[..16 * g.c_out * tiles];
-    multiply_positions(g, u, v, m, tiles, 16);
+    multiply_positions(g, u, v, m, tiles, 16, 0..16);
     let plane = g.out_h * g.out_w;
     let m = &*m;
     out.par_chunks_mut(plane)
@@ -373,9 +380,11 @@ fn convolve_band(
         });
 }
 
-/// `M_ξ = U_ξ · V_ξ` for each of the `positions` positions of a transformed tile (16 for
-/// F(2×2, 3×3), 36 for F(4×4, 3×3)), the products in parallel: `u` is `[c_in, positions,
-/// c_out]`, `v` `[c_in, positions, tiles]`, `m` `[positions, c_out, tiles]`.
+/// `M_ξ = U_ξ · V_ξ` for the positions `xis` of a transformed tile (of `positions`: 16 for
+/// F(2×2, 3×3), 36 for F(4×4, 3×3)), the products in parallel: `u` is `[c_in, xis.len(),
+/// c_out]` (those positions' filters only), `v` `[c_in, positions, tiles]`, `m` `[positions,
+/// c_out, tiles]`. Where there are fewer positions than threads, each product is split into
+/// blocks of output channels as well.
 #[allow(unsafe_code)]
 pub(super) fn multiply_positions(
     g: &Geometry,
@@ -384,43 +393,55 @@ pub(super) fn multiply_positions(
     m: &mut [f32],
     tiles: usize,
     positions: usize,
+    xis: std::ops::Range<usize>,
 ) {
+    let count = xis.len();
     assert!(
-        u.len() >= g.c_in * positions * g.c_out
+        xis.end <= positions
+            && u.len() >= g.c_in * count * g.c_out
             && v.len() >= g.c_in * positions * tiles
             && m.len() >= positions * g.c_out * tiles,
-        "buffers too short for {positions} positions"
+        "buffers too short for positions {xis:?} of {positions}"
     );
-    m.par_chunks_mut(g.c_out * tiles)
-        .take(positions)
+    let blocks = rayon::current_num_threads().div_ceil(count.max(1));
+    let block_rows = g.c_out.div_ceil(blocks).max(1);
+    m[xis.start * g.c_out * tiles..xis.end * g.c_out * tiles]
+        .par_chunks_mut(g.c_out * tiles)
         .enumerate()
-        .for_each(|(xi, m_xi)| {
-            // SAFETY: U_ξ reads `c_out × c_in` values at `(i·positions + ξ)·c_out + o` of `u`;
-            // V_ξ reads `c_in × tiles` at `ξ·tiles + i·positions·tiles + t` of `v`; M_ξ is
-            // `c_out × tiles`: all within the lengths asserted above.
-            unsafe {
-                gemm::gemm(
-                    g.c_out,
-                    tiles,
-                    g.c_in,
-                    m_xi.as_mut_ptr(),
-                    1,
-                    tiles as isize,
-                    false,
-                    u.as_ptr().add(xi * g.c_out),
-                    (positions * g.c_out) as isize,
-                    1,
-                    v.as_ptr().add(xi * tiles),
-                    1,
-                    (positions * tiles) as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
-            }
+        .for_each(|(at, m_xi)| {
+            let xi = xis.start + at;
+            m_xi.par_chunks_mut(block_rows * tiles)
+                .enumerate()
+                .for_each(|(block, m_block)| {
+                    let (first, rows) = (block * block_rows, m_block.len() / tiles);
+                    // SAFETY: U_ξ's rows `first..first + rows` read `rows × c_in` values at
+                    // `(i·count + at)·c_out + o` of `u`; V_ξ reads `c_in × tiles` at `ξ·tiles +
+                    // i·positions·tiles + t` of `v`; the block of M_ξ is `rows × tiles`: all
+                    // within the lengths asserted above.
+                    unsafe {
+                        gemm::gemm(
+                            rows,
+                            tiles,
+                            g.c_in,
+                            m_block.as_mut_ptr(),
+                            1,
+                            tiles as isize,
+                            false,
+                            u.as_ptr().add(at * g.c_out + first),
+                            (count * g.c_out) as isize,
+                            1,
+                            v.as_ptr().add(xi * tiles),
+                            1,
+                            (positions * tiles) as isize,
+                            0.0,
+                            1.0,
+                            false,
+                            false,
+                            false,
+                            gemm::Parallelism::None,
+                        );
+                    }
+                });
         });
 }
 

@@ -17,7 +17,8 @@
 //! the six columns of [`CHUNK`] consecutive tiles are six contiguous runs.
 
 use super::winograd::{
-    by_bands, load, multiply_positions, store, Buffers, Geometry, Lanes, Padding, CHUNK,
+    by_bands, load, multiply_positions, store, with_buffers, Buffers, Geometry, Lanes, Padding,
+    CHUNK,
 };
 use super::{contiguous_f32, contiguous_values, filled, unfilled};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
@@ -29,6 +30,42 @@ const BAND_VALUES: usize = 8 << 20;
 
 /// Positions of a transformed tile.
 const XI: usize = 36;
+
+/// The most transformed filters (f32 values) a convolution of a whole batch at once
+/// ([`convolve_batch`]) holds: 64 MiB. Past it they are made a group of `U`'s rows at a time.
+const FILTER_VALUES: usize = 16 << 20;
+
+/// Whether every transformed filter of a `c_in → c_out` convolution fits [`FILTER_VALUES`]
+/// at once: a convolution a band at a time (or an image at a time) transforms them whole.
+pub(crate) fn filters_fit_whole(c_in: usize, c_out: usize) -> bool {
+    c_in * XI * c_out <= FILTER_VALUES
+}
+
+/// Whether a convolution of `batch` maps to `out_h × out_w` outputs is made of the whole batch
+/// at once ([`convolve_batch`]): its filters are then made a group of `U`'s rows at a time,
+/// within [`FILTER_VALUES`] however many there are.
+pub(crate) fn takes_batch_at_once(
+    batch: usize,
+    channels: (usize, usize),
+    outputs: (usize, usize),
+) -> bool {
+    at_once(batch, channels, outputs, (BAND_VALUES, FILTER_VALUES))
+}
+
+/// Whether [`convolve_batch`] takes the batch: its transformed tiles, input and products, fit
+/// one band's buffers of `band_values` each, or four bands' where the filters would not fit
+/// whole in `filter_values` (SDXL's 2 560 → 1 280 at 32×32 and 1 280 → 1 280 at 64×64: made
+/// once per band instead, or each band on the bf16 kernel, they cost more time than the larger
+/// buffers cost memory).
+fn at_once(
+    batch: usize,
+    (c_in, c_out): (usize, usize),
+    (out_h, out_w): (usize, usize),
+    (band_values, filter_values): (usize, usize),
+) -> bool {
+    let values = XI * c_in.max(c_out) * batch * out_h.div_ceil(4) * out_w.div_ceil(4);
+    values <= band_values || c_in * XI * c_out > filter_values && values <= 4 * band_values
+}
 
 /// `conv2d(x, weight) + bias` for a 3×3 `weight`, stride 1, dilation 1, one group, `padding`
 /// zeros on each side; f32 on the CPU (`x` `[batch, c_in, h, w]`, `weight` `[c_out, c_in, 3,
@@ -42,7 +79,7 @@ pub fn conv2d_3x3(
     relu: bool,
 ) -> Result<Tensor> {
     let padding = Padding::uniform(padding);
-    convolve(x, weight, bias, padding, BAND_VALUES, relu)
+    convolve(x, weight, bias, padding, (BAND_VALUES, FILTER_VALUES), relu)
 }
 
 /// [`conv2d_3x3`] with its own padding above and below, for a band of rows of a larger image
@@ -54,7 +91,14 @@ pub(crate) fn conv2d_3x3_padded(
     bias: Option<&Tensor>,
     padding: Padding,
 ) -> Result<Tensor> {
-    convolve(x, weight, bias, padding, BAND_VALUES, false)
+    convolve(
+        x,
+        weight,
+        bias,
+        padding,
+        (BAND_VALUES, FILTER_VALUES),
+        false,
+    )
 }
 
 fn convolve(
@@ -62,7 +106,7 @@ fn convolve(
     weight: &Tensor,
     bias: Option<&Tensor>,
     padding: Padding,
-    band_values: usize,
+    (band_values, filter_values): (usize, usize),
     relu: bool,
 ) -> Result<Tensor> {
     let (x, weight, bias) = super::conv_operands(x, weight, bias)?;
@@ -72,6 +116,7 @@ fn convolve(
             padding,
             bias,
             band_values,
+            filter_values,
             relu,
         },
     )
@@ -80,7 +125,10 @@ fn convolve(
 struct Winograd4 {
     padding: Padding,
     bias: Option<Vec<f32>>,
+    /// Values in each of a band's buffers (the tests' are small, to make many bands).
     band_values: usize,
+    /// [`FILTER_VALUES`] (the tests' are small, to make many groups of rows).
+    filter_values: usize,
     /// ReLU on each output as it is written.
     relu: bool,
 }
@@ -117,7 +165,32 @@ impl CustomOp2 for Winograd4 {
             CpuStorage::BF16(_) => Filters::Bf16(contiguous_values(ws, wl, self.name())?),
             _ => Filters::F32(contiguous_f32(ws, wl, self.name())?),
         };
-        let u = transform_filters(weight, g.c_out, g.c_in);
+        let outputs = (g.out_h, g.out_w);
+        let bounds = (self.band_values, self.filter_values);
+        let out = if at_once(batch, (g.c_in, g.c_out), outputs, bounds) {
+            convolve_batch(&g, batch, x, weight, (bias, relu), self.filter_values)
+        } else {
+            self.convolve_by_bands(&g, batch, x, weight)
+        };
+        Ok((
+            CpuStorage::F32(out),
+            Shape::from((batch, g.c_out, g.out_h, g.out_w)),
+        ))
+    }
+}
+
+impl Winograd4 {
+    /// The batch image by image, in bands of tile rows (for maps too large to transform whole
+    /// at once), with every filter transformed once, whole.
+    fn convolve_by_bands(
+        &self,
+        g: &Geometry,
+        batch: usize,
+        x: &[f32],
+        weight: Filters<'_>,
+    ) -> Vec<f32> {
+        let (bias, relu) = (self.bias.as_deref(), self.relu);
+        let u = transform_filters(weight, g.c_out, g.c_in, 0..6);
         let rows_per_band = g.rows_per_band(self.band_values, XI);
         let band_tiles = rows_per_band * g.tiles_w;
         let (grid_h, grid_w) = g.band_grid_4x4(rows_per_band);
@@ -130,104 +203,358 @@ impl CustomOp2 for Winograd4 {
         // `transform_outputs` writes the four rows and four columns of each tile that fall
         // inside the output, for every tile of the row.
         #[allow(unsafe_code)]
-        let out = unsafe {
+        unsafe {
             by_bands(
-                &g,
+                g,
                 batch,
                 x,
                 rows_per_band,
                 lens,
                 |image, rows, out, buffers| {
-                    convolve_band(&g, image, &u, (bias, relu), rows, out, buffers)
+                    convolve_band(g, image, &u, (bias, relu), rows, out, buffers)
                 },
             )
-        };
-        Ok((
-            CpuStorage::F32(out),
-            Shape::from((batch, g.c_out, g.out_h, g.out_w)),
-        ))
+        }
     }
 }
 
-/// `U = G g Gᵀ` for every filter, as `[c_in, 36, c_out]` (see `winograd::transform_filters`
-/// for why this order), from f32 or bf16 weights `[c_out, c_in, 3, 3]` (bf16 ones are widened
-/// as they are read: no f32 copy of them is made). [`CHUNK`] output channels at a time, in
-/// lanes, so each component is one contiguous store (measured no faster than one filter at a
-/// time with 36 scalar stores `c_out` apart: `engine --part conv`, F(4×4) at 16×16, 207.6
-/// against 211.6 ms).
+/// The whole batch at once, its images' tiles side by side in each product (`M_ξ = U_ξ · V_ξ`
+/// over `batch × tiles` columns: each `U_ξ` is read once, not once per image, and the
+/// products are wider), for maps whose transformed tiles fit one band. The filters are
+/// transformed a group of `U`'s rows at a time, each group multiplied before the next is made,
+/// so that no more than `filter_values` of them exist at once (at least one row: the UNet's
+/// 1 280 → 1 280 would take 236 MB whole, 39 MB a row).
+fn convolve_batch(
+    g: &Geometry,
+    batch: usize,
+    x: &[f32],
+    weight: Filters<'_>,
+    (bias, relu): (Option<&[f32]>, bool),
+    filter_values: usize,
+) -> Vec<f32> {
+    let image_tiles = g.tiles_h * g.tiles_w;
+    let tiles = batch * image_tiles;
+    let (grid_h, grid_w) = g.band_grid_4x4(g.tiles_h);
+    let lens = [
+        g.c_in * grid_h * grid_w,
+        g.c_in * XI * tiles,
+        g.c_out * XI * tiles,
+    ];
+    let (in_image, out_image) = (g.c_in * g.h * g.w, g.c_out * g.out_h * g.out_w);
+    let plane = g.out_h * g.out_w;
+    let rows_per_group = (filter_values / (g.c_in * 6 * g.c_out)).clamp(1, 6);
+    let mut out = unfilled(batch * out_image);
+    with_buffers(lens, |buffers| {
+        let v = &mut buffers.v[..lens[1]];
+        for (b, image) in x.chunks_exact(in_image).enumerate() {
+            pad_band(g, image, 0..g.tiles_h, &mut buffers.grid);
+            v.par_chunks_mut(XI * tiles)
+                .zip(buffers.grid.par_chunks(grid_h * grid_w))
+                .for_each(|(v_c, grid)| {
+                    transform_inputs(g, grid, g.tiles_h, &mut v_c[b * image_tiles..], tiles)
+                });
+        }
+        let m = &mut buffers.m[..lens[2]];
+        for first in (0..6).step_by(rows_per_group) {
+            let rows = first..(first + rows_per_group).min(6);
+            let u = transform_filters(weight, g.c_out, g.c_in, rows.clone());
+            multiply_positions(g, &u, v, m, tiles, XI, 6 * rows.start..6 * rows.end);
+        }
+        let m = &*m;
+        for (b, out_b) in out.chunks_mut(out_image).enumerate() {
+            out_b
+                .par_chunks_mut(plane)
+                .enumerate()
+                .for_each(|(c, out_c)| {
+                    let finish = Finish {
+                        bias: bias.map_or(0.0, |b| b[c]),
+                        relu,
+                    };
+                    let m_b = &m[b * image_tiles..];
+                    transform_outputs(g, m_b, c, finish, 0..g.tiles_h, out_c, tiles)
+                });
+        }
+    });
+    // SAFETY: every image's every channel plane was written whole by `transform_outputs` over
+    // all its tile rows (the four rows and columns of each tile inside the output).
+    #[allow(unsafe_code)]
+    unsafe {
+        filled(out)
+    }
+}
+
+/// `U = G g Gᵀ` for every filter, the rows `rows` of each 6×6 `U` (positions `6·rows.start ..
+/// 6·rows.end`), as `[c_in, 6·rows.len(), c_out]` (see `winograd::transform_filters` for why
+/// this order), from f32 or bf16 weights `[c_out, c_in, 3, 3]` (bf16 ones are widened as they
+/// are read: no f32 copy of them is made). [`FILTER_INPUTS`] input channels a task.
 #[allow(unsafe_code)]
-fn transform_filters(weight: Filters<'_>, c_out: usize, c_in: usize) -> Vec<f32> {
-    let mut u = unfilled(c_in * XI * c_out);
-    u.par_chunks_mut(XI * c_out)
-        .enumerate()
-        .for_each(|(i, u_i)| transform_channel_filters(weight, c_out, c_in, i, u_i));
-    // SAFETY: each input channel's task wrote the 36 components of its pair with every output:
-    // every chunk of output channels, `n` lanes of each component.
-    unsafe { filled(u) }
-}
-
-with_widest_vectors! {
-    /// [`transform_filters`] for input channel `i`: `U` of its pair with every output channel,
-    /// into `u_i` (`[36, c_out]`), compiled for the widest vectors this CPU has (the default
-    /// target's SSE code took 50 ns a filter).
-    fn transform_channel_filters(
-        weight: Filters<'_>,
-        c_out: usize,
-        c_in: usize,
-        i: usize,
-        u_i: &mut [MaybeUninit<f32>]
-    ) => transform_channel_filters_lanes
-}
-
-/// [`transform_channel_filters`] in [`CHUNK`] lanes.
-#[inline(always)]
-fn transform_channel_filters_lanes(
+fn transform_filters(
     weight: Filters<'_>,
     c_out: usize,
     c_in: usize,
-    i: usize,
-    u_i: &mut [MaybeUninit<f32>],
+    rows: std::ops::Range<usize>,
+) -> Vec<f32> {
+    let positions = 6 * rows.len();
+    let mut u = unfilled(c_in * positions * c_out);
+    u.par_chunks_mut(FILTER_INPUTS * positions * c_out)
+        .enumerate()
+        .for_each(|(block, u_block)| {
+            let inputs = block * FILTER_INPUTS..(block * FILTER_INPUTS + FILTER_INPUTS).min(c_in);
+            transform_filter_block(weight, c_out, c_in, inputs, rows.clone(), u_block)
+        });
+    // SAFETY: each block's task wrote, for each of its input channels, the rows' positions of
+    // its pair with every output: every chunk of output channels, `n` lanes of each position.
+    unsafe { filled(u) }
+}
+
+/// Input channels whose filters one task of [`transform_filters`] transforms: a chunk of
+/// output channels reads their taps as one long run per output channel (`9 · FILTER_INPUTS`
+/// values, which the CPU's prefetcher follows) instead of nine values `9 · c_in` apart per
+/// filter.
+const FILTER_INPUTS: usize = 128;
+
+/// Input channels whose taps [`transform_filter_block`] gathers into lanes at once (9 KiB).
+const GATHERED_INPUTS: usize = 16;
+
+with_widest_vectors! {
+    /// [`transform_filters`] for the input channels `inputs`: `U`'s rows `rows` of their pairs
+    /// with every output channel, into `u_block` (`[inputs, 6·rows.len(), c_out]`), compiled for
+    /// the widest vectors this CPU has (the default target's SSE code, reading each filter's
+    /// taps on their own, took 57 ns a filter; this takes about 5: BENCHMARKS.md).
+    fn transform_filter_block(
+        weight: Filters<'_>,
+        c_out: usize,
+        c_in: usize,
+        inputs: std::ops::Range<usize>,
+        rows: std::ops::Range<usize>,
+        u_block: &mut [MaybeUninit<f32>]
+    ) => transform_filter_block_lanes
+}
+
+/// [`transform_filter_block`] in [`CHUNK`] lanes of output channels.
+#[inline(always)]
+fn transform_filter_block_lanes(
+    weight: Filters<'_>,
+    c_out: usize,
+    c_in: usize,
+    inputs: std::ops::Range<usize>,
+    rows: std::ops::Range<usize>,
+    u_block: &mut [MaybeUninit<f32>],
 ) {
-    const G: [[f32; 3]; 6] = [
-        [0.25, 0.0, 0.0],
-        [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
-        [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
-        [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
-        [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
-        [0.0, 0.0, 1.0],
-    ];
+    let positions = 6 * rows.len();
+    // taps[9·j + k][l]: tap k of the filter from input `from + j` to output `first + l`.
+    let mut taps = [[0f32; CHUNK]; 9 * GATHERED_INPUTS];
     for first in (0..c_out).step_by(CHUNK) {
         let n = CHUNK.min(c_out - first);
-        // g[k]: tap k of the chunk's filters (lanes past `n` are zeros, never stored).
-        let g: [Lanes; 9] = std::array::from_fn(|k| {
-            std::array::from_fn(|l| {
-                if l < n {
-                    weight.get(((first + l) * c_in + i) * 9 + k)
-                } else {
-                    0.0
-                }
-            })
-        });
-        // t = G g (6 × 3), then U = t Gᵀ (6 × 6), sums in the order of one filter's.
-        let t: [[Lanes; 3]; 6] = std::array::from_fn(|r| {
-            std::array::from_fn(|c| {
-                std::array::from_fn(|l| {
-                    G[r][0] * g[c][l] + G[r][1] * g[3 + c][l] + G[r][2] * g[6 + c][l]
-                })
-            })
-        });
-        for (r, t_r) in t.iter().enumerate() {
-            for (c, g_c) in G.iter().enumerate() {
-                let value: Lanes = std::array::from_fn(|l| {
-                    t_r[0][l] * g_c[0] + t_r[1][l] * g_c[1] + t_r[2][l] * g_c[2]
-                });
-                let at = (r * 6 + c) * c_out + first;
-                for (slot, value) in u_i[at..at + n].iter_mut().zip(value) {
-                    slot.write(value);
+        for from in inputs.clone().step_by(GATHERED_INPUTS) {
+            let count = GATHERED_INPUTS.min(inputs.end - from);
+            // Where each lane's run starts (lanes past `n` read lane 0's: computed, never
+            // stored).
+            let starts: [usize; CHUNK] =
+                std::array::from_fn(|l| ((first + if l < n { l } else { 0 }) * c_in + from) * 9);
+            let taps = &mut taps[..9 * count];
+            match weight {
+                Filters::F32(values) => gather_taps(values, &starts, taps),
+                Filters::Bf16(values) => gather_taps(values, &starts, taps),
+            }
+            for (j, g) in taps.chunks_exact(9).enumerate() {
+                // t = G g (6 × 3): G applied down each of the filter's three columns.
+                let columns = [
+                    g_times(&g[0], &g[3], &g[6]),
+                    g_times(&g[1], &g[4], &g[7]),
+                    g_times(&g[2], &g[5], &g[8]),
+                ];
+                let at_j = (from - inputs.start + j) * positions * c_out;
+                for (row_at, r) in rows.clone().enumerate() {
+                    // Row r of U = t Gᵀ: G applied along row r of t.
+                    let u_r = g_times(&columns[0][r], &columns[1][r], &columns[2][r]);
+                    for (c, value) in u_r.iter().enumerate() {
+                        let at = at_j + (row_at * 6 + c) * c_out + first;
+                        write_lanes(value, &mut u_block[at..at + n]);
+                    }
                 }
             }
         }
     }
+}
+
+/// The first `slots.len()` lanes of `value` into `slots` (all [`CHUNK`] of them as one store).
+#[inline(always)]
+fn write_lanes(value: &Lanes, slots: &mut [MaybeUninit<f32>]) {
+    if let Ok(slots) = <&mut [MaybeUninit<f32>; CHUNK]>::try_from(&mut *slots) {
+        for (slot, value) in slots.iter_mut().zip(value) {
+            slot.write(*value);
+        }
+    } else {
+        for (slot, value) in slots.iter_mut().zip(value) {
+            slot.write(*value);
+        }
+    }
+}
+
+/// `taps[j][l] = values[starts[l] + j]` widened to f32: a run of taps from each lane's
+/// output channel, across the lanes. With AVX-512, sixteen taps of the sixteen runs at a time
+/// are loaded as sixteen vectors and transposed in registers; otherwise (and for a run's last
+/// taps short of sixteen) one value at a time (the compiler made that loop of scatters or
+/// gathers, several times slower on an AMD Zen 4).
+#[inline(always)]
+#[allow(unsafe_code)]
+fn gather_taps<T: Tap>(values: &[T], starts: &[usize; CHUNK], taps: &mut [Lanes]) {
+    let run = taps.len();
+    assert!(starts.iter().all(|&start| start + run <= values.len()));
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        done = run / CHUNK * CHUNK;
+        for (block, taps) in taps[..done].chunks_exact_mut(CHUNK).enumerate() {
+            // Each inside `values`: `starts[l] + run <= values.len()`, asserted above.
+            let rows = starts.map(|start| values.as_ptr().wrapping_add(start + block * CHUNK));
+            // SAFETY: the CPU has AVX-512F, checked above; each row has `CHUNK` values from its
+            // pointer (`block·CHUNK + CHUNK <= done <= run`).
+            unsafe { transposed_taps(&rows, taps.try_into().expect("a block of CHUNK")) }
+        }
+    }
+    for (j, tap) in taps.iter_mut().enumerate().skip(done) {
+        for (lane, start) in tap.iter_mut().zip(starts) {
+            // SAFETY: `start + j < start + run <= values.len()`, asserted above.
+            *lane = unsafe { values.get_unchecked(start + j) }.widen();
+        }
+    }
+}
+
+/// A weight [`gather_taps`] reads: f32, or bf16 widened.
+#[allow(unsafe_code)]
+trait Tap: Copy {
+    fn widen(self) -> f32;
+    /// `CHUNK` values from `at`, widened to f32, as one vector.
+    ///
+    /// # Safety
+    ///
+    /// The CPU has AVX-512F, and `at` points to `CHUNK` values.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load_widened(at: *const Self) -> std::arch::x86_64::__m512;
+}
+
+#[allow(unsafe_code)]
+impl Tap for f32 {
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        self
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load_widened(at: *const f32) -> std::arch::x86_64::__m512 {
+        // SAFETY: the caller promises `CHUNK` values at `at`.
+        unsafe { std::arch::x86_64::_mm512_loadu_ps(at) }
+    }
+}
+
+#[allow(unsafe_code)]
+impl Tap for half::bf16 {
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        self.to_f32()
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load_widened(at: *const half::bf16) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller promises `CHUNK` values (32 bytes) at `at`. A bf16 is the high
+        // half of the f32 it widens to.
+        unsafe {
+            let halves = _mm256_loadu_si256(at.cast::<__m256i>());
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(halves)))
+        }
+    }
+}
+
+/// `taps[j][l] = rows[l][j]` for a block of `CHUNK` × `CHUNK` taps: the sixteen rows loaded as
+/// vectors and transposed in registers (pairs, then quadruples within 128-bit lanes, then the
+/// lanes twice).
+///
+/// # Safety
+///
+/// The CPU has AVX-512F, and each row points to `CHUNK` values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(unsafe_code)]
+unsafe fn transposed_taps<T: Tap>(rows: &[*const T; CHUNK], taps: &mut [Lanes; CHUNK]) {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller promises the CPU and the rows' lengths; `taps` is `CHUNK` × `CHUNK`
+    // f32s, stored one row of lanes per vector.
+    unsafe {
+        // Loops rather than `array::from_fn`: a closure is not sure to get this function's
+        // target features.
+        let mut r = [_mm512_setzero_ps(); CHUNK];
+        for (l, row) in r.iter_mut().enumerate() {
+            *row = T::load_widened(rows[l]);
+        }
+        // Within each 128-bit lane: pairs of rows interleaved, then four rows' values.
+        let mut t = [_mm512_setzero_ps(); CHUNK];
+        for (i, t) in t.iter_mut().enumerate() {
+            let (a, b) = (r[2 * (i / 2)], r[2 * (i / 2) + 1]);
+            *t = if i % 2 == 0 {
+                _mm512_unpacklo_ps(a, b)
+            } else {
+                _mm512_unpackhi_ps(a, b)
+            };
+        }
+        // q[4g + k]: rows 4g..4g+4, value k of each 128-bit lane.
+        let mut q = [_mm512_setzero_ps(); CHUNK];
+        for (i, q) in q.iter_mut().enumerate() {
+            let (group, k) = (i / 4, i % 4);
+            let (a, b) = (t[4 * group + k / 2], t[4 * group + 2 + k / 2]);
+            *q = if k % 2 == 0 {
+                _mm512_shuffle_ps::<0x44>(a, b)
+            } else {
+                _mm512_shuffle_ps::<0xEE>(a, b)
+            };
+        }
+        // The 128-bit lanes: rows 0..8's lanes 0 and 2 (or 1 and 3), then with rows 8..16's.
+        let mut h = [_mm512_setzero_ps(); CHUNK];
+        for (i, h) in h.iter_mut().enumerate() {
+            let (half, odd, k) = (i / 8, (i / 4) % 2, i % 4);
+            let (a, b) = (q[8 * half + k], q[8 * half + 4 + k]);
+            *h = if odd == 0 {
+                _mm512_shuffle_f32x4::<0x88>(a, b)
+            } else {
+                _mm512_shuffle_f32x4::<0xDD>(a, b)
+            };
+        }
+        for (j, tap) in taps.iter_mut().enumerate() {
+            let (high, k) = (j / 8, j % 8);
+            let (a, b) = (h[k], h[8 + k]);
+            let column = if high == 0 {
+                _mm512_shuffle_f32x4::<0x88>(a, b)
+            } else {
+                _mm512_shuffle_f32x4::<0xDD>(a, b)
+            };
+            _mm512_storeu_ps(tap.as_mut_ptr(), column);
+        }
+    }
+}
+
+/// `G (g0, g1, g2)ᵀ` in lanes, for F(4×4, 3×3)'s
+/// `G = [[1/4, 0, 0], [-1/6, -1/6, -1/6], [-1/6, 1/6, -1/6], [1/24, 1/12, 1/6], [1/24, -1/12,
+/// 1/6], [0, 0, 1]]`, without its zeros' products.
+#[inline(always)]
+fn g_times(g0: &Lanes, g1: &Lanes, g2: &Lanes) -> [Lanes; 6] {
+    let mut t = [[0f32; CHUNK]; 6];
+    for l in 0..CHUNK {
+        let outer = g0[l] + g2[l];
+        let even = g0[l] * (1.0 / 24.0) + g2[l] * (1.0 / 6.0);
+        t[0][l] = g0[l] * 0.25;
+        t[1][l] = (outer + g1[l]) * (-1.0 / 6.0);
+        t[2][l] = (outer - g1[l]) * (-1.0 / 6.0);
+        t[3][l] = even + g1[l] * (1.0 / 12.0);
+        t[4][l] = even - g1[l] * (1.0 / 12.0);
+        t[5][l] = g2[l];
+    }
+    t
 }
 
 /// A convolution's weights as [`transform_filters`] reads them.
@@ -235,16 +562,6 @@ fn transform_channel_filters_lanes(
 enum Filters<'a> {
     F32(&'a [f32]),
     Bf16(&'a [half::bf16]),
-}
-
-impl Filters<'_> {
-    #[inline(always)]
-    fn get(self, at: usize) -> f32 {
-        match self {
-            Filters::F32(values) => values[at],
-            Filters::Bf16(values) => values[at].to_f32(),
-        }
-    }
 }
 
 /// The band's padded rows, each stored as its four column phases: grid column `c` (of the
@@ -290,7 +607,7 @@ fn convolve_band(
         .zip(buffers.grid.par_chunks(grid_h * grid_w))
         .for_each(|(v_c, grid)| transform_inputs(g, grid, rows.len(), v_c, tiles));
     let m = &mut buffers.m[..XI * g.c_out * tiles];
-    multiply_positions(g, u, v, m, tiles, XI);
+    multiply_positions(g, u, v, m, tiles, XI, 0..XI);
     let plane = g.out_h * g.out_w;
     let m = &*m;
     out.par_chunks_mut(plane)
@@ -481,21 +798,20 @@ mod tests {
                 .unwrap()
                 .broadcast_add(&bias.reshape((1, c_out, 1, 1)).unwrap())
                 .unwrap();
-            for band_values in [BAND_VALUES, 1] {
-                let ours = convolve(
-                    &x,
-                    &weight,
-                    Some(&bias),
-                    Padding::uniform(p),
-                    band_values,
-                    false,
-                )
-                .unwrap();
+            // The whole batch at once with every filter transformed whole, and with them made
+            // a row of `U` at a time; then in bands of one tile row.
+            for bounds in [
+                (BAND_VALUES, FILTER_VALUES),
+                (BAND_VALUES, 1),
+                (1, FILTER_VALUES),
+            ] {
+                let padding = Padding::uniform(p);
+                let ours = convolve(&x, &weight, Some(&bias), padding, bounds, false).unwrap();
                 assert_eq!(ours.dims(), reference.dims(), "case {i}");
                 let error = max_difference(&ours, &reference) / max_abs(&reference).max(1e-6);
                 assert!(
                     error < 1e-5,
-                    "case {i}, bands of {band_values}: relative {error}"
+                    "case {i}, bounds {bounds:?}: relative {error}"
                 );
             }
             let ours = conv2d_3x3(&x, &weight, Some(&bias), p, true).unwrap();
@@ -514,6 +830,25 @@ mod tests {
         let from_half = conv2d_3x3_padded(&x, &half, None, padding).unwrap();
         let from_wide = conv2d_3x3_padded(&x, &wide, None, padding).unwrap();
         assert_eq!(max_difference(&from_half, &from_wide), 0.0);
+    }
+
+    #[test]
+    fn products_split_into_blocks_of_output_channels_on_many_threads() {
+        // With more threads than a group's six positions, each product is split into blocks
+        // of output channels (here 16 channels in blocks of 6, 6 and 4).
+        let x = random(&[2, 12, 17, 14], 11);
+        let weight = random(&[16, 12, 3, 3], 12);
+        let reference = x.conv2d(&weight, 1, 1, 1, 1).unwrap();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(16)
+            .build()
+            .unwrap();
+        let bounds = (BAND_VALUES, 1);
+        let ours = pool
+            .install(|| convolve(&x, &weight, None, Padding::uniform(1), bounds, false))
+            .unwrap();
+        let error = max_difference(&ours, &reference) / max_abs(&reference);
+        assert!(error < 1e-5, "relative {error}");
     }
 
     #[test]
