@@ -16,7 +16,7 @@ use crate::source::{
     composite, first_pass_size, hires_fix_applies, hires_second_pass_steps, latent_mask,
     start_step, HiresFix, PreparedSource, SourceImage, SourceProcessing,
 };
-use crate::text::{Encoded, TextConditioner, WeightedTokens};
+use crate::text::{TextConditioner, WeightedTokens};
 use crate::unet::{Conditioning, UNet};
 use crate::vae::{pixels_of, LatentDraw, Vae};
 use crate::Error;
@@ -904,21 +904,32 @@ impl Model {
         indices: &[usize],
     ) -> Result<PassConditioning, Error> {
         let text = self.text_now()?;
-        let mut encoded = Vec::new();
+        // Each distinct prompt once (a negative prompt the same as its prompt, or the same
+        // prompt for several images, is encoded once), all of them in one batch.
+        let mut prompts: Vec<&WeightedTokens> = Vec::new();
         let mut uncond = Vec::with_capacity(indices.len());
         let mut cond = Vec::with_capacity(indices.len());
         for &i in indices {
-            let t = &tokens[i];
-            uncond.push(self.encode_once(&text, job, (&t.negative, t.chunks), &mut encoded)?);
-            cond.push(self.encode_once(&text, job, (&t.positive, t.chunks), &mut encoded)?);
+            uncond.push(place_once(&mut prompts, &tokens[i].negative));
+            cond.push(place_once(&mut prompts, &tokens[i].positive));
         }
+        // The images of one pass have prompts of the same chunk count (`sample`).
+        let chunks = indices.first().map_or(1, |&i| tokens[i].chunks);
+        let encoded = text.encode_all_with_embeddings(
+            &prompts,
+            &job.embeddings,
+            chunks,
+            job.clip_skip,
+            self.dtype,
+            &self.device,
+        )?;
         let contexts: Vec<Tensor> = uncond
             .iter()
             .chain(&cond)
-            .map(|&at| encoded[at].1.context.clone())
+            .map(|&at| encoded[at].context.clone())
             .collect();
         let pooled = |at: &[usize]| -> Vec<Option<Tensor>> {
-            at.iter().map(|&k| encoded[k].1.pooled.clone()).collect()
+            at.iter().map(|&k| encoded[k].pooled.clone()).collect()
         };
         Ok(PassConditioning {
             context: Tensor::cat(&contexts, 0)?,
@@ -926,29 +937,6 @@ impl Model {
             cond_pooled: pooled(&cond),
             control: None,
         })
-    }
-
-    /// Where `tokens` is encoded in `encoded`, encoding it there the first time.
-    fn encode_once<'a>(
-        &self,
-        text: &TextConditioner,
-        job: &Generation,
-        (tokens, chunks): (&'a WeightedTokens, usize),
-        encoded: &mut Vec<(&'a WeightedTokens, Encoded)>,
-    ) -> Result<usize, Error> {
-        if let Some(at) = encoded.iter().position(|(seen, _)| *seen == tokens) {
-            return Ok(at);
-        }
-        let e = text.encode_with_embeddings(
-            tokens,
-            &job.embeddings,
-            chunks,
-            job.clip_skip,
-            self.dtype,
-            &self.device,
-        )?;
-        encoded.push((tokens, e));
-        Ok(encoded.len() - 1)
     }
 
     /// SDXL's vector conditioning: pooled text, then the original size, crop (0, 0) and target
@@ -1207,6 +1195,17 @@ fn weights_error(index: &TensorIndex, e: candle_core::Error) -> Error {
         path: index.path().into(),
         reason: e.to_string(),
     }
+}
+
+/// Where `tokens` is in `prompts`, placing it there the first time.
+fn place_once<'a>(prompts: &mut Vec<&'a WeightedTokens>, tokens: &'a WeightedTokens) -> usize {
+    prompts
+        .iter()
+        .position(|seen| *seen == tokens)
+        .unwrap_or_else(|| {
+            prompts.push(tokens);
+            prompts.len() - 1
+        })
 }
 
 #[cfg(test)]

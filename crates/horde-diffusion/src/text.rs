@@ -144,56 +144,104 @@ impl TextConditioner {
         dtype: DType,
         device: &Device,
     ) -> Result<Encoded> {
+        let mut all = self.encode_all_with_embeddings(
+            &[tokens],
+            embeddings,
+            chunks,
+            clip_skip,
+            dtype,
+            device,
+        )?;
+        Ok(all.remove(0))
+    }
+
+    /// [`TextConditioner::encode_with_embeddings`] of several prompts (a job's prompts and
+    /// negative prompts) padded to the same `chunks`, as one batch through each encoder: its
+    /// weights are read (and rearranged for the bf16 kernels) once for them all rather than
+    /// once per prompt. Each prompt's conditioning is its own, as if encoded alone.
+    pub fn encode_all_with_embeddings(
+        &self,
+        prompts: &[&WeightedTokens],
+        embeddings: &[Arc<Embedding>],
+        chunks: usize,
+        clip_skip: usize,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Vec<Encoded>> {
         // Run once per job: the layers keep no rearranged weights (`kernels::kept`).
         crate::kernels::kept::without_keeping(|| {
-            self.encode_chunks(tokens, embeddings, chunks, clip_skip, (dtype, device))
+            self.encode_chunks(prompts, embeddings, chunks, clip_skip, (dtype, device))
         })
     }
 
-    /// [`TextConditioner::encode_with_embeddings`], chunk by chunk.
+    /// [`TextConditioner::encode_all_with_embeddings`], chunk by chunk.
     fn encode_chunks(
         &self,
-        tokens: &WeightedTokens,
+        prompts: &[&WeightedTokens],
         embeddings: &[Arc<Embedding>],
         chunks: usize,
         clip_skip: usize,
         (dtype, device): (DType, &Device),
-    ) -> Result<Encoded> {
+    ) -> Result<Vec<Encoded>> {
         let choice = self.choice(clip_skip);
-        let mut per_chunk = Vec::with_capacity(chunks);
+        // Each prompt's context, chunk by chunk, and its pooled output (SDXL's).
+        let mut per_chunk = vec![Vec::with_capacity(chunks); prompts.len()];
         let mut pooled = None;
         let extra = self.embedding_vectors(embeddings, device)?;
         for i in 0..chunks {
-            let mut parts = Vec::with_capacity(self.encoders.len());
+            let mut parts = vec![Vec::with_capacity(self.encoders.len()); prompts.len()];
             for (e, encoder) in self.encoders.iter().enumerate() {
                 let pad = match encoder.config().layout {
                     ClipLayout::HuggingFace => END,
                     ClipLayout::OpenClip => 0,
                 };
-                let (ids, weights) = tokens.chunk(i, pad);
-                let (ids, inputs) = input_embeddings(encoder, ids, extra.get(e), device)?;
+                let mut ids = Vec::with_capacity(prompts.len());
+                let mut inputs = Vec::with_capacity(prompts.len());
+                let mut weights = Vec::with_capacity(prompts.len());
+                for tokens in prompts {
+                    let (chunk_ids, chunk_weights) = tokens.chunk(i, pad);
+                    let (chunk_ids, chunk_inputs) =
+                        input_embeddings(encoder, chunk_ids, extra.get(e), device)?;
+                    ids.push(chunk_ids);
+                    inputs.push(chunk_inputs);
+                    weights.push(chunk_weights);
+                }
+                let (ids, inputs) = (Tensor::cat(&ids, 0)?, Tensor::cat(&inputs, 0)?);
                 let layers = encoder.layer_count();
                 let skip = choice.skip.saturating_sub(encoder.config().layers_removed);
                 let run = layers.saturating_sub(skip).max(1);
                 let needs_pooled = i == 0
                     && self.family == Family::Sdxl
                     && encoder.config().projection_dim.is_some();
-                let mut hidden = encoder.hidden_states_of(&inputs, run)?;
-                if needs_pooled {
-                    let last = encoder.hidden_states_of(&inputs, layers)?;
+                let mut hidden = if needs_pooled {
+                    let (hidden, last) = encoder.hidden_states_and_last(&inputs, run)?;
                     pooled = encoder.pooled(&ids, &last)?;
-                }
+                    hidden
+                } else {
+                    encoder.hidden_states_of(&inputs, run)?
+                };
                 if choice.final_norm {
                     hidden = encoder.final_norm(&hidden)?;
                 }
-                parts.push(apply_weights(&hidden, &weights)?);
+                for (p, weights) in weights.iter().enumerate() {
+                    parts[p].push(apply_weights(&hidden.narrow(0, p, 1)?, weights)?);
+                }
             }
-            per_chunk.push(Tensor::cat(&parts, D::Minus1)?);
+            for (p, parts) in parts.iter().enumerate() {
+                per_chunk[p].push(Tensor::cat(parts, D::Minus1)?);
+            }
         }
-        Ok(Encoded {
-            context: Tensor::cat(&per_chunk, 1)?.to_dtype(dtype)?,
-            pooled: pooled.map(|p| p.to_dtype(dtype)).transpose()?,
-        })
+        (per_chunk.iter().enumerate())
+            .map(|(p, chunks)| {
+                let pooled = (pooled.as_ref())
+                    .map(|pooled| pooled.narrow(0, p, 1)?.to_dtype(dtype))
+                    .transpose()?;
+                Ok(Encoded {
+                    context: Tensor::cat(chunks, 1)?.to_dtype(dtype)?,
+                    pooled,
+                })
+            })
+            .collect()
     }
 }
 
@@ -276,6 +324,81 @@ fn apply_weights(hidden: &Tensor, weights: &[f32]) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tiny::{random_tensors, tiny_config, TinyArch};
+
+    /// The tiny SDXL's two text encoders (CLIP-L and OpenCLIP bigG's structure), random f32
+    /// weights.
+    fn tiny_sdxl_text() -> TextConditioner {
+        let config = tiny_config(TinyArch::Sdxl);
+        let tensors = random_tensors(&config, 5).unwrap();
+        let vb = candle_nn::VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
+        let prefixes = [
+            crate::config::SDXL_CLIP_L_PREFIX,
+            crate::config::SDXL_CLIP_G_PREFIX,
+        ];
+        let encoders = (config.text_encoders.iter().zip(prefixes))
+            .map(|(encoder, prefix)| {
+                TextTransformer::new(encoder, vb.pp(prefix.trim_end_matches('.'))).unwrap()
+            })
+            .collect();
+        TextConditioner::new(Family::Sdxl, encoders)
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    }
+
+    #[test]
+    fn prompts_encoded_in_one_batch_get_what_each_gets_alone() {
+        // A weighted prompt (its weights and mean restored over its own tokens only), a plain
+        // one and a long one of two chunks; SDXL's pooled output row by row.
+        let text = tiny_sdxl_text();
+        let prompts = [
+            WeightedTokens::from_prompt("a (red:1.5) cat"),
+            WeightedTokens::from_prompt("blurry"),
+            WeightedTokens::from_prompt(&"dog ".repeat(90)),
+        ];
+        let all: Vec<&WeightedTokens> = prompts.iter().collect();
+        let together = text
+            .encode_all_with_embeddings(&all, &[], 2, 1, DType::F32, &Device::Cpu)
+            .unwrap();
+        for (tokens, batched) in prompts.iter().zip(&together) {
+            let alone = text.encode(tokens, 2, 1, DType::F32, &Device::Cpu).unwrap();
+            assert_eq!(batched.context.dims(), &[1, 154, 64]);
+            let scale = alone.context.abs().unwrap().max_all().unwrap();
+            let scale: f32 = scale.to_scalar().unwrap();
+            assert!(max_diff(&batched.context, &alone.context) <= 1e-5 * scale);
+            let (batched, alone) = (batched.pooled.as_ref(), alone.pooled.as_ref());
+            let (batched, alone) = (batched.unwrap(), alone.unwrap());
+            assert_eq!(batched.dims(), &[1, 32]);
+            assert!(max_diff(batched, alone) <= 1e-5);
+        }
+        assert!(max_diff(&together[0].context, &together[1].context) > 1e-3);
+    }
+
+    #[test]
+    fn one_pass_gives_the_penultimate_and_the_last_hidden_states() {
+        let text = tiny_sdxl_text();
+        let bigg = &text.encoders[1];
+        let ids = Tensor::arange(0u32, 77, &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let inputs = bigg.token_embeddings(&ids).unwrap();
+        let layers = bigg.layer_count();
+        let (penultimate, last) = bigg.hidden_states_and_last(&inputs, layers - 1).unwrap();
+        let each = |n| bigg.hidden_states_of(&inputs, n).unwrap();
+        assert_eq!(max_diff(&penultimate, &each(layers - 1)), 0.0);
+        assert_eq!(max_diff(&last, &each(layers)), 0.0);
+        assert!(max_diff(&penultimate, &last) > 1e-3);
+    }
 
     #[test]
     fn prompts_are_tokenized_with_weights_and_chunked() {
