@@ -6,13 +6,16 @@
 //!
 //! `cargo bench -p horde-diffusion --bench engine -- --part unet|vae|vae_encode [--repeats N]
 //! [--model sd15|sdxl] [--dtype f32|f16|bf16|bf16-vector|bf16-widened] [--decode whole|bands] [--encode whole|bands]
-//! [--purge]`; run each
+//! [--purge] [--cold]`; run each
 //! part in its own process so that peak RSS is the part's own (`tools/engine-bench/run.sh`).
+//! `--cold` skips the untimed first call: the first timed call then pays for its fresh memory,
+//! as a worker's first job does.
 //! `--part hires_fix [--steps N]` runs one whole hires-fix job (512² then 1024²) through
 //! `Model::generate_with`. `--part image` runs one whole image through `Model::generate`
 //! (`image/mod.rs`: text encoding, k_euler_a steps, decode).
 //! `--part conv [--dtype bf16] [--shape NAME]` times each 3×3 convolution of the networks through candle, our
-//! direct kernel, Winograd and in bf16.
+//! direct kernel, Winograd and in bf16 (with SDXL's 1 280 channels at 32×32, its 1 920 → 640 at
+//! 64×64, and `filters only`: one 4×4 tile, F(4×4)'s time its filter transform's).
 //! `--part attention` times the fused attention on the UNets' and the VAE's shapes in f32 and
 //! bf16; `--part text [--model sdxl] [--dtype bf16]` each text encoder over two prompts.
 //! `--part peak` measures one core's peak rate (24 independent chains of `vfmadd231ps` and of
@@ -36,7 +39,10 @@ use common::{arg, keep_freed_memory, peak_rss_mb};
 mod image;
 
 fn time(repeats: usize, mut run: impl FnMut() -> Tensor) -> (f64, f64) {
-    run(); // warm-up
+    // `--cold`: no warm-up, so the first timed call pays for its fresh memory as a job does.
+    if !std::env::args().any(|a| a == "--cold") {
+        run();
+    }
     let mut times: Vec<f64> = (0..repeats)
         .map(|_| {
             let started = Instant::now();
@@ -82,6 +88,10 @@ fn compare_convolutions() {
         ("unet 32x32", 2, 640, 640, 32),
         ("unet 16x16", 2, 1280, 1280, 16),
         ("unet 8x8", 2, 1280, 1280, 8),
+        ("sdxl 32x32", 2, 1280, 1280, 32),
+        ("sdxl 64x64 up", 2, 1920, 640, 64),
+        // One 4×4 tile: F(4×4)'s time is its filter transform's (1 280 × 1 280 filters).
+        ("filters only", 1, 1280, 1280, 4),
         ("vae 64x64", 1, 512, 512, 64),
         ("vae 128x128", 1, 512, 512, 128),
         ("vae 256x256", 1, 256, 256, 256),
