@@ -564,9 +564,9 @@ fn winograd4_widened(conv: &candle_nn::Conv2d, rows: &Tensor, padding: Padding) 
 
 /// Whether a band of a bf16 map goes through the bf16 kernel (padded first) rather than
 /// F(4×4) widened: as [`convolve_then`] decides for a whole map, on CPUs whose bf16 products
-/// run on vector registers. The VAE's 128-channel convolutions at full resolution: 1 024²
-/// decode with two threads 27.7 → (measured in BENCHMARKS.md, "round thirteen"). With AMX
-/// tiles the bands keep F(4×4) (not measured there the other way).
+/// run on vector registers: the VAE's 128-channel convolutions at full resolution (SDXL's
+/// 1 024² decode, two threads of an AMD EPYC Zen 4: 27.90 → 27.06 s; BENCHMARKS.md, "round
+/// thirteen"). With AMX tiles the bands keep F(4×4) (not measured there the other way).
 fn bf16_kernel_takes_band(conv: &candle_nn::Conv2d, rows: &Tensor) -> Result<bool> {
     Ok(crate::kernels::conv::takes_bf16(rows, conv.weight())
         && !crate::kernels::bf16_gemm::tiles_available()

@@ -14,7 +14,10 @@
 //!
 //! The layout follows [`super::winograd`]: bands of tile rows keep the buffers bounded; each
 //! padded row is stored as its four column phases (columns `4t`, `4t+1`, `4t+2`, `4t+3`), so
-//! the six columns of [`CHUNK`] consecutive tiles are six contiguous runs.
+//! the six columns of [`CHUNK`] consecutive tiles are six contiguous runs. A batch whose tiles
+//! fit one band goes at once instead ([`convolve_batch`]), its images' tiles side by side in
+//! each product, its filters made a row of `U` at a time where all of them would not fit
+//! [`FILTER_VALUES`].
 
 use super::winograd::{
     by_bands, load, multiply_positions, store, with_buffers, Buffers, Geometry, Lanes, Padding,
@@ -320,7 +323,7 @@ with_widest_vectors! {
     /// [`transform_filters`] for the input channels `inputs`: `U`'s rows `rows` of their pairs
     /// with every output channel, into `u_block` (`[inputs, 6·rows.len(), c_out]`), compiled for
     /// the widest vectors this CPU has (the default target's SSE code, reading each filter's
-    /// taps on their own, took 57 ns a filter; this takes about 5: BENCHMARKS.md).
+    /// nine taps on their own, took 57 ns a filter; BENCHMARKS.md, "round thirteen").
     fn transform_filter_block(
         weight: Filters<'_>,
         c_out: usize,
