@@ -324,6 +324,7 @@ fn apply_weights(hidden: &Tensor, weights: &[f32]) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::test_support::max_difference as max_diff;
     use crate::tiny::{random_tensors, tiny_config, TinyArch};
 
     /// The tiny SDXL's two text encoders (CLIP-L and OpenCLIP bigG's structure), random f32
@@ -342,17 +343,6 @@ mod tests {
             })
             .collect();
         TextConditioner::new(Family::Sdxl, encoders)
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap()
     }
 
     #[test]
