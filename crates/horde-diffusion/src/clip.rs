@@ -176,8 +176,8 @@ impl TextTransformer {
         self.hidden_states_through(xs, layers, self.layers.len())
     }
 
-    /// The states after `kept` layers and after `through` layers (all of them where there are
-    /// fewer), in one pass.
+    /// The states after `kept` layers and after `through` layers (`kept ≤ through`; all of them
+    /// where there are fewer), in one pass.
     fn hidden_states_through(
         &self,
         xs: &Tensor,
@@ -193,7 +193,7 @@ impl TextTransformer {
         )?;
         let mask = causal_mask(positions, xs.dtype(), xs.device())?;
         let mut kept_state = (kept == 0).then(|| xs.clone());
-        for (done, layer) in (1..).zip(self.layers.iter().take(through.max(kept))) {
+        for (done, layer) in (1..).zip(self.layers.iter().take(through)) {
             xs = layer.forward(&xs, &mask, self.config.heads(), self.config.layout)?;
             if done == kept {
                 kept_state = Some(xs.clone());

@@ -244,18 +244,13 @@ fn convolve_batch(
         g.c_out * XI * tiles,
     ];
     let (in_image, out_image) = (g.c_in * g.h * g.w, g.c_out * g.out_h * g.out_w);
-    let plane = g.out_h * g.out_w;
     let rows_per_group = (filter_values / (g.c_in * 6 * g.c_out)).clamp(1, 6);
     let mut out = unfilled(batch * out_image);
     with_buffers(lens, |buffers| {
         let v = &mut buffers.v[..lens[1]];
         for (b, image) in x.chunks_exact(in_image).enumerate() {
-            pad_band(g, image, 0..g.tiles_h, &mut buffers.grid);
-            v.par_chunks_mut(XI * tiles)
-                .zip(buffers.grid.par_chunks(grid_h * grid_w))
-                .for_each(|(v_c, grid)| {
-                    transform_inputs(g, grid, g.tiles_h, &mut v_c[b * image_tiles..], tiles)
-                });
+            let v_b = &mut v[b * image_tiles..];
+            transform_band_inputs(g, image, 0..g.tiles_h, &mut buffers.grid, v_b, tiles);
         }
         let m = &mut buffers.m[..lens[2]];
         for first in (0..6).step_by(rows_per_group) {
@@ -263,19 +258,9 @@ fn convolve_batch(
             let u = transform_filters(weight, g.c_out, g.c_in, rows.clone());
             multiply_positions(g, &u, v, m, tiles, XI, 6 * rows.start..6 * rows.end);
         }
-        let m = &*m;
         for (b, out_b) in out.chunks_mut(out_image).enumerate() {
-            out_b
-                .par_chunks_mut(plane)
-                .enumerate()
-                .for_each(|(c, out_c)| {
-                    let finish = Finish {
-                        bias: bias.map_or(0.0, |b| b[c]),
-                        relu,
-                    };
-                    let m_b = &m[b * image_tiles..];
-                    transform_outputs(g, m_b, c, finish, 0..g.tiles_h, out_c, tiles)
-                });
+            let m_b = &m[b * image_tiles..];
+            transform_band_outputs(g, m_b, (bias, relu), 0..g.tiles_h, out_b, tiles);
         }
     });
     // SAFETY: every image's every channel plane was written whole by `transform_outputs` over
@@ -597,23 +582,49 @@ fn convolve_band(
     g: &Geometry,
     image: &[f32],
     u: &[f32],
-    (bias, relu): (Option<&[f32]>, bool),
+    finish: (Option<&[f32]>, bool),
     rows: std::ops::Range<usize>,
     out: &mut [MaybeUninit<f32>],
     buffers: &mut Buffers,
 ) {
     let tiles = rows.len() * g.tiles_w;
-    pad_band(g, image, rows.clone(), &mut buffers.grid);
-    let (grid_h, grid_w) = g.band_grid_4x4(rows.len());
     let v = &mut buffers.v[..g.c_in * XI * tiles];
-    v.par_chunks_mut(XI * tiles)
-        .zip(buffers.grid.par_chunks(grid_h * grid_w))
-        .for_each(|(v_c, grid)| transform_inputs(g, grid, rows.len(), v_c, tiles));
+    transform_band_inputs(g, image, rows.clone(), &mut buffers.grid, v, tiles);
     let m = &mut buffers.m[..XI * g.c_out * tiles];
     multiply_positions(g, u, v, m, tiles, XI, 0..XI);
-    let plane = g.out_h * g.out_w;
-    let m = &*m;
-    out.par_chunks_mut(plane)
+    transform_band_outputs(g, m, finish, rows, out, tiles);
+}
+
+/// `V` of one image's tile rows `rows`, padded through `grid`, into `v` (`[c_in, 36, tiles]`,
+/// each position's run starting at its first tile: an image of a batch at once passes `v` from
+/// its own first tile, `tiles` the batch's).
+fn transform_band_inputs(
+    g: &Geometry,
+    image: &[f32],
+    rows: std::ops::Range<usize>,
+    grid: &mut [f32],
+    v: &mut [f32],
+    tiles: usize,
+) {
+    pad_band(g, image, rows.clone(), grid);
+    let (grid_h, grid_w) = g.band_grid_4x4(rows.len());
+    v.par_chunks_mut(XI * tiles)
+        .zip(grid.par_chunks(grid_h * grid_w))
+        .for_each(|(v_c, grid)| transform_inputs(g, grid, rows.len(), v_c, tiles));
+}
+
+/// One image's output rows of tile rows `rows` from its products `m` (`[36, c_out, tiles]`, from
+/// the image's first tile, as [`transform_band_inputs`]), each channel's bias added and ReLU
+/// applied with `relu`.
+fn transform_band_outputs(
+    g: &Geometry,
+    m: &[f32],
+    (bias, relu): (Option<&[f32]>, bool),
+    rows: std::ops::Range<usize>,
+    out: &mut [MaybeUninit<f32>],
+    tiles: usize,
+) {
+    out.par_chunks_mut(g.out_h * g.out_w)
         .enumerate()
         .for_each(|(c, out_c)| {
             let bias_c = bias.map_or(0.0, |b| b[c]);
