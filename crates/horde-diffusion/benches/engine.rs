@@ -90,6 +90,19 @@ fn compare_convolutions() {
         ("unet 8x8", 2, 1280, 1280, 8),
         ("sdxl 32x32", 2, 1280, 1280, 32),
         ("sdxl 64x64 up", 2, 1920, 640, 64),
+        // The rest of SDXL's 3×3 convolutions at 1 024² (batch 2), by level.
+        ("sdxl 128x128", 2, 320, 320, 128),
+        ("sdxl 128x128 up 960", 2, 960, 320, 128),
+        ("sdxl 128x128 up 640", 2, 640, 320, 128),
+        ("sdxl 128x128 upsample", 2, 640, 640, 128),
+        ("sdxl 64x64", 2, 640, 640, 64),
+        ("sdxl 64x64 in", 2, 320, 640, 64),
+        ("sdxl 64x64 up 1280", 2, 1280, 640, 64),
+        ("sdxl 64x64 up 960", 2, 960, 640, 64),
+        ("sdxl 64x64 upsample", 2, 1280, 1280, 64),
+        ("sdxl 32x32 in", 2, 640, 1280, 32),
+        ("sdxl 32x32 up 2560", 2, 2560, 1280, 32),
+        ("sdxl 32x32 up 1920", 2, 1920, 1280, 32),
         // One 4×4 tile: F(4×4)'s time is its filter transform's (1 280 × 1 280 filters).
         ("filters only", 1, 1280, 1280, 4),
         ("vae 64x64", 1, 512, 512, 64),
@@ -431,6 +444,10 @@ fn main() {
     if part == "ops" {
         return time_ops();
     }
+    // Every part as the worker runs: freed memory kept (`--purge`: handed back).
+    if !std::env::args().any(|a| a == "--purge") {
+        keep_freed_memory();
+    }
     if part == "linear" {
         return time_linear();
     }
@@ -445,9 +462,6 @@ fn main() {
     }
     if part == "peak" {
         return peak::print();
-    }
-    if !std::env::args().any(|a| a == "--purge") {
-        keep_freed_memory();
     }
     let repeats: usize = arg("--repeats").and_then(|r| r.parse().ok()).unwrap_or(3);
     let threads = candle_core::utils::get_num_threads();

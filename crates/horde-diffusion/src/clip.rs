@@ -74,13 +74,13 @@ impl EncoderLayer {
             heads,
             Some(mask),
         )?;
-        let xs = (self.out.forward(&attended)? + xs)?;
+        let xs = self.out.forward_plus(&attended, xs)?;
         let h = self.fc1.forward(&self.norm2.forward(&xs)?)?;
         let h = match layout {
             ClipLayout::HuggingFace => nn::quick_gelu(&h)?,
-            ClipLayout::OpenClip => h.gelu_erf()?,
+            ClipLayout::OpenClip => nn::gelu_erf(&h)?,
         };
-        self.fc2.forward(&h)? + xs
+        self.fc2.forward_plus(&h, &xs)
     }
 }
 

@@ -10,6 +10,7 @@ use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{Conv2dConfig, LayerNorm, VarBuilder};
 use std::cell::Cell;
 
+use crate::kernels::activation::{activate, Activation};
 use crate::kernels::conv::RearrangedWeights;
 use crate::kernels::group_norm::group_statistics;
 pub(crate) use crate::kernels::group_norm::GroupStatistics;
@@ -71,13 +72,18 @@ impl GroupNorm {
     /// `xs`'s dtype.
     fn ours(&self, xs: &Tensor, silu: bool) -> Result<Tensor> {
         let (w, b) = (f32(&self.weight)?, f32(&self.bias)?);
-        let x = if xs.dtype() == DType::BF16 {
-            xs.clone()
-        } else {
-            f32(xs)?
-        };
+        let x = self.our_dtype(xs)?;
         let ys = crate::kernels::group_norm::group_norm(&x, &w, &b, self.groups, self.eps, silu)?;
         back_to(&ys, xs.dtype())
+    }
+
+    /// `xs` as our kernel reads it: bf16 as it is (widened a block at a time inside), other
+    /// dtypes in f32.
+    fn our_dtype(&self, xs: &Tensor) -> Result<Tensor> {
+        match xs.dtype() {
+            DType::BF16 => Ok(xs.clone()),
+            _ => f32(xs),
+        }
     }
 
     /// `silu(norm(xs))`, in one pass on the CPU (the networks' residual blocks).
@@ -91,7 +97,7 @@ impl GroupNorm {
     /// The mean and variance of each (image, group) of `xs`, as `forward` measures them.
     pub fn statistics(&self, xs: &Tensor) -> Result<GroupStatistics> {
         if for_our_kernels(xs) {
-            return group_statistics(&f32(xs)?, self.groups, self.eps);
+            return group_statistics(&self.our_dtype(xs)?, self.groups, self.eps);
         }
         self.statistics_by_candle_ops(xs)
     }
@@ -122,7 +128,7 @@ impl GroupNorm {
         if for_our_kernels(xs) {
             let (w, b) = (f32(&self.weight)?, f32(&self.bias)?);
             let ys = crate::kernels::group_norm::group_norm_with(
-                &f32(xs)?,
+                &self.our_dtype(xs)?,
                 &w,
                 &b,
                 statistics,
@@ -821,7 +827,18 @@ pub fn attention(
 
 /// `x · sigmoid(1.702 x)`: the activation of OpenAI's CLIP.
 pub(crate) fn quick_gelu(xs: &Tensor) -> Result<Tensor> {
+    if for_our_kernels(xs) && xs.dtype() != DType::F16 {
+        return activate(xs, Activation::QuickGelu);
+    }
     xs * candle_nn::ops::sigmoid(&(xs * 1.702)?)?
+}
+
+/// GELU's exact (erf) form: the activation of OpenCLIP.
+pub(crate) fn gelu_erf(xs: &Tensor) -> Result<Tensor> {
+    if for_our_kernels(xs) && xs.dtype() != DType::F16 {
+        return activate(xs, Activation::GeluErf);
+    }
+    xs.gelu_erf()
 }
 
 /// The sinusoidal timestep embedding of LDM (`cos` half first).

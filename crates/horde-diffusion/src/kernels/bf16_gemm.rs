@@ -334,9 +334,16 @@ pub(crate) struct PackedB {
 impl PackedB {
     /// Packs `b` (its rows are the product's depth), on rayon when `parallel`.
     pub(crate) fn pack(b: View<'_>, parallel: bool) -> PackedB {
+        PackedB::pack_into(b, parallel, Words::default())
+    }
+
+    /// [`PackedB::pack`] into `words`, whatever they held (every word is written): a buffer
+    /// kept from an earlier pack is reused instead of fresh memory, whose pages the kernel
+    /// would clear first (`linear::MadePack`).
+    pub(crate) fn pack_into(b: View<'_>, parallel: bool, mut words: Words) -> PackedB {
         let pairs = b.rows.div_ceil(2);
         let strips = b.cols.div_ceil(NR);
-        let mut words = Words::zeroed(strips * pairs * NR);
+        words.fit_for_overwrite(strips * pairs * NR);
         let fill = |(strip, out): (usize, &mut [u32])| pack_strip(&b, strip * NR, out);
         if parallel {
             let chunks = words.as_mut_slice().par_chunks_mut(pairs * NR);
@@ -351,6 +358,11 @@ impl PackedB {
             cols: b.cols,
             pairs,
         }
+    }
+
+    /// Its buffer, for [`PackedB::pack_into`] to reuse.
+    pub(crate) fn into_words(self) -> Words {
+        self.words
     }
 
     /// The bytes a packed `depth × cols` holds.
@@ -454,6 +466,13 @@ fn pack_strip(b: &View<'_>, first: usize, out: &mut [u32]) {
         return pack_weight_strip(values, b, first, out);
     }
     let columns = NR.min(b.cols - first);
+    // The lanes past the last column are zeros (the buffer may hold an earlier pack's words).
+    for lane in columns..NR {
+        out.iter_mut()
+            .skip(lane)
+            .step_by(NR)
+            .for_each(|word| *word = 0);
+    }
     for lane in 0..columns {
         let c = first + lane;
         for (p, word) in out.iter_mut().skip(lane).step_by(NR).enumerate() {

@@ -11,7 +11,7 @@
 
 use super::attention::fast_exp;
 use super::convert::{narrow_slice, widen_slice};
-use super::{contiguous_f32, contiguous_values, filled, unfilled};
+use super::{contiguous_values, filled, unfilled};
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, WithDType};
 use half::bf16;
 use rayon::prelude::*;
@@ -72,29 +72,46 @@ pub struct GroupStatistics {
     pub variance: Vec<f32>,
 }
 
-/// Measures `x` `[batch, channels, …]` (f32, CPU) in `groups` groups.
+/// Measures `x` `[batch, channels, …]` (f32 or bf16, CPU) in `groups` groups. A bf16 map is
+/// widened a block at a time in L1 (its sums are the same as its f32 copy's), so measuring a
+/// decoder's full-resolution map costs no f32 copy of it: `[1, 256, 1024, 1024]` would be a
+/// GiB (`vae::banded`).
 pub(crate) fn group_statistics(x: &Tensor, groups: usize, eps: f64) -> Result<GroupStatistics> {
     let dims = x.dims();
     if dims.len() < 2 || groups == 0 || !dims[1].is_multiple_of(groups) {
         candle_core::bail!("group statistics: {dims:?} in {groups} groups");
     }
     let x = x.contiguous()?;
-    let group_len = x.elem_count() / (dims[0] * groups);
     let (storage, layout) = x.storage_and_layout();
     let candle_core::Storage::Cpu(storage) = &*storage else {
         candle_core::bail!("group statistics run on the CPU");
     };
-    let values = contiguous_f32(storage, layout, "group statistics")?;
-    let (mean, variance) = if group_len == 0 {
-        (vec![0.0; dims[0] * groups], vec![0.0; dims[0] * groups])
-    } else {
-        values.par_chunks(group_len).map(mean_and_variance).unzip()
+    let count = dims[0] * groups;
+    let (mean, variance) = match storage {
+        CpuStorage::BF16(_) => group_moments::<bf16>(storage, layout, count)?,
+        _ => group_moments::<f32>(storage, layout, count)?,
     };
     Ok(GroupStatistics {
         groups,
         eps: eps as f32,
         mean,
         variance,
+    })
+}
+
+/// The mean and variance of each of `count` equal groups of a contiguous map of `T`.
+fn group_moments<T: Element>(
+    storage: &CpuStorage,
+    layout: &Layout,
+    count: usize,
+) -> Result<(Vec<f32>, Vec<f32>)> {
+    let values = contiguous_values::<T>(storage, layout, "group statistics")?;
+    Ok(match values.len() / count {
+        0 => (vec![0.0; count], vec![0.0; count]),
+        group_len => values
+            .par_chunks(group_len)
+            .map(T::mean_and_variance)
+            .unzip(),
     })
 }
 
@@ -349,6 +366,22 @@ mod tests {
     use super::super::test_support::{max_difference, random};
     use super::*;
     use candle_core::{DType, Module};
+
+    #[test]
+    fn a_bf16_maps_statistics_are_its_f32_copys() {
+        // Groups longer than a block (4 096 values) and shorter; the sums are the same ones.
+        for (seed, shape, groups) in [(1, [2, 64, 33, 40], 32), (2, [1, 6, 5, 7], 3)] {
+            let half = random(&shape, seed, 3.0).to_dtype(DType::BF16).unwrap();
+            let wide = half.to_dtype(DType::F32).unwrap();
+            let of_half = group_statistics(&half, groups, 1e-6).unwrap();
+            assert_eq!(of_half, group_statistics(&wide, groups, 1e-6).unwrap());
+            assert_eq!(of_half.mean.len(), shape[0] * groups);
+            assert!(
+                of_half.variance.iter().all(|v| *v > 0.5),
+                "values of ±3 vary"
+            );
+        }
+    }
 
     #[test]
     fn equals_candles_group_norm_and_silu() {

@@ -45,6 +45,7 @@ macro_rules! with_widest_vectors {
     };
 }
 
+pub(crate) mod activation;
 pub(crate) mod attention;
 pub(crate) mod bf16_gemm;
 pub(crate) mod conv;

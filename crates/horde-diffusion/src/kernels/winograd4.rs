@@ -56,10 +56,11 @@ pub(crate) fn takes_batch_at_once(
 }
 
 /// Whether [`convolve_batch`] takes the batch: its transformed tiles, input and products, fit
-/// one band's buffers of `band_values` each, or four bands' where the filters would not fit
-/// whole in `filter_values` (SDXL's 2 560 → 1 280 at 32×32 and 1 280 → 1 280 at 64×64: made
-/// once per band instead, or each band on the bf16 kernel, they cost more time than the larger
-/// buffers cost memory).
+/// one band's buffers of `band_values` each, or five bands' where the filters would not fit
+/// whole in `filter_values` (SDXL's 2 560 → 1 280 at 32×32, 1 280 → 1 280 at 64×64 and, with
+/// five, 1 920 → 640 at 64×64, 35 Mi values: made once per band instead, or each band on the
+/// bf16 kernel, they cost more time than the larger buffers cost memory; the last took 1 289 ms
+/// on the bf16 kernel and takes 550 at once, one thread of an AMD EPYC Zen 4).
 fn at_once(
     batch: usize,
     (c_in, c_out): (usize, usize),
@@ -67,7 +68,7 @@ fn at_once(
     (band_values, filter_values): (usize, usize),
 ) -> bool {
     let values = XI * c_in.max(c_out) * batch * out_h.div_ceil(4) * out_w.div_ceil(4);
-    values <= band_values || c_in * XI * c_out > filter_values && values <= 4 * band_values
+    values <= band_values || c_in * XI * c_out > filter_values && values <= 5 * band_values
 }
 
 /// `conv2d(x, weight) + bias` for a 3×3 `weight`, stride 1, dilation 1, one group, `padding`
@@ -785,6 +786,19 @@ mod tests {
 
     fn random(shape: &[usize], seed: u64) -> Tensor {
         super::super::test_support::random(shape, seed, 1.0)
+    }
+
+    #[test]
+    fn sdxl_batches_whose_filters_pass_the_bound_go_at_once_up_to_five_bands() {
+        // SDXL at 1 024², batch 2: 1 920 → 640 at 64×64 is 35 Mi values of tiles (five bands'
+        // buffers hold 40 Mi); 2 560 → 640 there would be 47 Mi, and 960 → 320 at 128×128,
+        // whose filters fit 64 MiB, goes in bands.
+        assert!(takes_batch_at_once(2, (1920, 640), (64, 64)));
+        assert!(takes_batch_at_once(2, (2560, 1280), (32, 32)));
+        assert!(!takes_batch_at_once(2, (2560, 640), (64, 64)));
+        assert!(!takes_batch_at_once(2, (960, 320), (128, 128)));
+        // Small enough for one band's buffers, filters or not.
+        assert!(takes_batch_at_once(2, (320, 320), (64, 64)));
     }
 
     #[test]

@@ -93,10 +93,10 @@ impl ResnetBlock {
                 Some(shortcut) => shortcut.forward(&residual)?,
                 None => residual,
             };
-            let out = (residual
-                + self
-                    .conv2
-                    .forward_band(&normed, band.start == 0, band.end == height)?)?;
+            let convolved =
+                self.conv2
+                    .forward_band(&normed, band.start == 0, band.end == height)?;
+            let out = crate::nn::add(&convolved, &residual)?;
             row_above = Some(h.narrow(2, band.end - 1, 1)?.force_contiguous()?);
             h.slice_set(&out, 2, band.start)?;
         }
