@@ -260,18 +260,49 @@ fn time_text() {
 fn time_linear() {
     use candle_core::DType;
     use horde_diffusion::parts::kernels::linear;
-    let shapes = [
-        ("ff in 8192x320->2560", 8192, 320, 2560),
-        ("ff out 8192x1280->320", 8192, 1280, 320),
-        ("attn 8192x320->320", 8192, 320, 320),
-        ("ff in 2048x640->5120", 2048, 640, 5120),
-        ("ff in 512x1280->10240", 512, 1280, 10240),
-        ("kv 154x768->320", 154, 768, 320),
-    ];
+    // `--model sdxl`: SDXL's at 1 024² (batch 2) instead of SD 1.5's at 512².
+    let shapes: &[(&str, usize, usize, usize)] = match arg("--model").as_deref() {
+        Some("sdxl") => &[
+            ("sdxl attn 2048x1280->1280", 2048, 1280, 1280),
+            ("sdxl qkv 2048x1280->3840", 2048, 1280, 3840),
+            ("sdxl ff in 2048x1280->10240", 2048, 1280, 10240),
+            ("sdxl ff out 2048x5120->1280", 2048, 5120, 1280),
+            ("sdxl attn 8192x640->640", 8192, 640, 640),
+            ("sdxl ff in 8192x640->5120", 8192, 640, 5120),
+            ("sdxl ff out 8192x2560->640", 8192, 2560, 640),
+            ("sdxl kv 154x2048->1280", 154, 2048, 1280),
+        ],
+        _ => &[
+            ("ff in 8192x320->2560", 8192, 320, 2560),
+            ("ff out 8192x1280->320", 8192, 1280, 320),
+            ("attn 8192x320->320", 8192, 320, 320),
+            ("ff in 2048x640->5120", 2048, 640, 5120),
+            ("ff in 512x1280->10240", 512, 1280, 10240),
+            ("kv 154x768->320", 154, 768, 320),
+        ],
+    };
+    // `--dtype bf16`: our bf16 product only (its weight packed at each call, as a weight past
+    // the kept budget is).
+    if arg("--dtype").as_deref() == Some("bf16") {
+        println!("shape                          ours bf16 ms   GFLOP/s");
+        for &(name, rows, d_in, d_out) in shapes {
+            let noise = |shape: &[usize], seed: u64| {
+                SeededNoise::new(&[seed])
+                    .sample(shape, &Device::Cpu)
+                    .and_then(|t| t.squeeze(0)?.to_dtype(DType::BF16))
+                    .unwrap()
+            };
+            let (x, w) = (noise(&[rows, d_in], 1), noise(&[d_out, d_in], 2));
+            let ms = best_of_3_ms(&|| linear(&x, &w, None, None).unwrap());
+            let gflop = 2.0 * (rows * d_in * d_out) as f64 / 1e6;
+            println!("{name:<30} {ms:>12.1} {:>9.0}", gflop / ms);
+        }
+        return;
+    }
     println!(
         "shape                      as stored ms   GFLOP/s   transposed ms   GFLOP/s   ours f32 ms   GFLOP/s   ours bf16 ms   GFLOP/s"
     );
-    for (name, rows, d_in, d_out) in shapes {
+    for &(name, rows, d_in, d_out) in shapes {
         let noise = |shape: &[usize], seed: u64| {
             SeededNoise::new(&[seed])
                 .sample(shape, &Device::Cpu)

@@ -6,9 +6,10 @@
 
 use crate::config::{ClipConfig, ClipLayout};
 use crate::nn;
+use crate::nn::LayerNorm;
 use crate::nn::Linear;
 use candle_core::{DType, Device, IndexOp, Module, Result, Tensor, D};
-use candle_nn::{Embedding, LayerNorm, VarBuilder};
+use candle_nn::{Embedding, VarBuilder};
 
 #[derive(Debug)]
 struct EncoderLayer {

@@ -7,7 +7,7 @@
 //! tiling switch, the UNet's embeddings) stays inside the crate.
 
 use candle_core::{DType, Module, Result, Tensor, D};
-use candle_nn::{Conv2dConfig, LayerNorm, VarBuilder};
+use candle_nn::{Conv2dConfig, VarBuilder};
 use std::cell::Cell;
 
 use crate::kernels::activation::{activate, Activation};
@@ -180,8 +180,40 @@ impl Module for GroupNorm {
     }
 }
 
+/// The networks' layer norms' ε.
+const LAYER_NORM_EPS: f64 = 1e-5;
+
+/// Layer normalisation over the last dimension: our kernel on the CPU in f32 and bf16
+/// (`kernels::layer_norm`: candle's sums each row a scalar at a time), candle's otherwise.
+#[derive(Clone, Debug)]
+pub struct LayerNorm {
+    reference: candle_nn::LayerNorm,
+    /// The weights and biases in f32, for our kernel.
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+impl Module for LayerNorm {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        if for_our_kernels(xs) && xs.dtype() != DType::F16 {
+            let eps = LAYER_NORM_EPS as f32;
+            return crate::kernels::layer_norm::layer_norm(xs, &self.weight, &self.bias, eps);
+        }
+        self.reference.forward(xs)
+    }
+}
+
 pub fn layer_norm(width: usize, vb: VarBuilder<'_>) -> Result<LayerNorm> {
-    candle_nn::layer_norm(width, 1e-5, vb)
+    let reference = candle_nn::layer_norm(width, LAYER_NORM_EPS, vb)?;
+    let bias = match reference.bias() {
+        Some(bias) => f32(bias)?.to_vec1::<f32>()?,
+        None => vec![0.0; width],
+    };
+    Ok(LayerNorm {
+        weight: f32(reference.weight())?.to_vec1::<f32>()?,
+        bias,
+        reference,
+    })
 }
 
 pub fn conv(

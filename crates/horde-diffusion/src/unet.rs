@@ -5,10 +5,11 @@
 use crate::config::{Family, UNetConfig};
 use crate::nn::Conv2d;
 use crate::nn::GroupNorm;
+use crate::nn::LayerNorm;
 use crate::nn::Linear;
 use crate::nn::{self, Projection};
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{LayerNorm, VarBuilder};
+use candle_nn::VarBuilder;
 
 /// `ResBlock`: two 3×3 convolutions with the timestep embedding added between them.
 #[derive(Debug)]

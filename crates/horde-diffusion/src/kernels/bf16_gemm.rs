@@ -1458,6 +1458,8 @@ mod tests {
             (40, 40, 80),
             // `B` larger than the L2 cache: the tile kernel takes more rows per task.
             (300, 520, 1056),
+            // Three depth passes on the tiles, the last ragged (1 300 pairs: 448, 448, 404).
+            (20, 2600, 40),
         ];
         let mut cases = Vec::new();
         for (i, (rows, depth, cols)) in shapes.into_iter().enumerate() {
@@ -1849,6 +1851,30 @@ mod tests {
         assert_eq!(tiles(8192, (1280, 320)), amx::MC);
         let vector = Kernel::Vector.rows_per_task(512, (320, 640), 8);
         assert_eq!(vector, MC);
+    }
+
+    /// The tiles take a product's depth in the fewest passes of at most `amx::KC` pairs, of
+    /// whole tiles: a pass past the first adds the earlier passes' f32 sums back from memory,
+    /// and SDXL's 1 280-wide layers (640 pairs) take one (they took two of 384 and 256, at
+    /// 0.6–0.7 of the speed).
+    #[test]
+    fn the_tiles_take_a_products_depth_in_the_fewest_passes_of_whole_tiles() {
+        for pairs in 1..=3000 {
+            let block = amx::depth_block(pairs);
+            assert!(
+                block <= amx::KC && block.is_multiple_of(16),
+                "{pairs}: {block}"
+            );
+            assert_eq!(
+                pairs.div_ceil(block),
+                pairs.div_ceil(amx::KC),
+                "{pairs}: {block}"
+            );
+        }
+        assert_eq!(amx::depth_block(640), 640);
+        // SDXL's 5 120-deep feed-forward output: four equal passes, not three and a sliver.
+        assert_eq!(amx::depth_block(2560), 640);
+        assert_eq!(amx::depth_block(1300), 448);
     }
 
     /// `A` laid out in tile rows (`View::in_tile_rows`) and read in place gives the sums the

@@ -54,6 +54,7 @@ pub(crate) mod geglu;
 pub(crate) mod group_norm;
 pub(crate) mod im2col;
 pub(crate) mod kept;
+pub(crate) mod layer_norm;
 pub(crate) mod linear;
 pub(crate) mod transpose;
 pub(crate) mod winograd;
