@@ -6,8 +6,8 @@
 
 use super::Shape;
 use candle_core::{Module, Result, Tensor, D};
-use candle_nn::{LayerNorm, VarBuilder};
-use horde_diffusion::nn::{attention, layer_norm, linear, linear_no_bias, Linear};
+use candle_nn::VarBuilder;
+use horde_diffusion::nn::{attention, layer_norm, linear, linear_no_bias, LayerNorm, Linear};
 
 /// One `TransformerSALayer`: self-attention then a GELU feed-forward, each after a LayerNorm
 /// and added back.
