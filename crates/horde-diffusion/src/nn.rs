@@ -24,6 +24,12 @@ fn for_our_kernels(t: &Tensor) -> bool {
     t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::F16 | DType::BF16)
 }
 
+/// Whether our CPU kernels that work in `t`'s own dtype take it: f32 or bf16 on the CPU (the
+/// layer norm and the activations; f16 goes to candle's ops).
+fn for_our_kernels_in_its_dtype(t: &Tensor) -> bool {
+    for_our_kernels(t) && t.dtype() != DType::F16
+}
+
 /// `t` in f32 (a cheap clone when it already is; `kernels::convert` for bf16 on the CPU).
 fn f32(t: &Tensor) -> Result<Tensor> {
     crate::kernels::convert::widen(t)
@@ -195,7 +201,7 @@ pub struct LayerNorm {
 
 impl Module for LayerNorm {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        if for_our_kernels(xs) && xs.dtype() != DType::F16 {
+        if for_our_kernels_in_its_dtype(xs) {
             let eps = LAYER_NORM_EPS as f32;
             return crate::kernels::layer_norm::layer_norm(xs, &self.weight, &self.bias, eps);
         }
@@ -859,7 +865,7 @@ pub fn attention(
 
 /// `x · sigmoid(1.702 x)`: the activation of OpenAI's CLIP.
 pub(crate) fn quick_gelu(xs: &Tensor) -> Result<Tensor> {
-    if for_our_kernels(xs) && xs.dtype() != DType::F16 {
+    if for_our_kernels_in_its_dtype(xs) {
         return activate(xs, Activation::QuickGelu);
     }
     xs * candle_nn::ops::sigmoid(&(xs * 1.702)?)?
@@ -867,7 +873,7 @@ pub(crate) fn quick_gelu(xs: &Tensor) -> Result<Tensor> {
 
 /// GELU's exact (erf) form: the activation of OpenCLIP.
 pub(crate) fn gelu_erf(xs: &Tensor) -> Result<Tensor> {
-    if for_our_kernels(xs) && xs.dtype() != DType::F16 {
+    if for_our_kernels_in_its_dtype(xs) {
         return activate(xs, Activation::GeluErf);
     }
     xs.gelu_erf()
