@@ -347,11 +347,20 @@ impl Conv2d {
 const WINOGRAD_MIN_PIXELS: usize = 32 * 32;
 
 /// From this many pixels to [`WINOGRAD_MIN_PIXELS`], the diffusion engine's 3×3 convolutions run
-/// by Winograd's F(2×2, 3×3) (`kernels::winograd`, its filters transformed at each call); below,
-/// on `kernels::im2col`. The UNet's 16×16 and 8×8 levels at 512², 1 280 channels, batch 2, one
-/// thread of an AMD EPYC Zen 4 (`engine --part conv`): 16×16 direct 183 ms, im2col 139, F(2×2)
-/// 89; 8×8 direct 74, F(2×2) 74, im2col 35.
+/// by Winograd's F(2×2, 3×3) (`kernels::winograd`, its filters transformed at each call) where
+/// [`f2_beats_im2col`]; below (and there otherwise), on `kernels::im2col`.
 const WINOGRAD_F2_MIN_PIXELS: usize = 16 * 16;
+
+/// Whether F(2×2) beats im2col on the maps from [`WINOGRAD_F2_MIN_PIXELS`] to
+/// [`WINOGRAD_MIN_PIXELS`]: the UNet's 16×16 level at 512² (1 280 channels, batch 2,
+/// `engine --part conv`, one thread). On an AMD EPYC Zen 4, F(2×2)'s 2.25 × fewer multiply-adds
+/// won: im2col 139 ms, F(2×2) 89. On a Xeon with AMX, im2col won: 89 ms (170 GFLOP/s) against
+/// F(2×2)'s 200–247, more than half of it writing the 105 MB of transformed filters; its f32
+/// UNet step went from 12.3 to 9.9 s (BENCHMARKS.md, round sixteen). Only those two CPUs were
+/// measured; having AMX tiles is the test that tells them apart, not a cause.
+fn f2_beats_im2col() -> bool {
+    !crate::kernels::bf16_gemm::amx::supported()
+}
 
 /// The fewest input channels of a bf16 convolution that [`winograd_beats_bf16`] widens to f32.
 const WINOGRAD_BF16_MIN_CHANNELS: usize = 256;
@@ -363,7 +372,8 @@ const FEW_CHANNELS: usize = 8;
 
 /// `conv.forward(xs)`: on the CPU in f32 through our kernels for stride-1 convolutions
 /// (3×3: `kernels::winograd4` on images of [`WINOGRAD_MIN_PIXELS`] or more, `kernels::winograd`
-/// on those of [`WINOGRAD_F2_MIN_PIXELS`] or more, `kernels::im2col` on smaller ones; dilated
+/// on those of [`WINOGRAD_F2_MIN_PIXELS`] or more where [`f2_beats_im2col`], `kernels::im2col`
+/// on smaller ones; dilated
 /// ones on `kernels::im2col`, the rest on `kernels::conv`) and for stride-2 ones with
 /// outputs of as many pixels (`kernels::conv::conv2d_stride2`: its weights are rearranged at
 /// every call, which costs more than it saves on small maps: 95 ms against candle's 36 for
@@ -422,7 +432,12 @@ fn convolve_then(
     let small_3x3 = is_3x3
         && (h * w < WINOGRAD_MIN_PIXELS
             || c_in < FEW_CHANNELS && c_in * 9 * h * w <= crate::kernels::im2col::MAX_COLUMNS);
-    let smallest_3x3 = is_3x3 && h * w < WINOGRAD_F2_MIN_PIXELS;
+    let im2col_below = if f2_beats_im2col() {
+        WINOGRAD_F2_MIN_PIXELS
+    } else {
+        WINOGRAD_MIN_PIXELS
+    };
+    let smallest_3x3 = is_3x3 && h * w < im2col_below;
     // The output, and whether the kernel already applied the ReLU.
     let (out, relu_applied) = if few_out {
         (
@@ -992,8 +1007,8 @@ mod tests {
     }
 
     /// A 3×3 convolution gives candle's numbers on every map size, whichever kernel its size
-    /// picks (im2col under 16×16, F(2×2) to 32×32, F(4×4) from there, the banded F(4×4) for a
-    /// band of rows), with and without the ReLU.
+    /// picks (im2col under 16×16, F(2×2) or im2col to 32×32 as the CPU goes, F(4×4) from there,
+    /// the banded F(4×4) for a band of rows), with and without the ReLU.
     #[test]
     fn a_3x3_convolution_equals_candles_on_every_map_size() {
         let random =
