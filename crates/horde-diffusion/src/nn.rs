@@ -1006,6 +1006,28 @@ mod tests {
         conv(c_in, c_out, 3, 1, 1, vb).unwrap()
     }
 
+    /// An image's convolution does not depend on the batch it comes in within 1e-6 (16×16:
+    /// im2col or F(2×2) as the CPU goes; 40×40: F(4×4), the batch at once or in bands). A
+    /// kernel picked by the batch's tiles rather than the map's failed it (off by 7e-5).
+    #[test]
+    fn an_image_gets_the_same_numbers_in_any_batch() {
+        let random =
+            |shape: &[usize], seed: u64| crate::kernels::test_support::random(shape, seed, 1.0);
+        let (c_in, c_out) = (24, 32);
+        let (weight, bias) = (random(&[c_out, c_in, 3, 3], 1), random(&[c_out], 2));
+        let layer = conv_layer(&weight, &bias);
+        for size in [16, 40] {
+            let xs = random(&[5, c_in, size, size], 3);
+            let batch = layer.forward(&xs).unwrap();
+            for image in 0..5 {
+                let alone = layer.forward(&xs.narrow(0, image, 1).unwrap()).unwrap();
+                let in_batch = batch.narrow(0, image, 1).unwrap();
+                let off = max_difference(&alone, &in_batch);
+                assert!(off < 1e-6, "{size}×{size}, image {image}: off by {off}");
+            }
+        }
+    }
+
     /// A 3×3 convolution gives candle's numbers on every map size, whichever kernel its size
     /// picks (im2col under 16×16, F(2×2) or im2col to 32×32 as the CPU goes, F(4×4) from there,
     /// the banded F(4×4) for a band of rows), with and without the ReLU.
