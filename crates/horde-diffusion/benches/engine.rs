@@ -281,20 +281,26 @@ fn time_linear() {
             ("kv 154x768->320", 154, 768, 320),
         ],
     };
+    // A layer's input `[rows, d_in]` and weight `[d_out, d_in]`, f32, and its work in GFLOP.
+    let operands = |rows: usize, d_in: usize, d_out: usize| {
+        let noise = |shape: &[usize], seed: u64| {
+            SeededNoise::new(&[seed])
+                .sample(shape, &Device::Cpu)
+                .and_then(|t| t.squeeze(0))
+                .unwrap()
+        };
+        let gflop = 2.0 * (rows * d_in * d_out) as f64 / 1e6;
+        (noise(&[rows, d_in], 1), noise(&[d_out, d_in], 2), gflop)
+    };
     // `--dtype bf16`: our bf16 product only (its weight packed at each call, as a weight past
     // the kept budget is).
     if arg("--dtype").as_deref() == Some("bf16") {
         println!("shape                          ours bf16 ms   GFLOP/s");
         for &(name, rows, d_in, d_out) in shapes {
-            let noise = |shape: &[usize], seed: u64| {
-                SeededNoise::new(&[seed])
-                    .sample(shape, &Device::Cpu)
-                    .and_then(|t| t.squeeze(0)?.to_dtype(DType::BF16))
-                    .unwrap()
-            };
-            let (x, w) = (noise(&[rows, d_in], 1), noise(&[d_out, d_in], 2));
+            let (x, w, gflop) = operands(rows, d_in, d_out);
+            let half = |t: Tensor| t.to_dtype(DType::BF16).unwrap();
+            let (x, w) = (half(x), half(w));
             let ms = best_of_3_ms(&|| linear(&x, &w, None, None).unwrap());
-            let gflop = 2.0 * (rows * d_in * d_out) as f64 / 1e6;
             println!("{name:<30} {ms:>12.1} {:>9.0}", gflop / ms);
         }
         return;
@@ -303,13 +309,7 @@ fn time_linear() {
         "shape                      as stored ms   GFLOP/s   transposed ms   GFLOP/s   ours f32 ms   GFLOP/s   ours bf16 ms   GFLOP/s"
     );
     for &(name, rows, d_in, d_out) in shapes {
-        let noise = |shape: &[usize], seed: u64| {
-            SeededNoise::new(&[seed])
-                .sample(shape, &Device::Cpu)
-                .unwrap()
-        };
-        let x = noise(&[rows, d_in], 1).squeeze(0).unwrap();
-        let w = noise(&[d_out, d_in], 2).squeeze(0).unwrap();
+        let (x, w, gflop) = operands(rows, d_in, d_out);
         let w_t = w.t().unwrap().contiguous().unwrap();
         let (x_half, w_half) = (
             x.to_dtype(DType::BF16).unwrap(),
@@ -319,7 +319,6 @@ fn time_linear() {
         let transposed = best_of_3_ms(&|| x.matmul(&w_t).unwrap());
         let ours = best_of_3_ms(&|| linear(&x, &w, None, None).unwrap());
         let ours_bf16 = best_of_3_ms(&|| linear(&x_half, &w_half, None, None).unwrap());
-        let gflop = 2.0 * (rows * d_in * d_out) as f64 / 1e6;
         println!(
             "{name:<26} {stored:>12.1} {:>9.0} {transposed:>15.1} {:>9.0} {ours:>13.1} {:>9.0} {ours_bf16:>14.1} {:>9.0}",
             gflop / stored,

@@ -373,11 +373,11 @@ const FEW_CHANNELS: usize = 8;
 /// `conv.forward(xs)`: on the CPU in f32 through our kernels for stride-1 convolutions
 /// (3×3: `kernels::winograd4` on images of [`WINOGRAD_MIN_PIXELS`] or more, `kernels::winograd`
 /// on those of [`WINOGRAD_F2_MIN_PIXELS`] or more where [`f2_beats_im2col`], `kernels::im2col`
-/// on smaller ones; dilated
-/// ones on `kernels::im2col`, the rest on `kernels::conv`) and for stride-2 ones with
-/// outputs of as many pixels (`kernels::conv::conv2d_stride2`: its weights are rearranged at
-/// every call, which costs more than it saves on small maps: 95 ms against candle's 36 for
-/// `[2, 1280, 16, 16]`, 29 against 46 for `[2, 320, 64, 64]`), through candle's otherwise.
+/// on smaller ones; dilated ones on `kernels::im2col`, the rest on `kernels::conv`) and for
+/// stride-2 ones with outputs of as many pixels (`kernels::conv::conv2d_stride2`: its weights
+/// are rearranged at every call, which costs more than it saves on small maps: 95 ms against
+/// candle's 36 for `[2, 1280, 16, 16]`, 29 against 46 for `[2, 320, 64, 64]`), through
+/// candle's otherwise.
 /// Under [`with_post_processing_kernels`], every 3×3 one on a map under
 /// [`WINOGRAD_MIN_PIXELS`] runs on `kernels::im2col`.
 fn convolve(conv: &candle_nn::Conv2d, xs: &Tensor) -> Result<Tensor> {
@@ -989,10 +989,12 @@ mod tests {
     }
 
     /// Random values of `shape` from `seed`, rounded to bf16.
-    fn random_bf16(shape: &[usize], seed: u64) -> Tensor {
+    fn random(shape: &[usize], seed: u64) -> Tensor {
         crate::kernels::test_support::random(shape, seed, 1.0)
-            .to_dtype(DType::BF16)
-            .unwrap()
+    }
+
+    fn random_bf16(shape: &[usize], seed: u64) -> Tensor {
+        random(shape, seed).to_dtype(DType::BF16).unwrap()
     }
 
     /// A 3×3 [`conv`] layer (padding 1) of these weights, in their dtype.
@@ -1006,13 +1008,11 @@ mod tests {
         conv(c_in, c_out, 3, 1, 1, vb).unwrap()
     }
 
-    /// An image's convolution does not depend on the batch it comes in within 1e-6 (16×16:
-    /// im2col or F(2×2) as the CPU goes; 40×40: F(4×4), the batch at once or in bands). A
-    /// kernel picked by the batch's tiles rather than the map's failed it (off by 7e-5).
+    /// An image's convolution does not depend on the batch it comes in, within 1e-6 (16×16:
+    /// im2col or F(2×2) as the CPU goes; 40×40: F(4×4)): the kernel is picked by the map, not
+    /// the batch. A kernel picked by the batch's count of tiles failed it (off by 7e-5).
     #[test]
     fn an_image_gets_the_same_numbers_in_any_batch() {
-        let random =
-            |shape: &[usize], seed: u64| crate::kernels::test_support::random(shape, seed, 1.0);
         let (c_in, c_out) = (24, 32);
         let (weight, bias) = (random(&[c_out, c_in, 3, 3], 1), random(&[c_out], 2));
         let layer = conv_layer(&weight, &bias);
@@ -1033,8 +1033,6 @@ mod tests {
     /// the banded F(4×4) for a band of rows), with and without the ReLU.
     #[test]
     fn a_3x3_convolution_equals_candles_on_every_map_size() {
-        let random =
-            |shape: &[usize], seed: u64| crate::kernels::test_support::random(shape, seed, 1.0);
         let (c_in, c_out) = (12, 20);
         let (weight, bias) = (random(&[c_out, c_in, 3, 3], 1), random(&[c_out], 2));
         let layer = conv_layer(&weight, &bias);
