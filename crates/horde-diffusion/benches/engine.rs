@@ -11,11 +11,12 @@
 //! `--cold` skips the untimed first call: the first timed call then pays for its fresh memory,
 //! as a worker's first job does.
 //! `--part hires_fix [--steps N]` runs one whole hires-fix job (512² then 1024²) through
-//! `Model::generate_with`. `--part image` runs one whole image through `Model::generate`
+//! `Model::generate_with`. `--part image [--low-memory]` runs one whole image through `Model::generate`
 //! (`image/mod.rs`: text encoding, k_euler_a steps, decode).
 //! `--part conv [--dtype bf16] [--shape NAME]` times each 3×3 convolution of the networks through candle, our
 //! direct kernel, Winograd and in bf16 (with SDXL's 1 280 channels at 32×32, its 1 920 → 640 at
 //! 64×64, and `filters only`: one 4×4 tile, F(4×4)'s time its filter transform's).
+//! `--part conv1x1` times SD 1.5's 1×1 convolutions (`kernels::conv::conv2d_1x1`).
 //! `--part attention` times the fused attention on the UNets' and the VAE's shapes in f32 and
 //! bf16; `--part text [--model sdxl] [--dtype bf16]` each text encoder over two prompts.
 //! `--part peak` measures one core's peak rate (24 independent chains of `vfmadd231ps` and of
@@ -220,6 +221,37 @@ fn time_attention() {
             mflop / f32_ms,
             mflop / bf16_ms
         );
+    }
+}
+
+/// `--part conv1x1`: SD 1.5's 1×1 convolutions at 512² (batch 2, NCHW, with their bias):
+/// the spatial transformers' `proj_in`/`proj_out` at each level and the widest skip
+/// connections of the up blocks, minimum of 3 runs each, in milliseconds and GFLOP/s.
+fn time_conv_1x1() {
+    use horde_diffusion::parts::kernels::conv2d_1x1;
+    let shapes = [
+        ("proj 320 at 64x64", 320, 320, 64),
+        ("proj 640 at 32x32", 640, 640, 32),
+        ("proj 1280 at 16x16", 1280, 1280, 16),
+        ("skip 960->320 at 64x64", 960, 320, 64),
+        ("skip 1920->640 at 32x32", 1920, 640, 32),
+        ("skip 2560->1280 at 16x16", 2560, 1280, 16),
+    ];
+    println!("shape                       ms   GFLOP/s");
+    for (name, c_in, c_out, size) in shapes {
+        let noise = |shape: &[usize], seed: u64| {
+            SeededNoise::new(&[seed])
+                .sample(shape, &Device::Cpu)
+                .and_then(|t| t.squeeze(0))
+                .unwrap()
+        };
+        let x = SeededNoise::new(&[1, 2])
+            .sample(&[c_in, size, size], &Device::Cpu)
+            .unwrap();
+        let (weight, bias) = (noise(&[c_out, c_in, 1, 1], 3), noise(&[c_out], 4));
+        let ms = best_of_3_ms(&|| conv2d_1x1(&x, &weight, Some(&bias)).unwrap());
+        let gflop = 2.0 * 2.0 * (c_in * c_out * size * size) as f64 / 1e6;
+        println!("{name:<25} {ms:>6.1} {:>9.0}", gflop / ms);
     }
 }
 
@@ -474,8 +506,10 @@ fn main() {
     if part == "ops" {
         return time_ops();
     }
-    // Every part as the worker runs: freed memory kept (`--purge`: handed back).
-    if !std::env::args().any(|a| a == "--purge") {
+    // Every part as the worker runs: freed memory kept (`--purge`, or `--low-memory` as the
+    // worker's `low_memory` setting: handed back).
+    let flag = |name: &str| std::env::args().any(|a| a == name);
+    if !flag("--purge") && !flag("--low-memory") {
         keep_freed_memory();
     }
     if part == "linear" {
@@ -486,6 +520,9 @@ fn main() {
     }
     if part == "attention" {
         return time_attention();
+    }
+    if part == "conv1x1" {
+        return time_conv_1x1();
     }
     if part == "text" {
         return time_text();

@@ -407,7 +407,8 @@ fn convolve_then(
         && crate::kernels::conv::takes_bf16(xs, conv.weight())
         && !winograd_beats_bf16(conv, xs)?
     {
-        let (weight, bias, shape) = (conv.weight(), conv.bias(), (cfg.padding, cfg.stride));
+        let padding = Padding::uniform(cfg.padding);
+        let (weight, bias, shape) = (conv.weight(), conv.bias(), (padding, cfg.stride));
         let out = crate::kernels::conv::conv2d_bf16_keeping(xs, weight, bias, shape, kept)?;
         return if relu { out.relu() } else { Ok(out) };
     }
@@ -621,15 +622,14 @@ fn winograd4_widened(conv: &candle_nn::Conv2d, rows: &Tensor, padding: Padding) 
     back_to(&out, rows.dtype())
 }
 
-/// Whether a band of a bf16 map goes through the bf16 kernel (padded first) rather than
-/// F(4×4) widened: as [`convolve_then`] decides for a whole map, on CPUs whose bf16 products
-/// run on vector registers: the VAE's 128-channel convolutions at full resolution (SDXL's
-/// 1 024² decode, two threads of an AMD EPYC Zen 4: 27.90 → 27.06 s; BENCHMARKS.md, "round
-/// thirteen"). With AMX tiles the bands keep F(4×4) (not measured there the other way).
+/// Whether a band of a bf16 map goes through the bf16 kernel (which pads it as it pairs its
+/// channels) rather than F(4×4) widened: as [`convolve_then`] decides for a whole map. On CPUs
+/// whose bf16 products run on vector registers that is the VAE's 128-channel convolutions at
+/// full resolution (SDXL's 1 024² decode, two threads of an AMD EPYC Zen 4: 27.90 → 27.06 s;
+/// BENCHMARKS.md, "round thirteen"); on AMX tiles, every band (the same decode on a Xeon with
+/// AMX, two threads: 21.7 s by F(4×4), 11.9 on the tiles; "round seventeen").
 fn bf16_kernel_takes_band(conv: &candle_nn::Conv2d, rows: &Tensor) -> Result<bool> {
-    Ok(crate::kernels::conv::takes_bf16(rows, conv.weight())
-        && !crate::kernels::bf16_gemm::tiles_available()
-        && !winograd_beats_bf16(conv, rows)?)
+    Ok(crate::kernels::conv::takes_bf16(rows, conv.weight()) && !winograd_beats_bf16(conv, rows)?)
 }
 
 impl Conv2d {
@@ -649,11 +649,21 @@ impl Conv2d {
         let cfg = unpadded.config();
         let (_, _, h, w) = rows.dims4()?;
         let (_, _, k_h, k_w) = unpadded.weight().dims4()?;
+        let plain = (cfg.stride, cfg.dilation, cfg.groups) == (1, 1, 1);
         let out = if for_our_kernels(rows)
-            && (cfg.stride, cfg.dilation, cfg.groups) == (1, 1, 1)
+            && plain
+            && !POST_PROCESSING_KERNELS.with(Cell::get)
+            && bf16_kernel_takes_band(unpadded, rows)?
+        {
+            // Padded by the kernel as it pairs the channels: no padded copy of the band, and
+            // the weights rearranged once for every band.
+            let (weight, bias) = (unpadded.weight(), unpadded.bias());
+            let kept = Some(&self.kept);
+            crate::kernels::conv::conv2d_bf16_keeping(rows, weight, bias, (padding, 1), kept)?
+        } else if for_our_kernels(rows)
+            && plain
             && (k_h, k_w) == (3, 3)
             && h * w >= WINOGRAD_MIN_PIXELS
-            && !bf16_kernel_takes_band(unpadded, rows)?
         {
             winograd4_widened(unpadded, rows, padding)?
         } else {
@@ -1064,6 +1074,40 @@ mod tests {
                 let off = relative(&band, &expected);
                 assert!(off < 1e-5, "{h}×{w} band: off by {off}");
             }
+        }
+    }
+
+    /// A band of a bf16 map's rows (with the rows around it that the kernel reads) gives the
+    /// whole map's rows of the convolution: at the top edge, in the middle and at the bottom
+    /// edge, where its padding differs. Where the bf16 kernel runs, both go through it, the
+    /// same sums in the same order: the same values.
+    #[test]
+    fn a_bf16_band_gives_the_whole_maps_rows() {
+        let random = random_bf16;
+        let (c_in, c_out, h, w) = (12, 20, 20, 18);
+        let (weight, bias) = (random(&[c_out, c_in, 3, 3], 1), random(&[c_out], 2));
+        let layer = conv_layer(&weight, &bias);
+        let xs = random(&[1, c_in, h, w], 3);
+        let whole = layer.forward(&xs).unwrap();
+        let wide = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+        let scale = wide(&whole).abs().unwrap().max_all().unwrap();
+        let scale = scale.to_scalar::<f32>().unwrap();
+        let tolerance = if crate::kernels::conv::takes_bf16(&xs, &weight) {
+            0.0
+        } else {
+            4e-3
+        };
+        for band in [0..6usize, 6..14, 14..20] {
+            let (from, to) = (band.start.saturating_sub(1), (band.end + 1).min(h));
+            let rows = xs.narrow(2, from, to - from).unwrap();
+            let ours = layer
+                .forward_band(&rows, band.start == 0, band.end == h)
+                .unwrap();
+            assert_eq!(ours.dtype(), DType::BF16);
+            let expected = whole.narrow(2, band.start, band.len()).unwrap();
+            assert_eq!(ours.dims(), expected.dims(), "rows {band:?}");
+            let off = max_difference(&wide(&ours), &wide(&expected)) / scale;
+            assert!(off <= tolerance, "rows {band:?}: off by {off}");
         }
     }
 

@@ -55,7 +55,7 @@ fn split(ends: &[f64], total: f64) -> (f64, f64, f64) {
 }
 
 /// `--part image [--model sd15|sdxl] [--steps 20] [--size N] [--dtype f32|bf16]
-/// [--checkpoint PATH] [--release-text-encoders]`.
+/// [--checkpoint PATH] [--release-text-encoders | --low-memory]`.
 pub(crate) fn time_image(threads: usize) {
     let (config, prefix, default_size) = model_arg();
     let steps: usize = arg("--steps").and_then(|s| s.parse().ok()).unwrap_or(20);
@@ -63,7 +63,13 @@ pub(crate) fn time_image(threads: usize) {
         .and_then(|s| s.parse().ok())
         .unwrap_or(default_size);
     let (dtype_name, dtype) = dtype_arg();
-    let release = std::env::args().any(|a| a == "--release-text-encoders");
+    // `--low-memory`: as a worker with `low_memory` runs (worker_cmd.rs): the text encoders
+    // released, freed memory handed back (`main`), the weights rearranged at each use.
+    let low_memory = std::env::args().any(|a| a == "--low-memory");
+    if low_memory {
+        horde_diffusion::parts::kernels::keep_rearranged_weights(false);
+    }
+    let release = low_memory || std::env::args().any(|a| a == "--release-text-encoders");
     let options = LoadOptions {
         dtype,
         release_text_encoders: release,

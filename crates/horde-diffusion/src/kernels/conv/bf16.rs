@@ -23,6 +23,7 @@
 
 use super::super::bf16_gemm::{self, amx, Epilogue, Grid, PairedB, Values, View, Words, NR};
 use super::super::kept::{kept_or_made, Kept};
+use super::super::winograd::Padding;
 use super::super::{contiguous_values, filled, unfilled};
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use half::bf16;
@@ -51,16 +52,19 @@ pub fn conv2d_bf16(
     padding: usize,
     stride: usize,
 ) -> Result<Tensor> {
-    conv2d_bf16_keeping(x, weight, bias, (padding, stride), None)
+    conv2d_bf16_keeping(x, weight, bias, (Padding::uniform(padding), stride), None)
 }
 
 /// [`conv2d_bf16`] with `weight` rearranged once into `kept` (and read from it at later
 /// calls) while `keep_rearranged_weights` is on. `kept` must belong to this `weight` alone.
+/// `padding` may differ above and below: a band of rows of a larger map (`nn::Conv2d::
+/// forward_band`) is padded only where it touches the map's edge, and the rows it reads
+/// beyond its own are in `x`.
 pub(crate) fn conv2d_bf16_keeping(
     x: &Tensor,
     weight: &Tensor,
     bias: Option<&Tensor>,
-    (padding, stride): (usize, usize),
+    (padding, stride): (Padding, usize),
     kept: Option<&RearrangedWeights>,
 ) -> Result<Tensor> {
     if !takes(x, weight) {
@@ -83,7 +87,7 @@ pub(crate) fn conv2d_bf16_keeping(
 }
 
 struct Conv2dBf16 {
-    padding: usize,
+    padding: Padding,
     stride: usize,
     bias: Option<Vec<f32>>,
     /// Where the rearranged weights are kept between calls, if they are.
@@ -100,7 +104,7 @@ struct Geometry {
     w: usize,
     k_h: usize,
     k_w: usize,
-    padding: usize,
+    padding: Padding,
     stride: usize,
     /// Rows and columns of each phase of the padded grid (the grid itself at stride 1).
     phase_h: usize,
@@ -110,13 +114,13 @@ struct Geometry {
 }
 
 impl Geometry {
-    fn new(x: &Layout, weight: &Layout, padding: usize, stride: usize) -> Result<Geometry> {
+    fn new(x: &Layout, weight: &Layout, padding: Padding, stride: usize) -> Result<Geometry> {
         let (batch, c_in, h, w) = x.shape().dims4()?;
         let (c_out, w_c_in, k_h, k_w) = weight.shape().dims4()?;
-        let (grid_h, grid_w) = (h + 2 * padding, w + 2 * padding);
+        let (grid_h, grid_w) = (h + padding.top + padding.bottom, w + 2 * padding.sides);
         if w_c_in != c_in || grid_h < k_h || grid_w < k_w || k_h * k_w == 0 {
             candle_core::bail!(
-                "conv2d_bf16: input {:?} and weight {:?} (padding {padding}) do not fit",
+                "conv2d_bf16: input {:?} and weight {:?} ({padding:?}) do not fit",
                 x.shape(),
                 weight.shape()
             );
@@ -363,7 +367,8 @@ fn pair_phase(
     pair: usize,
     row: &mut [u32],
 ) {
-    let (s, p, plane) = (g.stride, g.padding, g.h * g.w);
+    let (s, plane) = (g.stride, g.h * g.w);
+    let (top, p) = (g.padding.top, g.padding.sides);
     let low = &input[2 * pair * plane..(2 * pair + 1) * plane];
     let high = input.get((2 * pair + 1) * plane..(2 * pair + 2) * plane);
     // The phase's columns that fall on the image: padded column `px + s·j` is image column
@@ -373,7 +378,7 @@ fn pair_phase(
         .take_while(|j| px + s * j < p + g.w)
         .count();
     for i in 0..g.phase_h {
-        let Some(y) = (py + s * i).checked_sub(p).filter(|&y| y < g.h) else {
+        let Some(y) = (py + s * i).checked_sub(top).filter(|&y| y < g.h) else {
             continue;
         };
         let x0 = px + s * first - p;
@@ -473,6 +478,33 @@ mod tests {
     }
 
     #[test]
+    fn a_band_padded_at_one_edge_is_the_convolution_of_its_rows_padded_so() {
+        // A band of a larger map (`nn::Conv2d::forward_band`) is padded on its sides, and
+        // above or below only where it touches the map's edge: candle's f32 convolution,
+        // without padding, of the rows padded that way by hand. Reading a row with the sides'
+        // padding instead of the top's (or none) puts every row of the output a row off.
+        if !bf16_gemm::available() {
+            return;
+        }
+        let paddings = [(1, 0, 1), (0, 1, 1), (0, 0, 1), (2, 0, 2), (0, 2, 1)];
+        for (i, &(top, bottom, sides)) in paddings.iter().enumerate() {
+            let (x, weight, bias) = operands(2, 9, 40 + i as u64);
+            let padding = Padding { top, bottom, sides };
+            let ours = conv2d_bf16_keeping(&x, &weight, Some(&bias), (padding, 1), None).unwrap();
+            let padded = x
+                .pad_with_zeros(2, top, bottom)
+                .and_then(|t| t.pad_with_zeros(3, sides, sides))
+                .unwrap();
+            let theirs = reference(&padded, &weight, &bias, 0);
+            assert_eq!(ours.dims(), theirs.dims(), "{padding:?}");
+            let ours = ours.to_dtype(DType::F32).unwrap();
+            let scale = super::super::super::test_support::max_abs(&theirs);
+            let off = super::super::super::test_support::max_difference(&ours, &theirs) / scale;
+            assert!(off < 4e-3, "{padding:?}: off by {off} of {scale}");
+        }
+    }
+
+    #[test]
     fn taps_read_the_wrong_way_round_are_caught() {
         // The kernel given each filter transposed (tap (ky, kx) read as (kx, ky)) must miss
         // the reference by far more than the tolerance above.
@@ -528,8 +560,14 @@ mod tests {
         let fresh = conv2d_bf16(&x, &weight, Some(&bias), 1, 1).unwrap();
         for stride in [1, 2] {
             let direct = conv2d_bf16(&x, &weight, Some(&bias), 1, stride).unwrap();
-            let with_kept =
-                conv2d_bf16_keeping(&x, &weight, Some(&bias), (1, stride), Some(&kept)).unwrap();
+            let with_kept = conv2d_bf16_keeping(
+                &x,
+                &weight,
+                Some(&bias),
+                (Padding::uniform(1), stride),
+                Some(&kept),
+            )
+            .unwrap();
             let as_f32 = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
             let off = super::super::super::test_support::max_difference(
                 &as_f32(&direct),
@@ -543,12 +581,20 @@ mod tests {
         // and one of another size is refused.
         let as_f32 = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
         let same_size = half(random(&[16, 24, 3, 3], 35, 0.5));
-        let read_kept =
-            conv2d_bf16_keeping(&x, &same_size, Some(&bias), (1, 1), Some(&kept)).unwrap();
+        let read_kept = conv2d_bf16_keeping(
+            &x,
+            &same_size,
+            Some(&bias),
+            (Padding::uniform(1), 1),
+            Some(&kept),
+        )
+        .unwrap();
         let diff = super::super::super::test_support::max_difference;
         assert_eq!(diff(&as_f32(&read_kept), &as_f32(&fresh)), 0.0);
         let other = half(random(&[8, 24, 3, 3], 34, 0.5));
-        assert!(conv2d_bf16_keeping(&x, &other, None, (1, 1), Some(&kept)).is_err());
+        assert!(
+            conv2d_bf16_keeping(&x, &other, None, (Padding::uniform(1), 1), Some(&kept)).is_err()
+        );
     }
 
     /// Each tap's matrix holds the weight's values for that tap, in tile rows (the layout the
@@ -562,7 +608,7 @@ mod tests {
                 .collect();
             let x = Layout::contiguous((1, c_in, 8, 8));
             let w = Layout::contiguous((c_out, c_in, k, k));
-            let g = Geometry::new(&x, &w, 1, 1).unwrap();
+            let g = Geometry::new(&x, &w, Padding::uniform(1), 1).unwrap();
             for tile_rows in [false, true] {
                 let taps = TapMatrices::laid_out(&weight, &g, tile_rows);
                 for tap in 0..k * k {
