@@ -224,6 +224,14 @@ fn time_attention() {
     }
 }
 
+/// One seeded sample of standard normal noise of `shape`, f32 on the CPU.
+fn one_sample(shape: &[usize], seed: u64) -> Tensor {
+    SeededNoise::new(&[seed])
+        .sample(shape, &Device::Cpu)
+        .and_then(|t| t.squeeze(0))
+        .unwrap()
+}
+
 /// `--part conv1x1`: SD 1.5's 1×1 convolutions at 512² (batch 2, NCHW, with their bias):
 /// the spatial transformers' `proj_in`/`proj_out` at each level and the widest skip
 /// connections of the up blocks, minimum of 3 runs each, in milliseconds and GFLOP/s.
@@ -239,12 +247,7 @@ fn time_conv_1x1() {
     ];
     println!("shape                       ms   GFLOP/s");
     for (name, c_in, c_out, size) in shapes {
-        let noise = |shape: &[usize], seed: u64| {
-            SeededNoise::new(&[seed])
-                .sample(shape, &Device::Cpu)
-                .and_then(|t| t.squeeze(0))
-                .unwrap()
-        };
+        let noise = one_sample;
         let x = SeededNoise::new(&[1, 2])
             .sample(&[c_in, size, size], &Device::Cpu)
             .unwrap();
@@ -315,12 +318,7 @@ fn time_linear() {
     };
     // A layer's input `[rows, d_in]` and weight `[d_out, d_in]`, f32, and its work in GFLOP.
     let operands = |rows: usize, d_in: usize, d_out: usize| {
-        let noise = |shape: &[usize], seed: u64| {
-            SeededNoise::new(&[seed])
-                .sample(shape, &Device::Cpu)
-                .and_then(|t| t.squeeze(0))
-                .unwrap()
-        };
+        let noise = one_sample;
         let gflop = 2.0 * (rows * d_in * d_out) as f64 / 1e6;
         (noise(&[rows, d_in], 1), noise(&[d_out, d_in], 2), gflop)
     };
