@@ -247,11 +247,10 @@ fn time_conv_1x1() {
     ];
     println!("shape                       ms   GFLOP/s");
     for (name, c_in, c_out, size) in shapes {
-        let noise = one_sample;
         let x = SeededNoise::new(&[1, 2])
             .sample(&[c_in, size, size], &Device::Cpu)
             .unwrap();
-        let (weight, bias) = (noise(&[c_out, c_in, 1, 1], 3), noise(&[c_out], 4));
+        let (weight, bias) = (one_sample(&[c_out, c_in, 1, 1], 3), one_sample(&[c_out], 4));
         let ms = best_of_3_ms(&|| conv2d_1x1(&x, &weight, Some(&bias)).unwrap());
         let gflop = 2.0 * 2.0 * (c_in * c_out * size * size) as f64 / 1e6;
         println!("{name:<25} {ms:>6.1} {:>9.0}", gflop / ms);
@@ -318,9 +317,12 @@ fn time_linear() {
     };
     // A layer's input `[rows, d_in]` and weight `[d_out, d_in]`, f32, and its work in GFLOP.
     let operands = |rows: usize, d_in: usize, d_out: usize| {
-        let noise = one_sample;
         let gflop = 2.0 * (rows * d_in * d_out) as f64 / 1e6;
-        (noise(&[rows, d_in], 1), noise(&[d_out, d_in], 2), gflop)
+        (
+            one_sample(&[rows, d_in], 1),
+            one_sample(&[d_out, d_in], 2),
+            gflop,
+        )
     };
     // `--dtype bf16`: our bf16 product only (its weight packed at each call, as a weight past
     // the kept budget is).

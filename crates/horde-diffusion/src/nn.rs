@@ -404,8 +404,7 @@ fn convolve_then(
     if matches!(cfg.stride, 1 | 2)
         && (cfg.dilation, cfg.groups) == (1, 1)
         && !POST_PROCESSING_KERNELS.with(Cell::get)
-        && crate::kernels::conv::takes_bf16(xs, conv.weight())
-        && !winograd_beats_bf16(conv, xs)?
+        && bf16_kernel_takes(conv, xs)?
     {
         let padding = Padding::uniform(cfg.padding);
         let (weight, bias, shape) = (conv.weight(), conv.bias(), (padding, cfg.stride));
@@ -622,14 +621,15 @@ fn winograd4_widened(conv: &candle_nn::Conv2d, rows: &Tensor, padding: Padding) 
     back_to(&out, rows.dtype())
 }
 
-/// Whether a band of a bf16 map goes through the bf16 kernel (which pads it as it pairs its
-/// channels) rather than F(4×4) widened: as [`convolve_then`] decides for a whole map. On CPUs
-/// whose bf16 products run on vector registers that is the VAE's 128-channel convolutions at
-/// full resolution (SDXL's 1 024² decode, two threads of an AMD EPYC Zen 4: 27.90 → 27.06 s;
+/// Whether a bf16 map, whole ([`convolve_then`]) or a band of its rows
+/// ([`Conv2d::forward_band`], where the kernel pads the band as it pairs its channels), goes
+/// through the bf16 kernel rather than F(4×4) widened ([`winograd_beats_bf16`]). For bands on
+/// CPUs whose bf16 products run on vector registers that is the VAE's 128-channel convolutions
+/// at full resolution (SDXL's 1 024² decode, two threads of an AMD EPYC Zen 4: 27.90 → 27.06 s;
 /// BENCHMARKS.md, "round thirteen"); on AMX tiles, every band (the same decode on a Xeon with
 /// AMX, two threads: 21.7 s by F(4×4), 11.9 on the tiles; "round seventeen").
-fn bf16_kernel_takes_band(conv: &candle_nn::Conv2d, rows: &Tensor) -> Result<bool> {
-    Ok(crate::kernels::conv::takes_bf16(rows, conv.weight()) && !winograd_beats_bf16(conv, rows)?)
+fn bf16_kernel_takes(conv: &candle_nn::Conv2d, xs: &Tensor) -> Result<bool> {
+    Ok(crate::kernels::conv::takes_bf16(xs, conv.weight()) && !winograd_beats_bf16(conv, xs)?)
 }
 
 impl Conv2d {
@@ -649,22 +649,17 @@ impl Conv2d {
         let cfg = unpadded.config();
         let (_, _, h, w) = rows.dims4()?;
         let (_, _, k_h, k_w) = unpadded.weight().dims4()?;
-        let plain = (cfg.stride, cfg.dilation, cfg.groups) == (1, 1, 1);
-        let out = if for_our_kernels(rows)
-            && plain
+        let ours = for_our_kernels(rows) && (cfg.stride, cfg.dilation, cfg.groups) == (1, 1, 1);
+        let out = if ours
             && !POST_PROCESSING_KERNELS.with(Cell::get)
-            && bf16_kernel_takes_band(unpadded, rows)?
+            && bf16_kernel_takes(unpadded, rows)?
         {
             // Padded by the kernel as it pairs the channels: no padded copy of the band, and
             // the weights rearranged once for every band.
             let (weight, bias) = (unpadded.weight(), unpadded.bias());
             let kept = Some(&self.kept);
             crate::kernels::conv::conv2d_bf16_keeping(rows, weight, bias, (padding, 1), kept)?
-        } else if for_our_kernels(rows)
-            && plain
-            && (k_h, k_w) == (3, 3)
-            && h * w >= WINOGRAD_MIN_PIXELS
-        {
+        } else if ours && (k_h, k_w) == (3, 3) && h * w >= WINOGRAD_MIN_PIXELS {
             winograd4_widened(unpadded, rows, padding)?
         } else {
             let padded = rows
