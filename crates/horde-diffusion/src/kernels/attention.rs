@@ -6,8 +6,8 @@
 //! then `·v`. Every one of those buffers is fresh memory the kernel must zero page by page.
 //!
 //! In f32 on a CPU with AVX-512F, [`lanes`] runs heads of up to [`lanes::MAX_DIM`] channels
-//! fused, a block of 32 queries of one head per task with the queries in the vector lanes and
-//! its scores in L2. Elsewhere (and for the VAE's one wide head) one task
+//! fused, a block of 32 queries of one head per task with the queries in the vector lanes, the
+//! keys in chunks with an online softmax. Elsewhere (and for the VAE's one wide head) one task
 //! takes a block of [`QUERY_BLOCK`] query rows of one batch item and, head by head, computes
 //! that block's scores into a scratch buffer reused by the thread through `gemm`, takes the
 //! softmax in place and multiplies by `v` straight into the output rows. Heads are read in
@@ -652,6 +652,9 @@ mod tests {
             (2, 40, 12, 3, 20),
             (1, 31, 100, 1, 160),
             (1, 40, 33, 1, 200), // wider than the lanes take: the public op uses gemm
+            // Many chunks of keys, the last partial: the online softmax's rescaling.
+            (1, 40, 1000, 2, 40),
+            (2, 33, 300, 3, 13),
         ];
         for (i, &(batch, q_len, k_len, heads, dim)) in shapes.iter().enumerate() {
             let width = heads * dim;

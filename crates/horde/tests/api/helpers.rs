@@ -464,31 +464,48 @@ pub(crate) fn run_horde(cwd: &std::path::Path, args: &[&str]) -> (bool, String, 
 pub(crate) struct FlakyLink {
     pub url: String,
     down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Bytes the client has sent through the link: they stop while a worker holds a job.
+    sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl FlakyLink {
     pub(crate) async fn start(target: std::net::SocketAddr) -> FlakyLink {
+        use std::sync::atomic::Ordering::SeqCst;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = down.clone();
+        let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (flag, counter) = (down.clone(), sent.clone());
         tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                if flag.load(std::sync::atomic::Ordering::SeqCst) {
+            while let Ok((inbound, _)) = listener.accept().await {
+                if flag.load(SeqCst) {
                     drop(inbound);
                     continue;
                 }
-                let cut = flag.clone();
+                let (cut, counter) = (flag.clone(), counter.clone());
                 tokio::spawn(async move {
-                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
+                    let Ok(outbound) = tokio::net::TcpStream::connect(target).await else {
                         return;
+                    };
+                    let (mut from_client, mut to_client) = inbound.into_split();
+                    let (mut from_server, mut to_server) = outbound.into_split();
+                    let upstream = async {
+                        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                        let mut buffer = vec![0u8; 16 * 1024];
+                        while let Ok(read @ 1..) = from_client.read(&mut buffer).await {
+                            counter.fetch_add(read as u64, SeqCst);
+                            if to_server.write_all(&buffer[..read]).await.is_err() {
+                                break;
+                            }
+                        }
                     };
                     // A link that goes down cuts the connections already open (kept alive by
                     // the client's pool) as well as refusing new ones.
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = upstream => {}
+                        _ = tokio::io::copy(&mut from_server, &mut to_client) => {}
                         _ = async {
-                            while !cut.load(std::sync::atomic::Ordering::SeqCst) {
+                            while !cut.load(SeqCst) {
                                 tokio::time::sleep(std::time::Duration::from_millis(10)).await;
                             }
                         } => {}
@@ -496,11 +513,32 @@ impl FlakyLink {
                 });
             }
         });
-        FlakyLink { url, down }
+        FlakyLink { url, down, sent }
     }
 
     pub(crate) fn set_down(&self, down: bool) {
         self.down.store(down, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Waits until the client has sent nothing through the link for `quiet`: a worker that
+    /// polls every 0.1 s and has gone quiet holds the job it popped (the coordinator counts a
+    /// job as processing before its answer has crossed the link).
+    pub(crate) async fn wait_quiet(&self, quiet: std::time::Duration) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let mut last = self.sent.load(SeqCst);
+        let started = std::time::Instant::now();
+        let mut since = started;
+        while since.elapsed() < quiet {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(30),
+                "the client never went quiet for {quiet:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            let now = self.sent.load(SeqCst);
+            if now != last {
+                (last, since) = (now, std::time::Instant::now());
+            }
+        }
     }
 }
 

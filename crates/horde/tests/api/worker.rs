@@ -586,6 +586,9 @@ async fn a_result_that_could_not_be_submitted_is_kept_and_resubmitted() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Processing on the coordinator may be before the pop's answer reached the worker: cut
+    // then, the job would be lost to the worker until the coordinator's timeout.
+    link.wait_quiet(Duration::from_millis(300)).await;
     link.set_down(true);
     tokio::time::sleep(Duration::from_secs(4)).await;
     let during = requester.check(&id).await.unwrap();
