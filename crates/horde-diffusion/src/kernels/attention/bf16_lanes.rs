@@ -391,20 +391,13 @@ unsafe fn weigh_down(
 /// `2ᵗ` in every lane, to bf16's precision: `t = n + f` with `|f| ≤ ½`, the degree-4 Taylor
 /// polynomial of `2ᶠ = e^(f·ln 2)` (within `(ln 2 / 2)⁵ / 120 < 4.3·10⁻⁵` relative, as
 /// [`super::EXP_POLYNOMIAL_BF16`] is for `eʳ`), and `2ⁿ` by `vscalefps`, which also takes the
-/// far negative `t` of a weight that rounds to nothing to zero (no clamp).
+/// far negative `t` of a weight that rounds to nothing to zero (no clamp): `lanes`'s
+/// [`pow2_with`](super::lanes::pow2_with) with [`POW2_POLYNOMIAL`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]
 fn pow2(t: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
-    use std::arch::x86_64::*;
-    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(t);
-    let f = _mm512_sub_ps(t, n);
-    let (highest, rest) = POW2_POLYNOMIAL.split_first().expect("a polynomial");
-    let mut p = _mm512_set1_ps(*highest);
-    for c in rest {
-        p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(*c));
-    }
-    _mm512_scalef_ps(p, n)
+    super::lanes::pow2_with(t, &POW2_POLYNOMIAL)
 }
 
 /// `(ln 2)ᵏ / k!` for k = 4 down to 0: the Taylor polynomial of `2ᶠ`, highest degree first.

@@ -448,19 +448,32 @@ unsafe fn score_run(queries: *const f32, keys: *const f32, dim: usize, scores: *
     }
 }
 
-/// `2ˣ` in every lane, within 2 ulp (0 for `x` below −150, as the softmax wants): `x = n + r`
-/// with `|r| ≤ ½`, a degree-5 polynomial for `2ʳ` ([`EXP2_POLYNOMIAL`]), and `2ⁿ` by
-/// `vscalefps`. Ten vector operations with the softmax's subtraction and sum, where `eˣ`
-/// ([`super::fast_exp`]'s way) takes seventeen: a sixth of the products' work on SD 1.5's
-/// 40-channel heads.
+/// `2ˣ` in every lane, within 2 ulp (0 for `x` below −150, as the softmax wants), by
+/// [`pow2_with`] and [`EXP2_POLYNOMIAL`]. Ten vector operations with the softmax's subtraction
+/// and sum, where `eˣ` ([`super::fast_exp`]'s way) takes seventeen: a sixth of the products'
+/// work on SD 1.5's 40-channel heads.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]
 fn exp2(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
+    pow2_with(x, &EXP2_POLYNOMIAL)
+}
+
+/// `2ˣ` in every lane with `polynomial` (highest degree first) for `2ʳ`: `x = n + r` with
+/// `|r| ≤ ½`, and `2ⁿ` by `vscalefps`, which also takes a far negative `x` (a weight that
+/// rounds to nothing) to zero, so no clamp. Here in f32 ([`exp2`]) and in
+/// [`super::bf16_lanes`] to bf16's precision.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub(super) fn pow2_with(
+    x: std::arch::x86_64::__m512,
+    polynomial: &[f32],
+) -> std::arch::x86_64::__m512 {
     use std::arch::x86_64::*;
     let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(x);
     let r = _mm512_sub_ps(x, n);
-    let (highest, rest) = EXP2_POLYNOMIAL.split_first().expect("a polynomial");
+    let (highest, rest) = polynomial.split_first().expect("a polynomial");
     let mut p = _mm512_set1_ps(*highest);
     for c in rest {
         p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(*c));
