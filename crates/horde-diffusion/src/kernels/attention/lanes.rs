@@ -302,7 +302,9 @@ unsafe fn attend_block(
 }
 
 /// Keys per chunk of the online softmax: twelve runs of [`KEY_RUN`], so that a chunk's scores
-/// (18 KiB) stay in L1 beside the block's queries and outputs.
+/// (18 KiB) stay in L1 beside the block's queries and outputs. Chunks of 72 and of 288 keys
+/// were each slower in seven pairs of eight on SD 1.5's 4 096-token self-attention, by about
+/// 1 % (BENCHMARKS.md, round eighteen).
 const CHUNK: usize = 12 * KEY_RUN;
 
 /// Each query's maximum score so far and its sum of `2^(score − max)`, 16 queries a vector
