@@ -348,7 +348,9 @@ const WINOGRAD_MIN_PIXELS: usize = 32 * 32;
 
 /// From this many pixels to [`WINOGRAD_MIN_PIXELS`], the diffusion engine's 3×3 convolutions run
 /// by Winograd's F(2×2, 3×3) (`kernels::winograd`, its filters transformed at each call) where
-/// [`f2_beats_im2col`]; below (and there otherwise), on `kernels::im2col`.
+/// [`f2_beats_im2col`], by F(4×4) with its filter transform fused into the products where
+/// [`fused_f4_beats_im2col`] and the kernel takes the batch; below (and there otherwise), on
+/// `kernels::im2col`.
 const WINOGRAD_F2_MIN_PIXELS: usize = 16 * 16;
 
 /// Whether F(2×2) beats im2col on the maps from [`WINOGRAD_F2_MIN_PIXELS`] to
@@ -362,6 +364,17 @@ fn f2_beats_im2col() -> bool {
     !crate::kernels::bf16_gemm::amx::supported()
 }
 
+/// Whether F(4×4) with its filter transform fused into the products (`winograd4::fused`)
+/// beats im2col on the maps from [`WINOGRAD_F2_MIN_PIXELS`] to [`WINOGRAD_MIN_PIXELS`] where
+/// it takes the batch (`winograd4::fuses_filters`). On a Xeon with AMX, the UNet's 16×16 level
+/// at 512² (1 280 channels, batch 2, one thread, `engine --part conv`) took 47 ms fused
+/// against im2col's 95 (BENCHMARKS.md, round nineteen). The AMD EPYC, where F(2×2) beat
+/// im2col, was not measured fused, so it keeps F(2×2); as for [`f2_beats_im2col`], having AMX
+/// tiles is the test that tells the two apart, not a cause.
+fn fused_f4_beats_im2col() -> bool {
+    crate::kernels::bf16_gemm::amx::supported()
+}
+
 /// The fewest input channels of a bf16 convolution that [`winograd_beats_bf16`] widens to f32.
 const WINOGRAD_BF16_MIN_CHANNELS: usize = 256;
 
@@ -371,9 +384,10 @@ const WINOGRAD_BF16_MIN_CHANNELS: usize = 256;
 const FEW_CHANNELS: usize = 8;
 
 /// `conv.forward(xs)`: on the CPU in f32 through our kernels for stride-1 convolutions
-/// (3×3: `kernels::winograd4` on images of [`WINOGRAD_MIN_PIXELS`] or more, `kernels::winograd`
-/// on those of [`WINOGRAD_F2_MIN_PIXELS`] or more where [`f2_beats_im2col`], `kernels::im2col`
-/// on smaller ones; dilated ones on `kernels::im2col`, the rest on `kernels::conv`) and for
+/// (3×3: `kernels::winograd4` on images of [`WINOGRAD_MIN_PIXELS`] or more, and of
+/// [`WINOGRAD_F2_MIN_PIXELS`] or more where [`fused_f4_beats_im2col`] and its fused products
+/// take the batch; `kernels::winograd` on those of [`WINOGRAD_F2_MIN_PIXELS`] or more where
+/// [`f2_beats_im2col`]; `kernels::im2col` on smaller ones; dilated ones on `kernels::im2col`, the rest on `kernels::conv`) and for
 /// stride-2 ones with outputs of as many pixels (`kernels::conv::conv2d_stride2`: its weights
 /// are rearranged at every call, which costs more than it saves on small maps: 95 ms against
 /// candle's 36 for `[2, 1280, 16, 16]`, 29 against 46 for `[2, 320, 64, 64]`), through
@@ -437,7 +451,16 @@ fn convolve_then(
     } else {
         WINOGRAD_MIN_PIXELS
     };
-    let smallest_3x3 = is_3x3 && h * w < im2col_below;
+    let fused_f4 = plain
+        && is_3x3
+        && !post_processing
+        && (WINOGRAD_F2_MIN_PIXELS..WINOGRAD_MIN_PIXELS).contains(&(h * w))
+        && fused_f4_beats_im2col()
+        && (h + 2 * p)
+            .checked_sub(2)
+            .zip((w + 2 * p).checked_sub(2))
+            .is_some_and(crate::kernels::winograd4::fuses_filters);
+    let smallest_3x3 = is_3x3 && h * w < im2col_below && !fused_f4;
     // The output, and whether the kernel already applied the ReLU.
     let (out, relu_applied) = if few_out {
         (
@@ -463,7 +486,7 @@ fn convolve_then(
         (out, false)
     } else if (k_h, k_w, p) == (1, 1, 0) {
         (crate::kernels::conv::conv2d_1x1(&x, &weight, bias)?, false)
-    } else if is_3x3 && h * w >= WINOGRAD_MIN_PIXELS {
+    } else if is_3x3 && (h * w >= WINOGRAD_MIN_PIXELS || fused_f4) {
         let out = crate::kernels::winograd4::conv2d_3x3(&x, &weight, bias, p, relu)?;
         (out, relu)
     } else if is_3x3 && h * w >= WINOGRAD_F2_MIN_PIXELS {
@@ -1014,8 +1037,9 @@ mod tests {
     }
 
     /// An image's convolution does not depend on the batch it comes in, within 1e-6 (16×16:
-    /// im2col or F(2×2) as the CPU goes; 40×40: F(4×4)): the kernel is picked by the map, not
-    /// the batch. A kernel picked by the batch's count of tiles failed it (off by 7e-5).
+    /// im2col, F(2×2) or F(4×4) fused as the CPU goes; 40×40: F(4×4), fused where the CPU has
+    /// AVX-512F, five images then going in five groups): the kernel is picked by the map, not
+    /// the batch. A kernel picked by the batch's count of tiles failed it (off by 7e-5), twice.
     #[test]
     fn an_image_gets_the_same_numbers_in_any_batch() {
         let (c_in, c_out) = (24, 32);

@@ -28,6 +28,8 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
+mod fused;
+
 /// Values in each of a band's buffers, as in [`super::winograd`].
 const BAND_VALUES: usize = 8 << 20;
 
@@ -52,8 +54,34 @@ pub(crate) fn takes_batch_at_once(
     channels: (usize, usize),
     outputs: (usize, usize),
 ) -> bool {
-    at_once(batch, channels, outputs, (BAND_VALUES, FILTER_VALUES))
+    at_once(batch, channels, outputs, LIMITS)
 }
+
+/// Whether a convolution to `out_h × out_w` outputs runs on the fused products ([`fused`]):
+/// maps of few enough tiles, on a CPU with AVX-512F. Decided by the map, not the batch, so an
+/// image gets the same numbers in any batch.
+pub(crate) fn fuses_filters((out_h, out_w): (usize, usize)) -> bool {
+    fused::takes(out_h.div_ceil(4) * out_w.div_ceil(4), LIMITS.fused_tiles)
+}
+
+/// How large a convolution's pieces may be; the tests shrink them to take every way.
+#[derive(Clone, Copy, Debug)]
+struct Limits {
+    /// Values in each of a band's buffers.
+    band_values: usize,
+    /// The most transformed filters a batch at once holds ([`convolve_batch`]).
+    filter_values: usize,
+    /// The most tiles of an image, and of a group of images, whose products are fused with
+    /// the filter transform ([`fused::MAX_TILES`]).
+    fused_tiles: usize,
+}
+
+/// The limits every convolution but the tests' runs with.
+const LIMITS: Limits = Limits {
+    band_values: BAND_VALUES,
+    filter_values: FILTER_VALUES,
+    fused_tiles: fused::MAX_TILES,
+};
 
 /// Whether [`convolve_batch`] takes the batch: its transformed tiles, input and products, fit
 /// one band's buffers of `band_values` each, or five bands' where the filters would not fit
@@ -65,7 +93,11 @@ fn at_once(
     batch: usize,
     (c_in, c_out): (usize, usize),
     (out_h, out_w): (usize, usize),
-    (band_values, filter_values): (usize, usize),
+    Limits {
+        band_values,
+        filter_values,
+        ..
+    }: Limits,
 ) -> bool {
     let values = XI * c_in.max(c_out) * batch * out_h.div_ceil(4) * out_w.div_ceil(4);
     values <= band_values || c_in * XI * c_out > filter_values && values <= 5 * band_values
@@ -83,7 +115,7 @@ pub fn conv2d_3x3(
     relu: bool,
 ) -> Result<Tensor> {
     let padding = Padding::uniform(padding);
-    convolve(x, weight, bias, padding, (BAND_VALUES, FILTER_VALUES), relu)
+    convolve(x, weight, bias, padding, LIMITS, relu)
 }
 
 /// [`conv2d_3x3`] with its own padding above and below, for a band of rows of a larger image
@@ -95,14 +127,7 @@ pub(crate) fn conv2d_3x3_padded(
     bias: Option<&Tensor>,
     padding: Padding,
 ) -> Result<Tensor> {
-    convolve(
-        x,
-        weight,
-        bias,
-        padding,
-        (BAND_VALUES, FILTER_VALUES),
-        false,
-    )
+    convolve(x, weight, bias, padding, LIMITS, false)
 }
 
 fn convolve(
@@ -110,7 +135,7 @@ fn convolve(
     weight: &Tensor,
     bias: Option<&Tensor>,
     padding: Padding,
-    (band_values, filter_values): (usize, usize),
+    limits: Limits,
     relu: bool,
 ) -> Result<Tensor> {
     let (x, weight, bias) = super::conv_operands(x, weight, bias)?;
@@ -119,8 +144,7 @@ fn convolve(
         &Winograd4 {
             padding,
             bias,
-            band_values,
-            filter_values,
+            limits,
             relu,
         },
     )
@@ -129,10 +153,9 @@ fn convolve(
 struct Winograd4 {
     padding: Padding,
     bias: Option<Vec<f32>>,
-    /// Values in each of a band's buffers (the tests' are small, to make many bands).
-    band_values: usize,
-    /// [`FILTER_VALUES`] (the tests' are small, to make many groups of rows).
-    filter_values: usize,
+    /// [`LIMITS`] (the tests' are small, to make many bands, many groups of rows, or no fused
+    /// products).
+    limits: Limits,
     /// ReLU on each output as it is written.
     relu: bool,
 }
@@ -170,9 +193,12 @@ impl CustomOp2 for Winograd4 {
             _ => Filters::F32(contiguous_f32(ws, wl, self.name())?),
         };
         let outputs = (g.out_h, g.out_w);
-        let bounds = (self.band_values, self.filter_values);
-        let out = if at_once(batch, (g.c_in, g.c_out), outputs, bounds) {
-            convolve_batch(&g, batch, x, weight, (bias, relu), self.filter_values)
+        let fused_tiles = self.limits.fused_tiles;
+        let out = if fused::takes(g.tiles_h * g.tiles_w, fused_tiles) {
+            convolve_in_groups(&g, batch, x, weight, (bias, relu), fused_tiles)
+        } else if at_once(batch, (g.c_in, g.c_out), outputs, self.limits) {
+            let filter_values = Some(self.limits.filter_values);
+            convolve_batch(&g, batch, x, weight, (bias, relu), filter_values)
         } else {
             self.convolve_by_bands(&g, batch, x, weight)
         };
@@ -195,7 +221,7 @@ impl Winograd4 {
     ) -> Vec<f32> {
         let (bias, relu) = (self.bias.as_deref(), self.relu);
         let u = transform_filters(weight, g.c_out, g.c_in, 0..6);
-        let rows_per_band = g.rows_per_band(self.band_values, XI);
+        let rows_per_band = g.rows_per_band(self.limits.band_values, XI);
         let band_tiles = rows_per_band * g.tiles_w;
         let (grid_h, grid_w) = g.band_grid_4x4(rows_per_band);
         let lens = [
@@ -222,19 +248,44 @@ impl Winograd4 {
     }
 }
 
+/// The batch in groups of images of up to `fused_tiles` tiles (one image at least), each group
+/// at once with the fused products ([`convolve_batch`]).
+fn convolve_in_groups(
+    g: &Geometry,
+    batch: usize,
+    x: &[f32],
+    weight: Filters<'_>,
+    finish: (Option<&[f32]>, bool),
+    fused_tiles: usize,
+) -> Vec<f32> {
+    let per_group = (fused_tiles / (g.tiles_h * g.tiles_w)).max(1);
+    if per_group >= batch {
+        return convolve_batch(g, batch, x, weight, finish, None);
+    }
+    let (in_image, out_image) = (g.c_in * g.h * g.w, g.c_out * g.out_h * g.out_w);
+    let mut out = Vec::with_capacity(batch * out_image);
+    for images in x.chunks(per_group * in_image) {
+        let group = images.len() / in_image;
+        out.extend(convolve_batch(g, group, images, weight, finish, None));
+    }
+    out
+}
+
 /// The whole batch at once, its images' tiles side by side in each product (`M_ξ = U_ξ · V_ξ`
 /// over `batch × tiles` columns: each `U_ξ` is read once, not once per image, and the
-/// products are wider), for maps whose transformed tiles fit one band. The filters are
-/// transformed a group of `U`'s rows at a time, each group multiplied before the next is made,
-/// so that no more than `filter_values` of them exist at once (at least one row: the UNet's
-/// 1 280 → 1 280 would take 236 MB whole, 39 MB a row).
+/// products are wider), for maps whose transformed tiles fit one band. Without
+/// `filter_values`, the filters are transformed inside the products, a cached block at a time
+/// ([`fused`]; the caller checked the CPU). With it, they are transformed a group of `U`'s rows
+/// at a time, each group multiplied by `gemm` before the next is made, so that no more than
+/// `filter_values` of them exist at once (at least one row: the UNet's 1 280 → 1 280 would
+/// take 236 MB whole, 39 MB a row).
 fn convolve_batch(
     g: &Geometry,
     batch: usize,
     x: &[f32],
     weight: Filters<'_>,
     (bias, relu): (Option<&[f32]>, bool),
-    filter_values: usize,
+    filter_values: Option<usize>,
 ) -> Vec<f32> {
     let image_tiles = g.tiles_h * g.tiles_w;
     let tiles = batch * image_tiles;
@@ -245,7 +296,6 @@ fn convolve_batch(
         g.c_out * XI * tiles,
     ];
     let (in_image, out_image) = (g.c_in * g.h * g.w, g.c_out * g.out_h * g.out_w);
-    let rows_per_group = (filter_values / (g.c_in * 6 * g.c_out)).clamp(1, 6);
     let mut out = unfilled(batch * out_image);
     with_buffers(lens, |buffers| {
         let v = &mut buffers.v[..lens[1]];
@@ -254,10 +304,15 @@ fn convolve_batch(
             transform_band_inputs(g, image, 0..g.tiles_h, &mut buffers.grid, v_b, tiles);
         }
         let m = &mut buffers.m[..lens[2]];
-        for first in (0..6).step_by(rows_per_group) {
-            let rows = first..(first + rows_per_group).min(6);
-            let u = transform_filters(weight, g.c_out, g.c_in, rows.clone());
-            multiply_positions(g, &u, v, m, tiles, XI, 6 * rows.start..6 * rows.end);
+        if let Some(filter_values) = filter_values {
+            let rows_per_group = (filter_values / (g.c_in * 6 * g.c_out)).clamp(1, 6);
+            for first in (0..6).step_by(rows_per_group) {
+                let rows = first..(first + rows_per_group).min(6);
+                let u = transform_filters(weight, g.c_out, g.c_in, rows.clone());
+                multiply_positions(g, &u, v, m, tiles, XI, 6 * rows.start..6 * rows.end);
+            }
+        } else {
+            fused::multiply(g, weight, v, m, tiles);
         }
         for (b, out_b) in out.chunks_mut(out_image).enumerate() {
             let m_b = &m[b * image_tiles..];
@@ -862,6 +917,9 @@ mod tests {
             (1, 16, 32, 70, 33, 1),
             (1, 3, 5, 9, 150, 1),
             (1, 64, 32, 40, 40, 1),
+            // The fused products' partial blocks: 70 inputs (two blocks of 32 and 6), 100
+            // outputs (a task of 64, then 36: two vectors and four lanes), 18 tiles (12 and 6).
+            (2, 70, 100, 12, 12, 1),
         ];
         for (i, &(b, c_in, c_out, h, w, p)) in cases.iter().enumerate() {
             let seed = i as u64;
@@ -873,14 +931,22 @@ mod tests {
                 .unwrap()
                 .broadcast_add(&bias.reshape((1, c_out, 1, 1)).unwrap())
                 .unwrap();
-            // The whole batch at once with every filter transformed whole, and with them made
-            // a row of `U` at a time; then in bands of one tile row.
-            for bounds in [
-                (BAND_VALUES, FILTER_VALUES),
-                (BAND_VALUES, 1),
-                (1, FILTER_VALUES),
+            // The whole batch at once: with the filters transformed in the products where the
+            // CPU fuses them (in groups of images where they have more tiles than 20), and with
+            // `U` made whole, or a row at a time; then in bands of one tile row.
+            for (band_values, filter_values, fused_tiles) in [
+                (BAND_VALUES, FILTER_VALUES, fused::MAX_TILES),
+                (BAND_VALUES, FILTER_VALUES, 20), // batches of 16 tiles an image in groups
+                (BAND_VALUES, FILTER_VALUES, 0),
+                (BAND_VALUES, 1, 0),
+                (1, FILTER_VALUES, 0),
             ] {
                 let padding = Padding::uniform(p);
+                let bounds = Limits {
+                    band_values,
+                    filter_values,
+                    fused_tiles,
+                };
                 let ours = convolve(&x, &weight, Some(&bias), padding, bounds, false).unwrap();
                 assert_eq!(ours.dims(), reference.dims(), "case {i}");
                 let error = max_difference(&ours, &reference) / max_abs(&reference).max(1e-6);
@@ -918,7 +984,11 @@ mod tests {
             .num_threads(16)
             .build()
             .unwrap();
-        let bounds = (BAND_VALUES, 1);
+        let bounds = Limits {
+            filter_values: 1,
+            fused_tiles: 0,
+            ..LIMITS
+        };
         let ours = pool
             .install(|| convolve(&x, &weight, None, Padding::uniform(1), bounds, false))
             .unwrap();
