@@ -348,10 +348,15 @@ const WINOGRAD_MIN_PIXELS: usize = 32 * 32;
 
 /// From this many pixels to [`WINOGRAD_MIN_PIXELS`], the diffusion engine's 3×3 convolutions run
 /// by Winograd's F(2×2, 3×3) (`kernels::winograd`, its filters transformed at each call) where
-/// [`f2_beats_im2col`], by F(4×4) with its filter transform fused into the products where
-/// [`fused_f4_beats_im2col`] and the kernel takes the batch; below (and there otherwise), on
-/// `kernels::im2col`.
+/// [`f2_beats_im2col`]; below (and there otherwise), on `kernels::im2col`, but where
+/// [`FUSED_F4_MIN_PIXELS`] applies.
 const WINOGRAD_F2_MIN_PIXELS: usize = 16 * 16;
+
+/// From this many pixels to [`WINOGRAD_MIN_PIXELS`], the diffusion engine's 3×3 convolutions run
+/// by F(4×4) with its filter transform fused into the products where [`fused_f4_beats_im2col`]
+/// and the kernel takes the map (`winograd4::fuses_filters`): the UNet's 1 280 channels at 8×8
+/// took 18.9 ms so against im2col's 21.6–22.1 (one thread of a Xeon with AMX, batch 2).
+const FUSED_F4_MIN_PIXELS: usize = 8 * 8;
 
 /// Whether F(2×2) beats im2col on the maps from [`WINOGRAD_F2_MIN_PIXELS`] to
 /// [`WINOGRAD_MIN_PIXELS`]: the UNet's 16×16 level at 512² (1 280 channels, batch 2,
@@ -365,10 +370,10 @@ fn f2_beats_im2col() -> bool {
 }
 
 /// Whether F(4×4) with its filter transform fused into the products (`winograd4::fused`)
-/// beats im2col on the maps from [`WINOGRAD_F2_MIN_PIXELS`] to [`WINOGRAD_MIN_PIXELS`] where
-/// it takes the batch (`winograd4::fuses_filters`). On a Xeon with AMX, the UNet's 16×16 level
-/// at 512² (1 280 channels, batch 2, one thread, `engine --part conv`) took 47 ms fused
-/// against im2col's 95 (BENCHMARKS.md, round nineteen). The AMD EPYC, where F(2×2) beat
+/// beats im2col on the maps from [`FUSED_F4_MIN_PIXELS`] to [`WINOGRAD_MIN_PIXELS`] where it
+/// takes them (`winograd4::fuses_filters`). On a Xeon with AMX, the UNet's 16×16 level at 512²
+/// (1 280 channels, batch 2, one thread, `engine --part conv`) took 43–47 ms fused against
+/// im2col's 79–95 (BENCHMARKS.md, round nineteen). The AMD EPYC, where F(2×2) beat
 /// im2col, was not measured fused, so it keeps F(2×2); as for [`f2_beats_im2col`], having AMX
 /// tiles is the test that tells the two apart, not a cause.
 fn fused_f4_beats_im2col() -> bool {
@@ -385,8 +390,8 @@ const FEW_CHANNELS: usize = 8;
 
 /// `conv.forward(xs)`: on the CPU in f32 through our kernels for stride-1 convolutions
 /// (3×3: `kernels::winograd4` on images of [`WINOGRAD_MIN_PIXELS`] or more, and of
-/// [`WINOGRAD_F2_MIN_PIXELS`] or more where [`fused_f4_beats_im2col`] and its fused products
-/// take the batch; `kernels::winograd` on those of [`WINOGRAD_F2_MIN_PIXELS`] or more where
+/// [`FUSED_F4_MIN_PIXELS`] or more where [`fused_f4_beats_im2col`] and its fused products
+/// take the map; `kernels::winograd` on those of [`WINOGRAD_F2_MIN_PIXELS`] or more where
 /// [`f2_beats_im2col`]; `kernels::im2col` on smaller ones; dilated ones on `kernels::im2col`, the rest on `kernels::conv`) and for
 /// stride-2 ones with outputs of as many pixels (`kernels::conv::conv2d_stride2`: its weights
 /// are rearranged at every call, which costs more than it saves on small maps: 95 ms against
@@ -454,7 +459,7 @@ fn convolve_then(
     let fused_f4 = plain
         && is_3x3
         && !post_processing
-        && (WINOGRAD_F2_MIN_PIXELS..WINOGRAD_MIN_PIXELS).contains(&(h * w))
+        && (FUSED_F4_MIN_PIXELS..WINOGRAD_MIN_PIXELS).contains(&(h * w))
         && fused_f4_beats_im2col()
         && (h + 2 * p)
             .checked_sub(2)

@@ -392,15 +392,8 @@ fn transform_filter_block_lanes(
         let n = CHUNK.min(c_out - first);
         for from in inputs.clone().step_by(GATHERED_INPUTS) {
             let count = GATHERED_INPUTS.min(inputs.end - from);
-            // Where each lane's run starts (lanes past `n` read lane 0's: computed, never
-            // stored).
-            let starts: [usize; CHUNK] =
-                std::array::from_fn(|l| ((first + if l < n { l } else { 0 }) * c_in + from) * 9);
             let taps = &mut taps[..9 * count];
-            match weight {
-                Filters::F32(values) => gather_taps(values, &starts, taps),
-                Filters::Bf16(values) => gather_taps(values, &starts, taps),
-            }
+            gather_filters(weight, c_in, (first, n), from, taps);
             for (j, g) in taps.chunks_exact(9).enumerate() {
                 // t = G g (6 × 3): G applied down each of the filter's three columns.
                 let columns = [
@@ -480,6 +473,27 @@ fn fence_streamed() {
     // SAFETY: SSE is in every x86-64 target.
     unsafe {
         std::arch::x86_64::_mm_sfence()
+    }
+}
+
+/// The taps of the filters from the input channels `from..from + taps.len() / 9` to the output
+/// channels `first..first + n` (`n` up to [`CHUNK`]) into lanes: `taps[9·j + k][l]`, tap `k` of
+/// the filter from input `from + j` to output `first + l`. Lanes past `n` read lane 0's filter
+/// (computed, never stored).
+#[inline(always)]
+fn gather_filters(
+    weight: Filters<'_>,
+    c_in: usize,
+    (first, n): (usize, usize),
+    from: usize,
+    taps: &mut [Lanes],
+) {
+    // Where each lane's run starts.
+    let starts: [usize; CHUNK] =
+        std::array::from_fn(|l| ((first + if l < n { l } else { 0 }) * c_in + from) * 9);
+    match weight {
+        Filters::F32(values) => gather_taps(values, &starts, taps),
+        Filters::Bf16(values) => gather_taps(values, &starts, taps),
     }
 }
 

@@ -6,7 +6,7 @@
 //!
 //! Here a task takes [`OUTPUTS`] output channels and runs over the input channels
 //! [`INPUTS`] at a time: it transforms that block's filters into a buffer that stays in the
-//! cache (`[inputs, 36, OUTPUTS]`, 288 KiB), then adds the block's share of every position's
+//! cache (`[inputs, OUTPUTS / 16, 36, 16]`, 288 KiB), then adds the block's share of every position's
 //! product, `M_ξ[o][t] += Σ_i U_ξ[o][i] · V_ξ[i][t]`, to the task's sums (`[36, tiles,
 //! OUTPUTS]`, in the cache too). The filters are read once, from the weight itself, and `U` is
 //! never written out. The products run in AVX-512 lanes of output channels: two vectors of them
@@ -16,7 +16,7 @@
 //! ([`super::convolve_batch`]) elsewhere.
 
 use super::super::winograd::{Geometry, CHUNK};
-use super::{gather_taps, Filters, GATHERED_INPUTS, XI};
+use super::{gather_filters, Filters, GATHERED_INPUTS, XI};
 use rayon::prelude::*;
 use std::cell::RefCell;
 
@@ -109,7 +109,8 @@ pub(super) fn multiply(g: &Geometry, weight: Filters<'_>, v: &[f32], m: &mut [f3
 }
 
 /// `U`'s block for the output channels `outputs` and input channels `inputs` into `u`
-/// (`[inputs, 36, OUTPUTS]`). Lanes past `outputs` keep whatever values they held, or lane 0's
+/// (`[inputs, OUTPUTS / 16, 36, 16]`: each vector of outputs' 36 positions one run, so that
+/// the transform's stores go in order, 3–9 % faster than `[inputs, 36, OUTPUTS]`). Lanes past `outputs` keep whatever values they held, or lane 0's
 /// filter in a partly used vector: the sums they make are never written out. The caller
 /// checked [`available`].
 fn transform_block(
@@ -150,18 +151,13 @@ unsafe fn transform_block_lanes(
         let n = CHUNK.min(outputs.end - first);
         for from in inputs.clone().step_by(GATHERED_INPUTS) {
             let count = GATHERED_INPUTS.min(inputs.end - from);
-            // Lanes past `n` read lane 0's filter.
-            let starts: [usize; CHUNK] =
-                std::array::from_fn(|l| ((first + if l < n { l } else { 0 }) * c_in + from) * 9);
             let taps = &mut taps[..9 * count];
-            match weight {
-                Filters::F32(values) => gather_taps(values, &starts, taps),
-                Filters::Bf16(values) => gather_taps(values, &starts, taps),
-            }
+            gather_filters(weight, c_in, (first, n), from, taps);
             for (j, g) in taps.chunks_exact(9).enumerate() {
                 // SAFETY: each of the nine taps is CHUNK values; the stores land at
-                // `(j'·36 + ξ)·OUTPUTS + first − outputs.start + 0..16` for the block's input
-                // `j' < inputs.len()` and `ξ < 36`, inside `u` (the caller's promise).
+                // `j'·36·OUTPUTS + (vector·36 + ξ)·16 + 0..16` for the block's input `j' <
+                // inputs.len()`, `vector < OUTPUTS / 16` and `ξ < 36`, inside `u` (the
+                // caller's promise).
                 unsafe {
                     let g: [__m512; 9] = std::array::from_fn(|k| _mm512_loadu_ps(g[k].as_ptr()));
                     // t = G g (6 × 3): G applied down each of the filter's three columns.
@@ -170,7 +166,8 @@ unsafe fn transform_block_lanes(
                         g_times(g[1], g[4], g[7]),
                         g_times(g[2], g[5], g[8]),
                     ];
-                    let at = (from - inputs.start + j) * XI * OUTPUTS + first - outputs.start;
+                    let vector = (first - outputs.start) / CHUNK;
+                    let at = ((from - inputs.start + j) * XI * OUTPUTS) + vector * XI * CHUNK;
                     let u_j = u.as_mut_ptr().add(at);
                     let [first_column, second_column, third_column] = columns;
                     let rows = first_column
@@ -181,7 +178,7 @@ unsafe fn transform_block_lanes(
                         // Row r of U = t Gᵀ: G applied along row r of t.
                         let row = g_times(t0, t1, t2);
                         for (c, value) in row.into_iter().enumerate() {
-                            _mm512_storeu_ps(u_j.add((6 * r + c) * OUTPUTS), value);
+                            _mm512_storeu_ps(u_j.add((6 * r + c) * CHUNK), value);
                         }
                     }
                 }
@@ -233,7 +230,7 @@ unsafe fn g_times(
 }
 
 /// Adds one block of input channels' products to `sums` (`[36, tiles, OUTPUTS]`; replaces
-/// them when `first`): `u` is the block of `U` (`[inputs, 36, OUTPUTS]`), `v` the block's rows
+/// them when `first`): `u` is the block of `U` (`[inputs, OUTPUTS / 16, 36, 16]`), `v` the block's rows
 /// of `V` (`[inputs, 36, tiles]`).
 #[allow(unsafe_code)]
 fn add_block(u: &[f32], v: &[f32], inputs: usize, tiles: usize, sums: &mut [f32], first: bool) {
@@ -247,18 +244,18 @@ fn add_block(u: &[f32], v: &[f32], inputs: usize, tiles: usize, sums: &mut [f32]
             for t in (0..tiles).step_by(TILES) {
                 let count = TILES.min(tiles - t);
                 let at = Pass {
-                    u: u[xi * OUTPUTS + pair..].as_ptr(),
+                    u: u[(pair / CHUNK * XI + xi) * CHUNK..].as_ptr(),
                     v: v[xi * tiles + t..].as_ptr(),
                     sums: sums[(xi * tiles + t) * OUTPUTS + pair..].as_mut_ptr(),
                     inputs,
                     v_step: XI * tiles,
                     first,
                 };
-                // SAFETY: the CPU has AVX-512F (the caller checked `available`); the pass
-                // reads `u` at `(i·36 + ξ)·OUTPUTS + pair + 0..32` and `v` at `(i·36 + ξ)·tiles
-                // + t + 0..count` for `i < inputs`, and reads and writes `sums` at `(ξ·tiles +
-                // t + k)·OUTPUTS + pair + 0..32` for `k < count`: all inside the lengths
-                // asserted above.
+                // SAFETY: the CPU has AVX-512F (the caller checked `available`); for `i <
+                // inputs` the pass reads `u` at `i·36·OUTPUTS + (vector·36 + ξ)·16 + 0..16` for
+                // the pair's two vectors and `v` at `(i·36 + ξ)·tiles + t + 0..count`, and it
+                // reads and writes `sums` at `(ξ·tiles + t + k)·OUTPUTS + pair + 0..32` for
+                // `k < count`: all inside the lengths asserted above.
                 unsafe { at.run(count) };
             }
         }
@@ -330,7 +327,7 @@ impl Pass {
             }
             for i in 0..self.inputs {
                 let u = self.u.add(i * XI * OUTPUTS);
-                let (u_low, u_high) = (_mm512_loadu_ps(u), _mm512_loadu_ps(u.add(CHUNK)));
+                let (u_low, u_high) = (_mm512_loadu_ps(u), _mm512_loadu_ps(u.add(XI * CHUNK)));
                 let v = self.v.add(i * self.v_step);
                 for t in 0..N {
                     let value = _mm512_set1_ps(*v.add(t));
