@@ -1010,6 +1010,27 @@ mod tests {
         assert!(error < 1e-5, "relative {error}");
     }
 
+    #[test]
+    fn fused_products_give_the_same_numbers_on_any_count_of_threads() {
+        // One block of 16 outputs and 40 tiles: on 16 threads the tiles go in four runs, each
+        // task making its own block of `U`; on one thread, in one.
+        let x = random(&[2, 12, 17, 14], 13);
+        let weight = random(&[16, 12, 3, 3], 14);
+        let reference = x.conv2d(&weight, 1, 1, 1, 1).unwrap();
+        let on = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| convolve(&x, &weight, None, Padding::uniform(1), LIMITS, false))
+                .unwrap()
+        };
+        let (alone, many) = (on(1), on(16));
+        let error = max_difference(&many, &reference) / max_abs(&reference);
+        assert!(error < 1e-5, "relative {error}");
+        assert_eq!(max_difference(&alone, &many), 0.0);
+    }
+
     /// A cache line of `U`, aligned as one.
     #[derive(Clone, Copy)]
     #[repr(C, align(64))]

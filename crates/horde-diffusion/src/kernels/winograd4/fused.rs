@@ -62,12 +62,12 @@ thread_local! {
     static BUFFERS: RefCell<(Vec<f32>, Vec<f32>)> = RefCell::default();
 }
 
-/// A pointer to the products `m`, shared by the tasks, each of which writes only its own
-/// output channels' rows.
+/// A pointer to the products `m`, shared by the tasks, each of which writes only its own tiles
+/// of its own output channels' rows.
 #[derive(Clone, Copy)]
 struct Products(*mut f32);
 
-// SAFETY: the tasks write disjoint rows of `m` (see `multiply`), which outlives them.
+// SAFETY: the tasks write disjoint parts of `m` (see `multiply`), which outlives them.
 #[allow(unsafe_code)]
 unsafe impl Send for Products {}
 // SAFETY: as for `Send`: no two tasks touch the same value through it.
@@ -77,6 +77,12 @@ unsafe impl Sync for Products {}
 /// `m[ξ][o][t] = Σ_i U_ξ[o][i] · v[i][ξ][t]` for every position `ξ`, output channel `o` and tile
 /// `t`, with `U` made from `weight` a block at a time (`v` `[c_in, 36, tiles]`, `m` `[36, c_out,
 /// tiles]`, as [`super::multiply_positions`] takes them). The caller checked [`available`].
+///
+/// A task takes [`OUTPUTS`] output channels, and all the tiles where that gives every thread a
+/// task; with fewer blocks of outputs than threads (640 channels on 16 threads), the tiles are
+/// split into runs as well, each task then making its block of `U` for its own run. Every
+/// output's sum is made the same way whatever the split, so the numbers do not depend on the
+/// count of threads.
 pub(super) fn multiply(g: &Geometry, weight: Filters<'_>, v: &[f32], m: &mut [f32], tiles: usize) {
     assert!(available(), "fused F(4×4) products need AVX-512F");
     assert!(
@@ -84,28 +90,34 @@ pub(super) fn multiply(g: &Geometry, weight: Filters<'_>, v: &[f32], m: &mut [f3
         "fused F(4×4) products: buffers too short"
     );
     let products = Products(m.as_mut_ptr());
-    (0..g.c_out.div_ceil(OUTPUTS))
-        .into_par_iter()
-        .for_each(|block| {
-            let outputs = block * OUTPUTS..(block * OUTPUTS + OUTPUTS).min(g.c_out);
-            BUFFERS.with(|buffers| {
-                let (u, sums) = &mut *buffers.borrow_mut();
-                u.resize(INPUTS * XI * OUTPUTS, 0.0);
-                sums.resize(XI * tiles * OUTPUTS, 0.0);
-                for first in (0..g.c_in).step_by(INPUTS) {
-                    let inputs = first..(first + INPUTS).min(g.c_in);
-                    transform_block(weight, g.c_in, (outputs.clone(), inputs.clone()), u);
-                    let v_block = &v[first * XI * tiles..];
-                    add_block(u, v_block, inputs.len(), tiles, sums, first == 0);
-                }
-                // SAFETY: `m` holds `XI · c_out · tiles` values (asserted above); this task
-                // writes rows `outputs` of each position, which no other task writes.
-                #[allow(unsafe_code)]
-                unsafe {
-                    write_rows(sums, products, (g.c_out, tiles), outputs)
-                };
-            });
+    let blocks = g.c_out.div_ceil(OUTPUTS);
+    let runs = rayon::current_num_threads()
+        .div_ceil(blocks)
+        .min(tiles.div_ceil(TILES));
+    let run_len = tiles.div_ceil(runs);
+    (0..blocks * runs).into_par_iter().for_each(|task| {
+        let (block, run) = (task / runs, task % runs);
+        let outputs = block * OUTPUTS..(block * OUTPUTS + OUTPUTS).min(g.c_out);
+        let run = run * run_len..(run * run_len + run_len).min(tiles);
+        BUFFERS.with(|buffers| {
+            let (u, sums) = &mut *buffers.borrow_mut();
+            u.resize(INPUTS * XI * OUTPUTS, 0.0);
+            sums.resize(XI * run.len() * OUTPUTS, 0.0);
+            for first in (0..g.c_in).step_by(INPUTS) {
+                let inputs = first..(first + INPUTS).min(g.c_in);
+                transform_block(weight, g.c_in, (outputs.clone(), inputs.clone()), u);
+                let v_block = &v[first * XI * tiles + run.start..];
+                let run_shape = (tiles, run.len());
+                add_block(u, v_block, inputs.len(), run_shape, sums, first == 0);
+            }
+            // SAFETY: `m` holds `XI · c_out · tiles` values (asserted above); this task writes
+            // tiles `run` of rows `outputs` of each position, which no other task writes.
+            #[allow(unsafe_code)]
+            unsafe {
+                write_rows(sums, products, (g.c_out, tiles), (outputs, run))
+            };
         });
+    });
 }
 
 /// `U`'s block for the output channels `outputs` and input channels `inputs` into `u`
@@ -229,33 +241,43 @@ unsafe fn g_times(
     }
 }
 
-/// Adds one block of input channels' products to `sums` (`[36, tiles, OUTPUTS]`; replaces
-/// them when `first`): `u` is the block of `U` (`[inputs, OUTPUTS / 16, 36, 16]`), `v` the block's rows
-/// of `V` (`[inputs, 36, tiles]`).
+/// Adds one block of input channels' products to `sums` (`[36, run, OUTPUTS]`; replaces them
+/// when `first`): `u` is the block of `U` (`[inputs, OUTPUTS / 16, 36, 16]`), `v` the block's
+/// rows of `V` (`[inputs, 36, tiles]`) from the run's first tile, `run` tiles of each.
 #[allow(unsafe_code)]
-fn add_block(u: &[f32], v: &[f32], inputs: usize, tiles: usize, sums: &mut [f32], first: bool) {
+fn add_block(
+    u: &[f32],
+    v: &[f32],
+    inputs: usize,
+    (tiles, run): (usize, usize),
+    sums: &mut [f32],
+    first: bool,
+) {
     assert!(
-        u.len() >= inputs * XI * OUTPUTS
-            && v.len() >= inputs * XI * tiles
-            && sums.len() >= XI * tiles * OUTPUTS
+        inputs > 0
+            && run <= tiles
+            && u.len() >= inputs * XI * OUTPUTS
+            && v.len() >= (inputs * XI - 1) * tiles + run
+            && sums.len() >= XI * run * OUTPUTS
     );
     for xi in 0..XI {
         for pair in (0..OUTPUTS).step_by(2 * CHUNK) {
-            for t in (0..tiles).step_by(TILES) {
-                let count = TILES.min(tiles - t);
+            for t in (0..run).step_by(TILES) {
+                let count = TILES.min(run - t);
                 let at = Pass {
                     u: u[(pair / CHUNK * XI + xi) * CHUNK..].as_ptr(),
                     v: v[xi * tiles + t..].as_ptr(),
-                    sums: sums[(xi * tiles + t) * OUTPUTS + pair..].as_mut_ptr(),
+                    sums: sums[(xi * run + t) * OUTPUTS + pair..].as_mut_ptr(),
                     inputs,
                     v_step: XI * tiles,
                     first,
                 };
                 // SAFETY: the CPU has AVX-512F (the caller checked `available`); for `i <
                 // inputs` the pass reads `u` at `i·36·OUTPUTS + (vector·36 + ξ)·16 + 0..16` for
-                // the pair's two vectors and `v` at `(i·36 + ξ)·tiles + t + 0..count`, and it
-                // reads and writes `sums` at `(ξ·tiles + t + k)·OUTPUTS + pair + 0..32` for
-                // `k < count`: all inside the lengths asserted above.
+                // the pair's two vectors and `v` at `(i·36 + ξ)·tiles + t + 0..count` (at most
+                // `(inputs·36 − 1)·tiles + run`), and it reads and writes `sums` at `(ξ·run + t
+                // + k)·OUTPUTS + pair + 0..32` for `k < count`: all inside the lengths asserted
+                // above.
                 unsafe { at.run(count) };
             }
         }
@@ -349,26 +371,27 @@ impl Pass {
     }
 }
 
-/// The task's sums (`[36, tiles, OUTPUTS]`) into rows `outputs` of each position of `m`
-/// (`[36, c_out, tiles]`).
+/// The task's sums (`[36, run, OUTPUTS]`) into tiles `run` of rows `outputs` of each position
+/// of `m` (`[36, c_out, tiles]`).
 ///
 /// # Safety
 ///
-/// `m` points to `36 · c_out · tiles` values, and no other thread touches rows `outputs`.
+/// `m` points to `36 · c_out · tiles` values, `outputs` and `run` are inside `c_out` and
+/// `tiles`, and no other thread touches those tiles of those rows.
 #[allow(unsafe_code)]
 unsafe fn write_rows(
     sums: &[f32],
     m: Products,
     (c_out, tiles): (usize, usize),
-    outputs: std::ops::Range<usize>,
+    (outputs, run): (std::ops::Range<usize>, std::ops::Range<usize>),
 ) {
     for xi in 0..XI {
         for (lane, o) in outputs.clone().enumerate() {
             // SAFETY: row `o < c_out` of position `ξ < 36`: `tiles` values inside `m`.
             let row = unsafe { m.0.add((xi * c_out + o) * tiles) };
-            for t in 0..tiles {
+            for (at, t) in run.clone().enumerate() {
                 // SAFETY: `t < tiles`, inside the row.
-                unsafe { *row.add(t) = sums[(xi * tiles + t) * OUTPUTS + lane] };
+                unsafe { *row.add(t) = sums[(xi * run.len() + at) * OUTPUTS + lane] };
             }
         }
     }
