@@ -355,7 +355,8 @@ const WINOGRAD_F2_MIN_PIXELS: usize = 16 * 16;
 /// From this many pixels to [`WINOGRAD_MIN_PIXELS`], the diffusion engine's 3×3 convolutions run
 /// by F(4×4) with its filter transform fused into the products where [`fused_f4_beats_im2col`]
 /// and the kernel takes the map (`winograd4::fuses_filters`): the UNet's 1 280 channels at 8×8
-/// took 18.9 ms so against im2col's 21.6–22.1 (one thread of a Xeon with AMX, batch 2).
+/// took 18.0–18.9 ms that way against im2col's 21.6–22.1 (one thread of a Xeon with AMX, batch
+/// 2).
 const FUSED_F4_MIN_PIXELS: usize = 8 * 8;
 
 /// Whether F(2×2) beats im2col on the maps from [`WINOGRAD_F2_MIN_PIXELS`] to
@@ -392,7 +393,8 @@ const FEW_CHANNELS: usize = 8;
 /// (3×3: `kernels::winograd4` on images of [`WINOGRAD_MIN_PIXELS`] or more, and of
 /// [`FUSED_F4_MIN_PIXELS`] or more where [`fused_f4_beats_im2col`] and its fused products
 /// take the map; `kernels::winograd` on those of [`WINOGRAD_F2_MIN_PIXELS`] or more where
-/// [`f2_beats_im2col`]; `kernels::im2col` on smaller ones; dilated ones on `kernels::im2col`, the rest on `kernels::conv`) and for
+/// [`f2_beats_im2col`]; `kernels::im2col` on smaller ones; dilated ones on `kernels::im2col`,
+/// the rest on `kernels::conv`) and for
 /// stride-2 ones with outputs of as many pixels (`kernels::conv::conv2d_stride2`: its weights
 /// are rearranged at every call, which costs more than it saves on small maps: 95 ms against
 /// candle's 36 for `[2, 1280, 16, 16]`, 29 against 46 for `[2, 320, 64, 64]`), through
